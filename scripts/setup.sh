@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs everything clustermesh needs on a Debian machine, as root, and is
+# safe to run any number of times: missing Debian packages, npm packages
+# (npm ci when package-lock.json changed), and the compiled BPF objects.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEB_PACKAGES=(
+  clang llvm libbpf-dev bpftool linux-libc-dev make   # compile and inspect the BPF datapath
+  iproute2 tcpdump ethtool                             # namespaces, links, tc, captures
+  etcd-server etcd-client openssl                      # the mesh kvstore with mutual TLS
+  iperf3 sockperf                                      # benchmarks
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: clustermesh needs root (network namespaces, BPF, etcd); run as root" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian starts etcd as a service when etcd-server is installed; clustermesh
+# runs its own etcd processes with TLS, so the packaged default one is not used.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+  systemctl stop etcd || true
+  systemctl disable etcd >/dev/null 2>&1 || true
+fi
+
+stamp=node_modules/.clustermesh-setup
+want=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setup: npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+  echo "$want" > "$stamp"
+fi
+
+make -s -C bpf

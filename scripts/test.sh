@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, type-checks, then runs every
+# test (unit, BPF program tests, integration tests) with node's test runner.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+echo "test: type-checking"
+npx tsc --noEmit -p .
+mapfile -t files < <(find src test -name '*.test.ts' | sort)
+echo "test: ${#files[@]} test files"
+# Integration tests build namespaces and start etcd; one file at a time keeps
+# a 2-core machine from timing them out.
+exec node --import tsx --test --test-concurrency=1 --test-reporter=spec "${files[@]}"
