@@ -1,0 +1,272 @@
+// The test bed's network: clusters of node namespaces on per-cluster underlay
+// segments, joined by a router namespace, and pod namespaces wired to their
+// node by a veth pair. This module knows namespaces and links; it does not
+// know BPF (the datapath is attached by the node's agent, inside the node).
+//
+// Addressing (ARCHITECTURE §2):
+//   underlay of cluster c: 10.c.0.0/24, router 10.c.0.254, node n at 10.c.0.n
+//   pods of node n in cluster c: 10.(100+c).n.0/24, gateway 10.(100+c).n.1,
+//   pod p at 10.(100+c).n.(10+p)
+import { randomBytes } from 'node:crypto';
+import { ipBatch, run, runIn } from './exec.js';
+
+/** How pods of different nodes reach each other. */
+export type WiringMode =
+  /** eBPF overlay: the node's agent owns the VXLAN device and the programs. */
+  | 'clustermesh'
+  /** Plain routing through nodes and the router: no encapsulation, no BPF (the limit). */
+  | 'routing'
+  /** A plain Linux VXLAN overlay with static FDB, neighbours and routes, no BPF. */
+  | 'kernel-vxlan';
+
+export interface TopologySpec {
+  clusters: number;
+  nodesPerCluster: number;
+  podsPerNode: number;
+  mode: WiringMode;
+  /** Prefix of every namespace name; tests use their own so leftovers are attributable. */
+  prefix?: string;
+  underlayMtu?: number;
+}
+
+export interface NodeInfo {
+  cluster: number;
+  clusterName: string;
+  index: number;
+  name: string;
+  netns: string;
+  underlayDev: string;
+  underlayIP: string;
+  podCIDR: string;
+  gatewayIP: string;
+}
+
+export interface PodInfo {
+  cluster: number;
+  clusterName: string;
+  node: NodeInfo;
+  index: number;
+  name: string;
+  netns: string;
+  ip: string;
+  mac: string;
+  hostIfName: string;
+  hostIfIndex: number;
+  hostMac: string;
+}
+
+export interface Topology {
+  id: string;
+  spec: Required<TopologySpec>;
+  routerNetns: string;
+  nodes: NodeInfo[];
+  pods: PodInfo[];
+  /** Every namespace this topology created, in creation order. */
+  namespaces: string[];
+}
+
+export const VXLAN_OVERHEAD = 50;
+const UNDERLAY_DEV = 'eth0';
+const KERNEL_VXLAN_DEV = 'vx0';
+
+export const clusterName = (c: number): string => `cluster${c}`;
+export const nodeUnderlayIP = (c: number, n: number): string => `10.${c}.0.${n}`;
+export const routerUnderlayIP = (c: number): string => `10.${c}.0.254`;
+export const nodePodCIDR = (c: number, n: number): string => `10.${100 + c}.${n}.0/24`;
+export const nodeGatewayIP = (c: number, n: number): string => `10.${100 + c}.${n}.1`;
+export const podIP = (c: number, n: number, p: number): string => `10.${100 + c}.${n}.${10 + p}`;
+const kernelVxlanIP = (c: number, n: number): string => `10.250.${c}.${n}`;
+const kernelVxlanMac = (c: number, n: number): string =>
+  `02:cc:00:${c.toString(16).padStart(2, '0')}:${n.toString(16).padStart(2, '0')}:01`;
+
+function validateSpec(spec: TopologySpec): Required<TopologySpec> {
+  const full = { prefix: 'cm', underlayMtu: 1500, ...spec };
+  const check = (field: string, v: number, max: number) => {
+    if (!Number.isInteger(v) || v < 1 || v > max) throw new RangeError(`topology: ${field} must be an integer in 1..${max}, got ${v}`);
+  };
+  check('clusters', full.clusters, 100);
+  check('nodesPerCluster', full.nodesPerCluster, 200);
+  check('podsPerNode', full.podsPerNode, 200);
+  if (!/^[a-z][a-z0-9]{0,7}$/.test(full.prefix)) throw new RangeError(`topology: prefix must be 1-8 lowercase alphanumerics, got '${full.prefix}'`);
+  if (!Number.isInteger(full.underlayMtu) || full.underlayMtu < 1280 || full.underlayMtu > 9000) throw new RangeError(`topology: underlayMtu must be in 1280..9000, got ${full.underlayMtu}`);
+  return full;
+}
+
+/** The MTU a pod gets: the underlay's, less the VXLAN header when the mode encapsulates. */
+export function podMtu(spec: Pick<Required<TopologySpec>, 'mode' | 'underlayMtu'>): number {
+  return spec.mode === 'routing' ? spec.underlayMtu : spec.underlayMtu - VXLAN_OVERHEAD;
+}
+
+/**
+ * Builds the whole topology. On any failure, everything created so far is
+ * removed before the error is rethrown.
+ */
+export async function createTopology(specIn: TopologySpec): Promise<Topology> {
+  const spec = validateSpec(specIn);
+  const id = randomBytes(3).toString('hex');
+  const base = `${spec.prefix}-${id}`;
+  const topo: Topology = { id, spec, routerNetns: `${base}-rtr`, nodes: [], pods: [], namespaces: [] };
+  try {
+    await addNamespace(topo, topo.routerNetns);
+    await runIn(topo.routerNetns, ['sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.disable_ipv6=1']);
+    const rtr: string[] = ['link set lo up'];
+    for (let c = 1; c <= spec.clusters; c++) {
+      rtr.push(`link add br${c} type bridge`, `link set br${c} mtu ${spec.underlayMtu}`, `addr add ${routerUnderlayIP(c)}/24 dev br${c}`, `link set br${c} up`);
+    }
+    await ipBatch(topo.routerNetns, rtr);
+
+    for (let c = 1; c <= spec.clusters; c++) {
+      for (let n = 1; n <= spec.nodesPerCluster; n++) {
+        const node: NodeInfo = {
+          cluster: c,
+          clusterName: clusterName(c),
+          index: n,
+          name: `node${n}`,
+          netns: `${base}-c${c}n${n}`,
+          underlayDev: UNDERLAY_DEV,
+          underlayIP: nodeUnderlayIP(c, n),
+          podCIDR: nodePodCIDR(c, n),
+          gatewayIP: nodeGatewayIP(c, n),
+        };
+        await addNamespace(topo, node.netns);
+        topo.nodes.push(node);
+        const routerEnd = `c${c}n${n}`;
+        await ipBatch(undefined, [`link add ${routerEnd} netns ${topo.routerNetns} type veth peer name ${UNDERLAY_DEV} netns ${node.netns}`]);
+        await ipBatch(topo.routerNetns, [`link set ${routerEnd} mtu ${spec.underlayMtu}`, `link set ${routerEnd} master br${c}`, `link set ${routerEnd} up`]);
+        await ipBatch(node.netns, [
+          'link set lo up',
+          `link set ${UNDERLAY_DEV} mtu ${spec.underlayMtu}`,
+          `addr add ${node.underlayIP}/24 dev ${UNDERLAY_DEV}`,
+          `link set ${UNDERLAY_DEV} up`,
+          `route add default via ${routerUnderlayIP(c)}`,
+        ]);
+        await runIn(node.netns, ['sysctl', '-qw', `net.ipv4.ip_forward=${spec.mode === 'clustermesh' ? 0 : 1}`, 'net.ipv6.conf.all.disable_ipv6=1']);
+        for (let p = 1; p <= spec.podsPerNode; p++) topo.pods.push(await addPod(topo, node, p));
+      }
+    }
+    if (spec.mode === 'routing') await wireRouting(topo);
+    if (spec.mode === 'kernel-vxlan') await wireKernelVxlan(topo);
+    return topo;
+  } catch (err) {
+    await destroyTopology(topo).catch(() => undefined);
+    throw err;
+  }
+}
+
+async function addNamespace(topo: Topology, name: string): Promise<void> {
+  await run(['ip', 'netns', 'add', name]);
+  topo.namespaces.push(name);
+}
+
+async function linkInfo(netns: string, dev: string): Promise<{ ifindex: number; mac: string }> {
+  const { stdout } = await run(['ip', '-n', netns, '-j', 'link', 'show', 'dev', dev]);
+  const [info] = JSON.parse(stdout) as Array<{ ifindex: number; address: string }>;
+  if (!info) throw new Error(`no link ${dev} in ${netns}`);
+  return { ifindex: info.ifindex, mac: info.address };
+}
+
+async function addPod(topo: Topology, node: NodeInfo, p: number): Promise<PodInfo> {
+  const mtu = podMtu(topo.spec);
+  const netns = `${node.netns}p${p}`;
+  await addNamespace(topo, netns);
+  const hostIfName = `lxc${p}`;
+  const ip = podIP(node.cluster, node.index, p);
+  await ipBatch(undefined, [`link add ${hostIfName} netns ${node.netns} type veth peer name eth0 netns ${netns}`]);
+  await ipBatch(node.netns, [
+    `link set ${hostIfName} mtu ${mtu}`,
+    `link set ${hostIfName} up`,
+    // Lets the node's own stack (and the routing baseline) reach the pod.
+    `route add ${ip}/32 dev ${hostIfName} scope link`,
+  ]);
+  const host = await linkInfo(node.netns, hostIfName);
+  await ipBatch(netns, [
+    'link set lo up',
+    `link set eth0 mtu ${mtu}`,
+    `addr add ${ip}/32 dev eth0`,
+    'link set eth0 up',
+    // The gateway is a static neighbour: pods never ARP for it.
+    `neigh replace ${node.gatewayIP} lladdr ${host.mac} dev eth0 nud permanent`,
+    `route add default via ${node.gatewayIP} dev eth0 onlink`,
+  ]);
+  await runIn(netns, ['sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1']);
+  const pod = await linkInfo(netns, 'eth0');
+  return {
+    cluster: node.cluster,
+    clusterName: node.clusterName,
+    node,
+    index: p,
+    name: `pod-c${node.cluster}n${node.index}p${p}`,
+    netns,
+    ip,
+    mac: pod.mac,
+    hostIfName,
+    hostIfIndex: host.ifindex,
+    hostMac: host.mac,
+  };
+}
+
+/** The limit: pods routed hop by hop through their nodes and the router. */
+async function wireRouting(topo: Topology): Promise<void> {
+  const rtr: string[] = [];
+  for (const node of topo.nodes) {
+    rtr.push(`route add ${node.podCIDR} via ${node.underlayIP}`);
+    const lines: string[] = [];
+    for (const other of topo.nodes) {
+      if (other === node || other.cluster !== node.cluster) continue;
+      lines.push(`route add ${other.podCIDR} via ${other.underlayIP}`);
+    }
+    if (lines.length) await ipBatch(node.netns, lines);
+  }
+  await ipBatch(topo.routerNetns, rtr);
+}
+
+/** A plain Linux VXLAN overlay: one vxlan device per node, static FDB, neighbours and routes. */
+async function wireKernelVxlan(topo: Topology): Promise<void> {
+  const mtu = podMtu(topo.spec);
+  for (const node of topo.nodes) {
+    const lines = [
+      `link add ${KERNEL_VXLAN_DEV} type vxlan id 1 dstport 8472 local ${node.underlayIP} dev ${UNDERLAY_DEV} nolearning`,
+      `link set ${KERNEL_VXLAN_DEV} address ${kernelVxlanMac(node.cluster, node.index)} mtu ${mtu}`,
+      `addr add ${kernelVxlanIP(node.cluster, node.index)}/32 dev ${KERNEL_VXLAN_DEV}`,
+      `link set ${KERNEL_VXLAN_DEV} up`,
+    ];
+    for (const other of topo.nodes) {
+      if (other === node) continue;
+      const vip = kernelVxlanIP(other.cluster, other.index);
+      const vmac = kernelVxlanMac(other.cluster, other.index);
+      lines.push(
+        `neigh replace ${vip} lladdr ${vmac} dev ${KERNEL_VXLAN_DEV} nud permanent`,
+        `route add ${other.podCIDR} via ${vip} dev ${KERNEL_VXLAN_DEV} onlink`,
+      );
+    }
+    await ipBatch(node.netns, lines);
+    const fdb = topo.nodes
+      .filter((o) => o !== node)
+      .map((o) => `fdb append ${kernelVxlanMac(o.cluster, o.index)} dev ${KERNEL_VXLAN_DEV} dst ${o.underlayIP}`);
+    await run(['bridge', '-n', node.netns, '-batch', '-'], { input: fdb.join('\n') + '\n' });
+  }
+}
+
+/** Removes every namespace the topology created (links inside go with them). Safe to call twice. */
+export async function destroyTopology(topo: Pick<Topology, 'namespaces'>): Promise<void> {
+  const errors: unknown[] = [];
+  for (const ns of [...topo.namespaces].reverse()) {
+    try {
+      await run(['ip', 'netns', 'del', ns]);
+    } catch (err) {
+      if (!(await namespaceExists(ns))) continue;
+      errors.push(err);
+    }
+  }
+  if (errors.length) throw new AggregateError(errors, `topology: ${errors.length} namespaces could not be removed`);
+}
+
+export async function namespaceExists(name: string): Promise<boolean> {
+  return (await listNamespaces()).includes(name);
+}
+
+export async function listNamespaces(): Promise<string[]> {
+  const { stdout } = await run(['ip', '-j', 'netns', 'list']);
+  if (!stdout.trim()) return [];
+  return (JSON.parse(stdout) as Array<{ name: string }>).map((e) => e.name);
+}
