@@ -1,9 +1,17 @@
 import { Command } from 'commander';
+import { labCommand } from './lab.js';
+import { datapathCommand } from './datapath.js';
+import { demoCommand } from './demo.js';
 
 const program = new Command();
 program
   .name('clustermesh')
   .description('Multi-cluster networking for Kubernetes-style clusters, with an eBPF datapath')
-  .version('0.1.0');
+  .version('0.1.0')
+  .showHelpAfterError();
+
+program.addCommand(demoCommand());
+program.addCommand(labCommand());
+program.addCommand(datapathCommand());
 
 await program.parseAsync(process.argv);

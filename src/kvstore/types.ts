@@ -57,4 +57,7 @@ export interface KvConnectionConfig {
   keyFile: string;
   /** Per-request deadline; defaults to 5000 ms. */
   timeoutMs?: number;
+  /** TLS server name to verify instead of the endpoint's host (e.g. connect by IP
+   * to a server whose certificate names only a DNS name). */
+  serverName?: string;
 }

@@ -1,0 +1,38 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Per-node settings. The loader writes them into the object's .rodata before
+ * load (libbpf-bootstrap style); after load they are frozen and the verifier
+ * prunes branches on them, so a disabled feature costs nothing at run time.
+ * All are __u32 so the loader writes every one the same way.
+ */
+#ifndef CM_CONFIG_H
+#define CM_CONFIG_H
+
+#include "common.h"
+
+/* ifindex of this node's VXLAN device (external/collect_md). 0 = no tunnel:
+ * packets that would need it are dropped with DROP_NO_TUNNEL_DEVICE. */
+const volatile __u32 CFG_VXLAN_IFINDEX = 0;
+
+/* This node's underlay IPv4 address, network byte order (the same order as
+ * ipcache tunnel_endpoint). An ipcache entry pointing at this node whose
+ * address is no local endpoint is dropped (DROP_UNKNOWN_ENDPOINT) instead of
+ * being sent into the tunnel to ourselves. */
+const volatile __u32 CFG_NODE_IP = 0;
+
+/* This node's cluster ID (1..511, 0 = not meshed). Carried for the policy and
+ * NAT code of later issues; no current program branches on it. */
+const volatile __u32 CFG_CLUSTER_ID = 0;
+
+/* 1: deliver to pods with bpf_redirect_peer() (straight into the pod's netns,
+ * skipping the host-side veth's backlog); 0: bpf_redirect() to the host-side
+ * veth's egress. Whether the kernel supports peer redirect cannot be probed
+ * from BPF at run time, so the agent probes and decides. */
+const volatile __u32 CFG_REDIRECT_PEER = 0;
+
+/* Largest inner IPv4 packet (IP total length) that fits into the tunnel:
+ * underlay MTU - 50. Larger packets going to the tunnel are dropped with
+ * DROP_FRAG_NEEDED. 0 disables the check. */
+const volatile __u32 CFG_TUNNEL_MTU = 1450;
+
+#endif /* CM_CONFIG_H */

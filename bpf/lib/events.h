@@ -1,0 +1,133 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Events to userspace (clustermesh observe): one per drop always, one per
+ * forwarded packet while SETTINGS_F_TRACE_FORWARD is set in cm_settings.
+ * The flag is a map, not .rodata, so it can be flipped on a running node.
+ */
+#ifndef CM_EVENTS_H
+#define CM_EVENTS_H
+
+#include "common.h"
+#include "metrics.h"
+
+#define EVENTS_RINGBUF_SIZE (256 * 1024)
+
+enum cm_event_type {
+	EVENT_DROP  = 1,
+	EVENT_TRACE = 2,
+};
+
+/* Why a packet went on (metrics reason and EVENT_TRACE reason). */
+enum cm_trace_reason {
+	TRACE_TO_ENDPOINT = 1, /* redirected to a local pod */
+	TRACE_TO_OVERLAY  = 2, /* tunnel key set, redirected to the VXLAN device */
+	TRACE_TO_STACK    = 3, /* handed to the host stack (world, host, ARP...) */
+	TRACE_ARP_REPLY   = 4, /* ARP request answered from BPF */
+	/* Not a packet: an event the ring buffer had no room for (bytes = 0). */
+	TRACE_EVENT_LOST  = 127,
+};
+
+/* 48 bytes. Addresses network byte order, everything else host order. */
+struct cm_event {
+	__u64 timestamp;       /* bpf_ktime_get_ns(), CLOCK_MONOTONIC */
+	__u32 src_ip;          /* network byte order, 0 if not parsed */
+	__u32 dst_ip;          /* network byte order, 0 if not parsed */
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 ifindex;         /* device the program ran on (skb->ifindex) */
+	__u32 target_ifindex;  /* redirect target, 0 if none */
+	__u32 tunnel_endpoint; /* network byte order: remote node the packet goes
+				* to (egress) or came from (overlay ingress); 0 if none */
+	__u32 length;          /* skb->len */
+	__u16 src_port;        /* TCP/UDP port; ICMP: type */
+	__u16 dst_port;        /* TCP/UDP port; ICMP: code */
+	__u8  type;            /* enum cm_event_type */
+	__u8  reason;          /* enum cm_trace_reason or enum cm_drop_reason */
+	__u8  direction;       /* enum cm_direction */
+	__u8  protocol;        /* IP protocol, 0 if not IPv4 */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, EVENTS_RINGBUF_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_events SEC(".maps");
+
+/* Bits of settings_value.flags. */
+enum cm_settings_flag {
+	SETTINGS_F_TRACE_FORWARD = 1 << 0,
+};
+
+/* 4 bytes; the only element of cm_settings, key (__u32) 0. */
+struct settings_value {
+	__u32 flags; /* SETTINGS_F_* */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct settings_value);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_settings SEC(".maps");
+
+CM_BTF_EXPORT(struct cm_event, event);
+CM_BTF_EXPORT(enum cm_event_type, event_type);
+CM_BTF_EXPORT(enum cm_trace_reason, trace_reason);
+CM_BTF_EXPORT(enum cm_settings_flag, settings_flag);
+
+/*
+ * What the handlers learned about a packet, filled as they go so that the
+ * entry point wrapper can report a drop with whatever was known at that point.
+ */
+struct trace_ctx {
+	__u32 src_ip;
+	__u32 dst_ip;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 target_ifindex;
+	__u32 tunnel_endpoint;
+	__u16 sport;
+	__u16 dport;
+	__u8  protocol;
+	__u8  dir;          /* enum cm_direction */
+	__u8  reason;       /* enum cm_trace_reason, set by the handler on success */
+};
+
+static __always_inline bool settings_trace_forward(void)
+{
+	__u32 zero = 0;
+	const struct settings_value *s = bpf_map_lookup_elem(&cm_settings, &zero);
+
+	return s && (s->flags & SETTINGS_F_TRACE_FORWARD);
+}
+
+static __always_inline void event_emit(struct __sk_buff *ctx, const struct trace_ctx *tc,
+				       __u8 type, __u8 reason)
+{
+	struct cm_event *ev;
+
+	ev = bpf_ringbuf_reserve(&cm_events, sizeof(*ev), 0);
+	if (!ev) {
+		metrics_update(TRACE_EVENT_LOST, tc->dir, 0);
+		return;
+	}
+	ev->timestamp = bpf_ktime_get_ns();
+	ev->src_ip = tc->src_ip;
+	ev->dst_ip = tc->dst_ip;
+	ev->src_identity = tc->src_identity;
+	ev->dst_identity = tc->dst_identity;
+	ev->ifindex = ctx->ifindex;
+	ev->target_ifindex = tc->target_ifindex;
+	ev->tunnel_endpoint = tc->tunnel_endpoint;
+	ev->length = ctx->len;
+	ev->src_port = tc->sport;
+	ev->dst_port = tc->dport;
+	ev->type = type;
+	ev->reason = reason;
+	ev->direction = tc->dir;
+	ev->protocol = tc->protocol;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+#endif /* CM_EVENTS_H */

@@ -1,0 +1,196 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * from_container: tc ingress of a pod's host-side veth, i.e. every packet the
+ * pod sends. Answers ARP for the pod's gateway, then routes IPv4: to a local
+ * pod, into the VXLAN tunnel towards the node hosting the destination, or to
+ * the host stack (world).
+ */
+#include "common.h"
+#include "config.h"
+#include "ipcache.h"
+#include "eps.h"
+#include "metrics.h"
+#include "events.h"
+#include "drop.h"
+#include "l3.h"
+
+/* ARP body for Ethernet/IPv4 (RFC 826), after struct arphdr. */
+struct arp_eth_ipv4 {
+	__u8 sha[ETH_ALEN];
+	__u8 spa[4];
+	__u8 tha[ETH_ALEN];
+	__u8 tpa[4];
+};
+
+/*
+ * ARP from the pod is answered here, whatever address it asks for, with the
+ * host-side veth MAC: the node routes everything the pod sends, so that MAC is
+ * the right next hop for any address, and pods then work even without the
+ * static gateway neighbour the CNI plugin installs (or after it was flushed).
+ * Not answered (handed to the stack): replies, non-Ethernet/IPv4 ARP,
+ * gratuitous ARP and DAD probes (sender 0.0.0.0), which must not be answered.
+ */
+static __always_inline int handle_arp(struct __sk_buff *ctx, struct trace_ctx *tc)
+{
+	const __u32 len = ETH_HLEN + sizeof(struct arphdr) + sizeof(struct arp_eth_ipv4);
+	const struct endpoint_info *ep;
+	struct arp_eth_ipv4 *body;
+	void *data, *data_end;
+	struct ethhdr *eth;
+	struct arphdr *arp;
+	__u32 spa, tpa;
+
+	if (!pkt_pull(ctx, len))
+		return -DROP_INVALID_PACKET;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (data + len > data_end)
+		return -DROP_INVALID_PACKET;
+	eth = data;
+	arp = (void *)(eth + 1);
+	body = (void *)(arp + 1);
+
+	tc->reason = TRACE_TO_STACK;
+	if (arp->ar_hrd != bpf_htons(ARPHRD_ETHER) || arp->ar_pro != bpf_htons(ETH_P_IP) ||
+	    arp->ar_hln != ETH_ALEN || arp->ar_pln != 4)
+		return TC_ACT_OK;
+	__builtin_memcpy(&spa, body->spa, 4);
+	__builtin_memcpy(&tpa, body->tpa, 4);
+	tc->src_ip = spa;
+	tc->dst_ip = tpa;
+	if (arp->ar_op != bpf_htons(ARPOP_REQUEST) || spa == 0 || spa == tpa)
+		return TC_ACT_OK;
+
+	ep = lookup_endpoint4(spa);
+	if (!ep)
+		return -DROP_UNKNOWN_SOURCE;
+	if (ep->ifindex != ctx->ifindex)
+		return -DROP_SOURCE_MISMATCH;
+	tc->src_identity = ep->identity;
+
+	/* Turn the request into the reply, in place. */
+	arp->ar_op = bpf_htons(ARPOP_REPLY);
+	__builtin_memcpy(body->tha, body->sha, ETH_ALEN);
+	__builtin_memcpy(body->tpa, &spa, 4);
+	__builtin_memcpy(body->sha, ep->node_mac, ETH_ALEN);
+	__builtin_memcpy(body->spa, &tpa, 4);
+	eth_set_macs(eth, body->tha, ep->node_mac);
+
+	tc->reason = TRACE_ARP_REPLY;
+	tc->target_ifindex = ctx->ifindex;
+	/* Back out of the same veth, i.e. into the pod. */
+	return bpf_redirect(ctx->ifindex, 0);
+}
+
+/*
+ * Into the tunnel towards @remote (network byte order). VNI = identity of the
+ * source pod, so the receiving node knows who sent it without a lookup.
+ */
+static __always_inline int ipv4_encap(struct __sk_buff *ctx, struct iphdr *ip,
+				      __u32 src_identity, __u32 remote, struct trace_ctx *tc)
+{
+	struct bpf_tunnel_key key = {};
+
+	if (src_identity > IDENTITY_VNI_MAX)
+		return -DROP_INVALID_IDENTITY;
+	if (CFG_VXLAN_IFINDEX == 0)
+		return -DROP_NO_TUNNEL_DEVICE;
+	/* The outer header gets DF, so an oversized packet would die in the
+	 * underlay without a trace; drop it here, counted. */
+	if (CFG_TUNNEL_MTU && ipv4_wire_len(ctx, ip) > CFG_TUNNEL_MTU)
+		return -DROP_FRAG_NEEDED;
+	if (ip->ttl <= 1)
+		return -DROP_TTL_EXCEEDED;
+	ipv4_dec_ttl(ip);
+
+	key.tunnel_id = src_identity;
+	key.remote_ipv4 = bpf_ntohl(remote);
+	key.tunnel_ttl = CM_TUNNEL_TTL;
+	if (bpf_skb_set_tunnel_key(ctx, &key, sizeof(key),
+				   BPF_F_ZERO_CSUM_TX | BPF_F_DONT_FRAGMENT) < 0)
+		return -DROP_WRITE_ERROR;
+
+	tc->tunnel_endpoint = remote;
+	tc->target_ifindex = CFG_VXLAN_IFINDEX;
+	tc->reason = TRACE_TO_OVERLAY;
+	return bpf_redirect(CFG_VXLAN_IFINDEX, 0);
+}
+
+static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
+						      struct trace_ctx *tc)
+{
+	const struct endpoint_info *src_ep, *dst_ep;
+	const struct ipcache_value *info;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+
+	if (!parse_ipv4(ctx, &eth, &ip))
+		return -DROP_INVALID_PACKET;
+	tc->src_ip = ip->saddr;
+	tc->dst_ip = ip->daddr;
+	tc->protocol = ip->protocol;
+	parse_l4_ports(ctx, ip, &tc->sport, &tc->dport);
+
+	/* The source identity travels in the VNI: a pod may only send with an
+	 * address the agent gave it, from its own veth. */
+	src_ep = lookup_endpoint4(ip->saddr);
+	if (!src_ep)
+		return -DROP_UNKNOWN_SOURCE;
+	if (src_ep->ifindex != ctx->ifindex)
+		return -DROP_SOURCE_MISMATCH;
+	tc->src_identity = src_ep->identity;
+
+	/* Later issues: service translation (lb.h) and conntrack go here,
+	 * before the destination is resolved; egress policy after it. */
+
+	dst_ep = lookup_endpoint4(ip->daddr);
+	if (dst_ep)
+		return ipv4_deliver_local(eth, ip, dst_ep, tc);
+
+	info = ipcache_lookup4(ip->daddr);
+	if (!info) {
+		tc->dst_identity = IDENTITY_WORLD;
+		tc->reason = TRACE_TO_STACK;
+		return TC_ACT_OK;
+	}
+	tc->dst_identity = info->identity;
+	if (info->tunnel_endpoint == 0) {
+		/* Host, world, remote-node...: the stack routes those. A workload
+		 * without a node to send it to is a hole in the ipcache. */
+		if (identity_is_reserved(info->identity)) {
+			tc->reason = TRACE_TO_STACK;
+			return TC_ACT_OK;
+		}
+		return -DROP_NO_TUNNEL_ENDPOINT;
+	}
+	if (CFG_NODE_IP && info->tunnel_endpoint == CFG_NODE_IP)
+		return -DROP_UNKNOWN_ENDPOINT;
+	return ipv4_encap(ctx, ip, src_ep->identity, info->tunnel_endpoint, tc);
+}
+
+static __always_inline int handle_from_container(struct __sk_buff *ctx, struct trace_ctx *tc)
+{
+	struct ethhdr *eth;
+
+	if (!parse_eth(ctx, &eth))
+		return -DROP_INVALID_PACKET;
+	switch (eth->h_proto) {
+	case bpf_htons(ETH_P_IP):
+		return handle_ipv4_from_container(ctx, tc);
+	case bpf_htons(ETH_P_ARP):
+		return handle_arp(ctx, tc);
+	default:
+		return -DROP_UNSUPPORTED_L3;
+	}
+}
+
+SEC("tc")
+int from_container(struct __sk_buff *ctx)
+{
+	struct trace_ctx tc = { .dir = DIR_EGRESS };
+	int ret = handle_from_container(ctx, &tc);
+
+	return cm_finish(ctx, &tc, ret);
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * from_overlay: tc ingress of the node's VXLAN device (external/collect_md).
+ * Every packet here came from another node's from_container: the VNI is the
+ * source pod's identity, the destination must be a pod of this node.
+ */
+#include "common.h"
+#include "config.h"
+#include "ipcache.h"
+#include "eps.h"
+#include "metrics.h"
+#include "events.h"
+#include "drop.h"
+#include "l3.h"
+
+/*
+ * Everything after the tunnel metadata was read; separate so a test program
+ * (bpf/test/overlay_test.bpf.c) can feed it an identity, because
+ * BPF_PROG_TEST_RUN cannot attach tunnel metadata to a packet.
+ * @remote: sending node, network byte order.
+ */
+static __always_inline int handle_overlay(struct __sk_buff *ctx, struct trace_ctx *tc,
+					  __u32 src_identity, __u32 remote)
+{
+	const struct endpoint_info *ep;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+
+	tc->src_identity = src_identity;
+	tc->tunnel_endpoint = remote;
+
+	if (!parse_eth(ctx, &eth))
+		return -DROP_INVALID_PACKET;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return -DROP_UNSUPPORTED_L3;
+	if (!parse_ipv4(ctx, &eth, &ip))
+		return -DROP_INVALID_PACKET;
+	tc->src_ip = ip->saddr;
+	tc->dst_ip = ip->daddr;
+	tc->protocol = ip->protocol;
+	parse_l4_ports(ctx, ip, &tc->sport, &tc->dport);
+
+	ep = lookup_endpoint4(ip->daddr);
+	if (!ep)
+		return -DROP_UNKNOWN_ENDPOINT;
+
+	/* Later issues: reverse NAT, conntrack and ingress policy of @ep
+	 * against src_identity go here. */
+
+	return ipv4_deliver_local(eth, ip, ep, tc);
+}
+
+SEC("tc")
+int from_overlay(struct __sk_buff *ctx)
+{
+	struct trace_ctx tc = { .dir = DIR_INGRESS };
+	struct bpf_tunnel_key key = {};
+	int ret;
+
+	if (bpf_skb_get_tunnel_key(ctx, &key, sizeof(key), 0) < 0)
+		ret = -DROP_NO_TUNNEL_KEY;
+	else
+		ret = handle_overlay(ctx, &tc, key.tunnel_id, bpf_htonl(key.remote_ipv4));
+	return cm_finish(ctx, &tc, ret);
+}
+
+char LICENSE[] SEC("license") = "GPL";

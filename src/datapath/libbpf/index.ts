@@ -1,0 +1,7 @@
+// libbpf through koffi: objects, maps, programs, tc attachment, ring buffers.
+export { BpfObject, type OpenOptions } from './object.ts';
+export { BpfMap, MapType, type MapInfo, type UpdateFlag, joinPerCpu, mapInfoByFd, numPossibleCpus, splitPerCpu } from './map.ts';
+export { BpfProgram, SK_BUFF_SIZE, TcAction, skbContext, type SkbContextFields, type TestRunOptions, type TestRunResult } from './program.ts';
+export { TcAttachment, ifindexOf, tcAttach, tcDetach, tcDetachAll, tcHookDestroy, tcQuery, type TcAttachOptions, type TcDirection } from './tc.ts';
+export { RingBufferReader, readRingBuffer, type RingBufferHandler } from './ringbuf.ts';
+export { setLibbpfLogHandler, type LibbpfLogLevel } from './ffi.ts';

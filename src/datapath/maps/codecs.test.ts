@@ -1,0 +1,155 @@
+// Byte-level unit tests of the map codecs (no kernel needed). The layouts
+// themselves are checked against the C structs in btf.test.ts.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import * as config from './config.ts';
+import * as endpoints from './endpoints.ts';
+import * as events from './events.ts';
+import * as ipcache from './ipcache.ts';
+import * as metrics from './metrics.ts';
+import { DropReason, TraceReason, isDropReason, reasonDescription, reasonName } from './reasons.ts';
+import * as settings from './settings.ts';
+import type { MapHandle } from './codec.ts';
+
+/** A Map-backed stand-in for BpfMap. */
+function fakeMap(): MapHandle & { store: Map<string, Buffer> } {
+  const store = new Map<string, Buffer>();
+  return {
+    store,
+    lookup: (k) => store.get(k.toString('hex')),
+    update: (k, v) => void store.set(k.toString('hex'), Buffer.from(v)),
+    delete: (k) => store.delete(k.toString('hex')),
+    *entries() {
+      for (const [k, v] of store) yield [Buffer.from(k, 'hex'), v];
+    },
+  };
+}
+
+describe('ipcache codec', () => {
+  it('key: prefixlen host order, address network order, host bits cleared', () => {
+    assert.equal(ipcache.encodeKey({ addr: '10.102.1.77', prefixLen: 24 }).toString('hex'), '18000000' + '0a660100');
+    assert.equal(ipcache.encodeKey({ addr: '10.1.2.3', prefixLen: 0 }).toString('hex'), '00000000' + '00000000');
+    assert.deepEqual(ipcache.decodeKey(Buffer.from('200000000a650014', 'hex')), { addr: '10.101.0.20', prefixLen: 32 });
+    assert.throws(() => ipcache.encodeKey({ addr: '10.0.0.0', prefixLen: 33 }), RangeError);
+  });
+
+  it('value: identity host order, tunnel endpoint network order, 0.0.0.0 = none', () => {
+    const b = ipcache.encodeValue({ identity: 0x20100, tunnelEndpoint: '10.2.0.5', flags: 0 });
+    assert.equal(b.toString('hex'), '00010200' + '0a020005' + '00000000');
+    assert.deepEqual(ipcache.decodeValue(b), { identity: 0x20100, tunnelEndpoint: '10.2.0.5', flags: 0 });
+    assert.equal(ipcache.decodeValue(ipcache.encodeValue({ identity: 2, tunnelEndpoint: null, flags: 0 })).tunnelEndpoint, null);
+    assert.throws(() => ipcache.decodeValue(Buffer.alloc(8)), RangeError);
+  });
+
+  it('parsePrefix accepts a.b.c.d[/n] only', () => {
+    assert.deepEqual(ipcache.parsePrefix('10.1.0.0/16'), { addr: '10.1.0.0', prefixLen: 16 });
+    assert.deepEqual(ipcache.parsePrefix('10.1.0.7'), { addr: '10.1.0.7', prefixLen: 32 });
+    for (const bad of ['10.1.0.0/33', '10.1.0/8', '10.1.0.0/', '10.1.0.0/8/8', '300.1.0.0/8', 'fe80::/64']) assert.throws(() => ipcache.parsePrefix(bad), RangeError, bad);
+  });
+
+  it('typed operations go through the codecs', () => {
+    const m = fakeMap();
+    ipcache.updateMany(m, [
+      [{ addr: '10.1.0.0', prefixLen: 16 }, { identity: 6, tunnelEndpoint: null, flags: 0 }],
+      [{ addr: '10.102.0.30', prefixLen: 32 }, { identity: 0x20100, tunnelEndpoint: '10.2.0.5', flags: 0 }],
+    ]);
+    assert.deepEqual(ipcache.match(m, '10.102.0.30'), { identity: 0x20100, tunnelEndpoint: '10.2.0.5', flags: 0 });
+    assert.deepEqual([...ipcache.entries(m)].map(([k]) => ipcache.formatPrefix(k)), ['10.1.0.0/16', '10.102.0.30/32']);
+    assert.equal(ipcache.remove(m, { addr: '10.1.0.0', prefixLen: 16 }), true);
+    assert.equal(ipcache.remove(m, { addr: '10.1.0.0', prefixLen: 16 }), false);
+  });
+});
+
+describe('endpoints codec', () => {
+  it('round-trips with the documented byte layout', () => {
+    const v = { ifindex: 77, identity: 0x10101, endpointId: 513, flags: 0, mac: '0a:00:00:00:00:14', nodeMac: 'fe:ed:be:ef:00:01' };
+    const b = endpoints.encodeValue(v);
+    assert.equal(b.toString('hex'), '4d000000' + '01010100' + '0102' + '0000' + '0a0000000014' + 'feedbeef0001');
+    assert.deepEqual(endpoints.decodeValue(b), v);
+    assert.equal(endpoints.encodeKey({ ip: '10.101.0.20' }).toString('hex'), '0a650014');
+    assert.throws(() => endpoints.encodeValue({ ...v, mac: '0a:00:00:00:00' }), RangeError);
+    assert.throws(() => endpoints.encodeValue({ ...v, endpointId: 70000 }), RangeError);
+  });
+});
+
+describe('metrics codec', () => {
+  it('key: reason, direction, zero padding', () => {
+    assert.equal(metrics.encodeKey({ reason: DropReason.DROP_TTL_EXCEEDED, direction: 'egress' }).toString('hex'), '87020000');
+    assert.deepEqual(metrics.decodeKey(Buffer.from('02010000', 'hex')), { reason: TraceReason.TRACE_TO_OVERLAY, direction: 'ingress' });
+    assert.throws(() => metrics.decodeKey(Buffer.from('02010100', 'hex')), RangeError);
+  });
+
+  it('value: sums the per-CPU copies', () => {
+    const cpu = (p: bigint, b: bigint) => metrics.encodeValue({ packets: p, bytes: b });
+    assert.deepEqual(metrics.decodeValue(Buffer.concat([cpu(1n, 100n), cpu(0n, 0n), cpu(2n, 60n)])), { packets: 3n, bytes: 160n });
+    assert.throws(() => metrics.decodeValue(Buffer.alloc(20)), RangeError);
+  });
+
+  it('read() names and orders the counters', () => {
+    const m = fakeMap();
+    m.update(metrics.encodeKey({ reason: DropReason.DROP_FRAG_NEEDED, direction: 'egress' }), metrics.encodeValue({ packets: 1n, bytes: 1500n }));
+    m.update(metrics.encodeKey({ reason: TraceReason.TRACE_TO_ENDPOINT, direction: 'ingress' }), metrics.encodeValue({ packets: 5n, bytes: 500n }));
+    assert.deepEqual(metrics.read(m).map((r) => [r.reasonName, r.direction, r.drop, r.packets]), [
+      ['TRACE_TO_ENDPOINT', 'ingress', false, 5n],
+      ['DROP_FRAG_NEEDED', 'egress', true, 1n],
+    ]);
+    assert.deepEqual(metrics.get(m, { reason: 200, direction: 'egress' }), { packets: 0n, bytes: 0n });
+    assert.equal(metrics.reset(m), 2);
+    assert.equal(m.store.size, 0);
+  });
+});
+
+describe('events codec', () => {
+  it('round-trips an event and names its reason', () => {
+    const e: events.DatapathEvent = {
+      timestamp: 123456789n, type: 'drop', reason: DropReason.DROP_UNKNOWN_ENDPOINT, reasonName: 'DROP_UNKNOWN_ENDPOINT', direction: 'ingress',
+      srcIp: '10.102.0.30', dstIp: '10.101.0.99', srcIdentity: 0x20100, dstIdentity: 0, ifindex: 5, targetIfindex: 0,
+      tunnelEndpoint: '10.2.0.5', length: 74, protocol: 6, srcPort: 5555, dstPort: 8080,
+    };
+    const { reasonName: _n, ...raw } = e;
+    const b = events.encode(raw);
+    assert.equal(b.length, 48);
+    assert.equal(b.subarray(8, 12).toString('hex'), '0a66001e', 'addresses network order');
+    assert.equal(b.subarray(40, 42).toString('hex'), 'b315', 'ports host order (little-endian here)');
+    assert.deepEqual(events.decode(b), e);
+    assert.throws(() => events.decode(Buffer.alloc(40)), RangeError);
+  });
+});
+
+describe('settings codec', () => {
+  it('trace flag <-> bit 0; unknown bits are refused', () => {
+    const m = fakeMap();
+    assert.deepEqual(settings.get(m), { traceForward: false });
+    settings.set(m, { traceForward: true });
+    assert.equal([...m.store.values()][0]!.toString('hex'), '01000000');
+    assert.deepEqual(settings.get(m), { traceForward: true });
+    assert.throws(() => settings.decodeValue(Buffer.from('03000000', 'hex')), RangeError);
+  });
+});
+
+describe('config', () => {
+  it('encodes every const volatile as 4 bytes, the node IP in network order', () => {
+    const enc = new Map(config.encodeConfig({ vxlanIfindex: 9, nodeIp: '10.1.0.1', clusterId: 3, redirectPeer: true, tunnelMtu: 1450 }));
+    assert.deepEqual(Object.fromEntries([...enc].map(([k, v]) => [k, v.toString('hex')])), {
+      CFG_VXLAN_IFINDEX: '09000000',
+      CFG_NODE_IP: '0a010001',
+      CFG_CLUSTER_ID: '03000000',
+      CFG_REDIRECT_PEER: '01000000',
+      CFG_TUNNEL_MTU: 'aa050000',
+    });
+    const set: string[] = [];
+    config.applyConfig({ setConst: (name) => void set.push(name) }, { vxlanIfindex: 0, nodeIp: '0.0.0.0', clusterId: 0, redirectPeer: false, tunnelMtu: 0 });
+    assert.deepEqual(set.sort(), Object.values(config.CONST_NAMES).sort());
+  });
+});
+
+describe('reasons', () => {
+  it('names, descriptions and the drop/trace split', () => {
+    assert.equal(reasonName(135), 'DROP_TTL_EXCEEDED');
+    assert.equal(reasonName(3), 'TRACE_TO_STACK');
+    assert.equal(reasonName(250), 'REASON_250');
+    assert.equal(reasonDescription(136), 'larger than the tunnel MTU');
+    assert.ok(Object.values(DropReason).every(isDropReason));
+    assert.ok(!Object.values(TraceReason).some(isDropReason));
+  });
+});

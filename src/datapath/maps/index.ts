@@ -1,0 +1,9 @@
+// Codecs and typed operations for the datapath's maps, one module per map.
+export * as ipcache from './ipcache.ts';
+export * as endpoints from './endpoints.ts';
+export * as metrics from './metrics.ts';
+export * as events from './events.ts';
+export * as settings from './settings.ts';
+export * as config from './config.ts';
+export * from './reasons.ts';
+export type { MapHandle, StructLayout, FieldLayout } from './codec.ts';

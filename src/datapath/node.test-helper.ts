@@ -1,0 +1,87 @@
+// Run by node.test.ts inside a test node netns: drives NodeDatapath through
+// start / traffic / stop / restart / destroy and prints what it observed as
+// one JSON object on stdout.
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { tcQuery } from './libbpf/tc.ts';
+import type { DatapathEvent } from './maps/events.ts';
+import { linkInfo } from './netdev.ts';
+import { NodeDatapath, type NodeDatapathOptions } from './node.ts';
+
+const [nodeName, podNs] = process.argv.slice(2);
+if (!nodeName || !podNs) throw new Error('usage: node.test-helper.ts NODE_NAME POD_NETNS');
+
+const podPing = (dst: string): boolean => {
+  try {
+    execFileSync('ip', ['netns', 'exec', podNs, 'ping', '-c1', '-W1', '-q', dst], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+};
+const podMac = (JSON.parse(execFileSync('ip', ['-n', podNs, '-j', 'link', 'show', 'eth0'], { encoding: 'utf8' })) as { address: string }[])[0]!.address;
+
+const opts: NodeDatapathOptions = { nodeName, nodeIP: '10.1.0.2', clusterID: 1, vxlanDevice: 'cm_vx' };
+const out: Record<string, unknown> = {};
+const dp = new NodeDatapath(opts);
+await dp.start();
+try {
+  const vx = (await linkInfo('cm_vx'))!;
+  out.vxlan = { kind: vx.kind, external: vx.data.external, port: vx.data.port, mtu: vx.mtu, up: vx.up, ifindex: vx.ifindex === dp.vxlanIfindex };
+  out.overlayAttached = (tcQuery(dp.vxlanIfindex, 'ingress') ?? 0) > 0;
+  out.pinDir = dp.options.pinDir;
+  out.pins = ['cm_ipcache', 'cm_endpoints', 'cm_metrics', 'cm_events', 'cm_settings'].every((m) => existsSync(`${dp.options.pinDir}/${m}`));
+
+  const events: DatapathEvent[] = [];
+  const sub = dp.events((e) => events.push(e), { intervalMs: 10 });
+  const lxc = dp.attachEndpoint('lxc0');
+  out.lxcAttached = tcQuery(lxc.ifindex, 'ingress') === lxc.progId;
+
+  out.pingUnknownSource = podPing('10.102.0.9');
+  const lxcLink = (await linkInfo('lxc0'))!;
+  dp.upsertEndpoint('10.101.0.5', { ifindex: lxc.ifindex, identity: 1000, endpointId: 1, flags: 0, mac: podMac, nodeMac: lxcLink.mac! });
+  dp.upsertIpcache('10.102.0.0/24', { identity: 2000, tunnelEndpoint: '10.1.0.3', flags: 0 });
+  // forget the failed gateway neighbour so the pod ARPs again right away
+  execFileSync('ip', ['-n', podNs, 'neigh', 'flush', 'dev', 'eth0']);
+  podPing('10.102.0.9'); // goes into the tunnel towards 10.1.0.3, where nobody answers
+  for (let i = 0; i < 100 && !events.some((e) => e.type === 'drop'); i++) await sleep(10);
+  sub.stop();
+  const counters = Object.fromEntries(dp.metrics().map((r) => [`${r.reasonName}/${r.direction}`, Number(r.packets)]));
+  out.counters = counters;
+  out.dropEvent = events.find((e) => e.type === 'drop' && e.reasonName === 'DROP_UNKNOWN_SOURCE') ? { srcIp: events.find((e) => e.reasonName === 'DROP_UNKNOWN_SOURCE')!.srcIp } : null;
+
+  await dp.stop();
+  out.afterStop = {
+    overlayAttached: tcQuery(dp.vxlanIfindex, 'ingress') !== undefined,
+    lxcAttached: tcQuery(lxc.ifindex, 'ingress') !== undefined,
+    pinsKept: existsSync(`${dp.options.pinDir}/cm_endpoints`),
+  };
+
+  // restart: the pinned maps still hold what the first instance wrote
+  const dp2 = new NodeDatapath(opts);
+  await dp2.start();
+  out.afterRestart = {
+    endpoints: dp2.endpoints().map(([ip, v]) => `${ip}:${v.identity}`),
+    ipcache: dp2.ipcache().map(([p, v]) => `${p}:${v.identity}:${v.tunnelEndpoint}`),
+    metricsKept: dp2.metrics().length > 0,
+  };
+  dp2.attachEndpoint('lxc0');
+  await dp2.stop({ detach: false });
+  out.afterStopKeepAttached = { lxcAttached: tcQuery(lxc.ifindex, 'ingress') !== undefined, overlayAttached: tcQuery(dp.vxlanIfindex, 'ingress') !== undefined };
+
+  const dp3 = new NodeDatapath(opts);
+  await dp3.start();
+  dp3.attachEndpoint('lxc0');
+  await dp3.destroy();
+  out.afterDestroy = {
+    lxcAttached: tcQuery(lxc.ifindex, 'ingress') !== undefined,
+    overlayAttached: tcQuery(dp.vxlanIfindex, 'ingress') !== undefined,
+    pinDirExists: existsSync(dp.options.pinDir),
+    vxlanKept: (await linkInfo('cm_vx')) !== undefined, // dp3 did not create it
+  };
+} finally {
+  await dp.destroy();
+}
+out.vxlanAfterCreatorDestroy = (await linkInfo('cm_vx')) !== undefined;
+process.stdout.write(JSON.stringify(out) + '\n');

@@ -1,0 +1,334 @@
+// One node's datapath, as the agent drives it from inside the node's network
+// namespace: the VXLAN device, the two tc programs, the pinned maps.
+//
+//   start()            VXLAN device (external, collect_md) present and up;
+//                      overlay.bpf.o and lxc.bpf.o loaded with the node's
+//                      settings, maps pinned in/reused from the pin dir;
+//                      from_overlay on the VXLAN device's ingress.
+//   attachEndpoint()   from_container on a pod's host-side veth ingress.
+//   stop()             programs detached (by default), fds closed, pins kept:
+//                      the next start() finds every map entry again.
+//   destroy()          stop() plus pins removed (and the VXLAN device, when
+//                      this instance created it).
+import { mkdirSync } from 'node:fs';
+import { isAbsolute, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { DEFAULT_BPFFS_ROOT, ensureBpffs, isOnBpffs, removePinDir } from './bpffs.ts';
+import { BpfObject } from './libbpf/object.ts';
+import type { BpfMap } from './libbpf/map.ts';
+import { RingBufferReader } from './libbpf/ringbuf.ts';
+import { type TcAttachment, ifindexOf, tcAttach, tcDetach } from './libbpf/tc.ts';
+import { VXLAN_OVERHEAD, applyConfig } from './maps/config.ts';
+import * as endpointsMap from './maps/endpoints.ts';
+import * as eventsMap from './maps/events.ts';
+import * as ipcacheMap from './maps/ipcache.ts';
+import * as metricsMap from './maps/metrics.ts';
+import * as settingsMap from './maps/settings.ts';
+import { deleteLink, ensureVxlanDevice, linkInfo, mtuOfAddress } from './netdev.ts';
+
+const REPO_ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
+
+export const LXC_OBJECT = 'lxc.bpf.o';
+export const OVERLAY_OBJECT = 'overlay.bpf.o';
+export const FROM_CONTAINER = 'from_container';
+export const FROM_OVERLAY = 'from_overlay';
+
+export interface NodeDatapathOptions {
+  /** Unique name of the node in the mesh; names the pin directory. */
+  nodeName: string;
+  /** The node's underlay IPv4 address. */
+  nodeIP: string;
+  /** 1..511; 0 = not meshed. */
+  clusterID: number;
+  /** Name of the node's external VXLAN device (created when missing). */
+  vxlanDevice: string;
+  /** VXLAN UDP port; 8472. */
+  tunnelPort?: number;
+  /** Where the maps are pinned; `<bpffsRoot>/<nodeName>`. */
+  pinDir?: string;
+  /** The project's bpffs; DEFAULT_BPFFS_ROOT. */
+  bpffsRoot?: string;
+  /** Directory of lxc.bpf.o and overlay.bpf.o; 'bpf/build' (relative paths resolve against the repository root). */
+  objectsDir?: string;
+  /** Deliver to pods with bpf_redirect_peer; true. */
+  redirectPeer?: boolean;
+  /** MTU of the underlay; default: MTU of the device holding nodeIP, else 1500. Tunnel MTU = underlay − 50. */
+  underlayMtu?: number;
+  /** Emit a trace event per forwarded packet (cm_settings); false. */
+  traceForward?: boolean;
+}
+
+export interface ResolvedNodeDatapathOptions extends Required<Omit<NodeDatapathOptions, 'underlayMtu'>> {
+  underlayMtu: number | undefined;
+}
+
+export interface EndpointAttachment {
+  ifName: string;
+  ifindex: number;
+  progId: number;
+}
+
+/** The node's pinned maps, for the typed operations of src/datapath/maps/. */
+export interface NodeMaps {
+  ipcache: BpfMap;
+  endpoints: BpfMap;
+  metrics: BpfMap;
+  events: BpfMap;
+  settings: BpfMap;
+}
+
+export interface EventSubscription {
+  /** Stops reading (after handing over what is already in the ring). Idempotent. */
+  stop(): void;
+}
+
+type State = 'stopped' | 'starting' | 'running' | 'stopping';
+
+export class NodeDatapath {
+  readonly options: ResolvedNodeDatapathOptions;
+  #state: State = 'stopped';
+  #lxc: BpfObject | undefined;
+  #overlay: BpfObject | undefined;
+  #overlayAttachment: TcAttachment | undefined;
+  #vxlanIfindex = 0;
+  #createdVxlan = false;
+  readonly #endpoints = new Map<string, TcAttachment>();
+  readonly #readers = new Set<RingBufferReader>();
+
+  constructor(opts: NodeDatapathOptions) {
+    const bpffsRoot = opts.bpffsRoot ?? DEFAULT_BPFFS_ROOT;
+    const objectsDir = opts.objectsDir ?? 'bpf/build';
+    this.options = {
+      nodeName: opts.nodeName,
+      nodeIP: opts.nodeIP,
+      clusterID: opts.clusterID,
+      vxlanDevice: opts.vxlanDevice,
+      tunnelPort: opts.tunnelPort ?? 8472,
+      bpffsRoot,
+      pinDir: opts.pinDir ?? join(bpffsRoot, opts.nodeName),
+      objectsDir: isAbsolute(objectsDir) ? objectsDir : join(REPO_ROOT, objectsDir),
+      redirectPeer: opts.redirectPeer ?? true,
+      underlayMtu: opts.underlayMtu,
+      traceForward: opts.traceForward ?? false,
+    };
+    if (!Number.isInteger(this.options.clusterID) || this.options.clusterID < 0 || this.options.clusterID > 511) throw new RangeError(`clusterID ${opts.clusterID} not in 0..511`);
+  }
+
+  get state(): State {
+    return this.#state;
+  }
+
+  /** ifindex of the VXLAN device (after start). */
+  get vxlanIfindex(): number {
+    return this.#vxlanIfindex;
+  }
+
+  /** The pinned maps (after start). */
+  get maps(): NodeMaps {
+    const o = this.#running('maps');
+    return {
+      ipcache: o.map(ipcacheMap.MAP_NAME),
+      endpoints: o.map(endpointsMap.MAP_NAME),
+      metrics: o.map(metricsMap.MAP_NAME),
+      events: o.map(eventsMap.MAP_NAME),
+      settings: o.map(settingsMap.MAP_NAME),
+    };
+  }
+
+  async start(): Promise<void> {
+    if (this.#state !== 'stopped') throw new Error(`NodeDatapath ${this.options.nodeName}: start() while ${this.#state}`);
+    this.#state = 'starting';
+    try {
+      const o = this.options;
+      const root = resolve(o.bpffsRoot);
+      const pinDir = resolve(o.pinDir);
+      // Normally the lab or the host mounted it already, from the root mount
+      // namespace; a mount made here would be private to this process.
+      if (pinDir.startsWith(root + '/')) ensureBpffs(root);
+      mkdirSync(pinDir, { recursive: true, mode: 0o700 });
+      if (!isOnBpffs(pinDir)) throw new Error(`pin directory ${pinDir} is not on a bpffs`);
+
+      const underlayMtu = o.underlayMtu ?? (await mtuOfAddress(o.nodeIP)) ?? 1500;
+      const tunnelMtu = underlayMtu - VXLAN_OVERHEAD;
+      const { link, created } = await ensureVxlanDevice({ name: o.vxlanDevice, port: o.tunnelPort, mtu: tunnelMtu });
+      this.#createdVxlan ||= created;
+      this.#vxlanIfindex = link.ifindex;
+
+      const config = { vxlanIfindex: link.ifindex, nodeIp: o.nodeIP, clusterId: o.clusterID, redirectPeer: o.redirectPeer, tunnelMtu };
+      // overlay first: if its maps cannot be created/reused nothing is attached yet
+      this.#overlay = this.#load(OVERLAY_OBJECT, config);
+      this.#lxc = this.#load(LXC_OBJECT, config);
+      settingsMap.set(this.#lxc.map(settingsMap.MAP_NAME), { traceForward: o.traceForward });
+      this.#overlayAttachment = tcAttach({ ifindex: link.ifindex, direction: 'ingress', program: this.#overlay.program(FROM_OVERLAY) });
+      this.#state = 'running';
+    } catch (err) {
+      try {
+        this.#teardown(true);
+      } catch {
+        // the start error is the one to report
+      }
+      this.#state = 'stopped';
+      throw err;
+    }
+  }
+
+  /** Attaches from_container to the ingress of a pod's host-side veth (replacing what was there). */
+  attachEndpoint(hostIfName: string): EndpointAttachment {
+    const lxc = this.#running('attachEndpoint');
+    const ifindex = ifindexOf(hostIfName);
+    const att = tcAttach({ ifindex, direction: 'ingress', program: lxc.program(FROM_CONTAINER) });
+    this.#endpoints.set(hostIfName, att);
+    return { ifName: hostIfName, ifindex, progId: att.progId };
+  }
+
+  /** Detaches from_container from a veth; false when it was not attached (or the device is gone). */
+  detachEndpoint(hostIfName: string): boolean {
+    const att = this.#endpoints.get(hostIfName);
+    this.#endpoints.delete(hostIfName);
+    if (att) return att.detach();
+    let ifindex: number;
+    try {
+      ifindex = ifindexOf(hostIfName);
+    } catch {
+      return false;
+    }
+    return tcDetach(ifindex, 'ingress');
+  }
+
+  /** The veths this instance attached from_container to. */
+  attachedEndpoints(): EndpointAttachment[] {
+    return [...this.#endpoints].map(([ifName, a]) => ({ ifName, ifindex: a.ifindex, progId: a.progId }));
+  }
+
+  // ---- typed map access (the reconcilers may also use src/datapath/maps/ on `maps`) ----
+
+  upsertEndpoint(ip: string, value: endpointsMap.Value): void {
+    endpointsMap.update(this.maps.endpoints, { ip }, value);
+  }
+
+  removeEndpoint(ip: string): boolean {
+    return endpointsMap.remove(this.maps.endpoints, { ip });
+  }
+
+  endpoints(): Array<[ip: string, value: endpointsMap.Value]> {
+    return [...endpointsMap.entries(this.maps.endpoints)].map(([k, v]) => [k.ip, v]);
+  }
+
+  /** prefix: '10.102.1.0/24' or '10.102.1.7' (/32). */
+  upsertIpcache(prefix: string, value: ipcacheMap.Value): void {
+    ipcacheMap.update(this.maps.ipcache, ipcacheMap.parsePrefix(prefix), value);
+  }
+
+  removeIpcache(prefix: string): boolean {
+    return ipcacheMap.remove(this.maps.ipcache, ipcacheMap.parsePrefix(prefix));
+  }
+
+  ipcache(): Array<[prefix: string, value: ipcacheMap.Value]> {
+    return [...ipcacheMap.entries(this.maps.ipcache)].map(([k, v]) => [ipcacheMap.formatPrefix(k), v]);
+  }
+
+  setTraceForward(on: boolean): void {
+    settingsMap.set(this.maps.settings, { traceForward: on });
+  }
+
+  /** Every packet counter, summed over CPUs. */
+  metrics(): metricsMap.Row[] {
+    return metricsMap.read(this.maps.metrics);
+  }
+
+  /**
+   * Decoded events from cm_events, delivered from the event loop every
+   * intervalMs (never blocking it). stop()/destroy() end every subscription.
+   */
+  events(onEvent: (e: eventsMap.DatapathEvent) => void, opts: { intervalMs?: number; onError?: (err: unknown) => void } = {}): EventSubscription {
+    const reader = eventsMap.openReader(this.maps.events, onEvent);
+    this.#readers.add(reader);
+    reader.start(opts.intervalMs ?? 50, (err) => {
+      this.#readers.delete(reader);
+      reader.close();
+      opts.onError?.(err);
+    });
+    return {
+      stop: () => {
+        if (!this.#readers.delete(reader)) return;
+        reader.stop();
+        reader.close();
+      },
+    };
+  }
+
+  /**
+   * Stops event readers and closes every fd; pins stay. With detach (the
+   * default) the programs are removed from the VXLAN device and the veths;
+   * with detach: false they keep forwarding with the pinned maps until the
+   * next start() replaces them (an agent restart without traffic loss).
+   */
+  async stop(opts: { detach?: boolean } = {}): Promise<void> {
+    if (this.#state === 'stopped') return;
+    this.#state = 'stopping';
+    try {
+      this.#teardown(opts.detach ?? true);
+    } finally {
+      this.#state = 'stopped';
+    }
+  }
+
+  /**
+   * stop() with detach, then the pin directory removed, and the VXLAN device
+   * deleted if this instance created it. Works without a prior start() too
+   * (cleanup after a crash): it then detaches from_overlay from the VXLAN
+   * device by name.
+   */
+  async destroy(): Promise<void> {
+    const wasRunning = this.#state !== 'stopped';
+    await this.stop({ detach: true });
+    const vx = await linkInfo(this.options.vxlanDevice);
+    if (vx && !wasRunning) tcDetach(vx.ifindex, 'ingress');
+    if (vx && this.#createdVxlan) await deleteLink(this.options.vxlanDevice);
+    this.#createdVxlan = false;
+    removePinDir(this.options.pinDir);
+  }
+
+  #load(file: string, config: Parameters<typeof applyConfig>[1]): BpfObject {
+    const obj = BpfObject.open(join(this.options.objectsDir, file), { pinRoot: this.options.pinDir });
+    try {
+      applyConfig(obj, config);
+      obj.load();
+      return obj;
+    } catch (err) {
+      obj.close();
+      throw err;
+    }
+  }
+
+  #running(op: string): BpfObject {
+    if (this.#state !== 'running' || !this.#lxc) throw new Error(`NodeDatapath ${this.options.nodeName}: ${op}() needs a started datapath (state ${this.#state})`);
+    return this.#lxc;
+  }
+
+  #teardown(detach: boolean): void {
+    for (const r of this.#readers) {
+      r.stop();
+      r.close();
+    }
+    this.#readers.clear();
+    const errors: unknown[] = [];
+    if (detach) {
+      for (const att of [...this.#endpoints.values(), ...(this.#overlayAttachment ? [this.#overlayAttachment] : [])]) {
+        try {
+          att.detach();
+        } catch (err) {
+          errors.push(err);
+        }
+      }
+    }
+    this.#endpoints.clear();
+    this.#overlayAttachment = undefined;
+    this.#lxc?.close();
+    this.#overlay?.close();
+    this.#lxc = undefined;
+    this.#overlay = undefined;
+    if (errors.length === 1) throw errors[0];
+    if (errors.length > 1) throw new AggregateError(errors, `NodeDatapath ${this.options.nodeName}: ${errors.length} detach errors`);
+  }
+}

@@ -1,0 +1,96 @@
+// Helpers for datapath tests: build test objects, unique pin directories on
+// the project bpffs, crafted packets. Used by *.test.ts only.
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ensureBpffs, nodePinDir, removePinDir } from './bpffs.ts';
+
+export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+export const BPF_BUILD = join(REPO_ROOT, 'bpf/build');
+
+/** Why datapath tests cannot run here, or undefined when they can (root, libbpf present). */
+export function datapathSkipReason(): string | undefined {
+  if (process.getuid?.() !== 0) return 'needs root (CAP_BPF, CAP_NET_ADMIN)';
+  if (!existsSync('/usr/lib/x86_64-linux-gnu/libbpf.so.1') && !existsSync('/usr/lib/aarch64-linux-gnu/libbpf.so.1') && !existsSync('/usr/lib64/libbpf.so.1')) {
+    return 'libbpf.so.1 not installed';
+  }
+  return undefined;
+}
+
+/** Builds bpf/build/<rel> with the project Makefile (make is a no-op when up to date); returns its path. */
+export function buildBpfObject(rel: string): string {
+  execFileSync('make', ['-s', '-C', join(REPO_ROOT, 'bpf'), `build/${rel}`], { stdio: ['ignore', 'ignore', 'inherit'] });
+  return join(BPF_BUILD, rel);
+}
+
+/** A short random suffix for namespace, device and pin names. */
+export function uniqueSuffix(bytes = 4): string {
+  return randomBytes(bytes).toString('hex');
+}
+
+/** A fresh pin directory `<bpffs>/<prefix>-<random>`; remove it with removePinDir in finally. */
+export function tempPinDir(prefix = 'test'): string {
+  return nodePinDir(`${prefix}-${uniqueSuffix()}`, ensureBpffs());
+}
+
+/** Runs fn with a fresh pin directory and removes it afterwards, even on failure. */
+export async function withPinDir<T>(prefix: string, fn: (dir: string) => T | Promise<T>): Promise<T> {
+  const dir = tempPinDir(prefix);
+  try {
+    return await fn(dir);
+  } finally {
+    removePinDir(dir);
+  }
+}
+
+export interface Ipv4UdpPacket {
+  srcMac?: string;
+  dstMac?: string;
+  src: string;
+  dst: string;
+  sport: number;
+  dport: number;
+  ttl?: number;
+  payload?: Buffer;
+}
+
+function mac(s: string): Buffer {
+  const b = Buffer.from(s.split(':').map((h) => parseInt(h, 16)));
+  if (b.length !== 6) throw new RangeError(`bad MAC ${s}`);
+  return b;
+}
+
+function ipv4(s: string): Buffer {
+  const parts = s.split('.').map(Number);
+  if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255)) throw new RangeError(`bad IPv4 ${s}`);
+  return Buffer.from(parts);
+}
+
+function checksum(b: Buffer): number {
+  let sum = 0;
+  for (let i = 0; i + 1 < b.length; i += 2) sum += b.readUInt16BE(i);
+  if (b.length % 2) sum += b[b.length - 1]! << 8;
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return ~sum & 0xffff;
+}
+
+/** An Ethernet + IPv4 + UDP frame with a valid IP header checksum (UDP checksum 0). */
+export function ipv4UdpPacket(p: Ipv4UdpPacket): Buffer {
+  const payload = p.payload ?? Buffer.alloc(0);
+  const eth = Buffer.concat([mac(p.dstMac ?? '02:00:00:00:00:02'), mac(p.srcMac ?? '02:00:00:00:00:01'), Buffer.from([0x08, 0x00])]);
+  const ip = Buffer.alloc(20);
+  ip[0] = 0x45;
+  ip.writeUInt16BE(20 + 8 + payload.length, 2);
+  ip[8] = p.ttl ?? 64;
+  ip[9] = 17;
+  ipv4(p.src).copy(ip, 12);
+  ipv4(p.dst).copy(ip, 16);
+  ip.writeUInt16BE(checksum(ip), 10);
+  const udp = Buffer.alloc(8);
+  udp.writeUInt16BE(p.sport, 0);
+  udp.writeUInt16BE(p.dport, 2);
+  udp.writeUInt16BE(8 + payload.length, 4);
+  return Buffer.concat([eth, ip, udp, payload]);
+}

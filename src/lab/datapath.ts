@@ -1,0 +1,106 @@
+// The lab's bridge to the datapath: turns a topology into one plan per node
+// and runs `clustermesh datapath apply` inside each node's namespace, the way
+// an agent running on that node would. Until the agent issue lands, identities
+// are assigned here from each cluster's range.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { ensureBpffs, removePinDir, DEFAULT_BPFFS_ROOT } from '../datapath/bpffs.js';
+import { BpfMap } from '../datapath/libbpf/index.js';
+import { events, metrics } from '../datapath/maps/index.js';
+import type { DatapathEvent } from '../datapath/maps/events.js';
+import type { NodePlanInput } from '../agent/node-plan.js';
+import { runIn } from './exec.js';
+import type { NodeInfo, PodInfo, Topology } from './topology.js';
+
+const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
+export const REMOTE_NODE_IDENTITY = 6;
+export const WORLD_IDENTITY = 2;
+
+/** Identity of a pod in the lab: in its cluster's range (cluster c owns [c<<16, (c+1)<<16)), from 256 up. */
+export function labPodIdentity(topo: Topology, pod: PodInfo): number {
+  const serial = topo.pods.filter((p) => p.cluster === pod.cluster).indexOf(pod);
+  return (pod.cluster << 16) | (0x100 + serial);
+}
+
+export function pinDirOf(node: NodeInfo, root = DEFAULT_BPFFS_ROOT): string {
+  return join(root, node.netns);
+}
+
+export function nodePlan(topo: Topology, node: NodeInfo, opts: { traceForwards?: boolean; bpffsRoot?: string } = {}): NodePlanInput {
+  const local = topo.pods.filter((p) => p.node === node);
+  return {
+    nodeName: node.netns,
+    clusterID: node.cluster,
+    nodeIP: node.underlayIP,
+    pinDir: pinDirOf(node, opts.bpffsRoot),
+    traceForwards: opts.traceForwards ?? false,
+    endpoints: local.map((p) => ({ ip: p.ip, identity: labPodIdentity(topo, p), hostIfName: p.hostIfName, podMac: p.mac, endpointID: p.index })),
+    routes: [
+      ...topo.pods.filter((p) => p.node !== node).map((p) => ({ prefix: `${p.ip}/32`, identity: labPodIdentity(topo, p), tunnelEndpoint: p.node.underlayIP })),
+      ...topo.nodes.filter((n) => n !== node).map((n) => ({ prefix: `${n.underlayIP}/32`, identity: REMOTE_NODE_IDENTITY })),
+      // A node's whole pod CIDR leads to that node, so an address there that is
+      // no pod is dropped by the node that owns the range, with its reason.
+      ...topo.nodes.map((n) => ({ prefix: n.podCIDR, identity: WORLD_IDENTITY, tunnelEndpoint: n.underlayIP })),
+    ],
+  };
+}
+
+export interface LabDatapath {
+  pinDirs: string[];
+  /** Removes every pin this datapath created (the namespaces take the programs with them). */
+  stop(): Promise<void>;
+}
+
+/** Programs the clustermesh datapath on every node of a topology built in 'clustermesh' mode. */
+export async function startClustermeshDatapath(topo: Topology, opts: { traceForwards?: boolean } = {}): Promise<LabDatapath> {
+  if (topo.spec.mode !== 'clustermesh') throw new Error(`topology ${topo.id} is wired as '${topo.spec.mode}', not 'clustermesh'`);
+  const root = ensureBpffs();
+  const work = mkdtempSync(join(tmpdir(), 'clustermesh-plan-'));
+  const pinDirs: string[] = [];
+  const stop = async () => {
+    for (const d of pinDirs) removePinDir(d);
+    rmSync(work, { recursive: true, force: true });
+  };
+  try {
+    for (const node of topo.nodes) {
+      const plan = nodePlan(topo, node, { ...opts, bpffsRoot: root });
+      const file = join(work, `${node.netns}.json`);
+      writeFileSync(file, JSON.stringify(plan, null, 2));
+      pinDirs.push(plan.pinDir);
+      await runIn(node.netns, [process.execPath, CLI, 'datapath', 'apply', '--plan', file], { timeoutMs: 60_000 });
+    }
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { pinDirs, stop };
+}
+
+/** Per-reason counters of one node, summed over CPUs, read from its pinned map. */
+export function readNodeMetrics(pinDir: string): metrics.Row[] {
+  const map = BpfMap.openPinned(join(pinDir, metrics.MAP_NAME));
+  try {
+    return metrics.read(map);
+  } finally {
+    map.close();
+  }
+}
+
+/** Collects the events of one node's ring buffer until stop() is called. */
+export function collectEvents(pinDir: string): { events: DatapathEvent[]; drain(): DatapathEvent[]; stop(): void } {
+  const map = BpfMap.openPinned(join(pinDir, events.MAP_NAME));
+  const seen: DatapathEvent[] = [];
+  const reader = events.openReader(map, (e) => seen.push(e));
+  return {
+    events: seen,
+    drain: () => {
+      reader.consume();
+      return seen;
+    },
+    stop: () => {
+      reader.close();
+      map.close();
+    },
+  };
+}
