@@ -7,7 +7,8 @@ import type { ChildProcess } from 'node:child_process';
 import { resolve } from 'node:path';
 import { createTopology, destroyTopology, type PodInfo, type Topology } from '../src/lab/topology.ts';
 import { runIn, spawnIn, stopChild } from '../src/lab/exec.ts';
-import { labPodIdentity, startClustermeshDatapath, type LabDatapath } from '../src/lab/datapath.ts';
+import { collectEvents, labPodIdentity, readNodeMetrics, startClustermeshDatapath, type LabDatapath } from '../src/lab/datapath.ts';
+import { DropReason } from '../src/datapath/maps/index.ts';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const CLI = resolve(ROOT, 'bin', 'clustermesh.js');
@@ -85,6 +86,39 @@ describe('eBPF overlay datapath, 2 clusters x 2 nodes x 2 pods', { timeout: 240_
     assert.ok(vnis.length >= 1, `captured VXLAN packets:\n${stdout}`);
     for (const v of vnis) assert.equal(v, labPodIdentity(topo, src));
     assert.match(stdout, new RegExp(`${src.node.underlayIP.replace(/\./g, '\\.')}\\.\\d+ > ${dst.node.underlayIP.replace(/\./g, '\\.')}\\.8472`));
+  });
+
+  test('a full-size packet with DF crosses the tunnel whole (pod MTU 1450 on a 1500 underlay)', async () => {
+    const src = pod(1, 2, 1);
+    const dst = pod(2, 2, 1);
+    // 1422 bytes of payload + 8 ICMP + 20 IP = 1450, the pod MTU; the outer packet is 1500.
+    const { stdout } = await runIn(src.netns, ['ping', '-c', '2', '-i', '0.2', '-W', '2', '-M', 'do', '-s', '1422', dst.ip]);
+    assert.match(stdout, /2 received/);
+    assert.match(stdout, /1430 bytes from/);
+    // One byte more does not fit: the pod's own stack refuses it (EMSGSIZE), nothing is fragmented.
+    await assert.rejects(runIn(src.netns, ['ping', '-c', '1', '-W', '1', '-M', 'do', '-s', '1423', dst.ip]), /message too long|mtu=1450/i);
+  });
+
+  test('a packet to an address in a node\'s pod range that is no pod is dropped there, counted, and its event reaches TypeScript', async () => {
+    const src = pod(1, 1, 1);
+    const target = pod(2, 1, 1).node;
+    const unknown = target.podCIDR.replace(/0\/24$/, '99');
+    const pinDir = dp!.pinDirs[topo.nodes.indexOf(target)]!;
+    const count = () => readNodeMetrics(pinDir).filter((r) => r.reason === DropReason.DROP_UNKNOWN_ENDPOINT && r.direction === 'ingress').reduce((n, r) => n + r.packets, 0n);
+    const before = count();
+    const ev = collectEvents(pinDir);
+    try {
+      await assert.rejects(runIn(src.netns, ['ping', '-c', '2', '-i', '0.2', '-W', '1', unknown]));
+      assert.equal(count() - before, 2n, 'two pings, two drops counted');
+      const drops = ev.drain().filter((e) => e.type === 'drop' && e.dstIp === unknown);
+      assert.equal(drops.length, 2);
+      assert.equal(drops[0]!.reasonName, 'DROP_UNKNOWN_ENDPOINT');
+      assert.equal(drops[0]!.srcIp, src.ip);
+      assert.equal(drops[0]!.srcIdentity, labPodIdentity(topo, src), 'the source identity came through the VNI');
+      assert.equal(drops[0]!.tunnelEndpoint, src.node.underlayIP);
+    } finally {
+      ev.stop();
+    }
   });
 });
 
