@@ -1,0 +1,438 @@
+// A real etcd process for tests and the lab: own data dir, loopback ports,
+// mutual TLS, authentication with the mesh's roles.
+//
+// Roles (ARCHITECTURE §4: each remote cluster's user can only read):
+//   apiserver  readwrite cilium/ and the store prefix
+//   agent      readwrite the store prefix and cilium/state/identities/, read cilium/
+//   remote     read only: cilium/cluster-config/, cilium/state/, cilium/synced/, cilium/.heartbeat
+// etcd with --client-cert-auth takes the client certificate's CN as the user.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, openSync, closeSync, unlinkSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { createServer } from 'node:net';
+import { join, resolve } from 'node:path';
+import { Etcd3, Range } from 'etcd3';
+
+import { exportedReadPrefixes, storePrefix, CILIUM_PREFIX } from '../clustermesh/keys.ts';
+import { createCA, issueCert, type CertFiles, type CertificateAuthority } from './pki.ts';
+import type { KvConnectionConfig } from './types.ts';
+
+export type EtcdUser = 'root' | 'apiserver' | 'agent' | 'remote';
+export const ETCD_USERS: readonly EtcdUser[] = ['root', 'apiserver', 'agent', 'remote'];
+
+/** The prefix agents allocate identities under (readwrite for `agent`). */
+export const AGENT_IDENTITIES_PREFIX = 'cilium/state/identities/';
+
+export interface RolePermission {
+  permission: 'Read' | 'Write' | 'Readwrite';
+  /** A key prefix, or an exact key when `exact` is set. */
+  key: string;
+  exact?: boolean;
+}
+
+/** The roles of the mesh kvstore; one user per role, of the same name. */
+export const MESH_ROLES: Readonly<Record<Exclude<EtcdUser, 'root'>, readonly RolePermission[]>> = {
+  apiserver: [
+    { permission: 'Readwrite', key: CILIUM_PREFIX },
+    { permission: 'Readwrite', key: storePrefix },
+  ],
+  agent: [
+    { permission: 'Readwrite', key: storePrefix },
+    { permission: 'Readwrite', key: AGENT_IDENTITIES_PREFIX },
+    { permission: 'Read', key: CILIUM_PREFIX },
+  ],
+  remote: exportedReadPrefixes.map((p) => (p.endsWith('/') ? { permission: 'Read', key: p } : { permission: 'Read', key: p, exact: true })),
+};
+
+export interface EtcdOptions {
+  /** Directory of this etcd: data/, pki/, etcd.log. Created when missing. */
+  dir: string;
+  /** Member name (default 'etcd'). */
+  name?: string;
+  /** The cluster this etcd serves; names the CA and the initial-cluster-token. */
+  clusterName?: string;
+  /** Client port; default: a free loopback port, kept across restarts. */
+  clientPort?: number;
+  peerPort?: number;
+  /** Names on the server certificate (default 127.0.0.1 and localhost). */
+  serverDnsNames?: string[];
+  serverIpAddresses?: string[];
+  /** Use this CA instead of creating one in dir/pki (e.g. one CA per mesh). */
+  ca?: CertificateAuthority;
+  /** Turn on authentication and create the mesh roles (default true). */
+  auth?: boolean;
+  /** How long to wait for etcd to serve (default 20 s). */
+  startTimeoutMs?: number;
+  /** Path of the etcd binary (default 'etcd' from PATH). */
+  binary?: string;
+  /** Let etcd outlive this process (the lab's `up`): not killed on exit; stop it
+   * with the pid in `<dir>/etcd.pid`. Default false (tests: never orphaned). */
+  detached?: boolean;
+  /** Raft heartbeat / election timeout in ms (defaults 10 / 100: a single member elects itself fast). */
+  heartbeatMs?: number;
+  electionMs?: number;
+}
+
+export interface EtcdServer {
+  readonly name: string;
+  readonly dir: string;
+  readonly dataDir: string;
+  readonly logFile: string;
+  /** `<dir>/etcd.pid` while running. */
+  readonly pidFile: string;
+  readonly clientPort: number;
+  readonly peerPort: number;
+  /** 'https://127.0.0.1:PORT' */
+  readonly endpoint: string;
+  readonly caFile: string;
+  readonly ca: CertificateAuthority;
+  /** pid of the running etcd, undefined when stopped. */
+  readonly pid: number | undefined;
+  readonly running: boolean;
+  /** Milliseconds the last start() took until etcd served (and auth was set up). */
+  readonly lastStartMs: number;
+  /** Server name to verify when the server certificate does not name 127.0.0.1. */
+  readonly serverName: string | undefined;
+  /** Client certificate for `user` (CN = user), issued once and cached. */
+  clientCert(user: string): Promise<CertFiles>;
+  /** Connection config for `user`. Certificates of the mesh users exist from the start;
+   * others must have been issued with clientCert() first. */
+  connection(user: string, opts?: { timeoutMs?: number }): KvConnectionConfig;
+  /** Starts (or restarts) etcd on the same data dir and ports. No-op when running. */
+  start(): Promise<void>;
+  /** SIGTERM, wait, SIGKILL after `graceMs` (default 5000). No-op when stopped. */
+  stop(graceMs?: number): Promise<void>;
+  /** SIGKILL (fault tests). */
+  kill(): Promise<void>;
+  /** Stops and removes all data; the next start() comes back empty (roles re-created). */
+  wipe(): Promise<void>;
+}
+
+// ---- orphan protection: every etcd we spawned is killed when this process exits.
+const live = new Set<ChildProcess>();
+let exitHookInstalled = false;
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.on('exit', () => {
+    for (const child of live) {
+      try {
+        child.kill('SIGKILL');
+      } catch {
+        /* already gone */
+      }
+    }
+  });
+}
+
+/** A free TCP port on 127.0.0.1 (bound then released). */
+export async function freeLoopbackPort(): Promise<number> {
+  return await new Promise<number>((resolvePort, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen({ host: '127.0.0.1', port: 0, exclusive: true }, () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
+      srv.close(() => (port > 0 ? resolvePort(port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+const delay = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function waitExit(child: ChildProcess, timeoutMs: number): Promise<boolean> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(true);
+  return new Promise<boolean>((res) => {
+    const t = setTimeout(() => {
+      child.off('exit', onExit);
+      res(false);
+    }, timeoutMs);
+    const onExit = (): void => {
+      clearTimeout(t);
+      res(true);
+    };
+    child.once('exit', onExit);
+  });
+}
+
+class EtcdProcess implements EtcdServer {
+  readonly name: string;
+  readonly dir: string;
+  readonly dataDir: string;
+  readonly logFile: string;
+  readonly pidFile: string;
+  readonly endpoint: string;
+  readonly caFile: string;
+  lastStartMs = 0;
+  private child: ChildProcess | undefined;
+  private readonly certs = new Map<string, Promise<CertFiles>>();
+  private readonly pkiDir: string;
+  private readonly authMarker: string;
+
+  constructor(
+    private readonly opts: EtcdOptions,
+    readonly ca: CertificateAuthority,
+    private readonly serverCert: CertFiles,
+    readonly clientPort: number,
+    readonly peerPort: number,
+    readonly serverName: string | undefined,
+  ) {
+    this.name = opts.name ?? 'etcd';
+    this.dir = resolve(opts.dir);
+    this.dataDir = join(this.dir, 'data');
+    this.logFile = join(this.dir, 'etcd.log');
+    this.pidFile = join(this.dir, 'etcd.pid');
+    this.pkiDir = join(this.dir, 'pki');
+    this.authMarker = join(this.dir, 'auth-configured');
+    this.endpoint = `https://127.0.0.1:${clientPort}`;
+    this.caFile = ca.certFile;
+  }
+
+  get pid(): number | undefined {
+    return this.running ? this.child?.pid : undefined;
+  }
+
+  get running(): boolean {
+    const c = this.child;
+    return c !== undefined && c.exitCode === null && c.signalCode === null;
+  }
+
+  private certPaths(user: string): CertFiles {
+    return {
+      certFile: join(this.pkiDir, 'users', `${user}.crt`),
+      keyFile: join(this.pkiDir, 'users', `${user}.key`),
+      caFile: this.ca.certFile,
+    };
+  }
+
+  clientCert(user: string): Promise<CertFiles> {
+    if (!/^[A-Za-z0-9._-]+$/.test(user)) return Promise.reject(new Error(`etcd: bad user name ${JSON.stringify(user)}`));
+    let p = this.certs.get(user);
+    if (p === undefined) {
+      const paths = this.certPaths(user);
+      p = (async () => {
+        if (existsSync(paths.certFile) && existsSync(paths.keyFile)) return paths;
+        return await issueCert(this.ca, { commonName: user, usage: 'client', outDir: join(this.pkiDir, 'users'), name: user });
+      })();
+      p.catch(() => this.certs.delete(user));
+      this.certs.set(user, p);
+    }
+    return p;
+  }
+
+  connection(user: string, o: { timeoutMs?: number } = {}): KvConnectionConfig {
+    const paths = this.certPaths(user);
+    if (!existsSync(paths.certFile)) {
+      throw new Error(`etcd: no client certificate for user ${JSON.stringify(user)}; await server.clientCert(user) first`);
+    }
+    return {
+      endpoints: [this.endpoint],
+      caFile: paths.caFile,
+      certFile: paths.certFile,
+      keyFile: paths.keyFile,
+      ...(o.timeoutMs !== undefined ? { timeoutMs: o.timeoutMs } : {}),
+      ...(this.serverName !== undefined ? { serverName: this.serverName } : {}),
+    };
+  }
+
+  async start(): Promise<void> {
+    if (this.running) return;
+    const t0 = performance.now();
+    await mkdir(this.dataDir, { recursive: true, mode: 0o700 });
+    const peerUrl = `https://127.0.0.1:${this.peerPort}`;
+    const s = this.serverCert;
+    const args = [
+      '--name', this.name,
+      '--data-dir', this.dataDir,
+      '--listen-client-urls', this.endpoint,
+      '--advertise-client-urls', this.endpoint,
+      '--listen-peer-urls', peerUrl,
+      '--initial-advertise-peer-urls', peerUrl,
+      '--initial-cluster', `${this.name}=${peerUrl}`,
+      '--initial-cluster-state', 'new',
+      '--initial-cluster-token', `clustermesh-${this.opts.clusterName ?? this.name}`,
+      '--cert-file', s.certFile, '--key-file', s.keyFile,
+      '--client-cert-auth', '--trusted-ca-file', this.ca.certFile,
+      '--peer-cert-file', s.certFile, '--peer-key-file', s.keyFile,
+      '--peer-client-cert-auth', '--peer-trusted-ca-file', this.ca.certFile,
+      '--heartbeat-interval', String(this.opts.heartbeatMs ?? 10),
+      '--election-timeout', String(this.opts.electionMs ?? 100),
+      '--logger', 'zap', '--log-outputs', 'stderr',
+    ];
+    // ETCD_* variables would override flags; start from a clean slate.
+    const env: NodeJS.ProcessEnv = {};
+    for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('ETCD')) env[k] = v;
+    const logFd = openSync(this.logFile, 'a');
+    let child: ChildProcess;
+    try {
+      child = spawn(this.opts.binary ?? 'etcd', args, { stdio: ['ignore', logFd, logFd], env, detached: this.opts.detached === true });
+    } finally {
+      closeSync(logFd);
+    }
+    if (this.opts.detached) {
+      child.unref();
+    } else {
+      installExitHook();
+      live.add(child);
+    }
+    child.once('exit', () => {
+      live.delete(child);
+      try {
+        unlinkSync(this.pidFile);
+      } catch {
+        /* not written yet, or gone */
+      }
+    });
+    if (child.pid !== undefined) await writeFile(this.pidFile, `${child.pid}\n`);
+    let spawnError: Error | undefined;
+    child.once('error', (e) => {
+      spawnError = e;
+      live.delete(child);
+    });
+    this.child = child;
+
+    const logStart = await stat(this.logFile).then((st) => st.size).catch(() => 0);
+    try {
+      await this.waitReady(child, () => spawnError, logStart);
+      if (this.opts.auth !== false && !existsSync(this.authMarker)) {
+        await this.setupAuth();
+        await writeFile(this.authMarker, new Date().toISOString() + '\n');
+      }
+    } catch (err) {
+      await this.stop(1000).catch(() => undefined);
+      throw err;
+    }
+    this.lastStartMs = performance.now() - t0;
+  }
+
+  /** Waits for "serving client traffic" in the log (written once the member has
+   * a leader and serves clients), failing fast when etcd exits. */
+  private async waitReady(child: ChildProcess, spawnError: () => Error | undefined, logOffset: number): Promise<void> {
+    const deadline = Date.now() + (this.opts.startTimeoutMs ?? 20_000);
+    for (;;) {
+      const e = spawnError();
+      if (e) throw new Error(`etcd: cannot start ${this.opts.binary ?? 'etcd'}: ${e.message}`);
+      const log = (await readFile(this.logFile, 'utf8').catch(() => '')).slice(logOffset);
+      if (child.exitCode !== null || child.signalCode !== null) {
+        throw new Error(`etcd exited during start (code ${child.exitCode}, signal ${child.signalCode}); log ${this.logFile}:\n${log.split('\n').slice(-15).join('\n')}`);
+      }
+      if (log.includes('serving client traffic') || log.includes('ready to serve client requests')) return;
+      if (Date.now() > deadline) throw new Error(`etcd: not ready after ${this.opts.startTimeoutMs ?? 20_000} ms; log ${this.logFile}`);
+      await delay(15);
+    }
+  }
+
+  private async setupAuth(): Promise<void> {
+    const root = await this.clientCert('root');
+    const client = new Etcd3({
+      hosts: [this.endpoint],
+      credentials: {
+        rootCertificate: await readFile(this.ca.certFile),
+        certChain: await readFile(root.certFile),
+        privateKey: await readFile(root.keyFile),
+      },
+      ...(this.serverName !== undefined ? { grpcOptions: { 'grpc.ssl_target_name_override': this.serverName } } : {}),
+      defaultCallOptions: () => ({ deadline: Date.now() + 10_000 }),
+    });
+    try {
+      const auth = client.auth;
+      await Promise.all(
+        (['root', ...Object.keys(MESH_ROLES)] as EtcdUser[]).map(async (user) => {
+          await auth.roleAdd({ name: user });
+          await auth.userAdd({ name: user, options: { no_password: true } });
+          await auth.userGrantRole({ user, role: user });
+        }),
+      );
+      for (const [role, perms] of Object.entries(MESH_ROLES)) {
+        for (const p of perms) {
+          const range = p.exact ? { start: Buffer.from(p.key), end: Buffer.alloc(0) } : Range.prefix(p.key);
+          await auth.roleGrantPermission({ name: role, perm: { permType: p.permission, key: range.start, range_end: range.end } });
+        }
+      }
+      await auth.authEnable();
+    } finally {
+      client.close();
+    }
+  }
+
+  async stop(graceMs = 5000): Promise<void> {
+    const child = this.child;
+    if (child === undefined || !this.running) return;
+    child.kill('SIGTERM');
+    if (!(await waitExit(child, graceMs))) {
+      child.kill('SIGKILL');
+      await waitExit(child, 5000);
+    }
+  }
+
+  async kill(): Promise<void> {
+    const child = this.child;
+    if (child === undefined || !this.running) return;
+    child.kill('SIGKILL');
+    await waitExit(child, 5000);
+  }
+
+  async wipe(): Promise<void> {
+    await this.stop();
+    await rm(this.dataDir, { recursive: true, force: true });
+    await rm(this.authMarker, { force: true });
+  }
+}
+
+/**
+ * Creates the PKI (CA, server certificate, client certificates of the mesh
+ * users) in `opts.dir` and starts etcd. Always `await server.stop()` in a
+ * `finally`; etcds still running when the process exits are SIGKILLed.
+ */
+export async function startEtcd(opts: EtcdOptions): Promise<EtcdServer> {
+  const dir = resolve(opts.dir);
+  const pkiDir = join(dir, 'pki');
+  await mkdir(pkiDir, { recursive: true, mode: 0o700 });
+  const clusterName = opts.clusterName ?? opts.name ?? 'etcd';
+  const caReady = existsSync(join(pkiDir, 'ca.crt')) && existsSync(join(pkiDir, 'ca.key'));
+  const ca = opts.ca ?? (caReady
+    ? { commonName: `clustermesh-${clusterName}-ca`, certFile: join(pkiDir, 'ca.crt'), keyFile: join(pkiDir, 'ca.key') }
+    : await createCA(pkiDir, `clustermesh-${clusterName}-ca`));
+  const dnsNames = opts.serverDnsNames ?? ['localhost'];
+  const ipAddresses = opts.serverIpAddresses ?? ['127.0.0.1'];
+  const userDir = join(pkiDir, 'users');
+  const [serverCert, clientPort, peerPort] = await Promise.all([
+    issueCert(ca, { commonName: `etcd-${opts.name ?? 'etcd'}`, dnsNames, ipAddresses, usage: 'both', outDir: pkiDir, name: 'server' }),
+    opts.clientPort ?? freeLoopbackPort(),
+    opts.peerPort ?? freeLoopbackPort(),
+    // The mesh users' client certificates (CN = user), unless issued before.
+    ...ETCD_USERS.map((user) =>
+      existsSync(join(userDir, `${user}.crt`)) && existsSync(join(userDir, `${user}.key`))
+        ? undefined
+        : issueCert(ca, { commonName: user, usage: 'client', outDir: userDir, name: user }),
+    ),
+  ]);
+  // Connect by IP; verify a DNS name when the certificate does not carry 127.0.0.1.
+  const serverName = ipAddresses.includes('127.0.0.1') ? undefined : dnsNames[0];
+  if (clientPort === peerPort) throw new Error('etcd: client and peer port collide');
+  const server = new EtcdProcess(opts, ca, serverCert, clientPort, peerPort, serverName);
+  await server.start();
+  return server;
+}
+
+/**
+ * Test helper: starts an etcd in a fresh temp dir, runs `fn`, and always stops
+ * it and removes the dir (keeps the dir when `fn` fails and KEEP_ETCD_DIR is set).
+ */
+export async function withEtcd<T>(opts: Omit<EtcdOptions, 'dir'> & { dir?: string }, fn: (server: EtcdServer) => Promise<T>): Promise<T> {
+  const dir = opts.dir ?? (await mkdtemp(join(tmpdir(), `etcd-${opts.name ?? 'test'}-`)));
+  let server: EtcdServer | undefined;
+  let ok = false;
+  try {
+    server = await startEtcd({ ...opts, dir });
+    const result = await fn(server);
+    ok = true;
+    return result;
+  } finally {
+    await server?.stop();
+    if (opts.dir === undefined && (ok || process.env.KEEP_ETCD_DIR === undefined)) await rm(dir, { recursive: true, force: true });
+  }
+}
