@@ -2,6 +2,7 @@ import { Command } from 'commander';
 import { labCommand } from './lab.js';
 import { datapathCommand } from './datapath.js';
 import { demoCommand } from './demo.js';
+import { apiserverCommand } from '../apiserver/command.js';
 
 const program = new Command();
 program
@@ -13,5 +14,6 @@ program
 program.addCommand(demoCommand());
 program.addCommand(labCommand());
 program.addCommand(datapathCommand());
+program.addCommand(apiserverCommand());
 
 await program.parseAsync(process.argv);

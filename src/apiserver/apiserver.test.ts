@@ -1,0 +1,320 @@
+// Integration: the apiserver against a real etcd (TLS + auth). The "cluster"
+// is filled through the store source's writer; an agent-side allocator gives
+// endpoints their identities, as agents do.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pino from 'pino';
+import {
+  clusterConfigKey,
+  exportedReadPrefixes,
+  heartbeatKey,
+  identityKey,
+  ipKey,
+  nodeKey,
+  serviceKey,
+  syncedKey,
+  SYNCED_PREFIX_NAMES,
+} from '../clustermesh/keys.ts';
+import { decodeClusterConfig, decodeIdentity, decodeIpEntry, decodeNode, decodeService, type WireSource } from '../clustermesh/wire.ts';
+import { IdentityAllocator } from '../identity/allocator.ts';
+import { identityRefKey } from '../identity/keys.ts';
+import { labelString, podIdentityLabels } from '../identity/labels.ts';
+import { KvClient } from '../kvstore/client.ts';
+import { startEtcd, type EtcdServer } from '../kvstore/etcd-process.ts';
+import type { KvPair } from '../kvstore/types.ts';
+import { parseObject } from '../model/index.ts';
+import { StoreWriter } from '../sources/index.ts';
+import { APISERVER_IDENTITY_USER, startApiserver, type Apiserver } from './apiserver.ts';
+import type { ApiserverConfig } from './options.ts';
+
+const CLUSTER = 'c1';
+const src: WireSource = { cluster: CLUSTER, clusterId: 1, maxConnectedClusters: 255 };
+const GLOBAL = { 'service.cilium.io/global': 'true' };
+
+const nsObj = { kind: 'Namespace', metadata: { name: 'default', labels: { env: 'prod' } } };
+const nodeObj = (n: number) => ({
+  kind: 'Node',
+  metadata: { name: `node${n}`, labels: { 'kubernetes.io/hostname': `node${n}` } },
+  spec: { podCIDR: `10.101.${n}.0/24` },
+  status: { addresses: [{ type: 'InternalIP', address: `10.1.0.${n}` }, { type: 'Hostname', address: `node${n}` }] },
+});
+const podObj = (name: string, app: string, node: number, ip: string, ready = true) => ({
+  kind: 'Pod',
+  metadata: { name, namespace: 'default', labels: { app } },
+  spec: { nodeName: `node${node}`, containers: [{ name: 'c', ports: [{ name: 'http', containerPort: 8080 }] }] },
+  status: { phase: 'Running', podIP: ip, conditions: [{ type: 'Ready', status: ready ? 'True' : 'False' }] },
+});
+const svcObj = (name: string, annotations: Record<string, string>) => ({
+  kind: 'Service',
+  metadata: { name, namespace: 'default', annotations },
+  spec: { clusterIP: '10.96.0.10', selector: { app: 'web' }, ports: [{ name: 'http', port: 80, targetPort: 'http' }] },
+});
+
+async function until<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 15_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let t: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<never>((_, rej) => (t = setTimeout(() => rej(new Error(`timed out: ${what}`)), ms)))]);
+  } finally {
+    clearTimeout(t);
+  }
+}
+
+describe('apiserver (real etcd)', () => {
+  let dir: string;
+  let etcd: EtcdServer;
+  const clients: KvClient[] = [];
+  const servers: Apiserver[] = [];
+  let writer: StoreWriter;
+  let reader: KvClient;
+  let agentAlloc: IdentityAllocator;
+  const client = (user: string): KvClient => {
+    const c = new KvClient(etcd.connection(user));
+    clients.push(c);
+    return c;
+  };
+  const cfg = (): ApiserverConfig => ({
+    clusterName: CLUSTER,
+    clusterId: 1,
+    maxConnectedClusters: 255,
+    etcdConfigFile: '/unused',
+    heartbeatIntervalMs: 200,
+    sessionTtlSeconds: 5,
+    identityGcIntervalMs: 3_600_000,
+    identityGcGraceMs: 3_600_000,
+    logLevel: 'silent',
+  });
+  const start = async (): Promise<Apiserver> => {
+    const s = await startApiserver(cfg(), { connection: etcd.connection('apiserver'), logger: pino({ level: 'silent' }) });
+    servers.push(s);
+    await withTimeout(s.ready, 20_000, 'apiserver ready');
+    return s;
+  };
+  /** An agent's part: allocate the pod's identity and publish its Endpoint. */
+  const publishEndpoint = async (name: string, node: number): Promise<number> => {
+    const pod = await writer.get('Pod', { namespace: 'default', name });
+    const ns = await writer.get('Namespace', { name: 'default' });
+    const { id } = await agentAlloc.allocate(podIdentityLabels(CLUSTER, pod!, ns));
+    await writer.apply({
+      kind: 'Endpoint',
+      metadata: { name, namespace: 'default', labels: pod!.metadata.labels },
+      status: { identity: { id }, networking: { podIP: pod!.status.podIP, nodeName: `node${node}`, nodeIP: `10.1.0.${node}` } },
+    });
+    return id;
+  };
+  /** Everything a remote cluster can read, key → pair. */
+  const exported = async (): Promise<Map<string, KvPair>> => {
+    const out = new Map<string, KvPair>();
+    for (const prefix of exportedReadPrefixes) {
+      const pairs = prefix.endsWith('/') ? (await reader.list(prefix)).pairs : [await reader.get(prefix)];
+      for (const p of pairs) if (p) out.set(p.key, p);
+    }
+    return out;
+  };
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'cm-apiserver-'));
+    etcd = await startEtcd({ dir, name: 'apiserver-test' });
+    writer = new StoreWriter(client('apiserver'));
+    reader = client('remote');
+    agentAlloc = new IdentityAllocator({ kv: client('agent'), cluster: CLUSTER, clusterId: 1, user: 'node1' });
+  });
+  after(async () => {
+    try {
+      for (const s of servers) await s.stop();
+      await agentAlloc.close();
+      await Promise.all(clients.map((c) => c.close({ revokeSession: true })));
+    } finally {
+      await etcd.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('exports cluster-config, nodes, identities, endpoint IPs and global services in the wire format', async () => {
+    await writer.applyAll([
+      nsObj,
+      nodeObj(1),
+      nodeObj(2),
+      podObj('web-1', 'web', 1, '10.101.1.5'),
+      podObj('web-2', 'web', 2, '10.101.2.5'),
+      podObj('web-3', 'web', 2, '10.101.2.6', false),
+      podObj('db-1', 'db', 1, '10.101.1.9'),
+      svcObj('echo', GLOBAL),
+      svcObj('legacy', { 'io.cilium/global-service': 'true' }),
+      svcObj('noshare', { ...GLOBAL, 'service.cilium.io/shared': 'false' }),
+      svcObj('local', {}),
+    ]);
+    const webId = await publishEndpoint('web-1', 1);
+    assert.equal(await publishEndpoint('web-2', 2), webId);
+    const dbId = await publishEndpoint('db-1', 1);
+
+    const server = await start();
+    const kv = await exported();
+    const val = (k: string) => kv.get(k)?.value;
+
+    assert.equal(val(clusterConfigKey(CLUSTER)), '{"id":1,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}');
+    assert.ok(decodeClusterConfig(CLUSTER, clusterConfigKey(CLUSTER), val(clusterConfigKey(CLUSTER))!).ok);
+    assert.equal(
+      val(nodeKey(CLUSTER, 'node1')),
+      '{"Name":"node1","Cluster":"c1","ClusterID":1,"IPAddresses":[{"Type":"InternalIP","IP":"10.1.0.1"}],"IPv4AllocCIDR":"10.101.1.0/24","Labels":{"kubernetes.io/hostname":"node1"}}',
+    );
+    assert.ok(decodeNode(src, nodeKey(CLUSTER, 'node2'), val(nodeKey(CLUSTER, 'node2'))!).ok);
+
+    // Identities: the apiserver's numbers are the agent's (same labels, same number), in c1's range.
+    assert.ok(webId >= 65536 && webId < 131072);
+    assert.equal(
+      val(identityKey(webId)),
+      'k8s:app=web;k8s:io.cilium.k8s.namespace.labels.env=prod;k8s:io.cilium.k8s.policy.cluster=c1;k8s:io.cilium.k8s.policy.serviceaccount=default;k8s:io.kubernetes.pod.namespace=default;',
+    );
+    assert.ok(decodeIdentity(src, identityKey(dbId), val(identityKey(dbId))!).ok);
+    const ids = [...kv.keys()].filter((k) => k.startsWith('cilium/state/identities/v1/id/'));
+    assert.deepEqual(ids.sort(), [identityKey(webId), identityKey(dbId)].sort(), 'one identity per label set');
+    assert.ok(kv.has(identityRefKey(webId, APISERVER_IDENTITY_USER)), 'the apiserver holds a reference');
+
+    assert.equal(
+      val(ipKey('10.101.2.5')),
+      `{"IP":"10.101.2.5","Mask":null,"HostIP":"10.1.0.2","ID":${webId},"Key":0,"K8sNamespace":"default","K8sPodName":"web-2"}`,
+    );
+    assert.ok(decodeIpEntry(src, ipKey('10.101.1.9'), val(ipKey('10.101.1.9'))!).ok);
+    assert.equal([...kv.keys()].filter((k) => k.startsWith('cilium/state/ip/')).length, 3);
+
+    assert.equal(
+      val(serviceKey(CLUSTER, 'default', 'echo')),
+      '{"cluster":"c1","namespace":"default","name":"echo","frontends":{"10.96.0.10":{"http":{"Protocol":"TCP","Port":80}}},' +
+        '"backends":{"10.101.1.5":{"http":{"Protocol":"TCP","Port":8080}},"10.101.2.5":{"http":{"Protocol":"TCP","Port":8080}}},' +
+        '"labels":{},"selector":{"app":"web"},"shared":true,"includeExternal":true,"clusterID":1}',
+    );
+    assert.ok(kv.has(serviceKey(CLUSTER, 'default', 'legacy')), 'legacy annotation');
+    assert.equal(kv.has(serviceKey(CLUSTER, 'default', 'local')), false, 'not global, not exported');
+    const noshare = decodeService(src, serviceKey(CLUSTER, 'default', 'noshare'), val(serviceKey(CLUSTER, 'default', 'noshare'))!);
+    assert.ok(noshare.ok);
+    assert.equal(noshare.value.shared, false);
+    assert.deepEqual(noshare.value.backends, {}, 'shared "false": exported without backends');
+
+    for (const p of SYNCED_PREFIX_NAMES) assert.match(val(syncedKey(CLUSTER, p)) ?? '', /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/, `canary ${p}`);
+    const beat = val(heartbeatKey);
+    assert.match(beat ?? '', /^\d{4}-\d\d-\d\dT/);
+
+    // Owned keys live on the apiserver's lease; identities do not (they are shared).
+    const lease = kv.get(clusterConfigKey(CLUSTER))!.lease;
+    assert.notEqual(lease, '0');
+    for (const k of [nodeKey(CLUSTER, 'node1'), ipKey('10.101.1.5'), serviceKey(CLUSTER, 'default', 'echo'), syncedKey(CLUSTER, 'ip'), heartbeatKey])
+      assert.equal(kv.get(k)?.lease, lease, k);
+    assert.equal(kv.get(identityKey(webId))?.lease, '0');
+    assert.equal(server.status().synced, true);
+  });
+
+  it('follows changes: deletes remove keys, readiness and sharing change backends', async () => {
+    const echo = serviceKey(CLUSTER, 'default', 'echo');
+    const backends = async () => Object.keys(JSON.parse((await reader.get(echo))?.value ?? '{"backends":{}}').backends as object).sort();
+
+    await writer.apply(podObj('web-1', 'web', 1, '10.101.1.5', false));
+    await until('web-1 out of echo', async () => (await backends()).join() === '10.101.2.5');
+    await writer.apply(podObj('web-3', 'web', 2, '10.101.2.6', true));
+    await until('web-3 into echo', async () => (await backends()).join() === '10.101.2.5,10.101.2.6');
+    await writer.apply(svcObj('echo', { ...GLOBAL, 'service.cilium.io/shared': 'false' }));
+    await until('echo not shared', async () => (await backends()).length === 0 && JSON.parse((await reader.get(echo))!.value).shared === false);
+
+    await writer.delete('Service', { namespace: 'default', name: 'echo' });
+    await until('echo key removed', async () => (await reader.get(echo)) === undefined);
+    await writer.delete('Endpoint', { namespace: 'default', name: 'db-1' });
+    await until('ip entry removed', async () => (await reader.get(ipKey('10.101.1.9'))) === undefined);
+    await writer.delete('Node', { name: 'node2' });
+    await until('node removed', async () => (await reader.get(nodeKey(CLUSTER, 'node2'))) === undefined);
+
+    // The last pod of a label set gone: the apiserver drops its reference (gc deletes later).
+    const dbLabels = labelString(podIdentityLabels(CLUSTER, parseObject('Pod', podObj('db-1', 'db', 1, '10.101.1.9')), parseObject('Namespace', nsObj)));
+    const dbIdentity = await agentAlloc.lookupByLabels(dbLabels);
+    assert.ok(dbIdentity);
+    assert.ok(await reader.get(identityRefKey(dbIdentity, APISERVER_IDENTITY_USER)));
+    await writer.delete('Pod', { namespace: 'default', name: 'db-1' });
+    await until('apiserver reference dropped', async () => (await reader.get(identityRefKey(dbIdentity, APISERVER_IDENTITY_USER))) === undefined);
+    assert.ok(await reader.get(identityKey(dbIdentity)), 'the identity itself stays until gc');
+  });
+
+  it('a restart neither duplicates nor loses keys, and prunes what went away meanwhile', async () => {
+    await writer.apply(svcObj('echo', GLOBAL));
+    await until('echo back', async () => (await reader.get(serviceKey(CLUSTER, 'default', 'echo'))) !== undefined);
+    const first = servers[0]!;
+    const beforeKv = await exported();
+    const oldLease = beforeKv.get(clusterConfigKey(CLUSTER))!.lease;
+    await first.stop();
+    const stoppedAt = Date.now();
+
+    // While it is down: one service goes, one node comes.
+    await writer.delete('Service', { namespace: 'default', name: 'legacy' });
+    await writer.apply(nodeObj(3));
+    await start();
+    const afterKv = await exported();
+    assert.ok(Date.now() - stoppedAt < 5_000, 'restarted within the old lease TTL, so what went away was pruned, not expired');
+    const volatile = (k: string) => k === heartbeatKey || k.startsWith('cilium/synced/') || k.startsWith('cilium/state/identities/v1/refs/');
+    const keysOf = (m: Map<string, KvPair>) => [...m.keys()].filter((k) => !volatile(k)).sort();
+    const expected = keysOf(beforeKv)
+      .filter((k) => k !== serviceKey(CLUSTER, 'default', 'legacy'))
+      .concat(nodeKey(CLUSTER, 'node3'))
+      .sort();
+    assert.deepEqual(keysOf(afterKv), expected, 'pruned at once (not at lease expiry), nothing duplicated');
+    for (const k of keysOf(afterKv)) if (beforeKv.has(k)) assert.equal(afterKv.get(k)!.value, beforeKv.get(k)!.value, `${k} unchanged`);
+    const newLease = afterKv.get(clusterConfigKey(CLUSTER))!.lease;
+    assert.notEqual(newLease, oldLease);
+    for (const [k, p] of afterKv) assert.notEqual(p.lease, oldLease, `${k} moved off the old lease`);
+
+    // The old lease expires (TTL 5 s): nothing is lost.
+    await new Promise((r) => setTimeout(r, 5_500));
+    assert.deepEqual(keysOf(await exported()), expected);
+    for (const p of SYNCED_PREFIX_NAMES) assert.ok(await reader.get(syncedKey(CLUSTER, p)), `canary ${p}`);
+  });
+});
+
+describe('clustermesh apiserver command (real etcd)', () => {
+  it('runs from an etcd config file, exports, and stops on SIGTERM', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cm-apiserver-cli-'));
+    const etcd = await startEtcd({ dir: join(dir, 'etcd'), name: 'apiserver-cli' });
+    const reader = new KvClient(etcd.connection('remote'));
+    let child: ChildProcess | undefined;
+    try {
+      const conn = etcd.connection('apiserver');
+      await writeFile(
+        join(dir, 'etcd.yaml'),
+        `endpoints:\n  - ${conn.endpoints[0]}\ntrusted-ca-file: ${conn.caFile}\ncert-file: ${conn.certFile}\nkey-file: ${conn.keyFile}\n`,
+      );
+      const writerKv = new KvClient(conn);
+      await new StoreWriter(writerKv).apply(nodeObj(7));
+      await writerKv.close();
+      const bin = fileURLToPath(new URL('../../bin/clustermesh.js', import.meta.url));
+      child = spawn(process.execPath, [bin, 'apiserver', '--cluster-name', 'c7', '--cluster-id', '7', '--etcd-config', join(dir, 'etcd.yaml'), '--log-level', 'warn'], {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      let stderr = '';
+      child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+      await until('canaries of c7', async () => {
+        if (child?.exitCode !== null) throw new Error(`apiserver exited: ${stderr}`);
+        return (await reader.list('cilium/synced/c7/')).pairs.length === 4;
+      });
+      assert.equal((await reader.get(clusterConfigKey('c7')))?.value, '{"id":7,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}');
+      assert.ok(await reader.get(nodeKey('c7', 'node7')));
+      const exited = new Promise<number | null>((r) => child!.once('exit', (code) => r(code)));
+      child.kill('SIGTERM');
+      assert.equal(await withTimeout(exited, 10_000, 'apiserver exit'), 0, stderr);
+    } finally {
+      if (child && child.exitCode === null && child.pid) process.kill(child.pid, 'SIGKILL');
+      await reader.close();
+      await etcd.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,190 @@
+// `clustermesh apiserver`: the composition root. Reads the cluster source and
+// publishes the cluster's state into its mesh kvstore (ARCHITECTURE §4). The
+// logic lives in export.ts, identities.ts and heartbeat.ts.
+import pino, { type Logger } from 'pino';
+import { sleep, systemClock, type Clock } from '../clustermesh/clock.ts';
+import { identitiesPrefix, ipPrefix, nodesClusterPrefix, servicesClusterPrefix, type SyncedPrefixName } from '../clustermesh/keys.ts';
+import { IdentityAllocator } from '../identity/allocator.ts';
+import { KvClient } from '../kvstore/client.ts';
+import { SyncStore, type SyncStoreStatus } from '../kvstore/sync-store.ts';
+import type { KvConnectionConfig } from '../kvstore/types.ts';
+import { StoreSource, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
+import { exportIps, exportNodes, exportServices, PrefixExport, type ExportCluster } from './export.ts';
+import { Heartbeat } from './heartbeat.ts';
+import { PodIdentities } from './identities.ts';
+import { loadEtcdConfig, type ApiserverConfig } from './options.ts';
+
+/** The user the apiserver's identity references are held under. */
+export const APISERVER_IDENTITY_USER = 'apiserver';
+
+export interface ApiserverDeps {
+  /** Use this instead of reading cfg.etcdConfigFile. */
+  connection?: KvConnectionConfig;
+  /** The cluster source (default: the store source in the same etcd). */
+  source?: ClusterSource;
+  clock?: Clock;
+  logger?: Logger;
+}
+
+export interface ApiserverStatus {
+  cluster: string;
+  clusterId: number;
+  synced: boolean;
+  heartbeats: number;
+  exported: { nodes: number; ip: number; services: number };
+  identities: ReturnType<PodIdentities['status']>;
+  stores: Record<SyncedPrefixName, SyncStoreStatus>;
+}
+
+export interface Apiserver {
+  /** Resolves when cluster-config is written and every synced canary is written. */
+  readonly ready: Promise<void>;
+  status(): ApiserverStatus;
+  /** Stops exporting. Keys stay on the session lease until it expires, so a restart within the TTL loses nothing. */
+  stop(): Promise<void>;
+}
+
+export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps = {}): Promise<Apiserver> {
+  const log = deps.logger ?? pino({ name: 'clustermesh-apiserver', level: cfg.logLevel });
+  const clock = deps.clock ?? systemClock;
+  const connection = deps.connection ?? (await loadEtcdConfig(cfg.etcdConfigFile));
+  const kv = new KvClient(connection, { sessionTtlSeconds: cfg.sessionTtlSeconds });
+  const cluster: ExportCluster = { name: cfg.clusterName, id: cfg.clusterId, maxConnectedClusters: cfg.maxConnectedClusters };
+  const stopCtl = new AbortController();
+  const cleanups: (() => unknown)[] = [];
+  const kvError = (what: string) => (err: unknown) => log.warn({ err: (err as Error).message }, what);
+
+  const heartbeat = new Heartbeat({
+    kv,
+    cluster: cfg.clusterName,
+    clusterId: cfg.clusterId,
+    maxConnectedClusters: cfg.maxConnectedClusters,
+    intervalMs: cfg.heartbeatIntervalMs,
+    clock,
+    onError: kvError('heartbeat / cluster-config write failed'),
+  });
+  heartbeat.start();
+
+  const prefixes: Record<SyncedPrefixName, string> = {
+    nodes: nodesClusterPrefix(cfg.clusterName),
+    ip: ipPrefix,
+    services: servicesClusterPrefix(cfg.clusterName),
+    identities: identitiesPrefix,
+  };
+  const stores = Object.fromEntries(
+    (Object.keys(prefixes) as SyncedPrefixName[]).map((name) => [
+      name,
+      new SyncStore(kv, {
+        cluster: cfg.clusterName,
+        prefixName: name,
+        prefix: prefixes[name],
+        clock,
+        onError: (err, key) => log.warn({ key, err: err.message }, 'kvstore write failed; retrying'),
+      }),
+    ]),
+  ) as Record<SyncedPrefixName, SyncStore>;
+
+  const allocator = new IdentityAllocator({
+    kv,
+    cluster: cfg.clusterName,
+    clusterId: cfg.clusterId,
+    maxConnectedClusters: cfg.maxConnectedClusters,
+    user: APISERVER_IDENTITY_USER,
+    gracePeriodMs: cfg.identityGcGraceMs,
+    clock,
+    onError: kvError('identity reference maintenance failed'),
+  });
+  const source = deps.source ?? new StoreSource(kv, {
+    onProblem: (p) => log.warn({ kind: p.kind, key: p.key }, p.message),
+    onError: (kind, err) => log.warn({ kind, err: err.message }, 'cluster source watch failed; re-listing'),
+    onHandlerError: (kind, err) => log.error({ kind, err: (err as Error).message }, 'export handler failed'),
+    clock,
+  });
+
+  // Keys already under our prefixes (a previous run): deleted if not desired after the initial sync.
+  const existing = async (prefix: string): Promise<Set<string>> => {
+    let backoff = 200;
+    for (;;) {
+      try {
+        return new Set((await kv.list(prefix)).pairs.map((p) => p.key));
+      } catch (err) {
+        kvError(`listing ${prefix} failed; retrying`)(err);
+        if (!(await sleep(clock, backoff, stopCtl.signal))) throw err;
+        backoff = Math.min(backoff * 2, 10_000);
+      }
+    }
+  };
+  const [nodesExisting, ipExisting, servicesExisting] = await Promise.all([existing(prefixes.nodes), existing(prefixes.ip), existing(prefixes.services)]);
+  const nodesOut = new PrefixExport('nodes', stores.nodes, nodesExisting);
+  const ipOut = new PrefixExport('ip', stores.ip, ipExisting);
+  const servicesOut = new PrefixExport('services', stores.services, servicesExisting);
+  const identities = new PodIdentities({
+    cluster: cfg.clusterName,
+    pods: source.pods,
+    namespaces: source.namespaces,
+    allocator,
+    canary: stores.identities,
+    log,
+    clock,
+  });
+
+  const unsubscribe: Unsubscribe[] = [
+    exportNodes(cluster, source.nodes, nodesOut, log),
+    exportIps(cluster, source.endpoints, ipOut, log),
+    exportServices(cluster, source.services, source.pods, servicesOut, log),
+  ];
+  identities.start();
+  await source.start();
+
+  // Identity gc: unreferenced identities of our range go after the grace period.
+  const gcLoop = (async () => {
+    while (await sleep(clock, cfg.identityGcIntervalMs, stopCtl.signal)) {
+      try {
+        const r = await allocator.gc();
+        if (r.deleted.length > 0) log.info({ deleted: r.deleted }, 'unused identities deleted');
+      } catch (err) {
+        kvError('identity gc failed')(err);
+      }
+    }
+  })();
+  cleanups.push(() => gcLoop);
+
+  const ready = (async () => {
+    await Promise.all([
+      heartbeat.firstWrite,
+      nodesOut.initialSyncDone,
+      ipOut.initialSyncDone,
+      servicesOut.initialSyncDone,
+      identities.initialSyncDone,
+    ]);
+    await Promise.all(Object.values(stores).map((s) => s.flush()));
+    log.info({ cluster: cfg.clusterName, clusterId: cfg.clusterId }, 'initial export complete; synced canaries written');
+  })();
+  ready.catch(() => undefined);
+
+  let stopped: Promise<void> | undefined;
+  return {
+    ready,
+    status: () => ({
+      cluster: cfg.clusterName,
+      clusterId: cfg.clusterId,
+      synced: Object.values(stores).every((s) => s.synced),
+      heartbeats: heartbeat.count,
+      exported: { nodes: nodesOut.size, ip: ipOut.size, services: servicesOut.size },
+      identities: identities.status(),
+      stores: Object.fromEntries(Object.entries(stores).map(([k, s]) => [k, s.status()])) as Record<SyncedPrefixName, SyncStoreStatus>,
+    }),
+    stop: () =>
+      (stopped ??= (async () => {
+        stopCtl.abort();
+        for (const off of unsubscribe) off();
+        identities.stop();
+        if (!deps.source) await source.stop();
+        await heartbeat.stop();
+        await Promise.all(cleanups.map((c) => c()));
+        await Promise.all(Object.values(stores).map((s) => s.stop()));
+        await allocator.close();
+        await kv.close();
+      })()),
+  };
+}

@@ -1,0 +1,108 @@
+// Cluster objects → wire values (ARCHITECTURE §4). Pure functions; the encoders
+// of clustermesh/wire.ts fix the JSON.
+import type { IpEntryValue, NodeValue, ServiceValue, WirePort } from '../clustermesh/wire.ts';
+import {
+  findNamedPort,
+  isGlobalService,
+  isPodReady,
+  isSharedService,
+  type Endpoint,
+  type Node,
+  type Pod,
+  type Service,
+} from '../model/index.ts';
+
+export interface LocalCluster {
+  name: string;
+  id: number;
+}
+
+/** The node entry; Hostname addresses are not part of the wire format. */
+export function nodeValue(cluster: LocalCluster, node: Node): NodeValue {
+  const IPAddresses: NodeValue['IPAddresses'] = [];
+  for (const a of node.status.addresses) {
+    if (a.type === 'InternalIP' || a.type === 'ExternalIP') IPAddresses.push({ Type: a.type, IP: a.address });
+  }
+  return {
+    Name: node.metadata.name,
+    Cluster: cluster.name,
+    ClusterID: cluster.id,
+    IPAddresses,
+    IPv4AllocCIDR: node.spec.podCIDR ?? null,
+    Labels: { ...node.metadata.labels },
+  };
+}
+
+/** The ip/v1 entry of an endpoint: HostIP is the node the pod runs on (the tunnel endpoint). */
+export function ipEntryValue(ep: Endpoint): IpEntryValue {
+  return {
+    IP: ep.status.networking.podIP,
+    Mask: null,
+    HostIP: ep.status.networking.nodeIP,
+    ID: ep.status.identity.id,
+    Key: 0,
+    K8sNamespace: ep.metadata.namespace,
+    K8sPodName: ep.metadata.name,
+  };
+}
+
+/** True when every selector label is on the pod (an empty selector selects nothing, as in Kubernetes Services). */
+export function selects(selector: Record<string, string> | undefined, pod: Pod): boolean {
+  if (!selector) return false;
+  const entries = Object.entries(selector);
+  if (entries.length === 0) return false;
+  return entries.every(([k, v]) => pod.metadata.labels[k] === v);
+}
+
+/** Pods that back `svc`: same namespace, selected, ready, with an IP, not terminated. */
+export function backendPods(svc: Service, pods: Iterable<Pod>): Pod[] {
+  const out: Pod[] = [];
+  for (const p of pods) {
+    if (p.metadata.namespace !== svc.metadata.namespace) continue;
+    if (!selects(svc.spec.selector, p)) continue;
+    if (!p.status.podIP || !isPodReady(p)) continue;
+    if (p.status.phase === 'Succeeded' || p.status.phase === 'Failed') continue;
+    out.push(p);
+  }
+  return out;
+}
+
+/**
+ * The services/v1 value of a global service, or undefined when the service is
+ * not global. A service annotated `shared: "false"` is exported with no backends.
+ */
+export function serviceValue(cluster: LocalCluster, svc: Service, pods: Iterable<Pod>): ServiceValue | undefined {
+  if (!isGlobalService(svc)) return undefined;
+  const shared = isSharedService(svc);
+  const frontends: ServiceValue['frontends'] = {};
+  const vip = svc.spec.clusterIP;
+  if (vip && vip !== 'None') {
+    const ports: Record<string, WirePort> = {};
+    for (const p of svc.spec.ports) ports[p.name ?? ''] = { Protocol: p.protocol, Port: p.port };
+    frontends[vip] = ports;
+  }
+  const backends: ServiceValue['backends'] = {};
+  if (shared) {
+    for (const pod of backendPods(svc, pods)) {
+      const ports: Record<string, WirePort> = {};
+      for (const sp of svc.spec.ports) {
+        const target = sp.targetPort ?? sp.port;
+        const port = typeof target === 'number' ? target : findNamedPort(pod, target, sp.protocol)?.containerPort;
+        if (port !== undefined) ports[sp.name ?? ''] = { Protocol: sp.protocol, Port: port };
+      }
+      if (Object.keys(ports).length > 0) backends[pod.status.podIP!] = ports;
+    }
+  }
+  return {
+    cluster: cluster.name,
+    namespace: svc.metadata.namespace,
+    name: svc.metadata.name,
+    frontends,
+    backends,
+    labels: { ...svc.metadata.labels },
+    selector: { ...(svc.spec.selector ?? {}) },
+    shared,
+    includeExternal: true,
+    clusterID: cluster.id,
+  };
+}

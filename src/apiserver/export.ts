@@ -1,0 +1,201 @@
+// What the apiserver publishes per prefix: the desired keys of one prefix,
+// derived from the cluster source and handed to a KeySink (the kvstore
+// SyncStore). Keys found under the prefix at start that are not desired once
+// the source has synced are deleted before the synced canary is written, so a
+// restarted apiserver neither loses nor keeps stale keys.
+import type { Logger } from 'pino';
+import { ipKey, nodeKey, serviceKey } from '../clustermesh/keys.ts';
+import { encodeIpEntry, encodeNode, encodeService } from '../clustermesh/wire.ts';
+import {
+  isIdentityInClusterRange,
+  type Endpoint,
+  type MaxConnectedClusters,
+  type Node,
+  type Pod,
+  type Service,
+} from '../model/index.ts';
+import { refKey, type Resource, type Unsubscribe } from '../sources/index.ts';
+import { ipEntryValue, nodeValue, serviceValue } from './convert.ts';
+
+/** Where desired keys go (the kvstore SyncStore has this shape). */
+export interface KeySink {
+  upsert(key: string, value: string): void;
+  delete(key: string): void;
+  /** The whole initial set has been handed over; write the synced canary once it is written. */
+  markInitialSyncDone(): void;
+}
+
+export interface ExportCluster {
+  name: string;
+  id: number;
+  maxConnectedClusters: MaxConnectedClusters;
+}
+
+/** The desired keys of one prefix. */
+export class PrefixExport {
+  private readonly desired = new Map<string, string>();
+  private initialDone = false;
+  private resolveInitial!: () => void;
+  /** Resolves once the initial set (and the pruning of stale keys) was handed to the sink. */
+  readonly initialSyncDone = new Promise<void>((r) => (this.resolveInitial = r));
+
+  constructor(
+    readonly name: string,
+    private readonly sink: KeySink,
+    /** Keys under the prefix when the apiserver started (candidates for pruning). */
+    private readonly existing: ReadonlySet<string> = new Set(),
+  ) {}
+
+  set(key: string, value: string): void {
+    if (this.desired.get(key) === value) return;
+    this.desired.set(key, value);
+    this.sink.upsert(key, value);
+  }
+
+  remove(key: string): void {
+    // After a restart a key may be in etcd without being desired yet: delete it too.
+    if (this.desired.delete(key) || (!this.initialDone && this.existing.has(key))) this.sink.delete(key);
+  }
+
+  markInitialSyncDone(): void {
+    if (this.initialDone) return;
+    this.initialDone = true;
+    for (const key of this.existing) if (!this.desired.has(key)) this.sink.delete(key);
+    this.sink.markInitialSyncDone();
+    this.resolveInitial();
+  }
+
+  keys(): string[] {
+    return [...this.desired.keys()];
+  }
+
+  get size(): number {
+    return this.desired.size;
+  }
+}
+
+function errMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** cilium/state/nodes/v1/<cluster>/<node> for every node. */
+export function exportNodes(cluster: ExportCluster, nodes: Resource<Node>, out: PrefixExport, log: Logger): Unsubscribe {
+  return nodes.watch((ev) => {
+    if (ev.kind === 'synced') return out.markInitialSyncDone();
+    const key = nodeKey(cluster.name, ev.object.metadata.name);
+    if (ev.kind === 'delete') return out.remove(key);
+    try {
+      out.set(key, encodeNode(nodeValue(cluster, ev.object)));
+    } catch (err) {
+      log.warn({ node: ev.object.metadata.name, err: errMessage(err) }, 'node not exported');
+      out.remove(key);
+    }
+  });
+}
+
+/**
+ * cilium/state/ip/v1/default/<ip> for every endpoint IP. When two endpoints
+ * claim one IP (a pod replaced before the old endpoint is gone) the latest
+ * claim is published; the other takes over when it goes away.
+ */
+export function exportIps(cluster: ExportCluster, endpoints: Resource<Endpoint>, out: PrefixExport, log: Logger): Unsubscribe {
+  const ipOf = new Map<string, string>(); // endpoint ref → ip
+  const claims = new Map<string, Map<string, string>>(); // ip → endpoint ref → value (insertion order = age)
+  const publish = (ip: string): void => {
+    const c = claims.get(ip);
+    const latest = c ? [...c.values()].pop() : undefined;
+    if (latest === undefined) {
+      claims.delete(ip);
+      out.remove(ipKey(ip));
+    } else out.set(ipKey(ip), latest);
+  };
+  const unclaim = (ref: string): void => {
+    const ip = ipOf.get(ref);
+    if (ip === undefined) return;
+    ipOf.delete(ref);
+    claims.get(ip)?.delete(ref);
+    publish(ip);
+  };
+  return endpoints.watch((ev) => {
+    if (ev.kind === 'synced') return out.markInitialSyncDone();
+    const ref = refKey(ev.object.metadata);
+    if (ev.kind === 'delete') return unclaim(ref);
+    const ep = ev.object;
+    let value: string;
+    try {
+      if (!isIdentityInClusterRange(ep.status.identity.id, cluster.id, cluster.maxConnectedClusters))
+        throw new Error(`identity ${ep.status.identity.id} is outside cluster ${cluster.name}'s range`);
+      value = encodeIpEntry(ipEntryValue(ep));
+    } catch (err) {
+      log.warn({ endpoint: ref, err: errMessage(err) }, 'endpoint IP not exported');
+      return unclaim(ref);
+    }
+    const ip = ep.status.networking.podIP;
+    if (ipOf.get(ref) !== ip) unclaim(ref);
+    ipOf.set(ref, ip);
+    let c = claims.get(ip);
+    if (!c) claims.set(ip, (c = new Map()));
+    c.delete(ref);
+    c.set(ref, value);
+    publish(ip);
+  });
+}
+
+/**
+ * cilium/state/services/v1/<cluster>/<ns>/<name> for every global service,
+ * with the ready pods its selector picks as backends (none when not shared).
+ */
+export function exportServices(
+  cluster: ExportCluster,
+  services: Resource<Service>,
+  pods: Resource<Pod>,
+  out: PrefixExport,
+  log: Logger,
+): Unsubscribe {
+  const podsByNs = new Map<string, Map<string, Pod>>();
+  let servicesSynced = false;
+  let podsSynced = false;
+  const recompute = (svc: Service): void => {
+    const key = serviceKey(cluster.name, svc.metadata.namespace, svc.metadata.name);
+    try {
+      const value = serviceValue(cluster, svc, podsByNs.get(svc.metadata.namespace)?.values() ?? []);
+      if (value === undefined) out.remove(key);
+      else out.set(key, encodeService(value));
+    } catch (err) {
+      log.warn({ service: refKey(svc.metadata), err: errMessage(err) }, 'service not exported');
+      out.remove(key);
+    }
+  };
+  const maybeSynced = (): void => {
+    if (servicesSynced && podsSynced) out.markInitialSyncDone();
+  };
+  const offPods = pods.watch((ev) => {
+    if (ev.kind === 'synced') {
+      podsSynced = true;
+      for (const svc of services.list()) recompute(svc);
+      return maybeSynced();
+    }
+    const ns = ev.object.metadata.namespace;
+    let m = podsByNs.get(ns);
+    if (ev.kind === 'delete') m?.delete(ev.object.metadata.name);
+    else {
+      if (!m) podsByNs.set(ns, (m = new Map()));
+      m.set(ev.object.metadata.name, ev.object);
+    }
+    if (m?.size === 0) podsByNs.delete(ns);
+    if (!podsSynced) return; // the initial set is computed once, at synced
+    for (const svc of services.list()) if (svc.metadata.namespace === ns) recompute(svc);
+  });
+  const offServices = services.watch((ev) => {
+    if (ev.kind === 'synced') {
+      servicesSynced = true;
+      return maybeSynced();
+    }
+    if (ev.kind === 'delete') return out.remove(serviceKey(cluster.name, ev.object.metadata.namespace, ev.object.metadata.name));
+    if (podsSynced) recompute(ev.object);
+  });
+  return () => {
+    offPods();
+    offServices();
+  };
+}

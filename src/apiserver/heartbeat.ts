@@ -1,0 +1,86 @@
+// The apiserver's own leased keys: `cilium/cluster-config/<cluster>` (written
+// first, rewritten whenever the session lease changes) and `cilium/.heartbeat`
+// (RFC3339 time, rewritten every interval).
+import { sleep, systemClock, type Clock } from '../clustermesh/clock.ts';
+import { clusterConfigKey, heartbeatKey } from '../clustermesh/keys.ts';
+import { encodeClusterConfig } from '../clustermesh/wire.ts';
+import type { KvClient } from '../kvstore/client.ts';
+import { rfc3339 } from '../kvstore/sync-store.ts';
+import type { MaxConnectedClusters } from '../model/index.ts';
+
+export interface HeartbeatOptions {
+  kv: Pick<KvClient, 'put' | 'lease'>;
+  cluster: string;
+  clusterId: number;
+  maxConnectedClusters: MaxConnectedClusters;
+  intervalMs: number;
+  clock?: Clock;
+  onError?: (err: unknown) => void;
+}
+
+/** The cluster-config value of ARCHITECTURE §4. */
+export function clusterConfigValue(clusterId: number, maxConnectedClusters: MaxConnectedClusters): string {
+  return encodeClusterConfig({ id: clusterId, capabilities: { syncedCanaries: true, maxConnectedClusters } });
+}
+
+export class Heartbeat {
+  private readonly clock: Clock;
+  private readonly stopCtl = new AbortController();
+  private configSession: string | undefined;
+  private wake: AbortController | undefined;
+  private loop: Promise<void> | undefined;
+  private resolveFirst!: () => void;
+  private beats = 0;
+  /** Resolves after cluster-config and the first heartbeat are written. */
+  readonly firstWrite = new Promise<void>((r) => (this.resolveFirst = r));
+
+  constructor(private readonly o: HeartbeatOptions) {
+    this.clock = o.clock ?? systemClock;
+  }
+
+  start(): void {
+    this.loop ??= this.run();
+  }
+
+  get count(): number {
+    return this.beats;
+  }
+
+  async stop(): Promise<void> {
+    this.stopCtl.abort();
+    this.wake?.abort();
+    await this.loop;
+  }
+
+  /** One round: cluster-config when the session changed, then the heartbeat. */
+  async tick(): Promise<void> {
+    const session = await this.o.kv.lease();
+    if (session.id !== this.configSession) {
+      await this.o.kv.put(clusterConfigKey(this.o.cluster), clusterConfigValue(this.o.clusterId, this.o.maxConnectedClusters), { lease: true });
+      this.configSession = session.id;
+      session.once('lost', () => this.wake?.abort());
+    }
+    await this.o.kv.put(heartbeatKey, rfc3339(this.clock.now()), { lease: true });
+    this.beats++;
+  }
+
+  private async run(): Promise<void> {
+    let backoff = 200;
+    while (!this.stopCtl.signal.aborted) {
+      let wait = this.o.intervalMs;
+      try {
+        await this.tick();
+        this.resolveFirst();
+        backoff = 200;
+      } catch (err) {
+        if (this.stopCtl.signal.aborted) return;
+        this.o.onError?.(err);
+        wait = Math.min(backoff, this.o.intervalMs);
+        backoff = Math.min(backoff * 2, 10_000);
+      }
+      this.wake = new AbortController();
+      const both = AbortSignal.any([this.stopCtl.signal, this.wake.signal]);
+      await sleep(this.clock, wait, both);
+    }
+  }
+}

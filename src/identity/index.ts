@@ -1,0 +1,3 @@
+export * from './labels.ts';
+export * from './keys.ts';
+export * from './allocator.ts';

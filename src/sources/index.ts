@@ -1,0 +1,3 @@
+export * from './types.ts';
+export * from './resource.ts';
+export * from './store/index.ts';

@@ -1,0 +1,3 @@
+export * from './keys.ts';
+export * from './writer.ts';
+export * from './source.ts';

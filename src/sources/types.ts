@@ -1,0 +1,76 @@
+// The local cluster source: typed list+watch of the cluster's own objects.
+// Two implementations (store, kubernetes) sit behind this interface; nothing
+// above it may know which one it has.
+import type {
+  CiliumNetworkPolicy,
+  Endpoint,
+  Namespace,
+  NetworkPolicy,
+  Node,
+  ObjectKind,
+  ObjectKinds,
+  Pod,
+  Service,
+} from '../model/index.ts';
+
+/**
+ * What a watcher sees. After subscribing it first receives one `upsert` per
+ * object already known, then `synced` once the initial list is complete (at
+ * once when it already is), then live changes. `delete` carries the last
+ * known state of the object.
+ */
+export type ResourceEvent<T> =
+  | { kind: 'upsert'; object: T }
+  | { kind: 'delete'; object: T }
+  | { kind: 'synced' };
+
+export type ResourceEventKind = ResourceEvent<unknown>['kind'];
+
+/** Stops delivering events to one watcher. */
+export type Unsubscribe = () => void;
+
+/** Namespace and name; `namespace` is undefined for cluster-scoped kinds. */
+export interface ObjectRef {
+  namespace?: string | undefined;
+  name: string;
+}
+
+/** One kind of object: a cache kept current by the source, and its change stream. */
+export interface Resource<T> {
+  readonly kind: ObjectKind;
+  /** True once the initial list has been delivered. */
+  readonly synced: boolean;
+  /** Resolves when synced; rejects when the signal aborts or the source stops first. */
+  waitSynced(signal?: AbortSignal): Promise<void>;
+  /** Objects currently known (complete once synced). */
+  list(): T[];
+  get(ref: ObjectRef): T | undefined;
+  /** See ResourceEvent for the order of events. Handlers must not throw; what they throw is reported and dropped. */
+  watch(handler: (event: ResourceEvent<T>) => void): Unsubscribe;
+}
+
+export type SourceType = 'store' | 'kubernetes';
+
+export interface ClusterSource {
+  /** Which implementation; for logs and status only, never for decisions. */
+  readonly type: SourceType;
+  readonly namespaces: Resource<Namespace>;
+  readonly pods: Resource<Pod>;
+  readonly services: Resource<Service>;
+  readonly nodes: Resource<Node>;
+  readonly endpoints: Resource<Endpoint>;
+  readonly networkPolicies: Resource<NetworkPolicy>;
+  readonly ciliumNetworkPolicies: Resource<CiliumNetworkPolicy>;
+  resource<K extends ObjectKind>(kind: K): Resource<ObjectKinds[K]>;
+  /** Begins list+watch of every kind. */
+  start(): Promise<void>;
+  /** Stops watching; the caches keep their last state. */
+  stop(): Promise<void>;
+}
+
+/** Something the source could not believe (an object that fails its schema). */
+export interface SourceProblem {
+  kind: ObjectKind;
+  key: string;
+  message: string;
+}
