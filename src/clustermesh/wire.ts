@@ -27,47 +27,44 @@
 
 import { isIP } from 'node:net';
 import { z } from 'zod';
+import {
+  MAX_CONNECTED_CLUSTERS_VALUES,
+  identityRange as modelIdentityRange,
+  isIdentityInClusterRange,
+  validateClusterId,
+  validateClusterName,
+  type MaxConnectedClusters,
+} from '../model/cluster.ts';
 import { clusterConfigKey, identitiesPrefix, identityKey, ipKey, nodeKey, serviceKey } from './keys.ts';
 
 // ---------------------------------------------------------------------------
 // Cluster names, IDs and identity ranges (ARCHITECTURE §3)
 
-export type MaxConnectedClusters = 255 | 511;
-export const MAX_CONNECTED_CLUSTERS: readonly MaxConnectedClusters[] = [255, 511];
-
-const CLUSTER_NAME_RE = /^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$/;
+// The rules themselves live in src/model/cluster.ts; these are the shapes the
+// decoders below use.
+export { clusterIdShift, clusterIdOfIdentity, type MaxConnectedClusters } from '../model/cluster.ts';
+export const MAX_CONNECTED_CLUSTERS: readonly MaxConnectedClusters[] = MAX_CONNECTED_CLUSTERS_VALUES;
 
 /** At most 32 chars, lowercase alphanumerics and '-', starting and ending alphanumeric. */
 export function isValidClusterName(name: string): boolean {
-  return CLUSTER_NAME_RE.test(name);
+  return validateClusterName(name) === undefined;
 }
 
 /** Cluster IDs of a mesh: 1..255 or 1..511 (0 means "not meshed"). */
 export function isValidClusterId(id: number, max: MaxConnectedClusters): boolean {
-  return Number.isInteger(id) && id >= 1 && id <= max;
-}
-
-export function clusterIdShift(max: MaxConnectedClusters): number {
-  return max === 511 ? 15 : 16;
+  return id !== 0 && validateClusterId(id, max) === undefined;
 }
 
 export const IDENTITY_MAX = 0xffffff; // 24 bits on the wire
 
 /** The identity range cluster `clusterId` allocates from, inclusive. */
 export function identityRange(clusterId: number, max: MaxConnectedClusters): { min: number; max: number } {
-  const shift = clusterIdShift(max);
-  if (clusterId === 0) return { min: 256, max: (1 << shift) - 1 };
-  return { min: clusterId << shift, max: ((clusterId + 1) << shift) - 1 };
-}
-
-/** The cluster ID encoded in an identity. */
-export function clusterIdOfIdentity(id: number, max: MaxConnectedClusters): number {
-  return id >>> clusterIdShift(max);
+  const r = modelIdentityRange(clusterId, max);
+  return { min: r.first, max: r.last };
 }
 
 export function identityInClusterRange(id: number, clusterId: number, max: MaxConnectedClusters): boolean {
-  const r = identityRange(clusterId, max);
-  return Number.isInteger(id) && id >= r.min && id <= r.max;
+  return isIdentityInClusterRange(id, clusterId, max);
 }
 
 // ---------------------------------------------------------------------------
@@ -123,7 +120,7 @@ export class WireEncodeError extends Error {
 // ---------------------------------------------------------------------------
 // Schemas
 
-const clusterName = z.string().regex(CLUSTER_NAME_RE, 'invalid cluster name');
+const clusterName = z.string().refine(isValidClusterName, 'invalid cluster name');
 const ipString = z.string().refine((s) => isIP(s) !== 0, 'not an IP address');
 const uint = z.number().int().nonnegative();
 /** Kubernetes DNS-1123 subdomain (node names, service accounts). */
