@@ -31,3 +31,31 @@ test('a bad spec is refused before anything is created', async () => {
   await assert.rejects(createTopology({ clusters: 1, nodesPerCluster: 1, podsPerNode: 1, mode: 'routing', prefix: 'Bad!' }), /prefix/);
   assert.deepEqual(await listNamespaces(), before);
 });
+
+test('what a crashed process built is swept, what a live one built is left alone', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const { recordTopology, forgetTopology } = await import('../src/lab/registry.ts');
+  const { sweepOrphanedTopologies } = await import('../src/lab/topology.ts');
+  const { run } = await import('../src/lab/exec.ts');
+  const dead = spawnSync('true').pid!; // a pid whose process has exited
+  const tag = Math.random().toString(16).slice(2, 8);
+  const orphan = `cmt-${tag}-orphan`;
+  const mine = `cmt-${tag}-alive`;
+  await run(['ip', 'netns', 'add', orphan]);
+  await run(['ip', 'netns', 'add', mine]);
+  recordTopology({ name: `cmt-${tag}-o`, pid: dead, namespaces: [orphan, `cmt-${tag}-never-created`] });
+  recordTopology({ name: `cmt-${tag}-a`, pid: process.pid, namespaces: [mine] });
+  try {
+    const swept = await sweepOrphanedTopologies();
+    assert.ok(swept.includes(`cmt-${tag}-o`));
+    assert.ok(!swept.includes(`cmt-${tag}-a`));
+    const left = await listNamespaces();
+    assert.ok(!left.includes(orphan), 'the orphan namespace is gone');
+    assert.ok(left.includes(mine), 'the live one stays');
+  } finally {
+    forgetTopology(`cmt-${tag}-a`);
+    forgetTopology(`cmt-${tag}-o`);
+    await run(['ip', 'netns', 'del', mine]).catch(() => undefined);
+    await run(['ip', 'netns', 'del', orphan]).catch(() => undefined);
+  }
+});

@@ -1,6 +1,7 @@
 // `clustermesh lab …`: the test bed on one machine.
 import { Command, InvalidArgumentError } from 'commander';
 import { httpGet, startEchoServer } from '../lab/workload.js';
+import { sweepOrphanedTopologies } from '../lab/topology.js';
 
 export function parsePort(value: string): number {
   const n = Number(value);
@@ -16,6 +17,13 @@ export function parseCount(value: string): number {
 
 export function labCommand(): Command {
   const lab = new Command('lab').description('a whole mesh of clusters, nodes and pods on this machine (test bed)');
+  lab
+    .command('sweep')
+    .description('remove the namespaces of topologies whose creating process died (a crashed test or demo); running ones are left alone')
+    .action(async () => {
+      const swept = await sweepOrphanedTopologies();
+      console.log(swept.length ? `swept: ${swept.join(' ')}` : 'nothing to sweep');
+    });
   const workload = lab.command('workload').description('built-in workloads that pods of the lab run');
   workload
     .command('echo')

@@ -9,6 +9,7 @@
 //   pod p at 10.(100+c).n.(10+p)
 import { randomBytes } from 'node:crypto';
 import { ipBatch, run, runIn } from './exec.js';
+import { forgetTopology, orphanedTopologies, recordTopology } from './registry.js';
 
 /** How pods of different nodes reach each other. */
 export type WiringMode =
@@ -154,8 +155,10 @@ export async function createTopology(specIn: TopologySpec): Promise<Topology> {
 }
 
 async function addNamespace(topo: Topology, name: string): Promise<void> {
-  await run(['ip', 'netns', 'add', name]);
+  // Recorded before it exists, so a crash between the two still leaves a trace.
   topo.namespaces.push(name);
+  recordTopology({ name: `${topo.spec.prefix}-${topo.id}`, pid: process.pid, namespaces: topo.namespaces });
+  await run(['ip', 'netns', 'add', name]);
 }
 
 async function linkInfo(netns: string, dev: string): Promise<{ ifindex: number; mac: string }> {
@@ -248,7 +251,18 @@ async function wireKernelVxlan(topo: Topology): Promise<void> {
 }
 
 /** Removes every namespace the topology created (links inside go with them). Safe to call twice. */
-export async function destroyTopology(topo: Pick<Topology, 'namespaces'>): Promise<void> {
+/** Removes what topologies of crashed processes left behind; returns the names removed. */
+export async function sweepOrphanedTopologies(): Promise<string[]> {
+  const swept: string[] = [];
+  for (const rec of orphanedTopologies()) {
+    await destroyTopology(rec);
+    forgetTopology(rec.name);
+    swept.push(rec.name);
+  }
+  return swept;
+}
+
+export async function destroyTopology(topo: Pick<Topology, 'namespaces'> & Partial<Pick<Topology, 'id' | 'spec'>>): Promise<void> {
   const errors: unknown[] = [];
   for (const ns of [...topo.namespaces].reverse()) {
     try {
@@ -259,6 +273,7 @@ export async function destroyTopology(topo: Pick<Topology, 'namespaces'>): Promi
     }
   }
   if (errors.length) throw new AggregateError(errors, `topology: ${errors.length} namespaces could not be removed`);
+  if (topo.id && topo.spec) forgetTopology(`${topo.spec.prefix}-${topo.id}`);
 }
 
 export async function namespaceExists(name: string): Promise<boolean> {
