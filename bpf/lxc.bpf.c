@@ -13,6 +13,8 @@
 #include "events.h"
 #include "drop.h"
 #include "l3.h"
+#include "conntrack.h"
+#include "lb.h"
 
 /* ARP body for Ethernet/IPv4 (RFC 826), after struct arphdr. */
 struct arp_eth_ipv4 {
@@ -121,8 +123,10 @@ static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
 {
 	const struct endpoint_info *src_ep, *dst_ep;
 	const struct ipcache_value *info;
+	struct lb4_tuple t;
 	struct ethhdr *eth;
 	struct iphdr *ip;
+	int ret = 0;
 
 	if (!parse_ipv4(ctx, &eth, &ip))
 		return -DROP_INVALID_PACKET;
@@ -140,8 +144,19 @@ static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
 		return -DROP_SOURCE_MISMATCH;
 	tc->src_identity = src_ep->identity;
 
-	/* Later issues: service translation (lb.h) and conntrack go here,
-	 * before the destination is resolved; egress policy after it. */
+	/* Services (lb.h), before the destination is resolved: a reply of a
+	 * local backend gets its VIP back (lb4_rev_nat says why here), a packet
+	 * to a VIP gets its backend. Never both: replies are not addressed to a
+	 * VIP. Egress policy of a later issue goes after this. */
+	if (lb4_extract(ctx, ip, tc, &t)) {
+		ret = lb4_rev_nat(ctx, &t, tc);
+		if (ret == 0)
+			ret = lb4_xlate(ctx, &t, tc);
+	}
+	if (ret < 0)
+		return ret;
+	if (ret > 0 && !parse_ipv4(ctx, &eth, &ip))
+		return -DROP_INVALID_PACKET;
 
 	dst_ep = lookup_endpoint4(ip->daddr);
 	if (dst_ep)

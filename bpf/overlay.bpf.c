@@ -12,6 +12,8 @@
 #include "events.h"
 #include "drop.h"
 #include "l3.h"
+#include "conntrack.h"
+#include "lb.h"
 
 /*
  * Everything after the tunnel metadata was read; separate so a test program
@@ -23,8 +25,10 @@ static __always_inline int handle_overlay(struct __sk_buff *ctx, struct trace_ct
 					  __u32 src_identity, __u32 remote)
 {
 	const struct endpoint_info *ep;
+	struct lb4_tuple t;
 	struct ethhdr *eth;
 	struct iphdr *ip;
+	int ret = 0;
 
 	tc->src_identity = src_identity;
 	tc->tunnel_endpoint = remote;
@@ -40,12 +44,20 @@ static __always_inline int handle_overlay(struct __sk_buff *ctx, struct trace_ct
 	tc->protocol = ip->protocol;
 	parse_l4_ports(ctx, ip, &tc->sport, &tc->dport);
 
+	/* A reply of a service connection whose backend is on another node:
+	 * back to VIP:port before delivery (lb4_rev_nat says why here). */
+	if (lb4_extract(ctx, ip, tc, &t))
+		ret = lb4_rev_nat(ctx, &t, tc);
+	if (ret < 0)
+		return ret;
+	if (ret > 0 && !parse_ipv4(ctx, &eth, &ip))
+		return -DROP_INVALID_PACKET;
+
 	ep = lookup_endpoint4(ip->daddr);
 	if (!ep)
 		return -DROP_UNKNOWN_ENDPOINT;
 
-	/* Later issues: reverse NAT, conntrack and ingress policy of @ep
-	 * against src_identity go here. */
+	/* Later issues: ingress policy of @ep against src_identity goes here. */
 
 	return ipv4_deliver_local(eth, ip, ep, tc);
 }

@@ -27,6 +27,9 @@ enum cm_drop_reason {
 	DROP_INVALID_IDENTITY   = 140, /* source identity does not fit the 24-bit VNI */
 	DROP_WRITE_ERROR        = 141, /* a helper failed to write packet or tunnel metadata */
 	DROP_INTERNAL           = 142, /* a negative return that is no DROP_* (a bug) */
+	DROP_NO_SERVICE_BACKEND = 143, /* service without a backend that takes new connections */
+	DROP_SERVICE_FRAGMENT   = 144, /* fragmented datagram to or from a service (not supported) */
+	DROP_CT_WRITE_FAILED    = 145, /* a conntrack entry for a new service connection could not be written */
 	__DROP_MAX,
 };
 
@@ -41,6 +44,9 @@ static __always_inline int cm_finish(struct __sk_buff *ctx, struct trace_ctx *tc
 			reason = DROP_INTERNAL;
 		metrics_update(reason, tc->dir, ctx->len);
 		event_emit(ctx, tc, EVENT_DROP, reason);
+		/* Answered drop (lb4_reset): the packet became the answer. */
+		if (tc->reply)
+			return bpf_redirect(tc->target_ifindex, 0);
 		return TC_ACT_SHOT;
 	}
 	metrics_update(tc->reason, tc->dir, ctx->len);

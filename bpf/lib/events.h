@@ -92,6 +92,9 @@ struct trace_ctx {
 	__u8  protocol;
 	__u8  dir;          /* enum cm_direction */
 	__u8  reason;       /* enum cm_trace_reason, set by the handler on success */
+	__u8  reply;        /* with a drop: the handler rewrote the packet into an
+			     * answer to its sender (a TCP RST), which goes out of
+			     * target_ifindex instead of being dropped */
 };
 
 static __always_inline bool settings_trace_forward(void)

@@ -1,13 +1,17 @@
-// Makes one node's datapath hold exactly what its plan says, by difference:
+// `clustermesh datapath apply`: makes one node's datapath hold exactly what a
+// static plan says, with the same reconciler the agent uses (one full pass:
 // entries that are right stay untouched, wrong ones are rewritten, ones no
-// longer wanted are removed after the new ones are in place — the maps are
-// never flushed while traffic uses them. Programs stay attached when the
+// longer wanted are pruned after the new ones are in place — the maps are
+// never flushed while traffic uses them). Programs stay attached when the
 // command exits (tc keeps them; the maps are pinned).
-import { NodeDatapath } from '../datapath/node.js';
-import { linkInfo } from '../datapath/netdev.js';
-import type * as endpointsMap from '../datapath/maps/endpoints.js';
-import type * as ipcacheMap from '../datapath/maps/ipcache.js';
-import type { NodePlan } from './node-plan.js';
+import { NodeDatapath } from '../datapath/node.ts';
+import { linkInfo } from '../datapath/netdev.ts';
+import type * as endpointsMap from '../datapath/maps/endpoints.ts';
+import type * as ipcacheMap from '../datapath/maps/ipcache.ts';
+import { endpointsTarget, ipcacheTarget } from './datapath.ts';
+import { normalizePrefix } from './ipcache-desired.ts';
+import { Reconciler, type FullSyncResult, type ReconcileTarget } from './reconciler.ts';
+import type { NodePlan } from './node-plan.ts';
 
 export interface ApplySummary {
   node: string;
@@ -16,23 +20,19 @@ export interface ApplySummary {
   attached: string[];
 }
 
-function sameJson(a: unknown, b: unknown): boolean {
-  return JSON.stringify(a) === JSON.stringify(b);
-}
-
-/** Writes desired entries that differ, then prunes the ones not desired (collect first, delete after). */
-function reconcile<V>(current: Array<[string, V]>, desired: Map<string, V>, upsert: (k: string, v: V) => void, remove: (k: string) => boolean) {
-  const have = new Map(current);
-  let written = 0;
-  for (const [k, v] of desired) {
-    if (!sameJson(have.get(k), v)) {
-      upsert(k, v);
-      written++;
-    }
+/** One full pass; a failed entry fails the command (there is no later pass to retry it). */
+async function applyOnce<V>(name: string, target: ReconcileTarget<V>, desired: Map<string, V>): Promise<ApplySummary['ipcache']> {
+  const r = new Reconciler<V>({ name, target, defer: () => undefined });
+  r.replaceAll(desired);
+  let res: FullSyncResult;
+  try {
+    res = await r.start();
+  } finally {
+    await r.stop();
   }
-  const stale = [...have.keys()].filter((k) => !desired.has(k));
-  for (const k of stale) remove(k);
-  return { desired: desired.size, written, removed: stale.length };
+  const st = r.status();
+  if (res.failed > 0) throw new Error(`${name}: ${res.failed} entries could not be written: ${st.lastError?.key}: ${st.lastError?.message}`);
+  return { desired: res.desired, written: res.written, removed: res.removed };
 }
 
 export async function applyNodePlan(plan: NodePlan): Promise<ApplySummary> {
@@ -60,13 +60,15 @@ export async function applyNodePlan(plan: NodePlan): Promise<ApplySummary> {
       ipcache.set(`${ep.ip}/32`, { identity: ep.identity, tunnelEndpoint: null, flags: 0 });
     }
     for (const r of plan.routes) {
-      if (ipcache.has(r.prefix)) throw new Error(`route ${r.prefix}: also a local endpoint of node ${plan.nodeName}`);
-      ipcache.set(r.prefix, { identity: r.identity, tunnelEndpoint: r.tunnelEndpoint ?? null, flags: 0 });
+      const prefix = normalizePrefix(r.prefix);
+      if (prefix === undefined) throw new Error(`route ${r.prefix}: not an IPv4 prefix`);
+      if (ipcache.has(prefix)) throw new Error(`route ${r.prefix}: also a local endpoint of node ${plan.nodeName}`);
+      ipcache.set(prefix, { identity: r.identity, tunnelEndpoint: r.tunnelEndpoint ?? null, flags: 0 });
     }
     return {
       node: plan.nodeName,
-      endpoints: reconcile(dp.endpoints(), endpoints, (k, v) => dp.upsertEndpoint(k, v), (k) => dp.removeEndpoint(k)),
-      ipcache: reconcile(dp.ipcache(), ipcache, (k, v) => dp.upsertIpcache(k, v), (k) => dp.removeIpcache(k)),
+      endpoints: await applyOnce('endpoints', endpointsTarget(dp), endpoints),
+      ipcache: await applyOnce('ipcache', ipcacheTarget(dp), ipcache),
       attached,
     };
   } finally {

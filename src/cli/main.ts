@@ -3,6 +3,7 @@ import { labCommand } from './lab.js';
 import { datapathCommand } from './datapath.js';
 import { demoCommand } from './demo.js';
 import { apiserverCommand } from '../apiserver/command.js';
+import { agentCommand } from '../agent/command.js';
 
 const program = new Command();
 program
@@ -15,5 +16,6 @@ program.addCommand(demoCommand());
 program.addCommand(labCommand());
 program.addCommand(datapathCommand());
 program.addCommand(apiserverCommand());
+program.addCommand(agentCommand());
 
 await program.parseAsync(process.argv);

@@ -24,6 +24,13 @@ import * as eventsMap from './maps/events.ts';
 import * as ipcacheMap from './maps/ipcache.ts';
 import * as metricsMap from './maps/metrics.ts';
 import * as settingsMap from './maps/settings.ts';
+import * as affinityMap from './maps/affinity.ts';
+import * as backendSlotsMap from './maps/backend-slots.ts';
+import * as backendsMap from './maps/backends.ts';
+import * as ctMap from './maps/ct.ts';
+import * as maglevMap from './maps/maglev.ts';
+import * as revnatMap from './maps/revnat.ts';
+import * as servicesMap from './maps/services.ts';
 import { deleteLink, ensureVxlanDevice, linkInfo, mtuOfAddress } from './netdev.ts';
 
 const REPO_ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
@@ -75,6 +82,14 @@ export interface NodeMaps {
   metrics: BpfMap;
   events: BpfMap;
   settings: BpfMap;
+  /** Service translation (bpf/lib/lb.h, conntrack.h). */
+  services: BpfMap;
+  backends: BpfMap;
+  backendSlots: BpfMap;
+  maglev: BpfMap;
+  revnat: BpfMap;
+  ct: BpfMap;
+  affinity: BpfMap;
 }
 
 export interface EventSubscription {
@@ -132,6 +147,13 @@ export class NodeDatapath {
       metrics: o.map(metricsMap.MAP_NAME),
       events: o.map(eventsMap.MAP_NAME),
       settings: o.map(settingsMap.MAP_NAME),
+      services: o.map(servicesMap.MAP_NAME),
+      backends: o.map(backendsMap.MAP_NAME),
+      backendSlots: o.map(backendSlotsMap.MAP_NAME),
+      maglev: o.map(maglevMap.MAP_NAME),
+      revnat: o.map(revnatMap.MAP_NAME),
+      ct: o.map(ctMap.MAP_NAME),
+      affinity: o.map(affinityMap.MAP_NAME),
     };
   }
 

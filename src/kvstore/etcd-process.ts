@@ -1,6 +1,13 @@
 // A real etcd process for tests and the lab: own data dir, loopback ports,
 // mutual TLS, authentication with the mesh's roles.
 //
+// By default etcd listens on 127.0.0.1 of this process's network namespace.
+// With `netns` it runs inside another network namespace (`ip netns exec NS
+// etcd …`, the lab's control-plane namespaces) and listens on `listenAddress`
+// there, where that namespace's neighbours reach it; this process, which
+// cannot route into that namespace, talks to it through a TLS unix socket in
+// the etcd's dir (a file is reachable from every network namespace).
+//
 // Roles (ARCHITECTURE §4: each remote cluster's user can only read):
 //   apiserver  readwrite cilium/ and the store prefix
 //   agent      readwrite the store prefix and cilium/state/identities/, read cilium/
@@ -11,7 +18,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, openSync, closeSync, unlinkSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { createServer } from 'node:net';
+import { createServer, isIP } from 'node:net';
 import { join, resolve } from 'node:path';
 import { Etcd3, Range } from 'etcd3';
 
@@ -53,10 +60,18 @@ export interface EtcdOptions {
   name?: string;
   /** The cluster this etcd serves; names the CA and the initial-cluster-token. */
   clusterName?: string;
-  /** Client port; default: a free loopback port, kept across restarts. */
+  /** Client port; default: a free loopback port, kept across restarts (2379 with `netns`). */
   clientPort?: number;
+  /** Peer port; default: a free loopback port (2380 with `netns`). */
   peerPort?: number;
-  /** Names on the server certificate (default 127.0.0.1 and localhost). */
+  /** Run etcd inside this network namespace (`ip netns exec NETNS etcd …`). The
+   * client URL is then https://listenAddress:clientPort inside it, and this
+   * process reaches etcd through a TLS unix socket `<dir>/localhost:<clientPort>`. */
+  netns?: string;
+  /** IPv4 address etcd listens on for clients (default 127.0.0.1). It must exist
+   * in etcd's network namespace; the server certificate covers it. */
+  listenAddress?: string;
+  /** Names on the server certificate (default localhost, plus 127.0.0.1 or listenAddress). */
   serverDnsNames?: string[];
   serverIpAddresses?: string[];
   /** Use this CA instead of creating one in dir/pki (e.g. one CA per mesh). */
@@ -84,8 +99,14 @@ export interface EtcdServer {
   readonly pidFile: string;
   readonly clientPort: number;
   readonly peerPort: number;
-  /** 'https://127.0.0.1:PORT' */
+  /** 'https://127.0.0.1:PORT', or 'https://<listenAddress>:PORT': what clients in
+   * etcd's network (its namespace and the networks routed to it) connect to. */
   readonly endpoint: string;
+  /** What this process connects to: `endpoint`, or with `netns` the TLS unix
+   * socket 'unix:///<dir>/localhost:PORT'. */
+  readonly localEndpoint: string;
+  /** The network namespace etcd runs in, undefined for this process's own. */
+  readonly netns: string | undefined;
   readonly caFile: string;
   readonly ca: CertificateAuthority;
   /** pid of the running etcd, undefined when stopped. */
@@ -98,8 +119,10 @@ export interface EtcdServer {
   /** Client certificate for `user` (CN = user), issued once and cached. */
   clientCert(user: string): Promise<CertFiles>;
   /** Connection config for `user`. Certificates of the mesh users exist from the start;
-   * others must have been issued with clientCert() first. */
-  connection(user: string, opts?: { timeoutMs?: number }): KvConnectionConfig;
+   * others must have been issued with clientCert() first. `via: 'local'` (default)
+   * is for this process (`localEndpoint`); `via: 'network'` is for processes in
+   * etcd's network, e.g. an agent in a node namespace (`endpoint`). */
+  connection(user: string, opts?: { timeoutMs?: number; via?: 'local' | 'network' }): KvConnectionConfig;
   /** Starts (or restarts) etcd on the same data dir and ports. No-op when running. */
   start(): Promise<void>;
   /** SIGTERM, wait, SIGKILL after `graceMs` (default 5000). No-op when stopped. */
@@ -165,6 +188,8 @@ class EtcdProcess implements EtcdServer {
   readonly logFile: string;
   readonly pidFile: string;
   readonly endpoint: string;
+  readonly localEndpoint: string;
+  readonly netns: string | undefined;
   readonly caFile: string;
   lastStartMs = 0;
   private child: ChildProcess | undefined;
@@ -187,8 +212,22 @@ class EtcdProcess implements EtcdServer {
     this.pidFile = join(this.dir, 'etcd.pid');
     this.pkiDir = join(this.dir, 'pki');
     this.authMarker = join(this.dir, 'auth-configured');
-    this.endpoint = `https://127.0.0.1:${clientPort}`;
+    this.netns = opts.netns;
+    this.endpoint = `https://${opts.listenAddress ?? '127.0.0.1'}:${clientPort}`;
+    this.localEndpoint = opts.netns === undefined ? this.endpoint : `unix://${this.socketFile}`;
     this.caFile = ca.certFile;
+  }
+
+  /** The TLS unix socket of a namespaced etcd (etcd names it host:port, relative to its cwd). */
+  private get socketFile(): string {
+    const file = join(this.dir, this.socketName);
+    // sockaddr_un.sun_path holds 108 bytes.
+    if (Buffer.byteLength(file) > 107) throw new Error(`etcd: unix socket path too long (${file}); use a shorter dir`);
+    return file;
+  }
+
+  private get socketName(): string {
+    return `localhost:${this.clientPort}`;
   }
 
   get pid(): number | undefined {
@@ -223,18 +262,21 @@ class EtcdProcess implements EtcdServer {
     return p;
   }
 
-  connection(user: string, o: { timeoutMs?: number } = {}): KvConnectionConfig {
+  connection(user: string, o: { timeoutMs?: number; via?: 'local' | 'network' } = {}): KvConnectionConfig {
     const paths = this.certPaths(user);
     if (!existsSync(paths.certFile)) {
       throw new Error(`etcd: no client certificate for user ${JSON.stringify(user)}; await server.clientCert(user) first`);
     }
+    const local = (o.via ?? 'local') === 'local';
+    // Over the unix socket the certificate's DNS name 'localhost' is what is verified.
+    const serverName = local && this.netns !== undefined ? 'localhost' : this.serverName;
     return {
-      endpoints: [this.endpoint],
+      endpoints: [local ? this.localEndpoint : this.endpoint],
       caFile: paths.caFile,
       certFile: paths.certFile,
       keyFile: paths.keyFile,
       ...(o.timeoutMs !== undefined ? { timeoutMs: o.timeoutMs } : {}),
-      ...(this.serverName !== undefined ? { serverName: this.serverName } : {}),
+      ...(serverName !== undefined ? { serverName } : {}),
     };
   }
 
@@ -244,10 +286,14 @@ class EtcdProcess implements EtcdServer {
     await mkdir(this.dataDir, { recursive: true, mode: 0o700 });
     const peerUrl = `https://127.0.0.1:${this.peerPort}`;
     const s = this.serverCert;
+    // A namespaced etcd also serves on a unix socket for this process; a socket
+    // file left by a killed etcd would make its bind fail.
+    if (this.netns !== undefined) await rm(this.socketFile, { force: true });
+    const listenClientUrls = this.netns === undefined ? this.endpoint : `${this.endpoint},unixs://${this.socketName}`;
     const args = [
       '--name', this.name,
       '--data-dir', this.dataDir,
-      '--listen-client-urls', this.endpoint,
+      '--listen-client-urls', listenClientUrls,
       '--advertise-client-urls', this.endpoint,
       '--listen-peer-urls', peerUrl,
       '--initial-advertise-peer-urls', peerUrl,
@@ -266,9 +312,14 @@ class EtcdProcess implements EtcdServer {
     const env: NodeJS.ProcessEnv = {};
     for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('ETCD')) env[k] = v;
     const logFd = openSync(this.logFile, 'a');
+    const binary = this.opts.binary ?? 'etcd';
+    // `ip netns exec` (and setpriv) exec etcd: the pid is etcd's own. A namespaced
+    // etcd that is not detached dies with this process even when it is SIGKILLed.
+    const pdeath = this.opts.detached ? [] : ['setpriv', '--pdeathsig', 'KILL'];
+    const [cmd, argv] = this.netns === undefined ? [binary, args] : ['ip', ['netns', 'exec', this.netns, ...pdeath, binary, ...args]];
     let child: ChildProcess;
     try {
-      child = spawn(this.opts.binary ?? 'etcd', args, { stdio: ['ignore', logFd, logFd], env, detached: this.opts.detached === true });
+      child = spawn(cmd, argv, { ...(this.netns !== undefined ? { cwd: this.dir } : {}), stdio: ['ignore', logFd, logFd], env, detached: this.opts.detached === true });
     } finally {
       closeSync(logFd);
     }
@@ -319,7 +370,11 @@ class EtcdProcess implements EtcdServer {
       if (child.exitCode !== null || child.signalCode !== null) {
         throw new Error(`etcd exited during start (code ${child.exitCode}, signal ${child.signalCode}); log ${this.logFile}:\n${log.split('\n').slice(-15).join('\n')}`);
       }
-      if (log.includes('serving client traffic') || log.includes('ready to serve client requests')) return;
+      if (this.netns !== undefined) {
+        // Both listeners: the network one (for the namespace's neighbours) and the socket (for us).
+        const served = [...log.matchAll(/serving client traffic[^\n]*"address":"([^"]+)"/g)].map((m) => m[1]);
+        if (served.includes(this.socketName) && served.some((a) => a !== this.socketName)) return;
+      } else if (log.includes('serving client traffic') || log.includes('ready to serve client requests')) return;
       if (Date.now() > deadline) throw new Error(`etcd: not ready after ${this.opts.startTimeoutMs ?? 20_000} ms; log ${this.logFile}`);
       await delay(15);
     }
@@ -327,14 +382,15 @@ class EtcdProcess implements EtcdServer {
 
   private async setupAuth(): Promise<void> {
     const root = await this.clientCert('root');
+    const conn = this.connection('root');
     const client = new Etcd3({
-      hosts: [this.endpoint],
+      hosts: conn.endpoints,
       credentials: {
         rootCertificate: await readFile(this.ca.certFile),
         certChain: await readFile(root.certFile),
         privateKey: await readFile(root.keyFile),
       },
-      ...(this.serverName !== undefined ? { grpcOptions: { 'grpc.ssl_target_name_override': this.serverName } } : {}),
+      ...(conn.serverName !== undefined ? { grpcOptions: { 'grpc.ssl_target_name_override': conn.serverName } } : {}),
       defaultCallOptions: () => ({ deadline: Date.now() + 10_000 }),
     });
     try {
@@ -396,13 +452,22 @@ export async function startEtcd(opts: EtcdOptions): Promise<EtcdServer> {
   const ca = opts.ca ?? (caReady
     ? { commonName: `clustermesh-${clusterName}-ca`, certFile: join(pkiDir, 'ca.crt'), keyFile: join(pkiDir, 'ca.key') }
     : await createCA(pkiDir, `clustermesh-${clusterName}-ca`));
-  const dnsNames = opts.serverDnsNames ?? ['localhost'];
-  const ipAddresses = opts.serverIpAddresses ?? ['127.0.0.1'];
+  if (opts.listenAddress !== undefined && isIP(opts.listenAddress) !== 4) throw new Error(`etcd: listenAddress must be an IPv4 address, got ${JSON.stringify(opts.listenAddress)}`);
+  if (opts.netns !== undefined && !/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(opts.netns)) throw new Error(`etcd: bad network namespace name ${JSON.stringify(opts.netns)}`);
+  const listenAddress = opts.listenAddress ?? '127.0.0.1';
+  const dnsNames = [...(opts.serverDnsNames ?? ['localhost'])];
+  // The unix socket of a namespaced etcd is verified by the name 'localhost'.
+  if (opts.netns !== undefined && !dnsNames.includes('localhost')) dnsNames.push('localhost');
+  // An explicit list is taken as given (a test may leave the address out on purpose).
+  const ipAddresses = [...(opts.serverIpAddresses ?? [listenAddress])];
   const userDir = join(pkiDir, 'users');
+  // A fresh namespace has its ports free; the root namespace's loopback needs free ones found.
+  const portIn = (given: number | undefined, nsDefault: number): number | Promise<number> =>
+    given ?? (opts.netns !== undefined ? nsDefault : freeLoopbackPort());
   const [serverCert, clientPort, peerPort] = await Promise.all([
     issueCert(ca, { commonName: `etcd-${opts.name ?? 'etcd'}`, dnsNames, ipAddresses, usage: 'both', outDir: pkiDir, name: 'server' }),
-    opts.clientPort ?? freeLoopbackPort(),
-    opts.peerPort ?? freeLoopbackPort(),
+    portIn(opts.clientPort, 2379),
+    portIn(opts.peerPort, 2380),
     // The mesh users' client certificates (CN = user), unless issued before.
     ...ETCD_USERS.map((user) =>
       existsSync(join(userDir, `${user}.crt`)) && existsSync(join(userDir, `${user}.key`))
@@ -410,8 +475,8 @@ export async function startEtcd(opts: EtcdOptions): Promise<EtcdServer> {
         : issueCert(ca, { commonName: user, usage: 'client', outDir: userDir, name: user }),
     ),
   ]);
-  // Connect by IP; verify a DNS name when the certificate does not carry 127.0.0.1.
-  const serverName = ipAddresses.includes('127.0.0.1') ? undefined : dnsNames[0];
+  // Connect by IP; verify a DNS name when the certificate does not carry the address.
+  const serverName = ipAddresses.includes(listenAddress) ? undefined : dnsNames[0];
   if (clientPort === peerPort) throw new Error('etcd: client and peer port collide');
   const server = new EtcdProcess(opts, ca, serverCert, clientPort, peerPort, serverName);
   await server.start();

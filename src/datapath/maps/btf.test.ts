@@ -13,6 +13,13 @@ import * as ipcache from './ipcache.ts';
 import * as metrics from './metrics.ts';
 import { Direction, DropReason, EventType, TraceReason } from './reasons.ts';
 import * as settings from './settings.ts';
+import * as affinity from './affinity.ts';
+import * as backendSlots from './backend-slots.ts';
+import * as backends from './backends.ts';
+import * as ct from './ct.ts';
+import * as maglev from './maglev.ts';
+import * as revnat from './revnat.ts';
+import * as services from './services.ts';
 
 const BPF_DIR = fileURLToPath(new URL('../../../bpf/', import.meta.url));
 const OBJECTS = ['build/lxc.bpf.o', 'build/overlay.bpf.o'];
@@ -135,6 +142,16 @@ const LAYOUTS: StructLayout[] = [
   metrics.VALUE_LAYOUT,
   settings.VALUE_LAYOUT,
   events.EVENT_LAYOUT,
+  services.KEY_LAYOUT,
+  services.VALUE_LAYOUT,
+  backends.VALUE_LAYOUT,
+  backendSlots.KEY_LAYOUT,
+  maglev.VALUE_LAYOUT,
+  revnat.VALUE_LAYOUT,
+  ct.KEY_LAYOUT,
+  ct.VALUE_LAYOUT,
+  affinity.KEY_LAYOUT,
+  affinity.VALUE_LAYOUT,
 ];
 
 /** Which structs each map is declared with in C. */
@@ -144,6 +161,13 @@ const MAPS: Array<{ name: string; key: string | undefined; value: string | undef
   { name: metrics.MAP_NAME, key: metrics.KEY_LAYOUT.cName, value: metrics.VALUE_LAYOUT.cName },
   { name: settings.MAP_NAME, key: '__u32', value: settings.VALUE_LAYOUT.cName },
   { name: events.MAP_NAME, key: undefined, value: undefined },
+  { name: services.MAP_NAME, key: services.KEY_LAYOUT.cName, value: services.VALUE_LAYOUT.cName },
+  { name: backends.MAP_NAME, key: '__u32', value: backends.VALUE_LAYOUT.cName },
+  { name: backendSlots.MAP_NAME, key: backendSlots.KEY_LAYOUT.cName, value: '__u32' },
+  { name: maglev.MAP_NAME, key: '__u32', value: maglev.VALUE_LAYOUT.cName },
+  { name: revnat.MAP_NAME, key: '__u32', value: revnat.VALUE_LAYOUT.cName },
+  { name: ct.MAP_NAME, key: ct.KEY_LAYOUT.cName, value: ct.VALUE_LAYOUT.cName },
+  { name: affinity.MAP_NAME, key: affinity.KEY_LAYOUT.cName, value: affinity.VALUE_LAYOUT.cName },
 ];
 
 describe('TypeScript codecs match the C structs (BTF)', () => {
@@ -172,6 +196,11 @@ describe('TypeScript codecs match the C structs (BTF)', () => {
         assert.deepEqual(btf.enumValues('cm_direction'), Direction);
         assert.deepEqual(btf.enumValues('cm_event_type'), EventType);
         assert.deepEqual(btf.enumValues('cm_settings_flag'), settings.SettingsFlag);
+        assert.deepEqual(btf.enumValues('lb_service_flag'), services.ServiceFlag);
+        assert.deepEqual(btf.enumValues('lb_backend_flag'), backends.BackendFlag);
+        assert.deepEqual(btf.enumValues('cm_ct_dir'), ct.CtDir);
+        assert.deepEqual(btf.enumValues('cm_ct_flag'), ct.CtFlag);
+        assert.deepEqual(btf.enumValues('cm_ct_lifetime'), ct.CtLifetime);
       });
 
       it('every per-node setting is a 4-byte const volatile in .rodata', () => {

@@ -10,6 +10,13 @@ import * as metrics from './metrics.ts';
 import { DropReason, TraceReason, isDropReason, reasonDescription, reasonName } from './reasons.ts';
 import * as settings from './settings.ts';
 import type { MapHandle } from './codec.ts';
+import * as affinity from './affinity.ts';
+import * as backendSlots from './backend-slots.ts';
+import * as backends from './backends.ts';
+import * as ct from './ct.ts';
+import * as maglev from './maglev.ts';
+import * as revnat from './revnat.ts';
+import * as services from './services.ts';
 
 /** A Map-backed stand-in for BpfMap. */
 function fakeMap(): MapHandle & { store: Map<string, Buffer> } {
@@ -151,5 +158,85 @@ describe('reasons', () => {
     assert.equal(reasonDescription(136), 'larger than the tunnel MTU');
     assert.ok(Object.values(DropReason).every(isDropReason));
     assert.ok(!Object.values(TraceReason).some(isDropReason));
+  });
+});
+
+describe('service translation codecs', () => {
+  it('services: key VIP and port network order, protocol number; value host order with flags', () => {
+    const k = { vip: '10.96.0.10', port: 80, protocol: 'TCP' as const };
+    assert.equal(services.encodeKey(k).toString('hex'), '0a60000a' + '0050' + '06' + '00');
+    assert.deepEqual(services.decodeKey(services.encodeKey(k)), k);
+    assert.equal(services.encodeKey({ ...k, protocol: 'UDP' })[6], 17);
+    const v = { serviceId: 5, revnatId: 6, backendCount: 3, sessionAffinity: true, affinityTimeout: 10800, maglev: true };
+    assert.equal(services.encodeValue(v).toString('hex'), '05000000' + '06000000' + '302a0000' + '0300' + '0300');
+    assert.deepEqual(services.decodeValue(services.encodeValue(v)), v);
+    assert.throws(() => services.decodeValue(Buffer.from('05000000060000000000000003000400', 'hex')), /unknown bits/);
+    assert.throws(() => services.decodeKey(Buffer.from('0a60000a00500100', 'hex')), /neither TCP nor UDP/);
+    assert.throws(() => services.encodeKey({ ...k, port: 70000 }), RangeError);
+  });
+
+  it('backends: id key, address and port network order, flags', () => {
+    const v = { ip: '10.102.0.30', port: 8080, clusterId: 2, terminating: false, clusterGone: true, notReady: false };
+    assert.equal(backends.encodeValue(v).toString('hex'), '0a66001e' + '1f90' + '0200' + '02' + '000000');
+    assert.deepEqual(backends.decodeValue(backends.encodeValue(v)), v);
+    assert.equal(backends.encodeValue({ ...v, clusterGone: false, terminating: true, notReady: true })[8], 5);
+    assert.equal(backends.encodeKey(258).toString('hex'), '02010000');
+    assert.throws(() => backends.encodeKey(0), RangeError);
+  });
+
+  it('backend slots: (service, slot) -> backend id; pruneBeyond deletes only that service\'s higher slots', () => {
+    assert.equal(backendSlots.encodeKey({ serviceId: 5, slot: 2 }).toString('hex'), '05000000' + '0200' + '0000');
+    const m = fakeMap();
+    backendSlots.updateMany(m, [...backendSlots.tableEntries(5, [11, 12, 13]), ...backendSlots.tableEntries(6, [21, 22, 23])]);
+    assert.equal(backendSlots.lookup(m, { serviceId: 5, slot: 1 }), 12);
+    assert.equal(backendSlots.pruneBeyond(m, 5, 1), 2);
+    assert.deepEqual([...backendSlots.entries(m)].map(([k, v]) => [k.serviceId, k.slot, v]), [[5, 0, 11], [6, 0, 21], [6, 1, 22], [6, 2, 23]]);
+  });
+
+  it('maglev: exactly the datapath table size', () => {
+    const t = new Uint32Array(maglev.MAGLEV_TABLE_SIZE).map((_, i) => (i % 3) + 1);
+    const b = maglev.encodeValue(t);
+    assert.equal(b.length, 4 * 1021);
+    assert.equal(b.subarray(0, 12).toString('hex'), '01000000' + '02000000' + '03000000');
+    assert.deepEqual(maglev.decodeValue(b), t);
+    assert.throws(() => maglev.encodeValue([1, 2, 3]), /1021/);
+  });
+
+  it('revnat: VIP and port network order', () => {
+    assert.equal(revnat.encodeValue({ vip: '10.96.0.10', port: 53 }).toString('hex'), '0a60000a' + '0035' + '0000');
+    assert.deepEqual(revnat.decodeValue(Buffer.from('0a60000a00350000', 'hex')), { vip: '10.96.0.10', port: 53 });
+  });
+
+  it('ct: key as in the packet with its direction; gc deletes expired entries only', () => {
+    const k: ct.Key = { src: '10.101.0.10', dst: '10.96.0.10', sport: 40000, dport: 80, protocol: 'TCP', dir: 'service' };
+    assert.equal(ct.encodeKey(k).toString('hex'), '0a65000a' + '0a60000a' + '9c40' + '0050' + '06' + '01' + '0000');
+    assert.deepEqual(ct.decodeKey(ct.encodeKey(k)), k);
+    assert.equal(ct.encodeKey({ ...k, dir: 'revnat' })[13], 2);
+    const v = { backendId: 7, revnatId: 5, lifetime: 1000, closing: true, hairpin: true };
+    assert.equal(ct.encodeValue(v).toString('hex'), '07000000' + '05000000' + 'e8030000' + '0300' + '0000');
+    assert.deepEqual(ct.decodeValue(ct.encodeValue(v)), v);
+    const m = fakeMap();
+    ct.update(m, k, { ...v, lifetime: 99 });
+    ct.update(m, { ...k, dir: 'revnat' }, { ...v, lifetime: 101 });
+    assert.equal(ct.gc(m, 100), 1);
+    assert.deepEqual([...ct.entries(m)].map(([key]) => key.dir), ['revnat']);
+    assert.ok(Math.abs(ct.monotonicSeconds() - Number(process.hrtime.bigint() / 1_000_000_000n)) <= 1);
+  });
+
+  it('affinity: (client, service) -> backend, last use; removeForBackends', () => {
+    assert.equal(affinity.encodeKey({ client: '10.101.0.10', serviceId: 5 }).toString('hex'), '0a65000a' + '05000000');
+    const m = fakeMap();
+    affinity.update(m, { client: '10.101.0.10', serviceId: 5 }, { backendId: 1, lastUsed: 10 });
+    affinity.update(m, { client: '10.101.0.11', serviceId: 5 }, { backendId: 2, lastUsed: 10 });
+    affinity.update(m, { client: '10.101.0.10', serviceId: 6 }, { backendId: 1, lastUsed: 10 });
+    assert.equal(affinity.removeForBackends(m, 5, [1]), 1);
+    assert.equal(affinity.removeForBackends(m, 5), 1);
+    assert.deepEqual([...affinity.entries(m)], [[{ client: '10.101.0.10', serviceId: 6 }, { backendId: 1, lastUsed: 10 }]]);
+  });
+
+  it('reasons: the service drops have names and descriptions', () => {
+    assert.equal(reasonName(143), 'DROP_NO_SERVICE_BACKEND');
+    assert.equal(reasonDescription(DropReason.DROP_SERVICE_FRAGMENT), 'fragmented service traffic');
+    assert.equal(reasonName(DropReason.DROP_CT_WRITE_FAILED), 'DROP_CT_WRITE_FAILED');
   });
 });

@@ -18,6 +18,9 @@ export const DropReason = {
   DROP_INVALID_IDENTITY: 140,
   DROP_WRITE_ERROR: 141,
   DROP_INTERNAL: 142,
+  DROP_NO_SERVICE_BACKEND: 143,
+  DROP_SERVICE_FRAGMENT: 144,
+  DROP_CT_WRITE_FAILED: 145,
 } as const;
 export type DropReasonName = keyof typeof DropReason;
 
@@ -61,6 +64,9 @@ const DESCRIPTIONS: Readonly<Record<DropReasonName | TraceReasonName, string>> =
   DROP_INVALID_IDENTITY: 'identity does not fit the VNI',
   DROP_WRITE_ERROR: 'failed to write packet or tunnel metadata',
   DROP_INTERNAL: 'internal error',
+  DROP_NO_SERVICE_BACKEND: 'service has no backend',
+  DROP_SERVICE_FRAGMENT: 'fragmented service traffic',
+  DROP_CT_WRITE_FAILED: 'conntrack entry not written',
   TRACE_TO_ENDPOINT: 'to endpoint',
   TRACE_TO_OVERLAY: 'to overlay',
   TRACE_TO_STACK: 'to stack',

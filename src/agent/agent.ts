@@ -1,0 +1,407 @@
+// `clustermesh agent`: the composition root. One per node, inside the node's
+// network namespace. Wires the datapath, the local cluster source, the
+// identity allocator, the remote-cluster import, the reconcilers and the
+// local API; the logic lives in the modules it wires:
+//
+//   config.ts           settings, validated once
+//   endpoints.ts        local endpoints (API add/delete, persisted, restored)
+//   ipcache-desired.ts  desired ipcache from every source
+//   store-publisher.ts  this node's Node and Endpoint objects in the store
+//   reconciler.ts       desired state → maps / store
+//   resync-grace.ts     remote withdrawals held back while that remote resyncs
+//   datapath.ts         the map targets and the datapath status
+//   api.ts, status.ts   the local API and what it reports
+//
+// Start order (restart without loss): the datapath first — maps pinned and
+// reused, from_overlay replaced atomically — then the persisted endpoints
+// re-adopted with their identities, so the maps' desired state is right for
+// every local pod before anything is written; then the reconcilers start and
+// only write differences, and prune nothing until every source (the local
+// store, every remote cluster's canaries) has synced; healthz turns ready
+// once the sources synced (or syncTimeoutSeconds passed) and a full pass ran.
+// stop() keeps programs attached and maps pinned: traffic flows while the
+// agent is down; SIGKILL leaves the same state behind.
+import { mkdir } from 'node:fs/promises';
+import pino, { type Logger } from 'pino';
+import { ClusterMesh } from '../clustermesh/clustermesh.ts';
+import { sleep, systemClock, type Clock } from '../clustermesh/clock.ts';
+import type * as endpointsMap from '../datapath/maps/endpoints.ts';
+import { NodeDatapath } from '../datapath/node.ts';
+import { IdentityAllocator } from '../identity/allocator.ts';
+import { KvClient } from '../kvstore/client.ts';
+import type { ClusterObject } from '../model/index.ts';
+import { StoreSource, StoreWriter, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
+import { startApiServer, type ApiServer } from './api.ts';
+import { resolveNodeIP, type AgentConfig, type ResolvedAgentConfig } from './config.ts';
+import { datapathStatus, endpointDatapath, endpointsTarget, ipcacheTarget } from './datapath.ts';
+import { EndpointManager } from './endpoints.ts';
+import {
+  IpcacheTable,
+  clusterEndpointContributions,
+  clusterNodeContributions,
+  ownerKeys,
+  remoteEndpointContributions,
+  remoteNodeContributions,
+  selfContributions,
+  type IpcacheEntry,
+} from './ipcache-desired.ts';
+import { Reconciler } from './reconciler.ts';
+import { ResyncGrace } from './resync-grace.ts';
+import { remoteSummary, waitingFor, type AgentPhase, type AgentStatus, type LocalSyncStatus } from './status.ts';
+import { nodeObject, publishKeys, samePublished, storeTarget } from './store-publisher.ts';
+
+export interface AgentDeps {
+  logger?: Logger;
+  clock?: Clock;
+  /** The local cluster source (default: the store source in the cluster's etcd). */
+  source?: ClusterSource;
+}
+
+export interface Agent {
+  readonly config: ResolvedAgentConfig;
+  /** Resolves when healthz turns ready. */
+  readonly ready: Promise<void>;
+  status(): AgentStatus;
+  /** Stops the agent; programs stay attached and maps pinned (traffic keeps flowing). */
+  stop(): Promise<void>;
+}
+
+/** The kinds of the local source the agent needs listed before it may prune. */
+const LOCAL_KINDS = ['Node', 'Endpoint', 'Namespace'] as const;
+
+export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Promise<Agent> {
+  const log = deps.logger ?? pino({ name: 'clustermesh-agent', level: config.logLevel });
+  const clock = deps.clock ?? systemClock;
+  const cfg = await resolveNodeIP(config);
+  const self = { nodeName: cfg.nodeName, nodeIP: cfg.nodeIP, podCIDR: cfg.podCIDR };
+  const startedAt = new Date(clock.now()).toISOString();
+  let phase: AgentPhase = 'starting';
+  let readyAt: string | null = null;
+  const initialSync = { done: false, timedOut: false, waitedMs: null as number | null };
+  const stopCtl = new AbortController();
+  const cleanups: Array<() => unknown> = [];
+  const runCleanups = async (): Promise<void> => {
+    for (const c of cleanups.splice(0).reverse()) {
+      try {
+        await c();
+      } catch (err) {
+        log.warn({ err: (err as Error).message }, 'shutdown step failed');
+      }
+    }
+  };
+
+  log.info({ cluster: cfg.clusterName, clusterID: cfg.clusterID, node: cfg.nodeName, nodeIP: cfg.nodeIP, podCIDR: cfg.podCIDR, pinDir: cfg.pinDir }, 'agent starting');
+  await mkdir(cfg.stateDir, { recursive: true, mode: 0o700 });
+
+  // ---- datapath: reuse pins, replace from_overlay atomically
+  const dp = new NodeDatapath({
+    nodeName: cfg.nodeName,
+    nodeIP: cfg.nodeIP,
+    clusterID: cfg.clusterID,
+    vxlanDevice: cfg.vxlanDevice,
+    tunnelPort: cfg.tunnelPort,
+    pinDir: cfg.pinDir,
+    redirectPeer: cfg.redirectPeer,
+    traceForward: cfg.traceForwards,
+    ...(cfg.objectsDir !== undefined ? { objectsDir: cfg.objectsDir } : {}),
+  });
+  await dp.start();
+  cleanups.push(() => dp.stop({ detach: false }));
+
+  try {
+    // ---- control-plane clients
+    const kv = new KvClient(cfg.etcd, { sessionTtlSeconds: cfg.sessionTtlSeconds });
+    cleanups.push(() => kv.close());
+    const source: ClusterSource =
+      deps.source ??
+      new StoreSource(kv, {
+        onProblem: (p) => log.warn({ kind: p.kind, key: p.key }, `local store: ${p.message}`),
+        onError: (kind, err) => log.warn({ kind, err: err.message }, 'local store watch failed; re-listing'),
+        onHandlerError: (kind, err) => log.error({ kind, err: (err as Error).stack }, 'local store handler failed'),
+        clock,
+      });
+    const writer = new StoreWriter(kv);
+    const allocator = new IdentityAllocator({
+      kv,
+      cluster: cfg.clusterName,
+      clusterId: cfg.clusterID,
+      maxConnectedClusters: cfg.maxConnectedClusters,
+      user: cfg.nodeName,
+      clock,
+      onError: (err) => log.warn({ err: (err as Error).message }, 'identity reference maintenance failed'),
+    });
+    cleanups.push(() => allocator.close());
+    const mesh = new ClusterMesh({
+      localCluster: { name: cfg.clusterName, id: cfg.clusterID, maxConnectedClusters: cfg.maxConnectedClusters },
+      configDir: cfg.clustermeshConfigDir,
+      clock,
+      logger: log.child({ component: 'clustermesh' }),
+    });
+
+    // ---- sync state (what pruning waits for)
+    const localStatus = (): LocalSyncStatus => {
+      const kinds = Object.fromEntries(LOCAL_KINDS.map((k) => [k, source.resource(k).synced]));
+      return {
+        source: source.type,
+        synced: Object.values(kinds).every(Boolean),
+        kinds,
+        counts: { nodes: source.nodes.list().length, endpoints: source.endpoints.list().length, namespaces: source.namespaces.list().length },
+      };
+    };
+    let meshStarted = false;
+    const unsynced = (): string[] => (meshStarted ? waitingFor(localStatus(), mesh.status()) : ['the remote-cluster config directory']);
+    const pruneBlocker = (): string | null => {
+      const w = unsynced();
+      return w.length ? `waiting for ${w.join(', ')} to sync` : null;
+    };
+    let restored = false;
+
+    // ---- reconcilers
+    const recOpts = { clock, fullSyncIntervalMs: cfg.fullSyncIntervalMs };
+    const onRecError = (name: string) => (key: string | null, err: unknown, attempt: number) =>
+      log.warn({ reconciler: name, key, attempt, err: (err as Error).message }, 'reconcile failed; retrying with backoff');
+    const ipcacheRec = new Reconciler<IpcacheEntry>({ name: 'ipcache', target: ipcacheTarget(dp), pruneBlocker, onError: onRecError('ipcache'), ...recOpts });
+    const endpointsRec = new Reconciler<endpointsMap.Value>({
+      name: 'endpoints',
+      target: endpointsTarget(dp),
+      pruneBlocker: () => (restored ? null : 'restoring endpoints'),
+      onError: onRecError('endpoints'),
+      ...recOpts,
+    });
+    const publisher = new Reconciler<ClusterObject>({
+      name: 'store',
+      target: storeTarget(source, writer, cfg.nodeName),
+      equals: samePublished,
+      pruneBlocker: () => (source.endpoints.synced && source.nodes.synced ? null : 'waiting for the local store to sync'),
+      backoff: { initialMs: 200, maxMs: 10_000 },
+      onError: onRecError('store'),
+      ...recOpts,
+    });
+    const reconcilers = [ipcacheRec, endpointsRec, publisher] as const;
+    cleanups.push(() => Promise.all(reconcilers.map((r) => r.stop())));
+
+    const grace = new ResyncGrace({ graceMs: cfg.remoteResyncGraceMs, clock });
+    cleanups.push(() => grace.stop());
+    /** Follows every remote's state changes (remotes come and go with the config dir). */
+    const followed = new WeakSet<object>();
+    const followRemotes = (): void => {
+      for (const r of mesh.status().remotes) {
+        const remote = mesh.remote(r.name);
+        if (!remote || followed.has(remote)) continue;
+        followed.add(remote);
+        grace.observe(r.name, r.state);
+        remote.onStatus((s) => grace.observe(r.name, s.state));
+      }
+    };
+
+    const table = new IpcacheTable({ upsert: (p, v) => ipcacheRec.upsert(p, v), remove: (p) => ipcacheRec.remove(p) });
+    table.setOwner(ownerKeys.self(), selfContributions(self));
+    publisher.upsert(publishKeys.node(cfg.nodeName), nodeObject(self));
+
+    // ---- endpoints: restored before anything is written
+    const endpoints = new EndpointManager({
+      clusterName: cfg.clusterName,
+      nodeName: cfg.nodeName,
+      nodeIP: cfg.nodeIP,
+      stateDir: cfg.stateDir,
+      datapath: endpointDatapath(dp),
+      identities: allocator,
+      namespaceLabels: (ns) => source.namespaces.get({ name: ns })?.metadata.labels,
+      endpointsMap: endpointsRec,
+      ipcache: table,
+      ipcacheMap: ipcacheRec,
+      publisher,
+      log: log.child({ component: 'endpoints' }),
+      clock,
+    });
+    cleanups.push(() => endpoints.stop());
+    await endpoints.recover();
+    restored = true;
+
+    // ---- sources → desired state (event-driven; each change is one incremental update)
+    const subs: Unsubscribe[] = [
+      source.endpoints.watch((ev) => {
+        if (ev.kind === 'synced') return;
+        const owner = ownerKeys.clusterEndpoint(ev.object.metadata.namespace, ev.object.metadata.name);
+        if (ev.kind === 'upsert') table.setOwner(owner, clusterEndpointContributions(ev.object, self));
+        else table.removeOwner(owner);
+      }),
+      source.nodes.watch((ev) => {
+        if (ev.kind === 'synced') return;
+        const owner = ownerKeys.clusterNode(ev.object.metadata.name);
+        if (ev.kind === 'upsert') table.setOwner(owner, clusterNodeContributions(ev.object, self));
+        else table.removeOwner(owner);
+      }),
+      source.namespaces.watch((ev) => {
+        if (ev.kind !== 'synced') endpoints.refreshNamespace(ev.object.metadata.name);
+      }),
+      // What this node publishes, deleted or changed in the store behind its back
+      // (the store came back empty, someone deleted it): written again at once.
+      source.endpoints.watch((ev) => {
+        if (ev.kind === 'synced') return;
+        const key = publishKeys.endpoint(ev.object.metadata.namespace, ev.object.metadata.name);
+        const want = publisher.desired.get(key);
+        if (!want) return;
+        if (ev.kind === 'delete' || (ev.object.status.networking.nodeName === cfg.nodeName && !samePublished(want, ev.object))) publisher.refresh([key]);
+      }),
+      source.nodes.watch((ev) => {
+        if (ev.kind === 'synced' || ev.object.metadata.name !== cfg.nodeName) return;
+        const key = publishKeys.node(cfg.nodeName);
+        const want = publisher.desired.get(key);
+        if (want && (ev.kind === 'delete' || !samePublished(want, ev.object))) publisher.refresh([key]);
+      }),
+      // Remote state: withdrawals held back briefly while that remote resyncs (resync-grace.ts).
+      mesh.ipcache.subscribe((ev) => {
+        const owner = ownerKeys.remoteEndpoint(ev.key);
+        if (ev.kind === 'upsert') {
+          grace.claim(owner);
+          table.setOwner(owner, remoteEndpointContributions(ev.value));
+        } else grace.withdraw(owner, ev.previous.cluster, () => table.removeOwner(owner));
+      }),
+      mesh.nodes.subscribe((ev) => {
+        const owner = ownerKeys.remoteNode(ev.key);
+        if (ev.kind === 'upsert') {
+          grace.claim(owner);
+          table.setOwner(owner, remoteNodeContributions(ev.value));
+        } else grace.withdraw(owner, ev.previous.cluster, () => table.removeOwner(owner));
+      }),
+    ];
+    cleanups.push(() => subs.forEach((u) => u()));
+
+    // Writing starts now: differences only, nothing pruned until the sources have synced.
+    await endpointsRec.start();
+    await ipcacheRec.start();
+    void publisher.start().catch((err: unknown) => log.warn({ err: (err as Error).message }, 'store publisher: first pass failed; retrying'));
+
+    // The etcd session lost (etcd came back empty, or was away longer than the
+    // session TTL): whatever this node wrote may be gone; write it all again now
+    // rather than at the next full pass.
+    void (async () => {
+      let delay = 500;
+      while (!stopCtl.signal.aborted) {
+        let session;
+        try {
+          session = await kv.lease();
+          delay = 500;
+        } catch {
+          if (!(await sleep(clock, delay, stopCtl.signal))) return;
+          delay = Math.min(delay * 2, 10_000);
+          continue;
+        }
+        const lost = await new Promise<boolean>((resolve) => {
+          if (session.lost) return resolve(true);
+          session.once('lost', () => resolve(true));
+          stopCtl.signal.addEventListener('abort', () => resolve(false), { once: true });
+        });
+        if (!lost || stopCtl.signal.aborted) return;
+        log.warn('etcd session lost; writing what this node publishes again');
+        publisher.refresh();
+      }
+    })();
+
+    // ---- the local API (the CNI may add endpoints while the sources sync)
+    const status = (): AgentStatus => {
+      const ms = mesh.status();
+      return {
+        node: { name: cfg.nodeName, cluster: cfg.clusterName, clusterID: cfg.clusterID, nodeIP: cfg.nodeIP, podCIDR: cfg.podCIDR },
+        phase,
+        ready: phase === 'ready',
+        startedAt,
+        readyAt,
+        initialSync: { ...initialSync, waitingFor: unsynced() },
+        local: localStatus(),
+        remoteClusters: ms.remotes.map(remoteSummary),
+        clustermesh: { ready: ms.ready, configDir: ms.configDir, configErrors: ms.configErrors, counts: ms.counts, ipConflicts: ms.ipConflicts, resyncGrace: grace.status() },
+        reconcilers: reconcilers.map((r) => r.status()),
+        endpoints: endpoints.status(),
+        datapath: datapathStatus(
+          dp,
+          endpoints.list().map((e) => e.hostIfName),
+        ),
+      };
+    };
+    const api: ApiServer = await startApiServer(
+      cfg.socketPath,
+      {
+        addEndpoint: (id, body) => endpoints.add(id, body),
+        deleteEndpoint: (id) => endpoints.delete(id),
+        listEndpoints: () => endpoints.list(),
+        status,
+        health: () => ({ ready: phase === 'ready', phase }),
+      },
+      log.child({ component: 'api' }),
+    );
+    cleanups.push(() => api.close());
+
+    // ---- sources
+    await source.start();
+    cleanups.push(() => (deps.source ? undefined : source.stop()));
+    await mesh.start();
+    await mesh.rescan();
+    meshStarted = true;
+    cleanups.push(() => mesh.stop()); // keeps what was learned
+    followRemotes();
+    void (async () => {
+      while (await sleep(clock, 200, stopCtl.signal)) followRemotes();
+    })();
+    phase = 'syncing';
+
+    // ---- initial sync (bounded), then a full pass by difference
+    const syncStart = clock.now();
+    let resolveReady!: () => void;
+    let rejectReady!: (err: unknown) => void;
+    const ready = new Promise<void>((resolve, reject) => {
+      resolveReady = resolve;
+      rejectReady = reject;
+    });
+    ready.catch((err: unknown) => log.error({ err: (err as Error).message }, 'initial reconcile failed'));
+    void (async () => {
+      while (unsynced().length > 0 && clock.now() - syncStart < cfg.syncTimeoutMs) {
+        if (!(await sleep(clock, 25, stopCtl.signal))) return;
+      }
+      initialSync.waitedMs = clock.now() - syncStart;
+      initialSync.timedOut = unsynced().length > 0;
+      initialSync.done = true;
+      if (initialSync.timedOut)
+        log.warn({ waitingFor: unsynced(), timeoutMs: cfg.syncTimeoutMs }, 'initial sync timed out; going ahead without pruning until those sources sync');
+      await Promise.all([ipcacheRec.fullSync(), endpointsRec.fullSync()]);
+      if (stopCtl.signal.aborted) return;
+      phase = 'ready';
+      readyAt = new Date(clock.now()).toISOString();
+      log.info({ waitedMs: initialSync.waitedMs, endpoints: endpoints.size, ipcache: table.size }, 'agent ready');
+      resolveReady();
+
+      // A source that syncs late (or again, after a remote was re-added) unblocks
+      // pruning: run a full pass at that moment, not a period later.
+      let wasBlocked = pruneBlocker() !== null;
+      while (await sleep(clock, 250, stopCtl.signal)) {
+        const blocked = pruneBlocker() !== null;
+        if (wasBlocked && !blocked) {
+          log.info('every source synced; pruning stale entries');
+          await ipcacheRec.fullSync().catch(() => undefined);
+        }
+        wasBlocked = blocked;
+      }
+    })().catch(rejectReady);
+
+    let stopping: Promise<void> | undefined;
+    return {
+      config: cfg,
+      ready,
+      status,
+      stop: () =>
+        (stopping ??= (async () => {
+          phase = 'stopping';
+          log.info('agent stopping; programs stay attached and maps pinned');
+          stopCtl.abort();
+          rejectReady(new Error('agent stopped before it was ready'));
+          await runCleanups();
+          log.info('agent stopped');
+        })()),
+    };
+  } catch (err) {
+    stopCtl.abort();
+    await runCleanups();
+    throw err;
+  }
+}

@@ -1,0 +1,137 @@
+// The agent's local API: HTTP/JSON over the unix socket `<stateDir>/agent.sock`
+// (types.ts has the routes and bodies). Routing and encoding only; the work
+// is done by the handlers the composition root passes in.
+import { chmod, unlink } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { connect } from 'node:net';
+import type { Logger } from './endpoints.ts';
+import type { AgentStatus } from './status.ts';
+import { ApiError, type EndpointDeleteResult, type EndpointInfo, type HealthBody } from './types.ts';
+
+export interface ApiHandlers {
+  addEndpoint(containerID: string, body: unknown): Promise<EndpointInfo>;
+  deleteEndpoint(containerID: string): Promise<EndpointDeleteResult>;
+  listEndpoints(): EndpointInfo[];
+  status(): AgentStatus;
+  health(): HealthBody;
+}
+
+export interface ApiServer {
+  readonly socketPath: string;
+  close(): Promise<void>;
+}
+
+const MAX_BODY_BYTES = 1 << 20;
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+function sendError(res: ServerResponse, err: unknown, log: Logger, what: string): void {
+  if (err instanceof ApiError) {
+    send(res, err.status, { error: err.message, code: err.code });
+    return;
+  }
+  log.error({ err: (err as Error)?.stack ?? String(err) }, `${what}: internal error`);
+  send(res, 500, { error: `${what}: ${(err as Error)?.message ?? String(err)}`, code: 'internal' });
+}
+
+async function readJson(req: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const c of req as AsyncIterable<Buffer>) {
+    size += c.length;
+    if (size > MAX_BODY_BYTES) throw new ApiError('invalid-request', `request body larger than ${MAX_BODY_BYTES} bytes`);
+    chunks.push(c);
+  }
+  const text = Buffer.concat(chunks).toString('utf8');
+  if (text.trim() === '') return {};
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (err) {
+    throw new ApiError('invalid-request', `request body is not JSON: ${(err as Error).message}`);
+  }
+}
+
+/** True when something answers on the socket (another agent). */
+function socketAlive(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+async function route(req: IncomingMessage, res: ServerResponse, h: ApiHandlers, log: Logger): Promise<void> {
+  const url = new URL(req.url ?? '/', 'http://agent');
+  const path = url.pathname;
+  const method = req.method ?? 'GET';
+  const what = `${method} ${path}`;
+  try {
+    if (path === '/healthz') {
+      if (method !== 'GET') throw new ApiError('method-not-allowed', `${what}: use GET`);
+      const body = h.health();
+      return send(res, body.ready ? 200 : 503, body);
+    }
+    if (path === '/v1/status') {
+      if (method !== 'GET') throw new ApiError('method-not-allowed', `${what}: use GET`);
+      return send(res, 200, h.status());
+    }
+    if (path === '/v1/endpoints' || path === '/v1/endpoints/') {
+      if (method !== 'GET') throw new ApiError('method-not-allowed', `${what}: use GET (PUT and DELETE take /v1/endpoints/<containerID>)`);
+      return send(res, 200, h.listEndpoints());
+    }
+    const m = /^\/v1\/endpoints\/([^/]+)$/.exec(path);
+    if (m) {
+      let id: string;
+      try {
+        id = decodeURIComponent(m[1]!);
+      } catch {
+        throw new ApiError('invalid-request', `${what}: malformed container ID`);
+      }
+      if (method === 'PUT') return send(res, 200, await h.addEndpoint(id, await readJson(req)));
+      if (method === 'DELETE') return send(res, 200, await h.deleteEndpoint(id));
+      throw new ApiError('method-not-allowed', `${what}: use PUT or DELETE`);
+    }
+    throw new ApiError('not-found', `${what}: no such route (try /v1/endpoints, /v1/status, /healthz)`);
+  } catch (err) {
+    sendError(res, err, log, what);
+  }
+}
+
+/**
+ * Serves the API on socketPath. A stale socket file (no one answering) is
+ * replaced; a live one means another agent serves this state dir: refused.
+ */
+export async function startApiServer(socketPath: string, handlers: ApiHandlers, log: Logger): Promise<ApiServer> {
+  if (await socketAlive(socketPath)) throw new Error(`another agent is serving ${socketPath}; stop it first (or use another stateDir)`);
+  await unlink(socketPath).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== 'ENOENT') throw err;
+  });
+  const server: Server = createServer((req, res) => {
+    void route(req, res, handlers, log);
+  });
+  server.keepAliveTimeout = 30_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(socketPath, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  await chmod(socketPath, 0o660);
+  let closed: Promise<void> | undefined;
+  return {
+    socketPath,
+    close: () =>
+      (closed ??= new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }).then(() => unlink(socketPath).catch(() => undefined))),
+  };
+}

@@ -1,0 +1,140 @@
+// Typed calls to a node agent's local API over its unix socket: what the CNI
+// plugin, the CLI and tests use.
+//
+//   const agent = new AgentClient('/var/run/clustermesh/node1/agent.sock');
+//   await agent.waitReady({ timeoutMs: 30_000 });
+//   const ep = await agent.putEndpoint('c0ffee', { namespace: 'default', podName: 'web', ip, hostIfName, podMac, labels });
+//   await agent.deleteEndpoint('c0ffee');
+import { Agent, request } from 'node:http';
+import type { AgentStatus } from './status.ts';
+import { ApiError, type ApiErrorCode, type EndpointDeleteResult, type EndpointInfo, type EndpointRequest, type HealthBody } from './types.ts';
+
+export { ApiError };
+
+/** Nothing answers on the socket (no agent, or it is restarting). `code`: ENOENT, ECONNREFUSED, ETIMEDOUT... */
+export class AgentUnavailableError extends Error {
+  constructor(
+    readonly socketPath: string,
+    readonly code: string,
+    message: string,
+  ) {
+    super(`agent at ${socketPath} is not reachable (${code}): ${message}`);
+    this.name = 'AgentUnavailableError';
+  }
+}
+
+export interface AgentClientOptions {
+  /** Per-request deadline (default 30 s: an add waits for the datapath and the identity). */
+  timeoutMs?: number;
+}
+
+interface RawResponse {
+  status: number;
+  body: unknown;
+}
+
+export class AgentClient {
+  private readonly agent = new Agent({ keepAlive: true, maxSockets: 16 });
+  private readonly timeoutMs: number;
+
+  constructor(
+    readonly socketPath: string,
+    opts: AgentClientOptions = {},
+  ) {
+    this.timeoutMs = opts.timeoutMs ?? 30_000;
+  }
+
+  /** Adds (or updates, with the same body: a no-op) the endpoint of a container. */
+  async putEndpoint(containerID: string, req: EndpointRequest): Promise<EndpointInfo> {
+    return (await this.call('PUT', `/v1/endpoints/${encodeURIComponent(containerID)}`, req)) as EndpointInfo;
+  }
+
+  /** Deletes the endpoint of a container; `deleted: false` when the agent did not have it. */
+  async deleteEndpoint(containerID: string): Promise<EndpointDeleteResult> {
+    return (await this.call('DELETE', `/v1/endpoints/${encodeURIComponent(containerID)}`)) as EndpointDeleteResult;
+  }
+
+  async listEndpoints(): Promise<EndpointInfo[]> {
+    return (await this.call('GET', '/v1/endpoints')) as EndpointInfo[];
+  }
+
+  async status(): Promise<AgentStatus> {
+    return (await this.call('GET', '/v1/status')) as AgentStatus;
+  }
+
+  /** The health body, whatever the HTTP status (503 while not ready). */
+  async health(): Promise<HealthBody> {
+    const r = await this.raw('GET', '/healthz');
+    return r.body as HealthBody;
+  }
+
+  /** Polls /healthz until ready; rejects after timeoutMs with the last answer or error. */
+  async waitReady(opts: { timeoutMs?: number; intervalMs?: number } = {}): Promise<void> {
+    const deadline = Date.now() + (opts.timeoutMs ?? 60_000);
+    let last = 'no answer yet';
+    for (;;) {
+      try {
+        const h = await this.health();
+        if (h.ready) return;
+        last = `phase ${h.phase}`;
+      } catch (err) {
+        last = (err as Error).message;
+      }
+      if (Date.now() > deadline) throw new Error(`agent at ${this.socketPath} not ready after ${opts.timeoutMs ?? 60_000} ms: ${last}`);
+      await new Promise((r) => setTimeout(r, opts.intervalMs ?? 100));
+    }
+  }
+
+  /** Closes kept-alive connections. */
+  close(): void {
+    this.agent.destroy();
+  }
+
+  private async call(method: string, path: string, body?: unknown): Promise<unknown> {
+    const r = await this.raw(method, path, body);
+    if (r.status >= 200 && r.status < 300) return r.body;
+    const b = (r.body ?? {}) as { error?: unknown; code?: unknown };
+    const code = (typeof b.code === 'string' ? b.code : 'internal') as ApiErrorCode;
+    throw new ApiError(code, typeof b.error === 'string' ? b.error : `${method} ${path}: HTTP ${r.status}`, r.status);
+  }
+
+  private raw(method: string, path: string, body?: unknown): Promise<RawResponse> {
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    return new Promise((resolve, reject) => {
+      const req = request(
+        {
+          socketPath: this.socketPath,
+          path,
+          method,
+          agent: this.agent,
+          headers: {
+            accept: 'application/json',
+            ...(payload !== undefined ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}),
+          },
+          timeout: this.timeoutMs,
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString('utf8');
+            let parsed: unknown = undefined;
+            try {
+              parsed = text ? JSON.parse(text) : undefined;
+            } catch {
+              parsed = { error: text.slice(0, 500), code: 'internal' };
+            }
+            resolve({ status: res.statusCode ?? 0, body: parsed });
+          });
+          res.on('error', reject);
+        },
+      );
+      req.on('timeout', () => req.destroy(Object.assign(new Error(`no answer within ${this.timeoutMs} ms`), { code: 'ETIMEDOUT' })));
+      req.on('error', (err: NodeJS.ErrnoException) => {
+        reject(new AgentUnavailableError(this.socketPath, err.code ?? 'EIO', err.message));
+      });
+      if (payload !== undefined) req.end(payload);
+      else req.end();
+    });
+  }
+}

@@ -1,0 +1,136 @@
+// Agent config: defaults, path resolution, flag overrides, and errors that
+// name the file and the setting.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AgentConfigError, compileAgentConfig, loadAgentConfig, resolveNodeIP } from './config.ts';
+
+const base = {
+  clusterName: 'cluster1',
+  clusterID: 1,
+  nodeName: 'node1',
+  nodeIP: '10.1.0.1',
+  podCIDR: '10.101.1.0/24',
+  etcd: { endpoints: ['https://10.1.0.250:2379'], caFile: 'pki/ca.crt', certFile: 'pki/agent.crt', keyFile: 'pki/agent.key' },
+  clustermeshConfigDir: 'remote-clusters',
+  stateDir: '/run/cm/node1',
+};
+
+const compile = (doc: unknown, flags = {}) => compileAgentConfig(doc, { source: '/x/y.yaml', baseDir: '/x', file: '/x/y.yaml', flags });
+
+function rejects(doc: unknown, message: string | RegExp, flags = {}): void {
+  assert.throws(
+    () => compile(doc, flags),
+    (e: unknown) => {
+      assert.ok(e instanceof AgentConfigError, String(e));
+      if (typeof message === 'string') assert.equal(e.message, message);
+      else assert.match(e.message, message);
+      return true;
+    },
+  );
+}
+
+describe('agent config', () => {
+  it('fills defaults and resolves relative paths against the file', () => {
+    const c = compile(base);
+    assert.equal(c.maxConnectedClusters, 255);
+    assert.equal(c.tunnelPort, 8472);
+    assert.equal(c.vxlanDevice, 'cm_vxlan');
+    assert.equal(c.syncTimeoutMs, 30_000);
+    assert.equal(c.fullSyncIntervalMs, 30_000);
+    assert.equal(c.logLevel, 'info');
+    assert.equal(c.etcd.caFile, '/x/pki/ca.crt');
+    assert.equal(c.clustermeshConfigDir, '/x/remote-clusters');
+    assert.equal(c.stateDir, '/run/cm/node1');
+    assert.equal(c.socketPath, '/run/cm/node1/agent.sock');
+    assert.equal(c.pinDir, '/run/clustermesh/bpffs/cluster1-node1');
+    assert.equal(compile({ ...base, nodeName: 'node1.example' }).pinDir, '/run/clustermesh/bpffs/cluster1-node1-example', 'bpffs names have no dots');
+    assert.deepEqual(c.etcd.endpoints, ['https://10.1.0.250:2379']);
+  });
+
+  it('names the file and the setting in every error', () => {
+    rejects({ ...base, clusterID: 0 }, 'agent config /x/y.yaml: clusterID: must be 1..255');
+    rejects({ ...base, clusterID: 300 }, 'agent config /x/y.yaml: clusterID: must be 1..255');
+    assert.equal(compile({ ...base, clusterID: 300, maxConnectedClusters: 511 }).clusterID, 300);
+    rejects({ ...base, maxConnectedClusters: 100 }, 'agent config /x/y.yaml: maxConnectedClusters: must be 255 or 511');
+    rejects({ ...base, clusterName: 'Cluster_1' }, /^agent config \/x\/y\.yaml: clusterName: cluster name "Cluster_1" must consist of lowercase/);
+    rejects({ ...base, clusterID: 'one' }, 'agent config /x/y.yaml: clusterID: must be a number');
+    rejects({ ...base, nodeIP: '10.1.0.300' }, 'agent config /x/y.yaml: nodeIP: must be an IPv4 address');
+    rejects({ ...base, podCIDR: '10.101.1.7/24' }, 'agent config /x/y.yaml: podCIDR: host bits are set; did you mean 10.101.1.0/24?');
+    rejects({ ...base, podCIDR: '10.101.1.0' }, 'agent config /x/y.yaml: podCIDR: must be an IPv4 prefix a.b.c.d/len');
+    rejects({ ...base, tunnelPort: 70000 }, 'agent config /x/y.yaml: tunnelPort: must be 1..65535');
+    rejects({ ...base, vxlanDevice: 'a-name-much-too-long' }, 'agent config /x/y.yaml: vxlanDevice: at most 15 characters (a Linux device name)');
+    rejects({ ...base, etcd: { ...base.etcd, endpoints: ['http://10.1.0.250:2379'] } }, 'agent config /x/y.yaml: etcd.endpoints[0]: must be https://host:port (mutual TLS is required)');
+    rejects({ ...base, etcd: { ...base.etcd, caFile: undefined } }, 'agent config /x/y.yaml: etcd.caFile: is required');
+    rejects({ ...base, etcd: { ...base.etcd, ca: 'x' } }, 'agent config /x/y.yaml: etcd.ca: unknown setting');
+    rejects({ ...base, clustrName: 'x' }, 'agent config /x/y.yaml: clustrName: unknown setting');
+    rejects({ ...base, syncTimeoutSeconds: 0 }, 'agent config /x/y.yaml: syncTimeoutSeconds: must be greater than 0');
+    rejects({ ...base, logLevel: 'loud' }, /^agent config \/x\/y\.yaml: logLevel: must be one of trace, debug/);
+    rejects({ ...base, stateDir: undefined }, 'agent config /x/y.yaml: stateDir: is required');
+    rejects({ ...base, stateDir: `/${'s'.repeat(120)}` }, /^agent config \/x\/y\.yaml: stateDir: .* is longer than a unix socket path may be/);
+    rejects([1, 2], 'agent config /x/y.yaml: must be a YAML mapping of settings');
+    rejects({ ...base, pinDir: '/run/clustermesh/bpffs/c1.n1' }, 'agent config /x/y.yaml: pinDir: /run/clustermesh/bpffs/c1.n1: a bpffs does not allow "." in names');
+  });
+
+  it('needs exactly one of nodeIP and underlayDevice', () => {
+    const { nodeIP: _ip, ...noIP } = base;
+    rejects(noIP, 'agent config /x/y.yaml: nodeIP: is required (or underlayDevice, to take its address)');
+    rejects({ ...base, underlayDevice: 'eth0' }, 'agent config /x/y.yaml: underlayDevice: give either nodeIP or underlayDevice, not both');
+    const c = compile({ ...noIP, underlayDevice: 'eth0' });
+    assert.equal(c.nodeIP, undefined);
+    assert.equal(c.underlayDevice, 'eth0');
+  });
+
+  it('takes the node IP from the underlay device, or says the device has none', async () => {
+    const { nodeIP: _ip, ...noIP } = base;
+    const c = compile({ ...noIP, underlayDevice: 'eth0' });
+    assert.equal((await resolveNodeIP(c, async (d) => (d === 'eth0' ? '10.1.0.7' : undefined))).nodeIP, '10.1.0.7');
+    await assert.rejects(resolveNodeIP(c, async () => undefined), {
+      message: 'agent config /x/y.yaml: underlayDevice: device eth0 has no IPv4 address in this network namespace',
+    });
+  });
+
+  it('flags override the file (numbers converted) and are checked the same way', () => {
+    const c = compile(base, { nodeName: 'node7', clusterId: '2', tunnelPort: '4789', podCidr: '10.101.7.0/24', logLevel: 'debug', fullSyncIntervalSeconds: '0.5' });
+    assert.equal(c.nodeName, 'node7');
+    assert.equal(c.clusterID, 2);
+    assert.equal(c.tunnelPort, 4789);
+    assert.equal(c.podCIDR, '10.101.7.0/24');
+    assert.equal(c.logLevel, 'debug');
+    assert.equal(c.fullSyncIntervalMs, 500);
+    rejects(base, 'agent config /x/y.yaml: clusterID: must be a number', { clusterId: 'x' });
+  });
+
+  it('reads YAML files and reports unreadable or invalid ones', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cm-agent-config-'));
+    try {
+      const file = join(dir, 'agent.yaml');
+      await writeFile(
+        file,
+        [
+          'clusterName: cluster1',
+          'clusterID: 1',
+          'nodeName: node1',
+          'nodeIP: 10.1.0.1',
+          'podCIDR: 10.101.1.0/24',
+          'etcd: { endpoints: [https://10.1.0.250:2379], caFile: ca.crt, certFile: a.crt, keyFile: a.key }',
+          'clustermeshConfigDir: remote',
+          'stateDir: state',
+          'syncTimeoutSeconds: 5',
+        ].join('\n'),
+      );
+      const c = await loadAgentConfig(file);
+      assert.equal(c.file, file);
+      assert.equal(c.stateDir, join(dir, 'state'));
+      assert.equal(c.etcd.keyFile, join(dir, 'a.key'));
+      assert.equal(c.syncTimeoutMs, 5000);
+      await writeFile(file, 'clusterName: [unclosed');
+      await assert.rejects(loadAgentConfig(file), (e: unknown) => e instanceof AgentConfigError && e.message.startsWith(`agent config ${file}: not valid YAML`));
+      await assert.rejects(loadAgentConfig(join(dir, 'missing.yaml')), { message: `agent config ${join(dir, 'missing.yaml')}: cannot read: ENOENT` });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,327 @@
+// The agent's configuration: a YAML file plus command-line overrides, checked
+// once at start with zod and compiled into a fully-defaulted AgentConfig.
+// Every error names the file and the setting:
+//   agent config /x/y.yaml: clusterID: must be 1..255
+//
+//   clusterName: cluster1
+//   clusterID: 1
+//   maxConnectedClusters: 255          # or 511
+//   nodeName: node1
+//   nodeIP: 10.1.0.1                   # or underlayDevice: eth0 (its first IPv4 address)
+//   podCIDR: 10.101.1.0/24
+//   tunnelPort: 8472
+//   vxlanDevice: cm_vxlan
+//   etcd: { endpoints: [https://10.1.0.250:2379], caFile: ca.crt, certFile: agent.crt, keyFile: agent.key }
+//   clustermeshConfigDir: remote-clusters   # one file per remote cluster
+//   stateDir: state                         # agent.sock and persisted endpoints
+//   pinDir: /run/clustermesh/bpffs/<node>   # default <bpffs>/<clusterName>-<nodeName>
+//   syncTimeoutSeconds: 30
+//   fullSyncIntervalSeconds: 30
+//   logLevel: info
+//
+// Relative paths resolve against the config file's directory. Optional extras:
+// objectsDir (the BPF objects), traceForwards, redirectPeer, sessionTtlSeconds
+// (of the etcd session the agent's identity references live on),
+// remoteResyncGraceSeconds (3; see resync-grace.ts).
+import { execFile } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { DEFAULT_BPFFS_ROOT } from '../datapath/bpffs.ts';
+import type { KvConnectionConfig } from '../kvstore/types.ts';
+import { formatPath, validateClusterName, type MaxConnectedClusters } from '../model/index.ts';
+
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** The socket of the local API inside stateDir. */
+export const AGENT_SOCKET_NAME = 'agent.sock';
+/** sun_path is 108 bytes including the terminating NUL. */
+const MAX_SOCKET_PATH = 107;
+
+export interface AgentConfig {
+  /** The file it was read from (absolute), or undefined when built from flags only. */
+  file: string | undefined;
+  clusterName: string;
+  clusterID: number;
+  maxConnectedClusters: MaxConnectedClusters;
+  nodeName: string;
+  /** The underlay address; resolved from underlayDevice when that was given instead. */
+  nodeIP: string | undefined;
+  underlayDevice: string | undefined;
+  podCIDR: string;
+  tunnelPort: number;
+  vxlanDevice: string;
+  etcd: KvConnectionConfig;
+  clustermeshConfigDir: string;
+  stateDir: string;
+  /** `<stateDir>/agent.sock` */
+  socketPath: string;
+  pinDir: string;
+  syncTimeoutMs: number;
+  fullSyncIntervalMs: number;
+  logLevel: LogLevel;
+  /** Directory of lxc.bpf.o / overlay.bpf.o; undefined = the datapath's default (bpf/build). */
+  objectsDir: string | undefined;
+  traceForwards: boolean;
+  redirectPeer: boolean;
+  /** TTL of the etcd session the agent's identity references live on. */
+  sessionTtlSeconds: number;
+  /** How long withdrawals of a remote's state are held back while it resyncs (resync-grace.ts); 0 = never. */
+  remoteResyncGraceMs: number;
+}
+
+/** A config whose nodeIP is known. */
+export type ResolvedAgentConfig = AgentConfig & { nodeIP: string };
+
+export class AgentConfigError extends Error {
+  constructor(
+    /** The file (or `flags`), as it appears in the message. */
+    readonly source: string,
+    /** The setting, e.g. `clusterID` or `etcd.caFile`; null for the whole file. */
+    readonly setting: string | null,
+    readonly detail: string,
+  ) {
+    super(`agent config ${source}: ${setting ? `${setting}: ` : ''}${detail}`);
+    this.name = 'AgentConfigError';
+  }
+}
+
+const IPV4 = /^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/;
+const ipv4 = z.string().regex(IPV4, 'must be an IPv4 address');
+const ifName = z
+  .string()
+  .min(1)
+  .max(15, 'at most 15 characters (a Linux device name)')
+  .regex(/^[A-Za-z0-9_.:-]+$/, 'must be a device name');
+const positiveInt = (what: string, min: number, max: number) =>
+  z.number({ error: `must be a number (${what})` }).int('must be an integer').min(min, `must be ${min}..${max}`).max(max, `must be ${min}..${max}`);
+
+const cidrV4 = z.string().refine((s) => {
+  const [addr, len, ...rest] = s.split('/');
+  if (rest.length || addr === undefined || len === undefined || !IPV4.test(addr) || !/^\d{1,2}$/.test(len) || Number(len) > 32) return false;
+  return true;
+}, 'must be an IPv4 prefix a.b.c.d/len');
+
+const etcdSchema = z.strictObject({
+  endpoints: z
+    .array(z.string().regex(/^https:\/\/[^/\s]+\/?$/, 'must be https://host:port (mutual TLS is required)'))
+    .min(1, 'at least one endpoint is required'),
+  caFile: z.string().min(1),
+  certFile: z.string().min(1),
+  keyFile: z.string().min(1),
+  serverName: z.string().min(1).optional(),
+  timeoutMs: z.number().int().positive().optional(),
+});
+
+const fileSchema = z.strictObject({
+  clusterName: z.string().superRefine((name, ctx) => {
+    const problem = validateClusterName(name);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
+  }),
+  clusterID: z.number({ error: 'must be a number' }).int('must be an integer'),
+  maxConnectedClusters: z.union([z.literal(255), z.literal(511)], { error: 'must be 255 or 511' }).default(255),
+  nodeName: z
+    .string()
+    .max(63, 'at most 63 characters')
+    .regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'lowercase alphanumerics, "-" and ".", starting and ending alphanumeric'),
+  nodeIP: ipv4.optional(),
+  underlayDevice: ifName.optional(),
+  podCIDR: cidrV4,
+  tunnelPort: positiveInt('UDP port', 1, 65535).default(8472),
+  vxlanDevice: ifName.default('cm_vxlan'),
+  etcd: etcdSchema,
+  clustermeshConfigDir: z.string().min(1),
+  stateDir: z.string().min(1),
+  pinDir: z.string().min(1).optional(),
+  syncTimeoutSeconds: z.number().positive('must be greater than 0').default(30),
+  fullSyncIntervalSeconds: z.number().positive('must be greater than 0').default(30),
+  logLevel: z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }).default('info'),
+  objectsDir: z.string().min(1).optional(),
+  traceForwards: z.boolean().default(false),
+  redirectPeer: z.boolean().default(true),
+  sessionTtlSeconds: positiveInt('seconds', 5, 3600).default(15),
+  remoteResyncGraceSeconds: z.number().min(0, 'must be 0 or more').max(600, 'at most 600').default(3),
+});
+
+export type AgentConfigInput = z.input<typeof fileSchema>;
+
+/** Command-line overrides (commander's camel-cased values; strings from the command line). */
+export interface AgentFlagOverrides {
+  clusterName?: string;
+  clusterId?: string | number;
+  maxConnectedClusters?: string | number;
+  nodeName?: string;
+  nodeIp?: string;
+  underlayDevice?: string;
+  podCidr?: string;
+  tunnelPort?: string | number;
+  vxlanDevice?: string;
+  clustermeshConfigDir?: string;
+  stateDir?: string;
+  pinDir?: string;
+  syncTimeoutSeconds?: string | number;
+  fullSyncIntervalSeconds?: string | number;
+  logLevel?: string;
+}
+
+/** flag name → config key, and whether the value is numeric. */
+const FLAG_KEYS: Record<keyof AgentFlagOverrides, { key: keyof AgentConfigInput; numeric: boolean }> = {
+  clusterName: { key: 'clusterName', numeric: false },
+  clusterId: { key: 'clusterID', numeric: true },
+  maxConnectedClusters: { key: 'maxConnectedClusters', numeric: true },
+  nodeName: { key: 'nodeName', numeric: false },
+  nodeIp: { key: 'nodeIP', numeric: false },
+  underlayDevice: { key: 'underlayDevice', numeric: false },
+  podCidr: { key: 'podCIDR', numeric: false },
+  tunnelPort: { key: 'tunnelPort', numeric: true },
+  vxlanDevice: { key: 'vxlanDevice', numeric: false },
+  clustermeshConfigDir: { key: 'clustermeshConfigDir', numeric: false },
+  stateDir: { key: 'stateDir', numeric: false },
+  pinDir: { key: 'pinDir', numeric: false },
+  syncTimeoutSeconds: { key: 'syncTimeoutSeconds', numeric: true },
+  fullSyncIntervalSeconds: { key: 'fullSyncIntervalSeconds', numeric: true },
+  logLevel: { key: 'logLevel', numeric: false },
+};
+
+/** Merges flags over a parsed document (flags win); numeric flags are converted. */
+export function applyFlagOverrides(doc: Record<string, unknown>, flags: AgentFlagOverrides): Record<string, unknown> {
+  const out = { ...doc };
+  for (const [flag, raw] of Object.entries(flags) as [keyof AgentFlagOverrides, unknown][]) {
+    const spec = FLAG_KEYS[flag];
+    if (!spec || raw === undefined) continue;
+    if (spec.numeric && typeof raw === 'string') out[spec.key] = /^\s*-?\d+(\.\d+)?\s*$/.test(raw) ? Number(raw) : raw;
+    else out[spec.key] = raw;
+  }
+  return out;
+}
+
+/**
+ * Checks a parsed document (plus flags) and compiles it. `source` names it in
+ * errors; relative paths resolve against `baseDir`. Throws AgentConfigError.
+ */
+export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir: string; file?: string; flags?: AgentFlagOverrides }): AgentConfig {
+  if (doc === null || doc === undefined) doc = {};
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw new AgentConfigError(opts.source, null, 'must be a YAML mapping of settings');
+  const merged = applyFlagOverrides(doc as Record<string, unknown>, opts.flags ?? {});
+  const r = fileSchema.safeParse(merged);
+  if (!r.success) {
+    const i = r.error.issues[0]!;
+    if (i.code === 'unrecognized_keys') {
+      const base = formatPath(i.path);
+      throw new AgentConfigError(opts.source, i.keys.map((k) => (base ? `${base}.${k}` : k)).join(', '), 'unknown setting');
+    }
+    const missing = i.code === 'invalid_type' && getPath(merged, i.path) === undefined;
+    throw new AgentConfigError(opts.source, formatPath(i.path) || null, missing ? 'is required' : i.message);
+  }
+  const c = r.data;
+  const fail = (setting: string, detail: string): never => {
+    throw new AgentConfigError(opts.source, setting, detail);
+  };
+  if (c.clusterID < 1 || c.clusterID > c.maxConnectedClusters) fail('clusterID', `must be 1..${c.maxConnectedClusters}`);
+  if (c.nodeIP === undefined && c.underlayDevice === undefined) fail('nodeIP', 'is required (or underlayDevice, to take its address)');
+  if (c.nodeIP !== undefined && c.underlayDevice !== undefined) fail('underlayDevice', 'give either nodeIP or underlayDevice, not both');
+  const [cidrAddr, cidrLen] = c.podCIDR.split('/') as [string, string];
+  if (maskedAddr(cidrAddr, Number(cidrLen)) !== cidrAddr) fail('podCIDR', `host bits are set; did you mean ${maskedAddr(cidrAddr, Number(cidrLen))}/${cidrLen}?`);
+  if (c.vxlanDevice === c.underlayDevice) fail('vxlanDevice', 'must differ from underlayDevice');
+
+  const abs = (p: string): string => (isAbsolute(p) ? p : resolve(opts.baseDir, p));
+  const stateDir = abs(c.stateDir);
+  const socketPath = join(stateDir, AGENT_SOCKET_NAME);
+  if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH) fail('stateDir', `${socketPath} is longer than a unix socket path may be (${MAX_SOCKET_PATH} bytes); use a shorter stateDir`);
+  // bpffs refuses names with a '.'
+  const pinDir = c.pinDir !== undefined ? abs(c.pinDir) : join(DEFAULT_BPFFS_ROOT, `${c.clusterName}-${c.nodeName.replace(/\./g, '-')}`);
+  if (basename(pinDir).includes('.')) fail('pinDir', `${pinDir}: a bpffs does not allow "." in names`);
+  return {
+    file: opts.file,
+    clusterName: c.clusterName,
+    clusterID: c.clusterID,
+    maxConnectedClusters: c.maxConnectedClusters,
+    nodeName: c.nodeName,
+    nodeIP: c.nodeIP,
+    underlayDevice: c.underlayDevice,
+    podCIDR: c.podCIDR,
+    tunnelPort: c.tunnelPort,
+    vxlanDevice: c.vxlanDevice,
+    etcd: {
+      endpoints: c.etcd.endpoints.map((e) => e.replace(/\/$/, '')),
+      caFile: abs(c.etcd.caFile),
+      certFile: abs(c.etcd.certFile),
+      keyFile: abs(c.etcd.keyFile),
+      ...(c.etcd.serverName !== undefined ? { serverName: c.etcd.serverName } : {}),
+      ...(c.etcd.timeoutMs !== undefined ? { timeoutMs: c.etcd.timeoutMs } : {}),
+    },
+    clustermeshConfigDir: abs(c.clustermeshConfigDir),
+    stateDir,
+    socketPath,
+    pinDir,
+    syncTimeoutMs: Math.round(c.syncTimeoutSeconds * 1000),
+    fullSyncIntervalMs: Math.round(c.fullSyncIntervalSeconds * 1000),
+    logLevel: c.logLevel,
+    objectsDir: c.objectsDir !== undefined ? abs(c.objectsDir) : undefined,
+    traceForwards: c.traceForwards,
+    redirectPeer: c.redirectPeer,
+    sessionTtlSeconds: c.sessionTtlSeconds,
+    remoteResyncGraceMs: Math.round(c.remoteResyncGraceSeconds * 1000),
+  };
+}
+
+/** Reads, parses and compiles the config file (flags win). Throws AgentConfigError. */
+export async function loadAgentConfig(file: string, flags: AgentFlagOverrides = {}): Promise<AgentConfig> {
+  const path = resolve(file);
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new AgentConfigError(path, null, `cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (err) {
+    throw new AgentConfigError(path, null, `not valid YAML: ${(err as Error).message.split('\n')[0]}`);
+  }
+  return compileAgentConfig(doc, { source: path, baseDir: dirname(path), file: path, flags });
+}
+
+const execFileP = promisify(execFile);
+
+/** The first IPv4 address of a device in the caller's network namespace, or undefined. */
+export async function deviceIPv4(device: string): Promise<string | undefined> {
+  let stdout: string;
+  try {
+    ({ stdout } = await execFileP('ip', ['-j', '-4', 'addr', 'show', 'dev', device], { encoding: 'utf8', timeout: 10_000 }));
+  } catch {
+    return undefined;
+  }
+  const links = JSON.parse(stdout || '[]') as Array<{ addr_info?: Array<{ family?: string; local?: string; scope?: string }> }>;
+  for (const l of links) for (const a of l.addr_info ?? []) if (a.family === 'inet' && a.local && a.scope !== 'host') return a.local;
+  return undefined;
+}
+
+/** Fills nodeIP from underlayDevice when needed. Throws AgentConfigError when the device has no IPv4 address. */
+export async function resolveNodeIP(cfg: AgentConfig, lookup: (dev: string) => Promise<string | undefined> = deviceIPv4): Promise<ResolvedAgentConfig> {
+  if (cfg.nodeIP !== undefined) return cfg as ResolvedAgentConfig;
+  const dev = cfg.underlayDevice!;
+  const ip = await lookup(dev);
+  if (!ip) throw new AgentConfigError(cfg.file ?? 'flags', 'underlayDevice', `device ${dev} has no IPv4 address in this network namespace`);
+  return { ...cfg, nodeIP: ip };
+}
+
+function maskedAddr(addr: string, len: number): string {
+  const n = addr.split('.').reduce((acc, o) => acc * 256 + Number(o), 0);
+  const mask = len === 0 ? 0 : (~0 << (32 - len)) >>> 0;
+  const m = (n & mask) >>> 0;
+  return [24, 16, 8, 0].map((s) => (m >>> s) & 255).join('.');
+}
+
+function getPath(obj: unknown, path: readonly PropertyKey[]): unknown {
+  let cur: unknown = obj;
+  for (const seg of path) {
+    if (cur === null || typeof cur !== 'object') return undefined;
+    cur = (cur as Record<PropertyKey, unknown>)[seg];
+  }
+  return cur;
+}

@@ -1,0 +1,142 @@
+// The node's datapath as the agent's modules see it: reconcile targets over
+// the pinned ipcache and endpoints maps, the endpoint attach/detach the
+// endpoint manager needs, and the datapath part of the status.
+import { readFileSync } from 'node:fs';
+import { ifindexOf, tcQuery } from '../datapath/libbpf/tc.ts';
+import type * as endpointsMap from '../datapath/maps/endpoints.ts';
+import type * as ipcacheMap from '../datapath/maps/ipcache.ts';
+import { linkInfo } from '../datapath/netdev.ts';
+import type { NodeDatapath } from '../datapath/node.ts';
+import type { EndpointDatapath } from './endpoints.ts';
+import type { ReconcileTarget } from './reconciler.ts';
+import { ApiError } from './types.ts';
+
+/** cm_ipcache, keyed by normalized prefix 'a.b.c.d/len'. */
+export function ipcacheTarget(dp: NodeDatapath): ReconcileTarget<ipcacheMap.Value> {
+  return {
+    list: () => dp.ipcache(),
+    update: (prefix, v) => dp.upsertIpcache(prefix, v),
+    delete: (prefix) => dp.removeIpcache(prefix),
+  };
+}
+
+/** cm_endpoints, keyed by pod IP. */
+export function endpointsTarget(dp: NodeDatapath): ReconcileTarget<endpointsMap.Value> {
+  return {
+    list: () => dp.endpoints(),
+    update: (ip, v) => dp.upsertEndpoint(ip, v),
+    delete: (ip) => dp.removeEndpoint(ip),
+  };
+}
+
+/**
+ * MAC of a device from sysfs, when /sys shows this network namespace (as
+ * under `ip netns exec`): its ifindex there must be the one the kernel gives
+ * for the name here. undefined when that cannot be confirmed.
+ */
+function sysfsMac(name: string): string | undefined {
+  try {
+    const ifindex = Number(readFileSync(`/sys/class/net/${name}/ifindex`, 'utf8').trim());
+    if (ifindex !== ifindexOf(name)) return undefined;
+    const mac = readFileSync(`/sys/class/net/${name}/address`, 'utf8').trim().toLowerCase();
+    return /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac) ? mac : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function endpointDatapath(dp: NodeDatapath): EndpointDatapath {
+  return {
+    async attach(hostIfName) {
+      // sysfs is a file read; `ip link` a process: it counts when pods come in bursts
+      let mac = /^[A-Za-z0-9_.:-]{1,15}$/.test(hostIfName) ? sysfsMac(hostIfName) : undefined;
+      if (!mac) {
+        const link = await linkInfo(hostIfName);
+        if (!link) throw new ApiError('device-not-found', `device ${hostIfName} does not exist in this node's network namespace`);
+        if (!link.mac) throw new ApiError('device-not-found', `device ${hostIfName} has no MAC address (not a veth?)`);
+        mac = link.mac.toLowerCase();
+      }
+      const att = dp.attachEndpoint(hostIfName);
+      return { ifindex: att.ifindex, hostMac: mac };
+    },
+    detach(hostIfName) {
+      try {
+        dp.detachEndpoint(hostIfName);
+      } catch {
+        // gone with its device
+      }
+    },
+    async deviceExists(hostIfName) {
+      try {
+        ifindexOf(hostIfName);
+        return true;
+      } catch {
+        return false;
+      }
+    },
+  };
+}
+
+export interface ProgramStatus {
+  program: 'from_overlay' | 'from_container';
+  device: string;
+  attached: boolean;
+  /** Kernel id of the attached program, or null. */
+  progId: number | null;
+}
+
+export interface MapFill {
+  name: string;
+  entries: number;
+  maxEntries: number;
+  /** entries / maxEntries */
+  fill: number;
+}
+
+export interface DatapathStatus {
+  state: string;
+  pinDir: string;
+  vxlanDevice: string;
+  vxlanIfindex: number;
+  tunnelPort: number;
+  programs: ProgramStatus[];
+  programsAttached: number;
+  programsExpected: number;
+  maps: MapFill[];
+}
+
+function probe(device: string, program: ProgramStatus['program'], ifindex?: number): ProgramStatus {
+  try {
+    const id = tcQuery(ifindex ?? ifindexOf(device), 'ingress');
+    return { program, device, attached: id !== undefined, progId: id ?? null };
+  } catch {
+    return { program, device, attached: false, progId: null };
+  }
+}
+
+/** Programs attached (asked from the kernel) and map fill levels. */
+export function datapathStatus(dp: NodeDatapath, endpointDevices: readonly string[]): DatapathStatus {
+  const o = dp.options;
+  const running = dp.state === 'running';
+  const programs: ProgramStatus[] = [];
+  const maps: MapFill[] = [];
+  if (running) {
+    programs.push(probe(o.vxlanDevice, 'from_overlay', dp.vxlanIfindex));
+    for (const d of endpointDevices) programs.push(probe(d, 'from_container'));
+    const m = dp.maps;
+    const fill = (name: string, entries: number, max: number): MapFill => ({ name, entries, maxEntries: max, fill: max > 0 ? Math.round((entries / max) * 10_000) / 10_000 : 0 });
+    maps.push(fill(m.ipcache.name, dp.ipcache().length, m.ipcache.maxEntries));
+    maps.push(fill(m.endpoints.name, dp.endpoints().length, m.endpoints.maxEntries));
+  }
+  return {
+    state: dp.state,
+    pinDir: o.pinDir,
+    vxlanDevice: o.vxlanDevice,
+    vxlanIfindex: running ? dp.vxlanIfindex : 0,
+    tunnelPort: o.tunnelPort,
+    programs,
+    programsAttached: programs.filter((p) => p.attached).length,
+    programsExpected: running ? 1 + endpointDevices.length : 0,
+    maps,
+  };
+}

@@ -1,0 +1,92 @@
+// The node's status as `clustermesh status` shows it (GET /v1/status): local
+// sync, per remote cluster, per reconciler, the datapath. Built from the
+// parts' own status() outputs; no logic of its own beyond summarising.
+import type { ClusterMeshStatus } from '../clustermesh/clustermesh.ts';
+import type { RemoteClusterStatus } from '../clustermesh/remote-cluster.ts';
+import type { DatapathStatus } from './datapath.ts';
+import type { ReconcilerStatus } from './reconciler.ts';
+
+export type AgentPhase =
+  /** Loading the datapath, restoring endpoints. */
+  | 'starting'
+  /** Waiting for the local store and the remote clusters to sync (bounded by syncTimeoutSeconds). */
+  | 'syncing'
+  /** Initial sync (or its timeout) and the first full reconcile are done. */
+  | 'ready'
+  | 'stopping';
+
+export interface LocalSyncStatus {
+  /** Which implementation backs the local source ('store' / 'kubernetes'). */
+  source: string;
+  /** Every kind the agent uses has been listed. */
+  synced: boolean;
+  kinds: Record<string, boolean>;
+  counts: { nodes: number; endpoints: number; namespaces: number };
+}
+
+export interface RemoteSummary {
+  name: string;
+  state: RemoteClusterStatus['state'];
+  connected: boolean;
+  ready: boolean;
+  /** Sticky per prefix: its first full list has been applied. */
+  synced: RemoteClusterStatus['synced'];
+  counts: RemoteClusterStatus['counts'];
+  reconnections: number;
+  lastError: string | null;
+  lastErrorAt: string | null;
+}
+
+export interface AgentStatus {
+  node: { name: string; cluster: string; clusterID: number; nodeIP: string; podCIDR: string };
+  phase: AgentPhase;
+  ready: boolean;
+  startedAt: string;
+  readyAt: string | null;
+  /** The initial wait for sources: how it ended. */
+  initialSync: { done: boolean; timedOut: boolean; waitedMs: number | null; waitingFor: string[] };
+  local: LocalSyncStatus;
+  remoteClusters: RemoteSummary[];
+  clustermesh: {
+    ready: boolean;
+    configDir: string;
+    configErrors: ClusterMeshStatus['configErrors'];
+    counts: ClusterMeshStatus['counts'];
+    ipConflicts: number;
+    /** Withdrawals of remote state held back while a remote resyncs: held so far, pending now, dropped because re-claimed. */
+    resyncGrace: { held: number; pending: number; cancelled: number; settling: string[] };
+  };
+  reconcilers: ReconcilerStatus[];
+  endpoints: { endpoints: number; ready: number; restoring: number; waitingForIdentity: number; identities: number };
+  datapath: DatapathStatus;
+}
+
+export function remoteSummary(r: RemoteClusterStatus): RemoteSummary {
+  return {
+    name: r.name,
+    state: r.state,
+    connected: r.connected,
+    ready: r.ready,
+    synced: { ...r.synced },
+    counts: { ...r.counts },
+    reconnections: r.reconnections,
+    lastError: r.lastError,
+    lastErrorAt: r.lastErrorAt,
+  };
+}
+
+/** True when every prefix of the remote has had its first full list. */
+export function remoteSynced(r: Pick<RemoteClusterStatus, 'synced'>): boolean {
+  return Object.values(r.synced).every(Boolean);
+}
+
+/**
+ * What the initial sync still waits for: local kinds not listed yet, remote
+ * clusters whose prefixes have not all synced. Empty = synced.
+ */
+export function waitingFor(local: LocalSyncStatus, mesh: Pick<ClusterMeshStatus, 'remotes'>): string[] {
+  const out: string[] = [];
+  for (const [kind, ok] of Object.entries(local.kinds)) if (!ok) out.push(`local ${kind}`);
+  for (const r of mesh.remotes) if (!remoteSynced(r)) out.push(`remote cluster ${r.name}`);
+  return out;
+}

@@ -1,0 +1,122 @@
+// The agent's local API as types: what the CNI plugin, the CLI and tests send
+// and receive over `<stateDir>/agent.sock`. Shared by api.ts (server) and
+// client.ts (client).
+//
+//   PUT    /v1/endpoints/<containerID>   EndpointRequest → EndpointInfo
+//   DELETE /v1/endpoints/<containerID>   → EndpointDeleteResult (also for an unknown ID)
+//   GET    /v1/endpoints                 → EndpointInfo[]
+//   GET    /v1/status                    → AgentStatus (status.ts)
+//   GET    /healthz                      → 200 { ready: true } | 503 { ready: false, phase }
+// Errors: { error: <one sentence>, code: ApiErrorCode } with the HTTP status.
+import { z } from 'zod';
+import { dns1123Label, dns1123Subdomain, labelsSchema, type Labels } from '../model/index.ts';
+
+/** A container ID is used as a file name: plain characters only. */
+export const CONTAINER_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+
+const ipv4 = z.string().regex(/^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/, 'must be an IPv4 address');
+
+export const endpointRequestSchema = z.object({
+  namespace: dns1123Label,
+  podName: dns1123Subdomain,
+  ip: ipv4,
+  /** The pod's host-side veth in the node's network namespace. */
+  hostIfName: z
+    .string()
+    .min(1)
+    .max(15, 'at most 15 characters (a Linux device name)')
+    .regex(/^[A-Za-z0-9_.:-]+$/, 'must be a device name'),
+  /** MAC of the pod's own interface (eth0 in the pod). */
+  podMac: z
+    .string()
+    .regex(/^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/, 'must be a MAC address aa:bb:cc:dd:ee:ff')
+    .transform((s) => s.toLowerCase()),
+  labels: labelsSchema.default({}),
+  serviceAccount: dns1123Subdomain.optional(),
+});
+
+/** What a caller sends. */
+export type EndpointRequest = z.input<typeof endpointRequestSchema>;
+/** The request after validation (defaults filled, MAC lowercased). */
+export type EndpointSpec = z.output<typeof endpointRequestSchema>;
+
+/** Where an endpoint stands. */
+export type EndpointState =
+  /** Identity held, datapath programmed. */
+  | 'ready'
+  /** Restored after a restart, its identity reference not re-taken yet (etcd unreachable); traffic flows with the persisted identity. */
+  | 'restoring'
+  /** No identity yet (etcd unreachable since it was added); not programmed. */
+  | 'waiting-for-identity';
+
+export interface EndpointInfo {
+  containerID: string;
+  namespace: string;
+  podName: string;
+  ip: string;
+  hostIfName: string;
+  podMac: string;
+  labels: Labels;
+  serviceAccount: string;
+  /** This node's endpoint ID (1..65535), stable for the endpoint's life. */
+  endpointID: number;
+  /** The security identity, or null while it is not known. */
+  identity: number | null;
+  /** The identity's label set, `source:key=value`, sorted. */
+  identityLabels: string[];
+  /** ifindex of hostIfName when the program was attached, or null. */
+  ifindex: number | null;
+  /** MAC of hostIfName (the pod's gateway MAC), or null. */
+  nodeMac: string | null;
+  nodeName: string;
+  state: EndpointState;
+  /** The Endpoint object is in the cluster's store (so the apiserver exports it). */
+  published: boolean;
+  createdAt: string;
+}
+
+export interface EndpointDeleteResult {
+  containerID: string;
+  /** False when the agent had no such endpoint (DELETE is idempotent). */
+  deleted: boolean;
+}
+
+export interface HealthBody {
+  ready: boolean;
+  phase: string;
+}
+
+export type ApiErrorCode =
+  | 'invalid-request' // 400: the body or the container ID is malformed
+  | 'not-found' // 404: no such route
+  | 'method-not-allowed' // 405
+  | 'conflict' // 409: the IP belongs to another endpoint
+  | 'device-not-found' // 422: hostIfName does not exist in the node's namespace
+  | 'unavailable' // 503: a dependency failed (etcd for the identity; the datapath)
+  | 'stopping' // 503: the agent is shutting down
+  | 'internal'; // 500
+
+export const API_ERROR_STATUS: Readonly<Record<ApiErrorCode, number>> = {
+  'invalid-request': 400,
+  'not-found': 404,
+  'method-not-allowed': 405,
+  conflict: 409,
+  'device-not-found': 422,
+  unavailable: 503,
+  stopping: 503,
+  internal: 500,
+};
+
+/** An error the API turns into `{ error, code }` with its HTTP status; the client throws it back. */
+export class ApiError extends Error {
+  readonly status: number;
+  constructor(
+    readonly code: ApiErrorCode,
+    message: string,
+    status?: number,
+  ) {
+    super(message);
+    this.name = 'ApiError';
+    this.status = status ?? API_ERROR_STATUS[code];
+  }
+}

@@ -1,0 +1,582 @@
+// The control plane of the test bed: on a topology built in 'clustermesh'
+// mode, each cluster gets a control-plane namespace on its underlay with a
+// real etcd (mutual TLS, the mesh's roles) and its apiserver, and every node
+// gets its agent, running inside the node's namespace as its own process with
+// its own config, log, state and pin directory. Remote-cluster config
+// directories connect every cluster to every other.
+//
+// Addressing: the control plane of cluster c sits at 10.c.0.250 on br<c>
+// (default route via the router, like a node), etcd listens on
+// https://10.c.0.250:2379 there. This process reaches each etcd through the
+// TLS unix socket in its dir (see etcd-process.ts), and each agent through the
+// unix socket in its state dir.
+//
+// Everything started here is tracked by its handle (pid) and stopped by
+// mesh.stop(), which is safe after a partial start and safe to call twice.
+import { existsSync } from 'node:fs';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { stringify as toYaml } from 'yaml';
+import { ensureBpffs, removePinDir, DEFAULT_BPFFS_ROOT } from '../datapath/bpffs.ts';
+import { BpfMap } from '../datapath/libbpf/index.ts';
+import * as ipcache from '../datapath/maps/ipcache.ts';
+import { clusterConfigKey, syncedKey, SYNCED_PREFIX_NAMES } from '../clustermesh/keys.ts';
+import { KvClient } from '../kvstore/client.ts';
+import { startEtcd as launchEtcd, type EtcdServer } from '../kvstore/etcd-process.ts';
+import { StoreWriter } from '../sources/store/writer.ts';
+import { AgentClient } from '../agent/client.ts';
+import type { LogLevel } from '../agent/config.ts';
+import type { AgentStatus } from '../agent/status.ts';
+import type { EndpointDeleteResult, EndpointInfo, EndpointRequest } from '../agent/types.ts';
+import { readNodeMetrics } from './datapath.ts';
+import { ipBatch, run, runIn } from './exec.ts';
+import { ManagedProcess, childEnv } from './process.ts';
+import { recordTopology } from './registry.ts';
+import { clusterName, routerUnderlayIP, type NodeInfo, type PodInfo, type Topology } from './topology.ts';
+
+const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
+export const ETCD_PORT = 2379;
+export const TUNNEL_PORT = 8472;
+export const VXLAN_DEVICE = 'cm_vxlan';
+
+/** The control-plane address of cluster c on its underlay. */
+export const controlPlaneIP = (c: number): string => `10.${c}.0.250`;
+
+export interface MeshOptions {
+  /** Directory for everything of this mesh: etcd data and PKI, configs, logs, agent state.
+   * Created when missing; stop() removes what the mesh created in it (all of it when it made the dir). */
+  dir: string;
+  /** Start an agent per node (default true). Without, the mesh is etcd + apiserver per cluster. */
+  agents?: boolean;
+  /** Settings of every agent's config file. */
+  agent?: {
+    syncTimeoutSeconds?: number;
+    fullSyncIntervalSeconds?: number;
+    logLevel?: LogLevel;
+    maxConnectedClusters?: 255 | 511;
+    /** Merged into every agent config last (settings the contract does not name yet). */
+    extra?: Record<string, unknown>;
+  };
+  apiserver?: { logLevel?: LogLevel; extraArgs?: string[] };
+  /** Namespaces created in every cluster's store before agents start (default ['default']). */
+  namespaces?: string[];
+  /** How long start and restarts wait for readiness (default 60 s). */
+  readyTimeoutMs?: number;
+  /** Root of the project's bpffs (default /run/clustermesh/bpffs). */
+  bpffsRoot?: string;
+  /** Keep `dir` after stop() (default: only when KEEP_MESH_DIR is set). */
+  keepDir?: boolean;
+  /** Progress lines (default: none). */
+  progress?: (line: string) => void;
+}
+
+export interface MeshCluster {
+  /** 1-based, as in the topology. */
+  index: number;
+  name: string;
+  id: number;
+  /** The control-plane namespace (etcd, apiserver). */
+  netns: string;
+  ip: string;
+  dir: string;
+  etcd: EtcdServer;
+  /** etcd client config (YAML) of the apiserver, user apiserver. */
+  apiserverEtcdConfig: string;
+  apiserver: ManagedProcess;
+  /** One file per other cluster: endpoint, CA and a `remote`-user certificate of that cluster. */
+  remoteConfigDir: string;
+}
+
+export interface MeshAgent {
+  node: NodeInfo;
+  cluster: MeshCluster;
+  dir: string;
+  configFile: string;
+  logFile: string;
+  stateDir: string;
+  socket: string;
+  pinDir: string;
+  process: ManagedProcess;
+  /** The agent's local API (src/agent/client.ts). */
+  api: AgentClient;
+}
+
+export interface AddPodOptions {
+  labels?: Record<string, string>;
+  namespace?: string;
+  podName?: string;
+  containerID?: string;
+  serviceAccount?: string;
+}
+
+/** One ipcache entry as read from a pinned map. */
+export interface IpcacheEntry extends ipcache.Value {
+  prefix: string;
+}
+
+export interface Mesh {
+  readonly topo: Topology;
+  readonly dir: string;
+  readonly clusters: readonly MeshCluster[];
+  readonly agents: readonly MeshAgent[];
+  cluster(c: number | string): MeshCluster;
+  agent(node: NodeInfo | string): MeshAgent;
+  /** A client of the cluster's etcd for this process (cached; closed by stop()). */
+  kv(cluster: number | string, user?: 'root' | 'apiserver' | 'agent' | 'remote'): KvClient;
+  /** Resolves when every agent is healthy and sees every other cluster, and every apiserver has synced. */
+  waitReady(timeoutMs?: number): Promise<void>;
+  /** Resolves when the cluster's apiserver has written cluster-config and every synced canary. */
+  waitApiserverSynced(cluster: number | string, timeoutMs?: number): Promise<void>;
+  /** SIGKILL the node's agent. */
+  killAgent(node: NodeInfo | string): Promise<void>;
+  /** SIGTERM the node's agent (SIGKILL after a grace period). */
+  stopAgent(node: NodeInfo | string): Promise<void>;
+  /** Starts the node's agent again (stopping it first if it runs) and waits until it is healthy. */
+  restartAgent(node: NodeInfo | string, opts?: { waitReady?: boolean; timeoutMs?: number }): Promise<void>;
+  /** SIGKILL the cluster's etcd. */
+  killEtcd(cluster: number | string): Promise<void>;
+  /** Starts the cluster's etcd again; `empty` wipes its data first (roles are re-created). */
+  startEtcd(cluster: number | string, opts?: { empty?: boolean }): Promise<void>;
+  /** Registers a pod of the topology with its node's agent (its veth, MAC and IP). */
+  addPod(pod: PodInfo, opts?: AddPodOptions): Promise<EndpointInfo>;
+  /** Registers any endpoint with an agent (e.g. a bench's veth that has no pod namespace). */
+  addEndpoint(node: NodeInfo | string, containerID: string, req: EndpointRequest): Promise<EndpointInfo>;
+  deletePod(pod: PodInfo, opts?: { containerID?: string }): Promise<EndpointDeleteResult>;
+  deleteEndpoint(node: NodeInfo | string, containerID: string): Promise<EndpointDeleteResult>;
+  agentStatus(node: NodeInfo | string): Promise<AgentStatus>;
+  /** The node's ipcache map, read from its pin. */
+  readIpcache(node: NodeInfo | string): Map<string, IpcacheEntry>;
+  /** Deletes one ipcache entry behind the agent's back (drift tests); true when it was there. */
+  deleteIpcacheEntry(node: NodeInfo | string, prefix: string): boolean;
+  /** The node's drop counters (packets per reason name, both directions, summed over CPUs). */
+  readDrops(node: NodeInfo | string): Map<string, number>;
+  /** Stops everything this mesh started, removes its pins, namespaces and (unless kept) its dir. */
+  stop(): Promise<void>;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Thrown by a wait condition that can never become true (the process it waits for died). */
+class WaitAborted extends Error {}
+
+async function waitUntil(what: string, timeoutMs: number, cond: () => Promise<boolean> | boolean, explain?: () => Promise<string> | string): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  let lastErr: unknown;
+  for (let delay = 20; ; delay = Math.min(delay * 2, 250)) {
+    try {
+      if (await cond()) return;
+    } catch (err) {
+      if (err instanceof WaitAborted) throw new Error(`mesh: gave up waiting for ${what}: ${err.message}`);
+      lastErr = err;
+    }
+    if (Date.now() > end) {
+      const more = explain ? await Promise.resolve(explain()).catch(() => '') : '';
+      throw new Error(`mesh: timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? ` (last error: ${(lastErr as Error).message})` : ''}${more ? `\n${more}` : ''}`);
+    }
+    await sleep(delay);
+  }
+}
+
+/** Waits for every promise; then rethrows the first failure. */
+async function settleAll(promises: Array<Promise<unknown>>): Promise<void> {
+  const results = await Promise.allSettled(promises);
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+}
+
+export async function startMesh(topo: Topology, opts: MeshOptions): Promise<Mesh> {
+  if (topo.spec.mode !== 'clustermesh') throw new Error(`mesh: topology ${topo.id} is wired as '${topo.spec.mode}', not 'clustermesh'`);
+  const mesh = new LabMesh(topo, opts);
+  try {
+    await mesh.start();
+  } catch (err) {
+    await mesh.stop().catch((e: unknown) => opts.progress?.(`mesh: cleanup after failed start: ${(e as Error).message}`));
+    throw err;
+  }
+  return mesh;
+}
+
+class LabMesh implements Mesh {
+  readonly dir: string;
+  readonly clusters: MeshCluster[] = [];
+  readonly agents: MeshAgent[] = [];
+  private readonly readyTimeoutMs: number;
+  private readonly bpffsRoot: string;
+  private readonly kvs = new Map<string, KvClient>();
+  private readonly etcds: EtcdServer[] = [];
+  private readonly cpNamespaces: string[] = [];
+  private readonly pinDirs: string[] = [];
+  private createdDir = false;
+  private stopping: Promise<void> | undefined;
+  private readonly progress: (line: string) => void;
+
+  constructor(
+    readonly topo: Topology,
+    private readonly opts: MeshOptions,
+  ) {
+    this.dir = resolve(opts.dir);
+    this.readyTimeoutMs = opts.readyTimeoutMs ?? 60_000;
+    this.bpffsRoot = opts.bpffsRoot ?? DEFAULT_BPFFS_ROOT;
+    this.progress = opts.progress ?? (() => undefined);
+  }
+
+  // ---- start -----------------------------------------------------------
+
+  async start(): Promise<void> {
+    // A dir that is missing or empty (a fresh mkdtemp) is the mesh's own: stop() removes it whole.
+    this.createdDir = !existsSync(this.dir) || (await readdir(this.dir)).length === 0;
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    const n = this.topo.spec.clusters;
+    // Control planes of all clusters in parallel: namespace, etcd, store namespaces.
+    // Settled, not raced: a failure must not let stop() run while a sibling still starts things.
+    await settleAll(Array.from({ length: n }, (_, i) => this.startControlPlane(i + 1)));
+    this.clusters.sort((a, b) => a.index - b.index);
+    for (const c of this.clusters) await this.writeRemoteConfigs(c);
+    await settleAll(this.clusters.map((c) => c.apiserver.start()));
+    this.progress(`apiservers started (${this.clusters.map((c) => `${c.name} pid ${c.apiserver.pid}`).join(', ')})`);
+    await Promise.all(this.clusters.map((c) => this.waitApiserverSynced(c.index)));
+    this.progress('apiservers synced');
+    if (this.opts.agents === false) return;
+    ensureBpffs(this.bpffsRoot);
+    for (const node of this.topo.nodes) this.agents.push(await this.prepareAgent(node));
+    await settleAll(this.agents.map((a) => a.process.start()));
+    this.progress(`agents started (${this.agents.length})`);
+    await this.waitReady();
+  }
+
+  private async startControlPlane(c: number): Promise<void> {
+    const name = clusterName(c);
+    const dir = join(this.dir, name);
+    const netns = `${this.topo.spec.prefix}-${this.topo.id}-c${c}cp`;
+    const ip = controlPlaneIP(c);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await this.addControlPlaneNamespace(c, netns, ip);
+    const etcd = await launchEtcd({
+      dir: join(dir, 'etcd'),
+      name: `etcd-${name}`,
+      clusterName: name,
+      netns,
+      listenAddress: ip,
+      clientPort: ETCD_PORT,
+    });
+    this.etcds.push(etcd);
+    this.progress(`${name}: etcd on ${etcd.endpoint} (pid ${etcd.pid}) in ${netns}`);
+
+    await this.seedStore(etcd);
+
+    const conn = etcd.connection('apiserver', { via: 'network' });
+    const apiserverEtcdConfig = join(dir, 'apiserver-etcd.yaml');
+    await writeFile(
+      apiserverEtcdConfig,
+      toYaml({ endpoints: conn.endpoints, 'trusted-ca-file': conn.caFile, 'cert-file': conn.certFile, 'key-file': conn.keyFile }),
+    );
+    const a = this.opts.apiserver ?? {};
+    const apiserver = new ManagedProcess({
+      name: `apiserver ${name}`,
+      netns,
+      logFile: join(dir, 'apiserver.log'),
+      argv: [
+        process.execPath, CLI, 'apiserver',
+        '--cluster-name', name,
+        '--cluster-id', String(c),
+        '--etcd-config', apiserverEtcdConfig,
+        '--log-level', a.logLevel ?? 'info',
+        ...(a.extraArgs ?? []),
+      ],
+      env: childEnv(),
+    });
+    const remoteConfigDir = join(dir, 'remote-clusters');
+    await mkdir(remoteConfigDir, { recursive: true });
+    this.clusters.push({ index: c, name, id: c, netns, ip, dir, etcd, apiserverEtcdConfig, apiserver, remoteConfigDir });
+  }
+
+  /** A namespace joined to br<c> like a node, at `ip`; recorded with the topology so a sweep removes it. */
+  private async addControlPlaneNamespace(c: number, netns: string, ip: string): Promise<void> {
+    this.cpNamespaces.push(netns);
+    this.topo.namespaces.push(netns);
+    recordTopology({ name: `${this.topo.spec.prefix}-${this.topo.id}`, pid: process.pid, namespaces: this.topo.namespaces });
+    await run(['ip', 'netns', 'add', netns]);
+    const routerEnd = `c${c}cp`;
+    const mtu = this.topo.spec.underlayMtu;
+    await ipBatch(undefined, [`link add ${routerEnd} netns ${this.topo.routerNetns} type veth peer name eth0 netns ${netns}`]);
+    await ipBatch(this.topo.routerNetns, [`link set ${routerEnd} mtu ${mtu}`, `link set ${routerEnd} master br${c}`, `link set ${routerEnd} up`]);
+    await ipBatch(netns, ['link set lo up', `link set eth0 mtu ${mtu}`, `addr add ${ip}/24 dev eth0`, 'link set eth0 up', `route add default via ${routerUnderlayIP(c)}`]);
+    await runIn(netns, ['sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1']);
+  }
+
+  /** For cluster `c`: one file per other cluster with its endpoint, its CA and a `remote`-user certificate it issued. */
+  private async writeRemoteConfigs(c: MeshCluster): Promise<void> {
+    for (const other of this.clusters) {
+      if (other === c) continue;
+      const cert = await other.etcd.clientCert('remote');
+      await writeFile(
+        join(c.remoteConfigDir, other.name),
+        toYaml({ endpoints: [other.etcd.endpoint], 'trusted-ca-file': cert.caFile, 'cert-file': cert.certFile, 'key-file': cert.keyFile }),
+      );
+    }
+  }
+
+  private async prepareAgent(node: NodeInfo): Promise<MeshAgent> {
+    const cluster = this.cluster(node.cluster);
+    const dir = join(cluster.dir, node.name);
+    const stateDir = join(dir, 'state');
+    await mkdir(stateDir, { recursive: true, mode: 0o700 });
+    const pinDir = join(this.bpffsRoot, node.netns);
+    this.pinDirs.push(pinDir);
+    const conn = cluster.etcd.connection('agent', { via: 'network' });
+    const a = this.opts.agent ?? {};
+    const config = {
+      clusterName: cluster.name,
+      clusterID: cluster.id,
+      maxConnectedClusters: a.maxConnectedClusters ?? 255,
+      nodeName: node.name,
+      nodeIP: node.underlayIP,
+      podCIDR: node.podCIDR,
+      tunnelPort: TUNNEL_PORT,
+      vxlanDevice: VXLAN_DEVICE,
+      etcd: { endpoints: conn.endpoints, caFile: conn.caFile, certFile: conn.certFile, keyFile: conn.keyFile },
+      clustermeshConfigDir: cluster.remoteConfigDir,
+      stateDir,
+      pinDir,
+      syncTimeoutSeconds: a.syncTimeoutSeconds ?? 30,
+      fullSyncIntervalSeconds: a.fullSyncIntervalSeconds ?? 30,
+      logLevel: a.logLevel ?? 'info',
+      ...(a.extra ?? {}),
+    };
+    const configFile = join(dir, 'agent.yaml');
+    await writeFile(configFile, toYaml(config));
+    const logFile = join(dir, 'agent.log');
+    const socket = join(stateDir, 'agent.sock');
+    const proc = new ManagedProcess({
+      name: `agent ${cluster.name}/${node.name}`,
+      netns: node.netns,
+      logFile,
+      argv: [process.execPath, CLI, 'agent', '--config', configFile],
+      env: childEnv(),
+    });
+    return { node, cluster, dir, configFile, logFile, stateDir, socket, pinDir, process: proc, api: new AgentClient(socket, { timeoutMs: 30_000 }) };
+  }
+
+  // ---- lookups ---------------------------------------------------------
+
+  cluster(c: number | string): MeshCluster {
+    const found = this.clusters.find((x) => x.index === c || x.name === c);
+    if (!found) throw new Error(`mesh: no cluster ${c}`);
+    return found;
+  }
+
+  agent(node: NodeInfo | string): MeshAgent {
+    const found = this.agents.find((a) => (typeof node === 'string' ? a.node.netns === node || `${a.cluster.name}/${a.node.name}` === node : a.node === node || a.node.netns === node.netns));
+    if (!found) throw new Error(`mesh: no agent for node ${typeof node === 'string' ? node : node.netns}${this.opts.agents === false ? ' (mesh started without agents)' : ''}`);
+    return found;
+  }
+
+  kv(cluster: number | string, user: 'root' | 'apiserver' | 'agent' | 'remote' = 'root'): KvClient {
+    return this.kvFor(this.cluster(cluster).etcd, user);
+  }
+
+  private kvFor(server: EtcdServer, user: string): KvClient {
+    const key = `${server.dir}|${user}`;
+    let kv = this.kvs.get(key);
+    if (!kv) {
+      kv = new KvClient(server.connection(user, { timeoutMs: 5000 }));
+      this.kvs.set(key, kv);
+    }
+    return kv;
+  }
+
+  // ---- readiness -------------------------------------------------------
+
+  async waitApiserverSynced(cluster: number | string, timeoutMs = this.readyTimeoutMs): Promise<void> {
+    const c = this.cluster(cluster);
+    const kv = this.kv(c.index);
+    const keys = [clusterConfigKey(c.name), ...SYNCED_PREFIX_NAMES.map((p) => syncedKey(c.name, p))];
+    await waitUntil(
+      `${c.name}'s apiserver to write cluster-config and its synced canaries`,
+      timeoutMs,
+      async () => {
+        if (!c.apiserver.running) throw new WaitAborted(c.apiserver.describe(10));
+        for (const k of keys) if ((await kv.get(k)) === undefined) return false;
+        return true;
+      },
+      () => c.apiserver.describe(10),
+    );
+  }
+
+  async waitReady(timeoutMs = this.readyTimeoutMs): Promise<void> {
+    const t0 = Date.now();
+    await Promise.all(this.clusters.map((c) => this.waitApiserverSynced(c.index, timeoutMs)));
+    const others = (a: MeshAgent) => this.clusters.filter((c) => c !== a.cluster).map((c) => c.name);
+    await Promise.all(
+      this.agents.map(async (a) => {
+        await this.waitAgentHealthy(a, Math.max(1000, timeoutMs - (Date.now() - t0)));
+        let last: AgentStatus | undefined;
+        await waitUntil(
+          `${a.process.spec.name} to see every other cluster connected and ready`,
+          Math.max(1000, timeoutMs - (Date.now() - t0)),
+          async () => {
+            if (!a.process.running) throw new WaitAborted(a.process.describe(10));
+            last = await this.agentStatus(a.node);
+            return others(a).every((name) => last!.remoteClusters.some((r) => r.name === name && r.connected && r.ready));
+          },
+          () => `${a.process.describe(10)}\nremote clusters: ${JSON.stringify(last?.remoteClusters ?? null).slice(0, 2000)}`,
+        );
+      }),
+    );
+    this.progress(`mesh ready in ${Date.now() - t0} ms`);
+  }
+
+  private async waitAgentHealthy(a: MeshAgent, timeoutMs: number): Promise<void> {
+    await waitUntil(
+      `${a.process.spec.name} to answer /healthz`,
+      timeoutMs,
+      async () => {
+        if (!a.process.running) throw new WaitAborted(a.process.describe(10));
+        return (await a.api.health()).ready === true;
+      },
+      () => a.process.describe(10),
+    );
+  }
+
+  // ---- faults ----------------------------------------------------------
+
+  async killAgent(node: NodeInfo | string): Promise<void> {
+    await this.agent(node).process.kill();
+  }
+
+  async stopAgent(node: NodeInfo | string): Promise<void> {
+    await this.agent(node).process.stop();
+  }
+
+  async restartAgent(node: NodeInfo | string, o: { waitReady?: boolean; timeoutMs?: number } = {}): Promise<void> {
+    const a = this.agent(node);
+    await a.process.stop();
+    await a.process.start();
+    if (o.waitReady !== false) await this.waitAgentHealthy(a, o.timeoutMs ?? this.readyTimeoutMs);
+  }
+
+  async killEtcd(cluster: number | string): Promise<void> {
+    await this.cluster(cluster).etcd.kill();
+  }
+
+  async startEtcd(cluster: number | string, o: { empty?: boolean } = {}): Promise<void> {
+    const c = this.cluster(cluster);
+    if (o.empty) await c.etcd.wipe();
+    await c.etcd.start();
+    // The store source lives in the same etcd: what the lab applied (namespaces) is re-applied,
+    // the way a user's manifests outlive a lost kvstore; agents and the apiserver refill the rest.
+    if (o.empty) await this.seedStore(c.etcd);
+  }
+
+  private async seedStore(etcd: EtcdServer): Promise<void> {
+    const writer = new StoreWriter(this.kvFor(etcd, 'root'));
+    for (const ns of this.opts.namespaces ?? ['default']) await writer.apply({ kind: 'Namespace', metadata: { name: ns } });
+  }
+
+  // ---- endpoints -------------------------------------------------------
+
+  async addPod(pod: PodInfo, o: AddPodOptions = {}): Promise<EndpointInfo> {
+    return await this.addEndpoint(pod.node, o.containerID ?? pod.name, {
+      namespace: o.namespace ?? 'default',
+      podName: o.podName ?? pod.name,
+      ip: pod.ip,
+      hostIfName: pod.hostIfName,
+      podMac: pod.mac,
+      labels: o.labels ?? { app: pod.name },
+      ...(o.serviceAccount !== undefined ? { serviceAccount: o.serviceAccount } : {}),
+    });
+  }
+
+  async addEndpoint(node: NodeInfo | string, containerID: string, req: EndpointRequest): Promise<EndpointInfo> {
+    return await this.agent(node).api.putEndpoint(containerID, req);
+  }
+
+  async deletePod(pod: PodInfo, o: { containerID?: string } = {}): Promise<EndpointDeleteResult> {
+    return await this.deleteEndpoint(pod.node, o.containerID ?? pod.name);
+  }
+
+  async deleteEndpoint(node: NodeInfo | string, containerID: string): Promise<EndpointDeleteResult> {
+    return await this.agent(node).api.deleteEndpoint(containerID);
+  }
+
+  async agentStatus(node: NodeInfo | string): Promise<AgentStatus> {
+    return await this.agent(node).api.status();
+  }
+
+  // ---- datapath --------------------------------------------------------
+
+  private withIpcache<T>(node: NodeInfo | string, fn: (m: BpfMap) => T): T {
+    const map = BpfMap.openPinned(join(this.agent(node).pinDir, ipcache.MAP_NAME));
+    try {
+      return fn(map);
+    } finally {
+      map.close();
+    }
+  }
+
+  readIpcache(node: NodeInfo | string): Map<string, IpcacheEntry> {
+    return this.withIpcache(node, (m) => {
+      const out = new Map<string, IpcacheEntry>();
+      for (const [k, v] of ipcache.entries(m)) {
+        const prefix = ipcache.formatPrefix(k);
+        out.set(prefix, { prefix, ...v });
+      }
+      return out;
+    });
+  }
+
+  deleteIpcacheEntry(node: NodeInfo | string, prefix: string): boolean {
+    return this.withIpcache(node, (m) => ipcache.remove(m, ipcache.parsePrefix(prefix)));
+  }
+
+  readDrops(node: NodeInfo | string): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const r of readNodeMetrics(this.agent(node).pinDir)) {
+      if (r.drop) out.set(r.reasonName, (out.get(r.reasonName) ?? 0) + Number(r.packets));
+    }
+    return out;
+  }
+
+  // ---- stop ------------------------------------------------------------
+
+  stop(): Promise<void> {
+    return (this.stopping ??= this.doStop());
+  }
+
+  private async doStop(): Promise<void> {
+    const errors: unknown[] = [];
+    const attempt = async (what: string, fn: () => Promise<unknown> | unknown): Promise<void> => {
+      try {
+        await fn();
+      } catch (err) {
+        errors.push(new Error(`${what}: ${(err as Error).message}`));
+      }
+    };
+    await Promise.all(this.agents.map((a) => attempt(`stop ${a.process.spec.name}`, () => a.process.stop(3000))));
+    for (const a of this.agents) a.api.close();
+    await Promise.all(this.clusters.map((c) => attempt(`stop ${c.apiserver.spec.name}`, () => c.apiserver.stop(3000))));
+    await Promise.all([...this.kvs.values()].map((kv) => attempt('close etcd client', () => kv.close())));
+    this.kvs.clear();
+    await Promise.all(this.etcds.map((e) => attempt(`stop etcd ${e.name}`, () => e.stop(3000))));
+    for (const d of this.pinDirs) await attempt(`remove pins ${d}`, () => removePinDir(d));
+    for (const ns of [...this.cpNamespaces].reverse()) {
+      await attempt(`delete namespace ${ns}`, async () => {
+        await run(['ip', 'netns', 'del', ns]).catch(async (err: unknown) => {
+          const { stdout } = await run(['ip', '-j', 'netns', 'list']);
+          if (stdout.includes(`"${ns}"`)) throw err;
+        });
+        const i = this.topo.namespaces.indexOf(ns);
+        if (i >= 0) this.topo.namespaces.splice(i, 1);
+      });
+    }
+    if (this.cpNamespaces.length) {
+      await attempt('update topology record', () => recordTopology({ name: `${this.topo.spec.prefix}-${this.topo.id}`, pid: process.pid, namespaces: this.topo.namespaces }));
+    }
+    const keep = this.opts.keepDir ?? process.env.KEEP_MESH_DIR !== undefined;
+    if (!keep) {
+      if (this.createdDir) await attempt(`remove ${this.dir}`, () => rm(this.dir, { recursive: true, force: true }));
+      else for (const c of this.clusters) await attempt(`remove ${c.dir}`, () => rm(c.dir, { recursive: true, force: true }));
+    }
+    if (errors.length) throw new AggregateError(errors, `mesh: ${errors.length} cleanup steps failed: ${errors.map((e) => (e as Error).message).join('; ')}`);
+  }
+}
