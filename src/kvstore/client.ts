@@ -64,6 +64,8 @@ const TLS_PATTERNS = [
   'unable to verify', 'unable to get local issuer', 'alert', 'err_ssl', 'cert_',
 ];
 
+const PEER_GONE = /socket disconnected|econnreset|econnrefused|socket hang up|connection reset|connection refused/;
+
 /** TLS alerts a server sends when it does not accept the client certificate. */
 const SERVER_REJECTED_CERT =
   /alert (bad certificate|unknown ca|certificate required|certificate expired|certificate revoked|unsupported certificate|certificate unknown|access denied)/;
@@ -102,6 +104,10 @@ export function classifyError(err: unknown): KvErrorKind {
   // the credentials were rejected. Our own verification of the server failing
   // (unknown CA, wrong name) is 'tls'.
   if (SERVER_REJECTED_CERT.test(msg)) return 'unauthenticated';
+  // A server that dies in the middle of a handshake says "socket disconnected
+  // before secure TLS connection was established": that is an unreachable
+  // server, not a certificate problem.
+  if (PEER_GONE.test(msg)) return 'unavailable';
   if (TLS_PATTERNS.some((p) => msg.includes(p))) return 'tls';
   if (msg.includes('client closed') || msg.includes('channel has been shut down') || msg.includes('client has been closed')) return 'closed';
   if (
