@@ -3,6 +3,7 @@
 import { Command } from 'commander';
 import { startAgent } from './agent.ts';
 import { AgentConfigError, LOG_LEVELS, loadAgentConfig, type AgentFlagOverrides } from './config.ts';
+import { untilSignal } from '../cli/signals.ts';
 
 export function agentCommand(): Command {
   return new Command('agent')
@@ -37,15 +38,7 @@ export function agentCommand(): Command {
         if (err instanceof AgentConfigError) cmd.error(`error: ${err.message}`, { exitCode: 2 });
         cmd.error(`error: agent failed to start: ${(err as Error).message}`, { exitCode: 1 });
       }
-      await new Promise<void>((resolve) => {
-        const done = (): void => {
-          process.off('SIGINT', done);
-          process.off('SIGTERM', done);
-          resolve();
-        };
-        process.once('SIGINT', done);
-        process.once('SIGTERM', done);
-      });
+      await untilSignal();
       await agent.stop();
       // grpc keep-alives and fs watchers must not hold the process
       process.exit(0);

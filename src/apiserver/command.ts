@@ -2,6 +2,7 @@
 import { Command } from 'commander';
 import { startApiserver } from './apiserver.ts';
 import { APISERVER_DEFAULTS, compileApiserverOptions, loadEtcdConfig, OptionError, type ApiserverRawOptions } from './options.ts';
+import { untilSignal } from '../cli/signals.ts';
 
 export function apiserverCommand(): Command {
   return new Command('apiserver')
@@ -24,15 +25,7 @@ export function apiserverCommand(): Command {
         if (err instanceof OptionError) cmd.error(`error: ${err.message}`, { exitCode: 2 });
         throw err;
       }
-      await new Promise<void>((resolve) => {
-        const done = (): void => {
-          process.off('SIGINT', done);
-          process.off('SIGTERM', done);
-          resolve();
-        };
-        process.once('SIGINT', done);
-        process.once('SIGTERM', done);
-      });
+      await untilSignal();
       await server.stop();
     });
 }
