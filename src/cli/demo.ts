@@ -1,12 +1,17 @@
 // `clustermesh demo`: the main job for now — a two-cluster mesh of two nodes
-// per cluster with two pods per node, real traffic across it, what the
-// datapath did, and a clean teardown. Grows into `clustermesh lab`.
+// per cluster with two pods per node, run by the real control plane (etcd with
+// mutual TLS and an apiserver per cluster, an agent per node), real traffic
+// across it, what the datapath did, and a clean teardown. Grows into
+// `clustermesh lab`.
 import type { ChildProcess } from 'node:child_process';
-import { resolve } from 'node:path';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { Command } from 'commander';
 import { createTopology, destroyTopology, type PodInfo, type Topology } from '../lab/topology.js';
 import { runIn, spawnIn, stopChild } from '../lab/exec.js';
-import { collectEvents, labPodIdentity, readNodeMetrics, startClustermeshDatapath, type LabDatapath } from '../lab/datapath.js';
+import { collectEvents, readNodeMetrics } from '../lab/datapath.js';
+import { startMesh, type Mesh } from '../lab/mesh.js';
 import { formatEvent } from '../datapath/format.js';
 import { reasonName } from '../datapath/maps/index.js';
 
@@ -36,7 +41,8 @@ async function get(src: PodInfo, url: string, count: number): Promise<{ failures
 
 export async function runDemo(opts: { keep?: boolean } = {}): Promise<boolean> {
   let topo: Topology | undefined;
-  let dp: LabDatapath | undefined;
+  let mesh: Mesh | undefined;
+  let dir: string | undefined;
   const servers: ChildProcess[] = [];
   let ok = true;
   try {
@@ -46,11 +52,26 @@ export async function runDemo(opts: { keep?: boolean } = {}): Promise<boolean> {
     for (const n of topo.nodes) console.log(`  ${n.clusterName}/${n.name}  underlay ${n.underlayIP}  pods ${n.podCIDR}  (netns ${n.netns})`);
     console.log(`  built in ${Date.now() - t0} ms`);
 
-    step('loading the eBPF datapath on every node (VXLAN external on UDP 8472, from-container on pod veths, from-overlay on the tunnel)');
+    step('starting the control plane: per cluster an etcd with mutual TLS and the apiserver, an agent on every node');
     const t1 = Date.now();
-    dp = await startClustermeshDatapath(topo);
-    console.log(`  4 nodes programmed in ${Date.now() - t1} ms; maps pinned under ${dp.pinDirs[0]?.replace(/\/[^/]+$/, '')}`);
-    for (const p of topo.pods) console.log(`  ${p.name.padEnd(14)} ${p.ip.padEnd(12)} identity ${labPodIdentity(topo, p)}`);
+    dir = await mkdtemp(join(tmpdir(), 'clustermesh-demo-'));
+    mesh = await startMesh(topo, { dir, progress: (l) => console.log(`  ${l}`) });
+    console.log(`  every agent ready and connected to the other cluster in ${Date.now() - t1} ms`);
+
+    step('adding every pod through its node\'s agent (identity allocated, datapath programmed, pod published)');
+    for (const p of topo.pods) {
+      const ep = await mesh.addPod(p, { labels: { app: 'echo', pod: p.name } });
+      console.log(`  ${p.name.padEnd(14)} ${p.ip.padEnd(12)} identity ${ep.identity}`);
+    }
+    const t2 = Date.now();
+    const all = topo.pods.map((p) => `${p.ip}/32`);
+    for (;;) {
+      const missing = topo.nodes.flatMap((n) => all.filter((k) => !mesh!.readIpcache(n).has(k)).map((k) => `${n.netns}:${k}`));
+      if (missing.length === 0) break;
+      if (Date.now() - t2 > 30_000) throw new Error(`pods not learned everywhere after 30 s: ${missing.slice(0, 5).join(', ')}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    console.log(`  every node's ipcache holds all 8 pods ${Date.now() - t2} ms after the last add (no map entry written by hand)`);
 
     step('starting an HTTP echo server in every pod');
     for (const p of topo.pods) servers.push(spawnIn(p.netns, [process.execPath, CLI, 'lab', 'workload', 'echo', '--port', '8080', '--cluster', p.clusterName, '--node', p.node.name, '--pod', p.name]));
@@ -79,7 +100,7 @@ export async function runDemo(opts: { keep?: boolean } = {}): Promise<boolean> {
 
     const unknown = remote.node.podCIDR.replace(/0\/24$/, '99');
     step(`a packet to ${unknown}, inside ${remote.clusterName}/${remote.node.name}'s pod range but no pod: dropped there, with its reason`);
-    const ev = collectEvents(dp.pinDirs[topo.nodes.indexOf(remote.node)]!);
+    const ev = collectEvents(mesh.agent(remote.node).pinDir);
     try {
       await runIn(client.netns, ['ping', '-c', '1', '-W', '1', unknown]).catch(() => undefined);
       await new Promise((r) => setTimeout(r, 200));
@@ -93,9 +114,14 @@ export async function runDemo(opts: { keep?: boolean } = {}): Promise<boolean> {
       ev.stop();
     }
 
+    step(`what ${client.node.clusterName}/${client.node.name}'s agent reports (GET /v1/status on its unix socket)`);
+    const st = await mesh.agentStatus(client.node);
+    console.log(`  ready ${st.ready}, endpoints ${st.endpoints.endpoints}, identities ${st.endpoints.identities}`);
+    for (const r of st.remoteClusters) console.log(`  remote ${r.name}: ${r.state}, ready ${r.ready}, nodes ${r.counts.nodes}, endpoints ${r.counts.endpoints}, identities ${r.counts.identities}, reconnections ${r.reconnections}`);
+
     step('datapath counters per node (packets)');
-    for (const [i, n] of topo.nodes.entries()) {
-      const rows = readNodeMetrics(dp.pinDirs[i]!).filter((r) => r.packets > 0n);
+    for (const n of topo.nodes) {
+      const rows = readNodeMetrics(mesh.agent(n).pinDir).filter((r) => r.packets > 0n);
       console.log(`  ${n.clusterName}/${n.name}: ${rows.map((r) => `${r.direction}/${reasonName(r.reason)}=${r.packets}`).join('  ')}`);
     }
     console.log(`\n${ok ? 'demo: every check passed' : 'demo: some checks FAILED'}`);
@@ -104,16 +130,17 @@ export async function runDemo(opts: { keep?: boolean } = {}): Promise<boolean> {
     if (!opts.keep) {
       step('tearing down');
       await Promise.all(servers.map((s) => stopChild(s)));
-      await dp?.stop();
+      await mesh?.stop();
       if (topo) await destroyTopology(topo);
-      console.log('  removed every namespace and pin the demo created');
+      if (dir) await rm(dir, { recursive: true, force: true });
+      console.log('  stopped every process and removed every namespace, pin and file the demo created');
     }
   }
 }
 
 export function demoCommand(): Command {
   return new Command('demo')
-    .description('bring up two clusters of two nodes with two pods each on this machine, send traffic across them, print what the eBPF datapath did, tear it down')
+    .description('bring up two clusters of two nodes with two pods each on this machine, with etcd, apiserver and agents, send traffic across them, print what the eBPF datapath did, tear it down')
     .action(async () => {
       const ok = await runDemo();
       if (!ok) process.exitCode = 1;
