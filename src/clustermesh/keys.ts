@@ -31,8 +31,12 @@ export const SYNCED_PREFIX_NAMES: readonly SyncedPrefixName[] = ['nodes', 'ident
 
 export const heartbeatKey = 'cilium/.heartbeat';
 
-/** The prefixes a remote cluster's (read-only) user may read. */
-export const exportedReadPrefixes: readonly string[] = [clusterConfigPrefix, 'cilium/state/', syncedPrefix, heartbeatKey];
+/**
+ * The prefixes a remote cluster's (read-only) user may read: exactly what an
+ * importer reads. Narrower than all of cilium/state/: the identity
+ * allocator's label→id and reference keys (which name nodes) stay private.
+ */
+export const exportedReadPrefixes: readonly string[] = [clusterConfigPrefix, nodesPrefix, identitiesPrefix, ipPrefix, servicesPrefix, syncedPrefix, heartbeatKey];
 
 /** The cluster's own store (the "store" local source); never exported. */
 export const storePrefix = 'clustermesh/store/v1/';

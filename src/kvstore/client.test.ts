@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test } from 'node:test';
 
-import { heartbeatKey, identityKey, nodeKey, storePrefix } from '../clustermesh/keys.ts';
+import { heartbeatKey, identitiesPrefix, identityKey, nodeKey, nodesPrefix, storePrefix } from '../clustermesh/keys.ts';
 import { KvClient } from './client.ts';
 import { withEtcd, type EtcdServer } from './etcd-process.ts';
 import { createCA, issueCert } from './pki.ts';
@@ -231,7 +231,12 @@ test('ACLs: apiserver, agent and remote roles', async () => {
       // remote: read only the exported prefixes, nothing else.
       assert.equal((await remote.get(nodeKey('c1', 'n1')))?.value, 'node');
       assert.equal((await remote.get(heartbeatKey))?.value, 'hb');
-      assert.equal((await remote.list('cilium/state/')).pairs.length, 2);
+      assert.equal((await remote.list(nodesPrefix)).pairs.length, 1);
+      assert.equal((await remote.list(identitiesPrefix)).pairs.length, 1);
+      // The allocator's private keys under cilium/state/ are not exported.
+      await api.put('cilium/state/identities/v1/value/k8s:app=x;', '70000');
+      await rejectsKind(remote.get('cilium/state/identities/v1/value/k8s:app=x;'), 'permission');
+      await rejectsKind(remote.list('cilium/state/'), 'permission');
       await rejectsKind(remote.put(nodeKey('c1', 'n1'), 'x'), 'permission');
       await rejectsKind(remote.put(heartbeatKey, 'x'), 'permission');
       await rejectsKind(remote.delete(nodeKey('c1', 'n1')), 'permission');
