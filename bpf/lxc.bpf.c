@@ -15,6 +15,7 @@
 #include "l3.h"
 #include "conntrack.h"
 #include "lb.h"
+#include "policy.h"
 
 /* ARP body for Ethernet/IPv4 (RFC 826), after struct arphdr. */
 struct arp_eth_ipv4 {
@@ -122,10 +123,13 @@ static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
 						      struct trace_ctx *tc)
 {
 	const struct endpoint_info *src_ep, *dst_ep;
-	const struct ipcache_value *info;
+	const struct ipcache_value *info = NULL;
+	struct policy_pkt orig, pkt;
+	bool track = false;
 	struct lb4_tuple t;
 	struct ethhdr *eth;
 	struct iphdr *ip;
+	__u32 dst_identity;
 	int ret = 0;
 
 	if (!parse_ipv4(ctx, &eth, &ip))
@@ -143,11 +147,14 @@ static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
 	if (src_ep->ifindex != ctx->ifindex)
 		return -DROP_SOURCE_MISMATCH;
 	tc->src_identity = src_ep->identity;
+	/* Before translation: what a reply looks like to the connection that
+	 * policy recorded (policy.h). */
+	policy_pkt_init(ip, tc, &orig);
 
 	/* Services (lb.h), before the destination is resolved: a reply of a
 	 * local backend gets its VIP back (lb4_rev_nat says why here), a packet
 	 * to a VIP gets its backend. Never both: replies are not addressed to a
-	 * VIP. Egress policy of a later issue goes after this. */
+	 * VIP. Egress policy goes after this, so it sees the real backend. */
 	if (lb4_extract(ctx, ip, tc, &t)) {
 		ret = lb4_rev_nat(ctx, &t, tc);
 		if (ret == 0)
@@ -155,14 +162,43 @@ static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
 	}
 	if (ret < 0)
 		return ret;
-	if (ret > 0 && !parse_ipv4(ctx, &eth, &ip))
-		return -DROP_INVALID_PACKET;
+	if (ret > 0) {
+		if (!parse_ipv4(ctx, &eth, &ip))
+			return -DROP_INVALID_PACKET;
+		policy_pkt_init(ip, tc, &pkt);
+	} else {
+		pkt = orig;
+	}
 
 	dst_ep = lookup_endpoint4(ip->daddr);
 	if (dst_ep)
+		dst_identity = dst_ep->identity;
+	else if ((info = ipcache_lookup4(ip->daddr)))
+		dst_identity = info->identity;
+	else
+		dst_identity = IDENTITY_WORLD;
+
+	/* Egress of the sender, then (local destination) ingress of the
+	 * receiver: both must pass. A drop reports the side whose policy said
+	 * no in its direction. */
+	ret = policy_check(ctx, src_ep->endpoint_id, DIR_EGRESS, dst_identity, &pkt, &orig,
+			   &track);
+	if (ret == 0 && dst_ep) {
+		ret = policy_check(ctx, dst_ep->endpoint_id, DIR_INGRESS, src_ep->identity,
+				   &pkt, &orig, &track);
+		if (ret < 0)
+			tc->dir = DIR_INGRESS;
+	}
+	if (ret < 0) {
+		tc->dst_identity = dst_identity;
+		return ret;
+	}
+	if (track)
+		policy_ct_record(ctx, &pkt);
+
+	if (dst_ep)
 		return ipv4_deliver_local(eth, ip, dst_ep, tc);
 
-	info = ipcache_lookup4(ip->daddr);
 	if (!info) {
 		tc->dst_identity = IDENTITY_WORLD;
 		tc->reason = TRACE_TO_STACK;

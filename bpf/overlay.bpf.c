@@ -14,6 +14,7 @@
 #include "l3.h"
 #include "conntrack.h"
 #include "lb.h"
+#include "policy.h"
 
 /*
  * Everything after the tunnel metadata was read; separate so a test program
@@ -25,6 +26,8 @@ static __always_inline int handle_overlay(struct __sk_buff *ctx, struct trace_ct
 					  __u32 src_identity, __u32 remote)
 {
 	const struct endpoint_info *ep;
+	struct policy_pkt orig, pkt;
+	bool track = false;
 	struct lb4_tuple t;
 	struct ethhdr *eth;
 	struct iphdr *ip;
@@ -43,6 +46,7 @@ static __always_inline int handle_overlay(struct __sk_buff *ctx, struct trace_ct
 	tc->dst_ip = ip->daddr;
 	tc->protocol = ip->protocol;
 	parse_l4_ports(ctx, ip, &tc->sport, &tc->dport);
+	policy_pkt_init(ip, tc, &orig);
 
 	/* A reply of a service connection whose backend is on another node:
 	 * back to VIP:port before delivery (lb4_rev_nat says why here). */
@@ -50,14 +54,27 @@ static __always_inline int handle_overlay(struct __sk_buff *ctx, struct trace_ct
 		ret = lb4_rev_nat(ctx, &t, tc);
 	if (ret < 0)
 		return ret;
-	if (ret > 0 && !parse_ipv4(ctx, &eth, &ip))
-		return -DROP_INVALID_PACKET;
+	if (ret > 0) {
+		if (!parse_ipv4(ctx, &eth, &ip))
+			return -DROP_INVALID_PACKET;
+		policy_pkt_init(ip, tc, &pkt);
+	} else {
+		pkt = orig;
+	}
 
 	ep = lookup_endpoint4(ip->daddr);
 	if (!ep)
 		return -DROP_UNKNOWN_ENDPOINT;
 
-	/* Later issues: ingress policy of @ep against src_identity goes here. */
+	/* Ingress policy of @ep against the sender's identity from the VNI;
+	 * the sender's egress was checked on its node. */
+	ret = policy_check(ctx, ep->endpoint_id, DIR_INGRESS, src_identity, &pkt, &orig, &track);
+	if (ret < 0) {
+		tc->dst_identity = ep->identity;
+		return ret;
+	}
+	if (track)
+		policy_ct_record(ctx, &pkt);
 
 	return ipv4_deliver_local(eth, ip, ep, tc);
 }

@@ -120,7 +120,7 @@ static __always_inline bool ipv4_is_later_fragment(const struct iphdr *ip)
 }
 
 /*
- * Ports (TCP/UDP, host byte order) or ICMP type/code into sport and dport.
+ * Ports (TCP/UDP/SCTP, host byte order) or ICMP type/code into sport and dport.
  * Uses bpf_skb_load_bytes so it neither needs a linear L4 header nor
  * invalidates packet pointers. Later fragments and other protocols give 0/0.
  */
@@ -137,6 +137,7 @@ static __always_inline void parse_l4_ports(struct __sk_buff *ctx, const struct i
 	switch (ip->protocol) {
 	case IPPROTO_TCP:
 	case IPPROTO_UDP:
+	case IPPROTO_SCTP: /* ports where TCP and UDP have them */
 		if (bpf_skb_load_bytes(ctx, off, b, 4) < 0)
 			return;
 		*sport = ((__u16)b[0] << 8) | b[1];

@@ -30,6 +30,8 @@ enum cm_drop_reason {
 	DROP_NO_SERVICE_BACKEND = 143, /* service without a backend that takes new connections */
 	DROP_SERVICE_FRAGMENT   = 144, /* fragmented datagram to or from a service (not supported) */
 	DROP_CT_WRITE_FAILED    = 145, /* a conntrack entry for a new service connection could not be written */
+	DROP_POLICY_DENY        = 146, /* an explicit deny entry of the policy matched */
+	DROP_POLICY             = 147, /* enforced direction and no allow entry matched (default deny) */
 	__DROP_MAX,
 };
 

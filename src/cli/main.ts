@@ -4,6 +4,7 @@ import { datapathCommand } from './datapath.js';
 import { demoCommand } from './demo.js';
 import { apiserverCommand } from '../apiserver/command.js';
 import { agentCommand } from '../agent/command.js';
+import { cniCommand } from '../cni/command.js';
 
 const program = new Command();
 program
@@ -17,5 +18,6 @@ program.addCommand(labCommand());
 program.addCommand(datapathCommand());
 program.addCommand(apiserverCommand());
 program.addCommand(agentCommand());
+program.addCommand(cniCommand());
 
 await program.parseAsync(process.argv);

@@ -29,6 +29,7 @@ import * as backendSlotsMap from './maps/backend-slots.ts';
 import * as backendsMap from './maps/backends.ts';
 import * as ctMap from './maps/ct.ts';
 import * as maglevMap from './maps/maglev.ts';
+import * as policyMap from './maps/policy.ts';
 import * as revnatMap from './maps/revnat.ts';
 import * as servicesMap from './maps/services.ts';
 import { deleteLink, ensureVxlanDevice, linkInfo, mtuOfAddress } from './netdev.ts';
@@ -90,6 +91,10 @@ export interface NodeMaps {
   revnat: BpfMap;
   ct: BpfMap;
   affinity: BpfMap;
+  /** Network policy (bpf/lib/policy.h): entries, per-endpoint enforcement, reply tracking. */
+  policy: BpfMap;
+  policyEnforce: BpfMap;
+  policyCt: BpfMap;
 }
 
 export interface EventSubscription {
@@ -154,6 +159,9 @@ export class NodeDatapath {
       revnat: o.map(revnatMap.MAP_NAME),
       ct: o.map(ctMap.MAP_NAME),
       affinity: o.map(affinityMap.MAP_NAME),
+      policy: o.map(policyMap.MAP_NAME),
+      policyEnforce: o.map(policyMap.ENFORCE_MAP_NAME),
+      policyCt: o.map(policyMap.CT_MAP_NAME),
     };
   }
 

@@ -17,6 +17,7 @@ import * as affinity from './affinity.ts';
 import * as backendSlots from './backend-slots.ts';
 import * as backends from './backends.ts';
 import * as ct from './ct.ts';
+import * as policy from './policy.ts';
 import * as maglev from './maglev.ts';
 import * as revnat from './revnat.ts';
 import * as services from './services.ts';
@@ -152,6 +153,11 @@ const LAYOUTS: StructLayout[] = [
   ct.VALUE_LAYOUT,
   affinity.KEY_LAYOUT,
   affinity.VALUE_LAYOUT,
+  policy.KEY_LAYOUT,
+  policy.VALUE_LAYOUT,
+  policy.ENFORCE_VALUE_LAYOUT,
+  policy.CT_KEY_LAYOUT,
+  policy.CT_VALUE_LAYOUT,
 ];
 
 /** Which structs each map is declared with in C. */
@@ -168,6 +174,9 @@ const MAPS: Array<{ name: string; key: string | undefined; value: string | undef
   { name: revnat.MAP_NAME, key: '__u32', value: revnat.VALUE_LAYOUT.cName },
   { name: ct.MAP_NAME, key: ct.KEY_LAYOUT.cName, value: ct.VALUE_LAYOUT.cName },
   { name: affinity.MAP_NAME, key: affinity.KEY_LAYOUT.cName, value: affinity.VALUE_LAYOUT.cName },
+  { name: policy.MAP_NAME, key: policy.KEY_LAYOUT.cName, value: policy.VALUE_LAYOUT.cName },
+  { name: policy.ENFORCE_MAP_NAME, key: '__u32', value: policy.ENFORCE_VALUE_LAYOUT.cName },
+  { name: policy.CT_MAP_NAME, key: policy.CT_KEY_LAYOUT.cName, value: policy.CT_VALUE_LAYOUT.cName },
 ];
 
 describe('TypeScript codecs match the C structs (BTF)', () => {
@@ -201,6 +210,8 @@ describe('TypeScript codecs match the C structs (BTF)', () => {
         assert.deepEqual(btf.enumValues('cm_ct_dir'), ct.CtDir);
         assert.deepEqual(btf.enumValues('cm_ct_flag'), ct.CtFlag);
         assert.deepEqual(btf.enumValues('cm_ct_lifetime'), ct.CtLifetime);
+        assert.deepEqual(btf.enumValues('cm_policy_flag'), policy.PolicyFlag);
+        assert.deepEqual(btf.enumValues('cm_policy_enforce_flag'), policy.PolicyEnforceFlag);
       });
 
       it('every per-node setting is a 4-byte const volatile in .rodata', () => {

@@ -15,6 +15,7 @@ import * as backendSlots from './backend-slots.ts';
 import * as backends from './backends.ts';
 import * as ct from './ct.ts';
 import * as maglev from './maglev.ts';
+import * as policy from './policy.ts';
 import * as revnat from './revnat.ts';
 import * as services from './services.ts';
 
@@ -238,5 +239,35 @@ describe('service translation codecs', () => {
     assert.equal(reasonName(143), 'DROP_NO_SERVICE_BACKEND');
     assert.equal(reasonDescription(DropReason.DROP_SERVICE_FRAGMENT), 'fragmented service traffic');
     assert.equal(reasonName(DropReason.DROP_CT_WRITE_FAILED), 'DROP_CT_WRITE_FAILED');
+  });
+});
+
+describe('policy codecs', () => {
+  it('key: prefixlen 64 + port bits, numbers host order, port network order', () => {
+    const k: policy.Key = { endpointId: 0x1234, direction: 'egress', protocol: 6, identity: 0x20100, port: 8080, portPrefixLen: 14 };
+    const b = policy.encodeKey(k);
+    assert.equal(b.toString('hex'), '4e000000' + '3412' + '02' + '06' + '00010200' + '1f90' + '0000');
+    assert.deepEqual(policy.decodeKey(b), k);
+    const any = policy.encodeKey({ ...k, port: 0, portPrefixLen: 0, direction: 'ingress', protocol: 0, identity: 0 });
+    assert.equal(any.toString('hex'), '40000000' + '3412' + '01' + '00' + '00000000' + '0000' + '0000');
+    assert.throws(() => policy.encodeKey({ ...k, port: 8081 }), RangeError, 'bits beyond the prefix');
+    assert.throws(() => policy.encodeKey({ ...k, portPrefixLen: 17 }), RangeError);
+    assert.throws(() => policy.decodeKey(Buffer.from('3f000000' + '00'.repeat(12), 'hex')), RangeError);
+  });
+
+  it('values: allow/deny and enforcement bits; ct key network order', () => {
+    assert.equal(policy.encodeValue({ allow: true, deny: true }).toString('hex'), '03000000');
+    assert.deepEqual(policy.decodeValue(Buffer.from('02000000', 'hex')), { allow: false, deny: true });
+    assert.equal(policy.encodeEnforceKey({ endpointId: 20 }).toString('hex'), '14000000');
+    assert.equal(policy.encodeEnforceValue({ active: true, ingress: true, egress: true }).toString('hex'), '07000000');
+    assert.deepEqual(policy.decodeEnforceValue(Buffer.from('05000000', 'hex')), { active: true, ingress: false, egress: true });
+    const ck: policy.CtKey = { src: '10.101.0.10', dst: '10.101.0.20', sport: 40000, dport: 80, protocol: 6 };
+    assert.equal(policy.encodeCtKey(ck).toString('hex'), '0a65000a' + '0a650014' + '9c40' + '0050' + '06' + '000000');
+    assert.deepEqual(policy.decodeCtKey(policy.encodeCtKey(ck)), ck);
+    const m = fakeMap();
+    policy.enforce.update(m, { endpointId: 7 }, { active: true, ingress: true, egress: false });
+    assert.deepEqual([...policy.enforce.entries(m)], [[{ endpointId: 7 }, { active: true, ingress: true, egress: false }]]);
+    policy.clearEnforce(m, [7]);
+    assert.deepEqual([...policy.enforce.entries(m)], [[{ endpointId: 7 }, { active: false, ingress: false, egress: false }]]);
   });
 });

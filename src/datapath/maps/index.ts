@@ -12,5 +12,6 @@ export * as maglev from './maglev.ts';
 export * as revnat from './revnat.ts';
 export * as ct from './ct.ts';
 export * as affinity from './affinity.ts';
+export * as policy from './policy.ts';
 export * from './reasons.ts';
 export type { MapHandle, StructLayout, FieldLayout } from './codec.ts';

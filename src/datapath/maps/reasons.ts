@@ -21,6 +21,8 @@ export const DropReason = {
   DROP_NO_SERVICE_BACKEND: 143,
   DROP_SERVICE_FRAGMENT: 144,
   DROP_CT_WRITE_FAILED: 145,
+  DROP_POLICY_DENY: 146,
+  DROP_POLICY: 147,
 } as const;
 export type DropReasonName = keyof typeof DropReason;
 
@@ -67,6 +69,8 @@ const DESCRIPTIONS: Readonly<Record<DropReasonName | TraceReasonName, string>> =
   DROP_NO_SERVICE_BACKEND: 'service has no backend',
   DROP_SERVICE_FRAGMENT: 'fragmented service traffic',
   DROP_CT_WRITE_FAILED: 'conntrack entry not written',
+  DROP_POLICY_DENY: 'denied by policy',
+  DROP_POLICY: 'not allowed by policy',
   TRACE_TO_ENDPOINT: 'to endpoint',
   TRACE_TO_OVERLAY: 'to overlay',
   TRACE_TO_STACK: 'to stack',

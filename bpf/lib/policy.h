@@ -1,0 +1,300 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Network policy by identity (issue 5). The lookup implements exactly
+ * src/policy/decide.ts for one (local endpoint, direction, remote identity,
+ * protocol, destination port):
+ *
+ *   1. a matching deny entry drops (DROP_POLICY_DENY), enforced or not;
+ *   2. a direction that is not enforced passes;
+ *   3. a matching allow entry passes;
+ *   4. otherwise the packet is dropped (DROP_POLICY, default deny).
+ *
+ * cm_policy is an LPM trie. The prefix always covers endpoint, direction,
+ * protocol and identity (64 bits) and then 0..16 leading bits of the port,
+ * so a port range is stored as the few prefixes that cover it (at most 30,
+ * src/policy/to-map.ts) and "any port" is the /0 port prefix. Wildcards for
+ * identity and protocol are the value 0 and cost one lookup each: four
+ * lookups per check. An LPM lookup returns only the longest matching
+ * prefix, so the TypeScript side stores in every prefix the flags of itself
+ * merged with all shorter stored prefixes of the same (endpoint, direction,
+ * protocol, identity): one lookup then sees every entry that contains the
+ * port, and "any matching deny" needs no second lookup.
+ *
+ * Protocols without ports (ICMP, ...) and later fragments (no L4 header) are
+ * looked up with the port prefix length 0, i.e. only entries for all ports
+ * match them (decide() only knows TCP, UDP and SCTP).
+ *
+ * Replies: a check that would drop passes when the packet is the reverse of
+ * a connection in cm_policy_ct. A connection is recorded there by a packet
+ * that passed the checks of an endpoint with any enforcement switched on
+ * (cm_policy_enforce), at that node; so with no enforcement nothing is
+ * written and behaviour is exactly that of the datapath without policy.
+ * A connection opened before its endpoint became enforced is not recorded:
+ * its replies meet policy like new packets. Likewise connections the host
+ * stack opens into a pod (no program sees them): with the pod's egress
+ * enforced, their replies need an egress rule (e.g. to the host identity).
+ *
+ * Cost: an endpoint without POLICY_ENFORCE_ACTIVE (no policy) costs one
+ * inlined array lookup per check and nothing else.
+ */
+#ifndef CM_POLICY_H
+#define CM_POLICY_H
+
+#include "common.h"
+#include "metrics.h"
+#include "conntrack.h"
+#include "drop.h"
+
+#define POLICY_MAX_ENTRIES         65536
+#define POLICY_ENFORCE_MAX_ENTRIES 65536 /* every __u16 endpoint id */
+#define POLICY_CT_MAX_ENTRIES      65536
+
+/* Bits of the prefix that are not the port: endpoint_id, direction,
+ * protocol, identity. */
+#define POLICY_PREFIX_FIXED 64
+#define POLICY_PREFIX_FULL  (POLICY_PREFIX_FIXED + 16)
+
+/* Bits of policy_value.flags. */
+enum cm_policy_flag {
+	POLICY_F_ALLOW = 1 << 0,
+	POLICY_F_DENY  = 1 << 1,
+};
+
+/* Bits of policy_enforce_value.flags; a direction's bit is 1 << enum cm_direction. */
+enum cm_policy_enforce_flag {
+	POLICY_ENFORCE_ACTIVE  = 1 << 0, /* the endpoint has policy: entries or enforcement */
+	POLICY_ENFORCE_INGRESS = 1 << DIR_INGRESS,
+	POLICY_ENFORCE_EGRESS  = 1 << DIR_EGRESS,
+};
+
+/* 16 bytes. LPM key; prefixlen = 64 + leading bits of port that count. */
+struct policy_key {
+	__u32 prefixlen;   /* host byte order, 64..80 */
+	__u16 endpoint_id; /* local endpoint (endpoint_info.endpoint_id), host byte order */
+	__u8  direction;   /* enum cm_direction of the local endpoint */
+	__u8  protocol;    /* IPPROTO_TCP/UDP/SCTP, 0 = any */
+	__u32 identity;    /* remote identity, host byte order, 0 = any;
+			    * ingress: the source, egress: the destination */
+	__u16 port;        /* destination port, NETWORK byte order (the trie
+			    * compares bytes most significant first) */
+	__u16 pad;         /* 0, never part of the prefix */
+};
+
+/* 4 bytes. */
+struct policy_value {
+	__u32 flags; /* POLICY_F_*, merged with every shorter prefix (see above) */
+};
+
+/* 4 bytes; cm_policy_enforce is an array indexed by endpoint id (an inlined
+ * lookup, so an endpoint without policy costs next to nothing). Without
+ * POLICY_ENFORCE_ACTIVE the endpoint has no policy at all and its cm_policy
+ * lookups are skipped: entries of an endpoint that is not ACTIVE here are
+ * ignored (src/policy/to-map.ts sets ACTIVE for every endpoint with entries
+ * or an enforced direction). */
+struct policy_enforce_value {
+	__u32 flags; /* POLICY_ENFORCE_* */
+};
+
+/* 16 bytes. A connection as its first packet went, after service
+ * translation. Addresses and ports network byte order; ports 0 for protocols
+ * without ports and later fragments (so ICMP is tracked per address pair and
+ * protocol only: after A pinged B, any ICMP from B to A passes as a reply
+ * while the entry lives). */
+struct policy_ct_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8  proto;
+	__u8  pad[3]; /* 0 */
+};
+
+/* 8 bytes. */
+struct policy_ct_value {
+	__u32 lifetime; /* expiry, seconds of CLOCK_MONOTONIC (as ct_entry) */
+	__u32 flags;    /* CT_F_CLOSING or 0 */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(max_entries, POLICY_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32); /* endpoint id */
+	__type(value, struct policy_enforce_value);
+	__uint(max_entries, POLICY_ENFORCE_MAX_ENTRIES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_policy_enforce SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct policy_ct_key);
+	__type(value, struct policy_ct_value);
+	__uint(max_entries, POLICY_CT_MAX_ENTRIES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_policy_ct SEC(".maps");
+
+CM_BTF_EXPORT(enum cm_policy_flag, policy_flag);
+CM_BTF_EXPORT(enum cm_policy_enforce_flag, policy_enforce_flag);
+
+/* What the checks need of a packet. */
+struct policy_pkt {
+	__u32 saddr;     /* network byte order */
+	__u32 daddr;     /* network byte order */
+	__u16 sport;     /* host byte order, 0 when !has_ports */
+	__u16 dport;     /* host byte order, 0 when !has_ports */
+	__u8  proto;
+	__u8  has_ports; /* TCP/UDP/SCTP with its L4 header (not a later fragment) */
+	__u16 l4_off;    /* offset of the L4 header in the frame */
+};
+
+/* @tc: ports as parse_l4_ports() (or a translation) left them. */
+static __always_inline void policy_pkt_init(const struct iphdr *ip, const struct trace_ctx *tc,
+					    struct policy_pkt *p)
+{
+	p->saddr = ip->saddr;
+	p->daddr = ip->daddr;
+	p->proto = ip->protocol;
+	p->l4_off = ETH_HLEN + ip->ihl * 4;
+	p->has_ports = (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP ||
+			ip->protocol == IPPROTO_SCTP) && !ipv4_is_later_fragment(ip);
+	p->sport = p->has_ports ? tc->sport : 0;
+	p->dport = p->has_ports ? tc->dport : 0;
+}
+
+/* TCP flags for the conntrack lifetime, loaded only when conntrack is
+ * touched (translation never changes them); 0 for other protocols. */
+static __always_inline __u8 policy_tcp_flags(struct __sk_buff *ctx, const struct policy_pkt *p)
+{
+	__u8 flags = 0;
+
+	if (p->has_ports && p->proto == IPPROTO_TCP &&
+	    bpf_skb_load_bytes(ctx, p->l4_off + 13, &flags, 1) < 0)
+		return 0;
+	return flags;
+}
+
+
+static __always_inline __u32 policy_flags(__u16 endpoint_id, __u8 dir, __u8 proto,
+					  __u32 identity, const struct policy_pkt *p)
+{
+	struct policy_key key = {
+		.prefixlen = p->has_ports ? POLICY_PREFIX_FULL : POLICY_PREFIX_FIXED,
+		.endpoint_id = endpoint_id,
+		.direction = dir,
+		.protocol = proto,
+		.identity = identity,
+		.port = bpf_htons(p->dport),
+	};
+	const struct policy_value *v = bpf_map_lookup_elem(&cm_policy, &key);
+
+	return v ? v->flags : 0;
+}
+
+/* The reverse of a recorded connection, i.e. a reply: refreshed, true. */
+static __always_inline bool policy_ct_is_reply(struct __sk_buff *ctx, const struct policy_pkt *p)
+{
+	struct policy_ct_key key = {
+		.saddr = p->daddr,
+		.daddr = p->saddr,
+		.sport = bpf_htons(p->dport),
+		.dport = bpf_htons(p->sport),
+		.proto = p->proto,
+	};
+	struct policy_ct_value *v = bpf_map_lookup_elem(&cm_policy_ct, &key);
+	__u32 now = ct_now();
+	__u8 tcp_flags;
+	__u16 flags;
+
+	if (!v || v->lifetime < now)
+		return false;
+	tcp_flags = policy_tcp_flags(ctx, p);
+	flags = ct_flags_after(v->flags, p->proto, tcp_flags);
+	now += ct_timeout(p->proto, tcp_flags, flags);
+	if (v->lifetime != now || v->flags != flags) {
+		v->lifetime = now;
+		v->flags = flags;
+	}
+	return true;
+}
+
+/* Record (or refresh) the connection of a packet that passed. A full LRU
+ * evicts; a failed write only costs the replies a policy check. */
+static __always_inline void policy_ct_record(struct __sk_buff *ctx, const struct policy_pkt *p)
+{
+	struct policy_ct_key key = {
+		.saddr = p->saddr,
+		.daddr = p->daddr,
+		.sport = bpf_htons(p->sport),
+		.dport = bpf_htons(p->dport),
+		.proto = p->proto,
+	};
+	struct policy_ct_value *v = bpf_map_lookup_elem(&cm_policy_ct, &key);
+	struct policy_ct_value init = {};
+	__u8 tcp_flags = policy_tcp_flags(ctx, p);
+	__u32 now = ct_now();
+	__u16 flags;
+
+	if (v) {
+		flags = ct_flags_after(v->flags, p->proto, tcp_flags);
+		now += ct_timeout(p->proto, tcp_flags, flags);
+		if (v->lifetime != now || v->flags != flags) {
+			v->lifetime = now;
+			v->flags = flags;
+		}
+		return;
+	}
+	init.flags = ct_flags_after(0, p->proto, tcp_flags);
+	init.lifetime = now + ct_timeout(p->proto, tcp_flags, init.flags);
+	bpf_map_update_elem(&cm_policy_ct, &key, &init, BPF_ANY);
+}
+
+/*
+ * Policy of local endpoint @endpoint_id in direction @dir (DIR_INGRESS: @p
+ * comes from @remote; DIR_EGRESS: it goes to @remote). Returns 0 to pass or
+ * -DROP_POLICY_DENY / -DROP_POLICY. @orig is the packet as it arrived, before
+ * any service translation: a reply is the reverse of a recorded connection
+ * only before its reverse NAT. *@track becomes true when the endpoint
+ * has any enforcement, i.e. the caller should record the connection once
+ * every check passed.
+ */
+static __always_inline int policy_check(struct __sk_buff *ctx, __u16 endpoint_id, __u8 dir,
+					__u32 remote, const struct policy_pkt *p,
+					const struct policy_pkt *orig, bool *track)
+{
+	const struct policy_enforce_value *ev;
+	__u32 ekey = endpoint_id;
+	__u32 enforce, flags;
+	int ret;
+
+	ev = bpf_map_lookup_elem(&cm_policy_enforce, &ekey);
+	if (!ev || !(ev->flags & POLICY_ENFORCE_ACTIVE))
+		return 0;
+	enforce = ev->flags;
+	if (enforce & (POLICY_ENFORCE_INGRESS | POLICY_ENFORCE_EGRESS))
+		*track = true;
+	flags = policy_flags(endpoint_id, dir, p->proto, remote, p);
+	flags |= policy_flags(endpoint_id, dir, p->proto, 0, p);
+	flags |= policy_flags(endpoint_id, dir, 0, remote, p);
+	flags |= policy_flags(endpoint_id, dir, 0, 0, p);
+
+	if (flags & POLICY_F_DENY)
+		ret = -DROP_POLICY_DENY;
+	else if (!(enforce & (1U << dir)))
+		return 0;
+	else if (flags & POLICY_F_ALLOW)
+		return 0;
+	else
+		ret = -DROP_POLICY;
+	if (policy_ct_is_reply(ctx, orig))
+		return 0;
+	return ret;
+}
+
+#endif /* CM_POLICY_H */

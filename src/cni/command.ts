@@ -1,0 +1,33 @@
+// `clustermesh cni`: the executable a kubelet (or the lab's node runtime) calls
+// with the CNI_* environment and the network config on stdin.
+import { Command } from 'commander';
+import { runCni } from './plugin.ts';
+
+async function readStdin(): Promise<string> {
+  if (process.stdin.isTTY) return '';
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+export function cniCommand(): Command {
+  return new Command('cni')
+    .description('CNI plugin (spec 1.0.0): ADD, DEL, CHECK and VERSION of a pod network, driven by CNI_* environment variables and the network config on stdin')
+    .addHelpText(
+      'after',
+      `
+Example:
+  echo '{"cniVersion":"1.0.0","name":"clustermesh","type":"clustermesh","agentSocket":"/var/run/clustermesh/agent.sock","ipam":{"podCIDR":"10.101.1.0/24"}}' |
+    CNI_COMMAND=ADD CNI_CONTAINERID=c0ffee CNI_NETNS=/var/run/netns/pod1 CNI_IFNAME=eth0 \\
+    CNI_ARGS='K8S_POD_NAMESPACE=default;K8S_POD_NAME=web' clustermesh cni
+
+The result (or a CNI error {cniVersion, code, msg, details} with a non-zero exit) is printed on stdout.
+Error codes: 1 incompatible version, 4 invalid environment, 6 stdin not JSON, 7 invalid network config,
+11 try again later (agent unreachable or not ready), 999 other.`,
+    )
+    .action(async () => {
+      const out = await runCni(process.env, await readStdin());
+      process.stdout.write(out.stdout);
+      process.exit(out.exitCode);
+    });
+}

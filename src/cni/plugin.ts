@@ -1,0 +1,226 @@
+// The CNI plugin's commands (spec 1.0.0): ADD, DEL, CHECK, VERSION. `runCni`
+// takes the environment and stdin and returns what to print and the exit
+// status, so it is testable without a process; command.ts is the thin entry.
+//
+// ADD  validate → agent healthy? (else 11) → IPAM → veth pair wired → agent
+//      endpoint → result. Any failure removes what this call created (the
+//      veth, a freshly taken address). A repeated ADD for the same container
+//      finds its veth and address in place and returns the same result.
+// DEL  agent endpoint deleted, veth removed, address released; missing pieces
+//      are success. When the agent is unreachable the veth still goes, the
+//      address is kept, and the answer is code 11 so the runtime retries.
+// CHECK the address is allocated, both veth ends exist with the address and
+//      the default route, and the agent has the endpoint with that address.
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { AgentClient, AgentUnavailableError, ApiError } from '../agent/client.ts';
+import { CNI_VERSION, SUPPORTED_VERSIONS, checkPodIP, parseEnv, parseNetConf, parseVersion, type CniEnv, type NetConf } from './config.ts';
+import { CniCode, CniError, toCniError } from './errors.ts';
+import { HostLocalIpam } from './ipam.ts';
+import { defaultRoute, linkInfo, unwirePodVeth, wirePodVeth, WireCommandError } from './wire.ts';
+
+export interface CniOutput {
+  stdout: string;
+  exitCode: number;
+}
+
+export interface CniResult {
+  cniVersion: string;
+  interfaces: Array<{ name: string; mac: string; sandbox?: string }>;
+  ips: Array<{ address: string; gateway: string; interface: number }>;
+  routes: Array<{ dst: string; gw: string }>;
+  dns: { nameservers?: string[]; domain?: string; search?: string[]; options?: string[] };
+}
+
+/** The host-side device of a container: `lxc` + 11 hex digits of its ID's SHA-256 (14 characters). */
+export function hostIfNameFor(containerID: string): string {
+  return `lxc${createHash('sha256').update(containerID).digest('hex').slice(0, 11)}`;
+}
+
+export async function runCni(env: NodeJS.ProcessEnv, stdin: string): Promise<CniOutput> {
+  let cniVersion = CNI_VERSION;
+  try {
+    const cniEnv = parseEnv(env);
+    if (cniEnv.command === 'VERSION') {
+      let v = CNI_VERSION;
+      try {
+        v = parseVersion(stdin, { requireSupported: false }).cniVersion;
+      } catch {
+        /* VERSION answers whatever stdin holds */
+      }
+      return { stdout: JSON.stringify({ cniVersion: v, supportedVersions: SUPPORTED_VERSIONS }) + '\n', exitCode: 0 };
+    }
+    try {
+      cniVersion = parseVersion(stdin, { requireSupported: false }).cniVersion;
+    } catch {
+      /* reported by parseNetConf below */
+    }
+    const conf = parseNetConf(stdin);
+    const client = new AgentClient(conf.agentSocket, { timeoutMs: conf.agentTimeoutMs });
+    try {
+      switch (cniEnv.command) {
+        case 'ADD':
+          return { stdout: JSON.stringify(await add(cniEnv, conf, client), null, 1) + '\n', exitCode: 0 };
+        case 'DEL':
+          await del(cniEnv, conf, client);
+          return { stdout: '', exitCode: 0 };
+        case 'CHECK':
+          await check(cniEnv, conf, client);
+          return { stdout: '', exitCode: 0 };
+      }
+    } finally {
+      client.close();
+    }
+  } catch (err) {
+    return { stdout: JSON.stringify(toCniError(err).toJSON(cniVersion), null, 1) + '\n', exitCode: 1 };
+  }
+}
+
+function ipamFor(conf: NetConf): HostLocalIpam {
+  return new HostLocalIpam(conf.dataDir, { podCIDR: conf.podCIDR, gateway: conf.gateway, rangeStart: conf.rangeStart, rangeEnd: conf.rangeEnd });
+}
+
+/** Agent failures as CNI errors: unreachable or not ready → 11, a refusal → 999 with the agent's reason. */
+function agentError(err: unknown, what: string): unknown {
+  if (err instanceof AgentUnavailableError) return new CniError(CniCode.TryAgainLater, `${what}: ${err.message}`, err.code);
+  if (err instanceof ApiError) {
+    if (err.code === 'unavailable' || err.code === 'stopping') return new CniError(CniCode.TryAgainLater, `${what}: the agent is not ready (${err.code}): ${err.message}`);
+    return new CniError(CniCode.Generic, `${what}: the agent refused (${err.code}): ${err.message}`, `HTTP ${err.status}`);
+  }
+  if (err instanceof WireCommandError) return new CniError(CniCode.Generic, `${what}: ${err.message}`);
+  return err;
+}
+
+async function requireAgentReady(client: AgentClient): Promise<void> {
+  let ready: boolean;
+  let phase = '';
+  try {
+    const h = await client.health();
+    ready = h?.ready === true;
+    phase = h?.phase ?? '';
+  } catch (err) {
+    throw agentError(err, 'agent health check');
+  }
+  if (!ready) throw new CniError(CniCode.TryAgainLater, `the agent at ${client.socketPath} is not ready yet (phase ${phase || 'unknown'}); try again later`);
+}
+
+function buildResult(env: CniEnv, conf: NetConf, hostIfName: string, hostMac: string, podMac: string, ip: string): CniResult {
+  const dns: CniResult['dns'] = {};
+  if (conf.dns) {
+    if (conf.dns.nameservers.length) dns.nameservers = conf.dns.nameservers;
+    if (conf.dns.domain) dns.domain = conf.dns.domain;
+    if (conf.dns.search.length) dns.search = conf.dns.search;
+    if (conf.dns.options.length) dns.options = conf.dns.options;
+  }
+  return {
+    cniVersion: conf.cniVersion,
+    interfaces: [
+      { name: hostIfName, mac: hostMac },
+      { name: env.ifName, mac: podMac, sandbox: env.netns! },
+    ],
+    ips: [{ address: `${ip}/32`, gateway: conf.gateway, interface: 1 }],
+    routes: [{ dst: '0.0.0.0/0', gw: conf.gateway }],
+    dns,
+  };
+}
+
+async function add(env: CniEnv, conf: NetConf, client: AgentClient): Promise<CniResult> {
+  const netns = env.netns!;
+  if (!existsSync(netns)) throw new CniError(CniCode.InvalidEnv, `CNI_NETNS: ${netns} does not exist`);
+  if (env.argIP !== undefined) checkPodIP(env.argIP, conf.podCIDR, conf.gateway, 'CNI_ARGS IP', CniCode.InvalidEnv);
+  if (env.argIP !== undefined && conf.runtimeIP !== undefined && env.argIP !== conf.runtimeIP)
+    throw new CniError(CniCode.InvalidConfig, `runtimeConfig.ips (${conf.runtimeIP}) and CNI_ARGS IP (${env.argIP}) disagree`);
+  await requireAgentReady(client);
+
+  const hostIfName = hostIfNameFor(env.containerID);
+  const ipam = ipamFor(conf);
+  const { ip, fresh } = await ipam.allocate(env.containerID, env.ifName, env.argIP ?? conf.runtimeIP);
+  let created = false;
+  try {
+    let hostMac: string;
+    let podMac: string;
+    const host = await linkInfo(undefined, hostIfName);
+    const pod = await linkInfo(netns, env.ifName);
+    if (host && pod && pod.addresses.includes(`${ip}/32`)) {
+      // A repeated ADD: the wiring is in place.
+      hostMac = host.mac;
+      podMac = pod.mac;
+    } else {
+      if (pod && !host) throw new CniError(CniCode.Generic, `CNI_IFNAME: ${env.ifName} already exists in ${netns} and is not ours`);
+      if (host) await unwirePodVeth({ hostIfName }); // half-wired by a crashed ADD: start over
+      const info = await wirePodVeth({ hostIfName, podNetns: netns, podIfName: env.ifName, mtu: conf.mtu, ip, gatewayIP: conf.gateway });
+      created = true;
+      hostMac = info.hostMac;
+      podMac = info.podMac;
+    }
+    const serviceAccount = env.serviceAccount ?? conf.serviceAccount;
+    try {
+      await client.putEndpoint(env.containerID, {
+        namespace: env.podNamespace!,
+        podName: env.podName!,
+        ip,
+        hostIfName,
+        podMac,
+        labels: conf.labels,
+        ...(serviceAccount !== undefined ? { serviceAccount } : {}),
+      });
+    } catch (err) {
+      throw agentError(err, `registering endpoint ${env.containerID} with the agent`);
+    }
+    return buildResult(env, conf, hostIfName, hostMac, podMac, ip);
+  } catch (err) {
+    const cleanup: string[] = [];
+    if (created) await unwirePodVeth({ hostIfName }).catch((e: unknown) => cleanup.push(`removing ${hostIfName}: ${(e as Error).message}`));
+    if (fresh) await ipam.release(env.containerID, env.ifName).catch((e: unknown) => cleanup.push(`releasing ${ip}: ${(e as Error).message}`));
+    const e = toCniError(agentError(err, 'ADD'));
+    if (cleanup.length) throw new CniError(e.code, e.message, [e.details, 'rollback failed:', ...cleanup].filter(Boolean).join('\n'));
+    throw e;
+  }
+}
+
+async function del(env: CniEnv, conf: NetConf, client: AgentClient): Promise<void> {
+  let agentFailure: unknown;
+  try {
+    await client.deleteEndpoint(env.containerID);
+  } catch (err) {
+    agentFailure = agentError(err, `deleting endpoint ${env.containerID} from the agent`);
+  }
+  // Removing the host side removes the pod side with it (also when the pod's namespace is gone).
+  await unwirePodVeth({ hostIfName: hostIfNameFor(env.containerID) }).catch((err: unknown) => {
+    throw agentError(err, 'DEL');
+  });
+  if (agentFailure) throw agentFailure; // keep the address until the agent has let go of it
+  await ipamFor(conf).release(env.containerID, env.ifName);
+}
+
+async function check(env: CniEnv, conf: NetConf, client: AgentClient): Promise<void> {
+  const netns = env.netns!;
+  const fail = (msg: string): never => {
+    throw new CniError(CniCode.Generic, `CHECK ${env.containerID}: ${msg}`);
+  };
+  if (!existsSync(netns)) throw new CniError(CniCode.InvalidEnv, `CNI_NETNS: ${netns} does not exist`);
+  // The agent first: without it the check cannot be answered (11, not a failed check).
+  let eps;
+  try {
+    eps = await client.listEndpoints();
+  } catch (err) {
+    throw agentError(err, 'listing the agent endpoints');
+  }
+  const ip = ipamFor(conf).lookup(env.containerID, env.ifName);
+  if (ip === undefined) return fail(`no address is allocated to ${env.ifName}`);
+  const prev = conf.prevResult as Partial<CniResult> | undefined;
+  const prevIP = prev?.ips?.[0]?.address?.replace(/\/32$/, '');
+  if (prevIP !== undefined && prevIP !== ip) fail(`prevResult has ${prevIP}, the allocation is ${ip}`);
+  const hostIfName = hostIfNameFor(env.containerID);
+  const host = await linkInfo(undefined, hostIfName);
+  if (!host) return fail(`host-side device ${hostIfName} is missing`);
+  const pod = await linkInfo(netns, env.ifName);
+  if (!pod) return fail(`${env.ifName} is missing in ${netns}`);
+  if (!pod.addresses.includes(`${ip}/32`)) fail(`${env.ifName} has ${pod.addresses.join(', ') || 'no address'}, expected ${ip}/32`);
+  if (pod.mtu !== conf.mtu) fail(`${env.ifName} has MTU ${pod.mtu}, expected ${conf.mtu}`);
+  const route = await defaultRoute(netns);
+  if (!route || route.gateway !== conf.gateway || route.dev !== env.ifName) fail(`the default route is ${route ? `via ${route.gateway} dev ${route.dev}` : 'missing'}, expected via ${conf.gateway} dev ${env.ifName}`);
+  const ep = eps.find((e) => e.containerID === env.containerID);
+  if (!ep) return fail('the agent has no endpoint for it');
+  if (ep.ip !== ip || ep.hostIfName !== hostIfName) fail(`the agent's endpoint has ${ep.ip} on ${ep.hostIfName}, expected ${ip} on ${hostIfName}`);
+}

@@ -1,0 +1,56 @@
+// The shared wiring on its own (root; namespaces named cmt-wire-*): named
+// namespaces on both sides, as the lab's topology would call it, and the
+// rollback when the pod side cannot be configured.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { linkInfo, unwirePodVeth, wirePodVeth } from './wire.ts';
+
+const id = randomBytes(3).toString('hex');
+const nodeNs = `cmt-wire-${id}-n`;
+const podNs = `cmt-wire-${id}-p`;
+const sh = (...argv: string[]): string => execFileSync(argv[0]!, argv.slice(1), { encoding: 'utf8' });
+
+before(() => {
+  sh('ip', 'netns', 'add', nodeNs);
+  sh('ip', 'netns', 'add', podNs);
+  // The node owns 10.200.0.1 (on lo) so the pod has something to ping through its gateway.
+  sh('ip', '-n', nodeNs, 'link', 'set', 'lo', 'up');
+  sh('ip', '-n', nodeNs, 'addr', 'add', '10.200.0.1/32', 'dev', 'lo');
+});
+
+after(() => {
+  for (const ns of [podNs, nodeNs]) {
+    try {
+      sh('ip', 'netns', 'del', ns);
+    } catch {
+      /* already gone */
+    }
+  }
+});
+
+test('wirePodVeth between two named namespaces: MTU, /32, static gateway, default route; the pod reaches the node', async () => {
+  const info = await wirePodVeth({ hostNetns: nodeNs, hostIfName: 'lxcwire0', podNetns: podNs, podIfName: 'eth0', mtu: 1450, ip: '10.201.0.5', gatewayIP: '10.201.0.1' });
+  const host = await linkInfo(nodeNs, 'lxcwire0');
+  const pod = await linkInfo(podNs, 'eth0');
+  assert.deepEqual([host?.mac, host?.mtu, host?.ifindex], [info.hostMac, 1450, info.hostIfIndex]);
+  assert.deepEqual([pod?.mac, pod?.mtu, pod?.addresses], [info.podMac, 1450, ['10.201.0.5/32']]);
+  assert.match(sh('ip', '-n', podNs, 'neigh', 'show', '10.201.0.1'), new RegExp(`lladdr ${info.hostMac} PERMANENT`));
+  assert.match(sh('ip', '-n', podNs, 'route', 'show', 'default'), /default via 10\.201\.0\.1 dev eth0 onlink/);
+  assert.match(sh('ip', '-n', nodeNs, 'route', 'show', '10.201.0.5'), /10\.201\.0\.5 dev lxcwire0 scope link/);
+  assert.match(sh('ip', 'netns', 'exec', podNs, 'ping', '-c', '1', '-W', '2', '10.200.0.1'), /1 received/);
+  assert.equal(await unwirePodVeth({ hostNetns: nodeNs, hostIfName: 'lxcwire0' }), true);
+  assert.equal(await linkInfo(podNs, 'eth0'), undefined, 'the peer goes with it');
+  assert.equal(await unwirePodVeth({ hostNetns: nodeNs, hostIfName: 'lxcwire0' }), false, 'already gone: false, no error');
+});
+
+test('a failure while configuring the pod side removes the pair', async () => {
+  // 10.201.0.300 is not an address: `addr add` in the pod fails after the pair exists.
+  await assert.rejects(wirePodVeth({ hostNetns: nodeNs, hostIfName: 'lxcwire1', podNetns: podNs, podIfName: 'eth1', mtu: 1450, ip: '10.201.0.300', gatewayIP: '10.201.0.1' }));
+  assert.equal(await linkInfo(nodeNs, 'lxcwire1'), undefined);
+  assert.equal(await linkInfo(podNs, 'eth1'), undefined);
+  // And a pod namespace that does not exist: nothing is created on the node.
+  await assert.rejects(wirePodVeth({ hostNetns: nodeNs, hostIfName: 'lxcwire2', podNetns: `/var/run/netns/cmt-wire-${id}-none`, podIfName: 'eth0', mtu: 1450, ip: '10.201.0.6', gatewayIP: '10.201.0.1' }));
+  assert.equal(await linkInfo(nodeNs, 'lxcwire2'), undefined);
+});

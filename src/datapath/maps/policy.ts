@@ -1,0 +1,265 @@
+// cm_policy, cm_policy_enforce and cm_policy_ct (bpf/lib/policy.h).
+//
+// cm_policy: LPM trie (local endpoint, direction, protocol, remote identity,
+// destination port prefix) -> allow/deny flags. The prefix always covers
+// endpoint..identity (64 bits) plus portPrefixLen (0..16) leading bits of the
+// port; "any port" is portPrefixLen 0, a range is stored as the prefixes that
+// cover it. The stored flags of a prefix are its own merged with those of
+// every shorter stored prefix of the same (endpoint, direction, protocol,
+// identity), because the kernel returns only the longest match
+// (src/policy/to-map.ts computes them).
+// cm_policy_enforce: array indexed by endpoint id -> ACTIVE (the endpoint
+// has policy; without it the datapath skips its cm_policy lookups) and which
+// directions are enforced. An array: "removing" an endpoint writes zeros
+// (clearEnforce), and entries() walks all 65536 slots.
+// cm_policy_ct: LRU of connections whose replies pass policy.
+import { type MapHandle, expectSize, field, readIPv4, readU16, readU32, struct, typedOps, writeIPv4, writeU16, writeU32 } from './codec.ts';
+import { Direction } from './reasons.ts';
+
+export const MAP_NAME = 'cm_policy';
+export const ENFORCE_MAP_NAME = 'cm_policy_enforce';
+export const CT_MAP_NAME = 'cm_policy_ct';
+
+/** Capacity of cm_policy (POLICY_MAX_ENTRIES). */
+export const MAX_ENTRIES = 65536;
+
+/** enum cm_policy_flag: bits of policy_value.flags. */
+export const PolicyFlag = {
+  POLICY_F_ALLOW: 1 << 0,
+  POLICY_F_DENY: 1 << 1,
+} as const;
+
+/** enum cm_policy_enforce_flag: bits of policy_enforce_value.flags (1 << enum cm_direction). */
+export const PolicyEnforceFlag = {
+  POLICY_ENFORCE_ACTIVE: 1 << 0,
+  POLICY_ENFORCE_INGRESS: 1 << Direction.DIR_INGRESS,
+  POLICY_ENFORCE_EGRESS: 1 << Direction.DIR_EGRESS,
+} as const;
+
+/** Bits of the LPM prefix before the port (POLICY_PREFIX_FIXED). */
+export const PREFIX_FIXED_BITS = 64;
+
+/** struct policy_key: numbers host order except port (network order). */
+export const KEY_LAYOUT = struct('policy_key', 16, {
+  prefixlen: field(0, 4),
+  endpoint_id: field(4, 2),
+  direction: field(6, 1),
+  protocol: field(7, 1),
+  identity: field(8, 4),
+  port: field(12, 2),
+  pad: field(14, 2),
+});
+
+export const VALUE_LAYOUT = struct('policy_value', 4, {
+  flags: field(0, 4),
+});
+
+export const ENFORCE_VALUE_LAYOUT = struct('policy_enforce_value', 4, {
+  flags: field(0, 4),
+});
+
+/** struct policy_ct_key: addresses and ports network order. */
+export const CT_KEY_LAYOUT = struct('policy_ct_key', 16, {
+  saddr: field(0, 4),
+  daddr: field(4, 4),
+  sport: field(8, 2),
+  dport: field(10, 2),
+  proto: field(12, 1),
+  pad: field(13, 3),
+});
+
+export const CT_VALUE_LAYOUT = struct('policy_ct_value', 8, {
+  lifetime: field(0, 4),
+  flags: field(4, 4),
+});
+
+export type PolicyDirection = 'ingress' | 'egress';
+
+export interface Key {
+  endpointId: number;
+  direction: PolicyDirection;
+  /** IP protocol number, 0 = any. */
+  protocol: number;
+  /** Remote identity, 0 = any. */
+  identity: number;
+  /** First port of the prefix; its low 16 - portPrefixLen bits are 0. */
+  port: number;
+  /** Leading bits of port that count, 0 (any port) .. 16 (exactly port). */
+  portPrefixLen: number;
+}
+
+export interface Value {
+  allow: boolean;
+  deny: boolean;
+}
+
+export interface EnforceKey {
+  endpointId: number;
+}
+
+export interface EnforceValue {
+  /** The endpoint has policy (entries or enforcement); false: none, lookups skipped. */
+  active: boolean;
+  ingress: boolean;
+  egress: boolean;
+}
+
+export interface CtKey {
+  src: string;
+  dst: string;
+  sport: number;
+  dport: number;
+  protocol: number;
+}
+
+export interface CtValue {
+  /** Expiry, seconds of CLOCK_MONOTONIC. */
+  lifetime: number;
+  flags: number;
+}
+
+function dirCode(d: PolicyDirection): number {
+  return d === 'ingress' ? Direction.DIR_INGRESS : Direction.DIR_EGRESS;
+}
+
+function dirName(c: number): PolicyDirection {
+  if (c === Direction.DIR_INGRESS) return 'ingress';
+  if (c === Direction.DIR_EGRESS) return 'egress';
+  throw new RangeError(`policy_key.direction ${c}`);
+}
+
+function checkPrefix(k: Pick<Key, 'port' | 'portPrefixLen'>): void {
+  if (!Number.isInteger(k.portPrefixLen) || k.portPrefixLen < 0 || k.portPrefixLen > 16) {
+    throw new RangeError(`port prefix length ${k.portPrefixLen} is not in 0..16`);
+  }
+  if (!Number.isInteger(k.port) || k.port < 0 || k.port > 0xffff) throw new RangeError(`port ${k.port} is not in 0..65535`);
+  const hostBits = 16 - k.portPrefixLen;
+  if (k.port & ((1 << hostBits) - 1)) throw new RangeError(`port ${k.port}/${k.portPrefixLen} has bits set beyond its prefix`);
+}
+
+export function encodeKey(k: Key): Buffer {
+  const f = KEY_LAYOUT.fields;
+  checkPrefix(k);
+  const b = Buffer.alloc(KEY_LAYOUT.size);
+  writeU32(b, f.prefixlen.offset, PREFIX_FIXED_BITS + k.portPrefixLen);
+  writeU16(b, f.endpoint_id.offset, k.endpointId);
+  b[f.direction.offset] = dirCode(k.direction);
+  if (!Number.isInteger(k.protocol) || k.protocol < 0 || k.protocol > 255) throw new RangeError(`protocol ${k.protocol}`);
+  b[f.protocol.offset] = k.protocol;
+  writeU32(b, f.identity.offset, k.identity);
+  b.writeUInt16BE(k.port, f.port.offset);
+  return b;
+}
+
+export function decodeKey(b: Buffer): Key {
+  expectSize(b, KEY_LAYOUT);
+  const f = KEY_LAYOUT.fields;
+  const prefixlen = readU32(b, f.prefixlen.offset);
+  if (prefixlen < PREFIX_FIXED_BITS || prefixlen > PREFIX_FIXED_BITS + 16) throw new RangeError(`policy_key.prefixlen ${prefixlen}`);
+  return {
+    endpointId: readU16(b, f.endpoint_id.offset),
+    direction: dirName(b[f.direction.offset]!),
+    protocol: b[f.protocol.offset]!,
+    identity: readU32(b, f.identity.offset),
+    port: b.readUInt16BE(f.port.offset),
+    portPrefixLen: prefixlen - PREFIX_FIXED_BITS,
+  };
+}
+
+export function encodeValue(v: Value): Buffer {
+  const b = Buffer.alloc(VALUE_LAYOUT.size);
+  writeU32(b, VALUE_LAYOUT.fields.flags.offset, (v.allow ? PolicyFlag.POLICY_F_ALLOW : 0) | (v.deny ? PolicyFlag.POLICY_F_DENY : 0));
+  return b;
+}
+
+export function decodeValue(b: Buffer): Value {
+  expectSize(b, VALUE_LAYOUT);
+  const flags = readU32(b, VALUE_LAYOUT.fields.flags.offset);
+  return { allow: (flags & PolicyFlag.POLICY_F_ALLOW) !== 0, deny: (flags & PolicyFlag.POLICY_F_DENY) !== 0 };
+}
+
+/** Key of cm_policy_enforce: the endpoint id as a __u32 array index. */
+export function encodeEnforceKey(k: EnforceKey): Buffer {
+  if (!Number.isInteger(k.endpointId) || k.endpointId < 0 || k.endpointId > 0xffff) throw new RangeError(`endpoint id ${k.endpointId}`);
+  const b = Buffer.alloc(4);
+  writeU32(b, 0, k.endpointId);
+  return b;
+}
+
+export function decodeEnforceKey(b: Buffer): EnforceKey {
+  if (b.length !== 4) throw new RangeError(`cm_policy_enforce key: ${b.length} bytes, expected 4`);
+  return { endpointId: readU32(b, 0) };
+}
+
+export function encodeEnforceValue(v: EnforceValue): Buffer {
+  const b = Buffer.alloc(ENFORCE_VALUE_LAYOUT.size);
+  const flags =
+    (v.active ? PolicyEnforceFlag.POLICY_ENFORCE_ACTIVE : 0) |
+    (v.ingress ? PolicyEnforceFlag.POLICY_ENFORCE_INGRESS : 0) |
+    (v.egress ? PolicyEnforceFlag.POLICY_ENFORCE_EGRESS : 0);
+  writeU32(b, ENFORCE_VALUE_LAYOUT.fields.flags.offset, flags);
+  return b;
+}
+
+export function decodeEnforceValue(b: Buffer): EnforceValue {
+  expectSize(b, ENFORCE_VALUE_LAYOUT);
+  const flags = readU32(b, ENFORCE_VALUE_LAYOUT.fields.flags.offset);
+  return {
+    active: (flags & PolicyEnforceFlag.POLICY_ENFORCE_ACTIVE) !== 0,
+    ingress: (flags & PolicyEnforceFlag.POLICY_ENFORCE_INGRESS) !== 0,
+    egress: (flags & PolicyEnforceFlag.POLICY_ENFORCE_EGRESS) !== 0,
+  };
+}
+
+export function encodeCtKey(k: CtKey): Buffer {
+  const f = CT_KEY_LAYOUT.fields;
+  const b = Buffer.alloc(CT_KEY_LAYOUT.size);
+  writeIPv4(b, f.saddr.offset, k.src);
+  writeIPv4(b, f.daddr.offset, k.dst);
+  b.writeUInt16BE(k.sport, f.sport.offset);
+  b.writeUInt16BE(k.dport, f.dport.offset);
+  b.writeUInt8(k.protocol, f.proto.offset);
+  return b;
+}
+
+export function decodeCtKey(b: Buffer): CtKey {
+  expectSize(b, CT_KEY_LAYOUT);
+  const f = CT_KEY_LAYOUT.fields;
+  return {
+    src: readIPv4(b, f.saddr.offset),
+    dst: readIPv4(b, f.daddr.offset),
+    sport: b.readUInt16BE(f.sport.offset),
+    dport: b.readUInt16BE(f.dport.offset),
+    protocol: b[f.proto.offset]!,
+  };
+}
+
+export function encodeCtValue(v: CtValue): Buffer {
+  const b = Buffer.alloc(CT_VALUE_LAYOUT.size);
+  writeU32(b, CT_VALUE_LAYOUT.fields.lifetime.offset, v.lifetime);
+  writeU32(b, CT_VALUE_LAYOUT.fields.flags.offset, v.flags);
+  return b;
+}
+
+export function decodeCtValue(b: Buffer): CtValue {
+  expectSize(b, CT_VALUE_LAYOUT);
+  return { lifetime: readU32(b, CT_VALUE_LAYOUT.fields.lifetime.offset), flags: readU32(b, CT_VALUE_LAYOUT.fields.flags.offset) };
+}
+
+export const { lookup, update, remove, entries, updateMany, removeMany } = typedOps<Key, Value>(
+  { encode: encodeKey, decode: decodeKey },
+  { encode: encodeValue, decode: decodeValue },
+);
+
+export const enforce = typedOps<EnforceKey, EnforceValue>(
+  { encode: encodeEnforceKey, decode: decodeEnforceKey },
+  { encode: encodeEnforceValue, decode: decodeEnforceValue },
+);
+
+export const ct = typedOps<CtKey, CtValue>({ encode: encodeCtKey, decode: decodeCtKey }, { encode: encodeCtValue, decode: decodeCtValue });
+
+/** The array's "delete": endpoints without policy get zeros (not ACTIVE). */
+export function clearEnforce(map: MapHandle, endpointIds: Iterable<number>): void {
+  const none: EnforceValue = { active: false, ingress: false, egress: false };
+  enforce.updateMany(map, [...endpointIds].map((endpointId) => [{ endpointId }, none] as const));
+}

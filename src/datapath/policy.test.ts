@@ -1,0 +1,417 @@
+// Network policy in the datapath (bpf/lib/policy.h) with BPF_PROG_TEST_RUN:
+// frames through from_container (egress of the sender, ingress of a local
+// receiver) and test_from_overlay (ingress with the identity from the VNI),
+// against maps written by src/policy/to-map.ts; verdicts cross-checked
+// against src/policy/decide.ts. Test-run uses lo (ifindex 1), so every
+// local pod here sits behind ifindex 1 and any of them can send.
+import assert from 'node:assert/strict';
+import { after, before, beforeEach, describe, it } from 'node:test';
+import { removePinDir } from './bpffs.ts';
+import { BpfObject } from './libbpf/object.ts';
+import type { BpfMap } from './libbpf/map.ts';
+import { TcAction } from './libbpf/program.ts';
+import type { RingBufferReader } from './libbpf/ringbuf.ts';
+import { planFrontend } from '../loadbalancer/index.ts';
+import * as backendSlots from './maps/backend-slots.ts';
+import * as backends from './maps/backends.ts';
+import * as config from './maps/config.ts';
+import * as maglev from './maps/maglev.ts';
+import * as revnat from './maps/revnat.ts';
+import * as services from './maps/services.ts';
+import * as endpoints from './maps/endpoints.ts';
+import * as events from './maps/events.ts';
+import * as ipcache from './maps/ipcache.ts';
+import * as metrics from './maps/metrics.ts';
+import * as policy from './maps/policy.ts';
+import { decide, type PacketQuery } from '../policy/decide.ts';
+import { toPolicyMaps, type EnforcementState } from '../policy/to-map.ts';
+import type { Direction, PolicyMapEntry, ProtocolNumber } from '../policy/types.ts';
+import { ETH_P_IP, ethernet, ipv4, tcp } from './test-packets.ts';
+import { buildBpfObject, datapathSkipReason, tempPinDir } from './testing.ts';
+
+/** mulberry32: a small seeded PRNG whose low bits are not periodic (an LCG's are). */
+function prng(seed: number): (n: number) => number {
+  let a = seed >>> 0;
+  return (n) => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (((t ^ (t >>> 14)) >>> 0) % n);
+  };
+}
+
+const CFG: config.DatapathConfig = { vxlanIfindex: 42, nodeIp: '10.1.0.1', clusterId: 1, redirectPeer: false, tunnelMtu: 1450 };
+const MAC = { pod: '0a:00:00:00:00:0a', node: '0e:00:00:00:00:0a' };
+const A = { ip: '10.101.0.10', identity: 0x10100, endpointId: 10 };
+const B = { ip: '10.101.0.20', identity: 0x10101, endpointId: 20 };
+/** A pod on another node. */
+const R = { ip: '10.102.0.30', identity: 0x20100, node: '10.2.0.5' };
+
+type Proto = 6 | 17 | 132;
+
+/** Ethernet + IPv4 + TCP (SYN unless flags) / UDP / SCTP common header. */
+function frame(src: string, dst: string, protocol: Proto, sport: number, dport: number, tcpFlags = 0x02): Buffer {
+  let l4: Buffer;
+  if (protocol === 6) {
+    l4 = tcp(src, dst, sport, dport, Buffer.alloc(0), tcpFlags);
+  } else {
+    l4 = Buffer.alloc(protocol === 17 ? 8 : 12);
+    l4.writeUInt16BE(sport, 0);
+    l4.writeUInt16BE(dport, 2);
+    if (protocol === 17) l4.writeUInt16BE(8, 4);
+  }
+  return ethernet(MAC.node, MAC.pod, ETH_P_IP, ipv4({ src, dst, protocol, payload: l4 }));
+}
+
+const E = (p: Partial<PolicyMapEntry> & Pick<PolicyMapEntry, 'endpointId' | 'direction'>): PolicyMapEntry => ({
+  remoteIdentity: 0,
+  protocol: 0,
+  port: 0,
+  portEnd: 65535,
+  verdict: 'allow',
+  ...p,
+});
+const enf = (endpointId: number, direction: Direction): EnforcementState => ({ endpointId, direction, enforced: true });
+
+describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason() }, () => {
+  let dir: string | undefined;
+  const objs: BpfObject[] = [];
+  let lxc: BpfObject;
+  let ovl: BpfObject;
+  let policyMap: BpfMap;
+  let enforceMap: BpfMap;
+  let ctMap: BpfMap;
+  let ipcacheMap: BpfMap;
+  let metricsMap: BpfMap;
+  let reader: RingBufferReader | undefined;
+  const got: events.DatapathEvent[] = [];
+
+  function load(rel: string): BpfObject {
+    const o = BpfObject.open(buildBpfObject(rel), { pinRoot: dir! });
+    objs.push(o);
+    config.applyConfig(o, CFG);
+    o.load();
+    return o;
+  }
+
+  before(() => {
+    dir = tempPinDir('policy');
+    lxc = load('lxc.bpf.o');
+    ovl = load('test/overlay_test.bpf.o');
+    policyMap = lxc.map(policy.MAP_NAME);
+    enforceMap = lxc.map(policy.ENFORCE_MAP_NAME);
+    ctMap = lxc.map(policy.CT_MAP_NAME);
+    ipcacheMap = lxc.map(ipcache.MAP_NAME);
+    metricsMap = lxc.map(metrics.MAP_NAME);
+    const epMap = lxc.map(endpoints.MAP_NAME);
+    for (const p of [A, B]) {
+      endpoints.update(epMap, { ip: p.ip }, { ifindex: 1, identity: p.identity, endpointId: p.endpointId, flags: 0, mac: MAC.pod, nodeMac: MAC.node });
+      ipcache.update(ipcacheMap, { addr: p.ip, prefixLen: 32 }, { identity: p.identity, tunnelEndpoint: null, flags: 0 });
+    }
+    ipcache.update(ipcacheMap, { addr: R.ip, prefixLen: 32 }, { identity: R.identity, tunnelEndpoint: R.node, flags: 0 });
+    reader = events.openReader(lxc.map(events.MAP_NAME), (e) => got.push(e));
+  });
+
+  after(() => {
+    reader?.close();
+    for (const o of objs) o.close();
+    if (dir) removePinDir(dir);
+  });
+
+  function clearPolicy(): void {
+    policy.removeMany(policyMap, [...policy.entries(policyMap)].map(([k]) => k));
+    policy.clearEnforce(enforceMap, [A.endpointId, B.endpointId]);
+    policy.ct.removeMany(ctMap, [...policy.ct.entries(ctMap)].map(([k]) => k));
+  }
+
+  function setPolicy(entries: PolicyMapEntry[], enforcement: EnforcementState[] = []): void {
+    clearPolicy();
+    const m = toPolicyMaps(entries, enforcement);
+    policy.updateMany(policyMap, m.policy);
+    policy.enforce.updateMany(enforceMap, m.enforce);
+  }
+
+  beforeEach(() => {
+    clearPolicy();
+    metrics.reset(metricsMap);
+    reader!.consume();
+    got.length = 0;
+  });
+
+  function run(obj: BpfObject, prog: string, f: Buffer): { retval: number; events: events.DatapathEvent[] } {
+    const r = obj.program(prog).testRun({ data: f });
+    got.length = 0;
+    reader!.consume();
+    return { retval: r.retval, events: [...got] };
+  }
+
+  function setTunnel(identity: number, remote: string): void {
+    const v = Buffer.alloc(8);
+    v.writeUInt32LE(identity, 0);
+    Buffer.from(remote.split('.').map(Number)).copy(v, 4);
+    ovl.map('cm_test_tunnel').update(Buffer.alloc(4), v);
+  }
+
+  /** 'pass' (redirected), or the drop reason's name. */
+  function verdict(r: { retval: number; events: events.DatapathEvent[] }): string {
+    if (r.retval === TcAction.redirect) return 'pass';
+    assert.equal(r.retval, TcAction.shot);
+    const drop = r.events.filter((e) => e.type === 'drop');
+    assert.equal(drop.length, 1, 'one drop event');
+    return drop[0]!.reasonName;
+  }
+
+  const fromContainer = (f: Buffer) => run(lxc, 'from_container', f);
+  const fromOverlay = (identity: number, f: Buffer) => {
+    setTunnel(identity, R.node);
+    return run(ovl, 'test_from_overlay', f);
+  };
+
+  it('with empty maps behaviour is as before and nothing is tracked', () => {
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80))), 'pass');
+    assert.equal(verdict(fromContainer(frame(A.ip, R.ip, 17, 40000, 53))), 'pass');
+    assert.equal(verdict(fromOverlay(R.identity, frame(R.ip, B.ip, 132, 5000, 9))), 'pass');
+    assert.equal([...policy.ct.entries(ctMap)].length, 0);
+    // Entries of an endpoint that is not ACTIVE in cm_policy_enforce are not looked at.
+    policy.update(policyMap, { endpointId: B.endpointId, direction: 'ingress', protocol: 0, identity: 0, port: 0, portPrefixLen: 0 }, { allow: false, deny: true });
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80))), 'pass');
+    policy.enforce.update(enforceMap, { endpointId: B.endpointId }, { active: true, ingress: false, egress: false });
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80))), 'DROP_POLICY_DENY');
+  });
+
+  it('allow: an enforced ingress admits exactly the allowed port; the rest is DROP_POLICY, counted, with an event', () => {
+    setPolicy([E({ endpointId: B.endpointId, direction: 'ingress', remoteIdentity: A.identity, protocol: 6, port: 80, portEnd: 80 })], [enf(B.endpointId, 'ingress')]);
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80))), 'pass');
+    metrics.reset(metricsMap);
+    const f = frame(A.ip, B.ip, 6, 40000, 81);
+    const r = fromContainer(f);
+    assert.equal(verdict(r), 'DROP_POLICY');
+    const e = r.events[0]!;
+    assert.deepEqual(
+      [e.direction, e.srcIdentity, e.dstIdentity, e.srcIp, e.dstIp, e.srcPort, e.dstPort, e.protocol],
+      ['ingress', A.identity, B.identity, A.ip, B.ip, 40000, 81, 6],
+    );
+    assert.deepEqual(
+      metrics.read(metricsMap).map((m) => [m.reasonName, m.direction, m.packets, m.bytes]),
+      [['DROP_POLICY', 'ingress', 1n, BigInt(f.length)]],
+    );
+    // From another node: the identity from the VNI is not A's.
+    assert.equal(verdict(fromOverlay(R.identity, frame(R.ip, B.ip, 6, 40000, 80))), 'DROP_POLICY');
+    assert.equal(verdict(fromOverlay(A.identity, frame(R.ip, B.ip, 6, 40000, 80))), 'pass');
+  });
+
+  it('a direction that is not enforced passes whatever its allow entries say', () => {
+    setPolicy([E({ endpointId: B.endpointId, direction: 'ingress', remoteIdentity: A.identity, protocol: 6, port: 80, portEnd: 80 })], [enf(B.endpointId, 'egress')]);
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 22))), 'pass');
+    assert.equal(verdict(fromOverlay(R.identity, frame(R.ip, B.ip, 17, 1, 2))), 'pass');
+  });
+
+  it('explicit deny beats allow, and denies also where nothing is enforced', () => {
+    setPolicy(
+      [
+        E({ endpointId: B.endpointId, direction: 'ingress', remoteIdentity: A.identity }),
+        E({ endpointId: B.endpointId, direction: 'ingress', remoteIdentity: A.identity, protocol: 6, port: 80, portEnd: 80, verdict: 'deny' }),
+      ],
+      [enf(B.endpointId, 'ingress')],
+    );
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80))), 'DROP_POLICY_DENY');
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 81))), 'pass');
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 17, 40000, 80))), 'pass');
+    setPolicy([E({ endpointId: B.endpointId, direction: 'ingress', remoteIdentity: 0, verdict: 'deny', protocol: 17, port: 53, portEnd: 53 })]);
+    assert.equal(verdict(fromOverlay(R.identity, frame(R.ip, B.ip, 17, 999, 53))), 'DROP_POLICY_DENY');
+    assert.equal(verdict(fromOverlay(R.identity, frame(R.ip, B.ip, 17, 999, 54))), 'pass');
+    assert.deepEqual(metrics.read(metricsMap).filter((m) => m.reasonName === 'DROP_POLICY_DENY').map((m) => [m.direction, m.packets]), [['ingress', 2n]]);
+  });
+
+  it('port ranges: inside passes, either side outside drops', () => {
+    setPolicy([E({ endpointId: B.endpointId, direction: 'ingress', protocol: 6, port: 8000, portEnd: 8099 })], [enf(B.endpointId, 'ingress')]);
+    const v = (port: number) => verdict(fromOverlay(R.identity, frame(R.ip, B.ip, 6, 1234, port)));
+    assert.deepEqual([7999, 8000, 8001, 8063, 8064, 8095, 8099, 8100, 0, 65535].map(v), [
+      'DROP_POLICY', 'pass', 'pass', 'pass', 'pass', 'pass', 'pass', 'DROP_POLICY', 'DROP_POLICY', 'DROP_POLICY',
+    ]);
+  });
+
+  it('any-identity and any-port entries', () => {
+    setPolicy(
+      [
+        E({ endpointId: B.endpointId, direction: 'ingress', remoteIdentity: 0, protocol: 6, port: 443, portEnd: 443 }),
+        E({ endpointId: B.endpointId, direction: 'ingress', remoteIdentity: A.identity, protocol: 0 }),
+      ],
+      [enf(B.endpointId, 'ingress')],
+    );
+    assert.equal(verdict(fromOverlay(R.identity, frame(R.ip, B.ip, 6, 1, 443))), 'pass');
+    assert.equal(verdict(fromOverlay(0x30000, frame(R.ip, B.ip, 6, 1, 443))), 'pass');
+    assert.equal(verdict(fromOverlay(R.identity, frame(R.ip, B.ip, 6, 1, 444))), 'DROP_POLICY');
+    for (const [p, port] of [[6, 1], [17, 53], [132, 9]] as const) assert.equal(verdict(fromContainer(frame(A.ip, B.ip, p, 1, port))), 'pass');
+  });
+
+  it('protocol: an entry for one protocol does not admit another on the same port', () => {
+    setPolicy(
+      [
+        E({ endpointId: B.endpointId, direction: 'ingress', protocol: 17, port: 53, portEnd: 53 }),
+        E({ endpointId: B.endpointId, direction: 'ingress', protocol: 132, port: 9, portEnd: 9 }),
+      ],
+      [enf(B.endpointId, 'ingress')],
+    );
+    const v = (p: Proto, port: number) => verdict(fromOverlay(R.identity, frame(R.ip, B.ip, p, 1, port)));
+    assert.deepEqual([v(17, 53), v(6, 53), v(132, 53), v(132, 9), v(6, 9), v(17, 9)], ['pass', 'DROP_POLICY', 'DROP_POLICY', 'pass', 'DROP_POLICY', 'DROP_POLICY']);
+  });
+
+  it('protocols without ports (ICMP) match only all-ports entries; echo replies pass via conntrack', () => {
+    const icmp = (src: string, dst: string, type: number) => {
+      const m = Buffer.from([type, 0, 0, 0, 0, 1, 0, 1]);
+      return ethernet(MAC.node, MAC.pod, ETH_P_IP, ipv4({ src, dst, protocol: 1, payload: m }));
+    };
+    setPolicy(
+      [
+        E({ endpointId: B.endpointId, direction: 'ingress', protocol: 0, port: 0, portEnd: 100 }),
+        E({ endpointId: A.endpointId, direction: 'egress', remoteIdentity: B.identity }),
+      ],
+      [enf(A.endpointId, 'ingress'), enf(A.endpointId, 'egress'), enf(B.endpointId, 'ingress')],
+    );
+    assert.equal(verdict(fromContainer(icmp(A.ip, B.ip, 8))), 'DROP_POLICY', 'a port range admits no ICMP');
+    setPolicy(
+      [
+        E({ endpointId: B.endpointId, direction: 'ingress', remoteIdentity: A.identity, protocol: 0 }),
+        E({ endpointId: A.endpointId, direction: 'egress', remoteIdentity: B.identity }),
+      ],
+      [enf(A.endpointId, 'ingress'), enf(A.endpointId, 'egress'), enf(B.endpointId, 'ingress')],
+    );
+    assert.equal(verdict(fromContainer(icmp(B.ip, A.ip, 8))), 'DROP_POLICY', 'A accepts nothing');
+    assert.equal(verdict(fromContainer(icmp(A.ip, B.ip, 8))), 'pass');
+    assert.equal(verdict(fromContainer(icmp(B.ip, A.ip, 0))), 'pass', 'the echo reply');
+  });
+
+  it('egress: enforced at the sender, before the tunnel; the destination identity from the ipcache', () => {
+    setPolicy([E({ endpointId: A.endpointId, direction: 'egress', remoteIdentity: R.identity, protocol: 6, port: 443, portEnd: 443 })], [enf(A.endpointId, 'egress')]);
+    assert.equal(verdict(fromContainer(frame(A.ip, R.ip, 6, 40000, 443))), 'pass');
+    const r = fromContainer(frame(A.ip, R.ip, 6, 40000, 80));
+    assert.equal(verdict(r), 'DROP_POLICY');
+    assert.deepEqual([r.events[0]!.direction, r.events[0]!.srcIdentity, r.events[0]!.dstIdentity, r.events[0]!.dstPort], ['egress', A.identity, R.identity, 80]);
+    // Local destination: egress of A is checked before ingress of B (not enforced).
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 443))), 'DROP_POLICY');
+    // Off the mesh (no ipcache entry): identity world (2).
+    setPolicy([E({ endpointId: A.endpointId, direction: 'egress', remoteIdentity: 2 })], [enf(A.endpointId, 'egress')]);
+    const w = fromContainer(frame(A.ip, '192.0.2.1', 6, 40000, 80));
+    assert.equal(w.retval, TcAction.ok, 'to the stack');
+  });
+
+  it('replies of allowed connections pass via conntrack; a new connection the other way is denied', () => {
+    // A may only talk to B:80 and accepts nothing; B accepts only A:80 and sends nothing.
+    setPolicy(
+      [
+        E({ endpointId: A.endpointId, direction: 'egress', remoteIdentity: B.identity, protocol: 6, port: 80, portEnd: 80 }),
+        E({ endpointId: A.endpointId, direction: 'egress', remoteIdentity: R.identity, protocol: 6, port: 443, portEnd: 443 }),
+        E({ endpointId: B.endpointId, direction: 'ingress', remoteIdentity: A.identity, protocol: 6, port: 80, portEnd: 80 }),
+      ],
+      [enf(A.endpointId, 'ingress'), enf(A.endpointId, 'egress'), enf(B.endpointId, 'ingress'), enf(B.endpointId, 'egress')],
+    );
+    // Before the connection: B's "reply" is a new connection and denied (B's egress).
+    assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 80, 40000, 0x12))), 'DROP_POLICY');
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80))), 'pass');
+    assert.deepEqual([...policy.ct.entries(ctMap)].map(([k]) => k), [{ src: A.ip, dst: B.ip, sport: 40000, dport: 80, protocol: 6 }]);
+    assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 80, 40000, 0x12))), 'pass');
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80, 0x10))), 'pass');
+    // A new connection from B to A, or from another port, is not a reply.
+    assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 80, 40001))), 'DROP_POLICY');
+    assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 33333, 22))), 'DROP_POLICY');
+    // Across the tunnel: A -> R:443 allowed, R's reply comes in over the overlay (A's ingress).
+    assert.equal(verdict(fromContainer(frame(A.ip, R.ip, 6, 40002, 443))), 'pass');
+    assert.equal(verdict(fromOverlay(R.identity, frame(R.ip, A.ip, 6, 443, 40002, 0x12))), 'pass');
+    assert.equal(verdict(fromOverlay(R.identity, frame(R.ip, A.ip, 6, 443, 40003, 0x12))), 'DROP_POLICY');
+    assert.equal(verdict(fromOverlay(R.identity, frame(R.ip, A.ip, 6, 5000, 22))), 'DROP_POLICY');
+  });
+
+  it('services: policy sees the backend, and the reply passes through reverse NAT via conntrack', () => {
+    const VIP = '10.96.0.10';
+    const p = planFrontend({
+      vip: VIP, port: 80, protocol: 'TCP', serviceId: 7,
+      backends: [{ id: 100, ip: B.ip, port: 8080, clusterId: 1, local: true, ready: true, terminating: false, clusterGone: false }],
+    });
+    const svcMaps = [services.MAP_NAME, backends.MAP_NAME, backendSlots.MAP_NAME, maglev.MAP_NAME, revnat.MAP_NAME, 'cm_ct'].map((n) => lxc.map(n));
+    backends.updateMany(svcMaps[1]!, p.backends);
+    backendSlots.updateMany(svcMaps[2]!, backendSlots.tableEntries(p.service.value.serviceId, p.slots));
+    if (p.maglev) maglev.update(svcMaps[3]!, p.service.value.serviceId, p.maglev);
+    revnat.update(svcMaps[4]!, p.revnat.key, p.revnat.value);
+    services.update(svcMaps[0]!, p.service.key, p.service.value);
+    try {
+      const all = [enf(A.endpointId, 'ingress'), enf(A.endpointId, 'egress'), enf(B.endpointId, 'ingress'), enf(B.endpointId, 'egress')];
+      // An allow for the VIP's port does not admit the backend's.
+      setPolicy([E({ endpointId: A.endpointId, direction: 'egress', remoteIdentity: B.identity, protocol: 6, port: 80, portEnd: 80 })], all);
+      const r0 = fromContainer(frame(A.ip, VIP, 6, 41000, 80));
+      assert.equal(verdict(r0), 'DROP_POLICY');
+      assert.deepEqual([r0.events[0]!.direction, r0.events[0]!.dstIdentity, r0.events[0]!.dstIp, r0.events[0]!.dstPort], ['egress', B.identity, B.ip, 8080]);
+      setPolicy(
+        [
+          E({ endpointId: A.endpointId, direction: 'egress', remoteIdentity: B.identity, protocol: 6, port: 8080, portEnd: 8080 }),
+          E({ endpointId: B.endpointId, direction: 'ingress', remoteIdentity: A.identity, protocol: 6, port: 8080, portEnd: 8080 }),
+        ],
+        all,
+      );
+      const r = fromContainer(frame(A.ip, VIP, 6, 41001, 80));
+      assert.equal(verdict(r), 'pass');
+      assert.deepEqual([...policy.ct.entries(ctMap)].map(([k]) => k), [{ src: A.ip, dst: B.ip, sport: 41001, dport: 8080, protocol: 6 }]);
+      // B's reply: its egress and A's ingress admit nothing, the connection does.
+      assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 8080, 41001, 0x12))), 'pass');
+      assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 8080, 41002, 0x12))), 'DROP_POLICY');
+    } finally {
+      for (const map of svcMaps) for (const [k] of [...map.entries()]) map.delete(k);
+    }
+  });
+
+  it('the verdicts equal decide() over a table of entries, enforcement and packets', () => {
+    const rnd = prng(2026);
+    const ids = [0x20100, 0x20101, 0x20102];
+    // Egress destinations with those identities, behind R's node.
+    const dsts = ids.map((identity, i) => ({ ip: `10.102.9.${i + 1}`, identity }));
+    for (const d of dsts) ipcache.update(ipcacheMap, { addr: d.ip, prefixLen: 32 }, { identity: d.identity, tunnelEndpoint: R.node, flags: 0 });
+    const ports = [0, 22, 53, 79, 80, 81, 443, 1023, 1024, 8080, 65535];
+    const protos: ProtocolNumber[] = [0, 6, 17, 132];
+    const expected = { denied: 'DROP_POLICY_DENY', 'default-deny': 'DROP_POLICY', allowed: 'pass', 'not-enforced': 'pass' } as const;
+    const tally: Record<string, number> = {};
+    try {
+      for (let round = 0; round < 25; round++) {
+        const entries: PolicyMapEntry[] = [];
+        for (let i = 1 + rnd(5); i > 0; i--) {
+          const a = ports[rnd(ports.length)]!;
+          const full = rnd(4) === 0;
+          entries.push(
+            E({
+              endpointId: rnd(2) ? A.endpointId : B.endpointId,
+              direction: rnd(2) ? 'ingress' : 'egress',
+              remoteIdentity: rnd(3) === 0 ? 0 : ids[rnd(3)]!,
+              protocol: protos[rnd(4)]!,
+              port: full ? 0 : a,
+              portEnd: full ? 65535 : Math.min(65535, a + [0, 1, 100, 5000][rnd(4)]!),
+              verdict: rnd(4) === 0 ? 'deny' : 'allow',
+            }),
+          );
+        }
+        const enforcement = [A.endpointId, B.endpointId].flatMap((endpointId) =>
+          (['ingress', 'egress'] as const).map((direction) => ({ endpointId, direction, enforced: rnd(3) !== 0 })),
+        );
+        setPolicy(entries, enforcement);
+        for (let j = 0; j < 16; j++) {
+          const ep = rnd(2) ? A : B;
+          const remote = ids[rnd(3)]!;
+          const q: PacketQuery = { direction: rnd(2) ? 'ingress' : 'egress', remoteIdentity: remote, protocol: ([6, 17, 132] as const)[rnd(3)]!, port: ports[rnd(ports.length)]! };
+          const enforced = enforcement.find((s) => s.endpointId === ep.endpointId && s.direction === q.direction)!.enforced;
+          const want = decide(entries.filter((e) => e.endpointId === ep.endpointId), enforced, q);
+          let r;
+          if (q.direction === 'ingress') {
+            r = fromOverlay(remote, frame(R.ip, ep.ip, q.protocol as Proto, 30000 + j, q.port));
+          } else {
+            r = fromContainer(frame(ep.ip, dsts[ids.indexOf(remote)]!.ip, q.protocol as Proto, 30000 + j, q.port));
+          }
+          assert.equal(verdict(r), expected[want.reason], JSON.stringify({ entries, enforcement, endpoint: ep.endpointId, q, want }));
+          tally[want.reason] = (tally[want.reason] ?? 0) + 1;
+        }
+      }
+    } finally {
+      for (const d of dsts) ipcache.remove(ipcacheMap, { addr: d.ip, prefixLen: 32 });
+    }
+    // The table exercises every outcome.
+    for (const reason of ['denied', 'default-deny', 'allowed', 'not-enforced']) assert.ok((tally[reason] ?? 0) > 0, `${reason}: ${JSON.stringify(tally)}`);
+  });
+});
