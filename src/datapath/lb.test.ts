@@ -27,7 +27,7 @@ import { DropReason, TraceReason } from './maps/reasons.ts';
 import * as revnat from './maps/revnat.ts';
 import * as services from './maps/services.ts';
 import { ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, ethernet, internetChecksum, ipv4, parseEthernet, parseIpv4, tcp } from './test-packets.ts';
-import { buildBpfObject, datapathSkipReason, tempPinDir } from './testing.ts';
+import { datapathSkipReason, loadDatapathObject, tempPinDir } from './testing.ts';
 
 const CFG: config.DatapathConfig = { vxlanIfindex: 42, nodeIp: '10.1.0.1', clusterId: 1, redirectPeer: false, tunnelMtu: 1450 };
 
@@ -142,10 +142,8 @@ describe('service translation (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason()
   const got: events.DatapathEvent[] = [];
 
   function load(rel: string): BpfObject {
-    const o = BpfObject.open(buildBpfObject(rel), { pinRoot: dir! });
+    const o = loadDatapathObject(rel, dir!, CFG);
     objs.push(o);
-    config.applyConfig(o, CFG);
-    o.load();
     return o;
   }
 

@@ -27,7 +27,7 @@ import { decide, type PacketQuery } from '../policy/decide.ts';
 import { toPolicyMaps, type EnforcementState } from '../policy/to-map.ts';
 import type { Direction, PolicyMapEntry, ProtocolNumber } from '../policy/types.ts';
 import { ETH_P_IP, ethernet, ipv4, tcp } from './test-packets.ts';
-import { buildBpfObject, datapathSkipReason, tempPinDir } from './testing.ts';
+import { datapathSkipReason, loadDatapathObject, tempPinDir } from './testing.ts';
 
 /** mulberry32: a small seeded PRNG whose low bits are not periodic (an LCG's are). */
 function prng(seed: number): (n: number) => number {
@@ -88,10 +88,8 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
   const got: events.DatapathEvent[] = [];
 
   function load(rel: string): BpfObject {
-    const o = BpfObject.open(buildBpfObject(rel), { pinRoot: dir! });
+    const o = loadDatapathObject(rel, dir!, CFG);
     objs.push(o);
-    config.applyConfig(o, CFG);
-    o.load();
     return o;
   }
 

@@ -30,7 +30,7 @@ import {
   parseIpv4,
   tcpFrame,
 } from './test-packets.ts';
-import { buildBpfObject, datapathSkipReason, tempPinDir } from './testing.ts';
+import { datapathSkipReason, loadDatapathObject, tempPinDir } from './testing.ts';
 
 const NODE_IP = '10.1.0.1';
 const VXLAN_IFINDEX = 42;
@@ -61,10 +61,8 @@ describe('datapath programs (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason() }
   const got: events.DatapathEvent[] = [];
 
   function load(rel: string, cfg: config.DatapathConfig): BpfObject {
-    const o = BpfObject.open(buildBpfObject(rel), { pinRoot: dir! });
+    const o = loadDatapathObject(rel, dir!, cfg);
     objs.push(o);
-    config.applyConfig(o, cfg);
-    o.load();
     return o;
   }
 

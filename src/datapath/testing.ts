@@ -6,6 +6,8 @@ import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureBpffs, nodePinDir, removePinDir } from './bpffs.ts';
+import { BpfObject } from './libbpf/object.ts';
+import * as config from './maps/config.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 export const BPF_BUILD = join(REPO_ROOT, 'bpf/build');
@@ -96,4 +98,20 @@ export function ipv4UdpPacket(p: Ipv4UdpPacket): Buffer {
   udp.writeUInt16BE(p.dport, 2);
   udp.writeUInt16BE(8 + payload.length, 4);
   return Buffer.concat([eth, ip, udp, payload]);
+}
+
+/**
+ * Opens a compiled object with its maps pinned under pinRoot, writes the
+ * node settings into it, and loads it; closes it again if loading fails.
+ */
+export function loadDatapathObject(rel: string, pinRoot: string, cfg: config.DatapathConfig): BpfObject {
+  const o = BpfObject.open(buildBpfObject(rel), { pinRoot });
+  try {
+    config.applyConfig(o, cfg);
+    o.load();
+    return o;
+  } catch (err) {
+    o.close();
+    throw err;
+  }
 }
