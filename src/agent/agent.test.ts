@@ -273,7 +273,9 @@ describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
       assert.ok(r2?.connected && r2.ready, JSON.stringify(st.remoteClusters));
       assert.ok(Object.values(r2.synced).every(Boolean));
       assert.equal(r2.counts.endpoints, 3);
-      assert.deepEqual(st.reconcilers.map((r) => r.name), ['ipcache', 'endpoints', 'store']);
+      const names = st.reconcilers.map((r) => r.name);
+      assert.deepEqual(names.slice(0, 3), ['ipcache', 'endpoints', 'store']);
+      assert.deepEqual(names.filter((n) => n.startsWith('lb-')), ['lb-backends', 'lb-slots', 'lb-maglev', 'lb-revnat', 'lb-services'], 'the service maps, in write order');
       for (const r of st.reconcilers) {
         assert.equal(r.pruneBlocked, null, `${r.name} may prune`);
         assert.equal(r.errors, 0, `${r.name}: ${JSON.stringify(r.lastError)}`);

@@ -9,6 +9,8 @@
 //   store-publisher.ts  this node's Node and Endpoint objects in the store
 //   reconciler.ts       desired state → maps / store
 //   resync-grace.ts     remote withdrawals held back while that remote resyncs
+//   services.ts         Services and global services → the service maps
+//   policy.ts           network policy → cm_policy / cm_policy_enforce
 //   datapath.ts         the map targets and the datapath status
 //   api.ts, status.ts   the local API and what it reports
 //
@@ -47,6 +49,8 @@ import {
 } from './ipcache-desired.ts';
 import { Reconciler } from './reconciler.ts';
 import { ResyncGrace } from './resync-grace.ts';
+import { ServiceManager } from './services.ts';
+import { PolicyManager, policyTargets, type LocalEndpointView } from './policy.ts';
 import { remoteSummary, waitingFor, type AgentPhase, type AgentStatus, type LocalSyncStatus } from './status.ts';
 import { nodeObject, publishKeys, samePublished, storeTarget } from './store-publisher.ts';
 
@@ -67,7 +71,7 @@ export interface Agent {
 }
 
 /** The kinds of the local source the agent needs listed before it may prune. */
-const LOCAL_KINDS = ['Node', 'Endpoint', 'Namespace'] as const;
+const LOCAL_KINDS = ['Node', 'Endpoint', 'Namespace', 'Service', 'Pod'] as const;
 
 export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Promise<Agent> {
   const log = deps.logger ?? pino({ name: 'clustermesh-agent', level: config.logLevel });
@@ -194,7 +198,28 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       }
     };
 
+    /** Policy and services write nothing derived from half-listed sources. */
+    const mayProgram = (): boolean => initialSync.done || (meshStarted && unsynced().length === 0);
     const table = new IpcacheTable({ upsert: (p, v) => ipcacheRec.upsert(p, v), remove: (p) => ipcacheRec.remove(p) });
+    // Network policy: written once the local policy kinds are listed; sees endpoint changes through the tap below.
+    const policyMaps = policyTargets(dp);
+    const policy = new PolicyManager({
+      clusterName: cfg.clusterName,
+      policyDefaultLocalCluster: cfg.policyDefaultLocalCluster,
+      source,
+      remoteIdentities: mesh.identities,
+      localEndpoints: (): LocalEndpointView[] => endpoints.list(),
+      targets: { policy: policyMaps.policy, enforce: policyMaps.enforce },
+      gcPolicyCt: policyMaps.gcPolicyCt,
+      ipcache: table,
+      pruneBlocker,
+      canWrite: mayProgram,
+      log: log.child({ component: 'policy' }),
+      clock,
+      fullSyncIntervalMs: cfg.fullSyncIntervalMs,
+      onReconcileError: onRecError,
+    });
+    cleanups.push(() => policy.stop());
     table.setOwner(ownerKeys.self(), selfContributions(self));
     publisher.upsert(publishKeys.node(cfg.nodeName), nodeObject(self));
 
@@ -207,7 +232,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       datapath: endpointDatapath(dp),
       identities: allocator,
       namespaceLabels: (ns) => source.namespaces.get({ name: ns })?.metadata.labels,
-      endpointsMap: endpointsRec,
+      endpointsMap: policy.tapEndpointsMap(endpointsRec),
       ipcache: table,
       ipcacheMap: ipcacheRec,
       publisher,
@@ -217,6 +242,26 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     cleanups.push(() => endpoints.stop());
     await endpoints.recover();
     restored = true;
+
+    // ---- services: ids re-adopted from the pinned maps; nothing programmed before the sources synced
+    const services = new ServiceManager({
+      clusterName: cfg.clusterName,
+      clusterId: cfg.clusterID,
+      services: source.services,
+      pods: source.pods,
+      mesh,
+      maps: () => dp.maps,
+      canProgram: mayProgram,
+      pruneBlocker,
+      cacheTTLMs: cfg.serviceCacheTTLMs,
+      fullSyncIntervalMs: cfg.fullSyncIntervalMs,
+      clock,
+      log: log.child({ component: 'services' }),
+      onReconcileError: onRecError,
+    });
+    const adopted = services.adoptIds();
+    if (adopted.services + adopted.backends > 0) log.info(adopted, 'service and backend ids adopted from the pinned maps');
+    cleanups.push(() => services.stop());
 
     // ---- sources → desired state (event-driven; each change is one incremental update)
     const subs: Unsubscribe[] = [
@@ -266,12 +311,15 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         } else grace.withdraw(owner, ev.previous.cluster, () => table.removeOwner(owner));
       }),
     ];
+    subs.push(...services.subscribe());
     cleanups.push(() => subs.forEach((u) => u()));
 
     // Writing starts now: differences only, nothing pruned until the sources have synced.
     await endpointsRec.start();
     await ipcacheRec.start();
     void publisher.start().catch((err: unknown) => log.warn({ err: (err as Error).message }, 'store publisher: first pass failed; retrying'));
+    await services.start();
+    policy.start();
 
     // The etcd session lost (etcd came back empty, or was away longer than the
     // session TTL): whatever this node wrote may be gone; write it all again now
@@ -312,8 +360,10 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         local: localStatus(),
         remoteClusters: ms.remotes.map(remoteSummary),
         clustermesh: { ready: ms.ready, configDir: ms.configDir, configErrors: ms.configErrors, counts: ms.counts, ipConflicts: ms.ipConflicts, resyncGrace: grace.status() },
-        reconcilers: reconcilers.map((r) => r.status()),
+        reconcilers: [...reconcilers, ...services.reconcilerList, ...policy.reconcilers].map((r) => r.status()),
         endpoints: endpoints.status(),
+        services: services.status(),
+        policy: policy.status(),
         datapath: datapathStatus(
           dp,
           endpoints.list().map((e) => e.hostIfName),
@@ -326,6 +376,8 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         addEndpoint: (id, body) => endpoints.add(id, body),
         deleteEndpoint: (id) => endpoints.delete(id),
         listEndpoints: () => endpoints.list(),
+        listServices: () => services.list(),
+        policy: () => policy.inspect(),
         status,
         health: () => ({ ready: phase === 'ready', phase }),
       },
@@ -364,7 +416,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       initialSync.done = true;
       if (initialSync.timedOut)
         log.warn({ waitingFor: unsynced(), timeoutMs: cfg.syncTimeoutMs }, 'initial sync timed out; going ahead without pruning until those sources sync');
-      await Promise.all([ipcacheRec.fullSync(), endpointsRec.fullSync()]);
+      await Promise.all([ipcacheRec.fullSync(), endpointsRec.fullSync(), services.fullSync()]);
       if (stopCtl.signal.aborted) return;
       phase = 'ready';
       readyAt = new Date(clock.now()).toISOString();
@@ -379,6 +431,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         if (wasBlocked && !blocked) {
           log.info('every source synced; pruning stale entries');
           await ipcacheRec.fullSync().catch(() => undefined);
+          await services.fullSync().catch(() => undefined);
         }
         wasBlocked = blocked;
       }

@@ -6,13 +6,15 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { connect } from 'node:net';
 import type { Logger } from './endpoints.ts';
 import type { AgentStatus } from './status.ts';
-import { ApiError, type EndpointDeleteResult, type EndpointInfo, type HealthBody } from './types.ts';
+import { ApiError, type EndpointDeleteResult, type EndpointInfo, type HealthBody, type PolicyInspect, type ServiceInfo } from './types.ts';
 
 export interface ApiHandlers {
   addEndpoint(containerID: string, body: unknown): Promise<EndpointInfo>;
   deleteEndpoint(containerID: string): Promise<EndpointDeleteResult>;
   listEndpoints(): EndpointInfo[];
   status(): AgentStatus;
+  listServices(): ServiceInfo[];
+  policy(): PolicyInspect;
   health(): HealthBody;
 }
 
@@ -82,6 +84,14 @@ async function route(req: IncomingMessage, res: ServerResponse, h: ApiHandlers, 
       if (method !== 'GET') throw new ApiError('method-not-allowed', `${what}: use GET`);
       return send(res, 200, h.status());
     }
+    if (path === '/v1/services' || path === '/v1/services/') {
+      if (method !== 'GET') throw new ApiError('method-not-allowed', `${what}: use GET`);
+      return send(res, 200, h.listServices());
+    }
+    if (path === '/v1/policy' || path === '/v1/policy/') {
+      if (method !== 'GET') throw new ApiError('method-not-allowed', `${what}: use GET`);
+      return send(res, 200, h.policy());
+    }
     if (path === '/v1/endpoints' || path === '/v1/endpoints/') {
       if (method !== 'GET') throw new ApiError('method-not-allowed', `${what}: use GET (PUT and DELETE take /v1/endpoints/<containerID>)`);
       return send(res, 200, h.listEndpoints());
@@ -98,7 +108,7 @@ async function route(req: IncomingMessage, res: ServerResponse, h: ApiHandlers, 
       if (method === 'DELETE') return send(res, 200, await h.deleteEndpoint(id));
       throw new ApiError('method-not-allowed', `${what}: use PUT or DELETE`);
     }
-    throw new ApiError('not-found', `${what}: no such route (try /v1/endpoints, /v1/status, /healthz)`);
+    throw new ApiError('not-found', `${what}: no such route (try /v1/endpoints, /v1/services, /v1/policy, /v1/status, /healthz)`);
   } catch (err) {
     sendError(res, err, log, what);
   }

@@ -7,7 +7,7 @@
 //   await agent.deleteEndpoint('c0ffee');
 import { Agent, request } from 'node:http';
 import type { AgentStatus } from './status.ts';
-import { ApiError, type ApiErrorCode, type EndpointDeleteResult, type EndpointInfo, type EndpointRequest, type HealthBody } from './types.ts';
+import { ApiError, type ApiErrorCode, type EndpointDeleteResult, type EndpointInfo, type EndpointRequest, type HealthBody, type PolicyInspect, type ServiceInfo } from './types.ts';
 
 export { ApiError };
 
@@ -56,6 +56,16 @@ export class AgentClient {
 
   async listEndpoints(): Promise<EndpointInfo[]> {
     return (await this.call('GET', '/v1/endpoints')) as EndpointInfo[];
+  }
+
+  /** Every service this node translates: frontends, backends per cluster, affinity, which backends are active. */
+  async services(): Promise<ServiceInfo[]> {
+    return (await this.call('GET', '/v1/services')) as ServiceInfo[];
+  }
+
+  /** Network policy of this node: per local endpoint the enforced directions and the resolved entries. */
+  async policy(): Promise<PolicyInspect> {
+    return (await this.call('GET', '/v1/policy')) as PolicyInspect;
   }
 
   async status(): Promise<AgentStatus> {

@@ -22,7 +22,11 @@
 // Relative paths resolve against the config file's directory. Optional extras:
 // objectsDir (the BPF objects), traceForwards, redirectPeer, sessionTtlSeconds
 // (of the etcd session the agent's identity references live on),
-// remoteResyncGraceSeconds (3; see resync-grace.ts).
+// remoteResyncGraceSeconds (3; see resync-grace.ts), serviceCacheTTLSeconds (0:
+// how long an unreachable remote cluster's service backends are kept; 0 =
+// until it is back or removed from the mesh), policyDefaultLocalCluster (true:
+// a policy selector that names no io.cilium.k8s.policy.cluster matches the
+// local cluster only; false: every cluster).
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
@@ -71,6 +75,10 @@ export interface AgentConfig {
   sessionTtlSeconds: number;
   /** How long withdrawals of a remote's state are held back while it resyncs (resync-grace.ts); 0 = never. */
   remoteResyncGraceMs: number;
+  /** How long an unreachable remote cluster's service backends stay in use; 0 = until it returns or is removed. */
+  serviceCacheTTLMs: number;
+  /** A policy selector that names no cluster matches the local cluster only (Cilium's policy-default-local-cluster). */
+  policyDefaultLocalCluster: boolean;
 }
 
 /** A config whose nodeIP is known. */
@@ -144,6 +152,8 @@ const fileSchema = z.strictObject({
   redirectPeer: z.boolean().default(true),
   sessionTtlSeconds: positiveInt('seconds', 5, 3600).default(15),
   remoteResyncGraceSeconds: z.number().min(0, 'must be 0 or more').max(600, 'at most 600').default(3),
+  serviceCacheTTLSeconds: z.number().min(0, 'must be 0 (keep until the cluster returns) or more').max(86400 * 30, 'at most 2592000 (30 days)').default(0),
+  policyDefaultLocalCluster: z.boolean({ error: 'must be true or false' }).default(true),
 });
 
 export type AgentConfigInput = z.input<typeof fileSchema>;
@@ -265,6 +275,8 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
     redirectPeer: c.redirectPeer,
     sessionTtlSeconds: c.sessionTtlSeconds,
     remoteResyncGraceMs: Math.round(c.remoteResyncGraceSeconds * 1000),
+    serviceCacheTTLMs: Math.round(c.serviceCacheTTLSeconds * 1000),
+    policyDefaultLocalCluster: c.policyDefaultLocalCluster,
   };
 }
 

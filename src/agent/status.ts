@@ -5,6 +5,8 @@ import type { ClusterMeshStatus } from '../clustermesh/clustermesh.ts';
 import type { RemoteClusterStatus } from '../clustermesh/remote-cluster.ts';
 import type { DatapathStatus } from './datapath.ts';
 import type { ReconcilerStatus } from './reconciler.ts';
+import type { ServicesStatus } from './services.ts';
+import type { PolicyStatus } from './policy.ts';
 
 export type AgentPhase =
   /** Loading the datapath, restoring endpoints. */
@@ -58,6 +60,10 @@ export interface AgentStatus {
   };
   reconcilers: ReconcilerStatus[];
   endpoints: { endpoints: number; ready: number; restoring: number; waitingForIdentity: number; identities: number };
+  /** Services programmed into the datapath (services.ts); GET /v1/services lists them. */
+  services: ServicesStatus;
+  /** Network policy (policy.ts): objects applied, parse errors, enforced endpoints; GET /v1/policy shows the entries. */
+  policy: PolicyStatus;
   datapath: DatapathStatus;
 }
 

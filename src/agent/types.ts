@@ -6,10 +6,15 @@
 //   DELETE /v1/endpoints/<containerID>   → EndpointDeleteResult (also for an unknown ID)
 //   GET    /v1/endpoints                 → EndpointInfo[]
 //   GET    /v1/status                    → AgentStatus (status.ts)
+//   GET    /v1/services                  → ServiceInfo[] (services.ts): frontends, backends per cluster, affinity, active ones
+//   GET    /v1/policy                    → PolicyInspect (policy.ts): per local endpoint the enforced directions and resolved entries
 //   GET    /healthz                      → 200 { ready: true } | 503 { ready: false, phase }
 // Errors: { error: <one sentence>, code: ApiErrorCode } with the HTTP status.
 import { z } from 'zod';
 import { dns1123Label, dns1123Subdomain, labelsSchema, type Labels } from '../model/index.ts';
+
+export type { ServiceInfo, ServiceFrontendInfo, ServiceBackendInfo } from './services.ts';
+export type { PolicyInspect, PolicyEndpointView, PolicyEntryView } from './policy.ts';
 
 /** A container ID is used as a file name: plain characters only. */
 export const CONTAINER_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;

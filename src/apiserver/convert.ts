@@ -2,10 +2,10 @@
 // of clustermesh/wire.ts fix the JSON.
 import type { IpEntryValue, NodeValue, ServiceValue, WirePort } from '../clustermesh/wire.ts';
 import {
-  findNamedPort,
+  backendPods,
   isGlobalService,
-  isPodReady,
   isSharedService,
+  servicePortTarget,
   type Endpoint,
   type Node,
   type Pod,
@@ -46,27 +46,6 @@ export function ipEntryValue(ep: Endpoint): IpEntryValue {
   };
 }
 
-/** True when every selector label is on the pod (an empty selector selects nothing, as in Kubernetes Services). */
-export function selects(selector: Record<string, string> | undefined, pod: Pod): boolean {
-  if (!selector) return false;
-  const entries = Object.entries(selector);
-  if (entries.length === 0) return false;
-  return entries.every(([k, v]) => pod.metadata.labels[k] === v);
-}
-
-/** Pods that back `svc`: same namespace, selected, ready, with an IP, not terminated. */
-export function backendPods(svc: Service, pods: Iterable<Pod>): Pod[] {
-  const out: Pod[] = [];
-  for (const p of pods) {
-    if (p.metadata.namespace !== svc.metadata.namespace) continue;
-    if (!selects(svc.spec.selector, p)) continue;
-    if (!p.status.podIP || !isPodReady(p)) continue;
-    if (p.status.phase === 'Succeeded' || p.status.phase === 'Failed') continue;
-    out.push(p);
-  }
-  return out;
-}
-
 /**
  * The services/v1 value of a global service, or undefined when the service is
  * not global. A service annotated `shared: "false"` is exported with no backends.
@@ -86,8 +65,7 @@ export function serviceValue(cluster: LocalCluster, svc: Service, pods: Iterable
     for (const pod of backendPods(svc, pods)) {
       const ports: Record<string, WirePort> = {};
       for (const sp of svc.spec.ports) {
-        const target = sp.targetPort ?? sp.port;
-        const port = typeof target === 'number' ? target : findNamedPort(pod, target, sp.protocol)?.containerPort;
+        const port = servicePortTarget(sp, pod);
         if (port !== undefined) ports[sp.name ?? ''] = { Protocol: sp.protocol, Port: port };
       }
       if (Object.keys(ports).length > 0) backends[pod.status.podIP!] = ports;

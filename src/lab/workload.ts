@@ -61,7 +61,9 @@ export interface FetchResult {
 export function httpGet(url: string, timeoutMs = 5000): Promise<FetchResult> {
   const t0 = performance.now();
   return new Promise((resolve, reject) => {
-    const req = request(url, { timeout: timeoutMs }, (res) => {
+    // agent: false = a new connection per request: a service spreads connections,
+    // so a tally of who answered must not ride one kept-alive connection.
+    const req = request(url, { timeout: timeoutMs, agent: false }, (res) => {
       const hash = createHash('sha256');
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => {

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { ipv4Schema, labelsSchema, objectMetaSchema } from './meta.ts';
-import { portNumberSchema, protocolSchema } from './pod.ts';
+import { findNamedPort, isPodReady, portNumberSchema, protocolSchema, type Pod } from './pod.ts';
 
 export const servicePortSchema = z.object({
   name: z.string().max(63).regex(/^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$/, 'lowercase alphanumerics and "-"').optional(),
@@ -61,4 +61,44 @@ export function isGlobalService(svc: Service): boolean {
 export function isSharedService(svc: Service): boolean {
   const a = svc.metadata.annotations;
   return (a[SHARED_SERVICE_ANNOTATION] ?? a[LEGACY_SHARED_SERVICE_ANNOTATION])?.toLowerCase() !== 'false';
+}
+
+/** True when every selector label is on the pod (an empty selector selects nothing, as in Kubernetes Services). */
+export function selects(selector: Record<string, string> | undefined, pod: Pod): boolean {
+  if (!selector) return false;
+  const entries = Object.entries(selector);
+  if (entries.length === 0) return false;
+  return entries.every(([k, v]) => pod.metadata.labels[k] === v);
+}
+
+/**
+ * Pods selected by `svc` that could serve it: same namespace, selected, with
+ * an IP, not terminated; ready or not (a not-ready pod keeps the connections
+ * it has but takes no new ones).
+ */
+export function servicePods(svc: Service, pods: Iterable<Pod>): Pod[] {
+  const out: Pod[] = [];
+  for (const p of pods) {
+    if (p.metadata.namespace !== svc.metadata.namespace) continue;
+    if (!selects(svc.spec.selector, p)) continue;
+    if (!p.status.podIP) continue;
+    if (p.status.phase === 'Succeeded' || p.status.phase === 'Failed') continue;
+    out.push(p);
+  }
+  return out;
+}
+
+/** Pods that back `svc`: same namespace, selected, ready, with an IP, not terminated. */
+export function backendPods(svc: Service, pods: Iterable<Pod>): Pod[] {
+  return servicePods(svc, pods).filter(isPodReady);
+}
+
+/**
+ * The port on `pod` a service port sends to: a numeric targetPort (default
+ * the port itself), or the pod's container port of that name and protocol;
+ * undefined when the pod has no such named port.
+ */
+export function servicePortTarget(sp: ServicePort, pod: Pod): number | undefined {
+  const target = sp.targetPort ?? sp.port;
+  return typeof target === 'number' ? target : findNamedPort(pod, target, sp.protocol)?.containerPort;
 }

@@ -1,0 +1,829 @@
+// Network policy in the agent (issue 5): the local cluster's NetworkPolicies
+// and CiliumNetworkPolicies, the identities of the whole mesh and this node's
+// endpoints feed one incremental PolicyResolver (src/policy/); its result is
+// written into cm_policy and cm_policy_enforce through two reconcilers.
+//
+//   inputs                                 → resolver
+//   NetworkPolicy / CiliumNetworkPolicy    upsertPolicy / removePolicy (an object that fails to parse is
+//                                          logged and counted; the previous good version stays)
+//   Endpoint objects of the local source   identities (ref-counted: many endpoints share one)
+//   this node's endpoints                  identities, and the local endpoints policies apply to
+//                                          (labels of the identity, named ports from the Pod object)
+//   ClusterMesh.identities                 remote identities
+//   Pod objects of the local source        named ports: ingress against the local pod, egress against
+//                                          pods of this cluster (a remote cluster publishes no container
+//                                          ports: a named egress port towards it admits nothing)
+//   (reserved identities)                  seeded by the resolver itself
+//   CIDR peers                             identities 128..255 from a local pool, each put into the
+//                                          ipcache (owner `policy-cidr/<prefix>`): below 256 the
+//                                          datapath sends them to the stack like world
+//
+// Never a hole (an order per batch of changed endpoints):
+//   A. every cm_policy key the new state has is written (new and changed values);
+//   B. then cm_policy_enforce: ACTIVE and the directions on — or off, for an
+//      endpoint that lost its policy (its entries are still there);
+//   C. then the keys the new state no longer has are deleted.
+// So an endpoint's ACTIVE flag goes on only after its entries are in the map,
+// and a policy going away clears the flags before its entries are deleted.
+//
+// The endpoint manager's writes of the endpoints map pass through a tap
+// (tapEndpointsMap) that tells this manager a local endpoint changed, and whose
+// whenApplied() also waits for the endpoint's policy to be applied: the CNI
+// add returns only once the new pod's policy is in the maps.
+//
+// Restart without loss: the maps are pinned; nothing is written until the
+// local policy kinds have been listed; then the whole desired state is
+// computed and the reconcilers start with a full pass that writes only
+// differences. Pruning waits for every source (the agent's pruneBlocker).
+import { systemClock, type Clock, type TimerHandle } from '../clustermesh/clock.ts';
+import type { ObservableMap } from '../clustermesh/cache.ts';
+import type { RemoteIdentity } from '../clustermesh/clustermesh.ts';
+import * as policyMap from '../datapath/maps/policy.ts';
+import type { MapHandle } from '../datapath/maps/codec.ts';
+import { monotonicSeconds } from '../datapath/maps/ct.ts';
+import type { NodeDatapath } from '../datapath/node.ts';
+import { RESERVED_IDENTITY_LABELS, type CiliumNetworkPolicy, type Endpoint, type NetworkPolicy, type Pod } from '../model/index.ts';
+import {
+  PolicyResolver,
+  parseCiliumNetworkPolicy,
+  parseNetworkPolicy,
+  policyKey,
+  type Direction,
+  type LocalEndpoint,
+  type NamedPort,
+  type PolicyDelta,
+  type PolicyKind,
+  type Verdict,
+} from '../policy/index.ts';
+import { toPolicyMaps } from '../policy/to-map.ts';
+import type { Resource, Unsubscribe } from '../sources/index.ts';
+import type { Logger } from './endpoints.ts';
+import type { IpcacheTable } from './ipcache-desired.ts';
+import { Reconciler, type ReconcileTarget, type ReconcilerStatus } from './reconciler.ts';
+
+// ---------------------------------------------------------------------------
+// Map keys as reconciler keys
+
+/** `endpoint/direction/protocol/identity/port/prefixLen`: one cm_policy key. */
+export function policyKeyString(k: policyMap.Key): string {
+  return `${k.endpointId}/${k.direction}/${k.protocol}/${k.identity}/${k.port}/${k.portPrefixLen}`;
+}
+
+export function parsePolicyKeyString(s: string): policyMap.Key {
+  const [ep, dir, proto, id, port, len, ...rest] = s.split('/');
+  if (rest.length || (dir !== 'ingress' && dir !== 'egress')) throw new RangeError(`policy map key ${JSON.stringify(s)} is malformed`);
+  const n = [ep, proto, id, port, len].map(Number);
+  if (n.some((x) => !Number.isInteger(x))) throw new RangeError(`policy map key ${JSON.stringify(s)} is malformed`);
+  return { endpointId: n[0]!, direction: dir, protocol: n[1]!, identity: n[2]!, port: n[3]!, portPrefixLen: n[4]! };
+}
+
+const enforceKeyString = (endpointId: number): string => String(endpointId);
+
+/** Reconcile targets over the node's pinned policy maps, and the GC of cm_policy_ct. */
+export function policyTargets(dp: NodeDatapath): {
+  policy: ReconcileTarget<policyMap.Value>;
+  enforce: ReconcileTarget<policyMap.EnforceValue>;
+  gcPolicyCt: () => number;
+} {
+  return {
+    policy: {
+      list: () => [...policyMap.entries(dp.maps.policy)].map(([k, v]) => [policyKeyString(k), v] as const),
+      update: (k, v) => policyMap.update(dp.maps.policy, parsePolicyKeyString(k), v),
+      delete: (k) => policyMap.remove(dp.maps.policy, parsePolicyKeyString(k)),
+    },
+    enforce: {
+      // An array: every slot exists; only those with a flag count as entries.
+      list: () =>
+        dp.maps.policyEnforce
+          .lookupBatch(4096)
+          .map(([k, v]) => [policyMap.decodeEnforceKey(k), policyMap.decodeEnforceValue(v)] as const)
+          .filter(([, v]) => v.active || v.ingress || v.egress)
+          .map(([k, v]) => [enforceKeyString(k.endpointId), v] as const),
+      update: (k, v) => policyMap.enforce.update(dp.maps.policyEnforce, { endpointId: Number(k) }, v),
+      delete: (k) => policyMap.clearEnforce(dp.maps.policyEnforce, [Number(k)]),
+    },
+    gcPolicyCt: () => gcPolicyCt(dp.maps.policyCt),
+  };
+}
+
+/** Deletes expired cm_policy_ct entries (the datapath ignores them already; this frees their room). Collects first, deletes after. */
+export function gcPolicyCt(map: MapHandle, now = monotonicSeconds()): number {
+  const dead = [...policyMap.ct.entries(map)].filter(([, v]) => v.lifetime < now).map(([k]) => k);
+  return policyMap.ct.removeMany(map, dead);
+}
+
+// ---------------------------------------------------------------------------
+// Inputs and outputs
+
+/** The parts of the local cluster source policy reads. */
+export interface PolicySource {
+  networkPolicies: Resource<NetworkPolicy>;
+  ciliumNetworkPolicies: Resource<CiliumNetworkPolicy>;
+  endpoints: Resource<Endpoint>;
+  pods: Resource<Pod>;
+}
+
+/** What policy needs of one of this node's endpoints (EndpointInfo has it). */
+export interface LocalEndpointView {
+  containerID: string;
+  namespace: string;
+  podName: string;
+  endpointID: number;
+  identity: number | null;
+  /** `source:key=value` */
+  identityLabels: readonly string[];
+}
+
+/** The reconciler surface the tap wraps (EndpointManager uses upsert, remove, whenApplied). */
+type Tappable<V> = Pick<Reconciler<V>, 'upsert' | 'remove' | 'whenApplied'>;
+
+export interface PolicyManagerOptions {
+  clusterName: string;
+  /** Selectors without a cluster label match the local cluster only (default true). */
+  policyDefaultLocalCluster?: boolean;
+  source: PolicySource;
+  remoteIdentities: ObservableMap<number, RemoteIdentity>;
+  /** This node's endpoints (EndpointManager.list). */
+  localEndpoints: () => readonly LocalEndpointView[];
+  targets: { policy: ReconcileTarget<policyMap.Value>; enforce: ReconcileTarget<policyMap.EnforceValue> };
+  /** CIDR identities go here (owner `policy-cidr/<prefix>`). */
+  ipcache: Pick<IpcacheTable, 'setOwner' | 'removeOwner'>;
+  /** Why pruning must wait (the agent's: sources not synced), or null. */
+  pruneBlocker?: () => string | null;
+  /**
+   * Whether the maps may be written yet besides the local policy kinds being
+   * listed (the agent: every source synced, or the initial sync timed out), so
+   * that the first write is the complete desired state. Polled; default always.
+   */
+  canWrite?: () => boolean;
+  log: Logger;
+  clock?: Clock;
+  fullSyncIntervalMs?: number;
+  onReconcileError?: (name: string) => (key: string | null, err: unknown, attempt: number) => void;
+  /** Deletes expired cm_policy_ct entries; called every gcIntervalMs (default 30 s). */
+  gcPolicyCt?: () => number;
+  gcIntervalMs?: number;
+  /** How long one phase waits for the maps before going on (default 5 s). */
+  applyTimeoutMs?: number;
+  /** How long the endpoint tap's whenApplied waits for policy (default 5 s; then the add goes on). */
+  endpointWaitMs?: number;
+  /** Identities for CIDR peers, inclusive (default 128..255: below 256 the datapath routes them like world). */
+  cidrIdentityRange?: readonly [number, number];
+  /** Schedules a flush "soon" (default setImmediate). */
+  defer?: (fn: () => void) => void;
+}
+
+export interface PolicyParseError {
+  kind: PolicyKind;
+  namespace: string;
+  name: string;
+  error: string;
+  at: string;
+}
+
+export interface PolicyStatus {
+  /** The local policy kinds (and endpoints, pods) have been listed and the maps are being written. */
+  synced: boolean;
+  policyDefaultLocalCluster: boolean;
+  /** Policy objects in the source / applied (parsed) by the resolver. */
+  policies: { objects: number; applied: number };
+  parseErrors: PolicyParseError[];
+  identities: number;
+  selectors: number;
+  cidrIdentities: number;
+  endpoints: { local: number; enforced: number; ingressEnforced: number; egressEnforced: number };
+  /** Resolver entries (port ranges) and the cm_policy keys they became. */
+  entries: number;
+  mapEntries: number;
+  /** Changes waiting to be written. */
+  pending: number;
+  flushes: number;
+  lastFlushAt: string | null;
+  /** Phases that went on after applyTimeoutMs without their writes confirmed. */
+  applyTimeouts: number;
+  policyCtGc: { runs: number; deleted: number; lastRunAt: string | null };
+}
+
+export type ProtocolName = 'ANY' | 'TCP' | 'UDP' | 'SCTP';
+
+export interface PolicyEntryView {
+  direction: Direction;
+  /** Remote identity; 0 = any. */
+  identity: number;
+  /** Its labels (`source:key=value`); ['(any)'] for 0, [] when not known here. */
+  labels: string[];
+  protocol: ProtocolName;
+  port: number;
+  portEnd: number;
+  verdict: Verdict;
+}
+
+export interface PolicyEndpointView {
+  endpointID: number;
+  containerID: string;
+  namespace: string;
+  podName: string;
+  identity: number;
+  enforced: { ingress: boolean; egress: boolean };
+  entries: PolicyEntryView[];
+}
+
+/** GET /v1/policy */
+export interface PolicyInspect {
+  cluster: string;
+  policyDefaultLocalCluster: boolean;
+  synced: boolean;
+  endpoints: PolicyEndpointView[];
+  cidrIdentities: Array<{ prefix: string; identity: number }>;
+  parseErrors: PolicyParseError[];
+}
+
+const PROTO_NAMES: Readonly<Record<number, ProtocolName>> = { 0: 'ANY', 6: 'TCP', 17: 'UDP', 132: 'SCTP' };
+
+/** `source:key=value` strings → labels (a string without ':' is a k8s label). */
+export function parseLabelStrings(list: readonly string[]): Array<{ source: string; key: string; value: string }> {
+  return list.map((s) => {
+    const colon = s.indexOf(':');
+    const eq = s.indexOf('=', colon + 1);
+    const source = colon > 0 ? s.slice(0, colon) : 'k8s';
+    const key = eq >= 0 ? s.slice(colon + 1, eq) : s.slice(colon + 1);
+    return { source, key, value: eq >= 0 ? s.slice(eq + 1) : '' };
+  });
+}
+
+/** Named container ports of a pod (those with a name). */
+export function podNamedPorts(pod: Pod | undefined): NamedPort[] {
+  const out: NamedPort[] = [];
+  for (const c of pod?.spec.containers ?? []) for (const p of c.ports) if (p.name) out.push({ name: p.name, port: p.containerPort, protocol: p.protocol });
+  return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.port - b.port));
+}
+
+const REMOTE_REF = 'remote';
+const objectRef = (namespace: string, name: string): string => `object/${namespace}/${name}`;
+const localRef = (containerID: string): string => `local/${containerID}`;
+export const policyCidrOwner = (prefix: string): string => `policy-cidr/${prefix}`;
+
+interface Written {
+  keys: Map<string, policyMap.Value>;
+  enforce: policyMap.EnforceValue | undefined;
+}
+
+const sameValue = (a: policyMap.Value | undefined, b: policyMap.Value): boolean => a !== undefined && a.allow === b.allow && a.deny === b.deny;
+const sameEnforce = (a: policyMap.EnforceValue | undefined, b: policyMap.EnforceValue): boolean =>
+  a !== undefined && a.active === b.active && a.ingress === b.ingress && a.egress === b.egress;
+
+/** Kinds of the local source that must be listed before policy is written. */
+const POLICY_KINDS = ['networkPolicies', 'ciliumNetworkPolicies', 'endpoints', 'pods'] as const;
+
+export class PolicyManager {
+  readonly resolver: PolicyResolver;
+  readonly policyRec: Reconciler<policyMap.Value>;
+  readonly enforceRec: Reconciler<policyMap.EnforceValue>;
+  private readonly o: PolicyManagerOptions;
+  private readonly clock: Clock;
+  private readonly defaultLocal: boolean;
+  private readonly defer: (fn: () => void) => void;
+
+  /** id → ref → labels (`source:key=value`, as given). */
+  private readonly identityRefs = new Map<number, Map<string, readonly string[]>>();
+  /** The label set given to the resolver per identity (for inspect). */
+  private readonly identityLabels = new Map<number, readonly string[]>();
+  /** Local endpoints given to the resolver: endpointID → signature and view. */
+  private readonly localEps = new Map<number, { sig: string; view: LocalEndpointView }>();
+  private readonly parseErrors = new Map<string, PolicyParseError>();
+  /** Endpoint objects of the local cluster: `object/<ns>/<name>` → identity. */
+  private readonly objectIdentity = new Map<string, number>();
+  private readonly cidrByPrefix = new Map<string, number>();
+  private readonly written = new Map<number, Written>();
+  private readonly dirty = new Set<number>();
+  private readonly subs: Unsubscribe[] = [];
+  private readonly idleWaiters = new Set<() => void>();
+  private started = false;
+  private stopped = false;
+  private scheduled = false;
+  private flushing: Promise<void> | undefined;
+  private again = false;
+  private syncingEndpoints = false;
+  private flushes = 0;
+  private lastFlushAt: number | null = null;
+  private applyTimeouts = 0;
+  private readonly gc = { runs: 0, deleted: 0, lastRunAt: null as string | null };
+  private gcTimer: TimerHandle | undefined;
+  private pruneTimer: TimerHandle | undefined;
+  private wasPruneBlocked = true;
+
+  constructor(opts: PolicyManagerOptions) {
+    this.o = opts;
+    this.clock = opts.clock ?? systemClock;
+    this.defaultLocal = opts.policyDefaultLocalCluster ?? true;
+    this.defer = opts.defer ?? ((fn) => void setImmediate(fn));
+    const [lo, hi] = opts.cidrIdentityRange ?? [128, 255];
+    this.resolver = new PolicyResolver({
+      clusterName: opts.clusterName,
+      policyDefaultLocalCluster: this.defaultLocal,
+      allocateCidrIdentity: (prefix) => {
+        const used = new Set(this.cidrByPrefix.values());
+        for (let id = lo; id <= hi; id++) {
+          if (used.has(id)) continue;
+          this.cidrByPrefix.set(prefix, id);
+          this.o.ipcache.setOwner(policyCidrOwner(prefix), [{ origin: 'pod-cidr', prefix, entry: { identity: id, tunnelEndpoint: null, flags: 0 } }]);
+          return id;
+        }
+        throw new RangeError(`no free CIDR identity for ${prefix}: all ${hi - lo + 1} of ${lo}..${hi} are in use`);
+      },
+      // Pods of this cluster on other nodes: their Pod objects (a remote cluster's pods publish no ports: fails closed).
+      namedPorts: (identity) => {
+        const out: NamedPort[] = [];
+        for (const ref of this.identityRefs.get(identity)?.keys() ?? []) {
+          if (!ref.startsWith('object/')) continue;
+          const [, namespace, name] = ref.split('/') as [string, string, string];
+          out.push(...podNamedPorts(this.o.source.pods.get({ namespace, name })));
+        }
+        return out;
+      },
+      releaseCidrIdentity: (prefix) => {
+        this.cidrByPrefix.delete(prefix);
+        this.o.ipcache.removeOwner(policyCidrOwner(prefix));
+      },
+    });
+    const pruneBlocker = opts.pruneBlocker ?? (() => null);
+    const common = { clock: this.clock, fullSyncIntervalMs: opts.fullSyncIntervalMs ?? 0 };
+    this.policyRec = new Reconciler<policyMap.Value>({
+      name: 'policy',
+      target: opts.targets.policy,
+      // Entries are pruned only once the flags of their endpoints are right (see the file comment).
+      pruneBlocker: () => pruneBlocker() ?? (this.enforceRec.status().started ? null : 'waiting for the policy enforcement map'),
+      ...(opts.onReconcileError ? { onError: opts.onReconcileError('policy') } : {}),
+      ...common,
+    });
+    this.enforceRec = new Reconciler<policyMap.EnforceValue>({
+      name: 'policy-enforce',
+      target: opts.targets.enforce,
+      pruneBlocker,
+      ...(opts.onReconcileError ? { onError: opts.onReconcileError('policy-enforce') } : {}),
+      ...common,
+    });
+  }
+
+  get reconcilers(): readonly Reconciler<unknown>[] {
+    return [this.policyRec, this.enforceRec] as unknown as Reconciler<unknown>[];
+  }
+
+  /** Subscribes to the inputs; writing starts once the local policy kinds are listed. */
+  start(): void {
+    if (this.started) return;
+    this.started = true;
+    const s = this.o.source;
+    this.subs.push(
+      s.networkPolicies.watch((ev) => {
+        if (ev.kind === 'synced') return this.schedule();
+        this.policyEvent('NetworkPolicy', ev.kind, ev.object);
+      }),
+      s.ciliumNetworkPolicies.watch((ev) => {
+        if (ev.kind === 'synced') return this.schedule();
+        this.policyEvent('CiliumNetworkPolicy', ev.kind, ev.object);
+      }),
+      s.endpoints.watch((ev) => {
+        if (ev.kind === 'synced') return this.schedule();
+        const { namespace, name } = ev.object.metadata;
+        const ref = objectRef(namespace, name);
+        const before = this.objectIdentity.get(ref);
+        if (ev.kind === 'upsert') {
+          const id = ev.object.status.identity.id;
+          if (before !== undefined && before !== id) this.dropIdentityRef(ref, before);
+          this.objectIdentity.set(ref, id);
+          this.setIdentityRef(id, ref, ev.object.status.identity.labels);
+        } else {
+          this.objectIdentity.delete(ref);
+          this.dropIdentityRef(ref);
+        }
+        // Egress named ports towards pods of this cluster resolve against their Pod objects.
+        if (podNamedPorts(s.pods.get({ namespace, name })).length > 0) {
+          for (const id of new Set([before, this.objectIdentity.get(ref)])) if (id !== undefined && id >= 256) this.apply(() => this.resolver.refreshNamedPorts(id));
+        }
+      }),
+      s.pods.watch((ev) => {
+        if (ev.kind === 'synced') return this.schedule();
+        const { namespace, name } = ev.object.metadata;
+        const id = this.objectIdentity.get(objectRef(namespace, name));
+        if (id !== undefined && id >= 256) this.apply(() => this.resolver.refreshNamedPorts(id));
+        for (const { view } of this.localEps.values()) {
+          if (view.namespace === namespace && view.podName === name) {
+            this.syncEndpoints();
+            break;
+          }
+        }
+      }),
+      this.o.remoteIdentities.subscribe((ev) => {
+        const id = ev.kind === 'upsert' ? ev.value.id : ev.previous.id;
+        if (ev.kind === 'upsert') this.setIdentityRef(id, REMOTE_REF, ev.value.labels.map((l) => `${l.source}:${l.key}=${l.value}`));
+        else this.dropIdentityRef(REMOTE_REF, id);
+      }),
+    );
+    this.syncEndpoints();
+    this.armGc();
+    this.armPruneWatch();
+    this.schedule();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const u of this.subs.splice(0)) u();
+    if (this.gcTimer) this.clock.clearTimeout(this.gcTimer);
+    if (this.pruneTimer) this.clock.clearTimeout(this.pruneTimer);
+    await this.flushing?.catch(() => undefined);
+    await Promise.all([this.policyRec.stop(), this.enforceRec.stop()]);
+    for (const w of this.idleWaiters) w();
+    this.idleWaiters.clear();
+  }
+
+  /** The local policy kinds (and endpoints, pods) are listed, and the agent lets policy be written. */
+  get synced(): boolean {
+    return POLICY_KINDS.every((k) => this.o.source[k].synced) && (this.o.canWrite?.() ?? true);
+  }
+
+  /**
+   * Wraps the endpoints-map reconciler the EndpointManager writes through: a
+   * change of a local endpoint is seen at once, and whenApplied() also waits
+   * (at most endpointWaitMs) until the policy of the changed endpoints is in
+   * the maps. Everything else goes to the wrapped reconciler.
+   */
+  tapEndpointsMap<T extends Tappable<V>, V>(rec: T): T {
+    const onChange = (): void => this.syncEndpoints();
+    const waitMs = this.o.endpointWaitMs ?? 5000;
+    return new Proxy(rec, {
+      get: (target, prop) => {
+        if (prop === 'upsert')
+          return (key: string, value: V) => {
+            target.upsert(key, value);
+            onChange();
+          };
+        if (prop === 'remove')
+          return (key: string) => {
+            target.remove(key);
+            onChange();
+          };
+        if (prop === 'whenApplied')
+          return async (key: string, timeoutMs?: number) => {
+            // A delete drops the endpoint's record only after its remove(): look again.
+            onChange();
+            await target.whenApplied(key, timeoutMs);
+            if (!(await this.whenIdle(waitMs)) && !this.stopped)
+              this.o.log.warn({ key, waitMs }, 'endpoint programmed before its policy was confirmed in the maps; the policy reconcilers keep trying');
+          };
+        const v = Reflect.get(target, prop, target) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
+  }
+
+  /** Resolves true once nothing is waiting to be written (false after timeoutMs, or when not synced yet). */
+  whenIdle(timeoutMs: number): Promise<boolean> {
+    if (this.isIdle()) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      let timer: TimerHandle | undefined;
+      const done = (): void => {
+        if (timer) this.clock.clearTimeout(timer);
+        this.idleWaiters.delete(done);
+        resolve(this.isIdle());
+      };
+      this.idleWaiters.add(done);
+      timer = this.clock.setTimeout(done, timeoutMs);
+    });
+  }
+
+  private isIdle(): boolean {
+    return this.synced && this.dirty.size === 0 && !this.flushing && !this.scheduled;
+  }
+
+  // ---- inputs
+
+  private policyEvent(kind: PolicyKind, ev: 'upsert' | 'delete', obj: NetworkPolicy | CiliumNetworkPolicy): void {
+    const ref = { kind, namespace: obj.metadata.namespace, name: obj.metadata.name };
+    const key = policyKey(ref);
+    if (ev === 'delete') {
+      this.parseErrors.delete(key);
+      this.apply(() => this.resolver.removePolicy(ref), key);
+      return;
+    }
+    let policy;
+    try {
+      policy = kind === 'NetworkPolicy' ? parseNetworkPolicy(obj) : parseCiliumNetworkPolicy(obj);
+    } catch (err) {
+      this.recordError(ref, err, 'is invalid; not applied (its previous version, if any, stays)');
+      return;
+    }
+    if (this.apply(() => this.resolver.upsertPolicy(policy), key)) this.parseErrors.delete(key);
+  }
+
+  private recordError(ref: { kind: PolicyKind; namespace: string; name: string }, err: unknown, what: string): void {
+    const message = (err as Error)?.message ?? String(err);
+    this.parseErrors.set(policyKey(ref), { ...ref, error: message, at: new Date(this.clock.now()).toISOString() });
+    this.o.log.warn({ policy: policyKey(ref), err: message }, `${ref.kind} ${ref.namespace}/${ref.name} ${what}`);
+  }
+
+  /** Runs one resolver change; marks what it touched. False when it threw (nothing applied). */
+  private apply(fn: () => PolicyDelta, policy?: string): boolean {
+    let d: PolicyDelta;
+    try {
+      d = fn();
+    } catch (err) {
+      if (policy) {
+        const [kind, namespace, name] = policy.split('/') as [PolicyKind, string, string];
+        this.recordError({ kind, namespace, name }, err, 'cannot be applied (its previous version, if any, stays)');
+      } else this.o.log.error({ err: (err as Error).message }, 'policy resolution failed');
+      return false;
+    }
+    for (const e of d.added) this.dirty.add(e.endpointId);
+    for (const e of d.changed) this.dirty.add(e.endpointId);
+    for (const e of d.removed) this.dirty.add(e.endpointId);
+    for (const e of d.enforcement) this.dirty.add(e.endpointId);
+    if (this.dirty.size > 0) this.schedule();
+    return true;
+  }
+
+  private setIdentityRef(id: number, ref: string, labels: readonly string[]): void {
+    if (!Number.isInteger(id) || id < 256) return; // reserved identities are the resolver's own
+    let refs = this.identityRefs.get(id);
+    if (!refs) this.identityRefs.set(id, (refs = new Map()));
+    refs.set(ref, labels);
+    this.pushIdentity(id);
+  }
+
+  /** Drops `ref` from `id` (or, without id, from the identity it holds). */
+  private dropIdentityRef(ref: string, id?: number): void {
+    const ids = id !== undefined ? [id] : [...this.identityRefs].filter(([, r]) => r.has(ref)).map(([i]) => i);
+    for (const i of ids) {
+      const refs = this.identityRefs.get(i);
+      if (!refs?.delete(ref)) continue;
+      if (refs.size === 0) this.identityRefs.delete(i);
+      this.pushIdentity(i);
+    }
+  }
+
+  private pushIdentity(id: number): void {
+    const refs = this.identityRefs.get(id);
+    if (!refs) {
+      this.identityLabels.delete(id);
+      this.apply(() => this.resolver.removeIdentity(id));
+      return;
+    }
+    // Every holder should say the same; a remote's word or the newest claim wins otherwise.
+    const labels = refs.get(REMOTE_REF) ?? [...refs.values()].at(-1)!;
+    this.identityLabels.set(id, [...labels].sort());
+    this.apply(() => this.resolver.upsertIdentity(id, parseLabelStrings(labels)));
+  }
+
+  /** Makes the resolver's local endpoints (and their identity references) match the endpoint manager's. */
+  syncEndpoints(): void {
+    if (!this.started || this.syncingEndpoints) return;
+    this.syncingEndpoints = true;
+    try {
+      const seen = new Set<number>();
+      for (const ep of this.o.localEndpoints()) {
+        if (ep.identity === null) continue;
+        seen.add(ep.endpointID);
+        const namedPorts = podNamedPorts(this.o.source.pods.get({ namespace: ep.namespace, name: ep.podName }));
+        const labels = [...ep.identityLabels];
+        const sig = JSON.stringify([ep.containerID, ep.identity, labels, namedPorts]);
+        const cur = this.localEps.get(ep.endpointID);
+        if (cur?.sig === sig) continue;
+        if (cur && cur.view.containerID !== ep.containerID) this.dropIdentityRef(localRef(cur.view.containerID));
+        else if (cur && cur.view.identity !== ep.identity) this.dropIdentityRef(localRef(ep.containerID), cur.view.identity ?? undefined);
+        this.localEps.set(ep.endpointID, { sig, view: { ...ep, identityLabels: labels } });
+        this.setIdentityRef(ep.identity, localRef(ep.containerID), labels);
+        const le: LocalEndpoint = { endpointId: ep.endpointID, identity: ep.identity, labels: parseLabelStrings(labels), namedPorts };
+        this.apply(() => this.resolver.upsertEndpoint(le));
+      }
+      for (const [id, { view }] of [...this.localEps]) {
+        if (seen.has(id)) continue;
+        this.localEps.delete(id);
+        this.apply(() => this.resolver.removeEndpoint(id));
+        this.dropIdentityRef(localRef(view.containerID));
+      }
+    } finally {
+      this.syncingEndpoints = false;
+    }
+  }
+
+  // ---- output
+
+  private schedule(): void {
+    if (!this.started || this.stopped) return;
+    if (this.flushing) {
+      this.again = true;
+      return;
+    }
+    if (this.scheduled) return;
+    this.scheduled = true;
+    this.defer(() => {
+      this.scheduled = false;
+      if (!this.synced || this.stopped) return this.notifyIdle();
+      this.flushing = this.flushLoop().finally(() => {
+        this.flushing = undefined;
+        if (this.again || this.dirty.size > 0) this.schedule();
+        this.notifyIdle();
+      });
+    });
+  }
+
+  private notifyIdle(): void {
+    if (!this.isIdle()) return;
+    for (const w of [...this.idleWaiters]) w();
+  }
+
+  private async flushLoop(): Promise<void> {
+    do {
+      this.again = false;
+      const ids = [...this.dirty].sort((a, b) => a - b);
+      this.dirty.clear();
+      try {
+        await this.flush(ids);
+      } catch (err) {
+        this.o.log.error({ err: (err as Error).stack }, 'writing policy failed; retrying those endpoints');
+        for (const id of ids) this.dirty.add(id);
+        await new Promise<void>((r) => this.clock.setTimeout(() => r(), 500));
+      }
+    } while (!this.stopped && this.dirty.size > 0);
+  }
+
+  /** Desired cm_policy keys and cm_policy_enforce value of one endpoint now. */
+  private desiredOf(endpointId: number): Written {
+    const maps = toPolicyMaps(this.resolver.entries(endpointId), [
+      { endpointId, direction: 'ingress', enforced: this.resolver.isEnforced(endpointId, 'ingress') },
+      { endpointId, direction: 'egress', enforced: this.resolver.isEnforced(endpointId, 'egress') },
+    ]);
+    return { keys: new Map(maps.policy.map(([k, v]) => [policyKeyString(k), v])), enforce: maps.enforce[0]?.[1] };
+  }
+
+  /** Phases A, B, C (file comment) for a batch of endpoints. */
+  private async flush(endpointIds: number[]): Promise<void> {
+    const plans = endpointIds.map((id) => ({ id, old: this.written.get(id) ?? { keys: new Map(), enforce: undefined }, now: this.desiredOf(id) }));
+
+    // A: the new state's entries
+    const written: string[] = [];
+    for (const { old, now } of plans) {
+      for (const [k, v] of now.keys) {
+        if (sameValue(old.keys.get(k), v)) continue;
+        this.policyRec.upsert(k, v);
+        written.push(k);
+      }
+    }
+    await this.settle(this.policyRec, written);
+
+    // B: the flags
+    const flags: string[] = [];
+    for (const { id, old, now } of plans) {
+      const k = enforceKeyString(id);
+      if (now.enforce) {
+        if (sameEnforce(old.enforce, now.enforce)) continue;
+        this.enforceRec.upsert(k, now.enforce);
+      } else if (old.enforce) {
+        this.enforceRec.remove(k);
+      } else continue;
+      flags.push(k);
+    }
+    await this.settle(this.enforceRec, flags);
+
+    // C: what the new state no longer has
+    const stale: string[] = [];
+    for (const { old, now } of plans) for (const k of old.keys.keys()) if (!now.keys.has(k)) stale.push(k);
+    for (const k of stale) this.policyRec.remove(k);
+    await this.settle(this.policyRec, stale);
+
+    for (const { id, now } of plans) {
+      if (now.keys.size === 0 && !now.enforce) this.written.delete(id);
+      else this.written.set(id, now);
+    }
+    this.flushes++;
+    this.lastFlushAt = this.clock.now();
+  }
+
+  /** Starts the reconciler with its first full pass (differences only), or waits until `keys` are applied. */
+  private async settle<V>(rec: Reconciler<V>, keys: string[]): Promise<void> {
+    if (this.stopped) return;
+    if (!rec.status().started) {
+      await rec.start().catch((err: unknown) => this.o.log.warn({ reconciler: rec.name, err: (err as Error).message }, 'first full pass failed; retrying'));
+      return;
+    }
+    const t = this.o.applyTimeoutMs ?? 5000;
+    const results = await Promise.allSettled(keys.map((k) => rec.whenApplied(k, t)));
+    const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed.length > 0 && !this.stopped) {
+      this.applyTimeouts++;
+      this.o.log.warn({ reconciler: rec.name, keys: failed.length, err: (failed[0]!.reason as Error).message }, 'policy writes not confirmed in time; going on (the reconciler keeps retrying)');
+    }
+  }
+
+  private armGc(): void {
+    const run = this.o.gcPolicyCt;
+    if (!run || this.stopped) return;
+    this.gcTimer = this.clock.setTimeout(() => {
+      this.gcTimer = undefined;
+      if (this.stopped) return;
+      try {
+        this.gc.deleted += run();
+        this.gc.runs++;
+        this.gc.lastRunAt = new Date(this.clock.now()).toISOString();
+      } catch (err) {
+        this.o.log.warn({ err: (err as Error).message }, 'cm_policy_ct garbage collection failed');
+      }
+      this.armGc();
+    }, this.o.gcIntervalMs ?? 30_000);
+  }
+
+  /** A full pass of both maps (flags first) as soon as pruning is allowed, not a period later. */
+  private armPruneWatch(): void {
+    const blocker = this.o.pruneBlocker ?? ((): string | null => null);
+    if (this.stopped) return;
+    this.pruneTimer = this.clock.setTimeout(() => {
+      this.pruneTimer = undefined;
+      if (this.stopped) return;
+      // canWrite() has no event of its own: a first flush held back by it starts here.
+      if (this.flushes === 0 && !this.flushing && this.synced) this.schedule();
+      const blocked = blocker() !== null;
+      if (blocked) this.wasPruneBlocked = true;
+      else if (this.wasPruneBlocked && this.enforceRec.status().started && this.policyRec.status().started) {
+        this.wasPruneBlocked = false;
+        void (async () => {
+          await this.enforceRec.fullSync().catch(() => undefined);
+          await this.policyRec.fullSync().catch(() => undefined);
+        })();
+      }
+      this.armPruneWatch();
+    }, 250);
+  }
+
+  // ---- reading
+
+  private labelsOf(identity: number): string[] {
+    if (identity === 0) return ['(any)'];
+    const reserved = RESERVED_IDENTITY_LABELS[identity];
+    if (reserved !== undefined) return reserved.split(';').filter(Boolean);
+    for (const [prefix, id] of this.cidrByPrefix) if (id === identity) return [`cidr:${prefix}`, 'reserved:world'];
+    return [...(this.identityLabels.get(identity) ?? [])];
+  }
+
+  status(): PolicyStatus {
+    const st = this.resolver.stats();
+    let ingress = 0;
+    let egress = 0;
+    let enforced = 0;
+    for (const id of this.localEps.keys()) {
+      const i = this.resolver.isEnforced(id, 'ingress');
+      const e = this.resolver.isEnforced(id, 'egress');
+      if (i) ingress++;
+      if (e) egress++;
+      if (i || e) enforced++;
+    }
+    let mapEntries = 0;
+    for (const w of this.written.values()) mapEntries += w.keys.size;
+    return {
+      synced: this.synced,
+      policyDefaultLocalCluster: this.defaultLocal,
+      policies: { objects: this.o.source.networkPolicies.list().length + this.o.source.ciliumNetworkPolicies.list().length, applied: st.policies },
+      parseErrors: [...this.parseErrors.values()].sort((a, b) => (a.namespace + a.name < b.namespace + b.name ? -1 : 1)),
+      identities: st.identities,
+      selectors: st.selectors,
+      cidrIdentities: st.cidrIdentities,
+      endpoints: { local: this.localEps.size, enforced, ingressEnforced: ingress, egressEnforced: egress },
+      entries: st.entries,
+      mapEntries,
+      pending: this.dirty.size + (this.flushing ? 1 : 0),
+      flushes: this.flushes,
+      lastFlushAt: this.lastFlushAt === null ? null : new Date(this.lastFlushAt).toISOString(),
+      applyTimeouts: this.applyTimeouts,
+      policyCtGc: { ...this.gc },
+    };
+  }
+
+  inspect(): PolicyInspect {
+    const endpoints: PolicyEndpointView[] = [...this.localEps.entries()]
+      .sort(([a], [b]) => a - b)
+      .map(([id, { view }]) => ({
+        endpointID: id,
+        containerID: view.containerID,
+        namespace: view.namespace,
+        podName: view.podName,
+        identity: view.identity ?? 0,
+        enforced: { ingress: this.resolver.isEnforced(id, 'ingress'), egress: this.resolver.isEnforced(id, 'egress') },
+        entries: this.resolver.entries(id).map((e) => ({
+          direction: e.direction,
+          identity: e.remoteIdentity,
+          labels: this.labelsOf(e.remoteIdentity),
+          protocol: PROTO_NAMES[e.protocol] ?? 'ANY',
+          port: e.port,
+          portEnd: e.portEnd,
+          verdict: e.verdict,
+        })),
+      }));
+    return {
+      cluster: this.o.clusterName,
+      policyDefaultLocalCluster: this.defaultLocal,
+      synced: this.synced,
+      endpoints,
+      cidrIdentities: this.resolver.cidrIdentities(),
+      parseErrors: this.status().parseErrors,
+    };
+  }
+}
