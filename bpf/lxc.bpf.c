@@ -205,6 +205,12 @@ static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
 		return TC_ACT_OK;
 	}
 	tc->dst_identity = info->identity;
+	/* A node-local (CIDR) identity is outside the mesh whatever the entry
+	 * says about a tunnel: the stack routes it, as world. */
+	if (identity_is_local(info->identity)) {
+		tc->reason = TRACE_TO_STACK;
+		return TC_ACT_OK;
+	}
 	if (info->tunnel_endpoint == 0) {
 		/* Host, world, remote-node...: the stack routes those. A workload
 		 * without a node to send it to is a hole in the ipcache. */

@@ -311,4 +311,66 @@ describe('network policy across 3 clusters x 1 node, real traffic', { timeout: 3
       assert.deepEqual(st.policy.parseErrors, []);
     }
   });
+
+  test('toCIDR / egressDeny towards addresses outside the mesh: node-local CIDR identities, to the stack, exact identity in drops', async () => {
+    const n1 = node(1);
+    const src = other1();
+    // Addresses outside the mesh on the loopback of the cluster1 node (no dummy links in every kernel):
+    // from_container hands them to the node's stack, which answers itself.
+    const addrs = ['192.0.2.1/32', '192.0.2.2/32', '198.51.100.1/32'];
+    const name = 'other-to-cidr';
+    try {
+      for (const a of addrs) await runIn(n1.netns, ['ip', 'addr', 'add', a, 'dev', 'lo']);
+      const pings = async (dst: string): Promise<boolean> => {
+        try {
+          await runIn(src.netns, ['ping', '-c', '1', '-W', '1', '-q', dst], { timeoutMs: 5000 });
+          return true;
+        } catch {
+          return false;
+        }
+      };
+      for (const dst of ['192.0.2.1', '198.51.100.1']) assert.equal(await pings(dst), true, `without policy ${src.name} -> ${dst}`);
+      const policy = (deny: boolean) => ({
+        apiVersion: 'cilium.io/v2',
+        kind: 'CiliumNetworkPolicy',
+        metadata: { name, namespace: 'default' },
+        spec: {
+          endpointSelector: { matchLabels: { app: 'other' } },
+          egress: [{ toCIDR: ['192.0.2.0/24'] }],
+          ...(deny ? { egressDeny: [{ toCIDR: ['192.0.2.1/32'] }] } : {}),
+        },
+      });
+      await writer(1).apply(policy(false));
+      await waitFor('198.51.100.1 (world) refused', async () => !(await pings('198.51.100.1')), 20_000);
+      assert.equal(await pings('192.0.2.1'), true, 'inside the allowed prefix');
+      const entry = m().readIpcache(n1).get('192.0.2.0/24');
+      assert.ok(entry && entry.identity > 0x1000000 && entry.identity <= 0x1ffffff && entry.tunnelEndpoint === null, `node-local identity in the ipcache: ${JSON.stringify(entry)}`);
+      const view = await m().agent(n1).api.policy();
+      assert.deepEqual(view.cidrIdentities, [{ prefix: '192.0.2.0/24', identity: entry.identity }]);
+
+      const events = collectEvents(m().agent(n1).pinDir);
+      try {
+        await writer(1).apply(policy(true));
+        await waitFor('192.0.2.1 denied', async () => !(await pings('192.0.2.1')), 20_000);
+        assert.equal(await pings('192.0.2.2'), true, 'the rest of the /24 still allowed');
+        await sleep(200);
+        const drops = events.drain().filter((e) => e.type === 'drop' && e.srcIp === src.ip);
+        const deny = drops.find((e) => e.dstIp === '192.0.2.1' && e.reasonName === 'DROP_POLICY_DENY');
+        const ids = m().readIpcache(n1);
+        assert.ok(deny, `a DROP_POLICY_DENY event towards 192.0.2.1: ${JSON.stringify(drops.slice(0, 3), (_k, v) => (typeof v === 'bigint' ? String(v) : v))}`);
+        assert.equal(deny.direction, 'egress');
+        assert.equal(deny.dstIdentity, ids.get('192.0.2.1/32')?.identity, 'the exact /32 CIDR identity');
+        assert.ok(deny.dstIdentity > 0x1000000 && deny.dstIdentity !== entry.identity, 'its own node-local identity');
+        // The /32's identity reached the ipcache only after the entries naming it: never a default-deny in between.
+        assert.deepEqual(drops.filter((e) => e.dstIp === '192.0.2.1' && e.reasonName !== 'DROP_POLICY_DENY').map((e) => e.reasonName), []);
+      } finally {
+        events.stop();
+      }
+    } finally {
+      await writer(1).delete('CiliumNetworkPolicy', { namespace: 'default', name }).catch(() => undefined);
+      for (const a of addrs) await runIn(n1.netns, ['ip', 'addr', 'del', a, 'dev', 'lo']).catch(() => undefined);
+    }
+    await waitFor('the CIDR identities released from the ipcache', () => ![...m().readIpcache(n1).keys()].some((k) => k.startsWith('192.0.2.')), 20_000);
+    assert.equal((await m().agentStatus(n1)).policy.mapEntries, 0);
+  });
 });

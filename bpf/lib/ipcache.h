@@ -15,8 +15,26 @@
  * remote-node, ... Traffic to them without a tunnel endpoint goes to the stack. */
 #define IDENTITY_RESERVED_MAX 255
 #define IDENTITY_WORLD 2
-/* Identities ride in the 24-bit VXLAN VNI. */
+/* Identities of the mesh ride in the 24-bit VXLAN VNI. */
 #define IDENTITY_VNI_MAX 0xffffff
+
+/*
+ * Scope of an identity: its bits 24..31. Global identities (scope 0) are the
+ * mesh's, the same on every node; they fit the VNI. Node-local identities
+ * (IDENTITY_SCOPE_LOCAL | n, n = 1..0xffffff, as Cilium's local scope) are
+ * this node's numbers for CIDR peers of policies (src/agent/policy.ts): in
+ * the ipcache they name addresses outside the mesh, so a destination with
+ * one goes to the stack like world, while policy sees the exact identity.
+ * One never travels: the VNI carries the *source* pod's identity, and
+ * ipv4_encap() refuses anything above IDENTITY_VNI_MAX.
+ */
+enum cm_identity_scope {
+	IDENTITY_SCOPE_GLOBAL = 0,
+	IDENTITY_SCOPE_LOCAL  = 1 << 24,
+};
+#define IDENTITY_SCOPE_MASK 0xff000000U
+
+CM_BTF_EXPORT(enum cm_identity_scope, identity_scope);
 
 /* 8 bytes. LPM trie keys start with the prefix length in bits (0..32). */
 struct ipcache_key {
@@ -54,6 +72,11 @@ static __always_inline const struct ipcache_value *ipcache_lookup4(__u32 addr)
 static __always_inline bool identity_is_reserved(__u32 identity)
 {
 	return identity <= IDENTITY_RESERVED_MAX;
+}
+
+static __always_inline bool identity_is_local(__u32 identity)
+{
+	return (identity & IDENTITY_SCOPE_MASK) == IDENTITY_SCOPE_LOCAL;
 }
 
 #endif /* CM_IPCACHE_H */

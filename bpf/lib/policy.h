@@ -34,6 +34,13 @@
  * stack opens into a pod (no program sees them): with the pod's egress
  * enforced, their replies need an egress rule (e.g. to the host identity).
  *
+ * Not checked at all (yet): ingress from outside the mesh. Packets the stack
+ * routes into a pod (from world, a CIDR peer, the host, another node's
+ * stack) pass no program of ours, so ingress entries for reserved and
+ * node-local CIDR identities (fromCIDR, fromEntities world/host/...) are
+ * written but never looked up. Egress towards them is enforced: the
+ * destination's identity comes from the ipcache, exactly (ipcache.h).
+ *
  * Cost: an endpoint without POLICY_ENFORCE_ACTIVE (no policy) costs one
  * inlined array lookup per check and nothing else.
  */

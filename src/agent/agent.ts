@@ -50,7 +50,7 @@ import {
 import { Reconciler } from './reconciler.ts';
 import { ResyncGrace } from './resync-grace.ts';
 import { ServiceManager } from './services.ts';
-import { PolicyManager, policyTargets, type LocalEndpointView } from './policy.ts';
+import { PolicyManager, policyTargets, restoredCidrIdentities, type LocalEndpointView } from './policy.ts';
 import { remoteSummary, waitingFor, type AgentPhase, type AgentStatus, type LocalSyncStatus } from './status.ts';
 import { nodeObject, publishKeys, samePublished, storeTarget } from './store-publisher.ts';
 
@@ -211,6 +211,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       localEndpoints: (): LocalEndpointView[] => endpoints.list(),
       targets: { policy: policyMaps.policy, enforce: policyMaps.enforce },
       gcPolicyCt: policyMaps.gcPolicyCt,
+      restoredCidrIdentities: restoredCidrIdentities(dp),
       ipcache: table,
       pruneBlocker,
       canWrite: mayProgram,

@@ -10,6 +10,12 @@
 //   pod-cidr          every node's pod CIDR     world 2         that node (an address there
 //                                                               that is no pod is dropped by
 //                                                               the node owning the range)
+//   policy-cidr       CIDR peers of policies    node-local      none (outside the mesh: the
+//                                                (1<<24 | n)     stack routes it, as world)
+//
+// policy-cidr is last: a prefix the mesh routes itself (a pod CIDR, a node's
+// /32) keeps its meaning when a policy names it too; the CIDR identity then
+// classifies only the addresses no other entry covers more specifically.
 //
 // One prefix may be claimed by several owners; the origin earlier in the
 // table wins, then the earlier claim. Everything not covered is world (the
@@ -24,7 +30,7 @@ import { ReservedIdentity, type Endpoint, type Node } from '../model/index.ts';
 
 export type IpcacheEntry = ipcacheMap.Value;
 
-export type IpcacheOrigin = 'local-endpoint' | 'cluster-endpoint' | 'remote-endpoint' | 'self' | 'node' | 'pod-cidr';
+export type IpcacheOrigin = 'local-endpoint' | 'cluster-endpoint' | 'remote-endpoint' | 'self' | 'node' | 'pod-cidr' | 'policy-cidr';
 
 /** Lower wins. */
 export const ORIGIN_PRIORITY: Readonly<Record<IpcacheOrigin, number>> = {
@@ -34,6 +40,7 @@ export const ORIGIN_PRIORITY: Readonly<Record<IpcacheOrigin, number>> = {
   self: 3,
   node: 4,
   'pod-cidr': 5,
+  'policy-cidr': 6,
 };
 
 export interface Contribution {

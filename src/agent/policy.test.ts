@@ -63,7 +63,14 @@ function backendPolicy(name = 'backend-from-c1', port = '8080'): CiliumNetworkPo
   } as unknown as CiliumNetworkPolicy;
 }
 
-function setup(o: { cluster?: string; pruneBlocked?: () => boolean; prefill?: (m: { policy: FakeMap<policyMap.Value>; enforce: FakeMap<policyMap.EnforceValue> }) => void } = {}) {
+function setup(
+  o: {
+    cluster?: string;
+    pruneBlocked?: () => boolean;
+    prefill?: (m: { policy: FakeMap<policyMap.Value>; enforce: FakeMap<policyMap.EnforceValue> }) => void;
+    restoredCidrIdentities?: Array<[string, number]>;
+  } = {},
+) {
   const log: string[] = [];
   const maps = { policy: new FakeMap<policyMap.Value>('policy', log), enforce: new FakeMap<policyMap.EnforceValue>('enforce', log) };
   o.prefill?.(maps);
@@ -77,6 +84,8 @@ function setup(o: { cluster?: string; pruneBlocked?: () => boolean; prefill?: (m
   const remote = new Cache<number, RemoteIdentity>();
   const locals: LocalEndpointView[] = [];
   const ipcache = new Map<string, Contribution[]>();
+  /** owner → whether cm_policy already had an entry naming the identity when the owner's ipcache entry was set. */
+  const ipcacheAfterEntries = new Map<string, boolean>();
   const cluster = o.cluster ?? 'cluster2';
   const mgr = new PolicyManager({
     clusterName: cluster,
@@ -84,7 +93,14 @@ function setup(o: { cluster?: string; pruneBlocked?: () => boolean; prefill?: (m
     remoteIdentities: remote,
     localEndpoints: () => locals,
     targets: maps,
-    ipcache: { setOwner: (owner, c) => void ipcache.set(owner, [...c]), removeOwner: (owner) => void ipcache.delete(owner) },
+    ipcache: {
+      setOwner: (owner, c) => {
+        ipcacheAfterEntries.set(owner, c.every((x) => [...maps.policy.data.keys()].some((k) => parsePolicyKeyString(k).identity === x.entry.identity)));
+        ipcache.set(owner, [...c]);
+      },
+      removeOwner: (owner) => void ipcache.delete(owner),
+    },
+    ...(o.restoredCidrIdentities ? { restoredCidrIdentities: o.restoredCidrIdentities } : {}),
     pruneBlocker: () => (o.pruneBlocked?.() ? 'waiting' : null),
     log: silent,
     applyTimeoutMs: 2000,
@@ -112,7 +128,7 @@ function setup(o: { cluster?: string; pruneBlocked?: () => boolean; prefill?: (m
     await mgr.stop();
   };
   const idle = async (): Promise<void> => assert.equal(await mgr.whenIdle(5000), true, 'the manager settles');
-  return { mgr, stop, src, remote, locals, maps, log, ipcache, addLocal, addRemote, syncAll, verdict, idle };
+  return { mgr, stop, src, remote, locals, maps, log, ipcache, ipcacheAfterEntries, addLocal, addRemote, syncAll, verdict, idle };
 }
 
 describe('PolicyManager', () => {
@@ -245,7 +261,7 @@ describe('PolicyManager', () => {
     }
   });
 
-  it('CIDR peers get an identity below 256 and an ipcache entry, released with the policy', async () => {
+  it('CIDR peers get a node-local identity (1<<24 | n) and a policy-cidr ipcache entry, released with the policy', async () => {
     const t = setup({ cluster: 'cluster1' });
     try {
       t.mgr.start();
@@ -260,13 +276,46 @@ describe('PolicyManager', () => {
       const owner = t.ipcache.get('policy-cidr/192.0.2.0/24');
       assert.ok(owner, 'the prefix is in the ipcache');
       const id = owner[0]!.entry.identity;
-      assert.ok(id >= 128 && id <= 255, `identity ${id} in 128..255`);
+      assert.ok(id > 0x1000000 && id <= 0x1ffffff, `identity ${id} is node-local`);
+      assert.equal(owner[0]!.origin, 'policy-cidr');
       assert.equal(t.verdict(3, id, 53, 'egress'), 'allowed');
       assert.equal(t.verdict(3, 2, 53, 'egress'), 'default-deny', 'world outside the prefix');
       assert.deepEqual(t.mgr.inspect().cidrIdentities, [{ prefix: '192.0.2.0/24', identity: id }]);
       t.src.ciliumNetworkPolicies.remove({ namespace: 'default', name: 'to-dns' });
       await t.idle();
       assert.equal(t.ipcache.has('policy-cidr/192.0.2.0/24'), false);
+    } finally {
+      await t.stop();
+    }
+  });
+
+  it('a new CIDR identity reaches the ipcache only after the entries naming it; numbers restored from the pinned ipcache are kept', async () => {
+    const restored = 0x1000abc;
+    const t = setup({ cluster: 'cluster1', restoredCidrIdentities: [['192.0.2.0/24', restored], ['203.0.113.0/24', 0x1000001]] });
+    try {
+      t.mgr.start();
+      t.syncAll();
+      t.addLocal(3, 'frontend', C1 + 1);
+      const cnp = (name: string, cidrs: string[]) =>
+        ({ kind: 'CiliumNetworkPolicy', metadata: { name, namespace: 'default' }, spec: { endpointSelector: { matchLabels: { app: 'frontend' } }, egress: [{ toCIDR: cidrs }] } }) as unknown as CiliumNetworkPolicy;
+      t.src.ciliumNetworkPolicies.set(cnp('a', ['192.0.2.0/24', '198.51.100.0/24']));
+      await t.idle();
+      const id = (prefix: string) => t.ipcache.get(`policy-cidr/${prefix}`)?.[0]?.entry.identity;
+      assert.equal(id('192.0.2.0/24'), restored, 'the restored number');
+      const fresh = id('198.51.100.0/24')!;
+      assert.ok(fresh > 0x1000000 && fresh !== restored, `a new node-local number: ${fresh}`);
+      assert.equal(t.ipcacheAfterEntries.get('policy-cidr/198.51.100.0/24'), true, 'the new number after its entries');
+      // A narrower prefix inside an allowed one: its number appears only once the allow for it is written.
+      t.src.ciliumNetworkPolicies.set(cnp('b', ['192.0.2.128/25']));
+      await t.idle();
+      const narrow = id('192.0.2.128/25')!;
+      assert.ok(narrow > 0x1000000 && ![restored, fresh].includes(narrow));
+      assert.equal(t.ipcacheAfterEntries.get('policy-cidr/192.0.2.128/25'), true);
+      assert.equal(t.verdict(3, narrow, 53, 'egress'), 'allowed');
+      // 0x1000001 was held for 203.0.113.0/24, which no policy names: free again after the first flush.
+      t.src.ciliumNetworkPolicies.set(cnp('c', ['10.250.0.0/16']));
+      await t.idle();
+      assert.ok(id('10.250.0.0/16')! > 0x1000000);
     } finally {
       await t.stop();
     }

@@ -14,9 +14,13 @@
 //                                          pods of this cluster (a remote cluster publishes no container
 //                                          ports: a named egress port towards it admits nothing)
 //   (reserved identities)                  seeded by the resolver itself
-//   CIDR peers                             identities 128..255 from a local pool, each put into the
-//                                          ipcache (owner `policy-cidr/<prefix>`): below 256 the
-//                                          datapath sends them to the stack like world
+//   CIDR peers                             node-local identities (1<<24 | n, src/policy/cidr.ts) from
+//                                          this node's pool, each put into the ipcache (owner
+//                                          `policy-cidr/<prefix>`, origin policy-cidr, the lowest):
+//                                          the datapath sends them to the stack like world and
+//                                          policy sees the exact identity; they never leave the node.
+//                                          A new one enters the ipcache after phase A below; after a
+//                                          restart each prefix gets its pinned number again
 //
 // Never a hole (an order per batch of changed endpoints):
 //   A. every cm_policy key the new state has is written (new and changed values);
@@ -55,6 +59,7 @@ import {
   type PolicyKind,
   type Verdict,
 } from '../policy/index.ts';
+import { LOCAL_IDENTITY_MAX, LOCAL_IDENTITY_MIN, isLocalIdentity } from '../policy/cidr.ts';
 import { toPolicyMaps } from '../policy/to-map.ts';
 import type { Resource, Unsubscribe } from '../sources/index.ts';
 import type { Logger } from './endpoints.ts';
@@ -104,6 +109,15 @@ export function policyTargets(dp: NodeDatapath): {
     },
     gcPolicyCt: () => gcPolicyCt(dp.maps.policyCt),
   };
+}
+
+/**
+ * The node-local CIDR identities in the node's pinned ipcache (prefix,
+ * identity): PolicyManagerOptions.restoredCidrIdentities, read before anything
+ * rewrites the ipcache.
+ */
+export function restoredCidrIdentities(dp: Pick<NodeDatapath, 'ipcache'>): Array<[string, number]> {
+  return dp.ipcache().flatMap(([prefix, v]): Array<[string, number]> => (isLocalIdentity(v.identity) ? [[prefix, v.identity]] : []));
 }
 
 /** Deletes expired cm_policy_ct entries (the datapath ignores them already; this frees their room). Collects first, deletes after. */
@@ -167,8 +181,19 @@ export interface PolicyManagerOptions {
   applyTimeoutMs?: number;
   /** How long the endpoint tap's whenApplied waits for policy (default 5 s; then the add goes on). */
   endpointWaitMs?: number;
-  /** Identities for CIDR peers, inclusive (default 128..255: below 256 the datapath routes them like world). */
+  /**
+   * Identities for CIDR peers, inclusive, inside the node-local scope
+   * (default: all of it, LOCAL_IDENTITY_MIN..LOCAL_IDENTITY_MAX; in practice
+   * the ipcache's 65536 entries are the limit).
+   */
   cidrIdentityRange?: readonly [number, number];
+  /**
+   * Node-local CIDR identities found in the pinned ipcache at start (prefix,
+   * identity), e.g. the entries of cm_ipcache whose identity isLocalIdentity():
+   * after a restart each prefix gets its old number again, so no address
+   * changes identity and nothing is rewritten.
+   */
+  restoredCidrIdentities?: Iterable<readonly [string, number]>;
   /** Schedules a flush "soon" (default setImmediate). */
   defer?: (fn: () => void) => void;
 }
@@ -294,6 +319,14 @@ export class PolicyManager {
   /** Endpoint objects of the local cluster: `object/<ns>/<name>` → identity. */
   private readonly objectIdentity = new Map<string, number>();
   private readonly cidrByPrefix = new Map<string, number>();
+  private readonly cidrById = new Map<number, string>();
+  /** CIDR identities allocated but not in the ipcache yet (see publishCidrIdentities). */
+  private readonly cidrPending = new Map<string, number>();
+  /** Numbers of CIDR prefixes from before a restart, held for their prefix until the first flush. */
+  private readonly cidrRestored = new Map<string, number>();
+  private readonly cidrRestoredIds = new Set<number>();
+  /** Next CIDR identity to try: a released number is reused only after the pool went round. */
+  private cidrNext = 0;
   private readonly written = new Map<number, Written>();
   private readonly dirty = new Set<number>();
   private readonly subs: Unsubscribe[] = [];
@@ -317,19 +350,42 @@ export class PolicyManager {
     this.clock = opts.clock ?? systemClock;
     this.defaultLocal = opts.policyDefaultLocalCluster ?? true;
     this.defer = opts.defer ?? ((fn) => void setImmediate(fn));
-    const [lo, hi] = opts.cidrIdentityRange ?? [128, 255];
+    const [lo, hi] = opts.cidrIdentityRange ?? [LOCAL_IDENTITY_MIN, LOCAL_IDENTITY_MAX];
+    if (!isLocalIdentity(lo) || !isLocalIdentity(hi) || hi < lo)
+      throw new RangeError(
+        `PolicyManagerOptions.cidrIdentityRange ${lo}..${hi} is not a range of node-local identities; use numbers in ${LOCAL_IDENTITY_MIN}..${LOCAL_IDENTITY_MAX} (LOCAL_IDENTITY_SCOPE | n)`,
+      );
+    this.cidrNext = lo;
+    for (const [prefix, id] of opts.restoredCidrIdentities ?? []) {
+      if (id < lo || id > hi || this.cidrRestoredIds.has(id)) continue;
+      this.cidrRestored.set(prefix, id);
+      this.cidrRestoredIds.add(id);
+    }
     this.resolver = new PolicyResolver({
       clusterName: opts.clusterName,
       policyDefaultLocalCluster: this.defaultLocal,
       allocateCidrIdentity: (prefix) => {
-        const used = new Set(this.cidrByPrefix.values());
-        for (let id = lo; id <= hi; id++) {
-          if (used.has(id)) continue;
-          this.cidrByPrefix.set(prefix, id);
-          this.o.ipcache.setOwner(policyCidrOwner(prefix), [{ origin: 'pod-cidr', prefix, entry: { identity: id, tunnelEndpoint: null, flags: 0 } }]);
-          return id;
+        // A restart: the number the prefix had, so the pinned ipcache stays right.
+        let id = this.cidrRestored.get(prefix);
+        let restored = false;
+        if (id !== undefined && !this.cidrById.has(id)) {
+          this.cidrRestored.delete(prefix);
+          this.cidrRestoredIds.delete(id);
+          restored = true;
+        } else {
+          if (this.cidrById.size + this.cidrRestoredIds.size > hi - lo)
+            throw new RangeError(`no free CIDR identity for ${prefix}: all ${hi - lo + 1} of ${lo}..${hi} are in use`);
+          id = this.cidrNext;
+          while (this.cidrById.has(id) || this.cidrRestoredIds.has(id)) id = id >= hi ? lo : id + 1;
+          this.cidrNext = id >= hi ? lo : id + 1;
         }
-        throw new RangeError(`no free CIDR identity for ${prefix}: all ${hi - lo + 1} of ${lo}..${hi} are in use`);
+        this.cidrByPrefix.set(prefix, id);
+        this.cidrById.set(id, prefix);
+        // A new number goes into the ipcache only once the policy entries naming it are written
+        // (flush, after phase A); a restored one is already there with the entries of the last run.
+        if (restored) this.setCidrOwner(prefix, id);
+        else this.cidrPending.set(prefix, id);
+        return id;
       },
       // Pods of this cluster on other nodes: their Pod objects (a remote cluster's pods publish no ports: fails closed).
       namedPorts: (identity) => {
@@ -342,7 +398,10 @@ export class PolicyManager {
         return out;
       },
       releaseCidrIdentity: (prefix) => {
+        const id = this.cidrByPrefix.get(prefix);
+        if (id !== undefined) this.cidrById.delete(id);
         this.cidrByPrefix.delete(prefix);
+        this.cidrPending.delete(prefix);
         this.o.ipcache.removeOwner(policyCidrOwner(prefix));
       },
     });
@@ -493,7 +552,7 @@ export class PolicyManager {
   }
 
   private isIdle(): boolean {
-    return this.synced && this.dirty.size === 0 && !this.flushing && !this.scheduled;
+    return this.synced && this.dirty.size === 0 && this.cidrPending.size === 0 && !this.flushing && !this.scheduled;
   }
 
   // ---- inputs
@@ -538,7 +597,7 @@ export class PolicyManager {
     for (const e of d.changed) this.dirty.add(e.endpointId);
     for (const e of d.removed) this.dirty.add(e.endpointId);
     for (const e of d.enforcement) this.dirty.add(e.endpointId);
-    if (this.dirty.size > 0) this.schedule();
+    if (this.dirty.size > 0 || this.cidrPending.size > 0) this.schedule();
     return true;
   }
 
@@ -670,6 +729,7 @@ export class PolicyManager {
       }
     }
     await this.settle(this.policyRec, written);
+    this.publishCidrIdentities();
 
     // B: the flags
     const flags: string[] = [];
@@ -697,6 +757,28 @@ export class PolicyManager {
     }
     this.flushes++;
     this.lastFlushAt = this.clock.now();
+  }
+
+  /**
+   * Puts new CIDR identities into the ipcache, after the policy entries that
+   * name them (phase A): the moment an address is classified as a new CIDR
+   * identity, every endpoint's verdicts for it are in cm_policy. The other
+   * way round, an address would briefly meet default deny (or miss a deny).
+   * A released identity leaves the ipcache at once: its addresses fall back
+   * to the enclosing prefix or world, whose entries are current.
+   */
+  private publishCidrIdentities(): void {
+    // After the first flush every policy is in: numbers restored for prefixes no policy names any more are free.
+    this.cidrRestored.clear();
+    this.cidrRestoredIds.clear();
+    for (const [prefix, id] of this.cidrPending) {
+      if (this.cidrByPrefix.get(prefix) === id) this.setCidrOwner(prefix, id);
+    }
+    this.cidrPending.clear();
+  }
+
+  private setCidrOwner(prefix: string, id: number): void {
+    this.o.ipcache.setOwner(policyCidrOwner(prefix), [{ origin: 'policy-cidr', prefix, entry: { identity: id, tunnelEndpoint: null, flags: 0 } }]);
   }
 
   /** Starts the reconciler with its first full pass (differences only), or waits until `keys` are applied. */
@@ -760,7 +842,8 @@ export class PolicyManager {
     if (identity === 0) return ['(any)'];
     const reserved = RESERVED_IDENTITY_LABELS[identity];
     if (reserved !== undefined) return reserved.split(';').filter(Boolean);
-    for (const [prefix, id] of this.cidrByPrefix) if (id === identity) return [`cidr:${prefix}`, 'reserved:world'];
+    const prefix = this.cidrById.get(identity);
+    if (prefix !== undefined) return [`cidr:${prefix}`, 'reserved:world'];
     return [...(this.identityLabels.get(identity) ?? [])];
   }
 
@@ -789,7 +872,7 @@ export class PolicyManager {
       endpoints: { local: this.localEps.size, enforced, ingressEnforced: ingress, egressEnforced: egress },
       entries: st.entries,
       mapEntries,
-      pending: this.dirty.size + (this.flushing ? 1 : 0),
+      pending: this.dirty.size + this.cidrPending.size + (this.flushing ? 1 : 0),
       flushes: this.flushes,
       lastFlushAt: this.lastFlushAt === null ? null : new Date(this.lastFlushAt).toISOString(),
       applyTimeouts: this.applyTimeouts,

@@ -24,6 +24,10 @@ import * as ipcache from './maps/ipcache.ts';
 import * as metrics from './maps/metrics.ts';
 import * as policy from './maps/policy.ts';
 import { decide, type PacketQuery } from '../policy/decide.ts';
+import { LOCAL_IDENTITY_SCOPE, isLocalIdentity } from '../policy/cidr.ts';
+import { parsePolicy } from '../policy/parse.ts';
+import { PolicyResolver } from '../policy/resolver.ts';
+import { identityLabels } from '../identity/labels.ts';
 import { toPolicyMaps, type EnforcementState } from '../policy/to-map.ts';
 import type { Direction, PolicyMapEntry, ProtocolNumber } from '../policy/types.ts';
 import { ETH_P_IP, ethernet, ipv4, tcp } from './test-packets.ts';
@@ -355,6 +359,117 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
       assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 8080, 41002, 0x12))), 'DROP_POLICY');
     } finally {
       for (const map of svcMaps) for (const [k] of [...map.entries()]) map.delete(k);
+    }
+  });
+
+  it('node-local (CIDR) identities: to the stack like world, never into the tunnel, policy sees the exact identity', () => {
+    const local = (n: number) => LOCAL_IDENTITY_SCOPE | n;
+    const prefixes: Array<[string, number, number, string | null]> = [
+      // addr, prefix length, identity, tunnel endpoint
+      ['198.51.100.0', 24, local(1), null],
+      ['198.51.100.128', 25, local(2), null],
+      // Even with a tunnel endpoint (never written by the agent) a local identity is not tunnelled.
+      ['203.0.113.0', 24, local(3), R.node],
+      // A global identity without a tunnel endpoint is a hole in the ipcache, as before.
+      ['192.0.2.0', 24, 0x20199, null],
+    ];
+    for (const [addr, prefixLen, identity, tunnelEndpoint] of prefixes) ipcache.update(ipcacheMap, { addr, prefixLen }, { identity, tunnelEndpoint, flags: 0 });
+    try {
+      assert.equal(fromContainer(frame(A.ip, '198.51.100.5', 6, 40000, 80)).retval, TcAction.ok, 'local /24 identity: to the stack');
+      assert.equal(fromContainer(frame(A.ip, '198.51.100.200', 17, 40000, 53)).retval, TcAction.ok, 'local /25 identity: to the stack');
+      assert.equal(fromContainer(frame(A.ip, '203.0.113.9', 6, 40000, 80)).retval, TcAction.ok, 'local identity with a tunnel endpoint: to the stack, not redirected to the tunnel');
+      assert.equal(verdict(fromContainer(frame(A.ip, '192.0.2.9', 6, 40000, 80))), 'DROP_NO_TUNNEL_ENDPOINT');
+      // Egress policy by prefix: allow 443 to the /24, deny the /25 inside it.
+      setPolicy(
+        [
+          E({ endpointId: A.endpointId, direction: 'egress', remoteIdentity: local(1), protocol: 6, port: 443, portEnd: 443 }),
+          E({ endpointId: A.endpointId, direction: 'egress', remoteIdentity: local(2), protocol: 6, port: 443, portEnd: 443 }),
+          E({ endpointId: A.endpointId, direction: 'egress', remoteIdentity: local(2), verdict: 'deny' }),
+        ],
+        [enf(A.endpointId, 'egress')],
+      );
+      assert.equal(fromContainer(frame(A.ip, '198.51.100.5', 6, 40001, 443)).retval, TcAction.ok, 'allowed: to the stack');
+      const d = fromContainer(frame(A.ip, '198.51.100.5', 6, 40002, 80));
+      assert.equal(verdict(d), 'DROP_POLICY');
+      assert.deepEqual([d.events[0]!.direction, d.events[0]!.srcIdentity, d.events[0]!.dstIdentity], ['egress', A.identity, local(1)], 'the event names the exact CIDR identity');
+      const x = fromContainer(frame(A.ip, '198.51.100.200', 6, 40003, 443));
+      assert.equal(verdict(x), 'DROP_POLICY_DENY');
+      assert.equal(x.events[0]!.dstIdentity, local(2));
+      // Outside every prefix: world, which the policy does not allow.
+      const w = fromContainer(frame(A.ip, '100.64.0.1', 6, 40004, 443));
+      assert.equal(verdict(w), 'DROP_POLICY');
+      assert.equal(w.events[0]!.dstIdentity, 2);
+    } finally {
+      for (const [addr, prefixLen] of prefixes) ipcache.remove(ipcacheMap, { addr, prefixLen });
+    }
+  });
+
+  it('toCIDR / toCIDRSet except / egressDeny through the resolver, with node-local identities in the ipcache', () => {
+    const written: Array<{ addr: string; prefixLen: number }> = [];
+    let next = 1;
+    const r = new PolicyResolver({
+      clusterName: 'c1',
+      // As the agent (src/agent/policy.ts): a node-local number and an ipcache entry without tunnel.
+      allocateCidrIdentity: (prefix) => {
+        const id = LOCAL_IDENTITY_SCOPE | next++;
+        const k = ipcache.parsePrefix(prefix);
+        ipcache.update(ipcacheMap, k, { identity: id, tunnelEndpoint: null, flags: 0 });
+        written.push(k);
+        return id;
+      },
+      releaseCidrIdentity: (prefix) => ipcache.remove(ipcacheMap, ipcache.parsePrefix(prefix)),
+    });
+    try {
+      const labels = identityLabels({ cluster: 'c1', namespace: 'default', serviceAccount: 'default', podLabels: { app: 'a' } });
+      r.upsertIdentity(A.identity, labels);
+      r.upsertEndpoint({ endpointId: A.endpointId, identity: A.identity, labels, namedPorts: [] });
+      r.upsertPolicy(
+        parsePolicy({
+          apiVersion: 'cilium.io/v2',
+          kind: 'CiliumNetworkPolicy',
+          metadata: { name: 'egress-cidr', namespace: 'default' },
+          spec: {
+            endpointSelector: { matchLabels: { app: 'a' } },
+            egress: [
+              { toCIDRSet: [{ cidr: '198.51.100.0/24', except: ['198.51.100.64/26'] }], toPorts: [{ ports: [{ port: '443', protocol: 'TCP' }] }] },
+              { toCIDR: ['203.0.113.7/32'] },
+            ],
+            egressDeny: [{ toCIDR: ['198.51.100.128/25'] }],
+          },
+        }),
+      );
+      const cidrs = r.cidrIdentities();
+      assert.ok(cidrs.length >= 3 && cidrs.every((c) => isLocalIdentity(c.identity)), JSON.stringify(cidrs));
+      const entries = r.entries(A.endpointId);
+      setPolicy(entries, [
+        { endpointId: A.endpointId, direction: 'egress', enforced: r.isEnforced(A.endpointId, 'egress') },
+        { endpointId: A.endpointId, direction: 'ingress', enforced: r.isEnforced(A.endpointId, 'ingress') },
+      ]);
+      const go = (dst: string, port: number) => {
+        const res = fromContainer(frame(A.ip, dst, 6, 41000 + port, port));
+        return res.retval === TcAction.ok ? 'stack' : verdict(res);
+      };
+      const cases: Array<[string, number, string]> = [
+        ['198.51.100.5', 443, 'stack'],
+        ['198.51.100.5', 80, 'DROP_POLICY'],
+        ['198.51.100.70', 443, 'DROP_POLICY'], // the except
+        ['198.51.100.130', 443, 'DROP_POLICY_DENY'], // egressDeny wins over the /24 allow
+        ['203.0.113.7', 22, 'stack'],
+        ['203.0.113.8', 22, 'DROP_POLICY'], // world
+      ];
+      assert.deepEqual(cases.map(([dst, port]) => [dst, port, go(dst, port)]), cases);
+      // The datapath agrees with decide() for the identity the ipcache gives each address.
+      for (const [dst, port, want] of cases) {
+        const m = ipcache.match(ipcacheMap, dst);
+        const q: PacketQuery = { direction: 'egress', remoteIdentity: m?.identity ?? 2, protocol: 6, port };
+        const d = decide(entries, r.isEnforced(A.endpointId, 'egress'), q);
+        assert.equal(d.verdict === 'allow' ? 'stack' : d.reason === 'denied' ? 'DROP_POLICY_DENY' : 'DROP_POLICY', want, `${dst}:${port}`);
+      }
+      r.removePolicy({ kind: 'CiliumNetworkPolicy', namespace: 'default', name: 'egress-cidr' });
+      assert.deepEqual(r.cidrIdentities(), []);
+      assert.equal(ipcache.match(ipcacheMap, '198.51.100.5'), undefined, 'released with the policy');
+    } finally {
+      for (const k of written) ipcache.remove(ipcacheMap, k);
     }
   });
 

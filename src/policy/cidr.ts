@@ -78,3 +78,24 @@ export function subtractPrefixes(cidr: Prefix, except: readonly Prefix[]): Prefi
   }
   return set.sort((a, b) => a.addr - b.addr || a.len - b.len);
 }
+
+// ---- node-local identities for CIDR peers
+
+/**
+ * Node-local identity scope (bit 24, as Cilium's local scope; enum
+ * cm_identity_scope in bpf/lib/ipcache.h). CIDR peers of policies get
+ * LOCAL_IDENTITY_SCOPE | n (n = 1..0xffffff) from the agent of each node: the
+ * numbers mean nothing on another node and never travel (the VXLAN VNI has 24
+ * bits and carries only source pod identities). In the ipcache such an
+ * identity sends its destination to the stack like world, while policy
+ * lookups see the exact identity.
+ */
+export const LOCAL_IDENTITY_SCOPE = 0x01000000;
+export const IDENTITY_SCOPE_MASK = 0xff000000;
+export const LOCAL_IDENTITY_MIN = LOCAL_IDENTITY_SCOPE + 1;
+export const LOCAL_IDENTITY_MAX = LOCAL_IDENTITY_SCOPE + 0xffffff;
+
+/** True for a node-local (CIDR) identity. */
+export function isLocalIdentity(id: number): boolean {
+  return Number.isInteger(id) && id >= LOCAL_IDENTITY_MIN && id <= LOCAL_IDENTITY_MAX;
+}

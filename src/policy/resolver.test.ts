@@ -12,6 +12,7 @@ import {
   type PolicyMapEntry,
   type PolicyResolverOptions,
 } from './index.ts';
+import { LOCAL_IDENTITY_MAX, LOCAL_IDENTITY_SCOPE, isLocalIdentity } from './cidr.ts';
 
 // ---------------------------------------------------------------------------
 // Fixture: a mesh of clusters c1 (local, id 1), c2 (2), c3 (3).
@@ -209,6 +210,38 @@ test('ipBlock with except: CIDR identities, narrower CIDRs inside, world = 2 for
   assert.deepEqual(f.released.sort(), ['10.1.0.0/16', '10.96.5.0/24']);
   f.r.removePolicy('NetworkPolicy/default/ext');
   assert.deepEqual(f.r.cidrIdentities(), []);
+});
+
+test('node-local CIDR identities (1<<24 | n, up to LOCAL_IDENTITY_MAX) are kept exactly in the entries; others are refused', () => {
+  let next = LOCAL_IDENTITY_MAX;
+  const f = fixture({ allocateCidrIdentity: () => next-- });
+  f.endpoint(1, 'default', { app: 'web' });
+  f.apply(
+    cnp('ext', {
+      endpointSelector: app('web'),
+      egress: [{ toCIDRSet: [{ cidr: '198.51.100.0/24', except: ['198.51.100.64/26'] }], toPorts: [{ ports: [{ port: '443', protocol: 'TCP' }] }] }, { toCIDR: ['203.0.113.7/32'] }],
+      egressDeny: [{ toCIDR: ['198.51.100.128/25'] }],
+    }),
+  );
+  const id = (p: string) => f.r.cidrIdentities().find((c) => c.prefix === p)!.identity;
+  for (const c of f.r.cidrIdentities()) assert.ok(isLocalIdentity(c.identity), `${c.prefix}: ${c.identity}`);
+  assert.deepEqual(f.r.entries(1), [
+    entry(1, 'egress', id('203.0.113.7/32'), 0, 0, 65535),
+    entry(1, 'egress', id('198.51.100.128/25'), 0, 0, 65535, 'deny'),
+    entry(1, 'egress', id('198.51.100.128/25'), 6, 443, 443),
+    entry(1, 'egress', id('198.51.100.0/26'), 6, 443, 443),
+  ].sort((a, b) => a.remoteIdentity - b.remoteIdentity || a.protocol - b.protocol));
+  assert.equal(id('198.51.100.0/26'), LOCAL_IDENTITY_MAX);
+  assert.equal(f.verdict(1, 'egress', id('198.51.100.0/26'), 443), 'allow');
+  assert.equal(f.verdict(1, 'egress', id('198.51.100.128/25'), 443), 'deny');
+  assert.equal(f.verdict(1, 'egress', id('203.0.113.7/32'), 22), 'allow');
+  assert.equal(f.verdict(1, 'egress', WORLD, 443), 'deny');
+  // The scope bit alone (n = 0) and anything past the scope are not identities.
+  for (const bad of [LOCAL_IDENTITY_SCOPE, LOCAL_IDENTITY_MAX + 1]) {
+    const g = fixture({ allocateCidrIdentity: () => bad });
+    g.endpoint(1, 'default', { app: 'web' });
+    assert.throws(() => g.apply(cnp('ext', { endpointSelector: app('web'), egress: [{ toCIDR: ['192.0.2.0/24'] }] })), /CIDR identity .* is invalid/);
+  }
 });
 
 test('named ports: ingress against the local pod, egress against the destination', () => {

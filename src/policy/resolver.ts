@@ -27,7 +27,7 @@
 // or no packet will ever carry them.
 import { K8S_SOURCE, POLICY_CLUSTER_LABEL, parseLabelString } from '../identity/labels.ts';
 import { IDENTITY_MAX, MIN_ALLOCATED_IDENTITY, RESERVED_IDENTITY_LABELS, ReservedIdentity } from '../model/index.ts';
-import { parsePrefix, prefixContains, formatPrefix, type Prefix } from './cidr.ts';
+import { LOCAL_IDENTITY_MAX, LOCAL_IDENTITY_MIN, isLocalIdentity, parsePrefix, prefixContains, formatPrefix, type Prefix } from './cidr.ts';
 import { decide, type Decision, type PacketQuery } from './decide.ts';
 import {
   ANY_SOURCE,
@@ -74,7 +74,11 @@ export interface PolicyResolverOptions {
    * local cluster only. false: it matches endpoints of every cluster.
    */
   policyDefaultLocalCluster?: boolean;
-  /** A local identity number for a CIDR prefix (`a.b.c.d/len`) a policy names; never a number in use. */
+  /**
+   * A local identity number for a CIDR prefix (`a.b.c.d/len`) a policy names;
+   * never a number in use. The agent gives node-local ones (cidr.ts,
+   * LOCAL_IDENTITY_SCOPE | n); 1..IDENTITY_MAX is accepted too (tests).
+   */
   allocateCidrIdentity: (prefix: string) => number;
   /** Called when no policy names the prefix any longer. */
   releaseCidrIdentity?: (prefix: string, identity: number) => void;
@@ -200,10 +204,12 @@ const portKey = (protocol: number, port: number, portEnd: number): number => PRO
 
 /**
  * Port tuples get small ids so that (remote identity, tuple) is one exact
- * number: remote × TUPLE_SPACE + id < 2^53. Ids are never reused; there are
- * as many as distinct port tuples ever resolved.
+ * number: remote × TUPLE_SPACE + id < 2^53. Remote identities go up to
+ * LOCAL_IDENTITY_MAX (node-local CIDR identities, < 2^25), so TUPLE_SPACE
+ * is 2^28. Ids are never reused; there are as many as distinct port tuples
+ * ever resolved.
  */
-const TUPLE_SPACE = 2 ** 29;
+const TUPLE_SPACE = 2 ** 28;
 
 class PortTuples {
   private readonly ids = new Map<number, number>();
@@ -607,8 +613,8 @@ export class PolicyResolver {
       return;
     }
     const id = this.opts.allocateCidrIdentity(prefix);
-    if (!Number.isInteger(id) || id <= 0 || id > IDENTITY_MAX || this.identities.has(id))
-      throw new RangeError(`CIDR identity ${id} for ${prefix} is invalid or already in use`);
+    if (!Number.isInteger(id) || id <= 0 || (id > IDENTITY_MAX && !isLocalIdentity(id)) || this.identities.has(id))
+      throw new RangeError(`CIDR identity ${id} for ${prefix} is invalid (neither 1..${IDENTITY_MAX} nor node-local ${LOCAL_IDENTITY_MIN}..${LOCAL_IDENTITY_MAX}) or already in use`);
     this.cidrs.set(prefix, { id, refs: 1 });
     const labels: IdentityLabel[] = [
       { source: CIDR_SOURCE, key: prefix, value: '' },

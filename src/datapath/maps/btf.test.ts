@@ -212,6 +212,7 @@ describe('TypeScript codecs match the C structs (BTF)', () => {
         assert.deepEqual(btf.enumValues('cm_ct_lifetime'), ct.CtLifetime);
         assert.deepEqual(btf.enumValues('cm_policy_flag'), policy.PolicyFlag);
         assert.deepEqual(btf.enumValues('cm_policy_enforce_flag'), policy.PolicyEnforceFlag);
+        assert.deepEqual(btf.enumValues('cm_identity_scope'), ipcache.IdentityScope);
       });
 
       it('every per-node setting is a 4-byte const volatile in .rodata', () => {

@@ -12,8 +12,18 @@ import {
   writeIPv4,
   writeU32,
 } from './codec.ts';
+import { LOCAL_IDENTITY_SCOPE } from '../../policy/cidr.ts';
 
 export const MAP_NAME = 'cm_ipcache';
+
+/**
+ * enum cm_identity_scope: bits 24..31 of an identity. Node-local identities
+ * (CIDR peers) go to the stack like world; they never ride in the VNI.
+ */
+export const IdentityScope = {
+  IDENTITY_SCOPE_GLOBAL: 0,
+  IDENTITY_SCOPE_LOCAL: LOCAL_IDENTITY_SCOPE,
+} as const;
 
 /** struct ipcache_key: prefixlen host order, addr network order. */
 export const KEY_LAYOUT = struct('ipcache_key', 8, {
@@ -36,6 +46,7 @@ export interface Key {
 }
 
 export interface Value {
+  /** Global (0..0xffffff) or node-local (LOCAL_IDENTITY_SCOPE | n, CIDR peers). */
   identity: number;
   /** Underlay IPv4 of the node hosting the prefix; null when not behind a tunnel. */
   tunnelEndpoint: string | null;
