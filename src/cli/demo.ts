@@ -32,7 +32,7 @@ async function waitForListen(p: PodInfo, port: number): Promise<void> {
 
 async function get(src: PodInfo, url: string, count: number): Promise<{ failures: number; tally: Record<string, number>; lastError?: string }> {
   try {
-    const { stdout } = await runIn(src.netns, [process.execPath, CLI, 'lab', 'workload', 'client', url, '--count', String(count), '--timeout', '3000'], { timeoutMs: 60_000 });
+    const { stdout } = await runIn(src.netns, [process.execPath, CLI, 'lab', 'workload', 'client', url, '--count', String(count), '--timeout', '3000', '--json'], { timeoutMs: 60_000 });
     return JSON.parse(stdout);
   } catch (err) {
     return { failures: count, tally: {}, lastError: (err as Error).message.split('\n')[0] };
@@ -141,8 +141,14 @@ export async function runDemo(opts: { keep?: boolean } = {}): Promise<boolean> {
 export function demoCommand(): Command {
   return new Command('demo')
     .description('bring up two clusters of two nodes with two pods each on this machine, with etcd, apiserver and agents, send traffic across them, print what the eBPF datapath did, tear it down')
-    .action(async () => {
-      const ok = await runDemo();
+    .option('--lab', "tell the seed's story through the lab CLI instead (lab up, global rebel-base Service, DNS, cross-cluster policy, failover, status, lab down)")
+    .option('--name <name>', 'with --lab: the lab name', 'demo')
+    .option('--keep', 'with --lab: keep the lab running at the end')
+    .addHelpText('after', '\nExamples:\n  clustermesh demo\n  clustermesh demo --lab --keep\n')
+    .action(async (o: { lab?: boolean; name: string; keep?: boolean }) => {
+      const ok = o.lab ? await (await import('./demo-lab.ts')).runLabDemo({ name: o.name, keep: o.keep === true }) : await runDemo();
       if (!ok) process.exitCode = 1;
+      // Open handles (etcd clients of the old demo) must not hold the process.
+      if (o.lab) process.exit(process.exitCode ?? 0);
     });
 }

@@ -1,7 +1,28 @@
-// `clustermesh lab …`: the test bed on one machine.
+// `clustermesh lab …`: a whole mesh on this machine (test bed).
+import { spawn } from 'node:child_process';
+import { createReadStream, existsSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
+import { KvClient } from '../kvstore/client.ts';
+import { isPodReady, type Service } from '../model/index.ts';
+import { StoreWriter } from '../sources/store/writer.ts';
+import { labDown, labUp, validateLatency, validateLoss } from '../lab/lab.ts';
+import { runKubelet } from '../lab/kubelet.ts';
+import { podRecordsOf, type PodRecord } from '../lab/kubelet-config.ts';
+import {
+  applyObjects,
+  deleteObjects,
+  listDeployments,
+  parseManifest,
+  readManifestFile,
+  scaleDeployment,
+  ManifestError,
+  type ApplyLine,
+  type ClusterTarget,
+} from '../lab/manifest.ts';
+import { DEFAULT_LAB_NAME, clusterKvConfig, findCluster, labDir, listLabs, readLabState, sameProcessAlive, type LabCluster, type LabState } from '../lab/state.ts';
 import { httpGet, startEchoServer } from '../lab/workload.js';
 import { sweepOrphanedTopologies } from '../lab/topology.js';
+import { dnsWorkloadCommand } from './lab-dns.ts';
 
 export function parsePort(value: string): number {
   const n = Number(value);
@@ -15,8 +36,461 @@ export function parseCount(value: string): number {
   return n;
 }
 
+function parseSmallCount(max: number) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!/^\d+$/.test(value) || n < 1 || n > max) throw new InvalidArgumentError(`must be an integer 1..${max}, got '${value}'`);
+    return n;
+  };
+}
+
+function parseReplicas(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n > 1000) throw new InvalidArgumentError(`must be an integer 0..1000, got '${value}'`);
+  return n;
+}
+
+function checked<T>(fn: (v: string) => T) {
+  return (v: string): T => {
+    try {
+      return fn(v);
+    } catch (err) {
+      throw new InvalidArgumentError((err as Error).message);
+    }
+  };
+}
+
+/** Runs an action; an error is printed as one message (no stack) with exit code 2 (1 for refused input). */
+function action<A extends unknown[]>(fn: (...args: A) => Promise<number | void>): (...args: A) => Promise<void> {
+  return async (...args: A) => {
+    let code = 0;
+    try {
+      code = (await fn(...args)) ?? 0;
+    } catch (err) {
+      console.error(`error: ${(err as Error).message}`);
+      code = err instanceof ManifestError ? 1 : 2;
+    }
+    // Open etcd clients would keep the process alive.
+    process.exit(code);
+  };
+}
+
+interface LabOpts {
+  name: string;
+}
+const nameOption = (c: Command): Command => c.option('--name <name>', 'lab name', DEFAULT_LAB_NAME);
+
+function clusterOf(state: LabState, name: string | undefined): LabCluster {
+  if (name === undefined) {
+    const first = state.clusters[0];
+    if (!first) throw new Error(`lab ${state.name} has no clusters (phase ${state.phase}); bring it up with: clustermesh lab up --name ${state.name}`);
+    return first;
+  }
+  return findCluster(state, name);
+}
+
+function requireUp(state: LabState): void {
+  if (state.phase !== 'up') throw new Error(`lab ${state.name} is not up (phase ${state.phase}${state.error ? `: ${state.error}` : ''}); remove it with: clustermesh lab down --name ${state.name}`);
+}
+
+function target(state: LabState, c: LabCluster): ClusterTarget {
+  return { name: c.name, nodes: state.nodes.filter((n) => n.cluster === c.name).map((n) => n.name), kv: new KvClient(clusterKvConfig(c)) };
+}
+
+function printLines(lines: readonly ApplyLine[], cluster: string): void {
+  for (const l of lines) console.log(`${l.ref} ${l.action} in ${cluster}${l.detail ? ` (${l.detail})` : ''}`);
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]! + 3))).join('').trimEnd()).join('\n');
+}
+
+function age(iso: string | undefined): string {
+  if (!iso) return '-';
+  const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  return s < 120 ? `${s}s` : s < 7200 ? `${Math.round(s / 60)}m` : `${Math.round(s / 3600)}h`;
+}
+
+interface PodView {
+  cluster: string;
+  namespace: string;
+  name: string;
+  ready: boolean;
+  phase: string;
+  podIP: string | null;
+  node: string | null;
+  labels: Record<string, string>;
+  deployment: string | null;
+  netns: string | null;
+  restarts: number;
+  createdAt: string | null;
+}
+
+async function podViews(state: LabState, clusters: LabCluster[]): Promise<PodView[]> {
+  const records = podRecordsOf(state.dir ?? labDir(state.name));
+  const out: PodView[] = [];
+  for (const c of clusters) {
+    const kv = new KvClient(clusterKvConfig(c));
+    try {
+      for (const p of await new StoreWriter(kv).list('Pod')) {
+        const rec = records.find((r) => r.uid === p.metadata.uid);
+        out.push({
+          cluster: c.name,
+          namespace: p.metadata.namespace,
+          name: p.metadata.name,
+          ready: isPodReady(p),
+          phase: p.status.phase,
+          podIP: p.status.podIP ?? null,
+          node: p.spec.nodeName ?? null,
+          labels: p.metadata.labels,
+          deployment: p.metadata.annotations['lab.clustermesh.io/deployment'] ?? null,
+          netns: rec?.netns ?? null,
+          restarts: rec?.containers.reduce((n, x) => n + x.restarts, 0) ?? 0,
+          createdAt: rec?.createdAt ?? null,
+        });
+      }
+    } finally {
+      await kv.close();
+    }
+  }
+  return out.sort((a, b) => a.cluster.localeCompare(b.cluster) || a.namespace.localeCompare(b.namespace) || a.name.localeCompare(b.name));
+}
+
+/** The pod `ref` ('name' or 'namespace/name') of the lab: its store object and its runtime record. */
+async function findPod(state: LabState, ref: string, clusterName: string | undefined, namespace: string): Promise<{ pod: PodView; rec: PodRecord }> {
+  const [ns, name] = ref.includes('/') ? (ref.split('/', 2) as [string, string]) : [namespace, ref];
+  const clusters = clusterName ? [findCluster(state, clusterName)] : state.clusters;
+  const found = (await podViews(state, clusters)).filter((p) => p.name === name && p.namespace === ns);
+  if (found.length === 0) throw new Error(`no pod ${ns}/${name} in ${clusterName ?? `lab ${state.name}`}; see: clustermesh lab get pods --name ${state.name}`);
+  if (found.length > 1) throw new Error(`pod ${ns}/${name} exists in ${found.map((p) => p.cluster).join(' and ')}; say which with --cluster`);
+  const pod = found[0]!;
+  const rec = podRecordsOf(state.dir ?? labDir(state.name)).find((r) => r.cluster === pod.cluster && r.namespace === ns && r.name === name);
+  if (!rec || !rec.ip) throw new Error(`pod ${ns}/${name} in ${pod.cluster} is not running yet (phase ${pod.phase}); see its node's kubelet log: clustermesh lab logs kubelet/${pod.node ?? '?'} --cluster ${pod.cluster}`);
+  return { pod, rec };
+}
+
 export function labCommand(): Command {
-  const lab = new Command('lab').description('a whole mesh of clusters, nodes and pods on this machine (test bed)');
+  const lab = new Command('lab').description('a whole mesh of clusters, nodes and pods on this machine (test bed)').addHelpText(
+    'after',
+    `
+Example:
+  clustermesh lab up --clusters 2 --nodes 2
+  clustermesh lab apply -f examples/echo.yaml --cluster cluster1
+  clustermesh lab get pods -o wide
+  clustermesh lab down`,
+  );
+
+  // ---- up / down / list ------------------------------------------------
+  nameOption(
+    lab
+      .command('up')
+      .description('build a lab: router, node namespaces, per cluster etcd (mutual TLS) and apiserver, an agent and a kubelet per node; returns when every agent is connected to every cluster')
+      .option('--clusters <n>', 'number of clusters', parseSmallCount(16), 2)
+      .option('--nodes <n>', 'nodes per cluster', parseSmallCount(16), 2)
+      .option('--latency <delay>', 'one-way delay between clusters (netem on the router), e.g. 20ms', checked(validateLatency))
+      .option('--loss <percent>', 'packet loss between clusters (netem on the router), e.g. 0.1%', checked(validateLoss))
+      .option('--json', 'print the lab state as JSON at the end'),
+  )
+    .addHelpText('after', '\nExample:\n  clustermesh lab up --clusters 2 --nodes 2 --latency 20ms --name geo\n\nProcesses keep running after this command returns; remove everything with: clustermesh lab down --name NAME')
+    .action(
+      action(async (o: LabOpts & { clusters: number; nodes: number; latency?: string; loss?: string; json?: boolean }) => {
+        const say = (l: string): void => void (o.json ? console.error(l) : console.log(l));
+        let interrupted = false;
+        const up = labUp({ name: o.name, clusters: o.clusters, nodes: o.nodes, ...(o.latency ? { latency: o.latency } : {}), ...(o.loss ? { loss: o.loss } : {}), progress: say });
+        const onSignal = (): void => {
+          if (interrupted) return;
+          interrupted = true;
+          say('interrupted: removing what was made');
+          // Remove what exists now, then let up's own failure path remove whatever it was still starting.
+          void labDown(o.name, { progress: say })
+            .catch((e: unknown) => console.error(`error: ${(e as Error).message}`))
+            .then(() => Promise.race([up.then(() => labDown(o.name, { progress: say })).catch(() => undefined), new Promise((r) => setTimeout(r, 60_000))]))
+            .finally(() => process.exit(130));
+        };
+        process.once('SIGINT', onSignal);
+        process.once('SIGTERM', onSignal);
+        const r = await up.catch((err: unknown) => {
+          if (interrupted) return new Promise<never>(() => undefined); // the signal handler exits
+          throw err;
+        });
+        if (o.json) console.log(JSON.stringify({ ...r.state, totalMs: r.totalMs }, null, 2));
+        else console.log(`time to all-connected: ${(r.readyMs / 1000).toFixed(2)} s\nnext: clustermesh lab apply -f FILE${o.name !== DEFAULT_LAB_NAME ? ` --name ${o.name}` : ''}`);
+      }),
+    );
+
+  nameOption(lab.command('down').description('remove everything a lab created (processes by pid, namespaces, pins, files), also after a crashed up'))
+    .addHelpText('after', '\nExample:\n  clustermesh lab down --name geo')
+    .action(
+      action(async (o: LabOpts) => {
+        await labDown(o.name, { progress: (l) => console.log(l) });
+      }),
+    );
+
+  lab
+    .command('list')
+    .description('the labs on this machine and whether they run')
+    .addHelpText('after', '\nExample:\n  clustermesh lab list')
+    .action(
+      action(async () => {
+        const rows = [['NAME', 'PHASE', 'CLUSTERS', 'NODES', 'RUNNING', 'AGE']];
+        for (const n of listLabs()) {
+          try {
+            const s = readLabState(n);
+            const procs = [...s.processes];
+            rows.push([n, s.phase, String(s.clusters.length), String(s.nodes.length), `${procs.filter((p) => sameProcessAlive(p)).length}/${procs.length}`, age(s.createdAt)]);
+          } catch (err) {
+            rows.push([n, 'unreadable', '-', '-', '-', (err as Error).message]);
+          }
+        }
+        console.log(rows.length > 1 ? table(rows) : 'no labs; start one with: clustermesh lab up');
+      }),
+    );
+
+  // ---- apply / delete / scale -------------------------------------------
+  nameOption(
+    lab
+      .command('apply')
+      .description('create or update Namespaces, Pods, Deployments, Services, NetworkPolicies and CiliumNetworkPolicies from a YAML file (all documents are validated first; on any error nothing is applied)')
+      .requiredOption('-f, --filename <file>', 'YAML file, several documents separated by ---')
+      .option('--cluster <name>', 'cluster to apply to (default: the first)'),
+  )
+    .addHelpText('after', '\nExample:\n  clustermesh lab apply -f echo.yaml --cluster cluster2')
+    .action(
+      action(async (o: LabOpts & { filename: string; cluster?: string }) => {
+        const objs = parseManifest(readManifestFile(o.filename), o.filename);
+        const state = readLabState(o.name);
+        requireUp(state);
+        const c = clusterOf(state, o.cluster);
+        const t = { ...target(state, c), file: o.filename };
+        try {
+          printLines(await applyObjects(t, objs), c.name);
+        } finally {
+          await t.kv.close();
+        }
+      }),
+    );
+
+  nameOption(
+    lab
+      .command('delete')
+      .description('delete what a YAML file names (a Deployment with its pods)')
+      .requiredOption('-f, --filename <file>', 'YAML file')
+      .option('--cluster <name>', 'cluster (default: the first)'),
+  )
+    .addHelpText('after', '\nExample:\n  clustermesh lab delete -f echo.yaml --cluster cluster2')
+    .action(
+      action(async (o: LabOpts & { filename: string; cluster?: string }) => {
+        const objs = parseManifest(readManifestFile(o.filename), o.filename);
+        const state = readLabState(o.name);
+        requireUp(state);
+        const c = clusterOf(state, o.cluster);
+        const t = target(state, c);
+        try {
+          printLines(await deleteObjects(t, objs), c.name);
+        } finally {
+          await t.kv.close();
+        }
+      }),
+    );
+
+  nameOption(
+    lab
+      .command('scale')
+      .description('set the replicas of a Deployment')
+      .argument('<deployment>', 'deployment/NAME')
+      .requiredOption('--replicas <n>', 'number of pods', parseReplicas)
+      .option('-n, --namespace <ns>', 'namespace', 'default')
+      .option('--cluster <name>', 'cluster (default: the first)'),
+  )
+    .addHelpText('after', '\nExample:\n  clustermesh lab scale deployment/rebel-base --replicas 0 --cluster cluster1')
+    .action(
+      action(async (ref: string, o: LabOpts & { replicas: number; namespace: string; cluster?: string }) => {
+        const m = /^(deployment|deployments|deploy|deployment\.apps)\/([a-z0-9.-]+)$/.exec(ref);
+        if (!m) throw new Error(`'${ref}' is not deployment/NAME (e.g. deployment/echo)`);
+        const state = readLabState(o.name);
+        requireUp(state);
+        const c = clusterOf(state, o.cluster);
+        const t = target(state, c);
+        try {
+          printLines([await scaleDeployment(t, o.namespace, m[2]!, o.replicas)], c.name);
+        } finally {
+          await t.kv.close();
+        }
+      }),
+    );
+
+  // ---- get / exec / logs -------------------------------------------------
+  nameOption(
+    lab
+      .command('get')
+      .description('list pods, services, deployments or nodes of the lab')
+      .argument('<what>', 'pods | services | deployments | nodes')
+      .option('--cluster <name>', 'only this cluster')
+      .option('-o, --output <format>', 'wide | json'),
+  )
+    .addHelpText('after', '\nExample:\n  clustermesh lab get pods -o wide\n  clustermesh lab get services --cluster cluster1 -o json')
+    .action(
+      action(async (what: string, o: LabOpts & { cluster?: string; output?: string }) => {
+        if (o.output !== undefined && o.output !== 'wide' && o.output !== 'json') throw new Error(`-o must be wide or json, got '${o.output}'`);
+        const kind = ({ pod: 'pods', pods: 'pods', po: 'pods', service: 'services', services: 'services', svc: 'services', node: 'nodes', nodes: 'nodes', no: 'nodes', deployment: 'deployments', deployments: 'deployments', deploy: 'deployments' } as Record<string, string>)[what];
+        if (!kind) throw new Error(`cannot get '${what}'; use pods, services, deployments or nodes`);
+        const state = readLabState(o.name);
+        const clusters = o.cluster ? [findCluster(state, o.cluster)] : state.clusters;
+        const wide = o.output === 'wide';
+        if (kind === 'nodes') {
+          const pods = state.phase === 'up' ? await podViews(state, clusters) : [];
+          const nodes = state.nodes.filter((n) => clusters.some((c) => c.name === n.cluster)).map((n) => ({
+            cluster: n.cluster,
+            name: n.name,
+            underlayIP: n.underlayIP,
+            podCIDR: n.podCIDR,
+            netns: n.netns,
+            agent: { pid: n.pid ?? null, running: sameProcessAlive({ pid: n.pid, startTime: n.startTime }), log: n.logFile },
+            kubelet: { pid: n.kubelet?.pid ?? null, running: n.kubelet ? sameProcessAlive(n.kubelet) : false, log: n.kubelet?.logFile ?? null },
+            pods: pods.filter((p) => p.cluster === n.cluster && p.node === n.name).length,
+          }));
+          if (o.output === 'json') return void console.log(JSON.stringify(nodes, null, 2));
+          const rows = [['CLUSTER', 'NAME', 'STATUS', 'UNDERLAY-IP', 'POD-CIDR', 'PODS', ...(wide ? ['AGENT-PID', 'KUBELET-PID', 'NETNS'] : [])]];
+          for (const n of nodes) rows.push([n.cluster, n.name, n.agent.running && n.kubelet.running ? 'Ready' : n.agent.running ? 'NoKubelet' : 'NotReady', n.underlayIP, n.podCIDR, String(n.pods), ...(wide ? [String(n.agent.pid ?? '-'), String(n.kubelet.pid ?? '-'), n.netns] : [])]);
+          return void console.log(table(rows));
+        }
+        requireUp(state);
+        if (kind === 'pods') {
+          const pods = await podViews(state, clusters);
+          if (o.output === 'json') return void console.log(JSON.stringify(pods, null, 2));
+          if (!pods.length) return void console.log('no pods');
+          const rows = [['CLUSTER', 'NAMESPACE', 'NAME', 'READY', 'STATUS', 'RESTARTS', 'AGE', ...(wide ? ['IP', 'NODE', 'NETNS'] : [])]];
+          for (const p of pods) rows.push([p.cluster, p.namespace, p.name, p.ready ? '1/1' : '0/1', p.phase, String(p.restarts), age(p.createdAt ?? undefined), ...(wide ? [p.podIP ?? '<none>', p.node ?? '<none>', p.netns ?? '<none>'] : [])]);
+          return void console.log(table(rows));
+        }
+        if (kind === 'deployments') {
+          const all: Array<{ cluster: string; namespace: string; name: string; replicas: number; ready: number }> = [];
+          const pods = await podViews(state, clusters);
+          for (const c of clusters) {
+            const kv = new KvClient(clusterKvConfig(c));
+            try {
+              for (const d of await listDeployments(kv)) {
+                const mine = pods.filter((p) => p.cluster === c.name && p.namespace === d.metadata.namespace && p.deployment === d.metadata.name);
+                all.push({ cluster: c.name, namespace: d.metadata.namespace, name: d.metadata.name, replicas: d.spec.replicas, ready: mine.filter((p) => p.ready).length });
+              }
+            } finally {
+              await kv.close();
+            }
+          }
+          if (o.output === 'json') return void console.log(JSON.stringify(all, null, 2));
+          if (!all.length) return void console.log('no deployments');
+          const rows = [['CLUSTER', 'NAMESPACE', 'NAME', 'READY']];
+          for (const d of all) rows.push([d.cluster, d.namespace, d.name, `${d.ready}/${d.replicas}`]);
+          return void console.log(table(rows));
+        }
+        const svcs: Array<{ cluster: string; service: Service }> = [];
+        for (const c of clusters) {
+          const kv = new KvClient(clusterKvConfig(c));
+          try {
+            for (const s of await new StoreWriter(kv).list('Service')) svcs.push({ cluster: c.name, service: s });
+          } finally {
+            await kv.close();
+          }
+        }
+        if (o.output === 'json') {
+          return void console.log(JSON.stringify(svcs.map(({ cluster, service }) => ({ cluster, ...service })), null, 2));
+        }
+        if (!svcs.length) return void console.log('no services');
+        const rows = [['CLUSTER', 'NAMESPACE', 'NAME', 'TYPE', 'CLUSTER-IP', 'PORT(S)', 'GLOBAL', ...(wide ? ['SELECTOR'] : [])]];
+        for (const { cluster, service: s } of svcs) {
+          rows.push([
+            cluster,
+            s.metadata.namespace,
+            s.metadata.name,
+            s.spec.type,
+            s.spec.clusterIP ?? '<none>',
+            s.spec.ports.map((p) => `${p.port}/${p.protocol}`).join(',') || '<none>',
+            (s.metadata.annotations['service.cilium.io/global'] ?? 'false').toLowerCase() === 'true' ? 'yes' : 'no',
+            ...(wide ? [Object.entries(s.spec.selector ?? {}).map(([k, v]) => `${k}=${v}`).join(',') || '<none>'] : []),
+          ]);
+        }
+        console.log(table(rows));
+      }),
+    );
+
+  nameOption(
+    lab
+      .command('exec')
+      .description("run a command inside a pod's network namespace (its exit code is passed through)")
+      .argument('<pod>', 'pod name or namespace/name')
+      .argument('<command...>', 'the command, after --')
+      .option('--cluster <name>', 'cluster of the pod (needed when the name exists in several)')
+      .option('-n, --namespace <ns>', 'namespace of the pod', 'default'),
+  )
+    .addHelpText('after', '\nExample:\n  clustermesh lab exec client --cluster cluster1 -- clustermesh lab workload client http://10.96.0.11:8080/ -n 20')
+    .action(
+      action(async (podRef: string, argv: string[], o: LabOpts & { cluster?: string; namespace: string }) => {
+        const state = readLabState(o.name);
+        requireUp(state);
+        const { rec } = await findPod(state, podRef, o.cluster, o.namespace);
+        const binDir = `${state.dir ?? labDir(state.name)}/bin`;
+        const child = spawn('ip', ['netns', 'exec', rec.netns, ...argv], {
+          stdio: 'inherit',
+          env: { ...process.env, PATH: `${binDir}:${process.env.PATH ?? '/usr/bin:/bin'}`, CLUSTERMESH_CLUSTER: rec.cluster, CLUSTERMESH_NODE: rec.node, CLUSTERMESH_POD: rec.name },
+        });
+        return await new Promise<number>((resolve) => {
+          child.once('error', (err) => {
+            console.error(`error: cannot run ${argv[0]}: ${err.message}`);
+            resolve(127);
+          });
+          child.once('exit', (code, signal) => resolve(code ?? (signal ? 128 + 15 : 1)));
+        });
+      }),
+    );
+
+  nameOption(
+    lab
+      .command('logs')
+      .description("print a log: a pod's container, node/NAME (agent), kubelet/NAME, apiserver or etcd")
+      .argument('<what>', 'POD | namespace/POD | node/NAME | kubelet/NAME | apiserver | etcd')
+      .option('--cluster <name>', 'cluster (default: the first; for pods: where the pod is)')
+      .option('-n, --namespace <ns>', 'namespace of the pod', 'default')
+      .option('-c, --container <name>', 'container of the pod (default: the first)'),
+  )
+    .addHelpText('after', '\nExample:\n  clustermesh lab logs echo-1a2b3 --cluster cluster2\n  clustermesh lab logs node/node1 --cluster cluster1\n  clustermesh lab logs apiserver --cluster cluster2')
+    .action(
+      action(async (what: string, o: LabOpts & { cluster?: string; namespace: string; container?: string }) => {
+        const state = readLabState(o.name);
+        let file: string | undefined;
+        const nodeRef = /^(node|kubelet)\/(.+)$/.exec(what);
+        if (nodeRef) {
+          const c = clusterOf(state, o.cluster);
+          const n = state.nodes.find((x) => x.cluster === c.name && x.name === nodeRef[2]);
+          if (!n) throw new Error(`no node ${nodeRef[2]} in ${c.name}; its nodes: ${state.nodes.filter((x) => x.cluster === c.name).map((x) => x.name).join(', ')}`);
+          file = nodeRef[1] === 'node' ? n.logFile : n.kubelet?.logFile;
+        } else if (what === 'apiserver') file = clusterOf(state, o.cluster).apiserver.logFile;
+        else if (what === 'etcd') file = clusterOf(state, o.cluster).etcd.logFile;
+        else {
+          const { rec } = await findPod(state, what, o.cluster, o.namespace);
+          const cont = o.container ? rec.containers.find((c) => c.name === o.container) : rec.containers[0];
+          if (!cont) throw new Error(`pod ${rec.namespace}/${rec.name} has no container ${o.container ?? ''}; its containers: ${rec.containers.map((c) => c.name).join(', ') || '(none started)'}`);
+          file = cont.logFile;
+        }
+        if (!file || !existsSync(file)) throw new Error(`no log for ${what} yet${file ? ` (${file})` : ''}`);
+        await new Promise<void>((resolve, reject) => {
+          const s = createReadStream(file);
+          s.on('error', reject);
+          s.on('end', () => resolve());
+          s.pipe(process.stdout, { end: false });
+        });
+      }),
+    );
+
+  // ---- runtime, sweep, workloads ----------------------------------------
+  lab
+    .command('kubelet', { hidden: true })
+    .description("the lab's node runtime (started by `lab up`, one per node)")
+    .requiredOption('--config <file>', 'kubelet.json written by lab up')
+    .action(async (o: { config: string }) => {
+      await runKubelet(o.config);
+    });
+
   lab
     .command('sweep')
     .description('remove the namespaces of topologies whose creating process died (a crashed test or demo); running ones are left alone')
@@ -32,6 +506,7 @@ export function labCommand(): Command {
     .option('--cluster <name>', 'cluster name to report', process.env.CLUSTERMESH_CLUSTER ?? 'unknown')
     .option('--node <name>', 'node name to report', process.env.CLUSTERMESH_NODE ?? 'unknown')
     .option('--pod <name>', 'pod name to report', process.env.CLUSTERMESH_POD ?? 'unknown')
+    .addHelpText('after', '\nExample (a container command of a lab pod):\n  command: ["clustermesh", "lab", "workload", "echo", "--port", "8080"]')
     .action(async (o: { port: number; cluster: string; node: string; pod: string }) => {
       const server = await startEchoServer({ cluster: o.cluster, node: o.node, pod: o.pod }, o.port);
       console.log(`echo: listening on :${o.port} as ${o.cluster}/${o.node}/${o.pod}`);
@@ -41,14 +516,17 @@ export function labCommand(): Command {
     });
   workload
     .command('client')
-    .description('make N requests to a URL and tally which cluster/node/pod answered (JSON on stdout)')
+    .description('make N requests to a URL and tally which cluster/node/pod answered')
     .argument('<url>', 'URL to GET, e.g. http://10.102.1.11:8080/')
     .option('-n, --count <n>', 'number of requests', parseCount, 10)
     .option('--timeout <ms>', 'per-request timeout in ms', parseCount, 3000)
-    .action(async (url: string, o: { count: number; timeout: number }) => {
+    .option('--json', 'print the tally as one JSON object')
+    .addHelpText('after', '\nExample:\n  clustermesh lab exec client -- clustermesh lab workload client http://rebel-base.default.svc.cluster.local:8080/ -n 20')
+    .action(async (url: string, o: { count: number; timeout: number; json?: boolean }) => {
       const tally: Record<string, number> = {};
       let failures = 0;
       let lastError = '';
+      const t0 = performance.now();
       for (let i = 0; i < o.count; i++) {
         try {
           const r = await httpGet(url, o.timeout);
@@ -60,8 +538,21 @@ export function labCommand(): Command {
           lastError = (err as Error).message;
         }
       }
-      console.log(JSON.stringify({ url, requests: o.count, failures, tally, ...(lastError ? { lastError } : {}) }));
+      const ms = performance.now() - t0;
+      if (o.json) {
+        console.log(JSON.stringify({ url, requests: o.count, failures, tally, ...(lastError ? { lastError } : {}) }));
+      } else {
+        console.log(`${o.count} requests to ${url} in ${(ms / 1000).toFixed(2)} s: ${o.count - failures} answered, ${failures} failed`);
+        const byCluster: Record<string, number> = {};
+        for (const [k, v] of Object.entries(tally)) byCluster[k.split('/')[0]!] = (byCluster[k.split('/')[0]!] ?? 0) + v;
+        for (const [k, v] of Object.entries(tally).sort()) console.log(`  ${String(v).padStart(4)}  ${k}`);
+        if (Object.keys(byCluster).length) console.log(`  by cluster: ${Object.entries(byCluster).sort().map(([k, v]) => `${k} ${v}`).join(', ')}`);
+        if (lastError) console.log(`  last error: ${lastError}`);
+      }
       if (failures === o.count) process.exitCode = 1;
     });
+  workload.addCommand(dnsWorkloadCommand());
   return lab;
 }
+
+

@@ -32,7 +32,7 @@ import { readNodeMetrics } from './datapath.ts';
 import { ipBatch, run, runIn } from './exec.ts';
 import { ManagedProcess, childEnv } from './process.ts';
 import { recordTopology } from './registry.ts';
-import { clusterName, routerUnderlayIP, type NodeInfo, type PodInfo, type Topology } from './topology.ts';
+import { clusterName, routerUnderlayIP, topologyBase, type NodeInfo, type PodInfo, type Topology } from './topology.ts';
 
 const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
 export const ETCD_PORT = 2379;
@@ -68,7 +68,19 @@ export interface MeshOptions {
   keepDir?: boolean;
   /** Progress lines (default: none). */
   progress?: (line: string) => void;
+  /** Let etcd, apiservers and agents outlive this process (the lab's `up`; default false:
+   * they die with it). stop() still stops them while this process runs. */
+  detached?: boolean;
+  /** Record control-plane namespaces in the crash registry (default true; the lab keeps its own state). */
+  registry?: boolean;
+  /** Told about every namespace and pin dir right before it is created and every process right after it started (the lab's state). */
+  onCreated?: (ev: MeshCreated) => void;
 }
+
+export type MeshCreated =
+  | { kind: 'netns'; name: string }
+  | { kind: 'pinDir'; path: string }
+  | { kind: 'process'; role: 'etcd' | 'apiserver' | 'agent'; cluster: string; node?: string; pid: number; logFile: string };
 
 export interface MeshCluster {
   /** 1-based, as in the topology. */
@@ -152,6 +164,8 @@ export interface Mesh {
   readDrops(node: NodeInfo | string): Map<string, number>;
   /** Stops everything this mesh started, removes its pins, namespaces and (unless kept) its dir. */
   stop(): Promise<void>;
+  /** Closes this process's clients and leaves everything running (detached meshes: the lab's `up`). */
+  release(): Promise<void>;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -232,14 +246,20 @@ class LabMesh implements Mesh {
     await settleAll(Array.from({ length: n }, (_, i) => this.startControlPlane(i + 1)));
     this.clusters.sort((a, b) => a.index - b.index);
     for (const c of this.clusters) await this.writeRemoteConfigs(c);
-    await settleAll(this.clusters.map((c) => c.apiserver.start()));
+    await settleAll(this.clusters.map(async (c) => {
+      await c.apiserver.start();
+      this.created({ kind: 'process', role: 'apiserver', cluster: c.name, pid: c.apiserver.pid!, logFile: c.apiserver.spec.logFile });
+    }));
     this.progress(`apiservers started (${this.clusters.map((c) => `${c.name} pid ${c.apiserver.pid}`).join(', ')})`);
     await Promise.all(this.clusters.map((c) => this.waitApiserverSynced(c.index)));
     this.progress('apiservers synced');
     if (this.opts.agents === false) return;
     ensureBpffs(this.bpffsRoot);
     for (const node of this.topo.nodes) this.agents.push(await this.prepareAgent(node));
-    await settleAll(this.agents.map((a) => a.process.start()));
+    await settleAll(this.agents.map(async (a) => {
+      await a.process.start();
+      this.created({ kind: 'process', role: 'agent', cluster: a.cluster.name, node: a.node.name, pid: a.process.pid!, logFile: a.process.spec.logFile });
+    }));
     this.progress(`agents started (${this.agents.length})`);
     await this.waitReady();
   }
@@ -247,7 +267,7 @@ class LabMesh implements Mesh {
   private async startControlPlane(c: number): Promise<void> {
     const name = clusterName(c);
     const dir = join(this.dir, name);
-    const netns = `${this.topo.spec.prefix}-${this.topo.id}-c${c}cp`;
+    const netns = `${topologyBase(this.topo)}-c${c}cp`;
     const ip = controlPlaneIP(c);
     await mkdir(dir, { recursive: true, mode: 0o700 });
     await this.addControlPlaneNamespace(c, netns, ip);
@@ -258,8 +278,12 @@ class LabMesh implements Mesh {
       netns,
       listenAddress: ip,
       clientPort: ETCD_PORT,
+      // A loaded machine (a lab up beside other work) can take longer than etcd's default 20 s.
+      startTimeoutMs: Math.max(20_000, this.readyTimeoutMs),
+      ...(this.opts.detached ? { detached: true } : {}),
     });
     this.etcds.push(etcd);
+    this.created({ kind: 'process', role: 'etcd', cluster: name, pid: etcd.pid!, logFile: etcd.logFile });
     this.progress(`${name}: etcd on ${etcd.endpoint} (pid ${etcd.pid}) in ${netns}`);
 
     await this.seedStore(etcd);
@@ -284,6 +308,7 @@ class LabMesh implements Mesh {
         ...(a.extraArgs ?? []),
       ],
       env: childEnv(),
+      ...(this.opts.detached ? { detached: true } : {}),
     });
     const remoteConfigDir = join(dir, 'remote-clusters');
     await mkdir(remoteConfigDir, { recursive: true });
@@ -294,7 +319,8 @@ class LabMesh implements Mesh {
   private async addControlPlaneNamespace(c: number, netns: string, ip: string): Promise<void> {
     this.cpNamespaces.push(netns);
     this.topo.namespaces.push(netns);
-    recordTopology({ name: `${this.topo.spec.prefix}-${this.topo.id}`, pid: process.pid, namespaces: this.topo.namespaces });
+    this.created({ kind: 'netns', name: netns });
+    if (this.opts.registry !== false) recordTopology({ name: topologyBase(this.topo), pid: process.pid, namespaces: this.topo.namespaces });
     await run(['ip', 'netns', 'add', netns]);
     const routerEnd = `c${c}cp`;
     const mtu = this.topo.spec.underlayMtu;
@@ -323,6 +349,7 @@ class LabMesh implements Mesh {
     await mkdir(stateDir, { recursive: true, mode: 0o700 });
     const pinDir = join(this.bpffsRoot, node.netns);
     this.pinDirs.push(pinDir);
+    this.created({ kind: 'pinDir', path: pinDir });
     const conn = cluster.etcd.connection('agent', { via: 'network' });
     const a = this.opts.agent ?? {};
     const config = {
@@ -353,8 +380,20 @@ class LabMesh implements Mesh {
       logFile,
       argv: [process.execPath, CLI, 'agent', '--config', configFile],
       env: childEnv(),
+      ...(this.opts.detached ? { detached: true } : {}),
     });
     return { node, cluster, dir, configFile, logFile, stateDir, socket, pinDir, process: proc, api: new AgentClient(socket, { timeoutMs: 30_000 }) };
+  }
+
+  private created(ev: MeshCreated): void {
+    this.opts.onCreated?.(ev);
+  }
+
+  /** Lets this process exit while detached processes keep running: closes every client it holds. */
+  async release(): Promise<void> {
+    for (const a of this.agents) a.api.close();
+    await Promise.all([...this.kvs.values()].map((kv) => kv.close().catch(() => undefined)));
+    this.kvs.clear();
   }
 
   // ---- lookups ---------------------------------------------------------
@@ -569,8 +608,8 @@ class LabMesh implements Mesh {
         if (i >= 0) this.topo.namespaces.splice(i, 1);
       });
     }
-    if (this.cpNamespaces.length) {
-      await attempt('update topology record', () => recordTopology({ name: `${this.topo.spec.prefix}-${this.topo.id}`, pid: process.pid, namespaces: this.topo.namespaces }));
+    if (this.cpNamespaces.length && this.opts.registry !== false) {
+      await attempt('update topology record', () => recordTopology({ name: topologyBase(this.topo), pid: process.pid, namespaces: this.topo.namespaces }));
     }
     const keep = this.opts.keepDir ?? process.env.KEEP_MESH_DIR !== undefined;
     if (!keep) {

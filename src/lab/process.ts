@@ -16,6 +16,9 @@ export interface ManagedProcessSpec {
   /** Killed (SIGKILL) by the kernel when this process dies, so a crashed test
    * leaves no agent behind (setpriv --pdeathsig). Default true. */
   dieWithParent?: boolean;
+  /** Outlive this process (the lab's `up`): own session (setsid), not killed when
+   * this process exits, no pdeathsig. Stop it later by its pid. Default false. */
+  detached?: boolean;
 }
 
 /** Environment for children: without node:test's marker, which would make a child node report as a sub-test. */
@@ -69,17 +72,22 @@ export class ManagedProcess {
   async start(): Promise<void> {
     if (this.running) return;
     const { netns, argv, logFile } = this.spec;
-    const wrapped = [...(this.spec.dieWithParent === false ? [] : ['setpriv', '--pdeathsig', 'KILL']), ...argv];
+    const detached = this.spec.detached === true;
+    const wrapped = [...(this.spec.dieWithParent === false || detached ? [] : ['setpriv', '--pdeathsig', 'KILL']), ...argv];
     const full = netns === undefined ? wrapped : ['ip', 'netns', 'exec', netns, ...wrapped];
     const fd = openSync(logFile, 'a');
     let child: ChildProcess;
     try {
-      child = spawn(full[0]!, full.slice(1), { stdio: ['ignore', fd, fd], env: this.spec.env ?? childEnv() });
+      child = spawn(full[0]!, full.slice(1), { stdio: ['ignore', fd, fd], env: this.spec.env ?? childEnv(), detached });
     } finally {
       closeSync(fd);
     }
-    hookExit();
-    live.add(child);
+    if (detached) {
+      child.unref();
+    } else {
+      hookExit();
+      live.add(child);
+    }
     this.#child = child;
     this.#starts++;
     this.lastExit = undefined;

@@ -29,6 +29,15 @@ export interface TopologySpec {
   /** Prefix of every namespace name; tests use their own so leftovers are attributable. */
   prefix?: string;
   underlayMtu?: number;
+  /** Names every namespace `<baseName>-…` instead of `<prefix>-<random id>-…` (the lab: its own names). */
+  baseName?: string;
+}
+
+export interface TopologyOptions {
+  /** Record the topology in the crash registry (default true). The lab keeps its own state instead. */
+  registry?: boolean;
+  /** Called with every namespace name right before it is created (the lab writes its state here). */
+  onNamespace?: (name: string) => void;
 }
 
 export interface NodeInfo {
@@ -65,7 +74,13 @@ export interface Topology {
   pods: PodInfo[];
   /** Every namespace this topology created, in creation order. */
   namespaces: string[];
+  /** `<prefix>-<id>` or the baseName: the start of every name. */
+  base: string;
+  options: TopologyOptions;
 }
+
+/** The start of every namespace name of a topology. */
+export const topologyBase = (topo: Pick<Topology, 'id' | 'spec'>): string => topo.spec.baseName || `${topo.spec.prefix}-${topo.id}`;
 
 export const VXLAN_OVERHEAD = 50;
 const UNDERLAY_DEV = 'eth0';
@@ -84,13 +99,14 @@ const kernelVxlanMac = (c: number, n: number): string =>
   `02:cc:00:${c.toString(16).padStart(2, '0')}:${n.toString(16).padStart(2, '0')}:01`;
 
 function validateSpec(spec: TopologySpec): Required<TopologySpec> {
-  const full = { prefix: 'cm', underlayMtu: 1500, ...spec };
+  const full = { prefix: 'cm', underlayMtu: 1500, baseName: '', ...spec };
   const check = (field: string, v: number, max: number) => {
     if (!Number.isInteger(v) || v < 1 || v > max) throw new RangeError(`topology: ${field} must be an integer in 1..${max}, got ${v}`);
   };
   check('clusters', full.clusters, 100);
   check('nodesPerCluster', full.nodesPerCluster, 200);
-  check('podsPerNode', full.podsPerNode, 200);
+  if (!Number.isInteger(full.podsPerNode) || full.podsPerNode < 0 || full.podsPerNode > 200) throw new RangeError(`topology: podsPerNode must be an integer in 0..200, got ${full.podsPerNode}`);
+  if (full.baseName && !/^[a-z][a-z0-9-]{0,23}$/.test(full.baseName)) throw new RangeError(`topology: baseName must be 1-24 lowercase alphanumerics or '-', got '${full.baseName}'`);
   if (!/^[a-z][a-z0-9]{0,7}$/.test(full.prefix)) throw new RangeError(`topology: prefix must be 1-8 lowercase alphanumerics, got '${full.prefix}'`);
   if (!Number.isInteger(full.underlayMtu) || full.underlayMtu < 1280 || full.underlayMtu > 9000) throw new RangeError(`topology: underlayMtu must be in 1280..9000, got ${full.underlayMtu}`);
   return full;
@@ -105,11 +121,11 @@ export function podMtu(spec: Pick<Required<TopologySpec>, 'mode' | 'underlayMtu'
  * Builds the whole topology. On any failure, everything created so far is
  * removed before the error is rethrown.
  */
-export async function createTopology(specIn: TopologySpec): Promise<Topology> {
+export async function createTopology(specIn: TopologySpec, options: TopologyOptions = {}): Promise<Topology> {
   const spec = validateSpec(specIn);
   const id = randomBytes(3).toString('hex');
-  const base = `${spec.prefix}-${id}`;
-  const topo: Topology = { id, spec, routerNetns: `${base}-rtr`, nodes: [], pods: [], namespaces: [] };
+  const base = spec.baseName || `${spec.prefix}-${id}`;
+  const topo: Topology = { id, spec, routerNetns: `${base}-rtr`, nodes: [], pods: [], namespaces: [], base, options };
   try {
     await addNamespace(topo, topo.routerNetns);
     await runIn(topo.routerNetns, ['sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.disable_ipv6=1']);
@@ -184,7 +200,8 @@ export async function createTopology(specIn: TopologySpec): Promise<Topology> {
 async function addNamespace(topo: Topology, name: string): Promise<void> {
   // Recorded before it exists, so a crash between the two still leaves a trace.
   topo.namespaces.push(name);
-  recordTopology({ name: `${topo.spec.prefix}-${topo.id}`, pid: process.pid, namespaces: topo.namespaces });
+  topo.options.onNamespace?.(name);
+  if (topo.options.registry !== false) recordTopology({ name: topo.base, pid: process.pid, namespaces: topo.namespaces });
   await run(['ip', 'netns', 'add', name]);
 }
 
@@ -300,7 +317,7 @@ export async function destroyTopology(topo: Pick<Topology, 'namespaces'> & Parti
     }
   }
   if (errors.length) throw new AggregateError(errors, `topology: ${errors.length} namespaces could not be removed`);
-  if (topo.id && topo.spec) forgetTopology(`${topo.spec.prefix}-${topo.id}`);
+  if (topo.id && topo.spec) forgetTopology(topologyBase({ id: topo.id, spec: topo.spec }));
 }
 
 export async function namespaceExists(name: string): Promise<boolean> {

@@ -1,0 +1,59 @@
+// `clustermesh lab workload dns`: the cluster DNS server a lab cluster runs as
+// a pod (Deployment kube-system/cluster-dns behind Service kube-system/kube-dns).
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { CLUSTER_DOMAIN, DEFAULT_DNS_TTL, DnsConfigError, startClusterDns } from '../lab/dns.ts';
+import { untilSignal } from './signals.ts';
+
+function parseListen(value: string): { host: string; port: number } {
+  const m = /^(\d{1,3}(?:\.\d{1,3}){3})?:?(\d{1,5})?$/.exec(value);
+  const port = m?.[2] === undefined ? 53 : Number(m[2]);
+  if (!m || !value || port < 0 || port > 65535) throw new InvalidArgumentError(`must be [ADDRESS]:PORT or ADDRESS, e.g. 0.0.0.0:53, got '${value}'`);
+  return { host: m[1] ?? '0.0.0.0', port };
+}
+
+function parseTtl(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n > 86400) throw new InvalidArgumentError(`must be seconds 0..86400, got '${value}'`);
+  return n;
+}
+
+export function dnsWorkloadCommand(): Command {
+  return new Command('dns')
+    .description(
+      `authoritative DNS for ${CLUSTER_DOMAIN} from the cluster's store: <svc>.<ns>.svc.${CLUSTER_DOMAIN} -> ClusterIP (headless: ready pod IPs), ` +
+        `NXDOMAIN for unknown names in the domain, REFUSED outside it (no forwarding); UDP and TCP`,
+    )
+    .requiredOption('--etcd-config <file>', "etcd client config (YAML: endpoints https://… or the etcd's unix:///… socket, trusted-ca-file, cert-file, key-file, server-name)")
+    .addOption(new Option('--listen <addr>', 'address and port to serve on (UDP and TCP)').argParser(parseListen).default({ host: '0.0.0.0', port: 53 }, '0.0.0.0:53'))
+    .option('--domain <domain>', 'cluster domain', CLUSTER_DOMAIN)
+    .option('--ttl <seconds>', 'TTL of answers and negative answers', parseTtl, DEFAULT_DNS_TTL)
+    .option('--no-tcp', 'serve UDP only')
+    .option('--quiet', 'do not log every query')
+    .addHelpText(
+      'after',
+      '\nExample (what the lab runs in each cluster, as the pod behind 10.96.0.10):\n' +
+        '  clustermesh lab workload dns --etcd-config /var/lib/clustermesh/labs/default/cluster1/dns-etcd.yaml\n' +
+        '  ip netns exec <pod-netns> getent hosts rebel-base.default.svc.cluster.local\n',
+    )
+    .action(async (o: { etcdConfig: string; listen: { host: string; port: number }; domain: string; ttl: number; tcp: boolean; quiet?: boolean }, cmd: Command) => {
+      const log = (line: string): void => console.log(`${new Date().toISOString()} ${line}`);
+      let dns;
+      try {
+        dns = await startClusterDns({
+          etcdConfigFile: o.etcdConfig,
+          host: o.listen.host,
+          port: o.listen.port,
+          tcp: o.tcp,
+          domain: o.domain,
+          ttl: o.ttl,
+          log: o.quiet ? (l) => (l.startsWith('udp ') || l.startsWith('tcp ') ? undefined : log(l)) : log,
+        });
+      } catch (err) {
+        cmd.error(`error: ${err instanceof DnsConfigError ? err.message : `cluster DNS failed to start: ${(err as Error).message}`}`, { exitCode: err instanceof DnsConfigError ? 2 : 1 });
+      }
+      log(`dns: serving ${o.domain} on ${o.listen.host}:${dns.server.udpPort}/udp${dns.server.tcpPort !== undefined ? ` and :${dns.server.tcpPort}/tcp` : ''}`);
+      await untilSignal();
+      await dns.stop().catch(() => undefined);
+      process.exit(0);
+    });
+}

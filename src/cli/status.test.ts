@@ -1,0 +1,118 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { AgentStatus, RemoteSummary } from '../agent/status.ts';
+import { formatStatus, summarize, type ClusterProbe, type EtcdProbe, type NodeProbe } from './status.ts';
+import type { NodeTarget } from './targets.ts';
+
+const NOW = new Date('2026-01-01T12:00:00Z');
+
+function remote(name: string, o: Partial<RemoteSummary> = {}): RemoteSummary {
+  return {
+    name,
+    state: 'ready',
+    connected: true,
+    ready: true,
+    synced: { nodes: true, identities: true, ip: true, services: true },
+    counts: { nodes: 2, endpoints: 4, identities: 3, services: 1 },
+    reconnections: 0,
+    lastError: null,
+    lastErrorAt: null,
+    ...o,
+  };
+}
+
+function agent(cluster: string, node: string, remotes: RemoteSummary[], o: { ready?: boolean; configErrors?: Array<{ file: string; error: string }> } = {}): AgentStatus {
+  return {
+    node: { name: node, cluster, clusterID: cluster === 'c1' ? 1 : 2, nodeIP: '10.1.0.1', podCIDR: '10.101.1.0/24' },
+    phase: o.ready === false ? 'syncing' : 'ready',
+    ready: o.ready ?? true,
+    remoteClusters: remotes,
+    clustermesh: { configErrors: o.configErrors ?? [], configDir: '/x' },
+    endpoints: { endpoints: 2, ready: 2, restoring: 0, waitingForIdentity: 0, identities: 2 },
+  } as unknown as AgentStatus;
+}
+
+function nodeTarget(cluster: string, name: string): NodeTarget {
+  return { key: `${cluster}/${name}`, name, cluster, socket: `/s/${name}`, pinDir: undefined, netns: undefined, underlayIP: undefined, configDir: undefined, clusterId: undefined };
+}
+
+function etcd(o: Partial<EtcdProbe> = {}): EtcdProbe {
+  return { reachable: true, endpoint: 'https://10.1.0.250:2379', clusterConfigId: 1, heartbeat: '2026-01-01T11:59:55Z', exportedServices: ['default/rebel-base'], error: null, ...o };
+}
+
+function probe(name: string, id: number, nodes: NodeProbe[], o: Partial<ClusterProbe> = {}): ClusterProbe {
+  return { name, id, etcd: etcd({ clusterConfigId: id }), apiserverProcess: true, configFiles: null, nodes, ...o };
+}
+
+const ok = (cluster: string, node: string, remotes: RemoteSummary[]): NodeProbe => ({ node: nodeTarget(cluster, node), status: agent(cluster, node, remotes), error: null });
+
+test('summarize: everything connected is ready, with min/avg/max over nodes and counts per remote', () => {
+  const r = summarize(
+    [
+      probe('c1', 1, [ok('c1', 'n1', [remote('c2')]), ok('c1', 'n2', [remote('c2', { counts: { nodes: 2, endpoints: 3, identities: 3, services: 1 }, reconnections: 2 })])]),
+      probe('c2', 2, [ok('c2', 'n1', [remote('c1')])], { etcd: etcd({ clusterConfigId: 2, exportedServices: ['default/rebel-base', 'default/other'] }) }),
+    ],
+    NOW,
+  );
+  assert.equal(r.ready, true);
+  assert.deepEqual(r.notReady, []);
+  assert.equal(r.globalServices, 2, 'distinct ns/name over both clusters');
+  const c1 = r.clusters[0]!;
+  assert.deepEqual(c1.connectivity, { expected: 1, min: 1, avg: 1, max: 1 });
+  assert.deepEqual(c1.nodes, { total: 2, reachable: 2, ready: 2 });
+  const rc = c1.remoteClusters[0]!;
+  assert.deepEqual([rc.nodes, rc.configured, rc.connected, rc.ready], [2, 2, 2, 2]);
+  assert.deepEqual(rc.counts.endpoints, { min: 3, avg: 3.5, max: 4 });
+  assert.equal(rc.reconnections, 2);
+  assert.equal(c1.apiserver.heartbeatAgeSeconds, 5);
+  assert.equal(c1.apiserver.reachable, true);
+  assert.match(formatStatus(r), /all 2 nodes are connected to all 1 remote clusters \[min 1 \/ avg 1 \/ max 1\]/);
+});
+
+test('summarize: a node not ready with a remote, an unreachable agent, a missing config and a stale heartbeat are each named', () => {
+  const r = summarize(
+    [
+      probe(
+        'c1',
+        1,
+        [
+          ok('c1', 'n1', [remote('c2'), remote('c3')]),
+          ok('c1', 'n2', [remote('c2', { connected: false, ready: false, state: 'disconnected', lastError: 'kvstore list: unavailable', lastErrorAt: '2026-01-01T11:59:00Z' })]),
+          { node: nodeTarget('c1', 'n3'), status: null, error: 'agent at /s/n3 is not reachable (ENOENT)' },
+        ],
+        { configFiles: ['c2', 'c3'], etcd: etcd({ heartbeat: '2026-01-01T11:50:00Z' }) },
+      ),
+    ],
+    NOW,
+  );
+  assert.equal(r.ready, false);
+  const c1 = r.clusters[0]!;
+  assert.deepEqual(c1.connectivity, { expected: 2, min: 0, avg: 1, max: 2 });
+  assert.equal(c1.apiserver.reachable, false);
+  assert.match(c1.apiserver.error ?? '', /last heartbeat 600s ago/);
+  assert.ok(r.notReady.some((s) => s.includes('agent on c1/n3 is not reachable')));
+  assert.ok(r.notReady.some((s) => s === 'c1: remote cluster c3 is configured on 1 of 2 nodes'));
+  assert.ok(r.notReady.some((s) => s.includes('remote cluster c2 is ready on 1 of 2 nodes (last error on c1/n2: kvstore list: unavailable)')), JSON.stringify(r.notReady));
+  assert.match(formatStatus(r), /ready: no/);
+});
+
+test('summarize: etcd unreachable, an ID that differs from the record, and config errors make a cluster not ready', () => {
+  const r = summarize([
+    probe('c1', 1, [{ node: nodeTarget('c1', 'n1'), status: agent('c1', 'n1', [], { configErrors: [{ file: '/d/c9', error: 'field endpoints: required' }] }), error: null }], {
+      etcd: etcd({ reachable: false, error: 'kvstore get: unavailable', clusterConfigId: null, heartbeat: null }),
+    }),
+    probe('c2', 2, [], { etcd: etcd({ clusterConfigId: 5 }) }),
+  ]);
+  assert.equal(r.clusters[0]!.ready, false);
+  assert.ok(r.notReady.some((s) => s.startsWith('c1: etcd https://10.1.0.250:2379 is not reachable')));
+  assert.ok(r.notReady.some((s) => s.includes('cannot use /d/c9: field endpoints: required')));
+  assert.ok(r.notReady.some((s) => s.includes('publishes cluster ID 5, but the cluster is configured with ID 2')));
+  assert.equal(r.clusters[0]!.apiserver.reachable, null, 'unknown when etcd cannot be read and the process is alive');
+});
+
+test('summarize: no nodes and no remotes is ready (a cluster not meshed yet), and JSON keys are stable', () => {
+  const r = summarize([probe('c1', 1, [])], NOW);
+  assert.equal(r.ready, true);
+  assert.deepEqual(Object.keys(r), ['ready', 'notReady', 'clusters', 'globalServices']);
+  assert.deepEqual(Object.keys(r.clusters[0]!), ['name', 'id', 'ready', 'etcd', 'apiserver', 'nodes', 'connectivity', 'remoteClusters', 'exportedServices', 'nodeDetails']);
+});

@@ -1,0 +1,257 @@
+// Which clusters and nodes an operator command looks at. Two ways to say it:
+//
+//   lab (default): `--lab NAME` (default 'default') with `--cluster` and
+//   `--node` to narrow down; everything else comes from the lab's state file
+//   (src/lab/state.ts).
+//
+//   explicit (real hosts, no lab): `--agent-config FILE` (an agent's config:
+//   its socket, pin dir, cluster, etcd and remote-cluster dir), `--socket PATH`
+//   (an agent's API; the rest is asked from it), `--pin-dir PATH` (a node's
+//   pinned maps only), `--etcd-config FILE` (a cluster's etcd, in the
+//   apiserver's etcd config format). Any of these switches the lab off.
+import { basename } from 'node:path';
+import { Command } from 'commander';
+import { AgentClient } from '../agent/client.ts';
+import { loadAgentConfig } from '../agent/config.ts';
+import { loadEtcdConfig } from '../apiserver/options.ts';
+import { clusterConfigPrefix } from '../clustermesh/keys.ts';
+import { decodeClusterConfig } from '../clustermesh/wire.ts';
+import { KvClient } from '../kvstore/client.ts';
+import type { KvConnectionConfig } from '../kvstore/types.ts';
+import { DEFAULT_LAB_NAME, NoSuchLabError, readLabState, type LabCluster, type LabState } from '../lab/state.ts';
+import { CliError, collect, EXIT_ERROR, type Closer } from './common.ts';
+
+export interface ClusterTarget {
+  name: string;
+  /** Cluster ID when known (lab, agent config, or its cluster-config in etcd). */
+  id: number | undefined;
+  /** How this process reaches the cluster's etcd (mutual TLS). */
+  etcd: KvConnectionConfig | undefined;
+  /** Where the etcd connection came from (for messages). */
+  etcdSource: string | undefined;
+  /** The remote-cluster config directory the cluster's agents read. */
+  remoteConfigDir: string | undefined;
+  /** The lab's record of the cluster (processes, certificates), when there is a lab. */
+  lab: LabCluster | undefined;
+}
+
+export interface NodeTarget {
+  /** 'cluster1/node1', or the socket / pin dir when the cluster is not known. */
+  key: string;
+  name: string;
+  cluster: string | undefined;
+  socket: string | undefined;
+  pinDir: string | undefined;
+  /** The node's network namespace (lab). */
+  netns: string | undefined;
+  underlayIP: string | undefined;
+  /** The remote-cluster config dir the node's agent reads. */
+  configDir: string | undefined;
+  clusterId: number | undefined;
+}
+
+export interface Targets {
+  lab: LabState | undefined;
+  clusters: ClusterTarget[];
+  nodes: NodeTarget[];
+}
+
+export interface TargetFlags {
+  lab?: string;
+  cluster?: string[];
+  node?: string[];
+  socket?: string[];
+  pinDir?: string[];
+  agentConfig?: string[];
+  etcdConfig?: string[];
+}
+
+/** Adds the target flags to a command. `nodes: false` for commands that only look at clusters. */
+export function addTargetFlags(cmd: Command, o: { nodes?: boolean; clusters?: boolean } = {}): Command {
+  cmd.option('--lab <name>', `the lab to look at (when no explicit --socket/--pin-dir/--agent-config/--etcd-config is given)`, DEFAULT_LAB_NAME);
+  if (o.clusters !== false) cmd.option('--cluster <name>', 'only this cluster (repeatable)', collect);
+  if (o.nodes !== false) {
+    cmd.option('--node <name>', "only this node: 'node1' or 'cluster1/node1' (repeatable)", collect);
+    cmd.option('--socket <path>', "an agent's API socket (<stateDir>/agent.sock); repeatable; no lab", collect);
+    cmd.option('--pin-dir <dir>', "a node's pin directory on the clustermesh bpffs; repeatable; no lab", collect);
+    cmd.option('--agent-config <file>', "an agent's config file (socket, pin dir, cluster, etcd); repeatable; no lab", collect);
+  }
+  cmd.option('--etcd-config <file>', "a cluster's etcd client config (endpoints, trusted-ca-file, cert-file, key-file[, server-name]); repeatable; no lab", collect);
+  return cmd;
+}
+
+export function isExplicit(f: TargetFlags): boolean {
+  return [f.socket, f.pinDir, f.agentConfig, f.etcdConfig].some((v) => v !== undefined && v.length > 0);
+}
+
+/** The etcd connection of a lab cluster for a process in the root namespace (the TLS unix socket when there is one). */
+export function labEtcdConnection(c: LabCluster, timeoutMs = 5000): KvConnectionConfig {
+  const local = c.etcd.localEndpoints && c.etcd.localEndpoints.length > 0;
+  return {
+    endpoints: local ? [...c.etcd.localEndpoints!] : [...c.etcd.endpoints],
+    caFile: c.etcd.caFile,
+    certFile: c.etcd.certFile,
+    keyFile: c.etcd.keyFile,
+    timeoutMs,
+    ...(local ? { serverName: 'localhost' } : {}),
+  };
+}
+
+function matchesNode(filter: string, n: { name: string; cluster: string | undefined; netns?: string | undefined; key: string }): boolean {
+  return filter === n.name || filter === n.key || filter === n.netns || (n.cluster !== undefined && filter === `${n.cluster}/${n.name}`);
+}
+
+function narrow(t: Targets, f: TargetFlags): Targets {
+  let clusters = t.clusters;
+  let nodes = t.nodes;
+  if (f.cluster && f.cluster.length > 0) {
+    for (const c of f.cluster) {
+      if (!t.clusters.some((x) => x.name === c) && !t.nodes.some((n) => n.cluster === c)) {
+        const known = [...new Set([...t.clusters.map((x) => x.name), ...t.nodes.flatMap((n) => (n.cluster ? [n.cluster] : []))])];
+        throw new CliError(`--cluster ${c}: no such cluster${t.lab ? ` in lab ${t.lab.name}` : ''}; known: ${known.join(', ') || 'none'}`);
+      }
+    }
+    clusters = clusters.filter((c) => f.cluster!.includes(c.name));
+    nodes = nodes.filter((n) => n.cluster !== undefined && f.cluster!.includes(n.cluster));
+  }
+  if (f.node && f.node.length > 0) {
+    for (const want of f.node) {
+      if (!nodes.some((n) => matchesNode(want, n))) {
+        throw new CliError(`--node ${want}: no such node${t.lab ? ` in lab ${t.lab.name}` : ''}${f.cluster ? ` in cluster ${f.cluster.join(', ')}` : ''}; known: ${nodes.map((n) => n.key).join(', ') || 'none'}`);
+      }
+    }
+    nodes = nodes.filter((n) => f.node!.some((want) => matchesNode(want, n)));
+    clusters = clusters.filter((c) => nodes.some((n) => n.cluster === c.name));
+  }
+  return { lab: t.lab, clusters, nodes };
+}
+
+function fromLab(lab: LabState): Targets {
+  const clusters: ClusterTarget[] = lab.clusters.map((c) => ({
+    name: c.name,
+    id: c.id,
+    etcd: labEtcdConnection(c),
+    etcdSource: `lab ${lab.name}`,
+    remoteConfigDir: c.remoteConfigDir,
+    lab: c,
+  }));
+  const nodes: NodeTarget[] = lab.nodes.map((n) => ({
+    key: `${n.cluster}/${n.name}`,
+    name: n.name,
+    cluster: n.cluster,
+    socket: n.socket,
+    pinDir: n.pinDir,
+    netns: n.netns,
+    underlayIP: n.underlayIP,
+    configDir: lab.clusters.find((c) => c.name === n.cluster)?.remoteConfigDir,
+    clusterId: lab.clusters.find((c) => c.name === n.cluster)?.id,
+  }));
+  return { lab, clusters, nodes };
+}
+
+/** Reads `cilium/cluster-config/*` of an etcd: the clusters it publishes, by name. */
+export async function publishedClusters(kv: KvClient): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  const list = await kv.list(clusterConfigPrefix);
+  for (const p of list.pairs) {
+    const name = p.key.slice(clusterConfigPrefix.length);
+    const d = decodeClusterConfig(name, p.key, p.value);
+    if (d.ok) out.set(name, d.value.id);
+  }
+  return out;
+}
+
+async function fromFlags(f: TargetFlags, closer: Closer, probeAgents: boolean): Promise<Targets> {
+  const clusters = new Map<string, ClusterTarget>();
+  const nodes: NodeTarget[] = [];
+  for (const file of f.agentConfig ?? []) {
+    let cfg;
+    try {
+      cfg = await loadAgentConfig(file);
+    } catch (err) {
+      throw new CliError(`--agent-config ${file}: ${(err as Error).message}`);
+    }
+    nodes.push({
+      key: `${cfg.clusterName}/${cfg.nodeName}`,
+      name: cfg.nodeName,
+      cluster: cfg.clusterName,
+      socket: cfg.socketPath,
+      pinDir: cfg.pinDir,
+      netns: undefined,
+      underlayIP: cfg.nodeIP,
+      configDir: cfg.clustermeshConfigDir,
+      clusterId: cfg.clusterID,
+    });
+    if (!clusters.has(cfg.clusterName)) {
+      clusters.set(cfg.clusterName, { name: cfg.clusterName, id: cfg.clusterID, etcd: cfg.etcd, etcdSource: file, remoteConfigDir: cfg.clustermeshConfigDir, lab: undefined });
+    }
+  }
+  for (const socket of f.socket ?? []) {
+    const node: NodeTarget = { key: socket, name: socket, cluster: undefined, socket, pinDir: undefined, netns: undefined, underlayIP: undefined, configDir: undefined, clusterId: undefined };
+    if (probeAgents) {
+      const api = new AgentClient(socket, { timeoutMs: 5000 });
+      closer.add(() => api.close());
+      try {
+        const st = await api.status();
+        node.name = st.node.name;
+        node.cluster = st.node.cluster;
+        node.key = `${st.node.cluster}/${st.node.name}`;
+        node.pinDir = st.datapath.pinDir;
+        node.underlayIP = st.node.nodeIP;
+        node.configDir = st.clustermesh.configDir;
+        node.clusterId = st.node.clusterID;
+      } catch (err) {
+        throw new CliError(`--socket ${socket}: ${(err as Error).message}; is the agent running? (or give its --pin-dir instead)`);
+      }
+    }
+    nodes.push(node);
+  }
+  for (const pinDir of f.pinDir ?? []) {
+    nodes.push({ key: pinDir, name: basename(pinDir), cluster: undefined, socket: undefined, pinDir, netns: undefined, underlayIP: undefined, configDir: undefined, clusterId: undefined });
+  }
+  for (const file of f.etcdConfig ?? []) {
+    let conn: KvConnectionConfig;
+    try {
+      conn = await loadEtcdConfig(file);
+    } catch (err) {
+      throw new CliError((err as Error).message);
+    }
+    // The cluster is the one whose cluster-config this etcd publishes.
+    const kv = new KvClient({ ...conn, timeoutMs: conn.timeoutMs ?? 5000 });
+    closer.add(() => kv.close());
+    let published: Map<string, number>;
+    try {
+      published = await publishedClusters(kv);
+    } catch (err) {
+      throw new CliError(`--etcd-config ${file}: cannot list ${clusterConfigPrefix} (${(err as Error).message}); run 'clustermesh troubleshoot' for the failing step`);
+    }
+    if (published.size !== 1) {
+      throw new CliError(`--etcd-config ${file}: the etcd publishes ${published.size === 0 ? 'no cluster-config (is the cluster\'s apiserver running?)' : `${published.size} cluster-configs (${[...published.keys()].join(', ')})`}; expected exactly one`);
+    }
+    const [[name, id]] = [...published] as [[string, number]];
+    const existing = clusters.get(name);
+    clusters.set(name, { name, id, etcd: conn, etcdSource: file, remoteConfigDir: existing?.remoteConfigDir, lab: undefined });
+  }
+  return { lab: undefined, clusters: [...clusters.values()], nodes };
+}
+
+/**
+ * The clusters and nodes the flags name. `probeAgents`: ask explicit
+ * `--socket` agents for their node name, cluster and pin dir.
+ */
+export async function resolveTargets(f: TargetFlags, closer: Closer, o: { probeAgents?: boolean } = {}): Promise<Targets> {
+  let t: Targets;
+  if (isExplicit(f)) {
+    t = await fromFlags(f, closer, o.probeAgents ?? true);
+  } else {
+    try {
+      t = fromLab(readLabState(f.lab ?? DEFAULT_LAB_NAME));
+    } catch (err) {
+      if (err instanceof NoSuchLabError) {
+        throw new CliError(`${err.message} (on a host without a lab, name the agents and etcds: --agent-config FILE, --socket PATH, --pin-dir DIR, --etcd-config FILE)`, EXIT_ERROR);
+      }
+      throw new CliError((err as Error).message);
+    }
+  }
+  return narrow(t, f);
+}

@@ -1,0 +1,600 @@
+// Cluster DNS of the lab: an authoritative server for the cluster domain
+// (cluster.local) fed by the cluster's store source, run as a pod of the
+// cluster (Deployment kube-system/cluster-dns) behind the Service
+// kube-system/kube-dns at 10.96.0.10, so pods reach it through the datapath's
+// service translation like any other Service.
+//
+// What it answers (the records Kubernetes' DNS specification defines, the ones
+// a workload of the lab uses):
+//   <svc>.<ns>.svc.<domain>   A  the Service's ClusterIP; for a headless
+//                                Service (clusterIP None) the IPs of its ready pods
+//   <a-b-c-d>.<ns>.pod.<domain> A  a.b.c.d, when a pod of <ns> has that IP
+// Short names (`<svc>`, `<svc>.<ns>`) resolve through the search list of the
+// pods' resolv.conf (see resolvConf()), as with kube-dns.
+// Other names in the domain: NXDOMAIN (or NODATA for a name that exists with no
+// record of the type asked), with the zone's SOA for negative caching.
+// Names outside the domain: REFUSED. There is no forwarding: the lab's pods
+// have no business resolving the internet.
+//
+// How it reaches the store: a pod's packets to the cluster's etcd
+// (10.c.0.250:2379) are handed to the node's stack by the datapath, and the
+// node neither forwards them (ip_forward is 0 on lab nodes) nor could the
+// reply find its way back (the router has no route to pod CIDRs; there is no
+// masquerading). The lab's etcd also serves on a TLS unix socket, and a unix
+// socket is reached through the file system, not the network namespace: the
+// DNS pod's etcd config names that socket (like a hostPath mount of it in
+// Kubernetes). writeClusterDnsEtcdConfig() writes that file from the lab state.
+import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
+import { existsSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
+import { createServer as createTcpServer, type Server as TcpServer, type Socket as TcpSocket } from 'node:net';
+import { dirname, join, resolve } from 'node:path';
+import dnsPacket, { type Answer, type DecodedPacket, type Packet, type Question } from 'dns-packet';
+import { parse as parseYaml, stringify as toYaml } from 'yaml';
+import { z } from 'zod';
+import { KvClient } from '../kvstore/client.ts';
+import type { KvConnectionConfig } from '../kvstore/types.ts';
+import { isPodReady, type Namespace, type Pod, type Service } from '../model/index.ts';
+import { StoreSource } from '../sources/store/source.ts';
+import type { ClusterSource } from '../sources/types.ts';
+import type { LabCluster } from './state.ts';
+
+export const CLUSTER_DOMAIN = 'cluster.local';
+/** The ClusterIP of kube-system/kube-dns in every cluster of the lab. */
+export const DNS_SERVICE_IP = '10.96.0.10';
+export const DNS_NAMESPACE = 'kube-system';
+export const DNS_SERVICE_NAME = 'kube-dns';
+export const DNS_DEPLOYMENT_NAME = 'cluster-dns';
+/** The label the Service selects the DNS pods by (as kube-dns does). */
+export const DNS_APP_LABEL = { 'k8s-app': 'kube-dns' } as const;
+/** TTL of answers and of negative answers (seconds); CoreDNS' kubernetes plugin uses 5 too. */
+export const DEFAULT_DNS_TTL = 5;
+
+// ---- the data the answers come from ------------------------------------------
+
+/** What the server reads: the cluster's Services, Pods and Namespaces. */
+export interface DnsData {
+  service(namespace: string, name: string): Service | undefined;
+  services(): readonly Service[];
+  pods(): readonly Pod[];
+  namespaces(): readonly Namespace[];
+  /** False until the first complete list: the server then answers SERVFAIL rather than a wrong NXDOMAIN. */
+  ready(): boolean;
+}
+
+/** DnsData over a cluster source (the store source in the lab). */
+export function sourceDnsData(source: ClusterSource): DnsData {
+  return {
+    service: (namespace, name) => source.services.get({ namespace, name }),
+    services: () => source.services.list(),
+    pods: () => source.pods.list(),
+    namespaces: () => source.namespaces.list(),
+    ready: () => source.services.synced && source.pods.synced && source.namespaces.synced,
+  };
+}
+
+/** DnsData over fixed lists (tests, a snapshot). */
+export function staticDnsData(objects: { services?: Service[]; pods?: Pod[]; namespaces?: Namespace[] }): DnsData {
+  const services = objects.services ?? [];
+  return {
+    service: (namespace, name) => services.find((s) => s.metadata.namespace === namespace && s.metadata.name === name),
+    services: () => services,
+    pods: () => objects.pods ?? [],
+    namespaces: () => objects.namespaces ?? [],
+    ready: () => true,
+  };
+}
+
+function selectsPod(selector: Record<string, string> | undefined, pod: Pod): boolean {
+  if (!selector || Object.keys(selector).length === 0) return false;
+  return Object.entries(selector).every(([k, v]) => pod.metadata.labels[k] === v);
+}
+
+/** IPs of the ready pods a headless Service selects, sorted (stable answers). */
+export function headlessAddresses(data: DnsData, svc: Service): string[] {
+  const ips = new Set<string>();
+  for (const pod of data.pods()) {
+    if (pod.metadata.namespace !== svc.metadata.namespace || !pod.status.podIP || !isPodReady(pod)) continue;
+    if (selectsPod(svc.spec.selector, pod)) ips.add(pod.status.podIP);
+  }
+  return [...ips].sort(compareIPv4);
+}
+
+function compareIPv4(a: string, b: string): number {
+  const n = (ip: string) => ip.split('.').reduce((acc, o) => acc * 256 + Number(o), 0);
+  return n(a) - n(b);
+}
+
+// ---- answering ---------------------------------------------------------------
+
+export interface DnsAnswerOptions {
+  domain?: string;
+  ttl?: number;
+}
+
+export type Rcode = 'NOERROR' | 'FORMERR' | 'SERVFAIL' | 'NXDOMAIN' | 'NOTIMP' | 'REFUSED';
+const RCODES: Record<Rcode, number> = { NOERROR: 0, FORMERR: 1, SERVFAIL: 2, NXDOMAIN: 3, NOTIMP: 4, REFUSED: 5 };
+const RCODE_NAMES: Record<number, Rcode> = Object.fromEntries(Object.entries(RCODES).map(([k, v]) => [v, k as Rcode]));
+const QR = 0x8000;
+const OPCODE_MASK = 0x7800;
+const OPCODE_QUERY = 0;
+
+/** What a name in the cluster domain is, before the record type is looked at. */
+type Resolution =
+  | { kind: 'outside' }
+  | { kind: 'nxdomain' }
+  /** The name exists; `a` holds its addresses (possibly none). */
+  | { kind: 'exists'; a: string[]; apex?: boolean };
+
+function normalizeName(name: string): string {
+  return name.toLowerCase().replace(/\.+$/, '');
+}
+
+const IPV4_DASHED = /^(\d{1,3})-(\d{1,3})-(\d{1,3})-(\d{1,3})$/;
+
+/** Resolves one name against the cluster's objects (no record type yet). */
+export function resolveName(data: DnsData, name: string, domain = CLUSTER_DOMAIN): Resolution {
+  const n = normalizeName(name);
+  const d = normalizeName(domain);
+  if (n === d) return { kind: 'exists', a: [], apex: true };
+  if (!n.endsWith(`.${d}`)) return { kind: 'outside' };
+  const labels = n.slice(0, -(d.length + 1)).split('.');
+  const nsExists = (ns: string): boolean =>
+    data.namespaces().some((x) => x.metadata.name === ns) || data.services().some((s) => s.metadata.namespace === ns) || data.pods().some((p) => p.metadata.namespace === ns);
+  const [first, second, third] = labels;
+  switch (labels.length) {
+    case 1:
+      // svc.<domain>, pod.<domain>: empty non-terminals.
+      return first === 'svc' || first === 'pod' ? { kind: 'exists', a: [] } : { kind: 'nxdomain' };
+    case 2:
+      // <ns>.svc.<domain>, <ns>.pod.<domain>
+      if ((second === 'svc' || second === 'pod') && nsExists(first!)) return { kind: 'exists', a: [] };
+      return { kind: 'nxdomain' };
+    case 3: {
+      if (third === 'svc') {
+        const svc = data.service(second!, first!);
+        if (!svc) return { kind: 'nxdomain' };
+        const ip = svc.spec.clusterIP;
+        if (ip === 'None') return { kind: 'exists', a: headlessAddresses(data, svc) };
+        return { kind: 'exists', a: ip ? [ip] : [] };
+      }
+      if (third === 'pod') {
+        const m = IPV4_DASHED.exec(first!);
+        if (!m || m.slice(1).some((o) => Number(o) > 255)) return { kind: 'nxdomain' };
+        const ip = m.slice(1).map(Number).join('.');
+        const known = data.pods().some((p) => p.metadata.namespace === second && p.status.podIP === ip);
+        return known ? { kind: 'exists', a: [ip] } : { kind: 'nxdomain' };
+      }
+      return { kind: 'nxdomain' };
+    }
+    default:
+      return { kind: 'nxdomain' };
+  }
+}
+
+function soaRecord(domain: string, ttl: number): Answer {
+  return {
+    type: 'SOA',
+    name: domain,
+    ttl,
+    class: 'IN',
+    data: {
+      mname: `ns.dns.${domain}`,
+      rname: `hostmaster.${domain}`,
+      // Changes are visible within the TTL anyway; a serial that moves with time is what CoreDNS does too.
+      serial: Math.floor(Date.now() / 1000) >>> 0,
+      refresh: 7200,
+      retry: 1800,
+      expire: 86400,
+      minimum: ttl,
+    },
+  };
+}
+
+/** The response header flags for `query`: QR, the query's opcode and RD, AA when authoritative, and the rcode. */
+function responseFlags(queryFlags: number, rcode: Rcode, authoritative: boolean): number {
+  let flags = (queryFlags & OPCODE_MASK) | (queryFlags & dnsPacket.RECURSION_DESIRED) | RCODES[rcode];
+  if (authoritative) flags |= dnsPacket.AUTHORITATIVE_ANSWER;
+  return flags;
+}
+
+/**
+ * The response to one decoded query. Pure: everything comes from `data`.
+ * Exported for tests and for anyone who wants the answers without a socket.
+ */
+export function answerQuery(query: DecodedPacket, data: DnsData, opts: DnsAnswerOptions = {}): Packet {
+  const domain = normalizeName(opts.domain ?? CLUSTER_DOMAIN);
+  const ttl = opts.ttl ?? DEFAULT_DNS_TTL;
+  const qflags = query.flags ?? 0;
+  const questions = query.questions ?? [];
+  const edns = (query.additionals ?? []).find((a) => a.type === 'OPT');
+  const reply = (rcode: Rcode, authoritative: boolean, answers: Answer[] = [], authorities: Answer[] = []): Packet => ({
+    type: 'response',
+    id: query.id ?? 0,
+    flags: responseFlags(qflags, rcode, authoritative),
+    questions,
+    answers,
+    authorities,
+    // EDNS(0): a client that sent OPT gets OPT back, with the size we accept.
+    additionals: edns ? [{ type: 'OPT', name: '.', udpPayloadSize: 1232, extendedRcode: 0, ednsVersion: 0, flags: 0, flag_do: false, options: [] } as Answer] : [],
+  });
+  if (query.type === 'response') return reply('FORMERR', false);
+  if ((qflags & OPCODE_MASK) >> 11 !== OPCODE_QUERY) return reply('NOTIMP', false);
+  if (questions.length !== 1) return reply('FORMERR', false);
+  const q = questions[0] as Question;
+  if (q.class !== undefined && q.class !== 'IN' && q.class !== 'ANY') return reply('REFUSED', false);
+  const res = resolveName(data, q.name, domain);
+  if (res.kind === 'outside') return reply('REFUSED', false);
+  if (!data.ready()) return reply('SERVFAIL', false);
+  const negative = [soaRecord(domain, ttl)];
+  if (res.kind === 'nxdomain') return reply('NXDOMAIN', true, [], negative);
+  const answers: Answer[] = [];
+  // dns-packet decodes QTYPE 255 as 'ANY', which its types do not list.
+  const qtype = q.type as string;
+  if (qtype === 'A' || qtype === 'ANY') {
+    for (const ip of res.a) answers.push({ type: 'A', name: q.name, ttl, class: 'IN', data: ip });
+  }
+  if ((qtype === 'SOA' || qtype === 'ANY') && res.apex) answers.push(soaRecord(domain, ttl));
+  return reply('NOERROR', true, answers, answers.length ? [] : negative);
+}
+
+/** The bytes of the response to `msg`, or undefined when msg is too short to answer at all. */
+export function respond(msg: Buffer, data: DnsData, opts: DnsAnswerOptions & { maxSize?: number } = {}): Buffer | undefined {
+  let query: DecodedPacket;
+  try {
+    query = dnsPacket.decode(msg);
+  } catch {
+    if (msg.length < 4) return undefined;
+    // Malformed: FORMERR with the query's ID and opcode, no sections.
+    const out = Buffer.alloc(12);
+    msg.copy(out, 0, 0, 2);
+    out.writeUInt16BE(QR | (msg.readUInt16BE(2) & (OPCODE_MASK | dnsPacket.RECURSION_DESIRED)) | RCODES.FORMERR, 2);
+    return out;
+  }
+  const response = answerQuery(query, data, opts);
+  let out = dnsPacket.encode(response);
+  const edns = (query.additionals ?? []).find((a) => a.type === 'OPT') as { udpPayloadSize?: number } | undefined;
+  const max = opts.maxSize ?? Math.max(512, Math.min(edns?.udpPayloadSize ?? 512, 1232));
+  if (out.length > max) {
+    // Too big for this UDP client: say so (TC) and let it retry over TCP.
+    out = dnsPacket.encode({ ...response, flags: (response.flags ?? 0) | dnsPacket.TRUNCATED_RESPONSE, answers: [], authorities: [] });
+  }
+  return out;
+}
+
+// ---- the server --------------------------------------------------------------
+
+export interface DnsServerOptions extends DnsAnswerOptions {
+  /** Address to listen on (default 0.0.0.0). */
+  host?: string;
+  /** UDP and TCP port (default 53; 0 picks free ports, which may differ between UDP and TCP). */
+  port?: number;
+  /** Also serve DNS over TCP (default true). */
+  tcp?: boolean;
+  /** One line per query (default: none). */
+  log?: (line: string) => void;
+}
+
+export interface DnsServer {
+  readonly host: string;
+  readonly udpPort: number;
+  /** undefined without TCP. */
+  readonly tcpPort: number | undefined;
+  /** Queries answered since start, by rcode. */
+  readonly counts: Readonly<Record<string, number>>;
+  close(): Promise<void>;
+}
+
+/** Starts the DNS server on UDP (and TCP) with answers from `data`. */
+export async function startDnsServer(data: DnsData, opts: DnsServerOptions = {}): Promise<DnsServer> {
+  const host = opts.host ?? '0.0.0.0';
+  const port = opts.port ?? 53;
+  const counts: Record<string, number> = {};
+  const handle = (msg: Buffer, transport: 'udp' | 'tcp', peer: string): Buffer | undefined => {
+    const out = respond(msg, data, { ...opts, ...(transport === 'tcp' ? { maxSize: 65535 } : {}) });
+    if (out) {
+      const rcode = RCODE_NAMES[out.readUInt16BE(2) & 0xf] ?? `RCODE_${out.readUInt16BE(2) & 0xf}`;
+      counts[rcode] = (counts[rcode] ?? 0) + 1;
+      if (opts.log) {
+        let q = '?';
+        try {
+          const d = dnsPacket.decode(msg);
+          q = `${d.questions?.[0]?.type ?? '?'} ${d.questions?.[0]?.name ?? '?'}`;
+        } catch {
+          /* logged as '?' */
+        }
+        opts.log(`${transport} ${peer} ${q} -> ${rcode}`);
+      }
+    }
+    return out;
+  };
+
+  const udp: UdpSocket = createSocket({ type: 'udp4' });
+  udp.on('message', (msg: Buffer, rinfo: RemoteInfo) => {
+    const out = handle(msg, 'udp', `${rinfo.address}:${rinfo.port}`);
+    if (out) udp.send(out, rinfo.port, rinfo.address);
+  });
+  await new Promise<void>((res, rej) => {
+    udp.once('error', rej);
+    udp.bind(port, host, () => {
+      udp.off('error', rej);
+      res();
+    });
+  });
+  udp.on('error', (err) => opts.log?.(`udp error: ${err.message}`));
+  const udpPort = udp.address().port;
+
+  let tcp: TcpServer | undefined;
+  const conns = new Set<TcpSocket>();
+  if (opts.tcp !== false) {
+    tcp = createTcpServer((sock) => {
+      conns.add(sock);
+      sock.setTimeout(10_000, () => sock.destroy());
+      sock.on('close', () => conns.delete(sock));
+      sock.on('error', () => sock.destroy());
+      let buf = Buffer.alloc(0);
+      sock.on('data', (chunk: Buffer) => {
+        buf = Buffer.concat([buf, chunk]);
+        // RFC 1035 4.2.2 / RFC 7766: each message is preceded by its 2-byte length; several may follow.
+        while (buf.length >= 2) {
+          const len = buf.readUInt16BE(0);
+          if (buf.length < 2 + len) break;
+          const msg = buf.subarray(2, 2 + len);
+          buf = buf.subarray(2 + len);
+          const out = handle(msg, 'tcp', `${sock.remoteAddress}:${sock.remotePort}`);
+          if (!out) return sock.destroy();
+          const framed = Buffer.alloc(2 + out.length);
+          framed.writeUInt16BE(out.length, 0);
+          out.copy(framed, 2);
+          sock.write(framed);
+        }
+      });
+    });
+    const server = tcp;
+    await new Promise<void>((res, rej) => {
+      server.once('error', rej);
+      // The same port as UDP when one was given; with 0 UDP's port is tried first.
+      server.listen({ port: port === 0 ? udpPort : port, host, exclusive: true }, () => {
+        server.off('error', rej);
+        res();
+      });
+    }).catch(async (err: NodeJS.ErrnoException) => {
+      if (port !== 0 || err.code !== 'EADDRINUSE') {
+        udp.close();
+        throw new Error(`cluster DNS: cannot listen on tcp ${host}:${port}: ${err.message}`);
+      }
+      await new Promise<void>((res, rej) => {
+        server.once('error', rej);
+        server.listen({ port: 0, host }, () => res());
+      });
+    });
+  }
+  const tcpAddr = tcp?.address();
+  return {
+    host,
+    udpPort,
+    tcpPort: tcpAddr && typeof tcpAddr === 'object' ? tcpAddr.port : undefined,
+    counts,
+    close: async () => {
+      for (const c of conns) c.destroy();
+      await Promise.all([
+        new Promise<void>((r) => udp.close(() => r())),
+        tcp ? new Promise<void>((r) => tcp!.close(() => r())) : Promise.resolve(),
+      ]);
+    },
+  };
+}
+
+// ---- the etcd client config ----------------------------------------------------
+
+export class DnsConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'DnsConfigError';
+  }
+}
+
+const dnsEtcdConfigSchema = z.strictObject({
+  endpoints: z
+    .array(z.string().regex(/^(https:\/\/[^/\s]+\/?|unix:\/\/\/\S+)$/, 'must be https://host:port or unix:///path/to/socket (TLS either way)'))
+    .min(1, 'at least one endpoint is required'),
+  'trusted-ca-file': z.string().min(1),
+  'cert-file': z.string().min(1),
+  'key-file': z.string().min(1),
+  'server-name': z.string().min(1).optional(),
+  'timeout-ms': z.number().int().positive().optional(),
+});
+export type DnsEtcdConfigFile = z.infer<typeof dnsEtcdConfigSchema>;
+
+/**
+ * Reads an etcd client config (the YAML the apiserver takes: endpoints,
+ * trusted-ca-file, cert-file, key-file, optional server-name), where an
+ * endpoint may also be the TLS unix socket of a lab etcd (unix:///path).
+ * Relative paths resolve against the file's directory.
+ */
+export async function loadDnsEtcdConfig(file: string): Promise<KvConnectionConfig> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new DnsConfigError(`--etcd-config ${file}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); pass the etcd client config the lab wrote for the cluster's DNS`);
+  }
+  let raw: unknown;
+  try {
+    raw = parseYaml(text);
+  } catch (err) {
+    throw new DnsConfigError(`--etcd-config ${file}: not valid YAML (${(err as Error).message.split('\n')[0]})`);
+  }
+  const parsed = dnsEtcdConfigSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new DnsConfigError(`--etcd-config ${file}: field ${issue.path.join('.') || '(root)'}: ${issue.message}`);
+  }
+  const c = parsed.data;
+  const base = dirname(resolve(file));
+  const conn: KvConnectionConfig = {
+    endpoints: c.endpoints,
+    caFile: resolve(base, c['trusted-ca-file']),
+    certFile: resolve(base, c['cert-file']),
+    keyFile: resolve(base, c['key-file']),
+    ...(c['server-name'] ? { serverName: c['server-name'] } : {}),
+    ...(c['timeout-ms'] ? { timeoutMs: c['timeout-ms'] } : {}),
+  };
+  for (const [field, path] of [['trusted-ca-file', conn.caFile], ['cert-file', conn.certFile], ['key-file', conn.keyFile]] as const) {
+    if (!existsSync(path)) throw new DnsConfigError(`--etcd-config ${file}: field ${field}: ${path} does not exist`);
+  }
+  return conn;
+}
+
+/** The YAML of an etcd client config for `conn` (what loadDnsEtcdConfig reads). */
+export function formatDnsEtcdConfig(conn: KvConnectionConfig): string {
+  return toYaml({
+    endpoints: conn.endpoints,
+    'trusted-ca-file': conn.caFile,
+    'cert-file': conn.certFile,
+    'key-file': conn.keyFile,
+    ...(conn.serverName ? { 'server-name': conn.serverName } : {}),
+  });
+}
+
+/**
+ * Writes `<cluster dir>/dns-etcd.yaml` (or `file`): how the cluster's DNS pod
+ * reaches the cluster's etcd. It names the etcd's TLS unix socket (verified as
+ * 'localhost'), because pods cannot reach 10.c.0.250 over the network (see the
+ * top of this file), and the `agent` user's certificate (it may read the store
+ * prefix; there is no read-only store user yet), falling back to the root
+ * certificate the lab state records. Returns the path.
+ */
+export async function writeClusterDnsEtcdConfig(cluster: LabCluster, file?: string): Promise<string> {
+  const out = file ?? join(cluster.dir ?? dirname(cluster.etcd.logFile), 'dns-etcd.yaml');
+  const agentCert = cluster.etcd.dir ? join(cluster.etcd.dir, 'pki', 'users', 'agent.crt') : undefined;
+  const agentKey = cluster.etcd.dir ? join(cluster.etcd.dir, 'pki', 'users', 'agent.key') : undefined;
+  const useAgent = agentCert !== undefined && agentKey !== undefined && existsSync(agentCert) && existsSync(agentKey);
+  const local = cluster.etcd.localEndpoints?.filter((e) => e.startsWith('unix://')) ?? [];
+  const conn: KvConnectionConfig = {
+    endpoints: local.length ? local : cluster.etcd.endpoints,
+    caFile: cluster.etcd.caFile,
+    certFile: useAgent ? agentCert : cluster.etcd.certFile,
+    keyFile: useAgent ? agentKey : cluster.etcd.keyFile,
+    ...(local.length ? { serverName: 'localhost' } : {}),
+  };
+  await writeFile(out, formatDnsEtcdConfig(conn), { mode: 0o600 });
+  return out;
+}
+
+// ---- running it as a workload ------------------------------------------------
+
+export interface ClusterDnsOptions extends DnsServerOptions {
+  etcdConfigFile: string;
+  /** Wait this long for the first complete list before serving anyway (SERVFAIL until then); default 30 s. */
+  syncTimeoutMs?: number;
+}
+
+export interface RunningClusterDns {
+  server: DnsServer;
+  source: ClusterSource;
+  stop(): Promise<void>;
+}
+
+/** The DNS workload: the store source over the cluster's etcd, and the server answering from it. */
+export async function startClusterDns(opts: ClusterDnsOptions): Promise<RunningClusterDns> {
+  const conn = await loadDnsEtcdConfig(opts.etcdConfigFile);
+  const kv = new KvClient(conn);
+  const source = new StoreSource(kv, {
+    onProblem: (p) => opts.log?.(`store: ignoring ${p.kind} at ${p.key}: ${p.message}`),
+    onError: (kind, err) => opts.log?.(`store: watch of ${kind} failed (retrying): ${err.message}`),
+  });
+  let server: DnsServer | undefined;
+  try {
+    await source.start();
+    const data = sourceDnsData(source);
+    server = await startDnsServer(data, opts);
+    const signal = AbortSignal.timeout(opts.syncTimeoutMs ?? 30_000);
+    await Promise.all([source.services.waitSynced(signal), source.pods.waitSynced(signal), source.namespaces.waitSynced(signal)]).catch((err: Error) =>
+      opts.log?.(`store: not synced yet (${err.message}); answering SERVFAIL for the cluster domain until it is`),
+    );
+  } catch (err) {
+    await server?.close().catch(() => undefined);
+    await source.stop().catch(() => undefined);
+    await kv.close().catch(() => undefined);
+    throw err;
+  }
+  const srv = server;
+  return {
+    server: srv,
+    source,
+    stop: async () => {
+      await srv.close();
+      await source.stop();
+      await kv.close();
+    },
+  };
+}
+
+// ---- what the lab applies and writes -----------------------------------------
+
+export interface ClusterDnsManifestOptions {
+  /** The etcd client config the DNS pod reads (writeClusterDnsEtcdConfig()). */
+  etcdConfigFile: string;
+  /** How a pod's command names this program (default 'clustermesh'). */
+  cli?: string[];
+  replicas?: number;
+  ip?: string;
+}
+
+/** The Namespace, Deployment and Service that run the cluster's DNS (Kubernetes-shaped objects, in apply order). */
+export function clusterDnsObjects(o: ClusterDnsManifestOptions): Record<string, unknown>[] {
+  const labels = { ...DNS_APP_LABEL };
+  return [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: DNS_NAMESPACE } },
+    {
+      apiVersion: 'apps/v1',
+      kind: 'Deployment',
+      metadata: { name: DNS_DEPLOYMENT_NAME, namespace: DNS_NAMESPACE, labels },
+      spec: {
+        replicas: o.replicas ?? 1,
+        selector: { matchLabels: labels },
+        template: {
+          metadata: { labels },
+          spec: {
+            containers: [
+              {
+                name: 'dns',
+                command: [...(o.cli ?? ['clustermesh']), 'lab', 'workload', 'dns', '--etcd-config', o.etcdConfigFile],
+                ports: [
+                  { name: 'dns', containerPort: 53, protocol: 'UDP' },
+                  { name: 'dns-tcp', containerPort: 53, protocol: 'TCP' },
+                ],
+              },
+            ],
+          },
+        },
+      },
+    },
+    {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name: DNS_SERVICE_NAME, namespace: DNS_NAMESPACE, labels },
+      spec: {
+        clusterIP: o.ip ?? DNS_SERVICE_IP,
+        selector: labels,
+        ports: [
+          { name: 'dns', port: 53, targetPort: 53, protocol: 'UDP' },
+          { name: 'dns-tcp', port: 53, targetPort: 53, protocol: 'TCP' },
+        ],
+      },
+    },
+  ];
+}
+
+/** clusterDnsObjects() as one multi-document YAML. */
+export function clusterDnsManifest(o: ClusterDnsManifestOptions): string {
+  return clusterDnsObjects(o)
+    .map((d) => toYaml(d))
+    .join('---\n');
+}
+
+/** The resolv.conf of a pod in namespace `ns`: the cluster DNS and the Kubernetes search list. */
+export function resolvConf(ns: string, dnsIP = DNS_SERVICE_IP, domain = CLUSTER_DOMAIN): string {
+  return `nameserver ${dnsIP}\nsearch ${ns}.svc.${domain} svc.${domain} ${domain}\noptions ndots:5\n`;
+}

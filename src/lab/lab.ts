@@ -1,0 +1,573 @@
+// `lab up` and `lab down`: a whole mesh on this machine whose processes outlive
+// the command that started them, with everything it creates written to the
+// lab's state file (src/lab/state.ts) before or right after it is created, so
+// that `down` removes exactly that -- also after an `up` that was killed.
+import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync, mkdirSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { DEFAULT_BPFFS_ROOT, removePinDir } from '../datapath/bpffs.ts';
+import { run } from './exec.ts';
+import { startMesh, type Mesh, type MeshCreated } from './mesh.ts';
+import { ManagedProcess, childEnv } from './process.ts';
+import { createTopology, destroyTopology, listNamespaces, routerPort, type Topology } from './topology.ts';
+import {
+  LAB_STATE_VERSION,
+  labDir,
+  labRoot,
+  processStartTime,
+  readLabState,
+  sameProcessAlive,
+  validateLabName,
+  writeLabState,
+  NoSuchLabError,
+  type LabState,
+} from './state.ts';
+import { stopGroup } from './kubelet.ts';
+import { clusterDnsManifest, writeClusterDnsEtcdConfig, DNS_NAMESPACE, DNS_DEPLOYMENT_NAME } from './dns.ts';
+import { applyObjects, parseManifest, DEPLOYMENT_ANNOTATION } from './manifest.ts';
+import { StoreWriter } from '../sources/store/writer.ts';
+import { isPodReady } from '../model/index.ts';
+import { kubeletConfigFile, podRecordsOf, type KubeletConfig, type PodRecord } from './kubelet-config.ts';
+
+export const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
+const CNI_MAIN = resolve(import.meta.dirname, 'cni-main.ts');
+/** The Service CIDR of every cluster (ARCHITECTURE §2); .10 is the cluster DNS. */
+export const SERVICE_CIDR = '10.96.0.0/16';
+export const DNS_SERVICE_IP = '10.96.0.10';
+
+/** Namespaces of a lab are named `<prefix>-…`: the lab's name when it starts with 'cm' (tests: cmt…), else `cm-<name>`. */
+export function labNetnsPrefix(name: string): string {
+  return name.startsWith('cm') ? name : `cm-${name}`;
+}
+
+export interface LabUpOptions {
+  name: string;
+  clusters: number;
+  nodes: number;
+  /** One-way delay added between clusters (netem on each router port), e.g. '20ms'. */
+  latency?: string;
+  /** Loss between clusters, e.g. '0.1%'. */
+  loss?: string;
+  progress?: (line: string) => void;
+  readyTimeoutMs?: number;
+}
+
+export interface LabUpResult {
+  state: LabState;
+  readyMs: number;
+  totalMs: number;
+}
+
+const LATENCY_RE = /^\d+(\.\d+)?(us|ms|s)$/;
+const LOSS_RE = /^\d+(\.\d+)?%$/;
+
+export function validateLatency(v: string): string {
+  if (!LATENCY_RE.test(v)) throw new Error(`--latency must be a duration like 20ms, 500us or 1s, got '${v}'`);
+  return v;
+}
+export function validateLoss(v: string): string {
+  if (!LOSS_RE.test(v) || Number(v.slice(0, -1)) > 100) throw new Error(`--loss must be a percentage like 0.1% (at most 100%), got '${v}'`);
+  return v;
+}
+
+/**
+ * Is the lab in use? While starting: as long as its `up` runs. Once up: while
+ * any of its processes runs. A lab whose `up` died mid-way, that failed, or
+ * whose processes are all gone (a reboot) is dead: the next `up` removes it.
+ */
+export function labAlive(state: LabState): boolean {
+  if (state.phase === 'starting') return sameProcessAlive({ pid: state.pid, startTime: state.startTime });
+  if (state.phase === 'failed') return false;
+  return state.processes.some((r) => sameProcessAlive(r));
+}
+
+/** Applies the cluster DNS objects to every cluster and waits (up to 60 s) for their pods to be ready; a DNS that does not come up is a warning, not a failed up. */
+async function startClusterDnsPods(mesh: Mesh, state: LabState, progress: (l: string) => void): Promise<void> {
+  const t0 = Date.now();
+  const targets: Array<{ name: string; kv: ReturnType<Mesh['kv']> }> = [];
+  for (const c of state.clusters) {
+    const file = await writeClusterDnsEtcdConfig(c);
+    const objs = parseManifest(clusterDnsManifest({ etcdConfigFile: file }), `cluster DNS of ${c.name}`);
+    const kv = mesh.kv(c.name, 'root');
+    await applyObjects({ name: c.name, nodes: state.nodes.filter((n) => n.cluster === c.name).map((n) => n.name), kv }, objs);
+    c.dnsIP = DNS_SERVICE_IP;
+    targets.push({ name: c.name, kv });
+  }
+  const pending = new Set(targets.map((t) => t.name));
+  const end = Date.now() + 60_000;
+  while (pending.size && Date.now() < end) {
+    for (const t of targets) {
+      if (!pending.has(t.name)) continue;
+      const pods = (await new StoreWriter(t.kv).list('Pod')).filter((p) => p.metadata.namespace === DNS_NAMESPACE && p.metadata.annotations[DEPLOYMENT_ANNOTATION] === DNS_DEPLOYMENT_NAME);
+      if (pods.length && pods.every((p) => isPodReady(p))) pending.delete(t.name);
+    }
+    if (pending.size) await sleep(200);
+  }
+  if (pending.size) progress(`      warning: the cluster DNS of ${[...pending].join(', ')} is not ready after 60 s; see: clustermesh lab get pods --name ${state.name} and the kubelet logs`);
+  else progress(`      cluster DNS ready in every cluster (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+}
+
+class StepError extends Error {
+  constructor(
+    readonly step: string,
+    cause: unknown,
+  ) {
+    super(`lab up failed at step '${step}': ${(cause as Error).message ?? String(cause)}`);
+    this.name = 'StepError';
+  }
+}
+
+/** Builds the lab; on failure removes what it made (as `down` would) and throws naming the step. */
+export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
+  const name = validateLabName(o.name);
+  if (o.latency) validateLatency(o.latency);
+  if (o.loss) validateLoss(o.loss);
+  const progress = o.progress ?? (() => undefined);
+  const t0 = Date.now();
+  const dir = labDir(name);
+  if (existsSync(join(dir, 'lab.json'))) {
+    let old: LabState | undefined;
+    try {
+      old = readLabState(name);
+    } catch (err) {
+      if (!(err instanceof NoSuchLabError)) throw new Error(`${(err as Error).message}`);
+    }
+    if (old && labAlive(old)) {
+      throw new Error(`a lab named ${name} is already ${old.phase === 'up' ? 'up' : 'being started'} (since ${old.createdAt}); use it, or remove it first with: clustermesh lab down --name ${name}`);
+    }
+    progress(`removing what a dead lab named ${name} left behind`);
+    await labDown(name, { progress });
+  } else if (existsSync(dir)) {
+    // A directory without state: nothing of ours can be in it that we could remove exactly.
+    throw new Error(`${dir} exists but holds no lab state; remove it by hand or pick another --name`);
+  }
+
+  const prefix = labNetnsPrefix(name);
+  const state: LabState = {
+    version: LAB_STATE_VERSION,
+    name,
+    createdAt: new Date().toISOString(),
+    pid: process.pid,
+    startTime: processStartTime(process.pid),
+    phase: 'starting',
+    spec: { clusters: o.clusters, nodes: o.nodes, ...(o.latency ? { latency: o.latency } : {}), ...(o.loss ? { loss: o.loss } : {}) },
+    dir,
+    bpffsRoot: DEFAULT_BPFFS_ROOT,
+    router: { netns: `${prefix}-rtr` },
+    namespaces: [],
+    pinDirs: [],
+    processes: [],
+    etcNetnsDirs: [],
+    clusters: [],
+    nodes: [],
+  };
+  const save = (): void => writeLabState(state);
+  save();
+
+  let step = 'topology';
+  let topo: Topology | undefined;
+  let mesh: Mesh | undefined;
+  try {
+    progress(`[1/6] network: router, ${o.clusters} cluster underlays, ${o.clusters * o.nodes} node namespaces`);
+    topo = await createTopology(
+      { clusters: o.clusters, nodesPerCluster: o.nodes, podsPerNode: 0, mode: 'clustermesh', baseName: prefix },
+      { registry: false, onNamespace: (ns) => { state.namespaces.push(ns); save(); } },
+    );
+    if (o.latency || o.loss) {
+      step = 'netem';
+      const args = [...(o.latency ? ['delay', o.latency] : []), ...(o.loss ? ['loss', o.loss] : [])];
+      for (let c = 1; c <= o.clusters; c++) {
+        await run(['tc', '-n', topo.routerNetns, 'qdisc', 'replace', 'dev', routerPort(c), 'root', 'netem', ...args]).catch((err: unknown) => {
+          if (/qdisc kind is unknown/i.test((err as Error).message)) {
+            throw new Error(`this kernel has no netem qdisc (module sch_netem), which --latency and --loss need; load it (modprobe sch_netem) or run without them`);
+          }
+          throw err;
+        });
+      }
+      progress(`      netem ${args.join(' ')} on the router's ports ${Array.from({ length: o.clusters }, (_, i) => routerPort(i + 1)).join(' ')}`);
+    }
+
+    // The node runtime: a kubelet per node, in the node's network namespace.
+    const kubelets: Array<{ proc: ManagedProcess; ready: string; node: string; ref: LabState['processes'][number] }> = [];
+    const startKubelets = async (m: Mesh): Promise<void> => {
+      step = 'node runtime';
+      progress(`[4/6] node runtime: a kubelet per node (pods: netns, CNI ADD, the container's command)`);
+      const cniBin = join(dir, 'cni', 'bin');
+      // What a kubelet finds in CNI_PATH under the config's `type`, and `clustermesh` on the PATH of pods.
+      // The plugin runs through its own small entry (cni-main.ts): a pod start does not load the whole CLI.
+      const scripts: Array<[string, string]> = [
+        [cniBin, `'${process.execPath}' --import '${import.meta.resolve('tsx')}' '${CNI_MAIN}' "$@"`],
+        [join(dir, 'bin'), `'${process.execPath}' '${CLI}' "$@"`],
+      ];
+      for (const [d, cmd] of scripts) {
+        mkdirSync(d, { recursive: true });
+        writeFileSync(join(d, 'clustermesh'), `#!/bin/sh\n# clustermesh of lab ${name}\nexec ${cmd}\n`);
+        chmodSync(join(d, 'clustermesh'), 0o755);
+      }
+      for (const a of m.agents) {
+        const cfg: KubeletConfig = {
+          lab: name,
+          cluster: a.cluster.name,
+          clusterID: a.cluster.id,
+          node: a.node.name,
+          nodeNetns: a.node.netns,
+          netnsPrefix: `${prefix}-c${a.cluster.id}`,
+          nodeDir: a.dir,
+          etcd: a.cluster.etcd.connection('agent', { via: 'network' }),
+          cniPath: cniBin,
+          netconf: {
+            cniVersion: '1.0.0',
+            name: 'clustermesh',
+            type: 'clustermesh',
+            agentSocket: a.socket,
+            underlayMtu: m.topo.spec.underlayMtu,
+            ipam: { podCIDR: a.node.podCIDR, gateway: a.node.gatewayIP, rangeStart: a.node.podCIDR.replace(/0\/24$/, '10') },
+          },
+          dnsIP: DNS_SERVICE_IP,
+        };
+        const cfgFile = kubeletConfigFile(a.dir);
+        writeFileSync(cfgFile, JSON.stringify(cfg, null, 2) + '\n');
+        const ready = join(a.dir, 'kubelet.ready');
+        rmSync(ready, { force: true });
+        const logFile = join(a.dir, 'kubelet.log');
+        // In the node's network namespace, but in this mount namespace (nsenter, not
+        // `ip netns exec`), so the pod namespaces it adds are visible to everyone.
+        const proc = new ManagedProcess({
+          name: `kubelet ${a.cluster.name}/${a.node.name}`,
+          logFile,
+          argv: ['nsenter', `--net=/var/run/netns/${a.node.netns}`, process.execPath, CLI, 'lab', 'kubelet', '--config', cfgFile],
+          env: childEnv(),
+          detached: true,
+        });
+        await proc.start();
+        const ref = { name: proc.spec.name, pid: proc.pid!, startTime: processStartTime(proc.pid!), logFile };
+        state.processes.push(ref);
+        save();
+        kubelets.push({ proc, ready, node: `${a.cluster.name}/${a.node.name}`, ref });
+      }
+    };
+
+    step = 'control plane';
+    progress(`[2/6] control plane: etcd (mutual TLS) and apiserver per cluster`);
+    const onCreated = (ev: MeshCreated): void => {
+      if (ev.kind === 'netns') state.namespaces.push(ev.name);
+      else if (ev.kind === 'pinDir') state.pinDirs.push(ev.path);
+      else {
+        state.processes.push({ name: `${ev.role} ${ev.cluster}${ev.node ? `/${ev.node}` : ''}`, pid: ev.pid, startTime: processStartTime(ev.pid), logFile: ev.logFile });
+      }
+      save();
+    };
+    mesh = await startMesh(topo, {
+      dir,
+      detached: true,
+      registry: false,
+      keepDir: true,
+      onCreated,
+      readyTimeoutMs: o.readyTimeoutMs ?? 90_000,
+      progress: (l) => {
+        if (/apiservers synced/.test(l)) {
+          step = 'agents';
+          progress(`      ${l}`);
+          progress(`[3/6] agents: one per node, each in its node's namespace, connecting to every cluster`);
+        } else progress(`      ${l}`);
+      },
+    });
+    const readyMs = Date.now() - t0;
+    // Kubelets after the agents: started beside them they compete for the CPU and delay all-connected by
+    // more than they save (measured on 2 vCPUs: 16 s vs 21-27 s to all-connected, the same total).
+    progress(`      every agent ready and connected to every other cluster: ${(readyMs / 1000).toFixed(1)} s after start`);
+    await startKubelets(mesh);
+
+    step = 'state';
+    for (const c of mesh.clusters) {
+      const root = c.etcd.connection('root');
+      state.clusters.push({
+        name: c.name,
+        id: c.id,
+        netns: c.netns,
+        ip: c.ip,
+        dir: c.dir,
+        etcd: {
+          endpoints: [c.etcd.endpoint],
+          localEndpoints: [c.etcd.localEndpoint],
+          localServerName: 'localhost',
+          caFile: root.caFile,
+          certFile: root.certFile,
+          keyFile: root.keyFile,
+          dir: c.etcd.dir,
+          ...(c.etcd.pid !== undefined ? { pid: c.etcd.pid, startTime: processStartTime(c.etcd.pid) } : {}),
+          logFile: c.etcd.logFile,
+        },
+        apiserver: {
+          ...(c.apiserver.pid !== undefined ? { pid: c.apiserver.pid, startTime: processStartTime(c.apiserver.pid) } : {}),
+          logFile: c.apiserver.spec.logFile,
+          etcdConfig: c.apiserverEtcdConfig,
+        },
+        remoteConfigDir: c.remoteConfigDir,
+        serviceCIDR: SERVICE_CIDR,
+      });
+    }
+    for (const a of mesh.agents) {
+      state.nodes.push({
+        name: a.node.name,
+        cluster: a.cluster.name,
+        netns: a.node.netns,
+        underlayIP: a.node.underlayIP,
+        podCIDR: a.node.podCIDR,
+        gatewayIP: a.node.gatewayIP,
+        pinDir: a.pinDir,
+        socket: a.socket,
+        stateDir: a.stateDir,
+        configFile: a.configFile,
+        logFile: a.logFile,
+        ...(a.process.pid !== undefined ? { pid: a.process.pid, startTime: processStartTime(a.process.pid) } : {}),
+        dir: a.dir,
+      });
+    }
+    save();
+
+    step = 'node runtime';
+    const end = Date.now() + 60_000;
+    for (const k of kubelets) {
+      while (!existsSync(k.ready)) {
+        if (!k.proc.running) throw new Error(`${k.proc.describe(10)}`);
+        if (Date.now() > end) throw new Error(`kubelet ${k.node} not ready after 60 s; log ${k.proc.spec.logFile}`);
+        await sleep(50);
+      }
+      const node = state.nodes.find((n) => `${n.cluster}/${n.name}` === k.node);
+      if (node) node.kubelet = { pid: k.ref.pid, startTime: k.ref.startTime, logFile: k.ref.logFile };
+    }
+
+    step = 'cluster DNS';
+    progress(`[5/6] cluster DNS: Deployment kube-system/cluster-dns behind Service kube-system/kube-dns (${DNS_SERVICE_IP}) in every cluster`);
+    await startClusterDnsPods(mesh, state, progress);
+    save();
+
+    step = 'finish';
+    state.phase = 'up';
+    state.readyMs = readyMs;
+    save();
+    await mesh.release();
+    const totalMs = Date.now() - t0;
+    progress(`[6/6] lab ${name} is up: ${o.clusters} clusters x ${o.nodes} nodes in ${(totalMs / 1000).toFixed(1)} s (all connected after ${(readyMs / 1000).toFixed(1)} s); state in ${dir}`);
+    return { state, readyMs, totalMs };
+  } catch (err) {
+    state.phase = 'failed';
+    state.error = `${step}: ${(err as Error).message}`;
+    try {
+      save();
+    } catch {
+      /* the dir may be gone */
+    }
+    // The logs outlive the cleanup: copied to <labRoot>/.failed/<name>-<time>/, and the error names them there.
+    let kept: string | undefined;
+    try {
+      kept = keepLogs(dir, join(labRoot(), '.failed', `${name}-${new Date().toISOString().replace(/[:.]/g, '-')}`));
+    } catch {
+      kept = undefined;
+    }
+    const failure = new StepError(step, kept ? new Error((err as Error).message.split(dir).join(kept)) : err);
+    progress(`${failure.message.split('\n')[0]}`);
+    progress(`cleaning up what was made${kept ? `; the logs are kept in ${kept}` : ''}`);
+    try {
+      if (mesh) await mesh.stop().catch(() => undefined);
+      else if (topo) await destroyTopology(topo).catch(() => undefined);
+    } finally {
+      await labDown(name, { progress: () => undefined }).catch((e: unknown) => {
+        if (!(e instanceof NoSuchLabError)) progress(`cleanup: ${(e as Error).message}`);
+      });
+    }
+    throw failure;
+  }
+}
+
+/** Copies every *.log under `from` to the same relative path under `to`; returns `to`, or undefined when there was none. */
+function keepLogs(from: string, to: string): string | undefined {
+  let copied = 0;
+  const walk = (rel: string): void => {
+    for (const e of readdirSync(join(from, rel), { withFileTypes: true })) {
+      const r = join(rel, e.name);
+      if (e.isDirectory()) walk(r);
+      else if (e.isFile() && e.name.endsWith('.log')) {
+        mkdirSync(join(to, rel), { recursive: true });
+        copyFileSync(join(from, r), join(to, r));
+        copied++;
+      }
+    }
+  };
+  if (existsSync(from)) walk('');
+  return copied ? to : undefined;
+}
+
+export interface LabDownOptions {
+  progress?: (line: string) => void;
+  /** Keep the lab dir (logs) -- for a failed up under KEEP_LAB_LOGS. */
+  keepDir?: boolean;
+}
+
+export interface LabDownResult {
+  killed: string[];
+  namespaces: string[];
+  pinDirs: string[];
+  errors: string[];
+}
+
+/** Does /proc/<pid>/cmdline still mention `needle` (the lab dir)? Guards against signalling a recycled pid. */
+function cmdlineMentions(pid: number, needle: string): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(needle);
+  } catch {
+    return false;
+  }
+}
+
+/** SIGTERM, then SIGKILL after graceMs; only when (pid, start time) is still the process we recorded. */
+export async function stopRecordedProcess(ref: { pid: number; startTime?: string | undefined }, graceMs = 3000): Promise<boolean> {
+  if (!sameProcessAlive(ref)) return false;
+  try {
+    process.kill(ref.pid, 'SIGTERM');
+  } catch {
+    return false;
+  }
+  const end = Date.now() + graceMs;
+  while (Date.now() < end) {
+    if (!sameProcessAlive(ref)) return true;
+    await sleep(25);
+  }
+  try {
+    if (sameProcessAlive(ref)) process.kill(ref.pid, 'SIGKILL');
+  } catch {
+    /* gone */
+  }
+  for (let i = 0; i < 200 && sameProcessAlive(ref); i++) await sleep(10);
+  return true;
+}
+
+/**
+ * Removes what the state file of lab `name` records: pod processes, pod
+ * namespaces and their /etc/netns dirs (from the kubelets' pod records),
+ * kubelets, agents, apiservers, etcds, pin dirs, namespaces, the lab dir.
+ * Every step is attempted; errors are collected and thrown at the end.
+ */
+export function labDown(name: string, o: LabDownOptions = {}): Promise<LabDownResult> {
+  // One at a time in this process (an interrupted up and its own failure path may both ask).
+  const next = downQueue.then(() => labDownNow(name, o));
+  downQueue = next.catch(() => undefined);
+  return next;
+}
+let downQueue: Promise<unknown> = Promise.resolve();
+
+async function labDownNow(name: string, o: LabDownOptions): Promise<LabDownResult> {
+  const progress = o.progress ?? (() => undefined);
+  const state = readLabState(name);
+  const dir = state.dir ?? labDir(name);
+  const out: LabDownResult = { killed: [], namespaces: [], pinDirs: [], errors: [] };
+  const attempt = async (what: string, fn: () => Promise<unknown> | unknown): Promise<void> => {
+    try {
+      await fn();
+    } catch (err) {
+      out.errors.push(`${what}: ${(err as Error).message}`);
+    }
+  };
+  if (state.phase === 'starting' && state.pid !== process.pid && sameProcessAlive({ pid: state.pid, startTime: state.startTime })) {
+    throw new Error(`lab ${name} is still being started by pid ${state.pid}; wait for it, or stop it (kill ${state.pid}) and run down again`);
+  }
+
+  // 1. kubelets first, so nothing recreates pods while we remove them.
+  const byRole = (re: RegExp) => state.processes.filter((p) => re.test(p.name));
+  const stopAll = async (refs: LabState['processes'], graceMs: number): Promise<void> => {
+    await Promise.all(
+      refs.map((p) =>
+        attempt(`stop ${p.name} (pid ${p.pid})`, async () => {
+          // Without a recorded start time the command line must name this lab's dir.
+          if (p.startTime === undefined && !cmdlineMentions(p.pid, dir)) return;
+          if (await stopRecordedProcess(p, graceMs)) out.killed.push(`${p.name} (pid ${p.pid})`);
+        }),
+      ),
+    );
+  };
+  await stopAll(byRole(/^kubelet /), 1000);
+
+  // 2. pods: processes, namespaces, resolv.conf dirs.
+  const pods = podRecordsOf(dir);
+  await Promise.all(
+    pods.flatMap((r: PodRecord) =>
+      r.containers.map((c) =>
+        attempt(`stop pod ${r.namespace}/${r.name} container ${c.name}`, async () => {
+          if (c.pid !== undefined && sameProcessAlive({ pid: c.pid, startTime: c.startTime })) {
+            await stopGroup({ pid: c.pid, startTime: c.startTime }, 1000);
+            out.killed.push(`pod ${r.namespace}/${r.name}/${c.name} (pid ${c.pid})`);
+          }
+        }),
+      ),
+    ),
+  );
+  const present = new Set(await listNamespaces().catch(() => [] as string[]));
+  for (const r of pods) {
+    if (present.has(r.netns)) await attempt(`delete pod namespace ${r.netns}`, async () => {
+      try {
+        await run(['ip', 'netns', 'del', r.netns]);
+      } catch (err) {
+        if ((await listNamespaces()).includes(r.netns)) throw err;
+        return;
+      }
+      out.namespaces.push(r.netns);
+    });
+    await attempt(`remove /etc/netns/${r.netns}`, () => rmSync(join('/etc/netns', r.netns), { recursive: true, force: true }));
+  }
+  for (const d of state.etcNetnsDirs) await attempt(`remove ${d}`, () => rmSync(d, { recursive: true, force: true }));
+
+  // 3. agents, apiservers, then etcd (which they talk to); then anything else recorded.
+  await stopAll(byRole(/^agent /), 3000);
+  await stopAll(byRole(/^apiserver /), 3000);
+  await stopAll(byRole(/^etcd /), 5000);
+  await stopAll(state.processes.filter((p) => !/^(kubelet|agent|apiserver|etcd) /.test(p.name)), 3000);
+  // An etcd whose pid was not recorded yet (up killed while etcd started) left its pid file.
+  await attempt('stop unrecorded etcds', async () => {
+    for (const c of existsSync(dir) ? readdirSync(dir) : []) {
+      const pidFile = join(dir, c, 'etcd', 'etcd.pid');
+      if (!existsSync(pidFile)) continue;
+      const pid = Number(readFileSync(pidFile, 'utf8').trim());
+      if (Number.isInteger(pid) && pid > 0 && cmdlineMentions(pid, dir) && (await stopRecordedProcess({ pid }, 5000))) out.killed.push(`etcd ${c} (pid ${pid}, from its pid file)`);
+    }
+  });
+
+  // 4. pins, then namespaces (links, netem and routes go with them).
+  for (const p of state.pinDirs) {
+    if (!existsSync(p)) continue;
+    await attempt(`remove pins ${p}`, () => {
+      removePinDir(p);
+      out.pinDirs.push(p);
+    });
+  }
+  const nowPresent = new Set(await listNamespaces().catch(() => [] as string[]));
+  for (const ns of [...state.namespaces].reverse()) {
+    if (!nowPresent.has(ns)) continue;
+    await attempt(`delete namespace ${ns}`, async () => {
+      try {
+        await run(['ip', 'netns', 'del', ns]);
+      } catch (err) {
+        // Removed by someone else meanwhile (e.g. a concurrent down): done.
+        if ((await listNamespaces()).includes(ns)) throw err;
+        return;
+      }
+      out.namespaces.push(ns);
+    });
+  }
+  // 5. the lab dir (state, PKI, logs), unless something could not be removed: then the state stays for another try.
+  if (out.errors.length === 0 && !o.keepDir) {
+    await attempt(`remove ${dir}`, () => rmSync(dir, { recursive: true, force: true }));
+  }
+  progress(
+    `lab ${name} removed: ${out.killed.length} processes stopped, ${out.namespaces.length} namespaces and ${out.pinDirs.length} pin dirs removed` +
+      (out.errors.length ? `; ${out.errors.length} steps failed:\n  ${out.errors.join('\n  ')}` : ''),
+  );
+  if (out.errors.length) throw new Error(`lab down ${name}: ${out.errors.length} steps failed (state kept in ${dir}; run down again): ${out.errors[0]}`);
+  return out;
+}
+
+/** For `up` progress and tests: the namespaces named with a lab's prefix that exist now. */
+export async function namespacesOfLab(name: string): Promise<string[]> {
+  const prefix = `${labNetnsPrefix(name)}-`;
+  return (await listNamespaces()).filter((n) => n.startsWith(prefix));
+}

@@ -1,0 +1,348 @@
+// The operator CLI (status, inspect, observe, troubleshoot, enable, connect,
+// disconnect) driven as a user would, through bin/clustermesh.js, against a
+// real mesh: 2 clusters x 1 node, real etcd with mutual TLS, apiservers and
+// agents (src/lab/mesh.ts). The mesh is described to the CLI by a lab state
+// file in a lab root of the test's own (CLUSTERMESH_LAB_ROOT), exactly as
+// `clustermesh lab up` records a lab.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { DEFAULT_BPFFS_ROOT } from '../src/datapath/bpffs.ts';
+import { runIn } from '../src/lab/exec.ts';
+import { startMesh, type Mesh } from '../src/lab/mesh.ts';
+import { labStateSchema, writeLabState, type LabState } from '../src/lab/state.ts';
+import { createTopology, destroyTopology, type PodInfo, type Topology } from '../src/lab/topology.ts';
+import type { StatusReport } from '../src/cli/status.ts';
+import type { IpcacheRow, EndpointRow } from '../src/cli/inspect.ts';
+import type { Flow } from '../src/cli/observe.ts';
+import type { TroubleshootReport } from '../src/cli/troubleshoot.ts';
+
+const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
+  let topo: Topology | undefined;
+  let mesh: Mesh | undefined;
+  let root = '';
+  let labName = '';
+  let scratch = '';
+
+  const cli = (args: string[], o: { netns?: string; timeoutMs?: number } = {}): Promise<CliResult> =>
+    new Promise((resolveP) => {
+      const argv = o.netns ? ['ip', ['netns', 'exec', o.netns, process.execPath, CLI, ...args]] as const : [process.execPath, [CLI, ...args]] as const;
+      execFile(argv[0], [...argv[1]], { env: { ...process.env, CLUSTERMESH_LAB_ROOT: root }, timeout: o.timeoutMs ?? 120_000, maxBuffer: 16 << 20, encoding: 'utf8' }, (err, stdout, stderr) => {
+        const code = err ? (typeof (err as unknown as { code: unknown }).code === 'number' ? (err as unknown as { code: number }).code : -1) : 0;
+        resolveP({ code, stdout, stderr });
+      });
+    });
+  const lab = (args: string[]): string[] => [...args, '--lab', labName];
+  const json = <T>(r: CliResult): T => {
+    try {
+      return JSON.parse(r.stdout) as T;
+    } catch {
+      assert.fail(`not JSON (exit ${r.code}):\n${r.stdout}\n${r.stderr}`);
+    }
+  };
+  const pod = (c: number): PodInfo => topo!.pods.find((p) => p.cluster === c && p.index === 1)!;
+
+  function labState(): LabState {
+    const m = mesh!;
+    return labStateSchema.parse({
+      version: 1,
+      name: labName,
+      createdAt: new Date().toISOString(),
+      pid: process.pid,
+      phase: 'up',
+      bpffsRoot: DEFAULT_BPFFS_ROOT,
+      router: { netns: topo!.routerNetns },
+      // Empty: nothing here is the lab's to remove (the test tears the mesh down itself).
+      namespaces: [],
+      pinDirs: [],
+      clusters: m.clusters.map((c) => {
+        const rootConn = c.etcd.connection('root');
+        return {
+          name: c.name,
+          id: c.id,
+          netns: c.netns,
+          ip: c.ip,
+          dir: c.dir,
+          etcd: { endpoints: [c.etcd.endpoint], localEndpoints: [c.etcd.localEndpoint], caFile: c.etcd.caFile, certFile: rootConn.certFile, keyFile: rootConn.keyFile, dir: c.etcd.dir, logFile: c.etcd.logFile, ...(c.etcd.pid ? { pid: c.etcd.pid } : {}) },
+          apiserver: { logFile: join(c.dir, 'apiserver.log'), ...(c.apiserver.pid ? { pid: c.apiserver.pid } : {}) },
+          remoteConfigDir: c.remoteConfigDir,
+        };
+      }),
+      nodes: m.agents.map((a) => ({
+        name: a.node.name,
+        cluster: a.cluster.name,
+        netns: a.node.netns,
+        underlayIP: a.node.underlayIP,
+        podCIDR: a.node.podCIDR,
+        pinDir: a.pinDir,
+        socket: a.socket,
+        stateDir: a.stateDir,
+        configFile: a.configFile,
+        logFile: a.logFile,
+        ...(a.process.pid ? { pid: a.process.pid } : {}),
+      })),
+    });
+  }
+
+  before(async () => {
+    root = await mkdtemp(join(tmpdir(), 'cmtc-labs-'));
+    scratch = await mkdtemp(join(tmpdir(), 'cmtc-scratch-'));
+    process.env.CLUSTERMESH_LAB_ROOT = root;
+    labName = `cmtc-${Math.random().toString(16).slice(2, 8)}`;
+    topo = await createTopology({ clusters: 2, nodesPerCluster: 1, podsPerNode: 2, mode: 'clustermesh', prefix: 'cmtc' });
+    mesh = await startMesh(topo, { dir: await mkdtemp(join(tmpdir(), 'cmtc-mesh-')), agent: { syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
+    for (const p of topo.pods) await mesh.addPod(p, { labels: { app: p.index === 1 ? 'frontend' : 'backend' } });
+    writeLabState(labState());
+  });
+
+  after(async () => {
+    await mesh?.stop().catch((e: unknown) => console.log(`# mesh stop: ${(e as Error).message}`));
+    if (topo) await destroyTopology(topo);
+    await rm(root, { recursive: true, force: true });
+    await rm(scratch, { recursive: true, force: true });
+    delete process.env.CLUSTERMESH_LAB_ROOT;
+  });
+
+  test('status -o json: both clusters ready, each node connected to the other cluster; exit 0', async () => {
+    // The pods were added just now: wait until each cluster sees the other's two endpoints.
+    let report: StatusReport | undefined;
+    for (let i = 0; i < 100; i++) {
+      const r = await cli(lab(['status', '-o', 'json']));
+      report = json<StatusReport>(r);
+      if (r.code === 0 && report.clusters.every((c) => c.remoteClusters[0]?.counts.endpoints.min === 2)) break;
+      await sleep(200);
+    }
+    const r = await cli(lab(['status', '-o', 'json']));
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    report = json<StatusReport>(r);
+    assert.equal(report.ready, true);
+    assert.deepEqual(report.notReady, []);
+    assert.deepEqual(report.clusters.map((c) => c.name), ['cluster1', 'cluster2']);
+    for (const c of report.clusters) {
+      const other = c.name === 'cluster1' ? 'cluster2' : 'cluster1';
+      assert.equal(c.etcd.reachable, true);
+      assert.equal(c.etcd.clusterConfigId, c.id);
+      assert.equal(c.apiserver.reachable, true);
+      assert.deepEqual(c.nodes, { total: 1, reachable: 1, ready: 1 });
+      assert.deepEqual(c.connectivity, { expected: 1, min: 1, avg: 1, max: 1 });
+      assert.equal(c.remoteClusters.length, 1);
+      const rc = c.remoteClusters[0]!;
+      assert.equal(rc.name, other);
+      assert.deepEqual([rc.configured, rc.connected, rc.ready], [1, 1, 1]);
+      assert.deepEqual(rc.synced, { nodes: 1, identities: 1, ip: 1, services: 1 });
+      assert.equal(rc.counts.endpoints.max, 2, 'two pods of the other cluster');
+      assert.equal(rc.counts.nodes.max, 1);
+    }
+    // The text form says the same for a human.
+    const text = await cli(lab(['status']));
+    assert.equal(text.code, 0);
+    assert.match(text.stdout, /all 1 nodes are connected to all 1 remote clusters \[min 1 \/ avg 1 \/ max 1\]/);
+    assert.match(text.stdout, /ready: yes/);
+    // Without a lab, as on a real host: on the node, from the agent's own config file (its socket, pin dir, cluster and etcd).
+    const onNode = await cli(['status', '--agent-config', mesh!.agents[0]!.configFile, '-o', 'json'], { netns: topo!.nodes[0]!.netns });
+    assert.equal(onNode.code, 0, onNode.stdout + onNode.stderr);
+    const nr = json<StatusReport>(onNode);
+    assert.deepEqual(nr.clusters.map((c) => [c.name, c.etcd.reachable, c.nodes.ready, c.remoteClusters.map((x) => x.ready)]), [['cluster1', true, 1, [1]]]);
+  });
+
+  test('inspect ipcache -o json names the remote pods, their identity labels, cluster and node', async () => {
+    const remote = pod(2);
+    const r = await cli(lab(['inspect', 'ipcache', '--node', 'cluster1/node1', '-o', 'json']));
+    assert.equal(r.code, 0, r.stderr);
+    const out = json<{ map: string; nodes: Array<{ node: string; entries: IpcacheRow[] }>; warnings: string[] }>(r);
+    assert.equal(out.map, 'ipcache');
+    assert.deepEqual(out.warnings, []);
+    assert.equal(out.nodes.length, 1);
+    const row = out.nodes[0]!.entries.find((e) => e.prefix === `${remote.ip}/32`);
+    assert.ok(row, `no ipcache row for ${remote.ip}: ${JSON.stringify(out.nodes[0]!.entries.map((e) => e.prefix))}`);
+    assert.equal(row.cluster, 'cluster2');
+    assert.equal(row.pod, `default/${remote.name}`);
+    assert.equal(row.tunnelEndpoint, remote.node.underlayIP);
+    assert.equal(row.tunnelNode, 'cluster2/node1');
+    assert.ok(row.identity >> 16 === 2, `identity ${row.identity} in cluster 2's range`);
+    assert.ok(row.labels.includes('k8s:app=frontend'), JSON.stringify(row.labels));
+    assert.ok(row.labels.includes('k8s:io.cilium.k8s.policy.cluster=cluster2'));
+    // Text: a table with the labels in short form.
+    const text = await cli(lab(['inspect', 'ipcache', '--node', 'cluster1/node1']));
+    assert.equal(text.code, 0);
+    assert.match(text.stdout, new RegExp(`${remote.ip.replace(/\./g, '\\.')}/32 +${row.identity} \\(app=frontend,ns=default\\) +cluster2 +default/${remote.name}`));
+    // Without a lab: a pin dir and an etcd config, run where that etcd is reachable (the control-plane namespace).
+    const c1 = mesh!.cluster('cluster1');
+    const conn = c1.etcd.connection('root', { via: 'network' });
+    const etcdConfig = join(scratch, 'c1-etcd.yaml');
+    await writeFile(etcdConfig, `endpoints: [${conn.endpoints[0]}]\ntrusted-ca-file: ${conn.caFile}\ncert-file: ${conn.certFile}\nkey-file: ${conn.keyFile}\n`);
+    const explicit = await cli(['inspect', 'ipcache', '--pin-dir', mesh!.agents[0]!.pinDir, '--etcd-config', etcdConfig, '-o', 'json'], { netns: c1.netns });
+    assert.equal(explicit.code, 0, explicit.stderr);
+    const er = json<{ nodes: Array<{ entries: IpcacheRow[] }>; warnings: string[] }>(explicit).nodes[0]!.entries.find((e) => e.prefix === `${remote.ip}/32`)!;
+    // Only cluster1's etcd was given: cluster2's identity is named by its ID range, its pod is unknown.
+    assert.equal(er.identity, row.identity);
+    assert.equal(er.cluster, 'cluster-id-2');
+  });
+
+  test('inspect endpoints through an explicit --socket (no lab) names the local pods', async () => {
+    const a = mesh!.agent(topo!.nodes[0]!);
+    const r = await cli(['inspect', 'endpoints', '--socket', a.socket, '-o', 'json']);
+    assert.equal(r.code, 0, r.stderr);
+    const out = json<{ nodes: Array<{ node: string; entries: EndpointRow[] }> }>(r);
+    assert.equal(out.nodes[0]!.node, 'cluster1/node1');
+    const pods = out.nodes[0]!.entries.map((e) => e.pod).sort();
+    assert.deepEqual(pods, topo!.pods.filter((p) => p.cluster === 1).map((p) => `default/${p.name}`).sort());
+  });
+
+  test('observe --verdict DROPPED shows a packet to an address no pod has, dropped by the remote node with its reason', async () => {
+    // Empty the rings first (whatever start-up produced), so the flow below is the one we look for.
+    await cli(lab(['observe', '-o', 'json']));
+    const client = pod(1);
+    const nobody = pod(2).node.podCIDR.replace(/0\/24$/, '99');
+    await runIn(client.netns, ['ping', '-c', '1', '-W', '1', nobody]).catch(() => undefined);
+    await sleep(200);
+    const r = await cli(lab(['observe', '--verdict', 'DROPPED', '--cluster', 'cluster2', '-o', 'json']));
+    assert.equal(r.code, 0, r.stderr);
+    const flows = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Flow);
+    const f = flows.find((x) => x.destination.ip === nobody);
+    assert.ok(f, `no flow to ${nobody}: ${r.stdout}`);
+    assert.equal(f.verdict, 'DROPPED');
+    assert.equal(f.reason, 'DROP_UNKNOWN_ENDPOINT');
+    assert.equal(f.node, 'cluster2/node1');
+    assert.equal(f.source.ip, client.ip);
+    assert.equal(f.source.pod, `default/${client.name}`);
+    assert.equal(f.source.cluster, 'cluster1');
+    assert.ok(f.source.labels.includes('k8s:app=frontend'), JSON.stringify(f.source));
+    assert.equal(f.protocol, 'ICMP');
+    assert.ok(flows.every((x) => x.verdict === 'DROPPED'));
+    // The ring was drained by that read: a second read has nothing.
+    const again = await cli(lab(['observe', '--verdict', 'DROPPED', '--cluster', 'cluster2', '-o', 'json']));
+    assert.equal(again.stdout.trim(), '');
+  });
+
+  test('observe --follow --trace-forwards prints forwarded flows as they happen and switches tracing back off on Ctrl-C', async () => {
+    const client = pod(1);
+    const server = topo!.pods.find((p) => p.cluster === 2 && p.index === 2)!;
+    const child = spawn(process.execPath, [CLI, 'observe', '--lab', labName, '--node', 'cluster2/node1', '--verdict', 'FORWARDED', '--trace-forwards', '--follow', '-o', 'json'], {
+      env: { ...process.env, CLUSTERMESH_LAB_ROOT: root },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (err += b.toString()));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    try {
+      const want = (): boolean => out.split('\n').some((l) => l.includes(`"ip":"${server.ip}"`) && l.includes('"TRACE_TO_ENDPOINT"'));
+      for (let i = 0; i < 150 && !want(); i++) {
+        await runIn(client.netns, ['ping', '-c', '1', '-W', '1', server.ip]).catch(() => undefined);
+        await sleep(200);
+      }
+      assert.ok(want(), `no forwarded flow to ${server.ip} seen:\n${out.slice(-2000)}\n${err}`);
+      const f = out.split('\n').filter((l) => l.includes('TRACE_TO_ENDPOINT') && l.includes(server.ip)).map((l) => JSON.parse(l) as Flow)[0]!;
+      assert.equal(f.verdict, 'FORWARDED');
+      assert.equal(f.destination.pod, `default/${server.name}`);
+      assert.equal(f.source.cluster, 'cluster1');
+    } finally {
+      child.kill('SIGINT');
+    }
+    assert.equal(await exited, 0, err);
+    // Tracing is off again: a plain observe says so.
+    const after = await cli(lab(['observe', '--node', 'cluster2/node1']));
+    assert.match(after.stderr, /forward tracing is off on cluster2\/node1/);
+  });
+
+  test('troubleshoot: every step passes from inside each node; a wrong CA fails at the TLS step with a fix', async () => {
+    const r = await cli(lab(['troubleshoot', '-o', 'json']));
+    const report = json<TroubleshootReport>(r);
+    assert.equal(r.code, 0, r.stdout);
+    assert.equal(report.checks.length, 2);
+    for (const c of report.checks) assert.deepEqual(c.steps.map((s) => [s.step, s.ok]), [['config', true], ['dns', true], ['tcp', true], ['tls', true], ['etcd-read', true], ['cluster-id', true]]);
+    // A copy of cluster1's dir whose CA is cluster1's own (not cluster2's): TLS must fail, and say why.
+    const c1 = mesh!.cluster('cluster1');
+    const dir = join(scratch, 'bad-ca');
+    await cp(c1.remoteConfigDir, dir, { recursive: true });
+    const text = (await readFile(join(dir, 'cluster2'), 'utf8')).replace(/trusted-ca-file: .*/, `trusted-ca-file: ${JSON.stringify(c1.etcd.caFile)}`);
+    await writeFile(join(dir, 'cluster2'), text);
+    const bad = await cli(['troubleshoot', '--config-dir', dir, '--cluster-name', 'cluster1', '--cluster-id', '1', '-o', 'json'], { netns: topo!.nodes[0]!.netns });
+    assert.equal(bad.code, 1, bad.stdout + bad.stderr);
+    const br = json<TroubleshootReport>(bad);
+    const steps = br.checks[0]!.steps;
+    assert.deepEqual(steps.map((s) => s.ok), [true, true, true, false, null, null]);
+    assert.equal(steps[3]!.step, 'tls');
+    assert.match(steps[3]!.detail, /not signed by trusted-ca-file/);
+    assert.match(steps[3]!.fix ?? '', /CA certificate of cluster2's etcd/);
+  });
+
+  test('disconnect removes both directions and the agents drain; connect brings them back; status --wait sees it', async () => {
+    const d = await cli(lab(['disconnect', '--cluster', 'cluster1', '--destination-cluster', 'cluster2']));
+    assert.equal(d.code, 0, d.stderr);
+    assert.match(d.stdout, /disconnected cluster1 -> cluster2/);
+    assert.match(d.stdout, /disconnected cluster2 -> cluster1/);
+    for (const c of mesh!.clusters) assert.equal(existsSync(join(c.remoteConfigDir, c.name === 'cluster1' ? 'cluster2' : 'cluster1')), false);
+    // The agents drop the remote cluster by themselves (config dir watch).
+    for (let i = 0; ; i++) {
+      const st = await Promise.all(mesh!.agents.map((a) => a.api.status()));
+      if (st.every((s) => s.remoteClusters.length === 0)) break;
+      if (i > 150) assert.fail(`agents still import a remote cluster: ${JSON.stringify(st.map((s) => s.remoteClusters.map((r) => r.name)))}`);
+      await sleep(200);
+    }
+    const s0 = json<StatusReport>(await cli(lab(['status', '-o', 'json'])));
+    assert.deepEqual(s0.clusters.map((c) => c.connectivity.expected), [0, 0]);
+
+    const c = await cli(lab(['connect', '--cluster', 'cluster1', '--destination-cluster', 'cluster2', '-o', 'json']));
+    assert.equal(c.code, 0, c.stderr);
+    assert.deepEqual(json<{ connected: Array<{ source: string; destination: string }> }>(c).connected.map((x) => `${x.source}->${x.destination}`), ['cluster1->cluster2', 'cluster2->cluster1']);
+    const cfg = await readFile(join(mesh!.cluster('cluster1').remoteConfigDir, 'cluster2'), 'utf8');
+    assert.match(cfg, /cert-file: "\.certs\/cluster2\/client\.crt"/);
+    const w = await cli(lab(['status', '--wait', '--wait-duration', '90s', '-o', 'json']));
+    assert.equal(w.code, 0, w.stdout + w.stderr);
+    const s1 = json<StatusReport>(w);
+    for (const cl of s1.clusters) assert.deepEqual([cl.connectivity.expected, cl.connectivity.min], [1, 1]);
+  });
+
+  test('connect refuses a cluster to itself and a recorded ID its apiserver contradicts; flag errors exit 2', async () => {
+    const self = await cli(lab(['connect', '--cluster', 'cluster1', '--destination-cluster', 'cluster1']));
+    assert.equal(self.code, 2);
+    assert.match(self.stderr, /cannot connect cluster cluster1 to itself/);
+    // A second lab record that says cluster2 has ID 7: its apiserver publishes 2.
+    const wrong = labState();
+    wrong.name = `${labName}x`;
+    wrong.clusters[1]!.id = 7;
+    writeLabState(wrong);
+    const r = await cli(['connect', '--lab', wrong.name, '--cluster', 'cluster1', '--destination-cluster', 'cluster2']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /recorded with ID 7, but its apiserver publishes ID 2/);
+    const none = await cli(['status', '--lab', 'cmtc-nosuchlab']);
+    assert.equal(none.code, 2);
+    assert.match(none.stderr, /no lab named cmtc-nosuchlab/);
+    const badNode = await cli(lab(['inspect', 'ipcache', '--node', 'cluster9/node1']));
+    assert.equal(badNode.code, 2);
+    assert.match(badNode.stderr, /--node cluster9\/node1: no such node/);
+  });
+
+  test('status exits 1 and names the agent when one is down', async () => {
+    const node = topo!.nodes[1]!;
+    await mesh!.stopAgent(node);
+    try {
+      const r = await cli(lab(['status', '-o', 'json']));
+      assert.equal(r.code, 1);
+      const s = json<StatusReport>(r);
+      assert.equal(s.ready, false);
+      assert.ok(s.notReady.some((x) => x.includes('agent on cluster2/node1 is not reachable')), JSON.stringify(s.notReady));
+      const w = await cli(lab(['status', '--wait', '--wait-duration', '2s']));
+      assert.equal(w.code, 1);
+      assert.match(w.stderr, /not ready after 2s/);
+    } finally {
+      await mesh!.restartAgent(node);
+    }
+  });
+});
