@@ -1,4 +1,4 @@
-// `clustermesh demo --lab`: the story of the seed, told by driving the CLI
+// `clustermesh demo` (the default flow): the story of the seed, told by driving the CLI
 // exactly as a user would type it (every step runs `clustermesh …` as its own
 // process and shows what it printed):
 //   1. lab up: 2 clusters x 2 nodes (etcd, apiserver, agents, node runtimes, DNS)

@@ -176,7 +176,7 @@ export function labCommand(): Command {
     `
 Example:
   clustermesh lab up --clusters 2 --nodes 2
-  clustermesh lab apply -f examples/echo.yaml --cluster cluster1
+  clustermesh lab apply -f examples/rebel-base/rebel-base.yaml --cluster cluster1
   clustermesh lab get pods -o wide
   clustermesh lab down`,
   );
