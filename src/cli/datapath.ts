@@ -21,10 +21,13 @@ export function readPlanFile(file: string) {
 }
 
 export function datapathCommand(): Command {
-  const dp = new Command('datapath').description("program one node's eBPF datapath (read its maps and events with: clustermesh inspect, clustermesh observe)");
+  const dp = new Command('datapath')
+    .description("program one node's eBPF datapath (read its maps and events with: clustermesh inspect, clustermesh observe)")
+    .addHelpText('after', '\nExample:\n  clustermesh datapath apply --plan node1.yaml\n');
   dp.command('apply')
     .description("run inside a node's network namespace: create the VXLAN device, load and attach the programs, and make the maps hold exactly the plan's endpoints and routes")
     .requiredOption('--plan <file>', 'node plan (JSON or YAML): node, endpoints, routes')
+    .addHelpText('after', '\nExample:\n  ip netns exec cm-c1-node1 clustermesh datapath apply --plan node1.yaml\n')
     .action(async (o: { plan: string }) => {
       const plan = readPlanFile(o.plan);
       const summary = await applyNodePlan(plan);

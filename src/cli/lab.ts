@@ -494,6 +494,7 @@ Example:
   lab
     .command('sweep')
     .description('remove the namespaces of topologies whose creating process died (a crashed test or demo); running ones are left alone')
+    .addHelpText('after', '\nExample:\n  clustermesh lab sweep\n')
     .action(async () => {
       const swept = await sweepOrphanedTopologies();
       console.log(swept.length ? `swept: ${swept.join(' ')}` : 'nothing to sweep');
