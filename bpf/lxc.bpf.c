@@ -4,6 +4,12 @@
  * pod sends. Answers ARP for the pod's gateway, then routes IPv4: to a local
  * pod, into the VXLAN tunnel towards the node hosting the destination, or to
  * the host stack (world).
+ *
+ * to_container: tc egress of the same veth, i.e. what enters the pod without
+ * bpf_redirect_peer: everything the node's stack routes to it (world, CIDR
+ * peers, the host) gets the pod's ingress policy there. What our programs
+ * delivered with a plain redirect was checked already and carries
+ * CM_MARK_DELIVERED (common.h).
  */
 #include "common.h"
 #include "config.h"
@@ -81,6 +87,7 @@ static __always_inline int handle_arp(struct __sk_buff *ctx, struct trace_ctx *t
 
 	tc->reason = TRACE_ARP_REPLY;
 	tc->target_ifindex = ctx->ifindex;
+	ctx->mark = CM_MARK_DELIVERED;
 	/* Back out of the same veth, i.e. into the pod. */
 	return bpf_redirect(ctx->ifindex, 0);
 }
@@ -197,7 +204,7 @@ static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
 		policy_ct_record(ctx, &pkt);
 
 	if (dst_ep)
-		return ipv4_deliver_local(eth, ip, dst_ep, tc);
+		return ipv4_deliver_local(ctx, eth, ip, dst_ep, tc);
 
 	if (!info) {
 		tc->dst_identity = IDENTITY_WORLD;
@@ -248,6 +255,76 @@ int from_container(struct __sk_buff *ctx)
 	int ret = handle_from_container(ctx, &tc);
 
 	return cm_finish(ctx, &tc, ret);
+}
+
+/*
+ * A packet the stack routes into the pod behind this veth: ingress policy
+ * of the destination endpoint against the source's identity from the
+ * ipcache (a pod, a node, a node-local CIDR identity; world when no prefix
+ * matches). No service translation here: a reply of a service connection
+ * reaches the client pod through from_container or from_overlay.
+ */
+static __always_inline int handle_ipv4_to_container(struct __sk_buff *ctx, struct trace_ctx *tc)
+{
+	const struct ipcache_value *info;
+	const struct endpoint_info *ep;
+	struct policy_pkt pkt;
+	bool track = false;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	__u32 src_identity;
+	int ret;
+
+	if (!parse_ipv4(ctx, &eth, &ip))
+		return -DROP_INVALID_PACKET;
+	tc->src_ip = ip->saddr;
+	tc->dst_ip = ip->daddr;
+	tc->protocol = ip->protocol;
+	parse_l4_ports(ctx, ip, &tc->sport, &tc->dport);
+	tc->reason = TRACE_TO_ENDPOINT;
+
+	/* Not (yet) an endpoint: no policy to apply, as before this program. */
+	ep = lookup_endpoint4(ip->daddr);
+	if (!ep)
+		return TC_ACT_OK;
+	tc->dst_identity = ep->identity;
+	info = ipcache_lookup4(ip->saddr);
+	src_identity = info ? info->identity : IDENTITY_WORLD;
+	tc->src_identity = src_identity;
+
+	policy_pkt_init(ip, tc, &pkt);
+	ret = policy_check(ctx, ep->endpoint_id, DIR_INGRESS, src_identity, &pkt, &pkt, &track);
+	if (ret < 0)
+		return ret;
+	if (track)
+		policy_ct_record(ctx, &pkt);
+	return TC_ACT_OK;
+}
+
+static __always_inline int handle_to_container(struct __sk_buff *ctx, struct trace_ctx *tc)
+{
+	struct ethhdr *eth;
+
+	if (!parse_eth(ctx, &eth))
+		return -DROP_INVALID_PACKET;
+	/* ARP and anything else the stack sends the pod: as before. */
+	tc->reason = TRACE_TO_ENDPOINT;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	return handle_ipv4_to_container(ctx, tc);
+}
+
+SEC("tc")
+int to_container(struct __sk_buff *ctx)
+{
+	struct trace_ctx tc = { .dir = DIR_INGRESS };
+
+	/* Checked and counted by the program that redirected it. */
+	if ((ctx->mark & CM_MARK_MASK) == CM_MARK_DELIVERED) {
+		ctx->mark = 0;
+		return TC_ACT_OK;
+	}
+	return cm_finish(ctx, &tc, handle_to_container(ctx, &tc));
 }
 
 char LICENSE[] SEC("license") = "GPL";

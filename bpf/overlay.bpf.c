@@ -76,7 +76,7 @@ static __always_inline int handle_overlay(struct __sk_buff *ctx, struct trace_ct
 	if (track)
 		policy_ct_record(ctx, &pkt);
 
-	return ipv4_deliver_local(eth, ip, ep, tc);
+	return ipv4_deliver_local(ctx, eth, ip, ep, tc);
 }
 
 SEC("tc")

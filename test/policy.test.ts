@@ -373,4 +373,49 @@ describe('network policy across 3 clusters x 1 node, real traffic', { timeout: 3
     await waitFor('the CIDR identities released from the ipcache', () => ![...m().readIpcache(n1).keys()].some((k) => k.startsWith('192.0.2.')), 20_000);
     assert.equal((await m().agentStatus(n1)).policy.mapEntries, 0);
   });
+
+  test('fromCIDR ingress from what the node stack routes into a pod (to_container): the prefix passes, world is refused, the host still reaches the pod', async () => {
+    const n1 = node(1);
+    const dst = other1();
+    const addrs = ['192.0.2.1/32', '198.51.100.1/32'];
+    const name = 'other-from-cidr';
+    // From the node's netns with a chosen source address: the stack routes it into the pod's veth.
+    const pingsFrom = async (src: string): Promise<boolean> => {
+      try {
+        await runIn(n1.netns, ['ping', '-c', '1', '-W', '1', '-q', '-I', src, dst.ip], { timeoutMs: 5000 });
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    try {
+      for (const a of addrs) await runIn(n1.netns, ['ip', 'addr', 'add', a, 'dev', 'lo']);
+      for (const src of ['192.0.2.1', '198.51.100.1']) assert.equal(await pingsFrom(src), true, `without policy ${src} -> ${dst.name}`);
+      const events = collectEvents(m().agent(n1).pinDir);
+      try {
+        await writer(1).apply({
+          apiVersion: 'cilium.io/v2',
+          kind: 'CiliumNetworkPolicy',
+          metadata: { name, namespace: 'default' },
+          spec: { endpointSelector: { matchLabels: { app: 'other' } }, ingress: [{ fromCIDR: ['192.0.2.0/24'] }] },
+        });
+        await waitFor('198.51.100.1 (world) refused', async () => !(await pingsFrom('198.51.100.1')), 20_000);
+        assert.equal(await pingsFrom('192.0.2.1'), true, 'inside the allowed prefix');
+        assert.equal(await pingsFrom(n1.underlayIP), true, 'the node (reserved:host) reaches its pod');
+        await sleep(200);
+        const drops = events.drain().filter((e) => e.type === 'drop' && e.dstIp === dst.ip);
+        const world = drops.find((e) => e.srcIp === '198.51.100.1');
+        assert.ok(world, `a drop event from 198.51.100.1: ${JSON.stringify(drops.slice(0, 3), (_k, v) => (typeof v === 'bigint' ? String(v) : v))}`);
+        assert.deepEqual([world.reasonName, world.direction, world.srcIdentity], ['DROP_POLICY', 'ingress', 2]);
+        assert.deepEqual(drops.filter((e) => e.srcIp !== '198.51.100.1').map((e) => e.srcIp), [], 'nothing else dropped');
+      } finally {
+        events.stop();
+      }
+      await writer(1).delete('CiliumNetworkPolicy', { namespace: 'default', name });
+      await waitFor('198.51.100.1 allowed again', () => pingsFrom('198.51.100.1'), 20_000);
+    } finally {
+      await writer(1).delete('CiliumNetworkPolicy', { namespace: 'default', name }).catch(() => undefined);
+      for (const a of addrs) await runIn(n1.netns, ['ip', 'addr', 'del', a, 'dev', 'lo']).catch(() => undefined);
+    }
+  });
 });

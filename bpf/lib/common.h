@@ -37,6 +37,19 @@
 #define CM_IP_OFFSET 0x1fff
 
 /*
+ * skb->mark of a packet one of our programs already checked and redirected
+ * into a pod through the egress of its host-side veth (bpf_redirect without
+ * _peer: delivery with CFG_REDIRECT_PEER off, the ARP reply, a service RST):
+ * to_container lets exactly such a packet through once, unchecked, and
+ * clears the mark. bpf_redirect_peer skips that egress, so it sets no mark.
+ * Only the bits under CM_MARK_MASK are ours; the stack never sets them (a
+ * root user's iptables MARK rule setting this value would skip ingress
+ * policy from the stack, like any root user can detach the program).
+ */
+#define CM_MARK_MASK      0xffff0000U
+#define CM_MARK_DELIVERED 0x434d0000U /* "CM" */
+
+/*
  * Emit @type into the object's BTF without creating a map or a helper call.
  * The TypeScript codecs are checked against BTF (src/datapath/maps/btf.test.ts);
  * structs and enums that reach userspace only through the ring buffer or as

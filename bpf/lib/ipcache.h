@@ -14,6 +14,7 @@
 /* Identities below this are reserved (ARCHITECTURE §3): host, world,
  * remote-node, ... Traffic to them without a tunnel endpoint goes to the stack. */
 #define IDENTITY_RESERVED_MAX 255
+#define IDENTITY_HOST 1
 #define IDENTITY_WORLD 2
 /* Identities of the mesh ride in the 24-bit VXLAN VNI. */
 #define IDENTITY_VNI_MAX 0xffffff

@@ -490,6 +490,8 @@ static __always_inline void lb4_reset(struct __sk_buff *ctx, const struct lb4_tu
 	    bpf_skb_store_bytes(ctx, ETH_HLEN, &iph, sizeof(iph), 0) < 0 ||
 	    bpf_skb_store_bytes(ctx, t->l4_off, &th, sizeof(th), 0) < 0)
 		return;
+	/* Back out of the pod's own veth: checked already (common.h). */
+	ctx->mark = CM_MARK_DELIVERED;
 	tc->reply = 1;
 	tc->target_ifindex = ctx->ifindex;
 }

@@ -30,19 +30,28 @@
  * (cm_policy_enforce), at that node; so with no enforcement nothing is
  * written and behaviour is exactly that of the datapath without policy.
  * A connection opened before its endpoint became enforced is not recorded:
- * its replies meet policy like new packets. Likewise connections the host
- * stack opens into a pod (no program sees them): with the pod's egress
- * enforced, their replies need an egress rule (e.g. to the host identity).
+ * its replies meet policy like new packets.
  *
- * Not checked at all (yet): ingress from outside the mesh. Packets the stack
- * routes into a pod (from world, a CIDR peer, the host, another node's
- * stack) pass no program of ours, so ingress entries for reserved and
- * node-local CIDR identities (fromCIDR, fromEntities world/host/...) are
- * written but never looked up. Egress towards them is enforced: the
- * destination's identity comes from the ipcache, exactly (ipcache.h).
+ * Where: egress in from_container; ingress from a local pod in
+ * from_container, from a remote pod in from_overlay, and from everything
+ * the node's stack routes into a pod (world, CIDR peers, the host, other
+ * nodes' stacks) in to_container (lxc.bpf.c), with the source identity from
+ * the ipcache (world when no prefix matches). to_container records the
+ * connections it admits, so replies of connections opened from outside
+ * pass the pod's egress, and replies of connections the pod opened towards
+ * the stack pass its ingress.
+ *
+ * The host (reserved identity 1) is exempt from default deny on ingress:
+ * Kubernetes lets a node reach its own pods (kubelet probes), as Cilium's
+ * allow-localhost=always. Deny entries that match the host (ingressDeny
+ * fromEntities host, or a deny for any identity) still drop it.
  *
  * Cost: an endpoint without POLICY_ENFORCE_ACTIVE (no policy) costs one
- * inlined array lookup per check and nothing else.
+ * inlined array lookup per check and nothing else. to_container adds an
+ * endpoint and an ipcache lookup per packet from the stack (BPF_PROG_TEST_RUN
+ * on a 2-vCPU VM: ~145 ns/packet including the test-run loop, the same as a
+ * marked packet that is only let through; an enforced endpoint with a
+ * matching fromCIDR allow and the conntrack refresh: ~290 ns).
  */
 #ifndef CM_POLICY_H
 #define CM_POLICY_H
@@ -51,6 +60,7 @@
 #include "metrics.h"
 #include "conntrack.h"
 #include "drop.h"
+#include "ipcache.h"
 
 #define POLICY_MAX_ENTRIES         65536
 #define POLICY_ENFORCE_MAX_ENTRIES 65536 /* every __u16 endpoint id */
@@ -231,8 +241,12 @@ static __always_inline bool policy_ct_is_reply(struct __sk_buff *ctx, const stru
 	return true;
 }
 
-/* Record (or refresh) the connection of a packet that passed. A full LRU
- * evicts; a failed write only costs the replies a policy check. */
+/* Record (or refresh) the connection of a packet that passed. A reply of a
+ * recorded connection only refreshes that: recorded in its own direction it
+ * would make the next packet of the opener look like a reply, past a deny
+ * (ICMP is tracked per address pair: an echo reply recorded as a connection
+ * would admit every later echo request). A full LRU evicts; a failed write
+ * only costs the replies a policy check. */
 static __always_inline void policy_ct_record(struct __sk_buff *ctx, const struct policy_pkt *p)
 {
 	struct policy_ct_key key = {
@@ -257,6 +271,8 @@ static __always_inline void policy_ct_record(struct __sk_buff *ctx, const struct
 		}
 		return;
 	}
+	if (policy_ct_is_reply(ctx, p))
+		return;
 	init.flags = ct_flags_after(0, p->proto, tcp_flags);
 	init.lifetime = now + ct_timeout(p->proto, tcp_flags, init.flags);
 	bpf_map_update_elem(&cm_policy_ct, &key, &init, BPF_ANY);
@@ -295,6 +311,8 @@ static __always_inline int policy_check(struct __sk_buff *ctx, __u16 endpoint_id
 		ret = -DROP_POLICY_DENY;
 	else if (!(enforce & (1U << dir)))
 		return 0;
+	else if (dir == DIR_INGRESS && remote == IDENTITY_HOST)
+		return 0; /* the node reaches its pods (see the top) */
 	else if (flags & POLICY_F_ALLOW)
 		return 0;
 	else

@@ -31,6 +31,8 @@ export interface LabDemoOptions {
   print?: (line: string) => void;
   /** How `clustermesh` is run (default: this checkout's bin/clustermesh.js under this node). */
   cli?: string[];
+  /** Environment of every `clustermesh` command (default: this process's). */
+  env?: NodeJS.ProcessEnv;
 }
 
 interface CliResult {
@@ -104,7 +106,7 @@ export async function runLabDemo(opts: LabDemoOptions = {}): Promise<boolean> {
     if (!o.quiet) print(`   $ clustermesh ${args.map((a) => (/[\s"'*]/.test(a) ? `'${a}'` : a)).join(' ')}`);
     const started = Date.now();
     return new Promise((res) => {
-      const child = spawn(cliArgv[0]!, [...cliArgv.slice(1), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(cliArgv[0]!, [...cliArgv.slice(1), ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...(opts.env ? { env: opts.env } : {}) });
       let stdout = '';
       let stderr = '';
       let partial = '';

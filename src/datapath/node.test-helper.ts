@@ -37,6 +37,7 @@ try {
   const sub = dp.events((e) => events.push(e), { intervalMs: 10 });
   const lxc = dp.attachEndpoint('lxc0');
   out.lxcAttached = tcQuery(lxc.ifindex, 'ingress') === lxc.progId;
+  out.lxcEgressAttached = tcQuery(lxc.ifindex, 'egress') === lxc.egressProgId && lxc.egressProgId !== lxc.progId;
 
   out.pingUnknownSource = podPing('10.102.0.9');
   const lxcLink = (await linkInfo('lxc0'))!;
@@ -55,6 +56,7 @@ try {
   out.afterStop = {
     overlayAttached: tcQuery(dp.vxlanIfindex, 'ingress') !== undefined,
     lxcAttached: tcQuery(lxc.ifindex, 'ingress') !== undefined,
+    lxcEgressAttached: tcQuery(lxc.ifindex, 'egress') !== undefined,
     pinsKept: existsSync(`${dp.options.pinDir}/cm_endpoints`),
   };
 
@@ -68,7 +70,7 @@ try {
   };
   dp2.attachEndpoint('lxc0');
   await dp2.stop({ detach: false });
-  out.afterStopKeepAttached = { lxcAttached: tcQuery(lxc.ifindex, 'ingress') !== undefined, overlayAttached: tcQuery(dp.vxlanIfindex, 'ingress') !== undefined };
+  out.afterStopKeepAttached = { lxcAttached: tcQuery(lxc.ifindex, 'ingress') !== undefined, lxcEgressAttached: tcQuery(lxc.ifindex, 'egress') !== undefined, overlayAttached: tcQuery(dp.vxlanIfindex, 'ingress') !== undefined };
 
   const dp3 = new NodeDatapath(opts);
   await dp3.start();
@@ -76,6 +78,7 @@ try {
   await dp3.destroy();
   out.afterDestroy = {
     lxcAttached: tcQuery(lxc.ifindex, 'ingress') !== undefined,
+    lxcEgressAttached: tcQuery(lxc.ifindex, 'egress') !== undefined,
     overlayAttached: tcQuery(dp.vxlanIfindex, 'ingress') !== undefined,
     pinDirExists: existsSync(dp.options.pinDir),
     vxlanKept: (await linkInfo('cm_vx')) !== undefined, // dp3 did not create it

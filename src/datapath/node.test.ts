@@ -46,15 +46,16 @@ describe('NodeDatapath in a node netns', { skip }, () => {
       assert.equal(out.pinDir, join(DEFAULT_BPFFS_ROOT, nodeName));
       assert.equal(out.pins, true, 'all maps pinned in the node pin dir');
       assert.equal(out.lxcAttached, true);
+      assert.equal(out.lxcEgressAttached, true, 'to_container on the veth egress');
       assert.equal(out.pingUnknownSource, false);
       assert.ok(out.counters['DROP_UNKNOWN_SOURCE/egress'] >= 1, JSON.stringify(out.counters));
       assert.ok(out.counters['TRACE_ARP_REPLY/egress'] >= 1, JSON.stringify(out.counters));
       assert.ok(out.counters['TRACE_TO_OVERLAY/egress'] >= 1, JSON.stringify(out.counters));
       assert.deepEqual(out.dropEvent, { srcIp: '10.101.0.5' });
-      assert.deepEqual(out.afterStop, { overlayAttached: false, lxcAttached: false, pinsKept: true });
+      assert.deepEqual(out.afterStop, { overlayAttached: false, lxcAttached: false, lxcEgressAttached: false, pinsKept: true });
       assert.deepEqual(out.afterRestart, { endpoints: ['10.101.0.5:1000'], ipcache: ['10.102.0.0/24:2000:10.1.0.3'], metricsKept: true });
-      assert.deepEqual(out.afterStopKeepAttached, { lxcAttached: true, overlayAttached: true });
-      assert.deepEqual(out.afterDestroy, { lxcAttached: false, overlayAttached: false, pinDirExists: false, vxlanKept: true });
+      assert.deepEqual(out.afterStopKeepAttached, { lxcAttached: true, lxcEgressAttached: true, overlayAttached: true });
+      assert.deepEqual(out.afterDestroy, { lxcAttached: false, lxcEgressAttached: false, overlayAttached: false, pinDirExists: false, vxlanKept: true });
       assert.equal(out.vxlanAfterCreatorDestroy, false, 'the instance that created the VXLAN device deletes it on destroy');
     } finally {
       for (const ns of [podNs, nodeNs]) spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });

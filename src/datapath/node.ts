@@ -5,7 +5,9 @@
 //                      overlay.bpf.o and lxc.bpf.o loaded with the node's
 //                      settings, maps pinned in/reused from the pin dir;
 //                      from_overlay on the VXLAN device's ingress.
-//   attachEndpoint()   from_container on a pod's host-side veth ingress.
+//   attachEndpoint()   from_container on a pod's host-side veth ingress,
+//                      to_container on its egress (ingress policy for what
+//                      the stack routes into the pod).
 //   stop()             programs detached (by default), fds closed, pins kept:
 //                      the next start() finds every map entry again.
 //   destroy()          stop() plus pins removed (and the VXLAN device, when
@@ -39,6 +41,7 @@ const REPO_ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..')
 export const LXC_OBJECT = 'lxc.bpf.o';
 export const OVERLAY_OBJECT = 'overlay.bpf.o';
 export const FROM_CONTAINER = 'from_container';
+export const TO_CONTAINER = 'to_container';
 export const FROM_OVERLAY = 'from_overlay';
 
 export interface NodeDatapathOptions {
@@ -73,7 +76,15 @@ export interface ResolvedNodeDatapathOptions extends Required<Omit<NodeDatapathO
 export interface EndpointAttachment {
   ifName: string;
   ifindex: number;
+  /** from_container (tc ingress of the veth). */
   progId: number;
+  /** to_container (tc egress of the veth). */
+  egressProgId: number;
+}
+
+interface EndpointTc {
+  ingress: TcAttachment;
+  egress: TcAttachment;
 }
 
 /** The node's pinned maps, for the typed operations of src/datapath/maps/. */
@@ -112,7 +123,7 @@ export class NodeDatapath {
   #overlayAttachment: TcAttachment | undefined;
   #vxlanIfindex = 0;
   #createdVxlan = false;
-  readonly #endpoints = new Map<string, TcAttachment>();
+  readonly #endpoints = new Map<string, EndpointTc>();
   readonly #readers = new Set<RingBufferReader>();
 
   constructor(opts: NodeDatapathOptions) {
@@ -202,32 +213,44 @@ export class NodeDatapath {
     }
   }
 
-  /** Attaches from_container to the ingress of a pod's host-side veth (replacing what was there). */
+  /**
+   * Attaches from_container to the ingress and to_container to the egress of
+   * a pod's host-side veth (replacing what was there: a restart swaps the
+   * programs without a gap). to_container goes first, so a pod is never
+   * sending without its ingress being checked.
+   */
   attachEndpoint(hostIfName: string): EndpointAttachment {
     const lxc = this.#running('attachEndpoint');
     const ifindex = ifindexOf(hostIfName);
-    const att = tcAttach({ ifindex, direction: 'ingress', program: lxc.program(FROM_CONTAINER) });
-    this.#endpoints.set(hostIfName, att);
-    return { ifName: hostIfName, ifindex, progId: att.progId };
+    const egress = tcAttach({ ifindex, direction: 'egress', program: lxc.program(TO_CONTAINER) });
+    const ingress = tcAttach({ ifindex, direction: 'ingress', program: lxc.program(FROM_CONTAINER) });
+    this.#endpoints.set(hostIfName, { ingress, egress });
+    return { ifName: hostIfName, ifindex, progId: ingress.progId, egressProgId: egress.progId };
   }
 
-  /** Detaches from_container from a veth; false when it was not attached (or the device is gone). */
+  /** Detaches both programs from a veth; false when neither was attached (or the device is gone). */
   detachEndpoint(hostIfName: string): boolean {
     const att = this.#endpoints.get(hostIfName);
     this.#endpoints.delete(hostIfName);
-    if (att) return att.detach();
+    if (att) {
+      const i = att.ingress.detach();
+      const e = att.egress.detach();
+      return i || e;
+    }
     let ifindex: number;
     try {
       ifindex = ifindexOf(hostIfName);
     } catch {
       return false;
     }
-    return tcDetach(ifindex, 'ingress');
+    const i = tcDetach(ifindex, 'ingress');
+    const e = tcDetach(ifindex, 'egress');
+    return i || e;
   }
 
-  /** The veths this instance attached from_container to. */
+  /** The veths this instance attached from_container and to_container to. */
   attachedEndpoints(): EndpointAttachment[] {
-    return [...this.#endpoints].map(([ifName, a]) => ({ ifName, ifindex: a.ifindex, progId: a.progId }));
+    return [...this.#endpoints].map(([ifName, a]) => ({ ifName, ifindex: a.ingress.ifindex, progId: a.ingress.progId, egressProgId: a.egress.progId }));
   }
 
   // ---- typed map access (the reconcilers may also use src/datapath/maps/ on `maps`) ----
@@ -344,7 +367,8 @@ export class NodeDatapath {
     this.#readers.clear();
     const errors: unknown[] = [];
     if (detach) {
-      for (const att of [...this.#endpoints.values(), ...(this.#overlayAttachment ? [this.#overlayAttachment] : [])]) {
+      const endpointAtts = [...this.#endpoints.values()].flatMap((a) => [a.ingress, a.egress]);
+      for (const att of [...endpointAtts, ...(this.#overlayAttachment ? [this.#overlayAttachment] : [])]) {
         try {
           att.detach();
         } catch (err) {

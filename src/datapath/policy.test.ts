@@ -9,7 +9,7 @@ import { after, before, beforeEach, describe, it } from 'node:test';
 import { removePinDir } from './bpffs.ts';
 import { BpfObject } from './libbpf/object.ts';
 import type { BpfMap } from './libbpf/map.ts';
-import { TcAction } from './libbpf/program.ts';
+import { TcAction, skbContext } from './libbpf/program.ts';
 import type { RingBufferReader } from './libbpf/ringbuf.ts';
 import { planFrontend } from '../loadbalancer/index.ts';
 import * as backendSlots from './maps/backend-slots.ts';
@@ -473,6 +473,111 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
     }
   });
 
+  describe('to_container: what the stack routes into a pod (tc egress of its veth)', () => {
+    const WORLD_IP = '100.64.0.7';
+    const NODE_IP = '10.1.0.1';
+    const CIDR = { addr: '198.51.100.0', prefixLen: 24, identity: LOCAL_IDENTITY_SCOPE | 7 };
+    const CM_MARK_DELIVERED = 0x434d0000;
+    const toContainer = (f: Buffer, mark?: number) => {
+      const r = lxc.program('to_container').testRun({ data: f, ...(mark === undefined ? {} : { ctx: skbContext({ mark }) }) });
+      got.length = 0;
+      reader!.consume();
+      return { retval: r.retval, events: [...got], mark: r.ctxOut?.readUInt32LE(8) };
+    };
+    /** 'pass' (TC_ACT_OK: on into the pod), or the drop reason's name. */
+    const verdictTo = (r: { retval: number; events: events.DatapathEvent[] }): string => {
+      if (r.retval === TcAction.ok) return 'pass';
+      assert.equal(r.retval, TcAction.shot);
+      const drop = r.events.filter((e) => e.type === 'drop');
+      assert.equal(drop.length, 1, 'one drop event');
+      return drop[0]!.reasonName;
+    };
+
+    before(() => {
+      ipcache.update(ipcacheMap, { addr: CIDR.addr, prefixLen: CIDR.prefixLen }, { identity: CIDR.identity, tunnelEndpoint: null, flags: 0 });
+      ipcache.update(ipcacheMap, { addr: NODE_IP, prefixLen: 32 }, { identity: 1, tunnelEndpoint: null, flags: 0 });
+    });
+    after(() => {
+      ipcache.remove(ipcacheMap, { addr: CIDR.addr, prefixLen: CIDR.prefixLen });
+      ipcache.remove(ipcacheMap, { addr: NODE_IP, prefixLen: 32 });
+    });
+
+    it('an endpoint without enforcement passes anything, and nothing is tracked', () => {
+      assert.equal(verdictTo(toContainer(frame(WORLD_IP, B.ip, 6, 5555, 80))), 'pass');
+      assert.equal(verdictTo(toContainer(frame(CIDR.addr.replace(/0$/, '9'), A.ip, 17, 5555, 53))), 'pass');
+      assert.equal(verdictTo(toContainer(frame(WORLD_IP, '10.101.0.99', 6, 5555, 80))), 'pass', 'no endpoint: nothing to enforce');
+      assert.equal([...policy.ct.entries(ctMap)].length, 0);
+      assert.deepEqual(
+        metrics.read(metricsMap).map((m) => [m.reasonName, m.direction, m.packets]),
+        [['TRACE_TO_ENDPOINT', 'ingress', 3n]],
+      );
+    });
+
+    it('world is denied by an enforced ingress without a rule, with the event; a marked (already checked) packet passes once and loses the mark', () => {
+      setPolicy([], [enf(B.endpointId, 'ingress')]);
+      const r = toContainer(frame(WORLD_IP, B.ip, 6, 5555, 80));
+      assert.equal(verdictTo(r), 'DROP_POLICY');
+      const e = r.events[0]!;
+      assert.deepEqual(
+        [e.direction, e.srcIdentity, e.dstIdentity, e.srcIp, e.dstIp, e.srcPort, e.dstPort, e.protocol],
+        ['ingress', 2, B.identity, WORLD_IP, B.ip, 5555, 80, 6],
+      );
+      const m = toContainer(frame(WORLD_IP, B.ip, 6, 5555, 80), CM_MARK_DELIVERED);
+      assert.equal(verdictTo(m), 'pass');
+      assert.equal(m.mark, 0, 'mark cleared');
+      const other = toContainer(frame(WORLD_IP, B.ip, 6, 5555, 80), 0x4000);
+      assert.equal(verdictTo(other), 'DROP_POLICY', 'a foreign mark is no pass');
+      // A, not enforced, still passes.
+      assert.equal(verdictTo(toContainer(frame(WORLD_IP, A.ip, 6, 5555, 80))), 'pass');
+      // from_container delivering A -> B with a plain redirect (redirectPeer off here) sets the mark to_container skips.
+      setPolicy([E({ endpointId: B.endpointId, direction: 'ingress', remoteIdentity: A.identity })], [enf(B.endpointId, 'ingress')]);
+      const local = lxc.program('from_container').testRun({ data: frame(A.ip, B.ip, 6, 40000, 80), ctx: skbContext({}) });
+      assert.equal(local.retval, TcAction.redirect);
+      assert.equal(local.ctxOut!.readUInt32LE(8), CM_MARK_DELIVERED);
+      reader!.consume();
+    });
+
+    it('fromCIDR: the source prefix matches its node-local identity; outside it is world; the reply leaves through the enforced egress', () => {
+      setPolicy(
+        [E({ endpointId: B.endpointId, direction: 'ingress', remoteIdentity: CIDR.identity, protocol: 6, port: 80, portEnd: 80 })],
+        [enf(B.endpointId, 'ingress'), enf(B.endpointId, 'egress')],
+      );
+      assert.equal(verdictTo(toContainer(frame('198.51.100.9', B.ip, 6, 5555, 80))), 'pass');
+      const port = toContainer(frame('198.51.100.9', B.ip, 6, 5555, 81));
+      assert.equal(verdictTo(port), 'DROP_POLICY');
+      assert.equal(port.events[0]!.srcIdentity, CIDR.identity, 'the event names the CIDR identity');
+      assert.equal(verdictTo(toContainer(frame('198.51.101.9', B.ip, 6, 5555, 80))), 'DROP_POLICY', 'outside the prefix');
+      // B answers: its egress is enforced without a rule, the connection recorded by to_container admits the reply.
+      assert.equal(fromContainer(frame(B.ip, '198.51.100.9', 6, 80, 5555, 0x12)).retval, TcAction.ok);
+      assert.equal(verdict(fromContainer(frame(B.ip, '198.51.100.9', 6, 80, 5556))), 'DROP_POLICY', 'not a reply');
+    });
+
+    it('replies of connections the pod opened pass via conntrack; new connections from there do not', () => {
+      setPolicy([E({ endpointId: B.endpointId, direction: 'egress', remoteIdentity: 2, protocol: 6, port: 443, portEnd: 443 })], [enf(B.endpointId, 'ingress'), enf(B.endpointId, 'egress')]);
+      assert.equal(verdictTo(toContainer(frame(WORLD_IP, B.ip, 6, 443, 41000, 0x12))), 'DROP_POLICY', 'before B opened it');
+      assert.equal(fromContainer(frame(B.ip, WORLD_IP, 6, 41000, 443)).retval, TcAction.ok, 'B opens it: to the stack');
+      assert.equal(verdictTo(toContainer(frame(WORLD_IP, B.ip, 6, 443, 41000, 0x12))), 'pass', 'the reply');
+      assert.deepEqual(
+        [...policy.ct.entries(ctMap)].map(([k]) => [k.src, k.dst]),
+        [[B.ip, WORLD_IP]],
+        'a reply refreshes the connection, it is not recorded the other way (that would turn the next packet of B into a "reply", past a deny)',
+      );
+      assert.equal(verdictTo(toContainer(frame(WORLD_IP, B.ip, 6, 443, 41001))), 'DROP_POLICY', 'another port of B');
+      assert.equal(verdictTo(toContainer(frame('100.64.0.8', B.ip, 6, 443, 41000))), 'DROP_POLICY', 'another peer');
+    });
+
+    it('the host is exempt from default deny but not from an explicit deny', () => {
+      setPolicy([E({ endpointId: B.endpointId, direction: 'ingress', remoteIdentity: B.identity })], [enf(B.endpointId, 'ingress')]);
+      assert.equal(verdictTo(toContainer(frame(NODE_IP, B.ip, 6, 5555, 8080))), 'pass', 'kubelet probe');
+      assert.equal(verdictTo(toContainer(frame(WORLD_IP, B.ip, 6, 5555, 8080))), 'DROP_POLICY');
+      setPolicy([E({ endpointId: B.endpointId, direction: 'ingress', remoteIdentity: 1, protocol: 6, port: 8080, portEnd: 8080, verdict: 'deny' })], [enf(B.endpointId, 'ingress')]);
+      const d = toContainer(frame(NODE_IP, B.ip, 6, 5555, 8080));
+      assert.equal(verdictTo(d), 'DROP_POLICY_DENY');
+      assert.equal(d.events[0]!.srcIdentity, 1);
+      assert.equal(verdictTo(toContainer(frame(NODE_IP, B.ip, 6, 5555, 8081))), 'pass', 'other ports of the host');
+    });
+  });
+
   it('the verdicts equal decide() over a table of entries, enforcement and packets', () => {
     const rnd = prng(2026);
     const ids = [0x20100, 0x20101, 0x20102];
@@ -481,7 +586,7 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
     for (const d of dsts) ipcache.update(ipcacheMap, { addr: d.ip, prefixLen: 32 }, { identity: d.identity, tunnelEndpoint: R.node, flags: 0 });
     const ports = [0, 22, 53, 79, 80, 81, 443, 1023, 1024, 8080, 65535];
     const protos: ProtocolNumber[] = [0, 6, 17, 132];
-    const expected = { denied: 'DROP_POLICY_DENY', 'default-deny': 'DROP_POLICY', allowed: 'pass', 'not-enforced': 'pass' } as const;
+    const expected = { denied: 'DROP_POLICY_DENY', 'default-deny': 'DROP_POLICY', allowed: 'pass', 'not-enforced': 'pass', host: 'pass' } as const;
     const tally: Record<string, number> = {};
     try {
       for (let round = 0; round < 25; round++) {

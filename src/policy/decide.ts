@@ -2,6 +2,7 @@
 // lookup must decide for a packet, given an endpoint's entries for a
 // direction and whether that direction is enforced. Tests state policy
 // semantics through it; the C lookup is to be checked against it.
+import { ReservedIdentity } from '../model/index.ts';
 import type { Direction, PolicyMapEntry, Verdict } from './types.ts';
 
 export interface PacketQuery {
@@ -14,7 +15,7 @@ export interface PacketQuery {
   port: number;
 }
 
-export type DecisionReason = 'denied' | 'not-enforced' | 'allowed' | 'default-deny';
+export type DecisionReason = 'denied' | 'not-enforced' | 'allowed' | 'host' | 'default-deny';
 
 export interface Decision {
   verdict: Verdict;
@@ -37,7 +38,9 @@ export function entryMatches(e: PolicyMapEntry, q: PacketQuery): boolean {
  * 1. A matching deny entry denies — whatever else matches, enforced or not.
  * 2. A direction that is not enforced allows.
  * 3. A matching allow entry allows.
- * 4. Otherwise the packet is dropped (default deny).
+ * 4. Ingress from the node itself (reserved:host) is allowed, so kubelet
+ *    probes keep working under default deny (bpf/lib/policy.h does the same).
+ * 5. Otherwise the packet is dropped (default deny).
  * "Matching": remote identity equal or 0, protocol equal or 0, port inside [port, portEnd].
  */
 export function decide(entries: Iterable<PolicyMapEntry>, enforced: boolean, q: PacketQuery): Decision {
@@ -49,5 +52,6 @@ export function decide(entries: Iterable<PolicyMapEntry>, enforced: boolean, q: 
   }
   if (!enforced) return { verdict: 'allow', reason: 'not-enforced' };
   if (allow) return { verdict: 'allow', reason: 'allowed', entry: allow };
+  if (q.direction === 'ingress' && q.remoteIdentity === ReservedIdentity.host) return { verdict: 'allow', reason: 'host' };
   return { verdict: 'deny', reason: 'default-deny' };
 }

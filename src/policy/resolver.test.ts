@@ -67,7 +67,13 @@ function fixture(opts: Partial<PolicyResolverOptions> = {}): Fixture {
       return { endpointId, identity, delta };
     },
     apply: (...objects) => r.batch(() => objects.forEach((o) => r.upsertPolicy(parsePolicy(o, 'test.yaml')))),
-    verdict: (endpointId, direction, remote, port = 80, protocol = 6) => r.decide(endpointId, { direction, remoteIdentity: remote, port, protocol }).verdict,
+    // What the policy entries decide: the datapath's blanket exemption of the
+    // node itself (decide() reason 'host') is left out so the tests see which
+    // entities and selectors admit reserved:host; it has a test of its own.
+    verdict: (endpointId, direction, remote, port = 80, protocol = 6) => {
+      const d = r.decide(endpointId, { direction, remoteIdentity: remote, port, protocol });
+      return d.reason === 'host' ? 'deny' : d.verdict;
+    },
     released,
   };
 }
@@ -185,6 +191,8 @@ test('namespaceSelector and podSelector in one peer (AND) versus as two peers (O
   assert.deepEqual(allowed(83), [true, true, true, true, true]);
   assert.equal(f.verdict(1, 'ingress', WORLD, 83), 'deny', 'namespaceSelector {} selects pods, not the world');
   assert.equal(f.verdict(1, 'ingress', HOST, 83), 'deny');
+  // Beyond the entries: the node reaches its pods under default deny (kubelet probes), ingress only.
+  assert.deepEqual(f.r.decide(1, { direction: 'ingress', remoteIdentity: HOST, port: 83, protocol: 6 }), { verdict: 'allow', reason: 'host' });
 });
 
 test('ipBlock with except: CIDR identities, narrower CIDRs inside, world = 2 for 0.0.0.0/0, release', () => {
