@@ -343,9 +343,15 @@ describe('etcd config file', () => {
     const dir = await mkdtemp(join(tmpdir(), 'cm-etcdcfg-'));
     try {
       const f = join(dir, 'etcd.yaml');
-      await writeFile(f, 'endpoints: ["https://127.0.0.1:2379"]\ntrusted-ca-file: ca.crt\ncert-file: /abs/c.crt\nkey-file: k.key\n');
+      for (const n of ['ca.crt', 'c.crt', 'k.key']) await writeFile(join(dir, n), 'x');
+      await writeFile(f, `endpoints: ["https://127.0.0.1:2379"]\ntrusted-ca-file: ca.crt\ncert-file: ${join(dir, 'c.crt')}\nkey-file: k.key\n`);
       const c = await loadEtcdConfig(f);
-      assert.deepEqual(c, { endpoints: ['https://127.0.0.1:2379'], caFile: join(dir, 'ca.crt'), certFile: '/abs/c.crt', keyFile: join(dir, 'k.key') });
+      assert.deepEqual(c, { endpoints: ['https://127.0.0.1:2379'], caFile: join(dir, 'ca.crt'), certFile: join(dir, 'c.crt'), keyFile: join(dir, 'k.key') });
+      await writeFile(f, 'endpoints: ["unix:///run/etcd.sock"]\ntrusted-ca-file: ca.crt\ncert-file: c.crt\nkey-file: k.key\n');
+      await assert.rejects(loadEtcdConfig(f), /field endpoints\[0\]: must be https/, 'a unix socket only where the caller allows it');
+      assert.deepEqual((await loadEtcdConfig(f, { allowUnixSocket: true })).endpoints, ['unix:///run/etcd.sock']);
+      await writeFile(f, 'endpoints: ["https://127.0.0.1:2379"]\ntrusted-ca-file: nope.crt\ncert-file: c.crt\nkey-file: k.key\n');
+      await assert.rejects(loadEtcdConfig(f), /field trusted-ca-file: .*nope\.crt does not exist/);
       await writeFile(f, 'endpoints: ["http://127.0.0.1:2379"]\ntrusted-ca-file: a\ncert-file: b\nkey-file: c\n');
       await assert.rejects(loadEtcdConfig(f), (e: unknown) => e instanceof OptionError && e.message.startsWith(`--etcd-config ${f}: field endpoints[0]: must be https`));
       await writeFile(f, 'endpoints: ["https://x:1"]\ntrusted-ca-file: a\ncert-file: b\nkey-file: c\ncolor: red\n');

@@ -1,5 +1,6 @@
 // Options of `clustermesh apiserver`, compiled once into a fully-defaulted
 // config. Every error names the option (or the file and field) that is wrong.
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
@@ -124,9 +125,13 @@ export function compileApiserverOptions(raw: ApiserverRawOptions): ApiserverConf
   };
 }
 
-const etcdConfigSchema = z.strictObject({
+const etcdConfigSchema = (allowUnixSocket: boolean) => z.strictObject({
   endpoints: z
-    .array(z.string().regex(/^https:\/\/[^/\s]+\/?$/, 'must be https://host:port (mutual TLS is required)'))
+    .array(
+      allowUnixSocket
+        ? z.string().regex(/^(https:\/\/[^/\s]+\/?|unix:\/\/\/\S+)$/, 'must be https://host:port or unix:///path/to/socket (TLS either way)')
+        : z.string().regex(/^https:\/\/[^/\s]+\/?$/, 'must be https://host:port (mutual TLS is required)'),
+    )
     .min(1, 'at least one endpoint is required'),
   'trusted-ca-file': z.string().min(1),
   'cert-file': z.string().min(1),
@@ -138,9 +143,11 @@ const etcdConfigSchema = z.strictObject({
 /**
  * Reads the cluster's etcd client config (YAML, etcd's client config shape:
  * endpoints, trusted-ca-file, cert-file, key-file, optional server-name).
- * Relative paths resolve against the file's directory.
+ * Relative paths resolve against the file's directory; the three files must
+ * exist. `allowUnixSocket`: an endpoint may also be etcd's TLS unix socket
+ * (unix:///path), which the lab's pods use to reach their cluster's etcd.
  */
-export async function loadEtcdConfig(file: string): Promise<KvConnectionConfig> {
+export async function loadEtcdConfig(file: string, opts: { allowUnixSocket?: boolean } = {}): Promise<KvConnectionConfig> {
   const option = `--etcd-config ${file}`;
   let text: string;
   try {
@@ -154,7 +161,7 @@ export async function loadEtcdConfig(file: string): Promise<KvConnectionConfig> 
   } catch (err) {
     throw new OptionError(option, `not valid YAML: ${(err as Error).message.split('\n')[0]}`);
   }
-  const r = etcdConfigSchema.safeParse(doc ?? {});
+  const r = etcdConfigSchema(opts.allowUnixSocket === true).safeParse(doc ?? {});
   if (!r.success) {
     const i = r.error.issues[0]!;
     const field = i.code === 'unrecognized_keys' ? i.keys.join(', ') : formatPath(i.path);
@@ -162,7 +169,7 @@ export async function loadEtcdConfig(file: string): Promise<KvConnectionConfig> 
   }
   const base = dirname(resolve(file));
   const c = r.data;
-  return {
+  const conn: KvConnectionConfig = {
     endpoints: c.endpoints.map((e) => e.replace(/\/$/, '')),
     caFile: resolve(base, c['trusted-ca-file']),
     certFile: resolve(base, c['cert-file']),
@@ -170,4 +177,8 @@ export async function loadEtcdConfig(file: string): Promise<KvConnectionConfig> 
     ...(c['server-name'] !== undefined ? { serverName: c['server-name'] } : {}),
     ...(c['timeout-ms'] !== undefined ? { timeoutMs: c['timeout-ms'] } : {}),
   };
+  for (const [field, path] of [['trusted-ca-file', conn.caFile], ['cert-file', conn.certFile], ['key-file', conn.keyFile]] as const) {
+    if (!existsSync(path)) throw new OptionError(`${option}: field ${field}`, `${path} does not exist`);
+  }
+  return conn;
 }

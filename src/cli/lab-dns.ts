@@ -1,7 +1,8 @@
 // `clustermesh lab workload dns`: the cluster DNS server a lab cluster runs as
 // a pod (Deployment kube-system/cluster-dns behind Service kube-system/kube-dns).
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { CLUSTER_DOMAIN, DEFAULT_DNS_TTL, DnsConfigError, startClusterDns } from '../lab/dns.ts';
+import { OptionError } from '../apiserver/options.ts';
+import { CLUSTER_DOMAIN, DEFAULT_DNS_TTL, startClusterDns } from '../lab/dns.ts';
 import { untilSignal } from './signals.ts';
 
 function parseListen(value: string): { host: string; port: number } {
@@ -49,7 +50,7 @@ export function dnsWorkloadCommand(): Command {
           log: o.quiet ? (l) => (l.startsWith('udp ') || l.startsWith('tcp ') ? undefined : log(l)) : log,
         });
       } catch (err) {
-        cmd.error(`error: ${err instanceof DnsConfigError ? err.message : `cluster DNS failed to start: ${(err as Error).message}`}`, { exitCode: err instanceof DnsConfigError ? 2 : 1 });
+        cmd.error(`error: ${err instanceof OptionError ? err.message : `cluster DNS failed to start: ${(err as Error).message}`}`, { exitCode: err instanceof OptionError ? 2 : 1 });
       }
       log(`dns: serving ${o.domain} on ${o.listen.host}:${dns.server.udpPort}/udp${dns.server.tcpPort !== undefined ? ` and :${dns.server.tcpPort}/tcp` : ''}`);
       await untilSignal();

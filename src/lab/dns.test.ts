@@ -2,6 +2,7 @@
 // data (pure logic), then the whole workload against a real etcd, queried by
 // the system resolver (glibc getent) inside a pod-like network namespace whose
 // resolv.conf carries the Kubernetes search list.
+import { loadEtcdConfig } from '../apiserver/options.ts';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
@@ -23,7 +24,6 @@ import {
   clusterDnsManifest,
   clusterDnsObjects,
   formatDnsEtcdConfig,
-  loadDnsEtcdConfig,
   resolvConf,
   startDnsServer,
   staticDnsData,
@@ -302,13 +302,13 @@ describe('cluster DNS manifest and config', () => {
       for (const f of ['ca.crt', 'c.crt', 'c.key']) await writeFile(join(dir, f), 'x');
       const file = join(dir, 'dns-etcd.yaml');
       await writeFile(file, formatDnsEtcdConfig({ endpoints: ['unix:///run/etcd/localhost:2379'], caFile: 'ca.crt', certFile: 'c.crt', keyFile: 'c.key', serverName: 'localhost' }));
-      const conn = await loadDnsEtcdConfig(file);
+      const conn = await loadEtcdConfig(file, { allowUnixSocket: true });
       assert.deepEqual(conn, { endpoints: ['unix:///run/etcd/localhost:2379'], caFile: join(dir, 'ca.crt'), certFile: join(dir, 'c.crt'), keyFile: join(dir, 'c.key'), serverName: 'localhost' });
       await writeFile(file, 'endpoints: [http://10.1.0.250:2379]\ntrusted-ca-file: ca.crt\ncert-file: c.crt\nkey-file: c.key\n');
-      await assert.rejects(loadDnsEtcdConfig(file), /dns-etcd\.yaml: field endpoints\.0: must be https:\/\/host:port or unix/);
+      await assert.rejects(loadEtcdConfig(file, { allowUnixSocket: true }), /dns-etcd\.yaml: field endpoints\[0\]: must be https:\/\/host:port or unix/);
       await writeFile(file, 'endpoints: [https://10.1.0.250:2379]\ntrusted-ca-file: nope.crt\ncert-file: c.crt\nkey-file: c.key\n');
-      await assert.rejects(loadDnsEtcdConfig(file), /field trusted-ca-file: .*nope\.crt does not exist/);
-      await assert.rejects(loadDnsEtcdConfig(join(dir, 'missing.yaml')), /missing\.yaml: cannot read it \(ENOENT\)/);
+      await assert.rejects(loadEtcdConfig(file, { allowUnixSocket: true }), /field trusted-ca-file: .*nope\.crt does not exist/);
+      await assert.rejects(loadEtcdConfig(join(dir, 'missing.yaml'), { allowUnixSocket: true }), /missing\.yaml: cannot read: ENOENT/);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -26,12 +26,12 @@
 // Kubernetes). writeClusterDnsEtcdConfig() writes that file from the lab state.
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import { existsSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { createServer as createTcpServer, type Server as TcpServer, type Socket as TcpSocket } from 'node:net';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
 import dnsPacket, { type Answer, type DecodedPacket, type Packet, type Question } from 'dns-packet';
-import { parse as parseYaml, stringify as toYaml } from 'yaml';
-import { z } from 'zod';
+import { stringify as toYaml } from 'yaml';
+import { loadEtcdConfig } from '../apiserver/options.ts';
 import { KvClient } from '../kvstore/client.ts';
 import type { KvConnectionConfig } from '../kvstore/types.ts';
 import { isPodReady, type Namespace, type Pod, type Service } from '../model/index.ts';
@@ -387,66 +387,7 @@ export async function startDnsServer(data: DnsData, opts: DnsServerOptions = {})
 
 // ---- the etcd client config ----------------------------------------------------
 
-export class DnsConfigError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'DnsConfigError';
-  }
-}
-
-const dnsEtcdConfigSchema = z.strictObject({
-  endpoints: z
-    .array(z.string().regex(/^(https:\/\/[^/\s]+\/?|unix:\/\/\/\S+)$/, 'must be https://host:port or unix:///path/to/socket (TLS either way)'))
-    .min(1, 'at least one endpoint is required'),
-  'trusted-ca-file': z.string().min(1),
-  'cert-file': z.string().min(1),
-  'key-file': z.string().min(1),
-  'server-name': z.string().min(1).optional(),
-  'timeout-ms': z.number().int().positive().optional(),
-});
-export type DnsEtcdConfigFile = z.infer<typeof dnsEtcdConfigSchema>;
-
-/**
- * Reads an etcd client config (the YAML the apiserver takes: endpoints,
- * trusted-ca-file, cert-file, key-file, optional server-name), where an
- * endpoint may also be the TLS unix socket of a lab etcd (unix:///path).
- * Relative paths resolve against the file's directory.
- */
-export async function loadDnsEtcdConfig(file: string): Promise<KvConnectionConfig> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (err) {
-    throw new DnsConfigError(`--etcd-config ${file}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); pass the etcd client config the lab wrote for the cluster's DNS`);
-  }
-  let raw: unknown;
-  try {
-    raw = parseYaml(text);
-  } catch (err) {
-    throw new DnsConfigError(`--etcd-config ${file}: not valid YAML (${(err as Error).message.split('\n')[0]})`);
-  }
-  const parsed = dnsEtcdConfigSchema.safeParse(raw);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!;
-    throw new DnsConfigError(`--etcd-config ${file}: field ${issue.path.join('.') || '(root)'}: ${issue.message}`);
-  }
-  const c = parsed.data;
-  const base = dirname(resolve(file));
-  const conn: KvConnectionConfig = {
-    endpoints: c.endpoints,
-    caFile: resolve(base, c['trusted-ca-file']),
-    certFile: resolve(base, c['cert-file']),
-    keyFile: resolve(base, c['key-file']),
-    ...(c['server-name'] ? { serverName: c['server-name'] } : {}),
-    ...(c['timeout-ms'] ? { timeoutMs: c['timeout-ms'] } : {}),
-  };
-  for (const [field, path] of [['trusted-ca-file', conn.caFile], ['cert-file', conn.certFile], ['key-file', conn.keyFile]] as const) {
-    if (!existsSync(path)) throw new DnsConfigError(`--etcd-config ${file}: field ${field}: ${path} does not exist`);
-  }
-  return conn;
-}
-
-/** The YAML of an etcd client config for `conn` (what loadDnsEtcdConfig reads). */
+/** The YAML of an etcd client config for `conn` (what loadEtcdConfig reads with allowUnixSocket). */
 export function formatDnsEtcdConfig(conn: KvConnectionConfig): string {
   return toYaml({
     endpoints: conn.endpoints,
@@ -498,7 +439,7 @@ export interface RunningClusterDns {
 
 /** The DNS workload: the store source over the cluster's etcd, and the server answering from it. */
 export async function startClusterDns(opts: ClusterDnsOptions): Promise<RunningClusterDns> {
-  const conn = await loadDnsEtcdConfig(opts.etcdConfigFile);
+  const conn = await loadEtcdConfig(opts.etcdConfigFile, { allowUnixSocket: true });
   const kv = new KvClient(conn);
   const source = new StoreSource(kv, {
     onProblem: (p) => opts.log?.(`store: ignoring ${p.kind} at ${p.key}: ${p.message}`),
