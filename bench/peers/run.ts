@@ -1,0 +1,291 @@
+// bench/peers: clustermesh against what users would otherwise pick, side by
+// side in one run — plain routing (the limit), our eBPF overlay with policy
+// on, a kernel VXLAN overlay with kube-proxy's iptables, a Submariner-like
+// gateway and OpenVPN between gateways (src/lab/peers-topology.ts builds each).
+// Cross-cluster pod to pod: single-stream and 8-stream TCP throughput (iperf3),
+// TCP request/response with 1 in flight (sockperf), TCP connect+request+close
+// (bench/peers/crr.c), CPU seconds per GB moved. Repetitions alternate the
+// order of the rows. Writes bench/results/peers.{json,csv} and peers-*.svg.
+import { parseArgs } from 'node:util';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { listNamespaces } from '../../src/lab/topology.ts';
+import { run, runIn, spawnIn, stopChild } from '../../src/lab/exec.ts';
+import { createPeerBed, PEER_CONFIGS, type PeerBed, type PeerConfig } from '../../src/lab/peers-topology.ts';
+import { printTable, summarize, writeResults, type Sample } from '../lib/results.ts';
+import { markdownTable, writeCharts } from './charts.ts';
+
+const HELP = `usage: npm run bench -- peers [--reps N] [--seconds S] [--quick] [--only a,b] [--services N]
+
+Cross-cluster pod-to-pod benchmarks of limit, clustermesh, kernel-vxlan-iptables,
+gateway and openvpn, built in the same lab topology and measured in the same run.
+  --reps N       repetitions; the order of the rows rotates each time (default 5)
+  --seconds S    seconds of each iperf3, sockperf and connect-rate test (default 4)
+  --quick        1 repetition of 2 seconds, for development (overrides both)
+  --only a,b     only these rows (${PEER_CONFIGS.join(', ')};
+                 also clustermesh-nopolicy: our datapath with policy off)
+  --services N   ClusterIP services in kernel-vxlan-iptables' kube-proxy rules (default 100)
+  --name NAME    results file names (default peers; e.g. peers-policy for a side run)
+Refuses to run while a lab is up. Writes bench/results/NAME.json, NAME.csv, NAME-<metric>.svg.
+example: npm run bench -- peers --quick --only limit,clustermesh`;
+
+const { values } = parseArgs({
+  options: {
+    reps: { type: 'string', default: '5' },
+    seconds: { type: 'string', default: '4' },
+    quick: { type: 'boolean', default: false },
+    only: { type: 'string' },
+    services: { type: 'string', default: '100' },
+    name: { type: 'string', default: 'peers' },
+    help: { type: 'boolean', short: 'h', default: false },
+  },
+});
+if (values.help) {
+  console.log(HELP);
+  process.exit(0);
+}
+const reps = values.quick ? 1 : Number(values.reps);
+const seconds = values.quick ? 2 : Number(values.seconds);
+const services = Number(values.services);
+if (!Number.isInteger(reps) || reps < 1) throw new Error(`bench peers: --reps must be a positive integer, got ${values.reps}`);
+if (!Number.isFinite(seconds) || seconds < 1) throw new Error(`bench peers: --seconds must be at least 1, got ${values.seconds}`);
+if (!/^[a-z][a-z0-9-]{0,31}$/.test(values.name)) throw new Error(`bench peers: --name must be lowercase letters, digits and '-', got '${values.name}'`);
+if (!Number.isInteger(services) || services < 0) throw new Error(`bench peers: --services must be a non-negative integer, got ${values.services}`);
+// Rows beyond the five of the comparison, for looking into a result: only when --only names them.
+const EXTRA = { 'clustermesh-nopolicy': { config: 'clustermesh', policy: false } } as const;
+type RowName = PeerConfig | keyof typeof EXTRA;
+const ALL_ROWS: readonly RowName[] = [...PEER_CONFIGS, ...(Object.keys(EXTRA) as Array<keyof typeof EXTRA>)];
+const only = values.only?.split(',').map((s) => s.trim()) ?? [...PEER_CONFIGS];
+for (const c of only) if (!(ALL_ROWS as readonly string[]).includes(c)) throw new Error(`bench peers: --only names '${c}'; the rows are ${ALL_ROWS.join(', ')}`);
+const CONFIGS = ALL_ROWS.filter((c) => only.includes(c));
+
+const PORT_IPERF = 5201;
+const PORT_RR = 11111;
+const PORT_CRR = 5301;
+const CLK_TCK = 100; // USER_HZ of /proc/stat on Linux
+
+/** A lab is up when a lab.json under the lab root names a live process, or a lab's namespaces exist. */
+async function labsUp(): Promise<string[]> {
+  const found: string[] = [];
+  const root = process.env.CLUSTERMESH_LAB_ROOT ?? '/var/lib/clustermesh/labs';
+  if (existsSync(root)) {
+    for (const name of readdirSync(root)) {
+      const file = join(root, name, 'lab.json');
+      if (!existsSync(file)) continue;
+      let pids: number[] = [];
+      try {
+        pids = collectPids(JSON.parse(readFileSync(file, 'utf8')));
+      } catch {
+        continue;
+      }
+      const alive = pids.filter((p) => existsSync(`/proc/${p}`));
+      if (alive.length) found.push(`lab '${name}' (${file}: pid ${alive.slice(0, 3).join(', ')} alive)`);
+    }
+  }
+  const ns = (await listNamespaces()).filter((n) => /^cm-[0-9a-f]{6}-/.test(n));
+  if (ns.length) found.push(`namespaces ${ns.slice(0, 3).join(', ')}${ns.length > 3 ? '…' : ''}`);
+  return found;
+}
+
+function collectPids(v: unknown): number[] {
+  if (Array.isArray(v)) return v.flatMap(collectPids);
+  if (v && typeof v === 'object') {
+    return Object.entries(v).flatMap(([k, x]) => (k === 'pid' && typeof x === 'number' && Number.isInteger(x) && x > 0 ? [x] : collectPids(x)));
+  }
+  return [];
+}
+
+/** Busy CPU ticks of the whole machine (user, nice, system, irq, softirq; steal and idle excluded). */
+function busyTicks(): number {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  return f[0]! + f[1]! + f[2]! + f[5]! + f[6]!;
+}
+
+/** Fields of /proc/<pid>/stat after the command name (field 3 is index 0). */
+function procStat(pid: number | 'self'): number[] {
+  try {
+    const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return text.slice(text.lastIndexOf(')') + 2).trim().split(/\s+/).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * CPU ticks attributable to the measurement: user+system of the given
+ * long-running processes (iperf3 server, the row's daemons), of the children
+ * this process has reaped (the iperf3 client, once it exited), and the
+ * machine's irq+softirq ticks (where forwarding, encapsulation and the BPF
+ * programs run; this kernel samples softirq time on the tick, not per task).
+ */
+function ourTicks(pids: readonly number[]): number {
+  let t = 0;
+  for (const pid of pids) {
+    const f = procStat(pid);
+    if (f.length > 12) t += f[11]! + f[12]!; // utime, stime
+  }
+  const self = procStat('self');
+  t += self[13]! + self[14]!; // cutime, cstime
+  const g = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  return t + g[5]! + g[6]!;
+}
+
+async function rxBytes(netns: string, dev: string): Promise<number> {
+  const { stdout } = await run(['ip', '-n', netns, '-s', '-j', 'link', 'show', 'dev', dev]);
+  return (JSON.parse(stdout) as Array<{ stats64: { rx: { bytes: number } } }>)[0]!.stats64.rx.bytes;
+}
+
+async function waitForPort(netns: string, ip: string, port: number): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    try {
+      await runIn(netns, ['timeout', '2', 'bash', '-c', `exec 3<>/dev/tcp/${ip}/${port}`], { timeoutMs: 3000 });
+      return;
+    } catch {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  throw new Error(`bench peers: nothing answers on ${ip}:${port} from ${netns}`);
+}
+
+async function measure(bed: PeerBed, config: RowName, crr: string, rep: number): Promise<Sample[]> {
+  const { client: a, server: b } = bed;
+  const params = config === 'kernel-vxlan-iptables' ? { services } : undefined;
+  const out: Sample[] = [];
+  const add = (metric: string, unit: string, value: number): void => {
+    if (!Number.isFinite(value)) throw new Error(`bench peers: ${config} ${metric} is not a number (${value})`);
+    out.push({ config, metric, unit, rep, value, ...(params ? { params } : {}) });
+  };
+  // Client TIME_WAITs are recycled so tens of thousands of connections per second do not run out of ports.
+  await runIn(a.netns, ['sysctl', '-qw', 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=1024 65000']);
+  const servers = [
+    spawnIn(b.netns, ['iperf3', '-s', '-B', b.ip, '-p', String(PORT_IPERF)]),
+    // Round-trip and connection-rate client and server share CPU 0 (as bench/datapath
+    // does): a cross-CPU wake-up on this VM costs more than the datapath.
+    spawnIn(b.netns, ['taskset', '-c', '0', 'sockperf', 'sr', '--tcp', '-i', b.ip, '-p', String(PORT_RR)]),
+    spawnIn(b.netns, ['taskset', '-c', '0', crr, '-s', b.ip, String(PORT_CRR)]),
+  ];
+  try {
+    for (const p of [PORT_IPERF, PORT_RR, PORT_CRR]) await waitForPort(a.netns, b.ip, p);
+    const pids = [...bed.pids, ...servers.flatMap((s) => (s.pid === undefined ? [] : [s.pid]))];
+    let ticks = 0;
+    let machineTicks = 0;
+    let bytes = 0;
+    for (const [metric, streams] of [['tcp_throughput', 1], ['tcp_throughput_8streams', 8]] as const) {
+      const rx0 = await rxBytes(b.netns, 'eth0');
+      const t0 = ourTicks(pids);
+      const m0 = busyTicks();
+      const ip = await runIn(a.netns, ['iperf3', '-c', b.ip, '-p', String(PORT_IPERF), '-P', String(streams), '-t', String(seconds), '-O', '1', '-J'], { timeoutMs: (seconds + 30) * 1000 });
+      machineTicks += busyTicks() - m0;
+      ticks += ourTicks(pids) - t0;
+      bytes += (await rxBytes(b.netns, 'eth0')) - rx0;
+      const j = JSON.parse(ip.stdout) as { end: { sum_received: { bits_per_second: number } } };
+      add(metric, 'Gbit/s', j.end.sum_received.bits_per_second / 1e9);
+    }
+    // CPU per GB received by the server pod over both iperf3 runs: all busy time of the machine
+    // (exact on a quiet machine), and a cross-check that counts only the measurement's processes
+    // plus irq/softirq (without IRQ time accounting a task's runtime includes the softirq work
+    // done in its context, so this one counts some softirq twice; it is the one to read when
+    // other work shares the machine).
+    add('cpu_s_per_gb', 's/GB', machineTicks / CLK_TCK / (bytes / 1e9));
+    add('cpu_s_per_gb_attributed', 's/GB', ticks / CLK_TCK / (bytes / 1e9));
+
+    const sp = await runIn(a.netns, ['taskset', '-c', '0', 'sockperf', 'pp', '--tcp', '-i', b.ip, '-p', String(PORT_RR), '-t', String(seconds), '--full-rtt'], { timeoutMs: (seconds + 30) * 1000 });
+    const text = sp.stdout + sp.stderr;
+    const valid = /\[Valid Duration\] RunTime=([\d.]+) sec; SentMessages=\d+; ReceivedMessages=(\d+)/.exec(text);
+    const p50 = /percentile 50\.000 =\s*([\d.]+)/.exec(text);
+    const p99 = /percentile 99\.000 =\s*([\d.]+)/.exec(text);
+    if (!valid || !p50 || !p99) throw new Error(`bench peers: cannot parse sockperf output of ${config}:\n${text}`);
+    add('tcp_rr_rate', 'req/s', Number(valid[2]) / Number(valid[1]));
+    add('tcp_rr_p50', 'us', Number(p50[1]));
+    add('tcp_rr_p99', 'us', Number(p99[1]));
+
+    const cr = await runIn(a.netns, ['taskset', '-c', '0', crr, '-c', b.ip, String(PORT_CRR), String(seconds)], { timeoutMs: (seconds + 30) * 1000 });
+    const c = JSON.parse(cr.stdout) as { transactions: number; seconds: number; p50_us: number; p99_us: number; errors: number };
+    add('tcp_crr_rate', 'conn/s', c.transactions / c.seconds);
+    add('tcp_crr_p50', 'us', c.p50_us);
+    add('tcp_crr_p99', 'us', c.p99_us);
+  } finally {
+    for (const s of servers) await stopChild(s);
+  }
+  return out;
+}
+
+const up = await labsUp();
+if (up.length) {
+  console.error(`bench peers: a lab is up (${up.join('; ')}); run 'clustermesh lab down' first, the benchmark needs the machine to itself`);
+  process.exit(1);
+}
+
+const work = mkdtempSync(join(tmpdir(), 'cmbp-'));
+const crr = join(work, 'crr');
+const samples: Sample[] = [];
+let current: PeerBed | undefined;
+const failures: string[] = [];
+// Ctrl-C or a kill: the row being measured is taken down before exiting (processes, namespaces, temp files).
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    console.error(`bench peers: ${sig}, cleaning up`);
+    void (current?.stop() ?? Promise.resolve())
+      .catch((e: unknown) => console.error(e))
+      .finally(() => {
+        rmSync(work, { recursive: true, force: true });
+        process.exit(130);
+      });
+  });
+}
+try {
+  await run(['clang', '-O2', '-Wall', '-o', crr, join(dirname(fileURLToPath(import.meta.url)), 'crr.c')]);
+  console.log(`peers: ${reps} repetition(s) of ${seconds} s tests, rows ${CONFIGS.join(', ')}; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  for (let rep = 1; rep <= reps; rep++) {
+    // Rotate the order so no row always runs first (or last) on a warm or busy machine.
+    const order = CONFIGS.map((_, i) => CONFIGS[(i + rep - 1) % CONFIGS.length]!);
+    for (const config of order) {
+      const extra = config in EXTRA ? EXTRA[config as keyof typeof EXTRA] : undefined;
+      let bed: PeerBed | undefined;
+      try {
+        bed = await createPeerBed(extra?.config ?? (config as PeerConfig), { prefix: 'cmbp', allowPorts: [PORT_IPERF, PORT_RR, PORT_CRR], services, policy: extra?.policy ?? true });
+        current = bed;
+        const got = await measure(bed, config, crr, rep);
+        samples.push(...got);
+        console.log(`rep ${rep} ${config}: ${got.map((s) => `${s.metric}=${s.value.toFixed(2)}`).join(' ')} (load ${loadavg()[0]!.toFixed(2)})`);
+      } catch (err) {
+        // One failed measurement costs that row one sample, not the whole run; it is reported at the end.
+        failures.push(`rep ${rep} ${config}: ${err instanceof Error ? err.message : String(err)}`);
+        console.error(`rep ${rep} ${config}: FAILED: ${failures.at(-1)}`);
+      } finally {
+        current = undefined;
+        await bed?.stop();
+      }
+    }
+  }
+} finally {
+  rmSync(work, { recursive: true, force: true });
+}
+
+if (samples.length === 0) {
+  console.error(`bench peers: no measurement succeeded; results left as they were:\n${failures.join('\n')}`);
+  process.exit(1);
+}
+const rows = summarize(samples);
+console.log('');
+printTable(rows, 'limit');
+// The comparison's file holds the five rows; extra rows of the same run go to NAME-extra
+// with the limit and clustermesh beside them.
+const isExtra = (c: string): boolean => c in EXTRA;
+const main = rows.filter((r) => !isExtra(r.config));
+const file = writeResults(values.name, main, samples.filter((s) => !isExtra(s.config)), 1500);
+const charts = writeCharts(values.name, main, 'limit');
+if (rows.some((r) => isExtra(r.config))) {
+  const keep = (c: string): boolean => isExtra(c) || c === 'limit' || c === 'clustermesh';
+  const extraFile = writeResults(`${values.name}-extra`, rows.filter((r) => keep(r.config)), samples.filter((s) => keep(s.config)), 1500);
+  console.log(`wrote ${extraFile} and its CSV`);
+}
+console.log('');
+console.log(markdownTable(rows, 'limit'));
+console.log(`\nwrote ${file}, its CSV and ${charts.length} charts (${charts.map((f) => f.split('/').pop()).join(', ')})`);
+if (failures.length) {
+  console.error(`\nbench peers: ${failures.length} measurement(s) failed; their rows have fewer samples:\n${failures.join('\n')}`);
+  process.exitCode = 1;
+}

@@ -1,0 +1,375 @@
+// The alternatives that bench/peers measures clustermesh against, each built
+// in the same test bed: two clusters of two nodes with one pod per node
+// (createTopology), traffic from the pod of cluster1/node2 to the pod of
+// cluster2/node2. Node 1 of each cluster is the gateway where a row has one.
+// Every row is made from a topology createTopology builds ('routing',
+// 'kernel-vxlan' or 'clustermesh') and then reconfigured inside its
+// namespaces; stop() removes everything, processes first.
+//
+//   limit                  'routing' as is: plain routing through nodes and the router
+//   clustermesh            our datapath (lab plans) plus policy enforced on every pod
+//                          in both directions, with allow rules for the given ports
+//   kernel-vxlan-iptables  'kernel-vxlan' plus, on every node, the iptables a
+//                          kube-proxy (iptables mode) writes, with `services`
+//                          ClusterIP services, and an iptables network policy
+//                          that allows the given ports (conntrack accepts replies)
+//   gateway                Submariner-like: non-gateway nodes send traffic for the
+//                          other cluster over VXLAN (vx0, UDP 8472) to their gateway,
+//                          chosen by a fwmark set in mangle/PREROUTING and a policy
+//                          route (table 100); gateways talk over a VXLAN "cable"
+//                          (VNI 1000, UDP 4500); nat/POSTROUTING RETURNs remote CIDRs
+//   openvpn                'routing' inside each cluster; non-gateway nodes route the
+//                          other cluster's pods to their gateway; the gateways are
+//                          joined by OpenVPN (UDP, TLS with self-signed certificates
+//                          pinned by fingerprint, AES-256-GCM, defaults otherwise)
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { ChildProcess } from 'node:child_process';
+import { BpfMap } from '../datapath/libbpf/index.js';
+import { policy } from '../datapath/maps/index.js';
+import { ipBatch, run, runIn, spawnIn, stopChild } from './exec.js';
+import { labPodIdentity, startClustermeshDatapath, type LabDatapath } from './datapath.js';
+import { createTopology, destroyTopology, type NodeInfo, type PodInfo, type Topology, type WiringMode } from './topology.js';
+
+export const PEER_CONFIGS = ['limit', 'clustermesh', 'kernel-vxlan-iptables', 'gateway', 'openvpn'] as const;
+export type PeerConfig = (typeof PEER_CONFIGS)[number];
+
+export interface PeerBedOptions {
+  /** Namespace prefix (createTopology's rules: 1-8 lowercase alphanumerics). */
+  prefix: string;
+  /** TCP ports of the server pod that the policy rows allow (clustermesh, kernel-vxlan-iptables). */
+  allowPorts: readonly number[];
+  /** ClusterIP services in the kube-proxy rules of kernel-vxlan-iptables. */
+  services?: number;
+  /** clustermesh only: enforce policy with the allow rules (default true); false measures the datapath without policy. */
+  policy?: boolean;
+}
+
+export interface PeerBed {
+  config: PeerConfig;
+  topo: Topology;
+  /** The pod that sends (cluster1, node2) and the pod that serves (cluster2, node2). */
+  client: PodInfo;
+  server: PodInfo;
+  /** The gateway nodes (node1 of each cluster) of the gateway and openvpn rows. */
+  gateways: NodeInfo[];
+  /** Device on the gateways that carries cross-cluster traffic, for checks: 'cmbcable' / 'cmbvpn'. */
+  gatewayDevice?: string;
+  /** Pids of the processes the row itself runs (the openvpn daemons), for CPU accounting. */
+  pids: number[];
+  /** Removes everything the row made: processes, pins, temp files, namespaces. Safe to call twice. */
+  stop(): Promise<void>;
+}
+
+const TOPOLOGY_MODE: Record<PeerConfig, WiringMode> = {
+  limit: 'routing',
+  clustermesh: 'clustermesh',
+  'kernel-vxlan-iptables': 'kernel-vxlan',
+  gateway: 'kernel-vxlan',
+  openvpn: 'routing',
+};
+
+/** Submariner's mark for traffic to remote clusters and its routing table. */
+export const GATEWAY_MARK = '0xc0000';
+export const GATEWAY_TABLE = 100;
+export const CABLE_DEV = 'cmbcable';
+export const VPN_DEV = 'cmbvpn';
+const VPN_PORT = 1194;
+
+/** All pod addresses of cluster c (10.(100+c).0.0/16: every node's pod CIDR). */
+export const clusterPodRange = (c: number): string => `10.${100 + c}.0.0/16`;
+const cableIP = (c: number): string => `10.249.${c}.1`;
+const cableMac = (c: number): string => `02:cb:00:00:${c.toString(16).padStart(2, '0')}:01`;
+const vpnIP = (c: number): string => `10.248.0.${c}`;
+
+export async function createPeerBed(config: PeerConfig, opts: PeerBedOptions): Promise<PeerBed> {
+  if (!PEER_CONFIGS.includes(config)) throw new RangeError(`peers: unknown config '${String(config)}'; use one of ${PEER_CONFIGS.join(', ')}`);
+  const topo = await createTopology({ clusters: 2, nodesPerCluster: 2, podsPerNode: 1, mode: TOPOLOGY_MODE[config], prefix: opts.prefix });
+  const cleanups: Array<() => Promise<void>> = [];
+  let stopped = false;
+  const stop = async (): Promise<void> => {
+    if (stopped) return;
+    stopped = true;
+    const errors: unknown[] = [];
+    for (const c of cleanups.reverse()) await c().catch((e: unknown) => errors.push(e));
+    await destroyTopology(topo).catch((e: unknown) => errors.push(e));
+    if (errors.length) throw new AggregateError(errors, `peers: cleaning up the '${config}' row failed`);
+  };
+  try {
+    const node = (c: number, n: number): NodeInfo => topo.nodes.find((x) => x.cluster === c && x.index === n)!;
+    const podOn = (nd: NodeInfo): PodInfo => topo.pods.find((p) => p.node === nd)!;
+    const bed: PeerBed = { config, topo, client: podOn(node(1, 2)), server: podOn(node(2, 2)), gateways: [node(1, 1), node(2, 1)], pids: [], stop };
+    switch (config) {
+      case 'limit':
+        break;
+      case 'clustermesh': {
+        const dp = await startClustermeshDatapath(topo);
+        cleanups.push(() => dp.stop());
+        if (opts.policy ?? true) allowByPolicyMaps(topo, dp, opts.allowPorts);
+        break;
+      }
+      case 'kernel-vxlan-iptables':
+        for (const nd of topo.nodes) await runIn(nd.netns, ['iptables-restore'], { input: kubeProxyRules(topo, nd, opts.services ?? 100, opts.allowPorts) });
+        break;
+      case 'gateway':
+        await wireGateways(topo, bed.gateways);
+        bed.gatewayDevice = CABLE_DEV;
+        break;
+      case 'openvpn': {
+        const work = mkdtempSync(join(tmpdir(), `${opts.prefix}-ovpn-`));
+        cleanups.push(async () => rmSync(work, { recursive: true, force: true }));
+        const procs = await startOpenvpn(topo, bed.gateways, work);
+        cleanups.push(async () => {
+          for (const p of procs) await stopChild(p);
+        });
+        bed.gatewayDevice = VPN_DEV;
+        bed.pids = procs.flatMap((p) => (p.pid === undefined ? [] : [p.pid]));
+        break;
+      }
+    }
+    return bed;
+  } catch (err) {
+    await stop().catch(() => undefined);
+    throw err;
+  }
+}
+
+/**
+ * Policy on: every pod enforces ingress and egress; each pod may send TCP to
+ * the given ports of every other pod and receive TCP on them from every
+ * other pod, by identity. Replies pass through the policy conntrack.
+ */
+function allowByPolicyMaps(topo: Topology, dp: LabDatapath, ports: readonly number[]): void {
+  topo.nodes.forEach((nd, i) => {
+    const pinDir = dp.pinDirs[i]!;
+    const rules = BpfMap.openPinned(join(pinDir, policy.MAP_NAME));
+    const enforce = BpfMap.openPinned(join(pinDir, policy.ENFORCE_MAP_NAME));
+    try {
+      for (const pod of topo.pods.filter((p) => p.node === nd)) {
+        const entries: Array<[policy.Key, policy.Value]> = [];
+        for (const other of topo.pods.filter((p) => p !== pod)) {
+          const identity = labPodIdentity(topo, other);
+          for (const port of ports) {
+            for (const direction of ['egress', 'ingress'] as const) {
+              entries.push([{ endpointId: pod.index, direction, protocol: 6, identity, port, portPrefixLen: 16 }, { allow: true, deny: false }]);
+            }
+          }
+        }
+        policy.updateMany(rules, entries);
+        policy.enforce.update(enforce, { endpointId: pod.index }, { active: true, ingress: true, egress: true });
+      }
+    } finally {
+      rules.close();
+      enforce.close();
+    }
+  });
+}
+
+/**
+ * What kube-proxy in iptables mode writes on a node (the chains, the jumps
+ * from the base chains, masquerade marking, one ClusterIP service with one
+ * endpoint per service), plus a network policy in filter/FORWARD for this
+ * node's pods: new TCP connections to or from them only to the allowed
+ * ports, everything else to or from them dropped; established traffic is
+ * accepted by KUBE-FORWARD's conntrack rule.
+ */
+export function kubeProxyRules(topo: Topology, nd: NodeInfo, services: number, ports: readonly number[]): string {
+  const local = topo.pods.filter((p) => p.node === nd);
+  const remote = topo.pods.filter((p) => p.node !== nd);
+  const dports = ports.join(',');
+  const filter = [
+    '*filter',
+    ':INPUT ACCEPT [0:0]',
+    ':FORWARD ACCEPT [0:0]',
+    ':OUTPUT ACCEPT [0:0]',
+    ':KUBE-FORWARD - [0:0]',
+    ':KUBE-SERVICES - [0:0]',
+    ':KUBE-EXTERNAL-SERVICES - [0:0]',
+    ':KUBE-NODEPORTS - [0:0]',
+    ':KUBE-FIREWALL - [0:0]',
+    ':CMB-POLICY - [0:0]',
+    '-A INPUT -m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS',
+    '-A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES',
+    '-A INPUT -j KUBE-FIREWALL',
+    '-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD',
+    '-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+    '-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES',
+    '-A FORWARD -j CMB-POLICY',
+    '-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+    '-A OUTPUT -j KUBE-FIREWALL',
+    '-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "block incoming localnet connections" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP',
+    '-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP',
+    '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT',
+    '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
+  ];
+  for (const pod of local) {
+    for (const other of remote) {
+      filter.push(`-A CMB-POLICY -s ${other.ip}/32 -d ${pod.ip}/32 -p tcp -m multiport --dports ${dports} -m comment --comment "ingress of ${pod.name}" -j ACCEPT`);
+      filter.push(`-A CMB-POLICY -s ${pod.ip}/32 -d ${other.ip}/32 -p tcp -m multiport --dports ${dports} -m comment --comment "egress of ${pod.name}" -j ACCEPT`);
+    }
+    filter.push(`-A CMB-POLICY -d ${pod.ip}/32 -j DROP`, `-A CMB-POLICY -s ${pod.ip}/32 -j DROP`);
+  }
+  filter.push('COMMIT');
+
+  const nat = [
+    '*nat',
+    ':PREROUTING ACCEPT [0:0]',
+    ':INPUT ACCEPT [0:0]',
+    ':OUTPUT ACCEPT [0:0]',
+    ':POSTROUTING ACCEPT [0:0]',
+    ':KUBE-SERVICES - [0:0]',
+    ':KUBE-NODEPORTS - [0:0]',
+    ':KUBE-POSTROUTING - [0:0]',
+    ':KUBE-MARK-MASQ - [0:0]',
+  ];
+  const chains: string[] = [];
+  const rules: string[] = [
+    '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+    '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+    '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING',
+    '-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000',
+    '-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN',
+    '-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0',
+    '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully',
+  ];
+  const podRange = '10.100.0.0/14';
+  for (let i = 0; i < services; i++) {
+    const vip = `10.96.${((i + 1) >> 8) & 0xff}.${(i + 1) & 0xff}`;
+    const tag = i.toString(16).toUpperCase().padStart(16, '0');
+    const backend = remote[i % remote.length] ?? local[0]!;
+    chains.push(`:KUBE-SVC-${tag} - [0:0]`, `:KUBE-SEP-${tag} - [0:0]`);
+    rules.push(
+      `-A KUBE-SERVICES -d ${vip}/32 -p tcp -m comment --comment "default/svc-${i} cluster IP" -m tcp --dport 80 -j KUBE-SVC-${tag}`,
+      `-A KUBE-SVC-${tag} ! -s ${podRange} -d ${vip}/32 -p tcp -m comment --comment "default/svc-${i} cluster IP" -m tcp --dport 80 -j KUBE-MARK-MASQ`,
+      `-A KUBE-SVC-${tag} -m comment --comment "default/svc-${i} -> ${backend.ip}:8080" -j KUBE-SEP-${tag}`,
+      `-A KUBE-SEP-${tag} -s ${backend.ip}/32 -m comment --comment "default/svc-${i}" -j KUBE-MARK-MASQ`,
+      `-A KUBE-SEP-${tag} -p tcp -m comment --comment "default/svc-${i}" -m tcp -j DNAT --to-destination ${backend.ip}:8080`,
+    );
+  }
+  rules.push('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS');
+  return [...filter, ...nat, ...chains, ...rules, 'COMMIT', ''].join('\n');
+}
+
+async function ipv4Of(netns: string, dev: string): Promise<string> {
+  const { stdout } = await run(['ip', '-n', netns, '-j', '-4', 'addr', 'show', 'dev', dev]);
+  const ip = (JSON.parse(stdout) as Array<{ addr_info: Array<{ local: string }> }>)[0]?.addr_info[0]?.local;
+  if (!ip) throw new Error(`peers: ${dev} in ${netns} has no IPv4 address`);
+  return ip;
+}
+
+/** Submariner-like gateways on a 'kernel-vxlan' topology (see the header). */
+async function wireGateways(topo: Topology, gateways: NodeInfo[]): Promise<void> {
+  const other = (c: number): number => (c === 1 ? 2 : 1);
+  const gwOf = (c: number): NodeInfo => gateways.find((g) => g.cluster === c)!;
+  for (const nd of topo.nodes) {
+    const o = other(nd.cluster);
+    const lines: string[] = [];
+    // The kernel overlay's direct routes to the other cluster's nodes go: only the gateways join clusters.
+    for (const far of topo.nodes.filter((x) => x.cluster === o)) lines.push(`route del ${far.podCIDR}`);
+    if (nd === gwOf(nd.cluster)) {
+      const far = gwOf(o);
+      lines.push(
+        `link add ${CABLE_DEV} type vxlan id 1000 dstport 4500 local ${nd.underlayIP} dev ${nd.underlayDev} nolearning`,
+        `link set ${CABLE_DEV} address ${cableMac(nd.cluster)} mtu ${topo.spec.underlayMtu - 50}`,
+        `addr add ${cableIP(nd.cluster)}/32 dev ${CABLE_DEV}`,
+        `link set ${CABLE_DEV} up`,
+        `neigh replace ${cableIP(o)} lladdr ${cableMac(o)} dev ${CABLE_DEV} nud permanent`,
+        `route add ${clusterPodRange(o)} via ${cableIP(o)} dev ${CABLE_DEV} onlink table ${GATEWAY_TABLE}`,
+      );
+      await ipBatch(nd.netns, lines);
+      await run(['bridge', '-n', nd.netns, 'fdb', 'append', cableMac(o), 'dev', CABLE_DEV, 'dst', far.underlayIP]);
+    } else {
+      const gwVxlanIP = await ipv4Of(gwOf(nd.cluster).netns, 'vx0');
+      lines.push(`route add ${clusterPodRange(o)} via ${gwVxlanIP} dev vx0 onlink table ${GATEWAY_TABLE}`);
+      await ipBatch(nd.netns, lines);
+    }
+    await ipBatch(nd.netns, [`rule add fwmark ${GATEWAY_MARK}/${GATEWAY_MARK} table ${GATEWAY_TABLE} pref 100`]);
+    await runIn(nd.netns, ['iptables-restore'], {
+      input: [
+        '*mangle',
+        ':PREROUTING ACCEPT [0:0]',
+        ':INPUT ACCEPT [0:0]',
+        ':FORWARD ACCEPT [0:0]',
+        ':OUTPUT ACCEPT [0:0]',
+        ':POSTROUTING ACCEPT [0:0]',
+        ':SUBMARINER-PREROUTING - [0:0]',
+        '-A PREROUTING -j SUBMARINER-PREROUTING',
+        `-A SUBMARINER-PREROUTING -d ${clusterPodRange(o)} -m comment --comment "to the remote cluster" -j MARK --set-xmark ${GATEWAY_MARK}/${GATEWAY_MARK}`,
+        'COMMIT',
+        '*nat',
+        ':PREROUTING ACCEPT [0:0]',
+        ':INPUT ACCEPT [0:0]',
+        ':OUTPUT ACCEPT [0:0]',
+        ':POSTROUTING ACCEPT [0:0]',
+        ':SUBMARINER-POSTROUTING - [0:0]',
+        '-A POSTROUTING -j SUBMARINER-POSTROUTING',
+        `-A SUBMARINER-POSTROUTING -d ${clusterPodRange(o)} -m comment --comment "no SNAT to the remote cluster" -j RETURN`,
+        'COMMIT',
+        '',
+      ].join('\n'),
+    });
+  }
+}
+
+async function selfSigned(dir: string, name: string): Promise<{ cert: string; key: string; fingerprint: string }> {
+  const cert = join(dir, `${name}.crt`);
+  const key = join(dir, `${name}.key`);
+  await run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', `/CN=${name}`]);
+  const { stdout } = await run(['openssl', 'x509', '-in', cert, '-noout', '-fingerprint', '-sha256']);
+  const fingerprint = stdout.trim().split('=')[1];
+  if (!fingerprint) throw new Error(`peers: cannot read the fingerprint of ${cert}: ${stdout}`);
+  return { cert, key, fingerprint };
+}
+
+/** OpenVPN between the gateways (cluster2's listens, cluster1's connects); routes through the tunnel. Returns the processes. */
+async function startOpenvpn(topo: Topology, gateways: NodeInfo[], work: string): Promise<ChildProcess[]> {
+  const [gw1, gw2] = gateways as [NodeInfo, NodeInfo];
+  const ids = [await selfSigned(work, 'gw1'), await selfSigned(work, 'gw2')] as const;
+  // Nothing crosses between clusters outside the tunnel: the router forgets the pod ranges.
+  await ipBatch(topo.routerNetns, topo.nodes.map((n) => `route del ${n.podCIDR}`));
+  const procs: ChildProcess[] = [];
+  try {
+    for (const [i, gw] of [gw1, gw2].entries()) {
+      const me = ids[i]!;
+      const peer = ids[1 - i]!;
+      const c = gw.cluster;
+      const o = c === 1 ? 2 : 1;
+      const argv = [
+        'openvpn', '--dev', VPN_DEV, '--dev-type', 'tun', '--proto', 'udp', '--lport', String(VPN_PORT),
+        '--ifconfig', vpnIP(c), vpnIP(o), '--cert', me.cert, '--key', me.key, '--peer-fingerprint', peer.fingerprint,
+        '--dh', 'none', '--data-ciphers', 'AES-256-GCM', '--sndbuf', '1048576', '--rcvbuf', '1048576', '--disable-dco', '--verb', '3', '--log', join(work, `${gw.netns}.log`),
+        ...(gw === gw1 ? ['--tls-client', '--remote', gw2.underlayIP, String(VPN_PORT)] : ['--tls-server']),
+      ];
+      const p = spawnIn(gw.netns, argv);
+      procs.push(p);
+    }
+    for (const gw of [gw1, gw2]) await waitForLog(join(work, `${gw.netns}.log`), 'Initialization Sequence Completed', procs);
+    for (const nd of topo.nodes) {
+      const o = nd.cluster === 1 ? 2 : 1;
+      const gw = nd.cluster === 1 ? gw1 : gw2;
+      await ipBatch(nd.netns, [nd === gw ? `route add ${clusterPodRange(o)} dev ${VPN_DEV}` : `route add ${clusterPodRange(o)} via ${gw.underlayIP}`]);
+    }
+    return procs;
+  } catch (err) {
+    for (const p of procs) await stopChild(p);
+    throw err;
+  }
+}
+
+async function waitForLog(file: string, text: string, procs: ChildProcess[], timeoutMs = 20_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  let seen = '';
+  while (Date.now() < until) {
+    try {
+      seen = readFileSync(file, 'utf8');
+    } catch {
+      seen = '';
+    }
+    if (seen.includes(text)) return;
+    const dead = procs.find((p) => p.exitCode !== null || p.signalCode !== null);
+    if (dead) throw new Error(`peers: openvpn (pid ${dead.pid}) exited with ${dead.exitCode ?? dead.signalCode} before the tunnel was up; log ${file}:\n${seen.slice(-2000)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`peers: no '${text}' in ${file} after ${timeoutMs} ms:\n${seen.slice(-2000)}`);
+}
