@@ -45,6 +45,7 @@ import { runIn, spawnIn, stopChild } from '../../src/lab/exec.ts';
 import { startClustermeshDatapath, type LabDatapath } from '../../src/lab/datapath.ts';
 import { createTopology, destroyTopology, listNamespaces, type PodInfo, type Topology } from '../../src/lab/topology.ts';
 import { percentile, summarize, writeResults, type Row, type Sample } from '../lib/results.ts';
+import { writeScaleCharts } from './chart.ts';
 import {
   CRR_PORT, MEASURED_VIP, RR_PORT, addFillers, kubeServicesRuleCount, loadKubeProxyRules, loadMeasuredService, openProgProbe, openServiceMaps, removeFillers,
   type IptablesBackend, type ProgProbe, type ServiceMaps,
@@ -267,6 +268,7 @@ if (quick) {
 } else {
   const file = writeResults(values.results, rows, samples, 1500);
   console.log(`wrote ${file}`);
+  for (const f of writeScaleCharts(values.results, rows)) console.log(`wrote ${f}`);
 }
 
 /** Per metric and N: each config's median [min-max], its ratio to its own 1-service figure, and ours / iptables. */
