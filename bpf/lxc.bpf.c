@@ -139,12 +139,8 @@ static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
 	__u32 dst_identity;
 	int ret = 0;
 
-	if (!parse_ipv4(ctx, &eth, &ip))
+	if (!trace_parse_ipv4(ctx, tc, &eth, &ip))
 		return -DROP_INVALID_PACKET;
-	tc->src_ip = ip->saddr;
-	tc->dst_ip = ip->daddr;
-	tc->protocol = ip->protocol;
-	parse_l4_ports(ctx, ip, &tc->sport, &tc->dport);
 
 	/* The source identity travels in the VNI: a pod may only send with an
 	 * address the agent gave it, from its own veth. */
@@ -169,13 +165,8 @@ static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
 	}
 	if (ret < 0)
 		return ret;
-	if (ret > 0) {
-		if (!parse_ipv4(ctx, &eth, &ip))
-			return -DROP_INVALID_PACKET;
-		policy_pkt_init(ip, tc, &pkt);
-	} else {
-		pkt = orig;
-	}
+	if (!policy_pkt_after_lb(ctx, ret, tc, &orig, &pkt, &eth, &ip))
+		return -DROP_INVALID_PACKET;
 
 	dst_ep = lookup_endpoint4(ip->daddr);
 	if (dst_ep)
@@ -275,12 +266,8 @@ static __always_inline int handle_ipv4_to_container(struct __sk_buff *ctx, struc
 	__u32 src_identity;
 	int ret;
 
-	if (!parse_ipv4(ctx, &eth, &ip))
+	if (!trace_parse_ipv4(ctx, tc, &eth, &ip))
 		return -DROP_INVALID_PACKET;
-	tc->src_ip = ip->saddr;
-	tc->dst_ip = ip->daddr;
-	tc->protocol = ip->protocol;
-	parse_l4_ports(ctx, ip, &tc->sport, &tc->dport);
 	tc->reason = TRACE_TO_ENDPOINT;
 
 	/* Not (yet) an endpoint: no policy to apply, as before this program. */

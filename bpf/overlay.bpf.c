@@ -40,12 +40,8 @@ static __always_inline int handle_overlay(struct __sk_buff *ctx, struct trace_ct
 		return -DROP_INVALID_PACKET;
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return -DROP_UNSUPPORTED_L3;
-	if (!parse_ipv4(ctx, &eth, &ip))
+	if (!trace_parse_ipv4(ctx, tc, &eth, &ip))
 		return -DROP_INVALID_PACKET;
-	tc->src_ip = ip->saddr;
-	tc->dst_ip = ip->daddr;
-	tc->protocol = ip->protocol;
-	parse_l4_ports(ctx, ip, &tc->sport, &tc->dport);
 	policy_pkt_init(ip, tc, &orig);
 
 	/* A reply of a service connection whose backend is on another node:
@@ -54,13 +50,8 @@ static __always_inline int handle_overlay(struct __sk_buff *ctx, struct trace_ct
 		ret = lb4_rev_nat(ctx, &t, tc);
 	if (ret < 0)
 		return ret;
-	if (ret > 0) {
-		if (!parse_ipv4(ctx, &eth, &ip))
-			return -DROP_INVALID_PACKET;
-		policy_pkt_init(ip, tc, &pkt);
-	} else {
-		pkt = orig;
-	}
+	if (!policy_pkt_after_lb(ctx, ret, tc, &orig, &pkt, &eth, &ip))
+		return -DROP_INVALID_PACKET;
 
 	ep = lookup_endpoint4(ip->daddr);
 	if (!ep)

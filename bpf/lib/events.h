@@ -97,6 +97,22 @@ struct trace_ctx {
 			     * target_ifindex instead of being dropped */
 };
 
+/*
+ * Parses the IPv4 header and notes addresses, protocol and ports in @tc, so
+ * that a drop from here on reports them. False when the packet is not IPv4.
+ */
+static __always_inline bool trace_parse_ipv4(struct __sk_buff *ctx, struct trace_ctx *tc,
+					     struct ethhdr **eth, struct iphdr **ip)
+{
+	if (!parse_ipv4(ctx, eth, ip))
+		return false;
+	tc->src_ip = (*ip)->saddr;
+	tc->dst_ip = (*ip)->daddr;
+	tc->protocol = (*ip)->protocol;
+	parse_l4_ports(ctx, *ip, &tc->sport, &tc->dport);
+	return true;
+}
+
 static __always_inline bool settings_trace_forward(void)
 {
 	__u32 zero = 0;

@@ -185,6 +185,28 @@ static __always_inline void policy_pkt_init(const struct iphdr *ip, const struct
 	p->dport = p->has_ports ? tc->dport : 0;
 }
 
+/*
+ * After service translation (lb.h): @rewritten (its return value > 0) means
+ * the packet changed and the helpers that changed it invalidated the header
+ * pointers, so the header is read again and described anew for policy;
+ * otherwise the packet is still what @orig describes.
+ */
+static __always_inline bool policy_pkt_after_lb(struct __sk_buff *ctx, int rewritten,
+						const struct trace_ctx *tc,
+						const struct policy_pkt *orig,
+						struct policy_pkt *pkt,
+						struct ethhdr **eth, struct iphdr **ip)
+{
+	if (rewritten <= 0) {
+		*pkt = *orig;
+		return true;
+	}
+	if (!parse_ipv4(ctx, eth, ip))
+		return false;
+	policy_pkt_init(*ip, tc, pkt);
+	return true;
+}
+
 /* TCP flags for the conntrack lifetime, loaded only when conntrack is
  * touched (translation never changes them); 0 for other protocols. */
 static __always_inline __u8 policy_tcp_flags(struct __sk_buff *ctx, const struct policy_pkt *p)
