@@ -14,6 +14,7 @@
 //   7. lab down (unless --keep)
 import { spawn } from 'node:child_process';
 import { resolve } from 'node:path';
+import type { PodView } from './lab.ts';
 
 const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
 export const EXAMPLES_DIR = resolve(import.meta.dirname, '..', '..', 'examples', 'rebel-base');
@@ -50,15 +51,6 @@ interface Tally {
   lastError?: string;
 }
 
-interface PodView {
-  cluster: string;
-  namespace: string;
-  name: string;
-  ready: boolean;
-  phase: string;
-  podIP: string | null;
-  deployment: string | null;
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 

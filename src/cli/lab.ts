@@ -97,6 +97,19 @@ function target(state: LabState, c: LabCluster): ClusterTarget {
   return { name: c.name, nodes: state.nodes.filter((n) => n.cluster === c.name).map((n) => n.name), kv: new KvClient(clusterKvConfig(c)) };
 }
 
+/** Runs `fn` against one cluster of a lab that is up and prints what it did. */
+async function changeCluster(o: LabOpts & { cluster?: string | undefined }, fn: (t: ClusterTarget) => Promise<readonly ApplyLine[]>): Promise<void> {
+  const state = readLabState(o.name);
+  requireUp(state);
+  const c = clusterOf(state, o.cluster);
+  const t = target(state, c);
+  try {
+    printLines(await fn(t), c.name);
+  } finally {
+    await t.kv.close();
+  }
+}
+
 function printLines(lines: readonly ApplyLine[], cluster: string): void {
   for (const l of lines) console.log(`${l.ref} ${l.action} in ${cluster}${l.detail ? ` (${l.detail})` : ''}`);
 }
@@ -112,7 +125,8 @@ function age(iso: string | undefined): string {
   return s < 120 ? `${s}s` : s < 7200 ? `${Math.round(s / 60)}m` : `${Math.round(s / 3600)}h`;
 }
 
-interface PodView {
+/** One row of `lab get pods -o json`. */
+export interface PodView {
   cluster: string;
   namespace: string;
   name: string;
@@ -259,15 +273,7 @@ Example:
     .action(
       action(async (o: LabOpts & { filename: string; cluster?: string }) => {
         const objs = parseManifest(readManifestFile(o.filename), o.filename);
-        const state = readLabState(o.name);
-        requireUp(state);
-        const c = clusterOf(state, o.cluster);
-        const t = { ...target(state, c), file: o.filename };
-        try {
-          printLines(await applyObjects(t, objs), c.name);
-        } finally {
-          await t.kv.close();
-        }
+        await changeCluster(o, (t) => applyObjects({ ...t, file: o.filename }, objs));
       }),
     );
 
@@ -282,15 +288,7 @@ Example:
     .action(
       action(async (o: LabOpts & { filename: string; cluster?: string }) => {
         const objs = parseManifest(readManifestFile(o.filename), o.filename);
-        const state = readLabState(o.name);
-        requireUp(state);
-        const c = clusterOf(state, o.cluster);
-        const t = target(state, c);
-        try {
-          printLines(await deleteObjects(t, objs), c.name);
-        } finally {
-          await t.kv.close();
-        }
+        await changeCluster(o, (t) => deleteObjects(t, objs));
       }),
     );
 
@@ -308,15 +306,7 @@ Example:
       action(async (ref: string, o: LabOpts & { replicas: number; namespace: string; cluster?: string }) => {
         const m = /^(deployment|deployments|deploy|deployment\.apps)\/([a-z0-9.-]+)$/.exec(ref);
         if (!m) throw new Error(`'${ref}' is not deployment/NAME (e.g. deployment/echo)`);
-        const state = readLabState(o.name);
-        requireUp(state);
-        const c = clusterOf(state, o.cluster);
-        const t = target(state, c);
-        try {
-          printLines([await scaleDeployment(t, o.namespace, m[2]!, o.replicas)], c.name);
-        } finally {
-          await t.kv.close();
-        }
+        await changeCluster(o, async (t) => [await scaleDeployment(t, o.namespace, m[2]!, o.replicas)]);
       }),
     );
 
