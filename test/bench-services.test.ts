@@ -18,7 +18,7 @@ import { run } from '../src/lab/exec.ts';
 import {
   CRR_PORT, MEASURED_VIP, addFillers, fillerVip, kubeServices, kubeServicesRuleCount, loadKubeProxyRules, loadMeasuredService, openServiceMaps, removeFillers, type ServiceMaps,
 } from '../bench/services/fixture.ts';
-import { sepChain, svcChain } from '../bench/services/kube-proxy.ts';
+import { sepChain, svcChain } from '../src/lab/kube-proxy.ts';
 
 const SERVER = { ip: '10.102.1.11', cluster: 2 };
 const CLIENT = { ip: '10.101.1.11', mac: '0a:00:00:00:00:0b' };

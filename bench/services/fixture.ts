@@ -21,7 +21,7 @@ import * as services from '../../src/datapath/maps/services.ts';
 import { runIn } from '../../src/lab/exec.ts';
 import { type FrontendPlan, type FrontendSpec, planFrontend, serviceTables } from '../../src/loadbalancer/index.ts';
 import { median } from '../lib/results.ts';
-import { type KubeService, kubeProxyRules } from './kube-proxy.ts';
+import { type KubeService, kubeProxyRules } from '../../src/lab/kube-proxy.ts';
 
 export const MEASURED_VIP = '10.96.0.10';
 /** The measured service's ports: [frontend port, target port]. */

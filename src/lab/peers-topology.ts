@@ -31,6 +31,7 @@ import { policy } from '../datapath/maps/index.js';
 import { ipBatch, run, runIn, spawnIn, stopChild } from './exec.js';
 import { labPodIdentity, startClustermeshDatapath, type LabDatapath } from './datapath.js';
 import { createTopology, destroyTopology, type NodeInfo, type PodInfo, type Topology, type WiringMode } from './topology.js';
+import { kubeProxyRules as kubeProxyTables, type KubeService } from './kube-proxy.ts';
 
 export const PEER_CONFIGS = ['limit', 'clustermesh', 'kernel-vxlan-iptables', 'gateway', 'openvpn'] as const;
 export type PeerConfig = (typeof PEER_CONFIGS)[number];
@@ -167,88 +168,35 @@ function allowByPolicyMaps(topo: Topology, dp: LabDatapath, ports: readonly numb
 }
 
 /**
- * What kube-proxy in iptables mode writes on a node (the chains, the jumps
- * from the base chains, masquerade marking, one ClusterIP service with one
- * endpoint per service), plus a network policy in filter/FORWARD for this
- * node's pods: new TCP connections to or from them only to the allowed
- * ports, everything else to or from them dropped; established traffic is
- * accepted by KUBE-FORWARD's conntrack rule.
+ * What kube-proxy in iptables mode writes on a node (src/lab/kube-proxy.ts:
+ * `services` ClusterIP services, each with one endpoint in the other cluster),
+ * plus a network policy in filter/FORWARD for this node's pods: new TCP
+ * connections to or from them only to the allowed ports, everything else to
+ * or from them dropped; established traffic is accepted by KUBE-FORWARD's
+ * conntrack rule.
  */
 export function kubeProxyRules(topo: Topology, nd: NodeInfo, services: number, ports: readonly number[]): string {
   const local = topo.pods.filter((p) => p.node === nd);
   const remote = topo.pods.filter((p) => p.node !== nd);
   const dports = ports.join(',');
-  const filter = [
-    '*filter',
-    ':INPUT ACCEPT [0:0]',
-    ':FORWARD ACCEPT [0:0]',
-    ':OUTPUT ACCEPT [0:0]',
-    ':KUBE-FORWARD - [0:0]',
-    ':KUBE-SERVICES - [0:0]',
-    ':KUBE-EXTERNAL-SERVICES - [0:0]',
-    ':KUBE-NODEPORTS - [0:0]',
-    ':KUBE-FIREWALL - [0:0]',
-    ':CMB-POLICY - [0:0]',
-    '-A INPUT -m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS',
-    '-A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES',
-    '-A INPUT -j KUBE-FIREWALL',
-    '-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD',
-    '-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
-    '-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES',
-    '-A FORWARD -j CMB-POLICY',
-    '-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
-    '-A OUTPUT -j KUBE-FIREWALL',
-    '-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "block incoming localnet connections" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP',
-    '-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP',
-    '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT',
-    '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
-  ];
+  const policy: string[] = [];
   for (const pod of local) {
     for (const other of remote) {
-      filter.push(`-A CMB-POLICY -s ${other.ip}/32 -d ${pod.ip}/32 -p tcp -m multiport --dports ${dports} -m comment --comment "ingress of ${pod.name}" -j ACCEPT`);
-      filter.push(`-A CMB-POLICY -s ${pod.ip}/32 -d ${other.ip}/32 -p tcp -m multiport --dports ${dports} -m comment --comment "egress of ${pod.name}" -j ACCEPT`);
+      policy.push(`-A CMB-POLICY -s ${other.ip}/32 -d ${pod.ip}/32 -p tcp -m multiport --dports ${dports} -m comment --comment "ingress of ${pod.name}" -j ACCEPT`);
+      policy.push(`-A CMB-POLICY -s ${pod.ip}/32 -d ${other.ip}/32 -p tcp -m multiport --dports ${dports} -m comment --comment "egress of ${pod.name}" -j ACCEPT`);
     }
-    filter.push(`-A CMB-POLICY -d ${pod.ip}/32 -j DROP`, `-A CMB-POLICY -s ${pod.ip}/32 -j DROP`);
+    policy.push(`-A CMB-POLICY -d ${pod.ip}/32 -j DROP`, `-A CMB-POLICY -s ${pod.ip}/32 -j DROP`);
   }
-  filter.push('COMMIT');
-
-  const nat = [
-    '*nat',
-    ':PREROUTING ACCEPT [0:0]',
-    ':INPUT ACCEPT [0:0]',
-    ':OUTPUT ACCEPT [0:0]',
-    ':POSTROUTING ACCEPT [0:0]',
-    ':KUBE-SERVICES - [0:0]',
-    ':KUBE-NODEPORTS - [0:0]',
-    ':KUBE-POSTROUTING - [0:0]',
-    ':KUBE-MARK-MASQ - [0:0]',
-  ];
-  const chains: string[] = [];
-  const rules: string[] = [
-    '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
-    '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
-    '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING',
-    '-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000',
-    '-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN',
-    '-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0',
-    '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully',
-  ];
-  const podRange = '10.100.0.0/14';
-  for (let i = 0; i < services; i++) {
-    const vip = `10.96.${((i + 1) >> 8) & 0xff}.${(i + 1) & 0xff}`;
-    const tag = i.toString(16).toUpperCase().padStart(16, '0');
-    const backend = remote[i % remote.length] ?? local[0]!;
-    chains.push(`:KUBE-SVC-${tag} - [0:0]`, `:KUBE-SEP-${tag} - [0:0]`);
-    rules.push(
-      `-A KUBE-SERVICES -d ${vip}/32 -p tcp -m comment --comment "default/svc-${i} cluster IP" -m tcp --dport 80 -j KUBE-SVC-${tag}`,
-      `-A KUBE-SVC-${tag} ! -s ${podRange} -d ${vip}/32 -p tcp -m comment --comment "default/svc-${i} cluster IP" -m tcp --dport 80 -j KUBE-MARK-MASQ`,
-      `-A KUBE-SVC-${tag} -m comment --comment "default/svc-${i} -> ${backend.ip}:8080" -j KUBE-SEP-${tag}`,
-      `-A KUBE-SEP-${tag} -s ${backend.ip}/32 -m comment --comment "default/svc-${i}" -j KUBE-MARK-MASQ`,
-      `-A KUBE-SEP-${tag} -p tcp -m comment --comment "default/svc-${i}" -m tcp -j DNAT --to-destination ${backend.ip}:8080`,
-    );
-  }
-  rules.push('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS');
-  return [...filter, ...nat, ...chains, ...rules, 'COMMIT', ''].join('\n');
+  const svcs: KubeService[] = Array.from({ length: services }, (_, i) => ({
+    namespace: 'default',
+    name: `svc-${i}`,
+    portName: 'http',
+    vip: `10.96.${((i + 1) >> 8) & 0xff}.${(i + 1) & 0xff}`,
+    port: 80,
+    protocol: 'TCP',
+    endpoints: [{ ip: (remote[i % remote.length] ?? local[0]!).ip, port: 8080 }],
+  }));
+  return kubeProxyTables(svcs, '10.100.0.0/14', { forwardChain: { name: 'CMB-POLICY', rules: policy } });
 }
 
 async function ipv4Of(netns: string, dev: string): Promise<string> {

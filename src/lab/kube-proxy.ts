@@ -1,4 +1,4 @@
-// The baseline of bench/services: the iptables rules kube-proxy's iptables
+// The kube-proxy baseline of bench/services and bench/peers: the iptables rules kube-proxy's iptables
 // mode writes for ClusterIP services, as one iptables-restore input. Per
 // service port, in the nat table:
 //
@@ -61,8 +61,10 @@ export const sepChain = (s: KubeService, ep: { ip: string; port: number }): stri
  * The iptables-restore input for these services, in this order in
  * KUBE-SERVICES. Without --noflush it replaces the nat and filter tables
  * whole, so loading N services after M is one call either way.
+ * `forwardChain`: a filter chain of the caller's (e.g. a network policy),
+ * jumped to from FORWARD after kube-proxy's own rules.
  */
-export function kubeProxyRules(services: readonly KubeService[], clusterCIDR: string): string {
+export function kubeProxyRules(services: readonly KubeService[], clusterCIDR: string, opts: { forwardChain?: { name: string; rules: readonly string[] } } = {}): string {
   const nat: string[] = ['*nat'];
   const chains = [':PREROUTING ACCEPT [0:0]', ':INPUT ACCEPT [0:0]', ':OUTPUT ACCEPT [0:0]', ':POSTROUTING ACCEPT [0:0]', ':KUBE-SERVICES - [0:0]', ':KUBE-NODEPORTS - [0:0]', ':KUBE-POSTROUTING - [0:0]', ':KUBE-MARK-MASQ - [0:0]'];
   const rules: string[] = [
@@ -109,6 +111,7 @@ export function kubeProxyRules(services: readonly KubeService[], clusterCIDR: st
     ':KUBE-EXTERNAL-SERVICES - [0:0]',
     ':KUBE-NODEPORTS - [0:0]',
     ':KUBE-PROXY-FIREWALL - [0:0]',
+    ...(opts.forwardChain ? [`:${opts.forwardChain.name} - [0:0]`] : []),
     '-A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL',
     '-A INPUT -m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS',
     '-A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES',
@@ -116,11 +119,13 @@ export function kubeProxyRules(services: readonly KubeService[], clusterCIDR: st
     '-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD',
     '-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
     '-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES',
+    ...(opts.forwardChain ? [`-A FORWARD -j ${opts.forwardChain.name}`] : []),
     '-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL',
     '-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
     '-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP',
     '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT',
     '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
+    ...(opts.forwardChain?.rules ?? []),
     'COMMIT',
   ];
   return nat.concat(chains, rules, perService, ['COMMIT'], filter).join('\n') + '\n';
