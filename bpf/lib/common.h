@@ -15,14 +15,30 @@
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <linux/if_ether.h>
-#include <linux/if_arp.h>
 #include <linux/ip.h>
 #include <linux/in.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
-#include <linux/icmp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+
+/*
+ * ARP header (RFC 826) and the constants we use. The kernel's UAPI
+ * <linux/if_arp.h> pulls in <linux/if.h>, which includes glibc's
+ * <sys/socket.h>; the datapath is built without any libc headers
+ * (bpf/Makefile), so the few definitions it needs live here.
+ */
+#define ARPHRD_ETHER  1
+#define ARPOP_REQUEST 1
+#define ARPOP_REPLY   2
+
+struct arphdr {
+	__be16 ar_hrd;
+	__be16 ar_pro;
+	__u8 ar_hln;
+	__u8 ar_pln;
+	__be16 ar_op;
+};
 
 #ifndef __maybe_unused
 #define __maybe_unused __attribute__((unused))
