@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(
   clang llvm libbpf-dev bpftool linux-libc-dev make   # compile and inspect the BPF datapath
-  iproute2 iputils-ping tcpdump ethtool curl util-linux # namespaces, links, tc, ping, captures, HTTP checks, setpriv/taskset
+  iproute2 iputils-ping tcpdump ethtool curl util-linux procps # namespaces, links, tc, ping, captures, HTTP checks, setpriv/taskset, sysctl
   etcd-server etcd-client openssl                      # the mesh kvstore with mutual TLS
   iperf3 sockperf iptables                             # benchmarks (iptables: bench/services' kube-proxy baseline)
   openvpn                                              # bench/peers: the VPN row
