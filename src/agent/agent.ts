@@ -233,6 +233,12 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       datapath: endpointDatapath(dp),
       identities: allocator,
       namespaceLabels: (ns) => source.namespaces.get({ name: ns })?.metadata.labels,
+      podLabels: (namespace, name) => source.pods.get({ namespace, name })?.metadata.labels,
+      // Before an endpoint's (new) identity reaches the maps: the policy has its entries written.
+      policySettled: async () => {
+        policy.syncEndpoints();
+        if (policy.synced) await policy.whenIdle(5000);
+      },
       endpointsMap: policy.tapEndpointsMap(endpointsRec),
       ipcache: table,
       ipcacheMap: ipcacheRec,
@@ -278,8 +284,12 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         if (ev.kind === 'upsert') table.setOwner(owner, clusterNodeContributions(ev.object, self));
         else table.removeOwner(owner);
       }),
+      // Labels follow the cluster while pods run: a relabelled namespace or pod gets its new identity.
       source.namespaces.watch((ev) => {
         if (ev.kind !== 'synced') endpoints.refreshNamespace(ev.object.metadata.name);
+      }),
+      source.pods.watch((ev) => {
+        if (ev.kind === 'upsert') endpoints.refreshPod(ev.object.metadata.namespace, ev.object.metadata.name);
       }),
       // What this node publishes, deleted or changed in the store behind its back
       // (the store came back empty, someone deleted it): written again at once.
