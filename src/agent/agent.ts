@@ -45,6 +45,7 @@ import {
   remoteEndpointContributions,
   remoteNodeContributions,
   selfContributions,
+  type Contribution,
   type IpcacheEntry,
 } from './ipcache-desired.ts';
 import { Reconciler } from './reconciler.ts';
@@ -233,6 +234,12 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       datapath: endpointDatapath(dp),
       identities: allocator,
       namespaceLabels: (ns) => source.namespaces.get({ name: ns })?.metadata.labels,
+      podLabels: (namespace, name) => source.pods.get({ namespace, name })?.metadata.labels,
+      // Before an endpoint's (new) identity reaches the maps: the policy has its entries written.
+      policySettled: async () => {
+        policy.syncEndpoints();
+        if (policy.synced) await policy.whenIdle(5000);
+      },
       endpointsMap: policy.tapEndpointsMap(endpointsRec),
       ipcache: table,
       ipcacheMap: ipcacheRec,
@@ -264,13 +271,43 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     if (adopted.services + adopted.backends > 0) log.info(adopted, 'service and backend ids adopted from the pinned maps');
     cleanups.push(() => services.stop());
 
+    // An address changing identity (a pod relabelled on another node or in another cluster): the
+    // policy takes the new identity first (its verdicts written), then the ipcache classifies the
+    // address with it — the fail-closed order. A later event for the same owner supersedes a waiting one.
+    let ipcacheSeq = 0;
+    const waitingOwners = new Map<string, number>();
+    const setOwnerPolicyFirst = (owner: string, contributions: Contribution[]): void => {
+      const changes = contributions.some((c) => {
+        const cur = table.get(c.prefix);
+        return cur !== undefined && cur.identity !== c.entry.identity;
+      });
+      if (!changes || !policy.synced) {
+        waitingOwners.delete(owner);
+        table.setOwner(owner, contributions);
+        return;
+      }
+      const seq = ++ipcacheSeq;
+      waitingOwners.set(owner, seq);
+      void (async () => {
+        await Promise.resolve(); // the policy's own watcher of the same event runs first
+        await policy.whenIdle(5000);
+        if (waitingOwners.get(owner) !== seq) return;
+        waitingOwners.delete(owner);
+        table.setOwner(owner, contributions);
+      })();
+    };
+    const removeOwner = (owner: string): void => {
+      waitingOwners.delete(owner);
+      table.removeOwner(owner);
+    };
+
     // ---- sources → desired state (event-driven; each change is one incremental update)
     const subs: Unsubscribe[] = [
       source.endpoints.watch((ev) => {
         if (ev.kind === 'synced') return;
         const owner = ownerKeys.clusterEndpoint(ev.object.metadata.namespace, ev.object.metadata.name);
-        if (ev.kind === 'upsert') table.setOwner(owner, clusterEndpointContributions(ev.object, self));
-        else table.removeOwner(owner);
+        if (ev.kind === 'upsert') setOwnerPolicyFirst(owner, clusterEndpointContributions(ev.object, self));
+        else removeOwner(owner);
       }),
       source.nodes.watch((ev) => {
         if (ev.kind === 'synced') return;
@@ -278,8 +315,12 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         if (ev.kind === 'upsert') table.setOwner(owner, clusterNodeContributions(ev.object, self));
         else table.removeOwner(owner);
       }),
+      // Labels follow the cluster while pods run: a relabelled namespace or pod gets its new identity.
       source.namespaces.watch((ev) => {
         if (ev.kind !== 'synced') endpoints.refreshNamespace(ev.object.metadata.name);
+      }),
+      source.pods.watch((ev) => {
+        if (ev.kind === 'upsert') endpoints.refreshPod(ev.object.metadata.namespace, ev.object.metadata.name);
       }),
       // What this node publishes, deleted or changed in the store behind its back
       // (the store came back empty, someone deleted it): written again at once.
@@ -301,8 +342,8 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         const owner = ownerKeys.remoteEndpoint(ev.key);
         if (ev.kind === 'upsert') {
           grace.claim(owner);
-          table.setOwner(owner, remoteEndpointContributions(ev.value));
-        } else grace.withdraw(owner, ev.previous.cluster, () => table.removeOwner(owner));
+          setOwnerPolicyFirst(owner, remoteEndpointContributions(ev.value));
+        } else grace.withdraw(owner, ev.previous.cluster, () => removeOwner(owner));
       }),
       mesh.nodes.subscribe((ev) => {
         const owner = ownerKeys.remoteNode(ev.key);

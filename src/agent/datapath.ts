@@ -66,6 +66,9 @@ export function endpointDatapath(dp: NodeDatapath): EndpointDatapath {
         // gone with its device
       }
     },
+    pinnedEndpoints() {
+      return dp.endpoints().map(([ip, v]): [string, number] => [ip, v.endpointId]);
+    },
     async deviceExists(hostIfName) {
       try {
         ifindexOf(hostIfName);

@@ -3,7 +3,7 @@
 // identity references, the store object, and recovery after a restart.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type * as endpointsMap from '../datapath/maps/endpoints.ts';
@@ -23,6 +23,8 @@ function mapTarget<V>(): ReconcileTarget<V> & { data: Map<string, V> } {
 
 class FakeDatapath implements EndpointDatapath {
   devices = new Set<string>();
+  pinned: Array<[string, number]> = [];
+  pinnedEndpoints = () => this.pinned;
   attached = new Map<string, number>();
   attach = async (dev: string) => {
     if (!this.devices.has(dev)) throw new ApiError('device-not-found', `device ${dev} does not exist`);
@@ -52,7 +54,12 @@ class FakeIdentities implements EndpointIdentities {
   }
 }
 
-async function world(stateDir: string, dp = new FakeDatapath(), ids = new FakeIdentities(), nsLabels: Record<string, Record<string, string>> = {}) {
+interface WorldExtra {
+  podLabels?: Map<string, Record<string, string>>;
+  policySettled?: () => Promise<unknown>;
+}
+
+async function world(stateDir: string, dp = new FakeDatapath(), ids = new FakeIdentities(), nsLabels: Record<string, Record<string, string>> = {}, extra: WorldExtra = {}) {
   const eps = mapTarget<endpointsMap.Value>();
   const ipc = mapTarget<IpcacheEntry>();
   const store = mapTarget<ClusterObject>();
@@ -68,6 +75,8 @@ async function world(stateDir: string, dp = new FakeDatapath(), ids = new FakeId
     datapath: dp,
     identities: ids,
     namespaceLabels: (ns) => nsLabels[ns],
+    ...(extra.podLabels ? { podLabels: (ns: string, name: string) => extra.podLabels!.get(`${ns}/${name}`) } : {}),
+    ...(extra.policySettled ? { policySettled: extra.policySettled } : {}),
     endpointsMap: endpointsMapRec,
     ipcache: table,
     ipcacheMap: ipcacheRec,
@@ -172,7 +181,7 @@ describe('EndpointManager', () => {
     ids.down = true; // etcd unreachable at restart: traffic must flow with the persisted identity
     const second = await world(dir, dp, ids);
     try {
-      assert.deepEqual(second.recovered, { adopted: ['c1'], dropped: ['c2'] });
+      assert.deepEqual(second.recovered, { adopted: ['c1'], dropped: ['c2'], refused: [] });
       await second.settle();
       assert.equal(dp.attached.get('lxc1'), 1, 'program re-attached');
       assert.equal(second.eps.data.get('10.101.1.11')?.identity, 65_800, 'programmed from the persisted identity');
@@ -186,6 +195,109 @@ describe('EndpointManager', () => {
       assert.equal(ids.refs.get(65_800), 1);
     } finally {
       await second.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('adds running at the same time get distinct endpoint IDs; a freed ID is not handed out again at once', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cm-agent-ep-'));
+    const w = await world(dir);
+    try {
+      for (let n = 1; n <= 30; n++) w.dp.devices.add(`lxc${n}`);
+      const reqN = (n: number) => req(n, { ip: `10.101.1.${10 + n}`, hostIfName: `lxc${n}`, podMac: '02:00:00:00:01:01', podName: `web-${n}` });
+      const first = await Promise.all(Array.from({ length: 20 }, (_, i) => w.m.add(`c${i + 1}`, reqN(i + 1))));
+      const ids = first.map((e) => e.endpointID);
+      assert.equal(new Set(ids).size, 20, `unique: ${ids.join(',')}`);
+      await w.settle();
+      assert.equal(new Set([...w.eps.data.values()].map((v) => v.endpointId)).size, 20, 'unique in the endpoints map');
+      // Two adds of the same IP at once: one wins, the other is refused.
+      const race = await Promise.allSettled([w.m.add('x1', reqN(21)), w.m.add('x2', reqN(21))]);
+      assert.deepEqual(race.map((r) => r.status).sort(), ['fulfilled', 'rejected']);
+      await w.m.delete('c3');
+      const next = await w.m.add('c22', reqN(22));
+      assert.notEqual(next.endpointID, first[2]!.endpointID, 'the ID just freed is not reused at once');
+      assert.deepEqual(w.m.status().problems, []);
+    } finally {
+      await w.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a restart takes every ID in use (records, pinned map) first; a duplicate record is refused loudly, never overwritten', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cm-agent-ep-'));
+    const dp = new FakeDatapath();
+    for (const d of ['lxc1', 'lxc2', 'lxc3', 'lxc4']) dp.devices.add(d);
+    const first = await world(dir, dp);
+    const a = await first.m.add('c1', req(1));
+    const b = await first.m.add('c2', req(2));
+    await first.stop();
+    // What the old allocation race left behind: a younger record with c1's endpoint ID.
+    const dup = JSON.parse(await readFile(join(dir, 'endpoints', 'c2.json'), 'utf8')) as Record<string, unknown>;
+    await writeFile(join(dir, 'endpoints', 'c3.json'), JSON.stringify({ ...dup, containerID: 'c3', podName: 'web-3', ip: '10.101.1.13', hostIfName: 'lxc3', endpointID: a.endpointID, createdAt: new Date(Date.now() + 1000).toISOString() }));
+    dp.pinned = [['10.101.1.99', 7]]; // a stale entry of the pinned map: its ID stays taken
+    const second = await world(dir, dp);
+    try {
+      assert.deepEqual(second.recovered.refused, ['c3']);
+      assert.deepEqual(second.recovered.adopted.sort(), ['c1', 'c2']);
+      const problems = second.m.status().problems;
+      assert.equal(problems.length, 1);
+      assert.match(problems[0]!, /endpoint c3 .* refused at restore: its endpoint ID 1 belongs to endpoint c1/);
+      assert.ok((await readdir(join(dir, 'endpoints'))).includes('c3.json.duplicate'), 'record moved aside');
+      await second.settle();
+      assert.equal(second.eps.data.get('10.101.1.11')?.endpointId, a.endpointID, 'c1 keeps its ID');
+      assert.equal(second.eps.data.has('10.101.1.13'), false, 'the refused endpoint is not programmed');
+      const c4 = await second.m.add('c4', req(4));
+      assert.ok(![a.endpointID, b.endpointID, 7].includes(c4.endpointID), `a new add gets an ID nobody holds: ${c4.endpointID}`);
+    } finally {
+      await second.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a Pod object relabelled: new identity, policy settled before the maps switch, old reference dropped after', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cm-agent-ep-'));
+    const podLabels = new Map<string, Record<string, string>>();
+    const seen: Array<{ identity: number | null; mapIdentity: number | undefined; heldOld: number | undefined }> = [];
+    const ids = new FakeIdentities();
+    const w: Awaited<ReturnType<typeof world>> = await world(dir, undefined, ids, {}, {
+      podLabels,
+      policySettled: async () => {
+        const e = w.m.get('c1');
+        seen.push({ identity: e?.identity ?? null, mapIdentity: w.eps.data.get('10.101.1.11')?.identity, heldOld: ids.refs.get(65_800) });
+      },
+    });
+    try {
+      w.dp.devices.add('lxc1');
+      podLabels.set('default/web-1', { app: 'web' });
+      const a = await w.m.add('c1', req(1, { labels: { app: 'from-cni' } }));
+      assert.deepEqual(a.labels, { app: 'web' }, 'the Pod object\'s labels win over those of the add');
+      assert.equal(a.identity, 65_800);
+      await w.settle();
+      seen.length = 0;
+
+      podLabels.set('default/web-1', { app: 'web', locked: 'yes' });
+      w.m.refreshPod('default', 'web-1');
+      const end = Date.now() + 5000;
+      while (w.eps.data.get('10.101.1.11')?.identity !== 65_801 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+      await w.settle();
+      assert.equal(w.m.get('c1')?.identity, 65_801);
+      assert.deepEqual(w.m.get('c1')?.labels, { app: 'web', locked: 'yes' });
+      assert.deepEqual(seen, [{ identity: 65_801, mapIdentity: 65_800, heldOld: 1 }], 'policy told the new identity while the maps still held the old one and its reference was held');
+      assert.equal(w.ipc.data.get('10.101.1.11/32')?.identity, 65_801);
+      assert.equal((w.store.data.get('Endpoint/default/web-1') as Endpoint).status.identity.id, 65_801, 'published');
+      assert.deepEqual((w.store.data.get('Endpoint/default/web-1') as Endpoint).metadata.labels, { app: 'web', locked: 'yes' });
+      while (ids.refs.get(65_800) !== 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+      assert.equal(ids.refs.get(65_800), 0, 'old reference dropped');
+      const rec = JSON.parse(await readFile(join(dir, 'endpoints', 'c1.json'), 'utf8')) as { labels: unknown; identity: number };
+      assert.deepEqual([rec.labels, rec.identity], [{ app: 'web', locked: 'yes' }, 65_801], 'persisted');
+
+      // Unchanged labels: nothing happens.
+      seen.length = 0;
+      w.m.refreshPod('default', 'web-1');
+      await new Promise((r) => setTimeout(r, 50));
+      assert.deepEqual(seen, []);
+    } finally {
+      await w.stop();
       await rm(dir, { recursive: true, force: true });
     }
   });

@@ -2,17 +2,34 @@
 // records in `<stateDir>/endpoints/<containerID>.json` so a restart (even
 // after SIGKILL, even in the middle of an add) finds them again.
 //
-// add    = record written first (write-ahead), identity allocated for the
-//          pod's label set, from_container attached to the host-side veth,
-//          then desired state: the endpoints map entry, the ipcache /32, the
-//          Endpoint object in the cluster's store. Resolves once the maps hold
-//          it (and, for a short while, once the store does).
+// add    = endpoint ID and IP taken synchronously (before anything awaits:
+//          two adds at once never get the same ID), record written
+//          (write-ahead), identity allocated for the pod's label set,
+//          from_container attached to the host-side veth, the policy told
+//          and settled, then desired state: the endpoints map entry, the
+//          ipcache /32, the Endpoint object in the cluster's store. Resolves
+//          once the maps hold it (and, for a short while, once the store does).
 // delete = the reverse; unknown IDs are fine (idempotent).
 // recover (at start) = every record whose device still exists is adopted
 //          again with its persisted identity (so traffic never stops), its
 //          identity reference re-taken in the background; a record whose
 //          device is gone is dropped (its store object is pruned by the
-//          publisher once the store has synced).
+//          publisher once the store has synced). Every endpoint ID in use —
+//          in a record or in the pinned endpoints map — is taken before any
+//          new one is handed out. Two records with the same endpoint ID (or
+//          IP) are an error: the later one is refused (not programmed, its
+//          file moved aside, logged, listed in status), never overwritten.
+//
+// Labels follow the cluster: the Pod object's labels (when the source has the
+// Pod) and the namespace's labels make the endpoint's identity while it runs
+// (refreshPod, refreshNamespace). A change of identity goes in the fail-closed
+// order: the new identity allocated; the policy told the endpoint's new labels
+// and identity and settled (every local policy has its verdicts for the new
+// identity, the endpoint's own entries follow its new labels); only then the
+// endpoints map and ipcache switch to the new identity and the Endpoint object
+// is published (other nodes and, through the apiserver, other clusters); the
+// old identity's reference is dropped last (the allocator deletes the
+// identity after its grace period, so peers still resolve it meanwhile).
 //
 // Nothing here writes a map or the store directly: it edits the desired
 // state of the reconcilers.
@@ -44,6 +61,8 @@ export interface EndpointDatapath {
   /** Detaches; a missing device is fine. */
   detach(hostIfName: string): void;
   deviceExists(hostIfName: string): Promise<boolean>;
+  /** The pinned endpoints map at start (IP, endpoint ID): IDs in use before any record says so. */
+  pinnedEndpoints?(): Array<[ip: string, endpointID: number]>;
 }
 
 /** The identity allocator as endpoints use it. */
@@ -68,6 +87,14 @@ export interface EndpointManagerOptions {
   identities: EndpointIdentities;
   /** Labels of a namespace, when the cluster source knows it. */
   namespaceLabels: (namespace: string) => Labels | undefined;
+  /** Labels of a Pod object, when the cluster source has it: they win over the labels of the add. */
+  podLabels?: (namespace: string, name: string) => Labels | undefined;
+  /**
+   * Tells the policy the endpoints changed (it reads list()) and resolves once
+   * the resulting policy is in the maps (or a bound passed): called before an
+   * endpoint's new identity reaches the endpoints map and ipcache.
+   */
+  policySettled?: () => Promise<unknown>;
   endpointsMap: Reconciler<endpointsMap.Value>;
   ipcache: IpcacheTable;
   ipcacheMap: Reconciler<IpcacheEntry>;
@@ -117,7 +144,14 @@ export class EndpointManager {
   private readonly live = new Map<string, Live>();
   private readonly held = new Map<string, Held>();
   private readonly locks = new Map<string, Promise<unknown>>();
-  private readonly adopting = new Set<string>();
+  /** Endpoint ID → its owner: a container ID, or `pinned:<ip>` for an entry of the pinned map without a record. */
+  private readonly idOwners = new Map<number, string>();
+  /** Where the search for a free endpoint ID starts: a freed ID is reused only after the others went round. */
+  private nextID = 1;
+  /** Loud problems (duplicates refused), for status: key → message. */
+  private readonly problems = new Map<string, string>();
+  /** Containers whose identity is being (re)taken; `again` = their labels changed meanwhile. */
+  private readonly relabelling = new Map<string, { again: boolean }>();
   private readonly stopCtl = new AbortController();
   private stopping = false;
 
@@ -139,12 +173,16 @@ export class EndpointManager {
     const spec = parsed.data;
     return await this.locked(containerID, async () => {
       this.checkOpen();
+      // Synchronous up to persist(): the IP is checked and the endpoint ID taken before anything
+      // awaits, so adds of other containers running at the same time see both.
       for (const r of this.records.values()) {
         if (r.containerID !== containerID && r.ip === spec.ip)
           throw new ApiError('conflict', `endpoint ${containerID}: IP ${spec.ip} belongs to endpoint ${r.containerID} (${r.namespace}/${r.podName}) on this node`);
       }
       const prev = this.records.get(containerID);
-      const unchanged = prev !== undefined && sameSpec(prev, spec);
+      // The Pod object's labels, when the cluster has it, are the pod's labels (what `kubectl label` changes).
+      const labels = { ...(this.o.podLabels?.(spec.namespace, spec.podName) ?? spec.labels) };
+      const unchanged = prev !== undefined && sameSpec(prev, { ...spec, labels });
       const rec: EndpointRecord = {
         version: RECORD_VERSION,
         containerID,
@@ -153,22 +191,28 @@ export class EndpointManager {
         ip: spec.ip,
         hostIfName: spec.hostIfName,
         podMac: spec.podMac,
-        labels: { ...spec.labels },
+        labels,
         serviceAccount: spec.serviceAccount ?? 'default',
-        endpointID: prev?.endpointID ?? this.nextEndpointID(),
+        endpointID: prev?.endpointID ?? this.takeEndpointID(containerID),
         uid: prev?.uid ?? randomUUID(),
         identity: prev?.identity ?? null,
         createdAt: prev?.createdAt ?? new Date(this.clock.now()).toISOString(),
       };
+      this.records.set(containerID, rec);
       if (prev && (prev.ip !== rec.ip || prev.hostIfName !== rec.hostIfName)) this.unprogram(prev, { detach: prev.hostIfName !== rec.hostIfName });
       const t0 = this.clock.now();
       const ms: Record<string, number> = {};
       const lap = (what: string): void => {
         ms[what] = this.clock.now() - t0;
       };
-      await this.persist(rec);
+      try {
+        await this.persist(rec);
+      } catch (err) {
+        if (prev) this.records.set(containerID, prev);
+        else await this.forget(containerID);
+        throw err;
+      }
       lap('persisted');
-      this.records.set(containerID, rec);
 
       let live: Live;
       try {
@@ -179,8 +223,9 @@ export class EndpointManager {
         throw err;
       }
       this.live.set(containerID, live);
+      let change: IdentityChange;
       try {
-        await this.ensureIdentity(rec);
+        change = await this.ensureIdentity(rec);
         lap('identity');
       } catch (err) {
         if (!prev) {
@@ -189,9 +234,13 @@ export class EndpointManager {
         }
         throw new ApiError('unavailable', `endpoint ${containerID}: no identity for its labels: ${(err as Error).message}`);
       }
+      // The policy first (this endpoint's entries, every verdict for its identity), then the maps.
+      await this.settlePolicy();
+      lap('policy');
       this.program(rec);
       await this.waitProgrammed(rec);
       lap('programmed');
+      if (change.release !== undefined) this.releaseIdentity(change.release);
       const key = publishKeys.endpoint(rec.namespace, rec.podName);
       await this.o.publisher.whenApplied(key, this.o.publishWaitMs ?? 2000).catch(() => undefined);
       lap('published');
@@ -221,6 +270,7 @@ export class EndpointManager {
       }
       this.o.datapath.detach(rec.hostIfName);
       await this.unlinkRecord(containerID);
+      this.freeEndpointID(rec.endpointID, containerID);
       const held = this.held.get(containerID);
       this.held.delete(containerID);
       if (held) this.releaseIdentity(held.id);
@@ -242,8 +292,8 @@ export class EndpointManager {
     return this.records.size;
   }
 
-  /** Counts for status. */
-  status(): { endpoints: number; ready: number; restoring: number; waitingForIdentity: number; identities: number } {
+  /** Counts for status, and the problems found (duplicates refused). */
+  status(): { endpoints: number; ready: number; restoring: number; waitingForIdentity: number; identities: number; problems: string[] } {
     const infos = this.list();
     return {
       endpoints: infos.length,
@@ -251,6 +301,7 @@ export class EndpointManager {
       restoring: infos.filter((i) => i.state === 'restoring').length,
       waitingForIdentity: infos.filter((i) => i.state === 'waiting-for-identity').length,
       identities: new Set(infos.map((i) => i.identity).filter((x) => x !== null)).size,
+      problems: [...this.problems.values()],
     };
   }
 
@@ -259,25 +310,46 @@ export class EndpointManager {
   /**
    * Reads the persisted records: adopts those whose device exists (program
    * re-attached atomically, desired state from the persisted identity) and
-   * drops the others. Identity references are re-taken in the background.
+   * drops the others; refuses a record whose endpoint ID or IP another record
+   * holds. Takes every endpoint ID in use (records, pinned map) before the
+   * first add. Identity references are re-taken in the background.
    */
-  async recover(): Promise<{ adopted: string[]; dropped: string[] }> {
+  async recover(): Promise<{ adopted: string[]; dropped: string[]; refused: string[] }> {
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
     const adopted: string[] = [];
     const dropped: string[] = [];
+    const refused: string[] = [];
+    const found: Array<{ rec: EndpointRecord; path: string }> = [];
     for (const f of (await readdir(this.dir)).sort()) {
       if (!f.endsWith('.json')) {
         if (f.endsWith('.tmp')) await unlink(join(this.dir, f)).catch(() => undefined);
         continue;
       }
       const path = join(this.dir, f);
-      let rec: EndpointRecord;
       try {
-        rec = recordSchema.parse(JSON.parse(await readFile(path, 'utf8')));
+        const rec = recordSchema.parse(JSON.parse(await readFile(path, 'utf8')));
         if (`${rec.containerID}.json` !== f) throw new Error(`holds ${rec.containerID}`);
+        found.push({ rec, path });
       } catch (err) {
         this.o.log.error({ file: path, err: (err as Error).message }, 'unreadable endpoint record; moved aside');
         await rename(path, `${path}.invalid`).catch(() => undefined);
+      }
+    }
+    // The older endpoint keeps a contested ID or IP.
+    found.sort((a, b) => (a.rec.createdAt < b.rec.createdAt ? -1 : a.rec.createdAt > b.rec.createdAt ? 1 : a.rec.containerID < b.rec.containerID ? -1 : 1));
+    const byIP = new Map<string, string>();
+    for (const { rec, path } of found) {
+      const idOwner = this.idOwners.get(rec.endpointID);
+      const ipOwner = byIP.get(rec.ip);
+      if (idOwner !== undefined || ipOwner !== undefined) {
+        const what = idOwner !== undefined ? `endpoint ID ${rec.endpointID} belongs to endpoint ${idOwner}` : `IP ${rec.ip} belongs to endpoint ${ipOwner}`;
+        this.problem(
+          `duplicate/${rec.containerID}`,
+          { containerID: rec.containerID, endpointID: rec.endpointID, ip: rec.ip, record: `${path}.duplicate` },
+          `endpoint ${rec.containerID} (${rec.namespace}/${rec.podName}) refused at restore: its ${what} (restored first); its record was moved to ${path}.duplicate and it is not programmed (its traffic is dropped) until its pod is added again`,
+        );
+        await rename(path, `${path}.duplicate`).catch(() => undefined);
+        refused.push(rec.containerID);
         continue;
       }
       if (!(await this.o.datapath.deviceExists(rec.hostIfName))) {
@@ -286,6 +358,8 @@ export class EndpointManager {
         this.o.log.info({ containerID: rec.containerID, device: rec.hostIfName, ip: rec.ip }, 'endpoint dropped: its device is gone');
         continue;
       }
+      this.idOwners.set(rec.endpointID, rec.containerID);
+      byIP.set(rec.ip, rec.containerID);
       this.records.set(rec.containerID, rec);
       try {
         this.live.set(rec.containerID, await this.o.datapath.attach(rec.hostIfName));
@@ -294,10 +368,38 @@ export class EndpointManager {
       }
       if (rec.identity !== null) this.program(rec);
       adopted.push(rec.containerID);
-      void this.adoptIdentity(rec.containerID);
+      this.retakeIdentity(rec.containerID);
     }
-    if (adopted.length || dropped.length) this.o.log.info({ adopted: adopted.length, dropped: dropped.length }, 'endpoints restored from the state directory');
-    return { adopted, dropped };
+    this.adoptPinnedIDs(byIP);
+    this.nextID = Math.max(0, ...this.idOwners.keys()) + 1;
+    if (this.nextID > 0xffff) this.nextID = 1;
+    if (adopted.length || dropped.length || refused.length)
+      this.o.log.info({ adopted: adopted.length, dropped: dropped.length, refused: refused.length }, 'endpoints restored from the state directory');
+    return { adopted, dropped, refused };
+  }
+
+  /** Endpoint IDs in the pinned map without a record stay taken (their entries are stale until pruned). */
+  private adoptPinnedIDs(byIP: ReadonlyMap<string, string>): void {
+    let pinned: Array<[string, number]>;
+    try {
+      pinned = this.o.datapath.pinnedEndpoints?.() ?? [];
+    } catch (err) {
+      this.o.log.warn({ err: (err as Error).message }, 'cannot read the pinned endpoints map; IDs in it may be handed out again');
+      return;
+    }
+    for (const [ip, id] of pinned) {
+      const cid = byIP.get(ip);
+      const owner = this.idOwners.get(id);
+      if (cid !== undefined) {
+        const rec = this.records.get(cid)!;
+        if (rec.endpointID !== id)
+          this.o.log.warn({ ip, pinnedEndpointID: id, containerID: cid, endpointID: rec.endpointID }, 'the pinned endpoints map held another endpoint ID for this IP; its record wins');
+        continue;
+      }
+      if (owner === undefined) this.idOwners.set(id, `pinned:${ip}`);
+      else if (owner.startsWith('pinned:'))
+        this.problem(`pinned/${id}`, { endpointID: id, ips: [owner.slice(7), ip] }, `the pinned endpoints map holds endpoint ID ${id} for both ${owner.slice(7)} and ${ip}, neither with a record; both entries are pruned`);
+    }
   }
 
   /** Re-derives identities of a namespace's endpoints (its labels changed). */
@@ -305,17 +407,16 @@ export class EndpointManager {
     for (const rec of this.records.values()) {
       if (rec.namespace !== namespace) continue;
       const held = this.held.get(rec.containerID);
-      if (!held || held.labels === labelString(this.labelsOf(rec))) continue;
-      void this.locked(rec.containerID, async () => {
-        const cur = this.records.get(rec.containerID);
-        if (!cur || this.stopping) return;
-        try {
-          await this.ensureIdentity(cur);
-          this.program(cur);
-        } catch (err) {
-          this.o.log.warn({ containerID: cur.containerID, err: (err as Error).message }, 'identity refresh failed; keeping the old identity');
-        }
-      });
+      if (held && held.labels !== labelString(this.labelsOf(rec))) this.retakeIdentity(rec.containerID);
+    }
+  }
+
+  /** Follows a Pod object's labels (they changed, or the Pod appeared): the endpoints of that pod get the identity of its labels. */
+  refreshPod(namespace: string, name: string): void {
+    const labels = this.o.podLabels?.(namespace, name);
+    if (!labels) return;
+    for (const rec of this.records.values()) {
+      if (rec.namespace === namespace && rec.podName === name && !sameLabels(rec.labels, labels)) this.retakeIdentity(rec.containerID);
     }
   }
 
@@ -339,55 +440,99 @@ export class EndpointManager {
     });
   }
 
-  /** Holds the identity of rec's current label set (allocating, releasing the old one); persists a changed number. */
-  private async ensureIdentity(rec: EndpointRecord): Promise<void> {
+  /**
+   * Holds the identity of rec's current label set (allocating it) and
+   * persists a changed number. The reference of the identity held before is
+   * not dropped here: `release` names it, for the caller to drop once the new
+   * one is programmed. `changed`: rec.identity is another number now.
+   */
+  private async ensureIdentity(rec: EndpointRecord): Promise<IdentityChange> {
     const labels = this.labelsOf(rec);
     const str = labelString(labels);
     const held = this.held.get(rec.containerID);
+    const before = rec.identity;
     if (held && held.labels === str) {
       if (rec.identity !== held.id) {
         rec.identity = held.id;
         await this.persist(rec);
       }
-      return;
+      return { changed: before !== rec.identity };
     }
     const a = await this.o.identities.allocate(labels);
     this.held.set(rec.containerID, { id: a.id, labels: str });
-    if (held) this.releaseIdentity(held.id);
     if (rec.identity !== a.id) {
-      if (rec.identity !== null) this.o.log.info({ containerID: rec.containerID, from: rec.identity, to: a.id }, 'endpoint identity changed');
       rec.identity = a.id;
       await this.persist(rec);
     }
+    return { changed: before !== rec.identity, ...(held ? { release: held.id } : {}) };
   }
 
-  /** After a restart: take the identity reference again, retrying with backoff while etcd is unreachable. */
-  private async adoptIdentity(containerID: string): Promise<void> {
-    if (this.adopting.has(containerID)) return;
-    this.adopting.add(containerID);
-    try {
-      let delay = 200;
-      for (;;) {
-        if (this.stopping) return;
-        const done = await this.locked(containerID, async () => {
-          const rec = this.records.get(containerID);
-          if (!rec || this.stopping) return true;
-          try {
-            await this.ensureIdentity(rec);
-            this.program(rec);
-            return true;
-          } catch (err) {
-            this.o.log.warn({ containerID, err: (err as Error).message, retryInMs: delay }, 'cannot take the identity reference of a restored endpoint yet');
-            return false;
-          }
-        });
-        if (done) return;
-        if (!(await sleep(this.clock, delay, this.stopCtl.signal))) return;
-        delay = Math.min(delay * 2, 10_000);
-      }
-    } finally {
-      this.adopting.delete(containerID);
+  /**
+   * Takes the identity of an endpoint's current labels (the Pod object's,
+   * the namespace's) and programs it in the fail-closed order (file comment),
+   * retrying with backoff while etcd is unreachable: after a restart, and
+   * when the labels change. Labels changing meanwhile make it go again.
+   */
+  private retakeIdentity(containerID: string): void {
+    const running = this.relabelling.get(containerID);
+    if (running) {
+      running.again = true;
+      return;
     }
+    const state = { again: false };
+    this.relabelling.set(containerID, state);
+    void (async () => {
+      let delay = 200;
+      try {
+        while (!this.stopping) {
+          state.again = false;
+          const done = await this.locked(containerID, () => this.identityPass(containerID, delay));
+          if (done && !state.again) return;
+          if (done) continue;
+          if (!(await sleep(this.clock, delay, this.stopCtl.signal))) return;
+          delay = Math.min(delay * 2, 10_000);
+        }
+      } finally {
+        this.relabelling.delete(containerID);
+      }
+    })();
+  }
+
+  /** One attempt of retakeIdentity (under the container's lock); false = try again later. */
+  private async identityPass(containerID: string, retryInMs: number): Promise<boolean> {
+    const rec = this.records.get(containerID);
+    if (!rec || this.stopping) return true;
+    const t0 = this.clock.now();
+    const podLabels = this.o.podLabels?.(rec.namespace, rec.podName);
+    const from = { identity: rec.identity, labels: rec.labels };
+    try {
+      if (podLabels && !sameLabels(rec.labels, podLabels)) {
+        rec.labels = { ...podLabels };
+        await this.persist(rec);
+      }
+      const change = await this.ensureIdentity(rec);
+      if (!change.changed) {
+        this.program(rec); // the labels in the Endpoint object, or a restored endpoint's desired state
+        return true;
+      }
+      await this.settlePolicy();
+      this.program(rec);
+      await this.waitProgrammed(rec).catch((err: unknown) => this.o.log.warn({ containerID, err: (err as Error).message }, 'identity changed; the maps are not confirmed yet (the reconcilers keep retrying)'));
+      if (change.release !== undefined) this.releaseIdentity(change.release);
+      this.o.log.info(
+        { containerID, pod: `${rec.namespace}/${rec.podName}`, from: from.identity, to: rec.identity, labels: rec.labels, previousLabels: from.labels, ms: this.clock.now() - t0 },
+        'endpoint identity changed (labels changed)',
+      );
+      return true;
+    } catch (err) {
+      this.o.log.warn({ containerID, err: (err as Error).message, retryInMs }, 'cannot take the identity of the endpoint\'s labels yet; it keeps its current identity');
+      return false;
+    }
+  }
+
+  /** The policy has seen the endpoints as they are now and written its maps (bounded by the policy's own wait). */
+  private async settlePolicy(): Promise<void> {
+    await this.o.policySettled?.().catch((err: unknown) => this.o.log.warn({ err: (err as Error).message }, 'policy not settled; going on'));
   }
 
   private releaseIdentity(id: number): void {
@@ -399,6 +544,13 @@ export class EndpointManager {
   private program(rec: EndpointRecord): void {
     const live = this.live.get(rec.containerID);
     if (rec.identity === null) return;
+    const owner = this.idOwners.get(rec.endpointID);
+    if (owner !== rec.containerID) {
+      // Cannot happen while IDs are only taken by takeEndpointID(); never overwrite another endpoint's ID.
+      const msg = `endpoint ${rec.containerID} not programmed: its endpoint ID ${rec.endpointID} belongs to ${owner ?? 'nobody'}`;
+      this.problem(`duplicate/${rec.containerID}`, { containerID: rec.containerID, endpointID: rec.endpointID, owner }, msg);
+      throw new ApiError('conflict', msg);
+    }
     if (live) {
       this.o.endpointsMap.upsert(rec.ip, {
         ifindex: live.ifindex,
@@ -483,10 +635,26 @@ export class EndpointManager {
     };
   }
 
-  private nextEndpointID(): number {
-    const used = new Set([...this.records.values()].map((r) => r.endpointID));
-    for (let id = 1; id <= 0xffff; id++) if (!used.has(id)) return id;
+  /** Takes a free endpoint ID for containerID, synchronously (the caller must not await before recording it). */
+  private takeEndpointID(containerID: string): number {
+    for (let n = 0; n < 0xffff; n++) {
+      const id = ((this.nextID - 1 + n) % 0xffff) + 1;
+      if (this.idOwners.has(id)) continue;
+      this.idOwners.set(id, containerID);
+      this.nextID = (id % 0xffff) + 1;
+      return id;
+    }
     throw new ApiError('unavailable', 'no free endpoint ID on this node (65535 in use)');
+  }
+
+  private freeEndpointID(id: number, containerID: string): void {
+    if (this.idOwners.get(id) === containerID) this.idOwners.delete(id);
+  }
+
+  /** A loud problem: logged as an error and listed in status until the agent restarts. */
+  private problem(key: string, fields: object, msg: string): void {
+    this.problems.set(key, msg);
+    this.o.log.error(fields, msg);
   }
 
   private async persist(rec: EndpointRecord): Promise<void> {
@@ -505,7 +673,9 @@ export class EndpointManager {
 
   /** Undoes a failed first add: no record, no identity reference. */
   private async forget(containerID: string): Promise<void> {
+    const rec = this.records.get(containerID);
     this.records.delete(containerID);
+    if (rec) this.freeEndpointID(rec.endpointID, containerID);
     this.live.delete(containerID);
     await this.unlinkRecord(containerID);
     const held = this.held.get(containerID);
@@ -531,6 +701,18 @@ export class EndpointManager {
   }
 }
 
+interface IdentityChange {
+  /** The endpoint has another identity number now. */
+  changed: boolean;
+  /** The identity held before: its reference is to be dropped once the new one is programmed. */
+  release?: number;
+}
+
+function sameLabels(a: Labels, b: Labels): boolean {
+  const ka = Object.keys(a);
+  return ka.length === Object.keys(b).length && ka.every((k) => Object.hasOwn(b, k) && a[k] === b[k]);
+}
+
 function sameSpec(rec: EndpointRecord, spec: EndpointSpec): boolean {
   return (
     rec.namespace === spec.namespace &&
@@ -539,7 +721,7 @@ function sameSpec(rec: EndpointRecord, spec: EndpointSpec): boolean {
     rec.hostIfName === spec.hostIfName &&
     rec.podMac === spec.podMac &&
     rec.serviceAccount === (spec.serviceAccount ?? 'default') &&
-    JSON.stringify(Object.entries(rec.labels).sort()) === JSON.stringify(Object.entries(spec.labels).sort())
+    sameLabels(rec.labels, spec.labels)
   );
 }
 

@@ -59,7 +59,8 @@ export interface AgentStatus {
     resyncGrace: { held: number; pending: number; cancelled: number; settling: string[] };
   };
   reconcilers: ReconcilerStatus[];
-  endpoints: { endpoints: number; ready: number; restoring: number; waitingForIdentity: number; identities: number };
+  /** problems: duplicates refused (endpoint ID or IP held by another endpoint), one sentence each. */
+  endpoints: { endpoints: number; ready: number; restoring: number; waitingForIdentity: number; identities: number; problems: string[] };
   /** Services programmed into the datapath (services.ts); GET /v1/services lists them. */
   services: ServicesStatus;
   /** Network policy (policy.ts): objects applied, parse errors, enforced endpoints; GET /v1/policy shows the entries. */

@@ -110,6 +110,14 @@ test('summarize: etcd unreachable, an ID that differs from the record, and confi
   assert.equal(r.clusters[0]!.apiserver.reachable, null, 'unknown when etcd cannot be read and the process is alive');
 });
 
+test('summarize: an endpoint refused as a duplicate on a node makes the cluster not ready, naming it', () => {
+  const st = agent('c1', 'n1', []);
+  st.endpoints.problems = ['endpoint c3 (default/web-3) refused at restore: its endpoint ID 1 belongs to endpoint c1 (restored first)'];
+  const r = summarize([probe('c1', 1, [{ node: nodeTarget('c1', 'n1'), status: st, error: null }])], NOW);
+  assert.equal(r.ready, false);
+  assert.ok(r.notReady.some((s) => s === 'c1: agent on c1/n1: endpoint c3 (default/web-3) refused at restore: its endpoint ID 1 belongs to endpoint c1 (restored first)'), JSON.stringify(r.notReady));
+});
+
 test('summarize: no nodes and no remotes is ready (a cluster not meshed yet), and JSON keys are stable', () => {
   const r = summarize([probe('c1', 1, [])], NOW);
   assert.equal(r.ready, true);

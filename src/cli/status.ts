@@ -179,6 +179,8 @@ export function summarize(probes: ClusterProbe[], now: Date = new Date()): Statu
       else if (!n.ready) notReady.push(`${p.name}: agent on ${n.name} is not ready (phase ${n.phase})`);
       for (const e of n.configErrors) notReady.push(`${p.name}: agent on ${n.name} cannot use ${e}`);
     }
+    // Endpoints refused as duplicates (endpoint ID or IP held by another endpoint of the node).
+    for (const n of p.nodes) for (const e of n.status?.endpoints.problems ?? []) notReady.push(`${p.name}: agent on ${n.node.key}: ${e}`);
     const remoteClusters: RemoteClusterReport[] = [...remoteNames].sort().map((name) => {
       const per = statuses.map(({ node, s }) => ({ node, r: s.remoteClusters.find((x) => x.name === name) }));
       const have = per.flatMap(({ node, r }) => (r ? [{ node, r }] : []));

@@ -108,3 +108,37 @@ test('the template hash changes with the template, not with replicas', () => {
   assert.equal(templateHash(a), templateHash(b));
   assert.notEqual(templateHash(a), templateHash(c));
 });
+
+test('re-applying a running Pod with changed labels updates its labels in the store (kubectl label); uid, node and status stay', async () => {
+  const { applyObjects } = await import('./manifest.ts');
+  const data = new Map<string, { value: string; modRevision: string }>();
+  let rev = 0;
+  const kv = {
+    get: async (key: string) => (data.has(key) ? { key, ...data.get(key)! } : undefined),
+    put: async (key: string, value: string) => {
+      data.set(key, { value, modRevision: String(++rev) });
+      return String(rev);
+    },
+    list: async (prefix: string) => ({ pairs: [...data].filter(([k]) => k.startsWith(prefix)).map(([key, v]) => ({ key, ...v })), revision: String(rev) }),
+  };
+  const target = { name: 'cluster1', nodes: ['node1', 'node2'], kv: kv as never };
+  const pod = (labels: string): string => `kind: Namespace
+metadata: {name: default}
+---
+kind: Pod
+metadata: {name: web, labels: ${labels}}
+spec: {containers: [{name: c, command: [sleep, infinity]}]}
+`;
+  await applyObjects(target, parseManifest(pod('{app: web}'), 'f.yaml'));
+  const key = [...data.keys()].find((k) => k.includes('/pods/'))!;
+  const first = JSON.parse(data.get(key)!.value) as { metadata: { uid: string }; spec: { nodeName: string } };
+  // The kubelet wrote the status meanwhile.
+  data.set(key, { value: JSON.stringify({ ...first, status: { phase: 'Running', podIP: '10.101.1.5', conditions: [{ type: 'Ready', status: 'True' }] } }), modRevision: String(++rev) });
+  const lines = await applyObjects(target, parseManifest(pod('{app: web, locked: "yes"}'), 'f.yaml'));
+  assert.deepEqual(lines.find((l) => l.ref === 'pod/web')?.action, 'configured');
+  const after = JSON.parse(data.get(key)!.value) as { metadata: { uid: string; labels: Record<string, string> }; spec: { nodeName: string }; status: { podIP: string } };
+  assert.deepEqual(after.metadata.labels, { app: 'web', locked: 'yes' });
+  assert.equal(after.metadata.uid, first.metadata.uid, 'same pod (the kubelet keys pods by uid: nothing restarts)');
+  assert.equal(after.spec.nodeName, first.spec.nodeName);
+  assert.equal(after.status.podIP, '10.101.1.5');
+});
