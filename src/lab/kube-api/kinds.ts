@@ -157,9 +157,49 @@ export interface CreateContext {
   allocateClusterIP: () => Promise<string>;
 }
 
-/** Defaults and status reset of a new object (what the apiserver's strategies do). */
+/** Defaults the apiserver fills in on every write (idempotent). */
+export function applyDefaults(r: ResourceType, o: JsonObject): void {
+  const spec = isObject(o.spec) ? o.spec : undefined;
+  if (r.group === '') {
+    if (r.kind === 'Pod' && spec !== undefined) podSpecDefaults(spec);
+    if (r.kind === 'Service' && spec !== undefined) {
+      spec.type ??= 'ClusterIP';
+      spec.sessionAffinity ??= 'None';
+      for (const p of arr(spec.ports)) {
+        if (!isObject(p)) continue;
+        p.protocol ??= 'TCP';
+        p.targetPort ??= p.port ?? null;
+      }
+      if (spec.type !== 'ExternalName' && spec.clusterIP !== undefined) {
+        spec.ipFamilies ??= ['IPv4'];
+        spec.ipFamilyPolicy ??= 'SingleStack';
+        spec.internalTrafficPolicy ??= 'Cluster';
+      }
+    }
+    if (r.kind === 'Secret') o.type ??= 'Opaque';
+  } else if (r.group === 'apps' && spec !== undefined) {
+    const tmpl = isObject(spec.template) ? spec.template : {};
+    if (isObject(tmpl.spec)) podSpecDefaults(tmpl.spec);
+    spec.revisionHistoryLimit ??= 10;
+    if (r.kind === 'Deployment') {
+      spec.replicas ??= 1;
+      spec.progressDeadlineSeconds ??= 600;
+      if (!isObject(spec.strategy) || spec.strategy.type === undefined) spec.strategy = { type: 'RollingUpdate', rollingUpdate: { maxSurge: '25%', maxUnavailable: '25%' } };
+    } else if (!isObject(spec.updateStrategy) || spec.updateStrategy.type === undefined) {
+      spec.updateStrategy = { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1, maxSurge: 0 } };
+    }
+  }
+}
+
+/** Whether objects of the kind carry metadata.generation (as on a real cluster). */
+export function hasGeneration(r: ResourceType): boolean {
+  return r.crd !== undefined || ['apps', 'networking.k8s.io', 'apiextensions.k8s.io'].includes(r.group);
+}
+
+/** Defaults, allocations and status reset of a new object (what the apiserver's strategies do). */
 export async function prepareForCreate(r: ResourceType, o: JsonObject, ctx: CreateContext): Promise<void> {
   if (r.statusSubresource && !(r.group === '' && r.kind === 'Node')) delete o.status;
+  const hadSpec = isObject(o.spec);
   const spec = (isObject(o.spec) ? o.spec : (o.spec = {})) as JsonObject;
   if (r.group === '') {
     switch (r.kind) {
@@ -169,53 +209,27 @@ export async function prepareForCreate(r: ResourceType, o: JsonObject, ctx: Crea
         meta(o).labels = { ...(isObject(meta(o).labels) ? (meta(o).labels as JsonObject) : {}), 'kubernetes.io/metadata.name': String(meta(o).name) };
         break;
       case 'Pod':
-        podSpecDefaults(spec);
         o.status = { phase: 'Pending', qosClass: 'BestEffort' };
         break;
-      case 'Service': {
-        spec.type ??= 'ClusterIP';
-        spec.sessionAffinity ??= 'None';
-        for (const p of arr(spec.ports)) {
-          if (!isObject(p)) continue;
-          p.protocol ??= 'TCP';
-          p.targetPort ??= p.port ?? null;
-        }
-        if (spec.type !== 'ExternalName') {
+      case 'Service':
+        if ((spec.type ?? 'ClusterIP') !== 'ExternalName') {
           if (spec.clusterIP === undefined || spec.clusterIP === '') spec.clusterIP = await ctx.allocateClusterIP();
           else if (spec.clusterIP !== 'None' && !isIPv4(String(spec.clusterIP))) {
             throw invalid('', 'Service', String(meta(o).name), [{ field: 'spec.clusterIP', type: 'Invalid value', message: `${JSON.stringify(spec.clusterIP)}: must be a valid IP address or "None"` }]);
           }
           spec.clusterIPs = [spec.clusterIP];
-          spec.ipFamilies ??= ['IPv4'];
-          spec.ipFamilyPolicy ??= 'SingleStack';
-          spec.internalTrafficPolicy ??= 'Cluster';
         }
         o.status = { loadBalancer: {} };
         break;
-      }
       case 'Secret':
-        o.type ??= 'Opaque';
         if (isObject(o.stringData)) {
           const data = (isObject(o.data) ? o.data : (o.data = {})) as JsonObject;
           for (const [k, v] of Object.entries(o.stringData)) data[k] = Buffer.from(String(v)).toString('base64');
           delete o.stringData;
         }
         break;
-      case 'Node':
-        break;
     }
-    if (['ConfigMap', 'Secret', 'ServiceAccount', 'Event'].includes(r.kind) && Object.keys(spec).length === 0) delete o.spec;
   } else if (r.group === 'apps') {
-    const tmpl = isObject(spec.template) ? spec.template : {};
-    if (isObject(tmpl.spec)) podSpecDefaults(tmpl.spec);
-    spec.revisionHistoryLimit ??= 10;
-    if (r.kind === 'Deployment') {
-      spec.replicas ??= 1;
-      spec.progressDeadlineSeconds ??= 600;
-      spec.strategy ??= { type: 'RollingUpdate', rollingUpdate: { maxSurge: '25%', maxUnavailable: '25%' } };
-    } else {
-      spec.updateStrategy ??= { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1, maxSurge: 0 } };
-    }
     o.status = {};
   } else if (r.group === 'apiextensions.k8s.io') {
     const names = isObject(spec.names) ? clone(spec.names) : {};
@@ -223,9 +237,10 @@ export async function prepareForCreate(r: ResourceType, o: JsonObject, ctx: Crea
     names.listKind ??= `${String(names.kind ?? '')}List`;
     spec.names = names;
     o.status = crdStatus(spec);
-  } else if (!isObject(o.spec) || Object.keys(spec).length === 0) {
-    if (r.group === 'discovery.k8s.io' || r.crd !== undefined) delete o.spec;
   }
+  // Kinds without a spec (ConfigMap, EndpointSlice, …) keep none.
+  if (!hadSpec && Object.keys(spec).length === 0) delete o.spec;
+  applyDefaults(r, o);
 }
 
 function podSpecDefaults(spec: JsonObject): void {

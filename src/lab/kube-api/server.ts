@@ -12,11 +12,12 @@ import { parse as parseYaml } from 'yaml';
 import type { KvClient } from '../../kvstore/index.ts';
 import { ApiError, alreadyExists, badRequest, conflict, methodNotAllowed, notFound, qualifiedResource } from './errors.ts';
 import { clone, isObject, jsonEqual, meta, rfc3339, type Json, type JsonObject } from './json.ts';
-import { prepareForCreate, specChanged, validateObject, validateUpdate } from './kinds.ts';
+import { applyDefaults, hasGeneration, prepareForCreate, specChanged, validateObject, validateUpdate } from './kinds.ts';
 import { groupVersionDocument, openapiIndex } from './openapi.ts';
 import { jsonPatch, mergePatch, strategicMergePatch } from './patch.ts';
 import { BUILTIN_RESOURCES, ResourceRegistry, apiVersionOf, resourcesOfCrd, type ResourceType } from './resources.ts';
 import { fieldMatcher, labelMatcher } from './selectors.ts';
+import { decodeProtobufBody, PROTOBUF_CONTENT_TYPE } from './protobuf.ts';
 import { ObjectStore, type StoredObject } from './store.ts';
 import { toTable, type IncludeObject } from './tables.ts';
 import { checkFields } from './validate.ts';
@@ -211,6 +212,7 @@ export class KubeApiServer {
         ...(r.categories.length > 0 ? { categories: r.categories } : {}),
       });
       if (r.statusSubresource) resources.push({ name: `${r.plural}/status`, singularName: '', namespaced: r.namespaced, kind: r.kind, verbs: ['get', 'patch', 'update'] });
+      if (hasScale(r)) resources.push({ name: `${r.plural}/scale`, singularName: '', namespaced: r.namespaced, group: 'autoscaling', version: 'v1', kind: 'Scale', verbs: ['get', 'patch', 'update'] });
     }
     send(q.res, 200, { kind: 'APIResourceList', apiVersion: 'v1', groupVersion: apiVersionOf({ group, version }), resources });
   }
@@ -244,9 +246,10 @@ export class KubeApiServer {
   private async dispatch(q: Request, t: Target, watchPath: boolean): Promise<void> {
     const { r, namespace, name, subresource } = t;
     const p = q.url.searchParams;
-    if (subresource !== undefined && !(subresource === 'status' && r.statusSubresource) && !(subresource === 'finalize' && r.kind === 'Namespace' && r.group === '')) {
+    if (subresource !== undefined && !(subresource === 'status' && r.statusSubresource) && !(subresource === 'finalize' && r.kind === 'Namespace' && r.group === '') && !(subresource === 'scale' && hasScale(r))) {
       throw new ApiError('NotFound', 'the server could not find the requested resource');
     }
+    if (subresource === 'scale' && name !== undefined) return this.scale(q, r, namespace, name);
     const what = `${qualifiedResource(r.group, r.plural)}${name !== undefined ? ` ${name}` : ''}`;
     if (name === undefined) {
       switch (q.method) {
@@ -309,6 +312,51 @@ export class KubeApiServer {
     return v === 'None' || v === 'Object' ? v : 'Metadata';
   }
 
+  /** The scale subresource (autoscaling/v1 Scale) of a Deployment. */
+  private async scale(q: Request, r: ResourceType, namespace: string | undefined, name: string): Promise<void> {
+    const key = this.store.key(r, namespace, name);
+    const toScale = (o: JsonObject): JsonObject => {
+      const m = meta(o);
+      const spec = isObject(o.spec) ? o.spec : {};
+      const status = isObject(o.status) ? o.status : {};
+      const sel = isObject(spec.selector) && isObject(spec.selector.matchLabels) ? Object.entries(spec.selector.matchLabels).map(([k, v]) => `${k}=${String(v)}`).join(',') : '';
+      return {
+        kind: 'Scale',
+        apiVersion: 'autoscaling/v1',
+        metadata: { name: m.name ?? name, namespace: m.namespace ?? null, uid: m.uid ?? null, resourceVersion: m.resourceVersion ?? null, creationTimestamp: m.creationTimestamp ?? null },
+        spec: { replicas: Number(spec.replicas ?? 0) },
+        status: { replicas: Number(status.replicas ?? 0), selector: sel },
+      };
+    };
+    if (q.method === 'GET') {
+      const cur = await this.store.get(key);
+      if (cur === undefined) throw notFound(r.group, r.plural, name);
+      return send(q.res, 200, toScale(cur.object));
+    }
+    if (q.method !== 'PUT' && q.method !== 'PATCH') throw methodNotAllowed(q.method, `${qualifiedResource(r.group, r.plural)} ${name}/scale`);
+    const type = (q.req.headers['content-type'] ?? 'application/json').split(';')[0]!.trim();
+    const raw = await this.rawBody(q);
+    const body = type === PROTOBUF_CONTENT_TYPE ? undefined : (JSON.parse(raw.toString('utf8') || '{}') as Json);
+    const result = await this.store.locked(key, async () => {
+      const cur = await this.store.get(key);
+      if (cur === undefined) throw notFound(r.group, r.plural, name);
+      const scale = toScale(cur.object);
+      let next: Json;
+      if (q.method === 'PUT') next = body ?? {};
+      else if (type === 'application/json-patch+json') next = jsonPatch(scale, body);
+      else if (type === 'application/strategic-merge-patch+json' || type === 'application/merge-patch+json') next = mergePatch(scale, body ?? {});
+      else throw new ApiError('UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json`);
+      const replicas = isObject(next) && isObject(next.spec) ? next.spec.replicas : undefined;
+      if (!Number.isInteger(replicas) || (replicas as number) < 0) throw invalid422(r, name, 'spec.replicas', `must be a non-negative integer, got ${JSON.stringify(replicas)}`);
+      const rv = isObject(next) && isObject(next.metadata) ? next.metadata.resourceVersion : undefined;
+      const o = clone(cur.object);
+      o.spec = { ...(isObject(o.spec) ? o.spec : {}), replicas: replicas as number };
+      if (typeof rv === 'string' && rv !== '') meta(o).resourceVersion = rv;
+      return await this.write(r, cur, o, q.url.searchParams, undefined);
+    });
+    send(q.res, 200, toScale(result));
+  }
+
   // ---- bodies and validation -------------------------------------------------
 
   private async rawBody(q: Request): Promise<Buffer> {
@@ -324,6 +372,7 @@ export class KubeApiServer {
 
   private decodeBody(q: Request, raw: Buffer): JsonObject {
     const type = (q.req.headers['content-type'] ?? 'application/json').split(';')[0]!.trim();
+    if (type === PROTOBUF_CONTENT_TYPE) return decodeProtobufBody(raw);
     let v: unknown;
     try {
       v = type.includes('yaml') ? parseYaml(raw.toString('utf8')) : JSON.parse(raw.toString('utf8'));
@@ -336,8 +385,8 @@ export class KubeApiServer {
 
   private async body(q: Request): Promise<JsonObject> {
     const ct = (q.req.headers['content-type'] ?? 'application/json').split(';')[0]!.trim();
-    if (ct !== 'application/json' && ct !== 'application/yaml' && ct !== '*/*') {
-      throw new ApiError('UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json, application/yaml`);
+    if (ct !== 'application/json' && ct !== 'application/yaml' && ct !== PROTOBUF_CONTENT_TYPE && ct !== '*/*') {
+      throw new ApiError('UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, ${PROTOBUF_CONTENT_TYPE}`);
     }
     return this.decodeBody(q, await this.rawBody(q));
   }
@@ -570,7 +619,8 @@ export class KubeApiServer {
     await prepareForCreate(r, o, { allocateClusterIP: () => this.allocateClusterIP() });
     m.uid = randomUUID();
     m.creationTimestamp = rfc3339();
-    m.generation = 1;
+    if (hasGeneration(r)) m.generation = 1;
+    else delete m.generation;
     delete m.deletionTimestamp;
     delete m.deletionGracePeriodSeconds;
     delete m.managedFields;
@@ -634,9 +684,10 @@ export class KubeApiServer {
       const added = (Array.isArray(m.finalizers) ? m.finalizers : []).filter((f) => !before.includes(f));
       if (added.length > 0) throw invalid422(r, name, 'metadata.finalizers', `no new finalizers can be added if the object is being deleted, found new finalizers ${JSON.stringify(added)}`);
     }
+    applyDefaults(r, o);
     validateObject(r, o);
     validateUpdate(r, cur.object, o);
-    if (specChanged(r, cur.object, o)) m.generation = Number(old.generation ?? 1) + 1;
+    if (hasGeneration(r) && specChanged(r, cur.object, o)) m.generation = Number(old.generation ?? 1) + 1;
     m.resourceVersion = cur.revision;
     if (jsonEqual(o, cur.object)) return cur.object;
     if (dry) return o;
@@ -869,6 +920,11 @@ export class KubeApiServer {
     }
     throw new ApiError('InternalError', `no free cluster IP in ${cidr}`);
   }
+}
+
+/** Kinds with a scale subresource: Deployments. */
+function hasScale(r: ResourceType): boolean {
+  return r.group === 'apps' && r.kind === 'Deployment';
 }
 
 function invalid422(r: ResourceType, name: string, field: string, message: string): ApiError {
