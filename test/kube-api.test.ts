@@ -404,6 +404,55 @@ describe('lab Kubernetes API server', { timeout: 600_000 }, () => {
     }
   });
 
+  test('kubectl create (protobuf bodies), scale, wait for a condition written through the status subresource', async () => {
+    await kubectlOk('create', 'namespace', 'cmt-typed');
+    await kubectlOk('create', 'deployment', 'web', '-n', 'cmt-typed', '--image=none', '--port=8080', '--replicas=1');
+    await kubectlOk('create', 'service', 'clusterip', 'web', '-n', 'cmt-typed', '--tcp=80:8080');
+    await kubectlOk('create', 'secret', 'generic', 'creds', '-n', 'cmt-typed', '--from-literal=user=luke');
+    await kubectlOk('create', 'serviceaccount', 'robot', '-n', 'cmt-typed');
+    const d = JSON.parse(await kubectlOk('get', 'deploy', 'web', '-n', 'cmt-typed', '-o', 'json'));
+    assert.equal(d.spec.template.spec.containers[0].ports[0].containerPort, 8080);
+    assert.equal(d.spec.strategy.type, 'RollingUpdate');
+    assert.equal(await kubectlOk('get', 'secret', 'creds', '-n', 'cmt-typed', '-o', 'jsonpath={.data.user}'), Buffer.from('luke').toString('base64'));
+    assert.match(await kubectlOk('get', 'svc', 'web', '-n', 'cmt-typed'), /^web\s+ClusterIP\s+10\.96\.\d+\.\d+\s+<none>\s+80\/TCP/m);
+    assert.match(await kubectlOk('scale', 'deployment', 'web', '-n', 'cmt-typed', '--replicas=3'), /deployment.apps\/web scaled/);
+    assert.equal(await kubectlOk('get', 'deploy', 'web', '-n', 'cmt-typed', '-o', 'jsonpath={.spec.replicas}/{.metadata.generation}'), '3/2');
+
+    // What a kubelet will do: write the pod's status; kubectl wait sees it through a watch.
+    const core = kc.makeApiClient(CoreV1Api);
+    await core.createNamespacedPod({ namespace: 'cmt-typed', body: { metadata: { name: 'p', labels: { app: 'web' } }, spec: { containers: [{ name: 'c', image: 'none' }] } } });
+    const waiting = kubectl('wait', '--for=condition=Ready', 'pod', '-l', 'app=web', '-n', 'cmt-typed', '--timeout=60s');
+    await new Promise((r) => setTimeout(r, 500));
+    const pod = await core.readNamespacedPod({ name: 'p', namespace: 'cmt-typed' });
+    await core.replaceNamespacedPodStatus({
+      name: 'p',
+      namespace: 'cmt-typed',
+      body: { ...pod, status: { phase: 'Running', podIP: '10.1.0.7', conditions: [{ type: 'Ready', status: 'True' }], containerStatuses: [{ name: 'c', ready: true, restartCount: 0, image: 'none', imageID: '' }] } },
+    });
+    const w = await waiting;
+    assert.equal(w.code, 0, w.stderr);
+    assert.match(w.stdout, /pod\/p condition met/);
+    assert.match(await kubectlOk('get', 'pod', 'p', '-n', 'cmt-typed', '-o', 'wide'), /^p\s+1\/1\s+Running\s+0\s+\S+\s+10\.1\.0\.7\s/m);
+  });
+
+  test('the server restarted on the same etcd: objects stay, a watch resumes from its resourceVersion', async () => {
+    await kubectlOk('create', 'namespace', 'cmt-restart');
+    await kubectlOk('create', 'configmap', 'before', '-n', 'cmt-restart');
+    const rv = JSON.parse((await raw('GET', '/api/v1/namespaces/cmt-restart/configmaps')).text).metadata.resourceVersion as string;
+    const port = server.port;
+    await server.stop();
+    ({ server } = await startKubeApi({ kv, dir, clusterName: 'cluster1', port, bookmarkIntervalMs: 300 }));
+    assert.match(await kubectlOk('get', 'configmap', '-n', 'cmt-restart'), /^before\s/m);
+    await kubectlOk('create', 'configmap', 'after', '-n', 'cmt-restart');
+    const w = await openWatch(`/api/v1/namespaces/cmt-restart/configmaps?watch=1&resourceVersion=${rv}`);
+    try {
+      await eventually('the event after the restart', () => (w.events.some((e) => e.type === 'ADDED') ? true : undefined));
+      assert.deepEqual(w.events.map((e) => `${e.type} ${e.object.metadata.name}`), ['ADDED after']);
+    } finally {
+      w.close();
+    }
+  });
+
   test('kubectl delete -f removes what apply made; kubectl delete namespace removes its contents', async () => {
     const out = await kubectlOk('delete', '-f', REBEL_BASE);
     assert.match(out, /deployment.apps "rebel-base" deleted/);
