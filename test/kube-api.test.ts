@@ -341,6 +341,19 @@ describe('lab Kubernetes API server', { timeout: 600_000 }, () => {
     await eventually('the released object to go', async () => ((await kubectl('get', 'configmap', 'held', '-n', 'cmt-status')).code === 1 ? true : undefined));
   });
 
+  test('deleting an owner deletes what names it in ownerReferences', async () => {
+    await kubectlOk('create', 'namespace', 'cmt-gc');
+    await kubectlOk('create', 'deployment', 'owner', '-n', 'cmt-gc', '--image=none');
+    const uid = await kubectlOk('get', 'deploy', 'owner', '-n', 'cmt-gc', '-o', 'jsonpath={.metadata.uid}');
+    const core = kc.makeApiClient(CoreV1Api);
+    const ref = { apiVersion: 'apps/v1', kind: 'Deployment', name: 'owner', uid };
+    await core.createNamespacedConfigMap({ namespace: 'cmt-gc', body: { metadata: { name: 'owned', ownerReferences: [ref] } } });
+    await core.createNamespacedConfigMap({ namespace: 'cmt-gc', body: { metadata: { name: 'free' } } });
+    await kubectlOk('delete', 'deployment', 'owner', '-n', 'cmt-gc');
+    await eventually('the dependent to go', async () => ((await kubectl('get', 'configmap', 'owned', '-n', 'cmt-gc')).code === 1 ? true : undefined));
+    assert.match(await kubectlOk('get', 'configmap', '-n', 'cmt-gc', '-o', 'name'), /^configmap\/free$/m);
+  });
+
   test('watch: an informer of @kubernetes/client-node sees add, modify, delete; a raw watch follows a label selector', async () => {
     await kubectlOk('create', 'namespace', 'cmt-watch');
     const core = kc.makeApiClient(CoreV1Api);

@@ -32,6 +32,11 @@
  * - Auth: HTTPS with client certificates of the server's CA; the certificate's
  *   CN is the user. Every authenticated user may do everything (no RBAC).
  *
+ * Simplifications: every watch request lists its prefix once (to know the
+ * last state of objects it may see deleted), there is no shared watch cache;
+ * `continue` pages read the current state, not the first page's revision;
+ * the `resourceVersion` of a list request is ignored (always the latest).
+ *
  * Not (yet): controllers (Deployment, EndpointSlice), a kubelet, RBAC,
  * protobuf, aggregated discovery, OpenAPI v2, field ownership (managedFields),
  * graceful pod deletion, multiple versions of one CRD with conversion.

@@ -5,7 +5,7 @@
 import { isIPv4 } from 'node:net';
 
 import { invalid } from './errors.ts';
-import { clone, isObject, jsonEqual, meta, type JsonObject } from './json.ts';
+import { clone, isObject, jsonEqual, meta, rfc3339, type JsonObject } from './json.ts';
 import type { ResourceType } from './resources.ts';
 
 const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
@@ -260,7 +260,7 @@ function podSpecDefaults(spec: JsonObject): void {
 }
 
 export function crdStatus(spec: JsonObject): JsonObject {
-  const now = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+  const now = rfc3339();
   const cond = (type: string, reason: string, message: string): JsonObject => ({ type, status: 'True', lastTransitionTime: now, reason, message });
   return {
     acceptedNames: clone(spec.names ?? {}),

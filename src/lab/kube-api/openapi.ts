@@ -13,7 +13,7 @@
 import { createHash } from 'node:crypto';
 
 import type { JsonObject } from './json.ts';
-import { apiVersionOf, type ResourceRegistry, type ResourceType } from './resources.ts';
+import type { ResourceRegistry, ResourceType } from './resources.ts';
 
 const param = (name: string, where: 'query' | 'path' = 'query'): JsonObject => ({
   name,
@@ -98,4 +98,3 @@ export function openapiIndex(registry: ResourceRegistry): JsonObject {
   return { paths };
 }
 
-export { apiVersionOf };

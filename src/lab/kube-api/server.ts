@@ -75,6 +75,8 @@ export class KubeApiServer {
   private readonly watches = new Set<() => void>();
   private closing = false;
   private readonly background = new Set<Promise<unknown>>();
+  /** `Warning` headers of a request's response (fieldValidation=Warn). */
+  private readonly pendingWarnings = new WeakMap<IncomingMessage, string[]>();
 
   constructor(opts: KubeApiServerOptions) {
     this.opts = opts;
@@ -391,8 +393,6 @@ export class KubeApiServer {
     return this.decodeBody(q, await this.rawBody(q));
   }
 
-  private readonly pendingWarnings = new WeakMap<IncomingMessage, string[]>();
-
   private warnings(q: Request): Record<string, string> {
     const w = this.pendingWarnings.get(q.req);
     if (w === undefined || w.length === 0) return {};
@@ -557,7 +557,7 @@ export class KubeApiServer {
         end();
       },
     );
-    q.req.on('close', end);
+    // The response closes when the client goes (the request's own 'close' only means it was read).
     res.on('close', end);
     if (Number.isFinite(timeoutS) && timeoutS > 0) timers.push(setTimeout(end, timeoutS * 1000));
     if (bookmarks) {
@@ -800,8 +800,11 @@ export class KubeApiServer {
           await this.loadCrds();
           return;
         }
-        if (this.closing || uid === '') return;
-        await this.collectDependents(uid, r.namespaced ? String(meta(o).namespace) : undefined);
+        if (this.closing || uid === '' || !mayOwn(r)) return;
+        const ns = r.namespaced ? String(meta(o).namespace) : undefined;
+        // A terminating namespace's contents all go anyway.
+        if (ns !== undefined && this.terminating.has(ns)) return;
+        await this.collectDependents(uid, ns);
       })().catch(() => undefined),
     );
   }
@@ -920,6 +923,12 @@ export class KubeApiServer {
     }
     throw new ApiError('InternalError', `no free cluster IP in ${cidr}`);
   }
+}
+
+/** Kinds whose objects own others (Deployments their ReplicaSets, Services their
+ * EndpointSlices, custom kinds anything): only their deletion looks for dependents. */
+function mayOwn(r: ResourceType): boolean {
+  return r.crd !== undefined || r.group === 'apps' || (r.group === '' && r.kind === 'Service');
 }
 
 /** Kinds with a scale subresource: Deployments. */
