@@ -139,8 +139,16 @@ export interface NetpolSpec {
   egress?: Array<{ to?: NetpolPeer[]; ports?: NetpolPort[] }>;
 }
 
+/**
+ * A NetworkPolicy as upstream's builders make it: without explicit
+ * policyTypes, the types are those whose rules the spec has (an `ingress` key:
+ * Ingress, an `egress` key: Egress). Left to Kubernetes' own defaulting, a
+ * policy with egress rules would isolate ingress as well.
+ */
 export function networkPolicy(namespace: string, name: string, spec: NetpolSpec): Record<string, unknown> {
-  return { apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { name, namespace }, spec };
+  const policyTypes = spec.policyTypes ?? [...(spec.ingress ? ['Ingress' as const] : []), ...(spec.egress ? ['Egress' as const] : [])];
+  if (policyTypes.length === 0) throw new Error(`policy ${namespace}/${name}: give ingress, egress or policyTypes`);
+  return { apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { name, namespace }, spec: { ...spec, policyTypes } };
 }
 
 // ---------------------------------------------------------------------------
