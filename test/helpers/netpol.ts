@@ -14,7 +14,7 @@
 // the pod's own process (`clustermesh lab workload netpol`, src/lab/netpol.ts).
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -220,7 +220,7 @@ export class ModelLab {
     this.root = mkdtempSync(join(tmpdir(), 'cmtnp-root-'));
     process.env.CLUSTERMESH_LAB_ROOT = this.root;
     const t0 = Date.now();
-    const up = await labUp({ name: this.o.name, clusters: this.o.clusters, nodes: this.o.nodes });
+    const up = await labUp({ name: this.o.name, clusters: this.o.clusters, nodes: this.o.nodes, readyTimeoutMs: 240_000 });
     this.state = up.state;
     this.log(`lab ${this.o.name} up (${this.o.clusters} cluster(s) x ${this.o.nodes} node(s)) in ${(up.totalMs / 1000).toFixed(1)} s`);
     for (const n of this.state.nodes) {
@@ -244,7 +244,8 @@ export class ModelLab {
     this.pods.sort((a, b) => this.o.pods.findIndex((p) => p.cluster === a.cluster && p.namespace === a.namespace && p.name === a.name) - this.o.pods.findIndex((p) => p.cluster === b.cluster && p.namespace === b.namespace && p.name === b.name));
     for (const p of this.pods) this.baseLabels.set(p.key, { pod: p.name });
 
-    const end = Date.now() + 180_000;
+    // Generous: on a machine shared with other test runs, nine node processes may take minutes to start.
+    const end = Date.now() + 300_000;
     for (;;) {
       const missing: string[] = [];
       for (const c of this.state.clusters) {
@@ -252,11 +253,14 @@ export class ModelLab {
         for (const p of this.pods.filter((x) => x.cluster === c.name)) {
           const s = stored.find((x) => x.metadata.namespace === p.namespace && x.metadata.name === p.name);
           if (s?.status.podIP && isPodReady(s)) p.ip = s.status.podIP;
-          else missing.push(p.key);
+          else missing.push(`${p.key} (${s ? `${s.status.phase ?? 'no phase'}, ip ${s.status.podIP ?? 'none'}` : 'not in the store'})`);
         }
       }
       if (missing.length === 0) break;
-      if (Date.now() > end) throw new Error(`pods not ready after 180 s: ${missing.join(' ')} (kubelet logs in ${this.state.dir})`);
+      if (Date.now() > end) {
+        const logs = this.state.nodes.map((n) => `${n.cluster}/${n.name} kubelet.log (last lines):\n${tail(join(n.dir ?? '', 'kubelet.log'), 8)}`).join('\n');
+        throw new Error(`pods not ready after 300 s: ${missing.join(', ')}\n${logs}`);
+      }
       await sleep(500);
     }
     for (const p of this.pods) {
@@ -496,6 +500,14 @@ export class ModelLab {
       rmSync(this.controlDir, { recursive: true, force: true });
       if (this.root) rmSync(this.root, { recursive: true, force: true });
     }
+  }
+}
+
+function tail(file: string, lines: number): string {
+  try {
+    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).map((l) => `  ${l}`).join('\n');
+  } catch (err) {
+    return `  (${(err as Error).message})`;
   }
 }
 
