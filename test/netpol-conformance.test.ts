@@ -28,8 +28,7 @@
 // - ipBlock cases (3): ipBlock must match pod IPs -- issue 19 part 3.
 // - pod relabel cases (2): a pod's label change must change its identity --
 //   issue 19 part 2.
-import { after, before, describe, test } from 'node:test';
-import { ModelLab, TruthTable, networkPolicy, uniqueLabName, NAMESPACE_NAME_LABEL as NS_NAME, type ModelPod } from './helpers/netpol.ts';
+import { modelSuite, networkPolicy, uniqueLabName, NAMESPACE_NAME_LABEL as NS_NAME, type ModelCase, type ModelLab, type ModelPod, type TruthTable } from './helpers/netpol.ts';
 
 const TODO_IPBLOCK = 'issue 19 part 3: ipBlock does not match pod IPs yet';
 const TODO_RELABEL = 'issue 19 part 2: a pod relabel does not change its identity yet';
@@ -45,18 +44,12 @@ function slash4(ip: string): string {
   return `${first}.0.0.0/4`;
 }
 
-interface Case {
-  name: string;
-  todo?: string;
-  run: (m: ModelLab, expect: () => TruthTable) => Promise<void>;
-}
-
 const all = { podSelector: {} };
 const podA = { podSelector: { matchLabels: { pod: 'a' } } };
 const nsIs = (ns: string) => ({ matchLabels: { [NS_NAME]: ns } });
 const nsNotIn = (ns: string) => ({ matchExpressions: [{ key: NS_NAME, operator: 'NotIn' as const, values: [ns] }] });
 
-const CASES: Case[] = [
+const CASES: ModelCase[] = [
   {
     name: "should support a 'default-deny-ingress' policy",
     run: async (m, T) => {
@@ -459,37 +452,4 @@ const CASES: Case[] = [
   },
 ];
 
-describe('network policy conformance (upstream Kubernetes model), one cluster of two nodes', { timeout: 1_200_000 }, () => {
-  let m: ModelLab | undefined;
-  const t0 = Date.now();
-  const outcomes: string[] = [];
-
-  before(async () => {
-    m = await ModelLab.start({ name: uniqueLabName('cmtnp'), clusters: 1, nodes: 2, namespaces: NAMESPACES, pods: PODS });
-  });
-
-  after(async () => {
-    try {
-      await m?.stop();
-    } finally {
-      console.log(`# ${outcomes.length} cases in ${((Date.now() - t0) / 1000).toFixed(0)} s (lab up and down included):\n# ${outcomes.join('\n# ')}`);
-    }
-  });
-
-  for (const c of CASES) {
-    test(c.name, c.todo ? { todo: c.todo } : {}, async () => {
-      const lab = m!;
-      const c0 = Date.now();
-      lab.stats = { rounds: 0, probes: 0, deniedChecked: 0 };
-      let outcome = 'failed';
-      try {
-        await c.run(lab, () => new TruthTable(lab.pods));
-        outcome = 'passed';
-      } finally {
-        await lab.reset();
-        const s = lab.stats;
-        outcomes.push(`${outcome.padEnd(6)} ${((Date.now() - c0) / 1000).toFixed(1).padStart(5)} s  ${s.rounds} rounds, ${s.probes} probes, ${s.deniedChecked} refusals matched to drop events${c.todo ? ` [todo: ${c.todo}]` : ''}  ${c.name}`);
-      }
-    });
-  }
-});
+modelSuite('network policy conformance (upstream Kubernetes model), one cluster of two nodes', () => ({ name: uniqueLabName('cmtnp'), clusters: 1, nodes: 2, namespaces: NAMESPACES, pods: PODS }), CASES);

@@ -13,6 +13,7 @@
 // as `lab apply -f`, probes sent from inside each pod's network namespace by
 // the pod's own process (`clustermesh lab workload netpol`, src/lab/netpol.ts).
 import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -513,4 +514,49 @@ function tail(file: string, lines: number): string {
 
 export function uniqueLabName(prefix: string): string {
   return `${prefix}${randomBytes(3).toString('hex')}`;
+}
+
+/** One case of a suite: policies and probes against the running model; the suite resets the model after it. */
+export interface ModelCase {
+  name: string;
+  /** Expected to fail until the named work lands (node:test todo: run and reported, not a failure). */
+  todo?: string;
+  run: (m: ModelLab, expect: () => TruthTable) => Promise<void>;
+}
+
+/** A describe() that starts the model once, runs every case as its own test (model reset after each), and prints a summary with timings. */
+export function modelSuite(title: string, start: () => ModelLabOptions, cases: readonly ModelCase[]): void {
+  describe(title, { timeout: 1_800_000 }, () => {
+    let m: ModelLab | undefined;
+    const t0 = Date.now();
+    const outcomes: string[] = [];
+    before(async () => {
+      m = await ModelLab.start(start());
+    });
+    after(async () => {
+      try {
+        await m?.stop();
+      } finally {
+        console.log(`# ${outcomes.length} cases in ${((Date.now() - t0) / 1000).toFixed(0)} s (lab up and down included):\n# ${outcomes.join('\n# ')}`);
+      }
+    });
+    for (const c of cases) {
+      test(c.name, c.todo ? { todo: c.todo } : {}, async () => {
+        const lab = m!;
+        const c0 = Date.now();
+        lab.stats = { rounds: 0, probes: 0, deniedChecked: 0 };
+        let outcome = 'failed';
+        try {
+          await c.run(lab, () => new TruthTable(lab.pods));
+          outcome = 'passed';
+        } finally {
+          await lab.reset();
+          const st = lab.stats;
+          outcomes.push(
+            `${outcome.padEnd(6)} ${((Date.now() - c0) / 1000).toFixed(1).padStart(5)} s  ${st.rounds} rounds, ${st.probes} probes, ${st.deniedChecked} refusals matched to drop events${c.todo ? ` [todo: ${c.todo}]` : ''}  ${c.name}`,
+          );
+        }
+      });
+    }
+  });
 }
