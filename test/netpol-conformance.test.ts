@@ -32,6 +32,7 @@ import { modelSuite, networkPolicy, uniqueLabName, NAMESPACE_NAME_LABEL as NS_NA
 
 const TODO_IPBLOCK = 'issue 19 part 3: ipBlock does not match pod IPs yet';
 const TODO_RELABEL = 'issue 19 part 2: a pod relabel does not change its identity yet';
+const SKIP_SCTP = 'no SCTP on this test bed: the kernel has none (EPROTONOSUPPORT) and Node.js has no SCTP sockets';
 
 const NAMESPACES = ['x', 'y', 'z'];
 const NODES = ['node1', 'node2'];
@@ -450,6 +451,10 @@ const CASES: ModelCase[] = [
       await m.validate(T().ingress('x/a', false).expect('y/a', 'x/a', true), { port: 80, protocol: 'udp' });
     },
   },
+  // "NetworkPolicy between server and client using SCTP": listed so the report shows them, not run (see the top).
+  ...['should support a \'default-deny-ingress\' policy', 'should enforce policy based on Ports', 'should enforce policy to allow traffic only from a pod in a different namespace based on PodSelector and NamespaceSelector'].map(
+    (name): ModelCase => ({ name: `SCTP: ${name}`, skip: SKIP_SCTP, run: async () => undefined }),
+  ),
 ];
 
 modelSuite('network policy conformance (upstream Kubernetes model), one cluster of two nodes', () => ({ name: uniqueLabName('cmtnp'), clusters: 1, nodes: 2, namespaces: NAMESPACES, pods: PODS }), CASES);
