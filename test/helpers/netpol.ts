@@ -268,6 +268,10 @@ export class ModelLab {
       const h = await netpolHealth(p.control);
       assert.equal(h.who, `${p.cluster}/${p.namespace}/${p.name}`, `the pod behind ${p.control} is ${p.key}`);
     }
+    // A precondition of every case: a policy is written per endpoint ID, so two pods of a node sharing
+    // one would share (or lose) their policy. Known to happen when pods are added at once (issue 19 part 1).
+    const dups = await this.duplicateEndpointIds();
+    if (dups.length) throw new Error(`endpoint IDs are not unique per node, so policies would land on the wrong pods (issue 19 part 1): ${dups.join('; ')}`);
     this.log(`${this.pods.length} pods running in ${((Date.now() - t1) / 1000).toFixed(1)} s: ${this.pods.map((p) => `${p.key}@${p.node}=${p.ip}`).join(' ')}`);
     // Every pair reaches every other before the first case (ipcache filled everywhere, servers listening).
     for (const protocol of ['tcp', 'udp'] as const) {
@@ -400,6 +404,17 @@ export class ModelLab {
     const p = this.pod(key);
     const eps = await this.agents.get(`${p.cluster}/${p.node}`)!.listEndpoints();
     return eps.find((e) => e.namespace === p.namespace && e.podName === p.name)?.identity ?? undefined;
+  }
+
+  /** `cluster/node: endpoint ID n held by ns/a, ns/b` for every ID two endpoints of a node share. */
+  async duplicateEndpointIds(): Promise<string[]> {
+    const out: string[] = [];
+    for (const n of this.state.nodes) {
+      const byId = new Map<number, string[]>();
+      for (const e of await this.agents.get(`${n.cluster}/${n.name}`)!.listEndpoints()) byId.set(e.endpointID, [...(byId.get(e.endpointID) ?? []), `${e.namespace}/${e.podName}`]);
+      for (const [id, pods] of byId) if (pods.length > 1) out.push(`${n.cluster}/${n.name}: endpoint ID ${id} held by ${pods.join(', ')}`);
+    }
+    return out;
   }
 
   private policyDrops(): number {
