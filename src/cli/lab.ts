@@ -23,6 +23,7 @@ import { DEFAULT_LAB_NAME, clusterKvConfig, findCluster, labDir, listLabs, readL
 import { httpGet, startEchoServer } from '../lab/workload.js';
 import { sweepOrphanedTopologies } from '../lab/topology.js';
 import { dnsWorkloadCommand } from './lab-dns.ts';
+import { netpolWorkloadCommand } from './lab-netpol.ts';
 
 export function parsePort(value: string): number {
   const n = Number(value);
@@ -543,6 +544,7 @@ Example:
       if (failures === o.count) process.exitCode = 1;
     });
   workload.addCommand(dnsWorkloadCommand());
+  workload.addCommand(netpolWorkloadCommand());
   return lab;
 }
 
