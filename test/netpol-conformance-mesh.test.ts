@@ -140,7 +140,6 @@ const CASES: ModelCase[] = [
   },
   {
     name: 'a pod relabelled in cluster2 is admitted by a cluster1 policy that now selects it',
-    todo: 'issue 19 part 2: a pod relabel does not change its identity yet',
     run: async (m, T) => {
       await m.applyPolicies(
         c1,

@@ -26,12 +26,9 @@
 // reported, not counted as failures; the coordinator removes the `todo` when
 // the fix is merged):
 // - ipBlock cases (3): ipBlock must match pod IPs -- issue 19 part 3.
-// - pod relabel cases (2): a pod's label change must change its identity --
-//   issue 19 part 2.
 import { modelSuite, networkPolicy, uniqueLabName, NAMESPACE_NAME_LABEL as NS_NAME, type ModelCase, type ModelLab, type ModelPod, type TruthTable } from './helpers/netpol.ts';
 
 const TODO_IPBLOCK = 'issue 19 part 3: ipBlock does not match pod IPs yet';
-const TODO_RELABEL = 'issue 19 part 2: a pod relabel does not change its identity yet';
 const SKIP_SCTP = 'no SCTP on this test bed: the kernel has none (EPROTONOSUPPORT) and Node.js has no SCTP sockets';
 
 const NAMESPACES = ['x', 'y', 'z'];
@@ -232,7 +229,6 @@ const CASES: ModelCase[] = [
   },
   {
     name: 'should allow ingress access from updated pod',
-    todo: TODO_RELABEL,
     run: async (m, T) => {
       await m.applyPolicies('cluster1', networkPolicy('x', 'allow-client-a-via-pod-selector', { ...podA, ingress: [{ from: [{ podSelector: { matchLabels: { pod: 'b', pod2: 'updated' } } }] }] }));
       await m.validate(T().ingress('x/a', false), { port: 80 });
@@ -254,7 +250,6 @@ const CASES: ModelCase[] = [
   },
   {
     name: 'should deny ingress access to updated pod',
-    todo: TODO_RELABEL,
     run: async (m, T) => {
       await m.applyPolicies('cluster1', networkPolicy('x', 'deny-ingress-via-label-selector', { podSelector: { matchLabels: { target: 'isolated' } }, policyTypes: ['Ingress'] }));
       await m.validate(T(), { port: 80 });
