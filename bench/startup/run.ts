@@ -8,7 +8,7 @@
 // Metrics (medians over --reps runs, alternating the two paths):
 //   version_ms, help_ms          wall time of `clustermesh --version` / `--help` (`node-floor`: `node -e 0`)
 //   version_cpu_ms, help_cpu_ms  user+system CPU time of the same (bash `times`)
-//   cni_version_ms               `clustermesh cni` with CNI_COMMAND=VERSION: the plugin's start cost
+//   cni_version_ms, _cpu_ms      `clustermesh cni` with CNI_COMMAND=VERSION: the plugin's start cost
 //   cni_add_ms                   a CNI ADD against a real agent (1 cluster x 1 node), spawn to exit,
 //                                run in the node's namespace with nsenter as a kubelet there would
 //   cni_add_excl_agent_ms        the same minus the time the plugin waited for the agent's
@@ -86,8 +86,8 @@ function wallMs(argv: string[], env?: NodeJS.ProcessEnv, input?: string): number
 }
 
 /** User + system CPU of a run, from bash's `times` (children's line). */
-function cpuMs(argv: string[]): number {
-  const r = spawnSync('bash', ['-c', '"$@" >/dev/null 2>&1; times', 'bash', ...argv], { cwd: ROOT, encoding: 'utf8' });
+function cpuMs(argv: string[], env?: NodeJS.ProcessEnv, input?: string): number {
+  const r = spawnSync('bash', ['-c', '"$@" >/dev/null 2>&1; times', 'bash', ...argv], { cwd: ROOT, env: env ?? process.env, input: input ?? '', encoding: 'utf8' });
   const line = r.stdout.trim().split('\n').pop() ?? '';
   const m = /^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/.exec(line);
   if (!m) throw new Error(`cannot read the CPU time of ${argv.join(' ')} from '${line}'`);
@@ -112,6 +112,7 @@ for (let rep = 0; rep < REPS; rep++) {
     add(p, 'help_ms', 'ms', rep, wallMs(cli(p, ['--help'])));
     add(p, 'help_cpu_ms', 'ms', rep, cpuMs(cli(p, ['--help'])));
     add(p, 'cni_version_ms', 'ms', rep, wallMs(cniArgv(p), { ...process.env, CNI_COMMAND: 'VERSION' }, '{"cniVersion":"1.0.0"}'));
+    add(p, 'cni_version_cpu_ms', 'ms', rep, cpuMs(cniArgv(p), { ...process.env, CNI_COMMAND: 'VERSION' }, '{"cniVersion":"1.0.0"}'));
   }
   // The floor: node itself, doing nothing.
   add('node-floor', 'version_ms', 'ms', rep, wallMs([process.execPath, '-e', '0']));
