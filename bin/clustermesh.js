@@ -9,6 +9,8 @@
 import { distStaleness } from './dist.js';
 
 const argv = process.argv.slice(2);
+// dist/ is minified: stack traces (CLUSTERMESH_DEBUG) read the source maps beside it.
+if (process.env.CLUSTERMESH_DEBUG) process.setSourceMapsEnabled(true);
 const stale = distStaleness();
 if (stale) {
   if (process.stderr.isTTY) process.stderr.write(`clustermesh: running src/ through tsx (slow start): ${stale}; rebuild with ./scripts/setup.sh\n`);

@@ -9,7 +9,7 @@
 // well under a second, and it is the transpiler tsx already runs (same version,
 // no new download). Type checking stays with `tsc --noEmit`.
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { build } from 'esbuild';
 import { buildInputs, DIST, readStamp, ROOT, STAMP } from '../bin/dist.js';
@@ -45,12 +45,15 @@ if (!force && stamp?.hash === hash) {
   process.exit(0);
 }
 const t0 = performance.now();
-rmSync(DIST, { recursive: true, force: true });
-mkdirSync(DIST, { recursive: true });
+// Built beside dist/js (same depth) and swapped in by rename: a process starting
+// meanwhile sees the old build or the new one, never half of one.
+const next = `${DIST}.next`;
+rmSync(next, { recursive: true, force: true });
+mkdirSync(next, { recursive: true });
 await build({
   absWorkingDir: ROOT,
   entryPoints: Object.entries(ENTRIES).map(([out, entry]) => ({ in: entry, out })),
-  outdir: DIST,
+  outdir: next,
   bundle: true,
   splitting: true,
   format: 'esm',
@@ -68,5 +71,9 @@ await build({
   sourcemap: 'linked',
   logLevel: 'warning',
 });
-writeFileSync(STAMP, JSON.stringify({ ...inputs, hash, checkedMs }) + '\n');
+writeFileSync(join(next, 'BUILD.json'), JSON.stringify({ ...inputs, hash, checkedMs }) + '\n');
+rmSync(`${DIST}.old`, { recursive: true, force: true });
+if (existsSync(DIST)) renameSync(DIST, `${DIST}.old`);
+renameSync(next, DIST);
+rmSync(`${DIST}.old`, { recursive: true, force: true });
 console.log(`build: dist/js from ${inputs.files.length} sources in ${Math.round(performance.now() - t0)} ms`);

@@ -40,6 +40,7 @@ const { values } = parseArgs({
     reps: { type: 'string', default: '10' },
     endpoints: { type: 'string', default: '0,100,200' },
     pods: { type: 'string', default: '0' },
+    nice: { type: 'string', default: '-20' },
   },
 });
 const int = (name: string, v: string | undefined, min: number, max: number): number => {
@@ -50,6 +51,11 @@ const int = (name: string, v: string | undefined, min: number, max: number): num
 const REPS = int('reps', values.reps, 1, 1000);
 const ENDPOINTS = (values.endpoints ?? '').split(',').filter(Boolean).map((v) => int('endpoints', v, 0, 230));
 const PODS = int('pods', values.pods, 0, 1000);
+// The machine is shared (other work keeps the load far above its 2 cores): the
+// measured processes run at this priority so a figure is what the process
+// costs, not how long it queued. Both paths alike; `--nice 0` to turn it off.
+const NICE = int('nice', values.nice, -20, 19);
+const niced = (argv: string[]): string[] => (NICE === 0 ? argv : ['nice', '-n', String(NICE), ...argv]);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const samples: Sample[] = [];
 const add = (config: string, metric: string, unit: string, rep: number, value: number, params: Record<string, unknown> = {}): void => {
@@ -78,8 +84,9 @@ const cniArgv = (p: Path): string[] =>
   p === 'compiled' ? [process.execPath, CLI, 'cni'] : [process.execPath, '--import', 'tsx', join(OLD, 'src', 'lab', 'cni-main.ts')];
 
 function wallMs(argv: string[], env?: NodeJS.ProcessEnv, input?: string): number {
+  const full = niced(argv);
   const t0 = performance.now();
-  const r = spawnSync(argv[0]!, argv.slice(1), { cwd: ROOT, env: env ?? process.env, input: input ?? '', stdio: ['pipe', 'ignore', 'pipe'], encoding: 'utf8' });
+  const r = spawnSync(full[0]!, full.slice(1), { cwd: ROOT, env: env ?? process.env, input: input ?? '', stdio: ['pipe', 'ignore', 'pipe'], encoding: 'utf8' });
   const ms = performance.now() - t0;
   if (r.status !== 0) throw new Error(`${argv.join(' ')}: exit ${r.status}: ${r.stderr}`);
   return ms;
@@ -87,7 +94,8 @@ function wallMs(argv: string[], env?: NodeJS.ProcessEnv, input?: string): number
 
 /** User + system CPU of a run, from bash's `times` (children's line). */
 function cpuMs(argv: string[], env?: NodeJS.ProcessEnv, input?: string): number {
-  const r = spawnSync('bash', ['-c', '"$@" >/dev/null 2>&1; times', 'bash', ...argv], { cwd: ROOT, env: env ?? process.env, input: input ?? '', encoding: 'utf8' });
+  const full = niced(['bash', '-c', '"$@" >/dev/null 2>&1; times', 'bash', ...argv]);
+  const r = spawnSync(full[0]!, full.slice(1), { cwd: ROOT, env: env ?? process.env, input: input ?? '', encoding: 'utf8' });
   const line = r.stdout.trim().split('\n').pop() ?? '';
   const m = /^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/.exec(line);
   if (!m) throw new Error(`cannot read the CPU time of ${argv.join(' ')} from '${line}'`);
@@ -179,7 +187,8 @@ try {
   const plugin = (p: Path, command: 'ADD' | 'DEL', containerID: string, netns: string): { ms: number; stderr: string } => {
     const env = childEnv({ CNI_COMMAND: command, CNI_CONTAINERID: containerID, CNI_NETNS: `/var/run/netns/${netns}`, CNI_IFNAME: 'eth0', CNI_PATH: '/opt/cni/bin', CNI_ARGS: `K8S_POD_NAMESPACE=default;K8S_POD_NAME=${containerID}`, CLUSTERMESH_CNI_TIMING: '1' });
     const t0 = performance.now();
-    const r = spawnSync('nsenter', [`--net=/var/run/netns/${node.netns}`, ...cniArgv(p)], { env, input: conf, encoding: 'utf8' });
+    const full = niced(['nsenter', `--net=/var/run/netns/${node.netns}`, ...cniArgv(p)]);
+    const r = spawnSync(full[0]!, full.slice(1), { env, input: conf, encoding: 'utf8' });
     const ms = performance.now() - t0;
     if (r.status !== 0) throw new Error(`cni ${command} (${p}): exit ${r.status}: ${r.stdout} ${r.stderr}`);
     return { ms, stderr: r.stderr };
@@ -270,7 +279,7 @@ const rows = summarize(samples);
 const out = writeResults('startup', rows, samples, 1500);
 // The baseline commit and machine load belong with the figures.
 const json = JSON.parse(readFileSync(out, 'utf8')) as Record<string, unknown>;
-writeFileSync(out, JSON.stringify({ ...json, baseline: baseCommit, loadavg: readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).map(Number) }, null, 2) + '\n');
+writeFileSync(out, JSON.stringify({ ...json, baseline: baseCommit, nice: NICE, loadavg: readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).map(Number) }, null, 2) + '\n');
 rmSync(OLD, { recursive: true, force: true });
 printTable(rows, 'tsx');
 console.log(`results: ${out}`);
