@@ -319,7 +319,7 @@ describe('lab: a killed up', { timeout: 600_000 }, () => {
     // And the next up of that name works from a clean slate (refusal only for a live lab).
     const st = await cli(['lab', 'get', 'nodes', '--lab', name]);
     assert.equal(st.code, 2);
-    assert.match(st.stderr, new RegExp(`no lab named ${name}; start one with: clustermesh lab up --name ${name}`));
+    assert.match(st.stderr, new RegExp(`no lab named ${name}; start one with: clustermesh lab up --lab ${name}`));
   });
 
   test('the next up of a name whose up was killed removes what it left and starts afresh', async () => {
