@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything clustermesh needs on a Debian machine, as root, and is
 # safe to run any number of times: missing Debian packages, npm packages
-# (npm ci when package-lock.json changed), and the compiled BPF objects.
+# (npm ci when package-lock.json changed), the compiled CLI in dist/ (rebuilt
+# when a source changed, see scripts/build.mjs) and the compiled BPF objects.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,5 +45,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   npm ci --no-audit --no-fund --loglevel=error
   echo "$want" > "$stamp"
 fi
+
+# bin/clustermesh.js runs dist/js/ while it is current, src/ through tsx otherwise.
+node scripts/build.mjs
 
 make -s -C bpf

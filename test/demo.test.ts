@@ -54,7 +54,7 @@ test('demo: the seed story on a fresh lab, then status -o json and lab down', { 
     }
     assert.equal(status.globalServices, 1, 'rebel-base is the one global service');
   } finally {
-    await cm(['lab', 'down', '--name', name]).catch((err: unknown) => lines.push(`lab down failed: ${(err as Error).message}`));
+    await cm(['lab', 'down', '--lab', name]).catch((err: unknown) => lines.push(`lab down failed: ${(err as Error).message}`));
     const left = (await listNamespaces()).filter((n) => n.startsWith(labNetnsPrefix(name)));
     rmSync(root, { recursive: true, force: true });
     assert.deepEqual(left, [], 'namespaces left behind');

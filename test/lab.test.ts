@@ -86,7 +86,7 @@ interface PodJson {
 
 /** Pods of the namespace (default: 'default'; the lab's own DNS pods live in kube-system). */
 async function pods(name: string, namespace: string | undefined = 'default'): Promise<PodJson[]> {
-  const r = await cli(['lab', 'get', 'pods', '--name', name, '-o', 'json']);
+  const r = await cli(['lab', 'get', 'pods', '--lab', name, '-o', 'json']);
   assert.equal(r.code, 0, show(r));
   return (JSON.parse(r.stdout) as PodJson[]).filter((p) => namespace === undefined || p.namespace === namespace);
 }
@@ -105,7 +105,7 @@ async function waitPods(name: string, what: string, cond: (p: PodJson[]) => bool
 const labsToRemove: string[] = [];
 after(async () => {
   // A failed test still removes its lab.
-  for (const name of labsToRemove) if (readState(name)) await cli(['lab', 'down', '--name', name]).catch(() => undefined);
+  for (const name of labsToRemove) if (readState(name)) await cli(['lab', 'down', '--lab', name]).catch(() => undefined);
   rmSync(root, { recursive: true, force: true });
 });
 
@@ -183,7 +183,7 @@ metadata: {name: nope}
   );
 
   test('up (2 clusters x 1 node), refuses a second up of the same name, and down leaves nothing', async () => {
-    const up = await cli(['lab', 'up', '--name', name, '--clusters', '2', '--nodes', '1']);
+    const up = await cli(['lab', 'up', '--lab', name, '--clusters', '2', '--nodes', '1']);
     assert.equal(up.code, 0, show(up));
     const m = /time to all-connected: ([\d.]+) s/.exec(up.stdout);
     assert.ok(m, `up prints the time to all-connected:\n${up.stdout}`);
@@ -197,7 +197,7 @@ metadata: {name: nope}
       assert.ok(n.kubelet && sameProcessAlive(n.kubelet), `kubelet ${n.cluster}/${n.name} runs`);
     }
 
-    const again = await cli(['lab', 'up', '--name', name, '--clusters', '2', '--nodes', '1']);
+    const again = await cli(['lab', 'up', '--lab', name, '--clusters', '2', '--nodes', '1']);
     assert.equal(again.code, 2, show(again));
     assert.match(again.stderr, new RegExp(`a lab named ${name} is already up`));
 
@@ -207,11 +207,11 @@ metadata: {name: nope}
       assert.deepEqual(dns.map((p) => `${p.cluster}/${p.deployment}`).sort(), ['cluster1/cluster-dns', 'cluster2/cluster-dns']);
 
       // Workloads: echo in cluster2, a client in cluster1.
-      const a1 = await cli(['lab', 'apply', '--name', name, '-f', echoFile, '--cluster', 'cluster2']);
+      const a1 = await cli(['lab', 'apply', '--lab', name, '-f', echoFile, '--cluster', 'cluster2']);
       assert.equal(a1.code, 0, show(a1));
       assert.match(a1.stdout, /deployment\.apps\/echo created in cluster2 \(2 replicas; 2 pods created\)/);
       assert.match(a1.stdout, /service\/echo created in cluster2 \(clusterIP 10\.96\.0\.\d+\)/);
-      const a2 = await cli(['lab', 'apply', '--name', name, '-f', clientFile, '--cluster', 'cluster1']);
+      const a2 = await cli(['lab', 'apply', '--lab', name, '-f', clientFile, '--cluster', 'cluster1']);
       assert.equal(a2.code, 0, show(a2));
 
       const ready = await waitPods(name, 'two echo pods and the client ready', (p) => p.filter((x) => x.ready && x.podIP).length === 3);
@@ -227,14 +227,14 @@ metadata: {name: nope}
 
       // Across clusters: the client in cluster1 asks an echo pod of cluster2 by its pod IP.
       const target = echo[0]!;
-      const ex = await cli(['lab', 'exec', '--name', name, 'client', '--cluster', 'cluster1', '--', 'clustermesh', 'lab', 'workload', 'client', `http://${target.podIP}:8080/`, '-n', '5', '--json']);
+      const ex = await cli(['lab', 'exec', '--lab', name, 'client', '--cluster', 'cluster1', '--', 'clustermesh', 'lab', 'workload', 'client', `http://${target.podIP}:8080/`, '-n', '5', '--json']);
       assert.equal(ex.code, 0, show(ex));
       const tally = JSON.parse(ex.stdout.trim().split('\n').pop()!) as { failures: number; tally: Record<string, number> };
       assert.equal(tally.failures, 0, ex.stdout);
       assert.deepEqual(tally.tally, { [`cluster2/node1/${target.name}`]: 5 });
 
       // exec passes the exit code through, and the pod's resolv.conf names the cluster DNS.
-      const code = await cli(['lab', 'exec', '--name', name, 'client', '--', 'sh', '-c', 'grep -q "nameserver 10.96.0.10" /etc/resolv.conf && exit 7']);
+      const code = await cli(['lab', 'exec', '--lab', name, 'client', '--', 'sh', '-c', 'grep -q "nameserver 10.96.0.10" /etc/resolv.conf && exit 7']);
       assert.equal(code.code, 7, show(code));
 
       // The runtime restarts a container whose process died (restartPolicy Always).
@@ -244,7 +244,7 @@ metadata: {name: nope}
       assert.equal(restarted.find((x) => x.name === 'client')!.podIP, client.podIP, 'same pod, same address');
 
       // A bad file: refused naming the document and field; nothing of it applied.
-      const bad = await cli(['lab', 'apply', '--name', name, '-f', badFile, '--cluster', 'cluster1']);
+      const bad = await cli(['lab', 'apply', '--lab', name, '-f', badFile, '--cluster', 'cluster1']);
       assert.equal(bad.code, 1, show(bad));
       assert.match(bad.stderr, new RegExp(`${badFile.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: nothing applied`));
       assert.match(bad.stderr, /document 2 \(Service default\/broken\).*field spec\.ports\[0\]\.port/);
@@ -253,20 +253,20 @@ metadata: {name: nope}
       // What only the cluster can refuse (its nodes, its namespaces) is also checked before anything is written.
       const elsewhere = join(files, 'elsewhere.yaml');
       writeFileSync(elsewhere, `kind: Pod\nmetadata: {name: first}\nspec: {containers: [{name: c, command: [sleep, infinity]}]}\n---\nkind: Pod\nmetadata: {name: pinned}\nspec: {nodeName: node9, containers: [{name: c, command: [sleep, infinity]}]}\n---\nkind: Pod\nmetadata: {name: lost, namespace: nowhere}\nspec: {containers: [{name: c, command: [sleep, infinity]}]}\n`);
-      const el = await cli(['lab', 'apply', '--name', name, '-f', elsewhere, '--cluster', 'cluster1']);
+      const el = await cli(['lab', 'apply', '--lab', name, '-f', elsewhere, '--cluster', 'cluster1']);
       assert.equal(el.code, 1, show(el));
       assert.match(el.stderr, /document 3 \(Pod nowhere\/lost\): field metadata\.namespace: namespace 'nowhere' does not exist in cluster1/);
       writeFileSync(elsewhere, `kind: Pod\nmetadata: {name: first}\nspec: {containers: [{name: c, command: [sleep, infinity]}]}\n---\nkind: Pod\nmetadata: {name: pinned}\nspec: {nodeName: node9, containers: [{name: c, command: [sleep, infinity]}]}\n`);
-      const el3 = await cli(['lab', 'apply', '--name', name, '-f', elsewhere, '--cluster', 'cluster1']);
+      const el3 = await cli(['lab', 'apply', '--lab', name, '-f', elsewhere, '--cluster', 'cluster1']);
       assert.equal(el3.code, 1, show(el3));
       assert.match(el3.stderr, /document 2 \(Pod default\/pinned\): field spec\.nodeName: no node 'node9' in cluster1 \(its nodes: node1\)/);
       assert.equal((await pods(name)).find((p) => p.name === 'first'), undefined, 'nothing of the refused file was applied');
 
       // Scale down to 1, then delete what the file made.
-      const sc = await cli(['lab', 'scale', 'deployment/echo', '--replicas', '1', '--name', name, '--cluster', 'cluster2']);
+      const sc = await cli(['lab', 'scale', 'deployment/echo', '--replicas', '1', '--lab', name, '--cluster', 'cluster2']);
       assert.equal(sc.code, 0, show(sc));
       await waitPods(name, 'one echo pod', (p) => p.filter((x) => x.deployment === 'echo').length === 1);
-      const del = await cli(['lab', 'delete', '--name', name, '-f', echoFile, '--cluster', 'cluster2']);
+      const del = await cli(['lab', 'delete', '--lab', name, '-f', echoFile, '--cluster', 'cluster2']);
       assert.equal(del.code, 0, show(del));
       assert.match(del.stdout, /deployment\.apps\/echo deleted in cluster2 \(1 pods\)/);
       await waitPods(name, 'only the client', (p) => p.length === 1 && p[0]!.name === 'client');
@@ -274,13 +274,14 @@ metadata: {name: nope}
       const left = (await listNamespaces()).filter((n) => n.includes('_default_echo-'));
       assert.deepEqual(left, []);
 
-      const svc = await cli(['lab', 'get', 'services', '--name', name, '-o', 'json']);
+      const svc = await cli(['lab', 'get', 'services', '--lab', name, '-o', 'json']);
       assert.equal(svc.code, 0, show(svc));
       const svcs = JSON.parse(svc.stdout) as Array<{ cluster: string; metadata: { namespace: string; name: string }; spec: { clusterIP: string } }>;
       assert.deepEqual(svcs.filter((s) => s.metadata.namespace === 'default'), [], 'the echo Service is deleted');
       assert.deepEqual(svcs.map((s) => `${s.cluster} ${s.metadata.namespace}/${s.metadata.name} ${s.spec.clusterIP}`).sort(), ['cluster1 kube-system/kube-dns 10.96.0.10', 'cluster2 kube-system/kube-dns 10.96.0.10']);
     } finally {
       const made = madeBy(name);
+      // --name: the alias lab subcommands keep besides --lab
       const down = await cli(['lab', 'down', '--name', name]);
       assert.equal(down.code, 0, show(down));
       await assertNothingLeft(name, made);
@@ -290,7 +291,7 @@ metadata: {name: nope}
 
 /** Starts `lab up` and SIGKILLs it mid-way: once the control plane runs and the first agent has been started. */
 async function killedUp(name: string): Promise<void> {
-  const child = spawn(process.execPath, [CLI, 'lab', 'up', '--name', name, '--clusters', '2', '--nodes', '1'], { env, stdio: 'ignore' });
+  const child = spawn(process.execPath, [CLI, 'lab', 'up', '--lab', name, '--clusters', '2', '--nodes', '1'], { env, stdio: 'ignore' });
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   const end = Date.now() + 180_000;
   while (!(readState(name)?.processes.some((p) => p.name.startsWith('agent ')) ?? false)) {
@@ -312,25 +313,25 @@ describe('lab: a killed up', { timeout: 600_000 }, () => {
     assert.ok(made.processes.some((p) => sameProcessAlive(p)), 'the killed up left running processes (what down must remove)');
     assert.ok(made.namespaces.length >= 5, `namespaces recorded: ${made.namespaces.join(' ')}`);
 
-    const down = await cli(['lab', 'down', '--name', name]);
+    const down = await cli(['lab', 'down', '--lab', name]);
     assert.equal(down.code, 0, show(down));
     await assertNothingLeft(name, made);
     // And the next up of that name works from a clean slate (refusal only for a live lab).
-    const st = await cli(['lab', 'get', 'nodes', '--name', name]);
+    const st = await cli(['lab', 'get', 'nodes', '--lab', name]);
     assert.equal(st.code, 2);
-    assert.match(st.stderr, new RegExp(`no lab named ${name}; start one with: clustermesh lab up --name ${name}`));
+    assert.match(st.stderr, new RegExp(`no lab named ${name}; start one with: clustermesh lab up --lab ${name}`));
   });
 
   test('the next up of a name whose up was killed removes what it left and starts afresh', async () => {
     await killedUp(name);
     const made = madeBy(name);
     assert.ok(made.processes.some((p) => sameProcessAlive(p)), 'the killed up left running processes');
-    const up = await cli(['lab', 'up', '--name', name, '--clusters', '2', '--nodes', '1']);
+    const up = await cli(['lab', 'up', '--lab', name, '--clusters', '2', '--nodes', '1']);
     assert.equal(up.code, 0, show(up));
     assert.match(up.stdout, new RegExp(`removing what a dead lab named ${name} left behind`));
     assert.deepEqual(made.processes.filter((p) => sameProcessAlive(p)).map((p) => p.name), [], 'the dead lab\'s processes are gone');
     const fresh = madeBy(name);
-    const down = await cli(['lab', 'down', '--name', name]);
+    const down = await cli(['lab', 'down', '--lab', name]);
     assert.equal(down.code, 0, show(down));
     await assertNothingLeft(name, fresh);
   });
@@ -341,7 +342,7 @@ describe('lab: netem between clusters', { timeout: 300_000 }, () => {
   labsToRemove.push(name);
 
   test('--latency/--loss go on the router ports; a kernel without netem fails at that step, naming it, with nothing left', async () => {
-    const up = await cli(['lab', 'up', '--name', name, '--clusters', '2', '--nodes', '1', '--latency', '5ms', '--loss', '0.5%']);
+    const up = await cli(['lab', 'up', '--lab', name, '--clusters', '2', '--nodes', '1', '--latency', '5ms', '--loss', '0.5%']);
     if (up.code === 0) {
       const state = readState(name)!;
       const made = madeBy(name);
@@ -356,7 +357,7 @@ describe('lab: netem between clusters', { timeout: 300_000 }, () => {
           assert.match(q, /netem .*delay 5ms loss 0\.5%/, `qdisc on ${port}: ${q}`);
         }
       } finally {
-        const down = await cli(['lab', 'down', '--name', name]);
+        const down = await cli(['lab', 'down', '--lab', name]);
         assert.equal(down.code, 0, show(down));
         await assertNothingLeft(name, made);
       }
@@ -378,7 +379,7 @@ describe('lab: a step that fails', { timeout: 300_000 }, () => {
     const bin = mkdtempSync(join(tmpdir(), 'cmtl-bin-'));
     try {
       writeFileSync(join(bin, 'etcd'), '#!/bin/sh\necho "etcd: cannot start (injected by the test)" >&2\nexit 3\n', { mode: 0o755 });
-      const up = await cli(['lab', 'up', '--name', name, '--clusters', '2', '--nodes', '1'], 240_000, { PATH: `${bin}:${process.env.PATH ?? ''}` });
+      const up = await cli(['lab', 'up', '--lab', name, '--clusters', '2', '--nodes', '1'], 240_000, { PATH: `${bin}:${process.env.PATH ?? ''}` });
       assert.equal(up.code, 2, show(up));
       const m = /lab up failed at step 'control plane': etcd exited during start \(code 3, signal null\); log (\S+etcd\.log)/.exec(up.stderr);
       assert.ok(m, show(up));

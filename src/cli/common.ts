@@ -29,6 +29,17 @@ export function outputOption(): Option {
   return new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text');
 }
 
+/**
+ * `--lab <name>`: the lab a command works on, the same flag everywhere. `--name`
+ * (what `lab` and `demo` took at first) still works as a hidden alias.
+ */
+export function labOption(cmd: Command, defaultName: string, description = 'the lab'): Command {
+  cmd.option('--lab <name>', `${description} (alias: --name)`, defaultName);
+  cmd.addOption(new Option('--name <name>').hideHelp());
+  cmd.on('option:name', (v: string) => cmd.setOptionValueWithSource('lab', v, 'cli'));
+  return cmd;
+}
+
 /** Collects a repeatable flag's values. */
 export function collect(value: string, previous: string[] | undefined): string[] {
   return [...(previous ?? []), value];

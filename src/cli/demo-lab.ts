@@ -133,7 +133,7 @@ export async function runLabDemo(opts: LabDemoOptions = {}): Promise<boolean> {
   };
 
   const pods = async (): Promise<PodView[]> => {
-    const r = await cm(['lab', 'get', 'pods', '--name', name, '-o', 'json'], { quiet: true });
+    const r = await cm(['lab', 'get', 'pods', '--lab', name, '-o', 'json'], { quiet: true });
     if (r.code !== 0) return [];
     try {
       return JSON.parse(r.stdout) as PodView[];
@@ -156,7 +156,7 @@ export async function runLabDemo(opts: LabDemoOptions = {}): Promise<boolean> {
   };
 
   const client = async (pod: string, url: string, count: number, timeoutMs = 3000, quiet = false): Promise<Tally> => {
-    const r = await cm(['lab', 'exec', pod, '--name', name, '--cluster', 'cluster1', '--', 'clustermesh', 'lab', 'workload', 'client', url, '-n', String(count), '--timeout', String(timeoutMs), '--json'], {
+    const r = await cm(['lab', 'exec', pod, '--lab', name, '--cluster', 'cluster1', '--', 'clustermesh', 'lab', 'workload', 'client', url, '-n', String(count), '--timeout', String(timeoutMs), '--json'], {
       quiet: true,
       timeoutMs: count * timeoutMs + 30_000,
     });
@@ -193,17 +193,17 @@ export async function runLabDemo(opts: LabDemoOptions = {}): Promise<boolean> {
   try {
     // ---- 1
     step(`lab up: 2 clusters x 2 nodes (lab '${name}')`, 'namespaces for nodes and a router, per cluster a real etcd with mutual TLS and the apiserver, an agent and a node runtime per node, the cluster DNS');
-    const upRes = await cm(['lab', 'up', '--name', name, '--clusters', '2', '--nodes', '2'], { live: true, timeoutMs: 300_000 });
+    const upRes = await cm(['lab', 'up', '--lab', name, '--clusters', '2', '--nodes', '2'], { live: true, timeoutMs: 300_000 });
     up = upRes.code === 0;
     if (!check('lab up', up, up ? `${(upRes.ms / 1000).toFixed(1)} s` : `exit ${upRes.code}`)) {
-      if (/already|running|exists/i.test(upRes.stdout + upRes.stderr)) print(`   a lab named ${name} is running: remove it with 'clustermesh lab down --name ${name}' or pick another with --name`);
+      if (/already|running|exists/i.test(upRes.stdout + upRes.stderr)) print(`   a lab named ${name} is running: remove it with 'clustermesh lab down --lab ${name}' or pick another with --lab`);
       return false;
     }
 
     // ---- 2
     step('apply the rebel base to both clusters and two clients to cluster1', 'a global Service rebel-base (port 80 -> 8080) with 2 echo pods per cluster; x-wing (app=frontend) and tie-fighter (no app label) in cluster1');
     for (const [file, cluster] of [['rebel-base.yaml', 'cluster1'], ['rebel-base.yaml', 'cluster2'], ['clients.yaml', 'cluster1']] as const) {
-      const r = await cm(['lab', 'apply', '-f', resolve(EXAMPLES_DIR, file), '--cluster', cluster, '--name', name]);
+      const r = await cm(['lab', 'apply', '-f', resolve(EXAMPLES_DIR, file), '--cluster', cluster, '--lab', name]);
       check(`apply ${file} to ${cluster}`, r.code === 0, r.code === 0 ? '' : `exit ${r.code}`);
     }
     const storyReady = (ps: PodView[]): boolean => {
@@ -212,14 +212,14 @@ export async function runLabDemo(opts: LabDemoOptions = {}): Promise<boolean> {
       return rb('cluster1') >= 2 && rb('cluster2') >= 2 && has('x-wing') && has('tie-fighter');
     };
     if (await waitPods('every pod of the story ready', storyReady)) check('every pod of the story ready', true);
-    await cm(['lab', 'get', 'pods', '--name', name, '-o', 'wide']);
+    await cm(['lab', 'get', 'pods', '--lab', name, '-o', 'wide']);
 
     // ---- 3
     step(`the x-wing asks ${REBEL_BASE_URL} ${n} times`, 'the name resolves through the cluster DNS to cluster1\'s ClusterIP; the global Service balances over the backends of both clusters');
     let url = REBEL_BASE_URL;
     const dns = await until(
       // glibc retries a silent server for a long time: bound each attempt.
-      () => cm(['lab', 'exec', 'x-wing', '--name', name, '--cluster', 'cluster1', '--', 'timeout', '8', 'getent', 'hosts', REBEL_BASE_FQDN], { quiet: true, timeoutMs: 30_000 }),
+      () => cm(['lab', 'exec', 'x-wing', '--lab', name, '--cluster', 'cluster1', '--', 'timeout', '8', 'getent', 'hosts', REBEL_BASE_FQDN], { quiet: true, timeoutMs: 30_000 }),
       (r) => r.code === 0,
       30_000,
       'the name does not resolve yet',
@@ -228,12 +228,12 @@ export async function runLabDemo(opts: LabDemoOptions = {}): Promise<boolean> {
     print(`     ${(dns.stdout.trim() || dns.stderr.trim() || (dns.code === 124 ? 'no answer within 8 s' : dns.code === 2 ? 'not found' : `exit ${dns.code}`)).split('\n')[0]}`);
     if (!check('cluster DNS answers the Service name in the pod', dns.code === 0)) {
       // The rest of the story still runs, by ClusterIP, so one missing piece does not hide the others.
-      const svc = await cm(['lab', 'get', 'services', '--name', name, '--cluster', 'cluster1', '-o', 'json'], { quiet: true });
+      const svc = await cm(['lab', 'get', 'services', '--lab', name, '--cluster', 'cluster1', '-o', 'json'], { quiet: true });
       try {
         const ip = (JSON.parse(svc.stdout) as Array<{ metadata: { name: string }; spec: { clusterIP?: string } }>).find((s) => s.metadata.name === 'rebel-base')?.spec.clusterIP;
         if (ip) {
           url = `http://${ip}/`;
-          print(`   continuing with the ClusterIP: ${url} (see: clustermesh lab get pods -n kube-system --name ${name}; clustermesh lab logs)`);
+          print(`   continuing with the ClusterIP: ${url} (see: clustermesh lab get pods -n kube-system --lab ${name}; clustermesh lab logs)`);
         }
       } catch {
         /* keep the name */
@@ -248,7 +248,7 @@ export async function runLabDemo(opts: LabDemoOptions = {}): Promise<boolean> {
     // ---- 4
     step('the seed\'s cross-cluster policy: app=backend admits only app=frontend of cluster1 (applied in both clusters)', 'identity-based policy in eBPF: the x-wing is still answered, the tie-fighter is refused, and the datapath says why');
     for (const cluster of ['cluster2', 'cluster1']) {
-      const r = await cm(['lab', 'apply', '-f', resolve(EXAMPLES_DIR, 'policy.yaml'), '--cluster', cluster, '--name', name]);
+      const r = await cm(['lab', 'apply', '-f', resolve(EXAMPLES_DIR, 'policy.yaml'), '--cluster', cluster, '--lab', name]);
       check(`apply policy.yaml to ${cluster}`, r.code === 0, r.code === 0 ? '' : `exit ${r.code}`);
     }
     // Until every agent has the policy, a request may still pass; wait for the tie-fighter to be refused.
@@ -263,7 +263,7 @@ export async function runLabDemo(opts: LabDemoOptions = {}): Promise<boolean> {
 
     // ---- 5
     step('cluster1 loses its rebel base: scale it to 0', 'the global Service fails over: every answer now comes from cluster2, with nothing changed in the client');
-    const sc = await cm(['lab', 'scale', 'deployment/rebel-base', '--replicas', '0', '--cluster', 'cluster1', '--name', name]);
+    const sc = await cm(['lab', 'scale', 'deployment/rebel-base', '--replicas', '0', '--cluster', 'cluster1', '--lab', name]);
     check('scale cluster1 rebel-base to 0', sc.code === 0);
     await waitPods('cluster1 rebel-base pods gone', (ps) => !ps.some((p) => p.cluster === 'cluster1' && p.deployment === 'rebel-base'), 60_000);
     const only2 = (t: Tally): boolean => t.failures === 0 && Object.keys(t.tally).length > 0 && Object.keys(byCluster(t)).every((c) => c === 'cluster2');
@@ -281,13 +281,13 @@ export async function runLabDemo(opts: LabDemoOptions = {}): Promise<boolean> {
     if (up && !opts.keep) {
       interrupted = false;
       step('lab down', 'every process, namespace, pin and file the lab made is removed');
-      const d = await cm(['lab', 'down', '--name', name], { live: true, timeoutMs: 120_000 });
+      const d = await cm(['lab', 'down', '--lab', name], { live: true, timeoutMs: 120_000 });
       check('lab down', d.code === 0);
     } else if (up) {
       print('');
-      print(`== the lab '${name}' keeps running; look around, then: clustermesh lab down --name ${name}`);
-      print(`   clustermesh lab get pods --name ${name} -o wide`);
-      print(`   clustermesh lab exec x-wing --name ${name} --cluster cluster1 -- clustermesh lab workload client ${REBEL_BASE_URL} -n 20`);
+      print(`== the lab '${name}' keeps running; look around, then: clustermesh lab down --lab ${name}`);
+      print(`   clustermesh lab get pods --lab ${name} -o wide`);
+      print(`   clustermesh lab exec x-wing --lab ${name} --cluster cluster1 -- clustermesh lab workload client ${REBEL_BASE_URL} -n 20`);
       print(`   clustermesh observe --lab ${name} --verdict DROPPED`);
     }
   }

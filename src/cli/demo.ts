@@ -14,6 +14,7 @@ import { collectEvents, readNodeMetrics } from '../lab/datapath.js';
 import { startMesh, type Mesh } from '../lab/mesh.js';
 import { formatEvent } from '../datapath/format.js';
 import { reasonName } from '../datapath/maps/index.js';
+import { labOption } from './common.ts';
 
 const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
 
@@ -139,16 +140,15 @@ export async function runDemo(opts: { keep?: boolean } = {}): Promise<boolean> {
 }
 
 export function demoCommand(): Command {
-  return new Command('demo')
-    .description(
-      "the seed's story on a two-cluster lab, driven through the CLI as a user would: lab up, a global rebel-base Service answered from both clusters (by DNS name), a cross-cluster NetworkPolicy that admits only app=frontend (observe shows the refused pod's drop), failover to cluster2 when cluster1 has no backends, status, lab down",
-    )
-    .option('--name <name>', 'the lab name', 'demo')
-    .option('--keep', 'keep the lab running at the end (take it down later with: clustermesh lab down --name NAME)')
+  const cmd = new Command('demo').description(
+    "the seed's story on a two-cluster lab, driven through the CLI as a user would: lab up, a global rebel-base Service answered from both clusters (by DNS name), a cross-cluster NetworkPolicy that admits only app=frontend (observe shows the refused pod's drop), failover to cluster2 when cluster1 has no backends, status, lab down",
+  );
+  return labOption(cmd, 'demo', 'the lab name')
+    .option('--keep', 'keep the lab running at the end (take it down later with: clustermesh lab down --lab NAME)')
     .option('--basic', 'instead: the raw mesh without the lab runtime (2 clusters x 2 nodes x 2 pods registered straight with the agents), traffic between every pair, a drop event, teardown')
-    .addHelpText('after', '\nExamples:\n  clustermesh demo\n  clustermesh demo --keep --name mylab\n  clustermesh demo --basic\n')
-    .action(async (o: { basic?: boolean; name: string; keep?: boolean }) => {
-      const ok = o.basic ? await runDemo() : await (await import('./demo-lab.ts')).runLabDemo({ name: o.name, keep: o.keep === true });
+    .addHelpText('after', '\nExamples:\n  clustermesh demo\n  clustermesh demo --keep --lab mylab\n  clustermesh demo --basic\n')
+    .action(async (o: { basic?: boolean; lab: string; keep?: boolean }) => {
+      const ok = o.basic ? await runDemo() : await (await import('./demo-lab.ts')).runLabDemo({ name: o.lab, keep: o.keep === true });
       // Open handles (etcd clients of the basic demo) must not hold the process.
       process.exit(ok ? 0 : 1);
     });

@@ -6,7 +6,6 @@ import { KvClient } from '../kvstore/client.ts';
 import { isPodReady, type Service } from '../model/index.ts';
 import { StoreWriter } from '../sources/store/writer.ts';
 import { labDown, labUp, validateLatency, validateLoss } from '../lab/lab.ts';
-import { runKubelet } from '../lab/kubelet.ts';
 import { podRecordsOf, type PodRecord } from '../lab/kubelet-config.ts';
 import {
   applyObjects,
@@ -20,22 +19,11 @@ import {
   type ClusterTarget,
 } from '../lab/manifest.ts';
 import { DEFAULT_LAB_NAME, clusterKvConfig, findCluster, labDir, listLabs, readLabState, sameProcessAlive, type LabCluster, type LabState } from '../lab/state.ts';
-import { httpGet, startEchoServer } from '../lab/workload.js';
+import { CLIENT_DEFAULTS, ECHO_DEFAULTS, parseCount, parsePort, runClient, runEcho, type ClientOptions, type EchoOptions } from '../lab/workload-main.ts';
 import { sweepOrphanedTopologies } from '../lab/topology.js';
 import { dnsWorkloadCommand } from './lab-dns.ts';
 import { netpolWorkloadCommand } from './lab-netpol.ts';
-
-export function parsePort(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new InvalidArgumentError(`must be a port number 1..65535, got '${value}'`);
-  return n;
-}
-
-export function parseCount(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1 || n > 1_000_000) throw new InvalidArgumentError(`must be an integer 1..1000000, got '${value}'`);
-  return n;
-}
+import { labOption } from './common.ts';
 
 function parseSmallCount(max: number) {
   return (value: string): number => {
@@ -77,21 +65,21 @@ function action<A extends unknown[]>(fn: (...args: A) => Promise<number | void>)
 }
 
 interface LabOpts {
-  name: string;
+  lab: string;
 }
-const nameOption = (c: Command): Command => c.option('--name <name>', 'lab name', DEFAULT_LAB_NAME);
+const nameOption = (c: Command): Command => labOption(c, DEFAULT_LAB_NAME, 'lab name');
 
 function clusterOf(state: LabState, name: string | undefined): LabCluster {
   if (name === undefined) {
     const first = state.clusters[0];
-    if (!first) throw new Error(`lab ${state.name} has no clusters (phase ${state.phase}); bring it up with: clustermesh lab up --name ${state.name}`);
+    if (!first) throw new Error(`lab ${state.name} has no clusters (phase ${state.phase}); bring it up with: clustermesh lab up --lab ${state.name}`);
     return first;
   }
   return findCluster(state, name);
 }
 
 function requireUp(state: LabState): void {
-  if (state.phase !== 'up') throw new Error(`lab ${state.name} is not up (phase ${state.phase}${state.error ? `: ${state.error}` : ''}); remove it with: clustermesh lab down --name ${state.name}`);
+  if (state.phase !== 'up') throw new Error(`lab ${state.name} is not up (phase ${state.phase}${state.error ? `: ${state.error}` : ''}); remove it with: clustermesh lab down --lab ${state.name}`);
 }
 
 function target(state: LabState, c: LabCluster): ClusterTarget {
@@ -100,7 +88,7 @@ function target(state: LabState, c: LabCluster): ClusterTarget {
 
 /** Runs `fn` against one cluster of a lab that is up and prints what it did. */
 async function changeCluster(o: LabOpts & { cluster?: string | undefined }, fn: (t: ClusterTarget) => Promise<readonly ApplyLine[]>): Promise<void> {
-  const state = readLabState(o.name);
+  const state = readLabState(o.lab);
   requireUp(state);
   const c = clusterOf(state, o.cluster);
   const t = target(state, c);
@@ -177,7 +165,7 @@ async function findPod(state: LabState, ref: string, clusterName: string | undef
   const [ns, name] = ref.includes('/') ? (ref.split('/', 2) as [string, string]) : [namespace, ref];
   const clusters = clusterName ? [findCluster(state, clusterName)] : state.clusters;
   const found = (await podViews(state, clusters)).filter((p) => p.name === name && p.namespace === ns);
-  if (found.length === 0) throw new Error(`no pod ${ns}/${name} in ${clusterName ?? `lab ${state.name}`}; see: clustermesh lab get pods --name ${state.name}`);
+  if (found.length === 0) throw new Error(`no pod ${ns}/${name} in ${clusterName ?? `lab ${state.name}`}; see: clustermesh lab get pods --lab ${state.name}`);
   if (found.length > 1) throw new Error(`pod ${ns}/${name} exists in ${found.map((p) => p.cluster).join(' and ')}; say which with --cluster`);
   const pod = found[0]!;
   const rec = podRecordsOf(state.dir ?? labDir(state.name)).find((r) => r.cluster === pod.cluster && r.namespace === ns && r.name === name);
@@ -207,20 +195,20 @@ Example:
       .option('--loss <percent>', 'packet loss between clusters (netem on the router), e.g. 0.1%', checked(validateLoss))
       .option('--json', 'print the lab state as JSON at the end'),
   )
-    .addHelpText('after', '\nExample:\n  clustermesh lab up --clusters 2 --nodes 2 --latency 20ms --name geo\n\nProcesses keep running after this command returns; remove everything with: clustermesh lab down --name NAME')
+    .addHelpText('after', '\nExample:\n  clustermesh lab up --clusters 2 --nodes 2 --latency 20ms --lab geo\n\nProcesses keep running after this command returns; remove everything with: clustermesh lab down --lab NAME')
     .action(
       action(async (o: LabOpts & { clusters: number; nodes: number; latency?: string; loss?: string; json?: boolean }) => {
         const say = (l: string): void => void (o.json ? console.error(l) : console.log(l));
         let interrupted = false;
-        const up = labUp({ name: o.name, clusters: o.clusters, nodes: o.nodes, ...(o.latency ? { latency: o.latency } : {}), ...(o.loss ? { loss: o.loss } : {}), progress: say });
+        const up = labUp({ name: o.lab, clusters: o.clusters, nodes: o.nodes, ...(o.latency ? { latency: o.latency } : {}), ...(o.loss ? { loss: o.loss } : {}), progress: say });
         const onSignal = (): void => {
           if (interrupted) return;
           interrupted = true;
           say('interrupted: removing what was made');
           // Remove what exists now, then let up's own failure path remove whatever it was still starting.
-          void labDown(o.name, { progress: say })
+          void labDown(o.lab, { progress: say })
             .catch((e: unknown) => console.error(`error: ${(e as Error).message}`))
-            .then(() => Promise.race([up.then(() => labDown(o.name, { progress: say })).catch(() => undefined), new Promise((r) => setTimeout(r, 60_000))]))
+            .then(() => Promise.race([up.then(() => labDown(o.lab, { progress: say })).catch(() => undefined), new Promise((r) => setTimeout(r, 60_000))]))
             .finally(() => process.exit(130));
         };
         process.once('SIGINT', onSignal);
@@ -230,15 +218,15 @@ Example:
           throw err;
         });
         if (o.json) console.log(JSON.stringify({ ...r.state, totalMs: r.totalMs }, null, 2));
-        else console.log(`time to all-connected: ${(r.readyMs / 1000).toFixed(2)} s\nnext: clustermesh lab apply -f FILE${o.name !== DEFAULT_LAB_NAME ? ` --name ${o.name}` : ''}`);
+        else console.log(`time to all-connected: ${(r.readyMs / 1000).toFixed(2)} s\nnext: clustermesh lab apply -f FILE${o.lab !== DEFAULT_LAB_NAME ? ` --lab ${o.lab}` : ''}`);
       }),
     );
 
   nameOption(lab.command('down').description('remove everything a lab created (processes by pid, namespaces, pins, files), also after a crashed up'))
-    .addHelpText('after', '\nExample:\n  clustermesh lab down --name geo')
+    .addHelpText('after', '\nExample:\n  clustermesh lab down --lab geo')
     .action(
       action(async (o: LabOpts) => {
-        await labDown(o.name, { progress: (l) => console.log(l) });
+        await labDown(o.lab, { progress: (l) => console.log(l) });
       }),
     );
 
@@ -326,7 +314,7 @@ Example:
         if (o.output !== undefined && o.output !== 'wide' && o.output !== 'json') throw new Error(`-o must be wide or json, got '${o.output}'`);
         const kind = ({ pod: 'pods', pods: 'pods', po: 'pods', service: 'services', services: 'services', svc: 'services', node: 'nodes', nodes: 'nodes', no: 'nodes', deployment: 'deployments', deployments: 'deployments', deploy: 'deployments' } as Record<string, string>)[what];
         if (!kind) throw new Error(`cannot get '${what}'; use pods, services, deployments or nodes`);
-        const state = readLabState(o.name);
+        const state = readLabState(o.lab);
         const clusters = o.cluster ? [findCluster(state, o.cluster)] : state.clusters;
         const wide = o.output === 'wide';
         if (kind === 'nodes') {
@@ -417,7 +405,7 @@ Example:
     .addHelpText('after', '\nExample:\n  clustermesh lab exec client --cluster cluster1 -- clustermesh lab workload client http://10.96.0.11:8080/ -n 20')
     .action(
       action(async (podRef: string, argv: string[], o: LabOpts & { cluster?: string; namespace: string }) => {
-        const state = readLabState(o.name);
+        const state = readLabState(o.lab);
         requireUp(state);
         const { rec } = await findPod(state, podRef, o.cluster, o.namespace);
         const binDir = `${state.dir ?? labDir(state.name)}/bin`;
@@ -447,7 +435,7 @@ Example:
     .addHelpText('after', '\nExample:\n  clustermesh lab logs echo-1a2b3 --cluster cluster2\n  clustermesh lab logs node/node1 --cluster cluster1\n  clustermesh lab logs apiserver --cluster cluster2')
     .action(
       action(async (what: string, o: LabOpts & { cluster?: string; namespace: string; container?: string }) => {
-        const state = readLabState(o.name);
+        const state = readLabState(o.lab);
         let file: string | undefined;
         const nodeRef = /^(node|kubelet)\/(.+)$/.exec(what);
         if (nodeRef) {
@@ -479,7 +467,7 @@ Example:
     .description("the lab's node runtime (started by `lab up`, one per node)")
     .requiredOption('--config <file>', 'kubelet.json written by lab up')
     .action(async (o: { config: string }) => {
-      await runKubelet(o.config);
+      await (await import('../lab/kubelet.ts')).runKubelet(o.config);
     });
 
   lab
@@ -494,55 +482,21 @@ Example:
   workload
     .command('echo')
     .description('HTTP server answering with its cluster, node and pod name; GET /bytes?n=N sends N bytes with their SHA-256 in x-sha256')
-    .option('--port <port>', 'TCP port to listen on', parsePort, 8080)
-    .option('--cluster <name>', 'cluster name to report', process.env.CLUSTERMESH_CLUSTER ?? 'unknown')
-    .option('--node <name>', 'node name to report', process.env.CLUSTERMESH_NODE ?? 'unknown')
-    .option('--pod <name>', 'pod name to report', process.env.CLUSTERMESH_POD ?? 'unknown')
+    .option('--port <port>', 'TCP port to listen on', checked(parsePort), ECHO_DEFAULTS.port)
+    .option('--cluster <name>', 'cluster name to report', ECHO_DEFAULTS.cluster)
+    .option('--node <name>', 'node name to report', ECHO_DEFAULTS.node)
+    .option('--pod <name>', 'pod name to report', ECHO_DEFAULTS.pod)
     .addHelpText('after', '\nExample (a container command of a lab pod):\n  command: ["clustermesh", "lab", "workload", "echo", "--port", "8080"]')
-    .action(async (o: { port: number; cluster: string; node: string; pod: string }) => {
-      const server = await startEchoServer({ cluster: o.cluster, node: o.node, pod: o.pod }, o.port);
-      console.log(`echo: listening on :${o.port} as ${o.cluster}/${o.node}/${o.pod}`);
-      const stop = () => server.close(() => process.exit(0));
-      process.on('SIGTERM', stop);
-      process.on('SIGINT', stop);
-    });
+    .action((o: EchoOptions) => runEcho(o));
   workload
     .command('client')
     .description('make N requests to a URL and tally which cluster/node/pod answered')
     .argument('<url>', 'URL to GET, e.g. http://10.102.1.11:8080/')
-    .option('-n, --count <n>', 'number of requests', parseCount, 10)
-    .option('--timeout <ms>', 'per-request timeout in ms', parseCount, 3000)
+    .option('-n, --count <n>', 'number of requests', checked(parseCount), CLIENT_DEFAULTS.count)
+    .option('--timeout <ms>', 'per-request timeout in ms', checked(parseCount), CLIENT_DEFAULTS.timeout)
     .option('--json', 'print the tally as one JSON object')
     .addHelpText('after', '\nExample:\n  clustermesh lab exec client -- clustermesh lab workload client http://rebel-base.default.svc.cluster.local:8080/ -n 20')
-    .action(async (url: string, o: { count: number; timeout: number; json?: boolean }) => {
-      const tally: Record<string, number> = {};
-      let failures = 0;
-      let lastError = '';
-      const t0 = performance.now();
-      for (let i = 0; i < o.count; i++) {
-        try {
-          const r = await httpGet(url, o.timeout);
-          const who = JSON.parse(r.body.toString()) as { cluster: string; node: string; pod: string };
-          const k = `${who.cluster}/${who.node}/${who.pod}`;
-          tally[k] = (tally[k] ?? 0) + 1;
-        } catch (err) {
-          failures++;
-          lastError = (err as Error).message;
-        }
-      }
-      const ms = performance.now() - t0;
-      if (o.json) {
-        console.log(JSON.stringify({ url, requests: o.count, failures, tally, ...(lastError ? { lastError } : {}) }));
-      } else {
-        console.log(`${o.count} requests to ${url} in ${(ms / 1000).toFixed(2)} s: ${o.count - failures} answered, ${failures} failed`);
-        const byCluster: Record<string, number> = {};
-        for (const [k, v] of Object.entries(tally)) byCluster[k.split('/')[0]!] = (byCluster[k.split('/')[0]!] ?? 0) + v;
-        for (const [k, v] of Object.entries(tally).sort()) console.log(`  ${String(v).padStart(4)}  ${k}`);
-        if (Object.keys(byCluster).length) console.log(`  by cluster: ${Object.entries(byCluster).sort().map(([k, v]) => `${k} ${v}`).join(', ')}`);
-        if (lastError) console.log(`  last error: ${lastError}`);
-      }
-      if (failures === o.count) process.exitCode = 1;
-    });
+    .action((url: string, o: ClientOptions) => runClient(url, o));
   workload.addCommand(dnsWorkloadCommand());
   workload.addCommand(netpolWorkloadCommand());
   return lab;

@@ -1,32 +1,52 @@
+// The clustermesh CLI. Only the command that runs is loaded: the program lists
+// every command by name and summary (what --version and --help need), and the
+// module of the command named on the command line defines it in full (its
+// options, help and action) when that command runs or shows its help.
 import { Command } from 'commander';
-import { labCommand } from './lab.js';
-import { datapathCommand } from './datapath.js';
-import { demoCommand } from './demo.js';
-import { apiserverCommand } from '../apiserver/command.js';
-import { agentCommand } from '../agent/command.js';
-import { cniCommand } from '../cni/command.js';
-import { statusCommand } from './status.js';
-import { inspectCommand } from './inspect.js';
-import { observeCommand } from './observe.js';
-import { troubleshootCommand } from './troubleshoot.js';
-import { connectCommand, disconnectCommand, enableCommand } from './clustermesh-config.js';
-import { usageExitCodes } from './common.js';
+import { usageExitCodes } from './common.ts';
 
-const program = new Command();
-program
-  .name('clustermesh')
-  .description('Multi-cluster networking for Kubernetes-style clusters, with an eBPF datapath')
-  .version('0.1.0')
-  .showHelpAfterError();
-
-program.addCommand(demoCommand());
-program.addCommand(labCommand());
-program.addCommand(datapathCommand());
-program.addCommand(apiserverCommand());
-program.addCommand(agentCommand());
-program.addCommand(cniCommand());
-for (const cmd of [statusCommand(), inspectCommand(), observeCommand(), troubleshootCommand(), enableCommand(), connectCommand(), disconnectCommand()]) {
-  program.addCommand(usageExitCodes(cmd));
+interface Entry {
+  summary: string;
+  load: () => Promise<Command>;
+  /** Operator commands: usage errors exit 2 (common.ts). */
+  usageExit?: boolean;
 }
 
-await program.parseAsync(process.argv);
+export const COMMANDS: Record<string, Entry> = {
+  demo: { summary: "the seed's story on a two-cluster lab: global service, cross-cluster policy, failover", load: async () => (await import('./demo.ts')).demoCommand() },
+  lab: { summary: 'a whole mesh of clusters, nodes and pods on this machine (test bed)', load: async () => (await import('./lab.ts')).labCommand() },
+  datapath: { summary: "program one node's eBPF datapath", load: async () => (await import('./datapath.ts')).datapathCommand() },
+  apiserver: { summary: "export this cluster's nodes, identities, endpoint IPs and global services into its mesh kvstore", load: async () => (await import('../apiserver/command.ts')).apiserverCommand() },
+  agent: { summary: "run the node agent in the node's network namespace", load: async () => (await import('../agent/command.ts')).agentCommand() },
+  cni: { summary: 'the CNI plugin (spec 1.0.0): ADD, DEL, CHECK, VERSION', load: async () => (await import('../cni/command.ts')).cniCommand() },
+  status: { summary: 'is every cluster, agent and remote cluster connected and ready', load: async () => (await import('./status.ts')).statusCommand(), usageExit: true },
+  inspect: { summary: "a node's eBPF maps, decoded", load: async () => (await import('./inspect.ts')).inspectCommand(), usageExit: true },
+  observe: { summary: 'flow events (drops and forwards) from the datapath', load: async () => (await import('./observe.ts')).observeCommand(), usageExit: true },
+  troubleshoot: { summary: 'check each remote-cluster connection step by step and name the fix', load: async () => (await import('./troubleshoot.ts')).troubleshootCommand(), usageExit: true },
+  enable: { summary: 'make a cluster connectable: client certificate and access bundle', load: async () => (await import('./clustermesh-config.ts')).enableCommand(), usageExit: true },
+  connect: { summary: 'connect clusters (install access into remote-cluster dirs)', load: async () => (await import('./clustermesh-config.ts')).connectCommand(), usageExit: true },
+  disconnect: { summary: 'disconnect clusters', load: async () => (await import('./clustermesh-config.ts')).disconnectCommand(), usageExit: true },
+};
+
+/** Runs the CLI on `argv` (process.argv: node, script, args). */
+export async function main(argv: string[]): Promise<void> {
+  const program = new Command();
+  program
+    .name('clustermesh')
+    .description('Multi-cluster networking for Kubernetes-style clusters, with an eBPF datapath')
+    .version('0.1.0')
+    .showHelpAfterError()
+    .addHelpText('after', '\nRun clustermesh <command> --help for its options and examples.');
+  // `clustermesh status …` and `clustermesh help status` load status; other commands stay a name and a summary.
+  const args = argv.slice(2);
+  const wanted = args[0] === 'help' ? args[1] : args[0];
+  for (const [name, e] of Object.entries(COMMANDS)) {
+    if (name === wanted) {
+      const cmd = await e.load();
+      program.addCommand(e.usageExit ? usageExitCodes(cmd) : cmd);
+    } else {
+      program.command(name).summary(e.summary);
+    }
+  }
+  await program.parseAsync(argv);
+}

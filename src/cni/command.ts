@@ -1,14 +1,7 @@
 // `clustermesh cni`: the executable a kubelet (or the lab's node runtime) calls
-// with the CNI_* environment and the network config on stdin.
+// with the CNI_* environment and the network config on stdin. Only the flags
+// and help are here; the plugin (main.ts) loads when the command runs.
 import { Command } from 'commander';
-import { runCni } from './plugin.ts';
-
-async function readStdin(): Promise<string> {
-  if (process.stdin.isTTY) return '';
-  const chunks: Buffer[] = [];
-  for await (const c of process.stdin) chunks.push(c as Buffer);
-  return Buffer.concat(chunks).toString('utf8');
-}
 
 export function cniCommand(): Command {
   return new Command('cni')
@@ -26,8 +19,6 @@ Error codes: 1 incompatible version, 4 invalid environment, 6 stdin not JSON, 7 
 11 try again later (agent unreachable or not ready), 999 other.`,
     )
     .action(async () => {
-      const out = await runCni(process.env, await readStdin());
-      process.stdout.write(out.stdout);
-      process.exit(out.exitCode);
+      await (await import('./main.ts')).main();
     });
 }

@@ -30,7 +30,6 @@ import { isPodReady } from '../model/index.ts';
 import { kubeletConfigFile, podRecordsOf, type KubeletConfig, type PodRecord } from './kubelet-config.ts';
 
 export const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
-const CNI_MAIN = resolve(import.meta.dirname, 'cni-main.ts');
 /** The Service CIDR of every cluster (ARCHITECTURE §2); .10 is the cluster DNS. */
 export const SERVICE_CIDR = '10.96.0.0/16';
 export const DNS_SERVICE_IP = '10.96.0.10';
@@ -103,7 +102,7 @@ async function startClusterDnsPods(mesh: Mesh, state: LabState, progress: (l: st
     }
     if (pending.size) await sleep(200);
   }
-  if (pending.size) progress(`      warning: the cluster DNS of ${[...pending].join(', ')} is not ready after 60 s; see: clustermesh lab get pods --name ${state.name} and the kubelet logs`);
+  if (pending.size) progress(`      warning: the cluster DNS of ${[...pending].join(', ')} is not ready after 60 s; see: clustermesh lab get pods --lab ${state.name} and the kubelet logs`);
   else progress(`      cluster DNS ready in every cluster (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
 }
 
@@ -133,13 +132,13 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
       if (!(err instanceof NoSuchLabError)) throw new Error(`${(err as Error).message}`);
     }
     if (old && labAlive(old)) {
-      throw new Error(`a lab named ${name} is already ${old.phase === 'up' ? 'up' : 'being started'} (since ${old.createdAt}); use it, or remove it first with: clustermesh lab down --name ${name}`);
+      throw new Error(`a lab named ${name} is already ${old.phase === 'up' ? 'up' : 'being started'} (since ${old.createdAt}); use it, or remove it first with: clustermesh lab down --lab ${name}`);
     }
     progress(`removing what a dead lab named ${name} left behind`);
     await labDown(name, { progress });
   } else if (existsSync(dir)) {
     // A directory without state: nothing of ours can be in it that we could remove exactly.
-    throw new Error(`${dir} exists but holds no lab state; remove it by hand or pick another --name`);
+    throw new Error(`${dir} exists but holds no lab state; remove it by hand or pick another --lab`);
   }
 
   const prefix = labNetnsPrefix(name);
@@ -194,9 +193,9 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
       progress(`[4/6] node runtime: a kubelet per node (pods: netns, CNI ADD, the container's command)`);
       const cniBin = join(dir, 'cni', 'bin');
       // What a kubelet finds in CNI_PATH under the config's `type`, and `clustermesh` on the PATH of pods.
-      // The plugin runs through its own small entry (cni-main.ts): a pod start does not load the whole CLI.
+      // `clustermesh cni` starts the plugin's own small entry (bin/clustermesh.js): a pod start does not load the CLI.
       const scripts: Array<[string, string]> = [
-        [cniBin, `'${process.execPath}' --import '${import.meta.resolve('tsx')}' '${CNI_MAIN}' "$@"`],
+        [cniBin, `'${process.execPath}' '${CLI}' cni`],
         [join(dir, 'bin'), `'${process.execPath}' '${CLI}' "$@"`],
       ];
       for (const [d, cmd] of scripts) {

@@ -65,10 +65,10 @@ test('write, read and list; the file is replaced atomically (no temp file left)'
 });
 
 test('a missing lab, a torn file and a bad field are each one clear error', () => {
-  assert.throws(() => readLabState('cmtlnone'), (e: unknown) => e instanceof NoSuchLabError && e.message === 'no lab named cmtlnone; start one with: clustermesh lab up --name cmtlnone');
+  assert.throws(() => readLabState('cmtlnone'), (e: unknown) => e instanceof NoSuchLabError && e.message === 'no lab named cmtlnone; start one with: clustermesh lab up --lab cmtlnone');
   mkdirSync(join(root, 'cmtlbad'), { recursive: true });
   writeFileSync(join(root, 'cmtlbad', 'lab.json'), '{"version":1,');
-  assert.throws(() => readLabState('cmtlbad'), /lab state .*cmtlbad\/lab\.json is not valid JSON .*clustermesh lab down --name cmtlbad/);
+  assert.throws(() => readLabState('cmtlbad'), /lab state .*cmtlbad\/lab\.json is not valid JSON .*clustermesh lab down --lab cmtlbad/);
   writeFileSync(join(root, 'cmtlbad', 'lab.json'), JSON.stringify({ ...state('cmtlbad'), phase: 'sleeping' }));
   assert.throws(() => readLabState('cmtlbad'), /cmtlbad\/lab\.json: field phase: /);
   assert.throws(() => validateLabName('Bad_Name'), /lab name 'Bad_Name' is invalid/);

@@ -158,7 +158,7 @@ export type LabState = z.infer<typeof labStateSchema>;
 
 export class NoSuchLabError extends Error {
   constructor(readonly labName: string) {
-    super(`no lab named ${labName}; start one with: clustermesh lab up --name ${labName}`);
+    super(`no lab named ${labName}; start one with: clustermesh lab up --lab ${labName}`);
     this.name = 'NoSuchLabError';
   }
 }
@@ -177,7 +177,7 @@ export function readLabState(name: string = DEFAULT_LAB_NAME): LabState {
   try {
     json = JSON.parse(text);
   } catch (err) {
-    throw new Error(`lab state ${file} is not valid JSON (${(err as Error).message}); remove the lab with: clustermesh lab down --name ${name}`);
+    throw new Error(`lab state ${file} is not valid JSON (${(err as Error).message}); remove the lab with: clustermesh lab down --lab ${name}`);
   }
   const parsed = labStateSchema.safeParse(json);
   if (!parsed.success) {

@@ -8,7 +8,7 @@ import { resolve } from 'node:path';
 import { childEnv } from './process.ts';
 
 const ROOT = resolve(import.meta.dirname, '..', '..');
-const PACED_GET = resolve(import.meta.dirname, 'paced-get.ts');
+const PACED_GET = resolve(ROOT, 'src', 'lab', 'paced-get.ts');
 
 export interface TransferResult {
   status: number;

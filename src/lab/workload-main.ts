@@ -1,0 +1,109 @@
+// `clustermesh lab workload echo|client`: what lab pods run. bin/clustermesh.js
+// calls main() directly, so an echo pod loads node:http and this file, not the
+// CLI framework; src/cli/lab.ts defines the same flags for --help and runs the
+// same functions. Parsers throw plain Errors (lab.ts turns them into usage errors).
+import { parseArgs } from 'node:util';
+
+export function parsePort(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n < 1 || n > 65535) throw new Error(`must be a port number 1..65535, got '${value}'`);
+  return n;
+}
+
+export function parseCount(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n < 1 || n > 1_000_000) throw new Error(`must be an integer 1..1000000, got '${value}'`);
+  return n;
+}
+
+export interface EchoOptions {
+  port: number;
+  cluster: string;
+  node: string;
+  pod: string;
+}
+
+/** Defaults of echo's flags: who the server says it is comes from the pod's environment. */
+export const ECHO_DEFAULTS = {
+  port: 8080,
+  cluster: process.env.CLUSTERMESH_CLUSTER ?? 'unknown',
+  node: process.env.CLUSTERMESH_NODE ?? 'unknown',
+  pod: process.env.CLUSTERMESH_POD ?? 'unknown',
+} as const satisfies EchoOptions;
+
+export interface ClientOptions {
+  count: number;
+  timeout: number;
+  json?: boolean | undefined;
+}
+
+export const CLIENT_DEFAULTS = { count: 10, timeout: 3000 } as const;
+
+/** Serves until SIGTERM or SIGINT. */
+export async function runEcho(o: EchoOptions): Promise<void> {
+  const { startEchoServer } = await import('./workload.ts');
+  const server = await startEchoServer({ cluster: o.cluster, node: o.node, pod: o.pod }, o.port);
+  console.log(`echo: listening on :${o.port} as ${o.cluster}/${o.node}/${o.pod}`);
+  const stop = (): void => void server.close(() => process.exit(0));
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+}
+
+/** Makes o.count requests and prints who answered; exit code 1 when none did. */
+export async function runClient(url: string, o: ClientOptions): Promise<void> {
+  const { httpGet } = await import('./workload.ts');
+  const tally: Record<string, number> = {};
+  let failures = 0;
+  let lastError = '';
+  const t0 = performance.now();
+  for (let i = 0; i < o.count; i++) {
+    try {
+      const r = await httpGet(url, o.timeout);
+      const who = JSON.parse(r.body.toString()) as { cluster: string; node: string; pod: string };
+      const k = `${who.cluster}/${who.node}/${who.pod}`;
+      tally[k] = (tally[k] ?? 0) + 1;
+    } catch (err) {
+      failures++;
+      lastError = (err as Error).message;
+    }
+  }
+  const ms = performance.now() - t0;
+  if (o.json) {
+    console.log(JSON.stringify({ url, requests: o.count, failures, tally, ...(lastError ? { lastError } : {}) }));
+  } else {
+    console.log(`${o.count} requests to ${url} in ${(ms / 1000).toFixed(2)} s: ${o.count - failures} answered, ${failures} failed`);
+    const byCluster: Record<string, number> = {};
+    for (const [k, v] of Object.entries(tally)) byCluster[k.split('/')[0]!] = (byCluster[k.split('/')[0]!] ?? 0) + v;
+    for (const [k, v] of Object.entries(tally).sort()) console.log(`  ${String(v).padStart(4)}  ${k}`);
+    if (Object.keys(byCluster).length) console.log(`  by cluster: ${Object.entries(byCluster).sort().map(([k, v]) => `${k} ${v}`).join(', ')}`);
+    if (lastError) console.log(`  last error: ${lastError}`);
+  }
+  if (failures === o.count) process.exitCode = 1;
+}
+
+/**
+ * The fast path: argv is ['echo' | 'client', ...flags]. Returns false, having
+ * done nothing, for anything it does not take as is (--help, an unknown flag,
+ * a bad value): the full CLI then explains.
+ */
+export async function main(argv: string[]): Promise<boolean> {
+  const [which, ...args] = argv;
+  let run: () => Promise<void>;
+  try {
+    if (which === 'echo') {
+      const { values, positionals } = parseArgs({ args, strict: true, allowPositionals: true, options: { port: { type: 'string' }, cluster: { type: 'string' }, node: { type: 'string' }, pod: { type: 'string' } } });
+      if (positionals.length) return false;
+      const o = { ...ECHO_DEFAULTS, ...values, port: values.port === undefined ? ECHO_DEFAULTS.port : parsePort(values.port) };
+      run = () => runEcho(o);
+    } else if (which === 'client') {
+      const { values, positionals } = parseArgs({ args, strict: true, allowPositionals: true, options: { count: { type: 'string', short: 'n' }, timeout: { type: 'string' }, json: { type: 'boolean' } } });
+      if (positionals.length !== 1) return false;
+      const o = { count: values.count === undefined ? CLIENT_DEFAULTS.count : parseCount(values.count), timeout: values.timeout === undefined ? CLIENT_DEFAULTS.timeout : parseCount(values.timeout), json: values.json };
+      run = () => runClient(positionals[0]!, o);
+    } else return false;
+  } catch {
+    return false;
+  }
+  await run();
+  return true;
+}

@@ -1,0 +1,79 @@
+// The clustermesh executable as a user runs it, without a lab: the lazily
+// loaded commands, --lab with its --name alias, and the workloads' own entry
+// (bin/clustermesh.js runs them without the CLI framework; a flag it does not
+// take goes to the full CLI, which explains).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { resolve } from 'node:path';
+
+const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
+
+function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((done, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.once('error', reject);
+    child.once('exit', (code) => done({ code, stdout, stderr }));
+  });
+}
+
+test('--version, --help and a command loaded on demand with all its options', { timeout: 120_000 }, async () => {
+  assert.equal((await cli(['--version'])).stdout.trim(), '0.1.0');
+  const help = await cli(['--help']);
+  assert.equal(help.code, 0);
+  for (const c of ['demo', 'lab', 'agent', 'cni', 'status', 'inspect', 'observe', 'troubleshoot', 'enable', 'connect', 'disconnect']) assert.match(help.stdout, new RegExp(`^  ${c}\\b`, 'm'), c);
+  const status = await cli(['help', 'status']);
+  assert.match(status.stdout, /--wait-duration <duration>/);
+  const echo = await cli(['lab', 'workload', 'echo', '--help']);
+  assert.match(echo.stdout, /--port <port>\s+TCP port to listen on \(default: 8080\)/);
+  assert.equal((await cli(['nosuchcommand'])).code, 1);
+});
+
+test('--lab everywhere, --name still taken by lab subcommands and demo', { timeout: 120_000 }, async () => {
+  for (const args of [['lab', 'down'], ['lab', 'get'], ['demo']]) {
+    const h = await cli([...args, '--help']);
+    assert.match(h.stdout, /--lab <name>\s+.*\(alias: --name\)/, args.join(' '));
+    assert.doesNotMatch(h.stdout, /--name <name>/, args.join(' '));
+  }
+  const name = `cmt-nolab-${randomBytes(3).toString('hex')}`;
+  for (const flag of ['--lab', '--name']) {
+    const r = await cli(['lab', 'get', 'pods', flag, name]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, new RegExp(`no lab named ${name}; start one with: clustermesh lab up --lab ${name}`), flag);
+  }
+});
+
+test('lab workload echo and client run from their own entry; bad flags get the full CLI error', { timeout: 120_000 }, async () => {
+  const bad = await cli(['lab', 'workload', 'echo', '--port', '70000']);
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /option '--port <port>' argument '70000' is invalid\. must be a port number 1\.\.65535/);
+  const unknown = await cli(['lab', 'workload', 'client']);
+  assert.match(unknown.stderr, /missing required argument 'url'/);
+
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const server = spawn(process.execPath, [CLI, 'lab', 'workload', 'echo', '--port', String(port), '--cluster', 'c9', '--node', 'n9', '--pod', 'p9'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  try {
+    let out = '';
+    server.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const end = Date.now() + 60_000;
+    while (!out.includes('listening')) {
+      assert.ok(Date.now() < end && server.exitCode === null, `echo did not start: ${out}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.match(out, new RegExp(`echo: listening on :${port} as c9/n9/p9`));
+    const c = await cli(['lab', 'workload', 'client', `http://127.0.0.1:${port}/`, '-n', '3', '--json']);
+    assert.equal(c.code, 0, c.stderr);
+    assert.deepEqual(JSON.parse(c.stdout), { url: `http://127.0.0.1:${port}/`, requests: 3, failures: 0, tally: { 'c9/n9/p9': 3 } });
+  } finally {
+    server.kill('SIGTERM');
+  }
+  // Nobody listens there any more: every request fails, exit 1.
+  const none = await cli(['lab', 'workload', 'client', `http://127.0.0.1:${port}/`, '--count=2', '--timeout', '2000']);
+  assert.equal(none.code, 1);
+  assert.match(none.stdout, /2 requests to .* 0 answered, 2 failed/);
+});
