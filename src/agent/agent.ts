@@ -26,7 +26,7 @@
 import { mkdir } from 'node:fs/promises';
 import pino, { type Logger } from 'pino';
 import { ClusterMesh } from '../clustermesh/clustermesh.ts';
-import { sleep, systemClock, type Clock } from '../clustermesh/clock.ts';
+import { sleep, systemClock, type Clock } from '../util/clock.ts';
 import type * as endpointsMap from '../datapath/maps/endpoints.ts';
 import { NodeDatapath } from '../datapath/node.ts';
 import { IdentityAllocator } from '../identity/allocator.ts';

@@ -39,7 +39,7 @@
 // local policy kinds have been listed; then the whole desired state is
 // computed and the reconcilers start with a full pass that writes only
 // differences. Pruning waits for every source (the agent's pruneBlocker).
-import { systemClock, type Clock, type TimerHandle } from '../clustermesh/clock.ts';
+import { systemClock, type Clock, type TimerHandle } from '../util/clock.ts';
 import type { ObservableMap } from '../clustermesh/cache.ts';
 import type { RemoteIdentity } from '../clustermesh/clustermesh.ts';
 import * as policyMap from '../datapath/maps/policy.ts';

@@ -1,7 +1,7 @@
 // The apiserver's own leased keys: `cilium/cluster-config/<cluster>` (written
 // first, rewritten whenever the session lease changes) and `cilium/.heartbeat`
 // (RFC3339 time, rewritten every interval).
-import { sleep, systemClock, type Clock } from '../clustermesh/clock.ts';
+import { sleep, systemClock, type Clock } from '../util/clock.ts';
 import { clusterConfigKey, heartbeatKey } from '../clustermesh/keys.ts';
 import { encodeClusterConfig } from '../clustermesh/wire.ts';
 import type { KvClient } from '../kvstore/client.ts';

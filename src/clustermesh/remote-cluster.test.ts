@@ -6,7 +6,7 @@ import { Registry } from 'prom-client';
 import type { KvClient } from '../kvstore/client.ts';
 import { KvError } from '../kvstore/types.ts';
 import { Cache, type CacheEvent } from './cache.ts';
-import { ManualClock } from './clock.ts';
+import { ManualClock } from '../util/clock.ts';
 import { backoffDelay, DEFAULT_BACKOFF, RemoteCluster } from './remote-cluster.ts';
 
 const conn = { endpoints: ['https://127.0.0.1:1'], caFile: '/x', certFile: '/x', keyFile: '/x' };

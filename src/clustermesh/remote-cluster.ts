@@ -21,7 +21,7 @@ import { KvError, type KvConnectionConfig, type KvPair } from '../kvstore/types.
 import { WatchStore } from '../kvstore/watch-store.ts';
 import type { WatchHandle } from '../kvstore/client.ts';
 import { Cache, type ObservableMap } from './cache.ts';
-import { sleep, systemClock, type Clock } from './clock.ts';
+import { sleep, systemClock, type Clock } from '../util/clock.ts';
 import {
   clusterConfigKey,
   identitiesPrefix,
@@ -74,12 +74,16 @@ export interface RemoteIpEntry {
   ip: string;
   /** "ip/len": /32 or /128 unless the entry carries a mask. */
   prefix: string;
+  /** A reserved identity (1..255) or one of the cluster's range. */
   identity: number;
-  /** The tunnel endpoint (the node hosting the IP). */
+  /** The tunnel endpoint (the node hosting the IP); "" when the entry names none. */
   hostIP: string;
   encryptKey: number;
   namespace: string;
   podName: string;
+  serviceAccount: string;
+  /** The pod's named container ports (egress policy towards the pod resolves them). */
+  namedPorts: { name: string; port: number; protocol: 'TCP' | 'UDP' | 'SCTP' }[];
 }
 
 export interface ServicePort {
@@ -315,18 +319,6 @@ function ports(m: Record<string, Record<string, { Protocol: 'TCP' | 'UDP' | 'SCT
     }));
 }
 
-function maskLength(mask: string | null, ip: string): number {
-  if (mask === null) return ip.includes(':') ? 128 : 32;
-  if (mask.includes(':')) {
-    const [head = '', tail] = mask.split('::');
-    const h = head === '' ? [] : head.split(':');
-    const t = tail === undefined || tail === '' ? [] : tail.split(':');
-    const groups = [...h, ...Array<string>(tail === undefined ? 0 : 8 - h.length - t.length).fill('0'), ...t];
-    return groups.reduce((n, g) => n + parseInt(g, 16).toString(2).replace(/0/g, '').length, 0);
-  }
-  return mask.split('.').reduce((n, o) => n + Number(o).toString(2).replace(/0/g, '').length, 0);
-}
-
 const NODE_SPEC: PrefixSpec<import('./wire.ts').NodeValue, string, RemoteNode> = {
   name: 'nodes',
   prefix: nodesClusterPrefix,
@@ -339,7 +331,7 @@ const NODE_SPEC: PrefixSpec<import('./wire.ts').NodeValue, string, RemoteNode> =
       name: n.Name,
       addresses: n.IPAddresses.map((a) => ({ type: a.Type, ip: a.IP })),
       ipv4AllocCIDR: n.IPv4AllocCIDR,
-      ipv6AllocCIDR: n.IPv6AllocCIDR ?? null,
+      ipv6AllocCIDR: n.IPv6AllocCIDR,
       labels: { ...n.Labels },
     },
   }),
@@ -354,17 +346,20 @@ const IP_SPEC: PrefixSpec<import('./wire.ts').IpEntryValue, string, RemoteIpEntr
   name: 'ip',
   prefix: () => ipPrefix,
   decode: decodeIpEntry,
+  // Keyed by the IP for a host entry, by "ip/len" for a prefix.
   toDomain: (e, src) => ({
-    key: e.IP,
+    key: e.Mask === null ? e.IP : `${e.IP}/${e.Mask}`,
     value: {
       cluster: src.cluster,
       ip: e.IP,
-      prefix: `${e.IP}/${maskLength(e.Mask, e.IP)}`,
+      prefix: `${e.IP}/${e.Mask ?? (e.IP.includes(':') ? 128 : 32)}`,
       identity: e.ID,
       hostIP: e.HostIP,
       encryptKey: e.Key,
       namespace: e.K8sNamespace,
       podName: e.K8sPodName,
+      serviceAccount: e.K8sServiceAccount,
+      namedPorts: e.NamedPorts.map((p) => ({ name: p.Name, port: p.Port, protocol: p.Protocol })),
     },
   }),
 };
