@@ -140,6 +140,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       configDir: cfg.clustermeshConfigDir,
       clock,
       logger: log.child({ component: 'clustermesh' }),
+      heartbeatStaleMs: cfg.remoteHeartbeatStaleMs,
     });
 
     // ---- sync state (what pruning waits for)

@@ -76,6 +76,8 @@ export interface ClusterMeshOptions {
   /** Use fs.watch on the config dir (default true). */
   useFsWatch?: boolean;
   connect?: (config: KvConnectionConfig) => KvClient;
+  /** Report a remote stale when its heartbeat has not changed for this long (default 180 s). */
+  heartbeatStaleMs?: number;
 }
 
 interface CompiledOptions {
@@ -91,6 +93,7 @@ interface CompiledOptions {
   rescanIntervalMs: number;
   useFsWatch: boolean;
   connect: ((config: KvConnectionConfig) => KvClient) | undefined;
+  heartbeatStaleMs: number | undefined;
 }
 
 function compile(o: ClusterMeshOptions): CompiledOptions {
@@ -110,6 +113,7 @@ function compile(o: ClusterMeshOptions): CompiledOptions {
     rescanIntervalMs: o.rescanIntervalMs ?? 10_000,
     useFsWatch: o.useFsWatch ?? true,
     connect: o.connect,
+    heartbeatStaleMs: o.heartbeatStaleMs,
   };
 }
 
@@ -318,6 +322,7 @@ export class ClusterMesh {
       ...(this.o.registry ? { registry: this.o.registry } : {}),
       ...(this.o.maxValueBytes !== undefined ? { maxValueBytes: this.o.maxValueBytes } : {}),
       ...(this.o.connect ? { connect: this.o.connect } : {}),
+      ...(this.o.heartbeatStaleMs !== undefined ? { heartbeatStaleMs: this.o.heartbeatStaleMs } : {}),
     });
     const cluster = config.name;
     const unsubscribe = [

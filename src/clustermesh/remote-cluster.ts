@@ -24,6 +24,7 @@ import { Cache, type ObservableMap } from './cache.ts';
 import { sleep, systemClock, type Clock } from '../util/clock.ts';
 import {
   clusterConfigKey,
+  heartbeatKey,
   identitiesPrefix,
   ipPrefix,
   nodesClusterPrefix,
@@ -34,6 +35,7 @@ import {
 } from './keys.ts';
 import {
   decodeClusterConfig,
+  decodeHeartbeat,
   decodeIdentity,
   decodeIpEntry,
   decodeNode,
@@ -140,6 +142,14 @@ export interface RemoteClusterStatus {
   lastErrorAt: string | null;
   /** Why the cluster is refused, while it is. */
   refusedReason: string | null;
+  /** The remote's cluster-config capabilities (null before one was accepted). */
+  config: { cached: boolean; serviceExportsEnabled: boolean | null; syncedCanaries: boolean } | null;
+  /**
+   * cilium/.heartbeat, which the remote apiserver rewrites every minute or so:
+   * when it was last seen to change (our clock), the time it carries, and
+   * `stale` once connected without a change for longer than the limit.
+   */
+  heartbeat: { lastSeenAt: string | null; value: string | null; ageMs: number | null; stale: boolean; staleAfterMs: number };
 }
 
 // ---------------------------------------------------------------------------
@@ -194,7 +204,11 @@ export interface RemoteClusterOptions {
   maxValueBytes?: number;
   /** Creates the client (tests inject faults); default `new KvClient(config)`. */
   connect?: (config: KvConnectionConfig) => KvClient;
+  /** Report the remote stale when its heartbeat has not changed for this long (default 180 s, as Cilium). */
+  heartbeatStaleMs?: number;
 }
+
+export const DEFAULT_HEARTBEAT_STALE_MS = 180_000;
 
 // ---------------------------------------------------------------------------
 // Metrics, one set per registry
@@ -427,6 +441,12 @@ export class RemoteCluster {
   private lastErrorAt: string | null = null;
   private refusedReason: string | null = null;
   private readonly rejectedCounts = emptyRejected();
+  private readonly heartbeatStaleMs: number;
+  private acceptedConfig: ClusterConfig | null = null;
+  /** Our clock when the heartbeat was last seen to change, or the session connected (whichever is later). */
+  private heartbeatSince: number | null = null;
+  private heartbeatSeenAt: number | null = null;
+  private heartbeatValue: number | null = null;
   private running: Promise<void> | null = null;
   private lifecycle: AbortController | null = null;
   private session: AbortController | null = null;
@@ -444,6 +464,7 @@ export class RemoteCluster {
     this.backoff = { ...DEFAULT_BACKOFF, ...opts.backoff };
     this.maxValueBytes = opts.maxValueBytes;
     this.connectFn = opts.connect ?? ((c) => new KvClient(c));
+    this.heartbeatStaleMs = opts.heartbeatStaleMs ?? DEFAULT_HEARTBEAT_STALE_MS;
     this.nodeMirror = new PrefixMirror(NODE_SPEC, this);
     this.identityMirror = new PrefixMirror(IDENTITY_SPEC, this);
     this.ipMirror = new PrefixMirror(IP_SPEC, this);
@@ -479,7 +500,37 @@ export class RemoteCluster {
       lastError: this.lastError,
       lastErrorAt: this.lastErrorAt,
       refusedReason: this.refusedReason,
+      config: this.acceptedConfig
+        ? {
+            cached: this.acceptedConfig.capabilities.cached,
+            serviceExportsEnabled: this.acceptedConfig.capabilities.serviceExportsEnabled,
+            syncedCanaries: this.acceptedConfig.capabilities.syncedCanaries,
+          }
+        : null,
+      heartbeat: this.heartbeatStatus(),
     };
+  }
+
+  private heartbeatStatus(): RemoteClusterStatus['heartbeat'] {
+    const now = this.clock.now();
+    const ageMs = this.heartbeatSince === null ? null : Math.max(0, now - this.heartbeatSince);
+    return {
+      lastSeenAt: this.heartbeatSeenAt === null ? null : new Date(this.heartbeatSeenAt).toISOString(),
+      value: this.heartbeatValue === null ? null : new Date(this.heartbeatValue).toISOString(),
+      ageMs,
+      stale: this.connected && ageMs !== null && ageMs > this.heartbeatStaleMs,
+      staleAfterMs: this.heartbeatStaleMs,
+    };
+  }
+
+  /** A heartbeat was seen (listed or changed). */
+  private noteHeartbeat(raw: string): void {
+    const now = this.clock.now();
+    const wasStale = this.heartbeatStatus().stale;
+    this.heartbeatSince = now;
+    this.heartbeatSeenAt = now;
+    this.heartbeatValue = decodeHeartbeat(raw);
+    if (wasStale) this.log.info({ cluster: this.name }, 'remote heartbeat resumed');
   }
 
   /** Called on every state change. Returns the unsubscribe function. */
@@ -671,6 +722,23 @@ export class RemoteCluster {
           (err) => fail(wrap(err)),
         ),
       );
+      // The heartbeat: its age counts from now until it is seen.
+      this.heartbeatSince = this.clock.now();
+      const hb = await race(c.list(heartbeatKey)).catch((e) => {
+        throw wrap(e);
+      });
+      const hbPair = hb.pairs.find((p) => p.key === heartbeatKey);
+      if (hbPair) this.noteHeartbeat(hbPair.value);
+      watches.push(
+        c.watch(
+          heartbeatKey,
+          (BigInt(hb.revision) + 1n).toString(),
+          (ev) => {
+            if (ev.key === heartbeatKey && ev.kind === 'upsert' && !signal.aborted) this.noteHeartbeat(ev.value);
+          },
+          (err) => fail(wrap(err)),
+        ),
+      );
       this.setState('syncing');
 
       const runPrefix = async (m: PrefixMirror<unknown, unknown, unknown>): Promise<void> => {
@@ -731,10 +799,12 @@ export class RemoteCluster {
       return refuse(`${this.name} uses maxConnectedClusters ${cfg.capabilities.maxConnectedClusters}, this cluster ${this.local.maxConnectedClusters}`);
     }
     if (cfg.id === this.local.id) return refuse(`${this.name} uses cluster ID ${cfg.id}, the ID of the local cluster ${this.local.name}`);
+    if (cfg.capabilities.cached) return refuse(`${this.name}'s cluster-config says cached: its data is a kvstoremesh cache under cilium/cache/, which this importer does not read`);
     const clash = this.ids?.claim(this.name, cfg.id) ?? null;
     if (clash !== null) return refuse(clash);
     this.clusterId = cfg.id;
     this.acceptedLayout = layout;
+    this.acceptedConfig = cfg;
     return cfg;
   }
 
@@ -746,6 +816,7 @@ export class RemoteCluster {
     this.ids?.release(this.name);
     this.clusterId = null;
     this.acceptedLayout = null;
+    this.acceptedConfig = null;
   }
 
   /** Resolves once `cilium/synced/<cluster>/<prefix>` exists. */
