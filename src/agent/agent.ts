@@ -209,6 +209,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       policyDefaultLocalCluster: cfg.policyDefaultLocalCluster,
       source,
       remoteIdentities: mesh.identities,
+      remoteEndpoints: mesh.ipcache,
       localEndpoints: (): LocalEndpointView[] => endpoints.list(),
       targets: { policy: policyMaps.policy, enforce: policyMaps.enforce },
       gcPolicyCt: policyMaps.gcPolicyCt,

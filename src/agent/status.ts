@@ -41,6 +41,8 @@ export interface RemoteSummary {
   heartbeat?: RemoteClusterStatus['heartbeat'];
   /** The remote's cluster-config capabilities (cached, serviceExportsEnabled, syncedCanaries). */
   config?: RemoteClusterStatus['config'];
+  /** Remote values refused, per reason. */
+  rejected?: RemoteClusterStatus['rejected'];
 }
 
 export interface AgentStatus {
@@ -82,6 +84,7 @@ export function remoteSummary(r: RemoteClusterStatus): RemoteSummary {
     reconnections: r.reconnections,
     heartbeat: { ...r.heartbeat },
     config: r.config ? { ...r.config } : null,
+    rejected: { ...r.rejected },
     lastError: r.lastError,
     lastErrorAt: r.lastErrorAt,
   };

@@ -669,11 +669,12 @@ export class RemoteCluster {
 
       // cluster-config
       const cfgKey = clusterConfigKey(this.name);
-      const cfgList = await race(c.list(cfgKey)).catch((e) => {
+      // Exactly the key (get and watch, no prefix range): Cilium's `remote` role grants only that key.
+      const cfgRead = await race(c.getWithRevision(cfgKey)).catch((e) => {
         throw wrap(e);
       });
-      let cfgPair = cfgList.pairs.find((p) => p.key === cfgKey);
-      let cfgRevision = cfgList.revision;
+      let cfgPair = cfgRead.pair;
+      let cfgRevision = cfgRead.revision;
       if (!cfgPair) {
         // reachable, but nothing published yet (a new or wiped etcd): wait for it in this session
         this.connected = true;
@@ -683,11 +684,12 @@ export class RemoteCluster {
           new Promise<KvPair>((resolve) => {
             const h = c.watch(
               cfgKey,
-              (BigInt(cfgList.revision) + 1n).toString(),
+              (BigInt(cfgRead.revision) + 1n).toString(),
               (ev) => {
                 if (ev.key === cfgKey && ev.kind === 'upsert') resolve({ key: ev.key, value: ev.value, modRevision: ev.modRevision, lease: '0' });
               },
               (err) => fail(wrap(err)),
+              { exact: true },
             );
             watches.push(h);
           }),
@@ -720,6 +722,7 @@ export class RemoteCluster {
             fail(new SessionEnd('config-changed', `${cfgKey} ${ev.kind === 'delete' ? 'was deleted' : 'changed'}`));
           },
           (err) => fail(wrap(err)),
+          { exact: true },
         ),
       );
       // The heartbeat: its age counts from now until it is seen.
