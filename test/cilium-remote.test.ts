@@ -214,6 +214,9 @@ describe('a Cilium cluster as a remote: its exports imported, traffic to its pod
   });
 
   test('a remote whose heartbeat stops is reported stale, and fresh again when it resumes', async () => {
+    const fresh = (await remote())!;
+    assert.equal(fresh.heartbeat?.stale, false, 'beating every second: fresh');
+    assert.ok((fresh.heartbeat?.ageMs ?? Infinity) < HEARTBEAT_STALE_SECONDS * 1000);
     stopHeartbeat();
     await waitFor('the heartbeat to go stale', async () => (await remote())?.heartbeat?.stale === true, 60_000, remote);
     const r = (await remote())!;
