@@ -170,11 +170,13 @@ describe('apiserver (real etcd)', () => {
     const kv = await exported();
     const val = (k: string) => kv.get(k)?.value;
 
-    assert.equal(val(clusterConfigKey(CLUSTER)), '{"id":1,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}');
+    assert.equal(val(clusterConfigKey(CLUSTER)), '{"id":1,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255,"serviceExportsEnabled":false}}');
     assert.ok(decodeClusterConfig(CLUSTER, clusterConfigKey(CLUSTER), val(clusterConfigKey(CLUSTER))!).ok);
     assert.equal(
       val(nodeKey(CLUSTER, 'node1')),
-      '{"Name":"node1","Cluster":"c1","ClusterID":1,"IPAddresses":[{"Type":"InternalIP","IP":"10.1.0.1"}],"IPv4AllocCIDR":"10.101.1.0/24","Labels":{"kubernetes.io/hostname":"node1"}}',
+      '{"Name":"node1","Cluster":"c1","IPAddresses":[{"Type":"InternalIP","IP":"10.1.0.1"}],"IPv4AllocCIDR":{"IP":"10.101.1.0","Mask":"////AA=="},' +
+        '"IPv4SecondaryAllocCIDRs":null,"IPv6AllocCIDR":null,"IPv6SecondaryAllocCIDRs":null,"IPv4HealthIP":"","IPv6HealthIP":"","IPv4IngressIP":"","IPv6IngressIP":"",' +
+        '"ClusterID":1,"Source":"custom-resource","EncryptionKey":0,"Labels":{"kubernetes.io/hostname":"node1"},"Annotations":null,"WireguardPubKey":"","BootID":""}',
     );
     assert.ok(decodeNode(src, nodeKey(CLUSTER, 'node2'), val(nodeKey(CLUSTER, 'node2'))!).ok);
 
@@ -192,7 +194,8 @@ describe('apiserver (real etcd)', () => {
 
     assert.equal(
       val(ipKey('10.101.2.5')),
-      `{"IP":"10.101.2.5","Mask":null,"HostIP":"10.1.0.2","ID":${webId},"Key":0,"K8sNamespace":"default","K8sPodName":"web-2"}`,
+      `{"IP":"10.101.2.5","HostIP":"10.1.0.2","ID":${webId},"Key":0,"Metadata":"","K8sNamespace":"default","K8sPodName":"web-2","K8sServiceAccount":"default",` +
+        '"NamedPorts":[{"Name":"http","Port":8080,"Protocol":"TCP"}]}',
     );
     assert.ok(decodeIpEntry(src, ipKey('10.101.1.9'), val(ipKey('10.101.1.9'))!).ok);
     assert.equal([...kv.keys()].filter((k) => k.startsWith('cilium/state/ip/')).length, 3);
@@ -310,7 +313,7 @@ describe('clustermesh apiserver command (real etcd)', () => {
         if (child?.exitCode !== null) throw new Error(`apiserver exited: ${stderr}`);
         return (await reader.list('cilium/synced/c7/')).pairs.length === 4;
       });
-      assert.equal((await reader.get(clusterConfigKey('c7')))?.value, '{"id":7,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}');
+      assert.equal((await reader.get(clusterConfigKey('c7')))?.value, '{"id":7,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255,"serviceExportsEnabled":false}}');
       assert.ok(await reader.get(nodeKey('c7', 'node7')));
       const exited = new Promise<number | null>((r) => child!.once('exit', (code) => r(code)));
       child.kill('SIGTERM');

@@ -18,9 +18,9 @@ export interface HeartbeatOptions {
   onError?: (err: unknown) => void;
 }
 
-/** The cluster-config value of ARCHITECTURE §4. */
+/** The cluster-config value of ARCHITECTURE §4, as a Cilium clustermesh-apiserver writes it (no MCS-API ServiceExports). */
 export function clusterConfigValue(clusterId: number, maxConnectedClusters: MaxConnectedClusters): string {
-  return encodeClusterConfig({ id: clusterId, capabilities: { syncedCanaries: true, maxConnectedClusters } });
+  return encodeClusterConfig({ id: clusterId, capabilities: { syncedCanaries: true, maxConnectedClusters, serviceExportsEnabled: false } });
 }
 
 export class Heartbeat {
