@@ -289,9 +289,9 @@ describe('services and global services with real traffic, 2 clusters x 2 nodes',
     const t = await tally(pod(2, 1, 1), `http://${vip(2, 40)}/`, 60);
     assert.deepEqual(t.errors, {});
     assert.deepEqual(Object.keys(t.answers).sort(), c2.map((p) => p.name).sort(), `cluster1 withholds its backends: ${JSON.stringify(t.answers)}`);
-    const exported = await m().kv(1).get('cilium/state/services/v1/cluster1/default/unshared');
-    assert.ok(exported, 'cluster1 still exports the service');
-    assert.deepEqual((JSON.parse(exported.value) as { backends: unknown }).backends, {}, 'without backends');
+    // As Cilium: a service that is not shared is not exported at all (rather than exported without backends).
+    assert.equal(await m().kv(1).get('cilium/state/services/v1/cluster1/default/unshared'), undefined, 'cluster1 does not export it');
+    assert.ok(await m().kv(1).get('cilium/state/services/v1/cluster1/default/glob'), 'a shared global service is exported');
   });
 
   test('an established TCP connection survives a change of the backend set', async () => {

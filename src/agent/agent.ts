@@ -26,7 +26,7 @@
 import { mkdir } from 'node:fs/promises';
 import pino, { type Logger } from 'pino';
 import { ClusterMesh } from '../clustermesh/clustermesh.ts';
-import { sleep, systemClock, type Clock } from '../clustermesh/clock.ts';
+import { sleep, systemClock, type Clock } from '../util/clock.ts';
 import type * as endpointsMap from '../datapath/maps/endpoints.ts';
 import { NodeDatapath } from '../datapath/node.ts';
 import { IdentityAllocator } from '../identity/allocator.ts';
@@ -141,6 +141,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       configDir: cfg.clustermeshConfigDir,
       clock,
       logger: log.child({ component: 'clustermesh' }),
+      heartbeatStaleMs: cfg.remoteHeartbeatStaleMs,
     });
 
     // ---- sync state (what pruning waits for)
@@ -209,6 +210,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       policyDefaultLocalCluster: cfg.policyDefaultLocalCluster,
       source,
       remoteIdentities: mesh.identities,
+      remoteEndpoints: mesh.ipcache,
       localEndpoints: (): LocalEndpointView[] => endpoints.list(),
       targets: { policy: policyMaps.policy, enforce: policyMaps.enforce },
       gcPolicyCt: policyMaps.gcPolicyCt,

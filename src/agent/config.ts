@@ -24,7 +24,9 @@
 // (of the etcd session the agent's identity references live on),
 // remoteResyncGraceSeconds (3; see resync-grace.ts), serviceCacheTTLSeconds (0:
 // how long an unreachable remote cluster's service backends are kept; 0 =
-// until it is back or removed from the mesh), policyDefaultLocalCluster (true:
+// until it is back or removed from the mesh), remoteHeartbeatStaleSeconds (180:
+// a remote cluster whose cilium/.heartbeat has not changed for longer is
+// reported stale in status, as Cilium does), policyDefaultLocalCluster (true:
 // a policy selector that names no io.cilium.k8s.policy.cluster matches the
 // local cluster only; false: every cluster).
 import { execFile } from 'node:child_process';
@@ -77,6 +79,8 @@ export interface AgentConfig {
   remoteResyncGraceMs: number;
   /** How long an unreachable remote cluster's service backends stay in use; 0 = until it returns or is removed. */
   serviceCacheTTLMs: number;
+  /** A remote whose heartbeat has not changed for longer is reported stale. */
+  remoteHeartbeatStaleMs: number;
   /** A policy selector that names no cluster matches the local cluster only (Cilium's policy-default-local-cluster). */
   policyDefaultLocalCluster: boolean;
 }
@@ -153,6 +157,7 @@ const fileSchema = z.strictObject({
   sessionTtlSeconds: positiveInt('seconds', 5, 3600).default(15),
   remoteResyncGraceSeconds: z.number().min(0, 'must be 0 or more').max(600, 'at most 600').default(3),
   serviceCacheTTLSeconds: z.number().min(0, 'must be 0 (keep until the cluster returns) or more').max(86400 * 30, 'at most 2592000 (30 days)').default(0),
+  remoteHeartbeatStaleSeconds: z.number().min(1, 'must be at least 1').max(86400, 'at most 86400 (a day)').default(180),
   policyDefaultLocalCluster: z.boolean({ error: 'must be true or false' }).default(true),
 });
 
@@ -276,6 +281,7 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
     sessionTtlSeconds: c.sessionTtlSeconds,
     remoteResyncGraceMs: Math.round(c.remoteResyncGraceSeconds * 1000),
     serviceCacheTTLMs: Math.round(c.serviceCacheTTLSeconds * 1000),
+    remoteHeartbeatStaleMs: Math.round(c.remoteHeartbeatStaleSeconds * 1000),
     policyDefaultLocalCluster: c.policyDefaultLocalCluster,
   };
 }

@@ -37,7 +37,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, readFile, readdir, rename, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { sleep, systemClock, type Clock } from '../clustermesh/clock.ts';
+import { sleep, systemClock, type Clock } from '../util/clock.ts';
 import type * as endpointsMap from '../datapath/maps/endpoints.ts';
 import { identityLabels, labelString, labelStrings, type Label } from '../identity/labels.ts';
 import type { ClusterObject, Labels } from '../model/index.ts';

@@ -40,6 +40,8 @@ const remoteIp = (ip: string, id: number, host: string): RemoteIpEntry => ({
   encryptKey: 0,
   namespace: 'default',
   podName: `p-${ip}`,
+  serviceAccount: 'default',
+  namedPorts: [],
 });
 const remoteNode = (n: number): RemoteNode => ({
   cluster: 'cluster2',

@@ -4,7 +4,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Cache } from '../clustermesh/cache.ts';
-import type { RemoteIdentity } from '../clustermesh/clustermesh.ts';
+import type { RemoteIdentity, RemoteIpEntry } from '../clustermesh/clustermesh.ts';
 import * as policyMap from '../datapath/maps/policy.ts';
 import { identityLabels, labelStrings } from '../identity/labels.ts';
 import type { CiliumNetworkPolicy, Endpoint, NetworkPolicy, Pod } from '../model/index.ts';
@@ -82,6 +82,7 @@ function setup(
     pods: new ResourceCache<Pod>('Pod'),
   };
   const remote = new Cache<number, RemoteIdentity>();
+  const remoteEps = new Cache<string, RemoteIpEntry>();
   const locals: LocalEndpointView[] = [];
   const ipcache = new Map<string, Contribution[]>();
   /** owner → whether cm_policy already had an entry naming the identity when the owner's ipcache entry was set. */
@@ -91,6 +92,7 @@ function setup(
     clusterName: cluster,
     source: src,
     remoteIdentities: remote,
+    remoteEndpoints: remoteEps,
     localEndpoints: () => locals,
     targets: maps,
     ipcache: {
@@ -128,7 +130,7 @@ function setup(
     await mgr.stop();
   };
   const idle = async (): Promise<void> => assert.equal(await mgr.whenIdle(5000), true, 'the manager settles');
-  return { mgr, stop, src, remote, locals, maps, log, ipcache, ipcacheAfterEntries, addLocal, addRemote, syncAll, verdict, idle };
+  return { mgr, stop, src, remote, remoteEps, locals, maps, log, ipcache, ipcacheAfterEntries, addLocal, addRemote, syncAll, verdict, idle };
 }
 
 describe('PolicyManager', () => {
@@ -375,6 +377,50 @@ describe('PolicyManager', () => {
       t.src.pods.remove({ namespace: 'default', name: 'be-1' });
       await t.idle();
       assert.equal(t.verdict(3, C1 + 9, 8080, 'egress'), 'default-deny', 'the Pod object gone: fails closed');
+    } finally {
+      await t.stop();
+    }
+  });
+
+  it('egress named ports towards pods of another cluster resolve against their ip entries (issue 12)', async () => {
+    const t = setup({ cluster: 'cluster1' });
+    const be: RemoteIpEntry = {
+      cluster: 'cluster2',
+      ip: '10.102.2.10',
+      prefix: '10.102.2.10/32',
+      identity: C2 + 9,
+      hostIP: '10.2.0.2',
+      encryptKey: 0,
+      namespace: 'default',
+      podName: 'be-1',
+      serviceAccount: 'default',
+      namedPorts: [{ name: 'http', port: 8080, protocol: 'TCP' }],
+    };
+    try {
+      t.mgr.start();
+      t.syncAll();
+      t.addLocal(3, 'frontend', C1 + 1);
+      t.addRemote(C2 + 9, 'cluster2', 'backend');
+      t.src.ciliumNetworkPolicies.set({
+        kind: 'CiliumNetworkPolicy',
+        metadata: { name: 'fe-remote', namespace: 'default' },
+        spec: {
+          endpointSelector: { matchLabels: { app: 'frontend' } },
+          egress: [{ toEndpoints: [{ matchLabels: { app: 'backend', 'io.cilium.k8s.policy.cluster': 'cluster2' } }], toPorts: [{ ports: [{ port: 'http', protocol: 'TCP' }] }] }],
+        },
+      } as unknown as CiliumNetworkPolicy);
+      await t.idle();
+      assert.equal(t.verdict(3, C2 + 9, 8080, 'egress'), 'default-deny', 'no ip entry yet: the name means nothing');
+      t.remoteEps.set(be.ip, be);
+      await t.idle();
+      assert.equal(t.verdict(3, C2 + 9, 8080, 'egress'), 'allowed');
+      assert.equal(t.verdict(3, C2 + 9, 8081, 'egress'), 'default-deny');
+      t.remoteEps.set(be.ip, { ...be, namedPorts: [{ name: 'http', port: 9090, protocol: 'TCP' }] });
+      await t.idle();
+      assert.deepEqual([t.verdict(3, C2 + 9, 9090, 'egress'), t.verdict(3, C2 + 9, 8080, 'egress')], ['allowed', 'default-deny']);
+      t.remoteEps.delete(be.ip);
+      await t.idle();
+      assert.equal(t.verdict(3, C2 + 9, 9090, 'egress'), 'default-deny', 'the entry gone: fails closed');
     } finally {
       await t.stop();
     }

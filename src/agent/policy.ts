@@ -11,8 +11,9 @@
 //                                          (labels of the identity, named ports from the Pod object)
 //   ClusterMesh.identities                 remote identities
 //   Pod objects of the local source        named ports: ingress against the local pod, egress against
-//                                          pods of this cluster (a remote cluster publishes no container
-//                                          ports: a named egress port towards it admits nothing)
+//                                          pods of this cluster
+//   ClusterMesh.ipcache                    named ports of remote pods (their ip entries carry them):
+//                                          egress against pods of other clusters
 //   (reserved identities)                  seeded by the resolver itself
 //   CIDR peers                             node-local identities (1<<24 | n, src/policy/cidr.ts) from
 //                                          this node's pool, each put into the ipcache (owner
@@ -39,9 +40,9 @@
 // local policy kinds have been listed; then the whole desired state is
 // computed and the reconcilers start with a full pass that writes only
 // differences. Pruning waits for every source (the agent's pruneBlocker).
-import { systemClock, type Clock, type TimerHandle } from '../clustermesh/clock.ts';
+import { systemClock, type Clock, type TimerHandle } from '../util/clock.ts';
 import type { ObservableMap } from '../clustermesh/cache.ts';
-import type { RemoteIdentity } from '../clustermesh/clustermesh.ts';
+import type { RemoteIdentity, RemoteIpEntry } from '../clustermesh/clustermesh.ts';
 import * as policyMap from '../datapath/maps/policy.ts';
 import type { MapHandle } from '../datapath/maps/codec.ts';
 import { monotonicSeconds } from '../datapath/maps/ct.ts';
@@ -157,6 +158,8 @@ export interface PolicyManagerOptions {
   policyDefaultLocalCluster?: boolean;
   source: PolicySource;
   remoteIdentities: ObservableMap<number, RemoteIdentity>;
+  /** Endpoints of remote clusters (ClusterMesh.ipcache): the named ports of their pods. */
+  remoteEndpoints?: ObservableMap<string, RemoteIpEntry>;
   /** This node's endpoints (EndpointManager.list). */
   localEndpoints: () => readonly LocalEndpointView[];
   targets: { policy: ReconcileTarget<policyMap.Value>; enforce: ReconcileTarget<policyMap.EnforceValue> };
@@ -330,6 +333,8 @@ export class PolicyManager {
   private readonly written = new Map<number, Written>();
   private readonly dirty = new Set<number>();
   private readonly subs: Unsubscribe[] = [];
+  /** identity → keys of remote endpoints (ClusterMesh.ipcache) of that identity that carry named ports. */
+  private readonly remoteNamed = new Map<number, Set<string>>();
   private readonly idleWaiters = new Set<() => void>();
   private started = false;
   private stopped = false;
@@ -387,7 +392,7 @@ export class PolicyManager {
         else this.cidrPending.set(prefix, id);
         return id;
       },
-      // Pods of this cluster on other nodes: their Pod objects (a remote cluster's pods publish no ports: fails closed).
+      // Pods of this cluster on other nodes: their Pod objects; pods of remote clusters: their ip entries.
       namedPorts: (identity) => {
         const out: NamedPort[] = [];
         for (const ref of this.identityRefs.get(identity)?.keys() ?? []) {
@@ -395,6 +400,7 @@ export class PolicyManager {
           const [, namespace, name] = ref.split('/') as [string, string, string];
           out.push(...podNamedPorts(this.o.source.pods.get({ namespace, name })));
         }
+        for (const key of this.remoteNamed.get(identity) ?? []) out.push(...(this.o.remoteEndpoints?.get(key)?.namedPorts ?? []));
         return out;
       },
       releaseCidrIdentity: (prefix) => {
@@ -473,6 +479,23 @@ export class PolicyManager {
           }
         }
       }),
+      ...(this.o.remoteEndpoints
+        ? [
+            this.o.remoteEndpoints.subscribe((ev) => {
+              const before = ev.previous?.namedPorts.length ? ev.previous.identity : undefined;
+              const now = ev.kind === 'upsert' && ev.value.namedPorts.length ? ev.value.identity : undefined;
+              if (before === undefined && now === undefined) return;
+              if (before !== undefined) this.remoteNamed.get(before)?.delete(ev.key);
+              if (now !== undefined) {
+                let keys = this.remoteNamed.get(now);
+                if (!keys) this.remoteNamed.set(now, (keys = new Set()));
+                keys.add(ev.key);
+              }
+              if (before !== undefined && this.remoteNamed.get(before)?.size === 0) this.remoteNamed.delete(before);
+              for (const id of new Set([before, now])) if (id !== undefined && id >= 256) this.apply(() => this.resolver.refreshNamedPorts(id));
+            }),
+          ]
+        : []),
       this.o.remoteIdentities.subscribe((ev) => {
         const id = ev.kind === 'upsert' ? ev.value.id : ev.previous.id;
         if (ev.kind === 'upsert') this.setIdentityRef(id, REMOTE_REF, ev.value.labels.map((l) => `${l.source}:${l.key}=${l.value}`));

@@ -2,7 +2,7 @@
 // missing key, retry with backoff on a manual clock, drift repair, ordering.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { ManualClock } from '../clustermesh/clock.ts';
+import { ManualClock } from '../util/clock.ts';
 import { Reconciler, type ReconcileTarget } from './reconciler.ts';
 
 class NotFound extends Error {

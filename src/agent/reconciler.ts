@@ -15,7 +15,7 @@
 //
 // Nothing is written before start(); edits made before are applied by the
 // first pass. Operations of one reconciler never overlap.
-import { systemClock, type Clock, type TimerHandle } from '../clustermesh/clock.ts';
+import { systemClock, type Clock, type TimerHandle } from '../util/clock.ts';
 
 export interface ReconcileTarget<V> {
   /** Every entry the target holds now (full pass). */

@@ -2,7 +2,7 @@
 // dropped when re-claimed; applied at once otherwise.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { ManualClock } from '../clustermesh/clock.ts';
+import { ManualClock } from '../util/clock.ts';
 import { ResyncGrace } from './resync-grace.ts';
 
 describe('ResyncGrace', () => {

@@ -9,7 +9,7 @@
 // after `graceMs`, and forgotten when the same owner claims its entries again
 // meanwhile. Any other withdrawal (a pod deleted in a healthy remote, a
 // remote removed from the mesh and drained) is applied at once.
-import { systemClock, type Clock, type TimerHandle } from '../clustermesh/clock.ts';
+import { systemClock, type Clock, type TimerHandle } from '../util/clock.ts';
 import type { RemoteClusterState } from '../clustermesh/remote-cluster.ts';
 
 /** States in which a remote's withdrawals may be artefacts of a resync. */

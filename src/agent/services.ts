@@ -27,7 +27,7 @@
 // sources have synced (canProgram), and the reconcilers prune nothing until
 // then either.
 import type { Logger } from 'pino';
-import { systemClock, type Clock, type TimerHandle } from '../clustermesh/clock.ts';
+import { systemClock, type Clock, type TimerHandle } from '../util/clock.ts';
 import type { GlobalService, RemoteClusterStatus, RemoteService } from '../clustermesh/clustermesh.ts';
 import type { ObservableMap } from '../clustermesh/cache.ts';
 import type { MapHandle } from '../datapath/maps/codec.ts';

@@ -37,6 +37,12 @@ export interface RemoteSummary {
   reconnections: number;
   lastError: string | null;
   lastErrorAt: string | null;
+  /** cilium/.heartbeat of the remote: last change seen, and whether it is stale. Absent from older agents. */
+  heartbeat?: RemoteClusterStatus['heartbeat'];
+  /** The remote's cluster-config capabilities (cached, serviceExportsEnabled, syncedCanaries). */
+  config?: RemoteClusterStatus['config'];
+  /** Remote values refused, per reason. */
+  rejected?: RemoteClusterStatus['rejected'];
 }
 
 export interface AgentStatus {
@@ -77,6 +83,9 @@ export function remoteSummary(r: RemoteClusterStatus): RemoteSummary {
     synced: { ...r.synced },
     counts: { ...r.counts },
     reconnections: r.reconnections,
+    heartbeat: { ...r.heartbeat },
+    config: r.config ? { ...r.config } : null,
+    rejected: { ...r.rejected },
     lastError: r.lastError,
     lastErrorAt: r.lastErrorAt,
   };

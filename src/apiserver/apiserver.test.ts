@@ -25,7 +25,8 @@ import { IdentityAllocator } from '../identity/allocator.ts';
 import { identityRefKey } from '../identity/keys.ts';
 import { labelString, podIdentityLabels } from '../identity/labels.ts';
 import { KvClient } from '../kvstore/client.ts';
-import { startEtcd, type EtcdServer } from '../kvstore/etcd-process.ts';
+import type { EtcdServer } from '../kvstore/etcd-process.ts';
+import { startMeshEtcd as startEtcd } from '../clustermesh/etcd.ts';
 import type { KvPair } from '../kvstore/types.ts';
 import { parseObject } from '../model/index.ts';
 import { StoreWriter } from '../sources/index.ts';
@@ -121,10 +122,8 @@ describe('apiserver (real etcd)', () => {
   /** Everything a remote cluster can read, key → pair. */
   const exported = async (): Promise<Map<string, KvPair>> => {
     const out = new Map<string, KvPair>();
-    for (const prefix of exportedReadPrefixes) {
-      const pairs = prefix.endsWith('/') ? (await reader.list(prefix)).pairs : [await reader.get(prefix)];
-      for (const p of pairs) if (p) out.set(p.key, p);
-    }
+    // Every entry is a prefix (the heartbeat and the identities' `.../v1/id` without a trailing '/').
+    for (const prefix of exportedReadPrefixes) for (const p of (await reader.list(prefix)).pairs) out.set(p.key, p);
     return out;
   };
 
@@ -169,11 +168,13 @@ describe('apiserver (real etcd)', () => {
     const kv = await exported();
     const val = (k: string) => kv.get(k)?.value;
 
-    assert.equal(val(clusterConfigKey(CLUSTER)), '{"id":1,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}');
+    assert.equal(val(clusterConfigKey(CLUSTER)), '{"id":1,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255,"serviceExportsEnabled":false}}');
     assert.ok(decodeClusterConfig(CLUSTER, clusterConfigKey(CLUSTER), val(clusterConfigKey(CLUSTER))!).ok);
     assert.equal(
       val(nodeKey(CLUSTER, 'node1')),
-      '{"Name":"node1","Cluster":"c1","ClusterID":1,"IPAddresses":[{"Type":"InternalIP","IP":"10.1.0.1"}],"IPv4AllocCIDR":"10.101.1.0/24","Labels":{"kubernetes.io/hostname":"node1"}}',
+      '{"Name":"node1","Cluster":"c1","IPAddresses":[{"Type":"InternalIP","IP":"10.1.0.1"}],"IPv4AllocCIDR":{"IP":"10.101.1.0","Mask":"////AA=="},' +
+        '"IPv4SecondaryAllocCIDRs":null,"IPv6AllocCIDR":null,"IPv6SecondaryAllocCIDRs":null,"IPv4HealthIP":"","IPv6HealthIP":"","IPv4IngressIP":"","IPv6IngressIP":"",' +
+        '"ClusterID":1,"Source":"custom-resource","EncryptionKey":0,"Labels":{"kubernetes.io/hostname":"node1"},"Annotations":null,"WireguardPubKey":"","BootID":""}',
     );
     assert.ok(decodeNode(src, nodeKey(CLUSTER, 'node2'), val(nodeKey(CLUSTER, 'node2'))!).ok);
 
@@ -191,7 +192,8 @@ describe('apiserver (real etcd)', () => {
 
     assert.equal(
       val(ipKey('10.101.2.5')),
-      `{"IP":"10.101.2.5","Mask":null,"HostIP":"10.1.0.2","ID":${webId},"Key":0,"K8sNamespace":"default","K8sPodName":"web-2"}`,
+      `{"IP":"10.101.2.5","HostIP":"10.1.0.2","ID":${webId},"Key":0,"Metadata":"","K8sNamespace":"default","K8sPodName":"web-2","K8sServiceAccount":"default",` +
+        '"NamedPorts":[{"Name":"http","Port":8080,"Protocol":"TCP"}]}',
     );
     assert.ok(decodeIpEntry(src, ipKey('10.101.1.9'), val(ipKey('10.101.1.9'))!).ok);
     assert.equal([...kv.keys()].filter((k) => k.startsWith('cilium/state/ip/')).length, 3);
@@ -200,14 +202,11 @@ describe('apiserver (real etcd)', () => {
       val(serviceKey(CLUSTER, 'default', 'echo')),
       '{"cluster":"c1","namespace":"default","name":"echo","frontends":{"10.96.0.10":{"http":{"Protocol":"TCP","Port":80}}},' +
         '"backends":{"10.101.1.5":{"http":{"Protocol":"TCP","Port":8080}},"10.101.2.5":{"http":{"Protocol":"TCP","Port":8080}}},' +
-        '"labels":{},"selector":{"app":"web"},"shared":true,"includeExternal":true,"clusterID":1}',
+        '"labels":{},"selector":{"app":"web"},"includeExternal":true,"shared":true,"clusterID":1}',
     );
     assert.ok(kv.has(serviceKey(CLUSTER, 'default', 'legacy')), 'legacy annotation');
     assert.equal(kv.has(serviceKey(CLUSTER, 'default', 'local')), false, 'not global, not exported');
-    const noshare = decodeService(src, serviceKey(CLUSTER, 'default', 'noshare'), val(serviceKey(CLUSTER, 'default', 'noshare'))!);
-    assert.ok(noshare.ok);
-    assert.equal(noshare.value.shared, false);
-    assert.deepEqual(noshare.value.backends, {}, 'shared "false": exported without backends');
+    assert.equal(kv.has(serviceKey(CLUSTER, 'default', 'noshare')), false, 'shared "false": not exported (as Cilium)');
 
     for (const p of SYNCED_PREFIX_NAMES) assert.match(val(syncedKey(CLUSTER, p)) ?? '', /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/, `canary ${p}`);
     const beat = val(heartbeatKey);
@@ -231,7 +230,8 @@ describe('apiserver (real etcd)', () => {
     await writer.apply(podObj('web-3', 'web', 2, '10.101.2.6', true));
     await until('web-3 into echo', async () => (await backends()).join() === '10.101.2.5,10.101.2.6');
     await writer.apply(svcObj('echo', { ...GLOBAL, 'service.cilium.io/shared': 'false' }));
-    await until('echo not shared', async () => (await backends()).length === 0 && JSON.parse((await reader.get(echo))!.value).shared === false);
+    // As Cilium: not shared means not exported (deleted), rather than exported without backends.
+    await until('echo not shared', async () => (await reader.get(echo)) === undefined);
 
     await writer.delete('Service', { namespace: 'default', name: 'echo' });
     await until('echo key removed', async () => (await reader.get(echo)) === undefined);
@@ -309,7 +309,7 @@ describe('clustermesh apiserver command (real etcd)', () => {
         if (child?.exitCode !== null) throw new Error(`apiserver exited: ${stderr}`);
         return (await reader.list('cilium/synced/c7/')).pairs.length === 4;
       });
-      assert.equal((await reader.get(clusterConfigKey('c7')))?.value, '{"id":7,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}');
+      assert.equal((await reader.get(clusterConfigKey('c7')))?.value, '{"id":7,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255,"serviceExportsEnabled":false}}');
       assert.ok(await reader.get(nodeKey('c7', 'node7')));
       const exited = new Promise<number | null>((r) => child!.once('exit', (code) => r(code)));
       child.kill('SIGTERM');

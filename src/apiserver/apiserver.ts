@@ -2,8 +2,8 @@
 // publishes the cluster's state into its mesh kvstore (ARCHITECTURE §4). The
 // logic lives in export.ts, identities.ts and heartbeat.ts.
 import pino, { type Logger } from 'pino';
-import { sleep, systemClock, type Clock } from '../clustermesh/clock.ts';
-import { identitiesPrefix, ipPrefix, nodesClusterPrefix, servicesClusterPrefix, type SyncedPrefixName } from '../clustermesh/keys.ts';
+import { sleep, systemClock, type Clock } from '../util/clock.ts';
+import { identitiesPrefix, ipPrefix, nodesClusterPrefix, servicesClusterPrefix, syncedKey, type SyncedPrefixName } from '../clustermesh/keys.ts';
 import { IdentityAllocator } from '../identity/allocator.ts';
 import { KvClient } from '../kvstore/client.ts';
 import { SyncStore, type SyncStoreStatus } from '../kvstore/sync-store.ts';
@@ -75,8 +75,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
     (Object.keys(prefixes) as SyncedPrefixName[]).map((name) => [
       name,
       new SyncStore(kv, {
-        cluster: cfg.clusterName,
-        prefixName: name,
+        canaryKey: syncedKey(cfg.clusterName, name),
         prefix: prefixes[name],
         clock,
         onError: (err, key) => log.warn({ key, err: err.message }, 'kvstore write failed; retrying'),
@@ -130,7 +129,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
 
   const unsubscribe: Unsubscribe[] = [
     exportNodes(cluster, source.nodes, nodesOut, log),
-    exportIps(cluster, source.endpoints, ipOut, log),
+    exportIps(cluster, source.endpoints, source.pods, ipOut, log),
     exportServices(cluster, source.services, source.pods, servicesOut, log),
   ];
   identities.start();

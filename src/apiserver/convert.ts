@@ -1,6 +1,6 @@
 // Cluster objects → wire values (ARCHITECTURE §4). Pure functions; the encoders
 // of clustermesh/wire.ts fix the JSON.
-import type { IpEntryValue, NodeValue, ServiceValue, WirePort } from '../clustermesh/wire.ts';
+import type { IpEntryInput, NodeInput, ServiceValue, WireNamedPort, WirePort } from '../clustermesh/wire.ts';
 import {
   backendPods,
   isGlobalService,
@@ -18,8 +18,8 @@ export interface LocalCluster {
 }
 
 /** The node entry; Hostname addresses are not part of the wire format. */
-export function nodeValue(cluster: LocalCluster, node: Node): NodeValue {
-  const IPAddresses: NodeValue['IPAddresses'] = [];
+export function nodeValue(cluster: LocalCluster, node: Node): NodeInput {
+  const IPAddresses: NodeInput['IPAddresses'] = [];
   for (const a of node.status.addresses) {
     if (a.type === 'InternalIP' || a.type === 'ExternalIP') IPAddresses.push({ Type: a.type, IP: a.address });
   }
@@ -30,11 +30,22 @@ export function nodeValue(cluster: LocalCluster, node: Node): NodeValue {
     IPAddresses,
     IPv4AllocCIDR: node.spec.podCIDR ?? null,
     Labels: { ...node.metadata.labels },
+    // What a Cilium clustermesh-apiserver writes for nodes it exports.
+    Source: 'custom-resource',
   };
 }
 
-/** The ip/v1 entry of an endpoint: HostIP is the node the pod runs on (the tunnel endpoint). */
-export function ipEntryValue(ep: Endpoint): IpEntryValue {
+/**
+ * The ip/v1 entry of an endpoint: HostIP is the node the pod runs on (the
+ * tunnel endpoint). With the Pod object, its named container ports and service
+ * account go along (remote policies resolve named ports with them).
+ */
+export function ipEntryValue(ep: Endpoint, pod?: Pod): IpEntryInput {
+  const NamedPorts: WireNamedPort[] = [];
+  for (const c of pod?.spec.containers ?? []) {
+    for (const p of c.ports) if (p.name) NamedPorts.push({ Name: p.name, Port: p.containerPort, Protocol: p.protocol });
+  }
+  NamedPorts.sort((a, b) => (a.Name < b.Name ? -1 : a.Name > b.Name ? 1 : a.Port - b.Port));
   return {
     IP: ep.status.networking.podIP,
     Mask: null,
@@ -43,16 +54,20 @@ export function ipEntryValue(ep: Endpoint): IpEntryValue {
     Key: 0,
     K8sNamespace: ep.metadata.namespace,
     K8sPodName: ep.metadata.name,
+    ...(pod ? { K8sServiceAccount: pod.spec.serviceAccountName } : {}),
+    NamedPorts,
   };
 }
 
 /**
  * The services/v1 value of a global service, or undefined when the service is
- * not global. A service annotated `shared: "false"` is exported with no backends.
+ * not exported: not global, or global but annotated `service.cilium.io/shared:
+ * "false"` (as Cilium: its export is deleted, the other clusters' backends
+ * still reach this cluster, its own stay local).
  */
 export function serviceValue(cluster: LocalCluster, svc: Service, pods: Iterable<Pod>): ServiceValue | undefined {
   if (!isGlobalService(svc)) return undefined;
-  const shared = isSharedService(svc);
+  if (!isSharedService(svc)) return undefined;
   const frontends: ServiceValue['frontends'] = {};
   const vip = svc.spec.clusterIP;
   if (vip && vip !== 'None') {
@@ -61,15 +76,13 @@ export function serviceValue(cluster: LocalCluster, svc: Service, pods: Iterable
     frontends[vip] = ports;
   }
   const backends: ServiceValue['backends'] = {};
-  if (shared) {
-    for (const pod of backendPods(svc, pods)) {
-      const ports: Record<string, WirePort> = {};
-      for (const sp of svc.spec.ports) {
-        const port = servicePortTarget(sp, pod);
-        if (port !== undefined) ports[sp.name ?? ''] = { Protocol: sp.protocol, Port: port };
-      }
-      if (Object.keys(ports).length > 0) backends[pod.status.podIP!] = ports;
+  for (const pod of backendPods(svc, pods)) {
+    const ports: Record<string, WirePort> = {};
+    for (const sp of svc.spec.ports) {
+      const port = servicePortTarget(sp, pod);
+      if (port !== undefined) ports[sp.name ?? ''] = { Protocol: sp.protocol, Port: port };
     }
+    if (Object.keys(ports).length > 0) backends[pod.status.podIP!] = ports;
   }
   return {
     cluster: cluster.name,
@@ -79,8 +92,8 @@ export function serviceValue(cluster: LocalCluster, svc: Service, pods: Iterable
     backends,
     labels: { ...svc.metadata.labels },
     selector: { ...(svc.spec.selector ?? {}) },
-    shared,
     includeExternal: true,
+    shared: true,
     clusterID: cluster.id,
   };
 }

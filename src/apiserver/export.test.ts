@@ -3,7 +3,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import pino from 'pino';
-import { ManualClock } from '../clustermesh/clock.ts';
+import { ManualClock } from '../util/clock.ts';
 import { decodeIpEntry, decodeNode, decodeService, encodeService, type WireSource } from '../clustermesh/wire.ts';
 import {
   parseObject,
@@ -88,6 +88,7 @@ describe('conversion to the wire format', () => {
       IPAddresses: [{ Type: 'InternalIP', IP: '10.1.0.1' }],
       IPv4AllocCIDR: '10.101.1.0/24',
       Labels: { zone: 'a' },
+      Source: 'custom-resource',
     });
   });
 
@@ -100,6 +101,7 @@ describe('conversion to the wire format', () => {
       Key: 0,
       K8sNamespace: 'default',
       K8sPodName: 'web-1',
+      NamedPorts: [],
     });
   });
 
@@ -119,22 +121,19 @@ describe('conversion to the wire format', () => {
       backends: { '10.101.1.5': { http: { Protocol: 'TCP', Port: 8080 }, dns: { Protocol: 'UDP', Port: 5353 } } },
       labels: { tier: 'front' },
       selector: { app: 'web' },
-      shared: true,
       includeExternal: true,
+      shared: true,
       clusterID: 1,
     });
     assert.ok(decodeService(src, 'cilium/state/services/v1/c1/default/echo', encodeService(v!)).ok);
   });
 
-  it('not global → not exported; legacy annotation; shared "false" → no backends', () => {
+  it('not global → not exported; legacy annotation; shared "false" → not exported (as Cilium)', () => {
     const pods = [pod('web-1', { app: 'web' }, '10.101.1.5')];
     assert.equal(serviceValue(cluster, svc('local', {}), pods), undefined);
     assert.equal(serviceValue(cluster, svc('local', { 'service.cilium.io/global': 'false' }), pods), undefined);
     assert.deepEqual(Object.keys(serviceValue(cluster, svc('legacy', { 'io.cilium/global-service': 'true' }), pods)!.backends), ['10.101.1.5']);
-    const noshare = serviceValue(cluster, svc('n', { 'service.cilium.io/global': 'true', 'service.cilium.io/shared': 'false' }), pods)!;
-    assert.deepEqual(noshare.backends, {});
-    assert.equal(noshare.shared, false);
-    assert.deepEqual(Object.keys(noshare.frontends), ['10.96.0.10']);
+    assert.equal(serviceValue(cluster, svc('n', { 'service.cilium.io/global': 'true', 'service.cilium.io/shared': 'false' }), pods), undefined);
     const headless = serviceValue(cluster, svc('h', { 'service.cilium.io/global': 'true' }, { clusterIP: 'None' }), pods)!;
     assert.deepEqual(headless.frontends, {});
   });
@@ -160,9 +159,11 @@ describe('per-prefix export', () => {
 
   it('ip: one entry per IP, latest claim wins, the other takes over; out-of-range identities are not exported', () => {
     const eps = new ResourceCache<Endpoint>('Endpoint');
+    const pods = new ResourceCache<Pod>('Pod');
     const sink = new FakeSink();
-    exportIps(cluster, eps, new PrefixExport('ip', sink), log);
+    exportIps(cluster, eps, pods, new PrefixExport('ip', sink), log);
     eps.markSynced();
+    pods.markSynced();
     const key = 'cilium/state/ip/v1/default/10.101.1.5';
     eps.set(endpoint('old', '10.101.1.5', 65600));
     eps.set(endpoint('new', '10.101.1.5', 65601));
@@ -198,7 +199,9 @@ describe('per-prefix export', () => {
     pods.set(pod('web-1', { app: 'web' }, '10.101.1.5', false));
     assert.deepEqual(backends(), ['10.101.1.6']);
     services.set(svc('echo', { 'service.cilium.io/global': 'true', 'service.cilium.io/shared': 'false' }));
-    assert.deepEqual(backends(), []);
+    assert.equal(sink.kv.has(key), false, 'not shared: the export is deleted');
+    services.set(svc('echo', { 'service.cilium.io/global': 'true' }));
+    assert.deepEqual(backends(), ['10.101.1.6']);
     services.set(svc('echo', {}));
     assert.equal(sink.kv.has(key), false, 'no longer global');
     services.set(svc('echo', { 'service.cilium.io/global': 'true' }));

@@ -4,8 +4,8 @@
 // the source has synced are deleted before the synced canary is written, so a
 // restarted apiserver neither loses nor keeps stale keys.
 import type { Logger } from 'pino';
-import { ipKey, nodeKey, serviceKey } from '../clustermesh/keys.ts';
-import { encodeIpEntry, encodeNode, encodeService } from '../clustermesh/wire.ts';
+import { nodeKey, serviceKey } from '../clustermesh/keys.ts';
+import { encodeIpEntry, encodeNode, encodeService, ipEntryKey } from '../clustermesh/wire.ts';
 import {
   isIdentityInClusterRange,
   type Endpoint,
@@ -94,13 +94,19 @@ export function exportNodes(cluster: ExportCluster, nodes: Resource<Node>, out: 
 }
 
 /**
- * cilium/state/ip/v1/default/<ip> for every endpoint IP. When two endpoints
- * claim one IP (a pod replaced before the old endpoint is gone) the latest
- * claim is published; the other takes over when it goes away.
+ * cilium/state/ip/v1/default/<ip> for every endpoint IP, with the named ports
+ * and service account of its Pod object. When two endpoints claim one IP (a pod
+ * replaced before the old endpoint is gone) the latest claim is published; the
+ * other takes over when it goes away. The initial set is complete once both
+ * endpoints and pods are listed.
  */
-export function exportIps(cluster: ExportCluster, endpoints: Resource<Endpoint>, out: PrefixExport, log: Logger): Unsubscribe {
+export function exportIps(cluster: ExportCluster, endpoints: Resource<Endpoint>, pods: Resource<Pod>, out: PrefixExport, log: Logger): Unsubscribe {
+  const ipKey = (ip: string): string => ipEntryKey({ IP: ip, Mask: null });
   const ipOf = new Map<string, string>(); // endpoint ref → ip
   const claims = new Map<string, Map<string, string>>(); // ip → endpoint ref → value (insertion order = age)
+  const eps = new Map<string, Endpoint>(); // endpoint ref → endpoint
+  let endpointsSynced = false;
+  let podsSynced = false;
   const publish = (ip: string): void => {
     const c = claims.get(ip);
     const latest = c ? [...c.values()].pop() : undefined;
@@ -116,16 +122,12 @@ export function exportIps(cluster: ExportCluster, endpoints: Resource<Endpoint>,
     claims.get(ip)?.delete(ref);
     publish(ip);
   };
-  return endpoints.watch((ev) => {
-    if (ev.kind === 'synced') return out.markInitialSyncDone();
-    const ref = refKey(ev.object.metadata);
-    if (ev.kind === 'delete') return unclaim(ref);
-    const ep = ev.object;
+  const update = (ref: string, ep: Endpoint): void => {
     let value: string;
     try {
       if (!isIdentityInClusterRange(ep.status.identity.id, cluster.id, cluster.maxConnectedClusters))
         throw new Error(`identity ${ep.status.identity.id} is outside cluster ${cluster.name}'s range`);
-      value = encodeIpEntry(ipEntryValue(ep));
+      value = encodeIpEntry(ipEntryValue(ep, pods.get({ namespace: ep.metadata.namespace, name: ep.metadata.name })));
     } catch (err) {
       log.warn({ endpoint: ref, err: errMessage(err) }, 'endpoint IP not exported');
       return unclaim(ref);
@@ -138,7 +140,37 @@ export function exportIps(cluster: ExportCluster, endpoints: Resource<Endpoint>,
     c.delete(ref);
     c.set(ref, value);
     publish(ip);
+  };
+  const maybeSynced = (): void => {
+    if (endpointsSynced && podsSynced) out.markInitialSyncDone();
+  };
+  const offPods = pods.watch((ev) => {
+    if (ev.kind === 'synced') {
+      podsSynced = true;
+      for (const [ref, ep] of eps) update(ref, ep);
+      return maybeSynced();
+    }
+    const ref = refKey(ev.object.metadata);
+    const ep = eps.get(ref);
+    if (ep && podsSynced) update(ref, ep);
   });
+  const offEndpoints = endpoints.watch((ev) => {
+    if (ev.kind === 'synced') {
+      endpointsSynced = true;
+      return maybeSynced();
+    }
+    const ref = refKey(ev.object.metadata);
+    if (ev.kind === 'delete') {
+      eps.delete(ref);
+      return unclaim(ref);
+    }
+    eps.set(ref, ev.object);
+    if (podsSynced) update(ref, ev.object);
+  });
+  return () => {
+    offPods();
+    offEndpoints();
+  };
 }
 
 /**

@@ -1,7 +1,7 @@
 // The apiserver's own leased keys: `cilium/cluster-config/<cluster>` (written
 // first, rewritten whenever the session lease changes) and `cilium/.heartbeat`
 // (RFC3339 time, rewritten every interval).
-import { sleep, systemClock, type Clock } from '../clustermesh/clock.ts';
+import { sleep, systemClock, type Clock } from '../util/clock.ts';
 import { clusterConfigKey, heartbeatKey } from '../clustermesh/keys.ts';
 import { encodeClusterConfig } from '../clustermesh/wire.ts';
 import type { KvClient } from '../kvstore/client.ts';
@@ -18,9 +18,9 @@ export interface HeartbeatOptions {
   onError?: (err: unknown) => void;
 }
 
-/** The cluster-config value of ARCHITECTURE §4. */
+/** The cluster-config value of ARCHITECTURE §4, as a Cilium clustermesh-apiserver writes it (no MCS-API ServiceExports). */
 export function clusterConfigValue(clusterId: number, maxConnectedClusters: MaxConnectedClusters): string {
-  return encodeClusterConfig({ id: clusterId, capabilities: { syncedCanaries: true, maxConnectedClusters } });
+  return encodeClusterConfig({ id: clusterId, capabilities: { syncedCanaries: true, maxConnectedClusters, serviceExportsEnabled: false } });
 }
 
 export class Heartbeat {

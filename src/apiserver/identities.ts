@@ -5,7 +5,7 @@
 // number. The identities canary is written once every pod of the initial list
 // has its identity. Unused identities age out through the allocator's gc.
 import type { Logger } from 'pino';
-import { sleep, systemClock, type Clock } from '../clustermesh/clock.ts';
+import { sleep, systemClock, type Clock } from '../util/clock.ts';
 import type { AllocatedIdentity } from '../identity/allocator.ts';
 import { labelString, podIdentityLabels } from '../identity/labels.ts';
 import type { Namespace, Pod } from '../model/index.ts';

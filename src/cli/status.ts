@@ -71,6 +71,8 @@ export interface RemoteClusterReport {
   /** Sum over the nodes. */
   reconnections: number;
   lastError: { node: string; error: string; at: string | null } | null;
+  /** Nodes whose agent reports the remote's heartbeat stale (no change for longer than its limit). */
+  heartbeatStale: number;
 }
 
 export interface NodeReport {
@@ -205,6 +207,7 @@ export function summarize(probes: ClusterProbe[], now: Date = new Date()): Statu
         },
         reconnections: have.reduce((a, { r }) => a + r.reconnections, 0),
         lastError,
+        heartbeatStale: have.filter(({ r }) => r.heartbeat?.stale === true).length,
       };
     });
     for (const r of remoteClusters) {
@@ -213,6 +216,7 @@ export function summarize(probes: ClusterProbe[], now: Date = new Date()): Statu
         const why = r.lastError ? ` (last error on ${r.lastError.node}: ${r.lastError.error})` : '';
         notReady.push(`${p.name}: remote cluster ${r.name} is ready on ${r.ready} of ${r.nodes} nodes${why}`);
       }
+      if (r.heartbeatStale > 0) notReady.push(`${p.name}: remote cluster ${r.name}'s heartbeat is stale on ${r.heartbeatStale} of ${r.nodes} nodes`);
     }
     const connectivity = { expected: remoteClusters.length, ...stats(statuses.map(({ s }) => remoteClusters.filter((rc) => s.remoteClusters.some((r) => r.name === rc.name && isReadyRemote(r))).length)) };
     clusters.push({

@@ -19,7 +19,7 @@
 import type { Registry } from 'prom-client';
 import pino from 'pino';
 import { Cache, type ObservableMap } from './cache.ts';
-import { systemClock, type Clock } from './clock.ts';
+import { systemClock, type Clock } from '../util/clock.ts';
 import { ConfigDirWatcher, toConnectionConfig, type ConfigDirEvent, type RemoteClusterConfig } from './config.ts';
 import {
   DEFAULT_BACKOFF,
@@ -76,6 +76,8 @@ export interface ClusterMeshOptions {
   /** Use fs.watch on the config dir (default true). */
   useFsWatch?: boolean;
   connect?: (config: KvConnectionConfig) => KvClient;
+  /** Report a remote stale when its heartbeat has not changed for this long (default 180 s). */
+  heartbeatStaleMs?: number;
 }
 
 interface CompiledOptions {
@@ -91,6 +93,7 @@ interface CompiledOptions {
   rescanIntervalMs: number;
   useFsWatch: boolean;
   connect: ((config: KvConnectionConfig) => KvClient) | undefined;
+  heartbeatStaleMs: number | undefined;
 }
 
 function compile(o: ClusterMeshOptions): CompiledOptions {
@@ -110,6 +113,7 @@ function compile(o: ClusterMeshOptions): CompiledOptions {
     rescanIntervalMs: o.rescanIntervalMs ?? 10_000,
     useFsWatch: o.useFsWatch ?? true,
     connect: o.connect,
+    heartbeatStaleMs: o.heartbeatStaleMs,
   };
 }
 
@@ -156,7 +160,7 @@ export class ClusterMesh {
   readonly nodes: ObservableMap<string, RemoteNode> = this.nodeCache;
   /** identity id → identity (labels). */
   readonly identities: ObservableMap<number, RemoteIdentity> = this.identityCache;
-  /** endpoint IP → identity, host IP (tunnel endpoint), cluster. */
+  /** endpoint IP ("ip/len" for a prefix entry) → identity, host IP (tunnel endpoint), cluster, named ports. */
   readonly ipcache: ObservableMap<string, IpCacheEntry> = this.ipCache;
   /** "<cluster>/<ns>/<name>" → service. */
   readonly services: ObservableMap<string, RemoteService> = this.serviceCache;
@@ -318,6 +322,7 @@ export class ClusterMesh {
       ...(this.o.registry ? { registry: this.o.registry } : {}),
       ...(this.o.maxValueBytes !== undefined ? { maxValueBytes: this.o.maxValueBytes } : {}),
       ...(this.o.connect ? { connect: this.o.connect } : {}),
+      ...(this.o.heartbeatStaleMs !== undefined ? { heartbeatStaleMs: this.o.heartbeatStaleMs } : {}),
     });
     const cluster = config.name;
     const unsubscribe = [
@@ -339,7 +344,7 @@ export class ClusterMesh {
         }
       }),
       remote.ipEntries.subscribe((ev) => {
-        if (ev.kind === 'upsert') this.claimIp(cluster, ev.value);
+        if (ev.kind === 'upsert') this.claimIp(cluster, ev.key, ev.value);
         else this.withdrawIp(cluster, ev.key);
       }),
       remote.services.subscribe((ev) => {
@@ -364,18 +369,19 @@ export class ClusterMesh {
     this.o.logger.info({ cluster: name }, 'remote cluster removed and drained');
   }
 
-  private claimIp(cluster: string, entry: RemoteIpEntry): void {
-    let claims = this.ipClaims.get(entry.ip);
+  /** `ip` is the IP of a host entry, "ip/len" of a prefix entry. */
+  private claimIp(cluster: string, ip: string, entry: RemoteIpEntry): void {
+    let claims = this.ipClaims.get(ip);
     if (!claims) {
       claims = new Map();
-      this.ipClaims.set(entry.ip, claims);
+      this.ipClaims.set(ip, claims);
     }
     claims.set(cluster, entry);
     if (claims.size > 1 && claims.keys().next().value !== cluster) {
-      this.o.logger.warn({ ip: entry.ip, cluster, owner: claims.keys().next().value }, 'IP claimed by two remote clusters; the first claim stays');
+      this.o.logger.warn({ ip, cluster, owner: claims.keys().next().value }, 'IP claimed by two remote clusters; the first claim stays');
     }
     const winner = claims.values().next().value;
-    if (winner) this.ipCache.set(entry.ip, winner);
+    if (winner) this.ipCache.set(ip, winner);
   }
 
   private withdrawIp(cluster: string, ip: string): void {

@@ -24,7 +24,7 @@ import { dirname, join, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import type { KvConnectionConfig } from '../kvstore/types.ts';
-import { systemClock, type Clock, type TimerHandle } from './clock.ts';
+import { systemClock, type Clock, type TimerHandle } from '../util/clock.ts';
 import { isValidClusterName } from './wire.ts';
 
 export interface RemoteClusterConfig {

@@ -23,20 +23,42 @@ export const serviceKey = (cluster: string, namespace: string, name: string): st
   `${servicesClusterPrefix(cluster)}${namespace}/${name}`;
 
 export const syncedPrefix = 'cilium/synced/';
-/** The canary a cluster writes once the initial set under `prefix` is complete. */
-export const syncedKey = (cluster: string, prefix: SyncedPrefixName): string => `${syncedPrefix}${cluster}/${prefix}`;
 /** Names of the exported prefixes that carry a synced canary. */
 export type SyncedPrefixName = 'nodes' | 'identities' | 'ip' | 'services';
 export const SYNCED_PREFIX_NAMES: readonly SyncedPrefixName[] = ['nodes', 'identities', 'ip', 'services'];
+/** The prefix each canary covers, as Cilium names it (no cluster, no trailing '/'). */
+export const SYNCED_PREFIX_PATHS: Readonly<Record<SyncedPrefixName, string>> = {
+  nodes: 'cilium/state/nodes/v1',
+  identities: 'cilium/state/identities/v1',
+  ip: 'cilium/state/ip/v1',
+  services: 'cilium/state/services/v1',
+};
+/**
+ * The canary a cluster writes once the initial set under a prefix is complete,
+ * named by the full prefix it covers: `cilium/synced/<cluster>/cilium/state/nodes/v1`.
+ */
+export const syncedKey = (cluster: string, prefix: SyncedPrefixName): string => `${syncedPrefix}${cluster}/${SYNCED_PREFIX_PATHS[prefix]}`;
 
+/** Written by the apiserver every interval (RFC3339 time); importers watch it to tell a live remote from a stale one. */
 export const heartbeatKey = 'cilium/.heartbeat';
 
 /**
- * The prefixes a remote cluster's (read-only) user may read: exactly what an
- * importer reads. Narrower than all of cilium/state/: the identity
- * allocator's label→id and reference keys (which name nodes) stay private.
+ * What a remote cluster's (read-only) user may read: exactly what an importer
+ * reads, ours or a Cilium agent's. Every entry is a prefix; `cilium/.heartbeat`
+ * and the identities' `.../v1/id` have no trailing '/', because a Cilium client
+ * lists and watches them that way (a range over the bare name). Narrower than
+ * all of cilium/state/: the identity allocator's label→id and reference keys
+ * (`.../identities/v1/value/`, `.../v1/refs/`, which name nodes) stay private.
  */
-export const exportedReadPrefixes: readonly string[] = [clusterConfigPrefix, nodesPrefix, identitiesPrefix, ipPrefix, servicesPrefix, syncedPrefix, heartbeatKey];
+export const exportedReadPrefixes: readonly string[] = [
+  clusterConfigPrefix,
+  nodesPrefix,
+  identitiesPrefix.slice(0, -1),
+  ipPrefix,
+  servicesPrefix,
+  syncedPrefix,
+  heartbeatKey,
+];
 
 /** The cluster's own store (the "store" local source); never exported. */
 export const storePrefix = 'clustermesh/store/v1/';

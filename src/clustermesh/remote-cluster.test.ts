@@ -6,7 +6,7 @@ import { Registry } from 'prom-client';
 import type { KvClient } from '../kvstore/client.ts';
 import { KvError } from '../kvstore/types.ts';
 import { Cache, type CacheEvent } from './cache.ts';
-import { ManualClock } from './clock.ts';
+import { ManualClock } from '../util/clock.ts';
 import { backoffDelay, DEFAULT_BACKOFF, RemoteCluster } from './remote-cluster.ts';
 
 const conn = { endpoints: ['https://127.0.0.1:1'], caFile: '/x', certFile: '/x', keyFile: '/x' };
@@ -58,9 +58,9 @@ describe('RemoteCluster without etcd', () => {
     let attempts = 0;
     let closed = 0;
     const fake = {
-      list: async () => {
+      getWithRevision: async () => {
         attempts++;
-        throw new KvError('unavailable', 'list', 'connection refused');
+        throw new KvError('unavailable', 'get', 'connection refused');
       },
       close: async () => void closed++,
     } as unknown as KvClient;
@@ -72,7 +72,7 @@ describe('RemoteCluster without etcd', () => {
     await flush();
     assert.equal(attempts, 1);
     assert.equal(rc.status().state, 'disconnected');
-    assert.match(rc.status().lastError ?? '', /^unavailable: kvstore list: connection refused/);
+    assert.match(rc.status().lastError ?? '', /^unavailable: kvstore get: connection refused/);
     // first retry after 200 ms (attempt 1 = initial * 2), then 400, 800, 1000, 1000
     for (const [ms, want] of [[199, 1], [1, 2], [399, 2], [1, 3], [800, 4], [1000, 5], [1000, 6]] as const) {
       clock.advance(ms);

@@ -21,9 +21,10 @@ import { KvError, type KvConnectionConfig, type KvPair } from '../kvstore/types.
 import { WatchStore } from '../kvstore/watch-store.ts';
 import type { WatchHandle } from '../kvstore/client.ts';
 import { Cache, type ObservableMap } from './cache.ts';
-import { sleep, systemClock, type Clock } from './clock.ts';
+import { sleep, systemClock, type Clock } from '../util/clock.ts';
 import {
   clusterConfigKey,
+  heartbeatKey,
   identitiesPrefix,
   ipPrefix,
   nodesClusterPrefix,
@@ -34,6 +35,7 @@ import {
 } from './keys.ts';
 import {
   decodeClusterConfig,
+  decodeHeartbeat,
   decodeIdentity,
   decodeIpEntry,
   decodeNode,
@@ -74,12 +76,16 @@ export interface RemoteIpEntry {
   ip: string;
   /** "ip/len": /32 or /128 unless the entry carries a mask. */
   prefix: string;
+  /** A reserved identity (1..255) or one of the cluster's range. */
   identity: number;
-  /** The tunnel endpoint (the node hosting the IP). */
+  /** The tunnel endpoint (the node hosting the IP); "" when the entry names none. */
   hostIP: string;
   encryptKey: number;
   namespace: string;
   podName: string;
+  serviceAccount: string;
+  /** The pod's named container ports (egress policy towards the pod resolves them). */
+  namedPorts: { name: string; port: number; protocol: 'TCP' | 'UDP' | 'SCTP' }[];
 }
 
 export interface ServicePort {
@@ -136,6 +142,14 @@ export interface RemoteClusterStatus {
   lastErrorAt: string | null;
   /** Why the cluster is refused, while it is. */
   refusedReason: string | null;
+  /** The remote's cluster-config capabilities (null before one was accepted). */
+  config: { cached: boolean; serviceExportsEnabled: boolean | null; syncedCanaries: boolean } | null;
+  /**
+   * cilium/.heartbeat, which the remote apiserver rewrites every minute or so:
+   * when it was last seen to change (our clock), the time it carries, and
+   * `stale` once connected without a change for longer than the limit.
+   */
+  heartbeat: { lastSeenAt: string | null; value: string | null; ageMs: number | null; stale: boolean; staleAfterMs: number };
 }
 
 // ---------------------------------------------------------------------------
@@ -190,7 +204,11 @@ export interface RemoteClusterOptions {
   maxValueBytes?: number;
   /** Creates the client (tests inject faults); default `new KvClient(config)`. */
   connect?: (config: KvConnectionConfig) => KvClient;
+  /** Report the remote stale when its heartbeat has not changed for this long (default 180 s, as Cilium). */
+  heartbeatStaleMs?: number;
 }
+
+export const DEFAULT_HEARTBEAT_STALE_MS = 180_000;
 
 // ---------------------------------------------------------------------------
 // Metrics, one set per registry
@@ -315,18 +333,6 @@ function ports(m: Record<string, Record<string, { Protocol: 'TCP' | 'UDP' | 'SCT
     }));
 }
 
-function maskLength(mask: string | null, ip: string): number {
-  if (mask === null) return ip.includes(':') ? 128 : 32;
-  if (mask.includes(':')) {
-    const [head = '', tail] = mask.split('::');
-    const h = head === '' ? [] : head.split(':');
-    const t = tail === undefined || tail === '' ? [] : tail.split(':');
-    const groups = [...h, ...Array<string>(tail === undefined ? 0 : 8 - h.length - t.length).fill('0'), ...t];
-    return groups.reduce((n, g) => n + parseInt(g, 16).toString(2).replace(/0/g, '').length, 0);
-  }
-  return mask.split('.').reduce((n, o) => n + Number(o).toString(2).replace(/0/g, '').length, 0);
-}
-
 const NODE_SPEC: PrefixSpec<import('./wire.ts').NodeValue, string, RemoteNode> = {
   name: 'nodes',
   prefix: nodesClusterPrefix,
@@ -339,7 +345,7 @@ const NODE_SPEC: PrefixSpec<import('./wire.ts').NodeValue, string, RemoteNode> =
       name: n.Name,
       addresses: n.IPAddresses.map((a) => ({ type: a.Type, ip: a.IP })),
       ipv4AllocCIDR: n.IPv4AllocCIDR,
-      ipv6AllocCIDR: n.IPv6AllocCIDR ?? null,
+      ipv6AllocCIDR: n.IPv6AllocCIDR,
       labels: { ...n.Labels },
     },
   }),
@@ -354,17 +360,20 @@ const IP_SPEC: PrefixSpec<import('./wire.ts').IpEntryValue, string, RemoteIpEntr
   name: 'ip',
   prefix: () => ipPrefix,
   decode: decodeIpEntry,
+  // Keyed by the IP for a host entry, by "ip/len" for a prefix.
   toDomain: (e, src) => ({
-    key: e.IP,
+    key: e.Mask === null ? e.IP : `${e.IP}/${e.Mask}`,
     value: {
       cluster: src.cluster,
       ip: e.IP,
-      prefix: `${e.IP}/${maskLength(e.Mask, e.IP)}`,
+      prefix: `${e.IP}/${e.Mask ?? (e.IP.includes(':') ? 128 : 32)}`,
       identity: e.ID,
       hostIP: e.HostIP,
       encryptKey: e.Key,
       namespace: e.K8sNamespace,
       podName: e.K8sPodName,
+      serviceAccount: e.K8sServiceAccount,
+      namedPorts: e.NamedPorts.map((p) => ({ name: p.Name, port: p.Port, protocol: p.Protocol })),
     },
   }),
 };
@@ -432,6 +441,12 @@ export class RemoteCluster {
   private lastErrorAt: string | null = null;
   private refusedReason: string | null = null;
   private readonly rejectedCounts = emptyRejected();
+  private readonly heartbeatStaleMs: number;
+  private acceptedConfig: ClusterConfig | null = null;
+  /** Our clock when the heartbeat was last seen to change, or the session connected (whichever is later). */
+  private heartbeatSince: number | null = null;
+  private heartbeatSeenAt: number | null = null;
+  private heartbeatValue: number | null = null;
   private running: Promise<void> | null = null;
   private lifecycle: AbortController | null = null;
   private session: AbortController | null = null;
@@ -449,6 +464,7 @@ export class RemoteCluster {
     this.backoff = { ...DEFAULT_BACKOFF, ...opts.backoff };
     this.maxValueBytes = opts.maxValueBytes;
     this.connectFn = opts.connect ?? ((c) => new KvClient(c));
+    this.heartbeatStaleMs = opts.heartbeatStaleMs ?? DEFAULT_HEARTBEAT_STALE_MS;
     this.nodeMirror = new PrefixMirror(NODE_SPEC, this);
     this.identityMirror = new PrefixMirror(IDENTITY_SPEC, this);
     this.ipMirror = new PrefixMirror(IP_SPEC, this);
@@ -484,7 +500,37 @@ export class RemoteCluster {
       lastError: this.lastError,
       lastErrorAt: this.lastErrorAt,
       refusedReason: this.refusedReason,
+      config: this.acceptedConfig
+        ? {
+            cached: this.acceptedConfig.capabilities.cached,
+            serviceExportsEnabled: this.acceptedConfig.capabilities.serviceExportsEnabled,
+            syncedCanaries: this.acceptedConfig.capabilities.syncedCanaries,
+          }
+        : null,
+      heartbeat: this.heartbeatStatus(),
     };
+  }
+
+  private heartbeatStatus(): RemoteClusterStatus['heartbeat'] {
+    const now = this.clock.now();
+    const ageMs = this.heartbeatSince === null ? null : Math.max(0, now - this.heartbeatSince);
+    return {
+      lastSeenAt: this.heartbeatSeenAt === null ? null : new Date(this.heartbeatSeenAt).toISOString(),
+      value: this.heartbeatValue === null ? null : new Date(this.heartbeatValue).toISOString(),
+      ageMs,
+      stale: this.connected && ageMs !== null && ageMs > this.heartbeatStaleMs,
+      staleAfterMs: this.heartbeatStaleMs,
+    };
+  }
+
+  /** A heartbeat was seen (listed or changed). */
+  private noteHeartbeat(raw: string): void {
+    const now = this.clock.now();
+    const wasStale = this.heartbeatStatus().stale;
+    this.heartbeatSince = now;
+    this.heartbeatSeenAt = now;
+    this.heartbeatValue = decodeHeartbeat(raw);
+    if (wasStale) this.log.info({ cluster: this.name }, 'remote heartbeat resumed');
   }
 
   /** Called on every state change. Returns the unsubscribe function. */
@@ -623,11 +669,12 @@ export class RemoteCluster {
 
       // cluster-config
       const cfgKey = clusterConfigKey(this.name);
-      const cfgList = await race(c.list(cfgKey)).catch((e) => {
+      // Exactly the key (get and watch, no prefix range): Cilium's `remote` role grants only that key.
+      const cfgRead = await race(c.getWithRevision(cfgKey)).catch((e) => {
         throw wrap(e);
       });
-      let cfgPair = cfgList.pairs.find((p) => p.key === cfgKey);
-      let cfgRevision = cfgList.revision;
+      let cfgPair = cfgRead.pair;
+      let cfgRevision = cfgRead.revision;
       if (!cfgPair) {
         // reachable, but nothing published yet (a new or wiped etcd): wait for it in this session
         this.connected = true;
@@ -637,11 +684,12 @@ export class RemoteCluster {
           new Promise<KvPair>((resolve) => {
             const h = c.watch(
               cfgKey,
-              (BigInt(cfgList.revision) + 1n).toString(),
+              (BigInt(cfgRead.revision) + 1n).toString(),
               (ev) => {
                 if (ev.key === cfgKey && ev.kind === 'upsert') resolve({ key: ev.key, value: ev.value, modRevision: ev.modRevision, lease: '0' });
               },
               (err) => fail(wrap(err)),
+              { exact: true },
             );
             watches.push(h);
           }),
@@ -672,6 +720,24 @@ export class RemoteCluster {
             if (ev.key !== cfgKey) return;
             if (ev.kind === 'upsert' && ev.value === acceptedValue) return;
             fail(new SessionEnd('config-changed', `${cfgKey} ${ev.kind === 'delete' ? 'was deleted' : 'changed'}`));
+          },
+          (err) => fail(wrap(err)),
+          { exact: true },
+        ),
+      );
+      // The heartbeat: its age counts from now until it is seen.
+      this.heartbeatSince = this.clock.now();
+      const hb = await race(c.list(heartbeatKey)).catch((e) => {
+        throw wrap(e);
+      });
+      const hbPair = hb.pairs.find((p) => p.key === heartbeatKey);
+      if (hbPair) this.noteHeartbeat(hbPair.value);
+      watches.push(
+        c.watch(
+          heartbeatKey,
+          (BigInt(hb.revision) + 1n).toString(),
+          (ev) => {
+            if (ev.key === heartbeatKey && ev.kind === 'upsert' && !signal.aborted) this.noteHeartbeat(ev.value);
           },
           (err) => fail(wrap(err)),
         ),
@@ -736,10 +802,12 @@ export class RemoteCluster {
       return refuse(`${this.name} uses maxConnectedClusters ${cfg.capabilities.maxConnectedClusters}, this cluster ${this.local.maxConnectedClusters}`);
     }
     if (cfg.id === this.local.id) return refuse(`${this.name} uses cluster ID ${cfg.id}, the ID of the local cluster ${this.local.name}`);
+    if (cfg.capabilities.cached) return refuse(`${this.name}'s cluster-config says cached: its data is a kvstoremesh cache under cilium/cache/, which this importer does not read`);
     const clash = this.ids?.claim(this.name, cfg.id) ?? null;
     if (clash !== null) return refuse(clash);
     this.clusterId = cfg.id;
     this.acceptedLayout = layout;
+    this.acceptedConfig = cfg;
     return cfg;
   }
 
@@ -751,6 +819,7 @@ export class RemoteCluster {
     this.ids?.release(this.name);
     this.clusterId = null;
     this.acceptedLayout = null;
+    this.acceptedConfig = null;
   }
 
   /** Resolves once `cilium/synced/<cluster>/<prefix>` exists. */

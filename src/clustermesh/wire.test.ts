@@ -33,7 +33,14 @@ const node = (over: Partial<NodeValue> = {}): NodeValue => ({
   ClusterID: 2,
   IPAddresses: [{ Type: 'InternalIP', IP: '10.2.0.1' }],
   IPv4AllocCIDR: '10.102.1.0/24',
+  IPv6AllocCIDR: null,
+  IPv4HealthIP: '',
+  IPv6HealthIP: '',
   Labels: { 'kubernetes.io/hostname': 'n1' },
+  Annotations: {},
+  EncryptionKey: 0,
+  Source: '',
+  BootID: '',
   ...over,
 });
 const labels = (cluster: string, app = 'x'): Label[] => [
@@ -47,8 +54,12 @@ const ipEntry = (over: Partial<IpEntryValue> = {}): IpEntryValue => ({
   HostIP: '10.2.0.1',
   ID: (2 << 16) + 300,
   Key: 0,
+  Metadata: '',
   K8sNamespace: 'default',
   K8sPodName: 'echo-1',
+  K8sPodUID: '',
+  K8sServiceAccount: '',
+  NamedPorts: [],
   ...over,
 });
 const service = (over: Partial<ServiceValue> = {}): ServiceValue => ({
@@ -59,8 +70,8 @@ const service = (over: Partial<ServiceValue> = {}): ServiceValue => ({
   backends: { '10.102.1.5': { http: { Protocol: 'TCP', Port: 8080 } } },
   labels: {},
   selector: { app: 'echo' },
-  shared: true,
   includeExternal: true,
+  shared: true,
   clusterID: 2,
   ...over,
 });
@@ -173,18 +184,26 @@ describe('identities', () => {
 });
 
 describe('ip entries', () => {
-  it('accepts an entry in range, with or without a mask', () => {
+  it('accepts an entry in range, with or without a mask (the key then carries the length)', () => {
     assert.ok(decodeIpEntry(c2, ipKey('10.102.1.5'), encodeIpEntry(ipEntry())).ok);
-    assert.ok(decodeIpEntry(c2, ipKey('fd00::5'), encodeIpEntry(ipEntry({ IP: 'fd00::5', Mask: 'ffff:ffff:ffff:ffff::' }))).ok);
-    assert.ok(decodeIpEntry(c2, ipKey('10.102.1.5'), encodeIpEntry(ipEntry({ Mask: '255.255.255.255' }))).ok);
+    assert.ok(decodeIpEntry(c2, ipKey('fd00::/64'), encodeIpEntry(ipEntry({ IP: 'fd00::', Mask: 64 }))).ok);
+    assert.ok(decodeIpEntry(c2, ipKey('10.102.1.5/32'), encodeIpEntry(ipEntry({ Mask: 32 }))).ok);
+    const k = decodeIpEntry(c2, ipKey('10.102.1.5'), encodeIpEntry(ipEntry({ Mask: 32 })));
+    assert.ok(!k.ok && k.reason === 'key-mismatch');
   });
-  it('rejects an identity out of range, a key mismatch and a bad mask', () => {
-    const r = decodeIpEntry(c2, ipKey('10.102.1.5'), encodeIpEntry(ipEntry({ ID: 6 })));
+  it('accepts reserved identities (1..255), rejects an identity out of range, a key mismatch and a bad mask', () => {
+    assert.ok(decodeIpEntry(c2, ipKey('10.102.1.5'), encodeIpEntry(ipEntry({ ID: 6 }))).ok);
+    const r = decodeIpEntry(c2, ipKey('10.102.1.5'), encodeIpEntry(ipEntry({ ID: 256 })));
     assert.ok(!r.ok && r.reason === 'identity-out-of-range');
+    const z = decodeIpEntry(c2, ipKey('10.102.1.5'), encodeIpEntry(ipEntry({ ID: 0 })));
+    assert.ok(!z.ok && z.reason === 'identity-out-of-range');
     const k = decodeIpEntry(c2, ipKey('10.102.1.6'), encodeIpEntry(ipEntry()));
     assert.ok(!k.ok && k.reason === 'key-mismatch');
-    assert.throws(() => encodeIpEntry(ipEntry({ Mask: '255.0.255.0' })), WireEncodeError);
-    assert.throws(() => encodeIpEntry(ipEntry({ Mask: 'ffff::' })), WireEncodeError);
+    assert.throws(() => encodeIpEntry(ipEntry({ Mask: 33 })), WireEncodeError);
+    assert.throws(() => encodeIpEntry(ipEntry({ IP: 'fd00::', Mask: 129 })), WireEncodeError);
+    const holes = JSON.stringify({ IP: '10.102.1.0', Mask: Buffer.from([255, 0, 255, 0]).toString('base64'), HostIP: '10.2.0.1', ID: (2 << 16) + 1 });
+    const h = decodeIpEntry(c2, ipKey('10.102.1.0/8'), holes);
+    assert.ok(!h.ok && h.reason === 'invalid-schema' && /non-contiguous/.test(h.detail), JSON.stringify(h));
   });
 });
 

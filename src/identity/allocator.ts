@@ -16,7 +16,7 @@
 // between wins and the mapping is restored — then id/ (compare-and-delete).
 // A user that writes its ref after value/ is gone sees the change on re-read
 // and retries, so no user is ever left holding a number whose keys are deleted.
-import { systemClock, sleep, type Clock } from '../clustermesh/clock.ts';
+import { systemClock, sleep, type Clock } from '../util/clock.ts';
 import { CLUSTER_LABEL_KEY, type Label } from '../clustermesh/wire.ts';
 import type { KvClient, KvSession } from '../kvstore/client.ts';
 import type { KvPair } from '../kvstore/types.ts';

@@ -3,9 +3,9 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test } from 'node:test';
 
-import { heartbeatKey, identitiesPrefix, identityKey, nodeKey, nodesPrefix, storePrefix } from '../clustermesh/keys.ts';
+import { heartbeatKey, identityKey, nodeKey, storePrefix, withTestEtcd as withEtcd } from './testing.ts';
 import { KvClient } from './client.ts';
-import { withEtcd, type EtcdServer } from './etcd-process.ts';
+import type { EtcdServer } from './etcd-process.ts';
 import { createCA, issueCert } from './pki.ts';
 import { KvError, type KvErrorKind, type WatchEvent } from './types.ts';
 
@@ -211,47 +211,6 @@ test('watch from a revision replays history, then follows live changes', async (
       assert.equal(events[0]!.modRevision, revB);
       assert.equal(events[3]!.modRevision, revD);
       assert.deepEqual(errors, []);
-    });
-  });
-});
-
-test('ACLs: apiserver, agent and remote roles', async () => {
-  await withEtcd({ name: 'acl' }, async (server) => {
-    await withClients(server, ['apiserver', 'agent', 'remote'], async (api, agent, remote) => {
-      // apiserver: readwrite cilium/ and the store.
-      await api.put(nodeKey('c1', 'n1'), 'node');
-      await api.put(heartbeatKey, 'hb');
-      await api.put(`${storePrefix}pods/default/p`, 'pod');
-      await rejectsKind(api.put('elsewhere/x', '1'), 'permission');
-      // agent: readwrite store + identities, read the rest of cilium/.
-      await agent.put(`${storePrefix}pods/default/q`, 'pod');
-      assert.equal(await agent.createOnly(identityKey(70000), 'l'), true);
-      assert.equal((await agent.get(nodeKey('c1', 'n1')))?.value, 'node');
-      await rejectsKind(agent.put(nodeKey('c1', 'n1'), 'x'), 'permission');
-      // remote: read only the exported prefixes, nothing else.
-      assert.equal((await remote.get(nodeKey('c1', 'n1')))?.value, 'node');
-      assert.equal((await remote.get(heartbeatKey))?.value, 'hb');
-      assert.equal((await remote.list(nodesPrefix)).pairs.length, 1);
-      assert.equal((await remote.list(identitiesPrefix)).pairs.length, 1);
-      // The allocator's private keys under cilium/state/ are not exported.
-      await api.put('cilium/state/identities/v1/value/k8s:app=x;', '70000');
-      await rejectsKind(remote.get('cilium/state/identities/v1/value/k8s:app=x;'), 'permission');
-      await rejectsKind(remote.list('cilium/state/'), 'permission');
-      await rejectsKind(remote.put(nodeKey('c1', 'n1'), 'x'), 'permission');
-      await rejectsKind(remote.put(heartbeatKey, 'x'), 'permission');
-      await rejectsKind(remote.delete(nodeKey('c1', 'n1')), 'permission');
-      await rejectsKind(remote.createOnly(identityKey(70001), 'l'), 'permission');
-      await rejectsKind(remote.get(`${storePrefix}pods/default/p`), 'permission');
-      await rejectsKind(remote.list(storePrefix), 'permission');
-      await rejectsKind(remote.list('cilium/'), 'permission'); // wider than granted
-      await rejectsKind(remote.get('cilium/.heartbeat2'), 'permission'); // the key is exact
-      const watchErr = await new Promise<KvError>((resolve) => remote.watch(storePrefix, '1', () => undefined, resolve));
-      assert.equal(watchErr.kind, 'permission');
-      // A valid certificate whose CN is no etcd user is denied, too.
-      await server.clientCert('stranger');
-      await withClients(server, ['stranger'], async (stranger) => {
-        await rejectsKind(stranger.get(nodeKey('c1', 'n1')), 'permission');
-      });
     });
   });
 });

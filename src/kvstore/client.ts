@@ -276,6 +276,16 @@ export class KvClient {
     });
   }
 
+  /** The value of exactly `key` (no prefix range: a role granted only that key may read it)
+   * and the store's revision at the read (where a watch of the key continues). */
+  async getWithRevision(key: string): Promise<{ pair: KvPair | undefined; revision: string }> {
+    return await this.call('get', async () => {
+      const res = await this.etcd.kv.range({ key: Buffer.from(key) });
+      const kv = res.kvs[0];
+      return { pair: kv === undefined ? undefined : toPair(kv), revision: String(res.header.revision) };
+    });
+  }
+
   /** The store's current revision. */
   async currentRevision(): Promise<string> {
     return await this.call('revision', async () => {
@@ -457,8 +467,9 @@ export class KvClient {
    * delivered in revision order. The watch never resumes on its own: on the
    * first failure (etcd unreachable, compaction, permission) `onError` is called
    * once and the watch is over — the caller re-lists and watches again.
+   * With `exact`, only the key `prefix` itself is watched (no range).
    */
-  watch(prefix: string, fromRevision: string, onEvent: (ev: WatchEvent) => void, onError: (err: KvError) => void): WatchHandle {
+  watch(prefix: string, fromRevision: string, onEvent: (ev: WatchEvent) => void, onError: (err: KvError) => void, opts: { exact?: boolean } = {}): WatchHandle {
     this.check('watch');
     let watcher: Watcher | undefined;
     let done = false;
@@ -504,14 +515,15 @@ export class KvClient {
       }
       // etcd cancels a watch on a compacted revision with an empty reason (etcd3
       // does not pass compact_revision on): ask a range at that revision.
-      void this.probeCompacted(prefix, nextRevision).then((compacted) => {
+      void this.probeCompacted(prefix, nextRevision, opts.exact === true).then((compacted) => {
         if (!cancelled) onError(compacted ?? e);
       });
     };
     try {
       const p = Buffer.from(prefix);
       const builder = this.watchEtcd.watch();
-      if (p.length === 0) builder.inRange({ start: Buffer.from([0]), end: Buffer.from([0]) });
+      if (opts.exact) builder.key(p);
+      else if (p.length === 0) builder.inRange({ start: Buffer.from([0]), end: Buffer.from([0]) });
       else builder.inRange({ start: p, end: prefixEnd(p) });
       builder.startRevision(fromRevision);
       watcher = builder.watcher();
@@ -537,11 +549,12 @@ export class KvClient {
     return handle;
   }
 
-  private async probeCompacted(prefix: string, revision: bigint): Promise<KvError | undefined> {
+  private async probeCompacted(prefix: string, revision: bigint, exact: boolean): Promise<KvError | undefined> {
     if (this.closed || revision <= 0n) return undefined;
     try {
       const p = Buffer.from(prefix);
-      await this.etcd.kv.range({ key: p.length === 0 ? Buffer.from([0]) : p, range_end: prefixEnd(p), limit: 1, revision: revision.toString() });
+      if (exact) await this.etcd.kv.range({ key: p, limit: 1, revision: revision.toString() });
+      else await this.etcd.kv.range({ key: p.length === 0 ? Buffer.from([0]) : p, range_end: prefixEnd(p), limit: 1, revision: revision.toString() });
       return undefined;
     } catch (err) {
       const e = toKvError('watch', err);

@@ -8,11 +8,10 @@
 // cannot route into that namespace, talks to it through a TLS unix socket in
 // the etcd's dir (a file is reachable from every network namespace).
 //
-// Roles (ARCHITECTURE §4: each remote cluster's user can only read):
-//   apiserver  readwrite cilium/ and the store prefix
-//   agent      readwrite the store prefix and cilium/state/identities/, read cilium/
-//   remote     read only: cilium/cluster-config/, cilium/state/, cilium/synced/, cilium/.heartbeat
-// etcd with --client-cert-auth takes the client certificate's CN as the user.
+// Roles: the caller hands them over (`roles`, one user per role, of the same
+// name); this layer knows no key layout. The mesh's roles are in
+// src/clustermesh/etcd.ts. etcd with --client-cert-auth takes the client
+// certificate's CN as the user.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, openSync, closeSync, unlinkSync } from 'node:fs';
@@ -22,36 +21,23 @@ import { createServer, isIP } from 'node:net';
 import { join, resolve } from 'node:path';
 import { Etcd3, Range } from 'etcd3';
 
-import { exportedReadPrefixes, storePrefix, CILIUM_PREFIX } from '../clustermesh/keys.ts';
 import { createCA, issueCert, type CertFiles, type CertificateAuthority } from './pki.ts';
 import type { KvConnectionConfig } from './types.ts';
 
-export type EtcdUser = 'root' | 'apiserver' | 'agent' | 'remote';
-export const ETCD_USERS: readonly EtcdUser[] = ['root', 'apiserver', 'agent', 'remote'];
-
-/** The prefix agents allocate identities under (readwrite for `agent`). */
-export const AGENT_IDENTITIES_PREFIX = 'cilium/state/identities/';
-
 export interface RolePermission {
   permission: 'Read' | 'Write' | 'Readwrite';
-  /** A key prefix, or an exact key when `exact` is set. */
+  /** A key prefix (every key starting with it, with or without a trailing '/'), or an exact key when `exact` is set. */
   key: string;
   exact?: boolean;
 }
 
-/** The roles of the mesh kvstore; one user per role, of the same name. */
-export const MESH_ROLES: Readonly<Record<Exclude<EtcdUser, 'root'>, readonly RolePermission[]>> = {
-  apiserver: [
-    { permission: 'Readwrite', key: CILIUM_PREFIX },
-    { permission: 'Readwrite', key: storePrefix },
-  ],
-  agent: [
-    { permission: 'Readwrite', key: storePrefix },
-    { permission: 'Readwrite', key: AGENT_IDENTITIES_PREFIX },
-    { permission: 'Read', key: CILIUM_PREFIX },
-  ],
-  remote: exportedReadPrefixes.map((p) => (p.endsWith('/') ? { permission: 'Read', key: p } : { permission: 'Read', key: p, exact: true })),
-};
+/** Role name → permissions. Each role gets a user of the same name (and a client certificate). */
+export type EtcdRoles = Readonly<Record<string, readonly RolePermission[]>>;
+
+/** The users of an etcd with `roles`: root and one per role. */
+export function etcdUsers(roles: EtcdRoles | undefined): string[] {
+  return ['root', ...Object.keys(roles ?? {})];
+}
 
 export interface EtcdOptions {
   /** Directory of this etcd: data/, pki/, etcd.log. Created when missing. */
@@ -76,8 +62,10 @@ export interface EtcdOptions {
   serverIpAddresses?: string[];
   /** Use this CA instead of creating one in dir/pki (e.g. one CA per mesh). */
   ca?: CertificateAuthority;
-  /** Turn on authentication and create the mesh roles (default true). */
+  /** Turn on authentication and create `roles` (default true). */
   auth?: boolean;
+  /** Roles (and users of the same name) created when auth is set up; root always exists. Default none. */
+  roles?: EtcdRoles;
   /** How long to wait for etcd to serve (default 20 s). */
   startTimeoutMs?: number;
   /** Path of the etcd binary (default 'etcd' from PATH). */
@@ -118,7 +106,7 @@ export interface EtcdServer {
   readonly serverName: string | undefined;
   /** Client certificate for `user` (CN = user), issued once and cached. */
   clientCert(user: string): Promise<CertFiles>;
-  /** Connection config for `user`. Certificates of the mesh users exist from the start;
+  /** Connection config for `user`. Certificates of the users of `roles` exist from the start;
    * others must have been issued with clientCert() first. `via: 'local'` (default)
    * is for this process (`localEndpoint`); `via: 'network'` is for processes in
    * etcd's network, e.g. an agent in a node namespace (`endpoint`). */
@@ -396,13 +384,13 @@ class EtcdProcess implements EtcdServer {
     try {
       const auth = client.auth;
       await Promise.all(
-        (['root', ...Object.keys(MESH_ROLES)] as EtcdUser[]).map(async (user) => {
+        etcdUsers(this.opts.roles).map(async (user) => {
           await auth.roleAdd({ name: user });
           await auth.userAdd({ name: user, options: { no_password: true } });
           await auth.userGrantRole({ user, role: user });
         }),
       );
-      for (const [role, perms] of Object.entries(MESH_ROLES)) {
+      for (const [role, perms] of Object.entries(this.opts.roles ?? {})) {
         for (const p of perms) {
           const range = p.exact ? { start: Buffer.from(p.key), end: Buffer.alloc(0) } : Range.prefix(p.key);
           await auth.roleGrantPermission({ name: role, perm: { permType: p.permission, key: range.start, range_end: range.end } });
@@ -468,8 +456,8 @@ export async function startEtcd(opts: EtcdOptions): Promise<EtcdServer> {
     issueCert(ca, { commonName: `etcd-${opts.name ?? 'etcd'}`, dnsNames, ipAddresses, usage: 'both', outDir: pkiDir, name: 'server' }),
     portIn(opts.clientPort, 2379),
     portIn(opts.peerPort, 2380),
-    // The mesh users' client certificates (CN = user), unless issued before.
-    ...ETCD_USERS.map((user) =>
+    // The users' client certificates (CN = user), unless issued before.
+    ...etcdUsers(opts.roles).map((user) =>
       existsSync(join(userDir, `${user}.crt`)) && existsSync(join(userDir, `${user}.key`))
         ? undefined
         : issueCert(ca, { commonName: user, usage: 'client', outDir: userDir, name: user }),

@@ -2,8 +2,8 @@
 export * from './types.ts';
 export { KvClient, KvSession, classifyError, toKvError, prefixEnd, DEFAULT_TIMEOUT_MS, DEFAULT_SESSION_TTL_SECONDS, DEFAULT_PAGE_SIZE } from './client.ts';
 export type { KvClientOptions, ListOptions, WatchHandle } from './client.ts';
-export { startEtcd, withEtcd, freeLoopbackPort, MESH_ROLES, ETCD_USERS, AGENT_IDENTITIES_PREFIX } from './etcd-process.ts';
-export type { EtcdOptions, EtcdServer, EtcdUser, RolePermission } from './etcd-process.ts';
+export { startEtcd, withEtcd, freeLoopbackPort, etcdUsers } from './etcd-process.ts';
+export type { EtcdOptions, EtcdServer, EtcdRoles, RolePermission } from './etcd-process.ts';
 export { createCA, issueCert } from './pki.ts';
 export type { CertificateAuthority, CertFiles, CertUsage, IssueCertOptions } from './pki.ts';
 export { WatchStore, backoffDelay } from './watch-store.ts';

@@ -2,9 +2,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { nodeKey, nodesPrefix, syncedKey, syncedPrefix } from '../clustermesh/keys.ts';
+import { canaryKey, nodeKey, nodesPrefix, syncedPrefix, withTestEtcd as withEtcd } from './testing.ts';
 import { KvClient } from './client.ts';
-import { withEtcd, type EtcdServer } from './etcd-process.ts';
+import type { EtcdServer } from './etcd-process.ts';
 import { SyncStore, rfc3339 } from './sync-store.ts';
 import type { KvError, WatchEvent } from './types.ts';
 
@@ -39,7 +39,7 @@ test('sync store: coalesces per key and never rewrites an unchanged value', asyn
   await withEtcd({ name: 'ss-coalesce' }, async (server) => {
     const client = new KvClient(server.connection('apiserver'));
     const rec = await recordWrites(server);
-    const store = new SyncStore(client, { cluster: 'c1', prefixName: 'nodes', prefix: nodesPrefix, leased: false });
+    const store = new SyncStore(client, { canaryKey: canaryKey('c1'), prefix: nodesPrefix, leased: false });
     try {
       for (let i = 0; i < 50; i++) store.upsert(nodeKey('c1', 'n1'), `v${i}`);
       store.upsert(nodeKey('c1', 'n2'), 'x');
@@ -76,8 +76,8 @@ test('sync store: the canary is written once the initial set is, and not before'
     const client = new KvClient(server.connection('apiserver'));
     const rec = await recordWrites(server);
     // 40 writes at 200/s with a burst of 5 take ~175 ms: the canary must wait for all.
-    const store = new SyncStore(client, { cluster: 'c1', prefixName: 'nodes', prefix: nodesPrefix, rateLimit: { perSecond: 200, burst: 5 }, concurrency: 4 });
-    const canary = syncedKey('c1', 'nodes');
+    const store = new SyncStore(client, { canaryKey: canaryKey('c1'), prefix: nodesPrefix, rateLimit: { perSecond: 200, burst: 5 }, concurrency: 4 });
+    const canary = canaryKey('c1');
     try {
       for (let i = 0; i < 20; i++) store.upsert(nodeKey('c1', `early-${i}`), 'v');
       await store.flush();
@@ -116,7 +116,7 @@ test('sync store: failed writes are retried with backoff until etcd is back', as
     const client = new KvClient(server.connection('apiserver', { timeoutMs: 1000 }));
     const errors: KvError[] = [];
     const store = new SyncStore(client, {
-      cluster: 'c1', prefixName: 'nodes', prefix: nodesPrefix, leased: false,
+      canaryKey: canaryKey('c1'), prefix: nodesPrefix, leased: false,
       backoff: { initialMs: 20, maxMs: 100 },
       onError: (e) => errors.push(e),
     });
@@ -144,7 +144,7 @@ test('sync store: a lost session (etcd wiped) gets every leased key and the cana
   await withEtcd({ name: 'ss-session' }, async (server) => {
     const client = new KvClient(server.connection('apiserver', { timeoutMs: 2000 }), { sessionTtlSeconds: 1 });
     const observer = new KvClient(server.connection('root'));
-    const store = new SyncStore(client, { cluster: 'c1', prefixName: 'nodes', prefix: nodesPrefix, backoff: { initialMs: 20, maxMs: 200 } });
+    const store = new SyncStore(client, { canaryKey: canaryKey('c1'), prefix: nodesPrefix, backoff: { initialMs: 20, maxMs: 200 } });
     try {
       store.upsert(nodeKey('c1', 'a'), 'A');
       store.upsert(nodeKey('c1', 'b'), 'B');
@@ -156,7 +156,7 @@ test('sync store: a lost session (etcd wiped) gets every leased key and the cana
       await server.start();
       await waitFor(async () => (await observer.list('cilium/').catch(() => ({ pairs: [] }))).pairs.length === 3, 8000, 'keys rewritten');
       const pairs = (await observer.list('cilium/')).pairs;
-      assert.deepEqual(pairs.map((p) => p.key).sort(), [nodeKey('c1', 'a'), nodeKey('c1', 'b'), syncedKey('c1', 'nodes')].sort());
+      assert.deepEqual(pairs.map((p) => p.key).sort(), [nodeKey('c1', 'a'), nodeKey('c1', 'b'), canaryKey('c1')].sort());
       assert.ok(pairs.every((p) => p.lease !== '0'));
       assert.equal(store.status().puts, before + 3);
     } finally {

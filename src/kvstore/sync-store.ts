@@ -6,8 +6,7 @@
 // when the session is lost, everything is rewritten on the new one.
 // (Cilium pkg/kvstore/store SyncStore.)
 
-import { syncedKey, type SyncedPrefixName } from '../clustermesh/keys.ts';
-import { systemClock, type Clock, type TimerHandle } from '../clustermesh/clock.ts';
+import { systemClock, type Clock, type TimerHandle } from '../util/clock.ts';
 import { toKvError, type KvClient, type KvSession } from './client.ts';
 import { KvError, type KvErrorKind } from './types.ts';
 import { backoffDelay, type BackoffOptions } from './watch-store.ts';
@@ -20,10 +19,8 @@ export interface RateLimit {
 }
 
 export interface SyncStoreOptions {
-  /** This cluster's name (the canary's key). */
-  cluster: string;
-  /** Which canary: `cilium/synced/<cluster>/<prefixName>`. */
-  prefixName: SyncedPrefixName;
+  /** The synced canary's key (the caller's layout, e.g. `cilium/synced/<cluster>/cilium/state/nodes/v1`). */
+  canaryKey: string;
   /** Every key written must lie under this prefix. */
   prefix: string;
   /** Attach keys (and the canary) to the session lease (default true). */
@@ -107,7 +104,7 @@ export class SyncStore {
     this.rate = opts.rateLimit ?? { perSecond: 200, burst: 100 };
     if (!(this.rate.perSecond > 0) || !(this.rate.burst >= 1)) throw new Error('sync-store: rateLimit needs perSecond > 0 and burst >= 1');
     this.concurrency = Math.max(1, opts.concurrency ?? 8);
-    this.canaryKey = syncedKey(opts.cluster, opts.prefixName);
+    this.canaryKey = opts.canaryKey;
     this.tokens = this.rate.burst;
     this.tokensAt = this.clock.now();
   }

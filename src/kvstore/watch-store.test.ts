@@ -2,10 +2,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { ManualClock } from '../clustermesh/clock.ts';
-import { nodeKey, nodesPrefix, storePrefix } from '../clustermesh/keys.ts';
+import { ManualClock } from '../util/clock.ts';
+import { nodeKey, nodesPrefix, storePrefix, withTestEtcd as withEtcd } from './testing.ts';
 import { KvClient } from './client.ts';
-import { withEtcd } from './etcd-process.ts';
 import type { KvError, WatchEvent } from './types.ts';
 import { WatchStore, backoffDelay } from './watch-store.ts';
 

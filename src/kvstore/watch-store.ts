@@ -4,7 +4,7 @@
 // (stale pruning), new or changed values become `upsert` events; unchanged
 // values produce nothing. (Cilium pkg/kvstore/store, Kubernetes reflector.)
 
-import { sleep, systemClock, type Clock } from '../clustermesh/clock.ts';
+import { sleep, systemClock, type Clock } from '../util/clock.ts';
 import { toKvError, type KvClient, type WatchHandle } from './client.ts';
 import { KvError, type KvErrorKind, type WatchEvent } from './types.ts';
 

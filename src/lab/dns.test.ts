@@ -15,7 +15,8 @@ import { join, resolve } from 'node:path';
 import dnsPacket, { type DecodedPacket, type Packet } from 'dns-packet';
 import { parseAllDocuments } from 'yaml';
 import { KvClient } from '../kvstore/client.ts';
-import { startEtcd, type EtcdServer } from '../kvstore/etcd-process.ts';
+import type { EtcdServer } from '../kvstore/etcd-process.ts';
+import { startMeshEtcd as startEtcd } from '../clustermesh/etcd.ts';
 import { parseObject, type Namespace, type Pod, type Service } from '../model/index.ts';
 import { StoreWriter } from '../sources/store/writer.ts';
 import {

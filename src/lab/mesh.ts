@@ -22,7 +22,8 @@ import { BpfMap } from '../datapath/libbpf/index.ts';
 import * as ipcache from '../datapath/maps/ipcache.ts';
 import { clusterConfigKey, syncedKey, SYNCED_PREFIX_NAMES } from '../clustermesh/keys.ts';
 import { KvClient } from '../kvstore/client.ts';
-import { startEtcd as launchEtcd, type EtcdServer } from '../kvstore/etcd-process.ts';
+import type { EtcdServer } from '../kvstore/etcd-process.ts';
+import { startMeshEtcd as launchEtcd } from '../clustermesh/etcd.ts';
 import { StoreWriter } from '../sources/store/writer.ts';
 import { AgentClient } from '../agent/client.ts';
 import type { LogLevel } from '../agent/config.ts';
@@ -48,6 +49,9 @@ export interface MeshOptions {
   dir: string;
   /** Start an agent per node (default true). Without, the mesh is etcd + apiserver per cluster. */
   agents?: boolean;
+  /** The clusters (1-based) that get a control plane and agents (default: all). The nodes of the
+   * others are left to the caller, e.g. to stand in for a foreign (Cilium) cluster. */
+  clusters?: number[];
   /** Settings of every agent's config file. */
   agent?: {
     syncTimeoutSeconds?: number;
@@ -240,10 +244,10 @@ class LabMesh implements Mesh {
     // A dir that is missing or empty (a fresh mkdtemp) is the mesh's own: stop() removes it whole.
     this.createdDir = !existsSync(this.dir) || (await readdir(this.dir)).length === 0;
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    const n = this.topo.spec.clusters;
+    const which = this.opts.clusters ?? Array.from({ length: this.topo.spec.clusters }, (_, i) => i + 1);
     // Control planes of all clusters in parallel: namespace, etcd, store namespaces.
     // Settled, not raced: a failure must not let stop() run while a sibling still starts things.
-    await settleAll(Array.from({ length: n }, (_, i) => this.startControlPlane(i + 1)));
+    await settleAll(which.map((c) => this.startControlPlane(c)));
     this.clusters.sort((a, b) => a.index - b.index);
     for (const c of this.clusters) await this.writeRemoteConfigs(c);
     await settleAll(this.clusters.map(async (c) => {
@@ -255,7 +259,7 @@ class LabMesh implements Mesh {
     this.progress('apiservers synced');
     if (this.opts.agents === false) return;
     ensureBpffs(this.bpffsRoot);
-    for (const node of this.topo.nodes) this.agents.push(await this.prepareAgent(node));
+    for (const node of this.topo.nodes) if (which.includes(node.cluster)) this.agents.push(await this.prepareAgent(node));
     await settleAll(this.agents.map(async (a) => {
       await a.process.start();
       this.created({ kind: 'process', role: 'agent', cluster: a.cluster.name, node: a.node.name, pid: a.process.pid!, logFile: a.process.spec.logFile });

@@ -1,6 +1,6 @@
 // The "store" cluster source: Kubernetes-shaped objects kept in the cluster's
 // own etcd under storePrefix, one list-then-watch (kvstore WatchStore) per kind.
-import type { Clock } from '../../clustermesh/clock.ts';
+import type { Clock } from '../../util/clock.ts';
 import type { KvClient } from '../../kvstore/client.ts';
 import type { KvError } from '../../kvstore/types.ts';
 import { WatchStore, type BackoffOptions } from '../../kvstore/watch-store.ts';

@@ -1,4 +1,5 @@
 // Injected time for backoff, rescans and timeouts, so tests run in milliseconds.
+// Shared by every layer (kvstore, clustermesh, agent, apiserver); imports nothing.
 
 export type TimerHandle = object;
 
