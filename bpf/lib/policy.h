@@ -12,7 +12,7 @@
  * cm_policy is an LPM trie. The prefix always covers endpoint, direction,
  * protocol and identity (64 bits) and then 0..16 leading bits of the port,
  * so a port range is stored as the few prefixes that cover it (at most 30,
- * src/policy/to-map.ts) and "any port" is the /0 port prefix. Wildcards for
+ * src/datapath/maps/policy-entries.ts) and "any port" is the /0 port prefix. Wildcards for
  * identity and protocol are the value 0 and cost one lookup each: four
  * lookups per check. An LPM lookup returns only the longest matching
  * prefix, so the TypeScript side stores in every prefix the flags of itself
@@ -106,7 +106,7 @@ struct policy_value {
  * lookup, so an endpoint without policy costs next to nothing). Without
  * POLICY_ENFORCE_ACTIVE the endpoint has no policy at all and its cm_policy
  * lookups are skipped: entries of an endpoint that is not ACTIVE here are
- * ignored (src/policy/to-map.ts sets ACTIVE for every endpoint with entries
+ * ignored (src/datapath/maps/policy-entries.ts sets ACTIVE for every endpoint with entries
  * or an enforced direction). */
 struct policy_enforce_value {
 	__u32 flags; /* POLICY_ENFORCE_* */

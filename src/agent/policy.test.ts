@@ -8,7 +8,7 @@ import type { RemoteIdentity } from '../clustermesh/clustermesh.ts';
 import * as policyMap from '../datapath/maps/policy.ts';
 import { identityLabels, labelStrings } from '../identity/labels.ts';
 import type { CiliumNetworkPolicy, Endpoint, NetworkPolicy, Pod } from '../model/index.ts';
-import { lookupPolicyMaps, type PolicyMaps } from '../policy/to-map.ts';
+import { lookupPolicyMaps, type PolicyMaps } from '../datapath/maps/policy-entries.ts';
 import { ResourceCache } from '../sources/index.ts';
 import type { Contribution } from './ipcache-desired.ts';
 import { PolicyManager, gcPolicyCt, parsePolicyKeyString, policyKeyString, type LocalEndpointView } from './policy.ts';

@@ -60,7 +60,7 @@ import {
   type Verdict,
 } from '../policy/index.ts';
 import { LOCAL_IDENTITY_MAX, LOCAL_IDENTITY_MIN, isLocalIdentity } from '../policy/cidr.ts';
-import { toPolicyMaps } from '../policy/to-map.ts';
+import { toPolicyMaps } from '../datapath/maps/policy-entries.ts';
 import type { Resource, Unsubscribe } from '../sources/index.ts';
 import type { Logger } from './endpoints.ts';
 import type { IpcacheTable } from './ipcache-desired.ts';

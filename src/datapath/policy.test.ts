@@ -1,7 +1,7 @@
 // Network policy in the datapath (bpf/lib/policy.h) with BPF_PROG_TEST_RUN:
 // frames through from_container (egress of the sender, ingress of a local
 // receiver) and test_from_overlay (ingress with the identity from the VNI),
-// against maps written by src/policy/to-map.ts; verdicts cross-checked
+// against maps written by src/datapath/maps/policy-entries.ts; verdicts cross-checked
 // against src/policy/decide.ts. Test-run uses lo (ifindex 1), so every
 // local pod here sits behind ifindex 1 and any of them can send.
 import assert from 'node:assert/strict';
@@ -28,7 +28,7 @@ import { LOCAL_IDENTITY_SCOPE, isLocalIdentity } from '../policy/cidr.ts';
 import { parsePolicy } from '../policy/parse.ts';
 import { PolicyResolver } from '../policy/resolver.ts';
 import { identityLabels } from '../identity/labels.ts';
-import { toPolicyMaps, type EnforcementState } from '../policy/to-map.ts';
+import { toPolicyMaps, type EnforcementState } from './maps/policy-entries.ts';
 import type { Direction, PolicyMapEntry, ProtocolNumber } from '../policy/types.ts';
 import { ETH_P_IP, ethernet, ipv4, tcp } from './test-packets.ts';
 import { datapathSkipReason, loadDatapathObject, tempPinDir } from './testing.ts';

@@ -7,7 +7,7 @@
 // cover it. The stored flags of a prefix are its own merged with those of
 // every shorter stored prefix of the same (endpoint, direction, protocol,
 // identity), because the kernel returns only the longest match
-// (src/policy/to-map.ts computes them).
+// (policy-entries.ts computes them).
 // cm_policy_enforce: array indexed by endpoint id -> ACTIVE (the endpoint
 // has policy; without it the datapath skips its cm_policy lookups) and which
 // directions are enforced. An array: "removing" an endpoint writes zeros

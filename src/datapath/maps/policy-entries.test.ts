@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decide, type PacketQuery } from './decide.ts';
-import { PolicyMapOverflowError, lookupPolicyMaps, portRangePrefixes, toPolicyMaps } from './to-map.ts';
-import type { PolicyMapEntry, ProtocolNumber } from './types.ts';
+import { decide, type PacketQuery } from '../../policy/decide.ts';
+import type { PolicyMapEntry, ProtocolNumber } from '../../policy/types.ts';
+import { PolicyMapOverflowError, lookupPolicyMaps, portRangePrefixes, toPolicyMaps } from './policy-entries.ts';
 
 /** mulberry32: a small seeded PRNG whose low bits are not periodic (an LCG's are). */
 function prng(seed: number): (n: number) => number {
