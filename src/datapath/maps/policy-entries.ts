@@ -3,13 +3,16 @@
 // direction, remote identity, protocol, port range); how the kernel's LPM trie
 // represents them is the datapath's business, so the translation lives here
 // and takes the verdicts by shape (src/policy's PolicyMapEntry fits): the
-// datapath imports nothing of policy for it. Port ranges become the CIDR-like prefixes of the port that
-// cover them exactly (at most 30 per range), and every stored prefix carries
-// the allow/deny flags of all entries of its (endpoint, direction, protocol,
+// datapath imports nothing of policy for it.
+//
+// Port ranges become the CIDR-like prefixes of the port that cover them
+// exactly (at most 30 per range), and every stored prefix carries the
+// allow/deny flags of all entries of its (endpoint, direction, protocol,
 // identity) whose range contains it: the LPM trie returns only the longest
 // matching prefix, so that one value has to answer for every entry that
-// contains the port. With that, the four lookups of policy_check() (identity
-// exact/any x protocol exact/any) see exactly the entries decide() would.
+// contains the port. With that, the lookups of policy_check() (identity,
+// CIDR identity of the address, any x protocol exact/any) see exactly the
+// entries decide() would.
 import type * as policyMap from './policy.ts';
 import { MAX_ENTRIES } from './policy.ts';
 
@@ -146,17 +149,21 @@ export function toPolicyMaps(
 }
 
 /**
- * What the datapath decides with these maps, in TypeScript: the four
- * longest-prefix lookups of policy_check() and its order. For tests (the
+ * What the datapath decides with these maps, in TypeScript: the
+ * longest-prefix lookups of policy_check() (four, six with a CIDR identity)
+ * and its order. For tests (the
  * property that it equals decide()) and for explaining a drop.
  */
 export function lookupPolicyMaps(
   maps: PolicyMaps,
-  q: { endpointId: number; direction: Direction; remoteIdentity: number; protocol: number; port: number },
+  q: { endpointId: number; direction: Direction; remoteIdentity: number; protocol: number; port: number; cidrIdentity?: number },
 ): 'denied' | 'not-enforced' | 'allowed' | 'default-deny' {
   let allow = false;
   let deny = false;
-  for (const identity of [q.remoteIdentity, 0]) {
+  // The peer's identity, any, and (two lookups more) the CIDR identity of its address.
+  const identities = [q.remoteIdentity, 0];
+  if (q.cidrIdentity && q.cidrIdentity !== q.remoteIdentity) identities.push(q.cidrIdentity);
+  for (const identity of identities) {
     for (const protocol of [q.protocol, 0]) {
       let best: [policyMap.Key, policyMap.Value] | undefined;
       for (const kv of maps.policy) {
