@@ -190,7 +190,7 @@ export interface PolicyManagerOptions {
   /**
    * Identities for CIDR peers, inclusive, inside the node-local scope
    * (default: all of it, LOCAL_IDENTITY_MIN..LOCAL_IDENTITY_MAX; in practice
-   * the ipcache's 65536 entries are the limit).
+   * cm_policy_cidr's 65536 entries are the limit).
    */
   cidrIdentityRange?: readonly [number, number];
   /**
@@ -371,7 +371,7 @@ export class PolicyManager {
       clusterName: opts.clusterName,
       policyDefaultLocalCluster: this.defaultLocal,
       allocateCidrIdentity: (prefix) => {
-        // A restart: the number the prefix had, so the pinned ipcache stays right.
+        // A restart: the number the prefix had, so the pinned cm_policy_cidr stays right.
         let id = this.cidrRestored.get(prefix);
         let restored = false;
         if (id !== undefined && !this.cidrById.has(id)) {

@@ -473,7 +473,7 @@ export class PolicyResolver {
     return decide(this.entries(endpointId), this.isEnforced(endpointId, q.direction), q);
   }
 
-  /** CIDR identities policies name; the agent puts each prefix into the ipcache with its identity. */
+  /** CIDR identities policies name; the agent puts each prefix into cm_policy_cidr with its identity. */
   cidrIdentities(): { prefix: string; identity: number }[] {
     return [...this.cidrs].map(([prefix, c]) => ({ prefix, identity: c.id })).sort((a, b) => a.identity - b.identity);
   }
