@@ -71,9 +71,9 @@ describe('ipBlock matches pods by address: same node, other node, other cluster 
       servers.push(s);
       await s.start();
     }
-    await waitFor('every pod in every ipcache', () => topo!.nodes.every((n) => labelled.every(([p]) => m().readIpcache(n).has(`${p.ip}/32`))), 30_000);
+    await waitFor('every pod in every ipcache', () => topo!.nodes.every((n) => labelled.every(([p]) => m().readIpcache(n).has(`${p.ip}/32`))), 120_000);
     for (const [p, app] of labelled) {
-      if (app !== 'client') await waitFor(`${p.name} listening`, async () => (await runIn(p.netns, ['ss', '-Htln', `sport = :${PORT}`])).stdout.trim() !== '', 30_000);
+      if (app !== 'client') await waitFor(`${p.name} listening`, async () => (await runIn(p.netns, ['ss', '-Htln', `sport = :${PORT}`])).stdout.trim() !== '', 120_000);
     }
     assert.equal(identities.get(otherNode(1).name), identities.get(otherNode(2).name), 'the two servers of c1n2 share one identity');
     assert.equal(identities.get(otherCluster(1).name), identities.get(otherCluster(2).name), 'the two servers of cluster2 share one identity');
