@@ -188,7 +188,7 @@ static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
 			tc->dir = DIR_INGRESS;
 	}
 	if (ret < 0) {
-		tc->dst_identity = dst_identity;
+		tc->dst_identity = policy_report_identity(dst_identity, pkt.daddr);
 		return ret;
 	}
 	if (track)
@@ -204,7 +204,9 @@ static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
 	}
 	tc->dst_identity = info->identity;
 	/* A node-local (CIDR) identity is outside the mesh whatever the entry
-	 * says about a tunnel: the stack routes it, as world. */
+	 * says about a tunnel: the stack routes it, as world. (The agent keeps
+	 * CIDR identities in cm_policy_cidr; an ipcache pinned by an older
+	 * agent may still hold some until they are pruned.) */
 	if (identity_is_local(info->identity)) {
 		tc->reason = TRACE_TO_STACK;
 		return TC_ACT_OK;
@@ -251,8 +253,8 @@ int from_container(struct __sk_buff *ctx)
 /*
  * A packet the stack routes into the pod behind this veth: ingress policy
  * of the destination endpoint against the source's identity from the
- * ipcache (a pod, a node, a node-local CIDR identity; world when no prefix
- * matches). No service translation here: a reply of a service connection
+ * ipcache (a pod, a node; world when no prefix matches) and its address
+ * (CIDR rules, policy.h). No service translation here: a reply of a service connection
  * reaches the client pod through from_container or from_overlay.
  */
 static __always_inline int handle_ipv4_to_container(struct __sk_buff *ctx, struct trace_ctx *tc)
@@ -281,8 +283,10 @@ static __always_inline int handle_ipv4_to_container(struct __sk_buff *ctx, struc
 
 	policy_pkt_init(ip, tc, &pkt);
 	ret = policy_check(ctx, ep->endpoint_id, DIR_INGRESS, src_identity, &pkt, &pkt, &track);
-	if (ret < 0)
+	if (ret < 0) {
+		tc->src_identity = policy_report_identity(src_identity, pkt.saddr);
 		return ret;
+	}
 	if (track)
 		policy_ct_record(ctx, &pkt);
 	return TC_ACT_OK;

@@ -11,57 +11,18 @@ import assert from 'node:assert/strict';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { BpfMap } from '../src/datapath/libbpf/index.ts';
 import type { DatapathEvent } from '../src/datapath/maps/events.ts';
-import * as policyMap from '../src/datapath/maps/policy.ts';
 import { collectEvents } from '../src/lab/datapath.ts';
 import { runIn } from '../src/lab/exec.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
 import { ManagedProcess, childEnv } from '../src/lab/process.ts';
 import { createTopology, destroyTopology, type NodeInfo, type PodInfo, type Topology } from '../src/lab/topology.ts';
 import { StoreWriter } from '../src/sources/index.ts';
+import { enforceFlags, policyCidrs, policyDrops, reaches as reachesOn, sleep, waitFor } from './helpers/policy.ts';
 
 const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
 const PORT = 8080;
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 20_000, detail?: () => unknown): Promise<number> {
-  const t0 = Date.now();
-  for (;;) {
-    if (await cond()) return Date.now() - t0;
-    if (Date.now() - t0 > timeoutMs) {
-      const d = detail ? await Promise.resolve(detail()).catch((e: unknown) => String(e)) : undefined;
-      assert.fail(`timed out after ${timeoutMs} ms waiting for ${what}${d !== undefined ? `\n${JSON.stringify(d, null, 1).slice(0, 4000)}` : ''}`);
-    }
-    await sleep(20);
-  }
-}
-
-/** One HTTP request from a pod; true when the echo server answered 200 (a refused flow times out). */
-async function reaches(src: PodInfo, dst: PodInfo, timeoutS = 1.5): Promise<boolean> {
-  try {
-    const { stdout } = await runIn(src.netns, ['curl', '-sS', '-o', '/dev/null', '--connect-timeout', String(timeoutS), '--max-time', String(timeoutS + 1), '-w', '%{http_code}', `http://${dst.ip}:${PORT}/`], {
-      timeoutMs: (timeoutS + 5) * 1000,
-    });
-    return stdout.trim() === '200';
-  } catch {
-    return false;
-  }
-}
-
-/** The node's cm_policy_enforce value for one endpoint, read from its pin (read only). */
-function enforceFlags(pinDir: string, endpointId: number): policyMap.EnforceValue {
-  const map = BpfMap.openPinned(join(pinDir, policyMap.ENFORCE_MAP_NAME));
-  try {
-    return policyMap.enforce.lookup(map, { endpointId }) ?? { active: false, ingress: false, egress: false };
-  } finally {
-    map.close();
-  }
-}
-
-function policyDrops(drops: Map<string, number>): number {
-  return (drops.get('DROP_POLICY') ?? 0) + (drops.get('DROP_POLICY_DENY') ?? 0);
-}
+const reaches = (src: PodInfo, dst: PodInfo, timeoutS?: number): Promise<boolean> => reachesOn(src, dst, PORT, timeoutS);
 
 describe('network policy across 3 clusters x 1 node, real traffic', { timeout: 300_000 }, () => {
   let topo: Topology | undefined;
@@ -312,7 +273,7 @@ describe('network policy across 3 clusters x 1 node, real traffic', { timeout: 3
     }
   });
 
-  test('toCIDR / egressDeny towards addresses outside the mesh: node-local CIDR identities, to the stack, exact identity in drops', async () => {
+  test('toCIDR / egressDeny towards addresses outside the mesh: node-local CIDR identities in cm_policy_cidr, to the stack, exact identity in drops', async () => {
     const n1 = node(1);
     const src = other1();
     // Addresses outside the mesh on the loopback of the cluster1 node (no dummy links in every kernel):
@@ -343,10 +304,11 @@ describe('network policy across 3 clusters x 1 node, real traffic', { timeout: 3
       await writer(1).apply(policy(false));
       await waitFor('198.51.100.1 (world) refused', async () => !(await pings('198.51.100.1')), 20_000);
       assert.equal(await pings('192.0.2.1'), true, 'inside the allowed prefix');
-      const entry = m().readIpcache(n1).get('192.0.2.0/24');
-      assert.ok(entry && entry.identity > 0x1000000 && entry.identity <= 0x1ffffff && entry.tunnelEndpoint === null, `node-local identity in the ipcache: ${JSON.stringify(entry)}`);
+      const cidrId = policyCidrs(m().agent(n1).pinDir).get('192.0.2.0/24');
+      assert.ok(cidrId !== undefined && cidrId > 0x1000000 && cidrId <= 0x1ffffff, `node-local identity in cm_policy_cidr: ${cidrId}`);
+      assert.equal(m().readIpcache(n1).has('192.0.2.0/24'), false, 'not in the ipcache');
       const view = await m().agent(n1).api.policy();
-      assert.deepEqual(view.cidrIdentities, [{ prefix: '192.0.2.0/24', identity: entry.identity }]);
+      assert.deepEqual(view.cidrIdentities, [{ prefix: '192.0.2.0/24', identity: cidrId }]);
 
       const events = collectEvents(m().agent(n1).pinDir);
       try {
@@ -356,12 +318,12 @@ describe('network policy across 3 clusters x 1 node, real traffic', { timeout: 3
         await sleep(200);
         const drops = events.drain().filter((e) => e.type === 'drop' && e.srcIp === src.ip);
         const deny = drops.find((e) => e.dstIp === '192.0.2.1' && e.reasonName === 'DROP_POLICY_DENY');
-        const ids = m().readIpcache(n1);
+        const ids = policyCidrs(m().agent(n1).pinDir);
         assert.ok(deny, `a DROP_POLICY_DENY event towards 192.0.2.1: ${JSON.stringify(drops.slice(0, 3), (_k, v) => (typeof v === 'bigint' ? String(v) : v))}`);
         assert.equal(deny.direction, 'egress');
-        assert.equal(deny.dstIdentity, ids.get('192.0.2.1/32')?.identity, 'the exact /32 CIDR identity');
-        assert.ok(deny.dstIdentity > 0x1000000 && deny.dstIdentity !== entry.identity, 'its own node-local identity');
-        // The /32's identity reached the ipcache only after the entries naming it: never a default-deny in between.
+        assert.equal(deny.dstIdentity, ids.get('192.0.2.1/32'), 'the exact /32 CIDR identity');
+        assert.ok(deny.dstIdentity > 0x1000000 && deny.dstIdentity !== cidrId, 'its own node-local identity');
+        // The /32's identity reached cm_policy_cidr only after the entries naming it: never a default-deny in between.
         assert.deepEqual(drops.filter((e) => e.dstIp === '192.0.2.1' && e.reasonName !== 'DROP_POLICY_DENY').map((e) => e.reasonName), []);
       } finally {
         events.stop();
@@ -370,7 +332,7 @@ describe('network policy across 3 clusters x 1 node, real traffic', { timeout: 3
       await writer(1).delete('CiliumNetworkPolicy', { namespace: 'default', name }).catch(() => undefined);
       for (const a of addrs) await runIn(n1.netns, ['ip', 'addr', 'del', a, 'dev', 'lo']).catch(() => undefined);
     }
-    await waitFor('the CIDR identities released from the ipcache', () => ![...m().readIpcache(n1).keys()].some((k) => k.startsWith('192.0.2.')), 20_000);
+    await waitFor('the CIDR identities released from cm_policy_cidr', () => policyCidrs(m().agent(n1).pinDir).size === 0, 20_000);
     assert.equal((await m().agentStatus(n1)).policy.mapEntries, 0);
   });
 

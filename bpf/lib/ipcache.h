@@ -2,7 +2,7 @@
 /*
  * ipcache: every IPv4 prefix the mesh knows -> security identity and the node
  * that hosts it (tunnel endpoint). Longest-prefix match, so pod /32s, node
- * /32s and CIDR identities share one map.
+ * /32s and pod CIDRs share one map.
  */
 #ifndef CM_IPCACHE_H
 #define CM_IPCACHE_H
@@ -23,11 +23,11 @@
  * Scope of an identity: its bits 24..31. Global identities (scope 0) are the
  * mesh's, the same on every node; they fit the VNI. Node-local identities
  * (IDENTITY_SCOPE_LOCAL | n, n = 1..0xffffff, as Cilium's local scope) are
- * this node's numbers for CIDR peers of policies (src/agent/policy.ts): in
- * the ipcache they name addresses outside the mesh, so a destination with
- * one goes to the stack like world, while policy sees the exact identity.
- * One never travels: the VNI carries the *source* pod's identity, and
- * ipv4_encap() refuses anything above IDENTITY_VNI_MAX.
+ * this node's numbers for the prefixes CIDR rules name (src/agent/policy.ts),
+ * kept in cm_policy_cidr (policy.h), not here: the ipcache says what an
+ * address is, policy asks both. One never travels: the VNI carries the
+ * *source* pod's identity, and ipv4_encap() refuses anything above
+ * IDENTITY_VNI_MAX.
  */
 enum cm_identity_scope {
 	IDENTITY_SCOPE_GLOBAL = 0,

@@ -10,12 +10,10 @@
 //   pod-cidr          every node's pod CIDR     world 2         that node (an address there
 //                                                               that is no pod is dropped by
 //                                                               the node owning the range)
-//   policy-cidr       CIDR peers of policies    node-local      none (outside the mesh: the
-//                                                (1<<24 | n)     stack routes it, as world)
 //
-// policy-cidr is last: a prefix the mesh routes itself (a pod CIDR, a node's
-// /32) keeps its meaning when a policy names it too; the CIDR identity then
-// classifies only the addresses no other entry covers more specifically.
+// The prefixes CIDR rules name are not here: they classify addresses for
+// policy only, whatever the address is (a pod, a node, the world), in
+// cm_policy_cidr (src/agent/policy.ts, bpf/lib/policy.h).
 //
 // One prefix may be claimed by several owners; the origin earlier in the
 // table wins, then the earlier claim. Everything not covered is world (the
@@ -30,7 +28,7 @@ import { ReservedIdentity, type Endpoint, type Node } from '../model/index.ts';
 
 export type IpcacheEntry = ipcacheMap.Value;
 
-export type IpcacheOrigin = 'local-endpoint' | 'cluster-endpoint' | 'remote-endpoint' | 'self' | 'node' | 'pod-cidr' | 'policy-cidr';
+export type IpcacheOrigin = 'local-endpoint' | 'cluster-endpoint' | 'remote-endpoint' | 'self' | 'node' | 'pod-cidr';
 
 /** Lower wins. */
 export const ORIGIN_PRIORITY: Readonly<Record<IpcacheOrigin, number>> = {
@@ -40,7 +38,6 @@ export const ORIGIN_PRIORITY: Readonly<Record<IpcacheOrigin, number>> = {
   self: 3,
   node: 4,
   'pod-cidr': 5,
-  'policy-cidr': 6,
 };
 
 export interface Contribution {

@@ -1,5 +1,5 @@
 // PolicyManager against in-memory sources and fake maps: what reaches
-// cm_policy / cm_policy_enforce, in which order, and what happens with bad
+// cm_policy / cm_policy_enforce / cm_policy_cidr, in which order, and what happens with bad
 // objects, shared identities, CIDR peers, named ports and a restart.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -8,9 +8,8 @@ import type { RemoteIdentity, RemoteIpEntry } from '../clustermesh/clustermesh.t
 import * as policyMap from '../datapath/maps/policy.ts';
 import { identityLabels, labelStrings } from '../identity/labels.ts';
 import type { CiliumNetworkPolicy, Endpoint, NetworkPolicy, Pod } from '../model/index.ts';
-import { lookupPolicyMaps, type PolicyMaps } from '../policy/to-map.ts';
+import { lookupPolicyMaps, type PolicyMaps } from '../datapath/maps/policy-entries.ts';
 import { ResourceCache } from '../sources/index.ts';
-import type { Contribution } from './ipcache-desired.ts';
 import { PolicyManager, gcPolicyCt, parsePolicyKeyString, policyKeyString, type LocalEndpointView } from './policy.ts';
 import { Reconciler, type ReconcileTarget } from './reconciler.ts';
 
@@ -67,12 +66,23 @@ function setup(
   o: {
     cluster?: string;
     pruneBlocked?: () => boolean;
-    prefill?: (m: { policy: FakeMap<policyMap.Value>; enforce: FakeMap<policyMap.EnforceValue> }) => void;
+    prefill?: (m: { policy: FakeMap<policyMap.Value>; enforce: FakeMap<policyMap.EnforceValue>; cidr: FakeMap<policyMap.CidrValue> }) => void;
     restoredCidrIdentities?: Array<[string, number]>;
   } = {},
 ) {
   const log: string[] = [];
-  const maps = { policy: new FakeMap<policyMap.Value>('policy', log), enforce: new FakeMap<policyMap.EnforceValue>('enforce', log) };
+  const maps = {
+    policy: new FakeMap<policyMap.Value>('policy', log),
+    enforce: new FakeMap<policyMap.EnforceValue>('enforce', log),
+    cidr: new FakeMap<policyMap.CidrValue>('cidr', log),
+  };
+  /** prefix → whether cm_policy already had an entry naming the CIDR identity when the prefix was written to cm_policy_cidr. */
+  const cidrAfterEntries = new Map<string, boolean>();
+  const cidrUpdate = maps.cidr.update.bind(maps.cidr);
+  maps.cidr.update = (prefix, v) => {
+    cidrAfterEntries.set(prefix, [...maps.policy.data.keys()].some((k) => parsePolicyKeyString(k).identity === v.identity));
+    cidrUpdate(prefix, v);
+  };
   o.prefill?.(maps);
   log.length = 0;
   const src = {
@@ -84,9 +94,6 @@ function setup(
   const remote = new Cache<number, RemoteIdentity>();
   const remoteEps = new Cache<string, RemoteIpEntry>();
   const locals: LocalEndpointView[] = [];
-  const ipcache = new Map<string, Contribution[]>();
-  /** owner → whether cm_policy already had an entry naming the identity when the owner's ipcache entry was set. */
-  const ipcacheAfterEntries = new Map<string, boolean>();
   const cluster = o.cluster ?? 'cluster2';
   const mgr = new PolicyManager({
     clusterName: cluster,
@@ -95,13 +102,6 @@ function setup(
     remoteEndpoints: remoteEps,
     localEndpoints: () => locals,
     targets: maps,
-    ipcache: {
-      setOwner: (owner, c) => {
-        ipcacheAfterEntries.set(owner, c.every((x) => [...maps.policy.data.keys()].some((k) => parsePolicyKeyString(k).identity === x.entry.identity)));
-        ipcache.set(owner, [...c]);
-      },
-      removeOwner: (owner) => void ipcache.delete(owner),
-    },
     ...(o.restoredCidrIdentities ? { restoredCidrIdentities: o.restoredCidrIdentities } : {}),
     pruneBlocker: () => (o.pruneBlocked?.() ? 'waiting' : null),
     log: silent,
@@ -116,12 +116,12 @@ function setup(
   };
   const syncAll = (): void => Object.values(src).forEach((r) => r.markSynced());
   /** What the datapath would decide with the fake maps' contents. */
-  const verdict = (endpointId: number, remoteIdentity: number, port = 8080, direction: 'ingress' | 'egress' = 'ingress'): string => {
+  const verdict = (endpointId: number, remoteIdentity: number, port = 8080, direction: 'ingress' | 'egress' = 'ingress', cidrIdentity = 0): string => {
     const pm: PolicyMaps = {
       policy: [...maps.policy.data].map(([k, v]) => [parsePolicyKeyString(k), v]),
       enforce: [...maps.enforce.data].map(([k, v]) => [{ endpointId: Number(k) }, v]),
     };
-    return lookupPolicyMaps(pm, { endpointId, direction, remoteIdentity, protocol: 6, port });
+    return lookupPolicyMaps(pm, { endpointId, direction, remoteIdentity, cidrIdentity, protocol: 6, port });
   };
   // The system clock's timers do not keep the process alive; the test's waits must.
   const keep = setInterval(() => undefined, 1000);
@@ -130,7 +130,7 @@ function setup(
     await mgr.stop();
   };
   const idle = async (): Promise<void> => assert.equal(await mgr.whenIdle(5000), true, 'the manager settles');
-  return { mgr, stop, src, remote, remoteEps, locals, maps, log, ipcache, ipcacheAfterEntries, addLocal, addRemote, syncAll, verdict, idle };
+  return { mgr, stop, src, remote, remoteEps, locals, maps, log, cidrAfterEntries, addLocal, addRemote, syncAll, verdict, idle };
 }
 
 describe('PolicyManager', () => {
@@ -263,7 +263,7 @@ describe('PolicyManager', () => {
     }
   });
 
-  it('CIDR peers get a node-local identity (1<<24 | n) and a policy-cidr ipcache entry, released with the policy', async () => {
+  it('CIDR peers get a node-local identity (1<<24 | n) in cm_policy_cidr, matched by address (pods too), released with the policy', async () => {
     const t = setup({ cluster: 'cluster1' });
     try {
       t.mgr.start();
@@ -275,23 +275,25 @@ describe('PolicyManager', () => {
         spec: { endpointSelector: { matchLabels: { app: 'frontend' } }, egress: [{ toCIDR: ['192.0.2.0/24'] }] },
       } as unknown as CiliumNetworkPolicy);
       await t.idle();
-      const owner = t.ipcache.get('policy-cidr/192.0.2.0/24');
-      assert.ok(owner, 'the prefix is in the ipcache');
-      const id = owner[0]!.entry.identity;
+      const id = t.maps.cidr.data.get('192.0.2.0/24')?.identity;
+      assert.ok(id !== undefined, 'the prefix is in cm_policy_cidr');
       assert.ok(id > 0x1000000 && id <= 0x1ffffff, `identity ${id} is node-local`);
-      assert.equal(owner[0]!.origin, 'policy-cidr');
-      assert.equal(t.verdict(3, id, 53, 'egress'), 'allowed');
+      assert.equal(t.verdict(3, 2, 53, 'egress', id), 'allowed', 'world inside the prefix');
+      assert.equal(t.verdict(3, C1 + 7, 53, 'egress', id), 'allowed', 'a pod whose address lies in the prefix');
+      assert.equal(t.verdict(3, C1 + 7, 53, 'egress'), 'default-deny', 'the same identity elsewhere');
       assert.equal(t.verdict(3, 2, 53, 'egress'), 'default-deny', 'world outside the prefix');
       assert.deepEqual(t.mgr.inspect().cidrIdentities, [{ prefix: '192.0.2.0/24', identity: id }]);
+      assert.ok(t.mgr.status().cidrIdentities === 1 && t.mgr.reconcilers.some((r) => r.name === 'policy-cidr'));
       t.src.ciliumNetworkPolicies.remove({ namespace: 'default', name: 'to-dns' });
       await t.idle();
-      assert.equal(t.ipcache.has('policy-cidr/192.0.2.0/24'), false);
+      await t.mgr.cidrRec.settle();
+      assert.equal(t.maps.cidr.data.has('192.0.2.0/24'), false);
     } finally {
       await t.stop();
     }
   });
 
-  it('a new CIDR identity reaches the ipcache only after the entries naming it; numbers restored from the pinned ipcache are kept', async () => {
+  it('a new CIDR identity reaches cm_policy_cidr only after the entries naming it; numbers restored from the pinned map are kept', async () => {
     const restored = 0x1000abc;
     const t = setup({ cluster: 'cluster1', restoredCidrIdentities: [['192.0.2.0/24', restored], ['203.0.113.0/24', 0x1000001]] });
     try {
@@ -302,21 +304,24 @@ describe('PolicyManager', () => {
         ({ kind: 'CiliumNetworkPolicy', metadata: { name, namespace: 'default' }, spec: { endpointSelector: { matchLabels: { app: 'frontend' } }, egress: [{ toCIDR: cidrs }] } }) as unknown as CiliumNetworkPolicy;
       t.src.ciliumNetworkPolicies.set(cnp('a', ['192.0.2.0/24', '198.51.100.0/24']));
       await t.idle();
-      const id = (prefix: string) => t.ipcache.get(`policy-cidr/${prefix}`)?.[0]?.entry.identity;
+      await t.mgr.cidrRec.settle();
+      const id = (prefix: string) => t.maps.cidr.data.get(prefix)?.identity;
       assert.equal(id('192.0.2.0/24'), restored, 'the restored number');
       const fresh = id('198.51.100.0/24')!;
       assert.ok(fresh > 0x1000000 && fresh !== restored, `a new node-local number: ${fresh}`);
-      assert.equal(t.ipcacheAfterEntries.get('policy-cidr/198.51.100.0/24'), true, 'the new number after its entries');
+      assert.equal(t.cidrAfterEntries.get('198.51.100.0/24'), true, 'the new number after its entries');
       // A narrower prefix inside an allowed one: its number appears only once the allow for it is written.
       t.src.ciliumNetworkPolicies.set(cnp('b', ['192.0.2.128/25']));
       await t.idle();
+      await t.mgr.cidrRec.settle();
       const narrow = id('192.0.2.128/25')!;
       assert.ok(narrow > 0x1000000 && ![restored, fresh].includes(narrow));
-      assert.equal(t.ipcacheAfterEntries.get('policy-cidr/192.0.2.128/25'), true);
-      assert.equal(t.verdict(3, narrow, 53, 'egress'), 'allowed');
+      assert.equal(t.cidrAfterEntries.get('192.0.2.128/25'), true);
+      assert.equal(t.verdict(3, 2, 53, 'egress', narrow), 'allowed');
       // 0x1000001 was held for 203.0.113.0/24, which no policy names: free again after the first flush.
       t.src.ciliumNetworkPolicies.set(cnp('c', ['10.250.0.0/16']));
       await t.idle();
+      await t.mgr.cidrRec.settle();
       assert.ok(id('10.250.0.0/16')! > 0x1000000);
     } finally {
       await t.stop();

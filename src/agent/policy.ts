@@ -1,7 +1,8 @@
 // Network policy in the agent (issue 5): the local cluster's NetworkPolicies
 // and CiliumNetworkPolicies, the identities of the whole mesh and this node's
 // endpoints feed one incremental PolicyResolver (src/policy/); its result is
-// written into cm_policy and cm_policy_enforce through two reconcilers.
+// written into cm_policy, cm_policy_enforce and cm_policy_cidr through three
+// reconcilers (src/datapath/maps/policy-entries.ts turns verdicts into keys).
 //
 //   inputs                                 → resolver
 //   NetworkPolicy / CiliumNetworkPolicy    upsertPolicy / removePolicy (an object that fails to parse is
@@ -16,12 +17,13 @@
 //                                          egress against pods of other clusters
 //   (reserved identities)                  seeded by the resolver itself
 //   CIDR peers                             node-local identities (1<<24 | n, src/policy/cidr.ts) from
-//                                          this node's pool, each put into the ipcache (owner
-//                                          `policy-cidr/<prefix>`, origin policy-cidr, the lowest):
-//                                          the datapath sends them to the stack like world and
-//                                          policy sees the exact identity; they never leave the node.
-//                                          A new one enters the ipcache after phase A below; after a
-//                                          restart each prefix gets its pinned number again
+//                                          this node's pool, each prefix put into cm_policy_cidr: the
+//                                          datapath classifies every peer address by the longest named
+//                                          prefix around it, pods and nodes of any cluster included, and
+//                                          checks that CIDR identity besides the peer's own (per address,
+//                                          bpf/lib/policy.h); they never leave the node. A new one enters
+//                                          cm_policy_cidr after phase A below; after a restart each
+//                                          prefix gets its pinned number again
 //
 // Never a hole (an order per batch of changed endpoints):
 //   A. every cm_policy key the new state has is written (new and changed values);
@@ -61,10 +63,9 @@ import {
   type Verdict,
 } from '../policy/index.ts';
 import { LOCAL_IDENTITY_MAX, LOCAL_IDENTITY_MIN, isLocalIdentity } from '../policy/cidr.ts';
-import { toPolicyMaps } from '../policy/to-map.ts';
+import { toPolicyMaps } from '../datapath/maps/policy-entries.ts';
 import type { Resource, Unsubscribe } from '../sources/index.ts';
 import type { Logger } from './endpoints.ts';
-import type { IpcacheTable } from './ipcache-desired.ts';
 import { Reconciler, type ReconcileTarget, type ReconcilerStatus } from './reconciler.ts';
 
 // ---------------------------------------------------------------------------
@@ -89,6 +90,7 @@ const enforceKeyString = (endpointId: number): string => String(endpointId);
 export function policyTargets(dp: NodeDatapath): {
   policy: ReconcileTarget<policyMap.Value>;
   enforce: ReconcileTarget<policyMap.EnforceValue>;
+  cidr: ReconcileTarget<policyMap.CidrValue>;
   gcPolicyCt: () => number;
 } {
   return {
@@ -108,17 +110,22 @@ export function policyTargets(dp: NodeDatapath): {
       update: (k, v) => policyMap.enforce.update(dp.maps.policyEnforce, { endpointId: Number(k) }, v),
       delete: (k) => policyMap.clearEnforce(dp.maps.policyEnforce, [Number(k)]),
     },
+    cidr: {
+      list: () => [...policyMap.cidr.entries(dp.maps.policyCidr)].map(([k, v]) => [policyMap.formatCidrKey(k), v] as const),
+      update: (k, v) => policyMap.cidr.update(dp.maps.policyCidr, policyMap.parseCidrKey(k), v),
+      delete: (k) => policyMap.cidr.remove(dp.maps.policyCidr, policyMap.parseCidrKey(k)),
+    },
     gcPolicyCt: () => gcPolicyCt(dp.maps.policyCt),
   };
 }
 
 /**
- * The node-local CIDR identities in the node's pinned ipcache (prefix,
- * identity): PolicyManagerOptions.restoredCidrIdentities, read before anything
- * rewrites the ipcache.
+ * The CIDR identities in the node's pinned cm_policy_cidr (prefix,
+ * identity): PolicyManagerOptions.restoredCidrIdentities, read before the
+ * policy reconcilers start.
  */
-export function restoredCidrIdentities(dp: Pick<NodeDatapath, 'ipcache'>): Array<[string, number]> {
-  return dp.ipcache().flatMap(([prefix, v]): Array<[string, number]> => (isLocalIdentity(v.identity) ? [[prefix, v.identity]] : []));
+export function restoredCidrIdentities(dp: Pick<NodeDatapath, 'maps'>): Array<[string, number]> {
+  return [...policyMap.cidr.entries(dp.maps.policyCidr)].flatMap(([k, v]): Array<[string, number]> => (isLocalIdentity(v.identity) ? [[policyMap.formatCidrKey(k), v.identity]] : []));
 }
 
 /** Deletes expired cm_policy_ct entries (the datapath ignores them already; this frees their room). Collects first, deletes after. */
@@ -162,9 +169,8 @@ export interface PolicyManagerOptions {
   remoteEndpoints?: ObservableMap<string, RemoteIpEntry>;
   /** This node's endpoints (EndpointManager.list). */
   localEndpoints: () => readonly LocalEndpointView[];
-  targets: { policy: ReconcileTarget<policyMap.Value>; enforce: ReconcileTarget<policyMap.EnforceValue> };
-  /** CIDR identities go here (owner `policy-cidr/<prefix>`). */
-  ipcache: Pick<IpcacheTable, 'setOwner' | 'removeOwner'>;
+  /** cm_policy, cm_policy_enforce and cm_policy_cidr (prefix → CIDR identity). */
+  targets: { policy: ReconcileTarget<policyMap.Value>; enforce: ReconcileTarget<policyMap.EnforceValue>; cidr: ReconcileTarget<policyMap.CidrValue> };
   /** Why pruning must wait (the agent's: sources not synced), or null. */
   pruneBlocker?: () => string | null;
   /**
@@ -187,12 +193,12 @@ export interface PolicyManagerOptions {
   /**
    * Identities for CIDR peers, inclusive, inside the node-local scope
    * (default: all of it, LOCAL_IDENTITY_MIN..LOCAL_IDENTITY_MAX; in practice
-   * the ipcache's 65536 entries are the limit).
+   * cm_policy_cidr's 65536 entries are the limit).
    */
   cidrIdentityRange?: readonly [number, number];
   /**
-   * Node-local CIDR identities found in the pinned ipcache at start (prefix,
-   * identity), e.g. the entries of cm_ipcache whose identity isLocalIdentity():
+   * Node-local CIDR identities found in the pinned cm_policy_cidr at start
+   * (prefix, identity; restoredCidrIdentities()):
    * after a restart each prefix gets its old number again, so no address
    * changes identity and nothing is rewritten.
    */
@@ -289,7 +295,6 @@ export function podNamedPorts(pod: Pod | undefined): NamedPort[] {
 const REMOTE_REF = 'remote';
 const objectRef = (namespace: string, name: string): string => `object/${namespace}/${name}`;
 const localRef = (containerID: string): string => `local/${containerID}`;
-export const policyCidrOwner = (prefix: string): string => `policy-cidr/${prefix}`;
 
 interface Written {
   keys: Map<string, policyMap.Value>;
@@ -307,6 +312,7 @@ export class PolicyManager {
   readonly resolver: PolicyResolver;
   readonly policyRec: Reconciler<policyMap.Value>;
   readonly enforceRec: Reconciler<policyMap.EnforceValue>;
+  readonly cidrRec: Reconciler<policyMap.CidrValue>;
   private readonly o: PolicyManagerOptions;
   private readonly clock: Clock;
   private readonly defaultLocal: boolean;
@@ -323,7 +329,7 @@ export class PolicyManager {
   private readonly objectIdentity = new Map<string, number>();
   private readonly cidrByPrefix = new Map<string, number>();
   private readonly cidrById = new Map<number, string>();
-  /** CIDR identities allocated but not in the ipcache yet (see publishCidrIdentities). */
+  /** CIDR identities allocated but not in cm_policy_cidr yet (see publishCidrIdentities). */
   private readonly cidrPending = new Map<string, number>();
   /** Numbers of CIDR prefixes from before a restart, held for their prefix until the first flush. */
   private readonly cidrRestored = new Map<string, number>();
@@ -370,7 +376,7 @@ export class PolicyManager {
       clusterName: opts.clusterName,
       policyDefaultLocalCluster: this.defaultLocal,
       allocateCidrIdentity: (prefix) => {
-        // A restart: the number the prefix had, so the pinned ipcache stays right.
+        // A restart: the number the prefix had, so the pinned cm_policy_cidr stays right.
         let id = this.cidrRestored.get(prefix);
         let restored = false;
         if (id !== undefined && !this.cidrById.has(id)) {
@@ -386,9 +392,9 @@ export class PolicyManager {
         }
         this.cidrByPrefix.set(prefix, id);
         this.cidrById.set(id, prefix);
-        // A new number goes into the ipcache only once the policy entries naming it are written
+        // A new number goes into cm_policy_cidr only once the policy entries naming it are written
         // (flush, after phase A); a restored one is already there with the entries of the last run.
-        if (restored) this.setCidrOwner(prefix, id);
+        if (restored) this.setCidr(prefix, id);
         else this.cidrPending.set(prefix, id);
         return id;
       },
@@ -408,7 +414,7 @@ export class PolicyManager {
         if (id !== undefined) this.cidrById.delete(id);
         this.cidrByPrefix.delete(prefix);
         this.cidrPending.delete(prefix);
-        this.o.ipcache.removeOwner(policyCidrOwner(prefix));
+        this.cidrRec.remove(prefix);
       },
     });
     const pruneBlocker = opts.pruneBlocker ?? (() => null);
@@ -428,10 +434,17 @@ export class PolicyManager {
       ...(opts.onReconcileError ? { onError: opts.onReconcileError('policy-enforce') } : {}),
       ...common,
     });
+    this.cidrRec = new Reconciler<policyMap.CidrValue>({
+      name: 'policy-cidr',
+      target: opts.targets.cidr,
+      pruneBlocker,
+      ...(opts.onReconcileError ? { onError: opts.onReconcileError('policy-cidr') } : {}),
+      ...common,
+    });
   }
 
   get reconcilers(): readonly Reconciler<unknown>[] {
-    return [this.policyRec, this.enforceRec] as unknown as Reconciler<unknown>[];
+    return [this.policyRec, this.enforceRec, this.cidrRec] as unknown as Reconciler<unknown>[];
   }
 
   /** Subscribes to the inputs; writing starts once the local policy kinds are listed. */
@@ -514,7 +527,7 @@ export class PolicyManager {
     if (this.gcTimer) this.clock.clearTimeout(this.gcTimer);
     if (this.pruneTimer) this.clock.clearTimeout(this.pruneTimer);
     await this.flushing?.catch(() => undefined);
-    await Promise.all([this.policyRec.stop(), this.enforceRec.stop()]);
+    await Promise.all([this.policyRec.stop(), this.enforceRec.stop(), this.cidrRec.stop()]);
     for (const w of this.idleWaiters) w();
     this.idleWaiters.clear();
   }
@@ -752,7 +765,7 @@ export class PolicyManager {
       }
     }
     await this.settle(this.policyRec, written);
-    this.publishCidrIdentities();
+    await this.settle(this.cidrRec, this.publishCidrIdentities());
 
     // B: the flags
     const flags: string[] = [];
@@ -783,25 +796,30 @@ export class PolicyManager {
   }
 
   /**
-   * Puts new CIDR identities into the ipcache, after the policy entries that
-   * name them (phase A): the moment an address is classified as a new CIDR
-   * identity, every endpoint's verdicts for it are in cm_policy. The other
-   * way round, an address would briefly meet default deny (or miss a deny).
-   * A released identity leaves the ipcache at once: its addresses fall back
-   * to the enclosing prefix or world, whose entries are current.
+   * Puts new CIDR identities into cm_policy_cidr, after the policy entries
+   * that name them (phase A): the moment an address is classified as a new
+   * CIDR identity, every endpoint's verdicts for it are in cm_policy. The
+   * other way round, an address would briefly meet default deny (or miss a
+   * deny). A released identity leaves cm_policy_cidr at once: its addresses
+   * fall back to the enclosing named prefix or none, whose entries are
+   * current. Returns the prefixes written.
    */
-  private publishCidrIdentities(): void {
+  private publishCidrIdentities(): string[] {
     // After the first flush every policy is in: numbers restored for prefixes no policy names any more are free.
     this.cidrRestored.clear();
     this.cidrRestoredIds.clear();
+    const written: string[] = [];
     for (const [prefix, id] of this.cidrPending) {
-      if (this.cidrByPrefix.get(prefix) === id) this.setCidrOwner(prefix, id);
+      if (this.cidrByPrefix.get(prefix) !== id) continue;
+      this.setCidr(prefix, id);
+      written.push(prefix);
     }
     this.cidrPending.clear();
+    return written;
   }
 
-  private setCidrOwner(prefix: string, id: number): void {
-    this.o.ipcache.setOwner(policyCidrOwner(prefix), [{ origin: 'policy-cidr', prefix, entry: { identity: id, tunnelEndpoint: null, flags: 0 } }]);
+  private setCidr(prefix: string, id: number): void {
+    this.cidrRec.upsert(prefix, { identity: id });
   }
 
   /** Starts the reconciler with its first full pass (differences only), or waits until `keys` are applied. */
@@ -866,7 +884,7 @@ export class PolicyManager {
     const reserved = RESERVED_IDENTITY_LABELS[identity];
     if (reserved !== undefined) return reserved.split(';').filter(Boolean);
     const prefix = this.cidrById.get(identity);
-    if (prefix !== undefined) return [`cidr:${prefix}`, 'reserved:world'];
+    if (prefix !== undefined) return [`cidr:${prefix}`];
     return [...(this.identityLabels.get(identity) ?? [])];
   }
 

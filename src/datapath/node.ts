@@ -106,6 +106,8 @@ export interface NodeMaps {
   policy: BpfMap;
   policyEnforce: BpfMap;
   policyCt: BpfMap;
+  /** Prefixes CIDR rules name -> node-local CIDR identity. */
+  policyCidr: BpfMap;
 }
 
 export interface EventSubscription {
@@ -173,6 +175,7 @@ export class NodeDatapath {
       policy: o.map(policyMap.MAP_NAME),
       policyEnforce: o.map(policyMap.ENFORCE_MAP_NAME),
       policyCt: o.map(policyMap.CT_MAP_NAME),
+      policyCidr: o.map(policyMap.CIDR_MAP_NAME),
     };
   }
 

@@ -86,9 +86,9 @@ export function subtractPrefixes(cidr: Prefix, except: readonly Prefix[]): Prefi
  * cm_identity_scope in bpf/lib/ipcache.h). CIDR peers of policies get
  * LOCAL_IDENTITY_SCOPE | n (n = 1..0xffffff) from the agent of each node: the
  * numbers mean nothing on another node and never travel (the VXLAN VNI has 24
- * bits and carries only source pod identities). In the ipcache such an
- * identity sends its destination to the stack like world, while policy
- * lookups see the exact identity.
+ * bits and carries only source pod identities). They live in the datapath's
+ * cm_policy_cidr (prefix -> identity), where policy looks up every peer
+ * address besides the peer's own identity (bpf/lib/policy.h).
  */
 export const LOCAL_IDENTITY_SCOPE = 0x01000000;
 export const IDENTITY_SCOPE_MASK = 0xff000000;

@@ -9,6 +9,12 @@ export interface PacketQuery {
   direction: Direction;
   /** Ingress: the source's identity; egress: the destination's. */
   remoteIdentity: number;
+  /**
+   * The CIDR identity of the remote address (that of the longest prefix a
+   * CIDR rule names around it), 0 or absent when none: CIDR rules match by
+   * address, whatever the identity (bpf/lib/policy.h).
+   */
+  cidrIdentity?: number;
   /** 6, 17 or 132. */
   protocol: number;
   /** Destination port. */
@@ -27,7 +33,7 @@ export interface Decision {
 export function entryMatches(e: PolicyMapEntry, q: PacketQuery): boolean {
   return (
     e.direction === q.direction &&
-    (e.remoteIdentity === 0 || e.remoteIdentity === q.remoteIdentity) &&
+    (e.remoteIdentity === 0 || e.remoteIdentity === q.remoteIdentity || (!!q.cidrIdentity && e.remoteIdentity === q.cidrIdentity)) &&
     (e.protocol === 0 || e.protocol === q.protocol) &&
     q.port >= e.port &&
     q.port <= e.portEnd
@@ -41,7 +47,8 @@ export function entryMatches(e: PolicyMapEntry, q: PacketQuery): boolean {
  * 4. Ingress from the node itself (reserved:host) is allowed, so kubelet
  *    probes keep working under default deny (bpf/lib/policy.h does the same).
  * 5. Otherwise the packet is dropped (default deny).
- * "Matching": remote identity equal or 0, protocol equal or 0, port inside [port, portEnd].
+ * "Matching": remote identity equal to the peer's identity, to its CIDR
+ * identity, or 0; protocol equal or 0; port inside [port, portEnd].
  */
 export function decide(entries: Iterable<PolicyMapEntry>, enforced: boolean, q: PacketQuery): Decision {
   let allow: PolicyMapEntry | undefined;

@@ -12,7 +12,7 @@ import {
   type PolicyMapEntry,
   type PolicyResolverOptions,
 } from './index.ts';
-import { LOCAL_IDENTITY_MAX, LOCAL_IDENTITY_SCOPE, isLocalIdentity } from './cidr.ts';
+import { LOCAL_IDENTITY_MAX, LOCAL_IDENTITY_SCOPE, isLocalIdentity, parsePrefix, prefixContains } from './cidr.ts';
 
 // ---------------------------------------------------------------------------
 // Fixture: a mesh of clusters c1 (local, id 1), c2 (2), c3 (3).
@@ -28,8 +28,10 @@ interface Fixture {
   /** A local endpoint (cluster c1) with the identity of these labels. */
   endpoint(endpointId: number, namespace: string, podLabels: Labels, namedPorts?: NamedPort[], namespaceLabels?: Labels): { endpointId: number; identity: number; delta: PolicyDelta };
   apply(...objects: unknown[]): PolicyDelta;
-  /** allow/deny of a packet for the endpoint. */
-  verdict(endpointId: number, direction: 'ingress' | 'egress', remote: number, port?: number, protocol?: number): 'allow' | 'deny';
+  /** allow/deny of a packet for the endpoint; `cidr`: the CIDR identity of the remote address (at()). */
+  verdict(endpointId: number, direction: 'ingress' | 'egress', remote: number, port?: number, protocol?: number, cidr?: number): 'allow' | 'deny';
+  /** The CIDR identity the datapath's cm_policy_cidr gives an address: the longest named prefix around it, 0 when none. */
+  at(ip: string): number;
   released: string[];
 }
 
@@ -70,9 +72,18 @@ function fixture(opts: Partial<PolicyResolverOptions> = {}): Fixture {
     // What the policy entries decide: the datapath's blanket exemption of the
     // node itself (decide() reason 'host') is left out so the tests see which
     // entities and selectors admit reserved:host; it has a test of its own.
-    verdict: (endpointId, direction, remote, port = 80, protocol = 6) => {
-      const d = r.decide(endpointId, { direction, remoteIdentity: remote, port, protocol });
+    verdict: (endpointId, direction, remote, port = 80, protocol = 6, cidr = 0) => {
+      const d = r.decide(endpointId, { direction, remoteIdentity: remote, cidrIdentity: cidr, port, protocol });
       return d.reason === 'host' ? 'deny' : d.verdict;
+    },
+    at: (ip) => {
+      const a = parsePrefix(ip)!;
+      let best: { len: number; identity: number } | undefined;
+      for (const c of r.cidrIdentities()) {
+        const p = parsePrefix(c.prefix)!;
+        if (prefixContains(p, a) && (!best || p.len > best.len)) best = { len: p.len, identity: c.identity };
+      }
+      return best?.identity ?? 0;
     },
     released,
   };
@@ -195,28 +206,39 @@ test('namespaceSelector and podSelector in one peer (AND) versus as two peers (O
   assert.deepEqual(f.r.decide(1, { direction: 'ingress', remoteIdentity: HOST, port: 83, protocol: 6 }), { verdict: 'allow', reason: 'host' });
 });
 
-test('ipBlock with except: CIDR identities, narrower CIDRs inside, world = 2 for 0.0.0.0/0, release', () => {
+test('ipBlock with except: CIDR identities, narrower CIDRs inside, per address (pods too), 0.0.0.0/0, release', () => {
   const f = fixture();
   f.endpoint(1, 'default', { app: 'web' });
   f.apply(np('ext', { podSelector: app('web'), policyTypes: ['Egress'], egress: [{ to: [{ ipBlock: { cidr: '10.0.0.0/8', except: ['10.96.0.0/12'] } }], ports: [{ port: 443 }] }] }));
   const cidrs = f.r.cidrIdentities();
   assert.deepEqual(cidrs.map((c) => c.prefix), ['10.0.0.0/10', '10.64.0.0/11', '10.112.0.0/12', '10.128.0.0/9']);
-  for (const c of cidrs) assert.equal(f.verdict(1, 'egress', c.identity, 443), 'allow', c.prefix);
-  assert.equal(f.verdict(1, 'egress', WORLD, 443), 'deny');
+  for (const c of cidrs) assert.equal(f.verdict(1, 'egress', WORLD, 443, 6, c.identity), 'allow', c.prefix);
+  assert.equal(f.verdict(1, 'egress', WORLD, 443, 6, f.at('10.96.1.1')), 'deny', 'the except');
+  assert.equal(f.verdict(1, 'egress', WORLD, 443), 'deny', 'no CIDR identity: no CIDR rule');
+  // Pods are matched by address, not identity: two pods of one identity on both sides of the except.
+  const db = f.pod('c1', 'default', { app: 'db' });
+  const remoteDb = f.pod('c2', 'default', { app: 'db' });
+  assert.equal(f.verdict(1, 'egress', db, 443, 6, f.at('10.64.0.5')), 'allow', 'a pod inside the block');
+  assert.equal(f.verdict(1, 'egress', db, 443, 6, f.at('10.96.0.5')), 'deny', 'a pod of the same identity inside the except');
+  assert.equal(f.verdict(1, 'egress', remoteDb, 443, 6, f.at('10.130.0.5')), 'allow', 'a pod of another cluster inside the block');
+  assert.equal(f.verdict(1, 'egress', db, 443), 'deny', 'CIDR rules never select an identity');
   // A narrower CIDR another policy names gets its own identity: inside an allowed prefix it is allowed, inside the except it is not.
   f.apply(np('narrow', { podSelector: app('nothing'), policyTypes: ['Egress'], egress: [{ to: [{ ipBlock: { cidr: '10.1.0.0/16' } }, { ipBlock: { cidr: '10.96.5.0/24' } }] }] }));
   const id = (p: string) => f.r.cidrIdentities().find((c) => c.prefix === p)!.identity;
-  assert.equal(f.verdict(1, 'egress', id('10.1.0.0/16'), 443), 'allow');
-  assert.equal(f.verdict(1, 'egress', id('10.96.5.0/24'), 443), 'deny');
-  // 0.0.0.0/0 is the world identity and everything inside it.
+  assert.equal(f.at('10.1.2.3'), id('10.1.0.0/16'));
+  assert.equal(f.verdict(1, 'egress', WORLD, 443, 6, id('10.1.0.0/16')), 'allow');
+  assert.equal(f.verdict(1, 'egress', WORLD, 443, 6, id('10.96.5.0/24')), 'deny');
+  // 0.0.0.0/0 is a CIDR identity like any other: every address, in the mesh or not.
   f.apply(np('world', { podSelector: app('web'), policyTypes: ['Egress'], egress: [{ to: [{ ipBlock: { cidr: '0.0.0.0/0' } }], ports: [{ port: 53, protocol: 'UDP' }] }] }));
-  assert.equal(f.r.cidrIdentities().some((c) => c.prefix === '0.0.0.0/0'), false, 'no CIDR identity for /0');
-  for (const remote of [WORLD, id('10.1.0.0/16'), id('10.96.5.0/24')]) assert.equal(f.verdict(1, 'egress', remote, 53, 17), 'allow');
-  assert.equal(f.verdict(1, 'egress', f.pod('c1', 'default', { app: 'db' }), 53, 17), 'deny', 'CIDR peers do not select pods');
+  assert.equal(f.at('8.8.8.8'), id('0.0.0.0/0'));
+  for (const ip of ['8.8.8.8', '10.1.2.3', '10.96.5.1']) assert.equal(f.verdict(1, 'egress', WORLD, 53, 17, f.at(ip)), 'allow', ip);
+  assert.equal(f.verdict(1, 'egress', db, 53, 17, f.at('10.96.0.9')), 'allow', 'a pod address');
+  assert.equal(f.verdict(1, 'egress', WORLD, 53, 17), 'deny', 'world by identity is the world entity, not a CIDR rule');
   // Removing the policies releases their identities.
   f.r.removePolicy({ kind: 'NetworkPolicy', namespace: 'default', name: 'narrow' });
   assert.deepEqual(f.released.sort(), ['10.1.0.0/16', '10.96.5.0/24']);
   f.r.removePolicy('NetworkPolicy/default/ext');
+  f.r.removePolicy('NetworkPolicy/default/world');
   assert.deepEqual(f.r.cidrIdentities(), []);
 });
 
@@ -371,7 +393,8 @@ test('entities: world, cluster, host, remote-node, all', () => {
   );
   const cidr = f.r.cidrIdentities()[0]!.identity;
   const row = (port: number) => [WORLD, cidr, local, remote, HOST, REMOTE_NODE].map((id) => (f.verdict(1, 'ingress', id, port) === 'allow' ? 1 : 0));
-  assert.deepEqual(row(1), [1, 1, 0, 0, 0, 0], 'world: the world identity and CIDR identities');
+  // A CIDR identity is where an address lies, not what it is: an address outside the mesh is world (2) as well.
+  assert.deepEqual(row(1), [1, 0, 0, 0, 0, 0], 'world: the world identity');
   assert.deepEqual(row(2), [0, 0, 1, 0, 1, 1], 'cluster: local-cluster endpoints, host, remote-node');
   assert.deepEqual(row(3), [0, 0, 0, 0, 1, 0]);
   assert.deepEqual(row(4), [0, 0, 0, 0, 0, 1]);

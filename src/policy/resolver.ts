@@ -22,9 +22,24 @@
 // Inputs are independent: identities (number → label set, the whole mesh),
 // local endpoints (with their own label set, which the policy subjects are
 // matched against, and their named ports) and policies; any order works and
-// the result is the same. CIDR peers get identities from the injected
-// allocator; the agent must put each of cidrIdentities() into the ipcache,
-// or no packet will ever carry them.
+// the result is the same.
+//
+// CIDR peers (ipBlock, toCIDR/fromCIDR(Set)) select addresses, not
+// identities, and match every address in the block: outside the mesh, and
+// pods and nodes of any cluster (issue 19; Kubernetes semantics, per
+// address, not per identity: pods sharing an identity may lie on both sides
+// of an `except`). Each prefix a peer names (its block minus its excepts, as
+// disjoint prefixes; 0.0.0.0/0 included) gets a CIDR identity from the
+// injected allocator, and a CIDR peer for prefix P selects the CIDR
+// identities of every named prefix inside P. The agent puts each of
+// cidrIdentities() into the datapath's cm_policy_cidr, which classifies a
+// peer address by the longest named prefix containing it; the datapath
+// checks that CIDR identity besides the peer's own identity (what it is: a
+// pod, the host, world), so an address matches P's rule exactly when P
+// contains it (bpf/lib/policy.h). CIDR identities carry only their `cidr:`
+// label: the `world` entity selects reserved:world, which every address
+// outside the mesh has, and not CIDR identities (a pod in a named block is
+// not world). decide() takes both identities.
 import { K8S_SOURCE, POLICY_CLUSTER_LABEL, parseLabelString } from '../identity/labels.ts';
 import { IDENTITY_MAX, MIN_ALLOCATED_IDENTITY, RESERVED_IDENTITY_LABELS, ReservedIdentity } from '../model/index.ts';
 import { LOCAL_IDENTITY_MAX, LOCAL_IDENTITY_MIN, isLocalIdentity, parsePrefix, prefixContains, formatPrefix, type Prefix } from './cidr.ts';
@@ -94,7 +109,6 @@ interface ResolvedOptions {
   namedPorts: (identity: number) => readonly NamedPort[];
 }
 
-const WORLD_PREFIX = '0.0.0.0/0';
 /** Reserved identities the `cluster` entity contains besides the local cluster's endpoints. */
 const CLUSTER_ENTITY_RESERVED = new Set(['host', 'remote-node', 'health', 'init', 'unmanaged', 'kube-apiserver', 'ingress']);
 
@@ -103,7 +117,7 @@ interface IdentityInfo {
   view: LabelView;
   /** Canonical label string, to tell a real change from a repeat. */
   labelKey: string;
-  /** World (0.0.0.0/0) and CIDR identities. */
+  /** The prefix of a CIDR identity. */
   cidr: Prefix | undefined;
   /** `host` for reserved:host etc. */
   reserved: string | undefined;
@@ -295,13 +309,13 @@ export class PolicyResolver {
   private readonly opts: ResolvedOptions;
   private readonly identities = new Map<number, IdentityInfo>();
   private readonly labelIndex = new Map<string, Set<number>>();
-  /** World and CIDR identities (the only ones CIDR selectors can select). */
+  /** CIDR identities (the only ones CIDR selectors can select). */
   private readonly cidrIdentityIds = new Set<number>();
   private readonly selectors = new Map<string, CachedSelector>();
   private readonly anchored = new Map<string, Set<CachedSelector>>();
   /** Selectors tested against every identity. */
   private readonly unanchored = new Set<CachedSelector>();
-  /** CIDR selectors, tested against world and CIDR identities only. */
+  /** CIDR selectors, tested against CIDR identities only. */
   private readonly cidrSelectors = new Set<CachedSelector>();
   private readonly identitySelectors = new Map<number, Set<CachedSelector>>();
   private readonly policies = new Map<string, InstalledPolicy>();
@@ -326,7 +340,7 @@ export class PolicyResolver {
     for (const [id, label] of Object.entries(RESERVED_IDENTITY_LABELS)) {
       const n = Number(id);
       if (n === ReservedIdentity.unknown) continue;
-      this.addIdentityInfo(this.makeInfo(n, parseLabelString(label), n === ReservedIdentity.world ? parsePrefix(WORLD_PREFIX) : undefined));
+      this.addIdentityInfo(this.makeInfo(n, parseLabelString(label), undefined));
     }
   }
 
@@ -459,7 +473,7 @@ export class PolicyResolver {
     return decide(this.entries(endpointId), this.isEnforced(endpointId, q.direction), q);
   }
 
-  /** CIDR identities policies name; the agent puts each prefix into the ipcache with its identity. */
+  /** CIDR identities policies name; the agent puts each prefix into cm_policy_cidr with its identity. */
   cidrIdentities(): { prefix: string; identity: number }[] {
     return [...this.cidrs].map(([prefix, c]) => ({ prefix, identity: c.id })).sort((a, b) => a.identity - b.identity);
   }
@@ -606,7 +620,6 @@ export class PolicyResolver {
   }
 
   private acquireCidr(prefix: string): void {
-    if (prefix === WORLD_PREFIX) return; // reserved world
     const c = this.cidrs.get(prefix);
     if (c) {
       c.refs++;
@@ -616,13 +629,7 @@ export class PolicyResolver {
     if (!Number.isInteger(id) || id <= 0 || (id > IDENTITY_MAX && !isLocalIdentity(id)) || this.identities.has(id))
       throw new RangeError(`CIDR identity ${id} for ${prefix} is invalid (neither 1..${IDENTITY_MAX} nor node-local ${LOCAL_IDENTITY_MIN}..${LOCAL_IDENTITY_MAX}) or already in use`);
     this.cidrs.set(prefix, { id, refs: 1 });
-    const labels: IdentityLabel[] = [
-      { source: CIDR_SOURCE, key: prefix, value: '' },
-      { source: RESERVED_SOURCE, key: 'world', value: '' },
-    ];
-    const info = this.makeInfo(id, labels, parsePrefix(prefix));
-    info.reserved = undefined; // a CIDR identity is not the reserved world identity
-    this.addIdentityInfo(info);
+    this.addIdentityInfo(this.makeInfo(id, [{ source: CIDR_SOURCE, key: prefix, value: '' }], parsePrefix(prefix)));
   }
 
   private releaseCidr(prefix: string): void {
@@ -718,7 +725,8 @@ export class PolicyResolver {
         switch (peer.entity) {
           case 'world':
           case 'world-ipv4':
-            return [this.cidrSelector(WORLD_PREFIX)];
+            // Addresses outside the mesh: reserved:world, whatever CIDR identity the address also has.
+            return [this.labelSelector({ requirements: [requirement(RESERVED_SOURCE, 'world', 'In', [''])] })];
           case 'world-ipv6':
             return []; // IPv4-only datapath
           case 'cluster': {
@@ -740,7 +748,7 @@ export class PolicyResolver {
     }
   }
 
-  /** Identities of addresses inside `prefix`: the world identity for 0.0.0.0/0, CIDR identities inside. */
+  /** CIDR identities of the named prefixes inside `prefix` (its addresses, wherever they are). */
   private cidrSelector(prefix: string): CachedSelector {
     const p = parsePrefix(prefix)!;
     return this.acquireSelector(

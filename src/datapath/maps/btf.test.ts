@@ -158,6 +158,8 @@ const LAYOUTS: StructLayout[] = [
   policy.ENFORCE_VALUE_LAYOUT,
   policy.CT_KEY_LAYOUT,
   policy.CT_VALUE_LAYOUT,
+  policy.CIDR_KEY_LAYOUT,
+  policy.CIDR_VALUE_LAYOUT,
 ];
 
 /** Which structs each map is declared with in C. */
@@ -177,6 +179,7 @@ const MAPS: Array<{ name: string; key: string | undefined; value: string | undef
   { name: policy.MAP_NAME, key: policy.KEY_LAYOUT.cName, value: policy.VALUE_LAYOUT.cName },
   { name: policy.ENFORCE_MAP_NAME, key: '__u32', value: policy.ENFORCE_VALUE_LAYOUT.cName },
   { name: policy.CT_MAP_NAME, key: policy.CT_KEY_LAYOUT.cName, value: policy.CT_VALUE_LAYOUT.cName },
+  { name: policy.CIDR_MAP_NAME, key: policy.CIDR_KEY_LAYOUT.cName, value: policy.CIDR_VALUE_LAYOUT.cName },
 ];
 
 describe('TypeScript codecs match the C structs (BTF)', () => {

@@ -13,5 +13,6 @@ export * as revnat from './revnat.ts';
 export * as ct from './ct.ts';
 export * as affinity from './affinity.ts';
 export * as policy from './policy.ts';
+export * as policyEntries from './policy-entries.ts';
 export * from './reasons.ts';
 export type { MapHandle, StructLayout, FieldLayout } from './codec.ts';

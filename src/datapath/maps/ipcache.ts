@@ -18,7 +18,8 @@ export const MAP_NAME = 'cm_ipcache';
 
 /**
  * enum cm_identity_scope: bits 24..31 of an identity. Node-local identities
- * (CIDR peers) go to the stack like world; they never ride in the VNI.
+ * (CIDR peers, kept in cm_policy_cidr) never ride in the VNI; one found in
+ * the ipcache (written by an older agent) goes to the stack like world.
  */
 export const IdentityScope = {
   IDENTITY_SCOPE_GLOBAL: 0,
@@ -46,7 +47,7 @@ export interface Key {
 }
 
 export interface Value {
-  /** Global (0..0xffffff) or node-local (LOCAL_IDENTITY_SCOPE | n, CIDR peers). */
+  /** Global (0..0xffffff); node-local ones (LOCAL_IDENTITY_SCOPE | n) belong in cm_policy_cidr. */
   identity: number;
   /** Underlay IPv4 of the node hosting the prefix; null when not behind a tunnel. */
   tunnelEndpoint: string | null;

@@ -7,18 +7,25 @@
 // cover it. The stored flags of a prefix are its own merged with those of
 // every shorter stored prefix of the same (endpoint, direction, protocol,
 // identity), because the kernel returns only the longest match
-// (src/policy/to-map.ts computes them).
+// (policy-entries.ts computes them).
 // cm_policy_enforce: array indexed by endpoint id -> ACTIVE (the endpoint
 // has policy; without it the datapath skips its cm_policy lookups) and which
 // directions are enforced. An array: "removing" an endpoint writes zeros
 // (clearEnforce), and entries() walks all 65536 slots.
 // cm_policy_ct: LRU of connections whose replies pass policy.
-import { type MapHandle, expectSize, field, readIPv4, readU16, readU32, struct, typedOps, writeIPv4, writeU16, writeU32 } from './codec.ts';
+// cm_policy_cidr: LPM trie, the prefixes CIDR rules name -> their node-local
+// CIDR identity; policy looks up the peer's address there besides its
+// identity, so CIDR rules match pods and nodes per address (policy.h).
+import { type MapHandle, expectSize, field, ipv4Bytes, readIPv4, readU16, readU32, struct, typedOps, writeIPv4, writeU16, writeU32 } from './codec.ts';
 import { Direction } from './reasons.ts';
 
 export const MAP_NAME = 'cm_policy';
 export const ENFORCE_MAP_NAME = 'cm_policy_enforce';
 export const CT_MAP_NAME = 'cm_policy_ct';
+export const CIDR_MAP_NAME = 'cm_policy_cidr';
+
+/** Capacity of cm_policy_cidr (POLICY_CIDR_MAX_ENTRIES). */
+export const CIDR_MAX_ENTRIES = 65536;
 
 /** Capacity of cm_policy (POLICY_MAX_ENTRIES). */
 export const MAX_ENTRIES = 65536;
@@ -73,6 +80,16 @@ export const CT_VALUE_LAYOUT = struct('policy_ct_value', 8, {
   flags: field(4, 4),
 });
 
+/** struct policy_cidr_key: prefixlen host order, addr network order. */
+export const CIDR_KEY_LAYOUT = struct('policy_cidr_key', 8, {
+  prefixlen: field(0, 4),
+  addr: field(4, 4),
+});
+
+export const CIDR_VALUE_LAYOUT = struct('policy_cidr_value', 4, {
+  identity: field(0, 4),
+});
+
 export type PolicyDirection = 'ingress' | 'egress';
 
 export interface Key {
@@ -116,6 +133,18 @@ export interface CtValue {
   /** Expiry, seconds of CLOCK_MONOTONIC. */
   lifetime: number;
   flags: number;
+}
+
+export interface CidrKey {
+  /** Network address; host bits are cleared on encode. */
+  addr: string;
+  /** 0..32 */
+  prefixLen: number;
+}
+
+export interface CidrValue {
+  /** Node-local CIDR identity (LOCAL_IDENTITY_SCOPE | n). */
+  identity: number;
 }
 
 function dirCode(d: PolicyDirection): number {
@@ -246,6 +275,42 @@ export function decodeCtValue(b: Buffer): CtValue {
   return { lifetime: readU32(b, CT_VALUE_LAYOUT.fields.lifetime.offset), flags: readU32(b, CT_VALUE_LAYOUT.fields.flags.offset) };
 }
 
+export function encodeCidrKey(k: CidrKey): Buffer {
+  if (!Number.isInteger(k.prefixLen) || k.prefixLen < 0 || k.prefixLen > 32) throw new RangeError(`prefix length ${k.prefixLen} is not in 0..32`);
+  const b = Buffer.alloc(CIDR_KEY_LAYOUT.size);
+  writeU32(b, CIDR_KEY_LAYOUT.fields.prefixlen.offset, k.prefixLen);
+  const a = ipv4Bytes(k.addr).readUInt32BE(0);
+  b.writeUInt32BE(k.prefixLen === 0 ? 0 : (a & (~0 << (32 - k.prefixLen))) >>> 0, CIDR_KEY_LAYOUT.fields.addr.offset);
+  return b;
+}
+
+export function decodeCidrKey(b: Buffer): CidrKey {
+  expectSize(b, CIDR_KEY_LAYOUT);
+  return { prefixLen: readU32(b, CIDR_KEY_LAYOUT.fields.prefixlen.offset), addr: readIPv4(b, CIDR_KEY_LAYOUT.fields.addr.offset) };
+}
+
+export function encodeCidrValue(v: CidrValue): Buffer {
+  const b = Buffer.alloc(CIDR_VALUE_LAYOUT.size);
+  writeU32(b, CIDR_VALUE_LAYOUT.fields.identity.offset, v.identity);
+  return b;
+}
+
+export function decodeCidrValue(b: Buffer): CidrValue {
+  expectSize(b, CIDR_VALUE_LAYOUT);
+  return { identity: readU32(b, CIDR_VALUE_LAYOUT.fields.identity.offset) };
+}
+
+/** '192.0.2.0/24' or '192.0.2.1' (a /32) -> CidrKey. */
+export function parseCidrKey(prefix: string): CidrKey {
+  const [addr, len, ...rest] = prefix.split('/');
+  const prefixLen = len === undefined ? 32 : Number(len);
+  if (addr === undefined || rest.length > 0 || !/^\d{1,2}$/.test(len ?? '32') || prefixLen > 32) throw new RangeError(`not an IPv4 prefix: ${JSON.stringify(prefix)}`);
+  ipv4Bytes(addr);
+  return { addr, prefixLen };
+}
+
+export const formatCidrKey = (k: CidrKey): string => `${k.addr}/${k.prefixLen}`;
+
 export const { lookup, update, remove, entries, updateMany, removeMany } = typedOps<Key, Value>(
   { encode: encodeKey, decode: decodeKey },
   { encode: encodeValue, decode: decodeValue },
@@ -257,6 +322,9 @@ export const enforce = typedOps<EnforceKey, EnforceValue>(
 );
 
 export const ct = typedOps<CtKey, CtValue>({ encode: encodeCtKey, decode: decodeCtKey }, { encode: encodeCtValue, decode: decodeCtValue });
+
+/** cm_policy_cidr. Note that lookup() is a longest-prefix match, as the datapath's. */
+export const cidr = typedOps<CidrKey, CidrValue>({ encode: encodeCidrKey, decode: decodeCidrKey }, { encode: encodeCidrValue, decode: decodeCidrValue });
 
 /** The array's "delete": endpoints without policy get zeros (not ACTIVE). */
 export function clearEnforce(map: MapHandle, endpointIds: Iterable<number>): void {

@@ -1,16 +1,38 @@
-// Resolver output -> the datapath's policy maps (bpf/lib/policy.h), as one
-// pure function. Port ranges become the CIDR-like prefixes of the port that
-// cover them exactly (at most 30 per range), and every stored prefix carries
-// the allow/deny flags of all entries of its (endpoint, direction, protocol,
+// Verdicts -> the content of cm_policy and cm_policy_enforce (bpf/lib/policy.h),
+// as one pure function. Policy (src/policy/) computes verdicts per (endpoint,
+// direction, remote identity, protocol, port range); how the kernel's LPM trie
+// represents them is the datapath's business, so the translation lives here
+// and takes the verdicts by shape (src/policy's PolicyMapEntry fits): the
+// datapath imports nothing of policy for it.
+//
+// Port ranges become the CIDR-like prefixes of the port that cover them
+// exactly (at most 30 per range), and every stored prefix carries the
+// allow/deny flags of all entries of its (endpoint, direction, protocol,
 // identity) whose range contains it: the LPM trie returns only the longest
 // matching prefix, so that one value has to answer for every entry that
-// contains the port. With that, the four lookups of policy_check() (identity
-// exact/any x protocol exact/any) see exactly the entries decide() would.
-import type * as policyMap from '../datapath/maps/policy.ts';
-import type { Direction, PolicyMapEntry } from './types.ts';
+// contains the port. With that, the lookups of policy_check() (identity,
+// CIDR identity of the address, any x protocol exact/any) see exactly the
+// entries decide() would.
+import type * as policyMap from './policy.ts';
+import { MAX_ENTRIES } from './policy.ts';
 
-/** Capacity of cm_policy (POLICY_MAX_ENTRIES in bpf/lib/policy.h). */
-export const POLICY_MAP_MAX_ENTRIES = 65536;
+type Direction = policyMap.PolicyDirection;
+
+/**
+ * One verdict for a port range: what src/policy's resolver produces
+ * (PolicyMapEntry). Remote identity 0 = any, protocol 0 = any.
+ */
+export interface VerdictEntry {
+  endpointId: number;
+  direction: Direction;
+  remoteIdentity: number;
+  protocol: number;
+  /** Destination port range [port, portEnd]; all ports: 0..65535. */
+  port: number;
+  portEnd: number;
+  verdict: 'allow' | 'deny';
+}
+
 
 export interface PortPrefix {
   /** First port; the low 16 - prefixLen bits are 0. */
@@ -69,13 +91,13 @@ const DENY = 2;
 
 /**
  * The full desired content of cm_policy and cm_policy_enforce for the
- * resolver's entries and enforcement states. Throws PolicyMapOverflowError
+ * verdicts and enforcement states. Throws PolicyMapOverflowError
  * when the result does not fit `capacity` (never half a policy).
  */
 export function toPolicyMaps(
-  entries: Iterable<PolicyMapEntry>,
+  entries: Iterable<VerdictEntry>,
   enforcement: Iterable<EnforcementState>,
-  capacity = POLICY_MAP_MAX_ENTRIES,
+  capacity: number = MAX_ENTRIES,
 ): PolicyMaps {
   // group "endpoint/direction/protocol/identity" -> "prefixLen/port" -> own flags
   const groups = new Map<string, { head: Omit<policyMap.Key, 'port' | 'portPrefixLen'>; prefixes: Map<number, number> }>();
@@ -127,17 +149,21 @@ export function toPolicyMaps(
 }
 
 /**
- * What the datapath decides with these maps, in TypeScript: the four
- * longest-prefix lookups of policy_check() and its order. For tests (the
+ * What the datapath decides with these maps, in TypeScript: the
+ * longest-prefix lookups of policy_check() (four, six with a CIDR identity)
+ * and its order. For tests (the
  * property that it equals decide()) and for explaining a drop.
  */
 export function lookupPolicyMaps(
   maps: PolicyMaps,
-  q: { endpointId: number; direction: Direction; remoteIdentity: number; protocol: number; port: number },
+  q: { endpointId: number; direction: Direction; remoteIdentity: number; protocol: number; port: number; cidrIdentity?: number },
 ): 'denied' | 'not-enforced' | 'allowed' | 'default-deny' {
   let allow = false;
   let deny = false;
-  for (const identity of [q.remoteIdentity, 0]) {
+  // The peer's identity, any, and (two lookups more) the CIDR identity of its address.
+  const identities = [q.remoteIdentity, 0];
+  if (q.cidrIdentity && q.cidrIdentity !== q.remoteIdentity) identities.push(q.cidrIdentity);
+  for (const identity of identities) {
     for (const protocol of [q.protocol, 0]) {
       let best: [policyMap.Key, policyMap.Value] | undefined;
       for (const kv of maps.policy) {

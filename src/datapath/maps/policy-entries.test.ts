@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decide, type PacketQuery } from './decide.ts';
-import { PolicyMapOverflowError, lookupPolicyMaps, portRangePrefixes, toPolicyMaps } from './to-map.ts';
-import type { PolicyMapEntry, ProtocolNumber } from './types.ts';
+import { decide, type PacketQuery } from '../../policy/decide.ts';
+import type { PolicyMapEntry, ProtocolNumber } from '../../policy/types.ts';
+import { PolicyMapOverflowError, lookupPolicyMaps, portRangePrefixes, toPolicyMaps } from './policy-entries.ts';
 
 /** mulberry32: a small seeded PRNG whose low bits are not periodic (an LCG's are). */
 function prng(seed: number): (n: number) => number {
@@ -96,7 +96,8 @@ test('a result beyond the capacity is refused whole', () => {
 test('the map lookup equals decide() (random policies and packets)', () => {
   const rnd = prng(42);
   const protos: ProtocolNumber[] = [0, 6, 17, 132];
-  const ids = [0, 1000, 2000, 3000];
+  // 5000: a CIDR identity (where the peer's address lies), besides the peer's own identity.
+  const ids = [0, 1000, 2000, 3000, 5000];
   const portPick = (): number => [0, 79, 80, 81, 443, 1023, 1024, 8080, 65535, rnd(65536)][rnd(10)]!;
   let checked = 0;
   for (let round = 0; round < 200; round++) {
@@ -109,7 +110,7 @@ test('the map lookup equals decide() (random policies and packets)', () => {
         E({
           endpointId: 1 + rnd(2),
           direction: rnd(2) ? 'ingress' : 'egress',
-          remoteIdentity: ids[rnd(4)]!,
+          remoteIdentity: ids[rnd(5)]!,
           protocol: protos[rnd(4)]!,
           port: full ? 0 : a,
           portEnd: full ? 65535 : b,
@@ -123,7 +124,13 @@ test('the map lookup equals decide() (random policies and packets)', () => {
     const maps = toPolicyMaps(entries, enforcement);
     for (let j = 0; j < 40; j++) {
       const endpointId = 1 + rnd(2);
-      const q: PacketQuery = { direction: rnd(2) ? 'ingress' : 'egress', remoteIdentity: ids[1 + rnd(3)]!, protocol: [6, 17, 132][rnd(3)]!, port: portPick() };
+      const q: PacketQuery = {
+        direction: rnd(2) ? 'ingress' : 'egress',
+        remoteIdentity: ids[1 + rnd(3)]!,
+        cidrIdentity: [0, 5000, 6000][rnd(3)]!,
+        protocol: [6, 17, 132][rnd(3)]!,
+        port: portPick(),
+      };
       const enforced = enforcement.find((s) => s.endpointId === endpointId && s.direction === q.direction)!.enforced;
       const want = decide(entries.filter((e) => e.endpointId === endpointId), enforced, q).reason;
       assert.equal(lookupPolicyMaps(maps, { endpointId, ...q }), want, JSON.stringify({ entries, endpointId, q, enforced }));
