@@ -196,8 +196,27 @@ describe('agent: control plane drives the datapath across 2 clusters x 2 nodes',
     for (const n of c1nodes) for (const p of c2pods) assert.ok(hasEntry(n, p.ip), `${n.netns} keeps ${p.name} while cluster2 is unreachable`);
 
     // A pod of cluster2 goes away while its etcd is down: its agent cannot tell anyone yet.
+    // Not a fixed wait (a slow machine would pass it trivially): wait until every
+    // cluster1 agent has run two more full ipcache passes (a pass prunes what is
+    // not desired) and failed to reach cluster2 again since the delete; only then
+    // is "still there" evidence that nothing removed it.
+    const passes = async (): Promise<number[]> =>
+      Promise.all(c1nodes.map(async (n) => (await m().agentStatus(n)).reconcilers.find((r) => r.name === 'ipcache')!.fullSyncs));
+    const passesBefore = await passes();
+    const tDelete = new Date().toISOString();
     await m().deletePod(gone);
-    await sleep(500);
+    let progress: unknown;
+    await waitFor(
+      "two more full passes on cluster1's agents and a failed attempt to reach cluster2 after the delete",
+      async () => {
+        const now = await passes();
+        const errAt = await Promise.all(c1nodes.map(async (n) => (await m().agentStatus(n)).remoteClusters.find((x) => x.name === 'cluster2')?.lastErrorAt ?? ''));
+        progress = { passesBefore, now, tDelete, errAt };
+        return now.every((p, i) => p >= passesBefore[i]! + 2) && errAt.every((t) => t > tDelete);
+      },
+      60_000 /* the reconnect backoff grows to 30 s */,
+      () => progress,
+    );
     for (const n of c1nodes) assert.ok(hasEntry(n, gone.ip), `${n.netns} keeps ${gone.name}: nothing told it otherwise`);
 
     await m().startEtcd(2, { empty: true });
