@@ -317,7 +317,7 @@ describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
       const killed = await exited(agent);
       assert.equal(killed.signal, 'SIGKILL');
       agent = await startAgentProcess();
-      await client.waitReady({ timeoutMs: 60_000 }).catch((err: Error) => {
+      await client.waitReady({ timeoutMs: 120_000 }).catch((err: Error) => {
         throw new Error(`${err.message}\n${agentLog()}`);
       });
       // The agent is back while the connection is still open, and data keeps
