@@ -4,8 +4,9 @@
 // readiness wait skipped etcd's own log line; see src/kvstore/etcd-process.test.ts).
 // A single `up` hides a one-in-three failure; ten in a row do not.
 //
-// Cost: about 1.5-2 min per round on a 2-core machine (up ~1.3 min, down ~20 s),
-// so 15-20 min for the ten. LAB_UP_REPEAT=N runs N rounds instead (0 skips).
+// Cost, measured on the 2-core machine: a round (up + down) took 2.1 min at load
+// ~8 (up 103 s, down 22 s) and 4.1-6.8 min at load ~40 (ten rounds: 55 min), so
+// about 20 min for the ten on a quiet machine. LAB_UP_REPEAT=N runs N rounds (0 skips).
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
