@@ -233,7 +233,8 @@ describe('agent: control plane drives the datapath across 2 clusters x 2 nodes',
         }
         return true;
       },
-      30_000,
+      // The reconnect backoff may have grown to its cap (30 s, +20% jitter) while etcd was down.
+      90_000,
     );
     const c2state = async (): Promise<unknown> => ({
       exported: (await m().kv(2).list('cilium/state/ip/')).pairs.map((p) => p.key),
