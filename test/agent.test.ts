@@ -34,7 +34,7 @@ async function waitFor(what: string, cond: () => boolean | Promise<boolean>, tim
 
 const inRange = (identity: number | null, clusterId: number): boolean => identity !== null && identity >= clusterId << 16 && identity < (clusterId + 1) << 16;
 
-describe('agent: control plane drives the datapath across 2 clusters x 2 nodes', { timeout: 240_000 }, () => {
+describe('agent: control plane drives the datapath across 2 clusters x 2 nodes', { timeout: 600_000 }, () => {
   let topo: Topology | undefined;
   let mesh: Mesh | undefined;
   const servers: ManagedProcess[] = [];
@@ -56,6 +56,8 @@ describe('agent: control plane drives the datapath across 2 clusters x 2 nodes',
     mesh = await startMesh(topo, {
       dir,
       agent: { fullSyncIntervalSeconds: FULL_SYNC_SECONDS, syncTimeoutSeconds: 10 },
+      // A loaded machine (2 cores shared with other suites) starts a mesh slowly; a test never fails for being slow.
+      readyTimeoutMs: 180_000,
       progress: (l) => console.log(`# ${l}`),
     });
     for (const p of serverPods()) {
@@ -196,8 +198,27 @@ describe('agent: control plane drives the datapath across 2 clusters x 2 nodes',
     for (const n of c1nodes) for (const p of c2pods) assert.ok(hasEntry(n, p.ip), `${n.netns} keeps ${p.name} while cluster2 is unreachable`);
 
     // A pod of cluster2 goes away while its etcd is down: its agent cannot tell anyone yet.
+    // Not a fixed wait (a slow machine would pass it trivially): wait until every
+    // cluster1 agent has run two more full ipcache passes (a pass prunes what is
+    // not desired) and failed to reach cluster2 again since the delete; only then
+    // is "still there" evidence that nothing removed it.
+    const passes = async (): Promise<number[]> =>
+      Promise.all(c1nodes.map(async (n) => (await m().agentStatus(n)).reconcilers.find((r) => r.name === 'ipcache')!.fullSyncs));
+    const passesBefore = await passes();
+    const tDelete = new Date().toISOString();
     await m().deletePod(gone);
-    await sleep(500);
+    let progress: unknown;
+    await waitFor(
+      "two more full passes on cluster1's agents and a failed attempt to reach cluster2 after the delete",
+      async () => {
+        const now = await passes();
+        const errAt = await Promise.all(c1nodes.map(async (n) => (await m().agentStatus(n)).remoteClusters.find((x) => x.name === 'cluster2')?.lastErrorAt ?? ''));
+        progress = { passesBefore, now, tDelete, errAt };
+        return now.every((p, i) => p >= passesBefore[i]! + 2) && errAt.every((t) => t > tDelete);
+      },
+      60_000 /* the reconnect backoff grows to 30 s */,
+      () => progress,
+    );
     for (const n of c1nodes) assert.ok(hasEntry(n, gone.ip), `${n.netns} keeps ${gone.name}: nothing told it otherwise`);
 
     await m().startEtcd(2, { empty: true });
@@ -212,7 +233,8 @@ describe('agent: control plane drives the datapath across 2 clusters x 2 nodes',
         }
         return true;
       },
-      30_000,
+      // The reconnect backoff may have grown to its cap (30 s, +20% jitter) while etcd was down.
+      90_000,
     );
     const c2state = async (): Promise<unknown> => ({
       exported: (await m().kv(2).list('cilium/state/ip/')).pairs.map((p) => p.key),

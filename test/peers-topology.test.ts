@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { createPeerBed, kubeProxyRules, PEER_CONFIGS, type PeerBed } from '../src/lab/peers-topology.ts';
 import { listNamespaces } from '../src/lab/topology.ts';
 import { run, runIn, spawnIn, stopChild } from '../src/lab/exec.ts';
+import { pinDirOf, readNodeMetrics } from '../src/lab/datapath.ts';
 
 const ALLOWED = 11111;
 const NOT_ALLOWED = 11112;
@@ -27,6 +28,33 @@ async function retryConnect(bed: PeerBed, port: number): Promise<boolean> {
   return false;
 }
 
+/** Waits until something in the server pod listens on `port` (sockperf starts asynchronously). */
+async function waitListening(bed: PeerBed, port: number): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const { stdout } = await runIn(bed.server.netns, ['ss', '-Hltn', `sport = :${port}`]);
+    if (stdout.trim() !== '') return;
+    if (Date.now() > deadline) throw new Error(`nothing listens on ${bed.server.ip}:${port} in ${bed.server.netns} after 30 s`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Packets the row's policy dropped on the client's and the server's node: the
+ * datapath's DROP_POLICY* counters (clustermesh), the DROP rules of the
+ * iptables policy chain (kernel-vxlan-iptables). */
+async function policyDrops(bed: PeerBed): Promise<number> {
+  let sum = 0;
+  for (const node of [bed.client.node, bed.server.node]) {
+    if (bed.config === 'clustermesh') {
+      for (const r of readNodeMetrics(pinDirOf(node))) if (r.drop && r.reasonName.startsWith('DROP_POLICY')) sum += Number(r.packets);
+    } else {
+      const { stdout } = await runIn(node.netns, ['iptables', '-L', 'CMB-POLICY', '-v', '-x', '-n']);
+      for (const m of stdout.matchAll(/^\s*(\d+)\s+\d+\s+DROP\b/gm)) sum += Number(m[1]);
+    }
+  }
+  return sum;
+}
+
 async function txPackets(netns: string, dev: string): Promise<number> {
   const { stdout } = await run(['ip', '-n', netns, '-s', '-j', 'link', 'show', 'dev', dev]);
   return (JSON.parse(stdout) as Array<{ stats64: { tx: { packets: number } } }>)[0]!.stats64.tx.packets;
@@ -42,7 +70,13 @@ for (const config of PEER_CONFIGS) {
       const before = bed.gatewayDevice ? await txPackets(bed.gateways[0]!.netns, bed.gatewayDevice) : 0;
       assert.ok(await retryConnect(bed, ALLOWED), `${config}: no TCP connection from ${bed.client.ip} to ${bed.server.ip}:${ALLOWED}`);
       if (config === 'clustermesh' || config === 'kernel-vxlan-iptables') {
+        // A refused connect proves the policy only when the server listens and the
+        // policy's own drop counter moved (not a server still starting, not a lost route).
+        await waitListening(bed, NOT_ALLOWED);
+        const dropsBefore = await policyDrops(bed);
         assert.equal(await connects(bed, NOT_ALLOWED), false, `${config}: port ${NOT_ALLOWED} is not allowed by the policy but connected`);
+        const dropsAfter = await policyDrops(bed);
+        assert.ok(dropsAfter > dropsBefore, `${config}: the refused connect to port ${NOT_ALLOWED} was not counted as a policy drop (${dropsBefore} -> ${dropsAfter})`);
       } else {
         assert.ok(await retryConnect(bed, NOT_ALLOWED), `${config}: has no policy, port ${NOT_ALLOWED} should connect`);
       }

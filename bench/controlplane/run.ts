@@ -6,7 +6,8 @@
 //                --endpoints endpoints each until every remote is ready (clustermesh)
 //                vs. a process that only lists the same keys (limit); RSS of both.
 // Real etcd processes with mutual TLS and auth (data dirs on /dev/shm when present).
-// Usage: npm run bench -- controlplane [--changes N] [--reps N] [--clusters N] [--endpoints N] [--only propagation,sync]
+// Usage: npm run bench -- controlplane [--changes N] [--reps N] [--clusters N] [--endpoints N] [--only propagation,sync] [--write]
+// A run with --only or other sizes than the defaults writes controlplane-partial.json unless --write.
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
@@ -33,6 +34,7 @@ const { values } = parseArgs({
     clusters: { type: 'string', default: '20' },
     endpoints: { type: 'string', default: '2000' },
     only: { type: 'string' },
+    write: { type: 'boolean', default: false },
   },
 });
 const int = (name: string, v: string | undefined, min: number): number => {
@@ -45,6 +47,10 @@ const REPS = int('reps', values.reps, 1);
 const CLUSTERS = int('clusters', values.clusters, 1);
 const ENDPOINTS = int('endpoints', values.endpoints, 1);
 const only = values.only ? new Set(values.only.split(',')) : null;
+// A partial run (--only, fewer clusters, other sizes) must not replace the data behind
+// the published comparison: it writes controlplane-partial unless --write says otherwise.
+const partial = only !== null || CHANGES !== 1000 || REPS !== 3 || CLUSTERS !== 20 || ENDPOINTS !== 2000;
+const resultsName = partial && !values.write ? 'controlplane-partial' : 'controlplane';
 
 const base = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
 const root = await mkdtemp(join(base, 'cm-bench-cp-'));
@@ -163,7 +169,9 @@ async function sync(): Promise<void> {
   console.error(`sync: ${CLUSTERS} clusters × ${ENDPOINTS} endpoints written in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   const params = { remoteClusters: CLUSTERS, endpointsPerCluster: ENDPOINTS };
   for (let rep = 0; rep < REPS; rep++) {
-    for (const [cfg, mode] of [['limit', 'raw'], ['clustermesh', 'mesh']] as const) {
+    // Alternate which configuration goes first (a machine drifting over the run favours neither).
+    const order = [['limit', 'raw'], ['clustermesh', 'mesh']] as const;
+    for (const [cfg, mode] of rep % 2 === 0 ? order : [...order].reverse()) {
       const { stdout } = await run(process.execPath, ['--expose-gc', '--import', 'tsx', join(here, 'importer.ts'), mode, cfgDir], { maxBuffer: 1 << 20, timeout: 900_000 });
       const r = JSON.parse(stdout.trim().split('\n').pop()!) as { syncSeconds: number; rssIdleMiB: number; rssMiB: number; counts: Record<string, number> };
       samples.push({ config: cfg, metric: 'sync_seconds', unit: 's', rep, value: r.syncSeconds, params });
@@ -183,6 +191,7 @@ try {
   await rm(root, { recursive: true, force: true });
 }
 const rows = summarize(samples);
-const file = writeResults('controlplane', rows, samples, 0);
+const file = writeResults(resultsName, rows, samples, 0);
+if (resultsName !== 'controlplane') console.error(`partial run: wrote ${resultsName}, not controlplane (pass --write to replace it)`);
 printTable(rows, 'limit');
 console.log(`results: ${file}`);

@@ -28,6 +28,8 @@ gateway and openvpn, built in the same lab topology and measured in the same run
                  also clustermesh-nopolicy: our datapath with policy off)
   --services N   ClusterIP services in kernel-vxlan-iptables' kube-proxy rules (default 100)
   --name NAME    results file names (default peers; e.g. peers-policy for a side run)
+  --write        let a partial run (--only, --quick, other --reps/--seconds/--services)
+                 write peers.json; without it such a run writes peers-partial
 Refuses to run while a lab is up. Writes bench/results/NAME.json, NAME.csv, NAME-<metric>.svg.
 example: npm run bench -- peers --quick --only limit,clustermesh`;
 
@@ -38,7 +40,8 @@ const { values } = parseArgs({
     quick: { type: 'boolean', default: false },
     only: { type: 'string' },
     services: { type: 'string', default: '100' },
-    name: { type: 'string', default: 'peers' },
+    name: { type: 'string' },
+    write: { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
@@ -51,7 +54,10 @@ const seconds = values.quick ? 2 : Number(values.seconds);
 const services = Number(values.services);
 if (!Number.isInteger(reps) || reps < 1) throw new Error(`bench peers: --reps must be a positive integer, got ${values.reps}`);
 if (!Number.isFinite(seconds) || seconds < 1) throw new Error(`bench peers: --seconds must be at least 1, got ${values.seconds}`);
-if (!/^[a-z][a-z0-9-]{0,31}$/.test(values.name)) throw new Error(`bench peers: --name must be lowercase letters, digits and '-', got '${values.name}'`);
+// A partial run must not replace the data behind the published comparison.
+const partialRun = values.only !== undefined || values.quick || reps !== 5 || seconds !== 4 || services !== 100;
+const resultsName = values.name ?? (partialRun && !values.write ? 'peers-partial' : 'peers');
+if (!/^[a-z][a-z0-9-]{0,31}$/.test(resultsName)) throw new Error(`bench peers: --name must be lowercase letters, digits and '-', got '${resultsName}'`);
 if (!Number.isInteger(services) || services < 0) throw new Error(`bench peers: --services must be a non-negative integer, got ${values.services}`);
 // Rows beyond the five of the comparison, for looking into a result: only when --only names them.
 const EXTRA = { 'clustermesh-nopolicy': { config: 'clustermesh', policy: false } } as const;
@@ -275,11 +281,12 @@ printTable(rows, 'limit');
 // with the limit and clustermesh beside them.
 const isExtra = (c: string): boolean => c in EXTRA;
 const main = rows.filter((r) => !isExtra(r.config));
-const file = writeResults(values.name, main, samples.filter((s) => !isExtra(s.config)), 1500);
-const charts = writeCharts(values.name, main, 'limit');
+const file = writeResults(resultsName, main, samples.filter((s) => !isExtra(s.config)), 1500);
+const charts = writeCharts(resultsName, main, 'limit');
 if (rows.some((r) => isExtra(r.config))) {
   const keep = (c: string): boolean => isExtra(c) || c === 'limit' || c === 'clustermesh';
-  const extraFile = writeResults(`${values.name}-extra`, rows.filter((r) => keep(r.config)), samples.filter((s) => keep(s.config)), 1500);
+  // The extra rows are their own file (a run naming them is partial for the five rows).
+  const extraFile = writeResults(`${values.name ?? 'peers'}-extra`, rows.filter((r) => keep(r.config)), samples.filter((s) => keep(s.config)), 1500);
   console.log(`wrote ${extraFile} and its CSV`);
 }
 console.log('');

@@ -65,35 +65,47 @@ const ipcacheOf = (pinDir: string) =>
   readPinned(pinDir, ipcacheMap.MAP_NAME, (m) => new Map([...ipcacheMap.entries(m)].map(([k, v]) => [ipcacheMap.formatPrefix(k), v])));
 const endpointsOf = (pinDir: string) => readPinned(pinDir, endpointsMap.MAP_NAME, (m) => new Map([...endpointsMap.entries(m)].map(([k, v]) => [k.ip, v])));
 
-/** A TCP receiver in one pod and a sender in another; the sender paces `mb` MiB over about `seconds`. */
-function transfer(serverNs: string, clientNs: string, serverIP: string, mb: number, seconds: number) {
+/** A TCP receiver in one pod and a sender in another. The sender writes 64 KiB
+ * every 50 ms until `finish()`: the connection is open for as long as the test
+ * needs it (e.g. across an agent restart), not for a fixed time. The receiver
+ * reports the bytes it has so far. */
+function transfer(serverNs: string, clientNs: string, serverIP: string) {
   const server = spawn('ip', ['netns', 'exec', serverNs, process.execPath, '-e', `
     const h = require('crypto').createHash('sha256'); let n = 0;
+    setInterval(() => console.log(JSON.stringify({ progress: n })), 100).unref();
     const s = require('net').createServer((c) => { c.on('data', (d) => { h.update(d); n += d.length; }); c.on('end', () => { console.log(JSON.stringify({ bytes: n, sha: h.digest('hex') })); s.close(); }); });
     s.listen(5001, '${serverIP}', () => console.log('ready'));
   `], { stdio: ['ignore', 'pipe', 'pipe'] });
   const out = { server: '', client: '' };
   server.stdout.on('data', (d: Buffer) => (out.server += d.toString()));
+  /** Bytes the receiver has reported so far. */
+  const received = (): number => {
+    const m = [...out.server.matchAll(/"(?:progress|bytes)":(\d+)/g)].pop();
+    return m ? Number(m[1]) : 0;
+  };
   const start = async () => {
     await until('transfer server', () => out.server.includes('ready'), 10_000);
     const client = spawn('ip', ['netns', 'exec', clientNs, process.execPath, '-e', `
-      const crypto = require('crypto'); const h = crypto.createHash('sha256'); const chunks = ${mb * 16}; let i = 0;
+      const crypto = require('crypto'); const h = crypto.createHash('sha256'); let n = 0;
       const c = require('net').connect(5001, '${serverIP}', () => {
-        const t = setInterval(() => {
-          const b = crypto.randomBytes(65536); h.update(b); c.write(b);
-          if (++i === chunks) { clearInterval(t); c.end(() => console.log(JSON.stringify({ bytes: chunks * 65536, sha: h.digest('hex') }))); }
-        }, ${Math.floor((seconds * 1000) / (mb * 16))});
+        const t = setInterval(() => { const b = crypto.randomBytes(65536); h.update(b); n += b.length; c.write(b); }, 50);
+        process.stdin.once('data', () => { clearInterval(t); c.end(() => console.log(JSON.stringify({ bytes: n, sha: h.digest('hex') }))); });
       });
       c.on('error', (e) => { console.error(e.message); process.exit(1); });
-    `], { stdio: ['ignore', 'pipe', 'pipe'] });
+    `], { stdio: ['pipe', 'pipe', 'pipe'] });
     client.stdout.on('data', (d: Buffer) => (out.client += d.toString()));
     let clientErr = '';
     client.stderr.on('data', (d: Buffer) => (clientErr += d.toString()));
     return {
       client,
-      done: async (timeoutMs: number) => {
-        await until('transfer to finish', () => out.server.includes('sha') && out.client.includes('sha'), timeoutMs, () => `client: ${out.client} ${clientErr}\nserver: ${out.server}`);
-        const last = (s: string) => JSON.parse(s.trim().split('\n').pop()!) as { bytes: number; sha: string };
+      received,
+      /** The transfer is still open (the sender has not been told to finish, nor failed). */
+      open: () => !out.server.includes('sha') && client.exitCode === null,
+      /** Tells the sender to finish; waits for both sides' checksums. */
+      finish: async (timeoutMs: number) => {
+        client.stdin.end('finish\n');
+        await until('transfer to finish', () => out.server.includes('sha') && out.client.includes('sha'), timeoutMs, () => `client: ${out.client} ${clientErr}\nserver: ${out.server.slice(-500)}`);
+        const last = (s: string) => JSON.parse(s.trim().split('\n').filter((l) => l.includes('sha')).pop()!) as { bytes: number; sha: string };
         return { sent: last(out.client), received: last(out.server) };
       },
     };
@@ -297,19 +309,25 @@ describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
       assert.ok(repaired.find((r) => r.name === 'endpoints')!.driftRepaired >= 1);
 
       // ---- SIGKILL and restart during a TCP transfer between the pods
-      const t = transfer(pods[1].ns, pods[0].ns, pods[1].ip, 6, 5);
+      const t = transfer(pods[1].ns, pods[0].ns, pods[1].ip);
       children.push(t.server);
       const run = await t.start();
       children.push(run.client);
-      await new Promise((r) => setTimeout(r, 1000));
+      await until('the transfer under way', () => run.received() >= 256 * 1024, 30_000);
       agent.kill('SIGKILL');
       const killed = await exited(agent);
       assert.equal(killed.signal, 'SIGKILL');
       agent = await startAgentProcess();
-      await client.waitReady({ timeoutMs: 60_000 }).catch((err: Error) => {
+      await client.waitReady({ timeoutMs: 120_000 }).catch((err: Error) => {
         throw new Error(`${err.message}\n${agentLog()}`);
       });
-      const result = await run.done(60_000);
+      // The agent is back while the connection is still open, and data keeps
+      // flowing on it after the restart (the sender ends only when told).
+      assert.ok(run.open(), 'the transfer is still open when the restarted agent is ready');
+      const atRestart = run.received();
+      await until('data flowing after the restart', () => run.received() >= atRestart + 256 * 1024, 30_000);
+      const result = await run.finish(60_000);
+      assert.ok(result.received.bytes > atRestart, `bytes after the restart: ${atRestart} -> ${result.received.bytes}`);
       assert.equal(result.received.bytes, result.sent.bytes);
       assert.equal(result.received.sha, result.sent.sha, 'the transfer completed with its checksum intact');
       const afterKill = await client.listEndpoints();

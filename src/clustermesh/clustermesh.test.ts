@@ -8,7 +8,7 @@ import { describe, it } from 'node:test';
 import { Registry } from 'prom-client';
 import { ClusterMesh, type ClusterMeshOptions } from './clustermesh.ts';
 import type { CacheEvent } from './cache.ts';
-import { nodeKey } from './keys.ts';
+import { nodeKey, syncedKey } from './keys.ts';
 import { eventually, recordingLogger, tempDir, TestCluster } from './testing.ts';
 
 interface Harness {
@@ -202,7 +202,11 @@ describe('clustermesh faults', () => {
       assert.ok(st.lastError, 'lastError set');
       assert.equal(snapshot(m), before, 'data kept while unreachable');
       assert.deepEqual(st.counts, { nodes: 2, endpoints: 3, identities: 2, services: 1 });
-      await new Promise((r) => setTimeout(r, 500)); // a few failed reconnects
+      // Not a fixed wait: two more failed reconnects after the one seen, then the data is still there.
+      for (let i = 0; i < 2; i++) {
+        const seen = remoteStatus(m, 'c2').lastErrorAt;
+        await eventually(() => remoteStatus(m, 'c2').lastErrorAt !== seen, `failed reconnect ${i + 1} while etcd is down`);
+      }
       assert.equal(snapshot(m), before);
 
       await c2.etcd.start();
@@ -230,6 +234,7 @@ describe('clustermesh faults', () => {
       const nodeEvents = record(m.nodes);
       const ipEvents = record(m.ipcache);
       const idEvents = record(m.identities);
+      const svcEvents = record(m.services);
 
       await c2.etcd.kill();
       await c2.etcd.wipe();
@@ -245,8 +250,13 @@ describe('clustermesh faults', () => {
       await c2.putIp(1, 1, 1);
       await c2.putIp(2, 1, 1);
       await c2.putService('echo', [c2.podIp(1, 1), c2.podIp(2, 1)]);
-      await new Promise((r) => setTimeout(r, 300));
       assert.equal(snapshot(m), before, 'no canaries yet: nothing changes');
+      // Not a fixed wait: the nodes canary alone lets the nodes resync; once that later
+      // change has arrived, the prefixes still without a canary must not have moved.
+      await c2.writer.put(syncedKey('c2', 'nodes'), new Date().toISOString());
+      await eventually(() => m.nodes.has('c2/node3') && !m.nodes.has('c2/node2'), 'nodes resynced after their canary');
+      assert.deepEqual([...idEvents, ...ipEvents, ...svcEvents].map((e) => `${e.kind} ${String(e.key)}`), [], 'no canary yet: identities, ip entries and services unchanged');
+      assert.equal(remoteStatus(m, 'c2').ready, false, 'not ready while canaries are missing');
       await c2.canaries();
       await eventually(() => remoteStatus(m, 'c2').ready, 'ready after refill');
 

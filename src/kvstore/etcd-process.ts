@@ -299,6 +299,10 @@ class EtcdProcess implements EtcdServer {
     // ETCD_* variables would override flags; start from a clean slate.
     const env: NodeJS.ProcessEnv = {};
     for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('ETCD')) env[k] = v;
+    // Where this start's log begins, taken before etcd exists: measured after the
+    // spawn, it could already include "serving client traffic" (etcd up before a
+    // busy event loop came back to us) and the wait would skip the very line it needs.
+    const logStart = await stat(this.logFile).then((st) => st.size).catch(() => 0);
     const logFd = openSync(this.logFile, 'a');
     const binary = this.opts.binary ?? 'etcd';
     // `ip netns exec` (and setpriv) exec etcd: the pid is etcd's own. A namespaced
@@ -333,7 +337,6 @@ class EtcdProcess implements EtcdServer {
     });
     this.child = child;
 
-    const logStart = await stat(this.logFile).then((st) => st.size).catch(() => 0);
     try {
       await this.waitReady(child, () => spawnError, logStart);
       if (this.opts.auth !== false && !existsSync(this.authMarker)) {
@@ -354,7 +357,8 @@ class EtcdProcess implements EtcdServer {
     for (;;) {
       const e = spawnError();
       if (e) throw new Error(`etcd: cannot start ${this.opts.binary ?? 'etcd'}: ${e.message}`);
-      const log = (await readFile(this.logFile, 'utf8').catch(() => '')).slice(logOffset);
+      // A byte offset: cut the bytes, then decode.
+      const log = (await readFile(this.logFile).catch(() => Buffer.alloc(0))).subarray(logOffset).toString('utf8');
       if (child.exitCode !== null || child.signalCode !== null) {
         throw new Error(`etcd exited during start (code ${child.exitCode}, signal ${child.signalCode}); log ${this.logFile}:\n${log.split('\n').slice(-15).join('\n')}`);
       }

@@ -51,9 +51,19 @@ test('watch store: initial list, then only real changes; stop keeps, drain delet
       assert.equal(st.lastError, undefined);
       assert.deepEqual([...store.snapshot()], [[nodeKey('c1', 'b'), '3'], [nodeKey('c2', 'c'), '4']]);
 
-      await store.stop();
-      await writer.put(nodeKey('c1', 'x'), 'after stop');
-      await new Promise((r) => setTimeout(r, 100));
+      // A second store on the same connection is the positive marker: once it has seen
+      // the write made after stop(), the stopped store would have seen it too.
+      const control: WatchEvent[] = [];
+      const controlStore = new WatchStore(reader, nodesPrefix, { onEvent: (e) => control.push(e) });
+      try {
+        controlStore.start();
+        await controlStore.synced;
+        await store.stop();
+        await writer.put(nodeKey('c1', 'x'), 'after stop');
+        await waitFor(() => short(control).includes('upsert c1/x=after stop'), 5000, 'the control store to see the write');
+      } finally {
+        await controlStore.stop();
+      }
       assert.equal(events.length, 5, 'no events after stop');
       assert.equal(store.size, 2, 'stop keeps what was learned');
       assert.equal(store.status().connected, false);

@@ -22,6 +22,7 @@ import { BpfMap } from '../datapath/libbpf/index.ts';
 import * as ipcache from '../datapath/maps/ipcache.ts';
 import { clusterConfigKey, syncedKey, SYNCED_PREFIX_NAMES } from '../clustermesh/keys.ts';
 import { KvClient } from '../kvstore/client.ts';
+import { validateClusterId } from '../model/cluster.ts';
 import type { EtcdServer } from '../kvstore/etcd-process.ts';
 import { startMeshEtcd as launchEtcd } from '../clustermesh/etcd.ts';
 import { StoreWriter } from '../sources/store/writer.ts';
@@ -62,6 +63,9 @@ export interface MeshOptions {
     extra?: Record<string, unknown>;
   };
   apiserver?: { logLevel?: LogLevel; extraArgs?: string[] };
+  /** Cluster ID of each cluster, in topology order (default: cluster c has ID c). Names and
+   * addresses still follow the index; e.g. [1, 2, 255, 511] with agent.maxConnectedClusters 511. */
+  clusterIds?: number[];
   /** Namespaces created in every cluster's store before agents start (default ['default']). */
   namespaces?: string[];
   /** How long start and restarts wait for readiness (default 60 s). */
@@ -204,6 +208,15 @@ async function settleAll(promises: Array<Promise<unknown>>): Promise<void> {
 
 export async function startMesh(topo: Topology, opts: MeshOptions): Promise<Mesh> {
   if (topo.spec.mode !== 'clustermesh') throw new Error(`mesh: topology ${topo.id} is wired as '${topo.spec.mode}', not 'clustermesh'`);
+  if (opts.clusterIds !== undefined) {
+    const ids = opts.clusterIds;
+    if (ids.length !== topo.spec.clusters) throw new Error(`mesh: clusterIds has ${ids.length} IDs for ${topo.spec.clusters} clusters`);
+    if (new Set(ids).size !== ids.length) throw new Error(`mesh: clusterIds repeats an ID: ${ids.join(', ')}`);
+    for (const id of ids) {
+      const problem = id === 0 ? 'cluster ID 0 is not in a mesh' : validateClusterId(id, opts.agent?.maxConnectedClusters ?? 255);
+      if (problem) throw new Error(`mesh: clusterIds: ${problem}`);
+    }
+  }
   const mesh = new LabMesh(topo, opts);
   try {
     await mesh.start();
@@ -275,6 +288,7 @@ class LabMesh implements Mesh {
     const ip = controlPlaneIP(c);
     await mkdir(dir, { recursive: true, mode: 0o700 });
     await this.addControlPlaneNamespace(c, netns, ip);
+    const id = this.opts.clusterIds?.[c - 1] ?? c;
     const etcd = await launchEtcd({
       dir: join(dir, 'etcd'),
       name: `etcd-${name}`,
@@ -306,7 +320,8 @@ class LabMesh implements Mesh {
       argv: [
         process.execPath, CLI, 'apiserver',
         '--cluster-name', name,
-        '--cluster-id', String(c),
+        '--cluster-id', String(id),
+        '--max-connected-clusters', String(this.opts.agent?.maxConnectedClusters ?? 255),
         '--etcd-config', apiserverEtcdConfig,
         '--log-level', a.logLevel ?? 'info',
         ...(a.extraArgs ?? []),
@@ -316,7 +331,7 @@ class LabMesh implements Mesh {
     });
     const remoteConfigDir = join(dir, 'remote-clusters');
     await mkdir(remoteConfigDir, { recursive: true });
-    this.clusters.push({ index: c, name, id: c, netns, ip, dir, etcd, apiserverEtcdConfig, apiserver, remoteConfigDir });
+    this.clusters.push({ index: c, name, id, netns, ip, dir, etcd, apiserverEtcdConfig, apiserver, remoteConfigDir });
   }
 
   /** A namespace joined to br<c> like a node, at `ip`; recorded with the topology so a sweep removes it. */
