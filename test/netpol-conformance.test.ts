@@ -21,14 +21,8 @@
 //   are selected by a policy allowing SCTP") do apply and run.
 // - Nothing else is skipped: named ports, endPort-free port rules, UDP,
 //   namespace relabelling and policy updates all run.
-//
-// Expected to fail until other parts of issue 19 land (node:test `todo`: run,
-// reported, not counted as failures; the coordinator removes the `todo` when
-// the fix is merged):
-// - ipBlock cases (3): ipBlock must match pod IPs -- issue 19 part 3.
 import { modelSuite, networkPolicy, uniqueLabName, NAMESPACE_NAME_LABEL as NS_NAME, type ModelCase, type ModelLab, type ModelPod, type TruthTable } from './helpers/netpol.ts';
 
-const TODO_IPBLOCK = 'issue 19 part 3: ipBlock does not match pod IPs yet';
 const SKIP_SCTP = 'no SCTP on this test bed: the kernel has none (EPROTONOSUPPORT) and Node.js has no SCTP sockets';
 
 const NAMESPACES = ['x', 'y', 'z'];
@@ -349,7 +343,6 @@ const CASES: ModelCase[] = [
   },
   {
     name: 'should allow egress access to server in CIDR block',
-    todo: TODO_IPBLOCK,
     run: async (m, T) => {
       await m.applyPolicies('cluster1', networkPolicy('x', 'allow-client-a-via-cidr-egress-rule', { ...podA, egress: [{ to: [{ ipBlock: { cidr: `${m.pod('y/b').ip}/32` } }] }] }));
       await m.validate(T().egress('x/a', false).expect('x/a', 'y/b', true), { port: 80 });
@@ -357,7 +350,6 @@ const CASES: ModelCase[] = [
   },
   {
     name: 'should enforce except clause while egress access to server in CIDR block',
-    todo: TODO_IPBLOCK,
     run: async (m, T) => {
       const b = m.pod('x/b').ip;
       await m.applyPolicies('cluster1', networkPolicy('x', 'allow-client-a-via-cidr-egress-rule', { ...podA, egress: [{ to: [{ ipBlock: { cidr: slash4(b), except: [`${b}/32`] } }] }] }));
@@ -366,7 +358,6 @@ const CASES: ModelCase[] = [
   },
   {
     name: 'should ensure an IP overlapping both IPBlock.CIDR and IPBlock.Except is allowed',
-    todo: TODO_IPBLOCK,
     run: async (m, T) => {
       const b = m.pod('x/b').ip;
       await m.applyPolicies('cluster1', networkPolicy('x', 'allow-client-a-via-cidr-egress-rule', { ...podA, egress: [{ to: [{ ipBlock: { cidr: slash4(b), except: [`${b}/32`] } }] }] }));
