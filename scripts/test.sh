@@ -10,9 +10,6 @@ echo "test: type-checking"
 npx tsc --noEmit -p .
 mapfile -t files < <(find src test -name '*.test.ts' | sort)
 echo "test: ${#files[@]} test files"
-# test/lab-up-repeat.test.ts: two rounds of a 4 x 2 `lab up` by default; the
-# slow tier of ten in a row is LAB_UP_REPEAT=10 ./scripts/test.sh (README).
-export LAB_UP_REPEAT=${LAB_UP_REPEAT:-2}
 # Integration tests build namespaces and start etcd; one file at a time keeps
 # a 2-core machine from timing them out.
 exec node --import tsx --test --test-concurrency=1 --test-reporter=spec "${files[@]}"

@@ -6,8 +6,9 @@
 //
 // Cost, measured on the 2-core machine: a round (up + down) took 2.1 min at load
 // ~8 (up 103 s, down 22 s) and 4.1-6.8 min at load ~40 (ten rounds: 55 min), so
-// about 20 min for the ten on a quiet machine. LAB_UP_REPEAT=N runs N rounds (0 skips);
-// scripts/test.sh runs two unless told otherwise (README: the slow tier).
+// about 20 min for the ten on a quiet machine. LAB_UP_REPEAT=N runs N rounds (0 skips).
+// Since the compiled entry points (issue 20 part 1) a round takes about 35 s on a
+// quiet machine (up 31-32 s, down 2.4 s), so the ten stay in the default run.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
