@@ -13,16 +13,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BpfMap } from '../src/datapath/libbpf/index.ts';
 import * as endpointsMap from '../src/datapath/maps/endpoints.ts';
-import * as policyMap from '../src/datapath/maps/policy.ts';
 import type { EndpointInfo } from '../src/agent/types.ts';
-import { runIn } from '../src/lab/exec.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
 import { createTopology, destroyTopology, type PodInfo, type Topology } from '../src/lab/topology.ts';
 import { StoreWriter } from '../src/sources/index.ts';
+import { enforceFlags, pings, policyDrops, waitFor } from './helpers/policy.ts';
 
 const TARGETS = 12;
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 function pinnedEndpoints(pinDir: string): Map<string, endpointsMap.Value> {
   const map = BpfMap.openPinned(join(pinDir, endpointsMap.MAP_NAME));
@@ -30,34 +28,6 @@ function pinnedEndpoints(pinDir: string): Map<string, endpointsMap.Value> {
     return new Map([...endpointsMap.entries(map)].map(([k, v]) => [k.ip, v]));
   } finally {
     map.close();
-  }
-}
-
-function enforceFlags(pinDir: string, endpointId: number): policyMap.EnforceValue {
-  const map = BpfMap.openPinned(join(pinDir, policyMap.ENFORCE_MAP_NAME));
-  try {
-    return policyMap.enforce.lookup(map, { endpointId }) ?? { active: false, ingress: false, egress: false };
-  } finally {
-    map.close();
-  }
-}
-
-const policyDrops = (drops: Map<string, number>): number => (drops.get('DROP_POLICY') ?? 0) + (drops.get('DROP_POLICY_DENY') ?? 0);
-
-async function pings(from: PodInfo, to: PodInfo): Promise<boolean> {
-  try {
-    await runIn(from.netns, ['ping', '-c', '1', '-W', '1', '-q', to.ip], { timeoutMs: 5000 });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-async function waitFor(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 20_000, detail?: () => unknown): Promise<void> {
-  const t0 = Date.now();
-  while (!(await cond())) {
-    if (Date.now() - t0 > timeoutMs) assert.fail(`timed out after ${timeoutMs} ms waiting for ${what}${detail ? `\n${JSON.stringify(await detail(), null, 1).slice(0, 4000)}` : ''}`);
-    await sleep(25);
   }
 }
 

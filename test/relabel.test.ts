@@ -17,25 +17,10 @@ import { identityKey, identityRefsOfIdPrefix } from '../src/identity/keys.ts';
 import { BpfMap } from '../src/datapath/libbpf/index.ts';
 import * as endpointsMap from '../src/datapath/maps/endpoints.ts';
 import * as policyMap from '../src/datapath/maps/policy.ts';
-import { runIn } from '../src/lab/exec.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
 import { createTopology, destroyTopology, type NodeInfo, type PodInfo, type Topology } from '../src/lab/topology.ts';
 import { StoreWriter } from '../src/sources/index.ts';
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** Polls cond every 10 ms; the time it took (ms). */
-async function waitFor(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 30_000, detail?: () => unknown): Promise<number> {
-  const t0 = Date.now();
-  for (;;) {
-    if (await cond()) return Date.now() - t0;
-    if (Date.now() - t0 > timeoutMs) {
-      const d = detail ? await Promise.resolve(detail()).catch((e: unknown) => String(e)) : undefined;
-      assert.fail(`timed out after ${timeoutMs} ms waiting for ${what}${d !== undefined ? `\n${JSON.stringify(d, null, 1).slice(0, 4000)}` : ''}`);
-    }
-    await sleep(10);
-  }
-}
+import { enforceFlags, pings, policyDrops, sleep, waitFor } from './helpers/policy.ts';
 
 function withPin<T>(pinDir: string, name: string, fn: (m: BpfMap) => T): T {
   const map = BpfMap.openPinned(join(pinDir, name));
@@ -43,17 +28,6 @@ function withPin<T>(pinDir: string, name: string, fn: (m: BpfMap) => T): T {
     return fn(map);
   } finally {
     map.close();
-  }
-}
-
-const policyDrops = (drops: Map<string, number>): number => (drops.get('DROP_POLICY') ?? 0) + (drops.get('DROP_POLICY_DENY') ?? 0);
-
-async function pings(from: PodInfo, to: PodInfo): Promise<boolean> {
-  try {
-    await runIn(from.netns, ['ping', '-c', '1', '-W', '1', '-q', to.ip], { timeoutMs: 5000 });
-    return true;
-  } catch {
-    return false;
   }
 }
 
@@ -77,8 +51,7 @@ describe('a running pod relabelled: identity, policy and export follow (2 cluste
   /** The identity a pod's packets carry: its entry in its own node's cm_endpoints. */
   const carried = (p: PodInfo): number | undefined => withPin(m().agent(p.node).pinDir, endpointsMap.MAP_NAME, (mp) => endpointsMap.lookup(mp, { ip: p.ip })?.identity);
   const ipcacheIdentity = (n: NodeInfo, p: PodInfo): number | undefined => m().readIpcache(n).get(`${p.ip}/32`)?.identity;
-  const enforced = (): policyMap.EnforceValue =>
-    withPin(m().agent(server().node).pinDir, policyMap.ENFORCE_MAP_NAME, (mp) => policyMap.enforce.lookup(mp, { endpointId: serverEndpointID() }) ?? { active: false, ingress: false, egress: false });
+  const enforced = (): policyMap.EnforceValue => enforceFlags(m().agent(server().node).pinDir, serverEndpointID());
   /** The server's node admits `identity` on ingress (an allow entry in cm_policy). */
   const admits = (identity: number): boolean =>
     withPin(m().agent(server().node).pinDir, policyMap.MAP_NAME, (mp) => {

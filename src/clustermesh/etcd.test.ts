@@ -3,31 +3,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { KvClient } from '../kvstore/client.ts';
-import type { EtcdServer } from '../kvstore/etcd-process.ts';
-import { KvError, type KvErrorKind } from '../kvstore/types.ts';
+import { rejectsKind, withClients } from '../kvstore/testing.ts';
+import type { KvError } from '../kvstore/types.ts';
 import { withMeshEtcd as withEtcd } from './etcd.ts';
 import { clusterConfigKey, heartbeatKey, identitiesPrefix, identityKey, ipKey, nodeKey, nodesPrefix, nodesClusterPrefix, servicesClusterPrefix, storePrefix, syncedKey, syncedPrefix } from './keys.ts';
-
-async function rejectsKind(p: Promise<unknown>, kind: KvErrorKind): Promise<KvError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof KvError, `expected KvError, got ${String(err)}`);
-    assert.equal(err.kind, kind, `expected kind ${kind}: ${err.message}`);
-    return err;
-  }
-  assert.fail(`expected a KvError of kind ${kind}, but it resolved`);
-}
-
-async function withClients<T>(server: EtcdServer, users: string[], fn: (...clients: KvClient[]) => Promise<T>): Promise<T> {
-  const clients = users.map((u) => new KvClient(server.connection(u, { timeoutMs: 3000 })));
-  try {
-    return await fn(...clients);
-  } finally {
-    await Promise.all(clients.map((c) => c.close()));
-  }
-}
 
 test('mesh roles: apiserver, agent and remote', async () => {
   await withEtcd({ name: 'acl' }, async (server) => {

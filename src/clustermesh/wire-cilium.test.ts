@@ -23,6 +23,7 @@ import {
   encodeNode,
   encodeService,
   type Decoded,
+  type IpEntryValue,
   type WireSource,
 } from './wire.ts';
 import { rfc3339 } from '../kvstore/sync-store.ts';
@@ -163,6 +164,18 @@ describe('Cilium format: nodes', () => {
   });
 });
 
+/** The pod fields of the IP_POD fixture, as we decode and encode them. */
+const POD_FIELDS: Pick<IpEntryValue, 'K8sNamespace' | 'K8sPodName' | 'K8sPodUID' | 'K8sServiceAccount' | 'NamedPorts'> = {
+  K8sNamespace: 'shop',
+  K8sPodName: 'cart-5d9f',
+  K8sPodUID: '7f0c2b9e-1111-4a2b-8c3d-0e9f8a7b6c5d',
+  K8sServiceAccount: 'cart',
+  NamedPorts: [
+    { Name: 'http', Port: 8080, Protocol: 'TCP' },
+    { Name: 'dns', Port: 53, Protocol: 'UDP' },
+  ],
+};
+
 describe('Cilium format: ip entries', () => {
   it('Cilium → us: optional fields, named ports, service account, reserved IDs, prefixes keyed ip/len', () => {
     const e = ok(decodeIpEntry(src, ipKey('10.207.1.15'), IP_POD));
@@ -173,14 +186,7 @@ describe('Cilium format: ip entries', () => {
       ID,
       Key: 0,
       Metadata: '',
-      K8sNamespace: 'shop',
-      K8sPodName: 'cart-5d9f',
-      K8sPodUID: '7f0c2b9e-1111-4a2b-8c3d-0e9f8a7b6c5d',
-      K8sServiceAccount: 'cart',
-      NamedPorts: [
-        { Name: 'http', Port: 8080, Protocol: 'TCP' },
-        { Name: 'dns', Port: 53, Protocol: 'UDP' },
-      ],
+      ...POD_FIELDS,
     });
     const host = ok(decodeIpEntry(src, ipKey('192.168.7.2'), IP_HOST_RESERVED));
     assert.deepEqual([host.ID, host.K8sNamespace, host.K8sPodName, host.NamedPorts], [6, '', '', []]);
@@ -198,14 +204,7 @@ describe('Cilium format: ip entries', () => {
       IP: '10.207.1.15',
       HostIP: '192.168.7.2',
       ID,
-      K8sNamespace: 'shop',
-      K8sPodName: 'cart-5d9f',
-      K8sPodUID: '7f0c2b9e-1111-4a2b-8c3d-0e9f8a7b6c5d',
-      K8sServiceAccount: 'cart',
-      NamedPorts: [
-        { Name: 'http', Port: 8080, Protocol: 'TCP' },
-        { Name: 'dns', Port: 53, Protocol: 'UDP' },
-      ],
+      ...POD_FIELDS,
     });
     assert.equal(raw, IP_POD);
     fitsCilium('ipEntry', raw);

@@ -34,18 +34,7 @@ import { toPolicyMaps, type EnforcementState } from './maps/policy-entries.ts';
 import type { Direction, PolicyMapEntry, ProtocolNumber } from '../policy/types.ts';
 import { ETH_P_IP, ethernet, ipv4, tcp } from './test-packets.ts';
 import { datapathSkipReason, loadDatapathObject, tempPinDir } from './testing.ts';
-
-/** mulberry32: a small seeded PRNG whose low bits are not periodic (an LCG's are). */
-function prng(seed: number): (n: number) => number {
-  let a = seed >>> 0;
-  return (n) => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) % n);
-  };
-}
+import { prng } from '../util/prng.ts';
 
 const CFG: config.DatapathConfig = { vxlanIfindex: 42, nodeIp: '10.1.0.1', clusterId: 1, redirectPeer: false, tunnelMtu: 1450 };
 const MAC = { pod: '0a:00:00:00:00:0a', node: '0e:00:00:00:00:0a' };

@@ -3,31 +3,10 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test } from 'node:test';
 
-import { heartbeatKey, identityKey, nodeKey, storePrefix, withTestEtcd as withEtcd } from './testing.ts';
+import { heartbeatKey, identityKey, nodeKey, rejectsKind, storePrefix, withClients, withTestEtcd as withEtcd } from './testing.ts';
 import { KvClient } from './client.ts';
-import type { EtcdServer } from './etcd-process.ts';
 import { createCA, issueCert } from './pki.ts';
-import { KvError, type KvErrorKind, type WatchEvent } from './types.ts';
-
-async function rejectsKind(p: Promise<unknown>, kind: KvErrorKind): Promise<KvError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof KvError, `expected KvError, got ${String(err)}`);
-    assert.equal(err.kind, kind, `expected kind ${kind}: ${err.message}`);
-    return err;
-  }
-  assert.fail(`expected a KvError of kind ${kind}, but it resolved`);
-}
-
-async function withClients<T>(server: EtcdServer, users: string[], fn: (...clients: KvClient[]) => Promise<T>): Promise<T> {
-  const clients = users.map((u) => new KvClient(server.connection(u, { timeoutMs: 3000 })));
-  try {
-    return await fn(...clients);
-  } finally {
-    await Promise.all(clients.map((c) => c.close()));
-  }
-}
+import { KvError, type WatchEvent } from './types.ts';
 
 const waitFor = async (cond: () => boolean | Promise<boolean>, ms = 5000, what = 'condition'): Promise<void> => {
   const end = Date.now() + ms;

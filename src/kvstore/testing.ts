@@ -1,7 +1,10 @@
 // Test fixtures of the kvstore layer: roles and key names of its own, so that
 // its tests need nothing from the layers above (the mesh's real roles and keys
 // live in src/clustermesh/).
+import assert from 'node:assert/strict';
+import { KvClient } from './client.ts';
 import { withEtcd, type EtcdOptions, type EtcdRoles, type EtcdServer } from './etcd-process.ts';
+import { KvError, type KvErrorKind } from './types.ts';
 
 export const storePrefix = 'clustermesh/store/v1/';
 export const nodesPrefix = 'cilium/state/nodes/v1/';
@@ -27,4 +30,26 @@ export const TEST_ROLES: EtcdRoles = {
 
 export function withTestEtcd<T>(opts: Omit<EtcdOptions, 'dir'> & { dir?: string }, fn: (server: EtcdServer) => Promise<T>): Promise<T> {
   return withEtcd({ roles: TEST_ROLES, ...opts }, fn);
+}
+
+/** Awaits `p` and asserts it rejects with a KvError of `kind`; returns that error. */
+export async function rejectsKind(p: Promise<unknown>, kind: KvErrorKind): Promise<KvError> {
+  try {
+    await p;
+  } catch (err) {
+    assert.ok(err instanceof KvError, `expected KvError, got ${String(err)}`);
+    assert.equal(err.kind, kind, `expected kind ${kind}: ${err.message}`);
+    return err;
+  }
+  assert.fail(`expected a KvError of kind ${kind}, but it resolved`);
+}
+
+/** One KvClient per user name, closed after `fn`. */
+export async function withClients<T>(server: EtcdServer, users: string[], fn: (...clients: KvClient[]) => Promise<T>): Promise<T> {
+  const clients = users.map((u) => new KvClient(server.connection(u, { timeoutMs: 3000 })));
+  try {
+    return await fn(...clients);
+  } finally {
+    await Promise.all(clients.map((c) => c.close()));
+  }
 }

@@ -33,6 +33,16 @@ export async function reaches(src: PodInfo, dst: PodInfo, port: number, timeoutS
   }
 }
 
+/** One ICMP echo from a pod to `to`; true when answered within a second. */
+export async function pings(from: PodInfo, to: PodInfo): Promise<boolean> {
+  try {
+    await runIn(from.netns, ['ping', '-c', '1', '-W', '1', '-q', to.ip], { timeoutMs: 5000 });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** DROP_POLICY + DROP_POLICY_DENY of a node's drop counters (Mesh.readDrops). */
 export function policyDrops(drops: Map<string, number>): number {
   return (drops.get('DROP_POLICY') ?? 0) + (drops.get('DROP_POLICY_DENY') ?? 0);

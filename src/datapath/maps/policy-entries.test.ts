@@ -3,18 +3,7 @@ import assert from 'node:assert/strict';
 import { decide, type PacketQuery } from '../../policy/decide.ts';
 import type { PolicyMapEntry, ProtocolNumber } from '../../policy/types.ts';
 import { PolicyMapOverflowError, lookupPolicyMaps, portRangePrefixes, toPolicyMaps } from './policy-entries.ts';
-
-/** mulberry32: a small seeded PRNG whose low bits are not periodic (an LCG's are). */
-function prng(seed: number): (n: number) => number {
-  let a = seed >>> 0;
-  return (n) => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) % n);
-  };
-}
+import { prng } from '../../util/prng.ts';
 
 function covered(prefixes: { port: number; prefixLen: number }[]): number[] {
   const ports: number[] = [];
