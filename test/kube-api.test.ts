@@ -13,7 +13,7 @@ import { KvClient, startEtcd, type EtcdServer } from '../src/kvstore/index.ts';
 import { startKubeApi, KUBE_PREFIX, type KubeApiPki, type KubeApiServer } from '../src/lab/kube-api/index.ts';
 
 const ROOT = new URL('..', import.meta.url).pathname;
-const CILIUM_CRDS = join(ROOT, 'src/lab/kube-api/crds/cilium-policies.yaml');
+const CILIUM_CRDS = join(ROOT, 'deploy/crds/cilium-policies.yaml');
 const REBEL_BASE = join(ROOT, 'examples/rebel-base');
 
 interface Run {

@@ -3,6 +3,27 @@ import { Command } from 'commander';
 import { startApiserver } from './apiserver.ts';
 import { APISERVER_DEFAULTS, compileApiserverOptions, loadEtcdConfig, OptionError, type ApiserverRawOptions } from './options.ts';
 import { untilSignal } from '../cli/signals.ts';
+import { MESH_ROLES } from '../clustermesh/etcd.ts';
+import { configureEtcdAuth } from '../kvstore/etcd-process.ts';
+import type { KvConnectionConfig } from '../kvstore/types.ts';
+
+/**
+ * Sets up the etcd next to this apiserver (its roles and users, then
+ * authentication) as root, idempotently, retrying while that etcd is still
+ * starting (a sidecar in the same pod starts at the same time).
+ */
+async function bootstrapEtcd(conn: KvConnectionConfig, deadlineMs = 120_000): Promise<void> {
+  const t0 = Date.now();
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await configureEtcdAuth({ ...conn, timeoutMs: 5000 }, MESH_ROLES);
+      return;
+    } catch (err) {
+      if (Date.now() - t0 > deadlineMs) throw new Error(`--etcd-bootstrap-config: could not set up etcd's roles at ${conn.endpoints.join(', ')} in ${Math.round(deadlineMs / 1000)} s (${attempt} attempts): ${(err as Error).message}`);
+      await new Promise((r) => setTimeout(r, Math.min(5000, 250 * attempt)));
+    }
+  }
+}
 
 export function apiserverCommand(): Command {
   return new Command('apiserver')
@@ -10,6 +31,7 @@ export function apiserverCommand(): Command {
     .requiredOption('--cluster-name <name>', 'name of this cluster (at most 32 lowercase alphanumerics and "-")')
     .requiredOption('--cluster-id <id>', 'ID of this cluster in the mesh (1..max-connected-clusters)')
     .requiredOption('--etcd-config <file>', "YAML client config of the cluster's etcd (endpoints, trusted-ca-file, cert-file, key-file)")
+    .option('--etcd-bootstrap-config <file>', "the same, for etcd's root user: create the mesh's etcd roles and users and turn authentication on first (idempotent; for an etcd set up with the apiserver, as `clustermesh install` does)")
     .option('--max-connected-clusters <n>', '255 or 511', String(APISERVER_DEFAULTS.maxConnectedClusters))
     .option('--heartbeat-interval <duration>', 'how often cilium/.heartbeat is rewritten', '15s')
     .option('--session-ttl <seconds>', 'TTL of the lease exported keys live on', String(APISERVER_DEFAULTS.sessionTtlSeconds))
@@ -17,10 +39,11 @@ export function apiserverCommand(): Command {
     .option('--identity-gc-grace <duration>', 'how long an identity must be unused before it is deleted', '5m')
     .option('--log-level <level>', 'trace, debug, info, warn, error, fatal or silent', APISERVER_DEFAULTS.logLevel)
     .addHelpText('after', '\nExample (one per cluster, next to its etcd):\n  clustermesh apiserver --cluster-name cluster1 --cluster-id 1 --etcd-config /etc/clustermesh/etcd-apiserver.yaml\n')
-    .action(async (raw: ApiserverRawOptions, cmd: Command) => {
+    .action(async (raw: ApiserverRawOptions & { etcdBootstrapConfig?: string }, cmd: Command) => {
       let server;
       try {
         const cfg = compileApiserverOptions(raw);
+        if (raw.etcdBootstrapConfig !== undefined) await bootstrapEtcd(await loadEtcdConfig(raw.etcdBootstrapConfig, { flag: '--etcd-bootstrap-config' }));
         server = await startApiserver(cfg, { connection: await loadEtcdConfig(cfg.etcdConfigFile) });
       } catch (err) {
         if (err instanceof OptionError) cmd.error(`error: ${err.message}`, { exitCode: 2 });

@@ -147,8 +147,8 @@ const etcdConfigSchema = (allowUnixSocket: boolean) => z.strictObject({
  * exist. `allowUnixSocket`: an endpoint may also be etcd's TLS unix socket
  * (unix:///path), which the lab's pods use to reach their cluster's etcd.
  */
-export async function loadEtcdConfig(file: string, opts: { allowUnixSocket?: boolean } = {}): Promise<KvConnectionConfig> {
-  const option = `--etcd-config ${file}`;
+export async function loadEtcdConfig(file: string, opts: { allowUnixSocket?: boolean; flag?: string } = {}): Promise<KvConnectionConfig> {
+  const option = `${opts.flag ?? '--etcd-config'} ${file}`;
   let text: string;
   try {
     text = await readFile(file, 'utf8');

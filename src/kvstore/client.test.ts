@@ -3,8 +3,9 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test } from 'node:test';
 
-import { heartbeatKey, identityKey, nodeKey, rejectsKind, storePrefix, withClients, withTestEtcd as withEtcd } from './testing.ts';
+import { heartbeatKey, identityKey, nodeKey, rejectsKind, storePrefix, TEST_ROLES, withClients, withTestEtcd as withEtcd } from './testing.ts';
 import { KvClient } from './client.ts';
+import { configureEtcdAuth } from './etcd-process.ts';
 import { createCA, issueCert } from './pki.ts';
 import { KvError, type WatchEvent } from './types.ts';
 
@@ -265,5 +266,22 @@ test('error kinds: unavailable (etcd killed), compacted, closed', async () => {
     // closed
     await rejectsKind(c.get('x'), 'closed');
     assert.throws(() => c.watch('cilium/', '1', () => undefined, () => undefined), (e: unknown) => e instanceof KvError && e.kind === 'closed');
+  });
+});
+
+test('configureEtcdAuth: roles, users and auth set up on an etcd that had none, and a second run changes nothing', async () => {
+  await withEtcd({ name: 'authcfg', auth: false }, async (server) => {
+    await server.clientCert('root');
+    await server.clientCert('remote');
+    await withClients(server, ['remote'], async (remote) => {
+      await remote.put(heartbeatKey, 'before'); // no auth yet: anyone may write
+    });
+    await configureEtcdAuth(server.connection('root'), TEST_ROLES);
+    await configureEtcdAuth(server.connection('root'), TEST_ROLES); // roles and users exist: kept, no error
+    await withClients(server, ['remote', 'apiserver'], async (remote, api) => {
+      await rejectsKind(remote.put(heartbeatKey, 'x'), 'permission');
+      await api.put(nodeKey('c1', 'n1'), 'v');
+      assert.equal((await remote.get(nodeKey('c1', 'n1')))?.value, 'v');
+    });
   });
 });

@@ -19,7 +19,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os';
 import { createServer, isIP } from 'node:net';
 import { join, resolve } from 'node:path';
-import { Etcd3, Range } from 'etcd3';
+import { Etcd3, EtcdRoleExistsError, EtcdUserExistsError, Range } from 'etcd3';
 
 import { createCA, issueCert, type CertFiles, type CertificateAuthority } from './pki.ts';
 import type { KvConnectionConfig } from './types.ts';
@@ -373,37 +373,8 @@ class EtcdProcess implements EtcdServer {
   }
 
   private async setupAuth(): Promise<void> {
-    const root = await this.clientCert('root');
-    const conn = this.connection('root');
-    const client = new Etcd3({
-      hosts: conn.endpoints,
-      credentials: {
-        rootCertificate: await readFile(this.ca.certFile),
-        certChain: await readFile(root.certFile),
-        privateKey: await readFile(root.keyFile),
-      },
-      ...(conn.serverName !== undefined ? { grpcOptions: { 'grpc.ssl_target_name_override': conn.serverName } } : {}),
-      defaultCallOptions: () => ({ deadline: Date.now() + 10_000 }),
-    });
-    try {
-      const auth = client.auth;
-      await Promise.all(
-        etcdUsers(this.opts.roles).map(async (user) => {
-          await auth.roleAdd({ name: user });
-          await auth.userAdd({ name: user, options: { no_password: true } });
-          await auth.userGrantRole({ user, role: user });
-        }),
-      );
-      for (const [role, perms] of Object.entries(this.opts.roles ?? {})) {
-        for (const p of perms) {
-          const range = p.exact ? { start: Buffer.from(p.key), end: Buffer.alloc(0) } : Range.prefix(p.key);
-          await auth.roleGrantPermission({ name: role, perm: { permType: p.permission, key: range.start, range_end: range.end } });
-        }
-      }
-      await auth.authEnable();
-    } finally {
-      client.close();
-    }
+    await this.clientCert('root');
+    await configureEtcdAuth(this.connection('root'), this.opts.roles);
   }
 
   async stop(graceMs = 5000): Promise<void> {
@@ -491,5 +462,47 @@ export async function withEtcd<T>(opts: Omit<EtcdOptions, 'dir'> & { dir?: strin
   } finally {
     await server?.stop();
     if (opts.dir === undefined && (ok || process.env.KEEP_ETCD_DIR === undefined)) await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Creates `roles` (and a user of the same name for each, plus root) and turns
+ * authentication on, through `conn` (root's client certificate). Idempotent:
+ * roles and users that exist are kept and granted again, so it also runs
+ * against an etcd set up before (the installed apiserver calls it at every
+ * start with --etcd-bootstrap-config).
+ */
+export async function configureEtcdAuth(conn: KvConnectionConfig, roles: EtcdRoles | undefined): Promise<void> {
+  const client = new Etcd3({
+    hosts: conn.endpoints,
+    credentials: {
+      rootCertificate: await readFile(conn.caFile),
+      certChain: await readFile(conn.certFile),
+      privateKey: await readFile(conn.keyFile),
+    },
+    ...(conn.serverName !== undefined ? { grpcOptions: { 'grpc.ssl_target_name_override': conn.serverName } } : {}),
+    defaultCallOptions: () => ({ deadline: Date.now() + (conn.timeoutMs ?? 10_000) }),
+  });
+  const exists = (err: unknown): void => {
+    if (!(err instanceof EtcdRoleExistsError || err instanceof EtcdUserExistsError)) throw err;
+  };
+  try {
+    const auth = client.auth;
+    await Promise.all(
+      etcdUsers(roles).map(async (user) => {
+        await auth.roleAdd({ name: user }).catch(exists);
+        await auth.userAdd({ name: user, options: { no_password: true } }).catch(exists);
+        await auth.userGrantRole({ user, role: user });
+      }),
+    );
+    for (const [role, perms] of Object.entries(roles ?? {})) {
+      for (const p of perms) {
+        const range = p.exact ? { start: Buffer.from(p.key), end: Buffer.alloc(0) } : Range.prefix(p.key);
+        await auth.roleGrantPermission({ name: role, perm: { permType: p.permission, key: range.start, range_end: range.end } });
+      }
+    }
+    await auth.authEnable();
+  } finally {
+    client.close();
   }
 }

@@ -58,7 +58,7 @@ function builtin(
   };
 }
 
-/** Built-in kinds: what the mesh reads, and what the lab runs. */
+/** Built-in kinds: what the mesh reads, what the lab runs, and what `clustermesh install` creates (RBAC: stored, not enforced). */
 export const BUILTIN_RESOURCES: readonly ResourceType[] = [
   builtin('', 'v1', 'Namespace', 'namespaces', false, { shortNames: ['ns'], status: true }),
   builtin('', 'v1', 'Pod', 'pods', true, { shortNames: ['po'], categories: ['all'], status: true }),
@@ -72,6 +72,10 @@ export const BUILTIN_RESOURCES: readonly ResourceType[] = [
   builtin('apps', 'v1', 'DaemonSet', 'daemonsets', true, { shortNames: ['ds'], categories: ['all'], status: true }),
   builtin('discovery.k8s.io', 'v1', 'EndpointSlice', 'endpointslices', true),
   builtin('networking.k8s.io', 'v1', 'NetworkPolicy', 'networkpolicies', true, { shortNames: ['netpol'] }),
+  builtin('rbac.authorization.k8s.io', 'v1', 'ClusterRole', 'clusterroles', false),
+  builtin('rbac.authorization.k8s.io', 'v1', 'ClusterRoleBinding', 'clusterrolebindings', false),
+  builtin('rbac.authorization.k8s.io', 'v1', 'Role', 'roles', true),
+  builtin('rbac.authorization.k8s.io', 'v1', 'RoleBinding', 'rolebindings', true),
   builtin('apiextensions.k8s.io', 'v1', 'CustomResourceDefinition', 'customresourcedefinitions', false, { shortNames: ['crd', 'crds'], status: true }),
 ];
 

@@ -1,0 +1,107 @@
+// `clustermesh install` and `clustermesh uninstall`: put the mesh on a
+// Kubernetes cluster by kube context, or take it off again.
+import { Command, Option } from 'commander';
+import { action, CliError, collect, EXIT_ERROR, printJson } from '../cli/common.ts';
+import { applyObjects, deleteObjects, describe, loadKubeConfig, readExisting } from './apply.ts';
+import { makeInstallCerts } from './certs.ts';
+import { renderManifests, toYaml, type KubeObject } from './manifests.ts';
+import { compileInstallSettings, DEFAULT_IMAGE, DEFAULT_NAMESPACE, InstallSettingsError, NODE_PORT_BASE, type RawInstallOptions } from './settings.ts';
+
+interface InstallFlags extends RawInstallOptions {
+  context?: string;
+  kubeconfig?: string;
+  dryRun?: boolean;
+  output?: 'yaml' | 'json';
+}
+
+function settingsOrExit(raw: RawInstallOptions) {
+  try {
+    return compileInstallSettings(raw);
+  } catch (err) {
+    if (err instanceof InstallSettingsError) throw new CliError(err.message, EXIT_ERROR);
+    throw err;
+  }
+}
+
+function kubeFlags(cmd: Command): Command {
+  return cmd
+    .option('--context <name>', 'the kube context of the cluster (default: the current context)')
+    .option('--kubeconfig <file>', 'kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster)');
+}
+
+export function installCommand(): Command {
+  const cmd = new Command('install')
+    .description(
+      'Install clustermesh on a Kubernetes cluster: its namespace, the Cilium policy CRDs where absent, service accounts with read-only roles, ' +
+        "the cluster's settings, certificates (a CA per cluster, the etcd server and one client certificate per etcd user), the clustermesh " +
+        "apiserver with the cluster's etcd and the Service remote clusters reach it by, and the agent DaemonSet. The server validates every " +
+        'object before the first write; a re-install keeps the certificates and the remote clusters that connect wrote.',
+    )
+    .option('--cluster-name <name>', 'name of this cluster in the mesh (at most 32 lowercase alphanumerics and "-", not "default")')
+    .option('--cluster-id <id>', 'ID of this cluster in the mesh (1..max-connected-clusters, unique in the mesh)')
+    .option('--max-connected-clusters <n>', '255 or 511 (the same on every cluster of a mesh)', '255')
+    .option('--namespace <ns>', 'namespace of the installed objects', DEFAULT_NAMESPACE)
+    .option('--image <ref>', 'the clustermesh image (see Containerfile)', DEFAULT_IMAGE)
+    .option('--routing-mode <mode>', 'how pods of different nodes reach each other: tunnel (VXLAN)', 'tunnel')
+    .option('--tunnel-port <port>', 'VXLAN UDP port', '8472')
+    .addOption(new Option('--service-type <type>', "how remote clusters reach this cluster's etcd").choices(['NodePort', 'LoadBalancer']).default('NodePort'))
+    .option('--node-port <port>', `NodePort of that Service (default ${NODE_PORT_BASE} + cluster ID, so two clusters never share one)`)
+    .option('--apiserver-address <addr>', "an address remote clusters use for this cluster's etcd (node IP, load balancer IP or name); a SAN of its certificate (repeatable)", collect)
+    .option('--dry-run', 'print the objects instead of applying them (contacts no cluster)')
+    .addOption(new Option('-o, --output <format>', 'with --dry-run: output format').choices(['yaml', 'json']).default('yaml'))
+    .addHelpText(
+      'after',
+      '\nExamples:\n' +
+        '  clustermesh install --context kind-c1 --cluster-name c1 --cluster-id 1\n' +
+        '  clustermesh install --cluster-name c2 --cluster-id 2 --dry-run -o yaml | kubectl --context kind-c2 apply --dry-run=server -f -\n',
+    );
+  return kubeFlags(cmd).action(
+    action('install', async (_closer, flags: InstallFlags) => {
+      const s = settingsOrExit(flags);
+      if (flags.dryRun) {
+        const objects = renderManifests(s, await makeInstallCerts(s));
+        if (flags.output === 'json') printJson({ apiVersion: 'v1', kind: 'List', items: objects });
+        else process.stdout.write(toYaml(objects));
+        return;
+      }
+      const kc = loadKubeConfig(flags);
+      const existing = await readExisting(kc, s.namespace);
+      if (existing && ((existing.clusterName !== undefined && existing.clusterName !== s.clusterName) || (existing.clusterID !== undefined && existing.clusterID !== String(s.clusterID)))) {
+        throw new CliError(
+          `context ${kc.getCurrentContext()}: namespace ${s.namespace} already holds an install of cluster ${existing.clusterName ?? '?'} (ID ${existing.clusterID ?? '?'}); ` +
+            `renaming or renumbering a meshed cluster breaks its peers: run clustermesh uninstall first`,
+        );
+      }
+      const objects = renderManifests(s, await makeInstallCerts(s, existing?.ca));
+      console.log(`installing cluster ${s.clusterName} (ID ${s.clusterID}) in context ${kc.getCurrentContext()}, namespace ${s.namespace}`);
+      await applyObjects(kc, objects, (o, r) => console.log(`${describe(o)} ${r === 'kept' ? 'unchanged (kept)' : r}`));
+    }),
+  );
+}
+
+export function uninstallCommand(): Command {
+  const cmd = new Command('uninstall')
+    .description(
+      'Remove what clustermesh install put on a cluster: the agent, the apiserver and its etcd, the Service, certificates, settings, roles, ' +
+        'and the namespace and CRDs if install created them (objects it did not create stay).',
+    )
+    .option('--namespace <ns>', 'namespace of the install', DEFAULT_NAMESPACE)
+    .addHelpText('after', '\nExample:\n  clustermesh uninstall --context kind-c1\n');
+  return kubeFlags(cmd).action(
+    action('uninstall', async (_closer, flags: { namespace: string; context?: string; kubeconfig?: string }) => {
+      // The names do not depend on the settings; render with placeholders to know what to look for.
+      const s = settingsOrExit({ clusterName: 'uninstall', clusterId: '1', namespace: flags.namespace });
+      const kc = loadKubeConfig(flags);
+      const objects: KubeObject[] = renderManifests(s, PLACEHOLDER_CERTS);
+      let n = 0;
+      await deleteObjects(kc, objects, (o) => {
+        n++;
+        console.log(`${describe(o)} deleted`);
+      });
+      console.log(n === 0 ? `nothing of clustermesh found in context ${kc.getCurrentContext()}` : `removed ${n} objects from context ${kc.getCurrentContext()}`);
+    }),
+  );
+}
+
+const PEM = { cert: '', key: '' };
+const PLACEHOLDER_CERTS = { ca: PEM, server: PEM, clients: { root: PEM, apiserver: PEM, agent: PEM, remote: PEM } };

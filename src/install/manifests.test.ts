@@ -1,0 +1,143 @@
+// The install's settings and manifests: every refusal names its flag; every
+// object validates against the Kubernetes OpenAPI schemas (kubernetes-models);
+// the properties the design promises hold (least privilege, labels, distinct
+// NodePorts, what is kept across re-installs).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { parse as parseYaml } from 'yaml';
+import { CustomResourceDefinition } from 'kubernetes-models/apiextensions.k8s.io/v1';
+import { DaemonSet, Deployment } from 'kubernetes-models/apps/v1';
+import { ClusterRole, ClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1';
+import { ConfigMap, Namespace, Secret, Service, ServiceAccount } from 'kubernetes-models/v1';
+import { makeInstallCerts } from './certs.ts';
+import { COMMON_LABELS, CREATED_BY_ANNOTATION, createOnly, etcdServiceNames, renderManifests, toYaml, type InstallCerts, type KubeObject } from './manifests.ts';
+import { compileInstallSettings, InstallSettingsError, type RawInstallOptions } from './settings.ts';
+
+const PEM = { cert: 'CERT', key: 'KEY' };
+const CERTS: InstallCerts = { ca: PEM, server: PEM, clients: { root: PEM, apiserver: PEM, agent: PEM, remote: PEM } };
+const base: RawInstallOptions = { clusterName: 'c1', clusterId: '1' };
+
+const MODELS: Record<string, { new (o: never): { validate(): void } }> = {
+  'v1/Namespace': Namespace,
+  'v1/ConfigMap': ConfigMap,
+  'v1/Secret': Secret,
+  'v1/Service': Service,
+  'v1/ServiceAccount': ServiceAccount,
+  'apps/v1/Deployment': Deployment,
+  'apps/v1/DaemonSet': DaemonSet,
+  'rbac.authorization.k8s.io/v1/ClusterRole': ClusterRole,
+  'rbac.authorization.k8s.io/v1/ClusterRoleBinding': ClusterRoleBinding,
+  'apiextensions.k8s.io/v1/CustomResourceDefinition': CustomResourceDefinition,
+};
+
+test('settings: each bad flag is refused with its name and the reason', () => {
+  const cases: Array<[RawInstallOptions, string, RegExp]> = [
+    [{ clusterId: '1' }, '--cluster-name', /required/],
+    [{ ...base, clusterName: 'Cluster_1' }, '--cluster-name', /lowercase alphanumerics/],
+    [{ ...base, clusterName: 'a'.repeat(33) }, '--cluster-name', /at most 32/],
+    [{ ...base, clusterName: 'default' }, '--cluster-name', /must not be "default"/],
+    [{ clusterName: 'c1' }, '--cluster-id', /required/],
+    [{ ...base, clusterId: '0' }, '--cluster-id', /out of range 1\.\.255/],
+    [{ ...base, clusterId: '256' }, '--cluster-id', /out of range 1\.\.255/],
+    [{ ...base, clusterId: 'x' }, '--cluster-id', /not an integer/],
+    [{ ...base, maxConnectedClusters: '300' }, '--max-connected-clusters', /not one of 255, 511/],
+    [{ ...base, namespace: 'Kube_System' }, '--namespace', /not a valid namespace/],
+    [{ ...base, image: 'a b' }, '--image', /not an image reference/],
+    [{ ...base, routingMode: 'native' }, '--routing-mode', /only "tunnel"/],
+    [{ ...base, tunnelPort: '70000' }, '--tunnel-port', /out of range/],
+    [{ ...base, serviceType: 'ClusterIP' }, '--service-type', /not NodePort or LoadBalancer/],
+    [{ ...base, nodePort: '80' }, '--node-port', /out of range 30000\.\.32767/],
+    [{ ...base, serviceType: 'LoadBalancer', nodePort: '31000' }, '--node-port', /only with --service-type NodePort/],
+    [{ ...base, apiserverAddress: ['not_a_name!'] }, '--apiserver-address', /neither an IP address nor a DNS name/],
+  ];
+  for (const [raw, flag, why] of cases) {
+    assert.throws(
+      () => compileInstallSettings(raw),
+      (e: unknown) => e instanceof InstallSettingsError && e.flag === flag && why.test(e.message),
+      `${JSON.stringify(raw)} → ${flag} ${why}`,
+    );
+  }
+  const ok = compileInstallSettings({ ...base, clusterId: '300', maxConnectedClusters: '511', nodePort: '30500', apiserverAddress: ['192.0.2.10', 'mesh.example.com'] });
+  assert.deepEqual([ok.clusterID, ok.maxConnectedClusters, ok.nodePort, ok.apiserverAddresses], [300, 511, 30500, ['192.0.2.10', 'mesh.example.com']]);
+});
+
+test('manifests: every object validates against the Kubernetes schemas and carries the install labels', () => {
+  const objects = renderManifests(compileInstallSettings(base), CERTS);
+  for (const o of objects) {
+    const Model = MODELS[`${o.apiVersion}/${o.kind}`];
+    assert.ok(Model, `a schema for ${o.apiVersion} ${o.kind}`);
+    assert.doesNotThrow(() => new Model(structuredClone(o) as never).validate(), `${o.kind}/${o.metadata.name}`);
+    for (const [k, v] of Object.entries(COMMON_LABELS)) assert.equal(o.metadata.labels?.[k], v, `${o.kind}/${o.metadata.name} label ${k}`);
+    if (o.kind !== 'Namespace' && o.kind !== 'CustomResourceDefinition' && !o.kind.startsWith('ClusterRole')) assert.equal(o.metadata.namespace, 'clustermesh-system', `${o.kind}/${o.metadata.name} namespace`);
+  }
+  // A wrong type is caught by the same check (the check can fail).
+  const broken = structuredClone(objects.find((o) => o.kind === 'Service')!) as unknown as { spec: { ports: Array<{ port: unknown }> } };
+  broken.spec.ports[0]!.port = 'etcd';
+  assert.throws(() => new Service(broken as never).validate(), /port/);
+  // The YAML stream parses back to the same objects.
+  const docs = toYaml(objects).split(/^---\n/m).filter(Boolean).map((d) => parseYaml(d) as KubeObject);
+  assert.deepEqual(docs, JSON.parse(JSON.stringify(objects)));
+});
+
+test('manifests: least privilege, no wildcard; the agent is not privileged and has only the capabilities it needs', () => {
+  const objects = renderManifests(compileInstallSettings(base), CERTS);
+  for (const role of objects.filter((o) => o.kind === 'ClusterRole')) {
+    for (const rule of role.rules as Array<{ verbs: string[]; resources: string[]; apiGroups: string[] }>) {
+      assert.deepEqual(rule.verbs, ['get', 'list', 'watch'], `${role.metadata.name}: read-only`);
+      assert.ok(![...rule.resources, ...rule.apiGroups].includes('*'), `${role.metadata.name}: no wildcard`);
+      assert.ok(!rule.resources.includes('secrets'), `${role.metadata.name}: no secrets`);
+    }
+  }
+  const ds = objects.find((o) => o.kind === 'DaemonSet') as unknown as { spec: { template: { spec: { hostNetwork: boolean; containers: Array<{ securityContext: { privileged: boolean; capabilities: { add: string[] } } }>; initContainers: Array<{ name: string; securityContext?: { privileged?: boolean } }> } } } };
+  const pod = ds.spec.template.spec;
+  assert.equal(pod.hostNetwork, true);
+  assert.equal(pod.containers[0]!.securityContext.privileged, false);
+  assert.deepEqual([...pod.containers[0]!.securityContext.capabilities.add].sort(), ['BPF', 'NET_ADMIN', 'NET_RAW', 'PERFMON', 'SYS_ADMIN', 'SYS_RESOURCE']);
+  assert.deepEqual(pod.initContainers.filter((c) => c.securityContext?.privileged).map((c) => c.name), ['mount-bpf-fs'], 'only the bpffs mount is privileged');
+});
+
+test('manifests: NodePort 32000 + cluster ID by default; LoadBalancer has none; CRDs and state are create-only', () => {
+  const port = (raw: RawInstallOptions) => {
+    const svc = renderManifests(compileInstallSettings(raw), CERTS).find((o) => o.kind === 'Service') as unknown as { spec: { type: string; ports: Array<{ nodePort?: number }> } };
+    return [svc.spec.type, svc.spec.ports[0]!.nodePort];
+  };
+  assert.deepEqual(port(base), ['NodePort', 32001]);
+  assert.deepEqual(port({ ...base, clusterName: 'c2', clusterId: '2' }), ['NodePort', 32002]);
+  assert.deepEqual(port({ ...base, serviceType: 'LoadBalancer' }), ['LoadBalancer', undefined]);
+  const objects = renderManifests(compileInstallSettings(base), CERTS);
+  assert.deepEqual(objects.filter(createOnly).map((o) => o.kind).sort(), ['CustomResourceDefinition', 'CustomResourceDefinition', 'Namespace', 'Secret', 'Secret', 'Secret', 'Secret', 'Secret', 'Secret', 'Secret']);
+  for (const crd of objects.filter((o) => o.kind === 'CustomResourceDefinition')) assert.ok(crd.metadata.annotations?.[CREATED_BY_ANNOTATION]);
+  const cm = objects.find((o) => o.kind === 'ConfigMap') as unknown as { data: Record<string, string> };
+  assert.deepEqual([cm.data['cluster-name'], cm.data['cluster-id'], cm.data['max-connected-clusters']], ['c1', '1', '255']);
+  const agent = parseYaml(cm.data['agent.yaml']!) as { clusterName: string; clusterID: number; etcd: { endpoints: string[] } };
+  assert.deepEqual([agent.clusterName, agent.clusterID, agent.etcd.endpoints], ['c1', 1, ['https://clustermesh-apiserver.clustermesh-system.svc:2379']]);
+});
+
+test('certificates: one CA; the etcd server certificate names the Service and the given addresses; one client certificate per etcd user', async () => {
+  const s = compileInstallSettings({ ...base, apiserverAddress: ['192.0.2.10', 'mesh.example.com'] });
+  const certs = await makeInstallCerts(s);
+  const text = (pem: string) => execFileSync('openssl', ['x509', '-noout', '-text'], { input: pem, encoding: 'utf8' });
+  const server = text(certs.server.cert);
+  for (const name of [...etcdServiceNames(s), 'mesh.example.com']) assert.ok(server.includes(`DNS:${name}`), `SAN ${name}`);
+  assert.ok(server.includes('IP Address:192.0.2.10') && server.includes('IP Address:127.0.0.1'));
+  for (const [user, pair] of Object.entries(certs.clients)) {
+    assert.match(text(pair.cert), new RegExp(`Subject: CN ?= ?${user}\\b`));
+  }
+  // A re-install with the existing CA issues certificates that CA verifies.
+  const again = await makeInstallCerts(s, certs.ca);
+  assert.equal(again.ca.cert, certs.ca.cert);
+  const verify = (ca: string, cert: string): boolean => {
+    try {
+      execFileSync('bash', ['-c', 'openssl verify -CAfile <(printf "%s" "$CA") <(printf "%s" "$CERT")'], { env: { ...process.env, CA: ca, CERT: cert }, stdio: 'pipe' });
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  assert.ok(verify(certs.ca.cert, again.clients.agent.cert), 're-issued under the same CA');
+  assert.ok(verify(certs.ca.cert, certs.server.cert));
+  for (const pair of Object.values(certs.clients)) assert.ok(verify(certs.ca.cert, pair.cert));
+  const other = await makeInstallCerts(s);
+  assert.ok(!verify(certs.ca.cert, other.clients.agent.cert), 'a fresh CA is another CA (the check can fail)');
+});

@@ -1,0 +1,400 @@
+// What `clustermesh install` puts on a Kubernetes cluster, as plain objects in
+// the order they are applied. Pure: settings and certificates in, objects out.
+//
+// - Namespace (default clustermesh-system) holding everything namespaced.
+// - The Cilium policy CRDs (deploy/crds/), created only where absent: a
+//   cluster that runs Cilium keeps its own.
+// - ServiceAccounts and ClusterRoles with exactly the verbs the Kubernetes
+//   source uses (get, list, watch) on exactly the kinds it reads; no wildcard.
+// - ConfigMap `clustermesh-config`: the cluster's settings as plain keys (what
+//   `connect` reads to compare two clusters) and the agent's and apiserver's
+//   configuration files.
+// - Secrets: the cluster's CA, the etcd server certificate, one client
+//   certificate per etcd user (root, apiserver, agent, remote: the mesh roles
+//   of src/clustermesh/etcd.ts) and `clustermesh-remotes`, the remote-cluster
+//   files `connect` writes and the agent watches (created empty, never
+//   overwritten by a re-install).
+// - The clustermesh apiserver: a Deployment of one pod with an etcd container
+//   and the apiserver next to it, strategy Recreate. A Deployment with an
+//   emptyDir, not a StatefulSet: everything in that etcd is derived (the
+//   apiserver re-exports it from the Kubernetes API, agents re-register
+//   their identities and endpoints), so a rescheduled pod starts empty and is
+//   refilled, while a StatefulSet would bring back stale state. Recreate so
+//   two apiservers of one cluster never run at once by design.
+// - Service `clustermesh-apiserver` for the etcd: NodePort or LoadBalancer
+//   for remote clusters. The NodePort defaults to 32000 + cluster ID: two
+//   clusters never share one unless told to, which avoids Cilium's trap where
+//   an agent dialling a remote node's NodePort has the connection translated
+//   to its own cluster's apiserver (a NodePort that is also served locally).
+// - The agent DaemonSet: host network, only the capabilities it needs (see
+//   agentContainer), the bpffs, state directory, /opt/cni/bin and
+//   /etc/cni/net.d from the host, node name and IP from the downward API,
+//   readiness from the agent's /healthz.
+//
+// What the agent still lacks to run from these manifests (issues 13 and 14):
+// reading its pod CIDR and the cluster's objects from the Kubernetes API
+// (today `podCIDR` is a required setting), writing the CNI conflist only once
+// ready and removing it on shutdown, and a CNI plugin the host can execute
+// without Node.js (the image's `clustermesh-cni` launcher needs node on the
+// host).
+import { readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseAllDocuments, stringify } from 'yaml';
+import type { InstallSettings } from './settings.ts';
+
+export type KubeObject = {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string> };
+  [field: string]: unknown;
+};
+
+/** PEM text of the cluster's certificates. */
+export interface InstallCerts {
+  ca: { cert: string; key: string };
+  /** etcd server certificate (SANs: the Service's names and the apiserver addresses). */
+  server: { cert: string; key: string };
+  /** Client certificates, one per etcd user. */
+  clients: Record<EtcdUser, { cert: string; key: string }>;
+}
+
+export const ETCD_USERS = ['root', 'apiserver', 'agent', 'remote'] as const;
+export type EtcdUser = (typeof ETCD_USERS)[number];
+
+export const PART_OF = 'clustermesh';
+/** Every object install creates carries these labels; uninstall deletes by them. */
+export const COMMON_LABELS = { 'app.kubernetes.io/part-of': PART_OF, 'app.kubernetes.io/managed-by': 'clustermesh-cli' } as const;
+/** On CRDs install created (uninstall leaves CRDs it did not create). */
+export const CREATED_BY_ANNOTATION = 'clustermesh.io/created-by';
+
+export const NAMES = {
+  config: 'clustermesh-config',
+  ca: 'clustermesh-ca',
+  etcdServer: 'clustermesh-etcd-server',
+  client: (user: EtcdUser) => `clustermesh-etcd-${user}`,
+  remotes: 'clustermesh-remotes',
+  apiserver: 'clustermesh-apiserver',
+  agent: 'clustermesh-agent',
+} as const;
+
+export const ETCD_PORT = 2379;
+/** Paths inside the containers. */
+const PATHS = {
+  config: '/etc/clustermesh/config',
+  etcdClient: '/etc/clustermesh/etcd',
+  etcdServer: '/etc/clustermesh/etcd-server',
+  etcdRoot: '/etc/clustermesh/etcd-root',
+  remotes: '/etc/clustermesh/remotes',
+  state: '/var/run/clustermesh',
+  bpffs: '/run/clustermesh/bpffs',
+  etcdData: '/var/run/etcd',
+} as const;
+
+const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+export const CRDS_FILE = join(REPO_ROOT, 'deploy/crds/cilium-policies.yaml');
+
+/** The Cilium policy CRDs of deploy/crds/. */
+export function ciliumCrds(): KubeObject[] {
+  return parseAllDocuments(readFileSync(CRDS_FILE, 'utf8')).map((d) => d.toJS() as KubeObject);
+}
+
+/** The Service name remote clusters and agents use for this cluster's etcd (also a SAN of its certificate). */
+export function etcdServiceNames(s: Pick<InstallSettings, 'namespace'>): string[] {
+  const svc = NAMES.apiserver;
+  return [svc, `${svc}.${s.namespace}`, `${svc}.${s.namespace}.svc`, `${svc}.${s.namespace}.svc.cluster.local`];
+}
+
+const b64 = (s: string): string => Buffer.from(s).toString('base64');
+
+function meta(name: string, s: InstallSettings, namespaced: boolean, extra: Record<string, string> = {}): KubeObject['metadata'] {
+  return {
+    name,
+    ...(namespaced ? { namespace: s.namespace } : {}),
+    labels: { ...COMMON_LABELS, 'clustermesh.io/cluster-name': s.clusterName, ...extra },
+  };
+}
+
+function tlsSecret(name: string, s: InstallSettings, pair: { cert: string; key: string }, caCert: string): KubeObject {
+  return { apiVersion: 'v1', kind: 'Secret', metadata: meta(name, s, true), type: 'kubernetes.io/tls', data: { 'tls.crt': b64(pair.cert), 'tls.key': b64(pair.key), 'ca.crt': b64(caCert) } };
+}
+
+/** The kinds and verbs each component reads through the Kubernetes API. */
+const READ_VERBS = ['get', 'list', 'watch'];
+const AGENT_RULES = [
+  { apiGroups: [''], resources: ['namespaces', 'pods', 'services', 'nodes'], verbs: READ_VERBS },
+  { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: READ_VERBS },
+  { apiGroups: ['networking.k8s.io'], resources: ['networkpolicies'], verbs: READ_VERBS },
+  { apiGroups: ['cilium.io'], resources: ['ciliumnetworkpolicies', 'ciliumclusterwidenetworkpolicies'], verbs: READ_VERBS },
+];
+const APISERVER_RULES = [
+  { apiGroups: [''], resources: ['namespaces', 'pods', 'services', 'nodes'], verbs: READ_VERBS },
+  { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: READ_VERBS },
+];
+
+function rbac(name: string, s: InstallSettings, rules: unknown[]): KubeObject[] {
+  return [
+    { apiVersion: 'v1', kind: 'ServiceAccount', metadata: meta(name, s, true) },
+    { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRole', metadata: meta(name, s, false), rules },
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1',
+      kind: 'ClusterRoleBinding',
+      metadata: meta(name, s, false),
+      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name },
+      subjects: [{ kind: 'ServiceAccount', name, namespace: s.namespace }],
+    },
+  ];
+}
+
+/** An etcd client configuration file (Cilium's format, read by `apiserver --etcd-config`). */
+function etcdClientFile(endpoint: string, dir: string): string {
+  return stringify({ endpoints: [endpoint], 'trusted-ca-file': `${dir}/ca.crt`, 'cert-file': `${dir}/tls.crt`, 'key-file': `${dir}/tls.key` });
+}
+
+/** The agent's configuration file (src/agent/config.ts); node name and IP come from flags set from the downward API. */
+function agentConfigFile(s: InstallSettings): string {
+  return stringify({
+    clusterName: s.clusterName,
+    clusterID: s.clusterID,
+    maxConnectedClusters: s.maxConnectedClusters,
+    tunnelPort: s.tunnelPort,
+    etcd: {
+      endpoints: [`https://${etcdServiceNames(s)[2]}:${ETCD_PORT}`],
+      caFile: `${PATHS.etcdClient}/ca.crt`,
+      certFile: `${PATHS.etcdClient}/tls.crt`,
+      keyFile: `${PATHS.etcdClient}/tls.key`,
+    },
+    clustermeshConfigDir: PATHS.remotes,
+    stateDir: `${PATHS.state}/agent`,
+  });
+}
+
+function configMap(s: InstallSettings): KubeObject {
+  const local = `https://127.0.0.1:${ETCD_PORT}`;
+  return {
+    apiVersion: 'v1',
+    kind: 'ConfigMap',
+    metadata: meta(NAMES.config, s, true),
+    data: {
+      'cluster-name': s.clusterName,
+      'cluster-id': String(s.clusterID),
+      'max-connected-clusters': String(s.maxConnectedClusters),
+      'routing-mode': s.routingMode,
+      'tunnel-port': String(s.tunnelPort),
+      'agent.yaml': agentConfigFile(s),
+      'etcd-apiserver.yaml': etcdClientFile(local, PATHS.etcdClient),
+      'etcd-root.yaml': etcdClientFile(local, PATHS.etcdRoot),
+    },
+  };
+}
+
+function service(s: InstallSettings): KubeObject {
+  return {
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata: meta(NAMES.apiserver, s, true),
+    spec: {
+      type: s.serviceType,
+      selector: { 'app.kubernetes.io/name': NAMES.apiserver },
+      ports: [{ name: 'etcd', port: ETCD_PORT, targetPort: ETCD_PORT, protocol: 'TCP', ...(s.nodePort !== undefined ? { nodePort: s.nodePort } : {}) }],
+    },
+  };
+}
+
+function apiserverDeployment(s: InstallSettings): KubeObject {
+  const labels = { 'app.kubernetes.io/name': NAMES.apiserver };
+  const advertise = `https://${etcdServiceNames(s)[2]}:${ETCD_PORT}`;
+  return {
+    apiVersion: 'apps/v1',
+    kind: 'Deployment',
+    metadata: meta(NAMES.apiserver, s, true, labels),
+    spec: {
+      replicas: 1,
+      strategy: { type: 'Recreate' },
+      selector: { matchLabels: labels },
+      template: {
+        metadata: { labels: { ...COMMON_LABELS, ...labels } },
+        spec: {
+          serviceAccountName: NAMES.apiserver,
+          containers: [
+            {
+              name: 'etcd',
+              image: s.image,
+              command: [
+                'etcd',
+                '--name=clustermesh-apiserver',
+                `--data-dir=${PATHS.etcdData}`,
+                `--listen-client-urls=https://0.0.0.0:${ETCD_PORT}`,
+                `--advertise-client-urls=${advertise}`,
+                '--listen-peer-urls=http://127.0.0.1:2380',
+                '--initial-advertise-peer-urls=http://127.0.0.1:2380',
+                '--initial-cluster=clustermesh-apiserver=http://127.0.0.1:2380',
+                '--initial-cluster-state=new',
+                `--cert-file=${PATHS.etcdServer}/tls.crt`,
+                `--key-file=${PATHS.etcdServer}/tls.key`,
+                '--client-cert-auth',
+                `--trusted-ca-file=${PATHS.etcdServer}/ca.crt`,
+                '--auto-compaction-mode=revision',
+                '--auto-compaction-retention=10000',
+              ],
+              ports: [{ name: 'etcd', containerPort: ETCD_PORT, protocol: 'TCP' }],
+              readinessProbe: { tcpSocket: { port: ETCD_PORT }, periodSeconds: 5 },
+              volumeMounts: [
+                { name: 'etcd-data', mountPath: PATHS.etcdData },
+                { name: 'etcd-server', mountPath: PATHS.etcdServer, readOnly: true },
+              ],
+            },
+            {
+              name: 'apiserver',
+              image: s.image,
+              command: [
+                'clustermesh', 'apiserver',
+                '--cluster-name', s.clusterName,
+                '--cluster-id', String(s.clusterID),
+                '--max-connected-clusters', String(s.maxConnectedClusters),
+                '--etcd-config', `${PATHS.config}/etcd-apiserver.yaml`,
+                '--etcd-bootstrap-config', `${PATHS.config}/etcd-root.yaml`,
+              ],
+              volumeMounts: [
+                { name: 'config', mountPath: PATHS.config, readOnly: true },
+                { name: 'etcd-apiserver', mountPath: PATHS.etcdClient, readOnly: true },
+                { name: 'etcd-root', mountPath: PATHS.etcdRoot, readOnly: true },
+              ],
+            },
+          ],
+          volumes: [
+            { name: 'etcd-data', emptyDir: {} },
+            { name: 'etcd-server', secret: { secretName: NAMES.etcdServer } },
+            { name: 'config', configMap: { name: NAMES.config } },
+            { name: 'etcd-apiserver', secret: { secretName: NAMES.client('apiserver') } },
+            { name: 'etcd-root', secret: { secretName: NAMES.client('root') } },
+          ],
+        },
+      },
+    },
+  };
+}
+
+const hostPath = (name: string, path: string, type: string) => ({ name, hostPath: { path, type } });
+
+/**
+ * The agent's container. Capabilities: NET_ADMIN (links, routes, tc), BPF
+ * and PERFMON (maps, programs), SYS_ADMIN (setns into pod network
+ * namespaces, bpffs pins; kernels before 5.8 also need it for BPF),
+ * NET_RAW (ARP answers, raw sockets of the health checks), SYS_RESOURCE
+ * (the memlock limit older kernels charge BPF maps to). Not privileged.
+ */
+function agentContainer(s: InstallSettings): Record<string, unknown> {
+  return {
+    name: 'agent',
+    image: s.image,
+    command: ['clustermesh', 'agent', '--config', `${PATHS.config}/agent.yaml`, '--node-name', '$(NODE_NAME)', '--node-ip', '$(NODE_IP)'],
+    env: [
+      { name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } },
+      { name: 'NODE_IP', valueFrom: { fieldRef: { fieldPath: 'status.hostIP' } } },
+    ],
+    securityContext: {
+      privileged: false,
+      runAsUser: 0,
+      capabilities: { add: ['NET_ADMIN', 'BPF', 'PERFMON', 'SYS_ADMIN', 'NET_RAW', 'SYS_RESOURCE'], drop: ['ALL'] },
+    },
+    readinessProbe: {
+      exec: { command: ['curl', '-sf', '--unix-socket', `${PATHS.state}/agent/agent.sock`, 'http://agent/healthz'] },
+      periodSeconds: 5,
+      failureThreshold: 3,
+    },
+    volumeMounts: [
+      { name: 'bpffs', mountPath: PATHS.bpffs, mountPropagation: 'HostToContainer' },
+      { name: 'state', mountPath: PATHS.state },
+      { name: 'cni-conf', mountPath: '/host/etc/cni/net.d' },
+      { name: 'lib-modules', mountPath: '/lib/modules', readOnly: true },
+      { name: 'config', mountPath: PATHS.config, readOnly: true },
+      { name: 'etcd-agent', mountPath: PATHS.etcdClient, readOnly: true },
+      { name: 'remotes', mountPath: PATHS.remotes, readOnly: true },
+    ],
+  };
+}
+
+function agentDaemonSet(s: InstallSettings): KubeObject {
+  const labels = { 'app.kubernetes.io/name': NAMES.agent };
+  return {
+    apiVersion: 'apps/v1',
+    kind: 'DaemonSet',
+    metadata: meta(NAMES.agent, s, true, labels),
+    spec: {
+      selector: { matchLabels: labels },
+      updateStrategy: { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1 } },
+      template: {
+        metadata: { labels: { ...COMMON_LABELS, ...labels } },
+        spec: {
+          serviceAccountName: NAMES.agent,
+          hostNetwork: true,
+          dnsPolicy: 'ClusterFirstWithHostNet',
+          priorityClassName: 'system-node-critical',
+          tolerations: [{ operator: 'Exists' }],
+          initContainers: [
+            {
+              // The one privileged step: a bpffs the host sees (mount propagation to the host needs privileged).
+              name: 'mount-bpf-fs',
+              image: s.image,
+              command: ['sh', '-c', `mountpoint -q ${PATHS.bpffs} || mount -t bpf bpffs ${PATHS.bpffs}`],
+              securityContext: { privileged: true },
+              volumeMounts: [{ name: 'bpffs', mountPath: PATHS.bpffs, mountPropagation: 'Bidirectional' }],
+            },
+            {
+              name: 'install-cni-plugin',
+              image: s.image,
+              command: ['cp', '/usr/local/lib/clustermesh/clustermesh-cni', '/host/opt/cni/bin/clustermesh-cni'],
+              volumeMounts: [{ name: 'cni-bin', mountPath: '/host/opt/cni/bin' }],
+            },
+          ],
+          containers: [agentContainer(s)],
+          volumes: [
+            hostPath('bpffs', PATHS.bpffs, 'DirectoryOrCreate'),
+            hostPath('state', PATHS.state, 'DirectoryOrCreate'),
+            hostPath('cni-bin', '/opt/cni/bin', 'DirectoryOrCreate'),
+            hostPath('cni-conf', '/etc/cni/net.d', 'DirectoryOrCreate'),
+            hostPath('lib-modules', '/lib/modules', 'Directory'),
+            { name: 'config', configMap: { name: NAMES.config } },
+            { name: 'etcd-agent', secret: { secretName: NAMES.client('agent') } },
+            { name: 'remotes', secret: { secretName: NAMES.remotes, optional: true } },
+          ],
+        },
+      },
+    },
+  };
+}
+
+/** Every object of an install, in apply order (uninstall deletes in reverse). */
+export function renderManifests(s: InstallSettings, certs: InstallCerts): KubeObject[] {
+  const crds = ciliumCrds().map((c) => ({ ...c, metadata: { ...c.metadata, labels: { ...(c.metadata.labels ?? {}), ...COMMON_LABELS }, annotations: { ...(c.metadata.annotations ?? {}), [CREATED_BY_ANNOTATION]: 'clustermesh install' } } }));
+  return [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: meta(s.namespace, s, false) },
+    ...crds,
+    ...rbac(NAMES.agent, s, AGENT_RULES),
+    ...rbac(NAMES.apiserver, s, APISERVER_RULES),
+    configMap(s),
+    { apiVersion: 'v1', kind: 'Secret', metadata: meta(NAMES.ca, s, true), type: 'Opaque', data: { 'ca.crt': b64(certs.ca.cert), 'ca.key': b64(certs.ca.key) } },
+    tlsSecret(NAMES.etcdServer, s, certs.server, certs.ca.cert),
+    ...ETCD_USERS.map((u) => tlsSecret(NAMES.client(u), s, certs.clients[u], certs.ca.cert)),
+    { apiVersion: 'v1', kind: 'Secret', metadata: meta(NAMES.remotes, s, true), type: 'Opaque', data: {} },
+    service(s),
+    apiserverDeployment(s),
+    agentDaemonSet(s),
+  ];
+}
+
+/**
+ * Objects install creates only when absent and never changes afterwards:
+ * certificates, the remote-cluster files connect wrote, CRDs (maybe
+ * Cilium's), and the namespace (one that existed before stays unlabelled, so
+ * uninstall leaves it).
+ */
+export function createOnly(o: KubeObject): boolean {
+  return o.kind === 'CustomResourceDefinition' || o.kind === 'Secret' || o.kind === 'Namespace';
+}
+
+/** A multi-document YAML stream. */
+export function toYaml(objects: readonly KubeObject[]): string {
+  return objects.map((o) => `---\n${stringify(o)}`).join('');
+}

@@ -1,0 +1,112 @@
+// What `clustermesh install` is told about a cluster, checked once with the
+// same rules the agent and apiserver apply, so a bad value is refused before
+// anything reaches the cluster. Every error names the flag.
+import { isIP } from 'node:net';
+import { MAX_CONNECTED_CLUSTERS_VALUES, validateClusterId, validateClusterName, type MaxConnectedClusters } from '../model/index.ts';
+
+export type ServiceType = 'NodePort' | 'LoadBalancer';
+export type RoutingMode = 'tunnel';
+
+export interface InstallSettings {
+  clusterName: string;
+  clusterID: number;
+  maxConnectedClusters: MaxConnectedClusters;
+  /** Namespace of everything namespaced that install creates. */
+  namespace: string;
+  /** The image holding the CLI, the compiled BPF objects and etcd (Containerfile). */
+  image: string;
+  routingMode: RoutingMode;
+  /** VXLAN UDP port between nodes. */
+  tunnelPort: number;
+  /** How remote clusters reach this cluster's etcd. */
+  serviceType: ServiceType;
+  /** NodePort of the etcd Service (NodePort type only). */
+  nodePort: number | undefined;
+  /** Extra addresses (IPs or DNS names) remote clusters use for this cluster's etcd: SANs of its server certificate. */
+  apiserverAddresses: string[];
+}
+
+/** A flag's value is wrong; the message names the flag. */
+export class InstallSettingsError extends Error {
+  constructor(
+    readonly flag: string,
+    message: string,
+  ) {
+    super(`${flag}: ${message}`);
+    this.name = 'InstallSettingsError';
+  }
+}
+
+export const DEFAULT_NAMESPACE = 'clustermesh-system';
+export const DEFAULT_IMAGE = 'ghcr.io/clustermesh/clustermesh:0.1.0';
+/** NodePorts of the etcd Service: NODE_PORT_BASE + cluster ID, so two clusters never share one by default (see manifests.ts). */
+export const NODE_PORT_BASE = 32000;
+const NODE_PORT_RANGE = { min: 30000, max: 32767 };
+
+const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const DNS_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+
+export interface RawInstallOptions {
+  clusterName?: string | undefined;
+  clusterId?: string | undefined;
+  maxConnectedClusters?: string | undefined;
+  namespace?: string | undefined;
+  image?: string | undefined;
+  routingMode?: string | undefined;
+  tunnelPort?: string | undefined;
+  serviceType?: string | undefined;
+  nodePort?: string | undefined;
+  apiserverAddress?: string[] | undefined;
+}
+
+function integer(flag: string, v: string, min: number, max: number): number {
+  if (!/^\d+$/.test(v.trim())) throw new InstallSettingsError(flag, `"${v}" is not an integer`);
+  const n = Number(v);
+  if (n < min || n > max) throw new InstallSettingsError(flag, `${n} is out of range ${min}..${max}`);
+  return n;
+}
+
+/** Checks and defaults the install flags; throws InstallSettingsError naming the first bad flag. */
+export function compileInstallSettings(raw: RawInstallOptions): InstallSettings {
+  if (raw.clusterName === undefined) throw new InstallSettingsError('--cluster-name', 'required');
+  const nameProblem = validateClusterName(raw.clusterName);
+  if (nameProblem) throw new InstallSettingsError('--cluster-name', nameProblem);
+  if (raw.clusterName === 'default') throw new InstallSettingsError('--cluster-name', 'must not be "default" (the name of a cluster outside any mesh); give each cluster its own');
+
+  const max = raw.maxConnectedClusters === undefined ? 255 : integer('--max-connected-clusters', raw.maxConnectedClusters, 1, 1 << 16);
+  if (!(MAX_CONNECTED_CLUSTERS_VALUES as readonly number[]).includes(max)) throw new InstallSettingsError('--max-connected-clusters', `${max} is not one of ${MAX_CONNECTED_CLUSTERS_VALUES.join(', ')}`);
+  const maxConnectedClusters = max as MaxConnectedClusters;
+
+  if (raw.clusterId === undefined) throw new InstallSettingsError('--cluster-id', 'required');
+  const clusterID = integer('--cluster-id', raw.clusterId, 0, 1 << 16);
+  // validateClusterId also admits 0 (a cluster outside any mesh); an installed cluster is in one.
+  if (clusterID === 0 || validateClusterId(clusterID, maxConnectedClusters)) throw new InstallSettingsError('--cluster-id', `${clusterID} is out of range 1..${maxConnectedClusters} (--max-connected-clusters ${maxConnectedClusters})`);
+
+  const namespace = raw.namespace ?? DEFAULT_NAMESPACE;
+  if (namespace.length > 63 || !DNS1123_LABEL.test(namespace)) throw new InstallSettingsError('--namespace', `"${namespace}" is not a valid namespace name (lowercase alphanumerics and "-", at most 63)`);
+
+  const image = raw.image ?? DEFAULT_IMAGE;
+  if (image.length === 0 || /\s/.test(image)) throw new InstallSettingsError('--image', `"${image}" is not an image reference`);
+
+  const routingMode = raw.routingMode ?? 'tunnel';
+  if (routingMode !== 'tunnel') throw new InstallSettingsError('--routing-mode', `"${routingMode}" is not supported (only "tunnel" for now)`);
+
+  const tunnelPort = raw.tunnelPort === undefined ? 8472 : integer('--tunnel-port', raw.tunnelPort, 1, 65535);
+
+  const serviceType = raw.serviceType ?? 'NodePort';
+  if (serviceType !== 'NodePort' && serviceType !== 'LoadBalancer') throw new InstallSettingsError('--service-type', `"${serviceType}" is not NodePort or LoadBalancer`);
+  let nodePort: number | undefined;
+  if (serviceType === 'NodePort') {
+    // 32000 + ID stays inside the NodePort range for every ID up to 511.
+    nodePort = raw.nodePort === undefined ? NODE_PORT_BASE + clusterID : integer('--node-port', raw.nodePort, NODE_PORT_RANGE.min, NODE_PORT_RANGE.max);
+  } else if (raw.nodePort !== undefined) {
+    throw new InstallSettingsError('--node-port', 'only with --service-type NodePort');
+  }
+
+  const apiserverAddresses = raw.apiserverAddress ?? [];
+  for (const a of apiserverAddresses) {
+    if (isIP(a) === 0 && (a.length > 253 || !DNS_NAME.test(a))) throw new InstallSettingsError('--apiserver-address', `"${a}" is neither an IP address nor a DNS name`);
+  }
+
+  return { clusterName: raw.clusterName, clusterID, maxConnectedClusters, namespace, image, routingMode, tunnelPort, serviceType, nodePort, apiserverAddresses };
+}
