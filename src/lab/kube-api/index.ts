@@ -49,6 +49,7 @@ import { stringify } from 'yaml';
 
 import { createCA, issueCert, type CertFiles, type CertificateAuthority } from '../../kvstore/pki.ts';
 import type { KvClient } from '../../kvstore/index.ts';
+import { KUBE_OBJECTS_PREFIX } from '../../clustermesh/etcd.ts';
 import { KubeApiServer, type KubeApiServerOptions } from './server.ts';
 
 export { KubeApiServer, SERVER_VERSION } from './server.ts';
@@ -60,7 +61,7 @@ export { mergePatch, jsonPatch, strategicMergePatch } from './patch.ts';
 export { parseLabelSelector, labelsMatch } from './selectors.ts';
 
 /** The default etcd key prefix of the lab's Kubernetes objects. */
-export const KUBE_PREFIX = 'clustermesh/kube/';
+export const KUBE_PREFIX = KUBE_OBJECTS_PREFIX;
 
 export interface KubeApiPki {
   ca: CertificateAuthority;
