@@ -14,6 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
 import { KvClient } from '../kvstore/client.ts';
 import { KUBE_PREFIX, KubeApiServer } from './kube-api/index.ts';
+import { kubeConfigFor, startControllers } from './controllers/index.ts';
 
 const fileSchema = z.object({ certFile: z.string(), keyFile: z.string(), caFile: z.string() });
 
@@ -85,11 +86,16 @@ export async function runKubeApiServer(configFile: string): Promise<void> {
   writeFileSync(`${cfg.readyFile}.tmp`, JSON.stringify(ready) + '\n');
   renameSync(`${cfg.readyFile}.tmp`, cfg.readyFile);
   log('serving the Kubernetes API', { cluster: cfg.cluster, url: server.url });
+  // The controllers in this process (one process per cluster for both: fewer
+  // processes on a small machine, one lifetime), still as HTTPS clients of the
+  // server like any other, so they could as well run elsewhere.
+  const controllers = cfg.controllers ? await startControllers(kubeConfigFor(server.url, cfg.controllers)) : undefined;
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', resolve);
     process.once('SIGINT', resolve);
   });
   log('stopping');
+  await controllers?.stop();
   await server.stop();
   await kv.close();
   process.exit(0);

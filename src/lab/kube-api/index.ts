@@ -37,7 +37,10 @@
  * `continue` pages read the current state, not the first page's revision;
  * the `resourceVersion` of a list request is ignored (always the latest).
  *
- * Not (yet): controllers (Deployment, EndpointSlice), a kubelet, RBAC,
+ * Controllers (Deployment, EndpointSlice) are clients of this server, in
+ * src/lab/controllers; `lab up` runs both per cluster (src/lab/kube-apiserver.ts).
+ *
+ * Not (yet): a kubelet, RBAC,
  * protobuf, aggregated discovery, OpenAPI v2, field ownership (managedFields),
  * graceful pod deletion, multiple versions of one CRD with conversion.
  */
