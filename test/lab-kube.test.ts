@@ -102,7 +102,11 @@ describe('lab: a Kubernetes API per cluster, one kubeconfig, kubectl', { timeout
     const state = readState();
     const urls = state.clusters.map((c) => c.kubeApi?.url);
     assert.equal(new Set(urls).size, 2, `two servers: ${urls.join(' ')}`);
-    for (const c of state.clusters) assert.ok(c.kubeApi && sameProcessAlive(c.kubeApi), `${c.name}'s Kubernetes API server runs`);
+    for (const c of state.clusters) {
+      assert.ok(c.kubeApi && sameProcessAlive(c.kubeApi), `${c.name}'s Kubernetes API server runs`);
+      const rss = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${c.kubeApi.pid}/status`, 'utf8'))?.[1];
+      console.log(`# ${c.name}: kube-apiserver with controllers, pid ${c.kubeApi.pid}, RSS ${Math.round(Number(rss) / 1024)} MiB`);
+    }
 
     const nss = await kubectlOk('--context', 'cluster1', 'get', 'namespaces', '-o', 'jsonpath={.items[*].metadata.name}');
     for (const ns of ['default', 'kube-system']) assert.ok(nss.split(' ').includes(ns), `namespace ${ns} in ${nss}`);

@@ -181,6 +181,7 @@ Example:
   clustermesh lab up --clusters 2 --nodes 2
   clustermesh lab apply -f examples/rebel-base/rebel-base.yaml --cluster cluster1
   clustermesh lab get pods -o wide
+  export KUBECONFIG=$(clustermesh lab kubeconfig); kubectl --context cluster2 get namespaces
   clustermesh lab down`,
   );
 

@@ -126,10 +126,17 @@ interface KubeApiStart {
  */
 async function startKubeApiServers(mesh: Mesh, state: LabState, save: () => void): Promise<KubeApiStart[]> {
   const out: KubeApiStart[] = [];
-  for (const c of mesh.clusters) {
+  // openssl runs for every cluster at once; the processes start one by one, each recorded before the next.
+  const pkis = await Promise.all(
+    mesh.clusters.map(async (c) => {
+      const pki = await createKubeApiPki(join(c.dir, 'kube-api', 'pki'), { clusterName: c.name });
+      const controller = await issueCert(pki.ca, { commonName: 'system:kube-controller-manager', usage: 'client', outDir: join(c.dir, 'kube-api', 'pki'), name: 'controller-manager' });
+      return { pki, controller };
+    }),
+  );
+  for (const [i, c] of mesh.clusters.entries()) {
     const dir = join(c.dir, 'kube-api');
-    const pki = await createKubeApiPki(join(dir, 'pki'), { clusterName: c.name });
-    const controller = await issueCert(pki.ca, { commonName: 'system:kube-controller-manager', usage: 'client', outDir: join(dir, 'pki'), name: 'controller-manager' });
+    const { pki, controller } = pkis[i]!;
     const readyFile = join(dir, 'ready.json');
     rmSync(readyFile, { force: true });
     const cfg: KubeApiServerConfig = {
