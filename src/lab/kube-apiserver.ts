@@ -15,6 +15,7 @@ import { z } from 'zod';
 import { KvClient } from '../kvstore/client.ts';
 import { KUBE_PREFIX, KubeApiServer } from './kube-api/index.ts';
 import { kubeConfigFor, startControllers } from './controllers/index.ts';
+import { log } from './controllers/runtime.ts';
 
 const fileSchema = z.object({ certFile: z.string(), keyFile: z.string(), caFile: z.string() });
 
@@ -39,10 +40,6 @@ export interface KubeApiReady {
   url: string;
   pid: number;
 }
-
-const log = (msg: string, extra: Record<string, unknown> = {}): void => {
-  process.stdout.write(JSON.stringify({ time: new Date().toISOString(), msg, ...extra }) + '\n');
-};
 
 export function readKubeApiServerConfig(file: string): KubeApiServerConfig {
   let json: unknown;
