@@ -181,6 +181,7 @@ Example:
   clustermesh lab up --clusters 2 --nodes 2
   clustermesh lab apply -f examples/rebel-base/rebel-base.yaml --cluster cluster1
   clustermesh lab get pods -o wide
+  export KUBECONFIG=$(clustermesh lab kubeconfig); kubectl --context cluster2 get namespaces
   clustermesh lab down`,
   );
 
@@ -188,14 +189,14 @@ Example:
   nameOption(
     lab
       .command('up')
-      .description('build a lab: router, node namespaces, per cluster etcd (mutual TLS) and apiserver, an agent and a kubelet per node; returns when every agent is connected to every cluster')
+      .description('build a lab: router, node namespaces, per cluster etcd (mutual TLS), apiserver and a Kubernetes API server, an agent and a kubelet per node; returns when every agent is connected to every cluster')
       .option('--clusters <n>', 'number of clusters', parseSmallCount(16), 2)
       .option('--nodes <n>', 'nodes per cluster', parseSmallCount(16), 2)
       .option('--latency <delay>', 'one-way delay between clusters (netem on the router), e.g. 20ms', checked(validateLatency))
       .option('--loss <percent>', 'packet loss between clusters (netem on the router), e.g. 0.1%', checked(validateLoss))
       .option('--json', 'print the lab state as JSON at the end'),
   )
-    .addHelpText('after', '\nExample:\n  clustermesh lab up --clusters 2 --nodes 2 --latency 20ms --lab geo\n\nProcesses keep running after this command returns; remove everything with: clustermesh lab down --lab NAME')
+    .addHelpText('after', '\nExample:\n  clustermesh lab up --clusters 2 --nodes 2 --latency 20ms --lab geo\n\nProcesses keep running after this command returns; remove everything with: clustermesh lab down --lab NAME\n\nkubectl: export KUBECONFIG=$(clustermesh lab kubeconfig --lab NAME); the contexts are the cluster names.')
     .action(
       action(async (o: LabOpts & { clusters: number; nodes: number; latency?: string; loss?: string; json?: boolean }) => {
         const say = (l: string): void => void (o.json ? console.error(l) : console.log(l));
@@ -247,6 +248,19 @@ Example:
           }
         }
         console.log(rows.length > 1 ? table(rows) : 'no labs; start one with: clustermesh lab up');
+      }),
+    );
+
+  nameOption(lab.command('kubeconfig').description("print the path of the lab's kubeconfig: one context per cluster, named like the cluster"))
+    .addHelpText('after', '\nExample:\n  export KUBECONFIG=$(clustermesh lab kubeconfig)\n  kubectl --context cluster2 get pods -A')
+    .action(
+      action(async (o: LabOpts) => {
+        const state = readLabState(o.lab);
+        requireUp(state);
+        if (state.kubeconfig === undefined || !existsSync(state.kubeconfig)) {
+          throw new Error(`lab ${state.name} has no kubeconfig (it was started by an older clustermesh); recreate it: clustermesh lab down --lab ${state.name} && clustermesh lab up --lab ${state.name}`);
+        }
+        console.log(state.kubeconfig);
       }),
     );
 
@@ -426,8 +440,8 @@ Example:
   nameOption(
     lab
       .command('logs')
-      .description("print a log: a pod's container, node/NAME (agent), kubelet/NAME, apiserver or etcd")
-      .argument('<what>', 'POD | namespace/POD | node/NAME | kubelet/NAME | apiserver | etcd')
+      .description("print a log: a pod's container, node/NAME (agent), kubelet/NAME, apiserver, kube-apiserver (the Kubernetes API and the lab's controllers) or etcd")
+      .argument('<what>', 'POD | namespace/POD | node/NAME | kubelet/NAME | apiserver | kube-apiserver | etcd')
       .option('--cluster <name>', 'cluster (default: the first; for pods: where the pod is)')
       .option('-n, --namespace <ns>', 'namespace of the pod', 'default')
       .option('-c, --container <name>', 'container of the pod (default: the first)'),
@@ -444,6 +458,7 @@ Example:
           if (!n) throw new Error(`no node ${nodeRef[2]} in ${c.name}; its nodes: ${state.nodes.filter((x) => x.cluster === c.name).map((x) => x.name).join(', ')}`);
           file = nodeRef[1] === 'node' ? n.logFile : n.kubelet?.logFile;
         } else if (what === 'apiserver') file = clusterOf(state, o.cluster).apiserver.logFile;
+        else if (what === 'kube-apiserver') file = clusterOf(state, o.cluster).kubeApi?.logFile;
         else if (what === 'etcd') file = clusterOf(state, o.cluster).etcd.logFile;
         else {
           const { rec } = await findPod(state, what, o.cluster, o.namespace);
@@ -468,6 +483,14 @@ Example:
     .requiredOption('--config <file>', 'kubelet.json written by lab up')
     .action(async (o: { config: string }) => {
       await (await import('../lab/kubelet.ts')).runKubelet(o.config);
+    });
+
+  lab
+    .command('kube-apiserver', { hidden: true })
+    .description("a cluster's Kubernetes API server and the lab's controllers (started by `lab up`, one per cluster)")
+    .requiredOption('--config <file>', 'kube-apiserver.json written by lab up')
+    .action(async (o: { config: string }) => {
+      await (await import('../lab/kube-apiserver.ts')).runKubeApiServer(o.config);
     });
 
   lab

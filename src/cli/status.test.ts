@@ -122,5 +122,18 @@ test('summarize: no nodes and no remotes is ready (a cluster not meshed yet), an
   const r = summarize([probe('c1', 1, [])], NOW);
   assert.equal(r.ready, true);
   assert.deepEqual(Object.keys(r), ['ready', 'notReady', 'clusters', 'globalServices']);
-  assert.deepEqual(Object.keys(r.clusters[0]!), ['name', 'id', 'ready', 'etcd', 'apiserver', 'nodes', 'connectivity', 'remoteClusters', 'exportedServices', 'nodeDetails']);
+  assert.deepEqual(Object.keys(r.clusters[0]!), ['name', 'id', 'ready', 'etcd', 'apiserver', 'kubeApi', 'nodes', 'connectivity', 'remoteClusters', 'exportedServices', 'nodeDetails']);
+  assert.equal(r.clusters[0]!.kubeApi, null, 'no Kubernetes API known (not a lab)');
+});
+
+test("summarize: a lab cluster's Kubernetes API is shown by URL; its process gone makes the cluster not ready", () => {
+  const url = 'https://127.0.0.1:40001';
+  const up = summarize([probe('c1', 1, [], { kubeApi: { url, process: true } })], NOW);
+  assert.equal(up.ready, true);
+  assert.deepEqual(up.clusters[0]!.kubeApi, { url, process: true });
+  assert.match(formatStatus(up), /kube-api: {4}ok {2}https:\/\/127\.0\.0\.1:40001 {2}\(kubectl --context c1\)/);
+  const down = summarize([probe('c1', 1, [], { kubeApi: { url, process: false } })], NOW);
+  assert.equal(down.ready, false);
+  assert.match(down.notReady.join('\n'), /c1: Kubernetes API server not running/);
+  assert.match(formatStatus(down), /kube-api: {4}FAIL {2}https:\/\/127\.0\.0\.1:40001 {2}\(process not running\)/);
 });

@@ -45,6 +45,8 @@ export interface ClusterProbe {
   etcd: EtcdProbe | null;
   /** Lab only: the apiserver process is alive. null: not known. */
   apiserverProcess: boolean | null;
+  /** Lab only: the cluster's Kubernetes API server (its URL, its process alive). null: not a lab or none. */
+  kubeApi?: { url: string; process: boolean } | null;
   /** Names of the remote-cluster config files, null when the dir is not known. */
   configFiles: string[] | null;
   nodes: NodeProbe[];
@@ -93,6 +95,8 @@ export interface ClusterReport {
   ready: boolean;
   etcd: { reachable: boolean | null; endpoint: string | null; clusterConfigId: number | null; error: string | null };
   apiserver: { reachable: boolean | null; process: boolean | null; heartbeatAgeSeconds: number | null; error: string | null };
+  /** Lab only: the Kubernetes API server (kubectl's context of this cluster's name). */
+  kubeApi: { url: string; process: boolean } | null;
   nodes: { total: number; reachable: number; ready: number };
   /** Remote clusters each node is ready with, over the nodes (expected: remoteClusters.length). */
   connectivity: MinAvgMax & { expected: number };
@@ -157,6 +161,7 @@ export function summarize(probes: ClusterProbe[], now: Date = new Date()): Statu
       apiserverError = 'process not running';
     }
     if (apiserverReachable === false) notReady.push(`${p.name}: apiserver not healthy (${apiserverError})`);
+    if (p.kubeApi && !p.kubeApi.process) notReady.push(`${p.name}: Kubernetes API server not running (see: clustermesh lab logs kube-apiserver --cluster ${p.name})`);
 
     // nodes and remote clusters
     const remoteNames = new Set<string>(p.configFiles ?? []);
@@ -225,6 +230,7 @@ export function summarize(probes: ClusterProbe[], now: Date = new Date()): Statu
       ready: notReady.length === before,
       etcd,
       apiserver: { reachable: apiserverReachable, process: p.apiserverProcess, heartbeatAgeSeconds, error: apiserverError },
+      kubeApi: p.kubeApi ?? null,
       nodes: { total: p.nodes.length, reachable: statuses.length, ready: statuses.filter(({ s }) => s.ready).length },
       connectivity,
       remoteClusters,
@@ -299,6 +305,7 @@ export async function gatherStatus(flags: TargetFlags, closer: Closer): Promise<
         id: c?.id,
         etcd: c?.etcd ? await probeEtcd(c, closer) : null,
         apiserverProcess: c?.lab ? sameProcessAlive(c.lab.apiserver) : null,
+        kubeApi: c?.lab?.kubeApi ? { url: c.lab.kubeApi.url, process: sameProcessAlive(c.lab.kubeApi) } : null,
         configFiles,
         nodes: mine,
       };
@@ -319,6 +326,7 @@ export function formatStatus(r: StatusReport): string {
       `  etcd:        ${mark(c.etcd.reachable)}${c.etcd.endpoint ? `  ${c.etcd.endpoint}` : ''}${c.etcd.clusterConfigId !== null ? `  cluster-config id ${c.etcd.clusterConfigId}` : ''}${c.etcd.error ? `  (${c.etcd.error})` : ''}${c.etcd.reachable === null ? '  (no etcd config given)' : ''}`,
     );
     out.push(`  apiserver:   ${mark(c.apiserver.reachable)}${c.apiserver.heartbeatAgeSeconds !== null ? `  heartbeat ${c.apiserver.heartbeatAgeSeconds}s ago` : ''}${c.apiserver.error ? `  (${c.apiserver.error})` : ''}`);
+    if (c.kubeApi) out.push(`  kube-api:    ${mark(c.kubeApi.process)}  ${c.kubeApi.url}${c.kubeApi.process ? '' : '  (process not running)'}  (kubectl --context ${c.name})`);
     out.push(`  nodes:       ${c.nodes.ready}/${c.nodes.total} ready${c.nodes.reachable < c.nodes.total ? `, ${c.nodes.total - c.nodes.reachable} unreachable` : ''}`);
     const k = c.connectivity;
     const all = c.nodes.reachable > 0 && k.min === k.expected;

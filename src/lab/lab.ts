@@ -28,6 +28,9 @@ import { applyObjects, parseManifest, DEPLOYMENT_ANNOTATION } from './manifest.t
 import { StoreWriter } from '../sources/store/writer.ts';
 import { isPodReady } from '../model/index.ts';
 import { kubeletConfigFile, podRecordsOf, type KubeletConfig, type PodRecord } from './kubelet-config.ts';
+import { createKubeApiPki, writeKubeconfig } from './kube-api/index.ts';
+import { issueCert } from '../kvstore/pki.ts';
+import type { KubeApiReady, KubeApiServerConfig } from './kube-apiserver.ts';
 
 export const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
 /** The Service CIDR of every cluster (ARCHITECTURE §2); .10 is the cluster DNS. */
@@ -104,6 +107,85 @@ async function startClusterDnsPods(mesh: Mesh, state: LabState, progress: (l: st
   }
   if (pending.size) progress(`      warning: the cluster DNS of ${[...pending].join(', ')} is not ready after 60 s; see: clustermesh lab get pods --lab ${state.name} and the kubelet logs`);
   else progress(`      cluster DNS ready in every cluster (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+}
+
+/** A cluster's Kubernetes API process while it starts. */
+interface KubeApiStart {
+  cluster: string;
+  dir: string;
+  proc: ManagedProcess;
+  readyFile: string;
+  ref: LabState['processes'][number];
+}
+
+/**
+ * Per cluster: the Kubernetes API server's PKI (CA, server, admin and
+ * controller-manager certificates) and config under <cluster dir>/kube-api/,
+ * and its process (recorded in the state right after it started). Returns
+ * without waiting for them to listen (waitKubeApiServers).
+ */
+async function startKubeApiServers(mesh: Mesh, state: LabState, save: () => void): Promise<KubeApiStart[]> {
+  const out: KubeApiStart[] = [];
+  // openssl runs for every cluster at once; the processes start one by one, each recorded before the next.
+  const pkis = await Promise.all(
+    mesh.clusters.map(async (c) => {
+      const pki = await createKubeApiPki(join(c.dir, 'kube-api', 'pki'), { clusterName: c.name });
+      const controller = await issueCert(pki.ca, { commonName: 'system:kube-controller-manager', usage: 'client', outDir: join(c.dir, 'kube-api', 'pki'), name: 'controller-manager' });
+      return { pki, controller };
+    }),
+  );
+  for (const [i, c] of mesh.clusters.entries()) {
+    const dir = join(c.dir, 'kube-api');
+    const { pki, controller } = pkis[i]!;
+    const readyFile = join(dir, 'ready.json');
+    rmSync(readyFile, { force: true });
+    const cfg: KubeApiServerConfig = {
+      cluster: c.name,
+      etcd: c.etcd.connection('kube'),
+      tls: { certFile: pki.server.certFile, keyFile: pki.server.keyFile, caFile: pki.ca.certFile },
+      host: '127.0.0.1',
+      port: 0,
+      serviceCidr: SERVICE_CIDR,
+      readyFile,
+      controllers: { caFile: pki.ca.certFile, certFile: controller.certFile, keyFile: controller.keyFile },
+    };
+    const configFile = join(dir, 'kube-apiserver.json');
+    writeFileSync(configFile, JSON.stringify(cfg, null, 2) + '\n');
+    const logFile = join(dir, 'kube-apiserver.log');
+    const proc = new ManagedProcess({
+      name: `kube-apiserver ${c.name}`,
+      logFile,
+      argv: [process.execPath, CLI, 'lab', 'kube-apiserver', '--config', configFile],
+      env: childEnv(),
+      detached: true,
+    });
+    await proc.start();
+    const ref = { name: proc.spec.name, pid: proc.pid!, startTime: processStartTime(proc.pid!), logFile };
+    state.processes.push(ref);
+    save();
+    out.push({ cluster: c.name, dir, proc, readyFile, ref });
+  }
+  return out;
+}
+
+/** Waits (up to timeoutMs) until every Kubernetes API server listens; records their URLs and writes the lab's kubeconfig (one context per cluster). */
+async function waitKubeApiServers(starts: KubeApiStart[], state: LabState, timeoutMs: number): Promise<string> {
+  const end = Date.now() + timeoutMs;
+  for (const k of starts) {
+    while (!existsSync(k.readyFile)) {
+      if (!k.proc.running) throw new Error(k.proc.describe(10));
+      if (Date.now() > end) throw new Error(`${k.proc.spec.name} not listening after ${Math.round(timeoutMs / 1000)} s; log ${k.proc.spec.logFile}`);
+      await sleep(50);
+    }
+    const ready = JSON.parse(readFileSync(k.readyFile, 'utf8')) as KubeApiReady;
+    const c = state.clusters.find((x) => x.name === k.cluster);
+    if (c) c.kubeApi = { url: ready.url, pid: k.ref.pid, ...(k.ref.startTime !== undefined ? { startTime: k.ref.startTime } : {}), logFile: k.ref.logFile, dir: k.dir };
+  }
+  const pkiOf = (dir: string) => ({ caFile: join(dir, 'pki', 'ca.crt'), certFile: join(dir, 'pki', 'admin.crt'), keyFile: join(dir, 'pki', 'admin.key') });
+  const kubeconfig = join(state.dir ?? labDir(state.name), 'kubeconfig');
+  await writeKubeconfig(kubeconfig, state.clusters.flatMap((c) => (c.kubeApi ? [{ name: c.name, server: c.kubeApi.url, ...pkiOf(c.kubeApi.dir) }] : [])));
+  state.kubeconfig = kubeconfig;
+  return kubeconfig;
 }
 
 class StepError extends Error {
@@ -275,6 +357,8 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     // Kubelets after the agents: started beside them they compete for the CPU and delay all-connected by
     // more than they save (measured on 2 vCPUs: 16 s vs 21-27 s to all-connected, the same total).
     progress(`      every agent ready and connected to every other cluster: ${(readyMs / 1000).toFixed(1)} s after start`);
+    step = 'Kubernetes API';
+    const kubeApis = await startKubeApiServers(mesh, state, save);
     await startKubelets(mesh);
 
     step = 'state';
@@ -336,6 +420,11 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
       const node = state.nodes.find((n) => `${n.cluster}/${n.name}` === k.node);
       if (node) node.kubelet = { pid: k.ref.pid, startTime: k.ref.startTime, logFile: k.ref.logFile };
     }
+
+    step = 'Kubernetes API';
+    const kubeconfig = await waitKubeApiServers(kubeApis, state, 60_000);
+    save();
+    progress(`      Kubernetes API per cluster: ${state.clusters.map((c) => `${c.name} ${c.kubeApi?.url ?? '-'}`).join(', ')}; kubeconfig ${kubeconfig} (a context per cluster)`);
 
     step = 'cluster DNS';
     progress(`[5/6] cluster DNS: Deployment kube-system/cluster-dns behind Service kube-system/kube-dns (${DNS_SERVICE_IP}) in every cluster`);
@@ -445,7 +534,7 @@ export async function stopRecordedProcess(ref: { pid: number; startTime?: string
 /**
  * Removes what the state file of lab `name` records: pod processes, pod
  * namespaces and their /etc/netns dirs (from the kubelets' pod records),
- * kubelets, agents, apiservers, etcds, pin dirs, namespaces, the lab dir.
+ * kubelets, agents, apiservers and Kubernetes API servers, etcds, pin dirs, namespaces, the lab dir.
  * Every step is attempted; errors are collected and thrown at the end.
  */
 export function labDown(name: string, o: LabDownOptions = {}): Promise<LabDownResult> {
@@ -516,11 +605,11 @@ async function labDownNow(name: string, o: LabDownOptions): Promise<LabDownResul
   }
   for (const d of state.etcNetnsDirs) await attempt(`remove ${d}`, () => rmSync(d, { recursive: true, force: true }));
 
-  // 3. agents, apiservers, then etcd (which they talk to); then anything else recorded.
+  // 3. agents, apiservers and Kubernetes API servers, then etcd (which they talk to); then anything else recorded.
   await stopAll(byRole(/^agent /), 3000);
-  await stopAll(byRole(/^apiserver /), 3000);
+  await stopAll(byRole(/^(apiserver|kube-apiserver) /), 3000);
   await stopAll(byRole(/^etcd /), 5000);
-  await stopAll(state.processes.filter((p) => !/^(kubelet|agent|apiserver|etcd) /.test(p.name)), 3000);
+  await stopAll(state.processes.filter((p) => !/^(kubelet|agent|apiserver|kube-apiserver|etcd) /.test(p.name)), 3000);
   // An etcd whose pid was not recorded yet (up killed while etcd started) left its pid file.
   await attempt('stop unrecorded etcds', async () => {
     for (const c of existsSync(dir) ? readdirSync(dir) : []) {

@@ -86,6 +86,17 @@ export const labClusterSchema = z.object({
   dnsIP: z.string().optional(),
   /** Pod CIDRs are per node; the Service CIDR is per cluster. */
   serviceCIDR: z.string().optional(),
+  /** The cluster's Kubernetes API server (src/lab/kube-apiserver.ts): its URL (a context of the lab's kubeconfig). */
+  kubeApi: z
+    .object({
+      url: z.string(),
+      pid: z.number().int().positive().optional(),
+      startTime: z.string().optional(),
+      logFile: z.string(),
+      /** Directory of its config and PKI (pki/ca.crt, admin.crt|key). */
+      dir: z.string(),
+    })
+    .optional(),
   /** Extra processes of the cluster (e.g. the DNS server), by name. */
   processes: z.record(z.string(), processRefSchema).optional(),
 });
@@ -153,6 +164,8 @@ export const labStateSchema = z.object({
   etcNetnsDirs: z.array(z.string()).default([]),
   clusters: z.array(labClusterSchema).default([]),
   nodes: z.array(labNodeSchema).default([]),
+  /** The kubeconfig `up` wrote: one context per cluster, named like the cluster. */
+  kubeconfig: z.string().optional(),
 });
 export type LabState = z.infer<typeof labStateSchema>;
 

@@ -37,7 +37,10 @@
  * `continue` pages read the current state, not the first page's revision;
  * the `resourceVersion` of a list request is ignored (always the latest).
  *
- * Not (yet): controllers (Deployment, EndpointSlice), a kubelet, RBAC,
+ * Controllers (Deployment, EndpointSlice) are clients of this server, in
+ * src/lab/controllers; `lab up` runs both per cluster (src/lab/kube-apiserver.ts).
+ *
+ * Not (yet): a kubelet, RBAC,
  * protobuf, aggregated discovery, OpenAPI v2, field ownership (managedFields),
  * graceful pod deletion, multiple versions of one CRD with conversion.
  */
@@ -49,6 +52,7 @@ import { stringify } from 'yaml';
 
 import { createCA, issueCert, type CertFiles, type CertificateAuthority } from '../../kvstore/pki.ts';
 import type { KvClient } from '../../kvstore/index.ts';
+import { KUBE_OBJECTS_PREFIX } from '../../clustermesh/etcd.ts';
 import { KubeApiServer, type KubeApiServerOptions } from './server.ts';
 
 export { KubeApiServer, SERVER_VERSION } from './server.ts';
@@ -60,7 +64,7 @@ export { mergePatch, jsonPatch, strategicMergePatch } from './patch.ts';
 export { parseLabelSelector, labelsMatch } from './selectors.ts';
 
 /** The default etcd key prefix of the lab's Kubernetes objects. */
-export const KUBE_PREFIX = 'clustermesh/kube/';
+export const KUBE_PREFIX = KUBE_OBJECTS_PREFIX;
 
 export interface KubeApiPki {
   ca: CertificateAuthority;

@@ -1,0 +1,93 @@
+// The lab's controllers (test-bed code): what kube-controller-manager does for
+// the kinds the lab runs, as clients of a cluster's Kubernetes API with
+// @kubernetes/client-node. `lab up` runs them inside each cluster's
+// kube-apiserver process (src/lab/kube-apiserver.ts); tests start them beside
+// a server of their own.
+//
+// Informers on Deployments, Pods, Services and EndpointSlices only say what
+// to look at again (see runtime.ts):
+//   Deployment         -> that Deployment
+//   Pod                -> its controlling Deployment; every Service of its namespace
+//   Service            -> that Service
+//   EndpointSlice      -> the Service it is labelled with
+// and every key is looked at again every `resyncMs` (default 30 s).
+import { AppsV1Api, CoreV1Api, DiscoveryV1Api, KubeConfig, type V1Deployment, type V1EndpointSlice, type V1Pod, type V1Service } from '@kubernetes/client-node';
+import { DeploymentController } from './deployment.ts';
+import { EndpointSliceController, SERVICE_NAME_LABEL } from './endpointslice.ts';
+import { WorkQueue, keyOf, log, watchKind } from './runtime.ts';
+
+export { DeploymentController, POD_TEMPLATE_HASH, podTemplateHash } from './deployment.ts';
+export { EndpointSliceController, desiredSlices, resolvePorts, SERVICE_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL } from './endpointslice.ts';
+
+export interface ControllersOptions {
+  resyncMs?: number;
+}
+
+export interface RunningControllers {
+  stop(): Promise<void>;
+}
+
+/** A KubeConfig for a server URL and a client certificate (no file). */
+export function kubeConfigFor(server: string, tls: { caFile: string; certFile: string; keyFile: string }, user = 'controller-manager'): KubeConfig {
+  const kc = new KubeConfig();
+  kc.loadFromOptions({
+    clusters: [{ name: 'lab', server, caFile: tls.caFile, skipTLSVerify: false }],
+    users: [{ name: user, certFile: tls.certFile, keyFile: tls.keyFile }],
+    contexts: [{ name: 'lab', cluster: 'lab', user }],
+    currentContext: 'lab',
+  });
+  return kc;
+}
+
+/** Starts the Deployment and EndpointSlice controllers against the API of `kc`. */
+export async function startControllers(kc: KubeConfig, o: ControllersOptions = {}): Promise<RunningControllers> {
+  const apps = kc.makeApiClient(AppsV1Api);
+  const core = kc.makeApiClient(CoreV1Api);
+  const discovery = kc.makeApiClient(DiscoveryV1Api);
+  const deployments = new DeploymentController(apps, core);
+  const slices = new EndpointSliceController(core, discovery);
+  const dq = new WorkQueue('deployment', (k) => deployments.reconcile(k));
+  const sq = new WorkQueue('endpointslice', (k) => slices.reconcile(k));
+  /** Services by namespace, from the Service informer's events (for pod events). */
+  const services = new Map<string, Set<string>>();
+  const deploymentKeys = new Set<string>();
+
+  const informers = [
+    watchKind<V1Deployment>(kc, '/apis/apps/v1/deployments', () => apps.listDeploymentForAllNamespaces(), (d, deleted) => {
+      const k = keyOf(d.metadata?.namespace, d.metadata?.name);
+      if (deleted) deploymentKeys.delete(k);
+      else deploymentKeys.add(k);
+      dq.add(k);
+    }),
+    watchKind<V1Pod>(kc, '/api/v1/pods', () => core.listPodForAllNamespaces(), (p) => {
+      for (const k of DeploymentController.keysOfPod(p)) dq.add(k);
+      for (const name of services.get(p.metadata?.namespace ?? '') ?? []) sq.add(keyOf(p.metadata?.namespace, name));
+    }),
+    watchKind<V1Service>(kc, '/api/v1/services', () => core.listServiceForAllNamespaces(), (s, deleted) => {
+      const ns = s.metadata?.namespace ?? '';
+      let set = services.get(ns);
+      if (!set) services.set(ns, (set = new Set()));
+      if (deleted) set.delete(s.metadata!.name!);
+      else set.add(s.metadata!.name!);
+      sq.add(keyOf(ns, s.metadata?.name));
+    }),
+    watchKind<V1EndpointSlice>(kc, '/apis/discovery.k8s.io/v1/endpointslices', () => discovery.listEndpointSliceForAllNamespaces(), (s) => {
+      const svc = s.metadata?.labels?.[SERVICE_NAME_LABEL];
+      if (svc) sq.add(keyOf(s.metadata?.namespace, svc));
+    }),
+  ];
+  await Promise.all(informers.map((i) => i.start()));
+  const resync = setInterval(() => {
+    for (const k of deploymentKeys) dq.add(k);
+    for (const [ns, names] of services) for (const n of names) sq.add(keyOf(ns, n));
+  }, o.resyncMs ?? 30_000);
+  resync.unref();
+  log('controllers started: deployment, endpointslice');
+  return {
+    stop: async () => {
+      clearInterval(resync);
+      await Promise.all(informers.map((i) => i.stop().catch(() => undefined)));
+      await Promise.all([dq.stop(), sq.stop()]);
+    },
+  };
+}

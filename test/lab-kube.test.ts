@@ -1,0 +1,180 @@
+// Every lab cluster serves the Kubernetes API: `clustermesh lab up` starts one
+// Kubernetes API server per cluster (over that cluster's etcd) and writes one
+// kubeconfig with a context per cluster; real kubectl talks to it. The lab's
+// controllers run beside each server: a Deployment applied with kubectl gets
+// its pods. After `down` no Kubernetes API process is left.
+import { after, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { childEnv } from '../src/lab/process.ts';
+import { labStateSchema, sameProcessAlive, type LabState } from '../src/lab/state.ts';
+
+const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
+const root = mkdtempSync(join(tmpdir(), 'cmtk-root-'));
+const files = mkdtempSync(join(tmpdir(), 'cmtk-files-'));
+const env = childEnv({ CLUSTERMESH_LAB_ROOT: root });
+const name = `cmtk${randomBytes(3).toString('hex')}`;
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+const show = (r: Run): string => `exit ${r.code}\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`;
+
+function cli(args: string[], timeoutMs = 300_000): Promise<Run> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.once('error', reject);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      resolvePromise({ code, stdout, stderr });
+    });
+  });
+}
+
+let kubeconfig = '';
+function kubectl(...args: string[]): Promise<Run> {
+  return new Promise((resolvePromise) => {
+    execFile('kubectl', args, { env: { ...env, KUBECONFIG: kubeconfig, KUBECACHEDIR: join(files, 'kube-cache') }, timeout: 60_000 }, (err, stdout, stderr) =>
+      resolvePromise({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr }),
+    );
+  });
+}
+async function kubectlOk(...args: string[]): Promise<string> {
+  const r = await kubectl(...args);
+  assert.equal(r.code, 0, `kubectl ${args.join(' ')}: ${show(r)}`);
+  return r.stdout;
+}
+
+async function eventually<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await check();
+      if (v !== undefined) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+function readState(): LabState {
+  return labStateSchema.parse(JSON.parse(readFileSync(join(root, name, 'lab.json'), 'utf8')));
+}
+
+describe('lab: a Kubernetes API per cluster, one kubeconfig, kubectl', { timeout: 900_000 }, () => {
+  let up = false;
+  after(async () => {
+    if (up) {
+      const down = await cli(['lab', 'down', '--lab', name]);
+      if (down.code !== 0) console.error(`lab down ${name}: ${show(down)}`);
+    }
+    rmSync(files, { recursive: true, force: true });
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  test('up writes a kubeconfig with a context per cluster; kubectl reaches each cluster, whose objects are its own', async () => {
+    const r = await cli(['lab', 'up', '--lab', name, '--clusters', '2', '--nodes', '1']);
+    up = true;
+    assert.equal(r.code, 0, show(r));
+    assert.match(r.stdout, /Kubernetes API per cluster: cluster1 https:\/\/127\.0\.0\.1:\d+, cluster2 https:\/\/127\.0\.0\.1:\d+/);
+
+    const path = await cli(['lab', 'kubeconfig', '--lab', name]);
+    assert.equal(path.code, 0, show(path));
+    kubeconfig = path.stdout.trim();
+    assert.equal(kubeconfig, join(root, name, 'kubeconfig'));
+    assert.ok(existsSync(kubeconfig));
+    assert.deepEqual((await kubectlOk('config', 'get-contexts', '-o', 'name')).trim().split('\n').sort(), ['cluster1', 'cluster2']);
+
+    const state = readState();
+    const urls = state.clusters.map((c) => c.kubeApi?.url);
+    assert.equal(new Set(urls).size, 2, `two servers: ${urls.join(' ')}`);
+    for (const c of state.clusters) {
+      assert.ok(c.kubeApi && sameProcessAlive(c.kubeApi), `${c.name}'s Kubernetes API server runs`);
+      const rss = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${c.kubeApi.pid}/status`, 'utf8'))?.[1];
+      console.log(`# ${c.name}: kube-apiserver with controllers, pid ${c.kubeApi.pid}, RSS ${Math.round(Number(rss) / 1024)} MiB`);
+    }
+
+    const nss = await kubectlOk('--context', 'cluster1', 'get', 'namespaces', '-o', 'jsonpath={.items[*].metadata.name}');
+    for (const ns of ['default', 'kube-system']) assert.ok(nss.split(' ').includes(ns), `namespace ${ns} in ${nss}`);
+
+    for (const c of ['cluster1', 'cluster2']) {
+      const f = join(files, `cm-${c}.yaml`);
+      writeFileSync(f, `apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: whoami\n  namespace: default\ndata:\n  cluster: ${c}\n`);
+      assert.match(await kubectlOk('--context', c, 'apply', '-f', f), /configmap\/whoami created/);
+    }
+    writeFileSync(join(files, 'only2.yaml'), 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: only-in-2\ndata: {a: b}\n');
+    await kubectlOk('--context', 'cluster2', 'apply', '-f', join(files, 'only2.yaml'));
+    for (const c of ['cluster1', 'cluster2']) assert.equal(await kubectlOk('--context', c, 'get', 'configmap', 'whoami', '-o', 'jsonpath={.data.cluster}'), c);
+    const missing = await kubectl('--context', 'cluster1', 'get', 'configmap', 'only-in-2');
+    assert.notEqual(missing.code, 0);
+    assert.match(missing.stderr, /configmaps "only-in-2" not found/);
+    // The default context is the first cluster.
+    assert.equal(await kubectlOk('get', 'configmap', 'whoami', '-o', 'jsonpath={.data.cluster}'), 'cluster1');
+
+    const status = await cli(['status', '--lab', name]);
+    for (const c of state.clusters) assert.ok(status.stdout.includes(`kube-api:    ok  ${c.kubeApi!.url}`), `status shows ${c.name}'s API URL:\n${show(status)}`);
+  });
+
+  test("the lab's controllers: a Deployment applied with kubectl gets its pods, scale and delete follow", async (t) => {
+    if (!kubeconfig) return t.skip('no lab');
+    const f = join(files, 'web.yaml');
+    writeFileSync(
+      f,
+      `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: web, command: [sleep, infinity], ports: [{containerPort: 8080, name: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+`,
+    );
+    await kubectlOk('--context', 'cluster2', 'apply', '-f', f);
+    const podNames = async (ctx: string): Promise<string[]> => (await kubectlOk('--context', ctx, 'get', 'pods', '-l', 'app=web', '-o', 'jsonpath={.items[*].metadata.name}')).split(' ').filter(Boolean);
+    await eventually('2 pods of deployment web in cluster2', async () => ((await podNames('cluster2')).length === 2 ? true : undefined));
+    assert.deepEqual(await podNames('cluster1'), [], 'cluster1 has no pods of a Deployment applied to cluster2');
+    const owner = await kubectlOk('--context', 'cluster2', 'get', 'pods', '-l', 'app=web', '-o', 'jsonpath={.items[0].metadata.ownerReferences[0].kind}/{.items[0].metadata.ownerReferences[0].name}');
+    assert.equal(owner, 'Deployment/web');
+    await eventually('an EndpointSlice of service web', async () => ((await kubectlOk('--context', 'cluster2', 'get', 'endpointslices', '-l', 'kubernetes.io/service-name=web', '-o', 'name')).trim() ? true : undefined));
+
+    await kubectlOk('--context', 'cluster2', 'scale', 'deployment/web', '--replicas', '3');
+    await eventually('3 pods after scale', async () => ((await podNames('cluster2')).length === 3 ? true : undefined));
+    await kubectlOk('--context', 'cluster2', 'delete', '-f', f);
+    await eventually('no pods after delete', async () => ((await podNames('cluster2')).length === 0 ? true : undefined));
+  });
+
+  test('down stops every Kubernetes API server', async (t) => {
+    if (!kubeconfig) return t.skip('no lab');
+    const servers = readState().clusters.map((c) => c.kubeApi!);
+    const down = await cli(['lab', 'down', '--lab', name]);
+    assert.equal(down.code, 0, show(down));
+    up = false;
+    assert.deepEqual(servers.filter((s) => sameProcessAlive(s)).map((s) => s.pid), []);
+    assert.equal(existsSync(join(root, name)), false);
+  });
+});
