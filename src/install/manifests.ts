@@ -216,6 +216,8 @@ function apiserverDeployment(s: InstallSettings): KubeObject {
         metadata: { labels: { ...COMMON_LABELS, ...labels } },
         spec: {
           serviceAccountName: NAMES.apiserver,
+          // Neither etcd nor the apiserver needs root (the image's user 65532; see Containerfile).
+          securityContext: { runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, fsGroup: 65532 },
           containers: [
             {
               name: 'etcd',

@@ -176,7 +176,16 @@ export function applyDefaults(r: ResourceType, o: JsonObject): void {
         spec.internalTrafficPolicy ??= 'Cluster';
       }
     }
-    if (r.kind === 'Secret') o.type ??= 'Opaque';
+    if (r.kind === 'Secret') {
+      o.type ??= 'Opaque';
+      // stringData is write-only: merged into data (base64), as a real apiserver does.
+      if (isObject(o.stringData)) {
+        const data = isObject(o.data) ? o.data : {};
+        for (const [k, v] of Object.entries(o.stringData)) if (typeof v === 'string') data[k] = Buffer.from(v).toString('base64');
+        o.data = data;
+      }
+      delete o.stringData;
+    }
   } else if (r.group === 'apps' && spec !== undefined) {
     const tmpl = isObject(spec.template) ? spec.template : {};
     if (isObject(tmpl.spec)) podSpecDefaults(tmpl.spec);
