@@ -14,7 +14,7 @@ import { parseAllDocuments } from 'yaml';
 import { KvClient, startEtcd, type EtcdServer } from '../src/kvstore/index.ts';
 import { KubeApiServer, KUBE_PREFIX, startKubeApi, type KubeApiPki } from '../src/lab/kube-api/index.ts';
 import { KubernetesSource, loadKubeConnection, type KubernetesSourceOptions } from '../src/sources/kubernetes/index.ts';
-import type { ResourceEvent, SourceProblem } from '../src/sources/index.ts';
+import { StoreSource, StoreWriter, type ResourceEvent, type SourceProblem } from '../src/sources/index.ts';
 import { sliceBackends, type ObjectKind } from '../src/model/index.ts';
 
 const ROOT = new URL('..', import.meta.url).pathname;
@@ -320,6 +320,36 @@ describe('kubernetes source against the lab Kubernetes API server', { timeout: 6
     await merge(`/api/v1/namespaces/${NS}/services/web`, { spec: { ports: [{ name: 'http', port: 8080, targetPort: 'http' }] } });
     await eventually('the fixed service', () => main.services.get({ namespace: NS, name: 'web' })?.spec.ports[0]?.port === 8080);
     assert.equal(main.status().Service.problems[`${NS}/web`], undefined);
+  });
+
+  test('a field selector narrows a kind (an agent that reads only its node\'s pods)', async () => {
+    await ok('POST', `/api/v1/namespaces/${NS}/pods`, { ...pod('elsewhere'), spec: { ...pod('elsewhere').spec, nodeName: 'node2' } });
+    const { source } = await startSource({ fieldSelectors: { Pod: 'spec.nodeName=node1' } });
+    await source.waitSynced(AbortSignal.timeout(60_000));
+    await eventually('the main source sees the node2 pod', () => main.pods.get({ namespace: NS, name: 'elsewhere' }));
+    assert.ok(source.pods.get({ namespace: NS, name: 'web-1' }));
+    assert.equal(source.pods.get({ namespace: NS, name: 'elsewhere' }), undefined);
+    assert.ok(source.pods.list().every((p) => p.spec.nodeName === 'node1'));
+    await ok('DELETE', `/api/v1/namespaces/${NS}/pods/elsewhere`);
+    await source.stop();
+  });
+
+  test('Endpoint (mesh state) comes from the cluster\'s etcd through a store-backed resource', async () => {
+    const writer = new StoreWriter(kv);
+    await writer.apply({ kind: 'Endpoint', metadata: { name: 'web-1', namespace: NS, labels: { app: 'web' } }, status: { identity: { id: 65536 + 300 }, networking: { podIP: '10.101.1.5', nodeName: 'node1', nodeIP: '10.1.0.1' } } });
+    const store = new StoreSource(kv, { kinds: ['Endpoint'] });
+    await store.start();
+    try {
+      const { source } = await startSource({ endpoints: store.endpoints });
+      await source.waitSynced(AbortSignal.timeout(60_000));
+      await source.endpoints.waitSynced(AbortSignal.timeout(60_000));
+      assert.equal(source.endpoints.get({ namespace: NS, name: 'web-1' })?.status.identity.id, 65536 + 300);
+      assert.equal(source.resource('Endpoint'), store.endpoints);
+      assert.equal(store.pods.synced, false, 'the store watches only the kinds it was given');
+      await source.stop();
+    } finally {
+      await store.stop();
+    }
   });
 
   test('a CRD deleted and re-created: its objects go, then come back', async () => {

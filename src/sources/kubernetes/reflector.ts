@@ -22,6 +22,8 @@ import { KubeApiError, type KubeHttp, type RawWatchEvent } from './http.ts';
 import { KUBE_KINDS, kindPath, type KubeKind } from './kinds.ts';
 
 export interface ReflectorOptions {
+  /** A field selector for list and watch (e.g. `spec.nodeName=node1` for a node's own pods). */
+  fieldSelector?: string;
   backoff?: BackoffOptions;
   /** Objects per list page (default 500). */
   pageSize?: number;
@@ -144,6 +146,10 @@ export class Reflector {
     }
   }
 
+  private selector(): Record<string, string> {
+    return this.opts.fieldSelector ? { fieldSelector: this.opts.fieldSelector } : {};
+  }
+
   /** Lists every page; replaces the cache; returns the list's resourceVersion. */
   private async relist(): Promise<string> {
     const path = kindPath(KUBE_KINDS[this.kind]);
@@ -151,7 +157,7 @@ export class Reflector {
     let cont: string | undefined;
     let rv = '';
     do {
-      const page = await this.http.list(path, { limit: String(this.opts.pageSize ?? 500), ...(cont ? { continue: cont } : {}) }, this.abort.signal);
+      const page = await this.http.list(path, { ...this.selector(), limit: String(this.opts.pageSize ?? 500), ...(cont ? { continue: cont } : {}) }, this.abort.signal);
       items.push(...page.items);
       // Every page carries the first page's resourceVersion; the last one is the list's.
       rv = page.resourceVersion;
@@ -228,7 +234,7 @@ export class Reflector {
     try {
       await this.http.watch(
         kindPath(api),
-        { resourceVersion: rv, allowWatchBookmarks: 'true', timeoutSeconds: String(timeoutS) },
+        { ...this.selector(), resourceVersion: rv, allowWatchBookmarks: 'true', timeoutSeconds: String(timeoutS) },
         this.abort.signal,
         idleMs,
         (ev: RawWatchEvent) => {

@@ -41,8 +41,10 @@ import { KubeHttp } from './http.ts';
 import { KUBE_KIND_NAMES, type KubeKind } from './kinds.ts';
 import { Reflector, type ReflectorOptions, type ReflectorStatus } from './reflector.ts';
 
-export interface KubernetesSourceOptions extends Omit<ReflectorOptions, 'onProblem' | 'onError'> {
+export interface KubernetesSourceOptions extends Omit<ReflectorOptions, 'onProblem' | 'onError' | 'fieldSelector'> {
   kubeConfig: KubeConfig;
+  /** Field selectors per kind, e.g. `{ Pod: 'spec.nodeName=node1' }` for an agent that needs only its node's pods. */
+  fieldSelectors?: Partial<Record<KubeKind, string>>;
   /** Endpoints from the cluster's etcd (mesh state); the caller starts and stops it. */
   endpoints?: Resource<Endpoint>;
   /** An object that fails its schema; `key` is namespace/name (name when cluster-scoped). */
@@ -130,10 +132,11 @@ export class KubernetesSource implements ClusterSource {
     if (this.stopped) throw new Error('kubernetes source: stopped; create a new one');
     if (this.started) return;
     this.started = true;
-    const { kubeConfig: _kc, endpoints: _ep, onProblem, onError, onHandlerError: _h, ...reflectorOpts } = this.opts;
+    const { kubeConfig: _kc, endpoints: _ep, onProblem, onError, onHandlerError: _h, fieldSelectors, ...reflectorOpts } = this.opts;
     for (const kind of KUBE_KIND_NAMES) {
       const r = new Reflector(kind, this.http, this.caches[kind] as unknown as ResourceCache<ClusterObject>, {
         ...reflectorOpts,
+        ...(fieldSelectors?.[kind] ? { fieldSelector: fieldSelectors[kind] } : {}),
         onProblem: (key, err) => onProblem?.({ kind, key, message: err.message }),
         onError: (err) => onError?.(kind, err),
       });
