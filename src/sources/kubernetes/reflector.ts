@@ -6,9 +6,10 @@
 // - 410 Gone / Expired (the resourceVersion was compacted): re-list at once.
 // - Any other failure (connection refused or reset, 5xx, a dead connection
 //   detected by the idle timeout): re-list with backoff.
-// - A re-list replaces the cache only once it is complete (every page):
-//   then objects the cache has that the list lacks are deleted (stale
-//   pruning); during an outage nothing is removed.
+// - A re-list caches each page's objects as the page arrives; only once it
+//   is complete (every page) are objects the list lacks deleted (stale
+//   pruning). During an outage, or a list that fails part-way, nothing is
+//   removed.
 // - A kind served by a CRD (`optional`): 404 means the CRD is absent, which
 //   is "no objects" (the kind is synced, empty), and the list is tried again
 //   every `optionalRetryMs` until the CRD appears.
@@ -126,7 +127,7 @@ export class Reflector {
       } catch (err) {
         this.status.watching = false;
         if (this.stopped) return;
-        if (err instanceof Expired) {
+        if (err instanceof Expired || (err instanceof KubeApiError && err.code === 410)) {
           this.status.expired++;
           continue;
         }
@@ -134,7 +135,7 @@ export class Reflector {
           // The CRD is absent: the kind has no objects until it appears.
           if (!this.status.absent) this.fail(new Error(`${this.kind}: not served (no CRD ${api.plural}.${api.group}); retrying every ${this.opts.optionalRetryMs ?? 30_000} ms`));
           this.status.absent = true;
-          this.replace([]);
+          this.prune(new Set());
           wait = this.opts.optionalRetryMs ?? 30_000;
           attempt = 0;
         } else {
@@ -150,34 +151,37 @@ export class Reflector {
     return this.opts.fieldSelector ? { fieldSelector: this.opts.fieldSelector } : {};
   }
 
-  /** Lists every page; replaces the cache; returns the list's resourceVersion. */
+  /**
+   * Lists every page, caching each page's objects as it arrives (only one
+   * page of raw objects is held at a time); once the last page is in, prunes
+   * what the list lacked and marks the kind synced. Returns the list's
+   * resourceVersion. A list that fails part-way prunes nothing.
+   */
   private async relist(): Promise<string> {
     const path = kindPath(KUBE_KINDS[this.kind]);
-    const items: unknown[] = [];
+    const listed = new Set<string>();
     let cont: string | undefined;
     let rv = '';
     do {
       const page = await this.http.list(path, { ...this.selector(), limit: String(this.opts.pageSize ?? 500), ...(cont ? { continue: cont } : {}) }, this.abort.signal);
-      items.push(...page.items);
+      if (this.stopped) throw new Error('stopped');
+      for (const raw of page.items) {
+        const key = this.apply(raw);
+        if (key !== undefined) listed.add(key);
+      }
       // Every page carries the first page's resourceVersion; the last one is the list's.
       rv = page.resourceVersion;
       cont = page.continue;
     } while (cont !== undefined);
-    if (this.stopped) throw new Error('stopped');
     this.status.lists++;
     this.status.absent = false;
-    this.replace(items);
+    this.prune(listed);
     this.status.resourceVersion = rv;
     return rv;
   }
 
-  /** Applies a complete list: every object is set, then what the list lacks is pruned. */
-  private replace(items: unknown[]): void {
-    const listed = new Set<string>();
-    for (const raw of items) {
-      const key = this.apply(raw);
-      if (key !== undefined) listed.add(key);
-    }
+  /** After a complete list: deletes what the list lacked; the kind is synced. */
+  private prune(listed: ReadonlySet<string>): void {
     for (const key of this.cache.keys()) if (!listed.has(key)) this.remove(key);
     for (const key of [...this.status.problems.keys()]) if (!listed.has(key)) this.status.problems.delete(key);
     this.cache.markSynced();
