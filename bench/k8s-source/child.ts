@@ -21,6 +21,7 @@ const mem = (): { rss: number; heap: number } => {
 const conn = loadKubeConnection({ kubeconfig, env: {} });
 const before = mem();
 const t0 = performance.now();
+const cpu0 = process.cpuUsage();
 let keep: unknown;
 let objects = 0;
 if (mode === 'source') {
@@ -47,6 +48,7 @@ if (mode === 'source') {
   keep = all;
 }
 const syncMs = performance.now() - t0;
+const cpu = process.cpuUsage(cpu0);
 const after = mem();
-console.log(JSON.stringify({ mode, objects, syncMs, rssMiB: after.rss / 2 ** 20, rssBeforeMiB: before.rss / 2 ** 20, heapMiB: (after.heap - before.heap) / 2 ** 20, kept: keep !== undefined }));
+console.log(JSON.stringify({ mode, objects, syncMs, cpuMs: (cpu.user + cpu.system) / 1000, rssMiB: after.rss / 2 ** 20, rssBeforeMiB: before.rss / 2 ** 20, heapMiB: (after.heap - before.heap) / 2 ** 20, kept: keep !== undefined }));
 process.exit(0);

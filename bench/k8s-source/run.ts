@@ -1,7 +1,8 @@
 // bench/k8s-source: the kubernetes cluster source at 10,000 pods and 2,000
 // Services (with one EndpointSlice each) in one cluster, served by the lab's
 // Kubernetes API server over HTTPS from a real etcd.
-//   sync:   start → every kind synced (list of every page, then watches open)
+//   sync:   start → every kind synced (list of every page, then watches open),
+//           and the CPU time the client process spent on it
 //   memory: the process's RSS, its growth from before start, and the heap the
 //           cache holds (heap + external after GC, minus the same before start)
 // Each rep is a fresh process (child.ts). Baseline `raw`: the same paginated
@@ -150,10 +151,11 @@ try {
   for (let rep = 0; rep < REPS; rep++) {
     for (const mode of ['raw', 'source'] as const) {
       const { stdout } = await run(process.execPath, ['--expose-gc', '--import', 'tsx', join(here, 'child.ts'), mode, kubeconfig], { maxBuffer: 1 << 20, timeout: 900_000 });
-      const r = JSON.parse(stdout.trim().split('\n').pop()!) as { objects: number; syncMs: number; rssMiB: number; rssBeforeMiB: number; heapMiB: number };
-      console.log(`rep ${rep} ${mode}: ${r.objects} objects, sync ${r.syncMs.toFixed(0)} ms, rss ${r.rssMiB.toFixed(1)} MiB, heap held ${r.heapMiB.toFixed(1)} MiB`);
+      const r = JSON.parse(stdout.trim().split('\n').pop()!) as { objects: number; syncMs: number; cpuMs: number; rssMiB: number; rssBeforeMiB: number; heapMiB: number };
+      console.log(`rep ${rep} ${mode}: ${r.objects} objects, sync ${r.syncMs.toFixed(0)} ms (cpu ${r.cpuMs.toFixed(0)} ms), rss ${r.rssMiB.toFixed(1)} MiB, heap held ${r.heapMiB.toFixed(1)} MiB`);
       const config = mode === 'source' ? 'kubernetes-source' : 'raw-list';
       samples.push({ config, metric: 'sync_time', unit: 'ms', rep, value: r.syncMs, params: { ...params, objects: r.objects } });
+      samples.push({ config, metric: 'sync_cpu', unit: 'ms', rep, value: r.cpuMs, params: { ...params, objects: r.objects } });
       samples.push({ config, metric: 'rss', unit: 'MiB', rep, value: r.rssMiB, params: { ...params, objects: r.objects } });
       samples.push({ config, metric: 'rss_growth', unit: 'MiB', rep, value: r.rssMiB - r.rssBeforeMiB, params: { ...params, objects: r.objects } });
       samples.push({ config, metric: 'heap_held', unit: 'MiB', rep, value: r.heapMiB, params: { ...params, objects: r.objects } });

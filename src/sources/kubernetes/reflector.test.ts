@@ -149,3 +149,18 @@ test('a CRD kind whose CRD is absent (404) is synced and empty, and tried again'
     await r2.stop();
   }
 });
+
+test('410s that keep coming right after a fresh list back off instead of looping', async () => {
+  const gone: RawWatchEvent = { type: 'ERROR', object: { kind: 'Status', code: 410, reason: 'Expired', message: 'too old' } };
+  const { http } = scripted([page([ns('a')], '1'), { watch: [gone] }, page([ns('a')], '2'), { watch: [gone] }, page([ns('a')], '3')]);
+  const cache = new ResourceCache<ClusterObject>('Namespace');
+  const r = new Reflector('Namespace', http, cache, { backoff: { initialMs: 60_000 } });
+  r.start();
+  try {
+    await until('two 410s', () => r.status.expired === 2);
+    await new Promise((res) => setTimeout(res, 300));
+    assert.equal(r.status.lists, 2, 'the second quick 410 waits for the backoff');
+  } finally {
+    await r.stop();
+  }
+});

@@ -110,28 +110,35 @@ export class Reflector {
 
   private async run(): Promise<void> {
     let attempt = 0;
+    let quickExpired = 0;
     const api = KUBE_KINDS[this.kind];
+    const stableAfter = this.opts.stableAfterMs ?? 10_000;
     while (!this.stopped) {
       let wait = 0;
+      let listedAt: number | undefined;
       try {
         let rv = await this.relist();
-        const sinceList = this.clock.now();
+        listedAt = this.clock.now();
         for (;;) {
           const began = this.clock.now();
           rv = await this.watchFrom(rv);
           if (this.stopped) return;
           // Ended by the server. A watch that lasted is re-opened; one that ends at once is a failure.
           if (this.clock.now() - began < 1000) throw new Error(`watch ${kindPath(api)} ended at once`);
-          if (this.clock.now() - sinceList >= (this.opts.stableAfterMs ?? 10_000)) attempt = 0;
+          if (this.clock.now() - listedAt >= stableAfter) attempt = 0;
         }
       } catch (err) {
         this.status.watching = false;
         if (this.stopped) return;
+        // A list and watch that stayed up a while start the backoff over.
+        const upFor = listedAt === undefined ? 0 : this.clock.now() - listedAt;
+        if (upFor >= stableAfter) attempt = 0;
         if (err instanceof Expired || (err instanceof KubeApiError && err.code === 410)) {
+          // Re-list at once; 410s that keep coming right after a fresh list back off (no tight loop).
           this.status.expired++;
-          continue;
-        }
-        if (api.optional && err instanceof KubeApiError && err.code === 404) {
+          quickExpired = upFor < 1000 ? quickExpired + 1 : 0;
+          if (quickExpired > 1) wait = backoffDelay(attempt++, this.opts.backoff, this.random);
+        } else if (api.optional && err instanceof KubeApiError && err.code === 404) {
           // The CRD is absent: the kind has no objects until it appears.
           if (!this.status.absent) this.fail(new Error(`${this.kind}: not served (no CRD ${api.plural}.${api.group}); retrying every ${this.opts.optionalRetryMs ?? 30_000} ms`));
           this.status.absent = true;
