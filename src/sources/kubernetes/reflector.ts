@@ -3,7 +3,8 @@
 // - A watch that the server ends (timeoutSeconds, a restart that closed it
 //   cleanly) is opened again from the last resourceVersion seen (events and
 //   bookmarks advance it).
-// - 410 Gone / Expired (the resourceVersion was compacted): re-list at once.
+// - 410 Gone / Expired (the resourceVersion was compacted): re-list at once
+//   (with backoff when 410s keep coming right after a fresh list).
 // - Any other failure (connection refused or reset, 5xx, a dead connection
 //   detected by the idle timeout): re-list with backoff.
 // - A re-list caches each page's objects as the page arrives; only once it
@@ -50,7 +51,7 @@ export interface ReflectorStatus {
   absent: boolean;
   lists: number;
   watches: number;
-  /** 410 Gone answers (the list was re-done without backoff). */
+  /** 410 Gone answers (each one re-lists). */
   expired: number;
   resourceVersion: string | undefined;
   lastError: { message: string; at: number } | undefined;
