@@ -6,5 +6,6 @@ export * from './pod.ts';
 export * from './service.ts';
 export * from './node.ts';
 export * from './endpoint.ts';
+export * from './endpointslice.ts';
 export * from './policy.ts';
 export * from './objects.ts';

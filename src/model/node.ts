@@ -13,6 +13,8 @@ export const nodeSchema = z
     metadata: clusterObjectMetaSchema,
     spec: z.object({
       podCIDR: cidrV4Schema.optional(),
+      /** Every IPv4 pod CIDR of the node (Kubernetes' spec.podCIDRs); the first is podCIDR. */
+      podCIDRs: z.array(cidrV4Schema).optional(),
     }).default({}),
     status: z.object({
       addresses: z.array(nodeAddressSchema).default([]),
@@ -29,4 +31,10 @@ export type Node = z.infer<typeof nodeSchema>;
 /** The node's first InternalIP: the underlay address tunnels are sent to. */
 export function nodeInternalIP(node: Node): string | undefined {
   return node.status.addresses.find((a) => a.type === 'InternalIP')?.address;
+}
+
+/** The node's IPv4 pod CIDRs: spec.podCIDRs, else spec.podCIDR. */
+export function nodePodCIDRs(node: Node): string[] {
+  if (node.spec.podCIDRs && node.spec.podCIDRs.length > 0) return node.spec.podCIDRs;
+  return node.spec.podCIDR ? [node.spec.podCIDR] : [];
 }

@@ -6,7 +6,15 @@ import { podSchema, type Pod } from './pod.ts';
 import { serviceSchema, type Service } from './service.ts';
 import { nodeSchema, type Node } from './node.ts';
 import { endpointSchema, type Endpoint } from './endpoint.ts';
-import { ciliumNetworkPolicySchema, networkPolicySchema, type CiliumNetworkPolicy, type NetworkPolicy } from './policy.ts';
+import {
+  ciliumClusterwideNetworkPolicySchema,
+  ciliumNetworkPolicySchema,
+  networkPolicySchema,
+  type CiliumClusterwideNetworkPolicy,
+  type CiliumNetworkPolicy,
+  type NetworkPolicy,
+} from './policy.ts';
+import { endpointSliceSchema, type EndpointSlice } from './endpointslice.ts';
 
 /** Kind name → object type. */
 export interface ObjectKinds {
@@ -15,8 +23,10 @@ export interface ObjectKinds {
   Service: Service;
   Node: Node;
   Endpoint: Endpoint;
+  EndpointSlice: EndpointSlice;
   NetworkPolicy: NetworkPolicy;
   CiliumNetworkPolicy: CiliumNetworkPolicy;
+  CiliumClusterwideNetworkPolicy: CiliumClusterwideNetworkPolicy;
 }
 export type ObjectKind = keyof ObjectKinds;
 export type ClusterObject = ObjectKinds[ObjectKind];
@@ -27,8 +37,10 @@ export const OBJECT_KINDS: readonly ObjectKind[] = [
   'Service',
   'Node',
   'Endpoint',
+  'EndpointSlice',
   'NetworkPolicy',
   'CiliumNetworkPolicy',
+  'CiliumClusterwideNetworkPolicy',
 ];
 
 export const objectSchemas: { [K in ObjectKind]: z.ZodType<ObjectKinds[K], any> } = {
@@ -37,8 +49,10 @@ export const objectSchemas: { [K in ObjectKind]: z.ZodType<ObjectKinds[K], any> 
   Service: serviceSchema,
   Node: nodeSchema,
   Endpoint: endpointSchema,
+  EndpointSlice: endpointSliceSchema,
   NetworkPolicy: networkPolicySchema,
   CiliumNetworkPolicy: ciliumNetworkPolicySchema,
+  CiliumClusterwideNetworkPolicy: ciliumClusterwideNetworkPolicySchema,
 };
 
 /** Kinds whose objects live in a namespace. */
@@ -46,6 +60,7 @@ export const NAMESPACED_KINDS: ReadonlySet<ObjectKind> = new Set<ObjectKind>([
   'Pod',
   'Service',
   'Endpoint',
+  'EndpointSlice',
   'NetworkPolicy',
   'CiliumNetworkPolicy',
 ]);

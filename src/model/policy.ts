@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { objectMetaSchema } from './meta.ts';
+import { clusterObjectMetaSchema, objectMetaSchema } from './meta.ts';
 
 /** Policies are stored and watched now; their spec is interpreted by src/policy/ later. */
 const opaqueSpec = z.record(z.string(), z.unknown());
@@ -20,3 +20,13 @@ export const ciliumNetworkPolicySchema = z.object({
   specs: z.array(opaqueSpec).optional(),
 });
 export type CiliumNetworkPolicy = z.infer<typeof ciliumNetworkPolicySchema>;
+
+/** cilium.io/v2 CiliumClusterwideNetworkPolicy: a CiliumNetworkPolicy without a namespace. */
+export const ciliumClusterwideNetworkPolicySchema = z.object({
+  kind: z.literal('CiliumClusterwideNetworkPolicy'),
+  apiVersion: z.string().optional(),
+  metadata: clusterObjectMetaSchema,
+  spec: opaqueSpec.optional(),
+  specs: z.array(opaqueSpec).optional(),
+});
+export type CiliumClusterwideNetworkPolicy = z.infer<typeof ciliumClusterwideNetworkPolicySchema>;

@@ -2,8 +2,10 @@
 // Two implementations (store, kubernetes) sit behind this interface; nothing
 // above it may know which one it has.
 import type {
+  CiliumClusterwideNetworkPolicy,
   CiliumNetworkPolicy,
   Endpoint,
+  EndpointSlice,
   Namespace,
   NetworkPolicy,
   Node,
@@ -61,6 +63,9 @@ export interface ClusterSource {
   readonly endpoints: Resource<Endpoint>;
   readonly networkPolicies: Resource<NetworkPolicy>;
   readonly ciliumNetworkPolicies: Resource<CiliumNetworkPolicy>;
+  readonly ciliumClusterwideNetworkPolicies: Resource<CiliumClusterwideNetworkPolicy>;
+  /** A Service's backends as Kubernetes publishes them (IPv4 slices). */
+  readonly endpointSlices: Resource<EndpointSlice>;
   resource<K extends ObjectKind>(kind: K): Resource<ObjectKinds[K]>;
   /** Begins list+watch of every kind. */
   start(): Promise<void>;
@@ -71,6 +76,7 @@ export interface ClusterSource {
 /** Something the source could not believe (an object that fails its schema). */
 export interface SourceProblem {
   kind: ObjectKind;
+  /** Where the object was read: a store key, or `namespace/name` (`name` when cluster-scoped). */
   key: string;
   message: string;
 }

@@ -14,8 +14,10 @@ export const STORE_KIND_SEGMENTS: Readonly<Record<ObjectKind, string>> = {
   Service: 'services',
   Node: 'nodes',
   Endpoint: 'ciliumendpoints',
+  EndpointSlice: 'endpointslices',
   NetworkPolicy: 'networkpolicies',
   CiliumNetworkPolicy: 'ciliumnetworkpolicies',
+  CiliumClusterwideNetworkPolicy: 'ciliumclusterwidenetworkpolicies',
 };
 
 /** `clustermesh/store/v1/<kind>/`: everything of one kind. */

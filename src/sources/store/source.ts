@@ -6,9 +6,11 @@ import type { KvError } from '../../kvstore/types.ts';
 import { WatchStore, type BackoffOptions } from '../../kvstore/watch-store.ts';
 import {
   OBJECT_KINDS,
+  type CiliumClusterwideNetworkPolicy,
   type CiliumNetworkPolicy,
   type ClusterObject,
   type Endpoint,
+  type EndpointSlice,
   type Namespace,
   type NetworkPolicy,
   type Node,
@@ -32,6 +34,8 @@ export interface StoreSourceOptions {
   clock?: Clock;
   backoff?: BackoffOptions;
   pageSize?: number;
+  /** Only these kinds are watched (default all); e.g. ['Endpoint'] beside a KubernetesSource. The others never sync. */
+  kinds?: readonly ObjectKind[];
 }
 
 type Caches = { [K in ObjectKind]: ResourceCache<ObjectKinds[K]> };
@@ -55,8 +59,10 @@ export class StoreSource implements ClusterSource {
       Service: make('Service'),
       Node: make('Node'),
       Endpoint: make('Endpoint'),
+      EndpointSlice: make('EndpointSlice'),
       NetworkPolicy: make('NetworkPolicy'),
       CiliumNetworkPolicy: make('CiliumNetworkPolicy'),
+      CiliumClusterwideNetworkPolicy: make('CiliumClusterwideNetworkPolicy'),
     };
   }
 
@@ -81,6 +87,12 @@ export class StoreSource implements ClusterSource {
   get ciliumNetworkPolicies(): Resource<CiliumNetworkPolicy> {
     return this.caches.CiliumNetworkPolicy;
   }
+  get ciliumClusterwideNetworkPolicies(): Resource<CiliumClusterwideNetworkPolicy> {
+    return this.caches.CiliumClusterwideNetworkPolicy;
+  }
+  get endpointSlices(): Resource<EndpointSlice> {
+    return this.caches.EndpointSlice;
+  }
 
   resource<K extends ObjectKind>(kind: K): Resource<ObjectKinds[K]> {
     return this.caches[kind];
@@ -90,7 +102,7 @@ export class StoreSource implements ClusterSource {
     if (this.stopped) throw new Error('store source: stopped; create a new one');
     if (this.started) return;
     this.started = true;
-    for (const kind of OBJECT_KINDS) this.startKind(kind);
+    for (const kind of this.opts.kinds ?? OBJECT_KINDS) this.startKind(kind);
   }
 
   async stop(): Promise<void> {
