@@ -7,26 +7,16 @@
 // the rest is replaced with what this version renders.
 import { ApiException, KubeConfig, KubernetesObjectApi, type KubernetesObject } from '@kubernetes/client-node';
 import { CliError } from '../cli/common.ts';
+import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import { COMMON_LABELS, CREATED_BY_ANNOTATION, NAMES, createOnly, type KubeObject } from './manifests.ts';
 
-/** A kubeconfig (file or the default search: $KUBECONFIG, ~/.kube/config, in-cluster) with `context` made current. */
+/** The cluster of `context` (default: the current one) from --kubeconfig, KUBECONFIG, ~/.kube/config or in-cluster; errors say which file and what is missing. */
 export function loadKubeConfig(opts: { kubeconfig?: string | undefined; context?: string | undefined }): KubeConfig {
-  const kc = new KubeConfig();
   try {
-    if (opts.kubeconfig) kc.loadFromFile(opts.kubeconfig);
-    else kc.loadFromDefault();
+    return loadKubeConnection(opts).kubeConfig;
   } catch (err) {
-    throw new CliError(`kubeconfig ${opts.kubeconfig ?? process.env.KUBECONFIG ?? '(default)'}: ${(err as Error).message}`);
+    throw new CliError((err as Error).message);
   }
-  if (opts.context) {
-    if (!kc.getContextObject(opts.context)) {
-      const known = kc.getContexts().map((c) => c.name);
-      throw new CliError(`--context ${opts.context}: no such context in the kubeconfig (it has: ${known.join(', ') || 'none'})`);
-    }
-    kc.setCurrentContext(opts.context);
-  }
-  if (!kc.getCurrentCluster()) throw new CliError('kubeconfig: no current context (give --context)');
-  return kc;
 }
 
 /** `kind/name` as kubectl prints it. */
