@@ -7,7 +7,7 @@ import { Cache } from '../clustermesh/cache.ts';
 import type { RemoteIdentity, RemoteIpEntry } from '../clustermesh/clustermesh.ts';
 import * as policyMap from '../datapath/maps/policy.ts';
 import { identityLabels, labelStrings } from '../identity/labels.ts';
-import type { CiliumNetworkPolicy, Endpoint, NetworkPolicy, Pod } from '../model/index.ts';
+import type { CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy, Endpoint, NetworkPolicy, Pod } from '../model/index.ts';
 import { lookupPolicyMaps, type PolicyMaps } from '../datapath/maps/policy-entries.ts';
 import { ResourceCache } from '../sources/index.ts';
 import { PolicyManager, gcPolicyCt, parsePolicyKeyString, policyKeyString, type LocalEndpointView } from './policy.ts';
@@ -88,6 +88,7 @@ function setup(
   const src = {
     networkPolicies: new ResourceCache<NetworkPolicy>('NetworkPolicy'),
     ciliumNetworkPolicies: new ResourceCache<CiliumNetworkPolicy>('CiliumNetworkPolicy'),
+    ciliumClusterwideNetworkPolicies: new ResourceCache<CiliumClusterwideNetworkPolicy>('CiliumClusterwideNetworkPolicy'),
     endpoints: new ResourceCache<Endpoint>('Endpoint'),
     pods: new ResourceCache<Pod>('Pod'),
   };
@@ -111,8 +112,8 @@ function setup(
     locals.push({ containerID: `c-${podName}`, namespace: 'default', podName, endpointID, identity, identityLabels: labelsOf(cluster, app) });
     mgr.syncEndpoints();
   };
-  const addRemote = (id: number, clusterName: string, app: string): void => {
-    remote.set(id, { id, cluster: clusterName, labels: labelsOf(clusterName, app).map((s) => ({ source: s.slice(0, s.indexOf(':')), key: s.slice(s.indexOf(':') + 1, s.indexOf('=')), value: s.slice(s.indexOf('=') + 1) })) });
+  const addRemote = (id: number, clusterName: string, app: string, namespace = 'default'): void => {
+    remote.set(id, { id, cluster: clusterName, labels: labelsOf(clusterName, app, namespace).map((s) => ({ source: s.slice(0, s.indexOf(':')), key: s.slice(s.indexOf(':') + 1, s.indexOf('=')), value: s.slice(s.indexOf('=') + 1) })) });
   };
   const syncAll = (): void => Object.values(src).forEach((r) => r.markSynced());
   /** What the datapath would decide with the fake maps' contents. */
@@ -134,6 +135,37 @@ function setup(
 }
 
 describe('PolicyManager', () => {
+  it('a CiliumClusterwideNetworkPolicy selects in every namespace, its peers too; a CiliumNetworkPolicy only in its own', async () => {
+    const t = setup();
+    try {
+      t.mgr.start();
+      t.addRemote(C1 + 1, 'cluster1', 'frontend');
+      t.addRemote(C1 + 3, 'cluster1', 'frontend', 'other');
+      t.addLocal(5, 'backend', C2 + 1);
+      t.syncAll();
+      // The namespaced policy admits the frontend of its own namespace only.
+      t.src.ciliumNetworkPolicies.set(backendPolicy());
+      await t.idle();
+      assert.equal(t.verdict(5, C1 + 1), 'allowed');
+      assert.equal(t.verdict(5, C1 + 3), 'default-deny', 'a CNP peer selector is scoped to the policy namespace');
+      t.src.ciliumNetworkPolicies.remove({ namespace: 'default', name: 'backend-from-c1' });
+      // The clusterwide one: no namespace on the object, none added to its selectors.
+      const ccnp = { ...backendPolicy('backend-from-c1-everywhere'), kind: 'CiliumClusterwideNetworkPolicy', metadata: { name: 'backend-from-c1-everywhere' } } as unknown as CiliumClusterwideNetworkPolicy;
+      t.src.ciliumClusterwideNetworkPolicies.set(ccnp);
+      await t.idle();
+      assert.deepEqual(t.maps.enforce.data.get('5'), { active: true, ingress: true, egress: false });
+      assert.equal(t.verdict(5, C1 + 1), 'allowed');
+      assert.equal(t.verdict(5, C1 + 3), 'allowed', 'a CCNP peer selector matches in every namespace');
+      assert.equal(t.verdict(5, C1 + 1, 8081), 'default-deny');
+      assert.equal(t.mgr.status().policies.objects, 1);
+      t.src.ciliumClusterwideNetworkPolicies.remove({ name: 'backend-from-c1-everywhere' });
+      await t.idle();
+      assert.equal(t.verdict(5, C1 + 3), 'not-enforced', 'deleting it restores default allow');
+    } finally {
+      await t.stop();
+    }
+  });
+
   it('writes nothing before the policy kinds are listed; then enforces the example policy exactly', async () => {
     const t = setup();
     try {

@@ -49,9 +49,10 @@ import * as policyMap from '../datapath/maps/policy.ts';
 import type { MapHandle } from '../datapath/maps/codec.ts';
 import { monotonicSeconds } from '../datapath/maps/ct.ts';
 import type { NodeDatapath } from '../datapath/node.ts';
-import { RESERVED_IDENTITY_LABELS, type CiliumNetworkPolicy, type Endpoint, type NetworkPolicy, type Pod } from '../model/index.ts';
+import { RESERVED_IDENTITY_LABELS, type CiliumClusterwideNetworkPolicy, type CiliumNetworkPolicy, type Endpoint, type NetworkPolicy, type Pod } from '../model/index.ts';
 import {
   PolicyResolver,
+  parseCiliumClusterwideNetworkPolicy,
   parseCiliumNetworkPolicy,
   parseNetworkPolicy,
   policyKey,
@@ -141,6 +142,7 @@ export function gcPolicyCt(map: MapHandle, now = monotonicSeconds()): number {
 export interface PolicySource {
   networkPolicies: Resource<NetworkPolicy>;
   ciliumNetworkPolicies: Resource<CiliumNetworkPolicy>;
+  ciliumClusterwideNetworkPolicies: Resource<CiliumClusterwideNetworkPolicy>;
   endpoints: Resource<Endpoint>;
   pods: Resource<Pod>;
 }
@@ -306,7 +308,7 @@ const sameEnforce = (a: policyMap.EnforceValue | undefined, b: policyMap.Enforce
   a !== undefined && a.active === b.active && a.ingress === b.ingress && a.egress === b.egress;
 
 /** Kinds of the local source that must be listed before policy is written. */
-const POLICY_KINDS = ['networkPolicies', 'ciliumNetworkPolicies', 'endpoints', 'pods'] as const;
+const POLICY_KINDS = ['networkPolicies', 'ciliumNetworkPolicies', 'ciliumClusterwideNetworkPolicies', 'endpoints', 'pods'] as const;
 
 export class PolicyManager {
   readonly resolver: PolicyResolver;
@@ -461,6 +463,10 @@ export class PolicyManager {
         if (ev.kind === 'synced') return this.schedule();
         this.policyEvent('CiliumNetworkPolicy', ev.kind, ev.object);
       }),
+      s.ciliumClusterwideNetworkPolicies.watch((ev) => {
+        if (ev.kind === 'synced') return this.schedule();
+        this.policyEvent('CiliumClusterwideNetworkPolicy', ev.kind, ev.object);
+      }),
       s.endpoints.watch((ev) => {
         if (ev.kind === 'synced') return this.schedule();
         const { namespace, name } = ev.object.metadata;
@@ -593,8 +599,8 @@ export class PolicyManager {
 
   // ---- inputs
 
-  private policyEvent(kind: PolicyKind, ev: 'upsert' | 'delete', obj: NetworkPolicy | CiliumNetworkPolicy): void {
-    const ref = { kind, namespace: obj.metadata.namespace, name: obj.metadata.name };
+  private policyEvent(kind: PolicyKind, ev: 'upsert' | 'delete', obj: NetworkPolicy | CiliumNetworkPolicy | CiliumClusterwideNetworkPolicy): void {
+    const ref = { kind, namespace: obj.metadata.namespace ?? '', name: obj.metadata.name };
     const key = policyKey(ref);
     if (ev === 'delete') {
       this.parseErrors.delete(key);
@@ -603,7 +609,7 @@ export class PolicyManager {
     }
     let policy;
     try {
-      policy = kind === 'NetworkPolicy' ? parseNetworkPolicy(obj) : parseCiliumNetworkPolicy(obj);
+      policy = kind === 'NetworkPolicy' ? parseNetworkPolicy(obj) : kind === 'CiliumNetworkPolicy' ? parseCiliumNetworkPolicy(obj) : parseCiliumClusterwideNetworkPolicy(obj);
     } catch (err) {
       this.recordError(ref, err, 'is invalid; not applied (its previous version, if any, stays)');
       return;
@@ -905,7 +911,7 @@ export class PolicyManager {
     return {
       synced: this.synced,
       policyDefaultLocalCluster: this.defaultLocal,
-      policies: { objects: this.o.source.networkPolicies.list().length + this.o.source.ciliumNetworkPolicies.list().length, applied: st.policies },
+      policies: { objects: this.o.source.networkPolicies.list().length + this.o.source.ciliumNetworkPolicies.list().length + this.o.source.ciliumClusterwideNetworkPolicies.list().length, applied: st.policies },
       parseErrors: [...this.parseErrors.values()].sort((a, b) => (a.namespace + a.name < b.namespace + b.name ? -1 : 1)),
       identities: st.identities,
       selectors: st.selectors,

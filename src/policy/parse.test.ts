@@ -302,3 +302,20 @@ test('CiliumNetworkPolicy: what is not enforced here is refused by name', () => 
   bad({ endpointSelector: {}, ingress: [{ fromEndpoints: [{ matchLabels: {} }], bogus: 1 }] }, /spec\.ingress\[0\]: .*bogus/i);
   throwsField(() => parseCiliumNetworkPolicy({ ...cnp(undefined), spec: undefined }), /spec: spec or specs is required/);
 });
+
+test('CiliumClusterwideNetworkPolicy: no namespace on the object or its selectors; a namespace on it is refused; files keep it cluster-scoped', () => {
+  const ccnp = {
+    apiVersion: 'cilium.io/v2',
+    kind: 'CiliumClusterwideNetworkPolicy',
+    metadata: { name: 'web-from-frontend' },
+    spec: { endpointSelector: { matchLabels: { app: 'web' } }, ingress: [{ fromEndpoints: [{ matchLabels: { app: 'frontend' } }] }] },
+  };
+  const p = parsePolicy(ccnp);
+  assert.deepEqual([p.kind, p.namespace, p.name], ['CiliumClusterwideNetworkPolicy', '', 'web-from-frontend']);
+  const s = section(p);
+  assert.equal(selectorString(s.subject), '{any:app=web}');
+  assert.deepEqual(s.rules[0]!.peers.map((x) => (x.kind === 'endpoints' ? selectorString(x.selector) : x.kind)), ['{any:app=frontend}']);
+  throwsField(() => parsePolicy({ ...ccnp, metadata: { name: 'x', namespace: 'default' } }), /metadata\.namespace/);
+  const [fromFile] = parsePolicyDocuments([ccnp], 'ccnp.yaml');
+  assert.equal(fromFile!.namespace, '', 'the default namespace of a file is not put on a clusterwide policy');
+});

@@ -6,6 +6,7 @@ import { K8S_SOURCE, NAMESPACE_LABELS_PREFIX, POD_NAMESPACE_LABEL } from '../ide
 import { ModelError, describeRaw, parseWith } from '../model/index.ts';
 import { formatPrefix, parsePrefix, subtractPrefixes } from './cidr.ts';
 import {
+  ciliumClusterwideNetworkPolicyObjectSchema,
   ciliumNetworkPolicyObjectSchema,
   networkPolicyObjectSchema,
   splitCiliumKey,
@@ -35,7 +36,7 @@ import {
   type Verdict,
 } from './types.ts';
 
-export const POLICY_KINDS: readonly PolicyKind[] = ['NetworkPolicy', 'CiliumNetworkPolicy'];
+export const POLICY_KINDS: readonly PolicyKind[] = ['NetworkPolicy', 'CiliumNetworkPolicy', 'CiliumClusterwideNetworkPolicy'];
 
 export function isPolicyKind(kind: unknown): kind is PolicyKind {
   return typeof kind === 'string' && (POLICY_KINDS as readonly string[]).includes(kind);
@@ -144,10 +145,11 @@ export function parseNetworkPolicy(input: unknown, context?: string): Policy {
 
 const ENTITY_ALL: Entity = 'all';
 
+/** `namespace` undefined: a clusterwide policy (its selectors are not scoped to a namespace). */
 function ciliumPeers(
   r: CiliumIngressRule | CiliumEgressRule,
   direction: Direction,
-  namespace: string,
+  namespace: string | undefined,
 ): Peer[] {
   const ing = direction === 'ingress' ? (r as CiliumIngressRule) : undefined;
   const eg = direction === 'egress' ? (r as CiliumEgressRule) : undefined;
@@ -159,7 +161,7 @@ function ciliumPeers(
   for (const sel of endpoints) {
     let s: LabelSelector = normalizeSelector(requirementsOf(sel, splitCiliumKey));
     // Scope to the policy's namespace unless the selector names one (or is about reserved identities).
-    if (!namesNamespace(s) && !namesReserved(s)) s = normalizeSelector([...s.requirements, namespaceRequirement(namespace)]);
+    if (namespace !== undefined && !namesNamespace(s) && !namesReserved(s)) s = normalizeSelector([...s.requirements, namespaceRequirement(namespace)]);
     peers.push({ kind: 'endpoints', selector: s });
   }
   for (const e of entities as Entity[]) peers.push(e === ENTITY_ALL ? { kind: 'all' } : { kind: 'entity', entity: e as Exclude<Entity, 'all'> });
@@ -172,21 +174,21 @@ function ciliumPeers(
   return peers;
 }
 
-function ciliumRules(direction: Direction, verdict: Verdict, rules: readonly (CiliumIngressRule | CiliumEgressRule)[], namespace: string): PolicyRule[] {
+function ciliumRules(direction: Direction, verdict: Verdict, rules: readonly (CiliumIngressRule | CiliumEgressRule)[], namespace: string | undefined): PolicyRule[] {
   return rules.map((r) => {
     const ports = (r.toPorts ?? []).flatMap((pr) => pr.ports ?? []).map(ciliumPort);
     return { direction, verdict, peers: ciliumPeers(r, direction, namespace), ports: ports.length > 0 ? ports : [ALL_PORTS] };
   });
 }
 
-function ciliumSection(rule: CiliumRule, namespace: string): PolicySection {
+function ciliumSection(rule: CiliumRule, namespace: string | undefined): PolicySection {
   const ingress = rule.ingress ?? [];
   const ingressDeny = rule.ingressDeny ?? [];
   const egress = rule.egress ?? [];
   const egressDeny = rule.egressDeny ?? [];
   return {
-    // A CiliumNetworkPolicy selects endpoints of its own namespace only.
-    subject: normalizeSelector([...requirementsOf(rule.endpointSelector, splitCiliumKey), namespaceRequirement(namespace)]),
+    // A CiliumNetworkPolicy selects endpoints of its own namespace only; a clusterwide one, of any.
+    subject: normalizeSelector([...requirementsOf(rule.endpointSelector, splitCiliumKey), ...(namespace !== undefined ? [namespaceRequirement(namespace)] : [])]),
     enforce: {
       ingress: rule.enableDefaultDeny?.ingress ?? ingress.length + ingressDeny.length > 0,
       egress: rule.enableDefaultDeny?.egress ?? egress.length + egressDeny.length > 0,
@@ -208,11 +210,23 @@ export function parseCiliumNetworkPolicy(input: unknown, context?: string): Poli
   return { kind: 'CiliumNetworkPolicy', namespace: ns, name: cnp.metadata.name, sections: rules.map((r) => ciliumSection(r, ns)) };
 }
 
-/** Parses either kind, by its `kind` field; throws ModelError. */
+/**
+ * Parses a CiliumClusterwideNetworkPolicy: the rules of a CiliumNetworkPolicy
+ * without a namespace, so its endpointSelector and peer selectors match in
+ * every namespace (as in Cilium). Its namespace in the Policy is ''.
+ */
+export function parseCiliumClusterwideNetworkPolicy(input: unknown, context?: string): Policy {
+  const ccnp = parseWith(ciliumClusterwideNetworkPolicyObjectSchema, 'CiliumClusterwideNetworkPolicy', input, context);
+  const rules = [...(ccnp.spec ? [ccnp.spec] : []), ...(ccnp.specs ?? [])];
+  return { kind: 'CiliumClusterwideNetworkPolicy', namespace: '', name: ccnp.metadata.name, sections: rules.map((r) => ciliumSection(r, undefined)) };
+}
+
+/** Parses any policy kind, by its `kind` field; throws ModelError. */
 export function parsePolicy(input: unknown, context?: string): Policy {
   const kind = (input as { kind?: unknown } | null)?.kind;
   if (kind === 'NetworkPolicy') return parseNetworkPolicy(input, context);
   if (kind === 'CiliumNetworkPolicy') return parseCiliumNetworkPolicy(input, context);
+  if (kind === 'CiliumClusterwideNetworkPolicy') return parseCiliumClusterwideNetworkPolicy(input, context);
   const what = describeRaw(typeof kind === 'string' ? kind : 'object', input);
   throw new ModelError(context ? `${context}: ${what}` : what, [
     { path: 'kind', message: `${typeof kind === 'string' ? `"${kind}"` : 'missing'}: not a policy kind (${POLICY_KINDS.join(', ')})` },
@@ -253,8 +267,9 @@ function flatten(docs: readonly unknown[]): unknown[] {
 }
 
 function withDefaultNamespace(input: unknown, ns: string): unknown {
-  const o = input as { metadata?: unknown } | null;
+  const o = input as { kind?: unknown; metadata?: unknown } | null;
   if (typeof o !== 'object' || o === null || typeof o.metadata !== 'object' || o.metadata === null) return input;
+  if (o.kind === 'CiliumClusterwideNetworkPolicy') return input; // cluster-scoped
   const meta = o.metadata as { namespace?: unknown };
   return meta.namespace === undefined || meta.namespace === null ? { ...o, metadata: { ...meta, namespace: ns } } : input;
 }

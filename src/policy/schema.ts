@@ -3,7 +3,7 @@
 // implementation does not enforce is an error naming it, never silently
 // dropped (dropping one could admit or refuse traffic the author did not mean).
 import { z } from 'zod';
-import { isQualifiedName, labelValue, objectMetaSchema, qualifiedName } from '../model/index.ts';
+import { clusterObjectMetaSchema, isQualifiedName, labelValue, objectMetaSchema, qualifiedName } from '../model/index.ts';
 import { parsePrefix, prefixContains } from './cidr.ts';
 import { ENTITIES } from './types.ts';
 
@@ -253,19 +253,25 @@ const ciliumRuleSchema = z
       ctx.addIssue({ code: 'custom', path: ['endpointSelector'], message: 'reserved: labels (host policies) are not supported' });
   });
 
-export const ciliumNetworkPolicyObjectSchema = z
-  .object({
-    kind: z.literal('CiliumNetworkPolicy'),
-    apiVersion: opt(z.literal('cilium.io/v2')),
-    metadata: objectMetaSchema,
-    spec: opt(ciliumRuleSchema),
-    specs: opt(z.array(ciliumRuleSchema)),
-    status: z.unknown().optional(),
-  })
-  .superRefine((o, ctx) => {
-    if (o.spec === undefined && (o.specs === undefined || o.specs.length === 0))
-      ctx.addIssue({ code: 'custom', path: ['spec'], message: 'spec or specs is required' });
-  });
+/** A Cilium policy object: the namespaced kind, or the clusterwide one (no namespace: it selects in every namespace). */
+function ciliumPolicyObjectSchema<K extends 'CiliumNetworkPolicy' | 'CiliumClusterwideNetworkPolicy', M extends z.ZodType>(kind: K, metadata: M) {
+  return z
+    .object({
+      kind: z.literal(kind),
+      apiVersion: opt(z.literal('cilium.io/v2')),
+      metadata,
+      spec: opt(ciliumRuleSchema),
+      specs: opt(z.array(ciliumRuleSchema)),
+      status: z.unknown().optional(),
+    })
+    .superRefine((o, ctx) => {
+      if (o.spec === undefined && (o.specs === undefined || o.specs.length === 0))
+        ctx.addIssue({ code: 'custom', path: ['spec'], message: 'spec or specs is required' });
+    });
+}
+
+export const ciliumNetworkPolicyObjectSchema = ciliumPolicyObjectSchema('CiliumNetworkPolicy', objectMetaSchema);
+export const ciliumClusterwideNetworkPolicyObjectSchema = ciliumPolicyObjectSchema('CiliumClusterwideNetworkPolicy', clusterObjectMetaSchema);
 export type CiliumNetworkPolicyObject = z.output<typeof ciliumNetworkPolicyObjectSchema>;
 export type CiliumRule = z.output<typeof ciliumRuleSchema>;
 export type CiliumIngressRule = z.output<typeof ciliumIngressRuleSchema>;

@@ -126,10 +126,11 @@ export interface PolicySection {
   rules: readonly PolicyRule[];
 }
 
-export type PolicyKind = 'NetworkPolicy' | 'CiliumNetworkPolicy';
+export type PolicyKind = 'NetworkPolicy' | 'CiliumNetworkPolicy' | 'CiliumClusterwideNetworkPolicy';
 
 export interface Policy {
   kind: PolicyKind;
+  /** '' for a clusterwide policy. */
   namespace: string;
   name: string;
   /** One for a NetworkPolicy; one per `spec` / `specs[i]` of a CiliumNetworkPolicy. */
