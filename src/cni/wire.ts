@@ -42,10 +42,16 @@ function inNs(netns: string | undefined, argv: readonly string[]): string[] {
   return netns === undefined ? [...argv] : ['nsenter', `--net=${nsPath(netns)}`, ...argv];
 }
 
+/** How many commands (ip, nsenter, sysctl) this process ran and their wall time: bench/startup reports it. */
+export const commandTime = { count: 0, ms: 0 };
+
 function exec(argv: readonly string[], input?: string): Promise<string> {
   const [cmd, ...args] = argv;
+  const t0 = performance.now();
   return new Promise((resolve, reject) => {
     const child = execFile(cmd!, args, { encoding: 'utf8', timeout: 30_000 }, (err, stdout, stderr) => {
+      commandTime.count++;
+      commandTime.ms += performance.now() - t0;
       if (err) reject(new WireCommandError(argv, stderr || err.message));
       else resolve(stdout);
     });
