@@ -341,7 +341,7 @@ if (runs('cni') || runs('agent')) {
       let have = 0;
       for (const n of [...ENDPOINTS].sort((a, b) => a - b)) {
         for (; have < n; have++) {
-          await mesh.addEndpoint(node, `bench-ep-${have}`, { namespace: 'default', podName: `bench-ep-${have}`, ip: hostAddr(100 + have), hostIfName: `cmbe${have}`, podMac: macs.get(`cmbep${have}`)!, labels: { app: `bench-${have % 10}` } });
+          await mesh.addEndpoint(node, `bench-ep-${have}`, { namespace: 'default', podName: `bench-ep-${have}`, ip: hostAddr(16 + have), hostIfName: `cmbe${have}`, podMac: macs.get(`cmbep${have}`)!, labels: { app: `bench-${have % 10}` } });
           if (have % 100 === 99) console.error(`agent: ${have + 1} endpoints`);
         }
         await sleep(5000); // let reconciliation and GC settle
