@@ -1,7 +1,8 @@
 // The plugin's inputs: the CNI_* environment and the network configuration on
 // stdin, validated by hand (no zod: the plugin starts on every pod's creation
-// path, and building zod schemas was most of its start); every failure is a CniError naming the variable or
-// the field (code 4 for the environment, 7 for the config, 1 for the version).
+// path, and building zod schemas was most of its start); every failure is a
+// CniError naming the variable or the field (code 4 for the environment, 7 for
+// the config, 1 for the version).
 //
 // Network configuration (CNI 1.0.0 plus our fields):
 //   { "cniVersion": "1.0.0", "name": "clustermesh", "type": "clustermesh",
@@ -65,7 +66,9 @@ const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null 
  * Reads the fields of untrusted JSON by hand (the plugin loads no zod: building
  * its schemas was most of a CNI call's start) and collects one
  * `path: what is wrong` line per bad field, so every problem is named at once.
- * A reader returns undefined for a field that is absent or wrong.
+ * Each reader takes the object and the field's dotted path from the root (its
+ * last segment is the key in that object) and returns undefined for a field
+ * that is absent or wrong.
  */
 class FieldReader {
   readonly problems: string[] = [];
