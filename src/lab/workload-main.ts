@@ -8,7 +8,7 @@ import { parseArgs } from 'node:util';
  * Node flags of the processes a lab pod runs for `lab workload echo|client`
  * (the lab's `clustermesh` wrapper on the pods' PATH passes them; bench/startup
  * measures each). --lite-mode: no optimizing compiler and no feedback vectors
- * until a function is hot; a pod that has served traffic keeps ~6 MB less
+ * until a function is hot; a pod that has served traffic keeps ~7 MB less
  * (the compiler's code pages and its output), its requests run as fast (an echo
  * answer is I/O-bound). Idle, right after start, a pod keeps about as much
  * either way: most of it is the node binary's own pages, shared by every pod.
