@@ -7,8 +7,10 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { resolve } from 'node:path';
+import { build } from 'esbuild';
 
-const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
+const ROOT = resolve(import.meta.dirname, '..');
+const CLI = resolve(ROOT, 'bin', 'clustermesh.js');
 
 function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((done, reject) => {
@@ -76,4 +78,18 @@ test('lab workload echo and client run from their own entry; bad flags get the f
   const none = await cli(['lab', 'workload', 'client', `http://127.0.0.1:${port}/`, '--count=2', '--timeout', '2000']);
   assert.equal(none.code, 1);
   assert.match(none.stdout, /2 requests to .* 0 answered, 2 failed/);
+});
+
+// What a pod start pays for: the CNI plugin's entry and the workloads' entry
+// reach no package at all (zod's schemas were most of the plugin's start; the
+// workloads take no CLI framework), only node: builtins and their own sources.
+test('the CNI plugin and the lab workloads load no package, only node: builtins', async () => {
+  for (const entry of ['src/cni/main.ts', 'src/lab/workload-main.ts']) {
+    const r = await build({ absWorkingDir: ROOT, entryPoints: [entry], bundle: true, format: 'esm', platform: 'node', packages: 'external', write: false, metafile: true, outdir: 'out', logLevel: 'error' });
+    const imports = Object.values(r.metafile.outputs).flatMap((o) => o.imports.map((i) => i.path));
+    assert.ok(imports.some((p) => p.startsWith('node:')), `${entry}: the metafile lists its imports`);
+    assert.deepEqual(imports.filter((p) => !p.startsWith('node:')), [], `${entry} imports packages`);
+    const sources = Object.keys(r.metafile.inputs);
+    assert.ok(sources.includes(entry) && !sources.includes('src/model/meta.ts'), `${entry}: ${sources.join(', ')}`);
+  }
 });

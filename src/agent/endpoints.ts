@@ -44,10 +44,10 @@ import type { ClusterObject, Labels } from '../model/index.ts';
 import { ownerKeys, localEndpointContributions, type IpcacheEntry, type IpcacheTable } from './ipcache-desired.ts';
 import type { Reconciler } from './reconciler.ts';
 import { endpointObject, publishKeys } from './store-publisher.ts';
+import { endpointRequestSchema } from './endpoint-request.ts';
 import {
   ApiError,
   CONTAINER_ID_RE,
-  endpointRequestSchema,
   type EndpointDeleteResult,
   type EndpointInfo,
   type EndpointSpec,

@@ -9,6 +9,7 @@ export * from './store-publisher.ts';
 export * from './datapath.ts';
 export * from './status.ts';
 export * from './types.ts';
+export { endpointRequestSchema } from './endpoint-request.ts';
 export { AgentClient, AgentUnavailableError, type AgentClientOptions } from './client.ts';
 export { startApiServer, type ApiHandlers, type ApiServer } from './api.ts';
 export { agentCommand } from './command.ts';

@@ -10,8 +10,9 @@
 //   GET    /v1/policy                    → PolicyInspect (policy.ts): per local endpoint the enforced directions and resolved entries
 //   GET    /healthz                      → 200 { ready: true } | 503 { ready: false, phase }
 // Errors: { error: <one sentence>, code: ApiErrorCode } with the HTTP status.
-import { z } from 'zod';
-import { dns1123Label, dns1123Subdomain, labelsSchema, type Labels } from '../model/index.ts';
+// No zod here (nor anything that loads it): the CNI plugin imports this file
+// through client.ts and must start fast; the request schema is endpoint-request.ts.
+import type { Labels } from '../model/index.ts';
 
 export type { ServiceInfo, ServiceFrontendInfo, ServiceBackendInfo } from './services.ts';
 export type { PolicyInspect, PolicyEndpointView, PolicyEntryView } from './policy.ts';
@@ -19,31 +20,8 @@ export type { PolicyInspect, PolicyEndpointView, PolicyEntryView } from './polic
 /** A container ID is used as a file name: plain characters only. */
 export const CONTAINER_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
-const ipv4 = z.string().regex(/^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/, 'must be an IPv4 address');
-
-export const endpointRequestSchema = z.object({
-  namespace: dns1123Label,
-  podName: dns1123Subdomain,
-  ip: ipv4,
-  /** The pod's host-side veth in the node's network namespace. */
-  hostIfName: z
-    .string()
-    .min(1)
-    .max(15, 'at most 15 characters (a Linux device name)')
-    .regex(/^[A-Za-z0-9_.:-]+$/, 'must be a device name'),
-  /** MAC of the pod's own interface (eth0 in the pod). */
-  podMac: z
-    .string()
-    .regex(/^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/, 'must be a MAC address aa:bb:cc:dd:ee:ff')
-    .transform((s) => s.toLowerCase()),
-  labels: labelsSchema.default({}),
-  serviceAccount: dns1123Subdomain.optional(),
-});
-
-/** What a caller sends. */
-export type EndpointRequest = z.input<typeof endpointRequestSchema>;
-/** The request after validation (defaults filled, MAC lowercased). */
-export type EndpointSpec = z.output<typeof endpointRequestSchema>;
+/** What a caller sends (validated by endpointRequestSchema, endpoint-request.ts). */
+export type { EndpointRequest, EndpointSpec } from './endpoint-request.ts';
 
 /** Where an endpoint stands. */
 export type EndpointState =

@@ -122,3 +122,98 @@ test('errors serialise as the spec error JSON', () => {
   assert.equal(e.message, 'first line');
   assert.equal(e.details, 'first line\nsecond');
 });
+
+// The plugin validates by hand (no zod on its path); these pin what each field accepts and how a refusal reads.
+test('hand-written validators: each bad field is named with what is wrong and what it got', () => {
+  const cases: Array<[unknown, string]> = [
+    [{ ...base, name: 5 }, 'name: must be a string, got a number (5)'],
+    [{ ...base, name: '-x' }, 'name: letters, digits, "_", "." and "-", starting with a letter or digit'],
+    [{ ...base, type: undefined }, 'type: required (a string)'],
+    [{ ...base, agentSocket: undefined }, 'agentSocket: required (a string)'],
+    [{ ...base, agentSocket: null }, 'agentSocket: must be a string, got null'],
+    [{ ...base, agentTimeoutSeconds: 0 }, 'agentTimeoutSeconds: must be an integer in 1..300, got a number (0)'],
+    [{ ...base, agentTimeoutSeconds: 1.5 }, 'agentTimeoutSeconds: must be an integer in 1..300, got a number (1.5)'],
+    [{ ...base, mtu: '1450' }, 'mtu: must be an integer in 576..9000, got a string ("1450")'],
+    [{ ...base, underlayMtu: 9001 }, 'underlayMtu: must be an integer in 1280..9000, got a number (9001)'],
+    [{ ...base, ipam: undefined }, 'ipam: required (an object)'],
+    [{ ...base, ipam: [] }, 'ipam: must be an object, got an array'],
+    [{ ...base, ipam: {} }, 'ipam.podCIDR: required (a string)'],
+    [{ ...base, ipam: { type: 'dhcp', podCIDR: '10.101.1.0/24' } }, 'ipam.type: must be "host-local" (or absent)'],
+    [{ ...base, ipam: { podCIDR: '10.101.1.0' } }, 'ipam.podCIDR: must be an IPv4 CIDR a.b.c.d/n'],
+    [{ ...base, ipam: { podCIDR: '10.101.1.0/24/1' } }, 'ipam.podCIDR: must be an IPv4 CIDR a.b.c.d/n'],
+    [{ ...base, ipam: { podCIDR: '256.1.1.0/24' } }, 'ipam.podCIDR: must be an IPv4 CIDR a.b.c.d/n'],
+    [{ ...base, ipam: { podCIDR: '10.101.1.0/31' } }, 'ipam.podCIDR: must be /30 or larger to hold pods'],
+    [{ ...base, ipam: { podCIDR: '10.101.1.0/24', gateway: '10.101.1' } }, 'ipam.gateway: must be an IPv4 address'],
+    [{ ...base, ipam: { podCIDR: '10.101.1.0/24', rangeEnd: '10.101.2.1' } }, 'ipam.rangeEnd: must lie in podCIDR 10.101.1.0/24'],
+    [{ ...base, ipam: { podCIDR: '10.101.1.0/24', dataDir: 'var/lib' } }, 'ipam.dataDir: must be an absolute path'],
+    [{ ...base, dns: 'x' }, 'dns: must be an object, got a string ("x")'],
+    [{ ...base, dns: { nameservers: '10.96.0.10' } }, 'dns.nameservers: must be an array of strings, got a string ("10.96.0.10")'],
+    [{ ...base, dns: { nameservers: ['10.96.0.10', 'kube-dns'] } }, 'dns.nameservers.1: must be an IPv4 address'],
+    [{ ...base, dns: { search: [1] } }, 'dns.search.0: must be a string, got a number (1)'],
+    [{ ...base, dns: { domain: false } }, 'dns.domain: must be a string, got a boolean (false)'],
+    [{ ...base, labels: [] }, 'labels: must be an object of label keys to values, got an array'],
+    [{ ...base, labels: { 'bad key!': 'x' } }, 'labels.bad key!: not a qualified name ([prefix/]name)'],
+    [{ ...base, labels: { app: 'a b' } }, 'labels.app: alphanumerics, "-", "_" and ".", starting and ending alphanumeric'],
+    [{ ...base, labels: { app: 'a'.repeat(64) } }, 'labels.app: at most 63 characters'],
+    [{ ...base, labels: { app: 1 } }, 'labels.app: must be a string, got a number (1)'],
+    [{ ...base, runtimeConfig: [] }, 'runtimeConfig: must be an object, got an array'],
+    [{ ...base, runtimeConfig: { labels: { 'example.com/': 'x' } } }, 'runtimeConfig.labels.example.com/: not a qualified name ([prefix/]name)'],
+    [{ ...base, runtimeConfig: { ips: ['10.101.1.5', '10.101.1.6'] } }, 'runtimeConfig.ips: at most one address'],
+    [{ ...base, runtimeConfig: { ips: ['10.101.1.5/24'] } }, 'runtimeConfig.ips.0: must be an IPv4 address (optionally /32)'],
+    [{ ...base, runtimeConfig: { serviceAccount: 'SA' } }, 'runtimeConfig.serviceAccount: lowercase alphanumerics, "-" and ".", starting and ending alphanumeric'],
+  ];
+  for (const [conf, line] of cases) {
+    assert.throws(
+      () => parseNetConf(JSON.stringify(conf)),
+      (err: unknown) => err instanceof CniError && err.code === 7 && err.message === `invalid network config: ${line}` && err.details === line,
+      `${JSON.stringify(conf)} → ${line}`,
+    );
+  }
+});
+
+test('every bad field is listed in the details, the first one in the message', () => {
+  const conf = { ...base, name: '', mtu: 1, ipam: { podCIDR: '10.101.1.0/24', gateway: '1.1.1.1' }, labels: { a: '-' } };
+  assert.throws(
+    () => parseNetConf(JSON.stringify(conf)),
+    (err: unknown) => {
+      assert.ok(err instanceof CniError && err.code === 7);
+      assert.equal(err.message, 'invalid network config: name: must not be empty');
+      assert.deepEqual(err.details.split('\n'), [
+        'name: must not be empty',
+        'mtu: must be an integer in 576..9000, got a number (1)',
+        'ipam.gateway: must lie in podCIDR 10.101.1.0/24',
+        'labels.a: alphanumerics, "-", "_" and ".", starting and ending alphanumeric',
+      ]);
+      return true;
+    },
+  );
+});
+
+test('valid optional fields pass through; unknown fields and prevResult are kept out of the way', () => {
+  const c = parseNetConf(
+    JSON.stringify({
+      ...base,
+      agentTimeoutSeconds: 5,
+      something: { else: true },
+      prevResult: { ips: [] },
+      dns: { nameservers: ['10.96.0.10'], domain: 'cluster.local', search: ['default.svc.cluster.local'] },
+      ipam: { type: 'host-local', podCIDR: '10.101.0.0/22', gateway: '10.101.3.254', rangeStart: '10.101.0.10', rangeEnd: '10.101.3.200', dataDir: '/var/lib/cm' },
+      labels: { 'example.com/team': 'net', empty: '' },
+    }),
+  );
+  assert.equal(c.agentTimeoutMs, 5000);
+  assert.deepEqual(c.prevResult, { ips: [] });
+  assert.deepEqual(c.dns, { nameservers: ['10.96.0.10'], domain: 'cluster.local', search: ['default.svc.cluster.local'], options: [] });
+  assert.deepEqual([c.podCIDR, c.gateway, c.rangeStart, c.rangeEnd, c.dataDir], ['10.101.0.0/22', '10.101.3.254', '10.101.0.10', '10.101.3.200', '/var/lib/cm']);
+  assert.deepEqual(c.labels, { 'example.com/team': 'net', empty: '' });
+  assert.equal(parseNetConf(JSON.stringify({ ...base, dns: {} })).dns?.nameservers.length, 0);
+});
+
+test('CNI_ARGS names: the same rules as the model, without zod', () => {
+  const args = (ns: string, pod: string, extra = '') => env({ CNI_ARGS: `K8S_POD_NAMESPACE=${ns};K8S_POD_NAME=${pod}${extra}` });
+  throwsCni(() => parseEnv(args('a'.repeat(64), 'p')), 4, /^CNI_ARGS: K8S_POD_NAMESPACE 'a{64}': at most 63 characters$/);
+  throwsCni(() => parseEnv(args('a.b', 'p')), 4, /^CNI_ARGS: K8S_POD_NAMESPACE 'a\.b': lowercase alphanumerics and "-"/);
+  throwsCni(() => parseEnv(args('a', 'p_1')), 4, /^CNI_ARGS: K8S_POD_NAME 'p_1': lowercase alphanumerics, "-" and "\."/);
+  throwsCni(() => parseEnv(args('a', 'p', ';K8S_POD_SERVICE_ACCOUNT=-sa')), 4, /^CNI_ARGS: K8S_POD_SERVICE_ACCOUNT '-sa'/);
+  assert.equal(parseEnv(args('a', 'web-1.x', ';K8S_POD_SERVICE_ACCOUNT=sa')).serviceAccount, 'sa');
+});

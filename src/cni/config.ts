@@ -1,6 +1,8 @@
 // The plugin's inputs: the CNI_* environment and the network configuration on
-// stdin, validated with zod; every failure is a CniError naming the variable or
-// the field (code 4 for the environment, 7 for the config, 1 for the version).
+// stdin, validated by hand (no zod: the plugin starts on every pod's creation
+// path, and building zod schemas was most of its start); every failure is a
+// CniError naming the variable or the field (code 4 for the environment, 7 for
+// the config, 1 for the version).
 //
 // Network configuration (CNI 1.0.0 plus our fields):
 //   { "cniVersion": "1.0.0", "name": "clustermesh", "type": "clustermesh",
@@ -14,9 +16,8 @@
 // CNI_ARGS: K8S_POD_NAMESPACE, K8S_POD_NAME (required by ADD), optional
 // K8S_POD_SERVICE_ACCOUNT and IP (a fixed address), IgnoreUnknown.
 import { dirname, join } from 'node:path';
-import { z } from 'zod';
 import { CONTAINER_ID_RE } from '../agent/types.ts';
-import { dns1123Label, dns1123Subdomain, labelsSchema } from '../model/index.ts';
+import { dns1123LabelProblem, dns1123SubdomainProblem, IPV4_RE, jsonKind, labelsProblems } from '../model/names.ts';
 import { CniCode, CniError } from './errors.ts';
 
 export const CNI_VERSION = '1.0.0';
@@ -24,14 +25,6 @@ export const CNI_VERSION = '1.0.0';
 export const SUPPORTED_VERSIONS: readonly string[] = ['1.0.0'];
 export const VXLAN_OVERHEAD = 50;
 export const PLUGIN_TYPE = 'clustermesh';
-
-const IPV4_RE = /^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/;
-const ipv4 = z.string().regex(IPV4_RE, 'must be an IPv4 address');
-const cidr4 = z.string().refine((s) => {
-  const [ip, len, more] = s.split('/');
-  return more === undefined && ip !== undefined && IPV4_RE.test(ip) && len !== undefined && /^\d{1,2}$/.test(len) && Number(len) <= 32;
-}, 'must be an IPv4 CIDR a.b.c.d/n');
-const absPath = z.string().startsWith('/', 'must be an absolute path');
 
 export function ipToInt(ip: string): number {
   return ip.split('.').reduce((acc, o) => acc * 256 + Number(o), 0);
@@ -52,57 +45,148 @@ export const inCidr = (ip: string, cidr: string): boolean => {
   return n >= a && n <= b;
 };
 
-const ipamSchema = z
-  .object({
-    type: z.literal('host-local').optional(),
-    podCIDR: cidr4.refine((c) => Number(c.split('/')[1]) <= 30, 'must be /30 or larger to hold pods'),
-    gateway: ipv4.optional(),
-    rangeStart: ipv4.optional(),
-    rangeEnd: ipv4.optional(),
-    /** Where the allocation state lives (default: `cni-ipam/` beside the agent socket, i.e. per node). */
-    dataDir: absPath.optional(),
-  })
-  .superRefine((v, ctx) => {
-    for (const f of ['gateway', 'rangeStart', 'rangeEnd'] as const) {
-      const ip = v[f];
-      if (ip !== undefined && !inCidr(ip, v.podCIDR)) ctx.addIssue({ code: 'custom', path: [f], message: `must lie in podCIDR ${v.podCIDR}` });
-    }
-  });
+// ---- checks of single values: why a value is wrong, or undefined --------------
 
-const runtimeConfigSchema = z
-  .object({
-    labels: labelsSchema.optional(),
-    ips: z.array(z.string().refine((s) => IPV4_RE.test(s.replace(/\/32$/, '')), 'must be an IPv4 address (optionally /32)')).max(1, 'at most one address').optional(),
-    serviceAccount: dns1123Subdomain.optional(),
-  })
-  .default({});
+type Check = (s: string) => string | undefined;
+const ipv4: Check = (s) => (IPV4_RE.test(s) ? undefined : 'must be an IPv4 address');
+const cidr4: Check = (s) => {
+  const [ip, len, more] = s.split('/');
+  if (more !== undefined || ip === undefined || !IPV4_RE.test(ip) || len === undefined || !/^\d{1,2}$/.test(len) || Number(len) > 32) return 'must be an IPv4 CIDR a.b.c.d/n';
+  return Number(len) > 30 ? 'must be /30 or larger to hold pods' : undefined;
+};
+const absPath: Check = (s) => (s.startsWith('/') ? undefined : 'must be an absolute path');
+const netName: Check = (s) =>
+  s === '' ? 'must not be empty' : /^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(s) ? undefined : 'letters, digits, "_", "." and "-", starting with a letter or digit';
+const ipv4Slash32: Check = (s) => (IPV4_RE.test(s.replace(/\/32$/, '')) ? undefined : 'must be an IPv4 address (optionally /32)');
 
-export const netConfSchema = z.object({
-  cniVersion: z.string(),
-  name: z
-    .string()
-    .min(1, 'must not be empty')
-    .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, 'letters, digits, "_", "." and "-", starting with a letter or digit'),
-  type: z.literal(PLUGIN_TYPE, { message: `must be "${PLUGIN_TYPE}"` }),
-  agentSocket: absPath,
+type Json = Record<string, unknown>;
+const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/**
+ * Reads the fields of untrusted JSON by hand (the plugin loads no zod: building
+ * its schemas was most of a CNI call's start) and collects one
+ * `path: what is wrong` line per bad field, so every problem is named at once.
+ * Each reader takes the object and the field's dotted path from the root (its
+ * last segment is the key in that object) and returns undefined for a field
+ * that is absent or wrong.
+ */
+class FieldReader {
+  readonly problems: string[] = [];
+
+  bad(path: string, message: string): undefined {
+    this.problems.push(`${path}: ${message}`);
+    return undefined;
+  }
+
+  object(o: Json, path: string, required: boolean): Json | undefined {
+    const v = o[last(path)];
+    if (v === undefined) return required ? this.bad(path, 'required (an object)') : undefined;
+    return isObject(v) ? v : this.bad(path, `must be an object, got ${jsonKind(v)}`);
+  }
+
+  string(o: Json, path: string, opts: { required?: boolean; check?: Check } = {}): string | undefined {
+    const v = o[last(path)];
+    if (v === undefined) return opts.required ? this.bad(path, 'required (a string)') : undefined;
+    if (typeof v !== 'string') return this.bad(path, `must be a string, got ${jsonKind(v)}`);
+    const why = opts.check?.(v);
+    return why === undefined ? v : this.bad(path, why);
+  }
+
+  int(o: Json, path: string, min: number, max: number): number | undefined {
+    const v = o[last(path)];
+    if (v === undefined) return undefined;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) return this.bad(path, `must be an integer in ${min}..${max}, got ${jsonKind(v)}`);
+    return v;
+  }
+
+  strings(o: Json, path: string, opts: { check?: Check; max?: number } = {}): string[] | undefined {
+    const v = o[last(path)];
+    if (v === undefined) return undefined;
+    if (!Array.isArray(v)) return this.bad(path, `must be an array of strings, got ${jsonKind(v)}`);
+    if (opts.max !== undefined && v.length > opts.max) return this.bad(path, opts.max === 1 ? 'at most one address' : `at most ${opts.max} entries`);
+    const before = this.problems.length;
+    v.forEach((e: unknown, i) => this.string({ [i]: e }, `${path}.${i}`, { required: true, check: opts.check }));
+    return this.problems.length === before ? (v as string[]) : undefined;
+  }
+
+  labels(o: Json, path: string): Record<string, string> | undefined {
+    const v = o[last(path)];
+    if (v === undefined) return undefined;
+    const problems = labelsProblems(v);
+    for (const [key, message] of problems) this.bad(key === undefined ? path : `${path}.${key}`, message);
+    return problems.length ? undefined : (v as Record<string, string>);
+  }
+}
+
+const last = (path: string): string => path.slice(path.lastIndexOf('.') + 1);
+
+/** The network config's fields after validation, defaults not yet applied. */
+interface NetConfFields {
+  cniVersion: string;
+  name: string;
+  agentSocket: string;
+  agentTimeoutSeconds: number;
+  mtu: number | undefined;
+  underlayMtu: number;
+  ipam: { podCIDR: string; gateway?: string; rangeStart?: string; rangeEnd?: string; dataDir?: string };
+  dns: NetConf['dns'];
+  labels: Record<string, string>;
+  runtimeConfig: { labels?: Record<string, string>; ips?: string[]; serviceAccount?: string };
+  prevResult: unknown;
+}
+
+/** Checks every field of the network config (unknown fields are ignored); the problems name each bad one. */
+function readNetConf(raw: Json): { conf: NetConfFields; problems: string[] } {
+  const r = new FieldReader();
+  const cniVersion = r.string(raw, 'cniVersion', { required: true }) ?? '';
+  const name = r.string(raw, 'name', { required: true, check: netName }) ?? '';
+  r.string(raw, 'type', { required: true, check: (s) => (s === PLUGIN_TYPE ? undefined : `must be "${PLUGIN_TYPE}"`) });
+  const agentSocket = r.string(raw, 'agentSocket', { required: true, check: absPath }) ?? '';
   /** Seconds each agent call may take (an add waits for the identity and the datapath). */
-  agentTimeoutSeconds: z.number().int().min(1).max(300).default(30),
-  mtu: z.number().int().min(576).max(9000).optional(),
-  underlayMtu: z.number().int().min(1280).max(9000).default(1500),
-  ipam: ipamSchema,
-  dns: z
-    .object({
-      nameservers: z.array(ipv4).default([]),
-      domain: z.string().optional(),
-      search: z.array(z.string()).default([]),
-      options: z.array(z.string()).default([]),
-    })
-    .optional(),
-  labels: labelsSchema.default({}),
-  runtimeConfig: runtimeConfigSchema,
-  prevResult: z.unknown().optional(),
-});
-export type NetConfInput = z.input<typeof netConfSchema>;
+  const agentTimeoutSeconds = r.int(raw, 'agentTimeoutSeconds', 1, 300) ?? 30;
+  const mtu = r.int(raw, 'mtu', 576, 9000);
+  const underlayMtu = r.int(raw, 'underlayMtu', 1280, 9000) ?? 1500;
+
+  const ipam: NetConfFields['ipam'] = { podCIDR: '' };
+  const ri = r.object(raw, 'ipam', true);
+  if (ri) {
+    r.string(ri, 'ipam.type', { check: (s) => (s === 'host-local' ? undefined : 'must be "host-local" (or absent)') });
+    const podCIDR = r.string(ri, 'ipam.podCIDR', { required: true, check: cidr4 });
+    const inPodCIDR: Check = (s) => ipv4(s) ?? (podCIDR === undefined || inCidr(s, podCIDR) ? undefined : `must lie in podCIDR ${podCIDR}`);
+    ipam.podCIDR = podCIDR ?? '';
+    for (const f of ['gateway', 'rangeStart', 'rangeEnd'] as const) {
+      const v = r.string(ri, `ipam.${f}`, { check: inPodCIDR });
+      if (v !== undefined) ipam[f] = v;
+    }
+    /** Where the allocation state lives (default: `cni-ipam/` beside the agent socket, i.e. per node). */
+    const dataDir = r.string(ri, 'ipam.dataDir', { check: absPath });
+    if (dataDir !== undefined) ipam.dataDir = dataDir;
+  }
+
+  let dns: NetConfFields['dns'];
+  const rd = r.object(raw, 'dns', false);
+  if (rd) {
+    dns = { nameservers: r.strings(rd, 'dns.nameservers', { check: ipv4 }) ?? [], search: r.strings(rd, 'dns.search') ?? [], options: r.strings(rd, 'dns.options') ?? [] };
+    const domain = r.string(rd, 'dns.domain');
+    if (domain !== undefined) dns.domain = domain;
+  }
+
+  const labels = r.labels(raw, 'labels') ?? {};
+  const runtimeConfig: NetConfFields['runtimeConfig'] = {};
+  const rc = r.object(raw, 'runtimeConfig', false);
+  if (rc) {
+    const l = r.labels(rc, 'runtimeConfig.labels');
+    if (l) runtimeConfig.labels = l;
+    const ips = r.strings(rc, 'runtimeConfig.ips', { check: ipv4Slash32, max: 1 });
+    if (ips) runtimeConfig.ips = ips;
+    const sa = r.string(rc, 'runtimeConfig.serviceAccount', { check: dns1123SubdomainProblem });
+    if (sa !== undefined) runtimeConfig.serviceAccount = sa;
+  }
+  return {
+    conf: { cniVersion, name, agentSocket, agentTimeoutSeconds, mtu, underlayMtu, ipam, dns, labels, runtimeConfig, prevResult: raw.prevResult },
+    problems: r.problems,
+  };
+}
 
 export interface NetConf {
   cniVersion: string;
@@ -120,11 +204,6 @@ export interface NetConf {
   runtimeIP: string | undefined;
   serviceAccount: string | undefined;
   prevResult: unknown;
-}
-
-/** "ipam.podCIDR: must be ..." for each issue. */
-export function describeIssues(issues: readonly z.core.$ZodIssue[]): string[] {
-  return issues.map((i) => `${i.path.length ? i.path.map(String).join('.') : '(root)'}: ${i.message}`);
 }
 
 /** Parses stdin's JSON far enough to know the version (code 6 when not JSON, 1 when unsupported). */
@@ -146,12 +225,8 @@ export function parseVersion(stdin: string, opts: { requireSupported?: boolean }
 /** Validates the network config; throws CniError code 7 naming every bad field. */
 export function parseNetConf(stdin: string): NetConf {
   const { raw } = parseVersion(stdin);
-  const r = netConfSchema.safeParse(raw);
-  if (!r.success) {
-    const lines = describeIssues(r.error.issues);
-    throw new CniError(CniCode.InvalidConfig, `invalid network config: ${lines[0]}`, lines.join('\n'));
-  }
-  const c = r.data;
+  const { conf: c, problems } = readNetConf(raw as Json);
+  if (problems.length) throw new CniError(CniCode.InvalidConfig, `invalid network config: ${problems[0]}`, problems.join('\n'));
   const [net, bcast] = cidrRange(c.ipam.podCIDR);
   const gateway = c.ipam.gateway ?? intToIp(net + 1);
   const mtu = c.mtu ?? c.underlayMtu - VXLAN_OVERHEAD;
@@ -246,14 +321,13 @@ export function parseEnv(env: NodeJS.ProcessEnv): CniEnv {
     if (!podNamespace) bad('CNI_ARGS', 'K8S_POD_NAMESPACE is required');
     if (!podName) bad('CNI_ARGS', 'K8S_POD_NAME is required');
   }
-  const check = (schema: z.ZodType, v: string | undefined, what: string) => {
-    if (v === undefined) return;
-    const r = schema.safeParse(v);
-    if (!r.success) bad('CNI_ARGS', `${what} '${v}': ${r.error.issues[0]?.message ?? 'invalid'}`);
+  const check = (problem: Check, v: string | undefined, what: string) => {
+    const why = v === undefined ? undefined : problem(v);
+    if (why !== undefined) bad('CNI_ARGS', `${what} '${v}': ${why}`);
   };
-  check(dns1123Label, podNamespace, 'K8S_POD_NAMESPACE');
-  check(dns1123Subdomain, podName, 'K8S_POD_NAME');
-  check(dns1123Subdomain, serviceAccount, 'K8S_POD_SERVICE_ACCOUNT');
+  check(dns1123LabelProblem, podNamespace, 'K8S_POD_NAMESPACE');
+  check(dns1123SubdomainProblem, podName, 'K8S_POD_NAME');
+  check(dns1123SubdomainProblem, serviceAccount, 'K8S_POD_SERVICE_ACCOUNT');
   if (argIP !== undefined && !IPV4_RE.test(argIP)) bad('CNI_ARGS', `IP '${argIP}' must be an IPv4 address`);
   return { command: cmd, containerID, netns, ifName, args, path, podNamespace, podName, serviceAccount, argIP };
 }

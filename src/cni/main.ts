@@ -3,6 +3,7 @@
 // CLI framework: a pod start pays only for the plugin); `clustermesh cni`
 // through the full CLI ends up here too.
 import { runCni } from './plugin.ts';
+import { commandTime } from './wire.ts';
 
 async function readStdin(): Promise<string> {
   if (process.stdin.isTTY) return '';
@@ -14,11 +15,12 @@ async function readStdin(): Promise<string> {
 /** Runs one CNI command and exits with its code. */
 export async function main(): Promise<never> {
   // For bench/startup: CLUSTERMESH_CNI_TIMING=1 reports on stderr how long the
-  // process took to get here, the command took, and its agent calls took.
+  // process took to get here, the command took, its agent calls took, and the
+  // commands it ran (ip, nsenter) took.
   const timing = process.env.CLUSTERMESH_CNI_TIMING === '1' ? await agentTimer() : undefined;
   const startMs = performance.now();
   const out = await runCni(process.env, await readStdin());
-  if (timing) process.stderr.write(`${JSON.stringify({ startMs, runMs: performance.now() - startMs, agentMs: timing.ms })}\n`);
+  if (timing) process.stderr.write(`${JSON.stringify({ startMs, runMs: performance.now() - startMs, agentMs: timing.ms, commands: commandTime.count, commandsMs: commandTime.ms })}\n`);
   process.stdout.write(out.stdout);
   process.exit(out.exitCode);
 }

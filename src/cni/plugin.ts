@@ -17,7 +17,7 @@ import { AgentClient, AgentUnavailableError, ApiError } from '../agent/client.ts
 import { CNI_VERSION, SUPPORTED_VERSIONS, checkPodIP, parseEnv, parseNetConf, parseVersion, type CniEnv, type NetConf } from './config.ts';
 import { CniCode, CniError, toCniError } from './errors.ts';
 import { HostLocalIpam } from './ipam.ts';
-import { defaultRoute, linkInfo, unwirePodVeth, wirePodVeth, WireCommandError } from './wire.ts';
+import { defaultRoute, linkInfo, LinkExistsError, unwirePodVeth, wirePodVeth, WireCommandError } from './wire.ts';
 
 export interface CniOutput {
   stdout: string;
@@ -139,19 +139,25 @@ async function add(env: CniEnv, conf: NetConf, client: AgentClient): Promise<Cni
   try {
     let hostMac: string;
     let podMac: string;
-    const host = await linkInfo(undefined, hostIfName);
-    const pod = await linkInfo(netns, env.ifName);
-    if (host && pod && pod.addresses.includes(`${ip}/32`)) {
-      // A repeated ADD: the wiring is in place.
-      hostMac = host.mac;
-      podMac = pod.mac;
-    } else {
-      if (pod && !host) throw new CniError(CniCode.Generic, `CNI_IFNAME: ${env.ifName} already exists in ${netns} and is not ours`);
-      if (host) await unwirePodVeth({ hostIfName }); // half-wired by a crashed ADD: start over
-      const info = await wirePodVeth({ hostIfName, podNetns: netns, podIfName: env.ifName, mtu: conf.mtu, ip, gatewayIP: conf.gateway });
+    const wire = { hostIfName, podNetns: netns, podIfName: env.ifName, mtu: conf.mtu, ip, gatewayIP: conf.gateway };
+    try {
+      // The common case first (a new pod): nothing to look at before.
+      ({ hostMac, podMac } = await wirePodVeth(wire));
       created = true;
-      hostMac = info.hostMac;
-      podMac = info.podMac;
+    } catch (err) {
+      if (!(err instanceof LinkExistsError)) throw err;
+      const host = await linkInfo(undefined, hostIfName);
+      const pod = await linkInfo(netns, env.ifName);
+      if (host && pod && pod.addresses.includes(`${ip}/32`)) {
+        // A repeated ADD: the wiring is in place.
+        hostMac = host.mac;
+        podMac = pod.mac;
+      } else {
+        if (pod && !host) throw new CniError(CniCode.Generic, `CNI_IFNAME: ${env.ifName} already exists in ${netns} and is not ours`);
+        if (host) await unwirePodVeth({ hostIfName }); // half-wired by a crashed ADD: start over
+        ({ hostMac, podMac } = await wirePodVeth(wire));
+        created = true;
+      }
     }
     const serviceAccount = env.serviceAccount ?? conf.serviceAccount;
     try {

@@ -5,7 +5,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { linkInfo, unwirePodVeth, wirePodVeth } from './wire.ts';
+import { commandTime, linkInfo, LinkExistsError, unwirePodVeth, wirePodVeth } from './wire.ts';
 
 const id = randomBytes(3).toString('hex');
 const nodeNs = `cmt-wire-${id}-n`;
@@ -31,7 +31,10 @@ after(() => {
 });
 
 test('wirePodVeth between two named namespaces: MTU, /32, static gateway, default route; the pod reaches the node', async () => {
+  const before = commandTime.count;
   const info = await wirePodVeth({ hostNetns: nodeNs, hostIfName: 'lxcwire0', podNetns: podNs, podIfName: 'eth0', mtu: 1450, ip: '10.201.0.5', gatewayIP: '10.201.0.1' });
+  assert.equal(commandTime.count - before, 3, 'three commands: the pair, the host side, the pod side (a pod start waits for each)');
+  assert.equal(sh('ip', 'netns', 'exec', podNs, 'sysctl', '-n', 'net.ipv6.conf.all.disable_ipv6').trim(), '1', 'IPv6 is off in the pod');
   const host = await linkInfo(nodeNs, 'lxcwire0');
   const pod = await linkInfo(podNs, 'eth0');
   assert.deepEqual([host?.mac, host?.mtu, host?.ifindex], [info.hostMac, 1450, info.hostIfIndex]);
@@ -53,4 +56,15 @@ test('a failure while configuring the pod side removes the pair', async () => {
   // And a pod namespace that does not exist: nothing is created on the node.
   await assert.rejects(wirePodVeth({ hostNetns: nodeNs, hostIfName: 'lxcwire2', podNetns: `/var/run/netns/cmt-wire-${id}-none`, podIfName: 'eth0', mtu: 1450, ip: '10.201.0.6', gatewayIP: '10.201.0.1' }));
   assert.equal(await linkInfo(nodeNs, 'lxcwire2'), undefined);
+});
+
+test('a name already taken is a LinkExistsError and the existing device is left alone', async () => {
+  sh('ip', '-n', nodeNs, 'link', 'add', 'lxcwire3', 'type', 'veth', 'peer', 'name', 'lxcwire3p');
+  try {
+    await assert.rejects(wirePodVeth({ hostNetns: nodeNs, hostIfName: 'lxcwire3', podNetns: podNs, podIfName: 'eth3', mtu: 1450, ip: '10.201.0.7', gatewayIP: '10.201.0.1' }), LinkExistsError);
+    assert.match(sh('ip', '-n', nodeNs, 'link', 'show', 'lxcwire3'), /lxcwire3@lxcwire3p/, 'still the pair it was');
+    assert.equal(await linkInfo(podNs, 'eth3'), undefined);
+  } finally {
+    sh('ip', '-n', nodeNs, 'link', 'del', 'lxcwire3');
+  }
 });

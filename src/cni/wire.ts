@@ -42,10 +42,16 @@ function inNs(netns: string | undefined, argv: readonly string[]): string[] {
   return netns === undefined ? [...argv] : ['nsenter', `--net=${nsPath(netns)}`, ...argv];
 }
 
+/** How many commands (ip, nsenter, sysctl) this process ran and their wall time: bench/startup reports it. */
+export const commandTime = { count: 0, ms: 0 };
+
 function exec(argv: readonly string[], input?: string): Promise<string> {
   const [cmd, ...args] = argv;
+  const t0 = performance.now();
   return new Promise((resolve, reject) => {
     const child = execFile(cmd!, args, { encoding: 'utf8', timeout: 30_000 }, (err, stdout, stderr) => {
+      commandTime.count++;
+      commandTime.ms += performance.now() - t0;
       if (err) reject(new WireCommandError(argv, stderr || err.message));
       else resolve(stdout);
     });
@@ -54,6 +60,28 @@ function exec(argv: readonly string[], input?: string): Promise<string> {
 }
 
 const ipBatch = (netns: string | undefined, lines: readonly string[]): Promise<string> => exec(inNs(netns, ['ip', '-batch', '-']), lines.join('\n') + '\n');
+
+/** The pair could not be created: a device of that name exists (on the node, or in the pod's namespace). */
+export class LinkExistsError extends WireCommandError {
+  constructor(argv: readonly string[], stderr: string) {
+    super(argv, stderr);
+    this.name = 'LinkExistsError';
+  }
+}
+
+interface IpLink {
+  ifindex: number;
+  address: string;
+  mtu: number;
+  addr_info?: Array<{ family: string; local: string; prefixlen: number }>;
+}
+
+/** The one device a `-j` command (or a `-j -batch` whose last line shows it) printed. */
+function parseLink(out: string, dev: string): IpLink {
+  const [info] = JSON.parse(out.trim().split('\n').pop() || '[]') as IpLink[];
+  if (!info) throw new Error(`${dev} vanished while it was being configured`);
+  return info;
+}
 
 /** ifindex, MAC and addresses of a device, or undefined when it does not exist. */
 export async function linkInfo(netns: string | undefined, dev: string): Promise<{ ifindex: number; mac: string; mtu: number; addresses: string[] } | undefined> {
@@ -64,40 +92,54 @@ export async function linkInfo(netns: string | undefined, dev: string): Promise<
     if (err instanceof WireCommandError && /does not exist|Cannot find device/i.test(err.stderr)) return undefined;
     throw err;
   }
-  const [info] = JSON.parse(out || '[]') as Array<{ ifindex: number; address: string; mtu: number; addr_info?: Array<{ family: string; local: string; prefixlen: number }> }>;
+  const [info] = JSON.parse(out || '[]') as IpLink[];
   if (!info) return undefined;
   return { ifindex: info.ifindex, mac: info.address, mtu: info.mtu, addresses: (info.addr_info ?? []).filter((a) => a.family === 'inet').map((a) => `${a.local}/${a.prefixlen}`) };
 }
 
+// Commands run in the pod's namespace, in one nsenter: IPv6 off (the datapath
+// is IPv4; best effort, the key may be absent), then the `ip -batch` on stdin.
+const POD_SIDE = 'sysctl -q -e -w net.ipv6.conf.all.disable_ipv6=1 >/dev/null 2>&1; exec ip -j -batch -';
+
 /**
- * Creates and configures the pair. On failure the host side (and with it the
- * peer) is removed before the error is rethrown: nothing is left half-done.
+ * Creates and configures the pair with three commands (a pod start waits for
+ * each): the pair, the host side, the pod side; the last two print the device
+ * they configured. A name already taken is a LinkExistsError and nothing is
+ * changed; any later failure removes the host side (and with it the peer)
+ * before the error is rethrown: nothing is left half-done.
  */
 export async function wirePodVeth(s: PodVethSpec): Promise<PodVethInfo> {
   // The peer is created directly inside the pod's namespace under its final
   // name, so it never collides with a device of the node.
-  await ipBatch(s.hostNetns, [`link add ${s.hostIfName} mtu ${s.mtu} type veth peer name ${s.podIfName} mtu ${s.mtu} netns ${nsPath(s.podNetns)}`]);
   try {
-    await ipBatch(s.hostNetns, [
-      `link set ${s.hostIfName} up`,
-      // Lets the node's own stack reach the pod.
-      `route replace ${s.ip}/32 dev ${s.hostIfName} scope link`,
-    ]);
-    const host = await linkInfo(s.hostNetns, s.hostIfName);
-    if (!host) throw new Error(`${s.hostIfName} vanished while it was being configured`);
-    await ipBatch(s.podNetns, [
-      'link set lo up',
-      `addr add ${s.ip}/32 dev ${s.podIfName}`,
-      `link set ${s.podIfName} up`,
-      // The gateway is a static neighbour: pods never ARP for it.
-      `neigh replace ${s.gatewayIP} lladdr ${host.mac} dev ${s.podIfName} nud permanent`,
-      `route replace default via ${s.gatewayIP} dev ${s.podIfName} onlink`,
-    ]);
-    // IPv6 stays off in pods (the datapath is IPv4); best effort, the key may be absent.
-    await exec(inNs(s.podNetns, ['sysctl', '-q', '-e', '-w', 'net.ipv6.conf.all.disable_ipv6=1'])).catch(() => undefined);
-    const pod = await linkInfo(s.podNetns, s.podIfName);
-    if (!pod) throw new Error(`${s.podIfName} vanished while it was being configured`);
-    return { hostIfIndex: host.ifindex, hostMac: host.mac, podIfIndex: pod.ifindex, podMac: pod.mac };
+    await ipBatch(s.hostNetns, [`link add ${s.hostIfName} mtu ${s.mtu} type veth peer name ${s.podIfName} mtu ${s.mtu} netns ${nsPath(s.podNetns)}`]);
+  } catch (err) {
+    if (err instanceof WireCommandError && /File exists/i.test(err.stderr)) throw new LinkExistsError(err.argv, err.stderr);
+    throw err;
+  }
+  try {
+    const host = parseLink(
+      await exec(inNs(s.hostNetns, ['ip', '-j', '-batch', '-']), [
+        `link set ${s.hostIfName} up`,
+        // Lets the node's own stack reach the pod.
+        `route replace ${s.ip}/32 dev ${s.hostIfName} scope link`,
+        `link show dev ${s.hostIfName}`,
+      ].join('\n') + '\n'),
+      s.hostIfName,
+    );
+    const pod = parseLink(
+      await exec(['nsenter', `--net=${nsPath(s.podNetns)}`, 'sh', '-c', POD_SIDE], [
+        'link set lo up',
+        `addr add ${s.ip}/32 dev ${s.podIfName}`,
+        `link set ${s.podIfName} up`,
+        // The gateway is a static neighbour: pods never ARP for it.
+        `neigh replace ${s.gatewayIP} lladdr ${host.address} dev ${s.podIfName} nud permanent`,
+        `route replace default via ${s.gatewayIP} dev ${s.podIfName} onlink`,
+        `link show dev ${s.podIfName}`,
+      ].join('\n') + '\n'),
+      s.podIfName,
+    );
+    return { hostIfIndex: host.ifindex, hostMac: host.address, podIfIndex: pod.ifindex, podMac: pod.address };
   } catch (err) {
     await unwirePodVeth({ hostNetns: s.hostNetns, hostIfName: s.hostIfName }).catch(() => undefined);
     throw err;

@@ -31,6 +31,7 @@ import { kubeletConfigFile, podRecordsOf, type KubeletConfig, type PodRecord } f
 import { createKubeApiPki, writeKubeconfig } from './kube-api/index.ts';
 import { issueCert } from '../kvstore/pki.ts';
 import type { KubeApiReady, KubeApiServerConfig } from './kube-apiserver.ts';
+import { WORKLOAD_NODE_FLAGS } from './workload-main.ts';
 
 export const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
 /** The Service CIDR of every cluster (ARCHITECTURE §2); .10 is the cluster DNS. */
@@ -276,13 +277,15 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
       const cniBin = join(dir, 'cni', 'bin');
       // What a kubelet finds in CNI_PATH under the config's `type`, and `clustermesh` on the PATH of pods.
       // `clustermesh cni` starts the plugin's own small entry (bin/clustermesh.js): a pod start does not load the CLI.
+      // The echo and client workloads run with lighter node flags (WORKLOAD_NODE_FLAGS).
+      const workload = `case "$1 $2 $3" in 'lab workload echo' | 'lab workload client') exec '${process.execPath}' ${WORKLOAD_NODE_FLAGS.join(' ')} '${CLI}' "$@" ;; esac\n`;
       const scripts: Array<[string, string]> = [
-        [cniBin, `'${process.execPath}' '${CLI}' cni`],
-        [join(dir, 'bin'), `'${process.execPath}' '${CLI}' "$@"`],
+        [cniBin, `exec '${process.execPath}' '${CLI}' cni\n`],
+        [join(dir, 'bin'), `${workload}exec '${process.execPath}' '${CLI}' "$@"\n`],
       ];
-      for (const [d, cmd] of scripts) {
+      for (const [d, body] of scripts) {
         mkdirSync(d, { recursive: true });
-        writeFileSync(join(d, 'clustermesh'), `#!/bin/sh\n# clustermesh of lab ${name}\nexec ${cmd}\n`);
+        writeFileSync(join(d, 'clustermesh'), `#!/bin/sh\n# clustermesh of lab ${name}\n${body}`);
         chmodSync(join(d, 'clustermesh'), 0o755);
       }
       for (const a of m.agents) {

@@ -4,6 +4,19 @@
 // same functions. Parsers throw plain Errors (lab.ts turns them into usage errors).
 import { parseArgs } from 'node:util';
 
+/**
+ * Node flags of the processes a lab pod runs for `lab workload echo|client`
+ * (the lab's `clustermesh` wrapper on the pods' PATH passes them; bench/startup
+ * measures each). --lite-mode: no optimizing compiler and no feedback vectors
+ * until a function is hot; a pod that has served traffic keeps ~7 MB less
+ * (the compiler's code pages and its output), its requests run as fast (an echo
+ * answer is I/O-bound). Idle, right after start, a pod keeps about as much
+ * either way: most of it is the node binary's own pages, shared by every pod.
+ * --no-expose-wasm: lite mode turns WebAssembly off anyway, and says so on
+ * stderr unless told.
+ */
+export const WORKLOAD_NODE_FLAGS: readonly string[] = ['--lite-mode', '--no-expose-wasm'];
+
 export function parsePort(value: string): number {
   const n = Number(value);
   if (!/^\d+$/.test(value) || n < 1 || n > 65535) throw new Error(`must be a port number 1..65535, got '${value}'`);

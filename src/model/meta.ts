@@ -2,39 +2,27 @@
 // that turns schema failures into errors naming the object and the field.
 import { z } from 'zod';
 
-/** DNS-1123 label: lowercase alphanumerics and '-', starts and ends alphanumeric, at most 63 chars. */
-const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
-/** DNS-1123 subdomain: dot-separated DNS-1123 labels, at most 253 chars. */
-const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
-/** Name part of a qualified name (label keys, annotation keys). */
-const QUALIFIED_NAME = /^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$/;
-/** Label value: empty, or alphanumerics with '-', '_', '.' inside; at most 63 chars. */
-const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/;
+import {
+  DNS1123_LABEL_MSG,
+  DNS1123_LABEL_RE,
+  DNS1123_SUBDOMAIN_MSG,
+  DNS1123_SUBDOMAIN_RE,
+  LABEL_VALUE_MSG,
+  LABEL_VALUE_RE,
+  QUALIFIED_NAME_MSG,
+  atMost,
+  isQualifiedName,
+} from './names.ts';
 
-export const dns1123Label = z
-  .string()
-  .max(63, 'at most 63 characters')
-  .regex(DNS1123_LABEL, 'lowercase alphanumerics and "-", starting and ending alphanumeric');
+// The rules and messages live in names.ts (zod-free, for the CNI plugin's path).
+export { isQualifiedName };
 
-export const dns1123Subdomain = z
-  .string()
-  .max(253, 'at most 253 characters')
-  .regex(DNS1123_SUBDOMAIN, 'lowercase alphanumerics, "-" and ".", starting and ending alphanumeric');
+export const dns1123Label = z.string().max(63, atMost(63)).regex(DNS1123_LABEL_RE, DNS1123_LABEL_MSG);
 
-/** `[prefix/]name` as Kubernetes requires for label and annotation keys. */
-export function isQualifiedName(key: string): boolean {
-  const slash = key.indexOf('/');
-  const prefix = slash >= 0 ? key.slice(0, slash) : undefined;
-  const name = slash >= 0 ? key.slice(slash + 1) : key;
-  if (prefix !== undefined && (prefix.length === 0 || prefix.length > 253 || !DNS1123_SUBDOMAIN.test(prefix))) return false;
-  return name.length > 0 && name.length <= 63 && QUALIFIED_NAME.test(name);
-}
+export const dns1123Subdomain = z.string().max(253, atMost(253)).regex(DNS1123_SUBDOMAIN_RE, DNS1123_SUBDOMAIN_MSG);
 
-export const qualifiedName = z.string().refine(isQualifiedName, 'not a qualified name ([prefix/]name)');
-export const labelValue = z
-  .string()
-  .max(63, 'at most 63 characters')
-  .regex(LABEL_VALUE, 'alphanumerics, "-", "_" and ".", starting and ending alphanumeric');
+export const qualifiedName = z.string().refine(isQualifiedName, QUALIFIED_NAME_MSG);
+export const labelValue = z.string().max(63, atMost(63)).regex(LABEL_VALUE_RE, LABEL_VALUE_MSG);
 
 export const labelsSchema = z.record(qualifiedName, labelValue);
 export type Labels = z.infer<typeof labelsSchema>;
