@@ -12,6 +12,7 @@
 //   services.ts         Services and global services → the service maps
 //   policy.ts           network policy → cm_policy / cm_policy_enforce
 //   datapath.ts         the map targets and the datapath status
+//   flows.ts, flow-reader.ts  the one reader of cm_events: flows kept for the API
 //   api.ts, status.ts   the local API and what it reports
 //
 // Start order (restart without loss): the datapath first — maps pinned and
@@ -34,6 +35,7 @@ import { KvClient } from '../kvstore/client.ts';
 import type { ClusterObject } from '../model/index.ts';
 import { StoreSource, StoreWriter, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
 import { startApiServer, type ApiServer } from './api.ts';
+import { AgentFlowNamer, FlowReader } from './flow-reader.ts';
 import { resolveNodeIP, type AgentConfig, type ResolvedAgentConfig } from './config.ts';
 import { datapathStatus, endpointDatapath, endpointsTarget, ipcacheTarget } from './datapath.ts';
 import { EndpointManager } from './endpoints.ts';
@@ -390,6 +392,27 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       }
     })();
 
+    // ---- flows: this agent is the one reader of the node's event ring buffer
+    const flowReader = new FlowReader(
+      { events: dp.maps.events, metrics: dp.maps.metrics },
+      new AgentFlowNamer({
+        cluster: cfg.clusterName,
+        clusterID: cfg.clusterID,
+        maxConnectedClusters: cfg.maxConnectedClusters,
+        nodeName: cfg.nodeName,
+        localEndpoints: () => endpoints.list(),
+        clusterEndpoints: () => source.endpoints.list(),
+        clusterNodes: () => source.nodes.list(),
+        remoteIpcache: mesh.ipcache,
+        remoteIdentities: mesh.identities,
+        remoteNodes: mesh.nodes,
+      }),
+      cfg.flowBufferSize,
+      log.child({ component: 'flows' }),
+    );
+    flowReader.start();
+    cleanups.push(() => flowReader.close());
+
     // ---- the local API (the CNI may add endpoints while the sources sync)
     const status = (): AgentStatus => {
       const ms = mesh.status();
@@ -411,6 +434,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
           dp,
           endpoints.list().map((e) => e.hostIfName),
         ),
+        flows: flowReader.status(),
       };
     };
     const api: ApiServer = await startApiServer(
@@ -423,6 +447,11 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         policy: () => policy.inspect(),
         status,
         health: () => ({ ready: phase === 'ready', phase }),
+        flows: (q) => {
+          flowReader.consume();
+          return flowReader.store.query(q);
+        },
+        followFlows: (w, q) => flowReader.store.follow(w, q),
       },
       log.child({ component: 'api' }),
     );

@@ -28,7 +28,8 @@
 // a remote cluster whose cilium/.heartbeat has not changed for longer is
 // reported stale in status, as Cilium does), policyDefaultLocalCluster (true:
 // a policy selector that names no io.cilium.k8s.policy.cluster matches the
-// local cluster only; false: every cluster).
+// local cluster only; false: every cluster), flowBufferSize (4096: how many
+// flows of the node's datapath events the agent keeps for GET /v1/flows).
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
@@ -72,6 +73,8 @@ export interface AgentConfig {
   /** Directory of lxc.bpf.o / overlay.bpf.o; undefined = the datapath's default (bpf/build). */
   objectsDir: string | undefined;
   traceForwards: boolean;
+  /** Flows kept in memory for GET /v1/flows (the last N). */
+  flowBufferSize: number;
   redirectPeer: boolean;
   /** TTL of the etcd session the agent's identity references live on. */
   sessionTtlSeconds: number;
@@ -153,6 +156,7 @@ const fileSchema = z.strictObject({
   logLevel: z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }).default('info'),
   objectsDir: z.string().min(1).optional(),
   traceForwards: z.boolean().default(false),
+  flowBufferSize: positiveInt('flows kept', 1, 1_000_000).default(4096),
   redirectPeer: z.boolean().default(true),
   sessionTtlSeconds: positiveInt('seconds', 5, 3600).default(15),
   remoteResyncGraceSeconds: z.number().min(0, 'must be 0 or more').max(600, 'at most 600').default(3),
@@ -277,6 +281,7 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
     logLevel: c.logLevel,
     objectsDir: c.objectsDir !== undefined ? abs(c.objectsDir) : undefined,
     traceForwards: c.traceForwards,
+    flowBufferSize: c.flowBufferSize,
     redirectPeer: c.redirectPeer,
     sessionTtlSeconds: c.sessionTtlSeconds,
     remoteResyncGraceMs: Math.round(c.remoteResyncGraceSeconds * 1000),
