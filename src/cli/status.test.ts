@@ -122,5 +122,5 @@ test('summarize: no nodes and no remotes is ready (a cluster not meshed yet), an
   const r = summarize([probe('c1', 1, [])], NOW);
   assert.equal(r.ready, true);
   assert.deepEqual(Object.keys(r), ['ready', 'notReady', 'clusters', 'globalServices']);
-  assert.deepEqual(Object.keys(r.clusters[0]!), ['name', 'id', 'ready', 'etcd', 'apiserver', 'nodes', 'connectivity', 'remoteClusters', 'exportedServices', 'nodeDetails']);
+  assert.deepEqual(Object.keys(r.clusters[0]!), ['name', 'id', 'ready', 'etcd', 'apiserver', 'nodes', 'connectivity', 'remoteClusters', 'exportedServices', 'flows', 'nodeDetails']);
 });
