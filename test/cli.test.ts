@@ -378,6 +378,39 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
     api.close();
   });
 
+  test('each agent serves Prometheus metrics on 127.0.0.1:9962 of its node: a drop increments exactly its reason\'s counter; remote clusters, maps and lost flows are there', async () => {
+    const n2 = pod(2).node;
+    const scrape = async (): Promise<Map<string, number>> => {
+      const { stdout } = await runIn(n2.netns, ['curl', '-sf', 'http://127.0.0.1:9962/metrics'], { timeoutMs: 10_000 });
+      const out = new Map<string, number>();
+      for (const l of stdout.split('\n')) {
+        const m = /^(clustermesh_[a-z_]+(?:\{[^}]*\})?) (\S+)$/.exec(l);
+        if (m) out.set(m[1]!, Number(m[2]));
+      }
+      return out;
+    };
+    const st = await new AgentClient(mesh!.agent(n2).socket).status();
+    assert.deepEqual(st.metrics, { address: '127.0.0.1:9962', error: null });
+    const before = await scrape();
+    const unknown = 'clustermesh_drop_count_total{reason="DROP_UNKNOWN_ENDPOINT",direction="ingress"}';
+    const policy = 'clustermesh_drop_count_total{reason="DROP_POLICY",direction="ingress"}';
+    const nobody = n2.podCIDR.replace(/0\/24$/, '97');
+    await runIn(pod(1).netns, ['ping', '-c', '5', '-i', '0.2', '-W', '1', nobody]).catch(() => undefined);
+    await sleep(300); // scrapes read at most every 250 ms
+    const after = await scrape();
+    assert.equal((after.get(unknown) ?? 0) - (before.get(unknown) ?? 0), 5, 'five pings, five drops of that reason');
+    assert.equal(after.get(policy) ?? 0, before.get(policy) ?? 0, 'no other reason moved for them');
+    assert.ok((after.get('clustermesh_forward_count_total{reason="TRACE_TO_ENDPOINT",direction="ingress"}') ?? 0) > 0);
+    assert.ok((after.get('clustermesh_policy_verdicts_total{direction="ingress",match="default-deny"}') ?? 0) > 0, 'the policy drops of the test above');
+    assert.ok((after.get('clustermesh_map_entries{map="cm_ipcache"}') ?? 0) > 0);
+    assert.equal(after.get('clustermesh_remote_cluster_connected{source_cluster="cluster1"}'), 1);
+    assert.equal(after.get('clustermesh_remote_cluster_ready{source_cluster="cluster1"}'), 1);
+    assert.equal(after.get('clustermesh_remote_cluster_entries{source_cluster="cluster1",kind="endpoints"}'), 2);
+    assert.ok((after.get('clustermesh_remote_cluster_heartbeat_age_seconds{source_cluster="cluster1"}') ?? -1) >= 0);
+    assert.equal(after.get('clustermesh_flows_lost_total{cause="ring_buffer_full"}'), st.flows!.lost.datapath);
+    assert.ok((after.get('clustermesh_flows_lost_total{cause="ring_buffer_full"}') ?? 0) > 0, 'the events lost in the test above');
+  });
+
   test('observe --follow --trace-forwards prints forwarded flows as they happen and switches tracing back off on Ctrl-C', async () => {
     const client = pod(1);
     const server = topo!.pods.find((p) => p.cluster === 2 && p.index === 2)!;

@@ -36,6 +36,8 @@ import type { ClusterObject } from '../model/index.ts';
 import { StoreSource, StoreWriter, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
 import { startApiServer, type ApiServer } from './api.ts';
 import { AgentFlowNamer, FlowReader } from './flow-reader.ts';
+import { agentRegistry, startMetricsServer } from './metrics.ts';
+import promClient from 'prom-client';
 import { resolveNodeIP, type AgentConfig, type ResolvedAgentConfig } from './config.ts';
 import { datapathStatus, endpointDatapath, endpointsTarget, ipcacheTarget } from './datapath.ts';
 import { EndpointManager } from './endpoints.ts';
@@ -413,6 +415,27 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     flowReader.start();
     cleanups.push(() => flowReader.close());
 
+    // ---- Prometheus metrics (read at scrape time); a port in use is reported, not fatal
+    const metricsState: { address: string | null; error: string | null } = { address: null, error: null };
+    if (cfg.metricsAddress !== '') {
+      const registry = agentRegistry({
+        datapath: () => dp.metrics(),
+        maps: () => datapathStatus(dp, []).maps,
+        remotes: () => mesh.status().remotes.map(remoteSummary),
+        flows: () => flowReader.status(),
+        reconcilers: () => [...reconcilers, ...services.reconcilerList, ...policy.reconcilers].map((r) => r.status()),
+      });
+      try {
+        const server = await startMetricsServer(cfg.metricsAddress, [promClient.register, registry]);
+        metricsState.address = server.address;
+        cleanups.push(() => server.close());
+        log.info({ address: server.address }, 'metrics served on /metrics');
+      } catch (err) {
+        metricsState.error = `${cfg.metricsAddress}: ${(err as Error).message}`;
+        log.warn({ address: cfg.metricsAddress, err: (err as Error).message }, 'metrics endpoint not started');
+      }
+    }
+
     // ---- the local API (the CNI may add endpoints while the sources sync)
     const status = (): AgentStatus => {
       const ms = mesh.status();
@@ -435,6 +458,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
           endpoints.list().map((e) => e.hostIfName),
         ),
         flows: flowReader.status(),
+        metrics: metricsState,
       };
     };
     const api: ApiServer = await startApiServer(

@@ -29,7 +29,10 @@
 // reported stale in status, as Cilium does), policyDefaultLocalCluster (true:
 // a policy selector that names no io.cilium.k8s.policy.cluster matches the
 // local cluster only; false: every cluster), flowBufferSize (4096: how many
-// flows of the node's datapath events the agent keeps for GET /v1/flows).
+// flows of the node's datapath events the agent keeps for GET /v1/flows),
+// metricsAddress (127.0.0.1:9962: host:port of the Prometheus endpoint
+// GET /metrics, in the node's network namespace and off the pod network; the
+// node IP lets a scraper on the underlay in; '' for none).
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
@@ -75,6 +78,8 @@ export interface AgentConfig {
   traceForwards: boolean;
   /** Flows kept in memory for GET /v1/flows (the last N). */
   flowBufferSize: number;
+  /** host:port of the Prometheus text endpoint (GET /metrics); '' = none. */
+  metricsAddress: string;
   redirectPeer: boolean;
   /** TTL of the etcd session the agent's identity references live on. */
   sessionTtlSeconds: number;
@@ -157,6 +162,10 @@ const fileSchema = z.strictObject({
   objectsDir: z.string().min(1).optional(),
   traceForwards: z.boolean().default(false),
   flowBufferSize: positiveInt('flows kept', 1, 1_000_000).default(4096),
+  metricsAddress: z
+    .string()
+    .refine((v) => v === '' || /^[^\s:]+:\d{1,5}$/.test(v) && Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, "must be host:port (e.g. 127.0.0.1:9962 or the node IP and a port), or '' for no metrics endpoint")
+    .default('127.0.0.1:9962'),
   redirectPeer: z.boolean().default(true),
   sessionTtlSeconds: positiveInt('seconds', 5, 3600).default(15),
   remoteResyncGraceSeconds: z.number().min(0, 'must be 0 or more').max(600, 'at most 600').default(3),
@@ -282,6 +291,7 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
     objectsDir: c.objectsDir !== undefined ? abs(c.objectsDir) : undefined,
     traceForwards: c.traceForwards,
     flowBufferSize: c.flowBufferSize,
+    metricsAddress: c.metricsAddress,
     redirectPeer: c.redirectPeer,
     sessionTtlSeconds: c.sessionTtlSeconds,
     remoteResyncGraceMs: Math.round(c.remoteResyncGraceSeconds * 1000),

@@ -75,6 +75,8 @@ export interface AgentStatus {
   datapath: DatapathStatus;
   /** Flows kept from the datapath's events (GET /v1/flows) and events lost. Absent from older agents. */
   flows?: FlowsStatus;
+  /** The Prometheus endpoint (metricsAddress): where it listens, or why not. Absent from older agents. */
+  metrics?: { address: string | null; error: string | null };
 }
 
 export function remoteSummary(r: RemoteClusterStatus): RemoteSummary {
