@@ -396,11 +396,14 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
     const policy = 'clustermesh_drop_count_total{reason="DROP_POLICY",direction="ingress"}';
     const nobody = n2.podCIDR.replace(/0\/24$/, '97');
     await runIn(pod(1).netns, ['ping', '-c', '5', '-i', '0.2', '-W', '1', nobody]).catch(() => undefined);
+    await runIn(pod(1).netns, ['ping', '-c', '2', '-i', '0.2', '-W', '2', pod(2).ip]); // forwarded both ways
     await sleep(300); // scrapes read at most every 250 ms
     const after = await scrape();
     assert.equal((after.get(unknown) ?? 0) - (before.get(unknown) ?? 0), 5, 'five pings, five drops of that reason');
     assert.equal(after.get(policy) ?? 0, before.get(policy) ?? 0, 'no other reason moved for them');
-    assert.ok((after.get('clustermesh_forward_count_total{reason="TRACE_TO_ENDPOINT",direction="ingress"}') ?? 0) > 0);
+    const fwd = (k: string): number => (after.get(`clustermesh_forward_count_total{${k}}`) ?? 0) - (before.get(`clustermesh_forward_count_total{${k}}`) ?? 0);
+    assert.ok(fwd('reason="TRACE_TO_ENDPOINT",direction="ingress"') >= 2, `the pings in: ${[...after].filter(([k]) => k.includes('forward_count')).join(' ')}`);
+    assert.ok(fwd('reason="TRACE_TO_OVERLAY",direction="egress"') >= 2, 'the replies out');
     assert.ok((after.get('clustermesh_policy_verdicts_total{direction="ingress",match="default-deny"}') ?? 0) > 0, 'the policy drops of the test above');
     assert.ok((after.get('clustermesh_map_entries{map="cm_ipcache"}') ?? 0) > 0);
     assert.equal(after.get('clustermesh_remote_cluster_connected{source_cluster="cluster1"}'), 1);
