@@ -378,6 +378,27 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
     api.close();
   });
 
+  test('forwarded TCP connection openings are flows by default (traceNewConnections): the SYN across clusters, with its flags, on both nodes', async () => {
+    const client = pod(1);
+    const server = pod(2);
+    const since = new Date().toISOString();
+    // Nothing listens: the SYN is forwarded to the pod, which answers with a RST.
+    await runIn(client.netns, [process.execPath, '-e', `require('node:net').connect(4321, '${server.ip}').on('error', () => process.exit(0))`], { timeoutMs: 20_000 });
+    let flows: Flow[] = [];
+    for (let i = 0; i < 50; i++) {
+      const r = await cli(lab(['observe', '--verdict', 'FORWARDED', '--port', '4321', '--protocol', 'TCP', '--since', since, '-o', 'json']));
+      flows = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Flow);
+      if (flows.length >= 2) break;
+      await sleep(200);
+    }
+    const out = flows.find((f) => f.node === 'cluster1/node1');
+    const into = flows.find((f) => f.node === 'cluster2/node1');
+    assert.ok(out && into, JSON.stringify(flows));
+    assert.deepEqual([out.reason, out.direction, out.tcpFlags, out.tunnelNode], ['TRACE_TO_OVERLAY', 'egress', ['SYN'], 'cluster2/node1']);
+    assert.deepEqual([into.reason, into.direction, into.tcpFlags, into.destination.pod, into.source.pod], ['TRACE_TO_ENDPOINT', 'ingress', ['SYN'], `default/${server.name}`, `default/${client.name}`]);
+    assert.equal(flows.length, 2, 'one event per node for the connection, not one per packet (the RST back is not sampled)');
+  });
+
   test('each agent serves Prometheus metrics on 127.0.0.1:9962 of its node: a drop increments exactly its reason\'s counter; remote clusters, maps and lost flows are there', async () => {
     const n2 = pod(2).node;
     const scrape = async (): Promise<Map<string, number>> => {

@@ -112,6 +112,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     pinDir: cfg.pinDir,
     redirectPeer: cfg.redirectPeer,
     traceForward: cfg.traceForwards,
+    traceNew: cfg.traceNewConnections,
     ...(cfg.objectsDir !== undefined ? { objectsDir: cfg.objectsDir } : {}),
   });
   await dp.start();

@@ -30,6 +30,9 @@
 // a policy selector that names no io.cilium.k8s.policy.cluster matches the
 // local cluster only; false: every cluster), flowBufferSize (4096: how many
 // flows of the node's datapath events the agent keeps for GET /v1/flows),
+// traceNewConnections (true: the datapath reports each forwarded TCP SYN
+// without ACK, the first packet of a connection, so forwarded flows are seen
+// without traceForwards' event per packet),
 // metricsAddress (127.0.0.1:9962: host:port of the Prometheus endpoint
 // GET /metrics, in the node's network namespace and off the pod network; the
 // node IP lets a scraper on the underlay in; '' for none).
@@ -76,6 +79,8 @@ export interface AgentConfig {
   /** Directory of lxc.bpf.o / overlay.bpf.o; undefined = the datapath's default (bpf/build). */
   objectsDir: string | undefined;
   traceForwards: boolean;
+  /** Report forwarded TCP connection openings (SYN without ACK) as events. */
+  traceNewConnections: boolean;
   /** Flows kept in memory for GET /v1/flows (the last N). */
   flowBufferSize: number;
   /** host:port of the Prometheus text endpoint (GET /metrics); '' = none. */
@@ -161,6 +166,7 @@ const fileSchema = z.strictObject({
   logLevel: z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }).default('info'),
   objectsDir: z.string().min(1).optional(),
   traceForwards: z.boolean().default(false),
+  traceNewConnections: z.boolean({ error: 'must be true or false' }).default(true),
   flowBufferSize: positiveInt('flows kept', 1, 1_000_000).default(4096),
   metricsAddress: z
     .string()
@@ -290,6 +296,7 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
     logLevel: c.logLevel,
     objectsDir: c.objectsDir !== undefined ? abs(c.objectsDir) : undefined,
     traceForwards: c.traceForwards,
+    traceNewConnections: c.traceNewConnections,
     flowBufferSize: c.flowBufferSize,
     metricsAddress: c.metricsAddress,
     redirectPeer: c.redirectPeer,

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { DropReason, TraceReason } from '../datapath/maps/index.ts';
 import type { DatapathEvent } from '../datapath/maps/events.ts';
-import { FlowStore, flowQueryString, isLostMarker, matchesFlow, monotonicToDate, parseFlowQuery, toFlow, type Flow } from './flows.ts';
+import { FlowStore, flowQueryString, isLostMarker, matchesFlow, monotonicToDate, parseFlowQuery, tcpFlagBits, toFlow, type Flow } from './flows.ts';
 import { event, FRONTEND, FRONTEND_LABELS, namer } from './flows.test-helper.ts';
 
 test('a flow names pods, identities, clusters and the tunnel node; the datapath identity wins, the agent fills a missing one', () => {
@@ -23,6 +23,10 @@ test('a flow names pods, identities, clusters and the tunnel node; the datapath 
   assert.equal(icmp.verdict, 'FORWARDED');
   const denied = toFlow(event({ reason: DropReason.DROP_POLICY, dstIp: '10.102.1.12', protocol: 6, dstPort: 80 }), namer, new Date(0));
   assert.equal(denied.policy, 'default deny: ingress of shop/backend is enforced and no allow entry matched');
+  assert.equal(f.tcpFlags, null, 'UDP');
+  const syn = toFlow(event({ protocol: 6, tcpFlags: 0x12, type: 'trace', reason: TraceReason.TRACE_TO_OVERLAY }), namer, new Date(0));
+  assert.deepEqual(syn.tcpFlags, ['SYN', 'ACK']);
+  assert.equal(tcpFlagBits(syn.tcpFlags!), 0x12);
   assert.equal(isLostMarker(event({ type: 'trace', reason: TraceReason.TRACE_EVENT_LOST })), true);
   assert.equal(isLostMarker(event()), false);
 });

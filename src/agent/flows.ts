@@ -40,6 +40,8 @@ export interface Flow {
   description: string;
   direction: string;
   protocol: string;
+  /** TCP header flags of the packet ('SYN', 'ACK', ...); null when not TCP. */
+  tcpFlags: string[] | null;
   source: FlowPeer;
   destination: FlowPeer;
   /** Remote node the packet goes to (egress) or came from (overlay ingress). */
@@ -58,6 +60,22 @@ export interface FlowNamer {
   labels(identity: number): string[];
   clusterOfIdentity(identity: number): string | null;
   nodeOfIP(ip: string): string | null;
+}
+
+/** TCP header flag bits, lowest first. */
+const TCP_FLAG_NAMES = ['FIN', 'SYN', 'RST', 'PSH', 'ACK', 'URG', 'ECE', 'CWR'] as const;
+
+export function tcpFlagNames(bits: number): string[] {
+  return TCP_FLAG_NAMES.filter((_, i) => (bits & (1 << i)) !== 0);
+}
+
+export function tcpFlagBits(names: readonly string[]): number {
+  let bits = 0;
+  for (const n of names) {
+    const i = (TCP_FLAG_NAMES as readonly string[]).indexOf(n);
+    if (i >= 0) bits |= 1 << i;
+  }
+  return bits;
 }
 
 export function protoName(p: number): string {
@@ -108,6 +126,7 @@ export function toFlow(e: DatapathEvent, n: FlowNamer, when: Date): Flow {
     description: reasonDescription(e.reason),
     direction: e.direction,
     protocol: protoName(e.protocol),
+    tcpFlags: e.protocol === 6 ? tcpFlagNames(e.tcpFlags) : null,
     source,
     destination,
     tunnelEndpoint: e.tunnelEndpoint,

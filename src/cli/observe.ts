@@ -84,7 +84,7 @@ const REORDER_MS = 250;
 
 export function observeCommand(): Command {
   const cmd = new Command('observe').description(
-    "flows from the agents of every node of every cluster, merged by time: drops with their reason (always) and forwarded packets (while forward tracing is on), with source and destination cluster, pod, identity with labels, port, and the tunnel node. Each agent keeps its node's last flowBufferSize (default 4096) flows",
+    "flows from the agents of every node of every cluster, merged by time: drops with their reason (always), forwarded TCP connection openings (SYN; the agents' traceNewConnections, on by default) and every forwarded packet while forward tracing is on, with source and destination cluster, pod, identity with labels, port, and the tunnel node. Each agent keeps its node's last flowBufferSize (default 4096) flows",
   );
   addTargetFlags(cmd);
   cmd
@@ -124,10 +124,14 @@ export function observeCommand(): Command {
           const settings = openNodeMap(n, settingsMap.MAP_NAME, closer);
           const cur = settingsMap.get(settings);
           if (o.traceForwards && !cur.traceForward) {
-            settingsMap.set(settings, { traceForward: true });
-            closer.add(() => settingsMap.set(settings, { traceForward: false }));
+            settingsMap.set(settings, { ...cur, traceForward: true });
+            closer.add(() => settingsMap.set(settings, { ...settingsMap.get(settings), traceForward: false }));
           } else if (!cur.traceForward && o.verdict !== 'DROPPED' && !o.traceForwards) {
-            warn(`forward tracing is off on ${n.key}: only drops are reported (add --trace-forwards to see forwarded packets)`);
+            warn(
+              cur.traceNew
+                ? `forward tracing is off on ${n.key}: of forwarded packets only TCP connection openings (SYN) are reported (add --trace-forwards to see every forwarded packet)`
+                : `forward tracing is off on ${n.key}: only drops are reported (add --trace-forwards to see forwarded packets)`,
+            );
           }
         }
 

@@ -11,7 +11,7 @@ import { events, metrics } from '../datapath/maps/index.js';
 import type { DatapathEvent } from '../datapath/maps/events.js';
 import type { NodePlanInput } from '../agent/node-plan.js';
 import { AgentClient } from '../agent/client.js';
-import type { Flow } from '../agent/flows.js';
+import { tcpFlagBits, type Flow } from '../agent/flows.js';
 import { runIn } from './exec.js';
 import type { NodeInfo, PodInfo, Topology } from './topology.js';
 
@@ -130,6 +130,7 @@ export function flowEvent(f: Flow): DatapathEvent {
     protocol: { TCP: 6, UDP: 17, ICMP: 1, SCTP: 132, '-': 0 }[f.protocol] ?? Number(f.protocol),
     srcPort: f.source.port ?? 0,
     dstPort: f.destination.port ?? 0,
+    tcpFlags: tcpFlagBits(f.tcpFlags ?? []),
   };
 }
 

@@ -15,7 +15,7 @@ import {
 export const MAP_NAME = 'cm_events';
 
 /** struct cm_event: addresses network order, everything else host order. */
-export const EVENT_LAYOUT = struct('cm_event', 48, {
+export const EVENT_LAYOUT = struct('cm_event', 56, {
   timestamp: field(0, 8),
   src_ip: field(8, 4),
   dst_ip: field(12, 4),
@@ -31,6 +31,8 @@ export const EVENT_LAYOUT = struct('cm_event', 48, {
   reason: field(45, 1),
   direction: field(46, 1),
   protocol: field(47, 1),
+  tcp_flags: field(48, 1),
+  pad0: field(49, 7),
 });
 
 export interface DatapathEvent {
@@ -60,6 +62,8 @@ export interface DatapathEvent {
   srcPort: number;
   /** TCP/UDP port; for ICMP the code. */
   dstPort: number;
+  /** TCP header flags (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10, URG 0x20, ECE 0x40, CWR 0x80); 0 if not TCP. */
+  tcpFlags: number;
 }
 
 const F = EVENT_LAYOUT.fields;
@@ -86,11 +90,12 @@ export function decode(b: Buffer): DatapathEvent {
     protocol: b[F.protocol.offset]!,
     srcPort: readU16(b, F.src_port.offset),
     dstPort: readU16(b, F.dst_port.offset),
+    tcpFlags: b[F.tcp_flags.offset]!,
   };
 }
 
 /** The C layout of an event (for fakes and round-trip tests; the datapath is the only real writer). */
-export function encode(e: Omit<DatapathEvent, 'reasonName'>): Buffer {
+export function encode(e: Omit<DatapathEvent, 'reasonName' | 'tcpFlags'> & { tcpFlags?: number }): Buffer {
   const b = Buffer.alloc(EVENT_LAYOUT.size);
   writeU64(b, F.timestamp.offset, e.timestamp);
   writeIPv4(b, F.src_ip.offset, e.srcIp);
@@ -107,6 +112,7 @@ export function encode(e: Omit<DatapathEvent, 'reasonName'>): Buffer {
   writeU8(b, F.reason.offset, e.reason);
   writeU8(b, F.direction.offset, directionCode(e.direction));
   writeU8(b, F.protocol.offset, e.protocol);
+  writeU8(b, F.tcp_flags.offset, e.tcpFlags ?? 0);
   return b;
 }
 
