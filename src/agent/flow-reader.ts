@@ -141,15 +141,17 @@ export class FlowReader {
     this.store = new FlowStore(capacity);
     this.#lostAtStart = lostEvents(maps.metrics);
     this.#reader = new RingBufferReader(maps.events, (data) => {
-      let e: eventsMap.DatapathEvent;
+      let flow;
       try {
-        e = eventsMap.decode(data);
+        const e = eventsMap.decode(data);
+        if (isLostMarker(e)) return;
+        flow = toFlow(e, this.namer, monotonicToDate(e.timestamp, this.#mono, this.#wall));
       } catch {
+        // a record that does not decode (or name) is counted and skipped, never stops the reader
         this.store.decodeErrors++;
         return;
       }
-      if (isLostMarker(e)) return;
-      this.store.add(toFlow(e, this.namer, monotonicToDate(e.timestamp, this.#mono, this.#wall)));
+      this.store.add(flow);
     });
   }
 
