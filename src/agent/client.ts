@@ -109,7 +109,15 @@ export class AgentClient {
             const line = buf.slice(0, nl);
             buf = buf.slice(nl + 1);
             if (line.trim() === '') continue;
-            const v = JSON.parse(line) as Flow | { lost: number } | { backlogEnd: true };
+            let v: Flow | { lost: number } | { backlogEnd: true };
+            try {
+              v = JSON.parse(line) as typeof v;
+            } catch {
+              stopped = true;
+              req?.destroy();
+              reject(new ApiError('internal', `GET /v1/flows: a line of the stream is not JSON: ${line.slice(0, 200)}`));
+              return;
+            }
             if ('lost' in v) o.onLost?.(v.lost);
             else if ('backlogEnd' in v) o.onBacklogEnd?.();
             else onFlow(v);

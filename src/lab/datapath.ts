@@ -111,7 +111,10 @@ export function collectEvents(pinDir: string): { events: DatapathEvent[]; drain(
   };
 }
 
-/** A flow from an agent as the datapath event it was decoded from (the fields flows carry). */
+/**
+ * A flow from an agent as the datapath event it was decoded from (the fields
+ * flows carry; an identity the datapath left 0 is the one the agent filled in).
+ */
 export function flowEvent(f: Flow): DatapathEvent {
   return {
     timestamp: 0n,
