@@ -48,7 +48,11 @@ struct cm_event {
 	__u8  direction;       /* enum cm_direction */
 	__u8  protocol;        /* IP protocol, 0 if not IPv4 */
 	__u8  tcp_flags;       /* TCP header flags (FIN 0x01 ... CWR 0x80), 0 if not TCP */
-	__u8  pad0[7];         /* 0 */
+	__u8  pad0;            /* 0 */
+	__u16 svc_port;        /* service frontend port (host order) when the
+				* packet was addressed to a service, else 0 */
+	__u32 svc_ip;          /* network byte order: that service's frontend
+				* (the destination before translation), else 0 */
 };
 
 struct {
@@ -93,6 +97,8 @@ struct trace_ctx {
 	__u32 dst_identity;
 	__u32 target_ifindex;
 	__u32 tunnel_endpoint;
+	__u32 svc_ip;       /* service frontend the packet was addressed to (lb.h), 0 if none */
+	__u16 svc_port;     /* its port, host order */
 	__u16 sport;
 	__u16 dport;
 	__u8  protocol;
@@ -166,7 +172,9 @@ static __always_inline void event_emit(struct __sk_buff *ctx, const struct trace
 	ev->direction = tc->dir;
 	ev->protocol = tc->protocol;
 	ev->tcp_flags = tc->tcp_flags;
-	__builtin_memset(ev->pad0, 0, sizeof(ev->pad0));
+	ev->pad0 = 0;
+	ev->svc_port = tc->svc_port;
+	ev->svc_ip = tc->svc_ip;
 	bpf_ringbuf_submit(ev, 0);
 }
 

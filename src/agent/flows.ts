@@ -44,6 +44,8 @@ export interface Flow {
   tcpFlags: string[] | null;
   source: FlowPeer;
   destination: FlowPeer;
+  /** The service frontend (ClusterIP:port) the source addressed, when the datapath translated it to the destination backend; null otherwise. */
+  service: { ip: string; port: number } | null;
   /** Remote node the packet goes to (egress) or came from (overlay ingress). */
   tunnelEndpoint: string | null;
   tunnelNode: string | null;
@@ -129,6 +131,7 @@ export function toFlow(e: DatapathEvent, n: FlowNamer, when: Date): Flow {
     tcpFlags: e.protocol === 6 ? tcpFlagNames(e.tcpFlags) : null,
     source,
     destination,
+    service: e.service,
     tunnelEndpoint: e.tunnelEndpoint,
     tunnelNode: e.tunnelEndpoint ? n.nodeOfIP(e.tunnelEndpoint) : null,
     policy: policyOf(e, source, destination),

@@ -26,7 +26,9 @@ function peerText(p: FlowPeer): string {
 /** One line per flow, Hubble-like. */
 export function formatFlow(f: Flow): string {
   const via = f.tunnelEndpoint ? ` via ${f.tunnelNode ?? f.tunnelEndpoint}` : '';
-  return `${f.time} ${f.node} ${f.verdict.padEnd(9)} ${f.reason} (${f.description}) ${f.direction} ${peerText(f.source)} -> ${peerText(f.destination)} ${f.protocol}${via}`;
+  const svc = f.service ? ` [service ${f.service.ip}:${f.service.port}]` : '';
+  const flags = f.tcpFlags && f.tcpFlags.length > 0 ? ` ${f.tcpFlags.join(',')}` : '';
+  return `${f.time} ${f.node} ${f.verdict.padEnd(9)} ${f.reason} (${f.description}) ${f.direction} ${peerText(f.source)} -> ${peerText(f.destination)}${svc} ${f.protocol}${flags}${via}`;
 }
 
 /** Commander's parser for a FlowQuery value: the query's own check, as a usage error. */

@@ -178,7 +178,7 @@ describe('datapath programs (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason() }
       assert.deepEqual({ ...r.events[0]!, timestamp: 0n }, {
         timestamp: 0n, type: 'trace', reason: TraceReason.TRACE_TO_ENDPOINT, reasonName: 'TRACE_TO_ENDPOINT', direction: 'egress',
         srcIp: POD_A.ip, dstIp: POD_B.ip, srcIdentity: POD_A.ep.identity, dstIdentity: POD_B.ep.identity,
-        ifindex: 1, targetIfindex: POD_B.ep.ifindex, tunnelEndpoint: null, length: frame.length, protocol: IPPROTO_TCP, srcPort: 40000, dstPort: 80, tcpFlags: 0x02,
+        ifindex: 1, targetIfindex: POD_B.ep.ifindex, tunnelEndpoint: null, length: frame.length, protocol: IPPROTO_TCP, srcPort: 40000, dstPort: 80, tcpFlags: 0x02, service: null,
       });
     });
 

@@ -134,6 +134,7 @@ export function flowEvent(f: Flow): DatapathEvent {
     srcPort: f.source.port ?? 0,
     dstPort: f.destination.port ?? 0,
     tcpFlags: tcpFlagBits(f.tcpFlags ?? []),
+    service: f.service,
   };
 }
 

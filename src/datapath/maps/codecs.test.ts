@@ -113,11 +113,14 @@ describe('events codec', () => {
       timestamp: 123456789n, type: 'drop', reason: DropReason.DROP_UNKNOWN_ENDPOINT, reasonName: 'DROP_UNKNOWN_ENDPOINT', direction: 'ingress',
       srcIp: '10.102.0.30', dstIp: '10.101.0.99', srcIdentity: 0x20100, dstIdentity: 0, ifindex: 5, targetIfindex: 0,
       tunnelEndpoint: '10.2.0.5', length: 74, protocol: 6, srcPort: 5555, dstPort: 8080, tcpFlags: 0x12,
+      service: { ip: '10.96.0.10', port: 80 },
     };
     const { reasonName: _n, ...raw } = e;
     const b = events.encode(raw);
     assert.equal(b.length, 56);
     assert.equal(b[48], 0x12, 'TCP flags');
+    assert.equal(b.subarray(52, 56).toString('hex'), '0a60000a', 'service frontend, network order');
+    assert.deepEqual(events.decode(events.encode({ ...raw, service: null })).service, null);
     assert.equal(b.subarray(8, 12).toString('hex'), '0a66001e', 'addresses network order');
     assert.equal(b.subarray(40, 42).toString('hex'), 'b315', 'ports host order (little-endian here)');
     assert.deepEqual(events.decode(b), e);

@@ -32,7 +32,9 @@ export const EVENT_LAYOUT = struct('cm_event', 56, {
   direction: field(46, 1),
   protocol: field(47, 1),
   tcp_flags: field(48, 1),
-  pad0: field(49, 7),
+  pad0: field(49, 1),
+  svc_port: field(50, 2),
+  svc_ip: field(52, 4),
 });
 
 export interface DatapathEvent {
@@ -64,6 +66,8 @@ export interface DatapathEvent {
   dstPort: number;
   /** TCP header flags (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10, URG 0x20, ECE 0x40, CWR 0x80); 0 if not TCP. */
   tcpFlags: number;
+  /** The service frontend the packet was addressed to (before translation), null if none. */
+  service: { ip: string; port: number } | null;
 }
 
 const F = EVENT_LAYOUT.fields;
@@ -73,6 +77,7 @@ export function decode(b: Buffer): DatapathEvent {
   const type = b[F.type.offset]!;
   const reason = b[F.reason.offset]!;
   const tep = readIPv4(b, F.tunnel_endpoint.offset);
+  const svc = readIPv4(b, F.svc_ip.offset);
   return {
     timestamp: readU64(b, F.timestamp.offset),
     type: type === EventType.EVENT_DROP ? 'drop' : 'trace',
@@ -91,11 +96,12 @@ export function decode(b: Buffer): DatapathEvent {
     srcPort: readU16(b, F.src_port.offset),
     dstPort: readU16(b, F.dst_port.offset),
     tcpFlags: b[F.tcp_flags.offset]!,
+    service: svc === '0.0.0.0' ? null : { ip: svc, port: readU16(b, F.svc_port.offset) },
   };
 }
 
 /** The C layout of an event (for fakes and round-trip tests; the datapath is the only real writer). */
-export function encode(e: Omit<DatapathEvent, 'reasonName' | 'tcpFlags'> & { tcpFlags?: number }): Buffer {
+export function encode(e: Omit<DatapathEvent, 'reasonName' | 'tcpFlags' | 'service'> & { tcpFlags?: number; service?: DatapathEvent['service'] }): Buffer {
   const b = Buffer.alloc(EVENT_LAYOUT.size);
   writeU64(b, F.timestamp.offset, e.timestamp);
   writeIPv4(b, F.src_ip.offset, e.srcIp);
@@ -113,6 +119,8 @@ export function encode(e: Omit<DatapathEvent, 'reasonName' | 'tcpFlags'> & { tcp
   writeU8(b, F.direction.offset, directionCode(e.direction));
   writeU8(b, F.protocol.offset, e.protocol);
   writeU8(b, F.tcp_flags.offset, e.tcpFlags ?? 0);
+  writeU16(b, F.svc_port.offset, e.service?.port ?? 0);
+  writeIPv4(b, F.svc_ip.offset, e.service?.ip ?? '0.0.0.0');
   return b;
 }
 
