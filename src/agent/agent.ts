@@ -26,6 +26,7 @@
 // agent is down; SIGKILL leaves the same state behind.
 import { mkdir } from 'node:fs/promises';
 import pino, { type Logger } from 'pino';
+import promClient from 'prom-client';
 import { ClusterMesh } from '../clustermesh/clustermesh.ts';
 import { sleep, systemClock, type Clock } from '../util/clock.ts';
 import type * as endpointsMap from '../datapath/maps/endpoints.ts';
@@ -37,7 +38,6 @@ import { StoreSource, StoreWriter, type ClusterSource, type Unsubscribe } from '
 import { startApiServer, type ApiServer } from './api.ts';
 import { AgentFlowNamer, FlowReader } from './flow-reader.ts';
 import { agentRegistry, startMetricsServer } from './metrics.ts';
-import promClient from 'prom-client';
 import { resolveNodeIP, type AgentConfig, type ResolvedAgentConfig } from './config.ts';
 import { datapathStatus, endpointDatapath, endpointsTarget, ipcacheTarget } from './datapath.ts';
 import { EndpointManager } from './endpoints.ts';
@@ -416,6 +416,8 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     flowReader.start();
     cleanups.push(() => flowReader.close());
 
+    const allReconcilers = () => [...reconcilers, ...services.reconcilerList, ...policy.reconcilers];
+
     // ---- Prometheus metrics (read at scrape time); a port in use is reported, not fatal
     const metricsState: { address: string | null; error: string | null } = { address: null, error: null };
     if (cfg.metricsAddress !== '') {
@@ -424,7 +426,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         maps: () => datapathStatus(dp, []).maps,
         remotes: () => mesh.status().remotes.map(remoteSummary),
         flows: () => flowReader.status(),
-        reconcilers: () => [...reconcilers, ...services.reconcilerList, ...policy.reconcilers].map((r) => r.status()),
+        reconcilers: () => allReconcilers().map((r) => r.status()),
       });
       try {
         const server = await startMetricsServer(cfg.metricsAddress, [promClient.register, registry]);
@@ -450,7 +452,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         local: localStatus(),
         remoteClusters: ms.remotes.map(remoteSummary),
         clustermesh: { ready: ms.ready, configDir: ms.configDir, configErrors: ms.configErrors, counts: ms.counts, ipConflicts: ms.ipConflicts, resyncGrace: grace.status() },
-        reconcilers: [...reconcilers, ...services.reconcilerList, ...policy.reconcilers].map((r) => r.status()),
+        reconcilers: allReconcilers().map((r) => r.status()),
         endpoints: endpoints.status(),
         services: services.status(),
         policy: policy.status(),
