@@ -19,10 +19,27 @@ import { createTopology, destroyTopology, type PodInfo, type Topology } from '..
 import type { StatusReport } from '../src/cli/status.ts';
 import type { IpcacheRow, EndpointRow } from '../src/cli/inspect.ts';
 import type { Flow } from '../src/cli/observe.ts';
+import { AgentClient } from '../src/agent/client.ts';
+import { readNodeMetrics } from '../src/lab/datapath.ts';
+import { StoreWriter } from '../src/sources/index.ts';
 import type { TroubleshootReport } from '../src/cli/troubleshoot.ts';
 
 const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
+/** Flows each agent keeps (flowBufferSize): small, so that the limit is seen to hold. */
+const FLOW_BUFFER = 1000;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** Every packet a node dropped (each is one event, or one counted as lost), and those dropped for having no endpoint. */
+const drops = (pinDir: string, reason?: string): number =>
+  readNodeMetrics(pinDir)
+    .filter((r) => r.reasonName.startsWith('DROP_') && (reason === undefined || r.reasonName === reason))
+    .reduce((a, r) => a + Number(r.packets), 0);
+async function waitUntil(what: string, cond: () => boolean, timeoutMs: number): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
 
 interface CliResult {
   code: number;
@@ -103,7 +120,11 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
     process.env.CLUSTERMESH_LAB_ROOT = root;
     labName = `cmtc-${Math.random().toString(16).slice(2, 8)}`;
     topo = await createTopology({ clusters: 2, nodesPerCluster: 1, podsPerNode: 2, mode: 'clustermesh', prefix: 'cmtc' });
-    mesh = await startMesh(topo, { dir: await mkdtemp(join(tmpdir(), 'cmtc-mesh-')), agent: { syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
+    mesh = await startMesh(topo, {
+      dir: await mkdtemp(join(tmpdir(), 'cmtc-mesh-')),
+      agent: { syncTimeoutSeconds: 10, extra: { flowBufferSize: FLOW_BUFFER } },
+      progress: (l) => console.log(`# ${l}`),
+    });
     for (const p of topo.pods) await mesh.addPod(p, { labels: { app: p.index === 1 ? 'frontend' : 'backend' } });
     writeLabState(labState());
   });
@@ -202,14 +223,12 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
     assert.deepEqual(pods, topo!.pods.filter((p) => p.cluster === 1).map((p) => `default/${p.name}`).sort());
   });
 
-  test('observe --verdict DROPPED shows a packet to an address no pod has, dropped by the remote node with its reason', async () => {
-    // Empty the rings first (whatever start-up produced), so the flow below is the one we look for.
-    await cli(lab(['observe', '-o', 'json']));
+  test('observe --verdict DROPPED shows a packet to an address no pod has, dropped by the remote node with its reason; the agent keeps it for the next reader', async () => {
     const client = pod(1);
     const nobody = pod(2).node.podCIDR.replace(/0\/24$/, '99');
+    const since = new Date().toISOString();
     await runIn(client.netns, ['ping', '-c', '1', '-W', '1', nobody]).catch(() => undefined);
-    await sleep(200);
-    const r = await cli(lab(['observe', '--verdict', 'DROPPED', '--cluster', 'cluster2', '-o', 'json']));
+    const r = await cli(lab(['observe', '--verdict', 'DROPPED', '--cluster', 'cluster2', '--since', since, '-o', 'json']));
     assert.equal(r.code, 0, r.stderr);
     const flows = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Flow);
     const f = flows.find((x) => x.destination.ip === nobody);
@@ -220,12 +239,200 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
     assert.equal(f.source.ip, client.ip);
     assert.equal(f.source.pod, `default/${client.name}`);
     assert.equal(f.source.cluster, 'cluster1');
+    assert.equal(f.tunnelNode, 'cluster1/node1', 'came through the tunnel from the client\'s node');
     assert.ok(f.source.labels.includes('k8s:app=frontend'), JSON.stringify(f.source));
     assert.equal(f.protocol, 'ICMP');
     assert.ok(flows.every((x) => x.verdict === 'DROPPED'));
-    // The ring was drained by that read: a second read has nothing.
-    const again = await cli(lab(['observe', '--verdict', 'DROPPED', '--cluster', 'cluster2', '-o', 'json']));
-    assert.equal(again.stdout.trim(), '');
+    // The agent is the reader and keeps the flows: a second reader sees the same.
+    const again = await cli(lab(['observe', '--verdict', 'DROPPED', '--cluster', 'cluster2', '--since', since, '-o', 'json']));
+    assert.ok(again.stdout.split('\n').some((l) => l.includes(`"ip":"${nobody}"`)), again.stdout);
+  });
+
+  test('a policy drop across clusters is a flow with identities, labels, verdict, reason and the deciding side, through GET /v1/flows, observe and a follow stream', async () => {
+    const frontend1 = pod(1);
+    const backend2 = topo!.pods.find((p) => p.cluster === 2 && p.index === 2)!;
+    const agent2 = new AgentClient(mesh!.agent(backend2.node).socket);
+    const writer = new StoreWriter(mesh!.kv(2, 'root'));
+    const policy = {
+      apiVersion: 'cilium.io/v2',
+      kind: 'CiliumNetworkPolicy',
+      metadata: { name: 'cmtc-backend-tcp-only', namespace: 'default' },
+      spec: { endpointSelector: { matchLabels: { app: 'backend' } }, ingress: [{ fromEndpoints: [{ matchLabels: { app: 'frontend' } }], toPorts: [{ ports: [{ port: '8080', protocol: 'TCP' }] }] }] },
+    };
+    const follow: Flow[] = [];
+    let stream: ReturnType<AgentClient['followFlows']> | undefined;
+    try {
+      await writer.apply(policy);
+      const since = new Date();
+      const pings = async (): Promise<boolean> =>
+        runIn(frontend1.netns, ['ping', '-c', '1', '-W', '1', backend2.ip]).then(
+          () => true,
+          () => false,
+        );
+      // Enforced once the agent wrote the policy: pings (ICMP) are not allowed, only TCP 8080.
+      for (let i = 0; i < 100 && (await pings()); i++) await sleep(200);
+      const q = { verdict: 'DROPPED' as const, fromPod: frontend1.name, toPod: `default/${backend2.name}`, since };
+      const flows = await agent2.flows(q);
+      const f = flows.at(-1);
+      assert.ok(f, `no policy drop flow: ${JSON.stringify(await agent2.flows({ since }))}`);
+      const ids = new Map((await agent2.listEndpoints()).map((e) => [e.podName, e]));
+      assert.deepEqual([f.verdict, f.reason, f.direction, f.protocol, f.node], ['DROPPED', 'DROP_POLICY', 'ingress', 'ICMP', 'cluster2/node1']);
+      assert.equal(f.policy, `default deny: ingress of default/${backend2.name} is enforced and no allow entry matched`);
+      assert.deepEqual([f.source.cluster, f.source.namespace, f.source.pod], ['cluster1', 'default', `default/${frontend1.name}`]);
+      assert.ok(f.source.identity >> 16 === 1, `source identity ${f.source.identity} from cluster1's range`);
+      assert.ok(f.source.labels.includes('k8s:app=frontend') && f.source.labels.includes('k8s:io.cilium.k8s.policy.cluster=cluster1'), JSON.stringify(f.source.labels));
+      assert.deepEqual([f.destination.cluster, f.destination.pod, f.destination.identity, f.destination.node], ['cluster2', `default/${backend2.name}`, ids.get(backend2.name)!.identity, 'cluster2/node1']);
+      assert.ok(f.destination.labels.includes('k8s:app=backend'), JSON.stringify(f.destination.labels));
+      assert.equal(f.tunnelNode, 'cluster1/node1');
+
+      // The CLI, over every node of both clusters, with flow filters.
+      const r = await cli(lab(['observe', '--verdict', 'DROPPED', '--from-cluster', 'cluster1', '--to-pod', backend2.name, '--protocol', 'icmp', '--since', since.toISOString(), '-o', 'json']));
+      assert.equal(r.code, 0, r.stderr);
+      const viaCli = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Flow);
+      assert.ok(viaCli.length >= 1 && viaCli.every((x) => x.reason === 'DROP_POLICY' && x.destination.pod === `default/${backend2.name}` && x.source.cluster === 'cluster1'), r.stdout);
+      assert.deepEqual(viaCli.at(-1), flows.at(-1), 'observe prints what the agent serves');
+      const none = await cli(lab(['observe', '--verdict', 'DROPPED', '--to-pod', backend2.name, '--port', '8080', '--since', since.toISOString(), '-o', 'json']));
+      assert.equal(none.stdout.trim(), '', 'ICMP has no port 8080');
+      const compact = await cli(lab(['observe', '--to-pod', backend2.name, '--since', since.toISOString(), '--last', '1']));
+      assert.match(compact.stdout, new RegExp(`cluster2/node1 DROPPED +DROP_POLICY .* ingress cluster1:default/${frontend1.name} ${frontend1.ip.replace(/\./g, '\\.')} \\(id \\d+ app=frontend,ns=default\\) -> cluster2:default/${backend2.name}`));
+      assert.equal(compact.stdout.trim().split('\n').length, 1, '--last 1');
+      const bad = await cli(lab(['observe', '--protocol', 'gopher']));
+      assert.notEqual(bad.code, 0);
+      assert.match(bad.stderr, /--protocol.*must be TCP, UDP, ICMP or SCTP/);
+
+      // Follow: a new drop arrives on the stream.
+      const followed = new Date();
+      let caughtUp = false;
+      stream = agent2.followFlows({ verdict: 'DROPPED', toPod: backend2.name, since: followed }, (x) => follow.push(x), { onBacklogEnd: () => (caughtUp = true) });
+      for (let i = 0; i < 50 && !caughtUp; i++) await sleep(100);
+      assert.ok(caughtUp, 'the stream sent its backlog marker');
+      await pings();
+      for (let i = 0; i < 100 && follow.length === 0; i++) await sleep(100);
+      assert.ok(follow.length >= 1, 'the follow stream received the new drop');
+      assert.equal(follow[0]!.reason, 'DROP_POLICY');
+      assert.equal(follow[0]!.source.pod, `default/${frontend1.name}`);
+      assert.ok(Date.parse(follow[0]!.time) >= followed.getTime() - 5);
+    } finally {
+      stream?.stop();
+      await writer.delete('CiliumNetworkPolicy', { namespace: 'default', name: policy.metadata.name }).catch(() => undefined);
+      agent2.close();
+    }
+  });
+
+  test('events the ring buffer had no room for (agent stopped) are counted and shown; the agent keeps only its last flowBufferSize flows', async () => {
+    const client = pod(1);
+    const a2 = mesh!.agent(pod(2).node);
+    const api = new AgentClient(a2.socket);
+    const nobody = pod(2).node.podCIDR.replace(/0\/24$/, '98');
+    const before = (await api.status()).flows!;
+    const dropsBefore = drops(a2.pinDir);
+    const unknownBefore = drops(a2.pinDir, 'DROP_UNKNOWN_ENDPOINT');
+    // While the agent does not read (SIGSTOP), 7000 datagrams to an address no pod has are dropped on
+    // cluster2's node; the ring (256 KiB) holds about 4,600 events, the rest can only be counted.
+    const SENT = 7000;
+    process.kill(a2.process.pid!, 'SIGSTOP');
+    try {
+      await runIn(client.netns, [
+        process.execPath,
+        '-e',
+        `const s = require('node:dgram').createSocket('udp4'); let n = 0;
+         const next = () => { if (n >= ${SENT}) return s.close(); s.send('x', 9, '${nobody}', () => { n++; next(); }); };
+         next();`,
+      ], { timeoutMs: 60_000 });
+      // Every datagram dropped on cluster2 (or the count settled: a few may be lost on the way).
+      let last = -1;
+      let stableSince = Date.now();
+      await waitUntil(
+        'the datagrams counted as dropped on cluster2',
+        () => {
+          const n = drops(a2.pinDir, 'DROP_UNKNOWN_ENDPOINT') - unknownBefore;
+          if (n !== last) [last, stableSince] = [n, Date.now()];
+          return n >= SENT || (n > 0 && Date.now() - stableSince > 2000);
+        },
+        60_000,
+      );
+      assert.ok(last > SENT * 0.9, `${last} of ${SENT} datagrams dropped on cluster2`);
+    } finally {
+      process.kill(a2.process.pid!, 'SIGCONT');
+    }
+    const dropped = drops(a2.pinDir) - dropsBefore;
+    let st = (await api.status()).flows!;
+    for (let i = 0; i < 50 && st.seen - before.seen + (st.lost.datapath - before.lost.datapath) < dropped; i++) {
+      await sleep(100);
+      st = (await api.status()).flows!;
+    }
+    const read = st.seen - before.seen;
+    const lost = st.lost.datapath - before.lost.datapath;
+    console.log(`# ${dropped} drops while the agent was stopped: ${read} flows read, ${lost} events lost (ring buffer full)`);
+    assert.ok(lost > 0, 'some events were lost, and counted');
+    assert.equal(read + lost, dropped, 'every drop is either a flow or counted as lost');
+    assert.equal(st.lost.sinceStart, st.lost.datapath, 'the agent has been reading since the maps were created');
+    assert.equal(st.capacity, FLOW_BUFFER);
+    assert.equal(st.stored, FLOW_BUFFER, 'the limit holds');
+    assert.equal((await api.flows()).length, FLOW_BUFFER);
+    const r = await cli(lab(['observe', '--cluster', 'cluster2', '--verdict', 'DROPPED', '--last', '3', '-o', 'json']));
+    assert.equal(r.stdout.trim().split('\n').length, 3);
+    assert.match(r.stderr, new RegExp(`cluster2/node1: ${st.lost.datapath} events could not be reported`));
+    const text = await cli(lab(['status']));
+    assert.match(text.stdout, new RegExp(`flows: +${FLOW_BUFFER} kept \\(\\d+ seen\\); ${st.lost.datapath} events lost`));
+    api.close();
+  });
+
+  test('forwarded TCP connection openings are flows by default (traceNewConnections): the SYN across clusters, with its flags, on both nodes', async () => {
+    const client = pod(1);
+    const server = pod(2);
+    const since = new Date().toISOString();
+    // Nothing listens: the SYN is forwarded to the pod, which answers with a RST.
+    await runIn(client.netns, [process.execPath, '-e', `require('node:net').connect(4321, '${server.ip}').on('error', () => process.exit(0))`], { timeoutMs: 20_000 });
+    let flows: Flow[] = [];
+    for (let i = 0; i < 50; i++) {
+      const r = await cli(lab(['observe', '--verdict', 'FORWARDED', '--port', '4321', '--protocol', 'TCP', '--since', since, '-o', 'json']));
+      flows = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Flow);
+      if (flows.length >= 2) break;
+      await sleep(200);
+    }
+    const out = flows.find((f) => f.node === 'cluster1/node1');
+    const into = flows.find((f) => f.node === 'cluster2/node1');
+    assert.ok(out && into, JSON.stringify(flows));
+    assert.deepEqual([out.reason, out.direction, out.tcpFlags, out.tunnelNode], ['TRACE_TO_OVERLAY', 'egress', ['SYN'], 'cluster2/node1']);
+    assert.deepEqual([into.reason, into.direction, into.tcpFlags, into.destination.pod, into.source.pod], ['TRACE_TO_ENDPOINT', 'ingress', ['SYN'], `default/${server.name}`, `default/${client.name}`]);
+    assert.equal(flows.length, 2, 'one event per node for the connection, not one per packet (the RST back is not sampled)');
+  });
+
+  test('each agent serves Prometheus metrics on 127.0.0.1:9962 of its node: a drop increments exactly its reason\'s counter; remote clusters, maps and lost flows are there', async () => {
+    const n2 = pod(2).node;
+    const scrape = async (): Promise<Map<string, number>> => {
+      const { stdout } = await runIn(n2.netns, ['curl', '-sf', 'http://127.0.0.1:9962/metrics'], { timeoutMs: 10_000 });
+      const out = new Map<string, number>();
+      for (const l of stdout.split('\n')) {
+        const m = /^(clustermesh_[a-z_]+(?:\{[^}]*\})?) (\S+)$/.exec(l);
+        if (m) out.set(m[1]!, Number(m[2]));
+      }
+      return out;
+    };
+    const st = await new AgentClient(mesh!.agent(n2).socket).status();
+    assert.deepEqual(st.metrics, { address: '127.0.0.1:9962', error: null });
+    const before = await scrape();
+    const unknown = 'clustermesh_drop_count_total{reason="DROP_UNKNOWN_ENDPOINT",direction="ingress"}';
+    const policy = 'clustermesh_drop_count_total{reason="DROP_POLICY",direction="ingress"}';
+    const nobody = n2.podCIDR.replace(/0\/24$/, '97');
+    await runIn(pod(1).netns, ['ping', '-c', '5', '-i', '0.2', '-W', '1', nobody]).catch(() => undefined);
+    await runIn(pod(1).netns, ['ping', '-c', '2', '-i', '0.2', '-W', '2', pod(2).ip]); // forwarded both ways
+    await sleep(300); // scrapes read at most every 250 ms
+    const after = await scrape();
+    assert.equal((after.get(unknown) ?? 0) - (before.get(unknown) ?? 0), 5, 'five pings, five drops of that reason');
+    assert.equal(after.get(policy) ?? 0, before.get(policy) ?? 0, 'no other reason moved for them');
+    const fwd = (k: string): number => (after.get(`clustermesh_forward_count_total{${k}}`) ?? 0) - (before.get(`clustermesh_forward_count_total{${k}}`) ?? 0);
+    assert.ok(fwd('reason="TRACE_TO_ENDPOINT",direction="ingress"') >= 2, `the pings in: ${[...after].filter(([k]) => k.includes('forward_count')).join(' ')}`);
+    assert.ok(fwd('reason="TRACE_TO_OVERLAY",direction="egress"') >= 2, 'the replies out');
+    assert.ok((after.get('clustermesh_policy_verdicts_total{direction="ingress",match="default-deny"}') ?? 0) > 0, 'the policy drops of the test above');
+    assert.ok((after.get('clustermesh_map_entries{map="cm_ipcache"}') ?? 0) > 0);
+    assert.equal(after.get('clustermesh_remote_cluster_connected{source_cluster="cluster1"}'), 1);
+    assert.equal(after.get('clustermesh_remote_cluster_ready{source_cluster="cluster1"}'), 1);
+    assert.equal(after.get('clustermesh_remote_cluster_entries{source_cluster="cluster1",kind="endpoints"}'), 2);
+    assert.ok((after.get('clustermesh_remote_cluster_heartbeat_age_seconds{source_cluster="cluster1"}') ?? -1) >= 0);
+    assert.equal(after.get('clustermesh_flows_lost_total{cause="ring_buffer_full"}'), st.flows!.lost.datapath);
+    assert.ok((after.get('clustermesh_flows_lost_total{cause="ring_buffer_full"}') ?? 0) > 0, 'the events lost in the test above');
   });
 
   test('observe --follow --trace-forwards prints forwarded flows as they happen and switches tracing back off on Ctrl-C', async () => {

@@ -265,6 +265,13 @@ describe('services and global services with real traffic, 2 clusters x 2 nodes',
       console.log(`# ${client.name} -> glob: ${JSON.stringify(t.answers)}`);
       assert.ok(perCluster.cluster1 >= 15 && perCluster.cluster2 >= 15, `connections land in both clusters: ${JSON.stringify(perCluster)}`);
     }
+    // The client's agent has flows of those connections: the first packet (SYN) of each, naming the
+    // service frontend it was translated from and the backend it went to, in either cluster.
+    const flows = await m().agent(pod(1, 1, 1).node).api.flows({ verdict: 'FORWARDED', fromPod: pod(1, 1, 1).name, protocol: 'TCP' });
+    const toGlob = flows.filter((f) => f.service?.ip === vip(1, 20) && f.service.port === 80);
+    assert.ok(toGlob.length > 0, JSON.stringify(flows.slice(-3)));
+    assert.ok(toGlob.every((f) => f.tcpFlags?.includes('SYN') && all.some((p) => p.ip === f.destination.ip)), JSON.stringify(toGlob.slice(0, 2)));
+    assert.ok(toGlob.some((f) => f.destination.cluster === 'cluster2' && f.reason === 'TRACE_TO_OVERLAY'), 'some went to cluster2 through the tunnel');
     const list = await m().agent(pod(1, 1, 1).node).api.services();
     const glob = list.find((s) => s.name === 'glob')!;
     assert.ok(glob, JSON.stringify(list.map((s) => s.name)));
@@ -476,6 +483,8 @@ describe('services and global services with real traffic, 2 clusters x 2 nodes',
     assert.deepEqual(t.errors, { ECONNREFUSED: 3 }, JSON.stringify(t));
     assert.ok(Math.max(...t.ms) < 1000, `refused, not timed out: ${t.ms}`);
     assert.equal(drops() - before, 3, 'one drop per SYN');
+    const refused = (await m().agent(client.node).api.flows({ verdict: 'DROPPED', fromPod: client.name })).filter((f) => f.reason === 'DROP_NO_SERVICE_BACKEND');
+    assert.ok(refused.length >= 3 && refused.every((f) => f.service?.ip === vip(1, 60) && f.service.port === 80), JSON.stringify(refused.slice(-1)));
   });
 });
 

@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { collectEvents } from '../src/lab/datapath.ts';
+import { collectAgentEvents } from '../src/lab/datapath.ts';
 import { runIn } from '../src/lab/exec.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
 import { ManagedProcess, childEnv } from '../src/lab/process.ts';
@@ -93,7 +93,7 @@ describe('ipBlock matches pods by address: same node, other node, other cluster 
     const denied = [sameNode(), otherNode(2), otherCluster(2)];
     for (const p of [...allowed, ...denied]) assert.equal(await reaches(client(), p), true, `without policy: client -> ${p.name}`);
     const name = 'client-to-pod-ips';
-    const events = collectEvents(m().agent(n11()).pinDir);
+    const events = collectAgentEvents(m().agent(n11()).socket);
     try {
       await writer().apply(np(name, { podSelector: { matchLabels: { app: 'client' } }, policyTypes: ['Egress'], egress: [{ to: allowed.map((p) => ({ ipBlock: { cidr: `${p.ip}/32` } })) }] }));
       await waitFor('client egress enforced', () => enforceFlags(m().agent(n11()).pinDir, endpointIds.get(client().name)!).egress, 20_000);
@@ -103,7 +103,7 @@ describe('ipBlock matches pods by address: same node, other node, other cluster 
       assert.deepEqual(got, [...allowed.map((p) => [p.name, true]), ...denied.map((p) => [p.name, false])]);
       await sleep(200);
       assert.ok(policyDrops(m().readDrops(n11())) - dropsBefore >= denied.length, 'every refused pod counted on the client node');
-      const drops = events.drain().filter((e) => e.type === 'drop' && e.srcIp === client().ip);
+      const drops = (await events.drain()).filter((e) => e.type === 'drop' && e.srcIp === client().ip);
       for (const p of denied) {
         const e = drops.find((x) => x.dstIp === p.ip);
         assert.ok(e, `a drop event towards ${p.name}`);
@@ -122,7 +122,7 @@ describe('ipBlock matches pods by address: same node, other node, other cluster 
     const excepted = [sameNode(), otherNode(2), otherCluster(2)];
     const admitted = [client(), otherNode(1), otherCluster(1)];
     const name = 'target-from-block';
-    const events = collectEvents(m().agent(n11()).pinDir);
+    const events = collectAgentEvents(m().agent(n11()).socket);
     try {
       await writer().apply(
         np(name, {
@@ -138,7 +138,7 @@ describe('ipBlock matches pods by address: same node, other node, other cluster 
       assert.deepEqual(got, [...admitted.map((p) => [p.name, true]), ...excepted.map((p) => [p.name, false])]);
       await sleep(200);
       assert.ok(policyDrops(m().readDrops(n11())) - dropsBefore >= excepted.length, 'every excepted pod counted on the target node');
-      const drops = events.drain().filter((e) => e.type === 'drop' && e.dstIp === target().ip);
+      const drops = (await events.drain()).filter((e) => e.type === 'drop' && e.dstIp === target().ip);
       for (const p of excepted) {
         const e = drops.find((x) => x.srcIp === p.ip);
         assert.ok(e, `a drop event from ${p.name}`);

@@ -12,7 +12,7 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { DatapathEvent } from '../src/datapath/maps/events.ts';
-import { collectEvents } from '../src/lab/datapath.ts';
+import { collectAgentEvents } from '../src/lab/datapath.ts';
 import { runIn } from '../src/lab/exec.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
 import { ManagedProcess, childEnv } from '../src/lab/process.ts';
@@ -121,7 +121,7 @@ describe('network policy across 3 clusters x 1 node, real traffic', { timeout: 3
   test('the example policy in cluster2 admits exactly frontend of cluster1; the refusal is dropped, counted and reported with identities and port', async () => {
     const n2 = node(2);
     const dropsBefore = policyDrops(m().readDrops(n2));
-    const events = collectEvents(m().agent(n2).pinDir);
+    const events = collectAgentEvents(m().agent(n2).socket);
     try {
       const t0 = Date.now();
       await writer(2).apply(backendPolicy);
@@ -144,7 +144,7 @@ describe('network policy across 3 clusters x 1 node, real traffic', { timeout: 3
       await sleep(200);
       const dropsAfter = policyDrops(m().readDrops(n2));
       assert.ok(dropsAfter > dropsBefore, `policy drops counted on ${n2.netns}: ${dropsBefore} -> ${dropsAfter}`);
-      const seen: DatapathEvent[] = events.drain();
+      const seen: DatapathEvent[] = await events.drain();
       const policyEvents = seen.filter((e) => e.type === 'drop' && (e.reason === 146 || e.reason === 147));
       const fromOther = policyEvents.find((e) => e.srcIp === other1().ip && e.dstIp === backend2().ip);
       assert.ok(fromOther, `a drop event for other(c1) -> backend: ${JSON.stringify(policyEvents.slice(0, 5), (_k, v) => (typeof v === 'bigint' ? String(v) : v))}`);
@@ -310,13 +310,13 @@ describe('network policy across 3 clusters x 1 node, real traffic', { timeout: 3
       const view = await m().agent(n1).api.policy();
       assert.deepEqual(view.cidrIdentities, [{ prefix: '192.0.2.0/24', identity: cidrId }]);
 
-      const events = collectEvents(m().agent(n1).pinDir);
+      const events = collectAgentEvents(m().agent(n1).socket);
       try {
         await writer(1).apply(policy(true));
         await waitFor('192.0.2.1 denied', async () => !(await pings('192.0.2.1')), 20_000);
         assert.equal(await pings('192.0.2.2'), true, 'the rest of the /24 still allowed');
         await sleep(200);
-        const drops = events.drain().filter((e) => e.type === 'drop' && e.srcIp === src.ip);
+        const drops = (await events.drain()).filter((e) => e.type === 'drop' && e.srcIp === src.ip);
         const deny = drops.find((e) => e.dstIp === '192.0.2.1' && e.reasonName === 'DROP_POLICY_DENY');
         const ids = policyCidrs(m().agent(n1).pinDir);
         assert.ok(deny, `a DROP_POLICY_DENY event towards 192.0.2.1: ${JSON.stringify(drops.slice(0, 3), (_k, v) => (typeof v === 'bigint' ? String(v) : v))}`);
@@ -353,7 +353,7 @@ describe('network policy across 3 clusters x 1 node, real traffic', { timeout: 3
     try {
       for (const a of addrs) await runIn(n1.netns, ['ip', 'addr', 'add', a, 'dev', 'lo']);
       for (const src of ['192.0.2.1', '198.51.100.1']) assert.equal(await pingsFrom(src), true, `without policy ${src} -> ${dst.name}`);
-      const events = collectEvents(m().agent(n1).pinDir);
+      const events = collectAgentEvents(m().agent(n1).socket);
       try {
         await writer(1).apply({
           apiVersion: 'cilium.io/v2',
@@ -365,7 +365,7 @@ describe('network policy across 3 clusters x 1 node, real traffic', { timeout: 3
         assert.equal(await pingsFrom('192.0.2.1'), true, 'inside the allowed prefix');
         assert.equal(await pingsFrom(n1.underlayIP), true, 'the node (reserved:host) reaches its pod');
         await sleep(200);
-        const drops = events.drain().filter((e) => e.type === 'drop' && e.dstIp === dst.ip);
+        const drops = (await events.drain()).filter((e) => e.type === 'drop' && e.dstIp === dst.ip);
         const world = drops.find((e) => e.srcIp === '198.51.100.1');
         assert.ok(world, `a drop event from 198.51.100.1: ${JSON.stringify(drops.slice(0, 3), (_k, v) => (typeof v === 'bigint' ? String(v) : v))}`);
         assert.deepEqual([world.reasonName, world.direction, world.srcIdentity], ['DROP_POLICY', 'ingress', 2]);

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Events to userspace (clustermesh observe): one per drop always, one per
- * forwarded packet while SETTINGS_F_TRACE_FORWARD is set in cm_settings.
- * The flag is a map, not .rodata, so it can be flipped on a running node.
+ * Events to userspace (the agent reads them into flows): one per drop always;
+ * one per forwarded packet while SETTINGS_F_TRACE_FORWARD is set in
+ * cm_settings; with SETTINGS_F_TRACE_NEW, one per forwarded TCP packet that
+ * opens a connection (SYN without ACK), a sample cheap enough to leave on.
+ * The flags are a map, not .rodata, so they can be flipped on a running node.
  */
 #ifndef CM_EVENTS_H
 #define CM_EVENTS_H
@@ -27,7 +29,7 @@ enum cm_trace_reason {
 	TRACE_EVENT_LOST  = 127,
 };
 
-/* 48 bytes. Addresses network byte order, everything else host order. */
+/* 56 bytes. Addresses network byte order, everything else host order. */
 struct cm_event {
 	__u64 timestamp;       /* bpf_ktime_get_ns(), CLOCK_MONOTONIC */
 	__u32 src_ip;          /* network byte order, 0 if not parsed */
@@ -45,6 +47,12 @@ struct cm_event {
 	__u8  reason;          /* enum cm_trace_reason or enum cm_drop_reason */
 	__u8  direction;       /* enum cm_direction */
 	__u8  protocol;        /* IP protocol, 0 if not IPv4 */
+	__u8  tcp_flags;       /* TCP header flags (FIN 0x01 ... CWR 0x80), 0 if not TCP */
+	__u8  pad0;            /* 0 */
+	__u16 svc_port;        /* service frontend port (host order) when the
+				* packet was addressed to a service, else 0 */
+	__u32 svc_ip;          /* network byte order: that service's frontend
+				* (the destination before translation), else 0 */
 };
 
 struct {
@@ -56,6 +64,8 @@ struct {
 /* Bits of settings_value.flags. */
 enum cm_settings_flag {
 	SETTINGS_F_TRACE_FORWARD = 1 << 0,
+	/* Forwarded TCP SYN (without ACK) only: the first packet of each connection. */
+	SETTINGS_F_TRACE_NEW     = 1 << 1,
 };
 
 /* 4 bytes; the only element of cm_settings, key (__u32) 0. */
@@ -87,9 +97,12 @@ struct trace_ctx {
 	__u32 dst_identity;
 	__u32 target_ifindex;
 	__u32 tunnel_endpoint;
+	__u32 svc_ip;       /* service frontend the packet was addressed to (lb.h), 0 if none */
+	__u16 svc_port;     /* its port, host order */
 	__u16 sport;
 	__u16 dport;
 	__u8  protocol;
+	__u8  tcp_flags;    /* TCP header flags, 0 if not TCP (or not read) */
 	__u8  dir;          /* enum cm_direction */
 	__u8  reason;       /* enum cm_trace_reason, set by the handler on success */
 	__u8  reply;        /* with a drop: the handler rewrote the packet into an
@@ -110,15 +123,27 @@ static __always_inline bool trace_parse_ipv4(struct __sk_buff *ctx, struct trace
 	tc->dst_ip = (*ip)->daddr;
 	tc->protocol = (*ip)->protocol;
 	parse_l4_ports(ctx, *ip, &tc->sport, &tc->dport);
+	tc->tcp_flags = 0;
+	if (tc->protocol == IPPROTO_TCP && !ipv4_is_later_fragment(*ip))
+		bpf_skb_load_bytes(ctx, ETH_HLEN + (*ip)->ihl * 4 + 13, &tc->tcp_flags, 1);
 	return true;
 }
 
-static __always_inline bool settings_trace_forward(void)
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+
+/* Whether a forwarded packet is reported: all of them, or those opening a TCP connection. */
+static __always_inline bool settings_trace_forward(const struct trace_ctx *tc)
 {
 	__u32 zero = 0;
 	const struct settings_value *s = bpf_map_lookup_elem(&cm_settings, &zero);
 
-	return s && (s->flags & SETTINGS_F_TRACE_FORWARD);
+	if (!s)
+		return false;
+	if (s->flags & SETTINGS_F_TRACE_FORWARD)
+		return true;
+	return (s->flags & SETTINGS_F_TRACE_NEW) &&
+	       (tc->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 }
 
 static __always_inline void event_emit(struct __sk_buff *ctx, const struct trace_ctx *tc,
@@ -146,6 +171,10 @@ static __always_inline void event_emit(struct __sk_buff *ctx, const struct trace
 	ev->reason = reason;
 	ev->direction = tc->dir;
 	ev->protocol = tc->protocol;
+	ev->tcp_flags = tc->tcp_flags;
+	ev->pad0 = 0;
+	ev->svc_port = tc->svc_port;
+	ev->svc_ip = tc->svc_ip;
 	bpf_ringbuf_submit(ev, 0);
 }
 

@@ -528,6 +528,8 @@ static __always_inline int lb4_xlate(struct __sk_buff *ctx, const struct lb4_tup
 	svc = bpf_map_lookup_elem(&cm_services, &skey);
 	if (!svc)
 		return 0;
+	tc->svc_ip = t.daddr;
+	tc->svc_port = bpf_ntohs(t.dport);
 	/* Later fragments carry no ports, so they could not follow the first. */
 	if (t.frag)
 		return -DROP_SERVICE_FRAGMENT;

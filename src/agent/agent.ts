@@ -12,6 +12,7 @@
 //   services.ts         Services and global services → the service maps
 //   policy.ts           network policy → cm_policy / cm_policy_enforce
 //   datapath.ts         the map targets and the datapath status
+//   flows.ts, flow-reader.ts  the one reader of cm_events: flows kept for the API
 //   api.ts, status.ts   the local API and what it reports
 //
 // Start order (restart without loss): the datapath first — maps pinned and
@@ -25,6 +26,7 @@
 // agent is down; SIGKILL leaves the same state behind.
 import { mkdir } from 'node:fs/promises';
 import pino, { type Logger } from 'pino';
+import promClient from 'prom-client';
 import { ClusterMesh } from '../clustermesh/clustermesh.ts';
 import { sleep, systemClock, type Clock } from '../util/clock.ts';
 import type * as endpointsMap from '../datapath/maps/endpoints.ts';
@@ -34,6 +36,8 @@ import { KvClient } from '../kvstore/client.ts';
 import type { ClusterObject } from '../model/index.ts';
 import { StoreSource, StoreWriter, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
 import { startApiServer, type ApiServer } from './api.ts';
+import { AgentFlowNamer, FlowReader } from './flow-reader.ts';
+import { agentRegistry, startMetricsServer } from './metrics.ts';
 import { resolveNodeIP, type AgentConfig, type ResolvedAgentConfig } from './config.ts';
 import { datapathStatus, endpointDatapath, endpointsTarget, ipcacheTarget } from './datapath.ts';
 import { EndpointManager } from './endpoints.ts';
@@ -108,6 +112,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     pinDir: cfg.pinDir,
     redirectPeer: cfg.redirectPeer,
     traceForward: cfg.traceForwards,
+    traceNew: cfg.traceNewConnections,
     ...(cfg.objectsDir !== undefined ? { objectsDir: cfg.objectsDir } : {}),
   });
   await dp.start();
@@ -390,6 +395,50 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       }
     })();
 
+    // ---- flows: this agent is the one reader of the node's event ring buffer
+    const flowReader = new FlowReader(
+      { events: dp.maps.events, metrics: dp.maps.metrics },
+      new AgentFlowNamer({
+        cluster: cfg.clusterName,
+        clusterID: cfg.clusterID,
+        maxConnectedClusters: cfg.maxConnectedClusters,
+        nodeName: cfg.nodeName,
+        localEndpoints: () => endpoints.list(),
+        clusterEndpoints: () => source.endpoints.list(),
+        clusterNodes: () => source.nodes.list(),
+        remoteIpcache: mesh.ipcache,
+        remoteIdentities: mesh.identities,
+        remoteNodes: mesh.nodes,
+      }),
+      cfg.flowBufferSize,
+      log.child({ component: 'flows' }),
+    );
+    flowReader.start();
+    cleanups.push(() => flowReader.close());
+
+    const allReconcilers = () => [...reconcilers, ...services.reconcilerList, ...policy.reconcilers];
+
+    // ---- Prometheus metrics (read at scrape time); a port in use is reported, not fatal
+    const metricsState: { address: string | null; error: string | null } = { address: null, error: null };
+    if (cfg.metricsAddress !== '') {
+      const registry = agentRegistry({
+        datapath: () => dp.metrics(),
+        maps: () => datapathStatus(dp, []).maps,
+        remotes: () => mesh.status().remotes.map(remoteSummary),
+        flows: () => flowReader.status(),
+        reconcilers: () => allReconcilers().map((r) => r.status()),
+      });
+      try {
+        const server = await startMetricsServer(cfg.metricsAddress, [promClient.register, registry]);
+        metricsState.address = server.address;
+        cleanups.push(() => server.close());
+        log.info({ address: server.address }, 'metrics served on /metrics');
+      } catch (err) {
+        metricsState.error = `${cfg.metricsAddress}: ${(err as Error).message}`;
+        log.warn({ address: cfg.metricsAddress, err: (err as Error).message }, 'metrics endpoint not started');
+      }
+    }
+
     // ---- the local API (the CNI may add endpoints while the sources sync)
     const status = (): AgentStatus => {
       const ms = mesh.status();
@@ -403,7 +452,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         local: localStatus(),
         remoteClusters: ms.remotes.map(remoteSummary),
         clustermesh: { ready: ms.ready, configDir: ms.configDir, configErrors: ms.configErrors, counts: ms.counts, ipConflicts: ms.ipConflicts, resyncGrace: grace.status() },
-        reconcilers: [...reconcilers, ...services.reconcilerList, ...policy.reconcilers].map((r) => r.status()),
+        reconcilers: allReconcilers().map((r) => r.status()),
         endpoints: endpoints.status(),
         services: services.status(),
         policy: policy.status(),
@@ -411,6 +460,8 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
           dp,
           endpoints.list().map((e) => e.hostIfName),
         ),
+        flows: flowReader.status(),
+        metrics: metricsState,
       };
     };
     const api: ApiServer = await startApiServer(
@@ -423,6 +474,11 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         policy: () => policy.inspect(),
         status,
         health: () => ({ ready: phase === 'ready', phase }),
+        flows: (q) => {
+          flowReader.consume();
+          return flowReader.store.query(q);
+        },
+        followFlows: (w, q) => flowReader.store.follow(w, q),
       },
       log.child({ component: 'api' }),
     );

@@ -5,6 +5,7 @@ import { chmod, unlink } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { connect } from 'node:net';
 import type { Logger } from './endpoints.ts';
+import { FlowQueryError, parseFlowQuery, type Flow, type FlowFollower, type FlowQuery } from './flows.ts';
 import type { AgentStatus } from './status.ts';
 import { ApiError, type EndpointDeleteResult, type EndpointInfo, type HealthBody, type PolicyInspect, type ServiceInfo } from './types.ts';
 
@@ -16,6 +17,10 @@ export interface ApiHandlers {
   listServices(): ServiceInfo[];
   policy(): PolicyInspect;
   health(): HealthBody;
+  /** Kept flows matching q (the ring buffer read first). */
+  flows(q: FlowQuery): Flow[];
+  /** Tells w about new flows matching q until the returned function is called. */
+  followFlows(w: FlowFollower, q: FlowQuery): () => void;
 }
 
 export interface ApiServer {
@@ -96,6 +101,18 @@ async function route(req: IncomingMessage, res: ServerResponse, h: ApiHandlers, 
       if (method !== 'GET') throw new ApiError('method-not-allowed', `${what}: use GET (PUT and DELETE take /v1/endpoints/<containerID>)`);
       return send(res, 200, h.listEndpoints());
     }
+    if (path === '/v1/flows' || path === '/v1/flows/') {
+      if (method !== 'GET') throw new ApiError('method-not-allowed', `${what}: use GET`);
+      let q: ReturnType<typeof parseFlowQuery>;
+      try {
+        q = parseFlowQuery(url.searchParams);
+      } catch (err) {
+        if (err instanceof FlowQueryError) throw new ApiError('invalid-request', `${what}: ${err.message}`);
+        throw err;
+      }
+      if (!q.follow) return send(res, 200, h.flows(q));
+      return followFlows(req, res, h, q);
+    }
     const m = /^\/v1\/endpoints\/([^/]+)$/.exec(path);
     if (m) {
       let id: string;
@@ -108,10 +125,45 @@ async function route(req: IncomingMessage, res: ServerResponse, h: ApiHandlers, 
       if (method === 'DELETE') return send(res, 200, await h.deleteEndpoint(id));
       throw new ApiError('method-not-allowed', `${what}: use PUT or DELETE`);
     }
-    throw new ApiError('not-found', `${what}: no such route (try /v1/endpoints, /v1/services, /v1/policy, /v1/status, /healthz)`);
+    throw new ApiError('not-found', `${what}: no such route (try /v1/endpoints, /v1/services, /v1/policy, /v1/flows, /v1/status, /healthz)`);
   } catch (err) {
     sendError(res, err, log, what);
   }
+}
+
+/** Bytes a follower may have unsent before new flows are dropped for it (counted, and told in the stream). */
+const FOLLOW_HIGH_WATER = 1 << 20;
+
+/**
+ * GET /v1/flows?follow=1: newline-delimited JSON, first the kept flows that
+ * match (since/limit apply to them), a line {"backlogEnd": true}, then every
+ * new one until the client goes. A client that does not read is not buffered for without bound: flows
+ * beyond FOLLOW_HIGH_WATER are dropped and a line {"lost": n} says how many.
+ */
+function followFlows(req: IncomingMessage, res: ServerResponse, h: ApiHandlers, q: FlowQuery): void {
+  res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
+  res.flushHeaders();
+  let lost = 0;
+  const follower: FlowFollower = {
+    write(f) {
+      if (res.writableLength > FOLLOW_HIGH_WATER) {
+        lost++;
+        return false;
+      }
+      if (lost > 0) {
+        res.write(JSON.stringify({ lost, time: new Date().toISOString() }) + '\n');
+        lost = 0;
+      }
+      res.write(JSON.stringify(f) + '\n');
+      return true;
+    },
+  };
+  for (const f of h.flows(q)) follower.write(f);
+  res.write('{"backlogEnd":true}\n');
+  const stop = h.followFlows(follower, q);
+  const end = (): void => stop();
+  req.socket.once('close', end);
+  res.once('close', end);
 }
 
 /**

@@ -7,6 +7,7 @@
 //   await agent.deleteEndpoint('c0ffee');
 import { Agent, request } from 'node:http';
 import type { AgentStatus } from './status.ts';
+import { flowQueryString, type Flow, type FlowQuery } from './flows.ts';
 import { ApiError, type ApiErrorCode, type EndpointDeleteResult, type EndpointInfo, type EndpointRequest, type HealthBody, type PolicyInspect, type ServiceInfo } from './types.ts';
 
 export { ApiError };
@@ -66,6 +67,76 @@ export class AgentClient {
   /** Network policy of this node: per local endpoint the enforced directions and the resolved entries. */
   async policy(): Promise<PolicyInspect> {
     return (await this.call('GET', '/v1/policy')) as PolicyInspect;
+  }
+
+  /** Kept flows of this node matching q, oldest first (GET /v1/flows). */
+  async flows(q: FlowQuery = {}): Promise<Flow[]> {
+    return (await this.call('GET', `/v1/flows${flowQueryString(q)}`)) as Flow[];
+  }
+
+  /**
+   * Follows the node's flows (GET /v1/flows?follow=1): the kept ones matching
+   * q, then each new one, until stop() or the agent goes (`ended` resolves
+   * then; rejects when the request fails). onLost: the agent dropped that many
+   * flows because this reader was too slow. onBacklogEnd: the kept flows
+   * have all been delivered; what follows is new.
+   */
+  followFlows(q: FlowQuery, onFlow: (f: Flow) => void, o: { onLost?: (n: number) => void; onBacklogEnd?: () => void } = {}): { stop(): void; ended: Promise<void> } {
+    let req: ReturnType<typeof request> | undefined;
+    let stopped = false;
+    const ended = new Promise<void>((resolve, reject) => {
+      req = request({ socketPath: this.socketPath, path: `/v1/flows${flowQueryString({ ...q, follow: true })}`, method: 'GET', headers: { accept: 'application/x-ndjson' } }, (res) => {
+        if ((res.statusCode ?? 0) >= 300) {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => {
+            let b: { error?: string; code?: ApiErrorCode } = {};
+            try {
+              b = JSON.parse(Buffer.concat(chunks).toString('utf8')) as typeof b;
+            } catch {
+              // not JSON
+            }
+            reject(new ApiError(b.code ?? 'internal', b.error ?? `GET /v1/flows: HTTP ${res.statusCode}`, res.statusCode));
+          });
+          return;
+        }
+        let buf = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => {
+          buf += c;
+          let nl;
+          while ((nl = buf.indexOf('\n')) >= 0) {
+            const line = buf.slice(0, nl);
+            buf = buf.slice(nl + 1);
+            if (line.trim() === '') continue;
+            let v: Flow | { lost: number } | { backlogEnd: true };
+            try {
+              v = JSON.parse(line) as typeof v;
+            } catch {
+              stopped = true;
+              req?.destroy();
+              reject(new ApiError('internal', `GET /v1/flows: a line of the stream is not JSON: ${line.slice(0, 200)}`));
+              return;
+            }
+            if ('lost' in v) o.onLost?.(v.lost);
+            else if ('backlogEnd' in v) o.onBacklogEnd?.();
+            else onFlow(v);
+          }
+        });
+        res.on('end', () => resolve());
+        res.on('close', () => resolve());
+        res.on('error', (err) => (stopped ? resolve() : reject(err)));
+      });
+      req.on('error', (err: NodeJS.ErrnoException) => (stopped ? resolve() : reject(new AgentUnavailableError(this.socketPath, err.code ?? 'EIO', err.message))));
+      req.end();
+    });
+    return {
+      stop: () => {
+        stopped = true;
+        req?.destroy();
+      },
+      ended,
+    };
   }
 
   async status(): Promise<AgentStatus> {

@@ -28,7 +28,14 @@
 // a remote cluster whose cilium/.heartbeat has not changed for longer is
 // reported stale in status, as Cilium does), policyDefaultLocalCluster (true:
 // a policy selector that names no io.cilium.k8s.policy.cluster matches the
-// local cluster only; false: every cluster).
+// local cluster only; false: every cluster), flowBufferSize (4096: how many
+// flows of the node's datapath events the agent keeps for GET /v1/flows),
+// traceNewConnections (true: the datapath reports each forwarded TCP SYN
+// without ACK, the first packet of a connection, so forwarded flows are seen
+// without traceForwards' event per packet),
+// metricsAddress (127.0.0.1:9962: host:port of the Prometheus endpoint
+// GET /metrics, in the node's network namespace and off the pod network; the
+// node IP lets a scraper on the underlay in; '' for none).
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
@@ -72,6 +79,12 @@ export interface AgentConfig {
   /** Directory of lxc.bpf.o / overlay.bpf.o; undefined = the datapath's default (bpf/build). */
   objectsDir: string | undefined;
   traceForwards: boolean;
+  /** Report forwarded TCP connection openings (SYN without ACK) as events. */
+  traceNewConnections: boolean;
+  /** Flows kept in memory for GET /v1/flows (the last N). */
+  flowBufferSize: number;
+  /** host:port of the Prometheus text endpoint (GET /metrics); '' = none. */
+  metricsAddress: string;
   redirectPeer: boolean;
   /** TTL of the etcd session the agent's identity references live on. */
   sessionTtlSeconds: number;
@@ -153,6 +166,12 @@ const fileSchema = z.strictObject({
   logLevel: z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }).default('info'),
   objectsDir: z.string().min(1).optional(),
   traceForwards: z.boolean().default(false),
+  traceNewConnections: z.boolean({ error: 'must be true or false' }).default(true),
+  flowBufferSize: positiveInt('flows kept', 1, 1_000_000).default(4096),
+  metricsAddress: z
+    .string()
+    .refine((v) => v === '' || /^[^\s:]+:\d{1,5}$/.test(v) && Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, "must be host:port (e.g. 127.0.0.1:9962 or the node IP and a port), or '' for no metrics endpoint")
+    .default('127.0.0.1:9962'),
   redirectPeer: z.boolean().default(true),
   sessionTtlSeconds: positiveInt('seconds', 5, 3600).default(15),
   remoteResyncGraceSeconds: z.number().min(0, 'must be 0 or more').max(600, 'at most 600').default(3),
@@ -277,6 +296,9 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
     logLevel: c.logLevel,
     objectsDir: c.objectsDir !== undefined ? abs(c.objectsDir) : undefined,
     traceForwards: c.traceForwards,
+    traceNewConnections: c.traceNewConnections,
+    flowBufferSize: c.flowBufferSize,
+    metricsAddress: c.metricsAddress,
     redirectPeer: c.redirectPeer,
     sessionTtlSeconds: c.sessionTtlSeconds,
     remoteResyncGraceMs: Math.round(c.remoteResyncGraceSeconds * 1000),

@@ -7,6 +7,7 @@ import type { DatapathStatus } from './datapath.ts';
 import type { ReconcilerStatus } from './reconciler.ts';
 import type { ServicesStatus } from './services.ts';
 import type { PolicyStatus } from './policy.ts';
+import type { FlowsStatus } from './flow-reader.ts';
 
 export type AgentPhase =
   /** Loading the datapath, restoring endpoints. */
@@ -72,6 +73,10 @@ export interface AgentStatus {
   /** Network policy (policy.ts): objects applied, parse errors, enforced endpoints; GET /v1/policy shows the entries. */
   policy: PolicyStatus;
   datapath: DatapathStatus;
+  /** Flows kept from the datapath's events (GET /v1/flows) and events lost. Absent from older agents. */
+  flows?: FlowsStatus;
+  /** The Prometheus endpoint (metricsAddress): where it listens, or why not. Absent from older agents. */
+  metrics?: { address: string | null; error: string | null };
 }
 
 export function remoteSummary(r: RemoteClusterStatus): RemoteSummary {

@@ -8,6 +8,9 @@
 //   GET    /v1/status                    → AgentStatus (status.ts)
 //   GET    /v1/services                  → ServiceInfo[] (services.ts): frontends, backends per cluster, affinity, active ones
 //   GET    /v1/policy                    → PolicyInspect (policy.ts): per local endpoint the enforced directions and resolved entries
+//   GET    /v1/flows?since=&verdict=&cluster=&namespace=&pod=&identity=&port=&protocol=&from-cluster=&to-cluster=&from-pod=&to-pod=&limit=
+//                                        → Flow[] (flows.ts): the kept flows of this node's datapath events, oldest first
+//   GET    /v1/flows?follow=1&...        → application/x-ndjson: the kept flows that match, then each new one, one per line
 //   GET    /healthz                      → 200 { ready: true } | 503 { ready: false, phase }
 // Errors: { error: <one sentence>, code: ApiErrorCode } with the HTTP status.
 // No zod here (nor anything that loads it): the CNI plugin imports this file

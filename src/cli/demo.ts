@@ -10,7 +10,7 @@ import { join, resolve } from 'node:path';
 import { Command } from 'commander';
 import { createTopology, destroyTopology, type PodInfo, type Topology } from '../lab/topology.js';
 import { runIn, spawnIn, stopChild } from '../lab/exec.js';
-import { collectEvents, readNodeMetrics } from '../lab/datapath.js';
+import { collectAgentEvents, readNodeMetrics } from '../lab/datapath.js';
 import { startMesh, type Mesh } from '../lab/mesh.js';
 import { formatEvent } from '../datapath/format.js';
 import { reasonName } from '../datapath/maps/index.js';
@@ -101,11 +101,11 @@ export async function runDemo(opts: { keep?: boolean } = {}): Promise<boolean> {
 
     const unknown = remote.node.podCIDR.replace(/0\/24$/, '99');
     step(`a packet to ${unknown}, inside ${remote.clusterName}/${remote.node.name}'s pod range but no pod: dropped there, with its reason`);
-    const ev = collectEvents(mesh.agent(remote.node).pinDir);
+    const ev = collectAgentEvents(mesh.agent(remote.node).socket);
     try {
       await runIn(client.netns, ['ping', '-c', '1', '-W', '1', unknown]).catch(() => undefined);
       await new Promise((r) => setTimeout(r, 200));
-      const drops = ev.drain().filter((e) => e.type === 'drop' && e.dstIp === unknown);
+      const drops = (await ev.drain()).filter((e) => e.type === 'drop' && e.dstIp === unknown);
       for (const e of drops) console.log(`  event: ${formatEvent(e)}`);
       if (drops.length === 0) {
         ok = false;

@@ -1,99 +1,20 @@
-// `clustermesh observe`: flow events from the nodes' datapath ring buffers
-// (cm_events): every drop with its reason, and forwarded packets while
-// forward tracing is on (cm_settings). Addresses are named through the
-// directory (pods, identities with labels, clusters, nodes).
-//
-// The ring buffer has ONE consumer position, shared by every reader: two
-// readers split the events between them. No agent reads cm_events today, so
-// observe is the consumer; a second observe of the same node is warned
-// about (a pid file per pin dir). Events nobody read wait in the ring (256
-// KiB, about 4,600 events); once it is full, newer events are lost (counted
-// as TRACE_EVENT_LOST), so the first read may show old events.
-import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
-import { createHash } from 'node:crypto';
-import { join } from 'node:path';
+// `clustermesh observe`: flows from the agents of every node of every cluster
+// (GET /v1/flows on each agent's socket), merged by time. Each agent is the
+// one reader of its node's cm_events ring buffer and keeps the last N flows
+// (flowBufferSize), named with what it knows (pods, identities with labels,
+// clusters, nodes); observe only asks, so any number of observers and the
+// agents' own bookkeeping see every event. Events the datapath had no room
+// for are counted by the agents and reported here as warnings.
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { events as eventsMap, metrics as metricsMap, reasonDescription, settings as settingsMap, TraceReason } from '../datapath/maps/index.ts';
-import type { DatapathEvent } from '../datapath/maps/events.ts';
-import { action, CliError, Closer, EXIT_ERROR, EXIT_OK, example, outputOption, parsePositiveInt, type OutputFormat } from './common.ts';
-import { clusterOfIdentity, labelsOf, loadDirectory, shortLabels, type Directory } from './directory.ts';
+import { AgentClient } from '../agent/client.ts';
+import { FlowQueryError, parseProtocol, parseSince, parseVerdict as parseVerdictQuery, type Flow, type FlowPeer, type FlowQuery, type Verdict } from '../agent/flows.ts';
+import { settings as settingsMap } from '../datapath/maps/index.ts';
+import { action, CliError, EXIT_ERROR, EXIT_OK, example, parsePositiveInt } from './common.ts';
+import { shortLabels } from './directory.ts';
 import { openNodeMap } from './inspect.ts';
 import { addTargetFlags, resolveTargets, type NodeTarget, type TargetFlags } from './targets.ts';
 
-export type Verdict = 'DROPPED' | 'FORWARDED' | 'LOST';
-
-export interface FlowPeer {
-  ip: string;
-  port: number | null;
-  identity: number;
-  labels: string[];
-  cluster: string | null;
-  /** 'namespace/name' of the pod, null when the address is no known pod. */
-  pod: string | null;
-  node: string | null;
-}
-
-export interface Flow {
-  time: string;
-  node: string;
-  verdict: Verdict;
-  reason: string;
-  description: string;
-  direction: string;
-  protocol: string;
-  source: FlowPeer;
-  destination: FlowPeer;
-  tunnelEndpoint: string | null;
-  tunnelNode: string | null;
-  length: number;
-}
-
-/** CLOCK_MONOTONIC ns (bpf_ktime_get_ns) -> wall-clock time, by the offset between the clocks now. */
-export function monotonicToDate(ns: bigint, nowMonoNs = process.hrtime.bigint(), nowMs = Date.now()): Date {
-  return new Date(nowMs - Number((nowMonoNs - ns) / 1_000_000n));
-}
-
-export function verdictOf(e: Pick<DatapathEvent, 'type' | 'reason'>): Verdict {
-  if (e.type === 'drop') return 'DROPPED';
-  return e.reason === TraceReason.TRACE_EVENT_LOST ? 'LOST' : 'FORWARDED';
-}
-
-function protoName(p: number): string {
-  return p === 6 ? 'TCP' : p === 17 ? 'UDP' : p === 1 ? 'ICMP' : p === 0 ? '-' : String(p);
-}
-
-function peer(d: Directory, ip: string, port: number | null, eventIdentity: number): FlowPeer {
-  const p = d.pods.get(ip);
-  // The datapath's identity when it had one, else what the directory knows of the address.
-  const identity = eventIdentity || p?.identity || 0;
-  return {
-    ip,
-    port,
-    identity,
-    labels: labelsOf(d, identity),
-    cluster: p?.cluster ?? clusterOfIdentity(d, identity) ?? null,
-    pod: p && p.pod ? `${p.namespace}/${p.pod}` : null,
-    node: p?.node ?? null,
-  };
-}
-
-export function toFlow(e: DatapathEvent, node: string, d: Directory, when: Date): Flow {
-  const ports = e.protocol === 6 || e.protocol === 17;
-  return {
-    time: when.toISOString(),
-    node,
-    verdict: verdictOf(e),
-    reason: e.reasonName,
-    description: reasonDescription(e.reason),
-    direction: e.direction,
-    protocol: protoName(e.protocol),
-    source: peer(d, e.srcIp, ports ? e.srcPort : null, e.srcIdentity),
-    destination: peer(d, e.dstIp, ports ? e.dstPort : null, e.dstIdentity),
-    tunnelEndpoint: e.tunnelEndpoint,
-    tunnelNode: e.tunnelEndpoint ? (d.nodesByIP.get(e.tunnelEndpoint) ?? null) : null,
-    length: e.length,
-  };
-}
+export type { Flow, FlowPeer, Verdict };
 
 function peerText(p: FlowPeer): string {
   const who = p.pod ? `${p.cluster ? `${p.cluster}:` : ''}${p.pod}` : p.ip;
@@ -105,179 +26,231 @@ function peerText(p: FlowPeer): string {
 /** One line per flow, Hubble-like. */
 export function formatFlow(f: Flow): string {
   const via = f.tunnelEndpoint ? ` via ${f.tunnelNode ?? f.tunnelEndpoint}` : '';
-  return `${f.time} ${f.node} ${f.verdict.padEnd(9)} ${f.reason} (${f.description}) ${f.direction} ${peerText(f.source)} -> ${peerText(f.destination)} ${f.protocol}${via}`;
+  const svc = f.service ? ` [service ${f.service.ip}:${f.service.port}]` : '';
+  const flags = f.tcpFlags && f.tcpFlags.length > 0 ? ` ${f.tcpFlags.join(',')}` : '';
+  return `${f.time} ${f.node} ${f.verdict.padEnd(9)} ${f.reason} (${f.description}) ${f.direction} ${peerText(f.source)} -> ${peerText(f.destination)}${svc} ${f.protocol}${flags}${via}`;
 }
 
-export function matchesVerdict(f: Flow, want: Verdict | undefined): boolean {
-  return want === undefined || f.verdict === want;
-}
-
-export function parseVerdict(v: string): Verdict {
-  const u = v.toUpperCase();
-  if (u !== 'DROPPED' && u !== 'FORWARDED') throw new InvalidArgumentError(`must be DROPPED or FORWARDED, got '${v}'`);
-  return u;
-}
-
-// ---- one reader per node -----------------------------------------------------
-
-const LOCK_DIR = '/run/clustermesh/observe';
-
-/** Records that this process reads a node's ring; returns who else does (pid) and a release function. */
-function claimRing(pinDir: string): { other: number | undefined; release: () => void } {
-  const file = join(LOCK_DIR, `${createHash('sha256').update(pinDir).digest('hex').slice(0, 16)}.pid`);
-  let other: number | undefined;
-  try {
-    const pid = Number(readFileSync(file, 'utf8').trim());
-    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid) {
-      try {
-        process.kill(pid, 0);
-        other = pid;
-      } catch {
-        // gone
-      }
+/** Commander's parser for a FlowQuery value: the query's own check, as a usage error. */
+function arg<T>(parse: (v: string) => T): (v: string) => T {
+  return (v) => {
+    try {
+      return parse(v);
+    } catch (err) {
+      if (err instanceof FlowQueryError) throw new InvalidArgumentError(err.message.replace(/^[a-z-]+=[^:]*: /, ''));
+      throw err;
     }
-  } catch {
-    // no reader recorded
-  }
-  try {
-    mkdirSync(LOCK_DIR, { recursive: true });
-    const fd = openSync(file, 'w');
-    writeSync(fd, `${process.pid}\n`);
-    closeSync(fd);
-  } catch {
-    return { other, release: () => undefined };
-  }
-  return {
-    other,
-    release: () => {
-      try {
-        if (readFileSync(file, 'utf8').trim() === String(process.pid)) rmSync(file, { force: true });
-      } catch {
-        // already gone
-      }
-    },
   };
 }
 
-interface NodeReader {
-  node: NodeTarget;
-  consume(): number;
+export const parseVerdict = arg(parseVerdictQuery);
+
+function parsePort(v: string): number {
+  if (!/^\d+$/.test(v) || Number(v) > 65535) throw new InvalidArgumentError(`must be a port 0..65535, got '${v}'`);
+  return Number(v);
 }
 
-function openReaders(nodes: NodeTarget[], onEvent: (node: NodeTarget, e: DatapathEvent) => void, closer: Closer, warn: (s: string) => void): NodeReader[] {
-  return nodes.map((node) => {
-    const map = openNodeMap(node, eventsMap.MAP_NAME, closer);
-    const claim = claimRing(node.pinDir!);
-    closer.add(claim.release);
-    if (claim.other !== undefined) warn(`another reader (pid ${claim.other}) consumes ${node.key}'s events: each event goes to one reader only, so both see a part`);
-    const reader = eventsMap.openReader(map, (e) => onEvent(node, e));
-    closer.add(() => reader.close());
-    return { node, consume: () => reader.consume() };
-  });
+function parseIdentity(v: string): number {
+  if (!/^\d+$/.test(v) || Number(v) > 0xffffffff) throw new InvalidArgumentError(`must be a numeric identity, got '${v}'`);
+  return Number(v);
 }
 
-/** TRACE_EVENT_LOST packets of a node (both directions). */
-function lostEvents(node: NodeTarget, closer: Closer): number {
-  const rows = metricsMap.read(openNodeMap(node, metricsMap.MAP_NAME, closer));
-  return rows.filter((r) => r.reason === TraceReason.TRACE_EVENT_LOST).reduce((a, r) => a + Number(r.packets), 0);
+/** Flows of several nodes in time order (stable: a node's own order is kept for equal times). */
+export function mergeByTime(lists: Flow[][]): Flow[] {
+  return lists
+    .flatMap((l, n) => l.map((f, i) => ({ f, n, i })))
+    .sort((a, b) => (a.f.time < b.f.time ? -1 : a.f.time > b.f.time ? 1 : a.n - b.n || a.i - b.i))
+    .map((x) => x.f);
 }
-
-// ---- the command -------------------------------------------------------------
 
 interface ObserveFlags extends TargetFlags {
-  output: OutputFormat;
+  output: 'compact' | 'text' | 'json';
   verdict?: Verdict;
-  follow?: boolean;
+  fromPod?: string;
+  toPod?: string;
+  pod?: string;
+  fromCluster?: string;
+  toCluster?: string;
+  namespace?: string;
+  identity?: number;
+  port?: number;
+  protocol?: string;
+  since?: Date;
   last?: number;
+  follow?: boolean;
   traceForwards?: boolean;
 }
 
+/** How long live flows wait so that flows of several nodes print in time order. */
+const REORDER_MS = 250;
+
 export function observeCommand(): Command {
   const cmd = new Command('observe').description(
-    "flow events from the nodes' eBPF datapath: drops with their reason (always) and forwarded packets (while forward tracing is on), with source and destination pod, identity, cluster and port",
+    "flows from the agents of every node of every cluster, merged by time: drops with their reason (always), forwarded TCP connection openings (SYN; the agents' traceNewConnections, on by default) and every forwarded packet while forward tracing is on, with source and destination cluster, pod, identity with labels, port, and the tunnel node. Each agent keeps its node's last flowBufferSize (default 4096) flows",
   );
   addTargetFlags(cmd);
   cmd
-    .addOption(outputOption())
+    .addOption(new Option('-o, --output <format>', 'compact (one line per flow; text is the same) or json (one object per line)').choices(['compact', 'text', 'json']).default('compact'))
     .addOption(new Option('--verdict <verdict>', 'only flows with this verdict: DROPPED or FORWARDED').argParser(parseVerdict))
-    .option('-f, --follow', 'keep printing new flows until interrupted (Ctrl-C)')
-    .option('--last <n>', 'of the flows waiting in the ring buffers, print only the last n (per run, after filtering)', parsePositiveInt)
-    .option('--trace-forwards', 'switch forward tracing on (cm_settings) while observing, and back off afterwards')
+    .option('--from-pod <pod>', "only flows from this pod: 'name' or 'namespace/name'")
+    .option('--to-pod <pod>', "only flows to this pod: 'name' or 'namespace/name'")
+    .option('--pod <pod>', "only flows from or to this pod: 'name' or 'namespace/name'")
+    .option('--from-cluster <name>', 'only flows whose source is in this cluster')
+    .option('--to-cluster <name>', 'only flows whose destination is in this cluster')
+    .option('--namespace <ns>', 'only flows from or to a pod of this namespace')
+    .option('--identity <id>', 'only flows from or to this security identity', parseIdentity)
+    .option('--port <port>', 'only flows from or to this TCP/UDP port', parsePort)
+    .addOption(new Option('--protocol <proto>', 'only flows of this protocol: TCP, UDP, ICMP or SCTP').argParser(arg(parseProtocol)))
+    .addOption(new Option('--since <time>', "only flows at or after this time: ISO-8601, or a duration back from now ('30s', '5m', '2h')").argParser(arg((v) => parseSince(v))))
+    .option('--last <n>', 'of the kept flows that match, print only the last n (over all nodes)', parsePositiveInt)
+    .option('-f, --follow', 'after the kept flows, print new ones as they happen until interrupted (Ctrl-C)')
+    .option('--trace-forwards', 'switch forward tracing on (cm_settings) on the observed nodes while observing, and back off afterwards')
     .action(
       action('observe', async (closer, o: ObserveFlags) => {
         const t = await resolveTargets(o, closer);
-        if (t.nodes.length === 0) throw new CliError(`no nodes to observe${t.lab ? ` in lab ${t.lab.name}` : ''}; name them with --node, --pin-dir or --socket`, EXIT_ERROR);
+        if (t.nodes.length === 0) throw new CliError(`no nodes to observe${t.lab ? ` in lab ${t.lab.name}` : ''}; name them with --node, --socket or --agent-config`, EXIT_ERROR);
+        const noAgent = t.nodes.filter((n) => !n.socket);
+        if (noAgent.length > 0)
+          throw new CliError(`observe reads the agents' flows; ${noAgent.map((n) => n.key).join(', ')} has no agent socket (name the node with --socket or --agent-config, or use 'clustermesh inspect' for its maps)`, EXIT_ERROR);
         const warn = (s: string): void => void process.stderr.write(`warning: ${s}\n`);
-        let d = await loadDirectory(t, closer);
-        for (const w of d.warnings) warn(w);
-
-        // Forward tracing.
+        const clients = new Map<NodeTarget, AgentClient>();
         for (const n of t.nodes) {
+          const c = new AgentClient(n.socket!, { timeoutMs: 10_000 });
+          closer.add(() => c.close());
+          clients.set(n, c);
+        }
+
+        // Forward tracing: a datapath flag in the node's pinned cm_settings.
+        for (const n of t.nodes) {
+          if (!n.pinDir) continue;
           const settings = openNodeMap(n, settingsMap.MAP_NAME, closer);
           const cur = settingsMap.get(settings);
           if (o.traceForwards && !cur.traceForward) {
-            settingsMap.set(settings, { traceForward: true });
-            closer.add(() => settingsMap.set(settings, { traceForward: false }));
+            settingsMap.set(settings, { ...cur, traceForward: true });
+            closer.add(() => settingsMap.set(settings, { ...settingsMap.get(settings), traceForward: false }));
           } else if (!cur.traceForward && o.verdict !== 'DROPPED' && !o.traceForwards) {
-            warn(`forward tracing is off on ${n.key}: only drops are reported (add --trace-forwards to see forwarded packets)`);
+            warn(
+              cur.traceNew
+                ? `forward tracing is off on ${n.key}: of forwarded packets only TCP connection openings (SYN) are reported (add --trace-forwards to see every forwarded packet)`
+                : `forward tracing is off on ${n.key}: only drops are reported (add --trace-forwards to see forwarded packets)`,
+            );
           }
         }
 
-        const pending: Flow[] = [];
-        let live = false;
-        const emit = (f: Flow): void => {
-          if (o.output === 'json') process.stdout.write(JSON.stringify(f) + '\n');
-          else process.stdout.write(formatFlow(f) + '\n');
+        const q: FlowQuery = {
+          ...(o.since ? { since: o.since } : {}),
+          ...(o.verdict ? { verdict: o.verdict } : {}),
+          ...(o.fromPod ? { fromPod: o.fromPod } : {}),
+          ...(o.toPod ? { toPod: o.toPod } : {}),
+          ...(o.pod ? { pod: o.pod } : {}),
+          ...(o.fromCluster ? { fromCluster: o.fromCluster } : {}),
+          ...(o.toCluster ? { toCluster: o.toCluster } : {}),
+          ...(o.namespace ? { namespace: o.namespace } : {}),
+          ...(o.identity !== undefined ? { identity: o.identity } : {}),
+          ...(o.port !== undefined ? { port: o.port } : {}),
+          ...(o.protocol ? { protocol: o.protocol } : {}),
+          ...(o.last !== undefined ? { limit: o.last } : {}),
         };
-        const onEvent = (node: NodeTarget, e: DatapathEvent): void => {
-          const f = toFlow(e, node.key, d, monotonicToDate(e.timestamp));
-          if (!matchesVerdict(f, o.verdict)) return;
-          if (live) emit(f);
-          else pending.push(f);
-        };
-        const readers = openReaders(t.nodes, onEvent, closer, warn);
-        // What is waiting in the rings, in time order across nodes.
-        for (const r of readers) r.consume();
-        pending.sort((a, b) => a.time.localeCompare(b.time));
-        for (const f of o.last !== undefined ? pending.slice(-o.last) : pending) emit(f);
-        // Events the datapath had no room for are only counted (cm_metrics, TRACE_EVENT_LOST).
-        const lostAtStart = new Map(t.nodes.map((n) => [n.key, lostEvents(n, closer)] as const));
-        for (const [key, n] of lostAtStart) if (n > 0) warn(`${key}: ${n} events could not be reported since its maps were created (the ring buffer was full while nobody read it)`);
-        const reportLost = (): void => {
-          for (const n of t.nodes) {
-            const more = lostEvents(n, closer) - (lostAtStart.get(n.key) ?? 0);
-            if (more > 0) warn(`${n.key}: ${more} events were lost while observing (the ring buffer was full)`);
-          }
-        };
-        if (!o.follow) return EXIT_OK;
+        const emit = (f: Flow): void => void process.stdout.write((o.output === 'json' ? JSON.stringify(f) : formatFlow(f)) + '\n');
+        const lastOf = (fs: Flow[]): Flow[] => (o.last !== undefined ? fs.slice(-o.last) : fs);
 
-        live = true;
+        /** Lost events, from each agent's status: the datapath's count, and what a follower missed. */
+        const reportLost = async (label: string): Promise<void> => {
+          await Promise.all(
+            t.nodes.map(async (n) => {
+              try {
+                const lost = (await clients.get(n)!.status()).flows?.lost;
+                if (lost && lost.datapath > 0)
+                  warn(`${n.key}: ${lost.datapath} events could not be reported since its maps were created (${lost.sinceStart} since its agent started): the ring buffer was full${label}`);
+              } catch {
+                // reported where the flows failed
+              }
+            }),
+          );
+        };
+
+        if (!o.follow) {
+          let reached = 0;
+          const lists = await Promise.all(
+            t.nodes.map(async (n) => {
+              try {
+                const fs = await clients.get(n)!.flows(q);
+                reached++;
+                return fs;
+              } catch (err) {
+                warn(`${n.key}: ${(err as Error).message}`);
+                return [];
+              }
+            }),
+          );
+          if (reached === 0) throw new CliError('no agent answered; is the lab up? (clustermesh status)', EXIT_ERROR);
+          for (const f of lastOf(mergeByTime(lists))) emit(f);
+          await reportLost('');
+          return reached === t.nodes.length ? EXIT_OK : EXIT_ERROR;
+        }
+
+        // Follow: each agent sends its kept flows that match, then new ones. The kept
+        // ones of every node are merged before printing; live ones wait REORDER_MS so
+        // that nodes' flows still come out in time order.
+        const backlog: Flow[][] = t.nodes.map(() => []);
+        let waiting = t.nodes.length;
+        let live: Flow[] = [];
         const stop = new AbortController();
+        const streams = t.nodes.map((n, i) => {
+          let caughtUp = false;
+          const s = clients.get(n)!.followFlows(
+            q,
+            (f) => {
+              if (caughtUp) live.push(f);
+              else backlog[i]!.push(f);
+            },
+            {
+              onLost: (k) => warn(`${n.key}: ${k} flows dropped by the agent: this reader was too slow`),
+              onBacklogEnd: () => {
+                caughtUp = true;
+                if (--waiting === 0) for (const f of lastOf(mergeByTime(backlog))) emit(f);
+              },
+            },
+          );
+          s.ended.then(
+            () => {
+              if (!stop.signal.aborted) warn(`${n.key}: the agent closed the flow stream`);
+            },
+            (err: unknown) => warn(`${n.key}: ${(err as Error).message}`),
+          );
+          return s;
+        });
+        closer.add(() => streams.forEach((s) => s.stop()));
+        const flush = (all: boolean): void => {
+          if (waiting > 0 && !all) return;
+          const cut = new Date(Date.now() - REORDER_MS).toISOString();
+          const ready = all ? live : live.filter((f) => f.time <= cut);
+          if (ready.length === 0) return;
+          live = all ? [] : live.filter((f) => f.time > cut);
+          for (const f of mergeByTime([ready])) emit(f);
+        };
         const onSignal = (): void => stop.abort();
         process.once('SIGINT', onSignal);
         process.once('SIGTERM', onSignal);
-        let lastRefresh = Date.now();
-        while (!stop.signal.aborted) {
-          for (const r of readers) r.consume();
-          // New pods and identities appear while following.
-          if (Date.now() - lastRefresh > 10_000) {
-            lastRefresh = Date.now();
-            const inner = new Closer();
-            d = await loadDirectory(t, inner).catch(() => d);
-            await inner.closeAll();
-          }
-          await new Promise((r) => setTimeout(r, 100));
-        }
-        for (const r of readers) r.consume();
-        reportLost();
-        return EXIT_OK;
+        const allEnded = Promise.allSettled(streams.map((s) => s.ended));
+        const timer = setInterval(() => flush(false), 100);
+        await Promise.race([new Promise((r) => stop.signal.addEventListener('abort', r, { once: true })), allEnded]);
+        clearInterval(timer);
+        const ended = !stop.signal.aborted;
+        stop.abort();
+        streams.forEach((s) => s.stop());
+        if (waiting > 0) for (const f of lastOf(mergeByTime(backlog))) emit(f);
+        flush(true);
+        await reportLost('');
+        return ended ? EXIT_ERROR : EXIT_OK;
       }),
     );
   return example(
     cmd,
-    'clustermesh observe --verdict DROPPED                     # what is waiting, then exit',
-    'clustermesh observe --cluster cluster2 --follow -o json   # one JSON object per line',
+    'clustermesh observe --verdict DROPPED                        # the kept flows of every node, then exit',
+    'clustermesh observe --to-cluster cluster2 --follow -o json   # one JSON object per line, new ones as they come',
+    'clustermesh observe --from-pod frontend --to-pod default/backend --port 80 --protocol TCP --since 5m',
     'clustermesh observe --node cluster1/node1 --trace-forwards --follow',
-    'clustermesh observe --pin-dir /run/clustermesh/bpffs/node1 --last 20',
+    'clustermesh observe --socket /var/run/clustermesh/node1/agent.sock --last 20',
   );
 }

@@ -122,7 +122,7 @@ test('summarize: no nodes and no remotes is ready (a cluster not meshed yet), an
   const r = summarize([probe('c1', 1, [])], NOW);
   assert.equal(r.ready, true);
   assert.deepEqual(Object.keys(r), ['ready', 'notReady', 'clusters', 'globalServices']);
-  assert.deepEqual(Object.keys(r.clusters[0]!), ['name', 'id', 'ready', 'etcd', 'apiserver', 'kubeApi', 'nodes', 'connectivity', 'remoteClusters', 'exportedServices', 'nodeDetails']);
+  assert.deepEqual(Object.keys(r.clusters[0]!), ['name', 'id', 'ready', 'etcd', 'apiserver', 'kubeApi', 'nodes', 'connectivity', 'remoteClusters', 'exportedServices', 'flows', 'nodeDetails']);
   assert.equal(r.clusters[0]!.kubeApi, null, 'no Kubernetes API known (not a lab)');
 });
 

@@ -103,6 +103,12 @@ export interface ClusterReport {
   remoteClusters: RemoteClusterReport[];
   /** Global services this cluster exports. */
   exportedServices: number | null;
+  /**
+   * Flows the agents keep (GET /v1/flows), summed over the reachable nodes, and
+   * datapath events lost because a node's ring buffer was full (since its maps
+   * were created). null when no agent reports flows.
+   */
+  flows: { kept: number; seen: number; lostEvents: number; followerDropped: number } | null;
   nodeDetails: NodeReport[];
 }
 
@@ -119,6 +125,13 @@ function stats(values: number[]): MinAvgMax {
   if (values.length === 0) return { min: 0, avg: 0, max: 0 };
   const sum = values.reduce((a, b) => a + b, 0);
   return { min: Math.min(...values), avg: Math.round((sum / values.length) * 100) / 100, max: Math.max(...values) };
+}
+
+function flowsOf(statuses: AgentStatus[]): ClusterReport['flows'] {
+  const f = statuses.flatMap((s) => (s.flows ? [s.flows] : []));
+  if (f.length === 0) return null;
+  const sum = (k: (x: (typeof f)[number]) => number): number => f.reduce((a, x) => a + k(x), 0);
+  return { kept: sum((x) => x.stored), seen: sum((x) => x.seen), lostEvents: sum((x) => x.lost.datapath), followerDropped: sum((x) => x.followerDropped) };
 }
 
 const isReadyRemote = (r: RemoteSummary): boolean => r.connected && r.ready;
@@ -235,6 +248,7 @@ export function summarize(probes: ClusterProbe[], now: Date = new Date()): Statu
       connectivity,
       remoteClusters,
       exportedServices: p.etcd?.reachable ? p.etcd.exportedServices.length : null,
+      flows: flowsOf(statuses.map(({ s }) => s)),
       nodeDetails,
     });
   }
@@ -344,6 +358,10 @@ export function formatStatus(r: StatusReport): string {
       );
     }
     for (const n of c.nodeDetails) if (!n.reachable || !n.ready || n.configErrors.length) out.push(`  node ${n.name}: ${!n.reachable ? `unreachable (${n.error})` : !n.ready ? `phase ${n.phase}` : 'ready'}${n.configErrors.length ? `; config errors: ${n.configErrors.join('; ')}` : ''}`);
+    if (c.flows)
+      out.push(
+        `  flows:       ${c.flows.kept} kept (${c.flows.seen} seen); ${c.flows.lostEvents} events lost${c.flows.lostEvents > 0 ? ' (a ring buffer was full: the agent read too slowly or was down)' : ''}${c.flows.followerDropped > 0 ? `; ${c.flows.followerDropped} not delivered to slow followers` : ''}`,
+      );
     if (c.exportedServices !== null) out.push(`  exports:     ${c.exportedServices} global service${c.exportedServices === 1 ? '' : 's'}`);
   }
   if (r.globalServices !== null) out.push(`global services: ${r.globalServices}`);

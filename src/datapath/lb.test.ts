@@ -26,6 +26,7 @@ import * as metrics from './maps/metrics.ts';
 import { DropReason, TraceReason } from './maps/reasons.ts';
 import * as revnat from './maps/revnat.ts';
 import * as services from './maps/services.ts';
+import * as settings from './maps/settings.ts';
 import { ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, ethernet, internetChecksum, ipv4, parseEthernet, parseIpv4, tcp } from './test-packets.ts';
 import { datapathSkipReason, loadDatapathObject, tempPinDir } from './testing.ts';
 
@@ -237,6 +238,22 @@ describe('service translation (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason()
       assert.equal(metrics.get(m.metrics, { reason: TraceReason.TRACE_TO_ENDPOINT, direction: 'egress' }).packets, 1n);
     });
 
+    it('a sampled connection opening to a VIP names the service frontend and the backend it was translated to', () => {
+      install({ backends: [candidate(LOCAL_BACKENDS[0]!.ip)] });
+      const cfg = lxc.map(settings.MAP_NAME);
+      settings.set(cfg, { traceForward: false, traceNew: true });
+      try {
+        const r = fromContainer(toVip(40100));
+        assert.equal(r.retval, TcAction.redirect);
+        assert.deepEqual(
+          r.events.map((e) => [e.reasonName, e.dstIp, e.dstPort, e.service, e.tcpFlags]),
+          [['TRACE_TO_ENDPOINT', LOCAL_BACKENDS[0]!.ip, BACKEND_PORT, { ip: VIP, port: 80 }, 0x02]],
+        );
+      } finally {
+        settings.set(cfg, { traceForward: false });
+      }
+    });
+
     it('a remote backend: translated, then into the tunnel towards its node', () => {
       install({ backends: [candidate(REMOTE_BACKEND.ip)] });
       const r = fromContainer(toVip(40001));
@@ -433,6 +450,7 @@ describe('service translation (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason()
       assert.equal(r.retval, TcAction.shot);
       assert.equal(metrics.get(m.metrics, { reason: DropReason.DROP_NO_SERVICE_BACKEND, direction: 'egress' }).packets, 1n);
       assert.equal(r.events[0]?.reasonName, 'DROP_NO_SERVICE_BACKEND');
+      assert.deepEqual(r.events[0]?.service, { ip: VIP, port: 80 }, 'the event names the service frontend');
     });
   });
 

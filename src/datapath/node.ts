@@ -67,6 +67,8 @@ export interface NodeDatapathOptions {
   underlayMtu?: number;
   /** Emit a trace event per forwarded packet (cm_settings); false. */
   traceForward?: boolean;
+  /** Emit a trace event per forwarded TCP connection opening (SYN without ACK; cm_settings); false. */
+  traceNew?: boolean;
 }
 
 export interface ResolvedNodeDatapathOptions extends Required<Omit<NodeDatapathOptions, 'underlayMtu'>> {
@@ -143,6 +145,7 @@ export class NodeDatapath {
       redirectPeer: opts.redirectPeer ?? true,
       underlayMtu: opts.underlayMtu,
       traceForward: opts.traceForward ?? false,
+      traceNew: opts.traceNew ?? false,
     };
     if (!Number.isInteger(this.options.clusterID) || this.options.clusterID < 0 || this.options.clusterID > 511) throw new RangeError(`clusterID ${opts.clusterID} not in 0..511`);
   }
@@ -202,7 +205,7 @@ export class NodeDatapath {
       // overlay first: if its maps cannot be created/reused nothing is attached yet
       this.#overlay = this.#load(OVERLAY_OBJECT, config);
       this.#lxc = this.#load(LXC_OBJECT, config);
-      settingsMap.set(this.#lxc.map(settingsMap.MAP_NAME), { traceForward: o.traceForward });
+      settingsMap.set(this.#lxc.map(settingsMap.MAP_NAME), { traceForward: o.traceForward, traceNew: o.traceNew });
       this.#overlayAttachment = tcAttach({ ifindex: link.ifindex, direction: 'ingress', program: this.#overlay.program(FROM_OVERLAY) });
       this.#state = 'running';
     } catch (err) {
@@ -284,7 +287,7 @@ export class NodeDatapath {
   }
 
   setTraceForward(on: boolean): void {
-    settingsMap.set(this.maps.settings, { traceForward: on });
+    settingsMap.set(this.maps.settings, { ...settingsMap.get(this.maps.settings), traceForward: on });
   }
 
   /** Every packet counter, summed over CPUs. */

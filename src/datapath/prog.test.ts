@@ -146,6 +146,22 @@ describe('datapath programs (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason() }
     tcpFrame({ srcMac: POD_A.ep.mac, dstMac: POD_A.ep.nodeMac, src: POD_A.ip, dst: o.dst ?? REMOTE_POD.ip, sport: 40001, dport: 443, ...o });
 
   describe('from_container', () => {
+    it('with only connection openings traced (SETTINGS_F_TRACE_NEW): a forwarded SYN is reported with its flags, an ACK is not', () => {
+      settings.set(settingsMap, { traceForward: false, traceNew: true });
+      try {
+        const syn = fromContainer(aToB());
+        assert.equal(syn.retval, TcAction.redirect);
+        assert.deepEqual(syn.events.map((e) => [e.reasonName, e.tcpFlags]), [['TRACE_TO_ENDPOINT', 0x02]]);
+        const ack = aToB();
+        ack[14 + 20 + 13] = 0x10; // ACK only: a packet of an established connection
+        const r = fromContainer(ack);
+        assert.equal(r.retval, TcAction.redirect);
+        assert.deepEqual(r.events, [], 'no event for the rest of the connection');
+      } finally {
+        settings.set(settingsMap, { traceForward: false });
+      }
+    });
+
     it('delivers to a local pod: MACs rewritten, TTL-1, checksum valid, redirect to its veth', () => {
       settings.set(settingsMap, { traceForward: true });
       const frame = aToB();
@@ -162,7 +178,7 @@ describe('datapath programs (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason() }
       assert.deepEqual({ ...r.events[0]!, timestamp: 0n }, {
         timestamp: 0n, type: 'trace', reason: TraceReason.TRACE_TO_ENDPOINT, reasonName: 'TRACE_TO_ENDPOINT', direction: 'egress',
         srcIp: POD_A.ip, dstIp: POD_B.ip, srcIdentity: POD_A.ep.identity, dstIdentity: POD_B.ep.identity,
-        ifindex: 1, targetIfindex: POD_B.ep.ifindex, tunnelEndpoint: null, length: frame.length, protocol: IPPROTO_TCP, srcPort: 40000, dstPort: 80,
+        ifindex: 1, targetIfindex: POD_B.ep.ifindex, tunnelEndpoint: null, length: frame.length, protocol: IPPROTO_TCP, srcPort: 40000, dstPort: 80, tcpFlags: 0x02, service: null,
       });
     });
 

@@ -22,7 +22,7 @@ import { stringify } from 'yaml';
 import { AgentClient } from '../../src/agent/client.ts';
 import type { DatapathEvent } from '../../src/datapath/maps/events.ts';
 import { KvClient } from '../../src/kvstore/client.ts';
-import { collectEvents, readNodeMetrics } from '../../src/lab/datapath.ts';
+import { collectAgentEvents, readNodeMetrics } from '../../src/lab/datapath.ts';
 import { labDown, labUp } from '../../src/lab/lab.ts';
 import { applyObjects, parseManifest, type ClusterTarget } from '../../src/lab/manifest.ts';
 import { netpolHealth, probeFrom, type ProbeProtocol, type ProbeResult } from '../../src/lab/netpol.ts';
@@ -189,7 +189,7 @@ export class ModelLab {
   private state!: LabState;
   private readonly kvs = new Map<string, KvClient>();
   private readonly agents = new Map<string, AgentClient>();
-  private readonly events = new Map<string, ReturnType<typeof collectEvents>>();
+  private readonly events = new Map<string, ReturnType<typeof collectAgentEvents>>();
   private readonly controlDir: string;
   private readonly log: (line: string) => void;
   private root: string | undefined;
@@ -226,7 +226,7 @@ export class ModelLab {
     this.log(`lab ${this.o.name} up (${this.o.clusters} cluster(s) x ${this.o.nodes} node(s)) in ${(up.totalMs / 1000).toFixed(1)} s`);
     for (const n of this.state.nodes) {
       this.agents.set(`${n.cluster}/${n.name}`, new AgentClient(n.socket));
-      this.events.set(`${n.cluster}/${n.name}`, collectEvents(n.pinDir));
+      this.events.set(`${n.cluster}/${n.name}`, collectAgentEvents(n.socket));
     }
     for (const c of this.state.clusters) this.kvs.set(c.name, new KvClient(clusterKvConfig(c)));
 
@@ -423,9 +423,9 @@ export class ModelLab {
     return n;
   }
 
-  private drainEvents(): DatapathEvent[] {
+  private async drainEvents(): Promise<DatapathEvent[]> {
     const out: DatapathEvent[] = [];
-    for (const c of this.events.values()) out.push(...c.drain().splice(0));
+    for (const c of this.events.values()) out.push(...(await c.drain()).splice(0));
     return out;
   }
 
@@ -456,7 +456,7 @@ export class ModelLab {
     const end = Date.now() + (o.deadlineMs ?? 15_000);
     const what = `${protocol.toUpperCase()} ${o.port}`;
     for (let attempt = 1; ; attempt++) {
-      this.drainEvents();
+      await this.drainEvents();
       const dropsBefore = this.policyDrops();
       const seen = await this.probeAll(o.port, protocol);
       const ok = (f: ModelPod, t: ModelPod): boolean => {
@@ -466,7 +466,7 @@ export class ModelLab {
       const wrong = this.pods.flatMap((f) => this.pods.filter((t) => f !== t && ok(f, t) !== expected.get(f, t)).map((t) => ({ f, t })));
       if (wrong.length === 0) {
         await sleep(100);
-        this.checkDrops(expected, o.port, protocol, this.drainEvents(), this.policyDrops() - dropsBefore, what);
+        this.checkDrops(expected, o.port, protocol, await this.drainEvents(), this.policyDrops() - dropsBefore, what);
         return;
       }
       if (Date.now() < end) {

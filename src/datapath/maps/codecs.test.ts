@@ -112,11 +112,15 @@ describe('events codec', () => {
     const e: events.DatapathEvent = {
       timestamp: 123456789n, type: 'drop', reason: DropReason.DROP_UNKNOWN_ENDPOINT, reasonName: 'DROP_UNKNOWN_ENDPOINT', direction: 'ingress',
       srcIp: '10.102.0.30', dstIp: '10.101.0.99', srcIdentity: 0x20100, dstIdentity: 0, ifindex: 5, targetIfindex: 0,
-      tunnelEndpoint: '10.2.0.5', length: 74, protocol: 6, srcPort: 5555, dstPort: 8080,
+      tunnelEndpoint: '10.2.0.5', length: 74, protocol: 6, srcPort: 5555, dstPort: 8080, tcpFlags: 0x12,
+      service: { ip: '10.96.0.10', port: 80 },
     };
     const { reasonName: _n, ...raw } = e;
     const b = events.encode(raw);
-    assert.equal(b.length, 48);
+    assert.equal(b.length, 56);
+    assert.equal(b[48], 0x12, 'TCP flags');
+    assert.equal(b.subarray(52, 56).toString('hex'), '0a60000a', 'service frontend, network order');
+    assert.deepEqual(events.decode(events.encode({ ...raw, service: null })).service, null);
     assert.equal(b.subarray(8, 12).toString('hex'), '0a66001e', 'addresses network order');
     assert.equal(b.subarray(40, 42).toString('hex'), 'b315', 'ports host order (little-endian here)');
     assert.deepEqual(events.decode(b), e);
@@ -125,13 +129,16 @@ describe('events codec', () => {
 });
 
 describe('settings codec', () => {
-  it('trace flag <-> bit 0; unknown bits are refused', () => {
+  it('trace flags <-> bit 0 (every forward) and bit 1 (TCP connection openings); unknown bits are refused', () => {
     const m = fakeMap();
-    assert.deepEqual(settings.get(m), { traceForward: false });
+    assert.deepEqual(settings.get(m), { traceForward: false, traceNew: false });
     settings.set(m, { traceForward: true });
     assert.equal([...m.store.values()][0]!.toString('hex'), '01000000');
-    assert.deepEqual(settings.get(m), { traceForward: true });
-    assert.throws(() => settings.decodeValue(Buffer.from('03000000', 'hex')), RangeError);
+    assert.deepEqual(settings.get(m), { traceForward: true, traceNew: false });
+    settings.set(m, { traceForward: false, traceNew: true });
+    assert.equal([...m.store.values()][0]!.toString('hex'), '02000000');
+    assert.deepEqual(settings.get(m), { traceForward: false, traceNew: true });
+    assert.throws(() => settings.decodeValue(Buffer.from('04000000', 'hex')), RangeError);
   });
 });
 

@@ -15,7 +15,7 @@ import {
 export const MAP_NAME = 'cm_events';
 
 /** struct cm_event: addresses network order, everything else host order. */
-export const EVENT_LAYOUT = struct('cm_event', 48, {
+export const EVENT_LAYOUT = struct('cm_event', 56, {
   timestamp: field(0, 8),
   src_ip: field(8, 4),
   dst_ip: field(12, 4),
@@ -31,6 +31,10 @@ export const EVENT_LAYOUT = struct('cm_event', 48, {
   reason: field(45, 1),
   direction: field(46, 1),
   protocol: field(47, 1),
+  tcp_flags: field(48, 1),
+  pad0: field(49, 1),
+  svc_port: field(50, 2),
+  svc_ip: field(52, 4),
 });
 
 export interface DatapathEvent {
@@ -60,6 +64,10 @@ export interface DatapathEvent {
   srcPort: number;
   /** TCP/UDP port; for ICMP the code. */
   dstPort: number;
+  /** TCP header flags (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10, URG 0x20, ECE 0x40, CWR 0x80); 0 if not TCP. */
+  tcpFlags: number;
+  /** The service frontend the packet was addressed to (before translation), null if none. */
+  service: { ip: string; port: number } | null;
 }
 
 const F = EVENT_LAYOUT.fields;
@@ -69,6 +77,7 @@ export function decode(b: Buffer): DatapathEvent {
   const type = b[F.type.offset]!;
   const reason = b[F.reason.offset]!;
   const tep = readIPv4(b, F.tunnel_endpoint.offset);
+  const svc = readIPv4(b, F.svc_ip.offset);
   return {
     timestamp: readU64(b, F.timestamp.offset),
     type: type === EventType.EVENT_DROP ? 'drop' : 'trace',
@@ -86,11 +95,13 @@ export function decode(b: Buffer): DatapathEvent {
     protocol: b[F.protocol.offset]!,
     srcPort: readU16(b, F.src_port.offset),
     dstPort: readU16(b, F.dst_port.offset),
+    tcpFlags: b[F.tcp_flags.offset]!,
+    service: svc === '0.0.0.0' ? null : { ip: svc, port: readU16(b, F.svc_port.offset) },
   };
 }
 
 /** The C layout of an event (for fakes and round-trip tests; the datapath is the only real writer). */
-export function encode(e: Omit<DatapathEvent, 'reasonName'>): Buffer {
+export function encode(e: Omit<DatapathEvent, 'reasonName' | 'tcpFlags' | 'service'> & { tcpFlags?: number; service?: DatapathEvent['service'] }): Buffer {
   const b = Buffer.alloc(EVENT_LAYOUT.size);
   writeU64(b, F.timestamp.offset, e.timestamp);
   writeIPv4(b, F.src_ip.offset, e.srcIp);
@@ -107,6 +118,9 @@ export function encode(e: Omit<DatapathEvent, 'reasonName'>): Buffer {
   writeU8(b, F.reason.offset, e.reason);
   writeU8(b, F.direction.offset, directionCode(e.direction));
   writeU8(b, F.protocol.offset, e.protocol);
+  writeU8(b, F.tcp_flags.offset, e.tcpFlags ?? 0);
+  writeU16(b, F.svc_port.offset, e.service?.port ?? 0);
+  writeIPv4(b, F.svc_ip.offset, e.service?.ip ?? '0.0.0.0');
   return b;
 }
 
