@@ -109,6 +109,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     redirectPeer: cfg.redirectPeer,
     traceForward: cfg.traceForwards,
     ...(cfg.objectsDir !== undefined ? { objectsDir: cfg.objectsDir } : {}),
+    ...(cfg.socketLBCgroup !== undefined ? { socketLBCgroup: cfg.socketLBCgroup } : {}),
   });
   await dp.start();
   cleanups.push(() => dp.stop({ detach: false }));
