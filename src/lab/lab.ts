@@ -2,6 +2,7 @@
 // the command that started them, with everything it creates written to the
 // lab's state file (src/lab/state.ts) before or right after it is created, so
 // that `down` removes exactly that -- also after an `up` that was killed.
+import { removeNodeCgroup } from './cgroup.ts';
 import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync, mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -49,6 +50,8 @@ export interface LabUpOptions {
   loss?: string;
   progress?: (line: string) => void;
   readyTimeoutMs?: number;
+  /** Socket-level load balancing: each agent attaches to its node's cgroup, where the kubelet runs the pods (default false). */
+  socketLB?: boolean;
 }
 
 export interface LabUpResult {
@@ -223,6 +226,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
             ipam: { podCIDR: a.node.podCIDR, gateway: a.node.gatewayIP, rangeStart: a.node.podCIDR.replace(/0\/24$/, '10') },
           },
           dnsIP: DNS_SERVICE_IP,
+          ...(a.node.cgroup !== undefined ? { cgroup: a.node.cgroup } : {}),
         };
         const cfgFile = kubeletConfigFile(a.dir);
         writeFileSync(cfgFile, JSON.stringify(cfg, null, 2) + '\n');
@@ -263,6 +267,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
       keepDir: true,
       onCreated,
       readyTimeoutMs: o.readyTimeoutMs ?? 90_000,
+      ...(o.socketLB ? { agent: { socketLB: true } } : {}),
       progress: (l) => {
         if (/apiservers synced/.test(l)) {
           step = 'agents';
@@ -552,6 +557,10 @@ async function labDownNow(name: string, o: LabDownOptions): Promise<LabDownResul
       }
       out.namespaces.push(ns);
     });
+  }
+  // 4b. the node cgroups, named after the node namespaces (their processes are gone by now).
+  for (const ns of state.namespaces) {
+    await attempt(`remove cgroup of ${ns}`, () => removeNodeCgroup(ns));
   }
   // 5. the lab dir (state, PKI, logs), unless something could not be removed: then the state stays for another try.
   if (out.errors.length === 0 && !o.keepDir) {
