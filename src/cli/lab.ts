@@ -7,6 +7,7 @@ import { isPodReady, type Service } from '../model/index.ts';
 import { StoreWriter } from '../sources/store/writer.ts';
 import { labDown, labUp, validateLatency, validateLoss } from '../lab/lab.ts';
 import { podRecordsOf, type PodRecord } from '../lab/kubelet-config.ts';
+import { inCgroup, nodeCgroupPath } from '../lab/cgroup.ts';
 import {
   applyObjects,
   deleteObjects,
@@ -410,7 +411,11 @@ Example:
         requireUp(state);
         const { rec } = await findPod(state, podRef, o.cluster, o.namespace);
         const binDir = `${state.dir ?? labDir(state.name)}/bin`;
-        const child = spawn('ip', ['netns', 'exec', rec.netns, ...argv], {
+        // In the node's cgroup, like the pod's own processes (socket LB applies), when the lab made one.
+        const nodeNs = state.nodes.find((n) => n.cluster === rec.cluster && n.name === rec.node)?.netns;
+        const cgroup = nodeNs !== undefined ? nodeCgroupPath(nodeNs, { mount: false }) : undefined;
+        const [cmd, ...args] = inCgroup(cgroup !== undefined && existsSync(cgroup) ? cgroup : undefined, ['ip', 'netns', 'exec', rec.netns, ...argv]);
+        const child = spawn(cmd!, args, {
           stdio: 'inherit',
           env: { ...process.env, PATH: `${binDir}:${process.env.PATH ?? '/usr/bin:/bin'}`, CLUSTERMESH_CLUSTER: rec.cluster, CLUSTERMESH_NODE: rec.node, CLUSTERMESH_POD: rec.name },
         });
