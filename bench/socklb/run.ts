@@ -20,7 +20,8 @@
 // the socket-lb rows were translated at connect (cm_sock_stats counted them).
 //
 // Usage: npm run bench -- socklb [--reps N] [--conns N] [--write]
-// A run with other than the default sizes writes socklb-partial unless --write.
+// Writes bench/results/socklb-partial.json; --write writes socklb.json (the
+// file a BENCHMARKS.md table may name).
 import { type ChildProcess, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -38,14 +39,13 @@ const { values } = parseArgs({
   options: { reps: { type: 'string', default: '5' }, conns: { type: 'string', default: '2000' }, write: { type: 'boolean', default: false }, help: { type: 'boolean', default: false } },
 });
 if (values.help) {
-  console.log('bench/socklb: connection rate to a ClusterIP, socket-level vs per-packet service translation\n  --reps N    alternating repetitions   default 5\n  --conns N   connections per measurement   default 2000\n  --write     let a partial run write socklb.json');
+  console.log('bench/socklb: connection rate to a ClusterIP, socket-level vs per-packet service translation\n  --reps N    alternating repetitions   default 5\n  --conns N   connections per measurement   default 2000\n  --write     write socklb.json instead of socklb-partial.json');
   process.exit(0);
 }
 const REPS = Number(values.reps);
 const CONNS = Number(values.conns);
 if (!Number.isInteger(REPS) || REPS < 1 || !Number.isInteger(CONNS) || CONNS < 10) throw new Error('bench/socklb: --reps must be >= 1 and --conns >= 10');
-const partial = REPS !== 5 || CONNS !== 2000;
-const resultsName = partial && !values.write ? 'socklb-partial' : 'socklb';
+const resultsName = values.write ? 'socklb' : 'socklb-partial';
 
 const work = mkdtempSync(join(tmpdir(), 'cmb-socklb-'));
 const CRR = join(work, 'crr');
@@ -113,7 +113,7 @@ try {
   // The rate sums every transaction, stalls of a loaded machine included; the median transaction does not.
   console.log(`median transaction, per-packet / socket LB (a rate ratio without the stalls): ${(offP50.median / onP50.median).toFixed(3)}`);
   const file = writeResults(resultsName, rows, samples, topo.spec.underlayMtu);
-  console.log(`wrote ${file}${resultsName !== 'socklb' ? ' (partial run; --write to write socklb.json)' : ''}`);
+  console.log(`wrote ${file}${resultsName !== 'socklb' ? ' (--write to write socklb.json)' : ''}`);
 } finally {
   for (const c of children) await stopChild(c);
   await dp?.stop();

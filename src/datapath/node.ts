@@ -392,10 +392,14 @@ export class NodeDatapath {
       this.#detachSocketLB();
       return;
     }
-    this.#sock = this.#load(SOCK_OBJECT);
-    for (const p of SOCK_PROGRAMS) {
-      const id = attachCgroupPinned({ cgroupPath: cgroup, hook: p.hook, program: this.#sock.program(p.program), pinPath: join(this.options.pinDir, p.pin) });
-      this.#sockProgIds.set(p.hook, id);
+    try {
+      this.#sock = this.#load(SOCK_OBJECT);
+      for (const p of SOCK_PROGRAMS) {
+        const id = attachCgroupPinned({ cgroupPath: cgroup, hook: p.hook, program: this.#sock.program(p.program), pinPath: join(this.options.pinDir, p.pin) });
+        this.#sockProgIds.set(p.hook, id);
+      }
+    } catch (err) {
+      throw new Error(`socket-level load balancing (socketLBCgroup ${cgroup}): ${(err as Error).message}`, { cause: err });
     }
   }
 
