@@ -41,12 +41,12 @@ u.bind(Number(udpPort), '0.0.0.0');
 /** Runs in a pod: N TCP connections, each one HTTP/1.0 GET; tallies who answered, the peer each socket reports (getpeername), errors. */
 const TCP_CLIENT = `
 import { connect } from 'node:net';
-const [host, port, n] = process.argv.slice(1);
+const [host, port, n, localPort] = process.argv.slice(1);
 const out = { answers: {}, peers: {}, from: {}, errors: {} };
 const inc = (o, k) => { o[k] = (o[k] ?? 0) + 1; };
 for (let i = 0; i < Number(n); i++) {
   await new Promise((done) => {
-    const s = connect({ host, port: Number(port) });
+    const s = connect({ host, port: Number(port), ...(localPort ? { localPort: Number(localPort) } : {}) });
     let buf = '';
     s.setTimeout(4000, () => s.destroy(Object.assign(new Error('timeout'), { code: 'TIMEOUT' })));
     s.on('connect', () => { inc(out.peers, s.remoteAddress + ':' + s.remotePort); s.write('GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n'); });
@@ -132,8 +132,8 @@ describe('socket-level load balancing with real sockets, 2 clusters x 2 nodes x 
   const GUARDED = '10.96.1.40';
 
   /** In the pod's node cgroup (its sockets get socket LB) unless outside is set. */
-  async function tcp(src: PodInfo, host: string, n: number, o: { outside?: boolean } = {}): Promise<Tally> {
-    const { stdout } = await runIn(src.netns, [process.execPath, '--input-type=module', '-e', TCP_CLIENT, host, '80', String(n)], {
+  async function tcp(src: PodInfo, host: string, n: number, o: { outside?: boolean; localPort?: number } = {}): Promise<Tally> {
+    const { stdout } = await runIn(src.netns, [process.execPath, '--input-type=module', '-e', TCP_CLIENT, host, '80', String(n), ...(o.localPort ? [String(o.localPort)] : [])], {
       timeoutMs: 90_000,
       ...(o.outside ? {} : { cgroup: src.node.cgroup }),
     });
@@ -325,6 +325,18 @@ describe('socket-level load balancing with real sockets, 2 clusters x 2 nodes x 
     assert.ok(policyDrops(m().readDrops(guarded.node)) > dropsBefore, 'dropped by the guarded pod\'s ingress policy, counted');
     const ok = await tcp(friend, GUARDED, 3);
     assert.deepEqual(ok.answers, { [guarded.name]: 3 }, JSON.stringify(ok));
+  });
+
+  test('a connection translated at connect may reuse the tuple of a per-packet one that just closed (its reply entry does not capture the new replies)', async () => {
+    const client = pod(1, 1, 1);
+    const guarded = pod(1, 2, 2); // the only backend: both connections have the same tuple towards it
+    const perPacket = await tcp(client, GUARDED, 1, { outside: true, localPort: 41234 });
+    assert.deepEqual(perPacket.answers, { [guarded.name]: 1 }, JSON.stringify(perPacket));
+    const t0 = Date.now();
+    const direct = await tcp(client, GUARDED, 1, { localPort: 41234 });
+    assert.deepEqual(direct.answers, { [guarded.name]: 1 }, JSON.stringify(direct));
+    assert.deepEqual(direct.peers, { [`${GUARDED}:80`]: 1 });
+    assert.ok(Date.now() - t0 < 900 + 3000, 'no SYN retransmission needed');
   });
 });
 
