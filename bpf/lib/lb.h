@@ -118,7 +118,8 @@ struct lb_revnat_value {
 
 /* 8 bytes. */
 struct lb_affinity_key {
-	__u32 client;     /* IPv4, network byte order */
+	__u32 client;     /* IPv4, network byte order; 0.x.y.z for a socket of
+			   * socket-level LB: its netns (sock.h SOCK_CLIENT_MASK) */
 	__u32 service_id; /* host byte order */
 };
 

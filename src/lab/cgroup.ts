@@ -37,14 +37,19 @@ function cgroup2Mounts(mounts = '/proc/self/mounts'): string[] {
 /**
  * Root of the lab's node cgroups (LAB_CGROUP2_MOUNT/clustermesh, the hierarchy
  * mounted there first when needed), or undefined when this machine has no
- * cgroup v2. `mount: false` only computes the path.
+ * cgroup v2 (or it cannot be mounted there). `mount: false` only computes the path.
  */
 export function labCgroupRoot(o: { mount?: boolean } = {}): string | undefined {
   const all = cgroup2Mounts();
   if (all.length === 0) return undefined;
   if (!all.includes(LAB_CGROUP2_MOUNT) && o.mount !== false) {
-    mkdirSync(LAB_CGROUP2_MOUNT, { recursive: true, mode: 0o755 });
-    execFileSync('mount', ['-t', 'cgroup2', 'cgroup2', LAB_CGROUP2_MOUNT], { stdio: ['ignore', 'ignore', 'pipe'] });
+    try {
+      mkdirSync(LAB_CGROUP2_MOUNT, { recursive: true, mode: 0o755 });
+      execFileSync('mount', ['-t', 'cgroup2', 'cgroup2', LAB_CGROUP2_MOUNT], { stdio: ['ignore', 'ignore', 'pipe'] });
+    } catch {
+      // Without it the lab has no node cgroups (and no socket LB): nothing else depends on them.
+      return undefined;
+    }
   }
   return join(LAB_CGROUP2_MOUNT, LAB_CGROUP_DIR);
 }

@@ -2,11 +2,11 @@
 // the command that started them, with everything it creates written to the
 // lab's state file (src/lab/state.ts) before or right after it is created, so
 // that `down` removes exactly that -- also after an `up` that was killed.
-import { removeNodeCgroup } from './cgroup.ts';
 import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync, mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DEFAULT_BPFFS_ROOT, removePinDir } from '../datapath/bpffs.ts';
+import { removeNodeCgroup } from './cgroup.ts';
 import { run } from './exec.ts';
 import { startMesh, type Mesh, type MeshCreated } from './mesh.ts';
 import { ManagedProcess, childEnv } from './process.ts';
