@@ -118,7 +118,8 @@ struct lb_revnat_value {
 
 /* 8 bytes. */
 struct lb_affinity_key {
-	__u32 client;     /* IPv4, network byte order */
+	__u32 client;     /* IPv4, network byte order; 0.x.y.z for a socket of
+			   * socket-level LB: its netns (sock.h SOCK_CLIENT_MASK) */
 	__u32 service_id; /* host byte order */
 };
 
@@ -497,6 +498,31 @@ static __always_inline void lb4_reset(struct __sk_buff *ctx, const struct lb4_tu
 }
 
 /*
+ * A TCP connection opened straight to a backend (socket-level load balancing
+ * translated it at connect(), sock.bpf.c) may reuse the tuple of a connection
+ * this path translated before, whose CT_REVNAT entry outlives it for a while
+ * (CT_LIFETIME_TCP_CLOSE, longer after a lost FIN): the new connection's
+ * replies would then be rewritten to come from the VIP, and its socket, which
+ * is connected to the backend, would refuse them. So the bare SYN of a
+ * connection to no VIP removes a reply entry of its tuple (one hash delete
+ * per new connection, nothing per later packet).
+ */
+static __always_inline void lb4_forget_revnat(const struct lb4_tuple *t)
+{
+	struct ct_key key = {};
+
+	if (t->proto != IPPROTO_TCP || (t->tcp_flags & (CM_TCP_SYN | CM_TCP_ACK)) != CM_TCP_SYN)
+		return;
+	key.saddr = t->daddr;
+	key.daddr = t->saddr;
+	key.sport = t->dport;
+	key.dport = t->sport;
+	key.proto = t->proto;
+	key.dir = CT_REVNAT;
+	bpf_map_delete_elem(&cm_ct, &key);
+}
+
+/*
  * Forward translation in from_container, for a packet a local pod sent
  * (@tp from lb4_extract). Returns 0 when the packet is no service traffic
  * (left as it was), 1 when
@@ -526,8 +552,10 @@ static __always_inline int lb4_xlate(struct __sk_buff *ctx, const struct lb4_tup
 	skey.dport = t.dport;
 	skey.proto = t.proto;
 	svc = bpf_map_lookup_elem(&cm_services, &skey);
-	if (!svc)
+	if (!svc) {
+		lb4_forget_revnat(&t);
 		return 0;
+	}
 	tc->svc_ip = t.daddr;
 	tc->svc_port = bpf_ntohs(t.dport);
 	/* Later fragments carry no ports, so they could not follow the first. */

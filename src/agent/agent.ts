@@ -114,6 +114,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     traceForward: cfg.traceForwards,
     traceNew: cfg.traceNewConnections,
     ...(cfg.objectsDir !== undefined ? { objectsDir: cfg.objectsDir } : {}),
+    ...(cfg.socketLBCgroup !== undefined ? { socketLBCgroup: cfg.socketLBCgroup } : {}),
   });
   await dp.start();
   cleanups.push(() => dp.stop({ detach: false }));

@@ -45,6 +45,7 @@ export async function applyNodePlan(plan: NodePlan): Promise<ApplySummary> {
     pinDir: plan.pinDir,
     redirectPeer: plan.redirectPeer,
     traceForward: plan.traceForwards,
+    ...(plan.socketLBCgroup !== undefined ? { socketLBCgroup: plan.socketLBCgroup } : {}),
   });
   await dp.start();
   try {

@@ -74,6 +74,13 @@ describe('agent config', () => {
     rejects({ ...base, pinDir: '/run/clustermesh/bpffs/c1.n1' }, 'agent config /x/y.yaml: pinDir: /run/clustermesh/bpffs/c1.n1: a bpffs does not allow "." in names');
   });
 
+  it('socketLBCgroup: off when absent, an absolute cgroup path otherwise', () => {
+    assert.equal(compile(base).socketLBCgroup, undefined);
+    assert.equal(compile({ ...base, socketLBCgroup: '/sys/fs/cgroup/unified/clustermesh/n1' }).socketLBCgroup, '/sys/fs/cgroup/unified/clustermesh/n1');
+    rejects({ ...base, socketLBCgroup: 'cg/n1' }, 'agent config /x/y.yaml: socketLBCgroup: must be an absolute path to a cgroup v2 directory, without ".."');
+    rejects({ ...base, socketLBCgroup: '/sys/fs/cgroup/../x' }, /socketLBCgroup: must be an absolute path/);
+  });
+
   it('needs exactly one of nodeIP and underlayDevice', () => {
     const { nodeIP: _ip, ...noIP } = base;
     rejects(noIP, 'agent config /x/y.yaml: nodeIP: is required (or underlayDevice, to take its address)');

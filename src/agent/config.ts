@@ -35,7 +35,10 @@
 // without traceForwards' event per packet),
 // metricsAddress (127.0.0.1:9962: host:port of the Prometheus endpoint
 // GET /metrics, in the node's network namespace and off the pod network; the
-// node IP lets a scraper on the underlay in; '' for none).
+// node IP lets a scraper on the underlay in; '' for none), socketLBCgroup (a cgroup v2
+// directory holding this node's pods: connect()/sendmsg() to a service are
+// translated there once per connection, bpf/sock.bpf.c; absent: off, every
+// packet is translated by from_container).
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
@@ -96,6 +99,8 @@ export interface AgentConfig {
   remoteHeartbeatStaleMs: number;
   /** A policy selector that names no cluster matches the local cluster only (Cilium's policy-default-local-cluster). */
   policyDefaultLocalCluster: boolean;
+  /** cgroup v2 directory of this node's pods for socket-level load balancing; undefined = off. */
+  socketLBCgroup: string | undefined;
 }
 
 /** A config whose nodeIP is known. */
@@ -178,6 +183,7 @@ const fileSchema = z.strictObject({
   serviceCacheTTLSeconds: z.number().min(0, 'must be 0 (keep until the cluster returns) or more').max(86400 * 30, 'at most 2592000 (30 days)').default(0),
   remoteHeartbeatStaleSeconds: z.number().min(1, 'must be at least 1').max(86400, 'at most 86400 (a day)').default(180),
   policyDefaultLocalCluster: z.boolean({ error: 'must be true or false' }).default(true),
+  socketLBCgroup: z.string().min(1).refine((p) => p.startsWith('/') && !p.split('/').includes('..'), 'must be an absolute path to a cgroup v2 directory, without ".."').optional(),
 });
 
 export type AgentConfigInput = z.input<typeof fileSchema>;
@@ -305,6 +311,7 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
     serviceCacheTTLMs: Math.round(c.serviceCacheTTLSeconds * 1000),
     remoteHeartbeatStaleMs: Math.round(c.remoteHeartbeatStaleSeconds * 1000),
     policyDefaultLocalCluster: c.policyDefaultLocalCluster,
+    socketLBCgroup: c.socketLBCgroup,
   };
 }
 

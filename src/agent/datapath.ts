@@ -6,7 +6,7 @@ import { ifindexOf, tcQuery } from '../datapath/libbpf/tc.ts';
 import type * as endpointsMap from '../datapath/maps/endpoints.ts';
 import type * as ipcacheMap from '../datapath/maps/ipcache.ts';
 import { linkInfo } from '../datapath/netdev.ts';
-import type { NodeDatapath } from '../datapath/node.ts';
+import type { NodeDatapath, SocketLBStatus } from '../datapath/node.ts';
 import type { EndpointDatapath } from './endpoints.ts';
 import type { ReconcileTarget } from './reconciler.ts';
 import { ApiError } from './types.ts';
@@ -106,6 +106,8 @@ export interface DatapathStatus {
   programsAttached: number;
   programsExpected: number;
   maps: MapFill[];
+  /** Socket-level load balancing (cgroup sock_addr programs): off unless the config names a cgroup. */
+  socketLB: SocketLBStatus;
 }
 
 function probe(device: string, program: ProgramStatus['program'], ifindex?: number): ProgramStatus {
@@ -141,5 +143,6 @@ export function datapathStatus(dp: NodeDatapath, endpointDevices: readonly strin
     programsAttached: programs.filter((p) => p.attached).length,
     programsExpected: running ? 1 + endpointDevices.length : 0,
     maps,
+    socketLB: dp.socketLB(),
   };
 }

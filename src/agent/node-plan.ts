@@ -19,6 +19,8 @@ export const nodePlanSchema = z.object({
   redirectPeer: z.boolean().default(true),
   /** Also emit an event for every forwarded packet (drops always emit one). */
   traceForwards: z.boolean().default(false),
+  /** cgroup v2 directory of the node's pods: socket-level load balancing there (absent: off). */
+  socketLBCgroup: z.string().startsWith('/').optional(),
   endpoints: z.array(
     z.object({
       ip: ipv4,

@@ -7,6 +7,7 @@ import { isPodReady, type Service } from '../model/index.ts';
 import { StoreWriter } from '../sources/store/writer.ts';
 import { labDown, labUp, validateLatency, validateLoss } from '../lab/lab.ts';
 import { podRecordsOf, type PodRecord } from '../lab/kubelet-config.ts';
+import { inCgroup, nodeCgroupPath } from '../lab/cgroup.ts';
 import {
   applyObjects,
   deleteObjects,
@@ -194,14 +195,15 @@ Example:
       .option('--nodes <n>', 'nodes per cluster', parseSmallCount(16), 2)
       .option('--latency <delay>', 'one-way delay between clusters (netem on the router), e.g. 20ms', checked(validateLatency))
       .option('--loss <percent>', 'packet loss between clusters (netem on the router), e.g. 0.1%', checked(validateLoss))
+      .option('--socket-lb', "socket-level load balancing: services translated once per connection at connect() in each node's pod cgroup")
       .option('--json', 'print the lab state as JSON at the end'),
   )
     .addHelpText('after', '\nExample:\n  clustermesh lab up --clusters 2 --nodes 2 --latency 20ms --lab geo\n\nProcesses keep running after this command returns; remove everything with: clustermesh lab down --lab NAME\n\nkubectl: export KUBECONFIG=$(clustermesh lab kubeconfig --lab NAME); the contexts are the cluster names.')
     .action(
-      action(async (o: LabOpts & { clusters: number; nodes: number; latency?: string; loss?: string; json?: boolean }) => {
+      action(async (o: LabOpts & { clusters: number; nodes: number; latency?: string; loss?: string; socketLb?: boolean; json?: boolean }) => {
         const say = (l: string): void => void (o.json ? console.error(l) : console.log(l));
         let interrupted = false;
-        const up = labUp({ name: o.lab, clusters: o.clusters, nodes: o.nodes, ...(o.latency ? { latency: o.latency } : {}), ...(o.loss ? { loss: o.loss } : {}), progress: say });
+        const up = labUp({ name: o.lab, clusters: o.clusters, nodes: o.nodes, ...(o.latency ? { latency: o.latency } : {}), ...(o.loss ? { loss: o.loss } : {}), ...(o.socketLb ? { socketLB: true } : {}), progress: say });
         const onSignal = (): void => {
           if (interrupted) return;
           interrupted = true;
@@ -423,7 +425,11 @@ Example:
         requireUp(state);
         const { rec } = await findPod(state, podRef, o.cluster, o.namespace);
         const binDir = `${state.dir ?? labDir(state.name)}/bin`;
-        const child = spawn('ip', ['netns', 'exec', rec.netns, ...argv], {
+        // In the node's cgroup, like the pod's own processes (socket LB applies), when the lab made one.
+        const nodeNs = state.nodes.find((n) => n.cluster === rec.cluster && n.name === rec.node)?.netns;
+        const cgroup = nodeNs !== undefined ? nodeCgroupPath(nodeNs, { mount: false }) : undefined;
+        const [cmd, ...args] = inCgroup(cgroup !== undefined && existsSync(cgroup) ? cgroup : undefined, ['ip', 'netns', 'exec', rec.netns, ...argv]);
+        const child = spawn(cmd!, args, {
           stdio: 'inherit',
           env: { ...process.env, PATH: `${binDir}:${process.env.PATH ?? '/usr/bin:/bin'}`, CLUSTERMESH_CLUSTER: rec.cluster, CLUSTERMESH_NODE: rec.node, CLUSTERMESH_POD: rec.name },
         });

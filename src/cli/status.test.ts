@@ -118,6 +118,15 @@ test('summarize: an endpoint refused as a duplicate on a node makes the cluster 
   assert.ok(r.notReady.some((s) => s === 'c1: agent on c1/n1: endpoint c3 (default/web-3) refused at restore: its endpoint ID 1 belongs to endpoint c1 (restored first)'), JSON.stringify(r.notReady));
 });
 
+test('summarize: socket LB configured on a node but a program not attached makes the cluster not ready, naming the hooks', () => {
+  const st = agent('c1', 'n1', []);
+  const programs = (['connect4', 'sendmsg4', 'recvmsg4', 'getpeername4'] as const).map((hook, i) => ({ hook, program: `p${i}`, progId: i + 1, attached: hook !== 'recvmsg4' }));
+  (st as { datapath: unknown }).datapath = { socketLB: { enabled: true, cgroup: '/cg/n1', programs, stats: null } };
+  const r = summarize([probe('c1', 1, [{ node: nodeTarget('c1', 'n1'), status: st, error: null }])], NOW);
+  assert.equal(r.ready, false);
+  assert.ok(r.notReady.includes('c1: agent on c1/n1: socket LB on /cg/n1: recvmsg4 not attached'), JSON.stringify(r.notReady));
+});
+
 test('summarize: no nodes and no remotes is ready (a cluster not meshed yet), and JSON keys are stable', () => {
   const r = summarize([probe('c1', 1, [])], NOW);
   assert.equal(r.ready, true);

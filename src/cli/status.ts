@@ -201,6 +201,12 @@ export function summarize(probes: ClusterProbe[], now: Date = new Date()): Statu
     }
     // Endpoints refused as duplicates (endpoint ID or IP held by another endpoint of the node).
     for (const n of p.nodes) for (const e of n.status?.endpoints.problems ?? []) notReady.push(`${p.name}: agent on ${n.node.key}: ${e}`);
+    // Socket-level load balancing configured but not (all) attached: connections fall back to per-packet translation.
+    for (const n of p.nodes) {
+      const lb = n.status?.datapath?.socketLB; // absent from an older agent
+      const missing = lb && lb.cgroup !== null ? lb.programs.filter((x) => !x.attached).map((x) => x.hook) : [];
+      if (missing.length) notReady.push(`${p.name}: agent on ${n.node.key}: socket LB on ${lb!.cgroup}: ${missing.join(', ')} not attached`);
+    }
     const remoteClusters: RemoteClusterReport[] = [...remoteNames].sort().map((name) => {
       const per = statuses.map(({ node, s }) => ({ node, r: s.remoteClusters.find((x) => x.name === name) }));
       const have = per.flatMap(({ node, r }) => (r ? [{ node, r }] : []));

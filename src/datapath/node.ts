@@ -8,6 +8,11 @@
 //   attachEndpoint()   from_container on a pod's host-side veth ingress,
 //                      to_container on its egress (ingress policy for what
 //                      the stack routes into the pod).
+//   (socketLBCgroup)   sock.bpf.o loaded on the same pins, its four cgroup
+//                      sock_addr programs attached to that cgroup by links
+//                      pinned in the pin dir (socket-level load balancing);
+//                      without the option, links a previous start left are
+//                      detached.
 //   stop()             programs detached (by default), fds closed, pins kept:
 //                      the next start() finds every map entry again.
 //   destroy()          stop() plus pins removed (and the VXLAN device, when
@@ -20,6 +25,7 @@ import { BpfObject } from './libbpf/object.ts';
 import type { BpfMap } from './libbpf/map.ts';
 import { RingBufferReader } from './libbpf/ringbuf.ts';
 import { type TcAttachment, ifindexOf, tcAttach, tcDetach } from './libbpf/tc.ts';
+import { type CgroupHook, attachCgroupPinned, cgroupQuery, detachPinnedLink } from './libbpf/cgroup.ts';
 import { VXLAN_OVERHEAD, applyConfig } from './maps/config.ts';
 import * as endpointsMap from './maps/endpoints.ts';
 import * as eventsMap from './maps/events.ts';
@@ -34,6 +40,7 @@ import * as maglevMap from './maps/maglev.ts';
 import * as policyMap from './maps/policy.ts';
 import * as revnatMap from './maps/revnat.ts';
 import * as servicesMap from './maps/services.ts';
+import * as sockMap from './maps/sock.ts';
 import { deleteLink, ensureVxlanDevice, linkInfo, mtuOfAddress } from './netdev.ts';
 
 const REPO_ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
@@ -43,6 +50,14 @@ export const OVERLAY_OBJECT = 'overlay.bpf.o';
 export const FROM_CONTAINER = 'from_container';
 export const TO_CONTAINER = 'to_container';
 export const FROM_OVERLAY = 'from_overlay';
+export const SOCK_OBJECT = 'sock.bpf.o';
+/** The sock_addr programs of sock.bpf.o by hook, and the name of each one's link pin in the pin dir. */
+export const SOCK_PROGRAMS: ReadonlyArray<{ hook: CgroupHook; program: string; pin: string }> = [
+  { hook: 'connect4', program: 'sock4_connect', pin: 'link_sock4_connect' },
+  { hook: 'sendmsg4', program: 'sock4_sendmsg', pin: 'link_sock4_sendmsg' },
+  { hook: 'recvmsg4', program: 'sock4_recvmsg', pin: 'link_sock4_recvmsg' },
+  { hook: 'getpeername4', program: 'sock4_getpeername', pin: 'link_sock4_getpeername' },
+];
 
 export interface NodeDatapathOptions {
   /** Unique name of the node in the mesh; names the pin directory. */
@@ -69,10 +84,24 @@ export interface NodeDatapathOptions {
   traceForward?: boolean;
   /** Emit a trace event per forwarded TCP connection opening (SYN without ACK; cm_settings); false. */
   traceNew?: boolean;
+  /**
+   * A cgroup v2 directory holding this node's pods: socket-level load
+   * balancing for the sockets of its processes. undefined: off.
+   */
+  socketLBCgroup?: string;
 }
 
-export interface ResolvedNodeDatapathOptions extends Required<Omit<NodeDatapathOptions, 'underlayMtu'>> {
+export interface ResolvedNodeDatapathOptions extends Required<Omit<NodeDatapathOptions, 'underlayMtu' | 'socketLBCgroup'>> {
   underlayMtu: number | undefined;
+  socketLBCgroup: string | undefined;
+}
+
+export interface SocketLBStatus {
+  enabled: boolean;
+  cgroup: string | null;
+  programs: Array<{ hook: CgroupHook; program: string; progId: number | null; attached: boolean }>;
+  /** cm_sock_stats, summed over CPUs (when enabled). */
+  stats: sockMap.SockStats | null;
 }
 
 export interface EndpointAttachment {
@@ -124,6 +153,8 @@ export class NodeDatapath {
   #state: State = 'stopped';
   #lxc: BpfObject | undefined;
   #overlay: BpfObject | undefined;
+  #sock: BpfObject | undefined;
+  readonly #sockProgIds = new Map<CgroupHook, number>();
   #overlayAttachment: TcAttachment | undefined;
   #vxlanIfindex = 0;
   #createdVxlan = false;
@@ -146,6 +177,7 @@ export class NodeDatapath {
       underlayMtu: opts.underlayMtu,
       traceForward: opts.traceForward ?? false,
       traceNew: opts.traceNew ?? false,
+      socketLBCgroup: opts.socketLBCgroup,
     };
     if (!Number.isInteger(this.options.clusterID) || this.options.clusterID < 0 || this.options.clusterID > 511) throw new RangeError(`clusterID ${opts.clusterID} not in 0..511`);
   }
@@ -207,6 +239,7 @@ export class NodeDatapath {
       this.#lxc = this.#load(LXC_OBJECT, config);
       settingsMap.set(this.#lxc.map(settingsMap.MAP_NAME), { traceForward: o.traceForward, traceNew: o.traceNew });
       this.#overlayAttachment = tcAttach({ ifindex: link.ifindex, direction: 'ingress', program: this.#overlay.program(FROM_OVERLAY) });
+      this.#startSocketLB();
       this.#state = 'running';
     } catch (err) {
       try {
@@ -345,13 +378,61 @@ export class NodeDatapath {
     if (vx && !wasRunning) tcDetach(vx.ifindex, 'ingress');
     if (vx && this.#createdVxlan) await deleteLink(this.options.vxlanDevice);
     this.#createdVxlan = false;
+    // Removing a link's pin detaches it too, unless some process holds it: detach for sure.
+    this.#detachSocketLB();
     removePinDir(this.options.pinDir);
   }
 
-  #load(file: string, config: Parameters<typeof applyConfig>[1]): BpfObject {
+  /**
+   * Socket LB on: sock.bpf.o on the node's pins, a pinned link per hook (a
+   * link of an earlier start is replaced after the new one is in place).
+   * Off: links an earlier start pinned are detached.
+   */
+  #startSocketLB(): void {
+    const cgroup = this.options.socketLBCgroup;
+    this.#sockProgIds.clear();
+    if (cgroup === undefined) {
+      this.#detachSocketLB();
+      return;
+    }
+    try {
+      this.#sock = this.#load(SOCK_OBJECT);
+      for (const p of SOCK_PROGRAMS) {
+        const id = attachCgroupPinned({ cgroupPath: cgroup, hook: p.hook, program: this.#sock.program(p.program), pinPath: join(this.options.pinDir, p.pin) });
+        this.#sockProgIds.set(p.hook, id);
+      }
+    } catch (err) {
+      throw new Error(`socket-level load balancing (socketLBCgroup ${cgroup}): ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  #detachSocketLB(): void {
+    for (const p of SOCK_PROGRAMS) detachPinnedLink(join(this.options.pinDir, p.pin));
+  }
+
+  /** Socket-level load balancing: on or off, and what the kernel has attached to the cgroup. */
+  socketLB(): SocketLBStatus {
+    const cgroup = this.options.socketLBCgroup;
+    const enabled = cgroup !== undefined && this.#state === 'running' && this.#sock !== undefined;
+    const programs = SOCK_PROGRAMS.map((p) => {
+      const progId = this.#sockProgIds.get(p.hook) ?? null;
+      let attached = false;
+      if (enabled && progId !== null) {
+        try {
+          attached = cgroupQuery(cgroup, p.hook).includes(progId);
+        } catch {
+          attached = false;
+        }
+      }
+      return { hook: p.hook, program: p.program, progId, attached };
+    });
+    return { enabled, cgroup: cgroup ?? null, programs, stats: enabled ? sockMap.readStats(this.#sock!.map(sockMap.STATS_MAP_NAME)) : null };
+  }
+
+  #load(file: string, config?: Parameters<typeof applyConfig>[1]): BpfObject {
     const obj = BpfObject.open(join(this.options.objectsDir, file), { pinRoot: this.options.pinDir });
     try {
-      applyConfig(obj, config);
+      if (config) applyConfig(obj, config);
       obj.load();
       return obj;
     } catch (err) {
@@ -381,13 +462,22 @@ export class NodeDatapath {
           errors.push(err);
         }
       }
+      if (this.#sock) {
+        try {
+          this.#detachSocketLB();
+        } catch (err) {
+          errors.push(err);
+        }
+      }
     }
     this.#endpoints.clear();
     this.#overlayAttachment = undefined;
     this.#lxc?.close();
     this.#overlay?.close();
+    this.#sock?.close();
     this.#lxc = undefined;
     this.#overlay = undefined;
+    this.#sock = undefined;
     if (errors.length === 1) throw errors[0];
     if (errors.length > 1) throw new AggregateError(errors, `NodeDatapath ${this.options.nodeName}: ${errors.length} detach errors`);
   }

@@ -29,7 +29,7 @@ export function pinDirOf(node: NodeInfo, root = DEFAULT_BPFFS_ROOT): string {
   return join(root, node.netns);
 }
 
-export function nodePlan(topo: Topology, node: NodeInfo, opts: { traceForwards?: boolean; bpffsRoot?: string } = {}): NodePlanInput {
+export function nodePlan(topo: Topology, node: NodeInfo, opts: { traceForwards?: boolean; bpffsRoot?: string; socketLB?: boolean } = {}): NodePlanInput {
   const local = topo.pods.filter((p) => p.node === node);
   return {
     nodeName: node.netns,
@@ -37,6 +37,7 @@ export function nodePlan(topo: Topology, node: NodeInfo, opts: { traceForwards?:
     nodeIP: node.underlayIP,
     pinDir: pinDirOf(node, opts.bpffsRoot),
     traceForwards: opts.traceForwards ?? false,
+    ...(opts.socketLB && node.cgroup !== undefined ? { socketLBCgroup: node.cgroup } : {}),
     endpoints: local.map((p) => ({ ip: p.ip, identity: labPodIdentity(topo, p), hostIfName: p.hostIfName, podMac: p.mac, endpointID: p.index })),
     routes: [
       ...topo.pods.filter((p) => p.node !== node).map((p) => ({ prefix: `${p.ip}/32`, identity: labPodIdentity(topo, p), tunnelEndpoint: p.node.underlayIP })),
@@ -55,7 +56,7 @@ export interface LabDatapath {
 }
 
 /** Programs the clustermesh datapath on every node of a topology built in 'clustermesh' mode. */
-export async function startClustermeshDatapath(topo: Topology, opts: { traceForwards?: boolean } = {}): Promise<LabDatapath> {
+export async function startClustermeshDatapath(topo: Topology, opts: { traceForwards?: boolean; socketLB?: boolean } = {}): Promise<LabDatapath> {
   if (topo.spec.mode !== 'clustermesh') throw new Error(`topology ${topo.id} is wired as '${topo.spec.mode}', not 'clustermesh'`);
   const root = ensureBpffs();
   const work = mkdtempSync(join(tmpdir(), 'clustermesh-plan-'));

@@ -1,5 +1,6 @@
 // Running commands for the test bed: `ip`, `tc`, programs inside namespaces.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { inCgroup } from './cgroup.ts';
 
 export class CommandError extends Error {
   constructor(
@@ -37,9 +38,9 @@ export function run(argv: readonly string[], opts: { input?: string; timeoutMs?:
   });
 }
 
-/** Runs a command inside a network namespace. */
-export function runIn(netns: string, argv: readonly string[], opts: { input?: string; timeoutMs?: number } = {}): Promise<RunResult> {
-  return run(['ip', 'netns', 'exec', netns, ...argv], opts);
+/** Runs a command inside a network namespace (and, with `cgroup`, in that cgroup: a node's pods, src/lab/cgroup.ts). */
+export function runIn(netns: string, argv: readonly string[], opts: { input?: string; timeoutMs?: number; cgroup?: string | undefined } = {}): Promise<RunResult> {
+  return run(inCgroup(opts.cgroup, ['ip', 'netns', 'exec', netns, ...argv]), opts);
 }
 
 /** Runs `ip -batch -` inside a namespace (or the root namespace when netns is undefined). */
@@ -48,10 +49,11 @@ export function ipBatch(netns: string | undefined, lines: readonly string[]): Pr
   return run(argv, { input: lines.join('\n') + '\n' });
 }
 
-/** Starts a long-running process inside a namespace; the caller owns the child and must stop it. */
-export function spawnIn(netns: string, argv: readonly string[], opts: { logFd?: number; env?: NodeJS.ProcessEnv } = {}): ChildProcess {
+/** Starts a long-running process inside a namespace (and `cgroup`, as runIn); the caller owns the child and must stop it. */
+export function spawnIn(netns: string, argv: readonly string[], opts: { logFd?: number; env?: NodeJS.ProcessEnv; cgroup?: string | undefined } = {}): ChildProcess {
   const out = opts.logFd ?? 'ignore';
-  return spawn('ip', ['netns', 'exec', netns, ...argv], {
+  const [cmd, ...args] = inCgroup(opts.cgroup, ['ip', 'netns', 'exec', netns, ...argv]);
+  return spawn(cmd!, args, {
     stdio: ['ignore', out, out],
     env: opts.env ?? process.env,
   });

@@ -30,6 +30,8 @@ export const kubeletConfigSchema = z.object({
   netconf: z.record(z.string(), z.unknown()),
   /** Nameserver in the pods' resolv.conf. */
   dnsIP: z.string(),
+  /** The node's cgroup (src/lab/cgroup.ts): containers run in it, where the agent's socket LB sees them. */
+  cgroup: z.string().optional(),
 });
 export type KubeletConfig = z.infer<typeof kubeletConfigSchema>;
 

@@ -9,7 +9,8 @@
 //      CNI_NETNS, CNI_IFNAME, CNI_ARGS, the network config on stdin, the result
 //      JSON on stdout;
 //   3. starts each container's command inside the namespace (`ip netns exec`,
-//      own session, log file), restarting it with backoff when it exits;
+//      own session, log file) and the node's cgroup (socket-level load
+//      balancing is attached there), restarting it with backoff when it exits;
 //   4. writes the Pod's status back: podIP, phase, and Ready when every
 //      process runs and every declared TCP port accepts a connection.
 // A Pod that is gone from the store (or replaced: another uid) is torn down:
@@ -23,6 +24,7 @@ import { KvClient } from '../kvstore/client.ts';
 import { parseObject, type Pod } from '../model/index.ts';
 import { storeKindPrefix } from '../sources/store/keys.ts';
 import { encodeStoreObject } from '../sources/store/writer.ts';
+import { inCgroup } from './cgroup.ts';
 import { run } from './exec.ts';
 import { childEnv } from './process.ts';
 import { processStartTime, sameProcessAlive } from './state.ts';
@@ -302,7 +304,8 @@ export class Kubelet {
       const fd = openSync(logFile, 'a');
       try {
         const binDir = join(this.cfg.nodeDir, '..', '..', 'bin');
-        const child = spawn('ip', ['netns', 'exec', rec.netns, ...argv], {
+        const [cmd, ...args] = inCgroup(this.cfg.cgroup, ['ip', 'netns', 'exec', rec.netns, ...argv]);
+        const child = spawn(cmd!, args, {
           stdio: ['ignore', fd, fd],
           detached: true,
           env: childEnv({

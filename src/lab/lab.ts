@@ -6,6 +6,7 @@ import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync, writeFileS
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DEFAULT_BPFFS_ROOT, removePinDir } from '../datapath/bpffs.ts';
+import { removeNodeCgroup } from './cgroup.ts';
 import { run } from './exec.ts';
 import { startMesh, type Mesh, type MeshCreated } from './mesh.ts';
 import { ManagedProcess, childEnv } from './process.ts';
@@ -53,6 +54,8 @@ export interface LabUpOptions {
   loss?: string;
   progress?: (line: string) => void;
   readyTimeoutMs?: number;
+  /** Socket-level load balancing: each agent attaches to its node's cgroup, where the kubelet runs the pods (default false). */
+  socketLB?: boolean;
 }
 
 export interface LabUpResult {
@@ -308,6 +311,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
             ipam: { podCIDR: a.node.podCIDR, gateway: a.node.gatewayIP, rangeStart: a.node.podCIDR.replace(/0\/24$/, '10') },
           },
           dnsIP: DNS_SERVICE_IP,
+          ...(a.node.cgroup !== undefined ? { cgroup: a.node.cgroup } : {}),
         };
         const cfgFile = kubeletConfigFile(a.dir);
         writeFileSync(cfgFile, JSON.stringify(cfg, null, 2) + '\n');
@@ -348,6 +352,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
       keepDir: true,
       onCreated,
       readyTimeoutMs: o.readyTimeoutMs ?? 90_000,
+      ...(o.socketLB ? { agent: { socketLB: true } } : {}),
       progress: (l) => {
         if (/apiservers synced/.test(l)) {
           step = 'agents';
@@ -644,6 +649,10 @@ async function labDownNow(name: string, o: LabDownOptions): Promise<LabDownResul
       }
       out.namespaces.push(ns);
     });
+  }
+  // 4b. the node cgroups, named after the node namespaces (their processes are gone by now).
+  for (const ns of state.namespaces) {
+    await attempt(`remove cgroup of ${ns}`, () => removeNodeCgroup(ns));
   }
   // 5. the lab dir (state, PKI, logs), unless something could not be removed: then the state stays for another try.
   if (out.errors.length === 0 && !o.keepDir) {

@@ -59,6 +59,8 @@ export interface MeshOptions {
     fullSyncIntervalSeconds?: number;
     logLevel?: LogLevel;
     maxConnectedClusters?: 255 | 511;
+    /** Socket-level load balancing on each node's cgroup (topology NodeInfo.cgroup); default false. */
+    socketLB?: boolean;
     /** Merged into every agent config last (settings the contract does not name yet). */
     extra?: Record<string, unknown>;
   };
@@ -387,6 +389,7 @@ class LabMesh implements Mesh {
       syncTimeoutSeconds: a.syncTimeoutSeconds ?? 30,
       fullSyncIntervalSeconds: a.fullSyncIntervalSeconds ?? 30,
       logLevel: a.logLevel ?? 'info',
+      ...(a.socketLB && node.cgroup !== undefined ? { socketLBCgroup: node.cgroup } : {}),
       ...(a.extra ?? {}),
     };
     const configFile = join(dir, 'agent.yaml');

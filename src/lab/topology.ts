@@ -9,6 +9,7 @@
 //   pods of node n in cluster c: 10.(100+c).n.0/24, gateway 10.(100+c).n.1,
 //   pod p at 10.(100+c).n.(10+p)
 import { randomBytes } from 'node:crypto';
+import { createNodeCgroup, removeNodeCgroup } from './cgroup.js';
 import { ipBatch, run, runIn } from './exec.js';
 import { forgetTopology, orphanedTopologies, recordTopology } from './registry.js';
 
@@ -50,6 +51,8 @@ export interface NodeInfo {
   underlayIP: string;
   podCIDR: string;
   gatewayIP: string;
+  /** The node's cgroup (src/lab/cgroup.ts), where its pods' processes run; undefined without cgroup v2. */
+  cgroup: string | undefined;
 }
 
 export interface PodInfo {
@@ -171,8 +174,10 @@ export async function createTopology(specIn: TopologySpec, options: TopologyOpti
           underlayIP: nodeUnderlayIP(c, n),
           podCIDR: nodePodCIDR(c, n),
           gatewayIP: nodeGatewayIP(c, n),
+          cgroup: undefined,
         };
         await addNamespace(topo, node.netns);
+        node.cgroup = createNodeCgroup(node.netns);
         topo.nodes.push(node);
         const routerEnd = `c${c}n${n}`;
         await ipBatch(undefined, [`link add ${routerEnd} netns ${topo.routerNetns} type veth peer name ${UNDERLAY_DEV} netns ${node.netns}`]);
@@ -294,7 +299,6 @@ async function wireKernelVxlan(topo: Topology): Promise<void> {
   }
 }
 
-/** Removes every namespace the topology created (links inside go with them). Safe to call twice. */
 /** Removes what topologies of crashed processes left behind; returns the names removed. */
 export async function sweepOrphanedTopologies(): Promise<string[]> {
   const swept: string[] = [];
@@ -306,6 +310,10 @@ export async function sweepOrphanedTopologies(): Promise<string[]> {
   return swept;
 }
 
+/**
+ * Removes every namespace the topology created (links inside go with them)
+ * and the cgroups of its nodes (named after their namespaces). Safe to call twice.
+ */
 export async function destroyTopology(topo: Pick<Topology, 'namespaces'> & Partial<Pick<Topology, 'id' | 'spec'>>): Promise<void> {
   const errors: unknown[] = [];
   for (const ns of [...topo.namespaces].reverse()) {
@@ -316,8 +324,28 @@ export async function destroyTopology(topo: Pick<Topology, 'namespaces'> & Parti
       errors.push(err);
     }
   }
-  if (errors.length) throw new AggregateError(errors, `topology: ${errors.length} namespaces could not be removed`);
+  for (const ns of topo.namespaces) {
+    try {
+      await removeCgroupWhenEmpty(ns);
+    } catch (err) {
+      errors.push(err);
+    }
+  }
+  if (errors.length) throw new AggregateError(errors, `topology: ${errors.length} namespaces or cgroups could not be removed: ${errors.map((e) => (e as Error).message).join('; ')}`);
   if (topo.id && topo.spec) forgetTopology(topologyBase({ id: topo.id, spec: topo.spec }));
+}
+
+/** A node cgroup whose last processes are still exiting gets a moment (2 s) before it counts as busy. */
+async function removeCgroupWhenEmpty(ns: string): Promise<void> {
+  for (let i = 0; ; i++) {
+    try {
+      removeNodeCgroup(ns);
+      return;
+    } catch (err) {
+      if (i >= 40) throw err;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
 }
 
 export async function namespaceExists(name: string): Promise<boolean> {

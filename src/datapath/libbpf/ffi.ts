@@ -59,6 +59,11 @@ export interface LibbpfNative {
   bpf_obj_get: (path: string) => number;
   bpf_obj_get_info_by_fd: (fd: number, info: Buffer, len: Buffer) => number;
   bpf_prog_test_run_opts: (fd: number, opts: Buffer) => number;
+  // links and cgroup attachment
+  bpf_link_create: (progFd: number, targetFd: number, attachType: number, opts: Buffer | null) => number;
+  bpf_link_update: (linkFd: number, newProgFd: number, opts: Buffer | null) => number;
+  bpf_link_detach: (linkFd: number) => number;
+  bpf_prog_query: (targetFd: number, attachType: number, queryFlags: number, attachFlags: Buffer, progIds: Buffer, progCnt: Buffer) => number;
   // tc
   bpf_tc_hook_create: (hook: Buffer) => number;
   bpf_tc_hook_destroy: (hook: Buffer) => number;
@@ -137,6 +142,10 @@ export function lib(): Native {
     bpf_obj_get: d('int bpf_obj_get(const char *path)'),
     bpf_obj_get_info_by_fd: d('int bpf_obj_get_info_by_fd(int fd, void *info, void *info_len)'),
     bpf_prog_test_run_opts: d('int bpf_prog_test_run_opts(int fd, void *opts)'),
+    bpf_link_create: d('int bpf_link_create(int prog_fd, int target_fd, int attach_type, void *opts)'),
+    bpf_link_update: d('int bpf_link_update(int link_fd, int new_prog_fd, void *opts)'),
+    bpf_link_detach: d('int bpf_link_detach(int link_fd)'),
+    bpf_prog_query: d('int bpf_prog_query(int target_fd, int type, uint32_t query_flags, void *attach_flags, void *prog_ids, void *prog_cnt)'),
     bpf_tc_hook_create: d('int bpf_tc_hook_create(void *hook)'),
     bpf_tc_hook_destroy: d('int bpf_tc_hook_destroy(void *hook)'),
     bpf_tc_attach: d('int bpf_tc_attach(void *hook, void *opts)'),

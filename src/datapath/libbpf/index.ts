@@ -5,3 +5,4 @@ export { BpfProgram, SK_BUFF_SIZE, TcAction, skbContext, type SkbContextFields, 
 export { TcAttachment, ifindexOf, tcAttach, tcDetach, tcDetachAll, tcHookDestroy, tcQuery, type TcAttachOptions, type TcDirection } from './tc.ts';
 export { RingBufferReader, readRingBuffer, type RingBufferHandler } from './ringbuf.ts';
 export { setLibbpfLogHandler, type LibbpfLogLevel } from './ffi.ts';
+export { CGROUP_ATTACH_TYPE, attachCgroupPinned, cgroupQuery, detachPinnedLink, isCgroup2Dir, programId, type CgroupHook } from './cgroup.ts';

@@ -1,6 +1,8 @@
 // cm_affinity (bpf/lib/lb.h): LRU hash, (client IPv4, service id) ->
 // backend and the last time a new connection of that client used it. For
-// services with sessionAffinity ClientIP (SVC_F_AFFINITY). The datapath does
+// services with sessionAffinity ClientIP (SVC_F_AFFINITY). Clients of
+// socket-level LB (bpf/sock.bpf.c) have no address at connect(): their key is
+// 0.x.y.z, the low 24 bits of the pod's network namespace cookie. The datapath does
 // not know which backends belong to a service: when a backend leaves a
 // service, the reconciler deletes its entries (removeForBackends).
 import { type MapHandle, expectSize, field, readIPv4, readU32, struct, typedOps, writeIPv4, writeU32 } from './codec.ts';

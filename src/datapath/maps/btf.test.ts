@@ -21,9 +21,11 @@ import * as policy from './policy.ts';
 import * as maglev from './maglev.ts';
 import * as revnat from './revnat.ts';
 import * as services from './services.ts';
+import * as sock from './sock.ts';
 
 const BPF_DIR = fileURLToPath(new URL('../../../bpf/', import.meta.url));
 const OBJECTS = ['build/lxc.bpf.o', 'build/overlay.bpf.o'];
+const SOCK_OBJECT = 'build/sock.bpf.o';
 
 interface BtfMember {
   name: string;
@@ -225,6 +227,29 @@ describe('TypeScript codecs match the C structs (BTF)', () => {
       });
     });
   }
+
+  describe(SOCK_OBJECT, () => {
+    let btf: Btf;
+    before(() => {
+      execFileSync('make', ['-s', '-C', BPF_DIR, SOCK_OBJECT], { stdio: ['ignore', 'ignore', 'inherit'] });
+      btf = Btf.load(SOCK_OBJECT);
+    });
+    // The service maps it shares with lxc.bpf.o (same pins) and its own.
+    const shared = [services.MAP_NAME, backends.MAP_NAME, backendSlots.MAP_NAME, maglev.MAP_NAME, revnat.MAP_NAME, affinity.MAP_NAME];
+    it('its structs have the codecs\' sizes and offsets', () => {
+      const layouts = [sock.KEY_LAYOUT, sock.VALUE_LAYOUT, services.KEY_LAYOUT, services.VALUE_LAYOUT, backends.VALUE_LAYOUT, backendSlots.KEY_LAYOUT, maglev.VALUE_LAYOUT, revnat.VALUE_LAYOUT, affinity.KEY_LAYOUT, affinity.VALUE_LAYOUT];
+      for (const l of layouts) assert.deepEqual(layoutDrift(btf, l), [], l.cName);
+    });
+    it('its maps are declared with the codec structs', () => {
+      for (const m of MAPS.filter((x) => shared.includes(x.name))) assert.deepEqual(btf.mapTypes(m.name), { key: m.key, value: m.value }, m.name);
+      assert.deepEqual(btf.mapTypes(sock.REVNAT_MAP_NAME), { key: sock.KEY_LAYOUT.cName, value: sock.VALUE_LAYOUT.cName });
+      assert.deepEqual(btf.mapTypes(sock.STATS_MAP_NAME), { key: '__u32', value: '__u64' });
+    });
+    it('the stat indexes match enum cm_sock_stat', () => {
+      const want = Object.fromEntries(sock.SOCK_STATS.map((n, i) => [sock.SOCK_STAT_C_NAMES[n], i]));
+      assert.deepEqual(btf.enumValues('cm_sock_stat'), { ...want, SOCK_STAT_MAX: sock.SOCK_STATS.length });
+    });
+  });
 
   it('the drift check itself catches a moved member, a wrong size and a missing member', () => {
     const btf = btfs[0]!;
