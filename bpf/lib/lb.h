@@ -225,10 +225,9 @@ static __always_inline bool lb4_extract(struct __sk_buff *ctx, const struct iphd
 	t->frag = (ip->frag_off & bpf_htons(CM_IP_MF)) != 0;
 	t->sport = bpf_htons(tc->sport);
 	t->dport = bpf_htons(tc->dport);
-	t->tcp_flags = 0;
-	if (t->proto == IPPROTO_TCP &&
-	    bpf_skb_load_bytes(ctx, t->l4_off + 13, &t->tcp_flags, 1) < 0)
-		return false;
+	/* Read once, by trace_parse_ipv4 (events.h), like the ports: the TCP
+	 * header is whole here (checked above). */
+	t->tcp_flags = t->proto == IPPROTO_TCP ? tc->tcp_flags : 0;
 	return true;
 }
 
