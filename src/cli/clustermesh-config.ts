@@ -306,6 +306,25 @@ interface ConnectFlags {
   clusterName?: string;
   clusterId?: number;
   destinationAccess?: string[];
+  // by kube context (clusters installed with clustermesh install)
+  context?: string;
+  destinationContext?: string;
+  kubeconfig?: string;
+  namespace: string;
+  endpoint?: string[];
+  destinationEndpoint?: string[];
+}
+
+/** Both installed clusters of a --context / --destination-context pair, read through their Kubernetes APIs. */
+async function contextPair(o: ConnectFlags, verb: 'connect' | 'disconnect') {
+  if (!o.context || !o.destinationContext) throw new CliError('--context and --destination-context go together (the two clusters, by kube context)');
+  if (o.connectionMode === 'mesh') throw new CliError('--connection-mode mesh is for labs; by context, connect the pairs one by one');
+  const { loadKubeConfig } = await import('../install/apply.ts');
+  const { readInstalledCluster } = await import('../install/connect.ts');
+  const a = await readInstalledCluster(loadKubeConfig({ kubeconfig: o.kubeconfig, context: o.context }), o.namespace, o.endpoint, '--context', verb === 'connect');
+  const b = await readInstalledCluster(loadKubeConfig({ kubeconfig: o.kubeconfig, context: o.destinationContext }), o.namespace, o.destinationEndpoint, '--destination-context', verb === 'connect');
+  if (a.name === b.name && a.context === b.context) throw new CliError(`--context and --destination-context name the same cluster (${a.context})`);
+  return { a, b, unicast: o.connectionMode === 'unicast' };
 }
 
 function parseClusterId(v: string): number {
@@ -316,7 +335,14 @@ function parseClusterId(v: string): number {
 
 async function connectAction(closer: Closer, o: ConnectFlags): Promise<number> {
   const done: Array<{ source: string; destination: string; file: string }> = [];
-  if (o.configDir !== undefined || o.destinationAccess !== undefined) {
+  if (o.context !== undefined || o.destinationContext !== undefined) {
+    const { a, b, unicast } = await contextPair(o, 'connect');
+    const { connectInstalled, remoteKeys } = await import('../install/connect.ts');
+    for (const [s, d] of await connectInstalled(a, b, unicast)) {
+      const c = s === a.name ? a : b;
+      done.push({ source: s, destination: d, file: `${c.context}: secret ${c.namespace}/clustermesh-remotes, key ${remoteKeys(d).config}` });
+    }
+  } else if (o.configDir !== undefined || o.destinationAccess !== undefined) {
     // Explicit: install destination bundles into one config dir (unicast).
     if (!o.configDir) throw new CliError('--config-dir is required with --destination-access (the remote-cluster dir of the source cluster\'s agents)');
     if (!o.clusterName || o.clusterId === undefined) throw new CliError('--cluster-name and --cluster-id of the source cluster are required with --config-dir (to refuse a destination with the same name or ID)');
@@ -370,7 +396,11 @@ async function connectAction(closer: Closer, o: ConnectFlags): Promise<number> {
 
 async function disconnectAction(_closer: Closer, o: ConnectFlags): Promise<number> {
   const done: Array<{ source: string; destination: string; removed: boolean }> = [];
-  if (o.configDir !== undefined) {
+  if (o.context !== undefined || o.destinationContext !== undefined) {
+    const { a, b, unicast } = await contextPair(o, 'disconnect');
+    const { disconnectInstalled } = await import('../install/connect.ts');
+    for (const [source, destination, removed] of await disconnectInstalled(a, b, unicast)) done.push({ source, destination, removed });
+  } else if (o.configDir !== undefined) {
     if (!o.destinationCluster?.length) throw new CliError('--destination-cluster is required (the remote cluster to remove from --config-dir)');
     for (const d of o.destinationCluster) done.push({ source: o.clusterName ?? o.configDir, destination: d, removed: await removeRemoteConfig(o.configDir, d) });
   } else {
@@ -447,28 +477,35 @@ function connectOptions(cmd: Command, verb: 'connect' | 'disconnect'): Command {
     .option('--destination-cluster <name>', `the cluster to ${verb} ${verb === 'connect' ? 'to' : 'from'} (repeatable; default with --connection-mode mesh: every other cluster of the lab)`, collect)
     .addOption(new Option('--connection-mode <mode>', 'unicast: only --cluster imports the destination; bidirectional: both ways; mesh: every pair of the clusters named').choices(['unicast', 'bidirectional', 'mesh']).default('bidirectional'))
     .option('--config-dir <dir>', "no lab: the source cluster's remote-cluster dir (its agents' clustermeshConfigDir)")
+    .option('--context <name>', `clusters installed with clustermesh install: the kube context of the cluster to ${verb}`)
+    .option('--destination-context <name>', `the kube context of the cluster to ${verb} ${verb === 'connect' ? 'to' : 'from'}`)
+    .option('--kubeconfig <file>', 'kubeconfig holding both contexts (default: $KUBECONFIG, then ~/.kube/config)')
+    .option('--namespace <ns>', 'namespace of both installs', 'clustermesh-system')
     .addOption(outputOpt());
 }
 
 export function connectCommand(): Command {
   const cmd = connectOptions(new Command('connect'), 'connect')
-    .description("connect clusters: install each destination's access (config file and client certificate) into the source's remote-cluster dir; agents connect by themselves. Refuses clusters whose names do not match their etcd or whose IDs collide")
+    .description("connect clusters: install each destination's access (config file and client certificate) into the source's remote-cluster dir, or, for clusters installed with clustermesh install (--context/--destination-context), into each one's Secret clustermesh-remotes; agents connect by themselves. Checks both sides first and refuses clusters whose names do not match their etcd, whose IDs collide, whose maxConnectedClusters differ, or whose etcd cannot be reached with the certificates the agents will use")
     .option('--cluster-name <name>', 'no lab: the source cluster name (with --config-dir)')
     .option('--cluster-id <id>', 'no lab: the source cluster ID (with --config-dir)', parseClusterId)
     .option('--destination-access <file>', 'no lab: an access.yaml written by clustermesh enable (repeatable)', collect)
+    .option('--endpoint <url>', "by context: how the destination's agents reach this cluster's etcd (repeatable; default: from its Service: node InternalIPs and the NodePort, or the load balancer)", collect)
+    .option('--destination-endpoint <url>', "by context: how this cluster's agents reach the destination's etcd (repeatable; default: from its Service)", collect)
     .action(action('connect', connectAction));
   return example(
     cmd,
     'clustermesh connect --cluster cluster1 --destination-cluster cluster2',
     'clustermesh connect --cluster cluster1 --connection-mode mesh        # every cluster of the lab with every other',
     'clustermesh connect --config-dir /etc/clustermesh/remote-clusters --cluster-name c1 --cluster-id 1 --destination-access ./c2-access/access.yaml',
+    'clustermesh connect --context kind-c1 --destination-context kind-c2   # clusters installed with clustermesh install',
   );
 }
 
 export function disconnectCommand(): Command {
   const cmd = connectOptions(new Command('disconnect'), 'disconnect')
-    .description("disconnect clusters: remove the config files (and certificates) of the destination from the source's remote-cluster dir (both ways by default); agents drain what they learned from it")
+    .description("disconnect clusters: remove the config files (and certificates) of the destination from the source's remote-cluster dir, or by kube context from the installs' Secrets (both ways by default); agents drain what they learned from it")
     .option('--cluster-name <name>', 'no lab: the source cluster name (for messages)')
     .action(action('disconnect', disconnectAction));
-  return example(cmd, 'clustermesh disconnect --cluster cluster1 --destination-cluster cluster2', 'clustermesh disconnect --config-dir /etc/clustermesh/remote-clusters --destination-cluster c2');
+  return example(cmd, 'clustermesh disconnect --cluster cluster1 --destination-cluster cluster2', 'clustermesh disconnect --config-dir /etc/clustermesh/remote-clusters --destination-cluster c2', 'clustermesh disconnect --context kind-c1 --destination-context kind-c2');
 }

@@ -68,13 +68,17 @@ describe('remote cluster config files', () => {
     });
   });
 
-  it('scan of a missing directory is empty; dot files are ignored', async () => {
+  it("scan of a missing directory is empty; names with a dot are ignored (Secret mounts, Cilium's certificate keys)", async () => {
     await withDir(async (dir) => {
       const s = await scanConfigDir(join(dir, 'nope'));
       assert.equal(s.configs.size + s.errors.size, 0);
       await writeFile(join(dir, '..data'), 'junk');
+      for (const f of ['c2.etcd-client-ca.crt', 'c2.etcd-client.crt', 'c2.etcd-client.key']) await writeFile(join(dir, f), '-----BEGIN junk-----');
       const s2 = await scanConfigDir(dir);
       assert.equal(s2.configs.size + s2.errors.size, 0);
+      await writeFile(join(dir, 'c2'), `endpoints: [https://192.0.2.2:32002]\ntrusted-ca-file: ${join(dir, 'c2.etcd-client-ca.crt')}\ncert-file: ${join(dir, 'c2.etcd-client.crt')}\nkey-file: ${join(dir, 'c2.etcd-client.key')}\n`);
+      const s3 = await scanConfigDir(dir);
+      assert.deepEqual([[...s3.configs.keys()], s3.errors.size], [['c2'], 0], 'the config beside its certificates, and nothing else');
     });
   });
 });

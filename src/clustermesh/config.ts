@@ -8,8 +8,11 @@
 //   key-file: client.key
 //   server-name: etcd.c2.mesh      # optional: TLS name to verify instead of the endpoint host
 //
-// Names starting with '.' are ignored (Kubernetes secret mounts keep their
-// `..data` links there). Every other entry must be a valid cluster name.
+// Names with a '.' are ignored: a cluster name has none, and what sits beside
+// the configs has one (Kubernetes secret mounts keep their `..data` links
+// there; Cilium's Secret layout, which `clustermesh connect --context` writes,
+// puts `<cluster>.etcd-client-ca.crt`, `.etcd-client.crt` and `.etcd-client.key`
+// beside each config). Every other entry must be a valid cluster name.
 //
 // `ConfigDirWatcher` reports add / change / remove per cluster. A change is any
 // change of the file or of the certificate files it names (a rotated
@@ -161,7 +164,10 @@ export async function scanConfigDir(dir: string): Promise<ConfigDirScan> {
     throw e;
   }
   for (const name of names.sort()) {
-    if (name.startsWith('.')) continue;
+    // A cluster name has no '.': dotted names are what sits beside the configs
+    // (Kubernetes' ..data links of a mounted Secret, `<cluster>.etcd-client.crt`
+    // and the other certificate files of Cilium's layout).
+    if (name.includes('.')) continue;
     const file = join(abs, name);
     try {
       const st = await stat(file); // follows symlinks

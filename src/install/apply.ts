@@ -25,7 +25,7 @@ export function describe(o: Pick<KubeObject, 'kind' | 'metadata'>): string {
 }
 
 /** The HTTP status of a client-node error, or undefined for other errors. */
-function statusOf(err: unknown): number | undefined {
+export function statusOf(err: unknown): number | undefined {
   return err instanceof ApiException ? err.code : undefined;
 }
 
@@ -44,7 +44,7 @@ export function apiMessage(err: unknown): string {
   return (err as Error).message ?? String(err);
 }
 
-async function read(api: KubernetesObjectApi, o: KubeObject): Promise<KubernetesObject | undefined> {
+export async function read(api: KubernetesObjectApi, o: KubeObject): Promise<KubernetesObject | undefined> {
   try {
     return await api.read({ apiVersion: o.apiVersion, kind: o.kind, metadata: { name: o.metadata.name, ...(o.metadata.namespace ? { namespace: o.metadata.namespace } : {}) } });
   } catch (err) {

@@ -80,7 +80,7 @@ export const NAMES = {
 
 export const ETCD_PORT = 2379;
 /** Paths inside the containers. */
-const PATHS = {
+export const PATHS = {
   config: '/etc/clustermesh/config',
   etcdClient: '/etc/clustermesh/etcd',
   etcdServer: '/etc/clustermesh/etcd-server',
