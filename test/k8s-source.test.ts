@@ -18,7 +18,7 @@ import { StoreSource, StoreWriter, type ResourceEvent, type SourceProblem } from
 import { sliceBackends, type ObjectKind } from '../src/model/index.ts';
 
 const ROOT = new URL('..', import.meta.url).pathname;
-const CILIUM_CRDS = join(ROOT, 'src/lab/kube-api/crds/cilium-policies.yaml');
+const CILIUM_CRDS = join(ROOT, 'deploy/crds/cilium-policies.yaml');
 const NS = 'cmt-ks';
 
 let dir: string;

@@ -67,7 +67,7 @@ try {
     return r;
   };
   // The Cilium policy CRDs, as on a cluster running Cilium (their kinds are watched too).
-  for (const doc of parseAllDocuments(await readFile(join(here, '../../src/lab/kube-api/crds/cilium-policies.yaml'), 'utf8'))) {
+  for (const doc of parseAllDocuments(await readFile(join(here, '../../deploy/crds/cilium-policies.yaml'), 'utf8'))) {
     const crd = doc.toJS() as Record<string, unknown> | null;
     if (crd) await server.create(type('apiextensions.k8s.io', 'v1', 'customresourcedefinitions'), undefined, crd as never, new URLSearchParams());
   }
