@@ -8,7 +8,6 @@
 // that every refusal writes nothing.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,14 +18,9 @@ import { clusterConfigKey } from '../src/clustermesh/keys.ts';
 import { encodeClusterConfig } from '../src/clustermesh/wire.ts';
 import { KvClient, startEtcd, type EtcdServer } from '../src/kvstore/index.ts';
 import { startKubeApi, type KubeApiServer } from '../src/lab/kube-api/index.ts';
+import { kubectlFor, ok, run } from './helpers/kube.ts';
 
 const CLI = join(new URL('..', import.meta.url).pathname, 'bin/clustermesh.js');
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
 
 let dir: string;
 let store: EtcdServer;
@@ -35,21 +29,10 @@ const servers: KubeApiServer[] = [];
 const meshEtcds: Record<string, EtcdServer> = {};
 let kubeconfigs: string;
 
-function run(cmd: string, args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(cmd, args, { env: { ...process.env, KUBECONFIG: kubeconfigs, KUBECACHEDIR: join(dir, 'kube-cache') }, timeout: 120_000, maxBuffer: 16 << 20 }, (err, stdout, stderr) =>
-      resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr }),
-    );
-  });
-}
-const cli = (...args: string[]) => run(process.execPath, [CLI, ...args]);
-async function ok(r: Promise<Run>, what: string): Promise<string> {
-  const x = await r;
-  assert.equal(x.code, 0, `${what} failed (${x.code}):\n${x.stderr}${x.stdout}`);
-  return x.stdout;
-}
+const k = kubectlFor({ kubeconfig: () => kubeconfigs, cacheDir: () => join(dir, 'kube-cache') });
+const cli = (...args: string[]) => run(process.execPath, [CLI, ...args], { env: k.env() });
 async function remotesSecret(ctx: string): Promise<{ data: Record<string, string>; annotations: Record<string, string>; resourceVersion: string }> {
-  const s = JSON.parse(await ok(run('kubectl', ['--context', ctx, '-n', 'clustermesh-system', 'get', 'secret', 'clustermesh-remotes', '-o', 'json']), 'get remotes'));
+  const s = JSON.parse(await k.kubectlOk('--context', ctx, '-n', 'clustermesh-system', 'get', 'secret', 'clustermesh-remotes', '-o', 'json'));
   return { data: s.data ?? {}, annotations: s.metadata.annotations ?? {}, resourceVersion: s.metadata.resourceVersion };
 }
 const endpointOf = (c: string) => meshEtcds[c]!.connection('remote', { via: 'network' }).endpoints[0]!;
@@ -101,7 +84,7 @@ describe('connect and disconnect by kube context', { timeout: 600_000 }, () => {
       const conn = meshEtcds[c]!.connection('remote');
       const b64 = async (f: string) => (await readFile(f)).toString('base64');
       const data = { 'ca.crt': await b64(conn.caFile), 'tls.crt': await b64(conn.certFile), 'tls.key': await b64(conn.keyFile) };
-      await ok(run('kubectl', ['--context', c, '-n', 'clustermesh-system', 'patch', 'secret', 'clustermesh-etcd-remote', '--type', 'merge', '-p', JSON.stringify({ data })]), 'patch remote cert');
+      await k.kubectlOk('--context', c, '-n', 'clustermesh-system', 'patch', 'secret', 'clustermesh-etcd-remote', '--type', 'merge', '-p', JSON.stringify({ data }));
     }
 
     // 2. An endpoint that does not answer, and the other cluster's etcd (its CA does not verify that server): refused, naming them.

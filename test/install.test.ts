@@ -5,7 +5,6 @@
 // that uninstall leaves the cluster as it found it.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,15 +12,10 @@ import { join } from 'node:path';
 import { KvClient, startEtcd, type EtcdServer } from '../src/kvstore/index.ts';
 import { startKubeApi, type KubeApiServer } from '../src/lab/kube-api/index.ts';
 import { CRDS_FILE } from '../src/install/manifests.ts';
+import { eventually, kubectlFor, ok, run } from './helpers/kube.ts';
 
 const ROOT = new URL('..', import.meta.url).pathname;
 const CLI = join(ROOT, 'bin/clustermesh.js');
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
 
 let dir: string;
 let etcd: EtcdServer;
@@ -29,41 +23,15 @@ let kv: KvClient;
 let server: KubeApiServer;
 let kubeconfig: string;
 
-function run(cmd: string, args: string[], input?: string): Promise<Run> {
-  return new Promise((resolve) => {
-    const child = execFile(
-      cmd,
-      args,
-      { env: { ...process.env, KUBECONFIG: kubeconfig, KUBECACHEDIR: join(dir, 'kube-cache') }, timeout: 120_000, maxBuffer: 16 << 20 },
-      (err, stdout, stderr) => resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr }),
-    );
-    if (input !== undefined) child.stdin!.end(input);
-  });
-}
-const kubectl = (...args: string[]) => run('kubectl', ['--context', 'c1', ...args]);
-const cli = (...args: string[]) => run(process.execPath, [CLI, ...args]);
-
-async function ok(r: Promise<Run>, what: string): Promise<string> {
-  const x = await r;
-  assert.equal(x.code, 0, `${what} failed (${x.code}):\n${x.stderr}${x.stdout}`);
-  return x.stdout;
-}
+const k = kubectlFor({ kubeconfig: () => kubeconfig, cacheDir: () => join(dir, 'kube-cache') });
+const kubectl = (...args: string[]) => k.kubectl('--context', 'c1', ...args);
+const cli = (...args: string[]) => run(process.execPath, [CLI, ...args], { env: k.env() });
 
 /** Everything of the kinds install touches, as `kind/namespace/name@resourceVersion` (the cluster's state, to compare). */
 async function snapshot(): Promise<string[]> {
   const out = await ok(kubectl('get', 'namespaces,customresourcedefinitions,clusterroles,clusterrolebindings,configmaps,secrets,serviceaccounts,services,deployments,daemonsets', '-A', '-o', 'json'), 'snapshot');
   const items = (JSON.parse(out) as { items: Array<{ kind: string; metadata: { namespace?: string; name: string; resourceVersion: string } }> }).items;
   return items.map((i) => `${i.kind}/${i.metadata.namespace ?? ''}/${i.metadata.name}@${i.metadata.resourceVersion}`).sort();
-}
-
-async function eventually<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
 }
 
 describe('clustermesh install / uninstall by kube context', { timeout: 600_000 }, () => {
@@ -104,7 +72,7 @@ describe('clustermesh install / uninstall by kube context', { timeout: 600_000 }
 
     // What install renders also passes the server's own dry run of kubectl apply.
     const rendered = await ok(cli('install', '--cluster-name', 'c1', '--cluster-id', '7', '--dry-run', '-o', 'yaml'), 'dry run');
-    await ok(run('kubectl', ['--context', 'c1', 'apply', '--dry-run=server', '-f', '-'], rendered), 'kubectl apply --dry-run=server');
+    await ok(k.kubectlIn(rendered, '--context', 'c1', 'apply', '--dry-run=server', '-f', '-'), 'kubectl apply --dry-run=server');
 
     // connect would have written a remote cluster into clustermesh-remotes: a re-install keeps it, and the CA.
     await ok(kubectl('-n', 'clustermesh-system', 'patch', 'secret', 'clustermesh-remotes', '--type', 'merge', '-p', JSON.stringify({ stringData: { c2: 'endpoints: [https://192.0.2.8:32008]\n' } })), 'patch remotes');

@@ -2,7 +2,6 @@
 // @kubernetes/client-node, storing in a real etcd with mutual TLS.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,16 +10,11 @@ import { CoreV1Api, AppsV1Api, CustomObjectsApi, KubeConfig, makeInformer, type 
 
 import { KvClient, startEtcd, type EtcdServer } from '../src/kvstore/index.ts';
 import { startKubeApi, KUBE_PREFIX, type KubeApiPki, type KubeApiServer } from '../src/lab/kube-api/index.ts';
+import { eventually, kubectlFor } from './helpers/kube.ts';
 
 const ROOT = new URL('..', import.meta.url).pathname;
 const CILIUM_CRDS = join(ROOT, 'deploy/crds/cilium-policies.yaml');
 const REBEL_BASE = join(ROOT, 'examples/rebel-base');
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
 
 let dir: string;
 let etcd: EtcdServer;
@@ -30,39 +24,7 @@ let pki: KubeApiPki;
 let kubeconfig: string;
 let kc: KubeConfig;
 
-function kubectl(...args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(
-      'kubectl',
-      args,
-      { env: { ...process.env, KUBECONFIG: kubeconfig, KUBECACHEDIR: join(dir, 'kube-cache'), KUBECTL_EXTERNAL_DIFF: '' }, timeout: 60_000 },
-      (err, stdout, stderr) => resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr }),
-    );
-  });
-}
-
-async function kubectlOk(...args: string[]): Promise<string> {
-  const r = await kubectl(...args);
-  assert.equal(r.code, 0, `kubectl ${args.join(' ')} failed (${r.code}):\n${r.stderr}${r.stdout}`);
-  return r.stdout;
-}
-
-/** Polls `check` until it returns a value (not undefined) or the deadline passes. */
-async function eventually<T>(what: string, check: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await check();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
+const { kubectl, kubectlOk } = kubectlFor({ kubeconfig: () => kubeconfig, cacheDir: () => join(dir, 'kube-cache') });
 /** A raw HTTPS request with the admin certificate; the body parsed as JSON lines (watch) or JSON. */
 async function raw(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; text: string }> {
   const [ca, cert, key] = await Promise.all([readFile(pki.ca.certFile), readFile(pki.admin.certFile), readFile(pki.admin.keyFile)]);

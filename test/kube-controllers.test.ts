@@ -5,7 +5,6 @@
 // ports and conditions; rollout status, scale, a terminating pod, delete.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,12 +13,7 @@ import { AppsV1Api, CoreV1Api, KubeConfig, type V1Pod } from '@kubernetes/client
 import { KvClient, startEtcd, type EtcdServer } from '../src/kvstore/index.ts';
 import { startKubeApi, type KubeApiServer } from '../src/lab/kube-api/index.ts';
 import { desiredSlices, kubeConfigFor, resolvePorts, startControllers, type RunningControllers } from '../src/lab/controllers/index.ts';
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+import { eventually, kubectlFor } from './helpers/kube.ts';
 
 let dir: string;
 let etcd: EtcdServer;
@@ -31,33 +25,7 @@ let core: CoreV1Api;
 let apps: AppsV1Api;
 const NS = 'cmt-ctl';
 
-function kubectl(...args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile('kubectl', args, { env: { ...process.env, KUBECONFIG: kubeconfig, KUBECACHEDIR: join(dir, 'kube-cache') }, timeout: 90_000 }, (err, stdout, stderr) =>
-      resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr }),
-    );
-  });
-}
-async function kubectlOk(...args: string[]): Promise<string> {
-  const r = await kubectl(...args);
-  assert.equal(r.code, 0, `kubectl ${args.join(' ')} failed (${r.code}):\n${r.stderr}${r.stdout}`);
-  return r.stdout;
-}
-
-async function eventually<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await check();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await new Promise((r) => setTimeout(r, 150));
-  }
-}
+const { kubectl, kubectlOk } = kubectlFor({ kubeconfig: () => kubeconfig, cacheDir: () => join(dir, 'kube-cache'), timeoutMs: 90_000 });
 
 const SAFE = '[bcdfghjklmnpqrstvwxz2456789]';
 const livePods = async (): Promise<V1Pod[]> =>

@@ -5,13 +5,14 @@
 // its pods. After `down` no Kubernetes API process is left.
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { childEnv } from '../src/lab/process.ts';
 import { labStateSchema, sameProcessAlive, type LabState } from '../src/lab/state.ts';
+import { eventually, kubectlFor } from './helpers/kube.ts';
 
 const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
 const root = mkdtempSync(join(tmpdir(), 'cmtk-root-'));
@@ -43,33 +44,8 @@ function cli(args: string[], timeoutMs = 300_000): Promise<Run> {
 }
 
 let kubeconfig = '';
-function kubectl(...args: string[]): Promise<Run> {
-  return new Promise((resolvePromise) => {
-    execFile('kubectl', args, { env: { ...env, KUBECONFIG: kubeconfig, KUBECACHEDIR: join(files, 'kube-cache') }, timeout: 60_000 }, (err, stdout, stderr) =>
-      resolvePromise({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr }),
-    );
-  });
-}
-async function kubectlOk(...args: string[]): Promise<string> {
-  const r = await kubectl(...args);
-  assert.equal(r.code, 0, `kubectl ${args.join(' ')}: ${show(r)}`);
-  return r.stdout;
-}
 
-async function eventually<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await check();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
+const { kubectl, kubectlOk } = kubectlFor({ kubeconfig: () => kubeconfig, cacheDir: () => join(files, 'kube-cache'), env: () => env });
 
 function readState(): LabState {
   return labStateSchema.parse(JSON.parse(readFileSync(join(root, name, 'lab.json'), 'utf8')));
