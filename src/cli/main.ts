@@ -21,13 +21,13 @@ export const COMMANDS: Record<string, Entry> = {
   cni: { summary: 'the CNI plugin (spec 1.0.0): ADD, DEL, CHECK, VERSION', load: async () => (await import('../cni/command.ts')).cniCommand() },
   status: { summary: 'is every cluster, agent and remote cluster connected and ready', load: async () => (await import('./status.ts')).statusCommand(), usageExit: true },
   inspect: { summary: "a node's eBPF maps, decoded", load: async () => (await import('./inspect.ts')).inspectCommand(), usageExit: true },
-  observe: { summary: 'flow events (drops and forwards) from the datapath', load: async () => (await import('./observe.ts')).observeCommand(), usageExit: true },
+  observe: { summary: 'flows (drops and forwards) kept by the agents of every node, merged by time', load: async () => (await import('./observe.ts')).observeCommand(), usageExit: true },
   troubleshoot: { summary: 'check each remote-cluster connection step by step and name the fix', load: async () => (await import('./troubleshoot.ts')).troubleshootCommand(), usageExit: true },
   install: { summary: 'install clustermesh on a Kubernetes cluster (by kube context)', load: async () => (await import('../install/command.ts')).installCommand(), usageExit: true },
   uninstall: { summary: 'remove what install put on a Kubernetes cluster', load: async () => (await import('../install/command.ts')).uninstallCommand(), usageExit: true },
   enable: { summary: 'make a cluster connectable: client certificate and access bundle', load: async () => (await import('./clustermesh-config.ts')).enableCommand(), usageExit: true },
-  connect: { summary: 'connect clusters (install access into remote-cluster dirs)', load: async () => (await import('./clustermesh-config.ts')).connectCommand(), usageExit: true },
-  disconnect: { summary: 'disconnect clusters', load: async () => (await import('./clustermesh-config.ts')).disconnectCommand(), usageExit: true },
+  connect: { summary: 'connect clusters (a lab, remote-cluster dirs, or installs by kube context)', load: async () => (await import('./clustermesh-config.ts')).connectCommand(), usageExit: true },
+  disconnect: { summary: 'disconnect clusters (the same three ways)', load: async () => (await import('./clustermesh-config.ts')).disconnectCommand(), usageExit: true },
 };
 
 /** Runs the CLI on `argv` (process.argv: node, script, args). */
