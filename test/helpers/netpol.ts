@@ -21,6 +21,8 @@ import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { AgentClient } from '../../src/agent/client.ts';
 import type { DatapathEvent } from '../../src/datapath/maps/events.ts';
+import { BpfMap } from '../../src/datapath/libbpf/index.ts';
+import * as ipcache from '../../src/datapath/maps/ipcache.ts';
 import { KvClient } from '../../src/kvstore/client.ts';
 import { collectAgentEvents, readNodeMetrics } from '../../src/lab/datapath.ts';
 import { labDown, labUp } from '../../src/lab/lab.ts';
@@ -31,6 +33,10 @@ import { isPodReady, type Pod } from '../../src/model/index.ts';
 import { StoreWriter } from '../../src/sources/store/writer.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const sameLabels = (a: Record<string, string> | undefined, b: Record<string, string>): boolean => {
+  const ka = Object.keys(a ?? {});
+  return ka.length === Object.keys(b).length && ka.every((k) => a![k] === b[k]);
+};
 
 export const MODEL_PORTS = [80, 81] as const;
 export const NAMESPACE_NAME_LABEL = 'kubernetes.io/metadata.name';
@@ -372,19 +378,69 @@ export class ModelLab {
     const stored = (await w.list('Pod')).find((x) => x.metadata.namespace === p.namespace && x.metadata.name === p.name);
     if (!stored) throw new Error(`pod ${key} is not in the store of ${p.cluster}`);
     this.relabelledPods.add(key);
+    const before = await this.identityOf(key);
     const next: Pod = structuredClone(stored);
     next.metadata.labels = labels;
     await w.apply(next);
     const after = (await w.list('Pod')).find((x) => x.metadata.namespace === p.namespace && x.metadata.name === p.name)!;
     assert.equal(after.metadata.uid, stored.metadata.uid, 'a relabel keeps the pod (same uid)');
+    await this.settleRelabel(key, sameLabels(stored.metadata.labels, labels) ? undefined : before);
+  }
+
+  /**
+   * Waits until a relabelled pod's identity has settled everywhere: its own
+   * agent gives it a new identity (when the labels changed), every node's
+   * ipcache maps its address to that identity, and no agent has policy work
+   * pending. Without this, the next case's probes race the propagation: a
+   * packet carrying the new identity reaches a node whose policy does not
+   * know it yet, and is dropped while the pair is allowed.
+   */
+  private async settleRelabel(key: string, before: number | undefined, timeoutMs = 30_000): Promise<void> {
+    const p = this.pod(key);
+    const end = Date.now() + timeoutMs;
+    let last = '';
+    for (;;) {
+      const id = await this.identityOf(key);
+      const off: string[] = [];
+      if (id === undefined || id === before) off.push(`${p.cluster}/${p.node}: identity ${id ?? 'none'}${id === before ? ' (not changed yet)' : ''}`);
+      else {
+        for (const n of this.state.nodes) {
+          const map = BpfMap.openPinned(join(n.pinDir, ipcache.MAP_NAME));
+          let got: number | undefined;
+          try {
+            got = ipcache.match(map, p.ip)?.identity;
+          } finally {
+            map.close();
+          }
+          if (got !== id) off.push(`${n.cluster}/${n.name}: ipcache ${p.ip} -> ${got ?? 'none'}, want ${id}`);
+        }
+      }
+      if (off.length === 0) break;
+      last = off.join('; ');
+      if (Date.now() > end) throw new Error(`relabel of ${key} did not settle in ${timeoutMs} ms: ${last}`);
+      await sleep(50);
+    }
+    await this.waitPolicies();
   }
 
   /** Rewrites a namespace's labels in one cluster (or all). */
   async setNamespaceLabels(ns: string, labels: Record<string, string>, clusters: readonly string[] = this.clusterNames): Promise<void> {
     for (const c of clusters) {
       this.relabelledNamespaces.add(`${c}/${ns}`);
-      await this.applyDocs(c, [{ apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns, labels } }]);
+      await this.applyNamespaceLabels(c, ns, labels);
     }
+  }
+
+  /** Writes a namespace's labels and waits until its pods' identities have settled (see settleRelabel). */
+  private async applyNamespaceLabels(cluster: string, ns: string, labels: Record<string, string>): Promise<void> {
+    const stored = (await new StoreWriter(this.kv(cluster)).list('Namespace')).find((n) => n.metadata.name === ns);
+    const changed = !sameLabels(stored?.metadata.labels, labels);
+    const pods = this.pods.filter((p) => p.cluster === cluster && p.namespace === ns);
+    const before = new Map<string, number | undefined>();
+    for (const p of pods) before.set(p.key, changed ? await this.identityOf(p.key) : undefined);
+    await this.applyDocs(cluster, [{ apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns, labels } }]);
+    // Identities derive from namespace labels too: every pod of the namespace moves to a new one.
+    for (const p of pods) await this.settleRelabel(p.key, before.get(p.key));
   }
 
   /** After a case: no policy anywhere, every pod and namespace labelled as the model has it. */
@@ -394,7 +450,7 @@ export class ModelLab {
     this.relabelledPods.clear();
     for (const cns of this.relabelledNamespaces) {
       const [c, ns] = cns.split('/') as [string, string];
-      await this.applyDocs(c, [{ apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns, labels: this.namespaceLabels(ns) } }]);
+      await this.applyNamespaceLabels(c, ns, this.namespaceLabels(ns));
     }
     this.relabelledNamespaces.clear();
   }
