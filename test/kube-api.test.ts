@@ -14,6 +14,7 @@ import { eventually, kubectlFor } from './helpers/kube.ts';
 
 const ROOT = new URL('..', import.meta.url).pathname;
 const CILIUM_CRDS = join(ROOT, 'deploy/crds/cilium-policies.yaml');
+const MCS_CRDS = join(ROOT, 'deploy/crds/mcs-api.yaml');
 const REBEL_BASE = join(ROOT, 'examples/rebel-base');
 
 let dir: string;
@@ -451,6 +452,29 @@ describe('lab Kubernetes API server', { timeout: 600_000 }, () => {
     assert.match(gone.stderr, /namespaces "cmt-doomed" not found/);
     const create = await kubectl('create', 'configmap', 'late', '-n', 'cmt-doomed');
     assert.match(create.stderr, /namespaces "cmt-doomed" not found/);
+  });
+
+  test('the MCS API kinds: ServiceExport/ServiceImport served from deploy/crds/mcs-api.yaml, status conditions, printer columns, schema checked', async () => {
+    await kubectlOk('apply', '-f', MCS_CRDS);
+    await kubectlOk('wait', '--for=condition=Established', 'crd/serviceexports.multicluster.x-k8s.io', 'crd/serviceimports.multicluster.x-k8s.io', '--timeout=20s');
+    await writeFile(
+      join(dir, 'mcs.yaml'),
+      [
+        'apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata: {name: cart, namespace: default}',
+        'apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceImport\nmetadata: {name: cart, namespace: default}\nspec:\n  type: ClusterSetIP\n  ips: [10.96.7.7]\n  ports: [{name: http, protocol: TCP, port: 80}]',
+      ].join('\n---\n'),
+    );
+    assert.match(await kubectlOk('apply', '-f', join(dir, 'mcs.yaml')), /serviceexport.multicluster.x-k8s.io\/cart created/);
+    const status = { status: { conditions: [{ type: 'Valid', status: 'True', reason: 'Valid', message: 'ok' }, { type: 'Conflict', status: 'False', reason: 'NoConflicts', message: 'none' }] } };
+    await kubectlOk('patch', 'serviceexport', 'cart', '--subresource=status', '--type=merge', '-p', JSON.stringify(status));
+    assert.match(await kubectlOk('get', 'svcex', 'cart'), /^cart\s+True\s+False\s/m);
+    assert.match(await kubectlOk('get', 'serviceimports'), /^cart\s+ClusterSetIP\s+\["10\.96\.7\.7"\]\s/m);
+    // The schema is enforced: a type outside the API's two.
+    await writeFile(join(dir, 'bad-import.yaml'), 'apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceImport\nmetadata: {name: bad, namespace: default}\nspec: {type: LoadBalancer}\n');
+    const bad = await kubectl('apply', '-f', join(dir, 'bad-import.yaml'));
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /spec\.type/);
+    await kubectlOk('delete', '-f', join(dir, 'mcs.yaml'));
   });
 
   test('a CRD deleted takes its objects; re-created it serves again', async () => {

@@ -106,7 +106,7 @@ test('manifests: NodePort 32000 + cluster ID by default; LoadBalancer has none; 
   assert.deepEqual(port({ ...base, clusterName: 'c2', clusterId: '2' }), ['NodePort', 32002]);
   assert.deepEqual(port({ ...base, serviceType: 'LoadBalancer' }), ['LoadBalancer', undefined]);
   const objects = renderManifests(compileInstallSettings(base), CERTS);
-  assert.deepEqual(objects.filter(createOnly).map((o) => o.kind).sort(), ['CustomResourceDefinition', 'CustomResourceDefinition', 'Namespace', 'Secret', 'Secret', 'Secret', 'Secret', 'Secret', 'Secret', 'Secret']);
+  assert.deepEqual(objects.filter(createOnly).map((o) => o.kind).sort(), ['CustomResourceDefinition', 'CustomResourceDefinition', 'CustomResourceDefinition', 'CustomResourceDefinition', 'Namespace', 'Secret', 'Secret', 'Secret', 'Secret', 'Secret', 'Secret', 'Secret']);
   for (const crd of objects.filter((o) => o.kind === 'CustomResourceDefinition')) assert.ok(crd.metadata.annotations?.[CREATED_BY_ANNOTATION]);
   const cm = objects.find((o) => o.kind === 'ConfigMap') as unknown as { data: Record<string, string> };
   assert.deepEqual([cm.data['cluster-name'], cm.data['cluster-id'], cm.data['max-connected-clusters']], ['c1', '1', '255']);

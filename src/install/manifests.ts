@@ -2,7 +2,7 @@
 // the order they are applied. Pure: settings and certificates in, objects out.
 //
 // - Namespace (default clustermesh-system) holding everything namespaced.
-// - The Cilium policy CRDs (deploy/crds/), created only where absent: a
+// - The Cilium policy CRDs and the MCS API CRDs (deploy/crds/), created only where absent: a
 //   cluster that runs Cilium keeps its own.
 // - ServiceAccounts and ClusterRoles with exactly the verbs the Kubernetes
 //   source uses (get, list, watch) on exactly the kinds it reads; no wildcard.
@@ -93,10 +93,12 @@ export const PATHS = {
 
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 export const CRDS_FILE = join(REPO_ROOT, 'deploy/crds/cilium-policies.yaml');
+/** The Multi-Cluster Services API kinds (ServiceExport, ServiceImport). */
+export const MCS_CRDS_FILE = join(REPO_ROOT, 'deploy/crds/mcs-api.yaml');
 
-/** The Cilium policy CRDs of deploy/crds/. */
-export function ciliumCrds(): KubeObject[] {
-  return parseAllDocuments(readFileSync(CRDS_FILE, 'utf8')).map((d) => d.toJS() as KubeObject);
+/** The CRDs of deploy/crds/ an install creates where absent: Cilium's policy kinds and the MCS API's. */
+export function meshCrds(): KubeObject[] {
+  return [CRDS_FILE, MCS_CRDS_FILE].flatMap((f) => parseAllDocuments(readFileSync(f, 'utf8')).map((d) => d.toJS() as KubeObject));
 }
 
 /** The Service name remote clusters and agents use for this cluster's etcd (also a SAN of its certificate). */
@@ -369,7 +371,7 @@ function agentDaemonSet(s: InstallSettings): KubeObject {
 
 /** Every object of an install, in apply order (uninstall deletes in reverse). */
 export function renderManifests(s: InstallSettings, certs: InstallCerts): KubeObject[] {
-  const crds = ciliumCrds().map((c) => ({ ...c, metadata: { ...c.metadata, labels: { ...(c.metadata.labels ?? {}), ...COMMON_LABELS }, annotations: { ...(c.metadata.annotations ?? {}), [CREATED_BY_ANNOTATION]: 'clustermesh install' } } }));
+  const crds = meshCrds().map((c) => ({ ...c, metadata: { ...c.metadata, labels: { ...(c.metadata.labels ?? {}), ...COMMON_LABELS }, annotations: { ...(c.metadata.annotations ?? {}), [CREATED_BY_ANNOTATION]: 'clustermesh install' } } }));
   return [
     { apiVersion: 'v1', kind: 'Namespace', metadata: meta(s.namespace, s, false) },
     ...crds,

@@ -7,6 +7,7 @@ import { isIPv4 } from 'node:net';
 import { invalid } from './errors.ts';
 import { clone, isObject, jsonEqual, meta, rfc3339, type JsonObject } from './json.ts';
 import type { ResourceType } from './resources.ts';
+import { schemaProblems } from './validate.ts';
 
 const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
@@ -122,7 +123,7 @@ function containersProblems(spec: JsonObject, path: string, out: Cause[]): void 
 /** Throws a 422 Invalid naming every bad field. */
 export function validateObject(r: ResourceType, o: JsonObject): void {
   const name = String(meta(o).name ?? '');
-  const causes = [...nameProblems(r, name), ...labelProblems(o), ...kindProblems(r, o)];
+  const causes = [...nameProblems(r, name), ...labelProblems(o), ...kindProblems(r, o), ...schemaProblems(r, o)];
   if (causes.length > 0) throw invalid(r.group, r.kind, name, causes);
 }
 

@@ -6,7 +6,7 @@ import { jsonPatch, mergePatch, strategicMergePatch } from './patch.ts';
 import { fieldMatcher, labelMatcher, parseLabelSelector } from './selectors.ts';
 import { decodeProtobufBody } from './protobuf.ts';
 import { humanDuration } from './tables.ts';
-import { checkFields } from './validate.ts';
+import { checkFields, schemaProblems } from './validate.ts';
 import { BUILTIN_RESOURCES, resourcesOfCrd } from './resources.ts';
 import type { JsonObject } from './json.ts';
 
@@ -144,6 +144,55 @@ test('field validation: unknown fields of built-in kinds and of CRD schemas', ()
     },
   });
   assert.deepEqual(checkFields(cr!, { apiVersion: 'example.com/v1', kind: 'Thing', metadata: { name: 't' }, spec: { size: 1, colour: 'red' }, status: { anything: 1 } }), ['spec.colour']);
+});
+
+test("a custom resource's values are checked against its CRD schema with kube-apiserver's wording", () => {
+  const [cr] = resourcesOfCrd({
+    metadata: { name: 'boxes.example.com' },
+    spec: {
+      group: 'example.com',
+      scope: 'Namespaced',
+      names: { kind: 'Box', plural: 'boxes' },
+      versions: [
+        {
+          name: 'v1',
+          served: true,
+          storage: true,
+          schema: {
+            openAPIV3Schema: {
+              type: 'object',
+              required: ['spec'],
+              properties: {
+                spec: {
+                  type: 'object',
+                  required: ['kind'],
+                  properties: {
+                    kind: { type: 'string', enum: ['small', 'large'] },
+                    size: { type: 'integer', minimum: 1, maximum: 10 },
+                    tags: { type: 'array', items: { type: 'string', maxLength: 3 } },
+                    open: { type: 'object', 'x-kubernetes-preserve-unknown-fields': true },
+                  },
+                },
+              },
+            },
+          },
+        },
+      ],
+    },
+  });
+  const box = (spec: unknown): JsonObject => ({ apiVersion: 'example.com/v1', kind: 'Box', metadata: { name: 'b' }, ...(spec === undefined ? {} : { spec }) }) as JsonObject;
+  assert.deepEqual(schemaProblems(cr!, box({ kind: 'small', size: 3, tags: ['a'], open: { any: [1] } })), []);
+  assert.deepEqual(schemaProblems(cr!, box(undefined)), [{ field: 'spec', type: 'Required value', message: '' }]);
+  assert.deepEqual(
+    schemaProblems(cr!, box({ kind: 'huge', size: 11, tags: ['abcd', 7] })).map((c) => `${c.field}: ${c.type}: ${c.message}`),
+    [
+      'spec.kind: Unsupported value: "huge": supported values: "small", "large"',
+      'spec.size: Invalid value: 11: spec.size in body should be less than or equal to 10',
+      'spec.tags[0]: Too long: may not be more than 3 bytes',
+      'spec.tags[1]: Invalid value: "integer": spec.tags[1] in body must be of type string: "integer"',
+    ],
+  );
+  assert.deepEqual(schemaProblems(cr!, box({ size: '3' })).map((c) => c.field), ['spec.size', 'spec.kind']);
 });
 
 test('ages print as kubectl prints them', () => {

@@ -231,12 +231,18 @@ const BUILTIN_COLUMNS: Record<string, Column[]> = {
   CustomResourceDefinition: [NAME, col('Created At', (o) => str(atPath(o, 'metadata.creationTimestamp')), 0, 'date')],
 };
 
-/** A CRD printer column's jsonPath (`.spec.replicas`, `.status.conditions[0].type`). */
+/**
+ * A CRD printer column's jsonPath: fields, indexes and the equality filter
+ * printer columns use for conditions (`.spec.replicas`,
+ * `.status.conditions[0].type`, `.status.conditions[?(@.type=="Ready")].status`;
+ * a filter takes the first element that matches).
+ */
 function jsonPathCell(o: JsonObject, c: PrinterColumn): string | number | null {
   let cur: unknown = o;
-  for (const m of c.jsonPath.matchAll(/\.([^.[\]]+)|\[(\d+)\]/g)) {
+  for (const m of c.jsonPath.matchAll(/\.([^.[\]]+)|\[(\d+)\]|\[\?\(@\.([\w.]+)\s*==\s*["']([^"']*)["']\)\]/g)) {
     if (m[1] !== undefined) cur = isObject(cur) ? cur[m[1]] : undefined;
-    else cur = Array.isArray(cur) ? cur[Number(m[2])] : undefined;
+    else if (m[2] !== undefined) cur = Array.isArray(cur) ? cur[Number(m[2])] : undefined;
+    else cur = Array.isArray(cur) ? cur.find((el) => isObject(el) && str(atPath(el, m[3]!)) === m[4]) : undefined;
   }
   if (cur === undefined || cur === null) return null;
   if (c.type === 'date') {

@@ -99,3 +99,67 @@ export function checkFields(r: ResourceType, o: JsonObject): string[] {
   walk(o, shape, '', out);
   return out;
 }
+
+type Cause = { field: string; type: string; message: string };
+
+const typeOf = (v: unknown): string => (v === null ? 'null' : Array.isArray(v) ? 'array' : Number.isInteger(v) ? 'integer' : typeof v);
+
+/**
+ * The values of a custom resource checked against its CRD's structural schema,
+ * as kube-apiserver does (a subset: type, enum, required, minimum/maximum,
+ * minLength/maxLength, minItems/maxItems), with its wording:
+ * `spec.type: Unsupported value: "LoadBalancer": supported values: "ClusterSetIP", "Headless"`.
+ * Metadata is checked elsewhere; `status` only through the status subresource,
+ * like the rest (the schema applies to it too).
+ */
+export function schemaProblems(r: ResourceType, o: JsonObject): Cause[] {
+  if (r.crd === undefined || !isObject(r.crd.schema)) return [];
+  const out: Cause[] = [];
+  const props = isObject(r.crd.schema.properties) ? r.crd.schema.properties : {};
+  for (const [k, sub] of Object.entries(props)) {
+    if (k === 'metadata' || k === 'apiVersion' || k === 'kind') continue;
+    if (o[k] !== undefined) checkValue(sub, o[k], k, out);
+  }
+  for (const k of Array.isArray(r.crd.schema.required) ? r.crd.schema.required : []) {
+    if (typeof k === 'string' && k !== 'metadata' && o[k] === undefined) out.push({ field: k, type: 'Required value', message: '' });
+  }
+  return out;
+}
+
+function checkValue(s: unknown, v: unknown, path: string, out: Cause[]): void {
+  if (!isObject(s) || v === undefined) return;
+  if (v === null) {
+    if (s.nullable !== true && s.type !== undefined) out.push({ field: path, type: 'Invalid value', message: `"null": ${path} in body must be of type ${String(s.type)}: "null"` });
+    return;
+  }
+  const t = typeOf(v);
+  const want = s.type;
+  if (typeof want === 'string' && !(want === t || (want === 'number' && t === 'integer'))) {
+    out.push({ field: path, type: 'Invalid value', message: `"${t}": ${path} in body must be of type ${want}: "${t}"` });
+    return;
+  }
+  if (Array.isArray(s.enum) && !s.enum.some((e) => JSON.stringify(e) === JSON.stringify(v))) {
+    out.push({ field: path, type: 'Unsupported value', message: `${JSON.stringify(v)}: supported values: ${s.enum.map((e) => JSON.stringify(e)).join(', ')}` });
+  }
+  if (typeof v === 'number') {
+    if (typeof s.minimum === 'number' && v < s.minimum) out.push({ field: path, type: 'Invalid value', message: `${v}: ${path} in body should be greater than or equal to ${s.minimum}` });
+    if (typeof s.maximum === 'number' && v > s.maximum) out.push({ field: path, type: 'Invalid value', message: `${v}: ${path} in body should be less than or equal to ${s.maximum}` });
+  }
+  if (typeof v === 'string') {
+    if (typeof s.minLength === 'number' && v.length < s.minLength) out.push({ field: path, type: 'Invalid value', message: `${JSON.stringify(v)}: ${path} in body should be at least ${s.minLength} chars long` });
+    if (typeof s.maxLength === 'number' && v.length > s.maxLength) out.push({ field: path, type: 'Too long', message: `may not be more than ${s.maxLength} bytes` });
+  }
+  if (Array.isArray(v)) {
+    if (typeof s.minItems === 'number' && v.length < s.minItems) out.push({ field: path, type: 'Invalid value', message: `${v.length}: ${path} in body should have at least ${s.minItems} items` });
+    if (typeof s.maxItems === 'number' && v.length > s.maxItems) out.push({ field: path, type: 'Too many', message: `${v.length}: must have at most ${s.maxItems} items` });
+    v.forEach((el, i) => checkValue(s.items, el, `${path}[${i}]`, out));
+    return;
+  }
+  if (isObject(v)) {
+    if (s['x-kubernetes-preserve-unknown-fields'] === true && !isObject(s.properties)) return;
+    const props = isObject(s.properties) ? s.properties : {};
+    for (const [k, sub] of Object.entries(props)) if (v[k] !== undefined) checkValue(sub, v[k], `${path}.${k}`, out);
+    if (isObject(s.additionalProperties)) for (const [k, el] of Object.entries(v)) if (!(k in props)) checkValue(s.additionalProperties, el, `${path}.${k}`, out);
+    for (const k of Array.isArray(s.required) ? s.required : []) if (typeof k === 'string' && v[k] === undefined) out.push({ field: `${path}.${k}`, type: 'Required value', message: '' });
+  }
+}
