@@ -49,6 +49,7 @@ import {
   remoteEndpointContributions,
   remoteNodeContributions,
   selfContributions,
+  localNodeClaims,
   type Contribution,
   type IpcacheEntry,
 } from './ipcache-desired.ts';
@@ -230,6 +231,8 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     });
     cleanups.push(() => policy.stop());
     table.setOwner(ownerKeys.self(), selfContributions(self));
+    // What no remote may claim: this cluster's pod CIDRs and node addresses (this node's now, the others' from their Node objects).
+    mesh.setLocalNode(cfg.nodeName, { cidrs: [cfg.podCIDR], addresses: [cfg.nodeIP] });
     publisher.upsert(publishKeys.node(cfg.nodeName), nodeObject(self));
 
     // ---- endpoints: restored before anything is written
@@ -321,6 +324,9 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         const owner = ownerKeys.clusterNode(ev.object.metadata.name);
         if (ev.kind === 'upsert') table.setOwner(owner, clusterNodeContributions(ev.object, self));
         else table.removeOwner(owner);
+        if (ev.object.metadata.name === cfg.nodeName) return;
+        if (ev.kind === 'upsert') mesh.setLocalNode(ev.object.metadata.name, localNodeClaims(ev.object));
+        else mesh.removeLocalNode(ev.object.metadata.name);
       }),
       // Labels follow the cluster while pods run: a relabelled namespace or pod gets its new identity.
       source.namespaces.watch((ev) => {
@@ -452,7 +458,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         initialSync: { ...initialSync, waitingFor: unsynced() },
         local: localStatus(),
         remoteClusters: ms.remotes.map(remoteSummary),
-        clustermesh: { ready: ms.ready, configDir: ms.configDir, configErrors: ms.configErrors, counts: ms.counts, ipConflicts: ms.ipConflicts, resyncGrace: grace.status() },
+        clustermesh: { ready: ms.ready, configDir: ms.configDir, configErrors: ms.configErrors, counts: ms.counts, ipConflicts: ms.ipConflicts, ownership: ms.ownership, resyncGrace: grace.status() },
         reconcilers: allReconcilers().map((r) => r.status()),
         endpoints: endpoints.status(),
         services: services.status(),

@@ -24,7 +24,7 @@
 // computeIpcache is the same computation over complete inputs.
 import type { RemoteIpEntry, RemoteNode } from '../clustermesh/clustermesh.ts';
 import type * as ipcacheMap from '../datapath/maps/ipcache.ts';
-import { ReservedIdentity, type Endpoint, type Node } from '../model/index.ts';
+import { nodePodCIDRs, ReservedIdentity, type Endpoint, type Node } from '../model/index.ts';
 
 export type IpcacheEntry = ipcacheMap.Value;
 
@@ -113,6 +113,11 @@ export function clusterNodeContributions(node: Node, self: Pick<SelfNode, 'nodeN
   const addrs = node.status.addresses.filter((a) => (a.type === 'InternalIP' || a.type === 'ExternalIP') && isIPv4(a.address)).map((a) => a.address);
   const internal = node.status.addresses.find((a) => a.type === 'InternalIP' && isIPv4(a.address))?.address;
   return nodeAddressContributions(addrs, internal, node.spec.podCIDR);
+}
+
+/** What a Node of this cluster claims against remote clusters (ownership.ts): its pod CIDRs and addresses. */
+export function localNodeClaims(node: Node): { cidrs: string[]; addresses: string[] } {
+  return { cidrs: nodePodCIDRs(node), addresses: node.status.addresses.map((a) => a.address) };
 }
 
 /** A node of a remote cluster. */

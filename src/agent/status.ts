@@ -62,6 +62,8 @@ export interface AgentStatus {
     configErrors: ClusterMeshStatus['configErrors'];
     counts: ClusterMeshStatus['counts'];
     ipConflicts: number;
+    /** Address ownership between clusters: refused pod CIDRs, nodes and endpoint IPs (absent from older agents). */
+    ownership?: ClusterMeshStatus['ownership'];
     /** Withdrawals of remote state held back while a remote resyncs: held so far, pending now, dropped because re-claimed. */
     resyncGrace: { held: number; pending: number; cancelled: number; settling: string[] };
   };

@@ -207,6 +207,21 @@ export function summarize(probes: ClusterProbe[], now: Date = new Date()): Statu
       const missing = lb && lb.cgroup !== null ? lb.programs.filter((x) => !x.attached).map((x) => x.hook) : [];
       if (missing.length) notReady.push(`${p.name}: agent on ${n.node.key}: socket LB on ${lb!.cgroup}: ${missing.join(', ')} not attached`);
     }
+    // Addresses a remote claimed that are not its own (every agent judges the same; said once per cluster).
+    const ownership = new Set<string>();
+    for (const n of p.nodes) {
+      const o = n.status?.clustermesh.ownership; // absent from an older agent
+      if (!o) continue;
+      for (const c of o.conflicts) {
+        ownership.add(
+          c.kind === 'pod-cidr'
+            ? `${p.name}: remote cluster ${c.cluster} node ${c.node}: pod CIDR ${c.value} refused, it overlaps ${c.ownerValue} of ${c.ownerCluster} (node ${c.ownerNode})`
+            : `${p.name}: remote cluster ${c.cluster} node ${c.node} refused: address ${c.value} belongs to ${c.ownerCluster} (node ${c.ownerNode})`,
+        );
+      }
+      for (const r of o.refusedIps) ownership.add(`${p.name}: ${r.count} endpoint IP(s) of remote cluster ${r.cluster} refused, e.g. ${r.examples[0]?.reason ?? ''}`);
+    }
+    notReady.push(...ownership);
     const remoteClusters: RemoteClusterReport[] = [...remoteNames].sort().map((name) => {
       const per = statuses.map(({ node, s }) => ({ node, r: s.remoteClusters.find((x) => x.name === name) }));
       const have = per.flatMap(({ node, r }) => (r ? [{ node, r }] : []));

@@ -8,7 +8,7 @@ import { describe, it } from 'node:test';
 import { Registry } from 'prom-client';
 import { ClusterMesh, type ClusterMeshOptions } from './clustermesh.ts';
 import type { CacheEvent } from './cache.ts';
-import { nodeKey, syncedKey } from './keys.ts';
+import { ipKey, nodeKey, syncedKey } from './keys.ts';
 import { eventually, recordingLogger, tempDir, TestCluster } from './testing.ts';
 
 interface Harness {
@@ -279,8 +279,9 @@ describe('clustermesh faults', () => {
       await m.stop();
       assert.equal(remoteStatus(m, 'c2').state, 'stopped');
       assert.equal(m.nodes.size, 2, 'stop keeps what was learned');
-      // while stopped: node2 goes, node3 comes, node1 changes
+      // while stopped: node2 goes (with its pod: an endpoint outside every pod CIDR c2 announces is refused), node3 comes, node1 changes
       await c2.writer.delete(nodeKey('c2', 'node2'));
+      await c2.writer.delete(ipKey(c2.podIp(2, 1)));
       await c2.putNode(3);
       await c2.putNode(1, { changed: 'yes' });
       await m.start();
@@ -311,6 +312,68 @@ describe('clustermesh faults', () => {
       await c2.writeConfigFile(h.configDir);
       await eventually(() => m.status().remotes[0]?.ready === true, 'back');
       assert.equal(m.ipcache.size, 3);
+    });
+  });
+
+  it('a remote that lies cannot take IPs it does not own: another cluster\'s pods, the local range, an overlapping pod CIDR, another cluster\'s node address', async () => {
+    await withHarness(async (h) => {
+      const c2 = await cluster(h, 'c2', 2);
+      await c2.seed(); // nodes 10.2.0.1-2 with pod CIDRs 10.102.1.0/24 and 10.102.2.0/24
+      await c2.writeConfigFile(h.configDir);
+      const registry = new Registry();
+      const m = mesh(h, { name: 'c1', id: 1 }, { registry });
+      m.setLocalNode('local1', { cidrs: ['10.101.1.0/24'], addresses: ['10.1.0.1'] });
+      await m.start();
+      await m.waitReady();
+      // c3 connects later: its claims come after c2's.
+      const liar = await cluster(h, 'c3', 3);
+      await liar.publishConfig();
+      await liar.putIdentity(1);
+      await liar.putNodeAs('honest', '10.3.0.1', '10.103.1.0/24');
+      await liar.putNodeAs('greedy', '10.3.0.2', '10.102.0.0/16'); // overlaps c2's pod CIDRs
+      await liar.putNodeAs('thief', '10.2.0.1', '10.103.9.0/24'); // c2's node address
+      await liar.putIpAs('10.103.1.5', '10.3.0.1', 1); // its own: accepted
+      await liar.putIpAs(c2.podIp(1, 1), '10.3.0.2', 1); // c2's pod
+      await liar.putIpAs('10.102.200.9', '10.3.0.2', 1); // inside its refused range
+      await liar.putIpAs('10.101.1.7', '10.3.0.1', 1); // the local cluster's range
+      await liar.putIpAs('10.103.9.9', '10.2.0.1', 1); // in the refused node's range
+      await liar.putIpAs('10.55.0.1', '10.3.0.1', 1); // nobody's, but not inside what c3 announces
+      await liar.canaries();
+      await liar.writeConfigFile(h.configDir);
+      await m.rescan();
+      await m.waitReady({ clusters: ['c3'] });
+      await eventually(() => m.ipcache.get('10.103.1.5')?.cluster === 'c3', 'the honest entry imported');
+      assert.equal(m.ipcache.get(c2.podIp(1, 1))?.cluster, 'c2', "c2's pod stays c2's");
+      for (const ip of ['10.102.200.9', '10.101.1.7', '10.103.9.9', '10.55.0.1']) assert.equal(m.ipcache.get(ip), undefined, `${ip} refused`);
+      assert.equal(m.nodes.get('c3/greedy')?.ipv4AllocCIDR, null, 'the overlapping pod CIDR is withheld');
+      assert.equal(m.nodes.get('c3/honest')?.ipv4AllocCIDR, '10.103.1.0/24');
+      assert.equal(m.nodes.get('c3/thief'), undefined, "a node with c2's address is refused");
+      assert.equal(m.nodes.get('c2/node1')?.ipv4AllocCIDR, '10.102.1.0/24', 'c2 keeps everything');
+      const st = m.status().ownership;
+      assert.deepEqual(st.conflicts.map((c) => `${c.kind} ${c.cluster}/${c.node} ${c.value} <- ${c.ownerCluster}/${c.ownerNode} ${c.ownerValue}`), [
+        'pod-cidr c3/greedy 10.102.0.0/16 <- c2/node1 10.102.1.0/24',
+        'node-address c3/thief 10.2.0.1 <- c2/node1 10.2.0.1',
+      ]);
+      assert.deepEqual(st.flagged, ['c2', 'c3']);
+      assert.equal(st.refusedIps.length, 1);
+      assert.equal(st.refusedIps[0]!.count, 5);
+      const reasons = new Map(st.refusedIps[0]!.examples.map((e) => [e.ip, e.reason]));
+      assert.equal(reasons.get(c2.podIp(1, 1)), `${c2.podIp(1, 1)}/32 lies in pod CIDR 10.102.1.0/24 of c2 (node node1)`);
+      assert.equal(reasons.get('10.101.1.7'), '10.101.1.7/32 lies in pod CIDR 10.101.1.0/24 of the local cluster (node local1)');
+      const metric = (await registry.getSingleMetricAsString('clustermesh_remote_refused_claims')).split('\n').filter((l) => l.startsWith('clustermesh_remote_refused_claims{')).sort();
+      assert.deepEqual(metric, [
+        'clustermesh_remote_refused_claims{source_cluster="c3",kind="endpoint_ip"} 5',
+        'clustermesh_remote_refused_claims{source_cluster="c3",kind="node"} 1',
+        'clustermesh_remote_refused_claims{source_cluster="c3",kind="pod_cidr"} 1',
+      ]);
+      // c2 leaves the mesh: its claims are gone, so c3's /16 and the thief's address stand now.
+      await unlink(join(h.configDir, 'c2'));
+      await eventually(() => m.nodes.get('c3/greedy')?.ipv4AllocCIDR === '10.102.0.0/16', 'the /16 accepted once c2 is gone');
+      await eventually(() => m.ipcache.get(c2.podIp(1, 1))?.cluster === 'c3' && m.ipcache.get('10.102.200.9')?.cluster === 'c3', 'entries inside it accepted');
+      assert.ok(m.nodes.get('c3/thief'));
+      assert.equal(m.ipcache.get('10.103.9.9')?.cluster, 'c3');
+      assert.equal(m.ipcache.get('10.101.1.7'), undefined, 'the local range is never a remote\'s');
+      assert.deepEqual(m.status().ownership.conflicts, []);
     });
   });
 });

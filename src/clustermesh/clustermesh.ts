@@ -10,13 +10,19 @@
 // Merge rules:
 //   nodes        "<cluster>/<node>"          one owner each
 //   identities   id                           ranges of distinct cluster IDs are disjoint
-//   ipcache      ip                           if two remotes claim one IP, the first claim
-//                                             wins until it is withdrawn (then the next one)
+//   ipcache      ip                           only an IP the remote owns (ownership.ts: in the
+//                                             pod CIDRs its nodes announce, not in another
+//                                             cluster's); if two remotes claim one IP, the
+//                                             first claim wins until it is withdrawn
+//   nodes        (ownership)                  a node whose address another cluster claimed
+//                                             first is refused; a pod CIDR overlapping an
+//                                             earlier claim is withheld (ipv4AllocCIDR null)
 //   services     "<cluster>/<ns>/<name>"      as imported
 //   globalServices "<ns>/<name>"              backends of the shared services of that
 //                                             name, across remote clusters
 
 import type { Registry } from 'prom-client';
+import promClient from 'prom-client';
 import pino from 'pino';
 import { Cache, type ObservableMap } from './cache.ts';
 import { systemClock, type Clock } from '../util/clock.ts';
@@ -38,6 +44,7 @@ import {
 import type { KvClient } from '../kvstore/client.ts';
 import type { KvConnectionConfig } from '../kvstore/types.ts';
 import { isValidClusterId, isValidClusterName, type MaxConnectedClusters } from './wire.ts';
+import { LOCAL, OwnershipRegistry, type OwnershipConflict } from './ownership.ts';
 
 export type { RemoteIdentity, RemoteIpEntry, RemoteNode, RemoteService, RemoteClusterStatus };
 
@@ -128,12 +135,48 @@ export interface ClusterMeshStatus {
   counts: { nodes: number; identities: number; ipcache: number; services: number; globalServices: number };
   /** IPs claimed by more than one remote cluster. */
   ipConflicts: number;
+  /** Address ownership between clusters (ownership.ts). */
+  ownership: {
+    /** Refused pod CIDRs and nodes, with the claim that stands against each. */
+    conflicts: OwnershipConflict[];
+    /** Clusters on either side of a conflict. */
+    flagged: string[];
+    /** Remote endpoint IPs refused, per cluster, and the first few with their reason. */
+    refusedIps: { cluster: string; count: number; examples: { ip: string; reason: string }[] }[];
+    /** Remotes whose nodes announce no pod CIDR (their IPs are checked only against other clusters' claims). */
+    unverified: string[];
+  };
 }
 
 interface Attached {
   remote: RemoteCluster;
   config: RemoteClusterConfig;
   unsubscribe: (() => void)[];
+}
+
+const meshesByRegistry = new WeakMap<Registry, Set<ClusterMesh>>();
+
+/** `clustermesh_remote_refused_claims{source_cluster, kind}`: what each remote claimed that is not its own, read at scrape time. */
+function ownershipGauge(registry: Registry): Set<ClusterMesh> {
+  let meshes = meshesByRegistry.get(registry);
+  if (meshes) return meshes;
+  const set = (meshes = new Set());
+  meshesByRegistry.set(registry, set);
+  new promClient.Gauge({
+    name: 'clustermesh_remote_refused_claims',
+    help: 'Claims of remote clusters refused by address ownership: kind pod_cidr (overlaps an earlier claim), node (address of another cluster), endpoint_ip (not inside the remote\'s own pod CIDRs)',
+    labelNames: ['source_cluster', 'kind'] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const m of set) {
+        const o = m.status().ownership;
+        for (const c of o.conflicts) this.inc({ source_cluster: c.cluster, kind: c.kind === 'pod-cidr' ? 'pod_cidr' : 'node' });
+        for (const r of o.refusedIps) this.inc({ source_cluster: r.cluster, kind: 'endpoint_ip' }, r.count);
+      }
+    },
+  });
+  return meshes;
 }
 
 export class ClusterMesh {
@@ -151,8 +194,17 @@ export class ClusterMesh {
   private readonly ipCache = new Cache<string, IpCacheEntry>();
   private readonly serviceCache = new Cache<string, RemoteService>();
   private readonly globalServiceCache = new Cache<string, GlobalService>();
-  /** ip → claims in arrival order (cluster → entry). */
+  /** ip → claims in arrival order (cluster → entry); only entries the ownership check accepted. */
   private readonly ipClaims = new Map<string, Map<string, RemoteIpEntry>>();
+  /** Everything each remote announced: cluster → ip → entry (accepted or not). */
+  private readonly announcedIps = new Map<string, Map<string, RemoteIpEntry>>();
+  /** cluster → IPs accepted as inside the cluster's own pod CIDRs (not merely unverified). */
+  private readonly verifiedIps = new Map<string, Set<string>>();
+  /** cluster → ip → why it was refused. */
+  private readonly refusedIps = new Map<string, Map<string, string>>();
+  /** Every remote node as announced: cluster → node key → node. */
+  private readonly announcedNodes = new Map<string, Map<string, RemoteNode>>();
+  private readonly ownership = new OwnershipRegistry();
   /** "<ns>/<name>" → cluster → service. */
   private readonly servicesByName = new Map<string, Map<string, RemoteService>>();
 
@@ -182,6 +234,7 @@ export class ClusterMesh {
 
   constructor(options: ClusterMeshOptions) {
     this.o = compile(options);
+    if (this.o.registry) ownershipGauge(this.o.registry).add(this);
     this.watcher = new ConfigDirWatcher(this.o.configDir, (ev) => this.enqueue(() => this.onConfig(ev)), {
       rescanIntervalMs: this.o.rescanIntervalMs,
       useFsWatch: this.o.useFsWatch,
@@ -214,6 +267,7 @@ export class ClusterMesh {
 
   /** Disconnects and drains every remote (the mesh is torn down). */
   async close(): Promise<void> {
+    if (this.o.registry) meshesByRegistry.get(this.o.registry)?.delete(this);
     this.watcher.stop();
     await this.enqueue(async () => {
       this.started = false;
@@ -249,7 +303,28 @@ export class ClusterMesh {
         globalServices: this.globalServiceCache.size,
       },
       ipConflicts: conflicts,
+      ownership: {
+        conflicts: this.ownership.conflicts(),
+        flagged: this.ownership.flaggedClusters(),
+        refusedIps: [...this.refusedIps]
+          .filter(([, m]) => m.size > 0)
+          .map(([cluster, m]) => ({ cluster, count: m.size, examples: [...m].slice(0, 5).map(([ip, reason]) => ({ ip, reason })) }))
+          .sort((a, b) => (a.cluster < b.cluster ? -1 : 1)),
+        unverified: this.ownership.unverifiedClusters(),
+      },
     };
+  }
+
+  /**
+   * The local cluster's own nodes (pod CIDRs and addresses), which no remote
+   * may claim. The agent sets them from its cluster's Node objects and itself.
+   */
+  setLocalNode(name: string, claims: { cidrs: readonly string[]; addresses: readonly string[] }): void {
+    this.reevaluate(this.ownership.setNode(LOCAL, name, claims));
+  }
+
+  removeLocalNode(name: string): void {
+    this.reevaluate(this.ownership.removeNode(LOCAL, name));
   }
 
   /** Resolves when every remote is ready (polls status; for tests and startup gates). */
@@ -328,8 +403,16 @@ export class ClusterMesh {
     const unsubscribe = [
       remote.nodes.subscribe((ev) => {
         const key = `${cluster}/${ev.key}`;
-        if (ev.kind === 'upsert') this.nodeCache.set(key, ev.value);
-        else this.nodeCache.delete(key);
+        let mine = this.announcedNodes.get(cluster);
+        if (!mine) this.announcedNodes.set(cluster, (mine = new Map()));
+        if (ev.kind === 'upsert') {
+          mine.set(ev.key, ev.value);
+          this.reevaluate(this.ownership.setNode(cluster, ev.key, { cidrs: ev.value.ipv4AllocCIDR ? [ev.value.ipv4AllocCIDR] : [], addresses: ev.value.addresses.map((a) => a.ip) }));
+        } else {
+          mine.delete(ev.key);
+          this.nodeCache.delete(key);
+          this.reevaluate(this.ownership.removeNode(cluster, ev.key));
+        }
       }),
       remote.identities.subscribe((ev) => {
         if (ev.kind === 'upsert') {
@@ -344,8 +427,17 @@ export class ClusterMesh {
         }
       }),
       remote.ipEntries.subscribe((ev) => {
-        if (ev.kind === 'upsert') this.claimIp(cluster, ev.key, ev.value);
-        else this.withdrawIp(cluster, ev.key);
+        let mine = this.announcedIps.get(cluster);
+        if (!mine) this.announcedIps.set(cluster, (mine = new Map()));
+        if (ev.kind === 'upsert') {
+          mine.set(ev.key, ev.value);
+          this.judgeIp(cluster, ev.key, ev.value);
+        } else {
+          mine.delete(ev.key);
+          this.refusedIps.get(cluster)?.delete(ev.key);
+          this.verifiedIps.get(cluster)?.delete(ev.key);
+          this.withdrawIp(cluster, ev.key);
+        }
       }),
       remote.services.subscribe((ev) => {
         const key = `${cluster}/${ev.key}`;
@@ -366,7 +458,68 @@ export class ClusterMesh {
     for (const u of a.unsubscribe) u();
     this.remotes.delete(name);
     this.ids.release(name);
+    this.announcedIps.delete(name);
+    this.announcedNodes.delete(name);
+    this.refusedIps.delete(name);
+    this.verifiedIps.delete(name);
+    this.reevaluate(this.ownership.removeCluster(name));
     this.o.logger.info({ cluster: name }, 'remote cluster removed and drained');
+  }
+
+  /**
+   * Claims or refuses one announced entry by the ownership rules. On a
+   * re-judgement after a change of claims (`rejudge`), an entry that was
+   * verified inside its cluster's own pod CIDRs is not withdrawn merely
+   * because that range went away (its node pruned or being resynced): it goes
+   * with its own withdrawal, as the resync rules say. It is withdrawn at once
+   * when another cluster's claim covers it; an entry accepted unverified (its
+   * cluster announced no range yet) must pass the check once ranges appear.
+   */
+  private judgeIp(cluster: string, ip: string, entry: RemoteIpEntry, rejudge = false): void {
+    const v = this.ownership.checkIp(cluster, entry.prefix);
+    let verified = this.verifiedIps.get(cluster);
+    if (!verified) this.verifiedIps.set(cluster, (verified = new Set()));
+    if (v.ok) {
+      if (v.unverified) verified.delete(ip);
+      else verified.add(ip);
+      this.refusedIps.get(cluster)?.delete(ip);
+      this.claimIp(cluster, ip, entry);
+      return;
+    }
+    if (rejudge && v.kind === 'outside' && verified.has(ip)) return;
+    verified.delete(ip);
+    let refused = this.refusedIps.get(cluster);
+    if (!refused) this.refusedIps.set(cluster, (refused = new Map()));
+    if (refused.get(ip) !== v.reason) this.o.logger.warn({ cluster, ip, reason: v.reason }, "remote endpoint IP refused: not the cluster's to announce");
+    refused.set(ip, v.reason);
+    this.withdrawIp(cluster, ip);
+  }
+
+  /**
+   * After a change of claims: the published view of every node of the
+   * affected remotes (refused nodes withdrawn, withheld pod CIDRs nulled), and
+   * every entry they announced judged again.
+   */
+  private reevaluate(owners: Iterable<string | typeof LOCAL>): void {
+    for (const owner of owners) {
+      if (owner === LOCAL) continue;
+      for (const [nodeKey, node] of this.announcedNodes.get(owner) ?? []) {
+        const key = `${owner}/${nodeKey}`;
+        const refusal = this.ownership.nodeRefusal(owner, nodeKey);
+        if (refusal) {
+          if (this.nodeCache.get(key)) this.o.logger.warn({ cluster: owner, node: node.name, reason: refusal }, 'remote node refused');
+          this.nodeCache.delete(key);
+          continue;
+        }
+        const accepted = this.ownership.acceptedCidrs(owner, nodeKey);
+        const cidr = node.ipv4AllocCIDR && accepted.length > 0 ? node.ipv4AllocCIDR : null;
+        if (node.ipv4AllocCIDR && !cidr && this.nodeCache.get(key)?.ipv4AllocCIDR !== null) {
+          this.o.logger.warn({ cluster: owner, node: node.name, podCIDR: node.ipv4AllocCIDR }, 'remote pod CIDR overlaps an earlier claim of another cluster; withheld');
+        }
+        this.nodeCache.set(key, cidr === node.ipv4AllocCIDR ? node : { ...node, ipv4AllocCIDR: cidr });
+      }
+      for (const [ip, entry] of this.announcedIps.get(owner) ?? []) this.judgeIp(owner, ip, entry, true);
+    }
   }
 
   /** `ip` is the IP of a host entry, "ip/len" of a prefix entry. */

@@ -92,6 +92,14 @@ export class TestCluster {
       }),
     );
   }
+  /** A node with any address and pod CIDR (a remote that lies, or overlaps). */
+  async putNodeAs(name: string, ip: string, cidr: string | null): Promise<void> {
+    await this.writer.put(nodeKey(this.name, name), encodeNode({ Name: name, Cluster: this.name, ClusterID: this.id, IPAddresses: [{ Type: 'InternalIP', IP: ip }], IPv4AllocCIDR: cidr, Labels: {} }));
+  }
+  /** An endpoint entry for any IP, reached through `hostIP`. */
+  async putIpAs(ip: string, hostIP: string, identity: number): Promise<void> {
+    await this.writer.put(ipKey(ip), encodeIpEntry({ IP: ip, Mask: null, HostIP: hostIP, ID: this.identity(identity), Key: 0, K8sNamespace: 'default', K8sPodName: `pod-${ip}` }));
+  }
   async putIdentity(n: number, app = `app${n}`): Promise<void> {
     await this.writer.put(identityKey(this.identity(n)), encodeIdentity(this.labels(app)));
   }
