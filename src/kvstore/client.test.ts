@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test } from 'node:test';
 
-import { heartbeatKey, identityKey, nodeKey, rejectsKind, storePrefix, TEST_ROLES, withClients, withTestEtcd as withEtcd } from './testing.ts';
+import { heartbeatKey, identityKey, issueExpiredClientCert, nodeKey, rejectsKind, storePrefix, TEST_ROLES, withClients, withTestEtcd as withEtcd } from './testing.ts';
 import { KvClient } from './client.ts';
 import { configureEtcdAuth } from './etcd-process.ts';
 import { createCA, issueCert } from './pki.ts';
@@ -205,8 +205,13 @@ test('error kinds: unauthenticated and tls', async () => {
     const c2 = new KvClient({ ...server.connection('root'), caFile: other.certFile });
     // The server certificate does not name what we verify.
     const c3 = new KvClient({ ...server.connection('root'), serverName: 'etcd.elsewhere.example' });
+    // Our own CA, our user, but the certificate expired in 2020.
+    const expired = await issueExpiredClientCert(server.ca, 'root', join(server.dir, 'expired'));
+    const c4 = new KvClient({ ...server.connection('root'), certFile: expired.certFile, keyFile: expired.keyFile });
     try {
       await rejectsKind(c1.get('cilium/x'), 'unauthenticated');
+      await rejectsKind(c4.get('cilium/x'), 'unauthenticated');
+      await rejectsKind(c4.put('cilium/x', 'written with an expired certificate'), 'unauthenticated');
       const e2 = await rejectsKind(c2.get('cilium/x'), 'tls');
       assert.match(e2.message, /verify|certificate/);
       const e3 = await rejectsKind(c3.get('cilium/x'), 'tls');
@@ -214,7 +219,7 @@ test('error kinds: unauthenticated and tls', async () => {
       const watchErr = await new Promise<KvError>((resolve) => c2.watch('cilium/', '1', () => undefined, resolve));
       assert.equal(watchErr.kind, 'tls');
     } finally {
-      await Promise.all([c1.close(), c2.close(), c3.close()]);
+      await Promise.all([c1.close(), c2.close(), c3.close(), c4.close()]);
     }
   });
   // An etcd whose server certificate names only another host, reached by IP.

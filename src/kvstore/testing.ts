@@ -2,6 +2,11 @@
 // its tests need nothing from the layers above (the mesh's real roles and keys
 // live in src/clustermesh/).
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import type { CertFiles, CertificateAuthority } from './pki.ts';
 import { KvClient } from './client.ts';
 import { withEtcd, type EtcdOptions, type EtcdRoles, type EtcdServer } from './etcd-process.ts';
 import { KvError, type KvErrorKind } from './types.ts';
@@ -52,4 +57,32 @@ export async function withClients<T>(server: EtcdServer, users: string[], fn: (.
   } finally {
     await Promise.all(clients.map((c) => c.close()));
   }
+}
+
+/**
+ * A client certificate of `ca` that expired in 2020 (`openssl ca` with fixed
+ * dates: `req -x509` cannot back-date). Test-only: nothing in the product
+ * should ever make one.
+ */
+export async function issueExpiredClientCert(ca: CertificateAuthority, commonName: string, outDir: string): Promise<CertFiles> {
+  const dir = join(outDir, `expired-${commonName}`);
+  await mkdir(dir, { recursive: true });
+  const cnf = join(dir, 'ca.cnf');
+  await writeFile(
+    cnf,
+    [
+      '[ca]', 'default_ca = x', '[x]', `database = ${join(dir, 'index.txt')}`, `new_certs_dir = ${dir}`, `serial = ${join(dir, 'serial')}`,
+      'default_md = sha256', 'policy = p', 'unique_subject = no', '[p]', 'commonName = supplied', '[ext]',
+      'basicConstraints = critical,CA:FALSE', 'keyUsage = critical,digitalSignature,keyAgreement', 'extendedKeyUsage = clientAuth', '',
+    ].join('\n'),
+  );
+  await writeFile(join(dir, 'index.txt'), '');
+  await writeFile(join(dir, 'serial'), '01\n');
+  const run = promisify(execFile);
+  const keyFile = join(dir, 'client.key');
+  const csr = join(dir, 'client.csr');
+  const certFile = join(dir, 'client.crt');
+  await run('openssl', ['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', keyFile, '-subj', `/CN=${commonName}`, '-out', csr]);
+  await run('openssl', ['ca', '-batch', '-config', cnf, '-cert', ca.certFile, '-keyfile', ca.keyFile, '-in', csr, '-out', certFile, '-startdate', '20200101000000Z', '-enddate', '20200102000000Z', '-extensions', 'ext']);
+  return { certFile, keyFile, caFile: ca.certFile };
 }
