@@ -11,7 +11,7 @@ import * as ctMap from '../datapath/maps/ct.ts';
 import * as maglevMap from '../datapath/maps/maglev.ts';
 import * as revnatMap from '../datapath/maps/revnat.ts';
 import * as servicesMap from '../datapath/maps/services.ts';
-import { parseObject, type Pod, type Service } from '../model/index.ts';
+import { parseObject, selectorBackends, type EndpointSlice, type Pod, type Service } from '../model/index.ts';
 import { ResourceCache } from '../sources/resource.ts';
 import { RemoteTracker, ServiceManager, frontendSpecs, parseFrontendKey, type RemoteBackendSet, type ServiceMaps } from './services.ts';
 
@@ -48,6 +48,9 @@ function counterIds() {
   };
 }
 
+/** frontendSpecs with the local backends picked by the service's selector (the store source's path). */
+const specsOf = (svc: Service, pods: Pod[], ...rest: [RemoteBackendSet[], number, ReturnType<typeof counterIds>]) => frontendSpecs(svc, selectorBackends(svc, pods), ...rest);
+
 describe('frontendSpecs', () => {
   it('one frontend per TCP/UDP port; named target ports resolved per pod; unready pods kept, flagged; others left out', () => {
     const svc = service({
@@ -66,7 +69,7 @@ describe('frontendSpecs', () => {
       pod('f', '10.101.2.12', { labels: { app: 'other' } }),
       pod('g', '10.101.2.13', { ns: 'other' }),
     ];
-    const specs = frontendSpecs(svc, pods, [], 1, counterIds());
+    const specs = specsOf(svc, pods, [], 1, counterIds());
     assert.deepEqual(specs.map((s) => [s.vip, s.port, s.protocol]), [['10.96.0.10', 80, 'TCP'], ['10.96.0.10', 53, 'UDP']]);
     const http = specs[0]!.backends.map((b) => [b.ip, b.port, b.ready, b.local]);
     assert.deepEqual(http, [
@@ -78,7 +81,7 @@ describe('frontendSpecs', () => {
     assert.ok(specs[1]!.backends.every((b) => b.port === 5353));
     assert.equal(specs[0]!.topologyAffinity, 'none');
     assert.equal(specs[0]!.sessionAffinity, undefined);
-    assert.deepEqual(frontendSpecs(service({ vip: 'None' }), pods, [], 1, counterIds()), [], 'headless: no frontend');
+    assert.deepEqual(specsOf(service({ vip: 'None' }), pods, [], 1, counterIds()), [], 'headless: no frontend');
   });
 
   it('a global service merges remote backends by port name and protocol; a local one ignores them; shared:"false" keeps its own', () => {
@@ -89,21 +92,21 @@ describe('frontendSpecs', () => {
       { cluster: 'cluster5', clusterId: 5, ip: '10.105.1.10', ports: [{ name: 'http', protocol: 'TCP', port: 8081 }], clusterGone: true },
     ];
     const local = [pod('a', '10.101.1.10')];
-    const plain = frontendSpecs(service(), local, remote, 1, counterIds());
+    const plain = specsOf(service(), local, remote, 1, counterIds());
     assert.deepEqual(plain[0]!.backends.map((b) => b.ip), ['10.101.1.10']);
-    const global = frontendSpecs(service({ annotations: { 'service.cilium.io/global': 'true', 'service.cilium.io/affinity': 'local' } }), local, remote, 1, counterIds());
+    const global = specsOf(service({ annotations: { 'service.cilium.io/global': 'true', 'service.cilium.io/affinity': 'local' } }), local, remote, 1, counterIds());
     assert.deepEqual(global[0]!.backends.map((b) => [b.ip, b.port, b.clusterId, b.local, b.clusterGone]), [
       ['10.101.1.10', 8080, 1, true, false],
       ['10.102.1.10', 8080, 2, false, false],
       ['10.105.1.10', 8081, 5, false, true],
     ]);
     assert.equal(global[0]!.topologyAffinity, 'local');
-    const legacyUnshared = frontendSpecs(service({ annotations: { 'io.cilium/global-service': 'true', 'service.cilium.io/shared': 'false' } }), local, remote, 1, counterIds());
+    const legacyUnshared = specsOf(service({ annotations: { 'io.cilium/global-service': 'true', 'service.cilium.io/shared': 'false' } }), local, remote, 1, counterIds());
     assert.equal(legacyUnshared[0]!.backends.length, 3, 'not shared = not offered; it still uses its own and remote backends');
-    const aff = frontendSpecs(service({ affinity: true }), local, [], 1, counterIds());
+    const aff = specsOf(service({ affinity: true }), local, [], 1, counterIds());
     assert.deepEqual(aff[0]!.sessionAffinity, { timeoutSeconds: 60 });
     assert.equal(aff[0]!.algorithm, 'slots');
-    assert.equal(frontendSpecs(service({ annotations: { 'service.cilium.io/lb-algorithm': 'maglev' } }), local, [], 1, counterIds())[0]!.algorithm, 'maglev');
+    assert.equal(specsOf(service({ annotations: { 'service.cilium.io/lb-algorithm': 'maglev' } }), local, [], 1, counterIds())[0]!.algorithm, 'maglev');
   });
 });
 
@@ -183,17 +186,21 @@ class World {
   readonly maps = fakeMaps(this.log);
   services = new ResourceCache<Service>('Service');
   pods = new ResourceCache<Pod>('Pod');
+  slices = new ResourceCache<EndpointSlice>('EndpointSlice');
   readonly global = new Cache<string, GlobalService>();
   readonly remoteServices = new Cache<string, RemoteService>();
   remotes: Array<Pick<RemoteClusterStatus, 'name' | 'state' | 'connected' | 'clusterId'>> = [];
   synced = true;
 
-  manager(o: { ttlMs?: number } = {}): ServiceManager {
+  manager(o: { ttlMs?: number; from?: 'selectors' | 'endpointslices' } = {}): ServiceManager {
+    // The resources the backends come from have listed; what a test holds back is canProgram (`synced`).
+    this.pods.markSynced();
+    this.slices.markSynced();
     return new ServiceManager({
       clusterName: 'cluster1',
       clusterId: 1,
       services: this.services,
-      pods: this.pods,
+      backends: o.from === 'endpointslices' ? { from: 'endpointslices', endpointSlices: this.slices } : { from: 'selectors', pods: this.pods },
       mesh: { globalServices: this.global, services: this.remoteServices, status: () => ({ remotes: this.remotes }) },
       maps: () => this.maps,
       canProgram: () => this.synced,

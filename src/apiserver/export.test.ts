@@ -7,6 +7,7 @@ import { ManualClock } from '../util/clock.ts';
 import { decodeIpEntry, decodeNode, decodeService, encodeService, type WireSource } from '../clustermesh/wire.ts';
 import {
   parseObject,
+  selectorBackends,
   type Endpoint,
   type Namespace,
   type Node,
@@ -21,6 +22,8 @@ import { compileApiserverOptions, OptionError, parseDuration } from './options.t
 
 const log = pino({ level: 'silent' });
 const cluster: ExportCluster = { name: 'c1', id: 1, maxConnectedClusters: 255 };
+/** serviceValue with the backends the service's selector picks (the store source's path). */
+const valueOf = (s: Service, pods: Pod[]) => serviceValue(cluster, s, selectorBackends(s, pods));
 const src: WireSource = { cluster: 'c1', clusterId: 1, maxConnectedClusters: 255 };
 
 class FakeSink implements KeySink {
@@ -112,7 +115,7 @@ describe('conversion to the wire format', () => {
       pod('web-3', { app: 'web' }, undefined),
       pod('other', { app: 'other' }, '10.101.1.7'),
     ];
-    const v = serviceValue(cluster, svc('echo', { 'service.cilium.io/global': 'true' }), pods);
+    const v = valueOf(svc('echo', { 'service.cilium.io/global': 'true' }), pods);
     assert.deepEqual(v, {
       cluster: 'c1',
       namespace: 'default',
@@ -130,11 +133,11 @@ describe('conversion to the wire format', () => {
 
   it('not global → not exported; legacy annotation; shared "false" → not exported (as Cilium)', () => {
     const pods = [pod('web-1', { app: 'web' }, '10.101.1.5')];
-    assert.equal(serviceValue(cluster, svc('local', {}), pods), undefined);
-    assert.equal(serviceValue(cluster, svc('local', { 'service.cilium.io/global': 'false' }), pods), undefined);
-    assert.deepEqual(Object.keys(serviceValue(cluster, svc('legacy', { 'io.cilium/global-service': 'true' }), pods)!.backends), ['10.101.1.5']);
-    assert.equal(serviceValue(cluster, svc('n', { 'service.cilium.io/global': 'true', 'service.cilium.io/shared': 'false' }), pods), undefined);
-    const headless = serviceValue(cluster, svc('h', { 'service.cilium.io/global': 'true' }, { clusterIP: 'None' }), pods)!;
+    assert.equal(valueOf(svc('local', {}), pods), undefined);
+    assert.equal(valueOf(svc('local', { 'service.cilium.io/global': 'false' }), pods), undefined);
+    assert.deepEqual(Object.keys(valueOf(svc('legacy', { 'io.cilium/global-service': 'true' }), pods)!.backends), ['10.101.1.5']);
+    assert.equal(valueOf(svc('n', { 'service.cilium.io/global': 'true', 'service.cilium.io/shared': 'false' }), pods), undefined);
+    const headless = valueOf(svc('h', { 'service.cilium.io/global': 'true' }, { clusterIP: 'None' }), pods)!;
     assert.deepEqual(headless.frontends, {});
   });
 });
@@ -182,7 +185,7 @@ describe('per-prefix export', () => {
     const services = new ResourceCache<Service>('Service');
     const pods = new ResourceCache<Pod>('Pod');
     const sink = new FakeSink();
-    exportServices(cluster, services, pods, new PrefixExport('services', sink), log);
+    exportServices(cluster, services, { from: 'selectors', pods }, new PrefixExport('services', sink), log);
     const key = 'cilium/state/services/v1/c1/default/echo';
     services.set(svc('echo', { 'service.cilium.io/global': 'true' }));
     services.set(svc('local', {}));

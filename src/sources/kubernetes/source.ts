@@ -61,6 +61,8 @@ type Caches = { [K in KubeKind]: ResourceCache<ObjectKinds[K]> };
 
 export class KubernetesSource implements ClusterSource {
   readonly type = 'kubernetes' as const;
+  /** The cluster's EndpointSlice controller (kube-controller-manager, or the lab's) is the truth about backends. */
+  readonly serviceBackends = 'endpointslices' as const;
   private readonly caches: Caches;
   private readonly endpointResource: Resource<Endpoint>;
   private readonly reflectors = new Map<KubeKind, Reflector>();
