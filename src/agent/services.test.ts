@@ -428,6 +428,75 @@ describe('ServiceManager', () => {
     await m.stop();
   });
 
+  it('with EndpointSlices: a selectorless Service, graceful termination in the maps, nothing before the slices listed', async () => {
+    const w = new World();
+    // No selector: only its (hand-written) slices give it backends; pods matching nothing are irrelevant.
+    const svc = parseObject('Service', { kind: 'Service', metadata: { name: 'ext', namespace: 'default' }, spec: { clusterIP: '10.96.0.20', ports: [{ name: 'http', port: 80 }] } });
+    const slice = (name: string, eps: Array<[string, Record<string, boolean>?]>): EndpointSlice =>
+      parseObject('EndpointSlice', {
+        kind: 'EndpointSlice',
+        metadata: { name, namespace: 'default', labels: { 'kubernetes.io/service-name': 'ext' } },
+        addressType: 'IPv4',
+        endpoints: eps.map(([ip, conditions]) => ({ addresses: [ip], conditions: conditions ?? {} })),
+        ports: [{ name: 'http', port: 8080 }],
+      });
+    w.services.set(svc);
+    w.services.markSynced();
+    w.pods.set(pod('a', '10.101.1.10', { labels: { app: 'web' } }));
+    w.slices.set(slice('ext-1', [['10.101.5.1'], ['10.101.5.2', { ready: false, serving: true, terminating: true }]]));
+    // The slices have not listed yet (not marked synced): nothing is programmed, even with canProgram true.
+    const slices = w.slices;
+    const m = new ServiceManager({
+      clusterName: 'cluster1',
+      clusterId: 1,
+      services: w.services,
+      backends: { from: 'endpointslices', endpointSlices: slices },
+      mesh: { globalServices: w.global, services: w.remoteServices, status: () => ({ remotes: w.remotes }) },
+      maps: () => w.maps,
+      canProgram: () => true,
+      pruneBlocker: () => null,
+      remotePollMs: 10,
+      gcIntervalMs: 0,
+      log: silent,
+    });
+    const u = m.subscribe();
+    await m.start();
+    await m.flush();
+    assert.equal(w.servicesMap().size, 0, 'nothing before the EndpointSlices listed');
+    assert.equal(m.status().waitingForSync, true);
+    slices.markSynced();
+    await until('programmed', () => w.servicesMap().get('10.96.0.20:80/TCP')?.backendCount === 1);
+    await m.flush();
+    assert.deepEqual(w.slotIps('10.96.0.20:80/TCP'), ['10.101.5.1']);
+    const flags = () => Object.fromEntries([...w.backends().values()].map((b) => [`${b.ip}:${b.port}`, [b.terminating, b.notReady]]));
+    assert.deepEqual(flags(), { '10.101.5.1:8080': [false, false], '10.101.5.2:8080': [true, false] }, 'the draining endpoint keeps its connections, takes no new ones');
+
+    // The ready endpoint goes; the draining one is all that serves: it takes new connections (graceful termination).
+    slices.set(slice('ext-1', [['10.101.5.2', { ready: false, serving: true, terminating: true }]]));
+    await until('the fallback', () => w.slotIps('10.96.0.20:80/TCP').join() === '10.101.5.2');
+    await m.flush();
+    assert.deepEqual(flags(), { '10.101.5.2:8080': [false, false] }, 'no terminating flag while it is the fallback (the datapath refuses new connections to flagged backends)');
+    const info = m.list().find((x) => x.name === 'ext')!;
+    assert.deepEqual(info.frontends[0]!.backends.cluster1!.map((b) => [b.ip, b.active, b.terminating]), [['10.101.5.2', true, false]]);
+
+    // A new ready endpoint in a second slice: new connections go there only; the draining one is flagged again.
+    slices.set(slice('ext-2', [['10.101.5.3', { ready: true }]]));
+    await until('the new endpoint', () => w.slotIps('10.96.0.20:80/TCP').join() === '10.101.5.3');
+    await m.flush();
+    assert.deepEqual(flags(), { '10.101.5.2:8080': [true, false], '10.101.5.3:8080': [false, false] });
+    // Pods never mattered.
+    w.pods.set(pod('b', '10.101.1.11'));
+    await m.flush();
+    assert.deepEqual(w.slotIps('10.96.0.20:80/TCP'), ['10.101.5.3']);
+    // The slices go: the frontend stays, without backends.
+    slices.remove({ namespace: 'default', name: 'ext-1' });
+    slices.remove({ namespace: 'default', name: 'ext-2' });
+    await until('no backends', () => w.backends().size === 0);
+    assert.equal(w.servicesMap().get('10.96.0.20:80/TCP')?.backendCount, 0);
+    u.forEach((x) => x());
+    await m.stop();
+  });
+
   it('parseFrontendKey is the inverse of the reconciler key', () => {
     assert.deepEqual(parseFrontendKey('10.96.0.10:53/UDP'), { vip: '10.96.0.10', port: 53, protocol: 'UDP' });
     assert.throws(() => parseFrontendKey('10.96.0.10:53'), /not a frontend key/);

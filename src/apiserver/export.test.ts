@@ -9,6 +9,7 @@ import {
   parseObject,
   selectorBackends,
   type Endpoint,
+  type EndpointSlice,
   type Namespace,
   type Node,
   type Pod,
@@ -210,6 +211,36 @@ describe('per-prefix export', () => {
     services.set(svc('echo', { 'service.cilium.io/global': 'true' }));
     services.remove({ namespace: 'default', name: 'echo' });
     assert.equal(sink.kv.size, 0);
+  });
+
+  it('services from EndpointSlices: the backends that take new connections, by port name; the canary waits for the slices', () => {
+    const services = new ResourceCache<Service>('Service');
+    const slices = new ResourceCache<EndpointSlice>('EndpointSlice');
+    const sink = new FakeSink();
+    exportServices(cluster, services, { from: 'endpointslices', endpointSlices: slices }, new PrefixExport('services', sink), log);
+    const key = 'cilium/state/services/v1/c1/default/echo';
+    const slice = (name: string, owner: string, eps: Array<[string, Record<string, boolean>]>): EndpointSlice =>
+      parseObject('EndpointSlice', {
+        kind: 'EndpointSlice',
+        metadata: { name, namespace: 'default', labels: { 'kubernetes.io/service-name': owner } },
+        addressType: 'IPv4',
+        endpoints: eps.map(([ip, conditions]) => ({ addresses: [ip], conditions })),
+        ports: [{ name: 'http', port: 8080 }, { name: 'dns', port: 5353, protocol: 'UDP' }],
+      });
+    services.set(svc('echo', { 'service.cilium.io/global': 'true' }));
+    services.markSynced();
+    slices.set(slice('echo-1', 'echo', [['10.101.1.5', { ready: true }], ['10.101.1.6', { ready: false }], ['10.101.1.7', { ready: false, serving: true, terminating: true }]]));
+    assert.equal(sink.synced, false, 'services listed, slices not yet');
+    slices.markSynced();
+    assert.equal(sink.synced, true);
+    const backends = () => JSON.parse(sink.kv.get(key)!).backends as Record<string, unknown>;
+    assert.deepEqual(backends(), { '10.101.1.5': { http: { Protocol: 'TCP', Port: 8080 }, dns: { Protocol: 'UDP', Port: 5353 } } });
+    // Only draining endpoints left: they are what this cluster's agents use, so they are what it offers.
+    slices.set(slice('echo-1', 'echo', [['10.101.1.7', { ready: false, serving: true, terminating: true }], ['10.101.1.8', { ready: false, serving: false, terminating: true }]]));
+    assert.deepEqual(Object.keys(backends()), ['10.101.1.7']);
+    // The slice moves to another Service: echo has none.
+    slices.set(slice('echo-1', 'other', [['10.101.1.5', { ready: true }]]));
+    assert.deepEqual(backends(), {});
   });
 });
 
