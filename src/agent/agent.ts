@@ -34,7 +34,7 @@ import { NodeDatapath } from '../datapath/node.ts';
 import { IdentityAllocator } from '../identity/allocator.ts';
 import { KvClient } from '../kvstore/client.ts';
 import type { ClusterObject } from '../model/index.ts';
-import { StoreSource, StoreWriter, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
+import { StoreSource, StoreWriter, serviceBackendInput, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
 import { startApiServer, type ApiServer } from './api.ts';
 import { AgentFlowNamer, FlowReader } from './flow-reader.ts';
 import { agentRegistry, startMetricsServer } from './metrics.ts';
@@ -266,7 +266,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       clusterName: cfg.clusterName,
       clusterId: cfg.clusterID,
       services: source.services,
-      pods: source.pods,
+      backends: serviceBackendInput(source),
       mesh,
       maps: () => dp.maps,
       canProgram: mayProgram,

@@ -8,7 +8,7 @@ import { IdentityAllocator } from '../identity/allocator.ts';
 import { KvClient } from '../kvstore/client.ts';
 import { SyncStore, type SyncStoreStatus } from '../kvstore/sync-store.ts';
 import type { KvConnectionConfig } from '../kvstore/types.ts';
-import { StoreSource, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
+import { StoreSource, serviceBackendInput, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
 import { exportIps, exportNodes, exportServices, PrefixExport, type ExportCluster } from './export.ts';
 import { Heartbeat } from './heartbeat.ts';
 import { PodIdentities } from './identities.ts';
@@ -130,7 +130,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
   const unsubscribe: Unsubscribe[] = [
     exportNodes(cluster, source.nodes, nodesOut, log),
     exportIps(cluster, source.endpoints, source.pods, ipOut, log),
-    exportServices(cluster, source.services, source.pods, servicesOut, log),
+    exportServices(cluster, source.services, serviceBackendInput(source), servicesOut, log),
   ];
   identities.start();
   await source.start();
