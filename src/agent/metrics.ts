@@ -91,6 +91,7 @@ export function agentRegistry(src: AgentMetricsSources): Registry {
     'Connections or packets sent to a service backend: path packet = packets translated by the per-packet datapath (by direction); socket-connect / socket-sendmsg = connect() calls and unconnected UDP datagrams translated by socket-level load balancing',
     ['path', 'direction'],
     (c) => {
+      c.inc({ path: 'packet', direction: 'egress' }, 0); // from_container translates: the series exists from the start
       for (const x of rows) if (x.reason === xlate) c.inc({ path: 'packet', direction: x.direction }, Number(x.packets));
       const sock = src.socketLB();
       if (sock) {
