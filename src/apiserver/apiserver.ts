@@ -167,13 +167,13 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
   ready.catch(() => undefined);
 
   const status = (): ApiserverStatus => ({
-      cluster: cfg.clusterName,
-      clusterId: cfg.clusterId,
-      synced: Object.values(stores).every((s) => s.synced),
-      heartbeats: heartbeat.count,
-      exported: { nodes: nodesOut.size, ip: ipOut.size, services: servicesOut.size },
-      identities: identities.status(),
-      stores: Object.fromEntries(Object.entries(stores).map(([k, s]) => [k, s.status()])) as Record<SyncedPrefixName, SyncStoreStatus>,
+    cluster: cfg.clusterName,
+    clusterId: cfg.clusterId,
+    synced: Object.values(stores).every((s) => s.synced),
+    heartbeats: heartbeat.count,
+    exported: { nodes: nodesOut.size, ip: ipOut.size, services: servicesOut.size },
+    identities: identities.status(),
+    stores: Object.fromEntries(Object.entries(stores).map(([k, s]) => [k, s.status()])) as Record<SyncedPrefixName, SyncStoreStatus>,
   });
 
   // ---- Prometheus metrics (read at scrape time); a port in use is reported, not fatal
