@@ -33,7 +33,7 @@ import { createKubeApiPki, writeKubeconfig } from './kube-api/index.ts';
 import { issueCert } from '../kvstore/pki.ts';
 import type { KubeApiReady, KubeApiServerConfig } from './kube-apiserver.ts';
 import { WORKLOAD_NODE_FLAGS } from './workload-main.ts';
-import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT, prometheusBinary, startLabPrometheus, waitPrometheusReady } from './prometheus.ts';
+import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT, openUiSocket, prometheusBinary, startLabPrometheus, waitPrometheusReady } from './prometheus.ts';
 
 export const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
 /** The Service CIDR of every cluster (ARCHITECTURE §2); .10 is the cluster DNS. */
@@ -232,6 +232,9 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     // A directory without state: nothing of ours can be in it that we could remove exactly.
     throw new Error(`${dir} exists but holds no lab state; remove it by hand or pick another --lab`);
   }
+
+  // The UI's port taken: say so before building anything, too.
+  const ui = o.prometheus ? await openUiSocket(o.prometheusPort ?? 9090) : undefined;
 
   const prefix = labNetnsPrefix(name);
   const state: LabState = {
@@ -450,7 +453,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
       const p = await startLabPrometheus({
         dir: join(dir, 'prometheus'),
         routerNetns: topo.routerNetns,
-        port: o.prometheusPort ?? 9090,
+        ui: ui!,
         cli: CLI,
         targets: {
           agents: state.nodes.map((n) => ({ cluster: n.cluster, node: n.name, address: `${n.underlayIP}:${AGENT_METRICS_PORT}` })),
@@ -473,6 +476,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     progress(`[6/6] lab ${name} is up: ${o.clusters} clusters x ${o.nodes} nodes in ${(totalMs / 1000).toFixed(1)} s (all connected after ${(readyMs / 1000).toFixed(1)} s); state in ${dir}`);
     return { state, readyMs, totalMs };
   } catch (err) {
+    ui?.close();
     state.phase = 'failed';
     state.error = `${step}: ${(err as Error).message}`;
     try {

@@ -62,12 +62,24 @@ export interface LabPrometheus {
   configFile: string;
 }
 
+/** The UI's listening socket on 127.0.0.1:`port` of this (host) namespace (0: any free port); opened before the lab is built, so a port in use fails at once. */
+export async function openUiSocket(port: number): Promise<Server> {
+  const server = createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) =>
+      reject(new Error(err.code === 'EADDRINUSE' ? `--prometheus-port ${port}: 127.0.0.1:${port} is in use; pick another port (0: any free one)` : `--prometheus-port ${port}: ${err.message}`)),
+    );
+    server.listen(port, '127.0.0.1', () => resolve());
+  });
+  return server;
+}
+
 /**
- * Starts prometheus in `routerNetns` and its forwarder from 127.0.0.1:`port`
- * of this (host) namespace (0: any free port). Detached: both outlive this
+ * Starts prometheus in `routerNetns` and its forwarder serving `ui` (from
+ * openUiSocket; closed here once handed over). Detached: both outlive this
  * process; stop them by pid (lab down).
  */
-export async function startLabPrometheus(o: { dir: string; routerNetns: string; targets: PrometheusTargets; port: number; cli: string }): Promise<LabPrometheus> {
+export async function startLabPrometheus(o: { dir: string; routerNetns: string; targets: PrometheusTargets; ui: Server; cli: string }): Promise<LabPrometheus> {
   const bin = prometheusBinary();
   mkdirSync(join(o.dir, 'data'), { recursive: true });
   const configFile = join(o.dir, 'prometheus.yml');
@@ -81,14 +93,8 @@ export async function startLabPrometheus(o: { dir: string; routerNetns: string; 
   });
   await prometheus.start();
 
-  // The listening socket, made here in the host namespace, handed to the forwarder as fd 3.
-  const server: Server = createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', (err: NodeJS.ErrnoException) =>
-      reject(new Error(err.code === 'EADDRINUSE' ? `--prometheus-port ${o.port}: 127.0.0.1:${o.port} is in use; pick another port (0: any free one)` : `127.0.0.1:${o.port}: ${err.message}`)),
-    );
-    server.listen(o.port, '127.0.0.1', () => resolve());
-  });
+  // The listening socket, made in the host namespace, handed to the forwarder as fd 3.
+  const server = o.ui;
   const port = (server.address() as { port: number }).port;
   const fd = (server as unknown as { _handle: { fd: number } })._handle.fd;
   const forwarder = new ManagedProcess({
