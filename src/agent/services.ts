@@ -469,7 +469,7 @@ export class ServiceManager {
   }
 
   /** In write order: what a service points at first, the services last. */
-  get reconcilerList(): Array<Pick<Reconciler<unknown>, 'name' | 'start' | 'stop' | 'fullSync' | 'status'>> {
+  get reconcilerList(): Array<Pick<Reconciler<unknown>, 'name' | 'start' | 'stop' | 'fullSync' | 'status' | 'passSeconds'>> {
     const r = this.reconcilers;
     return [r.backends, r.slots, r.maglev, r.revnat, r.services];
   }

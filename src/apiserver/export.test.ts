@@ -343,6 +343,8 @@ describe('apiserver options', () => {
     assert.equal(c.maxConnectedClusters, 255);
     assert.equal(c.heartbeatIntervalMs, 15_000);
     assert.equal(c.identityGcGraceMs, 300_000);
+    assert.equal(c.metricsAddress, '127.0.0.1:9963');
+    assert.equal(compileApiserverOptions({ ...base, metricsAddress: '' }).metricsAddress, '', "'' turns the endpoint off");
     assert.equal(compileApiserverOptions({ ...base, clusterId: '400', maxConnectedClusters: '511' }).clusterId, 400);
     assert.equal(parseDuration('--x', '250ms'), 250);
     assert.equal(parseDuration('--x', '1.5s'), 1500);
@@ -360,6 +362,7 @@ describe('apiserver options', () => {
       [{ ...base, sessionTtl: '1' }, '--session-ttl'],
       [{ ...base, identityGcGrace: 'soon' }, '--identity-gc-grace'],
       [{ ...base, logLevel: 'loud' }, '--log-level'],
+      [{ ...base, metricsAddress: '9963' }, '--metrics-address'],
     ];
     for (const [raw, option] of cases) {
       assert.throws(

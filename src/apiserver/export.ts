@@ -35,6 +35,8 @@ export interface ExportCluster {
 export class PrefixExport {
   private readonly desired = new Map<string, string>();
   private initialDone = false;
+  /** Source objects that could not be converted into a value of this prefix. */
+  errors = 0;
   private resolveInitial!: () => void;
   /** Resolves once the initial set (and the pruning of stale keys) was handed to the sink. */
   readonly initialSyncDone = new Promise<void>((r) => (this.resolveInitial = r));
@@ -87,6 +89,7 @@ export function exportNodes(cluster: ExportCluster, nodes: Resource<Node>, out: 
     try {
       out.set(key, encodeNode(nodeValue(cluster, ev.object)));
     } catch (err) {
+      out.errors++;
       log.warn({ node: ev.object.metadata.name, err: errMessage(err) }, 'node not exported');
       out.remove(key);
     }
@@ -129,6 +132,7 @@ export function exportIps(cluster: ExportCluster, endpoints: Resource<Endpoint>,
         throw new Error(`identity ${ep.status.identity.id} is outside cluster ${cluster.name}'s range`);
       value = encodeIpEntry(ipEntryValue(ep, pods.get({ namespace: ep.metadata.namespace, name: ep.metadata.name })));
     } catch (err) {
+      out.errors++;
       log.warn({ endpoint: ref, err: errMessage(err) }, 'endpoint IP not exported');
       return unclaim(ref);
     }
@@ -195,6 +199,7 @@ export function exportServices(
       if (value === undefined) out.remove(key);
       else out.set(key, encodeService(value));
     } catch (err) {
+      out.errors++;
       log.warn({ service: refKey(svc.metadata), err: errMessage(err) }, 'service not exported');
       out.remove(key);
     }
