@@ -143,7 +143,7 @@ describe('Service backends from EndpointSlices (lab Kubernetes API, real maps an
     await manager.start();
 
     apiserver = await startApiserver(
-      { clusterName: CLUSTER, clusterId: 1, maxConnectedClusters: 255, etcdConfigFile: '/unused', heartbeatIntervalMs: 1000, sessionTtlSeconds: 10, identityGcIntervalMs: 3_600_000, identityGcGraceMs: 3_600_000, logLevel: 'silent' },
+      { clusterName: CLUSTER, clusterId: 1, maxConnectedClusters: 255, etcdConfigFile: '/unused', heartbeatIntervalMs: 1000, sessionTtlSeconds: 10, identityGcIntervalMs: 3_600_000, identityGcGraceMs: 3_600_000, logLevel: 'silent', metricsAddress: '' },
       { connection: etcd.connection('apiserver'), source, logger: pino({ level: 'silent' }) },
     );
     await apiserver.ready;
