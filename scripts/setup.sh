@@ -3,8 +3,19 @@
 # safe to run any number of times: missing Debian packages, npm packages
 # (npm ci when package-lock.json changed), the compiled CLI in dist/ (rebuilt
 # when a source changed, see scripts/build.mjs) and the compiled BPF objects.
+#
+#   --browser   also Debian's chromium: the headless browser test/ui.test.ts
+#               drives (scripts/test.sh asks for it; the demo does not need it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+WITH_BROWSER=0
+for arg in "$@"; do
+  case "$arg" in
+    --browser) WITH_BROWSER=1 ;;
+    *) echo "setup: unknown argument '$arg' (takes: --browser)" >&2; exit 2 ;;
+  esac
+done
 
 DEB_PACKAGES=(
   clang llvm libbpf-dev bpftool linux-libc-dev make   # compile and inspect the BPF datapath
@@ -13,6 +24,7 @@ DEB_PACKAGES=(
   iperf3 sockperf iptables                             # benchmarks (iptables: bench/services' kube-proxy baseline)
   openvpn                                              # bench/peers: the VPN row
 )
+[ "$WITH_BROWSER" = 1 ] && DEB_PACKAGES+=(chromium) # test/ui.test.ts: the web view in a real headless browser
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup: clustermesh needs root (network namespaces, BPF, etcd); run as root" >&2

@@ -81,7 +81,7 @@ test('ui: --help lists every option; bad flags are usage errors naming the flag'
   }
 });
 
-describe('ui: the live view of a 2-cluster mesh in headless chromium', { timeout: 300_000, skip: existsSync(CHROMIUM) ? false : `${CHROMIUM} is not installed (scripts/setup.sh --browser installs it)` }, () => {
+describe('ui: the live view of a 2-cluster mesh in headless chromium', { timeout: 300_000 }, () => {
   let topo: Topology | undefined;
   let mesh: Mesh | undefined;
   let root = '';
@@ -93,6 +93,7 @@ describe('ui: the live view of a 2-cluster mesh in headless chromium', { timeout
   const pod = (cluster: number, index: number): PodInfo => topo!.pods.find((p) => p.cluster === cluster && p.index === index)!;
 
   before(async () => {
+    assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is not installed: ./scripts/setup.sh --browser installs it (./scripts/test.sh does)`);
     root = await mkdtemp(join(tmpdir(), 'cmt-ui-labs-'));
     const labName = `cmt-ui-${Math.random().toString(16).slice(2, 8)}`;
     topo = await createTopology({ clusters: 2, nodesPerCluster: 1, podsPerNode: 2, mode: 'clustermesh', prefix: 'cmtui' });

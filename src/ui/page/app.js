@@ -230,10 +230,14 @@ cy.on('mouseover', 'node, edge', (ev) => {
   tip.textContent = info;
   if (ev.target.hasClass('dropped')) tip.classList.add('drop');
   else tip.classList.remove('drop');
+  // Beside the pointer, on the side of the graph with more room.
   const r = graph.getBoundingClientRect();
-  tip.style.left = `${r.left + ev.renderedPosition.x + 12}px`;
-  tip.style.top = `${r.top + ev.renderedPosition.y + 12}px`;
+  const { x, y } = ev.renderedPosition;
   tip.hidden = false;
+  const left = x > r.width / 2 ? x - 12 - tip.offsetWidth : x + 12;
+  const top = y > r.height / 2 ? y - 12 - tip.offsetHeight : y + 12;
+  tip.style.left = `${r.left + Math.max(0, left)}px`;
+  tip.style.top = `${r.top + Math.max(0, top)}px`;
 });
 cy.on('mouseout', 'node, edge', (ev) => {
   ev.target.removeClass('hover');
