@@ -85,6 +85,7 @@ describe('ui: the live view of a 2-cluster mesh in headless chromium', { timeout
   let topo: Topology | undefined;
   let mesh: Mesh | undefined;
   let root = '';
+  let meshDir = '';
   let ui: ChildProcess | undefined;
   let browser: Browser | undefined;
   let page: Page | undefined;
@@ -97,7 +98,8 @@ describe('ui: the live view of a 2-cluster mesh in headless chromium', { timeout
     root = await mkdtemp(join(tmpdir(), 'cmt-ui-labs-'));
     const labName = `cmt-ui-${Math.random().toString(16).slice(2, 8)}`;
     topo = await createTopology({ clusters: 2, nodesPerCluster: 1, podsPerNode: 2, mode: 'clustermesh', prefix: 'cmtui' });
-    mesh = await startMesh(topo, { dir: await mkdtemp(join(tmpdir(), 'cmt-ui-mesh-')), agent: { syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
+    meshDir = await mkdtemp(join(tmpdir(), 'cmt-ui-mesh-'));
+    mesh = await startMesh(topo, { dir: meshDir, agent: { syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
     for (const p of topo.pods) await mesh.addPod(p, { labels: { app: p.index === 1 ? 'frontend' : 'backend' } });
     // A global service 'backend' in both clusters: each cluster's backends are the service's, in both.
     for (const c of [1, 2]) {
@@ -146,6 +148,7 @@ describe('ui: the live view of a 2-cluster mesh in headless chromium', { timeout
     await mesh?.stop().catch((e: unknown) => console.log(`# mesh stop: ${(e as Error).message}`));
     if (topo) await destroyTopology(topo);
     await rm(root, { recursive: true, force: true });
+    if (meshDir) await rm(meshDir, { recursive: true, force: true });
   });
 
   test('the page loads with no console error and shows both clusters, their nodes and pods, and both remote connections', async () => {
@@ -231,30 +234,35 @@ describe('ui: the live view of a 2-cluster mesh in headless chromium', { timeout
       // Red, and its reason on hover (once the layout has settled: the edge's midpoint stops moving).
       const style = await page!.evaluate((i) => (globalThis as unknown as { meshView: { cy: { getElementById: (id: string) => { style: (k: string) => string } } } }).meshView.cy.getElementById(i).style('line-color'), dropId);
       assert.equal(style, 'rgb(224,49,49)');
-      // Points along the edge (it may cross another one at its middle).
-      const along = (f: number): Promise<{ x: number; y: number }> =>
+      // The middle of the (curved) edge once the layout has settled, then points between its ends
+      // (it may cross another edge at its middle).
+      const at = (f: number | 'mid'): Promise<{ x: number; y: number }> =>
         page!.evaluate(
           ([i, k]) => {
             type P = { x: number; y: number };
-            const v = (globalThis as unknown as { meshView: { cy: { container: () => { getBoundingClientRect: () => { left: number; top: number } }; getElementById: (id: string) => { renderedSourceEndpoint: () => P; renderedTargetEndpoint: () => P } } } }).meshView;
+            const v = (globalThis as unknown as { meshView: { cy: { container: () => { getBoundingClientRect: () => { left: number; top: number } }; getElementById: (id: string) => { renderedMidpoint: () => P; renderedSourceEndpoint: () => P; renderedTargetEndpoint: () => P } } } }).meshView;
             const r = v.cy.container().getBoundingClientRect();
             const e = v.cy.getElementById(i as string);
+            if (k === 'mid') {
+              const m = e.renderedMidpoint();
+              return { x: Math.round(r.left + m.x), y: Math.round(r.top + m.y) };
+            }
             const a = e.renderedSourceEndpoint();
             const b = e.renderedTargetEndpoint();
             return { x: Math.round(r.left + a.x + (b.x - a.x) * (k as number)), y: Math.round(r.top + a.y + (b.y - a.y) * (k as number)) };
           },
           [dropId, f] as const,
         );
-      let m = await along(0.5);
+      let m = await at('mid');
       for (let i = 0; i < 20; i++) {
         await sleep(250);
-        const n = await along(0.5);
+        const n = await at('mid');
         if (n.x === m.x && n.y === m.y) break;
         m = n;
       }
       let tip = '';
-      for (const f of [0.5, 0.35, 0.65, 0.2, 0.8]) {
-        const p = await along(f);
+      for (const f of ['mid', 0.3, 0.7, 0.15, 0.85] as const) {
+        const p = await at(f);
         await page!.mouse.move(p.x, p.y);
         await page!.locator('#tip').waitFor({ state: 'visible', timeout: 5000 }).catch(() => undefined);
         tip = await page!.locator('#tip').innerText();

@@ -29,7 +29,8 @@ const cy = cytoscape({
     { selector: 'edge', style: { 'curve-style': 'unbundled-bezier', 'control-point-distances': 25, 'control-point-weights': 0.5, width: 2, 'target-arrow-shape': 'triangle', 'arrow-scale': 0.9 } },
     { selector: 'edge.flow', style: { 'line-color': '#2f7d32', 'target-arrow-color': '#2f7d32', label: 'data(label)', 'font-size': 9, 'text-rotation': 'autorotate', 'text-background-color': '#fff', 'text-background-opacity': 0.8, 'text-background-padding': 1 } },
     { selector: 'edge.flow.cross', style: { 'line-style': 'dashed', 'line-color': '#1c6dd0', 'target-arrow-color': '#1c6dd0', width: 3 } },
-    { selector: 'edge.flow.dropped', style: { 'line-color': '#e03131', 'target-arrow-color': '#e03131', 'target-arrow-shape': 'tee', width: 3, color: '#cf222e' } },
+    // Drops arc the other way: a drop and a forward between the same pods (or pods on one line) stay apart.
+    { selector: 'edge.flow.dropped', style: { 'line-color': '#e03131', 'target-arrow-color': '#e03131', 'target-arrow-shape': 'tee', width: 3, color: '#cf222e', 'control-point-distances': -35 } },
     { selector: 'edge.backend', style: { 'line-color': '#8c959f', 'target-arrow-color': '#8c959f', 'line-style': 'dotted', width: 1.5 } },
     { selector: 'edge.mesh', style: { 'curve-style': 'straight', 'z-compound-depth': 'bottom', 'line-color': '#9a6700', 'target-arrow-shape': 'none', width: 7, opacity: 0.35, label: 'data(label)', 'font-size': 10, 'text-rotation': 'autorotate' } },
     { selector: 'edge.mesh.bad', style: { 'line-color': '#cf222e', opacity: 0.6 } },
