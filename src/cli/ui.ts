@@ -3,7 +3,7 @@
 // explicit --socket / --agent-config) and reads the same flow streams.
 import { isIP } from 'node:net';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { UiServer, missingAssets } from '../ui/server.ts';
+import { isLoopback, missingAssets, UiServer } from '../ui/server.ts';
 import { action, CliError, EXIT_ERROR, EXIT_OK, example, parseDurationFlag } from './common.ts';
 import { addTargetFlags, resolveTargets, type TargetFlags } from './targets.ts';
 
@@ -40,7 +40,7 @@ export function uiCommand(): Command {
         if (t.nodes.length === 0) throw new CliError(`no nodes to show${t.lab ? ` in lab ${t.lab.name}` : ''}; name them with --node, --socket or --agent-config`, EXIT_ERROR);
         const noAgent = t.nodes.filter((n) => !n.socket);
         if (noAgent.length > 0) throw new CliError(`the view reads the agents; ${noAgent.map((n) => n.key).join(', ')} has no agent socket (name the node with --socket or --agent-config)`, EXIT_ERROR);
-        if (o.address !== 'localhost' && !/^127\.|^::1$/.test(o.address))
+        if (!isLoopback(o.address))
           process.stderr.write(`warning: serving on ${o.address}: anyone who reaches this address sees the mesh's pods, addresses and flows (no authentication)\n`);
         const server = new UiServer({ targets: t, address: o.address, port: o.port, refreshMs: o.refresh, warn: (s) => void process.stderr.write(`warning: ${s}\n`) });
         closer.add(() => server.stop());

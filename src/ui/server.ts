@@ -51,7 +51,7 @@ export interface UiServerOptions {
   warn?: (s: string) => void;
 }
 
-const isLoopback = (a: string): boolean => a === 'localhost' || a === '::1' || /^127\./.test(a);
+export const isLoopback = (a: string): boolean => a === 'localhost' || a === '::1' || /^127\./.test(a);
 
 export class UiServer {
   readonly #o: Required<Omit<UiServerOptions, 'warn'>> & { warn: (s: string) => void };
