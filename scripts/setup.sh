@@ -24,7 +24,9 @@ DEB_PACKAGES=(
   iperf3 sockperf iptables                             # benchmarks (iptables: bench/services' kube-proxy baseline)
   openvpn                                              # bench/peers: the VPN row
 )
-[ "$WITH_BROWSER" = 1 ] && DEB_PACKAGES+=(chromium) # test/ui.test.ts: the web view in a real headless browser
+if [ "$WITH_BROWSER" = 1 ]; then
+  DEB_PACKAGES+=(chromium) # test/ui.test.ts: the web view in a real headless browser
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup: clustermesh needs root (network namespaces, BPF, etcd); run as root" >&2
