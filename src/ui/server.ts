@@ -38,6 +38,9 @@ export const ASSETS: Record<string, { file: string; type: string }> = {
   '/vendor/cytoscape-fcose.js': { file: join(ROOT, 'node_modules', 'cytoscape-fcose', 'cytoscape-fcose.js'), type: 'text/javascript; charset=utf-8' },
 };
 
+/** Bytes of events a page may leave unread before its stream is closed. */
+const MAX_UNSENT_BYTES = 8 << 20;
+
 export interface UiServerOptions {
   targets: Targets;
   address: string;
@@ -190,7 +193,16 @@ export class UiServer {
   }
 
   #broadcast(msg: string): void {
-    for (const r of this.#sse) r.write(msg);
+    for (const r of this.#sse) {
+      // A page that does not read (a background tab, a stalled link) is let go rather than
+      // buffered without end; its browser reconnects and gets the whole state again.
+      if (r.writableLength > MAX_UNSENT_BYTES) {
+        this.#sse.delete(r);
+        r.destroy();
+        continue;
+      }
+      r.write(msg);
+    }
   }
 
   // ---- HTTP ------------------------------------------------------------------

@@ -248,7 +248,11 @@ cy.on('mouseout', 'node, edge', (ev) => {
 // ---- the event stream -------------------------------------------------------------
 
 const events = new EventSource('/api/events');
+let opened = false;
 events.onopen = () => {
+  // A new stream starts with the whole state again, the latest flows included.
+  if (opened) document.getElementById('flows').replaceChildren();
+  opened = true;
   live.textContent = 'live';
   live.className = 'up';
 };
