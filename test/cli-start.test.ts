@@ -28,7 +28,7 @@ test('--version, --help and a command loaded on demand with all its options', { 
   assert.equal((await cli(['--version'])).stdout.trim(), '0.1.0');
   const help = await cli(['--help']);
   assert.equal(help.code, 0);
-  for (const c of ['demo', 'lab', 'agent', 'cni', 'status', 'inspect', 'observe', 'troubleshoot', 'install', 'uninstall', 'enable', 'connect', 'disconnect']) assert.match(help.stdout, new RegExp(`^  ${c}\\b`, 'm'), c);
+  for (const c of ['demo', 'lab', 'agent', 'cni', 'status', 'inspect', 'observe', 'ui', 'troubleshoot', 'install', 'uninstall', 'enable', 'connect', 'disconnect']) assert.match(help.stdout, new RegExp(`^  ${c}\\b`, 'm'), c);
   const status = await cli(['help', 'status']);
   assert.match(status.stdout, /--wait-duration <duration>/);
   const echo = await cli(['lab', 'workload', 'echo', '--help']);
