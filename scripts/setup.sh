@@ -2,7 +2,8 @@
 # Installs everything clustermesh needs on a Debian machine, as root, and is
 # safe to run any number of times: missing Debian packages, npm packages
 # (npm ci when package-lock.json changed), the compiled CLI in dist/ (rebuilt
-# when a source changed, see scripts/build.mjs) and the compiled BPF objects.
+# when a source changed, see scripts/build.mjs), the compiled BPF objects and
+# the CNI plugin executable (cni/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,3 +51,6 @@ fi
 node scripts/build.mjs
 
 make -s -C bpf
+
+# The CNI plugin executable a kubelet runs (C, no Node.js): cni/build/clustermesh-cni.
+make -s -C cni

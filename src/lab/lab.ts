@@ -2,9 +2,10 @@
 // the command that started them, with everything it creates written to the
 // lab's state file (src/lab/state.ts) before or right after it is created, so
 // that `down` removes exactly that -- also after an `up` that was killed.
-import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync, mkdirSync } from 'node:fs';
+import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync, mkdirSync, symlinkSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { CNI_PLUGIN_PATH } from '../cni/main.ts';
 import { DEFAULT_BPFFS_ROOT, removePinDir } from '../datapath/bpffs.ts';
 import { removeNodeCgroup } from './cgroup.ts';
 import { run } from './exec.ts';
@@ -279,18 +280,16 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
       progress(`[4/6] node runtime: a kubelet per node (pods: netns, CNI ADD, the container's command)`);
       const cniBin = join(dir, 'cni', 'bin');
       // What a kubelet finds in CNI_PATH under the config's `type`, and `clustermesh` on the PATH of pods.
-      // `clustermesh cni` starts the plugin's own small entry (bin/clustermesh.js): a pod start does not load the CLI.
+      // The plugin is the C executable (cni/build/clustermesh-cni, no Node.js): it relays to the node's agent.
       // The echo and client workloads run with lighter node flags (WORKLOAD_NODE_FLAGS).
+      if (!existsSync(CNI_PLUGIN_PATH)) throw new Error(`the CNI plugin executable ${CNI_PLUGIN_PATH} is not built; run ./scripts/setup.sh`);
+      mkdirSync(cniBin, { recursive: true });
+      rmSync(join(cniBin, 'clustermesh'), { force: true });
+      symlinkSync(CNI_PLUGIN_PATH, join(cniBin, 'clustermesh'));
       const workload = `case "$1 $2 $3" in 'lab workload echo' | 'lab workload client') exec '${process.execPath}' ${WORKLOAD_NODE_FLAGS.join(' ')} '${CLI}' "$@" ;; esac\n`;
-      const scripts: Array<[string, string]> = [
-        [cniBin, `exec '${process.execPath}' '${CLI}' cni\n`],
-        [join(dir, 'bin'), `${workload}exec '${process.execPath}' '${CLI}' "$@"\n`],
-      ];
-      for (const [d, body] of scripts) {
-        mkdirSync(d, { recursive: true });
-        writeFileSync(join(d, 'clustermesh'), `#!/bin/sh\n# clustermesh of lab ${name}\n${body}`);
-        chmodSync(join(d, 'clustermesh'), 0o755);
-      }
+      mkdirSync(join(dir, 'bin'), { recursive: true });
+      writeFileSync(join(dir, 'bin', 'clustermesh'), `#!/bin/sh\n# clustermesh of lab ${name}\n${workload}exec '${process.execPath}' '${CLI}' "$@"\n`);
+      chmodSync(join(dir, 'bin', 'clustermesh'), 0o755);
       for (const a of m.agents) {
         const cfg: KubeletConfig = {
           lab: name,
