@@ -71,6 +71,19 @@ await build({
   sourcemap: 'linked',
   logLevel: 'warning',
 });
+// What lab pods run (src/lab/workload-pod.ts): one CommonJS file, so node
+// starts it without the ES module loader (about 3 MB less resident per pod).
+await build({
+  absWorkingDir: ROOT,
+  entryPoints: ['src/lab/workload-pod.ts'],
+  outfile: join(next, 'workload-pod.cjs'),
+  bundle: true,
+  format: 'cjs',
+  platform: 'node',
+  target: 'node20',
+  minify: true,
+  logLevel: 'warning',
+});
 writeFileSync(join(next, 'BUILD.json'), JSON.stringify({ ...inputs, hash, checkedMs }) + '\n');
 rmSync(`${DIST}.old`, { recursive: true, force: true });
 if (existsSync(DIST)) renameSync(DIST, `${DIST}.old`);

@@ -17,9 +17,12 @@
 //           echo_anon_mb (RssAnon), echo_private_mb (Private_Clean + Private_Dirty of smaps_rollup:
 //           what the pod alone holds; the rest of VmRSS is the node binary's pages, shared by every
 //           pod), echo_pss_mb (Pss of smaps_rollup: private pages plus its share of the shared ones,
-//           with the bench's other node processes as the only sharers; see pods for a lab's); after --echo-requests sequential keep-alive requests: echo_busy_rss_mb,
+//           with the bench's other node processes as the only sharers; see pods for a lab's);
+//           `via-bin` is the same echo started through bin/clustermesh.js (an ES module entry) instead
+//           of the CommonJS build lab pods run (dist/js/workload-pod.cjs); after --echo-requests
+//           sequential keep-alive requests: echo_busy_rss_mb,
 //           echo_busy_anon_mb, echo_rps (requests per second of those). `node-floor` is a bare
-//           node:http server. Configs `flags:none` and `flags:<flag>` run the compiled echo with no
+//           node:http server (an ES module; `node-floor-cjs`: the same as CommonJS). Configs `flags:none` and `flags:<flag>` run the compiled echo with no
 //           node flag and with each candidate flag alone: what each flag gives.
 //   cni     cni_add_ms: a CNI ADD against a real agent (1 cluster x 1 node), spawn to exit, run in
 //           the node's namespace with nsenter as a kubelet there would; cni_add_agent_ms: the agent's
@@ -50,6 +53,7 @@ import { ipBatch, run } from '../../src/lab/exec.ts';
 import { startMesh, type Mesh } from '../../src/lab/mesh.ts';
 import { childEnv } from '../../src/lab/process.ts';
 import { createTopology, destroyTopology, type NodeInfo, type Topology } from '../../src/lab/topology.ts';
+import { WORKLOAD_POD_ENTRY } from '../../src/lab/lab.ts';
 import { WORKLOAD_NODE_FLAGS } from '../../src/lab/workload-main.ts';
 import { median, printTable, summarize, writeResults, type Sample } from '../lib/results.ts';
 
@@ -240,14 +244,20 @@ async function echoMemory(config: string, argv: string[], port: number, rep: num
 if (runs('echo')) {
   const floor = join(WORK, 'floor.mjs');
   writeFileSync(floor, "import { createServer } from 'node:http';\nconst port = Number(process.argv[2]);\ncreateServer((q, s) => s.end('x')).listen(port, '127.0.0.1', () => console.log('listening'));\n");
+  const floorCjs = join(WORK, 'floor.cjs');
+  writeFileSync(floorCjs, "const { createServer } = require('node:http');\nconst port = Number(process.argv[2]);\ncreateServer((q, s) => s.end('x')).listen(port, '127.0.0.1', () => console.log('listening'));\n");
   const echo = (port: number): string[] => ['lab', 'workload', 'echo', '--port', String(port), '--pod', 'bench'];
   const configs: Array<[string, (port: number) => string[]]> = [
-    // As the lab runs a pod: the wrapper on the pods' PATH adds WORKLOAD_NODE_FLAGS.
-    ['compiled', (port) => [process.execPath, ...WORKLOAD_NODE_FLAGS, CLI, ...echo(port)]],
+    // As the lab runs a pod: the wrapper on the pods' PATH runs the workloads' CommonJS build with WORKLOAD_NODE_FLAGS.
+    ['compiled', (port) => [process.execPath, ...WORKLOAD_NODE_FLAGS, WORKLOAD_POD_ENTRY, ...echo(port)]],
+    // The same through bin/clustermesh.js (an ES module entry, and its check of dist/): what the CommonJS build saves.
+    ['via-bin', (port) => [process.execPath, ...WORKLOAD_NODE_FLAGS, CLI, ...echo(port)]],
     ...(SKIP_TSX ? [] : ([['tsx', (port: number) => cli('tsx', echo(port))]] as Array<[string, (port: number) => string[]]>)),
     ['node-floor', (port) => [process.execPath, floor, String(port)]],
-    ['flags:none', (port) => [process.execPath, CLI, ...echo(port)]],
-    ...FLAG_STUDY.map((f): [string, (port: number) => string[]] => [`flags:${f.replace(/^--/, '')}`, (port) => [process.execPath, f, CLI, ...echo(port)]]),
+    // The same server as CommonJS: node without its ES module loader.
+    ['node-floor-cjs', (port) => [process.execPath, floorCjs, String(port)]],
+    ['flags:none', (port) => [process.execPath, WORKLOAD_POD_ENTRY, ...echo(port)]],
+    ...FLAG_STUDY.map((f): [string, (port: number) => string[]] => [`flags:${f.replace(/^--/, '')}`, (port) => [process.execPath, f, WORKLOAD_POD_ENTRY, ...echo(port)]]),
   ];
   for (let rep = 0; rep < ECHO_REPS; rep++) {
     for (const [config, argv] of configs) {

@@ -53,7 +53,7 @@ export function podNetnsName(prefix: string, namespace: string, name: string): s
 }
 
 /** Pods starting at once per node (netns, CNI ADD, first container start until it answers): more only compete for the CPU. */
-const MAX_PARALLEL_STARTS = 4;
+const MAX_PARALLEL_STARTS = 8;
 /** How long a starting pod holds its start slot waiting for its ports to answer. */
 const START_READY_WAIT_MS = 10_000;
 /** A pod found ready with its status written, and unchanged since, is probed again only after this long. */
@@ -322,7 +322,8 @@ export class Kubelet {
       child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
       child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
       child.once('error', reject);
-      child.once('exit', (code) => resolve({ code, stdout, stderr }));
+      // 'close', not 'exit': a plugin that exits right after writing may still have output in the pipe.
+      child.once('close', (code) => resolve({ code, stdout, stderr }));
       child.stdin.end(JSON.stringify(conf));
     });
   }

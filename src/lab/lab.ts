@@ -36,6 +36,8 @@ import type { KubeApiReady, KubeApiServerConfig } from './kube-apiserver.ts';
 import { WORKLOAD_NODE_FLAGS } from './workload-main.ts';
 
 export const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
+/** What lab pods run for `lab workload echo|client` when dist/ is current (src/lab/workload-pod.ts). */
+export const WORKLOAD_POD_ENTRY = resolve(import.meta.dirname, '..', '..', 'dist', 'js', 'workload-pod.cjs');
 /** The Service CIDR of every cluster (ARCHITECTURE §2); .10 is the cluster DNS. */
 export const SERVICE_CIDR = '10.96.0.0/16';
 export const DNS_SERVICE_IP = '10.96.0.10';
@@ -286,7 +288,9 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
       mkdirSync(cniBin, { recursive: true });
       rmSync(join(cniBin, 'clustermesh'), { force: true });
       symlinkSync(CNI_PLUGIN_PATH, join(cniBin, 'clustermesh'));
-      const workload = `case "$1 $2 $3" in 'lab workload echo' | 'lab workload client') exec '${process.execPath}' ${WORKLOAD_NODE_FLAGS.join(' ')} '${CLI}' "$@" ;; esac\n`;
+      // From a current dist/ (this process runs from it), pods run the workloads' CommonJS build directly.
+      const podEntry = import.meta.url.includes('/dist/js/') && existsSync(WORKLOAD_POD_ENTRY) ? WORKLOAD_POD_ENTRY : CLI;
+      const workload = `case "$1 $2 $3" in 'lab workload echo' | 'lab workload client') exec '${process.execPath}' ${WORKLOAD_NODE_FLAGS.join(' ')} '${podEntry}' "$@" ;; esac\n`;
       mkdirSync(join(dir, 'bin'), { recursive: true });
       writeFileSync(join(dir, 'bin', 'clustermesh'), `#!/bin/sh\n# clustermesh of lab ${name}\n${workload}exec '${process.execPath}' '${CLI}' "$@"\n`);
       chmodSync(join(dir, 'bin', 'clustermesh'), 0o755);
