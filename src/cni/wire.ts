@@ -42,7 +42,7 @@ function inNs(netns: string | undefined, argv: readonly string[]): string[] {
   return netns === undefined ? [...argv] : ['nsenter', `--net=${nsPath(netns)}`, ...argv];
 }
 
-/** How many commands (ip, nsenter, sysctl) this process ran and their wall time: bench/startup reports it. */
+/** How many commands (ip, nsenter) this process ran and their wall time (wire.test.ts counts them). */
 export const commandTime = { count: 0, ms: 0 };
 
 function exec(argv: readonly string[], input?: string): Promise<string> {
