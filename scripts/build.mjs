@@ -17,7 +17,7 @@ import { buildInputs, DIST, readStamp, ROOT, STAMP } from '../bin/dist.js';
 // The entry points bin/clustermesh.js loads (each exports main(argv)).
 export const ENTRIES = {
   main: 'src/cli/main.ts', // the whole CLI (commands load their code when they run)
-  cni: 'src/cni/main.ts', // `clustermesh cni`: the CNI plugin, without the CLI framework
+  cni: 'src/cni/main.ts', // `clustermesh cni`: runs the CNI plugin executable (cni/), without the CLI framework
   workload: 'src/lab/workload-main.ts', // `clustermesh lab workload echo|client`: what lab pods run
 };
 

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(
   clang llvm libbpf-dev bpftool linux-libc-dev make   # compile and inspect the BPF datapath
+  libc6-dev                                            # the CNI plugin executable (cni/), linked statically
   iproute2 iputils-ping tcpdump ethtool curl util-linux procps # namespaces, links, tc, ping, captures, HTTP checks, setpriv/taskset, sysctl
   etcd-server etcd-client openssl                      # the mesh kvstore with mutual TLS
   iperf3 sockperf iptables                             # benchmarks (iptables: bench/services' kube-proxy baseline)
