@@ -7,7 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readlinkSync } from 'node:fs';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { hostIfNameFor } from '../src/cni/plugin.ts';
@@ -369,5 +369,76 @@ describe('cni: the plugin binary against a live mesh (1 cluster x 2 nodes)', { t
     }
     assert.equal(d2.code, 0, d2.stdout);
     await assertNothingLeft(n2, 'cmt-pod-up', nsUp);
+  });
+});
+
+// The executable's own answers when what listens on agentSocket is not a working agent
+// (no mesh: a unix socket in a temporary directory).
+describe('cni: the plugin executable against sockets that do not answer as an agent', () => {
+  async function withServer(handler: (sock: import('node:net').Socket) => void, fn: (socketPath: string) => Promise<void>): Promise<void> {
+    const { createServer } = await import('node:net');
+    const dir = await mkdtemp(join(tmpdir(), 'cmt-cni-sock-'));
+    const socketPath = join(dir, 'agent.sock');
+    const server = createServer(handler);
+    await new Promise<void>((r) => server.listen(socketPath, r));
+    try {
+      await fn(socketPath);
+    } finally {
+      await new Promise((r) => server.close(r));
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+  function runPlugin(env: Record<string, string>, conf: unknown): Promise<{ code: number | null; json: any; stdout: string }> {
+    return new Promise((done, fail) => {
+      const child = spawn(PLUGIN, [], { env: childEnv(env), stdio: ['pipe', 'pipe', 'inherit'] });
+      let stdout = '';
+      child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+      child.once('error', fail);
+      child.once('close', (code) => done({ code, stdout, json: stdout.trim() ? JSON.parse(stdout) : undefined }));
+      child.stdin.end(JSON.stringify(conf));
+    });
+  }
+  const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'cmt-sock', CNI_NETNS: '/proc/self/ns/net', CNI_IFNAME: 'eth0', CNI_ARGS: 'K8S_POD_NAMESPACE=default;K8S_POD_NAME=x' };
+  const conf = (agentSocket: string) => ({ cniVersion: '1.0.0', name: 'cm', type: 'clustermesh', agentSocket, ipam: { podCIDR: '10.101.1.0/24' } });
+
+  test('a socket that closes without an answer: code 11', async () => {
+    await withServer((s) => s.once('data', () => s.destroy()), async (sock) => {
+      const r = await runPlugin(env, conf(sock));
+      assert.equal(r.code, 1, r.stdout);
+      assert.equal(r.json.code, 11);
+      assert.match(r.json.msg, /closed the connection without a complete answer|not reachable \(ECONNRESET\)/);
+    });
+  });
+
+  test('an HTTP server without /v1/cni (an older agent): code 999 naming the status', async () => {
+    const body = '{"error":"POST /v1/cni: no such route","code":"not-found"}';
+    await withServer((s) => s.once('data', () => s.end(`HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`)), async (sock) => {
+      const r = await runPlugin(env, conf(sock));
+      assert.equal(r.json.code, 999, r.stdout);
+      assert.match(r.json.msg, /does not serve CNI requests \(HTTP 404\): .*no such route/);
+    });
+  });
+
+  test('the request carries the CNI_* variables (percent-encoded) and stdin as is; the answer is printed with its exit code', async () => {
+    let request = '';
+    const answer = '{"cniVersion":"1.0.0","code":7,"msg":"from the agent"}\n';
+    await withServer(
+      (s) => {
+        s.on('data', (d: Buffer) => {
+          request += d.toString();
+          const [head, rest] = request.split('\r\n\r\n');
+          const len = Number(/content-length: (\d+)/i.exec(head ?? '')?.[1]);
+          if (rest !== undefined && Buffer.byteLength(rest) >= len) s.end(`HTTP/1.1 200 OK\r\nX-Cni-Exit-Code: 3\r\ncontent-length: ${answer.length}\r\n\r\n${answer}`);
+        });
+      },
+      async (sock) => {
+        const r = await runPlugin({ ...env, CNI_ARGS: 'K8S_POD_NAMESPACE=default;K8S_POD_NAME=a b&c' }, conf(sock));
+        assert.equal(r.code, 3);
+        assert.equal(r.stdout, answer);
+        const line = request.split('\r\n')[0]!;
+        assert.match(line, /^POST \/v1\/cni\?CNI_COMMAND=ADD&CNI_CONTAINERID=cmt-sock&CNI_NETNS=%2Fproc%2Fself%2Fns%2Fnet&CNI_IFNAME=eth0&CNI_ARGS=K8S_POD_NAMESPACE%3Ddefault%3BK8S_POD_NAME%3Da%20b%26c HTTP\/1\.1$/);
+        assert.deepEqual(JSON.parse(request.split('\r\n\r\n')[1]!), conf(sock));
+      },
+    );
   });
 });
