@@ -2,7 +2,8 @@
 # Installs everything clustermesh needs on a Debian machine, as root, and is
 # safe to run any number of times: missing Debian packages, npm packages
 # (npm ci when package-lock.json changed), the compiled CLI in dist/ (rebuilt
-# when a source changed, see scripts/build.mjs) and the compiled BPF objects.
+# when a source changed, see scripts/build.mjs), the compiled BPF objects and
+# the CNI plugin executable (cni/).
 #
 #   --prometheus  also Debian's prometheus, for `clustermesh lab up --prometheus`
 #                 (scripts/test.sh asks for it: test/metrics-lab.test.ts)
@@ -24,6 +25,7 @@ cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(
   clang llvm libbpf-dev bpftool linux-libc-dev make   # compile and inspect the BPF datapath
+  libc6-dev                                            # the CNI plugin executable (cni/), linked statically
   iproute2 iputils-ping tcpdump ethtool curl util-linux procps # namespaces, links, tc, ping, captures, HTTP checks, setpriv/taskset, sysctl
   etcd-server etcd-client openssl                      # the mesh kvstore with mutual TLS
   iperf3 sockperf iptables                             # benchmarks (iptables: bench/services' kube-proxy baseline)
@@ -76,3 +78,6 @@ fi
 node scripts/build.mjs
 
 make -s -C bpf
+
+# The CNI plugin executable a kubelet runs (C, no Node.js): cni/build/clustermesh-cni.
+make -s -C cni

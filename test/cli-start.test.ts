@@ -84,7 +84,7 @@ test('lab workload echo and client run from their own entry; bad flags get the f
 // reach no package at all (zod's schemas were most of the plugin's start; the
 // workloads take no CLI framework), only node: builtins and their own sources.
 test('the CNI plugin and the lab workloads load no package, only node: builtins', async () => {
-  for (const entry of ['src/cni/main.ts', 'src/lab/workload-main.ts']) {
+  for (const entry of ['src/cni/main.ts', 'src/lab/workload-main.ts', 'src/lab/workload-pod.ts']) {
     const r = await build({ absWorkingDir: ROOT, entryPoints: [entry], bundle: true, format: 'esm', platform: 'node', packages: 'external', write: false, metafile: true, outdir: 'out', logLevel: 'error' });
     const imports = Object.values(r.metafile.outputs).flatMap((o) => o.imports.map((i) => i.path));
     assert.ok(imports.some((p) => p.startsWith('node:')), `${entry}: the metafile lists its imports`);
