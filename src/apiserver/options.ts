@@ -22,6 +22,8 @@ export interface ApiserverConfig {
   identityGcIntervalMs: number;
   identityGcGraceMs: number;
   logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
+  /** Kubeconfig of the cluster's Kubernetes API: the source of every kind but Endpoint (those stay in etcd); undefined = the store in etcd. */
+  kubeconfig?: string | undefined;
 }
 
 /** What the command line hands over (commander's camel-cased option values). */
@@ -35,6 +37,7 @@ export interface ApiserverRawOptions {
   identityGcInterval?: unknown;
   identityGcGrace?: unknown;
   logLevel?: unknown;
+  kubeconfig?: unknown;
 }
 
 export class OptionError extends Error {
@@ -112,7 +115,13 @@ export function compileApiserverOptions(raw: ApiserverRawOptions): ApiserverConf
     if (!(LOG_LEVELS as readonly string[]).includes(l)) throw new OptionError('--log-level', `must be one of ${LOG_LEVELS.join(', ')}`);
     logLevel = l as ApiserverConfig['logLevel'];
   }
+  let kubeconfig: string | undefined;
+  if (raw.kubeconfig !== undefined) {
+    kubeconfig = resolve(required('--kubeconfig', raw.kubeconfig));
+    if (!existsSync(kubeconfig)) throw new OptionError('--kubeconfig', `${kubeconfig}: no such file`);
+  }
   return {
+    ...(kubeconfig !== undefined ? { kubeconfig } : {}),
     clusterName,
     clusterId,
     maxConnectedClusters,

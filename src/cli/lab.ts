@@ -492,6 +492,16 @@ Example:
     });
 
   lab
+    .command('kube-api-endpoint', { hidden: true })
+    .description("a node-local Kubernetes API endpoint: 127.0.0.1:6443 in this network namespace, piped to the cluster's kube-apiserver socket (started by `lab up --kube-source`, one per node and control plane)")
+    .requiredOption('--socket <path>', "the kube-apiserver's TLS unix socket")
+    .option('--listen <host:port>', 'where to listen', '127.0.0.1:6443')
+    .option('--ready-file <file>', 'written once listening')
+    .action(async (o: { socket: string; listen: string; readyFile?: string }) => {
+      await (await import('../lab/kube-api-endpoint.ts')).runKubeApiEndpoint(o);
+    });
+
+  lab
     .command('kube-apiserver', { hidden: true })
     .description("a cluster's Kubernetes API server and the lab's controllers (started by `lab up`, one per cluster)")
     .requiredOption('--config <file>', 'kube-apiserver.json written by lab up')
