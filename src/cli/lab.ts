@@ -196,14 +196,15 @@ Example:
       .option('--latency <delay>', 'one-way delay between clusters (netem on the router), e.g. 20ms', checked(validateLatency))
       .option('--loss <percent>', 'packet loss between clusters (netem on the router), e.g. 0.1%', checked(validateLoss))
       .option('--socket-lb', "socket-level load balancing: services translated once per connection at connect() in each node's pod cgroup")
+      .option('--kube-source', "the Kubernetes API is the one local source: agents, apiservers and kubelets read each cluster's API (through 127.0.0.1:6443 in their namespace), a scheduler binds pods, `lab apply` writes to the API like kubectl. Not the default yet: without it they read the lab's private store in etcd, which most tests still use")
       .option('--json', 'print the lab state as JSON at the end'),
   )
     .addHelpText('after', '\nExample:\n  clustermesh lab up --clusters 2 --nodes 2 --latency 20ms --lab geo\n\nProcesses keep running after this command returns; remove everything with: clustermesh lab down --lab NAME\n\nkubectl: export KUBECONFIG=$(clustermesh lab kubeconfig --lab NAME); the contexts are the cluster names.')
     .action(
-      action(async (o: LabOpts & { clusters: number; nodes: number; latency?: string; loss?: string; socketLb?: boolean; json?: boolean }) => {
+      action(async (o: LabOpts & { clusters: number; nodes: number; latency?: string; loss?: string; socketLb?: boolean; kubeSource?: boolean; json?: boolean }) => {
         const say = (l: string): void => void (o.json ? console.error(l) : console.log(l));
         let interrupted = false;
-        const up = labUp({ name: o.lab, clusters: o.clusters, nodes: o.nodes, ...(o.latency ? { latency: o.latency } : {}), ...(o.loss ? { loss: o.loss } : {}), ...(o.socketLb ? { socketLB: true } : {}), progress: say });
+        const up = labUp({ name: o.lab, clusters: o.clusters, nodes: o.nodes, ...(o.latency ? { latency: o.latency } : {}), ...(o.loss ? { loss: o.loss } : {}), ...(o.socketLb ? { socketLB: true } : {}), ...(o.kubeSource ? { kubeSource: true } : {}), progress: say });
         const onSignal = (): void => {
           if (interrupted) return;
           interrupted = true;
