@@ -3,7 +3,8 @@ import { spawn } from 'node:child_process';
 import { createReadStream, existsSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
 import { KvClient } from '../kvstore/client.ts';
-import { isPodReady, type Service } from '../model/index.ts';
+import { isPodReady, type Pod, type Service } from '../model/index.ts';
+import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import { StoreWriter } from '../sources/store/writer.ts';
 import { labDown, labUp, validateLatency, validateLoss } from '../lab/lab.ts';
 import { podRecordsOf, type PodRecord } from '../lab/kubelet-config.ts';
@@ -16,6 +17,7 @@ import {
   readManifestFile,
   scaleDeployment,
   ManifestError,
+  DEPLOYMENT_ANNOTATION,
   type ApplyLine,
   type ClusterTarget,
 } from '../lab/manifest.ts';
@@ -131,13 +133,30 @@ export interface PodView {
   createdAt: string | null;
 }
 
+/** The Pods of a cluster's Kubernetes API as the model's Pods (the Deployment of each in the lab's annotation). */
+async function listApiPods(state: LabState, c: LabCluster): Promise<Pod[]> {
+  if (state.kubeconfig === undefined) throw new Error(`lab ${state.name} has no kubeconfig`);
+  const { CoreV1Api } = await import('@kubernetes/client-node');
+  const { podFromApi } = await import('../lab/kubelet.ts');
+  const kc = loadKubeConnection({ kubeconfig: state.kubeconfig, context: c.name }).kubeConfig;
+  const list = await kc.makeApiClient(CoreV1Api).listPodForAllNamespaces();
+  return list.items.map((p) => {
+    const pod = podFromApi(p);
+    const owner = p.metadata?.ownerReferences?.find((r) => r.controller && r.kind === 'Deployment');
+    if (owner) pod.metadata.annotations = { ...pod.metadata.annotations, [DEPLOYMENT_ANNOTATION]: owner.name };
+    return pod;
+  });
+}
+
 async function podViews(state: LabState, clusters: LabCluster[]): Promise<PodView[]> {
   const records = podRecordsOf(state.dir ?? labDir(state.name));
   const out: PodView[] = [];
   for (const c of clusters) {
+    // A --kube-source lab: the pods of the cluster's Kubernetes API (its Deployment from the controlling ownerReference).
+    const fromApi = state.source === 'kubernetes' ? await listApiPods(state, c) : undefined;
     const kv = new KvClient(clusterKvConfig(c));
     try {
-      for (const p of await new StoreWriter(kv).list('Pod')) {
+      for (const p of fromApi ?? (await new StoreWriter(kv).list('Pod'))) {
         const rec = records.find((r) => r.uid === p.metadata.uid);
         out.push({
           cluster: c.name,
@@ -148,7 +167,7 @@ async function podViews(state: LabState, clusters: LabCluster[]): Promise<PodVie
           podIP: p.status.podIP ?? null,
           node: p.spec.nodeName ?? null,
           labels: p.metadata.labels,
-          deployment: p.metadata.annotations['lab.clustermesh.io/deployment'] ?? null,
+          deployment: p.metadata.annotations[DEPLOYMENT_ANNOTATION] ?? null,
           netns: rec?.netns ?? null,
           restarts: rec?.containers.reduce((n, x) => n + x.restarts, 0) ?? 0,
           createdAt: rec?.createdAt ?? null,

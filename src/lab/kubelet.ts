@@ -30,7 +30,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CoreV1Api, PatchStrategy, setHeaderOptions, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
 import { KvClient } from '../kvstore/client.ts';
-import { parseObject, type Pod } from '../model/index.ts';
+import { isPodReady, parseObject, type Pod } from '../model/index.ts';
 import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import { storeKindPrefix } from '../sources/store/keys.ts';
 import { encodeStoreObject } from '../sources/store/writer.ts';
@@ -244,6 +244,16 @@ class ApiPodFeed implements PodFeed {
               ...(status.podIP ? { podIP: status.podIP, podIPs: [{ ip: status.podIP }] } : {}),
               ...(this.cfg.nodeIP ? { hostIP: this.cfg.nodeIP, hostIPs: [{ ip: this.cfg.nodeIP }] } : {}),
               conditions: status.conditions.map((c) => ({ ...c, lastTransitionTime: new Date().toISOString() })),
+              // What `kubectl get pods` counts in READY and shows in STATUS.
+              containerStatuses: pod.spec.containers.map((c) => ({
+                name: c.name,
+                image: c.image ?? '',
+                imageID: '',
+                ready: isPodReady({ ...pod, status }),
+                restartCount: 0,
+                started: status.phase === 'Running',
+                state: status.phase === 'Running' ? { running: { startedAt: new Date().toISOString() } } : { waiting: { reason: status.phase === 'Failed' ? 'CreateContainerError' : 'ContainerCreating' } },
+              })),
             },
           };
           try {
