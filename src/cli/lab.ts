@@ -5,6 +5,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { KvClient } from '../kvstore/client.ts';
 import { isPodReady, type Pod, type Service } from '../model/index.ts';
 import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
+import type { KubeConfig } from '@kubernetes/client-node';
 import { StoreWriter } from '../sources/store/writer.ts';
 import { labDown, labUp, validateLatency, validateLoss } from '../lab/lab.ts';
 import { podRecordsOf, type PodRecord } from '../lab/kubelet-config.ts';
@@ -89,11 +90,16 @@ function target(state: LabState, c: LabCluster): ClusterTarget {
   return { name: c.name, nodes: state.nodes.filter((n) => n.cluster === c.name).map((n) => n.name), kv: new KvClient(clusterKvConfig(c)) };
 }
 
-/** Runs `fn` against one cluster of a lab that is up and prints what it did. */
-async function changeCluster(o: LabOpts & { cluster?: string | undefined }, fn: (t: ClusterTarget) => Promise<readonly ApplyLine[]>): Promise<void> {
+/** Runs `fn` against one cluster of a lab that is up and prints what it did; `viaApi` instead in a --kube-source lab (a client of the cluster's Kubernetes API, like kubectl). */
+async function changeCluster(
+  o: LabOpts & { cluster?: string | undefined },
+  fn: (t: ClusterTarget) => Promise<readonly ApplyLine[]>,
+  viaApi: (kc: KubeConfig) => Promise<readonly ApplyLine[]>,
+): Promise<void> {
   const state = readLabState(o.lab);
   requireUp(state);
   const c = clusterOf(state, o.cluster);
+  if (state.source === 'kubernetes') return printLines(await viaApi(labKubeConfig(state, c)), c.name);
   const t = target(state, c);
   try {
     printLines(await fn(t), c.name);
@@ -133,12 +139,17 @@ export interface PodView {
   createdAt: string | null;
 }
 
+/** The lab kubeconfig's context of cluster `c`. */
+function labKubeConfig(state: LabState, c: LabCluster): KubeConfig {
+  if (state.kubeconfig === undefined) throw new Error(`lab ${state.name} has no kubeconfig`);
+  return loadKubeConnection({ kubeconfig: state.kubeconfig, context: c.name }).kubeConfig;
+}
+
 /** The Pods of a cluster's Kubernetes API as the model's Pods (the Deployment of each in the lab's annotation). */
 async function listApiPods(state: LabState, c: LabCluster): Promise<Pod[]> {
-  if (state.kubeconfig === undefined) throw new Error(`lab ${state.name} has no kubeconfig`);
   const { CoreV1Api } = await import('@kubernetes/client-node');
   const { podFromApi } = await import('../lab/kubelet.ts');
-  const kc = loadKubeConnection({ kubeconfig: state.kubeconfig, context: c.name }).kubeConfig;
+  const kc = labKubeConfig(state, c);
   const list = await kc.makeApiClient(CoreV1Api).listPodForAllNamespaces();
   return list.items.map((p) => {
     const pod = podFromApi(p);
@@ -290,15 +301,19 @@ Example:
   nameOption(
     lab
       .command('apply')
-      .description('create or update Namespaces, Pods, Deployments, Services, NetworkPolicies and CiliumNetworkPolicies from a YAML file (all documents are validated first; on any error nothing is applied)')
+      .description('create or update Namespaces, Pods, Deployments, Services, NetworkPolicies and CiliumNetworkPolicies from a YAML file (all documents are validated first; on any error nothing is applied). In a --kube-source lab: a client of the cluster\'s Kubernetes API like kubectl apply (each document created or merge-patched in order; the server validates)')
       .requiredOption('-f, --filename <file>', 'YAML file, several documents separated by ---')
       .option('--cluster <name>', 'cluster to apply to (default: the first)'),
   )
     .addHelpText('after', '\nExample:\n  clustermesh lab apply -f echo.yaml --cluster cluster2')
     .action(
       action(async (o: LabOpts & { filename: string; cluster?: string }) => {
-        const objs = parseManifest(readManifestFile(o.filename), o.filename);
-        await changeCluster(o, (t) => applyObjects({ ...t, file: o.filename }, objs));
+        const text = readManifestFile(o.filename);
+        await changeCluster(
+          o,
+          (t) => applyObjects({ ...t, file: o.filename }, parseManifest(text, o.filename)),
+          async (kc) => (await import('../lab/kube-apply.ts')).applyToApi(kc, (await import('../lab/kube-apply.ts')).manifestDocuments(text, o.filename)),
+        );
       }),
     );
 
@@ -312,8 +327,12 @@ Example:
     .addHelpText('after', '\nExample:\n  clustermesh lab delete -f echo.yaml --cluster cluster2')
     .action(
       action(async (o: LabOpts & { filename: string; cluster?: string }) => {
-        const objs = parseManifest(readManifestFile(o.filename), o.filename);
-        await changeCluster(o, (t) => deleteObjects(t, objs));
+        const text = readManifestFile(o.filename);
+        await changeCluster(
+          o,
+          (t) => deleteObjects(t, parseManifest(text, o.filename)),
+          async (kc) => (await import('../lab/kube-apply.ts')).deleteFromApi(kc, (await import('../lab/kube-apply.ts')).manifestDocuments(text, o.filename)),
+        );
       }),
     );
 
@@ -331,7 +350,11 @@ Example:
       action(async (ref: string, o: LabOpts & { replicas: number; namespace: string; cluster?: string }) => {
         const m = /^(deployment|deployments|deploy|deployment\.apps)\/([a-z0-9.-]+)$/.exec(ref);
         if (!m) throw new Error(`'${ref}' is not deployment/NAME (e.g. deployment/echo)`);
-        await changeCluster(o, async (t) => [await scaleDeployment(t, o.namespace, m[2]!, o.replicas)]);
+        await changeCluster(
+          o,
+          async (t) => [await scaleDeployment(t, o.namespace, m[2]!, o.replicas)],
+          async (kc) => [await (await import('../lab/kube-apply.ts')).scaleInApi(kc, o.namespace, m[2]!, o.replicas)],
+        );
       }),
     );
 
