@@ -25,7 +25,7 @@ import {
   type LabState,
 } from './state.ts';
 import { stopGroup } from './kubelet.ts';
-import { clusterDnsManifest, writeClusterDnsEtcdConfig, DNS_NAMESPACE, DNS_DEPLOYMENT_NAME } from './dns.ts';
+import { clusterDnsManifest, clusterDnsObjects, writeClusterDnsEtcdConfig, DNS_NAMESPACE, DNS_DEPLOYMENT_NAME } from './dns.ts';
 import { applyObjects, parseManifest, DEPLOYMENT_ANNOTATION } from './manifest.ts';
 import { StoreWriter } from '../sources/store/writer.ts';
 import { isPodReady } from '../model/index.ts';
@@ -118,6 +118,32 @@ async function startClusterDnsPods(mesh: Mesh, state: LabState, progress: (l: st
     if (pending.size) await sleep(200);
   }
   if (pending.size) progress(`      warning: the cluster DNS of ${[...pending].join(', ')} is not ready after 60 s; see: clustermesh lab get pods --lab ${state.name} and the kubelet logs`);
+  else progress(`      cluster DNS ready in every cluster (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+}
+
+/** startClusterDnsPods of a --kube-source lab: the DNS objects applied to each cluster's Kubernetes API, the DNS pods reading that API. */
+async function startClusterDnsViaApi(state: LabState, progress: (l: string) => void): Promise<void> {
+  const t0 = Date.now();
+  const { CoreV1Api } = await import('@kubernetes/client-node');
+  const { applyToApi } = await import('./kube-apply.ts');
+  const { loadKubeConnection } = await import('../sources/kubernetes/kubeconfig.ts');
+  const pending = new Map<string, InstanceType<typeof CoreV1Api>>();
+  for (const c of state.clusters) {
+    const kc = loadKubeConnection({ kubeconfig: state.kubeconfig!, context: c.name }).kubeConfig;
+    const dir = c.dir!;
+    await applyToApi(kc, clusterDnsObjects({ kube: { kubeconfig: localKubeconfig(dir), socket: kubeApiSocket(dir) } }) as Array<{ apiVersion: string; kind: string; metadata: { name: string } }>);
+    c.dnsIP = DNS_SERVICE_IP;
+    pending.set(c.name, kc.makeApiClient(CoreV1Api));
+  }
+  const end = Date.now() + 60_000;
+  while (pending.size && Date.now() < end) {
+    for (const [name, core] of pending) {
+      const pods = await core.listNamespacedPod({ namespace: DNS_NAMESPACE, labelSelector: 'k8s-app=kube-dns' }).catch(() => undefined);
+      if (pods?.items.length && pods.items.every((p) => p.status?.conditions?.some((x) => x.type === 'Ready' && x.status === 'True'))) pending.delete(name);
+    }
+    if (pending.size) await sleep(250);
+  }
+  if (pending.size) progress(`      warning: the cluster DNS of ${[...pending.keys()].join(', ')} is not ready after 60 s; see: kubectl -n ${DNS_NAMESPACE} get pods and the kubelet logs`);
   else progress(`      cluster DNS ready in every cluster (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
 }
 
@@ -514,12 +540,8 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     progress(`      Kubernetes API per cluster: ${state.clusters.map((c) => `${c.name} ${c.kubeApi?.url ?? '-'}`).join(', ')}; kubeconfig ${kubeconfig} (a context per cluster)`);
 
     step = 'cluster DNS';
-    if (o.kubeSource) {
-      progress(`[5/6] cluster DNS: not yet in a --kube-source lab (it reads the store); pods resolve nothing`);
-    } else {
-      progress(`[5/6] cluster DNS: Deployment kube-system/cluster-dns behind Service kube-system/kube-dns (${DNS_SERVICE_IP}) in every cluster`);
-      await startClusterDnsPods(mesh, state, progress);
-    }
+    progress(`[5/6] cluster DNS: Deployment kube-system/cluster-dns behind Service kube-system/kube-dns (${DNS_SERVICE_IP}) in every cluster${o.kubeSource ? ', applied to and reading the Kubernetes API' : ''}`);
+    await (o.kubeSource ? startClusterDnsViaApi(state, progress) : startClusterDnsPods(mesh, state, progress));
     save();
 
     step = 'finish';
