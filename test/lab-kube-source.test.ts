@@ -4,7 +4,8 @@
 // 127.0.0.1:6443 of their namespaces), the lab's scheduler binds the pods,
 // the kubelets write their status. Then real traffic: a pod of cluster1
 // reaches a pod of cluster2 and the global service's backends in both
-// clusters; a scale-down is forgotten by the datapath; a CiliumNetworkPolicy
+// clusters, also by its name (the cluster DNS reads the API); `lab apply`
+// is an API client; a scale-down is forgotten by the datapath; a CiliumNetworkPolicy
 // applied with kubectl is enforced (the drop counter grows); deleting a
 // namespace removes its pods and their endpoints.
 import { after, describe, test } from 'node:test';
@@ -119,6 +120,30 @@ describe('lab --kube-source: kubectl drives the lab, the agents read the Kuberne
       return r.answered === 20 && clusters.has('cluster1') && clusters.has('cluster2') ? r : undefined;
     }, 90_000, 1000);
     assert.equal(both.answered, 20, both.out);
+    // By name: the cluster DNS reads the Services from the API too.
+    const byName = await eventually('the global service by its DNS name', async () => {
+      const r = await fromPod('cluster1', 'x-wing', 'http://rebel-base.default.svc.cluster.local/', 5);
+      return r.answered === 5 ? r : undefined;
+    }, 60_000, 1000);
+    assert.equal(byName.answered, 5, byName.out);
+  });
+
+  test('lab apply, delete and scale are clients of the API (like kubectl): created, unchanged on the second apply, scaled, deleted', async () => {
+    const manifest = join(files, 'echo.yaml');
+    writeFileSync(
+      manifest,
+      `apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: lab-echo\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {app: lab-echo}\n  template:\n    metadata:\n      labels: {app: lab-echo}\n    spec:\n      containers:\n        - name: echo\n          command: ["clustermesh", "lab", "workload", "echo", "--port", "8080"]\n          ports: [{containerPort: 8080}]\n`,
+    );
+    const first = await ok(cli(['lab', 'apply', '--lab', name, '--cluster', 'cluster2', '-f', manifest]), 'lab apply');
+    assert.match(first, /deployment\.apps\/lab-echo created in cluster2/);
+    const again = await ok(cli(['lab', 'apply', '--lab', name, '--cluster', 'cluster2', '-f', manifest]), 'lab apply again');
+    assert.match(again, /deployment\.apps\/lab-echo unchanged in cluster2/);
+    await kubectlOk('--context', 'cluster2', 'rollout', 'status', 'deployment/lab-echo', '--timeout=120s');
+    await ok(cli(['lab', 'scale', '--lab', name, '--cluster', 'cluster2', 'deployment/lab-echo', '--replicas', '2']), 'lab scale');
+    assert.equal((await kubectlOk('--context', 'cluster2', 'get', 'deployment', 'lab-echo', '-o', 'jsonpath={.spec.replicas}')).trim(), '2');
+    const gone = await ok(cli(['lab', 'delete', '--lab', name, '--cluster', 'cluster2', '-f', manifest]), 'lab delete');
+    assert.match(gone, /deployment\.apps\/lab-echo deleted in cluster2/);
+    await eventually('the pods of lab-echo gone', async () => (await podIPs('cluster2', 'app=lab-echo')).length === 0, 90_000, 500);
   });
 
   test('kubectl scale down removes a pod; the datapath of the other cluster forgets it', async () => {
