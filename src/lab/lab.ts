@@ -216,13 +216,8 @@ async function startKubeApiServers(clusters: readonly MeshCluster[], state: LabS
 
 /** Waits (up to timeoutMs) until every Kubernetes API server listens; records their URLs and writes the lab's kubeconfig (one context per cluster). */
 async function waitKubeApiServers(starts: KubeApiStart[], state: LabState, timeoutMs: number): Promise<string> {
-  const end = Date.now() + timeoutMs;
+  await waitReadyFiles(starts, timeoutMs);
   for (const k of starts) {
-    while (!existsSync(k.readyFile)) {
-      if (!k.proc.running) throw new Error(k.proc.describe(10));
-      if (Date.now() > end) throw new Error(`${k.proc.spec.name} not listening after ${Math.round(timeoutMs / 1000)} s; log ${k.proc.spec.logFile}`);
-      await sleep(50);
-    }
     const ready = JSON.parse(readFileSync(k.readyFile, 'utf8')) as KubeApiReady;
     const c = state.clusters.find((x) => x.name === k.cluster);
     if (c) c.kubeApi = { url: ready.url, pid: k.ref.pid, ...(k.ref.startTime !== undefined ? { startTime: k.ref.startTime } : {}), logFile: k.ref.logFile, dir: k.dir };
