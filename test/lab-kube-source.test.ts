@@ -139,6 +139,13 @@ describe('lab --kube-source: kubectl drives the lab, the agents read the Kuberne
     const again = await ok(cli(['lab', 'apply', '--lab', name, '--cluster', 'cluster2', '-f', manifest]), 'lab apply again');
     assert.match(again, /deployment\.apps\/lab-echo unchanged in cluster2/);
     await kubectlOk('--context', 'cluster2', 'rollout', 'status', 'deployment/lab-echo', '--timeout=120s');
+    // lab get reads the API too.
+    const deployments = JSON.parse(await ok(cli(['lab', 'get', 'deployments', '--lab', name, '--cluster', 'cluster2', '-o', 'json']), 'lab get deployments')) as Array<{ name: string; replicas: number; ready: number }>;
+    assert.deepEqual(deployments.filter((d) => d.name === 'lab-echo').map((d) => [d.replicas, d.ready]), [[1, 1]]);
+    const services = await ok(cli(['lab', 'get', 'services', '--lab', name, '--cluster', 'cluster2']), 'lab get services');
+    assert.match(services, /default\s+rebel-base\s+ClusterIP/);
+    const pods = await ok(cli(['lab', 'get', 'pods', '--lab', name, '--cluster', 'cluster2', '-o', 'wide']), 'lab get pods');
+    assert.match(pods, /lab-echo-\S+\s+1\/1\s+Running/);
     await ok(cli(['lab', 'scale', '--lab', name, '--cluster', 'cluster2', 'deployment/lab-echo', '--replicas', '2']), 'lab scale');
     assert.equal((await kubectlOk('--context', 'cluster2', 'get', 'deployment', 'lab-echo', '-o', 'jsonpath={.spec.replicas}')).trim(), '2');
     const gone = await ok(cli(['lab', 'delete', '--lab', name, '--cluster', 'cluster2', '-f', manifest]), 'lab delete');

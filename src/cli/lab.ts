@@ -406,6 +406,13 @@ Example:
           const all: Array<{ cluster: string; namespace: string; name: string; replicas: number; ready: number }> = [];
           const pods = await podViews(state, clusters);
           for (const c of clusters) {
+            if (state.source === 'kubernetes') {
+              const { AppsV1Api } = await import('@kubernetes/client-node');
+              for (const d of (await labKubeConfig(state, c).makeApiClient(AppsV1Api).listDeploymentForAllNamespaces()).items) {
+                all.push({ cluster: c.name, namespace: d.metadata!.namespace!, name: d.metadata!.name!, replicas: d.spec?.replicas ?? 1, ready: d.status?.readyReplicas ?? 0 });
+              }
+              continue;
+            }
             const kv = new KvClient(clusterKvConfig(c));
             try {
               for (const d of await listDeployments(kv)) {
@@ -424,6 +431,15 @@ Example:
         }
         const svcs: Array<{ cluster: string; service: Service }> = [];
         for (const c of clusters) {
+          if (state.source === 'kubernetes') {
+            const { CoreV1Api } = await import('@kubernetes/client-node');
+            const { fromKubernetes } = await import('../sources/kubernetes/convert.ts');
+            for (const raw of (await labKubeConfig(state, c).makeApiClient(CoreV1Api).listServiceForAllNamespaces()).items) {
+              const conv = fromKubernetes('Service', JSON.parse(JSON.stringify(raw)));
+              if ('object' in conv) svcs.push({ cluster: c.name, service: conv.object });
+            }
+            continue;
+          }
           const kv = new KvClient(clusterKvConfig(c));
           try {
             for (const s of await new StoreWriter(kv).list('Service')) svcs.push({ cluster: c.name, service: s });
