@@ -21,7 +21,7 @@ function parseTtl(value: string): number {
 export function dnsWorkloadCommand(): Command {
   return new Command('dns')
     .description(
-      `authoritative DNS for ${CLUSTER_DOMAIN} from the cluster's store: <svc>.<ns>.svc.${CLUSTER_DOMAIN} -> ClusterIP (headless: ready pod IPs), ` +
+      `authoritative DNS for ${CLUSTER_DOMAIN} from the cluster's store (or, --kubeconfig, its Kubernetes API): <svc>.<ns>.svc.${CLUSTER_DOMAIN} -> ClusterIP (headless: ready pod IPs), ` +
         `NXDOMAIN for unknown names in the domain, REFUSED outside it (no forwarding); UDP and TCP`,
     )
     .option('--etcd-config <file>', "the store in etcd: its client config (YAML: endpoints https://… or the etcd's unix:///… socket, trusted-ca-file, cert-file, key-file, server-name)")
