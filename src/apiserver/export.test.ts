@@ -310,6 +310,7 @@ describe('apiserver options', () => {
     assert.equal(c.heartbeatIntervalMs, 15_000);
     assert.equal(c.identityGcGraceMs, 300_000);
     assert.equal(compileApiserverOptions({ ...base, clusterId: '400', maxConnectedClusters: '511' }).clusterId, 400);
+    assert.equal(c.kubeconfig, undefined, 'no --kubeconfig: the store in etcd');
     assert.equal(parseDuration('--x', '250ms'), 250);
     assert.equal(parseDuration('--x', '1.5s'), 1500);
   });
@@ -326,6 +327,7 @@ describe('apiserver options', () => {
       [{ ...base, sessionTtl: '1' }, '--session-ttl'],
       [{ ...base, identityGcGrace: 'soon' }, '--identity-gc-grace'],
       [{ ...base, logLevel: 'loud' }, '--log-level'],
+      [{ ...base, kubeconfig: '/nonexistent/kubeconfig' }, '--kubeconfig'],
     ];
     for (const [raw, option] of cases) {
       assert.throws(
