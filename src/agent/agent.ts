@@ -35,7 +35,8 @@ import { NodeDatapath } from '../datapath/node.ts';
 import { IdentityAllocator } from '../identity/allocator.ts';
 import { KvClient } from '../kvstore/client.ts';
 import type { ClusterObject } from '../model/index.ts';
-import { StoreSource, StoreWriter, serviceBackendInput, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
+import { StoreWriter, serviceBackendInput, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
+import { openLocalSource } from '../sources/local.ts';
 import { startApiServer, type ApiServer } from './api.ts';
 import { AgentFlowNamer, FlowReader } from './flow-reader.ts';
 import { agentRegistry, startMetricsServer } from './metrics.ts';
@@ -126,14 +127,20 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     // ---- control-plane clients
     const kv = new KvClient(cfg.etcd, { sessionTtlSeconds: cfg.sessionTtlSeconds });
     cleanups.push(() => kv.close());
-    const source: ClusterSource =
-      deps.source ??
-      new StoreSource(kv, {
-        onProblem: (p) => log.warn({ kind: p.kind, key: p.key }, `local store: ${p.message}`),
-        onError: (kind, err) => log.warn({ kind, err: err.message }, 'local store watch failed; re-listing'),
-        onHandlerError: (kind, err) => log.error({ kind, err: (err as Error).stack }, 'local store handler failed'),
-        clock,
-      });
+    // The local source: the store in etcd, or (config `kubeconfig`) the Kubernetes API with Endpoint objects from etcd.
+    const local = deps.source
+      ? { source: deps.source, description: deps.source.type }
+      : openLocalSource(kv, {
+          kubeconfig: cfg.kubeconfig,
+          onProblem: (p) => log.warn({ kind: p.kind, key: p.key }, `local source: ${p.message}`),
+          onError: (kind, err) => log.warn({ kind, err: err.message }, 'local source watch failed; re-listing'),
+          onHandlerError: (kind, err) => log.error({ kind, err: (err as Error).stack }, 'local source handler failed'),
+          clock,
+        });
+    const source: ClusterSource = local.source;
+    log.info({ source: local.description }, 'local cluster source');
+    // With the Kubernetes API as source, this node's Node object is the kubelet's (registered in the API); only Endpoints are published to etcd.
+    const nodeInStore = source.type !== 'kubernetes';
     const writer = new StoreWriter(kv);
     const allocator = new IdentityAllocator({
       kv,
@@ -202,7 +209,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     });
     const publisher = new Reconciler<ClusterObject>({
       name: 'store',
-      target: storeTarget(source, writer, cfg.nodeName),
+      target: storeTarget(nodeInStore ? source : { endpoints: source.endpoints }, writer, cfg.nodeName),
       equals: samePublished,
       pruneBlocker: () => (source.endpoints.synced && source.nodes.synced ? null : 'waiting for the local store to sync'),
       backoff: { initialMs: 200, maxMs: 10_000 },
@@ -252,7 +259,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     table.setOwner(ownerKeys.self(), selfContributions(self));
     // What no remote may claim: this cluster's pod CIDRs and node addresses (this node's now, the others' from their Node objects).
     mesh.setLocalNode(cfg.nodeName, { cidrs: [cfg.podCIDR], addresses: [cfg.nodeIP] });
-    publisher.upsert(publishKeys.node(cfg.nodeName), nodeObject(self));
+    if (nodeInStore) publisher.upsert(publishKeys.node(cfg.nodeName), nodeObject(self));
 
     // ---- endpoints: restored before anything is written
     const endpoints = new EndpointManager({

@@ -33,6 +33,20 @@ function rejects(doc: unknown, message: string | RegExp, flags = {}): void {
 }
 
 describe('agent config', () => {
+  it('kubeconfig: absent means the store; a relative path resolves against the file; a missing file names the setting', async () => {
+    assert.equal(compile(base).kubeconfig, undefined);
+    const dir = await mkdtemp(join(tmpdir(), 'cm-agent-kc-'));
+    try {
+      await writeFile(join(dir, 'kube.yaml'), 'apiVersion: v1\nkind: Config\n');
+      const c = compileAgentConfig({ ...base, kubeconfig: 'kube.yaml' }, { source: join(dir, 'a.yaml'), baseDir: dir, file: join(dir, 'a.yaml') });
+      assert.equal(c.kubeconfig, join(dir, 'kube.yaml'));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+    rejects({ ...base, kubeconfig: 'nope.yaml' }, 'agent config /x/y.yaml: kubeconfig: /x/nope.yaml: no such file');
+    rejects({ ...base, kubeconfig: '' }, /kubeconfig: must be the path of a kubeconfig file/);
+  });
+
   it('fills defaults and resolves relative paths against the file', () => {
     const c = compile(base);
     assert.equal(c.maxConnectedClusters, 255);

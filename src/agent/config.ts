@@ -38,8 +38,13 @@
 // node IP lets a scraper on the underlay in; '' for none), socketLBCgroup (a cgroup v2
 // directory holding this node's pods: connect()/sendmsg() to a service are
 // translated there once per connection, bpf/sock.bpf.c; absent: off, every
-// packet is translated by from_container).
+// packet is translated by from_container), kubeconfig (a kubeconfig file: the
+// cluster's Namespaces, Pods, Services, EndpointSlices, Nodes and policies are
+// read from that Kubernetes API (src/sources/kubernetes), its current context;
+// the Endpoint objects, mesh state, stay in the cluster's etcd; absent: every
+// kind from the store in etcd, src/sources/store).
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -101,6 +106,8 @@ export interface AgentConfig {
   policyDefaultLocalCluster: boolean;
   /** cgroup v2 directory of this node's pods for socket-level load balancing; undefined = off. */
   socketLBCgroup: string | undefined;
+  /** Kubeconfig of the cluster's Kubernetes API, the local source of every kind but Endpoint; undefined = the store in etcd. */
+  kubeconfig?: string | undefined;
 }
 
 /** A config whose nodeIP is known. */
@@ -184,6 +191,7 @@ const fileSchema = z.strictObject({
   remoteHeartbeatStaleSeconds: z.number().min(1, 'must be at least 1').max(86400, 'at most 86400 (a day)').default(180),
   policyDefaultLocalCluster: z.boolean({ error: 'must be true or false' }).default(true),
   socketLBCgroup: z.string().min(1).refine((p) => p.startsWith('/') && !p.split('/').includes('..'), 'must be an absolute path to a cgroup v2 directory, without ".."').optional(),
+  kubeconfig: z.string({ error: 'must be the path of a kubeconfig file' }).min(1, 'must be the path of a kubeconfig file').optional(),
 });
 
 export type AgentConfigInput = z.input<typeof fileSchema>;
@@ -274,6 +282,8 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
   // bpffs refuses names with a '.'
   const pinDir = c.pinDir !== undefined ? abs(c.pinDir) : join(DEFAULT_BPFFS_ROOT, `${c.clusterName}-${c.nodeName.replace(/\./g, '-')}`);
   if (basename(pinDir).includes('.')) fail('pinDir', `${pinDir}: a bpffs does not allow "." in names`);
+  const kubeconfig = c.kubeconfig !== undefined ? abs(c.kubeconfig) : undefined;
+  if (kubeconfig !== undefined && !existsSync(kubeconfig)) fail('kubeconfig', `${kubeconfig}: no such file`);
   return {
     file: opts.file,
     clusterName: c.clusterName,
@@ -312,6 +322,7 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
     remoteHeartbeatStaleMs: Math.round(c.remoteHeartbeatStaleSeconds * 1000),
     policyDefaultLocalCluster: c.policyDefaultLocalCluster,
     socketLBCgroup: c.socketLBCgroup,
+    ...(kubeconfig !== undefined ? { kubeconfig } : {}),
   };
 }
 

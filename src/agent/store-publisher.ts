@@ -86,14 +86,15 @@ export function endpointObject(e: EndpointObjectInput): Endpoint {
 }
 
 /** The store as a reconcile target, restricted to this node's objects. */
-export function storeTarget(source: Pick<ClusterSource, 'endpoints' | 'nodes'>, writer: Pick<StoreWriter, 'apply' | 'delete'>, nodeName: string): ReconcileTarget<ClusterObject> {
+export function storeTarget(source: Pick<ClusterSource, 'endpoints'> & Partial<Pick<ClusterSource, 'nodes'>>, writer: Pick<StoreWriter, 'apply' | 'delete'>, nodeName: string): ReconcileTarget<ClusterObject> {
   return {
     list() {
       const out: Array<[string, ClusterObject]> = [];
       for (const ep of source.endpoints.list()) {
         if (ep.status.networking.nodeName === nodeName) out.push([publishKeys.endpoint(ep.metadata.namespace, ep.metadata.name), ep]);
       }
-      const self = source.nodes.get({ name: nodeName });
+      // Without nodes (the Kubernetes API is the source: the Node is the kubelet's), only Endpoints are published.
+      const self = source.nodes?.get({ name: nodeName });
       if (self) out.push([publishKeys.node(nodeName), self]);
       return out;
     },

@@ -8,7 +8,8 @@ import { IdentityAllocator } from '../identity/allocator.ts';
 import { KvClient } from '../kvstore/client.ts';
 import { SyncStore, type SyncStoreStatus } from '../kvstore/sync-store.ts';
 import type { KvConnectionConfig } from '../kvstore/types.ts';
-import { StoreSource, serviceBackendInput, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
+import { serviceBackendInput, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
+import { openLocalSource } from '../sources/local.ts';
 import { exportIps, exportNodes, exportServices, PrefixExport, type ExportCluster } from './export.ts';
 import { Heartbeat } from './heartbeat.ts';
 import { PodIdentities } from './identities.ts';
@@ -31,6 +32,8 @@ export interface ApiserverDeps {
 export interface ApiserverStatus {
   cluster: string;
   clusterId: number;
+  /** The cluster source: `store (etcd)` or `kubernetes <kubeconfig> <server>; …`. */
+  source: string;
   synced: boolean;
   heartbeats: number;
   exported: { nodes: number; ip: number; services: number };
@@ -98,12 +101,18 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
     clock,
     onError: kvError('identity reference maintenance failed'),
   });
-  const source = deps.source ?? new StoreSource(kv, {
-    onProblem: (p) => log.warn({ kind: p.kind, key: p.key }, p.message),
-    onError: (kind, err) => log.warn({ kind, err: err.message }, 'cluster source watch failed; re-listing'),
-    onHandlerError: (kind, err) => log.error({ kind, err: (err as Error).message }, 'export handler failed'),
-    clock,
-  });
+  // The store in etcd, or (--kubeconfig) the Kubernetes API with Endpoint objects from etcd.
+  const local = deps.source
+    ? { source: deps.source, description: deps.source.type }
+    : openLocalSource(kv, {
+        kubeconfig: cfg.kubeconfig,
+        onProblem: (p) => log.warn({ kind: p.kind, key: p.key }, p.message),
+        onError: (kind, err) => log.warn({ kind, err: err.message }, 'cluster source watch failed; re-listing'),
+        onHandlerError: (kind, err) => log.error({ kind, err: (err as Error).message }, 'export handler failed'),
+        clock,
+      });
+  const source = local.source;
+  log.info({ source: local.description }, 'cluster source');
 
   // Keys already under our prefixes (a previous run): deleted if not desired after the initial sync.
   const existing = async (prefix: string): Promise<Set<string>> => {
@@ -169,6 +178,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
   const status = (): ApiserverStatus => ({
     cluster: cfg.clusterName,
     clusterId: cfg.clusterId,
+    source: local.description,
     synced: Object.values(stores).every((s) => s.synced),
     heartbeats: heartbeat.count,
     exported: { nodes: nodesOut.size, ip: ipOut.size, services: servicesOut.size },

@@ -346,6 +346,7 @@ describe('apiserver options', () => {
     assert.equal(c.metricsAddress, '127.0.0.1:9963');
     assert.equal(compileApiserverOptions({ ...base, metricsAddress: '' }).metricsAddress, '', "'' turns the endpoint off");
     assert.equal(compileApiserverOptions({ ...base, clusterId: '400', maxConnectedClusters: '511' }).clusterId, 400);
+    assert.equal(c.kubeconfig, undefined, 'no --kubeconfig: the store in etcd');
     assert.equal(parseDuration('--x', '250ms'), 250);
     assert.equal(parseDuration('--x', '1.5s'), 1500);
   });
@@ -363,6 +364,7 @@ describe('apiserver options', () => {
       [{ ...base, identityGcGrace: 'soon' }, '--identity-gc-grace'],
       [{ ...base, logLevel: 'loud' }, '--log-level'],
       [{ ...base, metricsAddress: '9963' }, '--metrics-address'],
+      [{ ...base, kubeconfig: '/nonexistent/kubeconfig' }, '--kubeconfig'],
     ];
     for (const [raw, option] of cases) {
       assert.throws(

@@ -25,6 +25,8 @@ export interface ApiserverConfig {
   logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
   /** host:port of the Prometheus endpoint (GET /metrics); '' = none. */
   metricsAddress: string;
+  /** Kubeconfig of the cluster's Kubernetes API: the source of every kind but Endpoint (those stay in etcd); undefined = the store in etcd. */
+  kubeconfig?: string | undefined;
 }
 
 /** What the command line hands over (commander's camel-cased option values). */
@@ -39,6 +41,7 @@ export interface ApiserverRawOptions {
   identityGcGrace?: unknown;
   logLevel?: unknown;
   metricsAddress?: unknown;
+  kubeconfig?: unknown;
 }
 
 export class OptionError extends Error {
@@ -129,7 +132,13 @@ export function compileApiserverOptions(raw: ApiserverRawOptions): ApiserverConf
       }
     }
   }
+  let kubeconfig: string | undefined;
+  if (raw.kubeconfig !== undefined) {
+    kubeconfig = resolve(required('--kubeconfig', raw.kubeconfig));
+    if (!existsSync(kubeconfig)) throw new OptionError('--kubeconfig', `${kubeconfig}: no such file`);
+  }
   return {
+    ...(kubeconfig !== undefined ? { kubeconfig } : {}),
     clusterName,
     clusterId,
     maxConnectedClusters,

@@ -3,7 +3,9 @@ import { spawn } from 'node:child_process';
 import { createReadStream, existsSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
 import { KvClient } from '../kvstore/client.ts';
-import { isPodReady, type Service } from '../model/index.ts';
+import { isPodReady, type Pod, type Service } from '../model/index.ts';
+import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
+import type { KubeConfig } from '@kubernetes/client-node';
 import { StoreWriter } from '../sources/store/writer.ts';
 import { labDown, labUp, validateLatency, validateLoss } from '../lab/lab.ts';
 import { podRecordsOf, type PodRecord } from '../lab/kubelet-config.ts';
@@ -16,6 +18,7 @@ import {
   readManifestFile,
   scaleDeployment,
   ManifestError,
+  DEPLOYMENT_ANNOTATION,
   type ApplyLine,
   type ClusterTarget,
 } from '../lab/manifest.ts';
@@ -87,11 +90,16 @@ function target(state: LabState, c: LabCluster): ClusterTarget {
   return { name: c.name, nodes: state.nodes.filter((n) => n.cluster === c.name).map((n) => n.name), kv: new KvClient(clusterKvConfig(c)) };
 }
 
-/** Runs `fn` against one cluster of a lab that is up and prints what it did. */
-async function changeCluster(o: LabOpts & { cluster?: string | undefined }, fn: (t: ClusterTarget) => Promise<readonly ApplyLine[]>): Promise<void> {
+/** Runs `fn` against one cluster of a lab that is up and prints what it did; `viaApi` instead in a --kube-source lab (a client of the cluster's Kubernetes API, like kubectl). */
+async function changeCluster(
+  o: LabOpts & { cluster?: string | undefined },
+  fn: (t: ClusterTarget) => Promise<readonly ApplyLine[]>,
+  viaApi: (kc: KubeConfig) => Promise<readonly ApplyLine[]>,
+): Promise<void> {
   const state = readLabState(o.lab);
   requireUp(state);
   const c = clusterOf(state, o.cluster);
+  if (state.source === 'kubernetes') return printLines(await viaApi(labKubeConfig(state, c)), c.name);
   const t = target(state, c);
   try {
     printLines(await fn(t), c.name);
@@ -131,13 +139,35 @@ export interface PodView {
   createdAt: string | null;
 }
 
+/** The lab kubeconfig's context of cluster `c`. */
+function labKubeConfig(state: LabState, c: LabCluster): KubeConfig {
+  if (state.kubeconfig === undefined) throw new Error(`lab ${state.name} has no kubeconfig`);
+  return loadKubeConnection({ kubeconfig: state.kubeconfig, context: c.name }).kubeConfig;
+}
+
+/** The Pods of a cluster's Kubernetes API as the model's Pods (the Deployment of each in the lab's annotation). */
+async function listApiPods(state: LabState, c: LabCluster): Promise<Pod[]> {
+  const { CoreV1Api } = await import('@kubernetes/client-node');
+  const { podFromApi } = await import('../lab/kubelet.ts');
+  const kc = labKubeConfig(state, c);
+  const list = await kc.makeApiClient(CoreV1Api).listPodForAllNamespaces();
+  return list.items.map((p) => {
+    const pod = podFromApi(p);
+    const owner = p.metadata?.ownerReferences?.find((r) => r.controller && r.kind === 'Deployment');
+    if (owner) pod.metadata.annotations = { ...pod.metadata.annotations, [DEPLOYMENT_ANNOTATION]: owner.name };
+    return pod;
+  });
+}
+
 async function podViews(state: LabState, clusters: LabCluster[]): Promise<PodView[]> {
   const records = podRecordsOf(state.dir ?? labDir(state.name));
   const out: PodView[] = [];
   for (const c of clusters) {
+    // A --kube-source lab: the pods of the cluster's Kubernetes API (its Deployment from the controlling ownerReference).
+    const fromApi = state.source === 'kubernetes' ? await listApiPods(state, c) : undefined;
     const kv = new KvClient(clusterKvConfig(c));
     try {
-      for (const p of await new StoreWriter(kv).list('Pod')) {
+      for (const p of fromApi ?? (await new StoreWriter(kv).list('Pod'))) {
         const rec = records.find((r) => r.uid === p.metadata.uid);
         out.push({
           cluster: c.name,
@@ -148,7 +178,7 @@ async function podViews(state: LabState, clusters: LabCluster[]): Promise<PodVie
           podIP: p.status.podIP ?? null,
           node: p.spec.nodeName ?? null,
           labels: p.metadata.labels,
-          deployment: p.metadata.annotations['lab.clustermesh.io/deployment'] ?? null,
+          deployment: p.metadata.annotations[DEPLOYMENT_ANNOTATION] ?? null,
           netns: rec?.netns ?? null,
           restarts: rec?.containers.reduce((n, x) => n + x.restarts, 0) ?? 0,
           createdAt: rec?.createdAt ?? null,
@@ -203,11 +233,12 @@ Example:
       .option('--socket-lb', "socket-level load balancing: services translated once per connection at connect() in each node's pod cgroup")
       .option('--prometheus', "run Debian's prometheus (./scripts/setup.sh --prometheus installs it) scraping every agent and apiserver of the lab; its web UI on 127.0.0.1 of this host")
       .option('--prometheus-port <port>', 'port of the prometheus UI on 127.0.0.1 (0: any free one)', parsePrometheusPort, 9090)
+      .option('--kube-source', "the Kubernetes API is the one local source: agents, apiservers and kubelets read each cluster's API (through 127.0.0.1:6443 in their namespace), a scheduler binds pods, `lab apply` writes to the API like kubectl. Not the default yet: without it they read the lab's private store in etcd, which most tests still use")
       .option('--json', 'print the lab state as JSON at the end'),
   )
     .addHelpText('after', '\nExample:\n  clustermesh lab up --clusters 2 --nodes 2 --latency 20ms --lab geo\n\nProcesses keep running after this command returns; remove everything with: clustermesh lab down --lab NAME\n\nkubectl: export KUBECONFIG=$(clustermesh lab kubeconfig --lab NAME); the contexts are the cluster names.')
     .action(
-      action(async (o: LabOpts & { clusters: number; nodes: number; latency?: string; loss?: string; socketLb?: boolean; prometheus?: boolean; prometheusPort: number; json?: boolean }) => {
+      action(async (o: LabOpts & { clusters: number; nodes: number; latency?: string; loss?: string; socketLb?: boolean; kubeSource?: boolean; prometheus?: boolean; prometheusPort: number; json?: boolean }) => {
         const say = (l: string): void => void (o.json ? console.error(l) : console.log(l));
         let interrupted = false;
         const up = labUp({
@@ -217,6 +248,7 @@ Example:
           ...(o.latency ? { latency: o.latency } : {}),
           ...(o.loss ? { loss: o.loss } : {}),
           ...(o.socketLb ? { socketLB: true } : {}),
+          ...(o.kubeSource ? { kubeSource: true } : {}),
           ...(o.prometheus ? { prometheus: true, prometheusPort: o.prometheusPort } : {}),
           progress: say,
         });
@@ -289,15 +321,19 @@ Example:
   nameOption(
     lab
       .command('apply')
-      .description('create or update Namespaces, Pods, Deployments, Services, NetworkPolicies and CiliumNetworkPolicies from a YAML file (all documents are validated first; on any error nothing is applied)')
+      .description('create or update Namespaces, Pods, Deployments, Services, NetworkPolicies and CiliumNetworkPolicies from a YAML file (all documents are validated first; on any error nothing is applied). In a --kube-source lab: a client of the cluster\'s Kubernetes API like kubectl apply (each document created or merge-patched in order; the server validates)')
       .requiredOption('-f, --filename <file>', 'YAML file, several documents separated by ---')
       .option('--cluster <name>', 'cluster to apply to (default: the first)'),
   )
     .addHelpText('after', '\nExample:\n  clustermesh lab apply -f echo.yaml --cluster cluster2')
     .action(
       action(async (o: LabOpts & { filename: string; cluster?: string }) => {
-        const objs = parseManifest(readManifestFile(o.filename), o.filename);
-        await changeCluster(o, (t) => applyObjects({ ...t, file: o.filename }, objs));
+        const text = readManifestFile(o.filename);
+        await changeCluster(
+          o,
+          (t) => applyObjects({ ...t, file: o.filename }, parseManifest(text, o.filename)),
+          async (kc) => (await import('../lab/kube-apply.ts')).applyToApi(kc, (await import('../lab/kube-apply.ts')).manifestDocuments(text, o.filename)),
+        );
       }),
     );
 
@@ -311,8 +347,12 @@ Example:
     .addHelpText('after', '\nExample:\n  clustermesh lab delete -f echo.yaml --cluster cluster2')
     .action(
       action(async (o: LabOpts & { filename: string; cluster?: string }) => {
-        const objs = parseManifest(readManifestFile(o.filename), o.filename);
-        await changeCluster(o, (t) => deleteObjects(t, objs));
+        const text = readManifestFile(o.filename);
+        await changeCluster(
+          o,
+          (t) => deleteObjects(t, parseManifest(text, o.filename)),
+          async (kc) => (await import('../lab/kube-apply.ts')).deleteFromApi(kc, (await import('../lab/kube-apply.ts')).manifestDocuments(text, o.filename)),
+        );
       }),
     );
 
@@ -330,7 +370,11 @@ Example:
       action(async (ref: string, o: LabOpts & { replicas: number; namespace: string; cluster?: string }) => {
         const m = /^(deployment|deployments|deploy|deployment\.apps)\/([a-z0-9.-]+)$/.exec(ref);
         if (!m) throw new Error(`'${ref}' is not deployment/NAME (e.g. deployment/echo)`);
-        await changeCluster(o, async (t) => [await scaleDeployment(t, o.namespace, m[2]!, o.replicas)]);
+        await changeCluster(
+          o,
+          async (t) => [await scaleDeployment(t, o.namespace, m[2]!, o.replicas)],
+          async (kc) => [await (await import('../lab/kube-apply.ts')).scaleInApi(kc, o.namespace, m[2]!, o.replicas)],
+        );
       }),
     );
 
@@ -382,6 +426,13 @@ Example:
           const all: Array<{ cluster: string; namespace: string; name: string; replicas: number; ready: number }> = [];
           const pods = await podViews(state, clusters);
           for (const c of clusters) {
+            if (state.source === 'kubernetes') {
+              const { AppsV1Api } = await import('@kubernetes/client-node');
+              for (const d of (await labKubeConfig(state, c).makeApiClient(AppsV1Api).listDeploymentForAllNamespaces()).items) {
+                all.push({ cluster: c.name, namespace: d.metadata!.namespace!, name: d.metadata!.name!, replicas: d.spec?.replicas ?? 1, ready: d.status?.readyReplicas ?? 0 });
+              }
+              continue;
+            }
             const kv = new KvClient(clusterKvConfig(c));
             try {
               for (const d of await listDeployments(kv)) {
@@ -400,6 +451,15 @@ Example:
         }
         const svcs: Array<{ cluster: string; service: Service }> = [];
         for (const c of clusters) {
+          if (state.source === 'kubernetes') {
+            const { CoreV1Api } = await import('@kubernetes/client-node');
+            const { fromKubernetes } = await import('../sources/kubernetes/convert.ts');
+            for (const raw of (await labKubeConfig(state, c).makeApiClient(CoreV1Api).listServiceForAllNamespaces()).items) {
+              const conv = fromKubernetes('Service', JSON.parse(JSON.stringify(raw)));
+              if ('object' in conv) svcs.push({ cluster: c.name, service: conv.object });
+            }
+            continue;
+          }
           const kv = new KvClient(clusterKvConfig(c));
           try {
             for (const s of await new StoreWriter(kv).list('Service')) svcs.push({ cluster: c.name, service: s });
@@ -511,6 +571,16 @@ Example:
     .requiredOption('--config <file>', 'kubelet.json written by lab up')
     .action(async (o: { config: string }) => {
       await (await import('../lab/kubelet.ts')).runKubelet(o.config);
+    });
+
+  lab
+    .command('kube-api-endpoint', { hidden: true })
+    .description("a node-local Kubernetes API endpoint: 127.0.0.1:6443 in this network namespace, piped to the cluster's kube-apiserver socket (started by `lab up --kube-source`, one per node and control plane)")
+    .requiredOption('--socket <path>', "the kube-apiserver's TLS unix socket")
+    .option('--listen <host:port>', 'where to listen', '127.0.0.1:6443')
+    .option('--ready-file <file>', 'written once listening')
+    .action(async (o: { socket: string; listen: string; readyFile?: string }) => {
+      await (await import('../lab/kube-api-endpoint.ts')).runKubeApiEndpoint(o);
     });
 
   lab

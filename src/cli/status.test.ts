@@ -127,12 +127,20 @@ test('summarize: socket LB configured on a node but a program not attached makes
   assert.ok(r.notReady.includes('c1: agent on c1/n1: socket LB on /cg/n1: recvmsg4 not attached'), JSON.stringify(r.notReady));
 });
 
+test('summarize: the local source the agents report (store / kubernetes) is shown per cluster', () => {
+  const st = { ...agent('c1', 'n1', []), local: { source: 'kubernetes', synced: true, kinds: {}, counts: { nodes: 1, endpoints: 0, namespaces: 1 } } } as AgentStatus;
+  const r = summarize([probe('c1', 1, [{ node: nodeTarget('c1', 'n1'), status: st, error: null }])], NOW);
+  assert.equal(r.clusters[0]!.localSource, 'kubernetes');
+  assert.match(formatStatus(r), /source:\s+kubernetes/);
+});
+
 test('summarize: no nodes and no remotes is ready (a cluster not meshed yet), and JSON keys are stable', () => {
   const r = summarize([probe('c1', 1, [])], NOW);
   assert.equal(r.ready, true);
   assert.deepEqual(Object.keys(r), ['ready', 'notReady', 'clusters', 'globalServices', 'prometheus']);
-  assert.deepEqual(Object.keys(r.clusters[0]!), ['name', 'id', 'ready', 'etcd', 'apiserver', 'kubeApi', 'nodes', 'connectivity', 'remoteClusters', 'exportedServices', 'flows', 'nodeDetails']);
+  assert.deepEqual(Object.keys(r.clusters[0]!), ['name', 'id', 'ready', 'etcd', 'apiserver', 'kubeApi', 'localSource', 'nodes', 'connectivity', 'remoteClusters', 'exportedServices', 'flows', 'nodeDetails']);
   assert.equal(r.clusters[0]!.kubeApi, null, 'no Kubernetes API known (not a lab)');
+  assert.equal(r.clusters[0]!.localSource, null, 'no agent reachable: no source known');
 });
 
 test("summarize: a lab's prometheus is shown by URL; its process gone makes the report not ready", () => {

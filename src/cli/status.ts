@@ -99,6 +99,8 @@ export interface ClusterReport {
   apiserver: { reachable: boolean | null; process: boolean | null; heartbeatAgeSeconds: number | null; error: string | null };
   /** Lab only: the Kubernetes API server (kubectl's context of this cluster's name). */
   kubeApi: { url: string; process: boolean } | null;
+  /** What the reachable agents read the cluster from ('store' / 'kubernetes', several when they differ); null: no agent reachable. */
+  localSource: string | null;
   nodes: { total: number; reachable: number; ready: number };
   /** Remote clusters each node is ready with, over the nodes (expected: remoteClusters.length). */
   connectivity: MinAvgMax & { expected: number };
@@ -269,6 +271,7 @@ export function summarize(probes: ClusterProbe[], now: Date = new Date()): Statu
       etcd,
       apiserver: { reachable: apiserverReachable, process: p.apiserverProcess, heartbeatAgeSeconds, error: apiserverError },
       kubeApi: p.kubeApi ?? null,
+      localSource: statuses.length ? [...new Set(statuses.map(({ s }) => s.local?.source ?? 'unknown'))].sort().join(', ') : null,
       nodes: { total: p.nodes.length, reachable: statuses.length, ready: statuses.filter(({ s }) => s.ready).length },
       connectivity,
       remoteClusters,
@@ -379,6 +382,7 @@ export function formatStatus(r: StatusReport): string {
     );
     out.push(`  apiserver:   ${mark(c.apiserver.reachable)}${c.apiserver.heartbeatAgeSeconds !== null ? `  heartbeat ${c.apiserver.heartbeatAgeSeconds}s ago` : ''}${c.apiserver.error ? `  (${c.apiserver.error})` : ''}`);
     if (c.kubeApi) out.push(`  kube-api:    ${mark(c.kubeApi.process)}  ${c.kubeApi.url}${c.kubeApi.process ? '' : '  (process not running)'}  (kubectl --context ${c.name})`);
+    if (c.localSource !== null) out.push(`  source:      ${c.localSource === 'kubernetes' ? 'kubernetes (the agents read the Kubernetes API)' : c.localSource === 'store' ? 'store (the agents read the store in etcd)' : c.localSource}`);
     out.push(`  nodes:       ${c.nodes.ready}/${c.nodes.total} ready${c.nodes.reachable < c.nodes.total ? `, ${c.nodes.total - c.nodes.reachable} unreachable` : ''}`);
     const k = c.connectivity;
     const all = c.nodes.reachable > 0 && k.min === k.expected;

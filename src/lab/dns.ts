@@ -24,6 +24,12 @@
 // socket is reached through the file system, not the network namespace: the
 // DNS pod's etcd config names that socket (like a hostPath mount of it in
 // Kubernetes). writeClusterDnsEtcdConfig() writes that file from the lab state.
+//
+// In a --kube-source lab it reads the cluster's Kubernetes API instead
+// (KubernetesSource): the kube-apiserver also serves on a TLS unix socket, and
+// the DNS process opens the node-local endpoint (kube-api-endpoint.ts) on
+// 127.0.0.1:6443 of its own pod namespace, forwarding to that socket, so the
+// cluster components' kubeconfig (server https://127.0.0.1:6443) works in the pod.
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
@@ -36,6 +42,9 @@ import { KvClient } from '../kvstore/client.ts';
 import type { KvConnectionConfig } from '../kvstore/types.ts';
 import { isPodReady, type Namespace, type Pod, type Service } from '../model/index.ts';
 import { StoreSource } from '../sources/store/source.ts';
+import { KubernetesSource } from '../sources/kubernetes/source.ts';
+import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
+import { startKubeApiEndpoint } from './kube-api-endpoint.ts';
 import type { ClusterSource } from '../sources/types.ts';
 import type { LabCluster } from './state.ts';
 
@@ -426,7 +435,12 @@ export async function writeClusterDnsEtcdConfig(cluster: LabCluster, file?: stri
 // ---- running it as a workload ------------------------------------------------
 
 export interface ClusterDnsOptions extends DnsServerOptions {
-  etcdConfigFile: string;
+  /** The store in etcd (default mode); exactly one of etcdConfigFile and kubeconfig. */
+  etcdConfigFile?: string;
+  /** The cluster's Kubernetes API (a --kube-source lab). */
+  kubeconfig?: string;
+  /** The kube-apiserver's TLS unix socket: forwarded from 127.0.0.1:6443 in this process's network namespace first. */
+  kubeApiSocket?: string;
   /** Wait this long for the first complete list before serving anyway (SERVFAIL until then); default 30 s. */
   syncTimeoutMs?: number;
 }
@@ -437,14 +451,30 @@ export interface RunningClusterDns {
   stop(): Promise<void>;
 }
 
-/** The DNS workload: the store source over the cluster's etcd, and the server answering from it. */
-export async function startClusterDns(opts: ClusterDnsOptions): Promise<RunningClusterDns> {
-  const conn = await loadEtcdConfig(opts.etcdConfigFile, { allowUnixSocket: true });
+/** The source the DNS answers from: the store over the cluster's etcd, or the cluster's Kubernetes API. */
+async function openDnsSource(opts: ClusterDnsOptions): Promise<{ source: ClusterSource; close: () => Promise<void> }> {
+  if ((opts.etcdConfigFile === undefined) === (opts.kubeconfig === undefined)) throw new Error('cluster DNS: give either an etcd config (--etcd-config) or a kubeconfig (--kubeconfig)');
+  if (opts.kubeconfig !== undefined) {
+    const endpoint = opts.kubeApiSocket !== undefined ? await startKubeApiEndpoint({ socket: opts.kubeApiSocket }) : undefined;
+    const source = new KubernetesSource({
+      kubeConfig: loadKubeConnection({ kubeconfig: opts.kubeconfig }).kubeConfig,
+      onProblem: (p) => opts.log?.(`kubernetes: ignoring ${p.kind} ${p.key}: ${p.message}`),
+      onError: (kind, err) => opts.log?.(`kubernetes: watch of ${kind} failed (retrying): ${err.message}`),
+    });
+    return { source, close: async () => void endpoint?.close() };
+  }
+  const conn = await loadEtcdConfig(opts.etcdConfigFile!, { allowUnixSocket: true });
   const kv = new KvClient(conn);
   const source = new StoreSource(kv, {
     onProblem: (p) => opts.log?.(`store: ignoring ${p.kind} at ${p.key}: ${p.message}`),
     onError: (kind, err) => opts.log?.(`store: watch of ${kind} failed (retrying): ${err.message}`),
   });
+  return { source, close: () => kv.close() };
+}
+
+/** The DNS workload: the store source over the cluster's etcd (or the Kubernetes API), and the server answering from it. */
+export async function startClusterDns(opts: ClusterDnsOptions): Promise<RunningClusterDns> {
+  const { source, close } = await openDnsSource(opts);
   let server: DnsServer | undefined;
   try {
     await source.start();
@@ -452,12 +482,12 @@ export async function startClusterDns(opts: ClusterDnsOptions): Promise<RunningC
     server = await startDnsServer(data, opts);
     const signal = AbortSignal.timeout(opts.syncTimeoutMs ?? 30_000);
     await Promise.all([source.services.waitSynced(signal), source.pods.waitSynced(signal), source.namespaces.waitSynced(signal)]).catch((err: Error) =>
-      opts.log?.(`store: not synced yet (${err.message}); answering SERVFAIL for the cluster domain until it is`),
+      opts.log?.(`source: not synced yet (${err.message}); answering SERVFAIL for the cluster domain until it is`),
     );
   } catch (err) {
     await server?.close().catch(() => undefined);
     await source.stop().catch(() => undefined);
-    await kv.close().catch(() => undefined);
+    await close().catch(() => undefined);
     throw err;
   }
   const srv = server;
@@ -467,7 +497,7 @@ export async function startClusterDns(opts: ClusterDnsOptions): Promise<RunningC
     stop: async () => {
       await srv.close();
       await source.stop();
-      await kv.close();
+      await close();
     },
   };
 }
@@ -476,7 +506,9 @@ export async function startClusterDns(opts: ClusterDnsOptions): Promise<RunningC
 
 export interface ClusterDnsManifestOptions {
   /** The etcd client config the DNS pod reads (writeClusterDnsEtcdConfig()). */
-  etcdConfigFile: string;
+  etcdConfigFile?: string;
+  /** Or (a --kube-source lab) the cluster components' kubeconfig and the kube-apiserver's unix socket. */
+  kube?: { kubeconfig: string; socket: string };
   /** How a pod's command names this program (default 'clustermesh'). */
   cli?: string[];
   replicas?: number;
@@ -501,7 +533,10 @@ export function clusterDnsObjects(o: ClusterDnsManifestOptions): Record<string, 
             containers: [
               {
                 name: 'dns',
-                command: [...(o.cli ?? ['clustermesh']), 'lab', 'workload', 'dns', '--etcd-config', o.etcdConfigFile],
+                command: [
+                  ...(o.cli ?? ['clustermesh']), 'lab', 'workload', 'dns',
+                  ...(o.kube ? ['--kubeconfig', o.kube.kubeconfig, '--kube-api-socket', o.kube.socket] : ['--etcd-config', String(o.etcdConfigFile)]),
+                ],
                 ports: [
                   { name: 'dns', containerPort: 53, protocol: 'UDP' },
                   { name: 'dns-tcp', containerPort: 53, protocol: 'TCP' },

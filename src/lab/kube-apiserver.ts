@@ -6,7 +6,9 @@
 // kube-apiserver and kube-controller-manager in one process.
 //
 // It listens in the machine's network namespace on 127.0.0.1 (where kubectl
-// runs), reaching etcd through the etcd's TLS unix socket. When it listens it
+// runs), reaching etcd through the etcd's TLS unix socket; with `socketPath`
+// also on a TLS unix socket, which the node-local endpoints of a --kube-source
+// lab forward to (src/lab/kube-api-endpoint.ts). When it listens it
 // writes `readyFile` ({url, pid}); `lab up` reads the URL from there into the
 // lab state and the kubeconfig.
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
@@ -28,11 +30,15 @@ export const kubeApiServerConfigSchema = z.object({
   host: z.string().default('127.0.0.1'),
   /** 0: any free port (the URL is in readyFile). */
   port: z.number().int().min(0).max(65535).default(0),
+  /** Also serve on this TLS unix socket (the node-local endpoints of --kube-source labs forward to it). */
+  socketPath: z.string().optional(),
   serviceCidr: z.string().optional(),
   /** Written ({url, pid}) once the server listens. */
   readyFile: z.string(),
   /** The lab's controllers run in this process as clients of the server, with this client certificate. */
   controllers: fileSchema.optional(),
+  /** Run the lab's scheduler with the controllers (a --kube-source lab). */
+  scheduler: z.boolean().default(false),
 });
 export type KubeApiServerConfig = z.infer<typeof kubeApiServerConfigSchema>;
 
@@ -67,6 +73,7 @@ export async function runKubeApiServer(configFile: string): Promise<void> {
     host: cfg.host,
     port: cfg.port,
     ...(cfg.serviceCidr !== undefined ? { serviceCidr: cfg.serviceCidr } : {}),
+    ...(cfg.socketPath !== undefined ? { socketPath: cfg.socketPath } : {}),
   });
   // etcd answers before this starts (lab up starts it after the mesh); a loaded machine may still be slow.
   for (let attempt = 1; ; attempt++) {
@@ -86,7 +93,7 @@ export async function runKubeApiServer(configFile: string): Promise<void> {
   // The controllers in this process (one process per cluster for both: fewer
   // processes on a small machine, one lifetime), still as HTTPS clients of the
   // server like any other, so they could as well run elsewhere.
-  const controllers = cfg.controllers ? await startControllers(kubeConfigFor(server.url, cfg.controllers)) : undefined;
+  const controllers = cfg.controllers ? await startControllers(kubeConfigFor(server.url, cfg.controllers), { scheduler: cfg.scheduler }) : undefined;
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', resolve);
     process.once('SIGINT', resolve);

@@ -32,6 +32,10 @@ export const kubeletConfigSchema = z.object({
   dnsIP: z.string(),
   /** The node's cgroup (src/lab/cgroup.ts): containers run in it, where the agent's socket LB sees them. */
   cgroup: z.string().optional(),
+  /** A --kube-source lab: pods come from this Kubernetes API (the node-local endpoint), status goes there; the Node is registered there. */
+  kubeconfig: z.string().optional(),
+  /** The node's underlay address (the Node's InternalIP, the pods' hostIP). */
+  nodeIP: z.string().optional(),
 });
 export type KubeletConfig = z.infer<typeof kubeletConfigSchema>;
 

@@ -15,15 +15,26 @@
 //      process runs and every declared TCP port accepts a connection.
 // A Pod that is gone from the store (or replaced: another uid) is torn down:
 // processes stopped (by pid), CNI DEL, namespace and resolv.conf removed.
+//
+// Where pods come from and where their status goes (a PodFeed): the store in
+// etcd (default: a compare-and-swap of the stored Pod), or, with `kubeconfig`
+// in its config (a --kube-source lab), the cluster's Kubernetes API as a real
+// kubelet uses it: it registers its Node (InternalIP, spec.podCIDRs, Ready) when
+// absent, watches the Pods with fieldSelector spec.nodeName=<node>, and
+// writes status (phase, podIP, hostIP, the Ready condition) through the pods'
+// status subresource (a JSON merge patch).
 import { spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { CoreV1Api, PatchStrategy, setHeaderOptions, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
 import { KvClient } from '../kvstore/client.ts';
-import { parseObject, type Pod } from '../model/index.ts';
+import { isPodReady, parseObject, type Pod } from '../model/index.ts';
+import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import { storeKindPrefix } from '../sources/store/keys.ts';
 import { encodeStoreObject } from '../sources/store/writer.ts';
+import { apiCode, apiMessage, watchKind } from './controllers/runtime.ts';
 import { inCgroup } from './cgroup.ts';
 import { run } from './exec.ts';
 import { childEnv } from './process.ts';
@@ -62,8 +73,241 @@ const READY_RECHECK_MS = 10_000;
 /** The CNI container ID of a pod: its uid (what a runtime's sandbox id is for). */
 export const podContainerID = (uid: string): string => `pod-${uid}`;
 
-export class Kubelet {
+/** A pod of this node, and how its status is written. */
+interface FedPod {
+  pod: Pod;
+  /** Changes whenever the pod object does (store modRevision, API resourceVersion). */
+  revision: string;
+  writeStatus(status: Pod['status']): Promise<void>;
+}
+
+/** Where a kubelet's pods come from. start() resolves once the first list is in; onChange: look again. */
+interface PodFeed {
+  start(onChange: () => void): Promise<void>;
+  list(): Promise<FedPod[]>;
+  stop(): Promise<void>;
+}
+
+/** The lab's store in etcd: every Pod listed each pass, status by compare-and-swap (a concurrent `lab apply` wins, the next pass writes again). */
+class StorePodFeed implements PodFeed {
   private readonly kv: KvClient;
+  /** Store key → the pod parsed at that modRevision (a pass re-parses only what changed). */
+  private readonly parsed = new Map<string, { modRevision: string; pod: Pod | undefined }>();
+  constructor(private readonly cfg: KubeletConfig) {
+    this.kv = new KvClient({ ...cfg.etcd, timeoutMs: cfg.etcd.timeoutMs ?? 5000 });
+  }
+
+  async start(onChange: () => void): Promise<void> {
+    const { revision } = await this.kv.list(storeKindPrefix('Pod'));
+    this.kv.watch(storeKindPrefix('Pod'), String(BigInt(revision) + 1n), onChange, (err) => log('watch error (the periodic resync continues)', { error: err.message }));
+  }
+
+  async list(): Promise<FedPod[]> {
+    const out: FedPod[] = [];
+    const listed = await this.kv.list(storeKindPrefix('Pod'));
+    if (this.parsed.size > listed.pairs.length) {
+      const keys = new Set(listed.pairs.map((p) => p.key));
+      for (const k of this.parsed.keys()) if (!keys.has(k)) this.parsed.delete(k);
+    }
+    for (const p of listed.pairs) {
+      const pod = this.parsePod(p.key, p.value, p.modRevision);
+      if (!pod || pod.spec.nodeName !== this.cfg.node) continue;
+      out.push({
+        pod,
+        revision: p.modRevision,
+        writeStatus: async (status) => {
+          const next = JSON.parse(p.value) as Record<string, unknown>;
+          next.status = status;
+          await this.kv.compareAndSwap(p.key, p.modRevision, encodeStoreObject(parseObject('Pod', next)));
+        },
+      });
+    }
+    return out;
+  }
+
+  /** The pod of a store value, parsed once per modRevision (undefined: not a valid Pod). */
+  private parsePod(key: string, value: string, modRevision: string): Pod | undefined {
+    const hit = this.parsed.get(key);
+    if (hit?.modRevision === modRevision) return hit.pod;
+    let pod: Pod | undefined;
+    try {
+      pod = parseObject('Pod', JSON.parse(value), `store key ${key}`);
+    } catch {
+      pod = undefined;
+    }
+    this.parsed.set(key, { modRevision, pod });
+    return pod;
+  }
+
+  async stop(): Promise<void> {
+    await this.kv.close().catch(() => undefined);
+  }
+}
+
+/** A Pod of the API as the model's Pod (what the kubelet reads: metadata, containers with command, args and ports, status). */
+export function podFromApi(p: V1Pod): Pod {
+  const raw = JSON.parse(JSON.stringify(p)) as { metadata?: Record<string, unknown>; spec?: Record<string, unknown>; status?: Record<string, unknown> };
+  const spec = raw.spec ?? {};
+  const status = raw.status ?? {};
+  const m = raw.metadata ?? {};
+  return parseObject(
+    'Pod',
+    {
+      kind: 'Pod',
+      metadata: { name: m.name, namespace: m.namespace, uid: m.uid, labels: m.labels ?? {}, annotations: m.annotations ?? {} },
+      spec: {
+        nodeName: spec.nodeName,
+        ...(spec.serviceAccountName ? { serviceAccountName: spec.serviceAccountName } : {}),
+        containers: ((spec.containers ?? []) as Array<Record<string, unknown>>).map((c) => ({
+          name: c.name,
+          image: c.image,
+          command: c.command,
+          args: c.args,
+          ports: ((c.ports ?? []) as Array<Record<string, unknown>>).map((x) => ({ name: x.name, containerPort: x.containerPort, protocol: x.protocol ?? 'TCP' })),
+        })),
+      },
+      status: {
+        ...(status.phase ? { phase: status.phase } : {}),
+        ...(status.podIP ? { podIP: status.podIP } : {}),
+        conditions: ((status.conditions ?? []) as Array<Record<string, unknown>>).map((c) => ({ type: c.type, status: c.status })),
+      },
+    },
+    `pod ${String(m.namespace)}/${String(m.name)} of the API`,
+  );
+}
+
+/** The cluster's Kubernetes API: this node's Pods by field selector, status through the status subresource. */
+class ApiPodFeed implements PodFeed {
+  private readonly core: CoreV1Api;
+  private informer: ReturnType<typeof watchKind<V1Pod>> | undefined;
+  private cache: (() => V1Pod[]) | undefined;
+  private nodeTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly cfg: KubeletConfig,
+    private readonly kc: KubeConfig,
+  ) {
+    this.core = kc.makeApiClient(CoreV1Api);
+  }
+
+  async start(onChange: () => void): Promise<void> {
+    await this.stop(); // a start that failed half way (the API not reachable yet) is tried again from scratch
+    await this.registerNode();
+    // Re-registered when deleted (as a kubelet does), checked every 10 s.
+    this.nodeTimer = setInterval(() => void this.registerNode().catch((err: unknown) => log('node registration failed', { error: apiMessage(err) })), 10_000);
+    const fieldSelector = `spec.nodeName=${this.cfg.node}`;
+    const pods = new Map<string, V1Pod>();
+    this.cache = () => [...pods.values()];
+    this.informer = watchKind<V1Pod>(
+      this.kc,
+      `/api/v1/pods?fieldSelector=${encodeURIComponent(fieldSelector)}`,
+      () => this.core.listPodForAllNamespaces({ fieldSelector }),
+      (p, deleted) => {
+        const key = `${p.metadata?.namespace}/${p.metadata?.name}`;
+        if (deleted) pods.delete(key);
+        else pods.set(key, p);
+        onChange();
+      },
+    );
+    await this.informer.start();
+  }
+
+  /** Creates this node's Node when absent and marks it Ready with its InternalIP and pod CIDR. */
+  private async registerNode(): Promise<void> {
+    const name = this.cfg.node;
+    const podCIDR = String((this.cfg.netconf.ipam as { podCIDR?: string } | undefined)?.podCIDR ?? '');
+    try {
+      await this.core.readNode({ name });
+      return;
+    } catch (err) {
+      if (apiCode(err) !== 404) throw err;
+    }
+    await this.core
+      .createNode({
+        body: {
+          apiVersion: 'v1',
+          kind: 'Node',
+          metadata: { name, labels: { 'kubernetes.io/hostname': name, 'kubernetes.io/os': 'linux', 'topology.kubernetes.io/region': this.cfg.cluster } },
+          spec: podCIDR ? { podCIDR, podCIDRs: [podCIDR] } : {},
+        },
+      })
+      .catch((err: unknown) => {
+        if (apiCode(err) !== 409) throw err;
+      });
+    const now = new Date().toISOString();
+    await this.core.patchNodeStatus(
+      {
+        name,
+        body: {
+          status: {
+            addresses: [...(this.cfg.nodeIP ? [{ type: 'InternalIP', address: this.cfg.nodeIP }] : []), { type: 'Hostname', address: name }],
+            conditions: [{ type: 'Ready', status: 'True', reason: 'KubeletReady', message: 'the lab kubelet is running', lastHeartbeatTime: now, lastTransitionTime: now }],
+          },
+        },
+      },
+      setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+    );
+    log('node registered', { node: name, nodeIP: this.cfg.nodeIP, podCIDR });
+  }
+
+  async list(): Promise<FedPod[]> {
+    const out: FedPod[] = [];
+    for (const p of this.cache?.() ?? []) {
+      let pod: Pod;
+      try {
+        pod = podFromApi(p);
+      } catch (err) {
+        log('pod not understood', { error: (err as Error).message });
+        continue;
+      }
+      if (pod.spec.nodeName !== this.cfg.node) continue;
+      out.push({
+        pod,
+        revision: p.metadata?.resourceVersion ?? '',
+        writeStatus: async (status) => {
+          const body = {
+            status: {
+              phase: status.phase,
+              ...(status.podIP ? { podIP: status.podIP, podIPs: [{ ip: status.podIP }] } : {}),
+              ...(this.cfg.nodeIP ? { hostIP: this.cfg.nodeIP, hostIPs: [{ ip: this.cfg.nodeIP }] } : {}),
+              conditions: status.conditions.map((c) => ({ ...c, lastTransitionTime: new Date().toISOString() })),
+              // What `kubectl get pods` counts in READY and shows in STATUS.
+              containerStatuses: pod.spec.containers.map((c) => ({
+                name: c.name,
+                image: c.image ?? '',
+                imageID: '',
+                ready: isPodReady({ ...pod, status }),
+                restartCount: 0,
+                started: status.phase === 'Running',
+                state: status.phase === 'Running' ? { running: { startedAt: new Date().toISOString() } } : { waiting: { reason: status.phase === 'Failed' ? 'CreateContainerError' : 'ContainerCreating' } },
+              })),
+            },
+          };
+          try {
+            await this.core.patchNamespacedPodStatus({ namespace: pod.metadata.namespace, name: pod.metadata.name, body }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
+          } catch (err) {
+            if (apiCode(err) !== 404) throw new Error(`status of pod ${pod.metadata.namespace}/${pod.metadata.name}: ${apiMessage(err)}`);
+          }
+        },
+      });
+    }
+    return out;
+  }
+
+  async stop(): Promise<void> {
+    if (this.nodeTimer) clearInterval(this.nodeTimer);
+    await this.informer?.stop().catch(() => undefined);
+  }
+}
+
+/** Do two statuses say the same (phase, pod IP, conditions)? */
+function sameStatus(a: Pod['status'], b: Pod['status']): boolean {
+  const key = (s: Pod['status']): string => JSON.stringify([s.phase, s.podIP ?? null, s.conditions.map((c) => [c.type, c.status])]);
+  return key(a) === key(b);
+}
+
+export class Kubelet {
+  private readonly feed: PodFeed;
   private readonly pods = new Map<string, PodRecord>();
   private readonly retryAt = new Map<string, { at: number; attempts: number }>();
   private readonly restartAt = new Map<string, number>();
@@ -72,17 +316,15 @@ export class Kubelet {
   private readonly busy = new Set<string>();
   private readonly tasks = new Set<Promise<void>>();
   private again = false;
-  /** Store key → the pod parsed at that modRevision (a pass re-parses only what changed). */
-  private readonly parsed = new Map<string, { modRevision: string; pod: Pod | undefined }>();
-  /** uid → the modRevision at which the pod was last found ready with its status in place, and when. */
-  private readonly settled = new Map<string, { modRevision: string; at: number }>();
+  /** uid → the pod revision at which the pod was last found ready with its status in place, and when. */
+  private readonly settled = new Map<string, { revision: string; at: number }>();
   private starting = 0;
   private readonly startQueue: Array<() => void> = [];
   private stopped = false;
   private timer: NodeJS.Timeout | undefined;
 
   constructor(readonly cfg: KubeletConfig) {
-    this.kv = new KvClient({ ...cfg.etcd, timeoutMs: cfg.etcd.timeoutMs ?? 5000 });
+    this.feed = cfg.kubeconfig !== undefined ? new ApiPodFeed(cfg, loadKubeConnection({ kubeconfig: cfg.kubeconfig }).kubeConfig) : new StorePodFeed(cfg);
     for (const r of readPodRecords(cfg.nodeDir)) this.pods.set(r.uid, r);
   }
 
@@ -91,14 +333,9 @@ export class Kubelet {
   }
 
   async start(): Promise<void> {
-    // First full pass (adopts pods a previous kubelet of this node left running), then watch.
-    const revision = await this.reconcile();
-    this.kv.watch(
-      storeKindPrefix('Pod'),
-      String(BigInt(revision) + 1n),
-      () => this.kick(),
-      (err) => log('watch error (the periodic resync continues)', { error: err.message }),
-    );
+    // Watch, then a first full pass (adopts pods a previous kubelet of this node left running).
+    await this.feed.start(() => this.kick());
+    await this.reconcile();
     this.timer = setInterval(() => this.kick(), 1000);
     writeFileSync(join(this.cfg.nodeDir, 'kubelet.ready'), `${process.pid}\n`);
     log('kubelet ready', { cluster: this.cfg.cluster, node: this.cfg.node, pods: this.pods.size });
@@ -109,7 +346,7 @@ export class Kubelet {
     if (this.timer) clearInterval(this.timer);
     await this.running?.catch(() => undefined);
     await Promise.all([...this.tasks]);
-    await this.kv.close().catch(() => undefined);
+    await this.feed.stop();
   }
 
   /** Runs reconcile now, or once more after the running one. */
@@ -131,26 +368,17 @@ export class Kubelet {
       });
   }
 
-  /** One pass; returns the store revision the pod list was taken at. */
-  private async reconcile(): Promise<string> {
-    const listed = await this.kv.list(storeKindPrefix('Pod'));
-    const mine = new Map<string, { pod: Pod; raw: string; modRevision: string; key: string }>();
-    for (const p of listed.pairs) {
-      const pod = this.parsePod(p.key, p.value, p.modRevision);
-      if (!pod || pod.spec.nodeName !== this.cfg.node || !pod.metadata.uid) continue;
-      mine.set(pod.metadata.uid, { pod, raw: p.value, modRevision: p.modRevision, key: p.key });
-    }
+  /** One pass over this node's pods. */
+  private async reconcile(): Promise<void> {
+    const mine = new Map<string, FedPod>();
+    for (const f of await this.feed.list()) if (f.pod.metadata.uid) mine.set(f.pod.metadata.uid, f);
     // Each pod is worked on by at most one task at a time; a pass never waits for a slow pod.
     // Gone or replaced pods first (a replacement may reuse the namespace name).
     const gone = [...this.pods.values()].filter((r) => !mine.has(r.uid) && !this.busy.has(r.uid));
     const byNetns = new Map(gone.map((r) => [r.netns, this.track(r.uid, () => this.teardown(r))]));
-    if (this.parsed.size > listed.pairs.length) {
-      const keys = new Set(listed.pairs.map((p) => p.key));
-      for (const k of this.parsed.keys()) if (!keys.has(k)) this.parsed.delete(k);
-    }
-    for (const { pod, raw, modRevision, key } of mine.values()) {
+    for (const { pod, revision, writeStatus } of mine.values()) {
       const uid = pod.metadata.uid!;
-      if (this.busy.has(uid) || this.isSettled(uid, modRevision)) continue;
+      if (this.busy.has(uid) || this.isSettled(uid, revision)) continue;
       const before = byNetns.get(podNetnsName(this.cfg.netnsPrefix, pod.metadata.namespace, pod.metadata.name));
       void this.track(uid, async () => {
         await before;
@@ -171,34 +399,19 @@ export class Kubelet {
             if (!rec) return;
           }
           await this.superviseContainers(pod, rec);
-          await this.writeStatus(pod, rec, raw, modRevision, key);
+          await this.writeStatus(pod, revision, rec, writeStatus);
         } catch (err) {
           log('pod sync failed', { pod: `${pod.metadata.namespace}/${pod.metadata.name}`, error: (err as Error).message });
         }
       });
     }
-    return listed.revision;
-  }
-
-  /** The pod of a store value, parsed once per modRevision (undefined: not a valid Pod). */
-  private parsePod(key: string, value: string, modRevision: string): Pod | undefined {
-    const hit = this.parsed.get(key);
-    if (hit?.modRevision === modRevision) return hit.pod;
-    let pod: Pod | undefined;
-    try {
-      pod = parseObject('Pod', JSON.parse(value), `store key ${key}`);
-    } catch {
-      pod = undefined;
-    }
-    this.parsed.set(key, { modRevision, pod });
-    return pod;
   }
 
   /** Ready with its status written at this modRevision, checked recently, and its processes still run: nothing to do. */
-  private isSettled(uid: string, modRevision: string): boolean {
+  private isSettled(uid: string, revision: string): boolean {
     const s = this.settled.get(uid);
     const rec = this.pods.get(uid);
-    if (!s || !rec || s.modRevision !== modRevision || Date.now() - s.at > READY_RECHECK_MS) return false;
+    if (!s || !rec || s.revision !== revision || Date.now() - s.at > READY_RECHECK_MS) return false;
     return rec.containers.every((c) => sameProcessAlive({ pid: c.pid, startTime: c.startTime }));
   }
 
@@ -407,7 +620,7 @@ export class Kubelet {
     return true;
   }
 
-  private async writeStatus(pod: Pod, rec: PodRecord, raw: string, modRevision: string, key: string): Promise<void> {
+  private async writeStatus(pod: Pod, revision: string, rec: PodRecord, write: FedPod['writeStatus']): Promise<void> {
     const ready = await this.probe(pod, rec);
     if (this.ready.get(rec.uid) !== ready) log(ready ? 'pod ready' : 'pod not ready', { pod: `${rec.namespace}/${rec.name}` });
     this.ready.set(rec.uid, ready);
@@ -416,16 +629,12 @@ export class Kubelet {
       : rec.ip
         ? { phase: 'Running', podIP: rec.ip, conditions: [{ type: 'Ready', status: ready ? 'True' : 'False' }] }
         : { phase: 'Pending', conditions: [] };
-    if (JSON.stringify(pod.status) === JSON.stringify(status)) {
-      if (ready) this.settled.set(rec.uid, { modRevision, at: Date.now() });
+    if (sameStatus(pod.status, status)) {
+      if (ready) this.settled.set(rec.uid, { revision, at: Date.now() });
       return;
     }
     this.settled.delete(rec.uid);
-    const next = JSON.parse(raw) as Record<string, unknown>;
-    next.status = status;
-    // Compare-and-swap: a concurrent `lab apply` wins, the next pass writes the status again.
-    const value = encodeStoreObject(parseObject('Pod', next));
-    await this.kv.compareAndSwap(key, modRevision, value);
+    await write(status);
   }
 
   private async teardown(rec: PodRecord): Promise<void> {

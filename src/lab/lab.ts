@@ -9,7 +9,8 @@ import { CNI_PLUGIN_PATH } from '../cni/main.ts';
 import { DEFAULT_BPFFS_ROOT, removePinDir } from '../datapath/bpffs.ts';
 import { removeNodeCgroup } from './cgroup.ts';
 import { run } from './exec.ts';
-import { startMesh, type Mesh, type MeshCreated } from './mesh.ts';
+import { localKubeconfig, startMesh, type Mesh, type MeshCluster, type MeshCreated } from './mesh.ts';
+import { NODE_LOCAL_API_HOST, NODE_LOCAL_API_PORT } from './kube-api-endpoint.ts';
 import { ManagedProcess, childEnv } from './process.ts';
 import { createTopology, destroyTopology, listNamespaces, routerPort, type Topology } from './topology.ts';
 import {
@@ -25,7 +26,7 @@ import {
   type LabState,
 } from './state.ts';
 import { stopGroup } from './kubelet.ts';
-import { clusterDnsManifest, writeClusterDnsEtcdConfig, DNS_NAMESPACE, DNS_DEPLOYMENT_NAME } from './dns.ts';
+import { clusterDnsManifest, clusterDnsObjects, writeClusterDnsEtcdConfig, DNS_NAMESPACE, DNS_DEPLOYMENT_NAME } from './dns.ts';
 import { applyObjects, parseManifest, DEPLOYMENT_ANNOTATION } from './manifest.ts';
 import { StoreWriter } from '../sources/store/writer.ts';
 import { isPodReady } from '../model/index.ts';
@@ -64,6 +65,13 @@ export interface LabUpOptions {
   prometheus?: boolean;
   /** Default 9090; 0 = any free port. */
   prometheusPort?: number;
+  /**
+   * The Kubernetes API is the one local source (default false: the private store in etcd):
+   * agents, apiservers and kubelets read each cluster's Kubernetes API through a
+   * node-local endpoint (127.0.0.1:6443 in every node and control-plane namespace),
+   * the lab's scheduler binds pods, and `lab apply` / kubectl write to the API.
+   */
+  kubeSource?: boolean;
 }
 
 export interface LabUpResult {
@@ -121,6 +129,32 @@ async function startClusterDnsPods(mesh: Mesh, state: LabState, progress: (l: st
   else progress(`      cluster DNS ready in every cluster (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
 }
 
+/** startClusterDnsPods of a --kube-source lab: the DNS objects applied to each cluster's Kubernetes API, the DNS pods reading that API. */
+async function startClusterDnsViaApi(state: LabState, progress: (l: string) => void): Promise<void> {
+  const t0 = Date.now();
+  const { CoreV1Api } = await import('@kubernetes/client-node');
+  const { applyToApi } = await import('./kube-apply.ts');
+  const { loadKubeConnection } = await import('../sources/kubernetes/kubeconfig.ts');
+  const pending = new Map<string, InstanceType<typeof CoreV1Api>>();
+  for (const c of state.clusters) {
+    const kc = loadKubeConnection({ kubeconfig: state.kubeconfig!, context: c.name }).kubeConfig;
+    const dir = c.dir!;
+    await applyToApi(kc, clusterDnsObjects({ kube: { kubeconfig: localKubeconfig(dir), socket: kubeApiSocket(dir) } }) as Array<{ apiVersion: string; kind: string; metadata: { name: string } }>);
+    c.dnsIP = DNS_SERVICE_IP;
+    pending.set(c.name, kc.makeApiClient(CoreV1Api));
+  }
+  const end = Date.now() + 60_000;
+  while (pending.size && Date.now() < end) {
+    for (const [name, core] of pending) {
+      const pods = await core.listNamespacedPod({ namespace: DNS_NAMESPACE, labelSelector: 'k8s-app=kube-dns' }).catch(() => undefined);
+      if (pods?.items.length && pods.items.every((p) => p.status?.conditions?.some((x) => x.type === 'Ready' && x.status === 'True'))) pending.delete(name);
+    }
+    if (pending.size) await sleep(250);
+  }
+  if (pending.size) progress(`      warning: the cluster DNS of ${[...pending.keys()].join(', ')} is not ready after 60 s; see: kubectl -n ${DNS_NAMESPACE} get pods and the kubelet logs`);
+  else progress(`      cluster DNS ready in every cluster (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+}
+
 /** A cluster's Kubernetes API process while it starts. */
 interface KubeApiStart {
   cluster: string;
@@ -136,17 +170,23 @@ interface KubeApiStart {
  * and its process (recorded in the state right after it started). Returns
  * without waiting for them to listen (waitKubeApiServers).
  */
-async function startKubeApiServers(mesh: Mesh, state: LabState, save: () => void): Promise<KubeApiStart[]> {
+async function startKubeApiServers(clusters: readonly MeshCluster[], state: LabState, save: () => void): Promise<KubeApiStart[]> {
   const out: KubeApiStart[] = [];
+  const kube = state.source === 'kubernetes';
   // openssl runs for every cluster at once; the processes start one by one, each recorded before the next.
   const pkis = await Promise.all(
-    mesh.clusters.map(async (c) => {
+    clusters.map(async (c) => {
       const pki = await createKubeApiPki(join(c.dir, 'kube-api', 'pki'), { clusterName: c.name });
       const controller = await issueCert(pki.ca, { commonName: 'system:kube-controller-manager', usage: 'client', outDir: join(c.dir, 'kube-api', 'pki'), name: 'controller-manager' });
+      if (kube) {
+        // The cluster's own components (apiserver, agents, kubelets) reach the API at the node-local endpoint of their namespace.
+        const node = await issueCert(pki.ca, { commonName: 'system:node', usage: 'client', outDir: join(c.dir, 'kube-api', 'pki'), name: 'node' });
+        await writeKubeconfig(localKubeconfig(c.dir), [{ name: c.name, server: `https://${NODE_LOCAL_API_HOST}:${NODE_LOCAL_API_PORT}`, caFile: pki.ca.certFile, certFile: node.certFile, keyFile: node.keyFile }]);
+      }
       return { pki, controller };
     }),
   );
-  for (const [i, c] of mesh.clusters.entries()) {
+  for (const [i, c] of clusters.entries()) {
     const dir = join(c.dir, 'kube-api');
     const { pki, controller } = pkis[i]!;
     const readyFile = join(dir, 'ready.json');
@@ -160,6 +200,8 @@ async function startKubeApiServers(mesh: Mesh, state: LabState, save: () => void
       serviceCidr: SERVICE_CIDR,
       readyFile,
       controllers: { caFile: pki.ca.certFile, certFile: controller.certFile, keyFile: controller.keyFile },
+      scheduler: kube,
+      ...(kube ? { socketPath: kubeApiSocket(c.dir) } : {}),
     };
     const configFile = join(dir, 'kube-apiserver.json');
     writeFileSync(configFile, JSON.stringify(cfg, null, 2) + '\n');
@@ -182,13 +224,8 @@ async function startKubeApiServers(mesh: Mesh, state: LabState, save: () => void
 
 /** Waits (up to timeoutMs) until every Kubernetes API server listens; records their URLs and writes the lab's kubeconfig (one context per cluster). */
 async function waitKubeApiServers(starts: KubeApiStart[], state: LabState, timeoutMs: number): Promise<string> {
-  const end = Date.now() + timeoutMs;
+  await waitReadyFiles(starts, timeoutMs);
   for (const k of starts) {
-    while (!existsSync(k.readyFile)) {
-      if (!k.proc.running) throw new Error(k.proc.describe(10));
-      if (Date.now() > end) throw new Error(`${k.proc.spec.name} not listening after ${Math.round(timeoutMs / 1000)} s; log ${k.proc.spec.logFile}`);
-      await sleep(50);
-    }
     const ready = JSON.parse(readFileSync(k.readyFile, 'utf8')) as KubeApiReady;
     const c = state.clusters.find((x) => x.name === k.cluster);
     if (c) c.kubeApi = { url: ready.url, pid: k.ref.pid, ...(k.ref.startTime !== undefined ? { startTime: k.ref.startTime } : {}), logFile: k.ref.logFile, dir: k.dir };
@@ -198,6 +235,56 @@ async function waitKubeApiServers(starts: KubeApiStart[], state: LabState, timeo
   await writeKubeconfig(kubeconfig, state.clusters.flatMap((c) => (c.kubeApi ? [{ name: c.name, server: c.kubeApi.url, ...pkiOf(c.kubeApi.dir) }] : [])));
   state.kubeconfig = kubeconfig;
   return kubeconfig;
+}
+
+/** The kube-apiserver's TLS unix socket in a --kube-source lab (what the node-local endpoints forward to). */
+const kubeApiSocket = (clusterDir: string): string => join(clusterDir, 'kube-api', 'api.sock');
+
+/** Waits (up to timeoutMs) for every `readyFile` of `procs`; a process that exits fails at once. */
+async function waitReadyFiles(procs: Array<{ proc: ManagedProcess; readyFile: string }>, timeoutMs: number): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  for (const k of procs) {
+    while (!existsSync(k.readyFile)) {
+      if (!k.proc.running) throw new Error(k.proc.describe(10));
+      if (Date.now() > end) throw new Error(`${k.proc.spec.name} not ready after ${Math.round(timeoutMs / 1000)} s; log ${k.proc.spec.logFile}`);
+      await sleep(50);
+    }
+  }
+}
+
+/**
+ * A --kube-source lab, before the apiservers and agents start: every cluster's
+ * Kubernetes API (on its unix socket too), then a node-local endpoint
+ * (src/lab/kube-api-endpoint.ts) in the control-plane namespace and in every
+ * node namespace of the cluster, each recorded in the state right after it started.
+ */
+async function startKubeApiForComponents(clusters: readonly MeshCluster[], topo: Topology, state: LabState, save: () => void): Promise<KubeApiStart[]> {
+  const apis = await startKubeApiServers(clusters, state, save);
+  await waitReadyFiles(apis, 60_000);
+  const endpoints: Array<{ proc: ManagedProcess; readyFile: string }> = [];
+  for (const c of clusters) {
+    const where = [{ label: `${c.name}/control-plane`, netns: c.netns, dir: c.dir }, ...topo.nodes.filter((n) => n.cluster === c.index).map((n) => ({ label: `${c.name}/${n.name}`, netns: n.netns, dir: join(c.dir, n.name) }))];
+    for (const w of where) {
+      mkdirSync(w.dir, { recursive: true });
+      const readyFile = join(w.dir, 'kube-api-endpoint.ready');
+      rmSync(readyFile, { force: true });
+      const logFile = join(w.dir, 'kube-api-endpoint.log');
+      const proc = new ManagedProcess({
+        name: `kube-api-endpoint ${w.label}`,
+        netns: w.netns,
+        logFile,
+        argv: [process.execPath, CLI, 'lab', 'kube-api-endpoint', '--socket', kubeApiSocket(c.dir), '--ready-file', readyFile],
+        env: childEnv(),
+        detached: true,
+      });
+      await proc.start();
+      state.processes.push({ name: proc.spec.name, pid: proc.pid!, startTime: processStartTime(proc.pid!), logFile });
+      save();
+      endpoints.push({ proc, readyFile });
+    }
+  }
+  await waitReadyFiles(endpoints, 60_000);
+  return apis;
 }
 
 class StepError extends Error {
@@ -243,6 +330,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
   const state: LabState = {
     version: LAB_STATE_VERSION,
     name,
+    source: o.kubeSource ? 'kubernetes' : 'store',
     createdAt: new Date().toISOString(),
     pid: process.pid,
     startTime: processStartTime(process.pid),
@@ -324,6 +412,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
           },
           dnsIP: DNS_SERVICE_IP,
           ...(a.node.cgroup !== undefined ? { cgroup: a.node.cgroup } : {}),
+          ...(o.kubeSource ? { kubeconfig: localKubeconfig(a.cluster.dir), nodeIP: a.node.underlayIP } : {}),
         };
         const cfgFile = kubeletConfigFile(a.dir);
         writeFileSync(cfgFile, JSON.stringify(cfg, null, 2) + '\n');
@@ -348,7 +437,8 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     };
 
     step = 'control plane';
-    progress(`[2/6] control plane: etcd (mutual TLS) and apiserver per cluster`);
+    progress(`[2/6] control plane: etcd (mutual TLS) and apiserver per cluster${o.kubeSource ? '; the Kubernetes API first (the local source: --kube-source), with a node-local endpoint 127.0.0.1:6443 in every node and control-plane namespace' : ''}`);
+    let kubeApis: KubeApiStart[] | undefined;
     const onCreated = (ev: MeshCreated): void => {
       if (ev.kind === 'netns') state.namespaces.push(ev.name);
       else if (ev.kind === 'pinDir') state.pinDirs.push(ev.path);
@@ -365,6 +455,16 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
       onCreated,
       readyTimeoutMs: o.readyTimeoutMs ?? 90_000,
       ...(o.socketLB ? { agent: { socketLB: true } } : {}),
+      ...(o.kubeSource
+        ? {
+            kubeSource: true,
+            beforeApiservers: async (clusters: readonly MeshCluster[]) => {
+              step = 'Kubernetes API';
+              kubeApis = await startKubeApiForComponents(clusters, topo!, state, save);
+              step = 'control plane';
+            },
+          }
+        : {}),
       progress: (l) => {
         if (/apiservers synced/.test(l)) {
           step = 'agents';
@@ -378,7 +478,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     // more than they save (measured on 2 vCPUs: 16 s vs 21-27 s to all-connected, the same total).
     progress(`      every agent ready and connected to every other cluster: ${(readyMs / 1000).toFixed(1)} s after start`);
     step = 'Kubernetes API';
-    const kubeApis = await startKubeApiServers(mesh, state, save);
+    kubeApis ??= await startKubeApiServers(mesh.clusters, state, save);
     await startKubelets(mesh);
 
     step = 'state';
@@ -447,8 +547,8 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     progress(`      Kubernetes API per cluster: ${state.clusters.map((c) => `${c.name} ${c.kubeApi?.url ?? '-'}`).join(', ')}; kubeconfig ${kubeconfig} (a context per cluster)`);
 
     step = 'cluster DNS';
-    progress(`[5/6] cluster DNS: Deployment kube-system/cluster-dns behind Service kube-system/kube-dns (${DNS_SERVICE_IP}) in every cluster`);
-    await startClusterDnsPods(mesh, state, progress);
+    progress(`[5/6] cluster DNS: Deployment kube-system/cluster-dns behind Service kube-system/kube-dns (${DNS_SERVICE_IP}) in every cluster${o.kubeSource ? ', applied to and reading the Kubernetes API' : ''}`);
+    await (o.kubeSource ? startClusterDnsViaApi(state, progress) : startClusterDnsPods(mesh, state, progress));
     save();
 
     if (o.prometheus) {
@@ -476,7 +576,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     save();
     await mesh.release();
     const totalMs = Date.now() - t0;
-    progress(`[6/6] lab ${name} is up: ${o.clusters} clusters x ${o.nodes} nodes in ${(totalMs / 1000).toFixed(1)} s (all connected after ${(readyMs / 1000).toFixed(1)} s); state in ${dir}`);
+    progress(`[6/6] lab ${name} is up (local source: ${o.kubeSource ? 'the Kubernetes API' : 'the store in etcd'}): ${o.clusters} clusters x ${o.nodes} nodes in ${(totalMs / 1000).toFixed(1)} s (all connected after ${(readyMs / 1000).toFixed(1)} s); state in ${dir}`);
     return { state, readyMs, totalMs };
   } catch (err) {
     ui?.close();

@@ -86,7 +86,19 @@ export interface MeshOptions {
   registry?: boolean;
   /** Told about every namespace and pin dir right before it is created and every process right after it started (the lab's state). */
   onCreated?: (ev: MeshCreated) => void;
+  /**
+   * The Kubernetes API is the local source (a --kube-source lab): every apiserver gets
+   * `--kubeconfig` and every agent the setting `kubeconfig`, both localKubeconfig(<cluster dir>),
+   * which `beforeApiservers` must have written (with an API reachable at its server from the
+   * control-plane and node namespaces).
+   */
+  kubeSource?: boolean;
+  /** Runs once every etcd is up, before any apiserver starts (e.g. to start the Kubernetes API servers). */
+  beforeApiservers?: (clusters: readonly MeshCluster[]) => Promise<void>;
 }
+
+/** The kubeconfig of a cluster's own components (apiserver, agents, kubelets) in a --kube-source lab. */
+export const localKubeconfig = (clusterDir: string): string => join(clusterDir, 'kube-api', 'local.kubeconfig');
 
 export type MeshCreated =
   | { kind: 'netns'; name: string }
@@ -266,6 +278,7 @@ class LabMesh implements Mesh {
     await settleAll(which.map((c) => this.startControlPlane(c)));
     this.clusters.sort((a, b) => a.index - b.index);
     for (const c of this.clusters) await this.writeRemoteConfigs(c);
+    await this.opts.beforeApiservers?.(this.clusters);
     await settleAll(this.clusters.map(async (c) => {
       await c.apiserver.start();
       this.created({ kind: 'process', role: 'apiserver', cluster: c.name, pid: c.apiserver.pid!, logFile: c.apiserver.spec.logFile });
@@ -329,6 +342,7 @@ class LabMesh implements Mesh {
         '--log-level', a.logLevel ?? 'info',
         // Metrics on the control-plane address: reachable from the router (lab up --prometheus).
         '--metrics-address', `${ip}:${APISERVER_METRICS_PORT}`,
+        ...(this.opts.kubeSource ? ['--kubeconfig', localKubeconfig(dir)] : []),
         ...(a.extraArgs ?? []),
       ],
       env: childEnv(),
@@ -395,6 +409,7 @@ class LabMesh implements Mesh {
       // Metrics on the node's underlay address: reachable from the router (lab up --prometheus).
       metricsAddress: `${node.underlayIP}:${AGENT_METRICS_PORT}`,
       ...(a.socketLB && node.cgroup !== undefined ? { socketLBCgroup: node.cgroup } : {}),
+      ...(this.opts.kubeSource ? { kubeconfig: localKubeconfig(cluster.dir) } : {}),
       ...(a.extra ?? {}),
     };
     const configFile = join(dir, 'agent.yaml');

@@ -149,6 +149,8 @@ export const labStateSchema = z.object({
       loss: z.string().optional(),
     })
     .optional(),
+  /** The local source of the lab's agents, apiservers, kubelets: 'store' (the private store in etcd; absent = store) or 'kubernetes' (each cluster's Kubernetes API; `up --kube-source`). */
+  source: z.enum(['store', 'kubernetes']).optional(),
   /** The lab directory. */
   dir: z.string().optional(),
   /** Root of the project's bpffs; every node's pins are in pinDir under it. */

@@ -10,17 +10,23 @@
 //   Pod                -> its controlling Deployment; every Service of its namespace
 //   Service            -> that Service
 //   EndpointSlice      -> the Service it is labelled with
+//   Pod without a node -> that Pod, for the scheduler (scheduler.ts; only with `scheduler: true`)
+//   Node               -> every pod waiting for a node
 // and every key is looked at again every `resyncMs` (default 30 s).
-import { AppsV1Api, CoreV1Api, DiscoveryV1Api, KubeConfig, type V1Deployment, type V1EndpointSlice, type V1Pod, type V1Service } from '@kubernetes/client-node';
+import { AppsV1Api, CoreV1Api, DiscoveryV1Api, KubeConfig, type V1Deployment, type V1EndpointSlice, type V1Node, type V1Pod, type V1Service } from '@kubernetes/client-node';
 import { DeploymentController } from './deployment.ts';
 import { EndpointSliceController, SERVICE_NAME_LABEL } from './endpointslice.ts';
+import { SchedulerController, needsScheduling } from './scheduler.ts';
 import { WorkQueue, keyOf, log, watchKind } from './runtime.ts';
 
 export { DeploymentController, POD_TEMPLATE_HASH, podTemplateHash } from './deployment.ts';
+export { SchedulerController, pickNode, needsScheduling, isNodeReady } from './scheduler.ts';
 export { EndpointSliceController, desiredSlices, resolvePorts, SERVICE_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL } from './endpointslice.ts';
 
 export interface ControllersOptions {
   resyncMs?: number;
+  /** Also run the scheduler: pods without spec.nodeName are bound to a Ready node (a --kube-source lab, whose kubelets run pods from the API). */
+  scheduler?: boolean;
 }
 
 export interface RunningControllers {
@@ -39,7 +45,7 @@ export function kubeConfigFor(server: string, tls: { caFile: string; certFile: s
   return kc;
 }
 
-/** Starts the Deployment and EndpointSlice controllers against the API of `kc`. */
+/** Starts the Deployment and EndpointSlice controllers (and the scheduler, when asked) against the API of `kc`. */
 export async function startControllers(kc: KubeConfig, o: ControllersOptions = {}): Promise<RunningControllers> {
   const apps = kc.makeApiClient(AppsV1Api);
   const core = kc.makeApiClient(CoreV1Api);
@@ -48,6 +54,10 @@ export async function startControllers(kc: KubeConfig, o: ControllersOptions = {
   const slices = new EndpointSliceController(core, discovery);
   const dq = new WorkQueue('deployment', (k) => deployments.reconcile(k));
   const sq = new WorkQueue('endpointslice', (k) => slices.reconcile(k));
+  const scheduler = o.scheduler ? new SchedulerController(core) : undefined;
+  const bq = new WorkQueue('scheduler', (k) => scheduler!.reconcile(k));
+  /** Pods waiting for a node (scheduler only). */
+  const unbound = new Set<string>();
   /** Services by namespace, from the Service informer's events (for pod events). */
   const services = new Map<string, Set<string>>();
   const deploymentKeys = new Set<string>();
@@ -59,8 +69,15 @@ export async function startControllers(kc: KubeConfig, o: ControllersOptions = {
       else deploymentKeys.add(k);
       dq.add(k);
     }),
-    watchKind<V1Pod>(kc, '/api/v1/pods', () => core.listPodForAllNamespaces(), (p) => {
+    watchKind<V1Pod>(kc, '/api/v1/pods', () => core.listPodForAllNamespaces(), (p, deleted) => {
       for (const k of DeploymentController.keysOfPod(p)) dq.add(k);
+      if (scheduler) {
+        const k = keyOf(p.metadata?.namespace, p.metadata?.name);
+        if (!deleted && needsScheduling(p)) {
+          unbound.add(k);
+          bq.add(k);
+        } else unbound.delete(k);
+      }
       for (const name of services.get(p.metadata?.namespace ?? '') ?? []) sq.add(keyOf(p.metadata?.namespace, name));
     }),
     watchKind<V1Service>(kc, '/api/v1/services', () => core.listServiceForAllNamespaces(), (s, deleted) => {
@@ -75,19 +92,27 @@ export async function startControllers(kc: KubeConfig, o: ControllersOptions = {
       const svc = s.metadata?.labels?.[SERVICE_NAME_LABEL];
       if (svc) sq.add(keyOf(s.metadata?.namespace, svc));
     }),
+    ...(scheduler
+      ? [
+          watchKind<V1Node>(kc, '/api/v1/nodes', () => core.listNode(), () => {
+            for (const k of unbound) bq.add(k);
+          }),
+        ]
+      : []),
   ];
   await Promise.all(informers.map((i) => i.start()));
   const resync = setInterval(() => {
     for (const k of deploymentKeys) dq.add(k);
     for (const [ns, names] of services) for (const n of names) sq.add(keyOf(ns, n));
+    for (const k of unbound) bq.add(k);
   }, o.resyncMs ?? 30_000);
   resync.unref();
-  log('controllers started: deployment, endpointslice');
+  log(`controllers started: deployment, endpointslice${scheduler ? ', scheduler' : ''}`);
   return {
     stop: async () => {
       clearInterval(resync);
       await Promise.all(informers.map((i) => i.stop().catch(() => undefined)));
-      await Promise.all([dq.stop(), sq.stop()]);
+      await Promise.all([dq.stop(), sq.stop(), bq.stop()]);
     },
   };
 }

@@ -3,6 +3,7 @@
 
 import { randomUUID, randomInt } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { chmodSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { TLSSocket } from 'node:tls';
@@ -31,6 +32,8 @@ export interface KubeApiServerOptions {
   host?: string;
   /** 0 (default): any free port. */
   port?: number;
+  /** Also serve (the same TLS, the same handler) on this unix socket: the lab's node-local API endpoints forward to it. */
+  socketPath?: string;
   /** Where Service cluster IPs come from (default 10.96.0.0/16). */
   serviceCidr?: string;
   /** Interval of watch bookmarks for watchers that allow them (default 30 s). */
@@ -69,6 +72,7 @@ export class KubeApiServer {
   readonly registry = new ResourceRegistry(BUILTIN_RESOURCES);
   readonly store: ObjectStore;
   private server: Server | undefined;
+  private socketServer: Server | undefined;
   private readonly opts: KubeApiServerOptions;
   /** Namespaces whose contents are being removed. */
   private readonly terminating = new Map<string, Promise<void>>();
@@ -117,13 +121,27 @@ export class KubeApiServer {
         resolve();
       });
     });
+    const socketPath = this.opts.socketPath;
+    if (socketPath !== undefined) {
+      rmSync(socketPath, { force: true });
+      const sock = createServer({ key, cert, ca, requestCert: true, rejectUnauthorized: false }, (req, res) => void this.handle(req, res));
+      this.socketServer = sock;
+      await new Promise<void>((resolve, reject) => {
+        sock.once('error', reject);
+        sock.listen(socketPath, () => {
+          sock.off('error', reject);
+          resolve();
+        });
+      });
+      chmodSync(socketPath, 0o600);
+    }
   }
 
   async stop(): Promise<void> {
     this.closing = true;
     for (const end of [...this.watches]) end();
-    const server = this.server;
-    if (server !== undefined) {
+    for (const server of [this.server, this.socketServer]) {
+      if (server === undefined) continue;
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
       await closed;
@@ -213,6 +231,7 @@ export class KubeApiServer {
         ...(r.shortNames.length > 0 ? { shortNames: r.shortNames } : {}),
         ...(r.categories.length > 0 ? { categories: r.categories } : {}),
       });
+      if (isCorePod(r)) resources.push({ name: 'pods/binding', singularName: '', namespaced: true, kind: 'Binding', verbs: ['create'] });
       if (r.statusSubresource) resources.push({ name: `${r.plural}/status`, singularName: '', namespaced: r.namespaced, kind: r.kind, verbs: ['get', 'patch', 'update'] });
       if (hasScale(r)) resources.push({ name: `${r.plural}/scale`, singularName: '', namespaced: r.namespaced, group: 'autoscaling', version: 'v1', kind: 'Scale', verbs: ['get', 'patch', 'update'] });
     }
@@ -248,10 +267,11 @@ export class KubeApiServer {
   private async dispatch(q: Request, t: Target, watchPath: boolean): Promise<void> {
     const { r, namespace, name, subresource } = t;
     const p = q.url.searchParams;
-    if (subresource !== undefined && !(subresource === 'status' && r.statusSubresource) && !(subresource === 'finalize' && r.kind === 'Namespace' && r.group === '') && !(subresource === 'scale' && hasScale(r))) {
+    if (subresource !== undefined && !(subresource === 'status' && r.statusSubresource) && !(subresource === 'finalize' && r.kind === 'Namespace' && r.group === '') && !(subresource === 'scale' && hasScale(r)) && !(subresource === 'binding' && isCorePod(r))) {
       throw new ApiError('NotFound', 'the server could not find the requested resource');
     }
     if (subresource === 'scale' && name !== undefined) return this.scale(q, r, namespace, name);
+    if (subresource === 'binding' && name !== undefined) return this.bind(q, r, namespace, name);
     const what = `${qualifiedResource(r.group, r.plural)}${name !== undefined ? ` ${name}` : ''}`;
     if (name === undefined) {
       switch (q.method) {
@@ -312,6 +332,32 @@ export class KubeApiServer {
   private includeObject(q: Request): IncludeObject {
     const v = q.url.searchParams.get('includeObject');
     return v === 'None' || v === 'Object' ? v : 'Metadata';
+  }
+
+  /**
+   * POST pods/NAME/binding (a v1 Binding naming the node in `target.name`), as
+   * a scheduler binds: sets spec.nodeName of a pod that has none; a pod bound
+   * to another node is a 409 Conflict.
+   */
+  private async bind(q: Request, r: ResourceType, namespace: string | undefined, name: string): Promise<void> {
+    if (q.method !== 'POST') throw methodNotAllowed(q.method, `pods/binding ${name}`);
+    const body = await this.body(q);
+    const target = isObject(body.target) ? body.target : {};
+    const node = typeof target.name === 'string' ? target.name : '';
+    if (node === '') throw invalid422(r, name, 'target.name', 'Required value: the node to bind to');
+    const key = this.store.key(r, namespace, name);
+    await this.store.locked(key, async () => {
+      const cur = await this.store.get(key);
+      if (cur === undefined) throw notFound(r.group, r.plural, name);
+      const spec = isObject(cur.object.spec) ? cur.object.spec : {};
+      const bound = typeof spec.nodeName === 'string' ? spec.nodeName : '';
+      if (bound !== '' && bound !== node) throw conflict(r.group, r.plural, name, `pod ${name} is already assigned to node "${bound}"`);
+      if (bound === node) return;
+      const next = clone(cur.object);
+      next.spec = { ...spec, nodeName: node };
+      await this.write(r, cur, next, q.url.searchParams, undefined);
+    });
+    send(q.res, 201, { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Success', code: 201 });
   }
 
   /** The scale subresource (autoscaling/v1 Scale) of a Deployment. */
@@ -930,6 +976,8 @@ export class KubeApiServer {
 function mayOwn(r: ResourceType): boolean {
   return r.crd !== undefined || r.group === 'apps' || (r.group === '' && r.kind === 'Service');
 }
+
+const isCorePod = (r: ResourceType): boolean => r.group === '' && r.kind === 'Pod';
 
 /** Kinds with a scale subresource: Deployments. */
 function hasScale(r: ResourceType): boolean {

@@ -1,0 +1,64 @@
+// The local cluster source of the agent and the apiserver, chosen by one
+// setting: with a kubeconfig, the Kubernetes API (KubernetesSource) for every
+// Kubernetes kind and the cluster's etcd for Endpoint objects (mesh state,
+// Cilium's kvstore mode); without, every kind from the store in etcd
+// (StoreSource). Either way one ClusterSource that the caller starts and stops.
+import type { KvClient } from '../kvstore/client.ts';
+import type { ObjectKind } from '../model/index.ts';
+import type { Clock } from '../util/clock.ts';
+import { KubernetesSource, type KubernetesSourceOptions } from './kubernetes/source.ts';
+import { loadKubeConnection } from './kubernetes/kubeconfig.ts';
+import { StoreSource } from './store/source.ts';
+import type { ClusterSource, SourceProblem } from './types.ts';
+
+export interface LocalSourceOptions {
+  /** Kubeconfig file of the cluster's API (its current context); undefined: the store in etcd. */
+  kubeconfig?: string | undefined;
+  onProblem?: (problem: SourceProblem) => void;
+  onError?: (kind: ObjectKind, err: Error) => void;
+  onHandlerError?: (kind: ObjectKind, err: unknown) => void;
+  clock?: Clock;
+}
+
+export interface LocalSource {
+  source: ClusterSource;
+  /** For logs and status: `store (etcd)` or `kubernetes <kubeconfig (context c)> <server>`. */
+  description: string;
+}
+
+/** A KubernetesSource whose Endpoint kind comes from the store in etcd; starts and stops both. */
+class KubernetesWithStoreEndpoints extends KubernetesSource {
+  constructor(
+    opts: Omit<KubernetesSourceOptions, 'endpoints'>,
+    private readonly store: StoreSource,
+  ) {
+    super({ ...opts, endpoints: store.endpoints });
+  }
+
+  override async start(): Promise<void> {
+    await this.store.start();
+    await super.start();
+  }
+
+  override async stop(): Promise<void> {
+    await super.stop();
+    await this.store.stop();
+  }
+}
+
+/** Builds the local source; a kubeconfig that cannot be read throws naming the file and the reason. */
+export function openLocalSource(kv: KvClient, o: LocalSourceOptions): LocalSource {
+  const handlers = {
+    ...(o.onProblem ? { onProblem: o.onProblem } : {}),
+    ...(o.onError ? { onError: o.onError } : {}),
+    ...(o.onHandlerError ? { onHandlerError: o.onHandlerError } : {}),
+    ...(o.clock ? { clock: o.clock } : {}),
+  };
+  if (o.kubeconfig === undefined) return { source: new StoreSource(kv, handlers), description: 'store (etcd)' };
+  const conn = loadKubeConnection({ kubeconfig: o.kubeconfig });
+  const endpoints = new StoreSource(kv, { ...handlers, kinds: ['Endpoint'] });
+  return {
+    source: new KubernetesWithStoreEndpoints({ kubeConfig: conn.kubeConfig, ...handlers }, endpoints),
+    description: `kubernetes ${conn.description} ${conn.server}; Endpoint objects from etcd`,
+  };
+}
