@@ -29,7 +29,7 @@ import pino, { type Logger } from 'pino';
 import promClient from 'prom-client';
 import { ClusterMesh } from '../clustermesh/clustermesh.ts';
 import { runCni } from '../cni/plugin.ts';
-import { sleep, systemClock, type Clock } from '../util/clock.ts';
+import { sleep, systemClock, type Clock, type TimerHandle } from '../util/clock.ts';
 import type * as endpointsMap from '../datapath/maps/endpoints.ts';
 import { NodeDatapath } from '../datapath/node.ts';
 import { IdentityAllocator } from '../identity/allocator.ts';
@@ -82,6 +82,11 @@ export interface Agent {
 /** The kinds of the local source the agent needs listed before it may prune. */
 const LOCAL_KINDS = ['Node', 'Endpoint', 'Namespace', 'Service', 'Pod'] as const;
 
+/** The local cluster's key in its ResyncGrace (no remote cluster has this name). */
+const LOCAL_SOURCE = '(local)';
+/** Deletions of local objects after a local kvstore failure are held this long at least (the watch's longest backoff is 10 s). */
+const LOCAL_RESYNC_GRACE_MS = 10_000;
+
 export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Promise<Agent> {
   const log = deps.logger ?? pino({ name: 'clustermesh-agent', level: config.logLevel });
   const clock = deps.clock ?? systemClock;
@@ -127,13 +132,29 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     // ---- control-plane clients
     const kv = new KvClient(cfg.etcd, { sessionTtlSeconds: cfg.sessionTtlSeconds });
     cleanups.push(() => kv.close());
+    // Set once the ResyncGrace below exists; a source failure before that has nothing to hold back yet.
+    let localGrace: ResyncGrace | undefined;
+    let localSettled: TimerHandle | undefined;
+    const onLocalSourceError = (kind: string): void => {
+      if (kind !== 'Endpoint' && kind !== 'Node') return;
+      localGrace?.observe(LOCAL_SOURCE, 'disconnected');
+      // Past the watch's longest retry backoff without another failure: the re-list has run; the grace window starts.
+      if (localSettled) clock.clearTimeout(localSettled);
+      localSettled = clock.setTimeout(() => localGrace?.observe(LOCAL_SOURCE, 'ready'), LOCAL_RESYNC_GRACE_MS);
+    };
+    cleanups.push(() => {
+      if (localSettled) clock.clearTimeout(localSettled);
+    });
     // The local source: the store in etcd, or (config `kubeconfig`) the Kubernetes API with Endpoint objects from etcd.
     const local = deps.source
       ? { source: deps.source, description: deps.source.type }
       : openLocalSource(kv, {
           kubeconfig: cfg.kubeconfig,
           onProblem: (p) => log.warn({ kind: p.kind, key: p.key }, `local source: ${p.message}`),
-          onError: (kind, err) => log.warn({ kind, err: err.message }, 'local source watch failed; re-listing'),
+          onError: (kind, err) => {
+            log.warn({ kind, err: err.message }, 'local source watch failed; re-listing');
+            onLocalSourceError(kind);
+          },
           onHandlerError: (kind, err) => log.error({ kind, err: (err as Error).stack }, 'local source handler failed'),
           clock,
         });
@@ -221,6 +242,13 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
 
     const grace = new ResyncGrace({ graceMs: cfg.remoteResyncGraceMs, clock });
     cleanups.push(() => grace.stop());
+    // The same for this cluster's own Endpoint and Node objects: after the local kvstore failed
+    // (possibly coming back empty, then refilled by each node re-publishing), a re-list prunes what
+    // is not there *yet*. Deletions while the local source re-lists, and for a while after its last
+    // failure, are held back; a re-publish cancels them. A pod deleted in a healthy store goes at once.
+    localGrace = new ResyncGrace({ graceMs: cfg.remoteResyncGraceMs > 0 ? Math.max(cfg.remoteResyncGraceMs, LOCAL_RESYNC_GRACE_MS) : 0, clock });
+    localGrace.observe(LOCAL_SOURCE, 'ready');
+    cleanups.push(() => localGrace?.stop());
     /** Follows every remote's state changes (remotes come and go with the config dir). */
     const followed = new WeakSet<object>();
     const followRemotes = (): void => {
@@ -342,14 +370,18 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       source.endpoints.watch((ev) => {
         if (ev.kind === 'synced') return;
         const owner = ownerKeys.clusterEndpoint(ev.object.metadata.namespace, ev.object.metadata.name);
-        if (ev.kind === 'upsert') setOwnerPolicyFirst(owner, clusterEndpointContributions(ev.object, self));
-        else removeOwner(owner);
+        if (ev.kind === 'upsert') {
+          localGrace!.claim(owner);
+          setOwnerPolicyFirst(owner, clusterEndpointContributions(ev.object, self));
+        } else localGrace!.withdraw(owner, LOCAL_SOURCE, () => removeOwner(owner));
       }),
       source.nodes.watch((ev) => {
         if (ev.kind === 'synced') return;
         const owner = ownerKeys.clusterNode(ev.object.metadata.name);
-        if (ev.kind === 'upsert') table.setOwner(owner, clusterNodeContributions(ev.object, self));
-        else table.removeOwner(owner);
+        if (ev.kind === 'upsert') {
+          localGrace!.claim(owner);
+          table.setOwner(owner, clusterNodeContributions(ev.object, self));
+        } else localGrace!.withdraw(owner, LOCAL_SOURCE, () => table.removeOwner(owner));
         if (ev.object.metadata.name === cfg.nodeName) return;
         if (ev.kind === 'upsert') mesh.setLocalNode(ev.object.metadata.name, localNodeClaims(ev.object));
         else mesh.removeLocalNode(ev.object.metadata.name);
