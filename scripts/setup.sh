@@ -3,7 +3,17 @@
 # safe to run any number of times: missing Debian packages, npm packages
 # (npm ci when package-lock.json changed), the compiled CLI in dist/ (rebuilt
 # when a source changed, see scripts/build.mjs) and the compiled BPF objects.
+# With --prometheus also Debian's prometheus, for `clustermesh lab up
+# --prometheus` (not installed by default: the default setup stays as fast).
 set -euo pipefail
+WITH_PROMETHEUS=0
+for arg in "$@"; do
+  case "$arg" in
+    --prometheus) WITH_PROMETHEUS=1 ;;
+    -h|--help) echo "usage: scripts/setup.sh [--prometheus]"; exit 0 ;;
+    *) echo "setup: unknown argument '$arg' (usage: scripts/setup.sh [--prometheus])" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(
@@ -13,6 +23,8 @@ DEB_PACKAGES=(
   iperf3 sockperf iptables                             # benchmarks (iptables: bench/services' kube-proxy baseline)
   openvpn                                              # bench/peers: the VPN row
 )
+
+[ "$WITH_PROMETHEUS" -eq 1 ] && DEB_PACKAGES+=(prometheus)  # lab up --prometheus
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup: clustermesh needs root (network namespaces, BPF, etcd); run as root" >&2
@@ -36,6 +48,11 @@ fi
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
   systemctl stop etcd || true
   systemctl disable etcd >/dev/null 2>&1 || true
+fi
+# The same for prometheus: the lab runs its own, in the lab's router namespace.
+if [ "$WITH_PROMETHEUS" -eq 1 ] && command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+  systemctl stop prometheus || true
+  systemctl disable prometheus >/dev/null 2>&1 || true
 fi
 
 stamp=node_modules/.clustermesh-setup

@@ -3,7 +3,8 @@
 # test (unit, BPF program tests, integration tests) with node's test runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+# --prometheus: test/metrics-lab.test.ts runs a lab with Debian's prometheus.
+bash scripts/setup.sh --prometheus
 # What a crashed earlier run left behind (its creator is gone) would trip this one.
 ./bin/clustermesh.js lab sweep
 echo "test: type-checking"

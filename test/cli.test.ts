@@ -399,10 +399,10 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
     assert.equal(flows.length, 2, 'one event per node for the connection, not one per packet (the RST back is not sampled)');
   });
 
-  test('each agent serves Prometheus metrics on 127.0.0.1:9962 of its node: a drop increments exactly its reason\'s counter; remote clusters, maps and lost flows are there', async () => {
+  test('each agent serves Prometheus metrics on its node IP:9962 (the lab\'s choice): a drop increments exactly its reason\'s counter; remote clusters, maps and lost flows are there', async () => {
     const n2 = pod(2).node;
     const scrape = async (): Promise<Map<string, number>> => {
-      const { stdout } = await runIn(n2.netns, ['curl', '-sf', 'http://127.0.0.1:9962/metrics'], { timeoutMs: 10_000 });
+      const { stdout } = await runIn(n2.netns, ['curl', '-sf', `http://${n2.underlayIP}:9962/metrics`], { timeoutMs: 10_000 });
       const out = new Map<string, number>();
       for (const l of stdout.split('\n')) {
         const m = /^(clustermesh_[a-z_]+(?:\{[^}]*\})?) (\S+)$/.exec(l);
@@ -411,7 +411,7 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
       return out;
     };
     const st = await new AgentClient(mesh!.agent(n2).socket).status();
-    assert.deepEqual(st.metrics, { address: '127.0.0.1:9962', error: null });
+    assert.deepEqual(st.metrics, { address: `${n2.underlayIP}:9962`, error: null });
     const before = await scrape();
     const unknown = 'clustermesh_drop_count_total{reason="DROP_UNKNOWN_ENDPOINT",direction="ingress"}';
     const policy = 'clustermesh_drop_count_total{reason="DROP_POLICY",direction="ingress"}';

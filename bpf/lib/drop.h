@@ -52,6 +52,8 @@ static __always_inline int cm_finish(struct __sk_buff *ctx, struct trace_ctx *tc
 		return TC_ACT_SHOT;
 	}
 	metrics_update(tc->reason, tc->dir, ctx->len);
+	if (tc->svc_ip)
+		metrics_update(TRACE_SERVICE_XLATE, tc->dir, ctx->len);
 	if (settings_trace_forward(tc))
 		event_emit(ctx, tc, EVENT_TRACE, tc->reason);
 	return ret;

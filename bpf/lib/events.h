@@ -25,6 +25,9 @@ enum cm_trace_reason {
 	TRACE_TO_OVERLAY  = 2, /* tunnel key set, redirected to the VXLAN device */
 	TRACE_TO_STACK    = 3, /* handed to the host stack (world, host, ARP...) */
 	TRACE_ARP_REPLY   = 4, /* ARP request answered from BPF */
+	/* Counter only (no event, no forward of its own): a packet addressed to a
+	 * service frontend and translated to a backend, counted besides where it went. */
+	TRACE_SERVICE_XLATE = 5,
 	/* Not a packet: an event the ring buffer had no room for (bytes = 0). */
 	TRACE_EVENT_LOST  = 127,
 };

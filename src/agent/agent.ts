@@ -34,10 +34,11 @@ import { NodeDatapath } from '../datapath/node.ts';
 import { IdentityAllocator } from '../identity/allocator.ts';
 import { KvClient } from '../kvstore/client.ts';
 import type { ClusterObject } from '../model/index.ts';
-import { StoreSource, StoreWriter, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
+import { StoreSource, StoreWriter, serviceBackendInput, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
 import { startApiServer, type ApiServer } from './api.ts';
 import { AgentFlowNamer, FlowReader } from './flow-reader.ts';
 import { agentRegistry, startMetricsServer } from './metrics.ts';
+import { Buckets } from '../util/metrics.ts';
 import { resolveNodeIP, type AgentConfig, type ResolvedAgentConfig } from './config.ts';
 import { datapathStatus, endpointDatapath, endpointsTarget, ipcacheTarget } from './datapath.ts';
 import { EndpointManager } from './endpoints.ts';
@@ -173,7 +174,24 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     const recOpts = { clock, fullSyncIntervalMs: cfg.fullSyncIntervalMs };
     const onRecError = (name: string) => (key: string | null, err: unknown, attempt: number) =>
       log.warn({ reconciler: name, key, attempt, err: (err as Error).message }, 'reconcile failed; retrying with backoff');
-    const ipcacheRec = new Reconciler<IpcacheEntry>({ name: 'ipcache', target: ipcacheTarget(dp), pruneBlocker, onError: onRecError('ipcache'), ...recOpts });
+    // Propagation delay of remote endpoints: from the watch event's receipt to the cm_ipcache write.
+    const remoteReceivedAt = new Map<string, { cluster: string; at: number }>();
+    const propagation = new Map<string, Buckets>();
+    const ipcacheRec = new Reconciler<IpcacheEntry>({
+      name: 'ipcache',
+      target: ipcacheTarget(dp),
+      pruneBlocker,
+      onError: onRecError('ipcache'),
+      onApplied: (prefix) => {
+        const r = remoteReceivedAt.get(prefix);
+        if (!r) return;
+        remoteReceivedAt.delete(prefix);
+        let b = propagation.get(r.cluster);
+        if (!b) propagation.set(r.cluster, (b = new Buckets()));
+        b.observe(Math.max(0, clock.now() - r.at) / 1000);
+      },
+      ...recOpts,
+    });
     const endpointsRec = new Reconciler<endpointsMap.Value>({
       name: 'endpoints',
       target: endpointsTarget(dp),
@@ -266,7 +284,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       clusterName: cfg.clusterName,
       clusterId: cfg.clusterID,
       services: source.services,
-      pods: source.pods,
+      backends: serviceBackendInput(source),
       mesh,
       maps: () => dp.maps,
       canProgram: mayProgram,
@@ -355,7 +373,11 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         const owner = ownerKeys.remoteEndpoint(ev.key);
         if (ev.kind === 'upsert') {
           grace.claim(owner);
-          setOwnerPolicyFirst(owner, remoteEndpointContributions(ev.value));
+          const contributions = remoteEndpointContributions(ev.value);
+          const at = clock.now();
+          // Only changes the map will see (an unchanged entry is never written, so never measured).
+          for (const c of contributions) if (JSON.stringify(table.get(c.prefix)) !== JSON.stringify(c.entry)) remoteReceivedAt.set(c.prefix, { cluster: ev.value.cluster, at });
+          setOwnerPolicyFirst(owner, contributions);
         } else grace.withdraw(owner, ev.previous.cluster, () => removeOwner(owner));
       }),
       mesh.nodes.subscribe((ev) => {
@@ -431,9 +453,11 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       const registry = agentRegistry({
         datapath: () => dp.metrics(),
         maps: () => datapathStatus(dp, []).maps,
+        socketLB: () => dp.socketLB().stats,
         remotes: () => mesh.status().remotes.map(remoteSummary),
         flows: () => flowReader.status(),
-        reconcilers: () => allReconcilers().map((r) => r.status()),
+        reconcilers: allReconcilers,
+        propagation: () => propagation,
       });
       try {
         const server = await startMetricsServer(cfg.metricsAddress, [promClient.register, registry]);

@@ -132,6 +132,12 @@ export function datapathStatus(dp: NodeDatapath, endpointDevices: readonly strin
     const fill = (name: string, entries: number, max: number): MapFill => ({ name, entries, maxEntries: max, fill: max > 0 ? Math.round((entries / max) * 10_000) / 10_000 : 0 });
     maps.push(fill(m.ipcache.name, dp.ipcache().length, m.ipcache.maxEntries));
     maps.push(fill(m.endpoints.name, dp.endpoints().length, m.endpoints.maxEntries));
+    // Conntrack tables (service connections, policy-allowed connections): counted key by key.
+    for (const t of [m.ct, m.policyCt]) {
+      let n = 0;
+      for (const _ of t.keys()) n++;
+      maps.push(fill(t.name, n, t.maxEntries));
+    }
   }
   return {
     state: dp.state,

@@ -7,76 +7,64 @@
 // (clustermesh_remote_cluster_ready, _reconnections_total,
 // clustermesh_remote_values_rejected_total) live in prom-client's default
 // registry and are served with these.
-import { createServer, type Server } from 'node:http';
-import promClient, { Registry } from 'prom-client';
+import type { Registry } from 'prom-client';
 import type { metrics as metricsMap } from '../datapath/maps/index.ts';
+import type { SockStats } from '../datapath/maps/sock.ts';
 import { DropReason, TraceReason } from '../datapath/maps/reasons.ts';
+import { ScrapeMetrics, type Buckets } from '../util/metrics.ts';
 import type { FlowsStatus } from './flow-reader.ts';
 import type { MapFill } from './datapath.ts';
 import type { ReconcilerStatus } from './reconciler.ts';
 import type { RemoteSummary } from './status.ts';
 
+export { parseListenAddress, startMetricsServer, type MetricsServer } from '../util/metrics.ts';
+
+/** Conntrack tables (map name → label). */
+const CONNTRACK_MAPS: Readonly<Record<string, string>> = { cm_ct: 'service', cm_policy_ct: 'policy' };
+
 export interface AgentMetricsSources {
   /** cm_metrics rows, summed over CPUs. */
   datapath(): metricsMap.Row[];
+  /** Map fill levels (cm_ct and cm_policy_ct give the conntrack entries). */
   maps(): MapFill[];
+  /** Socket-level load balancing counters (null when off). */
+  socketLB(): SockStats | null;
   remotes(): RemoteSummary[];
   flows(): FlowsStatus;
-  reconcilers(): ReconcilerStatus[];
+  reconcilers(): { status(): ReconcilerStatus; readonly passSeconds: { full: Buckets; incremental: Buckets } }[];
+  /** Seconds from receiving a remote cluster's change to its write into cm_ipcache, per remote cluster. */
+  propagation(): ReadonlyMap<string, Buckets>;
 }
 
 /** A registry whose values are read from the sources at each scrape. */
 export function agentRegistry(src: AgentMetricsSources): Registry {
-  const r = new Registry();
-  const reg = [r];
   let rows: metricsMap.Row[] = [];
   let remotes: RemoteSummary[] = [];
   let flows: FlowsStatus | undefined;
   let reconcilers: ReconcilerStatus[] = [];
-  // Read once per scrape: collectors of one scrape run within milliseconds of each other.
-  let readAt = -Infinity;
-  const refresh = (): void => {
-    if (Date.now() - readAt < 250) return;
-    readAt = Date.now();
+  let maps: MapFill[] = [];
+  const m = new ScrapeMetrics(() => {
     try {
       rows = src.datapath();
     } catch {
       rows = [];
     }
+    try {
+      maps = src.maps();
+    } catch {
+      maps = [];
+    }
     remotes = src.remotes();
     flows = src.flows();
-    reconcilers = src.reconcilers();
-  };
+    reconcilers = src.reconcilers().map((r) => r.status());
+  });
+  const counter = m.counter.bind(m);
+  const gauge = m.gauge.bind(m);
   const lost = TraceReason.TRACE_EVENT_LOST;
+  const xlate = TraceReason.TRACE_SERVICE_XLATE;
   const isDrop = (reason: number): boolean => reason >= 130;
+  const isForward = (reason: number): boolean => !isDrop(reason) && reason !== lost && reason !== xlate;
   const policyDrop = (reason: number): boolean => reason === DropReason.DROP_POLICY || reason === DropReason.DROP_POLICY_DENY;
-
-  const counter = <L extends string>(name: string, help: string, labelNames: readonly L[], fill: (c: promClient.Counter<L>) => void): void => {
-    new promClient.Counter<L>({
-      name,
-      help,
-      labelNames,
-      registers: reg,
-      collect() {
-        refresh();
-        this.reset();
-        fill(this);
-      },
-    });
-  };
-  const gauge = <L extends string>(name: string, help: string, labelNames: readonly L[], fill: (g: promClient.Gauge<L>) => void): void => {
-    new promClient.Gauge<L>({
-      name,
-      help,
-      labelNames,
-      registers: reg,
-      collect() {
-        refresh();
-        this.reset();
-        fill(this);
-      },
-    });
-  };
 
   counter('clustermesh_drop_count_total', 'Packets dropped by the datapath, by reason and direction (from the pod\'s point of view)', ['reason', 'direction'], (c) => {
     for (const x of rows) if (isDrop(x.reason)) c.inc({ reason: x.reasonName, direction: x.direction }, Number(x.packets));
@@ -85,10 +73,10 @@ export function agentRegistry(src: AgentMetricsSources): Registry {
     for (const x of rows) if (isDrop(x.reason)) c.inc({ reason: x.reasonName, direction: x.direction }, Number(x.bytes));
   });
   counter('clustermesh_forward_count_total', 'Packets the datapath passed on, by where they went (reason) and direction', ['reason', 'direction'], (c) => {
-    for (const x of rows) if (!isDrop(x.reason) && x.reason !== lost) c.inc({ reason: x.reasonName, direction: x.direction }, Number(x.packets));
+    for (const x of rows) if (isForward(x.reason)) c.inc({ reason: x.reasonName, direction: x.direction }, Number(x.packets));
   });
   counter('clustermesh_forward_bytes_total', 'Bytes of packets the datapath passed on, by reason and direction', ['reason', 'direction'], (c) => {
-    for (const x of rows) if (!isDrop(x.reason) && x.reason !== lost) c.inc({ reason: x.reasonName, direction: x.direction }, Number(x.bytes));
+    for (const x of rows) if (isForward(x.reason)) c.inc({ reason: x.reasonName, direction: x.direction }, Number(x.bytes));
   });
   counter(
     'clustermesh_policy_verdicts_total',
@@ -98,11 +86,31 @@ export function agentRegistry(src: AgentMetricsSources): Registry {
       for (const x of rows) if (policyDrop(x.reason)) c.inc({ direction: x.direction, match: x.reason === DropReason.DROP_POLICY_DENY ? 'deny-entry' : 'default-deny' }, Number(x.packets));
     },
   );
+  counter(
+    'clustermesh_service_translations_total',
+    'Connections or packets sent to a service backend: path packet = packets translated by the per-packet datapath (by direction); socket-connect / socket-sendmsg = connect() calls and unconnected UDP datagrams translated by socket-level load balancing',
+    ['path', 'direction'],
+    (c) => {
+      c.inc({ path: 'packet', direction: 'egress' }, 0); // from_container translates: the series exists from the start
+      for (const x of rows) if (x.reason === xlate) c.inc({ path: 'packet', direction: x.direction }, Number(x.packets));
+      const sock = src.socketLB();
+      if (sock) {
+        c.inc({ path: 'socket-connect', direction: 'egress' }, sock.connect);
+        c.inc({ path: 'socket-sendmsg', direction: 'egress' }, sock.sendmsg);
+      }
+    },
+  );
   gauge('clustermesh_map_entries', 'Entries of a datapath map', ['map'], (g) => {
-    for (const m of src.maps()) g.set({ map: m.name }, m.entries);
+    for (const x of maps) g.set({ map: x.name }, x.entries);
   });
   gauge('clustermesh_map_capacity', 'Maximum entries of a datapath map', ['map'], (g) => {
-    for (const m of src.maps()) g.set({ map: m.name }, m.maxEntries);
+    for (const x of maps) g.set({ map: x.name }, x.maxEntries);
+  });
+  gauge('clustermesh_conntrack_entries', 'Entries of a conntrack table: service (connections to service backends) or policy (connections policy allowed)', ['table'], (g) => {
+    for (const x of maps) if (CONNTRACK_MAPS[x.name]) g.set({ table: CONNTRACK_MAPS[x.name]! }, x.entries);
+  });
+  counter('clustermesh_map_full_errors_total', 'Map writes of a reconciler refused because the map was full (E2BIG/ENOSPC); the datapath\'s own (conntrack) are drops with reason DROP_CT_WRITE_FAILED', ['reconciler'], (c) => {
+    for (const x of reconcilers) c.inc({ reconciler: x.name }, x.mapFull);
   });
   gauge('clustermesh_remote_clusters', 'Remote clusters configured, by state', ['state'], (g) => {
     const by = new Map<string, number>();
@@ -149,59 +157,22 @@ export function agentRegistry(src: AgentMetricsSources): Registry {
   counter('clustermesh_reconciler_retries_total', 'Attempts that were retries of a failed one', ['reconciler'], (c) => {
     for (const x of reconcilers) c.inc({ reconciler: x.name }, x.retries);
   });
-  return r;
-}
-
-export interface MetricsServer {
-  readonly address: string;
-  close(): Promise<void>;
-}
-
-/** Parses 'host:port' (IPv4 or a name; port 0..65535). */
-export function parseListenAddress(s: string): { host: string; port: number } {
-  const i = s.lastIndexOf(':');
-  const host = s.slice(0, i);
-  const port = Number(s.slice(i + 1));
-  if (i <= 0 || !/^\d+$/.test(s.slice(i + 1)) || port > 65535) throw new Error(`'${s}' must be host:port, e.g. 127.0.0.1:9962`);
-  return { host, port };
-}
-
-/** Serves GET /metrics of `registries` on address (each read at every scrape: metrics registered later are served too). */
-export async function startMetricsServer(address: string, registries: Registry[]): Promise<MetricsServer> {
-  const { host, port } = parseListenAddress(address);
-  const server: Server = createServer((req, res) => {
-    const path = new URL(req.url ?? '/', 'http://agent').pathname;
-    if (req.method !== 'GET' || path !== '/metrics') {
-      res.writeHead(404, { 'content-type': 'text/plain' });
-      res.end('try GET /metrics\n');
-      return;
+  counter('clustermesh_reconciler_errors_total', 'Failed operations of a reconciler (each attempt; retried with backoff)', ['reconciler'], (c) => {
+    for (const x of reconcilers) c.inc({ reconciler: x.name }, x.failures);
+  });
+  m.histogram<'reconciler' | 'pass'>('clustermesh_reconciler_duration_seconds', 'How long a reconciler pass took: full (every entry compared) or incremental (pending keys only; passes with work)', (add) => {
+    for (const r of src.reconcilers()) {
+      const name = r.status().name;
+      add({ reconciler: name, pass: 'full' }, r.passSeconds.full);
+      add({ reconciler: name, pass: 'incremental' }, r.passSeconds.incremental);
     }
-    Promise.all(registries.map((r) => r.metrics())).then(
-      (texts) => {
-        res.writeHead(200, { 'content-type': registries[0]!.contentType });
-        res.end(texts.filter((t) => t.trim() !== '').join('\n'));
-      },
-      (err: unknown) => {
-        res.writeHead(500, { 'content-type': 'text/plain' });
-        res.end(`metrics: ${(err as Error).message}\n`);
-      },
-    );
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const a = server.address();
-  const bound = a && typeof a === 'object' ? `${a.address}:${a.port}` : address;
-  return {
-    address: bound,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
-  };
+  m.histogram<'source_cluster'>(
+    'clustermesh_propagation_delay_seconds',
+    'From receiving a remote cluster\'s endpoint change (its etcd watch event) to the write of that address into cm_ipcache. Measured from receipt: the kvstore values carry no write time and etcd keeps none per revision',
+    (add) => {
+      for (const [cluster, b] of src.propagation()) add({ source_cluster: cluster }, b);
+    },
+  );
+  return m.registry;
 }

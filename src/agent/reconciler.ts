@@ -16,6 +16,7 @@
 // Nothing is written before start(); edits made before are applied by the
 // first pass. Operations of one reconciler never overlap.
 import { systemClock, type Clock, type TimerHandle } from '../util/clock.ts';
+import { Buckets } from '../util/metrics.ts';
 
 export interface ReconcileTarget<V> {
   /** Every entry the target holds now (full pass). */
@@ -54,6 +55,8 @@ export interface ReconcilerOptions<V> {
   isNotFound?: (err: unknown) => boolean;
   /** Each failed operation (after it was scheduled for retry). */
   onError?: (key: string | null, err: unknown, attempt: number) => void;
+  /** A key's desired state reached the target (not for keys a full pass found already right). */
+  onApplied?: (key: string) => void;
   /** Schedules the next incremental pass "soon"; default setImmediate. */
   defer?: (fn: () => void) => void;
 }
@@ -79,6 +82,10 @@ export interface ReconcilerStatus {
   fullSyncs: number;
   /** Attempts that were retries of a failed one. */
   retries: number;
+  /** Failed operations (each attempt), listing the target included. */
+  failures: number;
+  /** Failed writes because the target was full (E2BIG/ENOSPC from a BPF map). */
+  mapFull: number;
   updates: number;
   deletes: number;
   /** Entries removed by full passes because they were not desired. */
@@ -120,6 +127,12 @@ function defaultIsNotFound(err: unknown): boolean {
   return e?.code === 'ENOENT' || e?.errno === 2;
 }
 
+/** A BPF map update refused because the map has max_entries entries. */
+export function isMapFull(err: unknown): boolean {
+  const e = err as { code?: unknown; errno?: unknown } | null;
+  return e?.errno === 7 || e?.errno === 28 || e?.code === 'E2BIG' || e?.code === 'ENOSPC';
+}
+
 function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
@@ -137,6 +150,9 @@ export class Reconciler<V> {
   private readonly isNotFound: (err: unknown) => boolean;
   private readonly onError: (key: string | null, err: unknown, attempt: number) => void;
   private readonly defer: (fn: () => void) => void;
+  private readonly onApplied: (key: string) => void;
+  /** How long passes that did work took, in seconds (full: every full pass). */
+  readonly passSeconds = { full: new Buckets(), incremental: new Buckets() };
 
   private readonly desiredMap = new Map<string, V>();
   private readonly pending = new Map<string, Pending>();
@@ -154,7 +170,7 @@ export class Reconciler<V> {
   private fullRetryTimer: TimerHandle | undefined;
   private readonly fullWaiters: Array<{ resolve: (r: FullSyncResult) => void; reject: (e: Error) => void }> = [];
 
-  private stats = { fullSyncs: 0, retries: 0, updates: 0, deletes: 0, pruned: 0, driftRepaired: 0 };
+  private stats = { fullSyncs: 0, retries: 0, failures: 0, mapFull: 0, updates: 0, deletes: 0, pruned: 0, driftRepaired: 0 };
   private lastError: ReconcilerError | null = null;
   private lastFullSync: number | null = null;
 
@@ -171,6 +187,7 @@ export class Reconciler<V> {
     this.isNotFound = opts.isNotFound ?? defaultIsNotFound;
     this.onError = opts.onError ?? (() => undefined);
     this.defer = opts.defer ?? ((fn) => void setImmediate(fn));
+    this.onApplied = opts.onApplied ?? (() => undefined);
   }
 
   // ---- desired state
@@ -341,7 +358,9 @@ export class Reconciler<V> {
             this.fullRequested = false;
             const waiters = this.fullWaiters.splice(0);
             try {
+              const t0 = performance.now();
               const r = await this.fullPass();
+              this.passSeconds.full.observe((performance.now() - t0) / 1000);
               for (const w of waiters) w.resolve(r);
             } catch (err) {
               for (const w of waiters) w.reject(err as Error);
@@ -362,6 +381,8 @@ export class Reconciler<V> {
     const now = this.clock.now();
     const due: Array<[string, number]> = [];
     for (const [key, p] of this.pending) if (p.notBefore <= now) due.push([key, p.gen]);
+    if (due.length === 0) return;
+    const t0 = performance.now();
     for (const [key, gen] of due) {
       if (!this.started) return;
       const p = this.pending.get(key);
@@ -376,6 +397,7 @@ export class Reconciler<V> {
         this.failed(key, gen, err);
       }
     }
+    this.passSeconds.incremental.observe((performance.now() - t0) / 1000);
   }
 
   private async fullPass(): Promise<FullSyncResult> {
@@ -385,6 +407,7 @@ export class Reconciler<V> {
       current = new Map(await this.target.list());
     } catch (err) {
       this.fullAttempts++;
+      this.stats.failures++;
       this.lastError = { key: null, message: `listing the target: ${message(err)}`, at: new Date(this.clock.now()).toISOString() };
       this.onError(null, err, this.fullAttempts);
       if (this.fullRetryTimer) this.clock.clearTimeout(this.fullRetryTimer);
@@ -474,6 +497,7 @@ export class Reconciler<V> {
     const p = this.pending.get(key);
     if (!p || p.gen !== gen) return;
     this.pending.delete(key);
+    this.onApplied(key);
     const set = this.waiters.get(key);
     if (set) {
       this.waiters.delete(key);
@@ -485,6 +509,8 @@ export class Reconciler<V> {
     const p = this.pending.get(key);
     const e: ReconcilerError = { key, message: message(err), at: new Date(this.clock.now()).toISOString() };
     this.lastError = e;
+    this.stats.failures++;
+    if (isMapFull(err)) this.stats.mapFull++;
     if (!p || p.gen !== gen) return;
     p.attempts++;
     p.lastError = e;

@@ -11,7 +11,7 @@ import * as ctMap from '../datapath/maps/ct.ts';
 import * as maglevMap from '../datapath/maps/maglev.ts';
 import * as revnatMap from '../datapath/maps/revnat.ts';
 import * as servicesMap from '../datapath/maps/services.ts';
-import { parseObject, type Pod, type Service } from '../model/index.ts';
+import { parseObject, selectorBackends, type EndpointSlice, type Pod, type Service } from '../model/index.ts';
 import { ResourceCache } from '../sources/resource.ts';
 import { RemoteTracker, ServiceManager, frontendSpecs, parseFrontendKey, type RemoteBackendSet, type ServiceMaps } from './services.ts';
 
@@ -48,6 +48,9 @@ function counterIds() {
   };
 }
 
+/** frontendSpecs with the local backends picked by the service's selector (the store source's path). */
+const specsOf = (svc: Service, pods: Pod[], ...rest: [RemoteBackendSet[], number, ReturnType<typeof counterIds>]) => frontendSpecs(svc, selectorBackends(svc, pods), ...rest);
+
 describe('frontendSpecs', () => {
   it('one frontend per TCP/UDP port; named target ports resolved per pod; unready pods kept, flagged; others left out', () => {
     const svc = service({
@@ -66,7 +69,7 @@ describe('frontendSpecs', () => {
       pod('f', '10.101.2.12', { labels: { app: 'other' } }),
       pod('g', '10.101.2.13', { ns: 'other' }),
     ];
-    const specs = frontendSpecs(svc, pods, [], 1, counterIds());
+    const specs = specsOf(svc, pods, [], 1, counterIds());
     assert.deepEqual(specs.map((s) => [s.vip, s.port, s.protocol]), [['10.96.0.10', 80, 'TCP'], ['10.96.0.10', 53, 'UDP']]);
     const http = specs[0]!.backends.map((b) => [b.ip, b.port, b.ready, b.local]);
     assert.deepEqual(http, [
@@ -78,7 +81,7 @@ describe('frontendSpecs', () => {
     assert.ok(specs[1]!.backends.every((b) => b.port === 5353));
     assert.equal(specs[0]!.topologyAffinity, 'none');
     assert.equal(specs[0]!.sessionAffinity, undefined);
-    assert.deepEqual(frontendSpecs(service({ vip: 'None' }), pods, [], 1, counterIds()), [], 'headless: no frontend');
+    assert.deepEqual(specsOf(service({ vip: 'None' }), pods, [], 1, counterIds()), [], 'headless: no frontend');
   });
 
   it('a global service merges remote backends by port name and protocol; a local one ignores them; shared:"false" keeps its own', () => {
@@ -89,21 +92,21 @@ describe('frontendSpecs', () => {
       { cluster: 'cluster5', clusterId: 5, ip: '10.105.1.10', ports: [{ name: 'http', protocol: 'TCP', port: 8081 }], clusterGone: true },
     ];
     const local = [pod('a', '10.101.1.10')];
-    const plain = frontendSpecs(service(), local, remote, 1, counterIds());
+    const plain = specsOf(service(), local, remote, 1, counterIds());
     assert.deepEqual(plain[0]!.backends.map((b) => b.ip), ['10.101.1.10']);
-    const global = frontendSpecs(service({ annotations: { 'service.cilium.io/global': 'true', 'service.cilium.io/affinity': 'local' } }), local, remote, 1, counterIds());
+    const global = specsOf(service({ annotations: { 'service.cilium.io/global': 'true', 'service.cilium.io/affinity': 'local' } }), local, remote, 1, counterIds());
     assert.deepEqual(global[0]!.backends.map((b) => [b.ip, b.port, b.clusterId, b.local, b.clusterGone]), [
       ['10.101.1.10', 8080, 1, true, false],
       ['10.102.1.10', 8080, 2, false, false],
       ['10.105.1.10', 8081, 5, false, true],
     ]);
     assert.equal(global[0]!.topologyAffinity, 'local');
-    const legacyUnshared = frontendSpecs(service({ annotations: { 'io.cilium/global-service': 'true', 'service.cilium.io/shared': 'false' } }), local, remote, 1, counterIds());
+    const legacyUnshared = specsOf(service({ annotations: { 'io.cilium/global-service': 'true', 'service.cilium.io/shared': 'false' } }), local, remote, 1, counterIds());
     assert.equal(legacyUnshared[0]!.backends.length, 3, 'not shared = not offered; it still uses its own and remote backends');
-    const aff = frontendSpecs(service({ affinity: true }), local, [], 1, counterIds());
+    const aff = specsOf(service({ affinity: true }), local, [], 1, counterIds());
     assert.deepEqual(aff[0]!.sessionAffinity, { timeoutSeconds: 60 });
     assert.equal(aff[0]!.algorithm, 'slots');
-    assert.equal(frontendSpecs(service({ annotations: { 'service.cilium.io/lb-algorithm': 'maglev' } }), local, [], 1, counterIds())[0]!.algorithm, 'maglev');
+    assert.equal(specsOf(service({ annotations: { 'service.cilium.io/lb-algorithm': 'maglev' } }), local, [], 1, counterIds())[0]!.algorithm, 'maglev');
   });
 });
 
@@ -183,17 +186,21 @@ class World {
   readonly maps = fakeMaps(this.log);
   services = new ResourceCache<Service>('Service');
   pods = new ResourceCache<Pod>('Pod');
+  slices = new ResourceCache<EndpointSlice>('EndpointSlice');
   readonly global = new Cache<string, GlobalService>();
   readonly remoteServices = new Cache<string, RemoteService>();
   remotes: Array<Pick<RemoteClusterStatus, 'name' | 'state' | 'connected' | 'clusterId'>> = [];
   synced = true;
 
-  manager(o: { ttlMs?: number } = {}): ServiceManager {
+  manager(o: { ttlMs?: number; from?: 'selectors' | 'endpointslices' } = {}): ServiceManager {
+    // The resources the backends come from have listed; what a test holds back is canProgram (`synced`).
+    this.pods.markSynced();
+    this.slices.markSynced();
     return new ServiceManager({
       clusterName: 'cluster1',
       clusterId: 1,
       services: this.services,
-      pods: this.pods,
+      backends: o.from === 'endpointslices' ? { from: 'endpointslices', endpointSlices: this.slices } : { from: 'selectors', pods: this.pods },
       mesh: { globalServices: this.global, services: this.remoteServices, status: () => ({ remotes: this.remotes }) },
       maps: () => this.maps,
       canProgram: () => this.synced,
@@ -417,6 +424,75 @@ describe('ServiceManager', () => {
     assert.equal(w.slots(svc.serviceId).length, 2);
     assert.equal(maglevMap.lookup(w.maps.maglev, svc.serviceId), undefined);
     assert.ok(at(w.log, /update services/) < at(w.log, /delete maglev/), w.log.join('\n'));
+    u.forEach((x) => x());
+    await m.stop();
+  });
+
+  it('with EndpointSlices: a selectorless Service, graceful termination in the maps, nothing before the slices listed', async () => {
+    const w = new World();
+    // No selector: only its (hand-written) slices give it backends; pods matching nothing are irrelevant.
+    const svc = parseObject('Service', { kind: 'Service', metadata: { name: 'ext', namespace: 'default' }, spec: { clusterIP: '10.96.0.20', ports: [{ name: 'http', port: 80 }] } });
+    const slice = (name: string, eps: Array<[string, Record<string, boolean>?]>): EndpointSlice =>
+      parseObject('EndpointSlice', {
+        kind: 'EndpointSlice',
+        metadata: { name, namespace: 'default', labels: { 'kubernetes.io/service-name': 'ext' } },
+        addressType: 'IPv4',
+        endpoints: eps.map(([ip, conditions]) => ({ addresses: [ip], conditions: conditions ?? {} })),
+        ports: [{ name: 'http', port: 8080 }],
+      });
+    w.services.set(svc);
+    w.services.markSynced();
+    w.pods.set(pod('a', '10.101.1.10', { labels: { app: 'web' } }));
+    w.slices.set(slice('ext-1', [['10.101.5.1'], ['10.101.5.2', { ready: false, serving: true, terminating: true }]]));
+    // The slices have not listed yet (not marked synced): nothing is programmed, even with canProgram true.
+    const slices = w.slices;
+    const m = new ServiceManager({
+      clusterName: 'cluster1',
+      clusterId: 1,
+      services: w.services,
+      backends: { from: 'endpointslices', endpointSlices: slices },
+      mesh: { globalServices: w.global, services: w.remoteServices, status: () => ({ remotes: w.remotes }) },
+      maps: () => w.maps,
+      canProgram: () => true,
+      pruneBlocker: () => null,
+      remotePollMs: 10,
+      gcIntervalMs: 0,
+      log: silent,
+    });
+    const u = m.subscribe();
+    await m.start();
+    await m.flush();
+    assert.equal(w.servicesMap().size, 0, 'nothing before the EndpointSlices listed');
+    assert.equal(m.status().waitingForSync, true);
+    slices.markSynced();
+    await until('programmed', () => w.servicesMap().get('10.96.0.20:80/TCP')?.backendCount === 1);
+    await m.flush();
+    assert.deepEqual(w.slotIps('10.96.0.20:80/TCP'), ['10.101.5.1']);
+    const flags = () => Object.fromEntries([...w.backends().values()].map((b) => [`${b.ip}:${b.port}`, [b.terminating, b.notReady]]));
+    assert.deepEqual(flags(), { '10.101.5.1:8080': [false, false], '10.101.5.2:8080': [true, false] }, 'the draining endpoint keeps its connections, takes no new ones');
+
+    // The ready endpoint goes; the draining one is all that serves: it takes new connections (graceful termination).
+    slices.set(slice('ext-1', [['10.101.5.2', { ready: false, serving: true, terminating: true }]]));
+    await until('the fallback', () => w.slotIps('10.96.0.20:80/TCP').join() === '10.101.5.2');
+    await m.flush();
+    assert.deepEqual(flags(), { '10.101.5.2:8080': [false, false] }, 'no terminating flag while it is the fallback (the datapath refuses new connections to flagged backends)');
+    const info = m.list().find((x) => x.name === 'ext')!;
+    assert.deepEqual(info.frontends[0]!.backends.cluster1!.map((b) => [b.ip, b.active, b.terminating]), [['10.101.5.2', true, false]]);
+
+    // A new ready endpoint in a second slice: new connections go there only; the draining one is flagged again.
+    slices.set(slice('ext-2', [['10.101.5.3', { ready: true }]]));
+    await until('the new endpoint', () => w.slotIps('10.96.0.20:80/TCP').join() === '10.101.5.3');
+    await m.flush();
+    assert.deepEqual(flags(), { '10.101.5.2:8080': [true, false], '10.101.5.3:8080': [false, false] });
+    // Pods never mattered.
+    w.pods.set(pod('b', '10.101.1.11'));
+    await m.flush();
+    assert.deepEqual(w.slotIps('10.96.0.20:80/TCP'), ['10.101.5.3']);
+    // The slices go: the frontend stays, without backends.
+    slices.remove({ namespace: 'default', name: 'ext-1' });
+    slices.remove({ namespace: 'default', name: 'ext-2' });
+    await until('no backends', () => w.backends().size === 0);
+    assert.equal(w.servicesMap().get('10.96.0.20:80/TCP')?.backendCount, 0);
     u.forEach((x) => x());
     await m.stop();
   });

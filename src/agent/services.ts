@@ -5,9 +5,16 @@
 // cm_backends, cm_backend_slots, cm_maglev, cm_revnat) and written through one
 // Reconciler per map.
 //
-//   local Service + its Pods ─┐
-//   ClusterMesh.globalServices ┼─ frontendSpecs() ─ planFrontend() ─ apply() ─ reconcilers
-//   remote cluster states ─────┘   (pure)            (loadbalancer)   (ordered)
+//   local Service + its local backends ─┐
+//   ClusterMesh.globalServices ──────────┼─ frontendSpecs() ─ planFrontend() ─ apply() ─ reconcilers
+//   remote cluster states ───────────────┘   (pure)            (loadbalancer)   (ordered)
+//
+// Local backends (LocalBackendIndex, sources/service-backends.ts): with a
+// Kubernetes source, the Service's EndpointSlices (ready endpoints take new
+// connections; while none of a port is ready, its serving terminating ones do;
+// Services without a selector work); with the store source, the Service's
+// selector over the Pods. Everything after that (frontends, the merge with
+// remote backends, affinity, the write order) is one code path.
 //
 // Write order (the datapath must never find a service pointing at a backend
 // that is not there): backends, slots, Maglev tables and revnat first; the
@@ -53,8 +60,8 @@ import {
   type ServiceEntry,
   type TopologyAffinity,
 } from '../loadbalancer/index.ts';
-import { isGlobalService, isPodReady, isSharedService, selects, servicePods, servicePortTarget, type Pod, type Service } from '../model/index.ts';
-import type { Resource, Unsubscribe } from '../sources/index.ts';
+import { isGlobalService, isSharedService, type LocalBackend, type Service } from '../model/index.ts';
+import { LocalBackendIndex, type Resource, type ServiceBackendInput, type Unsubscribe } from '../sources/index.ts';
 import { Reconciler, type ReconcileTarget } from './reconciler.ts';
 
 // ---------------------------------------------------------------------------
@@ -93,31 +100,27 @@ export function topologyAffinityOf(svc: Service): TopologyAffinity {
 
 /**
  * One FrontendSpec per TCP/UDP port of a Service with a ClusterIP: the
- * Service's own Pods (selected, with an IP, not terminated; ready or not, so
- * that a pod that turns unready keeps its connections), each at its resolved
- * target port (a pod without the named port is left out of that port), plus,
- * for a global Service, the remote clusters' backends whose port of the same
- * name and protocol exists. Pure but for the ids it takes from `ids`.
+ * Service's local backends of that port (`local`, same index as
+ * svc.spec.ports: ready or not, terminating or not, so that a backend that
+ * stops taking new connections keeps the ones it has), plus, for a global
+ * Service, the remote clusters' backends whose port of the same name and
+ * protocol exists. Pure but for the ids it takes from `ids`.
  */
-export function frontendSpecs(svc: Service, pods: Iterable<Pod>, remote: readonly RemoteBackendSet[], localClusterId: number, ids: IdSource): FrontendSpec[] {
+export function frontendSpecs(svc: Service, local: readonly (readonly LocalBackend[])[], remote: readonly RemoteBackendSet[], localClusterId: number, ids: IdSource): FrontendSpec[] {
   if (!hasVip(svc)) return [];
   const vip = svc.spec.clusterIP!;
   const global = isGlobalService(svc);
-  const local = servicePods(svc, pods);
   const sessionAffinity =
     svc.spec.sessionAffinity === 'ClientIP' ? { timeoutSeconds: svc.spec.sessionAffinityConfig?.clientIP.timeoutSeconds ?? 10800 } : undefined;
   const topologyAffinity = topologyAffinityOf(svc);
   const algorithm = svc.metadata.annotations[LB_ALGORITHM_ANNOTATION]?.trim().toLowerCase() === 'maglev' ? 'maglev' : 'slots';
   const out: FrontendSpec[] = [];
-  for (const sp of svc.spec.ports) {
-    if (sp.protocol !== 'TCP' && sp.protocol !== 'UDP') continue;
+  svc.spec.ports.forEach((sp, i) => {
+    if (sp.protocol !== 'TCP' && sp.protocol !== 'UDP') return;
     const byId = new Map<number, BackendCandidate>();
-    for (const pod of local) {
-      const port = servicePortTarget(sp, pod);
-      if (port === undefined) continue;
-      const ip = pod.status.podIP!;
-      const id = ids.backend(backendKey(localClusterId, ip, port));
-      byId.set(id, { id, ip, port, clusterId: localClusterId, local: true, ready: isPodReady(pod), terminating: false, clusterGone: false });
+    for (const b of local[i] ?? []) {
+      const id = ids.backend(backendKey(localClusterId, b.ip, b.port));
+      byId.set(id, { id, ip: b.ip, port: b.port, clusterId: localClusterId, local: true, ready: b.ready, terminating: b.terminating, clusterGone: false });
     }
     if (global) {
       for (const r of remote) {
@@ -138,7 +141,7 @@ export function frontendSpecs(svc: Service, pods: Iterable<Pod>, remote: readonl
       algorithm,
       backends: [...byId.values()],
     });
-  }
+  });
   return out;
 }
 
@@ -300,6 +303,8 @@ export interface ServiceBackendInfo {
   clusterId: number;
   local: boolean;
   ready: boolean;
+  /** Shutting down (an EndpointSlice's terminating condition) and not taking new connections. */
+  terminating: boolean;
   clusterGone: boolean;
   /** Takes new connections now (in the selected tier). */
   active: boolean;
@@ -364,7 +369,8 @@ export interface ServiceManagerOptions {
   clusterName: string;
   clusterId: number;
   services: Resource<Service>;
-  pods: Resource<Pod>;
+  /** Where the local backends come from: serviceBackendInput(source) (EndpointSlices or selectors over Pods). */
+  backends: ServiceBackendInput;
   mesh: {
     readonly globalServices: ObservableMap<string, GlobalService>;
     readonly services: ObservableMap<string, RemoteService>;
@@ -407,7 +413,7 @@ export class ServiceManager {
   private readonly backendIds = new IdAllocator();
   private readonly remotes: RemoteTracker;
   private readonly svcs = new Map<string, Service>();
-  private readonly podsByNs = new Map<string, Map<string, Pod>>();
+  private readonly local: LocalBackendIndex;
   private readonly programmed = new Map<string, Programmed>();
   /** backend id → frontend keys using it. */
   private readonly backendUsers = new Map<number, Set<string>>();
@@ -431,6 +437,7 @@ export class ServiceManager {
   constructor(opts: ServiceManagerOptions) {
     this.o = opts;
     this.clock = opts.clock ?? systemClock;
+    this.local = new LocalBackendIndex(opts.backends);
     this.remotes = new RemoteTracker(opts.cacheTTLMs ?? 0);
     const t = serviceTargets(opts.maps);
     // Pruning also waits until the services are programmed from synced sources:
@@ -462,7 +469,7 @@ export class ServiceManager {
   }
 
   /** In write order: what a service points at first, the services last. */
-  get reconcilerList(): Array<Pick<Reconciler<unknown>, 'name' | 'start' | 'stop' | 'fullSync' | 'status'>> {
+  get reconcilerList(): Array<Pick<Reconciler<unknown>, 'name' | 'start' | 'stop' | 'fullSync' | 'status' | 'passSeconds'>> {
     const r = this.reconcilers;
     return [r.backends, r.slots, r.maglev, r.revnat, r.services];
   }
@@ -505,25 +512,13 @@ export class ServiceManager {
         else this.svcs.delete(key);
         this.markDirty(key);
       }),
-      this.o.pods.watch((ev) => {
-        if (ev.kind === 'synced') return this.kick();
-        const ns = ev.object.metadata.namespace;
-        let pods = this.podsByNs.get(ns);
-        const old = pods?.get(ev.object.metadata.name);
-        if (ev.kind === 'upsert') {
-          if (!pods) this.podsByNs.set(ns, (pods = new Map()));
-          pods.set(ev.object.metadata.name, ev.object);
-        } else {
-          pods?.delete(ev.object.metadata.name);
-          if (pods?.size === 0) this.podsByNs.delete(ns);
-        }
-        for (const [key, svc] of this.svcs) {
-          if (svc.metadata.namespace !== ns) continue;
-          const sel = svc.spec.selector;
-          if (!sel) continue;
-          if ((old && selects(sel, old)) || selects(sel, ev.object)) this.markDirty(key);
-        }
-      }),
+      this.local.watch(
+        () => this.svcs.values(),
+        (key) => {
+          if (this.svcs.has(key)) this.markDirty(key);
+        },
+        () => this.kick(),
+      ),
       this.o.mesh.globalServices.subscribe((ev) => {
         if (this.svcs.has(ev.key)) this.markDirty(ev.key);
       }),
@@ -564,7 +559,7 @@ export class ServiceManager {
         await this.running.catch(() => undefined);
         continue;
       }
-      if (this.dirty.size === 0 || !this.o.canProgram() || !this.started || this.stopped) return;
+      if (this.dirty.size === 0 || !this.canProgram() || !this.started || this.stopped) return;
       this.kick();
       if (!this.running) return;
     }
@@ -596,7 +591,7 @@ export class ServiceManager {
       expiredClusters: this.remotes.expiredClusters(),
       goneClusters: this.remotes.goneClusters(),
       cacheTTLSeconds: (this.o.cacheTTLMs ?? 0) / 1000,
-      waitingForSync: !this.o.canProgram(),
+      waitingForSync: !this.canProgram(),
       pending: this.dirty.size + pending,
       errors: this.errors,
       lastError: this.lastError,
@@ -621,7 +616,7 @@ export class ServiceManager {
         }
       }
       // Only with the whole picture programmed: before, every entry would look stale.
-      if (this.o.canProgram() && this.started && !this.running && this.dirty.size === 0) {
+      if (this.canProgram() && this.started && !this.running && this.dirty.size === 0) {
         const dead = [...affinityMap.entries(m.affinity)]
           .filter(([k, v]) => {
             const l = live.get(k.serviceId);
@@ -641,6 +636,11 @@ export class ServiceManager {
   }
 
   // ---- internals
+
+  /** The agent's sources synced, and the local backends' resource too (EndpointSlices are not among the agent's kinds). */
+  private canProgram(): boolean {
+    return this.o.canProgram() && this.local.synced;
+  }
 
   private every(ms: number, fn: () => void): void {
     const arm = (): void => {
@@ -671,9 +671,9 @@ export class ServiceManager {
   }
 
   private kick(): void {
-    if (!this.running && this.started && this.dirty.size === 0 && this.o.canProgram()) this.caughtUp = true;
+    if (!this.running && this.started && this.dirty.size === 0 && this.canProgram()) this.caughtUp = true;
     if (this.running || !this.started || this.stopped || this.dirty.size === 0) return;
-    if (!this.o.canProgram()) {
+    if (!this.canProgram()) {
       // Try again shortly: the agent's sync state is polled, not an event.
       if (this.retryArmed) return;
       this.retryArmed = true;
@@ -729,11 +729,10 @@ export class ServiceManager {
   private compute(key: string): Programmed | undefined {
     const svc = this.svcs.get(key);
     if (!svc || !hasVip(svc)) return undefined;
-    const pods = this.podsByNs.get(svc.metadata.namespace)?.values() ?? [];
     const remote = isGlobalService(svc) ? this.remoteBackends(key) : [];
     const clusterOfId = new Map<number, string>([[this.o.clusterId, this.o.clusterName]]);
     for (const r of remote) clusterOfId.set(r.clusterId, r.cluster);
-    const specs = frontendSpecs(svc, pods, remote, this.o.clusterId, {
+    const specs = frontendSpecs(svc, this.local.backends(svc), remote, this.o.clusterId, {
       service: (fk) => this.serviceIds.acquire(fk),
       backend: (bk) => this.backendIds.acquire(bk),
     });
@@ -743,7 +742,7 @@ export class ServiceManager {
       const backends: Record<string, ServiceBackendInfo[]> = {};
       for (const b of specs[i]!.backends) {
         const cluster = clusterOfId.get(b.clusterId) ?? String(b.clusterId);
-        (backends[cluster] ??= []).push({ id: b.id, ip: b.ip, port: b.port, cluster, clusterId: b.clusterId, local: b.local, ready: b.ready, clusterGone: b.clusterGone, active: active.has(b.id) });
+        (backends[cluster] ??= []).push({ id: b.id, ip: b.ip, port: b.port, cluster, clusterId: b.clusterId, local: b.local, ready: b.ready, terminating: b.terminating, clusterGone: b.clusterGone, active: active.has(b.id) });
         this.backendCluster.set(b.id, cluster);
       }
       for (const list of Object.values(backends)) list.sort((a, b) => a.id - b.id);
@@ -914,7 +913,7 @@ export class ServiceManager {
 
   /** Ids adopted from the maps that nothing uses once every source has synced. */
   private releaseUnusedIds(): void {
-    if (this.idsReleased || this.o.pruneBlocker() !== null || !this.o.canProgram() || this.dirty.size > 0) return;
+    if (this.idsReleased || this.o.pruneBlocker() !== null || !this.canProgram() || this.dirty.size > 0) return;
     this.idsReleased = true;
     const usedFrontends = new Set<string>();
     for (const p of this.programmed.values()) for (const f of p.plans) usedFrontends.add(frontendKey(f.service.key));

@@ -100,6 +100,7 @@ describe('apiserver (real etcd)', () => {
     identityGcIntervalMs: 3_600_000,
     identityGcGraceMs: 3_600_000,
     logLevel: 'silent',
+    metricsAddress: '127.0.0.1:0',
   });
   const start = async (): Promise<Apiserver> => {
     const s = await startApiserver(cfg(), { connection: etcd.connection('apiserver'), logger: pino({ level: 'silent' }) });
@@ -219,6 +220,23 @@ describe('apiserver (real etcd)', () => {
       assert.equal(kv.get(k)?.lease, lease, k);
     assert.equal(kv.get(identityKey(webId))?.lease, '0');
     assert.equal(server.status().synced, true);
+
+    // Its metrics endpoint: objects per kind, kvstore writes, synced canaries, the etcd link.
+    const res = await fetch(`http://${server.metricsAddress}/metrics`);
+    assert.equal(res.status, 200);
+    const text = await res.text();
+    for (const line of [
+      'clustermesh_apiserver_exported_objects{kind="nodes"} 2',
+      'clustermesh_apiserver_exported_objects{kind="ip"} 3',
+      'clustermesh_apiserver_exported_objects{kind="services"} 2',
+      'clustermesh_apiserver_exported_objects{kind="identities"} 2',
+      'clustermesh_apiserver_synced{prefix="ip"} 1',
+      'clustermesh_apiserver_kvstore_connected 1',
+      'clustermesh_apiserver_export_errors_total{kind="nodes"} 0',
+    ])
+      assert.ok(text.includes(`\n${line}\n`), `${line} in:\n${text}`);
+    assert.match(text, /\nclustermesh_apiserver_kvstore_operations_total\{prefix="ip",operation="put"\} [1-9]/);
+    assert.match(text, /\nclustermesh_apiserver_heartbeats_total [1-9]/);
   });
 
   it('follows changes: deletes remove keys, readiness and sharing change backends', async () => {

@@ -8,11 +8,13 @@ import { IdentityAllocator } from '../identity/allocator.ts';
 import { KvClient } from '../kvstore/client.ts';
 import { SyncStore, type SyncStoreStatus } from '../kvstore/sync-store.ts';
 import type { KvConnectionConfig } from '../kvstore/types.ts';
-import { StoreSource, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
+import { StoreSource, serviceBackendInput, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
 import { exportIps, exportNodes, exportServices, PrefixExport, type ExportCluster } from './export.ts';
 import { Heartbeat } from './heartbeat.ts';
 import { PodIdentities } from './identities.ts';
+import { apiserverRegistry } from './metrics.ts';
 import { loadEtcdConfig, type ApiserverConfig } from './options.ts';
+import { startMetricsServer } from '../util/metrics.ts';
 
 /** The user the apiserver's identity references are held under. */
 export const APISERVER_IDENTITY_USER = 'apiserver';
@@ -40,6 +42,9 @@ export interface Apiserver {
   /** Resolves when cluster-config is written and every synced canary is written. */
   readonly ready: Promise<void>;
   status(): ApiserverStatus;
+  /** Where GET /metrics is served (null: nowhere, see metricsError). */
+  readonly metricsAddress: string | null;
+  readonly metricsError: string | null;
   /** Stops exporting. Keys stay on the session lease until it expires, so a restart within the TTL loses nothing. */
   stop(): Promise<void>;
 }
@@ -130,7 +135,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
   const unsubscribe: Unsubscribe[] = [
     exportNodes(cluster, source.nodes, nodesOut, log),
     exportIps(cluster, source.endpoints, source.pods, ipOut, log),
-    exportServices(cluster, source.services, source.pods, servicesOut, log),
+    exportServices(cluster, source.services, serviceBackendInput(source), servicesOut, log),
   ];
   identities.start();
   await source.start();
@@ -161,18 +166,42 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
   })();
   ready.catch(() => undefined);
 
+  const status = (): ApiserverStatus => ({
+    cluster: cfg.clusterName,
+    clusterId: cfg.clusterId,
+    synced: Object.values(stores).every((s) => s.synced),
+    heartbeats: heartbeat.count,
+    exported: { nodes: nodesOut.size, ip: ipOut.size, services: servicesOut.size },
+    identities: identities.status(),
+    stores: Object.fromEntries(Object.entries(stores).map(([k, s]) => [k, s.status()])) as Record<SyncedPrefixName, SyncStoreStatus>,
+  });
+
+  // ---- Prometheus metrics (read at scrape time); a port in use is reported, not fatal
+  let metricsAddress: string | null = null;
+  let metricsError: string | null = null;
+  if (cfg.metricsAddress !== '') {
+    const registry = apiserverRegistry({
+      status,
+      exportErrors: () => ({ nodes: nodesOut.errors, ip: ipOut.errors, services: servicesOut.errors, identities: identities.status().failures }),
+      heartbeat: () => ({ writes: heartbeat.count, failures: heartbeat.failures, lastRoundOk: heartbeat.lastRoundOk }),
+    });
+    try {
+      const server = await startMetricsServer(cfg.metricsAddress, [registry]);
+      metricsAddress = server.address;
+      cleanups.push(() => server.close());
+      log.info({ address: server.address }, 'metrics served on /metrics');
+    } catch (err) {
+      metricsError = `${cfg.metricsAddress}: ${(err as Error).message}`;
+      log.warn({ address: cfg.metricsAddress, err: (err as Error).message }, 'metrics endpoint not started');
+    }
+  }
+
   let stopped: Promise<void> | undefined;
   return {
     ready,
-    status: () => ({
-      cluster: cfg.clusterName,
-      clusterId: cfg.clusterId,
-      synced: Object.values(stores).every((s) => s.synced),
-      heartbeats: heartbeat.count,
-      exported: { nodes: nodesOut.size, ip: ipOut.size, services: servicesOut.size },
-      identities: identities.status(),
-      stores: Object.fromEntries(Object.entries(stores).map(([k, s]) => [k, s.status()])) as Record<SyncedPrefixName, SyncStoreStatus>,
-    }),
+    status,
+    metricsAddress,
+    metricsError,
     stop: () =>
       (stopped ??= (async () => {
         stopCtl.abort();

@@ -37,6 +37,7 @@ export function apiserverCommand(): Command {
     .option('--session-ttl <seconds>', 'TTL of the lease exported keys live on', String(APISERVER_DEFAULTS.sessionTtlSeconds))
     .option('--identity-gc-interval <duration>', 'how often unused identities are looked for', '1m')
     .option('--identity-gc-grace <duration>', 'how long an identity must be unused before it is deleted', '5m')
+    .option('--metrics-address <host:port>', "where GET /metrics (Prometheus text) is served; '' for nowhere", APISERVER_DEFAULTS.metricsAddress)
     .option('--log-level <level>', 'trace, debug, info, warn, error, fatal or silent', APISERVER_DEFAULTS.logLevel)
     .addHelpText('after', '\nExample (one per cluster, next to its etcd):\n  clustermesh apiserver --cluster-name cluster1 --cluster-id 1 --etcd-config /etc/clustermesh/etcd-apiserver.yaml\n')
     .action(async (raw: ApiserverRawOptions & { etcdBootstrapConfig?: string }, cmd: Command) => {

@@ -1,16 +1,7 @@
 // Cluster objects → wire values (ARCHITECTURE §4). Pure functions; the encoders
 // of clustermesh/wire.ts fix the JSON.
 import type { IpEntryInput, NodeInput, ServiceValue, WireNamedPort, WirePort } from '../clustermesh/wire.ts';
-import {
-  backendPods,
-  isGlobalService,
-  isSharedService,
-  servicePortTarget,
-  type Endpoint,
-  type Node,
-  type Pod,
-  type Service,
-} from '../model/index.ts';
+import { isGlobalService, isSharedService, type Endpoint, type LocalBackend, type Node, type Pod, type Service } from '../model/index.ts';
 
 export interface LocalCluster {
   name: string;
@@ -63,9 +54,13 @@ export function ipEntryValue(ep: Endpoint, pod?: Pod): IpEntryInput {
  * The services/v1 value of a global service, or undefined when the service is
  * not exported: not global, or global but annotated `service.cilium.io/shared:
  * "false"` (as Cilium: its export is deleted, the other clusters' backends
- * still reach this cluster, its own stay local).
+ * still reach this cluster, its own stay local). `local` holds the backends
+ * of each port (same index as svc.spec.ports, LocalBackendIndex.backends());
+ * those that take new connections here are published (the wire format has no
+ * conditions: what a remote cluster sees, it uses), so a remote cluster sends
+ * to the backends this cluster's agents send to.
  */
-export function serviceValue(cluster: LocalCluster, svc: Service, pods: Iterable<Pod>): ServiceValue | undefined {
+export function serviceValue(cluster: LocalCluster, svc: Service, local: readonly (readonly LocalBackend[])[]): ServiceValue | undefined {
   if (!isGlobalService(svc)) return undefined;
   if (!isSharedService(svc)) return undefined;
   const frontends: ServiceValue['frontends'] = {};
@@ -76,14 +71,11 @@ export function serviceValue(cluster: LocalCluster, svc: Service, pods: Iterable
     frontends[vip] = ports;
   }
   const backends: ServiceValue['backends'] = {};
-  for (const pod of backendPods(svc, pods)) {
-    const ports: Record<string, WirePort> = {};
-    for (const sp of svc.spec.ports) {
-      const port = servicePortTarget(sp, pod);
-      if (port !== undefined) ports[sp.name ?? ''] = { Protocol: sp.protocol, Port: port };
+  svc.spec.ports.forEach((sp, i) => {
+    for (const b of local[i] ?? []) {
+      if (b.ready) (backends[b.ip] ??= {})[sp.name ?? ''] = { Protocol: sp.protocol, Port: b.port };
     }
-    if (Object.keys(ports).length > 0) backends[pod.status.podIP!] = ports;
-  }
+  });
   return {
     cluster: cluster.name,
     namespace: svc.metadata.namespace,

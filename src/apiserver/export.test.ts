@@ -7,7 +7,9 @@ import { ManualClock } from '../util/clock.ts';
 import { decodeIpEntry, decodeNode, decodeService, encodeService, type WireSource } from '../clustermesh/wire.ts';
 import {
   parseObject,
+  selectorBackends,
   type Endpoint,
+  type EndpointSlice,
   type Namespace,
   type Node,
   type Pod,
@@ -21,6 +23,8 @@ import { compileApiserverOptions, OptionError, parseDuration } from './options.t
 
 const log = pino({ level: 'silent' });
 const cluster: ExportCluster = { name: 'c1', id: 1, maxConnectedClusters: 255 };
+/** serviceValue with the backends the service's selector picks (the store source's path). */
+const valueOf = (s: Service, pods: Pod[]) => serviceValue(cluster, s, selectorBackends(s, pods));
 const src: WireSource = { cluster: 'c1', clusterId: 1, maxConnectedClusters: 255 };
 
 class FakeSink implements KeySink {
@@ -112,7 +116,7 @@ describe('conversion to the wire format', () => {
       pod('web-3', { app: 'web' }, undefined),
       pod('other', { app: 'other' }, '10.101.1.7'),
     ];
-    const v = serviceValue(cluster, svc('echo', { 'service.cilium.io/global': 'true' }), pods);
+    const v = valueOf(svc('echo', { 'service.cilium.io/global': 'true' }), pods);
     assert.deepEqual(v, {
       cluster: 'c1',
       namespace: 'default',
@@ -130,11 +134,11 @@ describe('conversion to the wire format', () => {
 
   it('not global → not exported; legacy annotation; shared "false" → not exported (as Cilium)', () => {
     const pods = [pod('web-1', { app: 'web' }, '10.101.1.5')];
-    assert.equal(serviceValue(cluster, svc('local', {}), pods), undefined);
-    assert.equal(serviceValue(cluster, svc('local', { 'service.cilium.io/global': 'false' }), pods), undefined);
-    assert.deepEqual(Object.keys(serviceValue(cluster, svc('legacy', { 'io.cilium/global-service': 'true' }), pods)!.backends), ['10.101.1.5']);
-    assert.equal(serviceValue(cluster, svc('n', { 'service.cilium.io/global': 'true', 'service.cilium.io/shared': 'false' }), pods), undefined);
-    const headless = serviceValue(cluster, svc('h', { 'service.cilium.io/global': 'true' }, { clusterIP: 'None' }), pods)!;
+    assert.equal(valueOf(svc('local', {}), pods), undefined);
+    assert.equal(valueOf(svc('local', { 'service.cilium.io/global': 'false' }), pods), undefined);
+    assert.deepEqual(Object.keys(valueOf(svc('legacy', { 'io.cilium/global-service': 'true' }), pods)!.backends), ['10.101.1.5']);
+    assert.equal(valueOf(svc('n', { 'service.cilium.io/global': 'true', 'service.cilium.io/shared': 'false' }), pods), undefined);
+    const headless = valueOf(svc('h', { 'service.cilium.io/global': 'true' }, { clusterIP: 'None' }), pods)!;
     assert.deepEqual(headless.frontends, {});
   });
 });
@@ -182,7 +186,7 @@ describe('per-prefix export', () => {
     const services = new ResourceCache<Service>('Service');
     const pods = new ResourceCache<Pod>('Pod');
     const sink = new FakeSink();
-    exportServices(cluster, services, pods, new PrefixExport('services', sink), log);
+    exportServices(cluster, services, { from: 'selectors', pods }, new PrefixExport('services', sink), log);
     const key = 'cilium/state/services/v1/c1/default/echo';
     services.set(svc('echo', { 'service.cilium.io/global': 'true' }));
     services.set(svc('local', {}));
@@ -207,6 +211,36 @@ describe('per-prefix export', () => {
     services.set(svc('echo', { 'service.cilium.io/global': 'true' }));
     services.remove({ namespace: 'default', name: 'echo' });
     assert.equal(sink.kv.size, 0);
+  });
+
+  it('services from EndpointSlices: the backends that take new connections, by port name; the canary waits for the slices', () => {
+    const services = new ResourceCache<Service>('Service');
+    const slices = new ResourceCache<EndpointSlice>('EndpointSlice');
+    const sink = new FakeSink();
+    exportServices(cluster, services, { from: 'endpointslices', endpointSlices: slices }, new PrefixExport('services', sink), log);
+    const key = 'cilium/state/services/v1/c1/default/echo';
+    const slice = (name: string, owner: string, eps: Array<[string, Record<string, boolean>]>): EndpointSlice =>
+      parseObject('EndpointSlice', {
+        kind: 'EndpointSlice',
+        metadata: { name, namespace: 'default', labels: { 'kubernetes.io/service-name': owner } },
+        addressType: 'IPv4',
+        endpoints: eps.map(([ip, conditions]) => ({ addresses: [ip], conditions })),
+        ports: [{ name: 'http', port: 8080 }, { name: 'dns', port: 5353, protocol: 'UDP' }],
+      });
+    services.set(svc('echo', { 'service.cilium.io/global': 'true' }));
+    services.markSynced();
+    slices.set(slice('echo-1', 'echo', [['10.101.1.5', { ready: true }], ['10.101.1.6', { ready: false }], ['10.101.1.7', { ready: false, serving: true, terminating: true }]]));
+    assert.equal(sink.synced, false, 'services listed, slices not yet');
+    slices.markSynced();
+    assert.equal(sink.synced, true);
+    const backends = () => JSON.parse(sink.kv.get(key)!).backends as Record<string, unknown>;
+    assert.deepEqual(backends(), { '10.101.1.5': { http: { Protocol: 'TCP', Port: 8080 }, dns: { Protocol: 'UDP', Port: 5353 } } });
+    // Only draining endpoints left: they are what this cluster's agents use, so they are what it offers.
+    slices.set(slice('echo-1', 'echo', [['10.101.1.7', { ready: false, serving: true, terminating: true }], ['10.101.1.8', { ready: false, serving: false, terminating: true }]]));
+    assert.deepEqual(Object.keys(backends()), ['10.101.1.7']);
+    // The slice moves to another Service: echo has none.
+    slices.set(slice('echo-1', 'other', [['10.101.1.5', { ready: true }]]));
+    assert.deepEqual(backends(), {});
   });
 });
 
@@ -309,6 +343,8 @@ describe('apiserver options', () => {
     assert.equal(c.maxConnectedClusters, 255);
     assert.equal(c.heartbeatIntervalMs, 15_000);
     assert.equal(c.identityGcGraceMs, 300_000);
+    assert.equal(c.metricsAddress, '127.0.0.1:9963');
+    assert.equal(compileApiserverOptions({ ...base, metricsAddress: '' }).metricsAddress, '', "'' turns the endpoint off");
     assert.equal(compileApiserverOptions({ ...base, clusterId: '400', maxConnectedClusters: '511' }).clusterId, 400);
     assert.equal(parseDuration('--x', '250ms'), 250);
     assert.equal(parseDuration('--x', '1.5s'), 1500);
@@ -326,6 +362,7 @@ describe('apiserver options', () => {
       [{ ...base, sessionTtl: '1' }, '--session-ttl'],
       [{ ...base, identityGcGrace: 'soon' }, '--identity-gc-grace'],
       [{ ...base, logLevel: 'loud' }, '--log-level'],
+      [{ ...base, metricsAddress: '9963' }, '--metrics-address'],
     ];
     for (const [raw, option] of cases) {
       assert.throws(

@@ -14,7 +14,7 @@ import {
   type Pod,
   type Service,
 } from '../model/index.ts';
-import { refKey, type Resource, type Unsubscribe } from '../sources/index.ts';
+import { LocalBackendIndex, refKey, type Resource, type ServiceBackendInput, type Unsubscribe } from '../sources/index.ts';
 import { ipEntryValue, nodeValue, serviceValue } from './convert.ts';
 
 /** Where desired keys go (the kvstore SyncStore has this shape). */
@@ -35,6 +35,8 @@ export interface ExportCluster {
 export class PrefixExport {
   private readonly desired = new Map<string, string>();
   private initialDone = false;
+  /** Source objects that could not be converted into a value of this prefix. */
+  errors = 0;
   private resolveInitial!: () => void;
   /** Resolves once the initial set (and the pruning of stale keys) was handed to the sink. */
   readonly initialSyncDone = new Promise<void>((r) => (this.resolveInitial = r));
@@ -87,6 +89,7 @@ export function exportNodes(cluster: ExportCluster, nodes: Resource<Node>, out: 
     try {
       out.set(key, encodeNode(nodeValue(cluster, ev.object)));
     } catch (err) {
+      out.errors++;
       log.warn({ node: ev.object.metadata.name, err: errMessage(err) }, 'node not exported');
       out.remove(key);
     }
@@ -129,6 +132,7 @@ export function exportIps(cluster: ExportCluster, endpoints: Resource<Endpoint>,
         throw new Error(`identity ${ep.status.identity.id} is outside cluster ${cluster.name}'s range`);
       value = encodeIpEntry(ipEntryValue(ep, pods.get({ namespace: ep.metadata.namespace, name: ep.metadata.name })));
     } catch (err) {
+      out.errors++;
       log.warn({ endpoint: ref, err: errMessage(err) }, 'endpoint IP not exported');
       return unclaim(ref);
     }
@@ -175,59 +179,57 @@ export function exportIps(cluster: ExportCluster, endpoints: Resource<Endpoint>,
 
 /**
  * cilium/state/services/v1/<cluster>/<ns>/<name> for every global service,
- * with the ready pods its selector picks as backends (none when not shared).
+ * with the local backends that take new connections as backends (none when
+ * not shared): from its EndpointSlices or its selector over the Pods, as the
+ * source says (serviceBackendInput), the same rule as the agents'.
  */
 export function exportServices(
   cluster: ExportCluster,
   services: Resource<Service>,
-  pods: Resource<Pod>,
+  backends: ServiceBackendInput,
   out: PrefixExport,
   log: Logger,
 ): Unsubscribe {
-  const podsByNs = new Map<string, Map<string, Pod>>();
+  const local = new LocalBackendIndex(backends);
   let servicesSynced = false;
-  let podsSynced = false;
   const recompute = (svc: Service): void => {
     const key = serviceKey(cluster.name, svc.metadata.namespace, svc.metadata.name);
     try {
-      const value = serviceValue(cluster, svc, podsByNs.get(svc.metadata.namespace)?.values() ?? []);
+      const value = serviceValue(cluster, svc, local.backends(svc));
       if (value === undefined) out.remove(key);
       else out.set(key, encodeService(value));
     } catch (err) {
+      out.errors++;
       log.warn({ service: refKey(svc.metadata), err: errMessage(err) }, 'service not exported');
       out.remove(key);
     }
   };
   const maybeSynced = (): void => {
-    if (servicesSynced && podsSynced) out.markInitialSyncDone();
+    if (servicesSynced && local.synced) out.markInitialSyncDone();
   };
-  const offPods = pods.watch((ev) => {
-    if (ev.kind === 'synced') {
-      podsSynced = true;
+  const offBackends = local.watch(
+    () => services.list(),
+    (key) => {
+      if (!local.synced) return; // the initial set is computed once, at synced
+      const [namespace, name] = [key.slice(0, key.indexOf('/')), key.slice(key.indexOf('/') + 1)];
+      const svc = services.get({ namespace, name });
+      if (svc) recompute(svc);
+    },
+    () => {
       for (const svc of services.list()) recompute(svc);
-      return maybeSynced();
-    }
-    const ns = ev.object.metadata.namespace;
-    let m = podsByNs.get(ns);
-    if (ev.kind === 'delete') m?.delete(ev.object.metadata.name);
-    else {
-      if (!m) podsByNs.set(ns, (m = new Map()));
-      m.set(ev.object.metadata.name, ev.object);
-    }
-    if (m?.size === 0) podsByNs.delete(ns);
-    if (!podsSynced) return; // the initial set is computed once, at synced
-    for (const svc of services.list()) if (svc.metadata.namespace === ns) recompute(svc);
-  });
+      maybeSynced();
+    },
+  );
   const offServices = services.watch((ev) => {
     if (ev.kind === 'synced') {
       servicesSynced = true;
       return maybeSynced();
     }
     if (ev.kind === 'delete') return out.remove(serviceKey(cluster.name, ev.object.metadata.namespace, ev.object.metadata.name));
-    if (podsSynced) recompute(ev.object);
+    if (local.synced) recompute(ev.object);
   });
   return () => {
-    offPods();
+    offBackends();
     offServices();
   };
 }

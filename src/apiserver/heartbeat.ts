@@ -31,6 +31,9 @@ export class Heartbeat {
   private loop: Promise<void> | undefined;
   private resolveFirst!: () => void;
   private beats = 0;
+  /** Failed rounds; whether the last round reached etcd. */
+  failures = 0;
+  lastRoundOk = false;
   /** Resolves after cluster-config and the first heartbeat are written. */
   readonly firstWrite = new Promise<void>((r) => (this.resolveFirst = r));
 
@@ -70,10 +73,13 @@ export class Heartbeat {
       let wait = this.o.intervalMs;
       try {
         await this.tick();
+        this.lastRoundOk = true;
         this.resolveFirst();
         backoff = 200;
       } catch (err) {
         if (this.stopCtl.signal.aborted) return;
+        this.failures++;
+        this.lastRoundOk = false;
         this.o.onError?.(err);
         wait = Math.min(backoff, this.o.intervalMs);
         backoff = Math.min(backoff * 2, 10_000);

@@ -6,6 +6,7 @@ import { dirname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import type { KvConnectionConfig } from '../kvstore/types.ts';
+import { parseListenAddress } from '../util/metrics.ts';
 import { formatPath, validateClusterId, validateClusterName, type MaxConnectedClusters } from '../model/index.ts';
 
 export interface ApiserverConfig {
@@ -22,6 +23,8 @@ export interface ApiserverConfig {
   identityGcIntervalMs: number;
   identityGcGraceMs: number;
   logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
+  /** host:port of the Prometheus endpoint (GET /metrics); '' = none. */
+  metricsAddress: string;
 }
 
 /** What the command line hands over (commander's camel-cased option values). */
@@ -35,6 +38,7 @@ export interface ApiserverRawOptions {
   identityGcInterval?: unknown;
   identityGcGrace?: unknown;
   logLevel?: unknown;
+  metricsAddress?: unknown;
 }
 
 export class OptionError extends Error {
@@ -55,6 +59,8 @@ export const APISERVER_DEFAULTS = {
   identityGcIntervalMs: 60_000,
   identityGcGraceMs: 5 * 60_000,
   logLevel: 'info' as const,
+  /** Next to the agent's 9962, so both fit one network namespace. */
+  metricsAddress: '127.0.0.1:9963',
 };
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
@@ -112,6 +118,17 @@ export function compileApiserverOptions(raw: ApiserverRawOptions): ApiserverConf
     if (!(LOG_LEVELS as readonly string[]).includes(l)) throw new OptionError('--log-level', `must be one of ${LOG_LEVELS.join(', ')}`);
     logLevel = l as ApiserverConfig['logLevel'];
   }
+  let metricsAddress = APISERVER_DEFAULTS.metricsAddress;
+  if (raw.metricsAddress !== undefined) {
+    metricsAddress = String(raw.metricsAddress);
+    if (metricsAddress !== '') {
+      try {
+        parseListenAddress(metricsAddress);
+      } catch (err) {
+        throw new OptionError('--metrics-address', `${(err as Error).message}, or '' for no metrics endpoint`);
+      }
+    }
+  }
   return {
     clusterName,
     clusterId,
@@ -122,6 +139,7 @@ export function compileApiserverOptions(raw: ApiserverRawOptions): ApiserverConf
     identityGcIntervalMs,
     identityGcGraceMs,
     logLevel,
+    metricsAddress,
   };
 }
 

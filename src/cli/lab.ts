@@ -174,6 +174,11 @@ async function findPod(state: LabState, ref: string, clusterName: string | undef
   return { pod, rec };
 }
 
+function parsePrometheusPort(v: string): number {
+  if (!/^\d+$/.test(v) || Number(v) > 65535) throw new InvalidArgumentError(`'${v}' is no port (0..65535)`);
+  return Number(v);
+}
+
 export function labCommand(): Command {
   const lab = new Command('lab').description('a whole mesh of clusters, nodes and pods on this machine (test bed)').addHelpText(
     'after',
@@ -196,14 +201,25 @@ Example:
       .option('--latency <delay>', 'one-way delay between clusters (netem on the router), e.g. 20ms', checked(validateLatency))
       .option('--loss <percent>', 'packet loss between clusters (netem on the router), e.g. 0.1%', checked(validateLoss))
       .option('--socket-lb', "socket-level load balancing: services translated once per connection at connect() in each node's pod cgroup")
+      .option('--prometheus', "run Debian's prometheus (./scripts/setup.sh --prometheus installs it) scraping every agent and apiserver of the lab; its web UI on 127.0.0.1 of this host")
+      .option('--prometheus-port <port>', 'port of the prometheus UI on 127.0.0.1 (0: any free one)', parsePrometheusPort, 9090)
       .option('--json', 'print the lab state as JSON at the end'),
   )
     .addHelpText('after', '\nExample:\n  clustermesh lab up --clusters 2 --nodes 2 --latency 20ms --lab geo\n\nProcesses keep running after this command returns; remove everything with: clustermesh lab down --lab NAME\n\nkubectl: export KUBECONFIG=$(clustermesh lab kubeconfig --lab NAME); the contexts are the cluster names.')
     .action(
-      action(async (o: LabOpts & { clusters: number; nodes: number; latency?: string; loss?: string; socketLb?: boolean; json?: boolean }) => {
+      action(async (o: LabOpts & { clusters: number; nodes: number; latency?: string; loss?: string; socketLb?: boolean; prometheus?: boolean; prometheusPort: number; json?: boolean }) => {
         const say = (l: string): void => void (o.json ? console.error(l) : console.log(l));
         let interrupted = false;
-        const up = labUp({ name: o.lab, clusters: o.clusters, nodes: o.nodes, ...(o.latency ? { latency: o.latency } : {}), ...(o.loss ? { loss: o.loss } : {}), ...(o.socketLb ? { socketLB: true } : {}), progress: say });
+        const up = labUp({
+          name: o.lab,
+          clusters: o.clusters,
+          nodes: o.nodes,
+          ...(o.latency ? { latency: o.latency } : {}),
+          ...(o.loss ? { loss: o.loss } : {}),
+          ...(o.socketLb ? { socketLB: true } : {}),
+          ...(o.prometheus ? { prometheus: true, prometheusPort: o.prometheusPort } : {}),
+          progress: say,
+        });
         const onSignal = (): void => {
           if (interrupted) return;
           interrupted = true;
@@ -221,7 +237,10 @@ Example:
           throw err;
         });
         if (o.json) console.log(JSON.stringify({ ...r.state, totalMs: r.totalMs }, null, 2));
-        else console.log(`time to all-connected: ${(r.readyMs / 1000).toFixed(2)} s\nnext: clustermesh lab apply -f FILE${o.lab !== DEFAULT_LAB_NAME ? ` --lab ${o.lab}` : ''}`);
+        else {
+          console.log(`time to all-connected: ${(r.readyMs / 1000).toFixed(2)} s\nnext: clustermesh lab apply -f FILE${o.lab !== DEFAULT_LAB_NAME ? ` --lab ${o.lab}` : ''}`);
+          if (r.state.prometheus) console.log(`prometheus: ${r.state.prometheus.url}/ (e.g. ${r.state.prometheus.url}/graph?g0.expr=rate(clustermesh_drop_count_total[1m]))`);
+        }
       }),
     );
 
@@ -446,8 +465,8 @@ Example:
   nameOption(
     lab
       .command('logs')
-      .description("print a log: a pod's container, node/NAME (agent), kubelet/NAME, apiserver, kube-apiserver (the Kubernetes API and the lab's controllers) or etcd")
-      .argument('<what>', 'POD | namespace/POD | node/NAME | kubelet/NAME | apiserver | kube-apiserver | etcd')
+      .description("print a log: a pod's container, node/NAME (agent), kubelet/NAME, apiserver, kube-apiserver (the Kubernetes API and the lab's controllers), etcd or prometheus (lab up --prometheus)")
+      .argument('<what>', 'POD | namespace/POD | node/NAME | kubelet/NAME | apiserver | kube-apiserver | etcd | prometheus')
       .option('--cluster <name>', 'cluster (default: the first; for pods: where the pod is)')
       .option('-n, --namespace <ns>', 'namespace of the pod', 'default')
       .option('-c, --container <name>', 'container of the pod (default: the first)'),
@@ -466,7 +485,10 @@ Example:
         } else if (what === 'apiserver') file = clusterOf(state, o.cluster).apiserver.logFile;
         else if (what === 'kube-apiserver') file = clusterOf(state, o.cluster).kubeApi?.logFile;
         else if (what === 'etcd') file = clusterOf(state, o.cluster).etcd.logFile;
-        else {
+        else if (what === 'prometheus') {
+          if (!state.prometheus) throw new Error(`lab ${state.name} runs no prometheus (start a lab with: clustermesh lab up --prometheus)`);
+          file = state.prometheus.logFile;
+        } else {
           const { rec } = await findPod(state, what, o.cluster, o.namespace);
           const cont = o.container ? rec.containers.find((c) => c.name === o.container) : rec.containers[0];
           if (!cont) throw new Error(`pod ${rec.namespace}/${rec.name} has no container ${o.container ?? ''}; its containers: ${rec.containers.map((c) => c.name).join(', ') || '(none started)'}`);
@@ -497,6 +519,15 @@ Example:
     .requiredOption('--config <file>', 'kube-apiserver.json written by lab up')
     .action(async (o: { config: string }) => {
       await (await import('../lab/kube-apiserver.ts')).runKubeApiServer(o.config);
+    });
+
+  lab
+    .command('forward', { hidden: true })
+    .description('relay connections on the listening socket fd 3 to --to (started by `lab up --prometheus` in the router namespace)')
+    .requiredOption('--to <host:port>', 'where to relay to, in this namespace')
+    .action(async (o: { to: string }) => {
+      (await import('../lab/prometheus.ts')).runForwarder(o.to);
+      await new Promise(() => undefined);
     });
 
   lab

@@ -130,9 +130,21 @@ test('summarize: socket LB configured on a node but a program not attached makes
 test('summarize: no nodes and no remotes is ready (a cluster not meshed yet), and JSON keys are stable', () => {
   const r = summarize([probe('c1', 1, [])], NOW);
   assert.equal(r.ready, true);
-  assert.deepEqual(Object.keys(r), ['ready', 'notReady', 'clusters', 'globalServices']);
+  assert.deepEqual(Object.keys(r), ['ready', 'notReady', 'clusters', 'globalServices', 'prometheus']);
   assert.deepEqual(Object.keys(r.clusters[0]!), ['name', 'id', 'ready', 'etcd', 'apiserver', 'kubeApi', 'nodes', 'connectivity', 'remoteClusters', 'exportedServices', 'flows', 'nodeDetails']);
   assert.equal(r.clusters[0]!.kubeApi, null, 'no Kubernetes API known (not a lab)');
+});
+
+test("summarize: a lab's prometheus is shown by URL; its process gone makes the report not ready", () => {
+  const url = 'http://127.0.0.1:9090';
+  const up = summarize([probe('c1', 1, [], { prometheus: { url, process: true } })], NOW);
+  assert.equal(up.ready, true);
+  assert.deepEqual(up.prometheus, { url, process: true });
+  assert.match(formatStatus(up), /prometheus: ok {2}http:\/\/127\.0\.0\.1:9090\//);
+  const down = summarize([probe('c1', 1, [], { prometheus: { url, process: false } })], NOW);
+  assert.equal(down.ready, false);
+  assert.match(down.notReady.join('\n'), /prometheus \(http:\/\/127\.0\.0\.1:9090\) is not running/);
+  assert.equal(summarize([probe('c1', 1, [])], NOW).prometheus, null);
 });
 
 test("summarize: a lab cluster's Kubernetes API is shown by URL; its process gone makes the cluster not ready", () => {

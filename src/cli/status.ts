@@ -11,7 +11,7 @@ import { scanConfigDir } from '../clustermesh/config.ts';
 import { clusterConfigKey, heartbeatKey, servicesPrefix, SYNCED_PREFIX_NAMES, type SyncedPrefixName } from '../clustermesh/keys.ts';
 import { decodeClusterConfig } from '../clustermesh/wire.ts';
 import { KvClient } from '../kvstore/client.ts';
-import { sameProcessAlive } from '../lab/state.ts';
+import { sameProcessAlive, type LabState } from '../lab/state.ts';
 import { action, Closer, EXIT_NOT_OK, EXIT_OK, example, outputOption, parseDurationFlag, printJson, type OutputFormat } from './common.ts';
 import { addTargetFlags, resolveTargets, type ClusterTarget, type NodeTarget, type TargetFlags } from './targets.ts';
 
@@ -50,6 +50,8 @@ export interface ClusterProbe {
   /** Names of the remote-cluster config files, null when the dir is not known. */
   configFiles: string[] | null;
   nodes: NodeProbe[];
+  /** Lab only, lab-wide: the prometheus of `lab up --prometheus` (its UI's URL, its process alive). */
+  prometheus?: { url: string; process: boolean } | null;
 }
 
 // ---- the report (exact JSON for scripts) ------------------------------------
@@ -119,6 +121,8 @@ export interface StatusReport {
   clusters: ClusterReport[];
   /** Distinct '<ns>/<name>' exported by any cluster (null when no etcd was readable). */
   globalServices: number | null;
+  /** Lab only: the prometheus of `lab up --prometheus`, null when none. */
+  prometheus: { url: string; process: boolean } | null;
 }
 
 function stats(values: number[]): MinAvgMax {
@@ -273,7 +277,9 @@ export function summarize(probes: ClusterProbe[], now: Date = new Date()): Statu
       nodeDetails,
     });
   }
-  return { ready: notReady.length === 0, notReady, clusters, globalServices: anyEtcd ? global.size : null };
+  const prometheus = probes.find((p) => p.prometheus)?.prometheus ?? null;
+  if (prometheus && !prometheus.process) notReady.push(`prometheus (${prometheus.url}) is not running (see: clustermesh lab logs prometheus)`);
+  return { ready: notReady.length === 0, notReady, clusters, globalServices: anyEtcd ? global.size : null, prometheus };
 }
 
 // ---- gathering -------------------------------------------------------------
@@ -321,6 +327,12 @@ async function probeNode(n: NodeTarget, closer: Closer): Promise<NodeProbe> {
   }
 }
 
+function prometheusOf(lab: LabState | undefined): ClusterProbe['prometheus'] {
+  if (!lab?.prometheus) return null;
+  const proc = lab.processes.find((p) => p.name === 'prometheus');
+  return { url: lab.prometheus.url, process: proc !== undefined && sameProcessAlive(proc) };
+}
+
 export async function gatherStatus(flags: TargetFlags, closer: Closer): Promise<ClusterProbe[]> {
   const t = await resolveTargets(flags, closer, { probeAgents: false });
   const nodes = await Promise.all(t.nodes.map((n) => probeNode(n, closer)));
@@ -343,6 +355,7 @@ export async function gatherStatus(flags: TargetFlags, closer: Closer): Promise<
         kubeApi: c?.lab?.kubeApi ? { url: c.lab.kubeApi.url, process: sameProcessAlive(c.lab.kubeApi) } : null,
         configFiles,
         nodes: mine,
+        prometheus: prometheusOf(t.lab),
       };
     }),
   );
@@ -386,6 +399,7 @@ export function formatStatus(r: StatusReport): string {
     if (c.exportedServices !== null) out.push(`  exports:     ${c.exportedServices} global service${c.exportedServices === 1 ? '' : 's'}`);
   }
   if (r.globalServices !== null) out.push(`global services: ${r.globalServices}`);
+  if (r.prometheus) out.push(`prometheus: ${mark(r.prometheus.process)}  ${r.prometheus.url}/  (scrapes every agent and apiserver; e.g. ${r.prometheus.url}/graph?g0.expr=clustermesh_drop_count_total)`);
   if (r.clusters.length === 0) out.push('no clusters or nodes to look at');
   out.push(r.ready ? 'ready: yes' : `ready: no\n${r.notReady.map((s) => `  - ${s}`).join('\n')}`);
   return out.join('\n');

@@ -236,6 +236,7 @@ describe('service translation (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason()
       const rev = ct.lookup(m.ct, { src: LOCAL_BACKENDS[0]!.ip, dst: CLIENT.ip, sport: BACKEND_PORT, dport: 40000, protocol: 'TCP', dir: 'revnat' });
       assert.equal(rev?.revnatId, 7);
       assert.equal(metrics.get(m.metrics, { reason: TraceReason.TRACE_TO_ENDPOINT, direction: 'egress' }).packets, 1n);
+      assert.equal(metrics.get(m.metrics, { reason: TraceReason.TRACE_SERVICE_XLATE, direction: 'egress' }).packets, 1n, 'counted as a translation besides its forward');
     });
 
     it('a sampled connection opening to a VIP names the service frontend and the backend it was translated to', () => {
@@ -284,6 +285,7 @@ describe('service translation (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason()
         assert.deepEqual(r.dataOut, f);
       }
       assert.equal([...m.ct.keys()].length, 0);
+      assert.equal(metrics.get(m.metrics, { reason: TraceReason.TRACE_SERVICE_XLATE, direction: 'egress' }).packets, 0n, 'no translation counted');
     });
 
     it('sticks: later packets follow the ct entry even when the service\'s backends change; new connections see the change', () => {

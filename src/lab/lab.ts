@@ -33,6 +33,7 @@ import { createKubeApiPki, writeKubeconfig } from './kube-api/index.ts';
 import { issueCert } from '../kvstore/pki.ts';
 import type { KubeApiReady, KubeApiServerConfig } from './kube-apiserver.ts';
 import { WORKLOAD_NODE_FLAGS } from './workload-main.ts';
+import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT, openUiSocket, prometheusBinary, startLabPrometheus, waitPrometheusReady } from './prometheus.ts';
 
 export const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
 /** The Service CIDR of every cluster (ARCHITECTURE §2); .10 is the cluster DNS. */
@@ -56,6 +57,10 @@ export interface LabUpOptions {
   readyTimeoutMs?: number;
   /** Socket-level load balancing: each agent attaches to its node's cgroup, where the kubelet runs the pods (default false). */
   socketLB?: boolean;
+  /** Run Debian's prometheus scraping every agent and apiserver (src/lab/prometheus.ts), its UI on 127.0.0.1:prometheusPort of this namespace. */
+  prometheus?: boolean;
+  /** Default 9090; 0 = any free port. */
+  prometheusPort?: number;
 }
 
 export interface LabUpResult {
@@ -207,6 +212,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
   const name = validateLabName(o.name);
   if (o.latency) validateLatency(o.latency);
   if (o.loss) validateLoss(o.loss);
+  if (o.prometheus) prometheusBinary(); // not installed: say so before building anything
   const progress = o.progress ?? (() => undefined);
   const t0 = Date.now();
   const dir = labDir(name);
@@ -226,6 +232,9 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     // A directory without state: nothing of ours can be in it that we could remove exactly.
     throw new Error(`${dir} exists but holds no lab state; remove it by hand or pick another --lab`);
   }
+
+  // The UI's port taken: say so before building anything, too.
+  const ui = o.prometheus ? await openUiSocket(o.prometheusPort ?? 9090) : undefined;
 
   const prefix = labNetnsPrefix(name);
   const state: LabState = {
@@ -439,6 +448,25 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     await startClusterDnsPods(mesh, state, progress);
     save();
 
+    if (o.prometheus) {
+      step = 'prometheus';
+      const p = await startLabPrometheus({
+        dir: join(dir, 'prometheus'),
+        routerNetns: topo.routerNetns,
+        ui: ui!,
+        cli: CLI,
+        targets: {
+          agents: state.nodes.map((n) => ({ cluster: n.cluster, node: n.name, address: `${n.underlayIP}:${AGENT_METRICS_PORT}` })),
+          apiservers: state.clusters.map((c) => ({ cluster: c.name, address: `${c.ip}:${APISERVER_METRICS_PORT}` })),
+        },
+      });
+      for (const proc of [p.prometheus, p.forwarder]) state.processes.push({ name: proc.spec.name, pid: proc.pid!, startTime: processStartTime(proc.pid!), logFile: proc.spec.logFile });
+      state.prometheus = { url: p.url, configFile: p.configFile, logFile: p.prometheus.spec.logFile };
+      save();
+      await waitPrometheusReady(p.url, p.prometheus, 60_000);
+      progress(`      prometheus (Debian's, in the router namespace) scrapes ${state.nodes.length} agents and ${state.clusters.length} apiservers every 5 s; open ${p.url}/`);
+    }
+
     step = 'finish';
     state.phase = 'up';
     state.readyMs = readyMs;
@@ -448,6 +476,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     progress(`[6/6] lab ${name} is up: ${o.clusters} clusters x ${o.nodes} nodes in ${(totalMs / 1000).toFixed(1)} s (all connected after ${(readyMs / 1000).toFixed(1)} s); state in ${dir}`);
     return { state, readyMs, totalMs };
   } catch (err) {
+    ui?.close();
     state.phase = 'failed';
     state.error = `${step}: ${(err as Error).message}`;
     try {

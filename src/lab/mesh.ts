@@ -33,6 +33,7 @@ import type { EndpointDeleteResult, EndpointInfo, EndpointRequest } from '../age
 import { readNodeMetrics } from './datapath.ts';
 import { ipBatch, run, runIn } from './exec.ts';
 import { ManagedProcess, childEnv } from './process.ts';
+import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT } from './prometheus.ts';
 import { recordTopology } from './registry.ts';
 import { clusterName, routerUnderlayIP, topologyBase, type NodeInfo, type PodInfo, type Topology } from './topology.ts';
 
@@ -326,6 +327,8 @@ class LabMesh implements Mesh {
         '--max-connected-clusters', String(this.opts.agent?.maxConnectedClusters ?? 255),
         '--etcd-config', apiserverEtcdConfig,
         '--log-level', a.logLevel ?? 'info',
+        // Metrics on the control-plane address: reachable from the router (lab up --prometheus).
+        '--metrics-address', `${ip}:${APISERVER_METRICS_PORT}`,
         ...(a.extraArgs ?? []),
       ],
       env: childEnv(),
@@ -389,6 +392,8 @@ class LabMesh implements Mesh {
       syncTimeoutSeconds: a.syncTimeoutSeconds ?? 30,
       fullSyncIntervalSeconds: a.fullSyncIntervalSeconds ?? 30,
       logLevel: a.logLevel ?? 'info',
+      // Metrics on the node's underlay address: reachable from the router (lab up --prometheus).
+      metricsAddress: `${node.underlayIP}:${AGENT_METRICS_PORT}`,
       ...(a.socketLB && node.cgroup !== undefined ? { socketLBCgroup: node.cgroup } : {}),
       ...(a.extra ?? {}),
     };

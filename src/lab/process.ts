@@ -19,6 +19,8 @@ export interface ManagedProcessSpec {
   /** Outlive this process (the lab's `up`): own session (setsid), not killed when
    * this process exits, no pdeathsig. Stop it later by its pid. Default false. */
   detached?: boolean;
+  /** File descriptors of this process passed on as fds 3, 4, ... (e.g. a listening socket). */
+  extraFds?: number[];
 }
 
 /** Environment for children: without node:test's marker, which would make a child node report as a sub-test. */
@@ -78,7 +80,7 @@ export class ManagedProcess {
     const fd = openSync(logFile, 'a');
     let child: ChildProcess;
     try {
-      child = spawn(full[0]!, full.slice(1), { stdio: ['ignore', fd, fd], env: this.spec.env ?? childEnv(), detached });
+      child = spawn(full[0]!, full.slice(1), { stdio: ['ignore', fd, fd, ...(this.spec.extraFds ?? [])], env: this.spec.env ?? childEnv(), detached });
     } finally {
       closeSync(fd);
     }

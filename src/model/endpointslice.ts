@@ -85,7 +85,9 @@ export interface SliceBackend {
 /**
  * The backends of the Service port named `portName` ('' for an unnamed port)
  * in `slices` (all slices of one Service), one per address, deduplicated by
- * ip:port (a backend listed twice keeps its first conditions).
+ * ip:port/protocol. A backend listed twice (an endpoint moving between slices)
+ * is as available as its best listing: ready or serving if either says so,
+ * terminating only if both do.
  */
 export function sliceBackends(slices: Iterable<EndpointSlice>, portName: string): SliceBackend[] {
   const out = new Map<string, SliceBackend>();
@@ -95,7 +97,13 @@ export function sliceBackends(slices: Iterable<EndpointSlice>, portName: string)
       for (const e of s.endpoints) {
         for (const ip of e.addresses) {
           const key = `${ip}:${p.port}/${p.protocol}`;
-          if (out.has(key)) continue;
+          const seen = out.get(key);
+          if (seen) {
+            seen.ready ||= endpointReady(e);
+            seen.serving ||= endpointServing(e);
+            seen.terminating &&= endpointTerminating(e);
+            continue;
+          }
           out.set(key, {
             ip,
             port: p.port,

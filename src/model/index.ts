@@ -7,5 +7,6 @@ export * from './service.ts';
 export * from './node.ts';
 export * from './endpoint.ts';
 export * from './endpointslice.ts';
+export * from './service-backends.ts';
 export * from './policy.ts';
 export * from './objects.ts';

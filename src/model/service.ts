@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { ipv4Schema, labelsSchema, objectMetaSchema } from './meta.ts';
-import { findNamedPort, isPodReady, portNumberSchema, protocolSchema, type Pod } from './pod.ts';
+import { findNamedPort, portNumberSchema, protocolSchema, type Pod } from './pod.ts';
 
 export const servicePortSchema = z.object({
   name: z.string().max(63).regex(/^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$/, 'lowercase alphanumerics and "-"').optional(),
@@ -86,11 +86,6 @@ export function servicePods(svc: Service, pods: Iterable<Pod>): Pod[] {
     out.push(p);
   }
   return out;
-}
-
-/** Pods that back `svc`: same namespace, selected, ready, with an IP, not terminated. */
-export function backendPods(svc: Service, pods: Iterable<Pod>): Pod[] {
-  return servicePods(svc, pods).filter(isPodReady);
 }
 
 /**

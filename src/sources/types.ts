@@ -13,6 +13,7 @@ import type {
   ObjectKinds,
   Pod,
   Service,
+  ServiceBackendsFrom,
 } from '../model/index.ts';
 
 /**
@@ -66,6 +67,15 @@ export interface ClusterSource {
   readonly ciliumClusterwideNetworkPolicies: Resource<CiliumClusterwideNetworkPolicy>;
   /** A Service's backends as Kubernetes publishes them (IPv4 slices). */
   readonly endpointSlices: Resource<EndpointSlice>;
+  /**
+   * Where Services' local backends come from with this source: its
+   * EndpointSlices ('endpointslices': an EndpointSlice controller maintains
+   * them, as in a Kubernetes cluster), or the Services' selectors run over its
+   * Pods ('selectors': a source without such a controller). A property of the
+   * source, not of what it has listed: an empty slice list must not switch
+   * to selectors. See LocalBackendIndex (service-backends.ts).
+   */
+  readonly serviceBackends: ServiceBackendsFrom;
   resource<K extends ObjectKind>(kind: K): Resource<ObjectKinds[K]>;
   /** Begins list+watch of every kind. */
   start(): Promise<void>;

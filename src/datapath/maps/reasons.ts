@@ -32,6 +32,8 @@ export const TraceReason = {
   TRACE_TO_OVERLAY: 2,
   TRACE_TO_STACK: 3,
   TRACE_ARP_REPLY: 4,
+  /** Not a forward of its own: a packet translated to a service backend, counted besides where it went. */
+  TRACE_SERVICE_XLATE: 5,
   /** Not a packet: an event the ring buffer had no room for. */
   TRACE_EVENT_LOST: 127,
 } as const;
@@ -75,6 +77,7 @@ const DESCRIPTIONS: Readonly<Record<DropReasonName | TraceReasonName, string>> =
   TRACE_TO_OVERLAY: 'to overlay',
   TRACE_TO_STACK: 'to stack',
   TRACE_ARP_REPLY: 'ARP reply',
+  TRACE_SERVICE_XLATE: 'translated to a service backend',
   TRACE_EVENT_LOST: 'event lost',
 };
 

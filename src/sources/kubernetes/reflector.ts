@@ -57,6 +57,8 @@ export interface ReflectorStatus {
   lastError: { message: string; at: number } | undefined;
   /** Objects whose latest version failed to parse (the cache keeps their last good one): key → error. */
   problems: Map<string, string>;
+  /** Objects the mesh does not carry (an IPv6 EndpointSlice, an ExternalName Service): key → why. */
+  skipped: Map<string, string>;
 }
 
 /** Thrown inside the loop: a 410 from a watch (the loop re-lists without backoff). */
@@ -77,6 +79,7 @@ export class Reflector {
     resourceVersion: undefined,
     lastError: undefined,
     problems: new Map(),
+    skipped: new Map(),
   };
 
   constructor(
@@ -192,6 +195,7 @@ export class Reflector {
   private prune(listed: ReadonlySet<string>): void {
     for (const key of this.cache.keys()) if (!listed.has(key)) this.remove(key);
     for (const key of [...this.status.problems.keys()]) if (!listed.has(key)) this.status.problems.delete(key);
+    for (const key of [...this.status.skipped.keys()]) if (!listed.has(key)) this.status.skipped.delete(key);
     this.cache.markSynced();
     this.status.synced = true;
   }
@@ -200,12 +204,14 @@ export class Reflector {
     const slash = key.indexOf('/');
     this.cache.remove(slash >= 0 ? { namespace: key.slice(0, slash), name: key.slice(slash + 1) } : { name: key });
     this.status.problems.delete(key);
+    this.status.skipped.delete(key);
   }
 
   /**
    * Converts and caches one object; returns its key when it is (or stays) in
-   * the cache. An object that fails its schema is reported and its last good
-   * version stays; an object the mesh does not carry is removed.
+   * the cache or is skipped. An object that fails its schema is reported and
+   * its last good version stays; an object the mesh does not carry is removed
+   * and listed with the reason in status.skipped.
    */
   private apply(raw: unknown): string | undefined {
     const ref = rawRef(this.kind, raw);
@@ -225,8 +231,10 @@ export class Reflector {
     this.status.problems.delete(key);
     if ('skip' in converted) {
       this.cache.remove(ref);
-      return undefined;
+      this.status.skipped.set(key, converted.skip);
+      return key;
     }
+    this.status.skipped.delete(key);
     this.cache.set(converted.object);
     return key;
   }

@@ -55,12 +55,17 @@ export interface KubernetesSourceOptions extends Omit<ReflectorOptions, 'onProbl
   onHandlerError?: (kind: ObjectKind, err: unknown) => void;
 }
 
-export type KubernetesSourceStatus = Record<KubeKind, Omit<ReflectorStatus, 'problems'> & { objects: number; problems: Record<string, string> }>;
+export type KubernetesSourceStatus = Record<
+  KubeKind,
+  Omit<ReflectorStatus, 'problems' | 'skipped'> & { objects: number; problems: Record<string, string>; skipped: Record<string, string> }
+>;
 
 type Caches = { [K in KubeKind]: ResourceCache<ObjectKinds[K]> };
 
 export class KubernetesSource implements ClusterSource {
   readonly type = 'kubernetes' as const;
+  /** The cluster's EndpointSlice controller (kube-controller-manager, or the lab's) is the truth about backends. */
+  readonly serviceBackends = 'endpointslices' as const;
   private readonly caches: Caches;
   private readonly endpointResource: Resource<Endpoint>;
   private readonly reflectors = new Map<KubeKind, Reflector>();
@@ -157,9 +162,9 @@ export class KubernetesSource implements ClusterSource {
     const out = {} as KubernetesSourceStatus;
     for (const kind of KUBE_KIND_NAMES) {
       const s = this.reflectors.get(kind)?.status;
-      const base = s ?? { synced: false, watching: false, absent: false, lists: 0, watches: 0, expired: 0, resourceVersion: undefined, lastError: undefined, problems: new Map<string, string>() };
-      const { problems, ...rest } = base;
-      out[kind] = { ...rest, objects: this.caches[kind].keys().length, problems: Object.fromEntries(problems) };
+      const base = s ?? { synced: false, watching: false, absent: false, lists: 0, watches: 0, expired: 0, resourceVersion: undefined, lastError: undefined, problems: new Map<string, string>(), skipped: new Map<string, string>() };
+      const { problems, skipped, ...rest } = base;
+      out[kind] = { ...rest, objects: this.caches[kind].keys().length, problems: Object.fromEntries(problems), skipped: Object.fromEntries(skipped) };
     }
     return out;
   }

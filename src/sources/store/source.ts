@@ -42,6 +42,8 @@ type Caches = { [K in ObjectKind]: ResourceCache<ObjectKinds[K]> };
 
 export class StoreSource implements ClusterSource {
   readonly type = 'store' as const;
+  /** No EndpointSlice controller writes to the store: backends come from the Services' selectors. */
+  readonly serviceBackends = 'selectors' as const;
   private readonly caches: Caches;
   private readonly stores = new Map<ObjectKind, WatchStore>();
   private started = false;
