@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The `clustermesh` executable. Runs the compiled JavaScript in dist/js/
 // (built from src/ by scripts/setup.sh) and only what the command needs:
-//   clustermesh cni                       -> dist/js/cni.js (the CNI plugin, no CLI framework)
+//   clustermesh cni                       -> dist/js/cni.js (runs the CNI plugin executable, cni/build/clustermesh-cni)
 //   clustermesh lab workload echo|client  -> dist/js/workload.js (what lab pods run)
 //   anything else                         -> dist/js/main.js (commands load their code when they run)
 // When dist/ is missing or older than src/, it runs src/ through tsx instead

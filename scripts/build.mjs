@@ -17,7 +17,7 @@ import { buildInputs, DIST, readStamp, ROOT, STAMP } from '../bin/dist.js';
 // The entry points bin/clustermesh.js loads (each exports main(argv)).
 export const ENTRIES = {
   main: 'src/cli/main.ts', // the whole CLI (commands load their code when they run)
-  cni: 'src/cni/main.ts', // `clustermesh cni`: the CNI plugin, without the CLI framework
+  cni: 'src/cni/main.ts', // `clustermesh cni`: runs the CNI plugin executable (cni/), without the CLI framework
   workload: 'src/lab/workload-main.ts', // `clustermesh lab workload echo|client`: what lab pods run
 };
 
@@ -69,6 +69,19 @@ await build({
   plugins: [zodEnglishOnly],
   chunkNames: 'chunk-[hash]',
   sourcemap: 'linked',
+  logLevel: 'warning',
+});
+// What lab pods run (src/lab/workload-pod.ts): one CommonJS file, so node
+// starts it without the ES module loader (about 3 MB less resident per pod).
+await build({
+  absWorkingDir: ROOT,
+  entryPoints: ['src/lab/workload-pod.ts'],
+  outfile: join(next, 'workload-pod.cjs'),
+  bundle: true,
+  format: 'cjs',
+  platform: 'node',
+  target: 'node20',
+  minify: true,
   logLevel: 'warning',
 });
 writeFileSync(join(next, 'BUILD.json'), JSON.stringify({ ...inputs, hash, checkedMs }) + '\n');

@@ -2,27 +2,38 @@
 # Installs everything clustermesh needs on a Debian machine, as root, and is
 # safe to run any number of times: missing Debian packages, npm packages
 # (npm ci when package-lock.json changed), the compiled CLI in dist/ (rebuilt
-# when a source changed, see scripts/build.mjs) and the compiled BPF objects.
-# With --prometheus also Debian's prometheus, for `clustermesh lab up
-# --prometheus` (not installed by default: the default setup stays as fast).
+# when a source changed, see scripts/build.mjs), the compiled BPF objects and
+# the CNI plugin executable (cni/).
+#
+#   --prometheus  also Debian's prometheus, for `clustermesh lab up --prometheus`
+#                 (scripts/test.sh asks for it: test/metrics-lab.test.ts)
+#   --browser     also Debian's chromium: the headless browser test/ui.test.ts
+#                 drives (scripts/test.sh asks for it)
+# Neither is installed by default: the demo's setup stays as fast.
 set -euo pipefail
 WITH_PROMETHEUS=0
+WITH_BROWSER=0
 for arg in "$@"; do
   case "$arg" in
     --prometheus) WITH_PROMETHEUS=1 ;;
-    -h|--help) echo "usage: scripts/setup.sh [--prometheus]"; exit 0 ;;
-    *) echo "setup: unknown argument '$arg' (usage: scripts/setup.sh [--prometheus])" >&2; exit 2 ;;
+    --browser) WITH_BROWSER=1 ;;
+    -h|--help) echo "usage: scripts/setup.sh [--prometheus] [--browser]"; exit 0 ;;
+    *) echo "setup: unknown argument '$arg' (usage: scripts/setup.sh [--prometheus] [--browser])" >&2; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(
   clang llvm libbpf-dev bpftool linux-libc-dev make   # compile and inspect the BPF datapath
+  libc6-dev                                            # the CNI plugin executable (cni/), linked statically
   iproute2 iputils-ping tcpdump ethtool curl util-linux procps # namespaces, links, tc, ping, captures, HTTP checks, setpriv/taskset, sysctl
   etcd-server etcd-client openssl                      # the mesh kvstore with mutual TLS
   iperf3 sockperf iptables                             # benchmarks (iptables: bench/services' kube-proxy baseline)
   openvpn                                              # bench/peers: the VPN row
 )
+if [ "$WITH_BROWSER" = 1 ]; then
+  DEB_PACKAGES+=(chromium) # test/ui.test.ts: the web view in a real headless browser
+fi
 
 [ "$WITH_PROMETHEUS" -eq 1 ] && DEB_PACKAGES+=(prometheus)  # lab up --prometheus
 
@@ -67,3 +78,6 @@ fi
 node scripts/build.mjs
 
 make -s -C bpf
+
+# The CNI plugin executable a kubelet runs (C, no Node.js): cni/build/clustermesh-cni.
+make -s -C cni

@@ -3,8 +3,9 @@
 # test (unit, BPF program tests, integration tests) with node's test runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# --prometheus: test/metrics-lab.test.ts runs a lab with Debian's prometheus.
-bash scripts/setup.sh --prometheus
+# --prometheus: test/metrics-lab.test.ts runs a lab with Debian's prometheus;
+# --browser: chromium, for the web view's test (test/ui.test.ts).
+bash scripts/setup.sh --prometheus --browser
 # What a crashed earlier run left behind (its creator is gone) would trip this one.
 ./bin/clustermesh.js lab sweep
 echo "test: type-checking"

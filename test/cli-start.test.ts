@@ -28,7 +28,7 @@ test('--version, --help and a command loaded on demand with all its options', { 
   assert.equal((await cli(['--version'])).stdout.trim(), '0.1.0');
   const help = await cli(['--help']);
   assert.equal(help.code, 0);
-  for (const c of ['demo', 'lab', 'agent', 'cni', 'status', 'inspect', 'observe', 'troubleshoot', 'install', 'uninstall', 'enable', 'connect', 'disconnect']) assert.match(help.stdout, new RegExp(`^  ${c}\\b`, 'm'), c);
+  for (const c of ['demo', 'lab', 'agent', 'cni', 'status', 'inspect', 'observe', 'ui', 'troubleshoot', 'install', 'uninstall', 'enable', 'connect', 'disconnect']) assert.match(help.stdout, new RegExp(`^  ${c}\\b`, 'm'), c);
   const status = await cli(['help', 'status']);
   assert.match(status.stdout, /--wait-duration <duration>/);
   const echo = await cli(['lab', 'workload', 'echo', '--help']);
@@ -84,7 +84,7 @@ test('lab workload echo and client run from their own entry; bad flags get the f
 // reach no package at all (zod's schemas were most of the plugin's start; the
 // workloads take no CLI framework), only node: builtins and their own sources.
 test('the CNI plugin and the lab workloads load no package, only node: builtins', async () => {
-  for (const entry of ['src/cni/main.ts', 'src/lab/workload-main.ts']) {
+  for (const entry of ['src/cni/main.ts', 'src/lab/workload-main.ts', 'src/lab/workload-pod.ts']) {
     const r = await build({ absWorkingDir: ROOT, entryPoints: [entry], bundle: true, format: 'esm', platform: 'node', packages: 'external', write: false, metafile: true, outdir: 'out', logLevel: 'error' });
     const imports = Object.values(r.metafile.outputs).flatMap((o) => o.imports.map((i) => i.path));
     assert.ok(imports.some((p) => p.startsWith('node:')), `${entry}: the metafile lists its imports`);

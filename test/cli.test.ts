@@ -11,10 +11,9 @@ import { existsSync } from 'node:fs';
 import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { DEFAULT_BPFFS_ROOT } from '../src/datapath/bpffs.ts';
 import { runIn } from '../src/lab/exec.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
-import { labStateSchema, writeLabState, type LabState } from '../src/lab/state.ts';
+import { writeLabState, type LabState } from '../src/lab/state.ts';
 import { createTopology, destroyTopology, type PodInfo, type Topology } from '../src/lab/topology.ts';
 import type { StatusReport } from '../src/cli/status.ts';
 import type { IpcacheRow, EndpointRow } from '../src/cli/inspect.ts';
@@ -23,6 +22,7 @@ import { AgentClient } from '../src/agent/client.ts';
 import { readNodeMetrics } from '../src/lab/datapath.ts';
 import { StoreWriter } from '../src/sources/index.ts';
 import type { TroubleshootReport } from '../src/cli/troubleshoot.ts';
+import { meshLabState } from './helpers/lab-state.ts';
 
 const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
 /** Flows each agent keeps (flowBufferSize): small, so that the limit is seen to hold. */
@@ -72,47 +72,7 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
   };
   const pod = (c: number): PodInfo => topo!.pods.find((p) => p.cluster === c && p.index === 1)!;
 
-  function labState(): LabState {
-    const m = mesh!;
-    return labStateSchema.parse({
-      version: 1,
-      name: labName,
-      createdAt: new Date().toISOString(),
-      pid: process.pid,
-      phase: 'up',
-      bpffsRoot: DEFAULT_BPFFS_ROOT,
-      router: { netns: topo!.routerNetns },
-      // Empty: nothing here is the lab's to remove (the test tears the mesh down itself).
-      namespaces: [],
-      pinDirs: [],
-      clusters: m.clusters.map((c) => {
-        const rootConn = c.etcd.connection('root');
-        return {
-          name: c.name,
-          id: c.id,
-          netns: c.netns,
-          ip: c.ip,
-          dir: c.dir,
-          etcd: { endpoints: [c.etcd.endpoint], localEndpoints: [c.etcd.localEndpoint], caFile: c.etcd.caFile, certFile: rootConn.certFile, keyFile: rootConn.keyFile, dir: c.etcd.dir, logFile: c.etcd.logFile, ...(c.etcd.pid ? { pid: c.etcd.pid } : {}) },
-          apiserver: { logFile: join(c.dir, 'apiserver.log'), ...(c.apiserver.pid ? { pid: c.apiserver.pid } : {}) },
-          remoteConfigDir: c.remoteConfigDir,
-        };
-      }),
-      nodes: m.agents.map((a) => ({
-        name: a.node.name,
-        cluster: a.cluster.name,
-        netns: a.node.netns,
-        underlayIP: a.node.underlayIP,
-        podCIDR: a.node.podCIDR,
-        pinDir: a.pinDir,
-        socket: a.socket,
-        stateDir: a.stateDir,
-        configFile: a.configFile,
-        logFile: a.logFile,
-        ...(a.process.pid ? { pid: a.process.pid } : {}),
-      })),
-    });
-  }
+  const labState = (): LabState => meshLabState(labName, mesh!, topo!);
 
   before(async () => {
     root = await mkdtemp(join(tmpdir(), 'cmtc-labs-'));

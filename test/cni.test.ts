@@ -1,4 +1,5 @@
-// The CNI plugin as a runtime calls it: the real `clustermesh cni` executable,
+// The CNI plugin as a runtime calls it: the real plugin executable
+// (cni/build/clustermesh-cni, the C program that relays to the node's agent),
 // run inside a node's namespace of a live mesh (etcd, apiserver, agents), with
 // the CNI_* environment and the network config on stdin. Pod namespaces are
 // made here with `ip netns add`, as a container runtime would.
@@ -6,7 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readlinkSync } from 'node:fs';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { hostIfNameFor } from '../src/cni/plugin.ts';
@@ -16,6 +17,7 @@ import { childEnv } from '../src/lab/process.ts';
 import { createTopology, destroyTopology, type NodeInfo, type PodInfo, type Topology } from '../src/lab/topology.ts';
 
 const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
+const PLUGIN = resolve(import.meta.dirname, '..', 'cni', 'build', 'clustermesh-cni');
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 interface PluginRun {
@@ -54,10 +56,10 @@ describe('cni: the plugin binary against a live mesh (1 cluster x 2 nodes)', { t
       .filter(([, a]) => a.containerID === containerID)
       .map(([ip]) => ip);
 
-  /** Runs `clustermesh cni` in the node's namespace, as the kubelet would. */
-  function plugin(n: NodeInfo, env: Record<string, string>, conf: unknown): Promise<PluginRun> {
+  /** Runs the plugin executable in the node's namespace, as the kubelet would (`viaCli`: as `clustermesh cni`). */
+  function plugin(n: NodeInfo, env: Record<string, string>, conf: unknown, viaCli = false): Promise<PluginRun> {
     return new Promise((resolvePromise, reject) => {
-      const child = spawn('ip', ['netns', 'exec', n.netns, process.execPath, CLI, 'cni'], {
+      const child = spawn('ip', ['netns', 'exec', n.netns, ...(viaCli ? [process.execPath, CLI, 'cni'] : [PLUGIN])], {
         env: childEnv({ CNI_PATH: '/opt/cni/bin', ...env }),
         stdio: ['pipe', 'pipe', 'pipe'],
       });
@@ -136,10 +138,19 @@ describe('cni: the plugin binary against a live mesh (1 cluster x 2 nodes)', { t
     }
   });
 
-  test('VERSION through the binary', async () => {
+  test('VERSION through the executable and through `clustermesh cni`, which runs it', async () => {
     const r = await plugin(node(1), { CNI_COMMAND: 'VERSION' }, { cniVersion: '1.0.0' });
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(r.json, { cniVersion: '1.0.0', supportedVersions: ['1.0.0'] });
+    const viaCli = await plugin(node(1), { CNI_COMMAND: 'VERSION' }, { cniVersion: '0.4.0' }, true);
+    assert.equal(viaCli.code, 0, viaCli.stderr);
+    assert.deepEqual(viaCli.json, { cniVersion: '0.4.0', supportedVersions: ['1.0.0'] });
+  });
+
+  test('the executable is not a node process: a static program that relays to the agent', () => {
+    const head = readFileSync(PLUGIN).subarray(0, 4);
+    assert.deepEqual([...head], [0x7f, 0x45, 0x4c, 0x46], 'an ELF executable, not a script');
+    assert.doesNotMatch(readFileSync(PLUGIN, 'latin1'), /\0libnode|node_modules/, 'no Node.js in it');
   });
 
   test('ADD wires the pod (veth, MTU, /32, static gateway, default route), registers it, and it reaches pods on both nodes; repeated ADD and CHECK agree; DEL removes everything, twice', async () => {
@@ -290,6 +301,10 @@ describe('cni: the plugin binary against a live mesh (1 cluster x 2 nodes)', { t
       [netconf(n1, { type: 'bridge' }), 7, /type: must be "clustermesh"/],
       [netconf(n1, { cniVersion: '0.4.0' }), 1, /incompatible CNI version 0\.4\.0/],
       ['not json', 6, /not JSON/],
+      ['{"cniVersion": "1.0.0", "agentSocket": ', 6, /not JSON: .* at byte \d+/],
+      [{ ...netconf(n1), agentSocket: undefined }, 7, /^invalid network config: agentSocket: required/],
+      [netconf(n1, { agentSocket: 'agent.sock' }), 7, /^invalid network config: agentSocket: must be an absolute path/],
+      [netconf(n1, { ipam: {} }), 7, /^invalid network config: ipam\.podCIDR: required/],
     ];
     for (const [conf, code, re] of cases) {
       const r = await plugin(n1, cniEnv('ADD', 'cmt-pod-bad', ns), conf);
@@ -318,38 +333,112 @@ describe('cni: the plugin binary against a live mesh (1 cluster x 2 nodes)', { t
     await run(['ip', '-n', n1.netns, 'route', 'replace', `${victim.ip}/32`, 'dev', victim.hostIfName, 'scope', 'link']);
   });
 
-  test('agent down: ADD answers code 11 and leaves nothing; DEL answers 11 and keeps the address for the retry', async () => {
+  test('agent down: ADD, CHECK and DEL answer code 11 and change nothing; the retried DEL after the restart removes everything', async () => {
     const n2 = node(2);
     const ns = await newPodNetns('down');
     const env = cniEnv('ADD', 'cmt-pod-down', ns);
     // First a pod that exists, to see DEL's behaviour with the agent gone.
-    const up = await plugin(n2, cniEnv('ADD', 'cmt-pod-up', await newPodNetns('up')), netconf(n2));
+    const nsUp = await newPodNetns('up');
+    const up = await plugin(n2, cniEnv('ADD', 'cmt-pod-up', nsUp), netconf(n2));
     assert.equal(up.code, 0, up.stdout);
     await m().stopAgent(n2);
 
     const r = await plugin(n2, env, netconf(n2));
     assert.equal(r.code, 1, r.stdout);
     assert.equal(r.json.code, 11);
-    assert.match(r.json.msg, /not reachable/);
+    assert.match(r.json.msg, /^agent at .*agent\.sock is not reachable \((ENOENT|ECONNREFUSED)\)/);
     assert.equal(await linkExists(n2.netns, hostIfNameFor('cmt-pod-down')), false);
     assert.equal(await linkExists(ns, 'eth0'), false);
     assert.deepEqual(allocatedTo(n2, 'cmt-pod-down'), []);
 
-    const d = await plugin(n2, cniEnv('DEL', 'cmt-pod-up', ns), netconf(n2));
+    const c = await plugin(n2, { ...cniEnv('CHECK', 'cmt-pod-up', nsUp) }, netconf(n2, { prevResult: up.json }));
+    assert.equal(c.json?.code, 11, c.stdout);
+    const d = await plugin(n2, cniEnv('DEL', 'cmt-pod-up', nsUp), netconf(n2));
     assert.equal(d.json?.code, 11, d.stdout);
-    assert.equal(await linkExists(n2.netns, hostIfNameFor('cmt-pod-up')), false, 'the veth is gone anyway');
+    // The work is the agent's: with it gone the pod's wiring and address stay until the runtime retries.
+    assert.equal(await linkExists(n2.netns, hostIfNameFor('cmt-pod-up')), true, 'the veth is kept for the retry');
     assert.equal(allocatedTo(n2, 'cmt-pod-up').length, 1, 'the address is kept until the agent lets go');
 
     await m().restartAgent(n2);
     // The runtime's retry; code 11 again only means "not yet" (the restarted agent may still be restoring).
-    let d2 = await plugin(n2, cniEnv('DEL', 'cmt-pod-up', ns), netconf(n2));
+    let d2 = await plugin(n2, cniEnv('DEL', 'cmt-pod-up', nsUp), netconf(n2));
     for (let i = 0; i < 20 && d2.json?.code === 11; i++) {
       console.log(`# DEL retry after restart: ${d2.json.msg}`);
       await sleep(500);
-      d2 = await plugin(n2, cniEnv('DEL', 'cmt-pod-up', ns), netconf(n2));
+      d2 = await plugin(n2, cniEnv('DEL', 'cmt-pod-up', nsUp), netconf(n2));
     }
     assert.equal(d2.code, 0, d2.stdout);
-    assert.deepEqual(allocatedTo(n2, 'cmt-pod-up'), []);
-    assert.equal((await m().agent(n2).api.listEndpoints()).find((e) => e.containerID === 'cmt-pod-up'), undefined);
+    await assertNothingLeft(n2, 'cmt-pod-up', nsUp);
+  });
+});
+
+// The executable's own answers when what listens on agentSocket is not a working agent
+// (no mesh: a unix socket in a temporary directory).
+describe('cni: the plugin executable against sockets that do not answer as an agent', () => {
+  async function withServer(handler: (sock: import('node:net').Socket) => void, fn: (socketPath: string) => Promise<void>): Promise<void> {
+    const { createServer } = await import('node:net');
+    const dir = await mkdtemp(join(tmpdir(), 'cmt-cni-sock-'));
+    const socketPath = join(dir, 'agent.sock');
+    const server = createServer(handler);
+    await new Promise<void>((r) => server.listen(socketPath, r));
+    try {
+      await fn(socketPath);
+    } finally {
+      await new Promise((r) => server.close(r));
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+  function runPlugin(env: Record<string, string>, conf: unknown): Promise<{ code: number | null; json: any; stdout: string }> {
+    return new Promise((done, fail) => {
+      const child = spawn(PLUGIN, [], { env: childEnv(env), stdio: ['pipe', 'pipe', 'inherit'] });
+      let stdout = '';
+      child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+      child.once('error', fail);
+      child.once('close', (code) => done({ code, stdout, json: stdout.trim() ? JSON.parse(stdout) : undefined }));
+      child.stdin.end(JSON.stringify(conf));
+    });
+  }
+  const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'cmt-sock', CNI_NETNS: '/proc/self/ns/net', CNI_IFNAME: 'eth0', CNI_ARGS: 'K8S_POD_NAMESPACE=default;K8S_POD_NAME=x' };
+  const conf = (agentSocket: string) => ({ cniVersion: '1.0.0', name: 'cm', type: 'clustermesh', agentSocket, ipam: { podCIDR: '10.101.1.0/24' } });
+
+  test('a socket that closes without an answer: code 11', async () => {
+    await withServer((s) => s.once('data', () => s.destroy()), async (sock) => {
+      const r = await runPlugin(env, conf(sock));
+      assert.equal(r.code, 1, r.stdout);
+      assert.equal(r.json.code, 11);
+      assert.match(r.json.msg, /closed the connection without a complete answer|not reachable \(ECONNRESET\)/);
+    });
+  });
+
+  test('an HTTP server without /v1/cni (an older agent): code 999 naming the status', async () => {
+    const body = '{"error":"POST /v1/cni: no such route","code":"not-found"}';
+    await withServer((s) => s.once('data', () => s.end(`HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`)), async (sock) => {
+      const r = await runPlugin(env, conf(sock));
+      assert.equal(r.json.code, 999, r.stdout);
+      assert.match(r.json.msg, /does not serve CNI requests \(HTTP 404\): .*no such route/);
+    });
+  });
+
+  test('the request carries the CNI_* variables (percent-encoded) and stdin as is; the answer is printed with its exit code', async () => {
+    let request = '';
+    const answer = '{"cniVersion":"1.0.0","code":7,"msg":"from the agent"}\n';
+    await withServer(
+      (s) => {
+        s.on('data', (d: Buffer) => {
+          request += d.toString();
+          const [head, rest] = request.split('\r\n\r\n');
+          const len = Number(/content-length: (\d+)/i.exec(head ?? '')?.[1]);
+          if (rest !== undefined && Buffer.byteLength(rest) >= len) s.end(`HTTP/1.1 200 OK\r\nX-Cni-Exit-Code: 3\r\ncontent-length: ${answer.length}\r\n\r\n${answer}`);
+        });
+      },
+      async (sock) => {
+        const r = await runPlugin({ ...env, CNI_ARGS: 'K8S_POD_NAMESPACE=default;K8S_POD_NAME=a b&c' }, conf(sock));
+        assert.equal(r.code, 3);
+        assert.equal(r.stdout, answer);
+        const line = request.split('\r\n')[0]!;
+        assert.match(line, /^POST \/v1\/cni\?CNI_COMMAND=ADD&CNI_CONTAINERID=cmt-sock&CNI_NETNS=%2Fproc%2Fself%2Fns%2Fnet&CNI_IFNAME=eth0&CNI_ARGS=K8S_POD_NAMESPACE%3Ddefault%3BK8S_POD_NAME%3Da%20b%26c HTTP\/1\.1$/);
+        assert.deepEqual(JSON.parse(request.split('\r\n\r\n')[1]!), conf(sock));
+      },
+    );
   });
 });

@@ -1,7 +1,9 @@
 // bench/startup: what a process costs before it does anything, and what the
 // processes a lab runs keep resident (issue 20).
 //   compiled: today's path, bin/clustermesh.js running dist/js (built by setup);
-//             an echo pod as the lab runs it (node with WORKLOAD_NODE_FLAGS).
+//             an echo pod as the lab runs it (node with WORKLOAD_NODE_FLAGS); the CNI
+//             plugin as a kubelet runs it: the C executable cni/build/clustermesh-cni,
+//             which relays to the agent (the plugin's work runs in the agent).
 //   tsx:      the old path, measured in the same run: the sources of the commit
 //             before dist/ existed (parent of the commit that added
 //             scripts/build.mjs), run through tsx with every command imported
@@ -10,28 +12,32 @@
 // Parts (--only a,b; each runs alone; all by default):
 //   start   version_ms, help_ms: wall time of `clustermesh --version` / `--help` (`node-floor`: `node -e 0`);
 //           version_cpu_ms, help_cpu_ms: user+system CPU time of the same (bash `times`);
-//           cni_version_ms, _cpu_ms: `clustermesh cni` with CNI_COMMAND=VERSION, the plugin's start cost
+//           cni_version_ms, _cpu_ms: the CNI plugin with CNI_COMMAND=VERSION, the plugin's start cost
 //   echo    an idle `clustermesh lab workload echo` that answered one request: echo_rss_mb (VmRSS),
 //           echo_anon_mb (RssAnon), echo_private_mb (Private_Clean + Private_Dirty of smaps_rollup:
 //           what the pod alone holds; the rest of VmRSS is the node binary's pages, shared by every
-//           pod); after --echo-requests sequential keep-alive requests: echo_busy_rss_mb,
+//           pod), echo_pss_mb (Pss of smaps_rollup: private pages plus its share of the shared ones,
+//           with the bench's other node processes as the only sharers; see pods for a lab's);
+//           `via-bin` is the same echo started through bin/clustermesh.js (an ES module entry) instead
+//           of the CommonJS build lab pods run (dist/js/workload-pod.cjs); after --echo-requests
+//           sequential keep-alive requests: echo_busy_rss_mb,
 //           echo_busy_anon_mb, echo_rps (requests per second of those). `node-floor` is a bare
-//           node:http server. Configs `flags:none` and `flags:<flag>` run the compiled echo with no
+//           node:http server (an ES module; `node-floor-cjs`: the same as CommonJS). Configs `flags:none` and `flags:<flag>` run the compiled echo with no
 //           node flag and with each candidate flag alone: what each flag gives.
 //   cni     cni_add_ms: a CNI ADD against a real agent (1 cluster x 1 node), spawn to exit, run in
-//           the node's namespace with nsenter as a kubelet there would; cni_add_agent_ms: the time
-//           the plugin waited for the agent's answers, measured inside the plugin
-//           (CLUSTERMESH_CNI_TIMING=1); cni_add_excl_agent_ms: the difference (for the tsx row, the
-//           compiled rows' median agent time subtracted; `node-floor`: `nsenter node -e 0`);
-//           cni_add_start_ms: process start to the plugin's first line; cni_add_commands_ms and
-//           cni_add_commands: the ip/nsenter/sysctl commands the plugin ran
+//           the node's namespace with nsenter as a kubelet there would; cni_add_agent_ms: the agent's
+//           own time on the request (veth, IPAM, endpoint: the X-Cni-Agent-Ms the executable prints
+//           with CLUSTERMESH_CNI_TIMING=1); cni_add_excl_agent_ms: the difference (for the tsx row,
+//           which did the same work in its own process, the compiled rows' median agent time
+//           subtracted; `node-floor`: `nsenter node -e 0`; `exec-floor`: `nsenter true`)
 //   agent   agent_rss_mb, agent_anon_mb: the agent's VmRSS and RssAnon with 0 / 100 / 1000 local
 //           endpoints (params.endpoints; compiled only). The bench's node gets a /22 pod CIDR (the
 //           lab's nodes have a /24) so that 1,000 endpoints fit; each endpoint is a veth pair in the
 //           node added through the agent's endpoint API, the call the CNI plugin makes.
 //   pods    pods_ready_s: --pods echo pods (a Deployment per cluster, split evenly) on a 2 x 2 lab,
 //           apply to all ready; lab_echo_rss_mb, lab_echo_anon_mb: VmRSS and RssAnon of those pods
-//           once ready (one sample per pod); lab_agent_rss_mb: the lab's agents then.
+//           once ready (one sample per pod), lab_echo_pss_mb: their Pss (the node binary's shared
+//           pages split among the pods that map them); lab_agent_rss_mb: the lab's agents then.
 // Results: bench/results/startup-partial.json, or startup.json with --write (a full run only:
 // the published table reads that file).
 // Usage: npm run bench -- startup [--only start,echo,cni,agent,pods] [--reps 10] [--echo-reps 3]
@@ -47,11 +53,13 @@ import { ipBatch, run } from '../../src/lab/exec.ts';
 import { startMesh, type Mesh } from '../../src/lab/mesh.ts';
 import { childEnv } from '../../src/lab/process.ts';
 import { createTopology, destroyTopology, type NodeInfo, type Topology } from '../../src/lab/topology.ts';
+import { WORKLOAD_POD_ENTRY } from '../../src/lab/lab.ts';
 import { WORKLOAD_NODE_FLAGS } from '../../src/lab/workload-main.ts';
 import { median, printTable, summarize, writeResults, type Sample } from '../lib/results.ts';
 
 const ROOT = resolve(import.meta.dirname, '..', '..');
 const CLI = join(ROOT, 'bin', 'clustermesh.js');
+const CNI_PLUGIN = join(ROOT, 'cni', 'build', 'clustermesh-cni');
 const PARTS = ['start', 'echo', 'cni', 'agent', 'pods'] as const;
 type Part = (typeof PARTS)[number];
 /** Node flags tried one by one on the echo pod (echo part). */
@@ -124,7 +132,8 @@ if (!SKIP_TSX && (runs('start') || runs('echo') || runs('cni'))) {
 const cli = (p: Path, args: string[]): string[] => [process.execPath, p === 'compiled' ? CLI : join(OLD, 'bin', 'clustermesh.js'), ...args];
 /** argv of the CNI plugin as the lab runs it on each path. */
 const cniArgv = (p: Path): string[] =>
-  p === 'compiled' ? [process.execPath, CLI, 'cni'] : [process.execPath, '--import', 'tsx', join(OLD, 'src', 'lab', 'cni-main.ts')];
+  p === 'compiled' ? [CNI_PLUGIN] : [process.execPath, '--import', 'tsx', join(OLD, 'src', 'lab', 'cni-main.ts')];
+if ((runs('start') || runs('cni')) && !existsSync(CNI_PLUGIN)) throw new Error(`${CNI_PLUGIN} is not built; run ./scripts/setup.sh`);
 
 function wallMs(argv: string[], env?: NodeJS.ProcessEnv, input?: string): number {
   const full = niced(argv);
@@ -159,6 +168,7 @@ const privateMb = (pid: number): number => {
   const r = procKb(`/proc/${pid}/smaps_rollup`);
   return r.Private_Clean! + r.Private_Dirty!;
 };
+const pssMb = (pid: number): number => procKb(`/proc/${pid}/smaps_rollup`).Pss!;
 
 // ---- start: --version, --help, CNI VERSION ------------------------------------
 
@@ -218,6 +228,7 @@ async function echoMemory(config: string, argv: string[], port: number, rep: num
     add(config, 'echo_rss_mb', 'MB', rep, idle.VmRSS!);
     add(config, 'echo_anon_mb', 'MB', rep, idle.RssAnon!);
     add(config, 'echo_private_mb', 'MB', rep, privateMb(child.pid!));
+    add(config, 'echo_pss_mb', 'MB', rep, pssMb(child.pid!));
     // A pod that served traffic, idle again.
     add(config, 'echo_rps', 'req/s', rep, await requests(port, ECHO_REQUESTS));
     await sleep(2000);
@@ -233,14 +244,20 @@ async function echoMemory(config: string, argv: string[], port: number, rep: num
 if (runs('echo')) {
   const floor = join(WORK, 'floor.mjs');
   writeFileSync(floor, "import { createServer } from 'node:http';\nconst port = Number(process.argv[2]);\ncreateServer((q, s) => s.end('x')).listen(port, '127.0.0.1', () => console.log('listening'));\n");
+  const floorCjs = join(WORK, 'floor.cjs');
+  writeFileSync(floorCjs, "const { createServer } = require('node:http');\nconst port = Number(process.argv[2]);\ncreateServer((q, s) => s.end('x')).listen(port, '127.0.0.1', () => console.log('listening'));\n");
   const echo = (port: number): string[] => ['lab', 'workload', 'echo', '--port', String(port), '--pod', 'bench'];
   const configs: Array<[string, (port: number) => string[]]> = [
-    // As the lab runs a pod: the wrapper on the pods' PATH adds WORKLOAD_NODE_FLAGS.
-    ['compiled', (port) => [process.execPath, ...WORKLOAD_NODE_FLAGS, CLI, ...echo(port)]],
+    // As the lab runs a pod: the wrapper on the pods' PATH runs the workloads' CommonJS build with WORKLOAD_NODE_FLAGS.
+    ['compiled', (port) => [process.execPath, ...WORKLOAD_NODE_FLAGS, WORKLOAD_POD_ENTRY, ...echo(port)]],
+    // The same through bin/clustermesh.js (an ES module entry, and its check of dist/): what the CommonJS build saves.
+    ['via-bin', (port) => [process.execPath, ...WORKLOAD_NODE_FLAGS, CLI, ...echo(port)]],
     ...(SKIP_TSX ? [] : ([['tsx', (port: number) => cli('tsx', echo(port))]] as Array<[string, (port: number) => string[]]>)),
     ['node-floor', (port) => [process.execPath, floor, String(port)]],
-    ['flags:none', (port) => [process.execPath, CLI, ...echo(port)]],
-    ...FLAG_STUDY.map((f): [string, (port: number) => string[]] => [`flags:${f.replace(/^--/, '')}`, (port) => [process.execPath, f, CLI, ...echo(port)]]),
+    // The same server as CommonJS: node without its ES module loader.
+    ['node-floor-cjs', (port) => [process.execPath, floorCjs, String(port)]],
+    ['flags:none', (port) => [process.execPath, WORKLOAD_POD_ENTRY, ...echo(port)]],
+    ...FLAG_STUDY.map((f): [string, (port: number) => string[]] => [`flags:${f.replace(/^--/, '')}`, (port) => [process.execPath, f, WORKLOAD_POD_ENTRY, ...echo(port)]]),
   ];
   for (let rep = 0; rep < ECHO_REPS; rep++) {
     for (const [config, argv] of configs) {
@@ -306,23 +323,22 @@ if (runs('cni') || runs('agent')) {
           const r = plugin(p, 'ADD', id, ns);
           add(p, 'cni_add_ms', 'ms', rep, r.ms);
           if (p === 'compiled') {
-            const t = JSON.parse(r.stderr.trim().split('\n').pop()!) as { startMs: number; runMs: number; agentMs: number; commands: number; commandsMs: number };
+            const t = JSON.parse(r.stderr.trim().split('\n').pop()!) as { totalMs: number; agentMs: number };
             agentMsCompiled.push(t.agentMs);
             add(p, 'cni_add_agent_ms', 'ms', rep, t.agentMs);
             add(p, 'cni_add_excl_agent_ms', 'ms', rep, r.ms - t.agentMs);
-            add(p, 'cni_add_start_ms', 'ms', rep, t.startMs);
-            add(p, 'cni_add_commands_ms', 'ms', rep, t.commandsMs);
-            add(p, 'cni_add_commands', 'count', rep, t.commands);
           } else tsxAdd.push(r.ms);
           plugin('compiled', 'DEL', id, ns);
           await run(['ip', 'netns', 'del', ns]);
           podNamespaces.splice(podNamespaces.indexOf(ns), 1);
         }
-        // The floor: node doing nothing, started the same way.
-        const full = nsenter([process.execPath, '-e', '0']);
-        const t0 = performance.now();
-        spawnSync(full[0]!, full.slice(1), { stdio: 'ignore' });
-        add('node-floor', 'cni_add_excl_agent_ms', 'ms', rep, performance.now() - t0);
+        // The floors: node doing nothing, and a program doing nothing, started the same way.
+        for (const [config, argv] of [['node-floor', [process.execPath, '-e', '0']], ['exec-floor', ['true']]] as const) {
+          const full = nsenter([...argv]);
+          const t0 = performance.now();
+          spawnSync(full[0]!, full.slice(1), { stdio: 'ignore' });
+          add(config, 'cni_add_excl_agent_ms', 'ms', rep, performance.now() - t0);
+        }
         console.error(`cni rep ${rep + 1}/${REPS}`);
       }
       tsxAdd.forEach((ms, rep) => add('tsx', 'cni_add_excl_agent_ms', 'ms', rep, ms - median(agentMsCompiled)));
@@ -401,6 +417,7 @@ if (runs('pods')) {
       const st = procStatus(pid);
       add('compiled', 'lab_echo_rss_mb', 'MB', i, st.VmRSS!, { pods: pods.length });
       add('compiled', 'lab_echo_anon_mb', 'MB', i, st.RssAnon!, { pods: pods.length });
+      add('compiled', 'lab_echo_pss_mb', 'MB', i, pssMb(pid), { pods: pods.length });
       i++;
     }
     const nodes = JSON.parse(cm(['lab', 'get', 'nodes', '--lab', lab, '-o', 'json'])) as Array<{ agent: { pid: number | null } }>;

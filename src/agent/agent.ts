@@ -28,6 +28,7 @@ import { mkdir } from 'node:fs/promises';
 import pino, { type Logger } from 'pino';
 import promClient from 'prom-client';
 import { ClusterMesh } from '../clustermesh/clustermesh.ts';
+import { runCni } from '../cni/plugin.ts';
 import { sleep, systemClock, type Clock } from '../util/clock.ts';
 import type * as endpointsMap from '../datapath/maps/endpoints.ts';
 import { NodeDatapath } from '../datapath/node.ts';
@@ -510,6 +511,16 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
           return flowReader.store.query(q);
         },
         followFlows: (w, q) => flowReader.store.follow(w, q),
+        // The plugin executable's requests: the plugin's work runs here, its agent calls are these handlers.
+        cni: (env, stdin) =>
+          runCni(env, stdin, () => ({
+            socketPath: cfg.socketPath,
+            health: async () => ({ ready: phase === 'ready', phase }),
+            putEndpoint: (id, body) => endpoints.add(id, body),
+            deleteEndpoint: (id) => endpoints.delete(id),
+            listEndpoints: async () => endpoints.list(),
+            close: () => undefined,
+          })),
       },
       log.child({ component: 'api' }),
     );

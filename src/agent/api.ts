@@ -21,6 +21,8 @@ export interface ApiHandlers {
   flows(q: FlowQuery): Flow[];
   /** Tells w about new flows matching q until the returned function is called. */
   followFlows(w: FlowFollower, q: FlowQuery): () => void;
+  /** One CNI command (src/cni/plugin.ts) with the CNI_* variables and the network config the plugin executable got. */
+  cni(env: Record<string, string>, stdin: string): Promise<{ stdout: string; exitCode: number }>;
 }
 
 export interface ApiServer {
@@ -45,7 +47,7 @@ function sendError(res: ServerResponse, err: unknown, log: Logger, what: string)
   send(res, 500, { error: `${what}: ${(err as Error)?.message ?? String(err)}`, code: 'internal' });
 }
 
-async function readJson(req: IncomingMessage): Promise<unknown> {
+async function readText(req: IncomingMessage): Promise<string> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const c of req as AsyncIterable<Buffer>) {
@@ -53,7 +55,11 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
     if (size > MAX_BODY_BYTES) throw new ApiError('invalid-request', `request body larger than ${MAX_BODY_BYTES} bytes`);
     chunks.push(c);
   }
-  const text = Buffer.concat(chunks).toString('utf8');
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+async function readJson(req: IncomingMessage): Promise<unknown> {
+  const text = await readText(req);
   if (text.trim() === '') return {};
   try {
     return JSON.parse(text) as unknown;
@@ -113,6 +119,20 @@ async function route(req: IncomingMessage, res: ServerResponse, h: ApiHandlers, 
       if (!q.follow) return send(res, 200, h.flows(q));
       return followFlows(req, res, h, q);
     }
+    if (path === '/v1/cni') {
+      if (method !== 'POST') throw new ApiError('method-not-allowed', `${what}: use POST`);
+      const t0 = performance.now();
+      const stdin = await readText(req);
+      const out = await h.cni(Object.fromEntries([...url.searchParams].filter(([k]) => k.startsWith('CNI_'))), stdin);
+      res.writeHead(200, {
+        'content-type': 'application/json',
+        'content-length': Buffer.byteLength(out.stdout),
+        'x-cni-exit-code': String(out.exitCode),
+        'x-cni-agent-ms': (performance.now() - t0).toFixed(3),
+      });
+      res.end(out.stdout);
+      return;
+    }
     const m = /^\/v1\/endpoints\/([^/]+)$/.exec(path);
     if (m) {
       let id: string;
@@ -125,7 +145,7 @@ async function route(req: IncomingMessage, res: ServerResponse, h: ApiHandlers, 
       if (method === 'DELETE') return send(res, 200, await h.deleteEndpoint(id));
       throw new ApiError('method-not-allowed', `${what}: use PUT or DELETE`);
     }
-    throw new ApiError('not-found', `${what}: no such route (try /v1/endpoints, /v1/services, /v1/policy, /v1/flows, /v1/status, /healthz)`);
+    throw new ApiError('not-found', `${what}: no such route (try /v1/endpoints, /v1/services, /v1/policy, /v1/flows, /v1/status, /v1/cni, /healthz)`);
   } catch (err) {
     sendError(res, err, log, what);
   }

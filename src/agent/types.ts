@@ -12,6 +12,10 @@
 //                                        → Flow[] (flows.ts): the kept flows of this node's datapath events, oldest first
 //   GET    /v1/flows?follow=1&...        → application/x-ndjson: the kept flows that match, then each new one, one per line
 //   GET    /healthz                      → 200 { ready: true } | 503 { ready: false, phase }
+//   POST   /v1/cni?CNI_COMMAND=&CNI_CONTAINERID=&CNI_NETNS=&CNI_IFNAME=&CNI_ARGS=&CNI_PATH=
+//          body: the network config      → 200, body: the CNI plugin's stdout (result or CNI error JSON),
+//                                          X-Cni-Exit-Code: its exit status, X-Cni-Agent-Ms: time spent
+//                                          (what cni/clustermesh-cni.c, the plugin executable, relays)
 // Errors: { error: <one sentence>, code: ApiErrorCode } with the HTTP status.
 // No zod here (nor anything that loads it): the CNI plugin imports this file
 // through client.ts and must start fast; the request schema is endpoint-request.ts.

@@ -22,6 +22,7 @@ export const COMMANDS: Record<string, Entry> = {
   status: { summary: 'is every cluster, agent and remote cluster connected and ready', load: async () => (await import('./status.ts')).statusCommand(), usageExit: true },
   inspect: { summary: "a node's eBPF maps, decoded", load: async () => (await import('./inspect.ts')).inspectCommand(), usageExit: true },
   observe: { summary: 'flows (drops and forwards) kept by the agents of every node, merged by time', load: async () => (await import('./observe.ts')).observeCommand(), usageExit: true },
+  ui: { summary: 'a live web view of the mesh: clusters, nodes, pods, services, flows between workloads, drops, remote connections', load: async () => (await import('./ui.ts')).uiCommand(), usageExit: true },
   troubleshoot: { summary: 'check each remote-cluster connection step by step and name the fix', load: async () => (await import('./troubleshoot.ts')).troubleshootCommand(), usageExit: true },
   install: { summary: 'install clustermesh on a Kubernetes cluster (by kube context)', load: async () => (await import('../install/command.ts')).installCommand(), usageExit: true },
   uninstall: { summary: 'remove what install put on a Kubernetes cluster', load: async () => (await import('../install/command.ts')).uninstallCommand(), usageExit: true },

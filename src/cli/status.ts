@@ -13,7 +13,7 @@ import { decodeClusterConfig } from '../clustermesh/wire.ts';
 import { KvClient } from '../kvstore/client.ts';
 import { sameProcessAlive, type LabState } from '../lab/state.ts';
 import { action, Closer, EXIT_NOT_OK, EXIT_OK, example, outputOption, parseDurationFlag, printJson, type OutputFormat } from './common.ts';
-import { addTargetFlags, resolveTargets, type ClusterTarget, type NodeTarget, type TargetFlags } from './targets.ts';
+import { addTargetFlags, resolveTargets, type ClusterTarget, type NodeTarget, type TargetFlags, type Targets } from './targets.ts';
 
 /** A heartbeat older than this means the apiserver is not writing (its default interval is 15 s). */
 export const HEARTBEAT_STALE_MS = 60_000;
@@ -334,7 +334,11 @@ function prometheusOf(lab: LabState | undefined): ClusterProbe['prometheus'] {
 }
 
 export async function gatherStatus(flags: TargetFlags, closer: Closer): Promise<ClusterProbe[]> {
-  const t = await resolveTargets(flags, closer, { probeAgents: false });
+  return probeTargets(await resolveTargets(flags, closer, { probeAgents: false }), closer);
+}
+
+/** Probes resolved targets: every agent's status and, unless `etcd: false`, every cluster's etcd. */
+export async function probeTargets(t: Targets, closer: Closer, o: { etcd?: boolean } = {}): Promise<ClusterProbe[]> {
   const nodes = await Promise.all(t.nodes.map((n) => probeNode(n, closer)));
   const names = [...new Set([...t.clusters.map((c) => c.name), ...nodes.flatMap((n) => (n.node.cluster ? [n.node.cluster] : []))])];
   return await Promise.all(
@@ -350,7 +354,7 @@ export async function gatherStatus(flags: TargetFlags, closer: Closer): Promise<
       return {
         name,
         id: c?.id,
-        etcd: c?.etcd ? await probeEtcd(c, closer) : null,
+        etcd: c?.etcd && o.etcd !== false ? await probeEtcd(c, closer) : null,
         apiserverProcess: c?.lab ? sameProcessAlive(c.lab.apiserver) : null,
         kubeApi: c?.lab?.kubeApi ? { url: c.lab.kubeApi.url, process: sameProcessAlive(c.lab.kubeApi) } : null,
         configFiles,

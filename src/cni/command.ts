@@ -1,11 +1,11 @@
-// `clustermesh cni`: the executable a kubelet (or the lab's node runtime) calls
-// with the CNI_* environment and the network config on stdin. Only the flags
-// and help are here; the plugin (main.ts) loads when the command runs.
+// `clustermesh cni`: runs the CNI plugin executable (cni/build/clustermesh-cni,
+// what a kubelet calls) with the CNI_* environment and the network config on
+// stdin. Only the flags and help are here; main.ts loads when the command runs.
 import { Command } from 'commander';
 
 export function cniCommand(): Command {
   return new Command('cni')
-    .description('CNI plugin (spec 1.0.0): ADD, DEL, CHECK and VERSION of a pod network, driven by CNI_* environment variables and the network config on stdin')
+    .description('CNI plugin (spec 1.0.0): ADD, DEL, CHECK and VERSION of a pod network, driven by CNI_* environment variables and the network config on stdin; runs cni/build/clustermesh-cni, which hands the request to the agent at agentSocket')
     .addHelpText(
       'after',
       `
@@ -16,7 +16,9 @@ Example:
 
 The result (or a CNI error {cniVersion, code, msg, details} with a non-zero exit) is printed on stdout.
 Error codes: 1 incompatible version, 4 invalid environment, 6 stdin not JSON, 7 invalid network config,
-11 try again later (agent unreachable or not ready), 999 other.`,
+11 try again later (agent unreachable or not ready), 999 other.
+A kubelet runs the executable itself (cni/build/clustermesh-cni, built by scripts/setup.sh; no Node.js):
+put it in CNI_PATH under the config's type, "clustermesh".`,
     )
     .action(async () => {
       await (await import('./main.ts')).main();

@@ -1,44 +1,22 @@
-// `clustermesh cni` as the kubelet calls it: CNI_* environment, network config
-// on stdin, result on stdout. bin/clustermesh.js runs this entry directly (no
-// CLI framework: a pod start pays only for the plugin); `clustermesh cni`
-// through the full CLI ends up here too.
-import { runCni } from './plugin.ts';
-import { commandTime } from './wire.ts';
+// `clustermesh cni`: runs the CNI plugin executable (cni/clustermesh-cni.c,
+// built by scripts/setup.sh into cni/build/) with this process's environment
+// and stdin, and exits with its status. The plugin itself is that C program,
+// which forwards the request to the node's agent (the work runs there:
+// src/cni/plugin.ts); this entry is for people and scripts that have the CLI
+// on their PATH. bin/clustermesh.js runs it without the CLI framework.
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 
-async function readStdin(): Promise<string> {
-  if (process.stdin.isTTY) return '';
-  const chunks: Buffer[] = [];
-  for await (const c of process.stdin) chunks.push(c as Buffer);
-  return Buffer.concat(chunks).toString('utf8');
-}
+/** The plugin executable (src/cni/ and dist/js/ are both two levels below the root). */
+export const CNI_PLUGIN_PATH = fileURLToPath(new URL('../../cni/build/clustermesh-cni', import.meta.url));
 
-/** Runs one CNI command and exits with its code. */
+/** Runs one CNI command through the plugin executable and exits with its code. */
 export async function main(): Promise<never> {
-  // For bench/startup: CLUSTERMESH_CNI_TIMING=1 reports on stderr how long the
-  // process took to get here, the command took, its agent calls took, and the
-  // commands it ran (ip, nsenter) took.
-  const timing = process.env.CLUSTERMESH_CNI_TIMING === '1' ? await agentTimer() : undefined;
-  const startMs = performance.now();
-  const out = await runCni(process.env, await readStdin());
-  if (timing) process.stderr.write(`${JSON.stringify({ startMs, runMs: performance.now() - startMs, agentMs: timing.ms, commands: commandTime.count, commandsMs: commandTime.ms })}\n`);
-  process.stdout.write(out.stdout);
-  process.exit(out.exitCode);
-}
-
-async function agentTimer(): Promise<{ ms: number }> {
-  const { AgentClient } = await import('../agent/client.ts');
-  const t = { ms: 0 };
-  const proto = AgentClient.prototype as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>;
-  for (const name of ['health', 'putEndpoint', 'deleteEndpoint', 'listEndpoints'] as const) {
-    const orig = proto[name]!;
-    proto[name] = async function (this: unknown, ...a: unknown[]) {
-      const t0 = performance.now();
-      try {
-        return await orig.apply(this, a);
-      } finally {
-        t.ms += performance.now() - t0;
-      }
-    };
+  if (!existsSync(CNI_PLUGIN_PATH)) {
+    process.stdout.write(JSON.stringify({ cniVersion: '1.0.0', code: 999, msg: `the CNI plugin executable ${CNI_PLUGIN_PATH} is not built; run ./scripts/setup.sh` }, null, 1) + '\n');
+    process.exit(1);
   }
-  return t;
+  const r = spawnSync(CNI_PLUGIN_PATH, [], { stdio: 'inherit' });
+  process.exit(r.status ?? 1);
 }

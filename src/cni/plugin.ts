@@ -1,6 +1,10 @@
 // The CNI plugin's commands (spec 1.0.0): ADD, DEL, CHECK, VERSION. `runCni`
 // takes the environment and stdin and returns what to print and the exit
-// status, so it is testable without a process; command.ts is the thin entry.
+// status, so it is testable without a process. It runs inside the node's
+// agent: the executable a kubelet calls (cni/clustermesh-cni.c) forwards each
+// request to the agent's POST /v1/cni, which calls runCni with the agent's
+// own handlers as `CniAgent` (no HTTP between the two); without one it talks
+// to the agent at the config's agentSocket (unit tests).
 //
 // ADD  validate → agent healthy? (else 11) → IPAM → veth pair wired → agent
 //      endpoint → result. Any failure removes what this call created (the
@@ -14,10 +18,21 @@
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { AgentClient, AgentUnavailableError, ApiError } from '../agent/client.ts';
+import type { EndpointInfo, EndpointRequest } from '../agent/types.ts';
 import { CNI_VERSION, SUPPORTED_VERSIONS, checkPodIP, parseEnv, parseNetConf, parseVersion, type CniEnv, type NetConf } from './config.ts';
 import { CniCode, CniError, toCniError } from './errors.ts';
 import { HostLocalIpam } from './ipam.ts';
 import { defaultRoute, linkInfo, LinkExistsError, unwirePodVeth, wirePodVeth, WireCommandError } from './wire.ts';
+
+/** What the plugin needs of the node's agent (AgentClient's calls of the same names). */
+export interface CniAgent {
+  readonly socketPath: string;
+  health(): Promise<{ ready: boolean; phase?: string } | undefined>;
+  putEndpoint(containerID: string, req: EndpointRequest): Promise<unknown>;
+  deleteEndpoint(containerID: string): Promise<unknown>;
+  listEndpoints(): Promise<EndpointInfo[]>;
+  close(): void;
+}
 
 export interface CniOutput {
   stdout: string;
@@ -37,7 +52,7 @@ export function hostIfNameFor(containerID: string): string {
   return `lxc${createHash('sha256').update(containerID).digest('hex').slice(0, 11)}`;
 }
 
-export async function runCni(env: NodeJS.ProcessEnv, stdin: string): Promise<CniOutput> {
+export async function runCni(env: NodeJS.ProcessEnv, stdin: string, agentFor?: (conf: NetConf) => CniAgent): Promise<CniOutput> {
   let cniVersion = CNI_VERSION;
   try {
     const cniEnv = parseEnv(env);
@@ -56,7 +71,7 @@ export async function runCni(env: NodeJS.ProcessEnv, stdin: string): Promise<Cni
       /* reported by parseNetConf below */
     }
     const conf = parseNetConf(stdin);
-    const client = new AgentClient(conf.agentSocket, { timeoutMs: conf.agentTimeoutMs });
+    const client = agentFor ? agentFor(conf) : new AgentClient(conf.agentSocket, { timeoutMs: conf.agentTimeoutMs });
     try {
       switch (cniEnv.command) {
         case 'ADD':
@@ -91,7 +106,7 @@ function agentError(err: unknown, what: string): unknown {
   return err;
 }
 
-async function requireAgentReady(client: AgentClient): Promise<void> {
+async function requireAgentReady(client: CniAgent): Promise<void> {
   let ready: boolean;
   let phase = '';
   try {
@@ -124,7 +139,7 @@ function buildResult(env: CniEnv, conf: NetConf, hostIfName: string, hostMac: st
   };
 }
 
-async function add(env: CniEnv, conf: NetConf, client: AgentClient): Promise<CniResult> {
+async function add(env: CniEnv, conf: NetConf, client: CniAgent): Promise<CniResult> {
   const netns = env.netns!;
   if (!existsSync(netns)) throw new CniError(CniCode.InvalidEnv, `CNI_NETNS: ${netns} does not exist`);
   if (env.argIP !== undefined) checkPodIP(env.argIP, conf.podCIDR, conf.gateway, 'CNI_ARGS IP', CniCode.InvalidEnv);
@@ -184,7 +199,7 @@ async function add(env: CniEnv, conf: NetConf, client: AgentClient): Promise<Cni
   }
 }
 
-async function del(env: CniEnv, conf: NetConf, client: AgentClient): Promise<void> {
+async function del(env: CniEnv, conf: NetConf, client: CniAgent): Promise<void> {
   let agentFailure: unknown;
   try {
     await client.deleteEndpoint(env.containerID);
@@ -199,7 +214,7 @@ async function del(env: CniEnv, conf: NetConf, client: AgentClient): Promise<voi
   await ipamFor(conf).release(env.containerID, env.ifName);
 }
 
-async function check(env: CniEnv, conf: NetConf, client: AgentClient): Promise<void> {
+async function check(env: CniEnv, conf: NetConf, client: CniAgent): Promise<void> {
   const netns = env.netns!;
   const fail = (msg: string): never => {
     throw new CniError(CniCode.Generic, `CHECK ${env.containerID}: ${msg}`);

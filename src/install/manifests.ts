@@ -34,9 +34,8 @@
 // What the agent still lacks to run from these manifests (issues 13 and 14):
 // reading its pod CIDR and the cluster's objects from the Kubernetes API
 // (today `podCIDR` is a required setting), writing the CNI conflist only once
-// ready and removing it on shutdown, and a CNI plugin the host can execute
-// without Node.js (the image's `clustermesh-cni` launcher needs node on the
-// host).
+// ready and removing it on shutdown (the image's `clustermesh-cni` is the
+// static plugin executable, cni/clustermesh-cni.c: the host needs no Node.js).
 import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';

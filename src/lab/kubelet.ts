@@ -52,6 +52,13 @@ export function podNetnsName(prefix: string, namespace: string, name: string): s
   return `${prefix}_${namespace}_${name}`;
 }
 
+/** Pods starting at once per node (netns, CNI ADD, first container start until it answers): more only compete for the CPU. */
+const MAX_PARALLEL_STARTS = 8;
+/** How long a starting pod holds its start slot waiting for its ports to answer. */
+const START_READY_WAIT_MS = 10_000;
+/** A pod found ready with its status written, and unchanged since, is probed again only after this long. */
+const READY_RECHECK_MS = 10_000;
+
 /** The CNI container ID of a pod: its uid (what a runtime's sandbox id is for). */
 export const podContainerID = (uid: string): string => `pod-${uid}`;
 
@@ -65,6 +72,12 @@ export class Kubelet {
   private readonly busy = new Set<string>();
   private readonly tasks = new Set<Promise<void>>();
   private again = false;
+  /** Store key → the pod parsed at that modRevision (a pass re-parses only what changed). */
+  private readonly parsed = new Map<string, { modRevision: string; pod: Pod | undefined }>();
+  /** uid → the modRevision at which the pod was last found ready with its status in place, and when. */
+  private readonly settled = new Map<string, { modRevision: string; at: number }>();
+  private starting = 0;
+  private readonly startQueue: Array<() => void> = [];
   private stopped = false;
   private timer: NodeJS.Timeout | undefined;
 
@@ -123,22 +136,21 @@ export class Kubelet {
     const listed = await this.kv.list(storeKindPrefix('Pod'));
     const mine = new Map<string, { pod: Pod; raw: string; modRevision: string; key: string }>();
     for (const p of listed.pairs) {
-      let pod: Pod;
-      try {
-        pod = parseObject('Pod', JSON.parse(p.value), `store key ${p.key}`);
-      } catch {
-        continue;
-      }
-      if (pod.spec.nodeName !== this.cfg.node || !pod.metadata.uid) continue;
+      const pod = this.parsePod(p.key, p.value, p.modRevision);
+      if (!pod || pod.spec.nodeName !== this.cfg.node || !pod.metadata.uid) continue;
       mine.set(pod.metadata.uid, { pod, raw: p.value, modRevision: p.modRevision, key: p.key });
     }
     // Each pod is worked on by at most one task at a time; a pass never waits for a slow pod.
     // Gone or replaced pods first (a replacement may reuse the namespace name).
     const gone = [...this.pods.values()].filter((r) => !mine.has(r.uid) && !this.busy.has(r.uid));
     const byNetns = new Map(gone.map((r) => [r.netns, this.track(r.uid, () => this.teardown(r))]));
+    if (this.parsed.size > listed.pairs.length) {
+      const keys = new Set(listed.pairs.map((p) => p.key));
+      for (const k of this.parsed.keys()) if (!keys.has(k)) this.parsed.delete(k);
+    }
     for (const { pod, raw, modRevision, key } of mine.values()) {
       const uid = pod.metadata.uid!;
-      if (this.busy.has(uid)) continue;
+      if (this.busy.has(uid) || this.isSettled(uid, modRevision)) continue;
       const before = byNetns.get(podNetnsName(this.cfg.netnsPrefix, pod.metadata.namespace, pod.metadata.name));
       void this.track(uid, async () => {
         await before;
@@ -147,7 +159,15 @@ export class Kubelet {
           if (!rec) {
             const retry = this.retryAt.get(uid);
             if (retry && Date.now() < retry.at) return;
-            rec = await this.create(pod);
+            // A bounded number of pods start at once; each holds its slot until it answers (or a deadline).
+            rec = await this.inStartSlot(async () => {
+              const created = await this.create(pod);
+              if (created) {
+                await this.superviseContainers(pod, created);
+                await this.untilReady(pod, created);
+              }
+              return created;
+            });
             if (!rec) return;
           }
           await this.superviseContainers(pod, rec);
@@ -158,6 +178,45 @@ export class Kubelet {
       });
     }
     return listed.revision;
+  }
+
+  /** The pod of a store value, parsed once per modRevision (undefined: not a valid Pod). */
+  private parsePod(key: string, value: string, modRevision: string): Pod | undefined {
+    const hit = this.parsed.get(key);
+    if (hit?.modRevision === modRevision) return hit.pod;
+    let pod: Pod | undefined;
+    try {
+      pod = parseObject('Pod', JSON.parse(value), `store key ${key}`);
+    } catch {
+      pod = undefined;
+    }
+    this.parsed.set(key, { modRevision, pod });
+    return pod;
+  }
+
+  /** Ready with its status written at this modRevision, checked recently, and its processes still run: nothing to do. */
+  private isSettled(uid: string, modRevision: string): boolean {
+    const s = this.settled.get(uid);
+    const rec = this.pods.get(uid);
+    if (!s || !rec || s.modRevision !== modRevision || Date.now() - s.at > READY_RECHECK_MS) return false;
+    return rec.containers.every((c) => sameProcessAlive({ pid: c.pid, startTime: c.startTime }));
+  }
+
+  private async inStartSlot<T>(fn: () => Promise<T>): Promise<T> {
+    while (this.starting >= MAX_PARALLEL_STARTS) await new Promise<void>((r) => this.startQueue.push(r));
+    this.starting++;
+    try {
+      return await fn();
+    } finally {
+      this.starting--;
+      this.startQueue.shift()?.();
+    }
+  }
+
+  /** Waits (bounded) until a just-started pod's processes run and its ports answer. */
+  private async untilReady(pod: Pod, rec: PodRecord): Promise<void> {
+    const end = Date.now() + START_READY_WAIT_MS;
+    while (!this.stopped && Date.now() < end && !(await this.probe(pod, rec))) await sleep(50);
   }
 
   /** Runs fn as the one task of pod `uid`; when it ends, another pass looks at the pod again. */
@@ -263,7 +322,8 @@ export class Kubelet {
       child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
       child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
       child.once('error', reject);
-      child.once('exit', (code) => resolve({ code, stdout, stderr }));
+      // 'close', not 'exit': a plugin that exits right after writing may still have output in the pipe.
+      child.once('close', (code) => resolve({ code, stdout, stderr }));
       child.stdin.end(JSON.stringify(conf));
     });
   }
@@ -356,7 +416,11 @@ export class Kubelet {
       : rec.ip
         ? { phase: 'Running', podIP: rec.ip, conditions: [{ type: 'Ready', status: ready ? 'True' : 'False' }] }
         : { phase: 'Pending', conditions: [] };
-    if (JSON.stringify(pod.status) === JSON.stringify(status)) return;
+    if (JSON.stringify(pod.status) === JSON.stringify(status)) {
+      if (ready) this.settled.set(rec.uid, { modRevision, at: Date.now() });
+      return;
+    }
+    this.settled.delete(rec.uid);
     const next = JSON.parse(raw) as Record<string, unknown>;
     next.status = status;
     // Compare-and-swap: a concurrent `lab apply` wins, the next pass writes the status again.
@@ -380,6 +444,7 @@ export class Kubelet {
     removePodRecord(this.cfg.nodeDir, rec.uid);
     this.pods.delete(rec.uid);
     this.ready.delete(rec.uid);
+    this.settled.delete(rec.uid);
     for (const c of rec.containers) this.restartAt.delete(`${rec.uid}/${c.name}`);
     log('pod removed', { pod: `${rec.namespace}/${rec.name}`, ms: Date.now() - t0 });
   }

@@ -2,9 +2,10 @@
 // the command that started them, with everything it creates written to the
 // lab's state file (src/lab/state.ts) before or right after it is created, so
 // that `down` removes exactly that -- also after an `up` that was killed.
-import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync, mkdirSync } from 'node:fs';
+import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync, mkdirSync, symlinkSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { CNI_PLUGIN_PATH } from '../cni/main.ts';
 import { DEFAULT_BPFFS_ROOT, removePinDir } from '../datapath/bpffs.ts';
 import { removeNodeCgroup } from './cgroup.ts';
 import { run } from './exec.ts';
@@ -36,6 +37,8 @@ import { WORKLOAD_NODE_FLAGS } from './workload-main.ts';
 import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT, openUiSocket, prometheusBinary, startLabPrometheus, waitPrometheusReady } from './prometheus.ts';
 
 export const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
+/** What lab pods run for `lab workload echo|client` when dist/ is current (src/lab/workload-pod.ts). */
+export const WORKLOAD_POD_ENTRY = resolve(import.meta.dirname, '..', '..', 'dist', 'js', 'workload-pod.cjs');
 /** The Service CIDR of every cluster (ARCHITECTURE §2); .10 is the cluster DNS. */
 export const SERVICE_CIDR = '10.96.0.0/16';
 export const DNS_SERVICE_IP = '10.96.0.10';
@@ -288,18 +291,18 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
       progress(`[4/6] node runtime: a kubelet per node (pods: netns, CNI ADD, the container's command)`);
       const cniBin = join(dir, 'cni', 'bin');
       // What a kubelet finds in CNI_PATH under the config's `type`, and `clustermesh` on the PATH of pods.
-      // `clustermesh cni` starts the plugin's own small entry (bin/clustermesh.js): a pod start does not load the CLI.
+      // The plugin is the C executable (cni/build/clustermesh-cni, no Node.js): it relays to the node's agent.
       // The echo and client workloads run with lighter node flags (WORKLOAD_NODE_FLAGS).
-      const workload = `case "$1 $2 $3" in 'lab workload echo' | 'lab workload client') exec '${process.execPath}' ${WORKLOAD_NODE_FLAGS.join(' ')} '${CLI}' "$@" ;; esac\n`;
-      const scripts: Array<[string, string]> = [
-        [cniBin, `exec '${process.execPath}' '${CLI}' cni\n`],
-        [join(dir, 'bin'), `${workload}exec '${process.execPath}' '${CLI}' "$@"\n`],
-      ];
-      for (const [d, body] of scripts) {
-        mkdirSync(d, { recursive: true });
-        writeFileSync(join(d, 'clustermesh'), `#!/bin/sh\n# clustermesh of lab ${name}\n${body}`);
-        chmodSync(join(d, 'clustermesh'), 0o755);
-      }
+      if (!existsSync(CNI_PLUGIN_PATH)) throw new Error(`the CNI plugin executable ${CNI_PLUGIN_PATH} is not built; run ./scripts/setup.sh`);
+      mkdirSync(cniBin, { recursive: true });
+      rmSync(join(cniBin, 'clustermesh'), { force: true });
+      symlinkSync(CNI_PLUGIN_PATH, join(cniBin, 'clustermesh'));
+      // From a current dist/ (this process runs from it), pods run the workloads' CommonJS build directly.
+      const podEntry = import.meta.url.includes('/dist/js/') && existsSync(WORKLOAD_POD_ENTRY) ? WORKLOAD_POD_ENTRY : CLI;
+      const workload = `case "$1 $2 $3" in 'lab workload echo' | 'lab workload client') exec '${process.execPath}' ${WORKLOAD_NODE_FLAGS.join(' ')} '${podEntry}' "$@" ;; esac\n`;
+      mkdirSync(join(dir, 'bin'), { recursive: true });
+      writeFileSync(join(dir, 'bin', 'clustermesh'), `#!/bin/sh\n# clustermesh of lab ${name}\n${workload}exec '${process.execPath}' '${CLI}' "$@"\n`);
+      chmodSync(join(dir, 'bin', 'clustermesh'), 0o755);
       for (const a of m.agents) {
         const cfg: KubeletConfig = {
           lab: name,
