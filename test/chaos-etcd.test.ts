@@ -1,6 +1,8 @@
-// Fault suite, etcd family (issue 17 §1): a cluster's etcd crashes (SIGKILL,
-// restarted on its data) and hangs (SIGSTOP, then SIGCONT), under steady
-// traffic on a 3-cluster mesh. Each scenario reports long-lived connections
+// Fault suite, control-plane family (issue 17 §1): a cluster's etcd crashes
+// (SIGKILL, restarted on its data), hangs (SIGSTOP, then SIGCONT) and loses
+// its data (a fresh empty etcd: the apiserver must re-export and remotes must
+// not prune before it has); the cluster's apiserver is SIGKILLed; all under
+// steady traffic on a 3-cluster mesh. Each scenario reports long-lived connections
 // broken, new connections failed and the longest outage a client saw, the
 // time until green, and how often a sampled ipcache entry was wrong.
 // `npm run chaos` runs every family and writes RELIABILITY.md.
@@ -17,6 +19,20 @@ const scenarios: Scenario[] = [
     holdMs: 5000,
     inject: async (rig) => rig.mesh.killEtcd(2),
     recover: async (rig) => rig.mesh.startEtcd(2),
+  },
+  {
+    name: 'etcd data lost',
+    fault: "cluster2's etcd killed, started 5 s later empty (data dir lost)",
+    holdMs: 5000,
+    inject: async (rig) => rig.mesh.killEtcd(2),
+    recover: async (rig) => rig.mesh.startEtcd(2, { empty: true }),
+  },
+  {
+    name: 'apiserver SIGKILL',
+    fault: "cluster2's clustermesh apiserver killed, restarted 2 s later",
+    holdMs: 2000,
+    inject: async (rig) => rig.mesh.cluster(2).apiserver.kill(),
+    recover: async (rig) => rig.mesh.cluster(2).apiserver.start(),
   },
   {
     name: 'etcd hang',
