@@ -6,7 +6,7 @@
 //   {"done":true,"error":"…",…}                          on failure (exit code 1)
 // Usage: node --import tsx src/lab/paced-get.ts URL BYTES_PER_SECOND [IDLE_TIMEOUT_SECONDS]
 import { createHash } from 'node:crypto';
-import { request } from 'node:http';
+import { Agent, request } from 'node:http';
 
 const [url, rateArg, timeoutArg] = process.argv.slice(2);
 const rate = Number(rateArg);
@@ -38,7 +38,11 @@ const finish = (error?: string): void => {
   process.exitCode = error ? 1 : 0;
 };
 
-const req = request(url, { timeout: idleTimeoutMs }, (res) => {
+// An agent without keep-alive: Node's default agent turns TCP keepalive on at a
+// 1 s interval (10 probes), which declares a connection dead after ~11 s without
+// an answer; an ordinary client rides out a network outage much longer (the
+// kernel's retransmissions), which is what the fault suite measures.
+const req = request(url, { timeout: idleTimeoutMs, agent: new Agent({ keepAlive: false }) }, (res) => {
   status = res.statusCode ?? 0;
   const h = res.headers['x-sha256'];
   announced = typeof h === 'string' ? h : undefined;
