@@ -10,7 +10,7 @@
 //   - map entries: every node's ipcache sampled every 100 ms against the truth
 //     (every registered pod: its identity, and its node as tunnel endpoint
 //     unless local; no /32 in a pod CIDR for a pod that is not registered).
-// Test-bed code: used by test/chaos-*.test.ts and `npm run chaos`.
+// Test-bed code: used by test/chaos/*.test.ts and `npm run chaos`.
 import { appendFileSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -432,14 +432,14 @@ export function reliabilityMarkdown(doc: ReliabilityDoc): string {
   return [
     '# Reliability: the fault suite',
     '',
-    'Produced by `npm run chaos` (scripts/chaos.sh): each family of test/chaos-*.test.ts starts a',
+    'Produced by `npm run chaos` (scripts/chaos.sh): each family of test/chaos/*.test.ts starts a',
     'mesh of 3 clusters x 2 nodes (src/lab/chaos.ts) with steady traffic: a paced, checksummed',
     'transfer from a pod of every cluster to a pod of every other cluster, spanning the scenario,',
     'and a stream of new connections between the same pods (one every 250 ms per client, 1 s',
     'timeout). Every node\'s ipcache is compared with the truth every 100 ms (every pod: its',
     'identity and its node; no entry for an address without a pod). A fault is injected, held,',
-    'recovered; "green" is every agent ready with every remote connected and synced. The same',
-    'files run in the default test suite and fail on a broken connection or a wrong entry.',
+    'recovered; "green" is every agent ready with every remote connected and synced. Each',
+    'scenario fails on a broken connection or a wrong entry (a tier of its own, not in ./scripts/test.sh).',
     '',
     `Run of ${doc.date} (1-minute load average ${doc.loadAverage1m} at the end: new-connection`,
     'timeouts on a loaded 2-core machine include scheduling delays, not only the fault).',

@@ -1,10 +1,10 @@
 // Fault suite, agent family (issue 17 §1): one agent SIGKILLed, and every
 // agent of a cluster restarted at once (the rolling-upgrade case of Cilium
 // #23823/#26462: no global outage, no drop), under steady traffic on a
-// 3-cluster mesh. See test/chaos-etcd.test.ts for what is measured.
+// 3-cluster mesh. See test/chaos/etcd.test.ts for what is measured.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { ChaosRig, recordResult, type Scenario } from '../src/lab/chaos.ts';
+import { ChaosRig, recordResult, type Scenario } from '../../src/lab/chaos.ts';
 
 const scenarios: Scenario[] = [
   {

@@ -2,10 +2,10 @@
 // cluster (its port on the lab router down) for 10 s, then healed, under
 // steady traffic on a 3-cluster mesh. Long-lived connections across the cut
 // stall and must resume; no cluster may forget another's endpoints meanwhile.
-// See test/chaos-etcd.test.ts for what is measured.
+// See test/chaos/etcd.test.ts for what is measured.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { ChaosRig, recordResult, type Scenario } from '../src/lab/chaos.ts';
+import { ChaosRig, recordResult, type Scenario } from '../../src/lab/chaos.ts';
 
 const CUT_MS = Number(process.env.CHAOS_PARTITION_MS ?? 10_000);
 

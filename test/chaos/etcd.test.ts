@@ -8,7 +8,7 @@
 // `npm run chaos` runs every family and writes RELIABILITY.md.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { ChaosRig, recordResult, type Scenario } from '../src/lab/chaos.ts';
+import { ChaosRig, recordResult, type Scenario } from '../../src/lab/chaos.ts';
 
 const HANG_MS = Number(process.env.CHAOS_HANG_MS ?? 30_000);
 
