@@ -121,6 +121,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
   });
   await dp.start();
   cleanups.push(() => dp.stop({ detach: false }));
+  for (const r of dp.replacedPins) log.warn({ map: r.map, pinned: r.pinned, wanted: r.wanted }, 'pinned map had another definition (an upgrade): replaced by a new, empty one');
 
   try {
     // ---- control-plane clients
