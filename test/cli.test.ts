@@ -27,6 +27,12 @@ import { meshLabState } from './helpers/lab-state.ts';
 const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
 /** Flows each agent keeps (flowBufferSize): small, so that the limit is seen to hold. */
 const FLOW_BUFFER = 1000;
+/**
+ * The agents' cm_events ring (eventsRingBytes): the 256 KiB of older
+ * releases, not the 4 MiB default, so that the lost-events test fills it
+ * with a few thousand datagrams.
+ */
+const EVENTS_RING = 256 * 1024;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 /** Every packet a node dropped (each is one event, or one counted as lost), and those dropped for having no endpoint. */
 const drops = (pinDir: string, reason?: string): number =>
@@ -82,7 +88,7 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
     topo = await createTopology({ clusters: 2, nodesPerCluster: 1, podsPerNode: 2, mode: 'clustermesh', prefix: 'cmtc' });
     mesh = await startMesh(topo, {
       dir: await mkdtemp(join(tmpdir(), 'cmtc-mesh-')),
-      agent: { syncTimeoutSeconds: 10, extra: { flowBufferSize: FLOW_BUFFER } },
+      agent: { syncTimeoutSeconds: 10, extra: { flowBufferSize: FLOW_BUFFER, eventsRingBytes: EVENTS_RING } },
       progress: (l) => console.log(`# ${l}`),
     });
     for (const p of topo.pods) await mesh.addPod(p, { labels: { app: p.index === 1 ? 'frontend' : 'backend' } });
@@ -279,6 +285,58 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
     }
   });
 
+  test('a connection to a global service with no backend in any cluster is a drop flow (DROP_NO_SERVICE_BACKEND, the frontend named) through GET /v1/flows and observe', async () => {
+    const client = pod(1);
+    const agent1 = new AgentClient(mesh!.agent(client.node).socket);
+    const vip = (c: number): string => `10.96.${c}.77`;
+    const service = (c: number): { kind: string; metadata: object; spec: object } => ({
+      kind: 'Service',
+      metadata: { name: 'cmtc-nobackend', namespace: 'default', annotations: { 'service.cilium.io/global': 'true' } },
+      spec: { clusterIP: vip(c), selector: { app: 'cmtc-nobody' }, ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080 }] },
+    });
+    const writers = [1, 2].map((c) => new StoreWriter(mesh!.kv(c, 'root')));
+    try {
+      for (const [i, w] of writers.entries()) await w.apply(service(i + 1));
+      const since = new Date();
+      const q = { verdict: 'DROPPED' as const, fromPod: client.name, since };
+      const noBackend = (fs: Flow[]): Flow[] => fs.filter((f) => f.reason === 'DROP_NO_SERVICE_BACKEND' && f.destination.ip === vip(1));
+      // Until the agent programmed the service the VIP is no address at all: connect until the datapath
+      // refuses it (a RST from the VIP) and the agent has the drop.
+      let flows: Flow[] = [];
+      for (let i = 0; i < 60 && flows.length === 0; i++) {
+        const out = await runIn(client.netns, [process.execPath, '-e', `const s = require('node:net').connect(80, '${vip(1)}'); s.setTimeout(1000, () => { console.log('timeout'); s.destroy(); }); s.on('error', (e) => console.log(e.code)).on('connect', () => console.log('connected'))`], { timeoutMs: 20_000 });
+        flows = noBackend(await agent1.flows(q));
+        if (flows.length === 0) await sleep(250);
+        else assert.equal(out.stdout.trim(), 'ECONNREFUSED', 'the datapath answers the SYN with a RST from the VIP: refused at once, no timeout');
+      }
+      const f = flows.at(-1);
+      assert.ok(f, `no DROP_NO_SERVICE_BACKEND flow to ${vip(1)}: ${JSON.stringify(await agent1.flows({ since }))}`);
+      const ids = new Map((await agent1.listEndpoints()).map((e) => [e.podName, e]));
+      assert.deepEqual([f.verdict, f.reason, f.description, f.direction, f.protocol, f.node, f.tcpFlags], ['DROPPED', 'DROP_NO_SERVICE_BACKEND', 'service has no backend', 'egress', 'TCP', 'cluster1/node1', ['SYN']]);
+      assert.deepEqual(f.service, { ip: vip(1), port: 80 }, 'the frontend the client addressed');
+      assert.deepEqual([f.source.cluster, f.source.namespace, f.source.pod, f.source.ip, f.source.identity, f.source.node], ['cluster1', 'default', `default/${client.name}`, client.ip, ids.get(client.name)!.identity, 'cluster1/node1']);
+      assert.ok(f.source.identity >> 16 === 1, `source identity ${f.source.identity} from cluster1's range`);
+      assert.ok(f.source.labels.includes('k8s:app=frontend') && f.source.labels.includes('k8s:io.cilium.k8s.policy.cluster=cluster1'), JSON.stringify(f.source.labels));
+      // No backend was chosen: the destination is the frontend itself, no pod, no identity (0: reserved:unknown).
+      assert.deepEqual(
+        [f.destination.ip, f.destination.port, f.destination.pod, f.destination.cluster, f.destination.identity, f.destination.labels],
+        [vip(1), 80, null, null, 0, ['reserved:unknown']],
+      );
+      // A drop increments its reason's counter on the client's node.
+      assert.ok(drops(mesh!.agent(client.node).pinDir, 'DROP_NO_SERVICE_BACKEND') >= 1);
+
+      const r = await cli(lab(['observe', '--verdict', 'DROPPED', '--from-cluster', 'cluster1', '--from-pod', client.name, '--protocol', 'tcp', '--port', '80', '--since', since.toISOString(), '-o', 'json']));
+      assert.equal(r.code, 0, r.stderr);
+      const viaCli = noBackend(r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Flow));
+      assert.deepEqual(viaCli.at(-1), f, 'observe prints what the agent serves');
+      const other = await cli(lab(['observe', '--verdict', 'DROPPED', '--from-cluster', 'cluster2', '--port', '80', '--since', since.toISOString(), '-o', 'json']));
+      assert.equal(noBackend(other.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Flow)).length, 0, '--from-cluster cluster2 excludes it');
+    } finally {
+      for (const w of writers) await w.delete('Service', { namespace: 'default', name: 'cmtc-nobackend' }).catch(() => undefined);
+      agent1.close();
+    }
+  });
+
   test('events the ring buffer had no room for (agent stopped) are counted and shown; the agent keeps only its last flowBufferSize flows', async () => {
     const client = pod(1);
     const a2 = mesh!.agent(pod(2).node);
@@ -288,7 +346,7 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
     const dropsBefore = drops(a2.pinDir);
     const unknownBefore = drops(a2.pinDir, 'DROP_UNKNOWN_ENDPOINT');
     // While the agent does not read (SIGSTOP), 7000 datagrams to an address no pod has are dropped on
-    // cluster2's node; the ring (256 KiB) holds about 4,600 events, the rest can only be counted.
+    // cluster2's node; the ring (EVENTS_RING, 256 KiB) holds about 4,000 events, the rest can only be counted.
     const SENT = 7000;
     process.kill(a2.process.pid!, 'SIGSTOP');
     try {

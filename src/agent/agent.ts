@@ -117,6 +117,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     traceForward: cfg.traceForwards,
     traceNew: cfg.traceNewConnections,
     ...(cfg.objectsDir !== undefined ? { objectsDir: cfg.objectsDir } : {}),
+    ...(cfg.eventsRingBytes !== undefined ? { eventsRingBytes: cfg.eventsRingBytes } : {}),
     ...(cfg.socketLBCgroup !== undefined ? { socketLBCgroup: cfg.socketLBCgroup } : {}),
   });
   await dp.start();

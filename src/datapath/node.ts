@@ -85,14 +85,21 @@ export interface NodeDatapathOptions {
   /** Emit a trace event per forwarded TCP connection opening (SYN without ACK; cm_settings); false. */
   traceNew?: boolean;
   /**
+   * Size of the cm_events ring buffer in bytes (a power of two, at least a
+   * page); undefined: EVENTS_RINGBUF_SIZE of bpf/lib/events.h (4 MiB). A
+   * change replaces the pinned ring on start().
+   */
+  eventsRingBytes?: number;
+  /**
    * A cgroup v2 directory holding this node's pods: socket-level load
    * balancing for the sockets of its processes. undefined: off.
    */
   socketLBCgroup?: string;
 }
 
-export interface ResolvedNodeDatapathOptions extends Required<Omit<NodeDatapathOptions, 'underlayMtu' | 'socketLBCgroup'>> {
+export interface ResolvedNodeDatapathOptions extends Required<Omit<NodeDatapathOptions, 'underlayMtu' | 'socketLBCgroup' | 'eventsRingBytes'>> {
   underlayMtu: number | undefined;
+  eventsRingBytes: number | undefined;
   socketLBCgroup: string | undefined;
 }
 
@@ -190,8 +197,11 @@ export class NodeDatapath {
       underlayMtu: opts.underlayMtu,
       traceForward: opts.traceForward ?? false,
       traceNew: opts.traceNew ?? false,
+      eventsRingBytes: opts.eventsRingBytes,
       socketLBCgroup: opts.socketLBCgroup,
     };
+    const ring = opts.eventsRingBytes;
+    if (ring !== undefined && !(Number.isInteger(ring) && ring >= 4096 && (ring & (ring - 1)) === 0)) throw new RangeError(`eventsRingBytes ${ring}: must be a power of two of at least 4096`);
     if (!Number.isInteger(this.options.clusterID) || this.options.clusterID < 0 || this.options.clusterID > 511) throw new RangeError(`clusterID ${opts.clusterID} not in 0..511`);
   }
 
@@ -460,6 +470,8 @@ export class NodeDatapath {
     const obj = BpfObject.open(join(this.options.objectsDir, file), { pinRoot: this.options.pinDir });
     try {
       if (config) applyConfig(obj, config);
+      const ring = this.options.eventsRingBytes;
+      if (ring !== undefined && obj.mapNames().includes(eventsMap.MAP_NAME)) obj.setMaxEntries(eventsMap.MAP_NAME, ring);
       this.#replaceStalePins(obj);
       obj.load();
       return obj;
