@@ -178,8 +178,10 @@ export class NodeDatapath {
   #replacedPins: ReplacedPin[] = [];
   // The cm_events ring start() unpinned (an older size): programs attached
   // before the restart write into it until they are replaced, and it may hold
-  // events from while no agent ran. The first events() subscription drains it.
+  // events from while no agent ran. The first events() subscription drains it;
+  // it is closed with the others by stop().
   #retiredEvents: BpfMap | undefined;
+  #retiredRead = false;
 
   constructor(opts: NodeDatapathOptions) {
     const bpffsRoot = opts.bpffsRoot ?? DEFAULT_BPFFS_ROOT;
@@ -363,8 +365,9 @@ export class NodeDatapath {
    */
   events(onEvent: (e: eventsMap.DatapathEvent) => void, opts: { intervalMs?: number; onError?: (err: unknown) => void } = {}): EventSubscription {
     const rings = [this.maps.events];
-    if (this.#retiredEvents) rings.push(this.#retiredEvents);
-    this.#retiredEvents = undefined; // one reader per ring: a second would steal events
+    // one reader per ring: a second would steal events
+    if (this.#retiredEvents && !this.#retiredRead) rings.push(this.#retiredEvents);
+    this.#retiredRead = true;
     const readers = rings.map((ring) => eventsMap.openReader(ring, onEvent));
     const stop = (): boolean => {
       let was = false;
@@ -374,7 +377,6 @@ export class NodeDatapath {
         r.stop();
         r.close();
       }
-      for (const ring of rings) if (ring !== this.maps.events) ring.close();
       return was;
     };
     for (const reader of readers) {
@@ -502,8 +504,7 @@ export class NodeDatapath {
       }
       unlinkSync(path);
       this.#replacedPins.push({ map: name, pinned, wanted });
-      if (name === eventsMap.MAP_NAME && old.type === wanted.type) {
-        this.#retiredEvents?.close();
+      if (name === eventsMap.MAP_NAME && old.type === wanted.type && !this.#retiredEvents) {
         this.#retiredEvents = old;
       } else {
         old.close();
@@ -524,6 +525,7 @@ export class NodeDatapath {
     this.#readers.clear();
     this.#retiredEvents?.close();
     this.#retiredEvents = undefined;
+    this.#retiredRead = false;
     const errors: unknown[] = [];
     if (detach) {
       const endpointAtts = [...this.#endpoints.values()].flatMap((a) => [a.ingress, a.egress]);
