@@ -429,7 +429,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
 
     // ---- flows: this agent is the one reader of the node's event ring buffer
     const flowReader = new FlowReader(
-      { events: dp.maps.events, metrics: dp.maps.metrics },
+      { events: dp.maps.events, metrics: dp.maps.metrics, retiredEvents: dp.takeRetiredEvents() },
       new AgentFlowNamer({
         cluster: cfg.clusterName,
         clusterID: cfg.clusterID,

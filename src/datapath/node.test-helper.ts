@@ -109,6 +109,7 @@ try {
     ipcache: dpUp.ipcache().map(([p, v]) => `${p}:${v.identity}:${v.tunnelEndpoint}`),
     metricsKept: dpUp.metrics().length > 0,
     drainedFromOldRing: upEvents.some((e) => e.dstIp === '10.102.0.77' && e.type === 'trace'),
+    retiredTakenOnce: dpUp.takeRetiredEvents() === undefined,
   };
   out.upgrade = upgrade;
   await dpUp.stop({ detach: false });

@@ -65,6 +65,7 @@ describe('NodeDatapath in a node netns', { skip }, () => {
           ipcache: ['10.102.0.0/24:2000:10.1.0.3'],
           metricsKept: true,
           drainedFromOldRing: true,
+          retiredTakenOnce: true,
           replacedOnNextStart: 0,
         },
         'a pinned cm_events of the old size is replaced (only it: the other maps keep their entries) and its events are still read',

@@ -239,6 +239,18 @@ export class NodeDatapath {
     };
   }
 
+  /**
+   * The cm_events ring start() replaced (it had another size), for one reader
+   * to drain (a second would steal its events): programs attached before the
+   * restart write into it until attachEndpoint()/start() replace them.
+   * undefined when there is none or it was taken. stop() closes it.
+   */
+  takeRetiredEvents(): BpfMap | undefined {
+    if (this.#retiredRead) return undefined;
+    this.#retiredRead = true;
+    return this.#retiredEvents;
+  }
+
   /** The pins the last start() replaced because their definition changed (an upgrade); [] normally. */
   get replacedPins(): readonly ReplacedPin[] {
     return this.#replacedPins;
@@ -364,10 +376,8 @@ export class NodeDatapath {
    * intervalMs (never blocking it). stop()/destroy() end every subscription.
    */
   events(onEvent: (e: eventsMap.DatapathEvent) => void, opts: { intervalMs?: number; onError?: (err: unknown) => void } = {}): EventSubscription {
-    const rings = [this.maps.events];
-    // one reader per ring: a second would steal events
-    if (this.#retiredEvents && !this.#retiredRead) rings.push(this.#retiredEvents);
-    this.#retiredRead = true;
+    const retired = this.takeRetiredEvents();
+    const rings = retired ? [this.maps.events, retired] : [this.maps.events];
     const readers = rings.map((ring) => eventsMap.openReader(ring, onEvent));
     const stop = (): boolean => {
       let was = false;
