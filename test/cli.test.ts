@@ -19,6 +19,7 @@ import type { StatusReport } from '../src/cli/status.ts';
 import type { IpcacheRow, EndpointRow } from '../src/cli/inspect.ts';
 import type { Flow } from '../src/cli/observe.ts';
 import { AgentClient } from '../src/agent/client.ts';
+import { BpfMap } from '../src/datapath/libbpf/map.ts';
 import { readNodeMetrics } from '../src/lab/datapath.ts';
 import { StoreWriter } from '../src/sources/index.ts';
 import type { TroubleshootReport } from '../src/cli/troubleshoot.ts';
@@ -483,6 +484,53 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
     // Tracing is off again: a plain observe says so.
     const after = await cli(lab(['observe', '--node', 'cluster2/node1']));
     assert.match(after.stderr, /forward tracing is off on cluster2\/node1/);
+  });
+
+  test('an upgrade to a bigger ring: the agent restarted with another eventsRingBytes replaces the pinned cm_events and still reports what the old ring got while it was down', async () => {
+    const client = pod(1);
+    const a2 = mesh!.agent(pod(2).node);
+    const nobody = pod(2).node.podCIDR.replace(/0\/24$/, '97');
+    const ringSize = (): number => {
+      const m = BpfMap.openPinned(join(a2.pinDir, 'cm_events'));
+      try {
+        return m.maxEntries;
+      } finally {
+        m.close();
+      }
+    };
+    assert.equal(ringSize(), EVENTS_RING);
+    const config = await readFile(a2.configFile, 'utf8');
+    assert.match(config, new RegExp(`eventsRingBytes: ${EVENTS_RING}\\b`));
+    await mesh!.stopAgent(a2.node);
+    try {
+      await writeFile(a2.configFile, config.replace(`eventsRingBytes: ${EVENTS_RING}`, `eventsRingBytes: ${4 * EVENTS_RING}`));
+      // dropped on cluster2's node while no agent reads: the events wait in the old ring
+      const since = new Date();
+      const unknownBefore = drops(a2.pinDir, 'DROP_UNKNOWN_ENDPOINT');
+      await runIn(client.netns, ['ping', '-c', '3', '-i', '0.2', '-W', '1', nobody]).catch(() => undefined);
+      await waitUntil('the pings dropped on cluster2', () => drops(a2.pinDir, 'DROP_UNKNOWN_ENDPOINT') - unknownBefore >= 3, 20_000);
+      await mesh!.restartAgent(a2.node);
+      assert.equal(ringSize(), 4 * EVENTS_RING, 'the pinned ring has the new size');
+      const api = new AgentClient(a2.socket);
+      try {
+        let got: Flow[] = [];
+        for (let i = 0; i < 50 && got.length < 3; i++) {
+          got = (await api.flows({ verdict: 'DROPPED', since })).filter((f) => f.destination.ip === nobody);
+          if (got.length < 3) await sleep(100);
+        }
+        assert.equal(got.length, 3, 'the three drops from while the agent was down, read from the replaced ring');
+        // (named with what the agent knows when it reads them: right after its start, maybe not yet the remote pod)
+        assert.ok(got.every((f) => f.reason === 'DROP_UNKNOWN_ENDPOINT' && f.source.ip === client.ip && f.node === 'cluster2/node1'), JSON.stringify(got));
+      } finally {
+        api.close();
+      }
+      assert.match(await readFile(a2.logFile, 'utf8'), /"map":"cm_events".*pinned map had another definition/);
+      // the other maps kept their entries: traffic across clusters still flows
+      await runIn(client.netns, ['ping', '-c', '1', '-W', '2', pod(2).ip]);
+    } finally {
+      await writeFile(a2.configFile, config);
+      await mesh!.restartAgent(a2.node).catch(() => undefined);
+    }
   });
 
   test('troubleshoot: every step passes from inside each node; a wrong CA fails at the TLS step with a fix', async () => {
