@@ -19,6 +19,7 @@ import type { StatusReport } from '../src/cli/status.ts';
 import type { IpcacheRow, EndpointRow } from '../src/cli/inspect.ts';
 import type { Flow } from '../src/cli/observe.ts';
 import { AgentClient } from '../src/agent/client.ts';
+import { BpfMap } from '../src/datapath/libbpf/map.ts';
 import { readNodeMetrics } from '../src/lab/datapath.ts';
 import { StoreWriter } from '../src/sources/index.ts';
 import type { TroubleshootReport } from '../src/cli/troubleshoot.ts';
@@ -27,6 +28,12 @@ import { meshLabState } from './helpers/lab-state.ts';
 const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
 /** Flows each agent keeps (flowBufferSize): small, so that the limit is seen to hold. */
 const FLOW_BUFFER = 1000;
+/**
+ * The agents' cm_events ring (eventsRingBytes): the 256 KiB of older
+ * releases, not the 4 MiB default, so that the lost-events test fills it
+ * with a few thousand datagrams.
+ */
+const EVENTS_RING = 256 * 1024;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 /** Every packet a node dropped (each is one event, or one counted as lost), and those dropped for having no endpoint. */
 const drops = (pinDir: string, reason?: string): number =>
@@ -82,7 +89,7 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
     topo = await createTopology({ clusters: 2, nodesPerCluster: 1, podsPerNode: 2, mode: 'clustermesh', prefix: 'cmtc' });
     mesh = await startMesh(topo, {
       dir: await mkdtemp(join(tmpdir(), 'cmtc-mesh-')),
-      agent: { syncTimeoutSeconds: 10, extra: { flowBufferSize: FLOW_BUFFER } },
+      agent: { syncTimeoutSeconds: 10, extra: { flowBufferSize: FLOW_BUFFER, eventsRingBytes: EVENTS_RING } },
       progress: (l) => console.log(`# ${l}`),
     });
     for (const p of topo.pods) await mesh.addPod(p, { labels: { app: p.index === 1 ? 'frontend' : 'backend' } });
@@ -279,6 +286,58 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
     }
   });
 
+  test('a connection to a global service with no backend in any cluster is a drop flow (DROP_NO_SERVICE_BACKEND, the frontend named) through GET /v1/flows and observe', async () => {
+    const client = pod(1);
+    const agent1 = new AgentClient(mesh!.agent(client.node).socket);
+    const vip = (c: number): string => `10.96.${c}.77`;
+    const service = (c: number): { kind: string; metadata: object; spec: object } => ({
+      kind: 'Service',
+      metadata: { name: 'cmtc-nobackend', namespace: 'default', annotations: { 'service.cilium.io/global': 'true' } },
+      spec: { clusterIP: vip(c), selector: { app: 'cmtc-nobody' }, ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080 }] },
+    });
+    const writers = [1, 2].map((c) => new StoreWriter(mesh!.kv(c, 'root')));
+    try {
+      for (const [i, w] of writers.entries()) await w.apply(service(i + 1));
+      const since = new Date();
+      const q = { verdict: 'DROPPED' as const, fromPod: client.name, since };
+      const noBackend = (fs: Flow[]): Flow[] => fs.filter((f) => f.reason === 'DROP_NO_SERVICE_BACKEND' && f.destination.ip === vip(1));
+      // Until the agent programmed the service the VIP is no address at all: connect until the datapath
+      // refuses it (a RST from the VIP) and the agent has the drop.
+      let flows: Flow[] = [];
+      for (let i = 0; i < 60 && flows.length === 0; i++) {
+        const out = await runIn(client.netns, [process.execPath, '-e', `const s = require('node:net').connect(80, '${vip(1)}'); s.setTimeout(1000, () => { console.log('timeout'); s.destroy(); }); s.on('error', (e) => console.log(e.code)).on('connect', () => console.log('connected'))`], { timeoutMs: 20_000 });
+        flows = noBackend(await agent1.flows(q));
+        if (flows.length === 0) await sleep(250);
+        else assert.equal(out.stdout.trim(), 'ECONNREFUSED', 'the datapath answers the SYN with a RST from the VIP: refused at once, no timeout');
+      }
+      const f = flows.at(-1);
+      assert.ok(f, `no DROP_NO_SERVICE_BACKEND flow to ${vip(1)}: ${JSON.stringify(await agent1.flows({ since }))}`);
+      const ids = new Map((await agent1.listEndpoints()).map((e) => [e.podName, e]));
+      assert.deepEqual([f.verdict, f.reason, f.description, f.direction, f.protocol, f.node, f.tcpFlags], ['DROPPED', 'DROP_NO_SERVICE_BACKEND', 'service has no backend', 'egress', 'TCP', 'cluster1/node1', ['SYN']]);
+      assert.deepEqual(f.service, { ip: vip(1), port: 80 }, 'the frontend the client addressed');
+      assert.deepEqual([f.source.cluster, f.source.namespace, f.source.pod, f.source.ip, f.source.identity, f.source.node], ['cluster1', 'default', `default/${client.name}`, client.ip, ids.get(client.name)!.identity, 'cluster1/node1']);
+      assert.ok(f.source.identity >> 16 === 1, `source identity ${f.source.identity} from cluster1's range`);
+      assert.ok(f.source.labels.includes('k8s:app=frontend') && f.source.labels.includes('k8s:io.cilium.k8s.policy.cluster=cluster1'), JSON.stringify(f.source.labels));
+      // No backend was chosen: the destination is the frontend itself, no pod, no identity (0: reserved:unknown).
+      assert.deepEqual(
+        [f.destination.ip, f.destination.port, f.destination.pod, f.destination.cluster, f.destination.identity, f.destination.labels],
+        [vip(1), 80, null, null, 0, ['reserved:unknown']],
+      );
+      // A drop increments its reason's counter on the client's node.
+      assert.ok(drops(mesh!.agent(client.node).pinDir, 'DROP_NO_SERVICE_BACKEND') >= 1);
+
+      const r = await cli(lab(['observe', '--verdict', 'DROPPED', '--from-cluster', 'cluster1', '--from-pod', client.name, '--protocol', 'tcp', '--port', '80', '--since', since.toISOString(), '-o', 'json']));
+      assert.equal(r.code, 0, r.stderr);
+      const viaCli = noBackend(r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Flow));
+      assert.deepEqual(viaCli.at(-1), f, 'observe prints what the agent serves');
+      const other = await cli(lab(['observe', '--verdict', 'DROPPED', '--from-cluster', 'cluster2', '--port', '80', '--since', since.toISOString(), '-o', 'json']));
+      assert.equal(noBackend(other.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Flow)).length, 0, '--from-cluster cluster2 excludes it');
+    } finally {
+      for (const w of writers) await w.delete('Service', { namespace: 'default', name: 'cmtc-nobackend' }).catch(() => undefined);
+      agent1.close();
+    }
+  });
+
   test('events the ring buffer had no room for (agent stopped) are counted and shown; the agent keeps only its last flowBufferSize flows', async () => {
     const client = pod(1);
     const a2 = mesh!.agent(pod(2).node);
@@ -288,7 +347,7 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
     const dropsBefore = drops(a2.pinDir);
     const unknownBefore = drops(a2.pinDir, 'DROP_UNKNOWN_ENDPOINT');
     // While the agent does not read (SIGSTOP), 7000 datagrams to an address no pod has are dropped on
-    // cluster2's node; the ring (256 KiB) holds about 4,600 events, the rest can only be counted.
+    // cluster2's node; the ring (EVENTS_RING, 256 KiB) holds about 4,000 events, the rest can only be counted.
     const SENT = 7000;
     process.kill(a2.process.pid!, 'SIGSTOP');
     try {
@@ -425,6 +484,53 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
     // Tracing is off again: a plain observe says so.
     const after = await cli(lab(['observe', '--node', 'cluster2/node1']));
     assert.match(after.stderr, /forward tracing is off on cluster2\/node1/);
+  });
+
+  test('an upgrade to a bigger ring: the agent restarted with another eventsRingBytes replaces the pinned cm_events and still reports what the old ring got while it was down', async () => {
+    const client = pod(1);
+    const a2 = mesh!.agent(pod(2).node);
+    const nobody = pod(2).node.podCIDR.replace(/0\/24$/, '97');
+    const ringSize = (): number => {
+      const m = BpfMap.openPinned(join(a2.pinDir, 'cm_events'));
+      try {
+        return m.maxEntries;
+      } finally {
+        m.close();
+      }
+    };
+    assert.equal(ringSize(), EVENTS_RING);
+    const config = await readFile(a2.configFile, 'utf8');
+    assert.match(config, new RegExp(`eventsRingBytes: ${EVENTS_RING}\\b`));
+    await mesh!.stopAgent(a2.node);
+    try {
+      await writeFile(a2.configFile, config.replace(`eventsRingBytes: ${EVENTS_RING}`, `eventsRingBytes: ${4 * EVENTS_RING}`));
+      // dropped on cluster2's node while no agent reads: the events wait in the old ring
+      const since = new Date();
+      const unknownBefore = drops(a2.pinDir, 'DROP_UNKNOWN_ENDPOINT');
+      await runIn(client.netns, ['ping', '-c', '3', '-i', '0.2', '-W', '1', nobody]).catch(() => undefined);
+      await waitUntil('the pings dropped on cluster2', () => drops(a2.pinDir, 'DROP_UNKNOWN_ENDPOINT') - unknownBefore >= 3, 20_000);
+      await mesh!.restartAgent(a2.node);
+      assert.equal(ringSize(), 4 * EVENTS_RING, 'the pinned ring has the new size');
+      const api = new AgentClient(a2.socket);
+      try {
+        let got: Flow[] = [];
+        for (let i = 0; i < 50 && got.length < 3; i++) {
+          got = (await api.flows({ verdict: 'DROPPED', since })).filter((f) => f.destination.ip === nobody);
+          if (got.length < 3) await sleep(100);
+        }
+        assert.equal(got.length, 3, 'the three drops from while the agent was down, read from the replaced ring');
+        // (named with what the agent knows when it reads them: right after its start, maybe not yet the remote pod)
+        assert.ok(got.every((f) => f.reason === 'DROP_UNKNOWN_ENDPOINT' && f.source.ip === client.ip && f.node === 'cluster2/node1'), JSON.stringify(got));
+      } finally {
+        api.close();
+      }
+      assert.match(await readFile(a2.logFile, 'utf8'), /"map":"cm_events".*pinned map had another definition/);
+      // the other maps kept their entries: traffic across clusters still flows
+      await runIn(client.netns, ['ping', '-c', '1', '-W', '2', pod(2).ip]);
+    } finally {
+      await writeFile(a2.configFile, config);
+      await mesh!.restartAgent(a2.node).catch(() => undefined);
+    }
   });
 
   test('troubleshoot: every step passes from inside each node; a wrong CA fails at the TLS step with a fix', async () => {

@@ -123,10 +123,12 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     traceForward: cfg.traceForwards,
     traceNew: cfg.traceNewConnections,
     ...(cfg.objectsDir !== undefined ? { objectsDir: cfg.objectsDir } : {}),
+    ...(cfg.eventsRingBytes !== undefined ? { eventsRingBytes: cfg.eventsRingBytes } : {}),
     ...(cfg.socketLBCgroup !== undefined ? { socketLBCgroup: cfg.socketLBCgroup } : {}),
   });
   await dp.start();
   cleanups.push(() => dp.stop({ detach: false }));
+  for (const r of dp.replacedPins) log.warn({ map: r.map, pinned: r.pinned, wanted: r.wanted }, 'pinned map had another definition (an upgrade): replaced by a new, empty one');
 
   try {
     // ---- control-plane clients
@@ -466,7 +468,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
 
     // ---- flows: this agent is the one reader of the node's event ring buffer
     const flowReader = new FlowReader(
-      { events: dp.maps.events, metrics: dp.maps.metrics },
+      { events: dp.maps.events, metrics: dp.maps.metrics, retiredEvents: dp.takeRetiredEvents() },
       new AgentFlowNamer({
         cluster: cfg.clusterName,
         clusterID: cfg.clusterID,

@@ -95,6 +95,13 @@ describe('agent config', () => {
     rejects({ ...base, socketLBCgroup: '/sys/fs/cgroup/../x' }, /socketLBCgroup: must be an absolute path/);
   });
 
+  it('eventsRingBytes: the datapath default when absent, else a power of two of at least a page', () => {
+    assert.equal(compile(base).eventsRingBytes, undefined);
+    assert.equal(compile({ ...base, eventsRingBytes: 1 << 20 }).eventsRingBytes, 1 << 20);
+    rejects({ ...base, eventsRingBytes: 3_000_000 }, 'agent config /x/y.yaml: eventsRingBytes: must be a power of two (e.g. 4194304 for 4 MiB)');
+    rejects({ ...base, eventsRingBytes: 1024 }, /eventsRingBytes: must be 4096\.\./);
+  });
+
   it('needs exactly one of nodeIP and underlayDevice', () => {
     const { nodeIP: _ip, ...noIP } = base;
     rejects(noIP, 'agent config /x/y.yaml: nodeIP: is required (or underlayDevice, to take its address)');

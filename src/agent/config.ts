@@ -32,7 +32,10 @@
 // flows of the node's datapath events the agent keeps for GET /v1/flows),
 // traceNewConnections (true: the datapath reports each forwarded TCP SYN
 // without ACK, the first packet of a connection, so forwarded flows are seen
-// without traceForwards' event per packet),
+// without traceForwards' event per packet), eventsRingBytes (4194304: size of
+// the node's cm_events ring buffer, a power of two; at 10,000 events/s 4 MiB
+// holds 6.5 s of events the agent has not read yet; a change replaces the
+// ring on the next start),
 // metricsAddress (127.0.0.1:9962: host:port of the Prometheus endpoint
 // GET /metrics, in the node's network namespace and off the pod network; the
 // node IP lets a scraper on the underlay in; '' for none), socketLBCgroup (a cgroup v2
@@ -89,6 +92,8 @@ export interface AgentConfig {
   traceForwards: boolean;
   /** Report forwarded TCP connection openings (SYN without ACK) as events. */
   traceNewConnections: boolean;
+  /** Bytes of the cm_events ring buffer; undefined = the datapath's default (4 MiB). */
+  eventsRingBytes: number | undefined;
   /** Flows kept in memory for GET /v1/flows (the last N). */
   flowBufferSize: number;
   /** host:port of the Prometheus text endpoint (GET /metrics); '' = none. */
@@ -180,6 +185,9 @@ const fileSchema = z.strictObject({
   traceForwards: z.boolean().default(false),
   traceNewConnections: z.boolean({ error: 'must be true or false' }).default(true),
   flowBufferSize: positiveInt('flows kept', 1, 1_000_000).default(4096),
+  eventsRingBytes: positiveInt('bytes', 4096, 1 << 30)
+    .refine((n) => (n & (n - 1)) === 0, 'must be a power of two (e.g. 4194304 for 4 MiB)')
+    .optional(),
   metricsAddress: z
     .string()
     .refine((v) => v === '' || /^[^\s:]+:\d{1,5}$/.test(v) && Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, "must be host:port (e.g. 127.0.0.1:9962 or the node IP and a port), or '' for no metrics endpoint")
@@ -314,6 +322,7 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
     traceForwards: c.traceForwards,
     traceNewConnections: c.traceNewConnections,
     flowBufferSize: c.flowBufferSize,
+    eventsRingBytes: c.eventsRingBytes,
     metricsAddress: c.metricsAddress,
     redirectPeer: c.redirectPeer,
     sessionTtlSeconds: c.sessionTtlSeconds,

@@ -129,18 +129,19 @@ export function lostEvents(metrics: BpfMap): number {
 
 export class FlowReader {
   readonly store: FlowStore;
-  readonly #reader: RingBufferReader;
+  // cm_events, and the ring it replaced on an upgrade while that one may still get events
+  readonly #readers: RingBufferReader[];
   readonly #lostAtStart: number;
 
   constructor(
-    private readonly maps: { events: BpfMap; metrics: BpfMap },
+    private readonly maps: { events: BpfMap; metrics: BpfMap; retiredEvents?: BpfMap | undefined },
     private readonly namer: FlowNamer,
     capacity: number,
     private readonly log: Logger,
   ) {
     this.store = new FlowStore(capacity);
     this.#lostAtStart = lostEvents(maps.metrics);
-    this.#reader = new RingBufferReader(maps.events, (data) => {
+    const onData = (data: Buffer): void => {
       let flow;
       try {
         const e = eventsMap.decode(data);
@@ -152,7 +153,8 @@ export class FlowReader {
         return;
       }
       this.store.add(flow);
-    });
+    };
+    this.#readers = [maps.events, ...(maps.retiredEvents ? [maps.retiredEvents] : [])].map((m) => new RingBufferReader(m, onData));
   }
 
   // One clock offset per consume round (the records of a round arrive together).
@@ -164,7 +166,9 @@ export class FlowReader {
     this.#mono = process.hrtime.bigint();
     this.#wall = Date.now();
     try {
-      return this.#reader.consume();
+      let n = 0;
+      for (const r of this.#readers) n += r.consume();
+      return n;
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'reading cm_events failed');
       return 0;
@@ -194,6 +198,6 @@ export class FlowReader {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = undefined;
     this.consume();
-    this.#reader.close();
+    for (const r of this.#readers) r.close();
   }
 }

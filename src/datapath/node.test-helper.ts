@@ -2,12 +2,17 @@
 // start / traffic / stop / restart / destroy and prints what it observed as
 // one JSON object on stdout.
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { tcQuery } from './libbpf/tc.ts';
+import { BpfMap } from './libbpf/map.ts';
+import { BpfObject } from './libbpf/object.ts';
+import { tcAttach, tcQuery } from './libbpf/tc.ts';
+import { applyConfig } from './maps/config.ts';
+import * as settingsMap from './maps/settings.ts';
 import type { DatapathEvent } from './maps/events.ts';
 import { linkInfo } from './netdev.ts';
-import { NodeDatapath, type NodeDatapathOptions } from './node.ts';
+import { FROM_CONTAINER, LXC_OBJECT, NodeDatapath, type NodeDatapathOptions } from './node.ts';
 
 const [nodeName, podNs] = process.argv.slice(2);
 if (!nodeName || !podNs) throw new Error('usage: node.test-helper.ts NODE_NAME POD_NETNS');
@@ -71,6 +76,48 @@ try {
   dp2.attachEndpoint('lxc0');
   await dp2.stop({ detach: false });
   out.afterStopKeepAttached = { lxcAttached: tcQuery(lxc.ifindex, 'ingress') !== undefined, lxcEgressAttached: tcQuery(lxc.ifindex, 'egress') !== undefined, overlayAttached: tcQuery(dp.vxlanIfindex, 'ingress') !== undefined };
+
+  // upgrade from an agent whose cm_events ring was smaller: an object loaded
+  // with the old size pins a 256 KiB ring (the other pins reused) and its
+  // from_container, on lxc0, writes a forward event into it; the next start()
+  // must replace that pin only, and its first reader drain the old ring.
+  const OLD_RING = 256 * 1024;
+  const pinDir = dp.options.pinDir;
+  unlinkSync(join(pinDir, 'cm_events'));
+  const old = BpfObject.open(join(dp.options.objectsDir, LXC_OBJECT), { pinRoot: pinDir });
+  applyConfig(old, { vxlanIfindex: dp.vxlanIfindex, nodeIp: '10.1.0.2', clusterId: 1, redirectPeer: dp.options.redirectPeer, tunnelMtu: 1450 });
+  old.setMaxEntries('cm_events', OLD_RING);
+  old.load();
+  settingsMap.set(old.map(settingsMap.MAP_NAME), { traceForward: true, traceNew: false });
+  tcAttach({ ifindex: lxc.ifindex, direction: 'ingress', program: old.program(FROM_CONTAINER) });
+  old.close();
+  const oldRingSize = BpfMap.openPinned(join(pinDir, 'cm_events'));
+  const oldSize = oldRingSize.maxEntries;
+  oldRingSize.close();
+  podPing('10.102.0.77'); // forwarded into the tunnel: a TRACE_TO_OVERLAY event into the old ring
+  const dpUp = new NodeDatapath(opts);
+  await dpUp.start();
+  const upEvents: DatapathEvent[] = [];
+  const upSub = dpUp.events((e) => upEvents.push(e), { intervalMs: 10 });
+  for (let i = 0; i < 300 && !upEvents.some((e) => e.dstIp === '10.102.0.77'); i++) await sleep(10);
+  upSub.stop();
+  const upgrade: Record<string, unknown> = {
+    oldSize,
+    replaced: dpUp.replacedPins.map((r) => `${r.map}:${r.pinned.maxEntries}->${r.wanted.maxEntries}`),
+    newSize: dpUp.maps.events.maxEntries,
+    endpoints: dpUp.endpoints().map(([ip, v]) => `${ip}:${v.identity}`),
+    ipcache: dpUp.ipcache().map(([p, v]) => `${p}:${v.identity}:${v.tunnelEndpoint}`),
+    metricsKept: dpUp.metrics().length > 0,
+    drainedFromOldRing: upEvents.some((e) => e.dstIp === '10.102.0.77' && e.type === 'trace'),
+    retiredTakenOnce: dpUp.takeRetiredEvents() === undefined,
+  };
+  out.upgrade = upgrade;
+  await dpUp.stop({ detach: false });
+
+  const dpSame = new NodeDatapath(opts);
+  await dpSame.start();
+  upgrade.replacedOnNextStart = dpSame.replacedPins.length;
+  await dpSame.stop({ detach: false });
 
   const dp3 = new NodeDatapath(opts);
   await dp3.start();

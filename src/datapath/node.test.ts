@@ -55,6 +55,21 @@ describe('NodeDatapath in a node netns', { skip }, () => {
       assert.deepEqual(out.afterStop, { overlayAttached: false, lxcAttached: false, lxcEgressAttached: false, pinsKept: true });
       assert.deepEqual(out.afterRestart, { endpoints: ['10.101.0.5:1000'], ipcache: ['10.102.0.0/24:2000:10.1.0.3'], metricsKept: true });
       assert.deepEqual(out.afterStopKeepAttached, { lxcAttached: true, lxcEgressAttached: true, overlayAttached: true });
+      assert.deepEqual(
+        out.upgrade,
+        {
+          oldSize: 256 * 1024,
+          replaced: [`cm_events:${256 * 1024}->${4 * 1024 * 1024}`],
+          newSize: 4 * 1024 * 1024,
+          endpoints: ['10.101.0.5:1000'],
+          ipcache: ['10.102.0.0/24:2000:10.1.0.3'],
+          metricsKept: true,
+          drainedFromOldRing: true,
+          retiredTakenOnce: true,
+          replacedOnNextStart: 0,
+        },
+        'a pinned cm_events of the old size is replaced (only it: the other maps keep their entries) and its events are still read',
+      );
       assert.deepEqual(out.afterDestroy, { lxcAttached: false, lxcEgressAttached: false, overlayAttached: false, pinDirExists: false, vxlanKept: true });
       assert.equal(out.vxlanAfterCreatorDestroy, false, 'the instance that created the VXLAN device deletes it on destroy');
     } finally {

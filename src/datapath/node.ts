@@ -17,12 +17,12 @@
 //                      the next start() finds every map entry again.
 //   destroy()          stop() plus pins removed (and the VXLAN device, when
 //                      this instance created it).
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, unlinkSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_BPFFS_ROOT, ensureBpffs, isOnBpffs, removePinDir } from './bpffs.ts';
 import { BpfObject } from './libbpf/object.ts';
-import type { BpfMap } from './libbpf/map.ts';
+import { BpfMap, type MapInfo } from './libbpf/map.ts';
 import { RingBufferReader } from './libbpf/ringbuf.ts';
 import { type TcAttachment, ifindexOf, tcAttach, tcDetach } from './libbpf/tc.ts';
 import { type CgroupHook, attachCgroupPinned, cgroupQuery, detachPinnedLink } from './libbpf/cgroup.ts';
@@ -85,14 +85,21 @@ export interface NodeDatapathOptions {
   /** Emit a trace event per forwarded TCP connection opening (SYN without ACK; cm_settings); false. */
   traceNew?: boolean;
   /**
+   * Size of the cm_events ring buffer in bytes (a power of two, at least a
+   * page); undefined: EVENTS_RINGBUF_SIZE of bpf/lib/events.h (4 MiB). A
+   * change replaces the pinned ring on start().
+   */
+  eventsRingBytes?: number;
+  /**
    * A cgroup v2 directory holding this node's pods: socket-level load
    * balancing for the sockets of its processes. undefined: off.
    */
   socketLBCgroup?: string;
 }
 
-export interface ResolvedNodeDatapathOptions extends Required<Omit<NodeDatapathOptions, 'underlayMtu' | 'socketLBCgroup'>> {
+export interface ResolvedNodeDatapathOptions extends Required<Omit<NodeDatapathOptions, 'underlayMtu' | 'socketLBCgroup' | 'eventsRingBytes'>> {
   underlayMtu: number | undefined;
+  eventsRingBytes: number | undefined;
   socketLBCgroup: string | undefined;
 }
 
@@ -141,6 +148,14 @@ export interface NodeMaps {
   policyCidr: BpfMap;
 }
 
+/** A pinned map whose definition differed from the object's: unpinned at start() and created anew. */
+export interface ReplacedPin {
+  map: string;
+  /** What was pinned and what the object declares (type, key/value size, max_entries, flags). */
+  pinned: Omit<MapInfo, 'name'>;
+  wanted: Omit<MapInfo, 'name'>;
+}
+
 export interface EventSubscription {
   /** Stops reading (after handing over what is already in the ring). Idempotent. */
   stop(): void;
@@ -160,6 +175,13 @@ export class NodeDatapath {
   #createdVxlan = false;
   readonly #endpoints = new Map<string, EndpointTc>();
   readonly #readers = new Set<RingBufferReader>();
+  #replacedPins: ReplacedPin[] = [];
+  // The cm_events ring start() unpinned (an older size): programs attached
+  // before the restart write into it until they are replaced, and it may hold
+  // events from while no agent ran. The first events() subscription drains it;
+  // it is closed with the others by stop().
+  #retiredEvents: BpfMap | undefined;
+  #retiredRead = false;
 
   constructor(opts: NodeDatapathOptions) {
     const bpffsRoot = opts.bpffsRoot ?? DEFAULT_BPFFS_ROOT;
@@ -177,8 +199,11 @@ export class NodeDatapath {
       underlayMtu: opts.underlayMtu,
       traceForward: opts.traceForward ?? false,
       traceNew: opts.traceNew ?? false,
+      eventsRingBytes: opts.eventsRingBytes,
       socketLBCgroup: opts.socketLBCgroup,
     };
+    const ring = opts.eventsRingBytes;
+    if (ring !== undefined && !(Number.isInteger(ring) && ring >= 4096 && (ring & (ring - 1)) === 0)) throw new RangeError(`eventsRingBytes ${ring}: must be a power of two of at least 4096`);
     if (!Number.isInteger(this.options.clusterID) || this.options.clusterID < 0 || this.options.clusterID > 511) throw new RangeError(`clusterID ${opts.clusterID} not in 0..511`);
   }
 
@@ -214,9 +239,27 @@ export class NodeDatapath {
     };
   }
 
+  /**
+   * The cm_events ring start() replaced (it had another size), for one reader
+   * to drain (a second would steal its events): programs attached before the
+   * restart write into it until attachEndpoint()/start() replace them.
+   * undefined when there is none or it was taken. stop() closes it.
+   */
+  takeRetiredEvents(): BpfMap | undefined {
+    if (this.#retiredRead) return undefined;
+    this.#retiredRead = true;
+    return this.#retiredEvents;
+  }
+
+  /** The pins the last start() replaced because their definition changed (an upgrade); [] normally. */
+  get replacedPins(): readonly ReplacedPin[] {
+    return this.#replacedPins;
+  }
+
   async start(): Promise<void> {
     if (this.#state !== 'stopped') throw new Error(`NodeDatapath ${this.options.nodeName}: start() while ${this.#state}`);
     this.#state = 'starting';
+    this.#replacedPins = [];
     try {
       const o = this.options;
       const root = resolve(o.bpffsRoot);
@@ -333,20 +376,26 @@ export class NodeDatapath {
    * intervalMs (never blocking it). stop()/destroy() end every subscription.
    */
   events(onEvent: (e: eventsMap.DatapathEvent) => void, opts: { intervalMs?: number; onError?: (err: unknown) => void } = {}): EventSubscription {
-    const reader = eventsMap.openReader(this.maps.events, onEvent);
-    this.#readers.add(reader);
-    reader.start(opts.intervalMs ?? 50, (err) => {
-      this.#readers.delete(reader);
-      reader.close();
-      opts.onError?.(err);
-    });
-    return {
-      stop: () => {
-        if (!this.#readers.delete(reader)) return;
-        reader.stop();
-        reader.close();
-      },
+    const retired = this.takeRetiredEvents();
+    const rings = retired ? [this.maps.events, retired] : [this.maps.events];
+    const readers = rings.map((ring) => eventsMap.openReader(ring, onEvent));
+    const stop = (): boolean => {
+      let was = false;
+      for (const r of readers) {
+        if (!this.#readers.delete(r)) continue;
+        was = true;
+        r.stop();
+        r.close();
+      }
+      return was;
     };
+    for (const reader of readers) {
+      this.#readers.add(reader);
+      reader.start(opts.intervalMs ?? 50, (err) => {
+        if (stop()) opts.onError?.(err);
+      });
+    }
+    return { stop };
   }
 
   /**
@@ -433,11 +482,43 @@ export class NodeDatapath {
     const obj = BpfObject.open(join(this.options.objectsDir, file), { pinRoot: this.options.pinDir });
     try {
       if (config) applyConfig(obj, config);
+      const ring = this.options.eventsRingBytes;
+      if (ring !== undefined && obj.mapNames().includes(eventsMap.MAP_NAME)) obj.setMaxEntries(eventsMap.MAP_NAME, ring);
+      this.#replaceStalePins(obj);
       obj.load();
       return obj;
     } catch (err) {
       obj.close();
       throw err;
+    }
+  }
+
+  /**
+   * libbpf reuses a pinned map only when type, key and value size,
+   * max_entries and flags all match the object's, and fails the load
+   * otherwise. A pin that differs (a map resized or restructured by an
+   * upgrade) is unpinned here so that the load creates it anew; pins that
+   * match are left alone (their entries kept). Programs still attached keep
+   * the old map until attachEndpoint/start replace them.
+   */
+  #replaceStalePins(obj: BpfObject): void {
+    for (const name of obj.mapNames()) {
+      const path = join(this.options.pinDir, name);
+      if (!existsSync(path)) continue;
+      const { name: _w, ...wanted } = obj.mapDefinition(name);
+      const old = BpfMap.openPinned(path);
+      const pinned = { type: old.type, keySize: old.keySize, valueSize: old.valueSize, maxEntries: old.maxEntries, flags: old.flags };
+      if ((Object.keys(wanted) as Array<keyof typeof wanted>).every((k) => wanted[k] === pinned[k])) {
+        old.close();
+        continue;
+      }
+      unlinkSync(path);
+      this.#replacedPins.push({ map: name, pinned, wanted });
+      if (name === eventsMap.MAP_NAME && old.type === wanted.type && !this.#retiredEvents) {
+        this.#retiredEvents = old;
+      } else {
+        old.close();
+      }
     }
   }
 
@@ -452,6 +533,9 @@ export class NodeDatapath {
       r.close();
     }
     this.#readers.clear();
+    this.#retiredEvents?.close();
+    this.#retiredEvents = undefined;
+    this.#retiredRead = false;
     const errors: unknown[] = [];
     if (detach) {
       const endpointAtts = [...this.#endpoints.values()].flatMap((a) => [a.ingress, a.egress]);

@@ -3,7 +3,7 @@
 import { mkdirSync } from 'node:fs';
 import { BpfError, ClosedError, VerifierError, bpfError } from '../errors.ts';
 import { type Ptr, addressOf as addr, captureLog, isNull, lastErrno, lib, viewOf } from './ffi.ts';
-import { BpfMap } from './map.ts';
+import { BpfMap, type MapInfo } from './map.ts';
 import { BpfProgram } from './program.ts';
 
 export interface OpenOptions {
@@ -98,6 +98,21 @@ export class BpfObject {
     const m = this.#mapPtr(h, mapName);
     const rc = lib().bpf.bpf_map__set_max_entries(m, n);
     if (rc !== 0) throw bpfError('bpf_map__set_max_entries', rc, { target: mapName });
+  }
+
+  /** A map's definition as the object will create it (after setMaxEntries; before or after load). */
+  mapDefinition(mapName: string): MapInfo {
+    const h = this.#handle('mapDefinition');
+    const { bpf } = lib();
+    const m = this.#mapPtr(h, mapName);
+    return {
+      name: bpf.bpf_map__name(m),
+      type: bpf.bpf_map__type(m),
+      keySize: bpf.bpf_map__key_size(m),
+      valueSize: bpf.bpf_map__value_size(m),
+      maxEntries: bpf.bpf_map__max_entries(m),
+      flags: bpf.bpf_map__map_flags(m),
+    };
   }
 
   /** Names of the object's maps (including internal ones like `<obj>.rodata`). */
