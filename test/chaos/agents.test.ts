@@ -2,9 +2,8 @@
 // agent of a cluster restarted at once (the rolling-upgrade case of Cilium
 // #23823/#26462: no global outage, no drop), under steady traffic on a
 // 3-cluster mesh. See test/chaos/etcd.test.ts for what is measured.
-import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { ChaosRig, recordResult, type Scenario } from '../../src/lab/chaos.ts';
+import type { Scenario } from '../../src/lab/chaos.ts';
+import { chaosFamily } from './suite.ts';
 
 const scenarios: Scenario[] = [
   {
@@ -27,22 +26,4 @@ const scenarios: Scenario[] = [
   },
 ];
 
-describe('fault suite: agents (3 clusters x 2 nodes, steady traffic)', { timeout: 1_800_000 }, () => {
-  let rig: ChaosRig | undefined;
-  before(async () => {
-    rig = await ChaosRig.start({ prefix: 'cmtca', log: (l) => console.log(`# ${l}`) });
-  });
-  after(async () => {
-    await rig?.stop();
-  });
-  for (const s of scenarios) {
-    test(s.name, async () => {
-      const r = await rig!.run(s);
-      console.log(`# ${JSON.stringify(r)}`);
-      recordResult(r);
-      assert.deepEqual(r.brokenDetail, [], 'no long-lived connection broken');
-      assert.deepEqual(r.wrongExamples, [], 'no map entry wrong at any sampled moment');
-      assert.ok(r.greenAfterMs >= 0);
-    });
-  }
-});
+chaosFamily('agents', 'cmtca', scenarios);

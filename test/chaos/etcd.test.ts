@@ -6,9 +6,8 @@
 // broken, new connections failed and the longest outage a client saw, the
 // time until green, and how often a sampled ipcache entry was wrong.
 // `npm run chaos` runs every family and writes RELIABILITY.md.
-import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { ChaosRig, recordResult, type Scenario } from '../../src/lab/chaos.ts';
+import type { Scenario } from '../../src/lab/chaos.ts';
+import { chaosFamily } from './suite.ts';
 
 const HANG_MS = Number(process.env.CHAOS_HANG_MS ?? 30_000);
 
@@ -43,22 +42,4 @@ const scenarios: Scenario[] = [
   },
 ];
 
-describe('fault suite: etcd (3 clusters x 2 nodes, steady traffic)', { timeout: 1_800_000 }, () => {
-  let rig: ChaosRig | undefined;
-  before(async () => {
-    rig = await ChaosRig.start({ prefix: 'cmtce', log: (l) => console.log(`# ${l}`) });
-  });
-  after(async () => {
-    await rig?.stop();
-  });
-  for (const s of scenarios) {
-    test(s.name, async () => {
-      const r = await rig!.run(s);
-      console.log(`# ${JSON.stringify(r)}`);
-      recordResult(r);
-      assert.deepEqual(r.brokenDetail, [], 'no long-lived connection broken');
-      assert.deepEqual(r.wrongExamples, [], 'no map entry wrong at any sampled moment');
-      assert.ok(r.greenAfterMs >= 0);
-    });
-  }
-});
+chaosFamily('control plane', 'cmtce', scenarios);

@@ -3,9 +3,8 @@
 // steady traffic on a 3-cluster mesh. Long-lived connections across the cut
 // stall and must resume; no cluster may forget another's endpoints meanwhile.
 // See test/chaos/etcd.test.ts for what is measured.
-import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { ChaosRig, recordResult, type Scenario } from '../../src/lab/chaos.ts';
+import type { Scenario } from '../../src/lab/chaos.ts';
+import { chaosFamily } from './suite.ts';
 
 const CUT_MS = Number(process.env.CHAOS_PARTITION_MS ?? 10_000);
 
@@ -19,23 +18,4 @@ const scenarios: Scenario[] = [
   },
 ];
 
-describe('fault suite: network (3 clusters x 2 nodes, steady traffic)', { timeout: 1_800_000 }, () => {
-  let rig: ChaosRig | undefined;
-  before(async () => {
-    rig = await ChaosRig.start({ prefix: 'cmtcn', log: (l) => console.log(`# ${l}`) });
-  });
-  after(async () => {
-    await rig?.partition(2, false).catch(() => undefined);
-    await rig?.stop();
-  });
-  for (const s of scenarios) {
-    test(s.name, async () => {
-      const r = await rig!.run(s);
-      console.log(`# ${JSON.stringify(r)}`);
-      recordResult(r);
-      assert.deepEqual(r.brokenDetail, [], 'no long-lived connection broken');
-      assert.deepEqual(r.wrongExamples, [], 'no map entry wrong at any sampled moment');
-      assert.ok(r.greenAfterMs >= 0);
-    });
-  }
-});
+chaosFamily('network', 'cmtcn', scenarios, { cleanup: (rig) => rig.partition(2, false) });
