@@ -576,7 +576,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     save();
     await mesh.release();
     const totalMs = Date.now() - t0;
-    progress(`[6/6] lab ${name} is up (local source: ${o.kubeSource ? 'the Kubernetes API' : 'the store in etcd'}): ${o.clusters} clusters x ${o.nodes} nodes in ${(totalMs / 1000).toFixed(1)} s (all connected after ${(readyMs / 1000).toFixed(1)} s); state in ${dir}`);
+    progress(`[6/6] lab ${name} is up: ${o.clusters} clusters x ${o.nodes} nodes in ${(totalMs / 1000).toFixed(1)} s (all connected after ${(readyMs / 1000).toFixed(1)} s; local source: ${o.kubeSource ? 'the Kubernetes API' : 'the store in etcd'}); state in ${dir}`);
     return { state, readyMs, totalMs };
   } catch (err) {
     ui?.close();
