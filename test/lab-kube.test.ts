@@ -5,14 +5,13 @@
 // its pods. After `down` no Kubernetes API process is left.
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { childEnv } from '../src/lab/process.ts';
 import { labStateSchema, sameProcessAlive, type LabState } from '../src/lab/state.ts';
-import { eventually, kubectlFor } from './helpers/kube.ts';
+import { eventually, kubectlFor, run, show, type Run } from './helpers/kube.ts';
 
 const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
 const root = mkdtempSync(join(tmpdir(), 'cmtk-root-'));
@@ -20,28 +19,8 @@ const files = mkdtempSync(join(tmpdir(), 'cmtk-files-'));
 const env = childEnv({ CLUSTERMESH_LAB_ROOT: root });
 const name = `cmtk${randomBytes(3).toString('hex')}`;
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-const show = (r: Run): string => `exit ${r.code}\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`;
 
-function cli(args: string[], timeoutMs = 300_000): Promise<Run> {
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.once('error', reject);
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      resolvePromise({ code, stdout, stderr });
-    });
-  });
-}
+const cli = (args: string[], timeoutMs = 300_000): Promise<Run> => run(process.execPath, [CLI, ...args], { env, timeoutMs });
 
 let kubeconfig = '';
 

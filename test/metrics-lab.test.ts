@@ -6,7 +6,7 @@
 // Debian's prometheus is not installed (./scripts/setup.sh --prometheus).
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,6 +14,7 @@ import { join, resolve } from 'node:path';
 import { runIn } from '../src/lab/exec.ts';
 import { childEnv } from '../src/lab/process.ts';
 import { labStateSchema, sameProcessAlive, type LabState } from '../src/lab/state.ts';
+import { run, show, type Run } from './helpers/kube.ts';
 
 const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -21,27 +22,7 @@ const root = mkdtempSync(join(tmpdir(), 'cmtm-root-'));
 const env = childEnv({ CLUSTERMESH_LAB_ROOT: root });
 const noPrometheus = spawnSync('sh', ['-c', 'command -v prometheus']).status !== 0;
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-function cli(args: string[], timeoutMs = 240_000): Promise<Run> {
-  return new Promise((resolveP, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.once('error', reject);
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      resolveP({ code, stdout, stderr });
-    });
-  });
-}
-const show = (r: Run): string => `exit ${r.code}\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`;
+const cli = (args: string[], timeoutMs = 240_000): Promise<Run> => run(process.execPath, [CLI, ...args], { env, timeoutMs });
 
 /** Every sample of a /metrics text, 'name{labels}' → value, and '# TYPE name' → 1 per family. */
 function parseMetrics(text: string): Map<string, number> {

@@ -10,21 +10,9 @@
 //
 // TLS passes through untouched, so a client in the namespace talks to
 // https://127.0.0.1:<port> exactly as it would in the root namespace.
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server } from 'node:net';
 import { unlinkSync } from 'node:fs';
-
-function pipe(a: Socket, b: Socket): void {
-  a.pipe(b);
-  b.pipe(a);
-  const end = (): void => {
-    a.destroy();
-    b.destroy();
-  };
-  a.on('error', end);
-  b.on('error', end);
-  a.on('close', end);
-  b.on('close', end);
-}
+import { spliceSockets } from '../util/splice.ts';
 
 /** The root-namespace half: unix socket → 127.0.0.1:port. Returns the server (close it in finally). */
 export function bridgeOuter(socketPath: string, port: number): Promise<Server> {
@@ -33,7 +21,7 @@ export function bridgeOuter(socketPath: string, port: number): Promise<Server> {
   } catch {
     // not there
   }
-  const server = createServer((client) => pipe(client, connect({ host: '127.0.0.1', port })));
+  const server = createServer((client) => spliceSockets(client, connect({ host: '127.0.0.1', port })));
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(socketPath, () => resolve(server));
@@ -48,7 +36,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   });
   let listening = 0;
   for (const { port, path } of specs) {
-    const server = createServer((client) => pipe(client, connect(path)));
+    const server = createServer((client) => spliceSockets(client, connect(path)));
     server.listen({ host: '127.0.0.1', port }, () => {
       if (++listening === specs.length) process.stdout.write('listening\n');
     });

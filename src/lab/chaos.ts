@@ -16,6 +16,7 @@ import { mkdtemp } from 'node:fs/promises';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
 import { runIn } from './exec.ts';
 import { startMesh, type Mesh } from './mesh.ts';
 import { ManagedProcess, childEnv } from './process.ts';
@@ -320,20 +321,13 @@ class ConnStream {
       stdio: ['ignore', 'pipe', 'ignore'],
       env: childEnv(),
     });
-    let pending = '';
     const base = Date.now();
-    this.child.stdout!.on('data', (c: Buffer) => {
-      pending += c.toString('utf8');
-      let nl: number;
-      while ((nl = pending.indexOf('\n')) >= 0) {
-        const line = pending.slice(0, nl);
-        pending = pending.slice(nl + 1);
-        try {
-          const a = JSON.parse(line) as Omit<Attempt, 'from'>;
-          this.attempts.push({ ...a, from: this.from, t: base + a.t });
-        } catch {
-          // not a result line
-        }
+    createInterface({ input: this.child.stdout! }).on('line', (line) => {
+      try {
+        const a = JSON.parse(line) as Omit<Attempt, 'from'>;
+        this.attempts.push({ ...a, from: this.from, t: base + a.t });
+      } catch {
+        // not a result line
       }
     });
   }

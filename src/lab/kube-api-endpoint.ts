@@ -16,6 +16,7 @@
 // agent and the apiserver of that namespace start.
 import { renameSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Server } from 'node:net';
+import { spliceSockets } from '../util/splice.ts';
 
 /** Where node-local clients find their cluster's API in --kube-source mode. */
 export const NODE_LOCAL_API_HOST = '127.0.0.1';
@@ -30,19 +31,7 @@ export interface KubeApiEndpointOptions {
 
 /** Starts the forwarder; resolves once it listens. */
 export async function startKubeApiEndpoint(o: KubeApiEndpointOptions): Promise<Server> {
-  const server = createServer((client) => {
-    const upstream = connect(o.socket);
-    const close = (): void => {
-      client.destroy();
-      upstream.destroy();
-    };
-    client.on('error', close);
-    upstream.on('error', close);
-    client.on('close', close);
-    upstream.on('close', close);
-    client.pipe(upstream);
-    upstream.pipe(client);
-  });
+  const server = createServer((client) => spliceSockets(client, connect(o.socket)));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(o.port ?? NODE_LOCAL_API_PORT, o.host ?? NODE_LOCAL_API_HOST, () => {

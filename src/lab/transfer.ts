@@ -5,6 +5,7 @@
 // server announced, and reports its progress as it goes.
 import { spawn } from 'node:child_process';
 import { resolve } from 'node:path';
+import { createInterface } from 'node:readline';
 import { childEnv } from './process.ts';
 
 const ROOT = resolve(import.meta.dirname, '..', '..');
@@ -44,31 +45,24 @@ export function startTransfer(netns: string, url: string, opts: { rateBytesPerSe
   let received = 0;
   let result: Omit<TransferResult, 'exitCode'> | undefined;
   let stderr = '';
-  let pending = '';
-  child.stdout.on('data', (c: Buffer) => {
-    pending += c.toString('utf8');
-    let nl: number;
-    while ((nl = pending.indexOf('\n')) >= 0) {
-      const line = pending.slice(0, nl);
-      pending = pending.slice(nl + 1);
-      try {
-        const o = JSON.parse(line) as { progress?: number; done?: boolean; error?: string } & Partial<TransferResult>;
-        if (typeof o.progress === 'number') received = o.progress;
-        if (o.done) {
-          received = o.bytes ?? received;
-          result = {
-            status: o.status ?? 0,
-            bytes: o.bytes ?? 0,
-            sha256: o.sha256 ?? '',
-            announcedSha256: o.announcedSha256,
-            ms: o.ms ?? 0,
-            maxStallMs: o.maxStallMs ?? 0,
-            error: o.error ?? '',
-          };
-        }
-      } catch {
-        stderr += `unexpected output: ${line}\n`;
+  createInterface({ input: child.stdout }).on('line', (line) => {
+    try {
+      const o = JSON.parse(line) as { progress?: number; done?: boolean; error?: string } & Partial<TransferResult>;
+      if (typeof o.progress === 'number') received = o.progress;
+      if (o.done) {
+        received = o.bytes ?? received;
+        result = {
+          status: o.status ?? 0,
+          bytes: o.bytes ?? 0,
+          sha256: o.sha256 ?? '',
+          announcedSha256: o.announcedSha256,
+          ms: o.ms ?? 0,
+          maxStallMs: o.maxStallMs ?? 0,
+          error: o.error ?? '',
+        };
       }
+    } catch {
+      stderr += `unexpected output: ${line}\n`;
     }
   });
   child.stderr.on('data', (c: Buffer) => {

@@ -45,31 +45,32 @@ export class ScrapeMetrics {
   }
 
   counter<L extends string>(name: string, help: string, labelNames: readonly L[], fill: (c: promClient.Counter<L>) => void): void {
-    const refresh = (): void => this.#collect();
-    new promClient.Counter<L>({
-      name,
-      help,
-      labelNames,
-      registers: this.#reg,
-      collect() {
-        refresh();
-        this.reset();
-        fill(this);
-      },
-    });
+    this.#family(promClient.Counter<L>, name, help, labelNames, fill);
   }
 
   gauge<L extends string>(name: string, help: string, labelNames: readonly L[], fill: (g: promClient.Gauge<L>) => void): void {
+    this.#family(promClient.Gauge<L>, name, help, labelNames, fill);
+  }
+
+  /** A counter or gauge family reset and refilled by `fill` at each scrape. */
+  #family<M extends promClient.Counter<L> | promClient.Gauge<L>, L extends string>(
+    Kind: new (c: promClient.CounterConfiguration<L> & promClient.GaugeConfiguration<L>) => M,
+    name: string,
+    help: string,
+    labelNames: readonly L[],
+    fill: (m: M) => void,
+  ): void {
     const refresh = (): void => this.#collect();
-    new promClient.Gauge<L>({
+    new Kind({
       name,
       help,
       labelNames,
       registers: this.#reg,
       collect() {
+        const m = this as unknown as M;
         refresh();
-        this.reset();
-        fill(this);
+        m.reset();
+        fill(m);
       },
     });
   }

@@ -1,5 +1,5 @@
-// Helpers of the tests that drive a Kubernetes API (the lab's) with real
-// kubectl and the CLI: running a command, kubectl with a kubeconfig, polling.
+// Helpers of the tests that drive the CLI, and a Kubernetes API (the lab's)
+// with real kubectl: running a command, kubectl with a kubeconfig, polling.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 
@@ -18,6 +18,9 @@ export function run(cmd: string, args: readonly string[], o: { env?: NodeJS.Proc
     if (o.input !== undefined) child.stdin!.end(o.input);
   });
 }
+
+/** A run's exit code and output, for an assertion message. */
+export const show = (r: Run): string => `exit ${r.code}\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`;
 
 /** Asserts exit 0 and returns stdout; the failure shows the command's output. */
 export async function ok(r: Run | Promise<Run>, what: string): Promise<string> {
