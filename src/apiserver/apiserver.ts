@@ -27,6 +27,8 @@ export interface ApiserverDeps {
   source?: ClusterSource;
   clock?: Clock;
   logger?: Logger;
+  /** Aborts a start still waiting for etcd: startApiserver then rejects, leaving nothing running. */
+  signal?: AbortSignal;
 }
 
 export interface ApiserverStatus {
@@ -59,6 +61,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
   const kv = new KvClient(connection, { sessionTtlSeconds: cfg.sessionTtlSeconds });
   const cluster: ExportCluster = { name: cfg.clusterName, id: cfg.clusterId, maxConnectedClusters: cfg.maxConnectedClusters };
   const stopCtl = new AbortController();
+  deps.signal?.addEventListener('abort', () => stopCtl.abort(), { once: true });
   const cleanups: (() => unknown)[] = [];
   const kvError = (what: string) => (err: unknown) => log.warn({ err: (err as Error).message }, what);
 
@@ -91,6 +94,28 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
     ]),
   ) as Record<SyncedPrefixName, SyncStore>;
 
+  // ---- Prometheus metrics (read at scrape time), served from the start (an etcd
+  // that is down at start shows as kvstore_connected 0); a port in use is reported, not fatal.
+  let exports: { status: () => ApiserverStatus; errors: () => Record<'nodes' | 'ip' | 'services' | 'identities', number> } | undefined;
+  let metricsAddress: string | null = null;
+  let metricsError: string | null = null;
+  if (cfg.metricsAddress !== '') {
+    const registry = apiserverRegistry({
+      status: () => exports?.status(),
+      exportErrors: () => exports?.errors() ?? {},
+      heartbeat: () => ({ writes: heartbeat.count, failures: heartbeat.failures, lastRoundOk: heartbeat.lastRoundOk }),
+    });
+    try {
+      const server = await startMetricsServer(cfg.metricsAddress, [registry]);
+      metricsAddress = server.address;
+      cleanups.push(() => server.close());
+      log.info({ address: server.address }, 'metrics served on /metrics');
+    } catch (err) {
+      metricsError = `${cfg.metricsAddress}: ${(err as Error).message}`;
+      log.warn({ address: cfg.metricsAddress, err: (err as Error).message }, 'metrics endpoint not started');
+    }
+  }
+
   const allocator = new IdentityAllocator({
     kv,
     cluster: cfg.clusterName,
@@ -102,15 +127,30 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
     onError: kvError('identity reference maintenance failed'),
   });
   // The store in etcd, or (--kubeconfig) the Kubernetes API with Endpoint objects from etcd.
-  const local = deps.source
-    ? { source: deps.source, description: deps.source.type }
-    : openLocalSource(kv, {
-        kubeconfig: cfg.kubeconfig,
-        onProblem: (p) => log.warn({ kind: p.kind, key: p.key }, p.message),
-        onError: (kind, err) => log.warn({ kind, err: err.message }, 'cluster source watch failed; re-listing'),
-        onHandlerError: (kind, err) => log.error({ kind, err: (err as Error).message }, 'export handler failed'),
-        clock,
-      });
+  // A start that fails from here on leaves nothing running (heartbeat, metrics endpoint, etcd client).
+  const failStart = async (err: unknown): Promise<never> => {
+    stopCtl.abort();
+    await heartbeat.stop();
+    await Promise.all(cleanups.map((c) => c()));
+    await Promise.all(Object.values(stores).map((s) => s.stop()));
+    await allocator.close();
+    await kv.close();
+    throw err;
+  };
+  let local: { source: ClusterSource; description: string };
+  try {
+    local = deps.source
+      ? { source: deps.source, description: deps.source.type }
+      : openLocalSource(kv, {
+          kubeconfig: cfg.kubeconfig,
+          onProblem: (p) => log.warn({ kind: p.kind, key: p.key }, p.message),
+          onError: (kind, err) => log.warn({ kind, err: err.message }, 'cluster source watch failed; re-listing'),
+          onHandlerError: (kind, err) => log.error({ kind, err: (err as Error).message }, 'export handler failed'),
+          clock,
+        });
+  } catch (err) {
+    return failStart(err);
+  }
   const source = local.source;
   log.info({ source: local.description }, 'cluster source');
 
@@ -127,7 +167,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
       }
     }
   };
-  const [nodesExisting, ipExisting, servicesExisting] = await Promise.all([existing(prefixes.nodes), existing(prefixes.ip), existing(prefixes.services)]);
+  const [nodesExisting, ipExisting, servicesExisting] = await Promise.all([existing(prefixes.nodes), existing(prefixes.ip), existing(prefixes.services)]).catch(failStart);
   const nodesOut = new PrefixExport('nodes', stores.nodes, nodesExisting);
   const ipOut = new PrefixExport('ip', stores.ip, ipExisting);
   const servicesOut = new PrefixExport('services', stores.services, servicesExisting);
@@ -147,7 +187,11 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
     exportServices(cluster, source.services, serviceBackendInput(source), servicesOut, log),
   ];
   identities.start();
-  await source.start();
+  await source.start().catch(async (err: unknown) => {
+    for (const off of unsubscribe) off();
+    identities.stop();
+    return failStart(err);
+  });
 
   // Identity gc: unreferenced identities of our range go after the grace period.
   const gcLoop = (async () => {
@@ -186,25 +230,10 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
     stores: Object.fromEntries(Object.entries(stores).map(([k, s]) => [k, s.status()])) as Record<SyncedPrefixName, SyncStoreStatus>,
   });
 
-  // ---- Prometheus metrics (read at scrape time); a port in use is reported, not fatal
-  let metricsAddress: string | null = null;
-  let metricsError: string | null = null;
-  if (cfg.metricsAddress !== '') {
-    const registry = apiserverRegistry({
-      status,
-      exportErrors: () => ({ nodes: nodesOut.errors, ip: ipOut.errors, services: servicesOut.errors, identities: identities.status().failures }),
-      heartbeat: () => ({ writes: heartbeat.count, failures: heartbeat.failures, lastRoundOk: heartbeat.lastRoundOk }),
-    });
-    try {
-      const server = await startMetricsServer(cfg.metricsAddress, [registry]);
-      metricsAddress = server.address;
-      cleanups.push(() => server.close());
-      log.info({ address: server.address }, 'metrics served on /metrics');
-    } catch (err) {
-      metricsError = `${cfg.metricsAddress}: ${(err as Error).message}`;
-      log.warn({ address: cfg.metricsAddress, err: (err as Error).message }, 'metrics endpoint not started');
-    }
-  }
+  exports = {
+    status,
+    errors: () => ({ nodes: nodesOut.errors, ip: ipOut.errors, services: servicesOut.errors, identities: identities.status().failures }),
+  };
 
   let stopped: Promise<void> | undefined;
   return {

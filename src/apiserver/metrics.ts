@@ -8,9 +8,10 @@ import { ScrapeMetrics } from '../util/metrics.ts';
 import type { ApiserverStatus } from './apiserver.ts';
 
 export interface ApiserverMetricsSource {
-  status(): ApiserverStatus;
-  /** Source objects not exported (could not be converted), by kind. */
-  exportErrors(): Record<'nodes' | 'ip' | 'services' | 'identities', number>;
+  /** undefined until the exports exist (the first etcd listing done): the endpoint serves from the start. */
+  status(): ApiserverStatus | undefined;
+  /** Source objects not exported (could not be converted), by kind (none before the exports exist). */
+  exportErrors(): Partial<Record<'nodes' | 'ip' | 'services' | 'identities', number>>;
   heartbeat(): { writes: number; failures: number; lastRoundOk: boolean };
 }
 
@@ -28,7 +29,7 @@ export function apiserverRegistry(src: ApiserverMetricsSource): Registry {
     g.set({ kind: 'identities' }, st.identities.identities);
   });
   m.counter('clustermesh_apiserver_export_errors_total', 'Source objects that could not be exported (invalid, or an identity outside the cluster\'s range), by kind', ['kind'], (c) => {
-    for (const [kind, n] of Object.entries(src.exportErrors())) c.inc({ kind }, n);
+    for (const [kind, n] of Object.entries(src.exportErrors())) c.inc({ kind }, n ?? 0);
   });
   m.counter('clustermesh_apiserver_kvstore_operations_total', 'Writes into the mesh kvstore, by prefix and operation (put, delete)', ['prefix', 'operation'], (c) => {
     for (const [prefix, s] of stores()) {
