@@ -51,7 +51,7 @@ const exportConditions = async (ctx: string, svc = 'echo'): Promise<Cond[]> => {
 const cond = (cs: Cond[], type: string): Cond | undefined => cs.find((c) => c.type === type);
 
 const serviceYaml = (protocol: string) =>
-  `apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\n  namespace: ${ns}\nspec:\n  selector: {app: echo}\n  ports:\n    - name: http\n      port: 80\n      targetPort: 8080\n      protocol: ${protocol}\n`;
+  `apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\n  namespace: ${ns}\n  annotations: {service.cilium.io/global: "true"}\nspec:\n  selector: {app: echo}\n  ports:\n    - name: http\n      port: 80\n      targetPort: 8080\n      protocol: ${protocol}\n`;
 const exportYaml = (svc: string) => `apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata:\n  name: ${svc}\n  namespace: ${ns}\n`;
 
 describe('the Multi-Cluster Services API on a --kube-source lab of three clusters (kubectl)', { timeout: 1_800_000 }, () => {
@@ -124,6 +124,26 @@ describe('the Multi-Cluster Services API on a --kube-source lab of three cluster
     assert.ok(![...r.clusters.keys()].includes('cluster3'), r.out);
   });
 
+  test('the exported Service is also an annotated global service: its VIP and the import VIP each balance over the same two pods, once each', async () => {
+    const vipOf = async (what: string, path: string) => (await kubectlOk('--context', 'cluster1', '-n', ns, 'get', what, '-o', `jsonpath={${path}}`)).trim();
+    const importVip = await vipOf('serviceimport/echo', '.spec.ips[0]');
+    const globalVip = await vipOf('service/echo', '.spec.clusterIP');
+    assert.notEqual(importVip, globalVip);
+    const backendsOf = (rows: Array<{ frontend: string; backends: Array<{ address: string; cluster: string | null }> }>, vip: string) =>
+      rows.find((r) => r.frontend === `${vip}:80/TCP`)?.backends.map((b) => b.address.split(':')[0]!).sort() ?? [];
+    const sets = await eventually("cluster1's datapath: both VIPs with one backend per cluster", async () => {
+      const r = await cli(['inspect', 'services', '--lab', name, '--node', 'cluster1/node1', '-o', 'json']);
+      if (r.code !== 0) return undefined;
+      const rows = (JSON.parse(r.stdout) as { nodes: Array<{ entries: Parameters<typeof backendsOf>[0] }> }).nodes[0]!.entries;
+      const [imp, glob] = [backendsOf(rows, importVip), backendsOf(rows, globalVip)];
+      return imp.length === 2 && glob.length === 2 ? { imp, glob } : undefined;
+    }, 90_000, 1000);
+    assert.deepEqual(sets.imp, sets.glob);
+    const pods = [];
+    for (const c of ['cluster1', 'cluster2']) pods.push((await kubectlOk('--context', c, '-n', ns, 'get', 'pods', '-l', 'app=echo', '-o', 'jsonpath={.items[0].status.podIP}')).trim());
+    assert.deepEqual(sets.imp, pods.sort());
+  });
+
   test('a protocol clash on port "http" sets Conflict (PortConflict) on both exports; changing it back clears it', async () => {
     const udp = join(files, 'svc-udp.yaml');
     writeFileSync(udp, serviceYaml('UDP'));
@@ -155,6 +175,9 @@ describe('the Multi-Cluster Services API on a --kube-source lab of three cluster
     const status = (await cli(['status', '--lab', name])).stdout;
     assert.match(status, new RegExp(`export\\s+${ns}/echo\\s+Valid=True Ready=True Conflict=False`), status);
     assert.match(status, new RegExp(`import\\s+${ns}/echo\\s+ClusterSetIP \\d+\\.\\d+\\.\\d+\\.\\d+ .*cluster1,cluster2`), status);
+    const inspect = (await ok(cli(['inspect', 'services', '--lab', name, '--node', 'cluster3/node1']), 'inspect services')).toString();
+    assert.match(inspect, /== cluster3: Multi-Cluster Services/);
+    assert.match(inspect, new RegExp(`import\\s+${ns}/echo\\s+ClusterSetIP \\d+\\.\\d+\\.\\d+\\.\\d+\\s+ports http:80/TCP\\s+from cluster1,cluster2`), inspect);
   });
 
   test('deleting both exports removes the ServiceImport (and its derived Service) from cluster3', async () => {

@@ -399,7 +399,7 @@ interface InspectFlags extends TargetFlags {
 const DESCRIPTIONS: Record<MapKind, string> = {
   ipcache: 'prefix -> identity (with labels and cluster), pod, tunnel endpoint (cm_ipcache)',
   endpoints: 'local pods: IP, endpoint id, identity with labels, veth (cm_endpoints)',
-  services: "frontends with their backends per cluster and which are active (cm_services, cm_backends, cm_backend_slots, cm_maglev, cm_revnat); in a lab with a Kubernetes API also each cluster's ServiceExports (conditions) and ServiceImports",
+  services: "frontends with their backends per cluster and which are active (cm_services, cm_backends, cm_backend_slots, cm_maglev, cm_revnat); in a --kube-source lab also each cluster's ServiceExports (conditions) and ServiceImports",
   policy: 'per endpoint: direction, remote identity (labels), protocol, ports, verdict (cm_policy, cm_policy_enforce)',
   ct: 'service connections: client, frontend, backend, expiry (cm_ct)',
   metrics: 'packet counters by reason and direction, summed over CPUs (cm_metrics)',
@@ -418,7 +418,7 @@ export function inspectCommand(): Command {
         const nodes = t.nodes.map((n) => ({ node: n.key, cluster: n.cluster ?? null, rows: readNodeRows(kind, n, d, closer) }));
         // services, in a lab with a Kubernetes API: each cluster's ServiceExports (conditions) and ServiceImports too.
         const mcs = new Map<string, Awaited<ReturnType<typeof probeMcs>>>();
-        const kubeconfig = t.lab?.kubeconfig;
+        const kubeconfig = t.lab?.source === 'kubernetes' ? t.lab.kubeconfig : undefined;
         if (kind === 'services' && kubeconfig) for (const c of new Set(nodes.flatMap((n) => (n.cluster ? [n.cluster] : [])))) mcs.set(c, await probeMcs(kubeconfig, c));
         if (o.output === 'json') {
           printJson({ map: kind, nodes: nodes.map((n) => ({ node: n.node, cluster: n.cluster, entries: n.rows })), ...(mcs.size ? { mcs: Object.fromEntries(mcs) } : {}), warnings: d.warnings });

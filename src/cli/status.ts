@@ -371,7 +371,8 @@ export async function probeTargets(t: Targets, closer: Closer, o: { etcd?: boole
         configFiles,
         nodes: mine,
         prometheus: prometheusOf(t.lab),
-        ...(t.lab?.kubeconfig && c?.lab?.kubeApi ? { mcs: await probeMcs(t.lab.kubeconfig, name) } : {}),
+        // ServiceExports/ServiceImports matter where the Kubernetes API is the source (lab up --kube-source).
+        ...(t.lab?.source === 'kubernetes' && t.lab.kubeconfig && c?.lab?.kubeApi ? { mcs: await probeMcs(t.lab.kubeconfig, name) } : {}),
       };
     }),
   );
