@@ -170,7 +170,6 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
       clock,
       onError: (err, key) => log.warn({ key, err: err.message }, 'kvstore write failed; retrying'),
     });
-    cleanups.push(() => mcsStore.stop());
     mcs = new McsController({
       cluster: cfg.clusterName,
       kube: new KubeHttp(loadKubeConnection({ kubeconfig: cfg.kubeconfig }).kubeConfig),
@@ -181,7 +180,11 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
       log: log.child({ controller: 'mcs' }),
     });
     mcs.start();
-    cleanups.unshift(() => mcs!.stop());
+    const controller = mcs;
+    cleanups.push(async () => {
+      await controller.stop();
+      await mcsStore.stop();
+    });
   }
 
   // Identity gc: unreferenced identities of our range go after the grace period.

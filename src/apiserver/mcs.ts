@@ -39,6 +39,8 @@ import { sleep, systemClock, type Clock } from '../util/clock.ts';
 import type { PrefixExport } from './export.ts';
 
 const MCS_PATH = `/apis/${MCS_API_VERSION}`;
+/** How often the CRDs are looked for while neither is served. */
+export const CRD_ABSENT_RETRY_MS = 15_000;
 const exportsPath = (ns?: string, name?: string): string => (ns ? `${MCS_PATH}/namespaces/${ns}/serviceexports${name ? `/${name}` : ''}` : `${MCS_PATH}/serviceexports`);
 const importsPath = (ns?: string, name?: string): string => (ns ? `${MCS_PATH}/namespaces/${ns}/serviceimports${name ? `/${name}` : ''}` : `${MCS_PATH}/serviceimports`);
 const servicesPath = (ns?: string, name?: string): string => (ns ? `/api/v1/namespaces/${ns}/services${name ? `/${name}` : ''}` : '/api/v1/services');
@@ -210,7 +212,8 @@ export class McsController {
           if (msg !== this.lastError) this.o.log.warn({ err: msg }, 'MCS round failed; retrying');
           this.lastError = msg;
         }
-      } while (await sleep(this.clock, this.o.intervalMs, this.stopCtl.signal));
+        // Without the CRDs there is nothing to read or write: look again less often (as the source retries an absent CRD).
+      } while (await sleep(this.clock, this.crdAbsent ? Math.max(this.o.intervalMs, CRD_ABSENT_RETRY_MS) : this.o.intervalMs, this.stopCtl.signal));
     })();
   }
 
@@ -285,15 +288,18 @@ export class McsController {
   /** One pass: read, plan, write the difference. */
   async round(): Promise<void> {
     const kube = this.o.kube;
-    const [exportItems, importItems, serviceItems, namespaceItems, remote] = await Promise.all([
-      this.listOrNone(exportsPath()),
-      this.listOrNone(importsPath()),
-      this.listOrNone(servicesPath()),
-      this.listOrNone('/api/v1/namespaces'),
-      this.readRemotes(),
-    ]);
-    if (this.crdAbsent !== (exportItems === undefined)) this.o.log.info({ absent: exportItems === undefined }, exportItems === undefined ? 'the ServiceExport CRD is not served; no exports' : 'the ServiceExport CRD is served');
-    this.crdAbsent = exportItems === undefined;
+    const [exportItems, importItems] = await Promise.all([this.listOrNone(exportsPath()), this.listOrNone(importsPath())]);
+    const absent = exportItems === undefined && importItems === undefined;
+    if (this.crdAbsent !== absent) this.o.log.info(absent ? 'the MCS API CRDs are not served; nothing to export or import' : 'the MCS API CRDs are served');
+    this.crdAbsent = absent;
+    if (absent) {
+      this.o.out.markInitialSyncDone();
+      for (const k of this.o.out.keys()) this.o.out.remove(k);
+      this.last = undefined;
+      if (this.rounds++ === 0) this.resolveFirst();
+      return;
+    }
+    const [serviceItems, namespaceItems, remote] = await Promise.all([this.listOrNone(servicesPath()), this.listOrNone('/api/v1/namespaces'), this.readRemotes()]);
     const exports: LocalExport[] = (exportItems ?? []).map((o) => {
       const m = metaOf(o);
       return { namespace: m.namespace, name: m.name, creationTimestamp: m.creationTimestamp, conditions: conditionsOf(o) };
