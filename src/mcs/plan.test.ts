@@ -5,6 +5,9 @@ import { parseExportSpec, serviceExportKey, type ExportSpec } from './export.ts'
 import { derivedServiceName, MANAGED_BY, MANAGED_BY_LABEL, planMcs, SERVICE_NAME_LABEL, withTransitions, type LocalService } from './plan.ts';
 import { answerQuery, resolveClustersetName, staticDnsData } from '../lab/dns.ts';
 import { localServiceOf } from '../apiserver/mcs.ts';
+import { clusterConfigValue } from '../apiserver/heartbeat.ts';
+import { exportedReadPrefixes } from '../clustermesh/keys.ts';
+import { serviceExportsPrefix } from './export.ts';
 import { parseObject, type Service } from '../model/index.ts';
 
 const svc = (name: string, o: Partial<LocalService> = {}): LocalService => ({
@@ -107,6 +110,12 @@ describe('planMcs: what one cluster wants from its exports and the remotes', () 
     assert.deepEqual(t.ports, [{ name: 'web', protocol: 'TCP', port: 80, targetPort: 'http' }]);
     assert.equal(t.affinityTimeoutSeconds, 30);
   });
+});
+
+test("cluster-config says serviceExportsEnabled when the apiserver publishes exports; a remote cluster's reader may read them", () => {
+  assert.equal(clusterConfigValue(3, 255, true), '{"id":3,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255,"serviceExportsEnabled":true}}');
+  assert.equal(clusterConfigValue(3, 255), '{"id":3,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255,"serviceExportsEnabled":false}}');
+  assert.ok(exportedReadPrefixes.includes(serviceExportsPrefix));
 });
 
 describe('the lab DNS answers clusterset.local from the derived Services', () => {
