@@ -245,6 +245,15 @@ export class McsController {
     }
   }
 
+  /** DELETE; already gone is fine. */
+  private async deleteIfPresent(path: string): Promise<void> {
+    try {
+      await this.o.kube.request('DELETE', path);
+    } catch (err) {
+      if (!(err instanceof KubeApiError && err.code === 404)) throw err;
+    }
+  }
+
   private async readRemotes(): Promise<ExportSpec[]> {
     if (!this.o.remoteConfigDir) return [];
     const scan = await scanConfigDir(this.o.remoteConfigDir);
@@ -334,9 +343,7 @@ export class McsController {
         continue;
       }
       if (current && (current.clusterIP === 'None') !== d.headless) {
-        await kube.request('DELETE', servicesPath(d.namespace, d.name)).catch((err: unknown) => {
-          if (!(err instanceof KubeApiError && err.code === 404)) throw err;
-        });
+        await this.deleteIfPresent(servicesPath(d.namespace, d.name));
         services.delete(`${d.namespace}/${d.name}`);
         vip = undefined;
       }
@@ -353,9 +360,7 @@ export class McsController {
       if (s.labels[MANAGED_BY_LABEL] !== MANAGED_BY || !s.name.startsWith('derived-')) continue;
       const k = `${s.namespace}/${s.labels[SERVICE_NAME_LABEL] ?? ''}`;
       if (plan.imports.get(k)?.derived.name === s.name) continue;
-      await kube.request('DELETE', servicesPath(s.namespace, s.name)).catch((err: unknown) => {
-        if (!(err instanceof KubeApiError && err.code === 404)) throw err;
-      });
+      await this.deleteIfPresent(servicesPath(s.namespace, s.name));
       this.o.log.info({ service: `${s.namespace}/${s.name}` }, 'derived service deleted (no export of its name left)');
     }
 
@@ -392,9 +397,7 @@ export class McsController {
       }
       for (const [key, o] of currentImports) {
         if (plan.imports.has(key) || metaOf(o).labels[MANAGED_BY_LABEL] !== MANAGED_BY) continue;
-        await kube.request('DELETE', importsPath(metaOf(o).namespace, metaOf(o).name)).catch((err: unknown) => {
-          if (!(err instanceof KubeApiError && err.code === 404)) throw err;
-        });
+        await this.deleteIfPresent(importsPath(metaOf(o).namespace, metaOf(o).name));
         this.o.log.info({ import: key }, 'serviceimport deleted (no export of its name left)');
       }
     }
