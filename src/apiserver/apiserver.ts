@@ -16,6 +16,13 @@ import { PodIdentities } from './identities.ts';
 import { apiserverRegistry } from './metrics.ts';
 import { loadEtcdConfig, type ApiserverConfig } from './options.ts';
 import { startMetricsServer } from '../util/metrics.ts';
+import { serviceExportsClusterPrefix, serviceExportsPrefix } from '../mcs/export.ts';
+import { KubeHttp } from '../sources/kubernetes/http.ts';
+import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
+import { McsController, type McsStatus } from './mcs.ts';
+
+/** How often the MCS controller reconciles (it reads the API and the remotes' exports each time). */
+export const MCS_INTERVAL_MS = 2000;
 
 /** The user the apiserver's identity references are held under. */
 export const APISERVER_IDENTITY_USER = 'apiserver';
@@ -23,6 +30,8 @@ export const APISERVER_IDENTITY_USER = 'apiserver';
 export interface ApiserverDeps {
   /** Use this instead of reading cfg.etcdConfigFile. */
   connection?: KvConnectionConfig;
+  /** MCS controller interval (default MCS_INTERVAL_MS). */
+  mcsIntervalMs?: number;
   /** The cluster source (default: the store source in the same etcd). */
   source?: ClusterSource;
   clock?: Clock;
@@ -41,6 +50,8 @@ export interface ApiserverStatus {
   exported: { nodes: number; ip: number; services: number };
   identities: ReturnType<PodIdentities['status']>;
   stores: Record<SyncedPrefixName, SyncStoreStatus>;
+  /** The Multi-Cluster Services controller (only with --kubeconfig). */
+  mcs?: McsStatus;
 }
 
 export interface Apiserver {
@@ -70,6 +81,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
     cluster: cfg.clusterName,
     clusterId: cfg.clusterId,
     maxConnectedClusters: cfg.maxConnectedClusters,
+    serviceExportsEnabled: cfg.kubeconfig !== undefined,
     intervalMs: cfg.heartbeatIntervalMs,
     clock,
     onError: kvError('heartbeat / cluster-config write failed'),
@@ -193,6 +205,32 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
     return failStart(err);
   });
 
+  // Multi-Cluster Services (issue 18): ServiceExports and ServiceImports are CRDs of the Kubernetes API.
+  let mcs: McsController | undefined;
+  if (cfg.kubeconfig !== undefined) {
+    const mcsStore = new SyncStore(kv, {
+      canaryKey: `cilium/synced/${cfg.clusterName}/${serviceExportsPrefix.slice(0, -1)}`,
+      prefix: serviceExportsClusterPrefix(cfg.clusterName),
+      clock,
+      onError: (err, key) => log.warn({ key, err: err.message }, 'kvstore write failed; retrying'),
+    });
+    mcs = new McsController({
+      cluster: cfg.clusterName,
+      kube: new KubeHttp(loadKubeConnection({ kubeconfig: cfg.kubeconfig }).kubeConfig),
+      out: new PrefixExport('serviceexports', mcsStore, await existing(serviceExportsClusterPrefix(cfg.clusterName))),
+      remoteConfigDir: cfg.clustermeshConfigDir,
+      intervalMs: deps.mcsIntervalMs ?? MCS_INTERVAL_MS,
+      clock,
+      log: log.child({ controller: 'mcs' }),
+    });
+    mcs.start();
+    const controller = mcs;
+    cleanups.push(async () => {
+      await controller.stop();
+      await mcsStore.stop();
+    });
+  }
+
   // Identity gc: unreferenced identities of our range go after the grace period.
   const gcLoop = (async () => {
     while (await sleep(clock, cfg.identityGcIntervalMs, stopCtl.signal)) {
@@ -228,6 +266,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
     exported: { nodes: nodesOut.size, ip: ipOut.size, services: servicesOut.size },
     identities: identities.status(),
     stores: Object.fromEntries(Object.entries(stores).map(([k, s]) => [k, s.status()])) as Record<SyncedPrefixName, SyncStoreStatus>,
+    ...(mcs ? { mcs: mcs.status() } : {}),
   });
 
   exports = {

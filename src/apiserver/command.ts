@@ -33,6 +33,7 @@ export function apiserverCommand(): Command {
     .requiredOption('--etcd-config <file>', "YAML client config of the cluster's etcd (endpoints, trusted-ca-file, cert-file, key-file)")
     .option('--etcd-bootstrap-config <file>', "the same, for etcd's root user: create the mesh's etcd roles and users and turn authentication on first (idempotent; for an etcd set up with the apiserver, as `clustermesh install` does)")
     .option('--kubeconfig <file>', "read the cluster's Namespaces, Pods, Services, EndpointSlices, Nodes and policies from this Kubernetes API (the file's current context); Endpoint objects (mesh state) stay in etcd. Default: every kind from the store in etcd")
+    .option('--clustermesh-config-dir <dir>', "with --kubeconfig: one file per remote cluster (as the agents'); the Multi-Cluster Services controller reads the other clusters' ServiceExports through them. ServiceExports/ServiceImports are handled whenever --kubeconfig is given")
     .option('--max-connected-clusters <n>', '255 or 511', String(APISERVER_DEFAULTS.maxConnectedClusters))
     .option('--heartbeat-interval <duration>', 'how often cilium/.heartbeat is rewritten', '15s')
     .option('--session-ttl <seconds>', 'TTL of the lease exported keys live on', String(APISERVER_DEFAULTS.sessionTtlSeconds))

@@ -13,14 +13,20 @@ export interface HeartbeatOptions {
   cluster: string;
   clusterId: number;
   maxConnectedClusters: MaxConnectedClusters;
+  /** This apiserver publishes ServiceExports (cilium/state/serviceexports/v1/<cluster>/): said in cluster-config. */
+  serviceExportsEnabled?: boolean;
   intervalMs: number;
   clock?: Clock;
   onError?: (err: unknown) => void;
 }
 
-/** The cluster-config value of ARCHITECTURE §4, as a Cilium clustermesh-apiserver writes it (no MCS-API ServiceExports). */
-export function clusterConfigValue(clusterId: number, maxConnectedClusters: MaxConnectedClusters): string {
-  return encodeClusterConfig({ id: clusterId, capabilities: { syncedCanaries: true, maxConnectedClusters, serviceExportsEnabled: false } });
+/**
+ * The cluster-config value of ARCHITECTURE §4, as a Cilium clustermesh-apiserver
+ * writes it; serviceExportsEnabled when it publishes MCS-API ServiceExports
+ * (with --kubeconfig), as Cilium's with clustermesh.enableMCSAPISupport.
+ */
+export function clusterConfigValue(clusterId: number, maxConnectedClusters: MaxConnectedClusters, serviceExportsEnabled = false): string {
+  return encodeClusterConfig({ id: clusterId, capabilities: { syncedCanaries: true, maxConnectedClusters, serviceExportsEnabled } });
 }
 
 export class Heartbeat {
@@ -59,7 +65,7 @@ export class Heartbeat {
   async tick(): Promise<void> {
     const session = await this.o.kv.lease();
     if (session.id !== this.configSession) {
-      await this.o.kv.put(clusterConfigKey(this.o.cluster), clusterConfigValue(this.o.clusterId, this.o.maxConnectedClusters), { lease: true });
+      await this.o.kv.put(clusterConfigKey(this.o.cluster), clusterConfigValue(this.o.clusterId, this.o.maxConnectedClusters, this.o.serviceExportsEnabled ?? false), { lease: true });
       this.configSession = session.id;
       session.once('lost', () => this.wake?.abort());
     }

@@ -27,6 +27,12 @@ export interface ApiserverConfig {
   metricsAddress: string;
   /** Kubeconfig of the cluster's Kubernetes API: the source of every kind but Endpoint (those stay in etcd); undefined = the store in etcd. */
   kubeconfig?: string | undefined;
+  /**
+   * One file per remote cluster (the agents' layout): with a kubeconfig, the
+   * MCS-API controller reads the other clusters' ServiceExports through these
+   * (issue 18); undefined = only this cluster's own exports are merged.
+   */
+  clustermeshConfigDir?: string | undefined;
 }
 
 /** What the command line hands over (commander's camel-cased option values). */
@@ -42,6 +48,7 @@ export interface ApiserverRawOptions {
   logLevel?: unknown;
   metricsAddress?: unknown;
   kubeconfig?: unknown;
+  clustermeshConfigDir?: unknown;
 }
 
 export class OptionError extends Error {
@@ -137,8 +144,14 @@ export function compileApiserverOptions(raw: ApiserverRawOptions): ApiserverConf
     kubeconfig = resolve(required('--kubeconfig', raw.kubeconfig));
     if (!existsSync(kubeconfig)) throw new OptionError('--kubeconfig', `${kubeconfig}: no such file`);
   }
+  let clustermeshConfigDir: string | undefined;
+  if (raw.clustermeshConfigDir !== undefined) {
+    if (kubeconfig === undefined) throw new OptionError('--clustermesh-config-dir', 'needs --kubeconfig (ServiceExports are read from the Kubernetes API)');
+    clustermeshConfigDir = resolve(required('--clustermesh-config-dir', raw.clustermeshConfigDir));
+  }
   return {
     ...(kubeconfig !== undefined ? { kubeconfig } : {}),
+    ...(clustermeshConfigDir !== undefined ? { clustermeshConfigDir } : {}),
     clusterName,
     clusterId,
     maxConnectedClusters,

@@ -3,6 +3,8 @@
 // src/datapath/maps/, identities shown with their labels and clusters by
 // name (directory.ts). The row builders are pure: decoded entries plus a
 // Directory in, rows out.
+import { probeMcs } from './status.ts';
+import { formatMcsView } from '../mcs/view.ts';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import { BpfMap } from '../datapath/libbpf/index.ts';
@@ -397,7 +399,7 @@ interface InspectFlags extends TargetFlags {
 const DESCRIPTIONS: Record<MapKind, string> = {
   ipcache: 'prefix -> identity (with labels and cluster), pod, tunnel endpoint (cm_ipcache)',
   endpoints: 'local pods: IP, endpoint id, identity with labels, veth (cm_endpoints)',
-  services: 'frontends with their backends per cluster and which are active (cm_services, cm_backends, cm_backend_slots, cm_maglev, cm_revnat)',
+  services: "frontends with their backends per cluster and which are active (cm_services, cm_backends, cm_backend_slots, cm_maglev, cm_revnat); in a --kube-source lab also each cluster's ServiceExports (conditions) and ServiceImports",
   policy: 'per endpoint: direction, remote identity (labels), protocol, ports, verdict (cm_policy, cm_policy_enforce)',
   ct: 'service connections: client, frontend, backend, expiry (cm_ct)',
   metrics: 'packet counters by reason and direction, summed over CPUs (cm_metrics)',
@@ -414,11 +416,19 @@ export function inspectCommand(): Command {
         if (t.nodes.length === 0) throw new CliError(`no nodes to inspect${t.lab ? ` in lab ${t.lab.name}` : ''}; name one with --node, --pin-dir or --socket`, EXIT_ERROR);
         const d = await loadDirectory(t, closer, { kv: kind !== 'metrics', agents: kind !== 'metrics' });
         const nodes = t.nodes.map((n) => ({ node: n.key, cluster: n.cluster ?? null, rows: readNodeRows(kind, n, d, closer) }));
+        // services, in a lab with a Kubernetes API: each cluster's ServiceExports (conditions) and ServiceImports too.
+        const mcs = new Map<string, Awaited<ReturnType<typeof probeMcs>>>();
+        const kubeconfig = t.lab?.source === 'kubernetes' ? t.lab.kubeconfig : undefined;
+        if (kind === 'services' && kubeconfig) for (const c of new Set(nodes.flatMap((n) => (n.cluster ? [n.cluster] : [])))) mcs.set(c, await probeMcs(kubeconfig, c));
         if (o.output === 'json') {
-          printJson({ map: kind, nodes: nodes.map((n) => ({ node: n.node, cluster: n.cluster, entries: n.rows })), warnings: d.warnings });
+          printJson({ map: kind, nodes: nodes.map((n) => ({ node: n.node, cluster: n.cluster, entries: n.rows })), ...(mcs.size ? { mcs: Object.fromEntries(mcs) } : {}), warnings: d.warnings });
         } else {
           for (const w of d.warnings) process.stderr.write(`warning: ${w}\n`);
           console.log(nodes.map((n) => `== ${n.node}\n${formatRows(kind, n.rows, d)}`).join('\n\n'));
+          for (const [c, v] of mcs) {
+            const lines = v === null ? ['  the MCS API CRDs are not installed'] : 'error' in v ? [`  could not read ServiceExports/ServiceImports (${v.error})`] : formatMcsView(v);
+            console.log(`\n== ${c}: Multi-Cluster Services\n${lines.join('\n')}`);
+          }
         }
         return EXIT_OK;
       }),

@@ -12,6 +12,9 @@ import { clusterConfigKey, heartbeatKey, servicesPrefix, SYNCED_PREFIX_NAMES, ty
 import { decodeClusterConfig } from '../clustermesh/wire.ts';
 import { KvClient } from '../kvstore/client.ts';
 import { sameProcessAlive, type LabState } from '../lab/state.ts';
+import { formatMcsView, readMcsView, type McsView } from '../mcs/view.ts';
+import { KubeHttp } from '../sources/kubernetes/http.ts';
+import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import { action, Closer, EXIT_NOT_OK, EXIT_OK, example, outputOption, parseDurationFlag, printJson, type OutputFormat } from './common.ts';
 import { addTargetFlags, resolveTargets, type ClusterTarget, type NodeTarget, type TargetFlags, type Targets } from './targets.ts';
 
@@ -52,6 +55,8 @@ export interface ClusterProbe {
   nodes: NodeProbe[];
   /** Lab only, lab-wide: the prometheus of `lab up --prometheus` (its UI's URL, its process alive). */
   prometheus?: { url: string; process: boolean } | null;
+  /** Lab with a Kubernetes API: its ServiceExports and ServiceImports (null: the MCS CRDs are not served; error: not readable). */
+  mcs?: McsView | null | { error: string };
 }
 
 // ---- the report (exact JSON for scripts) ------------------------------------
@@ -114,6 +119,8 @@ export interface ClusterReport {
    */
   flows: { kept: number; seen: number; lostEvents: number; followerDropped: number } | null;
   nodeDetails: NodeReport[];
+  /** Multi-Cluster Services: exports with their conditions, imports (lab with a Kubernetes API; absent otherwise). */
+  mcs?: McsView | null | { error: string };
 }
 
 export interface StatusReport {
@@ -278,6 +285,7 @@ export function summarize(probes: ClusterProbe[], now: Date = new Date()): Statu
       exportedServices: p.etcd?.reachable ? p.etcd.exportedServices.length : null,
       flows: flowsOf(statuses.map(({ s }) => s)),
       nodeDetails,
+      ...(p.mcs !== undefined ? { mcs: p.mcs } : {}),
     });
   }
   const prometheus = probes.find((p) => p.prometheus)?.prometheus ?? null;
@@ -363,9 +371,20 @@ export async function probeTargets(t: Targets, closer: Closer, o: { etcd?: boole
         configFiles,
         nodes: mine,
         prometheus: prometheusOf(t.lab),
+        // ServiceExports/ServiceImports matter where the Kubernetes API is the source (lab up --kube-source).
+        ...(t.lab?.source === 'kubernetes' && t.lab.kubeconfig && c?.lab?.kubeApi ? { mcs: await probeMcs(t.lab.kubeconfig, name) } : {}),
       };
     }),
   );
+}
+
+/** The ServiceExports and ServiceImports of a lab cluster (its kubeconfig context). */
+export async function probeMcs(kubeconfig: string, cluster: string): Promise<McsView | null | { error: string }> {
+  try {
+    return await readMcsView(new KubeHttp(loadKubeConnection({ kubeconfig, context: cluster }).kubeConfig));
+  } catch (err) {
+    return { error: (err as Error).message };
+  }
 }
 
 // ---- text ------------------------------------------------------------------
@@ -405,6 +424,11 @@ export function formatStatus(r: StatusReport): string {
         `  flows:       ${c.flows.kept} kept (${c.flows.seen} seen); ${c.flows.lostEvents} events lost${c.flows.lostEvents > 0 ? ' (a ring buffer was full: the agent read too slowly or was down)' : ''}${c.flows.followerDropped > 0 ? `; ${c.flows.followerDropped} not delivered to slow followers` : ''}`,
       );
     if (c.exportedServices !== null) out.push(`  exports:     ${c.exportedServices} global service${c.exportedServices === 1 ? '' : 's'}`);
+    if (c.mcs !== undefined) {
+      if (c.mcs === null) out.push('  mcs:         the MCS API CRDs are not installed (kubectl apply -f deploy/crds/mcs-api.yaml)');
+      else if ('error' in c.mcs) out.push(`  mcs:         could not read ServiceExports/ServiceImports (${c.mcs.error})`);
+      else out.push(`  mcs:         ${c.mcs.exports.length} ServiceExport${c.mcs.exports.length === 1 ? '' : 's'}, ${c.mcs.imports.length} ServiceImport${c.mcs.imports.length === 1 ? '' : 's'}`, ...formatMcsView(c.mcs, '    '));
+    }
   }
   if (r.globalServices !== null) out.push(`global services: ${r.globalServices}`);
   if (r.prometheus) out.push(`prometheus: ${mark(r.prometheus.process)}  ${r.prometheus.url}/  (scrapes every agent and apiserver; e.g. ${r.prometheus.url}/graph?g0.expr=clustermesh_drop_count_total)`);

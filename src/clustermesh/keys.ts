@@ -56,6 +56,8 @@ export const exportedReadPrefixes: readonly string[] = [
   identitiesPrefix.slice(0, -1),
   ipPrefix,
   servicesPrefix,
+  // MCS-API ServiceExports (src/mcs/export.ts; Cilium's layout)
+  'cilium/state/serviceexports/v1/',
   syncedPrefix,
   heartbeatKey,
 ];

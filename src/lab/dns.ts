@@ -9,6 +9,8 @@
 //   <svc>.<ns>.svc.<domain>   A  the Service's ClusterIP; for a headless
 //                                Service (clusterIP None) the IPs of its ready pods
 //   <a-b-c-d>.<ns>.pod.<domain> A  a.b.c.d, when a pod of <ns> has that IP
+//   <svc>.<ns>.svc.clusterset.local A  the ServiceImport's VIP (issue 18; see
+//                                resolveClustersetName)
 // Short names (`<svc>`, `<svc>.<ns>`) resolve through the search list of the
 // pods' resolv.conf (see resolvConf()), as with kube-dns.
 // Other names in the domain: NXDOMAIN (or NODATA for a name that exists with no
@@ -47,8 +49,11 @@ import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import { startKubeApiEndpoint } from './kube-api-endpoint.ts';
 import type { ClusterSource } from '../sources/types.ts';
 import type { LabCluster } from './state.ts';
+import { derivedServiceName, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL } from '../mcs/plan.ts';
 
 export const CLUSTER_DOMAIN = 'cluster.local';
+/** The Multi-Cluster Services domain (KEP-1645): `<svc>.<ns>.svc.clusterset.local`. */
+export const CLUSTERSET_DOMAIN = 'clusterset.local';
 /** The ClusterIP of kube-system/kube-dns in every cluster of the lab. */
 export const DNS_SERVICE_IP = '10.96.0.10';
 export const DNS_NAMESPACE = 'kube-system';
@@ -181,6 +186,33 @@ export function resolveName(data: DnsData, name: string, domain = CLUSTER_DOMAIN
   }
 }
 
+/**
+ * A name of clusterset.local (issue 18): `<svc>.<ns>.svc.clusterset.local` is
+ * the ServiceImport's VIP, which is the ClusterIP of the import's derived
+ * Service (src/mcs/plan.ts: same name in every cluster, labelled with the
+ * import's name, made by the apiserver's MCS controller); for a headless
+ * import, the ready pods the derived Service selects in this cluster.
+ */
+export function resolveClustersetName(data: DnsData, name: string): Resolution {
+  const n = normalizeName(name);
+  if (n === CLUSTERSET_DOMAIN) return { kind: 'exists', a: [], apex: true };
+  if (!n.endsWith(`.${CLUSTERSET_DOMAIN}`)) return { kind: 'outside' };
+  const labels = n.slice(0, -(CLUSTERSET_DOMAIN.length + 1)).split('.');
+  const derived = (ns: string, svc: string): Service | undefined => {
+    const d = data.service(ns, derivedServiceName(svc));
+    return d && d.metadata.labels[SERVICE_NAME_LABEL] === svc && d.metadata.labels[MANAGED_BY_LABEL] === MANAGED_BY ? d : undefined;
+  };
+  if (labels.length === 1) return labels[0] === 'svc' ? { kind: 'exists', a: [] } : { kind: 'nxdomain' };
+  if (labels.length === 2) return labels[1] === 'svc' && data.services().some((s) => s.metadata.namespace === labels[0] && s.metadata.labels[MANAGED_BY_LABEL] === MANAGED_BY) ? { kind: 'exists', a: [] } : { kind: 'nxdomain' };
+  if (labels.length === 3 && labels[2] === 'svc') {
+    const d = derived(labels[1]!, labels[0]!);
+    if (!d) return { kind: 'nxdomain' };
+    if (d.spec.clusterIP === 'None') return { kind: 'exists', a: headlessAddresses(data, d) };
+    return { kind: 'exists', a: d.spec.clusterIP ? [d.spec.clusterIP] : [] };
+  }
+  return { kind: 'nxdomain' };
+}
+
 function soaRecord(domain: string, ttl: number): Answer {
   return {
     type: 'SOA',
@@ -232,10 +264,15 @@ export function answerQuery(query: DecodedPacket, data: DnsData, opts: DnsAnswer
   if (questions.length !== 1) return reply('FORMERR', false);
   const q = questions[0] as Question;
   if (q.class !== undefined && q.class !== 'IN' && q.class !== 'ANY') return reply('REFUSED', false);
-  const res = resolveName(data, q.name, domain);
+  let res = resolveName(data, q.name, domain);
+  let zone = domain;
+  if (res.kind === 'outside') {
+    res = resolveClustersetName(data, q.name);
+    zone = CLUSTERSET_DOMAIN;
+  }
   if (res.kind === 'outside') return reply('REFUSED', false);
   if (!data.ready()) return reply('SERVFAIL', false);
-  const negative = [soaRecord(domain, ttl)];
+  const negative = [soaRecord(zone, ttl)];
   if (res.kind === 'nxdomain') return reply('NXDOMAIN', true, [], negative);
   const answers: Answer[] = [];
   // dns-packet decodes QTYPE 255 as 'ANY', which its types do not list.
@@ -243,7 +280,7 @@ export function answerQuery(query: DecodedPacket, data: DnsData, opts: DnsAnswer
   if (qtype === 'A' || qtype === 'ANY') {
     for (const ip of res.a) answers.push({ type: 'A', name: q.name, ttl, class: 'IN', data: ip });
   }
-  if ((qtype === 'SOA' || qtype === 'ANY') && res.apex) answers.push(soaRecord(domain, ttl));
+  if ((qtype === 'SOA' || qtype === 'ANY') && res.apex) answers.push(soaRecord(zone, ttl));
   return reply('NOERROR', true, answers, answers.length ? [] : negative);
 }
 

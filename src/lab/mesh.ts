@@ -342,7 +342,8 @@ class LabMesh implements Mesh {
         '--log-level', a.logLevel ?? 'info',
         // Metrics on the control-plane address: reachable from the router (lab up --prometheus).
         '--metrics-address', `${ip}:${APISERVER_METRICS_PORT}`,
-        ...(this.opts.kubeSource ? ['--kubeconfig', localKubeconfig(dir)] : []),
+        // The MCS controller reads the other clusters' ServiceExports with the agents' remote-cluster files.
+        ...(this.opts.kubeSource ? ['--kubeconfig', localKubeconfig(dir), '--clustermesh-config-dir', join(dir, 'remote-clusters')] : []),
         ...(a.extraArgs ?? []),
       ],
       env: childEnv(),

@@ -76,6 +76,40 @@ export class KubeHttp {
     throw new KubeApiError(res.statusCode ?? 0, reason, `${what}: ${res.statusCode} ${reason ? `${reason}: ` : ''}${message}`);
   }
 
+  /**
+   * A write (or a read) with a JSON body: POST, PUT, PATCH (merge patch) or
+   * DELETE of `path`; the answer's JSON, or a KubeApiError naming the request.
+   */
+  async request(method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE', path: string, body?: unknown, timeoutMs = 30_000): Promise<Record<string, unknown>> {
+    const cluster = this.kubeConfig.getCurrentCluster();
+    if (!cluster) throw new Error('kubeconfig has no current cluster');
+    const url = new URL(cluster.server.replace(/\/+$/, '') + path);
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const headers: Record<string, string> = { Accept: 'application/json' };
+    if (payload) {
+      headers['Content-Type'] = method === 'PATCH' ? 'application/merge-patch+json' : 'application/json';
+      headers['Content-Length'] = String(payload.length);
+    }
+    const opts: RequestOptions = { method, headers };
+    await this.kubeConfig.applyToHTTPSOptions(opts);
+    const https = url.protocol === 'https:';
+    if (!https) delete opts.agent;
+    const res = await new Promise<IncomingMessage>((resolve, reject) => {
+      const req = (https ? httpsRequest : httpRequest)(url, opts, resolve);
+      req.on('error', reject);
+      req.setTimeout(timeoutMs, () => req.destroy(new Error(`no answer from ${url.host} in ${timeoutMs} ms`)));
+      req.end(payload);
+    });
+    const what = `${method} ${path}`;
+    if ((res.statusCode ?? 0) < 200 || (res.statusCode ?? 0) > 299) return KubeHttp.fail(res, what);
+    const text = await KubeHttp.body(res);
+    try {
+      return text.trim() === '' ? {} : (JSON.parse(text) as Record<string, unknown>);
+    } catch (err) {
+      throw new Error(`${what}: the answer is not JSON: ${(err as Error).message}`);
+    }
+  }
+
   /** One page of a list. */
   async list(path: string, query: Record<string, string>, signal: AbortSignal, timeoutMs = 60_000): Promise<RawList> {
     const res = await this.open(path, query, signal, timeoutMs);

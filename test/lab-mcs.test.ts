@@ -1,0 +1,188 @@
+// The Multi-Cluster Services API on a --kube-source lab of three clusters
+// (issue 18), through real kubectl: a Service exported from cluster1 and
+// cluster2 is imported by cluster3 (a ServiceImport with a VIP, both clusters
+// in its status); a pod of cluster3 reaches it by its clusterset.local name and
+// is answered by pods of both exporting clusters (real traffic through the
+// datapath); a protocol clash on a port sets the Conflict condition on the
+// exports and changing it back clears it; an export without a Service is not
+// Valid (NoService); deleting the exports removes the import.
+import { after, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { childEnv } from '../src/lab/process.ts';
+import { eventually, kubectlFor, ok, run } from './helpers/kube.ts';
+
+const ROOT_DIR = resolve(import.meta.dirname, '..');
+const CLI = join(ROOT_DIR, 'bin', 'clustermesh.js');
+const root = mkdtempSync(join(tmpdir(), 'cmtmcs-root-'));
+const files = mkdtempSync(join(tmpdir(), 'cmtmcs-files-'));
+const env = childEnv({ CLUSTERMESH_LAB_ROOT: root });
+const name = `cmtmcs${randomBytes(3).toString('hex')}`;
+const ns = `cmt-mcs-${randomBytes(3).toString('hex')}`;
+const CLUSTERS = ['cluster1', 'cluster2', 'cluster3'];
+
+const cli = (args: string[], timeoutMs = 120_000) => run(process.execPath, [CLI, ...args], { env, timeoutMs });
+let kubeconfig = '';
+const { kubectl, kubectlOk } = kubectlFor({ kubeconfig: () => kubeconfig, cacheDir: () => join(files, 'kube-cache'), env: () => env, timeoutMs: 150_000 });
+
+/** `clustermesh lab workload client URL -n N` from a pod; per answering cluster, how many answers. */
+async function fromPod(cluster: string, pod: string, url: string, n: number): Promise<{ answered: number; clusters: Map<string, number>; out: string }> {
+  const r = await cli(['lab', 'exec', '--lab', name, '--cluster', cluster, '-n', ns, pod, '--', 'clustermesh', 'lab', 'workload', 'client', url, '-n', String(n), '--timeout', '1000'], 60_000);
+  const out = r.stdout + r.stderr;
+  const clusters = new Map<string, number>();
+  for (const m of out.matchAll(/^\s+(\d+)\s+(\S+)\/\S+\/\S+$/gm)) clusters.set(m[2]!, (clusters.get(m[2]!) ?? 0) + Number(m[1]));
+  return { answered: Number(/(\d+) answered/.exec(out)?.[1] ?? 0), clusters, out };
+}
+
+interface Cond {
+  type: string;
+  status: string;
+  reason?: string;
+  message?: string;
+}
+const exportConditions = async (ctx: string, svc = 'echo'): Promise<Cond[]> => {
+  const r = await kubectl('--context', ctx, '-n', ns, 'get', 'serviceexport', svc, '-o', 'json');
+  if (r.code !== 0) return [];
+  return ((JSON.parse(r.stdout) as { status?: { conditions?: Cond[] } }).status?.conditions ?? []) as Cond[];
+};
+const cond = (cs: Cond[], type: string): Cond | undefined => cs.find((c) => c.type === type);
+
+const serviceYaml = (protocol: string) =>
+  `apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\n  namespace: ${ns}\n  annotations: {service.cilium.io/global: "true"}\nspec:\n  selector: {app: echo}\n  ports:\n    - name: http\n      port: 80\n      targetPort: 8080\n      protocol: ${protocol}\n`;
+const exportYaml = (svc: string) => `apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata:\n  name: ${svc}\n  namespace: ${ns}\n`;
+
+describe('the Multi-Cluster Services API on a --kube-source lab of three clusters (kubectl)', { timeout: 1_800_000 }, () => {
+  let up = false;
+  after(async () => {
+    if (up) {
+      const down = await cli(['lab', 'down', '--lab', name], 300_000);
+      if (down.code !== 0) console.error(`lab down ${name}: exit ${down.code}\n${down.stderr}${down.stdout}`);
+    }
+    rmSync(files, { recursive: true, force: true });
+    if (!existsSync(join(root, name))) rmSync(root, { recursive: true, force: true });
+  });
+
+  test('lab up (3 clusters x 1 node, --kube-source); the MCS CRDs applied with kubectl are served', async () => {
+    up = true;
+    const r = await cli(['lab', 'up', '--lab', name, '--clusters', '3', '--nodes', '1', '--kube-source'], 900_000);
+    assert.equal(r.code, 0, `lab up failed:\n${r.stderr}${r.stdout}`);
+    kubeconfig = (await ok(cli(['lab', 'kubeconfig', '--lab', name]), 'lab kubeconfig')).trim();
+    for (const c of CLUSTERS) {
+      await kubectlOk('--context', c, 'apply', '-f', join(ROOT_DIR, 'deploy', 'crds', 'mcs-api.yaml'));
+      await eventually(`serviceexports served in ${c}`, async () => (await kubectl('--context', c, 'get', 'serviceexports', '-A')).code === 0, 60_000, 500);
+    }
+  });
+
+  test('exported from cluster1 and cluster2: cluster3 gets a ServiceImport with a VIP and both clusters; Valid, Ready, no Conflict', async () => {
+    const deployment = `apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: echo\n  namespace: ${ns}\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {app: echo}\n  template:\n    metadata:\n      labels: {app: echo}\n    spec:\n      containers:\n        - name: echo\n          command: ["clustermesh", "lab", "workload", "echo", "--port", "8080"]\n          ports: [{containerPort: 8080}]\n`;
+    const nsYaml = `apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ${ns}\n`;
+    const server = join(files, 'server.yaml');
+    writeFileSync(server, `${nsYaml}---\n${deployment}---\n${serviceYaml('TCP')}`);
+    const client = join(files, 'client.yaml');
+    writeFileSync(client, `${nsYaml}---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: client\n  namespace: ${ns}\nspec:\n  containers:\n    - name: client\n      command: ["sleep", "infinity"]\n`);
+    for (const c of ['cluster1', 'cluster2']) await kubectlOk('--context', c, 'apply', '-f', server);
+    await kubectlOk('--context', 'cluster3', 'apply', '-f', client);
+    const exp = join(files, 'export.yaml');
+    writeFileSync(exp, exportYaml('echo'));
+    await kubectlOk('--context', 'cluster1', 'apply', '-f', exp);
+    await kubectlOk('--context', 'cluster2', 'apply', '-f', exp);
+
+    const imported = await eventually('the ServiceImport in cluster3 with a VIP and both clusters', async () => {
+      const r = await kubectl('--context', 'cluster3', '-n', ns, 'get', 'serviceimport', 'echo', '-o', 'json');
+      if (r.code !== 0) return undefined;
+      const si = JSON.parse(r.stdout) as { spec: { type: string; ips?: string[]; ports?: Array<{ name?: string; port: number; protocol: string }> }; status?: { clusters?: Array<{ cluster: string }> } };
+      const clusters = (si.status?.clusters ?? []).map((c) => c.cluster).sort();
+      return si.spec.ips?.length === 1 && clusters.join(',') === 'cluster1,cluster2' ? si : undefined;
+    }, 180_000, 1000);
+    assert.equal(imported.spec.type, 'ClusterSetIP');
+    assert.match(imported.spec.ips![0]!, /^\d+\.\d+\.\d+\.\d+$/);
+    assert.deepEqual(imported.spec.ports, [{ name: 'http', protocol: 'TCP', port: 80 }]);
+    for (const c of ['cluster1', 'cluster2']) {
+      const cs = await eventually(`conditions of the export in ${c}`, async () => {
+        const x = await exportConditions(c);
+        return cond(x, 'Conflict') ? x : undefined;
+      }, 60_000, 500);
+      assert.equal(cond(cs, 'Valid')?.status, 'True', JSON.stringify(cs));
+      assert.equal(cond(cs, 'Ready')?.status, 'True', JSON.stringify(cs));
+      assert.equal(cond(cs, 'Conflict')?.status, 'False', JSON.stringify(cs));
+    }
+    // The exporters import it too (every cluster with the namespace does).
+    await eventually('a ServiceImport in cluster1', async () => (await kubectl('--context', 'cluster1', '-n', ns, 'get', 'serviceimport', 'echo')).code === 0, 60_000, 1000);
+  });
+
+  test('a pod of cluster3 reaches echo.<ns>.svc.clusterset.local and is answered by both exporting clusters', async () => {
+    await kubectlOk('--context', 'cluster3', '-n', ns, 'wait', '--for=condition=Ready', 'pod/client', '--timeout=180s');
+    for (const c of ['cluster1', 'cluster2']) await kubectlOk('--context', c, '-n', ns, 'wait', '--for=condition=Ready', 'pod', '-l', 'app=echo', '--timeout=180s');
+    const r = await eventually('answers from cluster1 and cluster2 by the clusterset name', async () => {
+      const x = await fromPod('cluster3', 'client', `http://echo.${ns}.svc.clusterset.local/`, 20);
+      return x.answered === 20 && (x.clusters.get('cluster1') ?? 0) > 0 && (x.clusters.get('cluster2') ?? 0) > 0 ? x : undefined;
+    }, 180_000, 2000);
+    assert.equal(r.answered, 20, r.out);
+    assert.ok(![...r.clusters.keys()].includes('cluster3'), r.out);
+  });
+
+  test('the exported Service is also an annotated global service: its VIP and the import VIP each balance over the same two pods, once each', async () => {
+    const vipOf = async (what: string, path: string) => (await kubectlOk('--context', 'cluster1', '-n', ns, 'get', what, '-o', `jsonpath={${path}}`)).trim();
+    const importVip = await vipOf('serviceimport/echo', '.spec.ips[0]');
+    const globalVip = await vipOf('service/echo', '.spec.clusterIP');
+    assert.notEqual(importVip, globalVip);
+    const backendsOf = (rows: Array<{ frontend: string; backends: Array<{ address: string; cluster: string | null }> }>, vip: string) =>
+      rows.find((r) => r.frontend === `${vip}:80/TCP`)?.backends.map((b) => b.address.split(':')[0]!).sort() ?? [];
+    const sets = await eventually("cluster1's datapath: both VIPs with one backend per cluster", async () => {
+      const r = await cli(['inspect', 'services', '--lab', name, '--node', 'cluster1/node1', '-o', 'json']);
+      if (r.code !== 0) return undefined;
+      const rows = (JSON.parse(r.stdout) as { nodes: Array<{ entries: Parameters<typeof backendsOf>[0] }> }).nodes[0]!.entries;
+      const [imp, glob] = [backendsOf(rows, importVip), backendsOf(rows, globalVip)];
+      return imp.length === 2 && glob.length === 2 ? { imp, glob } : undefined;
+    }, 90_000, 1000);
+    assert.deepEqual(sets.imp, sets.glob);
+    const pods = [];
+    for (const c of ['cluster1', 'cluster2']) pods.push((await kubectlOk('--context', c, '-n', ns, 'get', 'pods', '-l', 'app=echo', '-o', 'jsonpath={.items[0].status.podIP}')).trim());
+    assert.deepEqual(sets.imp, pods.sort());
+  });
+
+  test('a protocol clash on port "http" sets Conflict (PortConflict) on both exports; changing it back clears it', async () => {
+    const udp = join(files, 'svc-udp.yaml');
+    writeFileSync(udp, serviceYaml('UDP'));
+    await kubectlOk('--context', 'cluster2', 'apply', '-f', udp);
+    for (const c of ['cluster1', 'cluster2']) {
+      const cs = await eventually(`Conflict True in ${c}`, async () => {
+        const x = await exportConditions(c);
+        return cond(x, 'Conflict')?.status === 'True' ? x : undefined;
+      }, 90_000, 1000);
+      assert.match(cond(cs, 'Conflict')!.reason ?? '', /PortConflict/);
+      assert.match(cond(cs, 'Conflict')!.message ?? '', /80\/UDP in cluster2/);
+    }
+    const tcp = join(files, 'svc-tcp.yaml');
+    writeFileSync(tcp, serviceYaml('TCP'));
+    await kubectlOk('--context', 'cluster2', 'apply', '-f', tcp);
+    for (const c of ['cluster1', 'cluster2']) await eventually(`Conflict False again in ${c}`, async () => cond(await exportConditions(c), 'Conflict')?.status === 'False', 90_000, 1000);
+  });
+
+  test('an export without a Service is not Valid (NoService); status and inspect services show exports and imports', async () => {
+    const exp = join(files, 'export-missing.yaml');
+    writeFileSync(exp, exportYaml('nothing-here'));
+    await kubectlOk('--context', 'cluster1', 'apply', '-f', exp);
+    const cs = await eventually('Valid False on the export of a missing Service', async () => {
+      const x = await exportConditions('cluster1', 'nothing-here');
+      return cond(x, 'Valid')?.status === 'False' ? x : undefined;
+    }, 60_000, 1000);
+    assert.equal(cond(cs, 'Valid')!.reason, 'NoService');
+    await kubectlOk('--context', 'cluster1', 'delete', '-f', exp);
+    const status = (await cli(['status', '--lab', name])).stdout;
+    assert.match(status, new RegExp(`export\\s+${ns}/echo\\s+Valid=True Ready=True Conflict=False`), status);
+    assert.match(status, new RegExp(`import\\s+${ns}/echo\\s+ClusterSetIP \\d+\\.\\d+\\.\\d+\\.\\d+ .*cluster1,cluster2`), status);
+    const inspect = (await ok(cli(['inspect', 'services', '--lab', name, '--node', 'cluster3/node1']), 'inspect services')).toString();
+    assert.match(inspect, /== cluster3: Multi-Cluster Services/);
+    assert.match(inspect, new RegExp(`import\\s+${ns}/echo\\s+ClusterSetIP \\d+\\.\\d+\\.\\d+\\.\\d+\\s+ports http:80/TCP\\s+from cluster1,cluster2`), inspect);
+  });
+
+  test('deleting both exports removes the ServiceImport (and its derived Service) from cluster3', async () => {
+    for (const c of ['cluster1', 'cluster2']) await kubectlOk('--context', c, '-n', ns, 'delete', 'serviceexport', 'echo');
+    await eventually('the ServiceImport gone from cluster3', async () => (await kubectl('--context', 'cluster3', '-n', ns, 'get', 'serviceimport', 'echo')).code !== 0, 120_000, 1000);
+    await eventually('no derived Service left in cluster3', async () => !(await kubectlOk('--context', 'cluster3', '-n', ns, 'get', 'services', '-o', 'name')).includes('derived-'), 60_000, 1000);
+  });
+});
