@@ -124,6 +124,10 @@ export class WatchStore {
     return this.cache.get(key)?.value;
   }
 
+  has(key: string): boolean {
+    return this.cache.has(key);
+  }
+
   /** A copy of the cache: key → value. */
   snapshot(): Map<string, string> {
     return new Map([...this.cache].map(([k, v]) => [k, v.value]));
