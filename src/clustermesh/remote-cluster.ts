@@ -835,6 +835,7 @@ export class RemoteCluster {
           clock: this.clock,
           random: this.random,
           backoff: { initialMs: this.backoff.maxMs, maxMs: this.backoff.maxMs },
+          retainValues: false, // the mirror keeps the decoded entry; a raw copy of every remote value would double the memory
         });
         stores.push(store);
         store.start();
