@@ -4,9 +4,16 @@
 //                (config limit), p50/p99 over --changes sequential changes per rep.
 //   sync:        a fresh importer process importing --clusters remote clusters ×
 //                --endpoints endpoints each until every remote is ready (clustermesh)
-//                vs. a process that only lists the same keys (limit); RSS of both.
+//                vs. a process that only lists the same keys (limit): time, CPU,
+//                RSS, and the CPU of the etcds meanwhile. The remotes are simulated
+//                (sim.ts): --per-etcd clusters' keyspaces per etcd process, one
+//                connection and one etcd user per remote. In the first rep the
+//                importer then times --changes single changes (scale_propagation).
 // Real etcd processes with mutual TLS and auth (data dirs on /dev/shm when present).
-// Usage: npm run bench -- controlplane [--changes N] [--reps N] [--clusters N] [--endpoints N] [--only propagation,sync] [--write]
+// Usage: npm run bench -- controlplane [--changes N] [--reps N] [--clusters N] [--endpoints N]
+//          [--per-etcd N] [--only propagation,sync] [--profile DIR] [--write]
+//   --profile DIR: the importer processes write CPU profiles (node --cpu-prof) there.
+// Defaults: 254 remotes (a 255-cluster mesh) × 1,000 endpoints, 32 per etcd, 3 reps.
 // A run with --only or other sizes than the defaults writes controlplane-partial.json unless --write.
 import { execFile } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
