@@ -21,7 +21,7 @@ import { KvClient } from '../../src/kvstore/client.ts';
 import { percentile } from '../lib/results.ts';
 import { NamespacedKvClient, simNodeIp, simPodIp, type SimSpec } from './sim.ts';
 
-const { positionals, values } = parseArgs({ allowPositionals: true, options: { changes: { type: 'string', default: '0' } } });
+const { positionals, values } = parseArgs({ allowPositionals: true, options: { changes: { type: 'string', default: '0' }, 'sync-concurrency': { type: 'string' } } });
 const [mode, specFile] = positionals;
 if ((mode !== 'mesh' && mode !== 'raw') || !specFile) {
   console.error('usage: importer.ts <mesh|raw> <specFile> [--changes N]');
@@ -54,7 +54,7 @@ let counts: Record<string, number>;
 let mesh: ClusterMesh | undefined;
 let keep: unknown;
 if (mode === 'mesh') {
-  mesh = new ClusterMesh({ localCluster: { name: 'local', id: 255 }, configDir, logger: silentLogger, registry: new Registry(), useFsWatch: false, rescanIntervalMs: 3_600_000, connect });
+  mesh = new ClusterMesh({ localCluster: { name: 'local', id: 255 }, configDir, logger: silentLogger, registry: new Registry(), useFsWatch: false, rescanIntervalMs: 3_600_000, connect, ...(values['sync-concurrency'] ? { syncConcurrency: Number(values['sync-concurrency']) } : {}) });
   await mesh.start();
   await mesh.waitReady({ timeoutMs: 600_000 });
 } else {

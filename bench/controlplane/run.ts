@@ -11,7 +11,7 @@
 //                importer then times --changes single changes (scale_propagation).
 // Real etcd processes with mutual TLS and auth (data dirs on /dev/shm when present).
 // Usage: npm run bench -- controlplane [--changes N] [--reps N] [--clusters N] [--endpoints N]
-//          [--per-etcd N] [--only propagation,sync] [--profile DIR] [--write]
+//          [--per-etcd N] [--sync-concurrency N] [--only propagation,sync] [--profile DIR] [--write]
 //   --profile DIR: the importer processes write CPU profiles (node --cpu-prof) there.
 // Defaults: 254 remotes (a 255-cluster mesh) × 1,000 endpoints, 32 per etcd, 3 reps.
 // A run with --only or other sizes than the defaults writes controlplane-partial.json unless --write.
@@ -45,6 +45,7 @@ const { values } = parseArgs({
     'per-etcd': { type: 'string', default: '32' },
     only: { type: 'string' },
     profile: { type: 'string' },
+    'sync-concurrency': { type: 'string' },
     write: { type: 'boolean', default: false },
   },
 });
@@ -62,7 +63,7 @@ if (CLUSTERS > 254) throw new Error(`--clusters must be at most 254 (cluster IDs
 const only = values.only ? new Set(values.only.split(',')) : null;
 // A partial run (--only, fewer clusters, other sizes) must not replace the data behind
 // the published comparison: it writes controlplane-partial unless --write says otherwise.
-const partial = only !== null || CHANGES !== 1000 || REPS !== 3 || CLUSTERS !== 254 || ENDPOINTS !== 1000 || PER_ETCD !== 32;
+const partial = only !== null || CHANGES !== 1000 || REPS !== 3 || CLUSTERS !== 254 || ENDPOINTS !== 1000 || PER_ETCD !== 32 || values['sync-concurrency'] !== undefined;
 const resultsName = partial && !values.write ? 'controlplane-partial' : 'controlplane';
 
 const base = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
@@ -195,6 +196,7 @@ async function sync(): Promise<void> {
     for (const [cfg, mode] of rep % 2 === 0 ? order : [...order].reverse()) {
       const etcdCpu0 = cpuOf(pids);
       const changes = mode === 'mesh' && rep === 0 ? ['--changes', String(CHANGES)] : [];
+      if (mode === 'mesh' && values['sync-concurrency']) changes.push('--sync-concurrency', values['sync-concurrency']);
       const { stdout } = await run(process.execPath, ['--expose-gc', ...(values.profile ? ['--cpu-prof', '--cpu-prof-dir', values.profile] : []), '--import', 'tsx', join(here, 'importer.ts'), mode, specFile, ...changes], { maxBuffer: 1 << 20, timeout: 900_000 });
       const etcdCpu = cpuOf(pids) - etcdCpu0;
       const r = JSON.parse(stdout.trim().split('\n').pop()!) as { syncSeconds: number; cpuSeconds: number; rssIdleMiB: number; rssMiB: number; counts: Record<string, number>; propagation?: { changes: number; clustermesh: { p50: number; p99: number }; limit: { p50: number; p99: number } } };
