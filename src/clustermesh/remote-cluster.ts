@@ -261,7 +261,7 @@ export interface RemoteClusterOptions {
   connect?: (config: KvConnectionConfig) => KvClient;
   /** Report the remote stale when its heartbeat has not changed for this long (default 180 s, as Cilium). */
   heartbeatStaleMs?: number;
-  /** Shared with the other remotes of the mesh (default: a slot of its own, no limit in effect). */
+  /** Shared with the other remotes of the mesh (default: slots of its own, no limit in effect). */
   syncSlots?: SyncSlots;
 }
 
