@@ -30,6 +30,7 @@ import { ConfigDirWatcher, toConnectionConfig, type ConfigDirEvent, type RemoteC
 import {
   DEFAULT_BACKOFF,
   RemoteCluster,
+  SyncSlots,
   type BackoffOptions,
   type ClusterIdRegistry,
   type LocalCluster,
@@ -85,6 +86,8 @@ export interface ClusterMeshOptions {
   connect?: (config: KvConnectionConfig) => KvClient;
   /** Report a remote stale when its heartbeat has not changed for this long (default 180 s). */
   heartbeatStaleMs?: number;
+  /** How many remotes connect, or list a prefix for the first time in a session, at once (default 16). */
+  syncConcurrency?: number;
 }
 
 interface CompiledOptions {
@@ -101,7 +104,11 @@ interface CompiledOptions {
   useFsWatch: boolean;
   connect: ((config: KvConnectionConfig) => KvClient) | undefined;
   heartbeatStaleMs: number | undefined;
+  syncSlots: SyncSlots;
 }
+
+/** Remotes connecting or listing at once (SyncSlots): enough to keep the pipe full, few enough that no deadline runs out in our own queue. */
+export const DEFAULT_SYNC_CONCURRENCY = 16;
 
 function compile(o: ClusterMeshOptions): CompiledOptions {
   const max = o.localCluster.maxConnectedClusters ?? 255;
@@ -121,6 +128,7 @@ function compile(o: ClusterMeshOptions): CompiledOptions {
     useFsWatch: o.useFsWatch ?? true,
     connect: o.connect,
     heartbeatStaleMs: o.heartbeatStaleMs,
+    syncSlots: new SyncSlots(o.syncConcurrency ?? DEFAULT_SYNC_CONCURRENCY),
   };
 }
 
@@ -152,6 +160,40 @@ interface Attached {
   remote: RemoteCluster;
   config: RemoteClusterConfig;
   unsubscribe: (() => void)[];
+}
+
+const samePorts = (a: readonly ServicePort[], b: readonly ServicePort[]): boolean =>
+  a.length === b.length && a.every((p, i) => p.name === b[i]!.name && p.port === b[i]!.port && p.protocol === b[i]!.protocol);
+
+function sameGlobalService(a: GlobalService, b: GlobalService): boolean {
+  if (a.namespace !== b.namespace || a.name !== b.name || a.clusters.length !== b.clusters.length || a.backends.length !== b.backends.length) return false;
+  if (!a.clusters.every((c, i) => c === b.clusters[i])) return false;
+  return a.backends.every((x, i) => {
+    const y = b.backends[i]!;
+    return x.cluster === y.cluster && x.ip === y.ip && samePorts(x.ports, y.ports);
+  });
+}
+
+/** The remotes' shared services of one "<ns>/<name>". */
+interface SharedService {
+  /** Names the global service (every member has the same namespace and name). */
+  first: RemoteService;
+  /** cluster → its backends as the global service lists them. */
+  backends: Map<string, GlobalServiceBackend[]>;
+  /** The member clusters, sorted. */
+  clusters: string[];
+}
+
+/** Where `x` goes in the sorted `xs`. */
+function sortedIndex(xs: readonly string[], x: string): number {
+  let lo = 0;
+  let hi = xs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (xs[mid]! < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
 const meshesByRegistry = new WeakMap<Registry, Set<ClusterMesh>>();
@@ -193,9 +235,12 @@ export class ClusterMesh {
   private readonly identityCache = new Cache<number, RemoteIdentity>();
   private readonly ipCache = new Cache<string, IpCacheEntry>();
   private readonly serviceCache = new Cache<string, RemoteService>();
-  private readonly globalServiceCache = new Cache<string, GlobalService>();
-  /** ip → claims in arrival order (cluster → entry); only entries the ownership check accepted. */
-  private readonly ipClaims = new Map<string, Map<string, RemoteIpEntry>>();
+  /** Rebuilt on every change of a member service: compared field by field (a JSON
+   * comparison of thousands of backends at every remote's upsert is quadratic in clusters). */
+  private readonly globalServiceCache = new Cache<string, GlobalService>({ equals: sameGlobalService });
+  /** ip → claims in arrival order, one per cluster; only entries the ownership check accepted.
+   * (An array: nearly every IP has a single claim, and a Map per IP weighs on memory at 250k.) */
+  private readonly ipClaims = new Map<string, RemoteIpEntry[]>();
   /** Everything each remote announced: cluster → ip → entry (accepted or not). */
   private readonly announcedIps = new Map<string, Map<string, RemoteIpEntry>>();
   /** cluster → IPs accepted as inside the cluster's own pod CIDRs (not merely unverified). */
@@ -206,7 +251,7 @@ export class ClusterMesh {
   private readonly announcedNodes = new Map<string, Map<string, RemoteNode>>();
   private readonly ownership = new OwnershipRegistry();
   /** "<ns>/<name>" → cluster → service. */
-  private readonly servicesByName = new Map<string, Map<string, RemoteService>>();
+  private readonly servicesByName = new Map<string, SharedService>();
 
   /** "<cluster>/<node>" → node. */
   readonly nodes: ObservableMap<string, RemoteNode> = this.nodeCache;
@@ -288,7 +333,7 @@ export class ClusterMesh {
   status(): ClusterMeshStatus {
     const remotes = [...this.remotes.values()].map((a) => a.remote.status()).sort((a, b) => (a.name < b.name ? -1 : 1));
     let conflicts = 0;
-    for (const claims of this.ipClaims.values()) if (claims.size > 1) conflicts++;
+    for (const claims of this.ipClaims.values()) if (claims.length > 1) conflicts++;
     return {
       localCluster: { ...this.o.local },
       configDir: this.o.configDir,
@@ -331,10 +376,11 @@ export class ClusterMesh {
   async waitReady(opts: { timeoutMs?: number; clusters?: string[] } = {}): Promise<void> {
     const deadline = Date.now() + (opts.timeoutMs ?? 30_000);
     for (;;) {
-      const st = this.status();
-      const want = opts.clusters ?? st.remotes.map((r) => r.name);
-      if (want.every((n) => st.remotes.find((r) => r.name === n)?.ready)) return;
+      // Only the remotes' states: status() is O(entries) and this polls every 20 ms.
+      const want = opts.clusters ?? [...this.remotes.keys()];
+      if (want.every((n) => this.remotes.get(n)?.remote.ready === true)) return;
       if (Date.now() > deadline) {
+        const st = this.status();
         throw new Error(`clustermesh: not ready after ${opts.timeoutMs ?? 30_000} ms: ${JSON.stringify(st.remotes.map((r) => [r.name, r.state, r.lastError]))}`);
       }
       await new Promise((r) => setTimeout(r, 20));
@@ -398,6 +444,7 @@ export class ClusterMesh {
       ...(this.o.maxValueBytes !== undefined ? { maxValueBytes: this.o.maxValueBytes } : {}),
       ...(this.o.connect ? { connect: this.o.connect } : {}),
       ...(this.o.heartbeatStaleMs !== undefined ? { heartbeatStaleMs: this.o.heartbeatStaleMs } : {}),
+      syncSlots: this.o.syncSlots,
     });
     const cluster = config.name;
     const unsubscribe = [
@@ -441,9 +488,8 @@ export class ClusterMesh {
       }),
       remote.services.subscribe((ev) => {
         const key = `${cluster}/${ev.key}`;
-        if (ev.kind === 'upsert') this.serviceCache.set(key, ev.value);
-        else this.serviceCache.delete(key);
-        this.updateGlobalService(cluster, ev.key, ev.kind === 'upsert' ? ev.value : undefined);
+        const changed = ev.kind === 'upsert' ? this.serviceCache.set(key, ev.value) : this.serviceCache.delete(key);
+        if (changed) this.updateGlobalService(cluster, ev.key, ev.kind === 'upsert' ? ev.value : undefined);
       }),
     ];
     this.remotes.set(cluster, { remote, config, unsubscribe });
@@ -525,23 +571,22 @@ export class ClusterMesh {
   /** `ip` is the IP of a host entry, "ip/len" of a prefix entry. */
   private claimIp(cluster: string, ip: string, entry: RemoteIpEntry): void {
     let claims = this.ipClaims.get(ip);
-    if (!claims) {
-      claims = new Map();
-      this.ipClaims.set(ip, claims);
+    if (!claims) this.ipClaims.set(ip, (claims = []));
+    const i = claims.findIndex((c) => c.cluster === cluster);
+    if (i >= 0) claims[i] = entry;
+    else claims.push(entry);
+    if (claims.length > 1 && claims[0]!.cluster !== cluster) {
+      this.o.logger.warn({ ip, cluster, owner: claims[0]!.cluster }, 'IP claimed by two remote clusters; the first claim stays');
     }
-    claims.set(cluster, entry);
-    if (claims.size > 1 && claims.keys().next().value !== cluster) {
-      this.o.logger.warn({ ip, cluster, owner: claims.keys().next().value }, 'IP claimed by two remote clusters; the first claim stays');
-    }
-    const winner = claims.values().next().value;
-    if (winner) this.ipCache.set(ip, winner);
+    this.ipCache.set(ip, claims[0]!);
   }
 
   private withdrawIp(cluster: string, ip: string): void {
     const claims = this.ipClaims.get(ip);
-    if (!claims?.delete(cluster)) return;
-    const winner = claims.values().next().value;
-    if (winner) this.ipCache.set(ip, winner);
+    const i = claims?.findIndex((c) => c.cluster === cluster) ?? -1;
+    if (!claims || i < 0) return;
+    claims.splice(i, 1);
+    if (claims.length > 0) this.ipCache.set(ip, claims[0]!);
     else {
       this.ipClaims.delete(ip);
       this.ipCache.delete(ip);
@@ -549,25 +594,23 @@ export class ClusterMesh {
   }
 
   private updateGlobalService(cluster: string, nsName: string, svc: RemoteService | undefined): void {
-    let byCluster = this.servicesByName.get(nsName);
+    let shared = this.servicesByName.get(nsName);
     if (svc && svc.shared) {
-      if (!byCluster) {
-        byCluster = new Map();
-        this.servicesByName.set(nsName, byCluster);
-      }
-      byCluster.set(cluster, svc);
+      if (!shared) this.servicesByName.set(nsName, (shared = { first: svc, backends: new Map(), clusters: [] }));
+      // Each cluster's part is built once per change of its service; the merge below only concatenates.
+      if (!shared.backends.has(cluster)) shared.clusters.splice(sortedIndex(shared.clusters, cluster), 0, cluster);
+      shared.backends.set(cluster, svc.backends.map((b) => ({ cluster, ip: b.ip, ports: b.ports })));
     } else {
-      if (!byCluster?.delete(cluster)) return;
+      if (!shared?.backends.delete(cluster)) return;
+      shared.clusters.splice(shared.clusters.indexOf(cluster), 1);
     }
-    if (!byCluster || byCluster.size === 0) {
+    if (shared.clusters.length === 0) {
       this.servicesByName.delete(nsName);
       this.globalServiceCache.delete(nsName);
       return;
     }
-    const clusters = [...byCluster.keys()].sort();
-    const first = byCluster.values().next().value as RemoteService;
-    const backends: GlobalServiceBackend[] = [];
-    for (const c of clusters) for (const b of byCluster.get(c)?.backends ?? []) backends.push({ cluster: c, ip: b.ip, ports: b.ports });
-    this.globalServiceCache.set(nsName, { namespace: first.namespace, name: first.name, clusters, backends });
+    const backends = shared.clusters.flatMap((c) => shared.backends.get(c) ?? []);
+    this.globalServiceCache.set(nsName, { namespace: shared.first.namespace, name: shared.first.name, clusters: [...shared.clusters], backends });
   }
+
 }

@@ -7,7 +7,7 @@ import type { KvClient } from '../kvstore/client.ts';
 import { KvError } from '../kvstore/types.ts';
 import { Cache, type CacheEvent } from './cache.ts';
 import { ManualClock } from '../util/clock.ts';
-import { backoffDelay, DEFAULT_BACKOFF, RemoteCluster } from './remote-cluster.ts';
+import { backoffDelay, DEFAULT_BACKOFF, RemoteCluster, SyncSlots } from './remote-cluster.ts';
 
 const conn = { endpoints: ['https://127.0.0.1:1'], caFile: '/x', certFile: '/x', keyFile: '/x' };
 const local = { name: 'c1', id: 1, maxConnectedClusters: 255 as const };
@@ -99,5 +99,42 @@ describe('RemoteCluster without etcd', () => {
       assert.equal(connects, 0);
       await rc.stop();
     }
+  });
+});
+
+describe('SyncSlots', () => {
+  it('grants at most `size` at once, in order; an aborted waiter is never granted; a release twice frees one slot', async () => {
+    const slots = new SyncSlots(2);
+    const a: Array<() => void> = [];
+    const b: Array<() => void> = [];
+    const c: Array<() => void> = [];
+    const d: Array<() => void> = [];
+    await slots.acquire(new AbortController().signal, a);
+    await slots.acquire(new AbortController().signal, b);
+    const order: string[] = [];
+    const cAbort = new AbortController();
+    const cp = slots.acquire(cAbort.signal, c).then(() => order.push('c'), () => order.push('c aborted'));
+    const dp = slots.acquire(new AbortController().signal, d).then(() => order.push('d'));
+    await flush();
+    assert.deepEqual(order, []);
+    assert.equal(slots.queued, 2);
+    cAbort.abort();
+    await cp;
+    assert.deepEqual(order, ['c aborted']);
+    a[0]!();
+    a[0]!(); // twice: still one slot
+    await dp;
+    assert.deepEqual(order, ['c aborted', 'd']);
+    assert.equal(c.length, 0);
+    // b and d hold the two slots: a third waits until one is released
+    const e: Array<() => void> = [];
+    let granted = false;
+    const ep = slots.acquire(new AbortController().signal, e).then(() => (granted = true));
+    await flush();
+    assert.equal(granted, false);
+    d[0]!();
+    await ep;
+    assert.equal(granted, true);
+    assert.throws(() => new SyncSlots(0), /size must be an integer >= 1/);
   });
 });

@@ -191,6 +191,61 @@ export interface ClusterIdRegistry {
   release(cluster: string): void;
 }
 
+/**
+ * Bounds how many remotes connect and list at once. With hundreds of remotes
+ * starting together, one event loop decodes every answer in turn; the request
+ * deadlines of the others run out meanwhile, their sessions fail and list
+ * again (a reconnection storm of our own making). A slot is held while
+ * connecting (TLS, cluster-config, heartbeat) and for each prefix's first
+ * list, never while waiting for a remote's canaries.
+ */
+export class SyncSlots {
+  private free: number;
+  private readonly waiting: Array<() => void> = [];
+  constructor(readonly size: number) {
+    if (!Number.isInteger(size) || size < 1) throw new Error(`sync slots: size must be an integer >= 1, got ${size}`);
+    this.free = size;
+  }
+  /** Remotes waiting for a slot. */
+  get queued(): number {
+    return this.waiting.length;
+  }
+  /**
+   * Resolves once a slot is taken; its release function is pushed onto `held`
+   * in the same step (so an owner that stops waiting can still release it).
+   * Rejects when `signal` aborts first; a waiter is never granted after that.
+   */
+  acquire(signal: AbortSignal, held: Array<() => void>): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (signal.aborted) return reject(new Error('aborted'));
+      let done = false;
+      const grant = (): void => {
+        signal.removeEventListener('abort', onAbort);
+        held.push(() => {
+          if (done) return;
+          done = true;
+          const next = this.waiting.shift();
+          if (next) next();
+          else this.free++;
+        });
+        resolve();
+      };
+      const onAbort = (): void => {
+        const i = this.waiting.indexOf(grant);
+        if (i >= 0) this.waiting.splice(i, 1);
+        reject(new Error('aborted'));
+      };
+      if (this.free > 0) {
+        this.free--;
+        grant();
+        return;
+      }
+      this.waiting.push(grant);
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+}
+
 export interface RemoteClusterOptions {
   name: string;
   connection: KvConnectionConfig;
@@ -206,6 +261,8 @@ export interface RemoteClusterOptions {
   connect?: (config: KvConnectionConfig) => KvClient;
   /** Report the remote stale when its heartbeat has not changed for this long (default 180 s, as Cilium). */
   heartbeatStaleMs?: number;
+  /** Shared with the other remotes of the mesh (default: slots of its own, no limit in effect). */
+  syncSlots?: SyncSlots;
 }
 
 export const DEFAULT_HEARTBEAT_STALE_MS = 180_000;
@@ -308,7 +365,7 @@ class PrefixMirror<W, K, V> {
   }
 
   /** After a full listing: deletes every accepted key not in `listed` (stale pruning). */
-  pruneExcept(listed: ReadonlySet<string>): void {
+  pruneExcept(listed: { has(key: string): boolean }): void {
     const stale: string[] = [];
     for (const key of this.accepted.keys()) if (!listed.has(key)) stale.push(key);
     for (const key of stale) this.delete(key);
@@ -442,6 +499,7 @@ export class RemoteCluster {
   private refusedReason: string | null = null;
   private readonly rejectedCounts = emptyRejected();
   private readonly heartbeatStaleMs: number;
+  private readonly syncSlots: SyncSlots;
   private acceptedConfig: ClusterConfig | null = null;
   /** Our clock when the heartbeat was last seen to change, or the session connected (whichever is later). */
   private heartbeatSince: number | null = null;
@@ -465,6 +523,7 @@ export class RemoteCluster {
     this.maxValueBytes = opts.maxValueBytes;
     this.connectFn = opts.connect ?? ((c) => new KvClient(c));
     this.heartbeatStaleMs = opts.heartbeatStaleMs ?? DEFAULT_HEARTBEAT_STALE_MS;
+    this.syncSlots = opts.syncSlots ?? new SyncSlots(5);
     this.nodeMirror = new PrefixMirror(NODE_SPEC, this);
     this.identityMirror = new PrefixMirror(IDENTITY_SPEC, this);
     this.ipMirror = new PrefixMirror(IP_SPEC, this);
@@ -477,6 +536,11 @@ export class RemoteCluster {
 
   private get mirrors(): PrefixMirror<unknown, unknown, unknown>[] {
     return [this.nodeMirror, this.identityMirror, this.ipMirror, this.serviceMirror] as unknown as PrefixMirror<unknown, unknown, unknown>[];
+  }
+
+  /** Connected and every prefix listed in the current session (status().ready, without building the status). */
+  get ready(): boolean {
+    return this.state === 'ready';
   }
 
   status(): RemoteClusterStatus {
@@ -663,7 +727,15 @@ export class RemoteCluster {
     let client: KvClient | null = null;
     const watches: WatchHandle[] = [];
     const stores: WatchStore[] = [];
+    // Sync slots this session holds (their release functions), and what stops its waits for one.
+    const held: Array<() => void> = [];
+    const slotGate = new AbortController();
+    const slot = async (): Promise<void> => {
+      await race(this.syncSlots.acquire(slotGate.signal, held));
+    };
+    const releaseSlot = (): void => held.pop()?.();
     try {
+      await slot();
       client = this.connectFn(this.connection);
       const c = client;
 
@@ -743,10 +815,12 @@ export class RemoteCluster {
         ),
       );
       this.setState('syncing');
+      releaseSlot();
 
       const runPrefix = async (m: PrefixMirror<unknown, unknown, unknown>): Promise<void> => {
         if (cfg.capabilities.syncedCanaries) await race(this.waitCanary(c, m.spec.name, watches, fail));
         if (signal.aborted) return;
+        await slot();
         // A WatchStore per session: list-then-watch. Its first list upserts
         // everything present; what the mirror had that is not listed is pruned
         // right after. Any failure ends the session (the next one waits for the
@@ -761,12 +835,14 @@ export class RemoteCluster {
           clock: this.clock,
           random: this.random,
           backoff: { initialMs: this.backoff.maxMs, maxMs: this.backoff.maxMs },
+          retainValues: false, // the mirror keeps the decoded entry; a raw copy of every remote value would double the memory
         });
         stores.push(store);
         store.start();
         await race(store.synced);
         // the continuation runs before any watch event: the store holds exactly the listing
-        if (!signal.aborted) m.pruneExcept(new Set(store.snapshot().keys()));
+        if (!signal.aborted) m.pruneExcept(store);
+        releaseSlot();
       };
       await race(Promise.all(this.mirrors.map((m) => runPrefix(m)))).catch((e) => {
         throw wrap(e);
@@ -775,6 +851,8 @@ export class RemoteCluster {
       onReady();
       await ended;
     } finally {
+      slotGate.abort();
+      for (const release of held.splice(0)) release();
       signal.removeEventListener('abort', onAbort);
       await Promise.all([...stores.map((st) => st.stop().catch(() => {})), ...watches.map((w) => w.cancel().catch(() => {}))]);
       if (client) await client.close().catch(() => {});

@@ -186,7 +186,10 @@ export class KvClient {
    * connection: etcd3 closes every channel of a connection when one of its
    * streams fails or is cancelled, which would abort unrelated calls in flight. */
   private readonly watchEtcd: Etcd3;
-  private readonly leaseEtcd: Etcd3;
+  /** Created on first use: importers never take a lease, and each connection
+   * costs a TLS context (milliseconds of CPU, once per remote cluster). */
+  private leaseEtcdInstance: Etcd3 | undefined;
+  private readonly options: IOptions;
   private readonly timeoutMs: number;
   private readonly sessionTtl: number;
   private closed = false;
@@ -220,6 +223,11 @@ export class KvClient {
         'grpc.initial_reconnect_backoff_ms': 200,
         'grpc.max_reconnect_backoff_ms': 5_000,
         'grpc.max_receive_message_length': 64 << 20,
+        // Each etcd3 client makes its own TLS credentials, so grpc's process-wide
+        // subchannel pool never shares a connection between them; it only costs a
+        // scan of every pooled subchannel to the same address per new channel
+        // (quadratic when many clients reach one etcd: the control-plane bench).
+        'grpc.use_local_subchannel_pool': 1,
       },
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeoutMs }),
       faultHandling: {
@@ -229,7 +237,7 @@ export class KvClient {
     };
     this.etcd = new Etcd3(options);
     this.watchEtcd = new Etcd3(options);
-    this.leaseEtcd = new Etcd3(options);
+    this.options = options;
   }
 
   get isClosed(): boolean {
@@ -420,7 +428,8 @@ export class KvClient {
       if (this.session !== undefined) return await this.lease(ttlSeconds);
     }
     const p = (async () => {
-      const lease = this.leaseEtcd.lease(ttlSeconds);
+      this.leaseEtcdInstance ??= new Etcd3(this.options);
+      const lease = this.leaseEtcdInstance.lease(ttlSeconds);
       let session: KvSession | undefined;
       let early: KvError | undefined;
       lease.on('lost', (err) => {
@@ -580,6 +589,6 @@ export class KvClient {
     }
     this.etcd.close();
     this.watchEtcd.close();
-    this.leaseEtcd.close();
+    this.leaseEtcdInstance?.close();
   }
 }

@@ -156,3 +156,30 @@ test('watch store: permission denied is reported and retried; stopping before sy
     }
   });
 });
+
+test('watch store without retained values: announces by revision, prunes, keeps no values', async () => {
+  await withEtcd({ name: 'ws-novalues' }, async (server) => {
+    const writer = new KvClient(server.connection('apiserver'));
+    const reader = new KvClient(server.connection('remote'));
+    const events: WatchEvent[] = [];
+    const store = new WatchStore(reader, nodesPrefix, { onEvent: (e) => events.push(e), retainValues: false });
+    try {
+      await writer.put(nodeKey('c1', 'a'), '1');
+      store.start();
+      await store.synced;
+      await waitFor(() => store.status().connected, 5000, 'connected');
+      await writer.put(nodeKey('c1', 'a'), '1'); // same value, new revision: announced again
+      await writer.put(nodeKey('c1', 'b'), '2');
+      await writer.delete(nodeKey('c1', 'a'));
+      await waitFor(() => events.length === 4, 5000, 'four events');
+      assert.deepEqual(short(events), ['upsert c1/a=1', 'upsert c1/a=1', 'upsert c1/b=2', 'delete c1/a']);
+      assert.equal(store.has(nodeKey('c1', 'b')), true);
+      assert.equal(store.has(nodeKey('c1', 'a')), false);
+      assert.equal(store.get(nodeKey('c1', 'b')), '');
+    } finally {
+      await store.stop();
+      await writer.close();
+      await reader.close();
+    }
+  });
+});

@@ -31,6 +31,14 @@ export interface WatchStoreOptions {
   clock?: Clock;
   /** Random source for jitter (tests: () => 0). */
   random?: () => number;
+  /**
+   * Keep each key's value (default true). Without, only its mod revision is
+   * kept: a re-list announces a key again when its revision changed (even to
+   * the same value), get() and snapshot() answer with '' for every value, and
+   * the store costs a fraction of the memory (an importer of 250k remote keys
+   * keeps its own decoded copy anyway).
+   */
+  retainValues?: boolean;
 }
 
 export interface WatchStoreStatus {
@@ -122,6 +130,10 @@ export class WatchStore {
 
   get(key: string): string | undefined {
     return this.cache.get(key)?.value;
+  }
+
+  has(key: string): boolean {
+    return this.cache.has(key);
   }
 
   /** A copy of the cache: key → value. */
@@ -218,8 +230,8 @@ export class WatchStore {
     for (const p of pairs) {
       seen.add(p.key);
       const had = this.cache.get(p.key);
-      this.cache.set(p.key, { value: p.value, modRevision: p.modRevision });
-      if (had === undefined || had.value !== p.value) this.emit({ kind: 'upsert', key: p.key, value: p.value, modRevision: p.modRevision });
+      this.cache.set(p.key, this.cached(p));
+      if (this.changed(had, p)) this.emit({ kind: 'upsert', key: p.key, value: p.value, modRevision: p.modRevision });
     }
     // Stale pruning: collect first, delete after.
     const gone = [...this.cache.keys()].filter((k) => !seen.has(k));
@@ -238,7 +250,16 @@ export class WatchStore {
       return;
     }
     const had = this.cache.get(ev.key);
-    this.cache.set(ev.key, { value: ev.value, modRevision: ev.modRevision });
-    if (had === undefined || had.value !== ev.value) this.emit(ev);
+    this.cache.set(ev.key, this.cached(ev));
+    if (this.changed(had, ev)) this.emit(ev);
+  }
+
+  private cached(p: Cached): Cached {
+    return this.opts.retainValues === false ? { value: '', modRevision: p.modRevision } : { value: p.value, modRevision: p.modRevision };
+  }
+
+  private changed(had: Cached | undefined, now: Cached): boolean {
+    if (had === undefined) return true;
+    return this.opts.retainValues === false ? had.modRevision !== now.modRevision : had.value !== now.value;
   }
 }
