@@ -179,7 +179,7 @@ interface KubeApiStart {
 /**
  * Per cluster: the Kubernetes API server's PKI (CA, server, admin and
  * controller-manager certificates) and config under <cluster dir>/kube-api/,
- * and its process (recorded in the state right after it started). Returns
+ * and its process (recorded in the state before its program runs: recordProcess). Returns
  * without waiting for them to listen (waitKubeApiServers).
  */
 async function startKubeApiServers(clusters: readonly MeshCluster[], state: LabState, save: () => void): Promise<KubeApiStart[]> {
@@ -270,7 +270,7 @@ async function waitReadyFiles(procs: Array<{ proc: ManagedProcess; readyFile: st
  * A --kube-source lab, before the apiservers and agents start: every cluster's
  * Kubernetes API (on its unix socket too), then a node-local endpoint
  * (src/lab/kube-api-endpoint.ts) in the control-plane namespace and in every
- * node namespace of the cluster, each recorded in the state right after it started.
+ * node namespace of the cluster, each recorded in the state before its program runs.
  */
 async function startKubeApiForComponents(clusters: readonly MeshCluster[], topo: Topology, state: LabState, save: () => void): Promise<KubeApiStart[]> {
   const apis = await startKubeApiServers(clusters, state, save);
