@@ -47,19 +47,34 @@ function sendError(res: ServerResponse, err: unknown, log: Logger, what: string)
   send(res, 500, { error: `${what}: ${(err as Error)?.message ?? String(err)}`, code: 'internal' });
 }
 
-async function readText(req: IncomingMessage): Promise<string> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const c of req as AsyncIterable<Buffer>) {
-    size += c.length;
-    if (size > MAX_BODY_BYTES) throw new ApiError('invalid-request', `request body larger than ${MAX_BODY_BYTES} bytes`);
-    chunks.push(c);
-  }
-  return Buffer.concat(chunks).toString('utf8');
+/**
+ * The body as text; 413 beyond MAX_BODY_BYTES: a declared content-length at
+ * once, a chunked body as soon as it gets there. The rest is read and dropped
+ * (not a destroyed socket), so the client gets the answer.
+ */
+function readText(req: IncomingMessage, what: string): Promise<string> {
+  const tooLarge = (): ApiError => new ApiError('too-large', `${what}: request body larger than ${MAX_BODY_BYTES} bytes`);
+  if (Number(req.headers['content-length'] ?? 0) > MAX_BODY_BYTES) return Promise.reject(tooLarge());
+  return new Promise((resolve, reject) => {
+    let chunks: Buffer[] | undefined = [];
+    let size = 0;
+    req.on('data', (c: Buffer) => {
+      if (!chunks) return;
+      size += c.length;
+      if (size > MAX_BODY_BYTES) {
+        chunks = undefined;
+        reject(tooLarge());
+      } else chunks.push(c);
+    });
+    const cut = (): void => reject(new ApiError('invalid-request', `${what}: the request body ended before its length (the client went away)`));
+    req.once('end', () => chunks && resolve(Buffer.concat(chunks).toString('utf8')));
+    req.once('error', cut);
+    req.once('close', () => chunks && !req.complete && cut());
+  });
 }
 
-async function readJson(req: IncomingMessage): Promise<unknown> {
-  const text = await readText(req);
+async function readJson(req: IncomingMessage, what: string): Promise<unknown> {
+  const text = await readText(req, what);
   if (text.trim() === '') return {};
   try {
     return JSON.parse(text) as unknown;
@@ -122,7 +137,7 @@ async function route(req: IncomingMessage, res: ServerResponse, h: ApiHandlers, 
     if (path === '/v1/cni') {
       if (method !== 'POST') throw new ApiError('method-not-allowed', `${what}: use POST`);
       const t0 = performance.now();
-      const stdin = await readText(req);
+      const stdin = await readText(req, what);
       const out = await h.cni(Object.fromEntries([...url.searchParams].filter(([k]) => k.startsWith('CNI_'))), stdin);
       res.writeHead(200, {
         'content-type': 'application/json',
@@ -141,7 +156,7 @@ async function route(req: IncomingMessage, res: ServerResponse, h: ApiHandlers, 
       } catch {
         throw new ApiError('invalid-request', `${what}: malformed container ID`);
       }
-      if (method === 'PUT') return send(res, 200, await h.addEndpoint(id, await readJson(req)));
+      if (method === 'PUT') return send(res, 200, await h.addEndpoint(id, await readJson(req, what)));
       if (method === 'DELETE') return send(res, 200, await h.deleteEndpoint(id));
       throw new ApiError('method-not-allowed', `${what}: use PUT or DELETE`);
     }

@@ -80,6 +80,7 @@ export type ApiErrorCode =
   | 'invalid-request' // 400: the body or the container ID is malformed
   | 'not-found' // 404: no such route
   | 'method-not-allowed' // 405
+  | 'too-large' // 413: the request body is larger than the API reads
   | 'conflict' // 409: the IP belongs to another endpoint
   | 'device-not-found' // 422: hostIfName does not exist in the node's namespace
   | 'unavailable' // 503: a dependency failed (etcd for the identity; the datapath)
@@ -90,6 +91,7 @@ export const API_ERROR_STATUS: Readonly<Record<ApiErrorCode, number>> = {
   'invalid-request': 400,
   'not-found': 404,
   'method-not-allowed': 405,
+  'too-large': 413,
   conflict: 409,
   'device-not-found': 422,
   unavailable: 503,

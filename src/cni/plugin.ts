@@ -16,7 +16,7 @@
 // CHECK the address is allocated, both veth ends exist with the address and
 //      the default route, and the agent has the endpoint with that address.
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { statfsSync } from 'node:fs';
 import { AgentClient, AgentUnavailableError, ApiError } from '../agent/client.ts';
 import type { EndpointInfo, EndpointRequest } from '../agent/types.ts';
 import { CNI_VERSION, SUPPORTED_VERSIONS, checkPodIP, parseEnv, parseNetConf, parseVersion, type CniEnv, type NetConf } from './config.ts';
@@ -73,22 +73,58 @@ export async function runCni(env: NodeJS.ProcessEnv, stdin: string, agentFor?: (
     const conf = parseNetConf(stdin);
     const client = agentFor ? agentFor(conf) : new AgentClient(conf.agentSocket, { timeoutMs: conf.agentTimeoutMs });
     try {
-      switch (cniEnv.command) {
-        case 'ADD':
-          return { stdout: JSON.stringify(await add(cniEnv, conf, client), null, 1) + '\n', exitCode: 0 };
-        case 'DEL':
-          await del(cniEnv, conf, client);
-          return { stdout: '', exitCode: 0 };
-        case 'CHECK':
-          await check(cniEnv, conf, client);
-          return { stdout: '', exitCode: 0 };
-      }
+      // One command per container at a time: an ADD and a DEL (or two ADDs) of the same
+      // container interleaved would each undo half of the other's work.
+      return await oneAtATime(cniEnv.containerID, async (): Promise<CniOutput> => {
+        switch (cniEnv.command) {
+          case 'ADD':
+            return { stdout: JSON.stringify(await add(cniEnv, conf, client), null, 1) + '\n', exitCode: 0 };
+          case 'DEL':
+            await del(cniEnv, conf, client);
+            return { stdout: '', exitCode: 0 };
+          case 'CHECK':
+            await check(cniEnv, conf, client);
+            return { stdout: '', exitCode: 0 };
+          default:
+            throw new CniError(CniCode.InvalidEnv, `CNI_COMMAND: '${cniEnv.command}' is not one of ADD, DEL, CHECK`);
+        }
+      });
     } finally {
       client.close();
     }
   } catch (err) {
     return { stdout: JSON.stringify(toCniError(err).toJSON(cniVersion), null, 1) + '\n', exitCode: 1 };
   }
+}
+
+/** The CNI commands running or waiting per container ID, in arrival order (this process: the agent). */
+const perContainer = new Map<string, Promise<unknown>>();
+
+async function oneAtATime<T>(containerID: string, fn: () => Promise<T>): Promise<T> {
+  const before = perContainer.get(containerID) ?? Promise.resolve();
+  const mine = before.catch(() => undefined).then(fn);
+  const tail = mine.catch(() => undefined);
+  perContainer.set(containerID, tail);
+  try {
+    return await mine;
+  } finally {
+    if (perContainer.get(containerID) === tail) perContainer.delete(containerID);
+  }
+}
+
+/** NSFS_MAGIC: what statfs says of a network namespace file (/var/run/netns/X, /proc/PID/ns/net). */
+const NSFS_MAGIC = 0x6e736673;
+
+/** CNI_NETNS must name a network namespace that exists: code 4 otherwise, before anything is created. */
+function requireNetns(netns: string): void {
+  let type: number;
+  try {
+    type = statfsSync(netns).type;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new CniError(CniCode.InvalidEnv, `CNI_NETNS: ${netns} does not exist`);
+    throw new CniError(CniCode.InvalidEnv, `CNI_NETNS: ${netns}: ${(err as Error).message}`);
+  }
+  if (type !== NSFS_MAGIC) throw new CniError(CniCode.InvalidEnv, `CNI_NETNS: ${netns} is not a network namespace (a file of type 0x${type.toString(16)}, not nsfs)`);
 }
 
 function ipamFor(conf: NetConf): HostLocalIpam {
@@ -141,7 +177,7 @@ function buildResult(env: CniEnv, conf: NetConf, hostIfName: string, hostMac: st
 
 async function add(env: CniEnv, conf: NetConf, client: CniAgent): Promise<CniResult> {
   const netns = env.netns!;
-  if (!existsSync(netns)) throw new CniError(CniCode.InvalidEnv, `CNI_NETNS: ${netns} does not exist`);
+  requireNetns(netns);
   if (env.argIP !== undefined) checkPodIP(env.argIP, conf.podCIDR, conf.gateway, 'CNI_ARGS IP', CniCode.InvalidEnv);
   if (env.argIP !== undefined && conf.runtimeIP !== undefined && env.argIP !== conf.runtimeIP)
     throw new CniError(CniCode.InvalidConfig, `runtimeConfig.ips (${conf.runtimeIP}) and CNI_ARGS IP (${env.argIP}) disagree`);
@@ -219,7 +255,7 @@ async function check(env: CniEnv, conf: NetConf, client: CniAgent): Promise<void
   const fail = (msg: string): never => {
     throw new CniError(CniCode.Generic, `CHECK ${env.containerID}: ${msg}`);
   };
-  if (!existsSync(netns)) throw new CniError(CniCode.InvalidEnv, `CNI_NETNS: ${netns} does not exist`);
+  requireNetns(netns);
   // The agent first: without it the check cannot be answered (11, not a failed check).
   let eps;
   try {

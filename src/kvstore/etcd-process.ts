@@ -14,7 +14,7 @@
 // certificate's CN as the user.
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, openSync, closeSync, unlinkSync } from 'node:fs';
+import { existsSync, openSync, closeSync, unlinkSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { createServer, isIP } from 'node:net';
@@ -23,6 +23,7 @@ import { Etcd3, EtcdRoleExistsError, EtcdUserExistsError, Range } from 'etcd3';
 
 import { createCA, issueCert, type CertFiles, type CertificateAuthority } from './pki.ts';
 import type { KvConnectionConfig } from './types.ts';
+import { heldArgv, recordThenRelease } from '../util/held-start.ts';
 
 export interface RolePermission {
   permission: 'Read' | 'Write' | 'Readwrite';
@@ -307,11 +308,16 @@ class EtcdProcess implements EtcdServer {
     const binary = this.opts.binary ?? 'etcd';
     // `ip netns exec` (and setpriv) exec etcd: the pid is etcd's own. A namespaced
     // etcd that is not detached dies with this process even when it is SIGKILLed.
-    const pdeath = this.opts.detached ? [] : ['setpriv', '--pdeathsig', 'KILL'];
-    const [cmd, argv] = this.netns === undefined ? [binary, args] : ['ip', ['netns', 'exec', this.netns, ...pdeath, binary, ...args]];
+    // A detached etcd outlives this process: it starts held until its pid file is
+    // written (src/util/held-start.ts), so a starter killed in between leaves no
+    // etcd that nobody can find.
+    const detached = this.opts.detached === true;
+    const pdeath = detached ? [] : ['setpriv', '--pdeathsig', 'KILL'];
+    const plain = this.netns === undefined ? [binary, ...args] : ['ip', 'netns', 'exec', this.netns, ...pdeath, binary, ...args];
+    const [cmd, ...argv] = detached ? heldArgv(plain) : plain;
     let child: ChildProcess;
     try {
-      child = spawn(cmd, argv, { ...(this.netns !== undefined ? { cwd: this.dir } : {}), stdio: ['ignore', logFd, logFd], env, detached: this.opts.detached === true });
+      child = spawn(cmd!, argv, { ...(this.netns !== undefined ? { cwd: this.dir } : {}), stdio: [detached ? 'pipe' : 'ignore', logFd, logFd], env, detached });
     } finally {
       closeSync(logFd);
     }
@@ -329,13 +335,19 @@ class EtcdProcess implements EtcdServer {
         /* not written yet, or gone */
       }
     });
-    if (child.pid !== undefined) await writeFile(this.pidFile, `${child.pid}\n`);
     let spawnError: Error | undefined;
     child.once('error', (e) => {
       spawnError = e;
       live.delete(child);
     });
     this.child = child;
+    if (detached) {
+      await new Promise<void>((resolve) => {
+        child.once('spawn', resolve);
+        child.once('error', () => resolve());
+      });
+      if (spawnError === undefined) await recordThenRelease(child, (pid) => writeFileSync(this.pidFile, `${pid}\n`));
+    } else if (child.pid !== undefined) await writeFile(this.pidFile, `${child.pid}\n`);
 
     try {
       await this.waitReady(child, () => spawnError, logStart);

@@ -36,6 +36,7 @@ import { storeKindPrefix } from '../sources/store/keys.ts';
 import { encodeStoreObject } from '../sources/store/writer.ts';
 import { apiCode, apiMessage, watchKind } from './controllers/runtime.ts';
 import { inCgroup } from './cgroup.ts';
+import { heldArgv, recordThenRelease } from '../util/held-start.ts';
 import { run } from './exec.ts';
 import { childEnv } from './process.ts';
 import { processStartTime, sameProcessAlive } from './state.ts';
@@ -577,9 +578,11 @@ export class Kubelet {
       const fd = openSync(logFile, 'a');
       try {
         const binDir = join(this.cfg.nodeDir, '..', '..', 'bin');
-        const [cmd, ...args] = inCgroup(this.cfg.cgroup, ['ip', 'netns', 'exec', rec.netns, ...argv]);
+        // Held until its pid is in the pod record (src/util/held-start.ts): a kubelet killed
+        // in between (lab down stops kubelets first) leaves no container nobody can find.
+        const [cmd, ...args] = heldArgv(inCgroup(this.cfg.cgroup, ['ip', 'netns', 'exec', rec.netns, ...argv]));
         const child = spawn(cmd!, args, {
-          stdio: ['ignore', fd, fd],
+          stdio: ['pipe', fd, fd],
           detached: true,
           env: childEnv({
             PATH: `${binDir}:${process.env.PATH ?? '/usr/bin:/bin'}`,
@@ -596,9 +599,13 @@ export class Kubelet {
           child.once('error', () => resolve());
         });
         if (child.pid !== undefined) {
-          cr.pid = child.pid;
-          cr.startTime = processStartTime(child.pid);
-          delete cr.exit;
+          const started = cr;
+          await recordThenRelease(child, (pid) => {
+            started.pid = pid;
+            started.startTime = processStartTime(pid);
+            delete started.exit;
+            writePodRecord(this.cfg.nodeDir, rec);
+          });
           log('container started', { pod: `${rec.namespace}/${rec.name}`, container: c.name, pid: child.pid, argv });
         }
       } finally {

@@ -155,6 +155,18 @@ async function startClusterDnsViaApi(state: LabState, progress: (l: string) => v
   else progress(`      cluster DNS ready in every cluster (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
 }
 
+/**
+ * Records a process `up` started in the state and saves it: the beforeRun of
+ * every detached process (src/lab/process.ts), which runs its program only
+ * after this, so a killed `up` leaves no process that `down` cannot find.
+ */
+function recordProcess(state: LabState, save: () => void, name: string, pid: number, logFile: string): LabState['processes'][number] {
+  const ref = { name, pid, startTime: processStartTime(pid), logFile };
+  state.processes.push(ref);
+  save();
+  return ref;
+}
+
 /** A cluster's Kubernetes API process while it starts. */
 interface KubeApiStart {
   cluster: string;
@@ -167,7 +179,7 @@ interface KubeApiStart {
 /**
  * Per cluster: the Kubernetes API server's PKI (CA, server, admin and
  * controller-manager certificates) and config under <cluster dir>/kube-api/,
- * and its process (recorded in the state right after it started). Returns
+ * and its process (recorded in the state before its program runs: recordProcess). Returns
  * without waiting for them to listen (waitKubeApiServers).
  */
 async function startKubeApiServers(clusters: readonly MeshCluster[], state: LabState, save: () => void): Promise<KubeApiStart[]> {
@@ -206,18 +218,20 @@ async function startKubeApiServers(clusters: readonly MeshCluster[], state: LabS
     const configFile = join(dir, 'kube-apiserver.json');
     writeFileSync(configFile, JSON.stringify(cfg, null, 2) + '\n');
     const logFile = join(dir, 'kube-apiserver.log');
+    const name = `kube-apiserver ${c.name}`;
+    let ref: LabState['processes'][number] | undefined;
     const proc = new ManagedProcess({
-      name: `kube-apiserver ${c.name}`,
+      name,
       logFile,
       argv: [process.execPath, CLI, 'lab', 'kube-apiserver', '--config', configFile],
       env: childEnv(),
       detached: true,
+      beforeRun: (pid) => {
+        ref = recordProcess(state, save, name, pid, logFile);
+      },
     });
     await proc.start();
-    const ref = { name: proc.spec.name, pid: proc.pid!, startTime: processStartTime(proc.pid!), logFile };
-    state.processes.push(ref);
-    save();
-    out.push({ cluster: c.name, dir, proc, readyFile, ref });
+    out.push({ cluster: c.name, dir, proc, readyFile, ref: ref! });
   }
   return out;
 }
@@ -256,7 +270,7 @@ async function waitReadyFiles(procs: Array<{ proc: ManagedProcess; readyFile: st
  * A --kube-source lab, before the apiservers and agents start: every cluster's
  * Kubernetes API (on its unix socket too), then a node-local endpoint
  * (src/lab/kube-api-endpoint.ts) in the control-plane namespace and in every
- * node namespace of the cluster, each recorded in the state right after it started.
+ * node namespace of the cluster, each recorded in the state before its program runs.
  */
 async function startKubeApiForComponents(clusters: readonly MeshCluster[], topo: Topology, state: LabState, save: () => void): Promise<KubeApiStart[]> {
   const apis = await startKubeApiServers(clusters, state, save);
@@ -276,10 +290,9 @@ async function startKubeApiForComponents(clusters: readonly MeshCluster[], topo:
         argv: [process.execPath, CLI, 'lab', 'kube-api-endpoint', '--socket', kubeApiSocket(c.dir), '--ready-file', readyFile],
         env: childEnv(),
         detached: true,
+        beforeRun: (pid, spec) => void recordProcess(state, save, spec.name, pid, spec.logFile),
       });
       await proc.start();
-      state.processes.push({ name: proc.spec.name, pid: proc.pid!, startTime: processStartTime(proc.pid!), logFile });
-      save();
       endpoints.push({ proc, readyFile });
     }
   }
@@ -419,20 +432,22 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
         const ready = join(a.dir, 'kubelet.ready');
         rmSync(ready, { force: true });
         const logFile = join(a.dir, 'kubelet.log');
+        const kname = `kubelet ${a.cluster.name}/${a.node.name}`;
+        let ref: LabState['processes'][number] | undefined;
         // In the node's network namespace, but in this mount namespace (nsenter, not
         // `ip netns exec`), so the pod namespaces it adds are visible to everyone.
         const proc = new ManagedProcess({
-          name: `kubelet ${a.cluster.name}/${a.node.name}`,
+          name: kname,
           logFile,
           argv: ['nsenter', `--net=/var/run/netns/${a.node.netns}`, process.execPath, CLI, 'lab', 'kubelet', '--config', cfgFile],
           env: childEnv(),
           detached: true,
+          beforeRun: (pid) => {
+            ref = recordProcess(state, save, kname, pid, logFile);
+          },
         });
         await proc.start();
-        const ref = { name: proc.spec.name, pid: proc.pid!, startTime: processStartTime(proc.pid!), logFile };
-        state.processes.push(ref);
-        save();
-        kubelets.push({ proc, ready, node: `${a.cluster.name}/${a.node.name}`, ref });
+        kubelets.push({ proc, ready, node: `${a.cluster.name}/${a.node.name}`, ref: ref! });
       }
     };
 
@@ -562,8 +577,8 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
           agents: state.nodes.map((n) => ({ cluster: n.cluster, node: n.name, address: `${n.underlayIP}:${AGENT_METRICS_PORT}` })),
           apiservers: state.clusters.map((c) => ({ cluster: c.name, address: `${c.ip}:${APISERVER_METRICS_PORT}` })),
         },
+        record: (procName, pid, logFile) => void recordProcess(state, save, procName, pid, logFile),
       });
-      for (const proc of [p.prometheus, p.forwarder]) state.processes.push({ name: proc.spec.name, pid: proc.pid!, startTime: processStartTime(proc.pid!), logFile: proc.spec.logFile });
       state.prometheus = { url: p.url, configFile: p.configFile, logFile: p.prometheus.spec.logFile };
       save();
       await waitPrometheusReady(p.url, p.prometheus, 60_000);

@@ -84,7 +84,7 @@ export interface MeshOptions {
   detached?: boolean;
   /** Record control-plane namespaces in the crash registry (default true; the lab keeps its own state). */
   registry?: boolean;
-  /** Told about every namespace and pin dir right before it is created and every process right after it started (the lab's state). */
+  /** Told about every namespace and pin dir right before it is created, and every process after its spawn but before its program runs (the lab's state; see src/util/held-start.ts). etcd: right after it serves, its pid file before. */
   onCreated?: (ev: MeshCreated) => void;
   /**
    * The Kubernetes API is the local source (a --kube-source lab): every apiserver gets
@@ -279,20 +279,14 @@ class LabMesh implements Mesh {
     this.clusters.sort((a, b) => a.index - b.index);
     for (const c of this.clusters) await this.writeRemoteConfigs(c);
     await this.opts.beforeApiservers?.(this.clusters);
-    await settleAll(this.clusters.map(async (c) => {
-      await c.apiserver.start();
-      this.created({ kind: 'process', role: 'apiserver', cluster: c.name, pid: c.apiserver.pid!, logFile: c.apiserver.spec.logFile });
-    }));
+    await settleAll(this.clusters.map((c) => c.apiserver.start()));
     this.progress(`apiservers started (${this.clusters.map((c) => `${c.name} pid ${c.apiserver.pid}`).join(', ')})`);
     await Promise.all(this.clusters.map((c) => this.waitApiserverSynced(c.index)));
     this.progress('apiservers synced');
     if (this.opts.agents === false) return;
     ensureBpffs(this.bpffsRoot);
     for (const node of this.topo.nodes) if (which.includes(node.cluster)) this.agents.push(await this.prepareAgent(node));
-    await settleAll(this.agents.map(async (a) => {
-      await a.process.start();
-      this.created({ kind: 'process', role: 'agent', cluster: a.cluster.name, node: a.node.name, pid: a.process.pid!, logFile: a.process.spec.logFile });
-    }));
+    await settleAll(this.agents.map((a) => a.process.start()));
     this.progress(`agents started (${this.agents.length})`);
     await this.waitReady();
   }
@@ -329,10 +323,11 @@ class LabMesh implements Mesh {
       toYaml({ endpoints: conn.endpoints, 'trusted-ca-file': conn.caFile, 'cert-file': conn.certFile, 'key-file': conn.keyFile }),
     );
     const a = this.opts.apiserver ?? {};
+    const apiserverLog = join(dir, 'apiserver.log');
     const apiserver = new ManagedProcess({
       name: `apiserver ${name}`,
       netns,
-      logFile: join(dir, 'apiserver.log'),
+      logFile: apiserverLog,
       argv: [
         process.execPath, CLI, 'apiserver',
         '--cluster-name', name,
@@ -348,6 +343,7 @@ class LabMesh implements Mesh {
       ],
       env: childEnv(),
       ...(this.opts.detached ? { detached: true } : {}),
+      ...this.recordedBeforeRun((pid) => ({ kind: 'process', role: 'apiserver', cluster: name, pid, logFile: apiserverLog })),
     });
     const remoteConfigDir = join(dir, 'remote-clusters');
     await mkdir(remoteConfigDir, { recursive: true });
@@ -424,12 +420,19 @@ class LabMesh implements Mesh {
       argv: [process.execPath, CLI, 'agent', '--config', configFile],
       env: childEnv(),
       ...(this.opts.detached ? { detached: true } : {}),
+      ...this.recordedBeforeRun((pid) => ({ kind: 'process', role: 'agent', cluster: cluster.name, node: node.name, pid, logFile })),
     });
     return { node, cluster, dir, configFile, logFile, stateDir, socket, pinDir, process: proc, api: new AgentClient(socket, { timeoutMs: 30_000 }) };
   }
 
   private created(ev: MeshCreated): void {
     this.opts.onCreated?.(ev);
+  }
+
+  /** With onCreated: a process is told about before its program runs (held until then), so a killed starter leaves none unrecorded. */
+  private recordedBeforeRun(ev: (pid: number) => MeshCreated): { beforeRun?: (pid: number) => void } {
+    const onCreated = this.opts.onCreated;
+    return onCreated ? { beforeRun: (pid) => onCreated(ev(pid)) } : {};
   }
 
   /** Lets this process exit while detached processes keep running: closes every client it holds. */

@@ -3,6 +3,7 @@
 // signalled through the handle that started it; nothing is found by name.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readSync, fstatSync } from 'node:fs';
+import { heldArgv, recordThenRelease } from '../util/held-start.ts';
 
 export interface ManagedProcessSpec {
   /** Shown in errors and progress, e.g. 'agent cluster1/node2'. */
@@ -21,6 +22,14 @@ export interface ManagedProcessSpec {
   detached?: boolean;
   /** File descriptors of this process passed on as fds 3, 4, ... (e.g. a listening socket). */
   extraFds?: number[];
+  /**
+   * Called with the pid after the spawn and before the program runs (e.g. to
+   * write the pid into the lab's state): until it returns the child is held
+   * (src/util/held-start.ts), so a starter killed in between leaves no
+   * program running unrecorded. When it throws, the child is killed and
+   * start() rejects with its error.
+   */
+  beforeRun?: (pid: number, spec: ManagedProcessSpec) => void | Promise<void>;
 }
 
 /** Environment for children: without node:test's marker, which would make a child node report as a sub-test. */
@@ -76,17 +85,17 @@ export class ManagedProcess {
     const { netns, argv, logFile } = this.spec;
     const detached = this.spec.detached === true;
     const wrapped = [...(this.spec.dieWithParent === false || detached ? [] : ['setpriv', '--pdeathsig', 'KILL']), ...argv];
-    const full = netns === undefined ? wrapped : ['ip', 'netns', 'exec', netns, ...wrapped];
+    const inNetns = netns === undefined ? wrapped : ['ip', 'netns', 'exec', netns, ...wrapped];
+    const beforeRun = this.spec.beforeRun;
+    const full = beforeRun ? heldArgv(inNetns) : inNetns;
     const fd = openSync(logFile, 'a');
     let child: ChildProcess;
     try {
-      child = spawn(full[0]!, full.slice(1), { stdio: ['ignore', fd, fd, ...(this.spec.extraFds ?? [])], env: this.spec.env ?? childEnv(), detached });
+      child = spawn(full[0]!, full.slice(1), { stdio: [beforeRun ? 'pipe' : 'ignore', fd, fd, ...(this.spec.extraFds ?? [])], env: this.spec.env ?? childEnv(), detached });
     } finally {
       closeSync(fd);
     }
-    if (detached) {
-      child.unref();
-    } else {
+    if (!detached) {
       hookExit();
       live.add(child);
     }
@@ -102,11 +111,21 @@ export class ManagedProcess {
       child.once('exit', done);
       child.once('error', () => done(null, null));
     });
-    // `ip netns exec` and setpriv exec the program: the pid is the program's own.
+    // `ip netns exec`, setpriv and the hold exec the program: the pid is the program's own.
     await new Promise<void>((resolve, reject) => {
       child.once('spawn', () => resolve());
       child.once('error', (err) => reject(new Error(`${this.spec.name}: cannot start ${full[0]}: ${err.message}`)));
     });
+    if (beforeRun) {
+      try {
+        await recordThenRelease(child, (pid) => beforeRun(pid, this.spec));
+      } catch (err) {
+        await this.#exited;
+        throw err;
+      }
+    }
+    // Outliving this process: not what keeps it alive (kill() and stop() hold on again while they wait).
+    if (detached) child.unref();
   }
 
   /** Resolves when the current run has ended. */
@@ -117,6 +136,7 @@ export class ManagedProcess {
   /** SIGKILL, and wait for the exit. No-op when not running. */
   async kill(): Promise<void> {
     if (!this.running) return;
+    this.#child!.ref();
     this.#child!.kill('SIGKILL');
     await this.#exited;
   }
@@ -125,6 +145,7 @@ export class ManagedProcess {
   async stop(graceMs = 5000): Promise<void> {
     if (!this.running) return;
     const child = this.#child!;
+    child.ref();
     child.kill('SIGTERM');
     const timer = setTimeout(() => {
       if (this.running && this.#child === child) child.kill('SIGKILL');

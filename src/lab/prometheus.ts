@@ -17,7 +17,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer, connect, type Server } from 'node:net';
 import { join } from 'node:path';
 import { stringify as toYaml } from 'yaml';
-import { ManagedProcess, childEnv } from './process.ts';
+import { ManagedProcess, childEnv, type ManagedProcessSpec } from './process.ts';
 
 export const AGENT_METRICS_PORT = 9962;
 export const APISERVER_METRICS_PORT = 9963;
@@ -79,7 +79,17 @@ export async function openUiSocket(port: number): Promise<Server> {
  * openUiSocket; closed here once handed over). Detached: both outlive this
  * process; stop them by pid (lab down).
  */
-export async function startLabPrometheus(o: { dir: string; routerNetns: string; targets: PrometheusTargets; ui: Server; cli: string }): Promise<LabPrometheus> {
+export async function startLabPrometheus(o: {
+  dir: string;
+  routerNetns: string;
+  targets: PrometheusTargets;
+  ui: Server;
+  cli: string;
+  /** Writes a process down (the lab's state) before its program runs (ManagedProcess beforeRun). */
+  record?: (name: string, pid: number, logFile: string) => void;
+}): Promise<LabPrometheus> {
+  const record = o.record;
+  const recorded = record ? { beforeRun: (pid: number, spec: ManagedProcessSpec) => record(spec.name, pid, spec.logFile) } : {};
   const bin = prometheusBinary();
   mkdirSync(join(o.dir, 'data'), { recursive: true });
   const configFile = join(o.dir, 'prometheus.yml');
@@ -90,6 +100,7 @@ export async function startLabPrometheus(o: { dir: string; routerNetns: string; 
     logFile: join(o.dir, 'prometheus.log'),
     argv: [bin, `--config.file=${configFile}`, `--storage.tsdb.path=${join(o.dir, 'data')}`, `--web.listen-address=${PROMETHEUS_INNER}`, '--storage.tsdb.retention.time=1d'],
     detached: true,
+    ...recorded,
   });
   await prometheus.start();
 
@@ -105,6 +116,7 @@ export async function startLabPrometheus(o: { dir: string; routerNetns: string; 
     env: childEnv(),
     detached: true,
     extraFds: [fd],
+    ...recorded,
   });
   try {
     await forwarder.start();
