@@ -155,6 +155,20 @@ async function startClusterDnsViaApi(state: LabState, progress: (l: string) => v
   else progress(`      cluster DNS ready in every cluster (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
 }
 
+/** A --kube-source lab: the MCS API CRDs (deploy/crds/mcs-api.yaml) applied to every cluster's Kubernetes API, so ServiceExport/ServiceImport are served from the start. */
+async function applyMcsCrds(state: LabState, progress: (l: string) => void): Promise<void> {
+  const { applyToApi } = await import('./kube-apply.ts');
+  const { loadKubeConnection } = await import('../sources/kubernetes/kubeconfig.ts');
+  const { MCS_CRDS_FILE } = await import('../install/manifests.ts');
+  const { parseAllDocuments } = await import('yaml');
+  const docs = parseAllDocuments(readFileSync(MCS_CRDS_FILE, 'utf8')).map((d) => d.toJS() as { apiVersion: string; kind: string; metadata: { name: string } });
+  for (const c of state.clusters) {
+    const kc = loadKubeConnection({ kubeconfig: state.kubeconfig!, context: c.name }).kubeConfig;
+    await applyToApi(kc, docs);
+  }
+  progress(`      MCS API CRDs (${docs.map((d) => d.metadata.name).join(', ')}) applied in every cluster`);
+}
+
 /** A cluster's Kubernetes API process while it starts. */
 interface KubeApiStart {
   cluster: string;
@@ -545,6 +559,10 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     const kubeconfig = await waitKubeApiServers(kubeApis, state, 60_000);
     save();
     progress(`      Kubernetes API per cluster: ${state.clusters.map((c) => `${c.name} ${c.kubeApi?.url ?? '-'}`).join(', ')}; kubeconfig ${kubeconfig} (a context per cluster)`);
+    if (o.kubeSource) {
+      step = 'MCS CRDs';
+      await applyMcsCrds(state, progress);
+    }
 
     step = 'cluster DNS';
     progress(`[5/6] cluster DNS: Deployment kube-system/cluster-dns behind Service kube-system/kube-dns (${DNS_SERVICE_IP}) in every cluster${o.kubeSource ? ', applied to and reading the Kubernetes API' : ''}`);
