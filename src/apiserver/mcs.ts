@@ -163,7 +163,7 @@ export interface McsStatus {
   crdAbsent: boolean;
   exports: McsExportStatus[];
   imports: McsImportStatus[];
-  /** Per remote cluster: exports read, and the last read's error when it failed. */
+  /** Per remote cluster: exports read, the last read's error when it failed, why its exports are not merged yet (waiting). */
   remotes: Record<string, { exports: number; error?: string; waiting?: string }>;
   lastError?: string;
 }

@@ -157,16 +157,15 @@ async function startClusterDnsViaApi(state: LabState, progress: (l: string) => v
 
 /** A --kube-source lab: the MCS API CRDs (deploy/crds/mcs-api.yaml) applied to every cluster's Kubernetes API, so ServiceExport/ServiceImport are served from the start. */
 async function applyMcsCrds(state: LabState, progress: (l: string) => void): Promise<void> {
-  const { applyToApi } = await import('./kube-apply.ts');
+  const { applyToApi, manifestDocuments } = await import('./kube-apply.ts');
   const { loadKubeConnection } = await import('../sources/kubernetes/kubeconfig.ts');
   const { MCS_CRDS_FILE } = await import('../install/manifests.ts');
-  const { parseAllDocuments } = await import('yaml');
-  const docs = parseAllDocuments(readFileSync(MCS_CRDS_FILE, 'utf8')).map((d) => d.toJS() as { apiVersion: string; kind: string; metadata: { name: string } });
+  const docs = manifestDocuments(readFileSync(MCS_CRDS_FILE, 'utf8'), MCS_CRDS_FILE);
   for (const c of state.clusters) {
     const kc = loadKubeConnection({ kubeconfig: state.kubeconfig!, context: c.name }).kubeConfig;
     await applyToApi(kc, docs);
   }
-  progress(`      MCS API CRDs (${docs.map((d) => d.metadata.name).join(', ')}) applied in every cluster`);
+  progress(`      MCS API CRDs (${docs.map((d) => d.metadata?.name).join(', ')}) applied in every cluster`);
 }
 
 /** A cluster's Kubernetes API process while it starts. */
