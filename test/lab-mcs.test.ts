@@ -65,14 +65,16 @@ describe('the Multi-Cluster Services API on a --kube-source lab of three cluster
     if (!existsSync(join(root, name))) rmSync(root, { recursive: true, force: true });
   });
 
-  test('lab up (3 clusters x 1 node, --kube-source); the MCS CRDs applied with kubectl are served', async () => {
+  test('lab up (3 clusters x 1 node, --kube-source); the MCS CRDs are applied by lab up and served', async () => {
     up = true;
     const r = await cli(['lab', 'up', '--lab', name, '--clusters', '3', '--nodes', '1', '--kube-source'], 900_000);
     assert.equal(r.code, 0, `lab up failed:\n${r.stderr}${r.stdout}`);
     kubeconfig = (await ok(cli(['lab', 'kubeconfig', '--lab', name]), 'lab kubeconfig')).trim();
     for (const c of CLUSTERS) {
-      await kubectlOk('--context', c, 'apply', '-f', join(ROOT_DIR, 'deploy', 'crds', 'mcs-api.yaml'));
-      await eventually(`serviceexports served in ${c}`, async () => (await kubectl('--context', c, 'get', 'serviceexports', '-A')).code === 0, 60_000, 500);
+      // No kubectl apply here: lab up --kube-source applies deploy/crds/mcs-api.yaml itself.
+      const crds = await kubectlOk('--context', c, 'get', 'crd', '-o', 'name');
+      for (const crd of ['serviceexports.multicluster.x-k8s.io', 'serviceimports.multicluster.x-k8s.io']) assert.ok(crds.split('\n').includes(`customresourcedefinition.apiextensions.k8s.io/${crd}`), `${crd} in ${c}: ${crds}`);
+      assert.equal((await kubectl('--context', c, 'get', 'serviceexports', '-A')).code, 0, `serviceexports served in ${c}`);
     }
   });
 

@@ -16,7 +16,7 @@ import { PodIdentities } from './identities.ts';
 import { apiserverRegistry } from './metrics.ts';
 import { loadEtcdConfig, type ApiserverConfig } from './options.ts';
 import { startMetricsServer } from '../util/metrics.ts';
-import { serviceExportsClusterPrefix, serviceExportsPrefix } from '../mcs/export.ts';
+import { serviceExportsClusterPrefix, serviceExportsSyncedKey } from '../mcs/export.ts';
 import { KubeHttp } from '../sources/kubernetes/http.ts';
 import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import { McsController, type McsStatus } from './mcs.ts';
@@ -209,7 +209,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
   let mcs: McsController | undefined;
   if (cfg.kubeconfig !== undefined) {
     const mcsStore = new SyncStore(kv, {
-      canaryKey: `cilium/synced/${cfg.clusterName}/${serviceExportsPrefix.slice(0, -1)}`,
+      canaryKey: serviceExportsSyncedKey(cfg.clusterName),
       prefix: serviceExportsClusterPrefix(cfg.clusterName),
       clock,
       onError: (err, key) => log.warn({ key, err: err.message }, 'kvstore write failed; retrying'),

@@ -15,12 +15,16 @@
 // Remote clusters are read through the same per-cluster files the agents use
 // (--clustermesh-config-dir), with the read-only `remote` user; a remote that
 // cannot be read keeps its last known exports (as the agents keep a remote's
-// state during an outage) and is reported in status().
+// state during an outage) and is reported in status(). A remote's exports are
+// merged only once its cluster-config advertises serviceExportsEnabled and its
+// serviceexports synced canary is present (until then its last merged set, or
+// none): a remote still writing its first exports is not merged from a part.
 import type { Logger } from 'pino';
 import { scanConfigDir, toConnectionConfig } from '../clustermesh/config.ts';
 import { KvClient } from '../kvstore/client.ts';
 import { KubeApiError, type KubeHttp } from '../sources/kubernetes/http.ts';
-import { parseExportSpec, serviceExportsClusterPrefix, type ExportSpec } from '../mcs/export.ts';
+import { clusterConfigKey } from '../clustermesh/keys.ts';
+import { parseExportSpec, remoteExportsReadiness, serviceExportsClusterPrefix, serviceExportsSyncedKey, type ExportSpec } from '../mcs/export.ts';
 import {
   MANAGED_BY,
   MANAGED_BY_LABEL,
@@ -159,8 +163,8 @@ export interface McsStatus {
   crdAbsent: boolean;
   exports: McsExportStatus[];
   imports: McsImportStatus[];
-  /** Per remote cluster: exports read, and the last read's error when it failed. */
-  remotes: Record<string, { exports: number; error?: string }>;
+  /** Per remote cluster: exports read, the last read's error when it failed, why its exports are not merged yet (waiting). */
+  remotes: Record<string, { exports: number; error?: string; waiting?: string }>;
   lastError?: string;
 }
 
@@ -180,6 +184,8 @@ interface RemoteReader {
   kv: KvClient;
   exports: ExportSpec[];
   error?: string;
+  /** Why the remote's exports are not read yet (remoteExportsReadiness). */
+  waiting?: string;
 }
 
 export class McsController {
@@ -231,7 +237,7 @@ export class McsController {
       crdAbsent: this.crdAbsent,
       exports: this.last?.exports ?? [],
       imports: this.last?.imports ?? [],
-      remotes: Object.fromEntries([...this.remotes].map(([n, r]) => [n, { exports: r.exports.length, ...(r.error ? { error: r.error } : {}) }])),
+      remotes: Object.fromEntries([...this.remotes].map(([n, r]) => [n, { exports: r.exports.length, ...(r.error ? { error: r.error } : {}), ...(r.waiting ? { waiting: r.waiting } : {}) }])),
       ...(this.lastError ? { lastError: this.lastError } : {}),
     };
   }
@@ -273,6 +279,15 @@ export class McsController {
             this.remotes.set(c.name, r);
           }
           try {
+            const [config, canary] = await Promise.all([r.kv.get(clusterConfigKey(c.name)), r.kv.get(serviceExportsSyncedKey(c.name))]);
+            const ready = remoteExportsReadiness(c.name, config?.value, canary !== undefined);
+            delete r.error;
+            if (!ready.ready) {
+              if (r.waiting !== ready.why) this.o.log.info({ cluster: c.name, why: ready.why }, "not merging a remote cluster's serviceexports yet; keeping what was read before");
+              r.waiting = ready.why;
+              return;
+            }
+            delete r.waiting;
             const pairs = (await r.kv.list(serviceExportsClusterPrefix(c.name))).pairs;
             const got: ExportSpec[] = [];
             for (const p of pairs) {

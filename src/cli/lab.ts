@@ -233,7 +233,7 @@ Example:
       .option('--socket-lb', "socket-level load balancing: services translated once per connection at connect() in each node's pod cgroup")
       .option('--prometheus', "run Debian's prometheus (./scripts/setup.sh --prometheus installs it) scraping every agent and apiserver of the lab; its web UI on 127.0.0.1 of this host")
       .option('--prometheus-port <port>', 'port of the prometheus UI on 127.0.0.1 (0: any free one)', parsePrometheusPort, 9090)
-      .option('--kube-source', "the Kubernetes API is the one local source: agents, apiservers and kubelets read each cluster's API (through 127.0.0.1:6443 in their namespace), a scheduler binds pods, `lab apply` writes to the API like kubectl. Not the default yet: without it they read the lab's private store in etcd, which most tests still use")
+      .option('--kube-source', "the Kubernetes API is the one local source: agents, apiservers and kubelets read each cluster's API (through 127.0.0.1:6443 in their namespace), a scheduler binds pods, `lab apply` writes to the API like kubectl; the MCS API CRDs (deploy/crds/mcs-api.yaml) are applied in every cluster. Not the default yet: without it they read the lab's private store in etcd, which most tests still use")
       .option('--json', 'print the lab state as JSON at the end'),
   )
     .addHelpText('after', '\nExample:\n  clustermesh lab up --clusters 2 --nodes 2 --latency 20ms --lab geo\n\nProcesses keep running after this command returns; remove everything with: clustermesh lab down --lab NAME\n\nkubectl: export KUBECONFIG=$(clustermesh lab kubeconfig --lab NAME); the contexts are the cluster names.')

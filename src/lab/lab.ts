@@ -167,6 +167,19 @@ function recordProcess(state: LabState, save: () => void, name: string, pid: num
   return ref;
 }
 
+/** A --kube-source lab: the MCS API CRDs (deploy/crds/mcs-api.yaml) applied to every cluster's Kubernetes API, so ServiceExport/ServiceImport are served from the start. */
+async function applyMcsCrds(state: LabState, progress: (l: string) => void): Promise<void> {
+  const { applyToApi, manifestDocuments } = await import('./kube-apply.ts');
+  const { loadKubeConnection } = await import('../sources/kubernetes/kubeconfig.ts');
+  const { MCS_CRDS_FILE } = await import('../install/manifests.ts');
+  const docs = manifestDocuments(readFileSync(MCS_CRDS_FILE, 'utf8'), MCS_CRDS_FILE);
+  for (const c of state.clusters) {
+    const kc = loadKubeConnection({ kubeconfig: state.kubeconfig!, context: c.name }).kubeConfig;
+    await applyToApi(kc, docs);
+  }
+  progress(`      MCS API CRDs (${docs.map((d) => d.metadata?.name).join(', ')}) applied in every cluster`);
+}
+
 /** A cluster's Kubernetes API process while it starts. */
 interface KubeApiStart {
   cluster: string;
@@ -560,6 +573,10 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     const kubeconfig = await waitKubeApiServers(kubeApis, state, 60_000);
     save();
     progress(`      Kubernetes API per cluster: ${state.clusters.map((c) => `${c.name} ${c.kubeApi?.url ?? '-'}`).join(', ')}; kubeconfig ${kubeconfig} (a context per cluster)`);
+    if (o.kubeSource) {
+      step = 'MCS CRDs';
+      await applyMcsCrds(state, progress);
+    }
 
     step = 'cluster DNS';
     progress(`[5/6] cluster DNS: Deployment kube-system/cluster-dns behind Service kube-system/kube-dns (${DNS_SERVICE_IP}) in every cluster${o.kubeSource ? ', applied to and reading the Kubernetes API' : ''}`);

@@ -10,9 +10,13 @@ import { z } from 'zod';
 import { dns1123Label } from '../model/meta.ts';
 import { portNumberSchema, protocolSchema } from '../model/pod.ts';
 import type { Service } from '../model/service.ts';
+import { clusterConfigKey } from '../clustermesh/keys.ts';
+import { decodeClusterConfig } from '../clustermesh/wire.ts';
 
 export const serviceExportsPrefix = 'cilium/state/serviceexports/v1/';
 export const serviceExportsClusterPrefix = (cluster: string): string => `${serviceExportsPrefix}${cluster}/`;
+/** The synced canary a cluster writes once its first complete set of exports is in the kvstore. */
+export const serviceExportsSyncedKey = (cluster: string): string => `cilium/synced/${cluster}/${serviceExportsPrefix.slice(0, -1)}`;
 export const serviceExportKey = (cluster: string, namespace: string, name: string): string =>
   `${serviceExportsClusterPrefix(cluster)}${namespace}/${name}`;
 
@@ -101,4 +105,20 @@ export function exportSpecOf(cluster: string, svc: Service, exportCreated: strin
     sessionAffinity: svc.spec.sessionAffinity,
     ...(svc.spec.sessionAffinityConfig ? { sessionAffinityConfig: { clientIP: { timeoutSeconds: svc.spec.sessionAffinityConfig.clientIP.timeoutSeconds } } } : {}),
   };
+}
+
+/**
+ * Whether a remote cluster's exports may be merged: its cluster-config
+ * (`cilium/cluster-config/<cluster>`, raw value or undefined when absent)
+ * advertises serviceExportsEnabled and its serviceexports synced canary is
+ * present. Until then a reader keeps the remote's last merged set (none at
+ * first), since what is under the prefix may be partial or not ours to read.
+ */
+export function remoteExportsReadiness(cluster: string, clusterConfig: string | undefined, canaryPresent: boolean): { ready: true } | { ready: false; why: string } {
+  if (clusterConfig === undefined) return { ready: false, why: `no cluster-config (${clusterConfigKey(cluster)})` };
+  const cfg = decodeClusterConfig(cluster, clusterConfigKey(cluster), clusterConfig);
+  if (!cfg.ok) return { ready: false, why: `cluster-config does not parse: ${cfg.detail}` };
+  if (cfg.value.capabilities.serviceExportsEnabled !== true) return { ready: false, why: 'cluster-config does not advertise serviceExportsEnabled' };
+  if (!canaryPresent) return { ready: false, why: `serviceexports not synced yet (no ${serviceExportsSyncedKey(cluster)})` };
+  return { ready: true };
 }

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { encodeExportSpec, ExportSpecError, exportSpecOf, parseExportSpec, serviceExportKey, type ExportSpec } from './export.ts';
+import { encodeExportSpec, ExportSpecError, exportSpecOf, parseExportSpec, remoteExportsReadiness, serviceExportKey, serviceExportsSyncedKey, type ExportSpec } from './export.ts';
+import { clusterConfigValue } from '../apiserver/heartbeat.ts';
 import { conflictCondition, exportValidity, mergeAll, mergeExports } from './merge.ts';
 import { parseObject } from '../model/index.ts';
 
@@ -128,5 +129,22 @@ describe('merging exports (KEP-1645 conflict resolution)', () => {
     assert.equal(exportValidity('shop', 'cart', undefined).reason, 'NoService');
     assert.equal(exportValidity('shop', 'cart', 'ExternalName').reason, 'ServiceType');
     assert.deepEqual(exportValidity('shop', 'cart', 'ClusterIP').status, 'True');
+  });
+
+  test("a remote's exports are merged only once it advertises serviceExportsEnabled and its serviceexports canary is present", () => {
+    assert.equal(serviceExportsSyncedKey('c2'), 'cilium/synced/c2/cilium/state/serviceexports/v1');
+    const enabled = clusterConfigValue(2, 255, true);
+    assert.deepEqual(remoteExportsReadiness('c2', enabled, true), { ready: true });
+    const why = (cfg: string | undefined, canary: boolean): string => {
+      const r = remoteExportsReadiness('c2', cfg, canary);
+      assert.equal(r.ready, false);
+      return r.ready ? '' : r.why;
+    };
+    assert.match(why(enabled, false), /not synced yet \(no cilium\/synced\/c2\/cilium\/state\/serviceexports\/v1\)/);
+    assert.match(why(clusterConfigValue(2, 255, false), true), /does not advertise serviceExportsEnabled/);
+    // A Cilium without MCS support says nothing about it (null): not merged either.
+    assert.match(why('{"id":2,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}', true), /does not advertise serviceExportsEnabled/);
+    assert.match(why(undefined, true), /no cluster-config \(cilium\/cluster-config\/c2\)/);
+    assert.match(why('{"id":', true), /cluster-config does not parse/);
   });
 });
