@@ -36,12 +36,15 @@ export interface RawList {
 export class KubeHttp {
   constructor(readonly kubeConfig: KubeConfig) {}
 
-  private async open(path: string, query: Record<string, string>, signal: AbortSignal, timeoutMs?: number): Promise<IncomingMessage> {
+  private async open(path: string, query: Record<string, string>, signal: AbortSignal, timeoutMs?: number, send?: { method: string; body?: string; contentType?: string }): Promise<IncomingMessage> {
     const cluster = this.kubeConfig.getCurrentCluster();
     if (!cluster) throw new Error('kubeconfig has no current cluster');
     const url = new URL(cluster.server.replace(/\/+$/, '') + path);
     for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
-    const opts: RequestOptions = { method: 'GET', headers: { Accept: 'application/json' } };
+    const opts: RequestOptions = {
+      method: send?.method ?? 'GET',
+      headers: { Accept: 'application/json', ...(send?.body !== undefined ? { 'Content-Type': send.contentType ?? 'application/json', 'Content-Length': Buffer.byteLength(send.body) } : {}) },
+    };
     await this.kubeConfig.applyToHTTPSOptions(opts);
     const https = url.protocol === 'https:';
     if (!https) delete opts.agent;
@@ -50,7 +53,7 @@ export class KubeHttp {
       const req = (https ? httpsRequest : httpRequest)(url, { ...opts, signal }, resolve);
       req.on('error', reject);
       if (timeoutMs !== undefined) req.setTimeout(timeoutMs, () => req.destroy(new Error(`no answer from ${url.host} in ${timeoutMs} ms`)));
-      req.end();
+      req.end(send?.body);
     });
   }
 
@@ -74,6 +77,23 @@ export class KubeHttp {
       // not JSON: the text is the message
     }
     throw new KubeApiError(res.statusCode ?? 0, reason, `${what}: ${res.statusCode} ${reason ? `${reason}: ` : ''}${message}`);
+  }
+
+  /**
+   * One request with a JSON body (create, replace, patch, delete): the answer's
+   * JSON, or KubeApiError with the server's Status (reason, message).
+   */
+  async request(method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE', path: string, body?: unknown, o: { contentType?: string; query?: Record<string, string>; timeoutMs?: number } = {}): Promise<Record<string, unknown>> {
+    const send = { method, ...(body !== undefined ? { body: JSON.stringify(body) } : {}), ...(o.contentType !== undefined ? { contentType: o.contentType } : {}) };
+    const res = await this.open(path, o.query ?? {}, new AbortController().signal, o.timeoutMs ?? 30_000, send);
+    const what = `${method} ${path}`;
+    if ((res.statusCode ?? 0) < 200 || (res.statusCode ?? 0) > 299) return KubeHttp.fail(res, what);
+    const text = await KubeHttp.body(res);
+    try {
+      return JSON.parse(text) as Record<string, unknown>;
+    } catch (err) {
+      throw new Error(`${what}: the answer is not JSON: ${(err as Error).message}`);
+    }
   }
 
   /** One page of a list. */
