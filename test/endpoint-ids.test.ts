@@ -16,7 +16,6 @@ import * as endpointsMap from '../src/datapath/maps/endpoints.ts';
 import type { EndpointInfo } from '../src/agent/types.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
 import { createTopology, destroyTopology, type PodInfo, type Topology } from '../src/lab/topology.ts';
-import { StoreWriter } from '../src/sources/index.ts';
 import { enforceFlags, pings, policyDrops, waitFor } from './helpers/policy.ts';
 
 const TARGETS = 12;
@@ -41,9 +40,9 @@ describe(`endpoint IDs: ${TARGETS} pods added at once on one node, ${ROUNDS} rou
   before(async () => {
     topo = await createTopology({ clusters: 1, nodesPerCluster: 1, podsPerNode: TARGETS + 1, mode: 'clustermesh', prefix: 'cmtepid' });
     const dir = await mkdtemp(join(tmpdir(), 'cmtepid-mesh-'));
-    mesh = await startMesh(topo, { dir, readyTimeoutMs: 180_000, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
+    mesh = await startMesh(topo, { dir, kubeSource: true, readyTimeoutMs: 180_000, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
     await m().addPod(client(), { labels: { app: 'client' } });
-    await new StoreWriter(m().kv(1, 'root')).apply({
+    await m().kube(1).apply({
       apiVersion: 'networking.k8s.io/v1',
       kind: 'NetworkPolicy',
       metadata: { name: 'locked-deny-all-ingress', namespace: 'default' },

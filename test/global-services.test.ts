@@ -1,6 +1,6 @@
 // Services and global services end to end (issue 6): two clusters of two
 // nodes, a real etcd with TLS and the apiserver per cluster, a real agent
-// per node, Pods and Services written into each cluster's store the way a
+// per node, Pods and Services written to each cluster's Kubernetes API the way a
 // user's manifests would be, echo servers in the pod namespaces answering
 // with their pod name, and real connections to the ClusterIPs. Nothing here
 // writes a map: every translation comes from the agents.
@@ -15,9 +15,9 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, describe, test } from 'node:test';
 import { runIn, spawnIn, stopChild } from '../src/lab/exec.ts';
+import type { KubeObjects } from '../src/lab/kube-objects.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
 import { createTopology, destroyTopology, type PodInfo, type Topology } from '../src/lab/topology.ts';
-import { StoreWriter } from '../src/sources/index.ts';
 import { BpfMap } from '../src/datapath/libbpf/map.ts';
 import * as backendsMap from '../src/datapath/maps/backends.ts';
 import * as servicesMap from '../src/datapath/maps/services.ts';
@@ -124,7 +124,7 @@ describe('services and global services with real traffic, 2 clusters x 2 nodes',
   const children: ChildProcess[] = [];
   const m = (): Mesh => mesh!;
   const pod = (c: number, n: number, p: number): PodInfo => topo!.pods.find((x) => x.cluster === c && x.node.index === n && x.index === p)!;
-  const writer = (c: number): StoreWriter => new StoreWriter(m().kv(c, 'root'));
+  const writer = (c: number): KubeObjects => m().kube(c);
   /** Which service labels each pod carries now (p2 pods back every service at first). */
   const labels = new Map<PodInfo, Set<ServiceLabel>>();
 
@@ -205,7 +205,7 @@ describe('services and global services with real traffic, 2 clusters x 2 nodes',
   before(async () => {
     topo = await createTopology({ clusters: 2, nodesPerCluster: 2, podsPerNode: 3, mode: 'clustermesh', prefix: 'cmtgs' });
     const dir = await mkdtemp(join(tmpdir(), 'cmtgs-mesh-'));
-    mesh = await startMesh(topo, { dir, readyTimeoutMs: 120_000, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 15, extra: { serviceCacheTTLSeconds: CACHE_TTL_SECONDS } }, progress: (l) => console.log(`# ${l}`) });
+    mesh = await startMesh(topo, { dir, kubeSource: true, readyTimeoutMs: 120_000, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 15, extra: { serviceCacheTTLSeconds: CACHE_TTL_SECONDS } }, progress: (l) => console.log(`# ${l}`) });
     for (const p of topo.pods) {
       children.push(spawnIn(p.netns, [process.execPath, '--input-type=module', '-e', ECHO, '8080', p.name]));
       await m().addPod(p, { labels: { app: p.name } });

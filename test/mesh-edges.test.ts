@@ -10,10 +10,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { runIn, spawnIn, stopChild } from '../src/lab/exec.ts';
+import type { KubeObjects } from '../src/lab/kube-objects.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
 import { createTopology, destroyTopology, type PodInfo, type Topology } from '../src/lab/topology.ts';
 import { clusterIdOfIdentity } from '../src/model/cluster.ts';
-import { StoreWriter } from '../src/sources/index.ts';
 import { datapathSkipReason } from '../src/datapath/testing.ts';
 
 /** Cluster IDs of cluster1..cluster4: two at the top of the 511 layout's range. */
@@ -87,7 +87,7 @@ describe('mesh edges: 4 clusters, IDs 255 and 511, UDP services, IPv6 from a pod
   const children: ChildProcess[] = [];
   const m = (): Mesh => mesh!;
   const pod = (c: number, p: number): PodInfo => topo!.pods.find((x) => x.cluster === c && x.index === p)!;
-  const writer = (c: number): StoreWriter => new StoreWriter(m().kv(c, 'root'));
+  const writer = (c: number): KubeObjects => m().kube(c);
   const vip = (c: number, x: number): string => `10.96.${c}.${x}`;
   const GLOBAL = { 'service.cilium.io/global': 'true' };
 
@@ -128,6 +128,7 @@ describe('mesh edges: 4 clusters, IDs 255 and 511, UDP services, IPv6 from a pod
     const dir = await mkdtemp(join(tmpdir(), 'cmte-mesh-'));
     mesh = await startMesh(topo, {
       dir,
+      kubeSource: true,
       clusterIds: IDS,
       readyTimeoutMs: 180_000,
       agent: { maxConnectedClusters: 511, fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 15 },

@@ -1,6 +1,6 @@
 // ipBlock matches pod addresses, per address, with real traffic (issue 19):
 // two clusters of two nodes, real etcd, apiservers and agents. NetworkPolicies
-// with ipBlock peers are written into cluster1's store, as a user would, and
+// with ipBlock peers are written to cluster1's Kubernetes API, as a user would, and
 // select pods by /32 and by a wide block with excepts, on the same node, on
 // another node and in the other cluster. Drops are checked on the enforcing
 // node's counters and events.
@@ -16,10 +16,10 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { collectAgentEvents } from '../src/lab/datapath.ts';
 import { runIn } from '../src/lab/exec.ts';
+import type { KubeObjects } from '../src/lab/kube-objects.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
 import { ManagedProcess, childEnv } from '../src/lab/process.ts';
 import { createTopology, destroyTopology, type PodInfo, type Topology } from '../src/lab/topology.ts';
-import { StoreWriter } from '../src/sources/index.ts';
 import { enforceFlags, policyCidrs, policyDrops, reaches as reachesOn, sleep, waitFor } from './helpers/policy.ts';
 
 const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
@@ -40,13 +40,13 @@ describe('ipBlock matches pods by address: same node, other node, other cluster 
   const otherNode = (p: number): PodInfo => pod(1, 2, p);
   const otherCluster = (p: number): PodInfo => pod(2, 1, p);
   const n11 = () => client().node;
-  const writer = (): StoreWriter => new StoreWriter(m().kv(1, 'root'));
+  const writer = (): KubeObjects => m().kube(1);
   const np = (name: string, spec: Record<string, unknown>) => ({ apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { name, namespace: 'default' }, spec });
 
   before(async () => {
     topo = await createTopology({ clusters: 2, nodesPerCluster: 2, podsPerNode: 3, mode: 'clustermesh', prefix: 'cmtcidr' });
     const dir = await mkdtemp(join(tmpdir(), 'cmtcidr-mesh-'));
-    mesh = await startMesh(topo, { dir, readyTimeoutMs: 360_000, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
+    mesh = await startMesh(topo, { dir, kubeSource: true, readyTimeoutMs: 360_000, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
     const labelled: Array<[PodInfo, string]> = [
       [client(), 'client'],
       [target(), 'target'],

@@ -1,6 +1,6 @@
 // Network policy across clusters with real traffic (issue 5): three clusters
 // of one node, a real etcd with TLS and an apiserver per cluster, a real agent
-// per node. Policies are written into a cluster's own store, as a user would;
+// per node. Policies are written to a cluster's Kubernetes API, as a user would;
 // nothing here touches a policy map. Each cluster enforces its own policies
 // against identities learned from the whole mesh.
 //
@@ -14,10 +14,10 @@ import { join, resolve } from 'node:path';
 import type { DatapathEvent } from '../src/datapath/maps/events.ts';
 import { collectAgentEvents } from '../src/lab/datapath.ts';
 import { runIn } from '../src/lab/exec.ts';
+import type { KubeObjects } from '../src/lab/kube-objects.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
 import { ManagedProcess, childEnv } from '../src/lab/process.ts';
 import { createTopology, destroyTopology, type NodeInfo, type PodInfo, type Topology } from '../src/lab/topology.ts';
-import { StoreWriter } from '../src/sources/index.ts';
 import { enforceFlags, policyCidrs, policyDrops, reaches as reachesOn, sleep, waitFor } from './helpers/policy.ts';
 
 const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
@@ -32,7 +32,7 @@ describe('network policy across 3 clusters x 1 node, real traffic', { timeout: 3
   const pod = (c: number, p: number): PodInfo => topo!.pods.find((x) => x.cluster === c && x.index === p)!;
   const node = (c: number): NodeInfo => topo!.nodes.find((x) => x.cluster === c)!;
   const m = (): Mesh => mesh!;
-  const writer = (c: number): StoreWriter => new StoreWriter(m().kv(c, 'root'));
+  const writer = (c: number): KubeObjects => m().kube(c);
   const endpointIds = new Map<string, number>();
 
   const frontend1 = (): PodInfo => pod(1, 1);
@@ -69,7 +69,7 @@ describe('network policy across 3 clusters x 1 node, real traffic', { timeout: 3
   before(async () => {
     topo = await createTopology({ clusters: 3, nodesPerCluster: 1, podsPerNode: 3, mode: 'clustermesh', prefix: 'cmtpol' });
     const dir = await mkdtemp(join(tmpdir(), 'cmtpol-mesh-'));
-    mesh = await startMesh(topo, { dir, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
+    mesh = await startMesh(topo, { dir, kubeSource: true, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
     const withServer = [frontend1(), backend2(), backendLater2(), backend3()];
     for (const p of withServer) {
       const s = new ManagedProcess({

@@ -1,10 +1,10 @@
 // A running pod relabelled (issue 19, part 2): its Pod object's labels
-// rewritten in the cluster's store, as `kubectl label pod` does, must change
+// rewritten in the cluster's Kubernetes API, as `kubectl label pod` does, must change
 // its identity everywhere — a deny-by-default policy that now selects it is
 // enforced, an allow rule that now admits a client lets it in, a client no
 // longer admitted is refused again — on the same node, on another node and
 // from another cluster. Two clusters of two nodes, real etcd, apiservers,
-// agents and traffic; the policy is written into cluster1's store. The time
+// agents and traffic; the policy is written to cluster1's API. The time
 // from the label write to enforcement is printed (`# relabel ...` lines).
 //
 //   cluster1/node1: server, client-same-node   cluster1/node2: client-other-node   cluster2/node1: client-other-cluster
@@ -19,7 +19,6 @@ import * as endpointsMap from '../src/datapath/maps/endpoints.ts';
 import * as policyMap from '../src/datapath/maps/policy.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
 import { createTopology, destroyTopology, type NodeInfo, type PodInfo, type Topology } from '../src/lab/topology.ts';
-import { StoreWriter } from '../src/sources/index.ts';
 import { enforceFlags, pings, policyDrops, sleep, waitFor } from './helpers/policy.ts';
 
 function withPin<T>(pinDir: string, name: string, fn: (m: BpfMap) => T): T {
@@ -64,21 +63,21 @@ describe('a running pod relabelled: identity, policy and export follow (2 cluste
     return {
       kind: 'Pod',
       metadata: { name: p.name, namespace: 'default', labels: l },
-      spec: { nodeName: p.node.name, containers: [] },
+      spec: { nodeName: p.node.name, containers: [{ name: 'app', image: 'app' }] },
       status: { phase: 'Running', podIP: p.ip, conditions: [{ type: 'Ready', status: 'True' }] },
     };
   }
   /** `kubectl label pod`: the Pod object rewritten with new labels; returns the time of the write. */
   async function relabel(p: PodInfo, l: Record<string, string>): Promise<number> {
     labels.set(p, l);
-    await new StoreWriter(m().kv(p.cluster, 'root')).apply(podObject(p, l));
+    await m().kube(p.cluster).apply(podObject(p, l));
     return Date.now();
   }
 
   before(async () => {
     topo = await createTopology({ clusters: 2, nodesPerCluster: 2, podsPerNode: 2, mode: 'clustermesh', prefix: 'cmtrelab' });
     const dir = await mkdtemp(join(tmpdir(), 'cmtrelab-mesh-'));
-    mesh = await startMesh(topo, { dir, readyTimeoutMs: 180_000, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
+    mesh = await startMesh(topo, { dir, kubeSource: true, readyTimeoutMs: 180_000, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
     const initial: Array<[PodInfo, Record<string, string>]> = [
       [server(), { app: 'server' }],
       [sameNode(), { app: 'client-a' }],
@@ -99,7 +98,7 @@ describe('a running pod relabelled: identity, policy and export follow (2 cluste
       }
     }
     // Pods locked=yes admit only role=trusted (of this cluster, or of cluster2): a deny-by-default policy nobody matches yet.
-    await new StoreWriter(m().kv(1, 'root')).apply({
+    await m().kube(1).apply({
       apiVersion: 'cilium.io/v2',
       kind: 'CiliumNetworkPolicy',
       metadata: { name: 'locked-admits-trusted', namespace: 'default' },

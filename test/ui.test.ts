@@ -18,7 +18,6 @@ import { runIn } from '../src/lab/exec.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
 import { writeLabState } from '../src/lab/state.ts';
 import { createTopology, destroyTopology, type PodInfo, type Topology } from '../src/lab/topology.ts';
-import { StoreWriter } from '../src/sources/index.ts';
 import { meshLabState } from './helpers/lab-state.ts';
 
 const ROOT = resolve(import.meta.dirname, '..');
@@ -99,11 +98,11 @@ describe('ui: the live view of a 2-cluster mesh in headless chromium', { timeout
     const labName = `cmt-ui-${Math.random().toString(16).slice(2, 8)}`;
     topo = await createTopology({ clusters: 2, nodesPerCluster: 1, podsPerNode: 2, mode: 'clustermesh', prefix: 'cmtui' });
     meshDir = await mkdtemp(join(tmpdir(), 'cmt-ui-mesh-'));
-    mesh = await startMesh(topo, { dir: meshDir, agent: { syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
+    mesh = await startMesh(topo, { dir: meshDir, kubeSource: true, agent: { syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
     for (const p of topo.pods) await mesh.addPod(p, { labels: { app: p.index === 1 ? 'frontend' : 'backend' } });
     // A global service 'backend' in both clusters: each cluster's backends are the service's, in both.
     for (const c of [1, 2]) {
-      const w = new StoreWriter(mesh.kv(c, 'root'));
+      const w = mesh.kube(c);
       for (const p of topo.pods.filter((x) => x.cluster === c && x.index === 2)) {
         await w.apply({
           kind: 'Pod',
@@ -183,7 +182,7 @@ describe('ui: the live view of a 2-cluster mesh in headless chromium', { timeout
     const frontend1 = pod(1, 1);
     const frontend2 = pod(2, 1);
     const backend2 = pod(2, 2);
-    const writer = new StoreWriter(mesh!.kv(2, 'root'));
+    const writer = mesh!.kube(2);
     const policy = {
       apiVersion: 'cilium.io/v2',
       kind: 'CiliumNetworkPolicy',

@@ -22,7 +22,6 @@ import * as settings from '../../src/datapath/maps/settings.ts';
 import { runIn } from '../../src/lab/exec.ts';
 import { startMesh, type Mesh } from '../../src/lab/mesh.ts';
 import { createTopology, destroyTopology, type Topology } from '../../src/lab/topology.ts';
-import { StoreWriter } from '../../src/sources/index.ts';
 import { printTable, summarize, writeResults, type Sample } from '../lib/results.ts';
 
 const { values } = parseArgs({
@@ -72,7 +71,7 @@ let topo: Topology | undefined;
 let mesh: Mesh | undefined;
 try {
   topo = await createTopology({ clusters: 1, nodesPerCluster: 1, podsPerNode: 2, mode: 'clustermesh', prefix: 'cmbf' });
-  mesh = await startMesh(topo, { dir: await mkdtemp(join(tmpdir(), 'cmbf-mesh-')), agent: { extra: { traceForwards: false } }, progress: (l) => console.error(`mesh: ${l}`) });
+  mesh = await startMesh(topo, { dir: await mkdtemp(join(tmpdir(), 'cmbf-mesh-')), kubeSource: true, agent: { extra: { traceForwards: false } }, progress: (l) => console.error(`mesh: ${l}`) });
   const [a, b] = topo.pods;
   await mesh.addPod(a!, { labels: { app: 'sender' } });
   await mesh.addPod(b!, { labels: { app: 'target' } });
@@ -80,7 +79,7 @@ try {
   const api = new AgentClient(agent.socket);
   const pid = agent.process.pid!;
   const settingsMap = BpfMap.openPinned(join(agent.pinDir, settings.MAP_NAME));
-  const writer = new StoreWriter(mesh.kv(1, 'root'));
+  const writer = mesh.kube(1);
   const policy = {
     apiVersion: 'cilium.io/v2',
     kind: 'CiliumNetworkPolicy',

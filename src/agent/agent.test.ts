@@ -2,10 +2,13 @@
 // namespace with two pods, against real etcds (its cluster's, and a remote
 // cluster's with wire-format data and canaries), real BPF and real traffic.
 // The etcds listen on the root namespace's loopback; a small TCP↔unix-socket
-// bridge makes them reachable on the node namespace's loopback.
+// bridge makes them reachable on the node namespace's loopback. The cluster's
+// Kubernetes API (the lab's server, in this process) is the local source: its
+// Nodes, reached at 127.0.0.1:6443 in the node namespace (the lab's
+// node-local endpoint); Endpoint objects (mesh state) stay in etcd.
 //
 // Shows: endpoints added through the API program the maps (local delivery
-// works) and are published to the store; the ipcache holds local pods, pods
+// works) and are published to etcd; the ipcache holds local pods, pods
 // and nodes of this cluster's other nodes, and the remote cluster's pods,
 // nodes and pod CIDRs; an entry deleted behind the agent's back comes back;
 // a TCP transfer survives SIGKILL + restart of the agent with its checksum
@@ -13,7 +16,7 @@
 // whose device is gone; DELETE removes everything and is idempotent.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import type { Server } from 'node:net';
 import { join } from 'node:path';
@@ -27,6 +30,9 @@ import { REPO_ROOT, buildBpfObject, datapathSkipReason, uniqueSuffix } from '../
 import { KvClient } from '../kvstore/client.ts';
 import type { EtcdServer } from '../kvstore/etcd-process.ts';
 import { startMeshEtcd as startEtcd } from '../clustermesh/etcd.ts';
+import { startKubeApi, writeKubeconfig, type KubeApiServer } from '../lab/kube-api/index.ts';
+import { KubeObjects } from '../lab/kube-objects.ts';
+import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import { storeKey, StoreWriter } from '../sources/index.ts';
 import { AgentClient } from './client.ts';
 import { bridgeOuter } from './netns-bridge.test-helper.ts';
@@ -114,7 +120,7 @@ function transfer(serverNs: string, clientNs: string, serverIP: string) {
 }
 
 describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
-  it('programs endpoints and the ipcache from the store and a remote cluster, repairs drift, survives SIGKILL and restarts', { timeout: 240_000 }, async () => {
+  it('programs endpoints and the ipcache from the Kubernetes API, etcd and a remote cluster, repairs drift, survives SIGKILL and restarts', { timeout: 240_000 }, async () => {
     buildBpfObject('lxc.bpf.o');
     buildBpfObject('overlay.bpf.o');
     const sfx = uniqueSuffix(3);
@@ -129,6 +135,7 @@ describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
     const servers: Server[] = [];
     const clients: KvClient[] = [];
     let etcd1: EtcdServer | undefined;
+    let kubeApi: KubeApiServer | undefined;
     let c2: TestCluster | undefined;
     let agent: ChildProcess | undefined;
     const logFile = join(tmp, 'agent.log');
@@ -157,6 +164,23 @@ describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
       ensureBpffs();
       // ---- etcds: this cluster's, and cluster2's with exported state (nodes, identities, endpoints, canaries)
       etcd1 = await startEtcd({ dir: join(tmp, 'etcd1'), name: 'cluster1', clusterName: 'cluster1' });
+      // ---- cluster1's Kubernetes API (the lab's server, in this process, also on a TLS unix socket);
+      // its Node node1 registered as a kubelet does
+      const kubeKv = new KvClient(etcd1.connection('root', { timeoutMs: 5000 }));
+      clients.push(kubeKv);
+      const apiSocket = join(tmp, 'api.sock');
+      const started = await startKubeApi({ kv: kubeKv, dir: join(tmp, 'kube-api'), clusterName: 'cluster1', socketPath: apiSocket });
+      kubeApi = started.server;
+      const kube = new KubeObjects(loadKubeConnection({ kubeconfig: started.kubeconfig }).kubeConfig);
+      const nodeObject = (n: number) => ({
+        kind: 'Node',
+        metadata: { name: `node${n}` },
+        spec: { podCIDR: `10.101.${n}.0/24`, podCIDRs: [`10.101.${n}.0/24`] },
+        status: { addresses: [{ type: 'InternalIP', address: `10.1.0.${n}` }], conditions: [{ type: 'Ready', status: 'True' }] },
+      });
+      await kube.apply(nodeObject(1));
+      const agentKubeconfig = join(tmp, 'agent.kubeconfig');
+      await writeKubeconfig(agentKubeconfig, [{ name: 'cluster1', server: 'https://127.0.0.1:6443', caFile: started.pki.ca.certFile, certFile: started.pki.admin.certFile, keyFile: started.pki.admin.keyFile }]);
       const remote = await TestCluster.start(tmp, 'cluster2', 2);
       c2 = remote;
       await remote.seed();
@@ -180,6 +204,12 @@ describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
         ip('-n', p.ns, 'route', 'add', '169.254.1.1', 'dev', 'eth0', 'scope', 'link');
         ip('-n', p.ns, 'route', 'add', 'default', 'via', '169.254.1.1', 'dev', 'eth0');
       }
+
+      // ---- the Kubernetes API at 127.0.0.1:6443 in the node's namespace (the lab's node-local endpoint)
+      const endpointReady = join(tmp, 'kube-api-endpoint.ready');
+      const endpoint = spawn('ip', ['netns', 'exec', nodeNs, process.execPath, CLI, 'lab', 'kube-api-endpoint', '--socket', apiSocket, '--ready-file', endpointReady], { stdio: ['ignore', 'ignore', 'inherit'] });
+      children.push(endpoint);
+      await until('the node-local Kubernetes API endpoint', () => existsSync(endpointReady), 60_000);
 
       // ---- the etcds on the node's loopback
       const ports = [etcd1.clientPort, remote.etcd.clientPort];
@@ -206,6 +236,7 @@ describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
           podCIDR: '10.101.1.0/24',
           etcd: { endpoints: conn.endpoints, caFile: conn.caFile, certFile: conn.certFile, keyFile: conn.keyFile },
           clustermeshConfigDir: remoteDir,
+          kubeconfig: agentKubeconfig,
           stateDir,
           pinDir,
           syncTimeoutSeconds: 20,
@@ -247,13 +278,11 @@ describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
       const storedEp = JSON.parse(stored) as { status: { identity: { id: number }; networking: { podIP: string; nodeName: string; nodeIP: string } } };
       assert.deepEqual(storedEp.status.networking, { podIP: pods[0].ip, nodeName: 'node1', nodeIP: '10.1.0.1' });
       assert.equal(storedEp.status.identity.id, ep0.identity);
-      const storedNode = JSON.parse((await root.get(storeKey('Node', { name: 'node1' })))!.value) as { spec: { podCIDR: string } };
-      assert.equal(storedNode.spec.podCIDR, '10.101.1.0/24', 'the agent wrote its own Node object');
+      assert.equal(await root.get(storeKey('Node', { name: 'node1' })), undefined, 'the Node is the API\'s (a kubelet registers it): the agent writes none to etcd');
 
-      // another node of this cluster appears in the store
-      const writer = new StoreWriter(root);
-      await writer.apply({ kind: 'Node', metadata: { name: 'node2' }, spec: { podCIDR: '10.101.2.0/24' }, status: { addresses: [{ type: 'InternalIP', address: '10.1.0.2' }] } });
-      await writer.apply({
+      // another node of this cluster appears in the API, an endpoint of it in etcd
+      await kube.apply(nodeObject(2));
+      await new StoreWriter(root).apply({
         kind: 'Endpoint',
         metadata: { name: 'api-0', namespace: 'default' },
         status: { identity: { id: 65_600, labels: [] }, networking: { podIP: '10.101.2.10', nodeName: 'node2', nodeIP: '10.1.0.2' } },
@@ -369,6 +398,7 @@ describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
       for (const ns of [...pods.map((p) => p.ns), nodeNs]) spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
       removePinDir(pinDir);
       await c2?.close();
+      await kubeApi?.stop().catch(() => undefined);
       await etcd1?.stop();
       await rm(tmp, { recursive: true, force: true });
     }

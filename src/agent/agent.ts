@@ -301,6 +301,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       identities: allocator,
       namespaceLabels: (ns) => source.namespaces.get({ name: ns })?.metadata.labels,
       podLabels: (namespace, name) => source.pods.get({ namespace, name })?.metadata.labels,
+      labelsKnown: () => source.namespaces.synced && source.pods.synced,
       // Before an endpoint's (new) identity reaches the maps: the policy has its entries written.
       policySettled: async () => {
         policy.syncEndpoints();

@@ -90,6 +90,12 @@ export interface EndpointManagerOptions {
   /** Labels of a Pod object, when the cluster source has it: they win over the labels of the add. */
   podLabels?: (namespace: string, name: string) => Labels | undefined;
   /**
+   * The cluster source has listed namespaces and pods. A restored or relabelled endpoint's
+   * identity is re-derived only then: before, a namespace's labels would be missing and the
+   * endpoint would allocate a wrong identity for a moment. Default: always.
+   */
+  labelsKnown?: () => boolean;
+  /**
    * Tells the policy the endpoints changed (it reads list()) and resolves once
    * the resulting policy is in the maps (or a bound passed): called before an
    * endpoint's new identity reaches the endpoints map and ipcache.
@@ -502,6 +508,7 @@ export class EndpointManager {
   private async identityPass(containerID: string, retryInMs: number): Promise<boolean> {
     const rec = this.records.get(containerID);
     if (!rec || this.stopping) return true;
+    if (this.o.labelsKnown && !this.o.labelsKnown()) return false; // keeps its identity meanwhile
     const t0 = this.clock.now();
     const podLabels = this.o.podLabels?.(rec.namespace, rec.podName);
     const from = { identity: rec.identity, labels: rec.labels };

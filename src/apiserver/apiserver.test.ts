@@ -29,7 +29,13 @@ import type { EtcdServer } from '../kvstore/etcd-process.ts';
 import { startMeshEtcd as startEtcd } from '../clustermesh/etcd.ts';
 import type { KvPair } from '../kvstore/types.ts';
 import { parseObject } from '../model/index.ts';
+import { kubeConfigFor, startControllers, type RunningControllers } from '../lab/controllers/index.ts';
+import { startKubeApi, type KubeApiServer } from '../lab/kube-api/index.ts';
+import { KubeObjects } from '../lab/kube-objects.ts';
+import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
+import type { KubeKind } from '../sources/kubernetes/kinds.ts';
 import { StoreWriter } from '../sources/index.ts';
+import type { ObjectRef } from '../sources/types.ts';
 import { APISERVER_IDENTITY_USER, startApiserver, type Apiserver } from './apiserver.ts';
 import type { ApiserverConfig } from './options.ts';
 
@@ -50,11 +56,60 @@ const podObj = (name: string, app: string, node: number, ip: string, ready = tru
   spec: { nodeName: `node${node}`, containers: [{ name: 'c', ports: [{ name: 'http', containerPort: 8080 }] }] },
   status: { phase: 'Running', podIP: ip, conditions: [{ type: 'Ready', status: ready ? 'True' : 'False' }] },
 });
+const SVC_IPS: Record<string, string> = { echo: '10.96.0.10', legacy: '10.96.0.11', noshare: '10.96.0.12', local: '10.96.0.13' };
 const svcObj = (name: string, annotations: Record<string, string>) => ({
   kind: 'Service',
   metadata: { name, namespace: 'default', annotations },
-  spec: { clusterIP: '10.96.0.10', selector: { app: 'web' }, ports: [{ name: 'http', port: 80, targetPort: 'http' }] },
+  spec: { clusterIP: SVC_IPS[name] ?? '10.96.0.20', selector: { app: 'web' }, ports: [{ name: 'http', port: 80, targetPort: 'http' }] },
 });
+
+/**
+ * A cluster as the apiserver reads it: Kubernetes objects in its Kubernetes API
+ * (the lab's server and EndpointSlice controller, in this process, over the
+ * cluster's etcd), Endpoint objects (mesh state, an agent's) in the etcd.
+ */
+class TestClusterApi {
+  private constructor(
+    readonly kube: KubeObjects,
+    readonly kubeconfig: string,
+    private readonly endpoints: StoreWriter,
+    private readonly stopAll: () => Promise<void>,
+  ) {}
+
+  static async start(etcd: EtcdServer, dir: string, endpointsKv: KvClient): Promise<TestClusterApi> {
+    const kv = new KvClient(etcd.connection('root', { timeoutMs: 5000 }));
+    const { server, pki, kubeconfig } = await startKubeApi({ kv, dir, clusterName: CLUSTER });
+    const controllers: RunningControllers = await startControllers(kubeConfigFor(server.url, { caFile: pki.ca.certFile, certFile: pki.admin.certFile, keyFile: pki.admin.keyFile }));
+    const stop = async (s: KubeApiServer): Promise<void> => {
+      await controllers.stop();
+      await s.stop();
+      await kv.close();
+    };
+    return new TestClusterApi(new KubeObjects(loadKubeConnection({ kubeconfig }).kubeConfig), kubeconfig, new StoreWriter(endpointsKv), () => stop(server));
+  }
+
+  async apply(o: { kind: string; [k: string]: unknown }): Promise<void> {
+    if (o.kind === 'Endpoint') await this.endpoints.apply(o);
+    else await this.kube.apply(o);
+  }
+
+  async applyAll(objs: Array<{ kind: string; [k: string]: unknown }>): Promise<void> {
+    for (const o of objs) await this.apply(o);
+  }
+
+  async delete(kind: string, ref: ObjectRef): Promise<void> {
+    if (kind === 'Endpoint') await this.endpoints.delete('Endpoint', ref);
+    else await this.kube.delete(kind, ref);
+  }
+
+  get<K extends KubeKind>(kind: K, ref: ObjectRef) {
+    return this.kube.get(kind, ref);
+  }
+
+  stop(): Promise<void> {
+    return this.stopAll();
+  }
+}
 
 async function until<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 15_000): Promise<T> {
   const end = Date.now() + ms;
@@ -75,12 +130,12 @@ async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<
   }
 }
 
-describe('apiserver (real etcd)', () => {
+describe('apiserver (real etcd, the Kubernetes API)', () => {
   let dir: string;
   let etcd: EtcdServer;
   const clients: KvClient[] = [];
   const servers: Apiserver[] = [];
-  let writer: StoreWriter;
+  let writer: TestClusterApi;
   let reader: KvClient;
   /** The apiserver's own view, for keys a remote may not read. */
   let owner: KvClient;
@@ -95,6 +150,7 @@ describe('apiserver (real etcd)', () => {
     clusterId: 1,
     maxConnectedClusters: 255,
     etcdConfigFile: '/unused',
+    kubeconfig: writer.kubeconfig,
     heartbeatIntervalMs: 200,
     sessionTtlSeconds: 5,
     identityGcIntervalMs: 3_600_000,
@@ -131,7 +187,7 @@ describe('apiserver (real etcd)', () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'cm-apiserver-'));
     etcd = await startEtcd({ dir, name: 'apiserver-test' });
-    writer = new StoreWriter(client('apiserver'));
+    writer = await TestClusterApi.start(etcd, join(dir, 'kube-api'), client('apiserver'));
     reader = client('remote');
     owner = client('apiserver');
     agentAlloc = new IdentityAllocator({ kv: client('agent'), cluster: CLUSTER, clusterId: 1, user: 'node1' });
@@ -139,6 +195,7 @@ describe('apiserver (real etcd)', () => {
   after(async () => {
     try {
       for (const s of servers) await s.stop();
+      await writer?.stop();
       await agentAlloc.close();
       await Promise.all(clients.map((c) => c.close({ revokeSession: true })));
     } finally {
@@ -303,22 +360,27 @@ describe('apiserver (real etcd)', () => {
 });
 
 describe('clustermesh apiserver command (real etcd)', () => {
-  it('runs from an etcd config file, exports, and stops on SIGTERM', async () => {
+  it('runs from an etcd config file and a kubeconfig, exports, and stops on SIGTERM', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'cm-apiserver-cli-'));
     const etcd = await startEtcd({ dir: join(dir, 'etcd'), name: 'apiserver-cli' });
     const reader = new KvClient(etcd.connection('remote'));
     let child: ChildProcess | undefined;
+    let stopApi: (() => Promise<void>) | undefined;
     try {
       const conn = etcd.connection('apiserver');
       await writeFile(
         join(dir, 'etcd.yaml'),
         `endpoints:\n  - ${conn.endpoints[0]}\ntrusted-ca-file: ${conn.caFile}\ncert-file: ${conn.certFile}\nkey-file: ${conn.keyFile}\n`,
       );
-      const writerKv = new KvClient(conn);
-      await new StoreWriter(writerKv).apply(nodeObj(7));
-      await writerKv.close();
+      const rootKv = new KvClient(etcd.connection('root'));
+      const { server, kubeconfig } = await startKubeApi({ kv: rootKv, dir: join(dir, 'kube-api'), clusterName: 'c7' });
+      stopApi = async () => {
+        await server.stop();
+        await rootKv.close();
+      };
+      await new KubeObjects(loadKubeConnection({ kubeconfig }).kubeConfig).apply(nodeObj(7));
       const bin = fileURLToPath(new URL('../../bin/clustermesh.js', import.meta.url));
-      child = spawn(process.execPath, [bin, 'apiserver', '--cluster-name', 'c7', '--cluster-id', '7', '--etcd-config', join(dir, 'etcd.yaml'), '--log-level', 'warn'], {
+      child = spawn(process.execPath, [bin, 'apiserver', '--cluster-name', 'c7', '--cluster-id', '7', '--etcd-config', join(dir, 'etcd.yaml'), '--kubeconfig', kubeconfig, '--log-level', 'warn'], {
         stdio: ['ignore', 'ignore', 'pipe'],
       });
       let stderr = '';
@@ -334,6 +396,7 @@ describe('clustermesh apiserver command (real etcd)', () => {
       assert.equal(await withTimeout(exited, 10_000, 'apiserver exit'), 0, stderr);
     } finally {
       if (child && child.exitCode === null && child.pid) process.kill(child.pid, 'SIGKILL');
+      await stopApi?.();
       await reader.close();
       await etcd.stop();
       await rm(dir, { recursive: true, force: true });

@@ -1,6 +1,8 @@
-// End to end with the real apiserver: cluster objects written into each
-// cluster's store → `clustermesh apiserver` exports them → the other cluster's
-// ClusterMesh imports them, validated.
+// End to end with the real apiserver: cluster objects written to each
+// cluster's Kubernetes API (the lab's server and EndpointSlice controller, in
+// this process) and its agents' Endpoints to its etcd → `clustermesh
+// apiserver --kubeconfig` exports them → the other cluster's ClusterMesh
+// imports them, validated.
 import { strict as assert } from 'node:assert';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -9,6 +11,11 @@ import pino from 'pino';
 import { Registry } from 'prom-client';
 import { startApiserver, type Apiserver } from '../apiserver/apiserver.ts';
 import { compileApiserverOptions } from '../apiserver/options.ts';
+import { KvClient } from '../kvstore/client.ts';
+import { kubeConfigFor, startControllers, type RunningControllers } from '../lab/controllers/index.ts';
+import { startKubeApi, type KubeApiServer } from '../lab/kube-api/index.ts';
+import { KubeObjects } from '../lab/kube-objects.ts';
+import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import { StoreWriter } from '../sources/store/writer.ts';
 import { ClusterMesh } from './clustermesh.ts';
 import { CLUSTER_LABEL_KEY } from './wire.ts';
@@ -33,7 +40,7 @@ function pod(c: TestCluster, i: number): unknown[] {
     {
       kind: 'Pod',
       metadata: { name: `echo-${i}`, namespace: 'default', labels: { app: 'echo' } },
-      spec: { nodeName: 'node1' },
+      spec: { nodeName: 'node1', containers: [{ name: 'echo', image: 'echo', ports: [{ containerPort: 8080 }] }] },
       status: { phase: 'Running', podIP: c.podIp(1, i), conditions: [{ type: 'Ready', status: 'True' }] },
     },
     {
@@ -44,18 +51,42 @@ function pod(c: TestCluster, i: number): unknown[] {
   ];
 }
 
+/** The cluster's Kubernetes API (lab server and controllers, in this process) over its etcd. */
+async function startClusterApi(c: TestCluster, dir: string): Promise<{ kube: KubeObjects; kubeconfig: string; stop: () => Promise<void> }> {
+  const kv = new KvClient(c.etcd.connection('root', { timeoutMs: 5000 }));
+  const { server, pki, kubeconfig } = await startKubeApi({ kv, dir, clusterName: c.name });
+  const controllers: RunningControllers = await startControllers(kubeConfigFor(server.url, { caFile: pki.ca.certFile, certFile: pki.admin.certFile, keyFile: pki.admin.keyFile }));
+  const stop = async (s: KubeApiServer): Promise<void> => {
+    await controllers.stop();
+    await s.stop();
+    await kv.close();
+  };
+  return { kube: new KubeObjects(loadKubeConnection({ kubeconfig }).kubeConfig), kubeconfig, stop: () => stop(server) };
+}
+
+/** Kubernetes kinds to the API, Endpoint objects (mesh state) to etcd. */
+async function write(c: TestCluster, kube: KubeObjects, objs: unknown[]): Promise<void> {
+  for (const o of objs) {
+    if ((o as { kind: string }).kind === 'Endpoint') await new StoreWriter(c.writer).apply(o);
+    else await kube.apply(o);
+  }
+}
+
 describe('import from the real apiserver', () => {
   it('two clusters export with the apiserver and import each other', async () => {
     const { dir: root, cleanup } = await tempDir('e2e');
     const clusters: TestCluster[] = [];
     const apis: Apiserver[] = [];
     const meshes: ClusterMesh[] = [];
+    const kubeApis: Array<Awaited<ReturnType<typeof startClusterApi>>> = [];
     try {
       for (const [name, id] of [['c1', 1], ['c2', 2]] as const) {
         const c = await TestCluster.start(root, name, id);
         clusters.push(c);
-        await new StoreWriter(c.writer).applyAll(objects(c, 2));
-        const cfg = compileApiserverOptions({ clusterName: name, clusterId: String(id), etcdConfig: join(root, 'unused'), heartbeatInterval: '1s', logLevel: 'silent' });
+        const api = await startClusterApi(c, join(root, `kube-${name}`));
+        kubeApis.push(api);
+        await write(c, api.kube, objects(c, 2));
+        const cfg = compileApiserverOptions({ clusterName: name, clusterId: String(id), etcdConfig: join(root, 'unused'), kubeconfig: api.kubeconfig, heartbeatInterval: '1s', logLevel: 'silent' });
         apis.push(await startApiserver(cfg, { connection: c.etcd.connection('apiserver'), logger: pino({ level: 'silent' }) }));
       }
       await Promise.all(apis.map((a) => a.ready));
@@ -88,15 +119,16 @@ describe('import from the real apiserver', () => {
 
       // a pod added, then removed, in c2 → c1's caches follow
       const [m1] = meshes as [ClusterMesh, ClusterMesh];
-      const w2 = new StoreWriter(c2.writer);
-      await w2.applyAll(pod(c2, 3));
+      const kube2 = kubeApis[1]!.kube;
+      await write(c2, kube2, pod(c2, 3));
       await eventually(() => m1.ipcache.has(c2.podIp(1, 3)) && m1.globalServices.get('default/echo')?.backends.length === 3, 'pod 3 imported');
-      await w2.delete('Endpoint', { namespace: 'default', name: 'echo-3' });
-      await w2.delete('Pod', { namespace: 'default', name: 'echo-3' });
+      await new StoreWriter(c2.writer).delete('Endpoint', { namespace: 'default', name: 'echo-3' });
+      await kube2.delete('Pod', { namespace: 'default', name: 'echo-3' });
       await eventually(() => !m1.ipcache.has(c2.podIp(1, 3)) && m1.globalServices.get('default/echo')?.backends.length === 2, 'pod 3 gone');
     } finally {
       await Promise.all(meshes.map((m) => m.stop().catch(() => {})));
       await Promise.all(apis.map((a) => a.stop().catch(() => {})));
+      await Promise.all(kubeApis.map((k) => k.stop().catch(() => {})));
       await Promise.all(clusters.map((c) => c.close()));
       await cleanup();
     }

@@ -1,5 +1,6 @@
 // The cluster DNS: answers over real UDP and TCP sockets on loopback from fixed
-// data (pure logic), then the whole workload against a real etcd, queried by
+// data (pure logic), then the whole workload reading a Kubernetes API (the
+// lab's, over a real etcd), queried by
 // the system resolver (glibc getent) inside a pod-like network namespace whose
 // resolv.conf carries the Kubernetes search list.
 import { loadEtcdConfig } from '../apiserver/options.ts';
@@ -18,7 +19,9 @@ import { KvClient } from '../kvstore/client.ts';
 import type { EtcdServer } from '../kvstore/etcd-process.ts';
 import { startMeshEtcd as startEtcd } from '../clustermesh/etcd.ts';
 import { parseObject, type Namespace, type Pod, type Service } from '../model/index.ts';
-import { StoreWriter } from '../sources/store/writer.ts';
+import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
+import { startKubeApi, writeKubeconfig, type KubeApiServer } from './kube-api/index.ts';
+import { KubeObjects } from './kube-objects.ts';
 import {
   DNS_SERVICE_IP,
   answerQuery,
@@ -316,7 +319,7 @@ describe('cluster DNS manifest and config', () => {
   });
 });
 
-describe('cluster DNS workload against a real etcd, asked by glibc from a pod namespace', { timeout: 120_000 }, () => {
+describe('cluster DNS workload reading the Kubernetes API, asked by glibc from a pod namespace', { timeout: 120_000 }, () => {
   const tag = randomBytes(3).toString('hex');
   const etcdNs = `cmtdns${tag}e`;
   const podNs = `cmtdns${tag}p`;
@@ -325,6 +328,8 @@ describe('cluster DNS workload against a real etcd, asked by glibc from a pod na
   let etcd: EtcdServer | undefined;
   let kv: KvClient | undefined;
   let dns: ChildProcess | undefined;
+  let api: KubeApiServer | undefined;
+  let kube: KubeObjects;
   let logFile: string;
 
   before(async () => {
@@ -340,20 +345,21 @@ describe('cluster DNS workload against a real etcd, asked by glibc from a pod na
     await run(['ip', '-n', podNs, 'link', 'set', 'eth0', 'up']);
     etcd = await startEtcd({ dir: join(dir, 'etcd'), name: 'cmtdns', clusterName: 'cluster1', netns: etcdNs });
     kv = new KvClient(etcd.connection('root', { timeoutMs: 3000 }));
-    const writer = new StoreWriter(kv);
-    await writer.apply({ kind: 'Namespace', metadata: { name: 'default' } });
-    await writer.apply({ kind: 'Service', metadata: { name: 'rebel-base', namespace: 'default' }, spec: { clusterIP: '10.96.77.7', ports: [{ port: 80 }] } });
-    // The DNS pod reaches etcd through its TLS unix socket: another network namespace, no route needed.
-    const conn = etcd.connection('agent');
-    assert.match(conn.endpoints[0]!, /^unix:\/\//);
-    const cfg = join(dir, 'dns-etcd.yaml');
-    await writeFile(cfg, formatDnsEtcdConfig(conn));
+    // The cluster's Kubernetes API (in this process), also on a TLS unix socket: the DNS process
+    // forwards 127.0.0.1:6443 of its own network namespace to it, as in a lab.
+    const socket = join(dir, 'api.sock');
+    const started = await startKubeApi({ kv, dir: join(dir, 'kube-api'), clusterName: 'cluster1', socketPath: socket });
+    api = started.server;
+    kube = new KubeObjects(loadKubeConnection({ kubeconfig: started.kubeconfig }).kubeConfig);
+    await kube.apply({ kind: 'Service', metadata: { name: 'rebel-base', namespace: 'default' }, spec: { clusterIP: '10.96.77.7', ports: [{ port: 80 }] } });
+    const cfg = join(dir, 'dns.kubeconfig');
+    await writeKubeconfig(cfg, [{ name: 'cluster1', server: 'https://127.0.0.1:6443', caFile: started.pki.ca.certFile, certFile: started.pki.admin.certFile, keyFile: started.pki.admin.keyFile }]);
     await mkdir(resolvDir, { recursive: true });
     await writeFile(join(resolvDir, 'resolv.conf'), resolvConf('default', '127.0.0.1'));
     logFile = join(dir, 'dns.log');
     const { openSync, closeSync } = await import('node:fs');
     const fd = openSync(logFile, 'a');
-    dns = spawnIn(podNs, [process.execPath, CLI, 'lab', 'workload', 'dns', '--etcd-config', cfg, '--listen', '127.0.0.1:53'], { logFd: fd });
+    dns = spawnIn(podNs, [process.execPath, CLI, 'lab', 'workload', 'dns', '--kubeconfig', cfg, '--kube-api-socket', socket, '--listen', '127.0.0.1:53'], { logFd: fd });
     closeSync(fd);
     for (let i = 0; ; i++) {
       if ((await readFile(logFile, 'utf8')).includes('dns: serving')) break;
@@ -364,6 +370,7 @@ describe('cluster DNS workload against a real etcd, asked by glibc from a pod na
 
   after(async () => {
     if (dns) await stopChild(dns);
+    await api?.stop().catch(() => undefined);
     await kv?.close().catch(() => undefined);
     await etcd?.stop().catch(() => undefined);
     for (const n of [podNs, etcdNs]) await run(['ip', 'netns', 'del', n]).catch(() => undefined);
@@ -407,8 +414,8 @@ describe('cluster DNS workload against a real etcd, asked by glibc from a pod na
     await doesNotResolve('example.com', / A example\.com -> REFUSED$/m);
   });
 
-  it('follows the store: a new Service resolves, a deleted one stops resolving', async () => {
-    const writer = new StoreWriter(kv!);
+  it('follows the API: a new Service resolves, a deleted one stops resolving', async () => {
+    const writer = kube;
     await writer.apply({ kind: 'Service', metadata: { name: 'x-wing', namespace: 'default' }, spec: { clusterIP: '10.96.77.8', ports: [{ port: 80 }] } });
     let got: string | undefined;
     for (let i = 0; i < 100 && got !== '10.96.77.8'; i++) {

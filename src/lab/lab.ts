@@ -9,8 +9,8 @@ import { CNI_PLUGIN_PATH } from '../cni/main.ts';
 import { DEFAULT_BPFFS_ROOT, removePinDir } from '../datapath/bpffs.ts';
 import { removeNodeCgroup } from './cgroup.ts';
 import { run } from './exec.ts';
-import { localKubeconfig, startMesh, type Mesh, type MeshCluster, type MeshCreated } from './mesh.ts';
-import { NODE_LOCAL_API_HOST, NODE_LOCAL_API_PORT } from './kube-api-endpoint.ts';
+import { startMesh, type Mesh, type MeshCreated } from './mesh.ts';
+import { SERVICE_CIDR, kubeApiAdminPki, kubeApiReady, kubeApiSocket, localKubeconfig, startKubeApiServers, waitReadyFiles, type KubeApiStart } from './kube-api-procs.ts';
 import { ManagedProcess, childEnv } from './process.ts';
 import { createTopology, destroyTopology, listNamespaces, routerPort, type Topology } from './topology.ts';
 import {
@@ -31,9 +31,7 @@ import { applyObjects, parseManifest, DEPLOYMENT_ANNOTATION } from './manifest.t
 import { StoreWriter } from '../sources/store/writer.ts';
 import { isPodReady } from '../model/index.ts';
 import { kubeletConfigFile, podRecordsOf, type KubeletConfig, type PodRecord } from './kubelet-config.ts';
-import { createKubeApiPki, writeKubeconfig } from './kube-api/index.ts';
-import { issueCert } from '../kvstore/pki.ts';
-import type { KubeApiReady, KubeApiServerConfig } from './kube-apiserver.ts';
+import { writeKubeconfig } from './kube-api/index.ts';
 import { WORKLOAD_NODE_FLAGS } from './workload-main.ts';
 import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT, openUiSocket, prometheusBinary, startLabPrometheus, waitPrometheusReady } from './prometheus.ts';
 
@@ -41,7 +39,7 @@ export const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.
 /** What lab pods run for `lab workload echo|client` when dist/ is current (src/lab/workload-pod.ts). */
 export const WORKLOAD_POD_ENTRY = resolve(import.meta.dirname, '..', '..', 'dist', 'js', 'workload-pod.cjs');
 /** The Service CIDR of every cluster (ARCHITECTURE §2); .10 is the cluster DNS. */
-export const SERVICE_CIDR = '10.96.0.0/16';
+export { SERVICE_CIDR };
 export const DNS_SERVICE_IP = '10.96.0.10';
 
 /** Namespaces of a lab are named `<prefix>-…`: the lab's name when it starts with 'cm' (tests: cmt…), else `cm-<name>`. */
@@ -180,137 +178,19 @@ async function applyMcsCrds(state: LabState, progress: (l: string) => void): Pro
   progress(`      MCS API CRDs (${docs.map((d) => d.metadata?.name).join(', ')}) applied in every cluster`);
 }
 
-/** A cluster's Kubernetes API process while it starts. */
-interface KubeApiStart {
-  cluster: string;
-  dir: string;
-  proc: ManagedProcess;
-  readyFile: string;
-  ref: LabState['processes'][number];
-}
-
-/**
- * Per cluster: the Kubernetes API server's PKI (CA, server, admin and
- * controller-manager certificates) and config under <cluster dir>/kube-api/,
- * and its process (recorded in the state before its program runs: recordProcess). Returns
- * without waiting for them to listen (waitKubeApiServers).
- */
-async function startKubeApiServers(clusters: readonly MeshCluster[], state: LabState, save: () => void): Promise<KubeApiStart[]> {
-  const out: KubeApiStart[] = [];
-  const kube = state.source === 'kubernetes';
-  // openssl runs for every cluster at once; the processes start one by one, each recorded before the next.
-  const pkis = await Promise.all(
-    clusters.map(async (c) => {
-      const pki = await createKubeApiPki(join(c.dir, 'kube-api', 'pki'), { clusterName: c.name });
-      const controller = await issueCert(pki.ca, { commonName: 'system:kube-controller-manager', usage: 'client', outDir: join(c.dir, 'kube-api', 'pki'), name: 'controller-manager' });
-      if (kube) {
-        // The cluster's own components (apiserver, agents, kubelets) reach the API at the node-local endpoint of their namespace.
-        const node = await issueCert(pki.ca, { commonName: 'system:node', usage: 'client', outDir: join(c.dir, 'kube-api', 'pki'), name: 'node' });
-        await writeKubeconfig(localKubeconfig(c.dir), [{ name: c.name, server: `https://${NODE_LOCAL_API_HOST}:${NODE_LOCAL_API_PORT}`, caFile: pki.ca.certFile, certFile: node.certFile, keyFile: node.keyFile }]);
-      }
-      return { pki, controller };
-    }),
-  );
-  for (const [i, c] of clusters.entries()) {
-    const dir = join(c.dir, 'kube-api');
-    const { pki, controller } = pkis[i]!;
-    const readyFile = join(dir, 'ready.json');
-    rmSync(readyFile, { force: true });
-    const cfg: KubeApiServerConfig = {
-      cluster: c.name,
-      etcd: c.etcd.connection('kube'),
-      tls: { certFile: pki.server.certFile, keyFile: pki.server.keyFile, caFile: pki.ca.certFile },
-      host: '127.0.0.1',
-      port: 0,
-      serviceCidr: SERVICE_CIDR,
-      readyFile,
-      controllers: { caFile: pki.ca.certFile, certFile: controller.certFile, keyFile: controller.keyFile },
-      scheduler: kube,
-      ...(kube ? { socketPath: kubeApiSocket(c.dir) } : {}),
-    };
-    const configFile = join(dir, 'kube-apiserver.json');
-    writeFileSync(configFile, JSON.stringify(cfg, null, 2) + '\n');
-    const logFile = join(dir, 'kube-apiserver.log');
-    const name = `kube-apiserver ${c.name}`;
-    let ref: LabState['processes'][number] | undefined;
-    const proc = new ManagedProcess({
-      name,
-      logFile,
-      argv: [process.execPath, CLI, 'lab', 'kube-apiserver', '--config', configFile],
-      env: childEnv(),
-      detached: true,
-      beforeRun: (pid) => {
-        ref = recordProcess(state, save, name, pid, logFile);
-      },
-    });
-    await proc.start();
-    out.push({ cluster: c.name, dir, proc, readyFile, ref: ref! });
-  }
-  return out;
-}
-
 /** Waits (up to timeoutMs) until every Kubernetes API server listens; records their URLs and writes the lab's kubeconfig (one context per cluster). */
-async function waitKubeApiServers(starts: KubeApiStart[], state: LabState, timeoutMs: number): Promise<string> {
+async function waitKubeApiServers(starts: readonly KubeApiStart[], state: LabState, timeoutMs: number): Promise<string> {
   await waitReadyFiles(starts, timeoutMs);
   for (const k of starts) {
-    const ready = JSON.parse(readFileSync(k.readyFile, 'utf8')) as KubeApiReady;
+    const ready = kubeApiReady(k);
     const c = state.clusters.find((x) => x.name === k.cluster);
-    if (c) c.kubeApi = { url: ready.url, pid: k.ref.pid, ...(k.ref.startTime !== undefined ? { startTime: k.ref.startTime } : {}), logFile: k.ref.logFile, dir: k.dir };
+    const startTime = processStartTime(ready.pid);
+    if (c) c.kubeApi = { url: ready.url, pid: ready.pid, ...(startTime !== undefined ? { startTime } : {}), logFile: k.proc.spec.logFile, dir: k.dir };
   }
-  const pkiOf = (dir: string) => ({ caFile: join(dir, 'pki', 'ca.crt'), certFile: join(dir, 'pki', 'admin.crt'), keyFile: join(dir, 'pki', 'admin.key') });
   const kubeconfig = join(state.dir ?? labDir(state.name), 'kubeconfig');
-  await writeKubeconfig(kubeconfig, state.clusters.flatMap((c) => (c.kubeApi ? [{ name: c.name, server: c.kubeApi.url, ...pkiOf(c.kubeApi.dir) }] : [])));
+  await writeKubeconfig(kubeconfig, state.clusters.flatMap((c) => (c.kubeApi ? [{ name: c.name, server: c.kubeApi.url, ...kubeApiAdminPki(c.kubeApi.dir) }] : [])));
   state.kubeconfig = kubeconfig;
   return kubeconfig;
-}
-
-/** The kube-apiserver's TLS unix socket in a --kube-source lab (what the node-local endpoints forward to). */
-const kubeApiSocket = (clusterDir: string): string => join(clusterDir, 'kube-api', 'api.sock');
-
-/** Waits (up to timeoutMs) for every `readyFile` of `procs`; a process that exits fails at once. */
-async function waitReadyFiles(procs: Array<{ proc: ManagedProcess; readyFile: string }>, timeoutMs: number): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  for (const k of procs) {
-    while (!existsSync(k.readyFile)) {
-      if (!k.proc.running) throw new Error(k.proc.describe(10));
-      if (Date.now() > end) throw new Error(`${k.proc.spec.name} not ready after ${Math.round(timeoutMs / 1000)} s; log ${k.proc.spec.logFile}`);
-      await sleep(50);
-    }
-  }
-}
-
-/**
- * A --kube-source lab, before the apiservers and agents start: every cluster's
- * Kubernetes API (on its unix socket too), then a node-local endpoint
- * (src/lab/kube-api-endpoint.ts) in the control-plane namespace and in every
- * node namespace of the cluster, each recorded in the state before its program runs.
- */
-async function startKubeApiForComponents(clusters: readonly MeshCluster[], topo: Topology, state: LabState, save: () => void): Promise<KubeApiStart[]> {
-  const apis = await startKubeApiServers(clusters, state, save);
-  await waitReadyFiles(apis, 60_000);
-  const endpoints: Array<{ proc: ManagedProcess; readyFile: string }> = [];
-  for (const c of clusters) {
-    const where = [{ label: `${c.name}/control-plane`, netns: c.netns, dir: c.dir }, ...topo.nodes.filter((n) => n.cluster === c.index).map((n) => ({ label: `${c.name}/${n.name}`, netns: n.netns, dir: join(c.dir, n.name) }))];
-    for (const w of where) {
-      mkdirSync(w.dir, { recursive: true });
-      const readyFile = join(w.dir, 'kube-api-endpoint.ready');
-      rmSync(readyFile, { force: true });
-      const logFile = join(w.dir, 'kube-api-endpoint.log');
-      const proc = new ManagedProcess({
-        name: `kube-api-endpoint ${w.label}`,
-        netns: w.netns,
-        logFile,
-        argv: [process.execPath, CLI, 'lab', 'kube-api-endpoint', '--socket', kubeApiSocket(c.dir), '--ready-file', readyFile],
-        env: childEnv(),
-        detached: true,
-        beforeRun: (pid, spec) => void recordProcess(state, save, spec.name, pid, spec.logFile),
-      });
-      await proc.start();
-      endpoints.push({ proc, readyFile });
-    }
-  }
-  await waitReadyFiles(endpoints, 60_000);
-  return apis;
 }
 
 class StepError extends Error {
@@ -466,7 +346,6 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
 
     step = 'control plane';
     progress(`[2/6] control plane: etcd (mutual TLS) and apiserver per cluster${o.kubeSource ? '; the Kubernetes API first (the local source: --kube-source), with a node-local endpoint 127.0.0.1:6443 in every node and control-plane namespace' : ''}`);
-    let kubeApis: KubeApiStart[] | undefined;
     const onCreated = (ev: MeshCreated): void => {
       if (ev.kind === 'netns') state.namespaces.push(ev.name);
       else if (ev.kind === 'pinDir') state.pinDirs.push(ev.path);
@@ -483,16 +362,8 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
       onCreated,
       readyTimeoutMs: o.readyTimeoutMs ?? 90_000,
       ...(o.socketLB ? { agent: { socketLB: true } } : {}),
-      ...(o.kubeSource
-        ? {
-            kubeSource: true,
-            beforeApiservers: async (clusters: readonly MeshCluster[]) => {
-              step = 'Kubernetes API';
-              kubeApis = await startKubeApiForComponents(clusters, topo!, state, save);
-              step = 'control plane';
-            },
-          }
-        : {}),
+      // The Kubernetes API as the local source: the mesh starts it (and its node-local endpoints) before the apiservers; the kubelets register the Nodes.
+      ...(o.kubeSource ? { kubeSource: true, registerNodes: false } : {}),
       progress: (l) => {
         if (/apiservers synced/.test(l)) {
           step = 'agents';
@@ -506,7 +377,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     // more than they save (measured on 2 vCPUs: 16 s vs 21-27 s to all-connected, the same total).
     progress(`      every agent ready and connected to every other cluster: ${(readyMs / 1000).toFixed(1)} s after start`);
     step = 'Kubernetes API';
-    kubeApis ??= await startKubeApiServers(mesh.clusters, state, save);
+    const kubeApis = o.kubeSource ? mesh.kubeApis : await startKubeApiServers(mesh.clusters, { localSource: false, detached: true, record: (p) => void recordProcess(state, save, p.name, p.pid, p.logFile) });
     await startKubelets(mesh);
 
     step = 'state';

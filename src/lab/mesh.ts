@@ -13,7 +13,7 @@
 //
 // Everything started here is tracked by its handle (pid) and stopped by
 // mesh.stop(), which is safe after a partial start and safe to call twice.
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { stringify as toYaml } from 'yaml';
@@ -26,6 +26,11 @@ import { validateClusterId } from '../model/cluster.ts';
 import type { EtcdServer } from '../kvstore/etcd-process.ts';
 import { startMeshEtcd as launchEtcd } from '../clustermesh/etcd.ts';
 import { StoreWriter } from '../sources/store/writer.ts';
+import { meshCrds } from '../install/manifests.ts';
+import { kubeConfigFor } from './controllers/index.ts';
+import { writeKubeconfig } from './kube-api/index.ts';
+import { kubeApiAdminPki, kubeApiReady, localKubeconfig, startKubeApiForComponents, waitReadyFiles, type KubeApiStart } from './kube-api-procs.ts';
+import { KubeObjects } from './kube-objects.ts';
 import { AgentClient } from '../agent/client.ts';
 import type { LogLevel } from '../agent/config.ts';
 import type { AgentStatus } from '../agent/status.ts';
@@ -87,23 +92,24 @@ export interface MeshOptions {
   /** Told about every namespace and pin dir right before it is created, and every process after its spawn but before its program runs (the lab's state; see src/util/held-start.ts). etcd: right after it serves, its pid file before. */
   onCreated?: (ev: MeshCreated) => void;
   /**
-   * The Kubernetes API is the local source (a --kube-source lab): every apiserver gets
-   * `--kubeconfig` and every agent the setting `kubeconfig`, both localKubeconfig(<cluster dir>),
-   * which `beforeApiservers` must have written (with an API reachable at its server from the
-   * control-plane and node namespaces).
+   * The Kubernetes API is the local source: once every etcd is up, each cluster gets its
+   * Kubernetes API server (src/lab/kube-api-procs.ts, as in a lab) with a node-local endpoint
+   * 127.0.0.1:6443 in its control-plane and node namespaces; every apiserver gets `--kubeconfig`
+   * and every agent the setting `kubeconfig` (localKubeconfig(<cluster dir>)). The API gets
+   * Cilium's policy CRDs, the `namespaces` and (with agents) a Ready Node per node, with its
+   * InternalIP and pod CIDR, as a kubelet registers it. Tests write objects with mesh.kube(c).
    */
   kubeSource?: boolean;
-  /** Runs once every etcd is up, before any apiserver starts (e.g. to start the Kubernetes API servers). */
-  beforeApiservers?: (clusters: readonly MeshCluster[]) => Promise<void>;
+  /** kubeSource: register a Ready Node per node in the API (default true; a lab's kubelets register their own). */
+  registerNodes?: boolean;
 }
 
-/** The kubeconfig of a cluster's own components (apiserver, agents, kubelets) in a --kube-source lab. */
-export const localKubeconfig = (clusterDir: string): string => join(clusterDir, 'kube-api', 'local.kubeconfig');
+export { localKubeconfig };
 
 export type MeshCreated =
   | { kind: 'netns'; name: string }
   | { kind: 'pinDir'; path: string }
-  | { kind: 'process'; role: 'etcd' | 'apiserver' | 'agent'; cluster: string; node?: string; pid: number; logFile: string };
+  | { kind: 'process'; role: 'etcd' | 'apiserver' | 'agent' | 'kube-apiserver' | 'kube-api-endpoint'; cluster: string; node?: string; pid: number; logFile: string };
 
 export interface MeshCluster {
   /** 1-based, as in the topology. */
@@ -154,8 +160,14 @@ export interface Mesh {
   readonly dir: string;
   readonly clusters: readonly MeshCluster[];
   readonly agents: readonly MeshAgent[];
+  /** kubeSource: the Kubernetes API server of each cluster (its process, dir and ready file). */
+  readonly kubeApis: readonly KubeApiStart[];
   cluster(c: number | string): MeshCluster;
   agent(node: NodeInfo | string): MeshAgent;
+  /** A client of the cluster's Kubernetes API (kubeSource meshes; admin). */
+  kube(cluster: number | string): KubeObjects;
+  /** A kubeconfig file for the cluster's Kubernetes API (kubeSource meshes; admin, context named like the cluster). */
+  kubeconfig(cluster: number | string): string;
   /** A client of the cluster's etcd for this process (cached; closed by stop()). */
   kv(cluster: number | string, user?: 'root' | 'apiserver' | 'agent' | 'remote'): KvClient;
   /** Resolves when every agent is healthy and sees every other cluster, and every apiserver has synced. */
@@ -252,6 +264,10 @@ class LabMesh implements Mesh {
   private readonly etcds: EtcdServer[] = [];
   private readonly cpNamespaces: string[] = [];
   private readonly pinDirs: string[] = [];
+  /** kubeSource: the Kubernetes API server per cluster, and every process started for it (endpoints too). */
+  kubeApis: KubeApiStart[] = [];
+  private readonly kubeProcs: ManagedProcess[] = [];
+  private readonly kubeClients = new Map<string, KubeObjects>();
   private createdDir = false;
   private stopping: Promise<void> | undefined;
   private readonly progress: (line: string) => void;
@@ -278,7 +294,7 @@ class LabMesh implements Mesh {
     await settleAll(which.map((c) => this.startControlPlane(c)));
     this.clusters.sort((a, b) => a.index - b.index);
     for (const c of this.clusters) await this.writeRemoteConfigs(c);
-    await this.opts.beforeApiservers?.(this.clusters);
+    if (this.opts.kubeSource) await this.startKubeApis(which);
     await settleAll(this.clusters.map((c) => c.apiserver.start()));
     this.progress(`apiservers started (${this.clusters.map((c) => `${c.name} pid ${c.apiserver.pid}`).join(', ')})`);
     await Promise.all(this.clusters.map((c) => this.waitApiserverSynced(c.index)));
@@ -314,7 +330,7 @@ class LabMesh implements Mesh {
     this.created({ kind: 'process', role: 'etcd', cluster: name, pid: etcd.pid!, logFile: etcd.logFile });
     this.progress(`${name}: etcd on ${etcd.endpoint} (pid ${etcd.pid}) in ${netns}`);
 
-    await this.seedStore(etcd);
+    if (!this.opts.kubeSource) await this.seedStore(etcd);
 
     const conn = etcd.connection('apiserver', { via: 'network' });
     const apiserverEtcdConfig = join(dir, 'apiserver-etcd.yaml');
@@ -423,6 +439,55 @@ class LabMesh implements Mesh {
       ...this.recordedBeforeRun((pid) => ({ kind: 'process', role: 'agent', cluster: cluster.name, node: node.name, pid, logFile })),
     });
     return { node, cluster, dir, configFile, logFile, stateDir, socket, pinDir, process: proc, api: new AgentClient(socket, { timeoutMs: 30_000 }) };
+  }
+
+  /** kubeSource: the Kubernetes API of every cluster, reachable from its namespaces, seeded (CRDs, namespaces, Nodes). */
+  private async startKubeApis(which: number[]): Promise<void> {
+    const nodes = this.topo.nodes.filter((n) => which.includes(n.cluster));
+    this.kubeApis = await startKubeApiForComponents(this.clusters, nodes.map((n) => ({ cluster: n.cluster, name: n.name, netns: n.netns })), {
+      ...(this.opts.detached ? { detached: true } : {}),
+      timeoutMs: this.readyTimeoutMs,
+      record: (p) => this.created({ kind: 'process', role: p.role, cluster: p.cluster, ...(p.node !== undefined ? { node: p.node } : {}), pid: p.pid, logFile: p.logFile }),
+      onStarted: (p) => void this.kubeProcs.push(p.proc),
+    });
+    for (const k of this.kubeApis) await writeKubeconfig(this.kubeconfig(k.cluster), [{ name: k.cluster, server: kubeApiReady(k).url, ...kubeApiAdminPki(k.dir) }]);
+    await settleAll(this.clusters.map((c) => this.seedKube(c)));
+    this.progress(`Kubernetes API per cluster (${this.kubeApis.map((k) => `${k.cluster} ${kubeApiReady(k).url}`).join(', ')}), a node-local endpoint in every namespace`);
+  }
+
+  /** What the cluster's API holds before any component reads it: Cilium's CRDs, the namespaces, the Nodes (with agents). */
+  private async seedKube(c: MeshCluster): Promise<void> {
+    const kube = this.kube(c.index);
+    await kube.applyAll(meshCrds());
+    for (const ns of this.opts.namespaces ?? ['default']) if ((await kube.getRaw('Namespace', { name: ns })) === undefined) await kube.apply({ kind: 'Namespace', metadata: { name: ns } });
+    if (this.opts.agents === false || this.opts.registerNodes === false) return;
+    for (const n of this.topo.nodes.filter((x) => x.cluster === c.index)) {
+      await kube.apply({
+        kind: 'Node',
+        metadata: { name: n.name, labels: { 'kubernetes.io/hostname': n.name, 'kubernetes.io/os': 'linux' } },
+        spec: { podCIDR: n.podCIDR, podCIDRs: [n.podCIDR] },
+        status: {
+          addresses: [{ type: 'InternalIP', address: n.underlayIP }, { type: 'Hostname', address: n.name }],
+          conditions: [{ type: 'Ready', status: 'True', reason: 'KubeletReady', message: 'registered by the test rig' }],
+        },
+      });
+    }
+  }
+
+  kube(cluster: number | string): KubeObjects {
+    const c = this.cluster(cluster);
+    const k = this.kubeApis.find((x) => x.cluster === c.name);
+    if (!k) throw new Error(`mesh: ${c.name} has no Kubernetes API (start the mesh with kubeSource)`);
+    let client = this.kubeClients.get(c.name);
+    if (!client) {
+      client = new KubeObjects(kubeConfigFor(kubeApiReady(k).url, kubeApiAdminPki(k.dir), 'admin'));
+      this.kubeClients.set(c.name, client);
+    }
+    return client;
+  }
+
+  kubeconfig(cluster: number | string): string {
+    return join(this.cluster(cluster).dir, 'kube-api', 'admin.kubeconfig');
   }
 
   private created(ev: MeshCreated): void {
@@ -546,11 +611,22 @@ class LabMesh implements Mesh {
 
   async startEtcd(cluster: number | string, o: { empty?: boolean } = {}): Promise<void> {
     const c = this.cluster(cluster);
+    const kubeApi = this.kubeApis.find((k) => k.cluster === c.name);
+    // The Kubernetes API keeps its objects in the same etcd: a wiped etcd starts it afresh.
+    if (o.empty && kubeApi) await kubeApi.proc.stop();
     if (o.empty) await c.etcd.wipe();
     await c.etcd.start();
-    // The store source lives in the same etcd: what the lab applied (namespaces) is re-applied,
+    if (o.empty && kubeApi) {
+      rmSync(kubeApi.readyFile, { force: true });
+      await kubeApi.proc.start();
+      this.created({ kind: 'process', role: 'kube-apiserver', cluster: c.name, pid: kubeApi.proc.pid!, logFile: kubeApi.proc.spec.logFile });
+      await waitReadyFiles([kubeApi], this.readyTimeoutMs);
+      await writeKubeconfig(this.kubeconfig(c.name), [{ name: c.name, server: kubeApiReady(kubeApi).url, ...kubeApiAdminPki(kubeApi.dir) }]);
+      this.kubeClients.delete(c.name);
+    }
+    // What the cluster held before its components (namespaces; with the API: CRDs, Nodes) is re-applied,
     // the way a user's manifests outlive a lost kvstore; agents and the apiserver refill the rest.
-    if (o.empty) await this.seedStore(c.etcd);
+    if (o.empty) await (kubeApi ? this.seedKube(c) : this.seedStore(c.etcd));
   }
 
   private async seedStore(etcd: EtcdServer): Promise<void> {
@@ -640,6 +716,7 @@ class LabMesh implements Mesh {
     await Promise.all(this.agents.map((a) => attempt(`stop ${a.process.spec.name}`, () => a.process.stop(3000))));
     for (const a of this.agents) a.api.close();
     await Promise.all(this.clusters.map((c) => attempt(`stop ${c.apiserver.spec.name}`, () => c.apiserver.stop(3000))));
+    await Promise.all([...this.kubeProcs].reverse().map((p) => attempt(`stop ${p.spec.name}`, () => p.stop(3000))));
     await Promise.all([...this.kvs.values()].map((kv) => attempt('close etcd client', () => kv.close())));
     this.kvs.clear();
     await Promise.all(this.etcds.map((e) => attempt(`stop etcd ${e.name}`, () => e.stop(3000))));

@@ -8,9 +8,9 @@
 // notation: '.' reachable / matching, 'X' not reachable / mismatch); no code
 // of it is copied.
 //
-// The lab is real: `labUp` (etcd, apiserver, an agent and a kubelet per node),
-// pods and policies written to the cluster's store through the same validation
-// as `lab apply -f`, probes sent from inside each pod's network namespace by
+// The lab is real: `labUp` (etcd, apiserver, the Kubernetes API, an agent and a
+// kubelet per node), pods and policies written to the cluster's Kubernetes API
+// (which validates them as it does for kubectl), probes sent from inside each pod's network namespace by
 // the pod's own process (`clustermesh lab workload netpol`, src/lab/netpol.ts).
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -18,19 +18,17 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { stringify } from 'yaml';
 import { AgentClient } from '../../src/agent/client.ts';
 import type { DatapathEvent } from '../../src/datapath/maps/events.ts';
 import { BpfMap } from '../../src/datapath/libbpf/index.ts';
 import * as ipcache from '../../src/datapath/maps/ipcache.ts';
-import { KvClient } from '../../src/kvstore/client.ts';
 import { collectAgentEvents, readNodeMetrics } from '../../src/lab/datapath.ts';
 import { labDown, labUp } from '../../src/lab/lab.ts';
-import { applyObjects, parseManifest, type ClusterTarget } from '../../src/lab/manifest.ts';
+import { KubeObjects } from '../../src/lab/kube-objects.ts';
 import { netpolHealth, probeFrom, type ProbeProtocol, type ProbeResult } from '../../src/lab/netpol.ts';
-import { clusterKvConfig, type LabState } from '../../src/lab/state.ts';
-import { isPodReady, type Pod } from '../../src/model/index.ts';
-import { StoreWriter } from '../../src/sources/store/writer.ts';
+import type { LabState } from '../../src/lab/state.ts';
+import { isPodReady } from '../../src/model/index.ts';
+import { loadKubeConnection } from '../../src/sources/kubernetes/kubeconfig.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const sameLabels = (a: Record<string, string> | undefined, b: Record<string, string>): boolean => {
@@ -193,7 +191,7 @@ export interface CaseStats {
 export class ModelLab {
   readonly pods: RunningPod[] = [];
   private state!: LabState;
-  private readonly kvs = new Map<string, KvClient>();
+  private readonly kubes = new Map<string, KubeObjects>();
   private readonly agents = new Map<string, AgentClient>();
   private readonly events = new Map<string, ReturnType<typeof collectAgentEvents>>();
   private readonly controlDir: string;
@@ -227,14 +225,14 @@ export class ModelLab {
     this.root = mkdtempSync(join(tmpdir(), 'cmtnp-root-'));
     process.env.CLUSTERMESH_LAB_ROOT = this.root;
     const t0 = Date.now();
-    const up = await labUp({ name: this.o.name, clusters: this.o.clusters, nodes: this.o.nodes, readyTimeoutMs: 240_000 });
+    const up = await labUp({ name: this.o.name, clusters: this.o.clusters, nodes: this.o.nodes, kubeSource: true, readyTimeoutMs: 240_000 });
     this.state = up.state;
     this.log(`lab ${this.o.name} up (${this.o.clusters} cluster(s) x ${this.o.nodes} node(s)) in ${(up.totalMs / 1000).toFixed(1)} s`);
     for (const n of this.state.nodes) {
       this.agents.set(`${n.cluster}/${n.name}`, new AgentClient(n.socket));
       this.events.set(`${n.cluster}/${n.name}`, collectAgentEvents(n.socket));
     }
-    for (const c of this.state.clusters) this.kvs.set(c.name, new KvClient(clusterKvConfig(c)));
+    for (const c of this.state.clusters) this.kubes.set(c.name, new KubeObjects(loadKubeConnection({ kubeconfig: this.state.kubeconfig!, context: c.name }).kubeConfig));
 
     const t1 = Date.now();
     for (const c of this.state.clusters) {
@@ -256,11 +254,11 @@ export class ModelLab {
     for (;;) {
       const missing: string[] = [];
       for (const c of this.state.clusters) {
-        const stored = await new StoreWriter(this.kv(c.name)).list('Pod');
+        const stored = await this.kube(c.name).list('Pod');
         for (const p of this.pods.filter((x) => x.cluster === c.name)) {
           const s = stored.find((x) => x.metadata.namespace === p.namespace && x.metadata.name === p.name);
           if (s?.status.podIP && isPodReady(s)) p.ip = s.status.podIP;
-          else missing.push(`${p.key} (${s ? `${s.status.phase ?? 'no phase'}, ip ${s.status.podIP ?? 'none'}` : 'not in the store'})`);
+          else missing.push(`${p.key} (${s ? `${s.status.phase ?? 'no phase'}, ip ${s.status.podIP ?? 'none'}` : 'not in the API'})`);
         }
       }
       if (missing.length === 0) break;
@@ -309,10 +307,11 @@ export class ModelLab {
     };
   }
 
-  kv(cluster: string): KvClient {
-    const kv = this.kvs.get(cluster);
-    if (!kv) throw new Error(`no cluster ${cluster} in lab ${this.o.name}`);
-    return kv;
+  /** A client of the cluster's Kubernetes API. */
+  kube(cluster: string): KubeObjects {
+    const k = this.kubes.get(cluster);
+    if (!k) throw new Error(`no cluster ${cluster} in lab ${this.o.name}`);
+    return k;
   }
 
   pod(key: string): RunningPod {
@@ -325,11 +324,9 @@ export class ModelLab {
     return this.state.clusters.map((c) => c.name);
   }
 
-  /** Validates documents as `lab apply -f` does (all or nothing) and writes them to the cluster's store. */
+  /** Writes documents to the cluster's Kubernetes API (created, or replaced whole), in order; the API validates each. */
   async applyDocs(cluster: string, docs: readonly unknown[]): Promise<void> {
-    const text = docs.map((d) => stringify(d)).join('---\n');
-    const target: ClusterTarget = { name: cluster, nodes: this.state.nodes.filter((n) => n.cluster === cluster).map((n) => n.name), kv: this.kv(cluster), file: 'netpol-model' };
-    await applyObjects(target, parseManifest(text, `model objects for ${cluster}`));
+    await this.kube(cluster).applyAll(docs, `model objects for ${cluster}`);
   }
 
   /** Creates or updates policies in a cluster, then waits until every agent of that cluster has applied all of its policies. */
@@ -341,18 +338,18 @@ export class ModelLab {
   /** Deletes every policy of every cluster and waits until no agent enforces one. */
   async deleteAllPolicies(): Promise<void> {
     for (const c of this.clusterNames) {
-      const w = new StoreWriter(this.kv(c));
-      for (const kind of ['NetworkPolicy', 'CiliumNetworkPolicy'] as const) for (const p of await w.list(kind)) await w.deleteObject(p);
+      const k = this.kube(c);
+      for (const kind of ['NetworkPolicy', 'CiliumNetworkPolicy'] as const) for (const p of await k.list(kind)) await k.deleteObject(p);
     }
     await this.waitPolicies();
   }
 
-  /** Every agent holds as many applied policies as its cluster's store, with nothing pending. */
+  /** Every agent holds as many applied policies as its cluster's API, with nothing pending. */
   async waitPolicies(timeoutMs = 30_000): Promise<void> {
     const want = new Map<string, number>();
     for (const c of this.clusterNames) {
-      const w = new StoreWriter(this.kv(c));
-      want.set(c, (await w.list('NetworkPolicy')).length + (await w.list('CiliumNetworkPolicy')).length);
+      const k = this.kube(c);
+      want.set(c, (await k.list('NetworkPolicy')).length + (await k.list('CiliumNetworkPolicy')).length);
     }
     const end = Date.now() + timeoutMs;
     let last = '';
@@ -374,15 +371,14 @@ export class ModelLab {
   /** Rewrites a pod's labels (what `kubectl label pod` does): same pod, same uid and address. */
   async setPodLabels(key: string, labels: Record<string, string>): Promise<void> {
     const p = this.pod(key);
-    const w = new StoreWriter(this.kv(p.cluster));
-    const stored = (await w.list('Pod')).find((x) => x.metadata.namespace === p.namespace && x.metadata.name === p.name);
-    if (!stored) throw new Error(`pod ${key} is not in the store of ${p.cluster}`);
+    const k = this.kube(p.cluster);
+    const ref = { namespace: p.namespace, name: p.name };
+    const stored = await k.get('Pod', ref);
+    if (!stored) throw new Error(`pod ${key} is not in the API of ${p.cluster}`);
     this.relabelledPods.add(key);
     const before = await this.identityOf(key);
-    const next: Pod = structuredClone(stored);
-    next.metadata.labels = labels;
-    await w.apply(next);
-    const after = (await w.list('Pod')).find((x) => x.metadata.namespace === p.namespace && x.metadata.name === p.name)!;
+    await k.setLabels('Pod', ref, labels);
+    const after = (await k.get('Pod', ref))!;
     assert.equal(after.metadata.uid, stored.metadata.uid, 'a relabel keeps the pod (same uid)');
     await this.settleRelabel(key, sameLabels(stored.metadata.labels, labels) ? undefined : before);
   }
@@ -433,7 +429,7 @@ export class ModelLab {
 
   /** Writes a namespace's labels and waits until its pods' identities have settled (see settleRelabel). */
   private async applyNamespaceLabels(cluster: string, ns: string, labels: Record<string, string>): Promise<void> {
-    const stored = (await new StoreWriter(this.kv(cluster)).list('Namespace')).find((n) => n.metadata.name === ns);
+    const stored = await this.kube(cluster).get('Namespace', { name: ns });
     const changed = !sameLabels(stored?.metadata.labels, labels);
     const pods = this.pods.filter((p) => p.cluster === cluster && p.namespace === ns);
     const before = new Map<string, number | undefined>();
@@ -563,8 +559,7 @@ export class ModelLab {
     this.events.clear();
     for (const a of this.agents.values()) a.close();
     this.agents.clear();
-    await Promise.all([...this.kvs.values()].map((kv) => kv.close().catch(() => undefined)));
-    this.kvs.clear();
+    this.kubes.clear();
     try {
       // A failed labUp removed its lab already.
       if (this.root && existsSync(join(this.root, this.o.name))) await labDown(this.o.name, { progress: (l) => this.log(l) });

@@ -36,12 +36,15 @@ export interface RawList {
 export class KubeHttp {
   constructor(readonly kubeConfig: KubeConfig) {}
 
-  private async open(path: string, query: Record<string, string>, signal: AbortSignal, timeoutMs?: number): Promise<IncomingMessage> {
+  private async open(path: string, query: Record<string, string>, signal: AbortSignal, timeoutMs?: number, send?: { method: string; body?: string; contentType?: string }): Promise<IncomingMessage> {
     const cluster = this.kubeConfig.getCurrentCluster();
     if (!cluster) throw new Error('kubeconfig has no current cluster');
     const url = new URL(cluster.server.replace(/\/+$/, '') + path);
     for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
-    const opts: RequestOptions = { method: 'GET', headers: { Accept: 'application/json' } };
+    const opts: RequestOptions = {
+      method: send?.method ?? 'GET',
+      headers: { Accept: 'application/json', ...(send?.body !== undefined ? { 'Content-Type': send.contentType ?? 'application/json', 'Content-Length': Buffer.byteLength(send.body) } : {}) },
+    };
     await this.kubeConfig.applyToHTTPSOptions(opts);
     const https = url.protocol === 'https:';
     if (!https) delete opts.agent;
@@ -50,7 +53,7 @@ export class KubeHttp {
       const req = (https ? httpsRequest : httpRequest)(url, { ...opts, signal }, resolve);
       req.on('error', reject);
       if (timeoutMs !== undefined) req.setTimeout(timeoutMs, () => req.destroy(new Error(`no answer from ${url.host} in ${timeoutMs} ms`)));
-      req.end();
+      req.end(send?.body);
     });
   }
 
@@ -77,29 +80,13 @@ export class KubeHttp {
   }
 
   /**
-   * A write (or a read) with a JSON body: POST, PUT, PATCH (merge patch) or
-   * DELETE of `path`; the answer's JSON, or a KubeApiError naming the request.
+   * One request with a JSON body (create, replace, patch — a JSON merge patch
+   * unless `contentType` says otherwise — delete): the answer's JSON ({} for an
+   * empty answer), or KubeApiError with the server's Status (reason, message).
    */
-  async request(method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE', path: string, body?: unknown, timeoutMs = 30_000): Promise<Record<string, unknown>> {
-    const cluster = this.kubeConfig.getCurrentCluster();
-    if (!cluster) throw new Error('kubeconfig has no current cluster');
-    const url = new URL(cluster.server.replace(/\/+$/, '') + path);
-    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const headers: Record<string, string> = { Accept: 'application/json' };
-    if (payload) {
-      headers['Content-Type'] = method === 'PATCH' ? 'application/merge-patch+json' : 'application/json';
-      headers['Content-Length'] = String(payload.length);
-    }
-    const opts: RequestOptions = { method, headers };
-    await this.kubeConfig.applyToHTTPSOptions(opts);
-    const https = url.protocol === 'https:';
-    if (!https) delete opts.agent;
-    const res = await new Promise<IncomingMessage>((resolve, reject) => {
-      const req = (https ? httpsRequest : httpRequest)(url, opts, resolve);
-      req.on('error', reject);
-      req.setTimeout(timeoutMs, () => req.destroy(new Error(`no answer from ${url.host} in ${timeoutMs} ms`)));
-      req.end(payload);
-    });
+  async request(method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE', path: string, body?: unknown, o: { contentType?: string; query?: Record<string, string>; timeoutMs?: number } = {}): Promise<Record<string, unknown>> {
+    const send = { method, ...(body !== undefined ? { body: JSON.stringify(body) } : {}), contentType: o.contentType ?? (method === 'PATCH' ? 'application/merge-patch+json' : 'application/json') };
+    const res = await this.open(path, o.query ?? {}, new AbortController().signal, o.timeoutMs ?? 30_000, send);
     const what = `${method} ${path}`;
     if ((res.statusCode ?? 0) < 200 || (res.statusCode ?? 0) > 299) return KubeHttp.fail(res, what);
     const text = await KubeHttp.body(res);
