@@ -1,8 +1,17 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
+ * What another node sends to a pod of this one.
+ *
  * from_overlay: tc ingress of the node's VXLAN device (external/collect_md).
  * Every packet here came from another node's from_container: the VNI is the
  * source pod's identity, the destination must be a pod of this node.
+ *
+ * from_netdev: tc ingress of the node's underlay device, attached in native
+ * routing mode only (CFG_ROUTING_NATIVE, native.h). A packet there addressed
+ * to a local pod came unencapsulated from another node; the sender's
+ * identity is the ipcache's for its source address (there is no VNI). Every
+ * other packet (the node's own traffic, VXLAN from tunnel-mode nodes, ARP)
+ * goes to the stack untouched and uncounted.
  */
 #include "common.h"
 #include "config.h"
@@ -22,16 +31,15 @@
  * BPF_PROG_TEST_RUN cannot attach tunnel metadata to a packet.
  * @remote: sending node, network byte order.
  */
+static __always_inline int deliver_from_node(struct __sk_buff *ctx, struct trace_ctx *tc,
+					     struct ethhdr *eth, struct iphdr *ip,
+					     __u32 src_identity);
+
 static __always_inline int handle_overlay(struct __sk_buff *ctx, struct trace_ctx *tc,
 					  __u32 src_identity, __u32 remote)
 {
-	const struct endpoint_info *ep;
-	struct policy_pkt orig, pkt;
-	bool track = false;
-	struct lb4_tuple t;
 	struct ethhdr *eth;
 	struct iphdr *ip;
-	int ret = 0;
 
 	tc->src_identity = src_identity;
 	tc->tunnel_endpoint = remote;
@@ -42,6 +50,23 @@ static __always_inline int handle_overlay(struct __sk_buff *ctx, struct trace_ct
 		return -DROP_UNSUPPORTED_L3;
 	if (!trace_parse_ipv4(ctx, tc, &eth, &ip))
 		return -DROP_INVALID_PACKET;
+	return deliver_from_node(ctx, tc, eth, ip, src_identity);
+}
+
+/*
+ * Service reverse translation, ingress policy of the destination pod against
+ * @src_identity (the sender's egress was checked on its node), delivery.
+ */
+static __always_inline int deliver_from_node(struct __sk_buff *ctx, struct trace_ctx *tc,
+					     struct ethhdr *eth, struct iphdr *ip,
+					     __u32 src_identity)
+{
+	const struct endpoint_info *ep;
+	struct policy_pkt orig, pkt;
+	bool track = false;
+	struct lb4_tuple t;
+	int ret = 0;
+
 	policy_pkt_init(ip, tc, &orig);
 
 	/* A reply of a service connection whose backend is on another node:
@@ -57,11 +82,10 @@ static __always_inline int handle_overlay(struct __sk_buff *ctx, struct trace_ct
 	if (!ep)
 		return -DROP_UNKNOWN_ENDPOINT;
 
-	/* Ingress policy of @ep against the sender's identity from the VNI;
-	 * the sender's egress was checked on its node. */
 	ret = policy_check(ctx, ep->endpoint_id, DIR_INGRESS, src_identity, &pkt, &orig, &track);
 	if (ret < 0) {
 		tc->dst_identity = ep->identity;
+		tc->src_identity = policy_report_identity(src_identity, pkt.saddr);
 		return ret;
 	}
 	if (track)
@@ -81,6 +105,50 @@ int from_overlay(struct __sk_buff *ctx)
 		ret = -DROP_NO_TUNNEL_KEY;
 	else
 		ret = handle_overlay(ctx, &tc, key.tunnel_id, bpf_htonl(key.remote_ipv4));
+	return cm_finish(ctx, &tc, ret);
+}
+
+/*
+ * A native packet for a local pod: everything from_overlay does after the
+ * tunnel metadata, with the identity from the ipcache. An address of this
+ * node's pod range that is no pod is dropped as from_overlay drops it (the
+ * stack would route it back to the underlay).
+ */
+static __always_inline int handle_netdev(struct __sk_buff *ctx, struct trace_ctx *tc,
+					 struct ethhdr *eth, struct iphdr *ip)
+{
+	const struct ipcache_value *info;
+	__u32 src_identity;
+
+	if (!lookup_endpoint4(ip->daddr)) {
+		info = ipcache_lookup4(ip->daddr);
+		if (!info || !CFG_NODE_IP || info->tunnel_endpoint != CFG_NODE_IP)
+			return TC_ACT_UNSPEC;
+		return -DROP_UNKNOWN_ENDPOINT;
+	}
+	info = ipcache_lookup4(ip->saddr);
+	src_identity = info ? info->identity : IDENTITY_WORLD;
+	tc->src_identity = src_identity;
+	return deliver_from_node(ctx, tc, eth, ip, src_identity);
+}
+
+SEC("tc")
+int from_netdev(struct __sk_buff *ctx)
+{
+	struct trace_ctx tc = { .dir = DIR_INGRESS };
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	int ret;
+
+	if (!parse_eth(ctx, &eth) || eth->h_proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	/* Malformed IPv4 is the stack's to drop; the node's own address is the
+	 * bulk of what arrives here (tunnel packets, the control plane). */
+	if (!trace_parse_ipv4(ctx, &tc, &eth, &ip) || ip->daddr == CFG_NODE_IP)
+		return TC_ACT_OK;
+	ret = handle_netdev(ctx, &tc, eth, ip);
+	if (ret == TC_ACT_UNSPEC)
+		return TC_ACT_OK;
 	return cm_finish(ctx, &tc, ret);
 }
 
