@@ -32,7 +32,7 @@ import { BpfMap, type MapInfo } from './libbpf/map.ts';
 import { RingBufferReader } from './libbpf/ringbuf.ts';
 import { type TcAttachment, ifindexOf, tcAttach, tcDetach } from './libbpf/tc.ts';
 import { type CgroupHook, attachCgroupPinned, cgroupQuery, detachPinnedLink } from './libbpf/cgroup.ts';
-import { NATIVE_CIDRS_MAX, VXLAN_OVERHEAD, applyConfig, encodeNativeCidrs } from './maps/config.ts';
+import { NATIVE_CIDRS_MAX, ROUTING_MODES, VXLAN_OVERHEAD, applyConfig, encodeNativeCidrs, type RoutingMode } from './maps/config.ts';
 import * as endpointsMap from './maps/endpoints.ts';
 import * as eventsMap from './maps/events.ts';
 import * as ipcacheMap from './maps/ipcache.ts';
@@ -59,8 +59,7 @@ export const FROM_OVERLAY = 'from_overlay';
 export const FROM_NETDEV = 'from_netdev';
 /** tc filter handle of from_netdev on the underlay device ("CN"): its own, so other filters there are left alone. */
 export const FROM_NETDEV_HANDLE = 0x434e;
-export type RoutingMode = 'tunnel' | 'native';
-export const ROUTING_MODES: readonly RoutingMode[] = ['tunnel', 'native'];
+export { ROUTING_MODES, type RoutingMode } from './maps/config.ts';
 export const SOCK_OBJECT = 'sock.bpf.o';
 /** The sock_addr programs of sock.bpf.o by hook, and the name of each one's link pin in the pin dir. */
 export const SOCK_PROGRAMS: ReadonlyArray<{ hook: CgroupHook; program: string; pin: string }> = [

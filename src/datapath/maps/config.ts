@@ -31,6 +31,10 @@ export const CONST_NAMES: Readonly<Record<Exclude<keyof DatapathConfig, 'nativeC
   routingNative: 'CFG_ROUTING_NATIVE',
 };
 
+/** How a node sends to pods of other nodes: always through the tunnel, or natively where the underlay routes. */
+export type RoutingMode = 'tunnel' | 'native';
+export const ROUTING_MODES: readonly RoutingMode[] = ['tunnel', 'native'];
+
 /** CFG_NATIVE_CIDRS: CM_NATIVE_CIDRS_MAX slots of struct cm_cidr { addr, mask } (network byte order). */
 export const NATIVE_CIDRS_NAME = 'CFG_NATIVE_CIDRS';
 export const NATIVE_CIDRS_MAX = 8;
