@@ -117,18 +117,20 @@ int from_overlay(struct __sk_buff *ctx)
 static __always_inline int handle_netdev(struct __sk_buff *ctx, struct trace_ctx *tc,
 					 struct ethhdr *eth, struct iphdr *ip)
 {
-	const struct ipcache_value *info;
+	const struct ipcache_value *info, *dst;
+	bool local = lookup_endpoint4(ip->daddr) != NULL;
 	__u32 src_identity;
 
-	if (!lookup_endpoint4(ip->daddr)) {
-		info = ipcache_lookup4(ip->daddr);
-		if (!info || !CFG_NODE_IP || info->tunnel_endpoint != CFG_NODE_IP)
+	if (!local) {
+		dst = ipcache_lookup4(ip->daddr);
+		if (!dst || !CFG_NODE_IP || dst->tunnel_endpoint != CFG_NODE_IP)
 			return TC_ACT_UNSPEC;
-		return -DROP_UNKNOWN_ENDPOINT;
 	}
 	info = ipcache_lookup4(ip->saddr);
 	src_identity = info ? info->identity : IDENTITY_WORLD;
 	tc->src_identity = src_identity;
+	if (!local)
+		return -DROP_UNKNOWN_ENDPOINT;
 	return deliver_from_node(ctx, tc, eth, ip, src_identity);
 }
 
