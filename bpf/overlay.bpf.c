@@ -26,34 +26,6 @@
 #include "policy.h"
 
 /*
- * Everything after the tunnel metadata was read; separate so a test program
- * (bpf/test/overlay_test.bpf.c) can feed it an identity, because
- * BPF_PROG_TEST_RUN cannot attach tunnel metadata to a packet.
- * @remote: sending node, network byte order.
- */
-static __always_inline int deliver_from_node(struct __sk_buff *ctx, struct trace_ctx *tc,
-					     struct ethhdr *eth, struct iphdr *ip,
-					     __u32 src_identity);
-
-static __always_inline int handle_overlay(struct __sk_buff *ctx, struct trace_ctx *tc,
-					  __u32 src_identity, __u32 remote)
-{
-	struct ethhdr *eth;
-	struct iphdr *ip;
-
-	tc->src_identity = src_identity;
-	tc->tunnel_endpoint = remote;
-
-	if (!parse_eth(ctx, &eth))
-		return -DROP_INVALID_PACKET;
-	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return -DROP_UNSUPPORTED_L3;
-	if (!trace_parse_ipv4(ctx, tc, &eth, &ip))
-		return -DROP_INVALID_PACKET;
-	return deliver_from_node(ctx, tc, eth, ip, src_identity);
-}
-
-/*
  * Service reverse translation, ingress policy of the destination pod against
  * @src_identity (the sender's egress was checked on its node), delivery.
  */
@@ -92,6 +64,30 @@ static __always_inline int deliver_from_node(struct __sk_buff *ctx, struct trace
 		policy_ct_record(ctx, &pkt);
 
 	return ipv4_deliver_local(ctx, eth, ip, ep, tc);
+}
+
+/*
+ * Everything after the tunnel metadata was read; separate so a test program
+ * (bpf/test/overlay_test.bpf.c) can feed it an identity, because
+ * BPF_PROG_TEST_RUN cannot attach tunnel metadata to a packet.
+ * @remote: sending node, network byte order.
+ */
+static __always_inline int handle_overlay(struct __sk_buff *ctx, struct trace_ctx *tc,
+					  __u32 src_identity, __u32 remote)
+{
+	struct ethhdr *eth;
+	struct iphdr *ip;
+
+	tc->src_identity = src_identity;
+	tc->tunnel_endpoint = remote;
+
+	if (!parse_eth(ctx, &eth))
+		return -DROP_INVALID_PACKET;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return -DROP_UNSUPPORTED_L3;
+	if (!trace_parse_ipv4(ctx, tc, &eth, &ip))
+		return -DROP_INVALID_PACKET;
+	return deliver_from_node(ctx, tc, eth, ip, src_identity);
 }
 
 SEC("tc")
@@ -146,7 +142,9 @@ int from_netdev(struct __sk_buff *ctx)
 		return TC_ACT_OK;
 	/* Malformed IPv4 is the stack's to drop; the node's own address is the
 	 * bulk of what arrives here (tunnel packets, the control plane). */
-	if (!trace_parse_ipv4(ctx, &tc, &eth, &ip) || ip->daddr == CFG_NODE_IP)
+	if (!parse_ipv4(ctx, &eth, &ip) || ip->daddr == CFG_NODE_IP)
+		return TC_ACT_OK;
+	if (!trace_parse_ipv4(ctx, &tc, &eth, &ip))
 		return TC_ACT_OK;
 	ret = handle_netdev(ctx, &tc, eth, ip);
 	if (ret == TC_ACT_UNSPEC)
