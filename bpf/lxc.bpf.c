@@ -2,8 +2,9 @@
 /*
  * from_container: tc ingress of a pod's host-side veth, i.e. every packet the
  * pod sends. Answers ARP for the pod's gateway, then routes IPv4: to a local
- * pod, into the VXLAN tunnel towards the node hosting the destination, or to
- * the host stack (world).
+ * pod, into the VXLAN tunnel towards the node hosting the destination,
+ * unencapsulated through the node's FIB when the destination is natively
+ * routable (native.h), or to the host stack (world).
  *
  * to_container: tc egress of the same veth, i.e. what enters the pod without
  * bpf_redirect_peer: everything the node's stack routes to it (world, CIDR
@@ -22,6 +23,7 @@
 #include "conntrack.h"
 #include "lb.h"
 #include "policy.h"
+#include "native.h"
 
 /* ARP body for Ethernet/IPv4 (RFC 826), after struct arphdr. */
 struct arp_eth_ipv4 {
@@ -222,6 +224,8 @@ static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
 	}
 	if (CFG_NODE_IP && info->tunnel_endpoint == CFG_NODE_IP)
 		return -DROP_UNKNOWN_ENDPOINT;
+	if (native_route_to(ip->daddr))
+		return ipv4_forward_native(ctx, ip, tc);
 	return ipv4_encap(ctx, ip, src_ep->identity, info->tunnel_endpoint, tc);
 }
 

@@ -1,8 +1,17 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
+ * What another node sends to a pod of this one.
+ *
  * from_overlay: tc ingress of the node's VXLAN device (external/collect_md).
  * Every packet here came from another node's from_container: the VNI is the
  * source pod's identity, the destination must be a pod of this node.
+ *
+ * from_netdev: tc ingress of the node's underlay device, attached in native
+ * routing mode only (CFG_ROUTING_NATIVE, native.h). A packet there addressed
+ * to a local pod came unencapsulated from another node; the sender's
+ * identity is the ipcache's for its source address (there is no VNI). Every
+ * other packet (the node's own traffic, VXLAN from tunnel-mode nodes, ARP)
+ * goes to the stack untouched and uncounted.
  */
 #include "common.h"
 #include "config.h"
@@ -17,31 +26,19 @@
 #include "policy.h"
 
 /*
- * Everything after the tunnel metadata was read; separate so a test program
- * (bpf/test/overlay_test.bpf.c) can feed it an identity, because
- * BPF_PROG_TEST_RUN cannot attach tunnel metadata to a packet.
- * @remote: sending node, network byte order.
+ * Service reverse translation, ingress policy of the destination pod against
+ * @src_identity (the sender's egress was checked on its node), delivery.
  */
-static __always_inline int handle_overlay(struct __sk_buff *ctx, struct trace_ctx *tc,
-					  __u32 src_identity, __u32 remote)
+static __always_inline int deliver_from_node(struct __sk_buff *ctx, struct trace_ctx *tc,
+					     struct ethhdr *eth, struct iphdr *ip,
+					     __u32 src_identity)
 {
 	const struct endpoint_info *ep;
 	struct policy_pkt orig, pkt;
 	bool track = false;
 	struct lb4_tuple t;
-	struct ethhdr *eth;
-	struct iphdr *ip;
 	int ret = 0;
 
-	tc->src_identity = src_identity;
-	tc->tunnel_endpoint = remote;
-
-	if (!parse_eth(ctx, &eth))
-		return -DROP_INVALID_PACKET;
-	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return -DROP_UNSUPPORTED_L3;
-	if (!trace_parse_ipv4(ctx, tc, &eth, &ip))
-		return -DROP_INVALID_PACKET;
 	policy_pkt_init(ip, tc, &orig);
 
 	/* A reply of a service connection whose backend is on another node:
@@ -57,17 +54,40 @@ static __always_inline int handle_overlay(struct __sk_buff *ctx, struct trace_ct
 	if (!ep)
 		return -DROP_UNKNOWN_ENDPOINT;
 
-	/* Ingress policy of @ep against the sender's identity from the VNI;
-	 * the sender's egress was checked on its node. */
 	ret = policy_check(ctx, ep->endpoint_id, DIR_INGRESS, src_identity, &pkt, &orig, &track);
 	if (ret < 0) {
 		tc->dst_identity = ep->identity;
+		tc->src_identity = policy_report_identity(src_identity, pkt.saddr);
 		return ret;
 	}
 	if (track)
 		policy_ct_record(ctx, &pkt);
 
 	return ipv4_deliver_local(ctx, eth, ip, ep, tc);
+}
+
+/*
+ * Everything after the tunnel metadata was read; separate so a test program
+ * (bpf/test/overlay_test.bpf.c) can feed it an identity, because
+ * BPF_PROG_TEST_RUN cannot attach tunnel metadata to a packet.
+ * @remote: sending node, network byte order.
+ */
+static __always_inline int handle_overlay(struct __sk_buff *ctx, struct trace_ctx *tc,
+					  __u32 src_identity, __u32 remote)
+{
+	struct ethhdr *eth;
+	struct iphdr *ip;
+
+	tc->src_identity = src_identity;
+	tc->tunnel_endpoint = remote;
+
+	if (!parse_eth(ctx, &eth))
+		return -DROP_INVALID_PACKET;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return -DROP_UNSUPPORTED_L3;
+	if (!trace_parse_ipv4(ctx, tc, &eth, &ip))
+		return -DROP_INVALID_PACKET;
+	return deliver_from_node(ctx, tc, eth, ip, src_identity);
 }
 
 SEC("tc")
@@ -81,6 +101,54 @@ int from_overlay(struct __sk_buff *ctx)
 		ret = -DROP_NO_TUNNEL_KEY;
 	else
 		ret = handle_overlay(ctx, &tc, key.tunnel_id, bpf_htonl(key.remote_ipv4));
+	return cm_finish(ctx, &tc, ret);
+}
+
+/*
+ * A native packet for a local pod: everything from_overlay does after the
+ * tunnel metadata, with the identity from the ipcache. An address of this
+ * node's pod range that is no pod is dropped as from_overlay drops it (the
+ * stack would route it back to the underlay).
+ */
+static __always_inline int handle_netdev(struct __sk_buff *ctx, struct trace_ctx *tc,
+					 struct ethhdr *eth, struct iphdr *ip)
+{
+	const struct ipcache_value *info, *dst;
+	bool local = lookup_endpoint4(ip->daddr) != NULL;
+	__u32 src_identity;
+
+	if (!local) {
+		dst = ipcache_lookup4(ip->daddr);
+		if (!dst || !CFG_NODE_IP || dst->tunnel_endpoint != CFG_NODE_IP)
+			return TC_ACT_UNSPEC;
+	}
+	info = ipcache_lookup4(ip->saddr);
+	src_identity = info ? info->identity : IDENTITY_WORLD;
+	tc->src_identity = src_identity;
+	if (!local)
+		return -DROP_UNKNOWN_ENDPOINT;
+	return deliver_from_node(ctx, tc, eth, ip, src_identity);
+}
+
+SEC("tc")
+int from_netdev(struct __sk_buff *ctx)
+{
+	struct trace_ctx tc = { .dir = DIR_INGRESS };
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	int ret;
+
+	if (!parse_eth(ctx, &eth) || eth->h_proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	/* Malformed IPv4 is the stack's to drop; the node's own address is the
+	 * bulk of what arrives here (tunnel packets, the control plane). */
+	if (!parse_ipv4(ctx, &eth, &ip) || ip->daddr == CFG_NODE_IP)
+		return TC_ACT_OK;
+	if (!trace_parse_ipv4(ctx, &tc, &eth, &ip))
+		return TC_ACT_OK;
+	ret = handle_netdev(ctx, &tc, eth, ip);
+	if (ret == TC_ACT_UNSPEC)
+		return TC_ACT_OK;
 	return cm_finish(ctx, &tc, ret);
 }
 

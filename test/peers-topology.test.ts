@@ -45,7 +45,7 @@ async function waitListening(bed: PeerBed, port: number): Promise<void> {
 async function policyDrops(bed: PeerBed): Promise<number> {
   let sum = 0;
   for (const node of [bed.client.node, bed.server.node]) {
-    if (bed.config === 'clustermesh') {
+    if (bed.config === 'clustermesh' || bed.config === 'clustermesh-native') {
       for (const r of readNodeMetrics(pinDirOf(node))) if (r.drop && r.reasonName.startsWith('DROP_POLICY')) sum += Number(r.packets);
     } else {
       const { stdout } = await runIn(node.netns, ['iptables', '-L', 'CMB-POLICY', '-v', '-x', '-n']);
@@ -68,8 +68,16 @@ for (const config of PEER_CONFIGS) {
       assert.equal(bed.client.cluster, 1);
       assert.equal(bed.server.cluster, 2);
       const before = bed.gatewayDevice ? await txPackets(bed.gateways[0]!.netns, bed.gatewayDevice) : 0;
+      const ours = config === 'clustermesh' || config === 'clustermesh-native';
+      const vxlanBefore = ours ? await txPackets(bed.client.node.netns, 'cm_vxlan') : 0;
       assert.ok(await retryConnect(bed, ALLOWED), `${config}: no TCP connection from ${bed.client.ip} to ${bed.server.ip}:${ALLOWED}`);
-      if (config === 'clustermesh' || config === 'kernel-vxlan-iptables') {
+      if (ours) {
+        // The tunnel row encapsulates, the native row does not (the VXLAN device's own counter).
+        const sent = (await txPackets(bed.client.node.netns, 'cm_vxlan')) - vxlanBefore;
+        if (config === 'clustermesh') assert.ok(sent > 0, `clustermesh: cm_vxlan on the client's node sent nothing`);
+        else assert.equal(sent, 0, `clustermesh-native: cm_vxlan on the client's node sent ${sent} packets`);
+      }
+      if (ours || config === 'kernel-vxlan-iptables') {
         // A refused connect proves the policy only when the server listens and the
         // policy's own drop counter moved (not a server still starting, not a lost route).
         await waitListening(bed, NOT_ALLOWED);

@@ -41,7 +41,7 @@ export function barChartSvg(metric: string, rows: readonly Row[], baseline: stri
   ];
   bars.forEach((r, i) => {
     const y = top + i * rowH;
-    const colour = r.config === 'clustermesh' ? '#2b7bb9' : r.config === baseline ? '#7a7a7a' : '#c8a45a';
+    const colour = r.config === 'clustermesh' ? '#2b7bb9' : r.config === 'clustermesh-native' ? '#5fa8d3' : r.config === baseline ? '#7a7a7a' : '#c8a45a';
     out.push(
       `<text x="${labelW - 8}" y="${y + 20}" text-anchor="end">${esc(r.config)}</text>`,
       `<rect x="${labelW}" y="${y + 6}" width="${Math.max(1, x(r.median) - labelW).toFixed(1)}" height="${rowH - 12}" fill="${colour}"/>`,

@@ -1,6 +1,6 @@
 // bench/peers: clustermesh against what users would otherwise pick, side by
 // side in one run — plain routing (the limit), our eBPF overlay with policy
-// on, a kernel VXLAN overlay with kube-proxy's iptables, a Submariner-like
+// on, the same datapath routing natively (no encapsulation), a kernel VXLAN overlay with kube-proxy's iptables, a Submariner-like
 // gateway and OpenVPN between gateways (src/lab/peers-topology.ts builds each).
 // Cross-cluster pod to pod: single-stream and 8-stream TCP throughput (iperf3),
 // TCP request/response with 1 in flight (sockperf), TCP connect+request+close
@@ -19,8 +19,10 @@ import { markdownTable, writeCharts } from './charts.ts';
 
 const HELP = `usage: npm run bench -- peers [--reps N] [--seconds S] [--quick] [--only a,b] [--services N]
 
-Cross-cluster pod-to-pod benchmarks of limit, clustermesh, kernel-vxlan-iptables,
-gateway and openvpn, built in the same lab topology and measured in the same run.
+Cross-cluster pod-to-pod benchmarks of limit, clustermesh, clustermesh-native,
+kernel-vxlan-iptables, gateway and openvpn, built in the same lab topology and
+measured in the same run. The clustermesh rows are checked to forward as they
+claim: the tunnel row through its VXLAN device, the native row never.
   --reps N       repetitions; the order of the rows rotates each time (default 5)
   --seconds S    seconds of each iperf3, sockperf and connect-rate test (default 4)
   --quick        1 repetition of 2 seconds, for development (overrides both)
@@ -143,6 +145,11 @@ async function rxBytes(netns: string, dev: string): Promise<number> {
   return (JSON.parse(stdout) as Array<{ stats64: { rx: { bytes: number } } }>)[0]!.stats64.rx.bytes;
 }
 
+async function txPackets(netns: string, dev: string): Promise<number> {
+  const { stdout } = await run(['ip', '-n', netns, '-s', '-j', 'link', 'show', 'dev', dev]);
+  return (JSON.parse(stdout) as Array<{ stats64: { tx: { packets: number } } }>)[0]!.stats64.tx.packets;
+}
+
 async function waitForPort(netns: string, ip: string, port: number): Promise<void> {
   for (let i = 0; i < 100; i++) {
     try {
@@ -174,6 +181,8 @@ async function measure(bed: PeerBed, config: RowName, crr: string, rep: number):
   ];
   try {
     for (const p of [PORT_IPERF, PORT_RR, PORT_CRR]) await waitForPort(a.netns, b.ip, p);
+    const ours = bed.config === 'clustermesh' || bed.config === 'clustermesh-native';
+    const vxlan0 = ours ? await txPackets(a.node.netns, 'cm_vxlan') : 0;
     const pids = [...bed.pids, ...servers.flatMap((s) => (s.pid === undefined ? [] : [s.pid]))];
     let ticks = 0;
     let machineTicks = 0;
@@ -194,6 +203,11 @@ async function measure(bed: PeerBed, config: RowName, crr: string, rep: number):
     // plus irq/softirq (without IRQ time accounting a task's runtime includes the softirq work
     // done in its context, so this one counts some softirq twice; it is the one to read when
     // other work shares the machine).
+    if (ours) {
+      const sent = (await txPackets(a.node.netns, 'cm_vxlan')) - vxlan0;
+      if (bed.config === 'clustermesh' && sent === 0) throw new Error(`bench peers: ${config}: cm_vxlan on the client's node sent nothing during iperf3: not the tunnel path`);
+      if (bed.config === 'clustermesh-native' && sent > 0) throw new Error(`bench peers: ${config}: cm_vxlan on the client's node sent ${sent} packets: native routing encapsulated`);
+    }
     add('cpu_s_per_gb', 's/GB', machineTicks / CLK_TCK / (bytes / 1e9));
     add('cpu_s_per_gb_attributed', 's/GB', ticks / CLK_TCK / (bytes / 1e9));
 
@@ -277,7 +291,7 @@ if (samples.length === 0) {
 const rows = summarize(samples);
 console.log('');
 printTable(rows, 'limit');
-// The comparison's file holds the five rows; extra rows of the same run go to NAME-extra
+// The comparison's file holds the main rows; extra rows of the same run go to NAME-extra
 // with the limit and clustermesh beside them.
 const isExtra = (c: string): boolean => c in EXTRA;
 const main = rows.filter((r) => !isExtra(r.config));
@@ -285,7 +299,7 @@ const file = writeResults(resultsName, main, samples.filter((s) => !isExtra(s.co
 const charts = writeCharts(resultsName, main, 'limit');
 if (rows.some((r) => isExtra(r.config))) {
   const keep = (c: string): boolean => isExtra(c) || c === 'limit' || c === 'clustermesh';
-  // The extra rows are their own file (a run naming them is partial for the five rows).
+  // The extra rows are their own file (a run naming them is partial for the main rows).
   const extraFile = writeResults(`${values.name ?? 'peers'}-extra`, rows.filter((r) => keep(r.config)), samples.filter((s) => keep(s.config)), 1500);
   console.log(`wrote ${extraFile} and its CSV`);
 }

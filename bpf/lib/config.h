@@ -35,4 +35,21 @@ const volatile __u32 CFG_REDIRECT_PEER = 0;
  * DROP_FRAG_NEEDED. 0 disables the check. */
 const volatile __u32 CFG_TUNNEL_MTU = 1450;
 
+/* 1: native routing (routingMode native): a packet to a mesh workload whose
+ * address is inside one of CFG_NATIVE_CIDRS leaves unencapsulated, routed by
+ * the node's FIB (bpf_fib_lookup + bpf_redirect_neigh, native.h), and
+ * from_netdev on the underlay device delivers what arrives that way. Every
+ * other mesh destination still goes through the tunnel, so a native node
+ * talks to tunnel-mode clusters as before. 0: tunnel only. */
+const volatile __u32 CFG_ROUTING_NATIVE = 0;
+
+/* The pod address ranges the underlay routes to their nodes (the cluster's
+ * nativeRoutingCIDRs), network byte order; a slot with mask 0 ends the list. */
+#define CM_NATIVE_CIDRS_MAX 8
+struct cm_cidr {
+	__u32 addr; /* network byte order, host bits cleared */
+	__u32 mask; /* network byte order; 0 = unused slot */
+};
+const volatile struct cm_cidr CFG_NATIVE_CIDRS[CM_NATIVE_CIDRS_MAX] = {};
+
 #endif /* CM_CONFIG_H */

@@ -20,7 +20,7 @@ enum cm_drop_reason {
 	DROP_SOURCE_MISMATCH    = 133, /* source IPv4 belongs to an endpoint behind another device */
 	DROP_UNKNOWN_ENDPOINT   = 134, /* destination should be local but is no local endpoint */
 	DROP_TTL_EXCEEDED       = 135, /* TTL <= 1 on a forwarding hop */
-	DROP_FRAG_NEEDED        = 136, /* larger than CFG_TUNNEL_MTU, going to the tunnel */
+	DROP_FRAG_NEEDED        = 136, /* larger than CFG_TUNNEL_MTU going to the tunnel, or than the route's MTU natively routed */
 	DROP_NO_TUNNEL_ENDPOINT = 137, /* workload identity in ipcache without tunnel endpoint */
 	DROP_NO_TUNNEL_DEVICE   = 138, /* tunnel needed but CFG_VXLAN_IFINDEX is 0 */
 	DROP_NO_TUNNEL_KEY      = 139, /* overlay packet without tunnel metadata */
@@ -32,6 +32,7 @@ enum cm_drop_reason {
 	DROP_CT_WRITE_FAILED    = 145, /* a conntrack entry for a new service connection could not be written */
 	DROP_POLICY_DENY        = 146, /* an explicit deny entry of the policy matched */
 	DROP_POLICY             = 147, /* enforced direction and no allow entry matched (default deny) */
+	DROP_NO_ROUTE           = 148, /* native routing: bpf_fib_lookup found no usable route (none, blackhole, forwarding off) */
 	__DROP_MAX,
 };
 

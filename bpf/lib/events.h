@@ -36,6 +36,7 @@ enum cm_trace_reason {
 	/* Counter only (no event, no forward of its own): a packet addressed to a
 	 * service frontend and translated to a backend, counted besides where it went. */
 	TRACE_SERVICE_XLATE = 5,
+	TRACE_TO_NETWORK  = 6, /* native routing: unencapsulated, redirected to the FIB's next hop */
 	/* Not a packet: an event the ring buffer had no room for (bytes = 0). */
 	TRACE_EVENT_LOST  = 127,
 };

@@ -125,6 +125,8 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     ...(cfg.objectsDir !== undefined ? { objectsDir: cfg.objectsDir } : {}),
     ...(cfg.eventsRingBytes !== undefined ? { eventsRingBytes: cfg.eventsRingBytes } : {}),
     ...(cfg.socketLBCgroup !== undefined ? { socketLBCgroup: cfg.socketLBCgroup } : {}),
+    routingMode: cfg.routingMode,
+    nativeRoutingCIDRs: cfg.nativeRoutingCIDRs,
   });
   await dp.start();
   cleanups.push(() => dp.stop({ detach: false }));

@@ -46,6 +46,8 @@ export async function applyNodePlan(plan: NodePlan): Promise<ApplySummary> {
     redirectPeer: plan.redirectPeer,
     traceForward: plan.traceForwards,
     ...(plan.socketLBCgroup !== undefined ? { socketLBCgroup: plan.socketLBCgroup } : {}),
+    routingMode: plan.routingMode,
+    nativeRoutingCIDRs: plan.nativeRoutingCIDRs,
   });
   await dp.start();
   try {

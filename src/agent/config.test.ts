@@ -88,6 +88,18 @@ describe('agent config', () => {
     rejects({ ...base, pinDir: '/run/clustermesh/bpffs/c1.n1' }, 'agent config /x/y.yaml: pinDir: /run/clustermesh/bpffs/c1.n1: a bpffs does not allow "." in names');
   });
 
+  it('routingMode: tunnel by default; native needs nativeRoutingCIDRs covering the podCIDR', () => {
+    assert.deepEqual([compile(base).routingMode, compile(base).nativeRoutingCIDRs], ['tunnel', []]);
+    const native = compile({ ...base, routingMode: 'native', nativeRoutingCIDRs: ['10.101.0.0/16', '10.102.0.0/16'] });
+    assert.deepEqual([native.routingMode, native.nativeRoutingCIDRs], ['native', ['10.101.0.0/16', '10.102.0.0/16']]);
+    rejects({ ...base, routingMode: 'direct' }, /routingMode: must be tunnel or native/);
+    rejects({ ...base, routingMode: 'native' }, /nativeRoutingCIDRs: is required with routingMode native/);
+    rejects({ ...base, nativeRoutingCIDRs: ['10.101.0.0/16'] }, /nativeRoutingCIDRs: only applies to routingMode native/);
+    rejects({ ...base, routingMode: 'native', nativeRoutingCIDRs: ['10.102.0.0/16'] }, /nativeRoutingCIDRs: none covers this node's podCIDR 10\.101\.1\.0\/24/);
+    rejects({ ...base, routingMode: 'native', nativeRoutingCIDRs: ['10.101.1.1/16'] }, /host bits are set; did you mean 10\.101\.0\.0\/16/);
+    rejects({ ...base, routingMode: 'native', nativeRoutingCIDRs: Array.from({ length: 9 }, (_, i) => `10.${101 + i}.0.0/16`) }, /nativeRoutingCIDRs: at most 8/);
+  });
+
   it('socketLBCgroup: off when absent, an absolute cgroup path otherwise', () => {
     assert.equal(compile(base).socketLBCgroup, undefined);
     assert.equal(compile({ ...base, socketLBCgroup: '/sys/fs/cgroup/unified/clustermesh/n1' }).socketLBCgroup, '/sys/fs/cgroup/unified/clustermesh/n1');

@@ -45,7 +45,13 @@
 // cluster's Namespaces, Pods, Services, EndpointSlices, Nodes and policies are
 // read from that Kubernetes API (src/sources/kubernetes), its current context;
 // the Endpoint objects, mesh state, stay in the cluster's etcd; absent: every
-// kind from the store in etcd, src/sources/store).
+// kind from the store in etcd, src/sources/store), routingMode (tunnel: every
+// packet to a pod of another node goes through the VXLAN tunnel; native: the
+// underlay routes pod addresses, so destinations inside nativeRoutingCIDRs
+// leave unencapsulated and arrive on the underlay device, bpf/lib/native.h;
+// the rest, e.g. clusters in tunnel mode, still through the tunnel),
+// nativeRoutingCIDRs (native only, required there: 1..8 pod address ranges the
+// underlay routes to their nodes, covering this node's podCIDR).
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
@@ -54,6 +60,7 @@ import { promisify } from 'node:util';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { DEFAULT_BPFFS_ROOT } from '../datapath/bpffs.ts';
+import { NATIVE_CIDRS_MAX, ROUTING_MODES, type RoutingMode } from '../datapath/maps/config.ts';
 import type { KvConnectionConfig } from '../kvstore/types.ts';
 import { formatPath, validateClusterName, type MaxConnectedClusters } from '../model/index.ts';
 
@@ -111,6 +118,10 @@ export interface AgentConfig {
   policyDefaultLocalCluster: boolean;
   /** cgroup v2 directory of this node's pods for socket-level load balancing; undefined = off. */
   socketLBCgroup: string | undefined;
+  /** 'tunnel' or 'native' (destinations inside nativeRoutingCIDRs unencapsulated). */
+  routingMode: RoutingMode;
+  /** The pod ranges the underlay routes; [] in tunnel mode. */
+  nativeRoutingCIDRs: string[];
   /** Kubeconfig of the cluster's Kubernetes API, the local source of every kind but Endpoint; undefined = the store in etcd. */
   kubeconfig?: string | undefined;
 }
@@ -199,6 +210,8 @@ const fileSchema = z.strictObject({
   remoteHeartbeatStaleSeconds: z.number().min(1, 'must be at least 1').max(86400, 'at most 86400 (a day)').default(180),
   policyDefaultLocalCluster: z.boolean({ error: 'must be true or false' }).default(true),
   socketLBCgroup: z.string().min(1).refine((p) => p.startsWith('/') && !p.split('/').includes('..'), 'must be an absolute path to a cgroup v2 directory, without ".."').optional(),
+  routingMode: z.enum(ROUTING_MODES as [RoutingMode, ...RoutingMode[]], { error: `must be ${ROUTING_MODES.join(' or ')}` }).default('tunnel'),
+  nativeRoutingCIDRs: z.array(cidrV4).max(NATIVE_CIDRS_MAX, `at most ${NATIVE_CIDRS_MAX} prefixes`).optional(),
   kubeconfig: z.string({ error: 'must be the path of a kubeconfig file' }).min(1, 'must be the path of a kubeconfig file').optional(),
 });
 
@@ -282,6 +295,21 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
   const [cidrAddr, cidrLen] = c.podCIDR.split('/') as [string, string];
   if (maskedAddr(cidrAddr, Number(cidrLen)) !== cidrAddr) fail('podCIDR', `host bits are set; did you mean ${maskedAddr(cidrAddr, Number(cidrLen))}/${cidrLen}?`);
   if (c.vxlanDevice === c.underlayDevice) fail('vxlanDevice', 'must differ from underlayDevice');
+  const nativeCidrs = c.nativeRoutingCIDRs ?? [];
+  if (c.routingMode === 'tunnel' && nativeCidrs.length) fail('nativeRoutingCIDRs', 'only applies to routingMode native (routingMode is tunnel)');
+  if (c.routingMode === 'native') {
+    if (!nativeCidrs.length) fail('nativeRoutingCIDRs', 'is required with routingMode native: the pod address ranges the underlay routes to their nodes');
+    for (const p of nativeCidrs) {
+      const [a, l] = p.split('/') as [string, string];
+      if (Number(l) === 0) fail('nativeRoutingCIDRs', `${p}: a /0 would route every address natively`);
+      if (maskedAddr(a, Number(l)) !== a) fail('nativeRoutingCIDRs', `${p}: host bits are set; did you mean ${maskedAddr(a, Number(l))}/${l}?`);
+    }
+    const covers = (p: string): boolean => {
+      const [a, l] = p.split('/') as [string, string];
+      return Number(cidrLen) >= Number(l) && maskedAddr(cidrAddr, Number(l)) === a;
+    };
+    if (!nativeCidrs.some(covers)) fail('nativeRoutingCIDRs', `none covers this node's podCIDR ${c.podCIDR}: the other native nodes would tunnel to it while this one routes natively`);
+  }
 
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(opts.baseDir, p));
   const stateDir = abs(c.stateDir);
@@ -331,6 +359,8 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
     remoteHeartbeatStaleMs: Math.round(c.remoteHeartbeatStaleSeconds * 1000),
     policyDefaultLocalCluster: c.policyDefaultLocalCluster,
     socketLBCgroup: c.socketLBCgroup,
+    routingMode: c.routingMode,
+    nativeRoutingCIDRs: nativeCidrs,
     ...(kubeconfig !== undefined ? { kubeconfig } : {}),
   };
 }

@@ -6,7 +6,7 @@ import { ifindexOf, tcQuery } from '../datapath/libbpf/tc.ts';
 import type * as endpointsMap from '../datapath/maps/endpoints.ts';
 import type * as ipcacheMap from '../datapath/maps/ipcache.ts';
 import { linkInfo } from '../datapath/netdev.ts';
-import type { NodeDatapath, SocketLBStatus } from '../datapath/node.ts';
+import { FROM_NETDEV_HANDLE, type NodeDatapath, type RoutingMode, type SocketLBStatus } from '../datapath/node.ts';
 import type { EndpointDatapath } from './endpoints.ts';
 import type { ReconcileTarget } from './reconciler.ts';
 import { ApiError } from './types.ts';
@@ -81,7 +81,7 @@ export function endpointDatapath(dp: NodeDatapath): EndpointDatapath {
 }
 
 export interface ProgramStatus {
-  program: 'from_overlay' | 'from_container';
+  program: 'from_overlay' | 'from_container' | 'from_netdev';
   device: string;
   attached: boolean;
   /** Kernel id of the attached program, or null. */
@@ -108,11 +108,16 @@ export interface DatapathStatus {
   maps: MapFill[];
   /** Socket-level load balancing (cgroup sock_addr programs): off unless the config names a cgroup. */
   socketLB: SocketLBStatus;
+  /** 'tunnel' or 'native' (then nativeRoutingCIDRs are routed unencapsulated, from_netdev on the underlay device). */
+  routingMode: RoutingMode;
+  nativeRoutingCIDRs: string[];
+  /** The device from_netdev is attached to (native mode, running); null otherwise. */
+  underlayDevice: string | null;
 }
 
-function probe(device: string, program: ProgramStatus['program'], ifindex?: number): ProgramStatus {
+function probe(device: string, program: ProgramStatus['program'], ifindex?: number, handle?: number): ProgramStatus {
   try {
-    const id = tcQuery(ifindex ?? ifindexOf(device), 'ingress');
+    const id = tcQuery(ifindex ?? ifindexOf(device), 'ingress', handle);
     return { program, device, attached: id !== undefined, progId: id ?? null };
   } catch {
     return { program, device, attached: false, progId: null };
@@ -127,6 +132,8 @@ export function datapathStatus(dp: NodeDatapath, endpointDevices: readonly strin
   const maps: MapFill[] = [];
   if (running) {
     programs.push(probe(o.vxlanDevice, 'from_overlay', dp.vxlanIfindex));
+    const underlay = dp.underlayDevice;
+    if (underlay) programs.push(probe(underlay.name, 'from_netdev', underlay.ifindex, FROM_NETDEV_HANDLE));
     for (const d of endpointDevices) programs.push(probe(d, 'from_container'));
     const m = dp.maps;
     const fill = (name: string, entries: number, max: number): MapFill => ({ name, entries, maxEntries: max, fill: max > 0 ? Math.round((entries / max) * 10_000) / 10_000 : 0 });
@@ -147,8 +154,11 @@ export function datapathStatus(dp: NodeDatapath, endpointDevices: readonly strin
     tunnelPort: o.tunnelPort,
     programs,
     programsAttached: programs.filter((p) => p.attached).length,
-    programsExpected: running ? 1 + endpointDevices.length : 0,
+    programsExpected: running ? 1 + (o.routingMode === 'native' ? 1 : 0) + endpointDevices.length : 0,
     maps,
     socketLB: dp.socketLB(),
+    routingMode: o.routingMode,
+    nativeRoutingCIDRs: [...o.nativeRoutingCIDRs],
+    underlayDevice: running ? (dp.underlayDevice?.name ?? null) : null,
   };
 }

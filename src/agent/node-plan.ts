@@ -21,6 +21,9 @@ export const nodePlanSchema = z.object({
   traceForwards: z.boolean().default(false),
   /** cgroup v2 directory of the node's pods: socket-level load balancing there (absent: off). */
   socketLBCgroup: z.string().startsWith('/').optional(),
+  /** tunnel (default) or native: destinations inside nativeRoutingCIDRs unencapsulated (bpf/lib/native.h). */
+  routingMode: z.enum(['tunnel', 'native']).default('tunnel'),
+  nativeRoutingCIDRs: z.array(z.string().regex(/^\d+\.\d+\.\d+\.\d+\/\d{1,2}$/, 'must be an IPv4 prefix a.b.c.d/len')).max(8).default([]),
   endpoints: z.array(
     z.object({
       ip: ipv4,

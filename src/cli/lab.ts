@@ -25,6 +25,7 @@ import {
 import { DEFAULT_LAB_NAME, clusterKvConfig, findCluster, labDir, listLabs, readLabState, sameProcessAlive, type LabCluster, type LabState } from '../lab/state.ts';
 import { CLIENT_DEFAULTS, ECHO_DEFAULTS, parseCount, parsePort, runClient, runEcho, type ClientOptions, type EchoOptions } from '../lab/workload-main.ts';
 import { sweepOrphanedTopologies } from '../lab/topology.js';
+import { ROUTING_MODES, type RoutingMode } from '../datapath/maps/config.ts';
 import { dnsWorkloadCommand } from './lab-dns.ts';
 import { netpolWorkloadCommand } from './lab-netpol.ts';
 import { labOption } from './common.ts';
@@ -209,6 +210,13 @@ function parsePrometheusPort(v: string): number {
   return Number(v);
 }
 
+/** --routing: 'tunnel', 'native' or a comma list, one per cluster. */
+function parseRouting(v: string): RoutingMode[] {
+  const list = v.split(',').map((x) => x.trim());
+  for (const r of list) if (!(ROUTING_MODES as readonly string[]).includes(r)) throw new InvalidArgumentError(`'${r}' is no routing mode: use ${ROUTING_MODES.join(' or ')}, or one per cluster separated by commas`);
+  return list as RoutingMode[];
+}
+
 export function labCommand(): Command {
   const lab = new Command('lab').description('a whole mesh of clusters, nodes and pods on this machine (test bed)').addHelpText(
     'after',
@@ -231,6 +239,7 @@ Example:
       .option('--latency <delay>', 'one-way delay between clusters (netem on the router), e.g. 20ms', checked(validateLatency))
       .option('--loss <percent>', 'packet loss between clusters (netem on the router), e.g. 0.1%', checked(validateLoss))
       .option('--socket-lb', "socket-level load balancing: services translated once per connection at connect() in each node's pod cgroup")
+      .option('--routing <modes>', "tunnel (VXLAN between nodes), native (the router routes every node's pod CIDR, nothing encapsulated), or one per cluster, e.g. native,native,tunnel (native clusters tunnel to tunnel ones)", parseRouting, ['tunnel'] as RoutingMode[])
       .option('--prometheus', "run Debian's prometheus (./scripts/setup.sh --prometheus installs it) scraping every agent and apiserver of the lab; its web UI on 127.0.0.1 of this host")
       .option('--prometheus-port <port>', 'port of the prometheus UI on 127.0.0.1 (0: any free one)', parsePrometheusPort, 9090)
       .option('--kube-source', "the Kubernetes API is the one local source: agents, apiservers and kubelets read each cluster's API (through 127.0.0.1:6443 in their namespace), a scheduler binds pods, `lab apply` writes to the API like kubectl; the MCS API CRDs (deploy/crds/mcs-api.yaml) are applied in every cluster. Not the default yet: without it they read the lab's private store in etcd, which most tests still use")
@@ -238,7 +247,7 @@ Example:
   )
     .addHelpText('after', '\nExample:\n  clustermesh lab up --clusters 2 --nodes 2 --latency 20ms --lab geo\n\nProcesses keep running after this command returns; remove everything with: clustermesh lab down --lab NAME\n\nkubectl: export KUBECONFIG=$(clustermesh lab kubeconfig --lab NAME); the contexts are the cluster names.')
     .action(
-      action(async (o: LabOpts & { clusters: number; nodes: number; latency?: string; loss?: string; socketLb?: boolean; kubeSource?: boolean; prometheus?: boolean; prometheusPort: number; json?: boolean }) => {
+      action(async (o: LabOpts & { clusters: number; nodes: number; latency?: string; loss?: string; socketLb?: boolean; routing: RoutingMode[]; kubeSource?: boolean; prometheus?: boolean; prometheusPort: number; json?: boolean }) => {
         const say = (l: string): void => void (o.json ? console.error(l) : console.log(l));
         let interrupted = false;
         const up = labUp({
@@ -248,6 +257,7 @@ Example:
           ...(o.latency ? { latency: o.latency } : {}),
           ...(o.loss ? { loss: o.loss } : {}),
           ...(o.socketLb ? { socketLB: true } : {}),
+          routing: o.routing.length === 1 ? Array.from({ length: o.clusters }, () => o.routing[0]!) : o.routing,
           ...(o.kubeSource ? { kubeSource: true } : {}),
           ...(o.prometheus ? { prometheus: true, prometheusPort: o.prometheusPort } : {}),
           progress: say,

@@ -134,11 +134,21 @@ test('summarize: the local source the agents report (store / kubernetes) is show
   assert.match(formatStatus(r), /source:\s+kubernetes/);
 });
 
+test('summarize: the routing mode the agents report is shown per cluster (an agent without the field: tunnel)', () => {
+  const st = agent('c1', 'n1', []);
+  let r = summarize([probe('c1', 1, [{ node: nodeTarget('c1', 'n1'), status: st, error: null }])], NOW);
+  assert.equal(r.clusters[0]!.routing, 'tunnel');
+  (st as { datapath: unknown }).datapath = { routingMode: 'native', nativeRoutingCIDRs: ['10.101.0.0/16', '10.102.0.0/16'] };
+  r = summarize([probe('c1', 1, [{ node: nodeTarget('c1', 'n1'), status: st, error: null }])], NOW);
+  assert.equal(r.clusters[0]!.routing, 'native (10.101.0.0/16, 10.102.0.0/16)');
+  assert.match(formatStatus(r), /routing:\s+native \(10\.101\.0\.0\/16, 10\.102\.0\.0\/16\)/);
+});
+
 test('summarize: no nodes and no remotes is ready (a cluster not meshed yet), and JSON keys are stable', () => {
   const r = summarize([probe('c1', 1, [])], NOW);
   assert.equal(r.ready, true);
   assert.deepEqual(Object.keys(r), ['ready', 'notReady', 'clusters', 'globalServices', 'prometheus']);
-  assert.deepEqual(Object.keys(r.clusters[0]!), ['name', 'id', 'ready', 'etcd', 'apiserver', 'kubeApi', 'localSource', 'nodes', 'connectivity', 'remoteClusters', 'exportedServices', 'flows', 'nodeDetails']);
+  assert.deepEqual(Object.keys(r.clusters[0]!), ['name', 'id', 'ready', 'etcd', 'apiserver', 'kubeApi', 'localSource', 'nodes', 'connectivity', 'remoteClusters', 'exportedServices', 'flows', 'nodeDetails', 'routing']);
   assert.equal(r.clusters[0]!.kubeApi, null, 'no Kubernetes API known (not a lab)');
   assert.equal(r.clusters[0]!.localSource, null, 'no agent reachable: no source known');
 });

@@ -119,8 +119,16 @@ export interface ClusterReport {
    */
   flows: { kept: number; seen: number; lostEvents: number; followerDropped: number } | null;
   nodeDetails: NodeReport[];
+  /** How the reachable agents reach other nodes' pods ('tunnel' / 'native (CIDRs)', several when they differ); null: no agent reachable. */
+  routing: string | null;
   /** Multi-Cluster Services: exports with their conditions, imports (lab with a Kubernetes API; absent otherwise). */
   mcs?: McsView | null | { error: string };
+}
+
+/** 'tunnel', 'native (10.101.0.0/16, ...)'; an older agent says nothing: tunnel. */
+function routingOf(d: { routingMode?: string; nativeRoutingCIDRs?: string[] } | undefined): string {
+  const mode = d?.routingMode ?? 'tunnel';
+  return mode === 'native' ? `native (${(d?.nativeRoutingCIDRs ?? []).join(', ')})` : mode;
 }
 
 export interface StatusReport {
@@ -285,6 +293,7 @@ export function summarize(probes: ClusterProbe[], now: Date = new Date()): Statu
       exportedServices: p.etcd?.reachable ? p.etcd.exportedServices.length : null,
       flows: flowsOf(statuses.map(({ s }) => s)),
       nodeDetails,
+      routing: statuses.length ? [...new Set(statuses.map(({ s }) => routingOf(s.datapath)))].sort().join(', ') : null,
       ...(p.mcs !== undefined ? { mcs: p.mcs } : {}),
     });
   }
@@ -402,6 +411,7 @@ export function formatStatus(r: StatusReport): string {
     out.push(`  apiserver:   ${mark(c.apiserver.reachable)}${c.apiserver.heartbeatAgeSeconds !== null ? `  heartbeat ${c.apiserver.heartbeatAgeSeconds}s ago` : ''}${c.apiserver.error ? `  (${c.apiserver.error})` : ''}`);
     if (c.kubeApi) out.push(`  kube-api:    ${mark(c.kubeApi.process)}  ${c.kubeApi.url}${c.kubeApi.process ? '' : '  (process not running)'}  (kubectl --context ${c.name})`);
     if (c.localSource !== null) out.push(`  source:      ${c.localSource === 'kubernetes' ? 'kubernetes (the agents read the Kubernetes API)' : c.localSource === 'store' ? 'store (the agents read the store in etcd)' : c.localSource}`);
+    if (c.routing !== null) out.push(`  routing:     ${c.routing}`);
     out.push(`  nodes:       ${c.nodes.ready}/${c.nodes.total} ready${c.nodes.reachable < c.nodes.total ? `, ${c.nodes.total - c.nodes.reachable} unreachable` : ''}`);
     const k = c.connectivity;
     const all = c.nodes.reachable > 0 && k.min === k.expected;

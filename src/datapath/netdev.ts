@@ -118,6 +118,14 @@ export async function deleteLink(name: string): Promise<boolean> {
   }
 }
 
+/** The device holding IPv4 address addr (name, ifindex, MTU), or undefined when no device has it. */
+export async function deviceOfAddress(addr: string): Promise<{ name: string; ifindex: number; mtu: number } | undefined> {
+  const out = await ip(['-j', 'addr', 'show']);
+  const links = JSON.parse(out) as Array<{ ifname: string; ifindex: number; mtu: number; addr_info?: Array<{ family: string; local: string }> }>;
+  const l = links.find((x) => (x.addr_info ?? []).some((a) => a.family === 'inet' && a.local === addr));
+  return l && { name: l.ifname, ifindex: l.ifindex, mtu: l.mtu };
+}
+
 /** MTU of the device holding IPv4 address addr, or undefined when no device has it. */
 export async function mtuOfAddress(addr: string): Promise<number | undefined> {
   const out = await ip(['-j', 'addr', 'show']);

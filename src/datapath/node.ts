@@ -5,6 +5,12 @@
 //                      overlay.bpf.o and lxc.bpf.o loaded with the node's
 //                      settings, maps pinned in/reused from the pin dir;
 //                      from_overlay on the VXLAN device's ingress.
+//   (routingMode native) from_netdev on the ingress of the underlay device
+//                      (the one holding nodeIP), IPv4 forwarding on (what
+//                      bpf_fib_lookup asks of the pods' veths); mesh
+//                      destinations inside nativeRoutingCIDRs leave
+//                      unencapsulated (bpf/lib/native.h). In tunnel mode a
+//                      from_netdev an earlier start attached is detached.
 //   attachEndpoint()   from_container on a pod's host-side veth ingress,
 //                      to_container on its egress (ingress policy for what
 //                      the stack routes into the pod).
@@ -17,7 +23,7 @@
 //                      the next start() finds every map entry again.
 //   destroy()          stop() plus pins removed (and the VXLAN device, when
 //                      this instance created it).
-import { existsSync, mkdirSync, unlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, unlinkSync, writeFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_BPFFS_ROOT, ensureBpffs, isOnBpffs, removePinDir } from './bpffs.ts';
@@ -26,7 +32,7 @@ import { BpfMap, type MapInfo } from './libbpf/map.ts';
 import { RingBufferReader } from './libbpf/ringbuf.ts';
 import { type TcAttachment, ifindexOf, tcAttach, tcDetach } from './libbpf/tc.ts';
 import { type CgroupHook, attachCgroupPinned, cgroupQuery, detachPinnedLink } from './libbpf/cgroup.ts';
-import { VXLAN_OVERHEAD, applyConfig } from './maps/config.ts';
+import { NATIVE_CIDRS_MAX, ROUTING_MODES, VXLAN_OVERHEAD, applyConfig, encodeNativeCidrs, type RoutingMode } from './maps/config.ts';
 import * as endpointsMap from './maps/endpoints.ts';
 import * as eventsMap from './maps/events.ts';
 import * as ipcacheMap from './maps/ipcache.ts';
@@ -41,7 +47,7 @@ import * as policyMap from './maps/policy.ts';
 import * as revnatMap from './maps/revnat.ts';
 import * as servicesMap from './maps/services.ts';
 import * as sockMap from './maps/sock.ts';
-import { deleteLink, ensureVxlanDevice, linkInfo, mtuOfAddress } from './netdev.ts';
+import { deleteLink, deviceOfAddress, ensureVxlanDevice, linkInfo } from './netdev.ts';
 
 const REPO_ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
 
@@ -50,6 +56,10 @@ export const OVERLAY_OBJECT = 'overlay.bpf.o';
 export const FROM_CONTAINER = 'from_container';
 export const TO_CONTAINER = 'to_container';
 export const FROM_OVERLAY = 'from_overlay';
+export const FROM_NETDEV = 'from_netdev';
+/** tc filter handle of from_netdev on the underlay device ("CN"): its own, so other filters there are left alone. */
+export const FROM_NETDEV_HANDLE = 0x434e;
+export { ROUTING_MODES, type RoutingMode } from './maps/config.ts';
 export const SOCK_OBJECT = 'sock.bpf.o';
 /** The sock_addr programs of sock.bpf.o by hook, and the name of each one's link pin in the pin dir. */
 export const SOCK_PROGRAMS: ReadonlyArray<{ hook: CgroupHook; program: string; pin: string }> = [
@@ -95,9 +105,18 @@ export interface NodeDatapathOptions {
    * balancing for the sockets of its processes. undefined: off.
    */
   socketLBCgroup?: string;
+  /**
+   * 'tunnel' (default): every mesh destination through the VXLAN device.
+   * 'native': destinations inside nativeRoutingCIDRs routed unencapsulated
+   * by the node's FIB; the rest still through the tunnel.
+   */
+  routingMode?: RoutingMode;
+  /** The pod address ranges the underlay routes to their nodes (1..8 prefixes); native mode only. */
+  nativeRoutingCIDRs?: readonly string[];
 }
 
-export interface ResolvedNodeDatapathOptions extends Required<Omit<NodeDatapathOptions, 'underlayMtu' | 'socketLBCgroup' | 'eventsRingBytes'>> {
+export interface ResolvedNodeDatapathOptions extends Required<Omit<NodeDatapathOptions, 'underlayMtu' | 'socketLBCgroup' | 'eventsRingBytes' | 'nativeRoutingCIDRs'>> {
+  nativeRoutingCIDRs: readonly string[];
   underlayMtu: number | undefined;
   eventsRingBytes: number | undefined;
   socketLBCgroup: string | undefined;
@@ -161,6 +180,17 @@ export interface EventSubscription {
   stop(): void;
 }
 
+/** The routing settings of a node, or a RangeError saying what is wrong with them. */
+export function checkRouting(mode: string, cidrs: readonly string[]): void {
+  if (!(ROUTING_MODES as readonly string[]).includes(mode)) throw new RangeError(`routingMode ${JSON.stringify(mode)}: must be one of ${ROUTING_MODES.join(', ')}`);
+  if (mode === 'tunnel') {
+    if (cidrs.length > 0) throw new RangeError(`nativeRoutingCIDRs is set but routingMode is tunnel: the CIDRs only apply to routingMode native`);
+    return;
+  }
+  if (cidrs.length === 0) throw new RangeError(`routingMode native needs nativeRoutingCIDRs: the pod address ranges the underlay routes to their nodes (1..${NATIVE_CIDRS_MAX} prefixes)`);
+  encodeNativeCidrs(cidrs);
+}
+
 type State = 'stopped' | 'starting' | 'running' | 'stopping';
 
 export class NodeDatapath {
@@ -171,6 +201,8 @@ export class NodeDatapath {
   #sock: BpfObject | undefined;
   readonly #sockProgIds = new Map<CgroupHook, number>();
   #overlayAttachment: TcAttachment | undefined;
+  #netdevAttachment: TcAttachment | undefined;
+  #underlay: { name: string; ifindex: number } | undefined;
   #vxlanIfindex = 0;
   #createdVxlan = false;
   readonly #endpoints = new Map<string, EndpointTc>();
@@ -201,7 +233,10 @@ export class NodeDatapath {
       traceNew: opts.traceNew ?? false,
       eventsRingBytes: opts.eventsRingBytes,
       socketLBCgroup: opts.socketLBCgroup,
+      routingMode: opts.routingMode ?? 'tunnel',
+      nativeRoutingCIDRs: opts.nativeRoutingCIDRs ?? [],
     };
+    checkRouting(this.options.routingMode, this.options.nativeRoutingCIDRs);
     const ring = opts.eventsRingBytes;
     if (ring !== undefined && !(Number.isInteger(ring) && ring >= 4096 && (ring & (ring - 1)) === 0)) throw new RangeError(`eventsRingBytes ${ring}: must be a power of two of at least 4096`);
     if (!Number.isInteger(this.options.clusterID) || this.options.clusterID < 0 || this.options.clusterID > 511) throw new RangeError(`clusterID ${opts.clusterID} not in 0..511`);
@@ -214,6 +249,11 @@ export class NodeDatapath {
   /** ifindex of the VXLAN device (after start). */
   get vxlanIfindex(): number {
     return this.#vxlanIfindex;
+  }
+
+  /** The underlay device from_netdev is attached to (native mode, after start). */
+  get underlayDevice(): { name: string; ifindex: number } | undefined {
+    return this.#underlay;
   }
 
   /** The pinned maps (after start). */
@@ -270,18 +310,29 @@ export class NodeDatapath {
       mkdirSync(pinDir, { recursive: true, mode: 0o700 });
       if (!isOnBpffs(pinDir)) throw new Error(`pin directory ${pinDir} is not on a bpffs`);
 
-      const underlayMtu = o.underlayMtu ?? (await mtuOfAddress(o.nodeIP)) ?? 1500;
+      const underlay = await deviceOfAddress(o.nodeIP);
+      const underlayMtu = o.underlayMtu ?? underlay?.mtu ?? 1500;
+      const native = o.routingMode === 'native';
+      if (native && !underlay) throw new Error(`routingMode native: no device of this network namespace holds the node IP ${o.nodeIP} (from_netdev goes on the underlay device)`);
       const tunnelMtu = underlayMtu - VXLAN_OVERHEAD;
       const { link, created } = await ensureVxlanDevice({ name: o.vxlanDevice, port: o.tunnelPort, mtu: tunnelMtu });
       this.#createdVxlan ||= created;
       this.#vxlanIfindex = link.ifindex;
 
-      const config = { vxlanIfindex: link.ifindex, nodeIp: o.nodeIP, clusterId: o.clusterID, redirectPeer: o.redirectPeer, tunnelMtu };
+      const config = { vxlanIfindex: link.ifindex, nodeIp: o.nodeIP, clusterId: o.clusterID, redirectPeer: o.redirectPeer, tunnelMtu, routingNative: native, nativeCidrs: o.nativeRoutingCIDRs };
       // overlay first: if its maps cannot be created/reused nothing is attached yet
       this.#overlay = this.#load(OVERLAY_OBJECT, config);
       this.#lxc = this.#load(LXC_OBJECT, config);
       settingsMap.set(this.#lxc.map(settingsMap.MAP_NAME), { traceForward: o.traceForward, traceNew: o.traceNew });
       this.#overlayAttachment = tcAttach({ ifindex: link.ifindex, direction: 'ingress', program: this.#overlay.program(FROM_OVERLAY) });
+      if (native) {
+        // bpf_fib_lookup answers FWD_DISABLED for a packet entering a device without forwarding.
+        writeFileSync('/proc/sys/net/ipv4/ip_forward', '1');
+        this.#underlay = { name: underlay!.name, ifindex: underlay!.ifindex };
+        this.#netdevAttachment = tcAttach({ ifindex: underlay!.ifindex, direction: 'ingress', program: this.#overlay.program(FROM_NETDEV), handle: FROM_NETDEV_HANDLE });
+      } else if (underlay) {
+        tcDetach(underlay.ifindex, 'ingress', FROM_NETDEV_HANDLE);
+      }
       this.#startSocketLB();
       this.#state = 'running';
     } catch (err) {
@@ -425,6 +476,10 @@ export class NodeDatapath {
     await this.stop({ detach: true });
     const vx = await linkInfo(this.options.vxlanDevice);
     if (vx && !wasRunning) tcDetach(vx.ifindex, 'ingress');
+    if (!wasRunning) {
+      const underlay = await deviceOfAddress(this.options.nodeIP);
+      if (underlay) tcDetach(underlay.ifindex, 'ingress', FROM_NETDEV_HANDLE);
+    }
     if (vx && this.#createdVxlan) await deleteLink(this.options.vxlanDevice);
     this.#createdVxlan = false;
     // Removing a link's pin detaches it too, unless some process holds it: detach for sure.
@@ -539,7 +594,7 @@ export class NodeDatapath {
     const errors: unknown[] = [];
     if (detach) {
       const endpointAtts = [...this.#endpoints.values()].flatMap((a) => [a.ingress, a.egress]);
-      for (const att of [...endpointAtts, ...(this.#overlayAttachment ? [this.#overlayAttachment] : [])]) {
+      for (const att of [...endpointAtts, ...(this.#overlayAttachment ? [this.#overlayAttachment] : []), ...(this.#netdevAttachment ? [this.#netdevAttachment] : [])]) {
         try {
           att.detach();
         } catch (err) {
@@ -556,6 +611,8 @@ export class NodeDatapath {
     }
     this.#endpoints.clear();
     this.#overlayAttachment = undefined;
+    this.#netdevAttachment = undefined;
+    this.#underlay = undefined;
     this.#lxc?.close();
     this.#overlay?.close();
     this.#sock?.close();

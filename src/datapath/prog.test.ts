@@ -52,6 +52,7 @@ describe('datapath programs (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason() }
   let lxc: BpfObject;
   let lxcPeer: BpfObject;
   let lxcNoTunnel: BpfObject;
+  let lxcNative: BpfObject;
   let ovl: BpfObject;
   let ipcacheMap: BpfMap;
   let epMap: BpfMap;
@@ -72,6 +73,7 @@ describe('datapath programs (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason() }
     // Same pin directory: these share every cm_* map with lxc.
     lxcPeer = load('lxc.bpf.o', { ...CFG, redirectPeer: true });
     lxcNoTunnel = load('lxc.bpf.o', { ...CFG, vxlanIfindex: 0 });
+    lxcNative = load('lxc.bpf.o', { ...CFG, routingNative: true, nativeCidrs: ['10.102.0.0/24', '10.103.0.0/16'] });
     ovl = load('test/overlay_test.bpf.o', CFG);
     ipcacheMap = lxc.map(ipcache.MAP_NAME);
     epMap = lxc.map(endpoints.MAP_NAME);
@@ -257,6 +259,27 @@ describe('datapath programs (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason() }
       assert.equal(r.events[0]!.reasonName, 'DROP_FRAG_NEEDED');
     });
 
+    it('native routing: a destination inside CFG_NATIVE_CIDRS is routed by the FIB (never the tunnel), one outside still tunnelled', () => {
+      settings.set(settingsMap, { traceForward: true });
+      // Under test-run the FIB is the test process's: a route (redirect,
+      // TRACE_TO_NETWORK) or none / forwarding off (DROP_NO_ROUTE) -- never the tunnel.
+      const frame = aToRemote();
+      const r = run(lxcNative, 'from_container', frame);
+      const e = r.events[0]!;
+      assert.ok(
+        (r.retval === TcAction.redirect && e.reasonName === 'TRACE_TO_NETWORK') || (r.retval === TcAction.shot && e.reasonName === 'DROP_NO_ROUTE'),
+        `${r.retval} ${e.reasonName}`,
+      );
+      assert.equal(e.tunnelEndpoint, null, 'no tunnel endpoint in a native forward');
+      if (r.retval === TcAction.redirect) {
+        assert.equal(parseIpv4(r.dataOut).ttl, 63);
+        assert.ok(parseIpv4(r.dataOut).checksumValid);
+      }
+      const out = run(lxcNative, 'from_container', aToRemote({ dst: '10.102.1.77' }));
+      assert.equal(out.retval, TcAction.redirect);
+      assert.deepEqual([out.events[0]!.reasonName, out.events[0]!.tunnelEndpoint], ['TRACE_TO_OVERLAY', REMOTE_CIDR.node]);
+    });
+
     describe('ARP', () => {
       it('answers a request from a pod with its gateway MAC, back out of the same device', () => {
         const req = arpFrame({ op: ARPOP_REQUEST, senderMac: POD_A.ep.mac, senderIp: POD_A.ip, targetIp: '10.101.0.1' });
@@ -411,6 +434,32 @@ describe('datapath programs (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason() }
         const f = fromNode('10.101.0.99');
         const e = assertDrop(run(ovl, 'test_from_overlay', f), DropReason.DROP_UNKNOWN_ENDPOINT, 'ingress', f);
         assert.deepEqual([e.srcIdentity, e.tunnelEndpoint, e.dstIp], [REMOTE_POD.identity, REMOTE_POD.node, '10.101.0.99']);
+      });
+
+      it('from_netdev (native routing): a local pod gets it with the identity the ipcache has for the source; the rest goes to the stack uncounted', () => {
+        settings.set(settingsMap, { traceForward: true });
+        const f = fromNode(POD_B.ip);
+        const r = run(ovl, 'from_netdev', f);
+        assert.equal(r.retval, TcAction.redirect);
+        assert.deepEqual(parseEthernet(r.dataOut), { dstMac: POD_B.ep.mac, srcMac: POD_B.ep.nodeMac, ethertype: ETH_P_IP });
+        assertCounted(TraceReason.TRACE_TO_ENDPOINT, 'ingress', f);
+        const e = r.events[0]!;
+        assert.deepEqual([e.srcIdentity, e.dstIdentity, e.tunnelEndpoint, e.targetIfindex], [REMOTE_POD.identity, POD_B.ep.identity, null, POD_B.ep.ifindex]);
+        metrics.reset(metricsMap);
+        for (const dst of [NODE_IP, '10.2.0.9', '8.8.8.8']) {
+          const other = fromNode(dst);
+          const o = run(ovl, 'from_netdev', other);
+          assert.equal(o.retval, TcAction.ok, dst);
+          assert.deepEqual(o.dataOut, other);
+          assert.deepEqual(o.events, []);
+        }
+        const arp = arpFrame({ op: ARPOP_REQUEST, senderMac: POD_A.ep.mac, senderIp: '10.1.0.2', targetIp: NODE_IP });
+        assert.equal(run(ovl, 'from_netdev', arp).retval, TcAction.ok);
+        assert.deepEqual(metrics.read(metricsMap), []);
+        // An address of this node's pod range that is no pod: dropped here, as from_overlay does.
+        ipcache.update(ipcacheMap, ipcache.parsePrefix('10.101.0.0/24'), { identity: 2, tunnelEndpoint: NODE_IP, flags: 0 });
+        const stray = fromNode('10.101.0.99');
+        assertDrop(run(ovl, 'from_netdev', stray), DropReason.DROP_UNKNOWN_ENDPOINT, 'ingress', stray);
       });
 
       it('DROP_TTL_EXCEEDED, DROP_UNSUPPORTED_L3, DROP_INVALID_PACKET', () => {

@@ -13,7 +13,7 @@ import type { NodePlanInput } from '../agent/node-plan.js';
 import { AgentClient } from '../agent/client.js';
 import { tcpFlagBits, type Flow } from '../agent/flows.js';
 import { runIn } from './exec.js';
-import type { NodeInfo, PodInfo, Topology } from './topology.js';
+import { routingSettings, type NodeInfo, type PodInfo, type Topology } from './topology.js';
 
 const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
 export const REMOTE_NODE_IDENTITY = 6;
@@ -38,6 +38,7 @@ export function nodePlan(topo: Topology, node: NodeInfo, opts: { traceForwards?:
     pinDir: pinDirOf(node, opts.bpffsRoot),
     traceForwards: opts.traceForwards ?? false,
     ...(opts.socketLB && node.cgroup !== undefined ? { socketLBCgroup: node.cgroup } : {}),
+    ...routingSettings(topo.spec, node.cluster),
     endpoints: local.map((p) => ({ ip: p.ip, identity: labPodIdentity(topo, p), hostIfName: p.hostIfName, podMac: p.mac, endpointID: p.index })),
     routes: [
       ...topo.pods.filter((p) => p.node !== node).map((p) => ({ prefix: `${p.ip}/32`, identity: labPodIdentity(topo, p), tunnelEndpoint: p.node.underlayIP })),

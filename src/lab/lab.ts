@@ -2,6 +2,7 @@
 // the command that started them, with everything it creates written to the
 // lab's state file (src/lab/state.ts) before or right after it is created, so
 // that `down` removes exactly that -- also after an `up` that was killed.
+import type { RoutingMode } from '../datapath/maps/config.ts';
 import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync, mkdirSync, symlinkSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -59,6 +60,8 @@ export interface LabUpOptions {
   readyTimeoutMs?: number;
   /** Socket-level load balancing: each agent attaches to its node's cgroup, where the kubelet runs the pods (default false). */
   socketLB?: boolean;
+  /** Routing of each cluster (index c-1): tunnel (default) or native (topology.ts routes the pod CIDRs on the router). */
+  routing?: RoutingMode[];
   /** Run Debian's prometheus scraping every agent and apiserver (src/lab/prometheus.ts), its UI on 127.0.0.1:prometheusPort of this namespace. */
   prometheus?: boolean;
   /** Default 9090; 0 = any free port. */
@@ -261,7 +264,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
   try {
     progress(`[1/6] network: router, ${o.clusters} cluster underlays, ${o.clusters * o.nodes} node namespaces`);
     topo = await createTopology(
-      { clusters: o.clusters, nodesPerCluster: o.nodes, podsPerNode: 0, mode: 'clustermesh', baseName: prefix },
+      { clusters: o.clusters, nodesPerCluster: o.nodes, podsPerNode: 0, mode: 'clustermesh', baseName: prefix, routing: o.routing ?? 'tunnel' },
       { registry: false, onNamespace: (ns) => { state.namespaces.push(ns); save(); } },
     );
     if (o.latency || o.loss) {

@@ -40,7 +40,7 @@ import { ipBatch, run, runIn } from './exec.ts';
 import { ManagedProcess, childEnv } from './process.ts';
 import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT } from './prometheus.ts';
 import { recordTopology } from './registry.ts';
-import { clusterName, routerUnderlayIP, topologyBase, type NodeInfo, type PodInfo, type Topology } from './topology.ts';
+import { clusterName, routerUnderlayIP, routingSettings, topologyBase, type NodeInfo, type PodInfo, type Topology } from './topology.ts';
 
 const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
 export const ETCD_PORT = 2379;
@@ -422,6 +422,7 @@ class LabMesh implements Mesh {
       // Metrics on the node's underlay address: reachable from the router (lab up --prometheus).
       metricsAddress: `${node.underlayIP}:${AGENT_METRICS_PORT}`,
       ...(a.socketLB && node.cgroup !== undefined ? { socketLBCgroup: node.cgroup } : {}),
+      ...routingSettings(this.topo.spec, node.cluster),
       ...(this.opts.kubeSource ? { kubeconfig: localKubeconfig(cluster.dir) } : {}),
       ...(a.extra ?? {}),
     };

@@ -9,6 +9,8 @@
 //   limit                  'routing' as is: plain routing through nodes and the router
 //   clustermesh            our datapath (lab plans) plus policy enforced on every pod
 //                          in both directions, with allow rules for the given ports
+//   clustermesh-native     the same with routingMode native in both clusters: the
+//                          router routes every node's pod CIDR, nothing is encapsulated
 //   kernel-vxlan-iptables  'kernel-vxlan' plus, on every node, the iptables a
 //                          kube-proxy (iptables mode) writes, with `services`
 //                          ClusterIP services, and an iptables network policy
@@ -33,7 +35,7 @@ import { labPodIdentity, startClustermeshDatapath, type LabDatapath } from './da
 import { createTopology, destroyTopology, type NodeInfo, type PodInfo, type Topology, type WiringMode } from './topology.js';
 import { kubeProxyRules as kubeProxyTables, type KubeService } from './kube-proxy.ts';
 
-export const PEER_CONFIGS = ['limit', 'clustermesh', 'kernel-vxlan-iptables', 'gateway', 'openvpn'] as const;
+export const PEER_CONFIGS = ['limit', 'clustermesh', 'clustermesh-native', 'kernel-vxlan-iptables', 'gateway', 'openvpn'] as const;
 export type PeerConfig = (typeof PEER_CONFIGS)[number];
 
 export interface PeerBedOptions {
@@ -66,6 +68,7 @@ export interface PeerBed {
 const TOPOLOGY_MODE: Record<PeerConfig, WiringMode> = {
   limit: 'routing',
   clustermesh: 'clustermesh',
+  'clustermesh-native': 'clustermesh',
   'kernel-vxlan-iptables': 'kernel-vxlan',
   gateway: 'kernel-vxlan',
   openvpn: 'routing',
@@ -86,7 +89,8 @@ const vpnIP = (c: number): string => `10.248.0.${c}`;
 
 export async function createPeerBed(config: PeerConfig, opts: PeerBedOptions): Promise<PeerBed> {
   if (!PEER_CONFIGS.includes(config)) throw new RangeError(`peers: unknown config '${String(config)}'; use one of ${PEER_CONFIGS.join(', ')}`);
-  const topo = await createTopology({ clusters: 2, nodesPerCluster: 2, podsPerNode: 1, mode: TOPOLOGY_MODE[config], prefix: opts.prefix });
+  const routing = config === 'clustermesh-native' ? 'native' : 'tunnel';
+  const topo = await createTopology({ clusters: 2, nodesPerCluster: 2, podsPerNode: 1, mode: TOPOLOGY_MODE[config], prefix: opts.prefix, routing });
   const cleanups: Array<() => Promise<void>> = [];
   let stopped = false;
   const stop = async (): Promise<void> => {
@@ -104,7 +108,8 @@ export async function createPeerBed(config: PeerConfig, opts: PeerBedOptions): P
     switch (config) {
       case 'limit':
         break;
-      case 'clustermesh': {
+      case 'clustermesh':
+      case 'clustermesh-native': {
         const dp = await startClustermeshDatapath(topo);
         cleanups.push(() => dp.stop());
         if (opts.policy ?? true) allowByPolicyMaps(topo, dp, opts.allowPorts);

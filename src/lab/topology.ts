@@ -8,7 +8,16 @@
 //   (segment = bridge br<c> in the router namespace; the router is on it by veth rt<c>)
 //   pods of node n in cluster c: 10.(100+c).n.0/24, gateway 10.(100+c).n.1,
 //   pod p at 10.(100+c).n.(10+p)
+//
+// Routing of the clustermesh wiring, per cluster (spec.routing): 'tunnel'
+// (every pod packet to another node in the VXLAN tunnel) or 'native' (the
+// underlay routes the cluster's pods: the router has a route for every
+// node's pod CIDR via that node, the nodes of the cluster one for each other's,
+// and forward; the agents send unencapsulated to the pods of every native
+// cluster and tunnel to the rest). Pods get the underlay's MTU when every
+// cluster is native, else the tunnel's (a packet to a tunnel cluster must fit).
 import { randomBytes } from 'node:crypto';
+import type { RoutingMode } from '../datapath/maps/config.js';
 import { createNodeCgroup, removeNodeCgroup } from './cgroup.js';
 import { ipBatch, run, runIn } from './exec.js';
 import { forgetTopology, orphanedTopologies, recordTopology } from './registry.js';
@@ -32,7 +41,16 @@ export interface TopologySpec {
   underlayMtu?: number;
   /** Names every namespace `<baseName>-…` instead of `<prefix>-<random id>-…` (the lab: its own names). */
   baseName?: string;
+  /**
+   * 'clustermesh' mode: how the agents reach other nodes' pods, for every
+   * cluster or per cluster (index c-1). Default: CLUSTERMESH_TEST_ROUTING
+   * ('tunnel' or 'native', the test rig's switch) when set, else 'tunnel'.
+   */
+  routing?: RoutingMode | RoutingMode[];
 }
+
+/** The environment variable that makes topologies built without `routing` native (or tunnel): runs the datapath tests in either mode. */
+export const TEST_ROUTING_ENV = 'CLUSTERMESH_TEST_ROUTING';
 
 export interface TopologyOptions {
   /** Record the topology in the crash registry (default true). The lab keeps its own state instead. */
@@ -69,9 +87,11 @@ export interface PodInfo {
   hostMac: string;
 }
 
+export type ResolvedTopologySpec = Required<Omit<TopologySpec, 'routing'>> & { routing: RoutingMode[] };
+
 export interface Topology {
   id: string;
-  spec: Required<TopologySpec>;
+  spec: ResolvedTopologySpec;
   routerNetns: string;
   nodes: NodeInfo[];
   pods: PodInfo[];
@@ -101,8 +121,9 @@ const kernelVxlanIP = (c: number, n: number): string => `10.250.${c}.${n}`;
 const kernelVxlanMac = (c: number, n: number): string =>
   `02:cc:00:${c.toString(16).padStart(2, '0')}:${n.toString(16).padStart(2, '0')}:01`;
 
-function validateSpec(spec: TopologySpec): Required<TopologySpec> {
-  const full = { prefix: 'cm', underlayMtu: 1500, baseName: '', ...spec };
+function validateSpec(spec: TopologySpec): ResolvedTopologySpec {
+  const { routing: routingIn, ...rest } = spec;
+  const full = { prefix: 'cm', underlayMtu: 1500, baseName: '', ...rest };
   const check = (field: string, v: number, max: number) => {
     if (!Number.isInteger(v) || v < 1 || v > max) throw new RangeError(`topology: ${field} must be an integer in 1..${max}, got ${v}`);
   };
@@ -112,12 +133,60 @@ function validateSpec(spec: TopologySpec): Required<TopologySpec> {
   if (full.baseName && !/^[a-z][a-z0-9-]{0,23}$/.test(full.baseName)) throw new RangeError(`topology: baseName must be 1-24 lowercase alphanumerics or '-', got '${full.baseName}'`);
   if (!/^[a-z][a-z0-9]{0,7}$/.test(full.prefix)) throw new RangeError(`topology: prefix must be 1-8 lowercase alphanumerics, got '${full.prefix}'`);
   if (!Number.isInteger(full.underlayMtu) || full.underlayMtu < 1280 || full.underlayMtu > 9000) throw new RangeError(`topology: underlayMtu must be in 1280..9000, got ${full.underlayMtu}`);
-  return full;
+  return { ...full, routing: resolveRouting(full.mode, full.clusters, routingIn) };
 }
 
-/** The MTU a pod gets: the underlay's, less the VXLAN header when the mode encapsulates. */
-export function podMtu(spec: Pick<Required<TopologySpec>, 'mode' | 'underlayMtu'>): number {
-  return spec.mode === 'routing' ? spec.underlayMtu : spec.underlayMtu - VXLAN_OVERHEAD;
+function resolveRouting(mode: WiringMode, clusters: number, routing: TopologySpec['routing']): RoutingMode[] {
+  const env = process.env[TEST_ROUTING_ENV];
+  if (routing === undefined && env) {
+    if (env !== 'tunnel' && env !== 'native') throw new RangeError(`${TEST_ROUTING_ENV}=${env}: must be tunnel or native`);
+    routing = mode === 'clustermesh' ? env : undefined;
+  }
+  const list = Array.isArray(routing) ? routing : Array.from({ length: clusters }, () => routing ?? 'tunnel');
+  if (list.length !== clusters) throw new RangeError(`topology: routing names ${list.length} clusters, the topology has ${clusters}`);
+  list.forEach((r, i) => {
+    if (r !== 'tunnel' && r !== 'native') throw new RangeError(`topology: routing of cluster ${i + 1} must be tunnel or native, got ${JSON.stringify(r)}`);
+  });
+  if (mode !== 'clustermesh' && list.includes('native')) throw new RangeError(`topology: routing native is a setting of the clustermesh wiring, not of '${mode}'`);
+  return list;
+}
+
+/** Routing of cluster c (1-based). */
+export const clusterRouting = (spec: Pick<ResolvedTopologySpec, 'routing'>, c: number): RoutingMode => spec.routing[c - 1] ?? 'tunnel';
+
+/**
+ * The pod ranges the lab's underlay routes: the /16 of every native cluster,
+ * 10.(100+c).0.0/16, aggregated into as few prefixes as cover exactly those
+ * (the datapath takes at most 8). [] when no cluster is native.
+ */
+export function nativeRoutingCIDRs(spec: Pick<ResolvedTopologySpec, 'routing'>): string[] {
+  const octets = spec.routing.flatMap((r, i) => (r === 'native' ? [100 + i + 1] : []));
+  const set = new Set(octets);
+  const out: string[] = [];
+  for (let o = octets[0]; o !== undefined && o <= octets[octets.length - 1]!; ) {
+    if (!set.has(o)) {
+      o++;
+      continue;
+    }
+    let size = 1;
+    while (o % (size * 2) === 0 && Array.from({ length: size * 2 }, (_, k) => o! + k).every((x) => set.has(x) && x <= 255)) size *= 2;
+    out.push(`10.${o}.0.0/${16 - Math.log2(size)}`);
+    o += size;
+  }
+  if (out.length > NATIVE_CIDR_LIMIT) throw new RangeError(`topology: the native clusters' pod ranges need ${out.length} prefixes (${out.join(', ')}); the datapath takes at most ${NATIVE_CIDR_LIMIT}: make a contiguous run of clusters native`);
+  return out;
+}
+const NATIVE_CIDR_LIMIT = 8;
+
+/** The routing settings of cluster c's agents: {} in tunnel mode (the default), else native with the lab's routed ranges. */
+export function routingSettings(spec: Pick<ResolvedTopologySpec, 'routing'>, c: number): { routingMode?: 'native'; nativeRoutingCIDRs?: string[] } {
+  return clusterRouting(spec, c) === 'native' ? { routingMode: 'native', nativeRoutingCIDRs: nativeRoutingCIDRs(spec) } : {};
+}
+
+/** The MTU a pod gets: the underlay's, less the VXLAN header when the mode encapsulates (a native cluster meshed with a tunnel cluster too). */
+export function podMtu(spec: Pick<ResolvedTopologySpec, 'mode' | 'underlayMtu' | 'routing'>): number {
+  const unencapsulated = spec.mode === 'routing' || (spec.mode === 'clustermesh' && spec.routing.length > 0 && spec.routing.every((r) => r === 'native'));
+  return unencapsulated ? spec.underlayMtu : spec.underlayMtu - VXLAN_OVERHEAD;
 }
 
 /**
@@ -189,11 +258,13 @@ export async function createTopology(specIn: TopologySpec, options: TopologyOpti
           `link set ${UNDERLAY_DEV} up`,
           `route add default via ${routerUnderlayIP(c)}`,
         ]);
-        await runIn(node.netns, ['sysctl', '-qw', `net.ipv4.ip_forward=${spec.mode === 'clustermesh' ? 0 : 1}`, 'net.ipv6.conf.all.disable_ipv6=1']);
+        const forward = spec.mode !== 'clustermesh' || clusterRouting(spec, c) === 'native';
+        await runIn(node.netns, ['sysctl', '-qw', `net.ipv4.ip_forward=${forward ? 1 : 0}`, 'net.ipv6.conf.all.disable_ipv6=1']);
         for (let p = 1; p <= spec.podsPerNode; p++) topo.pods.push(await addPod(topo, node, p));
       }
     }
     if (spec.mode === 'routing') await wireRouting(topo);
+    if (spec.mode === 'clustermesh' && spec.routing.includes('native')) await wireRouting(topo, (n) => clusterRouting(spec, n.cluster) === 'native');
     if (spec.mode === 'kernel-vxlan') await wireKernelVxlan(topo);
     return topo;
   } catch (err) {
@@ -257,14 +328,17 @@ async function addPod(topo: Topology, node: NodeInfo, p: number): Promise<PodInf
   };
 }
 
-/** The limit: pods routed hop by hop through their nodes and the router. */
-async function wireRouting(topo: Topology): Promise<void> {
+/**
+ * The limit: pods routed hop by hop through their nodes and the router. With
+ * `only`: the routes of those nodes' pod CIDRs (native clusters), nothing else.
+ */
+async function wireRouting(topo: Topology, only: (n: NodeInfo) => boolean = () => true): Promise<void> {
   const rtr: string[] = [];
-  for (const node of topo.nodes) {
+  for (const node of topo.nodes.filter(only)) {
     rtr.push(`route add ${node.podCIDR} via ${node.underlayIP}`);
     const lines: string[] = [];
     for (const other of topo.nodes) {
-      if (other === node || other.cluster !== node.cluster) continue;
+      if (other === node || other.cluster !== node.cluster || !only(other)) continue;
       lines.push(`route add ${other.podCIDR} via ${other.underlayIP}`);
     }
     if (lines.length) await ipBatch(node.netns, lines);

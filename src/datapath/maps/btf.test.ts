@@ -224,6 +224,7 @@ describe('TypeScript codecs match the C structs (BTF)', () => {
         const sec = btfs[i]!.named('DATASEC', '.rodata');
         const sizes = new Map(sec.vars!.map((v) => [btfs[i]!.get(v.type_id).name, v.size] as const));
         for (const name of Object.values(config.CONST_NAMES)) assert.equal(sizes.get(name), config.CONST_SIZE, name);
+        assert.equal(sizes.get(config.NATIVE_CIDRS_NAME), config.NATIVE_CIDRS_SIZE, config.NATIVE_CIDRS_NAME);
       });
     });
   }

@@ -151,10 +151,23 @@ describe('config', () => {
       CFG_CLUSTER_ID: '03000000',
       CFG_REDIRECT_PEER: '01000000',
       CFG_TUNNEL_MTU: 'aa050000',
+      CFG_ROUTING_NATIVE: '00000000',
+      CFG_NATIVE_CIDRS: '00'.repeat(config.NATIVE_CIDRS_SIZE),
     });
     const set: string[] = [];
     config.applyConfig({ setConst: (name) => void set.push(name) }, { vxlanIfindex: 0, nodeIp: '0.0.0.0', clusterId: 0, redirectPeer: false, tunnelMtu: 0 });
-    assert.deepEqual(set.sort(), Object.values(config.CONST_NAMES).sort());
+    assert.deepEqual(set.sort(), [...Object.values(config.CONST_NAMES), config.NATIVE_CIDRS_NAME].sort());
+  });
+
+  it('native routing: the flag and the CIDR slots (address and mask, network order, host bits cleared)', () => {
+    const enc = new Map(config.encodeConfig({ vxlanIfindex: 9, nodeIp: '10.1.0.1', clusterId: 3, redirectPeer: true, tunnelMtu: 1450, routingNative: true, nativeCidrs: ['10.101.0.0/16', '10.102.3.7/24'] }));
+    assert.equal(enc.get('CFG_ROUTING_NATIVE')!.toString('hex'), '01000000');
+    const cidrs = enc.get('CFG_NATIVE_CIDRS')!;
+    assert.equal(cidrs.length, config.NATIVE_CIDRS_SIZE);
+    assert.equal(cidrs.subarray(0, 16).toString('hex'), '0a650000ffff0000' + '0a660300ffffff00');
+    assert.ok(cidrs.subarray(16).equals(Buffer.alloc(config.NATIVE_CIDRS_SIZE - 16)));
+    assert.throws(() => config.encodeNativeCidrs(['0.0.0.0/0']), /len 1\.\.32/);
+    assert.throws(() => config.encodeNativeCidrs(Array.from({ length: 9 }, (_, i) => `10.${i}.0.0/16`)), /at most 8/);
   });
 });
 
@@ -163,7 +176,7 @@ describe('reasons', () => {
     assert.equal(reasonName(135), 'DROP_TTL_EXCEEDED');
     assert.equal(reasonName(3), 'TRACE_TO_STACK');
     assert.equal(reasonName(250), 'REASON_250');
-    assert.equal(reasonDescription(136), 'larger than the tunnel MTU');
+    assert.equal(reasonDescription(136), 'larger than the tunnel or route MTU');
     assert.ok(Object.values(DropReason).every(isDropReason));
     assert.ok(!Object.values(TraceReason).some(isDropReason));
   });

@@ -15,16 +15,46 @@ export interface DatapathConfig {
   redirectPeer: boolean;
   /** Largest inner IPv4 packet for the tunnel: underlay MTU − 50; 0 disables the check. */
   tunnelMtu: number;
+  /** Native routing: mesh destinations inside nativeCidrs leave unencapsulated (bpf/lib/native.h); default false. */
+  routingNative?: boolean;
+  /** The pod ranges the underlay routes ('a.b.c.d/len'), at most NATIVE_CIDRS_MAX; only with routingNative. */
+  nativeCidrs?: readonly string[];
 }
 
 /** C name of each setting. */
-export const CONST_NAMES: Readonly<Record<keyof DatapathConfig, string>> = {
+export const CONST_NAMES: Readonly<Record<Exclude<keyof DatapathConfig, 'nativeCidrs'>, string>> = {
   vxlanIfindex: 'CFG_VXLAN_IFINDEX',
   nodeIp: 'CFG_NODE_IP',
   clusterId: 'CFG_CLUSTER_ID',
   redirectPeer: 'CFG_REDIRECT_PEER',
   tunnelMtu: 'CFG_TUNNEL_MTU',
+  routingNative: 'CFG_ROUTING_NATIVE',
 };
+
+/** How a node sends to pods of other nodes: always through the tunnel, or natively where the underlay routes. */
+export type RoutingMode = 'tunnel' | 'native';
+export const ROUTING_MODES: readonly RoutingMode[] = ['tunnel', 'native'];
+
+/** CFG_NATIVE_CIDRS: CM_NATIVE_CIDRS_MAX slots of struct cm_cidr { addr, mask } (network byte order). */
+export const NATIVE_CIDRS_NAME = 'CFG_NATIVE_CIDRS';
+export const NATIVE_CIDRS_MAX = 8;
+export const NATIVE_CIDRS_SIZE = NATIVE_CIDRS_MAX * 8;
+
+/** The CFG_NATIVE_CIDRS bytes for a list of prefixes (host bits cleared; a /0 is refused: mask 0 ends the list). */
+export function encodeNativeCidrs(cidrs: readonly string[]): Buffer {
+  if (cidrs.length > NATIVE_CIDRS_MAX) throw new RangeError(`native routing CIDRs: at most ${NATIVE_CIDRS_MAX}, got ${cidrs.length}`);
+  const b = Buffer.alloc(NATIVE_CIDRS_SIZE);
+  cidrs.forEach((c, i) => {
+    const m = /^(\d+\.\d+\.\d+\.\d+)\/(\d{1,2})$/.exec(c);
+    const len = m ? Number(m[2]) : NaN;
+    if (!m || !(len >= 1 && len <= 32)) throw new RangeError(`native routing CIDR ${JSON.stringify(c)}: must be a.b.c.d/len with len 1..32`);
+    const mask = (~0 << (32 - len)) >>> 0;
+    const addr = (ipv4Bytes(m[1]!).readUInt32BE(0) & mask) >>> 0;
+    b.writeUInt32BE(addr, i * 8);
+    b.writeUInt32BE(mask, i * 8 + 4);
+  });
+  return b;
+}
 
 /** Size of every setting in .rodata. */
 export const CONST_SIZE = 4;
@@ -45,6 +75,8 @@ export function encodeConfig(c: DatapathConfig): Array<[name: string, bytes: Buf
     [CONST_NAMES.clusterId, u32(c.clusterId)],
     [CONST_NAMES.redirectPeer, u32(c.redirectPeer ? 1 : 0)],
     [CONST_NAMES.tunnelMtu, u32(c.tunnelMtu)],
+    [CONST_NAMES.routingNative, u32(c.routingNative ? 1 : 0)],
+    [NATIVE_CIDRS_NAME, encodeNativeCidrs(c.routingNative ? (c.nativeCidrs ?? []) : [])],
   ];
 }
 

@@ -23,6 +23,7 @@ export const DropReason = {
   DROP_CT_WRITE_FAILED: 145,
   DROP_POLICY_DENY: 146,
   DROP_POLICY: 147,
+  DROP_NO_ROUTE: 148,
 } as const;
 export type DropReasonName = keyof typeof DropReason;
 
@@ -34,6 +35,8 @@ export const TraceReason = {
   TRACE_ARP_REPLY: 4,
   /** Not a forward of its own: a packet translated to a service backend, counted besides where it went. */
   TRACE_SERVICE_XLATE: 5,
+  /** Native routing: unencapsulated, to the FIB's next hop. */
+  TRACE_TO_NETWORK: 6,
   /** Not a packet: an event the ring buffer had no room for. */
   TRACE_EVENT_LOST: 127,
 } as const;
@@ -61,7 +64,7 @@ const DESCRIPTIONS: Readonly<Record<DropReasonName | TraceReasonName, string>> =
   DROP_SOURCE_MISMATCH: 'source address from the wrong interface',
   DROP_UNKNOWN_ENDPOINT: 'destination is no local endpoint',
   DROP_TTL_EXCEEDED: 'TTL exceeded',
-  DROP_FRAG_NEEDED: 'larger than the tunnel MTU',
+  DROP_FRAG_NEEDED: 'larger than the tunnel or route MTU',
   DROP_NO_TUNNEL_ENDPOINT: 'no tunnel endpoint for destination',
   DROP_NO_TUNNEL_DEVICE: 'no tunnel device configured',
   DROP_NO_TUNNEL_KEY: 'no tunnel metadata',
@@ -73,11 +76,13 @@ const DESCRIPTIONS: Readonly<Record<DropReasonName | TraceReasonName, string>> =
   DROP_CT_WRITE_FAILED: 'conntrack entry not written',
   DROP_POLICY_DENY: 'denied by policy',
   DROP_POLICY: 'not allowed by policy',
+  DROP_NO_ROUTE: 'no route (native routing)',
   TRACE_TO_ENDPOINT: 'to endpoint',
   TRACE_TO_OVERLAY: 'to overlay',
   TRACE_TO_STACK: 'to stack',
   TRACE_ARP_REPLY: 'ARP reply',
   TRACE_SERVICE_XLATE: 'translated to a service backend',
+  TRACE_TO_NETWORK: 'to network (native routing)',
   TRACE_EVENT_LOST: 'event lost',
 };
 
