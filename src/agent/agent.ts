@@ -42,7 +42,7 @@ import { AgentFlowNamer, FlowReader } from './flow-reader.ts';
 import { agentRegistry, startMetricsServer } from './metrics.ts';
 import { Buckets } from '../util/metrics.ts';
 import { resolveNodeIP, type AgentConfig, type ResolvedAgentConfig } from './config.ts';
-import { datapathStatus, endpointDatapath, endpointsTarget, ipcacheTarget } from './datapath.ts';
+import { datapathStatus, endpointDatapath, endpointsTarget, ipcacheTarget, refusedByMap } from './datapath.ts';
 import { EndpointManager } from './endpoints.ts';
 import {
   IpcacheTable,
@@ -124,13 +124,14 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     traceNew: cfg.traceNewConnections,
     ...(cfg.objectsDir !== undefined ? { objectsDir: cfg.objectsDir } : {}),
     ...(cfg.eventsRingBytes !== undefined ? { eventsRingBytes: cfg.eventsRingBytes } : {}),
+    mapSizes: cfg.mapSizes,
     ...(cfg.socketLBCgroup !== undefined ? { socketLBCgroup: cfg.socketLBCgroup } : {}),
     routingMode: cfg.routingMode,
     nativeRoutingCIDRs: cfg.nativeRoutingCIDRs,
   });
   await dp.start();
   cleanups.push(() => dp.stop({ detach: false }));
-  for (const r of dp.replacedPins) log.warn({ map: r.map, pinned: r.pinned, wanted: r.wanted }, 'pinned map had another definition (an upgrade): replaced by a new, empty one');
+  for (const r of dp.replacedPins) log.warn({ map: r.map, pinned: r.pinned, wanted: r.wanted }, 'pinned map had another definition (an upgrade or a changed mapSizes): replaced by a new, empty one, refilled by the reconcilers');
 
   try {
     // ---- control-plane clients
@@ -497,7 +498,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     if (cfg.metricsAddress !== '') {
       const registry = agentRegistry({
         datapath: () => dp.metrics(),
-        maps: () => datapathStatus(dp, []).maps,
+        maps: () => datapathStatus(dp, [], refusedByMap(allReconcilers().map((r) => r.status()), dp)).maps,
         socketLB: () => dp.socketLB().stats,
         remotes: () => mesh.status().remotes.map(remoteSummary),
         flows: () => flowReader.status(),
@@ -518,6 +519,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     // ---- the local API (the CNI may add endpoints while the sources sync)
     const status = (): AgentStatus => {
       const ms = mesh.status();
+      const recs = allReconcilers().map((r) => r.status());
       return {
         node: { name: cfg.nodeName, cluster: cfg.clusterName, clusterID: cfg.clusterID, nodeIP: cfg.nodeIP, podCIDR: cfg.podCIDR },
         phase,
@@ -528,13 +530,14 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         local: localStatus(),
         remoteClusters: ms.remotes.map(remoteSummary),
         clustermesh: { ready: ms.ready, configDir: ms.configDir, configErrors: ms.configErrors, counts: ms.counts, ipConflicts: ms.ipConflicts, ownership: ms.ownership, resyncGrace: grace.status() },
-        reconcilers: allReconcilers().map((r) => r.status()),
+        reconcilers: recs,
         endpoints: endpoints.status(),
         services: services.status(),
         policy: policy.status(),
         datapath: datapathStatus(
           dp,
           endpoints.list().map((e) => e.hostIfName),
+          refusedByMap(recs, dp),
         ),
         flows: flowReader.status(),
         metrics: metricsState,

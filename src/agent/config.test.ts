@@ -107,6 +107,16 @@ describe('agent config', () => {
     rejects({ ...base, socketLBCgroup: '/sys/fs/cgroup/../x' }, /socketLBCgroup: must be an absolute path/);
   });
 
+  it('mapSizes: absent = the objects\' sizes; each a named integer 16..16777216', () => {
+    assert.deepEqual(compile(base).mapSizes, {});
+    assert.deepEqual(compile({ ...base, mapSizes: { ipcache: 64, conntrack: 1 << 20 } }).mapSizes, { ipcache: 64, conntrack: 1 << 20 });
+    rejects({ ...base, mapSizes: { ipcache: 8 } }, 'agent config /x/y.yaml: mapSizes.ipcache: must be 16..16777216');
+    rejects({ ...base, mapSizes: { backends: 1.5 } }, /mapSizes\.backends: must be an integer/);
+    rejects({ ...base, mapSizes: { services: '100' } }, /mapSizes\.services: must be a number/);
+    rejects({ ...base, mapSizes: { policy: 100 } }, /mapSizes\.policy: unknown setting/);
+    rejects({ ...base, mapSizes: 100 }, /mapSizes: must be a mapping of ipcache, endpoints, services, backends, conntrack to max entries/);
+  });
+
   it('eventsRingBytes: the datapath default when absent, else a power of two of at least a page', () => {
     assert.equal(compile(base).eventsRingBytes, undefined);
     assert.equal(compile({ ...base, eventsRingBytes: 1 << 20 }).eventsRingBytes, 1 << 20);

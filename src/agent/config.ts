@@ -35,7 +35,12 @@
 // without traceForwards' event per packet), eventsRingBytes (4194304: size of
 // the node's cm_events ring buffer, a power of two; at 10,000 events/s 4 MiB
 // holds 6.5 s of events the agent has not read yet; a change replaces the
-// ring on the next start),
+// ring on the next start), mapSizes ({ ipcache, endpoints, services, backends,
+// conntrack }: max_entries of cm_ipcache (65536), cm_endpoints (16384),
+// cm_services (131072), cm_backends (131072) and cm_ct (65536), each
+// 16..16777216; a changed size replaces the map on the next start: the agent
+// refills it, conntrack entries of live service connections are lost; at
+// capacity writes are refused and counted, never an old entry evicted),
 // metricsAddress (127.0.0.1:9962: host:port of the Prometheus endpoint
 // GET /metrics, in the node's network namespace and off the pod network; the
 // node IP lets a scraper on the underlay in; '' for none), socketLBCgroup (a cgroup v2
@@ -101,6 +106,8 @@ export interface AgentConfig {
   traceNewConnections: boolean;
   /** Bytes of the cm_events ring buffer; undefined = the datapath's default (4 MiB). */
   eventsRingBytes: number | undefined;
+  /** max_entries of the sized maps; a missing key = the object's default. */
+  mapSizes: MapSizes;
   /** Flows kept in memory for GET /v1/flows (the last N). */
   flowBufferSize: number;
   /** host:port of the Prometheus text endpoint (GET /metrics); '' = none. */
@@ -152,6 +159,16 @@ const ifName = z
 const positiveInt = (what: string, min: number, max: number) =>
   z.number({ error: `must be a number (${what})` }).int('must be an integer').min(min, `must be ${min}..${max}`).max(max, `must be ${min}..${max}`);
 
+/** The maps whose size the config sets (mapSizes key -> max_entries). */
+export const MAP_SIZE_KEYS = ['ipcache', 'endpoints', 'services', 'backends', 'conntrack'] as const;
+export type MapSizes = Partial<Record<(typeof MAP_SIZE_KEYS)[number], number>>;
+const MAP_SIZE_MIN = 16;
+const MAP_SIZE_MAX = 1 << 24;
+const mapSizesSchema = z.strictObject(
+  Object.fromEntries(MAP_SIZE_KEYS.map((k) => [k, positiveInt('max entries', MAP_SIZE_MIN, MAP_SIZE_MAX).optional()])) as Record<(typeof MAP_SIZE_KEYS)[number], z.ZodOptional<ReturnType<typeof positiveInt>>>,
+  { error: `must be a mapping of ${MAP_SIZE_KEYS.join(', ')} to max entries` },
+);
+
 const cidrV4 = z.string().refine((s) => {
   const [addr, len, ...rest] = s.split('/');
   if (rest.length || addr === undefined || len === undefined || !IPV4.test(addr) || !/^\d{1,2}$/.test(len) || Number(len) > 32) return false;
@@ -199,6 +216,7 @@ const fileSchema = z.strictObject({
   eventsRingBytes: positiveInt('bytes', 4096, 1 << 30)
     .refine((n) => (n & (n - 1)) === 0, 'must be a power of two (e.g. 4194304 for 4 MiB)')
     .optional(),
+  mapSizes: mapSizesSchema.default({}),
   metricsAddress: z
     .string()
     .refine((v) => v === '' || /^[^\s:]+:\d{1,5}$/.test(v) && Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, "must be host:port (e.g. 127.0.0.1:9962 or the node IP and a port), or '' for no metrics endpoint")
@@ -351,6 +369,7 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
     traceNewConnections: c.traceNewConnections,
     flowBufferSize: c.flowBufferSize,
     eventsRingBytes: c.eventsRingBytes,
+    mapSizes: Object.fromEntries(Object.entries(c.mapSizes).filter(([, v]) => v !== undefined)),
     metricsAddress: c.metricsAddress,
     redirectPeer: c.redirectPeer,
     sessionTtlSeconds: c.sessionTtlSeconds,

@@ -5,10 +5,11 @@ import { readFileSync } from 'node:fs';
 import { ifindexOf, tcQuery } from '../datapath/libbpf/tc.ts';
 import type * as endpointsMap from '../datapath/maps/endpoints.ts';
 import type * as ipcacheMap from '../datapath/maps/ipcache.ts';
+import { DropReason } from '../datapath/maps/reasons.ts';
 import { linkInfo } from '../datapath/netdev.ts';
 import { FROM_NETDEV_HANDLE, type NodeDatapath, type RoutingMode, type SocketLBStatus } from '../datapath/node.ts';
 import type { EndpointDatapath } from './endpoints.ts';
-import type { ReconcileTarget } from './reconciler.ts';
+import type { ReconcilerStatus, ReconcileTarget } from './reconciler.ts';
 import { ApiError } from './types.ts';
 
 /** cm_ipcache, keyed by normalized prefix 'a.b.c.d/len'. */
@@ -94,6 +95,32 @@ export interface MapFill {
   maxEntries: number;
   /** entries / maxEntries */
   fill: number;
+  /**
+   * Entries not written for lack of room (the sized maps, else 0): for the
+   * maps a reconciler writes, its keys whose last write the full map refused
+   * (retried, nothing evicted for them); for cm_ct, connections the datapath
+   * could not track (drops DROP_CT_WRITE_FAILED, a counter since the
+   * datapath was loaded).
+   */
+  refused: number;
+}
+
+/** The reconciler that writes each sized map (reconciler name -> map). */
+export const MAP_WRITERS: Readonly<Record<string, string>> = { ipcache: 'cm_ipcache', endpoints: 'cm_endpoints', 'lb-services': 'cm_services', 'lb-backends': 'cm_backends' };
+
+/** Map name -> entries refused now, from the reconcilers' status (refused) and the datapath's DROP_CT_WRITE_FAILED drops. */
+export function refusedByMap(reconcilers: ReadonlyArray<Pick<ReconcilerStatus, 'name' | 'refused'>>, dp: NodeDatapath): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const r of reconcilers) {
+    const map = MAP_WRITERS[r.name];
+    if (map) out[map] = (out[map] ?? 0) + r.refused;
+  }
+  if (dp.state === 'running') {
+    let ct = 0;
+    for (const row of dp.metrics()) if (row.reason === DropReason.DROP_CT_WRITE_FAILED) ct += Number(row.packets);
+    out.cm_ct = ct;
+  }
+  return out;
 }
 
 export interface DatapathStatus {
@@ -125,7 +152,7 @@ function probe(device: string, program: ProgramStatus['program'], ifindex?: numb
 }
 
 /** Programs attached (asked from the kernel) and map fill levels. */
-export function datapathStatus(dp: NodeDatapath, endpointDevices: readonly string[]): DatapathStatus {
+export function datapathStatus(dp: NodeDatapath, endpointDevices: readonly string[], refused: Readonly<Record<string, number>> = {}): DatapathStatus {
   const o = dp.options;
   const running = dp.state === 'running';
   const programs: ProgramStatus[] = [];
@@ -136,11 +163,11 @@ export function datapathStatus(dp: NodeDatapath, endpointDevices: readonly strin
     if (underlay) programs.push(probe(underlay.name, 'from_netdev', underlay.ifindex, FROM_NETDEV_HANDLE));
     for (const d of endpointDevices) programs.push(probe(d, 'from_container'));
     const m = dp.maps;
-    const fill = (name: string, entries: number, max: number): MapFill => ({ name, entries, maxEntries: max, fill: max > 0 ? Math.round((entries / max) * 10_000) / 10_000 : 0 });
+    const fill = (name: string, entries: number, max: number): MapFill => ({ name, entries, maxEntries: max, fill: max > 0 ? Math.round((entries / max) * 10_000) / 10_000 : 0, refused: refused[name] ?? 0 });
     maps.push(fill(m.ipcache.name, dp.ipcache().length, m.ipcache.maxEntries));
     maps.push(fill(m.endpoints.name, dp.endpoints().length, m.endpoints.maxEntries));
-    // Conntrack tables (service connections, policy-allowed connections): counted key by key.
-    for (const t of [m.ct, m.policyCt]) {
+    // Service tables and conntrack tables (service connections, policy-allowed connections): counted key by key.
+    for (const t of [m.services, m.backends, m.ct, m.policyCt]) {
       let n = 0;
       for (const _ of t.keys()) n++;
       maps.push(fill(t.name, n, t.maxEntries));

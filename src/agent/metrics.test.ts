@@ -44,9 +44,9 @@ function sources(rows: metricsMap.Row[]) {
   return {
     datapath: () => rows,
     maps: () => [
-      { name: 'cm_ipcache', entries: 5, maxEntries: 512000, fill: 0 },
-      { name: 'cm_ct', entries: 9, maxEntries: 65536, fill: 0 },
-      { name: 'cm_policy_ct', entries: 4, maxEntries: 65536, fill: 0 },
+      { name: 'cm_ipcache', entries: 5, maxEntries: 512000, fill: 0, refused: 36 },
+      { name: 'cm_ct', entries: 9, maxEntries: 65536, fill: 0, refused: 2 },
+      { name: 'cm_policy_ct', entries: 4, maxEntries: 65536, fill: 0, refused: 0 },
     ],
     remotes: () => [remote],
     flows: () => flows,
@@ -74,6 +74,8 @@ test('metrics: drops by reason and direction, forwards, policy verdicts, maps, r
     'clustermesh_policy_verdicts_total{direction="ingress",match="default-deny"} 3',
     'clustermesh_map_entries{map="cm_ipcache"} 5',
     'clustermesh_map_capacity{map="cm_ipcache"} 512000',
+    'clustermesh_map_refused_entries{map="cm_ipcache"} 36',
+    'clustermesh_map_refused_entries{map="cm_ct"} 2',
     'clustermesh_remote_clusters{state="ready"} 1',
     'clustermesh_remote_cluster_connected{source_cluster="c2"} 1',
     'clustermesh_remote_cluster_last_failure_timestamp_seconds{source_cluster="c2"} 1767225600',

@@ -109,6 +109,9 @@ export function agentRegistry(src: AgentMetricsSources): Registry {
   gauge('clustermesh_conntrack_entries', 'Entries of a conntrack table: service (connections to service backends) or policy (connections policy allowed)', ['table'], (g) => {
     for (const x of maps) if (CONNTRACK_MAPS[x.name]) g.set({ table: CONNTRACK_MAPS[x.name]! }, x.entries);
   });
+  gauge('clustermesh_map_refused_entries', 'Entries of a sized datapath map not written for lack of room: a reconciler\'s keys its full map refused (retried, nothing evicted); for cm_ct the connections not tracked (drops DROP_CT_WRITE_FAILED)', ['map'], (g) => {
+    for (const x of maps) g.set({ map: x.name }, x.refused);
+  });
   counter('clustermesh_map_full_errors_total', 'Map writes of a reconciler refused because the map was full (E2BIG/ENOSPC); the datapath\'s own (conntrack) are drops with reason DROP_CT_WRITE_FAILED', ['reconciler'], (c) => {
     for (const x of reconcilers) c.inc({ reconciler: x.name }, x.mapFull);
   });

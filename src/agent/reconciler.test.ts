@@ -32,7 +32,7 @@ class FakeMap<V> implements ReconcileTarget<V> {
     if (n > 0) {
       this.failUpdates.set(key, n - 1);
       this.ops.push(`fail ${key}`);
-      throw new Error(`E2BIG: map full (${key})`);
+      throw Object.assign(new Error(`E2BIG: map full (${key})`), { code: 'E2BIG', errno: 7 });
     }
     this.ops.push(`update ${key}=${JSON.stringify(value)}`);
     this.data.set(key, value);
@@ -143,6 +143,8 @@ describe('Reconciler', () => {
     let st = r.status();
     assert.equal(st.pending, 1);
     assert.equal(st.errors, 1);
+    assert.equal(st.refused, 1, 'a key refused for a full map is counted while it is not written');
+    assert.equal(st.mapFull, 1);
     assert.match(st.lastError?.message ?? '', /E2BIG/);
     assert.equal(st.lastError?.key, 'a');
 
@@ -161,6 +163,8 @@ describe('Reconciler', () => {
     assert.equal(st.pending, 0);
     assert.equal(st.errors, 0);
     assert.equal(st.retries, 4);
+    assert.equal(st.refused, 0);
+    assert.equal(st.mapFull, 4);
     assert.equal(clock.pending, 0, 'no timer left once everything is applied');
   });
 

@@ -84,8 +84,10 @@ export interface ReconcilerStatus {
   retries: number;
   /** Failed operations (each attempt), listing the target included. */
   failures: number;
-  /** Failed writes because the target was full (E2BIG/ENOSPC from a BPF map). */
+  /** Failed writes because the target was full (E2BIG/ENOSPC from a BPF map), each attempt. */
   mapFull: number;
+  /** Pending keys whose last write was refused because the target was full: entries not in the map now for lack of room (retried; nothing is evicted for them). */
+  refused: number;
   updates: number;
   deletes: number;
   /** Entries removed by full passes because they were not desired. */
@@ -112,6 +114,8 @@ interface Pending {
   attempts: number;
   notBefore: number;
   lastError: ReconcilerError | undefined;
+  /** The last attempt failed because the target was full. */
+  full?: boolean;
 }
 
 interface Waiter {
@@ -303,13 +307,18 @@ export class Reconciler<V> {
 
   status(): ReconcilerStatus {
     let errors = 0;
-    for (const p of this.pending.values()) if (p.lastError) errors++;
+    let refused = 0;
+    for (const p of this.pending.values()) {
+      if (p.lastError) errors++;
+      if (p.full) refused++;
+    }
     return {
       name: this.name,
       started: this.started,
       desired: this.desiredMap.size,
       pending: this.pending.size,
       errors,
+      refused,
       lastError: this.lastError,
       lastFullSync: this.lastFullSync === null ? null : new Date(this.lastFullSync).toISOString(),
       ...this.stats,
@@ -510,10 +519,12 @@ export class Reconciler<V> {
     const e: ReconcilerError = { key, message: message(err), at: new Date(this.clock.now()).toISOString() };
     this.lastError = e;
     this.stats.failures++;
-    if (isMapFull(err)) this.stats.mapFull++;
+    const full = isMapFull(err);
+    if (full) this.stats.mapFull++;
     if (!p || p.gen !== gen) return;
     p.attempts++;
     p.lastError = e;
+    p.full = full;
     p.notBefore = this.clock.now() + this.delay(p.attempts);
     this.onError(key, err, p.attempts);
   }

@@ -101,6 +101,13 @@ export interface NodeDatapathOptions {
    */
   eventsRingBytes?: number;
   /**
+   * max_entries of cm_ipcache, cm_endpoints, cm_services, cm_backends and
+   * cm_ct (a missing key: the object's). A change replaces the pinned map on
+   * start() with a new, empty one (replacedPins): the agent's reconcilers
+   * refill it; cm_ct's entries (live service connections) are lost.
+   */
+  mapSizes?: Partial<Record<keyof typeof SIZED_MAPS, number>>;
+  /**
    * A cgroup v2 directory holding this node's pods: socket-level load
    * balancing for the sockets of its processes. undefined: off.
    */
@@ -114,6 +121,9 @@ export interface NodeDatapathOptions {
   /** The pod address ranges the underlay routes to their nodes (1..8 prefixes); native mode only. */
   nativeRoutingCIDRs?: readonly string[];
 }
+
+/** mapSizes key -> the map it sizes. */
+export const SIZED_MAPS = { ipcache: ipcacheMap.MAP_NAME, endpoints: endpointsMap.MAP_NAME, services: servicesMap.MAP_NAME, backends: backendsMap.MAP_NAME, conntrack: ctMap.MAP_NAME } as const;
 
 export interface ResolvedNodeDatapathOptions extends Required<Omit<NodeDatapathOptions, 'underlayMtu' | 'socketLBCgroup' | 'eventsRingBytes' | 'nativeRoutingCIDRs'>> {
   nativeRoutingCIDRs: readonly string[];
@@ -232,11 +242,16 @@ export class NodeDatapath {
       traceForward: opts.traceForward ?? false,
       traceNew: opts.traceNew ?? false,
       eventsRingBytes: opts.eventsRingBytes,
+      mapSizes: { ...opts.mapSizes },
       socketLBCgroup: opts.socketLBCgroup,
       routingMode: opts.routingMode ?? 'tunnel',
       nativeRoutingCIDRs: opts.nativeRoutingCIDRs ?? [],
     };
     checkRouting(this.options.routingMode, this.options.nativeRoutingCIDRs);
+    for (const [key, n] of Object.entries(this.options.mapSizes)) {
+      if (!(key in SIZED_MAPS)) throw new RangeError(`mapSizes.${key}: unknown map (known: ${Object.keys(SIZED_MAPS).join(', ')})`);
+      if (n !== undefined && !(Number.isInteger(n) && n >= 1)) throw new RangeError(`mapSizes.${key} ${n}: must be a positive integer`);
+    }
     const ring = opts.eventsRingBytes;
     if (ring !== undefined && !(Number.isInteger(ring) && ring >= 4096 && (ring & (ring - 1)) === 0)) throw new RangeError(`eventsRingBytes ${ring}: must be a power of two of at least 4096`);
     if (!Number.isInteger(this.options.clusterID) || this.options.clusterID < 0 || this.options.clusterID > 511) throw new RangeError(`clusterID ${opts.clusterID} not in 0..511`);
@@ -539,6 +554,10 @@ export class NodeDatapath {
       if (config) applyConfig(obj, config);
       const ring = this.options.eventsRingBytes;
       if (ring !== undefined && obj.mapNames().includes(eventsMap.MAP_NAME)) obj.setMaxEntries(eventsMap.MAP_NAME, ring);
+      for (const [key, n] of Object.entries(this.options.mapSizes)) {
+        const name = SIZED_MAPS[key as keyof typeof SIZED_MAPS];
+        if (n !== undefined && obj.mapNames().includes(name)) obj.setMaxEntries(name, n);
+      }
       this.#replaceStalePins(obj);
       obj.load();
       return obj;

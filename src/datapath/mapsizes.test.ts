@@ -1,0 +1,61 @@
+// mapSizes on real BPF maps: cm_ipcache sized 64 and 100 entries to write →
+// 36 refused (status and reconciler), the older entries intact and traffic to
+// them still forwarded; a restart with 128 replaces the map and the
+// reconciler writes all 100.
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { REPO_ROOT, buildBpfObject, datapathSkipReason, uniqueSuffix } from './testing.ts';
+
+const skip = datapathSkipReason();
+const helper = join(fileURLToPath(new URL('.', import.meta.url)), 'mapsizes.test-helper.ts');
+const ip = (...args: string[]): void => {
+  execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+};
+
+describe('mapSizes on a node datapath', { skip }, () => {
+  it('a full cm_ipcache refuses and counts, evicts nothing; a bigger size on restart takes every entry', () => {
+    buildBpfObject('lxc.bpf.o');
+    buildBpfObject('overlay.bpf.o');
+    const suffix = uniqueSuffix(3);
+    const nodeNs = `cmt-cap-${suffix}-node`;
+    const podNs = `cmt-cap-${suffix}-pod`;
+    try {
+      ip('netns', 'add', nodeNs);
+      ip('netns', 'add', podNs);
+      ip('-n', nodeNs, 'link', 'set', 'lo', 'up');
+      ip('-n', nodeNs, 'link', 'add', 'ul0', 'type', 'veth', 'peer', 'name', 'ul1');
+      ip('-n', nodeNs, 'addr', 'add', '10.1.0.2/24', 'dev', 'ul0');
+      ip('-n', nodeNs, 'link', 'set', 'ul0', 'up');
+      ip('-n', nodeNs, 'link', 'add', 'lxc0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', podNs);
+      ip('-n', nodeNs, 'link', 'set', 'lxc0', 'up');
+      ip('-n', podNs, 'link', 'set', 'lo', 'up');
+      ip('-n', podNs, 'addr', 'add', '10.101.0.5/32', 'dev', 'eth0');
+      ip('-n', podNs, 'link', 'set', 'eth0', 'mtu', '1450', 'up');
+      ip('-n', podNs, 'route', 'add', '169.254.1.1', 'dev', 'eth0', 'scope', 'link');
+      ip('-n', podNs, 'route', 'add', 'default', 'via', '169.254.1.1', 'dev', 'eth0');
+      const r = spawnSync('ip', ['netns', 'exec', nodeNs, process.execPath, '--import', 'tsx', helper, `test-cap-${suffix}`, podNs], { cwd: REPO_ROOT, encoding: 'utf8', timeout: 120_000 });
+      assert.equal(r.status, 0, `helper failed: ${r.stderr}`);
+      const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
+      assert.deepEqual(out.small, {
+        replaced: [],
+        status: { maxEntries: 64, entries: 64, refused: 36 },
+        reconciler: { desired: 100, pending: 36, refused: 36, mapFullAtLeast: true },
+        oldPresent: true,
+        forwardedToOld: true,
+      });
+      assert.deepEqual(out.big, {
+        replaced: ['cm_ipcache:64->128'],
+        status: { maxEntries: 128, entries: 100, refused: 0 },
+        reconciler: { desired: 100, pending: 0, refused: 0, mapFullAtLeast: true },
+        oldPresent: true,
+        forwardedToOld: true,
+      });
+    } finally {
+      spawnSync('ip', ['netns', 'del', nodeNs]);
+      spawnSync('ip', ['netns', 'del', podNs]);
+    }
+  });
+});
