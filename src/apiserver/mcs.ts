@@ -25,6 +25,7 @@ import { KvClient } from '../kvstore/client.ts';
 import { KubeApiError, type KubeHttp } from '../sources/kubernetes/http.ts';
 import { clusterConfigKey } from '../clustermesh/keys.ts';
 import { parseExportSpec, remoteExportsReadiness, serviceExportsClusterPrefix, serviceExportsSyncedKey, type ExportSpec } from '../mcs/export.ts';
+import type { McsImportView } from '../mcs/view.ts';
 import {
   MANAGED_BY,
   MANAGED_BY_LABEL,
@@ -146,13 +147,8 @@ export interface McsExportStatus {
   name: string;
   conditions: KubeCondition[];
 }
-export interface McsImportStatus {
-  namespace: string;
-  name: string;
-  type: string;
-  ips: string[];
-  ports: string[];
-  clusters: string[];
+/** An import as `clustermesh status` shows it, and the derived Service behind its VIP. */
+export interface McsImportStatus extends McsImportView {
   derivedService: string;
 }
 export interface McsStatus {
