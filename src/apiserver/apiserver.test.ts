@@ -226,7 +226,8 @@ describe('apiserver (real etcd, the Kubernetes API)', () => {
     const kv = await exported();
     const val = (k: string) => kv.get(k)?.value;
 
-    assert.equal(val(clusterConfigKey(CLUSTER)), '{"id":1,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255,"serviceExportsEnabled":false}}');
+    // From the Kubernetes API the apiserver runs the MCS controller: it advertises ServiceExports (issue 18).
+    assert.equal(val(clusterConfigKey(CLUSTER)), '{"id":1,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255,"serviceExportsEnabled":true}}');
     assert.ok(decodeClusterConfig(CLUSTER, clusterConfigKey(CLUSTER), val(clusterConfigKey(CLUSTER))!).ok);
     assert.equal(
       val(nodeKey(CLUSTER, 'node1')),
@@ -387,9 +388,10 @@ describe('clustermesh apiserver command (real etcd)', () => {
       child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
       await until('canaries of c7', async () => {
         if (child?.exitCode !== null) throw new Error(`apiserver exited: ${stderr}`);
-        return (await reader.list('cilium/synced/c7/')).pairs.length === 4;
+        // nodes, ip, services, identities, and (the MCS controller of a --kubeconfig apiserver) serviceexports
+        return (await reader.list('cilium/synced/c7/')).pairs.length === 5;
       });
-      assert.equal((await reader.get(clusterConfigKey('c7')))?.value, '{"id":7,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255,"serviceExportsEnabled":false}}');
+      assert.equal((await reader.get(clusterConfigKey('c7')))?.value, '{"id":7,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255,"serviceExportsEnabled":true}}');
       assert.ok(await reader.get(nodeKey('c7', 'node7')));
       const exited = new Promise<number | null>((r) => child!.once('exit', (code) => r(code)));
       child.kill('SIGTERM');
