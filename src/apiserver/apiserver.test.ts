@@ -328,7 +328,11 @@ describe('apiserver (real etcd, the Kubernetes API)', () => {
 
   it('a restart neither duplicates nor loses keys, and prunes what went away meanwhile', async () => {
     await writer.apply(svcObj('echo', GLOBAL));
-    await until('echo back', async () => (await reader.get(serviceKey(CLUSTER, 'default', 'echo'))) !== undefined);
+    // Back with its backends: the EndpointSlice controller fills them after the Service itself is exported.
+    await until('echo back with its backends', async () => {
+      const v = (await reader.get(serviceKey(CLUSTER, 'default', 'echo')))?.value;
+      return v !== undefined && Object.keys(JSON.parse(v).backends as object).sort().join() === '10.101.2.5,10.101.2.6';
+    });
     const first = servers[0]!;
     const beforeKv = await exported();
     const oldLease = beforeKv.get(clusterConfigKey(CLUSTER))!.lease;
