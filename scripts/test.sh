@@ -10,7 +10,8 @@ bash scripts/setup.sh --prometheus --browser
 ./bin/clustermesh.js lab sweep
 echo "test: type-checking"
 npx tsc --noEmit -p .
-# test/chaos/ is the fault suite's tier (about 12 minutes more): `npm run chaos`.
+# test/chaos/ is the fault suite's tier (about 12 minutes more): `npm run chaos`;
+# `npm run test:slow` runs it and lab-up-repeat's ten rounds (three here).
 mapfile -t files < <(find src test -name '*.test.ts' -not -path 'test/chaos/*' | sort)
 echo "test: ${#files[@]} test files"
 # Integration tests build namespaces and start etcd; one file at a time keeps
