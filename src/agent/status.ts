@@ -98,18 +98,13 @@ export function remoteSummary(r: RemoteClusterStatus): RemoteSummary {
   };
 }
 
-/** True when every prefix of the remote has had its first full list. */
-export function remoteSynced(r: Pick<RemoteClusterStatus, 'synced'>): boolean {
-  return Object.values(r.synced).every(Boolean);
-}
-
 /**
  * What the initial sync still waits for: local kinds not listed yet, remote
  * clusters whose prefixes have not all synced. Empty = synced.
  */
-export function waitingFor(local: LocalSyncStatus, mesh: Pick<ClusterMeshStatus, 'remotes'>): string[] {
+export function waitingFor(localKinds: Readonly<Record<string, boolean>>, unsyncedRemotes: readonly string[]): string[] {
   const out: string[] = [];
-  for (const [kind, ok] of Object.entries(local.kinds)) if (!ok) out.push(`local ${kind}`);
-  for (const r of mesh.remotes) if (!remoteSynced(r)) out.push(`remote cluster ${r.name}`);
+  for (const [kind, ok] of Object.entries(localKinds)) if (!ok) out.push(`local ${kind}`);
+  for (const name of unsyncedRemotes) out.push(`remote cluster ${name}`);
   return out;
 }

@@ -330,6 +330,13 @@ export class ClusterMesh {
     return this.remotes.get(name)?.remote;
   }
 
+  /** Remotes whose prefixes have not all synced, by name (cheap: the agent asks before every prune). */
+  unsyncedRemotes(): string[] {
+    const out: string[] = [];
+    for (const [name, a] of this.remotes) if (!a.remote.prefixesSynced) out.push(name);
+    return out.sort();
+  }
+
   status(): ClusterMeshStatus {
     const remotes = [...this.remotes.values()].map((a) => a.remote.status()).sort((a, b) => (a.name < b.name ? -1 : 1));
     let conflicts = 0;

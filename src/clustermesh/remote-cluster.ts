@@ -543,6 +543,11 @@ export class RemoteCluster {
     return this.state === 'ready';
   }
 
+  /** Every prefix's synced canary seen in the current session (all of status().synced, without building the status). */
+  get prefixesSynced(): boolean {
+    return this.mirrors.every((m) => m.synced);
+  }
+
   status(): RemoteClusterStatus {
     const synced = {} as Record<SyncedPrefixName, boolean>;
     for (const m of this.mirrors) synced[m.spec.name] = m.synced;
