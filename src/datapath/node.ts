@@ -183,8 +183,8 @@ export interface ReplacedPin {
   /** What was pinned and what the object declares (type, key/value size, max_entries, flags). */
   pinned: Omit<MapInfo, 'name'>;
   wanted: Omit<MapInfo, 'name'>;
-  /** cm_ct only: entries of the old table still live, copied into the new one (longest-lived first), and those that did not fit. */
-  carriedOver?: { entries: number; notCarried: number };
+  /** cm_ct only: entries of the old table still live, copied into the new one (longest-lived first), and those that did not fit (or why none was copied). */
+  carriedOver?: { entries: number; notCarried: number; error?: string };
 }
 
 export interface EventSubscription {
@@ -611,19 +611,23 @@ export class NodeDatapath {
    * live ones are copied into the new table, longest-lived first, as many as
    * fit (the rest are counted in replacedPins). Programs still attached write
    * into the old table until replaced; a connection opened in between picks
-   * its backend again (by the same hash).
+   * its backend again (by the same hash). Best effort: a failure is recorded,
+   * never fails the start.
    */
   #carryOverCt(obj: BpfObject): void {
     const retired = this.#retiredCt;
     if (!retired || !obj.mapNames().includes(ctMap.MAP_NAME)) return;
     this.#retiredCt = undefined;
+    let live: Array<[ctMap.Key, ctMap.Value]> = [];
     try {
       const now = ctMap.monotonicSeconds();
-      const live = [...ctMap.entries(retired.map)].filter(([, v]) => v.lifetime >= now).sort(([, a], [, b]) => b.lifetime - a.lifetime);
+      live = [...ctMap.entries(retired.map)].filter(([, v]) => v.lifetime >= now).sort(([, a], [, b]) => b.lifetime - a.lifetime);
       const map = obj.map(ctMap.MAP_NAME);
       const fit = live.slice(0, map.maxEntries);
       ctMap.updateMany(map, fit);
       retired.replaced.carriedOver = { entries: fit.length, notCarried: live.length - fit.length };
+    } catch (err) {
+      retired.replaced.carriedOver = { entries: 0, notCarried: live.length, error: (err as Error).message };
     } finally {
       retired.map.close();
     }
