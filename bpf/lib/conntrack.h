@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Connection tracking for service translation (lb.h). One LRU hash holds two
+ * Connection tracking for service translation (lb.h). One hash holds two
  * kinds of entries per service connection, told apart by ct_key.dir:
  *
  *   CT_SERVICE  client:port -> VIP:port, as the client sent it. Pins the
@@ -10,9 +10,11 @@
  *
  * Both live on the client's node only: that is where the first packet was
  * translated, and every reply comes back there (see lb4_rev_nat in lb.h).
- * LRU, so a full table evicts the coldest connections instead of refusing new
- * ones. Entries carry an expiry (lifetime) checked on lookup; the agent may
- * delete expired entries, but need not for correctness.
+ * A plain hash, not an LRU: a full table refuses the new connection (dropped
+ * with DROP_CT_WRITE_FAILED, counted) and never evicts a live one to make
+ * room. Entries carry an expiry (lifetime) checked on lookup, so an expired
+ * entry is never used; the agent sweeps expired entries out to free their
+ * room (ct.ts gc, every gcIntervalMs of the service manager).
  */
 #ifndef CM_CONNTRACK_H
 #define CM_CONNTRACK_H
@@ -73,7 +75,7 @@ struct ct_entry {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct ct_key);
 	__type(value, struct ct_entry);
 	__uint(max_entries, CT_MAX_ENTRIES);

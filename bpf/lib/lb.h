@@ -601,13 +601,18 @@ static __always_inline int lb4_xlate(struct __sk_buff *ctx, const struct lb4_tup
 		entry.revnat_id = svc->revnat_id;
 		entry.flags = ct_flags_after(baddr == t.saddr ? CT_F_HAIRPIN : 0, t.proto, t.tcp_flags);
 		entry.lifetime = now + ct_timeout(t.proto, t.tcp_flags, entry.flags);
-		if (bpf_map_update_elem(&cm_ct, &fkey, &entry, BPF_ANY) < 0 ||
-		    bpf_map_update_elem(&cm_ct, &rkey, &entry, BPF_ANY) < 0)
+		/* A full table refuses (cm_ct is no LRU): the connection is
+		 * dropped and counted, and no half of it is left behind. */
+		if (bpf_map_update_elem(&cm_ct, &fkey, &entry, BPF_ANY) < 0)
 			return -DROP_CT_WRITE_FAILED;
+		if (bpf_map_update_elem(&cm_ct, &rkey, &entry, BPF_ANY) < 0) {
+			bpf_map_delete_elem(&cm_ct, &fkey);
+			return -DROP_CT_WRITE_FAILED;
+		}
 	} else if (ct_refresh(e, now, t.proto, t.tcp_flags)) {
 		/* Once a second or so: keep the reply entry at least as alive as
 		 * the connection (one-way UDP, half-closed TCP) and bring it back
-		 * if the LRU evicted it. */
+		 * if it went (lb4_forget_revnat, a sweep that raced the refresh). */
 		r = bpf_map_lookup_elem(&cm_ct, &rkey);
 		if (!r) {
 			entry = *e;

@@ -131,7 +131,13 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
   });
   await dp.start();
   cleanups.push(() => dp.stop({ detach: false }));
-  for (const r of dp.replacedPins) log.warn({ map: r.map, pinned: r.pinned, wanted: r.wanted }, 'pinned map had another definition (an upgrade or a changed mapSizes): replaced by a new, empty one, refilled by the reconcilers');
+  for (const r of dp.replacedPins)
+    log.warn(
+      { map: r.map, pinned: r.pinned, wanted: r.wanted, ...(r.carriedOver ? { carriedOver: r.carriedOver } : {}) },
+      r.carriedOver
+        ? 'pinned conntrack table had another definition (an upgrade or a changed mapSizes): replaced by a new one, its live entries carried over as far as they fit'
+        : 'pinned map had another definition (an upgrade or a changed mapSizes): replaced by a new, empty one, refilled by the reconcilers',
+    );
 
   try {
     // ---- control-plane clients

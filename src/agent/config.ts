@@ -39,8 +39,9 @@
 // conntrack }: max_entries of cm_ipcache (65536), cm_endpoints (16384),
 // cm_services (131072), cm_backends (131072) and cm_ct (65536), each
 // 16..16777216; a changed size replaces the map on the next start: the agent
-// refills it, conntrack entries of live service connections are lost; at
-// capacity writes are refused and counted, never an old entry evicted),
+// refills it, live conntrack entries are carried over as far as they fit; at
+// capacity writes are refused and counted, never an old entry evicted: for
+// cm_ct, a plain hash, a new service connection is dropped, DROP_CT_WRITE_FAILED),
 // metricsAddress (127.0.0.1:9962: host:port of the Prometheus endpoint
 // GET /metrics, in the node's network namespace and off the pod network; the
 // node IP lets a scraper on the underlay in; '' for none), socketLBCgroup (a cgroup v2

@@ -15,6 +15,7 @@ import {
   heartbeatKey,
   identityKey,
   ipKey,
+  ipPrefix,
   nodeKey,
   serviceKey,
   syncedKey,
@@ -37,7 +38,7 @@ import type { KubeKind } from '../sources/kubernetes/kinds.ts';
 import { StoreWriter } from '../sources/index.ts';
 import type { ObjectRef } from '../sources/types.ts';
 import { APISERVER_IDENTITY_USER, startApiserver, type Apiserver } from './apiserver.ts';
-import type { ApiserverConfig } from './options.ts';
+import { APISERVER_DEFAULTS, type ApiserverConfig } from './options.ts';
 
 const CLUSTER = 'c1';
 const src: WireSource = { cluster: CLUSTER, clusterId: 1, maxConnectedClusters: 255 };
@@ -158,8 +159,8 @@ describe('apiserver (real etcd, the Kubernetes API)', () => {
     logLevel: 'silent',
     metricsAddress: '127.0.0.1:0',
   });
-  const start = async (): Promise<Apiserver> => {
-    const s = await startApiserver(cfg(), { connection: etcd.connection('apiserver'), logger: pino({ level: 'silent' }) });
+  const start = async (o: Partial<ApiserverConfig> = {}): Promise<Apiserver> => {
+    const s = await startApiserver({ ...cfg(), ...o }, { connection: etcd.connection('apiserver'), logger: pino({ level: 'silent' }) });
     servers.push(s);
     await withTimeout(s.ready, 20_000, 'apiserver ready');
     return s;
@@ -361,6 +362,32 @@ describe('apiserver (real etcd, the Kubernetes API)', () => {
     await new Promise((r) => setTimeout(r, 5_500));
     assert.deepEqual(keysOf(await exported()), expected);
     for (const p of SYNCED_PREFIX_NAMES) assert.ok(await reader.get(syncedKey(CLUSTER, p)), `canary ${p}`);
+  });
+
+  it('with the default lease, a restart slower than 15 s deletes nothing a remote sees (the keys outlive the dead apiserver)', async () => {
+    // A remote deletes an entry the moment its key goes: keys that expired with a
+    // killed apiserver's lease before its successor rewrote them were the live
+    // pods of this cluster missing everywhere else (the fault suite's
+    // "apiserver down 20 s"). The default TTL must outlast a slow restart.
+    for (const s of servers) await s.stop();
+    await start({ sessionTtlSeconds: APISERVER_DEFAULTS.sessionTtlSeconds });
+    const volatile = (k: string) => k === heartbeatKey || k.startsWith('cilium/synced/') || k.startsWith('cilium/state/identities/v1/refs/');
+    const stable = (m: Map<string, KvPair>) => [...m].filter(([k]) => !volatile(k)).map(([k, p]) => `${k}=${p.value}`).sort();
+    const beforeKv = await exported();
+    assert.ok([...beforeKv.keys()].some((k) => k.startsWith(ipPrefix)), 'ip entries exported');
+    const deleted: string[] = [];
+    const from = String(BigInt((await reader.list(ipPrefix)).revision) + 1n);
+    const watches = exportedReadPrefixes.map((prefix) => reader.watch(prefix, from, (ev) => ev.kind === 'delete' && !volatile(ev.key) && deleted.push(ev.key), () => deleted.push(`watch of ${prefix} failed`)));
+    try {
+      await servers.at(-1)!.stop(); // like a SIGKILL: the lease is not revoked
+      await new Promise((r) => setTimeout(r, 16_000)); // past the 15 s the lease once had
+      assert.deepEqual(stable(await exported()), stable(beforeKv), 'every key still there while no apiserver runs');
+      await start({ sessionTtlSeconds: APISERVER_DEFAULTS.sessionTtlSeconds });
+      assert.deepEqual(stable(await exported()), stable(beforeKv), 'the same keys after the restart');
+      assert.deepEqual(deleted, [], 'no delete a remote would act on');
+    } finally {
+      await Promise.all(watches.map((w) => w.cancel()));
+    }
   });
 });
 

@@ -61,7 +61,7 @@ export interface Apiserver {
   /** Where GET /metrics is served (null: nowhere, see metricsError). */
   readonly metricsAddress: string | null;
   readonly metricsError: string | null;
-  /** Stops exporting. Keys stay on the session lease until it expires, so a restart within the TTL loses nothing. */
+  /** Stops exporting. Keys stay on the session lease until it expires (default 15 min), so a restart within the TTL loses nothing. */
   stop(): Promise<void>;
 }
 

@@ -36,7 +36,7 @@ export function apiserverCommand(): Command {
     .option('--clustermesh-config-dir <dir>', "with --kubeconfig: one file per remote cluster (as the agents'); the Multi-Cluster Services controller reads the other clusters' ServiceExports through them. ServiceExports/ServiceImports are handled whenever --kubeconfig is given")
     .option('--max-connected-clusters <n>', '255 or 511', String(APISERVER_DEFAULTS.maxConnectedClusters))
     .option('--heartbeat-interval <duration>', 'how often cilium/.heartbeat is rewritten', '15s')
-    .option('--session-ttl <seconds>', 'TTL of the lease exported keys live on', String(APISERVER_DEFAULTS.sessionTtlSeconds))
+    .option('--session-ttl <seconds>', "TTL of the lease exported keys live on: how long they outlive an apiserver that died (its successor rewrites them and prunes at once what went away). Keep it longer than any restart: a key that expires first makes every remote drop what it names", String(APISERVER_DEFAULTS.sessionTtlSeconds))
     .option('--identity-gc-interval <duration>', 'how often unused identities are looked for', '1m')
     .option('--identity-gc-grace <duration>', 'how long an identity must be unused before it is deleted', '5m')
     .option('--metrics-address <host:port>', "where GET /metrics (Prometheus text) is served; '' for nowhere", APISERVER_DEFAULTS.metricsAddress)

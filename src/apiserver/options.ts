@@ -17,7 +17,12 @@ export interface ApiserverConfig {
   etcdConfigFile: string;
   /** How often `cilium/.heartbeat` is rewritten. */
   heartbeatIntervalMs: number;
-  /** TTL of the lease the exported keys live on. */
+  /**
+   * TTL of the lease the exported keys live on. Long (default 15 min, Cilium's
+   * kvstore-lease-ttl): the keys must outlive a killed apiserver until its
+   * successor has rewritten them (onto its own lease; what went away meanwhile
+   * it prunes at once), or every remote deletes the cluster's live pods in between.
+   */
   sessionTtlSeconds: number;
   /** How often unreferenced identities are looked for, and how long they must stay unused. */
   identityGcIntervalMs: number;
@@ -65,7 +70,8 @@ export class OptionError extends Error {
 export const APISERVER_DEFAULTS = {
   maxConnectedClusters: 255 as MaxConnectedClusters,
   heartbeatIntervalMs: 15_000,
-  sessionTtlSeconds: 15,
+  /** 15 min, as Cilium's kvstore-lease-ttl: longer than any restart (see ApiserverConfig.sessionTtlSeconds). */
+  sessionTtlSeconds: 900,
   identityGcIntervalMs: 60_000,
   identityGcGraceMs: 5 * 60_000,
   logLevel: 'info' as const,

@@ -498,4 +498,89 @@ describe('service translation (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason()
       assert.equal(spec.backends.find((b) => b.id === affinity.lookup(m.affinity, { client: CLIENT.ip, serviceId: 7 })!.backendId)?.ip, moved);
     });
   });
+
+  describe('conntrack capacity and sweep (cm_ct is a plain hash, not an LRU)', () => {
+    /** A CT_SERVICE entry of some other client, expiring at `lifetime`. */
+    const filler = (i: number, lifetime: number): [ct.Key, ct.Value] => [
+      { src: `10.250.${i >> 8}.${i & 255}`, dst: VIP, sport: 30000, dport: 80, protocol: 'TCP', dir: 'service' },
+      { backendId: 1, revnatId: 1, lifetime, closing: false, hairpin: false },
+    ];
+    const count = (): number => [...m.ct.keys()].length;
+    const ctWriteFailed = (): bigint => metrics.get(m.metrics, { reason: DropReason.DROP_CT_WRITE_FAILED, direction: 'egress' }).packets;
+
+    it('full: a new connection is refused (dropped, counted as DROP_CT_WRITE_FAILED, no half entry left) and no live entry is evicted; the sweep makes room', () => {
+      const backend = LOCAL_BACKENDS[0]!.ip;
+      install({ backends: [candidate(backend)] });
+      assert.equal(fromContainer(toVip(46000)).retval, TcAction.redirect);
+      fromContainer(toVip(46000, { flags: TCP_ACK }));
+      assert.equal(count(), 2, 'a connection: CT_SERVICE and CT_REVNAT');
+      const now = ct.monotonicSeconds();
+      const max = m.ct.maxEntries;
+      // Other connections up to one free slot: 100 live, the rest expired (not yet swept).
+      const fill = Array.from({ length: max - 3 }, (_, i) => filler(i, i < 100 ? now + 3600 : now - 5));
+      try {
+        assert.equal(ct.updateMany(m.ct, fill), max - 3);
+        assert.equal(count(), max - 1);
+
+        // One slot: the new connection's CT_SERVICE fits, its CT_REVNAT does not; the first is taken back.
+        const r1 = fromContainer(toVip(46001));
+        assert.equal(r1.retval, TcAction.shot, 'refused: no connection without its reply entry');
+        assert.equal(ctWriteFailed(), 1n);
+        assert.equal(ct.lookup(m.ct, ctKey(46001)), undefined, 'no half entry left');
+        assert.equal(count(), max - 1);
+        // No slot at all: refused at the first write.
+        ct.update(m.ct, ...filler(max - 3, now - 5));
+        assert.equal(count(), max);
+        assert.equal(fromContainer(toVip(46002)).retval, TcAction.shot);
+        assert.equal(ctWriteFailed(), 2n);
+        assert.equal(count(), max, 'nothing evicted, nothing added');
+
+        // An LRU would have made room by evicting; here every entry is still there,
+        // and the tracked connection still goes to its backend.
+        assert.ok(ct.lookup(m.ct, ctKey(46000)));
+        for (const [k] of fill.slice(0, 100)) assert.ok(ct.lookup(m.ct, k), `${k.src} kept`);
+        const est = fromContainer(toVip(46000, { flags: TCP_PSH_ACK }));
+        assert.equal(est.retval, TcAction.redirect);
+        assert.equal(backendOf(est), backend);
+
+        // The agent's sweep deletes what expired: room again.
+        assert.equal(ct.gc(m.ct, now), max - 2 - 100);
+        assert.equal(count(), 102);
+        const again = fromContainer(toVip(46001));
+        assert.equal(again.retval, TcAction.redirect);
+        assert.ok(ct.lookup(m.ct, ctKey(46001)));
+        assert.ok(ct.lookup(m.ct, { src: backend, dst: CLIENT.ip, sport: BACKEND_PORT, dport: 46001, protocol: 'TCP', dir: 'revnat' }));
+        assert.equal(ctWriteFailed(), 2n);
+      } finally {
+        ct.removeMany(m.ct, [...ct.entries(m.ct)].map(([k]) => k));
+      }
+    });
+
+    it('the sweep deletes the entries past their timeout and keeps the others (TCP established 6 h, handshake 60 s, closing 10 s, UDP 60 s)', () => {
+      install({ backends: [candidate(LOCAL_BACKENDS[0]!.ip)] });
+      install({ serviceId: 8, protocol: 'UDP', port: 53, backends: [candidate(LOCAL_BACKENDS[1]!.ip)] });
+      const now = ct.monotonicSeconds();
+      fromContainer(toVip(47000)); // SYN only
+      fromContainer(toVip(47001));
+      fromContainer(toVip(47001, { flags: TCP_ACK })); // established
+      fromContainer(toVip(47002));
+      fromContainer(toVip(47002, { flags: TCP_ACK }));
+      fromContainer(toVip(47002, { flags: TCP_FIN | TCP_ACK })); // closing
+      fromContainer(toVip(47003, { proto: 'UDP', dport: 53 }));
+      const forward = (): number[] => [...ct.entries(m.ct)].filter(([k]) => k.dir === 'service').map(([k]) => k.sport).sort();
+      assert.deepEqual(forward(), [47000, 47001, 47002, 47003]);
+      assert.equal(count(), 8);
+      // Seconds of CLOCK_MONOTONIC as the sweep's clock; a second of margin for the packets' own clock.
+      assert.equal(ct.gc(m.ct, now), 0, 'nothing expired yet');
+      ct.gc(m.ct, now + ct.CtLifetime.CT_LIFETIME_TCP_CLOSE + 2);
+      assert.deepEqual(forward(), [47000, 47001, 47003], 'closing gone after 10 s');
+      ct.gc(m.ct, now + ct.CtLifetime.CT_LIFETIME_TCP_SYN - 2);
+      assert.deepEqual(forward(), [47000, 47001, 47003], 'handshake and UDP kept before 60 s');
+      ct.gc(m.ct, now + Math.max(ct.CtLifetime.CT_LIFETIME_TCP_SYN, ct.CtLifetime.CT_LIFETIME_NONTCP) + 2);
+      assert.deepEqual(forward(), [47001], 'handshake and UDP gone after 60 s; the established connection kept');
+      assert.ok(ct.lookup(m.ct, ctKey(47001, { dir: 'revnat', src: LOCAL_BACKENDS[0]!.ip, dst: CLIENT.ip, sport: BACKEND_PORT, dport: 47001 })), 'with its reply entry');
+      ct.gc(m.ct, now + ct.CtLifetime.CT_LIFETIME_TCP + 2);
+      assert.equal(count(), 0, 'everything gone after 6 h');
+    });
+  });
 });

@@ -1,7 +1,8 @@
 // mapSizes on real BPF maps: cm_ipcache sized 64 and 100 entries to write →
 // 36 refused (status and reconciler), the older entries intact and traffic to
 // them still forwarded; a restart with 128 replaces the map and the
-// reconciler writes all 100.
+// reconciler writes all 100. A resized cm_ct keeps its live entries (as many
+// as fit, longest-lived first) and drops the expired ones.
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
@@ -16,7 +17,7 @@ const ip = (...args: string[]): void => {
 };
 
 describe('mapSizes on a node datapath', { skip }, () => {
-  it('a full cm_ipcache refuses and counts, evicts nothing; a bigger size on restart takes every entry', () => {
+  it('a full cm_ipcache refuses and counts, evicts nothing; a bigger size on restart takes every entry; a resized cm_ct keeps its live connections', () => {
     buildBpfObject('lxc.bpf.o');
     buildBpfObject('overlay.bpf.o');
     const suffix = uniqueSuffix(3);
@@ -53,6 +54,9 @@ describe('mapSizes on a node datapath', { skip }, () => {
         oldPresent: true,
         forwardedToOld: true,
       });
+      assert.deepEqual(out.smallCt, { replaced: null, carriedOver: null, sports: [] });
+      assert.deepEqual(out.bigCt, { replaced: '64->128', carriedOver: { entries: 3, notCarried: 0 }, sports: [40001, 40002, 40003] }, 'live entries carried over, expired ones not');
+      assert.deepEqual(out.shrunkCt, { replaced: '128->2', carriedOver: { entries: 2, notCarried: 1 }, sports: [40001, 40002] }, 'the longest-lived that fit');
     } finally {
       spawnSync('ip', ['netns', 'del', nodeNs]);
       spawnSync('ip', ['netns', 'del', podNs]);

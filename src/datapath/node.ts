@@ -103,8 +103,8 @@ export interface NodeDatapathOptions {
   /**
    * max_entries of cm_ipcache, cm_endpoints, cm_services, cm_backends and
    * cm_ct (a missing key: the object's). A change replaces the pinned map on
-   * start() with a new, empty one (replacedPins): the agent's reconcilers
-   * refill it; cm_ct's entries (live service connections) are lost.
+   * start() with a new one (replacedPins): the agent's reconcilers refill
+   * it; cm_ct's live entries are carried over, as many as fit.
    */
   mapSizes?: Partial<Record<keyof typeof SIZED_MAPS, number>>;
   /**
@@ -183,6 +183,8 @@ export interface ReplacedPin {
   /** What was pinned and what the object declares (type, key/value size, max_entries, flags). */
   pinned: Omit<MapInfo, 'name'>;
   wanted: Omit<MapInfo, 'name'>;
+  /** cm_ct only: entries of the old table still live, copied into the new one (longest-lived first), and those that did not fit (or why none was copied). */
+  carriedOver?: { entries: number; notCarried: number; error?: string };
 }
 
 export interface EventSubscription {
@@ -224,6 +226,9 @@ export class NodeDatapath {
   // it is closed with the others by stop().
   #retiredEvents: BpfMap | undefined;
   #retiredRead = false;
+  // The cm_ct start() unpinned (resized, or the LRU of older versions): its
+  // live entries are copied into the new one once that exists.
+  #retiredCt: { map: BpfMap; replaced: ReplacedPin } | undefined;
 
   constructor(opts: NodeDatapathOptions) {
     const bpffsRoot = opts.bpffsRoot ?? DEFAULT_BPFFS_ROOT;
@@ -560,6 +565,7 @@ export class NodeDatapath {
       }
       this.#replaceStalePins(obj);
       obj.load();
+      this.#carryOverCt(obj);
       return obj;
     } catch (err) {
       obj.close();
@@ -587,12 +593,43 @@ export class NodeDatapath {
         continue;
       }
       unlinkSync(path);
-      this.#replacedPins.push({ map: name, pinned, wanted });
+      const replaced: ReplacedPin = { map: name, pinned, wanted };
+      this.#replacedPins.push(replaced);
       if (name === eventsMap.MAP_NAME && old.type === wanted.type && !this.#retiredEvents) {
         this.#retiredEvents = old;
+      } else if (name === ctMap.MAP_NAME && old.keySize === wanted.keySize && old.valueSize === wanted.valueSize && !this.#retiredCt) {
+        this.#retiredCt = { map: old, replaced };
       } else {
         old.close();
       }
+    }
+  }
+
+  /**
+   * A replaced cm_ct (a changed mapSizes.conntrack, or the LRU of older
+   * versions) would cost every tracked service connection its entries: its
+   * live ones are copied into the new table, longest-lived first, as many as
+   * fit (the rest are counted in replacedPins). Programs still attached write
+   * into the old table until replaced; a connection opened in between picks
+   * its backend again (by the same hash). Best effort: a failure is recorded,
+   * never fails the start.
+   */
+  #carryOverCt(obj: BpfObject): void {
+    const retired = this.#retiredCt;
+    if (!retired || !obj.mapNames().includes(ctMap.MAP_NAME)) return;
+    this.#retiredCt = undefined;
+    let live: Array<[ctMap.Key, ctMap.Value]> = [];
+    try {
+      const now = ctMap.monotonicSeconds();
+      live = [...ctMap.entries(retired.map)].filter(([, v]) => v.lifetime >= now).sort(([, a], [, b]) => b.lifetime - a.lifetime);
+      const map = obj.map(ctMap.MAP_NAME);
+      const fit = live.slice(0, map.maxEntries);
+      ctMap.updateMany(map, fit);
+      retired.replaced.carriedOver = { entries: fit.length, notCarried: live.length - fit.length };
+    } catch (err) {
+      retired.replaced.carriedOver = { entries: 0, notCarried: live.length, error: (err as Error).message };
+    } finally {
+      retired.map.close();
     }
   }
 
@@ -609,6 +646,8 @@ export class NodeDatapath {
     this.#readers.clear();
     this.#retiredEvents?.close();
     this.#retiredEvents = undefined;
+    this.#retiredCt?.map.close();
+    this.#retiredCt = undefined;
     this.#retiredRead = false;
     const errors: unknown[] = [];
     if (detach) {

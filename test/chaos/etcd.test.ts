@@ -10,6 +10,7 @@ import type { Scenario } from '../../src/lab/chaos.ts';
 import { chaosFamily } from './suite.ts';
 
 const HANG_MS = Number(process.env.CHAOS_HANG_MS ?? 30_000);
+const APISERVER_DOWN_MS = 20_000;
 
 const scenarios: Scenario[] = [
   {
@@ -30,6 +31,16 @@ const scenarios: Scenario[] = [
     name: 'apiserver SIGKILL',
     fault: "cluster2's clustermesh apiserver killed, restarted 2 s later",
     holdMs: 2000,
+    inject: async (rig) => rig.mesh.cluster(2).apiserver.kill(),
+    recover: async (rig) => rig.mesh.cluster(2).apiserver.start(),
+  },
+  {
+    // A restart slower than a short session lease (a rescheduled pod, an image pull, a
+    // loaded node): the keys of the killed apiserver must outlive it until its successor
+    // has rewritten them, or every remote deletes the cluster's live pods meanwhile.
+    name: 'apiserver down 20 s',
+    fault: `cluster2's clustermesh apiserver killed, restarted ${APISERVER_DOWN_MS / 1000} s later`,
+    holdMs: APISERVER_DOWN_MS,
     inject: async (rig) => rig.mesh.cluster(2).apiserver.kill(),
     recover: async (rig) => rig.mesh.cluster(2).apiserver.start(),
   },

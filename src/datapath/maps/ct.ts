@@ -1,4 +1,5 @@
-// cm_ct (bpf/lib/conntrack.h): LRU hash of service connections. Per
+// cm_ct (bpf/lib/conntrack.h): hash of service connections (no LRU: a full
+// table refuses new connections, DROP_CT_WRITE_FAILED, and evicts none). Per
 // connection two entries: CT_SERVICE keyed as the client sent it (client ->
 // VIP; pins the backend) and CT_REVNAT keyed as the backend replies (backend
 // -> client, or -> LB_HAIRPIN_IP when the client is its own backend).
@@ -130,9 +131,10 @@ export function monotonicSeconds(): number {
 }
 
 /**
- * Deletes expired entries (the datapath already ignores them; this frees
- * their room before the LRU would). Collects first, deletes after. Returns
- * how many it deleted.
+ * The sweep: deletes the entries expired at `now` (seconds of CLOCK_MONOTONIC;
+ * the datapath already ignores them). cm_ct is no LRU, so this is what frees
+ * their room for new connections (the service manager runs it every
+ * gcIntervalMs). Collects first, deletes after. Returns how many it deleted.
  */
 export function gc(map: MapHandle, now = monotonicSeconds()): number {
   const dead = [...ops.entries(map)].filter(([, v]) => v.lifetime < now).map(([k]) => k);
