@@ -3,39 +3,20 @@
 // them still forwarded; a restart with 128 replaces the map and the
 // reconciler writes all 100.
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { REPO_ROOT, buildBpfObject, datapathSkipReason, uniqueSuffix } from './testing.ts';
+import { REPO_ROOT, buildBpfObject, datapathSkipReason, withNodePodRig } from './testing.ts';
 
 const skip = datapathSkipReason();
 const helper = join(fileURLToPath(new URL('.', import.meta.url)), 'mapsizes.test-helper.ts');
-const ip = (...args: string[]): void => {
-  execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
-};
 
 describe('mapSizes on a node datapath', { skip }, () => {
-  it('a full cm_ipcache refuses and counts, evicts nothing; a bigger size on restart takes every entry', () => {
+  it('a full cm_ipcache refuses and counts, evicts nothing; a bigger size on restart takes every entry', async () => {
     buildBpfObject('lxc.bpf.o');
     buildBpfObject('overlay.bpf.o');
-    const suffix = uniqueSuffix(3);
-    const nodeNs = `cmt-cap-${suffix}-node`;
-    const podNs = `cmt-cap-${suffix}-pod`;
-    try {
-      ip('netns', 'add', nodeNs);
-      ip('netns', 'add', podNs);
-      ip('-n', nodeNs, 'link', 'set', 'lo', 'up');
-      ip('-n', nodeNs, 'link', 'add', 'ul0', 'type', 'veth', 'peer', 'name', 'ul1');
-      ip('-n', nodeNs, 'addr', 'add', '10.1.0.2/24', 'dev', 'ul0');
-      ip('-n', nodeNs, 'link', 'set', 'ul0', 'up');
-      ip('-n', nodeNs, 'link', 'add', 'lxc0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', podNs);
-      ip('-n', nodeNs, 'link', 'set', 'lxc0', 'up');
-      ip('-n', podNs, 'link', 'set', 'lo', 'up');
-      ip('-n', podNs, 'addr', 'add', '10.101.0.5/32', 'dev', 'eth0');
-      ip('-n', podNs, 'link', 'set', 'eth0', 'mtu', '1450', 'up');
-      ip('-n', podNs, 'route', 'add', '169.254.1.1', 'dev', 'eth0', 'scope', 'link');
-      ip('-n', podNs, 'route', 'add', 'default', 'via', '169.254.1.1', 'dev', 'eth0');
+    await withNodePodRig('cap', ({ suffix, nodeNs, podNs }) => {
       const r = spawnSync('ip', ['netns', 'exec', nodeNs, process.execPath, '--import', 'tsx', helper, `test-cap-${suffix}`, podNs], { cwd: REPO_ROOT, encoding: 'utf8', timeout: 120_000 });
       assert.equal(r.status, 0, `helper failed: ${r.stderr}`);
       const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
@@ -53,9 +34,6 @@ describe('mapSizes on a node datapath', { skip }, () => {
         oldPresent: true,
         forwardedToOld: true,
       });
-    } finally {
-      spawnSync('ip', ['netns', 'del', nodeNs]);
-      spawnSync('ip', ['netns', 'del', podNs]);
-    }
+    });
   });
 });
