@@ -7,11 +7,13 @@
 // backends, hairpin.
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type BackendCandidate, type FrontendSpec, planFrontend } from '../src/loadbalancer/index.ts';
 import { collectEvents, readNodeMetrics, startClustermeshDatapath, type LabDatapath } from '../src/lab/datapath.ts';
+import { startEcho } from '../src/lab/echo.ts';
 import { runIn, spawnIn, stopChild } from '../src/lab/exec.ts';
+import type { ManagedProcess } from '../src/lab/process.ts';
 import { createTopology, destroyTopology, type PodInfo, type Topology } from '../src/lab/topology.ts';
 import { BpfMap } from '../src/datapath/libbpf/map.ts';
 import * as backendSlots from '../src/datapath/maps/backend-slots.ts';
@@ -22,8 +24,6 @@ import { DropReason } from '../src/datapath/maps/reasons.ts';
 import * as revnat from '../src/datapath/maps/revnat.ts';
 import * as services from '../src/datapath/maps/services.ts';
 import { datapathSkipReason } from '../src/datapath/testing.ts';
-
-const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
 
 /** Runs in a pod: N HTTP GETs, each a new connection; prints who answered, errors, transfer checks. */
 const HTTP_CLIENT = `
@@ -75,6 +75,7 @@ setTimeout(() => { console.log(JSON.stringify(got)); process.exit(0); }, 3000).u
 describe('service translation with real traffic, 2 clusters x 2 nodes x 2 pods', { skip: datapathSkipReason(), timeout: 240_000 }, () => {
   let topo: Topology;
   let dp: LabDatapath | undefined;
+  const servers: ManagedProcess[] = [];
   const children: ChildProcess[] = [];
   let nextId = 1;
 
@@ -83,7 +84,7 @@ describe('service translation with real traffic, 2 clusters x 2 nodes x 2 pods',
     try {
       dp = await startClustermeshDatapath(topo);
       for (const p of topo.pods) {
-        children.push(spawnIn(p.netns, [process.execPath, CLI, 'lab', 'workload', 'echo', '--port', '8080', '--cluster', p.clusterName, '--node', p.node.name, '--pod', p.name]));
+        servers.push(await startEcho(p, 8080));
         children.push(spawnIn(p.netns, [process.execPath, '--input-type=module', '-e', UDP_SERVER, '5353', p.name]));
       }
       await Promise.all(topo.pods.map((p) => waitForListen(p)));
@@ -94,7 +95,7 @@ describe('service translation with real traffic, 2 clusters x 2 nodes x 2 pods',
   });
 
   async function cleanup(): Promise<void> {
-    await Promise.all(children.map((c) => stopChild(c)));
+    await Promise.all([...servers.map((s) => s.stop(2000)), ...children.map((c) => stopChild(c))]);
     await dp?.stop();
     await destroyTopology(topo);
   }
