@@ -6,19 +6,17 @@
 // tunnel is used. Services and policy work across the native path.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { nativeRoutingCIDRs, type PodInfo, type Topology } from '../src/lab/topology.ts';
 import { run, runIn } from '../src/lab/exec.ts';
 import { readNodeMetrics, type LabDatapath } from '../src/lab/datapath.ts';
 import { type BackendCandidate, planFrontend } from '../src/loadbalancer/index.ts';
-import { BpfMap } from '../src/datapath/libbpf/map.ts';
 import * as backendSlots from '../src/datapath/maps/backend-slots.ts';
 import * as backends from '../src/datapath/maps/backends.ts';
 import * as policy from '../src/datapath/maps/policy.ts';
 import * as revnat from '../src/datapath/maps/revnat.ts';
 import * as services from '../src/datapath/maps/services.ts';
 import { DropReason, TraceReason } from '../src/datapath/maps/reasons.ts';
-import { datapathSkipReason } from '../src/datapath/testing.ts';
+import { datapathSkipReason, withPinnedMap } from '../src/datapath/testing.ts';
 import { fetchFrom, startEchoBed, type EchoBed } from './helpers/echo-bed.ts';
 
 test('lab: the native clusters\' pod ranges, aggregated; too many prefixes is refused with the reason', () => {
@@ -96,10 +94,10 @@ describe('native routing, mixed mesh: clusters 1, 2 native, 3 tunnel; 2 nodes x 
     const candidates: BackendCandidate[] = targets.map((p, i) => ({ id: 7700 + i, ip: p.ip, port: 8080, clusterId: p.cluster, local: false, ready: true, terminating: false, clusterGone: false }));
     const plan = planFrontend({ vip, port: 80, protocol: 'TCP', serviceId: 77, backends: candidates });
     for (const dir of dp.pinDirs) {
-      withMap(dir, backends.MAP_NAME, (m) => backends.updateMany(m, plan.backends));
-      withMap(dir, backendSlots.MAP_NAME, (m) => backendSlots.updateMany(m, backendSlots.tableEntries(77, plan.slots)));
-      withMap(dir, revnat.MAP_NAME, (m) => revnat.update(m, plan.revnat.key, plan.revnat.value));
-      withMap(dir, services.MAP_NAME, (m) => services.update(m, plan.service.key, plan.service.value));
+      withPinnedMap(dir, backends.MAP_NAME, (m) => backends.updateMany(m, plan.backends));
+      withPinnedMap(dir, backendSlots.MAP_NAME, (m) => backendSlots.updateMany(m, backendSlots.tableEntries(77, plan.slots)));
+      withPinnedMap(dir, revnat.MAP_NAME, (m) => revnat.update(m, plan.revnat.key, plan.revnat.value));
+      withPinnedMap(dir, services.MAP_NAME, (m) => services.update(m, plan.service.key, plan.service.value));
     }
     const tx0 = await vxlanTx(client);
     const answered = new Set<string>();
@@ -120,22 +118,14 @@ describe('native routing, mixed mesh: clusters 1, 2 native, 3 tunnel; 2 nodes x 
     const dst = pod(2, 2);
     const endpointId = dst.index; // the lab's plans number endpoints by pod index
     const before = counter(dst, DropReason.DROP_POLICY, 'ingress');
-    withMap(pinDir(dst), policy.ENFORCE_MAP_NAME, (m) => policy.enforce.update(m, { endpointId }, { active: true, ingress: true, egress: false }));
+    withPinnedMap(pinDir(dst), policy.ENFORCE_MAP_NAME, (m) => policy.enforce.update(m, { endpointId }, { active: true, ingress: true, egress: false }));
     try {
       await assert.rejects(ping(src, dst.ip, 3), /exit 1|0 received/, 'no answer under default deny');
       assert.equal(counter(dst, DropReason.DROP_POLICY, 'ingress') - before, 3n, 'three pings, three drops on the destination node');
     } finally {
-      withMap(pinDir(dst), policy.ENFORCE_MAP_NAME, (m) => policy.clearEnforce(m, [endpointId]));
+      withPinnedMap(pinDir(dst), policy.ENFORCE_MAP_NAME, (m) => policy.clearEnforce(m, [endpointId]));
     }
     assert.match(await ping(src, dst.ip, 2), /2 received/, 'allowed again once the policy is gone');
   });
 });
 
-function withMap<T>(dir: string, name: string, fn: (m: BpfMap) => T): T {
-  const m = BpfMap.openPinned(join(dir, name));
-  try {
-    return fn(m);
-  } finally {
-    m.close();
-  }
-}

@@ -7,7 +7,6 @@
 // backends, hairpin.
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
-import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type BackendCandidate, type FrontendSpec, planFrontend } from '../src/loadbalancer/index.ts';
 import { collectEvents, readNodeMetrics, startClustermeshDatapath, type LabDatapath } from '../src/lab/datapath.ts';
@@ -15,7 +14,6 @@ import { startEcho } from '../src/lab/echo.ts';
 import { runIn, spawnIn, stopChild } from '../src/lab/exec.ts';
 import type { ManagedProcess } from '../src/lab/process.ts';
 import { createTopology, destroyTopology, type PodInfo, type Topology } from '../src/lab/topology.ts';
-import { BpfMap } from '../src/datapath/libbpf/map.ts';
 import * as backendSlots from '../src/datapath/maps/backend-slots.ts';
 import * as backends from '../src/datapath/maps/backends.ts';
 import * as ct from '../src/datapath/maps/ct.ts';
@@ -23,7 +21,7 @@ import * as maglev from '../src/datapath/maps/maglev.ts';
 import { DropReason } from '../src/datapath/maps/reasons.ts';
 import * as revnat from '../src/datapath/maps/revnat.ts';
 import * as services from '../src/datapath/maps/services.ts';
-import { datapathSkipReason } from '../src/datapath/testing.ts';
+import { datapathSkipReason, withPinnedMap } from '../src/datapath/testing.ts';
 
 /** Runs in a pod: N HTTP GETs, each a new connection; prints who answered, errors, transfer checks. */
 const HTTP_CLIENT = `
@@ -103,15 +101,6 @@ describe('service translation with real traffic, 2 clusters x 2 nodes x 2 pods',
 
   const pod = (c: number, n: number, p: number): PodInfo => topo.pods.find((x) => x.cluster === c && x.node.index === n && x.index === p)!;
 
-  function withMap<T>(pinDir: string, name: string, fn: (m: BpfMap) => T): T {
-    const m = BpfMap.openPinned(join(pinDir, name));
-    try {
-      return fn(m);
-    } finally {
-      m.close();
-    }
-  }
-
   /** The same frontend on every node (services are translated on the client's node). */
   function install(vip: string, port: number, protocol: 'TCP' | 'UDP', targets: PodInfo[], targetPort: number, extra: Partial<FrontendSpec> = {}): void {
     const serviceId = nextId++;
@@ -120,11 +109,11 @@ describe('service translation with real traffic, 2 clusters x 2 nodes x 2 pods',
     }));
     const plan = planFrontend({ vip, port, protocol, serviceId, backends: candidates, ...extra });
     for (const dir of dp!.pinDirs) {
-      withMap(dir, backends.MAP_NAME, (m) => backends.updateMany(m, plan.backends));
-      withMap(dir, backendSlots.MAP_NAME, (m) => backendSlots.updateMany(m, backendSlots.tableEntries(serviceId, plan.slots)));
-      if (plan.maglev) withMap(dir, maglev.MAP_NAME, (m) => maglev.update(m, serviceId, plan.maglev!));
-      withMap(dir, revnat.MAP_NAME, (m) => revnat.update(m, plan.revnat.key, plan.revnat.value));
-      withMap(dir, services.MAP_NAME, (m) => services.update(m, plan.service.key, plan.service.value));
+      withPinnedMap(dir, backends.MAP_NAME, (m) => backends.updateMany(m, plan.backends));
+      withPinnedMap(dir, backendSlots.MAP_NAME, (m) => backendSlots.updateMany(m, backendSlots.tableEntries(serviceId, plan.slots)));
+      if (plan.maglev) withPinnedMap(dir, maglev.MAP_NAME, (m) => maglev.update(m, serviceId, plan.maglev!));
+      withPinnedMap(dir, revnat.MAP_NAME, (m) => revnat.update(m, plan.revnat.key, plan.revnat.value));
+      withPinnedMap(dir, services.MAP_NAME, (m) => services.update(m, plan.service.key, plan.service.value));
     }
   }
 
@@ -152,7 +141,7 @@ describe('service translation with real traffic, 2 clusters x 2 nodes x 2 pods',
     for (const n of Object.values(t.answers)) assert.ok(n >= 8, `spread: ${JSON.stringify(t.answers)}`);
     assert.deepEqual(t.from, { [client.ip]: 60 }, 'backends see the client pod IP (no SNAT)');
     const node = dp!.pinDirs[topo.nodes.indexOf(client.node)]!;
-    const entries = withMap(node, ct.MAP_NAME, (m) => [...ct.entries(m)]);
+    const entries = withPinnedMap(node, ct.MAP_NAME, (m) => [...ct.entries(m)]);
     assert.ok(entries.filter(([k]) => k.dir === 'service' && k.src === client.ip && k.dst === '10.96.0.10').length >= 60, 'conntrack on the client node');
   });
 

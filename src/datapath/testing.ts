@@ -6,6 +6,7 @@ import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureBpffs, nodePinDir, removePinDir } from './bpffs.ts';
+import { BpfMap } from './libbpf/map.ts';
 import { BpfObject } from './libbpf/object.ts';
 import * as config from './maps/config.ts';
 
@@ -47,6 +48,16 @@ export async function withPinDir<T>(prefix: string, fn: (dir: string) => T | Pro
     return await fn(dir);
   } finally {
     removePinDir(dir);
+  }
+}
+
+/** Runs fn with the map pinned as pinDir/name open, and closes it again. */
+export function withPinnedMap<T>(pinDir: string, name: string, fn: (m: BpfMap) => T): T {
+  const m = BpfMap.openPinned(join(pinDir, name));
+  try {
+    return fn(m);
+  } finally {
+    m.close();
   }
 }
 
