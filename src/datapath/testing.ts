@@ -1,5 +1,6 @@
 // Helpers for datapath tests: build test objects, unique pin directories on
-// the project bpffs, crafted packets. Used by *.test.ts only.
+// the project bpffs, pinned maps, crafted packets, a node and pod namespace
+// pair. Used by *.test.ts only.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
