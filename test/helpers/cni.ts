@@ -16,22 +16,22 @@ export interface PluginRun {
 }
 
 export interface RunPluginOptions {
-  /** Run in this network namespace (a node's), as that node's kubelet would. */
+  /** Run in this network namespace (a node's), as that node's kubelet would: with CNI_PATH /opt/cni/bin unless env sets it. */
   netns?: string;
   /** Run `clustermesh cni` instead of the executable. */
   viaCli?: boolean;
 }
 
 /**
- * Runs the plugin with the CNI variables in env (CNI_PATH defaults to
- * /opt/cni/bin) and conf on stdin (a string or Buffer as it is, anything else
- * as JSON); resolves with its exit code and output.
+ * Runs the plugin with the CNI variables in env and conf on stdin (a string
+ * or Buffer as it is, anything else as JSON); resolves with its exit code and
+ * output.
  */
 export function runPlugin(env: Record<string, string>, conf: unknown, opts: RunPluginOptions = {}): Promise<PluginRun> {
   const argv = opts.viaCli ? [process.execPath, CLI, 'cni'] : [CNI_PLUGIN];
   const full = opts.netns === undefined ? argv : ['ip', 'netns', 'exec', opts.netns, ...argv];
   return new Promise((done, fail) => {
-    const child = spawn(full[0]!, full.slice(1), { env: childEnv({ CNI_PATH: '/opt/cni/bin', ...env }), stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(full[0]!, full.slice(1), { env: childEnv(opts.netns === undefined ? env : { CNI_PATH: '/opt/cni/bin', ...env }), stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
