@@ -7,15 +7,15 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { ipKey } from '../src/clustermesh/keys.ts';
+import { startEcho, waitListening } from '../src/lab/echo.ts';
 import { runIn } from '../src/lab/exec.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
-import { ManagedProcess, childEnv } from '../src/lab/process.ts';
+import type { ManagedProcess } from '../src/lab/process.ts';
 import { createTopology, destroyTopology, type NodeInfo, type PodInfo, type Topology } from '../src/lab/topology.ts';
 import { startTransfer, type Transfer } from '../src/lab/transfer.ts';
 
-const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
 /** A long transfer: 24 MiB read at 3 MiB/s, about 8 s. */
 const LONG_BYTES = 24 << 20;
 const LONG_RATE = 3 << 20;
@@ -60,22 +60,12 @@ describe('agent: control plane drives the datapath across 2 clusters x 2 nodes',
       readyTimeoutMs: 180_000,
       progress: (l) => console.log(`# ${l}`),
     });
-    for (const p of serverPods()) {
-      const s = new ManagedProcess({
-        name: `echo ${p.name}`,
-        netns: p.netns,
-        logFile: '/dev/null',
-        argv: [process.execPath, CLI, 'lab', 'workload', 'echo', '--port', '8080', '--cluster', p.clusterName, '--node', p.node.name, '--pod', p.name],
-        env: childEnv(),
-      });
-      servers.push(s);
-      await s.start();
-    }
+    for (const p of serverPods()) servers.push(await startEcho(p, 8080));
     for (const p of registeredUpFront()) {
       const ep = await m().addPod(p);
       assert.ok(inRange(ep.identity, p.cluster), `${p.name}: identity ${ep.identity} lies in cluster ${p.cluster}'s range`);
     }
-    await Promise.all(serverPods().map((p) => waitListen(p, 8080)));
+    await Promise.all(serverPods().map((p) => waitListening(p, 8080)));
   });
 
   after(async () => {
@@ -326,13 +316,4 @@ async function fetchFrom(src: PodInfo, url: string): Promise<{ status: number; t
   const { stdout } = await runIn(src.netns, ['curl', '-sS', '--max-time', '10', '-w', '\n%{http_code}', url], { timeoutMs: 15_000 });
   const i = stdout.lastIndexOf('\n');
   return { status: Number(stdout.slice(i + 1)), text: stdout.slice(0, i) };
-}
-
-async function waitListen(p: PodInfo, port: number): Promise<void> {
-  for (let i = 0; i < 300; i++) {
-    const { stdout } = await runIn(p.netns, ['ss', '-Htln', `sport = :${port}`]);
-    if (stdout.trim()) return;
-    await sleep(100);
-  }
-  throw new Error(`${p.name}: nothing listens on :${port}`);
 }

@@ -8,31 +8,23 @@
 // (The bad network configs and the agent being down are in test/cni.test.ts.)
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { hostIfNameFor } from '../src/cni/plugin.ts';
 import { run } from '../src/lab/exec.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
-import { childEnv } from '../src/lab/process.ts';
 import { createTopology, destroyTopology, type NodeInfo, type Topology } from '../src/lab/topology.ts';
+import { runPlugin, type PluginRun } from './helpers/cni.ts';
 
-const PLUGIN = resolve(import.meta.dirname, '..', 'cni', 'build', 'clustermesh-cni');
 const MiB = 1 << 20;
 
 interface Answer {
   status: number;
   headers: Record<string, string | string[] | undefined>;
   text: string;
-  json: any;
-}
-
-interface PluginRun {
-  code: number | null;
-  stdout: string;
   json: any;
 }
 
@@ -128,25 +120,7 @@ describe('bad input: the agent API and the CNI plugin (1 cluster x 1 node)', { t
     CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=${containerID}`,
   });
   /** The plugin executable in the node's namespace, as a kubelet runs it. */
-  function plugin(env: Record<string, string>, stdin: string | Buffer): Promise<PluginRun> {
-    return new Promise((done, fail) => {
-      const child = spawn('ip', ['netns', 'exec', node().netns, PLUGIN], { env: childEnv({ CNI_PATH: '/opt/cni/bin', ...env }), stdio: ['pipe', 'pipe', 'inherit'] });
-      let stdout = '';
-      child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-      child.once('error', fail);
-      child.once('close', (code) => {
-        let json: unknown;
-        try {
-          json = stdout.trim() ? JSON.parse(stdout) : undefined;
-        } catch {
-          json = undefined;
-        }
-        done({ code, stdout, json });
-      });
-      child.stdin.on('error', () => undefined); // the plugin may stop reading an oversized config
-      child.stdin.end(stdin);
-    });
-  }
+  const plugin = (env: Record<string, string>, stdin: string | Buffer): Promise<PluginRun> => runPlugin(env, stdin, { netns: node().netns });
   async function newPodNetns(tag: string): Promise<string> {
     const name = `cmt-${topo!.id}-${tag}`;
     podNamespaces.push(name);

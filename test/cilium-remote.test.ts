@@ -20,9 +20,10 @@ import { KvClient } from '../src/kvstore/client.ts';
 import { startEtcd, type EtcdServer } from '../src/kvstore/etcd-process.ts';
 import type { RemoteSummary } from '../src/agent/status.ts';
 import { readNodeMetrics } from '../src/lab/datapath.ts';
+import { startEcho } from '../src/lab/echo.ts';
 import { ipBatch, run, runIn } from '../src/lab/exec.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
-import { ManagedProcess, childEnv } from '../src/lab/process.ts';
+import type { ManagedProcess } from '../src/lab/process.ts';
 import { createTopology, destroyTopology, routerUnderlayIP, type NodeInfo, type PodInfo, type Topology } from '../src/lab/topology.ts';
 
 const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
@@ -145,14 +146,7 @@ describe('a Cilium cluster as a remote: its exports imported, traffic to its pod
     const planFile = join(mesh!.dir, 'cilium-node-plan.json');
     await writeFile(planFile, JSON.stringify(plan));
     await runIn(node.netns, [process.execPath, CLI, 'datapath', 'apply', '--plan', planFile], { timeoutMs: 60_000 });
-    echo = new ManagedProcess({
-      name: 'echo cart-0',
-      netns: pod.netns,
-      logFile: '/dev/null',
-      argv: [process.execPath, CLI, 'lab', 'workload', 'echo', '--port', '8080', '--cluster', CILIUM, '--node', 'worker-1', '--pod', 'cart-0'],
-      env: childEnv(),
-    });
-    await echo.start();
+    echo = await startEcho(pod, 8080, { as: { cluster: CILIUM, node: 'worker-1', pod: 'cart-0' } });
 
     // Only Cilium-format values, written as a Cilium clustermesh-apiserver does.
     const w = writer!;

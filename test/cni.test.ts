@@ -9,23 +9,14 @@ import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { hostIfNameFor } from '../src/cni/plugin.ts';
 import { run, runIn } from '../src/lab/exec.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
-import { childEnv } from '../src/lab/process.ts';
 import { createTopology, destroyTopology, type NodeInfo, type PodInfo, type Topology } from '../src/lab/topology.ts';
+import { CNI_PLUGIN, runPlugin, type PluginRun } from './helpers/cni.ts';
 
-const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
-const PLUGIN = resolve(import.meta.dirname, '..', 'cni', 'build', 'clustermesh-cni');
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-interface PluginRun {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  json: any;
-}
 
 describe('cni: the plugin binary against a live mesh (1 cluster x 2 nodes)', { timeout: 240_000 }, () => {
   let topo: Topology | undefined;
@@ -57,29 +48,7 @@ describe('cni: the plugin binary against a live mesh (1 cluster x 2 nodes)', { t
       .map(([ip]) => ip);
 
   /** Runs the plugin executable in the node's namespace, as the kubelet would (`viaCli`: as `clustermesh cni`). */
-  function plugin(n: NodeInfo, env: Record<string, string>, conf: unknown, viaCli = false): Promise<PluginRun> {
-    return new Promise((resolvePromise, reject) => {
-      const child = spawn('ip', ['netns', 'exec', n.netns, ...(viaCli ? [process.execPath, CLI, 'cni'] : [PLUGIN])], {
-        env: childEnv({ CNI_PATH: '/opt/cni/bin', ...env }),
-        stdio: ['pipe', 'pipe', 'pipe'],
-      });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-      child.once('error', reject);
-      child.once('exit', (code) => {
-        let json: unknown;
-        try {
-          json = stdout.trim() ? JSON.parse(stdout) : undefined;
-        } catch {
-          json = undefined;
-        }
-        resolvePromise({ code, stdout, stderr, json });
-      });
-      child.stdin.end(typeof conf === 'string' ? conf : JSON.stringify(conf));
-    });
-  }
+  const plugin = (n: NodeInfo, env: Record<string, string>, conf: unknown, viaCli = false): Promise<PluginRun> => runPlugin(env, conf, { netns: n.netns, viaCli });
   const cniEnv = (command: string, containerID: string, netns: string, podName = containerID): Record<string, string> => ({
     CNI_COMMAND: command,
     CNI_CONTAINERID: containerID,
@@ -148,9 +117,9 @@ describe('cni: the plugin binary against a live mesh (1 cluster x 2 nodes)', { t
   });
 
   test('the executable is not a node process: a static program that relays to the agent', () => {
-    const head = readFileSync(PLUGIN).subarray(0, 4);
+    const head = readFileSync(CNI_PLUGIN).subarray(0, 4);
     assert.deepEqual([...head], [0x7f, 0x45, 0x4c, 0x46], 'an ELF executable, not a script');
-    assert.doesNotMatch(readFileSync(PLUGIN, 'latin1'), /\0libnode|node_modules/, 'no Node.js in it');
+    assert.doesNotMatch(readFileSync(CNI_PLUGIN, 'latin1'), /\0libnode|node_modules/, 'no Node.js in it');
   });
 
   test('ADD wires the pod (veth, MTU, /32, static gateway, default route), registers it, and it reaches pods on both nodes; repeated ADD and CHECK agree; DEL removes everything, twice', async () => {
@@ -387,16 +356,6 @@ describe('cni: the plugin executable against sockets that do not answer as an ag
       await new Promise((r) => server.close(r));
       await rm(dir, { recursive: true, force: true });
     }
-  }
-  function runPlugin(env: Record<string, string>, conf: unknown): Promise<{ code: number | null; json: any; stdout: string }> {
-    return new Promise((done, fail) => {
-      const child = spawn(PLUGIN, [], { env: childEnv(env), stdio: ['pipe', 'pipe', 'inherit'] });
-      let stdout = '';
-      child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-      child.once('error', fail);
-      child.once('close', (code) => done({ code, stdout, json: stdout.trim() ? JSON.parse(stdout) : undefined }));
-      child.stdin.end(JSON.stringify(conf));
-    });
   }
   const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'cmt-sock', CNI_NETNS: '/proc/self/ns/net', CNI_IFNAME: 'eth0', CNI_ARGS: 'K8S_POD_NAMESPACE=default;K8S_POD_NAME=x' };
   const conf = (agentSocket: string) => ({ cniVersion: '1.0.0', name: 'cm', type: 'clustermesh', agentSocket, ipam: { podCIDR: '10.101.1.0/24' } });

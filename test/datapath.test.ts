@@ -5,44 +5,24 @@
 // assertions about the wire (TTL, encapsulation, MTU) follow the mode.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
-import { resolve } from 'node:path';
-import { createTopology, destroyTopology, type PodInfo, type Topology } from '../src/lab/topology.ts';
-import { runIn, spawnIn, stopChild } from '../src/lab/exec.ts';
-import { collectEvents, labPodIdentity, readNodeMetrics, startClustermeshDatapath, type LabDatapath } from '../src/lab/datapath.ts';
+import type { PodInfo, Topology } from '../src/lab/topology.ts';
+import { runIn } from '../src/lab/exec.ts';
+import { collectEvents, labPodIdentity, readNodeMetrics, type LabDatapath } from '../src/lab/datapath.ts';
 import { DropReason } from '../src/datapath/maps/index.ts';
-
-const ROOT = resolve(import.meta.dirname, '..');
-const CLI = resolve(ROOT, 'bin', 'clustermesh.js');
-const FETCH = resolve(ROOT, 'test', 'helpers', 'fetch.ts');
+import { fetchFrom, startEchoBed, type EchoBed } from './helpers/echo-bed.ts';
 
 describe('eBPF overlay datapath, 2 clusters x 2 nodes x 2 pods', { timeout: 240_000 }, () => {
+  let bed: EchoBed | undefined;
   let topo: Topology;
-  let dp: LabDatapath | undefined;
+  let dp: LabDatapath;
   let native = false;
-  const servers: ChildProcess[] = [];
 
   before(async () => {
-    topo = await createTopology({ clusters: 2, nodesPerCluster: 2, podsPerNode: 2, mode: 'clustermesh', prefix: 'cmt' });
+    bed = await startEchoBed({ clusters: 2, nodesPerCluster: 2, podsPerNode: 2, mode: 'clustermesh', prefix: 'cmt' });
+    ({ topo, dp } = bed);
     native = topo.spec.routing.every((r) => r === 'native');
-    try {
-      dp = await startClustermeshDatapath(topo);
-      for (const p of topo.pods) {
-        servers.push(spawnIn(p.netns, [process.execPath, CLI, 'lab', 'workload', 'echo', '--port', '8080', '--cluster', p.clusterName, '--node', p.node.name, '--pod', p.name]));
-      }
-      await Promise.all(topo.pods.map((p) => waitForListen(p, 8080)));
-    } catch (err) {
-      await cleanup();
-      throw err;
-    }
   });
-
-  async function cleanup(): Promise<void> {
-    await Promise.all(servers.map((s) => stopChild(s)));
-    await dp?.stop();
-    await destroyTopology(topo);
-  }
-  after(cleanup);
+  after(() => bed?.stop());
 
   const pod = (c: number, n: number, p: number): PodInfo => topo.pods.find((x) => x.cluster === c && x.node.index === n && x.index === p)!;
   const pairs = (): Array<[string, PodInfo, PodInfo]> => [
@@ -110,7 +90,7 @@ describe('eBPF overlay datapath, 2 clusters x 2 nodes x 2 pods', { timeout: 240_
     const src = pod(1, 1, 1);
     const target = pod(2, 1, 1).node;
     const unknown = target.podCIDR.replace(/0\/24$/, '99');
-    const pinDir = dp!.pinDirs[topo.nodes.indexOf(target)]!;
+    const pinDir = dp.pinDirs[topo.nodes.indexOf(target)]!;
     const count = () => readNodeMetrics(pinDir).filter((r) => r.reason === DropReason.DROP_UNKNOWN_ENDPOINT && r.direction === 'ingress').reduce((n, r) => n + r.packets, 0n);
     const before = count();
     const ev = collectEvents(pinDir);
@@ -128,17 +108,3 @@ describe('eBPF overlay datapath, 2 clusters x 2 nodes x 2 pods', { timeout: 240_
     }
   });
 });
-
-async function fetchFrom(src: PodInfo, url: string): Promise<{ status: number; bytes: number; sha256: string; announcedSha256?: string; text?: string }> {
-  const { stdout } = await runIn(src.netns, [process.execPath, '--import', 'tsx', FETCH, url, '15000'], { timeoutMs: 30_000 });
-  return JSON.parse(stdout);
-}
-
-async function waitForListen(p: PodInfo, port: number): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    const { stdout } = await runIn(p.netns, ['ss', '-Htln', `sport = :${port}`]);
-    if (stdout.trim()) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${p.name}: nothing listens on :${port}`);
-}

@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, describe, test } from 'node:test';
+import { waitListening } from '../src/lab/echo.ts';
 import { runIn, spawnIn, stopChild } from '../src/lab/exec.ts';
 import type { KubeObjects } from '../src/lab/kube-objects.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
@@ -211,7 +212,7 @@ describe('services and global services with real traffic, 2 clusters x 2 nodes',
       await m().addPod(p, { labels: { app: p.name } });
       labels.set(p, new Set(p.index === 2 ? SERVICE_LABELS : []));
     }
-    await Promise.all(topo.pods.map((p) => waitListen(p)));
+    await Promise.all(topo.pods.map((p) => waitListening(p, 8080)));
     for (const p of topo.pods) await applyPod(p);
     // cluster1: web (local only), glob, aff (global, affinity local), unshared (global, shared: "false"), conn, empty
     await writer(1).applyAll([
@@ -487,12 +488,3 @@ describe('services and global services with real traffic, 2 clusters x 2 nodes',
     assert.ok(refused.length >= 3 && refused.every((f) => f.service?.ip === vip(1, 60) && f.service.port === 80), JSON.stringify(refused.slice(-1)));
   });
 });
-
-async function waitListen(p: PodInfo): Promise<void> {
-  for (let i = 0; i < 300; i++) {
-    const { stdout } = await runIn(p.netns, ['ss', '-Htln', 'sport = :8080']);
-    if (stdout.trim()) return;
-    await sleep(100);
-  }
-  throw new Error(`${p.name}: nothing listens on :8080`);
-}

@@ -6,24 +6,18 @@
 // tunnel is used. Services and policy work across the native path.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
-import { join, resolve } from 'node:path';
-import { createTopology, destroyTopology, nativeRoutingCIDRs, type PodInfo, type Topology } from '../src/lab/topology.ts';
-import { run, runIn, spawnIn, stopChild } from '../src/lab/exec.ts';
-import { readNodeMetrics, startClustermeshDatapath, type LabDatapath } from '../src/lab/datapath.ts';
+import { nativeRoutingCIDRs, type PodInfo, type Topology } from '../src/lab/topology.ts';
+import { run, runIn } from '../src/lab/exec.ts';
+import { readNodeMetrics, type LabDatapath } from '../src/lab/datapath.ts';
 import { type BackendCandidate, planFrontend } from '../src/loadbalancer/index.ts';
-import { BpfMap } from '../src/datapath/libbpf/map.ts';
 import * as backendSlots from '../src/datapath/maps/backend-slots.ts';
 import * as backends from '../src/datapath/maps/backends.ts';
 import * as policy from '../src/datapath/maps/policy.ts';
 import * as revnat from '../src/datapath/maps/revnat.ts';
 import * as services from '../src/datapath/maps/services.ts';
 import { DropReason, TraceReason } from '../src/datapath/maps/reasons.ts';
-import { datapathSkipReason } from '../src/datapath/testing.ts';
-
-const ROOT = resolve(import.meta.dirname, '..');
-const CLI = resolve(ROOT, 'bin', 'clustermesh.js');
-const FETCH = resolve(ROOT, 'test', 'helpers', 'fetch.ts');
+import { datapathSkipReason, withPinnedMap } from '../src/datapath/testing.ts';
+import { fetchFrom, startEchoBed, type EchoBed } from './helpers/echo-bed.ts';
 
 test('lab: the native clusters\' pod ranges, aggregated; too many prefixes is refused with the reason', () => {
   assert.deepEqual(nativeRoutingCIDRs({ routing: ['native', 'native', 'tunnel'] }), ['10.101.0.0/16', '10.102.0.0/16']);
@@ -35,33 +29,18 @@ test('lab: the native clusters\' pod ranges, aggregated; too many prefixes is re
 });
 
 describe('native routing, mixed mesh: clusters 1, 2 native, 3 tunnel; 2 nodes x 1 pod each', { skip: datapathSkipReason(), timeout: 300_000 }, () => {
+  let bed: EchoBed | undefined;
   let topo: Topology;
-  let dp: LabDatapath | undefined;
-  const servers: ChildProcess[] = [];
+  let dp: LabDatapath;
 
   before(async () => {
-    topo = await createTopology({ clusters: 3, nodesPerCluster: 2, podsPerNode: 1, mode: 'clustermesh', prefix: 'cmtnat', routing: ['native', 'native', 'tunnel'] });
-    try {
-      dp = await startClustermeshDatapath(topo);
-      for (const p of topo.pods) {
-        servers.push(spawnIn(p.netns, [process.execPath, CLI, 'lab', 'workload', 'echo', '--port', '8080', '--cluster', p.clusterName, '--node', p.node.name, '--pod', p.name]));
-      }
-      await Promise.all(topo.pods.map((p) => waitForListen(p, 8080)));
-    } catch (err) {
-      await cleanup();
-      throw err;
-    }
+    bed = await startEchoBed({ clusters: 3, nodesPerCluster: 2, podsPerNode: 1, mode: 'clustermesh', prefix: 'cmtnat', routing: ['native', 'native', 'tunnel'] });
+    ({ topo, dp } = bed);
   });
-
-  async function cleanup(): Promise<void> {
-    await Promise.all(servers.map((s) => stopChild(s)));
-    await dp?.stop();
-    await destroyTopology(topo);
-  }
-  after(cleanup);
+  after(() => bed?.stop());
 
   const pod = (c: number, n: number): PodInfo => topo.pods.find((x) => x.cluster === c && x.node.index === n)!;
-  const pinDir = (p: PodInfo): string => dp!.pinDirs[topo.nodes.indexOf(p.node)]!;
+  const pinDir = (p: PodInfo): string => dp.pinDirs[topo.nodes.indexOf(p.node)]!;
   const counter = (p: PodInfo, reason: number, direction: 'ingress' | 'egress'): bigint =>
     readNodeMetrics(pinDir(p)).filter((r) => r.reason === reason && r.direction === direction).reduce((n, r) => n + r.packets, 0n);
   /** Packets the node's VXLAN device sent (the kernel's counter). */
@@ -72,10 +51,6 @@ describe('native routing, mixed mesh: clusters 1, 2 native, 3 tunnel; 2 nodes x 
   async function ping(src: PodInfo, dst: string, n = 3): Promise<string> {
     const { stdout } = await runIn(src.netns, ['ping', '-c', String(n), '-i', '0.2', '-W', '2', dst]);
     return stdout;
-  }
-  async function fetchFrom(src: PodInfo, url: string): Promise<{ status: number; text?: string }> {
-    const { stdout } = await runIn(src.netns, [process.execPath, '--import', 'tsx', FETCH, url, '15000'], { timeoutMs: 30_000 });
-    return JSON.parse(stdout);
   }
 
   test('the lab routes the native clusters\' pod CIDRs on the router and between their nodes, not the tunnel cluster\'s', async () => {
@@ -118,11 +93,11 @@ describe('native routing, mixed mesh: clusters 1, 2 native, 3 tunnel; 2 nodes x 
     const vip = '10.96.0.77';
     const candidates: BackendCandidate[] = targets.map((p, i) => ({ id: 7700 + i, ip: p.ip, port: 8080, clusterId: p.cluster, local: false, ready: true, terminating: false, clusterGone: false }));
     const plan = planFrontend({ vip, port: 80, protocol: 'TCP', serviceId: 77, backends: candidates });
-    for (const dir of dp!.pinDirs) {
-      withMap(dir, backends.MAP_NAME, (m) => backends.updateMany(m, plan.backends));
-      withMap(dir, backendSlots.MAP_NAME, (m) => backendSlots.updateMany(m, backendSlots.tableEntries(77, plan.slots)));
-      withMap(dir, revnat.MAP_NAME, (m) => revnat.update(m, plan.revnat.key, plan.revnat.value));
-      withMap(dir, services.MAP_NAME, (m) => services.update(m, plan.service.key, plan.service.value));
+    for (const dir of dp.pinDirs) {
+      withPinnedMap(dir, backends.MAP_NAME, (m) => backends.updateMany(m, plan.backends));
+      withPinnedMap(dir, backendSlots.MAP_NAME, (m) => backendSlots.updateMany(m, backendSlots.tableEntries(77, plan.slots)));
+      withPinnedMap(dir, revnat.MAP_NAME, (m) => revnat.update(m, plan.revnat.key, plan.revnat.value));
+      withPinnedMap(dir, services.MAP_NAME, (m) => services.update(m, plan.service.key, plan.service.value));
     }
     const tx0 = await vxlanTx(client);
     const answered = new Set<string>();
@@ -143,31 +118,14 @@ describe('native routing, mixed mesh: clusters 1, 2 native, 3 tunnel; 2 nodes x 
     const dst = pod(2, 2);
     const endpointId = dst.index; // the lab's plans number endpoints by pod index
     const before = counter(dst, DropReason.DROP_POLICY, 'ingress');
-    withMap(pinDir(dst), policy.ENFORCE_MAP_NAME, (m) => policy.enforce.update(m, { endpointId }, { active: true, ingress: true, egress: false }));
+    withPinnedMap(pinDir(dst), policy.ENFORCE_MAP_NAME, (m) => policy.enforce.update(m, { endpointId }, { active: true, ingress: true, egress: false }));
     try {
       await assert.rejects(ping(src, dst.ip, 3), /exit 1|0 received/, 'no answer under default deny');
       assert.equal(counter(dst, DropReason.DROP_POLICY, 'ingress') - before, 3n, 'three pings, three drops on the destination node');
     } finally {
-      withMap(pinDir(dst), policy.ENFORCE_MAP_NAME, (m) => policy.clearEnforce(m, [endpointId]));
+      withPinnedMap(pinDir(dst), policy.ENFORCE_MAP_NAME, (m) => policy.clearEnforce(m, [endpointId]));
     }
     assert.match(await ping(src, dst.ip, 2), /2 received/, 'allowed again once the policy is gone');
   });
 });
 
-function withMap<T>(dir: string, name: string, fn: (m: BpfMap) => T): T {
-  const m = BpfMap.openPinned(join(dir, name));
-  try {
-    return fn(m);
-  } finally {
-    m.close();
-  }
-}
-
-async function waitForListen(p: PodInfo, port: number): Promise<void> {
-  for (let i = 0; i < 300; i++) {
-    const { stdout } = await runIn(p.netns, ['ss', '-Htln', `sport = :${port}`]);
-    if (stdout.trim()) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${p.name}: nothing listens on :${port}`);
-}

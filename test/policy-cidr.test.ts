@@ -13,16 +13,15 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { collectAgentEvents } from '../src/lab/datapath.ts';
-import { runIn } from '../src/lab/exec.ts';
+import { startEcho, waitListening } from '../src/lab/echo.ts';
 import type { KubeObjects } from '../src/lab/kube-objects.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
-import { ManagedProcess, childEnv } from '../src/lab/process.ts';
+import type { ManagedProcess } from '../src/lab/process.ts';
 import { createTopology, destroyTopology, type PodInfo, type Topology } from '../src/lab/topology.ts';
 import { enforceFlags, policyCidrs, policyDrops, reaches as reachesOn, sleep, waitFor } from './helpers/policy.ts';
 
-const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
 const PORT = 8080;
 const reaches = (src: PodInfo, dst: PodInfo, timeoutS?: number): Promise<boolean> => reachesOn(src, dst, PORT, timeoutS);
 
@@ -61,19 +60,11 @@ describe('ipBlock matches pods by address: same node, other node, other cluster 
       endpointIds.set(p.name, ep.endpointID);
       identities.set(p.name, ep.identity!);
       if (app === 'client') continue;
-      const s = new ManagedProcess({
-        name: `echo ${p.name}`,
-        netns: p.netns,
-        logFile: '/dev/null',
-        argv: [process.execPath, CLI, 'lab', 'workload', 'echo', '--port', String(PORT), '--cluster', p.clusterName, '--node', p.node.name, '--pod', p.name],
-        env: childEnv(),
-      });
-      servers.push(s);
-      await s.start();
+      servers.push(await startEcho(p, PORT));
     }
     await waitFor('every pod in every ipcache', () => topo!.nodes.every((n) => labelled.every(([p]) => m().readIpcache(n).has(`${p.ip}/32`))), 120_000);
     for (const [p, app] of labelled) {
-      if (app !== 'client') await waitFor(`${p.name} listening`, async () => (await runIn(p.netns, ['ss', '-Htln', `sport = :${PORT}`])).stdout.trim() !== '', 120_000);
+      if (app !== 'client') await waitListening(p, PORT, 120_000);
     }
     assert.equal(identities.get(otherNode(1).name), identities.get(otherNode(2).name), 'the two servers of c1n2 share one identity');
     assert.equal(identities.get(otherCluster(1).name), identities.get(otherCluster(2).name), 'the two servers of cluster2 share one identity');

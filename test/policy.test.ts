@@ -10,17 +10,17 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import type { DatapathEvent } from '../src/datapath/maps/events.ts';
 import { collectAgentEvents } from '../src/lab/datapath.ts';
+import { startEcho, waitListening } from '../src/lab/echo.ts';
 import { runIn } from '../src/lab/exec.ts';
 import type { KubeObjects } from '../src/lab/kube-objects.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
-import { ManagedProcess, childEnv } from '../src/lab/process.ts';
+import type { ManagedProcess } from '../src/lab/process.ts';
 import { createTopology, destroyTopology, type NodeInfo, type PodInfo, type Topology } from '../src/lab/topology.ts';
 import { enforceFlags, policyCidrs, policyDrops, reaches as reachesOn, sleep, waitFor } from './helpers/policy.ts';
 
-const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
 const PORT = 8080;
 const reaches = (src: PodInfo, dst: PodInfo, timeoutS?: number): Promise<boolean> => reachesOn(src, dst, PORT, timeoutS);
 
@@ -71,17 +71,7 @@ describe('network policy across 3 clusters x 1 node, real traffic', { timeout: 3
     const dir = await mkdtemp(join(tmpdir(), 'cmtpol-mesh-'));
     mesh = await startMesh(topo, { dir, kubeSource: true, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
     const withServer = [frontend1(), backend2(), backendLater2(), backend3()];
-    for (const p of withServer) {
-      const s = new ManagedProcess({
-        name: `echo ${p.name}`,
-        netns: p.netns,
-        logFile: '/dev/null',
-        argv: [process.execPath, CLI, 'lab', 'workload', 'echo', '--port', String(PORT), '--cluster', p.clusterName, '--node', p.node.name, '--pod', p.name],
-        env: childEnv(),
-      });
-      servers.push(s);
-      await s.start();
-    }
+    for (const p of withServer) servers.push(await startEcho(p, PORT));
     const labels: Array<[PodInfo, string]> = [
       [frontend1(), 'frontend'],
       [other1(), 'other'],
@@ -96,9 +86,7 @@ describe('network policy across 3 clusters x 1 node, real traffic', { timeout: 3
     }
     // Every pod known in every ipcache before traffic is looked at.
     await waitFor('every pod in every ipcache', () => topo!.nodes.every((n) => labels.every(([p]) => m().readIpcache(n).has(`${p.ip}/32`))), 30_000);
-    for (const p of withServer) {
-      await waitFor(`${p.name} listening`, async () => (await runIn(p.netns, ['ss', '-Htln', `sport = :${PORT}`])).stdout.trim() !== '', 30_000);
-    }
+    for (const p of withServer) await waitListening(p, PORT, 30_000);
   });
 
   after(async () => {

@@ -14,21 +14,12 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { identityKey, identityRefsOfIdPrefix } from '../src/identity/keys.ts';
-import { BpfMap } from '../src/datapath/libbpf/index.ts';
+import { withPinnedMap } from '../src/datapath/testing.ts';
 import * as endpointsMap from '../src/datapath/maps/endpoints.ts';
 import * as policyMap from '../src/datapath/maps/policy.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
 import { createTopology, destroyTopology, type NodeInfo, type PodInfo, type Topology } from '../src/lab/topology.ts';
 import { enforceFlags, pings, policyDrops, sleep, waitFor } from './helpers/policy.ts';
-
-function withPin<T>(pinDir: string, name: string, fn: (m: BpfMap) => T): T {
-  const map = BpfMap.openPinned(join(pinDir, name));
-  try {
-    return fn(map);
-  } finally {
-    map.close();
-  }
-}
 
 describe('a running pod relabelled: identity, policy and export follow (2 clusters x 2 nodes)', { timeout: 400_000 }, () => {
   let topo: Topology | undefined;
@@ -45,15 +36,15 @@ describe('a running pod relabelled: identity, policy and export follow (2 cluste
     ['other cluster', otherCluster()],
   ];
   const labels = new Map<PodInfo, Record<string, string>>();
-  const serverEndpointID = (): number => withPin(m().agent(server().node).pinDir, endpointsMap.MAP_NAME, (mp) => endpointsMap.lookup(mp, { ip: server().ip })!.endpointId);
+  const serverEndpointID = (): number => withPinnedMap(m().agent(server().node).pinDir, endpointsMap.MAP_NAME, (mp) => endpointsMap.lookup(mp, { ip: server().ip })!.endpointId);
 
   /** The identity a pod's packets carry: its entry in its own node's cm_endpoints. */
-  const carried = (p: PodInfo): number | undefined => withPin(m().agent(p.node).pinDir, endpointsMap.MAP_NAME, (mp) => endpointsMap.lookup(mp, { ip: p.ip })?.identity);
+  const carried = (p: PodInfo): number | undefined => withPinnedMap(m().agent(p.node).pinDir, endpointsMap.MAP_NAME, (mp) => endpointsMap.lookup(mp, { ip: p.ip })?.identity);
   const ipcacheIdentity = (n: NodeInfo, p: PodInfo): number | undefined => m().readIpcache(n).get(`${p.ip}/32`)?.identity;
   const enforced = (): policyMap.EnforceValue => enforceFlags(m().agent(server().node).pinDir, serverEndpointID());
   /** The server's node admits `identity` on ingress (an allow entry in cm_policy). */
   const admits = (identity: number): boolean =>
-    withPin(m().agent(server().node).pinDir, policyMap.MAP_NAME, (mp) => {
+    withPinnedMap(m().agent(server().node).pinDir, policyMap.MAP_NAME, (mp) => {
       const ep = serverEndpointID();
       for (const [k, v] of policyMap.entries(mp)) if (k.endpointId === ep && k.direction === 'ingress' && k.identity === identity && v.allow) return true;
       return false;

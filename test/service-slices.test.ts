@@ -12,10 +12,9 @@
 // slice takes over; a slice relabelled to another Service moves its backends;
 // an IPv6 slice is skipped with its reason in the source's status.
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pino from 'pino';
 import { stringify as toYaml } from 'yaml';
@@ -37,13 +36,14 @@ import { datapathSkipReason, uniqueSuffix } from '../src/datapath/testing.ts';
 import { KvClient, type EtcdServer } from '../src/kvstore/index.ts';
 import { startKubeApi, type KubeApiServer } from '../src/lab/kube-api/index.ts';
 import { startClustermeshDatapath, type LabDatapath } from '../src/lab/datapath.ts';
-import { runIn, spawnIn, stopChild } from '../src/lab/exec.ts';
+import { startEcho, waitListening } from '../src/lab/echo.ts';
+import { runIn } from '../src/lab/exec.ts';
+import type { ManagedProcess } from '../src/lab/process.ts';
 import { createTopology, destroyTopology, type PodInfo, type Topology } from '../src/lab/topology.ts';
 import { serviceBackendInput } from '../src/sources/index.ts';
 import { KubernetesSource, loadKubeConnection } from '../src/sources/kubernetes/index.ts';
 import { eventually, kubectlFor } from './helpers/kube.ts';
 
-const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
 const CLUSTER = 'cluster1';
 
 /** Runs in a pod: N HTTP GETs, each a new connection; prints which pod answered how often, and the errors. */
@@ -83,7 +83,7 @@ describe('Service backends from EndpointSlices (lab Kubernetes API, real maps an
   let apiserver: Apiserver | undefined;
   const unsubs: Array<() => void> = [];
   const opened: BpfMap[] = [];
-  const children: ChildProcess[] = [];
+  const servers: ManagedProcess[] = [];
   const { kubectlIn, kubectlOk } = kubectlFor({ kubeconfig: () => kubeconfig, cacheDir: () => join(dir, 'kube-cache') });
 
   let client: PodInfo;
@@ -104,12 +104,8 @@ describe('Service backends from EndpointSlices (lab Kubernetes API, real maps an
     topo = await createTopology({ clusters: 1, nodesPerCluster: 1, podsPerNode: 3, mode: 'clustermesh', prefix: 'cmtsl' });
     dp = await startClustermeshDatapath(topo);
     [client, backendA, backendB] = topo.pods as [PodInfo, PodInfo, PodInfo];
-    for (const p of [backendA, backendB]) {
-      children.push(spawnIn(p.netns, [process.execPath, CLI, 'lab', 'workload', 'echo', '--port', '8080', '--cluster', p.clusterName, '--node', p.node.name, '--pod', p.name]));
-    }
-    for (const p of [backendA, backendB]) {
-      await eventually(`${p.name} listening`, async () => (await runIn(p.netns, ['ss', '-Htln', 'sport = :8080'])).stdout.trim() !== '', 30_000);
-    }
+    for (const p of [backendA, backendB]) servers.push(await startEcho(p, 8080));
+    for (const p of [backendA, backendB]) await waitListening(p, 8080, 30_000);
 
     // The agent's service layer on the node's pinned maps, reading backends as the agent does.
     const pin = dp.pinDirs[0]!;
@@ -155,7 +151,7 @@ describe('Service backends from EndpointSlices (lab Kubernetes API, real maps an
     await manager?.stop();
     await apiserver?.stop();
     for (const m of opened) m.close();
-    await Promise.all(children.map((c) => stopChild(c)));
+    await Promise.all(servers.map((s) => s.stop(2000)));
     await dp?.stop();
     if (topo) await destroyTopology(topo);
     await source?.stop();

@@ -7,13 +7,13 @@
 // backends, hairpin.
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
-import { join, resolve } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type BackendCandidate, type FrontendSpec, planFrontend } from '../src/loadbalancer/index.ts';
 import { collectEvents, readNodeMetrics, startClustermeshDatapath, type LabDatapath } from '../src/lab/datapath.ts';
+import { startEcho } from '../src/lab/echo.ts';
 import { runIn, spawnIn, stopChild } from '../src/lab/exec.ts';
+import type { ManagedProcess } from '../src/lab/process.ts';
 import { createTopology, destroyTopology, type PodInfo, type Topology } from '../src/lab/topology.ts';
-import { BpfMap } from '../src/datapath/libbpf/map.ts';
 import * as backendSlots from '../src/datapath/maps/backend-slots.ts';
 import * as backends from '../src/datapath/maps/backends.ts';
 import * as ct from '../src/datapath/maps/ct.ts';
@@ -21,9 +21,7 @@ import * as maglev from '../src/datapath/maps/maglev.ts';
 import { DropReason } from '../src/datapath/maps/reasons.ts';
 import * as revnat from '../src/datapath/maps/revnat.ts';
 import * as services from '../src/datapath/maps/services.ts';
-import { datapathSkipReason } from '../src/datapath/testing.ts';
-
-const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
+import { datapathSkipReason, withPinnedMap } from '../src/datapath/testing.ts';
 
 /** Runs in a pod: N HTTP GETs, each a new connection; prints who answered, errors, transfer checks. */
 const HTTP_CLIENT = `
@@ -75,6 +73,7 @@ setTimeout(() => { console.log(JSON.stringify(got)); process.exit(0); }, 3000).u
 describe('service translation with real traffic, 2 clusters x 2 nodes x 2 pods', { skip: datapathSkipReason(), timeout: 240_000 }, () => {
   let topo: Topology;
   let dp: LabDatapath | undefined;
+  const servers: ManagedProcess[] = [];
   const children: ChildProcess[] = [];
   let nextId = 1;
 
@@ -83,7 +82,7 @@ describe('service translation with real traffic, 2 clusters x 2 nodes x 2 pods',
     try {
       dp = await startClustermeshDatapath(topo);
       for (const p of topo.pods) {
-        children.push(spawnIn(p.netns, [process.execPath, CLI, 'lab', 'workload', 'echo', '--port', '8080', '--cluster', p.clusterName, '--node', p.node.name, '--pod', p.name]));
+        servers.push(await startEcho(p, 8080));
         children.push(spawnIn(p.netns, [process.execPath, '--input-type=module', '-e', UDP_SERVER, '5353', p.name]));
       }
       await Promise.all(topo.pods.map((p) => waitForListen(p)));
@@ -94,22 +93,13 @@ describe('service translation with real traffic, 2 clusters x 2 nodes x 2 pods',
   });
 
   async function cleanup(): Promise<void> {
-    await Promise.all(children.map((c) => stopChild(c)));
+    await Promise.all([...servers.map((s) => s.stop(2000)), ...children.map((c) => stopChild(c))]);
     await dp?.stop();
     await destroyTopology(topo);
   }
   after(cleanup);
 
   const pod = (c: number, n: number, p: number): PodInfo => topo.pods.find((x) => x.cluster === c && x.node.index === n && x.index === p)!;
-
-  function withMap<T>(pinDir: string, name: string, fn: (m: BpfMap) => T): T {
-    const m = BpfMap.openPinned(join(pinDir, name));
-    try {
-      return fn(m);
-    } finally {
-      m.close();
-    }
-  }
 
   /** The same frontend on every node (services are translated on the client's node). */
   function install(vip: string, port: number, protocol: 'TCP' | 'UDP', targets: PodInfo[], targetPort: number, extra: Partial<FrontendSpec> = {}): void {
@@ -119,11 +109,11 @@ describe('service translation with real traffic, 2 clusters x 2 nodes x 2 pods',
     }));
     const plan = planFrontend({ vip, port, protocol, serviceId, backends: candidates, ...extra });
     for (const dir of dp!.pinDirs) {
-      withMap(dir, backends.MAP_NAME, (m) => backends.updateMany(m, plan.backends));
-      withMap(dir, backendSlots.MAP_NAME, (m) => backendSlots.updateMany(m, backendSlots.tableEntries(serviceId, plan.slots)));
-      if (plan.maglev) withMap(dir, maglev.MAP_NAME, (m) => maglev.update(m, serviceId, plan.maglev!));
-      withMap(dir, revnat.MAP_NAME, (m) => revnat.update(m, plan.revnat.key, plan.revnat.value));
-      withMap(dir, services.MAP_NAME, (m) => services.update(m, plan.service.key, plan.service.value));
+      withPinnedMap(dir, backends.MAP_NAME, (m) => backends.updateMany(m, plan.backends));
+      withPinnedMap(dir, backendSlots.MAP_NAME, (m) => backendSlots.updateMany(m, backendSlots.tableEntries(serviceId, plan.slots)));
+      if (plan.maglev) withPinnedMap(dir, maglev.MAP_NAME, (m) => maglev.update(m, serviceId, plan.maglev!));
+      withPinnedMap(dir, revnat.MAP_NAME, (m) => revnat.update(m, plan.revnat.key, plan.revnat.value));
+      withPinnedMap(dir, services.MAP_NAME, (m) => services.update(m, plan.service.key, plan.service.value));
     }
   }
 
@@ -151,7 +141,7 @@ describe('service translation with real traffic, 2 clusters x 2 nodes x 2 pods',
     for (const n of Object.values(t.answers)) assert.ok(n >= 8, `spread: ${JSON.stringify(t.answers)}`);
     assert.deepEqual(t.from, { [client.ip]: 60 }, 'backends see the client pod IP (no SNAT)');
     const node = dp!.pinDirs[topo.nodes.indexOf(client.node)]!;
-    const entries = withMap(node, ct.MAP_NAME, (m) => [...ct.entries(m)]);
+    const entries = withPinnedMap(node, ct.MAP_NAME, (m) => [...ct.entries(m)]);
     assert.ok(entries.filter(([k]) => k.dir === 'service' && k.src === client.ip && k.dst === '10.96.0.10').length >= 60, 'conntrack on the client node');
   });
 

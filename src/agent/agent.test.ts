@@ -24,9 +24,8 @@ import { describe, it } from 'node:test';
 import { stringify as toYaml } from 'yaml';
 import { TestCluster } from '../clustermesh/testing.ts';
 import { DEFAULT_BPFFS_ROOT, ensureBpffs, removePinDir } from '../datapath/bpffs.ts';
-import { BpfMap } from '../datapath/libbpf/index.ts';
 import { endpoints as endpointsMap, ipcache as ipcacheMap } from '../datapath/maps/index.ts';
-import { REPO_ROOT, buildBpfObject, datapathSkipReason, uniqueSuffix } from '../datapath/testing.ts';
+import { REPO_ROOT, buildBpfObject, datapathSkipReason, uniqueSuffix, withPinnedMap } from '../datapath/testing.ts';
 import { KvClient } from '../kvstore/client.ts';
 import type { EtcdServer } from '../kvstore/etcd-process.ts';
 import { startMeshEtcd as startEtcd } from '../clustermesh/etcd.ts';
@@ -59,17 +58,9 @@ async function until<T>(what: string, fn: () => T | undefined | false | Promise<
   }
 }
 
-function readPinned<T>(pinDir: string, name: string, fn: (m: BpfMap) => T): T {
-  const m = BpfMap.openPinned(join(pinDir, name));
-  try {
-    return fn(m);
-  } finally {
-    m.close();
-  }
-}
 const ipcacheOf = (pinDir: string) =>
-  readPinned(pinDir, ipcacheMap.MAP_NAME, (m) => new Map([...ipcacheMap.entries(m)].map(([k, v]) => [ipcacheMap.formatPrefix(k), v])));
-const endpointsOf = (pinDir: string) => readPinned(pinDir, endpointsMap.MAP_NAME, (m) => new Map([...endpointsMap.entries(m)].map(([k, v]) => [k.ip, v])));
+  withPinnedMap(pinDir, ipcacheMap.MAP_NAME, (m) => new Map([...ipcacheMap.entries(m)].map(([k, v]) => [ipcacheMap.formatPrefix(k), v])));
+const endpointsOf = (pinDir: string) => withPinnedMap(pinDir, endpointsMap.MAP_NAME, (m) => new Map([...endpointsMap.entries(m)].map(([k, v]) => [k.ip, v])));
 
 /** A TCP receiver in one pod and a sender in another. The sender writes 64 KiB
  * every 50 ms until `finish()`: the connection is open for as long as the test
@@ -330,8 +321,8 @@ describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
       assert.equal(st.endpoints.endpoints, 2);
 
       // ---- drift: an entry deleted behind the agent's back comes back with the next full pass
-      readPinned(pinDir, ipcacheMap.MAP_NAME, (m) => ipcacheMap.remove(m, ipcacheMap.parsePrefix(`${remote.podIp(1, 1)}/32`)));
-      readPinned(pinDir, endpointsMap.MAP_NAME, (m) => endpointsMap.remove(m, { ip: pods[1].ip }));
+      withPinnedMap(pinDir, ipcacheMap.MAP_NAME, (m) => ipcacheMap.remove(m, ipcacheMap.parsePrefix(`${remote.podIp(1, 1)}/32`)));
+      withPinnedMap(pinDir, endpointsMap.MAP_NAME, (m) => endpointsMap.remove(m, { ip: pods[1].ip }));
       await until('drift repaired', () => ipcacheOf(pinDir).has(`${remote.podIp(1, 1)}/32`) && endpointsOf(pinDir).has(pods[1].ip), 10_000);
       const repaired = (await client.status()).reconcilers;
       assert.ok(repaired.find((r) => r.name === 'ipcache')!.driftRepaired >= 1);

@@ -4,39 +4,20 @@
 // reconciler writes all 100. A resized cm_ct keeps its live entries (as many
 // as fit, longest-lived first) and drops the expired ones.
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { REPO_ROOT, buildBpfObject, datapathSkipReason, uniqueSuffix } from './testing.ts';
+import { REPO_ROOT, buildBpfObject, datapathSkipReason, withNodePodRig } from './testing.ts';
 
 const skip = datapathSkipReason();
 const helper = join(fileURLToPath(new URL('.', import.meta.url)), 'mapsizes.test-helper.ts');
-const ip = (...args: string[]): void => {
-  execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
-};
 
 describe('mapSizes on a node datapath', { skip }, () => {
-  it('a full cm_ipcache refuses and counts, evicts nothing; a bigger size on restart takes every entry; a resized cm_ct keeps its live connections', () => {
+  it('a full cm_ipcache refuses and counts, evicts nothing; a bigger size on restart takes every entry; a resized cm_ct keeps its live connections', async () => {
     buildBpfObject('lxc.bpf.o');
     buildBpfObject('overlay.bpf.o');
-    const suffix = uniqueSuffix(3);
-    const nodeNs = `cmt-cap-${suffix}-node`;
-    const podNs = `cmt-cap-${suffix}-pod`;
-    try {
-      ip('netns', 'add', nodeNs);
-      ip('netns', 'add', podNs);
-      ip('-n', nodeNs, 'link', 'set', 'lo', 'up');
-      ip('-n', nodeNs, 'link', 'add', 'ul0', 'type', 'veth', 'peer', 'name', 'ul1');
-      ip('-n', nodeNs, 'addr', 'add', '10.1.0.2/24', 'dev', 'ul0');
-      ip('-n', nodeNs, 'link', 'set', 'ul0', 'up');
-      ip('-n', nodeNs, 'link', 'add', 'lxc0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', podNs);
-      ip('-n', nodeNs, 'link', 'set', 'lxc0', 'up');
-      ip('-n', podNs, 'link', 'set', 'lo', 'up');
-      ip('-n', podNs, 'addr', 'add', '10.101.0.5/32', 'dev', 'eth0');
-      ip('-n', podNs, 'link', 'set', 'eth0', 'mtu', '1450', 'up');
-      ip('-n', podNs, 'route', 'add', '169.254.1.1', 'dev', 'eth0', 'scope', 'link');
-      ip('-n', podNs, 'route', 'add', 'default', 'via', '169.254.1.1', 'dev', 'eth0');
+    await withNodePodRig('cap', ({ suffix, nodeNs, podNs }) => {
       const r = spawnSync('ip', ['netns', 'exec', nodeNs, process.execPath, '--import', 'tsx', helper, `test-cap-${suffix}`, podNs], { cwd: REPO_ROOT, encoding: 'utf8', timeout: 120_000 });
       assert.equal(r.status, 0, `helper failed: ${r.stderr}`);
       const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
@@ -57,9 +38,6 @@ describe('mapSizes on a node datapath', { skip }, () => {
       assert.deepEqual(out.smallCt, { replaced: null, carriedOver: null, sports: [] });
       assert.deepEqual(out.bigCt, { replaced: '64->128', carriedOver: { entries: 3, notCarried: 0 }, sports: [40001, 40002, 40003] }, 'live entries carried over, expired ones not');
       assert.deepEqual(out.shrunkCt, { replaced: '128->2', carriedOver: { entries: 2, notCarried: 1 }, sports: [40001, 40002] }, 'the longest-lived that fit');
-    } finally {
-      spawnSync('ip', ['netns', 'del', nodeNs]);
-      spawnSync('ip', ['netns', 'del', podNs]);
-    }
+    });
   });
 });

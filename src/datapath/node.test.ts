@@ -4,78 +4,59 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_BPFFS_ROOT, removePinDir } from './bpffs.ts';
-import { REPO_ROOT, buildBpfObject, datapathSkipReason, uniqueSuffix } from './testing.ts';
+import { REPO_ROOT, buildBpfObject, datapathSkipReason, withNodePodRig } from './testing.ts';
 
 const skip = datapathSkipReason();
 const helper = join(fileURLToPath(new URL('.', import.meta.url)), 'node.test-helper.ts');
-const ip = (...args: string[]): void => {
-  execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
-};
 
 describe('NodeDatapath in a node netns', { skip }, () => {
-  it('start, attach, traffic counters and events, stop keeps pins, restart reuses them, destroy removes them', () => {
+  it('start, attach, traffic counters and events, stop keeps pins, restart reuses them, destroy removes them', async () => {
     buildBpfObject('lxc.bpf.o');
     buildBpfObject('overlay.bpf.o');
-    const suffix = uniqueSuffix(3);
-    const nodeNs = `cmt-lb-${suffix}-node`;
-    const podNs = `cmt-lb-${suffix}-pod`;
-    const nodeName = `test-node-${suffix}`;
-    try {
-      ip('netns', 'add', nodeNs);
-      ip('netns', 'add', podNs);
-      ip('-n', nodeNs, 'link', 'set', 'lo', 'up');
-      // underlay: a veth pair (this kernel has no dummy driver); the peer end stays unused
-      ip('-n', nodeNs, 'link', 'add', 'ul0', 'type', 'veth', 'peer', 'name', 'ul1');
-      ip('-n', nodeNs, 'addr', 'add', '10.1.0.2/24', 'dev', 'ul0');
-      ip('-n', nodeNs, 'link', 'set', 'ul0', 'up');
-      ip('-n', nodeNs, 'link', 'add', 'lxc0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', podNs);
-      ip('-n', nodeNs, 'link', 'set', 'lxc0', 'up');
-      ip('-n', podNs, 'link', 'set', 'lo', 'up');
-      ip('-n', podNs, 'addr', 'add', '10.101.0.5/32', 'dev', 'eth0');
-      ip('-n', podNs, 'link', 'set', 'eth0', 'mtu', '1450', 'up');
-      ip('-n', podNs, 'route', 'add', '169.254.1.1', 'dev', 'eth0', 'scope', 'link');
-      ip('-n', podNs, 'route', 'add', 'default', 'via', '169.254.1.1', 'dev', 'eth0');
+    const suffix = await withNodePodRig('lb', ({ suffix, nodeNs, podNs }) => {
+      const nodeName = `test-node-${suffix}`;
+      try {
+        const r = spawnSync('ip', ['netns', 'exec', nodeNs, process.execPath, '--import', 'tsx', helper, nodeName, podNs], { cwd: REPO_ROOT, encoding: 'utf8', timeout: 90_000 });
+        assert.equal(r.status, 0, `helper failed: ${r.stderr}`);
+        assert.equal(r.stderr, '', 'nothing printed to stderr (libbpf warnings are captured into errors)');
+        const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
 
-      const r = spawnSync('ip', ['netns', 'exec', nodeNs, process.execPath, '--import', 'tsx', helper, nodeName, podNs], { cwd: REPO_ROOT, encoding: 'utf8', timeout: 90_000 });
-      assert.equal(r.status, 0, `helper failed: ${r.stderr}`);
-      assert.equal(r.stderr, '', 'nothing printed to stderr (libbpf warnings are captured into errors)');
-      const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
-
-      assert.deepEqual(out.vxlan, { kind: 'vxlan', external: true, port: 8472, mtu: 1450, up: true, ifindex: true });
-      assert.equal(out.overlayAttached, true);
-      assert.equal(out.pinDir, join(DEFAULT_BPFFS_ROOT, nodeName));
-      assert.equal(out.pins, true, 'all maps pinned in the node pin dir');
-      assert.equal(out.lxcAttached, true);
-      assert.equal(out.lxcEgressAttached, true, 'to_container on the veth egress');
-      assert.equal(out.pingUnknownSource, false);
-      assert.ok(out.counters['DROP_UNKNOWN_SOURCE/egress'] >= 1, JSON.stringify(out.counters));
-      assert.ok(out.counters['TRACE_ARP_REPLY/egress'] >= 1, JSON.stringify(out.counters));
-      assert.ok(out.counters['TRACE_TO_OVERLAY/egress'] >= 1, JSON.stringify(out.counters));
-      assert.deepEqual(out.dropEvent, { srcIp: '10.101.0.5' });
-      assert.deepEqual(out.afterStop, { overlayAttached: false, lxcAttached: false, lxcEgressAttached: false, pinsKept: true });
-      assert.deepEqual(out.afterRestart, { endpoints: ['10.101.0.5:1000'], ipcache: ['10.102.0.0/24:2000:10.1.0.3'], metricsKept: true });
-      assert.deepEqual(out.afterStopKeepAttached, { lxcAttached: true, lxcEgressAttached: true, overlayAttached: true });
-      assert.deepEqual(
-        out.upgrade,
-        {
-          oldSize: 256 * 1024,
-          replaced: [`cm_events:${256 * 1024}->${4 * 1024 * 1024}`],
-          newSize: 4 * 1024 * 1024,
-          endpoints: ['10.101.0.5:1000'],
-          ipcache: ['10.102.0.0/24:2000:10.1.0.3'],
-          metricsKept: true,
-          drainedFromOldRing: true,
-          retiredTakenOnce: true,
-          replacedOnNextStart: 0,
-        },
-        'a pinned cm_events of the old size is replaced (only it: the other maps keep their entries) and its events are still read',
-      );
-      assert.deepEqual(out.afterDestroy, { lxcAttached: false, lxcEgressAttached: false, overlayAttached: false, pinDirExists: false, vxlanKept: true });
-      assert.equal(out.vxlanAfterCreatorDestroy, false, 'the instance that created the VXLAN device deletes it on destroy');
-    } finally {
-      for (const ns of [podNs, nodeNs]) spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
-      removePinDir(join(DEFAULT_BPFFS_ROOT, nodeName));
-    }
+        assert.deepEqual(out.vxlan, { kind: 'vxlan', external: true, port: 8472, mtu: 1450, up: true, ifindex: true });
+        assert.equal(out.overlayAttached, true);
+        assert.equal(out.pinDir, join(DEFAULT_BPFFS_ROOT, nodeName));
+        assert.equal(out.pins, true, 'all maps pinned in the node pin dir');
+        assert.equal(out.lxcAttached, true);
+        assert.equal(out.lxcEgressAttached, true, 'to_container on the veth egress');
+        assert.equal(out.pingUnknownSource, false);
+        assert.ok(out.counters['DROP_UNKNOWN_SOURCE/egress'] >= 1, JSON.stringify(out.counters));
+        assert.ok(out.counters['TRACE_ARP_REPLY/egress'] >= 1, JSON.stringify(out.counters));
+        assert.ok(out.counters['TRACE_TO_OVERLAY/egress'] >= 1, JSON.stringify(out.counters));
+        assert.deepEqual(out.dropEvent, { srcIp: '10.101.0.5' });
+        assert.deepEqual(out.afterStop, { overlayAttached: false, lxcAttached: false, lxcEgressAttached: false, pinsKept: true });
+        assert.deepEqual(out.afterRestart, { endpoints: ['10.101.0.5:1000'], ipcache: ['10.102.0.0/24:2000:10.1.0.3'], metricsKept: true });
+        assert.deepEqual(out.afterStopKeepAttached, { lxcAttached: true, lxcEgressAttached: true, overlayAttached: true });
+        assert.deepEqual(
+          out.upgrade,
+          {
+            oldSize: 256 * 1024,
+            replaced: [`cm_events:${256 * 1024}->${4 * 1024 * 1024}`],
+            newSize: 4 * 1024 * 1024,
+            endpoints: ['10.101.0.5:1000'],
+            ipcache: ['10.102.0.0/24:2000:10.1.0.3'],
+            metricsKept: true,
+            drainedFromOldRing: true,
+            retiredTakenOnce: true,
+            replacedOnNextStart: 0,
+          },
+          'a pinned cm_events of the old size is replaced (only it: the other maps keep their entries) and its events are still read',
+        );
+        assert.deepEqual(out.afterDestroy, { lxcAttached: false, lxcEgressAttached: false, overlayAttached: false, pinDirExists: false, vxlanKept: true });
+        assert.equal(out.vxlanAfterCreatorDestroy, false, 'the instance that created the VXLAN device deletes it on destroy');
+      } finally {
+        removePinDir(join(DEFAULT_BPFFS_ROOT, nodeName));
+      }
+      return suffix;
+    });
     assert.ok(!execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }).includes(`cmt-lb-${suffix}`));
   });
 });

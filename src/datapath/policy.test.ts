@@ -28,6 +28,7 @@ import * as policy from './maps/policy.ts';
 import { decide, type PacketQuery } from '../policy/decide.ts';
 import { LOCAL_IDENTITY_SCOPE, isLocalIdentity } from '../policy/cidr.ts';
 import { parsePolicy } from '../policy/parse.ts';
+import { policyEntry } from '../policy/testing.ts';
 import { PolicyResolver } from '../policy/resolver.ts';
 import { identityLabels } from '../identity/labels.ts';
 import { toPolicyMaps, type EnforcementState } from './maps/policy-entries.ts';
@@ -59,14 +60,8 @@ function frame(src: string, dst: string, protocol: Proto, sport: number, dport: 
   return ethernet(MAC.node, MAC.pod, ETH_P_IP, ipv4({ src, dst, protocol, payload: l4 }));
 }
 
-const E = (p: Partial<PolicyMapEntry> & Pick<PolicyMapEntry, 'endpointId' | 'direction'>): PolicyMapEntry => ({
-  remoteIdentity: 0,
-  protocol: 0,
-  port: 0,
-  portEnd: 65535,
-  verdict: 'allow',
-  ...p,
-});
+/** Entries here name their endpoint and direction. */
+const E: (p: Partial<PolicyMapEntry> & Pick<PolicyMapEntry, 'endpointId' | 'direction'>) => PolicyMapEntry = policyEntry;
 const enf = (endpointId: number, direction: Direction): EnforcementState => ({ endpointId, direction, enforced: true });
 
 describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason() }, () => {

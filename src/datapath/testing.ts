@@ -1,11 +1,13 @@
 // Helpers for datapath tests: build test objects, unique pin directories on
-// the project bpffs, crafted packets. Used by *.test.ts only.
-import { execFileSync } from 'node:child_process';
+// the project bpffs, pinned maps, crafted packets, a node and pod namespace
+// pair. Used by *.test.ts only.
+import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureBpffs, nodePinDir, removePinDir } from './bpffs.ts';
+import { BpfMap } from './libbpf/map.ts';
 import { BpfObject } from './libbpf/object.ts';
 import * as config from './maps/config.ts';
 
@@ -47,6 +49,16 @@ export async function withPinDir<T>(prefix: string, fn: (dir: string) => T | Pro
     return await fn(dir);
   } finally {
     removePinDir(dir);
+  }
+}
+
+/** Runs fn with the map pinned as pinDir/name open, and closes it again. */
+export function withPinnedMap<T>(pinDir: string, name: string, fn: (m: BpfMap) => T): T {
+  const m = BpfMap.openPinned(join(pinDir, name));
+  try {
+    return fn(m);
+  } finally {
+    m.close();
   }
 }
 
@@ -113,5 +125,47 @@ export function loadDatapathObject(rel: string, pinRoot: string, cfg: config.Dat
   } catch (err) {
     o.close();
     throw err;
+  }
+}
+
+/** The namespaces of withNodePodRig: a node with an underlay and one pod wired to it. */
+export interface NodePodRig {
+  suffix: string;
+  /** `cmt-<prefix>-<suffix>-node`: lo up, underlay veth ul0 10.1.0.2/24 (peer ul1 unused), host veth lxc0. */
+  nodeNs: string;
+  /** `cmt-<prefix>-<suffix>-pod`: eth0 10.101.0.5/32, MTU 1450, default route via 169.254.1.1. */
+  podNs: string;
+}
+
+/**
+ * Runs fn with a fresh node namespace and pod namespace wired as a node
+ * datapath expects them (see NodePodRig), and deletes both afterwards, even
+ * on failure.
+ */
+export async function withNodePodRig<T>(prefix: string, fn: (rig: NodePodRig) => T | Promise<T>): Promise<T> {
+  const ip = (...args: string[]): void => {
+    execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  };
+  const suffix = uniqueSuffix(3);
+  const rig = { suffix, nodeNs: `cmt-${prefix}-${suffix}-node`, podNs: `cmt-${prefix}-${suffix}-pod` };
+  const { nodeNs, podNs } = rig;
+  try {
+    ip('netns', 'add', nodeNs);
+    ip('netns', 'add', podNs);
+    ip('-n', nodeNs, 'link', 'set', 'lo', 'up');
+    // underlay: a veth pair (this kernel has no dummy driver); the peer end stays unused
+    ip('-n', nodeNs, 'link', 'add', 'ul0', 'type', 'veth', 'peer', 'name', 'ul1');
+    ip('-n', nodeNs, 'addr', 'add', '10.1.0.2/24', 'dev', 'ul0');
+    ip('-n', nodeNs, 'link', 'set', 'ul0', 'up');
+    ip('-n', nodeNs, 'link', 'add', 'lxc0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', podNs);
+    ip('-n', nodeNs, 'link', 'set', 'lxc0', 'up');
+    ip('-n', podNs, 'link', 'set', 'lo', 'up');
+    ip('-n', podNs, 'addr', 'add', '10.101.0.5/32', 'dev', 'eth0');
+    ip('-n', podNs, 'link', 'set', 'eth0', 'mtu', '1450', 'up');
+    ip('-n', podNs, 'route', 'add', '169.254.1.1', 'dev', 'eth0', 'scope', 'link');
+    ip('-n', podNs, 'route', 'add', 'default', 'via', '169.254.1.1', 'dev', 'eth0');
+    return await fn(rig);
+  } finally {
+    for (const ns of [podNs, nodeNs]) spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
   }
 }

@@ -17,14 +17,14 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
+import { startEcho, waitListening } from './echo.ts';
 import { runIn } from './exec.ts';
 import { startMesh, type Mesh } from './mesh.ts';
-import { ManagedProcess, childEnv } from './process.ts';
+import { type ManagedProcess, childEnv } from './process.ts';
 import { createTopology, destroyTopology, type NodeInfo, type PodInfo, type Topology } from './topology.ts';
 import { startTransfer, type Transfer, type TransferResult } from './transfer.ts';
 
 const ROOT = resolve(import.meta.dirname, '..', '..');
-const CLI = resolve(ROOT, 'bin', 'clustermesh.js');
 const CONN_STREAM = resolve(ROOT, 'src', 'lab', 'conn-stream.ts');
 const SERVER_PORT = 8080;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -106,18 +106,8 @@ export class ChaosRig {
         const ep = await mesh.addPod(p);
         rig.truth.set(p.ip, { ip: p.ip, identity: ep.identity!, node: p.node });
       }
-      for (const p of rig.serverPods()) {
-        const s = new ManagedProcess({
-          name: `echo ${p.name}`,
-          netns: p.netns,
-          logFile: '/dev/null',
-          argv: [process.execPath, CLI, 'lab', 'workload', 'echo', '--port', String(SERVER_PORT), '--cluster', p.clusterName, '--node', p.node.name, '--pod', p.name],
-          env: childEnv(),
-        });
-        rig.servers.push(s);
-        await s.start();
-      }
-      await Promise.all(rig.serverPods().map((p) => waitListen(p, SERVER_PORT)));
+      for (const p of rig.serverPods()) rig.servers.push(await startEcho(p, SERVER_PORT));
+      await Promise.all(rig.serverPods().map((p) => waitListening(p, SERVER_PORT)));
       await rig.waitGreen(120_000);
       return rig;
     } catch (err) {
@@ -376,15 +366,6 @@ async function waitUntil(cond: () => boolean, timeoutMs: number, what: () => str
     if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what()}`);
     await sleep(50);
   }
-}
-
-async function waitListen(p: PodInfo, port: number): Promise<void> {
-  for (let i = 0; i < 600; i++) {
-    const { stdout } = await runIn(p.netns, ['ss', '-Htln', `sport = :${port}`]);
-    if (stdout.trim()) return;
-    await sleep(100);
-  }
-  throw new Error(`${p.name}: nothing listens on :${port}`);
 }
 
 /** The table of RELIABILITY.md from results (goal column: 0 broken, 0 wrong). */

@@ -1,8 +1,7 @@
 // Helpers of the network policy integration tests (test/policy*.test.ts).
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
-import { BpfMap } from '../../src/datapath/libbpf/index.ts';
 import * as policyMap from '../../src/datapath/maps/policy.ts';
+import { withPinnedMap } from '../../src/datapath/testing.ts';
 import { runIn } from '../../src/lab/exec.ts';
 import type { PodInfo } from '../../src/lab/topology.ts';
 
@@ -50,20 +49,10 @@ export function policyDrops(drops: Map<string, number>): number {
 
 /** The node's cm_policy_enforce value for one endpoint, read from its pin (read only). */
 export function enforceFlags(pinDir: string, endpointId: number): policyMap.EnforceValue {
-  const map = BpfMap.openPinned(join(pinDir, policyMap.ENFORCE_MAP_NAME));
-  try {
-    return policyMap.enforce.lookup(map, { endpointId }) ?? { active: false, ingress: false, egress: false };
-  } finally {
-    map.close();
-  }
+  return withPinnedMap(pinDir, policyMap.ENFORCE_MAP_NAME, (map) => policyMap.enforce.lookup(map, { endpointId }) ?? { active: false, ingress: false, egress: false });
 }
 
 /** The node's cm_policy_cidr: prefix → CIDR identity (read only). */
 export function policyCidrs(pinDir: string): Map<string, number> {
-  const map = BpfMap.openPinned(join(pinDir, policyMap.CIDR_MAP_NAME));
-  try {
-    return new Map([...policyMap.cidr.entries(map)].map(([k, v]) => [policyMap.formatCidrKey(k), v.identity]));
-  } finally {
-    map.close();
-  }
+  return withPinnedMap(pinDir, policyMap.CIDR_MAP_NAME, (map) => new Map([...policyMap.cidr.entries(map)].map(([k, v]) => [policyMap.formatCidrKey(k), v.identity])));
 }

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { decide, type PacketQuery } from '../../policy/decide.ts';
+import { policyEntry } from '../../policy/testing.ts';
 import type { PolicyMapEntry, ProtocolNumber } from '../../policy/types.ts';
 import { PolicyMapOverflowError, lookupPolicyMaps, portRangePrefixes, toPolicyMaps } from './policy-entries.ts';
 import { prng } from '../../util/prng.ts';
@@ -38,16 +39,7 @@ test('prefixes cover exactly the range, disjoint (random ranges)', () => {
   }
 });
 
-const E = (p: Partial<PolicyMapEntry>): PolicyMapEntry => ({
-  endpointId: 1,
-  direction: 'ingress',
-  remoteIdentity: 0,
-  protocol: 0,
-  port: 0,
-  portEnd: 65535,
-  verdict: 'allow',
-  ...p,
-});
+const E = policyEntry;
 
 test('a prefix carries the flags of every shorter prefix of its group', () => {
   const m = toPolicyMaps(
