@@ -23,17 +23,25 @@ import type { Logger } from 'pino';
 import { scanConfigDir, toConnectionConfig } from '../clustermesh/config.ts';
 import { KvClient } from '../kvstore/client.ts';
 import { KubeApiError, type KubeHttp } from '../sources/kubernetes/http.ts';
-import { clusterConfigKey } from '../clustermesh/keys.ts';
+import { clusterConfigKey, serviceKey } from '../clustermesh/keys.ts';
+import { decodeClusterConfig, decodeService, type WireSource } from '../clustermesh/wire.ts';
 import { parseExportSpec, remoteExportsReadiness, serviceExportsClusterPrefix, serviceExportsSyncedKey, type ExportSpec } from '../mcs/export.ts';
 import type { McsImportView } from '../mcs/view.ts';
 import {
+  derivedServiceName,
+  endpointsOfClusterService,
+  endpointsOfSlices,
   MANAGED_BY,
   MANAGED_BY_LABEL,
   MCS_API_VERSION,
+  planImportSlices,
   planMcs,
   SERVICE_NAME_LABEL,
+  SLICE_MANAGED_BY_LABEL,
   withTransitions,
+  type ClusterEndpoints,
   type DerivedServiceSpec,
+  type ImportSliceSpec,
   type ImportPlan,
   type KubeCondition,
   type LocalExport,
@@ -49,6 +57,7 @@ export const CRD_ABSENT_RETRY_MS = 15_000;
 const exportsPath = (ns?: string, name?: string): string => (ns ? `${MCS_PATH}/namespaces/${ns}/serviceexports${name ? `/${name}` : ''}` : `${MCS_PATH}/serviceexports`);
 const importsPath = (ns?: string, name?: string): string => (ns ? `${MCS_PATH}/namespaces/${ns}/serviceimports${name ? `/${name}` : ''}` : `${MCS_PATH}/serviceimports`);
 const servicesPath = (ns?: string, name?: string): string => (ns ? `/api/v1/namespaces/${ns}/services${name ? `/${name}` : ''}` : '/api/v1/services');
+const slicesPath = (ns?: string, name?: string): string => (ns ? `/apis/discovery.k8s.io/v1/namespaces/${ns}/endpointslices${name ? `/${name}` : ''}` : '/apis/discovery.k8s.io/v1/endpointslices');
 
 type Obj = Record<string, unknown>;
 const rec = (v: unknown): Obj => (v && typeof v === 'object' && !Array.isArray(v) ? (v as Obj) : {});
@@ -182,6 +191,8 @@ interface RemoteReader {
   error?: string;
   /** Why the remote's exports are not read yet (remoteExportsReadiness). */
   waiting?: string;
+  /** What its values are checked against (from its cluster-config), once read. */
+  source?: WireSource;
 }
 
 export class McsController {
@@ -190,6 +201,8 @@ export class McsController {
   private loop: Promise<void> | undefined;
   private readonly remotes = new Map<string, RemoteReader>();
   private readonly rejected = new Set<string>();
+  /** Per headless import (ns/name), per exporting cluster: its endpoints as last read (kept while a read fails). */
+  private readonly importEndpoints = new Map<string, Map<string, ClusterEndpoints>>();
   private last: { plan: McsPlan; imports: McsImportStatus[]; exports: McsExportStatus[] } | undefined;
   private rounds = 0;
   private crdAbsent = false;
@@ -238,9 +251,9 @@ export class McsController {
     };
   }
 
-  private async listOrNone(path: string): Promise<unknown[] | undefined> {
+  private async listOrNone(path: string, labelSelector?: string): Promise<unknown[] | undefined> {
     try {
-      return (await this.o.kube.list(path, {}, this.stopCtl.signal)).items;
+      return (await this.o.kube.list(path, labelSelector ? { labelSelector } : {}, this.stopCtl.signal)).items;
     } catch (err) {
       if (err instanceof KubeApiError && err.code === 404) return undefined;
       throw err;
@@ -284,6 +297,8 @@ export class McsController {
               return;
             }
             delete r.waiting;
+            const cfg = decodeClusterConfig(c.name, clusterConfigKey(c.name), config!.value);
+            if (cfg.ok) r.source = { cluster: c.name, clusterId: cfg.value.id, maxConnectedClusters: cfg.value.capabilities.maxConnectedClusters };
             const pairs = (await r.kv.list(serviceExportsClusterPrefix(c.name))).pairs;
             const got: ExportSpec[] = [];
             for (const p of pairs) {
@@ -303,6 +318,59 @@ export class McsController {
         }),
     );
     return [...this.remotes.values()].flatMap((r) => r.exports);
+  }
+
+  /** Each exporting cluster's endpoints of each headless import: the local exported Service's slices, a remote's published derived Service. */
+  private async readImportEndpoints(plan: McsPlan): Promise<Map<string, Map<string, ClusterEndpoints>>> {
+    for (const k of this.importEndpoints.keys()) if (plan.imports.get(k)?.type !== 'Headless') this.importEndpoints.delete(k);
+    await Promise.all(
+      [...plan.imports].filter(([, p]) => p.type === 'Headless').flatMap(([key, p]) => {
+        let known = this.importEndpoints.get(key);
+        if (!known) this.importEndpoints.set(key, (known = new Map()));
+        for (const c of known.keys()) if (!p.clusters.includes(c)) known.delete(c);
+        return p.clusters.map(async (cluster) => {
+          try {
+            if (cluster === this.o.cluster) {
+              const items = await this.listOrNone(slicesPath(p.namespace), `kubernetes.io/service-name=${p.name}`);
+              known.set(cluster, endpointsOfSlices(items ?? []));
+              return;
+            }
+            const r = this.remotes.get(cluster);
+            if (!r?.source) return;
+            const key = serviceKey(cluster, p.namespace, derivedServiceName(p.name));
+            const kv = await r.kv.get(key);
+            if (kv === undefined) return void known.set(cluster, { endpoints: [], ports: [] });
+            const v = decodeService(r.source, key, kv.value);
+            if (!v.ok) throw new Error(`${key}: ${v.reason}: ${v.detail}`);
+            known.set(cluster, endpointsOfClusterService(v.value));
+          } catch (err) {
+            this.o.log.warn({ import: key, cluster, err: (err as Error).message }, "reading an exporting cluster's endpoints failed; keeping what was read before");
+          }
+        });
+      }),
+    );
+    return this.importEndpoints;
+  }
+
+  /** EndpointSlices of headless imports (planImportSlices): created, patched, deleted when no longer wanted. */
+  private async syncImportSlices(plan: McsPlan): Promise<void> {
+    const wanted = planImportSlices(plan.imports, await this.readImportEndpoints(plan));
+    const current = new Map((await this.listOrNone(slicesPath(), `${SLICE_MANAGED_BY_LABEL}=${MANAGED_BY}`) ?? []).map((o) => [`${metaOf(o).namespace}/${metaOf(o).name}`, o]));
+    for (const [key, s] of wanted) {
+      const body = sliceBody(s);
+      const cur = current.get(key);
+      if (!cur) {
+        await this.o.kube.request('POST', slicesPath(s.namespace), body);
+        this.o.log.info({ slice: key, cluster: s.cluster, endpoints: s.endpoints.length }, 'import endpointslice created');
+      } else if (sliceContent(cur) !== sliceContent(body)) {
+        await this.o.kube.request('PATCH', slicesPath(s.namespace, s.name), { metadata: { labels: s.labels, annotations: s.annotations }, endpoints: s.endpoints, ports: s.ports });
+      }
+    }
+    for (const [key, o] of current) {
+      if (wanted.has(key)) continue;
+      await this.deleteIfPresent(slicesPath(metaOf(o).namespace, metaOf(o).name));
+      this.o.log.info({ slice: key }, 'import endpointslice deleted');
+    }
   }
 
   /** One pass: read, plan, write the difference. */
@@ -412,10 +480,32 @@ export class McsController {
         this.o.log.info({ import: key }, 'serviceimport deleted (no export of its name left)');
       }
     }
+    await this.syncImportSlices(plan);
     this.last = { plan, imports: importStatus, exports: exportStatus };
     if (this.rounds++ === 0) this.resolveFirst();
   }
 }
+
+/** The fields of an import's EndpointSlice this controller owns, comparable with what the API returns. */
+const sliceContent = (o: unknown): string => {
+  const m = metaOf(o);
+  const r = rec(o);
+  return canonical({
+    labels: m.labels,
+    annotations: m.annotations,
+    addressType: r.addressType,
+    endpoints: (Array.isArray(r.endpoints) ? r.endpoints : []).map((e) => ({ addresses: rec(e).addresses, ready: rec(rec(e).conditions).ready ?? true, hostname: rec(e).hostname ?? null })),
+    ports: (Array.isArray(r.ports) ? r.ports : []).map((p) => ({ name: rec(p).name ?? '', protocol: rec(p).protocol ?? 'TCP', port: rec(p).port })),
+  });
+};
+const sliceBody = (s: ImportSliceSpec): Obj => ({
+  apiVersion: 'discovery.k8s.io/v1',
+  kind: 'EndpointSlice',
+  metadata: { name: s.name, namespace: s.namespace, labels: s.labels, annotations: s.annotations },
+  addressType: 'IPv4',
+  endpoints: s.endpoints,
+  ports: s.ports,
+});
 
 function stripNulls(o: Obj): Obj {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== null).map(([k, v]) => [k, v && typeof v === 'object' && !Array.isArray(v) ? stripNulls(v as Obj) : v]));
