@@ -128,16 +128,9 @@ const AGENT_RULES = [
   { apiGroups: ['networking.k8s.io'], resources: ['networkpolicies'], verbs: READ_VERBS },
   { apiGroups: ['cilium.io'], resources: ['ciliumnetworkpolicies', 'ciliumclusterwidenetworkpolicies'], verbs: READ_VERBS },
 ];
-const WRITE_VERBS = ['create', 'patch', 'delete'];
 const APISERVER_RULES = [
   { apiGroups: [''], resources: ['namespaces', 'pods', 'services', 'nodes'], verbs: READ_VERBS },
   { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: READ_VERBS },
-  // The MCS controller (src/apiserver/mcs.ts): derived Services, the EndpointSlices of headless imports, ServiceImports, export conditions.
-  { apiGroups: [''], resources: ['services'], verbs: WRITE_VERBS },
-  { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: WRITE_VERBS },
-  { apiGroups: ['multicluster.x-k8s.io'], resources: ['serviceexports', 'serviceimports'], verbs: READ_VERBS },
-  { apiGroups: ['multicluster.x-k8s.io'], resources: ['serviceimports'], verbs: WRITE_VERBS },
-  { apiGroups: ['multicluster.x-k8s.io'], resources: ['serviceexports/status', 'serviceimports/status'], verbs: ['patch'] },
 ];
 
 function rbac(name: string, s: InstallSettings, rules: unknown[]): KubeObject[] {
