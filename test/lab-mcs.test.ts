@@ -182,6 +182,54 @@ describe('the Multi-Cluster Services API on a --kube-source lab of three cluster
     assert.match(inspect, new RegExp(`import\\s+${ns}/echo\\s+ClusterSetIP \\d+\\.\\d+\\.\\d+\\.\\d+\\s+ports http:80/TCP\\s+from cluster1,cluster2`), inspect);
   });
 
+  test('a headless Service exported from cluster1 and cluster2: from a pod of cluster3 its clusterset name has the pods of both, <hostname>.<cluster>.db... each one', async () => {
+    // Pods named by hostname + subdomain (as a StatefulSet's are): the same hostname in both clusters, told apart by the cluster label of the name.
+    const dbPod = (podName: string) =>
+      `apiVersion: v1\nkind: Pod\nmetadata:\n  name: ${podName}\n  namespace: ${ns}\n  labels: {app: db}\nspec:\n  hostname: db-0\n  subdomain: db\n  containers:\n    - name: db\n      command: ["clustermesh", "lab", "workload", "echo", "--port", "8080"]\n`;
+    const dbService = `apiVersion: v1\nkind: Service\nmetadata:\n  name: db\n  namespace: ${ns}\nspec:\n  clusterIP: None\n  selector: {app: db}\n  ports:\n    - name: tcp\n      port: 8080\n`;
+    const f = join(files, 'db.yaml');
+    for (const c of ['cluster1', 'cluster2']) {
+      writeFileSync(f, `${dbPod(`db-${c}`)}---\n${dbService}---\n${exportYaml('db')}`);
+      await kubectlOk('--context', c, 'apply', '-f', f);
+    }
+    const ips: Record<string, string> = {};
+    for (const c of ['cluster1', 'cluster2']) {
+      await kubectlOk('--context', c, '-n', ns, 'wait', '--for=condition=Ready', `pod/db-${c}`, '--timeout=180s');
+      ips[c] = (await kubectlOk('--context', c, '-n', ns, 'get', 'pod', `db-${c}`, '-o', 'jsonpath={.status.podIP}')).trim();
+    }
+    const imported = await eventually('a Headless ServiceImport of db in cluster3 from both clusters', async () => {
+      const r = await kubectl('--context', 'cluster3', '-n', ns, 'get', 'serviceimport', 'db', '-o', 'jsonpath={.spec.type} {.status.clusters[*].cluster}');
+      return r.code === 0 && /^Headless cluster[12] cluster[12]$/.test(r.stdout.trim()) ? r.stdout : undefined;
+    }, 120_000, 1000);
+    assert.match(imported, /Headless/);
+    // What CoreDNS's multicluster plugin would read on a real cluster: one slice per exporting cluster, with the hostname.
+    const slices = await eventually("cluster3's EndpointSlices of the import, one per exporting cluster", async () => {
+      const r = await kubectl('--context', 'cluster3', '-n', ns, 'get', 'endpointslices', '-l', 'multicluster.kubernetes.io/service-name=db', '-o', 'json');
+      if (r.code !== 0) return undefined;
+      const items = (JSON.parse(r.stdout) as { items: Array<{ metadata: { labels: Record<string, string> }; endpoints?: Array<{ addresses: string[]; hostname?: string; conditions?: { ready?: boolean } }> }> }).items;
+      const by = Object.fromEntries(items.map((i) => [i.metadata.labels['multicluster.kubernetes.io/source-cluster'], (i.endpoints ?? []).map((e) => `${e.hostname}=${e.addresses.join(',')}/${e.conditions?.ready}`)]));
+      return by.cluster1?.length === 1 && by.cluster2?.length === 1 ? by : undefined;
+    }, 120_000, 1000);
+    assert.deepEqual(slices, { cluster1: [`db-0=${ips.cluster1}/true`], cluster2: [`db-0=${ips.cluster2}/true`] });
+
+    // Resolved inside cluster3's client pod, through its resolv.conf (the lab DNS at 10.96.0.10).
+    const resolve = async (host: string): Promise<string[]> => {
+      const r = await cli(['lab', 'exec', '--lab', name, '--cluster', 'cluster3', '-n', ns, 'client', '--', 'getent', 'ahostsv4', host], 60_000);
+      return [...new Set(r.stdout.split('\n').map((l) => l.split(/\s+/)[0]!).filter(Boolean))].sort();
+    };
+    const all = await eventually('db.<ns>.svc.clusterset.local with both pods', async () => {
+      const got = await resolve(`db.${ns}.svc.clusterset.local`);
+      return got.length === 2 ? got : undefined;
+    }, 60_000, 1000);
+    assert.deepEqual(all, [ips.cluster1!, ips.cluster2!].sort());
+    for (const c of ['cluster1', 'cluster2']) assert.deepEqual(await resolve(`db-0.${c}.db.${ns}.svc.clusterset.local`), [ips[c]!], `db-0.${c}`);
+    assert.deepEqual(await resolve(`db-0.cluster3.db.${ns}.svc.clusterset.local`), [], 'cluster3 exports no db');
+
+    // The last exports gone: the import's slices go with it.
+    for (const c of ['cluster1', 'cluster2']) await kubectlOk('--context', c, '-n', ns, 'delete', 'serviceexport', 'db');
+    await eventually('no EndpointSlice of the db import left in cluster3', async () => (await kubectlOk('--context', 'cluster3', '-n', ns, 'get', 'endpointslices', '-l', 'multicluster.kubernetes.io/service-name=db', '-o', 'name')).trim() === '', 120_000, 1000);
+  });
+
   test('deleting both exports removes the ServiceImport (and its derived Service) from cluster3', async () => {
     for (const c of ['cluster1', 'cluster2']) await kubectlOk('--context', c, '-n', ns, 'delete', 'serviceexport', 'echo');
     await eventually('the ServiceImport gone from cluster3', async () => (await kubectl('--context', 'cluster3', '-n', ns, 'get', 'serviceimport', 'echo')).code !== 0, 120_000, 1000);

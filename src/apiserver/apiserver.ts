@@ -21,8 +21,12 @@ import { KubeHttp } from '../sources/kubernetes/http.ts';
 import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import { McsController, type McsStatus } from './mcs.ts';
 
-/** How often the MCS controller reconciles (it reads the API and the remotes' exports each time). */
-export const MCS_INTERVAL_MS = 2000;
+/**
+ * The MCS controller's resync: a round at least this often. Rounds are driven
+ * by watches (a change seen: a round 0.1 s later); this is the safety net for
+ * a missed event.
+ */
+export const MCS_INTERVAL_MS = 30_000;
 
 /** The user the apiserver's identity references are held under. */
 export const APISERVER_IDENTITY_USER = 'apiserver';
@@ -30,7 +34,7 @@ export const APISERVER_IDENTITY_USER = 'apiserver';
 export interface ApiserverDeps {
   /** Use this instead of reading cfg.etcdConfigFile. */
   connection?: KvConnectionConfig;
-  /** MCS controller interval (default MCS_INTERVAL_MS). */
+  /** MCS controller resync interval (default MCS_INTERVAL_MS). */
   mcsIntervalMs?: number;
   /** The cluster source (default: the store source in the same etcd). */
   source?: ClusterSource;

@@ -60,7 +60,8 @@ export function ipEntryValue(ep: Endpoint, pod?: Pod): IpEntryInput {
  * conditions: what a remote cluster sees, it uses), so a remote cluster sends
  * to the backends this cluster's agents send to.
  */
-export function serviceValue(cluster: LocalCluster, svc: Service, local: readonly (readonly LocalBackend[])[]): ServiceValue | undefined {
+/** `hostnames`: ip → hostname of local endpoints; only those of published backends are kept. */
+export function serviceValue(cluster: LocalCluster, svc: Service, local: readonly (readonly LocalBackend[])[], hostnames: ReadonlyMap<string, string> = new Map()): ServiceValue | undefined {
   if (!isGlobalService(svc)) return undefined;
   if (!isSharedService(svc)) return undefined;
   const frontends: ServiceValue['frontends'] = {};
@@ -82,6 +83,7 @@ export function serviceValue(cluster: LocalCluster, svc: Service, local: readonl
     name: svc.metadata.name,
     frontends,
     backends,
+    hostnames: Object.fromEntries([...hostnames].filter(([ip]) => ip in backends)),
     labels: { ...svc.metadata.labels },
     selector: { ...(svc.spec.selector ?? {}) },
     includeExternal: true,

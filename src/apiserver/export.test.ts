@@ -17,6 +17,7 @@ import {
 } from '../model/index.ts';
 import { ResourceCache } from '../sources/index.ts';
 import { ipEntryValue, nodeValue, serviceValue } from './convert.ts';
+import { derivedServiceName } from '../mcs/plan.ts';
 import { exportIps, exportNodes, exportServices, PrefixExport, type ExportCluster, type KeySink } from './export.ts';
 import { PodIdentities, type PodIdentityAllocator } from './identities.ts';
 import { compileApiserverOptions, OptionError, parseDuration } from './options.ts';
@@ -123,6 +124,7 @@ describe('conversion to the wire format', () => {
       name: 'echo',
       frontends: { '10.96.0.10': { http: { Protocol: 'TCP', Port: 80 }, dns: { Protocol: 'UDP', Port: 53 } } },
       backends: { '10.101.1.5': { http: { Protocol: 'TCP', Port: 8080 }, dns: { Protocol: 'UDP', Port: 5353 } } },
+      hostnames: {},
       labels: { tier: 'front' },
       selector: { app: 'web' },
       includeExternal: true,
@@ -241,6 +243,42 @@ describe('per-prefix export', () => {
     // The slice moves to another Service: echo has none.
     slices.set(slice('echo-1', 'other', [['10.101.1.5', { ready: true }]]));
     assert.deepEqual(backends(), {});
+  });
+
+  it("hostnames: a Service's from its slices; an MCS derived Service's also from the exported Service's slices (the ones Kubernetes names pods in)", () => {
+    const services = new ResourceCache<Service>('Service');
+    const slices = new ResourceCache<EndpointSlice>('EndpointSlice');
+    const sink = new FakeSink();
+    exportServices(cluster, services, { from: 'endpointslices', endpointSlices: slices }, new PrefixExport('services', sink), log);
+    const slice = (owner: string, eps: Array<{ ip: string; hostname?: string; ready?: boolean }>): EndpointSlice =>
+      parseObject('EndpointSlice', {
+        kind: 'EndpointSlice',
+        metadata: { name: `${owner}-1`, namespace: 'default', labels: { 'kubernetes.io/service-name': owner } },
+        addressType: 'IPv4',
+        endpoints: eps.map((e) => ({ addresses: [e.ip], conditions: { ready: e.ready ?? true }, ...(e.hostname ? { hostname: e.hostname } : {}) })),
+        ports: [{ name: 'http', port: 8080 }],
+      });
+    const derived = derivedServiceName('db');
+    services.set(svc('db', { 'service.cilium.io/global': 'true' }, { clusterIP: 'None' }));
+    services.set(
+      parseObject('Service', {
+        kind: 'Service',
+        metadata: { name: derived, namespace: 'default', labels: { 'app.kubernetes.io/managed-by': 'clustermesh-mcs', 'multicluster.kubernetes.io/service-name': 'db' }, annotations: { 'service.cilium.io/global': 'true', 'service.cilium.io/shared': 'true' } },
+        spec: { clusterIP: 'None', selector: { app: 'web' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] },
+      }),
+    );
+    services.markSynced();
+    slices.set(slice('db', [{ ip: '10.101.1.5', hostname: 'db-0' }, { ip: '10.101.1.6', hostname: 'db-1', ready: false }]));
+    slices.set(slice(derived, [{ ip: '10.101.1.5' }, { ip: '10.101.1.6', ready: false }]));
+    slices.markSynced();
+    const value = (name: string) => JSON.parse(sink.kv.get(`cilium/state/services/v1/c1/default/${name}`)!) as { backends: object; hostnames?: Record<string, string> };
+    assert.deepEqual(value('db').hostnames, { '10.101.1.5': 'db-0' }, 'only published (ready) backends');
+    assert.deepEqual(value(derived).hostnames, { '10.101.1.5': 'db-0' });
+    // The exported Service's slices change (a pod becomes ready): the derived Service's value follows, from its own slices' backends.
+    slices.set(slice(derived, [{ ip: '10.101.1.5' }, { ip: '10.101.1.6' }]));
+    slices.set(slice('db', [{ ip: '10.101.1.5', hostname: 'db-0' }, { ip: '10.101.1.6', hostname: 'db-1' }]));
+    assert.deepEqual(value(derived).hostnames, { '10.101.1.5': 'db-0', '10.101.1.6': 'db-1' });
+    assert.ok(decodeService(src, `cilium/state/services/v1/c1/default/${derived}`, sink.kv.get(`cilium/state/services/v1/c1/default/${derived}`)!).ok);
   });
 });
 

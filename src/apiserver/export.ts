@@ -16,6 +16,7 @@ import {
 } from '../model/index.ts';
 import { LocalBackendIndex, refKey, type Resource, type ServiceBackendInput, type Unsubscribe } from '../sources/index.ts';
 import { ipEntryValue, nodeValue, serviceValue } from './convert.ts';
+import { derivedServiceName, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL as MCS_SERVICE_NAME_LABEL } from '../mcs/plan.ts';
 
 /** Where desired keys go (the kvstore SyncStore has this shape). */
 export interface KeySink {
@@ -181,7 +182,11 @@ export function exportIps(cluster: ExportCluster, endpoints: Resource<Endpoint>,
  * cilium/state/services/v1/<cluster>/<ns>/<name> for every global service,
  * with the local backends that take new connections as backends (none when
  * not shared): from its EndpointSlices or its selector over the Pods, as the
- * source says (serviceBackendInput), the same rule as the agents'.
+ * source says (serviceBackendInput), the same rule as the agents'. The
+ * `hostnames` of its backends come from its slices' endpoints; for the derived
+ * Service of an MCS export (src/mcs/plan.ts) also from the exported Service's
+ * slices: Kubernetes names an endpoint only in the slices of the Service its
+ * pod's spec.subdomain names, and that is the exported one.
  */
 export function exportServices(
   cluster: ExportCluster,
@@ -195,7 +200,10 @@ export function exportServices(
   const recompute = (svc: Service): void => {
     const key = serviceKey(cluster.name, svc.metadata.namespace, svc.metadata.name);
     try {
-      const value = serviceValue(cluster, svc, local.backends(svc));
+      const { namespace, name, labels } = svc.metadata;
+      const exported = labels[MANAGED_BY_LABEL] === MANAGED_BY ? labels[MCS_SERVICE_NAME_LABEL] : undefined;
+      const hostnames = new Map([...(exported ? local.hostnames(namespace, exported) : []), ...local.hostnames(namespace, name)]);
+      const value = serviceValue(cluster, svc, local.backends(svc), hostnames);
       if (value === undefined) out.remove(key);
       else out.set(key, encodeService(value));
     } catch (err) {
@@ -214,6 +222,9 @@ export function exportServices(
       const [namespace, name] = [key.slice(0, key.indexOf('/')), key.slice(key.indexOf('/') + 1)];
       const svc = services.get({ namespace, name });
       if (svc) recompute(svc);
+      // An exported Service's slices also give its derived Service's hostnames.
+      const derived = services.get({ namespace, name: derivedServiceName(name) });
+      if (derived) recompute(derived);
     },
     () => {
       for (const svc of services.list()) recompute(svc);

@@ -1,9 +1,14 @@
 // The Multi-Cluster Services controller of the apiserver (issue 18), run when
-// the cluster source is the Kubernetes API (--kubeconfig). Level-triggered:
-// every interval it reads what is (ServiceExports, Services, Namespaces,
-// ServiceImports of its cluster; the exports every remote cluster published
-// in its kvstore), computes what should be (src/mcs/plan.ts) and writes the
-// difference:
+// the cluster source is the Kubernetes API (--kubeconfig). Level-triggered,
+// driven by changes: a round reads what is (ServiceExports, Services,
+// Namespaces, ServiceImports, EndpointSlices of its cluster; the exports every
+// remote cluster published in its kvstore), computes what should be
+// (src/mcs/plan.ts) and writes the difference. A round runs when a watch sees
+// a change to something it reads (Kubernetes watches of those kinds; etcd
+// watches of each remote's serviceexports, derived services, cluster-config
+// and serviceexports canary), shortly after (changes come in bursts), and
+// every resync interval anyway (a safety net for a missed event). Rounds
+// write:
 //   - this cluster's valid exports under cilium/state/serviceexports/v1/<cluster>/
 //     (leased, with a synced canary, stale keys of a previous run pruned);
 //   - the Valid, Ready and Conflict conditions of each local ServiceExport;
@@ -21,19 +26,27 @@
 // none): a remote still writing its first exports is not merged from a part.
 import type { Logger } from 'pino';
 import { scanConfigDir, toConnectionConfig } from '../clustermesh/config.ts';
-import { KvClient } from '../kvstore/client.ts';
-import { KubeApiError, type KubeHttp } from '../sources/kubernetes/http.ts';
-import { clusterConfigKey } from '../clustermesh/keys.ts';
+import { KvClient, type WatchHandle } from '../kvstore/client.ts';
+import { KubeApiError, type KubeHttp, type RawWatchEvent } from '../sources/kubernetes/http.ts';
+import { clusterConfigKey, serviceKey, servicesPrefix } from '../clustermesh/keys.ts';
+import { decodeClusterConfig, decodeService, type WireSource } from '../clustermesh/wire.ts';
 import { parseExportSpec, remoteExportsReadiness, serviceExportsClusterPrefix, serviceExportsSyncedKey, type ExportSpec } from '../mcs/export.ts';
 import type { McsImportView } from '../mcs/view.ts';
 import {
+  derivedServiceName,
+  endpointsOfClusterService,
+  endpointsOfSlices,
   MANAGED_BY,
   MANAGED_BY_LABEL,
   MCS_API_VERSION,
+  planImportSlices,
   planMcs,
   SERVICE_NAME_LABEL,
+  SLICE_MANAGED_BY_LABEL,
   withTransitions,
+  type ClusterEndpoints,
   type DerivedServiceSpec,
+  type ImportSliceSpec,
   type ImportPlan,
   type KubeCondition,
   type LocalExport,
@@ -46,9 +59,14 @@ import type { PrefixExport } from './export.ts';
 const MCS_PATH = `/apis/${MCS_API_VERSION}`;
 /** How often the CRDs are looked for while neither is served. */
 export const CRD_ABSENT_RETRY_MS = 15_000;
+/** After a change is seen, wait this long for more before the round (one round for a burst). */
+export const MCS_DEBOUNCE_MS = 100;
+/** A failed watch is started again after this long (a round runs then too: events may have been missed). */
+const WATCH_RETRY_MS = 1000;
 const exportsPath = (ns?: string, name?: string): string => (ns ? `${MCS_PATH}/namespaces/${ns}/serviceexports${name ? `/${name}` : ''}` : `${MCS_PATH}/serviceexports`);
 const importsPath = (ns?: string, name?: string): string => (ns ? `${MCS_PATH}/namespaces/${ns}/serviceimports${name ? `/${name}` : ''}` : `${MCS_PATH}/serviceimports`);
 const servicesPath = (ns?: string, name?: string): string => (ns ? `/api/v1/namespaces/${ns}/services${name ? `/${name}` : ''}` : '/api/v1/services');
+const slicesPath = (ns?: string, name?: string): string => (ns ? `/apis/discovery.k8s.io/v1/namespaces/${ns}/endpointslices${name ? `/${name}` : ''}` : '/apis/discovery.k8s.io/v1/endpointslices');
 
 type Obj = Record<string, unknown>;
 const rec = (v: unknown): Obj => (v && typeof v === 'object' && !Array.isArray(v) ? (v as Obj) : {});
@@ -170,6 +188,7 @@ export interface McsControllerOptions {
   /** This cluster's exports (a SyncStore under serviceExportsClusterPrefix(cluster)). */
   out: PrefixExport;
   remoteConfigDir?: string | undefined;
+  /** Resync: a round at least this often even without a change seen. */
   intervalMs: number;
   clock?: Clock;
   log: Logger;
@@ -182,6 +201,10 @@ interface RemoteReader {
   error?: string;
   /** Why the remote's exports are not read yet (remoteExportsReadiness). */
   waiting?: string;
+  /** What its values are checked against (from its cluster-config), once read. */
+  source?: WireSource;
+  /** Its etcd watches (they kick a round); stop() ends them. */
+  watch?: { stop: AbortController };
 }
 
 export class McsController {
@@ -190,6 +213,8 @@ export class McsController {
   private loop: Promise<void> | undefined;
   private readonly remotes = new Map<string, RemoteReader>();
   private readonly rejected = new Set<string>();
+  /** Per headless import (ns/name), per exporting cluster: its endpoints as last read (kept while a read fails). */
+  private readonly importEndpoints = new Map<string, Map<string, ClusterEndpoints>>();
   private last: { plan: McsPlan; imports: McsImportStatus[]; exports: McsExportStatus[] } | undefined;
   private rounds = 0;
   private crdAbsent = false;
@@ -202,9 +227,111 @@ export class McsController {
     this.clock = o.clock ?? systemClock;
   }
 
+  private dirty = false;
+  private wakeCtl: AbortController | undefined;
+
+  /** Something a round reads changed: run one soon. */
+  kick(): void {
+    this.dirty = true;
+    this.wakeCtl?.abort();
+  }
+
+  /** Until a change is seen (then a short debounce) or the resync interval passed; false once stopped. */
+  private async waitForChange(): Promise<boolean> {
+    const resync = this.crdAbsent ? Math.max(this.o.intervalMs, CRD_ABSENT_RETRY_MS) : this.o.intervalMs;
+    if (!this.dirty) {
+      this.wakeCtl = new AbortController();
+      await sleep(this.clock, resync, AbortSignal.any([this.stopCtl.signal, this.wakeCtl.signal]));
+      this.wakeCtl = undefined;
+    }
+    if (this.dirty && !this.stopCtl.signal.aborted) await sleep(this.clock, MCS_DEBOUNCE_MS, this.stopCtl.signal);
+    return !this.stopCtl.signal.aborted;
+  }
+
+  /** Follows one kind of this cluster's API; every relevant event kicks a round. */
+  private async watchKube(path: string, relevant: (ev: RawWatchEvent) => boolean): Promise<void> {
+    let failures = 0;
+    while (!this.stopCtl.signal.aborted) {
+      let seen = false;
+      try {
+        await this.o.kube.watch(path, { allowWatchBookmarks: 'true', timeoutSeconds: '300' }, this.stopCtl.signal, 330_000, (ev) => {
+          seen = true;
+          if (ev.type !== 'BOOKMARK' && relevant(ev)) this.kick();
+        });
+        failures = 0;
+      } catch (err) {
+        if (this.stopCtl.signal.aborted) return;
+        if (failures++ === 0 && !(err instanceof KubeApiError && err.code === 404)) this.o.log.debug({ path, err: (err as Error).message }, 'MCS watch failed; starting it again');
+      }
+      if (seen) this.kick();
+      // An unserved kind (the CRDs absent) is looked for as often as the round does.
+      await sleep(this.clock, failures > 0 && this.crdAbsent ? CRD_ABSENT_RETRY_MS : WATCH_RETRY_MS, this.stopCtl.signal);
+    }
+  }
+
+  private startKubeWatches(): void {
+    const labels = (ev: RawWatchEvent): Record<string, string> => metaOf(ev.object).labels;
+    const all = (): boolean => true;
+    for (const [path, relevant] of [
+      [exportsPath(), all],
+      [importsPath(), all],
+      [servicesPath(), all],
+      ['/api/v1/namespaces', all],
+      // Slices matter for headless imports only: those of an exported Service of one, and the controller's own.
+      [
+        slicesPath(),
+        (ev: RawWatchEvent) => {
+          const l = labels(ev);
+          const owner = l['kubernetes.io/service-name'];
+          return l[SLICE_MANAGED_BY_LABEL] === MANAGED_BY || (owner !== undefined && this.last?.plan.imports.get(`${metaOf(ev.object).namespace}/${owner}`)?.type === 'Headless');
+        },
+      ],
+    ] as const) {
+      void this.watchKube(path, relevant);
+    }
+  }
+
+  /** Follows what a round reads of a remote cluster's etcd: its exports, derived services, cluster-config and exports canary. */
+  private watchRemote(name: string, r: RemoteReader): void {
+    const stop = new AbortController();
+    r.watch = { stop };
+    const derivedPrefix = `${servicesPrefix}${name}/`;
+    void (async () => {
+      while (!stop.signal.aborted && !this.stopCtl.signal.aborted) {
+        const failed = new AbortController();
+        const handles: WatchHandle[] = [];
+        try {
+          const from = String(BigInt(await r.kv.currentRevision()) + 1n);
+          const onError = (): void => failed.abort();
+          const onEvent = (ev: { key: string }): void => {
+            // Of the services, only derived ones (headless imports' endpoints).
+            if (!ev.key.startsWith(derivedPrefix) || ev.key.slice(derivedPrefix.length).split('/')[1]?.startsWith('derived-')) this.kick();
+          };
+          handles.push(r.kv.watch(serviceExportsClusterPrefix(name), from, onEvent, onError));
+          handles.push(r.kv.watch(derivedPrefix, from, onEvent, onError));
+          handles.push(r.kv.watch(clusterConfigKey(name), from, onEvent, onError, { exact: true }));
+          handles.push(r.kv.watch(serviceExportsSyncedKey(name), from, onEvent, onError, { exact: true }));
+          // Changes between the last round's read and `from` would be missed.
+          this.kick();
+          await new Promise<void>((resolve) => {
+            const signals = [failed.signal, stop.signal, this.stopCtl.signal];
+            if (signals.some((s) => s.aborted)) return resolve();
+            for (const s of signals) s.addEventListener('abort', () => resolve(), { once: true });
+          });
+        } catch {
+          // etcd not reachable: the round reports it; try again.
+        }
+        await Promise.all(handles.map((h) => h.cancel().catch(() => undefined)));
+        await sleep(this.clock, WATCH_RETRY_MS, AbortSignal.any([stop.signal, this.stopCtl.signal]));
+      }
+    })();
+  }
+
   start(): void {
     this.loop ??= (async () => {
+      this.startKubeWatches();
       do {
+        this.dirty = false;
         try {
           await this.round();
           this.lastError = undefined;
@@ -215,13 +342,14 @@ export class McsController {
           this.lastError = msg;
         }
         // Without the CRDs there is nothing to read or write: look again less often (as the source retries an absent CRD).
-      } while (await sleep(this.clock, this.crdAbsent ? Math.max(this.o.intervalMs, CRD_ABSENT_RETRY_MS) : this.o.intervalMs, this.stopCtl.signal));
+      } while (await this.waitForChange());
     })();
   }
 
   async stop(): Promise<void> {
     this.stopCtl.abort();
     await this.loop;
+    for (const r of this.remotes.values()) r.watch?.stop.abort();
     await Promise.all([...this.remotes.values()].map((r) => r.kv.close().catch(() => undefined)));
     this.remotes.clear();
   }
@@ -238,9 +366,9 @@ export class McsController {
     };
   }
 
-  private async listOrNone(path: string): Promise<unknown[] | undefined> {
+  private async listOrNone(path: string, labelSelector?: string): Promise<unknown[] | undefined> {
     try {
-      return (await this.o.kube.list(path, {}, this.stopCtl.signal)).items;
+      return (await this.o.kube.list(path, labelSelector ? { labelSelector } : {}, this.stopCtl.signal)).items;
     } catch (err) {
       if (err instanceof KubeApiError && err.code === 404) return undefined;
       throw err;
@@ -262,6 +390,7 @@ export class McsController {
     for (const [name, r] of this.remotes) {
       if (scan.configs.get(name)?.fingerprint !== r.fingerprint) {
         this.remotes.delete(name);
+        r.watch?.stop.abort();
         void r.kv.close().catch(() => undefined);
       }
     }
@@ -273,6 +402,7 @@ export class McsController {
           if (!r) {
             r = { fingerprint: c.fingerprint, kv: new KvClient(toConnectionConfig(c, 5000)), exports: [] };
             this.remotes.set(c.name, r);
+            if (this.loop) this.watchRemote(c.name, r);
           }
           try {
             const [config, canary] = await Promise.all([r.kv.get(clusterConfigKey(c.name)), r.kv.get(serviceExportsSyncedKey(c.name))]);
@@ -284,6 +414,8 @@ export class McsController {
               return;
             }
             delete r.waiting;
+            const cfg = decodeClusterConfig(c.name, clusterConfigKey(c.name), config!.value);
+            if (cfg.ok) r.source = { cluster: c.name, clusterId: cfg.value.id, maxConnectedClusters: cfg.value.capabilities.maxConnectedClusters };
             const pairs = (await r.kv.list(serviceExportsClusterPrefix(c.name))).pairs;
             const got: ExportSpec[] = [];
             for (const p of pairs) {
@@ -303,6 +435,59 @@ export class McsController {
         }),
     );
     return [...this.remotes.values()].flatMap((r) => r.exports);
+  }
+
+  /** Each exporting cluster's endpoints of each headless import: the local exported Service's slices, a remote's published derived Service. */
+  private async readImportEndpoints(plan: McsPlan): Promise<Map<string, Map<string, ClusterEndpoints>>> {
+    for (const k of this.importEndpoints.keys()) if (plan.imports.get(k)?.type !== 'Headless') this.importEndpoints.delete(k);
+    await Promise.all(
+      [...plan.imports].filter(([, p]) => p.type === 'Headless').flatMap(([key, p]) => {
+        let known = this.importEndpoints.get(key);
+        if (!known) this.importEndpoints.set(key, (known = new Map()));
+        for (const c of known.keys()) if (!p.clusters.includes(c)) known.delete(c);
+        return p.clusters.map(async (cluster) => {
+          try {
+            if (cluster === this.o.cluster) {
+              const items = await this.listOrNone(slicesPath(p.namespace), `kubernetes.io/service-name=${p.name}`);
+              known.set(cluster, endpointsOfSlices(items ?? []));
+              return;
+            }
+            const r = this.remotes.get(cluster);
+            if (!r?.source) return;
+            const key = serviceKey(cluster, p.namespace, derivedServiceName(p.name));
+            const kv = await r.kv.get(key);
+            if (kv === undefined) return void known.set(cluster, { endpoints: [], ports: [] });
+            const v = decodeService(r.source, key, kv.value);
+            if (!v.ok) throw new Error(`${key}: ${v.reason}: ${v.detail}`);
+            known.set(cluster, endpointsOfClusterService(v.value));
+          } catch (err) {
+            this.o.log.warn({ import: key, cluster, err: (err as Error).message }, "reading an exporting cluster's endpoints failed; keeping what was read before");
+          }
+        });
+      }),
+    );
+    return this.importEndpoints;
+  }
+
+  /** EndpointSlices of headless imports (planImportSlices): created, patched, deleted when no longer wanted. */
+  private async syncImportSlices(plan: McsPlan): Promise<void> {
+    const wanted = planImportSlices(plan.imports, await this.readImportEndpoints(plan));
+    const current = new Map((await this.listOrNone(slicesPath(), `${SLICE_MANAGED_BY_LABEL}=${MANAGED_BY}`) ?? []).map((o) => [`${metaOf(o).namespace}/${metaOf(o).name}`, o]));
+    for (const [key, s] of wanted) {
+      const body = sliceBody(s);
+      const cur = current.get(key);
+      if (!cur) {
+        await this.o.kube.request('POST', slicesPath(s.namespace), body);
+        this.o.log.info({ slice: key, cluster: s.cluster, endpoints: s.endpoints.length }, 'import endpointslice created');
+      } else if (sliceContent(cur) !== sliceContent(body)) {
+        await this.o.kube.request('PATCH', slicesPath(s.namespace, s.name), { metadata: { labels: s.labels, annotations: s.annotations }, endpoints: s.endpoints, ports: s.ports });
+      }
+    }
+    for (const [key, o] of current) {
+      if (wanted.has(key)) continue;
+      await this.deleteIfPresent(slicesPath(metaOf(o).namespace, metaOf(o).name));
+      this.o.log.info({ slice: key }, 'import endpointslice deleted');
+    }
   }
 
   /** One pass: read, plan, write the difference. */
@@ -412,10 +597,32 @@ export class McsController {
         this.o.log.info({ import: key }, 'serviceimport deleted (no export of its name left)');
       }
     }
+    await this.syncImportSlices(plan);
     this.last = { plan, imports: importStatus, exports: exportStatus };
     if (this.rounds++ === 0) this.resolveFirst();
   }
 }
+
+/** The fields of an import's EndpointSlice this controller owns, comparable with what the API returns. */
+const sliceContent = (o: unknown): string => {
+  const m = metaOf(o);
+  const r = rec(o);
+  return canonical({
+    labels: m.labels,
+    annotations: m.annotations,
+    addressType: r.addressType,
+    endpoints: (Array.isArray(r.endpoints) ? r.endpoints : []).map((e) => ({ addresses: rec(e).addresses, ready: rec(rec(e).conditions).ready ?? true, hostname: rec(e).hostname ?? null })),
+    ports: (Array.isArray(r.ports) ? r.ports : []).map((p) => ({ name: rec(p).name ?? '', protocol: rec(p).protocol ?? 'TCP', port: rec(p).port })),
+  });
+};
+const sliceBody = (s: ImportSliceSpec): Obj => ({
+  apiVersion: 'discovery.k8s.io/v1',
+  kind: 'EndpointSlice',
+  metadata: { name: s.name, namespace: s.namespace, labels: s.labels, annotations: s.annotations },
+  addressType: 'IPv4',
+  endpoints: s.endpoints,
+  ports: s.ports,
+});
 
 function stripNulls(o: Obj): Obj {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== null).map(([k, v]) => [k, v && typeof v === 'object' && !Array.isArray(v) ? stripNulls(v as Obj) : v]));

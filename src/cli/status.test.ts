@@ -176,3 +176,24 @@ test("summarize: a lab cluster's Kubernetes API is shown by URL; its process gon
   assert.match(down.notReady.join('\n'), /c1: Kubernetes API server not running/);
   assert.match(formatStatus(down), /kube-api: {4}FAIL {2}https:\/\/127\.0\.0\.1:40001 {2}\(process not running\)/);
 });
+
+test("summarize: with MCS, a remote whose exports are not merged yet is shown with the reason (the controller's rule), a merged one is not", () => {
+  const view = { exports: [], imports: [] };
+  const r = summarize(
+    [
+      probe('c1', 1, [ok('c1', 'n1', [remote('c2'), remote('c3')])], { configFiles: ['c2', 'c3'], mcs: view }),
+      probe('c2', 2, [], { etcd: etcd({ clusterConfigId: 2, serviceExports: { ready: false, why: 'cluster-config does not advertise serviceExportsEnabled' } }) }),
+      probe('c3', 3, [], { etcd: etcd({ clusterConfigId: 3, serviceExports: { ready: true } }) }),
+    ],
+    NOW,
+  );
+  const c1 = r.clusters.find((c) => c.name === 'c1')!;
+  assert.deepEqual(c1.mcsRemotes, [
+    { name: 'c2', waiting: 'cluster-config does not advertise serviceExportsEnabled' },
+    { name: 'c3', waiting: null },
+  ]);
+  const text = formatStatus(r);
+  assert.match(text, /^ {4}remote c2: its exports are not merged yet: cluster-config does not advertise serviceExportsEnabled$/m);
+  assert.doesNotMatch(text, /remote c3: its exports/);
+  assert.equal(r.clusters.find((c) => c.name === 'c2')!.mcsRemotes, undefined, 'no MCS view: no MCS remotes');
+});

@@ -12,6 +12,7 @@ import { clusterConfigKey, heartbeatKey, servicesPrefix, SYNCED_PREFIX_NAMES, ty
 import { decodeClusterConfig } from '../clustermesh/wire.ts';
 import { KvClient } from '../kvstore/client.ts';
 import { sameProcessAlive, type LabState } from '../lab/state.ts';
+import { remoteExportsReadiness, serviceExportsSyncedKey } from '../mcs/export.ts';
 import { formatMcsView, readMcsView, type McsView } from '../mcs/view.ts';
 import { KubeHttp } from '../sources/kubernetes/http.ts';
 import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
@@ -32,6 +33,13 @@ export interface EtcdProbe {
   heartbeat: string | null;
   /** '<ns>/<name>' of every service the cluster exports (global services). */
   exportedServices: string[];
+  /**
+   * Whether another cluster's MCS controller merges this cluster's
+   * ServiceExports (remoteExportsReadiness: cluster-config advertises
+   * serviceExportsEnabled and the serviceexports canary is there), and if
+   * not, why. Absent when etcd was not read.
+   */
+  serviceExports?: { ready: true } | { ready: false; why: string };
   error: string | null;
 }
 
@@ -123,6 +131,12 @@ export interface ClusterReport {
   routing: string | null;
   /** Multi-Cluster Services: exports with their conditions, imports (lab with a Kubernetes API; absent otherwise). */
   mcs?: McsView | null | { error: string };
+  /**
+   * With mcs: per remote cluster whose etcd was read, why this cluster's MCS
+   * controller does not merge its ServiceExports yet (null: it does). The same
+   * rule the controller applies (its own status: mcs.remotes.<cluster>.waiting).
+   */
+  mcsRemotes?: Array<{ name: string; waiting: string | null }>;
 }
 
 /** 'tunnel', 'native (10.101.0.0/16, ...)'; an older agent says nothing: tunnel. */
@@ -295,6 +309,14 @@ export function summarize(probes: ClusterProbe[], now: Date = new Date()): Statu
       nodeDetails,
       routing: statuses.length ? [...new Set(statuses.map(({ s }) => routingOf(s.datapath)))].sort().join(', ') : null,
       ...(p.mcs !== undefined ? { mcs: p.mcs } : {}),
+      ...(p.mcs !== undefined
+        ? {
+            mcsRemotes: [...remoteNames].sort().flatMap((name) => {
+              const e = probes.find((x) => x.name === name)?.etcd?.serviceExports;
+              return e ? [{ name, waiting: e.ready ? null : e.why }] : [];
+            }),
+          }
+        : {}),
     });
   }
   const prometheus = probes.find((p) => p.prometheus)?.prometheus ?? null;
@@ -318,13 +340,15 @@ export async function probeEtcd(c: ClusterTarget, closer: Closer, timeoutMs = 30
     const cfg = await kv.get(clusterConfigKey(c.name));
     const hb = await kv.get(heartbeatKey);
     const svcs = await kv.list(`${servicesPrefix}${c.name}/`);
+    const canary = await kv.get(serviceExportsSyncedKey(c.name));
     let clusterConfigId: number | null = null;
     if (cfg) {
       const d = decodeClusterConfig(c.name, cfg.key, cfg.value);
       if (d.ok) clusterConfigId = d.value.id;
     }
     const exportedServices = svcs.pairs.map((p) => p.key.slice(`${servicesPrefix}${c.name}/`.length)).sort();
-    return { reachable: true, endpoint, clusterConfigId, heartbeat: hb?.value ?? null, exportedServices, error: null };
+    const serviceExports = remoteExportsReadiness(c.name, cfg?.value, canary !== undefined);
+    return { reachable: true, endpoint, clusterConfigId, heartbeat: hb?.value ?? null, exportedServices, serviceExports, error: null };
   } catch (err) {
     return { reachable: false, endpoint, clusterConfigId: null, heartbeat: null, exportedServices: [], error: (err as Error).message };
   }
@@ -438,6 +462,7 @@ export function formatStatus(r: StatusReport): string {
       if (c.mcs === null) out.push('  mcs:         the MCS API CRDs are not installed (kubectl apply -f deploy/crds/mcs-api.yaml)');
       else if ('error' in c.mcs) out.push(`  mcs:         could not read ServiceExports/ServiceImports (${c.mcs.error})`);
       else out.push(`  mcs:         ${c.mcs.exports.length} ServiceExport${c.mcs.exports.length === 1 ? '' : 's'}, ${c.mcs.imports.length} ServiceImport${c.mcs.imports.length === 1 ? '' : 's'}`, ...formatMcsView(c.mcs, '    '));
+      for (const r of c.mcsRemotes ?? []) if (r.waiting !== null) out.push(`    remote ${r.name}: its exports are not merged yet: ${r.waiting}`);
     }
   }
   if (r.globalServices !== null) out.push(`global services: ${r.globalServices}`);

@@ -7,7 +7,7 @@
 //   cluster-config  {id, capabilities{syncedCanaries, cached, maxConnectedClusters, serviceExportsEnabled}}
 //   node            {Name, Cluster, IPAddresses[{Type, IP}], IPv4AllocCIDR{IP, Mask(base64)}|null, ...}
 //   ip entry        {IP, Mask(base64, omitted for a host), HostIP, ID, Key, Metadata, K8s..., NamedPorts[{Name, Port, Protocol}]}
-//   service         {cluster, namespace, name, frontends{ip{name{Protocol, Port}}}, backends, labels, selector, includeExternal, shared, clusterID}
+//   service         {cluster, namespace, name, frontends{ip{name{Protocol, Port}}}, backends, hostnames{ip: hostname}, zones, labels, selector, includeExternal, shared, clusterID}
 
 /** A Go type as it appears in JSON. */
 export type GoType =

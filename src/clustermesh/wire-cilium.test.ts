@@ -229,12 +229,22 @@ describe('Cilium format: identities, services, canaries, heartbeat', () => {
     assert.equal(encodeIdentity(i.labels), IDENTITY);
     assert.equal(ciliumIdentity({ 'k8s:io.kubernetes.pod.namespace': 'shop', 'k8s:app': 'cart', 'k8s:io.cilium.k8s.policy.cluster': 'cilium' }), IDENTITY);
   });
-  it('services: hostnames/zones and unknown fields ignored; we write Cilium order; wrong types refused', () => {
+  it('services: hostnames both ways, zones and unknown fields ignored; we write Cilium order; wrong types refused', () => {
     const s = ok(decodeService(src, serviceKey('cilium', 'shop', 'cart'), SERVICE));
     assert.deepEqual(s.backends, { '10.207.1.15': { http: { Protocol: 'TCP', Port: 8080 } } });
+    assert.deepEqual(s.hostnames, { '10.207.1.15': 'cart-5d9f' });
     const raw = encodeService(s);
-    assert.equal(raw, SERVICE.replace(',"hostnames":{"10.207.1.15":"cart-5d9f"},"zones":{"10.207.1.15":{"zone":"z1","forZones":[{"name":"z1"}]}}', ''));
+    assert.equal(raw, SERVICE.replace(',"zones":{"10.207.1.15":{"zone":"z1","forZones":[{"name":"z1"}]}}', ''));
     fitsCilium('service', raw);
+    // No hostnames: the field is left out (absent and {} read the same in Go).
+    const bare = encodeService({ ...s, hostnames: {} });
+    assert.equal(bare, raw.replace(',"hostnames":{"10.207.1.15":"cart-5d9f"}', ''));
+    assert.deepEqual(ok(decodeService(src, serviceKey('cilium', 'shop', 'cart'), bare)).hostnames, {});
+    assert.deepEqual(ok(decodeService(src, serviceKey('cilium', 'shop', 'cart'), SERVICE.replace('"hostnames":{', '"hostnames":null,"x":{'))).hostnames, {});
+    // A pair that is not ip → DNS label is dropped, the service kept (Go would keep the whole map).
+    const odd = ok(decodeService(src, serviceKey('cilium', 'shop', 'cart'), SERVICE.replace('"hostnames":{', '"hostnames":{"not-an-ip":"a","10.207.1.16":"Not_A_Label",')));
+    assert.deepEqual(odd.hostnames, { '10.207.1.15': 'cart-5d9f' });
+    refused(decodeService(src, serviceKey('cilium', 'shop', 'cart'), SERVICE.replace('"cart-5d9f"', '5')), /hostnames/);
     ok(decodeService(src, serviceKey('cilium', 'shop', 'cart'), withFutureField(SERVICE)));
     const nulls = ok(decodeService(src, serviceKey('cilium', 'shop', 'cart'), SERVICE.replace('"labels":{}', '"labels":null').replace(/"backends":\{.*?\}\}\},/, '"backends":null,')));
     assert.deepEqual([nulls.labels, nulls.backends], [{}, {}]);

@@ -68,6 +68,7 @@ const service = (over: Partial<ServiceValue> = {}): ServiceValue => ({
   name: 'echo',
   frontends: { '10.96.0.10': { http: { Protocol: 'TCP', Port: 80 } } },
   backends: { '10.102.1.5': { http: { Protocol: 'TCP', Port: 8080 } } },
+  hostnames: {},
   labels: {},
   selector: { app: 'echo' },
   includeExternal: true,
@@ -212,6 +213,10 @@ describe('services', () => {
     const r = decodeService(c2, serviceKey('c2', 'default', 'echo'), encodeService(service()));
     assert.ok(r.ok);
     assert.deepEqual(r.value, service());
+    const named = service({ hostnames: { '10.102.1.5': 'echo-0' } });
+    const n = decodeService(c2, serviceKey('c2', 'default', 'echo'), encodeService(named));
+    assert.ok(n.ok);
+    assert.deepEqual(n.value, named);
   });
   it('rejects a key that disagrees with the content', () => {
     const r = decodeService(c2, serviceKey('c2', 'other', 'echo'), encodeService(service()));

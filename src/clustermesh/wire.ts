@@ -370,12 +370,25 @@ const portsByIp = z
   .nullish()
   .transform((v) => v ?? {});
 
+/**
+ * backend ip → the backend's hostname (Cilium's `hostnames`, what its
+ * EndpointSlice sync and the MCS API's per-endpoint DNS names use). Go reads
+ * any string map here, so a pair that is not an IP → DNS label is dropped
+ * rather than the whole service refused.
+ */
+const hostnamesByIp = z
+  .record(z.string().max(64), z.string().max(253))
+  .refine((m) => Object.keys(m).length <= 4096, 'too many addresses')
+  .nullish()
+  .transform((v) => Object.fromEntries(Object.entries(v ?? {}).filter(([ip, h]) => isIP(ip) !== 0 && dnsLabel.safeParse(h).success)));
+
 const serviceJson = z.object({
   cluster: clusterName,
   namespace: dnsLabel,
   name: dnsLabel,
   frontends: portsByIp,
   backends: portsByIp,
+  hostnames: hostnamesByIp,
   labels: goStringMap,
   selector: goStringMap,
   includeExternal: goBool,
@@ -383,6 +396,8 @@ const serviceJson = z.object({
   clusterID: goUint(511),
 });
 export type ServiceValue = z.output<typeof serviceJson>;
+/** What encodeService takes: `hostnames` may be left out (none). */
+export type ServiceInput = Omit<ServiceValue, 'hostnames'> & { hostnames?: Record<string, string> };
 
 // ---------------------------------------------------------------------------
 // Identity labels: "source:key=value;" repeated, sorted by source:key.
@@ -664,7 +679,12 @@ export function encodeIpEntry(entry: IpEntryInput): string {
   );
 }
 
-export function encodeService(svc: ServiceValue): string {
+/**
+ * A service in Cilium's JSON. `hostnames` (Cilium writes it after `backends`)
+ * is written only when some backend has a hostname: a reader that predates
+ * the field, or finds it absent, sees no hostnames either way.
+ */
+export function encodeService(svc: ServiceInput): string {
   const ports = (m: ServiceValue['frontends']) =>
     Object.fromEntries(
       Object.keys(m)
@@ -679,6 +699,7 @@ export function encodeService(svc: ServiceValue): string {
       name: svc.name,
       frontends: ports(svc.frontends),
       backends: ports(svc.backends),
+      ...(svc.hostnames && Object.keys(svc.hostnames).length > 0 ? { hostnames: sortedRecord(svc.hostnames) } : {}),
       labels: sortedRecord(svc.labels),
       selector: sortedRecord(svc.selector),
       includeExternal: svc.includeExternal,

@@ -9,8 +9,11 @@
 //   <svc>.<ns>.svc.<domain>   A  the Service's ClusterIP; for a headless
 //                                Service (clusterIP None) the IPs of its ready pods
 //   <a-b-c-d>.<ns>.pod.<domain> A  a.b.c.d, when a pod of <ns> has that IP
-//   <svc>.<ns>.svc.clusterset.local A  the ServiceImport's VIP (issue 18; see
-//                                resolveClustersetName)
+//   <svc>.<ns>.svc.clusterset.local A  the ServiceImport's VIP; for a headless
+//                                import every ready endpoint of every exporting
+//                                cluster (issue 18; see resolveClustersetName)
+//   <host>.<cluster>.<svc>.<ns>.svc.clusterset.local A  that endpoint of a
+//                                headless import
 // Short names (`<svc>`, `<svc>.<ns>`) resolve through the search list of the
 // pods' resolv.conf (see resolvConf()), as with kube-dns.
 // Other names in the domain: NXDOMAIN (or NODATA for a name that exists with no
@@ -42,14 +45,14 @@ import { stringify as toYaml } from 'yaml';
 import { loadEtcdConfig } from '../apiserver/options.ts';
 import { KvClient } from '../kvstore/client.ts';
 import type { KvConnectionConfig } from '../kvstore/types.ts';
-import { isPodReady, type Namespace, type Pod, type Service } from '../model/index.ts';
+import { isPodReady, type EndpointSlice, type Namespace, type Pod, type Service } from '../model/index.ts';
 import { StoreSource } from '../sources/store/source.ts';
 import { KubernetesSource } from '../sources/kubernetes/source.ts';
 import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import { startKubeApiEndpoint } from './kube-api-endpoint.ts';
 import type { ClusterSource } from '../sources/types.ts';
 import type { LabCluster } from './state.ts';
-import { derivedServiceName, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL } from '../mcs/plan.ts';
+import { derivedServiceName, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, SOURCE_CLUSTER_LABEL } from '../mcs/plan.ts';
 
 export const CLUSTER_DOMAIN = 'cluster.local';
 /** The Multi-Cluster Services domain (KEP-1645): `<svc>.<ns>.svc.clusterset.local`. */
@@ -72,6 +75,8 @@ export interface DnsData {
   services(): readonly Service[];
   pods(): readonly Pod[];
   namespaces(): readonly Namespace[];
+  /** The cluster's EndpointSlices (a Kubernetes API source; none otherwise): those of headless imports answer clusterset names. */
+  endpointSlices?(): readonly EndpointSlice[];
   /** False until the first complete list: the server then answers SERVFAIL rather than a wrong NXDOMAIN. */
   ready(): boolean;
 }
@@ -83,18 +88,20 @@ export function sourceDnsData(source: ClusterSource): DnsData {
     services: () => source.services.list(),
     pods: () => source.pods.list(),
     namespaces: () => source.namespaces.list(),
-    ready: () => source.services.synced && source.pods.synced && source.namespaces.synced,
+    endpointSlices: () => (source.serviceBackends === 'endpointslices' ? source.endpointSlices.list() : []),
+    ready: () => source.services.synced && source.pods.synced && source.namespaces.synced && (source.serviceBackends !== 'endpointslices' || source.endpointSlices.synced),
   };
 }
 
 /** DnsData over fixed lists (tests, a snapshot). */
-export function staticDnsData(objects: { services?: Service[]; pods?: Pod[]; namespaces?: Namespace[] }): DnsData {
+export function staticDnsData(objects: { services?: Service[]; pods?: Pod[]; namespaces?: Namespace[]; endpointSlices?: EndpointSlice[] }): DnsData {
   const services = objects.services ?? [];
   return {
     service: (namespace, name) => services.find((s) => s.metadata.namespace === namespace && s.metadata.name === name),
     services: () => services,
     pods: () => objects.pods ?? [],
     namespaces: () => objects.namespaces ?? [],
+    endpointSlices: () => objects.endpointSlices ?? [],
     ready: () => true,
   };
 }
@@ -190,8 +197,13 @@ export function resolveName(data: DnsData, name: string, domain = CLUSTER_DOMAIN
  * A name of clusterset.local (issue 18): `<svc>.<ns>.svc.clusterset.local` is
  * the ServiceImport's VIP, which is the ClusterIP of the import's derived
  * Service (src/mcs/plan.ts: same name in every cluster, labelled with the
- * import's name, made by the apiserver's MCS controller); for a headless
- * import, the ready pods the derived Service selects in this cluster.
+ * import's name, made by the apiserver's MCS controller). A headless import
+ * answers from the EndpointSlices the controller writes for it, one per
+ * exporting cluster (labels multicluster.kubernetes.io/service-name and
+ * .../source-cluster, as CoreDNS's multicluster plugin reads them): the name
+ * with every ready address of every cluster, and
+ * `<hostname>.<cluster>.<svc>.<ns>.svc.clusterset.local` with the ready
+ * addresses of the endpoints of that hostname in that cluster's slices.
  */
 export function resolveClustersetName(data: DnsData, name: string): Resolution {
   const n = normalizeName(name);
@@ -204,13 +216,31 @@ export function resolveClustersetName(data: DnsData, name: string): Resolution {
   };
   if (labels.length === 1) return labels[0] === 'svc' ? { kind: 'exists', a: [] } : { kind: 'nxdomain' };
   if (labels.length === 2) return labels[1] === 'svc' && data.services().some((s) => s.metadata.namespace === labels[0] && s.metadata.labels[MANAGED_BY_LABEL] === MANAGED_BY) ? { kind: 'exists', a: [] } : { kind: 'nxdomain' };
-  if (labels.length === 3 && labels[2] === 'svc') {
-    const d = derived(labels[1]!, labels[0]!);
-    if (!d) return { kind: 'nxdomain' };
-    if (d.spec.clusterIP === 'None') return { kind: 'exists', a: headlessAddresses(data, d) };
-    return { kind: 'exists', a: d.spec.clusterIP ? [d.spec.clusterIP] : [] };
+  if (labels.length < 3 || labels.length > 5 || labels[labels.length - 1] !== 'svc') return { kind: 'nxdomain' };
+  const [ns, svc] = [labels[labels.length - 2]!, labels[labels.length - 3]!];
+  const d = derived(ns, svc);
+  if (!d) return { kind: 'nxdomain' };
+  if (d.spec.clusterIP !== 'None') return labels.length === 3 ? { kind: 'exists', a: d.spec.clusterIP ? [d.spec.clusterIP] : [] } : { kind: 'nxdomain' };
+  const endpoints = importEndpoints(data, ns, svc);
+  const ready = (eps: typeof endpoints): string[] => [...new Set(eps.filter((e) => e.ready).map((e) => e.ip))].sort(compareIPv4);
+  if (labels.length === 3) return { kind: 'exists', a: ready(endpoints) };
+  const inCluster = endpoints.filter((e) => e.cluster === labels[labels.length - 4]);
+  // <cluster>.<svc>.<ns>.svc: an empty non-terminal when that cluster has named endpoints.
+  if (labels.length === 4) return inCluster.some((e) => e.hostname) ? { kind: 'exists', a: [] } : { kind: 'nxdomain' };
+  const named = inCluster.filter((e) => e.hostname === labels[0]);
+  return named.length > 0 ? { kind: 'exists', a: ready(named) } : { kind: 'nxdomain' };
+}
+
+/** The endpoints of headless import ns/svc: its slices' (those naming a source cluster) addresses, with cluster, hostname and ready. */
+function importEndpoints(data: DnsData, ns: string, svc: string): Array<{ ip: string; cluster: string; hostname: string | undefined; ready: boolean }> {
+  const out: Array<{ ip: string; cluster: string; hostname: string | undefined; ready: boolean }> = [];
+  for (const s of data.endpointSlices?.() ?? []) {
+    const l = s.metadata.labels;
+    const cluster = l[SOURCE_CLUSTER_LABEL] ?? s.metadata.annotations?.[SOURCE_CLUSTER_LABEL];
+    if (s.metadata.namespace !== ns || l[SERVICE_NAME_LABEL] !== svc || !cluster) continue;
+    for (const e of s.endpoints) for (const ip of e.addresses) out.push({ ip, cluster, hostname: e.hostname?.toLowerCase(), ready: e.conditions.ready ?? true });
   }
-  return { kind: 'nxdomain' };
+  return out;
 }
 
 function soaRecord(domain: string, ttl: number): Answer {

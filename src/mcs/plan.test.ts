@@ -2,7 +2,22 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import dnsPacket from 'dns-packet';
 import { parseExportSpec, serviceExportKey, type ExportSpec } from './export.ts';
-import { derivedServiceName, MANAGED_BY, MANAGED_BY_LABEL, planMcs, SERVICE_NAME_LABEL, withTransitions, type LocalService } from './plan.ts';
+import {
+  derivedServiceName,
+  endpointsOfClusterService,
+  endpointsOfSlices,
+  importSliceName,
+  MANAGED_BY,
+  MANAGED_BY_LABEL,
+  planImportSlices,
+  planMcs,
+  SERVICE_NAME_LABEL,
+  SLICE_MANAGED_BY_LABEL,
+  SOURCE_CLUSTER_LABEL,
+  withTransitions,
+  type ClusterEndpoints,
+  type LocalService,
+} from './plan.ts';
 import { answerQuery, resolveClustersetName, staticDnsData } from '../lab/dns.ts';
 import { localServiceOf } from '../apiserver/mcs.ts';
 import { clusterConfigValue } from '../apiserver/heartbeat.ts';
@@ -139,5 +154,80 @@ describe('the lab DNS answers clusterset.local from the derived Services', () =>
     assert.equal((r.flags ?? 0) & 0xf, 0);
     assert.equal((ask('nope.shop.svc.clusterset.local').flags ?? 0) & 0xf, 3);
     assert.equal((ask('example.org').flags ?? 0) & 0xf, 5);
+  });
+
+  test('a headless import answers every ready endpoint of every cluster, and <hostname>.<cluster>.<svc>.<ns>.svc.clusterset.local', () => {
+    const slice = (cluster: string, endpoints: unknown[], labels: Record<string, string> = { [SERVICE_NAME_LABEL]: 'db', [SOURCE_CLUSTER_LABEL]: cluster }) =>
+      parseObject('EndpointSlice', { kind: 'EndpointSlice', metadata: { namespace: 'shop', name: importSliceName('db', cluster), labels }, addressType: 'IPv4', endpoints, ports: [] });
+    const hd = staticDnsData({
+      services: [derived('db', 'None', { [MANAGED_BY_LABEL]: MANAGED_BY, [SERVICE_NAME_LABEL]: 'db' })],
+      endpointSlices: [
+        slice('c1', [{ addresses: ['10.1.0.9'], hostname: 'db-0' }, { addresses: ['10.1.0.8'], conditions: { ready: false }, hostname: 'db-1' }]),
+        slice('c2', [{ addresses: ['10.2.0.5'], conditions: { ready: true }, hostname: 'db-0' }, { addresses: ['10.2.0.6'] }]),
+        // The derived Service's own slice (Kubernetes copies the Service's labels): no source cluster, not an import's.
+        slice('x', [{ addresses: ['10.3.0.1'] }], { [SERVICE_NAME_LABEL]: 'db' }),
+      ],
+    });
+    assert.deepEqual(resolveClustersetName(hd, 'db.shop.svc.clusterset.local'), { kind: 'exists', a: ['10.1.0.9', '10.2.0.5', '10.2.0.6'] });
+    assert.deepEqual(resolveClustersetName(hd, 'db-0.c1.db.shop.svc.clusterset.local'), { kind: 'exists', a: ['10.1.0.9'] });
+    assert.deepEqual(resolveClustersetName(hd, 'DB-0.c2.db.shop.svc.clusterset.local.'), { kind: 'exists', a: ['10.2.0.5'] });
+    assert.deepEqual(resolveClustersetName(hd, 'db-1.c1.db.shop.svc.clusterset.local'), { kind: 'exists', a: [] }, 'not ready: the name exists with no address');
+    assert.deepEqual(resolveClustersetName(hd, 'db-0.c3.db.shop.svc.clusterset.local'), { kind: 'nxdomain' });
+    assert.deepEqual(resolveClustersetName(hd, 'db-9.c1.db.shop.svc.clusterset.local'), { kind: 'nxdomain' });
+    assert.deepEqual(resolveClustersetName(hd, 'c1.db.shop.svc.clusterset.local'), { kind: 'exists', a: [] });
+    // A ClusterSetIP import has no per-endpoint names.
+    assert.deepEqual(resolveClustersetName(data, 'db-0.c1.cart.shop.svc.clusterset.local'), { kind: 'nxdomain' });
+  });
+});
+
+describe('headless imports: one EndpointSlice per exporting cluster', () => {
+  const plan = planMcs({
+    cluster: 'c3',
+    exports: [],
+    services: services(),
+    namespaces: new Set(['shop']),
+    remote: [remote('c1', { name: 'db', type: 'Headless', ports: [{ name: 'pg', protocol: 'TCP', port: 5432 }] }), remote('c2', { name: 'db', type: 'Headless', ports: [{ name: 'pg', protocol: 'TCP', port: 5432 }], exportCreationTimestamp: '2026-01-03T00:00:00Z' }), remote('c1')],
+  });
+
+  test('the slices carry the MCS labels, the source cluster (label and annotation), hostnames and ready; no kubernetes.io/service-name', () => {
+    const eps = new Map<string, ClusterEndpoints>([
+      ['c1', { endpoints: [{ ip: '10.1.0.9', ready: true, hostname: 'db-1' }, { ip: '10.1.0.8', ready: true, hostname: 'db-0' }], ports: [{ name: 'pg', protocol: 'TCP', port: 5432 }] }],
+      ['c2', { endpoints: [{ ip: '10.2.0.5', ready: false }, { ip: '10.2.0.5', ready: true, hostname: 'db-0' }], ports: [] }],
+      ['c9', { endpoints: [{ ip: '10.9.0.1', ready: true }], ports: [] }],
+    ]);
+    const slices = planImportSlices(plan.imports, new Map([['shop/db', eps]]));
+    assert.deepEqual([...slices.keys()].sort(), [`shop/${importSliceName('db', 'c1')}`, `shop/${importSliceName('db', 'c2')}`], 'one per exporting cluster; c9 exports nothing; cart is not headless');
+    const c1 = slices.get(`shop/${importSliceName('db', 'c1')}`)!;
+    assert.equal(c1.name, `${derivedServiceName('db')}-c1`);
+    assert.deepEqual(c1.labels, { [SERVICE_NAME_LABEL]: 'db', [SOURCE_CLUSTER_LABEL]: 'c1', [MANAGED_BY_LABEL]: MANAGED_BY, [SLICE_MANAGED_BY_LABEL]: MANAGED_BY });
+    assert.deepEqual(c1.annotations, { [SOURCE_CLUSTER_LABEL]: 'c1' });
+    assert.deepEqual(c1.endpoints, [
+      { addresses: ['10.1.0.8'], conditions: { ready: true }, hostname: 'db-0' },
+      { addresses: ['10.1.0.9'], conditions: { ready: true }, hostname: 'db-1' },
+    ]);
+    assert.deepEqual(c1.ports, [{ name: 'pg', protocol: 'TCP', port: 5432 }]);
+    // An address listed twice is as ready as its best listing and keeps a hostname.
+    assert.deepEqual(slices.get(`shop/${importSliceName('db', 'c2')}`)!.endpoints, [{ addresses: ['10.2.0.5'], conditions: { ready: true }, hostname: 'db-0' }]);
+    // A cluster whose endpoints are unknown gets no slice (not an empty one).
+    assert.deepEqual([...planImportSlices(plan.imports, new Map([['shop/db', new Map([['c2', eps.get('c2')!]])]])).keys()], [`shop/${importSliceName('db', 'c2')}`]);
+  });
+
+  test("a remote's published derived Service and the local exported Service's slices, as endpoints", () => {
+    const remoteEps = endpointsOfClusterService({
+      backends: { '10.1.0.9': { pg: { Protocol: 'TCP', Port: 5432 } }, '10.1.0.10': { pg: { Protocol: 'TCP', Port: 5432 } }, 'fd00::1': { pg: { Protocol: 'TCP', Port: 5432 } } },
+      hostnames: { '10.1.0.9': 'db-0', '10.1.0.77': 'gone' },
+    });
+    assert.deepEqual(remoteEps, {
+      endpoints: [{ ip: '10.1.0.9', ready: true, hostname: 'db-0' }, { ip: '10.1.0.10', ready: true }],
+      ports: [{ name: 'pg', protocol: 'TCP', port: 5432 }],
+    });
+    const local = endpointsOfSlices([
+      { addressType: 'IPv4', ports: [{ name: 'pg', port: 5432, protocol: 'TCP' }], endpoints: [{ addresses: ['10.3.0.4'], conditions: { ready: true }, hostname: 'db-0' }, { addresses: ['10.3.0.5'], conditions: { ready: false } }, { addresses: ['10.3.0.6'] }] },
+      { addressType: 'IPv6', endpoints: [{ addresses: ['fd00::3'] }] },
+    ]);
+    assert.deepEqual(local, {
+      endpoints: [{ ip: '10.3.0.4', ready: true, hostname: 'db-0' }, { ip: '10.3.0.5', ready: false }, { ip: '10.3.0.6', ready: true }],
+      ports: [{ name: 'pg', protocol: 'TCP', port: 5432 }],
+    });
   });
 });

@@ -195,3 +195,124 @@ export function planMcs(input: {
   }
   return { exports, exportConditions, imports, merged };
 }
+
+// ---------------------------------------------------------------------------
+// EndpointSlices of headless imports
+
+/** KEP-1645's label naming the cluster an imported EndpointSlice's endpoints live in. */
+export const SOURCE_CLUSTER_LABEL = 'multicluster.kubernetes.io/source-cluster';
+/** Kubernetes' label naming a slice's manager: set so no EndpointSlice controller takes ours for its own. */
+export const SLICE_MANAGED_BY_LABEL = 'endpointslice.kubernetes.io/managed-by';
+
+/** One endpoint of an exporting cluster, as the importing cluster learned it. */
+export interface ImportEndpoint {
+  ip: string;
+  hostname?: string | undefined;
+  ready: boolean;
+}
+/** What one exporting cluster has behind a headless import. */
+export interface ClusterEndpoints {
+  endpoints: ImportEndpoint[];
+  /** The endpoints' ports (target ports): name, protocol, port. */
+  ports: Array<{ name: string; protocol: string; port: number }>;
+}
+
+/** An EndpointSlice the controller wants (discovery.k8s.io/v1, the fields it owns). */
+export interface ImportSliceSpec {
+  namespace: string;
+  name: string;
+  importName: string;
+  cluster: string;
+  labels: Record<string, string>;
+  annotations: Record<string, string>;
+  endpoints: Array<{ addresses: string[]; conditions: { ready: boolean }; hostname?: string }>;
+  ports: Array<{ name: string; protocol: string; port: number }>;
+}
+
+/** The slice of import `name` holding cluster `cluster`'s endpoints: derivedServiceName(name)-<cluster>. */
+export function importSliceName(name: string, cluster: string): string {
+  return `${derivedServiceName(name)}-${cluster}`;
+}
+
+/**
+ * Per headless import and exporting cluster whose endpoints are known, one
+ * EndpointSlice in the import's namespace, labelled as KEP-1645 and CoreDNS's
+ * multicluster plugin read them (`multicluster.kubernetes.io/service-name` =
+ * the import's name, `multicluster.kubernetes.io/source-cluster`, the latter
+ * also as an annotation, where older plugin versions look), with each
+ * endpoint's address, hostname and ready condition. They carry no
+ * `kubernetes.io/service-name`: no Service claims them as its own backends
+ * (the datapath balances nothing for a headless import; its agents already
+ * know every cluster's backends through the mesh). A cluster in `endpoints`
+ * that is not among the import's clusters is ignored; an exporting cluster
+ * missing from it gets no slice (unknown is not empty). Keyed ns/slice name.
+ */
+export function planImportSlices(imports: ReadonlyMap<string, ImportPlan>, endpoints: ReadonlyMap<string, ReadonlyMap<string, ClusterEndpoints>>): Map<string, ImportSliceSpec> {
+  const out = new Map<string, ImportSliceSpec>();
+  for (const [key, p] of imports) {
+    if (p.type !== 'Headless') continue;
+    const known = endpoints.get(key);
+    for (const cluster of p.clusters) {
+      const eps = known?.get(cluster);
+      if (!eps) continue;
+      const name = importSliceName(p.name, cluster);
+      const byIp = new Map<string, ImportEndpoint>();
+      for (const e of eps.endpoints) {
+        const seen = byIp.get(e.ip);
+        byIp.set(e.ip, seen ? { ip: e.ip, ready: seen.ready || e.ready, hostname: seen.hostname ?? e.hostname } : e);
+      }
+      out.set(`${p.namespace}/${name}`, {
+        namespace: p.namespace,
+        name,
+        importName: p.name,
+        cluster,
+        labels: { [SERVICE_NAME_LABEL]: p.name, [SOURCE_CLUSTER_LABEL]: cluster, [MANAGED_BY_LABEL]: MANAGED_BY, [SLICE_MANAGED_BY_LABEL]: MANAGED_BY },
+        annotations: { [SOURCE_CLUSTER_LABEL]: cluster },
+        endpoints: [...byIp.values()]
+          .sort((a, b) => compareIp(a.ip, b.ip))
+          .map((e) => ({ addresses: [e.ip], conditions: { ready: e.ready }, ...(e.hostname ? { hostname: e.hostname } : {}) })),
+        ports: [...eps.ports].sort((a, b) => a.name.localeCompare(b.name) || a.protocol.localeCompare(b.protocol) || a.port - b.port),
+      });
+    }
+  }
+  return out;
+}
+
+function compareIp(a: string, b: string): number {
+  const n = (ip: string) => ip.split('.').reduce((acc, o) => acc * 256 + Number(o), 0);
+  return n(a) - n(b) || a.localeCompare(b);
+}
+
+/**
+ * What a remote cluster's ClusterService of a derived Service says (its
+ * published backends are those that take new connections: all ready), as the
+ * endpoints of that cluster. `ports` come from the first backend (one slice
+ * per cluster holds one port list).
+ */
+export function endpointsOfClusterService(v: { backends: Record<string, Record<string, { Protocol: string; Port: number }>>; hostnames: Record<string, string> }): ClusterEndpoints {
+  const ips = Object.keys(v.backends).filter((ip) => !ip.includes(':')).sort(compareIp);
+  const first = ips[0] !== undefined ? v.backends[ips[0]]! : {};
+  return {
+    endpoints: ips.map((ip) => ({ ip, ready: true, ...(v.hostnames[ip] ? { hostname: v.hostnames[ip] } : {}) })),
+    ports: Object.entries(first).map(([name, p]) => ({ name, protocol: p.Protocol, port: p.Port })),
+  };
+}
+
+/** The endpoints of the local cluster's exported Service, from its EndpointSlices as the API returns them. */
+export function endpointsOfSlices(slices: readonly unknown[]): ClusterEndpoints {
+  const rec = (v: unknown): Record<string, unknown> => (v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : {});
+  const arr = (v: unknown): unknown[] => (Array.isArray(v) ? v : []);
+  const endpoints: ImportEndpoint[] = [];
+  let ports: ClusterEndpoints['ports'] | undefined;
+  for (const s of slices) {
+    if (rec(s).addressType !== 'IPv4') continue;
+    const sp = arr(rec(s).ports).map((p) => ({ name: typeof rec(p).name === 'string' ? (rec(p).name as string) : '', protocol: typeof rec(p).protocol === 'string' ? (rec(p).protocol as string) : 'TCP', port: Number(rec(p).port) })).filter((p) => Number.isInteger(p.port) && p.port > 0);
+    if (!ports && sp.length > 0) ports = sp;
+    for (const e of arr(rec(s).endpoints)) {
+      const ready = rec(rec(e).conditions).ready;
+      const hostname = rec(e).hostname;
+      for (const ip of arr(rec(e).addresses)) if (typeof ip === 'string') endpoints.push({ ip, ready: ready !== false, ...(typeof hostname === 'string' && hostname ? { hostname } : {}) });
+    }
+  }
+  return { endpoints, ports: ports ?? [] };
+}

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { dns1123Subdomain, ipv4Schema, objectMetaSchema } from './meta.ts';
+import { dns1123Label, dns1123Subdomain, ipv4Schema, objectMetaSchema } from './meta.ts';
 import { protocolSchema } from './pod.ts';
 
 /** The label that names the Service an EndpointSlice belongs to. */
@@ -18,6 +18,8 @@ export const sliceEndpointSchema = z.object({
   /** IPv4 addresses (the model carries IPv4 slices only). */
   addresses: z.array(ipv4Schema).min(1, 'at least one address'),
   conditions: endpointConditionsSchema.default({}),
+  /** The pod's hostname (set for a pod whose spec.hostname is set and spec.subdomain names the Service). */
+  hostname: dns1123Label.optional(),
   nodeName: dns1123Subdomain.optional(),
   zone: z.string().optional(),
   targetRef: z

@@ -104,6 +104,19 @@ export class LocalBackendIndex {
     });
   }
 
+  /**
+   * ip → hostname of the endpoints of Service namespace/name that carry one
+   * (EndpointSlice `hostname`); none from selectors (the store source's pods
+   * carry no hostname).
+   */
+  hostnames(namespace: string, name: string): Map<string, string> {
+    const out = new Map<string, string>();
+    for (const s of this.slicesBySvc.get(svcKey(namespace, name))?.values() ?? []) {
+      for (const e of s.endpoints) if (e.hostname) for (const ip of e.addresses) out.set(ip, e.hostname);
+    }
+    return out;
+  }
+
   /** The local backends of each port of `svc` (same index as svc.spec.ports). */
   backends(svc: Service): LocalBackend[][] {
     if (this.from === 'endpointslices') return endpointSliceBackends(svc, this.slicesBySvc.get(svcKey(svc.metadata.namespace, svc.metadata.name))?.values() ?? []);

@@ -5,8 +5,9 @@
 // the Service:
 // - an endpoint per selected pod that has an IP and has not finished
 //   (Succeeded/Failed), with conditions ready (pod Ready and not terminating),
-//   serving (pod Ready) and terminating (deletionTimestamp set), targetRef and
-//   nodeName;
+//   serving (pod Ready) and terminating (deletionTimestamp set), targetRef,
+//   nodeName, and hostname when the pod has spec.hostname and its
+//   spec.subdomain names the Service (Kubernetes' rule);
 // - ports resolved per pod: a named targetPort is looked up among the pod's
 //   container ports (a pod without it is left out of that port), a number is
 //   taken as is, none means the Service port. Pods whose ports resolve alike
@@ -67,6 +68,7 @@ export function desiredSlices(svc: V1Service, pods: V1Pod[]): V1EndpointSlice[] 
       addresses: [ip],
       conditions: { ready: publish || (ready && !terminating), serving: publish || ready, terminating },
       targetRef: { kind: 'Pod', namespace: pod.metadata!.namespace!, name: pod.metadata!.name!, uid: pod.metadata!.uid! },
+      ...(pod.spec?.hostname && pod.spec.subdomain === svc.metadata!.name ? { hostname: pod.spec.hostname } : {}),
       ...(pod.spec?.nodeName ? { nodeName: pod.spec.nodeName } : {}),
     });
   }
@@ -110,6 +112,7 @@ function sliceContent(s: V1EndpointSlice): string {
       terminating: e.conditions?.terminating ?? null,
       target: e.targetRef ? `${e.targetRef.kind}/${e.targetRef.namespace}/${e.targetRef.name}/${e.targetRef.uid}` : null,
       nodeName: e.nodeName ?? null,
+      hostname: e.hostname ?? null,
     })),
   });
 }

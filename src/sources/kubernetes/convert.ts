@@ -99,6 +99,7 @@ function endpointSlice(raw: Json): Json | string {
       return defined({
         addresses: o.addresses,
         conditions: defined({ ready: c.ready ?? undefined, serving: c.serving ?? undefined, terminating: c.terminating ?? undefined }),
+        hostname: o.hostname ?? undefined,
         nodeName: o.nodeName ?? undefined,
         zone: o.zone ?? undefined,
         targetRef: t && defined({ kind: t.kind, namespace: t.namespace, name: t.name, uid: t.uid }),
