@@ -88,7 +88,7 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
     topo = await createTopology({ clusters: 2, nodesPerCluster: 1, podsPerNode: 2, mode: 'clustermesh', prefix: 'cmtc' });
     mesh = await startMesh(topo, {
       dir: await mkdtemp(join(tmpdir(), 'cmtc-mesh-')),
-      kubeSource: true,
+     
       agent: { syncTimeoutSeconds: 10, extra: { flowBufferSize: FLOW_BUFFER, eventsRingBytes: EVENTS_RING } },
       progress: (l) => console.log(`# ${l}`),
     });

@@ -176,7 +176,7 @@ describe('socket-level load balancing with real sockets, 2 clusters x 2 nodes x 
   before(async () => {
     topo = await createTopology({ clusters: 2, nodesPerCluster: 2, podsPerNode: 2, mode: 'clustermesh', prefix: 'cmtsock' });
     const dir = await mkdtemp(join(tmpdir(), 'cmtsock-mesh-'));
-    mesh = await startMesh(topo, { dir, kubeSource: true, readyTimeoutMs: 120_000, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 15, socketLB: true }, progress: (l) => console.log(`# ${l}`) });
+    mesh = await startMesh(topo, { dir, readyTimeoutMs: 120_000, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 15, socketLB: true }, progress: (l) => console.log(`# ${l}`) });
     for (const p of topo.pods) {
       children.push(spawnIn(p.netns, [process.execPath, '--input-type=module', '-e', SERVERS, '8080', '8081', '5353', p.name], { cgroup: p.node.cgroup }));
       await m().addPod(p, { labels: labelsOf(p) });

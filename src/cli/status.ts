@@ -380,7 +380,7 @@ export async function probeTargets(t: Targets, closer: Closer, o: { etcd?: boole
         configFiles,
         nodes: mine,
         prometheus: prometheusOf(t.lab),
-        // ServiceExports/ServiceImports matter where the Kubernetes API is the source (lab up --kube-source).
+        // ServiceExports/ServiceImports: where the Kubernetes API is the source (every lab).
         ...(t.lab?.source === 'kubernetes' && t.lab.kubeconfig && c?.lab?.kubeApi ? { mcs: await probeMcs(t.lab.kubeconfig, name) } : {}),
       };
     }),
