@@ -6,7 +6,7 @@
 //   config.ts           settings, validated once
 //   endpoints.ts        local endpoints (API add/delete, persisted, restored)
 //   ipcache-desired.ts  desired ipcache from every source
-//   store-publisher.ts  this node's Node and Endpoint objects in the store
+//   store-publisher.ts  this node's Endpoint objects in the cluster's etcd
 //   reconciler.ts       desired state → maps / store
 //   resync-grace.ts     remote withdrawals held back while that remote resyncs
 //   services.ts         Services and global services → the service maps
@@ -35,7 +35,7 @@ import { NodeDatapath } from '../datapath/node.ts';
 import { IdentityAllocator } from '../identity/allocator.ts';
 import { KvClient } from '../kvstore/client.ts';
 import type { Endpoint } from '../model/index.ts';
-import { StoreWriter, serviceBackendInput, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
+import { EndpointWriter, serviceBackendInput, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
 import { openLocalSource } from '../sources/local.ts';
 import { startApiServer, type ApiServer } from './api.ts';
 import { AgentFlowNamer, FlowReader } from './flow-reader.ts';
@@ -66,7 +66,7 @@ import { publishKeys, samePublished, storeTarget } from './store-publisher.ts';
 export interface AgentDeps {
   logger?: Logger;
   clock?: Clock;
-  /** The local cluster source (default: the store source in the cluster's etcd). */
+  /** The local cluster source (default: the Kubernetes API, Endpoint objects from the cluster's etcd: openLocalSource). */
   source?: ClusterSource;
 }
 
@@ -166,7 +166,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     const source: ClusterSource = local.source;
     log.info({ source: local.description }, 'local cluster source');
     // This node's Node object is the kubelet's (registered in the API); only Endpoints are published to etcd.
-    const writer = new StoreWriter(kv);
+    const writer = new EndpointWriter(kv);
     const allocator = new IdentityAllocator({
       kv,
       cluster: cfg.clusterName,

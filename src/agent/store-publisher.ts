@@ -9,7 +9,7 @@
 // another node's.
 import type { Endpoint } from '../model/index.ts';
 import { parseObject } from '../model/index.ts';
-import type { ClusterSource, StoreWriter } from '../sources/index.ts';
+import type { ClusterSource, EndpointWriter } from '../sources/index.ts';
 import type { ReconcileTarget } from './reconciler.ts';
 
 export const publishKeys = {
@@ -69,7 +69,7 @@ export function endpointObject(e: EndpointObjectInput): Endpoint {
 }
 
 /** The Endpoint objects in etcd as a reconcile target, restricted to this node's. */
-export function storeTarget(source: Pick<ClusterSource, 'endpoints'>, writer: Pick<StoreWriter, 'apply' | 'delete'>, nodeName: string): ReconcileTarget<Endpoint> {
+export function storeTarget(source: Pick<ClusterSource, 'endpoints'>, writer: Pick<EndpointWriter, 'apply' | 'delete'>, nodeName: string): ReconcileTarget<Endpoint> {
   return {
     list() {
       const out: Array<[string, Endpoint]> = [];
@@ -82,7 +82,7 @@ export function storeTarget(source: Pick<ClusterSource, 'endpoints'>, writer: Pi
       await writer.apply(obj);
     },
     async delete(key) {
-      return await writer.delete('Endpoint', parseKey(key));
+      return await writer.delete(parseKey(key));
     },
   };
 }

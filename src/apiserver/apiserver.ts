@@ -32,7 +32,7 @@ export interface ApiserverDeps {
   connection?: KvConnectionConfig;
   /** MCS controller interval (default MCS_INTERVAL_MS). */
   mcsIntervalMs?: number;
-  /** The cluster source (default: the store source in the same etcd). */
+  /** The cluster source (default: the Kubernetes API, Endpoint objects from the same etcd: openLocalSource). */
   source?: ClusterSource;
   clock?: Clock;
   logger?: Logger;
@@ -43,7 +43,7 @@ export interface ApiserverDeps {
 export interface ApiserverStatus {
   cluster: string;
   clusterId: number;
-  /** The cluster source: `store (etcd)` or `kubernetes <kubeconfig> <server>; …`. */
+  /** The cluster source: `kubernetes <kubeconfig> <server>; …`. */
   source: string;
   synced: boolean;
   heartbeats: number;

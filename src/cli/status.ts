@@ -410,7 +410,7 @@ export function formatStatus(r: StatusReport): string {
     );
     out.push(`  apiserver:   ${mark(c.apiserver.reachable)}${c.apiserver.heartbeatAgeSeconds !== null ? `  heartbeat ${c.apiserver.heartbeatAgeSeconds}s ago` : ''}${c.apiserver.error ? `  (${c.apiserver.error})` : ''}`);
     if (c.kubeApi) out.push(`  kube-api:    ${mark(c.kubeApi.process)}  ${c.kubeApi.url}${c.kubeApi.process ? '' : '  (process not running)'}  (kubectl --context ${c.name})`);
-    if (c.localSource !== null) out.push(`  source:      ${c.localSource === 'kubernetes' ? 'kubernetes (the agents read the Kubernetes API)' : c.localSource === 'store' ? 'store (the agents read the store in etcd)' : c.localSource}`);
+    if (c.localSource !== null) out.push(`  source:      ${c.localSource === 'kubernetes' ? 'kubernetes (the agents read the Kubernetes API)' : c.localSource}`);
     if (c.routing !== null) out.push(`  routing:     ${c.routing}`);
     out.push(`  nodes:       ${c.nodes.ready}/${c.nodes.total} ready${c.nodes.reachable < c.nodes.total ? `, ${c.nodes.total - c.nodes.reachable} unreachable` : ''}`);
     const k = c.connectivity;

@@ -7,7 +7,7 @@ import type { ObjectKind } from '../model/index.ts';
 import type { Clock } from '../util/clock.ts';
 import { KubernetesSource, type KubernetesSourceOptions } from './kubernetes/source.ts';
 import { loadKubeConnection } from './kubernetes/kubeconfig.ts';
-import { StoreSource } from './store/source.ts';
+import { EndpointSource } from './store/source.ts';
 import type { ClusterSource, SourceProblem } from './types.ts';
 
 export interface LocalSourceOptions {
@@ -25,11 +25,11 @@ export interface LocalSource {
   description: string;
 }
 
-/** A KubernetesSource whose Endpoint kind comes from the store in etcd; starts and stops both. */
-class KubernetesWithStoreEndpoints extends KubernetesSource {
+/** A KubernetesSource whose Endpoint kind comes from etcd; starts and stops both. */
+class KubernetesWithEtcdEndpoints extends KubernetesSource {
   constructor(
     opts: Omit<KubernetesSourceOptions, 'endpoints'>,
-    private readonly store: StoreSource,
+    private readonly store: EndpointSource,
   ) {
     super({ ...opts, endpoints: store.endpoints });
   }
@@ -54,9 +54,9 @@ export function openLocalSource(kv: KvClient, o: LocalSourceOptions): LocalSourc
     ...(o.clock ? { clock: o.clock } : {}),
   };
   const conn = loadKubeConnection(o.kubeconfig !== undefined ? { kubeconfig: o.kubeconfig } : {});
-  const endpoints = new StoreSource(kv, { ...handlers, kinds: ['Endpoint'] });
+  const endpoints = new EndpointSource(kv, handlers);
   return {
-    source: new KubernetesWithStoreEndpoints({ kubeConfig: conn.kubeConfig, ...handlers }, endpoints),
+    source: new KubernetesWithEtcdEndpoints({ kubeConfig: conn.kubeConfig, ...handlers }, endpoints),
     description: `kubernetes ${conn.description} ${conn.server}; Endpoint objects from etcd`,
   };
 }
