@@ -184,10 +184,13 @@ export function labCommand(): Command {
     `
 Example:
   clustermesh lab up --clusters 2 --nodes 2
-  clustermesh lab apply -f examples/rebel-base/rebel-base.yaml --cluster cluster1
-  clustermesh lab get pods -o wide
-  export KUBECONFIG=$(clustermesh lab kubeconfig); kubectl --context cluster2 get namespaces
-  clustermesh lab down`,
+  export KUBECONFIG=$(clustermesh lab kubeconfig)
+  kubectl --context cluster1 apply -f examples/rebel-base/rebel-base.yaml
+  kubectl --context cluster1 get pods -o wide
+  clustermesh lab down
+
+Every cluster serves the Kubernetes API, the one source of its agents, apiservers, kubelets
+and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`,
   );
 
   // ---- up / down / list ------------------------------------------------
