@@ -3,10 +3,11 @@
 // real etcd (mutual TLS, the mesh's roles), its Kubernetes API (the one
 // local source: src/lab/kube-api-procs.ts, with a node-local endpoint
 // 127.0.0.1:6443 in the control-plane and every node namespace; seeded with
-// Cilium's policy CRDs, the namespaces and a Ready Node per node; tests write
-// objects with mesh.kube(c), kubectl with mesh.kubeconfig(c)) and its
-// apiserver, and every node gets its agent, running inside the node's namespace as its own process with
-// its own config, log, state and pin directory. Remote-cluster config
+// Cilium's policy CRDs, the MCS API CRDs, the namespaces and a Ready Node per
+// node; tests write objects with mesh.kube(c), kubectl with
+// mesh.kubeconfig(c)) and its apiserver, and every node gets its agent,
+// running inside the node's namespace as its own process with its own
+// config, log, state and pin directory. Remote-cluster config
 // directories connect every cluster to every other.
 //
 // Addressing: the control plane of cluster c sits at 10.c.0.250 on br<c>
