@@ -21,7 +21,6 @@ import type { Flow } from '../src/cli/observe.ts';
 import { AgentClient } from '../src/agent/client.ts';
 import { BpfMap } from '../src/datapath/libbpf/map.ts';
 import { readNodeMetrics } from '../src/lab/datapath.ts';
-import { StoreWriter } from '../src/sources/index.ts';
 import type { TroubleshootReport } from '../src/cli/troubleshoot.ts';
 import { meshLabState } from './helpers/lab-state.ts';
 
@@ -89,6 +88,7 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
     topo = await createTopology({ clusters: 2, nodesPerCluster: 1, podsPerNode: 2, mode: 'clustermesh', prefix: 'cmtc' });
     mesh = await startMesh(topo, {
       dir: await mkdtemp(join(tmpdir(), 'cmtc-mesh-')),
+     
       agent: { syncTimeoutSeconds: 10, extra: { flowBufferSize: FLOW_BUFFER, eventsRingBytes: EVENTS_RING } },
       progress: (l) => console.log(`# ${l}`),
     });
@@ -219,7 +219,7 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
     const frontend1 = pod(1);
     const backend2 = topo!.pods.find((p) => p.cluster === 2 && p.index === 2)!;
     const agent2 = new AgentClient(mesh!.agent(backend2.node).socket);
-    const writer = new StoreWriter(mesh!.kv(2, 'root'));
+    const writer = mesh!.kube(2);
     const policy = {
       apiVersion: 'cilium.io/v2',
       kind: 'CiliumNetworkPolicy',
@@ -295,7 +295,7 @@ describe('operator CLI against a 2-cluster mesh', { timeout: 300_000 }, () => {
       metadata: { name: 'cmtc-nobackend', namespace: 'default', annotations: { 'service.cilium.io/global': 'true' } },
       spec: { clusterIP: vip(c), selector: { app: 'cmtc-nobody' }, ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080 }] },
     });
-    const writers = [1, 2].map((c) => new StoreWriter(mesh!.kv(c, 'root')));
+    const writers = [1, 2].map((c) => mesh!.kube(c));
     try {
       for (const [i, w] of writers.entries()) await w.apply(service(i + 1));
       const since = new Date();

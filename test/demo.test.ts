@@ -1,5 +1,6 @@
 // The README's first command, end to end, as a user would run it: the demo
-// drives `clustermesh lab up / apply / exec / observe / scale / status` as
+// drives `clustermesh lab up / exec / observe / status` and real `kubectl
+// apply / get / scale` (the lab's kubeconfig, a context per cluster) as
 // separate processes against a fresh lab (its own name and CLUSTERMESH_LAB_ROOT)
 // and checks each step; the lab is kept for one more look (`status -o json`,
 // exactly what a script reads) and then taken down, and nothing may be left.
@@ -42,6 +43,22 @@ test('demo: the seed story on a fresh lab, then status -o json and lab down', { 
       assert.ok(out.includes(want), `missing '${want}' in:\n${out}`);
     }
     assert.match(out, /DROP_POLICY/);
+    // The story is told through real kubectl against the lab's kubeconfig, each command printed as it runs.
+    const kubeconfig = join(root, name, 'kubeconfig');
+    const esc = (x: string): string => x.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+    for (const [cluster, rest] of [
+      ['cluster1', `apply -f \\S+/examples/rebel-base/rebel-base\\.yaml`],
+      ['cluster2', `apply -f \\S+/examples/rebel-base/rebel-base\\.yaml`],
+      ['cluster1', `apply -f \\S+/examples/rebel-base/clients\\.yaml`],
+      ['cluster1', 'get pods -o wide'],
+      ['cluster2', `apply -f \\S+/examples/rebel-base/policy\\.yaml`],
+      ['cluster1', 'scale deployment/rebel-base --replicas 0'],
+    ]) {
+      assert.match(out, new RegExp(`\\$ kubectl --kubeconfig ${esc(kubeconfig)} --context ${cluster} ${rest}\\n`), `the demo prints 'kubectl … --context ${cluster} ${rest}'`);
+    }
+    assert.match(out, /deployment\.apps\/rebel-base created/, 'what kubectl apply printed');
+    assert.match(out, /deployment\.apps\/rebel-base scaled/, 'what kubectl scale printed');
+    assert.ok(!/\$ clustermesh lab (apply|scale)/.test(out), 'no lab apply/scale shortcut in the story');
 
     const { stdout } = await cm(['status', '--lab', name, '-o', 'json']);
     const status = JSON.parse(stdout) as StatusReport;

@@ -40,7 +40,7 @@ describe(`endpoint IDs: ${TARGETS} pods added at once on one node, ${ROUNDS} rou
   before(async () => {
     topo = await createTopology({ clusters: 1, nodesPerCluster: 1, podsPerNode: TARGETS + 1, mode: 'clustermesh', prefix: 'cmtepid' });
     const dir = await mkdtemp(join(tmpdir(), 'cmtepid-mesh-'));
-    mesh = await startMesh(topo, { dir, kubeSource: true, readyTimeoutMs: 180_000, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
+    mesh = await startMesh(topo, { dir, readyTimeoutMs: 180_000, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
     await m().addPod(client(), { labels: { app: 'client' } });
     await m().kube(1).apply({
       apiVersion: 'networking.k8s.io/v1',

@@ -206,7 +206,7 @@ describe('services and global services with real traffic, 2 clusters x 2 nodes',
   before(async () => {
     topo = await createTopology({ clusters: 2, nodesPerCluster: 2, podsPerNode: 3, mode: 'clustermesh', prefix: 'cmtgs' });
     const dir = await mkdtemp(join(tmpdir(), 'cmtgs-mesh-'));
-    mesh = await startMesh(topo, { dir, kubeSource: true, readyTimeoutMs: 120_000, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 15, extra: { serviceCacheTTLSeconds: CACHE_TTL_SECONDS } }, progress: (l) => console.log(`# ${l}`) });
+    mesh = await startMesh(topo, { dir, readyTimeoutMs: 120_000, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 15, extra: { serviceCacheTTLSeconds: CACHE_TTL_SECONDS } }, progress: (l) => console.log(`# ${l}`) });
     for (const p of topo.pods) {
       children.push(spawnIn(p.netns, [process.execPath, '--input-type=module', '-e', ECHO, '8080', p.name]));
       await m().addPod(p, { labels: { app: p.name } });

@@ -158,10 +158,17 @@ spec:
     command: [sleep, infinity]
 `,
   );
-  // Document 1 is valid, document 2 has a bad port: nothing of the file may be applied.
+  // Document 1 has a bad port: the server refuses it, and lab apply (like kubectl) stops there.
   writeFileSync(
     badFile,
     `apiVersion: v1
+kind: Service
+metadata:
+  name: broken
+spec:
+  ports: [{port: 70000}]
+---
+apiVersion: v1
 kind: Pod
 metadata:
   name: would-be
@@ -169,16 +176,6 @@ spec:
   containers:
   - name: c
     command: [sleep, infinity]
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: broken
-spec:
-  ports: [{port: 70000}]
----
-kind: ReplicaSet
-metadata: {name: nope}
 `,
   );
 
@@ -209,8 +206,8 @@ metadata: {name: nope}
       // Workloads: echo in cluster2, a client in cluster1.
       const a1 = await cli(['lab', 'apply', '--lab', name, '-f', echoFile, '--cluster', 'cluster2']);
       assert.equal(a1.code, 0, show(a1));
-      assert.match(a1.stdout, /deployment\.apps\/echo created in cluster2 \(2 replicas; 2 pods created\)/);
-      assert.match(a1.stdout, /service\/echo created in cluster2 \(clusterIP 10\.96\.0\.\d+\)/);
+      assert.match(a1.stdout, /deployment\.apps\/echo created in cluster2/);
+      assert.match(a1.stdout, /service\/echo created in cluster2/);
       const a2 = await cli(['lab', 'apply', '--lab', name, '-f', clientFile, '--cluster', 'cluster1']);
       assert.equal(a2.code, 0, show(a2));
 
@@ -243,24 +240,17 @@ metadata: {name: nope}
       const restarted = await waitPods(name, 'the client restarted', (p) => p.some((x) => x.name === 'client' && x.restarts === 1 && x.ready));
       assert.equal(restarted.find((x) => x.name === 'client')!.podIP, client.podIP, 'same pod, same address');
 
-      // A bad file: refused naming the document and field; nothing of it applied.
+      // A bad file: the server refuses the object naming its field (exit 1), and nothing after it is applied.
       const bad = await cli(['lab', 'apply', '--lab', name, '-f', badFile, '--cluster', 'cluster1']);
       assert.equal(bad.code, 1, show(bad));
-      assert.match(bad.stderr, new RegExp(`${badFile.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: nothing applied`));
-      assert.match(bad.stderr, /document 2 \(Service default\/broken\).*field spec\.ports\[0\]\.port/);
-      assert.match(bad.stderr, /document 3 \(ReplicaSet nope\).*field kind: 'ReplicaSet' is not supported/);
-      assert.equal((await pods(name)).find((p) => p.name === 'would-be'), undefined, 'the valid document of the bad file was not applied');
-      // What only the cluster can refuse (its nodes, its namespaces) is also checked before anything is written.
+      assert.match(bad.stderr, /service\/broken: .*spec\.ports\[0\]\.port: Invalid value: 70000/);
+      assert.equal((await pods(name)).find((p) => p.name === 'would-be'), undefined, 'the document after the refused one was not applied');
+      // A namespace the cluster does not have: refused by the server, named.
       const elsewhere = join(files, 'elsewhere.yaml');
-      writeFileSync(elsewhere, `kind: Pod\nmetadata: {name: first}\nspec: {containers: [{name: c, command: [sleep, infinity]}]}\n---\nkind: Pod\nmetadata: {name: pinned}\nspec: {nodeName: node9, containers: [{name: c, command: [sleep, infinity]}]}\n---\nkind: Pod\nmetadata: {name: lost, namespace: nowhere}\nspec: {containers: [{name: c, command: [sleep, infinity]}]}\n`);
+      writeFileSync(elsewhere, `apiVersion: v1\nkind: Pod\nmetadata: {name: lost, namespace: nowhere}\nspec: {containers: [{name: c, command: [sleep, infinity]}]}\n`);
       const el = await cli(['lab', 'apply', '--lab', name, '-f', elsewhere, '--cluster', 'cluster1']);
       assert.equal(el.code, 1, show(el));
-      assert.match(el.stderr, /document 3 \(Pod nowhere\/lost\): field metadata\.namespace: namespace 'nowhere' does not exist in cluster1/);
-      writeFileSync(elsewhere, `kind: Pod\nmetadata: {name: first}\nspec: {containers: [{name: c, command: [sleep, infinity]}]}\n---\nkind: Pod\nmetadata: {name: pinned}\nspec: {nodeName: node9, containers: [{name: c, command: [sleep, infinity]}]}\n`);
-      const el3 = await cli(['lab', 'apply', '--lab', name, '-f', elsewhere, '--cluster', 'cluster1']);
-      assert.equal(el3.code, 1, show(el3));
-      assert.match(el3.stderr, /document 2 \(Pod default\/pinned\): field spec\.nodeName: no node 'node9' in cluster1 \(its nodes: node1\)/);
-      assert.equal((await pods(name)).find((p) => p.name === 'first'), undefined, 'nothing of the refused file was applied');
+      assert.match(el.stderr, /pod\/lost: namespaces "nowhere" not found/);
 
       // Scale down to 1, then delete what the file made.
       const sc = await cli(['lab', 'scale', 'deployment/echo', '--replicas', '1', '--lab', name, '--cluster', 'cluster2']);
@@ -268,7 +258,7 @@ metadata: {name: nope}
       await waitPods(name, 'one echo pod', (p) => p.filter((x) => x.deployment === 'echo').length === 1);
       const del = await cli(['lab', 'delete', '--lab', name, '-f', echoFile, '--cluster', 'cluster2']);
       assert.equal(del.code, 0, show(del));
-      assert.match(del.stdout, /deployment\.apps\/echo deleted in cluster2 \(1 pods\)/);
+      assert.match(del.stdout, /deployment\.apps\/echo deleted in cluster2/);
       await waitPods(name, 'only the client', (p) => p.length === 1 && p[0]!.name === 'client');
       // The kubelet removed the echo pod's namespace (CNI DEL, netns deleted).
       const left = (await listNamespaces()).filter((n) => n.includes('_default_echo-'));

@@ -128,7 +128,7 @@ describe('mesh edges: 4 clusters, IDs 255 and 511, UDP services, IPv6 from a pod
     const dir = await mkdtemp(join(tmpdir(), 'cmte-mesh-'));
     mesh = await startMesh(topo, {
       dir,
-      kubeSource: true,
+     
       clusterIds: IDS,
       readyTimeoutMs: 180_000,
       agent: { maxConnectedClusters: 511, fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 15 },

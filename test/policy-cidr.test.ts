@@ -45,7 +45,7 @@ describe('ipBlock matches pods by address: same node, other node, other cluster 
   before(async () => {
     topo = await createTopology({ clusters: 2, nodesPerCluster: 2, podsPerNode: 3, mode: 'clustermesh', prefix: 'cmtcidr' });
     const dir = await mkdtemp(join(tmpdir(), 'cmtcidr-mesh-'));
-    mesh = await startMesh(topo, { dir, kubeSource: true, readyTimeoutMs: 360_000, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
+    mesh = await startMesh(topo, { dir, readyTimeoutMs: 360_000, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
     const labelled: Array<[PodInfo, string]> = [
       [client(), 'client'],
       [target(), 'target'],

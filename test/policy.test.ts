@@ -69,7 +69,7 @@ describe('network policy across 3 clusters x 1 node, real traffic', { timeout: 3
   before(async () => {
     topo = await createTopology({ clusters: 3, nodesPerCluster: 1, podsPerNode: 3, mode: 'clustermesh', prefix: 'cmtpol' });
     const dir = await mkdtemp(join(tmpdir(), 'cmtpol-mesh-'));
-    mesh = await startMesh(topo, { dir, kubeSource: true, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
+    mesh = await startMesh(topo, { dir, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
     const withServer = [frontend1(), backend2(), backendLater2(), backend3()];
     for (const p of withServer) servers.push(await startEcho(p, PORT));
     const labels: Array<[PodInfo, string]> = [

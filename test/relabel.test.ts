@@ -68,7 +68,7 @@ describe('a running pod relabelled: identity, policy and export follow (2 cluste
   before(async () => {
     topo = await createTopology({ clusters: 2, nodesPerCluster: 2, podsPerNode: 2, mode: 'clustermesh', prefix: 'cmtrelab' });
     const dir = await mkdtemp(join(tmpdir(), 'cmtrelab-mesh-'));
-    mesh = await startMesh(topo, { dir, kubeSource: true, readyTimeoutMs: 180_000, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
+    mesh = await startMesh(topo, { dir, readyTimeoutMs: 180_000, agent: { fullSyncIntervalSeconds: 5, syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
     const initial: Array<[PodInfo, Record<string, string>]> = [
       [server(), { app: 'server' }],
       [sameNode(), { app: 'client-a' }],

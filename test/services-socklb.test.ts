@@ -1,7 +1,7 @@
 // Socket-level load balancing (issue 15 part 3) with real sockets: two
 // clusters of two nodes, a real agent per node with socketLBCgroup set to its
 // node's cgroup (src/lab/cgroup.ts), pods whose processes run in that cgroup,
-// Services written into each cluster's store. BPF_PROG_TEST_RUN cannot run
+// Services written to each cluster's Kubernetes API. BPF_PROG_TEST_RUN cannot run
 // cgroup sock_addr programs, so everything here is a real connect()/sendmsg().
 //
 // "Translated at connect" is told apart from the per-packet path by its
@@ -22,9 +22,9 @@ import * as ctMap from '../src/datapath/maps/ct.ts';
 import { datapathSkipReason } from '../src/datapath/testing.ts';
 import { cgroupPids } from '../src/lab/cgroup.ts';
 import { runIn, spawnIn, stopChild } from '../src/lab/exec.ts';
+import type { KubeObjects } from '../src/lab/kube-objects.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
 import { createTopology, destroyTopology, type PodInfo, type Topology } from '../src/lab/topology.ts';
-import { StoreWriter } from '../src/sources/index.ts';
 import { policyDrops, sleep } from './helpers/policy.ts';
 
 /** Runs in a pod: HTTP on two ports answering {pod, from}; UDP echo answering "<pod>:<payload>". */
@@ -95,7 +95,7 @@ describe('socket-level load balancing with real sockets, 2 clusters x 2 nodes x 
   const children: ChildProcess[] = [];
   const m = (): Mesh => mesh!;
   const pod = (c: number, n: number, p: number): PodInfo => topo!.pods.find((x) => x.cluster === c && x.node.index === n && x.index === p)!;
-  const writer = (c: number): StoreWriter => new StoreWriter(m().kv(c, 'root'));
+  const writer = (c: number): KubeObjects => m().kube(c);
 
   /** Labels: p2 pods back `web`; cluster2's p2 pods back `glob`; pod(1,2,2) alone backs `guarded`; pod(1,1,1) is a friend of it. */
   function labelsOf(p: PodInfo): Record<string, string> {

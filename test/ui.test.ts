@@ -98,7 +98,7 @@ describe('ui: the live view of a 2-cluster mesh in headless chromium', { timeout
     const labName = `cmt-ui-${Math.random().toString(16).slice(2, 8)}`;
     topo = await createTopology({ clusters: 2, nodesPerCluster: 1, podsPerNode: 2, mode: 'clustermesh', prefix: 'cmtui' });
     meshDir = await mkdtemp(join(tmpdir(), 'cmt-ui-mesh-'));
-    mesh = await startMesh(topo, { dir: meshDir, kubeSource: true, agent: { syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
+    mesh = await startMesh(topo, { dir: meshDir, agent: { syncTimeoutSeconds: 10 }, progress: (l) => console.log(`# ${l}`) });
     for (const p of topo.pods) await mesh.addPod(p, { labels: { app: p.index === 1 ? 'frontend' : 'backend' } });
     // A global service 'backend' in both clusters: each cluster's backends are the service's, in both.
     for (const c of [1, 2]) {

@@ -71,7 +71,7 @@ let topo: Topology | undefined;
 let mesh: Mesh | undefined;
 try {
   topo = await createTopology({ clusters: 1, nodesPerCluster: 1, podsPerNode: 2, mode: 'clustermesh', prefix: 'cmbf' });
-  mesh = await startMesh(topo, { dir: await mkdtemp(join(tmpdir(), 'cmbf-mesh-')), kubeSource: true, agent: { extra: { traceForwards: false } }, progress: (l) => console.error(`mesh: ${l}`) });
+  mesh = await startMesh(topo, { dir: await mkdtemp(join(tmpdir(), 'cmbf-mesh-')), agent: { extra: { traceForwards: false } }, progress: (l) => console.error(`mesh: ${l}`) });
   const [a, b] = topo.pods;
   await mesh.addPod(a!, { labels: { app: 'sender' } });
   await mesh.addPod(b!, { labels: { app: 'target' } });

@@ -32,7 +32,7 @@ import { startMeshEtcd as startEtcd } from '../clustermesh/etcd.ts';
 import { startKubeApi, writeKubeconfig, type KubeApiServer } from '../lab/kube-api/index.ts';
 import { KubeObjects } from '../lab/kube-objects.ts';
 import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
-import { storeKey, StoreWriter } from '../sources/index.ts';
+import { endpointKey, EndpointWriter } from '../sources/index.ts';
 import { AgentClient } from './client.ts';
 import { bridgeOuter } from './netns-bridge.test-helper.ts';
 import { ApiError } from './types.ts';
@@ -265,15 +265,15 @@ describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
       // published to the cluster's store
       const root = new KvClient(etcd1.connection('root', { timeoutMs: 3000 }));
       clients.push(root);
-      const stored = await until('Endpoint object in the store', async () => (await root.get(storeKey('Endpoint', { namespace: 'default', name: 'web-0' })))?.value);
+      const stored = await until('Endpoint object in the store', async () => (await root.get(endpointKey({ namespace: 'default', name: 'web-0' })))?.value);
       const storedEp = JSON.parse(stored) as { status: { identity: { id: number }; networking: { podIP: string; nodeName: string; nodeIP: string } } };
       assert.deepEqual(storedEp.status.networking, { podIP: pods[0].ip, nodeName: 'node1', nodeIP: '10.1.0.1' });
       assert.equal(storedEp.status.identity.id, ep0.identity);
-      assert.equal(await root.get(storeKey('Node', { name: 'node1' })), undefined, 'the Node is the API\'s (a kubelet registers it): the agent writes none to etcd');
+      assert.deepEqual((await root.list('clustermesh/store/v1/')).pairs.map((p) => p.key.split('/')[3]).filter((k) => k !== 'ciliumendpoints'), [], 'the Node is the API\'s (a kubelet registers it): the agent writes only Endpoint objects to etcd');
 
       // another node of this cluster appears in the API, an endpoint of it in etcd
       await kube.apply(nodeObject(2));
-      await new StoreWriter(root).apply({
+      await new EndpointWriter(root).apply({
         kind: 'Endpoint',
         metadata: { name: 'api-0', namespace: 'default' },
         status: { identity: { id: 65_600, labels: [] }, networking: { podIP: '10.101.2.10', nodeName: 'node2', nodeIP: '10.1.0.2' } },
@@ -369,14 +369,14 @@ describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
       });
       assert.deepEqual((await client.listEndpoints()).map((e) => e.containerID), [ep0.containerID]);
       await until('endpoint of the vanished pod pruned', () => !endpointsOf(pinDir).has(pods[1].ip) && !ipcacheOf(pinDir).has(`${pods[1].ip}/32`), 10_000);
-      await until('its store object deleted', async () => (await root.get(storeKey('Endpoint', { namespace: 'default', name: 'web-1' }))) === undefined);
+      await until('its store object deleted', async () => (await root.get(endpointKey({ namespace: 'default', name: 'web-1' }))) === undefined);
 
       // ---- DELETE reverses the add, and is idempotent
       assert.deepEqual(await client.deleteEndpoint(ep0.containerID), { containerID: ep0.containerID, deleted: true });
       eps = endpointsOf(pinDir);
       assert.equal(eps.has(pods[0].ip), false);
       assert.equal(ipcacheOf(pinDir).has(`${pods[0].ip}/32`), false);
-      await until('store object deleted', async () => (await root.get(storeKey('Endpoint', { namespace: 'default', name: 'web-0' }))) === undefined);
+      await until('store object deleted', async () => (await root.get(endpointKey({ namespace: 'default', name: 'web-0' }))) === undefined);
       assert.doesNotMatch(inNs(nodeNs, ['tc', 'filter', 'show', 'dev', pods[0].host, 'ingress']).stdout, /from_container/);
       assert.deepEqual(await client.deleteEndpoint(ep0.containerID), { containerID: ep0.containerID, deleted: false });
       assert.ok(ipcacheOf(pinDir).has(`${remote.podIp(1, 1)}/32`), 'remote entries stay');

@@ -6,7 +6,7 @@
 //   config.ts           settings, validated once
 //   endpoints.ts        local endpoints (API add/delete, persisted, restored)
 //   ipcache-desired.ts  desired ipcache from every source
-//   store-publisher.ts  this node's Node and Endpoint objects in the store
+//   store-publisher.ts  this node's Endpoint objects in the cluster's etcd
 //   reconciler.ts       desired state → maps / store
 //   resync-grace.ts     remote withdrawals held back while that remote resyncs
 //   services.ts         Services and global services → the service maps
@@ -34,8 +34,8 @@ import type * as endpointsMap from '../datapath/maps/endpoints.ts';
 import { NodeDatapath } from '../datapath/node.ts';
 import { IdentityAllocator } from '../identity/allocator.ts';
 import { KvClient } from '../kvstore/client.ts';
-import type { ClusterObject } from '../model/index.ts';
-import { StoreWriter, serviceBackendInput, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
+import type { Endpoint } from '../model/index.ts';
+import { EndpointWriter, serviceBackendInput, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
 import { openLocalSource } from '../sources/local.ts';
 import { startApiServer, type ApiServer } from './api.ts';
 import { AgentFlowNamer, FlowReader } from './flow-reader.ts';
@@ -61,12 +61,12 @@ import { ResyncGrace } from './resync-grace.ts';
 import { ServiceManager } from './services.ts';
 import { PolicyManager, policyTargets, restoredCidrIdentities, type LocalEndpointView } from './policy.ts';
 import { remoteSummary, waitingFor, type AgentPhase, type AgentStatus, type LocalSyncStatus } from './status.ts';
-import { nodeObject, publishKeys, samePublished, storeTarget } from './store-publisher.ts';
+import { publishKeys, samePublished, storeTarget } from './store-publisher.ts';
 
 export interface AgentDeps {
   logger?: Logger;
   clock?: Clock;
-  /** The local cluster source (default: the store source in the cluster's etcd). */
+  /** The local cluster source (default: the Kubernetes API, Endpoint objects from the cluster's etcd: openLocalSource). */
   source?: ClusterSource;
 }
 
@@ -156,7 +156,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     cleanups.push(() => {
       if (localSettled) clock.clearTimeout(localSettled);
     });
-    // The local source: the store in etcd, or (config `kubeconfig`) the Kubernetes API with Endpoint objects from etcd.
+    // The local source: the Kubernetes API (config `kubeconfig`, else KUBECONFIG or the in-cluster service account), Endpoint objects from etcd.
     const local = deps.source
       ? { source: deps.source, description: deps.source.type }
       : openLocalSource(kv, {
@@ -171,9 +171,8 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         });
     const source: ClusterSource = local.source;
     log.info({ source: local.description }, 'local cluster source');
-    // With the Kubernetes API as source, this node's Node object is the kubelet's (registered in the API); only Endpoints are published to etcd.
-    const nodeInStore = source.type !== 'kubernetes';
-    const writer = new StoreWriter(kv);
+    // This node's Node object is the kubelet's (registered in the API); only Endpoints are published to etcd.
+    const writer = new EndpointWriter(kv);
     const allocator = new IdentityAllocator({
       kv,
       cluster: cfg.clusterName,
@@ -241,11 +240,11 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       onError: onRecError('endpoints'),
       ...recOpts,
     });
-    const publisher = new Reconciler<ClusterObject>({
+    const publisher = new Reconciler<Endpoint>({
       name: 'store',
-      target: storeTarget(nodeInStore ? source : { endpoints: source.endpoints }, writer, cfg.nodeName),
+      target: storeTarget(source, writer, cfg.nodeName),
       equals: samePublished,
-      pruneBlocker: () => (source.endpoints.synced && source.nodes.synced ? null : 'waiting for the local store to sync'),
+      pruneBlocker: () => (source.endpoints.synced ? null : 'waiting for the Endpoint objects in etcd to sync'),
       backoff: { initialMs: 200, maxMs: 10_000 },
       onError: onRecError('store'),
       ...recOpts,
@@ -300,7 +299,6 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     table.setOwner(ownerKeys.self(), selfContributions(self));
     // What no remote may claim: this cluster's pod CIDRs and node addresses (this node's now, the others' from their Node objects).
     mesh.setLocalNode(cfg.nodeName, { cidrs: [cfg.podCIDR], addresses: [cfg.nodeIP] });
-    if (nodeInStore) publisher.upsert(publishKeys.node(cfg.nodeName), nodeObject(self));
 
     // ---- endpoints: restored before anything is written
     const endpoints = new EndpointManager({
@@ -415,12 +413,6 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         const want = publisher.desired.get(key);
         if (!want) return;
         if (ev.kind === 'delete' || (ev.object.status.networking.nodeName === cfg.nodeName && !samePublished(want, ev.object))) publisher.refresh([key]);
-      }),
-      source.nodes.watch((ev) => {
-        if (ev.kind === 'synced' || ev.object.metadata.name !== cfg.nodeName) return;
-        const key = publishKeys.node(cfg.nodeName);
-        const want = publisher.desired.get(key);
-        if (want && (ev.kind === 'delete' || !samePublished(want, ev.object))) publisher.refresh([key]);
       }),
       // Remote state: withdrawals held back briefly while that remote resyncs (resync-grace.ts).
       mesh.ipcache.subscribe((ev) => {

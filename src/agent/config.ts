@@ -50,8 +50,8 @@
 // packet is translated by from_container), kubeconfig (a kubeconfig file: the
 // cluster's Namespaces, Pods, Services, EndpointSlices, Nodes and policies are
 // read from that Kubernetes API (src/sources/kubernetes), its current context;
-// the Endpoint objects, mesh state, stay in the cluster's etcd; absent: every
-// kind from the store in etcd, src/sources/store), routingMode (tunnel: every
+// the Endpoint objects, mesh state, stay in the cluster's etcd; absent:
+// KUBECONFIG, else the in-cluster service account, else ~/.kube/config), routingMode (tunnel: every
 // packet to a pod of another node goes through the VXLAN tunnel; native: the
 // underlay routes pod addresses, so destinations inside nativeRoutingCIDRs
 // leave unencapsulated and arrive on the underlay device, bpf/lib/native.h;
@@ -130,7 +130,7 @@ export interface AgentConfig {
   routingMode: RoutingMode;
   /** The pod ranges the underlay routes; [] in tunnel mode. */
   nativeRoutingCIDRs: string[];
-  /** Kubeconfig of the cluster's Kubernetes API, the local source of every kind but Endpoint; undefined = the store in etcd. */
+  /** Kubeconfig of the cluster's Kubernetes API, the local source of every kind but Endpoint; undefined = KUBECONFIG, the in-cluster service account or ~/.kube/config. */
   kubeconfig?: string | undefined;
 }
 

@@ -40,7 +40,7 @@ import { z } from 'zod';
 import { sleep, systemClock, type Clock } from '../util/clock.ts';
 import type * as endpointsMap from '../datapath/maps/endpoints.ts';
 import { identityLabels, labelString, labelStrings, type Label } from '../identity/labels.ts';
-import type { ClusterObject, Labels } from '../model/index.ts';
+import type { Endpoint, Labels } from '../model/index.ts';
 import { ownerKeys, localEndpointContributions, type IpcacheEntry, type IpcacheTable } from './ipcache-desired.ts';
 import type { Reconciler } from './reconciler.ts';
 import { endpointObject, publishKeys } from './store-publisher.ts';
@@ -104,7 +104,7 @@ export interface EndpointManagerOptions {
   endpointsMap: Reconciler<endpointsMap.Value>;
   ipcache: IpcacheTable;
   ipcacheMap: Reconciler<IpcacheEntry>;
-  publisher: Reconciler<ClusterObject>;
+  publisher: Reconciler<Endpoint>;
   log: Logger;
   clock?: Clock;
   /** How long add/delete wait for the maps (default 10 s). */

@@ -12,8 +12,8 @@
 // Local backends (LocalBackendIndex, sources/service-backends.ts): with a
 // Kubernetes source, the Service's EndpointSlices (ready endpoints take new
 // connections; while none of a port is ready, its serving terminating ones do;
-// Services without a selector work); with the store source, the Service's
-// selector over the Pods. Everything after that (frontends, the merge with
+// Services without a selector work); with a source that says 'selectors' (a
+// test's fake), the Service's selector over the Pods. Everything after that (frontends, the merge with
 // remote backends, affinity, the write order) is one code path.
 //
 // Write order (the datapath must never find a service pointing at a backend

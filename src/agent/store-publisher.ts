@@ -1,25 +1,24 @@
-// What this node publishes to its cluster's store (the "store" cluster
-// source): its own Node object and one Endpoint object per local pod, so the
-// cluster's apiserver exports them to the mesh. A reconcile target over the
-// store: the source's cache is what the store holds, StoreWriter writes.
+// What this node publishes to its cluster's etcd (mesh state, Cilium's
+// kvstore mode): one Endpoint object per local pod, so the cluster's
+// apiserver exports them to the mesh. (Its Node object is the kubelet's, in
+// the Kubernetes API.) A reconcile target over the Endpoint objects in etcd:
+// the source's cache is what etcd holds, EndpointWriter writes.
 //
-// Keys: `Node/<name>`, `Endpoint/<namespace>/<name>`. The target lists only
-// this node's objects (Endpoint objects whose networking.nodeName is this
-// node, and this node's Node), so pruning never touches another node's.
-import type { ClusterObject, Endpoint, Node } from '../model/index.ts';
+// Keys: `Endpoint/<namespace>/<name>`. The target lists only this node's
+// objects (networking.nodeName is this node), so pruning never touches
+// another node's.
+import type { Endpoint } from '../model/index.ts';
 import { parseObject } from '../model/index.ts';
-import type { ClusterSource, StoreWriter } from '../sources/index.ts';
+import type { ClusterSource, EndpointWriter } from '../sources/index.ts';
 import type { ReconcileTarget } from './reconciler.ts';
 
 export const publishKeys = {
-  node: (name: string): string => `Node/${name}`,
   endpoint: (namespace: string, name: string): string => `Endpoint/${namespace}/${name}`,
 };
 
-function parseKey(key: string): { kind: 'Node' | 'Endpoint'; namespace?: string; name: string } {
+function parseKey(key: string): { namespace: string; name: string } {
   const [kind, a, b] = key.split('/');
-  if (kind === 'Node' && a && b === undefined) return { kind, name: a };
-  if (kind === 'Endpoint' && a && b) return { kind, namespace: a, name: b };
+  if (kind === 'Endpoint' && a && b) return { namespace: a, name: b };
   throw new Error(`not a publish key: ${key}`);
 }
 
@@ -34,30 +33,14 @@ function canonical(v: unknown): string {
   return JSON.stringify(v);
 }
 
-/** The fields that matter when comparing what we want with what the store has (not uid, resourceVersion, annotations). */
-function projection(obj: ClusterObject): string {
+/** The fields that matter when comparing what we want with what etcd has (not uid, resourceVersion, annotations). */
+function projection(obj: Endpoint): string {
   const o = obj as { kind: string; metadata: { name: string; namespace?: string; labels?: unknown }; spec?: unknown; status?: unknown };
   return canonical([o.kind, o.metadata.namespace ?? null, o.metadata.name, o.metadata.labels ?? {}, o.spec ?? null, o.status ?? null]);
 }
 
-export function samePublished(desired: ClusterObject, actual: ClusterObject): boolean {
+export function samePublished(desired: Endpoint, actual: Endpoint): boolean {
   return projection(desired) === projection(actual);
-}
-
-export interface NodeObjectInput {
-  nodeName: string;
-  nodeIP: string;
-  podCIDR: string;
-  labels?: Record<string, string>;
-}
-
-export function nodeObject(n: NodeObjectInput): Node {
-  return parseObject('Node', {
-    kind: 'Node',
-    metadata: { name: n.nodeName, labels: { 'kubernetes.io/hostname': n.nodeName, ...(n.labels ?? {}) } },
-    spec: { podCIDR: n.podCIDR },
-    status: { addresses: [{ type: 'InternalIP', address: n.nodeIP }, { type: 'Hostname', address: n.nodeName }] },
-  });
 }
 
 export interface EndpointObjectInput {
@@ -85,25 +68,21 @@ export function endpointObject(e: EndpointObjectInput): Endpoint {
   });
 }
 
-/** The store as a reconcile target, restricted to this node's objects. */
-export function storeTarget(source: Pick<ClusterSource, 'endpoints'> & Partial<Pick<ClusterSource, 'nodes'>>, writer: Pick<StoreWriter, 'apply' | 'delete'>, nodeName: string): ReconcileTarget<ClusterObject> {
+/** The Endpoint objects in etcd as a reconcile target, restricted to this node's. */
+export function storeTarget(source: Pick<ClusterSource, 'endpoints'>, writer: Pick<EndpointWriter, 'apply' | 'delete'>, nodeName: string): ReconcileTarget<Endpoint> {
   return {
     list() {
-      const out: Array<[string, ClusterObject]> = [];
+      const out: Array<[string, Endpoint]> = [];
       for (const ep of source.endpoints.list()) {
         if (ep.status.networking.nodeName === nodeName) out.push([publishKeys.endpoint(ep.metadata.namespace, ep.metadata.name), ep]);
       }
-      // Without nodes (the Kubernetes API is the source: the Node is the kubelet's), only Endpoints are published.
-      const self = source.nodes?.get({ name: nodeName });
-      if (self) out.push([publishKeys.node(nodeName), self]);
       return out;
     },
     async update(_key, obj) {
       await writer.apply(obj);
     },
     async delete(key) {
-      const k = parseKey(key);
-      return await writer.delete(k.kind, k.namespace ? { namespace: k.namespace, name: k.name } : { name: k.name });
+      return await writer.delete(parseKey(key));
     },
   };
 }

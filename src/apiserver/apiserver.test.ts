@@ -35,7 +35,7 @@ import { startKubeApi, type KubeApiServer } from '../lab/kube-api/index.ts';
 import { KubeObjects } from '../lab/kube-objects.ts';
 import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import type { KubeKind } from '../sources/kubernetes/kinds.ts';
-import { StoreWriter } from '../sources/index.ts';
+import { EndpointWriter } from '../sources/index.ts';
 import type { ObjectRef } from '../sources/types.ts';
 import { APISERVER_IDENTITY_USER, startApiserver, type Apiserver } from './apiserver.ts';
 import { APISERVER_DEFAULTS, type ApiserverConfig } from './options.ts';
@@ -73,7 +73,7 @@ class TestClusterApi {
   private constructor(
     readonly kube: KubeObjects,
     readonly kubeconfig: string,
-    private readonly endpoints: StoreWriter,
+    private readonly endpoints: EndpointWriter,
     private readonly stopAll: () => Promise<void>,
   ) {}
 
@@ -86,7 +86,7 @@ class TestClusterApi {
       await s.stop();
       await kv.close();
     };
-    return new TestClusterApi(new KubeObjects(loadKubeConnection({ kubeconfig }).kubeConfig), kubeconfig, new StoreWriter(endpointsKv), () => stop(server));
+    return new TestClusterApi(new KubeObjects(loadKubeConnection({ kubeconfig }).kubeConfig), kubeconfig, new EndpointWriter(endpointsKv), () => stop(server));
   }
 
   async apply(o: { kind: string; [k: string]: unknown }): Promise<void> {
@@ -99,7 +99,7 @@ class TestClusterApi {
   }
 
   async delete(kind: string, ref: ObjectRef): Promise<void> {
-    if (kind === 'Endpoint') await this.endpoints.delete('Endpoint', ref);
+    if (kind === 'Endpoint') await this.endpoints.delete(ref);
     else await this.kube.delete(kind, ref);
   }
 

@@ -36,7 +36,7 @@ export interface ApiserverDeps {
   connection?: KvConnectionConfig;
   /** MCS controller resync interval (default MCS_INTERVAL_MS). */
   mcsIntervalMs?: number;
-  /** The cluster source (default: the store source in the same etcd). */
+  /** The cluster source (default: the Kubernetes API, Endpoint objects from the same etcd: openLocalSource). */
   source?: ClusterSource;
   clock?: Clock;
   logger?: Logger;
@@ -47,7 +47,7 @@ export interface ApiserverDeps {
 export interface ApiserverStatus {
   cluster: string;
   clusterId: number;
-  /** The cluster source: `store (etcd)` or `kubernetes <kubeconfig> <server>; …`. */
+  /** The cluster source: `kubernetes <kubeconfig> <server>; …`. */
   source: string;
   synced: boolean;
   heartbeats: number;
@@ -79,13 +79,15 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
   deps.signal?.addEventListener('abort', () => stopCtl.abort(), { once: true });
   const cleanups: (() => unknown)[] = [];
   const kvError = (what: string) => (err: unknown) => log.warn({ err: (err as Error).message }, what);
+  // The Kubernetes API is the source (cfg.kubeconfig, else KUBECONFIG or the in-cluster service account), unless a test injects a source without one.
+  const kubeApi = cfg.kubeconfig !== undefined || deps.source === undefined;
 
   const heartbeat = new Heartbeat({
     kv,
     cluster: cfg.clusterName,
     clusterId: cfg.clusterId,
     maxConnectedClusters: cfg.maxConnectedClusters,
-    serviceExportsEnabled: cfg.kubeconfig !== undefined,
+    serviceExportsEnabled: kubeApi,
     intervalMs: cfg.heartbeatIntervalMs,
     clock,
     onError: kvError('heartbeat / cluster-config write failed'),
@@ -142,7 +144,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
     clock,
     onError: kvError('identity reference maintenance failed'),
   });
-  // The store in etcd, or (--kubeconfig) the Kubernetes API with Endpoint objects from etcd.
+  // The Kubernetes API, with Endpoint objects from etcd.
   // A start that fails from here on leaves nothing running (heartbeat, metrics endpoint, etcd client).
   const failStart = async (err: unknown): Promise<never> => {
     stopCtl.abort();
@@ -211,7 +213,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
 
   // Multi-Cluster Services (issue 18): ServiceExports and ServiceImports are CRDs of the Kubernetes API.
   let mcs: McsController | undefined;
-  if (cfg.kubeconfig !== undefined) {
+  if (kubeApi) {
     const mcsStore = new SyncStore(kv, {
       canaryKey: serviceExportsSyncedKey(cfg.clusterName),
       prefix: serviceExportsClusterPrefix(cfg.clusterName),
@@ -220,7 +222,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
     });
     mcs = new McsController({
       cluster: cfg.clusterName,
-      kube: new KubeHttp(loadKubeConnection({ kubeconfig: cfg.kubeconfig }).kubeConfig),
+      kube: new KubeHttp(loadKubeConnection(cfg.kubeconfig !== undefined ? { kubeconfig: cfg.kubeconfig } : {}).kubeConfig),
       out: new PrefixExport('serviceexports', mcsStore, await existing(serviceExportsClusterPrefix(cfg.clusterName))),
       remoteConfigDir: cfg.clustermeshConfigDir,
       intervalMs: deps.mcsIntervalMs ?? MCS_INTERVAL_MS,

@@ -4,7 +4,7 @@
 // Aborting such a start leaves nothing listening.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -29,6 +29,12 @@ test('metrics are served while etcd is down at start; an aborted start closes th
   const connection: KvConnectionConfig = etcd.connection('apiserver', { timeoutMs: 500 });
   await etcd.stop();
   const port = await freePort();
+  // The Kubernetes API (the cluster source) is not there either: a kubeconfig naming a closed port.
+  const kubeconfig = join(dir, 'kubeconfig');
+  await writeFile(
+    kubeconfig,
+    `apiVersion: v1\nkind: Config\nclusters: [{name: c1, cluster: {server: 'https://127.0.0.1:${await freePort()}', insecure-skip-tls-verify: true}}]\nusers: [{name: u, user: {token: x}}]\ncontexts: [{name: c1, context: {cluster: c1, user: u}}]\ncurrent-context: c1\n`,
+  );
   const ctl = new AbortController();
   const started = startApiserver(
     {
@@ -42,6 +48,7 @@ test('metrics are served while etcd is down at start; an aborted start closes th
       identityGcGraceMs: 3_600_000,
       logLevel: 'silent',
       metricsAddress: `127.0.0.1:${port}`,
+      kubeconfig,
     },
     { connection, logger: pino({ level: 'silent' }), signal: ctl.signal },
   );

@@ -30,10 +30,10 @@ export interface ApiserverConfig {
   logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
   /** host:port of the Prometheus endpoint (GET /metrics); '' = none. */
   metricsAddress: string;
-  /** Kubeconfig of the cluster's Kubernetes API: the source of every kind but Endpoint (those stay in etcd); undefined = the store in etcd. */
+  /** Kubeconfig of the cluster's Kubernetes API: the source of every kind but Endpoint (those stay in etcd); undefined = KUBECONFIG, the in-cluster service account or ~/.kube/config. */
   kubeconfig?: string | undefined;
   /**
-   * One file per remote cluster (the agents' layout): with a kubeconfig, the
+   * One file per remote cluster (the agents' layout): the
    * MCS-API controller reads the other clusters' ServiceExports through these
    * (issue 18); undefined = only this cluster's own exports are merged.
    */

@@ -1,15 +1,17 @@
 // `clustermesh demo` (the default flow): the story of the seed, told by driving the CLI
-// exactly as a user would type it (every step runs `clustermesh …` as its own
-// process and shows what it printed):
-//   1. lab up: 2 clusters x 2 nodes (etcd, apiserver, agents, node runtimes, DNS)
-//   2. apply the global rebel-base Service and its Deployment in both clusters,
+// and real kubectl exactly as a user would type them (every step runs
+// `clustermesh …` or `kubectl --kubeconfig <the lab's> --context clusterN …` as
+// its own process and shows the command and what it printed):
+//   1. lab up: 2 clusters x 2 nodes (etcd, the Kubernetes API, apiserver,
+//      agents, node runtimes, DNS)
+//   2. kubectl apply the global rebel-base Service and its Deployment in both clusters,
 //      the x-wing (app=frontend) and the tie-fighter (no app label) in cluster1
 //   3. the x-wing asks http://rebel-base.default.svc.cluster.local/ 20 times:
 //      answers come from both clusters
 //   4. the seed's cross-cluster policy: backends admit only cluster1's
 //      frontends; the x-wing still gets answers, the tie-fighter is refused,
 //      and `clustermesh observe --verdict DROPPED` shows the drop and its reason
-//   5. cluster1's rebel-base scaled to 0: every answer now comes from cluster2
+//   5. cluster1's rebel-base scaled to 0 (kubectl scale): every answer now comes from cluster2
 //   6. clustermesh status
 //   7. lab down (unless --keep)
 import { spawn } from 'node:child_process';
@@ -32,8 +34,10 @@ export interface LabDemoOptions {
   print?: (line: string) => void;
   /** How `clustermesh` is run (default: this checkout's bin/clustermesh.js under this node). */
   cli?: string[];
-  /** Environment of every `clustermesh` command (default: this process's). */
+  /** Environment of every `clustermesh` and `kubectl` command (default: this process's). */
   env?: NodeJS.ProcessEnv;
+  /** The kubectl executable (default: `kubectl` on the PATH). */
+  kubectl?: string;
 }
 
 interface CliResult {
@@ -93,12 +97,24 @@ export async function runLabDemo(opts: LabDemoOptions = {}): Promise<boolean> {
     return ok;
   };
 
+  const quote = (args: string[]): string => args.map((a) => (/[\s"'*]/.test(a) ? `'${a}'` : a)).join(' ');
   /** Runs `clustermesh ARGS`; echoes the command and (unless quiet) its output, indented. */
   const cm = (args: string[], o: { quiet?: boolean; timeoutMs?: number; live?: boolean } = {}): Promise<CliResult> => {
-    if (!o.quiet) print(`   $ clustermesh ${args.map((a) => (/[\s"'*]/.test(a) ? `'${a}'` : a)).join(' ')}`);
+    if (!o.quiet) print(`   $ clustermesh ${quote(args)}`);
+    return runCommand(cliArgv, args, o);
+  };
+  /** The lab's kubeconfig (`clustermesh lab kubeconfig`), known once the lab is up. */
+  let kubeconfig = '';
+  /** Runs real `kubectl --kubeconfig <the lab's> --context CLUSTER ARGS`; echoes the command and its output, indented. */
+  const kubectl = (cluster: string, args: string[], o: { quiet?: boolean; timeoutMs?: number } = {}): Promise<CliResult> => {
+    const full = ['--kubeconfig', kubeconfig, '--context', cluster, ...args];
+    if (!o.quiet) print(`   $ kubectl ${quote(full)}`);
+    return runCommand([opts.kubectl ?? 'kubectl'], full, o);
+  };
+  const runCommand = (argv: string[], args: string[], o: { quiet?: boolean; timeoutMs?: number; live?: boolean }): Promise<CliResult> => {
     const started = Date.now();
     return new Promise((res) => {
-      const child = spawn(cliArgv[0]!, [...cliArgv.slice(1), ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...(opts.env ? { env: opts.env } : {}) });
+      const child = spawn(argv[0]!, [...argv.slice(1), ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...(opts.env ? { env: opts.env } : {}) });
       let stdout = '';
       let stderr = '';
       let partial = '';
@@ -192,19 +208,22 @@ export async function runLabDemo(opts: LabDemoOptions = {}): Promise<boolean> {
   let up = false;
   try {
     // ---- 1
-    step(`lab up: 2 clusters x 2 nodes (lab '${name}')`, 'namespaces for nodes and a router, per cluster a real etcd with mutual TLS and the apiserver, an agent and a node runtime per node, the cluster DNS');
+    step(`lab up: 2 clusters x 2 nodes (lab '${name}')`, 'namespaces for nodes and a router, per cluster a real etcd with mutual TLS, the Kubernetes API and the apiserver, an agent and a node runtime per node, the cluster DNS');
     const upRes = await cm(['lab', 'up', '--lab', name, '--clusters', '2', '--nodes', '2'], { live: true, timeoutMs: 300_000 });
     up = upRes.code === 0;
     if (!check('lab up', up, up ? `${(upRes.ms / 1000).toFixed(1)} s` : `exit ${upRes.code}`)) {
       if (/already|running|exists/i.test(upRes.stdout + upRes.stderr)) print(`   a lab named ${name} is running: remove it with 'clustermesh lab down --lab ${name}' or pick another with --lab`);
       return false;
     }
+    const kc = await cm(['lab', 'kubeconfig', '--lab', name]);
+    kubeconfig = kc.stdout.trim();
+    if (!check('the lab\'s kubeconfig (a context per cluster)', kc.code === 0 && kubeconfig !== '', kc.code === 0 ? kubeconfig : `exit ${kc.code}`)) return false;
 
     // ---- 2
-    step('apply the rebel base to both clusters and two clients to cluster1', 'a global Service rebel-base (port 80 -> 8080) with 2 echo pods per cluster; x-wing (app=frontend) and tie-fighter (no app label) in cluster1');
+    step('kubectl apply the rebel base to both clusters and two clients to cluster1', 'a global Service rebel-base (port 80 -> 8080) with 2 echo pods per cluster; x-wing (app=frontend) and tie-fighter (no app label) in cluster1');
     for (const [file, cluster] of [['rebel-base.yaml', 'cluster1'], ['rebel-base.yaml', 'cluster2'], ['clients.yaml', 'cluster1']] as const) {
-      const r = await cm(['lab', 'apply', '-f', resolve(EXAMPLES_DIR, file), '--cluster', cluster, '--lab', name]);
-      check(`apply ${file} to ${cluster}`, r.code === 0, r.code === 0 ? '' : `exit ${r.code}`);
+      const r = await kubectl(cluster, ['apply', '-f', resolve(EXAMPLES_DIR, file)]);
+      check(`kubectl apply ${file} in ${cluster}`, r.code === 0, r.code === 0 ? '' : `exit ${r.code}${r.code === null || /ENOENT/.test(r.stderr) ? ' (is kubectl installed? ./scripts/setup.sh installs it)' : ''}`);
     }
     const storyReady = (ps: PodView[]): boolean => {
       const rb = (c: string) => ps.filter((p) => p.cluster === c && p.deployment === 'rebel-base' && p.ready).length;
@@ -212,7 +231,7 @@ export async function runLabDemo(opts: LabDemoOptions = {}): Promise<boolean> {
       return rb('cluster1') >= 2 && rb('cluster2') >= 2 && has('x-wing') && has('tie-fighter');
     };
     if (await waitPods('every pod of the story ready', storyReady)) check('every pod of the story ready', true);
-    await cm(['lab', 'get', 'pods', '--lab', name, '-o', 'wide']);
+    for (const cluster of ['cluster1', 'cluster2']) await kubectl(cluster, ['get', 'pods', '-o', 'wide']);
 
     // ---- 3
     step(`the x-wing asks ${REBEL_BASE_URL} ${n} times`, 'the name resolves through the cluster DNS to cluster1\'s ClusterIP; the global Service balances over the backends of both clusters');
@@ -228,12 +247,12 @@ export async function runLabDemo(opts: LabDemoOptions = {}): Promise<boolean> {
     print(`     ${(dns.stdout.trim() || dns.stderr.trim() || (dns.code === 124 ? 'no answer within 8 s' : dns.code === 2 ? 'not found' : `exit ${dns.code}`)).split('\n')[0]}`);
     if (!check('cluster DNS answers the Service name in the pod', dns.code === 0)) {
       // The rest of the story still runs, by ClusterIP, so one missing piece does not hide the others.
-      const svc = await cm(['lab', 'get', 'services', '--lab', name, '--cluster', 'cluster1', '-o', 'json'], { quiet: true });
+      const svc = await kubectl('cluster1', ['get', 'service', 'rebel-base', '-o', 'jsonpath={.spec.clusterIP}']);
       try {
-        const ip = (JSON.parse(svc.stdout) as Array<{ metadata: { name: string }; spec: { clusterIP?: string } }>).find((s) => s.metadata.name === 'rebel-base')?.spec.clusterIP;
+        const ip = svc.code === 0 ? svc.stdout.trim() : undefined;
         if (ip) {
           url = `http://${ip}/`;
-          print(`   continuing with the ClusterIP: ${url} (see: clustermesh lab get pods -n kube-system --lab ${name}; clustermesh lab logs)`);
+          print(`   continuing with the ClusterIP: ${url} (see: kubectl --context cluster1 -n kube-system get pods; clustermesh lab logs)`);
         }
       } catch {
         /* keep the name */
@@ -248,8 +267,8 @@ export async function runLabDemo(opts: LabDemoOptions = {}): Promise<boolean> {
     // ---- 4
     step('the seed\'s cross-cluster policy: app=backend admits only app=frontend of cluster1 (applied in both clusters)', 'identity-based policy in eBPF: the x-wing is still answered, the tie-fighter is refused, and the datapath says why');
     for (const cluster of ['cluster2', 'cluster1']) {
-      const r = await cm(['lab', 'apply', '-f', resolve(EXAMPLES_DIR, 'policy.yaml'), '--cluster', cluster, '--lab', name]);
-      check(`apply policy.yaml to ${cluster}`, r.code === 0, r.code === 0 ? '' : `exit ${r.code}`);
+      const r = await kubectl(cluster, ['apply', '-f', resolve(EXAMPLES_DIR, 'policy.yaml')]);
+      check(`kubectl apply policy.yaml in ${cluster}`, r.code === 0, r.code === 0 ? '' : `exit ${r.code}`);
     }
     // Until every agent has the policy, a request may still pass; wait for the tie-fighter to be refused.
     await until(() => client('tie-fighter', url, 2, 1000, true), (t) => t.failures === 2, 30_000, 'the policy is not in every datapath yet');
@@ -263,8 +282,8 @@ export async function runLabDemo(opts: LabDemoOptions = {}): Promise<boolean> {
 
     // ---- 5
     step('cluster1 loses its rebel base: scale it to 0', 'the global Service fails over: every answer now comes from cluster2, with nothing changed in the client');
-    const sc = await cm(['lab', 'scale', 'deployment/rebel-base', '--replicas', '0', '--cluster', 'cluster1', '--lab', name]);
-    check('scale cluster1 rebel-base to 0', sc.code === 0);
+    const sc = await kubectl('cluster1', ['scale', 'deployment/rebel-base', '--replicas', '0']);
+    check('kubectl scale cluster1 rebel-base to 0', sc.code === 0);
     await waitPods('cluster1 rebel-base pods gone', (ps) => !ps.some((p) => p.cluster === 'cluster1' && p.deployment === 'rebel-base'), 60_000);
     const only2 = (t: Tally): boolean => t.failures === 0 && Object.keys(t.tally).length > 0 && Object.keys(byCluster(t)).every((c) => c === 'cluster2');
     await until(() => client('x-wing', url, 4, 3000, true), only2, 30_000, 'cluster1 backends still being removed');
@@ -286,7 +305,7 @@ export async function runLabDemo(opts: LabDemoOptions = {}): Promise<boolean> {
     } else if (up) {
       print('');
       print(`== the lab '${name}' keeps running; look around, then: clustermesh lab down --lab ${name}`);
-      print(`   clustermesh lab get pods --lab ${name} -o wide`);
+      print(`   export KUBECONFIG=$(clustermesh lab kubeconfig --lab ${name}); kubectl --context cluster1 get pods -o wide`);
       print(`   clustermesh lab exec x-wing --lab ${name} --cluster cluster1 -- clustermesh lab workload client ${REBEL_BASE_URL} -n 20`);
       print(`   clustermesh observe --lab ${name} --verdict DROPPED`);
     }

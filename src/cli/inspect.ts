@@ -399,7 +399,7 @@ interface InspectFlags extends TargetFlags {
 const DESCRIPTIONS: Record<MapKind, string> = {
   ipcache: 'prefix -> identity (with labels and cluster), pod, tunnel endpoint (cm_ipcache)',
   endpoints: 'local pods: IP, endpoint id, identity with labels, veth (cm_endpoints)',
-  services: "frontends with their backends per cluster and which are active (cm_services, cm_backends, cm_backend_slots, cm_maglev, cm_revnat); in a --kube-source lab also each cluster's ServiceExports (conditions) and ServiceImports",
+  services: "frontends with their backends per cluster and which are active (cm_services, cm_backends, cm_backend_slots, cm_maglev, cm_revnat); also each cluster's ServiceExports (conditions) and ServiceImports",
   policy: 'per endpoint: direction, remote identity (labels), protocol, ports, verdict (cm_policy, cm_policy_enforce)',
   ct: 'service connections: client, frontend, backend, expiry (cm_ct)',
   metrics: 'packet counters by reason and direction, summed over CPUs (cm_metrics)',

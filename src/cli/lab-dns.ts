@@ -21,12 +21,11 @@ function parseTtl(value: string): number {
 export function dnsWorkloadCommand(): Command {
   return new Command('dns')
     .description(
-      `authoritative DNS for ${CLUSTER_DOMAIN} from the cluster's store (or, --kubeconfig, its Kubernetes API): <svc>.<ns>.svc.${CLUSTER_DOMAIN} -> ClusterIP (headless: ready pod IPs), ` +
+      `authoritative DNS for ${CLUSTER_DOMAIN} from the cluster's Kubernetes API: <svc>.<ns>.svc.${CLUSTER_DOMAIN} -> ClusterIP (headless: ready pod IPs), ` +
         `NXDOMAIN for unknown names in the domain, REFUSED outside it (no forwarding); UDP and TCP`,
     )
-    .option('--etcd-config <file>', "the store in etcd: its client config (YAML: endpoints https://… or the etcd's unix:///… socket, trusted-ca-file, cert-file, key-file, server-name)")
-    .option('--kubeconfig <file>', 'or the Kubernetes API (a --kube-source lab): this kubeconfig')
-    .option('--kube-api-socket <path>', "with --kubeconfig: the kube-apiserver's TLS unix socket, forwarded from 127.0.0.1:6443 here first (the pod's own node-local endpoint)")
+    .requiredOption('--kubeconfig <file>', "the cluster's Kubernetes API: this kubeconfig (its current context)")
+    .option('--kube-api-socket <path>', "the kube-apiserver's TLS unix socket, forwarded from 127.0.0.1:6443 here first (the pod's own node-local endpoint)")
     .addOption(new Option('--listen <addr>', 'address and port to serve on (UDP and TCP)').argParser(parseListen).default({ host: '0.0.0.0', port: 53 }, '0.0.0.0:53'))
     .option('--domain <domain>', 'cluster domain', CLUSTER_DOMAIN)
     .option('--ttl <seconds>', 'TTL of answers and negative answers', parseTtl, DEFAULT_DNS_TTL)
@@ -35,17 +34,15 @@ export function dnsWorkloadCommand(): Command {
     .addHelpText(
       'after',
       '\nExample (what the lab runs in each cluster, as the pod behind 10.96.0.10):\n' +
-        '  clustermesh lab workload dns --etcd-config /var/lib/clustermesh/labs/default/cluster1/dns-etcd.yaml\n' +
+        '  clustermesh lab workload dns --kubeconfig /var/lib/clustermesh/labs/default/cluster1/kube-api/local.kubeconfig --kube-api-socket /var/lib/clustermesh/labs/default/cluster1/kube-api/api.sock\n' +
         '  ip netns exec <pod-netns> getent hosts rebel-base.default.svc.cluster.local\n',
     )
-    .action(async (o: { etcdConfig?: string; kubeconfig?: string; kubeApiSocket?: string; listen: { host: string; port: number }; domain: string; ttl: number; tcp: boolean; quiet?: boolean }, cmd: Command) => {
+    .action(async (o: { kubeconfig: string; kubeApiSocket?: string; listen: { host: string; port: number }; domain: string; ttl: number; tcp: boolean; quiet?: boolean }, cmd: Command) => {
       const log = (line: string): void => console.log(`${new Date().toISOString()} ${line}`);
       let dns;
       try {
-        if ((o.etcdConfig === undefined) === (o.kubeconfig === undefined)) throw new OptionError('--etcd-config', 'give either --etcd-config or --kubeconfig');
         dns = await startClusterDns({
-          ...(o.etcdConfig !== undefined ? { etcdConfigFile: o.etcdConfig } : {}),
-          ...(o.kubeconfig !== undefined ? { kubeconfig: o.kubeconfig } : {}),
+          kubeconfig: o.kubeconfig,
           ...(o.kubeApiSocket !== undefined ? { kubeApiSocket: o.kubeApiSocket } : {}),
           host: o.listen.host,
           port: o.listen.port,

@@ -2,27 +2,14 @@
 import { spawn } from 'node:child_process';
 import { createReadStream, existsSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
-import { KvClient } from '../kvstore/client.ts';
 import { isPodReady, type Pod, type Service } from '../model/index.ts';
 import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import type { KubeConfig } from '@kubernetes/client-node';
-import { StoreWriter } from '../sources/store/writer.ts';
 import { labDown, labUp, validateLatency, validateLoss } from '../lab/lab.ts';
 import { podRecordsOf, type PodRecord } from '../lab/kubelet-config.ts';
 import { inCgroup, nodeCgroupPath } from '../lab/cgroup.ts';
-import {
-  applyObjects,
-  deleteObjects,
-  listDeployments,
-  parseManifest,
-  readManifestFile,
-  scaleDeployment,
-  ManifestError,
-  DEPLOYMENT_ANNOTATION,
-  type ApplyLine,
-  type ClusterTarget,
-} from '../lab/manifest.ts';
-import { DEFAULT_LAB_NAME, clusterKvConfig, findCluster, labDir, listLabs, readLabState, sameProcessAlive, type LabCluster, type LabState } from '../lab/state.ts';
+import { ManifestError, readManifestFile, type ApplyLine } from '../lab/kube-apply.ts';
+import { DEFAULT_LAB_NAME, findCluster, labDir, listLabs, readLabState, sameProcessAlive, type LabCluster, type LabState } from '../lab/state.ts';
 import { CLIENT_DEFAULTS, ECHO_DEFAULTS, parseCount, parsePort, runClient, runEcho, type ClientOptions, type EchoOptions } from '../lab/workload-main.ts';
 import { sweepOrphanedTopologies } from '../lab/topology.js';
 import { ROUTING_MODES, type RoutingMode } from '../datapath/maps/config.ts';
@@ -87,26 +74,12 @@ function requireUp(state: LabState): void {
   if (state.phase !== 'up') throw new Error(`lab ${state.name} is not up (phase ${state.phase}${state.error ? `: ${state.error}` : ''}); remove it with: clustermesh lab down --lab ${state.name}`);
 }
 
-function target(state: LabState, c: LabCluster): ClusterTarget {
-  return { name: c.name, nodes: state.nodes.filter((n) => n.cluster === c.name).map((n) => n.name), kv: new KvClient(clusterKvConfig(c)) };
-}
-
-/** Runs `fn` against one cluster of a lab that is up and prints what it did; `viaApi` instead in a --kube-source lab (a client of the cluster's Kubernetes API, like kubectl). */
-async function changeCluster(
-  o: LabOpts & { cluster?: string | undefined },
-  fn: (t: ClusterTarget) => Promise<readonly ApplyLine[]>,
-  viaApi: (kc: KubeConfig) => Promise<readonly ApplyLine[]>,
-): Promise<void> {
+/** Runs `viaApi` against one cluster of a lab that is up (a client of the cluster's Kubernetes API, like kubectl) and prints what it did. */
+async function changeCluster(o: LabOpts & { cluster?: string | undefined }, viaApi: (kc: KubeConfig) => Promise<readonly ApplyLine[]>): Promise<void> {
   const state = readLabState(o.lab);
   requireUp(state);
   const c = clusterOf(state, o.cluster);
-  if (state.source === 'kubernetes') return printLines(await viaApi(labKubeConfig(state, c)), c.name);
-  const t = target(state, c);
-  try {
-    printLines(await fn(t), c.name);
-  } finally {
-    await t.kv.close();
-  }
+  printLines(await viaApi(labKubeConfig(state, c)), c.name);
 }
 
 function printLines(lines: readonly ApplyLine[], cluster: string): void {
@@ -142,33 +115,24 @@ export interface PodView {
 
 /** The lab kubeconfig's context of cluster `c`. */
 function labKubeConfig(state: LabState, c: LabCluster): KubeConfig {
-  if (state.kubeconfig === undefined) throw new Error(`lab ${state.name} has no kubeconfig`);
+  if (state.kubeconfig === undefined || state.source !== 'kubernetes') throw new Error(`lab ${state.name} was started by an older clustermesh (its clusters have no Kubernetes API as their source); recreate it: clustermesh lab down --lab ${state.name} && clustermesh lab up --lab ${state.name}`);
   return loadKubeConnection({ kubeconfig: state.kubeconfig, context: c.name }).kubeConfig;
 }
 
-/** The Pods of a cluster's Kubernetes API as the model's Pods (the Deployment of each in the lab's annotation). */
-async function listApiPods(state: LabState, c: LabCluster): Promise<Pod[]> {
+/** The Pods of a cluster's Kubernetes API as the model's Pods, each with its Deployment (from the controlling ownerReference). */
+async function listApiPods(state: LabState, c: LabCluster): Promise<Array<{ pod: Pod; deployment: string | null }>> {
   const { CoreV1Api } = await import('@kubernetes/client-node');
   const { podFromApi } = await import('../lab/kubelet.ts');
   const kc = labKubeConfig(state, c);
   const list = await kc.makeApiClient(CoreV1Api).listPodForAllNamespaces();
-  return list.items.map((p) => {
-    const pod = podFromApi(p);
-    const owner = p.metadata?.ownerReferences?.find((r) => r.controller && r.kind === 'Deployment');
-    if (owner) pod.metadata.annotations = { ...pod.metadata.annotations, [DEPLOYMENT_ANNOTATION]: owner.name };
-    return pod;
-  });
+  return list.items.map((p) => ({ pod: podFromApi(p), deployment: p.metadata?.ownerReferences?.find((r) => r.controller && r.kind === 'Deployment')?.name ?? null }));
 }
 
 async function podViews(state: LabState, clusters: LabCluster[]): Promise<PodView[]> {
   const records = podRecordsOf(state.dir ?? labDir(state.name));
   const out: PodView[] = [];
   for (const c of clusters) {
-    // A --kube-source lab: the pods of the cluster's Kubernetes API (its Deployment from the controlling ownerReference).
-    const fromApi = state.source === 'kubernetes' ? await listApiPods(state, c) : undefined;
-    const kv = new KvClient(clusterKvConfig(c));
-    try {
-      for (const p of fromApi ?? (await new StoreWriter(kv).list('Pod'))) {
+    for (const { pod: p, deployment } of await listApiPods(state, c)) {
         const rec = records.find((r) => r.uid === p.metadata.uid);
         out.push({
           cluster: c.name,
@@ -179,20 +143,17 @@ async function podViews(state: LabState, clusters: LabCluster[]): Promise<PodVie
           podIP: p.status.podIP ?? null,
           node: p.spec.nodeName ?? null,
           labels: p.metadata.labels,
-          deployment: p.metadata.annotations[DEPLOYMENT_ANNOTATION] ?? null,
+          deployment,
           netns: rec?.netns ?? null,
           restarts: rec?.containers.reduce((n, x) => n + x.restarts, 0) ?? 0,
           createdAt: rec?.createdAt ?? null,
         });
-      }
-    } finally {
-      await kv.close();
     }
   }
   return out.sort((a, b) => a.cluster.localeCompare(b.cluster) || a.namespace.localeCompare(b.namespace) || a.name.localeCompare(b.name));
 }
 
-/** The pod `ref` ('name' or 'namespace/name') of the lab: its store object and its runtime record. */
+/** The pod `ref` ('name' or 'namespace/name') of the lab: its API object and its runtime record. */
 async function findPod(state: LabState, ref: string, clusterName: string | undefined, namespace: string): Promise<{ pod: PodView; rec: PodRecord }> {
   const [ns, name] = ref.includes('/') ? (ref.split('/', 2) as [string, string]) : [namespace, ref];
   const clusters = clusterName ? [findCluster(state, clusterName)] : state.clusters;
@@ -223,17 +184,20 @@ export function labCommand(): Command {
     `
 Example:
   clustermesh lab up --clusters 2 --nodes 2
-  clustermesh lab apply -f examples/rebel-base/rebel-base.yaml --cluster cluster1
-  clustermesh lab get pods -o wide
-  export KUBECONFIG=$(clustermesh lab kubeconfig); kubectl --context cluster2 get namespaces
-  clustermesh lab down`,
+  export KUBECONFIG=$(clustermesh lab kubeconfig)
+  kubectl --context cluster1 apply -f examples/rebel-base/rebel-base.yaml
+  kubectl --context cluster1 get pods -o wide
+  clustermesh lab down
+
+Every cluster serves the Kubernetes API, the one source of its agents, apiservers, kubelets
+and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`,
   );
 
   // ---- up / down / list ------------------------------------------------
   nameOption(
     lab
       .command('up')
-      .description('build a lab: router, node namespaces, per cluster etcd (mutual TLS), apiserver and a Kubernetes API server, an agent and a kubelet per node; returns when every agent is connected to every cluster')
+      .description("build a lab: router, node namespaces, per cluster etcd (mutual TLS), a Kubernetes API server (the one local source: agents, apiservers, kubelets and the cluster DNS read it through 127.0.0.1:6443 in their namespace; its controllers and scheduler run Deployments, EndpointSlices and pod placement; Cilium's policy CRDs and the MCS API CRDs are served from the start) and an apiserver, an agent and a kubelet per node; returns when every agent is connected to every cluster")
       .option('--clusters <n>', 'number of clusters', parseSmallCount(16), 2)
       .option('--nodes <n>', 'nodes per cluster', parseSmallCount(16), 2)
       .option('--latency <delay>', 'one-way delay between clusters (netem on the router), e.g. 20ms', checked(validateLatency))
@@ -242,12 +206,12 @@ Example:
       .option('--routing <modes>', "tunnel (VXLAN between nodes), native (the router routes every node's pod CIDR, nothing encapsulated), or one per cluster, e.g. native,native,tunnel (native clusters tunnel to tunnel ones)", parseRouting, ['tunnel'] as RoutingMode[])
       .option('--prometheus', "run Debian's prometheus (./scripts/setup.sh --prometheus installs it) scraping every agent and apiserver of the lab; its web UI on 127.0.0.1 of this host")
       .option('--prometheus-port <port>', 'port of the prometheus UI on 127.0.0.1 (0: any free one)', parsePrometheusPort, 9090)
-      .option('--kube-source', "the Kubernetes API is the one local source: agents, apiservers and kubelets read each cluster's API (through 127.0.0.1:6443 in their namespace), a scheduler binds pods, `lab apply` writes to the API like kubectl; the MCS API CRDs (deploy/crds/mcs-api.yaml) are applied in every cluster. Not the default yet: without it they read the lab's private store in etcd, which most tests still use")
+      .option('--kube-source', 'no effect (accepted until the next release): the Kubernetes API is always the local source')
       .option('--json', 'print the lab state as JSON at the end'),
   )
     .addHelpText('after', '\nExample:\n  clustermesh lab up --clusters 2 --nodes 2 --latency 20ms --lab geo\n\nProcesses keep running after this command returns; remove everything with: clustermesh lab down --lab NAME\n\nkubectl: export KUBECONFIG=$(clustermesh lab kubeconfig --lab NAME); the contexts are the cluster names.')
     .action(
-      action(async (o: LabOpts & { clusters: number; nodes: number; latency?: string; loss?: string; socketLb?: boolean; routing: RoutingMode[]; kubeSource?: boolean; prometheus?: boolean; prometheusPort: number; json?: boolean }) => {
+      action(async (o: LabOpts & { clusters: number; nodes: number; latency?: string; loss?: string; socketLb?: boolean; routing: RoutingMode[]; prometheus?: boolean; prometheusPort: number; json?: boolean }) => {
         const say = (l: string): void => void (o.json ? console.error(l) : console.log(l));
         let interrupted = false;
         const up = labUp({
@@ -258,7 +222,6 @@ Example:
           ...(o.loss ? { loss: o.loss } : {}),
           ...(o.socketLb ? { socketLB: true } : {}),
           routing: o.routing.length === 1 ? Array.from({ length: o.clusters }, () => o.routing[0]!) : o.routing,
-          ...(o.kubeSource ? { kubeSource: true } : {}),
           ...(o.prometheus ? { prometheus: true, prometheusPort: o.prometheusPort } : {}),
           progress: say,
         });
@@ -280,7 +243,8 @@ Example:
         });
         if (o.json) console.log(JSON.stringify({ ...r.state, totalMs: r.totalMs }, null, 2));
         else {
-          console.log(`time to all-connected: ${(r.readyMs / 1000).toFixed(2)} s\nnext: clustermesh lab apply -f FILE${o.lab !== DEFAULT_LAB_NAME ? ` --lab ${o.lab}` : ''}`);
+          const lab = o.lab !== DEFAULT_LAB_NAME ? ` --lab ${o.lab}` : '';
+          console.log(`time to all-connected: ${(r.readyMs / 1000).toFixed(2)} s\nnext: export KUBECONFIG=$(clustermesh lab kubeconfig${lab}); kubectl --context ${r.state.clusters[0]?.name ?? 'cluster1'} apply -f FILE`);
           if (r.state.prometheus) console.log(`prometheus: ${r.state.prometheus.url}/ (e.g. ${r.state.prometheus.url}/graph?g0.expr=rate(clustermesh_drop_count_total[1m]))`);
         }
       }),
@@ -331,7 +295,7 @@ Example:
   nameOption(
     lab
       .command('apply')
-      .description('create or update Namespaces, Pods, Deployments, Services, NetworkPolicies and CiliumNetworkPolicies from a YAML file (all documents are validated first; on any error nothing is applied). In a --kube-source lab: a client of the cluster\'s Kubernetes API like kubectl apply (each document created or merge-patched in order; the server validates)')
+      .description("create or update what a YAML file holds in a cluster's Kubernetes API, like kubectl apply (a shortcut: each document created or merge-patched in order; the server validates; the first refusal stops, exit 1)")
       .requiredOption('-f, --filename <file>', 'YAML file, several documents separated by ---')
       .option('--cluster <name>', 'cluster to apply to (default: the first)'),
   )
@@ -341,7 +305,6 @@ Example:
         const text = readManifestFile(o.filename);
         await changeCluster(
           o,
-          (t) => applyObjects({ ...t, file: o.filename }, parseManifest(text, o.filename)),
           async (kc) => (await import('../lab/kube-apply.ts')).applyToApi(kc, (await import('../lab/kube-apply.ts')).manifestDocuments(text, o.filename)),
         );
       }),
@@ -360,7 +323,6 @@ Example:
         const text = readManifestFile(o.filename);
         await changeCluster(
           o,
-          (t) => deleteObjects(t, parseManifest(text, o.filename)),
           async (kc) => (await import('../lab/kube-apply.ts')).deleteFromApi(kc, (await import('../lab/kube-apply.ts')).manifestDocuments(text, o.filename)),
         );
       }),
@@ -382,7 +344,6 @@ Example:
         if (!m) throw new Error(`'${ref}' is not deployment/NAME (e.g. deployment/echo)`);
         await changeCluster(
           o,
-          async (t) => [await scaleDeployment(t, o.namespace, m[2]!, o.replicas)],
           async (kc) => [await (await import('../lab/kube-apply.ts')).scaleInApi(kc, o.namespace, m[2]!, o.replicas)],
         );
       }),
@@ -434,23 +395,10 @@ Example:
         }
         if (kind === 'deployments') {
           const all: Array<{ cluster: string; namespace: string; name: string; replicas: number; ready: number }> = [];
-          const pods = await podViews(state, clusters);
+          const { AppsV1Api } = await import('@kubernetes/client-node');
           for (const c of clusters) {
-            if (state.source === 'kubernetes') {
-              const { AppsV1Api } = await import('@kubernetes/client-node');
-              for (const d of (await labKubeConfig(state, c).makeApiClient(AppsV1Api).listDeploymentForAllNamespaces()).items) {
-                all.push({ cluster: c.name, namespace: d.metadata!.namespace!, name: d.metadata!.name!, replicas: d.spec?.replicas ?? 1, ready: d.status?.readyReplicas ?? 0 });
-              }
-              continue;
-            }
-            const kv = new KvClient(clusterKvConfig(c));
-            try {
-              for (const d of await listDeployments(kv)) {
-                const mine = pods.filter((p) => p.cluster === c.name && p.namespace === d.metadata.namespace && p.deployment === d.metadata.name);
-                all.push({ cluster: c.name, namespace: d.metadata.namespace, name: d.metadata.name, replicas: d.spec.replicas, ready: mine.filter((p) => p.ready).length });
-              }
-            } finally {
-              await kv.close();
+            for (const d of (await labKubeConfig(state, c).makeApiClient(AppsV1Api).listDeploymentForAllNamespaces()).items) {
+              all.push({ cluster: c.name, namespace: d.metadata!.namespace!, name: d.metadata!.name!, replicas: d.spec?.replicas ?? 1, ready: d.status?.readyReplicas ?? 0 });
             }
           }
           if (o.output === 'json') return void console.log(JSON.stringify(all, null, 2));
@@ -460,21 +408,12 @@ Example:
           return void console.log(table(rows));
         }
         const svcs: Array<{ cluster: string; service: Service }> = [];
+        const { CoreV1Api } = await import('@kubernetes/client-node');
+        const { fromKubernetes } = await import('../sources/kubernetes/convert.ts');
         for (const c of clusters) {
-          if (state.source === 'kubernetes') {
-            const { CoreV1Api } = await import('@kubernetes/client-node');
-            const { fromKubernetes } = await import('../sources/kubernetes/convert.ts');
-            for (const raw of (await labKubeConfig(state, c).makeApiClient(CoreV1Api).listServiceForAllNamespaces()).items) {
-              const conv = fromKubernetes('Service', JSON.parse(JSON.stringify(raw)));
-              if ('object' in conv) svcs.push({ cluster: c.name, service: conv.object });
-            }
-            continue;
-          }
-          const kv = new KvClient(clusterKvConfig(c));
-          try {
-            for (const s of await new StoreWriter(kv).list('Service')) svcs.push({ cluster: c.name, service: s });
-          } finally {
-            await kv.close();
+          for (const raw of (await labKubeConfig(state, c).makeApiClient(CoreV1Api).listServiceForAllNamespaces()).items) {
+            const conv = fromKubernetes('Service', JSON.parse(JSON.stringify(raw)));
+            if ('object' in conv) svcs.push({ cluster: c.name, service: conv.object });
           }
         }
         if (o.output === 'json') {
@@ -585,7 +524,7 @@ Example:
 
   lab
     .command('kube-api-endpoint', { hidden: true })
-    .description("a node-local Kubernetes API endpoint: 127.0.0.1:6443 in this network namespace, piped to the cluster's kube-apiserver socket (started by `lab up --kube-source`, one per node and control plane)")
+    .description("a node-local Kubernetes API endpoint: 127.0.0.1:6443 in this network namespace, piped to the cluster's kube-apiserver socket (started by `lab up`, one per node and control plane)")
     .requiredOption('--socket <path>', "the kube-apiserver's TLS unix socket")
     .option('--listen <host:port>', 'where to listen', '127.0.0.1:6443')
     .option('--ready-file <file>', 'written once listening')

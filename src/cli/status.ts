@@ -404,7 +404,7 @@ export async function probeTargets(t: Targets, closer: Closer, o: { etcd?: boole
         configFiles,
         nodes: mine,
         prometheus: prometheusOf(t.lab),
-        // ServiceExports/ServiceImports matter where the Kubernetes API is the source (lab up --kube-source).
+        // ServiceExports/ServiceImports: where the Kubernetes API is the source (every lab).
         ...(t.lab?.source === 'kubernetes' && t.lab.kubeconfig && c?.lab?.kubeApi ? { mcs: await probeMcs(t.lab.kubeconfig, name) } : {}),
       };
     }),
@@ -434,7 +434,7 @@ export function formatStatus(r: StatusReport): string {
     );
     out.push(`  apiserver:   ${mark(c.apiserver.reachable)}${c.apiserver.heartbeatAgeSeconds !== null ? `  heartbeat ${c.apiserver.heartbeatAgeSeconds}s ago` : ''}${c.apiserver.error ? `  (${c.apiserver.error})` : ''}`);
     if (c.kubeApi) out.push(`  kube-api:    ${mark(c.kubeApi.process)}  ${c.kubeApi.url}${c.kubeApi.process ? '' : '  (process not running)'}  (kubectl --context ${c.name})`);
-    if (c.localSource !== null) out.push(`  source:      ${c.localSource === 'kubernetes' ? 'kubernetes (the agents read the Kubernetes API)' : c.localSource === 'store' ? 'store (the agents read the store in etcd)' : c.localSource}`);
+    if (c.localSource !== null) out.push(`  source:      ${c.localSource === 'kubernetes' ? 'kubernetes (the agents read the Kubernetes API)' : c.localSource}`);
     if (c.routing !== null) out.push(`  routing:     ${c.routing}`);
     out.push(`  nodes:       ${c.nodes.ready}/${c.nodes.total} ready${c.nodes.reachable < c.nodes.total ? `, ${c.nodes.total - c.nodes.reachable} unreachable` : ''}`);
     const k = c.connectivity;

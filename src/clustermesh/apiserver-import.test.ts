@@ -16,7 +16,7 @@ import { kubeConfigFor, startControllers, type RunningControllers } from '../lab
 import { startKubeApi, type KubeApiServer } from '../lab/kube-api/index.ts';
 import { KubeObjects } from '../lab/kube-objects.ts';
 import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
-import { StoreWriter } from '../sources/store/writer.ts';
+import { EndpointWriter } from '../sources/store/writer.ts';
 import { ClusterMesh } from './clustermesh.ts';
 import { CLUSTER_LABEL_KEY } from './wire.ts';
 import { eventually, recordingLogger, tempDir, TestCluster } from './testing.ts';
@@ -67,7 +67,7 @@ async function startClusterApi(c: TestCluster, dir: string): Promise<{ kube: Kub
 /** Kubernetes kinds to the API, Endpoint objects (mesh state) to etcd. */
 async function write(c: TestCluster, kube: KubeObjects, objs: unknown[]): Promise<void> {
   for (const o of objs) {
-    if ((o as { kind: string }).kind === 'Endpoint') await new StoreWriter(c.writer).apply(o);
+    if ((o as { kind: string }).kind === 'Endpoint') await new EndpointWriter(c.writer).apply(o);
     else await kube.apply(o);
   }
 }
@@ -122,7 +122,7 @@ describe('import from the real apiserver', () => {
       const kube2 = kubeApis[1]!.kube;
       await write(c2, kube2, pod(c2, 3));
       await eventually(() => m1.ipcache.has(c2.podIp(1, 3)) && m1.globalServices.get('default/echo')?.backends.length === 3, 'pod 3 imported');
-      await new StoreWriter(c2.writer).delete('Endpoint', { namespace: 'default', name: 'echo-3' });
+      await new EndpointWriter(c2.writer).delete({ namespace: 'default', name: 'echo-3' });
       await kube2.delete('Pod', { namespace: 'default', name: 'echo-3' });
       await eventually(() => !m1.ipcache.has(c2.podIp(1, 3)) && m1.globalServices.get('default/echo')?.backends.length === 2, 'pod 3 gone');
     } finally {

@@ -3,7 +3,6 @@
 // lab's, over a real etcd), queried by
 // the system resolver (glibc getent) inside a pod-like network namespace whose
 // resolv.conf carries the Kubernetes search list.
-import { loadEtcdConfig } from '../apiserver/options.ts';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
@@ -27,7 +26,6 @@ import {
   answerQuery,
   clusterDnsManifest,
   clusterDnsObjects,
-  formatDnsEtcdConfig,
   resolvConf,
   startDnsServer,
   staticDnsData,
@@ -284,38 +282,21 @@ describe('cluster DNS answers (UDP and TCP on loopback, fixed data)', () => {
 
 describe('cluster DNS manifest and config', () => {
   it('the manifest is a Namespace, a Deployment and a Service at 10.96.0.10 (UDP and TCP 53) selecting the Deployment\'s pods', () => {
-    const docs = parseAllDocuments(clusterDnsManifest({ etcdConfigFile: '/x/dns-etcd.yaml' })).map((d) => d.toJS() as Record<string, any>);
+    const kube = { kubeconfig: '/x/local.kubeconfig', socket: '/x/api.sock' };
+    const docs = parseAllDocuments(clusterDnsManifest({ kube })).map((d) => d.toJS() as Record<string, any>);
     assert.deepEqual(docs.map((d) => d.kind), ['Namespace', 'Deployment', 'Service']);
     const service = parseObject('Service', docs[2]);
     assert.equal(service.spec.clusterIP, DNS_SERVICE_IP);
     assert.deepEqual(service.spec.ports.map((p) => `${p.port}/${p.protocol}`).sort(), ['53/TCP', '53/UDP']);
     const template = docs[1]!.spec.template;
     for (const [k, v] of Object.entries(service.spec.selector ?? {})) assert.equal(template.metadata.labels[k], v);
-    assert.deepEqual(template.spec.containers[0].command, ['clustermesh', 'lab', 'workload', 'dns', '--etcd-config', '/x/dns-etcd.yaml']);
-    const custom = clusterDnsObjects({ etcdConfigFile: 'f', cli: ['node', '/p/cli.js'] })[1] as { spec: { template: { spec: { containers: Array<{ command: string[] }> } } } };
+    assert.deepEqual(template.spec.containers[0].command, ['clustermesh', 'lab', 'workload', 'dns', '--kubeconfig', '/x/local.kubeconfig', '--kube-api-socket', '/x/api.sock']);
+    const custom = clusterDnsObjects({ kube, cli: ['node', '/p/cli.js'] })[1] as { spec: { template: { spec: { containers: Array<{ command: string[] }> } } } };
     assert.deepEqual(custom.spec.template.spec.containers[0]!.command.slice(0, 3), ['node', '/p/cli.js', 'lab']);
   });
 
   it('resolv.conf: the DNS Service IP and the Kubernetes search list with ndots:5', () => {
     assert.equal(resolvConf('default'), 'nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n');
-  });
-
-  it('the etcd config: a unix socket endpoint is accepted, relative paths resolve against the file, a bad field is named', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'cmtdns-cfg-'));
-    try {
-      for (const f of ['ca.crt', 'c.crt', 'c.key']) await writeFile(join(dir, f), 'x');
-      const file = join(dir, 'dns-etcd.yaml');
-      await writeFile(file, formatDnsEtcdConfig({ endpoints: ['unix:///run/etcd/localhost:2379'], caFile: 'ca.crt', certFile: 'c.crt', keyFile: 'c.key', serverName: 'localhost' }));
-      const conn = await loadEtcdConfig(file, { allowUnixSocket: true });
-      assert.deepEqual(conn, { endpoints: ['unix:///run/etcd/localhost:2379'], caFile: join(dir, 'ca.crt'), certFile: join(dir, 'c.crt'), keyFile: join(dir, 'c.key'), serverName: 'localhost' });
-      await writeFile(file, 'endpoints: [http://10.1.0.250:2379]\ntrusted-ca-file: ca.crt\ncert-file: c.crt\nkey-file: c.key\n');
-      await assert.rejects(loadEtcdConfig(file, { allowUnixSocket: true }), /dns-etcd\.yaml: field endpoints\[0\]: must be https:\/\/host:port or unix/);
-      await writeFile(file, 'endpoints: [https://10.1.0.250:2379]\ntrusted-ca-file: nope.crt\ncert-file: c.crt\nkey-file: c.key\n');
-      await assert.rejects(loadEtcdConfig(file, { allowUnixSocket: true }), /field trusted-ca-file: .*nope\.crt does not exist/);
-      await assert.rejects(loadEtcdConfig(join(dir, 'missing.yaml'), { allowUnixSocket: true }), /missing\.yaml: cannot read: ENOENT/);
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
   });
 });
 

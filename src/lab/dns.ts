@@ -1,5 +1,5 @@
 // Cluster DNS of the lab: an authoritative server for the cluster domain
-// (cluster.local) fed by the cluster's store source, run as a pod of the
+// (cluster.local) fed by the cluster's Kubernetes API, run as a pod of the
 // cluster (Deployment kube-system/cluster-dns) behind the Service
 // kube-system/kube-dns at 10.96.0.10, so pods reach it through the datapath's
 // service translation like any other Service.
@@ -21,37 +21,23 @@
 // Names outside the domain: REFUSED. There is no forwarding: the lab's pods
 // have no business resolving the internet.
 //
-// How it reaches the store: a pod's packets to the cluster's etcd
-// (10.c.0.250:2379) are handed to the node's stack by the datapath, and the
-// node neither forwards them (ip_forward is 0 on lab nodes) nor could the
-// reply find its way back (the router has no route to pod CIDRs; there is no
-// masquerading). The lab's etcd also serves on a TLS unix socket, and a unix
-// socket is reached through the file system, not the network namespace: the
-// DNS pod's etcd config names that socket (like a hostPath mount of it in
-// Kubernetes). writeClusterDnsEtcdConfig() writes that file from the lab state.
-//
-// In a --kube-source lab it reads the cluster's Kubernetes API instead
-// (KubernetesSource): the kube-apiserver also serves on a TLS unix socket, and
-// the DNS process opens the node-local endpoint (kube-api-endpoint.ts) on
-// 127.0.0.1:6443 of its own pod namespace, forwarding to that socket, so the
-// cluster components' kubeconfig (server https://127.0.0.1:6443) works in the pod.
+// Where it reads: the cluster's Kubernetes API (KubernetesSource). Pods cannot
+// reach the kube-apiserver over the network (it listens on 127.0.0.1 of the
+// machine), but it also serves on a TLS unix socket, and a unix socket is
+// reached through the file system, not the network namespace: the DNS process
+// opens the node-local endpoint (kube-api-endpoint.ts) on 127.0.0.1:6443 of its
+// own pod namespace, forwarding to that socket, so the cluster components'
+// kubeconfig (server https://127.0.0.1:6443) works in the pod (like a hostPath
+// mount of the socket in Kubernetes).
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
-import { existsSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
 import { createServer as createTcpServer, type Server as TcpServer, type Socket as TcpSocket } from 'node:net';
-import { dirname, join } from 'node:path';
 import dnsPacket, { type Answer, type DecodedPacket, type Packet, type Question } from 'dns-packet';
 import { stringify as toYaml } from 'yaml';
-import { loadEtcdConfig } from '../apiserver/options.ts';
-import { KvClient } from '../kvstore/client.ts';
-import type { KvConnectionConfig } from '../kvstore/types.ts';
 import { isPodReady, type EndpointSlice, type Namespace, type Pod, type Service } from '../model/index.ts';
-import { StoreSource } from '../sources/store/source.ts';
 import { KubernetesSource } from '../sources/kubernetes/source.ts';
 import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import { startKubeApiEndpoint } from './kube-api-endpoint.ts';
 import type { ClusterSource } from '../sources/types.ts';
-import type { LabCluster } from './state.ts';
 import { derivedServiceName, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, SOURCE_CLUSTER_LABEL } from '../mcs/plan.ts';
 
 export const CLUSTER_DOMAIN = 'cluster.local';
@@ -81,7 +67,7 @@ export interface DnsData {
   ready(): boolean;
 }
 
-/** DnsData over a cluster source (the store source in the lab). */
+/** DnsData over a cluster source (the Kubernetes API in the lab). */
 export function sourceDnsData(source: ClusterSource): DnsData {
   return {
     service: (namespace, name) => source.services.get({ namespace, name }),
@@ -461,51 +447,11 @@ export async function startDnsServer(data: DnsData, opts: DnsServerOptions = {})
   };
 }
 
-// ---- the etcd client config ----------------------------------------------------
-
-/** The YAML of an etcd client config for `conn` (what loadEtcdConfig reads with allowUnixSocket). */
-export function formatDnsEtcdConfig(conn: KvConnectionConfig): string {
-  return toYaml({
-    endpoints: conn.endpoints,
-    'trusted-ca-file': conn.caFile,
-    'cert-file': conn.certFile,
-    'key-file': conn.keyFile,
-    ...(conn.serverName ? { 'server-name': conn.serverName } : {}),
-  });
-}
-
-/**
- * Writes `<cluster dir>/dns-etcd.yaml` (or `file`): how the cluster's DNS pod
- * reaches the cluster's etcd. It names the etcd's TLS unix socket (verified as
- * 'localhost'), because pods cannot reach 10.c.0.250 over the network (see the
- * top of this file), and the `agent` user's certificate (it may read the store
- * prefix; there is no read-only store user yet), falling back to the root
- * certificate the lab state records. Returns the path.
- */
-export async function writeClusterDnsEtcdConfig(cluster: LabCluster, file?: string): Promise<string> {
-  const out = file ?? join(cluster.dir ?? dirname(cluster.etcd.logFile), 'dns-etcd.yaml');
-  const agentCert = cluster.etcd.dir ? join(cluster.etcd.dir, 'pki', 'users', 'agent.crt') : undefined;
-  const agentKey = cluster.etcd.dir ? join(cluster.etcd.dir, 'pki', 'users', 'agent.key') : undefined;
-  const useAgent = agentCert !== undefined && agentKey !== undefined && existsSync(agentCert) && existsSync(agentKey);
-  const local = cluster.etcd.localEndpoints?.filter((e) => e.startsWith('unix://')) ?? [];
-  const conn: KvConnectionConfig = {
-    endpoints: local.length ? local : cluster.etcd.endpoints,
-    caFile: cluster.etcd.caFile,
-    certFile: useAgent ? agentCert : cluster.etcd.certFile,
-    keyFile: useAgent ? agentKey : cluster.etcd.keyFile,
-    ...(local.length ? { serverName: 'localhost' } : {}),
-  };
-  await writeFile(out, formatDnsEtcdConfig(conn), { mode: 0o600 });
-  return out;
-}
-
 // ---- running it as a workload ------------------------------------------------
 
 export interface ClusterDnsOptions extends DnsServerOptions {
-  /** The store in etcd (default mode); exactly one of etcdConfigFile and kubeconfig. */
-  etcdConfigFile?: string;
-  /** The cluster's Kubernetes API (a --kube-source lab). */
-  kubeconfig?: string;
+  /** The cluster's Kubernetes API. */
+  kubeconfig: string;
   /** The kube-apiserver's TLS unix socket: forwarded from 127.0.0.1:6443 in this process's network namespace first. */
   kubeApiSocket?: string;
   /** Wait this long for the first complete list before serving anyway (SERVFAIL until then); default 30 s. */
@@ -518,28 +464,18 @@ export interface RunningClusterDns {
   stop(): Promise<void>;
 }
 
-/** The source the DNS answers from: the store over the cluster's etcd, or the cluster's Kubernetes API. */
+/** The source the DNS answers from: the cluster's Kubernetes API (through the node-local endpoint this process opens first, with kubeApiSocket). */
 async function openDnsSource(opts: ClusterDnsOptions): Promise<{ source: ClusterSource; close: () => Promise<void> }> {
-  if ((opts.etcdConfigFile === undefined) === (opts.kubeconfig === undefined)) throw new Error('cluster DNS: give either an etcd config (--etcd-config) or a kubeconfig (--kubeconfig)');
-  if (opts.kubeconfig !== undefined) {
-    const endpoint = opts.kubeApiSocket !== undefined ? await startKubeApiEndpoint({ socket: opts.kubeApiSocket }) : undefined;
-    const source = new KubernetesSource({
-      kubeConfig: loadKubeConnection({ kubeconfig: opts.kubeconfig }).kubeConfig,
-      onProblem: (p) => opts.log?.(`kubernetes: ignoring ${p.kind} ${p.key}: ${p.message}`),
-      onError: (kind, err) => opts.log?.(`kubernetes: watch of ${kind} failed (retrying): ${err.message}`),
-    });
-    return { source, close: async () => void endpoint?.close() };
-  }
-  const conn = await loadEtcdConfig(opts.etcdConfigFile!, { allowUnixSocket: true });
-  const kv = new KvClient(conn);
-  const source = new StoreSource(kv, {
-    onProblem: (p) => opts.log?.(`store: ignoring ${p.kind} at ${p.key}: ${p.message}`),
-    onError: (kind, err) => opts.log?.(`store: watch of ${kind} failed (retrying): ${err.message}`),
+  const endpoint = opts.kubeApiSocket !== undefined ? await startKubeApiEndpoint({ socket: opts.kubeApiSocket }) : undefined;
+  const source = new KubernetesSource({
+    kubeConfig: loadKubeConnection({ kubeconfig: opts.kubeconfig }).kubeConfig,
+    onProblem: (p) => opts.log?.(`kubernetes: ignoring ${p.kind} ${p.key}: ${p.message}`),
+    onError: (kind, err) => opts.log?.(`kubernetes: watch of ${kind} failed (retrying): ${err.message}`),
   });
-  return { source, close: () => kv.close() };
+  return { source, close: async () => void endpoint?.close() };
 }
 
-/** The DNS workload: the store source over the cluster's etcd (or the Kubernetes API), and the server answering from it. */
+/** The DNS workload: the Kubernetes API source, and the server answering from it. */
 export async function startClusterDns(opts: ClusterDnsOptions): Promise<RunningClusterDns> {
   const { source, close } = await openDnsSource(opts);
   let server: DnsServer | undefined;
@@ -572,10 +508,8 @@ export async function startClusterDns(opts: ClusterDnsOptions): Promise<RunningC
 // ---- what the lab applies and writes -----------------------------------------
 
 export interface ClusterDnsManifestOptions {
-  /** The etcd client config the DNS pod reads (writeClusterDnsEtcdConfig()). */
-  etcdConfigFile?: string;
-  /** Or (a --kube-source lab) the cluster components' kubeconfig and the kube-apiserver's unix socket. */
-  kube?: { kubeconfig: string; socket: string };
+  /** The cluster components' kubeconfig and the kube-apiserver's unix socket. */
+  kube: { kubeconfig: string; socket: string };
   /** How a pod's command names this program (default 'clustermesh'). */
   cli?: string[];
   replicas?: number;
@@ -602,7 +536,7 @@ export function clusterDnsObjects(o: ClusterDnsManifestOptions): Record<string, 
                 name: 'dns',
                 command: [
                   ...(o.cli ?? ['clustermesh']), 'lab', 'workload', 'dns',
-                  ...(o.kube ? ['--kubeconfig', o.kube.kubeconfig, '--kube-api-socket', o.kube.socket] : ['--etcd-config', String(o.etcdConfigFile)]),
+                  '--kubeconfig', o.kube.kubeconfig, '--kube-api-socket', o.kube.socket,
                 ],
                 ports: [
                   { name: 'dns', containerPort: 53, protocol: 'UDP' },

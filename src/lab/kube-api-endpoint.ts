@@ -1,4 +1,4 @@
-// The node-local Kubernetes API endpoint of a lab in --kube-source mode (what
+// The node-local Kubernetes API endpoint of a lab (what
 // k3s's agent load balancer is to its nodes): a TCP listener on
 // 127.0.0.1:6443 inside one network namespace (a node's, or a cluster's
 // control-plane namespace) that pipes every connection to the cluster's
@@ -12,13 +12,13 @@
 // certificate (it names 127.0.0.1) and present their client certificate.
 //
 // One small process per namespace (`clustermesh lab kube-api-endpoint`,
-// started by `lab up --kube-source`), so the endpoint is there before the
+// started by `lab up`), so the endpoint is there before the
 // agent and the apiserver of that namespace start.
 import { renameSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Server } from 'node:net';
 import { spliceSockets } from '../util/splice.ts';
 
-/** Where node-local clients find their cluster's API in --kube-source mode. */
+/** Where node-local clients find their cluster's API (every lab). */
 export const NODE_LOCAL_API_HOST = '127.0.0.1';
 export const NODE_LOCAL_API_PORT = 6443;
 

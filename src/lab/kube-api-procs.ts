@@ -1,5 +1,5 @@
 // Starting each cluster's Kubernetes API (the lab's kube-apiserver process,
-// src/lab/kube-apiserver.ts) and, when it is the local source, a node-local
+// src/lab/kube-apiserver.ts), the local source of the cluster's components, and a node-local
 // endpoint (src/lab/kube-api-endpoint.ts) in the control-plane namespace and
 // in every node namespace of the cluster. One code path for the lab's `up`
 // and the test rig (src/lab/mesh.ts): the caller is told about each process
@@ -49,8 +49,6 @@ export interface KubeApiStart {
 }
 
 export interface KubeApiStartOptions {
-  /** The API is the cluster's local source: a unix socket for the node-local endpoints, the scheduler, localKubeconfig written. */
-  localSource: boolean;
   /** Processes outlive this one (the lab's up). */
   detached?: boolean;
   /** Told about each process after its spawn, before its program runs (a throw kills it and fails the start). */
@@ -59,7 +57,7 @@ export interface KubeApiStartOptions {
   onStarted?: (p: { role: KubeApiRole; cluster: string; node?: string; proc: ManagedProcess }) => void;
 }
 
-/** The kubeconfig of a cluster's own components (apiserver, agents, kubelets) when the API is the local source. */
+/** The kubeconfig of a cluster's own components (apiserver, agents, kubelets, DNS): the node-local endpoint. */
 export const localKubeconfig = (clusterDir: string): string => join(clusterDir, 'kube-api', 'local.kubeconfig');
 
 /** The kube-apiserver's TLS unix socket (what the node-local endpoints forward to). */
@@ -73,23 +71,21 @@ export const kubeApiAdminPki = (kubeApiDir: string): { caFile: string; certFile:
 });
 
 /**
- * Per cluster: the Kubernetes API server's PKI (CA, server, admin and
- * controller-manager certificates) and config under <cluster dir>/kube-api/,
- * and its process. Returns without waiting for them to listen (waitKubeApiServers).
+ * Per cluster: the Kubernetes API server's PKI (CA, server, admin,
+ * controller-manager and node certificates), its config and the components'
+ * kubeconfig (localKubeconfig) under <cluster dir>/kube-api/, and its process
+ * (serving on its unix socket too, running the scheduler). Returns without waiting for them to listen (waitKubeApiServers).
  */
 export async function startKubeApiServers(clusters: readonly KubeApiCluster[], o: KubeApiStartOptions): Promise<KubeApiStart[]> {
   const out: KubeApiStart[] = [];
-  const kube = o.localSource;
   // openssl runs for every cluster at once; the processes start one by one, each reported before the next.
   const pkis = await Promise.all(
     clusters.map(async (c) => {
       const pki = await createKubeApiPki(join(c.dir, 'kube-api', 'pki'), { clusterName: c.name });
       const controller = await issueCert(pki.ca, { commonName: 'system:kube-controller-manager', usage: 'client', outDir: join(c.dir, 'kube-api', 'pki'), name: 'controller-manager' });
-      if (kube) {
-        // The cluster's own components (apiserver, agents, kubelets) reach the API at the node-local endpoint of their namespace.
-        const node = await issueCert(pki.ca, { commonName: 'system:node', usage: 'client', outDir: join(c.dir, 'kube-api', 'pki'), name: 'node' });
-        await writeKubeconfig(localKubeconfig(c.dir), [{ name: c.name, server: `https://${NODE_LOCAL_API_HOST}:${NODE_LOCAL_API_PORT}`, caFile: pki.ca.certFile, certFile: node.certFile, keyFile: node.keyFile }]);
-      }
+      // The cluster's own components (apiserver, agents, kubelets) reach the API at the node-local endpoint of their namespace.
+      const node = await issueCert(pki.ca, { commonName: 'system:node', usage: 'client', outDir: join(c.dir, 'kube-api', 'pki'), name: 'node' });
+      await writeKubeconfig(localKubeconfig(c.dir), [{ name: c.name, server: `https://${NODE_LOCAL_API_HOST}:${NODE_LOCAL_API_PORT}`, caFile: pki.ca.certFile, certFile: node.certFile, keyFile: node.keyFile }]);
       return { pki, controller };
     }),
   );
@@ -107,8 +103,8 @@ export async function startKubeApiServers(clusters: readonly KubeApiCluster[], o
       serviceCidr: SERVICE_CIDR,
       readyFile,
       controllers: { caFile: pki.ca.certFile, certFile: controller.certFile, keyFile: controller.keyFile },
-      scheduler: kube,
-      ...(kube ? { socketPath: kubeApiSocket(c.dir) } : {}),
+      scheduler: true,
+      socketPath: kubeApiSocket(c.dir),
     };
     const configFile = join(dir, 'kube-apiserver.json');
     writeFileSync(configFile, JSON.stringify(cfg, null, 2) + '\n');
@@ -148,9 +144,9 @@ export const kubeApiReady = (k: KubeApiStart): KubeApiReady => JSON.parse(readFi
  * node-local endpoint in the control-plane namespace and in every node
  * namespace of the cluster. Resolves when all of them listen.
  */
-export async function startKubeApiForComponents(clusters: readonly KubeApiCluster[], nodes: readonly KubeApiNode[], o: Omit<KubeApiStartOptions, 'localSource'> & { timeoutMs?: number }): Promise<KubeApiStart[]> {
+export async function startKubeApiForComponents(clusters: readonly KubeApiCluster[], nodes: readonly KubeApiNode[], o: KubeApiStartOptions & { timeoutMs?: number }): Promise<KubeApiStart[]> {
   const timeoutMs = o.timeoutMs ?? 60_000;
-  const apis = await startKubeApiServers(clusters, { ...o, localSource: true });
+  const apis = await startKubeApiServers(clusters, o);
   await waitReadyFiles(apis, timeoutMs);
   const endpoints: Array<{ proc: ManagedProcess; readyFile: string }> = [];
   for (const c of clusters) {

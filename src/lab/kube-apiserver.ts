@@ -7,7 +7,7 @@
 //
 // It listens in the machine's network namespace on 127.0.0.1 (where kubectl
 // runs), reaching etcd through the etcd's TLS unix socket; with `socketPath`
-// also on a TLS unix socket, which the node-local endpoints of a --kube-source
+// also on a TLS unix socket, which the node-local endpoints of a
 // lab forward to (src/lab/kube-api-endpoint.ts). When it listens it
 // writes `readyFile` ({url, pid}); `lab up` reads the URL from there into the
 // lab state and the kubeconfig.
@@ -30,14 +30,14 @@ export const kubeApiServerConfigSchema = z.object({
   host: z.string().default('127.0.0.1'),
   /** 0: any free port (the URL is in readyFile). */
   port: z.number().int().min(0).max(65535).default(0),
-  /** Also serve on this TLS unix socket (the node-local endpoints of --kube-source labs forward to it). */
+  /** Also serve on this TLS unix socket (the node-local endpoints forward to it). */
   socketPath: z.string().optional(),
   serviceCidr: z.string().optional(),
   /** Written ({url, pid}) once the server listens. */
   readyFile: z.string(),
   /** The lab's controllers run in this process as clients of the server, with this client certificate. */
   controllers: fileSchema.optional(),
-  /** Run the lab's scheduler with the controllers (a --kube-source lab). */
+  /** Run the lab's scheduler with the controllers (the lab; tests of the controllers alone leave it off). */
   scheduler: z.boolean().default(false),
 });
 export type KubeApiServerConfig = z.infer<typeof kubeApiServerConfigSchema>;

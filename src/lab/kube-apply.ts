@@ -1,13 +1,34 @@
-// `clustermesh lab apply|delete|scale` in a --kube-source lab: a client of the
-// cluster's Kubernetes API like kubectl, not a writer of the private store.
-// Every YAML document is sent as it is (the server validates and defaults,
-// as for kubectl): created when absent, else JSON-merge-patched ("configured",
+// `clustermesh lab apply|delete|scale`: a client of the cluster's Kubernetes
+// API like kubectl (a shortcut: kubectl with the lab's kubeconfig does the
+// same). Every YAML document is sent as it is (the server validates and
+// defaults, as for kubectl): created when absent, else JSON-merge-patched ("configured",
 // or "unchanged" when the server's object did not change). Delete removes what
 // the documents name, in reverse order; a Deployment's pods go with it
 // (ownerReferences). Scale patches spec.replicas.
 import { AppsV1Api, ApiException, KubernetesObjectApi, PatchStrategy, setHeaderOptions, type KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
+import { readFileSync } from 'node:fs';
 import { parseAllDocuments } from 'yaml';
-import type { ApplyLine } from './manifest.ts';
+
+/** What `lab apply|delete|scale` did to one object. */
+export interface ApplyLine {
+  /** e.g. 'deployment.apps/echo', 'pod/client', 'service/echo'. */
+  ref: string;
+  action: 'created' | 'configured' | 'unchanged' | 'deleted' | 'scaled' | 'not found';
+  detail?: string;
+}
+
+/** Input refused: a document that is no object, or an object the server rejected (4xx); the CLI exits 1 for it. */
+export class ManifestError extends Error {
+  override name = 'ManifestError';
+}
+
+export function readManifestFile(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new Error(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`);
+  }
+}
 
 const code = (err: unknown): number | undefined => (err instanceof ApiException ? err.code : undefined);
 
@@ -23,10 +44,10 @@ function message(err: unknown): string {
 export function manifestDocuments(text: string, file: string): KubernetesObject[] {
   const out: KubernetesObject[] = [];
   for (const [i, doc] of parseAllDocuments(text).entries()) {
-    if (doc.errors.length) throw new Error(`${file}: document ${i + 1}: ${doc.errors[0]!.message}`);
+    if (doc.errors.length) throw new ManifestError(`${file}: document ${i + 1}: ${doc.errors[0]!.message}`);
     const o = doc.toJS() as KubernetesObject | null;
     if (o === null || o === undefined) continue;
-    if (typeof o !== 'object' || !o.apiVersion || !o.kind || !o.metadata?.name) throw new Error(`${file}: document ${i + 1}: needs apiVersion, kind and metadata.name`);
+    if (typeof o !== 'object' || !o.apiVersion || !o.kind || !o.metadata?.name) throw new ManifestError(`${file}: document ${i + 1}: needs apiVersion, kind and metadata.name`);
     out.push(o);
   }
   return out;
@@ -58,11 +79,17 @@ export async function applyToApi(kc: KubeConfig, docs: KubernetesObject[]): Prom
         lines.push({ ref, action: after.metadata?.resourceVersion === current.metadata?.resourceVersion ? 'unchanged' : 'configured' });
       }
     } catch (err) {
-      throw new Error(`${ref}: ${message(err)}`);
+      throw refused(err) ? new ManifestError(`${ref}: ${message(err)}`) : new Error(`${ref}: ${message(err)}`);
     }
   }
   return lines;
 }
+
+/** The server refused the object itself (bad request, invalid, unknown kind, conflict), not a failure to reach it. */
+const refused = (err: unknown): boolean => {
+  const c = code(err);
+  return c !== undefined && c >= 400 && c < 500 && c !== 401 && c !== 403;
+};
 
 /** Deletes what the documents name (reverse order); absent ones are 'not found'. */
 export async function deleteFromApi(kc: KubeConfig, docs: KubernetesObject[]): Promise<ApplyLine[]> {

@@ -16,14 +16,6 @@ export const kubeletConfigSchema = z.object({
   netnsPrefix: z.string(),
   /** The node's dir in the lab (agent.yaml, kubelet.log, pods/). */
   nodeDir: z.string(),
-  etcd: z.object({
-    endpoints: z.array(z.string()),
-    caFile: z.string(),
-    certFile: z.string(),
-    keyFile: z.string(),
-    serverName: z.string().optional(),
-    timeoutMs: z.number().optional(),
-  }),
   /** Where the CNI plugin executable (named after the config's type) is. */
   cniPath: z.string(),
   /** The CNI network config (without runtimeConfig; the kubelet adds the pod's labels). */
@@ -32,8 +24,8 @@ export const kubeletConfigSchema = z.object({
   dnsIP: z.string(),
   /** The node's cgroup (src/lab/cgroup.ts): containers run in it, where the agent's socket LB sees them. */
   cgroup: z.string().optional(),
-  /** A --kube-source lab: pods come from this Kubernetes API (the node-local endpoint), status goes there; the Node is registered there. */
-  kubeconfig: z.string().optional(),
+  /** Pods come from this Kubernetes API (the node-local endpoint), status goes there; the Node is registered there. */
+  kubeconfig: z.string(),
   /** The node's underlay address (the Node's InternalIP, the pods' hostIP). */
   nodeIP: z.string().optional(),
 });

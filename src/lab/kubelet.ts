@@ -1,7 +1,7 @@
 // The lab's node runtime ("kubelet"): one process per node, in the node's
 // network namespace (entered with nsenter, so it shares the machine's mount
 // namespace and the pod namespaces it adds are everyone's). It watches the
-// cluster's store for Pods scheduled to its node and for each one:
+// cluster's Kubernetes API for Pods scheduled to its node and for each one:
 //   1. records the pod (kubelet-config.ts), adds the pod's network namespace and
 //      /etc/netns/<ns>/resolv.conf (iproute2 binds it over /etc/resolv.conf);
 //   2. calls the CNI plugin exactly as a kubelet does: the executable named by
@@ -13,13 +13,12 @@
 //      balancing is attached there), restarting it with backoff when it exits;
 //   4. writes the Pod's status back: podIP, phase, and Ready when every
 //      process runs and every declared TCP port accepts a connection.
-// A Pod that is gone from the store (or replaced: another uid) is torn down:
+// A Pod that is gone from the API (or replaced: another uid) is torn down:
 // processes stopped (by pid), CNI DEL, namespace and resolv.conf removed.
 //
-// Where pods come from and where their status goes (a PodFeed): the store in
-// etcd (default: a compare-and-swap of the stored Pod), or, with `kubeconfig`
-// in its config (a --kube-source lab), the cluster's Kubernetes API as a real
-// kubelet uses it: it registers its Node (InternalIP, spec.podCIDRs, Ready) when
+// Where pods come from and where their status goes (a PodFeed): the
+// cluster's Kubernetes API (`kubeconfig` in its config: the node-local
+// endpoint) as a real kubelet uses it: it registers its Node (InternalIP, spec.podCIDRs, Ready) when
 // absent, watches the Pods with fieldSelector spec.nodeName=<node>, and
 // writes status (phase, podIP, hostIP, the Ready condition) through the pods'
 // status subresource (a JSON merge patch).
@@ -29,11 +28,8 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CoreV1Api, PatchStrategy, setHeaderOptions, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
-import { KvClient } from '../kvstore/client.ts';
 import { isPodReady, parseObject, type Pod } from '../model/index.ts';
 import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
-import { storeKindPrefix } from '../sources/store/keys.ts';
-import { encodeStoreObject } from '../sources/store/writer.ts';
 import { apiCode, apiMessage, watchKind } from './controllers/runtime.ts';
 import { inCgroup } from './cgroup.ts';
 import { heldArgv, recordThenRelease } from '../util/held-start.ts';
@@ -87,62 +83,6 @@ interface PodFeed {
   start(onChange: () => void): Promise<void>;
   list(): Promise<FedPod[]>;
   stop(): Promise<void>;
-}
-
-/** The lab's store in etcd: every Pod listed each pass, status by compare-and-swap (a concurrent `lab apply` wins, the next pass writes again). */
-class StorePodFeed implements PodFeed {
-  private readonly kv: KvClient;
-  /** Store key → the pod parsed at that modRevision (a pass re-parses only what changed). */
-  private readonly parsed = new Map<string, { modRevision: string; pod: Pod | undefined }>();
-  constructor(private readonly cfg: KubeletConfig) {
-    this.kv = new KvClient({ ...cfg.etcd, timeoutMs: cfg.etcd.timeoutMs ?? 5000 });
-  }
-
-  async start(onChange: () => void): Promise<void> {
-    const { revision } = await this.kv.list(storeKindPrefix('Pod'));
-    this.kv.watch(storeKindPrefix('Pod'), String(BigInt(revision) + 1n), onChange, (err) => log('watch error (the periodic resync continues)', { error: err.message }));
-  }
-
-  async list(): Promise<FedPod[]> {
-    const out: FedPod[] = [];
-    const listed = await this.kv.list(storeKindPrefix('Pod'));
-    if (this.parsed.size > listed.pairs.length) {
-      const keys = new Set(listed.pairs.map((p) => p.key));
-      for (const k of this.parsed.keys()) if (!keys.has(k)) this.parsed.delete(k);
-    }
-    for (const p of listed.pairs) {
-      const pod = this.parsePod(p.key, p.value, p.modRevision);
-      if (!pod || pod.spec.nodeName !== this.cfg.node) continue;
-      out.push({
-        pod,
-        revision: p.modRevision,
-        writeStatus: async (status) => {
-          const next = JSON.parse(p.value) as Record<string, unknown>;
-          next.status = status;
-          await this.kv.compareAndSwap(p.key, p.modRevision, encodeStoreObject(parseObject('Pod', next)));
-        },
-      });
-    }
-    return out;
-  }
-
-  /** The pod of a store value, parsed once per modRevision (undefined: not a valid Pod). */
-  private parsePod(key: string, value: string, modRevision: string): Pod | undefined {
-    const hit = this.parsed.get(key);
-    if (hit?.modRevision === modRevision) return hit.pod;
-    let pod: Pod | undefined;
-    try {
-      pod = parseObject('Pod', JSON.parse(value), `store key ${key}`);
-    } catch {
-      pod = undefined;
-    }
-    this.parsed.set(key, { modRevision, pod });
-    return pod;
-  }
-
-  async stop(): Promise<void> {
-    await this.kv.close().catch(() => undefined);
-  }
 }
 
 /** A Pod of the API as the model's Pod (what the kubelet reads: metadata, containers with command, args and ports, status). */
@@ -325,7 +265,7 @@ export class Kubelet {
   private timer: NodeJS.Timeout | undefined;
 
   constructor(readonly cfg: KubeletConfig) {
-    this.feed = cfg.kubeconfig !== undefined ? new ApiPodFeed(cfg, loadKubeConnection({ kubeconfig: cfg.kubeconfig }).kubeConfig) : new StorePodFeed(cfg);
+    this.feed = new ApiPodFeed(cfg, loadKubeConnection({ kubeconfig: cfg.kubeconfig }).kubeConfig);
     for (const r of readPodRecords(cfg.nodeDir)) this.pods.set(r.uid, r);
   }
 
@@ -709,7 +649,7 @@ export async function runKubelet(configFile: string): Promise<void> {
       break;
     } catch (err) {
       if (attempt >= 20) throw err;
-      log('cannot reach the store yet; retrying', { error: (err as Error).message });
+      log('cannot reach the Kubernetes API yet; retrying', { error: (err as Error).message });
       await sleep(250 * attempt);
     }
   }

@@ -11,7 +11,7 @@ import { DEFAULT_BPFFS_ROOT, removePinDir } from '../datapath/bpffs.ts';
 import { removeNodeCgroup } from './cgroup.ts';
 import { run } from './exec.ts';
 import { startMesh, type Mesh, type MeshCreated } from './mesh.ts';
-import { SERVICE_CIDR, kubeApiAdminPki, kubeApiReady, kubeApiSocket, localKubeconfig, startKubeApiServers, waitReadyFiles, type KubeApiStart } from './kube-api-procs.ts';
+import { SERVICE_CIDR, kubeApiAdminPki, kubeApiReady, kubeApiSocket, localKubeconfig, waitReadyFiles, type KubeApiStart } from './kube-api-procs.ts';
 import { ManagedProcess, childEnv } from './process.ts';
 import { createTopology, destroyTopology, listNamespaces, routerPort, type Topology } from './topology.ts';
 import {
@@ -27,10 +27,7 @@ import {
   type LabState,
 } from './state.ts';
 import { stopGroup } from './kubelet.ts';
-import { clusterDnsManifest, clusterDnsObjects, writeClusterDnsEtcdConfig, DNS_NAMESPACE, DNS_DEPLOYMENT_NAME } from './dns.ts';
-import { applyObjects, parseManifest, DEPLOYMENT_ANNOTATION } from './manifest.ts';
-import { StoreWriter } from '../sources/store/writer.ts';
-import { isPodReady } from '../model/index.ts';
+import { clusterDnsObjects, DNS_NAMESPACE } from './dns.ts';
 import { kubeletConfigFile, podRecordsOf, type KubeletConfig, type PodRecord } from './kubelet-config.ts';
 import { writeKubeconfig } from './kube-api/index.ts';
 import { WORKLOAD_NODE_FLAGS } from './workload-main.ts';
@@ -66,13 +63,6 @@ export interface LabUpOptions {
   prometheus?: boolean;
   /** Default 9090; 0 = any free port. */
   prometheusPort?: number;
-  /**
-   * The Kubernetes API is the one local source (default false: the private store in etcd):
-   * agents, apiservers and kubelets read each cluster's Kubernetes API through a
-   * node-local endpoint (127.0.0.1:6443 in every node and control-plane namespace),
-   * the lab's scheduler binds pods, and `lab apply` / kubectl write to the API.
-   */
-  kubeSource?: boolean;
 }
 
 export interface LabUpResult {
@@ -104,34 +94,8 @@ export function labAlive(state: LabState): boolean {
   return state.processes.some((r) => sameProcessAlive(r));
 }
 
-/** Applies the cluster DNS objects to every cluster and waits (up to 60 s) for their pods to be ready; a DNS that does not come up is a warning, not a failed up. */
-async function startClusterDnsPods(mesh: Mesh, state: LabState, progress: (l: string) => void): Promise<void> {
-  const t0 = Date.now();
-  const targets: Array<{ name: string; kv: ReturnType<Mesh['kv']> }> = [];
-  for (const c of state.clusters) {
-    const file = await writeClusterDnsEtcdConfig(c);
-    const objs = parseManifest(clusterDnsManifest({ etcdConfigFile: file }), `cluster DNS of ${c.name}`);
-    const kv = mesh.kv(c.name, 'root');
-    await applyObjects({ name: c.name, nodes: state.nodes.filter((n) => n.cluster === c.name).map((n) => n.name), kv }, objs);
-    c.dnsIP = DNS_SERVICE_IP;
-    targets.push({ name: c.name, kv });
-  }
-  const pending = new Set(targets.map((t) => t.name));
-  const end = Date.now() + 60_000;
-  while (pending.size && Date.now() < end) {
-    for (const t of targets) {
-      if (!pending.has(t.name)) continue;
-      const pods = (await new StoreWriter(t.kv).list('Pod')).filter((p) => p.metadata.namespace === DNS_NAMESPACE && p.metadata.annotations[DEPLOYMENT_ANNOTATION] === DNS_DEPLOYMENT_NAME);
-      if (pods.length && pods.every((p) => isPodReady(p))) pending.delete(t.name);
-    }
-    if (pending.size) await sleep(200);
-  }
-  if (pending.size) progress(`      warning: the cluster DNS of ${[...pending].join(', ')} is not ready after 60 s; see: clustermesh lab get pods --lab ${state.name} and the kubelet logs`);
-  else progress(`      cluster DNS ready in every cluster (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
-}
-
-/** startClusterDnsPods of a --kube-source lab: the DNS objects applied to each cluster's Kubernetes API, the DNS pods reading that API. */
-async function startClusterDnsViaApi(state: LabState, progress: (l: string) => void): Promise<void> {
+/** The cluster DNS objects applied to each cluster's Kubernetes API (the DNS pods read that API); waits up to 60 s for their pods to be ready: a DNS that does not come up is a warning, not a failed up. */
+async function startClusterDns(state: LabState, progress: (l: string) => void): Promise<void> {
   const t0 = Date.now();
   const { CoreV1Api } = await import('@kubernetes/client-node');
   const { applyToApi } = await import('./kube-apply.ts');
@@ -166,19 +130,6 @@ function recordProcess(state: LabState, save: () => void, name: string, pid: num
   state.processes.push(ref);
   save();
   return ref;
-}
-
-/** A --kube-source lab: the MCS API CRDs (deploy/crds/mcs-api.yaml) applied to every cluster's Kubernetes API, so ServiceExport/ServiceImport are served from the start. */
-async function applyMcsCrds(state: LabState, progress: (l: string) => void): Promise<void> {
-  const { applyToApi, manifestDocuments } = await import('./kube-apply.ts');
-  const { loadKubeConnection } = await import('../sources/kubernetes/kubeconfig.ts');
-  const { MCS_CRDS_FILE } = await import('../install/manifests.ts');
-  const docs = manifestDocuments(readFileSync(MCS_CRDS_FILE, 'utf8'), MCS_CRDS_FILE);
-  for (const c of state.clusters) {
-    const kc = loadKubeConnection({ kubeconfig: state.kubeconfig!, context: c.name }).kubeConfig;
-    await applyToApi(kc, docs);
-  }
-  progress(`      MCS API CRDs (${docs.map((d) => d.metadata?.name).join(', ')}) applied in every cluster`);
 }
 
 /** Waits (up to timeoutMs) until every Kubernetes API server listens; records their URLs and writes the lab's kubeconfig (one context per cluster). */
@@ -239,7 +190,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
   const state: LabState = {
     version: LAB_STATE_VERSION,
     name,
-    source: o.kubeSource ? 'kubernetes' : 'store',
+    source: 'kubernetes',
     createdAt: new Date().toISOString(),
     pid: process.pid,
     startTime: processStartTime(process.pid),
@@ -309,7 +260,6 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
           nodeNetns: a.node.netns,
           netnsPrefix: `${prefix}-c${a.cluster.id}`,
           nodeDir: a.dir,
-          etcd: a.cluster.etcd.connection('agent', { via: 'network' }),
           cniPath: cniBin,
           netconf: {
             cniVersion: '1.0.0',
@@ -321,7 +271,8 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
           },
           dnsIP: DNS_SERVICE_IP,
           ...(a.node.cgroup !== undefined ? { cgroup: a.node.cgroup } : {}),
-          ...(o.kubeSource ? { kubeconfig: localKubeconfig(a.cluster.dir), nodeIP: a.node.underlayIP } : {}),
+          kubeconfig: localKubeconfig(a.cluster.dir),
+          nodeIP: a.node.underlayIP,
         };
         const cfgFile = kubeletConfigFile(a.dir);
         writeFileSync(cfgFile, JSON.stringify(cfg, null, 2) + '\n');
@@ -348,7 +299,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     };
 
     step = 'control plane';
-    progress(`[2/6] control plane: etcd (mutual TLS) and apiserver per cluster${o.kubeSource ? '; the Kubernetes API first (the local source: --kube-source), with a node-local endpoint 127.0.0.1:6443 in every node and control-plane namespace' : ''}`);
+    progress(`[2/6] control plane: etcd (mutual TLS), the Kubernetes API (the one local source, with a node-local endpoint 127.0.0.1:6443 in every node and control-plane namespace) and apiserver per cluster`);
     const onCreated = (ev: MeshCreated): void => {
       if (ev.kind === 'netns') state.namespaces.push(ev.name);
       else if (ev.kind === 'pinDir') state.pinDirs.push(ev.path);
@@ -365,8 +316,8 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
       onCreated,
       readyTimeoutMs: o.readyTimeoutMs ?? 90_000,
       ...(o.socketLB ? { agent: { socketLB: true } } : {}),
-      // The Kubernetes API as the local source: the mesh starts it (and its node-local endpoints) before the apiservers; the kubelets register the Nodes.
-      ...(o.kubeSource ? { kubeSource: true, registerNodes: false } : {}),
+      // The mesh starts the Kubernetes API (and its node-local endpoints) before the apiservers; the kubelets register the Nodes.
+      registerNodes: false,
       progress: (l) => {
         if (/apiservers synced/.test(l)) {
           step = 'agents';
@@ -379,8 +330,6 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     // Kubelets after the agents: started beside them they compete for the CPU and delay all-connected by
     // more than they save (measured on 2 vCPUs: 16 s vs 21-27 s to all-connected, the same total).
     progress(`      every agent ready and connected to every other cluster: ${(readyMs / 1000).toFixed(1)} s after start`);
-    step = 'Kubernetes API';
-    const kubeApis = o.kubeSource ? mesh.kubeApis : await startKubeApiServers(mesh.clusters, { localSource: false, detached: true, record: (p) => void recordProcess(state, save, p.name, p.pid, p.logFile) });
     await startKubelets(mesh);
 
     step = 'state';
@@ -444,17 +393,13 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     }
 
     step = 'Kubernetes API';
-    const kubeconfig = await waitKubeApiServers(kubeApis, state, 60_000);
+    const kubeconfig = await waitKubeApiServers(mesh.kubeApis, state, 60_000);
     save();
     progress(`      Kubernetes API per cluster: ${state.clusters.map((c) => `${c.name} ${c.kubeApi?.url ?? '-'}`).join(', ')}; kubeconfig ${kubeconfig} (a context per cluster)`);
-    if (o.kubeSource) {
-      step = 'MCS CRDs';
-      await applyMcsCrds(state, progress);
-    }
 
     step = 'cluster DNS';
-    progress(`[5/6] cluster DNS: Deployment kube-system/cluster-dns behind Service kube-system/kube-dns (${DNS_SERVICE_IP}) in every cluster${o.kubeSource ? ', applied to and reading the Kubernetes API' : ''}`);
-    await (o.kubeSource ? startClusterDnsViaApi(state, progress) : startClusterDnsPods(mesh, state, progress));
+    progress(`[5/6] cluster DNS: Deployment kube-system/cluster-dns behind Service kube-system/kube-dns (${DNS_SERVICE_IP}) in every cluster, applied to and reading the Kubernetes API`);
+    await startClusterDns(state, progress);
     save();
 
     if (o.prometheus) {
@@ -482,7 +427,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     save();
     await mesh.release();
     const totalMs = Date.now() - t0;
-    progress(`[6/6] lab ${name} is up: ${o.clusters} clusters x ${o.nodes} nodes in ${(totalMs / 1000).toFixed(1)} s (all connected after ${(readyMs / 1000).toFixed(1)} s; local source: ${o.kubeSource ? 'the Kubernetes API' : 'the store in etcd'}); state in ${dir}`);
+    progress(`[6/6] lab ${name} is up: ${o.clusters} clusters x ${o.nodes} nodes in ${(totalMs / 1000).toFixed(1)} s (all connected after ${(readyMs / 1000).toFixed(1)} s); state in ${dir}; export KUBECONFIG=${kubeconfig}`);
     return { state, readyMs, totalMs };
   } catch (err) {
     ui?.close();

@@ -1,8 +1,13 @@
 // The control plane of the test bed: on a topology built in 'clustermesh'
 // mode, each cluster gets a control-plane namespace on its underlay with a
-// real etcd (mutual TLS, the mesh's roles) and its apiserver, and every node
-// gets its agent, running inside the node's namespace as its own process with
-// its own config, log, state and pin directory. Remote-cluster config
+// real etcd (mutual TLS, the mesh's roles), its Kubernetes API (the one
+// local source: src/lab/kube-api-procs.ts, with a node-local endpoint
+// 127.0.0.1:6443 in the control-plane and every node namespace; seeded with
+// Cilium's policy CRDs, the MCS API CRDs, the namespaces and a Ready Node per
+// node; tests write objects with mesh.kube(c), kubectl with
+// mesh.kubeconfig(c)) and its apiserver, and every node gets its agent,
+// running inside the node's namespace as its own process with its own
+// config, log, state and pin directory. Remote-cluster config
 // directories connect every cluster to every other.
 //
 // Addressing: the control plane of cluster c sits at 10.c.0.250 on br<c>
@@ -25,7 +30,6 @@ import { KvClient } from '../kvstore/client.ts';
 import { validateClusterId } from '../model/cluster.ts';
 import type { EtcdServer } from '../kvstore/etcd-process.ts';
 import { startMeshEtcd as launchEtcd } from '../clustermesh/etcd.ts';
-import { StoreWriter } from '../sources/store/writer.ts';
 import { meshCrds } from '../install/manifests.ts';
 import { kubeConfigFor } from './controllers/index.ts';
 import { writeKubeconfig } from './kube-api/index.ts';
@@ -74,7 +78,7 @@ export interface MeshOptions {
   /** Cluster ID of each cluster, in topology order (default: cluster c has ID c). Names and
    * addresses still follow the index; e.g. [1, 2, 255, 511] with agent.maxConnectedClusters 511. */
   clusterIds?: number[];
-  /** Namespaces created in every cluster's store before agents start (default ['default']). */
+  /** Namespaces created in every cluster's Kubernetes API before agents start (default ['default']). */
   namespaces?: string[];
   /** How long start and restarts wait for readiness (default 60 s). */
   readyTimeoutMs?: number;
@@ -91,16 +95,7 @@ export interface MeshOptions {
   registry?: boolean;
   /** Told about every namespace and pin dir right before it is created, and every process after its spawn but before its program runs (the lab's state; see src/util/held-start.ts). etcd: right after it serves, its pid file before. */
   onCreated?: (ev: MeshCreated) => void;
-  /**
-   * The Kubernetes API is the local source: once every etcd is up, each cluster gets its
-   * Kubernetes API server (src/lab/kube-api-procs.ts, as in a lab) with a node-local endpoint
-   * 127.0.0.1:6443 in its control-plane and node namespaces; every apiserver gets `--kubeconfig`
-   * and every agent the setting `kubeconfig` (localKubeconfig(<cluster dir>)). The API gets
-   * Cilium's policy CRDs, the `namespaces` and (with agents) a Ready Node per node, with its
-   * InternalIP and pod CIDR, as a kubelet registers it. Tests write objects with mesh.kube(c).
-   */
-  kubeSource?: boolean;
-  /** kubeSource: register a Ready Node per node in the API (default true; a lab's kubelets register their own). */
+  /** Register a Ready Node per node in the Kubernetes API (default true; a lab's kubelets register their own). */
   registerNodes?: boolean;
 }
 
@@ -160,13 +155,13 @@ export interface Mesh {
   readonly dir: string;
   readonly clusters: readonly MeshCluster[];
   readonly agents: readonly MeshAgent[];
-  /** kubeSource: the Kubernetes API server of each cluster (its process, dir and ready file). */
+  /** The Kubernetes API server of each cluster (its process, dir and ready file). */
   readonly kubeApis: readonly KubeApiStart[];
   cluster(c: number | string): MeshCluster;
   agent(node: NodeInfo | string): MeshAgent;
-  /** A client of the cluster's Kubernetes API (kubeSource meshes; admin). */
+  /** A client of the cluster's Kubernetes API (admin). */
   kube(cluster: number | string): KubeObjects;
-  /** A kubeconfig file for the cluster's Kubernetes API (kubeSource meshes; admin, context named like the cluster). */
+  /** A kubeconfig file for the cluster's Kubernetes API (admin, context named like the cluster). */
   kubeconfig(cluster: number | string): string;
   /** A client of the cluster's etcd for this process (cached; closed by stop()). */
   kv(cluster: number | string, user?: 'root' | 'apiserver' | 'agent' | 'remote'): KvClient;
@@ -264,7 +259,7 @@ class LabMesh implements Mesh {
   private readonly etcds: EtcdServer[] = [];
   private readonly cpNamespaces: string[] = [];
   private readonly pinDirs: string[] = [];
-  /** kubeSource: the Kubernetes API server per cluster, and every process started for it (endpoints too). */
+  /** The Kubernetes API server per cluster, and every process started for it (endpoints too). */
   kubeApis: KubeApiStart[] = [];
   private readonly kubeProcs: ManagedProcess[] = [];
   private readonly kubeClients = new Map<string, KubeObjects>();
@@ -294,7 +289,7 @@ class LabMesh implements Mesh {
     await settleAll(which.map((c) => this.startControlPlane(c)));
     this.clusters.sort((a, b) => a.index - b.index);
     for (const c of this.clusters) await this.writeRemoteConfigs(c);
-    if (this.opts.kubeSource) await this.startKubeApis(which);
+    await this.startKubeApis(which);
     await settleAll(this.clusters.map((c) => c.apiserver.start()));
     this.progress(`apiservers started (${this.clusters.map((c) => `${c.name} pid ${c.apiserver.pid}`).join(', ')})`);
     await Promise.all(this.clusters.map((c) => this.waitApiserverSynced(c.index)));
@@ -330,8 +325,6 @@ class LabMesh implements Mesh {
     this.created({ kind: 'process', role: 'etcd', cluster: name, pid: etcd.pid!, logFile: etcd.logFile });
     this.progress(`${name}: etcd on ${etcd.endpoint} (pid ${etcd.pid}) in ${netns}`);
 
-    if (!this.opts.kubeSource) await this.seedStore(etcd);
-
     const conn = etcd.connection('apiserver', { via: 'network' });
     const apiserverEtcdConfig = join(dir, 'apiserver-etcd.yaml');
     await writeFile(
@@ -354,7 +347,8 @@ class LabMesh implements Mesh {
         // Metrics on the control-plane address: reachable from the router (lab up --prometheus).
         '--metrics-address', `${ip}:${APISERVER_METRICS_PORT}`,
         // The MCS controller reads the other clusters' ServiceExports with the agents' remote-cluster files.
-        ...(this.opts.kubeSource ? ['--kubeconfig', localKubeconfig(dir), '--clustermesh-config-dir', join(dir, 'remote-clusters')] : []),
+        '--kubeconfig', localKubeconfig(dir),
+        '--clustermesh-config-dir', join(dir, 'remote-clusters'),
         ...(a.extraArgs ?? []),
       ],
       env: childEnv(),
@@ -423,7 +417,7 @@ class LabMesh implements Mesh {
       metricsAddress: `${node.underlayIP}:${AGENT_METRICS_PORT}`,
       ...(a.socketLB && node.cgroup !== undefined ? { socketLBCgroup: node.cgroup } : {}),
       ...routingSettings(this.topo.spec, node.cluster),
-      ...(this.opts.kubeSource ? { kubeconfig: localKubeconfig(cluster.dir) } : {}),
+      kubeconfig: localKubeconfig(cluster.dir),
       ...(a.extra ?? {}),
     };
     const configFile = join(dir, 'agent.yaml');
@@ -442,7 +436,7 @@ class LabMesh implements Mesh {
     return { node, cluster, dir, configFile, logFile, stateDir, socket, pinDir, process: proc, api: new AgentClient(socket, { timeoutMs: 30_000 }) };
   }
 
-  /** kubeSource: the Kubernetes API of every cluster, reachable from its namespaces, seeded (CRDs, namespaces, Nodes). */
+  /** The Kubernetes API of every cluster, reachable from its namespaces, seeded (CRDs, namespaces, Nodes). */
   private async startKubeApis(which: number[]): Promise<void> {
     const nodes = this.topo.nodes.filter((n) => which.includes(n.cluster));
     this.kubeApis = await startKubeApiForComponents(this.clusters, nodes.map((n) => ({ cluster: n.cluster, name: n.name, netns: n.netns })), {
@@ -478,7 +472,7 @@ class LabMesh implements Mesh {
   kube(cluster: number | string): KubeObjects {
     const c = this.cluster(cluster);
     const k = this.kubeApis.find((x) => x.cluster === c.name);
-    if (!k) throw new Error(`mesh: ${c.name} has no Kubernetes API (start the mesh with kubeSource)`);
+    if (!k) throw new Error(`mesh: ${c.name} has no Kubernetes API (not started yet)`);
     let client = this.kubeClients.get(c.name);
     if (!client) {
       client = new KubeObjects(kubeConfigFor(kubeApiReady(k).url, kubeApiAdminPki(k.dir), 'admin'));
@@ -627,12 +621,7 @@ class LabMesh implements Mesh {
     }
     // What the cluster held before its components (namespaces; with the API: CRDs, Nodes) is re-applied,
     // the way a user's manifests outlive a lost kvstore; agents and the apiserver refill the rest.
-    if (o.empty) await (kubeApi ? this.seedKube(c) : this.seedStore(c.etcd));
-  }
-
-  private async seedStore(etcd: EtcdServer): Promise<void> {
-    const writer = new StoreWriter(this.kvFor(etcd, 'root'));
-    for (const ns of this.opts.namespaces ?? ['default']) await writer.apply({ kind: 'Namespace', metadata: { name: ns } });
+    if (o.empty && kubeApi) await this.seedKube(c);
   }
 
   // ---- endpoints -------------------------------------------------------

@@ -149,7 +149,7 @@ export const labStateSchema = z.object({
       loss: z.string().optional(),
     })
     .optional(),
-  /** The local source of the lab's agents, apiservers, kubelets: 'store' (the private store in etcd; absent = store) or 'kubernetes' (each cluster's Kubernetes API; `up --kube-source`). */
+  /** The local source of the lab's agents, apiservers, kubelets: 'kubernetes' (each cluster's Kubernetes API), what every `up` writes; 'store' or absent: a lab of an older clustermesh (its private store in etcd), which only `down` still handles. */
   source: z.enum(['store', 'kubernetes']).optional(),
   /** The lab directory. */
   dir: z.string().optional(),

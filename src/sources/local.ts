@@ -1,18 +1,17 @@
-// The local cluster source of the agent and the apiserver, chosen by one
-// setting: with a kubeconfig, the Kubernetes API (KubernetesSource) for every
-// Kubernetes kind and the cluster's etcd for Endpoint objects (mesh state,
-// Cilium's kvstore mode); without, every kind from the store in etcd
-// (StoreSource). Either way one ClusterSource that the caller starts and stops.
+// The local cluster source of the agent and the apiserver: the Kubernetes API
+// (KubernetesSource) for every Kubernetes kind, and the cluster's etcd for
+// Endpoint objects (mesh state, Cilium's kvstore mode: src/sources/store).
+// One ClusterSource that the caller starts and stops.
 import type { KvClient } from '../kvstore/client.ts';
 import type { ObjectKind } from '../model/index.ts';
 import type { Clock } from '../util/clock.ts';
 import { KubernetesSource, type KubernetesSourceOptions } from './kubernetes/source.ts';
 import { loadKubeConnection } from './kubernetes/kubeconfig.ts';
-import { StoreSource } from './store/source.ts';
+import { EndpointSource } from './store/source.ts';
 import type { ClusterSource, SourceProblem } from './types.ts';
 
 export interface LocalSourceOptions {
-  /** Kubeconfig file of the cluster's API (its current context); undefined: the store in etcd. */
+  /** Kubeconfig file of the cluster's API (its current context); undefined: KUBECONFIG, the in-cluster service account, or ~/.kube/config (loadKubeConnection). */
   kubeconfig?: string | undefined;
   onProblem?: (problem: SourceProblem) => void;
   onError?: (kind: ObjectKind, err: Error) => void;
@@ -22,15 +21,15 @@ export interface LocalSourceOptions {
 
 export interface LocalSource {
   source: ClusterSource;
-  /** For logs and status: `store (etcd)` or `kubernetes <kubeconfig (context c)> <server>`. */
+  /** For logs and status: `kubernetes <kubeconfig (context c)> <server>; …`. */
   description: string;
 }
 
-/** A KubernetesSource whose Endpoint kind comes from the store in etcd; starts and stops both. */
-class KubernetesWithStoreEndpoints extends KubernetesSource {
+/** A KubernetesSource whose Endpoint kind comes from etcd; starts and stops both. */
+class KubernetesWithEtcdEndpoints extends KubernetesSource {
   constructor(
     opts: Omit<KubernetesSourceOptions, 'endpoints'>,
-    private readonly store: StoreSource,
+    private readonly store: EndpointSource,
   ) {
     super({ ...opts, endpoints: store.endpoints });
   }
@@ -46,7 +45,7 @@ class KubernetesWithStoreEndpoints extends KubernetesSource {
   }
 }
 
-/** Builds the local source; a kubeconfig that cannot be read throws naming the file and the reason. */
+/** Builds the local source; a kubeconfig that cannot be read (or none found) throws naming the file and the reason. */
 export function openLocalSource(kv: KvClient, o: LocalSourceOptions): LocalSource {
   const handlers = {
     ...(o.onProblem ? { onProblem: o.onProblem } : {}),
@@ -54,11 +53,10 @@ export function openLocalSource(kv: KvClient, o: LocalSourceOptions): LocalSourc
     ...(o.onHandlerError ? { onHandlerError: o.onHandlerError } : {}),
     ...(o.clock ? { clock: o.clock } : {}),
   };
-  if (o.kubeconfig === undefined) return { source: new StoreSource(kv, handlers), description: 'store (etcd)' };
-  const conn = loadKubeConnection({ kubeconfig: o.kubeconfig });
-  const endpoints = new StoreSource(kv, { ...handlers, kinds: ['Endpoint'] });
+  const conn = loadKubeConnection(o.kubeconfig !== undefined ? { kubeconfig: o.kubeconfig } : {});
+  const endpoints = new EndpointSource(kv, handlers);
   return {
-    source: new KubernetesWithStoreEndpoints({ kubeConfig: conn.kubeConfig, ...handlers }, endpoints),
+    source: new KubernetesWithEtcdEndpoints({ kubeConfig: conn.kubeConfig, ...handlers }, endpoints),
     description: `kubernetes ${conn.description} ${conn.server}; Endpoint objects from etcd`,
   };
 }

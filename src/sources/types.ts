@@ -1,6 +1,7 @@
 // The local cluster source: typed list+watch of the cluster's own objects.
-// Two implementations (store, kubernetes) sit behind this interface; nothing
-// above it may know which one it has.
+// The implementation is the Kubernetes API (src/sources/kubernetes, Endpoint
+// objects from etcd); tests hand in fakes. Nothing above this interface may
+// know which one it has.
 import type {
   CiliumClusterwideNetworkPolicy,
   CiliumNetworkPolicy,
@@ -52,7 +53,7 @@ export interface Resource<T> {
   watch(handler: (event: ResourceEvent<T>) => void): Unsubscribe;
 }
 
-export type SourceType = 'store' | 'kubernetes';
+export type SourceType = 'kubernetes';
 
 export interface ClusterSource {
   /** Which implementation; for logs and status only, never for decisions. */

@@ -13,7 +13,7 @@ export function meshLabState(name: string, mesh: Mesh, topo: Topology): LabState
   return labStateSchema.parse({
     version: 1,
     name,
-    ...(mesh.kubeApis.length ? { source: 'kubernetes' } : {}),
+    source: 'kubernetes',
     createdAt: new Date().toISOString(),
     pid: process.pid,
     phase: 'up',

@@ -225,7 +225,7 @@ export class ModelLab {
     this.root = mkdtempSync(join(tmpdir(), 'cmtnp-root-'));
     process.env.CLUSTERMESH_LAB_ROOT = this.root;
     const t0 = Date.now();
-    const up = await labUp({ name: this.o.name, clusters: this.o.clusters, nodes: this.o.nodes, kubeSource: true, readyTimeoutMs: 240_000 });
+    const up = await labUp({ name: this.o.name, clusters: this.o.clusters, nodes: this.o.nodes, readyTimeoutMs: 240_000 });
     this.state = up.state;
     this.log(`lab ${this.o.name} up (${this.o.clusters} cluster(s) x ${this.o.nodes} node(s)) in ${(up.totalMs / 1000).toFixed(1)} s`);
     for (const n of this.state.nodes) {

@@ -25,7 +25,7 @@ export { EndpointSliceController, desiredSlices, resolvePorts, SERVICE_NAME_LABE
 
 export interface ControllersOptions {
   resyncMs?: number;
-  /** Also run the scheduler: pods without spec.nodeName are bound to a Ready node (a --kube-source lab, whose kubelets run pods from the API). */
+  /** Also run the scheduler: pods without spec.nodeName are bound to a Ready node (the lab, whose kubelets run pods from the API). */
   scheduler?: boolean;
 }
 

@@ -14,7 +14,7 @@
 // Kubernetes object: it stays in the cluster's etcd, as in Cilium's kvstore
 // mode. The source does not read it from the API; pass `endpoints`, a
 // Resource<Endpoint> kept from etcd, e.g. the `endpoints` of a
-// `new StoreSource(kv, { kinds: ['Endpoint'] })` that the caller starts and
+// `new EndpointSource(kv)` (src/sources/store) that the caller starts and
 // stops. Without one, `endpoints` is an empty resource, synced at start.
 //
 // Connection: a client-node KubeConfig (loadKubeConnection in kubeconfig.ts

@@ -1,30 +1,18 @@
-// The "store" cluster source: Kubernetes-shaped objects kept in the cluster's
-// own etcd under storePrefix, one list-then-watch (kvstore WatchStore) per kind.
+// The Endpoint objects of the cluster's own etcd (mesh state: what the agents
+// publish, Cilium's kvstore mode), one list-then-watch (kvstore WatchStore)
+// under ENDPOINTS_PREFIX. Beside the Kubernetes source, it is the `endpoints`
+// resource of the agent's and the apiserver's local source (src/sources/local.ts).
 import type { Clock } from '../../util/clock.ts';
 import type { KvClient } from '../../kvstore/client.ts';
 import type { KvError } from '../../kvstore/types.ts';
 import { WatchStore, type BackoffOptions } from '../../kvstore/watch-store.ts';
-import {
-  OBJECT_KINDS,
-  type CiliumClusterwideNetworkPolicy,
-  type CiliumNetworkPolicy,
-  type ClusterObject,
-  type Endpoint,
-  type EndpointSlice,
-  type Namespace,
-  type NetworkPolicy,
-  type Node,
-  type ObjectKind,
-  type ObjectKinds,
-  type Pod,
-  type Service,
-} from '../../model/index.ts';
+import type { Endpoint, ObjectKind } from '../../model/index.ts';
 import { ResourceCache, refKey } from '../resource.ts';
-import type { ClusterSource, Resource, SourceProblem } from '../types.ts';
-import { refFromStoreKey, storeKindPrefix } from './keys.ts';
-import { decodeStoreObject } from './writer.ts';
+import type { Resource, SourceProblem } from '../types.ts';
+import { ENDPOINTS_PREFIX, refFromEndpointKey } from './keys.ts';
+import { decodeEndpoint } from './writer.ts';
 
-export interface StoreSourceOptions {
+export interface EndpointSourceOptions {
   /** An object that fails its schema or sits at the wrong key (it is not believed). */
   onProblem?: (problem: SourceProblem) => void;
   /** A watch failure (the source recovers by itself: re-list, prune, watch). */
@@ -34,128 +22,75 @@ export interface StoreSourceOptions {
   clock?: Clock;
   backoff?: BackoffOptions;
   pageSize?: number;
-  /** Only these kinds are watched (default all); e.g. ['Endpoint'] beside a KubernetesSource. The others never sync. */
-  kinds?: readonly ObjectKind[];
 }
 
-type Caches = { [K in ObjectKind]: ResourceCache<ObjectKinds[K]> };
-
-export class StoreSource implements ClusterSource {
-  readonly type = 'store' as const;
-  /** No EndpointSlice controller writes to the store: backends come from the Services' selectors. */
-  readonly serviceBackends = 'selectors' as const;
-  private readonly caches: Caches;
-  private readonly stores = new Map<ObjectKind, WatchStore>();
+export class EndpointSource {
+  private readonly cache: ResourceCache<Endpoint>;
+  private store: WatchStore | undefined;
   private started = false;
   private stopped = false;
 
   constructor(
     private readonly kv: KvClient,
-    private readonly opts: StoreSourceOptions = {},
+    private readonly opts: EndpointSourceOptions = {},
   ) {
-    const make = <K extends ObjectKind>(kind: K): ResourceCache<ObjectKinds[K]> =>
-      new ResourceCache<ObjectKinds[K]>(kind, (err) => opts.onHandlerError?.(kind, err));
-    this.caches = {
-      Namespace: make('Namespace'),
-      Pod: make('Pod'),
-      Service: make('Service'),
-      Node: make('Node'),
-      Endpoint: make('Endpoint'),
-      EndpointSlice: make('EndpointSlice'),
-      NetworkPolicy: make('NetworkPolicy'),
-      CiliumNetworkPolicy: make('CiliumNetworkPolicy'),
-      CiliumClusterwideNetworkPolicy: make('CiliumClusterwideNetworkPolicy'),
-    };
+    this.cache = new ResourceCache<Endpoint>('Endpoint', (err) => opts.onHandlerError?.('Endpoint', err));
   }
 
-  get namespaces(): Resource<Namespace> {
-    return this.caches.Namespace;
-  }
-  get pods(): Resource<Pod> {
-    return this.caches.Pod;
-  }
-  get services(): Resource<Service> {
-    return this.caches.Service;
-  }
-  get nodes(): Resource<Node> {
-    return this.caches.Node;
-  }
   get endpoints(): Resource<Endpoint> {
-    return this.caches.Endpoint;
-  }
-  get networkPolicies(): Resource<NetworkPolicy> {
-    return this.caches.NetworkPolicy;
-  }
-  get ciliumNetworkPolicies(): Resource<CiliumNetworkPolicy> {
-    return this.caches.CiliumNetworkPolicy;
-  }
-  get ciliumClusterwideNetworkPolicies(): Resource<CiliumClusterwideNetworkPolicy> {
-    return this.caches.CiliumClusterwideNetworkPolicy;
-  }
-  get endpointSlices(): Resource<EndpointSlice> {
-    return this.caches.EndpointSlice;
-  }
-
-  resource<K extends ObjectKind>(kind: K): Resource<ObjectKinds[K]> {
-    return this.caches[kind];
+    return this.cache;
   }
 
   async start(): Promise<void> {
-    if (this.stopped) throw new Error('store source: stopped; create a new one');
+    if (this.stopped) throw new Error('endpoint source: stopped; create a new one');
     if (this.started) return;
     this.started = true;
-    for (const kind of this.opts.kinds ?? OBJECT_KINDS) this.startKind(kind);
-  }
-
-  async stop(): Promise<void> {
-    if (this.stopped) return;
-    this.stopped = true;
-    await Promise.all([...this.stores.values()].map((s) => s.stop()));
-    for (const kind of OBJECT_KINDS) this.caches[kind].fail(new Error(`store source stopped before ${kind} synced`));
-  }
-
-  private startKind<K extends ObjectKind>(kind: K): void {
-    const cache = this.caches[kind] as ResourceCache<ClusterObject>;
     /** key → ref of the object believed at that key. */
     const byKey = new Map<string, string>();
     const forget = (key: string): void => {
-      const ref = refFromStoreKey(kind, key);
-      if (ref && byKey.delete(key)) cache.remove(ref);
+      const ref = refFromEndpointKey(key);
+      if (ref && byKey.delete(key)) this.cache.remove(ref);
     };
-    const store = new WatchStore(this.kv, storeKindPrefix(kind), {
+    const store = new WatchStore(this.kv, ENDPOINTS_PREFIX, {
       onEvent: (ev) => {
         if (ev.kind === 'delete') return forget(ev.key);
-        const ref = refFromStoreKey(kind, ev.key);
+        const ref = refFromEndpointKey(ev.key);
         let problem: string | undefined;
-        let obj: ClusterObject | undefined;
-        if (!ref) problem = 'not a key of the form <kind>/[<namespace>/]<name>';
+        let obj: Endpoint | undefined;
+        if (!ref) problem = 'not a key of the form ciliumendpoints/<namespace>/<name>';
         else {
           try {
-            obj = decodeStoreObject(kind, ev.key, ev.value, ev.modRevision);
-            if (refKey(obj.metadata as { name: string; namespace?: string }) !== refKey(ref))
-              problem = `holds ${refKey(obj.metadata as { name: string; namespace?: string })}, not ${refKey(ref)}`;
+            obj = decodeEndpoint(ev.key, ev.value, ev.modRevision);
+            if (refKey(obj.metadata) !== refKey(ref)) problem = `holds ${refKey(obj.metadata)}, not ${refKey(ref)}`;
           } catch (err) {
             problem = (err as Error).message;
           }
         }
         if (problem !== undefined || obj === undefined || ref === undefined) {
-          this.opts.onProblem?.({ kind, key: ev.key, message: problem ?? 'invalid' });
+          this.opts.onProblem?.({ kind: 'Endpoint', key: ev.key, message: problem ?? 'invalid' });
           forget(ev.key);
           return;
         }
         byKey.set(ev.key, refKey(ref));
-        cache.set(obj);
+        this.cache.set(obj);
       },
-      onError: (err) => this.opts.onError?.(kind, err),
+      onError: (err) => this.opts.onError?.('Endpoint', err),
       ...(this.opts.clock ? { clock: this.opts.clock } : {}),
       ...(this.opts.backoff ? { backoff: this.opts.backoff } : {}),
       ...(this.opts.pageSize ? { pageSize: this.opts.pageSize } : {}),
     });
-    this.stores.set(kind, store);
+    this.store = store;
     store.synced.then(
-      () => cache.markSynced(),
+      () => this.cache.markSynced(),
       () => undefined,
     );
     store.start();
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    await this.store?.stop();
+    this.cache.fail(new Error('endpoint source stopped before Endpoint synced'));
   }
 }
