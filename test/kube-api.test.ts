@@ -10,6 +10,7 @@ import { CoreV1Api, AppsV1Api, CustomObjectsApi, KubeConfig, makeInformer, type 
 
 import { KvClient, startEtcd, type EtcdServer } from '../src/kvstore/index.ts';
 import { startKubeApi, KUBE_PREFIX, type KubeApiPki, type KubeApiServer } from '../src/lab/kube-api/index.ts';
+import { applyToApi, manifestDocuments, ManifestError } from '../src/lab/kube-apply.ts';
 import { eventually, kubectlFor } from './helpers/kube.ts';
 
 const ROOT = new URL('..', import.meta.url).pathname;
@@ -490,5 +491,51 @@ describe('lab Kubernetes API server', { timeout: 600_000 }, () => {
     await eventually('the kind to be gone', async () => ((await kubectl('get', 'ccnp')).code !== 0 ? true : undefined));
     await kubectlOk('apply', '-f', CILIUM_CRDS);
     assert.equal((await kubectlOk('get', 'ccnp')).trim(), '');
+  });
+
+  test('lab apply: a file with one refused document changes nothing; what needs a namespace or CRD of the same file is checked when applied', async () => {
+    const core = kc.makeApiClient(CoreV1Api);
+    const exists = async (name: string, namespace = 'default'): Promise<boolean> =>
+      core.readNamespacedConfigMap({ name, namespace }).then(() => true, () => false);
+    const cm = (name: string, namespace = 'default') => `apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ${name}, namespace: ${namespace}}\ndata: {a: "1"}\n`;
+    // Document 2 of 3 is refused (a port out of range): documents 1 and 3 are valid, and neither is stored.
+    const bad = [cm('la-first'), 'apiVersion: v1\nkind: Service\nmetadata: {name: la-broken}\nspec: {ports: [{port: 70000}]}\n', cm('la-third')].join('---\n');
+    await assert.rejects(applyToApi(kc, manifestDocuments(bad, 'bad.yaml')), (e: unknown) => e instanceof ManifestError && /service\/la-broken: .*70000/.test(e.message));
+    assert.equal(await exists('la-first'), false, 'the valid document before the refused one was not applied');
+    assert.equal(await exists('la-third'), false);
+    // A namespace and a CRD made by the file itself, with objects in/of them after.
+    const crd = `apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.la.example.com}
+spec:
+  group: la.example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions: [{name: v1, served: true, storage: true, schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}]
+`;
+    const good = [
+      'apiVersion: v1\nkind: Namespace\nmetadata: {name: la-ns}\n',
+      cm('la-in-ns', 'la-ns'),
+      crd,
+      'apiVersion: la.example.com/v1\nkind: Widget\nmetadata: {name: w1, namespace: default}\n',
+      cm('la-plain'),
+    ].join('---\n');
+    const lines = await applyToApi(kc, manifestDocuments(good, 'good.yaml'));
+    assert.deepEqual(lines.map((l) => `${l.ref} ${l.action}`), [
+      'namespace/la-ns created',
+      'configmap/la-in-ns created',
+      'customresourcedefinition.apiextensions.k8s.io/widgets.la.example.com created',
+      'widget.la.example.com/w1 created',
+      'configmap/la-plain created',
+    ]);
+    assert.ok(await exists('la-in-ns', 'la-ns'));
+    const again = await applyToApi(kc, manifestDocuments(good, 'good.yaml'));
+    assert.deepEqual(again.map((l) => l.action), ['unchanged', 'unchanged', 'unchanged', 'unchanged', 'unchanged']);
+    // A refused object in a namespace the file creates is only seen when applied: what came before it stays (as with kubectl).
+    const late = ['apiVersion: v1\nkind: Namespace\nmetadata: {name: la-ns2}\n', 'apiVersion: v1\nkind: Service\nmetadata: {name: la-late, namespace: la-ns2}\nspec: {ports: [{port: 70000}]}\n'].join('---\n');
+    await assert.rejects(applyToApi(kc, manifestDocuments(late, 'late.yaml')), /service\/la-late: .*70000/);
+    await kubectlOk('delete', 'namespace', 'la-ns', 'la-ns2');
+    await kubectlOk('delete', 'crd', 'widgets.la.example.com');
+    await core.deleteNamespacedConfigMap({ name: 'la-plain', namespace: 'default' });
   });
 });

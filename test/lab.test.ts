@@ -158,17 +158,11 @@ spec:
     command: [sleep, infinity]
 `,
   );
-  // Document 1 has a bad port: the server refuses it, and lab apply (like kubectl) stops there.
+  // Document 2 has a bad port: the server refuses it in the dry run of every
+  // document, so document 1 is not applied either.
   writeFileSync(
     badFile,
     `apiVersion: v1
-kind: Service
-metadata:
-  name: broken
-spec:
-  ports: [{port: 70000}]
----
-apiVersion: v1
 kind: Pod
 metadata:
   name: would-be
@@ -176,6 +170,13 @@ spec:
   containers:
   - name: c
     command: [sleep, infinity]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: broken
+spec:
+  ports: [{port: 70000}]
 `,
   );
 
@@ -240,11 +241,12 @@ spec:
       const restarted = await waitPods(name, 'the client restarted', (p) => p.some((x) => x.name === 'client' && x.restarts === 1 && x.ready));
       assert.equal(restarted.find((x) => x.name === 'client')!.podIP, client.podIP, 'same pod, same address');
 
-      // A bad file: the server refuses the object naming its field (exit 1), and nothing after it is applied.
+      // A bad file: the server refuses the object naming its field (exit 1), and nothing of the file is applied.
       const bad = await cli(['lab', 'apply', '--lab', name, '-f', badFile, '--cluster', 'cluster1']);
       assert.equal(bad.code, 1, show(bad));
       assert.match(bad.stderr, /service\/broken: .*spec\.ports\[0\]\.port: Invalid value: 70000/);
-      assert.equal((await pods(name)).find((p) => p.name === 'would-be'), undefined, 'the document after the refused one was not applied');
+      assert.doesNotMatch(bad.stdout, /would-be/, show(bad));
+      assert.equal((await pods(name)).find((p) => p.name === 'would-be'), undefined, 'the valid document before the refused one was not applied');
       // A namespace the cluster does not have: refused by the server, named.
       const elsewhere = join(files, 'elsewhere.yaml');
       writeFileSync(elsewhere, `apiVersion: v1\nkind: Pod\nmetadata: {name: lost, namespace: nowhere}\nspec: {containers: [{name: c, command: [sleep, infinity]}]}\n`);

@@ -295,7 +295,7 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
   nameOption(
     lab
       .command('apply')
-      .description("create or update what a YAML file holds in a cluster's Kubernetes API, like kubectl apply (a shortcut: each document created or merge-patched in order; the server validates; the first refusal stops, exit 1)")
+      .description("create or update what a YAML file holds in a cluster's Kubernetes API, like kubectl apply (a shortcut: every document first checked by a server dry run, so a refused one stops the apply before anything changes, exit 1; then each created or merge-patched in order)")
       .requiredOption('-f, --filename <file>', 'YAML file, several documents separated by ---')
       .option('--cluster <name>', 'cluster to apply to (default: the first)'),
   )

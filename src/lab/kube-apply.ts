@@ -1,8 +1,10 @@
 // `clustermesh lab apply|delete|scale`: a client of the cluster's Kubernetes
 // API like kubectl (a shortcut: kubectl with the lab's kubeconfig does the
 // same). Every YAML document is sent as it is (the server validates and
-// defaults, as for kubectl): created when absent, else JSON-merge-patched ("configured",
-// or "unchanged" when the server's object did not change). Delete removes what
+// defaults, as for kubectl), first all of them as a server dry run (a refused
+// one stops the apply before anything changed), then for real: created when
+// absent, else JSON-merge-patched ("configured", or "unchanged" when the
+// server's object did not change). Delete removes what
 // the documents name, in reverse order; a Deployment's pods go with it
 // (ownerReferences). Scale patches spec.replicas.
 import { AppsV1Api, ApiException, KubernetesObjectApi, PatchStrategy, setHeaderOptions, type KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
@@ -58,31 +60,52 @@ const refOf = (o: KubernetesObject): string => {
   return `${o.kind!.toLowerCase()}${group}/${o.metadata!.name}`;
 };
 
-/** Creates or merge-patches every document, in order; the first failure stops with the object and the server's message. */
+/**
+ * Creates or merge-patches every document, in order. The server checks every
+ * document first (dryRun=All: validated and admitted, nothing stored), so a file
+ * with one refused object changes nothing; the first refusal stops with the
+ * object and the server's message. An object whose namespace or kind the same
+ * file creates (a Namespace, or a CRD before its resources) cannot be checked
+ * before that exists: it is checked when it is applied.
+ */
 export async function applyToApi(kc: KubeConfig, docs: KubernetesObject[]): Promise<ApplyLine[]> {
   const api = KubernetesObjectApi.makeApiClient(kc);
-  const lines: ApplyLine[] = [];
+  const namespacesInFile = new Set(docs.filter((o) => o.kind === 'Namespace').map((o) => o.metadata!.name!));
+  const kindsInFile = new Set(
+    docs.filter((o) => o.kind === 'CustomResourceDefinition').map((o) => (o as { spec?: { names?: { kind?: string } } }).spec?.names?.kind),
+  );
+  const later = (o: KubernetesObject): boolean => namespacesInFile.has(o.metadata?.namespace ?? '') || kindsInFile.has(o.kind);
   for (const o of docs) {
-    const ref = refOf(o);
     try {
-      let current: KubernetesObject | undefined;
-      try {
-        current = await api.read(o as KubernetesObject & { metadata: { name: string } });
-      } catch (err) {
-        if (code(err) !== 404) throw err;
-      }
-      if (current === undefined) {
-        await api.create(o);
-        lines.push({ ref, action: 'created' });
-      } else {
-        const after = await api.patch(o, undefined, undefined, 'clustermesh-lab', undefined, PatchStrategy.MergePatch);
-        lines.push({ ref, action: after.metadata?.resourceVersion === current.metadata?.resourceVersion ? 'unchanged' : 'configured' });
-      }
+      await applyOne(api, o, true);
     } catch (err) {
-      throw refused(err) ? new ManifestError(`${ref}: ${message(err)}`) : new Error(`${ref}: ${message(err)}`);
+      if (!later(o)) throw err;
     }
   }
+  const lines: ApplyLine[] = [];
+  for (const o of docs) lines.push({ ref: refOf(o), action: await applyOne(api, o, false) });
   return lines;
+}
+
+/** Creates `o` when absent, else merge-patches it; with `dryRun` the server only checks. */
+async function applyOne(api: KubernetesObjectApi, o: KubernetesObject, dryRun: boolean): Promise<'created' | 'configured' | 'unchanged'> {
+  const dry = dryRun ? 'All' : undefined;
+  try {
+    let current: KubernetesObject | undefined;
+    try {
+      current = await api.read(o as KubernetesObject & { metadata: { name: string } });
+    } catch (err) {
+      if (code(err) !== 404) throw err;
+    }
+    if (current === undefined) {
+      await api.create(o, undefined, dry);
+      return 'created';
+    }
+    const after = await api.patch(o, undefined, dry, 'clustermesh-lab', undefined, PatchStrategy.MergePatch);
+    return after.metadata?.resourceVersion === current.metadata?.resourceVersion ? 'unchanged' : 'configured';
+  } catch (err) {
+    throw refused(err) ? new ManifestError(`${refOf(o)}: ${message(err)}`) : new Error(`${refOf(o)}: ${message(err)}`);
+  }
 }
 
 /** The server refused the object itself (bad request, invalid, unknown kind, conflict), not a failure to reach it. */
