@@ -1,4 +1,4 @@
-// A --kube-source lab: the Kubernetes API is the one local source. Everything
+// A lab whose one local source is the Kubernetes API (the default). Everything
 // here goes through real kubectl against the lab's API servers; the agents,
 // apiservers and kubelets read that API (through the node-local endpoint
 // 127.0.0.1:6443 of their namespaces), the lab's scheduler binds the pods,
@@ -59,7 +59,7 @@ const podIPs = async (ctx: string, selector: string, namespace = 'default'): Pro
     });
 };
 
-describe('lab --kube-source: kubectl drives the lab, the agents read the Kubernetes API', { timeout: 1_500_000 }, () => {
+describe('lab: kubectl drives the lab, the agents read the Kubernetes API', { timeout: 1_500_000 }, () => {
   let up = false;
   after(async () => {
     if (up) {
@@ -70,9 +70,9 @@ describe('lab --kube-source: kubectl drives the lab, the agents read the Kuberne
     if (!existsSync(join(root, name))) rmSync(root, { recursive: true, force: true });
   });
 
-  test('up --kube-source records the source; status shows it; every node registered itself in the API', async () => {
+  test('up records the Kubernetes API as the source; status shows it; every node registered itself in the API', async () => {
     up = true;
-    const r = await cli(['lab', 'up', '--lab', name, '--clusters', '2', '--nodes', '1', '--kube-source'], 600_000);
+    const r = await cli(['lab', 'up', '--lab', name, '--clusters', '2', '--nodes', '1'], 600_000);
     assert.equal(r.code, 0, `lab up failed:\n${r.stderr}${r.stdout}`);
     const state = readState();
     assert.equal(state.source, 'kubernetes');

@@ -1,4 +1,4 @@
-// The Multi-Cluster Services API on a --kube-source lab of three clusters
+// The Multi-Cluster Services API on a lab of three clusters
 // (issue 18), through real kubectl: a Service exported from cluster1 and
 // cluster2 is imported by cluster3 (a ServiceImport with a VIP, both clusters
 // in its status); a pod of cluster3 reaches it by its clusterset.local name and
@@ -54,7 +54,7 @@ const serviceYaml = (protocol: string) =>
   `apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\n  namespace: ${ns}\n  annotations: {service.cilium.io/global: "true"}\nspec:\n  selector: {app: echo}\n  ports:\n    - name: http\n      port: 80\n      targetPort: 8080\n      protocol: ${protocol}\n`;
 const exportYaml = (svc: string) => `apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata:\n  name: ${svc}\n  namespace: ${ns}\n`;
 
-describe('the Multi-Cluster Services API on a --kube-source lab of three clusters (kubectl)', { timeout: 1_800_000 }, () => {
+describe('the Multi-Cluster Services API on a lab of three clusters (kubectl)', { timeout: 1_800_000 }, () => {
   let up = false;
   after(async () => {
     if (up) {
@@ -65,13 +65,13 @@ describe('the Multi-Cluster Services API on a --kube-source lab of three cluster
     if (!existsSync(join(root, name))) rmSync(root, { recursive: true, force: true });
   });
 
-  test('lab up (3 clusters x 1 node, --kube-source); the MCS CRDs are applied by lab up and served', async () => {
+  test('lab up (3 clusters x 1 node); the MCS CRDs are applied by lab up and served', async () => {
     up = true;
-    const r = await cli(['lab', 'up', '--lab', name, '--clusters', '3', '--nodes', '1', '--kube-source'], 900_000);
+    const r = await cli(['lab', 'up', '--lab', name, '--clusters', '3', '--nodes', '1'], 900_000);
     assert.equal(r.code, 0, `lab up failed:\n${r.stderr}${r.stdout}`);
     kubeconfig = (await ok(cli(['lab', 'kubeconfig', '--lab', name]), 'lab kubeconfig')).trim();
     for (const c of CLUSTERS) {
-      // No kubectl apply here: lab up --kube-source applies deploy/crds/mcs-api.yaml itself.
+      // No kubectl apply here: lab up applies deploy/crds/mcs-api.yaml itself.
       const crds = await kubectlOk('--context', c, 'get', 'crd', '-o', 'name');
       for (const crd of ['serviceexports.multicluster.x-k8s.io', 'serviceimports.multicluster.x-k8s.io']) assert.ok(crds.split('\n').includes(`customresourcedefinition.apiextensions.k8s.io/${crd}`), `${crd} in ${c}: ${crds}`);
       assert.equal((await kubectl('--context', c, 'get', 'serviceexports', '-A')).code, 0, `serviceexports served in ${c}`);
