@@ -35,6 +35,8 @@ test('demo: the seed story on a fresh lab, then status -o json and lab down', { 
       'ok   lab up',
       'ok   cluster DNS answers the Service name in the pod',
       'ok   answers from both clusters',
+      'ok   cluster1 imports rebel-base from both clusters',
+      'ok   answers by the clusterset name from both clusters',
       'ok   x-wing (app=frontend) is answered',
       'ok   tie-fighter (no app label) is refused',
       'ok   observe shows the drop with its reason',
@@ -51,6 +53,9 @@ test('demo: the seed story on a fresh lab, then status -o json and lab down', { 
       ['cluster2', `apply -f \\S+/examples/rebel-base/rebel-base\\.yaml`],
       ['cluster1', `apply -f \\S+/examples/rebel-base/clients\\.yaml`],
       ['cluster1', 'get pods -o wide'],
+      ['cluster1', `apply -f \\S+/examples/mcs/rebel-base-export\\.yaml`],
+      ['cluster2', `apply -f \\S+/examples/mcs/rebel-base-export\\.yaml`],
+      ['cluster1', 'get serviceimports'],
       ['cluster2', `apply -f \\S+/examples/rebel-base/policy\\.yaml`],
       ['cluster1', 'scale deployment/rebel-base --replicas 0'],
     ]) {
@@ -69,7 +74,7 @@ test('demo: the seed story on a fresh lab, then status -o json and lab down', { 
       assert.deepEqual({ total: c.nodes.total, ready: c.nodes.ready }, { total: 2, ready: 2 }, `${c.name}: nodes`);
       assert.equal(c.connectivity.min, 1, `${c.name}: every node connected to the other cluster`);
     }
-    assert.equal(status.globalServices, 1, 'rebel-base is the one global service');
+    assert.equal(status.globalServices, 2, 'rebel-base (annotated) and the global Service derived from its ServiceImport');
   } finally {
     await cm(['lab', 'down', '--lab', name]).catch((err: unknown) => lines.push(`lab down failed: ${(err as Error).message}`));
     const left = (await listNamespaces()).filter((n) => n.startsWith(labNetnsPrefix(name)));

@@ -8,12 +8,16 @@
 //      the x-wing (app=frontend) and the tie-fighter (no app label) in cluster1
 //   3. the x-wing asks http://rebel-base.default.svc.cluster.local/ 20 times:
 //      answers come from both clusters
-//   4. the seed's cross-cluster policy: backends admit only cluster1's
+//   4. the Kubernetes way (the MCS API): kubectl apply a ServiceExport of
+//      rebel-base in both clusters; cluster1 gets a ServiceImport, and the
+//      x-wing's answers from http://rebel-base.default.svc.clusterset.local/
+//      come from both clusters
+//   5. the seed's cross-cluster policy: backends admit only cluster1's
 //      frontends; the x-wing still gets answers, the tie-fighter is refused,
 //      and `clustermesh observe --verdict DROPPED` shows the drop and its reason
-//   5. cluster1's rebel-base scaled to 0 (kubectl scale): every answer now comes from cluster2
-//   6. clustermesh status
-//   7. lab down (unless --keep)
+//   6. cluster1's rebel-base scaled to 0 (kubectl scale): every answer now comes from cluster2
+//   7. clustermesh status
+//   8. lab down (unless --keep)
 import { spawn } from 'node:child_process';
 import { resolve } from 'node:path';
 import type { PodView } from './lab.ts';
@@ -22,6 +26,8 @@ const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
 export const EXAMPLES_DIR = resolve(import.meta.dirname, '..', '..', 'examples', 'rebel-base');
 export const REBEL_BASE_URL = 'http://rebel-base.default.svc.cluster.local/';
 const REBEL_BASE_FQDN = 'rebel-base.default.svc.cluster.local';
+export const MCS_EXPORT = resolve(import.meta.dirname, '..', '..', 'examples', 'mcs', 'rebel-base-export.yaml');
+const REBEL_BASE_CLUSTERSET_URL = 'http://rebel-base.default.svc.clusterset.local/';
 
 export interface LabDemoOptions {
   /** Lab name (default 'demo', so a user's 'default' lab is left alone). */
@@ -265,6 +271,24 @@ export async function runLabDemo(opts: LabDemoOptions = {}): Promise<boolean> {
     check('answers from both clusters', both(tally), Object.entries(byCluster(tally)).sort().map(([c, v]) => `${c} ${v}`).join(', ') || `none (${tally.lastError ?? ''})`);
 
     // ---- 4
+    step('the Kubernetes way: export rebel-base with the Multi-Cluster Services API (a ServiceExport in both clusters)', `cluster1 gets a ServiceImport with its own virtual IP; ${REBEL_BASE_CLUSTERSET_URL} balances over the pods of every exporting cluster`);
+    for (const cluster of ['cluster1', 'cluster2']) {
+      const r = await kubectl(cluster, ['apply', '-f', MCS_EXPORT]);
+      check(`kubectl apply rebel-base-export.yaml in ${cluster}`, r.code === 0, r.code === 0 ? '' : `exit ${r.code}`);
+    }
+    const imported = await until(
+      () => kubectl('cluster1', ['get', 'serviceimport', 'rebel-base', '-o', 'jsonpath={.spec.ips[0]} {.status.clusters[*].cluster}'], { quiet: true }),
+      (r) => r.code === 0 && /^\S+ .*cluster1.*cluster2|^\S+ .*cluster2.*cluster1/.test(r.stdout.trim()),
+      60_000,
+      'the ServiceImport does not list both clusters yet',
+    );
+    await kubectl('cluster1', ['get', 'serviceimports']);
+    check('cluster1 imports rebel-base from both clusters', imported.code === 0 && /cluster1/.test(imported.stdout) && /cluster2/.test(imported.stdout), imported.stdout.trim() || imported.stderr.trim());
+    await until(() => client('x-wing', REBEL_BASE_CLUSTERSET_URL, 6, 3000, true), both, 60_000, 'not every cluster answers by the clusterset name yet');
+    const mcs = await client('x-wing', REBEL_BASE_CLUSTERSET_URL, n, 3000);
+    check('answers by the clusterset name from both clusters', both(mcs), Object.entries(byCluster(mcs)).sort().map(([c, v]) => `${c} ${v}`).join(', ') || `none (${mcs.lastError ?? ''})`);
+
+    // ---- 5
     step('the seed\'s cross-cluster policy: app=backend admits only app=frontend of cluster1 (applied in both clusters)', 'identity-based policy in eBPF: the x-wing is still answered, the tie-fighter is refused, and the datapath says why');
     for (const cluster of ['cluster2', 'cluster1']) {
       const r = await kubectl(cluster, ['apply', '-f', resolve(EXAMPLES_DIR, 'policy.yaml')]);
@@ -280,7 +304,7 @@ export async function runLabDemo(opts: LabDemoOptions = {}): Promise<boolean> {
     const dropLines = obs.stdout.split('\n').filter((l) => /polic/i.test(l));
     check('observe shows the drop with its reason', obs.code === 0 && dropLines.length > 0, dropLines.length ? `${dropLines.length} policy drop${dropLines.length === 1 ? '' : 's'} listed` : `no policy drop in the output (exit ${obs.code})`);
 
-    // ---- 5
+    // ---- 6
     step('cluster1 loses its rebel base: scale it to 0', 'the global Service fails over: every answer now comes from cluster2, with nothing changed in the client');
     const sc = await kubectl('cluster1', ['scale', 'deployment/rebel-base', '--replicas', '0']);
     check('kubectl scale cluster1 rebel-base to 0', sc.code === 0);
@@ -290,7 +314,7 @@ export async function runLabDemo(opts: LabDemoOptions = {}): Promise<boolean> {
     const after = await client('x-wing', url, n, 3000);
     check('every answer from cluster2', only2(after), Object.entries(byCluster(after)).map(([c, v]) => `${c} ${v}`).join(', ') || `none (${after.lastError ?? ''})`);
 
-    // ---- 6
+    // ---- 7
     step('clustermesh status', 'per cluster: etcd and apiserver, every node connected to every cluster, what each remote cluster shares');
     const st = await cm(['status', '--lab', name], { timeoutMs: 60_000 });
     check('status: everything connected', st.code === 0, st.code === 0 ? '' : `exit ${st.code}`);
