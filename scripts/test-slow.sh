@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The slow tier, not in the default run (./scripts/test.sh, which CI runs and
-# which takes about 25 minutes on 2 cores): `lab up --clusters 4 --nodes 2` and
-# `lab down` ten times in a row (the default run does three; about 8 minutes
+# which takes about 27 minutes on 2 cores): `lab up --clusters 4 --nodes 2` and
+# `lab down` ten times in a row (the default run does one; about 12 minutes
 # on 2 cores), then the fault suite (`npm run chaos`, about 12 minutes, which
 # also rewrites bench/results/reliability.json and RELIABILITY.md).
 # Run it before a release and after touching lab up/down or recovery paths.
