@@ -11,7 +11,7 @@ import { DaemonSet, Deployment } from 'kubernetes-models/apps/v1';
 import { ClusterRole, ClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1';
 import { ConfigMap, Namespace, Secret, Service, ServiceAccount } from 'kubernetes-models/v1';
 import { makeInstallCerts } from './certs.ts';
-import { COMMON_LABELS, CREATED_BY_ANNOTATION, createOnly, etcdServiceNames, renderManifests, toYaml, type InstallCerts, type KubeObject } from './manifests.ts';
+import { COMMON_LABELS, CREATED_BY_ANNOTATION, createOnly, etcdServiceNames, MCS_WRITE_RULES, renderManifests, toYaml, type InstallCerts, type KubeObject } from './manifests.ts';
 import { compileInstallSettings, InstallSettingsError, type RawInstallOptions } from './settings.ts';
 
 const PEM = { cert: 'CERT', key: 'KEY' };
@@ -82,12 +82,23 @@ test('manifests: every object validates against the Kubernetes schemas and carri
 
 test('manifests: least privilege, no wildcard; the agent is not privileged and has only the capabilities it needs', () => {
   const objects = renderManifests(compileInstallSettings(base), CERTS);
+  type Rule = { verbs: string[]; resources: string[]; apiGroups: string[] };
+  const writes = new Map<string, Rule[]>();
   for (const role of objects.filter((o) => o.kind === 'ClusterRole')) {
-    for (const rule of role.rules as Array<{ verbs: string[]; resources: string[]; apiGroups: string[] }>) {
-      assert.deepEqual(rule.verbs, ['get', 'list', 'watch'], `${role.metadata.name}: read-only`);
-      assert.ok(![...rule.resources, ...rule.apiGroups].includes('*'), `${role.metadata.name}: no wildcard`);
+    for (const rule of role.rules as Rule[]) {
+      assert.ok(![...rule.resources, ...rule.apiGroups, ...rule.verbs].includes('*'), `${role.metadata.name}: no wildcard`);
       assert.ok(!rule.resources.includes('secrets'), `${role.metadata.name}: no secrets`);
+      if (rule.verbs.join() === 'get,list,watch') continue;
+      writes.set(role.metadata.name!, [...(writes.get(role.metadata.name!) ?? []), rule]);
     }
+  }
+  // Only the apiserver writes, and only what its MCS controller makes: export/import status,
+  // ServiceImports, the derived Services and import EndpointSlices (never pods, nodes, namespaces, exports).
+  assert.deepEqual([...writes.keys()], ['clustermesh-apiserver'], 'the agent and the other roles are read-only');
+  assert.deepEqual(writes.get('clustermesh-apiserver'), MCS_WRITE_RULES);
+  for (const r of MCS_WRITE_RULES) {
+    assert.ok(!r.verbs.includes('update') && !r.verbs.includes('deletecollection'), 'patch and delete of single objects only');
+    assert.ok(!r.resources.some((x) => ['pods', 'nodes', 'namespaces', 'serviceexports'].includes(x)));
   }
   const ds = objects.find((o) => o.kind === 'DaemonSet') as unknown as { spec: { template: { spec: { hostNetwork: boolean; containers: Array<{ securityContext: { privileged: boolean; capabilities: { add: string[] } } }>; initContainers: Array<{ name: string; securityContext?: { privileged?: boolean } }> } } } };
   const pod = ds.spec.template.spec;

@@ -128,9 +128,24 @@ const AGENT_RULES = [
   { apiGroups: ['networking.k8s.io'], resources: ['networkpolicies'], verbs: READ_VERBS },
   { apiGroups: ['cilium.io'], resources: ['ciliumnetworkpolicies', 'ciliumclusterwidenetworkpolicies'], verbs: READ_VERBS },
 ];
+/**
+ * What the apiserver's MCS controller (src/apiserver/mcs.ts) writes: the
+ * conditions of ServiceExports, the ServiceImports, the derived Services
+ * (`derived-<hash>`, the imports' VIPs) and the EndpointSlices of headless
+ * imports. RBAC cannot narrow create to names or labels; the controller only
+ * changes objects it made (its name prefix and managed-by labels).
+ */
+export const MCS_WRITE_RULES = [
+  { apiGroups: ['multicluster.x-k8s.io'], resources: ['serviceexports/status', 'serviceimports/status'], verbs: ['patch'] },
+  { apiGroups: ['multicluster.x-k8s.io'], resources: ['serviceimports'], verbs: ['create', 'patch', 'delete'] },
+  { apiGroups: [''], resources: ['services'], verbs: ['create', 'patch', 'delete'] },
+  { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['create', 'patch', 'delete'] },
+];
 const APISERVER_RULES = [
   { apiGroups: [''], resources: ['namespaces', 'pods', 'services', 'nodes'], verbs: READ_VERBS },
   { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: READ_VERBS },
+  { apiGroups: ['multicluster.x-k8s.io'], resources: ['serviceexports', 'serviceimports'], verbs: READ_VERBS },
+  ...MCS_WRITE_RULES,
 ];
 
 function rbac(name: string, s: InstallSettings, rules: unknown[]): KubeObject[] {
