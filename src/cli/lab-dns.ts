@@ -22,7 +22,9 @@ export function dnsWorkloadCommand(): Command {
   return new Command('dns')
     .description(
       `authoritative DNS for ${CLUSTER_DOMAIN} from the cluster's Kubernetes API: <svc>.<ns>.svc.${CLUSTER_DOMAIN} -> ClusterIP (headless: ready pod IPs), ` +
-        `NXDOMAIN for unknown names in the domain, REFUSED outside it (no forwarding); UDP and TCP`,
+        `and for clusterset.local (the MCS API): <svc>.<ns>.svc.clusterset.local -> the ServiceImport's IP (headless: every exporting cluster's ready endpoints; ` +
+        `<hostname>.<cluster>.<svc>.<ns>.svc.clusterset.local -> that endpoint); ` +
+        `NXDOMAIN for unknown names in the domains, REFUSED outside them (no forwarding); UDP and TCP`,
     )
     .requiredOption('--kubeconfig <file>', "the cluster's Kubernetes API: this kubeconfig (its current context)")
     .option('--kube-api-socket <path>', "the kube-apiserver's TLS unix socket, forwarded from 127.0.0.1:6443 here first (the pod's own node-local endpoint)")
