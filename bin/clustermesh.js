@@ -3,27 +3,38 @@
 // (built from src/ by scripts/setup.sh) and only what the command needs:
 //   clustermesh cni                       -> dist/js/cni.js (runs the CNI plugin executable, cni/build/clustermesh-cni)
 //   clustermesh lab workload echo|client  -> dist/js/workload.js (what lab pods run)
+//   clustermesh --version                 -> package.json's version, nothing loaded
 //   anything else                         -> dist/js/main.js (commands load their code when they run)
 // When dist/ is missing or older than src/, it runs src/ through tsx instead
 // (slow, never stale) and says so on a terminal; ./scripts/setup.sh rebuilds.
 import { distStaleness } from './dist.js';
 
 const argv = process.argv.slice(2);
-// dist/ is minified: stack traces (CLUSTERMESH_DEBUG) read the source maps beside it.
-if (process.env.CLUSTERMESH_DEBUG) process.setSourceMapsEnabled(true);
-const stale = distStaleness();
-if (stale) {
-  if (process.stderr.isTTY) process.stderr.write(`clustermesh: running src/ through tsx (slow start): ${stale}; rebuild with ./scripts/setup.sh\n`);
-  const { register } = await import('tsx/esm/api');
-  register();
+if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) {
+  // What the full CLI prints too (src/cli/main.ts reads the same field): nothing to load, not even tsx.
+  const { readFileSync } = await import('node:fs');
+  process.stdout.write(`${JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version}\n`);
+} else {
+  await run(argv);
 }
-const load = (entry, src) => import(new URL(stale ? `../src/${src}` : `../dist/js/${entry}.js`, import.meta.url).href);
 
-let done = false;
-if (argv[0] === 'cni' && argv.length === 1) {
-  done = await (await load('cni', 'cni/main.ts')).main(argv);
-} else if (argv[0] === 'lab' && argv[1] === 'workload' && (argv[2] === 'echo' || argv[2] === 'client')) {
-  // false: --help, or flags it does not take; the full CLI explains.
-  done = await (await load('workload', 'lab/workload-main.ts')).main(argv.slice(2));
+async function run(argv) {
+  // dist/ is minified: stack traces (CLUSTERMESH_DEBUG) read the source maps beside it.
+  if (process.env.CLUSTERMESH_DEBUG) process.setSourceMapsEnabled(true);
+  const stale = distStaleness();
+  if (stale) {
+    if (process.stderr.isTTY) process.stderr.write(`clustermesh: running src/ through tsx (slow start): ${stale}; rebuild with ./scripts/setup.sh\n`);
+    const { register } = await import('tsx/esm/api');
+    register();
+  }
+  const load = (entry, src) => import(new URL(stale ? `../src/${src}` : `../dist/js/${entry}.js`, import.meta.url).href);
+
+  let done = false;
+  if (argv[0] === 'cni' && argv.length === 1) {
+    done = await (await load('cni', 'cni/main.ts')).main(argv);
+  } else if (argv[0] === 'lab' && argv[1] === 'workload' && (argv[2] === 'echo' || argv[2] === 'client')) {
+    // false: --help, or flags it does not take; the full CLI explains.
+    done = await (await load('workload', 'lab/workload-main.ts')).main(argv.slice(2));
+  }
+  if (!done) await (await load('main', 'cli/main.ts')).main(process.argv);
 }
-if (!done) await (await load('main', 'cli/main.ts')).main(process.argv);

@@ -2,6 +2,8 @@
 // every command by name and summary (what --version and --help need), and the
 // module of the command named on the command line defines it in full (its
 // options, help and action) when that command runs or shows its help.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Command } from 'commander';
 import { usageExitCodes } from './common.ts';
 
@@ -31,13 +33,19 @@ export const COMMANDS: Record<string, Entry> = {
   disconnect: { summary: 'disconnect clusters (the same three ways)', load: async () => (await import('./clustermesh-config.ts')).disconnectCommand(), usageExit: true },
 };
 
+/** The package's version (bin/clustermesh.js answers a bare --version from the same field without loading this module). */
+function packageVersion(): string {
+  // src/cli/ and dist/js/ are both two levels below the repository root.
+  return (JSON.parse(readFileSync(join(import.meta.dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
+}
+
 /** Runs the CLI on `argv` (process.argv: node, script, args). */
 export async function main(argv: string[]): Promise<void> {
   const program = new Command();
   program
     .name('clustermesh')
     .description('Multi-cluster networking for Kubernetes-style clusters, with an eBPF datapath')
-    .version('0.1.0')
+    .version(packageVersion())
     .showHelpAfterError()
     .addHelpText('after', '\nRun clustermesh <command> --help for its options and examples.');
   // `clustermesh status …` and `clustermesh help status` load status; other commands stay a name and a summary.
