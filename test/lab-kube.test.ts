@@ -5,6 +5,7 @@
 // its pods. After `down` no Kubernetes API process is left.
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -121,6 +122,61 @@ spec:
     await eventually('3 pods after scale', async () => ((await podNames('cluster2')).length === 3 ? true : undefined));
     await kubectlOk('--context', 'cluster2', 'delete', '-f', f);
     await eventually('no pods after delete', async () => ((await podNames('cluster2')).length === 0 ? true : undefined));
+  });
+
+  test("the lab's cloud load balancer: a LoadBalancer Service with a host-network backend gets an address the other cluster reaches", async (t) => {
+    if (!kubeconfig) return t.skip('no lab');
+    const state = readState();
+    const n1 = state.nodes.find((n) => n.cluster === 'cluster1')!;
+    const n2 = state.nodes.find((n) => n.cluster === 'cluster2')!;
+    // A host-network "backend": a server in cluster1's node namespace on the node's addresses.
+    const server = spawn('ip', ['netns', 'exec', n1.netns, process.execPath, '-e', "require('net').createServer((s) => s.end('from ' + process.argv[1])).listen(7000, '0.0.0.0')", n1.name], { stdio: 'ignore' });
+    const lines = (ip: string) => `
+apiVersion: v1
+kind: Service
+metadata: {name: etcd-lb, namespace: default}
+spec:
+  type: LoadBalancer
+  ports: [{name: tcp, port: 7000, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: etcd-lb-1, namespace: default, labels: {kubernetes.io/service-name: etcd-lb}}
+addressType: IPv4
+ports: [{name: tcp, port: 7000, protocol: TCP}]
+endpoints: [{addresses: ['${ip}'], nodeName: ${n1.name}, conditions: {ready: true}}]
+`;
+    const f = join(files, 'lb.yaml');
+    try {
+      writeFileSync(f, lines(n1.underlayIP));
+      await kubectlOk('--context', 'cluster1', 'apply', '-f', f);
+      const vip = await eventually('status.loadBalancer.ingress of etcd-lb', async () =>
+        (await kubectlOk('--context', 'cluster1', 'get', 'service', 'etcd-lb', '-o', 'jsonpath={.status.loadBalancer.ingress[0].ip}')).trim() || undefined,
+      );
+      assert.equal(vip, '10.1.0.200', 'the first address of cluster1 pool');
+      // From the other cluster's node, through the lab's router, to the node that holds the address.
+      const reply = await eventually(`a reply through ${vip}:7000 from cluster2`, async () => {
+        const r = await run('ip', ['netns', 'exec', n2.netns, process.execPath, '-e', `const s=require('net').connect(7000,'${vip}');let d='';s.on('data',(b)=>d+=b);s.on('end',()=>{console.log(d);process.exit(0)});s.on('error',(e)=>{console.error(e.message);process.exit(1)});setTimeout(()=>process.exit(2),3000)`]);
+        return r.code === 0 ? r.stdout.trim() : undefined;
+      });
+      assert.equal(reply, `from ${n1.name}`);
+      const addrs = async () => (await run('ip', ['-n', n1.netns, '-4', '-o', 'addr', 'show'])).stdout;
+      assert.match(await addrs(), new RegExp(`inet ${vip.replace(/\./g, '\\.')}/32`));
+
+      // A backend on the pod network: the address stays the Service's but is placed on no node.
+      writeFileSync(f, lines('10.101.1.99'));
+      await kubectlOk('--context', 'cluster1', 'apply', '-f', f);
+      await eventually('the address leaves the node', async () => (!(await addrs()).includes(`inet ${vip}/32`) ? true : undefined));
+      assert.equal((await kubectlOk('--context', 'cluster1', 'get', 'service', 'etcd-lb', '-o', 'jsonpath={.status.loadBalancer.ingress[0].ip}')).trim(), vip);
+
+      writeFileSync(f, lines(n1.underlayIP));
+      await kubectlOk('--context', 'cluster1', 'apply', '-f', f);
+      await eventually('the address back on the node', async () => ((await addrs()).includes(`inet ${vip}/32`) ? true : undefined));
+      await kubectlOk('--context', 'cluster1', 'delete', '-f', f);
+      await eventually('the address released with the Service', async () => (!(await addrs()).includes(`inet ${vip}/32`) ? true : undefined));
+    } finally {
+      server.kill('SIGTERM');
+    }
   });
 
   test('down stops every Kubernetes API server', async (t) => {

@@ -12,6 +12,7 @@ import { issueCert } from '../kvstore/pki.ts';
 import type { EtcdServer } from '../kvstore/etcd-process.ts';
 import { createKubeApiPki, writeKubeconfig } from './kube-api/index.ts';
 import { NODE_LOCAL_API_HOST, NODE_LOCAL_API_PORT } from './kube-api-endpoint.ts';
+import type { CloudLbConfig } from './cloud-lb.ts';
 import type { KubeApiReady, KubeApiServerConfig } from './kube-apiserver.ts';
 import { ManagedProcess, childEnv, type ManagedProcessSpec } from './process.ts';
 
@@ -55,6 +56,8 @@ export interface KubeApiStartOptions {
   record?: (p: { role: KubeApiRole; cluster: string; node?: string; name: string; pid: number; logFile: string }) => void;
   /** Told right after each process started. */
   onStarted?: (p: { role: KubeApiRole; cluster: string; node?: string; proc: ManagedProcess }) => void;
+  /** The cloud load balancer a cluster's process runs (src/lab/cloud-lb.ts); none when undefined. */
+  loadBalancer?: (c: KubeApiCluster) => CloudLbConfig | undefined;
 }
 
 /** The kubeconfig of a cluster's own components (apiserver, agents, kubelets, DNS): the node-local endpoint. */
@@ -106,6 +109,8 @@ export async function startKubeApiServers(clusters: readonly KubeApiCluster[], o
       scheduler: true,
       socketPath: kubeApiSocket(c.dir),
     };
+    const lb = o.loadBalancer?.(c);
+    if (lb) cfg.loadBalancer = lb;
     const configFile = join(dir, 'kube-apiserver.json');
     writeFileSync(configFile, JSON.stringify(cfg, null, 2) + '\n');
     const proc = new ManagedProcess({

@@ -3,7 +3,8 @@
 // compatible server of src/lab/kube-api over the cluster's etcd, as the etcd
 // user `kube` (readwrite on clustermesh/kube/ only), and the lab's controllers
 // (src/lab/controllers) as its clients over HTTPS -- the lab's
-// kube-apiserver and kube-controller-manager in one process.
+// kube-apiserver and kube-controller-manager in one process (with the lab's
+// cloud load balancer, src/lab/cloud-lb.ts, when configured).
 //
 // It listens in the machine's network namespace on 127.0.0.1 (where kubectl
 // runs), reaching etcd through the etcd's TLS unix socket; with `socketPath`
@@ -17,6 +18,7 @@ import { z } from 'zod';
 import { KvClient } from '../kvstore/client.ts';
 import { KUBE_PREFIX, KubeApiServer } from './kube-api/index.ts';
 import { kubeConfigFor, startControllers } from './controllers/index.ts';
+import { cloudLbConfigSchema, startCloudLb } from './cloud-lb.ts';
 import { log } from './controllers/runtime.ts';
 
 const fileSchema = z.object({ certFile: z.string(), keyFile: z.string(), caFile: z.string() });
@@ -39,6 +41,8 @@ export const kubeApiServerConfigSchema = z.object({
   controllers: fileSchema.optional(),
   /** Run the lab's scheduler with the controllers (the lab; tests of the controllers alone leave it off). */
   scheduler: z.boolean().default(false),
+  /** Run the lab's cloud load balancer for LoadBalancer Services (src/lab/cloud-lb.ts). */
+  loadBalancer: cloudLbConfigSchema.optional(),
 });
 export type KubeApiServerConfig = z.infer<typeof kubeApiServerConfigSchema>;
 
@@ -94,11 +98,13 @@ export async function runKubeApiServer(configFile: string): Promise<void> {
   // processes on a small machine, one lifetime), still as HTTPS clients of the
   // server like any other, so they could as well run elsewhere.
   const controllers = cfg.controllers ? await startControllers(kubeConfigFor(server.url, cfg.controllers), { scheduler: cfg.scheduler }) : undefined;
+  const cloudLb = cfg.controllers && cfg.loadBalancer ? await startCloudLb(kubeConfigFor(server.url, cfg.controllers), cfg.loadBalancer) : undefined;
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', resolve);
     process.once('SIGINT', resolve);
   });
   log('stopping');
+  await cloudLb?.stop();
   await controllers?.stop();
   await server.stop();
   await kv.close();

@@ -44,6 +44,7 @@ import { ipBatch, run, runIn } from './exec.ts';
 import { ManagedProcess, childEnv } from './process.ts';
 import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT } from './prometheus.ts';
 import { recordTopology } from './registry.ts';
+import { labLbPool } from './cloud-lb.ts';
 import { clusterName, routerUnderlayIP, routingSettings, topologyBase, type NodeInfo, type PodInfo, type Topology } from './topology.ts';
 
 const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
@@ -444,6 +445,11 @@ class LabMesh implements Mesh {
       timeoutMs: this.readyTimeoutMs,
       record: (p) => this.created({ kind: 'process', role: p.role, cluster: p.cluster, ...(p.node !== undefined ? { node: p.node } : {}), pid: p.pid, logFile: p.logFile }),
       onStarted: (p) => void this.kubeProcs.push(p.proc),
+      loadBalancer: (c) => ({
+        routerNetns: this.topo.routerNetns,
+        pool: labLbPool(c.index),
+        nodes: Object.fromEntries(this.topo.nodes.filter((n) => n.cluster === c.index).map((n) => [n.name, { netns: n.netns, device: n.underlayDev }])),
+      }),
     });
     for (const k of this.kubeApis) await writeKubeconfig(this.kubeconfig(k.cluster), [{ name: k.cluster, server: kubeApiReady(k).url, ...kubeApiAdminPki(k.dir) }]);
     await settleAll(this.clusters.map((c) => this.seedKube(c)));
