@@ -129,7 +129,8 @@ spec:
     const state = readState();
     const n1 = state.nodes.find((n) => n.cluster === 'cluster1')!;
     const n2 = state.nodes.find((n) => n.cluster === 'cluster2')!;
-    // A host-network "backend": a server in cluster1's node namespace on the node's addresses.
+    // A host-network "backend": a server in cluster1's node namespace on the node's addresses, on
+    // another port than the Service's (as the installed etcd: Service port 2379, node port 2391).
     const server = spawn('ip', ['netns', 'exec', n1.netns, process.execPath, '-e', "require('net').createServer((s) => s.end('from ' + process.argv[1])).listen(7000, '0.0.0.0')", n1.name], { stdio: 'ignore' });
     const lines = (ip: string) => `
 apiVersion: v1
@@ -137,7 +138,7 @@ kind: Service
 metadata: {name: etcd-lb, namespace: default}
 spec:
   type: LoadBalancer
-  ports: [{name: tcp, port: 7000, protocol: TCP}]
+  ports: [{name: tcp, port: 2379, protocol: TCP}]
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -155,8 +156,8 @@ endpoints: [{addresses: ['${ip}'], nodeName: ${n1.name}, conditions: {ready: tru
       );
       assert.equal(vip, '10.1.0.200', 'the first address of cluster1 pool');
       // From the other cluster's node, through the lab's router, to the node that holds the address.
-      const reply = await eventually(`a reply through ${vip}:7000 from cluster2`, async () => {
-        const r = await run('ip', ['netns', 'exec', n2.netns, process.execPath, '-e', `const s=require('net').connect(7000,'${vip}');let d='';s.on('data',(b)=>d+=b);s.on('end',()=>{console.log(d);process.exit(0)});s.on('error',(e)=>{console.error(e.message);process.exit(1)});setTimeout(()=>process.exit(2),3000)`]);
+      const reply = await eventually(`a reply through ${vip}:2379 (the Service port; the backend listens on 7000) from cluster2`, async () => {
+        const r = await run('ip', ['netns', 'exec', n2.netns, process.execPath, '-e', `const s=require('net').connect(2379,'${vip}');let d='';s.on('data',(b)=>d+=b);s.on('end',()=>{console.log(d);process.exit(0)});s.on('error',(e)=>{console.error(e.message);process.exit(1)});setTimeout(()=>process.exit(2),3000)`]);
         return r.code === 0 ? r.stdout.trim() : undefined;
       });
       assert.equal(reply, `from ${n1.name}`);

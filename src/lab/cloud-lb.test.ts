@@ -51,3 +51,12 @@ test('backends on the pod network, or none ready: an address, no node, and the r
   assert.equal(none.node, undefined);
   assert.equal(none.problem, 'no ready backend');
 });
+
+test("the Service's ports, translated to the backend's port of the same name", () => {
+  const s: V1Service = { spec: { type: 'LoadBalancer', ports: [{ name: 'etcd', port: 2379, targetPort: 'etcd' as unknown as number }, { name: 'x', port: 80, protocol: 'UDP', targetPort: 8080 }, { name: 's', port: 9, protocol: 'SCTP' }] } };
+  const sl: V1EndpointSlice = { addressType: 'IPv4', ports: [{ name: 'etcd', port: 2391, protocol: 'TCP' }], endpoints: [{ addresses: ['10.3.0.1'], nodeName: 'node1' }] };
+  assert.deepEqual(planLoadBalancer(s, [sl], nodeIPs, pool, new Set(), undefined).ports, [
+    { protocol: 'TCP', port: 2379, target: 2391 },
+    { protocol: 'UDP', port: 80, target: 8080 },
+  ]);
+});

@@ -7,14 +7,19 @@
 // (on the cluster's underlay segment, where the lab's router and the other
 // clusters reach it), writes it to status.loadBalancer.ingress, and puts it
 // as a /32 on the underlay device of a node that holds a ready backend: the
-// node answers ARP for it and the backend, which listens on the node's
-// addresses, accepts the connection. No address translation anywhere, so
-// only backends on the host network (endpoint address = the node's
-// InternalIP, e.g. the clustermesh apiserver's etcd) can be reached this way:
-// a Service whose ready backends are all pod-network pods gets its address
-// but is placed on no node, and the controller logs why. When the backend
-// moves, the address moves with it and the neighbour entries for it are
-// flushed in the router and the nodes, so the next packet finds the new node.
+// node answers ARP for it. There the Service's ports are translated to the
+// backend's (the EndpointSlice's port of the same name: the installed etcd
+// listens on 2391 behind Service port 2379) by DNAT rules in that node's
+// namespace, in a chain of its own (CM-LAB-LB), as the node's kube-proxy
+// would for MetalLB. This is the lab's stand-in for a cloud's load balancer,
+// never in clustermesh's own datapath. The backend must listen on the node's
+// addresses, so only backends on the host network (endpoint address = the
+// node's InternalIP, e.g. the clustermesh apiserver's etcd) are reachable
+// this way: a Service whose ready backends are all pod-network pods gets its
+// address but is placed on no node, and the controller logs why. When the
+// backend moves, the address and its rules move with it and the neighbour
+// entries for it are flushed in the router and the nodes, so the next packet
+// finds the new node.
 //
 // It runs in the cluster's kube-apiserver process beside the other
 // controllers (src/lab/kube-apiserver.ts) and, like them, reads what it needs
@@ -22,7 +27,7 @@
 import { CoreV1Api, DiscoveryV1Api, PatchStrategy, setHeaderOptions, type KubeConfig, type V1EndpointSlice, type V1Node, type V1Service } from '@kubernetes/client-node';
 import { z } from 'zod';
 import { run } from './exec.ts';
-import { apiCode, keyOf, log, splitKey, watchKind, WorkQueue } from './controllers/runtime.ts';
+import { apiCode, canonicalJson, keyOf, log, splitKey, watchKind, WorkQueue } from './controllers/runtime.ts';
 import { SERVICE_NAME_LABEL } from './controllers/endpointslice.ts';
 
 export const cloudLbConfigSchema = z.object({
@@ -48,6 +53,8 @@ export interface LbPlan {
   node: string | undefined;
   /** Why it is not placed, when it is not. */
   problem?: string;
+  /** Service port -> the backend's port (by port name, as the EndpointSlice gives it). */
+  ports: Array<{ protocol: 'TCP' | 'UDP'; port: number; target: number }>;
 }
 
 /**
@@ -86,7 +93,23 @@ export function planLoadBalancer(
         : podNetwork > 0
           ? `its ${podNetwork} ready backend(s) are on the pod network; the lab's load balancer reaches host-network backends only`
           : 'no ready backend';
-  return { vip, node, ...(problem ? { problem } : {}) };
+  const ports: LbPlan['ports'] = [];
+  for (const p of svc.spec?.ports ?? []) {
+    const protocol = (p.protocol ?? 'TCP') as string;
+    if (protocol !== 'TCP' && protocol !== 'UDP') continue;
+    const target = slices.flatMap((x) => x.ports ?? []).find((sp) => (sp.name ?? '') === (p.name ?? '') && (sp.protocol ?? 'TCP') === protocol)?.port;
+    ports.push({ protocol, port: p.port, target: target ?? (typeof p.targetPort === 'number' ? p.targetPort : p.port) });
+  }
+  return { vip, node, ports, ...(problem ? { problem } : {}) };
+}
+
+/** The nat chain of a node's namespace holding the translations of the addresses it holds. */
+export const LB_CHAIN = 'CM-LAB-LB';
+
+interface Placement {
+  vip: string;
+  node: string | undefined;
+  ports: LbPlan['ports'];
 }
 
 export interface RunningCloudLb {
@@ -98,20 +121,38 @@ export async function startCloudLb(kc: KubeConfig, cfg: CloudLbConfig): Promise<
   const core = kc.makeApiClient(CoreV1Api);
   const discovery = kc.makeApiClient(DiscoveryV1Api);
   /** Service key -> where its address is now. */
-  const placed = new Map<string, { vip: string; node: string | undefined }>();
+  const placed = new Map<string, Placement>();
   const lbKeys = new Set<string>();
 
   const ip = (netns: string, args: string[]) => run(['ip', '-n', netns, ...args]).catch(() => undefined);
   const flushNeighbours = async (vip: string) => {
     await Promise.all([cfg.routerNetns, ...Object.values(cfg.nodes).map((n) => n.netns)].map((ns) => ip(ns, ['neigh', 'flush', 'to', vip])));
   };
-  /** Puts `vip` on `node` only (undefined: on none). */
-  const place = async (vip: string, node: string | undefined) => {
-    for (const [name, n] of Object.entries(cfg.nodes)) {
-      if (name !== node) await ip(n.netns, ['addr', 'del', `${vip}/32`, 'dev', n.device]);
+  /** The translation rules of every Service placed on `node`, as its CM-LAB-LB chain (rewritten whole). */
+  const writeRules = async (node: string) => {
+    const n = cfg.nodes[node];
+    if (!n) return;
+    const rules = [...placed.values()]
+      .filter((p) => p.node === node)
+      .flatMap((p) => p.ports.filter((x) => x.port !== x.target).map((x) => `-A ${LB_CHAIN} -d ${p.vip}/32 -p ${x.protocol.toLowerCase()} --dport ${x.port} -j REDIRECT --to-ports ${x.target}`));
+    await run(['ip', 'netns', 'exec', n.netns, 'iptables-restore', '--noflush'], { input: ['*nat', `:${LB_CHAIN} - [0:0]`, ...rules, 'COMMIT', ''].join('\n') });
+    for (const hook of ['PREROUTING', 'OUTPUT']) {
+      const iptables = (op: string) => run(['ip', 'netns', 'exec', n.netns, 'iptables', '-t', 'nat', op, hook, '-j', LB_CHAIN]);
+      if (!(await iptables('-C').then(() => true, () => false))) await iptables('-A');
     }
-    const n = node !== undefined ? cfg.nodes[node] : undefined;
+  };
+  /** Puts `vip` on `node` only (undefined: on none), with the translation rules of both nodes rewritten. */
+  const place = async (key: string, next: Placement | undefined) => {
+    const was = placed.get(key);
+    if (next) placed.set(key, next);
+    else placed.delete(key);
+    const vip = (next ?? was)!.vip;
+    for (const [name, n] of Object.entries(cfg.nodes)) {
+      if (name !== next?.node) await ip(n.netns, ['addr', 'del', `${vip}/32`, 'dev', n.device]);
+    }
+    const n = next?.node !== undefined ? cfg.nodes[next.node] : undefined;
     if (n) await run(['ip', '-n', n.netns, 'addr', 'replace', `${vip}/32`, 'dev', n.device]);
+    for (const node of new Set([was?.node, next?.node])) if (node !== undefined) await writeRules(node);
     await flushNeighbours(vip);
   };
 
@@ -127,8 +168,7 @@ export async function startCloudLb(kc: KubeConfig, cfg: CloudLbConfig): Promise<
     if (!svc || svc.spec?.type !== 'LoadBalancer') {
       lbKeys.delete(key);
       if (was) {
-        await place(was.vip, undefined);
-        placed.delete(key);
+        await place(key, undefined);
         log('load balancer address released', { service: key, address: was.vip });
       }
       return;
@@ -145,10 +185,10 @@ export async function startCloudLb(kc: KubeConfig, cfg: CloudLbConfig): Promise<
       log('no load balancer address', { service: key, problem: plan.problem });
       return;
     }
-    if (was?.vip !== plan.vip || was.node !== plan.node) {
-      if (was && was.vip !== plan.vip) await place(was.vip, undefined);
-      await place(plan.vip, plan.node);
-      placed.set(key, { vip: plan.vip, node: plan.node });
+    const next: Placement = { vip: plan.vip, node: plan.node, ports: plan.ports };
+    if (!was || canonicalJson(was) !== canonicalJson(next)) {
+      if (was && was.vip !== plan.vip) await place(key, undefined);
+      await place(key, next);
       log('load balancer address placed', { service: key, address: plan.vip, node: plan.node ?? null, ...(plan.problem ? { problem: plan.problem } : {}) });
     }
     const ingress = svc.status?.loadBalancer?.ingress ?? [];
@@ -164,7 +204,7 @@ export async function startCloudLb(kc: KubeConfig, cfg: CloudLbConfig): Promise<
   // Addresses a previous run handed out stay theirs (status); placements are redone by the first reconciles.
   for (const s of (await core.listServiceForAllNamespaces()).items) {
     const vip = s.status?.loadBalancer?.ingress?.map((i) => i.ip).find((x) => x !== undefined && cfg.pool.includes(x));
-    if (s.spec?.type === 'LoadBalancer' && vip) placed.set(keyOf(s.metadata?.namespace, s.metadata?.name), { vip, node: '(unknown)' });
+    if (s.spec?.type === 'LoadBalancer' && vip) placed.set(keyOf(s.metadata?.namespace, s.metadata?.name), { vip, node: undefined, ports: [] });
   }
   const informers = [
     watchKind<V1Service>(kc, '/api/v1/services', () => core.listServiceForAllNamespaces(), (s) => queue.add(keyOf(s.metadata?.namespace, s.metadata?.name))),
