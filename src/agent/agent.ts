@@ -50,6 +50,7 @@ import { Buckets } from '../util/metrics.ts';
 import { AgentConfigError, resolveNodeConfig, type AgentConfig, type ResolvedAgentConfig } from './config.ts';
 import { CniConfFile, cniConflist, underlayMtuOf } from './cni-conf.ts';
 import { waitForNode } from './node-from-api.ts';
+import { etcdThroughServices } from './etcd-service.ts';
 import { loadKubeConnection, type KubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import { KubeHttp } from '../sources/kubernetes/http.ts';
 import { datapathStatus, endpointDatapath, endpointsTarget, ipcacheTarget, refusedByMap } from './datapath.ts';
@@ -167,7 +168,10 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
 
   try {
     // ---- control-plane clients
-    const kv = new KvClient(cfg.etcd, { sessionTtlSeconds: cfg.sessionTtlSeconds });
+    // An endpoint named by a Kubernetes Service (the install's) is reached through the API's EndpointSlices, not DNS.
+    const etcdConn = await etcdThroughServices(cfg.etcd, () => new KubeHttp(kube('names a Kubernetes Service, resolved through the Kubernetes API', 'etcd.endpoints').kubeConfig), log.child({ component: 'etcd-service' }));
+    cleanups.push(() => Promise.all(etcdConn.proxies.map((p) => p.close())));
+    const kv = new KvClient(etcdConn.etcd, { sessionTtlSeconds: cfg.sessionTtlSeconds });
     cleanups.push(() => kv.close());
     // Set once the ResyncGrace below exists; a source failure before that has nothing to hold back yet.
     let localGrace: ResyncGrace | undefined;
