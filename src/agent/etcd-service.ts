@@ -119,19 +119,18 @@ export class ServiceProxy {
 
   /** A connection to a known address; when none answers, resolved again and tried once more. */
   private async upstream(): Promise<Socket> {
-    let tried: string[] = [];
+    const tried = new Set<string>();
     for (let round = 0; round < 2; round++) {
       const addrs = round === 0 && this.addresses.length ? this.addresses : await this.refresh();
       for (const a of addrs) {
         try {
           return await dial(a, this.dialTimeoutMs);
         } catch {
-          tried.push(a);
+          tried.add(a);
         }
       }
-      if (round === 0 && addrs.length === 0) tried = [];
     }
-    throw new Error(`${this.target}: no endpoint answers (tried ${tried.join(', ') || 'none: no ready endpoint'})`);
+    throw new Error(`${this.target}: no endpoint answers (tried ${[...tried].join(', ') || 'none: no ready endpoint'})`);
   }
 
   private async accept(client: Socket): Promise<void> {
