@@ -391,8 +391,9 @@ function agentDaemonSet(s: InstallSettings): KubeObject {
             {
               name: 'install-cni-plugin',
               image: s.image,
-              // Under the name the agent's conflist gives as `type`.
-              command: ['cp', '/usr/local/lib/clustermesh/clustermesh-cni', `${PATHS.cniBin}/${DEFAULT_CNI_BINARY_NAME}`],
+              // Under the name the agent's conflist gives as `type`; copied beside it and renamed over it, so a
+              // runtime running the old executable at that moment neither fails (text file busy) nor runs half a file.
+              command: ['sh', '-c', `cp /usr/local/lib/clustermesh/clustermesh-cni ${PATHS.cniBin}/.${DEFAULT_CNI_BINARY_NAME}.new && mv -f ${PATHS.cniBin}/.${DEFAULT_CNI_BINARY_NAME}.new ${PATHS.cniBin}/${DEFAULT_CNI_BINARY_NAME}`],
               volumeMounts: [{ name: 'cni-bin', mountPath: PATHS.cniBin }],
             },
           ],
