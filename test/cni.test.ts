@@ -267,7 +267,7 @@ describe('cni: the plugin binary against a live mesh (1 cluster x 2 nodes)', { t
     const cases: Array<[unknown, number, RegExp]> = [
       [netconf(n1, { mtu: 'big' }), 7, /^invalid network config: mtu:/],
       [netconf(n1, { ipam: { podCIDR: n1.podCIDR, rangeStart: '192.168.0.1' } }), 7, /ipam\.rangeStart: must lie in podCIDR/],
-      [netconf(n1, { type: 'bridge' }), 7, /type: must be "clustermesh"/],
+      [netconf(n1, { type: '/opt/cni/bin/bridge' }), 7, /type: must be the plugin executable's file name/],
       [netconf(n1, { cniVersion: '0.4.0' }), 1, /incompatible CNI version 0\.4\.0/],
       ['not json', 6, /not JSON/],
       ['{"cniVersion": "1.0.0", "agentSocket": ', 6, /not JSON: .* at byte \d+/],

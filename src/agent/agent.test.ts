@@ -14,6 +14,10 @@
 // a TCP transfer survives SIGKILL + restart of the agent with its checksum
 // intact; SIGTERM leaves the programs attached; a restart drops an endpoint
 // whose device is gone; DELETE removes everything and is idempotent.
+// As the install's DaemonSet runs it: no podCIDR in its config (its Node's
+// spec.podCIDRs, read from the API) and a cniConfDir, where the CNI conflist
+// appears only once the agent is ready, stays through SIGKILL and is removed by
+// SIGTERM.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
@@ -224,7 +228,8 @@ describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
           clusterID: 1,
           nodeName: 'node1',
           underlayDevice: 'ul0',
-          podCIDR: '10.101.1.0/24',
+          // podCIDR: from Node node1 (spec.podCIDRs)
+          cniConfDir: join(tmp, 'net.d'),
           etcd: { endpoints: conn.endpoints, caFile: conn.caFile, certFile: conn.certFile, keyFile: conn.keyFile },
           clustermeshConfigDir: remoteDir,
           kubeconfig: agentKubeconfig,
@@ -236,11 +241,35 @@ describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
         }),
       );
 
+      const conflist = join(tmp, 'net.d', '05-clustermesh.conflist');
       agent = await startAgentProcess();
       client = new AgentClient(join(stateDir, 'agent.sock'));
+      // The conflist only once healthz says ready (file first, then health: a file seen means ready already).
+      const watchConflist = (async () => {
+        const c = new AgentClient(join(stateDir, 'agent.sock'));
+        try {
+          for (let i = 0; i < 6000; i++) {
+            const present = existsSync(conflist);
+            const h = await c.health().catch(() => undefined);
+            if (present) return h?.ready === true ? null : `the conflist exists while healthz says ${JSON.stringify(h)}`;
+            await new Promise((r) => setTimeout(r, 20));
+          }
+          return 'the conflist never appeared';
+        } finally {
+          c.close();
+        }
+      })();
       await client.waitReady({ timeoutMs: 60_000 }).catch((err: Error) => {
         throw new Error(`${err.message}\n${agentLog()}`);
       });
+      assert.equal(await watchConflist, null);
+      assert.deepEqual(JSON.parse(readFileSync(conflist, 'utf8')), {
+        cniVersion: '1.0.0',
+        name: 'clustermesh',
+        plugins: [{ type: 'clustermesh-cni', agentSocket: join(stateDir, 'agent.sock'), underlayMtu: 1500, ipam: { podCIDR: '10.101.1.0/24', gateway: '10.101.1.1' } }],
+      });
+      assert.equal((await client.status()).node.podCIDR, '10.101.1.0/24', "the pod CIDR is the Node's");
+      assert.match(readFileSync(logFile, 'utf8'), /reading this node's addressing from its Kubernetes Node/);
 
       // ---- endpoints through the API
       const put = (i: 0 | 1) =>
@@ -337,6 +366,7 @@ describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
       agent.kill('SIGKILL');
       const killed = await exited(agent);
       assert.equal(killed.signal, 'SIGKILL');
+      assert.ok(existsSync(conflist), 'a killed agent leaves the conflist: its pods keep working');
       agent = await startAgentProcess();
       await client.waitReady({ timeoutMs: 120_000 }).catch((err: Error) => {
         throw new Error(`${err.message}\n${agentLog()}`);
@@ -359,6 +389,7 @@ describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
       agent.kill('SIGTERM');
       const termed = await exited(agent);
       assert.equal(termed.code, 0, agentLog());
+      assert.equal(existsSync(conflist), false, 'a clean stop removes the conflist');
       const filters = inNs(nodeNs, ['tc', 'filter', 'show', 'dev', pods[0].host, 'ingress']).stdout;
       assert.match(filters, /from_container/, 'from_container still attached while the agent is down');
       assert.ok(ping(pods[0].ns, pods[1].ip), 'traffic flows while the agent is down');
@@ -368,6 +399,7 @@ describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
         throw new Error(`${err.message}\n${agentLog()}`);
       });
       assert.deepEqual((await client.listEndpoints()).map((e) => e.containerID), [ep0.containerID]);
+      await until('the conflist written again once ready', () => existsSync(conflist), 10_000);
       await until('endpoint of the vanished pod pruned', () => !endpointsOf(pinDir).has(pods[1].ip) && !ipcacheOf(pinDir).has(`${pods[1].ip}/32`), 10_000);
       await until('its store object deleted', async () => (await root.get(endpointKey({ namespace: 'default', name: 'web-1' }))) === undefined);
 

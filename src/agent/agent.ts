@@ -24,6 +24,12 @@
 // once the sources synced (or syncTimeoutSeconds passed) and a full pass ran.
 // stop() keeps programs attached and maps pinned: traffic flows while the
 // agent is down; SIGKILL leaves the same state behind.
+//
+// As the install's DaemonSet runs it: podCIDR and nodeIP may come from this
+// node's Kubernetes Node (node-from-api.ts), the etcd endpoint may be the
+// apiserver's Service name (etcd-service.ts), and with cniConfDir set the CNI
+// network configuration is written once ready and removed by stop()
+// (cni-conf.ts).
 import { mkdir } from 'node:fs/promises';
 import pino, { type Logger } from 'pino';
 import promClient from 'prom-client';
@@ -41,7 +47,12 @@ import { startApiServer, type ApiServer } from './api.ts';
 import { AgentFlowNamer, FlowReader } from './flow-reader.ts';
 import { agentRegistry, startMetricsServer } from './metrics.ts';
 import { Buckets } from '../util/metrics.ts';
-import { resolveNodeIP, type AgentConfig, type ResolvedAgentConfig } from './config.ts';
+import { AgentConfigError, resolveNodeConfig, type AgentConfig, type ResolvedAgentConfig } from './config.ts';
+import { CniConfFile, cniConflist, underlayMtuOf } from './cni-conf.ts';
+import { waitForNode } from './node-from-api.ts';
+import { etcdThroughServices } from './etcd-service.ts';
+import { loadKubeConnection, type KubeConnection } from '../sources/kubernetes/kubeconfig.ts';
+import { KubeHttp } from '../sources/kubernetes/http.ts';
 import { datapathStatus, endpointDatapath, endpointsTarget, ipcacheTarget, refusedByMap } from './datapath.ts';
 import { EndpointManager } from './endpoints.ts';
 import {
@@ -90,7 +101,23 @@ const LOCAL_RESYNC_GRACE_MS = 10_000;
 export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Promise<Agent> {
   const log = deps.logger ?? pino({ name: 'clustermesh-agent', level: config.logLevel });
   const clock = deps.clock ?? systemClock;
-  const cfg = await resolveNodeIP(config);
+  // The Kubernetes API (config `kubeconfig`, else KUBECONFIG, the in-cluster service account, ~/.kube/config), opened when first needed.
+  let kubeConn: KubeConnection | undefined;
+  const kube = (why: string, setting: string): KubeConnection => {
+    try {
+      return (kubeConn ??= loadKubeConnection(config.kubeconfig !== undefined ? { kubeconfig: config.kubeconfig } : {}));
+    } catch (err) {
+      throw new AgentConfigError(config.file ?? 'flags', setting, `${why}, but ${(err as Error).message}`);
+    }
+  };
+  const cfg = await resolveNodeConfig(config, {
+    node: async (need) => {
+      const setting = need.podCIDR ? 'podCIDR' : 'nodeIP';
+      const conn = kube(`is not set, so it is read from Node ${config.nodeName} in the Kubernetes API`, setting);
+      log.info({ node: config.nodeName, api: conn.server, podCIDR: need.podCIDR, nodeIP: need.internalIP }, 'reading this node\'s addressing from its Kubernetes Node');
+      return await waitForNode(new KubeHttp(conn.kubeConfig), { nodeName: config.nodeName, need, timeoutMs: config.nodeWaitTimeoutMs, log, clock });
+    },
+  });
   const self = { nodeName: cfg.nodeName, nodeIP: cfg.nodeIP, podCIDR: cfg.podCIDR };
   const startedAt = new Date(clock.now()).toISOString();
   let phase: AgentPhase = 'starting';
@@ -141,7 +168,10 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
 
   try {
     // ---- control-plane clients
-    const kv = new KvClient(cfg.etcd, { sessionTtlSeconds: cfg.sessionTtlSeconds });
+    // An endpoint named by a Kubernetes Service (the install's) is reached through the API's EndpointSlices, not DNS.
+    const etcdConn = await etcdThroughServices(cfg.etcd, () => new KubeHttp(kube('names a Kubernetes Service, resolved through the Kubernetes API', 'etcd.endpoints').kubeConfig), log.child({ component: 'etcd-service' }));
+    cleanups.push(() => Promise.all(etcdConn.proxies.map((p) => p.close())));
+    const kv = new KvClient(etcdConn.etcd, { sessionTtlSeconds: cfg.sessionTtlSeconds });
     cleanups.push(() => kv.close());
     // Set once the ResyncGrace below exists; a source failure before that has nothing to hold back yet.
     let localGrace: ResyncGrace | undefined;
@@ -626,6 +656,30 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     })().catch(rejectReady);
 
     let stopping: Promise<void> | undefined;
+    // ---- the CNI network configuration: written once ready (the runtime then sends pods here), removed by stop()
+    const cniConf = cfg.cniConfDir !== undefined ? new CniConfFile(cfg.cniConfDir, cfg.cniConfName) : undefined;
+    let cniWriting: Promise<unknown> = Promise.resolve();
+    if (cniConf) {
+      void (async () => {
+        try {
+          await ready;
+        } catch {
+          return;
+        }
+        const mtu = await underlayMtuOf(cfg.nodeIP);
+        // Checked again now and then: a file changed or deleted behind the agent's back is rewritten.
+        do {
+          if (stopCtl.signal.aborted) return;
+          try {
+            const wrote = cniConf.write(cniConflist(cfg, mtu));
+            cniWriting = wrote.catch(() => undefined);
+            if (await wrote) log.info({ file: cniConf.path, type: cfg.cniBinaryName, podCIDR: cfg.podCIDR, underlayMtu: mtu }, 'CNI network configuration written');
+          } catch (err) {
+            log.error({ file: cniConf.path, err: (err as Error).message }, 'cannot write the CNI network configuration; retrying');
+          }
+        } while (await sleep(clock, 10_000, stopCtl.signal));
+      })();
+    }
     return {
       config: cfg,
       ready,
@@ -636,6 +690,8 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
           log.info('agent stopping; programs stay attached and maps pinned');
           stopCtl.abort();
           rejectReady(new Error('agent stopped before it was ready'));
+          // First, so the runtime sends no new pod to an agent going away.
+          if (cniConf) await cniWriting.then(() => cniConf.remove()).then(() => log.info({ file: cniConf.path }, 'CNI network configuration removed'), (err: unknown) => log.warn({ file: cniConf.path, err: (err as Error).message }, 'cannot remove the CNI network configuration'));
           await runCleanups();
           log.info('agent stopped');
         })()),

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AgentConfigError, compileAgentConfig, loadAgentConfig, resolveNodeIP } from './config.ts';
+import { AgentConfigError, compileAgentConfig, loadAgentConfig, resolveNodeConfig, resolveNodeIP } from './config.ts';
 
 const base = {
   clusterName: 'cluster1',
@@ -124,9 +124,14 @@ describe('agent config', () => {
     rejects({ ...base, eventsRingBytes: 1024 }, /eventsRingBytes: must be 4096\.\./);
   });
 
-  it('needs exactly one of nodeIP and underlayDevice', () => {
+  it('nodeIP or underlayDevice, not both; neither: the Node\'s InternalIP, which needs a Kubernetes API', async () => {
     const { nodeIP: _ip, ...noIP } = base;
-    rejects(noIP, 'agent config /x/y.yaml: nodeIP: is required (or underlayDevice, to take its address)');
+    const none = compile(noIP);
+    assert.equal(none.nodeIP, undefined);
+    await assert.rejects(resolveNodeConfig(none), {
+      message: 'agent config /x/y.yaml: nodeIP: is required (nodeIP comes from Node node1 only when the agent reads a Kubernetes API; or set underlayDevice, to take its address)',
+    });
+    assert.equal((await resolveNodeConfig(none, { node: async () => ({ podCIDR: '10.101.9.0/24', internalIP: '10.1.0.9' }) })).nodeIP, '10.1.0.9');
     rejects({ ...base, underlayDevice: 'eth0' }, 'agent config /x/y.yaml: underlayDevice: give either nodeIP or underlayDevice, not both');
     const c = compile({ ...noIP, underlayDevice: 'eth0' });
     assert.equal(c.nodeIP, undefined);
@@ -140,6 +145,46 @@ describe('agent config', () => {
     await assert.rejects(resolveNodeIP(c, async () => undefined), {
       message: 'agent config /x/y.yaml: underlayDevice: device eth0 has no IPv4 address in this network namespace',
     });
+  });
+
+  it('podCIDR absent: read from the Node, then checked as a configured one is', async () => {
+    const { podCIDR: _p, ...noCidr } = base;
+    const c = compile({ ...noCidr, nodeWaitTimeoutSeconds: 5 });
+    assert.equal(c.podCIDR, undefined);
+    assert.equal(c.nodeWaitTimeoutMs, 5000);
+    const asked: unknown[] = [];
+    const r = await resolveNodeConfig(c, {
+      node: async (need) => {
+        asked.push(need);
+        return { podCIDR: '10.101.4.0/24', internalIP: '10.1.0.4' };
+      },
+    });
+    assert.deepEqual(asked, [{ podCIDR: true, internalIP: false }]);
+    assert.equal(r.podCIDR, '10.101.4.0/24');
+    assert.equal(r.nodeIP, '10.1.0.1', 'the configured nodeIP wins over the InternalIP');
+    await assert.rejects(resolveNodeConfig(c), { message: /^agent config \/x\/y\.yaml: podCIDR: is required \(podCIDR comes from Node node1 only when the agent reads a Kubernetes API\)$/ });
+    await assert.rejects(resolveNodeConfig(c, { node: async () => ({ podCIDR: '10.101.4.9/24', internalIP: undefined }) }), {
+      message: 'agent config /x/y.yaml: podCIDR (Node node1 spec.podCIDRs): 10.101.4.9/24: host bits are set; did you mean 10.101.4.0/24?',
+    });
+    const native = compile({ ...noCidr, routingMode: 'native', nativeRoutingCIDRs: ['10.200.0.0/16'] });
+    await assert.rejects(resolveNodeConfig(native, { node: async () => ({ podCIDR: '10.101.4.0/24', internalIP: undefined }) }), {
+      message: /^agent config \/x\/y\.yaml: nativeRoutingCIDRs: none covers this node's podCIDR 10\.101\.4\.0\/24 \(from podCIDR \(Node node1 spec\.podCIDRs\)\)/,
+    });
+    // A configured podCIDR never asks the API.
+    assert.equal((await resolveNodeConfig(compile(base))).podCIDR, '10.101.1.0/24');
+  });
+
+  it('the CNI configuration settings: defaults, and checked names', () => {
+    const c = compile(base);
+    assert.equal(c.cniConfDir, undefined);
+    assert.equal(c.cniConfName, '05-clustermesh.conflist');
+    assert.equal(c.cniBinaryName, 'clustermesh-cni');
+    const set = compile({ ...base, cniConfDir: 'net.d', cniConfName: '10-cm.conflist', cniBinaryName: 'cm' });
+    assert.equal(set.cniConfDir, '/x/net.d');
+    assert.equal(set.cniConfName, '10-cm.conflist');
+    assert.equal(set.cniBinaryName, 'cm');
+    rejects({ ...base, cniConfName: '../05.conflist' }, /cniConfName: must be a file name ending in \.conflist/);
+    rejects({ ...base, cniBinaryName: '/opt/cni/bin/x' }, /cniBinaryName: must be the file name of an executable/);
   });
 
   it('flags override the file (numbers converted) and are checked the same way', () => {

@@ -7,8 +7,9 @@
 //   clusterID: 1
 //   maxConnectedClusters: 255          # or 511
 //   nodeName: node1
-//   nodeIP: 10.1.0.1                   # or underlayDevice: eth0 (its first IPv4 address)
-//   podCIDR: 10.101.1.0/24
+//   nodeIP: 10.1.0.1                   # or underlayDevice: eth0 (its first IPv4 address);
+//                                      # absent: the Node's InternalIP from the Kubernetes API
+//   podCIDR: 10.101.1.0/24             # absent: the Node's spec.podCIDRs[0] from the Kubernetes API
 //   tunnelPort: 8472
 //   vxlanDevice: cm_vxlan
 //   etcd: { endpoints: [https://10.1.0.250:2379], caFile: ca.crt, certFile: agent.crt, keyFile: agent.key }
@@ -57,7 +58,20 @@
 // leave unencapsulated and arrive on the underlay device, bpf/lib/native.h;
 // the rest, e.g. clusters in tunnel mode, still through the tunnel),
 // nativeRoutingCIDRs (native only, required there: 1..8 pod address ranges the
-// underlay routes to their nodes, covering this node's podCIDR).
+// underlay routes to their nodes, covering this node's podCIDR),
+// nodeWaitTimeoutSeconds (300: with podCIDR or nodeIP absent, how long the
+// agent waits for its Node, nodeName, to exist in the Kubernetes API with a
+// pod CIDR (and an InternalIP) before it fails naming the node), cniConfDir
+// (a directory, e.g. /host/etc/cni/net.d: once ready the agent writes its CNI
+// network configuration there, atomically, rewrites it when its content would
+// change and removes it on a clean stop; absent: no file is written),
+// cniConfName (05-clustermesh.conflist: the file's name), cniBinaryName
+// (clustermesh-cni: the plugin's `type`, the executable the runtime finds in
+// its CNI bin directory; the install copies it there under this name).
+//
+// An etcd endpoint whose host is a Kubernetes Service name
+// (<svc>.<ns>.svc[.cluster.local]) is resolved through the Kubernetes API, not
+// DNS (etcd-service.ts); the certificate is verified against that name.
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
@@ -88,7 +102,8 @@ export interface AgentConfig {
   /** The underlay address; resolved from underlayDevice when that was given instead. */
   nodeIP: string | undefined;
   underlayDevice: string | undefined;
-  podCIDR: string;
+  /** This node's pod range; undefined until read from the Node (resolveNodeConfig). */
+  podCIDR: string | undefined;
   tunnelPort: number;
   vxlanDevice: string;
   etcd: KvConnectionConfig;
@@ -132,10 +147,23 @@ export interface AgentConfig {
   nativeRoutingCIDRs: string[];
   /** Kubeconfig of the cluster's Kubernetes API, the local source of every kind but Endpoint; undefined = KUBECONFIG, the in-cluster service account or ~/.kube/config. */
   kubeconfig?: string | undefined;
+  /** How long to wait for the Node (its pod CIDR, its InternalIP) when podCIDR or nodeIP comes from it. */
+  nodeWaitTimeoutMs: number;
+  /** Where the CNI network configuration is written once ready; undefined = nowhere. */
+  cniConfDir: string | undefined;
+  /** File name of the CNI network configuration in cniConfDir. */
+  cniConfName: string;
+  /** The plugin's `type`: the executable's name in the runtime's CNI bin directory. */
+  cniBinaryName: string;
 }
 
-/** A config whose nodeIP is known. */
-export type ResolvedAgentConfig = AgentConfig & { nodeIP: string };
+/** A config whose nodeIP and podCIDR are known. */
+export type ResolvedAgentConfig = AgentConfig & { nodeIP: string; podCIDR: string };
+
+/** The CNI network configuration file the agent writes (Cilium's is 05-cilium.conflist). */
+export const DEFAULT_CNI_CONF_NAME = '05-clustermesh.conflist';
+/** The plugin executable's name in /opt/cni/bin: what the install copies there and the conflist's `type`. */
+export const DEFAULT_CNI_BINARY_NAME = 'clustermesh-cni';
 
 export class AgentConfigError extends Error {
   constructor(
@@ -200,7 +228,7 @@ const fileSchema = z.strictObject({
     .regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'lowercase alphanumerics, "-" and ".", starting and ending alphanumeric'),
   nodeIP: ipv4.optional(),
   underlayDevice: ifName.optional(),
-  podCIDR: cidrV4,
+  podCIDR: cidrV4.optional(),
   tunnelPort: positiveInt('UDP port', 1, 65535).default(8472),
   vxlanDevice: ifName.default('cm_vxlan'),
   etcd: etcdSchema,
@@ -232,6 +260,16 @@ const fileSchema = z.strictObject({
   routingMode: z.enum(ROUTING_MODES as [RoutingMode, ...RoutingMode[]], { error: `must be ${ROUTING_MODES.join(' or ')}` }).default('tunnel'),
   nativeRoutingCIDRs: z.array(cidrV4).max(NATIVE_CIDRS_MAX, `at most ${NATIVE_CIDRS_MAX} prefixes`).optional(),
   kubeconfig: z.string({ error: 'must be the path of a kubeconfig file' }).min(1, 'must be the path of a kubeconfig file').optional(),
+  nodeWaitTimeoutSeconds: z.number({ error: 'must be a number (seconds)' }).positive('must be greater than 0').max(86400, 'at most 86400 (a day)').default(300),
+  cniConfDir: z.string().min(1).optional(),
+  cniConfName: z
+    .string()
+    .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*\.(conflist|conf)$/, 'must be a file name ending in .conflist (e.g. 05-clustermesh.conflist)')
+    .default(DEFAULT_CNI_CONF_NAME),
+  cniBinaryName: z
+    .string()
+    .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, 'must be the file name of an executable in the CNI bin directory (no "/")')
+    .default(DEFAULT_CNI_BINARY_NAME),
 });
 
 export type AgentConfigInput = z.input<typeof fileSchema>;
@@ -309,10 +347,7 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
     throw new AgentConfigError(opts.source, setting, detail);
   };
   if (c.clusterID < 1 || c.clusterID > c.maxConnectedClusters) fail('clusterID', `must be 1..${c.maxConnectedClusters}`);
-  if (c.nodeIP === undefined && c.underlayDevice === undefined) fail('nodeIP', 'is required (or underlayDevice, to take its address)');
   if (c.nodeIP !== undefined && c.underlayDevice !== undefined) fail('underlayDevice', 'give either nodeIP or underlayDevice, not both');
-  const [cidrAddr, cidrLen] = c.podCIDR.split('/') as [string, string];
-  if (maskedAddr(cidrAddr, Number(cidrLen)) !== cidrAddr) fail('podCIDR', `host bits are set; did you mean ${maskedAddr(cidrAddr, Number(cidrLen))}/${cidrLen}?`);
   if (c.vxlanDevice === c.underlayDevice) fail('vxlanDevice', 'must differ from underlayDevice');
   const nativeCidrs = c.nativeRoutingCIDRs ?? [];
   if (c.routingMode === 'tunnel' && nativeCidrs.length) fail('nativeRoutingCIDRs', 'only applies to routingMode native (routingMode is tunnel)');
@@ -323,12 +358,8 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
       if (Number(l) === 0) fail('nativeRoutingCIDRs', `${p}: a /0 would route every address natively`);
       if (maskedAddr(a, Number(l)) !== a) fail('nativeRoutingCIDRs', `${p}: host bits are set; did you mean ${maskedAddr(a, Number(l))}/${l}?`);
     }
-    const covers = (p: string): boolean => {
-      const [a, l] = p.split('/') as [string, string];
-      return Number(cidrLen) >= Number(l) && maskedAddr(cidrAddr, Number(l)) === a;
-    };
-    if (!nativeCidrs.some(covers)) fail('nativeRoutingCIDRs', `none covers this node's podCIDR ${c.podCIDR}: the other native nodes would tunnel to it while this one routes natively`);
   }
+  if (c.podCIDR !== undefined) checkPodCIDR(opts.source, c.podCIDR, 'podCIDR', c.routingMode, nativeCidrs);
 
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(opts.baseDir, p));
   const stateDir = abs(c.stateDir);
@@ -382,7 +413,30 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
     routingMode: c.routingMode,
     nativeRoutingCIDRs: nativeCidrs,
     ...(kubeconfig !== undefined ? { kubeconfig } : {}),
+    nodeWaitTimeoutMs: Math.round(c.nodeWaitTimeoutSeconds * 1000),
+    cniConfDir: c.cniConfDir !== undefined ? abs(c.cniConfDir) : undefined,
+    cniConfName: c.cniConfName,
+    cniBinaryName: c.cniBinaryName,
   };
+}
+
+/**
+ * The checks of a pod CIDR, wherever it came from (`setting` names the origin
+ * in errors: the config's podCIDR, or the Node's spec.podCIDRs): no host bits,
+ * and in native routing covered by a nativeRoutingCIDRs prefix.
+ */
+function checkPodCIDR(source: string, podCIDR: string, setting: string, routingMode: RoutingMode, nativeCidrs: readonly string[]): void {
+  const fail = (s: string, detail: string): never => {
+    throw new AgentConfigError(source, s, detail);
+  };
+  const [cidrAddr, cidrLen] = podCIDR.split('/') as [string, string];
+  if (maskedAddr(cidrAddr, Number(cidrLen)) !== cidrAddr) fail(setting, `${setting === 'podCIDR' ? '' : `${podCIDR}: `}host bits are set; did you mean ${maskedAddr(cidrAddr, Number(cidrLen))}/${cidrLen}?`);
+  if (routingMode !== 'native') return;
+  const covers = (p: string): boolean => {
+    const [a, l] = p.split('/') as [string, string];
+    return Number(cidrLen) >= Number(l) && maskedAddr(cidrAddr, Number(l)) === a;
+  };
+  if (!nativeCidrs.some(covers)) fail('nativeRoutingCIDRs', `none covers this node's podCIDR ${podCIDR}${setting === 'podCIDR' ? '' : ` (from ${setting})`}: the other native nodes would tunnel to it while this one routes natively`);
 }
 
 /** Reads, parses and compiles the config file (flags win). Throws AgentConfigError. */
@@ -418,13 +472,56 @@ export async function deviceIPv4(device: string): Promise<string | undefined> {
   return undefined;
 }
 
-/** Fills nodeIP from underlayDevice when needed. Throws AgentConfigError when the device has no IPv4 address. */
+/** What the Kubernetes Node says about this node (node-from-api.ts). */
+export interface NodeAddressing {
+  podCIDR: string | undefined;
+  internalIP: string | undefined;
+}
+
+/** What resolveNodeConfig looks up; each is asked only when the config needs it. */
+export interface NodeConfigLookups {
+  /** The first IPv4 address of a device (default deviceIPv4). */
+  device?: (dev: string) => Promise<string | undefined>;
+  /**
+   * This node's Node from the Kubernetes API, waited for until it has what is
+   * asked (a pod CIDR, an InternalIP); throws naming the node after the timeout.
+   * Undefined: no Kubernetes API to read.
+   */
+  node?: (need: { podCIDR: boolean; internalIP: boolean }) => Promise<NodeAddressing>;
+}
+
+/**
+ * Fills nodeIP (from underlayDevice, else the Node's InternalIP) and podCIDR
+ * (from the Node's spec.podCIDRs) when the config does not set them, then
+ * checks the pod CIDR as a configured one is checked. Throws AgentConfigError.
+ */
+export async function resolveNodeConfig(cfg: AgentConfig, lookups: NodeConfigLookups = {}): Promise<ResolvedAgentConfig> {
+  const source = cfg.file ?? 'flags';
+  let nodeIP = cfg.nodeIP;
+  if (nodeIP === undefined && cfg.underlayDevice !== undefined) {
+    const dev = cfg.underlayDevice;
+    nodeIP = await (lookups.device ?? deviceIPv4)(dev);
+    if (!nodeIP) throw new AgentConfigError(source, 'underlayDevice', `device ${dev} has no IPv4 address in this network namespace`);
+  }
+  let podCIDR = cfg.podCIDR;
+  if (nodeIP === undefined || podCIDR === undefined) {
+    if (!lookups.node) {
+      const missing = [podCIDR === undefined ? 'podCIDR' : undefined, nodeIP === undefined ? 'nodeIP' : undefined].filter((m): m is string => m !== undefined);
+      throw new AgentConfigError(source, missing[0]!, `is required (${missing.join(' and ')} come${missing.length > 1 ? '' : 's'} from Node ${cfg.nodeName} only when the agent reads a Kubernetes API${nodeIP === undefined ? '; or set underlayDevice, to take its address' : ''})`);
+    }
+    const node = await lookups.node({ podCIDR: podCIDR === undefined, internalIP: nodeIP === undefined });
+    if (podCIDR === undefined) {
+      podCIDR = node.podCIDR!;
+      checkPodCIDR(source, podCIDR, `podCIDR (Node ${cfg.nodeName} spec.podCIDRs)`, cfg.routingMode, cfg.nativeRoutingCIDRs);
+    }
+    nodeIP ??= node.internalIP!;
+  }
+  return { ...cfg, nodeIP, podCIDR };
+}
+
+/** resolveNodeConfig for a config that needs no Kubernetes API (nodeIP or underlayDevice, and podCIDR, set). */
 export async function resolveNodeIP(cfg: AgentConfig, lookup: (dev: string) => Promise<string | undefined> = deviceIPv4): Promise<ResolvedAgentConfig> {
-  if (cfg.nodeIP !== undefined) return cfg as ResolvedAgentConfig;
-  const dev = cfg.underlayDevice!;
-  const ip = await lookup(dev);
-  if (!ip) throw new AgentConfigError(cfg.file ?? 'flags', 'underlayDevice', `device ${dev} has no IPv4 address in this network namespace`);
-  return { ...cfg, nodeIP: ip };
+  return await resolveNodeConfig(cfg, { device: lookup });
 }
 
 function maskedAddr(addr: string, len: number): string {

@@ -50,7 +50,7 @@ test('explicit fields win; runtimeConfig labels override config labels; a fixed 
 
 test('invalid configs are code 7 and name the field', () => {
   const bad: Array<[unknown, RegExp]> = [
-    [{ ...base, type: 'bridge' }, /^invalid network config: type: must be "clustermesh"/],
+    [{ ...base, type: '/opt/cni/bin/clustermesh-cni' }, /^invalid network config: type: must be the plugin executable's file name/],
     [{ ...base, name: '' }, /name: must not be empty/],
     [{ ...base, agentSocket: 'agent.sock' }, /agentSocket: must be an absolute path/],
     [{ ...base, agentSocket: undefined }, /agentSocket/],
@@ -216,4 +216,21 @@ test('CNI_ARGS names: the same rules as the model, without zod', () => {
   throwsCni(() => parseEnv(args('a', 'p_1')), 4, /^CNI_ARGS: K8S_POD_NAME 'p_1': lowercase alphanumerics, "-" and "\."/);
   throwsCni(() => parseEnv(args('a', 'p', ';K8S_POD_SERVICE_ACCOUNT=-sa')), 4, /^CNI_ARGS: K8S_POD_SERVICE_ACCOUNT '-sa'/);
   assert.equal(parseEnv(args('a', 'web-1.x', ';K8S_POD_SERVICE_ACCOUNT=sa')).serviceAccount, 'sa');
+});
+
+test("a conflist's plugin entry as the runtime passes it: the list's cniVersion and name added, no prevResult", async () => {
+  const { cniConflist } = await import('../agent/cni-conf.ts');
+  const list = cniConflist({ socketPath: '/var/run/clustermesh/agent/agent.sock', podCIDR: '10.101.3.0/24', cniBinaryName: 'clustermesh-cni' }, 1500) as { cniVersion: string; name: string; plugins: Array<Record<string, unknown>> };
+  assert.equal(list.plugins.length, 1);
+  // What libcni hands the plugin on stdin for the list's first plugin on ADD.
+  const entry = { ...list.plugins[0], cniVersion: list.cniVersion, name: list.name };
+  const c = parseNetConf(JSON.stringify(entry));
+  assert.equal(c.agentSocket, '/var/run/clustermesh/agent/agent.sock');
+  assert.equal(c.podCIDR, '10.101.3.0/24');
+  assert.equal(c.gateway, '10.101.3.1');
+  assert.equal(c.mtu, 1450);
+  assert.equal(c.prevResult, undefined);
+  assert.equal(c.name, 'clustermesh');
+  // The lab's executable name is accepted as well.
+  assert.equal(parseNetConf(JSON.stringify({ ...entry, type: 'clustermesh' })).podCIDR, '10.101.3.0/24');
 });

@@ -4,8 +4,9 @@
 // CniError naming the variable or the field (code 4 for the environment, 7 for
 // the config, 1 for the version).
 //
-// Network configuration (CNI 1.0.0 plus our fields):
-//   { "cniVersion": "1.0.0", "name": "clustermesh", "type": "clustermesh",
+// Network configuration (CNI 1.0.0 plus our fields; from a conflist, the
+// runtime passes one plugin entry with the list's cniVersion and name added):
+//   { "cniVersion": "1.0.0", "name": "clustermesh", "type": "clustermesh-cni",
 //     "agentSocket": "/var/run/clustermesh/node1/agent.sock",
 //     "mtu": 1450,                      // or "underlayMtu": 1500 (pod MTU = underlay − 50)
 //     "ipam": { "podCIDR": "10.101.1.0/24", "gateway": "10.101.1.1",
@@ -24,6 +25,7 @@ export const CNI_VERSION = '1.0.0';
 /** Only 1.0.0: the result format of 0.4.0 (ips[].version) is not produced. */
 export const SUPPORTED_VERSIONS: readonly string[] = ['1.0.0'];
 export const VXLAN_OVERHEAD = 50;
+/** The lab's name of the plugin executable in its CNI bin directory; the install's is clustermesh-cni (DEFAULT_CNI_BINARY_NAME). */
 export const PLUGIN_TYPE = 'clustermesh';
 
 export function ipToInt(ip: string): number {
@@ -140,7 +142,8 @@ function readNetConf(raw: Json): { conf: NetConfFields; problems: string[] } {
   const r = new FieldReader();
   const cniVersion = r.string(raw, 'cniVersion', { required: true }) ?? '';
   const name = r.string(raw, 'name', { required: true, check: netName }) ?? '';
-  r.string(raw, 'type', { required: true, check: (s) => (s === PLUGIN_TYPE ? undefined : `must be "${PLUGIN_TYPE}"`) });
+  // The executable the runtime ran (clustermesh in the lab, clustermesh-cni as installed): any file name.
+  r.string(raw, 'type', { required: true, check: (s) => (/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(s) ? undefined : `must be the plugin executable's file name (e.g. "${PLUGIN_TYPE}" or "clustermesh-cni"), without "/"`) });
   const agentSocket = r.string(raw, 'agentSocket', { required: true, check: absPath }) ?? '';
   /** Seconds each agent call may take (an add waits for the identity and the datapath). */
   const agentTimeoutSeconds = r.int(raw, 'agentTimeoutSeconds', 1, 300) ?? 30;

@@ -152,3 +152,44 @@ test('certificates: one CA; the etcd server certificate names the Service and th
   const other = await makeInstallCerts(s);
   assert.ok(!verify(certs.ca.cert, other.clients.agent.cert), 'a fresh CA is another CA (the check can fail)');
 });
+
+test('manifests: the agent runs as installed (podCIDR from its Node, the conflist in the host net.d naming the copied plugin); the apiserver is off the pod network', async () => {
+  const { compileAgentConfig } = await import('../agent/config.ts');
+  const objects = renderManifests(compileInstallSettings(base), CERTS);
+  const cm = objects.find((o) => o.kind === 'ConfigMap') as unknown as { data: Record<string, string> };
+  type Container = { name: string; command: string[]; ports?: Array<{ name: string; containerPort: number }>; readinessProbe?: { tcpSocket?: { port: number } }; volumeMounts: Array<{ name: string; mountPath: string }> };
+  type PodSpec = { hostNetwork?: boolean; dnsPolicy?: string; containers: Container[]; initContainers?: Container[]; volumes: Array<{ name: string; hostPath?: { path: string } }> };
+  const podOf = (kind: string) => (objects.find((o) => o.kind === kind) as unknown as { spec: { template: { spec: PodSpec } } }).spec.template.spec;
+
+  // The agent's file as the DaemonSet runs it (node name and IP from flags) compiles, with no podCIDR.
+  const agentPod = podOf('DaemonSet');
+  const agentC = agentPod.containers[0]!;
+  assert.deepEqual(agentC.command.slice(agentC.command.indexOf('--node-name')), ['--node-name', '$(NODE_NAME)', '--node-ip', '$(NODE_IP)']);
+  const cfg = compileAgentConfig(parseYaml(cm.data['agent.yaml']!), { source: 'agent.yaml', baseDir: '/etc/clustermesh/config', flags: { nodeName: 'worker-1', nodeIp: '10.0.0.7' } });
+  assert.equal(cfg.podCIDR, undefined, "read from the Node's spec.podCIDRs");
+  assert.equal(cfg.cniConfDir, '/host/etc/cni/net.d');
+  assert.equal(cfg.cniConfName, '05-clustermesh.conflist');
+  assert.equal(cfg.cniBinaryName, 'clustermesh-cni');
+  // cniConfDir is the host's /etc/cni/net.d; the conflist's type is the file the init container copies to the host's /opt/cni/bin.
+  const mountOf = (c: Container, path: string) => c.volumeMounts.find((m) => m.mountPath === path)?.name;
+  const hostPathOf = (name: string | undefined) => agentPod.volumes.find((v) => v.name === name)?.hostPath?.path;
+  assert.equal(hostPathOf(mountOf(agentC, cfg.cniConfDir!)), '/etc/cni/net.d');
+  const install = agentPod.initContainers!.find((c) => c.name === 'install-cni-plugin')!;
+  assert.match(install.command.join(' '), new RegExp(`mv -f \\S+ /host/opt/cni/bin/${cfg.cniBinaryName}$`), 'installed under the conflist type, renamed into place');
+  assert.equal(hostPathOf(mountOf(install, '/host/opt/cni/bin')), '/opt/cni/bin');
+  assert.equal(cfg.etcd.endpoints[0], 'https://clustermesh-apiserver.clustermesh-system.svc:2379', 'the Service name, resolved by the agent through the API');
+
+  // The apiserver and its etcd on the host network; the Service's port 2379 goes to the named port etcd listens on.
+  const api = podOf('Deployment');
+  assert.equal(api.hostNetwork, true);
+  assert.equal(api.dnsPolicy, 'ClusterFirstWithHostNet');
+  const etcd = api.containers.find((c) => c.name === 'etcd')!;
+  const svc = objects.find((o) => o.kind === 'Service') as unknown as { spec: { ports: Array<{ name: string; port: number; targetPort: string }> } };
+  assert.deepEqual(svc.spec.ports.map((p) => [p.name, p.port, p.targetPort]), [['etcd', 2379, 'etcd']]);
+  const etcdPort = etcd.ports!.find((p) => p.name === 'etcd')!.containerPort;
+  assert.notEqual(etcdPort, 2379, "not 2379: a control-plane node's own etcd holds it");
+  assert.ok(etcd.command.includes(`--listen-client-urls=https://0.0.0.0:${etcdPort}`));
+  assert.equal(etcd.readinessProbe?.tcpSocket?.port, etcdPort);
+  assert.ok(!etcd.command.some((a) => a.includes(':2380')), 'no peer port a host etcd may hold');
+  assert.deepEqual((parseYaml(cm.data['etcd-apiserver.yaml']!) as { endpoints: string[] }).endpoints, [`https://127.0.0.1:${etcdPort}`]);
+});

@@ -21,25 +21,39 @@
 //   their identities and endpoints), so a rescheduled pod starts empty and is
 //   refilled, while a StatefulSet would bring back stale state. Recreate so
 //   two apiservers of one cluster never run at once by design.
-// - Service `clustermesh-apiserver` for the etcd: NodePort or LoadBalancer
-//   for remote clusters. The NodePort defaults to 32000 + cluster ID: two
+//   On the host network (dnsPolicy ClusterFirstWithHostNet): the mesh's etcd
+//   must not depend on the pod network its agents provide. The identity of a
+//   pod is allocated in that etcd during the pod's CNI ADD (kvstore mode), so
+//   an etcd pod on the pod network could never start on a fresh cluster: its
+//   own ADD would wait for itself (Cilium's kvstore mode has the same rule).
+//   etcd listens on the node at ETCD_NODE_PORT (2391; peer 127.0.0.1:2392), not
+//   2379/2380: a control-plane node's own etcd (kubeadm, kind, k3s) holds those.
+// - Service `clustermesh-apiserver` for the etcd, port 2379 to the named port
+//   `etcd`: its endpoint is the node's address. NodePort or LoadBalancer for
+//   remote clusters. The NodePort defaults to 32000 + cluster ID: two
 //   clusters never share one unless told to, which avoids Cilium's trap where
 //   an agent dialling a remote node's NodePort has the connection translated
 //   to its own cluster's apiserver (a NodePort that is also served locally).
 // - The agent DaemonSet: host network, only the capabilities it needs (see
 //   agentContainer), the bpffs, state directory, /opt/cni/bin and
 //   /etc/cni/net.d from the host, node name and IP from the downward API,
-//   readiness from the agent's /healthz.
+//   readiness from the agent's /healthz. Its config sets no podCIDR (the
+//   agent reads its Node's spec.podCIDRs), a cniConfDir (the host's
+//   /etc/cni/net.d: the agent writes 05-clustermesh.conflist there once
+//   ready and removes it when stopped; the init container copies the plugin
+//   executable to /opt/cni/bin under the name the conflist's `type` gives,
+//   DEFAULT_CNI_BINARY_NAME), and the etcd by its Service name, which the
+//   agent resolves through the Kubernetes API (cluster DNS runs on the pod
+//   network, which needs the agent).
 //
-// What the agent still lacks to run from these manifests (issues 13 and 14):
-// reading its pod CIDR and the cluster's objects from the Kubernetes API
-// (today `podCIDR` is a required setting), writing the CNI conflist only once
-// ready and removing it on shutdown (the image's `clustermesh-cni` is the
-// static plugin executable, cni/clustermesh-cni.c: the host needs no Node.js).
+// What the agent still lacks to run from these manifests: nothing known; the
+// image (Containerfile) cannot be built here, so a real cluster has not run
+// them yet (the lab runs them).
 import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseAllDocuments, stringify } from 'yaml';
+import { DEFAULT_CNI_BINARY_NAME, DEFAULT_CNI_CONF_NAME } from '../agent/config.ts';
 import type { InstallSettings } from './settings.ts';
 
 export type KubeObject = {
@@ -77,7 +91,11 @@ export const NAMES = {
   agent: 'clustermesh-agent',
 } as const;
 
+/** The Service's etcd port: what agents and remote clusters dial. */
 export const ETCD_PORT = 2379;
+/** Where the host-network etcd listens on its node (the Service's targetPort `etcd`), and its peer port on loopback. */
+export const ETCD_NODE_PORT = 2391;
+export const ETCD_PEER_PORT = 2392;
 /** Paths inside the containers. */
 export const PATHS = {
   config: '/etc/clustermesh/config',
@@ -88,6 +106,10 @@ export const PATHS = {
   state: '/var/run/clustermesh',
   bpffs: '/run/clustermesh/bpffs',
   etcdData: '/var/run/etcd',
+  /** The host's /etc/cni/net.d, mounted in the agent's container. */
+  cniConf: '/host/etc/cni/net.d',
+  /** The host's /opt/cni/bin, mounted in the install-cni-plugin init container. */
+  cniBin: '/host/opt/cni/bin',
 } as const;
 
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -182,11 +204,15 @@ function agentConfigFile(s: InstallSettings): string {
     },
     clustermeshConfigDir: PATHS.remotes,
     stateDir: `${PATHS.state}/agent`,
+    // podCIDR: the Node's spec.podCIDRs (read through the API)
+    cniConfDir: PATHS.cniConf,
+    cniConfName: DEFAULT_CNI_CONF_NAME,
+    cniBinaryName: DEFAULT_CNI_BINARY_NAME,
   });
 }
 
 function configMap(s: InstallSettings): KubeObject {
-  const local = `https://127.0.0.1:${ETCD_PORT}`;
+  const local = `https://127.0.0.1:${ETCD_NODE_PORT}`;
   return {
     apiVersion: 'v1',
     kind: 'ConfigMap',
@@ -212,7 +238,7 @@ function service(s: InstallSettings): KubeObject {
     spec: {
       type: s.serviceType,
       selector: { 'app.kubernetes.io/name': NAMES.apiserver },
-      ports: [{ name: 'etcd', port: ETCD_PORT, targetPort: ETCD_PORT, protocol: 'TCP', ...(s.nodePort !== undefined ? { nodePort: s.nodePort } : {}) }],
+      ports: [{ name: 'etcd', port: ETCD_PORT, targetPort: 'etcd', protocol: 'TCP', ...(s.nodePort !== undefined ? { nodePort: s.nodePort } : {}) }],
     },
   };
 }
@@ -232,6 +258,9 @@ function apiserverDeployment(s: InstallSettings): KubeObject {
         metadata: { labels: { ...COMMON_LABELS, ...labels } },
         spec: {
           serviceAccountName: NAMES.apiserver,
+          // Off the pod network its agents provide (see the header).
+          hostNetwork: true,
+          dnsPolicy: 'ClusterFirstWithHostNet',
           // Neither etcd nor the apiserver needs root (the image's user 65532; see Containerfile).
           securityContext: { runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, fsGroup: 65532 },
           containers: [
@@ -242,11 +271,11 @@ function apiserverDeployment(s: InstallSettings): KubeObject {
                 'etcd',
                 '--name=clustermesh-apiserver',
                 `--data-dir=${PATHS.etcdData}`,
-                `--listen-client-urls=https://0.0.0.0:${ETCD_PORT}`,
+                `--listen-client-urls=https://0.0.0.0:${ETCD_NODE_PORT}`,
                 `--advertise-client-urls=${advertise}`,
-                '--listen-peer-urls=http://127.0.0.1:2380',
-                '--initial-advertise-peer-urls=http://127.0.0.1:2380',
-                '--initial-cluster=clustermesh-apiserver=http://127.0.0.1:2380',
+                `--listen-peer-urls=http://127.0.0.1:${ETCD_PEER_PORT}`,
+                `--initial-advertise-peer-urls=http://127.0.0.1:${ETCD_PEER_PORT}`,
+                `--initial-cluster=clustermesh-apiserver=http://127.0.0.1:${ETCD_PEER_PORT}`,
                 '--initial-cluster-state=new',
                 `--cert-file=${PATHS.etcdServer}/tls.crt`,
                 `--key-file=${PATHS.etcdServer}/tls.key`,
@@ -255,8 +284,8 @@ function apiserverDeployment(s: InstallSettings): KubeObject {
                 '--auto-compaction-mode=revision',
                 '--auto-compaction-retention=10000',
               ],
-              ports: [{ name: 'etcd', containerPort: ETCD_PORT, protocol: 'TCP' }],
-              readinessProbe: { tcpSocket: { port: ETCD_PORT }, periodSeconds: 5 },
+              ports: [{ name: 'etcd', containerPort: ETCD_NODE_PORT, protocol: 'TCP' }],
+              readinessProbe: { tcpSocket: { port: ETCD_NODE_PORT }, periodSeconds: 5 },
               volumeMounts: [
                 { name: 'etcd-data', mountPath: PATHS.etcdData },
                 { name: 'etcd-server', mountPath: PATHS.etcdServer, readOnly: true },
@@ -324,7 +353,7 @@ function agentContainer(s: InstallSettings): Record<string, unknown> {
     volumeMounts: [
       { name: 'bpffs', mountPath: PATHS.bpffs, mountPropagation: 'HostToContainer' },
       { name: 'state', mountPath: PATHS.state },
-      { name: 'cni-conf', mountPath: '/host/etc/cni/net.d' },
+      { name: 'cni-conf', mountPath: PATHS.cniConf },
       { name: 'lib-modules', mountPath: '/lib/modules', readOnly: true },
       { name: 'config', mountPath: PATHS.config, readOnly: true },
       { name: 'etcd-agent', mountPath: PATHS.etcdClient, readOnly: true },
@@ -362,8 +391,10 @@ function agentDaemonSet(s: InstallSettings): KubeObject {
             {
               name: 'install-cni-plugin',
               image: s.image,
-              command: ['cp', '/usr/local/lib/clustermesh/clustermesh-cni', '/host/opt/cni/bin/clustermesh-cni'],
-              volumeMounts: [{ name: 'cni-bin', mountPath: '/host/opt/cni/bin' }],
+              // Under the name the agent's conflist gives as `type`; copied beside it and renamed over it, so a
+              // runtime running the old executable at that moment neither fails (text file busy) nor runs half a file.
+              command: ['sh', '-c', `cp /usr/local/lib/clustermesh/clustermesh-cni ${PATHS.cniBin}/.${DEFAULT_CNI_BINARY_NAME}.new && mv -f ${PATHS.cniBin}/.${DEFAULT_CNI_BINARY_NAME}.new ${PATHS.cniBin}/${DEFAULT_CNI_BINARY_NAME}`],
+              volumeMounts: [{ name: 'cni-bin', mountPath: PATHS.cniBin }],
             },
           ],
           containers: [agentContainer(s)],
