@@ -17,6 +17,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
+import { ipPrefix, nodesClusterPrefix, servicesClusterPrefix } from '../clustermesh/keys.ts';
 import { startEcho, waitListening } from './echo.ts';
 import { runIn } from './exec.ts';
 import { startMesh, type Mesh } from './mesh.ts';
@@ -67,10 +68,14 @@ export interface Scenario {
   fault: string;
   /** Injects the fault (returns when injected). */
   inject: (rig: ChaosRig) => Promise<void>;
+  /** Run before the traffic starts (e.g. a pod removed so the fault can create it); the maps must then be right again. */
+  prepare?: (rig: ChaosRig) => Promise<void>;
   /** How long the fault lasts before recovery, ms. */
   holdMs: number;
   /** Undoes it (returns when the repair is issued, not when the mesh is green). */
   recover: (rig: ChaosRig) => Promise<void>;
+  /** Checked once the mesh is green again (a throw fails the scenario). */
+  verify?: (rig: ChaosRig) => Promise<void>;
 }
 
 interface Truth {
@@ -82,6 +87,12 @@ interface Truth {
 export class ChaosRig {
   private readonly servers: ManagedProcess[] = [];
   private readonly truth = new Map<string, Truth>();
+  /**
+   * Pods created or deleted since the last green (createPod/deletePod): not
+   * checked until the mesh is green again (a partitioned cluster's change
+   * cannot reach the others before the heal); checked like any other after.
+   */
+  private readonly unsettled = new Set<string>();
 
   private constructor(
     readonly topo: Topology,
@@ -163,6 +174,7 @@ export class ChaosRig {
     }
     const out: string[] = [];
     for (const t of this.truth.values()) {
+      if (this.unsettled.has(t.ip)) continue;
       const e = map.get(`${t.ip}/32`);
       const wantTunnel = t.node === n ? null : t.node.underlayIP;
       if (!e) out.push(`${n.clusterName}/${n.name}: ${t.ip} missing`);
@@ -172,13 +184,43 @@ export class ChaosRig {
     for (const prefix of map.keys()) {
       if (!prefix.endsWith('/32')) continue;
       const ip = prefix.slice(0, -3);
-      if (!this.truth.has(ip) && podCidrs.some((c) => inCidr(ip, c))) out.push(`${n.clusterName}/${n.name}: ${ip} has an entry but no pod`);
+      if (!this.truth.has(ip) && !this.unsettled.has(ip) && podCidrs.some((c) => inCidr(ip, c))) out.push(`${n.clusterName}/${n.name}: ${ip} has an entry but no pod`);
     }
     return out;
   }
 
+  /** Creates a pod (its endpoint on its node's agent); checked from the next green on. */
+  async createPod(p: PodInfo): Promise<void> {
+    this.unsettled.add(p.ip);
+    const ep = await this.mesh.addPod(p);
+    this.truth.set(p.ip, { ip: p.ip, identity: ep.identity!, node: p.node });
+  }
+
+  /** Deletes a pod's endpoint; from the next green on, no node may have an entry for its address. */
+  async deletePod(p: PodInfo): Promise<void> {
+    this.unsettled.add(p.ip);
+    this.truth.delete(p.ip);
+    await this.mesh.deletePod(p);
+  }
+
+  /** Waits until every node's ipcache is right, unsettled pods included, then checks them like the others. */
+  async waitMapsRight(timeoutMs: number): Promise<void> {
+    const pending = [...this.unsettled];
+    this.unsettled.clear();
+    try {
+      await waitUntil(() => this.topo.nodes.every((n) => this.wrongEntries(n).length === 0), timeoutMs, () => this.topo.nodes.flatMap((n) => this.wrongEntries(n)).slice(0, 5).join('; '));
+    } catch (err) {
+      for (const ip of pending) this.unsettled.add(ip);
+      throw err;
+    }
+  }
+
   /** Runs one scenario with steady traffic around it. */
   async run(s: Scenario): Promise<ScenarioResult> {
+    if (s.prepare) {
+      await s.prepare(this);
+      await this.waitMapsRight(120_000);
+    }
     const pairs: Array<[PodInfo, PodInfo]> = [];
     for (const c of this.clientPods()) for (const srv of this.serverPods()) if (srv.cluster !== c.cluster) pairs.push([c, srv]);
     // Long-lived: long enough to span the hold and the recovery; paced so every connection stays open.
@@ -205,6 +247,9 @@ export class ChaosRig {
       const tRecover = Date.now();
       await this.waitGreen(180_000);
       greenAfterMs = Date.now() - tRecover;
+      // Green: every remote synced, so a change made during the fault has reached every node; checked from now on.
+      this.unsettled.clear();
+      await s.verify?.(this);
       this.log(`${s.name}: green ${greenAfterMs} ms after recovery`);
       // Let every long transfer finish; they were sized to outlast the scenario.
     } finally {
@@ -272,6 +317,22 @@ export class ChaosRig {
 
   nodesOf(cluster: number): NodeInfo[] {
     return this.topo.nodes.filter((n) => n.cluster === cluster);
+  }
+
+  /** The etcd leases the keys a cluster's apiserver exports (nodes, ip, services) are attached to. */
+  async exportLeases(cluster: number): Promise<Set<string>> {
+    const name = this.mesh.cluster(cluster).name;
+    const kv = this.mesh.kv(cluster);
+    const out = new Set<string>();
+    for (const prefix of [ipPrefix, nodesClusterPrefix(name), servicesClusterPrefix(name)]) for (const p of (await kv.list(prefix)).pairs) out.add(p.lease);
+    return out;
+  }
+
+  /** The pod of `cluster`, node `node`, index `index` (1-based). */
+  pod(cluster: number, node: number, index: number): PodInfo {
+    const p = this.topo.pods.find((x) => x.cluster === cluster && x.node.index === node && x.index === index);
+    if (!p) throw new Error(`no pod ${index} on node ${node} of cluster${cluster}`);
+    return p;
   }
 
   async stop(): Promise<void> {
