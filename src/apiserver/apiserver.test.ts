@@ -394,6 +394,31 @@ describe('apiserver (real etcd, the Kubernetes API)', () => {
       await Promise.all(watches.map((w) => w.cancel()));
     }
   });
+
+  it('two apiservers at once (an upgrade overlap): only the newer writes, and nothing is left on the older one\'s lease', async () => {
+    // Each writes on its own session lease: a key the older one wrote last would stay on
+    // its lease after it stopped, and go when that lease expires (every remote then drops the pod).
+    for (const s of servers) await s.stop();
+    const older = await start();
+    const newer = await start();
+    const lease = (await owner.get(clusterConfigKey(CLUSTER)))!.lease;
+    // A pod while both run: both see it; the older one's write is refused, not retried.
+    await writer.apply(podObj('web-4', 'web', 1, '10.101.1.7'));
+    await publishEndpoint('web-4', 1);
+    await until('web-4 exported', async () => (await reader.get(ipKey('10.101.1.7'))) !== undefined);
+    await until('the older one told it is superseded', async () => older.status().stores.ip.lastError?.kind === 'superseded');
+    assert.equal(newer.status().stores.ip.lastError?.kind === 'superseded', false);
+    await new Promise((r) => setTimeout(r, 500)); // heartbeats of both
+    await older.stop(); // as in an upgrade: its lease is not revoked, it expires (TTL 5 s)
+    const shared = (k: string) => k.startsWith('cilium/state/identities/v1/id/');
+    const onOther = [...(await exported())].filter(([k, p]) => !shared(k) && p.lease !== lease).map(([k]) => k);
+    assert.deepEqual(onOther, [], "every owned key on the newer one's lease");
+    const stable = async () => [...(await exported())].filter(([k]) => k !== heartbeatKey).map(([k, p]) => `${k}=${p.value}`).sort();
+    const beforeExpiry = await stable();
+    await new Promise((r) => setTimeout(r, 5_500));
+    assert.deepEqual(await stable(), beforeExpiry, "nothing went with the older one's lease");
+    assert.ok(await reader.get(ipKey('10.101.1.7')));
+  });
 });
 
 describe('clustermesh apiserver command (real etcd)', () => {

@@ -1,11 +1,14 @@
 // `clustermesh apiserver`: the composition root. Reads the cluster source and
 // publishes the cluster's state into its mesh kvstore (ARCHITECTURE §4). The
 // logic lives in export.ts, identities.ts and heartbeat.ts.
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
 import pino, { type Logger } from 'pino';
 import { sleep, systemClock, type Clock } from '../util/clock.ts';
-import { identitiesPrefix, ipPrefix, nodesClusterPrefix, servicesClusterPrefix, syncedKey, type SyncedPrefixName } from '../clustermesh/keys.ts';
+import { identitiesPrefix, ipPrefix, nodesClusterPrefix, servicesClusterPrefix, syncedKey, writerKey, type SyncedPrefixName } from '../clustermesh/keys.ts';
 import { IdentityAllocator } from '../identity/allocator.ts';
 import { KvClient } from '../kvstore/client.ts';
+import { KvError } from '../kvstore/types.ts';
 import { SyncStore, type SyncStoreStatus } from '../kvstore/sync-store.ts';
 import type { KvConnectionConfig } from '../kvstore/types.ts';
 import { serviceBackendInput, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
@@ -79,6 +82,17 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
   deps.signal?.addEventListener('abort', () => stopCtl.abort(), { once: true });
   const cleanups: (() => unknown)[] = [];
   const kvError = (what: string) => (err: unknown) => log.warn({ err: (err as Error).message }, what);
+  // A newer apiserver of this cluster claimed the writer key (an upgrade overlap): our writes change
+  // nothing from then on (KvClient.setWriteFence); said once, not retried as if etcd were down.
+  let superseded = false;
+  const writeError = (err: unknown, what: string, fields: Record<string, unknown> = {}): void => {
+    if (err instanceof KvError && err.kind === 'superseded') {
+      if (!superseded) log.warn({ err: err.message }, 'a newer apiserver of this cluster took over: this one writes nothing more (stop it)');
+      superseded = true;
+      return;
+    }
+    log.warn({ ...fields, err: (err as Error).message }, what);
+  };
   // The Kubernetes API is the source (cfg.kubeconfig, else KUBECONFIG or the in-cluster service account), unless a test injects a source without one.
   const kubeApi = cfg.kubeconfig !== undefined || deps.source === undefined;
 
@@ -90,9 +104,8 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
     serviceExportsEnabled: kubeApi,
     intervalMs: cfg.heartbeatIntervalMs,
     clock,
-    onError: kvError('heartbeat / cluster-config write failed'),
+    onError: (err) => writeError(err, 'heartbeat / cluster-config write failed'),
   });
-  heartbeat.start();
 
   const prefixes: Record<SyncedPrefixName, string> = {
     nodes: nodesClusterPrefix(cfg.clusterName),
@@ -107,7 +120,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
         canaryKey: syncedKey(cfg.clusterName, name),
         prefix: prefixes[name],
         clock,
-        onError: (err, key) => log.warn({ key, err: err.message }, 'kvstore write failed; retrying'),
+        onError: (err, key) => writeError(err, 'kvstore write failed; retrying', { key }),
       }),
     ]),
   ) as Record<SyncedPrefixName, SyncStore>;
@@ -142,10 +155,23 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
     user: APISERVER_IDENTITY_USER,
     gracePeriodMs: cfg.identityGcGraceMs,
     clock,
-    onError: kvError('identity reference maintenance failed'),
+    onError: (err) => writeError(err, 'identity reference maintenance failed'),
   });
   // The Kubernetes API, with Endpoint objects from etcd.
   // A start that fails from here on leaves nothing running (heartbeat, metrics endpoint, etcd client).
+  /** fn until it succeeds (etcd may be down at start), with backoff; throws once stopped. */
+  const retry = async <T>(what: string, fn: () => Promise<T>): Promise<T> => {
+    let backoff = 200;
+    for (;;) {
+      try {
+        return await fn();
+      } catch (err) {
+        kvError(`${what} failed; retrying`)(err);
+        if (!(await sleep(clock, backoff, stopCtl.signal))) throw err;
+        backoff = Math.min(backoff * 2, 10_000);
+      }
+    }
+  };
   const failStart = async (err: unknown): Promise<never> => {
     stopCtl.abort();
     await heartbeat.stop();
@@ -155,6 +181,16 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
     await kv.close();
     throw err;
   };
+  // Before any write: this process is the cluster's writer. Every later write of ours is fenced
+  // on the claim, so of two apiservers running at once (an upgrade overlap) only the newer writes,
+  // and every key ends on its session lease, none on the lease of the one about to stop
+  // (where it would expire with that lease, and every remote drop what it names).
+  const writer = `${hostname()}/${process.pid}/${randomUUID()}`;
+  await retry(`claiming ${writerKey(cfg.clusterName)}`, () => kv.put(writerKey(cfg.clusterName), writer)).catch(failStart);
+  kv.setWriteFence(writerKey(cfg.clusterName), writer);
+  log.info({ key: writerKey(cfg.clusterName), writer }, 'writer of the cluster');
+  heartbeat.start();
+
   let local: { source: ClusterSource; description: string };
   try {
     local = deps.source
@@ -173,18 +209,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
   log.info({ source: local.description }, 'cluster source');
 
   // Keys already under our prefixes (a previous run): deleted if not desired after the initial sync.
-  const existing = async (prefix: string): Promise<Set<string>> => {
-    let backoff = 200;
-    for (;;) {
-      try {
-        return new Set((await kv.list(prefix)).pairs.map((p) => p.key));
-      } catch (err) {
-        kvError(`listing ${prefix} failed; retrying`)(err);
-        if (!(await sleep(clock, backoff, stopCtl.signal))) throw err;
-        backoff = Math.min(backoff * 2, 10_000);
-      }
-    }
-  };
+  const existing = async (prefix: string): Promise<Set<string>> => new Set((await retry(`listing ${prefix}`, () => kv.list(prefix))).pairs.map((p) => p.key));
   const [nodesExisting, ipExisting, servicesExisting] = await Promise.all([existing(prefixes.nodes), existing(prefixes.ip), existing(prefixes.services)]).catch(failStart);
   const nodesOut = new PrefixExport('nodes', stores.nodes, nodesExisting);
   const ipOut = new PrefixExport('ip', stores.ip, ipExisting);
@@ -218,7 +243,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
       canaryKey: serviceExportsSyncedKey(cfg.clusterName),
       prefix: serviceExportsClusterPrefix(cfg.clusterName),
       clock,
-      onError: (err, key) => log.warn({ key, err: err.message }, 'kvstore write failed; retrying'),
+      onError: (err, key) => writeError(err, 'kvstore write failed; retrying', { key }),
     });
     mcs = new McsController({
       cluster: cfg.clusterName,

@@ -39,6 +39,12 @@ export const SYNCED_PREFIX_PATHS: Readonly<Record<SyncedPrefixName, string>> = {
  */
 export const syncedKey = (cluster: string, prefix: SyncedPrefixName): string => `${syncedPrefix}${cluster}/${SYNCED_PREFIX_PATHS[prefix]}`;
 
+/**
+ * The apiserver process that writes a cluster's keys: claimed at its start
+ * (hostname/pid/random), every later write of it fenced on it; not exported.
+ */
+export const writerKey = (cluster: string): string => `cilium/.apiserver-writer/${cluster}`;
+
 /** Written by the apiserver every interval (RFC3339 time); importers watch it to tell a live remote from a stale one. */
 export const heartbeatKey = 'cilium/.heartbeat';
 

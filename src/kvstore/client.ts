@@ -3,7 +3,7 @@
 
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
-import { Etcd3, isRecoverableError, ClientClosedError, type IOptions, type IKeyValue, type Lease, type Watcher } from 'etcd3';
+import { Etcd3, isRecoverableError, ClientClosedError, type ICompare, type IOptions, type IKeyValue, type IRequestOp, type ITxnResponse, type Lease, type Watcher } from 'etcd3';
 
 import { KvError, type KvConnectionConfig, type KvErrorKind, type KvPair, type ListResult, type PutOptions, type WatchEvent } from './types.ts';
 
@@ -192,6 +192,8 @@ export class KvClient {
   private readonly options: IOptions;
   private readonly timeoutMs: number;
   private readonly sessionTtl: number;
+  /** setWriteFence: writes only while this key holds this value. */
+  private fence: { key: Buffer; value: Buffer } | undefined;
   private closed = false;
   private session: Promise<KvSession> | undefined;
   private readonly watches = new Set<WatchHandle>();
@@ -333,11 +335,44 @@ export class KvClient {
     });
   }
 
+  /**
+   * From now on every write of this client (put, delete, the conditional
+   * writes) is done only while `key` holds `value`, checked in the same etcd
+   * transaction: once another writer has replaced the value (a newer process
+   * of the same role took over), each write changes nothing and fails with a
+   * KvError of kind 'superseded'. Writes of `key` itself are not fenced.
+   */
+  setWriteFence(key: string, value: string): void {
+    this.fence = { key: Buffer.from(key), value: Buffer.from(value) };
+  }
+
+  /**
+   * `success` in one transaction, if `compare` holds and the write fence (if
+   * any) still names us; a failed fence is a 'superseded' KvError.
+   */
+  private async txn(op: string, key: Buffer, compare: ICompare[], success: IRequestOp[]): Promise<ITxnResponse> {
+    const fence = this.fence !== undefined && !this.fence.key.equals(key) ? this.fence : undefined;
+    const res = await this.etcd.kv.txn({
+      compare: [...compare, ...(fence ? [{ key: fence.key, target: 'Value' as const, result: 'Equal' as const, value: fence.value }] : [])],
+      success,
+      failure: fence ? [{ request_range: { key: fence.key } }] : [],
+    });
+    if (!res.succeeded && fence) {
+      const held = res.responses[0]?.response_range?.kvs[0]?.value;
+      if (held === undefined || !held.equals(fence.value)) {
+        throw new KvError('superseded', op, `${fence.key.toString()} names another writer (${held?.toString() ?? 'absent'}), not ${fence.value.toString()}: nothing written`);
+      }
+    }
+    return res;
+  }
+
   /** Writes `key`; returns the revision of the write. */
   async put(key: string, value: string, opts: PutOptions = {}): Promise<string> {
     return await this.call('put', async () => {
       const lease = opts.lease ? await this.sessionLeaseId() : undefined;
-      const res = await this.etcd.kv.put({ key: Buffer.from(key), value: Buffer.from(value), ...(lease !== undefined ? { lease } : {}) });
+      const k = Buffer.from(key);
+      const put = { key: k, value: Buffer.from(value), ...(lease !== undefined ? { lease } : {}) };
+      const res = this.fence ? await this.txn('put', k, [], [{ request_put: put }]) : await this.etcd.kv.put(put);
       return String(res.header.revision);
     });
   }
@@ -345,8 +380,10 @@ export class KvClient {
   /** Deletes `key`; true when it existed. */
   async delete(key: string): Promise<boolean> {
     return await this.call('delete', async () => {
-      const res = await this.etcd.kv.deleteRange({ key: Buffer.from(key) });
-      return Number(res.deleted) > 0;
+      const k = Buffer.from(key);
+      if (!this.fence) return Number((await this.etcd.kv.deleteRange({ key: k })).deleted) > 0;
+      const res = await this.txn('delete', k, [], [{ request_delete_range: { key: k } }]);
+      return Number(res.responses[0]?.response_delete_range?.deleted ?? 0) > 0;
     });
   }
 
@@ -355,8 +392,9 @@ export class KvClient {
     if (prefix.length === 0) throw new KvError('other', 'deletePrefix', 'refusing to delete the whole keyspace');
     return await this.call('deletePrefix', async () => {
       const p = Buffer.from(prefix);
-      const res = await this.etcd.kv.deleteRange({ key: p, range_end: prefixEnd(p) });
-      return Number(res.deleted);
+      if (!this.fence) return Number((await this.etcd.kv.deleteRange({ key: p, range_end: prefixEnd(p) })).deleted);
+      const res = await this.txn('deletePrefix', Buffer.alloc(0), [], [{ request_delete_range: { key: p, range_end: prefixEnd(p) } }]);
+      return Number(res.responses[0]?.response_delete_range?.deleted ?? 0);
     });
   }
 
@@ -365,11 +403,7 @@ export class KvClient {
     return await this.call('createOnly', async () => {
       const lease = opts.lease ? await this.sessionLeaseId() : undefined;
       const k = Buffer.from(key);
-      const res = await this.etcd.kv.txn({
-        compare: [{ key: k, target: 'Create', result: 'Equal', create_revision: 0 }],
-        success: [{ request_put: { key: k, value: Buffer.from(value), ...(lease !== undefined ? { lease } : {}) } }],
-        failure: [],
-      });
+      const res = await this.txn('createOnly', k, [{ key: k, target: 'Create', result: 'Equal', create_revision: 0 }], [{ request_put: { key: k, value: Buffer.from(value), ...(lease !== undefined ? { lease } : {}) } }]);
       return res.succeeded;
     });
   }
@@ -384,11 +418,7 @@ export class KvClient {
     return await this.call('compareAndSwap', async () => {
       const lease = opts.lease ? await this.sessionLeaseId() : undefined;
       const k = Buffer.from(key);
-      const res = await this.etcd.kv.txn({
-        compare: [{ key: k, target: 'Mod', result: 'Equal', mod_revision: expectedModRevision }],
-        success: [{ request_put: { key: k, value: Buffer.from(value), ...(lease !== undefined ? { lease } : {}) } }],
-        failure: [],
-      });
+      const res = await this.txn('compareAndSwap', k, [{ key: k, target: 'Mod', result: 'Equal', mod_revision: expectedModRevision }], [{ request_put: { key: k, value: Buffer.from(value), ...(lease !== undefined ? { lease } : {}) } }]);
       return res.succeeded;
     });
   }
@@ -397,11 +427,7 @@ export class KvClient {
   async compareAndDelete(key: string, expectedModRevision: string): Promise<boolean> {
     return await this.call('compareAndDelete', async () => {
       const k = Buffer.from(key);
-      const res = await this.etcd.kv.txn({
-        compare: [{ key: k, target: 'Mod', result: 'Equal', mod_revision: expectedModRevision }],
-        success: [{ request_delete_range: { key: k } }],
-        failure: [],
-      });
+      const res = await this.txn('compareAndDelete', k, [{ key: k, target: 'Mod', result: 'Equal', mod_revision: expectedModRevision }], [{ request_delete_range: { key: k } }]);
       return res.succeeded;
     });
   }

@@ -3,7 +3,8 @@
 // Changes are coalesced per key (only the latest desired state is written, and
 // a value equal to the last one written is not rewritten), rate-limited, and
 // retried with backoff. With `leased`, keys live on the client's session lease;
-// when the session is lost, everything is rewritten on the new one.
+// when the session is lost, everything is rewritten on the new one. A write
+// refused as 'superseded' (KvClient.setWriteFence) is dropped, not retried.
 // (Cilium pkg/kvstore/store SyncStore.)
 
 import { systemClock, type Clock, type TimerHandle } from '../util/clock.ts';
@@ -325,8 +326,10 @@ export class SyncStore {
       this.stats.failures++;
       this.lastError = { kind: e.kind, message: e.message, key, at: this.clock.now() };
       this.report(e, key);
+      // Superseded (a write fence names another writer): no write of ours can succeed again.
+      if (e.kind === 'superseded') this.pending.delete(key);
       // Retry unless a newer change arrived meanwhile (that one is written instead).
-      if (!this.pending.has(key) && !this.stopped) {
+      else if (!this.pending.has(key) && !this.stopped) {
         this.pending.set(key, { op: p.op, attempts: p.attempts + 1, notBefore: this.clock.now() + backoffDelay(p.attempts, this.opts.backoff, this.random) });
       } else if (this.pending.has(key)) {
         const newer = this.pending.get(key)!;
@@ -352,6 +355,7 @@ export class SyncStore {
       this.stats.failures++;
       this.lastError = { kind: e.kind, message: e.message, key: this.canaryKey, at: this.clock.now() };
       this.report(e, this.canaryKey);
+      if (e.kind === 'superseded') this.canary = 'none';
       this.canaryNotBefore = this.clock.now() + backoffDelay(this.canaryAttempts++, this.opts.backoff, this.random);
     } finally {
       this.inFlight.delete(CANARY);

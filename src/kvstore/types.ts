@@ -35,6 +35,7 @@ export type KvErrorKind =
   | 'tls' // TLS handshake failed (unknown CA, wrong server name)
   | 'conflict' // create-only transaction found the key present
   | 'closed' // the client was closed
+  | 'superseded' // a write fence (KvClient.setWriteFence) names another writer: nothing was written
   | 'other';
 
 export class KvError extends Error {

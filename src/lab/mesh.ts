@@ -180,6 +180,14 @@ export interface Mesh {
   killEtcd(cluster: number | string): Promise<void>;
   /** Starts the cluster's etcd again; `empty` wipes its data first (roles are re-created). */
   startEtcd(cluster: number | string, opts?: { empty?: boolean }): Promise<void>;
+  /** Stops (SIGTERM, or SIGKILL with kill) a cluster's Kubernetes API process; its node-local endpoints stay. */
+  stopKubeApi(cluster: number | string, opts?: { kill?: boolean }): Promise<void>;
+  /** Starts it again on its data and waits until it listens. */
+  startKubeApi(cluster: number | string): Promise<void>;
+  /** A second apiserver process for a cluster, the same settings as its own (an upgrade overlap); stopped with the mesh. */
+  startSecondApiserver(cluster: number | string): Promise<ManagedProcess>;
+  /** Stops the cluster's apiserver and makes `next` (from startSecondApiserver) its apiserver. */
+  replaceApiserver(cluster: number | string, next: ManagedProcess): Promise<void>;
   /** Registers a pod of the topology with its node's agent (its veth, MAC and IP). */
   addPod(pod: PodInfo, opts?: AddPodOptions): Promise<EndpointInfo>;
   /** Registers any endpoint with an agent (e.g. a bench's veth that has no pod namespace). */
@@ -263,6 +271,8 @@ class LabMesh implements Mesh {
   /** The Kubernetes API server per cluster, and every process started for it (endpoints too). */
   kubeApis: KubeApiStart[] = [];
   private readonly kubeProcs: ManagedProcess[] = [];
+  /** Apiservers started beside a cluster's own (startSecondApiserver), or replaced by one: stopped with the mesh. */
+  private readonly extraApiservers: ManagedProcess[] = [];
   private readonly kubeClients = new Map<string, KubeObjects>();
   private createdDir = false;
   private stopping: Promise<void> | undefined;
@@ -617,17 +627,59 @@ class LabMesh implements Mesh {
     if (o.empty && kubeApi) await kubeApi.proc.stop();
     if (o.empty) await c.etcd.wipe();
     await c.etcd.start();
-    if (o.empty && kubeApi) {
-      rmSync(kubeApi.readyFile, { force: true });
-      await kubeApi.proc.start();
-      this.created({ kind: 'process', role: 'kube-apiserver', cluster: c.name, pid: kubeApi.proc.pid!, logFile: kubeApi.proc.spec.logFile });
-      await waitReadyFiles([kubeApi], this.readyTimeoutMs);
-      await writeKubeconfig(this.kubeconfig(c.name), [{ name: c.name, server: kubeApiReady(kubeApi).url, ...kubeApiAdminPki(kubeApi.dir) }]);
-      this.kubeClients.delete(c.name);
-    }
+    if (o.empty && kubeApi) await this.startKubeApi(c.index);
     // What the cluster held before its components (namespaces; with the API: CRDs, Nodes) is re-applied,
     // the way a user's manifests outlive a lost kvstore; agents and the apiserver refill the rest.
     if (o.empty && kubeApi) await this.seedKube(c);
+  }
+
+  async stopKubeApi(cluster: number | string, o: { kill?: boolean } = {}): Promise<void> {
+    const k = this.kubeApiOf(cluster);
+    if (o.kill) await k.proc.kill();
+    else await k.proc.stop();
+  }
+
+  async startKubeApi(cluster: number | string): Promise<void> {
+    const c = this.cluster(cluster);
+    const k = this.kubeApiOf(c.index);
+    rmSync(k.readyFile, { force: true });
+    await k.proc.start();
+    this.created({ kind: 'process', role: 'kube-apiserver', cluster: c.name, pid: k.proc.pid!, logFile: k.proc.spec.logFile });
+    await waitReadyFiles([k], this.readyTimeoutMs);
+    // It listens on a new port: this process's kubeconfig follows (components use the node-local endpoint).
+    await writeKubeconfig(this.kubeconfig(c.name), [{ name: c.name, server: kubeApiReady(k).url, ...kubeApiAdminPki(k.dir) }]);
+    this.kubeClients.delete(c.name);
+  }
+
+  private kubeApiOf(cluster: number | string): KubeApiStart {
+    const c = this.cluster(cluster);
+    const k = this.kubeApis.find((x) => x.cluster === c.name);
+    if (!k) throw new Error(`${c.name}: no Kubernetes API in this mesh`);
+    return k;
+  }
+
+  async startSecondApiserver(cluster: number | string): Promise<ManagedProcess> {
+    const c = this.cluster(cluster);
+    const n = this.extraApiservers.length + 2;
+    const logFile = join(c.dir, `apiserver-${n}.log`);
+    const proc = new ManagedProcess({
+      ...c.apiserver.spec,
+      name: `${c.apiserver.spec.name} (#${n})`,
+      logFile,
+      beforeRun: undefined,
+      ...this.recordedBeforeRun((pid) => ({ kind: 'process', role: 'apiserver', cluster: c.name, pid, logFile })),
+    });
+    this.extraApiservers.push(proc);
+    await proc.start();
+    return proc;
+  }
+
+  async replaceApiserver(cluster: number | string, next: ManagedProcess): Promise<void> {
+    const c = this.cluster(cluster);
+    const old = c.apiserver;
+    await old.stop();
+    c.apiserver = next;
+    this.extraApiservers.splice(this.extraApiservers.indexOf(next), 1, old);
   }
 
   // ---- endpoints -------------------------------------------------------
@@ -711,7 +763,7 @@ class LabMesh implements Mesh {
     };
     await Promise.all(this.agents.map((a) => attempt(`stop ${a.process.spec.name}`, () => a.process.stop(3000))));
     for (const a of this.agents) a.api.close();
-    await Promise.all(this.clusters.map((c) => attempt(`stop ${c.apiserver.spec.name}`, () => c.apiserver.stop(3000))));
+    await Promise.all([...this.clusters.map((c) => c.apiserver), ...this.extraApiservers].map((p) => attempt(`stop ${p.spec.name}`, () => p.stop(3000))));
     await Promise.all([...this.kubeProcs].reverse().map((p) => attempt(`stop ${p.spec.name}`, () => p.stop(3000))));
     await Promise.all([...this.kvs.values()].map((kv) => attempt('close etcd client', () => kv.close())));
     this.kvs.clear();
