@@ -3,6 +3,8 @@
 // (built from src/ by scripts/setup.sh) and only what the command needs:
 //   clustermesh cni                       -> dist/js/cni.js (runs the CNI plugin executable, cni/build/clustermesh-cni)
 //   clustermesh lab workload echo|client  -> dist/js/workload.js (what lab pods run)
+//   clustermesh lab kube-api-endpoint|kubelet|kube-apiserver, lab workload dns
+//                                         -> dist/js/labproc.js (the processes `lab up` starts; src/lab/proc-main.ts)
 //   clustermesh --version                 -> package.json's version, nothing loaded
 //   anything else                         -> dist/js/main.js (commands load their code when they run)
 // When dist/ is missing or older than src/, it runs src/ through tsx instead
@@ -35,6 +37,9 @@ async function run(argv) {
   } else if (argv[0] === 'lab' && argv[1] === 'workload' && (argv[2] === 'echo' || argv[2] === 'client')) {
     // false: --help, or flags it does not take; the full CLI explains.
     done = await (await load('workload', 'lab/workload-main.ts')).main(argv.slice(2));
+  } else if (argv[0] === 'lab' && (['kube-api-endpoint', 'kubelet', 'kube-apiserver'].includes(argv[1]) || (argv[1] === 'workload' && argv[2] === 'dns'))) {
+    // false: --help, or flags it does not take exactly; the full CLI explains.
+    done = await (await load('labproc', 'lab/proc-main.ts')).main(argv.slice(1));
   }
   if (!done) await (await load('main', 'cli/main.ts')).main(process.argv);
 }

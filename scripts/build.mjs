@@ -19,6 +19,7 @@ export const ENTRIES = {
   main: 'src/cli/main.ts', // the whole CLI (commands load their code when they run)
   cni: 'src/cni/main.ts', // `clustermesh cni`: runs the CNI plugin executable (cni/), without the CLI framework
   workload: 'src/lab/workload-main.ts', // `clustermesh lab workload echo|client`: what lab pods run
+  labproc: 'src/lab/proc-main.ts', // `clustermesh lab kube-api-endpoint|kubelet|kube-apiserver`, `lab workload dns`: what lab up starts
 };
 
 // zod re-exports its 60-odd message locales as z.locales; nothing here uses

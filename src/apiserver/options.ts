@@ -7,6 +7,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import type { KvConnectionConfig } from '../kvstore/types.ts';
 import { parseListenAddress } from '../util/metrics.ts';
+import { OptionError } from './option-error.ts';
 import { formatPath, validateClusterId, validateClusterName, type MaxConnectedClusters } from '../model/index.ts';
 
 export interface ApiserverConfig {
@@ -56,16 +57,7 @@ export interface ApiserverRawOptions {
   clustermeshConfigDir?: unknown;
 }
 
-export class OptionError extends Error {
-  constructor(
-    /** The option as typed, e.g. `--cluster-id`, or a file path with a field. */
-    readonly option: string,
-    readonly detail: string,
-  ) {
-    super(`${option}: ${detail}`);
-    this.name = 'OptionError';
-  }
-}
+export { OptionError };
 
 export const APISERVER_DEFAULTS = {
   maxConnectedClusters: 255 as MaxConnectedClusters,

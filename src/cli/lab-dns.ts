@@ -1,7 +1,7 @@
 // `clustermesh lab workload dns`: the cluster DNS server a lab cluster runs as
 // a pod (Deployment kube-system/cluster-dns behind Service kube-system/kube-dns).
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { OptionError } from '../apiserver/options.ts';
+import { OptionError } from '../apiserver/option-error.ts';
 import { CLUSTER_DOMAIN, DEFAULT_DNS_TTL, startClusterDns } from '../lab/dns.ts';
 import { untilSignal } from './signals.ts';
 

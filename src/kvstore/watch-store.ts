@@ -7,17 +7,9 @@
 import { sleep, systemClock, type Clock } from '../util/clock.ts';
 import { toKvError, type KvClient, type WatchHandle } from './client.ts';
 import { KvError, type KvErrorKind, type WatchEvent } from './types.ts';
+import { backoffDelay, type BackoffOptions } from './backoff.ts';
 
-export interface BackoffOptions {
-  /** First delay (default 100 ms). */
-  initialMs?: number;
-  /** Cap (default 10 s). */
-  maxMs?: number;
-  /** Growth per attempt (default 2). */
-  factor?: number;
-  /** Fraction of random jitter added, 0..1 (default 0.2). */
-  jitter?: number;
-}
+export { backoffDelay, type BackoffOptions };
 
 export interface WatchStoreOptions {
   /** Called with every change of the cache, in order. A throw is reported to onError, not fatal. */
@@ -58,13 +50,6 @@ export interface WatchStoreStatus {
 interface Cached {
   value: string;
   modRevision: string;
-}
-
-export function backoffDelay(attempt: number, o: BackoffOptions = {}, random: () => number = Math.random): number {
-  const initial = o.initialMs ?? 100;
-  const max = o.maxMs ?? 10_000;
-  const base = Math.min(max, initial * Math.pow(o.factor ?? 2, Math.max(0, attempt)));
-  return Math.round(base * (1 + (o.jitter ?? 0.2) * random()));
 }
 
 export class WatchStore {

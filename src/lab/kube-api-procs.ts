@@ -147,12 +147,13 @@ export const kubeApiReady = (k: KubeApiStart): KubeApiReady => JSON.parse(readFi
  * The Kubernetes API as the local source, before the apiservers and agents
  * start: every cluster's API server (on its unix socket too), then a
  * node-local endpoint in the control-plane namespace and in every node
- * namespace of the cluster. Resolves when all of them listen.
+ * namespace of the cluster (started at once: they forward to the API server's
+ * socket, which need not listen yet). Resolves when all of them listen.
  */
 export async function startKubeApiForComponents(clusters: readonly KubeApiCluster[], nodes: readonly KubeApiNode[], o: KubeApiStartOptions & { timeoutMs?: number }): Promise<KubeApiStart[]> {
   const timeoutMs = o.timeoutMs ?? 60_000;
   const apis = await startKubeApiServers(clusters, o);
-  await waitReadyFiles(apis, timeoutMs);
+  // The endpoints only forward to the socket: they start while the API servers still start (and listen before them).
   const endpoints: Array<{ proc: ManagedProcess; readyFile: string }> = [];
   for (const c of clusters) {
     const where = [{ node: 'control-plane', netns: c.netns, dir: c.dir }, ...nodes.filter((n) => n.cluster === c.index).map((n) => ({ node: n.name, netns: n.netns, dir: join(c.dir, n.name) }))];
@@ -174,6 +175,6 @@ export async function startKubeApiForComponents(clusters: readonly KubeApiCluste
       endpoints.push({ proc, readyFile });
     }
   }
-  await waitReadyFiles(endpoints, timeoutMs);
+  await waitReadyFiles([...endpoints, ...apis], timeoutMs);
   return apis;
 }

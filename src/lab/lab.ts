@@ -94,26 +94,33 @@ export function labAlive(state: LabState): boolean {
   return state.processes.some((r) => sameProcessAlive(r));
 }
 
-/** The cluster DNS objects applied to each cluster's Kubernetes API (the DNS pods read that API); waits up to 60 s for their pods to be ready: a DNS that does not come up is a warning, not a failed up. */
-async function startClusterDns(state: LabState, progress: (l: string) => void): Promise<void> {
-  const t0 = Date.now();
-  const { CoreV1Api } = await import('@kubernetes/client-node');
+/** The cluster DNS objects, applied to each cluster's Kubernetes API at once (the DNS pods read that API; the kubelets, still starting, run them). */
+async function applyClusterDns(state: LabState): Promise<void> {
   const { applyToApi } = await import('./kube-apply.ts');
   const { loadKubeConnection } = await import('../sources/kubernetes/kubeconfig.ts');
-  const pending = new Map<string, InstanceType<typeof CoreV1Api>>();
-  for (const c of state.clusters) {
-    const kc = loadKubeConnection({ kubeconfig: state.kubeconfig!, context: c.name }).kubeConfig;
-    const dir = c.dir!;
-    await applyToApi(kc, clusterDnsObjects({ kube: { kubeconfig: localKubeconfig(dir), socket: kubeApiSocket(dir) } }) as Array<{ apiVersion: string; kind: string; metadata: { name: string } }>);
-    c.dnsIP = DNS_SERVICE_IP;
-    pending.set(c.name, kc.makeApiClient(CoreV1Api));
-  }
+  await Promise.all(
+    state.clusters.map(async (c) => {
+      const kc = loadKubeConnection({ kubeconfig: state.kubeconfig!, context: c.name }).kubeConfig;
+      const dir = c.dir!;
+      await applyToApi(kc, clusterDnsObjects({ kube: { kubeconfig: localKubeconfig(dir), socket: kubeApiSocket(dir) } }) as Array<{ apiVersion: string; kind: string; metadata: { name: string } }>);
+      c.dnsIP = DNS_SERVICE_IP;
+    }),
+  );
+}
+
+/** Waits up to 60 s for the cluster DNS pods of every cluster (applied at t0) to be ready: a DNS that does not come up is a warning, not a failed up. */
+async function waitClusterDns(state: LabState, t0: number, progress: (l: string) => void): Promise<void> {
+  const { CoreV1Api } = await import('@kubernetes/client-node');
+  const { loadKubeConnection } = await import('../sources/kubernetes/kubeconfig.ts');
+  const pending = new Map(state.clusters.map((c) => [c.name, loadKubeConnection({ kubeconfig: state.kubeconfig!, context: c.name }).kubeConfig.makeApiClient(CoreV1Api)]));
   const end = Date.now() + 60_000;
   while (pending.size && Date.now() < end) {
-    for (const [name, core] of pending) {
-      const pods = await core.listNamespacedPod({ namespace: DNS_NAMESPACE, labelSelector: 'k8s-app=kube-dns' }).catch(() => undefined);
-      if (pods?.items.length && pods.items.every((p) => p.status?.conditions?.some((x) => x.type === 'Ready' && x.status === 'True'))) pending.delete(name);
-    }
+    await Promise.all(
+      [...pending].map(async ([name, core]) => {
+        const pods = await core.listNamespacedPod({ namespace: DNS_NAMESPACE, labelSelector: 'k8s-app=kube-dns' }).catch(() => undefined);
+        if (pods?.items.length && pods.items.every((p) => p.status?.conditions?.some((x) => x.type === 'Ready' && x.status === 'True'))) pending.delete(name);
+      }),
+    );
     if (pending.size) await sleep(250);
   }
   if (pending.size) progress(`      warning: the cluster DNS of ${[...pending.keys()].join(', ')} is not ready after 60 s; see: kubectl -n ${DNS_NAMESPACE} get pods and the kubelet logs`);
@@ -380,6 +387,17 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     }
     save();
 
+    // The Kubernetes API servers have listened since the mesh started: the kubeconfig now, and the cluster DNS
+    // objects applied while the kubelets start (its pods are created and wait for the Nodes the kubelets register).
+    step = 'Kubernetes API';
+    const kubeconfig = await waitKubeApiServers(mesh.kubeApis, state, 60_000);
+    save();
+    progress(`      Kubernetes API per cluster: ${state.clusters.map((c) => `${c.name} ${c.kubeApi?.url ?? '-'}`).join(', ')}; kubeconfig ${kubeconfig} (a context per cluster)`);
+    step = 'cluster DNS';
+    const dnsT0 = Date.now();
+    await applyClusterDns(state);
+    save();
+
     step = 'node runtime';
     const end = Date.now() + 60_000;
     for (const k of kubelets) {
@@ -391,15 +409,11 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
       const node = state.nodes.find((n) => `${n.cluster}/${n.name}` === k.node);
       if (node) node.kubelet = { pid: k.ref.pid, startTime: k.ref.startTime, logFile: k.ref.logFile };
     }
-
-    step = 'Kubernetes API';
-    const kubeconfig = await waitKubeApiServers(mesh.kubeApis, state, 60_000);
     save();
-    progress(`      Kubernetes API per cluster: ${state.clusters.map((c) => `${c.name} ${c.kubeApi?.url ?? '-'}`).join(', ')}; kubeconfig ${kubeconfig} (a context per cluster)`);
 
     step = 'cluster DNS';
     progress(`[5/6] cluster DNS: Deployment kube-system/cluster-dns behind Service kube-system/kube-dns (${DNS_SERVICE_IP}) in every cluster, applied to and reading the Kubernetes API`);
-    await startClusterDns(state, progress);
+    await waitClusterDns(state, dnsT0, progress);
     save();
 
     if (o.prometheus) {

@@ -14,7 +14,7 @@
 // - A kind served by a CRD (`optional`): 404 means the CRD is absent, which
 //   is "no objects" (the kind is synced, empty), and the list is tried again
 //   every `optionalRetryMs` until the CRD appears.
-import { backoffDelay, type BackoffOptions } from '../../kvstore/watch-store.ts';
+import { backoffDelay, type BackoffOptions } from '../../kvstore/backoff.ts';
 import type { ClusterObject } from '../../model/index.ts';
 import { sleep, systemClock, type Clock } from '../../util/clock.ts';
 import type { ResourceCache } from '../resource.ts';
