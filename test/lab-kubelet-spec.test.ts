@@ -6,8 +6,11 @@
 // Bidirectional mount made in an init container seen by the next container,
 // an exec readiness probe, ConfigMap updates reaching the mounted file,
 // a pod deleted coming back, a template change rolled out
-// (`kubectl rollout status`), and a pod-network pod that waits for a CNI
-// configuration in the node's cniConfDir. After `lab down` nothing is left:
+// (`kubectl rollout status`), a pod-network pod that waits for a CNI
+// configuration in the node's cniConfDir (its plugin reaching the agent
+// through a path of the node's host filesystem, cniHostPaths), a failing init
+// container run again until it succeeds, and a killed container restarted and
+// counted in RESTARTS. After `lab down` nothing is left:
 // no mounts, namespaces or processes of the lab.
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -30,10 +33,16 @@ const labDir = join(root, name);
 // Mount points the containers need are made on the machine (as empty dirs and files): all under M, removed at the end.
 const M = `/opt/${name}`;
 const IMAGE_FILE = `${M}/lib/tool.txt`;
+/** The CNI plugin sees this path from the node's host filesystem (cniHostPaths). */
+const CNI_VIEW = `/run/${name}-cni`;
 writeFileSync(join(files, 'tool.txt'), 'from the image\n');
 const env = childEnv({
   CLUSTERMESH_LAB_ROOT: root,
-  CLUSTERMESH_LAB_KUBELET_CONFIG: JSON.stringify({ cniConfDir: '${nodeDir}/cni-conf', images: { 'cmt.example/tools:1': { [IMAGE_FILE]: join(files, 'tool.txt') } } }),
+  CLUSTERMESH_LAB_KUBELET_CONFIG: JSON.stringify({
+    cniConfDir: '${nodeDir}/cni-conf',
+    images: { 'cmt.example/tools:1': { [IMAGE_FILE]: join(files, 'tool.txt') } },
+    cniHostPaths: [CNI_VIEW],
+  }),
 });
 const cli = (args: string[], timeoutMs = 300_000): Promise<Run> => run(process.execPath, [CLI, ...args], { env, timeoutMs });
 let kubeconfig = '';
@@ -54,10 +63,21 @@ function nodeDirs(): Map<string, string> {
   return out;
 }
 
-/** A node's conflist: the lab's own plugin config as its one plugin. */
-function writeConflist(nodeDir: string): void {
+/**
+ * A node's conflist: the lab's own plugin config as its one plugin; with
+ * `viaHostRoot`, its agentSocket is a path of the node's host filesystem
+ * (a symlink there to the agent's socket) that the plugin sees through cniHostPaths.
+ */
+function writeConflist(nodeDir: string, viaHostRoot = false): void {
   const cfg = JSON.parse(readFileSync(join(nodeDir, 'kubelet.json'), 'utf8')) as KubeletConfig;
   const { cniVersion, name: netName, ...plugin } = cfg.netconf;
+  if (viaHostRoot) {
+    const link = join(nodeDir, 'root', CNI_VIEW, 'agent.sock');
+    mkdirSync(join(nodeDir, 'root', CNI_VIEW), { recursive: true });
+    rmSync(link, { force: true });
+    execFileSync('ln', ['-s', String(plugin.agentSocket), link]);
+    plugin.agentSocket = `${CNI_VIEW}/agent.sock`;
+  }
   mkdirSync(join(nodeDir, 'cni-conf'), { recursive: true });
   writeFileSync(join(nodeDir, 'cni-conf', '.tmp'), JSON.stringify({ cniVersion, name: netName, plugins: [plugin] }));
   execFileSync('mv', [join(nodeDir, 'cni-conf', '.tmp'), join(nodeDir, 'cni-conf', '10-clustermesh.conflist')]);
@@ -213,6 +233,7 @@ describe('lab kubelet: pod specs as a kubelet runs them, a DaemonSet, CNI config
     rmSync(root, { recursive: true, force: true });
     // The mount points the containers needed on the machine (empty dirs and files).
     rmSync(M, { recursive: true, force: true });
+    rmSync(CNI_VIEW, { recursive: true, force: true });
   });
 
   test('up with cniConfDir: pods start once each node has a conflist', async () => {
@@ -356,13 +377,55 @@ spec:
     assert.ok(waiting.message.includes(join(dir, 'cni-conf')), waiting.message);
     await new Promise((r) => setTimeout(r, 2000));
     assert.equal((await pods('app=waiter'))[0]!.phase, 'Pending', 'still waiting');
-    writeConflist(dir);
+    // The agent socket named by the new conflist exists only on the node's host filesystem.
+    writeConflist(dir, true);
+    assert.ok(!existsSync(`${CNI_VIEW}/agent.sock`));
     const cfg = JSON.parse(readFileSync(join(dir, 'kubelet.json'), 'utf8')) as KubeletConfig;
     const podCIDR = String((cfg.netconf.ipam as { podCIDR: string }).podCIDR);
     const ready = await eventually('the waiter pod ready', async () => (await pods('app=waiter')).find((p) => p.ready), 60_000, 500);
     assert.equal(ready.podIP.split('.').slice(0, 3).join('.'), podCIDR.split('.').slice(0, 3).join('.'), `${ready.podIP} in ${podCIDR}`);
     const rs = await kubectl('rollout', 'status', 'deployment/waiter', '-n', NS, '--timeout=60s');
     assert.equal(rs.code, 0, show(rs));
+  });
+
+  test('init containers run in order: a failing one again with backoff (Init:CrashLoopBackOff), a running one shows Init:1/2; a killed container is restarted and counted', async () => {
+    const [node, dir] = [...nodeDirs()].sort()[0]!;
+    await kubectlIn(
+      `apiVersion: v1
+kind: Pod
+metadata: {name: gated, namespace: ${NS}, labels: {app: gated}}
+spec:
+  nodeName: ${node}
+  hostNetwork: true
+  initContainers:
+  - {name: fails-until-open, image: busybox, command: [test, -f, /gate/open-1], volumeMounts: [{name: gate, mountPath: /gate}]}
+  - {name: waits-until-open, image: busybox, command: [sh, -c, 'while [ ! -f /gate/open-2 ]; do sleep 0.2; done'], volumeMounts: [{name: gate, mountPath: /gate}]}
+  containers:
+  - {name: main, image: busybox, command: [sleep, '100000']}
+  volumes:
+  - {name: gate, hostPath: {path: /var/lib/cmt-gate, type: DirectoryOrCreate}}
+`,
+      'apply',
+      '-f',
+      '-',
+    ).then((r) => assert.equal(r.code, 0, show(r)));
+    const log = join(dir, 'kubelet.log');
+    await eventually('the first init container failed twice', () => (readFileSync(log, 'utf8').match(/init container failed; running it again.*default\/gated/g) ?? []).length >= 2, 90_000, 500);
+    await eventually('kubectl shows Init:CrashLoopBackOff', async () => /\bInit:CrashLoopBackOff\b/.test(await kubectlOk('get', 'pod', 'gated', '-n', NS, '--no-headers')), 60_000, 300);
+    assert.equal((await pods('app=gated'))[0]!.phase, 'Pending');
+    writeFileSync(join(dir, 'root', 'var', 'lib', 'cmt-gate', 'open-1'), '');
+    await eventually('kubectl shows Init:1/2', async () => /\bInit:1\/2\b/.test(await kubectlOk('get', 'pod', 'gated', '-n', NS, '--no-headers')), 90_000, 500);
+    assert.ok(!readFileSync(log, 'utf8').includes('"container started","pod":"default/gated"'), 'the container waits for the init containers');
+    writeFileSync(join(dir, 'root', 'var', 'lib', 'cmt-gate', 'open-2'), '');
+    const ready = await eventually('gated ready', async () => (await pods('app=gated')).find((p) => p.ready && p.phase === 'Running'), 90_000, 500);
+    assert.equal(ready.restarts, 0);
+    // The container killed: restarted with backoff, RESTARTS 1.
+    process.kill(containerPid(ready.uid, 'main')!, 'SIGKILL');
+    await eventually('RESTARTS 1 and ready again', async () => {
+      const line = await kubectlOk('get', 'pod', 'gated', '-n', NS, '--no-headers');
+      return /^gated\s+1\/1\s+Running\s+1\b/.test(line) ? line : undefined;
+    }, 60_000, 500);
+    await kubectlOk('delete', 'pod', 'gated', '-n', NS, '--wait=false');
   });
 
   test('down leaves no mount, namespace or process of the lab', async () => {
