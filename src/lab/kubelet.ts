@@ -145,7 +145,7 @@ class ApiPodFeed implements PodFeed {
   /** ConfigMaps and Secrets (for volumes and env), by namespace/name, kept current by informers. */
   private readonly configMaps = new Map<string, V1ConfigMap>();
   private readonly secrets = new Map<string, V1Secret>();
-  private objectInformers: Array<ReturnType<typeof watchKind<V1ConfigMap>>> = [];
+  private objectInformers: Array<{ start: () => Promise<void>; stop: () => Promise<void> }> = [];
   private nodeTimer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -182,7 +182,7 @@ class ApiPodFeed implements PodFeed {
     };
     this.objectInformers = [
       watchKind<V1ConfigMap>(this.kc, '/api/v1/configmaps', () => this.core.listConfigMapForAllNamespaces(), keep(this.configMaps)),
-      watchKind<V1Secret>(this.kc, '/api/v1/secrets', () => this.core.listSecretForAllNamespaces(), keep(this.secrets)) as unknown as ReturnType<typeof watchKind<V1ConfigMap>>,
+      watchKind<V1Secret>(this.kc, '/api/v1/secrets', () => this.core.listSecretForAllNamespaces(), keep(this.secrets)),
     ];
     await Promise.all(this.objectInformers.map((i) => i.start()));
     await this.informer.start();
@@ -375,7 +375,7 @@ export class Kubelet {
     const gone = [...this.pods.values()].filter((r) => !mine.has(r.uid) && !this.busy.has(r.uid));
     const byNetns = new Map(gone.map((r) => [r.netns, this.track(r.uid, () => this.teardown(r))]));
     for (const f of mine.values()) {
-      const { pod, api, revision, writeStatus } = f;
+      const { pod, api, revision } = f;
       const uid = pod.metadata.uid!;
       if (this.busy.has(uid)) continue;
       // ConfigMap and Secret volumes follow their objects, also for a settled pod.
