@@ -22,13 +22,14 @@
 // absent, watches the Pods with fieldSelector spec.nodeName=<node>, and
 // writes status (phase, podIP, hostIP, the Ready condition) through the pods'
 // status subresource (a JSON merge patch).
-import { spawn } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CoreV1Api, PatchStrategy, setHeaderOptions, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
-import { isPodReady, parseObject, type Pod } from '../model/index.ts';
+import { CoreV1Api, PatchStrategy, setHeaderOptions, type KubeConfig, type V1ConfigMap, type V1Container, type V1Pod, type V1Probe, type V1Secret } from '@kubernetes/client-node';
+import { parseObject, type Pod } from '../model/index.ts';
 import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import { apiCode, apiMessage, watchKind } from './controllers/runtime.ts';
 import { inCgroup } from './cgroup.ts';
@@ -37,7 +38,21 @@ import { run } from './exec.ts';
 import { childEnv } from './process.ts';
 import { processStartTime, sameProcessAlive } from './state.ts';
 import {
+  chooseCniConf,
+  containerArgv,
+  DEFAULT_SHARED_HOST_PATHS,
+  mapHostPath,
+  mountScript,
+  netconfOfFile,
+  PodConfigError,
+  projectedFiles,
+  resolveEnv,
+  type ContainerMount,
+  type ProjectedFile,
+} from './pod-spec.ts';
+import {
   kubeletConfigSchema,
+  mountsUnder,
   readPodRecords,
   removePodRecord,
   writePodRecord,
@@ -73,15 +88,20 @@ export const podContainerID = (uid: string): string => `pod-${uid}`;
 /** A pod of this node, and how its status is written. */
 interface FedPod {
   pod: Pod;
+  /** The Pod as the API has it (volumes, env, init containers, probes, hostNetwork). */
+  api: V1Pod;
   /** Changes whenever the pod object does (store modRevision, API resourceVersion). */
   revision: string;
-  writeStatus(status: Pod['status']): Promise<void>;
+  /** Merge-patches the pod's status (the whole `status` the kubelet computed). */
+  writeStatus(status: Record<string, unknown>): Promise<void>;
 }
 
 /** Where a kubelet's pods come from. start() resolves once the first list is in; onChange: look again. */
 interface PodFeed {
   start(onChange: () => void): Promise<void>;
   list(): Promise<FedPod[]>;
+  configMap(namespace: string, name: string): V1ConfigMap | undefined;
+  secret(namespace: string, name: string): V1Secret | undefined;
   stop(): Promise<void>;
 }
 
@@ -122,6 +142,10 @@ class ApiPodFeed implements PodFeed {
   private readonly core: CoreV1Api;
   private informer: ReturnType<typeof watchKind<V1Pod>> | undefined;
   private cache: (() => V1Pod[]) | undefined;
+  /** ConfigMaps and Secrets (for volumes and env), by namespace/name, kept current by informers. */
+  private readonly configMaps = new Map<string, V1ConfigMap>();
+  private readonly secrets = new Map<string, V1Secret>();
+  private objectInformers: Array<{ start: () => Promise<void>; stop: () => Promise<void> }> = [];
   private nodeTimer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -150,7 +174,26 @@ class ApiPodFeed implements PodFeed {
         onChange();
       },
     );
+    const keep = <T extends V1ConfigMap | V1Secret>(into: Map<string, T>) => (o: T, deleted: boolean) => {
+      const key = `${o.metadata?.namespace}/${o.metadata?.name}`;
+      if (deleted) into.delete(key);
+      else into.set(key, o);
+      onChange();
+    };
+    this.objectInformers = [
+      watchKind<V1ConfigMap>(this.kc, '/api/v1/configmaps', () => this.core.listConfigMapForAllNamespaces(), keep(this.configMaps)),
+      watchKind<V1Secret>(this.kc, '/api/v1/secrets', () => this.core.listSecretForAllNamespaces(), keep(this.secrets)),
+    ];
+    await Promise.all(this.objectInformers.map((i) => i.start()));
     await this.informer.start();
+  }
+
+  configMap(namespace: string, name: string): V1ConfigMap | undefined {
+    return this.configMaps.get(`${namespace}/${name}`);
+  }
+
+  secret(namespace: string, name: string): V1Secret | undefined {
+    return this.secrets.get(`${namespace}/${name}`);
   }
 
   /** Creates this node's Node when absent and marks it Ready with its InternalIP and pod CIDR. */
@@ -204,28 +247,11 @@ class ApiPodFeed implements PodFeed {
       if (pod.spec.nodeName !== this.cfg.node) continue;
       out.push({
         pod,
+        api: p,
         revision: p.metadata?.resourceVersion ?? '',
         writeStatus: async (status) => {
-          const body = {
-            status: {
-              phase: status.phase,
-              ...(status.podIP ? { podIP: status.podIP, podIPs: [{ ip: status.podIP }] } : {}),
-              ...(this.cfg.nodeIP ? { hostIP: this.cfg.nodeIP, hostIPs: [{ ip: this.cfg.nodeIP }] } : {}),
-              conditions: status.conditions.map((c) => ({ ...c, lastTransitionTime: new Date().toISOString() })),
-              // What `kubectl get pods` counts in READY and shows in STATUS.
-              containerStatuses: pod.spec.containers.map((c) => ({
-                name: c.name,
-                image: c.image ?? '',
-                imageID: '',
-                ready: isPodReady({ ...pod, status }),
-                restartCount: 0,
-                started: status.phase === 'Running',
-                state: status.phase === 'Running' ? { running: { startedAt: new Date().toISOString() } } : { waiting: { reason: status.phase === 'Failed' ? 'CreateContainerError' : 'ContainerCreating' } },
-              })),
-            },
-          };
           try {
-            await this.core.patchNamespacedPodStatus({ namespace: pod.metadata.namespace, name: pod.metadata.name, body }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
+            await this.core.patchNamespacedPodStatus({ namespace: pod.metadata.namespace, name: pod.metadata.name, body: { status } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
           } catch (err) {
             if (apiCode(err) !== 404) throw new Error(`status of pod ${pod.metadata.namespace}/${pod.metadata.name}: ${apiMessage(err)}`);
           }
@@ -238,13 +264,23 @@ class ApiPodFeed implements PodFeed {
   async stop(): Promise<void> {
     if (this.nodeTimer) clearInterval(this.nodeTimer);
     await this.informer?.stop().catch(() => undefined);
+    await Promise.all(this.objectInformers.map((i) => i.stop().catch(() => undefined)));
+    this.objectInformers = [];
   }
 }
 
-/** Do two statuses say the same (phase, pod IP, conditions)? */
-function sameStatus(a: Pod['status'], b: Pod['status']): boolean {
-  const key = (s: Pod['status']): string => JSON.stringify([s.phase, s.podIP ?? null, s.conditions.map((c) => [c.type, c.status])]);
-  return key(a) === key(b);
+/** The phase, pod IP and Ready condition of a status the kubelet wrote, as the model reads them back. */
+function modelKey(s: Pod['status']): string {
+  return JSON.stringify([s.phase, s.podIP ?? null, s.conditions.filter((c) => c.type === 'Ready').map((c) => [c.type, c.status])]);
+}
+
+const isHostNetwork = (p: V1Pod): boolean => p.spec?.hostNetwork === true;
+
+/** The readiness probe's state of one container: consecutive results. */
+interface ProbeState {
+  ready: boolean;
+  failures: number;
+  successes: number;
 }
 
 export class Kubelet {
@@ -263,6 +299,16 @@ export class Kubelet {
   private readonly startQueue: Array<() => void> = [];
   private stopped = false;
   private timer: NodeJS.Timeout | undefined;
+  /** uid → why the pod cannot start yet (network not ready, a missing ConfigMap, a hostPath of the wrong type). */
+  private readonly waitingWhy = new Map<string, { reason: string; message: string }>();
+  /** uid/container → why the container cannot start yet (CreateContainerConfigError). */
+  private readonly containerWhy = new Map<string, string>();
+  /** uid/volume → the content stamp of a ConfigMap or Secret volume as last written. */
+  private readonly volumeStamp = new Map<string, string>();
+  /** uid/container → readiness probe state. */
+  private readonly probes = new Map<string, ProbeState>();
+  /** uid → the status last written (timestamps aside). */
+  private readonly written = new Map<string, string>();
 
   constructor(readonly cfg: KubeletConfig) {
     this.feed = new ApiPodFeed(cfg, loadKubeConnection({ kubeconfig: cfg.kubeconfig }).kubeConfig);
@@ -271,6 +317,17 @@ export class Kubelet {
 
   static fromFile(file: string): Kubelet {
     return new Kubelet(kubeletConfigSchema.parse(JSON.parse(readFileSync(file, 'utf8'))));
+  }
+
+  /** The node's host filesystem (made on first use; /var/run is a symlink to /run there, as on a host). */
+  private get hostRoot(): string {
+    const root = this.cfg.hostRoot ?? join(this.cfg.nodeDir, 'root');
+    if (!existsSync(join(root, 'var', 'run'))) {
+      mkdirSync(join(root, 'run'), { recursive: true });
+      mkdirSync(join(root, 'var'), { recursive: true });
+      symlinkSync('../run', join(root, 'var', 'run'));
+    }
+    return root;
   }
 
   async start(): Promise<void> {
@@ -317,9 +374,14 @@ export class Kubelet {
     // Gone or replaced pods first (a replacement may reuse the namespace name).
     const gone = [...this.pods.values()].filter((r) => !mine.has(r.uid) && !this.busy.has(r.uid));
     const byNetns = new Map(gone.map((r) => [r.netns, this.track(r.uid, () => this.teardown(r))]));
-    for (const { pod, revision, writeStatus } of mine.values()) {
+    for (const f of mine.values()) {
+      const { pod, api, revision } = f;
       const uid = pod.metadata.uid!;
-      if (this.busy.has(uid) || this.isSettled(uid, revision)) continue;
+      if (this.busy.has(uid)) continue;
+      // ConfigMap and Secret volumes follow their objects, also for a settled pod.
+      const known = this.pods.get(uid);
+      if (known) this.refreshProjectedVolumes(api, known);
+      if (this.isSettled(uid, revision)) continue;
       const before = byNetns.get(podNetnsName(this.cfg.netnsPrefix, pod.metadata.namespace, pod.metadata.name));
       void this.track(uid, async () => {
         await before;
@@ -327,20 +389,32 @@ export class Kubelet {
           let rec = this.pods.get(uid);
           if (!rec) {
             const retry = this.retryAt.get(uid);
-            if (retry && Date.now() < retry.at) return;
+            if (retry && Date.now() < retry.at) {
+              await this.writeStatus(f, undefined);
+              return;
+            }
+            const notReady = !isHostNetwork(api) ? this.networkNotReady() : undefined;
+            if (notReady) {
+              this.waitingWhy.set(uid, { reason: 'NetworkNotReady', message: notReady });
+              await this.writeStatus(f, undefined);
+              return;
+            }
             // A bounded number of pods start at once; each holds its slot until it answers (or a deadline).
             rec = await this.inStartSlot(async () => {
-              const created = await this.create(pod);
+              const created = await this.create(pod, api);
               if (created) {
-                await this.superviseContainers(pod, created);
-                await this.untilReady(pod, created);
+                await this.superviseContainers(api, created);
+                await this.untilReady(pod, api, created);
               }
               return created;
             });
-            if (!rec) return;
+            if (!rec) {
+              await this.writeStatus(f, undefined);
+              return;
+            }
           }
-          await this.superviseContainers(pod, rec);
-          await this.writeStatus(pod, revision, rec, writeStatus);
+          await this.superviseContainers(api, rec);
+          await this.writeStatus(f, rec);
         } catch (err) {
           log('pod sync failed', { pod: `${pod.metadata.namespace}/${pod.metadata.name}`, error: (err as Error).message });
         }
@@ -353,7 +427,7 @@ export class Kubelet {
     const s = this.settled.get(uid);
     const rec = this.pods.get(uid);
     if (!s || !rec || s.revision !== revision || Date.now() - s.at > READY_RECHECK_MS) return false;
-    return rec.containers.every((c) => sameProcessAlive({ pid: c.pid, startTime: c.startTime }));
+    return rec.containers.every((c) => c.init || sameProcessAlive({ pid: c.pid, startTime: c.startTime }));
   }
 
   private async inStartSlot<T>(fn: () => Promise<T>): Promise<T> {
@@ -368,9 +442,9 @@ export class Kubelet {
   }
 
   /** Waits (bounded) until a just-started pod's processes run and its ports answer. */
-  private async untilReady(pod: Pod, rec: PodRecord): Promise<void> {
+  private async untilReady(pod: Pod, api: V1Pod, rec: PodRecord): Promise<void> {
     const end = Date.now() + START_READY_WAIT_MS;
-    while (!this.stopped && Date.now() < end && !(await this.probe(pod, rec))) await sleep(50);
+    while (!this.stopped && Date.now() < end && (rec.initDone ?? 0) >= (api.spec?.initContainers?.length ?? 0) && !(await this.probe(pod, api, rec)).every((x) => x)) await sleep(50);
   }
 
   /** Runs fn as the one task of pod `uid`; when it ends, another pass looks at the pod again. */
@@ -387,11 +461,33 @@ export class Kubelet {
     return p;
   }
 
-  private async create(pod: Pod): Promise<PodRecord | undefined> {
+  /** With cniConfDir: why pods cannot get a network yet (no configuration there), else undefined. */
+  private networkNotReady(): string | undefined {
+    if (!this.cfg.cniConfDir) return undefined;
+    return this.cniConfFile() ? undefined : `network not ready: no CNI configuration in ${this.cfg.cniConfDir}`;
+  }
+
+  private cniConfFile(): string | undefined {
+    const dir = this.cfg.cniConfDir!;
+    const files = existsSync(dir) ? readdirSync(dir) : [];
+    const f = chooseCniConf(files);
+    return f ? join(dir, f) : undefined;
+  }
+
+  /** The network config for a pod's ADD: the chosen file of cniConfDir, or `netconf`. */
+  private netconfForAdd(): Record<string, unknown> {
+    if (!this.cfg.cniConfDir) return this.cfg.netconf;
+    const file = this.cniConfFile();
+    if (!file) throw new Error(`network not ready: no CNI configuration in ${this.cfg.cniConfDir}`);
+    return netconfOfFile(readFileSync(file, 'utf8'), file);
+  }
+
+  private async create(pod: Pod, api: V1Pod): Promise<PodRecord | undefined> {
     const uid = pod.metadata.uid!;
     const { namespace, name } = pod.metadata;
     const netns = podNetnsName(this.cfg.netnsPrefix, namespace, name);
     const dir = join(this.cfg.nodeDir, 'pods', `${namespace}_${name}_${uid.slice(0, 8)}`);
+    const hostNetwork = isHostNetwork(api);
     const rec: PodRecord = {
       uid,
       namespace,
@@ -403,6 +499,7 @@ export class Kubelet {
       dir,
       containers: [],
       createdAt: new Date().toISOString(),
+      ...(hostNetwork ? { hostNetwork } : {}),
     };
     // Recorded before anything exists, so a crash in between leaves a trace for `down`.
     writePodRecord(this.cfg.nodeDir, rec);
@@ -410,6 +507,22 @@ export class Kubelet {
     const t0 = Date.now();
     try {
       mkdirSync(dir, { recursive: true });
+      // Volumes first: a pod whose ConfigMap is missing waits without a network half made.
+      this.prepareVolumes(api, rec);
+      const search = `search ${namespace}.svc.cluster.local svc.cluster.local cluster.local`;
+      const resolv = `# cluster DNS of ${this.cfg.cluster} (lab ${this.cfg.lab})\nnameserver ${this.cfg.dnsIP}\n${search}\noptions ndots:5\n`;
+      if (hostNetwork) {
+        // The node's network namespace: no pod namespace, no CNI; the pod's IP is the node's.
+        writeFileSync(join(dir, 'resolv.conf'), resolv);
+        rec.ip = this.cfg.nodeIP ?? '127.0.0.1';
+        writePodRecord(this.cfg.nodeDir, rec);
+        this.retryAt.delete(uid);
+        this.waitingWhy.delete(uid);
+        log('pod uses the node network', { pod: `${namespace}/${name}`, ip: rec.ip });
+        return rec;
+      }
+      rec.netconf = this.netconfForAdd();
+      writePodRecord(this.cfg.nodeDir, rec);
       await run(['ip', 'netns', 'add', netns]).catch(async (err: unknown) => {
         // A namespace of the same name left by a pod that was replaced while we were down.
         await run(['ip', 'netns', 'del', netns]);
@@ -419,10 +532,7 @@ export class Kubelet {
       });
       const etc = join('/etc/netns', netns);
       mkdirSync(etc, { recursive: true });
-      writeFileSync(
-        join(etc, 'resolv.conf'),
-        `# cluster DNS of ${this.cfg.cluster} (lab ${this.cfg.lab})\nnameserver ${this.cfg.dnsIP}\nsearch ${namespace}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n`,
-      );
+      writeFileSync(join(etc, 'resolv.conf'), resolv);
       const res = await this.cni('ADD', rec, pod);
       if (res.code !== 0) {
         let msg = res.stdout.trim() || res.stderr.trim();
@@ -440,22 +550,169 @@ export class Kubelet {
       rec.ip = ip;
       writePodRecord(this.cfg.nodeDir, rec);
       this.retryAt.delete(uid);
+      this.waitingWhy.delete(uid);
       log('pod network ready', { pod: `${namespace}/${name}`, ip, netns, ms: Date.now() - t0 });
       return rec;
     } catch (err) {
       const attempts = (this.retryAt.get(uid)?.attempts ?? 0) + 1;
       const wait = Math.min(30_000, 500 * 2 ** attempts);
       this.retryAt.set(uid, { at: Date.now() + wait, attempts });
-      log('pod create failed; retrying', { pod: `${namespace}/${name}`, error: (err as Error).message, retryInMs: wait });
-      await this.teardown(rec);
+      const message = (err as Error).message;
+      this.waitingWhy.set(uid, { reason: err instanceof PodConfigError ? 'CreateContainerConfigError' : 'ContainerCreating', message });
+      log('pod create failed; retrying', { pod: `${namespace}/${name}`, error: message, retryInMs: wait });
+      await this.teardown(rec, false);
       return undefined;
     }
   }
 
+  /** `<pod dir>/volumes/<name>`: where an emptyDir, ConfigMap or Secret volume's files are. */
+  private volumeDir(rec: PodRecord, name: string): string {
+    return join(rec.dir, 'volumes', name);
+  }
+
+  /** Makes every volume of the pod: emptyDirs, ConfigMap and Secret files, hostPaths (type checked). Throws PodConfigError. */
+  private prepareVolumes(api: V1Pod, rec: PodRecord): void {
+    const containers = [...(api.spec?.initContainers ?? []), ...(api.spec?.containers ?? [])];
+    for (const v of api.spec?.volumes ?? []) {
+      if (v.emptyDir) mkdirSync(this.volumeDir(rec, v.name), { recursive: true });
+      else if (v.configMap || v.secret) this.writeProjectedVolume(api, rec, v.name);
+      else if (v.hostPath) {
+        const propagated = containers.some((c) => c.volumeMounts?.some((m) => m.name === v.name && (m.mountPropagation === 'Bidirectional' || m.mountPropagation === 'HostToContainer')));
+        this.prepareHostPath(v.name, v.hostPath.path, v.hostPath.type ?? '', propagated);
+      } else {
+        const kind = Object.keys(v).find((k) => k !== 'name') ?? 'unknown';
+        throw new PodConfigError(`volume ${v.name}: ${kind} volumes are not supported by the lab kubelet (configMap, secret, emptyDir, hostPath)`);
+      }
+    }
+  }
+
+  /** A hostPath on this node's host filesystem, checked against its type (created for the *OrCreate types and for none). */
+  private prepareHostPath(volume: string, path: string, type: string, propagated: boolean): string {
+    const { path: p, shared } = mapHostPath(path, this.hostRoot, this.cfg.sharedHostPaths ?? DEFAULT_SHARED_HOST_PATHS);
+    const where = `volume ${volume}: hostPath ${path} (${p} on node ${this.cfg.node})`;
+    const st = existsSync(p) ? statSync(p) : undefined;
+    switch (type) {
+      case '':
+        if (!st && !shared) mkdirSync(p, { recursive: true });
+        break;
+      case 'DirectoryOrCreate':
+        if (!st && !shared) mkdirSync(p, { recursive: true, mode: 0o755 });
+        else if (st && !st.isDirectory()) throw new PodConfigError(`${where}: type DirectoryOrCreate, but it is not a directory`);
+        break;
+      case 'FileOrCreate':
+        if (!st && !shared) {
+          mkdirSync(dirname(p), { recursive: true });
+          writeFileSync(p, '', { mode: 0o644 });
+        } else if (st && !st.isFile()) throw new PodConfigError(`${where}: type FileOrCreate, but it is not a file`);
+        break;
+      case 'Directory':
+      case 'File':
+      case 'Socket':
+      case 'CharDevice':
+      case 'BlockDevice': {
+        const ok = st && { Directory: st.isDirectory(), File: st.isFile(), Socket: st.isSocket(), CharDevice: st.isCharacterDevice(), BlockDevice: st.isBlockDevice() }[type];
+        if (!ok) throw new PodConfigError(`${where}: type ${type}, but ${st ? `it is not a ${type}` : 'it does not exist'}`);
+        break;
+      }
+      default:
+        throw new PodConfigError(`${where}: unknown type ${JSON.stringify(type)}`);
+    }
+    if (!existsSync(p)) throw new PodConfigError(`${where}: does not exist`);
+    // Mount propagation needs a shared mount on the node's side: the path bound onto itself, made shared
+    // (recorded by being under the lab dir: lab down unmounts everything there).
+    const real = realpathSync(p);
+    if (propagated && !shared && statSync(real).isDirectory() && !mountsUnder(real).includes(real)) {
+      for (const argv of [['mount', '--bind', real, real], ['mount', '--make-shared', real]]) {
+        const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8' });
+        if (r.status !== 0) throw new Error(`${where}: ${argv.join(' ')}: ${(r.stderr || r.error?.message || '').trim()}`);
+      }
+    }
+    return p;
+  }
+
+  /** The files of a ConfigMap or Secret volume, written when they changed (the `..data` symlink swapped at once). */
+  private writeProjectedVolume(api: V1Pod, rec: PodRecord, name: string): void {
+    const v = api.spec?.volumes?.find((x) => x.name === name);
+    if (!v) return;
+    const ns = rec.namespace;
+    const obj = v.configMap ? this.feed.configMap(ns, v.configMap.name ?? '') : this.feed.secret(ns, v.secret?.secretName ?? '');
+    const files = projectedFiles(v, obj);
+    const stamp = createHash('sha256').update(JSON.stringify(files.map((f) => [f.path, f.mode, f.data.toString('base64')]))).digest('hex');
+    const key = `${rec.uid}/${name}`;
+    const dir = this.volumeDir(rec, name);
+    if (this.volumeStamp.get(key) === stamp && existsSync(join(dir, '..data'))) return;
+    writeAtomicDir(dir, files);
+    this.volumeStamp.set(key, stamp);
+  }
+
+  /** Brings a running pod's ConfigMap and Secret volumes up to date with their objects. */
+  private refreshProjectedVolumes(api: V1Pod, rec: PodRecord): void {
+    for (const v of api.spec?.volumes ?? []) {
+      if (!v.configMap && !v.secret) continue;
+      try {
+        const before = this.volumeStamp.get(`${rec.uid}/${v.name}`);
+        this.writeProjectedVolume(api, rec, v.name);
+        if (before !== undefined && before !== this.volumeStamp.get(`${rec.uid}/${v.name}`)) log('volume updated', { pod: `${rec.namespace}/${rec.name}`, volume: v.name });
+      } catch (err) {
+        // The object is gone: a real kubelet keeps the last files too.
+        if (!(err instanceof PodConfigError)) log('volume update failed', { pod: `${rec.namespace}/${rec.name}`, volume: v.name, error: (err as Error).message });
+      }
+    }
+  }
+
+  /** A container's bind mounts: its volumeMounts, the image's files, and the cluster resolv.conf of a ClusterFirstWithHostNet pod. */
+  private containerMounts(api: V1Pod, rec: PodRecord, c: V1Container): { mounts: ContainerMount[]; bidirectional: string[] } {
+    const mounts: ContainerMount[] = [];
+    const bidirectional: string[] = [];
+    for (const m of c.volumeMounts ?? []) {
+      const v = api.spec?.volumes?.find((x) => x.name === m.name);
+      if (!v) throw new PodConfigError(`container ${c.name}: volumeMount ${m.name}: no volume of that name`);
+      let source: string;
+      let readOnly = m.readOnly === true;
+      if (v.hostPath) {
+        const mapped = mapHostPath(v.hostPath.path, this.hostRoot, this.cfg.sharedHostPaths ?? DEFAULT_SHARED_HOST_PATHS);
+        source = mapped.path;
+        if (mapped.shared) readOnly = true;
+        if (m.mountPropagation === 'Bidirectional') {
+          if (rec.hostNetwork !== true) throw new PodConfigError(`container ${c.name}: volumeMount ${m.name}: mountPropagation Bidirectional needs a hostNetwork pod in the lab`);
+          // Its node-side mount (prepareHostPath made it shared) stays a peer in the container's namespace.
+          bidirectional.push(realpathSync(source));
+        }
+      } else source = this.volumeDir(rec, m.name);
+      if (v.configMap || v.secret) readOnly = true;
+      if (m.subPath) source = join(source, m.subPath);
+      if (!existsSync(source)) {
+        if (m.subPath && (v.emptyDir || v.hostPath)) mkdirSync(source, { recursive: true });
+        else throw new PodConfigError(`container ${c.name}: volumeMount ${m.name}: ${source} does not exist`);
+      }
+      mounts.push({ source, target: m.mountPath, readOnly, file: !statSync(source).isDirectory(), recursive: v.hostPath !== undefined });
+    }
+    for (const [target, source] of Object.entries(this.cfg.images?.[c.image ?? ''] ?? {})) {
+      if (!existsSync(source)) throw new PodConfigError(`container ${c.name}: image ${c.image}: ${source} (for ${target}) does not exist`);
+      mounts.push({ source, target, readOnly: true, file: !statSync(source).isDirectory(), recursive: false });
+    }
+    if (rec.hostNetwork && api.spec?.dnsPolicy === 'ClusterFirstWithHostNet') {
+      mounts.push({ source: join(rec.dir, 'resolv.conf'), target: '/etc/resolv.conf', readOnly: true, file: true, recursive: false });
+    }
+    return { mounts, bidirectional };
+  }
+
+  /** What `$(VAR)`, fieldRef, configMapKeyRef and secretKeyRef of a container give. */
+  private containerEnv(api: V1Pod, rec: PodRecord, c: V1Container): Record<string, string> {
+    return resolveEnv(c, {
+      pod: api,
+      hostIP: this.cfg.nodeIP,
+      podIP: rec.ip,
+      configMap: (n) => this.feed.configMap(rec.namespace, n),
+      secret: (n) => this.feed.secret(rec.namespace, n),
+    });
+  }
+
   private cni(command: 'ADD' | 'DEL', rec: PodRecord, pod?: Pod): Promise<PluginResult> {
-    const type = String(this.cfg.netconf.type ?? 'clustermesh');
+    const netconf = rec.netconf ?? this.cfg.netconf;
+    const type = String(netconf.type ?? 'clustermesh');
     const conf = {
-      ...this.cfg.netconf,
+      ...netconf,
       dns: { nameservers: [this.cfg.dnsIP], search: [`${rec.namespace}.svc.cluster.local`, 'svc.cluster.local', 'cluster.local'] },
       runtimeConfig: {
         ...(pod ? { labels: pod.metadata.labels, serviceAccount: pod.spec.serviceAccountName } : {}),
@@ -469,8 +726,13 @@ export class Kubelet {
       CNI_PATH: this.cfg.cniPath,
       CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${rec.namespace};K8S_POD_NAME=${rec.name}`,
     });
+    const plugin = join(this.cfg.cniPath, type);
+    // The plugin sees the node's host filesystem at cniHostPaths (a private mount namespace for the call).
+    const views = (this.cfg.cniHostPaths ?? []).map((p) => ({ source: mapHostPath(p, this.hostRoot, []).path, target: p, readOnly: false, file: false, recursive: true }));
+    const argv = views.length ? ['unshare', '--mount', '--propagation', 'slave', 'sh', '-c', mountScript(views, []), 'cni-plugin', plugin] : [plugin];
+    if (views.length) for (const v of views) mkdirSync(v.source, { recursive: true });
     return new Promise((resolve, reject) => {
-      const child = spawn(join(this.cfg.cniPath, type), [], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+      const child = spawn(argv[0]!, argv.slice(1), { env, stdio: ['pipe', 'pipe', 'pipe'] });
       let stdout = '';
       let stderr = '';
       child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -482,128 +744,351 @@ export class Kubelet {
     });
   }
 
-  /** Starts containers that do not run (first start, or restart with backoff after an exit). */
-  private async superviseContainers(pod: Pod, rec: PodRecord): Promise<void> {
-    let changed = false;
-    for (const c of pod.spec.containers) {
-      let cr = rec.containers.find((x) => x.name === c.name);
-      if (cr && sameProcessAlive({ pid: cr.pid, startTime: cr.startTime })) continue;
-      const key = `${rec.uid}/${c.name}`;
-      if (cr?.pid !== undefined) {
-        // It exited: restart with backoff (restartPolicy Always).
-        if (!this.restartAt.has(key)) {
-          const wait = Math.min(30_000, 1000 * 2 ** Math.min(cr.restarts, 5));
-          this.restartAt.set(key, Date.now() + wait);
-          cr.exit = `exited at ${new Date().toISOString()}`;
-          log('container exited; restarting', { pod: `${rec.namespace}/${rec.name}`, container: c.name, inMs: wait });
-          changed = true;
-        }
-        if (Date.now() < this.restartAt.get(key)!) continue;
-        this.restartAt.delete(key);
-      }
-      const argv = [...(c.command ?? []), ...(c.args ?? [])];
-      const logFile = join(rec.dir, `${c.name}.log`);
-      if (!cr) {
-        cr = { name: c.name, logFile, restarts: 0 };
-        rec.containers.push(cr);
-      } else if (cr.pid !== undefined) cr.restarts++;
-      if (argv.length === 0) {
-        if (!rec.error) {
-          rec.error = `container ${c.name} has no command (the lab runs programs of this machine, not images)`;
-          log('pod cannot run', { pod: `${rec.namespace}/${rec.name}`, error: rec.error });
-          changed = true;
-        }
+  /**
+   * Runs the init containers in order, each to a successful exit (a failed one
+   * again with backoff), then starts the containers that do not run (first
+   * start, or restart with backoff after an exit).
+   */
+  private async superviseContainers(api: V1Pod, rec: PodRecord): Promise<void> {
+    const inits = api.spec?.initContainers ?? [];
+    let initDone = rec.initDone ?? 0;
+    while (initDone < inits.length) {
+      const c = inits[initDone]!;
+      const cr = rec.containers.find((x) => x.name === c.name && x.init);
+      if (cr && sameProcessAlive({ pid: cr.pid, startTime: cr.startTime })) return;
+      if (cr?.pid !== undefined && cr.exitCode === 0) {
+        initDone++;
+        rec.initDone = initDone;
+        writePodRecord(this.cfg.nodeDir, rec);
+        log('init container completed', { pod: `${rec.namespace}/${rec.name}`, container: c.name });
         continue;
       }
-      const fd = openSync(logFile, 'a');
-      try {
-        const binDir = join(this.cfg.nodeDir, '..', '..', 'bin');
-        // Held until its pid is in the pod record (src/util/held-start.ts): a kubelet killed
-        // in between (lab down stops kubelets first) leaves no container nobody can find.
-        const [cmd, ...args] = heldArgv(inCgroup(this.cfg.cgroup, ['ip', 'netns', 'exec', rec.netns, ...argv]));
-        const child = spawn(cmd!, args, {
-          stdio: ['pipe', fd, fd],
-          detached: true,
-          env: childEnv({
-            PATH: `${binDir}:${process.env.PATH ?? '/usr/bin:/bin'}`,
-            CLUSTERMESH_CLUSTER: this.cfg.cluster,
-            CLUSTERMESH_NODE: this.cfg.node,
-            CLUSTERMESH_POD: rec.name,
-            CLUSTERMESH_NAMESPACE: rec.namespace,
-            ...(rec.ip ? { POD_IP: rec.ip } : {}),
-          }),
-        });
-        child.unref();
-        await new Promise<void>((resolve) => {
-          child.once('spawn', () => resolve());
-          child.once('error', () => resolve());
-        });
-        if (child.pid !== undefined) {
-          const started = cr;
-          await recordThenRelease(child, (pid) => {
-            started.pid = pid;
-            started.startTime = processStartTime(pid);
-            delete started.exit;
-            writePodRecord(this.cfg.nodeDir, rec);
-          });
-          log('container started', { pod: `${rec.namespace}/${rec.name}`, container: c.name, pid: child.pid, argv });
-        }
-      } finally {
-        closeSync(fd);
-      }
-      changed = true;
-    }
-    if (changed) writePodRecord(this.cfg.nodeDir, rec);
-  }
-
-  private async probe(pod: Pod, rec: PodRecord): Promise<boolean> {
-    if (rec.error || !rec.ip) return false;
-    for (const c of pod.spec.containers) {
-      const cr = rec.containers.find((x) => x.name === c.name);
-      if (!cr || !sameProcessAlive({ pid: cr.pid, startTime: cr.startTime })) return false;
-    }
-    const ports = pod.spec.containers.flatMap((c) => c.ports.filter((p) => p.protocol === 'TCP').map((p) => p.containerPort));
-    for (const port of ports) if (!(await tcpOpen(rec.ip, port, 500))) return false;
-    return true;
-  }
-
-  private async writeStatus(pod: Pod, revision: string, rec: PodRecord, write: FedPod['writeStatus']): Promise<void> {
-    const ready = await this.probe(pod, rec);
-    if (this.ready.get(rec.uid) !== ready) log(ready ? 'pod ready' : 'pod not ready', { pod: `${rec.namespace}/${rec.name}` });
-    this.ready.set(rec.uid, ready);
-    const status: Pod['status'] = rec.error
-      ? { phase: 'Failed', ...(rec.ip ? { podIP: rec.ip } : {}), conditions: [{ type: 'Ready', status: 'False' }] }
-      : rec.ip
-        ? { phase: 'Running', podIP: rec.ip, conditions: [{ type: 'Ready', status: ready ? 'True' : 'False' }] }
-        : { phase: 'Pending', conditions: [] };
-    if (sameStatus(pod.status, status)) {
-      if (ready) this.settled.set(rec.uid, { revision, at: Date.now() });
+      // Not started, failed, or ended while no kubelet watched (run again: init containers are idempotent).
+      await this.startIfDue(api, rec, c, true);
       return;
     }
-    this.settled.delete(rec.uid);
-    await write(status);
+    for (const c of api.spec?.containers ?? []) {
+      const cr = rec.containers.find((x) => x.name === c.name && !x.init);
+      if (cr && sameProcessAlive({ pid: cr.pid, startTime: cr.startTime })) continue;
+      await this.startIfDue(api, rec, c, false);
+    }
   }
 
-  private async teardown(rec: PodRecord): Promise<void> {
+  /** Starts container c, or, when it ran before, again once its backoff has passed. */
+  private async startIfDue(api: V1Pod, rec: PodRecord, c: V1Container, init: boolean): Promise<void> {
+    let cr = rec.containers.find((x) => x.name === c.name && (x.init ?? false) === init);
+    const key = `${rec.uid}/${c.name}`;
+    if (cr?.pid !== undefined) {
+      // It exited: again with backoff (restartPolicy Always; for an init container: until it succeeds).
+      if (!this.restartAt.has(key)) {
+        const wait = Math.min(30_000, 1000 * 2 ** Math.min(cr.restarts, 5));
+        this.restartAt.set(key, Date.now() + wait);
+        cr.exit = `exited${cr.exitCode !== undefined ? ` with ${cr.exitCode}` : ''} at ${new Date().toISOString()}`;
+        delete cr.startedAt;
+        log(init ? 'init container failed; running it again' : 'container exited; restarting', { pod: `${rec.namespace}/${rec.name}`, container: c.name, exitCode: cr.exitCode, inMs: wait });
+        writePodRecord(this.cfg.nodeDir, rec);
+      }
+      if (Date.now() < this.restartAt.get(key)!) return;
+      this.restartAt.delete(key);
+    }
+    const logFile = join(rec.dir, `${c.name}.log`);
+    let env: Record<string, string>;
+    let argv: string[];
+    let mounts: ReturnType<Kubelet['containerMounts']>;
+    try {
+      env = this.containerEnv(api, rec, c);
+      argv = containerArgv(c, env);
+      mounts = this.containerMounts(api, rec, c);
+      this.containerWhy.delete(key);
+    } catch (err) {
+      if (!(err instanceof PodConfigError)) throw err;
+      if (this.containerWhy.get(key) !== err.message) log('container cannot start yet', { pod: `${rec.namespace}/${rec.name}`, container: c.name, error: err.message });
+      this.containerWhy.set(key, err.message);
+      return;
+    }
+    if (!cr) {
+      cr = { name: c.name, logFile, restarts: 0, ...(init ? { init } : {}) };
+      rec.containers.push(cr);
+    } else if (cr.pid !== undefined) cr.restarts++;
+    if (argv.length === 0) {
+      if (!rec.error) {
+        rec.error = `container ${c.name} has no command (the lab runs programs of this machine, not images)`;
+        log('pod cannot run', { pod: `${rec.namespace}/${rec.name}`, error: rec.error });
+        writePodRecord(this.cfg.nodeDir, rec);
+      }
+      return;
+    }
+    // How the command runs: in the pod's namespace (`ip netns exec`, which also gives it a mount namespace
+    // with the pod's resolv.conf) or the node's (hostNetwork); with mounts, a script makes them in a private
+    // mount namespace first (for hostNetwork pods one of its own, made by unshare).
+    let wrapped: string[];
+    if (mounts.mounts.length) {
+      const script = join(rec.dir, `${c.name}.mounts.sh`);
+      writeFileSync(script, mountScript(mounts.mounts, mounts.bidirectional));
+      const inMountNs = ['sh', script, ...argv];
+      wrapped = rec.hostNetwork ? ['unshare', '--mount', '--propagation', mounts.bidirectional.length ? 'unchanged' : 'slave', ...inMountNs] : ['ip', 'netns', 'exec', rec.netns, ...inMountNs];
+    } else wrapped = rec.hostNetwork ? argv : ['ip', 'netns', 'exec', rec.netns, ...argv];
+    const fd = openSync(logFile, 'a');
+    try {
+      const binDir = join(this.cfg.nodeDir, '..', '..', 'bin');
+      // Held until its pid is in the pod record (src/util/held-start.ts): a kubelet killed
+      // in between (lab down stops kubelets first) leaves no container nobody can find.
+      const [cmd, ...args] = heldArgv(inCgroup(this.cfg.cgroup, wrapped));
+      const child = spawn(cmd!, args, {
+        stdio: ['pipe', fd, fd],
+        detached: true,
+        env: childEnv({
+          PATH: `${binDir}:${process.env.PATH ?? '/usr/bin:/bin'}`,
+          CLUSTERMESH_CLUSTER: this.cfg.cluster,
+          CLUSTERMESH_NODE: this.cfg.node,
+          CLUSTERMESH_POD: rec.name,
+          CLUSTERMESH_NAMESPACE: rec.namespace,
+          ...(rec.ip ? { POD_IP: rec.ip } : {}),
+          ...env,
+        }),
+      });
+      child.unref();
+      await new Promise<void>((resolve) => {
+        child.once('spawn', () => resolve());
+        child.once('error', () => resolve());
+      });
+      if (child.pid !== undefined) {
+        const started = cr;
+        child.once('exit', (code, signal) => {
+          if (started.pid !== child.pid) return;
+          started.exitCode = code ?? (signal ? -1 : 0);
+          if (this.pods.get(rec.uid) === rec) writePodRecord(this.cfg.nodeDir, rec);
+          this.kick();
+        });
+        await recordThenRelease(child, (pid) => {
+          started.pid = pid;
+          started.startTime = processStartTime(pid);
+          started.startedAt = new Date().toISOString();
+          delete started.exit;
+          delete started.exitCode;
+          writePodRecord(this.cfg.nodeDir, rec);
+        });
+        log(init ? 'init container started' : 'container started', { pod: `${rec.namespace}/${rec.name}`, container: c.name, pid: child.pid, argv });
+      }
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /** Each container's readiness: its readinessProbe when it has one, else its process runs and its TCP ports answer. */
+  private async probe(pod: Pod, api: V1Pod, rec: PodRecord): Promise<boolean[]> {
+    const containers = api.spec?.containers ?? [];
+    if (rec.error || !rec.ip || (rec.initDone ?? 0) < (api.spec?.initContainers?.length ?? 0)) return containers.map(() => false);
+    return Promise.all(
+      containers.map(async (c) => {
+        const cr = rec.containers.find((x) => x.name === c.name && !x.init);
+        if (!cr || !sameProcessAlive({ pid: cr.pid, startTime: cr.startTime })) return false;
+        if (c.readinessProbe) return this.runReadinessProbe(api, rec, c, cr.pid!, c.readinessProbe);
+        const ports = pod.spec.containers.find((x) => x.name === c.name)?.ports.filter((p) => p.protocol === 'TCP').map((p) => p.containerPort) ?? [];
+        for (const port of ports) if (!(await tcpOpen(rec.ip!, port, 500))) return false;
+        return true;
+      }),
+    );
+  }
+
+  /** One run of a readinessProbe; the container's readiness changes after successThreshold / failureThreshold results in a row. */
+  private async runReadinessProbe(api: V1Pod, rec: PodRecord, c: V1Container, pid: number, p: V1Probe): Promise<boolean> {
+    const key = `${rec.uid}/${c.name}`;
+    const st = this.probes.get(key) ?? { ready: false, failures: 0, successes: 0 };
+    this.probes.set(key, st);
+    const startedAt = Date.parse(rec.containers.find((x) => x.name === c.name && !x.init)?.startedAt ?? '') || 0;
+    if (Date.now() - startedAt < (p.initialDelaySeconds ?? 0) * 1000) return false;
+    const timeoutMs = Math.max(1, p.timeoutSeconds ?? 1) * 1000;
+    let ok = false;
+    try {
+      ok = await probeOnce(p, c, rec.ip!, timeoutMs, () => ({ pid, env: this.containerEnv(api, rec, c) }));
+    } catch (err) {
+      log('readiness probe cannot run', { pod: `${rec.namespace}/${rec.name}`, container: c.name, error: (err as Error).message });
+    }
+    if (ok) {
+      st.failures = 0;
+      st.successes++;
+      if (st.successes >= (p.successThreshold ?? 1)) st.ready = true;
+    } else {
+      st.successes = 0;
+      st.failures++;
+      if (!st.ready || st.failures >= (p.failureThreshold ?? 3)) st.ready = false;
+    }
+    return st.ready;
+  }
+
+  /** The pod's status as a kubelet reports it: phase, IPs, conditions, container and init container states. */
+  private async writeStatus(f: FedPod, rec: PodRecord | undefined): Promise<void> {
+    const { pod, api, revision } = f;
+    const uid = pod.metadata.uid!;
+    const containers = api.spec?.containers ?? [];
+    const inits = api.spec?.initContainers ?? [];
+    const readiness = rec ? await this.probe(pod, api, rec) : containers.map(() => false);
+    const ready = readiness.length > 0 && readiness.every((x) => x);
+    if (rec && this.ready.get(uid) !== ready) log(ready ? 'pod ready' : 'pod not ready', { pod: `${rec.namespace}/${rec.name}` });
+    this.ready.set(uid, ready);
+    const initDone = rec?.initDone ?? 0;
+    const initializing = initDone < inits.length;
+    const phase = rec?.error ? 'Failed' : rec?.ip && !initializing ? 'Running' : 'Pending';
+    const why = rec ? undefined : this.waitingWhy.get(uid);
+    const stateOf = (c: V1Container, init: boolean, i: number): Record<string, unknown> => {
+      const cr = rec?.containers.find((x) => x.name === c.name && (x.init ?? false) === init);
+      const alive = cr !== undefined && sameProcessAlive({ pid: cr.pid, startTime: cr.startTime });
+      let state: Record<string, unknown>;
+      if (init && i < initDone) state = { terminated: { exitCode: 0, reason: 'Completed' } };
+      else if (alive) state = { running: { startedAt: cr.startedAt ?? rec!.createdAt } };
+      else if (this.containerWhy.has(`${uid}/${c.name}`)) state = { waiting: { reason: 'CreateContainerConfigError', message: this.containerWhy.get(`${uid}/${c.name}`) } };
+      else if (cr?.pid !== undefined) state = { waiting: { reason: 'CrashLoopBackOff', message: `back-off restarting failed container ${c.name} (${cr.exit ?? 'exited'})` } };
+      else state = { waiting: { reason: why?.reason ?? (init ? 'PodInitializing' : initializing ? 'PodInitializing' : 'ContainerCreating'), ...(why ? { message: why.message } : {}) } };
+      return {
+        name: c.name,
+        image: c.image ?? '',
+        imageID: '',
+        ...(cr?.pid !== undefined ? { containerID: `lab://${uid}/${c.name}` } : {}),
+        ready: init ? i < initDone : readiness[i] === true,
+        restartCount: cr?.restarts ?? 0,
+        started: alive,
+        state,
+      };
+    };
+    const podReady = phase === 'Running' && ready;
+    const message = why?.message;
+    const status: Record<string, unknown> = {
+      phase,
+      ...(why ? { reason: why.reason, message } : { reason: null, message: null }),
+      ...(rec?.ip ? { podIP: rec.ip, podIPs: [{ ip: rec.ip }] } : {}),
+      ...(this.cfg.nodeIP ? { hostIP: this.cfg.nodeIP, hostIPs: [{ ip: this.cfg.nodeIP }] } : {}),
+      conditions: [
+        { type: 'Initialized', status: initializing ? 'False' : 'True', ...(initializing ? { reason: 'ContainersNotInitialized' } : {}) },
+        { type: 'Ready', status: podReady ? 'True' : 'False', ...(message ? { reason: why!.reason, message } : {}) },
+      ],
+      containerStatuses: containers.map((c, i) => stateOf(c, false, i)),
+      ...(inits.length ? { initContainerStatuses: inits.map((c, i) => stateOf(c, true, i)) } : {}),
+    };
+    const modelStatus: Pod['status'] = { phase: phase as Pod['status']['phase'], ...(rec?.ip ? { podIP: rec.ip } : {}), conditions: [{ type: 'Ready', status: podReady ? 'True' : 'False' }] };
+    const key = JSON.stringify(status);
+    const sameAsApi = modelKey(pod.status) === modelKey(modelStatus) || (phase === 'Pending' && pod.status.phase === 'Pending' && !pod.status.conditions.some((c) => c.type === 'Ready' && c.status === 'True'));
+    if (sameAsApi && this.written.get(uid) === key) {
+      if (podReady) this.settled.set(uid, { revision, at: Date.now() });
+      return;
+    }
+    this.settled.delete(uid);
+    const now = new Date().toISOString();
+    await f.writeStatus({ ...status, conditions: (status.conditions as Array<Record<string, unknown>>).map((c) => ({ ...c, lastTransitionTime: now })) });
+    this.written.set(uid, key);
+  }
+
+  private async teardown(rec: PodRecord, forget = true): Promise<void> {
     const t0 = Date.now();
     await Promise.all(rec.containers.map((c) => (c.pid !== undefined ? stopGroup({ pid: c.pid, startTime: c.startTime }) : undefined)));
-    if (rec.ip !== undefined || rec.containers.length) {
-      const res = await this.cni('DEL', rec).catch((err: unknown) => ({ code: -1, stdout: '', stderr: (err as Error).message }));
-      if (res.code !== 0) log('CNI DEL failed (the namespace is removed anyway)', { pod: `${rec.namespace}/${rec.name}`, out: res.stdout + res.stderr });
-    } else {
-      // ADD may have got half way; DEL is idempotent.
-      await this.cni('DEL', rec).catch(() => undefined);
+    if (!rec.hostNetwork) {
+      if (rec.ip !== undefined || rec.containers.length) {
+        const res = await this.cni('DEL', rec).catch((err: unknown) => ({ code: -1, stdout: '', stderr: (err as Error).message }));
+        if (res.code !== 0) log('CNI DEL failed (the namespace is removed anyway)', { pod: `${rec.namespace}/${rec.name}`, out: res.stdout + res.stderr });
+      } else if (rec.netconf || !this.cfg.cniConfDir) {
+        // ADD may have got half way; DEL is idempotent.
+        await this.cni('DEL', rec).catch(() => undefined);
+      }
+      await run(['ip', 'netns', 'del', rec.netns]).catch(() => undefined);
+      rmSync(join('/etc/netns', rec.netns), { recursive: true, force: true });
     }
-    await run(['ip', 'netns', 'del', rec.netns]).catch(() => undefined);
-    rmSync(join('/etc/netns', rec.netns), { recursive: true, force: true });
     rmSync(rec.dir, { recursive: true, force: true });
     removePodRecord(this.cfg.nodeDir, rec.uid);
     this.pods.delete(rec.uid);
     this.ready.delete(rec.uid);
     this.settled.delete(rec.uid);
-    for (const c of rec.containers) this.restartAt.delete(`${rec.uid}/${c.name}`);
+    for (const c of rec.containers) {
+      this.restartAt.delete(`${rec.uid}/${c.name}`);
+      this.probes.delete(`${rec.uid}/${c.name}`);
+      this.containerWhy.delete(`${rec.uid}/${c.name}`);
+    }
+    for (const k of this.volumeStamp.keys()) if (k.startsWith(`${rec.uid}/`)) this.volumeStamp.delete(k);
+    if (forget) {
+      this.written.delete(rec.uid);
+      this.waitingWhy.delete(rec.uid);
+    }
     log('pod removed', { pod: `${rec.namespace}/${rec.name}`, ms: Date.now() - t0 });
   }
+}
+
+/**
+ * Writes a volume's files as Kubernetes does, so a reader never sees half an
+ * update: the files go to a new hidden dir, `..data` is switched to it with one
+ * rename, and each top-level name is a symlink through `..data`.
+ */
+export function writeAtomicDir(dir: string, files: ProjectedFile[]): void {
+  mkdirSync(dir, { recursive: true });
+  const gen = `..${new Date().toISOString().replace(/[:.]/g, '_')}.${process.pid}.${Math.random().toString(36).slice(2, 8)}`;
+  const genDir = join(dir, gen);
+  mkdirSync(genDir);
+  for (const f of files) {
+    const p = join(genDir, f.path);
+    mkdirSync(dirname(p), { recursive: true });
+    writeFileSync(p, f.data);
+    chmodSync(p, f.mode & 0o7777);
+  }
+  let old: string | undefined;
+  try {
+    old = readlinkSync(join(dir, '..data'));
+  } catch {
+    /* first write */
+  }
+  symlinkSync(gen, join(dir, '..data_tmp'));
+  renameSync(join(dir, '..data_tmp'), join(dir, '..data'));
+  const tops = new Set(files.map((f) => f.path.split('/')[0]!));
+  for (const t of tops) {
+    const link = join(dir, t);
+    if (!existsSync(link)) symlinkSync(join('..data', t), link);
+  }
+  for (const e of readdirSync(dir)) {
+    if (e.startsWith('..')) continue;
+    if (!tops.has(e)) rmSync(join(dir, e), { force: true });
+  }
+  if (old && old !== gen) rmSync(join(dir, old), { recursive: true, force: true });
+}
+
+/** One probe run: exec in the container's mount and network namespaces, tcpSocket, or httpGet. */
+async function probeOnce(p: V1Probe, c: V1Container, ip: string, timeoutMs: number, container: () => { pid: number; env: Record<string, string> }): Promise<boolean> {
+  const port = (v: number | string | undefined): number => {
+    if (typeof v === 'number') return v;
+    const named = c.ports?.find((x) => x.name === v)?.containerPort;
+    if (named !== undefined) return named;
+    if (v !== undefined && /^\d+$/.test(v)) return Number(v);
+    throw new PodConfigError(`container ${c.name}: probe port ${JSON.stringify(v)} is not a number nor a named port`);
+  };
+  if (p.exec) {
+    const { pid, env } = container();
+    const argv = ['nsenter', `--target=${pid}`, '--mount', '--net', '--', ...(p.exec.command ?? [])];
+    return await new Promise<boolean>((resolve) => {
+      const child = spawn(argv[0]!, argv.slice(1), { stdio: 'ignore', env: childEnv({ ...env }), detached: true });
+      const t = setTimeout(() => {
+        try {
+          process.kill(-child.pid!, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }, timeoutMs);
+      child.once('error', () => resolve(false));
+      child.once('exit', (code) => {
+        clearTimeout(t);
+        resolve(code === 0);
+      });
+    });
+  }
+  if (p.tcpSocket) return tcpOpen(p.tcpSocket.host ?? ip, port(p.tcpSocket.port), timeoutMs);
+  if (p.httpGet) {
+    const g = p.httpGet;
+    const host = g.host ?? ip;
+    const url = `${(g.scheme ?? 'HTTP').toLowerCase()}://${host.includes(':') ? `[${host}]` : host}:${port(g.port)}${g.path ?? '/'}`;
+    try {
+      const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs), headers: Object.fromEntries((g.httpHeaders ?? []).map((h) => [h.name, h.value])), redirect: 'manual' });
+      await res.body?.cancel();
+      return res.status >= 200 && res.status < 400;
+    } catch {
+      return false;
+    }
+  }
+  throw new PodConfigError(`container ${c.name}: readinessProbe: only exec, tcpSocket and httpGet are supported by the lab kubelet`);
 }
 
 /** SIGTERM to the process group (the container runs in its own session), SIGKILL after graceMs. */

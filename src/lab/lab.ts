@@ -28,7 +28,7 @@ import {
 } from './state.ts';
 import { stopGroup } from './kubelet.ts';
 import { clusterDnsObjects, DNS_NAMESPACE } from './dns.ts';
-import { kubeletConfigFile, podRecordsOf, type KubeletConfig, type PodRecord } from './kubelet-config.ts';
+import { kubeletConfigFile, kubeletConfigOverrides, podRecordsOf, unmountUnder, type KubeletConfig, type PodRecord } from './kubelet-config.ts';
 import { writeKubeconfig } from './kube-api/index.ts';
 import { WORKLOAD_NODE_FLAGS } from './workload-main.ts';
 import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT, openUiSocket, prometheusBinary, startLabPrometheus, waitPrometheusReady } from './prometheus.ts';
@@ -280,6 +280,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
           ...(a.node.cgroup !== undefined ? { cgroup: a.node.cgroup } : {}),
           kubeconfig: localKubeconfig(a.cluster.dir),
           nodeIP: a.node.underlayIP,
+          ...kubeletConfigOverrides(process.env.CLUSTERMESH_LAB_KUBELET_CONFIG, { nodeDir: a.dir, node: a.node.name }),
         };
         const cfgFile = kubeletConfigFile(a.dir);
         writeFileSync(cfgFile, JSON.stringify(cfg, null, 2) + '\n');
@@ -502,6 +503,8 @@ export interface LabDownResult {
   killed: string[];
   namespaces: string[];
   pinDirs: string[];
+  /** Mounts under the lab dir (the nodes' host filesystems) that were unmounted. */
+  unmounted: string[];
   errors: string[];
 }
 
@@ -554,7 +557,7 @@ async function labDownNow(name: string, o: LabDownOptions): Promise<LabDownResul
   const progress = o.progress ?? (() => undefined);
   const state = readLabState(name);
   const dir = state.dir ?? labDir(name);
-  const out: LabDownResult = { killed: [], namespaces: [], pinDirs: [], errors: [] };
+  const out: LabDownResult = { killed: [], namespaces: [], pinDirs: [], unmounted: [], errors: [] };
   const attempt = async (what: string, fn: () => Promise<unknown> | unknown): Promise<void> => {
     try {
       await fn();
@@ -609,6 +612,10 @@ async function labDownNow(name: string, o: LabDownOptions): Promise<LabDownResul
     await attempt(`remove /etc/netns/${r.netns}`, () => rmSync(join('/etc/netns', r.netns), { recursive: true, force: true }));
   }
   for (const d of state.etcNetnsDirs) await attempt(`remove ${d}`, () => rmSync(d, { recursive: true, force: true }));
+  // Mounts of the nodes' host filesystems (hostPath mount propagation, an agent pod's bpffs): none may stay.
+  await attempt('unmount the nodes\' host filesystems', () => {
+    if (existsSync(dir)) for (const t of unmountUnder(dir)) out.unmounted.push(t);
+  });
 
   // 3. agents, apiservers and Kubernetes API servers, then etcd (which they talk to); then anything else recorded.
   await stopAll(byRole(/^agent /), 3000);

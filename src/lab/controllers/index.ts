@@ -7,19 +7,22 @@
 // Informers on Deployments, Pods, Services and EndpointSlices only say what
 // to look at again (see runtime.ts):
 //   Deployment         -> that Deployment
-//   Pod                -> its controlling Deployment; every Service of its namespace
+//   DaemonSet          -> that DaemonSet
+//   Pod                -> its controlling Deployment or DaemonSet; every Service of its namespace
 //   Service            -> that Service
 //   EndpointSlice      -> the Service it is labelled with
 //   Pod without a node -> that Pod, for the scheduler (scheduler.ts; only with `scheduler: true`)
-//   Node               -> every pod waiting for a node
+//   Node               -> every pod waiting for a node; every DaemonSet
 // and every key is looked at again every `resyncMs` (default 30 s).
-import { AppsV1Api, CoreV1Api, DiscoveryV1Api, KubeConfig, type V1Deployment, type V1EndpointSlice, type V1Node, type V1Pod, type V1Service } from '@kubernetes/client-node';
+import { AppsV1Api, CoreV1Api, DiscoveryV1Api, KubeConfig, type V1DaemonSet, type V1Deployment, type V1EndpointSlice, type V1Node, type V1Pod, type V1Service } from '@kubernetes/client-node';
+import { DaemonSetController } from './daemonset.ts';
 import { DeploymentController } from './deployment.ts';
 import { EndpointSliceController, SERVICE_NAME_LABEL } from './endpointslice.ts';
 import { SchedulerController, needsScheduling } from './scheduler.ts';
 import { WorkQueue, keyOf, log, watchKind } from './runtime.ts';
 
 export { DeploymentController, POD_TEMPLATE_HASH, podTemplateHash } from './deployment.ts';
+export { DaemonSetController, CONTROLLER_REVISION_HASH, daemonSetHash, daemonSetMaxUnavailable, nodeMatches } from './daemonset.ts';
 export { SchedulerController, pickNode, needsScheduling, isNodeReady } from './scheduler.ts';
 export { EndpointSliceController, desiredSlices, resolvePorts, SERVICE_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL } from './endpointslice.ts';
 
@@ -45,7 +48,7 @@ export function kubeConfigFor(server: string, tls: { caFile: string; certFile: s
   return kc;
 }
 
-/** Starts the Deployment and EndpointSlice controllers (and the scheduler, when asked) against the API of `kc`. */
+/** Starts the Deployment, DaemonSet and EndpointSlice controllers (and the scheduler, when asked) against the API of `kc`. */
 export async function startControllers(kc: KubeConfig, o: ControllersOptions = {}): Promise<RunningControllers> {
   const apps = kc.makeApiClient(AppsV1Api);
   const core = kc.makeApiClient(CoreV1Api);
@@ -53,6 +56,9 @@ export async function startControllers(kc: KubeConfig, o: ControllersOptions = {
   const deployments = new DeploymentController(apps, core);
   const slices = new EndpointSliceController(core, discovery);
   const dq = new WorkQueue('deployment', (k) => deployments.reconcile(k));
+  const daemonSets = new DaemonSetController(apps, core);
+  const dsq = new WorkQueue('daemonset', (k) => daemonSets.reconcile(k));
+  const daemonSetKeys = new Set<string>();
   const sq = new WorkQueue('endpointslice', (k) => slices.reconcile(k));
   const scheduler = o.scheduler ? new SchedulerController(core) : undefined;
   const bq = new WorkQueue('scheduler', (k) => scheduler!.reconcile(k));
@@ -69,8 +75,19 @@ export async function startControllers(kc: KubeConfig, o: ControllersOptions = {
       else deploymentKeys.add(k);
       dq.add(k);
     }),
+    watchKind<V1DaemonSet>(kc, '/apis/apps/v1/daemonsets', () => apps.listDaemonSetForAllNamespaces(), (d, deleted) => {
+      const k = keyOf(d.metadata?.namespace, d.metadata?.name);
+      if (deleted) daemonSetKeys.delete(k);
+      else daemonSetKeys.add(k);
+      dsq.add(k);
+    }),
+    watchKind<V1Node>(kc, '/api/v1/nodes', () => core.listNode(), () => {
+      for (const k of daemonSetKeys) dsq.add(k);
+      for (const k of unbound) bq.add(k);
+    }),
     watchKind<V1Pod>(kc, '/api/v1/pods', () => core.listPodForAllNamespaces(), (p, deleted) => {
       for (const k of DeploymentController.keysOfPod(p)) dq.add(k);
+      for (const k of DaemonSetController.keysOfPod(p)) dsq.add(k);
       if (scheduler) {
         const k = keyOf(p.metadata?.namespace, p.metadata?.name);
         if (!deleted && needsScheduling(p)) {
@@ -92,27 +109,21 @@ export async function startControllers(kc: KubeConfig, o: ControllersOptions = {
       const svc = s.metadata?.labels?.[SERVICE_NAME_LABEL];
       if (svc) sq.add(keyOf(s.metadata?.namespace, svc));
     }),
-    ...(scheduler
-      ? [
-          watchKind<V1Node>(kc, '/api/v1/nodes', () => core.listNode(), () => {
-            for (const k of unbound) bq.add(k);
-          }),
-        ]
-      : []),
   ];
   await Promise.all(informers.map((i) => i.start()));
   const resync = setInterval(() => {
     for (const k of deploymentKeys) dq.add(k);
+    for (const k of daemonSetKeys) dsq.add(k);
     for (const [ns, names] of services) for (const n of names) sq.add(keyOf(ns, n));
     for (const k of unbound) bq.add(k);
   }, o.resyncMs ?? 30_000);
   resync.unref();
-  log(`controllers started: deployment, endpointslice${scheduler ? ', scheduler' : ''}`);
+  log(`controllers started: deployment, daemonset, endpointslice${scheduler ? ', scheduler' : ''}`);
   return {
     stop: async () => {
       clearInterval(resync);
       await Promise.all(informers.map((i) => i.stop().catch(() => undefined)));
-      await Promise.all([dq.stop(), sq.stop(), bq.stop()]);
+      await Promise.all([dq.stop(), dsq.stop(), sq.stop(), bq.stop()]);
     },
   };
 }

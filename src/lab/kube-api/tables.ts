@@ -75,6 +75,17 @@ function podStatus(o: JsonObject): string {
   if (atPath(o, 'metadata.deletionTimestamp') !== undefined) return 'Terminating';
   const status = obj(o.status);
   if (str(status.reason) !== '') return str(status.reason);
+  // Init containers first, as kubectl shows them: Init:<reason> for a failing one, Init:N/M while one runs.
+  const inits = arr(status.initContainerStatuses);
+  for (const [i, cs] of inits.entries()) {
+    const st = obj(obj(cs).state);
+    const term = obj(st.terminated);
+    if (st.terminated !== undefined && Number(term.exitCode ?? 0) === 0) continue;
+    if (st.terminated !== undefined) return str(term.reason) !== '' ? `Init:${str(term.reason)}` : `Init:ExitCode:${String(term.exitCode)}`;
+    const waiting = str(obj(st.waiting).reason);
+    if (waiting !== '' && waiting !== 'PodInitializing') return `Init:${waiting}`;
+    return `Init:${i}/${arr(atPath(o, 'spec.initContainers')).length}`;
+  }
   for (const cs of arr(status.containerStatuses)) {
     const st = obj(obj(cs).state);
     const waiting = str(obj(st.waiting).reason);
