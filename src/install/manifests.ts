@@ -384,7 +384,8 @@ function agentDaemonSet(s: InstallSettings): KubeObject {
               // The one privileged step: a bpffs the host sees (mount propagation to the host needs privileged).
               name: 'mount-bpf-fs',
               image: s.image,
-              command: ['sh', '-c', `mountpoint -q ${PATHS.bpffs} || mount -t bpf bpffs ${PATHS.bpffs}`],
+              // The volume's own bind mount makes the path a mount point already: test the filesystem type, not `mountpoint`.
+              command: ['sh', '-c', `[ "$(stat -f -c %T ${PATHS.bpffs})" = bpf_fs ] || mount -t bpf bpffs ${PATHS.bpffs}`],
               securityContext: { privileged: true },
               volumeMounts: [{ name: 'bpffs', mountPath: PATHS.bpffs, mountPropagation: 'Bidirectional' }],
             },
