@@ -19,8 +19,8 @@
 //   honoured), numberUnavailable, numberMisscheduled, observedGeneration, so
 //   `kubectl rollout status daemonset/X` ends as on a real cluster.
 import type { AppsV1Api, CoreV1Api, V1DaemonSet, V1Node, V1Pod } from '@kubernetes/client-node';
-import { isPodReady } from './deployment.ts';
-import { apiCode, canonicalJson, log, randomSuffix, safeHash, selectorString, splitKey } from './runtime.ts';
+import { isPodReady, isTerminal, resolveIntOrPercent } from './deployment.ts';
+import { apiCode, canonicalJson, log, ownedPods, randomSuffix, safeHash, selectorString, splitKey } from './runtime.ts';
 
 export const CONTROLLER_REVISION_HASH = 'controller-revision-hash';
 
@@ -36,16 +36,14 @@ export function nodeMatches(ds: V1DaemonSet, node: V1Node): boolean {
 
 /** maxUnavailable of a DaemonSet: an int, or a percentage of `desired` rounded up (at least 1 when desired > 0). */
 export function daemonSetMaxUnavailable(v: number | string | undefined, desired: number): number {
-  const x = v ?? 1;
   let n: number;
-  if (typeof x === 'number') n = x;
-  else if (/^\d+%$/.test(x)) n = Math.ceil((Number(x.slice(0, -1)) * desired) / 100);
-  else if (/^\d+$/.test(x)) n = Number(x);
-  else throw new Error(`maxUnavailable '${x}' is neither an integer nor a percentage`);
+  try {
+    n = resolveIntOrPercent(v, desired, 1, 'up');
+  } catch (err) {
+    throw new Error(`maxUnavailable ${(err as Error).message}`);
+  }
   return desired > 0 ? Math.max(1, n) : n;
 }
-
-const isTerminal = (p: V1Pod): boolean => p.status?.phase === 'Succeeded' || p.status?.phase === 'Failed';
 
 export class DaemonSetController {
   constructor(
@@ -69,9 +67,7 @@ export class DaemonSetController {
     if (selector === undefined) throw new Error(`daemonset ${key}: spec.selector selects nothing`);
     const nodes = (await this.core.listNode()).items.filter((n) => !n.metadata?.deletionTimestamp);
     const eligible = new Set(nodes.filter((n) => nodeMatches(ds, n)).map((n) => n.metadata!.name!));
-    const owned = (await this.core.listNamespacedPod({ namespace, labelSelector: selector })).items.filter((p) =>
-      p.metadata?.ownerReferences?.some((r) => r.controller === true && r.uid === uid),
-    );
+    const owned = await ownedPods(this.core, namespace, selector, uid);
 
     const toDelete: V1Pod[] = [];
     const terminating = new Set<string>();

@@ -17,7 +17,7 @@
 // Deleting the Deployment deletes its pods through the API server's garbage
 // collector (ownerReferences).
 import type { AppsV1Api, CoreV1Api, V1Deployment, V1DeploymentCondition, V1Pod } from '@kubernetes/client-node';
-import { apiCode, canonicalJson, log, randomSuffix, safeHash, selectorString, splitKey } from './runtime.ts';
+import { apiCode, canonicalJson, log, ownedPods, randomSuffix, safeHash, selectorString, splitKey } from './runtime.ts';
 
 export const POD_TEMPLATE_HASH = 'pod-template-hash';
 
@@ -29,14 +29,14 @@ export function isPodReady(p: V1Pod): boolean {
   return p.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') === true;
 }
 
-const isTerminal = (p: V1Pod): boolean => p.status?.phase === 'Succeeded' || p.status?.phase === 'Failed';
+export const isTerminal = (p: V1Pod): boolean => p.status?.phase === 'Succeeded' || p.status?.phase === 'Failed';
 
-/** An int-or-percent of `total` (percent rounded down, as maxUnavailable is). */
-export function resolveIntOrPercent(v: number | string | undefined, total: number, dflt: string): number {
+/** An int-or-percent of `total`: a percentage rounded down (a Deployment's maxUnavailable) or up (a DaemonSet's). */
+export function resolveIntOrPercent(v: number | string | undefined, total: number, dflt: string | number, round: 'down' | 'up' = 'down'): number {
   const x = v ?? dflt;
   if (typeof x === 'number') return x;
   const m = /^(\d+)%$/.exec(x);
-  if (m) return Math.floor((Number(m[1]) * total) / 100);
+  if (m) return (round === 'up' ? Math.ceil : Math.floor)((Number(m[1]) * total) / 100);
   if (/^\d+$/.test(x)) return Number(x);
   throw new Error(`'${x}' is neither an integer nor a percentage`);
 }
@@ -71,9 +71,7 @@ export class DeploymentController {
     const selector = selectorString(d.spec?.selector);
     if (selector === undefined) throw new Error(`deployment ${key}: spec.selector selects nothing`);
 
-    const owned = (await this.core.listNamespacedPod({ namespace, labelSelector: selector })).items.filter((p) =>
-      p.metadata?.ownerReferences?.some((r) => r.controller === true && r.uid === uid),
-    );
+    const owned = await ownedPods(this.core, namespace, selector, uid);
     const live = owned.filter((p) => !p.metadata?.deletionTimestamp);
     const toDelete: V1Pod[] = live.filter(isTerminal);
     const active = live.filter((p) => !isTerminal(p));

@@ -9,7 +9,7 @@
 // bookkeeping, as kube-controller-manager needs); at lab scale (tens of
 // objects) the extra lists cost nothing measurable.
 import { createHash, randomInt } from 'node:crypto';
-import { ApiException, makeInformer, type KubeConfig, type KubernetesListObject, type KubernetesObject, type V1LabelSelector } from '@kubernetes/client-node';
+import { ApiException, makeInformer, type CoreV1Api, type KubeConfig, type V1Pod, type KubernetesListObject, type KubernetesObject, type V1LabelSelector } from '@kubernetes/client-node';
 
 export const log = (msg: string, extra: Record<string, unknown> = {}): void => {
   process.stdout.write(JSON.stringify({ time: new Date().toISOString(), msg, ...extra }) + '\n');
@@ -132,6 +132,11 @@ export function watchKind<T extends KubernetesObject>(
       await informer.stop();
     },
   };
+}
+
+/** The pods of `namespace` matching `selector` whose controller is the object with `uid`. */
+export async function ownedPods(core: CoreV1Api, namespace: string, selector: string, uid: string): Promise<V1Pod[]> {
+  return (await core.listNamespacedPod({ namespace, labelSelector: selector })).items.filter((p) => p.metadata?.ownerReferences?.some((r) => r.controller === true && r.uid === uid));
 }
 
 /** A LabelSelector as the `labelSelector` query parameter (undefined: selects nothing). */
