@@ -96,8 +96,18 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
   // The Kubernetes API is the source (cfg.kubeconfig, else KUBECONFIG or the in-cluster service account), unless a test injects a source without one.
   const kubeApi = cfg.kubeconfig !== undefined || deps.source === undefined;
 
+  // Before any write: this process is the cluster's writer. Every later write of ours is fenced
+  // on the claim, so of two apiservers running at once (an upgrade overlap) only the newer writes,
+  // and every key ends on its session lease, none on the lease of the one about to stop
+  // (where it would expire with that lease, and every remote drop what it names).
+  const writer = `${hostname()}/${process.pid}/${randomUUID()}`;
   const heartbeat = new Heartbeat({
     kv,
+    claim: async () => {
+      await kv.put(writerKey(cfg.clusterName), writer);
+      kv.setWriteFence(writerKey(cfg.clusterName), writer);
+      log.info({ key: writerKey(cfg.clusterName), writer }, 'writer of the cluster');
+    },
     cluster: cfg.clusterName,
     clusterId: cfg.clusterId,
     maxConnectedClusters: cfg.maxConnectedClusters,
@@ -181,15 +191,17 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
     await kv.close();
     throw err;
   };
-  // Before any write: this process is the cluster's writer. Every later write of ours is fenced
-  // on the claim, so of two apiservers running at once (an upgrade overlap) only the newer writes,
-  // and every key ends on its session lease, none on the lease of the one about to stop
-  // (where it would expire with that lease, and every remote drop what it names).
-  const writer = `${hostname()}/${process.pid}/${randomUUID()}`;
-  await retry(`claiming ${writerKey(cfg.clusterName)}`, () => kv.put(writerKey(cfg.clusterName), writer)).catch(failStart);
-  kv.setWriteFence(writerKey(cfg.clusterName), writer);
-  log.info({ key: writerKey(cfg.clusterName), writer }, 'writer of the cluster');
+  // The claim is the first write of the heartbeat's first round: while etcd is down it counts as failed rounds.
   heartbeat.start();
+  await new Promise<void>((resolve, reject) => {
+    const stopped = () => reject(new Error(`stopped before claiming ${writerKey(cfg.clusterName)}`));
+    if (stopCtl.signal.aborted) stopped();
+    stopCtl.signal.addEventListener('abort', stopped, { once: true });
+    void heartbeat.claimed.then(() => {
+      stopCtl.signal.removeEventListener('abort', stopped);
+      resolve();
+    });
+  }).catch(failStart);
 
   let local: { source: ClusterSource; description: string };
   try {

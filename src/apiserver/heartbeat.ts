@@ -18,6 +18,12 @@ export interface HeartbeatOptions {
   intervalMs: number;
   clock?: Clock;
   onError?: (err: unknown) => void;
+  /**
+   * Run at the start of each round until it succeeds once, before any
+   * heartbeat write (the apiserver claims the cluster's writer key here, so
+   * an etcd that is down at start counts as failed rounds from the first).
+   */
+  claim?: () => Promise<void>;
 }
 
 /**
@@ -42,6 +48,10 @@ export class Heartbeat {
   lastRoundOk = false;
   /** Resolves after cluster-config and the first heartbeat are written. */
   readonly firstWrite = new Promise<void>((r) => (this.resolveFirst = r));
+  private resolveClaimed!: () => void;
+  private isClaimed = false;
+  /** Resolves once `claim` succeeded (at once without one). */
+  readonly claimed = new Promise<void>((r) => (this.resolveClaimed = r));
 
   constructor(private readonly o: HeartbeatOptions) {
     this.clock = o.clock ?? systemClock;
@@ -61,8 +71,13 @@ export class Heartbeat {
     await this.loop;
   }
 
-  /** One round: cluster-config when the session changed, then the heartbeat. */
+  /** One round: the claim until it succeeded, cluster-config when the session changed, then the heartbeat. */
   async tick(): Promise<void> {
+    if (!this.isClaimed) {
+      await this.o.claim?.();
+      this.isClaimed = true;
+      this.resolveClaimed();
+    }
     const session = await this.o.kv.lease();
     if (session.id !== this.configSession) {
       await this.o.kv.put(clusterConfigKey(this.o.cluster), clusterConfigValue(this.o.clusterId, this.o.maxConnectedClusters, this.o.serviceExportsEnabled ?? false), { lease: true });
