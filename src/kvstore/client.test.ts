@@ -115,6 +115,32 @@ test('createOnly, create, compareAndSwap, compareAndDelete', async () => {
   });
 });
 
+test('write fence: writes only while the fence key names this writer; a fence key that is gone is claimed again', async () => {
+  await withEtcd({ name: 'fence' }, async (server) => {
+    await withClients(server, ['apiserver', 'apiserver'], async (older, newer) => {
+      const fence = 'cilium/.apiserver-writer/c1';
+      await older.put(fence, 'older');
+      older.setWriteFence(fence, 'older');
+      await older.put('cilium/x', '1');
+      // The fence key gone (an etcd restored empty): the next write claims it again and goes through.
+      await older.delete(fence);
+      await older.put('cilium/x', '2');
+      assert.equal((await older.get(fence))?.value, 'older');
+      assert.equal((await older.get('cilium/x'))?.value, '2');
+      // A newer writer took over: every write of the older one changes nothing.
+      await newer.put(fence, 'newer');
+      newer.setWriteFence(fence, 'newer');
+      const err = await rejectsKind(older.put('cilium/x', '3'), 'superseded');
+      assert.match(err.message, /names another writer \(newer\), not older/);
+      await rejectsKind(older.delete('cilium/x'), 'superseded');
+      assert.equal(await older.createOnly('cilium/y', '1').catch((e: KvError) => e.kind), 'superseded');
+      await newer.put('cilium/x', '4');
+      assert.equal((await newer.get('cilium/x'))?.value, '4');
+      assert.equal(await newer.get('cilium/y'), undefined);
+    });
+  });
+});
+
 test('session lease: leased keys disappear on revoke and on expiry; loss is reported', async () => {
   await withEtcd({ name: 'lease' }, async (server) => {
     const observer = new KvClient(server.connection('root'));

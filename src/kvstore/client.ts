@@ -340,7 +340,9 @@ export class KvClient {
    * writes) is done only while `key` holds `value`, checked in the same etcd
    * transaction: once another writer has replaced the value (a newer process
    * of the same role took over), each write changes nothing and fails with a
-   * KvError of kind 'superseded'. Writes of `key` itself are not fenced.
+   * KvError of kind 'superseded'. A `key` that is gone (an etcd restored
+   * empty) is claimed again by the next write. Writes of `key` itself are not
+   * fenced.
    */
   setWriteFence(key: string, value: string): void {
     this.fence = { key: Buffer.from(key), value: Buffer.from(value) };
@@ -348,9 +350,12 @@ export class KvClient {
 
   /**
    * `success` in one transaction, if `compare` holds and the write fence (if
-   * any) still names us; a failed fence is a 'superseded' KvError.
+   * any) still names us; a fence naming another writer is a 'superseded'
+   * KvError. A fence key that is gone (an etcd that lost its data, or the key
+   * deleted) is claimed again, unless another writer claims it first, and the
+   * transaction retried once.
    */
-  private async txn(op: string, key: Buffer, compare: ICompare[], success: IRequestOp[]): Promise<ITxnResponse> {
+  private async txn(op: string, key: Buffer, compare: ICompare[], success: IRequestOp[], reclaimed = false): Promise<ITxnResponse> {
     const fence = this.fence !== undefined && !this.fence.key.equals(key) ? this.fence : undefined;
     const res = await this.etcd.kv.txn({
       compare: [...compare, ...(fence ? [{ key: fence.key, target: 'Value' as const, result: 'Equal' as const, value: fence.value }] : [])],
@@ -358,7 +363,16 @@ export class KvClient {
       failure: fence ? [{ request_range: { key: fence.key } }] : [],
     });
     if (!res.succeeded && fence) {
-      const held = res.responses[0]?.response_range?.kvs[0]?.value;
+      let held = res.responses[0]?.response_range?.kvs[0]?.value;
+      if (held === undefined && !reclaimed) {
+        const claim = await this.etcd.kv.txn({
+          compare: [{ key: fence.key, target: 'Create', result: 'Equal', create_revision: 0 }],
+          success: [{ request_put: { key: fence.key, value: fence.value } }],
+          failure: [{ request_range: { key: fence.key } }],
+        });
+        held = claim.succeeded ? fence.value : claim.responses[0]?.response_range?.kvs[0]?.value;
+        if (held?.equals(fence.value)) return await this.txn(op, key, compare, success, true);
+      }
       if (held === undefined || !held.equals(fence.value)) {
         throw new KvError('superseded', op, `${fence.key.toString()} names another writer (${held?.toString() ?? 'absent'}), not ${fence.value.toString()}: nothing written`);
       }
