@@ -8,8 +8,9 @@
 // ~8 (up 103 s, down 22 s) and 4.1-6.8 min at load ~40 (ten rounds: 55 min), so
 // about 20 min for the ten on a quiet machine. LAB_UP_REPEAT=N runs N rounds (0 skips).
 // Since the compiled entry points (issue 20 part 1) a round takes about 35 s on a
-// quiet machine (up 31-32 s, down 2.4 s); in CI (2 cores) 48 s, and 70 s since
-// every lab runs a Kubernetes API per cluster. The default run does one round
+// quiet machine (up 31-32 s, down 2.4 s); in CI (2 cores) 48 s, 70 s once
+// every lab ran a Kubernetes API per cluster, 38 s since the lab's own processes
+// load only their module (src/lab/proc-main.ts). The default run does one round
 // (lab.test, demo.test, lab-kube-source and lab-mcs bring up smaller labs too);
 // the slow tier (`npm run test:slow`) does the ten.
 import { after, test } from 'node:test';
