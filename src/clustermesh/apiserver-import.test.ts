@@ -86,6 +86,10 @@ describe('import from the real apiserver', () => {
         const api = await startClusterApi(c, join(root, `kube-${name}`));
         kubeApis.push(api);
         await write(c, api.kube, objects(c, 2));
+        // The EndpointSlice controller works asynchronously: wait for both pods
+        // in echo's slice, so that what the apiserver's first sync exports is
+        // the whole state and the assertions after `ready` check that sync.
+        await eventually(async () => (await api.kube.listRaw('EndpointSlice')).some((s) => (s.metadata as { labels?: Record<string, string> }).labels?.['kubernetes.io/service-name'] === 'echo' && (s.endpoints as unknown[] | undefined)?.length === 2), `${name}: echo's EndpointSlice with both pods`);
         const cfg = compileApiserverOptions({ clusterName: name, clusterId: String(id), etcdConfig: join(root, 'unused'), kubeconfig: api.kubeconfig, heartbeatInterval: '1s', logLevel: 'silent' });
         apis.push(await startApiserver(cfg, { connection: c.etcd.connection('apiserver'), logger: pino({ level: 'silent' }) }));
       }
