@@ -6,6 +6,7 @@ import { isPodReady, type Pod, type Service } from '../model/index.ts';
 import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { labDown, labUp, validateLatency, validateLoss } from '../lab/lab.ts';
+import { LAB_INSTALL_IMAGE } from '../lab/lab-install.ts';
 import { podRecordsOf, type PodRecord } from '../lab/kubelet-config.ts';
 import { inCgroup, nodeCgroupPath } from '../lab/cgroup.ts';
 import { ManifestError, readManifestFile, type ApplyLine } from '../lab/kube-apply.ts';
@@ -166,6 +167,13 @@ async function findPod(state: LabState, ref: string, clusterName: string | undef
   return { pod, rec };
 }
 
+/** lab up --install: the log of the install's agent pod on `node` (or its apiserver pod) as the kubelet keeps it. */
+function installedPodLog(state: LabState, cluster: string, container: 'agent' | 'apiserver', node?: string): string | undefined {
+  const prefix = container === 'agent' ? 'clustermesh-agent-' : 'clustermesh-apiserver-';
+  const rec = podRecordsOf(state.dir ?? labDir(state.name)).find((r) => r.cluster === cluster && r.namespace === state.install!.namespace && r.name.startsWith(prefix) && (node === undefined || r.node === node));
+  return rec?.containers.find((c) => c.name === container)?.logFile;
+}
+
 function parsePrometheusPort(v: string): number {
   if (!/^\d+$/.test(v) || Number(v) > 65535) throw new InvalidArgumentError(`'${v}' is no port (0..65535)`);
   return Number(v);
@@ -206,12 +214,14 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
       .option('--routing <modes>', "tunnel (VXLAN between nodes), native (the router routes every node's pod CIDR, nothing encapsulated), or one per cluster, e.g. native,native,tunnel (native clusters tunnel to tunnel ones)", parseRouting, ['tunnel'] as RoutingMode[])
       .option('--prometheus', "run Debian's prometheus (./scripts/setup.sh --prometheus installs it) scraping every agent and apiserver of the lab; its web UI on 127.0.0.1 of this host")
       .option('--prometheus-port <port>', 'port of the prometheus UI on 127.0.0.1 (0: any free one)', parsePrometheusPort, 9090)
+      .option('--install', 'bring up bare clusters (the Kubernetes API, kubelets, DNS) and put the mesh on them as on real clusters: clustermesh install --context clusterN ... --service-type LoadBalancer, then clustermesh connect for every pair, each command printed; the agents and apiservers are pods of the install (kubectl -n clustermesh-system get pods)')
+      .option('--bare', "bare clusters only (the Kubernetes API, kubelets, DNS waiting for a CNI): install the mesh yourself with clustermesh install --context clusterN --cluster-name clusterN --cluster-id N --service-type LoadBalancer --image " + LAB_INSTALL_IMAGE + ' and clustermesh connect')
       .option('--kube-source', 'no effect (accepted until the next release): the Kubernetes API is always the local source')
       .option('--json', 'print the lab state as JSON at the end'),
   )
     .addHelpText('after', '\nExample:\n  clustermesh lab up --clusters 2 --nodes 2 --latency 20ms --lab geo\n\nProcesses keep running after this command returns; remove everything with: clustermesh lab down --lab NAME\n\nkubectl: export KUBECONFIG=$(clustermesh lab kubeconfig --lab NAME); the contexts are the cluster names.')
     .action(
-      action(async (o: LabOpts & { clusters: number; nodes: number; latency?: string; loss?: string; socketLb?: boolean; routing: RoutingMode[]; prometheus?: boolean; prometheusPort: number; json?: boolean }) => {
+      action(async (o: LabOpts & { clusters: number; nodes: number; latency?: string; loss?: string; socketLb?: boolean; routing: RoutingMode[]; prometheus?: boolean; prometheusPort: number; install?: boolean; bare?: boolean; json?: boolean }) => {
         const say = (l: string): void => void (o.json ? console.error(l) : console.log(l));
         let interrupted = false;
         const up = labUp({
@@ -223,6 +233,8 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
           ...(o.socketLb ? { socketLB: true } : {}),
           routing: o.routing.length === 1 ? Array.from({ length: o.clusters }, () => o.routing[0]!) : o.routing,
           ...(o.prometheus ? { prometheus: true, prometheusPort: o.prometheusPort } : {}),
+          ...(o.install ? { install: true } : {}),
+          ...(o.bare ? { bare: true } : {}),
           progress: say,
         });
         const onSignal = (): void => {
@@ -244,7 +256,13 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
         if (o.json) console.log(JSON.stringify({ ...r.state, totalMs: r.totalMs }, null, 2));
         else {
           const lab = o.lab !== DEFAULT_LAB_NAME ? ` --lab ${o.lab}` : '';
-          console.log(`time to all-connected: ${(r.readyMs / 1000).toFixed(2)} s\nnext: export KUBECONFIG=$(clustermesh lab kubeconfig${lab}); kubectl --context ${r.state.clusters[0]?.name ?? 'cluster1'} apply -f FILE`);
+          if (!o.bare) console.log(`time to all-connected: ${(r.readyMs / 1000).toFixed(2)} s`);
+          if (o.bare) {
+            const cs = r.state.clusters;
+            console.log(`next: export KUBECONFIG=$(clustermesh lab kubeconfig${lab})`);
+            for (const c of cs) console.log(`      clustermesh install --context ${c.name} --cluster-name ${c.name} --cluster-id ${c.id} --service-type LoadBalancer --image ${LAB_INSTALL_IMAGE}`);
+            for (const [i, a] of cs.entries()) for (const b of cs.slice(i + 1)) console.log(`      clustermesh connect --context ${a.name} --destination-context ${b.name}`);
+          } else console.log(`next: export KUBECONFIG=$(clustermesh lab kubeconfig${lab}); kubectl --context ${r.state.clusters[0]?.name ?? 'cluster1'} apply -f FILE`);
           if (r.state.prometheus) console.log(`prometheus: ${r.state.prometheus.url}/ (e.g. ${r.state.prometheus.url}/graph?g0.expr=rate(clustermesh_drop_count_total[1m]))`);
         }
       }),
@@ -490,8 +508,8 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
           const c = clusterOf(state, o.cluster);
           const n = state.nodes.find((x) => x.cluster === c.name && x.name === nodeRef[2]);
           if (!n) throw new Error(`no node ${nodeRef[2]} in ${c.name}; its nodes: ${state.nodes.filter((x) => x.cluster === c.name).map((x) => x.name).join(', ')}`);
-          file = nodeRef[1] === 'node' ? n.logFile : n.kubelet?.logFile;
-        } else if (what === 'apiserver') file = clusterOf(state, o.cluster).apiserver.logFile;
+          file = nodeRef[1] === 'node' ? (state.install ? installedPodLog(state, c.name, 'agent', n.name) : n.logFile) : n.kubelet?.logFile;
+        } else if (what === 'apiserver') file = state.install ? installedPodLog(state, clusterOf(state, o.cluster).name, 'apiserver') : clusterOf(state, o.cluster).apiserver.logFile;
         else if (what === 'kube-apiserver') file = clusterOf(state, o.cluster).kubeApi?.logFile;
         else if (what === 'etcd') file = clusterOf(state, o.cluster).etcd.logFile;
         else if (what === 'prometheus') {

@@ -399,7 +399,8 @@ export async function probeTargets(t: Targets, closer: Closer, o: { etcd?: boole
         name,
         id: c?.id,
         etcd: c?.etcd && o.etcd !== false ? await probeEtcd(c, closer) : null,
-        apiserverProcess: c?.lab ? sameProcessAlive(c.lab.apiserver) : null,
+        // An installed lab's apiserver is a pod of the install (kubectl -n clustermesh-system get pods), not a lab process.
+        apiserverProcess: c?.lab && !t.lab?.install ? sameProcessAlive(c.lab.apiserver) : null,
         kubeApi: c?.lab?.kubeApi ? { url: c.lab.kubeApi.url, process: sameProcessAlive(c.lab.kubeApi) } : null,
         configFiles,
         nodes: mine,

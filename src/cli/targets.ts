@@ -130,9 +130,11 @@ function fromLab(lab: LabState): Targets {
   const clusters: ClusterTarget[] = lab.clusters.map((c) => ({
     name: c.name,
     id: c.id,
-    etcd: labEtcdConnection(c),
-    etcdSource: `lab ${lab.name}`,
-    remoteConfigDir: c.remoteConfigDir,
+    // lab up --install: the lab's etcd only stores the Kubernetes API; the mesh's is the install's pod, on the
+    // cluster's underlay (not reachable from here): its agents report on it.
+    etcd: lab.install ? undefined : labEtcdConnection(c),
+    etcdSource: lab.install ? `the install in namespace ${lab.install.namespace} (not probed from this host; see the agents)` : `lab ${lab.name}`,
+    remoteConfigDir: lab.install ? undefined : c.remoteConfigDir,
     lab: c,
   }));
   const nodes: NodeTarget[] = lab.nodes.map((n) => ({
@@ -143,7 +145,7 @@ function fromLab(lab: LabState): Targets {
     pinDir: n.pinDir,
     netns: n.netns,
     underlayIP: n.underlayIP,
-    configDir: lab.clusters.find((c) => c.name === n.cluster)?.remoteConfigDir,
+    configDir: lab.install ? undefined : lab.clusters.find((c) => c.name === n.cluster)?.remoteConfigDir,
     clusterId: lab.clusters.find((c) => c.name === n.cluster)?.id,
   }));
   return { lab, clusters, nodes };

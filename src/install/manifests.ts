@@ -330,6 +330,8 @@ const hostPath = (name: string, path: string, type: string) => ({ name, hostPath
  * namespaces, bpffs pins; kernels before 5.8 also need it for BPF),
  * NET_RAW (ARP answers, raw sockets of the health checks), SYS_RESOURCE
  * (the memlock limit older kernels charge BPF maps to). Not privileged.
+ * No /lib/modules: the agent loads no module itself (the kernel loads vxlan
+ * on the link's creation where it is a module).
  */
 function agentContainer(s: InstallSettings): Record<string, unknown> {
   return {
@@ -354,7 +356,6 @@ function agentContainer(s: InstallSettings): Record<string, unknown> {
       { name: 'bpffs', mountPath: PATHS.bpffs, mountPropagation: 'HostToContainer' },
       { name: 'state', mountPath: PATHS.state },
       { name: 'cni-conf', mountPath: PATHS.cniConf },
-      { name: 'lib-modules', mountPath: '/lib/modules', readOnly: true },
       { name: 'config', mountPath: PATHS.config, readOnly: true },
       { name: 'etcd-agent', mountPath: PATHS.etcdClient, readOnly: true },
       { name: 'remotes', mountPath: PATHS.remotes, readOnly: true },
@@ -404,7 +405,6 @@ function agentDaemonSet(s: InstallSettings): KubeObject {
             hostPath('state', PATHS.state, 'DirectoryOrCreate'),
             hostPath('cni-bin', '/opt/cni/bin', 'DirectoryOrCreate'),
             hostPath('cni-conf', '/etc/cni/net.d', 'DirectoryOrCreate'),
-            hostPath('lib-modules', '/lib/modules', 'Directory'),
             { name: 'config', configMap: { name: NAMES.config } },
             { name: 'etcd-agent', secret: { secretName: NAMES.client('agent') } },
             { name: 'remotes', secret: { secretName: NAMES.remotes, optional: true } },

@@ -31,6 +31,8 @@ import { clusterDnsObjects, DNS_NAMESPACE } from './dns.ts';
 import { kubeletConfigFile, kubeletConfigOverrides, podRecordsOf, unmountUnder, type KubeletConfig, type PodRecord } from './kubelet-config.ts';
 import { writeKubeconfig } from './kube-api/index.ts';
 import { WORKLOAD_NODE_FLAGS } from './workload-main.ts';
+import { installedAgentPaths, installedKubeletFields, installMesh, LAB_INSTALL_IMAGE } from './lab-install.ts';
+import { DEFAULT_NAMESPACE } from '../install/settings.ts';
 import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT, openUiSocket, prometheusBinary, startLabPrometheus, waitPrometheusReady } from './prometheus.ts';
 
 export const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
@@ -63,6 +65,11 @@ export interface LabUpOptions {
   prometheus?: boolean;
   /** Default 9090; 0 = any free port. */
   prometheusPort?: number;
+  /** Bare clusters, then `clustermesh install` and `connect` by kube context (src/lab/lab-install.ts): the agents and
+   * apiservers are pods of the install's manifests, not lab processes. */
+  install?: boolean;
+  /** Bare clusters only (as install's first half): no mesh; `clustermesh install` and `connect` are left to the user. */
+  bare?: boolean;
 }
 
 export interface LabUpResult {
@@ -170,6 +177,10 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
   if (o.latency) validateLatency(o.latency);
   if (o.loss) validateLoss(o.loss);
   if (o.prometheus) prometheusBinary(); // not installed: say so before building anything
+  const bare = o.install === true || o.bare === true;
+  if (bare && (o.prometheus || o.socketLB || o.routing?.some((r) => r !== 'tunnel'))) {
+    throw new Error(`--${o.install ? 'install' : 'bare'} goes with none of --prometheus, --socket-lb, --routing native yet (clustermesh install has no settings for them)`);
+  }
   const progress = o.progress ?? (() => undefined);
   const t0 = Date.now();
   const dir = labDir(name);
@@ -243,7 +254,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     const kubelets: Array<{ proc: ManagedProcess; ready: string; node: string; ref: LabState['processes'][number] }> = [];
     const startKubelets = async (m: Mesh): Promise<void> => {
       step = 'node runtime';
-      progress(`[4/6] node runtime: a kubelet per node (pods: netns, CNI ADD, the container's command)`);
+      progress(`[${bare ? 3 : 4}/6] node runtime: a kubelet per node (pods: netns, CNI ADD, the container's command)`);
       const cniBin = join(dir, 'cni', 'bin');
       // What a kubelet finds in CNI_PATH under the config's `type`, and `clustermesh` on the PATH of pods.
       // The plugin is the C executable (cni/build/clustermesh-cni, no Node.js): it relays to the node's agent.
@@ -258,7 +269,12 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
       mkdirSync(join(dir, 'bin'), { recursive: true });
       writeFileSync(join(dir, 'bin', 'clustermesh'), `#!/bin/sh\n# clustermesh of lab ${name}\n${workload}exec '${process.execPath}' '${CLI}' "$@"\n`);
       chmodSync(join(dir, 'bin', 'clustermesh'), 0o755);
-      for (const a of m.agents) {
+      // With --install there are no lab agents: a kubelet per node of the topology, the CNI config from what the installed agent writes.
+      const nodes = bare
+        ? m.topo.nodes.map((node) => ({ node, cluster: m.clusters.find((c) => c.index === node.cluster)!, dir: join(m.clusters.find((c) => c.index === node.cluster)!.dir, node.name), socket: undefined }))
+        : m.agents.map((a) => ({ node: a.node, cluster: a.cluster, dir: a.dir, socket: a.socket }));
+      for (const a of nodes) {
+        mkdirSync(a.dir, { recursive: true });
         const cfg: KubeletConfig = {
           lab: name,
           cluster: a.cluster.name,
@@ -280,6 +296,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
           ...(a.node.cgroup !== undefined ? { cgroup: a.node.cgroup } : {}),
           kubeconfig: localKubeconfig(a.cluster.dir),
           nodeIP: a.node.underlayIP,
+          ...(bare ? installedKubeletFields(a.dir) : {}),
           ...kubeletConfigOverrides(process.env.CLUSTERMESH_LAB_KUBELET_CONFIG, { nodeDir: a.dir, node: a.node.name }),
         };
         const cfgFile = kubeletConfigFile(a.dir);
@@ -307,7 +324,11 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     };
 
     step = 'control plane';
-    progress(`[2/6] control plane: etcd (mutual TLS), the Kubernetes API (the one local source, with a node-local endpoint 127.0.0.1:6443 in every node and control-plane namespace) and apiserver per cluster`);
+    progress(
+      bare
+        ? `[2/6] control plane: etcd (mutual TLS) as the store of the Kubernetes API per cluster (with a node-local endpoint 127.0.0.1:6443 in every node and control-plane namespace); no mesh yet`
+        : `[2/6] control plane: etcd (mutual TLS), the Kubernetes API (the one local source, with a node-local endpoint 127.0.0.1:6443 in every node and control-plane namespace) and apiserver per cluster`,
+    );
     const onCreated = (ev: MeshCreated): void => {
       if (ev.kind === 'netns') state.namespaces.push(ev.name);
       else if (ev.kind === 'pinDir') state.pinDirs.push(ev.path);
@@ -324,6 +345,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
       onCreated,
       readyTimeoutMs: o.readyTimeoutMs ?? 90_000,
       ...(o.socketLB ? { agent: { socketLB: true } } : {}),
+      ...(bare ? { apiservers: false } : {}),
       // The mesh starts the Kubernetes API (and its node-local endpoints) before the apiservers; the kubelets register the Nodes.
       registerNodes: false,
       progress: (l) => {
@@ -334,10 +356,10 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
         } else progress(`      ${l}`);
       },
     });
-    const readyMs = Date.now() - t0;
+    let readyMs = Date.now() - t0;
     // Kubelets after the agents: started beside them they compete for the CPU and delay all-connected by
     // more than they save (measured on 2 vCPUs: 16 s vs 21-27 s to all-connected, the same total).
-    progress(`      every agent ready and connected to every other cluster: ${(readyMs / 1000).toFixed(1)} s after start`);
+    if (!bare) progress(`      every agent ready and connected to every other cluster: ${(readyMs / 1000).toFixed(1)} s after start`);
     await startKubelets(mesh);
 
     step = 'state';
@@ -360,13 +382,34 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
           ...(c.etcd.pid !== undefined ? { pid: c.etcd.pid, startTime: processStartTime(c.etcd.pid) } : {}),
           logFile: c.etcd.logFile,
         },
+        // --install: the apiserver is the install's Deployment (kubectl logs); this records where a lab one would log.
         apiserver: {
           ...(c.apiserver.pid !== undefined ? { pid: c.apiserver.pid, startTime: processStartTime(c.apiserver.pid) } : {}),
           logFile: c.apiserver.spec.logFile,
-          etcdConfig: c.apiserverEtcdConfig,
+          ...(bare ? {} : { etcdConfig: c.apiserverEtcdConfig }),
         },
         remoteConfigDir: c.remoteConfigDir,
         serviceCIDR: SERVICE_CIDR,
+      });
+    }
+    // A bare lab is one an install is expected on (by the user): its nodes are recorded where the install's agents will be.
+    if (bare) state.install = { namespace: DEFAULT_NAMESPACE, image: LAB_INSTALL_IMAGE };
+    for (const node of bare ? mesh.topo.nodes : []) {
+      const cluster = mesh.clusters.find((c) => c.index === node.cluster)!;
+      const nodeDir = join(cluster.dir, node.name);
+      const paths = installedAgentPaths(nodeDir, cluster.name, node.name);
+      state.nodes.push({
+        name: node.name,
+        cluster: cluster.name,
+        netns: node.netns,
+        underlayIP: node.underlayIP,
+        podCIDR: node.podCIDR,
+        gatewayIP: node.gatewayIP,
+        ...paths,
+        // The agent's config is the install's ConfigMap, its log the agent pod's (clustermesh lab logs node/NAME).
+        configFile: '',
+        logFile: '',
+        dir: nodeDir,
       });
     }
     for (const a of mesh.agents) {
@@ -412,9 +455,20 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     }
     save();
 
+    if (o.install) {
+      step = 'install';
+      progress(`[4/6] the mesh, installed as on any Kubernetes cluster: clustermesh install and connect by kube context (the lab's kubeconfig)`);
+      await installMesh({ state, cli: [process.execPath, CLI], progress, timeoutMs: Math.max(240_000, o.readyTimeoutMs ?? 0) });
+      readyMs = Date.now() - t0;
+      state.readyMs = readyMs;
+      save();
+      progress(`      every agent ready and connected to every other cluster: ${(readyMs / 1000).toFixed(1)} s after start`);
+    }
+
     step = 'cluster DNS';
     progress(`[5/6] cluster DNS: Deployment kube-system/cluster-dns behind Service kube-system/kube-dns (${DNS_SERVICE_IP}) in every cluster, applied to and reading the Kubernetes API`);
-    await waitClusterDns(state, dnsT0, progress);
+    if (bare && !o.install) progress(`      the DNS pods wait for a CNI configuration (NetworkNotReady): they start once the mesh is installed`);
+    else await waitClusterDns(state, dnsT0, progress);
     save();
 
     if (o.prometheus) {
@@ -442,7 +496,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     save();
     await mesh.release();
     const totalMs = Date.now() - t0;
-    progress(`[6/6] lab ${name} is up: ${o.clusters} clusters x ${o.nodes} nodes in ${(totalMs / 1000).toFixed(1)} s (all connected after ${(readyMs / 1000).toFixed(1)} s); state in ${dir}; export KUBECONFIG=${kubeconfig}`);
+    progress(`[6/6] lab ${name} is up: ${o.clusters} clusters x ${o.nodes} nodes in ${(totalMs / 1000).toFixed(1)} s (${bare && !o.install ? 'no mesh: install it with clustermesh install and connect, by context' : `all connected after ${(readyMs / 1000).toFixed(1)} s`}); state in ${dir}; export KUBECONFIG=${kubeconfig}`);
     return { state, readyMs, totalMs };
   } catch (err) {
     ui?.close();

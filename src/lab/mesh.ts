@@ -61,6 +61,10 @@ export interface MeshOptions {
   dir: string;
   /** Start an agent per node (default true). Without, the mesh is etcd + apiserver per cluster. */
   agents?: boolean;
+  /** Start the clustermesh apiserver per cluster (default true). Without (and then without agents): bare
+   * Kubernetes-shaped clusters, etcd serving only as the store of each cluster's Kubernetes API, on which
+   * `clustermesh install` puts the mesh (lab up --install). */
+  apiservers?: boolean;
   /** The clusters (1-based) that get a control plane and agents (default: all). The nodes of the
    * others are left to the caller, e.g. to stand in for a foreign (Cilium) cluster. */
   clusters?: number[];
@@ -301,6 +305,7 @@ class LabMesh implements Mesh {
     this.clusters.sort((a, b) => a.index - b.index);
     for (const c of this.clusters) await this.writeRemoteConfigs(c);
     await this.startKubeApis(which);
+    if (this.opts.apiservers === false) return;
     await settleAll(this.clusters.map((c) => c.apiserver.start()));
     this.progress(`apiservers started (${this.clusters.map((c) => `${c.name} pid ${c.apiserver.pid}`).join(', ')})`);
     await Promise.all(this.clusters.map((c) => this.waitApiserverSynced(c.index)));
@@ -469,9 +474,10 @@ class LabMesh implements Mesh {
   /** What the cluster's API holds before any component reads it: Cilium's CRDs, the namespaces, the Nodes (with agents). */
   private async seedKube(c: MeshCluster): Promise<void> {
     const kube = this.kube(c.index);
-    await kube.applyAll(meshCrds());
+    // A bare cluster (apiservers: false) gets them from `clustermesh install`, which creates them where absent.
+    if (this.opts.apiservers !== false) await kube.applyAll(meshCrds());
     for (const ns of this.opts.namespaces ?? ['default']) if ((await kube.getRaw('Namespace', { name: ns })) === undefined) await kube.apply({ kind: 'Namespace', metadata: { name: ns } });
-    if (this.opts.agents === false || this.opts.registerNodes === false) return;
+    if (this.opts.agents === false || this.opts.apiservers === false || this.opts.registerNodes === false) return;
     for (const n of this.topo.nodes.filter((x) => x.cluster === c.index)) {
       await kube.apply({
         kind: 'Node',

@@ -168,6 +168,8 @@ export const labStateSchema = z.object({
   nodes: z.array(labNodeSchema).default([]),
   /** The kubeconfig `up` wrote: one context per cluster, named like the cluster. */
   kubeconfig: z.string().optional(),
+  /** up --install: the mesh is `clustermesh install`ed on every cluster (agents and apiservers are pods in this namespace). */
+  install: z.object({ namespace: z.string(), image: z.string() }).optional(),
   /** up --prometheus: where its UI answers (this namespace), its config and log. */
   prometheus: z.object({ url: z.string(), configFile: z.string(), logFile: z.string() }).optional(),
 });

@@ -1,0 +1,180 @@
+// `lab up --install`: the lab's clusters are bare Kubernetes-shaped clusters
+// (API, kubelets, DNS) and the mesh is put on them the way a user puts it on
+// real clusters: `clustermesh install` and `clustermesh connect` by kube
+// context, each run as its own process and printed. The agent DaemonSet and
+// the apiserver Deployment then run as lab-kubelet pods from the very
+// manifests a real cluster gets (src/install/manifests.ts); no lab agent or
+// apiserver process exists.
+//
+// What the lab adds for that (the kubelet's side, docs/lab-kubelet.md):
+// - each node's host filesystem (<node dir>/root) holds /opt/cni/bin and
+//   /etc/cni/net.d; pods wait with NetworkNotReady until the installed agent
+//   writes its conflist there;
+// - the install's image is mapped to this checkout's files (the CNI plugin
+//   executable the init container copies), every other file of a container is
+//   the machine's (etcd, curl, the `clustermesh` launcher on the pod's PATH);
+// - the plugin sees the node's /var/run/clustermesh (the agent socket);
+// - `type: LoadBalancer` Services get an address on the cluster's underlay
+//   (src/lab/cloud-lb.ts), which is how each cluster's etcd is reached by the
+//   others (`install --service-type LoadBalancer`).
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { AgentClient } from '../agent/client.ts';
+import { CNI_PLUGIN_PATH } from '../cni/main.ts';
+import { DEFAULT_NAMESPACE } from '../install/settings.ts';
+import { NAMES, PATHS } from '../install/manifests.ts';
+import { childEnv } from './process.ts';
+import type { KubeletConfig } from './kubelet-config.ts';
+import type { LabState } from './state.ts';
+
+/** The image reference `lab up --install` gives `clustermesh install`; the kubelets map it to this checkout. */
+export const LAB_INSTALL_IMAGE = 'clustermesh.lab/clustermesh:dev';
+/** Where the image holds the CNI plugin executable (the agent pod's install-cni-plugin init container copies it). */
+export const IMAGE_CNI_PLUGIN = '/usr/local/lib/clustermesh/clustermesh-cni';
+
+/** A node's host filesystem (the kubelet's hostRoot default). */
+export function nodeHostRoot(nodeDir: string): string {
+  return join(nodeDir, 'root');
+}
+
+/** The kubelet config fields of a node of an installed lab: CNI from the host filesystem, the install's image. */
+export function installedKubeletFields(nodeDir: string): Pick<KubeletConfig, 'netconf' | 'cniConfDir' | 'cniPath' | 'images' | 'cniHostPaths' | 'hostRoot'> {
+  const root = nodeHostRoot(nodeDir);
+  return {
+    hostRoot: root,
+    // Unused with cniConfDir (the conflist the agent writes is the network config).
+    netconf: {},
+    cniConfDir: join(root, 'etc', 'cni', 'net.d'),
+    cniPath: join(root, 'opt', 'cni', 'bin'),
+    images: { [LAB_INSTALL_IMAGE]: { [IMAGE_CNI_PLUGIN]: CNI_PLUGIN_PATH } },
+    cniHostPaths: [PATHS.state],
+  };
+}
+
+/** Where an installed agent's files are on the machine (its hostPath volumes under the node's host filesystem). */
+export function installedAgentPaths(nodeDir: string, cluster: string, node: string): { socket: string; stateDir: string; pinDir: string } {
+  const root = nodeHostRoot(nodeDir);
+  // The manifests' agent config: stateDir <state>/agent; pinDir the agent's default, <bpffs>/<cluster>-<node>.
+  const stateDir = join(root, PATHS.state, 'agent');
+  return { stateDir, socket: join(stateDir, 'agent.sock'), pinDir: join(root, PATHS.bpffs, `${cluster}-${node}`) };
+}
+
+export interface InstallMeshOptions {
+  state: LabState;
+  /** How `clustermesh` is run: [node, bin/clustermesh.js]. */
+  cli: string[];
+  progress: (line: string) => void;
+  /** Bound for every wait (rollouts, connections); default 240 s. */
+  timeoutMs?: number;
+}
+
+interface Ran {
+  code: number | null;
+  out: string;
+}
+
+/** Runs one `clustermesh …` command as its own process; prints it as a user would type it, then its output, indented. */
+async function cm(o: InstallMeshOptions, args: string[]): Promise<Ran> {
+  const [exe, ...pre] = o.cli;
+  const child = spawn(exe!, [...pre, ...args], { env: { ...childEnv(), KUBECONFIG: o.state.kubeconfig! }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+  child.stderr.on('data', (b: Buffer) => (out += b.toString()));
+  const code = await new Promise<number | null>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', resolve);
+  });
+  return { code, out };
+}
+
+function show(o: InstallMeshOptions, args: string[], r: Ran): void {
+  o.progress(`      $ clustermesh ${args.join(' ')}`);
+  for (const l of r.out.trimEnd().split('\n')) if (l) o.progress(`        ${l}`);
+}
+
+async function waitFor(what: string, timeoutMs: number, check: () => Promise<true | string>): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  let last = '';
+  for (;;) {
+    try {
+      const r = await check();
+      if (r === true) return;
+      last = r;
+    } catch (err) {
+      last = (err as Error).message;
+    }
+    if (Date.now() > end) throw new Error(`${what}: not after ${timeoutMs / 1000} s (${last})`);
+    await sleep(500);
+  }
+}
+
+/**
+ * Installs the mesh on every cluster of the lab and connects every pair, as
+ * `clustermesh install` / `connect` by context; waits until every agent is
+ * ready and sees every other cluster. Throws naming the command or the wait
+ * that failed.
+ */
+export async function installMesh(o: InstallMeshOptions): Promise<void> {
+  // Loaded here: `clustermesh lab` commands that never install should not pay for the Kubernetes client.
+  const { AppsV1Api } = await import('@kubernetes/client-node');
+  const { loadKubeConnection } = await import('../sources/kubernetes/kubeconfig.ts');
+  const timeoutMs = o.timeoutMs ?? 240_000;
+  const { state } = o;
+  // 1. install, every cluster at once (each command's lines printed together).
+  const installs = state.clusters.map((c) => ['install', '--context', c.name, '--cluster-name', c.name, '--cluster-id', String(c.id), '--service-type', 'LoadBalancer', '--image', LAB_INSTALL_IMAGE]);
+  const results = await Promise.all(installs.map((args) => cm(o, args)));
+  for (const [i, args] of installs.entries()) {
+    show(o, args, results[i]!);
+    if (results[i]!.code !== 0) throw new Error(`clustermesh ${args.join(' ')} exited ${results[i]!.code}: ${results[i]!.out.trim().split('\n').slice(-3).join(' | ')}`);
+  }
+
+  // 2. the installed pods: every node's agent ready, the apiserver available, its Service with an address.
+  await Promise.all(
+    state.clusters.map(async (c) => {
+      const apps = loadKubeConnection({ kubeconfig: state.kubeconfig!, context: c.name }).kubeConfig.makeApiClient(AppsV1Api);
+      const nodes = state.nodes.filter((n) => n.cluster === c.name).length;
+      await waitFor(`${c.name}: daemonset/${NAMES.agent} ready on its ${nodes} nodes`, timeoutMs, async () => {
+        const ds = await apps.readNamespacedDaemonSetStatus({ name: NAMES.agent, namespace: DEFAULT_NAMESPACE });
+        const st = ds.status;
+        return st?.desiredNumberScheduled === nodes && st.numberReady === nodes ? true : `${st?.numberReady ?? 0}/${st?.desiredNumberScheduled ?? 0} ready`;
+      });
+      await waitFor(`${c.name}: deployment/${NAMES.apiserver} available`, timeoutMs, async () => {
+        const d = await apps.readNamespacedDeploymentStatus({ name: NAMES.apiserver, namespace: DEFAULT_NAMESPACE });
+        return (d.status?.availableReplicas ?? 0) >= 1 ? true : `${d.status?.availableReplicas ?? 0} available`;
+      });
+    }),
+  );
+  o.progress(`      every agent pod ready (${state.nodes.length}), every cluster's apiserver available`);
+
+  // 3. connect every pair (one at a time: both sides' Secrets are written by each).
+  for (const [i, a] of state.clusters.entries()) {
+    for (const b of state.clusters.slice(i + 1)) {
+      const args = ['connect', '--context', a.name, '--destination-context', b.name];
+      let r: Ran = { code: null, out: '' };
+      // The LoadBalancer address is placed once the apiserver's pod is ready: retry while connect says it has none yet.
+      await waitFor(`clustermesh ${args.join(' ')}`, timeoutMs, async () => {
+        r = await cm(o, args);
+        return r.code === 0 ? true : r.out.trim().split('\n').slice(-2).join(' | ');
+      });
+      show(o, args, r);
+    }
+  }
+
+  // 4. every agent sees every other cluster, connected and ready.
+  await Promise.all(
+    state.nodes.map(async (n) => {
+      const api = new AgentClient(n.socket, { timeoutMs: 10_000 });
+      const others = state.clusters.filter((c) => c.name !== n.cluster).map((c) => c.name);
+      try {
+        await waitFor(`agent ${n.cluster}/${n.name} connected to ${others.join(', ')}`, timeoutMs, async () => {
+          const st = await api.status();
+          const missing = others.filter((name) => !st.remoteClusters.some((r) => r.name === name && r.connected && r.ready));
+          return missing.length === 0 ? true : `not yet: ${missing.join(', ')}`;
+        });
+      } finally {
+        api.close();
+      }
+    }),
+  );
+}

@@ -1,0 +1,174 @@
+// Issue 14's "done when": two lab clusters with no mesh (`lab up --bare`: the
+// Kubernetes API, a kubelet per node, the cluster DNS waiting for a CNI), then
+// `clustermesh install` and `clustermesh connect` by kube context, run as a
+// user would, with the lab's kubeconfig. The agent DaemonSet and the
+// apiserver Deployment run from the very manifests a real cluster gets (the
+// lab kubelet runs them; no lab agent or apiserver process exists). Then the
+// demo's story holds on them (a global Service answered from both clusters,
+// the cross-cluster policy admitting the x-wing and dropping the tie-fighter,
+// the drop seen by `clustermesh observe`), and `clustermesh uninstall` leaves
+// each cluster as it was before the install.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { childEnv } from '../src/lab/process.ts';
+import { LAB_INSTALL_IMAGE } from '../src/lab/lab-install.ts';
+import { byCluster, EXAMPLES_DIR, REBEL_BASE_URL } from '../src/cli/demo-lab.ts';
+import { eventually, kubectlFor, ok, run, show, type Run } from './helpers/kube.ts';
+
+const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
+const root = mkdtempSync(join(tmpdir(), 'cmtin-root-'));
+const files = mkdtempSync(join(tmpdir(), 'cmtin-files-'));
+const name = `cmtin${randomBytes(3).toString('hex')}`;
+const labDir = join(root, name);
+const env = childEnv({ CLUSTERMESH_LAB_ROOT: root });
+let kubeconfig = '';
+const cli = (args: string[], timeoutMs = 300_000): Promise<Run> => run(process.execPath, [CLI, ...args], { env: { ...env, KUBECONFIG: kubeconfig }, timeoutMs });
+const k = kubectlFor({ kubeconfig: () => kubeconfig, cacheDir: () => join(files, 'kube-cache'), env: () => env, timeoutMs: 330_000 });
+const kubectl = (cluster: string, args: string[]): Promise<Run> => k.kubectl('--context', cluster, ...args);
+const kubectlOk = (cluster: string, args: string[]): Promise<string> => k.kubectlOk('--context', cluster, ...args);
+const CLUSTERS = ['cluster1', 'cluster2'] as const;
+/** What install makes is compared without what lives and changes on its own. */
+const SNAPSHOT_KINDS = 'namespaces,serviceaccounts,configmaps,secrets,services,deployments,daemonsets,clusterroles,clusterrolebindings,customresourcedefinitions';
+
+/** kind/namespace/name of every object of SNAPSHOT_KINDS in `cluster`. */
+async function snapshot(cluster: string): Promise<string[]> {
+  const out = await kubectlOk(cluster, ['get', SNAPSHOT_KINDS, '-A', '-o', 'jsonpath={range .items[*]}{.kind}/{.metadata.namespace}/{.metadata.name}{"\\n"}{end}']);
+  return out.split('\n').filter(Boolean).sort();
+}
+
+/** The files of every node's CNI configuration directory (its host filesystem's /etc/cni/net.d). */
+function cniConfs(): string[] {
+  const out: string[] = [];
+  for (const c of CLUSTERS) {
+    const cdir = join(labDir, c);
+    if (!existsSync(cdir)) continue;
+    for (const n of readdirSync(cdir)) {
+      const d = join(cdir, n, 'root', 'etc', 'cni', 'net.d');
+      if (existsSync(d)) for (const f of readdirSync(d)) out.push(`${c}/${n}/${f}`);
+    }
+  }
+  return out.sort();
+}
+
+interface Tally {
+  requests: number;
+  failures: number;
+  tally: Record<string, number>;
+  lastError?: string;
+}
+
+/** `count` requests from pod `pod` of cluster1 to `url`, through `lab exec` and the workload client. */
+async function client(pod: string, url: string, count: number, timeoutMs = 3000): Promise<Tally> {
+  const r = await cli(['lab', 'exec', pod, '--lab', name, '--cluster', 'cluster1', '--', 'clustermesh', 'lab', 'workload', 'client', url, '-n', String(count), '--timeout', String(timeoutMs), '--json'], count * timeoutMs + 30_000);
+  try {
+    return JSON.parse(r.stdout.trim().split('\n').pop() ?? '') as Tally;
+  } catch {
+    return { requests: count, failures: count, tally: {}, lastError: show(r) };
+  }
+}
+
+const before0: Record<string, string[]> = {};
+
+describe('clustermesh install and connect by context on bare lab clusters, the demo story, uninstall', { timeout: 1_200_000 }, () => {
+  before(async () => {
+    const up = await cli(['lab', 'up', '--bare', '--lab', name, '--clusters', '2', '--nodes', '1'], 600_000);
+    assert.equal(up.code, 0, show(up));
+    kubeconfig = (await ok(cli(['lab', 'kubeconfig', '--lab', name]), 'lab kubeconfig')).trim();
+  });
+
+  after(async () => {
+    if (existsSync(join(labDir, 'lab.json'))) {
+      const d = await cli(['lab', 'down', '--lab', name], 180_000);
+      if (d.code !== 0) console.log(`# lab down: ${show(d)}`);
+    }
+    rmSync(files, { recursive: true, force: true });
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  test('a bare cluster: no mesh, no Cilium CRDs, pods wait for a CNI configuration', async () => {
+    for (const c of CLUSTERS) {
+      before0[c] = await snapshot(c);
+      assert.ok(!before0[c]!.some((o) => o.includes('clustermesh') || o.includes('cilium.io')), `${c}: ${before0[c]!.join(' ')}`);
+      // The cluster DNS is a pod-network Deployment: Pending, NetworkNotReady, until an agent writes its conflist.
+      const dns = await kubectlOk(c, ['-n', 'kube-system', 'get', 'pods', '-o', 'jsonpath={range .items[*]}{.status.phase} {.status.conditions[?(@.type=="PodScheduled")].status} {.status.reason}{"\\n"}{end}']);
+      assert.match(dns, /Pending/, `${c} DNS pods: ${dns}`);
+    }
+    assert.deepEqual(cniConfs(), [], 'no CNI configuration on any node');
+  });
+
+  test('install and connect by kube context, then the demo story: global service across clusters, cross-cluster policy', async () => {
+    for (const c of CLUSTERS) {
+      const id = c.slice('cluster'.length);
+      const r = await cli(['install', '--context', c, '--cluster-name', c, '--cluster-id', id, '--service-type', 'LoadBalancer', '--image', LAB_INSTALL_IMAGE]);
+      assert.equal(r.code, 0, show(r));
+      assert.match(r.stdout, /daemonset\/clustermesh-agent created/);
+    }
+    for (const c of CLUSTERS) {
+      await kubectlOk(c, ['-n', 'clustermesh-system', 'rollout', 'status', 'daemonset/clustermesh-agent', '--timeout', '300s']);
+      await kubectlOk(c, ['-n', 'clustermesh-system', 'rollout', 'status', 'deployment/clustermesh-apiserver', '--timeout', '300s']);
+    }
+    // Every node got the installed CNI configuration (written by its agent once ready).
+    assert.deepEqual(cniConfs(), ['cluster1/node1/05-clustermesh.conflist', 'cluster2/node1/05-clustermesh.conflist']);
+    // connect: the LoadBalancer address is there once the apiserver's pod is ready; until then connect refuses, naming it.
+    const conn = await eventually('clustermesh connect --context cluster1 --destination-context cluster2', async () => {
+      const r = await cli(['connect', '--context', 'cluster1', '--destination-context', 'cluster2']);
+      if (r.code !== 0) {
+        assert.match(r.stderr, /no address yet|not reachable|unreachable|tried/i, show(r));
+        return undefined;
+      }
+      return r;
+    }, 180_000, 2000);
+    console.log(`# ${conn.stdout.trim().split('\n').join('\n# ')}`);
+    const st = await cli(['status', '--lab', name, '--wait', '--wait-duration', '3m'], 240_000);
+    assert.equal(st.code, 0, show(st));
+
+    // The demo's story.
+    for (const [file, c] of [['rebel-base.yaml', 'cluster1'], ['rebel-base.yaml', 'cluster2'], ['clients.yaml', 'cluster1']] as const) await kubectlOk(c, ['apply', '-f', join(EXAMPLES_DIR, file)]);
+    for (const c of CLUSTERS) await kubectlOk(c, ['wait', '--for=condition=Ready', 'pod', '-l', 'app=rebel-base', '--timeout', '240s']);
+    await kubectlOk('cluster1', ['wait', '--for=condition=Ready', 'pod/x-wing', 'pod/tie-fighter', '--timeout', '240s']);
+    const both = await eventually('answers from both clusters through the global Service', async () => {
+      const t = await client('x-wing', REBEL_BASE_URL, 10);
+      return t.failures === 0 && Object.keys(byCluster(t)).length === 2 ? t : undefined;
+    }, 120_000, 1000);
+    console.log(`# x-wing -> ${REBEL_BASE_URL}: ${JSON.stringify(byCluster(both))}`);
+
+    for (const c of ['cluster2', 'cluster1']) await kubectlOk(c, ['apply', '-f', join(EXAMPLES_DIR, 'policy.yaml')]);
+    await eventually('the tie-fighter refused', async () => ((await client('tie-fighter', REBEL_BASE_URL, 2, 1000)).failures === 2 ? true : undefined), 60_000, 500);
+    const xw = await client('x-wing', REBEL_BASE_URL, 10);
+    assert.equal(xw.failures, 0, `x-wing still answered: ${JSON.stringify(xw)}`);
+    // A refusal is proven by the datapath's drop, not by a failed request: the agents' flows hold policy drops of the tie-fighter.
+    const tfIp = (await kubectlOk('cluster1', ['get', 'pod', 'tie-fighter', '-o', 'jsonpath={.status.podIP}'])).trim();
+    const obs = await cli(['observe', '--lab', name, '--verdict', 'DROPPED', '--last', '50', '-o', 'json'], 60_000);
+    assert.equal(obs.code, 0, show(obs));
+    const drops = obs.stdout.split('\n').filter((l) => l.includes(tfIp) && /POLICY/i.test(l));
+    assert.ok(drops.length > 0, `a policy drop of ${tfIp} in: ${obs.stdout.slice(0, 2000)}`);
+  });
+
+  test('clustermesh uninstall leaves each cluster as it was', async () => {
+    for (const [file, c] of [['policy.yaml', 'cluster1'], ['policy.yaml', 'cluster2'], ['clients.yaml', 'cluster1'], ['rebel-base.yaml', 'cluster1'], ['rebel-base.yaml', 'cluster2']] as const) {
+      await kubectlOk(c, ['delete', '--ignore-not-found', '--wait=true', '-f', join(EXAMPLES_DIR, file)]);
+    }
+    for (const c of CLUSTERS) {
+      const r = await cli(['uninstall', '--context', c]);
+      assert.equal(r.code, 0, show(r));
+    }
+    for (const c of CLUSTERS) {
+      await eventually(`${c} as before the install`, async () => {
+        const now = await snapshot(c);
+        return JSON.stringify(now) === JSON.stringify(before0[c]) ? true : undefined;
+      }, 180_000, 1000).catch(async (err: unknown) => {
+        assert.deepEqual(await snapshot(c), before0[c], (err as Error).message);
+      });
+      const left = await kubectl(c, ['get', 'pods', '-A', '-o', 'name']);
+      assert.ok(!/clustermesh/.test(left.stdout), `${c}: ${left.stdout}`);
+    }
+    // The agents removed their CNI configuration when they stopped.
+    await eventually('no CNI configuration left', () => (cniConfs().length === 0 ? true : undefined), 60_000, 500);
+    await sleep(0);
+  });
+});
