@@ -47,12 +47,20 @@ export function installCommand(): Command {
     .addOption(new Option('--service-type <type>', "how remote clusters reach this cluster's etcd").choices(['NodePort', 'LoadBalancer']).default('NodePort'))
     .option('--node-port <port>', `NodePort of that Service (default ${NODE_PORT_BASE} + cluster ID, so two clusters never share one)`)
     .option('--apiserver-address <addr>', "an address remote clusters use for this cluster's etcd (node IP, load balancer IP or name); a SAN of its certificate (repeatable)", collect)
+    .option(
+      '--k8s-service-host <host>',
+      'the Kubernetes API server address (IP or DNS name) the agent and apiserver use, as KUBERNETES_SERVICE_HOST in their containers: ' +
+        "for clusters where host-network pods cannot reach the `kubernetes` Service's ClusterIP before a CNI runs (kube-proxy-less clusters; " +
+        "clustermesh is that CNI). Default: what the kubelet sets. With --k8s-service-port",
+    )
+    .option('--k8s-service-port <port>', 'the Kubernetes API server port for --k8s-service-host (KUBERNETES_SERVICE_PORT), e.g. 6443')
     .option('--dry-run', 'print the objects instead of applying them (contacts no cluster)')
     .addOption(new Option('-o, --output <format>', 'with --dry-run: output format').choices(['yaml', 'json']).default('yaml'))
     .addHelpText(
       'after',
       '\nExamples:\n' +
         '  clustermesh install --context kind-c1 --cluster-name c1 --cluster-id 1\n' +
+        '  clustermesh install --context c1 --cluster-name c1 --cluster-id 1 --k8s-service-host 192.0.2.10 --k8s-service-port 6443\n' +
         '  clustermesh install --cluster-name c2 --cluster-id 2 --dry-run -o yaml | kubectl --context kind-c2 apply --dry-run=server -f -\n',
     );
   return kubeFlags(cmd).action(

@@ -50,6 +50,12 @@ test('settings: each bad flag is refused with its name and the reason', () => {
     [{ ...base, nodePort: '80' }, '--node-port', /out of range 30000\.\.32767/],
     [{ ...base, serviceType: 'LoadBalancer', nodePort: '31000' }, '--node-port', /only with --service-type NodePort/],
     [{ ...base, apiserverAddress: ['not_a_name!'] }, '--apiserver-address', /neither an IP address nor a DNS name/],
+    [{ ...base, k8sServiceHost: 'api_server!', k8sServicePort: '6443' }, '--k8s-service-host', /"api_server!" is neither an IP address nor a DNS name/],
+    [{ ...base, k8sServiceHost: '10.0.0.1' }, '--k8s-service-host', /needs --k8s-service-port/],
+    [{ ...base, k8sServicePort: '6443' }, '--k8s-service-port', /needs --k8s-service-host/],
+    [{ ...base, k8sServiceHost: '10.0.0.1', k8sServicePort: '0' }, '--k8s-service-port', /0 is out of range 1\.\.65535/],
+    [{ ...base, k8sServiceHost: '10.0.0.1', k8sServicePort: '65536' }, '--k8s-service-port', /out of range 1\.\.65535/],
+    [{ ...base, k8sServiceHost: '10.0.0.1', k8sServicePort: 'https' }, '--k8s-service-port', /"https" is not an integer/],
   ];
   for (const [raw, flag, why] of cases) {
     assert.throws(
@@ -60,6 +66,29 @@ test('settings: each bad flag is refused with its name and the reason', () => {
   }
   const ok = compileInstallSettings({ ...base, clusterId: '300', maxConnectedClusters: '511', nodePort: '30500', apiserverAddress: ['192.0.2.10', 'mesh.example.com'] });
   assert.deepEqual([ok.clusterID, ok.maxConnectedClusters, ok.nodePort, ok.apiserverAddresses], [300, 511, 30500, ['192.0.2.10', 'mesh.example.com']]);
+});
+
+test('--k8s-service-host/--k8s-service-port: KUBERNETES_SERVICE_HOST/PORT in the agent and apiserver containers only', () => {
+  type C = { name: string; env?: Array<{ name: string; value?: string }> };
+  const containers = (objects: KubeObject[]): C[] =>
+    objects.filter((o) => o.kind === 'DaemonSet' || o.kind === 'Deployment').flatMap((o) => {
+      const spec = (o.spec as { template: { spec: { containers: C[]; initContainers?: C[] } } }).template.spec;
+      return [...spec.containers, ...(spec.initContainers ?? [])];
+    });
+  const kubeEnv = (c: C) => (c.env ?? []).filter((e) => e.name.startsWith('KUBERNETES_SERVICE_')).map((e) => `${e.name}=${e.value}`);
+  for (const host of ['192.0.2.10', 'api.example.com', 'fd00::10']) {
+    const objects = renderManifests(compileInstallSettings({ ...base, k8sServiceHost: host, k8sServicePort: '6443' }), CERTS);
+    const byName = Object.fromEntries(containers(objects).map((c) => [c.name, kubeEnv(c)]));
+    assert.deepEqual(byName.agent, [`KUBERNETES_SERVICE_HOST=${host}`, 'KUBERNETES_SERVICE_PORT=6443']);
+    assert.deepEqual(byName.apiserver, [`KUBERNETES_SERVICE_HOST=${host}`, 'KUBERNETES_SERVICE_PORT=6443']);
+    assert.deepEqual(byName.etcd, []);
+    for (const o of objects) {
+      const Model = MODELS[`${o.apiVersion}/${o.kind}`]!;
+      assert.doesNotThrow(() => new Model(structuredClone(o) as never).validate(), `${o.kind}/${o.metadata.name}`);
+    }
+  }
+  // Without the flags: nothing set (the kubelet's values apply).
+  assert.ok(containers(renderManifests(compileInstallSettings(base), CERTS)).every((c) => kubeEnv(c).length === 0));
 });
 
 test('manifests: every object validates against the Kubernetes schemas and carries the install labels', () => {

@@ -45,6 +45,11 @@
 //   DEFAULT_CNI_BINARY_NAME), and the etcd by its Service name, which the
 //   agent resolves through the Kubernetes API (cluster DNS runs on the pod
 //   network, which needs the agent).
+// - Both reach the Kubernetes API in-cluster (their ServiceAccount's token,
+//   KUBERNETES_SERVICE_HOST/PORT from the kubelet). Where the kubelet's
+//   value is the `kubernetes` Service's ClusterIP and nothing translates it
+//   before the CNI runs (a cluster without kube-proxy), --k8s-service-host and
+//   --k8s-service-port put the API server's own address into their env.
 //
 // What the agent still lacks to run from these manifests: nothing known; the
 // image (Containerfile) cannot be built here, so a real cluster has not run
@@ -302,6 +307,7 @@ function apiserverDeployment(s: InstallSettings): KubeObject {
                 '--etcd-config', `${PATHS.config}/etcd-apiserver.yaml`,
                 '--etcd-bootstrap-config', `${PATHS.config}/etcd-root.yaml`,
               ],
+              ...(s.k8sService ? { env: k8sServiceEnv(s) } : {}),
               volumeMounts: [
                 { name: 'config', mountPath: PATHS.config, readOnly: true },
                 { name: 'etcd-apiserver', mountPath: PATHS.etcdClient, readOnly: true },
@@ -324,6 +330,15 @@ function apiserverDeployment(s: InstallSettings): KubeObject {
 
 const hostPath = (name: string, path: string, type: string) => ({ name, hostPath: { path, type } });
 
+/** KUBERNETES_SERVICE_HOST/PORT of --k8s-service-host/--k8s-service-port (they win over the kubelet's). */
+function k8sServiceEnv(s: InstallSettings): Array<{ name: string; value: string }> {
+  if (!s.k8sService) return [];
+  return [
+    { name: 'KUBERNETES_SERVICE_HOST', value: s.k8sService.host },
+    { name: 'KUBERNETES_SERVICE_PORT', value: String(s.k8sService.port) },
+  ];
+}
+
 /**
  * The agent's container. Capabilities: NET_ADMIN (links, routes, tc), BPF
  * and PERFMON (maps, programs), SYS_ADMIN (setns into pod network
@@ -341,6 +356,7 @@ function agentContainer(s: InstallSettings): Record<string, unknown> {
     env: [
       { name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } },
       { name: 'NODE_IP', valueFrom: { fieldRef: { fieldPath: 'status.hostIP' } } },
+      ...k8sServiceEnv(s),
     ],
     securityContext: {
       privileged: false,

@@ -24,6 +24,13 @@ export interface InstallSettings {
   nodePort: number | undefined;
   /** Extra addresses (IPs or DNS names) remote clusters use for this cluster's etcd: SANs of its server certificate. */
   apiserverAddresses: string[];
+  /**
+   * Where the agent and apiserver containers reach the Kubernetes API
+   * (KUBERNETES_SERVICE_HOST/PORT in their env, Cilium's k8sServiceHost/Port),
+   * for clusters whose `kubernetes` ClusterIP host-network pods cannot reach
+   * before the CNI runs; undefined: what the kubelet sets.
+   */
+  k8sService: { host: string; port: number } | undefined;
 }
 
 /** A flag's value is wrong; the message names the flag. */
@@ -57,6 +64,8 @@ export interface RawInstallOptions {
   serviceType?: string | undefined;
   nodePort?: string | undefined;
   apiserverAddress?: string[] | undefined;
+  k8sServiceHost?: string | undefined;
+  k8sServicePort?: string | undefined;
 }
 
 function integer(flag: string, v: string, min: number, max: number): number {
@@ -108,5 +117,14 @@ export function compileInstallSettings(raw: RawInstallOptions): InstallSettings 
     if (isIP(a) === 0 && (a.length > 253 || !DNS_NAME.test(a))) throw new InstallSettingsError('--apiserver-address', `"${a}" is neither an IP address nor a DNS name`);
   }
 
-  return { clusterName: raw.clusterName, clusterID, maxConnectedClusters, namespace, image, routingMode, tunnelPort, serviceType, nodePort, apiserverAddresses };
+  let k8sService: InstallSettings['k8sService'];
+  if (raw.k8sServiceHost !== undefined || raw.k8sServicePort !== undefined) {
+    if (raw.k8sServiceHost === undefined) throw new InstallSettingsError('--k8s-service-port', 'needs --k8s-service-host (the API server address the port belongs to)');
+    if (raw.k8sServicePort === undefined) throw new InstallSettingsError('--k8s-service-host', 'needs --k8s-service-port (e.g. 6443)');
+    const host = raw.k8sServiceHost;
+    if (isIP(host) === 0 && (host.length > 253 || !DNS_NAME.test(host))) throw new InstallSettingsError('--k8s-service-host', `"${host}" is neither an IP address nor a DNS name`);
+    k8sService = { host, port: integer('--k8s-service-port', raw.k8sServicePort, 1, 65535) };
+  }
+
+  return { clusterName: raw.clusterName, clusterID, maxConnectedClusters, namespace, image, routingMode, tunnelPort, serviceType, nodePort, apiserverAddresses, k8sService };
 }

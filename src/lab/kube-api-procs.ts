@@ -108,6 +108,7 @@ export async function startKubeApiServers(clusters: readonly KubeApiCluster[], o
       controllers: { caFile: pki.ca.certFile, certFile: controller.certFile, keyFile: controller.keyFile },
       scheduler: true,
       socketPath: kubeApiSocket(c.dir),
+      serviceAccountKeyFile: pki.serviceAccountKeyFile,
     };
     const lb = o.loadBalancer?.(c);
     if (lb) cfg.loadBalancer = lb;

@@ -35,6 +35,8 @@ export const kubeApiServerConfigSchema = z.object({
   /** Also serve on this TLS unix socket (the node-local endpoints forward to it). */
   socketPath: z.string().optional(),
   serviceCidr: z.string().optional(),
+  /** The service-account token signing key (PEM): tokens are issued and accepted only with it. */
+  serviceAccountKeyFile: z.string().optional(),
   /** Written ({url, pid}) once the server listens. */
   readyFile: z.string(),
   /** The lab's controllers run in this process as clients of the server, with this client certificate. */
@@ -78,6 +80,7 @@ export async function runKubeApiServer(configFile: string): Promise<void> {
     port: cfg.port,
     ...(cfg.serviceCidr !== undefined ? { serviceCidr: cfg.serviceCidr } : {}),
     ...(cfg.socketPath !== undefined ? { socketPath: cfg.socketPath } : {}),
+    ...(cfg.serviceAccountKeyFile !== undefined ? { serviceAccountKeyFile: cfg.serviceAccountKeyFile } : {}),
   });
   // etcd answers before this starts (lab up starts it after the mesh); a loaded machine may still be slow.
   for (let attempt = 1; ; attempt++) {

@@ -26,11 +26,12 @@ import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
-import { dirname, join } from 'node:path';
+import { dirname, join, posix } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CoreV1Api, PatchStrategy, setHeaderOptions, type KubeConfig, type V1ConfigMap, type V1Container, type V1Pod, type V1Probe, type V1Secret } from '@kubernetes/client-node';
+import { CoreV1Api, PatchStrategy, setHeaderOptions, type KubeConfig, type V1ConfigMap, type V1Container, type V1Pod, type V1Probe, type V1Secret, type V1ServiceAccount } from '@kubernetes/client-node';
 import { parseObject, type Pod } from '../model/index.ts';
-import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
+import { loadKubeConnection, SERVICE_ACCOUNT_DIR } from '../sources/kubernetes/kubeconfig.ts';
+import { NODE_LOCAL_API_HOST, NODE_LOCAL_API_PORT } from './kube-api-endpoint.ts';
 import { apiCode, apiMessage, watchKind } from './controllers/runtime.ts';
 import { inCgroup } from './cgroup.ts';
 import { heldArgv, recordThenRelease } from '../util/held-start.ts';
@@ -102,6 +103,10 @@ interface PodFeed {
   list(): Promise<FedPod[]>;
   configMap(namespace: string, name: string): V1ConfigMap | undefined;
   secret(namespace: string, name: string): V1Secret | undefined;
+  /** The ServiceAccount, read from the API (undefined: there is none). */
+  serviceAccount(namespace: string, name: string): Promise<V1ServiceAccount | undefined>;
+  /** A token of the ServiceAccount bound to the pod (TokenRequest); PodConfigError when the ServiceAccount does not exist. */
+  requestToken(namespace: string, serviceAccount: string, pod: { name: string; uid: string }, seconds: number): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -194,6 +199,30 @@ class ApiPodFeed implements PodFeed {
 
   secret(namespace: string, name: string): V1Secret | undefined {
     return this.secrets.get(`${namespace}/${name}`);
+  }
+
+  async serviceAccount(namespace: string, name: string): Promise<V1ServiceAccount | undefined> {
+    try {
+      return await this.core.readNamespacedServiceAccount({ namespace, name });
+    } catch (err) {
+      if (apiCode(err) === 404) return undefined;
+      throw new Error(`serviceaccount ${namespace}/${name}: ${apiMessage(err)}`);
+    }
+  }
+
+  async requestToken(namespace: string, serviceAccount: string, pod: { name: string; uid: string }, seconds: number): Promise<string> {
+    try {
+      const tr = await this.core.createNamespacedServiceAccountToken({
+        namespace,
+        name: serviceAccount,
+        body: { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenRequest', spec: { audiences: [], expirationSeconds: seconds, boundObjectRef: { apiVersion: 'v1', kind: 'Pod', name: pod.name, uid: pod.uid } } },
+      });
+      if (!tr.status?.token) throw new Error('the TokenRequest came back without a token');
+      return tr.status.token;
+    } catch (err) {
+      if (apiCode(err) === 404) throw new PodConfigError(`serviceaccount "${serviceAccount}" not found in namespace ${namespace} (its token is mounted at ${SERVICE_ACCOUNT_DIR})`);
+      throw new Error(`token of serviceaccount ${namespace}/${serviceAccount}: ${apiMessage(err)}`);
+    }
   }
 
   /** Creates this node's Node when absent and marks it Ready with its InternalIP and pod CIDR. */
@@ -309,9 +338,17 @@ export class Kubelet {
   private readonly probes = new Map<string, ProbeState>();
   /** uid → the status last written (timestamps aside). */
   private readonly written = new Map<string, string>();
+  /** uid → when the pod's service-account token is due for a refresh (ms), and whether one is under way. */
+  private readonly tokenDue = new Map<string, number>();
+  private readonly tokenBusy = new Set<string>();
+  /** The cluster's CA certificate (ca.crt of the service-account directory). */
+  private readonly clusterCA: Buffer;
 
   constructor(readonly cfg: KubeletConfig) {
-    this.feed = new ApiPodFeed(cfg, loadKubeConnection({ kubeconfig: cfg.kubeconfig }).kubeConfig);
+    const kc = loadKubeConnection({ kubeconfig: cfg.kubeconfig }).kubeConfig;
+    this.feed = new ApiPodFeed(cfg, kc);
+    const cluster = kc.getCurrentCluster();
+    this.clusterCA = cluster?.caData ? Buffer.from(cluster.caData, 'base64') : cluster?.caFile ? readFileSync(cluster.caFile) : Buffer.alloc(0);
     for (const r of readPodRecords(cfg.nodeDir)) this.pods.set(r.uid, r);
   }
 
@@ -380,7 +417,10 @@ export class Kubelet {
       if (this.busy.has(uid)) continue;
       // ConfigMap and Secret volumes follow their objects, also for a settled pod.
       const known = this.pods.get(uid);
-      if (known) this.refreshProjectedVolumes(api, known);
+      if (known) {
+        this.refreshProjectedVolumes(api, known);
+        this.refreshToken(known);
+      }
       if (this.isSettled(uid, revision)) continue;
       const before = byNetns.get(podNetnsName(this.cfg.netnsPrefix, pod.metadata.namespace, pod.metadata.name));
       void this.track(uid, async () => {
@@ -509,6 +549,7 @@ export class Kubelet {
       mkdirSync(dir, { recursive: true });
       // Volumes first: a pod whose ConfigMap is missing waits without a network half made.
       this.prepareVolumes(api, rec);
+      await this.mountServiceAccountToken(api, rec);
       const search = `search ${namespace}.svc.cluster.local svc.cluster.local cluster.local`;
       const resolv = `# cluster DNS of ${this.cfg.cluster} (lab ${this.cfg.lab})\nnameserver ${this.cfg.dnsIP}\n${search}\noptions ndots:5\n`;
       if (hostNetwork) {
@@ -645,6 +686,68 @@ export class Kubelet {
     this.volumeStamp.set(key, stamp);
   }
 
+  /** `<pod dir>/serviceaccount`: the pod's token, ca.crt and namespace (SERVICE_ACCOUNT_DIR in its containers). */
+  private tokenDir(rec: PodRecord): string {
+    return join(rec.dir, 'serviceaccount');
+  }
+
+  /**
+   * What Kubernetes' ServiceAccount admission and the kubelet do for a pod
+   * together: unless automountServiceAccountToken is false (the pod's, else
+   * its ServiceAccount's), a token of spec.serviceAccountName (default
+   * `default`) bound to the pod, with the cluster's CA and the namespace, in
+   * the pod's token directory (written as a ConfigMap volume is), which every
+   * container gets read-only at SERVICE_ACCOUNT_DIR. Throws PodConfigError
+   * while the ServiceAccount does not exist (the pod waits).
+   */
+  private async mountServiceAccountToken(api: V1Pod, rec: PodRecord): Promise<void> {
+    const spec = api.spec ?? { containers: [] };
+    const sa = spec.serviceAccountName || 'default';
+    let automount = spec.automountServiceAccountToken;
+    if (automount === undefined) {
+      const obj = await this.feed.serviceAccount(rec.namespace, sa);
+      if (!obj) throw new PodConfigError(`serviceaccount "${sa}" not found in namespace ${rec.namespace} (its token is mounted at ${SERVICE_ACCOUNT_DIR})`);
+      automount = obj.automountServiceAccountToken;
+    }
+    if (automount === false) return;
+    await this.writeToken(rec, sa);
+  }
+
+  /** A new token of the pod's ServiceAccount in its token directory (the `..data` symlink swapped at once). */
+  private async writeToken(rec: PodRecord, serviceAccount: string): Promise<void> {
+    const token = await this.feed.requestToken(rec.namespace, serviceAccount, { name: rec.name, uid: rec.uid }, TOKEN_SECONDS);
+    writeAtomicDir(this.tokenDir(rec), [
+      { path: 'ca.crt', data: this.clusterCA, mode: 0o644 },
+      { path: 'namespace', data: Buffer.from(rec.namespace), mode: 0o644 },
+      { path: 'token', data: Buffer.from(token), mode: 0o644 },
+    ]);
+    this.tokenDue.set(rec.uid, tokenRefreshAt(token) ?? Date.now() + 60_000);
+  }
+
+  /** A pod's token again once 80% of its life has passed (as the kubelet does); in the background, one at a time per pod. */
+  private refreshToken(rec: PodRecord): void {
+    if (this.tokenBusy.has(rec.uid)) return;
+    let due = this.tokenDue.get(rec.uid);
+    if (due === undefined) {
+      // A pod this kubelet adopted: when its token (if it has one) is due.
+      const file = join(this.tokenDir(rec), 'token');
+      due = existsSync(file) ? (tokenRefreshAt(readFileSync(file, 'utf8')) ?? 0) : Infinity;
+      this.tokenDue.set(rec.uid, due);
+    }
+    if (Date.now() < due) return;
+    const sa = tokenServiceAccount(readFileSync(join(this.tokenDir(rec), 'token'), 'utf8'));
+    if (!sa) return;
+    this.tokenBusy.add(rec.uid);
+    void this.writeToken(rec, sa)
+      .then(() => log('service account token refreshed', { pod: `${rec.namespace}/${rec.name}` }))
+      .catch((err: unknown) => {
+        // Tried again in 10 s; the old token stays until it expires (as with a real kubelet).
+        this.tokenDue.set(rec.uid, Date.now() + 10_000);
+        log('service account token refresh failed', { pod: `${rec.namespace}/${rec.name}`, error: (err as Error).message });
+      })
+      .finally(() => this.tokenBusy.delete(rec.uid));
+  }
+
   /** Brings a running pod's ConfigMap and Secret volumes up to date with their objects. */
   private refreshProjectedVolumes(api: V1Pod, rec: PodRecord): void {
     for (const v of api.spec?.volumes ?? []) {
@@ -694,18 +797,31 @@ export class Kubelet {
     if (rec.hostNetwork && api.spec?.dnsPolicy === 'ClusterFirstWithHostNet') {
       mounts.push({ source: join(rec.dir, 'resolv.conf'), target: '/etc/resolv.conf', readOnly: true, file: true, recursive: false });
     }
+    // The service-account token, unless the container mounts something of its own there.
+    if (existsSync(join(this.tokenDir(rec), '..data')) && !(c.volumeMounts ?? []).some((m) => posix.normalize(m.mountPath).replace(/\/$/, '') === SERVICE_ACCOUNT_DIR)) {
+      mounts.push({ source: this.tokenDir(rec), target: SERVICE_ACCOUNT_DIR, readOnly: true, file: false, recursive: false });
+    }
     return { mounts, bidirectional };
   }
 
-  /** What `$(VAR)`, fieldRef, configMapKeyRef and secretKeyRef of a container give. */
+  /**
+   * What `$(VAR)`, fieldRef, configMapKeyRef and secretKeyRef of a container
+   * give, after what every container of a hostNetwork pod gets: the cluster's
+   * API as KUBERNETES_SERVICE_HOST/PORT (the node-local endpoint; the
+   * container's own env wins).
+   */
   private containerEnv(api: V1Pod, rec: PodRecord, c: V1Container): Record<string, string> {
-    return resolveEnv(c, {
-      pod: api,
-      hostIP: this.cfg.nodeIP,
-      podIP: rec.ip,
-      configMap: (n) => this.feed.configMap(rec.namespace, n),
-      secret: (n) => this.feed.secret(rec.namespace, n),
-    });
+    return resolveEnv(
+      c,
+      {
+        pod: api,
+        hostIP: this.cfg.nodeIP,
+        podIP: rec.ip,
+        configMap: (n) => this.feed.configMap(rec.namespace, n),
+        secret: (n) => this.feed.secret(rec.namespace, n),
+      },
+      kubernetesServiceEnv(rec),
+    );
   }
 
   private cni(command: 'ADD' | 'DEL', rec: PodRecord, pod?: Pod): Promise<PluginResult> {
@@ -837,7 +953,10 @@ export class Kubelet {
       const child = spawn(cmd!, args, {
         stdio: ['pipe', fd, fd],
         detached: true,
-        env: childEnv({
+        env: {
+          // The machine's environment (there is no image), but not the kubelet's way to the API: a
+          // pod finds its cluster's API by KUBERNETES_SERVICE_* and its token, as in Kubernetes.
+          ...withoutKubeEnv(childEnv()),
           PATH: `${binDir}:${process.env.PATH ?? '/usr/bin:/bin'}`,
           CLUSTERMESH_CLUSTER: this.cfg.cluster,
           CLUSTERMESH_NODE: this.cfg.node,
@@ -845,7 +964,7 @@ export class Kubelet {
           CLUSTERMESH_NAMESPACE: rec.namespace,
           ...(rec.ip ? { POD_IP: rec.ip } : {}),
           ...env,
-        }),
+        },
       });
       child.unref();
       await new Promise<void>((resolve) => {
@@ -997,6 +1116,7 @@ export class Kubelet {
     this.pods.delete(rec.uid);
     this.ready.delete(rec.uid);
     this.settled.delete(rec.uid);
+    this.tokenDue.delete(rec.uid);
     for (const c of rec.containers) {
       this.restartAt.delete(`${rec.uid}/${c.name}`);
       this.probes.delete(`${rec.uid}/${c.name}`);
@@ -1009,6 +1129,47 @@ export class Kubelet {
     }
     log('pod removed', { pod: `${rec.namespace}/${rec.name}`, ms: Date.now() - t0 });
   }
+}
+
+/** A service-account token's lifetime as the kubelet requests it (Kubernetes' kubelet asks for 3607 s). */
+export const TOKEN_SECONDS = 3607;
+
+/** The claims of a JWT, not verified (the kubelet only reads its own tokens' times). */
+function jwtClaims(token: string): { iat?: number; exp?: number; sub?: string } | undefined {
+  try {
+    return JSON.parse(Buffer.from(token.trim().split('.')[1] ?? '', 'base64url').toString('utf8')) as { iat?: number; exp?: number; sub?: string };
+  } catch {
+    return undefined;
+  }
+}
+
+/** When a token is refreshed (ms since the epoch): once 80% of its life has passed, or after 24 h (as Kubernetes' kubelet). */
+export function tokenRefreshAt(token: string): number | undefined {
+  const c = jwtClaims(token);
+  if (typeof c?.iat !== 'number' || typeof c.exp !== 'number') return undefined;
+  return Math.min(c.iat + 0.8 * (c.exp - c.iat), c.iat + 24 * 3600) * 1000;
+}
+
+/** The ServiceAccount name of a token's subject `system:serviceaccount:<ns>:<name>`. */
+function tokenServiceAccount(token: string): string | undefined {
+  return /^system:serviceaccount:[^:]+:([^:]+)$/.exec(jwtClaims(token)?.sub ?? '')?.[1];
+}
+
+/**
+ * KUBERNETES_SERVICE_HOST/PORT of a pod's containers: the node-local endpoint
+ * of the cluster's API (127.0.0.1:6443 in the node's network namespace) for a
+ * hostNetwork pod. A pod-network pod gets none: nothing listens on
+ * 127.0.0.1:6443 of its own namespace (docs/lab-kubelet.md).
+ */
+export function kubernetesServiceEnv(rec: Pick<PodRecord, 'hostNetwork'>): Record<string, string> {
+  return rec.hostNetwork ? { KUBERNETES_SERVICE_HOST: NODE_LOCAL_API_HOST, KUBERNETES_SERVICE_PORT: String(NODE_LOCAL_API_PORT), KUBERNETES_SERVICE_PORT_HTTPS: String(NODE_LOCAL_API_PORT) } : {};
+}
+
+/** The machine's environment without what would point a container at the kubelet's own way to the API. */
+function withoutKubeEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const out = { ...env };
+  for (const k of ['KUBECONFIG', 'KUBERNETES_SERVICE_HOST', 'KUBERNETES_SERVICE_PORT', 'KUBERNETES_SERVICE_PORT_HTTPS']) delete out[k];
+  return out;
 }
 
 /**

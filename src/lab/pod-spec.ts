@@ -80,12 +80,12 @@ function fieldValue(path: string, ctx: EnvContext): string {
 
 /**
  * The environment a container's spec declares, in order (envFrom first, then
- * env; later wins), each value's `$(VAR)` expanded against what is defined
- * before it. Throws PodConfigError naming the container and the reference
+ * env; later wins) over `base` (what the kubelet defines for every container),
+ * each value's `$(VAR)` expanded against what is defined before it. Throws PodConfigError naming the container and the reference
  * when a non-optional ConfigMap, Secret or key is missing.
  */
-export function resolveEnv(c: V1Container, ctx: EnvContext): Record<string, string> {
-  const env: Record<string, string> = {};
+export function resolveEnv(c: V1Container, ctx: EnvContext, base: Record<string, string> = {}): Record<string, string> {
+  const env: Record<string, string> = { ...base };
   const where = `container ${c.name}`;
   for (const from of c.envFrom ?? []) {
     const prefix = from.prefix ?? '';

@@ -13,17 +13,21 @@
 //   EndpointSlice      -> the Service it is labelled with
 //   Pod without a node -> that Pod, for the scheduler (scheduler.ts; only with `scheduler: true`)
 //   Node               -> every pod waiting for a node; every DaemonSet
+//   Namespace          -> that namespace's `default` ServiceAccount (serviceaccount.ts)
+//   ServiceAccount     -> its namespace (a deleted `default` is made again)
 // and every key is looked at again every `resyncMs` (default 30 s).
-import { AppsV1Api, CoreV1Api, DiscoveryV1Api, KubeConfig, type V1DaemonSet, type V1Deployment, type V1EndpointSlice, type V1Node, type V1Pod, type V1Service } from '@kubernetes/client-node';
+import { AppsV1Api, CoreV1Api, DiscoveryV1Api, KubeConfig, type V1DaemonSet, type V1Deployment, type V1EndpointSlice, type V1Namespace, type V1Node, type V1Pod, type V1Service, type V1ServiceAccount } from '@kubernetes/client-node';
 import { DaemonSetController } from './daemonset.ts';
 import { DeploymentController } from './deployment.ts';
 import { EndpointSliceController, SERVICE_NAME_LABEL } from './endpointslice.ts';
 import { SchedulerController, needsScheduling } from './scheduler.ts';
+import { ServiceAccountController } from './serviceaccount.ts';
 import { WorkQueue, keyOf, log, watchKind } from './runtime.ts';
 
 export { DeploymentController, POD_TEMPLATE_HASH, podTemplateHash } from './deployment.ts';
 export { DaemonSetController, CONTROLLER_REVISION_HASH, daemonSetHash, daemonSetMaxUnavailable, nodeMatches } from './daemonset.ts';
 export { SchedulerController, pickNode, needsScheduling, isNodeReady } from './scheduler.ts';
+export { ServiceAccountController, DEFAULT_SERVICE_ACCOUNT } from './serviceaccount.ts';
 export { EndpointSliceController, desiredSlices, resolvePorts, SERVICE_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL } from './endpointslice.ts';
 
 export interface ControllersOptions {
@@ -62,6 +66,9 @@ export async function startControllers(kc: KubeConfig, o: ControllersOptions = {
   const sq = new WorkQueue('endpointslice', (k) => slices.reconcile(k));
   const scheduler = o.scheduler ? new SchedulerController(core) : undefined;
   const bq = new WorkQueue('scheduler', (k) => scheduler!.reconcile(k));
+  const serviceAccounts = new ServiceAccountController(core);
+  const saq = new WorkQueue('serviceaccount', (ns) => serviceAccounts.reconcile(ns));
+  const namespaces = new Set<string>();
   /** Pods waiting for a node (scheduler only). */
   const unbound = new Set<string>();
   /** Services by namespace, from the Service informer's events (for pod events). */
@@ -105,6 +112,14 @@ export async function startControllers(kc: KubeConfig, o: ControllersOptions = {
       else set.add(s.metadata!.name!);
       sq.add(keyOf(ns, s.metadata?.name));
     }),
+    watchKind<V1Namespace>(kc, '/api/v1/namespaces', () => core.listNamespace(), (n, deleted) => {
+      if (deleted) namespaces.delete(n.metadata!.name!);
+      else namespaces.add(n.metadata!.name!);
+      saq.add(n.metadata!.name!);
+    }),
+    watchKind<V1ServiceAccount>(kc, '/api/v1/serviceaccounts', () => core.listServiceAccountForAllNamespaces(), (sa, deleted) => {
+      if (deleted) saq.add(sa.metadata!.namespace!);
+    }),
     watchKind<V1EndpointSlice>(kc, '/apis/discovery.k8s.io/v1/endpointslices', () => discovery.listEndpointSliceForAllNamespaces(), (s) => {
       const svc = s.metadata?.labels?.[SERVICE_NAME_LABEL];
       if (svc) sq.add(keyOf(s.metadata?.namespace, svc));
@@ -116,14 +131,15 @@ export async function startControllers(kc: KubeConfig, o: ControllersOptions = {
     for (const k of daemonSetKeys) dsq.add(k);
     for (const [ns, names] of services) for (const n of names) sq.add(keyOf(ns, n));
     for (const k of unbound) bq.add(k);
+    for (const ns of namespaces) saq.add(ns);
   }, o.resyncMs ?? 30_000);
   resync.unref();
-  log(`controllers started: deployment, daemonset, endpointslice${scheduler ? ', scheduler' : ''}`);
+  log(`controllers started: deployment, daemonset, endpointslice, serviceaccount${scheduler ? ', scheduler' : ''}`);
   return {
     stop: async () => {
       clearInterval(resync);
       await Promise.all(informers.map((i) => i.stop().catch(() => undefined)));
-      await Promise.all([dq.stop(), dsq.stop(), sq.stop(), bq.stop()]);
+      await Promise.all([dq.stop(), dsq.stop(), sq.stop(), bq.stop(), saq.stop()]);
     },
   };
 }

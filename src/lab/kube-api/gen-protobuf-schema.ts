@@ -5,7 +5,7 @@
 // send protobuf bodies; protobuf.ts decodes them with this table.
 //
 //   node --import tsx src/lab/kube-api/gen-protobuf-schema.ts DIR
-// where DIR holds core.proto apps.proto discovery.proto networking.proto meta.proto
+// where DIR holds core.proto apps.proto discovery.proto networking.proto authentication.proto meta.proto
 // intstr.proto resource.proto runtime.proto (copies of those generated.proto files).
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -17,6 +17,7 @@ const PKG: Record<string, string> = {
   'k8s.io.api.apps.v1': 'apps',
   'k8s.io.api.discovery.v1': 'discovery',
   'k8s.io.api.networking.v1': 'networking',
+  'k8s.io.api.authentication.v1': 'authentication',
   'k8s.io.apimachinery.pkg.apis.meta.v1': 'meta',
   'k8s.io.apimachinery.pkg.util.intstr': 'intstr',
   'k8s.io.apimachinery.pkg.api.resource': 'resource',
@@ -26,7 +27,7 @@ const PKG: Record<string, string> = {
 const SCALARS: Record<string, string> = { string: 's', int32: 'i', int64: 'i', bool: 'b', bytes: 'y', double: 'd', float: 'd' };
 type Fields = Record<string, string>;
 const messages: Record<string, Fields> = {};
-for (const file of ['core', 'apps', 'discovery', 'networking', 'meta', 'intstr', 'resource', 'runtime']) {
+for (const file of ['core', 'apps', 'discovery', 'networking', 'authentication', 'meta', 'intstr', 'resource', 'runtime']) {
   const text = readFileSync(join(dir, `${file}.proto`), 'utf8');
   const pkg = PKG[text.match(/^package ([\w.]+);/m)![1]!]!;
   const qualify = (t: string): string => {
@@ -49,7 +50,7 @@ for (const file of ['core', 'apps', 'discovery', 'networking', 'meta', 'intstr',
   }
 }
 // Keep what the served kinds reach.
-const roots = ['core.Namespace', 'core.Pod', 'core.Service', 'core.Node', 'core.ConfigMap', 'core.Secret', 'core.ServiceAccount', 'core.Event', 'apps.Deployment', 'apps.DaemonSet', 'discovery.EndpointSlice', 'networking.NetworkPolicy', 'runtime.Unknown', 'meta.DeleteOptions'];
+const roots = ['core.Namespace', 'core.Pod', 'core.Service', 'core.Node', 'core.ConfigMap', 'core.Secret', 'core.ServiceAccount', 'core.Event', 'apps.Deployment', 'apps.DaemonSet', 'discovery.EndpointSlice', 'networking.NetworkPolicy', 'authentication.TokenRequest', 'runtime.Unknown', 'meta.DeleteOptions'];
 const keep = new Set<string>();
 const visit = (name: string): void => {
   if (keep.has(name) || !messages[name]) return;

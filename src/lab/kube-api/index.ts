@@ -29,8 +29,11 @@
  *   `get -o wide` looks familiar), OpenAPI v3 documents that advertise
  *   `fieldValidation`, so `kubectl apply` (validate=strict) leaves validation to
  *   this server (validate.ts), and `Status` error bodies (errors.ts).
- * - Auth: HTTPS with client certificates of the server's CA; the certificate's
- *   CN is the user. Every authenticated user may do everything (no RBAC).
+ * - Auth: HTTPS with client certificates of the server's CA (the certificate's
+ *   CN is the user), or service-account bearer tokens (tokens.ts: ES256 JWTs
+ *   signed with the cluster's `sa.key`, issued by serviceaccounts/NAME/token,
+ *   checked on every request). Every authenticated user may do everything:
+ *   no RBAC (Roles and bindings are stored, not enforced).
  *
  * Simplifications: every watch request lists its prefix once (to know the
  * last state of objects it may see deleted), there is no shared watch cache;
@@ -40,12 +43,12 @@
  * Controllers (Deployment, EndpointSlice) are clients of this server, in
  * src/lab/controllers; `lab up` runs both per cluster (src/lab/kube-apiserver.ts).
  *
- * Not (yet): a kubelet, RBAC,
+ * Not (yet): RBAC enforcement,
  * protobuf, aggregated discovery, OpenAPI v2, field ownership (managedFields),
  * graceful pod deletion, multiple versions of one CRD with conversion.
  */
 
-import { mkdir, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, rename, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
@@ -54,6 +57,7 @@ import { createCA, issueCert, type CertFiles, type CertificateAuthority } from '
 import type { KvClient } from '../../kvstore/index.ts';
 import { KUBE_OBJECTS_PREFIX } from '../../clustermesh/etcd.ts';
 import { KubeApiServer, type KubeApiServerOptions } from './server.ts';
+import { newServiceAccountKey } from './tokens.ts';
 
 export { KubeApiServer, SERVER_VERSION } from './server.ts';
 export type { KubeApiServerOptions } from './server.ts';
@@ -71,11 +75,14 @@ export interface KubeApiPki {
   server: CertFiles;
   /** Client certificate of the `admin` user (kubectl). */
   admin: CertFiles;
+  /** The key service-account tokens are signed with (`sa.key`, PEM; see tokens.ts). */
+  serviceAccountKeyFile: string;
 }
 
 /**
  * The CA, server certificate (localhost, kubernetes.default…, 127.0.0.1 and
- * `ipAddresses`) and an `admin` client certificate, in `dir` (kept when present).
+ * `ipAddresses`), an `admin` client certificate and the service-account
+ * signing key, in `dir` (kept when present).
  */
 export async function createKubeApiPki(dir: string, opts: { clusterName: string; ipAddresses?: string[]; dnsNames?: string[] }): Promise<KubeApiPki> {
   await mkdir(dir, { recursive: true, mode: 0o700 });
@@ -97,7 +104,13 @@ export async function createKubeApiPki(dir: string, opts: { clusterName: string;
       }),
     existing('admin') ?? issueCert(ca, { commonName: 'admin', usage: 'client', outDir: dir, name: 'admin' }),
   ]);
-  return { ca, server, admin };
+  const serviceAccountKeyFile = join(dir, 'sa.key');
+  if (!existsSync(serviceAccountKeyFile)) {
+    await writeFile(`${serviceAccountKeyFile}.tmp`, newServiceAccountKey(), { mode: 0o600 });
+    await chmod(`${serviceAccountKeyFile}.tmp`, 0o600);
+    await rename(`${serviceAccountKeyFile}.tmp`, serviceAccountKeyFile);
+  }
+  return { ca, server, admin, serviceAccountKeyFile };
 }
 
 export interface KubeconfigCluster {
@@ -137,7 +150,7 @@ export interface StartKubeApiOptions extends Omit<KubeApiServerOptions, 'tls' | 
 /** Creates the PKI, starts the server and writes `<dir>/kubeconfig` for it. */
 export async function startKubeApi(opts: StartKubeApiOptions): Promise<{ server: KubeApiServer; pki: KubeApiPki; kubeconfig: string }> {
   const pki = await createKubeApiPki(join(opts.dir, 'pki'), { clusterName: opts.clusterName, ...(opts.host !== undefined && opts.host !== '127.0.0.1' ? { ipAddresses: [opts.host] } : {}) });
-  const server = new KubeApiServer({ ...opts, prefix: opts.prefix ?? KUBE_PREFIX, tls: { certFile: pki.server.certFile, keyFile: pki.server.keyFile, caFile: pki.ca.certFile } });
+  const server = new KubeApiServer({ serviceAccountKeyFile: pki.serviceAccountKeyFile, ...opts, prefix: opts.prefix ?? KUBE_PREFIX, tls: { certFile: pki.server.certFile, keyFile: pki.server.keyFile, caFile: pki.ca.certFile } });
   await server.start();
   const kubeconfig = join(opts.dir, 'kubeconfig');
   await writeKubeconfig(kubeconfig, [{ name: opts.clusterName, server: server.url, caFile: pki.ca.certFile, certFile: pki.admin.certFile, keyFile: pki.admin.keyFile }]);

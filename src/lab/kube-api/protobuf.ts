@@ -18,7 +18,7 @@ const MAGIC = Buffer.from([0x6b, 0x38, 0x73, 0x00]);
 /** Fields whose zero value is meaningful (pointers in Go, or required numbers). */
 const KEEP_ZERO = new Set(['replicas', 'port', 'containerPort', 'intVal', 'count', 'terminationGracePeriodSeconds']);
 
-const PACKAGE_OF_GROUP: Record<string, string> = { '': 'core', apps: 'apps', 'discovery.k8s.io': 'discovery', 'networking.k8s.io': 'networking', 'meta.k8s.io': 'meta' };
+const PACKAGE_OF_GROUP: Record<string, string> = { '': 'core', apps: 'apps', 'discovery.k8s.io': 'discovery', 'networking.k8s.io': 'networking', 'authentication.k8s.io': 'authentication', 'meta.k8s.io': 'meta' };
 
 class Reader {
   pos = 0;

@@ -1,7 +1,7 @@
 // The HTTPS server: discovery, OpenAPI, and the REST verbs of every served
 // kind, with Kubernetes semantics (see index.ts for the overview).
 
-import { randomUUID, randomInt } from 'node:crypto';
+import { randomUUID, randomInt, createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { chmodSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
@@ -22,6 +22,7 @@ import { decodeProtobufBody, PROTOBUF_CONTENT_TYPE } from './protobuf.ts';
 import { ObjectStore, type StoredObject } from './store.ts';
 import { toTable, type IncludeObject } from './tables.ts';
 import { checkFields } from './validate.ts';
+import { DEFAULT_TOKEN_SECONDS, issueToken, MAX_TOKEN_SECONDS, MIN_TOKEN_SECONDS, TokenError, verifyToken } from './tokens.ts';
 
 export interface KubeApiServerOptions {
   kv: KvClient;
@@ -40,6 +41,12 @@ export interface KubeApiServerOptions {
   bookmarkIntervalMs?: number;
   /** Namespaces that exist from the start (default: default, kube-system, kube-public, kube-node-lease). */
   initialNamespaces?: string[];
+  /**
+   * The service-account signing key (PEM private key, see tokens.ts): with it the
+   * server issues tokens (serviceaccounts/NAME/token) and accepts them as
+   * `Authorization: Bearer`; without it only client certificates authenticate.
+   */
+  serviceAccountKeyFile?: string;
 }
 
 const MAX_BODY = 3 * 1024 * 1024;
@@ -81,6 +88,8 @@ export class KubeApiServer {
   private readonly background = new Set<Promise<unknown>>();
   /** `Warning` headers of a request's response (fieldValidation=Warn). */
   private readonly pendingWarnings = new WeakMap<IncomingMessage, string[]>();
+  /** The service-account signing key and its public half (serviceAccountKeyFile). */
+  private saKey: { private: KeyObject; public: KeyObject } | undefined;
 
   constructor(opts: KubeApiServerOptions) {
     this.opts = opts;
@@ -97,6 +106,10 @@ export class KubeApiServer {
 
   async start(): Promise<void> {
     const [key, cert, ca] = await Promise.all([readFile(this.opts.tls.keyFile), readFile(this.opts.tls.certFile), readFile(this.opts.tls.caFile)]);
+    if (this.opts.serviceAccountKeyFile !== undefined) {
+      const priv = createPrivateKey(await readFile(this.opts.serviceAccountKeyFile));
+      this.saKey = { private: priv, public: createPublicKey(priv) };
+    }
     await this.loadCrds();
     for (const ns of this.opts.initialNamespaces ?? ['default', 'kube-system', 'kube-public', 'kube-node-lease']) {
       const r = this.resource('', 'v1', 'namespaces');
@@ -164,17 +177,108 @@ export class KubeApiServer {
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
-      const sock = req.socket as TLSSocket;
-      const peer = sock.authorized ? sock.getPeerCertificate() : undefined;
-      const user = peer?.subject?.CN;
-      if (user === undefined) throw new ApiError('Unauthorized', 'Unauthorized');
+      const user = await this.authenticate(req);
       const url = new URL(req.url ?? '/', 'https://localhost');
-      await this.route({ method: req.method ?? 'GET', url, req, res, user: String(user) });
+      await this.route({ method: req.method ?? 'GET', url, req, res, user });
     } catch (err) {
       const e = err instanceof ApiError ? err : new ApiError('InternalError', `Internal error occurred: ${(err as Error).message}`);
       if (!res.headersSent) send(res, e.code, e.toStatus());
       else res.end();
     }
+  }
+
+  /**
+   * Who sends the request: the CN of a client certificate of the server's CA,
+   * else the service account of a bearer token this cluster signed (checked
+   * on every request: signature, issuer, audience, expiry, and that the
+   * ServiceAccount -- and the pod it is bound to -- still exists with the uid
+   * of the claims). No RBAC follows: every authenticated user may do everything.
+   * A refusal is a 401 Status; unlike Kubernetes (which answers only
+   * "Unauthorized" and logs the reason), the message names why.
+   */
+  private async authenticate(req: IncomingMessage): Promise<string> {
+    const sock = req.socket as TLSSocket;
+    const cn = sock.authorized ? sock.getPeerCertificate()?.subject?.CN : undefined;
+    if (cn !== undefined) return String(cn);
+    const auth = req.headers.authorization ?? '';
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
+    if (!m) throw new ApiError('Unauthorized', 'Unauthorized');
+    const why = (reason: string): ApiError => new ApiError('Unauthorized', `Unauthorized: ${reason}`);
+    if (this.saKey === undefined) throw why('this server accepts no bearer tokens (no service-account key)');
+    let claims;
+    try {
+      claims = verifyToken(m[1]!, this.saKey.public);
+    } catch (err) {
+      if (err instanceof TokenError) throw why(err.message);
+      throw err;
+    }
+    const k = claims['kubernetes.io'];
+    const sar = this.resource('', 'v1', 'serviceaccounts');
+    const sa = await this.store.get(this.store.key(sar, k.namespace, k.serviceaccount.name));
+    if (sa === undefined) throw why(`serviceaccounts "${k.serviceaccount.name}" not found in namespace ${k.namespace}`);
+    if (meta(sa.object).uid !== k.serviceaccount.uid) throw why(`service account UID (${String(meta(sa.object).uid)}) does not match claim (${k.serviceaccount.uid})`);
+    if (meta(sa.object).deletionTimestamp !== undefined) throw why(`service account ${k.namespace}/${k.serviceaccount.name} has been deleted`);
+    if (k.pod !== undefined) {
+      const pod = await this.store.get(this.store.key(this.resource('', 'v1', 'pods'), k.namespace, k.pod.name));
+      if (pod === undefined) throw why(`pods "${k.pod.name}" not found (the token is bound to it)`);
+      if (meta(pod.object).uid !== k.pod.uid) throw why(`pod UID (${String(meta(pod.object).uid)}) does not match claim (${k.pod.uid})`);
+      if (meta(pod.object).deletionTimestamp !== undefined) throw why(`pod ${k.namespace}/${k.pod.name} has been deleted`);
+    }
+    return claims.sub;
+  }
+
+  /**
+   * POST serviceaccounts/NAME/token: an authentication.k8s.io/v1 TokenRequest
+   * (spec.audiences, spec.expirationSeconds: default 3600, 600..2^32,
+   * spec.boundObjectRef: a Pod of the namespace) answered with status.token
+   * and status.expirationTimestamp.
+   */
+  private async tokenRequest(q: Request, r: ResourceType, namespace: string, name: string): Promise<void> {
+    if (q.method !== 'POST') throw methodNotAllowed(q.method, `serviceaccounts/token ${name}`);
+    if (this.saKey === undefined) throw new ApiError('NotFound', 'the server could not find the requested resource');
+    const body = await this.body(q);
+    const tr = BUILTIN_TOKEN_REQUEST;
+    const bad = (field: string, value: unknown, message: string): ApiError =>
+      new ApiError('Invalid', `TokenRequest.authentication.k8s.io "${name}" is invalid: ${field}: Invalid value: ${JSON.stringify(value)}: ${message}`, {
+        name,
+        group: tr.group,
+        kind: tr.kind,
+        causes: [{ reason: 'FieldValueInvalid', message: `Invalid value: ${JSON.stringify(value)}: ${message}`, field }],
+      });
+    if (body.apiVersion !== undefined && body.apiVersion !== 'authentication.k8s.io/v1') throw badRequest(`the API version in the data (${String(body.apiVersion)}) does not match the expected API version (authentication.k8s.io/v1)`);
+    if (body.kind !== undefined && body.kind !== 'TokenRequest') throw badRequest(`the kind in the data (${String(body.kind)}) does not match the expected kind (TokenRequest)`);
+    const spec = isObject(body.spec) ? body.spec : {};
+    const seconds = spec.expirationSeconds ?? DEFAULT_TOKEN_SECONDS;
+    if (typeof seconds !== 'number' || !Number.isInteger(seconds)) throw bad('spec.expirationSeconds', seconds, 'must be an integer');
+    if (seconds < MIN_TOKEN_SECONDS) throw bad('spec.expirationSeconds', seconds, 'may not specify a duration less than 10 minutes');
+    if (seconds > MAX_TOKEN_SECONDS) throw bad('spec.expirationSeconds', seconds, 'may not specify a duration larger than 2^32 seconds');
+    const audiences = spec.audiences === undefined || spec.audiences === null ? [] : spec.audiences;
+    if (!Array.isArray(audiences) || audiences.some((a) => typeof a !== 'string' || a === '')) throw bad('spec.audiences', audiences, 'must be a list of non-empty strings');
+    const sa = await this.store.get(this.store.key(r, namespace, name));
+    if (sa === undefined || meta(sa.object).deletionTimestamp !== undefined) throw notFound(r.group, r.plural, name);
+    let pod: { name: string; uid: string } | undefined;
+    const ref = isObject(spec.boundObjectRef) ? spec.boundObjectRef : undefined;
+    if (ref !== undefined) {
+      if (ref.kind !== 'Pod') throw bad('spec.boundObjectRef.kind', ref.kind, 'the lab binds tokens to Pods only');
+      const p = await this.store.get(this.store.key(this.resource('', 'v1', 'pods'), namespace, String(ref.name ?? '')));
+      if (p === undefined) throw notFound('', 'pods', String(ref.name ?? ''));
+      if (ref.uid !== undefined && ref.uid !== '' && ref.uid !== meta(p.object).uid) throw conflict('', 'pods', String(ref.name), `the UID in the bound object reference (${String(ref.uid)}) does not match the UID in record`);
+      pod = { name: String(ref.name), uid: String(meta(p.object).uid) };
+    }
+    const { token, claims } = issueToken(this.saKey.private, {
+      namespace,
+      serviceAccount: { name, uid: String(meta(sa.object).uid) },
+      pod,
+      audiences: audiences as string[],
+      seconds,
+    });
+    send(q.res, 201, {
+      kind: 'TokenRequest',
+      apiVersion: 'authentication.k8s.io/v1',
+      metadata: { name, namespace, creationTimestamp: null },
+      spec: { audiences: claims.aud, expirationSeconds: seconds, boundObjectRef: ref ?? null },
+      status: { token, expirationTimestamp: new Date(claims.exp * 1000).toISOString().replace(/\.\d{3}Z$/, 'Z') },
+    });
   }
 
   private async route(q: Request): Promise<void> {
@@ -232,6 +336,7 @@ export class KubeApiServer {
         ...(r.categories.length > 0 ? { categories: r.categories } : {}),
       });
       if (isCorePod(r)) resources.push({ name: 'pods/binding', singularName: '', namespaced: true, kind: 'Binding', verbs: ['create'] });
+      if (isServiceAccount(r) && this.saKey !== undefined) resources.push({ name: 'serviceaccounts/token', singularName: '', namespaced: true, group: 'authentication.k8s.io', version: 'v1', kind: 'TokenRequest', verbs: ['create'] });
       if (r.statusSubresource) resources.push({ name: `${r.plural}/status`, singularName: '', namespaced: r.namespaced, kind: r.kind, verbs: ['get', 'patch', 'update'] });
       if (hasScale(r)) resources.push({ name: `${r.plural}/scale`, singularName: '', namespaced: r.namespaced, group: 'autoscaling', version: 'v1', kind: 'Scale', verbs: ['get', 'patch', 'update'] });
     }
@@ -267,9 +372,10 @@ export class KubeApiServer {
   private async dispatch(q: Request, t: Target, watchPath: boolean): Promise<void> {
     const { r, namespace, name, subresource } = t;
     const p = q.url.searchParams;
-    if (subresource !== undefined && !(subresource === 'status' && r.statusSubresource) && !(subresource === 'finalize' && r.kind === 'Namespace' && r.group === '') && !(subresource === 'scale' && hasScale(r)) && !(subresource === 'binding' && isCorePod(r))) {
+    if (subresource !== undefined && !(subresource === 'status' && r.statusSubresource) && !(subresource === 'finalize' && r.kind === 'Namespace' && r.group === '') && !(subresource === 'scale' && hasScale(r)) && !(subresource === 'binding' && isCorePod(r)) && !(subresource === 'token' && isServiceAccount(r) && this.saKey !== undefined)) {
       throw new ApiError('NotFound', 'the server could not find the requested resource');
     }
+    if (subresource === 'token' && name !== undefined && namespace !== undefined) return this.tokenRequest(q, r, namespace, name);
     if (subresource === 'scale' && name !== undefined) return this.scale(q, r, namespace, name);
     if (subresource === 'binding' && name !== undefined) return this.bind(q, r, namespace, name);
     const what = `${qualifiedResource(r.group, r.plural)}${name !== undefined ? ` ${name}` : ''}`;
@@ -978,6 +1084,8 @@ function mayOwn(r: ResourceType): boolean {
 }
 
 const isCorePod = (r: ResourceType): boolean => r.group === '' && r.kind === 'Pod';
+const isServiceAccount = (r: ResourceType): boolean => r.group === '' && r.kind === 'ServiceAccount';
+const BUILTIN_TOKEN_REQUEST = { group: 'authentication.k8s.io', kind: 'TokenRequest' };
 
 /** Kinds with a scale subresource: Deployments. */
 function hasScale(r: ResourceType): boolean {
