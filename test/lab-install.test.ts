@@ -28,6 +28,8 @@ const labDir = join(root, name);
 const env = childEnv({ CLUSTERMESH_LAB_ROOT: root });
 let kubeconfig = '';
 const cli = (args: string[], timeoutMs = 300_000): Promise<Run> => run(process.execPath, [CLI, ...args], { env: { ...env, KUBECONFIG: kubeconfig }, timeoutMs });
+/** On the lab's workstation (`lab run`): what reaches each cluster's load balancer addresses (this host must not dial them). */
+const ws = (args: string[], timeoutMs = 300_000): Promise<Run> => cli(['lab', 'run', '--lab', name, '--', process.execPath, CLI, ...args], timeoutMs);
 const k = kubectlFor({ kubeconfig: () => kubeconfig, cacheDir: () => join(files, 'kube-cache'), env: () => env, timeoutMs: 330_000 });
 const kubectl = (cluster: string, args: string[]): Promise<Run> => k.kubectl('--context', cluster, ...args);
 const kubectlOk = (cluster: string, args: string[]): Promise<string> => k.kubectlOk('--context', cluster, ...args);
@@ -104,7 +106,7 @@ describe('clustermesh install and connect by context on bare lab clusters, the d
   test('install and connect by kube context, then the demo story: global service across clusters, cross-cluster policy', async () => {
     for (const c of CLUSTERS) {
       const id = c.slice('cluster'.length);
-      const r = await cli(['install', '--context', c, '--cluster-name', c, '--cluster-id', id, '--service-type', 'LoadBalancer', '--image', LAB_INSTALL_IMAGE]);
+      const r = await ws(['install', '--context', c, '--cluster-name', c, '--cluster-id', id, '--service-type', 'LoadBalancer', '--image', LAB_INSTALL_IMAGE]);
       assert.equal(r.code, 0, show(r));
       assert.match(r.stdout, /daemonset\/clustermesh-agent created/);
     }
@@ -116,7 +118,7 @@ describe('clustermesh install and connect by context on bare lab clusters, the d
     assert.deepEqual(cniConfs(), ['cluster1/node1/05-clustermesh.conflist', 'cluster2/node1/05-clustermesh.conflist']);
     // connect: the LoadBalancer address is there once the apiserver's pod is ready; until then connect refuses, naming it.
     const conn = await eventually('clustermesh connect --context cluster1 --destination-context cluster2', async () => {
-      const r = await cli(['connect', '--context', 'cluster1', '--destination-context', 'cluster2']);
+      const r = await ws(['connect', '--context', 'cluster1', '--destination-context', 'cluster2']);
       if (r.code !== 0) {
         assert.match(r.stderr, /no address yet|not reachable|unreachable|tried/i, show(r));
         return undefined;
@@ -154,7 +156,7 @@ describe('clustermesh install and connect by context on bare lab clusters, the d
       await kubectlOk(c, ['delete', '--ignore-not-found', '--wait=true', '-f', join(EXAMPLES_DIR, file)]);
     }
     for (const c of CLUSTERS) {
-      const r = await cli(['uninstall', '--context', c]);
+      const r = await ws(['uninstall', '--context', c]);
       assert.equal(r.code, 0, show(r));
     }
     for (const c of CLUSTERS) {

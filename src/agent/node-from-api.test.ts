@@ -4,11 +4,8 @@ import pino from 'pino';
 import { KubeApiError } from '../sources/kubernetes/http.ts';
 import { nodeAddressing, waitForNode } from './node-from-api.ts';
 
-// The system clock's timers do not hold the process: keep it alive while a wait runs.
-const keepAlive = <T>(p: Promise<T>): Promise<T> => {
-  const t = setInterval(() => undefined, 1000);
-  return p.finally(() => clearInterval(t));
-};
+// No keep-alive around the waits: the wait itself must hold the process (an agent waiting for its Node
+// at start has nothing else running; with unref'd timers it exited with code 13 in the lab).
 
 const node = (spec: Record<string, unknown>, addresses: Array<{ type: string; address: string }> = []) => ({ kind: 'Node', metadata: { name: 'n1' }, spec, status: { addresses } });
 
@@ -24,7 +21,7 @@ test('waitForNode waits for the Node and its pod CIDR, logging what it waits for
   const lines: string[] = [];
   const log = pino({ level: 'info' }, { write: (l: string) => lines.push(JSON.parse(l).msg as string) });
   const paths: string[] = [];
-  const got = await keepAlive(waitForNode(
+  const got = await (waitForNode(
     {
       request: async (_m, path) => {
         paths.push(path);
@@ -43,7 +40,7 @@ test('waitForNode waits for the Node and its pod CIDR, logging what it waits for
 
 test('waitForNode fails after the timeout naming the node and what it lacks', async () => {
   await assert.rejects(
-    keepAlive(waitForNode({ request: async () => node({}, [{ type: 'InternalIP', address: '10.0.0.3' }]) }, { nodeName: 'worker-7', need: { podCIDR: true, internalIP: false }, timeoutMs: 30, intervalMs: 5, log: pino({ level: 'silent' }) })),
+    (waitForNode({ request: async () => node({}, [{ type: 'InternalIP', address: '10.0.0.3' }]) }, { nodeName: 'worker-7', need: { podCIDR: true, internalIP: false }, timeoutMs: 30, intervalMs: 5, log: pino({ level: 'silent' }) })),
     /^Error: Node worker-7 did not have a pod CIDR \(spec\.podCIDRs\) within 0 s \(nodeWaitTimeoutSeconds\): it has no IPv4 pod CIDR in spec\.podCIDRs/,
   );
 });

@@ -5,7 +5,7 @@
 // for, and gives up after a bounded time naming the node.
 import type { Logger } from 'pino';
 import { KubeApiError, type KubeHttp } from '../sources/kubernetes/http.ts';
-import { sleep, systemClock, type Clock } from '../util/clock.ts';
+import { keepAliveClock, sleep, type Clock } from '../util/clock.ts';
 import type { NodeAddressing } from './config.ts';
 
 const IPV4 = /^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/;
@@ -33,7 +33,8 @@ export interface WaitForNodeOptions {
 
 /** Reads the Node until it has what is needed; throws naming the node and what was missing after timeoutMs. */
 export async function waitForNode(http: Pick<KubeHttp, 'request'>, o: WaitForNodeOptions): Promise<NodeAddressing> {
-  const clock = o.clock ?? systemClock;
+  // Ref'd timers: at an agent's start this wait is the only thing the process does.
+  const clock = o.clock ?? keepAliveClock;
   const wanted = [o.need.podCIDR ? 'a pod CIDR (spec.podCIDRs)' : '', o.need.internalIP ? 'an InternalIP (status.addresses)' : ''].filter(Boolean).join(' and ');
   const start = clock.now();
   let logged = '';

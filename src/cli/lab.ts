@@ -215,7 +215,7 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
       .option('--prometheus', "run Debian's prometheus (./scripts/setup.sh --prometheus installs it) scraping every agent and apiserver of the lab; its web UI on 127.0.0.1 of this host")
       .option('--prometheus-port <port>', 'port of the prometheus UI on 127.0.0.1 (0: any free one)', parsePrometheusPort, 9090)
       .option('--install', 'bring up bare clusters (the Kubernetes API, kubelets, DNS) and put the mesh on them as on real clusters: clustermesh install --context clusterN ... --service-type LoadBalancer, then clustermesh connect for every pair, each command printed; the agents and apiservers are pods of the install (kubectl -n clustermesh-system get pods)')
-      .option('--bare', "bare clusters only (the Kubernetes API, kubelets, DNS waiting for a CNI): install the mesh yourself with clustermesh install --context clusterN --cluster-name clusterN --cluster-id N --service-type LoadBalancer --image " + LAB_INSTALL_IMAGE + ' and clustermesh connect')
+      .option('--bare', "bare clusters only (the Kubernetes API, kubelets, DNS waiting for a CNI): install the mesh yourself, from the lab's workstation: clustermesh lab run -- clustermesh install --context clusterN --cluster-name clusterN --cluster-id N --service-type LoadBalancer --image " + LAB_INSTALL_IMAGE + ', then clustermesh lab run -- clustermesh connect --context clusterA --destination-context clusterB')
       .option('--kube-source', 'no effect (accepted until the next release): the Kubernetes API is always the local source')
       .option('--json', 'print the lab state as JSON at the end'),
   )
@@ -259,9 +259,9 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
           if (!o.bare) console.log(`time to all-connected: ${(r.readyMs / 1000).toFixed(2)} s`);
           if (o.bare) {
             const cs = r.state.clusters;
-            console.log(`next: export KUBECONFIG=$(clustermesh lab kubeconfig${lab})`);
-            for (const c of cs) console.log(`      clustermesh install --context ${c.name} --cluster-name ${c.name} --cluster-id ${c.id} --service-type LoadBalancer --image ${LAB_INSTALL_IMAGE}`);
-            for (const [i, a] of cs.entries()) for (const b of cs.slice(i + 1)) console.log(`      clustermesh connect --context ${a.name} --destination-context ${b.name}`);
+            console.log(`next (on the lab's workstation, which reaches every cluster's API and load balancers):`);
+            for (const c of cs) console.log(`      clustermesh lab run${lab} -- clustermesh install --context ${c.name} --cluster-name ${c.name} --cluster-id ${c.id} --service-type LoadBalancer --image ${LAB_INSTALL_IMAGE}`);
+            for (const [i, a] of cs.entries()) for (const b of cs.slice(i + 1)) console.log(`      clustermesh lab run${lab} -- clustermesh connect --context ${a.name} --destination-context ${b.name}`);
           } else console.log(`next: export KUBECONFIG=$(clustermesh lab kubeconfig${lab}); kubectl --context ${r.state.clusters[0]?.name ?? 'cluster1'} apply -f FILE`);
           if (r.state.prometheus) console.log(`prometheus: ${r.state.prometheus.url}/ (e.g. ${r.state.prometheus.url}/graph?g0.expr=rate(clustermesh_drop_count_total[1m]))`);
         }
@@ -478,6 +478,35 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
         const child = spawn(cmd!, args, {
           stdio: 'inherit',
           env: { ...process.env, PATH: `${binDir}:${process.env.PATH ?? '/usr/bin:/bin'}`, CLUSTERMESH_CLUSTER: rec.cluster, CLUSTERMESH_NODE: rec.node, CLUSTERMESH_POD: rec.name },
+        });
+        return await new Promise<number>((resolve) => {
+          child.once('error', (err) => {
+            console.error(`error: cannot run ${argv[0]}: ${err.message}`);
+            resolve(127);
+          });
+          child.once('exit', (code, signal) => resolve(code ?? (signal ? 128 + 15 : 1)));
+        });
+      }),
+    );
+
+  nameOption(
+    lab
+      .command('run')
+      .description(
+        "run a command on the lab's workstation: the router namespace, which reaches every cluster's underlay (nodes, load balancer addresses) and, in a lab of --bare or --install, " +
+          "every cluster's Kubernetes API at the address of the lab's kubeconfig (KUBECONFIG is set); its exit code is passed through. What a user's machine is to real clusters.",
+      )
+      .argument('<command...>', 'the command, after --'),
+  )
+    .addHelpText('after', '\nExample:\n  clustermesh lab run --lab demo -- clustermesh connect --context cluster1 --destination-context cluster2\n  clustermesh lab run -- kubectl --context cluster2 -n clustermesh-system get svc')
+    .action(
+      action(async (argv: string[], o: LabOpts) => {
+        const state = readLabState(o.lab);
+        requireUp(state);
+        const binDir = `${state.dir ?? labDir(state.name)}/bin`;
+        const child = spawn('ip', ['netns', 'exec', state.router.netns, ...argv], {
+          stdio: 'inherit',
+          env: { ...process.env, PATH: `${binDir}:${process.env.PATH ?? '/usr/bin:/bin'}`, ...(state.kubeconfig ? { KUBECONFIG: state.kubeconfig } : {}) },
         });
         return await new Promise<number>((resolve) => {
           child.once('error', (err) => {

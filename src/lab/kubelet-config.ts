@@ -23,6 +23,8 @@ export const kubeletConfigSchema = z.object({
   netconf: z.record(z.string(), z.unknown()),
   /** Nameserver in the pods' resolv.conf. */
   dnsIP: z.string(),
+  /** The pod CIDR the Node is registered with (what a controller manager's node IPAM would assign); default: netconf's ipam.podCIDR. */
+  podCIDR: z.string().optional(),
   /** The node's cgroup (src/lab/cgroup.ts): containers run in it, where the agent's socket LB sees them. */
   cgroup: z.string().optional(),
   /** Pods come from this Kubernetes API (the node-local endpoint), status goes there; the Node is registered there. */

@@ -228,7 +228,7 @@ class ApiPodFeed implements PodFeed {
   /** Creates this node's Node when absent and marks it Ready with its InternalIP and pod CIDR. */
   private async registerNode(): Promise<void> {
     const name = this.cfg.node;
-    const podCIDR = String((this.cfg.netconf.ipam as { podCIDR?: string } | undefined)?.podCIDR ?? '');
+    const podCIDR = this.cfg.podCIDR ?? String((this.cfg.netconf.ipam as { podCIDR?: string } | undefined)?.podCIDR ?? '');
     try {
       await this.core.readNode({ name });
       return;

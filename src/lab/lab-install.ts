@@ -74,10 +74,13 @@ interface Ran {
   out: string;
 }
 
-/** Runs one `clustermesh …` command as its own process; prints it as a user would type it, then its output, indented. */
+/**
+ * Runs one `clustermesh …` command as its own process on the lab's workstation
+ * (`clustermesh lab run`: the router namespace, which reaches every cluster's
+ * API and load balancer addresses).
+ */
 async function cm(o: InstallMeshOptions, args: string[]): Promise<Ran> {
-  const [exe, ...pre] = o.cli;
-  const child = spawn(exe!, [...pre, ...args], { env: { ...childEnv(), KUBECONFIG: o.state.kubeconfig! }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('ip', ['netns', 'exec', o.state.router.netns, ...o.cli, ...args], { env: { ...childEnv(), KUBECONFIG: o.state.kubeconfig! }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout.on('data', (b: Buffer) => (out += b.toString()));
   child.stderr.on('data', (b: Buffer) => (out += b.toString()));
@@ -89,7 +92,7 @@ async function cm(o: InstallMeshOptions, args: string[]): Promise<Ran> {
 }
 
 function show(o: InstallMeshOptions, args: string[], r: Ran): void {
-  o.progress(`      $ clustermesh ${args.join(' ')}`);
+  o.progress(`      $ clustermesh lab run -- clustermesh ${args.join(' ')}`);
   for (const l of r.out.trimEnd().split('\n')) if (l) o.progress(`        ${l}`);
 }
 

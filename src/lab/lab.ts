@@ -296,7 +296,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
           ...(a.node.cgroup !== undefined ? { cgroup: a.node.cgroup } : {}),
           kubeconfig: localKubeconfig(a.cluster.dir),
           nodeIP: a.node.underlayIP,
-          ...(bare ? installedKubeletFields(a.dir) : {}),
+          ...(bare ? { ...installedKubeletFields(a.dir), podCIDR: a.node.podCIDR } : {}),
           ...kubeletConfigOverrides(process.env.CLUSTERMESH_LAB_KUBELET_CONFIG, { nodeDir: a.dir, node: a.node.name }),
         };
         const cfgFile = kubeletConfigFile(a.dir);
@@ -437,6 +437,30 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     const kubeconfig = await waitKubeApiServers(mesh.kubeApis, state, 60_000);
     save();
     progress(`      Kubernetes API per cluster: ${state.clusters.map((c) => `${c.name} ${c.kubeApi?.url ?? '-'}`).join(', ')}; kubeconfig ${kubeconfig} (a context per cluster)`);
+    if (bare) {
+      // The lab's workstation (`clustermesh lab run`): the router namespace reaches every cluster's underlay
+      // (load balancer addresses included, which this host must not dial: they are not its networks), and gets
+      // each cluster's Kubernetes API on the very 127.0.0.1 port of the lab's kubeconfig.
+      const endpoints: Array<{ proc: ManagedProcess; readyFile: string }> = [];
+      for (const c of state.clusters) {
+        const readyFile = join(c.dir!, 'workstation-api.ready');
+        rmSync(readyFile, { force: true });
+        const logFile = join(c.dir!, 'workstation-api.log');
+        const pname = `kube-api-endpoint ${c.name}/workstation`;
+        const proc = new ManagedProcess({
+          name: pname,
+          netns: topo.routerNetns,
+          logFile,
+          argv: [process.execPath, CLI, 'lab', 'kube-api-endpoint', '--socket', kubeApiSocket(c.dir!), '--listen', new URL(c.kubeApi!.url).host, '--ready-file', readyFile],
+          env: childEnv(),
+          detached: true,
+          beforeRun: (pid) => void recordProcess(state, save, pname, pid, logFile),
+        });
+        await proc.start();
+        endpoints.push({ proc, readyFile });
+      }
+      await waitReadyFiles(endpoints, 60_000);
+    }
     step = 'cluster DNS';
     const dnsT0 = Date.now();
     await applyClusterDns(state);

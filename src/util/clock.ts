@@ -19,6 +19,13 @@ export const systemClock: Clock = {
   clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
 };
 
+/**
+ * The system clock with timers that keep the process alive: for a wait that is
+ * all a process does for a while (an agent waiting for its Node at start has no
+ * socket open between two reads, and an unref'd timer let Node exit with 13).
+ */
+export const keepAliveClock: Clock = { ...systemClock, setTimeout: (fn, ms) => setTimeout(fn, ms) };
+
 /** Sleeps on `clock`; resolves early (with false) when `signal` aborts. */
 export function sleep(clock: Clock, ms: number, signal?: AbortSignal): Promise<boolean> {
   return new Promise((resolve) => {
