@@ -735,8 +735,12 @@ export class Kubelet {
       this.tokenDue.set(rec.uid, due);
     }
     if (Date.now() < due) return;
-    const sa = tokenServiceAccount(readFileSync(join(this.tokenDir(rec), 'token'), 'utf8'));
-    if (!sa) return;
+    const file = join(this.tokenDir(rec), 'token');
+    const sa = existsSync(file) ? tokenServiceAccount(readFileSync(file, 'utf8')) : undefined;
+    if (!sa) {
+      this.tokenDue.set(rec.uid, Infinity);
+      return;
+    }
     this.tokenBusy.add(rec.uid);
     void this.writeToken(rec, sa)
       .then(() => log('service account token refreshed', { pod: `${rec.namespace}/${rec.name}` }))
