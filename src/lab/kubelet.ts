@@ -735,8 +735,12 @@ export class Kubelet {
       this.tokenDue.set(rec.uid, due);
     }
     if (Date.now() < due) return;
-    const sa = tokenServiceAccount(readFileSync(join(this.tokenDir(rec), 'token'), 'utf8'));
-    if (!sa) return;
+    const file = join(this.tokenDir(rec), 'token');
+    const sa = existsSync(file) ? tokenServiceAccount(readFileSync(file, 'utf8')) : undefined;
+    if (!sa) {
+      this.tokenDue.set(rec.uid, Infinity);
+      return;
+    }
     this.tokenBusy.add(rec.uid);
     void this.writeToken(rec, sa)
       .then(() => log('service account token refreshed', { pod: `${rec.namespace}/${rec.name}` }))
@@ -845,7 +849,8 @@ export class Kubelet {
     const plugin = join(this.cfg.cniPath, type);
     // The plugin sees the node's host filesystem at cniHostPaths (a private mount namespace for the call).
     const views = (this.cfg.cniHostPaths ?? []).map((p) => ({ source: mapHostPath(p, this.hostRoot, []).path, target: p, readOnly: false, file: false, recursive: true }));
-    const argv = views.length ? ['unshare', '--mount', '--propagation', 'slave', 'sh', '-c', mountScript(views, []), 'cni-plugin', plugin] : [plugin];
+    const scratch = join(this.cfg.nodeDir, 'cni-mnt', `${rec.containerID}.${command}`);
+    const argv = views.length ? ['unshare', '--mount', '--propagation', 'slave', 'sh', '-c', mountScript(views, [], scratch), 'cni-plugin', plugin] : [plugin];
     if (views.length) for (const v of views) mkdirSync(v.source, { recursive: true });
     return new Promise((resolve, reject) => {
       const child = spawn(argv[0]!, argv.slice(1), { env, stdio: ['pipe', 'pipe', 'pipe'] });
@@ -855,7 +860,11 @@ export class Kubelet {
       child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
       child.once('error', reject);
       // 'close', not 'exit': a plugin that exits right after writing may still have output in the pipe.
-      child.once('close', (code) => resolve({ code, stdout, stderr }));
+      child.once('close', (code) => {
+        // The call's mount namespace is gone with it: its scratch holds only empty directories.
+        if (views.length) rmSync(scratch, { recursive: true, force: true });
+        resolve({ code, stdout, stderr });
+      });
       child.stdin.end(JSON.stringify(conf));
     });
   }
@@ -940,7 +949,7 @@ export class Kubelet {
     let wrapped: string[];
     if (mounts.mounts.length) {
       const script = join(rec.dir, `${c.name}.mounts.sh`);
-      writeFileSync(script, mountScript(mounts.mounts, mounts.bidirectional));
+      writeFileSync(script, mountScript(mounts.mounts, mounts.bidirectional, join(rec.dir, `${c.name}.mnt`)));
       const inMountNs = ['sh', script, ...argv];
       wrapped = rec.hostNetwork ? ['unshare', '--mount', '--propagation', mounts.bidirectional.length ? 'unchanged' : 'slave', ...inMountNs] : ['ip', 'netns', 'exec', rec.netns, ...inMountNs];
     } else wrapped = rec.hostNetwork ? argv : ['ip', 'netns', 'exec', rec.netns, ...argv];

@@ -97,12 +97,31 @@ test('ConfigMap and Secret volume files: all keys or items, modes, optional, mis
   assert.throws(() => projectedFiles({ name: 'cfg', configMap: { name: 'cm', items: [{ key: 'a', path: '../a' }] } }, cm), /must be relative and stay inside/);
 });
 
-test('mount script: binds, read-only remounts, file targets, shell quoting, bidirectional sources kept as peers', () => {
-  const s = mountScript([{ source: "/v/it's", target: '/etc/x', readOnly: true, file: false, recursive: false }, { source: '/h/f', target: '/usr/bin/tool', readOnly: false, file: true, recursive: true }], []);
-  assert.match(s, /mount --bind '\/v\/it'\\''s' '\/etc\/x'\nmount -o remount,bind,ro '\/etc\/x'/);
-  assert.match(s, /\[ -e '\/usr\/bin\/tool' \] \|\|/);
-  assert.match(s, /mount --rbind '\/h\/f' '\/usr\/bin\/tool'/);
+test('mount script: staged binds, read-only remounts, file targets, mount points in overlays, nested targets, shell quoting, bidirectional sources kept as peers', () => {
+  const s = mountScript(
+    [
+      { source: "/v/it's", target: '/etc/x', readOnly: true, file: false, recursive: false },
+      { source: '/h/f', target: '/usr/bin/tool', readOnly: false, file: true, recursive: true },
+      { source: '/h/d', target: '/etc/x/sub', readOnly: false, file: false, recursive: false },
+    ],
+    [],
+    '/pods/p1/main.mnt',
+  );
+  // The sources are bound on the namespace's tmpfs first, before any overlay could hide them.
+  assert.match(s, /^S='\/pods\/p1\/main.mnt'$/m);
+  assert.match(s, /mount -t tmpfs -o mode=0700 clustermesh-lab "\$S\/t"/);
+  assert.match(s, /mkdir "\$S\/t\/src\/0"\nmount --bind '\/v\/it'\\''s' "\$S\/t\/src\/0"/);
+  assert.match(s, /: > "\$S\/t\/src\/1"\nmount --rbind '\/h\/f' "\$S\/t\/src\/1"/);
+  // Mount points: the top-level targets through point (an overlay where the machine lacks one), a nested one inside its volume.
+  assert.match(s, /^point '\/etc\/x' d$/m);
+  assert.match(s, /^point '\/usr\/bin\/tool' f$/m);
+  assert.doesNotMatch(s, /^point '\/etc\/x\/sub'/m);
+  assert.match(s, /mkdir -p '\/etc\/x\/sub'\nmount --move "\$S\/t\/src\/2" '\/etc\/x\/sub'/);
+  assert.match(s, /mount --move "\$S\/t\/src\/0" '\/etc\/x'\nmount -o remount,bind,ro '\/etc\/x'/);
+  assert.match(s, /mount -t overlay clustermesh-lab -o "lowerdir=\$a,upperdir=\$d\/upper,workdir=\$d\/work" "\$S\/r"/);
+  assert.match(s, /pivot_root \. "\.\$S\/old"/);
+  assert.doesNotMatch(s, /mkdir -p '\/etc\/x'$/m, 'no mount point made directly on the machine');
   assert.match(s, /exec "\$@"\n$/);
   assert.doesNotMatch(s, /make-slave/);
-  assert.match(mountScript([], ['/run/b']), /case "\$t" in '\/run\/b'\|'\/run\/b'\/\*\) ;; \*\) mount --make-slave/);
+  assert.match(mountScript([], ['/run/b'], '/s'), /case "\$t" in '\/run\/b'\|'\/run\/b'\/\*\) ;; \*\) mount --make-slave/);
 });

@@ -238,25 +238,96 @@ export interface ContainerMount {
 const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 
 /**
+ * Shell functions of mountScript: `point T d|f` makes a mount point the
+ * machine lacks without touching the machine: an overlay over T's deepest
+ * existing ancestor A (upper and work dir on the tmpfs this namespace has at
+ * $S/t), mounted at $S/r, with the mounts that were under A bound again inside
+ * it (the top ones; rbind brings theirs), then moved onto A -- or, when A is
+ * `/`, made the namespace's root with pivot_root -- and T made in it. A's
+ * contents show through. An ancestor inside an overlay already made gets the
+ * mount point directly.
+ */
+const POINT_FUNCTIONS = `OVL=''
+n=0
+W=$(pwd)
+inside() { for o in $OVL; do case "$1" in "$o"|"$o"/*) return 0 ;; esac; [ "$o" = / ] && return 0; done; return 1; }
+overlay() {
+  a=$1; n=$((n+1)); d="$S/t/$n"
+  mkdir -p "$d/upper" "$d/work"
+  mount -t overlay clustermesh-lab -o "lowerdir=$a,upperdir=$d/upper,workdir=$d/work" "$S/r"
+  findmnt -rn -o TARGET | LC_ALL=C sort -u | awk -v a="$a" -v r="$S/r" '
+    BEGIN { p = a == "/" ? "/" : a "/" }
+    index($0, p) != 1 || $0 == a || $0 == r { next }
+    { for (k in kept) if (index($0, k "/") == 1) next; kept[$0] = 1; print }' > "$d/mounts"
+  while read -r m; do
+    if [ "$a" = / ]; then t="$S/r$m"; else t="$S/r\${m#"$a"}"; fi
+    if [ -d "$m" ]; then mkdir -p "$t"; elif [ ! -e "$t" ]; then mkdir -p "$(dirname "$t")"; : > "$t"; fi
+    mount --rbind "$m" "$t"
+  done < "$d/mounts"
+  if [ "$a" = / ]; then
+    cd "$S/r"
+    pivot_root . ".$S/old"
+    umount -l "$S/old"
+    cd "$W" 2>/dev/null || cd /
+  else
+    mount --move "$S/r" "$a"
+  fi
+  OVL="$OVL $a"
+}
+point() {
+  [ -e "$1" ] || [ -L "$1" ] && return 0
+  a=$(dirname "$1"); while [ ! -e "$a" ]; do a=$(dirname "$a"); done
+  a=$(realpath "$a")
+  inside "$a" || overlay "$a"
+  if [ "$2" = f ]; then mkdir -p "$(dirname "$1")"; : > "$1"; else mkdir -p "$1"; fi
+}
+`;
+
+/**
  * The shell script that makes a container's mounts in its private mount
  * namespace and then execs the command ("$@"). `bidirectional` sources stay
  * peers of the machine's mounts (everything else is made a slave first), so
  * a mount made under them inside the container shows on the machine (the
  * script runs under `unshare --mount --propagation unchanged` then).
+ *
+ * `scratch` (a directory of the pod) is where the script works: a tmpfs of
+ * the namespace at `<scratch>/t`, where every source is bound first (so an
+ * overlay made later cannot hide its real path); mount points the machine
+ * lacks are made in overlays (POINT_FUNCTIONS; nothing is created on the
+ * machine but `<scratch>/r` and `<scratch>/old`); then each staged source is
+ * moved onto its target. A target under another mount's target gets its
+ * mount point inside that volume (as a container runtime makes it).
  */
-export function mountScript(mounts: ContainerMount[], bidirectional: string[]): string {
+export function mountScript(mounts: ContainerMount[], bidirectional: string[], scratch: string): string {
   const lines = ['set -e'];
   if (bidirectional.length) {
     const keep = bidirectional.map((b) => `${q(b)}|${q(b)}/*`).join('|');
     lines.push(`findmnt -rn -o TARGET | while read -r t; do case "$t" in ${keep}) ;; *) mount --make-slave "$t" 2>/dev/null || true ;; esac; done`);
   }
-  for (const m of mounts) {
+  lines.push(`S=${q(scratch)}`, 'mkdir -p "$S/t" "$S/r" "$S/old"', 'mount -t tmpfs -o mode=0700 clustermesh-lab "$S/t"', 'mkdir "$S/t/src"');
+  lines.push(POINT_FUNCTIONS);
+  mounts.forEach((m, i) => {
+    const st = `"$S/t/src/${i}"`;
+    lines.push(m.file ? `: > ${st}` : `mkdir ${st}`);
+    lines.push(`mount ${m.recursive ? '--rbind' : '--bind'} ${q(m.source)} ${st}`);
+  });
+  const nested = (i: number): boolean => mounts.slice(0, i).some((o) => isUnder(mounts[i]!.target, o.target));
+  mounts.forEach((m, i) => {
+    if (!nested(i)) lines.push(`point ${q(m.target)} ${m.file ? 'f' : 'd'}`);
+  });
+  mounts.forEach((m, i) => {
     const t = q(m.target);
-    if (m.file) lines.push(`[ -e ${t} ] || { mkdir -p "$(dirname ${t})"; : > ${t}; }`);
-    else lines.push(`mkdir -p ${t}`);
-    lines.push(`mount ${m.recursive ? '--rbind' : '--bind'} ${q(m.source)} ${t}`);
+    if (nested(i)) lines.push(m.file ? `[ -e ${t} ] || { mkdir -p "$(dirname ${t})"; : > ${t}; }` : `mkdir -p ${t}`);
+    lines.push(`mount --move "$S/t/src/${i}" ${t}`);
     if (m.readOnly) lines.push(`mount -o remount,bind,ro ${t}`);
-  }
+  });
   lines.push('exec "$@"');
   return lines.join('\n') + '\n';
+}
+
+/** `p` is `dir` or below it (normalized absolute paths). */
+function isUnder(p: string, dir: string): boolean {
+  const a = posix.normalize(p);
+  const b = posix.normalize(dir).replace(/\/$/, '');
+  return a === b || a.startsWith(`${b}/`);
 }
