@@ -131,7 +131,7 @@ describe('clustermesh install and connect by context on bare lab clusters, the d
 
     // The demo's story.
     for (const [file, c] of [['rebel-base.yaml', 'cluster1'], ['rebel-base.yaml', 'cluster2'], ['clients.yaml', 'cluster1']] as const) await kubectlOk(c, ['apply', '-f', join(EXAMPLES_DIR, file)]);
-    for (const c of CLUSTERS) await kubectlOk(c, ['wait', '--for=condition=Ready', 'pod', '-l', 'app=rebel-base', '--timeout', '240s']);
+    for (const c of CLUSTERS) await kubectlOk(c, ['rollout', 'status', 'deployment/rebel-base', '--timeout', '240s']);
     await kubectlOk('cluster1', ['wait', '--for=condition=Ready', 'pod/x-wing', 'pod/tie-fighter', '--timeout', '240s']);
     const both = await eventually('answers from both clusters through the global Service', async () => {
       const t = await client('x-wing', REBEL_BASE_URL, 10);
