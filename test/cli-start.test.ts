@@ -130,3 +130,19 @@ test('--help from the build is what the program in src/ prints, at every width',
     if (built && columns >= built.wideFrom) assert.equal(built.wide, want, `dist/js/help.json at ${columns} columns`);
   }
 });
+
+// A command's output on a pipe whose reader is slow: more than the pipe holds
+// (64 KiB) must all arrive before the process exits (`lab get pods -o json`
+// of 200 pods came out cut at 65,536 bytes).
+test('a command writing 1 MiB to a slow pipe exits only after all of it is written', { timeout: 120_000 }, async () => {
+  const script = `const { action } = await import(${JSON.stringify(join(ROOT, 'src', 'cli', 'common.ts'))}); await action('t', async () => { process.stdout.write('x'.repeat(1 << 20)); return 3; })();`;
+  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
+  child.stdout.pause();
+  await new Promise((r) => setTimeout(r, 3000)); // the child has written what fits and waits
+  let n = 0;
+  child.stdout.on('data', (d: Buffer) => (n += d.length));
+  child.stdout.resume();
+  const code = await new Promise((r) => child.once('close', r));
+  assert.equal(code, 3);
+  assert.equal(n, 1 << 20);
+});
