@@ -6,18 +6,38 @@
 //   clustermesh lab kube-api-endpoint|kubelet|kube-apiserver, lab workload dns
 //                                         -> dist/js/labproc.js (the processes `lab up` starts; src/lab/proc-main.ts)
 //   clustermesh --version                 -> package.json's version, nothing loaded
+//   clustermesh --help (-h, help)         -> dist/js/help.json: what the full CLI prints, rendered by it at
+//                                            build time (scripts/build.mjs); test/cli-start.test.ts compares
 //   anything else                         -> dist/js/main.js (commands load their code when they run)
 // When dist/ is missing or older than src/, it runs src/ through tsx instead
 // (slow, never stale) and says so on a terminal; ./scripts/setup.sh rebuilds.
-import { distStaleness } from './dist.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { DIST, distStaleness, HELP_FILE } from './dist.js';
 
 const argv = process.argv.slice(2);
 if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) {
   // What the full CLI prints too (src/cli/main.ts reads the same field): nothing to load, not even tsx.
-  const { readFileSync } = await import('node:fs');
   process.stdout.write(`${JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version}\n`);
 } else {
-  await run(argv);
+  const help = argv.length === 1 && (argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') ? builtHelp() : undefined;
+  if (help !== undefined) process.stdout.write(help);
+  else await run(argv);
+}
+
+/** The program's --help text from the build, for this stdout; undefined when the full CLI must render it. */
+function builtHelp() {
+  if (distStaleness()) return undefined;
+  let h;
+  try {
+    h = JSON.parse(readFileSync(join(DIST, HELP_FILE), 'utf8'));
+  } catch {
+    return undefined;
+  }
+  // What commander wraps at: the terminal's width, 80 columns when stdout is no terminal.
+  const width = process.stdout.isTTY ? process.stdout.columns : undefined;
+  if (width === undefined || width === 80) return h.narrow;
+  return width >= h.wideFrom ? h.wide : undefined;
 }
 
 async function run(argv) {

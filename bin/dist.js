@@ -11,6 +11,8 @@ import { join } from 'node:path';
 export const ROOT = join(import.meta.dirname, '..');
 export const DIST = join(ROOT, 'dist', 'js');
 export const STAMP = join(DIST, 'BUILD.json');
+/** In DIST: what `clustermesh --help` prints, rendered at build time by the program built (scripts/build.mjs). */
+export const HELP_FILE = 'help.json';
 
 const isSource = (name) => name.endsWith('.ts') && !name.endsWith('.test.ts') && !name.endsWith('.test-helper.ts');
 

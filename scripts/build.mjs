@@ -8,11 +8,12 @@
 // command's code is a chunk loaded by the dynamic import in its action. It takes
 // well under a second, and it is the transpiler tsx already runs (same version,
 // no new download). Type checking stays with `tsc --noEmit`.
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { build } from 'esbuild';
-import { buildInputs, DIST, readStamp, ROOT, STAMP } from '../bin/dist.js';
+import { buildInputs, DIST, HELP_FILE, readStamp, ROOT, STAMP } from '../bin/dist.js';
 
 // The entry points bin/clustermesh.js loads (each exports main(argv)).
 export const ENTRIES = {
@@ -85,9 +86,34 @@ await build({
   minify: true,
   logLevel: 'warning',
 });
+// `clustermesh --help` answered without loading the CLI (bin/clustermesh.js):
+// the text the real program just built prints, rendered by it here.
+writeFileSync(join(next, HELP_FILE), JSON.stringify(renderHelp(next)) + '\n');
 writeFileSync(join(next, 'BUILD.json'), JSON.stringify({ ...inputs, hash, checkedMs }) + '\n');
 rmSync(`${DIST}.old`, { recursive: true, force: true });
 if (existsSync(DIST)) renameSync(DIST, `${DIST}.old`);
 renameSync(next, DIST);
 rmSync(`${DIST}.old`, { recursive: true, force: true });
 console.log(`build: dist/js from ${inputs.files.length} sources in ${Math.round(performance.now() - t0)} ms`);
+
+/**
+ * What `clustermesh --help` prints, run by the program built in `dir` (its
+ * main.js, as bin/clustermesh.js runs it): `narrow` for a stdout that is not a
+ * terminal (commander wraps at 80 columns), `wide` for a terminal of
+ * `wideFrom` columns or more (nothing wraps there, so any such width prints
+ * the same). A terminal narrower than that, but not 80, gets the full CLI.
+ */
+function renderHelp(dir) {
+  const run = (columns) => {
+    // A terminal of `columns` columns, as commander sees one (it reads isTTY and columns of process.stdout).
+    const tty = columns === undefined ? '' : `Object.defineProperty(process.stdout, 'isTTY', { value: true }); process.stdout.columns = ${columns};`;
+    const main = JSON.stringify(new URL(`file://${join(dir, 'main.js')}`).href);
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', `${tty} await (await import(${main})).main([process.execPath, 'clustermesh', '--help']);`], { cwd: ROOT, encoding: 'utf8' });
+    if (r.status !== 0 || !r.stdout) throw new Error(`build: rendering --help failed (exit ${r.status}): ${r.stderr}`);
+    return r.stdout;
+  };
+  const wide = run(100_000);
+  const wideFrom = Math.max(...wide.split('\n').map((l) => l.length));
+  if (run(wideFrom) !== wide) throw new Error(`build: --help at ${wideFrom} columns differs from its unwrapped text`);
+  return { narrow: run(undefined), wide, wideFrom };
+}

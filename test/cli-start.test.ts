@@ -6,15 +6,18 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { resolve } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { build } from 'esbuild';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const CLI = resolve(ROOT, 'bin', 'clustermesh.js');
+// Plain JavaScript without types: where dist/ is and whether bin/clustermesh.js uses it.
+const { DIST, HELP_FILE, distStaleness } = (await import(join(ROOT, 'bin', 'dist.js'))) as { DIST: string; HELP_FILE: string; distStaleness: () => string };
 
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function cli(args: string[], nodeArgs: string[] = []): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((done, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [...nodeArgs, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -92,4 +95,54 @@ test('the CNI plugin and the lab workloads load no package, only node: builtins'
     const sources = Object.keys(r.metafile.inputs);
     assert.ok(sources.includes(entry) && !sources.includes('src/model/meta.ts'), `${entry}: ${sources.join(', ')}`);
   }
+});
+
+// bin/clustermesh.js answers a bare --help from dist/js/help.json (rendered at
+// build time) without loading commander. Whatever it prints must be what the
+// program in src/ prints, on a pipe (80 columns) and on terminals of several
+// widths: a wide one gets the unwrapped text, one of neither width the full CLI.
+test('--help from the build is what the program in src/ prints, at every width', { timeout: 300_000 }, async () => {
+  // The reference: src/cli/main.ts through tsx, never the build.
+  const src = (nodeArgs: string[]) =>
+    new Promise<string>((done, reject) => {
+      const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', '--input-type=module', '-e', `await (await import(${JSON.stringify(join(ROOT, 'src', 'cli', 'main.ts'))})).main([process.execPath, 'clustermesh', '--help']);`], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      child.once('error', reject);
+      child.once('exit', (code) => (code === 0 ? done(out) : reject(new Error(`src --help: exit ${code}`))));
+    });
+  const terminal = (columns: number): string[] => ['--import', `data:text/javascript,Object.defineProperty(process.stdout, 'isTTY', { value: true }); process.stdout.columns = ${columns};`];
+  const built = distStaleness() === '' ? (JSON.parse(readFileSync(join(DIST, HELP_FILE), 'utf8')) as { narrow: string; wide: string; wideFrom: number }) : undefined;
+  const want = await src([]);
+  assert.match(want, /^Usage: clustermesh \[options\] \[command\]\n/);
+  for (const form of ['--help', '-h', 'help']) {
+    const r = await cli([form]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, want, form);
+  }
+  // dist/ current (as after ./scripts/setup.sh): that was the built text, not the full CLI.
+  if (built) assert.equal(built.narrow, want, 'dist/js/help.json');
+  for (const columns of [80, 100, 200, ...(built ? [built.wideFrom, built.wideFrom - 1] : [])]) {
+    const want = await src(terminal(columns));
+    const r = await cli(['--help'], terminal(columns));
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, want, `a terminal of ${columns} columns`);
+    if (built && columns >= built.wideFrom) assert.equal(built.wide, want, `dist/js/help.json at ${columns} columns`);
+  }
+});
+
+// A command's output on a pipe whose reader is slow: more than the pipe holds
+// (64 KiB) must all arrive before the process exits (`lab get pods -o json`
+// of 200 pods came out cut at 65,536 bytes).
+test('a command writing 1 MiB to a slow pipe exits only after all of it is written', { timeout: 120_000 }, async () => {
+  const script = `const { action } = await import(${JSON.stringify(join(ROOT, 'src', 'cli', 'common.ts'))}); await action('t', async () => { process.stdout.write('x'.repeat(1 << 20)); return 3; })();`;
+  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
+  child.stdout.pause();
+  await new Promise((r) => setTimeout(r, 3000)); // the child has written what fits and waits
+  let n = 0;
+  child.stdout.on('data', (d: Buffer) => (n += d.length));
+  child.stdout.resume();
+  const code = await new Promise((r) => child.once('close', r));
+  assert.equal(code, 3);
+  assert.equal(n, 1 << 20);
 });

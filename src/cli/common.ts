@@ -99,8 +99,20 @@ export function action<A extends unknown[]>(name: string, fn: (closer: Closer, .
     } finally {
       await closer.closeAll();
     }
-    process.exit(code);
+    await exitWhenFlushed(code);
   };
+}
+
+/**
+ * process.exit(code) once stdout and stderr have written everything: on a
+ * pipe whose reader is slow, what did not fit the pipe (64 KiB) is still
+ * queued, and process.exit() drops it (`lab get pods -o json` of 200 pods
+ * came out cut at 65,536 bytes).
+ */
+export async function exitWhenFlushed(code: number): Promise<never> {
+  // A write's callback runs once it and everything before it is written (or failed: a closed pipe).
+  await Promise.all([process.stdout, process.stderr].map((s) => new Promise<void>((done) => (s.writableLength > 0 && !s.destroyed ? s.write('', () => done()) : done()))));
+  process.exit(code);
 }
 
 /** Flag errors (unknown option, missing value) exit 2 like other usage errors; --help exits 0. Applied to a command and all its subcommands. */

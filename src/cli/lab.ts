@@ -16,7 +16,7 @@ import { sweepOrphanedTopologies } from '../lab/topology.js';
 import { ROUTING_MODES, type RoutingMode } from '../datapath/maps/config.ts';
 import { dnsWorkloadCommand } from './lab-dns.ts';
 import { netpolWorkloadCommand } from './lab-netpol.ts';
-import { labOption } from './common.ts';
+import { exitWhenFlushed, labOption } from './common.ts';
 
 function parseSmallCount(max: number) {
   return (value: string): number => {
@@ -53,7 +53,7 @@ function action<A extends unknown[]>(fn: (...args: A) => Promise<number | void>)
       code = err instanceof ManifestError ? 1 : 2;
     }
     // Open etcd clients would keep the process alive.
-    process.exit(code);
+    await exitWhenFlushed(code);
   };
 }
 

@@ -104,31 +104,37 @@ export async function linkInfo(netns: string | undefined, dev: string): Promise<
 const POD_SIDE = '{ echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; } 2>/dev/null; exec ip -j -batch -';
 
 /**
- * Creates and configures the pair with three commands (a pod start waits for
- * each): the pair, the host side, the pod side; the last two print the device
- * they configured. A name already taken is a LinkExistsError and nothing is
- * changed; any later failure removes the host side (and with it the peer)
- * before the error is rethrown: nothing is left half-done.
+ * Creates and configures the pair with two commands (a pod start waits for
+ * each, and with many pods starting at once every process counts): the pair
+ * and its host side in one `ip -batch`, then the pod side; each prints the
+ * device it configured. A name already taken is a LinkExistsError and nothing
+ * is changed (the batch stops at its first line); any later failure removes
+ * the host side (and with it the peer) before the error is rethrown: nothing
+ * is left half-done.
  */
 export async function wirePodVeth(s: PodVethSpec): Promise<PodVethInfo> {
-  // The peer is created directly inside the pod's namespace under its final
-  // name, so it never collides with a device of the node.
+  let hostOut: string;
   try {
-    await ipBatch(s.hostNetns, [`link add ${s.hostIfName} mtu ${s.mtu} type veth peer name ${s.podIfName} mtu ${s.mtu} netns ${nsPath(s.podNetns)}`]);
+    hostOut = await exec(inNs(s.hostNetns, ['ip', '-j', '-batch', '-']), [
+      // The peer is created directly inside the pod's namespace under its final
+      // name, so it never collides with a device of the node.
+      `link add ${s.hostIfName} mtu ${s.mtu} type veth peer name ${s.podIfName} mtu ${s.mtu} netns ${nsPath(s.podNetns)}`,
+      `link set ${s.hostIfName} up`,
+      // Lets the node's own stack reach the pod.
+      `route replace ${s.ip}/32 dev ${s.hostIfName} scope link`,
+      `link show dev ${s.hostIfName}`,
+    ].join('\n') + '\n');
   } catch (err) {
-    if (err instanceof WireCommandError && /File exists/i.test(err.stderr)) throw new LinkExistsError(err.argv, err.stderr);
+    // ip -batch stops at the first failing line and names it ("Command failed -:1": the pair itself was
+    // refused); a line it cannot parse ends it without a line number: a later line (the ADD checked the
+    // names, the MTU and the namespace of the first before), so the pair exists.
+    const noPair = err instanceof WireCommandError && /Command failed -:1\b/.test(err.stderr);
+    if (noPair && /File exists/i.test(err.stderr)) throw new LinkExistsError(err.argv, err.stderr);
+    if (!noPair) await unwirePodVeth({ hostNetns: s.hostNetns, hostIfName: s.hostIfName }).catch(() => undefined);
     throw err;
   }
   try {
-    const host = parseLink(
-      await exec(inNs(s.hostNetns, ['ip', '-j', '-batch', '-']), [
-        `link set ${s.hostIfName} up`,
-        // Lets the node's own stack reach the pod.
-        `route replace ${s.ip}/32 dev ${s.hostIfName} scope link`,
-        `link show dev ${s.hostIfName}`,
-      ].join('\n') + '\n'),
-      s.hostIfName,
-    );
+    const host = parseLink(hostOut, s.hostIfName);
     const pod = parseLink(
       await exec(['nsenter', `--net=${nsPath(s.podNetns)}`, 'sh', '-c', POD_SIDE], [
         'link set lo up',

@@ -4,8 +4,9 @@
 // ownerReference), each named <deployment>-<pod-template-hash>-<5 random>,
 // labelled with the template's labels and pod-template-hash.
 //
-// - Scale: pods of the current template are created up to spec.replicas and
-//   removed beyond it (not-ready ones first, then the newest).
+// - Scale: pods of the current template are created up to spec.replicas (in
+//   batches of 1, 2, 4, … at once: slowStart) and removed beyond it (not-ready
+//   ones first, then the newest).
 // - Rollout (template changed): pods of the current template are created at
 //   once (unbounded surge); old pods go as new ones become ready, keeping
 //   replicas - maxUnavailable ready (strategy Recreate: old pods go at once).
@@ -49,6 +50,27 @@ function deletionOrder(a: V1Pod, b: V1Pod): number {
   return String(b.metadata?.creationTimestamp ?? '').localeCompare(String(a.metadata?.creationTimestamp ?? ''));
 }
 
+/** Pod creations sent at once, at most (a batch of slowStart). */
+const MAX_CREATE_BATCH = 32;
+
+/**
+ * `count` calls of `create` in batches of 1, 2, 4, … (at most
+ * MAX_CREATE_BATCH), each batch at once, as kube-controller-manager's
+ * replicaset controller does: one pod at a time made 100 replicas take 40 s,
+ * and a create that fails (a quota, a bad template) fails in the first small
+ * batch, not 100 times. A failure stops before the next batch and is thrown.
+ */
+export async function slowStart<T>(count: number, create: () => Promise<T>): Promise<T[]> {
+  const done: T[] = [];
+  for (let batch = 1; done.length < count; batch = Math.min(batch * 2, MAX_CREATE_BATCH)) {
+    const settled = await Promise.allSettled(Array.from({ length: Math.min(batch, count - done.length) }, create));
+    for (const r of settled) if (r.status === 'fulfilled') done.push(r.value);
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+  }
+  return done;
+}
+
 export class DeploymentController {
   constructor(
     private readonly apps: AppsV1Api,
@@ -79,8 +101,7 @@ export class DeploymentController {
     let old = active.filter((p) => p.metadata?.labels?.[POD_TEMPLATE_HASH] !== hash).sort(deletionOrder);
 
     // Scale the current template's pods to replicas.
-    const created: V1Pod[] = [];
-    for (let i = current.length; i < replicas; i++) created.push(await this.createPod(d, hash));
+    const created = await slowStart(replicas - current.length, () => this.createPod(d, hash));
     const excess = current.length > replicas ? current.splice(0, current.length - replicas) : [];
     toDelete.push(...excess);
 

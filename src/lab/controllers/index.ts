@@ -11,8 +11,8 @@
 //   Pod                -> its controlling Deployment or DaemonSet; every Service of its namespace
 //   Service            -> that Service
 //   EndpointSlice      -> the Service it is labelled with
-//   Pod without a node -> that Pod, for the scheduler (scheduler.ts; only with `scheduler: true`)
-//   Node               -> every pod waiting for a node; every DaemonSet
+//   Pod without a node -> a scheduling pass over every such pod (scheduler.ts; only with `scheduler: true`)
+//   Node               -> a scheduling pass when a pod waits for a node; every DaemonSet
 //   Namespace          -> that namespace's `default` ServiceAccount (serviceaccount.ts)
 //   ServiceAccount     -> its namespace (a deleted `default` is made again)
 // and every key is looked at again every `resyncMs` (default 30 s).
@@ -65,7 +65,9 @@ export async function startControllers(kc: KubeConfig, o: ControllersOptions = {
   const daemonSetKeys = new Set<string>();
   const sq = new WorkQueue('endpointslice', (k) => slices.reconcile(k));
   const scheduler = o.scheduler ? new SchedulerController(core) : undefined;
-  const bq = new WorkQueue('scheduler', (k) => scheduler!.reconcile(k));
+  // One key: a pass schedules every waiting pod, events during a pass queue one more.
+  const bq = new WorkQueue('scheduler', () => scheduler!.scheduleAll());
+  const SCHEDULE = 'all';
   const serviceAccounts = new ServiceAccountController(core);
   const saq = new WorkQueue('serviceaccount', (ns) => serviceAccounts.reconcile(ns));
   const namespaces = new Set<string>();
@@ -90,7 +92,7 @@ export async function startControllers(kc: KubeConfig, o: ControllersOptions = {
     }),
     watchKind<V1Node>(kc, '/api/v1/nodes', () => core.listNode(), () => {
       for (const k of daemonSetKeys) dsq.add(k);
-      for (const k of unbound) bq.add(k);
+      if (unbound.size) bq.add(SCHEDULE);
     }),
     watchKind<V1Pod>(kc, '/api/v1/pods', () => core.listPodForAllNamespaces(), (p, deleted) => {
       for (const k of DeploymentController.keysOfPod(p)) dq.add(k);
@@ -99,7 +101,7 @@ export async function startControllers(kc: KubeConfig, o: ControllersOptions = {
         const k = keyOf(p.metadata?.namespace, p.metadata?.name);
         if (!deleted && needsScheduling(p)) {
           unbound.add(k);
-          bq.add(k);
+          bq.add(SCHEDULE);
         } else unbound.delete(k);
       }
       for (const name of services.get(p.metadata?.namespace ?? '') ?? []) sq.add(keyOf(p.metadata?.namespace, name));
@@ -130,7 +132,7 @@ export async function startControllers(kc: KubeConfig, o: ControllersOptions = {
     for (const k of deploymentKeys) dq.add(k);
     for (const k of daemonSetKeys) dsq.add(k);
     for (const [ns, names] of services) for (const n of names) sq.add(keyOf(ns, n));
-    for (const k of unbound) bq.add(k);
+    if (unbound.size) bq.add(SCHEDULE);
     for (const ns of namespaces) saq.add(ns);
   }, o.resyncMs ?? 30_000);
   resync.unref();

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { V1Node, V1Pod } from '@kubernetes/client-node';
-import { needsScheduling, pickNode } from './scheduler.ts';
+import { ApiException, type CoreV1Api, type V1Node, type V1Pod } from '@kubernetes/client-node';
+import { needsScheduling, pickNode, SchedulerController } from './scheduler.ts';
 
 const node = (name: string, o: { ready?: boolean; unschedulable?: boolean; labels?: Record<string, string> } = {}): V1Node => ({
   metadata: { name, labels: o.labels ?? {} },
@@ -36,4 +36,26 @@ test('needsScheduling: only unbound pods of the default scheduler that are not b
   assert.equal(needsScheduling(pod('x', undefined, { scheduler: 'other' })), false);
   assert.equal(needsScheduling(pod('x', undefined, { scheduler: 'default-scheduler' })), true);
   assert.equal(needsScheduling({ ...pod('x'), metadata: { name: 'x', deletionTimestamp: new Date() } }), false);
+});
+
+// A pass of the scheduler against a fake API: one list of nodes and pods for
+// all the waiting pods, spread as if bound one by one, a failed binding named.
+test('scheduleAll: one pass binds every waiting pod, counting its own bindings; failures thrown after the rest are bound', async () => {
+  const calls = { listPods: 0, listNodes: 0 };
+  const bound: Array<[string, string]> = [];
+  const items = [pod('old', 'a'), pod('w1'), pod('w2'), pod('w3'), pod('w4'), pod('w5'), pod('other', undefined, { scheduler: 'other' })];
+  const fake = {
+    listNode: async () => ((calls.listNodes++, { items: [node('a'), node('b')] })),
+    listPodForAllNamespaces: async () => ((calls.listPods++, { items })),
+    createNamespacedPodBinding: async ({ name, body }: { name: string; body: { target: { name: string } } }) => {
+      if (name === 'w3') throw Object.assign(new Error('boom'), { code: 500 });
+      if (name === 'w4') throw new ApiException(404, 'gone', '', {});
+      bound.push([name, body.target.name]);
+    },
+  };
+  await assert.rejects(new SchedulerController(fake as unknown as CoreV1Api).scheduleAll(), /binding default\/w3 to [ab]: boom/);
+  assert.deepEqual(calls, { listPods: 1, listNodes: 1 });
+  // a holds one pod, b none: w1 b, w2 a (a tie goes to the first name), w3 b, w4 a, w5 b; w3 failed, w4 was gone.
+  assert.deepEqual(bound.sort(), [['w1', 'b'], ['w2', 'a'], ['w5', 'b']]);
+  assert.ok(!bound.some(([p]) => p === 'other' || p === 'old'));
 });
