@@ -159,6 +159,8 @@ export interface RemoteClusterStatus {
   heartbeat: { lastSeenAt: string | null; value: string | null; ageMs: number | null; stale: boolean; staleAfterMs: number };
 }
 
+const REMOTE_STATES: readonly RemoteClusterState[] = ['connecting', 'waiting-config', 'refused', 'syncing', 'ready', 'disconnected', 'stopped', 'removed'];
+
 /** What the cache tier writes at cacheStatusKey(cluster): its own session to the remote. */
 export interface CachedRemoteStatus {
   state: RemoteClusterState;
@@ -175,7 +177,7 @@ export function decodeCachedRemoteStatus(raw: string): CachedRemoteStatus | null
   try {
     const v = JSON.parse(raw) as Record<string, unknown>;
     const str = (x: unknown): string | null => (typeof x === 'string' ? x.slice(0, 1024) : null);
-    if (typeof v !== 'object' || v === null || typeof v.state !== 'string') return null;
+    if (typeof v !== 'object' || v === null || !REMOTE_STATES.includes(v.state as RemoteClusterState)) return null;
     return {
       state: v.state as RemoteClusterState,
       connected: v.connected === true,
