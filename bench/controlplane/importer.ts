@@ -4,6 +4,8 @@
 //   mode mesh: a ClusterMesh (connect, cluster-config, canaries, list, validate,
 //              ownership, caches), one connection and one user per remote
 //   mode raw:  the limit: a plain KvClient per remote listing the same prefixes, nothing else
+//   mode cached: a ClusterMesh reading every remote from the cache tier (bench/controlplane-scale/tier.ts)
+//              through one client of the local etcd (--local-etcd FILE: its connection config, JSON)
 // With --changes N (mesh only), once every remote is ready: N sequential single
 // changes, each to an endpoint of another remote (round robin), timed from the
 // put until the merged ipcache has it (clustermesh) and until a bare etcd watch
@@ -18,12 +20,14 @@ import { silentLogger } from '../../src/clustermesh/remote-cluster.ts';
 import { identitiesPrefix, ipKey, ipPrefix, nodesClusterPrefix, servicesClusterPrefix } from '../../src/clustermesh/keys.ts';
 import { encodeIpEntry, identityRange } from '../../src/clustermesh/wire.ts';
 import { KvClient } from '../../src/kvstore/client.ts';
+import type { KvConnectionConfig } from '../../src/kvstore/types.ts';
+import { execFileSync } from 'node:child_process';
 import { percentile } from '../lib/results.ts';
 import { NamespacedKvClient, simNodeIp, simPodIp, type SimSpec } from './sim.ts';
 
-const { positionals, values } = parseArgs({ allowPositionals: true, options: { changes: { type: 'string', default: '0' }, 'sync-concurrency': { type: 'string' } } });
+const { positionals, values } = parseArgs({ allowPositionals: true, options: { changes: { type: 'string', default: '0' }, 'sync-concurrency': { type: 'string' }, 'local-etcd': { type: 'string' } } });
 const [mode, specFile] = positionals;
-if ((mode !== 'mesh' && mode !== 'raw') || !specFile) {
+if ((mode !== 'mesh' && mode !== 'raw' && mode !== 'cached') || !specFile || (mode === 'cached' && !values['local-etcd'])) {
   console.error('usage: importer.ts <mesh|raw> <specFile> [--changes N]');
   process.exit(2);
 }
@@ -57,6 +61,19 @@ if (mode === 'mesh') {
   mesh = new ClusterMesh({ localCluster: { name: 'local', id: 255 }, configDir, logger: silentLogger, registry: new Registry(), useFsWatch: false, rescanIntervalMs: 3_600_000, connect, ...(values['sync-concurrency'] ? { syncConcurrency: Number(values['sync-concurrency']) } : {}) });
   await mesh.start();
   await mesh.waitReady({ timeoutMs: 600_000 });
+} else if (mode === 'cached') {
+  const local = new KvClient(JSON.parse(readFileSync(values['local-etcd']!, 'utf8')) as KvConnectionConfig);
+  keep = local;
+  mesh = new ClusterMesh({ localCluster: { name: 'local', id: 255 }, configDir, logger: silentLogger, registry: new Registry(), cache: { client: local }, connect: () => {
+    throw new Error('cached mode dialed a remote');
+  } });
+  await mesh.start();
+  const deadline = Date.now() + 600_000;
+  while (mesh.remoteNames().length < spec.clusters.length) {
+    if (Date.now() > deadline) throw new Error(`cached: ${mesh.remoteNames().length} of ${spec.clusters.length} remotes in the cache`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await mesh.waitReady({ timeoutMs: 600_000 });
 } else {
   keep = await Promise.all(
     [...scan.configs.values()].map(async (cfg) => {
@@ -81,6 +98,15 @@ if (mesh) {
 }
 gc?.();
 const rssMiB = mib();
+// Established TCP connections to the remotes' etcds right now (every process's: in the scale
+// bench only this importer and, in cached mode, the cache tier are connected to them).
+const etcdPorts = new Set(spec.writers.map((w) => w.endpoints[0]!.replace(/^https:\/\//, '')));
+const remoteEtcdConnections = execFileSync('ss', ['-Htn', 'state', 'established'], { encoding: 'utf8' })
+  .split('\n')
+  .filter((l) => { const f = l.trim().split(/\s+/); return f.length >= 4 && etcdPorts.has(f[3]!); }).length;
+counts.remoteEtcdConnections = remoteEtcdConnections;
+counts.remoteRequests = NamespacedKvClient.requests;
+counts.remoteClients = NamespacedKvClient.clients;
 
 let propagation: { changes: number; clustermesh: { p50: number; p99: number }; limit: { p50: number; p99: number } } | undefined;
 if (mesh && CHANGES > 0) {
@@ -103,7 +129,7 @@ if (mesh && CHANGES > 0) {
     const c = spec.clusters[(i * 37) % spec.clusters.length]!;
     const e = i % 100;
     const ip = simPodIp(c.id, e);
-    const podName = `bench-${i}`;
+    const podName = `bench-${process.pid}-${i}`; // unique per run: a value equal to the one in etcd changes nothing downstream
     const value = encodeIpEntry({ IP: ip, Mask: null, HostIP: simNodeIp(c.id, 1), ID: identityRange(c.id, 255).min + 1 + (i % 50), Key: 0, K8sNamespace: 'default', K8sPodName: podName });
     const seen = Promise.all(
       (['limit', 'clustermesh'] as const).map(

@@ -24,32 +24,41 @@ export const simNamespace = (cluster: string): string => `sim/${cluster}/`;
 
 /** The agent's KvClient, reading one cluster's keyspace inside a shared etcd. */
 export class NamespacedKvClient extends KvClient {
+  /** Calls made to the remotes' etcds by this process (get, list, put, watch), and clients made. */
+  static requests = 0;
+  static clients = 0;
   constructor(
     config: KvConnectionConfig,
     readonly ns: string,
   ) {
     super(config);
+    NamespacedKvClient.clients++;
   }
   private strip(p: KvPair): KvPair {
     return { ...p, key: p.key.slice(this.ns.length) };
   }
   override async get(key: string): Promise<KvPair | undefined> {
+    NamespacedKvClient.requests++;
     const p = await super.get(this.ns + key);
     return p && this.strip(p);
   }
   override async getWithRevision(key: string): Promise<{ pair: KvPair | undefined; revision: string }> {
+    NamespacedKvClient.requests++;
     const r = await super.getWithRevision(this.ns + key);
     return { pair: r.pair && this.strip(r.pair), revision: r.revision };
   }
   override async list(prefix: string, opts?: ListOptions): Promise<ListResult> {
+    NamespacedKvClient.requests++;
     const r = await super.list(this.ns + prefix, opts);
     return { pairs: r.pairs.map((p) => this.strip(p)), revision: r.revision };
   }
   override async put(key: string, value: string): Promise<string> {
+    NamespacedKvClient.requests++;
     return await super.put(this.ns + key, value);
   }
   override watch(prefix: string, fromRevision: string, onEvent: (ev: WatchEvent) => void, onError: Parameters<KvClient['watch']>[3], opts?: { exact?: boolean }): WatchHandle {
     const n = this.ns.length;
+    NamespacedKvClient.requests++;
     return super.watch(this.ns + prefix, fromRevision, (ev) => onEvent({ ...ev, key: ev.key.slice(n) }), onError, opts);
   }
 }

@@ -219,6 +219,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       clock,
       logger: log.child({ component: 'clustermesh' }),
       heartbeatStaleMs: cfg.remoteHeartbeatStaleMs,
+      ...(cfg.clustermeshCache ? { cache: { client: kv } } : {}),
     });
 
     // ---- sync state (what pruning waits for)

@@ -14,6 +14,8 @@
 //   vxlanDevice: cm_vxlan
 //   etcd: { endpoints: [https://10.1.0.250:2379], caFile: ca.crt, certFile: agent.crt, keyFile: agent.key }
 //   clustermeshConfigDir: remote-clusters   # one file per remote cluster
+//   clustermeshCache: false                 # true: read the remotes from this cluster's etcd, where the
+//                                           # apiserver's cache tier (--kvstoremesh) writes them; one connection
 //   stateDir: state                         # agent.sock and persisted endpoints
 //   pinDir: /run/clustermesh/bpffs/<node>   # default <bpffs>/<clusterName>-<nodeName>
 //   syncTimeoutSeconds: 30
@@ -108,6 +110,8 @@ export interface AgentConfig {
   vxlanDevice: string;
   etcd: KvConnectionConfig;
   clustermeshConfigDir: string;
+  /** Read every remote from this cluster's cache tier (the apiserver's --kvstoremesh) through the etcd client, instead of dialing each remote; clustermeshConfigDir is then unused. */
+  clustermeshCache?: boolean;
   stateDir: string;
   /** `<stateDir>/agent.sock` */
   socketPath: string;
@@ -233,6 +237,7 @@ const fileSchema = z.strictObject({
   vxlanDevice: ifName.default('cm_vxlan'),
   etcd: etcdSchema,
   clustermeshConfigDir: z.string().min(1),
+  clustermeshCache: z.boolean({ error: 'must be true or false' }).default(false),
   stateDir: z.string().min(1),
   pinDir: z.string().min(1).optional(),
   syncTimeoutSeconds: z.number().positive('must be greater than 0').default(30),
@@ -390,6 +395,7 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
       ...(c.etcd.timeoutMs !== undefined ? { timeoutMs: c.etcd.timeoutMs } : {}),
     },
     clustermeshConfigDir: abs(c.clustermeshConfigDir),
+    clustermeshCache: c.clustermeshCache,
     stateDir,
     socketPath,
     pinDir,

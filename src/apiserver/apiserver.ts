@@ -23,6 +23,7 @@ import { serviceExportsClusterPrefix, serviceExportsSyncedKey } from '../mcs/exp
 import { KubeHttp } from '../sources/kubernetes/http.ts';
 import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import { McsController, type McsStatus } from './mcs.ts';
+import { KvstoreMesh, type KvstoreMeshStatus } from './kvstoremesh.ts';
 
 /**
  * The MCS controller's resync: a round at least this often. Rounds are driven
@@ -59,6 +60,8 @@ export interface ApiserverStatus {
   stores: Record<SyncedPrefixName, SyncStoreStatus>;
   /** The Multi-Cluster Services controller (only with --kubeconfig). */
   mcs?: McsStatus;
+  /** The cache tier (only with --kvstoremesh). */
+  kvstoremesh?: KvstoreMeshStatus;
 }
 
 export interface Apiserver {
@@ -274,6 +277,22 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
     });
   }
 
+  // The cache tier: every remote imported once, written under cilium/cache/ for this cluster's agents.
+  let cacheTier: KvstoreMesh | undefined;
+  if (cfg.kvstoremesh && cfg.clustermeshConfigDir !== undefined) {
+    const tier = new KvstoreMesh({
+      kv,
+      local: cluster,
+      configDir: cfg.clustermeshConfigDir,
+      logger: log.child({ component: 'kvstoremesh' }),
+      clock,
+      onError: (err, key) => writeError(err, 'kvstoremesh cache write failed; retrying', { key }),
+    });
+    cacheTier = tier;
+    await retry('starting the cache tier (kvstoremesh)', () => tier.start()).catch(failStart);
+    cleanups.push(() => tier.stop());
+  }
+
   // Identity gc: unreferenced identities of our range go after the grace period.
   const gcLoop = (async () => {
     while (await sleep(clock, cfg.identityGcIntervalMs, stopCtl.signal)) {
@@ -310,6 +329,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
     identities: identities.status(),
     stores: Object.fromEntries(Object.entries(stores).map(([k, s]) => [k, s.status()])) as Record<SyncedPrefixName, SyncStoreStatus>,
     ...(mcs ? { mcs: mcs.status() } : {}),
+    ...(cacheTier ? { kvstoremesh: cacheTier.status() } : {}),
   });
 
   exports = {

@@ -39,6 +39,12 @@ export interface ApiserverConfig {
    * (issue 18); undefined = only this cluster's own exports are merged.
    */
   clustermeshConfigDir?: string | undefined;
+  /**
+   * The cache tier (Cilium's KVStoreMesh): import every remote of
+   * clustermeshConfigDir once and write it into this cluster's etcd under
+   * cilium/cache/, for agents with clustermeshCache (src/apiserver/kvstoremesh.ts).
+   */
+  kvstoremesh?: boolean;
 }
 
 /** What the command line hands over (commander's camel-cased option values). */
@@ -55,6 +61,7 @@ export interface ApiserverRawOptions {
   metricsAddress?: unknown;
   kubeconfig?: unknown;
   clustermeshConfigDir?: unknown;
+  kvstoremesh?: unknown;
 }
 
 export { OptionError };
@@ -142,9 +149,12 @@ export function compileApiserverOptions(raw: ApiserverRawOptions): ApiserverConf
     kubeconfig = resolve(required('--kubeconfig', raw.kubeconfig));
     if (!existsSync(kubeconfig)) throw new OptionError('--kubeconfig', `${kubeconfig}: no such file`);
   }
+  const kvstoremesh = raw.kvstoremesh === true || raw.kvstoremesh === 'true';
+  if (raw.kvstoremesh !== undefined && typeof raw.kvstoremesh !== 'boolean' && raw.kvstoremesh !== 'true' && raw.kvstoremesh !== 'false') throw new OptionError('--kvstoremesh', `${JSON.stringify(raw.kvstoremesh)} is not true or false`);
+  if (kvstoremesh && raw.clustermeshConfigDir === undefined) throw new OptionError('--kvstoremesh', 'needs --clustermesh-config-dir (the remotes to cache)');
   let clustermeshConfigDir: string | undefined;
   if (raw.clustermeshConfigDir !== undefined) {
-    if (kubeconfig === undefined) throw new OptionError('--clustermesh-config-dir', 'needs --kubeconfig (ServiceExports are read from the Kubernetes API)');
+    if (kubeconfig === undefined && !kvstoremesh) throw new OptionError('--clustermesh-config-dir', 'needs --kubeconfig (ServiceExports are read from the Kubernetes API) or --kvstoremesh');
     clustermeshConfigDir = resolve(required('--clustermesh-config-dir', raw.clustermeshConfigDir));
   }
   return {
@@ -160,6 +170,7 @@ export function compileApiserverOptions(raw: ApiserverRawOptions): ApiserverConf
     identityGcGraceMs,
     logLevel,
     metricsAddress,
+    kvstoremesh,
   };
 }
 

@@ -7,6 +7,12 @@
 //   config file removed → disconnect and drain
 //   stop()              → disconnect all, keep everything (datapath keeps forwarding)
 //
+// With `cache` (the agent's option clustermeshCache): the remotes are not dialed.
+// The cluster's cache tier (src/apiserver/kvstoremesh.ts) imports them and
+// writes them into the local etcd (keys.ts, cache layout); the remotes are the
+// cached cluster-configs found there (one added → attach, one deleted → detach
+// and drain), each read through the one local client.
+//
 // Merge rules:
 //   nodes        "<cluster>/<node>"          one owner each
 //   identities   id                           ranges of distinct cluster IDs are disjoint
@@ -43,6 +49,8 @@ import {
   type ServicePort,
 } from './remote-cluster.ts';
 import type { KvClient } from '../kvstore/client.ts';
+import { WatchStore } from '../kvstore/watch-store.ts';
+import { clusterConfigPrefix } from './keys.ts';
 import type { KvConnectionConfig } from '../kvstore/types.ts';
 import { isValidClusterId, isValidClusterName, type MaxConnectedClusters } from './wire.ts';
 import { LOCAL, OwnershipRegistry, type OwnershipConflict } from './ownership.ts';
@@ -88,6 +96,8 @@ export interface ClusterMeshOptions {
   heartbeatStaleMs?: number;
   /** How many remotes connect, or list a prefix for the first time in a session, at once (default 16). */
   syncConcurrency?: number;
+  /** Read every remote from the cache tier through this client of the local etcd (not closed here); configDir is then unused. */
+  cache?: { client: KvClient };
 }
 
 interface CompiledOptions {
@@ -105,6 +115,7 @@ interface CompiledOptions {
   connect: ((config: KvConnectionConfig) => KvClient) | undefined;
   heartbeatStaleMs: number | undefined;
   syncSlots: SyncSlots;
+  cache: { client: KvClient } | undefined;
 }
 
 /** Remotes connecting or listing at once (SyncSlots): enough to keep the pipe full, few enough that no deadline runs out in our own queue. */
@@ -129,6 +140,7 @@ function compile(o: ClusterMeshOptions): CompiledOptions {
     connect: o.connect,
     heartbeatStaleMs: o.heartbeatStaleMs,
     syncSlots: new SyncSlots(o.syncConcurrency ?? DEFAULT_SYNC_CONCURRENCY),
+    cache: o.cache,
   };
 }
 
@@ -158,20 +170,39 @@ export interface ClusterMeshStatus {
 
 interface Attached {
   remote: RemoteCluster;
-  config: RemoteClusterConfig;
+  /** null: a remote of the cache tier. */
+  config: RemoteClusterConfig | null;
   unsubscribe: (() => void)[];
 }
 
 const samePorts = (a: readonly ServicePort[], b: readonly ServicePort[]): boolean =>
   a.length === b.length && a.every((p, i) => p.name === b[i]!.name && p.port === b[i]!.port && p.protocol === b[i]!.protocol);
 
-function sameGlobalService(a: GlobalService, b: GlobalService): boolean {
-  if (a.namespace !== b.namespace || a.name !== b.name || a.clusters.length !== b.clusters.length || a.backends.length !== b.backends.length) return false;
-  if (!a.clusters.every((c, i) => c === b.clusters[i])) return false;
-  return a.backends.every((x, i) => {
-    const y = b.backends[i]!;
-    return x.cluster === y.cluster && x.ip === y.ip && samePorts(x.ports, y.ports);
-  });
+/** One cluster's part of a global service, unchanged? (Its own size, not the merge's.) */
+const samePart = (a: readonly GlobalServiceBackend[], b: readonly GlobalServiceBackend[]): boolean =>
+  a.length === b.length && a.every((x, i) => x.ip === b[i]!.ip && samePorts(x.ports, b[i]!.ports));
+
+/**
+ * A global service as published: the member clusters' parts, concatenated on
+ * first read of `backends` (an own enumerable getter, so JSON and deep
+ * equality see it). Built at every change of a member, read by the agent once
+ * per reconcile round: with 254 members a flat copy at each change was
+ * quadratic in clusters during the initial sync (issue 17).
+ */
+function mergedGlobalService(namespace: string, name: string, clusters: string[], parts: readonly (readonly GlobalServiceBackend[])[]): GlobalService {
+  let flat: GlobalServiceBackend[] | undefined;
+  return {
+    namespace,
+    name,
+    clusters,
+    get backends(): GlobalServiceBackend[] {
+      if (!flat) {
+        flat = [];
+        for (const p of parts) for (const b of p) flat.push(b);
+      }
+      return flat;
+    },
+  };
 }
 
 /** The remotes' shared services of one "<ns>/<name>". */
@@ -228,6 +259,8 @@ export class ClusterMesh {
   private readonly configErrors = new Map<string, string>();
   private readonly watcher: ConfigDirWatcher;
   private started = false;
+  /** The cached cluster-configs in the local etcd (cache mode). */
+  private cacheConfigs: WatchStore | null = null;
   /** Serializes config events and start/stop. */
   private queue: Promise<void> = Promise.resolve();
 
@@ -235,12 +268,11 @@ export class ClusterMesh {
   private readonly identityCache = new Cache<number, RemoteIdentity>();
   private readonly ipCache = new Cache<string, IpCacheEntry>();
   private readonly serviceCache = new Cache<string, RemoteService>();
-  /** Rebuilt on every change of a member service: compared field by field (a JSON
-   * comparison of thousands of backends at every remote's upsert is quadratic in clusters). */
-  private readonly globalServiceCache = new Cache<string, GlobalService>({ equals: sameGlobalService });
-  /** ip → claims in arrival order, one per cluster; only entries the ownership check accepted.
-   * (An array: nearly every IP has a single claim, and a Map per IP weighs on memory at 250k.) */
-  private readonly ipClaims = new Map<string, RemoteIpEntry[]>();
+  /** Set only when a member's part or the members changed (updateGlobalService compares the one part). */
+  private readonly globalServiceCache = new Cache<string, GlobalService>({ equals: (a, b) => a === b });
+  /** ip → the claim, or the claims in arrival order when two or more clusters claim it; only entries the ownership
+   * check accepted. (Nearly every IP has one claim: no array or Map per IP, which weighs on memory and GC at 250k.) */
+  private readonly ipClaims = new Map<string, RemoteIpEntry | RemoteIpEntry[]>();
   /** Everything each remote announced: cluster → ip → entry (accepted or not). */
   private readonly announcedIps = new Map<string, Map<string, RemoteIpEntry>>();
   /** cluster → IPs accepted as inside the cluster's own pod CIDRs (not merely unverified). */
@@ -298,12 +330,40 @@ export class ClusterMesh {
       this.started = true;
       for (const a of this.remotes.values()) a.remote.start();
     });
-    await this.watcher.start();
+    if (this.o.cache) this.watchCachedConfigs(this.o.cache.client);
+    else await this.watcher.start();
+  }
+
+  /** Names of the remotes (configured or, in cache mode, found in the cache). */
+  remoteNames(): string[] {
+    return [...this.remotes.keys()];
+  }
+
+  private watchCachedConfigs(client: KvClient): void {
+    if (this.cacheConfigs) return;
+    const nameOf = (key: string): string | null => {
+      const name = key.slice(clusterConfigPrefix.length);
+      return name !== this.o.local.name && isValidClusterName(name) ? name : null;
+    };
+    this.cacheConfigs = new WatchStore(client, clusterConfigPrefix, {
+      onEvent: (ev) => {
+        const name = nameOf(ev.key);
+        if (name === null) return;
+        // A config without cached (a stale direct-mode leftover) is attached too and refused with the reason in its status.
+        if (ev.kind === 'upsert') void this.enqueue(() => this.attach({ name, connection: null, config: null }));
+        else void this.enqueue(() => this.detach(name));
+      },
+      onError: (err) => this.o.logger.warn({ err: err.message }, 'watching the cached cluster-configs failed; re-listing'),
+      clock: this.o.clock,
+      random: this.o.random,
+    });
+    this.cacheConfigs.start();
   }
 
   /** Disconnects from every remote; keeps everything imported. */
   async stop(): Promise<void> {
     this.watcher.stop();
+    await this.stopCachedConfigs();
     await this.enqueue(async () => {
       this.started = false;
       await Promise.all([...this.remotes.values()].map((a) => a.remote.stop()));
@@ -314,10 +374,17 @@ export class ClusterMesh {
   async close(): Promise<void> {
     if (this.o.registry) meshesByRegistry.get(this.o.registry)?.delete(this);
     this.watcher.stop();
+    await this.stopCachedConfigs();
     await this.enqueue(async () => {
       this.started = false;
       for (const name of [...this.remotes.keys()]) await this.detach(name);
     });
+  }
+
+  private async stopCachedConfigs(): Promise<void> {
+    const w = this.cacheConfigs;
+    this.cacheConfigs = null;
+    await w?.stop();
   }
 
   /** Rescans the config dir now (tests, `clustermesh connect`). */
@@ -340,7 +407,7 @@ export class ClusterMesh {
   status(): ClusterMeshStatus {
     const remotes = [...this.remotes.values()].map((a) => a.remote.status()).sort((a, b) => (a.name < b.name ? -1 : 1));
     let conflicts = 0;
-    for (const claims of this.ipClaims.values()) if (claims.length > 1) conflicts++;
+    for (const claims of this.ipClaims.values()) if (Array.isArray(claims)) conflicts++;
     return {
       localCluster: { ...this.o.local },
       configDir: this.o.configDir,
@@ -414,13 +481,13 @@ export class ClusterMesh {
           this.o.logger.info({ cluster: ev.cluster }, 'ignoring the config of the local cluster');
           return;
         }
-        await this.attach(ev.config);
+        await this.attach({ name: ev.cluster, connection: toConnectionConfig(ev.config, this.o.requestTimeoutMs), config: ev.config });
         return;
       case 'change': {
         this.configErrors.delete(ev.config.file);
         const a = this.remotes.get(ev.cluster);
         if (!a) {
-          if (ev.cluster !== this.o.local.name) await this.attach(ev.config);
+          if (ev.cluster !== this.o.local.name) await this.attach({ name: ev.cluster, connection: toConnectionConfig(ev.config, this.o.requestTimeoutMs), config: ev.config });
           return;
         }
         a.config = ev.config;
@@ -436,11 +503,14 @@ export class ClusterMesh {
     }
   }
 
-  private async attach(config: RemoteClusterConfig): Promise<void> {
-    if (this.remotes.has(config.name)) return;
+  private async attach(r: { name: string; connection: KvConnectionConfig | null; config: RemoteClusterConfig | null }): Promise<void> {
+    const config = r.config;
+    if (this.remotes.has(r.name)) return;
     const remote = new RemoteCluster({
-      name: config.name,
-      connection: toConnectionConfig(config, this.o.requestTimeoutMs),
+      name: r.name,
+      // via the cache: the local client is used, this connection never
+      connection: r.connection ?? { endpoints: [], caFile: '', certFile: '', keyFile: '' },
+      ...(this.o.cache && !r.connection ? { cached: this.o.cache } : {}),
       local: this.o.local,
       ids: this.ids,
       clock: this.o.clock,
@@ -453,7 +523,7 @@ export class ClusterMesh {
       ...(this.o.heartbeatStaleMs !== undefined ? { heartbeatStaleMs: this.o.heartbeatStaleMs } : {}),
       syncSlots: this.o.syncSlots,
     });
-    const cluster = config.name;
+    const cluster = r.name;
     const unsubscribe = [
       remote.nodes.subscribe((ev) => {
         const key = `${cluster}/${ev.key}`;
@@ -500,7 +570,7 @@ export class ClusterMesh {
       }),
     ];
     this.remotes.set(cluster, { remote, config, unsubscribe });
-    this.o.logger.info({ cluster, endpoints: config.endpoints }, 'remote cluster added');
+    this.o.logger.info({ cluster, endpoints: config?.endpoints ?? 'via the cache' }, 'remote cluster added');
     if (this.started) remote.start();
   }
 
@@ -577,36 +647,50 @@ export class ClusterMesh {
 
   /** `ip` is the IP of a host entry, "ip/len" of a prefix entry. */
   private claimIp(cluster: string, ip: string, entry: RemoteIpEntry): void {
-    let claims = this.ipClaims.get(ip);
-    if (!claims) this.ipClaims.set(ip, (claims = []));
+    const had = this.ipClaims.get(ip);
+    if (had === undefined || (!Array.isArray(had) && had.cluster === cluster)) {
+      this.ipClaims.set(ip, entry);
+      this.ipCache.set(ip, entry);
+      return;
+    }
+    const claims = Array.isArray(had) ? had : [had];
     const i = claims.findIndex((c) => c.cluster === cluster);
     if (i >= 0) claims[i] = entry;
     else claims.push(entry);
-    if (claims.length > 1 && claims[0]!.cluster !== cluster) {
+    this.ipClaims.set(ip, claims);
+    if (claims[0]!.cluster !== cluster) {
       this.o.logger.warn({ ip, cluster, owner: claims[0]!.cluster }, 'IP claimed by two remote clusters; the first claim stays');
     }
     this.ipCache.set(ip, claims[0]!);
   }
 
   private withdrawIp(cluster: string, ip: string): void {
-    const claims = this.ipClaims.get(ip);
-    const i = claims?.findIndex((c) => c.cluster === cluster) ?? -1;
-    if (!claims || i < 0) return;
-    claims.splice(i, 1);
-    if (claims.length > 0) this.ipCache.set(ip, claims[0]!);
-    else {
+    const had = this.ipClaims.get(ip);
+    if (had === undefined) return;
+    if (!Array.isArray(had)) {
+      if (had.cluster !== cluster) return;
       this.ipClaims.delete(ip);
       this.ipCache.delete(ip);
+      return;
     }
+    const i = had.findIndex((c) => c.cluster === cluster);
+    if (i < 0) return;
+    had.splice(i, 1);
+    const rest = had.length === 1 ? had[0]! : had;
+    this.ipClaims.set(ip, rest);
+    this.ipCache.set(ip, had[0]!);
   }
 
   private updateGlobalService(cluster: string, nsName: string, svc: RemoteService | undefined): void {
     let shared = this.servicesByName.get(nsName);
     if (svc && svc.shared) {
       if (!shared) this.servicesByName.set(nsName, (shared = { first: svc, backends: new Map(), clusters: [] }));
-      // Each cluster's part is built once per change of its service; the merge below only concatenates.
-      if (!shared.backends.has(cluster)) shared.clusters.splice(sortedIndex(shared.clusters, cluster), 0, cluster);
-      shared.backends.set(cluster, svc.backends.map((b) => ({ cluster, ip: b.ip, ports: b.ports })));
+      // Each cluster's part is built once per change of its service and compared alone.
+      const part = svc.backends.map((b) => ({ cluster, ip: b.ip, ports: b.ports }));
+      const prev = shared.backends.get(cluster);
+      if (prev && samePart(prev, part)) return;
+      if (!prev) shared.clusters.splice(sortedIndex(shared.clusters, cluster), 0, cluster);
+      shared.backends.set(cluster, part);
     } else {
       if (!shared?.backends.delete(cluster)) return;
       shared.clusters.splice(shared.clusters.indexOf(cluster), 1);
@@ -616,8 +700,8 @@ export class ClusterMesh {
       this.globalServiceCache.delete(nsName);
       return;
     }
-    const backends = shared.clusters.flatMap((c) => shared.backends.get(c) ?? []);
-    this.globalServiceCache.set(nsName, { namespace: shared.first.namespace, name: shared.first.name, clusters: [...shared.clusters], backends });
+    const clusters = [...shared.clusters];
+    const members = shared;
+    this.globalServiceCache.set(nsName, mergedGlobalService(shared.first.namespace, shared.first.name, clusters, clusters.map((c) => members.backends.get(c) ?? [])));
   }
-
 }

@@ -70,3 +70,51 @@ export const exportedReadPrefixes: readonly string[] = [
 
 /** The cluster's own store (the "store" local source); never exported. */
 export const storePrefix = 'clustermesh/store/v1/';
+
+// ---------------------------------------------------------------------------
+// The cache tier (kvstoremesh, issue 17): a cluster's apiserver imports every
+// remote once and writes what it accepted into its own etcd, in Cilium's
+// kvstoremesh layout, so the cluster's agents read all remotes through one
+// connection to their own etcd:
+//   cilium/state/nodes/v1/<c>/<node>         → cilium/cache/nodes/v1/<c>/<node>
+//   cilium/state/identities/v1/id/<id>       → cilium/cache/identities/v1/<c>/id/<id>
+//   cilium/state/ip/v1/default/<ip>          → cilium/cache/ip/v1/<c>/<ip>
+//   cilium/state/services/v1/<c>/<ns>/<name> → cilium/cache/services/v1/<c>/<ns>/<name>
+//   canaries: cilium/synced/<c>/cilium/cache/<kind>/v1
+//   cluster-config of <c>: cilium/cluster-config/<c> (capability cached)
+
+export const cachePrefix = 'cilium/cache/';
+
+/** Where each prefix of remote `cluster` lives in the cache; the rest of a key is the same as under stateKeyPrefix. */
+export function cacheKeyPrefix(kind: SyncedPrefixName, cluster: string): string {
+  switch (kind) {
+    case 'nodes':
+      return `${cachePrefix}nodes/v1/${cluster}/`;
+    case 'identities':
+      return `${cachePrefix}identities/v1/${cluster}/id/`;
+    case 'ip':
+      return `${cachePrefix}ip/v1/${cluster}/`;
+    case 'services':
+      return `${cachePrefix}services/v1/${cluster}/`;
+  }
+}
+
+/** The prefix a remote exports `kind` under (its own etcd). */
+export function stateKeyPrefix(kind: SyncedPrefixName, cluster: string): string {
+  switch (kind) {
+    case 'nodes':
+      return nodesClusterPrefix(cluster);
+    case 'identities':
+      return identitiesPrefix;
+    case 'ip':
+      return ipPrefix;
+    case 'services':
+      return servicesClusterPrefix(cluster);
+  }
+}
+
+/** The canary the cache tier writes once `cluster`'s `kind` is complete in the cache. */
+export const cacheSyncedKey = (cluster: string, kind: SyncedPrefixName): string => `${syncedPrefix}${cluster}/${SYNCED_PREFIX_PATHS[kind].replace(/^cilium\/state\//, cachePrefix)}`;
+
+/** The cache tier's own view of its session to `cluster` (JSON: CachedRemoteStatus); not a Cilium key. */
+export const cacheStatusKey = (cluster: string): string => `${cachePrefix}status/v1/${cluster}`;

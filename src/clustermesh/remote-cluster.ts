@@ -23,6 +23,9 @@ import type { WatchHandle } from '../kvstore/client.ts';
 import { Cache, type ObservableMap } from './cache.ts';
 import { sleep, systemClock, type Clock } from '../util/clock.ts';
 import {
+  cacheKeyPrefix,
+  cacheStatusKey,
+  cacheSyncedKey,
   clusterConfigKey,
   heartbeatKey,
   identitiesPrefix,
@@ -142,6 +145,10 @@ export interface RemoteClusterStatus {
   lastErrorAt: string | null;
   /** Why the cluster is refused, while it is. */
   refusedReason: string | null;
+  /** direct: this process's own connection to the remote's etcd; cache: read from the local etcd's cache prefix (the cache tier's import). */
+  via: 'direct' | 'cache';
+  /** Via the cache: the cache tier's own session to the remote, as it last wrote it (null until it has). */
+  upstream: CachedRemoteStatus | null;
   /** The remote's cluster-config capabilities (null before one was accepted). */
   config: { cached: boolean; serviceExportsEnabled: boolean | null; syncedCanaries: boolean } | null;
   /**
@@ -150,6 +157,39 @@ export interface RemoteClusterStatus {
    * `stale` once connected without a change for longer than the limit.
    */
   heartbeat: { lastSeenAt: string | null; value: string | null; ageMs: number | null; stale: boolean; staleAfterMs: number };
+}
+
+const REMOTE_STATES: readonly RemoteClusterState[] = ['connecting', 'waiting-config', 'refused', 'syncing', 'ready', 'disconnected', 'stopped', 'removed'];
+
+/** What the cache tier writes at cacheStatusKey(cluster): its own session to the remote. */
+export interface CachedRemoteStatus {
+  state: RemoteClusterState;
+  connected: boolean;
+  ready: boolean;
+  lastError: string | null;
+  lastErrorAt: string | null;
+  reconnections: number;
+  refusedReason: string | null;
+}
+
+/** Parses a cache status value; null when it is not one (a reader never trusts its shape). */
+export function decodeCachedRemoteStatus(raw: string): CachedRemoteStatus | null {
+  try {
+    const v = JSON.parse(raw) as Record<string, unknown>;
+    const str = (x: unknown): string | null => (typeof x === 'string' ? x.slice(0, 1024) : null);
+    if (typeof v !== 'object' || v === null || !REMOTE_STATES.includes(v.state as RemoteClusterState)) return null;
+    return {
+      state: v.state as RemoteClusterState,
+      connected: v.connected === true,
+      ready: v.ready === true,
+      lastError: str(v.lastError),
+      lastErrorAt: str(v.lastErrorAt),
+      reconnections: typeof v.reconnections === 'number' && Number.isSafeInteger(v.reconnections) ? v.reconnections : 0,
+      refusedReason: str(v.refusedReason),
+    };
+  } catch {
+    return null;
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -263,6 +303,13 @@ export interface RemoteClusterOptions {
   heartbeatStaleMs?: number;
   /** Shared with the other remotes of the mesh (default: slots of its own, no limit in effect). */
   syncSlots?: SyncSlots;
+  /**
+   * Read the remote from the cache tier instead (kvstoremesh): `client` is the
+   * local etcd's, shared by every remote and never closed here; the remote's
+   * cluster-config there must say cached, its prefixes and canaries are the
+   * cache's (keys.ts cacheKeyPrefix, cacheSyncedKey).
+   */
+  cached?: { client: KvClient };
 }
 
 export const DEFAULT_HEARTBEAT_STALE_MS = 180_000;
@@ -472,6 +519,8 @@ export class RemoteCluster {
   private readonly backoff: BackoffOptions;
   private readonly maxValueBytes: number | undefined;
   private readonly connectFn: (config: KvConnectionConfig) => KvClient;
+  private readonly cached: { client: KvClient } | null;
+  private upstream: CachedRemoteStatus | null = null;
 
   private readonly nodeMirror: PrefixMirror<import('./wire.ts').NodeValue, string, RemoteNode>;
   private readonly identityMirror: PrefixMirror<RemoteIdentity, number, RemoteIdentity>;
@@ -522,6 +571,7 @@ export class RemoteCluster {
     this.backoff = { ...DEFAULT_BACKOFF, ...opts.backoff };
     this.maxValueBytes = opts.maxValueBytes;
     this.connectFn = opts.connect ?? ((c) => new KvClient(c));
+    this.cached = opts.cached ?? null;
     this.heartbeatStaleMs = opts.heartbeatStaleMs ?? DEFAULT_HEARTBEAT_STALE_MS;
     this.syncSlots = opts.syncSlots ?? new SyncSlots(5);
     this.nodeMirror = new PrefixMirror(NODE_SPEC, this);
@@ -569,6 +619,8 @@ export class RemoteCluster {
       lastError: this.lastError,
       lastErrorAt: this.lastErrorAt,
       refusedReason: this.refusedReason,
+      via: this.cached ? 'cache' : 'direct',
+      upstream: this.upstream,
       config: this.acceptedConfig
         ? {
             cached: this.acceptedConfig.capabilities.cached,
@@ -741,8 +793,7 @@ export class RemoteCluster {
     const releaseSlot = (): void => held.pop()?.();
     try {
       await slot();
-      client = this.connectFn(this.connection);
-      const c = client;
+      const c = this.cached ? this.cached.client : (client = this.connectFn(this.connection));
 
       // cluster-config
       const cfgKey = clusterConfigKey(this.name);
@@ -819,6 +870,25 @@ export class RemoteCluster {
           (err) => fail(wrap(err)),
         ),
       );
+      if (this.cached) {
+        // the cache tier's own session to the remote (shown in status, never trusted for data)
+        const key = cacheStatusKey(this.name);
+        const st = await race(c.getWithRevision(key)).catch((e) => {
+          throw wrap(e);
+        });
+        this.upstream = st.pair ? decodeCachedRemoteStatus(st.pair.value) : null;
+        watches.push(
+          c.watch(
+            key,
+            (BigInt(st.revision) + 1n).toString(),
+            (ev) => {
+              if (ev.key === key && !signal.aborted) this.upstream = ev.kind === 'upsert' ? decodeCachedRemoteStatus(ev.value) : null;
+            },
+            (err) => fail(wrap(err)),
+            { exact: true },
+          ),
+        );
+      }
       this.setState('syncing');
       releaseSlot();
 
@@ -830,11 +900,16 @@ export class RemoteCluster {
         // everything present; what the mirror had that is not listed is pruned
         // right after. Any failure ends the session (the next one waits for the
         // canary again before re-listing), so the store's own retry never runs.
-        const store = new WatchStore(c, m.spec.prefix(this.name), {
+        // Via the cache, keys are read under the cache prefix and validated as
+        // the remote's own keys (the same decoders, key checks included).
+        const statePrefix = m.spec.prefix(this.name);
+        const watched = this.cached ? cacheKeyPrefix(m.spec.name, this.name) : statePrefix;
+        const toState = this.cached ? (k: string): string => statePrefix + k.slice(watched.length) : (k: string): string => k;
+        const store = new WatchStore(c, watched, {
           onEvent: (ev) => {
             if (signal.aborted) return;
-            if (ev.kind === 'upsert') m.upsert(src, ev.key, ev.value, ev.modRevision);
-            else m.delete(ev.key);
+            if (ev.kind === 'upsert') m.upsert(src, toState(ev.key), ev.value, ev.modRevision);
+            else m.delete(toState(ev.key));
           },
           onError: (err) => fail(wrap(err)),
           clock: this.clock,
@@ -846,7 +921,7 @@ export class RemoteCluster {
         store.start();
         await race(store.synced);
         // the continuation runs before any watch event: the store holds exactly the listing
-        if (!signal.aborted) m.pruneExcept(store);
+        if (!signal.aborted) m.pruneExcept(this.cached ? { has: (k: string) => store.has(watched + k.slice(statePrefix.length)) } : store);
         releaseSlot();
       };
       await race(Promise.all(this.mirrors.map((m) => runPrefix(m)))).catch((e) => {
@@ -885,7 +960,8 @@ export class RemoteCluster {
       return refuse(`${this.name} uses maxConnectedClusters ${cfg.capabilities.maxConnectedClusters}, this cluster ${this.local.maxConnectedClusters}`);
     }
     if (cfg.id === this.local.id) return refuse(`${this.name} uses cluster ID ${cfg.id}, the ID of the local cluster ${this.local.name}`);
-    if (cfg.capabilities.cached) return refuse(`${this.name}'s cluster-config says cached: its data is a kvstoremesh cache under cilium/cache/, which this importer does not read`);
+    if (cfg.capabilities.cached && !this.cached) return refuse(`${this.name}'s cluster-config says cached: its data is a kvstoremesh cache under cilium/cache/, read only by agents of the cache's own cluster (agent option clustermeshCache)`);
+    if (!cfg.capabilities.cached && this.cached) return refuse(`${this.name}'s cluster-config in the local etcd does not say cached: no cache tier wrote it`);
     const clash = this.ids?.claim(this.name, cfg.id) ?? null;
     if (clash !== null) return refuse(clash);
     this.clusterId = cfg.id;
@@ -907,7 +983,7 @@ export class RemoteCluster {
 
   /** Resolves once `cilium/synced/<cluster>/<prefix>` exists. */
   private async waitCanary(c: KvClient, prefix: SyncedPrefixName, watches: WatchHandle[], fail: (e: SessionEnd) => void): Promise<void> {
-    const key = syncedKey(this.name, prefix);
+    const key = this.cached ? cacheSyncedKey(this.name, prefix) : syncedKey(this.name, prefix);
     const listed = await c.list(key);
     if (listed.pairs.some((p) => p.key === key)) return;
     this.log.info({ cluster: this.name, prefix }, 'waiting for synced canary');
