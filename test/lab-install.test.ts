@@ -11,11 +11,15 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { AgentClient } from '../src/agent/client.ts';
+import { podRecordsOf } from '../src/lab/kubelet-config.ts';
 import { childEnv } from '../src/lab/process.ts';
+import type { LabState } from '../src/lab/state.ts';
+import { startTransfer } from '../src/lab/transfer.ts';
 import { LAB_INSTALL_IMAGE } from '../src/lab/lab-install.ts';
 import { byCluster, EXAMPLES_DIR, REBEL_BASE_URL } from '../src/cli/demo-lab.ts';
 import { eventually, kubectlFor, ok, run, show, type Run } from './helpers/kube.ts';
@@ -149,6 +153,44 @@ describe('clustermesh install and connect by context on bare lab clusters, the d
     assert.equal(obs.code, 0, show(obs));
     const drops = obs.stdout.split('\n').filter((l) => l.includes(tfIp) && /POLICY/i.test(l));
     assert.ok(drops.length > 0, `a policy drop of ${tfIp} in: ${obs.stdout.slice(0, 2000)}`);
+  });
+
+  test("the agent pod deleted: the DaemonSet's new one re-adopts the node's endpoints and a long connection to the other cluster survives", async () => {
+    const xw = podRecordsOf(labDir).find((r) => r.cluster === 'cluster1' && r.name === 'x-wing');
+    assert.ok(xw, 'x-wing runs in cluster1');
+    const target = (await kubectlOk('cluster2', ['get', 'pods', '-l', 'app=rebel-base', '-o', 'jsonpath={.items[0].status.podIP}'])).trim();
+    const state = JSON.parse(readFileSync(join(labDir, 'lab.json'), 'utf8')) as LabState;
+    const node = state.nodes.find((n) => n.cluster === 'cluster1' && n.name === 'node1')!;
+    const api = new AgentClient(node.socket, { timeoutMs: 10_000 });
+    const view = async (): Promise<string[]> => (await api.listEndpoints()).map((e) => `${e.namespace}/${e.podName} ${e.ip} ${e.hostIfName} ep${e.endpointID} id${e.identity}`).sort();
+    const agentPod = async (): Promise<string> => (await kubectlOk('cluster1', ['-n', 'clustermesh-system', 'get', 'pods', '-l', 'app.kubernetes.io/name=clustermesh-agent', '-o', 'jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}'])).trim();
+    try {
+      const before = await view();
+      assert.ok(before.some((l) => l.startsWith('default/x-wing ')), before.join('\n'));
+      // 12 MiB read at 256 KiB/s: about 48 s, spanning the agent's replacement (x-wing is admitted to app=rebel-base by the policy).
+      const bytes = 12 << 20;
+      const t = startTransfer(xw!.netns, `http://${target}:8080/bytes?n=${bytes}`, { rateBytesPerSec: 256 << 10, idleTimeoutSeconds: 60 });
+      await eventually('the transfer started', () => (t.received() > 0 ? true : undefined), 60_000, 100);
+      const old = (await agentPod()).split(' ')[0]!;
+      await kubectlOk('cluster1', ['-n', 'clustermesh-system', 'delete', 'pod', old, '--wait=true']);
+      const fresh = await eventually('a new agent pod, ready', async () => {
+        const [name, ready] = (await agentPod()).split(' ');
+        return name && name !== old && ready === 'True' ? name : undefined;
+      }, 180_000, 500);
+      const backAt = t.received();
+      const r = await t.done;
+      console.log(`# agent pod ${old} deleted, ${fresh} ready with ${backAt} of ${bytes} bytes received; transfer: ${JSON.stringify(r)}`);
+      assert.ok(backAt < bytes, `the new agent was ready before the transfer ended (${backAt} of ${bytes} bytes by then)`);
+      assert.equal(r.error, '', t.describe());
+      assert.equal(r.status, 200);
+      assert.equal(r.bytes, bytes);
+      assert.equal(r.sha256, r.announcedSha256);
+      // The same endpoints: same interfaces, endpoint IDs and identities (re-adopted, not regenerated).
+      assert.deepEqual(await view(), before);
+      assert.equal((await client('x-wing', REBEL_BASE_URL, 4)).failures, 0, 'new connections through the global Service after the restart');
+    } finally {
+      api.close();
+    }
   });
 
   test('clustermesh uninstall leaves each cluster as it was', async () => {
