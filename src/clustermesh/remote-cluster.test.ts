@@ -145,6 +145,36 @@ describe('RemoteCluster without etcd', () => {
     assert.equal(attempts, 3);
   });
 
+  it('a heal while an attempt is timing out still cuts the next backoff short', async () => {
+    const clock = new ManualClock();
+    let attempts = 0;
+    let reachable = false;
+    let release: (() => void) | undefined;
+    const fake = {
+      // Each attempt hangs until released, then times out (as a connect during the cut does).
+      getWithRevision: () => {
+        attempts++;
+        return new Promise((_, reject) => (release = () => reject(new KvError('unavailable', 'get', 'deadline exceeded'))));
+      },
+      close: async () => {},
+    } as unknown as KvClient;
+    const rc = new RemoteCluster({
+      name: 'c2', connection: conn, local, clock, random: () => 0, registry: new Registry(), connect: () => fake,
+      backoff: { initialMs: 30_000, maxMs: 30_000, factor: 2, jitter: 0 },
+      reachability: { intervalMs: 1000, spreadMs: 2000, probe: async () => reachable },
+    });
+    rc.start();
+    await flush();
+    release!();
+    await tick(clock, 30_500); // probes fail throughout this backoff
+    assert.equal(attempts, 2);
+    reachable = true; // healed while attempt 2 hangs
+    release!();
+    await tick(clock, 1600);
+    assert.equal(attempts, 3, 'the first probe after the failed attempt finds it reachable: reconnect then, not 30 s later');
+    await rc.stop();
+  });
+
   it('reachability: false backs off only; a remote reachable all along keeps its whole backoff', async () => {
     for (const reachability of [false, { probe: async () => true }] as const) {
       const clock = new ManualClock();

@@ -570,6 +570,8 @@ export class RemoteCluster {
   private staleTimer: object | null = null;
   private readonly reachability: ReachabilityOptions | null;
   private reachableAgain = 0;
+  /** The last reachability probe failed (kept across attempts: a heal during an attempt is still a transition). */
+  private lastProbeFailed = false;
   private running: Promise<void> | null = null;
   private lifecycle: AbortController | null = null;
   private session: AbortController | null = null;
@@ -833,7 +835,8 @@ export class RemoteCluster {
    * A cut of minutes grows the backoff to its cap (30 s and jitter), so the heal would wait up to
    * that long. Instead a bare TCP connect every reachability.intervalMs (nothing at the remote
    * while it is unreachable, an accept and a close once it is back) watches for the transition
-   * from unreachable to reachable; then the next session starts after a random 0..spreadMs, so the
+   * from unreachable to reachable (the last probe before an attempt counts too: a heal while an
+   * attempt was timing out is still a transition); then the next session starts after a random 0..spreadMs, so the
    * agents of a mesh do not all connect in the same instant. A remote that is reachable but fails
    * (refused config, TLS, an overloaded etcd timing out) never shows that transition and keeps the
    * full backoff: the storm protection of the cap is unchanged where it matters.
@@ -848,15 +851,12 @@ export class RemoteCluster {
     const onStop = (): void => wake.abort();
     stop.addEventListener('abort', onStop, { once: true });
     const watching = (async (): Promise<void> => {
-      let sawUnreachable = false;
       while (await sleep(this.clock, r.intervalMs, wake.signal)) {
         const up = await r.probe(this.connection.endpoints, r.intervalMs).catch(() => false);
         if (wake.signal.aborted) return;
-        if (!up) {
-          sawUnreachable = true;
-          continue;
-        }
-        if (!sawUnreachable) continue;
+        const transition = up && this.lastProbeFailed;
+        this.lastProbeFailed = !up;
+        if (!transition) continue;
         if (!(await sleep(this.clock, Math.round(this.random() * r.spreadMs), wake.signal))) return;
         this.reachableAgain++;
         this.log.info({ cluster: this.name }, 'remote reachable again: reconnecting before the backoff ends');
@@ -933,6 +933,7 @@ export class RemoteCluster {
       const cfg = this.checkConfig(cfgPair);
       const acceptedValue = cfgPair.value;
       this.connected = true;
+      this.lastProbeFailed = false;
       if (this.everConnected) {
         this.reconnections++;
         this.metrics.reconnections.inc({ source_cluster: this.name });
