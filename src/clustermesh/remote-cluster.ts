@@ -836,10 +836,10 @@ export class RemoteCluster {
    * that long. Instead a bare TCP connect every reachability.intervalMs (nothing at the remote
    * while it is unreachable, an accept and a close once it is back) watches for the transition
    * from unreachable to reachable (the last probe before an attempt counts too: a heal while an
-   * attempt was timing out is still a transition); then the next session starts after a random 0..spreadMs, so the
-   * agents of a mesh do not all connect in the same instant. A remote that is reachable but fails
-   * (refused config, TLS, an overloaded etcd timing out) never shows that transition and keeps the
-   * full backoff: the storm protection of the cap is unchanged where it matters.
+   * attempt was timing out is still a transition); then the next session starts after a random
+   * 0..spreadMs, so the agents of a mesh do not all connect in the same instant. A remote that
+   * is reachable but fails (refused config, TLS, an overloaded etcd timing out) never shows that
+   * transition and keeps the full backoff: the storm protection of the cap is unchanged there.
    */
   private async backoffWait(delayMs: number, stop: AbortSignal): Promise<void> {
     const r = this.reachability;
