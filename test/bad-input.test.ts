@@ -8,12 +8,16 @@
 // (The bad network configs and the agent being down are in test/cni.test.ts.)
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { cidrRange, intToIp, ipToInt } from '../src/cni/config.ts';
 import { hostIfNameFor } from '../src/cni/plugin.ts';
+import { BpfMap } from '../src/datapath/libbpf/index.ts';
+import * as endpointsMap from '../src/datapath/maps/endpoints.ts';
+import { identityRefsPrefix } from '../src/identity/keys.ts';
 import { run } from '../src/lab/exec.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
 import { createTopology, destroyTopology, type NodeInfo, type Topology } from '../src/lab/topology.ts';
@@ -94,12 +98,59 @@ describe('bad input: the agent API and the CNI plugin (1 cluster x 1 node)', { t
     const eps = await api('GET', '/v1/endpoints');
     return (eps.json as Array<{ containerID: string }>).find((e) => e.containerID === containerID);
   }
-  /** Nothing of `containerID` on the node: no endpoint, no address, no host veth, no eth0 in the pod's namespace. */
+  /** Nothing of `containerID` on the node: no endpoint, no address, no host veth, no eth0 in the pod's namespace; and the agent's state holds exactly its endpoints. */
   async function assertNothingOf(containerID: string, podNetns?: string): Promise<void> {
     assert.equal(await endpointOf(containerID), undefined, `no agent endpoint for ${containerID}`);
     assert.deepEqual(allocatedTo(containerID), [], `no address allocated to ${containerID}`);
     assert.equal(await linkExists(node().netns, hostIfNameFor(containerID)), false, `no ${hostIfNameFor(containerID)} on the node`);
     if (podNetns) assert.equal(await linkExists(podNetns, 'eth0'), false, `no eth0 in ${podNetns}`);
+    await assertStateMatchesEndpoints(`after ${containerID}`);
+  }
+
+  /** Pod addresses of this node (its pod CIDR, the gateway left out) in a list of IPs. */
+  const podAddresses = (ips: Iterable<string>): string[] => {
+    const [net, bcast] = cidrRange(node().podCIDR);
+    return [...ips].filter((ip) => ip !== node().gatewayIP && ipToInt(ip) >= net && ipToInt(ip) <= bcast).sort();
+  };
+  /** What the agent's state outside its endpoint list says: map entries, record files, identity references. */
+  async function agentState(): Promise<{ ipcache: string[]; endpointsMap: string[]; records: string[]; refs: number[] }> {
+    const agent = mesh!.agent(node());
+    const ipc = podAddresses([...mesh!.readIpcache(node()).keys()].filter((p) => p.endsWith('/32')).map((p) => p.slice(0, -3)));
+    const m = BpfMap.openPinned(join(agent.pinDir, endpointsMap.MAP_NAME));
+    let eps: string[];
+    try {
+      eps = podAddresses([...endpointsMap.entries(m)].map(([k]) => k.ip));
+    } finally {
+      m.close();
+    }
+    const dir = join(agent.stateDir, 'endpoints');
+    const records = existsSync(dir) ? readdirSync(dir).sort() : [];
+    const refs = (await mesh!.kv(1).list(identityRefsPrefix)).pairs
+      .filter((p) => p.key.endsWith(`/${node().name}`))
+      .map((p) => Number(p.key.slice(identityRefsPrefix.length).split('/')[0]))
+      .sort((a, b) => a - b);
+    return { ipcache: ipc, endpointsMap: eps, records, refs };
+  }
+  /**
+   * Nothing half-done anywhere: the ipcache and cm_endpoints have a pod entry for exactly the
+   * registered endpoints, the state dir a record for exactly them (no .tmp), and this node holds
+   * identity references for exactly their identities (releases are asynchronous: waited for).
+   */
+  async function assertStateMatchesEndpoints(when: string): Promise<void> {
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      const list = (await api('GET', '/v1/endpoints')).json as Array<{ containerID: string; ip: string; identity: number | null }>;
+      const want = {
+        ipcache: podAddresses(list.filter((e) => e.identity !== null).map((e) => e.ip)),
+        endpointsMap: podAddresses(list.filter((e) => e.identity !== null).map((e) => e.ip)),
+        records: list.map((e) => `${e.containerID}.json`).sort(),
+        refs: [...new Set(list.map((e) => e.identity).filter((x): x is number => x !== null))].sort((a, b) => a - b),
+      };
+      const got = await agentState();
+      if (JSON.stringify(got) === JSON.stringify(want)) return;
+      if (Date.now() > deadline) assert.deepEqual(got, want, `${when}: the agent's maps, records and identity references are those of its endpoints`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
   }
 
   const netconf = (over: Record<string, unknown> = {}): Record<string, unknown> => ({
@@ -120,7 +171,25 @@ describe('bad input: the agent API and the CNI plugin (1 cluster x 1 node)', { t
     CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=${containerID}`,
   });
   /** The plugin executable in the node's namespace, as a kubelet runs it. */
-  const plugin = (env: Record<string, string>, stdin: string | Buffer): Promise<PluginRun> => runPlugin(env, stdin, { netns: node().netns });
+  const plugin = async (env: Record<string, string>, stdin: string | Buffer): Promise<PluginRun> => {
+    const r = await runPlugin(env, stdin, { netns: node().netns });
+    if (r.code !== 0) assertCniErrorShape(r);
+    return r;
+  };
+  /**
+   * The CNI spec's error (1.0.0, "Error"): on stdout, with a non-zero exit, an object of exactly
+   * cniVersion (string), code (a well-known 1..99 or a plugin's own >= 100), msg (string), details
+   * (string, optional); and a message that is not empty.
+   */
+  function assertCniErrorShape(r: PluginRun): void {
+    const e = r.json as Record<string, unknown> | undefined;
+    assert.ok(e && typeof e === 'object' && !Array.isArray(e), `a CNI error object on stdout: ${r.stdout.slice(0, 300)} (stderr ${r.stderr.slice(0, 200)})`);
+    assert.deepEqual(Object.keys(e).filter((k) => !['cniVersion', 'code', 'msg', 'details'].includes(k)), [], `only the spec's fields: ${r.stdout.slice(0, 300)}`);
+    assert.equal(typeof e.cniVersion, 'string', r.stdout);
+    assert.ok(Number.isInteger(e.code) && (e.code as number) >= 1 && ((e.code as number) < 100 ? [1, 2, 3, 4, 5, 6, 7, 11].includes(e.code as number) : true), `a spec error code: ${String(e.code)}`);
+    assert.ok(typeof e.msg === 'string' && e.msg.trim() !== '', `a message: ${r.stdout.slice(0, 300)}`);
+    if ('details' in e) assert.equal(typeof e.details, 'string', r.stdout);
+  }
   async function newPodNetns(tag: string): Promise<string> {
     const name = `cmt-${topo!.id}-${tag}`;
     podNamespaces.push(name);
@@ -187,6 +256,49 @@ describe('bad input: the agent API and the CNI plugin (1 cluster x 1 node)', { t
     assert.match(under.json.error, /labels/);
     assert.equal(await endpointOf('cmt-big'), undefined);
     await goodAddDel('oversized bodies');
+  });
+
+  test("an address that is not this node's pod address, a device of the node, another endpoint's device: refused, nothing attached", async () => {
+    const pod = topo!.pods[0]!;
+    const good = { namespace: 'default', podName: 'where', ip: pod.ip, hostIfName: pod.hostIfName, podMac: pod.mac, labels: { app: 'where' } };
+    const [net, bcast] = cidrRange(node().podCIDR);
+    const ips: Array<[string, RegExp]> = [
+      ['192.0.2.7', /^endpoint cmt-where: ip: 192\.0\.2\.7 is not in this node's pod CIDR /],
+      [node().underlayIP, /is not in this node's pod CIDR|is this node's own address/],
+      [intToIp(net), /is the network address of this node's pod CIDR/],
+      [intToIp(bcast), /is the broadcast address of this node's pod CIDR/],
+    ];
+    for (const [ip, re] of ips) {
+      const r = await api('PUT', '/v1/endpoints/cmt-where', JSON.stringify({ ...good, ip }));
+      assert.equal(r.status, 400, `${ip}: ${r.text}`);
+      assert.equal(r.json.code, 'invalid-request');
+      assert.match(r.json.error, re);
+      await assertNothingOf('cmt-where');
+    }
+    // The node's uplink and lo: a pod's program there would take the node's own traffic for a pod's.
+    const tc = async (dev: string): Promise<string> => (await run(['ip', 'netns', 'exec', node().netns, 'tc', 'filter', 'show', 'dev', dev, 'ingress'])).stdout;
+    const uplinkBefore = await tc('eth0');
+    for (const dev of ['eth0', 'lo']) {
+      const r = await api('PUT', '/v1/endpoints/cmt-where', JSON.stringify({ ...good, hostIfName: dev }));
+      assert.equal(r.status, 400, `${dev}: ${r.text}`);
+      assert.match(r.json.error, new RegExp(`^device ${dev} carries .*: a device of the node, not a pod's host-side veth`));
+      await assertNothingOf('cmt-where');
+    }
+    assert.equal(await tc('eth0'), uplinkBefore, "the uplink's filters are as they were");
+    // Two endpoints on one device: the second is refused and the first keeps it.
+    const owner = await api('PUT', '/v1/endpoints/cmt-owner', JSON.stringify(good));
+    assert.equal(owner.status, 200, owner.text);
+    const other = intToIp(ipToInt(pod.ip) + 100);
+    const thief = await api('PUT', '/v1/endpoints/cmt-thief', JSON.stringify({ ...good, podName: 'thief', ip: other }));
+    assert.equal(thief.status, 409, thief.text);
+    assert.equal(thief.json.code, 'conflict');
+    assert.match(thief.json.error, new RegExp(`^endpoint cmt-thief: device ${pod.hostIfName} belongs to endpoint cmt-owner \\(default/where\\)`));
+    await assertNothingOf('cmt-thief');
+    assert.equal((await endpointOf('cmt-owner'))?.ip, pod.ip, 'the first endpoint is untouched');
+    const del = await api('DELETE', '/v1/endpoints/cmt-owner');
+    assert.equal(del.status, 200, del.text);
+    await assertNothingOf('cmt-owner');
+    await goodAddDel('foreign addresses and devices');
   });
 
   test('wrong methods: 405 saying which method to use; unknown routes: 404 listing the routes', async () => {

@@ -29,7 +29,8 @@
 // how long an unreachable remote cluster's service backends are kept; 0 =
 // until it is back or removed from the mesh), remoteHeartbeatStaleSeconds (180:
 // a remote cluster whose cilium/.heartbeat has not changed for longer is
-// reported stale in status, as Cilium does), policyDefaultLocalCluster (true:
+// reported stale in status, as Cilium does; sooner, after 2.5 of its
+// heartbeat intervals, once the interval is known), policyDefaultLocalCluster (true:
 // a policy selector that names no io.cilium.k8s.policy.cluster matches the
 // local cluster only; false: every cluster), flowBufferSize (4096: how many
 // flows of the node's datapath events the agent keeps for GET /v1/flows),

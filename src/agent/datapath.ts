@@ -2,6 +2,7 @@
 // the pinned ipcache and endpoints maps, the endpoint attach/detach the
 // endpoint manager needs, and the datapath part of the status.
 import { readFileSync } from 'node:fs';
+import { networkInterfaces } from 'node:os';
 import { ifindexOf, tcQuery } from '../datapath/libbpf/tc.ts';
 import type * as endpointsMap from '../datapath/maps/endpoints.ts';
 import type * as ipcacheMap from '../datapath/maps/ipcache.ts';
@@ -46,14 +47,21 @@ function sysfsMac(name: string): string | undefined {
   }
 }
 
-export function endpointDatapath(dp: NodeDatapath): EndpointDatapath {
+/** tunnelDevice: the node's overlay device (refused as an endpoint's device). */
+export function endpointDatapath(dp: NodeDatapath, tunnelDevice?: string): EndpointDatapath {
   return {
     async attach(hostIfName) {
+      // A device of the node itself (its uplink, lo, anything with an IPv4 address; the
+      // overlay device) would get a pod's program: the node's own traffic taken for a pod's.
+      const own = (networkInterfaces()[hostIfName] ?? []).filter((a) => a.family === 'IPv4').map((a) => a.address);
+      if (own.length > 0) throw new ApiError('invalid-request', `device ${hostIfName} carries ${own.join(', ')}: a device of the node, not a pod's host-side veth`);
+      if (hostIfName === tunnelDevice) throw new ApiError('invalid-request', `device ${hostIfName} is the node's overlay device, not a pod's host-side veth`);
       // sysfs is a file read; `ip link` a process: it counts when pods come in bursts
       let mac = /^[A-Za-z0-9_.:-]{1,15}$/.test(hostIfName) ? sysfsMac(hostIfName) : undefined;
       if (!mac) {
         const link = await linkInfo(hostIfName);
         if (!link) throw new ApiError('device-not-found', `device ${hostIfName} does not exist in this node's network namespace`);
+        if (link.kind !== 'veth') throw new ApiError('invalid-request', `device ${hostIfName} is a ${link.kind ?? 'plain'} device, not a pod's host-side veth`);
         if (!link.mac) throw new ApiError('device-not-found', `device ${hostIfName} has no MAC address (not a veth?)`);
         mac = link.mac.toLowerCase();
       }

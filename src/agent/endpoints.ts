@@ -35,6 +35,7 @@
 // state of the reconcilers.
 import { randomUUID } from 'node:crypto';
 import { mkdir, readFile, readdir, rename, unlink, writeFile } from 'node:fs/promises';
+import { cidrRange, ipToInt } from '../cni/config.ts';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { sleep, systemClock, type Clock } from '../util/clock.ts';
@@ -82,6 +83,8 @@ export interface EndpointManagerOptions {
   clusterName: string;
   nodeName: string;
   nodeIP: string;
+  /** This node's pod CIDR: an endpoint's IP must be a host address in it (not the node's own address). */
+  podCIDR?: string;
   stateDir: string;
   datapath: EndpointDatapath;
   identities: EndpointIdentities;
@@ -177,6 +180,8 @@ export class EndpointManager {
       throw new ApiError('invalid-request', `endpoint ${containerID}: ${i.path.map(String).join('.') || '(body)'}: ${i.message}`);
     }
     const spec = parsed.data;
+    const badIP = this.o.podCIDR === undefined ? undefined : foreignAddress(spec.ip, this.o.podCIDR, this.o.nodeIP);
+    if (badIP) throw new ApiError('invalid-request', `endpoint ${containerID}: ip: ${badIP}`);
     return await this.locked(containerID, async () => {
       this.checkOpen();
       // Synchronous up to persist(): the IP is checked and the endpoint ID taken before anything
@@ -184,6 +189,9 @@ export class EndpointManager {
       for (const r of this.records.values()) {
         if (r.containerID !== containerID && r.ip === spec.ip)
           throw new ApiError('conflict', `endpoint ${containerID}: IP ${spec.ip} belongs to endpoint ${r.containerID} (${r.namespace}/${r.podName}) on this node`);
+        // Two endpoints on one device: the second attach would take the first one's traffic, and deleting either detach both.
+        if (r.containerID !== containerID && r.hostIfName === spec.hostIfName)
+          throw new ApiError('conflict', `endpoint ${containerID}: device ${spec.hostIfName} belongs to endpoint ${r.containerID} (${r.namespace}/${r.podName}) on this node`);
       }
       const prev = this.records.get(containerID);
       // The Pod object's labels, when the cluster has it, are the pod's labels (what `kubectl label` changes).
@@ -730,6 +738,20 @@ function sameSpec(rec: EndpointRecord, spec: EndpointSpec): boolean {
     rec.serviceAccount === (spec.serviceAccount ?? 'default') &&
     sameLabels(rec.labels, spec.labels)
   );
+}
+
+/**
+ * Why ip cannot be a pod of this node (undefined when it can): outside the
+ * node's pod CIDR (another node's or cluster's address: this node's maps would
+ * claim it), its network or broadcast address, or the node's own address.
+ */
+export function foreignAddress(ip: string, podCIDR: string, nodeIP: string): string | undefined {
+  const [net, bcast] = cidrRange(podCIDR);
+  const n = ipToInt(ip);
+  if (n < net || n > bcast) return `${ip} is not in this node's pod CIDR ${podCIDR}`;
+  if (n === net || n === bcast) return `${ip} is the ${n === net ? 'network' : 'broadcast'} address of this node's pod CIDR ${podCIDR}`;
+  if (ip === nodeIP) return `${ip} is this node's own address`;
+  return undefined;
 }
 
 function checkContainerID(id: string): void {

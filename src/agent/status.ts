@@ -44,6 +44,8 @@ export interface RemoteSummary {
   config?: RemoteClusterStatus['config'];
   /** Remote values refused, per reason. */
   rejected?: RemoteClusterStatus['rejected'];
+  /** Backoffs cut short because the remote became reachable again. Absent from older agents. */
+  reachableAgain?: number;
 }
 
 export interface AgentStatus {
@@ -93,6 +95,7 @@ export function remoteSummary(r: RemoteClusterStatus): RemoteSummary {
     heartbeat: { ...r.heartbeat },
     config: r.config ? { ...r.config } : null,
     rejected: { ...r.rejected },
+    reachableAgain: r.reachableAgain ?? 0,
     lastError: r.lastError,
     lastErrorAt: r.lastErrorAt,
   };

@@ -81,7 +81,7 @@ export type ApiErrorCode =
   | 'not-found' // 404: no such route
   | 'method-not-allowed' // 405
   | 'too-large' // 413: the request body is larger than the API reads
-  | 'conflict' // 409: the IP belongs to another endpoint
+  | 'conflict' // 409: the IP or the device belongs to another endpoint
   | 'device-not-found' // 422: hostIfName does not exist in the node's namespace
   | 'unavailable' // 503: a dependency failed (etcd for the identity; the datapath)
   | 'stopping' // 503: the agent is shutting down

@@ -15,6 +15,7 @@
 //     not replace what was learned for that key before.
 
 import type { Counter, Gauge, Registry } from 'prom-client';
+import { connect as netConnect } from 'node:net';
 import promClient from 'prom-client';
 import { KvClient } from '../kvstore/client.ts';
 import { KvError, type KvConnectionConfig, type KvPair } from '../kvstore/types.ts';
@@ -156,7 +157,17 @@ export interface RemoteClusterStatus {
    * when it was last seen to change (our clock), the time it carries, and
    * `stale` once connected without a change for longer than the limit.
    */
-  heartbeat: { lastSeenAt: string | null; value: string | null; ageMs: number | null; stale: boolean; staleAfterMs: number };
+  heartbeat: {
+    lastSeenAt: string | null;
+    value: string | null;
+    ageMs: number | null;
+    stale: boolean;
+    staleAfterMs: number;
+    /** The remote's heartbeat interval as its values show it (the shortest of the last few gaps), null until two were seen. */
+    intervalMs?: number | null;
+  };
+  /** Backoffs cut short because the remote became reachable again (TCP probe) since the start. */
+  reachableAgain?: number;
 }
 
 const REMOTE_STATES: readonly RemoteClusterState[] = ['connecting', 'waiting-config', 'refused', 'syncing', 'ready', 'disconnected', 'stopped', 'removed'];
@@ -299,8 +310,19 @@ export interface RemoteClusterOptions {
   maxValueBytes?: number;
   /** Creates the client (tests inject faults); default `new KvClient(config)`. */
   connect?: (config: KvConnectionConfig) => KvClient;
-  /** Report the remote stale when its heartbeat has not changed for this long (default 180 s, as Cilium). */
+  /**
+   * Report the remote stale when its heartbeat has not changed for this long (default 180 s, as
+   * Cilium); once the remote's interval is known (from the times two successive heartbeats carry),
+   * sooner: after HEARTBEAT_STALE_INTERVALS of them (at least HEARTBEAT_STALE_FLOOR_MS).
+   */
   heartbeatStaleMs?: number;
+  /**
+   * While backing off after a failed session: a plain TCP connect to the remote's endpoints every
+   * intervalMs (no TLS, no request). Once one failed and a later one connects (the network or the
+   * etcd came back), the backoff is cut short after a random 0..spreadMs. false: backoff only.
+   * Default { intervalMs: 1000, spreadMs: 2000, probe: tcpReachable }.
+   */
+  reachability?: false | Partial<ReachabilityOptions>;
   /** Shared with the other remotes of the mesh (default: slots of its own, no limit in effect). */
   syncSlots?: SyncSlots;
   /**
@@ -313,6 +335,44 @@ export interface RemoteClusterOptions {
 }
 
 export const DEFAULT_HEARTBEAT_STALE_MS = 180_000;
+/** Heartbeat intervals without a new one before the remote is reported stale (two missed, half an interval of slack). */
+export const HEARTBEAT_STALE_INTERVALS = 2.5;
+/** Never stale sooner than this (a remote writing every 200 ms is not stale after 500 ms of a busy event loop). */
+export const HEARTBEAT_STALE_FLOOR_MS = 5_000;
+
+export interface ReachabilityOptions {
+  intervalMs: number;
+  spreadMs: number;
+  /** True when some endpoint accepts a TCP connection within timeoutMs. */
+  probe: (endpoints: readonly string[], timeoutMs: number) => Promise<boolean>;
+}
+
+/** True when some endpoint (https://host:port) accepts a TCP connection within timeoutMs; closed at once. */
+export function tcpReachable(endpoints: readonly string[], timeoutMs: number): Promise<boolean> {
+  const one = (endpoint: string): Promise<boolean> =>
+    new Promise((resolve) => {
+      let url: URL;
+      try {
+        url = new URL(endpoint);
+      } catch {
+        return resolve(false);
+      }
+      const port = Number(url.port || (url.protocol === 'http:' ? 80 : 443));
+      const sock = netConnect({ host: url.hostname.replace(/^\[|\]$/g, ''), port });
+      const done = (ok: boolean): void => {
+        clearTimeout(timer);
+        sock.destroy();
+        resolve(ok);
+      };
+      const timer = setTimeout(() => done(false), timeoutMs);
+      timer.unref?.();
+      sock.once('connect', () => done(true));
+      sock.once('error', () => done(false));
+    });
+  return Promise.all(endpoints.map(one)).then((r) => r.some(Boolean));
+}
+
+export const DEFAULT_REACHABILITY: ReachabilityOptions = { intervalMs: 1000, spreadMs: 2000, probe: tcpReachable };
 
 // ---------------------------------------------------------------------------
 // Metrics, one set per registry
@@ -554,6 +614,13 @@ export class RemoteCluster {
   private heartbeatSince: number | null = null;
   private heartbeatSeenAt: number | null = null;
   private heartbeatValue: number | null = null;
+  /** The last gaps between successive heartbeat values (the remote's clock), newest last. */
+  private readonly heartbeatGaps: number[] = [];
+  private staleTimer: object | null = null;
+  private readonly reachability: ReachabilityOptions | null;
+  private reachableAgain = 0;
+  /** The last reachability probe failed (kept across attempts: a heal during an attempt is still a transition). */
+  private lastProbeFailed = false;
   private running: Promise<void> | null = null;
   private lifecycle: AbortController | null = null;
   private session: AbortController | null = null;
@@ -573,6 +640,7 @@ export class RemoteCluster {
     this.connectFn = opts.connect ?? ((c) => new KvClient(c));
     this.cached = opts.cached ?? null;
     this.heartbeatStaleMs = opts.heartbeatStaleMs ?? DEFAULT_HEARTBEAT_STALE_MS;
+    this.reachability = opts.reachability === false ? null : { ...DEFAULT_REACHABILITY, ...opts.reachability };
     this.syncSlots = opts.syncSlots ?? new SyncSlots(5);
     this.nodeMirror = new PrefixMirror(NODE_SPEC, this);
     this.identityMirror = new PrefixMirror(IDENTITY_SPEC, this);
@@ -629,18 +697,32 @@ export class RemoteCluster {
           }
         : null,
       heartbeat: this.heartbeatStatus(),
+      reachableAgain: this.reachableAgain,
     };
+  }
+
+  private heartbeatInterval(): number | null {
+    return this.heartbeatGaps.length === 0 ? null : Math.min(...this.heartbeatGaps);
+  }
+
+  /** How long without a new heartbeat before stale: the configured limit, or sooner once the remote's interval is known. */
+  private staleAfterMs(): number {
+    const interval = this.heartbeatInterval();
+    if (interval === null) return this.heartbeatStaleMs;
+    return Math.min(this.heartbeatStaleMs, Math.max(HEARTBEAT_STALE_FLOOR_MS, Math.round(HEARTBEAT_STALE_INTERVALS * interval)));
   }
 
   private heartbeatStatus(): RemoteClusterStatus['heartbeat'] {
     const now = this.clock.now();
     const ageMs = this.heartbeatSince === null ? null : Math.max(0, now - this.heartbeatSince);
+    const staleAfterMs = this.staleAfterMs();
     return {
       lastSeenAt: this.heartbeatSeenAt === null ? null : new Date(this.heartbeatSeenAt).toISOString(),
       value: this.heartbeatValue === null ? null : new Date(this.heartbeatValue).toISOString(),
       ageMs,
-      stale: this.connected && ageMs !== null && ageMs > this.heartbeatStaleMs,
-      staleAfterMs: this.heartbeatStaleMs,
+      stale: this.connected && ageMs !== null && ageMs > staleAfterMs,
+      staleAfterMs,
+      intervalMs: this.heartbeatInterval(),
     };
   }
 
@@ -648,10 +730,42 @@ export class RemoteCluster {
   private noteHeartbeat(raw: string): void {
     const now = this.clock.now();
     const wasStale = this.heartbeatStatus().stale;
+    const value = decodeHeartbeat(raw);
+    if (value !== null && this.heartbeatValue !== null && value > this.heartbeatValue) {
+      this.heartbeatGaps.push(value - this.heartbeatValue);
+      if (this.heartbeatGaps.length > 4) this.heartbeatGaps.shift();
+    }
     this.heartbeatSince = now;
     this.heartbeatSeenAt = now;
-    this.heartbeatValue = decodeHeartbeat(raw);
-    if (wasStale) this.log.info({ cluster: this.name }, 'remote heartbeat resumed');
+    this.heartbeatValue = value;
+    if (wasStale) {
+      this.log.info({ cluster: this.name }, 'remote heartbeat resumed');
+      this.notify();
+    }
+    this.armStaleTimer();
+  }
+
+  /**
+   * Tells the log and the status listeners when the heartbeat goes stale while connected. Only a
+   * report: a connection that is slow but alive is kept (keepalive and watch errors end a dead one).
+   */
+  private armStaleTimer(): void {
+    if (this.staleTimer) this.clock.clearTimeout(this.staleTimer);
+    this.staleTimer = null;
+    if (!this.connected || this.heartbeatSince === null) return;
+    const due = this.heartbeatSince + this.staleAfterMs() + 1 - this.clock.now();
+    this.staleTimer = this.clock.setTimeout(() => {
+      this.staleTimer = null;
+      const hb = this.heartbeatStatus();
+      if (!hb.stale) return this.armStaleTimer();
+      this.log.warn({ cluster: this.name, ageMs: hb.ageMs, staleAfterMs: hb.staleAfterMs, intervalMs: hb.intervalMs }, 'remote heartbeat stale (connection kept)');
+      this.notify();
+    }, Math.max(0, due));
+  }
+
+  private disarmStaleTimer(): void {
+    if (this.staleTimer) this.clock.clearTimeout(this.staleTimer);
+    this.staleTimer = null;
   }
 
   /** Called on every state change. Returns the unsubscribe function. */
@@ -709,14 +823,16 @@ export class RemoteCluster {
     const changed = this.state !== s;
     this.state = s;
     this.metrics.ready.set({ source_cluster: this.name }, s === 'ready' ? 1 : 0);
-    if (changed) {
-      const st = this.status();
-      for (const fn of [...this.listeners]) {
-        try {
-          fn(st);
-        } catch {
-          /* a listener's failure is its own */
-        }
+    if (changed) this.notify();
+  }
+
+  private notify(): void {
+    const st = this.status();
+    for (const fn of [...this.listeners]) {
+      try {
+        fn(st);
+      } catch {
+        /* a listener's failure is its own */
       }
     }
   }
@@ -757,12 +873,53 @@ export class RemoteCluster {
         session.abort();
         if (this.session === session) this.session = null;
         this.connected = false;
+        this.disarmStaleTimer();
       }
       if (stop.aborted) break;
       if (this.state !== 'refused') this.setState('disconnected');
       attempt = becameReady ? 0 : attempt + 1;
-      await sleep(this.clock, backoffDelay(this.backoff, attempt, this.random), stop);
+      await this.backoffWait(backoffDelay(this.backoff, attempt, this.random), stop);
     }
+  }
+
+  /**
+   * The backoff before the next session; cut short when the remote becomes reachable again.
+   * A cut of minutes grows the backoff to its cap (30 s and jitter), so the heal would wait up to
+   * that long. Instead a bare TCP connect every reachability.intervalMs (nothing at the remote
+   * while it is unreachable, an accept and a close once it is back) watches for the transition
+   * from unreachable to reachable (the last probe before an attempt counts too: a heal while an
+   * attempt was timing out is still a transition); then the next session starts after a random
+   * 0..spreadMs, so the agents of a mesh do not all connect in the same instant. A remote that
+   * is reachable but fails (refused config, TLS, an overloaded etcd timing out) never shows that
+   * transition and keeps the full backoff: the storm protection of the cap is unchanged there.
+   */
+  private async backoffWait(delayMs: number, stop: AbortSignal): Promise<void> {
+    const r = this.reachability;
+    if (!r || delayMs <= r.intervalMs || this.state === 'refused') {
+      await sleep(this.clock, delayMs, stop);
+      return;
+    }
+    const wake = new AbortController();
+    const onStop = (): void => wake.abort();
+    stop.addEventListener('abort', onStop, { once: true });
+    const watching = (async (): Promise<void> => {
+      while (await sleep(this.clock, r.intervalMs, wake.signal)) {
+        const up = await r.probe(this.connection.endpoints, r.intervalMs).catch(() => false);
+        if (wake.signal.aborted) return;
+        const transition = up && this.lastProbeFailed;
+        this.lastProbeFailed = !up;
+        if (!transition) continue;
+        if (!(await sleep(this.clock, Math.round(this.random() * r.spreadMs), wake.signal))) return;
+        this.reachableAgain++;
+        this.log.info({ cluster: this.name }, 'remote reachable again: reconnecting before the backoff ends');
+        wake.abort();
+        return;
+      }
+    })();
+    await sleep(this.clock, delayMs, wake.signal);
+    wake.abort();
+    stop.removeEventListener('abort', onStop);
+    void watching; // a probe still in flight ends on its own timeout and changes nothing
   }
 
   private async runSession(signal: AbortSignal, onReady: () => void): Promise<void> {
@@ -827,6 +984,7 @@ export class RemoteCluster {
       const cfg = this.checkConfig(cfgPair);
       const acceptedValue = cfgPair.value;
       this.connected = true;
+      this.lastProbeFailed = false;
       if (this.everConnected) {
         this.reconnections++;
         this.metrics.reconnections.inc({ source_cluster: this.name });
@@ -860,6 +1018,7 @@ export class RemoteCluster {
       });
       const hbPair = hb.pairs.find((p) => p.key === heartbeatKey);
       if (hbPair) this.noteHeartbeat(hbPair.value);
+      else this.armStaleTimer();
       watches.push(
         c.watch(
           heartbeatKey,

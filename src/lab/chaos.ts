@@ -143,7 +143,10 @@ export class ChaosRig {
     const t0 = Date.now();
     let why = '';
     for (;;) {
+      const was = why;
       why = await this.notGreen();
+      // What green waits for, each time it changes: where the time after a recovery goes.
+      if (why !== was && why !== '') this.log(`not green at +${Date.now() - t0} ms: ${why}`);
       if (why === '') return Date.now() - t0;
       if (Date.now() - t0 > timeoutMs) throw new Error(`not green after ${timeoutMs} ms: ${why}`);
       await sleep(100);
@@ -179,7 +182,10 @@ export class ChaosRig {
         if (!st.ready) return `${n.name} not ready (${st.phase})`;
         const remotes = this.topo.spec.clusters - 1;
         const ok = st.remoteClusters.filter((r) => r.connected && r.ready).length;
-        if (ok < remotes) return `${n.clusterName}/${n.name}: ${ok} of ${remotes} remotes connected and ready`;
+        if (ok < remotes) {
+          const notOk = st.remoteClusters.filter((r) => !(r.connected && r.ready)).map((r) => `${r.name} ${r.state}${r.lastError ? ` (${r.lastError.slice(0, 80)})` : ''}`);
+          return `${n.clusterName}/${n.name}: ${ok} of ${remotes} remotes connected and ready; ${notOk.join(', ') || 'some missing'}`;
+        }
       } catch (err) {
         return `${n.clusterName}/${n.name}: ${(err as Error).message}`;
       }
