@@ -158,7 +158,7 @@ describe('clustermesh install and connect by context on bare lab clusters, the d
   test("the agent pod deleted: the DaemonSet's new one re-adopts the node's endpoints and a long connection to the other cluster survives", async () => {
     const xw = podRecordsOf(labDir).find((r) => r.cluster === 'cluster1' && r.name === 'x-wing');
     assert.ok(xw, 'x-wing runs in cluster1');
-    const target = (await kubectlOk('cluster2', ['get', 'pods', '-l', 'app=rebel-base', '-o', 'jsonpath={.items[0].status.podIP}'])).trim();
+    const target = (await kubectlOk('cluster2', ['get', 'pods', '-l', 'name=rebel-base', '-o', 'jsonpath={.items[0].status.podIP}'])).trim();
     const state = JSON.parse(readFileSync(join(labDir, 'lab.json'), 'utf8')) as LabState;
     const node = state.nodes.find((n) => n.cluster === 'cluster1' && n.name === 'node1')!;
     const api = new AgentClient(node.socket, { timeoutMs: 10_000 });
