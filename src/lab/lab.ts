@@ -269,7 +269,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
       mkdirSync(join(dir, 'bin'), { recursive: true });
       writeFileSync(join(dir, 'bin', 'clustermesh'), `#!/bin/sh\n# clustermesh of lab ${name}\n${workload}exec '${process.execPath}' '${CLI}' "$@"\n`);
       chmodSync(join(dir, 'bin', 'clustermesh'), 0o755);
-      // With --install there are no lab agents: a kubelet per node of the topology, the CNI config from what the installed agent writes.
+      // Bare (--bare, --install): no lab agents; a kubelet per node of the topology, the CNI config from what the installed agent writes.
       const nodes = bare
         ? m.topo.nodes.map((node) => ({ node, cluster: m.clusters.find((c) => c.index === node.cluster)!, dir: join(m.clusters.find((c) => c.index === node.cluster)!.dir, node.name), socket: undefined }))
         : m.agents.map((a) => ({ node: a.node, cluster: a.cluster, dir: a.dir, socket: a.socket }));
