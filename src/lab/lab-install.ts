@@ -92,7 +92,7 @@ async function cm(o: InstallMeshOptions, args: string[]): Promise<Ran> {
 }
 
 function show(o: InstallMeshOptions, args: string[], r: Ran): void {
-  o.progress(`      $ clustermesh lab run -- clustermesh ${args.join(' ')}`);
+  o.progress(`      $ clustermesh lab run${o.state.name === 'default' ? '' : ` --lab ${o.state.name}`} -- clustermesh ${args.join(' ')}`);
   for (const l of r.out.trimEnd().split('\n')) if (l) o.progress(`        ${l}`);
 }
 
