@@ -17,6 +17,7 @@
 // canaries, cluster-config and status are deleted, and agents drop it.
 // Entries are not leased (a lease with 250k keys slows every put on it,
 // etcd-io/etcd#15993); the keys of a remote stay until this tier deletes them.
+// They are written 64 to a transaction (SyncStore batch).
 import type { Registry } from 'prom-client';
 import { ClusterMesh } from '../clustermesh/clustermesh.ts';
 import {
@@ -136,6 +137,8 @@ export class KvstoreMesh {
       leased: false,
       rateLimit: { perSecond: 1_000_000, burst: 1_000_000 },
       concurrency: 8,
+      // A remote's whole keyspace is written at once: 64 keys per transaction, not one put each.
+      batch: 64,
       clock: this.clock,
       ...(this.o.onError ? { onError: this.o.onError } : {}),
     });

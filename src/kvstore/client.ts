@@ -391,6 +391,23 @@ export class KvClient {
     });
   }
 
+  /**
+   * Puts and deletes in one etcd transaction (all or none; fenced like every
+   * write). etcd refuses more than its --max-txn-ops (128 by default) and a
+   * key twice in one transaction: callers keep batches within both.
+   */
+  async writeMany(ops: ReadonlyArray<{ key: string; value: string } | { key: string; delete: true }>, opts: PutOptions = {}): Promise<string> {
+    if (ops.length === 0) throw new KvError('other', 'writeMany', 'no operations');
+    return await this.call('writeMany', async () => {
+      const lease = opts.lease && ops.some((o) => !('delete' in o)) ? await this.sessionLeaseId() : undefined;
+      const success: IRequestOp[] = ops.map((o) =>
+        'delete' in o ? { request_delete_range: { key: Buffer.from(o.key) } } : { request_put: { key: Buffer.from(o.key), value: Buffer.from(o.value), ...(lease !== undefined ? { lease } : {}) } },
+      );
+      const res = await this.txn('writeMany', Buffer.alloc(0), [], success);
+      return String(res.header.revision);
+    });
+  }
+
   /** Deletes `key`; true when it existed. */
   async delete(key: string): Promise<boolean> {
     return await this.call('delete', async () => {

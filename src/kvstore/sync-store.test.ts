@@ -165,3 +165,50 @@ test('sync store: a lost session (etcd wiped) gets every leased key and the cana
     }
   });
 });
+
+test('sync store: batch writes several keys per transaction (one revision each), the canary after them, a failed batch retried', async () => {
+  await withEtcd({ name: 'ss-batch' }, async (server) => {
+    const client = new KvClient(server.connection('apiserver', { timeoutMs: 1000 }));
+    const rec = await recordWrites(server);
+    let recording = true;
+    const errors: KvError[] = [];
+    const store = new SyncStore(client, {
+      canaryKey: canaryKey('c1'), prefix: nodesPrefix, leased: false, batch: 16, concurrency: 2,
+      backoff: { initialMs: 20, maxMs: 100 },
+      onError: (e) => errors.push(e),
+    });
+    try {
+      for (let i = 0; i < 100; i++) store.upsert(nodeKey('c1', `n${i}`), `v${i}`);
+      store.delete(nodeKey('c1', 'gone'));
+      store.markInitialSyncDone();
+      await store.flush();
+      assert.equal(store.synced, true);
+      assert.equal(store.status().puts, 101); // 100 keys and the canary
+      assert.equal(store.status().deletes, 1);
+      const pairs = (await client.list(nodesPrefix)).pairs;
+      assert.equal(pairs.length, 100);
+      assert.ok(pairs.every((p) => p.value === `v${p.key.slice(nodeKey('c1', 'n').length)}`));
+      await waitFor(() => rec.events.some((e) => e.key === canaryKey('c1')), 2000, 'the recorder to see the canary');
+      const revs = new Set(rec.events.filter((e) => e.key.startsWith(nodesPrefix)).map((e) => e.modRevision));
+      // 101 changes in transactions of at most 16: 7 revisions at least, far fewer than 101.
+      assert.ok(revs.size >= 7 && revs.size <= 20, `revisions used: ${revs.size}`);
+      const canaryRev = rec.events.find((e) => e.key === canaryKey('c1'))!.modRevision;
+      assert.ok(rec.events.filter((e) => e.key.startsWith(nodesPrefix)).every((e) => BigInt(e.modRevision) < BigInt(canaryRev)), 'every entry before the canary');
+
+      // A batch that fails (etcd down) is retried until etcd is back; nothing is lost.
+      await rec.close();
+      recording = false;
+      await server.kill();
+      for (let i = 0; i < 40; i++) store.upsert(nodeKey('c1', `n${i}`), `w${i}`);
+      await waitFor(() => errors.length >= 2, 5000, 'failed batches');
+      await server.start();
+      await store.flush();
+      const after = (await client.list(nodesPrefix)).pairs;
+      for (let i = 0; i < 40; i++) assert.equal(after.find((p) => p.key === nodeKey('c1', `n${i}`))?.value, `w${i}`);
+    } finally {
+      await store.stop();
+      if (recording) await rec.close();
+      await client.close();
+    }
+  });
+});

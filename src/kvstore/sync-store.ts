@@ -32,6 +32,10 @@ export interface SyncStoreOptions {
   backoff?: BackoffOptions;
   /** Writes in flight at once (default 8). */
   concurrency?: number;
+  /** Up to this many keys per write, in one etcd transaction (default 1; at most
+   * 128, etcd's default --max-txn-ops). A transaction takes one token of the rate
+   * limit; a failed one is retried key by key with each key's backoff. */
+  batch?: number;
   clock?: Clock;
   random?: () => number;
   /** Every failed write (it is retried). */
@@ -73,12 +77,15 @@ export class SyncStore {
   private readonly leased: boolean;
   private readonly rate: RateLimit;
   private readonly concurrency: number;
+  private readonly batch: number;
   private readonly canaryKey: string;
   /** Desired changes not yet written, in arrival order. */
   private readonly pending = new Map<string, Pending>();
   /** Last value successfully written per key (what etcd holds, as far as we know). */
   private readonly written = new Map<string, string>();
   private readonly inFlight = new Set<Item>();
+  /** Requests (puts, deletes, transactions, the canary) in flight: what `concurrency` bounds. */
+  private requests = 0;
   /** Keys queued when markInitialSyncDone() was called and not written since. */
   private initialOutstanding: Set<string> | undefined;
   private canary: 'none' | 'waiting' | 'queued' | 'written' = 'none';
@@ -105,6 +112,7 @@ export class SyncStore {
     this.rate = opts.rateLimit ?? { perSecond: 200, burst: 100 };
     if (!(this.rate.perSecond > 0) || !(this.rate.burst >= 1)) throw new Error('sync-store: rateLimit needs perSecond > 0 and burst >= 1');
     this.concurrency = Math.max(1, opts.concurrency ?? 8);
+    this.batch = Math.min(128, Math.max(1, Math.floor(opts.batch ?? 1)));
     this.canaryKey = opts.canaryKey;
     this.tokens = this.rate.burst;
     this.tokensAt = this.clock.now();
@@ -234,7 +242,7 @@ export class SyncStore {
   private kick(): void {
     if (this.stopped) return;
     for (;;) {
-      if (this.inFlight.size >= this.concurrency) return;
+      if (this.requests >= this.concurrency) return;
       const now = this.clock.now();
       const next = this.nextReady(now);
       if (next === undefined) {
@@ -258,14 +266,38 @@ export class SyncStore {
         return;
       }
       this.tokens -= 1;
+      this.requests++;
       this.inFlight.add(next);
       if (next === CANARY) void this.writeCanary();
       else {
-        const p = this.pending.get(next)!;
-        this.pending.delete(next);
-        void this.write(next, p);
+        const keys = [next, ...this.moreReady(now, next, this.batch - 1)];
+        const ps = keys.map((k) => {
+          const p = this.pending.get(k)!;
+          this.pending.delete(k);
+          this.inFlight.add(k);
+          return p;
+        });
+        void this.write(keys, ps);
       }
     }
+  }
+
+  /** Up to `max` more keys ready now besides `first`, none of them already written as desired. */
+  private moreReady(now: number, first: string, max: number): string[] {
+    const out: string[] = [];
+    if (max <= 0) return out;
+    for (const [key, p] of this.pending) {
+      if (out.length >= max) break;
+      if (key === first || this.inFlight.has(key) || p.notBefore > now) continue;
+      if (p.op.kind === 'put' && this.written.get(key) === p.op.value) {
+        this.pending.delete(key);
+        this.initialOutstanding?.delete(key);
+        continue;
+      }
+      out.push(key);
+    }
+    this.maybeQueueCanary();
+    return out;
   }
 
   /** The first item ready now; schedules a wake-up for the earliest one that is not. */
@@ -305,41 +337,61 @@ export class SyncStore {
     this.kick();
   }
 
-  private async write(key: string, p: Pending): Promise<void> {
+  /** Writes `keys` (their desired changes `ps`): one put or delete, or one transaction for several. */
+  private async write(keys: string[], ps: Pending[]): Promise<void> {
     try {
-      if (p.op.kind === 'put') {
-        if (this.written.get(key) !== p.op.value) {
+      if (keys.length === 1) {
+        const [key, p] = [keys[0]!, ps[0]!];
+        if (p.op.kind === 'put') {
           await this.useSession();
           await this.client.put(key, p.op.value, { lease: this.leased });
-          this.stats.puts++;
-          this.written.set(key, p.op.value);
-        }
+        } else await this.client.delete(key);
       } else {
-        await this.client.delete(key);
-        this.stats.deletes++;
-        this.written.delete(key);
+        if (ps.some((p) => p.op.kind === 'put')) await this.useSession();
+        await this.client.writeMany(
+          keys.map((key, i) => {
+            const op = ps[i]!.op;
+            return op.kind === 'put' ? { key, value: op.value } : { key, delete: true as const };
+          }),
+          { lease: this.leased },
+        );
       }
-      this.initialOutstanding?.delete(key);
+      for (const [i, key] of keys.entries()) {
+        const op = ps[i]!.op;
+        if (op.kind === 'put') {
+          this.stats.puts++;
+          this.written.set(key, op.value);
+        } else {
+          this.stats.deletes++;
+          this.written.delete(key);
+        }
+        this.initialOutstanding?.delete(key);
+      }
       this.maybeQueueCanary();
     } catch (err) {
       const e = toKvError('sync-store', err);
       this.stats.failures++;
-      this.lastError = { kind: e.kind, message: e.message, key, at: this.clock.now() };
-      this.report(e, key);
-      // Superseded (a write fence names another writer): no write of ours can succeed again.
-      if (e.kind === 'superseded') this.pending.delete(key);
-      // Retry unless a newer change arrived meanwhile (that one is written instead).
-      else if (!this.pending.has(key) && !this.stopped) {
-        this.pending.set(key, { op: p.op, attempts: p.attempts + 1, notBefore: this.clock.now() + backoffDelay(p.attempts, this.opts.backoff, this.random) });
-      } else if (this.pending.has(key)) {
-        const newer = this.pending.get(key)!;
-        newer.attempts = p.attempts + 1;
-        newer.notBefore = this.clock.now() + backoffDelay(p.attempts, this.opts.backoff, this.random);
-      }
+      this.lastError = { kind: e.kind, message: e.message, key: keys[0]!, at: this.clock.now() };
+      for (const key of keys) this.report(e, key);
+      for (const [i, key] of keys.entries()) this.retryLater(key, ps[i]!, e);
     } finally {
-      this.inFlight.delete(key);
+      for (const key of keys) this.inFlight.delete(key);
+      this.requests--;
       this.kick();
       this.notifyIdle();
+    }
+  }
+
+  /** A failed change of `key` is queued again with its backoff, unless a newer one arrived meanwhile (that one is written instead). */
+  private retryLater(key: string, p: Pending, e: KvError): void {
+    // Superseded (a write fence names another writer): no write of ours can succeed again.
+    if (e.kind === 'superseded') this.pending.delete(key);
+    else if (!this.pending.has(key) && !this.stopped) {
+      this.pending.set(key, { op: p.op, attempts: p.attempts + 1, notBefore: this.clock.now() + backoffDelay(p.attempts, this.opts.backoff, this.random) });
+    } else if (this.pending.has(key)) {
+      const newer = this.pending.get(key)!;
+      newer.attempts = p.attempts + 1;
+      newer.notBefore = this.clock.now() + backoffDelay(p.attempts, this.opts.backoff, this.random);
     }
   }
 
@@ -359,6 +411,7 @@ export class SyncStore {
       this.canaryNotBefore = this.clock.now() + backoffDelay(this.canaryAttempts++, this.opts.backoff, this.random);
     } finally {
       this.inFlight.delete(CANARY);
+      this.requests--;
       this.kick();
       this.notifyIdle();
     }

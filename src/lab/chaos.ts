@@ -3,9 +3,13 @@
 //   - long-lived connections: a paced transfer (transfer.ts, checksummed) from
 //     a pod of every cluster to a pod of every other cluster, spanning the
 //     whole scenario; broken = the reader failed or the bytes did not match;
+//   - long-lived connections through a global service: the same transfer from
+//     a pod of every cluster to its cluster's ClusterIP of a global Service
+//     whose backends are the server pods of every cluster;
 //   - new connections: a stream (conn-stream.ts) from a pod of every cluster
-//     to a pod of every other cluster; failures counted, and the longest run
-//     of failures per pair (the outage a client saw);
+//     to a pod of every other cluster and to the global service; failures
+//     counted, and the longest run of failures per target (the outage a
+//     client saw);
 //   - time until green: every agent ready and every remote connected+ready;
 //   - map entries: every node's ipcache sampled every 100 ms against the truth
 //     (every registered pod: its identity, and its node as tunnel endpoint
@@ -28,6 +32,9 @@ import { startTransfer, type Transfer, type TransferResult } from './transfer.ts
 const ROOT = resolve(import.meta.dirname, '..', '..');
 const CONN_STREAM = resolve(ROOT, 'src', 'lab', 'conn-stream.ts');
 const SERVER_PORT = 8080;
+/** The global Service every cluster defines (backends: every cluster's server pod). */
+const GLOBAL_SERVICE = 'chaos-glob';
+const GLOBAL_LABELS = (p: PodInfo): Record<string, string> => ({ app: p.name, [GLOBAL_SERVICE]: 'y' });
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 export interface ChaosRigOptions {
@@ -114,13 +121,34 @@ export class ChaosRig {
         progress: (l) => log(l),
       });
       const rig = new ChaosRig(topo, mesh, log);
+      const servers = new Set(rig.serverPods());
+      // The global service: in every cluster, the server pod's Pod object (its labels the same as
+      // its endpoint's, so no relabel follows) and the Service; the EndpointSlice controller
+      // derives the backends, the apiservers export them, every agent merges all clusters'.
+      for (let c = 1; c <= topo.spec.clusters; c++) {
+        const srv = rig.serverPods().find((p) => p.cluster === c)!;
+        await mesh.kube(c).applyAll([
+          {
+            kind: 'Pod',
+            metadata: { name: srv.name, namespace: 'default', labels: GLOBAL_LABELS(srv) },
+            spec: { nodeName: srv.node.name, containers: [{ name: 'echo', ports: [{ name: 'http', containerPort: SERVER_PORT }] }] },
+            status: { phase: 'Running', podIP: srv.ip, conditions: [{ type: 'Ready', status: 'True' }] },
+          },
+          {
+            kind: 'Service',
+            metadata: { name: GLOBAL_SERVICE, namespace: 'default', annotations: { 'service.cilium.io/global': 'true' } },
+            spec: { clusterIP: rig.globalVip(c), selector: { [GLOBAL_SERVICE]: 'y' }, ports: [{ name: 'http', port: SERVER_PORT, targetPort: SERVER_PORT }] },
+          },
+        ]);
+      }
       for (const p of topo.pods) {
-        const ep = await mesh.addPod(p);
+        const ep = await mesh.addPod(p, servers.has(p) ? { labels: GLOBAL_LABELS(p) } : {});
         rig.truth.set(p.ip, { ip: p.ip, identity: ep.identity!, node: p.node });
       }
       for (const p of rig.serverPods()) rig.servers.push(await startEcho(p, SERVER_PORT));
       await Promise.all(rig.serverPods().map((p) => waitListening(p, SERVER_PORT)));
       await rig.waitGreen(120_000);
+      await rig.waitGlobalService(120_000);
       return rig;
     } catch (err) {
       await mesh?.stop().catch(() => undefined);
@@ -136,6 +164,30 @@ export class ChaosRig {
 
   clientPods(): PodInfo[] {
     return this.topo.pods.filter((p) => p.node.index === 1 && p.index === 2);
+  }
+
+  /** The global Service's ClusterIP in cluster `c` (ClusterIPs are per cluster). */
+  globalVip(c: number): string {
+    return `10.96.${c}.20`;
+  }
+
+  /** Until every node's agent has the global service with every cluster's server pod as a backend. */
+  async waitGlobalService(timeoutMs: number): Promise<void> {
+    const want = this.serverPods().map((p) => p.ip).sort();
+    const missing = async (): Promise<string[]> => {
+      const out: string[] = [];
+      for (const n of this.topo.nodes) {
+        const svc = (await this.mesh.agent(n).api.services().catch(() => [])).find((s) => s.name === GLOBAL_SERVICE && s.namespace === 'default');
+        const got = [...new Set((svc?.frontends ?? []).flatMap((f) => Object.values(f.backends).flat().map((b) => b.ip)))].sort();
+        if (JSON.stringify(got) !== JSON.stringify(want)) out.push(`${n.clusterName}/${n.name}: ${got.join(',') || 'no backends'}`);
+      }
+      return out;
+    };
+    const end = Date.now() + timeoutMs;
+    for (let m = await missing(); m.length > 0; m = await missing()) {
+      if (Date.now() > end) throw new Error(`the global service ${GLOBAL_SERVICE} lacks backends (want ${want.join(',')}) after ${timeoutMs} ms: ${m.join('; ')}`);
+      await sleep(200);
+    }
   }
 
   /** Every agent ready, every remote of every agent connected and ready. Returns ms waited. */
@@ -255,14 +307,18 @@ export class ChaosRig {
     // Long-lived: long enough to span the hold and the recovery; paced so every connection stays open.
     const rate = 256 << 10;
     const bytes = Math.ceil(((s.holdMs + 60_000) / 1000) * rate);
-    const transfers: Array<{ pair: string; t: Transfer }> = pairs.map(([c, srv]) => ({
-      pair: `${c.clusterName}->${srv.clusterName}`,
-      // Idle limit past TCP's own: after a cut of H s the sender's next retransmission (exponential
-      // backoff, at most 120 s apart) can come up to H s after the heal; a reader giving up before is not a broken connection.
-      t: startTransfer(c.netns, `http://${srv.ip}:${SERVER_PORT}/bytes?n=${bytes}`, { rateBytesPerSec: rate, idleTimeoutSeconds: 2 * Math.ceil(s.holdMs / 1000) + 60 }),
-    }));
+    // Idle limit past TCP's own: after a cut of H s the sender's next retransmission (exponential
+    // backoff, at most 120 s apart) can come up to H s after the heal; a reader giving up before is not a broken connection.
+    const transferTo = (c: PodInfo, ip: string): Transfer => startTransfer(c.netns, `http://${ip}:${SERVER_PORT}/bytes?n=${bytes}`, { rateBytesPerSec: rate, idleTimeoutSeconds: 2 * Math.ceil(s.holdMs / 1000) + 60 });
+    const transfers: Array<{ pair: string; t: Transfer }> = [
+      ...pairs.map(([c, srv]) => ({ pair: `${c.clusterName}->${srv.clusterName}`, t: transferTo(c, srv.ip) })),
+      ...this.clientPods().map((c) => ({ pair: `${c.clusterName}->global service ${this.globalVip(c.cluster)}`, t: transferTo(c, this.globalVip(c.cluster)) })),
+    ];
     const streams = this.clientPods().map((c) =>
-      new ConnStream(c.clusterName, c.netns, 500, 1000, this.serverPods().filter((x) => x.cluster !== c.cluster).map((x) => `${x.ip}:${SERVER_PORT}`)),
+      new ConnStream(c.clusterName, c.netns, 500, 1000, [
+        ...this.serverPods().filter((x) => x.cluster !== c.cluster).map((x) => `${x.ip}:${SERVER_PORT}`),
+        `${this.globalVip(c.cluster)}:${SERVER_PORT}`,
+      ]),
     );
     const sampler = this.sample();
     const t0 = Date.now();
@@ -507,8 +563,9 @@ export function reliabilityMarkdown(doc: ReliabilityDoc): string {
     '',
     'Produced by `npm run chaos` (scripts/chaos.sh): each family of test/chaos/*.test.ts starts a',
     'mesh of 3 clusters x 2 nodes (src/lab/chaos.ts) with steady traffic: a paced, checksummed',
-    'transfer from a pod of every cluster to a pod of every other cluster, spanning the scenario,',
-    'and a stream of new connections between the same pods (one every 250 ms per client, 1 s',
+    'transfer from a pod of every cluster to a pod of every other cluster and one to its',
+    "cluster's ClusterIP of a global Service backed by a pod of every cluster, spanning the scenario,",
+    'and a stream of new connections to the same targets (every 500 ms to each in turn per client, 1 s',
     'timeout). Every node\'s ipcache is compared with the truth every 100 ms (every pod: its',
     'identity and its node; no entry for an address without a pod). A fault is injected, held,',
     'recovered; "green" is every agent ready with every remote connected and synced. Each',
@@ -525,7 +582,6 @@ export function reliabilityMarkdown(doc: ReliabilityDoc): string {
     'without it the table has no row for it. A pod created or deleted during a fault is checked',
     "once every agent has seen each remote's heartbeat written after the recovery (a partitioned",
     'cluster cannot tell the others before the heal; green alone does not prove the catch-up).',
-    'Not covered yet (issue 17): traffic through a global service.',
     '',
   ].join('\n');
 }
