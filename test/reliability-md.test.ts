@@ -15,5 +15,5 @@ test('RELIABILITY.md is generated from bench/results/reliability.json', () => {
   assert.equal(existsSync(json), existsSync(md), 'both files or neither');
   if (!existsSync(json)) return;
   const doc = JSON.parse(readFileSync(json, 'utf8')) as ReliabilityDoc;
-  assert.equal(readFileSync(md, 'utf8'), reliabilityMarkdown(doc), 'regenerate with: node --import tsx scripts/reliability.ts, or npm run chaos');
+  assert.equal(readFileSync(md, 'utf8'), reliabilityMarkdown(doc), 'regenerate with: node --import tsx scripts/reliability.ts --markdown (the text), or npm run chaos (the data)');
 });
