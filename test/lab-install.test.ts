@@ -108,9 +108,10 @@ describe('clustermesh install and connect by context on bare lab clusters, the d
   });
 
   test('install and connect by kube context, then the demo story: global service across clusters, cross-cluster policy', async () => {
+    // A mixed mesh: cluster1's agents dial cluster2's etcd; cluster2 runs the cache tier (--kvstoremesh), its agents read cluster1 from their own etcd.
     for (const c of CLUSTERS) {
       const id = c.slice('cluster'.length);
-      const r = await ws(['install', '--context', c, '--cluster-name', c, '--cluster-id', id, '--service-type', 'LoadBalancer', '--image', LAB_INSTALL_IMAGE]);
+      const r = await ws(['install', '--context', c, '--cluster-name', c, '--cluster-id', id, '--service-type', 'LoadBalancer', '--image', LAB_INSTALL_IMAGE, ...(c === 'cluster2' ? ['--kvstoremesh'] : [])]);
       assert.equal(r.code, 0, show(r));
       assert.match(r.stdout, /daemonset\/clustermesh-agent created/);
     }
@@ -132,6 +133,10 @@ describe('clustermesh install and connect by context on bare lab clusters, the d
     console.log(`# ${conn.stdout.trim().split('\n').join('\n# ')}`);
     const st = await cli(['status', '--lab', name, '--wait', '--wait-duration', '3m'], 240_000);
     assert.equal(st.code, 0, show(st));
+    const report = JSON.parse((await cli(['status', '--lab', name, '-o', 'json'], 60_000)).stdout) as { clusters: Array<{ name: string; remoteClusters: Array<{ name: string; nodes: number; ready: number; viaCache: number }> }> };
+    const remote = (c: string) => report.clusters.find((x) => x.name === c)!.remoteClusters[0]!;
+    assert.deepEqual([remote('cluster1').name, remote('cluster1').viaCache], ['cluster2', 0], 'cluster1 dials cluster2 directly');
+    assert.deepEqual([remote('cluster2').name, remote('cluster2').viaCache, remote('cluster2').ready], ['cluster1', remote('cluster2').nodes, remote('cluster2').nodes], "cluster2's agents read cluster1 through the cache tier");
 
     // The demo's story.
     for (const [file, c] of [['rebel-base.yaml', 'cluster1'], ['rebel-base.yaml', 'cluster2'], ['clients.yaml', 'cluster1']] as const) await kubectlOk(c, ['apply', '-f', join(EXAMPLES_DIR, file)]);

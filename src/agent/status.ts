@@ -46,6 +46,8 @@ export interface RemoteSummary {
   rejected?: RemoteClusterStatus['rejected'];
   /** Backoffs cut short because the remote became reachable again. Absent from older agents. */
   reachableAgain?: number;
+  /** direct: this agent dials the remote's etcd; cache: it reads the remote from its own cluster's etcd (the cache tier). Absent from older agents. */
+  via?: RemoteClusterStatus['via'];
 }
 
 export interface AgentStatus {
@@ -96,6 +98,7 @@ export function remoteSummary(r: RemoteClusterStatus): RemoteSummary {
     config: r.config ? { ...r.config } : null,
     rejected: { ...r.rejected },
     reachableAgain: r.reachableAgain ?? 0,
+    via: r.via,
     lastError: r.lastError,
     lastErrorAt: r.lastErrorAt,
   };

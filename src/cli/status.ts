@@ -90,6 +90,8 @@ export interface RemoteClusterReport {
   lastError: { node: string; error: string; at: string | null } | null;
   /** Nodes whose agent reports the remote's heartbeat stale (no change for longer than its limit). */
   heartbeatStale: number;
+  /** Nodes reading this remote from their own cluster's etcd, where the cache tier (apiserver --kvstoremesh) writes it. */
+  viaCache: number;
 }
 
 export interface NodeReport {
@@ -282,6 +284,7 @@ export function summarize(probes: ClusterProbe[], now: Date = new Date()): Statu
         reconnections: have.reduce((a, { r }) => a + r.reconnections, 0),
         lastError,
         heartbeatStale: have.filter(({ r }) => r.heartbeat?.stale === true).length,
+        viaCache: have.filter(({ r }) => r.via === 'cache').length,
       };
     });
     for (const r of remoteClusters) {
@@ -448,7 +451,8 @@ export function formatStatus(r: StatusReport): string {
     }
     for (const rc of c.remoteClusters) {
       const synced = SYNCED_PREFIX_NAMES.map((p) => `${p} ${rc.synced[p]}/${rc.nodes}`).join(', ');
-      out.push(`  remote ${rc.name}: configured ${rc.configured}/${rc.nodes}, connected ${rc.connected}/${rc.nodes}, ready ${rc.ready}/${rc.nodes}; synced ${synced}`);
+      const via = rc.viaCache === 0 ? '' : rc.viaCache === rc.configured ? ' (through the cache tier)' : ` (${rc.viaCache}/${rc.nodes} through the cache tier)`;
+      out.push(`  remote ${rc.name}${via}: configured ${rc.configured}/${rc.nodes}, connected ${rc.connected}/${rc.nodes}, ready ${rc.ready}/${rc.nodes}; synced ${synced}`);
       out.push(
         `    nodes ${fmtStats(rc.counts.nodes)}, endpoints ${fmtStats(rc.counts.endpoints)}, identities ${fmtStats(rc.counts.identities)}, services ${fmtStats(rc.counts.services)}, reconnections ${rc.reconnections}, last error: ${rc.lastError ? `${rc.lastError.error} (${rc.lastError.node}${rc.lastError.at ? ` at ${rc.lastError.at}` : ''})` : 'none'}`,
       );

@@ -54,6 +54,12 @@ export function installCommand(): Command {
         "clustermesh is that CNI). Default: what the kubelet sets. With --k8s-service-port",
     )
     .option('--k8s-service-port <port>', 'the Kubernetes API server port for --k8s-service-host (KUBERNETES_SERVICE_PORT), e.g. 6443')
+    .option(
+      '--kvstoremesh',
+      "the cache tier (Cilium's KVStoreMesh): the apiserver imports every remote cluster once into this cluster's etcd and the agents read " +
+        'the remotes there, so each remote etcd serves one client per cluster instead of one per node, and agent restarts cost it nothing. ' +
+        'Clusters of one mesh may differ in this',
+    )
     .option('--dry-run', 'print the objects instead of applying them (contacts no cluster)')
     .addOption(new Option('-o, --output <format>', 'with --dry-run: output format').choices(['yaml', 'json']).default('yaml'))
     .addHelpText(

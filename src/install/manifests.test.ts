@@ -222,3 +222,36 @@ test('manifests: the agent runs as installed (podCIDR from its Node, the conflis
   assert.ok(!etcd.command.some((a) => a.includes(':2380')), 'no peer port a host etcd may hold');
   assert.deepEqual((parseYaml(cm.data['etcd-apiserver.yaml']!) as { endpoints: string[] }).endpoints, [`https://127.0.0.1:${etcdPort}`]);
 });
+
+test('--kvstoremesh: the apiserver runs the cache tier over the remotes Secret, the agents read the remotes from their own etcd; off by default', async () => {
+  const { compileAgentConfig } = await import('../agent/config.ts');
+  const { compileApiserverOptions } = await import('../apiserver/options.ts');
+  type Container = { name: string; command: string[]; volumeMounts: Array<{ name: string; mountPath: string }> };
+  type PodSpec = { containers: Container[]; volumes: Array<{ name: string; secret?: { secretName: string; optional?: boolean } }> };
+  const render = (kvstoremesh: boolean) => {
+    const objects = renderManifests(compileInstallSettings({ ...base, kvstoremesh }), CERTS);
+    const cm = objects.find((o) => o.kind === 'ConfigMap') as unknown as { data: Record<string, string> };
+    const api = (objects.find((o) => o.kind === 'Deployment') as unknown as { spec: { template: { spec: PodSpec } } }).spec.template.spec;
+    const agent = compileAgentConfig(parseYaml(cm.data['agent.yaml']!), { source: 'agent.yaml', baseDir: '/etc/clustermesh/config', flags: { nodeName: 'worker-1', nodeIp: '10.0.0.7' } });
+    for (const o of objects) assert.doesNotThrow(() => new MODELS[`${o.apiVersion}/${o.kind}`]!(structuredClone(o) as never).validate(), `${o.kind}/${o.metadata.name}`);
+    return { cm, api, apiserver: api.containers.find((c) => c.name === 'apiserver')!, agent };
+  };
+  const on = render(true);
+  assert.equal(on.cm.data.kvstoremesh, 'true');
+  assert.equal(on.agent.clustermeshCache, true);
+  const args = on.apiserver.command;
+  assert.deepEqual(args.slice(args.indexOf('--kvstoremesh')), ['--kvstoremesh', '--clustermesh-config-dir', on.agent.clustermeshConfigDir]);
+  // The remotes Secret (connect's one key set per remote) is mounted where the files it holds say.
+  const mount = on.apiserver.volumeMounts.find((m) => m.mountPath === on.agent.clustermeshConfigDir)!;
+  assert.deepEqual(on.api.volumes.find((v) => v.name === mount.name)?.secret, { secretName: 'clustermesh-remotes', optional: true });
+  // The apiserver accepts those flags (its own option checks).
+  const opts = compileApiserverOptions({ clusterName: 'c1', clusterId: '1', etcdConfig: '/x.yaml', kvstoremesh: true, clustermeshConfigDir: on.agent.clustermeshConfigDir } as never);
+  assert.equal(opts.kvstoremesh, true);
+
+  const off = render(false);
+  assert.equal(off.cm.data.kvstoremesh, 'false');
+  assert.equal(off.agent.clustermeshCache, false);
+  assert.ok(!off.apiserver.command.includes('--kvstoremesh'));
+  assert.ok(!off.apiserver.volumeMounts.some((m) => m.name === 'remotes'));
+  assert.equal(compileInstallSettings(base).kvstoremesh, false);
+});

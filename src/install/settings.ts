@@ -31,6 +31,12 @@ export interface InstallSettings {
    * before the CNI runs; undefined: what the kubelet sets.
    */
   k8sService: { host: string; port: number } | undefined;
+  /**
+   * The apiserver's cache tier (Cilium's KVStoreMesh): it imports every remote
+   * cluster once into this cluster's etcd and the agents read the remotes
+   * there, one connection each, instead of one per remote.
+   */
+  kvstoremesh: boolean;
 }
 
 /** A flag's value is wrong; the message names the flag. */
@@ -66,6 +72,7 @@ export interface RawInstallOptions {
   apiserverAddress?: string[] | undefined;
   k8sServiceHost?: string | undefined;
   k8sServicePort?: string | undefined;
+  kvstoremesh?: boolean | undefined;
 }
 
 function integer(flag: string, v: string, min: number, max: number): number {
@@ -126,5 +133,5 @@ export function compileInstallSettings(raw: RawInstallOptions): InstallSettings 
     k8sService = { host, port: integer('--k8s-service-port', raw.k8sServicePort, 1, 65535) };
   }
 
-  return { clusterName: raw.clusterName, clusterID, maxConnectedClusters, namespace, image, routingMode, tunnelPort, serviceType, nodePort, apiserverAddresses, k8sService };
+  return { clusterName: raw.clusterName, clusterID, maxConnectedClusters, namespace, image, routingMode, tunnelPort, serviceType, nodePort, apiserverAddresses, k8sService, kvstoremesh: raw.kvstoremesh === true };
 }
