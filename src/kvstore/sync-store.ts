@@ -34,7 +34,8 @@ export interface SyncStoreOptions {
   concurrency?: number;
   /** Up to this many keys per write, in one etcd transaction (default 1; at most
    * 128, etcd's default --max-txn-ops). A transaction takes one token of the rate
-   * limit; a failed one is retried key by key with each key's backoff. */
+   * limit and is one failure (onError once, naming its first key); its keys go
+   * back to the queue, each with its own backoff. */
   batch?: number;
   clock?: Clock;
   random?: () => number;
@@ -372,7 +373,7 @@ export class SyncStore {
       const e = toKvError('sync-store', err);
       this.stats.failures++;
       this.lastError = { kind: e.kind, message: e.message, key: keys[0]!, at: this.clock.now() };
-      for (const key of keys) this.report(e, key);
+      this.report(e, keys[0]!);
       for (const [i, key] of keys.entries()) this.retryLater(key, ps[i]!, e);
     } finally {
       for (const key of keys) this.inFlight.delete(key);
