@@ -343,6 +343,11 @@ export class Kubelet {
   private readonly tokenBusy = new Set<string>();
   /** The cluster's CA certificate (ca.crt of the service-account directory). */
   private readonly clusterCA: Buffer;
+  /**
+   * uid → when (ms since the epoch) each stage of the pod's start ended, from the pass that first
+   * saw it to its first Ready: logged with 'pod ready' (a few numbers per starting pod).
+   */
+  private readonly stages = new Map<string, Record<string, number>>();
 
   constructor(readonly cfg: KubeletConfig) {
     const kc = loadKubeConnection({ kubeconfig: cfg.kubeconfig }).kubeConfig;
@@ -409,11 +414,13 @@ export class Kubelet {
     for (const f of await this.feed.list()) if (f.pod.metadata.uid) mine.set(f.pod.metadata.uid, f);
     // Each pod is worked on by at most one task at a time; a pass never waits for a slow pod.
     // Gone or replaced pods first (a replacement may reuse the namespace name).
+    for (const uid of this.stages.keys()) if (!mine.has(uid) && !this.pods.has(uid)) this.stages.delete(uid);
     const gone = [...this.pods.values()].filter((r) => !mine.has(r.uid) && !this.busy.has(r.uid));
     const byNetns = new Map(gone.map((r) => [r.netns, this.track(r.uid, () => this.teardown(r))]));
     for (const f of mine.values()) {
       const { pod, api, revision } = f;
       const uid = pod.metadata.uid!;
+      if (!this.pods.has(uid) && !this.stages.has(uid)) this.stages.set(uid, { seen: Date.now() });
       if (this.busy.has(uid)) continue;
       // ConfigMap and Secret volumes follow their objects, also for a settled pod.
       const known = this.pods.get(uid);
@@ -441,10 +448,13 @@ export class Kubelet {
             }
             // A bounded number of pods start at once; each holds its slot until it answers (or a deadline).
             rec = await this.inStartSlot(async () => {
+              this.mark(uid, 'slot');
               const created = await this.create(pod, api);
               if (created) {
                 await this.superviseContainers(api, created);
+                this.mark(uid, 'started');
                 await this.untilReady(pod, api, created);
+                this.mark(uid, 'answers');
               }
               return created;
             });
@@ -460,6 +470,21 @@ export class Kubelet {
         }
       });
     }
+  }
+
+  /** Notes that stage `stage` of a starting pod's start ended now (see `stages`). */
+  private mark(uid: string, stage: string): void {
+    const s = this.stages.get(uid);
+    if (s && s[stage] === undefined) s[stage] = Date.now();
+  }
+
+  /** A started pod's stages as ms after the pass that first saw it (`seen`: the time), in the order they ended. */
+  private stageReport(uid: string): Record<string, unknown> | undefined {
+    const s = this.stages.get(uid);
+    if (!s?.seen) return undefined;
+    const out: Record<string, unknown> = { seen: new Date(s.seen).toISOString() };
+    for (const [k, v] of Object.entries(s).sort(([, a], [, b]) => a - b)) if (k !== 'seen') out[k] = v - s.seen;
+    return out;
   }
 
   /** Ready with its status written at this modRevision, checked recently, and its processes still run: nothing to do. */
@@ -549,7 +574,9 @@ export class Kubelet {
       mkdirSync(dir, { recursive: true });
       // Volumes first: a pod whose ConfigMap is missing waits without a network half made.
       this.prepareVolumes(api, rec);
+      this.mark(uid, 'volumes');
       await this.mountServiceAccountToken(api, rec);
+      this.mark(uid, 'token');
       const search = `search ${namespace}.svc.cluster.local svc.cluster.local cluster.local`;
       const resolv = `# cluster DNS of ${this.cfg.cluster} (lab ${this.cfg.lab})\nnameserver ${this.cfg.dnsIP}\n${search}\noptions ndots:5\n`;
       if (hostNetwork) {
@@ -571,10 +598,12 @@ export class Kubelet {
           throw err;
         });
       });
+      this.mark(uid, 'netns');
       const etc = join('/etc/netns', netns);
       mkdirSync(etc, { recursive: true });
       writeFileSync(join(etc, 'resolv.conf'), resolv);
       const res = await this.cni('ADD', rec, pod);
+      this.mark(uid, 'cni');
       if (res.code !== 0) {
         let msg = res.stdout.trim() || res.stderr.trim();
         try {
@@ -708,6 +737,7 @@ export class Kubelet {
       const obj = await this.feed.serviceAccount(rec.namespace, sa);
       if (!obj) throw new PodConfigError(`serviceaccount "${sa}" not found in namespace ${rec.namespace} (its token is mounted at ${SERVICE_ACCOUNT_DIR})`);
       automount = obj.automountServiceAccountToken;
+      this.mark(rec.uid, 'serviceaccount');
     }
     if (automount === false) return;
     await this.writeToken(rec, sa);
@@ -980,6 +1010,7 @@ export class Kubelet {
         child.once('spawn', () => resolve());
         child.once('error', () => resolve());
       });
+      this.mark(rec.uid, `spawned:${c.name}`);
       if (child.pid !== undefined) {
         const started = cr;
         child.once('exit', (code, signal) => {
@@ -996,6 +1027,7 @@ export class Kubelet {
           delete started.exitCode;
           writePodRecord(this.cfg.nodeDir, rec);
         });
+        this.mark(rec.uid, `released:${c.name}`);
         log(init ? 'init container started' : 'container started', { pod: `${rec.namespace}/${rec.name}`, container: c.name, pid: child.pid, argv });
       }
     } finally {
@@ -1104,6 +1136,11 @@ export class Kubelet {
     const now = new Date().toISOString();
     await f.writeStatus({ ...status, conditions: (status.conditions as Array<Record<string, unknown>>).map((c) => ({ ...c, lastTransitionTime: now })) });
     this.written.set(uid, key);
+    if (podReady && this.stages.has(uid)) {
+      this.mark(uid, 'status');
+      log('pod start stages', { pod: `${pod.metadata.namespace}/${pod.metadata.name}`, ms: this.stageReport(uid) });
+      this.stages.delete(uid);
+    }
   }
 
   private async teardown(rec: PodRecord, forget = true): Promise<void> {
@@ -1126,6 +1163,7 @@ export class Kubelet {
     this.ready.delete(rec.uid);
     this.settled.delete(rec.uid);
     this.tokenDue.delete(rec.uid);
+    if (forget) this.stages.delete(rec.uid);
     for (const c of rec.containers) {
       this.restartAt.delete(`${rec.uid}/${c.name}`);
       this.probes.delete(`${rec.uid}/${c.name}`);
