@@ -150,6 +150,8 @@ class ApiPodFeed implements PodFeed {
   /** ConfigMaps and Secrets (for volumes and env), by namespace/name, kept current by informers. */
   private readonly configMaps = new Map<string, V1ConfigMap>();
   private readonly secrets = new Map<string, V1Secret>();
+  /** ServiceAccounts (whether a pod's token is mounted), by namespace/name: a pod's start reads them here, not from the API. */
+  private readonly serviceAccounts = new Map<string, V1ServiceAccount>();
   private objectInformers: Array<{ start: () => Promise<void>; stop: () => Promise<void> }> = [];
   private nodeTimer: NodeJS.Timeout | undefined;
 
@@ -179,7 +181,7 @@ class ApiPodFeed implements PodFeed {
         onChange();
       },
     );
-    const keep = <T extends V1ConfigMap | V1Secret>(into: Map<string, T>) => (o: T, deleted: boolean) => {
+    const keep = <T extends V1ConfigMap | V1Secret | V1ServiceAccount>(into: Map<string, T>) => (o: T, deleted: boolean) => {
       const key = `${o.metadata?.namespace}/${o.metadata?.name}`;
       if (deleted) into.delete(key);
       else into.set(key, o);
@@ -188,6 +190,7 @@ class ApiPodFeed implements PodFeed {
     this.objectInformers = [
       watchKind<V1ConfigMap>(this.kc, '/api/v1/configmaps', () => this.core.listConfigMapForAllNamespaces(), keep(this.configMaps)),
       watchKind<V1Secret>(this.kc, '/api/v1/secrets', () => this.core.listSecretForAllNamespaces(), keep(this.secrets)),
+      watchKind<V1ServiceAccount>(this.kc, '/api/v1/serviceaccounts', () => this.core.listServiceAccountForAllNamespaces(), keep(this.serviceAccounts)),
     ];
     await Promise.all(this.objectInformers.map((i) => i.start()));
     await this.informer.start();
@@ -202,6 +205,9 @@ class ApiPodFeed implements PodFeed {
   }
 
   async serviceAccount(namespace: string, name: string): Promise<V1ServiceAccount | undefined> {
+    // The informer's copy; one it has not seen (yet) is read from the API, which has the last word.
+    const known = this.serviceAccounts.get(`${namespace}/${name}`);
+    if (known) return known;
     try {
       return await this.core.readNamespacedServiceAccount({ namespace, name });
     } catch (err) {
@@ -570,18 +576,24 @@ export class Kubelet {
     writePodRecord(this.cfg.nodeDir, rec);
     this.pods.set(uid, rec);
     const t0 = Date.now();
+    // The token is asked for while the network is made (an API round trip and a signature); awaited before the pod counts as created.
+    let token: Promise<void> | undefined;
     try {
       mkdirSync(dir, { recursive: true });
-      // Volumes first: a pod whose ConfigMap is missing waits without a network half made.
+      // Volumes and the ServiceAccount first: a pod whose ConfigMap or ServiceAccount is missing waits without a network half made.
       this.prepareVolumes(api, rec);
       this.mark(uid, 'volumes');
-      await this.mountServiceAccountToken(api, rec);
-      this.mark(uid, 'token');
+      const sa = await this.tokenServiceAccount(api, rec);
+      if (sa !== undefined) {
+        token = this.writeToken(rec, sa).then(() => this.mark(uid, 'token'));
+        token.catch(() => undefined); // awaited below; this only keeps an early failure from counting as unhandled
+      }
       const search = `search ${namespace}.svc.cluster.local svc.cluster.local cluster.local`;
       const resolv = `# cluster DNS of ${this.cfg.cluster} (lab ${this.cfg.lab})\nnameserver ${this.cfg.dnsIP}\n${search}\noptions ndots:5\n`;
       if (hostNetwork) {
         // The node's network namespace: no pod namespace, no CNI; the pod's IP is the node's.
         writeFileSync(join(dir, 'resolv.conf'), resolv);
+        await token;
         rec.ip = this.cfg.nodeIP ?? '127.0.0.1';
         writePodRecord(this.cfg.nodeDir, rec);
         this.retryAt.delete(uid);
@@ -617,6 +629,7 @@ export class Kubelet {
       const result = JSON.parse(res.stdout) as { ips?: Array<{ address: string }> };
       const ip = result.ips?.[0]?.address.split('/')[0];
       if (!ip) throw new Error(`CNI ADD returned no address: ${res.stdout.trim()}`);
+      await token;
       rec.ip = ip;
       writePodRecord(this.cfg.nodeDir, rec);
       this.retryAt.delete(uid);
@@ -630,6 +643,7 @@ export class Kubelet {
       const message = (err as Error).message;
       this.waitingWhy.set(uid, { reason: err instanceof PodConfigError ? 'CreateContainerConfigError' : 'ContainerCreating', message });
       log('pod create failed; retrying', { pod: `${namespace}/${name}`, error: message, retryInMs: wait });
+      await token?.catch(() => undefined); // it writes into the pod's dir, which teardown removes
       await this.teardown(rec, false);
       return undefined;
     }
@@ -727,9 +741,10 @@ export class Kubelet {
    * `default`) bound to the pod, with the cluster's CA and the namespace, in
    * the pod's token directory (written as a ConfigMap volume is), which every
    * container gets read-only at SERVICE_ACCOUNT_DIR. Throws PodConfigError
-   * while the ServiceAccount does not exist (the pod waits).
+   * while the ServiceAccount does not exist (the pod waits). Returns the
+   * ServiceAccount whose token the pod gets (writeToken), or undefined: none.
    */
-  private async mountServiceAccountToken(api: V1Pod, rec: PodRecord): Promise<void> {
+  private async tokenServiceAccount(api: V1Pod, rec: PodRecord): Promise<string | undefined> {
     const spec = api.spec ?? { containers: [] };
     const sa = spec.serviceAccountName || 'default';
     let automount = spec.automountServiceAccountToken;
@@ -739,8 +754,7 @@ export class Kubelet {
       automount = obj.automountServiceAccountToken;
       this.mark(rec.uid, 'serviceaccount');
     }
-    if (automount === false) return;
-    await this.writeToken(rec, sa);
+    return automount === false ? undefined : sa;
   }
 
   /** A new token of the pod's ServiceAccount in its token directory (the `..data` symlink swapped at once). */
