@@ -386,7 +386,7 @@ if (runs('cni') || runs('agent')) {
  * per stage, the median and 90th percentile of when it ended after the apply and of how long it took
  * (from the stage before it); samples pod_stage_<stage>_ms (after the apply) and pod_step_<stage>_ms.
  */
-function podStages(lab: string, clusters: string[], applyAt: number, pods: number): void {
+function podStages(lab: string, clusters: string[], applyAt: number, pods: number, podList: (cluster: string) => Array<{ metadata?: { name?: string; namespace?: string; creationTimestamp?: string } }>): void {
   const dir = labDir(lab);
   const lines = (file: string): Array<Record<string, unknown>> =>
     existsSync(file)
@@ -397,7 +397,8 @@ function podStages(lab: string, clusters: string[], applyAt: number, pods: numbe
       : [];
   const at = new Map<string, Record<string, number>>();
   for (const c of clusters) {
-    for (const l of lines(join(dir, c, 'kube-api', 'kube-apiserver.log'))) if (l.msg === 'scheduler: bound') at.set(`${c}/${String(l.pod)}`, { bound: Date.parse(String(l.time)) - applyAt });
+    for (const p of podList(c)) at.set(`${c}/${p.metadata?.namespace}/${p.metadata?.name}`, { created: Date.parse(p.metadata?.creationTimestamp ?? '') - applyAt });
+    for (const l of lines(join(dir, c, 'kube-api', 'kube-apiserver.log'))) if (l.msg === 'scheduler: bound') at.set(`${c}/${String(l.pod)}`, { ...at.get(`${c}/${String(l.pod)}`), bound: Date.parse(String(l.time)) - applyAt });
     for (const n of readdirSync(join(dir, c)).filter((x) => existsSync(join(dir, c, x, 'kubelet.log')))) {
       for (const l of lines(join(dir, c, n, 'kubelet.log'))) {
         if (l.msg !== 'pod start stages') continue;
@@ -469,7 +470,8 @@ if (runs('pods')) {
     }
     const nodes = JSON.parse(cm(['lab', 'get', 'nodes', '--lab', lab, '-o', 'json'])) as Array<{ agent: { pid: number | null } }>;
     nodes.forEach((n, j) => n.agent.pid && add('compiled', 'lab_agent_rss_mb', 'MB', j, procStatus(n.agent.pid).VmRSS!, { pods: pods.length }));
-    podStages(lab, clusters, applyAt, pods.length);
+    // Creation times from the API (seconds: what creationTimestamp holds).
+    podStages(lab, clusters, applyAt, pods.length, (c) => (JSON.parse(cm(['lab', 'run', '--lab', lab, '--', 'kubectl', '--context', c, 'get', 'pods', '-A', '-o', 'json'])) as { items: [] }).items);
   } finally {
     try {
       cm(['lab', 'down', '--lab', lab]);
