@@ -37,7 +37,10 @@
 //   pods    pods_ready_s: --pods echo pods (a Deployment per cluster, split evenly) on a 2 x 2 lab,
 //           apply to all ready; lab_echo_rss_mb, lab_echo_anon_mb: VmRSS and RssAnon of those pods
 //           once ready (one sample per pod), lab_echo_pss_mb: their Pss (the node binary's shared
-//           pages split among the pods that map them); lab_agent_rss_mb: the lab's agents then.
+//           pages split among the pods that map them); lab_agent_rss_mb: the lab's agents then;
+//           pod_stage_<stage>_ms / pod_step_<stage>_ms: when each stage of a pod's start ended after
+//           the apply / how long it took (created and bound from the API, the rest from the kubelets'
+//           'pod start stages' lines), printed as a table of medians and 90th percentiles.
 // Results: bench/results/startup-partial.json, or startup.json with --write (a full run only:
 // the published table reads that file).
 // Usage: npm run bench -- startup [--only start,echo,cni,agent,pods] [--reps 10] [--echo-reps 3]
