@@ -43,6 +43,7 @@ import {
   containerArgv,
   DEFAULT_SHARED_HOST_PATHS,
   mapHostPath,
+  MOUNT_SCRATCH_DIRS,
   mountScript,
   netconfOfFile,
   PodConfigError,
@@ -895,7 +896,7 @@ export class Kubelet {
     const views = (this.cfg.cniHostPaths ?? []).map((p) => ({ source: mapHostPath(p, this.hostRoot, []).path, target: p, readOnly: false, file: false, recursive: true }));
     const scratch = join(this.cfg.nodeDir, 'cni-mnt', `${rec.containerID}.${command}`);
     const argv = views.length ? ['unshare', '--mount', '--propagation', 'slave', 'sh', '-c', mountScript(views, [], scratch), 'cni-plugin', plugin] : [plugin];
-    if (views.length) for (const v of views) mkdirSync(v.source, { recursive: true });
+    if (views.length) for (const d of [...views.map((v) => v.source), ...MOUNT_SCRATCH_DIRS.map((x) => join(scratch, x))]) mkdirSync(d, { recursive: true });
     return new Promise((resolve, reject) => {
       const child = spawn(argv[0]!, argv.slice(1), { env, stdio: ['pipe', 'pipe', 'pipe'] });
       let stdout = '';
@@ -993,7 +994,9 @@ export class Kubelet {
     let wrapped: string[];
     if (mounts.mounts.length) {
       const script = join(rec.dir, `${c.name}.mounts.sh`);
-      writeFileSync(script, mountScript(mounts.mounts, mounts.bidirectional, join(rec.dir, `${c.name}.mnt`)));
+      const scratch = join(rec.dir, `${c.name}.mnt`);
+      for (const d of MOUNT_SCRATCH_DIRS) mkdirSync(join(scratch, d), { recursive: true });
+      writeFileSync(script, mountScript(mounts.mounts, mounts.bidirectional, scratch));
       const inMountNs = ['sh', script, ...argv];
       wrapped = rec.hostNetwork ? ['unshare', '--mount', '--propagation', mounts.bidirectional.length ? 'unchanged' : 'slave', ...inMountNs] : ['ip', 'netns', 'exec', rec.netns, ...inMountNs];
     } else wrapped = rec.hostNetwork ? argv : ['ip', 'netns', 'exec', rec.netns, ...argv];

@@ -111,7 +111,7 @@ test('mount script: staged binds, read-only remounts, file targets, mount points
   // The sources are bound on the namespace's tmpfs first, before any overlay could hide them.
   assert.match(s, /^S='\/pods\/p1\/main.mnt'$/m);
   assert.match(s, /mount -t tmpfs -o mode=0700 clustermesh-lab "\$S\/t"/);
-  assert.match(s, /^mkdir "\$S\/t\/src" "\$S\/t\/src\/0" "\$S\/t\/src\/2" "\$S\/t\/src\/3"$/m, 'the staging dirs in one mkdir');
+  assert.match(s, /^mkdir "\$S\/t\/src" "\$S\/t\/src\/0" "\$S\/t\/src\/2" "\$S\/t\/src\/3" "\$S\/t\/1" "\$S\/t\/1\/upper" "\$S\/t\/1\/work" .* "\$S\/t\/3\/work"$/m, 'the staging dirs and the overlays\' dirs (one per top-level target) in one mkdir');
   // A read-only plain bind is read-only from its staging on (mount binds and remounts in one process).
   assert.match(s, /^mount --bind -o ro '\/v\/it'\\''s' "\$S\/t\/src\/0"$/m);
   assert.match(s, /^mount --rbind '\/h\/ro' "\$S\/t\/src\/3"$/m);

@@ -254,7 +254,7 @@ inside() { for o in $OVL; do case "$1" in "$o"|"$o"/*) return 0 ;; esac; [ "$o" 
 up() { case "$1" in */*) u=\${1%/*}; [ -n "$u" ] || u=/ ;; *) u=. ;; esac; }
 overlay() {
   a=$1; n=$((n+1)); d="$S/t/$n"
-  mkdir -p "$d/upper" "$d/work"
+  [ -d "$d/work" ] || mkdir -p "$d/upper" "$d/work"
   mount -t overlay clustermesh-lab -o "lowerdir=$a,upperdir=$d/upper,workdir=$d/work" "$S/r"
   awk -v a="$a" -v r="$S/r" '
     function un(s) { gsub(/\\\\040/, " ", s); gsub(/\\\\011/, "\\t", s); gsub(/\\\\012/, "\\n", s); gsub(/\\\\134/, "\\\\", s); return s }
@@ -286,6 +286,9 @@ point() {
 }
 `;
 
+/** The dirs of a mount script's scratch dir (made by the caller when it can: then the script only tests them). */
+export const MOUNT_SCRATCH_DIRS = ['t', 'r', 'old'];
+
 /**
  * The shell script that makes a container's mounts in its private mount
  * namespace and then execs the command ("$@"). `bidirectional` sources stay
@@ -309,8 +312,14 @@ export function mountScript(mounts: ContainerMount[], bidirectional: string[], s
   }
   // Few processes: each is ~10-20 ms on a loaded machine, and a pod's start waits for all of them.
   // The scratch dirs are made by the caller when it can (then the test is all).
-  const dirs = mounts.map((m, i) => (m.file ? undefined : `"$S/t/src/${i}"`)).filter((x) => x !== undefined);
-  lines.push(`S=${q(scratch)}`, '[ -d "$S/old" ] && [ -d "$S/r" ] || mkdir -p "$S/t" "$S/r" "$S/old"', 'mount -t tmpfs -o mode=0700 clustermesh-lab "$S/t"', ['mkdir "$S/t/src"', ...dirs].join(' '));
+  const nested = (i: number): boolean => mounts.slice(0, i).some((o) => isUnder(mounts[i]!.target, o.target));
+  // The staging dirs, and the upper and work dirs of as many overlays as there may be (one per top-level target).
+  const points = mounts.filter((_, i) => !nested(i)).length;
+  const dirs = [
+    ...mounts.map((m, i) => (m.file ? undefined : `"$S/t/src/${i}"`)).filter((x) => x !== undefined),
+    ...Array.from({ length: points }, (_, k) => [`"$S/t/${k + 1}"`, `"$S/t/${k + 1}/upper"`, `"$S/t/${k + 1}/work"`]).flat(),
+  ];
+  lines.push(`S=${q(scratch)}`, `${MOUNT_SCRATCH_DIRS.map((d) => `[ -d "$S/${d}" ]`).join(' && ')} || mkdir -p ${MOUNT_SCRATCH_DIRS.map((d) => `"$S/${d}"`).join(' ')}`, 'mount -t tmpfs -o mode=0700 clustermesh-lab "$S/t"', ['mkdir "$S/t/src"', ...dirs].join(' '));
   lines.push(POINT_FUNCTIONS);
   // A read-only plain bind is made read-only as it is staged (one process: mount binds, then remounts);
   // a recursive one after its move, as `-o ro` with --rbind changes only its top mount either way.
@@ -320,7 +329,6 @@ export function mountScript(mounts: ContainerMount[], bidirectional: string[], s
     if (m.file) lines.push(`: > ${st}`);
     lines.push(`mount ${m.recursive ? '--rbind' : '--bind'}${roAtBind(m) ? ' -o ro' : ''} ${q(m.source)} ${st}`);
   });
-  const nested = (i: number): boolean => mounts.slice(0, i).some((o) => isUnder(mounts[i]!.target, o.target));
   mounts.forEach((m, i) => {
     if (!nested(i)) lines.push(`point ${q(m.target)} ${m.file ? 'f' : 'd'}`);
   });
