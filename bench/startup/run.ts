@@ -473,8 +473,16 @@ if (runs('pods')) {
     }
     const nodes = JSON.parse(cm(['lab', 'get', 'nodes', '--lab', lab, '-o', 'json'])) as Array<{ agent: { pid: number | null } }>;
     nodes.forEach((n, j) => n.agent.pid && add('compiled', 'lab_agent_rss_mb', 'MB', j, procStatus(n.agent.pid).VmRSS!, { pods: pods.length }));
-    // Creation times from the API (seconds: what creationTimestamp holds).
-    podStages(lab, clusters, applyAt, pods.length, (c) => (JSON.parse(cm(['lab', 'run', '--lab', lab, '--', 'kubectl', '--context', c, 'get', 'pods', '-A', '-o', 'json'])) as { items: [] }).items);
+    // Creation times from the API (seconds: what creationTimestamp holds); kubectl on this host, with the lab's kubeconfig.
+    podStages(lab, clusters, applyAt, pods.length, (c) => {
+      try {
+        const out = execFileSync('kubectl', ['--kubeconfig', join(labDir(lab), 'kubeconfig'), '--context', c, 'get', 'pods', '-A', '-o', 'json'], { encoding: 'utf8', maxBuffer: 64 << 20, timeout: 120_000 });
+        return (JSON.parse(out) as { items: [] }).items;
+      } catch (e) {
+        console.error(`pods: no creation times of ${c}: ${(e as Error).message.split('\n')[0]}`);
+        return [];
+      }
+    });
   } finally {
     try {
       cm(['lab', 'down', '--lab', lab]);
