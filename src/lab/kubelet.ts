@@ -352,7 +352,7 @@ export class Kubelet {
   private readonly clusterCA: Buffer;
   /**
    * uid → when (ms since the epoch) each stage of the pod's start ended, from the pass that first
-   * saw it to its first Ready: logged with 'pod ready' (a few numbers per starting pod).
+   * saw it to its first Ready: logged as 'pod start stages' (a few numbers per starting pod).
    */
   private readonly stages = new Map<string, Record<string, number>>();
 
