@@ -37,13 +37,16 @@
 //   pods    pods_ready_s: --pods echo pods (a Deployment per cluster, split evenly) on a 2 x 2 lab,
 //           apply to all ready; lab_echo_rss_mb, lab_echo_anon_mb: VmRSS and RssAnon of those pods
 //           once ready (one sample per pod), lab_echo_pss_mb: their Pss (the node binary's shared
-//           pages split among the pods that map them); lab_agent_rss_mb: the lab's agents then.
+//           pages split among the pods that map them); lab_agent_rss_mb: the lab's agents then;
+//           pod_stage_<stage>_ms / pod_step_<stage>_ms: when each stage of a pod's start ended after
+//           the apply / how long it took (created and bound from the API, the rest from the kubelets'
+//           'pod start stages' lines), printed as a table of medians and 90th percentiles.
 // Results: bench/results/startup-partial.json, or startup.json with --write (a full run only:
 // the published table reads that file).
 // Usage: npm run bench -- startup [--only start,echo,cni,agent,pods] [--reps 10] [--echo-reps 3]
 //          [--endpoints 0,100,1000] [--pods 200] [--nice -20] [--skip-tsx] [--write]
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { Agent, get } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -54,6 +57,7 @@ import { startMesh, type Mesh } from '../../src/lab/mesh.ts';
 import { childEnv } from '../../src/lab/process.ts';
 import { createTopology, destroyTopology, type NodeInfo, type Topology } from '../../src/lab/topology.ts';
 import { WORKLOAD_POD_ENTRY } from '../../src/lab/lab.ts';
+import { labDir } from '../../src/lab/state.ts';
 import { WORKLOAD_NODE_FLAGS } from '../../src/lab/workload-main.ts';
 import { median, printTable, summarize, writeResults, type Sample } from '../lib/results.ts';
 
@@ -379,6 +383,52 @@ if (runs('cni') || runs('agent')) {
 
 // ---- pods: N echo pods ready on a 2 x 2 lab ---------------------------------------
 
+/**
+ * Where the pods' time went: the scheduler's 'bound' lines (the cluster's kube-apiserver.log) and
+ * each kubelet's 'pod start stages' line (kubelet.ts: when each stage of a pod's start ended). Prints,
+ * per stage, the median and 90th percentile of when it ended after the apply and of how long it took
+ * (from the stage before it); samples pod_stage_<stage>_ms (after the apply) and pod_step_<stage>_ms.
+ */
+function podStages(lab: string, clusters: string[], applyAt: number, pods: number, podList: (cluster: string) => Array<{ metadata?: { name?: string; namespace?: string; creationTimestamp?: string } }>): void {
+  const dir = labDir(lab);
+  const lines = (file: string): Array<Record<string, unknown>> =>
+    existsSync(file)
+      ? readFileSync(file, 'utf8')
+          .split('\n')
+          .filter((l) => l.startsWith('{'))
+          .map((l) => JSON.parse(l) as Record<string, unknown>)
+      : [];
+  const at = new Map<string, Record<string, number>>();
+  for (const c of clusters) {
+    for (const p of podList(c)) at.set(`${c}/${p.metadata?.namespace}/${p.metadata?.name}`, { created: Date.parse(p.metadata?.creationTimestamp ?? '') - applyAt });
+    for (const l of lines(join(dir, c, 'kube-api', 'kube-apiserver.log'))) if (l.msg === 'scheduler: bound') at.set(`${c}/${String(l.pod)}`, { ...at.get(`${c}/${String(l.pod)}`), bound: Date.parse(String(l.time)) - applyAt });
+    for (const n of readdirSync(join(dir, c)).filter((x) => existsSync(join(dir, c, x, 'kubelet.log')))) {
+      for (const l of lines(join(dir, c, n, 'kubelet.log'))) {
+        if (l.msg !== 'pod start stages') continue;
+        const ms = l.ms as Record<string, number | string>;
+        const seen = Date.parse(String(ms.seen)) - applyAt;
+        const row = at.get(`${c}/${String(l.pod)}`) ?? {};
+        row.seen = seen;
+        for (const [k, v] of Object.entries(ms)) if (k !== 'seen') row[k.replace(/:.*/, '')] = seen + Number(v);
+        at.set(`${c}/${String(l.pod)}`, row);
+      }
+    }
+  }
+  const rows = [...at.values()].filter((r) => r.seen !== undefined);
+  if (!rows.length) return console.error('pods: no kubelet stage lines (a kubelet before the stage log?)');
+  const order = [...new Set(rows.flatMap((r) => Object.keys(r)))].sort((a, b) => median(rows.map((r) => r[a] ?? NaN).filter(Number.isFinite)) - median(rows.map((r) => r[b] ?? NaN).filter(Number.isFinite)));
+  const pct = (xs: number[], q: number): number => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))]!;
+  console.error(`pods: stages of ${rows.length} pods (ms; 'after apply': when it ended; 'step': since the stage before it)`);
+  console.error('  stage            after apply p50 / p90     step p50 / p90');
+  order.forEach((k, i) => {
+    const after = rows.map((r) => r[k]).filter((v): v is number => v !== undefined);
+    const step = i === 0 ? after : rows.filter((r) => r[k] !== undefined && r[order[i - 1]!] !== undefined).map((r) => r[k]! - r[order[i - 1]!]!);
+    after.forEach((v, j) => add('compiled', `pod_stage_${k}_ms`, 'ms', j, v, { pods }));
+    step.forEach((v, j) => add('compiled', `pod_step_${k}_ms`, 'ms', j, v, { pods }));
+    console.error(`  ${k.padEnd(16)} ${String(Math.round(pct(after, 0.5))).padStart(8)} / ${String(Math.round(pct(after, 0.9))).padEnd(12)} ${String(step.length ? Math.round(pct(step, 0.5)) : '-').padStart(6)} / ${step.length ? Math.round(pct(step, 0.9)) : '-'}`);
+  });
+}
+
 if (runs('pods')) {
   const lab = `cmbs${process.pid}`;
   const clusters = ['cluster1', 'cluster2'];
@@ -393,6 +443,7 @@ if (runs('pods')) {
     console.error(`pods: lab up ${lab} (2 x 2)`);
     cm(['lab', 'up', '--lab', lab, '--clusters', '2', '--nodes', '2']);
     const t0 = performance.now();
+    const applyAt = Date.now();
     for (const c of clusters) cm(['lab', 'apply', '--lab', lab, '-f', file, '--cluster', c]);
     let pods: Array<{ deployment: string | null; ready: boolean; netns: string | null }>;
     for (;;) {
@@ -422,6 +473,16 @@ if (runs('pods')) {
     }
     const nodes = JSON.parse(cm(['lab', 'get', 'nodes', '--lab', lab, '-o', 'json'])) as Array<{ agent: { pid: number | null } }>;
     nodes.forEach((n, j) => n.agent.pid && add('compiled', 'lab_agent_rss_mb', 'MB', j, procStatus(n.agent.pid).VmRSS!, { pods: pods.length }));
+    // Creation times from the API (seconds: what creationTimestamp holds); kubectl on this host, with the lab's kubeconfig.
+    podStages(lab, clusters, applyAt, pods.length, (c) => {
+      try {
+        const out = execFileSync('kubectl', ['--kubeconfig', join(labDir(lab), 'kubeconfig'), '--context', c, 'get', 'pods', '-A', '-o', 'json'], { encoding: 'utf8', maxBuffer: 64 << 20, timeout: 120_000 });
+        return (JSON.parse(out) as { items: [] }).items;
+      } catch (e) {
+        console.error(`pods: no creation times of ${c}: ${(e as Error).message.split('\n')[0]}`);
+        return [];
+      }
+    });
   } finally {
     try {
       cm(['lab', 'down', '--lab', lab]);

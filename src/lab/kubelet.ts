@@ -43,6 +43,7 @@ import {
   containerArgv,
   DEFAULT_SHARED_HOST_PATHS,
   mapHostPath,
+  MOUNT_SCRATCH_DIRS,
   mountScript,
   netconfOfFile,
   PodConfigError,
@@ -150,6 +151,8 @@ class ApiPodFeed implements PodFeed {
   /** ConfigMaps and Secrets (for volumes and env), by namespace/name, kept current by informers. */
   private readonly configMaps = new Map<string, V1ConfigMap>();
   private readonly secrets = new Map<string, V1Secret>();
+  /** ServiceAccounts (whether a pod's token is mounted), by namespace/name: a pod's start reads them here, not from the API. */
+  private readonly serviceAccounts = new Map<string, V1ServiceAccount>();
   private objectInformers: Array<{ start: () => Promise<void>; stop: () => Promise<void> }> = [];
   private nodeTimer: NodeJS.Timeout | undefined;
 
@@ -179,7 +182,7 @@ class ApiPodFeed implements PodFeed {
         onChange();
       },
     );
-    const keep = <T extends V1ConfigMap | V1Secret>(into: Map<string, T>) => (o: T, deleted: boolean) => {
+    const keep = <T extends V1ConfigMap | V1Secret | V1ServiceAccount>(into: Map<string, T>) => (o: T, deleted: boolean) => {
       const key = `${o.metadata?.namespace}/${o.metadata?.name}`;
       if (deleted) into.delete(key);
       else into.set(key, o);
@@ -188,6 +191,7 @@ class ApiPodFeed implements PodFeed {
     this.objectInformers = [
       watchKind<V1ConfigMap>(this.kc, '/api/v1/configmaps', () => this.core.listConfigMapForAllNamespaces(), keep(this.configMaps)),
       watchKind<V1Secret>(this.kc, '/api/v1/secrets', () => this.core.listSecretForAllNamespaces(), keep(this.secrets)),
+      watchKind<V1ServiceAccount>(this.kc, '/api/v1/serviceaccounts', () => this.core.listServiceAccountForAllNamespaces(), keep(this.serviceAccounts)),
     ];
     await Promise.all(this.objectInformers.map((i) => i.start()));
     await this.informer.start();
@@ -202,6 +206,9 @@ class ApiPodFeed implements PodFeed {
   }
 
   async serviceAccount(namespace: string, name: string): Promise<V1ServiceAccount | undefined> {
+    // The informer's copy; one it has not seen (yet) is read from the API, which has the last word.
+    const known = this.serviceAccounts.get(`${namespace}/${name}`);
+    if (known) return known;
     try {
       return await this.core.readNamespacedServiceAccount({ namespace, name });
     } catch (err) {
@@ -343,6 +350,11 @@ export class Kubelet {
   private readonly tokenBusy = new Set<string>();
   /** The cluster's CA certificate (ca.crt of the service-account directory). */
   private readonly clusterCA: Buffer;
+  /**
+   * uid → when (ms since the epoch) each stage of the pod's start ended, from the pass that first
+   * saw it to its first Ready: logged as 'pod start stages' (a few numbers per starting pod).
+   */
+  private readonly stages = new Map<string, Record<string, number>>();
 
   constructor(readonly cfg: KubeletConfig) {
     const kc = loadKubeConnection({ kubeconfig: cfg.kubeconfig }).kubeConfig;
@@ -409,11 +421,13 @@ export class Kubelet {
     for (const f of await this.feed.list()) if (f.pod.metadata.uid) mine.set(f.pod.metadata.uid, f);
     // Each pod is worked on by at most one task at a time; a pass never waits for a slow pod.
     // Gone or replaced pods first (a replacement may reuse the namespace name).
+    for (const uid of this.stages.keys()) if (!mine.has(uid) && !this.pods.has(uid)) this.stages.delete(uid);
     const gone = [...this.pods.values()].filter((r) => !mine.has(r.uid) && !this.busy.has(r.uid));
     const byNetns = new Map(gone.map((r) => [r.netns, this.track(r.uid, () => this.teardown(r))]));
     for (const f of mine.values()) {
       const { pod, api, revision } = f;
       const uid = pod.metadata.uid!;
+      if (!this.pods.has(uid) && !this.stages.has(uid)) this.stages.set(uid, { seen: Date.now() });
       if (this.busy.has(uid)) continue;
       // ConfigMap and Secret volumes follow their objects, also for a settled pod.
       const known = this.pods.get(uid);
@@ -441,10 +455,13 @@ export class Kubelet {
             }
             // A bounded number of pods start at once; each holds its slot until it answers (or a deadline).
             rec = await this.inStartSlot(async () => {
+              this.mark(uid, 'slot');
               const created = await this.create(pod, api);
               if (created) {
                 await this.superviseContainers(api, created);
+                this.mark(uid, 'started');
                 await this.untilReady(pod, api, created);
+                this.mark(uid, 'answers');
               }
               return created;
             });
@@ -460,6 +477,21 @@ export class Kubelet {
         }
       });
     }
+  }
+
+  /** Notes that stage `stage` of a starting pod's start ended now (see `stages`). */
+  private mark(uid: string, stage: string): void {
+    const s = this.stages.get(uid);
+    if (s && s[stage] === undefined) s[stage] = Date.now();
+  }
+
+  /** A started pod's stages as ms after the pass that first saw it (`seen`: the time), in the order they ended. */
+  private stageReport(uid: string): Record<string, unknown> | undefined {
+    const s = this.stages.get(uid);
+    if (!s?.seen) return undefined;
+    const out: Record<string, unknown> = { seen: new Date(s.seen).toISOString() };
+    for (const [k, v] of Object.entries(s).sort(([, a], [, b]) => a - b)) if (k !== 'seen') out[k] = v - s.seen;
+    return out;
   }
 
   /** Ready with its status written at this modRevision, checked recently, and its processes still run: nothing to do. */
@@ -545,16 +577,24 @@ export class Kubelet {
     writePodRecord(this.cfg.nodeDir, rec);
     this.pods.set(uid, rec);
     const t0 = Date.now();
+    // The token is asked for while the network is made (an API round trip and a signature); awaited before the pod counts as created.
+    let token: Promise<void> | undefined;
     try {
       mkdirSync(dir, { recursive: true });
-      // Volumes first: a pod whose ConfigMap is missing waits without a network half made.
+      // Volumes and the ServiceAccount first: a pod whose ConfigMap or ServiceAccount is missing waits without a network half made.
       this.prepareVolumes(api, rec);
-      await this.mountServiceAccountToken(api, rec);
+      this.mark(uid, 'volumes');
+      const sa = await this.tokenServiceAccount(api, rec);
+      if (sa !== undefined) {
+        token = this.writeToken(rec, sa).then(() => this.mark(uid, 'token'));
+        token.catch(() => undefined); // awaited below; this only keeps an early failure from counting as unhandled
+      }
       const search = `search ${namespace}.svc.cluster.local svc.cluster.local cluster.local`;
       const resolv = `# cluster DNS of ${this.cfg.cluster} (lab ${this.cfg.lab})\nnameserver ${this.cfg.dnsIP}\n${search}\noptions ndots:5\n`;
       if (hostNetwork) {
         // The node's network namespace: no pod namespace, no CNI; the pod's IP is the node's.
         writeFileSync(join(dir, 'resolv.conf'), resolv);
+        await token;
         rec.ip = this.cfg.nodeIP ?? '127.0.0.1';
         writePodRecord(this.cfg.nodeDir, rec);
         this.retryAt.delete(uid);
@@ -571,10 +611,12 @@ export class Kubelet {
           throw err;
         });
       });
+      this.mark(uid, 'netns');
       const etc = join('/etc/netns', netns);
       mkdirSync(etc, { recursive: true });
       writeFileSync(join(etc, 'resolv.conf'), resolv);
       const res = await this.cni('ADD', rec, pod);
+      this.mark(uid, 'cni');
       if (res.code !== 0) {
         let msg = res.stdout.trim() || res.stderr.trim();
         try {
@@ -588,6 +630,7 @@ export class Kubelet {
       const result = JSON.parse(res.stdout) as { ips?: Array<{ address: string }> };
       const ip = result.ips?.[0]?.address.split('/')[0];
       if (!ip) throw new Error(`CNI ADD returned no address: ${res.stdout.trim()}`);
+      await token;
       rec.ip = ip;
       writePodRecord(this.cfg.nodeDir, rec);
       this.retryAt.delete(uid);
@@ -601,6 +644,7 @@ export class Kubelet {
       const message = (err as Error).message;
       this.waitingWhy.set(uid, { reason: err instanceof PodConfigError ? 'CreateContainerConfigError' : 'ContainerCreating', message });
       log('pod create failed; retrying', { pod: `${namespace}/${name}`, error: message, retryInMs: wait });
+      await token?.catch(() => undefined); // it writes into the pod's dir, which teardown removes
       await this.teardown(rec, false);
       return undefined;
     }
@@ -698,9 +742,10 @@ export class Kubelet {
    * `default`) bound to the pod, with the cluster's CA and the namespace, in
    * the pod's token directory (written as a ConfigMap volume is), which every
    * container gets read-only at SERVICE_ACCOUNT_DIR. Throws PodConfigError
-   * while the ServiceAccount does not exist (the pod waits).
+   * while the ServiceAccount does not exist (the pod waits). Returns the
+   * ServiceAccount whose token the pod gets (writeToken), or undefined: none.
    */
-  private async mountServiceAccountToken(api: V1Pod, rec: PodRecord): Promise<void> {
+  private async tokenServiceAccount(api: V1Pod, rec: PodRecord): Promise<string | undefined> {
     const spec = api.spec ?? { containers: [] };
     const sa = spec.serviceAccountName || 'default';
     let automount = spec.automountServiceAccountToken;
@@ -708,9 +753,9 @@ export class Kubelet {
       const obj = await this.feed.serviceAccount(rec.namespace, sa);
       if (!obj) throw new PodConfigError(`serviceaccount "${sa}" not found in namespace ${rec.namespace} (its token is mounted at ${SERVICE_ACCOUNT_DIR})`);
       automount = obj.automountServiceAccountToken;
+      this.mark(rec.uid, 'serviceaccount');
     }
-    if (automount === false) return;
-    await this.writeToken(rec, sa);
+    return automount === false ? undefined : sa;
   }
 
   /** A new token of the pod's ServiceAccount in its token directory (the `..data` symlink swapped at once). */
@@ -851,7 +896,7 @@ export class Kubelet {
     const views = (this.cfg.cniHostPaths ?? []).map((p) => ({ source: mapHostPath(p, this.hostRoot, []).path, target: p, readOnly: false, file: false, recursive: true }));
     const scratch = join(this.cfg.nodeDir, 'cni-mnt', `${rec.containerID}.${command}`);
     const argv = views.length ? ['unshare', '--mount', '--propagation', 'slave', 'sh', '-c', mountScript(views, [], scratch), 'cni-plugin', plugin] : [plugin];
-    if (views.length) for (const v of views) mkdirSync(v.source, { recursive: true });
+    if (views.length) for (const d of [...views.map((v) => v.source), ...MOUNT_SCRATCH_DIRS.map((x) => join(scratch, x))]) mkdirSync(d, { recursive: true });
     return new Promise((resolve, reject) => {
       const child = spawn(argv[0]!, argv.slice(1), { env, stdio: ['pipe', 'pipe', 'pipe'] });
       let stdout = '';
@@ -949,7 +994,9 @@ export class Kubelet {
     let wrapped: string[];
     if (mounts.mounts.length) {
       const script = join(rec.dir, `${c.name}.mounts.sh`);
-      writeFileSync(script, mountScript(mounts.mounts, mounts.bidirectional, join(rec.dir, `${c.name}.mnt`)));
+      const scratch = join(rec.dir, `${c.name}.mnt`);
+      for (const d of MOUNT_SCRATCH_DIRS) mkdirSync(join(scratch, d), { recursive: true });
+      writeFileSync(script, mountScript(mounts.mounts, mounts.bidirectional, scratch));
       const inMountNs = ['sh', script, ...argv];
       wrapped = rec.hostNetwork ? ['unshare', '--mount', '--propagation', mounts.bidirectional.length ? 'unchanged' : 'slave', ...inMountNs] : ['ip', 'netns', 'exec', rec.netns, ...inMountNs];
     } else wrapped = rec.hostNetwork ? argv : ['ip', 'netns', 'exec', rec.netns, ...argv];
@@ -980,6 +1027,7 @@ export class Kubelet {
         child.once('spawn', () => resolve());
         child.once('error', () => resolve());
       });
+      this.mark(rec.uid, `spawned:${c.name}`);
       if (child.pid !== undefined) {
         const started = cr;
         child.once('exit', (code, signal) => {
@@ -996,6 +1044,7 @@ export class Kubelet {
           delete started.exitCode;
           writePodRecord(this.cfg.nodeDir, rec);
         });
+        this.mark(rec.uid, `released:${c.name}`);
         log(init ? 'init container started' : 'container started', { pod: `${rec.namespace}/${rec.name}`, container: c.name, pid: child.pid, argv });
       }
     } finally {
@@ -1104,6 +1153,11 @@ export class Kubelet {
     const now = new Date().toISOString();
     await f.writeStatus({ ...status, conditions: (status.conditions as Array<Record<string, unknown>>).map((c) => ({ ...c, lastTransitionTime: now })) });
     this.written.set(uid, key);
+    if (podReady && this.stages.has(uid)) {
+      this.mark(uid, 'status');
+      log('pod start stages', { pod: `${pod.metadata.namespace}/${pod.metadata.name}`, ms: this.stageReport(uid) });
+      this.stages.delete(uid);
+    }
   }
 
   private async teardown(rec: PodRecord, forget = true): Promise<void> {
@@ -1126,6 +1180,7 @@ export class Kubelet {
     this.ready.delete(rec.uid);
     this.settled.delete(rec.uid);
     this.tokenDue.delete(rec.uid);
+    if (forget) this.stages.delete(rec.uid);
     for (const c of rec.containers) {
       this.restartAt.delete(`${rec.uid}/${c.name}`);
       this.probes.delete(`${rec.uid}/${c.name}`);

@@ -103,6 +103,7 @@ test('mount script: staged binds, read-only remounts, file targets, mount points
       { source: "/v/it's", target: '/etc/x', readOnly: true, file: false, recursive: false },
       { source: '/h/f', target: '/usr/bin/tool', readOnly: false, file: true, recursive: true },
       { source: '/h/d', target: '/etc/x/sub', readOnly: false, file: false, recursive: false },
+      { source: '/h/ro', target: '/opt/ro', readOnly: true, file: false, recursive: true },
     ],
     [],
     '/pods/p1/main.mnt',
@@ -110,14 +111,20 @@ test('mount script: staged binds, read-only remounts, file targets, mount points
   // The sources are bound on the namespace's tmpfs first, before any overlay could hide them.
   assert.match(s, /^S='\/pods\/p1\/main.mnt'$/m);
   assert.match(s, /mount -t tmpfs -o mode=0700 clustermesh-lab "\$S\/t"/);
-  assert.match(s, /mkdir "\$S\/t\/src\/0"\nmount --bind '\/v\/it'\\''s' "\$S\/t\/src\/0"/);
+  assert.match(s, /^mkdir "\$S\/t\/src" "\$S\/t\/src\/0" "\$S\/t\/src\/2" "\$S\/t\/src\/3" "\$S\/t\/1" "\$S\/t\/1\/upper" "\$S\/t\/1\/work" .* "\$S\/t\/3\/work"$/m, 'the staging dirs and the overlays\' dirs (one per top-level target) in one mkdir');
+  // A read-only plain bind is read-only from its staging on (mount binds and remounts in one process).
+  assert.match(s, /^mount --bind -o ro '\/v\/it'\\''s' "\$S\/t\/src\/0"$/m);
+  assert.match(s, /^mount --rbind '\/h\/ro' "\$S\/t\/src\/3"$/m);
   assert.match(s, /: > "\$S\/t\/src\/1"\nmount --rbind '\/h\/f' "\$S\/t\/src\/1"/);
   // Mount points: the top-level targets through point (an overlay where the machine lacks one), a nested one inside its volume.
   assert.match(s, /^point '\/etc\/x' d$/m);
   assert.match(s, /^point '\/usr\/bin\/tool' f$/m);
   assert.doesNotMatch(s, /^point '\/etc\/x\/sub'/m);
-  assert.match(s, /mkdir -p '\/etc\/x\/sub'\nmount --move "\$S\/t\/src\/2" '\/etc\/x\/sub'/);
-  assert.match(s, /mount --move "\$S\/t\/src\/0" '\/etc\/x'\nmount -o remount,bind,ro '\/etc\/x'/);
+  assert.match(s, /\[ -d '\/etc\/x\/sub' \] \|\| mkdir -p '\/etc\/x\/sub'\nmount --move "\$S\/t\/src\/2" '\/etc\/x\/sub'/);
+  assert.match(s, /mount --move "\$S\/t\/src\/0" '\/etc\/x'\n(?!mount -o remount)/);
+  assert.match(s, /mount --move "\$S\/t\/src\/3" '\/opt\/ro'\nmount -o remount,bind,ro '\/opt\/ro'/, 'a recursive bind is made read-only after its move');
+  // Path arithmetic and the mount table in the shell and one awk: no dirname, realpath on the usual path, findmnt, sort.
+  assert.doesNotMatch(s, /\$\(dirname|findmnt|\| *sort/);
   assert.match(s, /mount -t overlay clustermesh-lab -o "lowerdir=\$a,upperdir=\$d\/upper,workdir=\$d\/work" "\$S\/r"/);
   assert.match(s, /pivot_root \. "\.\$S\/old"/);
   assert.doesNotMatch(s, /mkdir -p '\/etc\/x'$/m, 'no mount point made directly on the machine');

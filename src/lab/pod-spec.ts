@@ -249,39 +249,45 @@ const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
  */
 const POINT_FUNCTIONS = `OVL=''
 n=0
-W=$(pwd)
+W=$PWD
 inside() { for o in $OVL; do case "$1" in "$o"|"$o"/*) return 0 ;; esac; [ "$o" = / ] && return 0; done; return 1; }
+up() { case "$1" in */*) u=\${1%/*}; [ -n "$u" ] || u=/ ;; *) u=. ;; esac; }
 overlay() {
   a=$1; n=$((n+1)); d="$S/t/$n"
-  mkdir -p "$d/upper" "$d/work"
+  [ -d "$d/work" ] || mkdir -p "$d/upper" "$d/work"
   mount -t overlay clustermesh-lab -o "lowerdir=$a,upperdir=$d/upper,workdir=$d/work" "$S/r"
-  findmnt -rn -o TARGET | LC_ALL=C sort -u | awk -v a="$a" -v r="$S/r" '
+  awk -v a="$a" -v r="$S/r" '
+    function un(s) { gsub(/\\\\040/, " ", s); gsub(/\\\\011/, "\\t", s); gsub(/\\\\012/, "\\n", s); gsub(/\\\\134/, "\\\\", s); return s }
     BEGIN { p = a == "/" ? "/" : a "/" }
-    index($0, p) != 1 || $0 == a || $0 == r { next }
-    { for (k in kept) if (index($0, k "/") == 1) next; kept[$0] = 1; print }' > "$d/mounts"
+    { m = un($5) } index(m, p) != 1 || m == a || m == r { next }
+    { seen[m] = 1 }
+    END { for (m in seen) { top = 1; for (k in seen) if (index(m, k "/") == 1) { top = 0; break }; if (top) print m } }' /proc/self/mountinfo > "$d/mounts"
   while read -r m; do
     if [ "$a" = / ]; then t="$S/r$m"; else t="$S/r\${m#"$a"}"; fi
-    if [ -d "$m" ]; then mkdir -p "$t"; elif [ ! -e "$t" ]; then mkdir -p "$(dirname "$t")"; : > "$t"; fi
+    if [ -d "$m" ]; then [ -d "$t" ] || mkdir -p "$t"; elif [ ! -e "$t" ]; then up "$t"; mkdir -p "$u"; : > "$t"; fi
     mount --rbind "$m" "$t"
   done < "$d/mounts"
-  if [ "$a" = / ]; then
+  if [ "$1" = / ]; then
     cd "$S/r"
     pivot_root . ".$S/old"
     umount -l "$S/old"
     cd "$W" 2>/dev/null || cd /
   else
-    mount --move "$S/r" "$a"
+    mount --move "$S/r" "$1"
   fi
-  OVL="$OVL $a"
+  OVL="$OVL $1"
 }
 point() {
   [ -e "$1" ] || [ -L "$1" ] && return 0
-  a=$(dirname "$1"); while [ ! -e "$a" ]; do a=$(dirname "$a"); done
-  a=$(realpath "$a")
+  up "$1"; a=$u; while [ ! -e "$a" ]; do up "$a"; a=$u; done
+  if cd -P "$a" 2>/dev/null; then a=$PWD; cd "$W" 2>/dev/null || cd /; else a=$(realpath "$a"); fi
   inside "$a" || overlay "$a"
-  if [ "$2" = f ]; then mkdir -p "$(dirname "$1")"; : > "$1"; else mkdir -p "$1"; fi
+  if [ "$2" = f ]; then up "$1"; [ -d "$u" ] || mkdir -p "$u"; : > "$1"; else mkdir -p "$1"; fi
 }
 `;
+
+/** The dirs of a mount script's scratch dir (made by the caller when it can: then the script only tests them). */
+export const MOUNT_SCRATCH_DIRS = ['t', 'r', 'old'];
 
 /**
  * The shell script that makes a container's mounts in its private mount
@@ -304,22 +310,33 @@ export function mountScript(mounts: ContainerMount[], bidirectional: string[], s
     const keep = bidirectional.map((b) => `${q(b)}|${q(b)}/*`).join('|');
     lines.push(`findmnt -rn -o TARGET | while read -r t; do case "$t" in ${keep}) ;; *) mount --make-slave "$t" 2>/dev/null || true ;; esac; done`);
   }
-  lines.push(`S=${q(scratch)}`, 'mkdir -p "$S/t" "$S/r" "$S/old"', 'mount -t tmpfs -o mode=0700 clustermesh-lab "$S/t"', 'mkdir "$S/t/src"');
+  // Few processes: each is ~10-20 ms on a loaded machine, and a pod's start waits for all of them.
+  // The scratch dirs are made by the caller when it can (then the test is all).
+  const nested = (i: number): boolean => mounts.slice(0, i).some((o) => isUnder(mounts[i]!.target, o.target));
+  // The staging dirs, and the upper and work dirs of as many overlays as there may be (one per top-level target).
+  const points = mounts.filter((_, i) => !nested(i)).length;
+  const dirs = [
+    ...mounts.map((m, i) => (m.file ? undefined : `"$S/t/src/${i}"`)).filter((x) => x !== undefined),
+    ...Array.from({ length: points }, (_, k) => [`"$S/t/${k + 1}"`, `"$S/t/${k + 1}/upper"`, `"$S/t/${k + 1}/work"`]).flat(),
+  ];
+  lines.push(`S=${q(scratch)}`, `${MOUNT_SCRATCH_DIRS.map((d) => `[ -d "$S/${d}" ]`).join(' && ')} || mkdir -p ${MOUNT_SCRATCH_DIRS.map((d) => `"$S/${d}"`).join(' ')}`, 'mount -t tmpfs -o mode=0700 clustermesh-lab "$S/t"', ['mkdir "$S/t/src"', ...dirs].join(' '));
   lines.push(POINT_FUNCTIONS);
+  // A read-only plain bind is made read-only as it is staged (one process: mount binds, then remounts);
+  // a recursive one after its move, as `-o ro` with --rbind changes only its top mount either way.
+  const roAtBind = (m: ContainerMount): boolean => m.readOnly && !m.recursive;
   mounts.forEach((m, i) => {
     const st = `"$S/t/src/${i}"`;
-    lines.push(m.file ? `: > ${st}` : `mkdir ${st}`);
-    lines.push(`mount ${m.recursive ? '--rbind' : '--bind'} ${q(m.source)} ${st}`);
+    if (m.file) lines.push(`: > ${st}`);
+    lines.push(`mount ${m.recursive ? '--rbind' : '--bind'}${roAtBind(m) ? ' -o ro' : ''} ${q(m.source)} ${st}`);
   });
-  const nested = (i: number): boolean => mounts.slice(0, i).some((o) => isUnder(mounts[i]!.target, o.target));
   mounts.forEach((m, i) => {
     if (!nested(i)) lines.push(`point ${q(m.target)} ${m.file ? 'f' : 'd'}`);
   });
   mounts.forEach((m, i) => {
     const t = q(m.target);
-    if (nested(i)) lines.push(m.file ? `[ -e ${t} ] || { mkdir -p "$(dirname ${t})"; : > ${t}; }` : `mkdir -p ${t}`);
+    if (nested(i)) lines.push(m.file ? `[ -e ${t} ] || { up ${t}; [ -d "$u" ] || mkdir -p "$u"; : > ${t}; }` : `[ -d ${t} ] || mkdir -p ${t}`);
     lines.push(`mount --move "$S/t/src/${i}" ${t}`);
-    if (m.readOnly) lines.push(`mount -o remount,bind,ro ${t}`);
+    if (m.readOnly && !roAtBind(m)) lines.push(`mount -o remount,bind,ro ${t}`);
   });
   lines.push('exec "$@"');
   return lines.join('\n') + '\n';

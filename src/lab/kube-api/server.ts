@@ -254,13 +254,16 @@ export class KubeApiServer {
     if (seconds > MAX_TOKEN_SECONDS) throw bad('spec.expirationSeconds', seconds, 'may not specify a duration larger than 2^32 seconds');
     const audiences = spec.audiences === undefined || spec.audiences === null ? [] : spec.audiences;
     if (!Array.isArray(audiences) || audiences.some((a) => typeof a !== 'string' || a === '')) throw bad('spec.audiences', audiences, 'must be a list of non-empty strings');
-    const sa = await this.store.get(this.store.key(r, namespace, name));
+    const ref = isObject(spec.boundObjectRef) ? spec.boundObjectRef : undefined;
+    if (ref !== undefined && ref.kind !== 'Pod') throw bad('spec.boundObjectRef.kind', ref.kind, 'the lab binds tokens to Pods only');
+    // The ServiceAccount and the bound Pod are read at once (two store reads, one wait).
+    const [sa, p] = await Promise.all([
+      this.store.get(this.store.key(r, namespace, name)),
+      ref !== undefined ? this.store.get(this.store.key(this.resource('', 'v1', 'pods'), namespace, String(ref.name ?? ''))) : undefined,
+    ]);
     if (sa === undefined || meta(sa.object).deletionTimestamp !== undefined) throw notFound(r.group, r.plural, name);
     let pod: { name: string; uid: string } | undefined;
-    const ref = isObject(spec.boundObjectRef) ? spec.boundObjectRef : undefined;
     if (ref !== undefined) {
-      if (ref.kind !== 'Pod') throw bad('spec.boundObjectRef.kind', ref.kind, 'the lab binds tokens to Pods only');
-      const p = await this.store.get(this.store.key(this.resource('', 'v1', 'pods'), namespace, String(ref.name ?? '')));
       if (p === undefined) throw notFound('', 'pods', String(ref.name ?? ''));
       if (ref.uid !== undefined && ref.uid !== '' && ref.uid !== meta(p.object).uid) throw conflict('', 'pods', String(ref.name), `the UID in the bound object reference (${String(ref.uid)}) does not match the UID in record`);
       pod = { name: String(ref.name), uid: String(meta(p.object).uid) };
