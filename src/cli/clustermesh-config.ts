@@ -307,24 +307,51 @@ interface ConnectFlags {
   clusterId?: number;
   destinationAccess?: string[];
   // by kube context (clusters installed with clustermesh install)
-  context?: string;
-  destinationContext?: string;
+  context?: string[];
+  destinationContext?: string[];
   kubeconfig?: string;
   namespace: string;
   endpoint?: string[];
   destinationEndpoint?: string[];
 }
 
-/** Both installed clusters of a --context / --destination-context pair, read through their Kubernetes APIs. */
-async function contextPair(o: ConnectFlags, verb: 'connect' | 'disconnect') {
-  if (!o.context || !o.destinationContext) throw new CliError('--context and --destination-context go together (the two clusters, by kube context)');
-  if (o.connectionMode === 'mesh') throw new CliError('--connection-mode mesh is for labs; by context, connect the pairs one by one');
+/**
+ * The installed clusters a by-context connect or disconnect touches, read
+ * through their Kubernetes APIs, and the ordered (source, destination) pairs:
+ * one --context and one --destination-context (both ways, or unicast), or,
+ * with --connection-mode mesh, every pair of the clusters of every --context
+ * (and --destination-context) given.
+ */
+async function contextPairs(o: ConnectFlags, verb: 'connect' | 'disconnect') {
   const { loadKubeConfig } = await import('../install/apply.ts');
-  const { readInstalledCluster } = await import('../install/connect.ts');
-  const a = await readInstalledCluster(loadKubeConfig({ kubeconfig: o.kubeconfig, context: o.context }), o.namespace, o.endpoint, '--context', verb === 'connect');
-  const b = await readInstalledCluster(loadKubeConfig({ kubeconfig: o.kubeconfig, context: o.destinationContext }), o.namespace, o.destinationEndpoint, '--destination-context', verb === 'connect');
+  const { readInstalledCluster, meshPairs } = await import('../install/connect.ts');
+  const contexts = o.context ?? [];
+  const destinations = o.destinationContext ?? [];
+  const read = (ctx: string, endpoints: string[] | undefined, flag: string) => readInstalledCluster(loadKubeConfig({ kubeconfig: o.kubeconfig, context: ctx }), o.namespace, endpoints, flag, verb === 'connect');
+  if (o.connectionMode === 'mesh') {
+    const all = [...contexts, ...destinations];
+    if (all.length < 2) throw new CliError('--connection-mode mesh by context: give every cluster of the mesh, e.g. --context c1 --context c2 --context c3 (at least two)');
+    const twice = all.find((c, i) => all.indexOf(c) !== i);
+    if (twice !== undefined) throw new CliError(`--context ${twice} is given twice`);
+    if (o.endpoint?.length || o.destinationEndpoint?.length) {
+      throw new CliError('--endpoint and --destination-endpoint name one pair\'s clusters; with --connection-mode mesh every endpoint comes from its cluster\'s Service (see clustermesh enable --context), or connect that pair on its own');
+    }
+    // Sequential: each read names its context in its errors, and nothing is written before all are read.
+    const clusters = [];
+    for (const c of all) clusters.push(await read(c, undefined, '--context'));
+    return meshPairs(clusters);
+  }
+  if (contexts.length !== 1 || destinations.length !== 1) {
+    throw new CliError(
+      contexts.length > 1 || destinations.length > 1
+        ? `--context and --destination-context name one pair (given ${contexts.length} and ${destinations.length}); for more clusters use --connection-mode mesh --context c1 --context c2 --context c3`
+        : '--context and --destination-context go together (the two clusters, by kube context)',
+    );
+  }
+  const a = await read(contexts[0]!, o.endpoint, '--context');
+  const b = await read(destinations[0]!, o.destinationEndpoint, '--destination-context');
   if (a.name === b.name && a.context === b.context) throw new CliError(`--context and --destination-context name the same cluster (${a.context})`);
-  return { a, b, unicast: o.connectionMode === 'unicast' };
+  return o.connectionMode === 'unicast' ? [[a, b] as const] : [[a, b] as const, [b, a] as const];
 }
 
 function parseClusterId(v: string): number {
@@ -336,12 +363,10 @@ function parseClusterId(v: string): number {
 async function connectAction(closer: Closer, o: ConnectFlags): Promise<number> {
   const done: Array<{ source: string; destination: string; file: string }> = [];
   if (o.context !== undefined || o.destinationContext !== undefined) {
-    const { a, b, unicast } = await contextPair(o, 'connect');
-    const { connectInstalled, remoteKeys } = await import('../install/connect.ts');
-    for (const [s, d] of await connectInstalled(a, b, unicast)) {
-      const c = s === a.name ? a : b;
-      done.push({ source: s, destination: d, file: `${c.context}: secret ${c.namespace}/clustermesh-remotes, key ${remoteKeys(d).config}` });
-    }
+    const pairs = await contextPairs(o, 'connect');
+    const { connectInstalledPairs, remoteKeys } = await import('../install/connect.ts');
+    await connectInstalledPairs(pairs);
+    for (const [c, d] of pairs) done.push({ source: c.name, destination: d.name, file: `${c.context}: secret ${c.namespace}/clustermesh-remotes, key ${remoteKeys(d.name).config}` });
   } else if (o.configDir !== undefined || o.destinationAccess !== undefined) {
     // Explicit: install destination bundles into one config dir (unicast).
     if (!o.configDir) throw new CliError('--config-dir is required with --destination-access (the remote-cluster dir of the source cluster\'s agents)');
@@ -397,9 +422,8 @@ async function connectAction(closer: Closer, o: ConnectFlags): Promise<number> {
 async function disconnectAction(_closer: Closer, o: ConnectFlags): Promise<number> {
   const done: Array<{ source: string; destination: string; removed: boolean }> = [];
   if (o.context !== undefined || o.destinationContext !== undefined) {
-    const { a, b, unicast } = await contextPair(o, 'disconnect');
-    const { disconnectInstalled } = await import('../install/connect.ts');
-    for (const [source, destination, removed] of await disconnectInstalled(a, b, unicast)) done.push({ source, destination, removed });
+    const { disconnectInstalledPairs } = await import('../install/connect.ts');
+    for (const [source, destination, removed] of await disconnectInstalledPairs(await contextPairs(o, 'disconnect'))) done.push({ source, destination, removed });
   } else if (o.configDir !== undefined) {
     if (!o.destinationCluster?.length) throw new CliError('--destination-cluster is required (the remote cluster to remove from --config-dir)');
     for (const d of o.destinationCluster) done.push({ source: o.clusterName ?? o.configDir, destination: d, removed: await removeRemoteConfig(o.configDir, d) });
@@ -475,10 +499,10 @@ function connectOptions(cmd: Command, verb: 'connect' | 'disconnect'): Command {
     .option('--lab <name>', 'the lab the clusters are in', DEFAULT_LAB_NAME)
     .option('--cluster <name>', `the cluster to ${verb}`)
     .option('--destination-cluster <name>', `the cluster to ${verb} ${verb === 'connect' ? 'to' : 'from'} (repeatable; default with --connection-mode mesh: every other cluster of the lab)`, collect)
-    .addOption(new Option('--connection-mode <mode>', 'unicast: only --cluster imports the destination; bidirectional: both ways; mesh: every pair of the clusters named').choices(['unicast', 'bidirectional', 'mesh']).default('bidirectional'))
+    .addOption(new Option('--connection-mode <mode>', 'unicast: only --cluster (--context) imports the destination; bidirectional: both ways; mesh: every pair of the clusters named (by context: every --context)').choices(['unicast', 'bidirectional', 'mesh']).default('bidirectional'))
     .option('--config-dir <dir>', "no lab: the source cluster's remote-cluster dir (its agents' clustermeshConfigDir)")
-    .option('--context <name>', `clusters installed with clustermesh install: the kube context of the cluster to ${verb}`)
-    .option('--destination-context <name>', `the kube context of the cluster to ${verb} ${verb === 'connect' ? 'to' : 'from'}`)
+    .option('--context <name>', `clusters installed with clustermesh install: the kube context of the cluster to ${verb} (repeatable with --connection-mode mesh: every cluster of the mesh)`, collect)
+    .option('--destination-context <name>', `the kube context of the cluster to ${verb} ${verb === 'connect' ? 'to' : 'from'}`, collect)
     .option('--kubeconfig <file>', 'kubeconfig holding both contexts (default: $KUBECONFIG, then ~/.kube/config)')
     .option('--namespace <ns>', 'namespace of both installs', 'clustermesh-system')
     .addOption(outputOpt());
@@ -499,6 +523,7 @@ export function connectCommand(): Command {
     'clustermesh connect --cluster cluster1 --connection-mode mesh        # every cluster of the lab with every other',
     'clustermesh connect --config-dir /etc/clustermesh/remote-clusters --cluster-name c1 --cluster-id 1 --destination-access ./c2-access/access.yaml',
     'clustermesh connect --context kind-c1 --destination-context kind-c2   # clusters installed with clustermesh install',
+    'clustermesh connect --connection-mode mesh --context c1 --context c2 --context c3   # every pair; all checked before any Secret is written',
   );
 }
 
@@ -507,5 +532,5 @@ export function disconnectCommand(): Command {
     .description("disconnect clusters: remove the config files (and certificates) of the destination from the source's remote-cluster dir, or by kube context from the installs' Secrets (both ways by default); agents drain what they learned from it")
     .option('--cluster-name <name>', 'no lab: the source cluster name (for messages)')
     .action(action('disconnect', disconnectAction));
-  return example(cmd, 'clustermesh disconnect --cluster cluster1 --destination-cluster cluster2', 'clustermesh disconnect --config-dir /etc/clustermesh/remote-clusters --destination-cluster c2', 'clustermesh disconnect --context kind-c1 --destination-context kind-c2');
+  return example(cmd, 'clustermesh disconnect --cluster cluster1 --destination-cluster cluster2', 'clustermesh disconnect --config-dir /etc/clustermesh/remote-clusters --destination-cluster c2', 'clustermesh disconnect --context kind-c1 --destination-context kind-c2', 'clustermesh disconnect --connection-mode mesh --context c1 --context c2 --context c3');
 }
