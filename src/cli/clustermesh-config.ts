@@ -35,7 +35,7 @@ import { KvClient } from '../kvstore/client.ts';
 import { issueCert } from '../kvstore/pki.ts';
 import type { KvConnectionConfig } from '../kvstore/types.ts';
 import { DEFAULT_LAB_NAME, NoSuchLabError, readLabState, type LabCluster, type LabState } from '../lab/state.ts';
-import { action, CliError, collect, EXIT_ERROR, EXIT_OK, example, printJson, type Closer } from './common.ts';
+import { action, CliError, collect, EXIT_ERROR, EXIT_OK, example, parseDurationFlag, printJson, type Closer } from './common.ts';
 import { labEtcdConnection, publishedClusters } from './targets.ts';
 
 /** Everything another cluster's agents need to read this cluster's kvstore. */
@@ -458,9 +458,23 @@ export function enableCommand(): Command {
     .option('--ca-key <file>', "no lab: the key of the etcd's CA (signs the client certificate)")
     .option('--endpoint <url>', "no lab: what other clusters' agents connect to (repeatable; default: the --etcd-config endpoints)", collect)
     .option('--output-dir <dir>', 'no lab: where to write the access bundle')
+    .option('--context <name>', "a cluster installed with clustermesh install (by kube context): set or check how other clusters reach its etcd (the Service install made), wait until that address answers and print it")
+    .option('--kubeconfig <file>', 'with --context: kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)')
+    .option('--namespace <ns>', 'with --context: namespace of the install', 'clustermesh-system')
+    .addOption(new Option('--service-type <type>', 'with --context: NodePort or LoadBalancer (default: keep the type install gave it)').choices(['NodePort', 'LoadBalancer']))
+    .option('--node-port <port>', 'with --context and NodePort: the port (default: the one it has, else 32000 + cluster ID)')
+    .addOption(new Option('--wait-duration <duration>', 'with --context: how long to wait for the address to answer').argParser(parseDurationFlag).default(120_000, '2m'))
     .addOption(outputOpt())
     .action(
-      action('enable', async (closer, o: { lab: string; cluster?: string; etcdConfig?: string; caKey?: string; endpoint?: string[]; outputDir?: string; output: string }) => {
+      action('enable', async (closer, o: { lab: string; cluster?: string; etcdConfig?: string; caKey?: string; endpoint?: string[]; outputDir?: string; output: string; context?: string; kubeconfig?: string; namespace: string; serviceType?: 'NodePort' | 'LoadBalancer'; nodePort?: string; waitDuration: number }) => {
+        if (o.context !== undefined) {
+          if (o.cluster !== undefined || o.etcdConfig !== undefined) throw new CliError('--context names an installed cluster; --cluster (lab) and --etcd-config (files) are other ways: give one');
+          const r = await exposeByContext(o, o.serviceType);
+          if (o.output === 'json') printJson(r);
+          else console.log(`enabled ${r.cluster} (ID ${r.id}, context ${r.context}): other clusters reach its etcd at ${r.endpoints.join(', ')} (service ${o.namespace}/clustermesh-apiserver, ${r.type}${r.changed ? `, was ${r.was}` : ''})${r.changed && r.was !== 'ClusterIP' ? '\nclusters already connected to it hold its old address: connect them again (clustermesh connect --context ...)' : ''}`);
+          return EXIT_OK;
+        }
+        if (o.serviceType !== undefined || o.nodePort !== undefined) throw new CliError('--service-type and --node-port go with --context (an installed cluster)');
         let result: RemoteAccess & { bundleDir: string };
         if (o.etcdConfig !== undefined) {
           if (!o.caKey || !o.outputDir) throw new CliError('--ca-key and --output-dir are required with --etcd-config');
@@ -491,7 +505,42 @@ export function enableCommand(): Command {
         return EXIT_OK;
       }),
     );
-  return example(cmd, 'clustermesh enable --cluster cluster2', 'clustermesh enable --etcd-config admin-etcd.yaml --ca-key /etc/etcd/pki/ca.key --endpoint https://etcd.c2.example:2379 --output-dir ./c2-access');
+  return example(
+    cmd,
+    'clustermesh enable --cluster cluster2',
+    'clustermesh enable --etcd-config admin-etcd.yaml --ca-key /etc/etcd/pki/ca.key --endpoint https://etcd.c2.example:2379 --output-dir ./c2-access',
+    'clustermesh enable --context kind-c2                               # an install: check its Service answers, print the address',
+    'clustermesh enable --context kind-c2 --service-type LoadBalancer   # change how other clusters reach it',
+  );
+}
+
+/** enable / disable by context: the install's Service (src/install/enable.ts). */
+async function exposeByContext(o: { context?: string; kubeconfig?: string; namespace: string; nodePort?: string; waitDuration: number; output: string }, serviceType: 'NodePort' | 'LoadBalancer' | 'ClusterIP' | undefined) {
+  const { loadKubeConfig } = await import('../install/apply.ts');
+  const { exposeInstalled } = await import('../install/enable.ts');
+  const kc = loadKubeConfig({ kubeconfig: o.kubeconfig, context: o.context });
+  return await exposeInstalled(kc, o.namespace, { serviceType, nodePort: o.nodePort }, o.waitDuration, (l) => (o.output === 'json' ? process.stderr.write(`${l}\n`) : console.log(l)));
+}
+
+export function disableCommand(): Command {
+  const cmd = new Command('disable')
+    .description(
+      "stop exposing an installed cluster's etcd to other clusters (the reverse of enable --context): its Service clustermesh-apiserver becomes ClusterIP; " +
+        "other clusters' agents lose their connection to it (disconnect them to remove their entries); a re-install or enable --context exposes it again",
+    )
+    .requiredOption('--context <name>', 'the kube context of the installed cluster')
+    .option('--kubeconfig <file>', 'kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)')
+    .option('--namespace <ns>', 'namespace of the install', 'clustermesh-system')
+    .addOption(outputOpt())
+    .action(
+      action('disable', async (_closer, o: { context: string; kubeconfig?: string; namespace: string; output: string }) => {
+        const r = await exposeByContext({ ...o, waitDuration: 0 }, 'ClusterIP');
+        if (o.output === 'json') printJson(r);
+        else console.log(`${r.changed ? 'disabled' : 'already disabled:'} ${r.cluster} (context ${r.context}): service ${o.namespace}/clustermesh-apiserver is ClusterIP${r.changed ? ` (was ${r.was})` : ''}; other clusters cannot reach its etcd`);
+        return EXIT_OK;
+      }),
+    );
+  return example(cmd, 'clustermesh disable --context kind-c2');
 }
 
 function connectOptions(cmd: Command, verb: 'connect' | 'disconnect'): Command {

@@ -84,6 +84,8 @@ export async function readInstalledCluster(kc: KubeConfig, namespace: string, en
       const ips = nodes.items.flatMap((n) => (n.status?.addresses ?? []).filter((a) => a.type === 'InternalIP').map((a) => a.address));
       if (!port || ips.length === 0) throw new CliError(`${where}: service/${NAMES.apiserver} is a NodePort but ${!port ? 'has no node port yet' : 'the cluster lists no node with an InternalIP'}; give the endpoint with ${flag === '--context' ? '--endpoint' : '--destination-endpoint'}`);
       eps = ips.map((ip) => `https://${ip}:${port}`);
+    } else if (spec.type !== 'LoadBalancer') {
+      throw new CliError(`${where}: service/${NAMES.apiserver} is ${spec.type ?? 'ClusterIP'}: other clusters cannot reach this cluster's etcd; expose it with clustermesh enable --context ${context} (or give the endpoint with ${flag === '--context' ? '--endpoint' : '--destination-endpoint'})`);
     } else {
       const ingress = ((svc.status as { loadBalancer?: { ingress?: Array<{ ip?: string; hostname?: string }> } } | undefined)?.loadBalancer?.ingress ?? []).map((i) => i.ip ?? i.hostname).filter((x): x is string => !!x);
       if (ingress.length === 0) throw new CliError(`${where}: service/${NAMES.apiserver} (LoadBalancer) has no address yet; wait for it or give the endpoint with ${flag === '--context' ? '--endpoint' : '--destination-endpoint'}`);

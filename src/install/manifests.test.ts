@@ -202,8 +202,9 @@ test('manifests: the agent runs as installed (podCIDR from its Node, the conflis
   // The agent's file as the DaemonSet runs it (node name and IP from flags) compiles, with no podCIDR.
   const agentPod = podOf('DaemonSet');
   const agentC = agentPod.containers[0]!;
-  assert.deepEqual(agentC.command.slice(agentC.command.indexOf('--node-name')), ['--node-name', '$(NODE_NAME)', '--node-ip', '$(NODE_IP)']);
-  const cfg = compileAgentConfig(parseYaml(cm.data['agent.yaml']!), { source: 'agent.yaml', baseDir: '/etc/clustermesh/config', flags: { nodeName: 'worker-1', nodeIp: '10.0.0.7' } });
+  assert.deepEqual(agentC.command.slice(agentC.command.indexOf('--node-name')), ['--node-name', '$(NODE_NAME)', '--node-ip', '$(NODE_IP)', '--status-pod', '$(POD_NAMESPACE)/$(POD_NAME)']);
+  const cfg = compileAgentConfig(parseYaml(cm.data['agent.yaml']!), { source: 'agent.yaml', baseDir: '/etc/clustermesh/config', flags: { nodeName: 'worker-1', nodeIp: '10.0.0.7', statusPod: 'clustermesh-system/clustermesh-agent-x7k2p' } });
+  assert.deepEqual(cfg.statusPod, { namespace: 'clustermesh-system', name: 'clustermesh-agent-x7k2p' });
   assert.equal(cfg.podCIDR, undefined, "read from the Node's spec.podCIDRs");
   assert.equal(cfg.cniConfDir, '/host/etc/cni/net.d');
   assert.equal(cfg.cniConfName, '05-clustermesh.conflist');
