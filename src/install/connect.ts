@@ -223,6 +223,7 @@ export async function connectInstalledPairs(pairs: ReadonlyArray<readonly [Insta
   for (const [i, c] of all.entries()) {
     for (const o of all.slice(i + 1)) {
       if (c.name === o.name) throw new CliError(`contexts ${c.context} and ${o.context} both hold cluster ${c.name}; names must be unique in a mesh`, EXIT_ERROR);
+      if (c.id === o.id) throw new CliError(`clusters ${c.name} and ${o.name} both have cluster ID ${c.id}; IDs must be unique in a mesh (re-install one with another --cluster-id)`, EXIT_ERROR);
     }
   }
   // What each source will have: its remotes now, plus this call's destinations, checked one by one.
