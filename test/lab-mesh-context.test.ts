@@ -112,16 +112,16 @@ describe('connect three installed clusters by context: mesh mode, refusals, a th
     await kubectlOk('cluster3', ['-n', NS, 'patch', 'configmap', 'clustermesh-config', '--type', 'merge', '-p', '{"data":{"cluster-id":"2"}}']);
     const dup = await ws(['connect', '--connection-mode', 'mesh', '--context', 'cluster1', '--context', 'cluster2', '--context', 'cluster3']);
     await kubectlOk('cluster3', ['-n', NS, 'patch', 'configmap', 'clustermesh-config', '--type', 'merge', '-p', '{"data":{"cluster-id":"3"}}']);
-    assert.equal(dup.code, 1, show(dup));
+    assert.equal(dup.code, 2, show(dup));
     assert.match(dup.stderr, /clusters cluster\d and cluster\d both have cluster ID 2/);
     // An endpoint nothing answers on: refused naming what was tried.
     const bad = `${c3endpoint}:2399`;
     const unreach = await ws(['connect', '--context', 'cluster1', '--destination-context', 'cluster3', '--destination-endpoint', bad]);
-    assert.equal(unreach.code, 1, show(unreach));
+    assert.equal(unreach.code, 2, show(unreach));
     assert.match(unreach.stderr, new RegExp(`cluster cluster3 \\(cluster3\\) cannot be reached .*tried:\\n\\s+${bad.replace(/[.]/g, '\\.')}`, 's'));
     // Mesh mode with one pair's endpoint: refused before anything is read.
     const meshEp = await ws(['connect', '--connection-mode', 'mesh', '--context', 'cluster1', '--context', 'cluster3', '--endpoint', bad]);
-    assert.equal(meshEp.code, 1, show(meshEp));
+    assert.equal(meshEp.code, 2, show(meshEp));
     assert.match(meshEp.stderr, /--endpoint and --destination-endpoint name one pair/);
     assert.deepEqual(await secrets(), before, 'no Secret changed by a refused connect');
 
@@ -178,7 +178,7 @@ describe('connect three installed clusters by context: mesh mode, refusals, a th
     assert.equal(dis.code, 0, show(dis));
     assert.match(dis.stdout, /disabled cluster3 .*ClusterIP \(was LoadBalancer\)/);
     const refused = await ws(['connect', '--context', 'cluster1', '--destination-context', 'cluster3']);
-    assert.equal(refused.code, 1, show(refused));
+    assert.equal(refused.code, 2, show(refused));
     assert.match(refused.stderr, /--destination-context cluster3: service\/clustermesh-apiserver is ClusterIP: other clusters cannot reach .*clustermesh enable --context cluster3/);
     const en = await ws(['enable', '--context', 'cluster3', '--service-type', 'LoadBalancer']);
     assert.equal(en.code, 0, show(en));
