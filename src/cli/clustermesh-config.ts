@@ -451,7 +451,10 @@ const outputOpt = (): Option => new Option('-o, --output <format>', 'output form
 
 export function enableCommand(): Command {
   const cmd = new Command('enable')
-    .description("make a cluster connectable: check its etcd and apiserver (cluster-config with its ID), issue the read-only client certificate other clusters' agents use, and write its access bundle (access.yaml, ca.crt, remote.crt, remote.key)")
+    .description(
+      "make a cluster connectable. A cluster installed with clustermesh install (--context): set (--service-type, --node-port) or keep how other clusters reach its etcd (its Service clustermesh-apiserver, which install already exposes), wait until that address answers with the certificate remote agents use, print it; idempotent (clustermesh disable reverses it). " +
+        "A lab cluster (--cluster) or an etcd given by files (--etcd-config): check its etcd and apiserver (cluster-config with its ID), issue the read-only client certificate other clusters' agents use, and write its access bundle (access.yaml, ca.crt, remote.crt, remote.key)",
+    )
     .option('--lab <name>', 'the lab the cluster is in', DEFAULT_LAB_NAME)
     .option('--cluster <name>', 'the cluster to enable')
     .option('--etcd-config <file>', "no lab: an admin client config of the cluster's etcd (endpoints, trusted-ca-file, cert-file, key-file)")
