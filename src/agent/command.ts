@@ -23,6 +23,7 @@ export function agentCommand(): Command {
     .option('--pin-dir <dir>', "override pinDir (the node's pin directory on the clustermesh bpffs)")
     .option('--sync-timeout-seconds <n>', 'override syncTimeoutSeconds')
     .option('--full-sync-interval-seconds <n>', 'override fullSyncIntervalSeconds')
+    .option('--status-pod <namespace/name>', "override statusPod (the agent's own Pod: its status summary goes into that Pod's annotation clustermesh.io/agent-status)")
     .option('--log-level <level>', `override logLevel (${LOG_LEVELS.join(', ')})`)
     .addHelpText(
       'after',

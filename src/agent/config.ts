@@ -70,7 +70,11 @@
 // change and removes it on a clean stop; absent: no file is written),
 // cniConfName (05-clustermesh.conflist: the file's name), cniBinaryName
 // (clustermesh-cni: the plugin's `type`, the executable the runtime finds in
-// its CNI bin directory; the install copies it there under this name).
+// its CNI bin directory; the install copies it there under this name),
+// statusPod (<namespace>/<name> of the agent's own Pod: the agent keeps a
+// summary of its status, its remote clusters' connection state, in that Pod's
+// annotation clustermesh.io/agent-status, so `clustermesh status --context`
+// reads it through the Kubernetes API (pod-status.ts); absent: not written).
 //
 // An etcd endpoint whose host is a Kubernetes Service name
 // (<svc>.<ns>.svc[.cluster.local]) is resolved through the Kubernetes API, not
@@ -160,6 +164,8 @@ export interface AgentConfig {
   cniConfName: string;
   /** The plugin's `type`: the executable's name in the runtime's CNI bin directory. */
   cniBinaryName: string;
+  /** The agent's own Pod, whose annotation holds its status summary (pod-status.ts); undefined: none. */
+  statusPod: { namespace: string; name: string } | undefined;
 }
 
 /** A config whose nodeIP and podCIDR are known. */
@@ -276,6 +282,10 @@ const fileSchema = z.strictObject({
     .string()
     .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, 'must be the file name of an executable in the CNI bin directory (no "/")')
     .default(DEFAULT_CNI_BINARY_NAME),
+  statusPod: z
+    .string()
+    .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?\/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'must be <namespace>/<pod name> (e.g. from the downward API: $(POD_NAMESPACE)/$(POD_NAME))')
+    .optional(),
 });
 
 export type AgentConfigInput = z.input<typeof fileSchema>;
@@ -297,6 +307,7 @@ export interface AgentFlagOverrides {
   syncTimeoutSeconds?: string | number;
   fullSyncIntervalSeconds?: string | number;
   logLevel?: string;
+  statusPod?: string;
 }
 
 /** flag name → config key, and whether the value is numeric. */
@@ -316,6 +327,7 @@ const FLAG_KEYS: Record<keyof AgentFlagOverrides, { key: keyof AgentConfigInput;
   syncTimeoutSeconds: { key: 'syncTimeoutSeconds', numeric: true },
   fullSyncIntervalSeconds: { key: 'fullSyncIntervalSeconds', numeric: true },
   logLevel: { key: 'logLevel', numeric: false },
+  statusPod: { key: 'statusPod', numeric: false },
 };
 
 /** Merges flags over a parsed document (flags win); numeric flags are converted. */
@@ -424,6 +436,7 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
     cniConfDir: c.cniConfDir !== undefined ? abs(c.cniConfDir) : undefined,
     cniConfName: c.cniConfName,
     cniBinaryName: c.cniBinaryName,
+    statusPod: c.statusPod !== undefined ? { namespace: c.statusPod.split('/')[0]!, name: c.statusPod.split('/')[1]! } : undefined,
   };
 }
 

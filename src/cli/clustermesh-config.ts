@@ -35,7 +35,7 @@ import { KvClient } from '../kvstore/client.ts';
 import { issueCert } from '../kvstore/pki.ts';
 import type { KvConnectionConfig } from '../kvstore/types.ts';
 import { DEFAULT_LAB_NAME, NoSuchLabError, readLabState, type LabCluster, type LabState } from '../lab/state.ts';
-import { action, CliError, collect, EXIT_ERROR, EXIT_OK, example, printJson, type Closer } from './common.ts';
+import { action, CliError, collect, EXIT_ERROR, EXIT_OK, example, parseDurationFlag, printJson, type Closer } from './common.ts';
 import { labEtcdConnection, publishedClusters } from './targets.ts';
 
 /** Everything another cluster's agents need to read this cluster's kvstore. */
@@ -307,24 +307,51 @@ interface ConnectFlags {
   clusterId?: number;
   destinationAccess?: string[];
   // by kube context (clusters installed with clustermesh install)
-  context?: string;
-  destinationContext?: string;
+  context?: string[];
+  destinationContext?: string[];
   kubeconfig?: string;
   namespace: string;
   endpoint?: string[];
   destinationEndpoint?: string[];
 }
 
-/** Both installed clusters of a --context / --destination-context pair, read through their Kubernetes APIs. */
-async function contextPair(o: ConnectFlags, verb: 'connect' | 'disconnect') {
-  if (!o.context || !o.destinationContext) throw new CliError('--context and --destination-context go together (the two clusters, by kube context)');
-  if (o.connectionMode === 'mesh') throw new CliError('--connection-mode mesh is for labs; by context, connect the pairs one by one');
+/**
+ * The installed clusters a by-context connect or disconnect touches, read
+ * through their Kubernetes APIs, and the ordered (source, destination) pairs:
+ * one --context and one --destination-context (both ways, or unicast), or,
+ * with --connection-mode mesh, every pair of the clusters of every --context
+ * (and --destination-context) given.
+ */
+async function contextPairs(o: ConnectFlags, verb: 'connect' | 'disconnect') {
   const { loadKubeConfig } = await import('../install/apply.ts');
-  const { readInstalledCluster } = await import('../install/connect.ts');
-  const a = await readInstalledCluster(loadKubeConfig({ kubeconfig: o.kubeconfig, context: o.context }), o.namespace, o.endpoint, '--context', verb === 'connect');
-  const b = await readInstalledCluster(loadKubeConfig({ kubeconfig: o.kubeconfig, context: o.destinationContext }), o.namespace, o.destinationEndpoint, '--destination-context', verb === 'connect');
+  const { readInstalledCluster, meshPairs } = await import('../install/connect.ts');
+  const contexts = o.context ?? [];
+  const destinations = o.destinationContext ?? [];
+  const read = (ctx: string, endpoints: string[] | undefined, flag: string) => readInstalledCluster(loadKubeConfig({ kubeconfig: o.kubeconfig, context: ctx }), o.namespace, endpoints, flag, verb === 'connect');
+  if (o.connectionMode === 'mesh') {
+    const all = [...contexts, ...destinations];
+    if (all.length < 2) throw new CliError('--connection-mode mesh by context: give every cluster of the mesh, e.g. --context c1 --context c2 --context c3 (at least two)');
+    const twice = all.find((c, i) => all.indexOf(c) !== i);
+    if (twice !== undefined) throw new CliError(`--context ${twice} is given twice`);
+    if (o.endpoint?.length || o.destinationEndpoint?.length) {
+      throw new CliError('--endpoint and --destination-endpoint name one pair\'s clusters; with --connection-mode mesh every endpoint comes from its cluster\'s Service (see clustermesh enable --context), or connect that pair on its own');
+    }
+    // Sequential: each read names its context in its errors, and nothing is written before all are read.
+    const clusters = [];
+    for (const c of all) clusters.push(await read(c, undefined, '--context'));
+    return meshPairs(clusters);
+  }
+  if (contexts.length !== 1 || destinations.length !== 1) {
+    throw new CliError(
+      contexts.length > 1 || destinations.length > 1
+        ? `--context and --destination-context name one pair (given ${contexts.length} and ${destinations.length}); for more clusters use --connection-mode mesh --context c1 --context c2 --context c3`
+        : '--context and --destination-context go together (the two clusters, by kube context)',
+    );
+  }
+  const a = await read(contexts[0]!, o.endpoint, '--context');
+  const b = await read(destinations[0]!, o.destinationEndpoint, '--destination-context');
   if (a.name === b.name && a.context === b.context) throw new CliError(`--context and --destination-context name the same cluster (${a.context})`);
-  return { a, b, unicast: o.connectionMode === 'unicast' };
+  return o.connectionMode === 'unicast' ? [[a, b] as const] : [[a, b] as const, [b, a] as const];
 }
 
 function parseClusterId(v: string): number {
@@ -336,12 +363,10 @@ function parseClusterId(v: string): number {
 async function connectAction(closer: Closer, o: ConnectFlags): Promise<number> {
   const done: Array<{ source: string; destination: string; file: string }> = [];
   if (o.context !== undefined || o.destinationContext !== undefined) {
-    const { a, b, unicast } = await contextPair(o, 'connect');
-    const { connectInstalled, remoteKeys } = await import('../install/connect.ts');
-    for (const [s, d] of await connectInstalled(a, b, unicast)) {
-      const c = s === a.name ? a : b;
-      done.push({ source: s, destination: d, file: `${c.context}: secret ${c.namespace}/clustermesh-remotes, key ${remoteKeys(d).config}` });
-    }
+    const pairs = await contextPairs(o, 'connect');
+    const { connectInstalledPairs, remoteKeys } = await import('../install/connect.ts');
+    await connectInstalledPairs(pairs);
+    for (const [c, d] of pairs) done.push({ source: c.name, destination: d.name, file: `${c.context}: secret ${c.namespace}/clustermesh-remotes, key ${remoteKeys(d.name).config}` });
   } else if (o.configDir !== undefined || o.destinationAccess !== undefined) {
     // Explicit: install destination bundles into one config dir (unicast).
     if (!o.configDir) throw new CliError('--config-dir is required with --destination-access (the remote-cluster dir of the source cluster\'s agents)');
@@ -397,9 +422,8 @@ async function connectAction(closer: Closer, o: ConnectFlags): Promise<number> {
 async function disconnectAction(_closer: Closer, o: ConnectFlags): Promise<number> {
   const done: Array<{ source: string; destination: string; removed: boolean }> = [];
   if (o.context !== undefined || o.destinationContext !== undefined) {
-    const { a, b, unicast } = await contextPair(o, 'disconnect');
-    const { disconnectInstalled } = await import('../install/connect.ts');
-    for (const [source, destination, removed] of await disconnectInstalled(a, b, unicast)) done.push({ source, destination, removed });
+    const { disconnectInstalledPairs } = await import('../install/connect.ts');
+    for (const [source, destination, removed] of await disconnectInstalledPairs(await contextPairs(o, 'disconnect'))) done.push({ source, destination, removed });
   } else if (o.configDir !== undefined) {
     if (!o.destinationCluster?.length) throw new CliError('--destination-cluster is required (the remote cluster to remove from --config-dir)');
     for (const d of o.destinationCluster) done.push({ source: o.clusterName ?? o.configDir, destination: d, removed: await removeRemoteConfig(o.configDir, d) });
@@ -427,16 +451,33 @@ const outputOpt = (): Option => new Option('-o, --output <format>', 'output form
 
 export function enableCommand(): Command {
   const cmd = new Command('enable')
-    .description("make a cluster connectable: check its etcd and apiserver (cluster-config with its ID), issue the read-only client certificate other clusters' agents use, and write its access bundle (access.yaml, ca.crt, remote.crt, remote.key)")
+    .description(
+      "make a cluster connectable. A cluster installed with clustermesh install (--context): set (--service-type, --node-port) or keep how other clusters reach its etcd (its Service clustermesh-apiserver, which install already exposes), wait until that address answers with the certificate remote agents use, print it; idempotent (clustermesh disable reverses it). " +
+        "A lab cluster (--cluster) or an etcd given by files (--etcd-config): check its etcd and apiserver (cluster-config with its ID), issue the read-only client certificate other clusters' agents use, and write its access bundle (access.yaml, ca.crt, remote.crt, remote.key)",
+    )
     .option('--lab <name>', 'the lab the cluster is in', DEFAULT_LAB_NAME)
     .option('--cluster <name>', 'the cluster to enable')
     .option('--etcd-config <file>', "no lab: an admin client config of the cluster's etcd (endpoints, trusted-ca-file, cert-file, key-file)")
     .option('--ca-key <file>', "no lab: the key of the etcd's CA (signs the client certificate)")
     .option('--endpoint <url>', "no lab: what other clusters' agents connect to (repeatable; default: the --etcd-config endpoints)", collect)
     .option('--output-dir <dir>', 'no lab: where to write the access bundle')
+    .option('--context <name>', "a cluster installed with clustermesh install (by kube context): set or check how other clusters reach its etcd (the Service install made), wait until that address answers and print it")
+    .option('--kubeconfig <file>', 'with --context: kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)')
+    .option('--namespace <ns>', 'with --context: namespace of the install', 'clustermesh-system')
+    .addOption(new Option('--service-type <type>', 'with --context: NodePort or LoadBalancer (default: keep the type install gave it)').choices(['NodePort', 'LoadBalancer']))
+    .option('--node-port <port>', 'with --context and NodePort: the port (default: the one it has, else 32000 + cluster ID)')
+    .addOption(new Option('--wait-duration <duration>', 'with --context: how long to wait for the address to answer').argParser(parseDurationFlag).default(120_000, '2m'))
     .addOption(outputOpt())
     .action(
-      action('enable', async (closer, o: { lab: string; cluster?: string; etcdConfig?: string; caKey?: string; endpoint?: string[]; outputDir?: string; output: string }) => {
+      action('enable', async (closer, o: { lab: string; cluster?: string; etcdConfig?: string; caKey?: string; endpoint?: string[]; outputDir?: string; output: string; context?: string; kubeconfig?: string; namespace: string; serviceType?: 'NodePort' | 'LoadBalancer'; nodePort?: string; waitDuration: number }) => {
+        if (o.context !== undefined) {
+          if (o.cluster !== undefined || o.etcdConfig !== undefined) throw new CliError('--context names an installed cluster; --cluster (lab) and --etcd-config (files) are other ways: give one');
+          const r = await exposeByContext(o, o.serviceType);
+          if (o.output === 'json') printJson(r);
+          else console.log(`enabled ${r.cluster} (ID ${r.id}, context ${r.context}): other clusters reach its etcd at ${r.endpoints.join(', ')} (service ${o.namespace}/clustermesh-apiserver, ${r.type}${r.changed ? `, was ${r.was}` : ''})${r.changed && r.was !== 'ClusterIP' ? '\nclusters already connected to it hold its old address: connect them again (clustermesh connect --context ...)' : ''}`);
+          return EXIT_OK;
+        }
+        if (o.serviceType !== undefined || o.nodePort !== undefined) throw new CliError('--service-type and --node-port go with --context (an installed cluster)');
         let result: RemoteAccess & { bundleDir: string };
         if (o.etcdConfig !== undefined) {
           if (!o.caKey || !o.outputDir) throw new CliError('--ca-key and --output-dir are required with --etcd-config');
@@ -467,7 +508,42 @@ export function enableCommand(): Command {
         return EXIT_OK;
       }),
     );
-  return example(cmd, 'clustermesh enable --cluster cluster2', 'clustermesh enable --etcd-config admin-etcd.yaml --ca-key /etc/etcd/pki/ca.key --endpoint https://etcd.c2.example:2379 --output-dir ./c2-access');
+  return example(
+    cmd,
+    'clustermesh enable --cluster cluster2',
+    'clustermesh enable --etcd-config admin-etcd.yaml --ca-key /etc/etcd/pki/ca.key --endpoint https://etcd.c2.example:2379 --output-dir ./c2-access',
+    'clustermesh enable --context kind-c2                               # an install: check its Service answers, print the address',
+    'clustermesh enable --context kind-c2 --service-type LoadBalancer   # change how other clusters reach it',
+  );
+}
+
+/** enable / disable by context: the install's Service (src/install/enable.ts). */
+async function exposeByContext(o: { context?: string; kubeconfig?: string; namespace: string; nodePort?: string; waitDuration: number; output: string }, serviceType: 'NodePort' | 'LoadBalancer' | 'ClusterIP' | undefined) {
+  const { loadKubeConfig } = await import('../install/apply.ts');
+  const { exposeInstalled } = await import('../install/enable.ts');
+  const kc = loadKubeConfig({ kubeconfig: o.kubeconfig, context: o.context });
+  return await exposeInstalled(kc, o.namespace, { serviceType, nodePort: o.nodePort }, o.waitDuration, (l) => (o.output === 'json' ? process.stderr.write(`${l}\n`) : console.log(l)));
+}
+
+export function disableCommand(): Command {
+  const cmd = new Command('disable')
+    .description(
+      "stop exposing an installed cluster's etcd to other clusters (the reverse of enable --context): its Service clustermesh-apiserver becomes ClusterIP; " +
+        "other clusters' agents lose their connection to it (disconnect them to remove their entries); a re-install or enable --context exposes it again",
+    )
+    .requiredOption('--context <name>', 'the kube context of the installed cluster')
+    .option('--kubeconfig <file>', 'kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)')
+    .option('--namespace <ns>', 'namespace of the install', 'clustermesh-system')
+    .addOption(outputOpt())
+    .action(
+      action('disable', async (_closer, o: { context: string; kubeconfig?: string; namespace: string; output: string }) => {
+        const r = await exposeByContext({ ...o, waitDuration: 0 }, 'ClusterIP');
+        if (o.output === 'json') printJson(r);
+        else console.log(`${r.changed ? 'disabled' : 'already disabled:'} ${r.cluster} (context ${r.context}): service ${o.namespace}/clustermesh-apiserver is ClusterIP${r.changed ? ` (was ${r.was})` : ''}; other clusters cannot reach its etcd`);
+        return EXIT_OK;
+      }),
+    );
+  return example(cmd, 'clustermesh disable --context kind-c2');
 }
 
 function connectOptions(cmd: Command, verb: 'connect' | 'disconnect'): Command {
@@ -475,10 +551,10 @@ function connectOptions(cmd: Command, verb: 'connect' | 'disconnect'): Command {
     .option('--lab <name>', 'the lab the clusters are in', DEFAULT_LAB_NAME)
     .option('--cluster <name>', `the cluster to ${verb}`)
     .option('--destination-cluster <name>', `the cluster to ${verb} ${verb === 'connect' ? 'to' : 'from'} (repeatable; default with --connection-mode mesh: every other cluster of the lab)`, collect)
-    .addOption(new Option('--connection-mode <mode>', 'unicast: only --cluster imports the destination; bidirectional: both ways; mesh: every pair of the clusters named').choices(['unicast', 'bidirectional', 'mesh']).default('bidirectional'))
+    .addOption(new Option('--connection-mode <mode>', 'unicast: only --cluster (--context) imports the destination; bidirectional: both ways; mesh: every pair of the clusters named (by context: every --context)').choices(['unicast', 'bidirectional', 'mesh']).default('bidirectional'))
     .option('--config-dir <dir>', "no lab: the source cluster's remote-cluster dir (its agents' clustermeshConfigDir)")
-    .option('--context <name>', `clusters installed with clustermesh install: the kube context of the cluster to ${verb}`)
-    .option('--destination-context <name>', `the kube context of the cluster to ${verb} ${verb === 'connect' ? 'to' : 'from'}`)
+    .option('--context <name>', `clusters installed with clustermesh install: the kube context of the cluster to ${verb} (repeatable with --connection-mode mesh: every cluster of the mesh)`, collect)
+    .option('--destination-context <name>', `the kube context of the cluster to ${verb} ${verb === 'connect' ? 'to' : 'from'}`, collect)
     .option('--kubeconfig <file>', 'kubeconfig holding both contexts (default: $KUBECONFIG, then ~/.kube/config)')
     .option('--namespace <ns>', 'namespace of both installs', 'clustermesh-system')
     .addOption(outputOpt());
@@ -499,6 +575,7 @@ export function connectCommand(): Command {
     'clustermesh connect --cluster cluster1 --connection-mode mesh        # every cluster of the lab with every other',
     'clustermesh connect --config-dir /etc/clustermesh/remote-clusters --cluster-name c1 --cluster-id 1 --destination-access ./c2-access/access.yaml',
     'clustermesh connect --context kind-c1 --destination-context kind-c2   # clusters installed with clustermesh install',
+    'clustermesh connect --connection-mode mesh --context c1 --context c2 --context c3   # every pair; all checked before any Secret is written',
   );
 }
 
@@ -507,5 +584,5 @@ export function disconnectCommand(): Command {
     .description("disconnect clusters: remove the config files (and certificates) of the destination from the source's remote-cluster dir, or by kube context from the installs' Secrets (both ways by default); agents drain what they learned from it")
     .option('--cluster-name <name>', 'no lab: the source cluster name (for messages)')
     .action(action('disconnect', disconnectAction));
-  return example(cmd, 'clustermesh disconnect --cluster cluster1 --destination-cluster cluster2', 'clustermesh disconnect --config-dir /etc/clustermesh/remote-clusters --destination-cluster c2', 'clustermesh disconnect --context kind-c1 --destination-context kind-c2');
+  return example(cmd, 'clustermesh disconnect --cluster cluster1 --destination-cluster cluster2', 'clustermesh disconnect --config-dir /etc/clustermesh/remote-clusters --destination-cluster c2', 'clustermesh disconnect --context kind-c1 --destination-context kind-c2', 'clustermesh disconnect --connection-mode mesh --context c1 --context c2 --context c3');
 }

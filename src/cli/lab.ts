@@ -215,7 +215,7 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
       .option('--prometheus', "run Debian's prometheus (./scripts/setup.sh --prometheus installs it) scraping every agent and apiserver of the lab; its web UI on 127.0.0.1 of this host")
       .option('--prometheus-port <port>', 'port of the prometheus UI on 127.0.0.1 (0: any free one)', parsePrometheusPort, 9090)
       .option('--install', 'bring up bare clusters (the Kubernetes API, kubelets, DNS) and put the mesh on them as on real clusters: clustermesh install --context clusterN ... --service-type LoadBalancer, then clustermesh connect for every pair, each command printed; the agents and apiservers are pods of the install (kubectl -n clustermesh-system get pods)')
-      .option('--bare', "bare clusters only (the Kubernetes API, kubelets, DNS waiting for a CNI): install the mesh yourself, from the lab's workstation: clustermesh lab run -- clustermesh install --context clusterN --cluster-name clusterN --cluster-id N --service-type LoadBalancer --image " + LAB_INSTALL_IMAGE + ', then clustermesh lab run -- clustermesh connect --context clusterA --destination-context clusterB')
+      .option('--bare', "bare clusters only (the Kubernetes API, kubelets, DNS waiting for a CNI): install the mesh yourself, from the lab's workstation: clustermesh lab run -- clustermesh install --context clusterN --cluster-name clusterN --cluster-id N --service-type LoadBalancer --image " + LAB_INSTALL_IMAGE + ', then clustermesh lab run -- clustermesh connect --context clusterA --destination-context clusterB (or --connection-mode mesh --context cluster1 --context cluster2 --context cluster3 ...) and clustermesh lab run -- clustermesh status --context clusterA --wait')
       .option('--kube-source', 'no effect (accepted until the next release): the Kubernetes API is always the local source')
       .option('--json', 'print the lab state as JSON at the end'),
   )
@@ -261,7 +261,9 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
             const cs = r.state.clusters;
             console.log(`next (on the lab's workstation, which reaches every cluster's API and load balancers):`);
             for (const c of cs) console.log(`      clustermesh lab run${lab} -- clustermesh install --context ${c.name} --cluster-name ${c.name} --cluster-id ${c.id} --service-type LoadBalancer --image ${LAB_INSTALL_IMAGE}`);
-            for (const [i, a] of cs.entries()) for (const b of cs.slice(i + 1)) console.log(`      clustermesh lab run${lab} -- clustermesh connect --context ${a.name} --destination-context ${b.name}`);
+            if (cs.length > 2) console.log(`      clustermesh lab run${lab} -- clustermesh connect --connection-mode mesh ${cs.map((c) => `--context ${c.name}`).join(' ')}`);
+            else for (const [i, a] of cs.entries()) for (const b of cs.slice(i + 1)) console.log(`      clustermesh lab run${lab} -- clustermesh connect --context ${a.name} --destination-context ${b.name}`);
+            if (cs[0]) console.log(`      clustermesh lab run${lab} -- clustermesh status --context ${cs[0].name} --wait`);
           } else console.log(`next: export KUBECONFIG=$(clustermesh lab kubeconfig${lab}); kubectl --context ${r.state.clusters[0]?.name ?? 'cluster1'} apply -f FILE`);
           if (r.state.prometheus) console.log(`prometheus: ${r.state.prometheus.url}/ (e.g. ${r.state.prometheus.url}/graph?g0.expr=rate(clustermesh_drop_count_total[1m]))`);
         }

@@ -28,7 +28,8 @@ export const COMMANDS: Record<string, Entry> = {
   troubleshoot: { summary: 'check each remote-cluster connection step by step and name the fix', load: async () => (await import('./troubleshoot.ts')).troubleshootCommand(), usageExit: true },
   install: { summary: 'install clustermesh on a Kubernetes cluster (by kube context)', load: async () => (await import('../install/command.ts')).installCommand(), usageExit: true },
   uninstall: { summary: 'remove what install put on a Kubernetes cluster', load: async () => (await import('../install/command.ts')).uninstallCommand(), usageExit: true },
-  enable: { summary: 'make a cluster connectable: client certificate and access bundle', load: async () => (await import('./clustermesh-config.ts')).enableCommand(), usageExit: true },
+  enable: { summary: "make a cluster connectable: an install's Service by kube context, or a client certificate and access bundle", load: async () => (await import('./clustermesh-config.ts')).enableCommand(), usageExit: true },
+  disable: { summary: "stop exposing an installed cluster's etcd to other clusters (by kube context)", load: async () => (await import('./clustermesh-config.ts')).disableCommand(), usageExit: true },
   connect: { summary: 'connect clusters (a lab, remote-cluster dirs, or installs by kube context)', load: async () => (await import('./clustermesh-config.ts')).connectCommand(), usageExit: true },
   disconnect: { summary: 'disconnect clusters (the same three ways)', load: async () => (await import('./clustermesh-config.ts')).disconnectCommand(), usageExit: true },
 };

@@ -483,6 +483,28 @@ interface StatusFlags extends TargetFlags {
   output: OutputFormat;
   wait?: boolean;
   waitDuration: number;
+  timeout?: number;
+  context?: string;
+  kubeconfig?: string;
+  namespace: string;
+}
+
+/** `status --context`: an installed cluster, read through its Kubernetes API (src/install/status.ts). */
+async function statusByContext(o: StatusFlags, deadline: number): Promise<number> {
+  const { loadKubeConfig } = await import('../install/apply.ts');
+  const { formatInstalled, probeInstalled, summarizeInstalled } = await import('../install/status.ts');
+  const kc = loadKubeConfig({ kubeconfig: o.kubeconfig, context: o.context });
+  let report;
+  for (let round = 0; ; round++) {
+    report = summarizeInstalled(await probeInstalled(kc, o.namespace));
+    if (report.ready || !o.wait || Date.now() >= deadline) break;
+    if (o.output === 'text' && round % 10 === 0) process.stderr.write(`waiting: ${report.notReady.length} not ready (${report.notReady[0]})\n`);
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+  if (o.output === 'json') printJson(report);
+  else console.log(formatInstalled(report));
+  if (!report.ready && o.wait) process.stderr.write(`clustermesh status: not ready after ${Math.round((o.timeout ?? o.waitDuration) / 1000)}s: ${report.notReady.join('; ')}\n`);
+  return report.ready ? EXIT_OK : EXIT_NOT_OK;
 }
 
 export function statusCommand(): Command {
@@ -494,9 +516,19 @@ export function statusCommand(): Command {
     .addOption(outputOption())
     .option('--wait', 'poll until everything is ready (exit 1 with what is not ready when --wait-duration passes)')
     .addOption(new Option('--wait-duration <duration>', 'how long --wait waits (e.g. 30s, 5m)').argParser(parseDurationFlag).default(5 * 60_000, '5m'))
+    .addOption(new Option('--timeout <duration>', 'the same as --wait-duration').argParser(parseDurationFlag))
+    .option(
+      '--context <name>',
+      "a cluster installed with clustermesh install, read through its Kubernetes API only: the agent DaemonSet's and apiserver Deployment's readiness, " +
+        "the remote clusters of its Secret clustermesh-remotes, and each agent's connection to each of them (the summary every agent keeps in its Pod's annotation clustermesh.io/agent-status); " +
+        'with --wait: until every agent is connected to every configured remote cluster',
+    )
+    .option('--kubeconfig <file>', 'with --context: kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)')
+    .option('--namespace <ns>', 'with --context: namespace of the install', 'clustermesh-system')
     .action(
       action('status', async (closer, o: StatusFlags) => {
-        const deadline = Date.now() + o.waitDuration;
+        const deadline = Date.now() + (o.timeout ?? o.waitDuration);
+        if (o.context !== undefined) return await statusByContext(o, deadline);
         let report: StatusReport;
         for (let round = 0; ; round++) {
           const inner = new Closer();
@@ -511,9 +543,9 @@ export function statusCommand(): Command {
         }
         if (o.output === 'json') printJson(report);
         else console.log(formatStatus(report));
-        if (!report.ready && o.wait) process.stderr.write(`clustermesh status: not ready after ${Math.round(o.waitDuration / 1000)}s: ${report.notReady.join('; ')}\n`);
+        if (!report.ready && o.wait) process.stderr.write(`clustermesh status: not ready after ${Math.round((o.timeout ?? o.waitDuration) / 1000)}s: ${report.notReady.join('; ')}\n`);
         return report.ready ? EXIT_OK : EXIT_NOT_OK;
       }),
     );
-  return example(cmd, 'clustermesh status                          # the lab named default', 'clustermesh status --lab demo --wait --wait-duration 2m -o json', 'clustermesh status --agent-config /etc/clustermesh/agent.yaml --etcd-config /etc/clustermesh/etcd.yaml');
+  return example(cmd, 'clustermesh status                          # the lab named default', 'clustermesh status --lab demo --wait --wait-duration 2m -o json', 'clustermesh status --agent-config /etc/clustermesh/agent.yaml --etcd-config /etc/clustermesh/etcd.yaml', 'clustermesh status --context kind-c1 --wait --timeout 2m   # an install, through its Kubernetes API');
 }

@@ -84,6 +84,8 @@ export async function readInstalledCluster(kc: KubeConfig, namespace: string, en
       const ips = nodes.items.flatMap((n) => (n.status?.addresses ?? []).filter((a) => a.type === 'InternalIP').map((a) => a.address));
       if (!port || ips.length === 0) throw new CliError(`${where}: service/${NAMES.apiserver} is a NodePort but ${!port ? 'has no node port yet' : 'the cluster lists no node with an InternalIP'}; give the endpoint with ${flag === '--context' ? '--endpoint' : '--destination-endpoint'}`);
       eps = ips.map((ip) => `https://${ip}:${port}`);
+    } else if (spec.type !== 'LoadBalancer') {
+      throw new CliError(`${where}: service/${NAMES.apiserver} is ${spec.type ?? 'ClusterIP'}: other clusters cannot reach this cluster's etcd; expose it with clustermesh enable --context ${context} (or give the endpoint with ${flag === '--context' ? '--endpoint' : '--destination-endpoint'})`);
     } else {
       const ingress = ((svc.status as { loadBalancer?: { ingress?: Array<{ ip?: string; hostname?: string }> } } | undefined)?.loadBalancer?.ingress ?? []).map((i) => i.ip ?? i.hostname).filter((x): x is string => !!x);
       if (ingress.length === 0) throw new CliError(`${where}: service/${NAMES.apiserver} (LoadBalancer) has no address yet; wait for it or give the endpoint with ${flag === '--context' ? '--endpoint' : '--destination-endpoint'}`);
@@ -195,27 +197,72 @@ async function writeAll(changes: Array<{ c: InstalledCluster; data: Record<strin
 
 /** Connects `a` and `b` both ways, or only a → b (`a` imports `b`) when `unicast`. */
 export async function connectInstalled(a: InstalledCluster, b: InstalledCluster, unicast: boolean): Promise<Array<[string, string]>> {
-  if (a.maxConnectedClusters !== b.maxConnectedClusters) {
-    throw new CliError(`clusters ${a.name} and ${b.name} have different maxConnectedClusters (${a.maxConnectedClusters} and ${b.maxConnectedClusters}); a mesh needs one value (re-install one with --max-connected-clusters)`, EXIT_ERROR);
+  return connectInstalledPairs(unicast ? [[a, b]] : [[a, b], [b, a]]);
+}
+
+/** Every ordered pair of `clusters` (`--connection-mode mesh`). */
+export function meshPairs(clusters: readonly InstalledCluster[]): Array<[InstalledCluster, InstalledCluster]> {
+  return clusters.flatMap((s) => clusters.filter((d) => d !== s).map((d): [InstalledCluster, InstalledCluster] => [s, d]));
+}
+
+/**
+ * Makes each pair's destination a remote cluster of its source. Every pair is
+ * checked first (one maxConnectedClusters among all, names and IDs unique,
+ * also against the remotes each source already has and those this call adds),
+ * every destination is probed as its importers' agents will dial it; only
+ * then is each source's Secret written once, all of a source's new entries
+ * together.
+ */
+export async function connectInstalledPairs(pairs: ReadonlyArray<readonly [InstalledCluster, InstalledCluster]>): Promise<Array<[string, string]>> {
+  const all = [...new Set(pairs.flat())];
+  const max = new Map(all.map((c) => [c.maxConnectedClusters, c] as const));
+  if (max.size > 1) {
+    const [x, y] = [...max.values()] as [InstalledCluster, InstalledCluster];
+    throw new CliError(`clusters ${x.name} and ${y.name} have different maxConnectedClusters (${x.maxConnectedClusters} and ${y.maxConnectedClusters}); a mesh needs one value (re-install one with --max-connected-clusters)`, EXIT_ERROR);
   }
-  const pairs: Array<[InstalledCluster, InstalledCluster]> = unicast ? [[a, b]] : [[a, b], [b, a]];
+  for (const [i, c] of all.entries()) {
+    for (const o of all.slice(i + 1)) {
+      if (c.name === o.name) throw new CliError(`contexts ${c.context} and ${o.context} both hold cluster ${c.name}; names must be unique in a mesh`, EXIT_ERROR);
+      if (c.id === o.id) throw new CliError(`clusters ${c.name} and ${o.name} both have cluster ID ${c.id}; IDs must be unique in a mesh (re-install one with another --cluster-id)`, EXIT_ERROR);
+    }
+  }
+  // What each source will have: its remotes now, plus this call's destinations, checked one by one.
+  const plan = new Map<InstalledCluster, { remotes: Map<string, number | undefined>; add: InstalledCluster[] }>();
   for (const [s, d] of pairs) {
-    const problem = connectProblem({ name: s.name, id: s.id }, { name: d.name, id: d.id }, configuredRemotes(s));
+    const p = plan.get(s) ?? { remotes: configuredRemotes(s), add: [] };
+    plan.set(s, p);
+    const problem = connectProblem({ name: s.name, id: s.id }, { name: d.name, id: d.id }, p.remotes);
     if (problem) throw new CliError(problem, EXIT_ERROR);
+    p.remotes.set(d.name, d.id);
+    p.add.push(d);
   }
   for (const d of new Set(pairs.map(([, d]) => d))) await probeCluster(d);
-  await writeAll(pairs.map(([s, d]) => ({ c: s, data: { ...without(s.remotes.data, d.name), ...remoteEntry(d) }, ids: { ...remoteIds(s), [d.name]: d.id } })));
+  await writeAll(
+    [...plan].map(([s, p]) => {
+      let data = s.remotes.data ?? {};
+      for (const d of p.add) data = { ...without(data, d.name), ...remoteEntry(d) };
+      return { c: s, data, ids: { ...remoteIds(s), ...Object.fromEntries(p.add.map((d) => [d.name, d.id])) } };
+    }),
+  );
   return pairs.map(([s, d]) => [s.name, d.name]);
 }
 
 /** Removes each side's entry of the other (or only b from a when `unicast`); returns the pairs that had one. */
 export async function disconnectInstalled(a: InstalledCluster, b: InstalledCluster, unicast: boolean): Promise<Array<[string, string, boolean]>> {
-  const pairs: Array<[InstalledCluster, InstalledCluster]> = unicast ? [[a, b]] : [[a, b], [b, a]];
+  return disconnectInstalledPairs(unicast ? [[a, b]] : [[a, b], [b, a]]);
+}
+
+/** Removes each pair's destination from its source's Secret (each Secret written once); returns the pairs that had one. */
+export async function disconnectInstalledPairs(pairs: ReadonlyArray<readonly [InstalledCluster, InstalledCluster]>): Promise<Array<[string, string, boolean]>> {
   const had = pairs.map(([s, d]) => (s.remotes.data ?? {})[remoteKeys(d.name).config] !== undefined);
+  const plan = new Map<InstalledCluster, string[]>();
+  for (const [i, [s, d]] of pairs.entries()) if (had[i]) plan.set(s, [...(plan.get(s) ?? []), d.name]);
   await writeAll(
-    pairs
-      .filter((_, i) => had[i])
-      .map(([s, d]) => ({ c: s, data: without(s.remotes.data, d.name), ids: Object.fromEntries(Object.entries(remoteIds(s)).filter(([n]) => n !== d.name)) })),
+    [...plan].map(([s, names]) => ({
+      c: s,
+      data: names.reduce((data, n) => without(data, n), s.remotes.data ?? {}),
+      ids: Object.fromEntries(Object.entries(remoteIds(s)).filter(([n]) => !names.includes(n))),
+    })),
   );
   return pairs.map(([s, d], i) => [s.name, d.name, had[i]!]);
 }

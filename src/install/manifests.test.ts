@@ -8,10 +8,10 @@ import { execFileSync } from 'node:child_process';
 import { parse as parseYaml } from 'yaml';
 import { CustomResourceDefinition } from 'kubernetes-models/apiextensions.k8s.io/v1';
 import { DaemonSet, Deployment } from 'kubernetes-models/apps/v1';
-import { ClusterRole, ClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1';
+import { ClusterRole, ClusterRoleBinding, Role, RoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1';
 import { ConfigMap, Namespace, Secret, Service, ServiceAccount } from 'kubernetes-models/v1';
 import { makeInstallCerts } from './certs.ts';
-import { COMMON_LABELS, CREATED_BY_ANNOTATION, createOnly, etcdServiceNames, MCS_WRITE_RULES, renderManifests, toYaml, type InstallCerts, type KubeObject } from './manifests.ts';
+import { COMMON_LABELS, CREATED_BY_ANNOTATION, createOnly, etcdServiceNames, AGENT_NAMESPACE_RULES, MCS_WRITE_RULES, renderManifests, toYaml, type InstallCerts, type KubeObject } from './manifests.ts';
 import { compileInstallSettings, InstallSettingsError, type RawInstallOptions } from './settings.ts';
 
 const PEM = { cert: 'CERT', key: 'KEY' };
@@ -28,6 +28,8 @@ const MODELS: Record<string, { new (o: never): { validate(): void } }> = {
   'apps/v1/DaemonSet': DaemonSet,
   'rbac.authorization.k8s.io/v1/ClusterRole': ClusterRole,
   'rbac.authorization.k8s.io/v1/ClusterRoleBinding': ClusterRoleBinding,
+  'rbac.authorization.k8s.io/v1/Role': Role,
+  'rbac.authorization.k8s.io/v1/RoleBinding': RoleBinding,
   'apiextensions.k8s.io/v1/CustomResourceDefinition': CustomResourceDefinition,
 };
 
@@ -125,6 +127,13 @@ test('manifests: least privilege, no wildcard; the agent is not privileged and h
   // ServiceImports, the derived Services and import EndpointSlices (never pods, nodes, namespaces, exports).
   assert.deepEqual([...writes.keys()], ['clustermesh-apiserver'], 'the agent and the other roles are read-only');
   assert.deepEqual(writes.get('clustermesh-apiserver'), MCS_WRITE_RULES);
+  // The agent's one write, namespaced: its own Pod's status annotation (a Role of the install's namespace, not a ClusterRole).
+  const roles = objects.filter((o) => o.kind === 'Role');
+  assert.deepEqual(roles.map((r) => `${r.metadata.namespace}/${r.metadata.name}`), ['clustermesh-system/clustermesh-agent']);
+  assert.deepEqual(roles[0]!.rules, AGENT_NAMESPACE_RULES);
+  assert.deepEqual(AGENT_NAMESPACE_RULES, [{ apiGroups: [''], resources: ['pods'], verbs: ['get', 'patch'] }]);
+  const rb = objects.find((o) => o.kind === 'RoleBinding') as unknown as { roleRef: { kind: string; name: string }; subjects: Array<{ name: string; namespace: string }> };
+  assert.deepEqual([rb.roleRef.kind, rb.roleRef.name, rb.subjects[0]!.name, rb.subjects[0]!.namespace], ['Role', 'clustermesh-agent', 'clustermesh-agent', 'clustermesh-system']);
   for (const r of MCS_WRITE_RULES) {
     assert.ok(!r.verbs.includes('update') && !r.verbs.includes('deletecollection'), 'patch and delete of single objects only');
     assert.ok(!r.resources.some((x) => ['pods', 'nodes', 'namespaces', 'serviceexports'].includes(x)));
@@ -193,8 +202,9 @@ test('manifests: the agent runs as installed (podCIDR from its Node, the conflis
   // The agent's file as the DaemonSet runs it (node name and IP from flags) compiles, with no podCIDR.
   const agentPod = podOf('DaemonSet');
   const agentC = agentPod.containers[0]!;
-  assert.deepEqual(agentC.command.slice(agentC.command.indexOf('--node-name')), ['--node-name', '$(NODE_NAME)', '--node-ip', '$(NODE_IP)']);
-  const cfg = compileAgentConfig(parseYaml(cm.data['agent.yaml']!), { source: 'agent.yaml', baseDir: '/etc/clustermesh/config', flags: { nodeName: 'worker-1', nodeIp: '10.0.0.7' } });
+  assert.deepEqual(agentC.command.slice(agentC.command.indexOf('--node-name')), ['--node-name', '$(NODE_NAME)', '--node-ip', '$(NODE_IP)', '--status-pod', '$(POD_NAMESPACE)/$(POD_NAME)']);
+  const cfg = compileAgentConfig(parseYaml(cm.data['agent.yaml']!), { source: 'agent.yaml', baseDir: '/etc/clustermesh/config', flags: { nodeName: 'worker-1', nodeIp: '10.0.0.7', statusPod: 'clustermesh-system/clustermesh-agent-x7k2p' } });
+  assert.deepEqual(cfg.statusPod, { namespace: 'clustermesh-system', name: 'clustermesh-agent-x7k2p' });
   assert.equal(cfg.podCIDR, undefined, "read from the Node's spec.podCIDRs");
   assert.equal(cfg.cniConfDir, '/host/etc/cni/net.d');
   assert.equal(cfg.cniConfName, '05-clustermesh.conflist');

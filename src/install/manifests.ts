@@ -135,7 +135,7 @@ export function etcdServiceNames(s: Pick<InstallSettings, 'namespace'>): string[
 
 const b64 = (s: string): string => Buffer.from(s).toString('base64');
 
-function meta(name: string, s: InstallSettings, namespaced: boolean, extra: Record<string, string> = {}): KubeObject['metadata'] {
+function meta(name: string, s: Pick<InstallSettings, 'namespace' | 'clusterName'>, namespaced: boolean, extra: Record<string, string> = {}): KubeObject['metadata'] {
   return {
     name,
     ...(namespaced ? { namespace: s.namespace } : {}),
@@ -175,7 +175,15 @@ const APISERVER_RULES = [
   ...MCS_WRITE_RULES,
 ];
 
-function rbac(name: string, s: InstallSettings, rules: unknown[]): KubeObject[] {
+/**
+ * What the agent writes, in the install's namespace only (a Role): the status
+ * annotation of its own Pod (src/agent/pod-status.ts). RBAC cannot narrow
+ * patch to one pod by name; the namespace holds only the install's pods.
+ */
+export const AGENT_NAMESPACE_RULES = [{ apiGroups: [''], resources: ['pods'], verbs: ['get', 'patch'] }];
+
+function rbac(name: string, s: InstallSettings, rules: unknown[], namespaceRules: unknown[] = []): KubeObject[] {
+  const subjects = [{ kind: 'ServiceAccount', name, namespace: s.namespace }];
   return [
     { apiVersion: 'v1', kind: 'ServiceAccount', metadata: meta(name, s, true) },
     { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRole', metadata: meta(name, s, false), rules },
@@ -184,8 +192,14 @@ function rbac(name: string, s: InstallSettings, rules: unknown[]): KubeObject[] 
       kind: 'ClusterRoleBinding',
       metadata: meta(name, s, false),
       roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name },
-      subjects: [{ kind: 'ServiceAccount', name, namespace: s.namespace }],
+      subjects,
     },
+    ...(namespaceRules.length
+      ? [
+          { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'Role', metadata: meta(name, s, true), rules: namespaceRules },
+          { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'RoleBinding', metadata: meta(name, s, true), roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name }, subjects },
+        ]
+      : []),
   ];
 }
 
@@ -238,7 +252,12 @@ function configMap(s: InstallSettings): KubeObject {
   };
 }
 
-function service(s: InstallSettings): KubeObject {
+/**
+ * The Service remote clusters reach this cluster's etcd by; install renders
+ * it with its --service-type, `clustermesh enable` / `disable` re-render it
+ * with another type (ClusterIP: not reachable from other clusters).
+ */
+export function apiserverService(s: Pick<InstallSettings, 'namespace' | 'clusterName' | 'serviceType' | 'nodePort'>): KubeObject {
   return {
     apiVersion: 'v1',
     kind: 'Service',
@@ -358,10 +377,13 @@ function agentContainer(s: InstallSettings): Record<string, unknown> {
   return {
     name: 'agent',
     image: s.image,
-    command: ['clustermesh', 'agent', '--config', `${PATHS.config}/agent.yaml`, '--node-name', '$(NODE_NAME)', '--node-ip', '$(NODE_IP)'],
+    // --status-pod: the agent keeps its status summary in its own Pod's annotation (src/agent/pod-status.ts), what `clustermesh status --context` reads.
+    command: ['clustermesh', 'agent', '--config', `${PATHS.config}/agent.yaml`, '--node-name', '$(NODE_NAME)', '--node-ip', '$(NODE_IP)', '--status-pod', '$(POD_NAMESPACE)/$(POD_NAME)'],
     env: [
       { name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } },
       { name: 'NODE_IP', valueFrom: { fieldRef: { fieldPath: 'status.hostIP' } } },
+      { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+      { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
       ...k8sServiceEnv(s),
     ],
     securityContext: {
@@ -443,14 +465,14 @@ export function renderManifests(s: InstallSettings, certs: InstallCerts): KubeOb
   return [
     { apiVersion: 'v1', kind: 'Namespace', metadata: meta(s.namespace, s, false) },
     ...crds,
-    ...rbac(NAMES.agent, s, AGENT_RULES),
+    ...rbac(NAMES.agent, s, AGENT_RULES, AGENT_NAMESPACE_RULES),
     ...rbac(NAMES.apiserver, s, APISERVER_RULES),
     configMap(s),
     { apiVersion: 'v1', kind: 'Secret', metadata: meta(NAMES.ca, s, true), type: 'Opaque', data: { 'ca.crt': b64(certs.ca.cert), 'ca.key': b64(certs.ca.key) } },
     tlsSecret(NAMES.etcdServer, s, certs.server, certs.ca.cert),
     ...ETCD_USERS.map((u) => tlsSecret(NAMES.client(u), s, certs.clients[u], certs.ca.cert)),
     { apiVersion: 'v1', kind: 'Secret', metadata: meta(NAMES.remotes, s, true), type: 'Opaque', data: {} },
-    service(s),
+    apiserverService(s),
     apiserverDeployment(s),
     agentDaemonSet(s),
   ];

@@ -4,7 +4,8 @@
 import { isIP } from 'node:net';
 import { MAX_CONNECTED_CLUSTERS_VALUES, validateClusterId, validateClusterName, type MaxConnectedClusters } from '../model/index.ts';
 
-export type ServiceType = 'NodePort' | 'LoadBalancer';
+/** How remote clusters reach the etcd; ClusterIP: they do not (`clustermesh disable`, never an install's flag). */
+export type ServiceType = 'NodePort' | 'LoadBalancer' | 'ClusterIP';
 export type RoutingMode = 'tunnel';
 
 export interface InstallSettings {

@@ -150,18 +150,19 @@ export async function installMesh(o: InstallMeshOptions): Promise<void> {
   );
   o.progress(`      every agent pod ready (${state.nodes.length}), every cluster's apiserver available`);
 
-  // 3. connect every pair (one at a time: both sides' Secrets are written by each).
-  for (const [i, a] of state.clusters.entries()) {
-    for (const b of state.clusters.slice(i + 1)) {
-      const args = ['connect', '--context', a.name, '--destination-context', b.name];
-      let r: Ran = { code: null, out: '' };
-      // The LoadBalancer address is placed once the apiserver's pod is ready: retry while connect says it has none yet.
-      await waitFor(`clustermesh ${args.join(' ')}`, timeoutMs, async () => {
-        r = await cm(o, args);
-        return r.code === 0 ? true : r.out.trim().split('\n').slice(-2).join(' | ');
-      });
-      show(o, args, r);
-    }
+  // 3. connect every pair: two clusters as a pair, more with one `connect --connection-mode mesh` (every Secret written once).
+  const connects =
+    state.clusters.length > 2
+      ? [['connect', '--connection-mode', 'mesh', ...state.clusters.flatMap((c) => ['--context', c.name])]]
+      : state.clusters.flatMap((a, i) => state.clusters.slice(i + 1).map((b) => ['connect', '--context', a.name, '--destination-context', b.name]));
+  for (const args of connects) {
+    let r: Ran = { code: null, out: '' };
+    // The LoadBalancer address is placed once the apiserver's pod is ready: retry while connect says it has none yet.
+    await waitFor(`clustermesh ${args.join(' ')}`, timeoutMs, async () => {
+      r = await cm(o, args);
+      return r.code === 0 ? true : r.out.trim().split('\n').slice(-2).join(' | ');
+    });
+    show(o, args, r);
   }
 
   // 4. every agent sees every other cluster, connected and ready.
