@@ -3,7 +3,9 @@
 # which takes about 27 minutes on 2 cores): `lab up --clusters 4 --nodes 2` and
 # `lab down` ten times in a row (the default run does one; about 12 minutes
 # on 2 cores), then the fault suite (`npm run chaos`, about 12 minutes, which
-# also rewrites bench/results/reliability.json and RELIABILITY.md).
+# also rewrites bench/results/reliability.json and RELIABILITY.md), and
+# test/slow/*.test.ts (lab tests of several minutes each: three clusters
+# installed and connected by kube context while traffic flows).
 # Run it before a release and after touching lab up/down or recovery paths.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,5 +13,6 @@ bash scripts/setup.sh
 ./bin/clustermesh.js lab sweep
 status=0
 LAB_UP_REPEAT=10 node --import tsx --test --test-reporter=spec test/lab-up-repeat.test.ts || status=$?
+node --import tsx --test --test-concurrency=1 --test-reporter=spec test/slow/*.test.ts || status=$?
 bash scripts/chaos.sh || status=$?
 exit "$status"

@@ -12,7 +12,8 @@ echo "test: type-checking"
 npx tsc --noEmit -p .
 # test/chaos/ is the fault suite's tier (about 12 minutes more): `npm run chaos`;
 # `npm run test:slow` runs it and lab-up-repeat's ten rounds (three here).
-mapfile -t files < <(find src test -name '*.test.ts' -not -path 'test/chaos/*' | sort)
+# test/slow/ (lab tests of many minutes, e.g. three installed clusters) is in `npm run test:slow` too.
+mapfile -t files < <(find src test -name '*.test.ts' -not -path 'test/chaos/*' -not -path 'test/slow/*' | sort)
 echo "test: ${#files[@]} test files"
 # Integration tests build namespaces and start etcd; one file at a time keeps
 # a 2-core machine from timing them out.
