@@ -6,6 +6,9 @@
 // TCP request/response with 1 in flight (sockperf), TCP connect+request+close
 // (bench/peers/crr.c), CPU seconds per GB moved. Repetitions alternate the
 // order of the rows. Writes bench/results/peers.{json,csv} and peers-*.svg.
+// --suspects: our tunnel row beside variants of it that each remove one
+// suspected cost (bpf/lib/variant.h), native routing and the kernel's VXLAN
+// device alone, in bench/results/peers-suspects.{json,csv}.
 import { parseArgs } from 'node:util';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -13,11 +16,27 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { listNamespaces } from '../../src/lab/topology.ts';
 import { run, runIn, spawnIn, stopChild } from '../../src/lab/exec.ts';
-import { createPeerBed, PEER_CONFIGS, type PeerBed, type PeerConfig } from '../../src/lab/peers-topology.ts';
+import { createPeerBed, DATAPATH_VARIANTS, PEER_CONFIGS, PEER_DEV_PREFIX, type DatapathVariant, type PeerBed, type PeerBedConfig, type PeerConfig } from '../../src/lab/peers-topology.ts';
 import { printTable, summarize, writeResults, type Sample } from '../lib/results.ts';
 import { markdownTable, writeCharts } from './charts.ts';
 
-const HELP = `usage: npm run bench -- peers [--reps N] [--seconds S] [--quick] [--only a,b] [--services N]
+// Rows beyond the five of the comparison, for looking into a result: only when --only or --suspects names them.
+const EXTRA: Record<string, { config: PeerBedConfig; policy?: boolean; variant?: DatapathVariant }> = {
+  'clustermesh-nopolicy': { config: 'clustermesh', policy: false },
+  'clustermesh-nolb': { config: 'clustermesh', variant: 'nolb' },
+  'clustermesh-nometrics': { config: 'clustermesh', variant: 'nometrics' },
+  'clustermesh-notrace': { config: 'clustermesh', variant: 'notrace' },
+  'clustermesh-cachedroute': { config: 'clustermesh', variant: 'peerdev' },
+  'clustermesh-bare': { config: 'clustermesh', variant: 'bare' },
+  'kernel-vxlan': { config: 'kernel-vxlan' },
+};
+type RowName = PeerConfig | keyof typeof EXTRA;
+/** --suspects: each clustermesh-* variant removes one cost (DATAPATH_VARIANTS says which); bare removes all four. */
+const SUSPECT_ROWS = ['limit', 'clustermesh', 'clustermesh-nolb', 'clustermesh-nometrics', 'clustermesh-notrace', 'clustermesh-cachedroute', 'clustermesh-bare', 'clustermesh-native', 'kernel-vxlan'] as const;
+for (const r of SUSPECT_ROWS) if (!(PEER_CONFIGS as readonly string[]).includes(r) && !(r in EXTRA)) throw new Error(`bench peers: suspect row ${r} is defined nowhere`);
+for (const e of Object.values(EXTRA)) if (e.variant !== undefined && !(e.variant in DATAPATH_VARIANTS)) throw new Error(`bench peers: unknown variant ${e.variant}`);
+
+const HELP = `usage: npm run bench -- peers [--reps N] [--seconds S] [--quick] [--only a,b | --suspects] [--services N]
 
 Cross-cluster pod-to-pod benchmarks of limit, clustermesh, clustermesh-native,
 kernel-vxlan-iptables, gateway and openvpn, built in the same lab topology and
@@ -27,7 +46,13 @@ claim: the tunnel row through its VXLAN device, the native row never.
   --seconds S    seconds of each iperf3, sockperf and connect-rate test (default 4)
   --quick        1 repetition of 2 seconds, for development (overrides both)
   --only a,b     only these rows (${PEER_CONFIGS.join(', ')};
-                 also clustermesh-nopolicy: our datapath with policy off)
+                 also clustermesh-nopolicy: our datapath with policy off, and the
+                 rows of --suspects)
+  --suspects     where a round trip's time goes: limit, clustermesh, and
+                 ${SUSPECT_ROWS.slice(2).join(', ')}
+                 (variants of our datapath from 'make -C bpf variants', each without
+                 one suspected cost; the kernel's VXLAN device alone); writes
+                 bench/results/peers-suspects.json with every row in it
   --services N   ClusterIP services in kernel-vxlan-iptables' kube-proxy rules (default 100)
   --name NAME    results file names (default peers; e.g. peers-policy for a side run)
   --write        let a partial run (--only, --quick, other --reps/--seconds/--services)
@@ -44,6 +69,7 @@ const { values } = parseArgs({
     services: { type: 'string', default: '100' },
     name: { type: 'string' },
     write: { type: 'boolean', default: false },
+    suspects: { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
@@ -58,14 +84,12 @@ if (!Number.isInteger(reps) || reps < 1) throw new Error(`bench peers: --reps mu
 if (!Number.isFinite(seconds) || seconds < 1) throw new Error(`bench peers: --seconds must be at least 1, got ${values.seconds}`);
 // A partial run must not replace the data behind the published comparison.
 const partialRun = values.only !== undefined || values.quick || reps !== 5 || seconds !== 4 || services !== 100;
-const resultsName = values.name ?? (partialRun && !values.write ? 'peers-partial' : 'peers');
+const resultsName = values.name ?? (values.suspects ? 'peers-suspects' : partialRun && !values.write ? 'peers-partial' : 'peers');
 if (!/^[a-z][a-z0-9-]{0,31}$/.test(resultsName)) throw new Error(`bench peers: --name must be lowercase letters, digits and '-', got '${resultsName}'`);
 if (!Number.isInteger(services) || services < 0) throw new Error(`bench peers: --services must be a non-negative integer, got ${values.services}`);
-// Rows beyond the five of the comparison, for looking into a result: only when --only names them.
-const EXTRA = { 'clustermesh-nopolicy': { config: 'clustermesh', policy: false } } as const;
-type RowName = PeerConfig | keyof typeof EXTRA;
+if (values.suspects && values.only !== undefined) throw new Error('bench peers: --suspects chooses the rows itself; leave out --only');
 const ALL_ROWS: readonly RowName[] = [...PEER_CONFIGS, ...(Object.keys(EXTRA) as Array<keyof typeof EXTRA>)];
-const only = values.only?.split(',').map((s) => s.trim()) ?? [...PEER_CONFIGS];
+const only = values.suspects ? [...SUSPECT_ROWS] : (values.only?.split(',').map((s) => s.trim()) ?? [...PEER_CONFIGS]);
 for (const c of only) if (!(ALL_ROWS as readonly string[]).includes(c)) throw new Error(`bench peers: --only names '${c}'; the rows are ${ALL_ROWS.join(', ')}`);
 const CONFIGS = ALL_ROWS.filter((c) => only.includes(c));
 
@@ -162,6 +186,12 @@ async function waitForPort(netns: string, ip: string, port: number): Promise<voi
   throw new Error(`bench peers: nothing answers on ${ip}:${port} from ${netns}`);
 }
 
+/** Packets the peer devices of the peerdev/bare variants sent on a node. */
+async function peerDevTx(netns: string): Promise<number> {
+  const { stdout } = await run(['ip', '-n', netns, '-s', '-j', 'link', 'show']);
+  return (JSON.parse(stdout) as Array<{ ifname: string; stats64: { tx: { packets: number } } }>).filter((l) => l.ifname.startsWith(PEER_DEV_PREFIX)).reduce((n, l) => n + l.stats64.tx.packets, 0);
+}
+
 async function measure(bed: PeerBed, config: RowName, crr: string, rep: number): Promise<Sample[]> {
   const { client: a, server: b } = bed;
   const params = config === 'kernel-vxlan-iptables' ? { services } : undefined;
@@ -182,7 +212,10 @@ async function measure(bed: PeerBed, config: RowName, crr: string, rep: number):
   try {
     for (const p of [PORT_IPERF, PORT_RR, PORT_CRR]) await waitForPort(a.netns, b.ip, p);
     const ours = bed.config === 'clustermesh' || bed.config === 'clustermesh-native';
+    const peerDev = bed.variant === 'peerdev' || bed.variant === 'bare';
     const vxlan0 = ours ? await txPackets(a.node.netns, 'cm_vxlan') : 0;
+    const peer0 = peerDev ? await peerDevTx(a.node.netns) : 0;
+    const vx0 = bed.config === 'kernel-vxlan' ? await txPackets(a.node.netns, 'vx0') : 0;
     const pids = [...bed.pids, ...servers.flatMap((s) => (s.pid === undefined ? [] : [s.pid]))];
     let ticks = 0;
     let machineTicks = 0;
@@ -205,9 +238,13 @@ async function measure(bed: PeerBed, config: RowName, crr: string, rep: number):
     // other work shares the machine).
     if (ours) {
       const sent = (await txPackets(a.node.netns, 'cm_vxlan')) - vxlan0;
-      if (bed.config === 'clustermesh' && sent === 0) throw new Error(`bench peers: ${config}: cm_vxlan on the client's node sent nothing during iperf3: not the tunnel path`);
+      if (peerDev) {
+        const viaPeer = (await peerDevTx(a.node.netns)) - peer0;
+        if (sent > 0 || viaPeer === 0) throw new Error(`bench peers: ${config}: during iperf3 the client's node sent ${viaPeer} packets through its peer devices and ${sent} through cm_vxlan: not the cached-route path`);
+      } else if (bed.config === 'clustermesh' && sent === 0) throw new Error(`bench peers: ${config}: cm_vxlan on the client's node sent nothing during iperf3: not the tunnel path`);
       if (bed.config === 'clustermesh-native' && sent > 0) throw new Error(`bench peers: ${config}: cm_vxlan on the client's node sent ${sent} packets: native routing encapsulated`);
     }
+    if (bed.config === 'kernel-vxlan' && (await txPackets(a.node.netns, 'vx0')) === vx0) throw new Error(`bench peers: ${config}: vx0 on the client's node sent nothing during iperf3`);
     add('cpu_s_per_gb', 's/GB', machineTicks / CLK_TCK / (bytes / 1e9));
     add('cpu_s_per_gb_attributed', 's/GB', ticks / CLK_TCK / (bytes / 1e9));
 
@@ -257,15 +294,15 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 }
 try {
   await run(['clang', '-O2', '-Wall', '-o', crr, join(dirname(fileURLToPath(import.meta.url)), 'crr.c')]);
-  console.log(`peers: ${reps} repetition(s) of ${seconds} s tests, rows ${CONFIGS.join(', ')}; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  console.log(`peers: ${reps} repetition(s) of ${seconds} s tests, rows ${CONFIGS.join(', ')}; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')} at ${new Date().toISOString()}`);
   for (let rep = 1; rep <= reps; rep++) {
     // Rotate the order so no row always runs first (or last) on a warm or busy machine.
     const order = CONFIGS.map((_, i) => CONFIGS[(i + rep - 1) % CONFIGS.length]!);
     for (const config of order) {
-      const extra = config in EXTRA ? EXTRA[config as keyof typeof EXTRA] : undefined;
+      const extra = config in EXTRA ? EXTRA[config] : undefined;
       let bed: PeerBed | undefined;
       try {
-        bed = await createPeerBed(extra?.config ?? (config as PeerConfig), { prefix: 'cmbp', allowPorts: [PORT_IPERF, PORT_RR, PORT_CRR], services, policy: extra?.policy ?? true });
+        bed = await createPeerBed(extra?.config ?? (config as PeerConfig), { prefix: 'cmbp', allowPorts: [PORT_IPERF, PORT_RR, PORT_CRR], services, policy: extra?.policy ?? true, ...(extra?.variant ? { variant: extra.variant } : {}) });
         current = bed;
         const got = await measure(bed, config, crr, rep);
         samples.push(...got);
@@ -289,6 +326,20 @@ if (samples.length === 0) {
   process.exit(1);
 }
 const rows = summarize(samples);
+console.log(`\nload average ${loadavg().map((l) => l.toFixed(2)).join(' ')} at ${new Date().toISOString()}`);
+if (values.suspects) {
+  // One file with every row; read against clustermesh (what each removal buys) and the limit.
+  printTable(rows, 'clustermesh');
+  const file = writeResults(resultsName, rows, samples, 1500);
+  console.log('');
+  console.log(markdownTable(rows, 'clustermesh'));
+  console.log(`\nwrote ${file} and its CSV`);
+  if (failures.length) {
+    console.error(`\nbench peers: ${failures.length} measurement(s) failed; their rows have fewer samples:\n${failures.join('\n')}`);
+    process.exitCode = 1;
+  }
+  process.exit();
+}
 console.log('');
 printTable(rows, 'limit');
 // The comparison's file holds the main rows; extra rows of the same run go to NAME-extra
