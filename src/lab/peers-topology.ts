@@ -57,7 +57,7 @@ export const DATAPATH_VARIANTS = {
   bare: 'all four removed',
 } as const;
 export type DatapathVariant = keyof typeof DATAPATH_VARIANTS;
-/** Name of the peer devices of the peerdev/bare variants (cmpd<k>, k: index of the remote node) and the port they listen on; they send to the nodes' tunnel port. */
+/** Name of the peer devices of the peerdev/bare variants (cmpd<k>, k: index of the remote node) and the first port they listen on (one each: the kernel allows a VNI once per port); they send to the nodes' tunnel port. */
 export const PEER_DEV_PREFIX = 'cmpd';
 const PEER_DEV_LISTEN_PORT = 9472;
 const TUNNEL_PORT = 8472;
@@ -190,8 +190,8 @@ function variantObjects(variant: DatapathVariant): string {
  * The peerdev variant's devices: on every node, one VXLAN device per other
  * node that is not external: VNI = the identity of the node's one pod, the
  * other node as its only destination (the all-zeros FDB entry, on the tunnel
- * port; the device itself listens on another port, since the node's external
- * device has the tunnel port), written into cm_variant_peer_dev for
+ * port; the device itself listens on a port of its own, since the node's
+ * external device has the tunnel port and a VNI may exist once per port), written into cm_variant_peer_dev for
  * from_container. The receiving node's external device and from_overlay take
  * them as any tunnel packet. Removed with the namespaces.
  */
@@ -205,7 +205,7 @@ async function wirePeerDevices(topo: Topology, dp: LabDatapath): Promise<void> {
       for (const [k, far] of topo.nodes.filter((x) => x !== nd).entries()) {
         const dev = `${PEER_DEV_PREFIX}${k}`;
         await ipBatch(nd.netns, [
-          `link add ${dev} type vxlan id ${vni} dstport ${PEER_DEV_LISTEN_PORT} local ${nd.underlayIP} dev ${nd.underlayDev} nolearning ttl 64 df set`,
+          `link add ${dev} type vxlan id ${vni} dstport ${PEER_DEV_LISTEN_PORT + k} local ${nd.underlayIP} dev ${nd.underlayDev} nolearning ttl 64 df set`,
           `link set ${dev} mtu ${topo.spec.underlayMtu - 50} up`,
         ]);
         await run(['bridge', '-n', nd.netns, 'fdb', 'append', '00:00:00:00:00:00', 'dev', dev, 'dst', far.underlayIP, 'port', String(TUNNEL_PORT), 'self', 'permanent']);
