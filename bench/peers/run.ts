@@ -32,7 +32,7 @@ const EXTRA: Record<string, { config: PeerBedConfig; policy?: boolean; variant?:
 };
 type RowName = PeerConfig | keyof typeof EXTRA;
 /** --suspects: each clustermesh-* variant removes one cost (DATAPATH_VARIANTS says which); bare removes all four. */
-const SUSPECT_ROWS = ['limit', 'clustermesh', 'clustermesh-nolb', 'clustermesh-nometrics', 'clustermesh-notrace', 'clustermesh-cachedroute', 'clustermesh-bare', 'clustermesh-native', 'kernel-vxlan'] as const;
+const SUSPECT_ROWS = ['limit', 'clustermesh', 'clustermesh-nolb', 'clustermesh-nometrics', 'clustermesh-notrace', 'clustermesh-cachedroute', 'clustermesh-native', 'kernel-vxlan', 'clustermesh-bare'] as const;
 for (const r of SUSPECT_ROWS) if (!(PEER_CONFIGS as readonly string[]).includes(r) && !(r in EXTRA)) throw new Error(`bench peers: suspect row ${r} is defined nowhere`);
 for (const e of Object.values(EXTRA)) if (e.variant !== undefined && !(e.variant in DATAPATH_VARIANTS)) throw new Error(`bench peers: unknown variant ${e.variant}`);
 
@@ -53,6 +53,8 @@ claim: the tunnel row through its VXLAN device, the native row never.
                  (variants of our datapath from 'make -C bpf variants', each without
                  one suspected cost; the kernel's VXLAN device alone); writes
                  bench/results/peers-suspects.json with every row in it
+  --keep-beds    build each row's bed once and measure it in every repetition
+                 (default: built anew for each; --suspects implies it)
   --services N   ClusterIP services in kernel-vxlan-iptables' kube-proxy rules (default 100)
   --name NAME    results file names (default peers; e.g. peers-policy for a side run)
   --write        let a partial run (--only, --quick, other --reps/--seconds/--services)
@@ -70,6 +72,7 @@ const { values } = parseArgs({
     name: { type: 'string' },
     write: { type: 'boolean', default: false },
     suspects: { type: 'boolean', default: false },
+    'keep-beds': { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
@@ -84,6 +87,8 @@ if (!Number.isInteger(reps) || reps < 1) throw new Error(`bench peers: --reps mu
 if (!Number.isFinite(seconds) || seconds < 1) throw new Error(`bench peers: --seconds must be at least 1, got ${values.seconds}`);
 // A partial run must not replace the data behind the published comparison.
 const partialRun = values.only !== undefined || values.quick || reps !== 5 || seconds !== 4 || services !== 100;
+// Building a bed takes minutes on a machine busy creating other namespaces: --suspects keeps them.
+const keepBeds = values['keep-beds'] || values.suspects;
 const resultsName = values.name ?? (values.suspects ? 'peers-suspects' : partialRun && !values.write ? 'peers-partial' : 'peers');
 if (!/^[a-z][a-z0-9-]{0,31}$/.test(resultsName)) throw new Error(`bench peers: --name must be lowercase letters, digits and '-', got '${resultsName}'`);
 if (!Number.isInteger(services) || services < 0) throw new Error(`bench peers: --services must be a non-negative integer, got ${values.services}`);
@@ -175,9 +180,11 @@ async function txPackets(netns: string, dev: string): Promise<number> {
 }
 
 async function waitForPort(netns: string, ip: string, port: number): Promise<void> {
-  for (let i = 0; i < 100; i++) {
+  // By the clock, not a count of tries: on a loaded machine starting bash alone can take seconds.
+  const until = Date.now() + 120_000;
+  while (Date.now() < until) {
     try {
-      await runIn(netns, ['timeout', '2', 'bash', '-c', `exec 3<>/dev/tcp/${ip}/${port}`], { timeoutMs: 3000 });
+      await runIn(netns, ['timeout', '5', 'bash', '-c', `exec 3<>/dev/tcp/${ip}/${port}`], { timeoutMs: 15_000 });
       return;
     } catch {
       await new Promise((r) => setTimeout(r, 100));
@@ -278,14 +285,15 @@ if (up.length) {
 const work = mkdtempSync(join(tmpdir(), 'cmbp-'));
 const crr = join(work, 'crr');
 const samples: Sample[] = [];
-let current: PeerBed | undefined;
+// Beds up right now: the row being measured, or with --keep-beds all of them.
+const live = new Set<PeerBed>();
 const failures: string[] = [];
 // Ctrl-C or a kill: the row being measured is taken down before exiting (processes, namespaces, temp files).
 for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   process.once(sig, () => {
     console.error(`bench peers: ${sig}, cleaning up`);
-    void (current?.stop() ?? Promise.resolve())
-      .catch((e: unknown) => console.error(e))
+    void Promise.allSettled([...live].map((b) => b.stop()))
+      .then((r) => r.forEach((x) => x.status === 'rejected' && console.error(x.reason)))
       .finally(() => {
         rmSync(work, { recursive: true, force: true });
         process.exit(130);
@@ -295,15 +303,38 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 try {
   await run(['clang', '-O2', '-Wall', '-o', crr, join(dirname(fileURLToPath(import.meta.url)), 'crr.c')]);
   console.log(`peers: ${reps} repetition(s) of ${seconds} s tests, rows ${CONFIGS.join(', ')}; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')} at ${new Date().toISOString()}`);
+  const build = async (config: RowName): Promise<PeerBed> => {
+    const extra = config in EXTRA ? EXTRA[config] : undefined;
+    const bed = await createPeerBed(extra?.config ?? (config as PeerConfig), { prefix: 'cmbp', allowPorts: [PORT_IPERF, PORT_RR, PORT_CRR], services, policy: extra?.policy ?? true, ...(extra?.variant ? { variant: extra.variant } : {}) });
+    live.add(bed);
+    return bed;
+  };
+  // --keep-beds: every row's bed is built once, up front, and measured in each repetition.
+  const kept = new Map<RowName, PeerBed>();
+  // The variants' objects once, before beds are built side by side (each build would run make).
+  if (CONFIGS.some((c) => EXTRA[c]?.variant !== undefined)) await run(['make', '-s', '-C', join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bpf'), 'variants']);
+  if (keepBeds) {
+    // Three at a time: most of a build is waiting for namespaces and processes.
+    for (let i = 0; i < CONFIGS.length; i += 3) {
+      await Promise.all(CONFIGS.slice(i, i + 3).map(async (config) => {
+        try {
+          kept.set(config, await build(config));
+        } catch (err) {
+          failures.push(`${config}: building its bed: ${err instanceof Error ? err.message : String(err)}`);
+          console.error(`${config}: FAILED: ${failures.at(-1)}`);
+        }
+      }));
+    }
+    console.log(`beds built (load ${loadavg()[0]!.toFixed(2)} at ${new Date().toISOString()})`);
+  }
   for (let rep = 1; rep <= reps; rep++) {
     // Rotate the order so no row always runs first (or last) on a warm or busy machine.
     const order = CONFIGS.map((_, i) => CONFIGS[(i + rep - 1) % CONFIGS.length]!);
     for (const config of order) {
-      const extra = config in EXTRA ? EXTRA[config] : undefined;
+      if (keepBeds && !kept.has(config)) continue;
       let bed: PeerBed | undefined;
       try {
-        bed = await createPeerBed(extra?.config ?? (config as PeerConfig), { prefix: 'cmbp', allowPorts: [PORT_IPERF, PORT_RR, PORT_CRR], services, policy: extra?.policy ?? true, ...(extra?.variant ? { variant: extra.variant } : {}) });
-        current = bed;
+        bed = keepBeds ? kept.get(config)! : await build(config);
         const got = await measure(bed, config, crr, rep);
         samples.push(...got);
         console.log(`rep ${rep} ${config}: ${got.map((s) => `${s.metric}=${s.value.toFixed(2)}`).join(' ')} (load ${loadavg()[0]!.toFixed(2)})`);
@@ -312,12 +343,16 @@ try {
         failures.push(`rep ${rep} ${config}: ${err instanceof Error ? err.message : String(err)}`);
         console.error(`rep ${rep} ${config}: FAILED: ${failures.at(-1)}`);
       } finally {
-        current = undefined;
-        await bed?.stop();
+        if (bed && !keepBeds) {
+          live.delete(bed);
+          await bed.stop();
+        }
       }
     }
   }
 } finally {
+  for (const bed of live) await bed.stop().catch((e: unknown) => console.error(e));
+  live.clear();
   rmSync(work, { recursive: true, force: true });
 }
 

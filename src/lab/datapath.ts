@@ -74,7 +74,7 @@ export async function startClustermeshDatapath(topo: Topology, opts: { traceForw
       const file = join(work, `${node.netns}.json`);
       writeFileSync(file, JSON.stringify(plan, null, 2));
       pinDirs.push(plan.pinDir);
-      await runIn(node.netns, [process.execPath, CLI, 'datapath', 'apply', '--plan', file], { timeoutMs: 60_000 });
+      await runIn(node.netns, [process.execPath, CLI, 'datapath', 'apply', '--plan', file], { timeoutMs: 180_000 });
     }
   } catch (err) {
     await stop();
