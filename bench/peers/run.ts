@@ -18,7 +18,7 @@ import { listNamespaces } from '../../src/lab/topology.ts';
 import { run, runIn, spawnIn, stopChild } from '../../src/lab/exec.ts';
 import { createPeerBed, DATAPATH_VARIANTS, PEER_CONFIGS, PEER_DEV_PREFIX, type DatapathVariant, type PeerBed, type PeerBedConfig, type PeerConfig } from '../../src/lab/peers-topology.ts';
 import { printTable, summarize, writeResults, type Sample } from '../lib/results.ts';
-import { markdownTable, writeCharts } from './charts.ts';
+import { configTable, markdownTable, SUSPECT_METRICS, writeCharts } from './charts.ts';
 
 // Rows beyond the five of the comparison, for looking into a result: only when --only or --suspects names them.
 const EXTRA: Record<string, { config: PeerBedConfig; policy?: boolean; variant?: DatapathVariant }> = {
@@ -371,7 +371,7 @@ if (values.suspects) {
   printTable(rows, 'clustermesh');
   const file = writeResults(resultsName, rows, samples, 1500);
   console.log('');
-  console.log(markdownTable(rows, 'clustermesh'));
+  console.log(configTable(rows, SUSPECT_METRICS, ['clustermesh', 'limit']));
   console.log(`\nwrote ${file} and its CSV`);
   if (failures.length) {
     console.error(`\nbench peers: ${failures.length} measurement(s) failed; their rows have fewer samples:\n${failures.join('\n')}`);
