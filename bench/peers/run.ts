@@ -94,9 +94,11 @@ const keepBeds = values['keep-beds'] || values.suspects;
 const resultsName = values.name ?? (values.suspects ? 'peers-suspects' : partialRun && !values.write ? 'peers-partial' : 'peers');
 if (!/^[a-z][a-z0-9-]{0,31}$/.test(resultsName)) throw new Error(`bench peers: --name must be lowercase letters, digits and '-', got '${resultsName}'`);
 if (!Number.isInteger(services) || services < 0) throw new Error(`bench peers: --services must be a non-negative integer, got ${values.services}`);
-if (values.suspects && values.only !== undefined) throw new Error('bench peers: --suspects chooses the rows itself; leave out --only');
+// --suspects with --only: those of the suspect rows (limit and clustermesh always).
+const suspectsOnly = values.only?.split(',').map((s) => s.trim());
+if (values.suspects && suspectsOnly) for (const c of suspectsOnly) if (!(SUSPECT_ROWS as readonly string[]).includes(c)) throw new Error(`bench peers: --suspects --only names '${c}'; the suspect rows are ${SUSPECT_ROWS.join(', ')}`);
 const ALL_ROWS: readonly RowName[] = [...PEER_CONFIGS, ...(Object.keys(EXTRA) as Array<keyof typeof EXTRA>)];
-const only = values.suspects ? [...SUSPECT_ROWS] : (values.only?.split(',').map((s) => s.trim()) ?? [...PEER_CONFIGS]);
+const only = values.suspects ? SUSPECT_ROWS.filter((r) => r === 'limit' || r === 'clustermesh' || !suspectsOnly || suspectsOnly.includes(r)) : (values.only?.split(',').map((s) => s.trim()) ?? [...PEER_CONFIGS]);
 for (const c of only) if (!(ALL_ROWS as readonly string[]).includes(c)) throw new Error(`bench peers: --only names '${c}'; the rows are ${ALL_ROWS.join(', ')}`);
 const CONFIGS = ALL_ROWS.filter((c) => only.includes(c));
 
@@ -181,12 +183,15 @@ async function txPackets(netns: string, dev: string): Promise<number> {
   return (JSON.parse(stdout) as Array<{ stats64: { tx: { packets: number } } }>)[0]!.stats64.tx.packets;
 }
 
-async function waitForPort(netns: string, ip: string, port: number): Promise<void> {
-  // By the clock, not a count of tries: on a loaded machine starting bash alone can take seconds.
+async function waitForPort(netns: string, ip: string, port: number, serverNetns: string): Promise<void> {
+  // By the clock, not a count of tries. First the server listens (ss, no shell: on a
+  // loaded machine each bash start can take seconds), then one connect from the client.
   const until = Date.now() + 120_000;
   while (Date.now() < until) {
     try {
-      await runIn(netns, ['timeout', '5', 'bash', '-c', `exec 3<>/dev/tcp/${ip}/${port}`], { timeoutMs: 15_000 });
+      const { stdout } = await runIn(serverNetns, ['ss', '-Hltn', `sport = :${port}`], { timeoutMs: 15_000 });
+      if (stdout.trim() === '') throw new Error('not listening yet');
+      await runIn(netns, ['timeout', '5', 'bash', '--norc', '-c', `exec 3<>/dev/tcp/${ip}/${port}`], { timeoutMs: 15_000 });
       return;
     } catch {
       await new Promise((r) => setTimeout(r, 100));
@@ -219,7 +224,7 @@ async function measure(bed: PeerBed, config: RowName, crr: string, rep: number):
     spawnIn(b.netns, ['taskset', '-c', '0', crr, '-s', b.ip, String(PORT_CRR)]),
   ];
   try {
-    for (const p of [PORT_IPERF, PORT_RR, PORT_CRR]) await waitForPort(a.netns, b.ip, p);
+    for (const p of [PORT_IPERF, PORT_RR, PORT_CRR]) await waitForPort(a.netns, b.ip, p, b.netns);
     const ours = bed.config === 'clustermesh' || bed.config === 'clustermesh-native';
     const peerDev = bed.variant === 'peerdev' || bed.variant === 'bare';
     const vxlan0 = ours ? await txPackets(a.node.netns, 'cm_vxlan') : 0;
