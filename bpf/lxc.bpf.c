@@ -24,6 +24,7 @@
 #include "lb.h"
 #include "policy.h"
 #include "native.h"
+#include "variant.h"
 
 /* ARP body for Ethernet/IPv4 (RFC 826), after struct arphdr. */
 struct arp_eth_ipv4 {
@@ -115,6 +116,18 @@ static __always_inline int ipv4_encap(struct __sk_buff *ctx, struct iphdr *ip,
 		return -DROP_TTL_EXCEEDED;
 	ipv4_dec_ttl(ip);
 
+#ifdef CM_VARIANT_PEER_DEVICE
+	{
+		const struct peer_device *pd = bpf_map_lookup_elem(&cm_variant_peer_dev, &remote);
+
+		if (pd && pd->vni == src_identity) {
+			tc->tunnel_endpoint = remote;
+			tc->target_ifindex = pd->ifindex;
+			tc->reason = TRACE_TO_OVERLAY;
+			return bpf_redirect(pd->ifindex, 0);
+		}
+	}
+#endif
 	key.tunnel_id = src_identity;
 	key.remote_ipv4 = bpf_ntohl(remote);
 	key.tunnel_ttl = CM_TUNNEL_TTL;
@@ -135,7 +148,9 @@ static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
 	const struct ipcache_value *info = NULL;
 	struct policy_pkt orig, pkt;
 	bool track = false;
+#ifndef CM_VARIANT_NO_LB
 	struct lb4_tuple t;
+#endif
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	__u32 dst_identity;
@@ -160,6 +175,7 @@ static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
 	 * local backend gets its VIP back (lb4_rev_nat says why here), a packet
 	 * to a VIP gets its backend. Never both: replies are not addressed to a
 	 * VIP. Egress policy goes after this, so it sees the real backend. */
+#ifndef CM_VARIANT_NO_LB
 	if (lb4_extract(ctx, ip, tc, &t)) {
 		ret = lb4_rev_nat(ctx, &t, tc);
 		if (ret == 0)
@@ -167,6 +183,7 @@ static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
 	}
 	if (ret < 0)
 		return ret;
+#endif
 	if (!policy_pkt_after_lb(ctx, ret, tc, &orig, &pkt, &eth, &ip))
 		return -DROP_INVALID_PACKET;
 

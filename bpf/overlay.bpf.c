@@ -36,17 +36,21 @@ static __always_inline int deliver_from_node(struct __sk_buff *ctx, struct trace
 	const struct endpoint_info *ep;
 	struct policy_pkt orig, pkt;
 	bool track = false;
+#ifndef CM_VARIANT_NO_LB
 	struct lb4_tuple t;
+#endif
 	int ret = 0;
 
 	policy_pkt_init(ip, tc, &orig);
 
 	/* A reply of a service connection whose backend is on another node:
 	 * back to VIP:port before delivery (lb4_rev_nat says why here). */
+#ifndef CM_VARIANT_NO_LB
 	if (lb4_extract(ctx, ip, tc, &t))
 		ret = lb4_rev_nat(ctx, &t, tc);
 	if (ret < 0)
 		return ret;
+#endif
 	if (!policy_pkt_after_lb(ctx, ret, tc, &orig, &pkt, &eth, &ip))
 		return -DROP_INVALID_PACKET;
 

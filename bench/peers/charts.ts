@@ -73,6 +73,32 @@ export function markdownTable(rows: readonly Row[], baseline: string): string {
   return lines.join('\n');
 }
 
+/** The metrics of the suspects table (bench/peers --suspects). */
+export const SUSPECT_METRICS = ['tcp_rr_p50', 'tcp_rr_rate', 'tcp_crr_rate', 'tcp_throughput', 'tcp_throughput_8streams'] as const;
+
+/**
+ * One line per config (the suspects table): for each metric the median
+ * [min–max] and its ratios to both baselines, e.g. clustermesh and limit.
+ */
+export function configTable(rows: readonly Row[], metrics: readonly string[], baselines: readonly [string, string]): string {
+  const configs = [...new Set(rows.map((r) => r.config))];
+  const head = ['config', ...metrics.flatMap((m) => [`${m} (${rows.find((r) => r.metric === m)?.unit ?? ''})`, `/${baselines[0]}`, `/${baselines[1]}`])];
+  const lines = [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`];
+  for (const c of configs) {
+    const cells = [`\`${c}\``];
+    for (const m of metrics) {
+      const r = rows.find((x) => x.config === c && x.metric === m);
+      cells.push(r ? `${fmt(r.median)} [${fmt(r.min)}–${fmt(r.max)}]` : '–');
+      for (const b of baselines) {
+        const base = rows.find((x) => x.config === b && x.metric === m);
+        cells.push(r && base && c !== b ? (r.median / base.median).toFixed(2) : '–');
+      }
+    }
+    lines.push(`| ${cells.join(' | ')} |`);
+  }
+  return lines.join('\n');
+}
+
 /** Writes <dir>/<name>-<metric>.svg for every metric of rows; returns the files. */
 export function writeCharts(name: string, rows: readonly Row[], baseline: string, dir = resultsDir): string[] {
   const files: string[] = [];
@@ -87,6 +113,10 @@ export function writeCharts(name: string, rows: readonly Row[], baseline: string
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const file = process.argv[2] ?? join(resultsDir, 'peers.json');
   const data = JSON.parse(readFileSync(file, 'utf8')) as { bench: string; rows: Row[] };
+  if (data.bench === 'peers-suspects') {
+    console.log(configTable(data.rows, SUSPECT_METRICS, ['clustermesh', 'limit']));
+    process.exit(0);
+  }
   for (const f of writeCharts(data.bench, data.rows, 'limit')) console.log(`wrote ${f}`);
   console.log(markdownTable(data.rows, 'limit'));
 }

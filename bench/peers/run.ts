@@ -6,6 +6,9 @@
 // TCP request/response with 1 in flight (sockperf), TCP connect+request+close
 // (bench/peers/crr.c), CPU seconds per GB moved. Repetitions alternate the
 // order of the rows. Writes bench/results/peers.{json,csv} and peers-*.svg.
+// --suspects: our tunnel row beside variants of it that each remove one
+// suspected cost (bpf/lib/variant.h), native routing and the kernel's VXLAN
+// device alone, in bench/results/peers-suspects.{json,csv}.
 import { parseArgs } from 'node:util';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -13,11 +16,27 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { listNamespaces } from '../../src/lab/topology.ts';
 import { run, runIn, spawnIn, stopChild } from '../../src/lab/exec.ts';
-import { createPeerBed, PEER_CONFIGS, type PeerBed, type PeerConfig } from '../../src/lab/peers-topology.ts';
+import { createPeerBed, DATAPATH_VARIANTS, PEER_CONFIGS, PEER_DEV_PREFIX, type DatapathVariant, type PeerBed, type PeerBedConfig, type PeerConfig } from '../../src/lab/peers-topology.ts';
 import { printTable, summarize, writeResults, type Sample } from '../lib/results.ts';
-import { markdownTable, writeCharts } from './charts.ts';
+import { configTable, markdownTable, SUSPECT_METRICS, writeCharts } from './charts.ts';
 
-const HELP = `usage: npm run bench -- peers [--reps N] [--seconds S] [--quick] [--only a,b] [--services N]
+// Rows beyond the five of the comparison, for looking into a result: only when --only or --suspects names them.
+const EXTRA: Record<string, { config: PeerBedConfig; policy?: boolean; variant?: DatapathVariant }> = {
+  'clustermesh-nopolicy': { config: 'clustermesh', policy: false },
+  'clustermesh-nolb': { config: 'clustermesh', variant: 'nolb' },
+  'clustermesh-nometrics': { config: 'clustermesh', variant: 'nometrics' },
+  'clustermesh-notrace': { config: 'clustermesh', variant: 'notrace' },
+  'clustermesh-cachedroute': { config: 'clustermesh', variant: 'peerdev' },
+  'clustermesh-bare': { config: 'clustermesh', variant: 'bare' },
+  'kernel-vxlan': { config: 'kernel-vxlan' },
+};
+type RowName = PeerConfig | keyof typeof EXTRA;
+/** --suspects: each clustermesh-* variant removes one cost (DATAPATH_VARIANTS says which); bare removes all four. */
+const SUSPECT_ROWS = ['limit', 'clustermesh', 'clustermesh-nolb', 'clustermesh-nometrics', 'clustermesh-notrace', 'clustermesh-cachedroute', 'clustermesh-native', 'kernel-vxlan', 'clustermesh-bare'] as const;
+for (const r of SUSPECT_ROWS) if (!(PEER_CONFIGS as readonly string[]).includes(r) && !(r in EXTRA)) throw new Error(`bench peers: suspect row ${r} is defined nowhere`);
+for (const e of Object.values(EXTRA)) if (e.variant !== undefined && !(e.variant in DATAPATH_VARIANTS)) throw new Error(`bench peers: unknown variant ${e.variant}`);
+
+const HELP = `usage: npm run bench -- peers [--reps N] [--seconds S] [--quick] [--only a,b | --suspects] [--services N]
 
 Cross-cluster pod-to-pod benchmarks of limit, clustermesh, clustermesh-native,
 kernel-vxlan-iptables, gateway and openvpn, built in the same lab topology and
@@ -27,12 +46,21 @@ claim: the tunnel row through its VXLAN device, the native row never.
   --seconds S    seconds of each iperf3, sockperf and connect-rate test (default 4)
   --quick        1 repetition of 2 seconds, for development (overrides both)
   --only a,b     only these rows (${PEER_CONFIGS.join(', ')};
-                 also clustermesh-nopolicy: our datapath with policy off)
+                 also clustermesh-nopolicy: our datapath with policy off, and the
+                 rows of --suspects)
+  --suspects     where a round trip's time goes: limit, clustermesh, and
+                 ${SUSPECT_ROWS.slice(2).join(', ')}
+                 (variants of our datapath from 'make -C bpf variants', each without
+                 one suspected cost; the kernel's VXLAN device alone); writes
+                 bench/results/peers-suspects.json with every row in it
+  --keep-beds    build each row's bed once and measure it in every repetition
+                 (default: built anew for each; --suspects implies it)
+  --allow-busy   run even while labs are up (a shared machine): says so and goes on
   --services N   ClusterIP services in kernel-vxlan-iptables' kube-proxy rules (default 100)
   --name NAME    results file names (default peers; e.g. peers-policy for a side run)
   --write        let a partial run (--only, --quick, other --reps/--seconds/--services)
                  write peers.json; without it such a run writes peers-partial
-Refuses to run while a lab is up. Writes bench/results/NAME.json, NAME.csv, NAME-<metric>.svg.
+Refuses to run while a lab is up (unless --allow-busy). Writes bench/results/NAME.json, NAME.csv, NAME-<metric>.svg.
 example: npm run bench -- peers --quick --only limit,clustermesh`;
 
 const { values } = parseArgs({
@@ -44,6 +72,9 @@ const { values } = parseArgs({
     services: { type: 'string', default: '100' },
     name: { type: 'string' },
     write: { type: 'boolean', default: false },
+    suspects: { type: 'boolean', default: false },
+    'keep-beds': { type: 'boolean', default: false },
+    'allow-busy': { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
@@ -58,14 +89,16 @@ if (!Number.isInteger(reps) || reps < 1) throw new Error(`bench peers: --reps mu
 if (!Number.isFinite(seconds) || seconds < 1) throw new Error(`bench peers: --seconds must be at least 1, got ${values.seconds}`);
 // A partial run must not replace the data behind the published comparison.
 const partialRun = values.only !== undefined || values.quick || reps !== 5 || seconds !== 4 || services !== 100;
-const resultsName = values.name ?? (partialRun && !values.write ? 'peers-partial' : 'peers');
+// Building a bed takes minutes on a machine busy creating other namespaces: --suspects keeps them.
+const keepBeds = values['keep-beds'] || values.suspects;
+const resultsName = values.name ?? (values.suspects ? 'peers-suspects' : partialRun && !values.write ? 'peers-partial' : 'peers');
 if (!/^[a-z][a-z0-9-]{0,31}$/.test(resultsName)) throw new Error(`bench peers: --name must be lowercase letters, digits and '-', got '${resultsName}'`);
 if (!Number.isInteger(services) || services < 0) throw new Error(`bench peers: --services must be a non-negative integer, got ${values.services}`);
-// Rows beyond the five of the comparison, for looking into a result: only when --only names them.
-const EXTRA = { 'clustermesh-nopolicy': { config: 'clustermesh', policy: false } } as const;
-type RowName = PeerConfig | keyof typeof EXTRA;
+// --suspects with --only: those of the suspect rows (limit and clustermesh always).
+const suspectsOnly = values.only?.split(',').map((s) => s.trim());
+if (values.suspects && suspectsOnly) for (const c of suspectsOnly) if (!(SUSPECT_ROWS as readonly string[]).includes(c)) throw new Error(`bench peers: --suspects --only names '${c}'; the suspect rows are ${SUSPECT_ROWS.join(', ')}`);
 const ALL_ROWS: readonly RowName[] = [...PEER_CONFIGS, ...(Object.keys(EXTRA) as Array<keyof typeof EXTRA>)];
-const only = values.only?.split(',').map((s) => s.trim()) ?? [...PEER_CONFIGS];
+const only = values.suspects ? SUSPECT_ROWS.filter((r) => r === 'limit' || r === 'clustermesh' || !suspectsOnly || suspectsOnly.includes(r)) : (values.only?.split(',').map((s) => s.trim()) ?? [...PEER_CONFIGS]);
 for (const c of only) if (!(ALL_ROWS as readonly string[]).includes(c)) throw new Error(`bench peers: --only names '${c}'; the rows are ${ALL_ROWS.join(', ')}`);
 const CONFIGS = ALL_ROWS.filter((c) => only.includes(c));
 
@@ -150,16 +183,27 @@ async function txPackets(netns: string, dev: string): Promise<number> {
   return (JSON.parse(stdout) as Array<{ stats64: { tx: { packets: number } } }>)[0]!.stats64.tx.packets;
 }
 
-async function waitForPort(netns: string, ip: string, port: number): Promise<void> {
-  for (let i = 0; i < 100; i++) {
+async function waitForPort(netns: string, ip: string, port: number, serverNetns: string): Promise<void> {
+  // By the clock, not a count of tries. First the server listens (ss, no shell: on a
+  // loaded machine each bash start can take seconds), then one connect from the client.
+  const until = Date.now() + 120_000;
+  while (Date.now() < until) {
     try {
-      await runIn(netns, ['timeout', '2', 'bash', '-c', `exec 3<>/dev/tcp/${ip}/${port}`], { timeoutMs: 3000 });
+      const { stdout } = await runIn(serverNetns, ['ss', '-Hltn', `sport = :${port}`], { timeoutMs: 15_000 });
+      if (stdout.trim() === '') throw new Error('not listening yet');
+      await runIn(netns, ['timeout', '5', 'bash', '--norc', '-c', `exec 3<>/dev/tcp/${ip}/${port}`], { timeoutMs: 15_000 });
       return;
     } catch {
       await new Promise((r) => setTimeout(r, 100));
     }
   }
   throw new Error(`bench peers: nothing answers on ${ip}:${port} from ${netns}`);
+}
+
+/** Packets the peer devices of the peerdev/bare variants sent on a node. */
+async function peerDevTx(netns: string): Promise<number> {
+  const { stdout } = await run(['ip', '-n', netns, '-s', '-j', 'link', 'show']);
+  return (JSON.parse(stdout) as Array<{ ifname: string; stats64: { tx: { packets: number } } }>).filter((l) => l.ifname.startsWith(PEER_DEV_PREFIX)).reduce((n, l) => n + l.stats64.tx.packets, 0);
 }
 
 async function measure(bed: PeerBed, config: RowName, crr: string, rep: number): Promise<Sample[]> {
@@ -180,9 +224,12 @@ async function measure(bed: PeerBed, config: RowName, crr: string, rep: number):
     spawnIn(b.netns, ['taskset', '-c', '0', crr, '-s', b.ip, String(PORT_CRR)]),
   ];
   try {
-    for (const p of [PORT_IPERF, PORT_RR, PORT_CRR]) await waitForPort(a.netns, b.ip, p);
+    for (const p of [PORT_IPERF, PORT_RR, PORT_CRR]) await waitForPort(a.netns, b.ip, p, b.netns);
     const ours = bed.config === 'clustermesh' || bed.config === 'clustermesh-native';
+    const peerDev = bed.variant === 'peerdev' || bed.variant === 'bare';
     const vxlan0 = ours ? await txPackets(a.node.netns, 'cm_vxlan') : 0;
+    const peer0 = peerDev ? await peerDevTx(a.node.netns) : 0;
+    const vx0 = bed.config === 'kernel-vxlan' ? await txPackets(a.node.netns, 'vx0') : 0;
     const pids = [...bed.pids, ...servers.flatMap((s) => (s.pid === undefined ? [] : [s.pid]))];
     let ticks = 0;
     let machineTicks = 0;
@@ -205,9 +252,13 @@ async function measure(bed: PeerBed, config: RowName, crr: string, rep: number):
     // other work shares the machine).
     if (ours) {
       const sent = (await txPackets(a.node.netns, 'cm_vxlan')) - vxlan0;
-      if (bed.config === 'clustermesh' && sent === 0) throw new Error(`bench peers: ${config}: cm_vxlan on the client's node sent nothing during iperf3: not the tunnel path`);
+      if (peerDev) {
+        const viaPeer = (await peerDevTx(a.node.netns)) - peer0;
+        if (sent > 0 || viaPeer === 0) throw new Error(`bench peers: ${config}: during iperf3 the client's node sent ${viaPeer} packets through its peer devices and ${sent} through cm_vxlan: not the cached-route path`);
+      } else if (bed.config === 'clustermesh' && sent === 0) throw new Error(`bench peers: ${config}: cm_vxlan on the client's node sent nothing during iperf3: not the tunnel path`);
       if (bed.config === 'clustermesh-native' && sent > 0) throw new Error(`bench peers: ${config}: cm_vxlan on the client's node sent ${sent} packets: native routing encapsulated`);
     }
+    if (bed.config === 'kernel-vxlan' && (await txPackets(a.node.netns, 'vx0')) === vx0) throw new Error(`bench peers: ${config}: vx0 on the client's node sent nothing during iperf3`);
     add('cpu_s_per_gb', 's/GB', machineTicks / CLK_TCK / (bytes / 1e9));
     add('cpu_s_per_gb_attributed', 's/GB', ticks / CLK_TCK / (bytes / 1e9));
 
@@ -233,7 +284,9 @@ async function measure(bed: PeerBed, config: RowName, crr: string, rep: number):
 }
 
 const up = await labsUp();
-if (up.length) {
+if (up.length && values['allow-busy']) {
+  console.log(`bench peers: measuring beside other work (--allow-busy): ${up.join('; ')}; read the ratios, not the absolute figures`);
+} else if (up.length) {
   console.error(`bench peers: a lab is up (${up.join('; ')}); run 'clustermesh lab down' first, the benchmark needs the machine to itself`);
   process.exit(1);
 }
@@ -241,14 +294,15 @@ if (up.length) {
 const work = mkdtempSync(join(tmpdir(), 'cmbp-'));
 const crr = join(work, 'crr');
 const samples: Sample[] = [];
-let current: PeerBed | undefined;
+// Beds up right now: the row being measured, or with --keep-beds all of them.
+const live = new Set<PeerBed>();
 const failures: string[] = [];
 // Ctrl-C or a kill: the row being measured is taken down before exiting (processes, namespaces, temp files).
 for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   process.once(sig, () => {
     console.error(`bench peers: ${sig}, cleaning up`);
-    void (current?.stop() ?? Promise.resolve())
-      .catch((e: unknown) => console.error(e))
+    void Promise.allSettled([...live].map((b) => b.stop()))
+      .then((r) => r.forEach((x) => x.status === 'rejected' && console.error(x.reason)))
       .finally(() => {
         rmSync(work, { recursive: true, force: true });
         process.exit(130);
@@ -257,16 +311,39 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 }
 try {
   await run(['clang', '-O2', '-Wall', '-o', crr, join(dirname(fileURLToPath(import.meta.url)), 'crr.c')]);
-  console.log(`peers: ${reps} repetition(s) of ${seconds} s tests, rows ${CONFIGS.join(', ')}; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  console.log(`peers: ${reps} repetition(s) of ${seconds} s tests, rows ${CONFIGS.join(', ')}; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')} at ${new Date().toISOString()}`);
+  const build = async (config: RowName): Promise<PeerBed> => {
+    const extra = config in EXTRA ? EXTRA[config] : undefined;
+    const bed = await createPeerBed(extra?.config ?? (config as PeerConfig), { prefix: 'cmbp', allowPorts: [PORT_IPERF, PORT_RR, PORT_CRR], services, policy: extra?.policy ?? true, ...(extra?.variant ? { variant: extra.variant } : {}) });
+    live.add(bed);
+    return bed;
+  };
+  // --keep-beds: every row's bed is built once, up front, and measured in each repetition.
+  const kept = new Map<RowName, PeerBed>();
+  // The variants' objects once, before beds are built side by side (each build would run make).
+  if (CONFIGS.some((c) => EXTRA[c]?.variant !== undefined)) await run(['make', '-s', '-C', join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bpf'), 'variants']);
+  if (keepBeds) {
+    // Three at a time: most of a build is waiting for namespaces and processes.
+    for (let i = 0; i < CONFIGS.length; i += 3) {
+      await Promise.all(CONFIGS.slice(i, i + 3).map(async (config) => {
+        try {
+          kept.set(config, await build(config));
+        } catch (err) {
+          failures.push(`${config}: building its bed: ${err instanceof Error ? err.message : String(err)}`);
+          console.error(`${config}: FAILED: ${failures.at(-1)}`);
+        }
+      }));
+    }
+    console.log(`beds built (load ${loadavg()[0]!.toFixed(2)} at ${new Date().toISOString()})`);
+  }
   for (let rep = 1; rep <= reps; rep++) {
     // Rotate the order so no row always runs first (or last) on a warm or busy machine.
     const order = CONFIGS.map((_, i) => CONFIGS[(i + rep - 1) % CONFIGS.length]!);
     for (const config of order) {
-      const extra = config in EXTRA ? EXTRA[config as keyof typeof EXTRA] : undefined;
+      if (keepBeds && !kept.has(config)) continue;
       let bed: PeerBed | undefined;
       try {
-        bed = await createPeerBed(extra?.config ?? (config as PeerConfig), { prefix: 'cmbp', allowPorts: [PORT_IPERF, PORT_RR, PORT_CRR], services, policy: extra?.policy ?? true });
-        current = bed;
+        bed = keepBeds ? kept.get(config)! : await build(config);
         const got = await measure(bed, config, crr, rep);
         samples.push(...got);
         console.log(`rep ${rep} ${config}: ${got.map((s) => `${s.metric}=${s.value.toFixed(2)}`).join(' ')} (load ${loadavg()[0]!.toFixed(2)})`);
@@ -275,12 +352,16 @@ try {
         failures.push(`rep ${rep} ${config}: ${err instanceof Error ? err.message : String(err)}`);
         console.error(`rep ${rep} ${config}: FAILED: ${failures.at(-1)}`);
       } finally {
-        current = undefined;
-        await bed?.stop();
+        if (bed && !keepBeds) {
+          live.delete(bed);
+          await bed.stop();
+        }
       }
     }
   }
 } finally {
+  for (const bed of live) await bed.stop().catch((e: unknown) => console.error(e));
+  live.clear();
   rmSync(work, { recursive: true, force: true });
 }
 
@@ -289,6 +370,20 @@ if (samples.length === 0) {
   process.exit(1);
 }
 const rows = summarize(samples);
+console.log(`\nload average ${loadavg().map((l) => l.toFixed(2)).join(' ')} at ${new Date().toISOString()}`);
+if (values.suspects) {
+  // One file with every row; read against clustermesh (what each removal buys) and the limit.
+  printTable(rows, 'clustermesh');
+  const file = writeResults(resultsName, rows, samples, 1500);
+  console.log('');
+  console.log(configTable(rows, SUSPECT_METRICS, ['clustermesh', 'limit']));
+  console.log(`\nwrote ${file} and its CSV`);
+  if (failures.length) {
+    console.error(`\nbench peers: ${failures.length} measurement(s) failed; their rows have fewer samples:\n${failures.join('\n')}`);
+    process.exitCode = 1;
+  }
+  process.exit();
+}
 console.log('');
 printTable(rows, 'limit');
 // The comparison's file holds the main rows; extra rows of the same run go to NAME-extra

@@ -147,6 +147,11 @@ static __always_inline bool trace_parse_ipv4(struct __sk_buff *ctx, struct trace
 /* Whether a forwarded packet is reported: all of them, or those opening a TCP connection. */
 static __always_inline bool settings_trace_forward(const struct trace_ctx *tc)
 {
+#ifdef CM_VARIANT_NO_TRACE
+	/* Measurement variant (bpf/lib/variant.h): forwards are never reported
+	 * and cm_settings is not read; drops still are. */
+	return false;
+#else
 	__u32 zero = 0;
 	const struct settings_value *s = bpf_map_lookup_elem(&cm_settings, &zero);
 
@@ -156,6 +161,7 @@ static __always_inline bool settings_trace_forward(const struct trace_ctx *tc)
 		return true;
 	return (s->flags & SETTINGS_F_TRACE_NEW) &&
 	       (tc->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+#endif
 }
 
 static __always_inline void event_emit(struct __sk_buff *ctx, const struct trace_ctx *tc,

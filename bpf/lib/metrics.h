@@ -43,6 +43,10 @@ CM_BTF_EXPORT(enum cm_direction, direction);
 
 static __always_inline void metrics_update(__u8 reason, __u8 dir, __u32 bytes)
 {
+#ifdef CM_VARIANT_NO_METRICS
+	/* Measurement variant (bpf/lib/variant.h): no counters at all. */
+	return;
+#else
 	struct metrics_key key = { .reason = reason, .dir = dir };
 	struct metrics_value *v, init = { .packets = 1, .bytes = bytes };
 
@@ -55,6 +59,7 @@ static __always_inline void metrics_update(__u8 reason, __u8 dir, __u32 bytes)
 	/* Lost race with another packet on this CPU is impossible (tc runs
 	 * with migration disabled); a full map only loses counts. */
 	bpf_map_update_elem(&cm_metrics, &key, &init, BPF_NOEXIST);
+#endif
 }
 
 #endif /* CM_METRICS_H */

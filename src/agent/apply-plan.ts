@@ -45,6 +45,7 @@ export async function applyNodePlan(plan: NodePlan): Promise<ApplySummary> {
     pinDir: plan.pinDir,
     redirectPeer: plan.redirectPeer,
     traceForward: plan.traceForwards,
+    ...(plan.objectsDir !== undefined ? { objectsDir: plan.objectsDir } : {}),
     ...(plan.socketLBCgroup !== undefined ? { socketLBCgroup: plan.socketLBCgroup } : {}),
     routingMode: plan.routingMode,
     nativeRoutingCIDRs: plan.nativeRoutingCIDRs,

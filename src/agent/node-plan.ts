@@ -17,6 +17,8 @@ export const nodePlanSchema = z.object({
   vxlanDevice: z.string().min(1).max(15).default('cm_vxlan'),
   tunnelPort: z.number().int().min(1).max(65535).default(8472),
   redirectPeer: z.boolean().default(true),
+  /** Directory of lxc.bpf.o and overlay.bpf.o (default bpf/build); another is for measurement variants (bpf/lib/variant.h). */
+  objectsDir: z.string().min(1).optional(),
   /** Also emit an event for every forwarded packet (drops always emit one). */
   traceForwards: z.boolean().default(false),
   /** cgroup v2 directory of the node's pods: socket-level load balancing there (absent: off). */

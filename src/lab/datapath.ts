@@ -29,7 +29,7 @@ export function pinDirOf(node: NodeInfo, root = DEFAULT_BPFFS_ROOT): string {
   return join(root, node.netns);
 }
 
-export function nodePlan(topo: Topology, node: NodeInfo, opts: { traceForwards?: boolean; bpffsRoot?: string; socketLB?: boolean } = {}): NodePlanInput {
+export function nodePlan(topo: Topology, node: NodeInfo, opts: { traceForwards?: boolean; bpffsRoot?: string; socketLB?: boolean; objectsDir?: string } = {}): NodePlanInput {
   const local = topo.pods.filter((p) => p.node === node);
   return {
     nodeName: node.netns,
@@ -37,6 +37,7 @@ export function nodePlan(topo: Topology, node: NodeInfo, opts: { traceForwards?:
     nodeIP: node.underlayIP,
     pinDir: pinDirOf(node, opts.bpffsRoot),
     traceForwards: opts.traceForwards ?? false,
+    ...(opts.objectsDir !== undefined ? { objectsDir: opts.objectsDir } : {}),
     ...(opts.socketLB && node.cgroup !== undefined ? { socketLBCgroup: node.cgroup } : {}),
     ...routingSettings(topo.spec, node.cluster),
     endpoints: local.map((p) => ({ ip: p.ip, identity: labPodIdentity(topo, p), hostIfName: p.hostIfName, podMac: p.mac, endpointID: p.index })),
@@ -57,7 +58,8 @@ export interface LabDatapath {
 }
 
 /** Programs the clustermesh datapath on every node of a topology built in 'clustermesh' mode. */
-export async function startClustermeshDatapath(topo: Topology, opts: { traceForwards?: boolean; socketLB?: boolean } = {}): Promise<LabDatapath> {
+/** objectsDir: the BPF objects to load (default bpf/build), e.g. a measurement variant's. */
+export async function startClustermeshDatapath(topo: Topology, opts: { traceForwards?: boolean; socketLB?: boolean; objectsDir?: string } = {}): Promise<LabDatapath> {
   if (topo.spec.mode !== 'clustermesh') throw new Error(`topology ${topo.id} is wired as '${topo.spec.mode}', not 'clustermesh'`);
   const root = ensureBpffs();
   const work = mkdtempSync(join(tmpdir(), 'clustermesh-plan-'));
@@ -72,7 +74,7 @@ export async function startClustermeshDatapath(topo: Topology, opts: { traceForw
       const file = join(work, `${node.netns}.json`);
       writeFileSync(file, JSON.stringify(plan, null, 2));
       pinDirs.push(plan.pinDir);
-      await runIn(node.netns, [process.execPath, CLI, 'datapath', 'apply', '--plan', file], { timeoutMs: 60_000 });
+      await runIn(node.netns, [process.execPath, CLI, 'datapath', 'apply', '--plan', file], { timeoutMs: 180_000 });
     }
   } catch (err) {
     await stop();

@@ -24,10 +24,14 @@
 //                          other cluster's pods to their gateway; the gateways are
 //                          joined by OpenVPN (UDP, TLS with self-signed certificates
 //                          pinned by fingerprint, AES-256-GCM, defaults otherwise)
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+//   kernel-vxlan           (not a comparison row) 'kernel-vxlan' as is: the kernel's
+//                          VXLAN device alone, no BPF, no iptables
+// The clustermesh row may load a measurement variant of the datapath instead
+// (opts.variant, bpf/lib/variant.h): the same row with one suspected cost removed.
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import type { ChildProcess } from 'node:child_process';
+import { join, resolve } from 'node:path';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import { BpfMap } from '../datapath/libbpf/index.js';
 import { policy } from '../datapath/maps/index.js';
 import { ipBatch, run, runIn, spawnIn, stopChild } from './exec.js';
@@ -37,6 +41,27 @@ import { kubeProxyRules as kubeProxyTables, type KubeService } from './kube-prox
 
 export const PEER_CONFIGS = ['limit', 'clustermesh', 'clustermesh-native', 'kernel-vxlan-iptables', 'gateway', 'openvpn'] as const;
 export type PeerConfig = (typeof PEER_CONFIGS)[number];
+/** Beds that are no row of the comparison but help read it (bench/peers --suspects). */
+export const EXTRA_PEER_CONFIGS = ['kernel-vxlan'] as const;
+export type PeerBedConfig = PeerConfig | (typeof EXTRA_PEER_CONFIGS)[number];
+
+/**
+ * Measurement variants of our datapath (bpf/lib/variant.h; `make -C bpf
+ * variants` builds them into bpf/build/variants/<name>/), each with what it removes.
+ */
+export const DATAPATH_VARIANTS = {
+  nolb: 'no service lookup or reverse translation',
+  nometrics: 'no per-CPU counters',
+  notrace: 'no cm_settings lookup and no trace event for forwarded packets',
+  peerdev: 'into the tunnel through a non-external VXLAN device per remote node (fixed remote and VNI: a cached route) instead of bpf_skb_set_tunnel_key on the external device',
+  bare: 'all four removed',
+} as const;
+export type DatapathVariant = keyof typeof DATAPATH_VARIANTS;
+/** Name of the peer devices of the peerdev/bare variants (cmpd<k>, k: index of the remote node) and the first port they listen on (one each: the kernel allows a VNI once per port); they send to the nodes' tunnel port. */
+export const PEER_DEV_PREFIX = 'cmpd';
+const PEER_DEV_LISTEN_PORT = 9472;
+const TUNNEL_PORT = 8472;
+const PEER_DEV_MAP = 'cm_variant_peer_dev';
 
 export interface PeerBedOptions {
   /** Namespace prefix (createTopology's rules: 1-8 lowercase alphanumerics). */
@@ -47,10 +72,14 @@ export interface PeerBedOptions {
   services?: number;
   /** clustermesh only: enforce policy with the allow rules (default true); false measures the datapath without policy. */
   policy?: boolean;
+  /** clustermesh only: load this measurement variant of the datapath instead of bpf/build's objects. */
+  variant?: DatapathVariant;
 }
 
 export interface PeerBed {
-  config: PeerConfig;
+  config: PeerBedConfig;
+  /** The datapath variant the clustermesh row loaded, if any. */
+  variant?: DatapathVariant;
   topo: Topology;
   /** The pod that sends (cluster1, node2) and the pod that serves (cluster2, node2). */
   client: PodInfo;
@@ -65,7 +94,8 @@ export interface PeerBed {
   stop(): Promise<void>;
 }
 
-const TOPOLOGY_MODE: Record<PeerConfig, WiringMode> = {
+const TOPOLOGY_MODE: Record<PeerBedConfig, WiringMode> = {
+  'kernel-vxlan': 'kernel-vxlan',
   limit: 'routing',
   clustermesh: 'clustermesh',
   'clustermesh-native': 'clustermesh',
@@ -87,8 +117,12 @@ const cableIP = (c: number): string => `10.249.${c}.1`;
 const cableMac = (c: number): string => `02:cb:00:00:${c.toString(16).padStart(2, '0')}:01`;
 const vpnIP = (c: number): string => `10.248.0.${c}`;
 
-export async function createPeerBed(config: PeerConfig, opts: PeerBedOptions): Promise<PeerBed> {
-  if (!PEER_CONFIGS.includes(config)) throw new RangeError(`peers: unknown config '${String(config)}'; use one of ${PEER_CONFIGS.join(', ')}`);
+export async function createPeerBed(config: PeerBedConfig, opts: PeerBedOptions): Promise<PeerBed> {
+  const known: readonly string[] = [...PEER_CONFIGS, ...EXTRA_PEER_CONFIGS];
+  if (!known.includes(config)) throw new RangeError(`peers: unknown config '${String(config)}'; use one of ${known.join(', ')}`);
+  if (opts.variant !== undefined && !(opts.variant in DATAPATH_VARIANTS)) throw new RangeError(`peers: unknown datapath variant '${String(opts.variant)}'; use one of ${Object.keys(DATAPATH_VARIANTS).join(', ')}`);
+  if (opts.variant !== undefined && config !== 'clustermesh') throw new RangeError(`peers: a datapath variant ('${opts.variant}') applies to the clustermesh row only, not '${config}'`);
+  const objectsDir = opts.variant === undefined ? undefined : variantObjects(opts.variant);
   const routing = config === 'clustermesh-native' ? 'native' : 'tunnel';
   const topo = await createTopology({ clusters: 2, nodesPerCluster: 2, podsPerNode: 1, mode: TOPOLOGY_MODE[config], prefix: opts.prefix, routing });
   const cleanups: Array<() => Promise<void>> = [];
@@ -104,15 +138,17 @@ export async function createPeerBed(config: PeerConfig, opts: PeerBedOptions): P
   try {
     const node = (c: number, n: number): NodeInfo => topo.nodes.find((x) => x.cluster === c && x.index === n)!;
     const podOn = (nd: NodeInfo): PodInfo => topo.pods.find((p) => p.node === nd)!;
-    const bed: PeerBed = { config, topo, client: podOn(node(1, 2)), server: podOn(node(2, 2)), gateways: [node(1, 1), node(2, 1)], pids: [], stop };
+    const bed: PeerBed = { config, topo, client: podOn(node(1, 2)), server: podOn(node(2, 2)), gateways: [node(1, 1), node(2, 1)], pids: [], stop, ...(opts.variant ? { variant: opts.variant } : {}) };
     switch (config) {
       case 'limit':
+      case 'kernel-vxlan':
         break;
       case 'clustermesh':
       case 'clustermesh-native': {
-        const dp = await startClustermeshDatapath(topo);
+        const dp = await startClustermeshDatapath(topo, objectsDir ? { objectsDir } : {});
         cleanups.push(() => dp.stop());
         if (opts.policy ?? true) allowByPolicyMaps(topo, dp, opts.allowPorts);
+        if (opts.variant === 'peerdev' || opts.variant === 'bare') await wirePeerDevices(topo, dp);
         break;
       }
       case 'kernel-vxlan-iptables':
@@ -138,6 +174,52 @@ export async function createPeerBed(config: PeerConfig, opts: PeerBedOptions): P
   } catch (err) {
     await stop().catch(() => undefined);
     throw err;
+  }
+}
+
+/** The objects of a measurement variant, built (incrementally) by `make -C bpf variants`. */
+function variantObjects(variant: DatapathVariant): string {
+  const bpf = resolve(import.meta.dirname, '..', '..', 'bpf');
+  execFileSync('make', ['-s', '-C', bpf, 'variants'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const dir = join(bpf, 'build', 'variants', variant);
+  for (const f of ['lxc.bpf.o', 'overlay.bpf.o']) if (!existsSync(join(dir, f))) throw new Error(`peers: ${join(dir, f)} missing after 'make -C bpf variants' (is '${variant}' in VARIANTS of bpf/Makefile?)`);
+  return dir;
+}
+
+/**
+ * The peerdev variant's devices: on every node, one VXLAN device per other
+ * node that is not external: VNI = the identity of the node's one pod, the
+ * other node as its only destination (the all-zeros FDB entry, on the tunnel
+ * port; the device itself listens on a port of its own, since the node's
+ * external device has the tunnel port and a VNI may exist once per port), written into cm_variant_peer_dev for
+ * from_container. The receiving node's external device and from_overlay take
+ * them as any tunnel packet. Removed with the namespaces.
+ */
+async function wirePeerDevices(topo: Topology, dp: LabDatapath): Promise<void> {
+  for (const [i, nd] of topo.nodes.entries()) {
+    const pods = topo.pods.filter((p) => p.node === nd);
+    if (pods.length !== 1) throw new Error(`peers: the peer-device variant needs exactly one pod per node (the device's VNI is that pod's identity); ${nd.netns} has ${pods.length}`);
+    const vni = labPodIdentity(topo, pods[0]!);
+    const map = BpfMap.openPinned(join(dp.pinDirs[i]!, PEER_DEV_MAP));
+    try {
+      for (const [k, far] of topo.nodes.filter((x) => x !== nd).entries()) {
+        const dev = `${PEER_DEV_PREFIX}${k}`;
+        await ipBatch(nd.netns, [
+          `link add ${dev} type vxlan id ${vni} dstport ${PEER_DEV_LISTEN_PORT + k} local ${nd.underlayIP} dev ${nd.underlayDev} nolearning ttl 64 df set`,
+          `link set ${dev} mtu ${topo.spec.underlayMtu - 50} up`,
+        ]);
+        await run(['bridge', '-n', nd.netns, 'fdb', 'append', '00:00:00:00:00:00', 'dev', dev, 'dst', far.underlayIP, 'port', String(TUNNEL_PORT), 'self', 'permanent']);
+        const { stdout } = await run(['ip', '-n', nd.netns, '-j', 'link', 'show', 'dev', dev]);
+        const ifindex = (JSON.parse(stdout) as Array<{ ifindex: number }>)[0]!.ifindex;
+        const key = Buffer.from(far.underlayIP.split('.').map(Number));
+        const value = Buffer.alloc(8);
+        value.writeUInt32LE(ifindex, 0);
+        value.writeUInt32LE(vni, 4);
+        map.update(key, value);
+      }
+    } finally {
+      map.close();
+    }
   }
 }
 

@@ -1,0 +1,135 @@
+// The rows of `bench/peers --suspects` forward the way they claim: each
+// variant of our datapath (bpf/lib/variant.h) still delivers the client pod's
+// connection to the server pod, and lacks exactly what it says it removes —
+// no service map in its programs (nolb), no counters (nometrics), no trace
+// events even with forward tracing on (notrace), the tunnel traffic through
+// the per-peer devices and none through cm_vxlan, with the source identity
+// still arriving in the VNI (peerdev) — and the kernel-vxlan bed goes through
+// its VXLAN device. Never speed.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { createPeerBed, PEER_DEV_PREFIX, type DatapathVariant, type PeerBed } from '../src/lab/peers-topology.ts';
+import { listNamespaces } from '../src/lab/topology.ts';
+import { run, runIn, spawnIn, stopChild } from '../src/lab/exec.ts';
+import { collectEvents, pinDirOf, readNodeMetrics } from '../src/lab/datapath.ts';
+import { BpfMap } from '../src/datapath/libbpf/index.js';
+import { settings } from '../src/datapath/maps/index.js';
+
+const PORT = 11121;
+const PREFIX = 'cmtsus';
+
+async function connects(bed: PeerBed): Promise<boolean> {
+  for (let i = 0; i < 20; i++) {
+    try {
+      await runIn(bed.client.netns, ['timeout', '3', 'bash', '-c', `exec 3<>/dev/tcp/${bed.server.ip}/${PORT}`]);
+      return true;
+    } catch {
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  return false;
+}
+
+async function txOf(netns: string, match: (ifname: string) => boolean): Promise<number> {
+  const { stdout } = await run(['ip', '-n', netns, '-s', '-j', 'link', 'show']);
+  return (JSON.parse(stdout) as Array<{ ifname: string; stats64: { tx: { packets: number } } }>).filter((l) => match(l.ifname)).reduce((n, l) => n + l.stats64.tx.packets, 0);
+}
+
+/** Names of the maps the tc program on `dev`'s ingress in `netns` uses (bpftool). */
+async function progMaps(netns: string, dev: string): Promise<string[]> {
+  const { stdout } = await runIn(netns, ['bpftool', '-j', 'net', 'show', 'dev', dev]);
+  const tc = (JSON.parse(stdout) as Array<{ tc?: Array<{ kind: string; id: number }> }>)[0]?.tc ?? [];
+  const prog = tc.find((t) => t.kind === 'clsact/ingress' || t.kind === 'tcx/ingress');
+  assert.ok(prog, `no tc ingress program on ${dev} in ${netns}: ${stdout}`);
+  const info = JSON.parse((await run(['bpftool', '-j', 'prog', 'show', 'id', String(prog.id)])).stdout) as { map_ids?: number[] };
+  const names: string[] = [];
+  for (const id of info.map_ids ?? []) names.push((JSON.parse((await run(['bpftool', '-j', 'map', 'show', 'id', String(id)])).stdout) as { name: string }).name);
+  return names;
+}
+
+async function withBed(variant: DatapathVariant | 'kernel-vxlan', body: (bed: PeerBed) => Promise<void>): Promise<void> {
+  const bed = variant === 'kernel-vxlan' ? await createPeerBed('kernel-vxlan', { prefix: PREFIX, allowPorts: [PORT] }) : await createPeerBed('clustermesh', { prefix: PREFIX, allowPorts: [PORT], variant });
+  const server = spawnIn(bed.server.netns, ['sockperf', 'sr', '--tcp', '-i', bed.server.ip, '-p', String(PORT)]);
+  try {
+    await body(bed);
+  } finally {
+    await stopChild(server);
+    await bed.stop();
+  }
+  const left = (await listNamespaces()).filter((n) => n.startsWith(`${PREFIX}-${bed.topo.id}`));
+  assert.deepEqual(left, []);
+}
+
+const isPeerDev = (n: string): boolean => n.startsWith(PEER_DEV_PREFIX);
+
+test('nolb: delivers, and neither from_container nor from_overlay uses the service maps', async () => {
+  await withBed('nolb', async (bed) => {
+    assert.ok(await connects(bed), 'nolb: no connection to the server pod');
+    const lxc = await progMaps(bed.client.node.netns, bed.client.hostIfName);
+    const overlay = await progMaps(bed.server.node.netns, 'cm_vxlan');
+    assert.ok(lxc.includes('cm_endpoints') && lxc.includes('cm_metrics'), `from_container uses ${lxc.join(', ')}`);
+    for (const [prog, maps] of [['from_container', lxc], ['from_overlay', overlay]] as const) {
+      assert.ok(!maps.includes('cm_services') && !maps.includes('cm_revnat') && !maps.includes('cm_ct'), `${prog} of the nolb variant uses ${maps.join(', ')}`);
+    }
+  });
+});
+
+test('nometrics: delivers and counts nothing on either node', async () => {
+  await withBed('nometrics', async (bed) => {
+    assert.ok(await connects(bed), 'nometrics: no connection to the server pod');
+    for (const node of [bed.client.node, bed.server.node]) assert.deepEqual(readNodeMetrics(pinDirOf(node)), [], `counters on ${node.netns}`);
+    assert.ok(!(await progMaps(bed.client.node.netns, bed.client.hostIfName)).includes('cm_metrics'));
+  });
+});
+
+test('notrace: delivers and reports no forwarded packet even with forward tracing on', async () => {
+  await withBed('notrace', async (bed) => {
+    const pinDir = pinDirOf(bed.client.node);
+    const s = BpfMap.openPinned(join(pinDir, settings.MAP_NAME));
+    try {
+      settings.set(s, { traceForward: true, traceNew: true });
+    } finally {
+      s.close();
+    }
+    const ev = collectEvents(pinDir);
+    try {
+      assert.ok(await connects(bed), 'notrace: no connection to the server pod');
+      const events = ev.drain();
+      assert.deepEqual(events.filter((e) => e.type === 'trace'), [], 'trace events from the notrace variant');
+      const toOverlay = readNodeMetrics(pinDir).find((r) => r.reasonName === 'TRACE_TO_OVERLAY');
+      assert.ok(toOverlay && toOverlay.packets > 0n, 'the forwards were not counted');
+    } finally {
+      ev.stop();
+    }
+  });
+});
+
+for (const variant of ['peerdev', 'bare'] as const) {
+  test(`${variant}: into the tunnel through the peer devices (cached route), none through cm_vxlan; the identity still arrives`, async () => {
+    await withBed(variant, async (bed) => {
+      const vxlan0 = await txOf(bed.client.node.netns, (n) => n === 'cm_vxlan');
+      const peer0 = await txOf(bed.client.node.netns, isPeerDev);
+      assert.ok(await connects(bed), `${variant}: no connection to the server pod`);
+      assert.equal((await txOf(bed.client.node.netns, (n) => n === 'cm_vxlan')) - vxlan0, 0, 'cm_vxlan sent packets');
+      assert.ok((await txOf(bed.client.node.netns, isPeerDev)) > peer0, 'the peer devices sent nothing');
+      if (variant === 'peerdev') {
+        // The server's ingress policy allows the port by the client pod's identity,
+        // which only the VNI of the peer device carries: delivered means it arrived.
+        const rows = readNodeMetrics(pinDirOf(bed.server.node));
+        assert.ok(rows.some((r) => r.reasonName === 'TRACE_TO_ENDPOINT' && r.direction === 'ingress' && r.packets > 0n), `server node counters: ${JSON.stringify(rows.map((r) => r.reasonName))}`);
+        assert.ok(!rows.some((r) => r.drop), `drops on the server node: ${rows.filter((r) => r.drop).map((r) => r.reasonName).join(', ')}`);
+      }
+    });
+  });
+}
+
+test('kernel-vxlan: delivers through the kernel VXLAN device, no BPF on the pod veth', async () => {
+  await withBed('kernel-vxlan', async (bed) => {
+    const before = await txOf(bed.client.node.netns, (n) => n === 'vx0');
+    assert.ok(await connects(bed), 'kernel-vxlan: no connection to the server pod');
+    assert.ok((await txOf(bed.client.node.netns, (n) => n === 'vx0')) > before, 'vx0 sent nothing');
+    const { stdout } = await runIn(bed.client.node.netns, ['bpftool', '-j', 'net', 'show', 'dev', bed.client.hostIfName]);
+    assert.deepEqual((JSON.parse(stdout) as Array<{ tc?: unknown[] }>)[0]?.tc ?? [], []);
+  });
+});
