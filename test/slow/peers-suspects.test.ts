@@ -9,12 +9,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { createPeerBed, PEER_DEV_PREFIX, type DatapathVariant, type PeerBed } from '../src/lab/peers-topology.ts';
-import { listNamespaces } from '../src/lab/topology.ts';
-import { run, runIn, spawnIn, stopChild } from '../src/lab/exec.ts';
-import { collectEvents, pinDirOf, readNodeMetrics } from '../src/lab/datapath.ts';
-import { BpfMap } from '../src/datapath/libbpf/index.js';
-import { settings } from '../src/datapath/maps/index.js';
+import { createPeerBed, PEER_DEV_PREFIX, type DatapathVariant, type PeerBed } from '../../src/lab/peers-topology.ts';
+import { listNamespaces } from '../../src/lab/topology.ts';
+import { run, runIn, spawnIn, stopChild } from '../../src/lab/exec.ts';
+import { collectEvents, pinDirOf, readNodeMetrics } from '../../src/lab/datapath.ts';
+import { BpfMap } from '../../src/datapath/libbpf/index.js';
+import { settings } from '../../src/datapath/maps/index.js';
 
 const PORT = 11121;
 const PREFIX = 'cmtsus';
