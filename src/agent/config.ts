@@ -70,7 +70,13 @@
 // change and removes it on a clean stop; absent: no file is written),
 // cniConfName (05-clustermesh.conflist: the file's name), cniBinaryName
 // (clustermesh-cni: the plugin's `type`, the executable the runtime finds in
-// its CNI bin directory; the install copies it there under this name).
+// its CNI bin directory; the install copies it there under this name),
+// remoteApi (absent: off; { port, address (default: nodeIP), caFile, certFile,
+// keyFile, clients (['observer']) }: the read-only part of the local API, GET of
+// /v1/flows (and follow), /v1/status, /v1/endpoints, /v1/services,
+// /v1/policy and /healthz, served over HTTPS on address:port to clients
+// whose certificate caFile verifies and whose subject CN is one of clients;
+// how `observe --context` and `ui --context` reach installed agents, api.ts).
 //
 // An etcd endpoint whose host is a Kubernetes Service name
 // (<svc>.<ns>.svc[.cluster.local]) is resolved through the Kubernetes API, not
@@ -160,7 +166,26 @@ export interface AgentConfig {
   cniConfName: string;
   /** The plugin's `type`: the executable's name in the runtime's CNI bin directory. */
   cniBinaryName: string;
+  /** The read-only API over mutual TLS on the node's address; undefined = off (the unix socket only). */
+  remoteApi: RemoteApiConfig | undefined;
 }
+
+/** Where and to whom the agent serves its read-only API remotely (api.ts startRemoteApiServer). */
+export interface RemoteApiConfig {
+  /** Address to listen on; undefined = the node IP. */
+  address: string | undefined;
+  port: number;
+  /** CA that client certificates must chain to (the install's CA). */
+  caFile: string;
+  /** The server's certificate and key. */
+  certFile: string;
+  keyFile: string;
+  /** Subject CNs admitted (e.g. ['observer']): another certificate of the same CA (an etcd user's) is refused. */
+  clients: string[];
+}
+
+/** The CN of the client certificate `clustermesh install` issues for observe/ui (Secret clustermesh-observer). */
+export const OBSERVER_CLIENT_NAME = 'observer';
 
 /** A config whose nodeIP and podCIDR are known. */
 export type ResolvedAgentConfig = AgentConfig & { nodeIP: string; podCIDR: string };
@@ -276,6 +301,16 @@ const fileSchema = z.strictObject({
     .string()
     .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, 'must be the file name of an executable in the CNI bin directory (no "/")')
     .default(DEFAULT_CNI_BINARY_NAME),
+  remoteApi: z
+    .strictObject({
+      address: ipv4.optional(),
+      port: positiveInt('TCP port', 1, 65535),
+      caFile: z.string().min(1),
+      certFile: z.string().min(1),
+      keyFile: z.string().min(1),
+      clients: z.array(z.string().min(1), { error: 'must be a list of certificate common names' }).min(1, 'at least one client name').default([OBSERVER_CLIENT_NAME]),
+    })
+    .optional(),
 });
 
 export type AgentConfigInput = z.input<typeof fileSchema>;
@@ -424,6 +459,10 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
     cniConfDir: c.cniConfDir !== undefined ? abs(c.cniConfDir) : undefined,
     cniConfName: c.cniConfName,
     cniBinaryName: c.cniBinaryName,
+    remoteApi:
+      c.remoteApi === undefined
+        ? undefined
+        : { address: c.remoteApi.address, port: c.remoteApi.port, caFile: abs(c.remoteApi.caFile), certFile: abs(c.remoteApi.certFile), keyFile: abs(c.remoteApi.keyFile), clients: c.remoteApi.clients },
   };
 }
 
