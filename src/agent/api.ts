@@ -13,7 +13,7 @@
 import { chmod, unlink } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createTlsServer } from 'node:https';
-import { connect } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from './endpoints.ts';
 import { FlowQueryError, parseFlowQuery, type Flow, type FlowFollower, type FlowQuery } from './flows.ts';
@@ -292,8 +292,9 @@ export async function startRemoteApiServer(o: RemoteApiOptions, handlers: ApiHan
     });
   });
   let closed: Promise<void> | undefined;
+  const bound = server.address() as AddressInfo;
   return {
-    address: `${o.host}:${o.port}`,
+    address: `${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}`,
     close: () =>
       (closed ??= new Promise<void>((resolve) => {
         server.close(() => resolve());
