@@ -10,7 +10,7 @@
 // or (--context, clusters of `clustermesh install`) each agent pod's read-only
 // API on its node's address, with mutual TLS (targets.ts). A context or node
 // that cannot be reached is a warning naming it; the others are still shown,
-// and the exit code is 1.
+// and the exit code is 2 (as for an unreachable node of a lab).
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { AgentClient } from '../agent/client.ts';
 import { FlowQueryError, parseProtocol, parseSince, parseVerdict as parseVerdictQuery, type Flow, type FlowPeer, type FlowQuery, type Verdict } from '../agent/flows.ts';
@@ -132,7 +132,7 @@ export function observeCommand(): Command {
           closer.add(() => c.close());
           clients.set(n, c);
         }
-        /** 1 when a context or node could not be read, after printing what the others had. */
+        /** EXIT_ERROR when a context or node could not be read, after printing what the others had. */
         const exitFor = (allReached: boolean): number => (allReached && problems.length === 0 ? EXIT_OK : EXIT_ERROR);
 
         // Forward tracing: a datapath flag in the node's pinned cm_settings.
