@@ -9,7 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -59,7 +59,7 @@ function get(url: string, host?: string): Promise<{ status: number; body: string
 test('ui: --help lists every option; bad flags are usage errors naming the flag', { timeout: 60_000 }, async () => {
   const help = await cli(['ui', '--help']);
   assert.equal(help.code, 0);
-  for (const o of ['--lab <name>', '--cluster <name>', '--node <name>', '--socket <path>', '--agent-config <file>', '--port <port>', '--address <ip>', '--refresh <duration>']) assert.ok(help.stdout.includes(o), `${o} in:\n${help.stdout}`);
+  for (const o of ['--lab <name>', '--cluster <name>', '--node <name>', '--socket <path>', '--agent-config <file>', '--port <port>', '--address <ip>', '--refresh <duration>', '--context <name>', '--install-namespace <ns>']) assert.ok(help.stdout.includes(o), `${o} in:\n${help.stdout}`);
   assert.match(help.stdout, /Examples:/);
   const port = await cli(['ui', '--port', '70000']);
   assert.equal(port.code, 2);
@@ -75,6 +75,18 @@ test('ui: --help lists every option; bad flags are usage errors naming the flag'
     const nolab = await cli(['ui', '--lab', 'cmt-ui-none'], { CLUSTERMESH_LAB_ROOT: root });
     assert.equal(nolab.code, 2);
     assert.match(nolab.stderr, /clustermesh ui: no lab named cmt-ui-none/);
+    // --context and a lab do not mix; no lab and no readable context: both named.
+    const mixed = await cli(['ui', '--context', 'c1', '--lab', 'x'], { CLUSTERMESH_LAB_ROOT: root });
+    assert.equal(mixed.code, 2);
+    assert.match(mixed.stderr, /--context .* does not combine with --lab/);
+    const kubeconfig = join(root, 'kubeconfig');
+    await writeFile(kubeconfig, 'apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n');
+    const none = await cli(['ui'], { CLUSTERMESH_LAB_ROOT: root, KUBECONFIG: kubeconfig });
+    assert.equal(none.code, 2);
+    assert.match(none.stderr, /no lab named default here, and the current kube context gives no agent to read/);
+    const nosuch = await cli(['observe', '--context', 'nosuch'], { CLUSTERMESH_LAB_ROOT: root, KUBECONFIG: kubeconfig });
+    assert.equal(nosuch.code, 2);
+    assert.match(nosuch.stderr, /no agent to observe:\n {2}context nosuch: .*no context "nosuch"/);
   } finally {
     await rm(root, { recursive: true, force: true });
   }

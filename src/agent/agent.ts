@@ -30,7 +30,7 @@
 // apiserver's Service name (etcd-service.ts), and with cniConfDir set the CNI
 // network configuration is written once ready and removed by stop()
 // (cni-conf.ts).
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import pino, { type Logger } from 'pino';
 import promClient from 'prom-client';
 import { ClusterMesh } from '../clustermesh/clustermesh.ts';
@@ -43,7 +43,7 @@ import { KvClient } from '../kvstore/client.ts';
 import type { Endpoint } from '../model/index.ts';
 import { EndpointWriter, serviceBackendInput, type ClusterSource, type Unsubscribe } from '../sources/index.ts';
 import { openLocalSource } from '../sources/local.ts';
-import { startApiServer, type ApiServer } from './api.ts';
+import { startApiServer, startRemoteApiServer, type ApiHandlers, type ApiServer } from './api.ts';
 import { AgentFlowNamer, FlowReader } from './flow-reader.ts';
 import { agentRegistry, startMetricsServer } from './metrics.ts';
 import { Buckets } from '../util/metrics.ts';
@@ -550,6 +550,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     }
 
     // ---- the local API (the CNI may add endpoints while the sources sync)
+    const remoteApiState: { address: string | null; error: string | null } = { address: null, error: null };
     const status = (): AgentStatus => {
       const ms = mesh.status();
       const recs = allReconcilers().map((r) => r.status());
@@ -574,11 +575,10 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         ),
         flows: flowReader.status(),
         metrics: metricsState,
+        ...(cfg.remoteApi ? { remoteApi: remoteApiState } : {}),
       };
     };
-    const api: ApiServer = await startApiServer(
-      cfg.socketPath,
-      {
+    const handlers: ApiHandlers = {
         addEndpoint: (id, body) => endpoints.add(id, body),
         deleteEndpoint: (id) => endpoints.delete(id),
         listEndpoints: () => endpoints.list(),
@@ -601,14 +601,29 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
             listEndpoints: async () => endpoints.list(),
             close: () => undefined,
           })),
-      },
-      log.child({ component: 'api' }),
-    );
+    };
+    const api: ApiServer = await startApiServer(cfg.socketPath, handlers, log.child({ component: 'api' }));
     cleanups.push(() => api.close());
     // ---- its summary in its Pod's annotation, for `clustermesh status --context` (pod-status.ts)
     if (cfg.statusPod) {
       const http = new KubeHttp(kube('statusPod is set (the status summary goes into that Pod through the Kubernetes API)', 'statusPod').kubeConfig);
       void runPodStatusWriter({ http, pod: cfg.statusPod, status, clock, log: log.child({ component: 'pod-status' }), signal: stopCtl.signal }).catch((err: unknown) => log.error({ err: (err as Error).message }, 'status annotation writer stopped'));
+    }
+
+    // ---- the read-only API over mutual TLS on the node's address (remoteApi); like metrics, a failure is reported, not fatal
+    if (cfg.remoteApi) {
+      const r = cfg.remoteApi;
+      const host = r.address ?? cfg.nodeIP;
+      try {
+        const [ca, cert, key] = await Promise.all([r.caFile, r.certFile, r.keyFile].map((f) => readFile(f, 'utf8').catch((err: NodeJS.ErrnoException) => Promise.reject(new Error(`${f}: ${err.code ?? err.message}`)))));
+        const server = await startRemoteApiServer({ host, port: r.port, ca: ca!, cert: cert!, key: key!, clients: r.clients }, handlers, log.child({ component: 'remote-api' }));
+        remoteApiState.address = server.address;
+        cleanups.push(() => server.close());
+        log.info({ address: server.address, clients: r.clients }, 'read-only API served with mutual TLS');
+      } catch (err) {
+        remoteApiState.error = `${host}:${r.port}: ${(err as Error).message}`;
+        log.warn({ address: `${host}:${r.port}`, err: (err as Error).message }, 'remote API not started');
+      }
     }
 
     // ---- sources

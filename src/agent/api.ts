@@ -1,9 +1,20 @@
 // The agent's local API: HTTP/JSON over the unix socket `<stateDir>/agent.sock`
 // (types.ts has the routes and bodies). Routing and encoding only; the work
 // is done by the handlers the composition root passes in.
+//
+// The remote API (startRemoteApiServer, the agent setting remoteApi): the
+// read-only routes of the same API over HTTPS on the node's address, for
+// `observe --context` and `ui --context` on a user's machine (Hubble's way: a
+// TLS server on every node, the client dialling each node). Mutual TLS: the
+// client's certificate must chain to the install's CA, and its subject CN be
+// one the setting admits (`observer`): the etcd users' certificates come from
+// the same CA, and the one handed to other clusters (`remote`) must not read
+// this cluster's flows. Nothing that writes (endpoints, the CNI) is served.
 import { chmod, unlink } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { connect } from 'node:net';
+import { createServer as createTlsServer } from 'node:https';
+import { connect, type AddressInfo } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import type { Logger } from './endpoints.ts';
 import { FlowQueryError, parseFlowQuery, type Flow, type FlowFollower, type FlowQuery } from './flows.ts';
 import type { AgentStatus } from './status.ts';
@@ -95,12 +106,18 @@ function socketAlive(path: string): Promise<boolean> {
   });
 }
 
-async function route(req: IncomingMessage, res: ServerResponse, h: ApiHandlers, log: Logger): Promise<void> {
+/** What the remote API serves: GET of these paths (and nothing that changes the node). */
+export const REMOTE_API_PATHS: readonly string[] = ['/healthz', '/v1/status', '/v1/endpoints', '/v1/services', '/v1/policy', '/v1/flows'];
+
+async function route(req: IncomingMessage, res: ServerResponse, h: ApiHandlers, log: Logger, readOnly = false): Promise<void> {
   const url = new URL(req.url ?? '/', 'http://agent');
   const path = url.pathname;
   const method = req.method ?? 'GET';
   const what = `${method} ${path}`;
   try {
+    if (readOnly && (method !== 'GET' || !REMOTE_API_PATHS.includes(path.replace(/(.)\/$/, '$1')))) {
+      throw new ApiError('forbidden', `${what}: the remote API is read-only (GET ${REMOTE_API_PATHS.join(', ')}); the rest is served on the node's unix socket only`);
+    }
     if (path === '/healthz') {
       if (method !== 'GET') throw new ApiError('method-not-allowed', `${what}: use GET`);
       const body = h.health();
@@ -230,5 +247,58 @@ export async function startApiServer(socketPath: string, handlers: ApiHandlers, 
         server.close(() => resolve());
         server.closeAllConnections();
       }).then(() => unlink(socketPath).catch(() => undefined))),
+  };
+}
+
+export interface RemoteApiOptions {
+  host: string;
+  port: number;
+  /** PEM: the CA client certificates must chain to, the server's certificate and key. */
+  ca: string;
+  cert: string;
+  key: string;
+  /** Subject CNs of the client certificates admitted. */
+  clients: readonly string[];
+}
+
+export interface RemoteApiServer {
+  /** host:port it listens on. */
+  readonly address: string;
+  close(): Promise<void>;
+}
+
+/**
+ * Serves the read-only routes over HTTPS with mutual TLS (see the header).
+ * A client without a certificate of the CA is refused in the handshake; one
+ * with another CN of the CA gets 403 `forbidden`. Rejects when the address
+ * cannot be bound.
+ */
+export async function startRemoteApiServer(o: RemoteApiOptions, handlers: ApiHandlers, log: Logger): Promise<RemoteApiServer> {
+  const server = createTlsServer({ ca: o.ca, cert: o.cert, key: o.key, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' }, (req, res) => {
+    const cn = (req.socket as TLSSocket).getPeerCertificate()?.subject?.CN;
+    const name = Array.isArray(cn) ? cn.join(',') : cn;
+    if (!name || !o.clients.includes(name)) {
+      log.warn({ client: name ?? null, from: req.socket.remoteAddress }, 'remote API: client certificate not admitted');
+      return send(res, 403, { error: `the client certificate's subject CN ${name ?? '(none)'} is not admitted (only ${o.clients.join(', ')})`, code: 'forbidden' });
+    }
+    void route(req, res, handlers, log, true);
+  });
+  server.keepAliveTimeout = 30_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(o.port, o.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  let closed: Promise<void> | undefined;
+  const bound = server.address() as AddressInfo;
+  return {
+    address: `${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}`,
+    close: () =>
+      (closed ??= new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      })),
   };
 }

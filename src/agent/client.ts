@@ -5,7 +5,10 @@
 //   await agent.waitReady({ timeoutMs: 30_000 });
 //   const ep = await agent.putEndpoint('c0ffee', { namespace: 'default', podName: 'web', ip, hostIfName, podMac, labels });
 //   await agent.deleteEndpoint('c0ffee');
-import { Agent, request } from 'node:http';
+//
+// Or the agent's remote API (read-only, HTTPS with a client certificate; api.ts):
+//   new AgentClient({ host: '10.1.0.1', port: 4247, ca, cert, key, serverName: 'agents.cluster1.clustermesh.internal' })
+import { Agent, request, type ClientRequest, type IncomingMessage, type RequestOptions } from 'node:http';
 import type { AgentStatus } from './status.ts';
 import { flowQueryString, type Flow, type FlowQuery } from './flows.ts';
 import { ApiError, type ApiErrorCode, type EndpointDeleteResult, type EndpointInfo, type EndpointRequest, type HealthBody, type PolicyInspect, type ServiceInfo } from './types.ts';
@@ -15,6 +18,7 @@ export { ApiError };
 /** Nothing answers on the socket (no agent, or it is restarting). `code`: ENOENT, ECONNREFUSED, ETIMEDOUT... */
 export class AgentUnavailableError extends Error {
   constructor(
+    /** The socket path, or host:port of a remote API. */
     readonly socketPath: string,
     readonly code: string,
     message: string,
@@ -22,6 +26,19 @@ export class AgentUnavailableError extends Error {
     super(`agent at ${socketPath} is not reachable (${code}): ${message}`);
     this.name = 'AgentUnavailableError';
   }
+}
+
+/** An agent's remote API (the agent setting remoteApi): its address and the TLS material of a client it admits (PEM). */
+export interface RemoteAgentAddress {
+  host: string;
+  port: number;
+  /** The CA that signed the agents' server certificate (the install's). */
+  ca: string;
+  /** A client certificate and key the agents admit (the install's Secret clustermesh-observer). */
+  cert: string;
+  key: string;
+  /** The name the server's certificate must carry (the agents share one). */
+  serverName: string;
 }
 
 export interface AgentClientOptions {
@@ -35,14 +52,35 @@ interface RawResponse {
 }
 
 export class AgentClient {
-  private readonly agent = new Agent({ keepAlive: true, maxSockets: 16 });
+  private readonly agent: Agent;
   private readonly timeoutMs: number;
+  /** The socket path, or host:port of a remote API (for messages). */
+  readonly socketPath: string;
+  private readonly remote: RemoteAgentAddress | undefined;
+  private readonly send: (o: RequestOptions, cb: (res: IncomingMessage) => void) => ClientRequest;
 
-  constructor(
-    readonly socketPath: string,
-    opts: AgentClientOptions = {},
-  ) {
+  constructor(where: string | RemoteAgentAddress, opts: AgentClientOptions = {}) {
     this.timeoutMs = opts.timeoutMs ?? 30_000;
+    if (typeof where === 'string') {
+      this.socketPath = where;
+      this.remote = undefined;
+      this.agent = new Agent({ keepAlive: true, maxSockets: 16 });
+      this.send = request;
+    } else {
+      this.socketPath = `${where.host.includes(':') ? `[${where.host}]` : where.host}:${where.port}`;
+      this.remote = where;
+      // Loaded only here: the CNI plugin uses this client over the socket and must start fast.
+      const https = process.getBuiltinModule('node:https');
+      this.agent = new https.Agent({ keepAlive: true, maxSockets: 16, ca: where.ca, cert: where.cert, key: where.key, servername: where.serverName });
+      this.send = https.request;
+    }
+  }
+
+  /** Where a request goes: the socket, or the remote API's address with its TLS material. */
+  private target(): RequestOptions {
+    if (!this.remote) return { socketPath: this.socketPath };
+    const r = this.remote;
+    return { host: r.host, port: r.port, ca: r.ca, cert: r.cert, key: r.key, servername: r.serverName } as RequestOptions;
   }
 
   /** Adds (or updates, with the same body: a no-op) the endpoint of a container. */
@@ -85,7 +123,7 @@ export class AgentClient {
     let req: ReturnType<typeof request> | undefined;
     let stopped = false;
     const ended = new Promise<void>((resolve, reject) => {
-      req = request({ socketPath: this.socketPath, path: `/v1/flows${flowQueryString({ ...q, follow: true })}`, method: 'GET', headers: { accept: 'application/x-ndjson' } }, (res) => {
+      req = this.send({ ...this.target(), path: `/v1/flows${flowQueryString({ ...q, follow: true })}`, method: 'GET', headers: { accept: 'application/x-ndjson' } }, (res) => {
         if ((res.statusCode ?? 0) >= 300) {
           const chunks: Buffer[] = [];
           res.on('data', (c: Buffer) => chunks.push(c));
@@ -182,9 +220,9 @@ export class AgentClient {
   private raw(method: string, path: string, body?: unknown): Promise<RawResponse> {
     const payload = body === undefined ? undefined : JSON.stringify(body);
     return new Promise((resolve, reject) => {
-      const req = request(
+      const req = this.send(
         {
-          socketPath: this.socketPath,
+          ...this.target(),
           path,
           method,
           agent: this.agent,

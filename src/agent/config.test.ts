@@ -187,6 +187,18 @@ describe('agent config', () => {
     rejects({ ...base, cniBinaryName: '/opt/cni/bin/x' }, /cniBinaryName: must be the file name of an executable/);
   });
 
+  it('remoteApi: off by default; paths resolved, clients default to observer; bad values named', () => {
+    assert.equal(compile(base).remoteApi, undefined);
+    const tls = { caFile: 'api/ca.crt', certFile: 'api/tls.crt', keyFile: '/etc/api/tls.key' };
+    assert.deepEqual(compile({ ...base, remoteApi: { port: 4247, ...tls } }).remoteApi, { address: undefined, port: 4247, caFile: '/x/api/ca.crt', certFile: '/x/api/tls.crt', keyFile: '/etc/api/tls.key', clients: ['observer'] });
+    assert.equal(compile({ ...base, remoteApi: { port: 4247, address: '10.1.0.1', clients: ['ops'], ...tls } }).remoteApi?.address, '10.1.0.1');
+    rejects({ ...base, remoteApi: { port: 70000, ...tls } }, /remoteApi\.port: must be 1\.\.65535/);
+    rejects({ ...base, remoteApi: { port: 4247, caFile: 'ca.crt' } }, /remoteApi\.certFile: is required/);
+    rejects({ ...base, remoteApi: { port: 4247, clients: [], ...tls } }, /remoteApi\.clients: at least one client name/);
+    rejects({ ...base, remoteApi: { port: 4247, address: 'node-1', ...tls } }, /remoteApi\.address: must be an IPv4 address/);
+    rejects({ ...base, remoteApi: { port: 4247, insecure: true, ...tls } }, /remoteApi\.insecure: unknown setting/);
+  });
+
   it('flags override the file (numbers converted) and are checked the same way', () => {
     const c = compile(base, { nodeName: 'node7', clusterId: '2', tunnelPort: '4789', podCidr: '10.101.7.0/24', logLevel: 'debug', fullSyncIntervalSeconds: '0.5' });
     assert.equal(c.nodeName, 'node7');

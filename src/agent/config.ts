@@ -74,7 +74,13 @@
 // statusPod (<namespace>/<name> of the agent's own Pod: the agent keeps a
 // summary of its status, its remote clusters' connection state, in that Pod's
 // annotation clustermesh.io/agent-status, so `clustermesh status --context`
-// reads it through the Kubernetes API (pod-status.ts); absent: not written).
+// reads it through the Kubernetes API (pod-status.ts); absent: not written),
+// remoteApi (absent: off; { port, address (default: nodeIP), caFile, certFile,
+// keyFile, clients (['observer']) }: the read-only part of the local API, GET of
+// /v1/flows (and follow), /v1/status, /v1/endpoints, /v1/services,
+// /v1/policy and /healthz, served over HTTPS on address:port to clients
+// whose certificate caFile verifies and whose subject CN is one of clients;
+// how `observe --context` and `ui --context` reach installed agents, api.ts).
 //
 // An etcd endpoint whose host is a Kubernetes Service name
 // (<svc>.<ns>.svc[.cluster.local]) is resolved through the Kubernetes API, not
@@ -166,7 +172,26 @@ export interface AgentConfig {
   cniBinaryName: string;
   /** The agent's own Pod, whose annotation holds its status summary (pod-status.ts); undefined: none. */
   statusPod: { namespace: string; name: string } | undefined;
+  /** The read-only API over mutual TLS on the node's address; undefined = off (the unix socket only). */
+  remoteApi: RemoteApiConfig | undefined;
 }
+
+/** Where and to whom the agent serves its read-only API remotely (api.ts startRemoteApiServer). */
+export interface RemoteApiConfig {
+  /** Address to listen on; undefined = the node IP. */
+  address: string | undefined;
+  port: number;
+  /** CA that client certificates must chain to (the install's CA). */
+  caFile: string;
+  /** The server's certificate and key. */
+  certFile: string;
+  keyFile: string;
+  /** Subject CNs admitted (e.g. ['observer']): another certificate of the same CA (an etcd user's) is refused. */
+  clients: string[];
+}
+
+/** The CN of the client certificate `clustermesh install` issues for observe/ui (Secret clustermesh-observer). */
+export const OBSERVER_CLIENT_NAME = 'observer';
 
 /** A config whose nodeIP and podCIDR are known. */
 export type ResolvedAgentConfig = AgentConfig & { nodeIP: string; podCIDR: string };
@@ -285,6 +310,16 @@ const fileSchema = z.strictObject({
   statusPod: z
     .string()
     .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?\/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'must be <namespace>/<pod name> (e.g. from the downward API: $(POD_NAMESPACE)/$(POD_NAME))')
+    .optional(),
+  remoteApi: z
+    .strictObject({
+      address: ipv4.optional(),
+      port: positiveInt('TCP port', 1, 65535),
+      caFile: z.string().min(1),
+      certFile: z.string().min(1),
+      keyFile: z.string().min(1),
+      clients: z.array(z.string().min(1), { error: 'must be a list of certificate common names' }).min(1, 'at least one client name').default([OBSERVER_CLIENT_NAME]),
+    })
     .optional(),
 });
 
@@ -437,6 +472,10 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
     cniConfName: c.cniConfName,
     cniBinaryName: c.cniBinaryName,
     statusPod: c.statusPod !== undefined ? { namespace: c.statusPod.split('/')[0]!, name: c.statusPod.split('/')[1]! } : undefined,
+    remoteApi:
+      c.remoteApi === undefined
+        ? undefined
+        : { address: c.remoteApi.address, port: c.remoteApi.port, caFile: abs(c.remoteApi.caFile), certFile: abs(c.remoteApi.certFile), keyFile: abs(c.remoteApi.keyFile), clients: c.remoteApi.clients },
   };
 }
 

@@ -83,6 +83,8 @@ export interface AgentStatus {
   flows?: FlowsStatus;
   /** The Prometheus endpoint (metricsAddress): where it listens, or why not. Absent from older agents. */
   metrics?: { address: string | null; error: string | null };
+  /** The read-only API over mutual TLS (remoteApi): where it listens, or why not. Absent when off, and from older agents. */
+  remoteApi?: { address: string | null; error: string | null };
 }
 
 export function remoteSummary(r: RemoteClusterStatus): RemoteSummary {

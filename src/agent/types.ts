@@ -78,6 +78,7 @@ export interface HealthBody {
 
 export type ApiErrorCode =
   | 'invalid-request' // 400: the body or the container ID is malformed
+  | 'forbidden' // 403: the remote API: a write, or a client certificate not admitted
   | 'not-found' // 404: no such route
   | 'method-not-allowed' // 405
   | 'too-large' // 413: the request body is larger than the API reads
@@ -89,6 +90,7 @@ export type ApiErrorCode =
 
 export const API_ERROR_STATUS: Readonly<Record<ApiErrorCode, number>> = {
   'invalid-request': 400,
+  forbidden: 403,
   'not-found': 404,
   'method-not-allowed': 405,
   'too-large': 413,

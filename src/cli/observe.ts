@@ -5,14 +5,20 @@
 // clusters, nodes); observe only asks, so any number of observers and the
 // agents' own bookkeeping see every event. Events the datapath had no room
 // for are counted by the agents and reported here as warnings.
+//
+// Where the agents are: a lab's node sockets, explicit --socket/--agent-config,
+// or (--context, clusters of `clustermesh install`) each agent pod's read-only
+// API on its node's address, with mutual TLS (targets.ts). A context or node
+// that cannot be reached is a warning naming it; the others are still shown,
+// and the exit code is 2 (as for an unreachable node of a lab).
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { AgentClient } from '../agent/client.ts';
+import type { AgentClient } from '../agent/client.ts';
 import { FlowQueryError, parseProtocol, parseSince, parseVerdict as parseVerdictQuery, type Flow, type FlowPeer, type FlowQuery, type Verdict } from '../agent/flows.ts';
 import { settings as settingsMap } from '../datapath/maps/index.ts';
 import { action, CliError, EXIT_ERROR, EXIT_OK, example, parsePositiveInt } from './common.ts';
 import { shortLabels } from './directory.ts';
 import { openNodeMap } from './inspect.ts';
-import { addTargetFlags, resolveTargets, type NodeTarget, type TargetFlags } from './targets.ts';
+import { addTargetFlags, agentClientFor, nodeLabel, resolveTargets, type NodeTarget, type TargetFlags } from './targets.ts';
 
 export type { Flow, FlowPeer, Verdict };
 
@@ -88,7 +94,7 @@ export function observeCommand(): Command {
   const cmd = new Command('observe').description(
     "flows from the agents of every node of every cluster, merged by time: drops with their reason (always), forwarded TCP connection openings (SYN; the agents' traceNewConnections, on by default) and every forwarded packet while forward tracing is on, with source and destination cluster, pod, identity with labels, port, and the tunnel node. Each agent keeps its node's last flowBufferSize (default 4096) flows",
   );
-  addTargetFlags(cmd);
+  addTargetFlags(cmd, { contexts: true });
   cmd
     .addOption(new Option('-o, --output <format>', 'compact (one line per flow; text is the same) or json (one object per line)').choices(['compact', 'text', 'json']).default('compact'))
     .addOption(new Option('--verdict <verdict>', 'only flows with this verdict: DROPPED or FORWARDED').argParser(parseVerdict))
@@ -107,18 +113,27 @@ export function observeCommand(): Command {
     .option('--trace-forwards', 'switch forward tracing on (cm_settings) on the observed nodes while observing, and back off afterwards')
     .action(
       action('observe', async (closer, o: ObserveFlags) => {
-        const t = await resolveTargets(o, closer);
-        if (t.nodes.length === 0) throw new CliError(`no nodes to observe${t.lab ? ` in lab ${t.lab.name}` : ''}; name them with --node, --socket or --agent-config`, EXIT_ERROR);
-        const noAgent = t.nodes.filter((n) => !n.socket);
+        const t = await resolveTargets(o, closer, { contexts: true });
+        const warn = (s: string): void => void process.stderr.write(`warning: ${s}\n`);
+        const problems = t.problems ?? [];
+        if (t.nodes.length === 0) {
+          if (problems.length > 0) throw new CliError(`no agent to observe:\n  ${problems.join('\n  ')}`, EXIT_ERROR);
+          throw new CliError(`no nodes to observe${t.lab ? ` in lab ${t.lab.name}` : ''}; name them with --node, --socket, --agent-config or --context`, EXIT_ERROR);
+        }
+        for (const p of problems) warn(p);
+        const noAgent = t.nodes.filter((n) => !n.socket && !n.remote);
         if (noAgent.length > 0)
           throw new CliError(`observe reads the agents' flows; ${noAgent.map((n) => n.key).join(', ')} has no agent socket (name the node with --socket or --agent-config, or use 'clustermesh inspect' for its maps)`, EXIT_ERROR);
-        const warn = (s: string): void => void process.stderr.write(`warning: ${s}\n`);
+        if (o.traceForwards && t.nodes.some((n) => !n.pinDir))
+          throw new CliError(`--trace-forwards sets a flag in the node's pinned maps, which ${t.nodes.filter((n) => !n.pinDir).map(nodeLabel).join(', ')} does not expose here (with --context: set traceForwards in the agents' config)`, EXIT_ERROR);
         const clients = new Map<NodeTarget, AgentClient>();
         for (const n of t.nodes) {
-          const c = new AgentClient(n.socket!, { timeoutMs: 10_000 });
+          const c = agentClientFor(n, { timeoutMs: 10_000 });
           closer.add(() => c.close());
           clients.set(n, c);
         }
+        /** EXIT_ERROR when a context or node could not be read, after printing what the others had. */
+        const exitFor = (allReached: boolean): number => (allReached && problems.length === 0 ? EXIT_OK : EXIT_ERROR);
 
         // Forward tracing: a datapath flag in the node's pinned cm_settings.
         for (const n of t.nodes) {
@@ -161,7 +176,7 @@ export function observeCommand(): Command {
               try {
                 const lost = (await clients.get(n)!.status()).flows?.lost;
                 if (lost && lost.datapath > 0)
-                  warn(`${n.key}: ${lost.datapath} events could not be reported since its maps were created (${lost.sinceStart} since its agent started): the ring buffer was full${label}`);
+                  warn(`${nodeLabel(n)}: ${lost.datapath} events could not be reported since its maps were created (${lost.sinceStart} since its agent started): the ring buffer was full${label}`);
               } catch {
                 // reported where the flows failed
               }
@@ -178,15 +193,15 @@ export function observeCommand(): Command {
                 reached++;
                 return fs;
               } catch (err) {
-                warn(`${n.key}: ${(err as Error).message}`);
+                warn(`${nodeLabel(n)}: ${(err as Error).message}`);
                 return [];
               }
             }),
           );
-          if (reached === 0) throw new CliError('no agent answered; is the lab up? (clustermesh status)', EXIT_ERROR);
+          if (reached === 0) throw new CliError(t.lab ? 'no agent answered; is the lab up? (clustermesh status)' : 'no agent answered (see the warnings above)', EXIT_ERROR);
           for (const f of lastOf(mergeByTime(lists))) emit(f);
           await reportLost('');
-          return reached === t.nodes.length ? EXIT_OK : EXIT_ERROR;
+          return exitFor(reached === t.nodes.length);
         }
 
         // Follow: each agent sends its kept flows that match, then new ones. The kept
@@ -196,8 +211,15 @@ export function observeCommand(): Command {
         let waiting = t.nodes.length;
         let live: Flow[] = [];
         const stop = new AbortController();
+        let failed = 0;
         const streams = t.nodes.map((n, i) => {
           let caughtUp = false;
+          // Its kept flows are in (or it is gone before they were: an unreachable node does not hold the others back).
+          const backlogDone = (): void => {
+            if (caughtUp) return;
+            caughtUp = true;
+            if (--waiting === 0) for (const f of lastOf(mergeByTime(backlog))) emit(f);
+          };
           const s = clients.get(n)!.followFlows(
             q,
             (f) => {
@@ -205,18 +227,20 @@ export function observeCommand(): Command {
               else backlog[i]!.push(f);
             },
             {
-              onLost: (k) => warn(`${n.key}: ${k} flows dropped by the agent: this reader was too slow`),
-              onBacklogEnd: () => {
-                caughtUp = true;
-                if (--waiting === 0) for (const f of lastOf(mergeByTime(backlog))) emit(f);
-              },
+              onLost: (k) => warn(`${nodeLabel(n)}: ${k} flows dropped by the agent: this reader was too slow`),
+              onBacklogEnd: backlogDone,
             },
           );
           s.ended.then(
             () => {
-              if (!stop.signal.aborted) warn(`${n.key}: the agent closed the flow stream`);
+              if (!stop.signal.aborted) warn(`${nodeLabel(n)}: the agent closed the flow stream`);
+              backlogDone();
             },
-            (err: unknown) => warn(`${n.key}: ${(err as Error).message}`),
+            (err: unknown) => {
+              failed++;
+              warn(`${nodeLabel(n)}: ${(err as Error).message}`);
+              backlogDone();
+            },
           );
           return s;
         });
@@ -242,7 +266,7 @@ export function observeCommand(): Command {
         if (waiting > 0) for (const f of lastOf(mergeByTime(backlog))) emit(f);
         flush(true);
         await reportLost('');
-        return ended ? EXIT_ERROR : EXIT_OK;
+        return ended ? EXIT_ERROR : exitFor(failed === 0);
       }),
     );
   return example(
@@ -252,5 +276,6 @@ export function observeCommand(): Command {
     'clustermesh observe --from-pod frontend --to-pod default/backend --port 80 --protocol TCP --since 5m',
     'clustermesh observe --node cluster1/node1 --trace-forwards --follow',
     'clustermesh observe --socket /var/run/clustermesh/node1/agent.sock --last 20',
+    'clustermesh observe --context c1 --context c2 --verdict DROPPED -o json   # installed clusters (clustermesh install), by kube context',
   );
 }

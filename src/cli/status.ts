@@ -5,7 +5,6 @@
 // the etcds (a TLS get of the cluster's own cluster-config) and the agents'
 // GET /v1/status; `summarize` turns the probes into the report and is pure.
 import { Command, Option } from 'commander';
-import { AgentClient } from '../agent/client.ts';
 import type { AgentStatus, RemoteSummary } from '../agent/status.ts';
 import { scanConfigDir } from '../clustermesh/config.ts';
 import { clusterConfigKey, heartbeatKey, servicesPrefix, SYNCED_PREFIX_NAMES, type SyncedPrefixName } from '../clustermesh/keys.ts';
@@ -17,7 +16,7 @@ import { formatMcsView, readMcsView, type McsView } from '../mcs/view.ts';
 import { KubeHttp } from '../sources/kubernetes/http.ts';
 import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import { action, Closer, EXIT_NOT_OK, EXIT_OK, example, outputOption, parseDurationFlag, printJson, type OutputFormat } from './common.ts';
-import { addTargetFlags, resolveTargets, type ClusterTarget, type NodeTarget, type TargetFlags, type Targets } from './targets.ts';
+import { addTargetFlags, agentClientFor, resolveTargets, type ClusterTarget, type NodeTarget, type TargetFlags, type Targets } from './targets.ts';
 
 /** A heartbeat older than this means the apiserver is not writing (its default interval is 15 s). */
 export const HEARTBEAT_STALE_MS = 60_000;
@@ -358,8 +357,8 @@ export async function probeEtcd(c: ClusterTarget, closer: Closer, timeoutMs = 30
 }
 
 async function probeNode(n: NodeTarget, closer: Closer): Promise<NodeProbe> {
-  if (!n.socket) return { node: n, status: null, error: 'no agent socket known for this node' };
-  const api = new AgentClient(n.socket, { timeoutMs: 5000 });
+  if (!n.socket && !n.remote) return { node: n, status: null, error: 'no agent socket known for this node' };
+  const api = agentClientFor(n, { timeoutMs: 5000 });
   closer.add(() => api.close());
   try {
     const status = await api.status();
@@ -479,7 +478,7 @@ export function formatStatus(r: StatusReport): string {
 
 // ---- the command -----------------------------------------------------------
 
-interface StatusFlags extends TargetFlags {
+interface StatusFlags extends Omit<TargetFlags, 'context' | 'kubeconfig'> {
   output: OutputFormat;
   wait?: boolean;
   waitDuration: number;
@@ -533,7 +532,7 @@ export function statusCommand(): Command {
         for (let round = 0; ; round++) {
           const inner = new Closer();
           try {
-            report = summarize(await gatherStatus(o, inner));
+            report = summarize(await gatherStatus({ ...o, context: undefined }, inner));
           } finally {
             await inner.closeAll();
           }

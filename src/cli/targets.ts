@@ -9,9 +9,17 @@
 //   (an agent's API; the rest is asked from it), `--pin-dir PATH` (a node's
 //   pinned maps only), `--etcd-config FILE` (a cluster's etcd, in the
 //   apiserver's etcd config format). Any of these switches the lab off.
+//
+//   kube contexts (observe and ui; clusters of `clustermesh install`):
+//   `--context C` (repeatable) with `--kubeconfig` and `--install-namespace`:
+//   each context's agent pods, dialled on their node's address where they
+//   serve their read-only API with mutual TLS (src/install/agents.ts). A
+//   context or node that cannot be read is a problem reported beside the
+//   others, not the end. With none of the flags above and no lab named
+//   `default`, the kubeconfig's current context.
 import { basename } from 'node:path';
 import { Command } from 'commander';
-import { AgentClient } from '../agent/client.ts';
+import { AgentClient, type AgentClientOptions, type RemoteAgentAddress } from '../agent/client.ts';
 import { loadAgentConfig } from '../agent/config.ts';
 import { loadEtcdConfig } from '../apiserver/options.ts';
 import { clusterConfigPrefix } from '../clustermesh/keys.ts';
@@ -19,6 +27,7 @@ import { decodeClusterConfig } from '../clustermesh/wire.ts';
 import { KvClient } from '../kvstore/client.ts';
 import type { KvConnectionConfig } from '../kvstore/types.ts';
 import { DEFAULT_LAB_NAME, NoSuchLabError, readLabState, type LabCluster, type LabState } from '../lab/state.ts';
+import { DEFAULT_NAMESPACE } from '../install/settings.ts';
 import { CliError, collect, EXIT_ERROR, type Closer } from './common.ts';
 
 export interface ClusterTarget {
@@ -48,12 +57,18 @@ export interface NodeTarget {
   /** The remote-cluster config dir the node's agent reads. */
   configDir: string | undefined;
   clusterId: number | undefined;
+  /** The agent's remote API (kube context mode): address and TLS material. */
+  remote?: RemoteAgentAddress | undefined;
+  /** The kube context it was found through. */
+  context?: string | undefined;
 }
 
 export interface Targets {
   lab: LabState | undefined;
   clusters: ClusterTarget[];
   nodes: NodeTarget[];
+  /** What could not be read (kube contexts, agent pods that cannot be dialled), each naming its context or node. */
+  problems?: string[];
 }
 
 export interface TargetFlags {
@@ -64,11 +79,25 @@ export interface TargetFlags {
   pinDir?: string[];
   agentConfig?: string[];
   etcdConfig?: string[];
+  context?: string[];
+  kubeconfig?: string;
+  installNamespace?: string;
 }
 
-/** Adds the target flags to a command. `nodes: false` for commands that only look at clusters. */
-export function addTargetFlags(cmd: Command, o: { nodes?: boolean; clusters?: boolean } = {}): Command {
-  cmd.option('--lab <name>', `the lab to look at (when no explicit --socket/--pin-dir/--agent-config/--etcd-config is given)`, DEFAULT_LAB_NAME);
+/**
+ * Adds the target flags to a command. `nodes: false` for commands that only
+ * look at clusters; `contexts: true` for commands that read only the agents'
+ * API (observe, ui), which can then reach installed clusters by kube context.
+ */
+export function addTargetFlags(cmd: Command, o: { nodes?: boolean; clusters?: boolean; contexts?: boolean } = {}): Command {
+  if (o.contexts) {
+    cmd.option('--lab <name>', `the lab to look at (default: ${DEFAULT_LAB_NAME}; without one of that name and without --context/--socket/--agent-config, the kubeconfig's current context)`);
+    cmd.option('--context <name>', "a kube context of a cluster where clustermesh is installed (repeatable): its agents' read-only API, dialled on each node's address with mutual TLS (the client certificate of Secret clustermesh-observer); no lab", collect);
+    cmd.option('--kubeconfig <file>', 'kubeconfig file for --context (default: $KUBECONFIG, then ~/.kube/config)');
+    cmd.option('--install-namespace <ns>', 'namespace of the install in those clusters', DEFAULT_NAMESPACE);
+  } else {
+    cmd.option('--lab <name>', `the lab to look at (when no explicit --socket/--pin-dir/--agent-config/--etcd-config is given)`, DEFAULT_LAB_NAME);
+  }
   if (o.clusters !== false) cmd.option('--cluster <name>', 'only this cluster (repeatable)', collect);
   if (o.nodes !== false) {
     cmd.option('--node <name>', "only this node: 'node1' or 'cluster1/node1' (repeatable)", collect);
@@ -101,6 +130,52 @@ function matchesNode(filter: string, n: { name: string; cluster: string | undefi
   return filter === n.name || filter === n.key || filter === n.netns || (n.cluster !== undefined && filter === `${n.cluster}/${n.name}`);
 }
 
+/** A client of the node's agent: its socket, or its remote API. */
+export function agentClientFor(n: NodeTarget, opts: AgentClientOptions = {}): AgentClient {
+  const where = n.remote ?? n.socket;
+  if (!where) throw new CliError(`${n.key}: no agent socket or address known`);
+  return new AgentClient(where, opts);
+}
+
+/** The node as messages name it: with the context and address it was reached by in kube context mode. */
+export function nodeLabel(n: NodeTarget): string {
+  return n.context ? `${n.key} (context ${n.context}${n.remote ? `, ${n.remote.host}:${n.remote.port}` : ''})` : n.key;
+}
+
+/** Every context's agents (src/install/agents.ts); a context that cannot be read is a problem, the others go on. */
+async function fromContexts(f: TargetFlags): Promise<Targets> {
+  // Loaded here: the Kubernetes client is not for the commands that never use it.
+  const { readInstalledAgents } = await import('../install/agents.ts');
+  const wanted = f.context && f.context.length > 0 ? [...new Set(f.context)] : [undefined];
+  const read = await Promise.allSettled(wanted.map((context) => readInstalledAgents({ kubeconfig: f.kubeconfig, context, namespace: f.installNamespace ?? DEFAULT_NAMESPACE })));
+  const clusters: ClusterTarget[] = [];
+  const nodes: NodeTarget[] = [];
+  const problems: string[] = [];
+  const seen = new Map<string, string>();
+  for (const r of read) {
+    if (r.status === 'rejected') {
+      problems.push((r.reason as Error).message);
+      continue;
+    }
+    const a = r.value;
+    const twice = seen.get(a.cluster);
+    if (twice !== undefined) {
+      problems.push(`context ${a.context}: cluster ${a.cluster} was already read through context ${twice}; skipped`);
+      continue;
+    }
+    seen.set(a.cluster, a.context);
+    clusters.push({ name: a.cluster, id: a.id, etcd: undefined, etcdSource: `the install in context ${a.context} (not probed from here; see the agents)`, remoteConfigDir: undefined, lab: undefined });
+    for (const g of a.agents) {
+      if (!g.address) {
+        problems.push(`${a.cluster}/${g.node} (context ${a.context}): ${g.problem}`);
+        continue;
+      }
+      nodes.push({ key: `${a.cluster}/${g.node}`, name: g.node, cluster: a.cluster, socket: undefined, pinDir: undefined, netns: undefined, underlayIP: g.address.host, configDir: undefined, clusterId: a.id, remote: g.address, context: a.context });
+    }
+  }
+  return { lab: undefined, clusters, nodes, problems };
+}
+
 function narrow(t: Targets, f: TargetFlags): Targets {
   let clusters = t.clusters;
   let nodes = t.nodes;
@@ -123,7 +198,7 @@ function narrow(t: Targets, f: TargetFlags): Targets {
     nodes = nodes.filter((n) => f.node!.some((want) => matchesNode(want, n)));
     clusters = clusters.filter((c) => nodes.some((n) => n.cluster === c.name));
   }
-  return { lab: t.lab, clusters, nodes };
+  return { lab: t.lab, clusters, nodes, ...(t.problems ? { problems: t.problems } : {}) };
 }
 
 function fromLab(lab: LabState): Targets {
@@ -239,17 +314,31 @@ async function fromFlags(f: TargetFlags, closer: Closer, probeAgents: boolean): 
 
 /**
  * The clusters and nodes the flags name. `probeAgents`: ask explicit
- * `--socket` agents for their node name, cluster and pin dir.
+ * `--socket` agents for their node name, cluster and pin dir. `contexts`: the
+ * command took addTargetFlags' `contexts` (no lab given and none named
+ * default: the current kube context).
  */
-export async function resolveTargets(f: TargetFlags, closer: Closer, o: { probeAgents?: boolean } = {}): Promise<Targets> {
+export async function resolveTargets(f: TargetFlags, closer: Closer, o: { probeAgents?: boolean; contexts?: boolean } = {}): Promise<Targets> {
   let t: Targets;
-  if (isExplicit(f)) {
+  const contexts = f.context !== undefined && f.context.length > 0;
+  if (contexts && (isExplicit(f) || f.lab !== undefined)) {
+    throw new CliError(`--context reads installed clusters through their Kubernetes API; it does not combine with ${f.lab !== undefined ? '--lab' : '--socket/--pin-dir/--agent-config/--etcd-config'}`);
+  }
+  if (contexts) {
+    t = await fromContexts(f);
+  } else if (isExplicit(f)) {
     t = await fromFlags(f, closer, o.probeAgents ?? true);
   } else {
     try {
       t = fromLab(readLabState(f.lab ?? DEFAULT_LAB_NAME));
     } catch (err) {
       if (err instanceof NoSuchLabError) {
+        // Commands with --context and no --lab given: the current kube context, as kubectl would.
+        if (f.lab === undefined && o.contexts) {
+          t = await fromContexts(f);
+          if (t.nodes.length === 0) throw new CliError(`no lab named ${DEFAULT_LAB_NAME} here, and the current kube context gives no agent to read: ${t.problems?.join('; ') || 'no nodes'} (name a lab with --lab, clusters with --context, or agents with --socket/--agent-config)`, EXIT_ERROR);
+          return narrow(t, f);
+        }
         throw new CliError(`${err.message} (on a host without a lab, name the agents and etcds: --agent-config FILE, --socket PATH, --pin-dir DIR, --etcd-config FILE)`, EXIT_ERROR);
       }
       throw new CliError((err as Error).message);

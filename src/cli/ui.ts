@@ -1,6 +1,7 @@
 // `clustermesh ui`: a live web view of the mesh served on a local HTTP port
-// (src/ui/server.ts). It finds the agents the way observe does (a lab, or
-// explicit --socket / --agent-config) and reads the same flow streams.
+// (src/ui/server.ts). It finds the agents the way observe does (a lab,
+// explicit --socket / --agent-config, or --context: installed clusters' agents
+// over their read-only API with mutual TLS) and reads the same flow streams.
 import { isIP } from 'node:net';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { isLoopback, missingAssets, UiServer } from '../ui/server.ts';
@@ -27,7 +28,7 @@ export function uiCommand(): Command {
   const cmd = new Command('ui').description(
     'serve a live web view of the mesh: clusters as groups with their nodes and pods, services, an edge per pair of workloads seen talking in the agents\' flows (cross-cluster edges dashed, drops red with their reason on hover), and the status of every remote-cluster connection; updated live (server-sent events). Runs until interrupted (Ctrl-C)',
   );
-  addTargetFlags(cmd);
+  addTargetFlags(cmd, { contexts: true });
   cmd
     .addOption(new Option('--port <port>', 'TCP port to serve on (0: any free port, printed)').argParser(parsePort).default(8080))
     .addOption(new Option('--address <ip>', 'address to listen on; the default serves this machine only (the page shows pod names, addresses and labels to whoever reaches it)').argParser(parseAddress).default('127.0.0.1'))
@@ -36,9 +37,15 @@ export function uiCommand(): Command {
       action('ui', async (closer, o: UiFlags) => {
         const missing = await missingAssets();
         if (missing.length) throw new CliError(`the page's files are missing: ${missing.join(', ')} (run ./scripts/setup.sh to install the npm packages)`, EXIT_ERROR);
-        const t = await resolveTargets(o, closer);
-        if (t.nodes.length === 0) throw new CliError(`no nodes to show${t.lab ? ` in lab ${t.lab.name}` : ''}; name them with --node, --socket or --agent-config`, EXIT_ERROR);
-        const noAgent = t.nodes.filter((n) => !n.socket);
+        const t = await resolveTargets(o, closer, { contexts: true });
+        const problems = t.problems ?? [];
+        if (t.nodes.length === 0) {
+          if (problems.length > 0) throw new CliError(`no agent to show:\n  ${problems.join('\n  ')}`, EXIT_ERROR);
+          throw new CliError(`no nodes to show${t.lab ? ` in lab ${t.lab.name}` : ''}; name them with --node, --socket, --agent-config or --context`, EXIT_ERROR);
+        }
+        // Shown without them (the page lists the nodes it reads); the nodes found later are not added while it runs.
+        for (const p of problems) process.stderr.write(`warning: ${p}\n`);
+        const noAgent = t.nodes.filter((n) => !n.socket && !n.remote);
         if (noAgent.length > 0) throw new CliError(`the view reads the agents; ${noAgent.map((n) => n.key).join(', ')} has no agent socket (name the node with --socket or --agent-config)`, EXIT_ERROR);
         if (!isLoopback(o.address))
           process.stderr.write(`warning: serving on ${o.address}: anyone who reaches this address sees the mesh's pods, addresses and flows (no authentication)\n`);
@@ -54,7 +61,8 @@ export function uiCommand(): Command {
           if (e.code === 'EACCES') throw new CliError(`--port ${o.port}: not allowed to listen on it (ports below 1024 need privileges)`, EXIT_ERROR);
           throw err;
         }
-        process.stdout.write(`clustermesh ui: serving ${t.lab ? `lab ${t.lab.name} ` : ''}(${t.nodes.length} node${t.nodes.length === 1 ? '' : 's'}) on ${url} (Ctrl-C stops)\n`);
+        const contexts = [...new Set(t.nodes.flatMap((n) => (n.context ? [n.context] : [])))];
+        process.stdout.write(`clustermesh ui: serving ${t.lab ? `lab ${t.lab.name} ` : contexts.length ? `context${contexts.length === 1 ? '' : 's'} ${contexts.join(', ')} ` : ''}(${t.nodes.length} node${t.nodes.length === 1 ? '' : 's'}) on ${url} (Ctrl-C stops)\n`);
         await new Promise<void>((resolve) => {
           process.once('SIGINT', resolve);
           process.once('SIGTERM', resolve);
@@ -67,6 +75,7 @@ export function uiCommand(): Command {
     'clustermesh ui                                   # the lab named default, on http://127.0.0.1:8080/',
     'clustermesh ui --lab demo --port 9000',
     'clustermesh ui --socket /var/run/clustermesh/node1/agent.sock --socket /var/run/clustermesh/node2/agent.sock',
+    'clustermesh ui --context c1 --context c2          # installed clusters (clustermesh install), by kube context',
     'ssh -L 8080:127.0.0.1:8080 host   # then open http://127.0.0.1:8080/ on your machine',
   );
 }

@@ -3,13 +3,15 @@
 // cluster's existing one, so a re-install issues certificates the running
 // parts already trust), the etcd server certificate with the Service's names
 // and the given addresses as SANs, and one client certificate per etcd user
-// (the certificate's CN is the etcd user).
+// (the certificate's CN is the etcd user); the agents' remote API server
+// certificate and the `observer` client certificate of observe/ui --context.
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { createCA, issueCert, type CertificateAuthority, type CertFiles } from '../kvstore/pki.ts';
-import { ETCD_USERS, etcdServiceNames, type InstallCerts } from './manifests.ts';
+import { OBSERVER_CLIENT_NAME } from '../agent/config.ts';
+import { agentApiServerName, ETCD_USERS, etcdServiceNames, type InstallCerts } from './manifests.ts';
 import type { InstallSettings } from './settings.ts';
 
 async function pem(files: Pick<CertFiles, 'certFile' | 'keyFile'>): Promise<{ cert: string; key: string }> {
@@ -41,7 +43,9 @@ export async function makeInstallCerts(s: InstallSettings, existingCa?: { cert: 
     });
     const clients = {} as InstallCerts['clients'];
     for (const user of ETCD_USERS) clients[user] = await pem(await issueCert(ca, { commonName: user, usage: 'client', outDir: dir, name: `client-${user}` }));
-    return { ca: await pem(ca), server: await pem(server), clients };
+    const agentApi = await pem(await issueCert(ca, { commonName: 'clustermesh-agent-api', dnsNames: [agentApiServerName(s.clusterName)], usage: 'server', outDir: dir, name: 'agent-api' }));
+    const observer = await pem(await issueCert(ca, { commonName: OBSERVER_CLIENT_NAME, usage: 'client', outDir: dir, name: 'observer' }));
+    return { ca: await pem(ca), server: await pem(server), clients, agentApi, observer };
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

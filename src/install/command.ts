@@ -5,7 +5,7 @@ import { action, CliError, collect, EXIT_ERROR, printJson } from '../cli/common.
 import { applyObjects, deleteObjects, describe, loadKubeConfig, readExisting } from './apply.ts';
 import { makeInstallCerts } from './certs.ts';
 import { renderManifests, toYaml, type KubeObject } from './manifests.ts';
-import { compileInstallSettings, DEFAULT_IMAGE, DEFAULT_NAMESPACE, InstallSettingsError, NODE_PORT_BASE, type RawInstallOptions } from './settings.ts';
+import { compileInstallSettings, DEFAULT_IMAGE, DEFAULT_REMOTE_API_PORT, DEFAULT_NAMESPACE, InstallSettingsError, NODE_PORT_BASE, type RawInstallOptions } from './settings.ts';
 
 interface InstallFlags extends RawInstallOptions {
   context?: string;
@@ -59,6 +59,12 @@ export function installCommand(): Command {
       "the cache tier (Cilium's KVStoreMesh): the apiserver imports every remote cluster once into this cluster's etcd and the agents read " +
         'the remotes there, so each remote etcd serves one client per cluster instead of one per node, and agent restarts cost it nothing. ' +
         'Clusters of one mesh may differ in this',
+    )
+    .option(
+      '--remote-api-port <port>',
+      "TCP port on each node's IP where its agent serves its read-only API (flows, status) with mutual TLS, for clustermesh observe/ui --context; " +
+        `clients need the certificate of Secret clustermesh-observer. 0: off (the API only on the node's unix socket)`,
+      String(DEFAULT_REMOTE_API_PORT),
     )
     .option('--dry-run', 'print the objects instead of applying them (contacts no cluster)')
     .addOption(new Option('-o, --output <format>', 'with --dry-run: output format').choices(['yaml', 'json']).default('yaml'))
@@ -118,4 +124,4 @@ export function uninstallCommand(): Command {
 }
 
 const PEM = { cert: '', key: '' };
-const PLACEHOLDER_CERTS = { ca: PEM, server: PEM, clients: { root: PEM, apiserver: PEM, agent: PEM, remote: PEM } };
+const PLACEHOLDER_CERTS = { ca: PEM, server: PEM, clients: { root: PEM, apiserver: PEM, agent: PEM, remote: PEM }, agentApi: PEM, observer: PEM };

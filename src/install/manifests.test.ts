@@ -15,7 +15,7 @@ import { COMMON_LABELS, CREATED_BY_ANNOTATION, createOnly, etcdServiceNames, AGE
 import { compileInstallSettings, InstallSettingsError, type RawInstallOptions } from './settings.ts';
 
 const PEM = { cert: 'CERT', key: 'KEY' };
-const CERTS: InstallCerts = { ca: PEM, server: PEM, clients: { root: PEM, apiserver: PEM, agent: PEM, remote: PEM } };
+const CERTS: InstallCerts = { ca: PEM, server: PEM, clients: { root: PEM, apiserver: PEM, agent: PEM, remote: PEM }, agentApi: PEM, observer: PEM };
 const base: RawInstallOptions = { clusterName: 'c1', clusterId: '1' };
 
 const MODELS: Record<string, { new (o: never): { validate(): void } }> = {
@@ -58,6 +58,9 @@ test('settings: each bad flag is refused with its name and the reason', () => {
     [{ ...base, k8sServiceHost: '10.0.0.1', k8sServicePort: '0' }, '--k8s-service-port', /0 is out of range 1\.\.65535/],
     [{ ...base, k8sServiceHost: '10.0.0.1', k8sServicePort: '65536' }, '--k8s-service-port', /out of range 1\.\.65535/],
     [{ ...base, k8sServiceHost: '10.0.0.1', k8sServicePort: 'https' }, '--k8s-service-port', /"https" is not an integer/],
+    [{ ...base, remoteApiPort: '65536' }, '--remote-api-port', /out of range 0\.\.65535/],
+    [{ ...base, remoteApiPort: 'on' }, '--remote-api-port', /"on" is not an integer/],
+    [{ ...base, remoteApiPort: '2391' }, '--remote-api-port', /taken on the apiserver's node by its etcd/],
   ];
   for (const [raw, flag, why] of cases) {
     assert.throws(
@@ -155,7 +158,7 @@ test('manifests: NodePort 32000 + cluster ID by default; LoadBalancer has none; 
   assert.deepEqual(port({ ...base, clusterName: 'c2', clusterId: '2' }), ['NodePort', 32002]);
   assert.deepEqual(port({ ...base, serviceType: 'LoadBalancer' }), ['LoadBalancer', undefined]);
   const objects = renderManifests(compileInstallSettings(base), CERTS);
-  assert.deepEqual(objects.filter(createOnly).map((o) => o.kind).sort(), ['CustomResourceDefinition', 'CustomResourceDefinition', 'CustomResourceDefinition', 'CustomResourceDefinition', 'Namespace', 'Secret', 'Secret', 'Secret', 'Secret', 'Secret', 'Secret', 'Secret']);
+  assert.deepEqual(objects.filter(createOnly).map((o) => o.kind).sort(), ['CustomResourceDefinition', 'CustomResourceDefinition', 'CustomResourceDefinition', 'CustomResourceDefinition', 'Namespace', 'Secret', 'Secret', 'Secret', 'Secret', 'Secret', 'Secret', 'Secret', 'Secret', 'Secret']);
   for (const crd of objects.filter((o) => o.kind === 'CustomResourceDefinition')) assert.ok(crd.metadata.annotations?.[CREATED_BY_ANNOTATION]);
   const cm = objects.find((o) => o.kind === 'ConfigMap') as unknown as { data: Record<string, string> };
   assert.deepEqual([cm.data['cluster-name'], cm.data['cluster-id'], cm.data['max-connected-clusters']], ['c1', '1', '255']);
@@ -186,6 +189,12 @@ test('certificates: one CA; the etcd server certificate names the Service and th
   };
   assert.ok(verify(certs.ca.cert, again.clients.agent.cert), 're-issued under the same CA');
   assert.ok(verify(certs.ca.cert, certs.server.cert));
+  // The agents' remote API: a server certificate naming agents.<cluster>.clustermesh.internal, and the observer client.
+  assert.ok(verify(certs.ca.cert, certs.agentApi.cert) && verify(certs.ca.cert, certs.observer.cert));
+  assert.match(text(certs.agentApi.cert), /DNS:agents\.c1\.clustermesh\.internal/);
+  assert.match(text(certs.agentApi.cert), /TLS Web Server Authentication/);
+  assert.match(text(certs.observer.cert), /Subject: CN ?= ?observer\b/);
+  assert.match(text(certs.observer.cert), /TLS Web Client Authentication/);
   for (const pair of Object.values(certs.clients)) assert.ok(verify(certs.ca.cert, pair.cert));
   const other = await makeInstallCerts(s);
   assert.ok(!verify(certs.ca.cert, other.clients.agent.cert), 'a fresh CA is another CA (the check can fail)');
@@ -264,4 +273,31 @@ test('--kvstoremesh: the apiserver runs the cache tier over the remotes Secret, 
   assert.ok(!off.apiserver.command.includes('--kvstoremesh'));
   assert.ok(!off.apiserver.volumeMounts.some((m) => m.name === 'remotes'));
   assert.equal(compileInstallSettings(base).kvstoremesh, false);
+});
+
+test("manifests: the agents' remote API (on by default at 4247, off with 0): agent config, the container's named port, the certificate Secrets", async () => {
+  const { compileAgentConfig } = await import('../agent/config.ts');
+  type Pod = { containers: Array<{ name: string; ports?: Array<{ name: string; containerPort: number; protocol: string }>; volumeMounts: Array<{ name: string; mountPath: string }> }>; volumes: Array<{ name: string; secret?: { secretName: string } }> };
+  const view = (raw: RawInstallOptions) => {
+    const objects = renderManifests(compileInstallSettings(raw), CERTS);
+    const cm = objects.find((o) => o.kind === 'ConfigMap') as unknown as { data: Record<string, string> };
+    const pod = (objects.find((o) => o.kind === 'DaemonSet') as unknown as { spec: { template: { spec: Pod } } }).spec.template.spec;
+    const cfg = compileAgentConfig(parseYaml(cm.data['agent.yaml']!), { source: 'agent.yaml', baseDir: '/etc/clustermesh/config', flags: { nodeName: 'worker-1', nodeIp: '10.0.0.7' } });
+    const secrets = objects.filter((o) => o.kind === 'Secret').map((o) => o.metadata.name);
+    return { cm, pod, cfg, secrets };
+  };
+  const on = view(base);
+  assert.equal(on.cm.data['remote-api-port'], '4247');
+  assert.deepEqual(on.pod.containers[0]!.ports, [{ name: 'remote-api', containerPort: 4247, protocol: 'TCP' }]);
+  assert.deepEqual(on.cfg.remoteApi, { address: undefined, port: 4247, caFile: '/etc/clustermesh/agent-api/ca.crt', certFile: '/etc/clustermesh/agent-api/tls.crt', keyFile: '/etc/clustermesh/agent-api/tls.key', clients: ['observer'] });
+  const mount = on.pod.containers[0]!.volumeMounts.find((m) => m.mountPath === '/etc/clustermesh/agent-api')!;
+  assert.equal(on.pod.volumes.find((v) => v.name === mount.name)?.secret?.secretName, 'clustermesh-agent-api');
+  assert.ok(on.secrets.includes('clustermesh-agent-api') && on.secrets.includes('clustermesh-observer'));
+  assert.equal(view({ ...base, remoteApiPort: '9443' }).cfg.remoteApi?.port, 9443);
+  const off = view({ ...base, remoteApiPort: '0' });
+  assert.equal(off.cm.data['remote-api-port'], '0');
+  assert.equal(off.cfg.remoteApi, undefined);
+  assert.equal(off.pod.containers[0]!.ports, undefined);
+  assert.ok(!off.pod.volumes.some((v) => v.secret?.secretName === 'clustermesh-agent-api'));
+  assert.ok(off.secrets.includes('clustermesh-observer'), 'the certificates are made anyway: a re-install that switches the API on finds them');
 });

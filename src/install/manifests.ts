@@ -45,6 +45,20 @@
 //   DEFAULT_CNI_BINARY_NAME), and the etcd by its Service name, which the
 //   agent resolves through the Kubernetes API (cluster DNS runs on the pod
 //   network, which needs the agent).
+// - The agents' read-only API over mutual TLS (remoteApiPort, default 4247; Hubble's
+//   design without its relay): each agent serves GET /v1/flows (and follow),
+//   /v1/status, /v1/endpoints, /v1/services, /v1/policy on its node IP and that
+//   port (the container's port `remote-api`), with one server certificate all
+//   agents of the cluster share (Secret clustermesh-agent-api, SAN
+//   agents.<cluster>.clustermesh.internal, never resolved: the client dials the
+//   pod's hostIP and checks that name, as Hubble's peers do). Clients need the
+//   certificate of Secret clustermesh-observer (CN `observer`, the one CN the
+//   agents admit: the etcd users' certificates of the same CA are refused, so
+//   the `remote` one handed to other clusters reads no flows). Who may read that
+//   Secret (Kubernetes RBAC) may read the flows: `observe --context` and
+//   `ui --context` read it, list the agent pods and dial each. No relay pod: the
+//   CLI merges, and the apiserver pod stays an etcd plus its writer, reaching
+//   nothing of the nodes.
 // - Both reach the Kubernetes API in-cluster (their ServiceAccount's token,
 //   KUBERNETES_SERVICE_HOST/PORT from the kubelet). Where the kubelet's
 //   value is the `kubernetes` Service's ClusterIP and nothing translates it
@@ -58,7 +72,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseAllDocuments, stringify } from 'yaml';
-import { DEFAULT_CNI_BINARY_NAME, DEFAULT_CNI_CONF_NAME } from '../agent/config.ts';
+import { DEFAULT_CNI_BINARY_NAME, DEFAULT_CNI_CONF_NAME, OBSERVER_CLIENT_NAME } from '../agent/config.ts';
 import type { InstallSettings } from './settings.ts';
 
 export type KubeObject = {
@@ -75,6 +89,10 @@ export interface InstallCerts {
   server: { cert: string; key: string };
   /** Client certificates, one per etcd user. */
   clients: Record<EtcdUser, { cert: string; key: string }>;
+  /** The agents' remote API server certificate (SAN agentApiServerName). */
+  agentApi: { cert: string; key: string };
+  /** The client certificate of observe/ui --context (CN OBSERVER_CLIENT_NAME). */
+  observer: { cert: string; key: string };
 }
 
 export const ETCD_USERS = ['root', 'apiserver', 'agent', 'remote'] as const;
@@ -92,6 +110,8 @@ export const NAMES = {
   etcdServer: 'clustermesh-etcd-server',
   client: (user: EtcdUser) => `clustermesh-etcd-${user}`,
   remotes: 'clustermesh-remotes',
+  agentApi: 'clustermesh-agent-api',
+  observer: 'clustermesh-observer',
   apiserver: 'clustermesh-apiserver',
   agent: 'clustermesh-agent',
 } as const;
@@ -115,7 +135,17 @@ export const PATHS = {
   cniConf: '/host/etc/cni/net.d',
   /** The host's /opt/cni/bin, mounted in the install-cni-plugin init container. */
   cniBin: '/host/opt/cni/bin',
+  /** The agents' remote API certificate and the CA clients must chain to. */
+  agentApi: '/etc/clustermesh/agent-api',
 } as const;
+
+/** The container port (name) of the agents' remote API: what observe/ui --context read from the agent pods. */
+export const REMOTE_API_PORT_NAME = 'remote-api';
+
+/** The name every agent's remote API certificate carries and clients verify (never resolved; see the header). */
+export function agentApiServerName(clusterName: string): string {
+  return `agents.${clusterName}.clustermesh.internal`;
+}
 
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 export const CRDS_FILE = join(REPO_ROOT, 'deploy/crds/cilium-policies.yaml');
@@ -229,6 +259,10 @@ function agentConfigFile(s: InstallSettings): string {
     cniConfDir: PATHS.cniConf,
     cniConfName: DEFAULT_CNI_CONF_NAME,
     cniBinaryName: DEFAULT_CNI_BINARY_NAME,
+    // On the node IP (--node-ip from the downward API).
+    ...(s.remoteApiPort !== undefined
+      ? { remoteApi: { port: s.remoteApiPort, caFile: `${PATHS.agentApi}/ca.crt`, certFile: `${PATHS.agentApi}/tls.crt`, keyFile: `${PATHS.agentApi}/tls.key`, clients: [OBSERVER_CLIENT_NAME] } }
+      : {}),
   });
 }
 
@@ -245,6 +279,8 @@ function configMap(s: InstallSettings): KubeObject {
       'routing-mode': s.routingMode,
       kvstoremesh: String(s.kvstoremesh),
       'tunnel-port': String(s.tunnelPort),
+      // 0: off
+      'remote-api-port': String(s.remoteApiPort ?? 0),
       'agent.yaml': agentConfigFile(s),
       'etcd-apiserver.yaml': etcdClientFile(local, PATHS.etcdClient),
       'etcd-root.yaml': etcdClientFile(local, PATHS.etcdRoot),
@@ -391,6 +427,7 @@ function agentContainer(s: InstallSettings): Record<string, unknown> {
       runAsUser: 0,
       capabilities: { add: ['NET_ADMIN', 'BPF', 'PERFMON', 'SYS_ADMIN', 'NET_RAW', 'SYS_RESOURCE'], drop: ['ALL'] },
     },
+    ...(s.remoteApiPort !== undefined ? { ports: [{ name: REMOTE_API_PORT_NAME, containerPort: s.remoteApiPort, protocol: 'TCP' }] } : {}),
     readinessProbe: {
       exec: { command: ['curl', '-sf', '--unix-socket', `${PATHS.state}/agent/agent.sock`, 'http://agent/healthz'] },
       periodSeconds: 5,
@@ -403,6 +440,7 @@ function agentContainer(s: InstallSettings): Record<string, unknown> {
       { name: 'config', mountPath: PATHS.config, readOnly: true },
       { name: 'etcd-agent', mountPath: PATHS.etcdClient, readOnly: true },
       { name: 'remotes', mountPath: PATHS.remotes, readOnly: true },
+      ...(s.remoteApiPort !== undefined ? [{ name: 'agent-api', mountPath: PATHS.agentApi, readOnly: true }] : []),
     ],
   };
 }
@@ -452,6 +490,7 @@ function agentDaemonSet(s: InstallSettings): KubeObject {
             { name: 'config', configMap: { name: NAMES.config } },
             { name: 'etcd-agent', secret: { secretName: NAMES.client('agent') } },
             { name: 'remotes', secret: { secretName: NAMES.remotes, optional: true } },
+            ...(s.remoteApiPort !== undefined ? [{ name: 'agent-api', secret: { secretName: NAMES.agentApi } }] : []),
           ],
         },
       },
@@ -471,6 +510,9 @@ export function renderManifests(s: InstallSettings, certs: InstallCerts): KubeOb
     { apiVersion: 'v1', kind: 'Secret', metadata: meta(NAMES.ca, s, true), type: 'Opaque', data: { 'ca.crt': b64(certs.ca.cert), 'ca.key': b64(certs.ca.key) } },
     tlsSecret(NAMES.etcdServer, s, certs.server, certs.ca.cert),
     ...ETCD_USERS.map((u) => tlsSecret(NAMES.client(u), s, certs.clients[u], certs.ca.cert)),
+    // Made whether the remote API is on or not: a re-install that switches it on finds them (Secrets are kept).
+    tlsSecret(NAMES.agentApi, s, certs.agentApi, certs.ca.cert),
+    tlsSecret(NAMES.observer, s, certs.observer, certs.ca.cert),
     { apiVersion: 'v1', kind: 'Secret', metadata: meta(NAMES.remotes, s, true), type: 'Opaque', data: {} },
     apiserverService(s),
     apiserverDeployment(s),

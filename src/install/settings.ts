@@ -2,6 +2,7 @@
 // same rules the agent and apiserver apply, so a bad value is refused before
 // anything reaches the cluster. Every error names the flag.
 import { isIP } from 'node:net';
+import { ETCD_NODE_PORT, ETCD_PEER_PORT } from './manifests.ts';
 import { MAX_CONNECTED_CLUSTERS_VALUES, validateClusterId, validateClusterName, type MaxConnectedClusters } from '../model/index.ts';
 
 /** How remote clusters reach the etcd; ClusterIP: they do not (`clustermesh disable`, never an install's flag). */
@@ -38,6 +39,12 @@ export interface InstallSettings {
    * there, one connection each, instead of one per remote.
    */
   kvstoremesh: boolean;
+  /**
+   * TCP port on each node where its agent serves its read-only API (flows,
+   * status, endpoints, services) with mutual TLS, for `observe --context` and
+   * `ui --context`; undefined: off (the API only on the node's unix socket).
+   */
+  remoteApiPort: number | undefined;
 }
 
 /** A flag's value is wrong; the message names the flag. */
@@ -56,6 +63,10 @@ export const DEFAULT_IMAGE = 'ghcr.io/clustermesh/clustermesh:0.1.0';
 /** NodePorts of the etcd Service: NODE_PORT_BASE + cluster ID, so two clusters never share one by default (see manifests.ts). */
 export const NODE_PORT_BASE = 32000;
 const NODE_PORT_RANGE = { min: 30000, max: 32767 };
+/** The agents' read-only API over mutual TLS (Hubble's server listens on 4244, its relay on 4245; clustermesh takes 4247). */
+export const DEFAULT_REMOTE_API_PORT = 4247;
+/** Host ports the install's own pods listen on. */
+const HOST_PORTS_TAKEN = [ETCD_NODE_PORT, ETCD_PEER_PORT];
 
 const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const DNS_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
@@ -74,6 +85,7 @@ export interface RawInstallOptions {
   k8sServiceHost?: string | undefined;
   k8sServicePort?: string | undefined;
   kvstoremesh?: boolean | undefined;
+  remoteApiPort?: string | undefined;
 }
 
 function integer(flag: string, v: string, min: number, max: number): number {
@@ -134,5 +146,10 @@ export function compileInstallSettings(raw: RawInstallOptions): InstallSettings 
     k8sService = { host, port: integer('--k8s-service-port', raw.k8sServicePort, 1, 65535) };
   }
 
-  return { clusterName: raw.clusterName, clusterID, maxConnectedClusters, namespace, image, routingMode, tunnelPort, serviceType, nodePort, apiserverAddresses, k8sService, kvstoremesh: raw.kvstoremesh === true };
+  const port = raw.remoteApiPort === undefined ? DEFAULT_REMOTE_API_PORT : integer('--remote-api-port', raw.remoteApiPort, 0, 65535);
+  const remoteApiPort = port === 0 ? undefined : port;
+  // The apiserver's etcd listens on its node (host network) at these: the agent on that node could not bind.
+  if (remoteApiPort !== undefined && HOST_PORTS_TAKEN.includes(remoteApiPort)) throw new InstallSettingsError('--remote-api-port', `${remoteApiPort} is taken on the apiserver's node by its etcd (ports ${HOST_PORTS_TAKEN.join(', ')}); pick another`);
+
+  return { clusterName: raw.clusterName, clusterID, maxConnectedClusters, namespace, image, routingMode, tunnelPort, serviceType, nodePort, apiserverAddresses, k8sService, kvstoremesh: raw.kvstoremesh === true, remoteApiPort };
 }

@@ -15,11 +15,11 @@ import { readFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { AgentClient } from '../agent/client.ts';
+import type { AgentClient } from '../agent/client.ts';
 import type { Flow } from '../agent/flows.ts';
 import { Closer } from '../cli/common.ts';
 import { probeTargets, summarize } from '../cli/status.ts';
-import type { NodeTarget, Targets } from '../cli/targets.ts';
+import { agentClientFor, type NodeTarget, type Targets } from '../cli/targets.ts';
 import { buildTopology, EdgeBook, type NodeAnswer, type Topology } from './view.ts';
 
 /** The repository: src/ui/ and dist/js/ are both two levels below it. */
@@ -73,7 +73,7 @@ export class UiServer {
 
   constructor(o: UiServerOptions) {
     this.#o = { refreshMs: 2000, flushMs: 100, retryMs: 2000, warn: () => undefined, ...o };
-    for (const n of o.targets.nodes) this.#clients.set(n, new AgentClient(n.socket!, { timeoutMs: 5000 }));
+    for (const n of o.targets.nodes) this.#clients.set(n, agentClientFor(n, { timeoutMs: 5000 }));
   }
 
   get url(): string {

@@ -1,0 +1,160 @@
+// `clustermesh observe --context` and `ui --context` against clusters of
+// `clustermesh install` (`lab up --install`): from the lab's workstation, as
+// from a user's machine, the CLI lists each context's agent pods through the
+// Kubernetes API and dials each node's read-only API with the client
+// certificate of Secret clustermesh-observer (mutual TLS). A policy drop and
+// a forward across clusters are found with both sides' clusters; a client
+// without that certificate (none, or the `remote` etcd user's of the same CA)
+// is refused; a context that cannot be read is named while the others are
+// shown; `ui --context` serves a topology with both clusters.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import type { Flow } from '../src/agent/flows.ts';
+import { EXAMPLES_DIR, REBEL_BASE_URL } from '../src/cli/demo-lab.ts';
+import { childEnv } from '../src/lab/process.ts';
+import type { LabState } from '../src/lab/state.ts';
+import { eventually, kubectlFor, ok, run, show, type Run } from './helpers/kube.ts';
+
+const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
+const root = mkdtempSync(join(tmpdir(), 'cmoc-root-'));
+const files = mkdtempSync(join(tmpdir(), 'cmoc-files-'));
+const name = `cmoc${randomBytes(3).toString('hex')}`;
+const labDir = join(root, name);
+const env = childEnv({ CLUSTERMESH_LAB_ROOT: root });
+let kubeconfig = '';
+const cli = (args: string[], timeoutMs = 300_000): Promise<Run> => run(process.execPath, [CLI, ...args], { env: { ...env, KUBECONFIG: kubeconfig }, timeoutMs });
+/** On the lab's workstation (`lab run`): what reaches the nodes' addresses (this host must not dial them). */
+const ws = (args: string[], timeoutMs = 120_000): Promise<Run> => cli(['lab', 'run', '--lab', name, '--', ...args], timeoutMs);
+const k = kubectlFor({ kubeconfig: () => kubeconfig, cacheDir: () => join(files, 'kube-cache'), env: () => env, timeoutMs: 330_000 });
+const kubectlOk = (cluster: string, args: string[]): Promise<string> => k.kubectlOk('--context', cluster, ...args);
+const flowsOf = (out: string): Flow[] => out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Flow);
+
+/** `count` requests from pod `pod` of cluster1 to `url` (the workload client, in the pod's namespace). */
+async function client(pod: string, url: string, count: number, timeoutMs = 2000): Promise<{ failures: number }> {
+  const r = await cli(['lab', 'exec', pod, '--lab', name, '--cluster', 'cluster1', '--', 'clustermesh', 'lab', 'workload', 'client', url, '-n', String(count), '--timeout', String(timeoutMs), '--json'], count * timeoutMs + 30_000);
+  try {
+    return JSON.parse(r.stdout.trim().split('\n').pop() ?? '') as { failures: number };
+  } catch {
+    return { failures: count };
+  }
+}
+
+describe('observe and ui by kube context on installed lab clusters', { timeout: 1_200_000 }, () => {
+  let since = '';
+  let tfIp = '';
+  let xwIp = '';
+  before(async () => {
+    const up = await cli(['lab', 'up', '--install', '--lab', name, '--clusters', '2', '--nodes', '1'], 900_000);
+    assert.equal(up.code, 0, show(up));
+    kubeconfig = (await ok(cli(['lab', 'kubeconfig', '--lab', name]), 'lab kubeconfig')).trim();
+    for (const [file, c] of [['rebel-base.yaml', 'cluster1'], ['rebel-base.yaml', 'cluster2'], ['clients.yaml', 'cluster1']] as const) await kubectlOk(c, ['apply', '-f', join(EXAMPLES_DIR, file)]);
+    for (const c of ['cluster1', 'cluster2']) await kubectlOk(c, ['rollout', 'status', 'deployment/rebel-base', '--timeout', '240s']);
+    await kubectlOk('cluster1', ['wait', '--for=condition=Ready', 'pod/x-wing', 'pod/tie-fighter', '--timeout', '240s']);
+    for (const c of ['cluster2', 'cluster1']) await kubectlOk(c, ['apply', '-f', join(EXAMPLES_DIR, 'policy.yaml')]);
+    tfIp = (await kubectlOk('cluster1', ['get', 'pod', 'tie-fighter', '-o', 'jsonpath={.status.podIP}'])).trim();
+    xwIp = (await kubectlOk('cluster1', ['get', 'pod', 'x-wing', '-o', 'jsonpath={.status.podIP}'])).trim();
+    since = new Date(Date.now() - 1000).toISOString();
+    // A policy drop (the tie-fighter is not app=frontend) and forwards, some to cluster2's backends.
+    await eventually('the tie-fighter refused', async () => ((await client('tie-fighter', REBEL_BASE_URL, 2, 1000)).failures === 2 ? true : undefined), 60_000, 500);
+    assert.equal((await client('x-wing', REBEL_BASE_URL, 20)).failures, 0);
+  });
+
+  after(async () => {
+    if (existsSync(join(labDir, 'lab.json'))) {
+      const d = await cli(['lab', 'down', '--lab', name], 180_000);
+      if (d.code !== 0) console.log(`# lab down: ${show(d)}`);
+    }
+    rmSync(files, { recursive: true, force: true });
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  test('observe --context cluster1 --context cluster2: the policy drop with both clusters, and a forward from cluster1 to cluster2', async () => {
+    const drops = await eventually('the drop through both contexts', async () => {
+      const r = await ws([process.execPath, CLI, 'observe', '--context', 'cluster1', '--context', 'cluster2', '-o', 'json', '--verdict', 'DROPPED', '--since', since]);
+      assert.equal(r.code, 0, show(r));
+      // Those to cluster2's backends (the global Service balances over both clusters).
+      const fs = flowsOf(r.stdout).filter((f) => f.source.ip === tfIp && f.reason.startsWith('DROP_POLICY') && f.destination.cluster === 'cluster2');
+      return fs.length > 0 ? fs : undefined;
+    }, 30_000, 1000);
+    const d = drops.at(-1)!;
+    console.log(`# ${d.time} ${d.node} ${d.reason}: ${d.source.cluster}:${d.source.pod} -> ${d.destination.cluster}:${d.destination.pod}`);
+    assert.equal(d.verdict, 'DROPPED');
+    assert.equal(d.source.cluster, 'cluster1');
+    assert.equal(d.source.pod, 'default/tie-fighter');
+    assert.equal(d.destination.cluster, 'cluster2', 'dropped by the backend in cluster2 (ingress policy there)');
+    assert.match(d.node, /^cluster2\//);
+
+    const fwd = await ws([process.execPath, CLI, 'observe', '--context', 'cluster1', '--context', 'cluster2', '-o', 'json', '--verdict', 'FORWARDED', '--from-cluster', 'cluster1', '--to-cluster', 'cluster2', '--since', since]);
+    assert.equal(fwd.code, 0, show(fwd));
+    const across = flowsOf(fwd.stdout).filter((f) => f.source.ip === xwIp);
+    assert.ok(across.length > 0, `a forward of the x-wing to cluster2: ${fwd.stdout.slice(0, 1500)}`);
+    assert.ok(across.every((f) => f.source.cluster === 'cluster1' && f.destination.cluster === 'cluster2'));
+    // Both clusters' agents answered (flows of the x-wing's connections are seen leaving cluster1 and arriving in cluster2).
+    assert.deepEqual([...new Set(across.map((f) => f.node.split('/')[0]))].sort(), ['cluster1', 'cluster2']);
+    // Merged by time over every node of every context.
+    const times = flowsOf(fwd.stdout).map((f) => f.time);
+    assert.deepEqual(times, [...times].sort());
+  });
+
+  test('a client without the observer certificate is refused: none (TLS handshake), the `remote` etcd user of the same CA (403); with it, 200', async () => {
+    const state = JSON.parse(readFileSync(join(labDir, 'lab.json'), 'utf8')) as LabState;
+    const node = state.nodes.find((n) => n.cluster === 'cluster2')!;
+    const secret = async (n: string): Promise<Record<string, string>> => {
+      const data = JSON.parse(await kubectlOk('cluster2', ['-n', 'clustermesh-system', 'get', 'secret', n, '-o', 'jsonpath={.data}'])) as Record<string, string>;
+      return Object.fromEntries(Object.entries(data).map(([k2, v]) => [k2, Buffer.from(v, 'base64').toString('utf8')]));
+    };
+    const dir = mkdtempSync(join(files, 'tls-'));
+    for (const [who, s] of [['observer', await secret('clustermesh-observer')], ['remote', await secret('clustermesh-etcd-remote')]] as const) {
+      for (const f of ['ca.crt', 'tls.crt', 'tls.key']) writeFileSync(join(dir, `${who}-${f}`), s[f]!, { mode: 0o600 });
+    }
+    const url = `https://${node.underlayIP}:4247/v1/flows?verdict=DROPPED`;
+    const curl = (tls: string[]): Promise<Run> => ws(['curl', '-sS', '-o', '/dev/null', '-w', '%{http_code}', '--max-time', '10', '--cacert', join(dir, 'observer-ca.crt'), '--resolve', `agents.cluster2.clustermesh.internal:4247:${node.underlayIP}`, ...tls, url.replace(node.underlayIP, 'agents.cluster2.clustermesh.internal')]);
+    const none = await curl([]);
+    assert.notEqual(none.code, 0, `no client certificate: ${show(none)}`);
+    assert.match(none.stderr + none.stdout, /alert|handshake|certificate|SSL|000/i, show(none));
+    const remote = await curl(['--cert', join(dir, 'remote-tls.crt'), '--key', join(dir, 'remote-tls.key')]);
+    assert.equal(remote.stdout.trim(), '403', show(remote));
+    const observer = await curl(['--cert', join(dir, 'observer-tls.crt'), '--key', join(dir, 'observer-tls.key')]);
+    assert.equal(observer.stdout.trim(), '200', show(observer));
+  });
+
+  test('a context that cannot be read is named; the other cluster is still shown (exit 2)', async () => {
+    const r = await ws([process.execPath, CLI, 'observe', '--context', 'cluster1', '--context', 'nosuch', '-o', 'json', '--verdict', 'FORWARDED', '--since', since]);
+    assert.equal(r.code, 2, show(r));
+    assert.match(r.stderr, /warning: context nosuch: .*(no context|nosuch)/i, show(r));
+    assert.ok(flowsOf(r.stdout).some((f) => f.node.startsWith('cluster1/')), show(r));
+  });
+
+  test('ui --context cluster1 --context cluster2 starts and its topology lists both clusters', async () => {
+    const state = JSON.parse(readFileSync(join(labDir, 'lab.json'), 'utf8')) as LabState;
+    // `ip netns exec` execs: the pid is the ui's own, stopped by that pid.
+    let ui: ChildProcess | undefined = spawn('ip', ['netns', 'exec', state.router.netns, process.execPath, CLI, 'ui', '--context', 'cluster1', '--context', 'cluster2', '--port', '0'], { env: { ...env, KUBECONFIG: kubeconfig }, stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      let out = '';
+      let err = '';
+      ui.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+      ui.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+      const url = await eventually('the ui serving', () => {
+        assert.equal(ui!.exitCode, null, `ui exited: ${out}${err}`);
+        return /on (http:\/\/\S+)/.exec(out)?.[1];
+      }, 120_000, 200);
+      assert.match(out, /contexts cluster1, cluster2/);
+      const topo = await eventually('both clusters with their node', async () => {
+        const r = await ws(['curl', '-sS', '--max-time', '10', `${url}api/topology`]);
+        if (r.code !== 0) return undefined;
+        const t = JSON.parse(r.stdout) as { clusters: Array<{ name: string }>; nodes: Array<{ key: string; streamError: string | null }> };
+        return t.clusters.length === 2 && t.nodes.every((n) => n.streamError === null) ? t : undefined;
+      }, 60_000, 1000);
+      assert.deepEqual(topo.clusters.map((c) => c.name).sort(), ['cluster1', 'cluster2']);
+      assert.deepEqual(topo.nodes.map((n) => n.key).sort(), ['cluster1/node1', 'cluster2/node1']);
+    } finally {
+      if (ui?.pid && ui.exitCode === null) process.kill(ui.pid, 'SIGTERM');
+      ui = undefined;
+    }
+  });
+});
