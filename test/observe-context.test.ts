@@ -61,6 +61,8 @@ describe('observe and ui by kube context on installed lab clusters', { timeout: 
     since = new Date(Date.now() - 1000).toISOString();
     // A policy drop (the tie-fighter is not app=frontend) and forwards, some to cluster2's backends.
     await eventually('the tie-fighter refused', async () => ((await client('tie-fighter', REBEL_BASE_URL, 2, 1000)).failures === 2 ? true : undefined), 60_000, 500);
+    // Ten more: the global Service picks a cluster per connection, so some of them are dropped by cluster2 (all ten in cluster1: 1 in 1,024).
+    assert.equal((await client('tie-fighter', REBEL_BASE_URL, 10, 1000)).failures, 10);
     assert.equal((await client('x-wing', REBEL_BASE_URL, 20)).failures, 0);
   });
 
