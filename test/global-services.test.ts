@@ -378,6 +378,12 @@ describe('services and global services with real traffic, 2 clusters x 2 nodes',
     const url = `http://${vip(1, 20)}/`;
     const all = [pod(1, 1, 2), pod(1, 2, 2), pod(2, 1, 2), pod(2, 2, 2)];
     await waitAnswers(client, url, all, 60_000);
+    // The test before re-added a backend; `before` must be the settled state, so wait until every
+    // service it backs answers from the labelled set (the agent programs them one by one).
+    for (const [label, x, global] of [['unshared', 40, true], ['conn', 50, false]] as const) {
+      const backing = topo!.pods.filter((p) => (global || p.cluster === 1) && labels.get(p)?.has(label));
+      await waitAnswers(client, `http://${vip(1, x)}/`, backing, 60_000);
+    }
     const read = () => {
       const dir = m().agent(client.node).pinDir;
       const open = <T>(name: string, fn: (mp: BpfMap) => T): T => {
