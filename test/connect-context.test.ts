@@ -133,4 +133,26 @@ describe('connect and disconnect by kube context', { timeout: 600_000 }, () => {
     assert.deepEqual(Object.keys((await remotesSecret('c1')).data), []);
     assert.deepEqual(Object.keys((await remotesSecret('c2')).data), []);
   });
+  test('status --context reads the install namespace from --install-namespace (as observe/ui) or --namespace; the two disagreeing is a usage error', async () => {
+    // c1 is installed in clustermesh-system (the test above): no agent runs there, so it is read but not ready.
+    const json = (r: { stdout: string }) => JSON.parse(r.stdout) as { namespace: string; cluster: string | null; notReady: string[] };
+    const byInstall = await cli('status', '--context', 'c1', '--install-namespace', 'clustermesh-system', '-o', 'json');
+    assert.equal(byInstall.code, 1, byInstall.stderr);
+    assert.deepEqual([json(byInstall).namespace, json(byInstall).cluster], ['clustermesh-system', 'c1']);
+    const byNamespace = await cli('status', '--context', 'c1', '--namespace', 'clustermesh-system', '-o', 'json');
+    assert.deepEqual(json(byNamespace), json(byInstall));
+    const elsewhere = await cli('status', '--context', 'c1', '--install-namespace', 'cm-elsewhere', '-o', 'json');
+    assert.equal(elsewhere.code, 1, elsewhere.stderr);
+    assert.equal(json(elsewhere).namespace, 'cm-elsewhere');
+    assert.ok(json(elsewhere).notReady.some((m) => m.includes('in namespace cm-elsewhere: clustermesh is not installed there')), JSON.stringify(json(elsewhere).notReady));
+    const both = await cli('status', '--context', 'c1', '--namespace', 'clustermesh-system', '--install-namespace', 'cm-elsewhere');
+    assert.equal(both.code, 2);
+    assert.match(both.stderr, /--namespace clustermesh-system and --install-namespace cm-elsewhere disagree/);
+    assert.equal(both.stdout, '');
+    const same = await cli('status', '--context', 'c1', '--namespace', 'clustermesh-system', '--install-namespace', 'clustermesh-system', '-o', 'json');
+    assert.equal(json(same).namespace, 'clustermesh-system');
+    const help = await cli('status', '--help');
+    assert.match(help.stdout, /--install-namespace <ns>\s+with --context: namespace of the install \(default:\s+clustermesh-system\)/);
+    assert.match(help.stdout, /--namespace <ns>\s+with --context: the same as --install-namespace/);
+  });
 });

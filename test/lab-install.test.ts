@@ -10,33 +10,20 @@
 // each cluster as it was before the install.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AgentClient } from '../src/agent/client.ts';
 import { podRecordsOf } from '../src/lab/kubelet-config.ts';
-import { childEnv } from '../src/lab/process.ts';
 import type { LabState } from '../src/lab/state.ts';
 import { startTransfer } from '../src/lab/transfer.ts';
 import { LAB_INSTALL_IMAGE } from '../src/lab/lab-install.ts';
 import { byCluster, EXAMPLES_DIR, REBEL_BASE_URL } from '../src/cli/demo-lab.ts';
-import { eventually, kubectlFor, ok, run, show, type Run } from './helpers/kube.ts';
+import { eventually, show } from './helpers/kube.ts';
+import { labFixture } from './helpers/lab-fixture.ts';
 
-const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
-const root = mkdtempSync(join(tmpdir(), 'cmtin-root-'));
-const files = mkdtempSync(join(tmpdir(), 'cmtin-files-'));
-const name = `cmtin${randomBytes(3).toString('hex')}`;
-const labDir = join(root, name);
-const env = childEnv({ CLUSTERMESH_LAB_ROOT: root });
-let kubeconfig = '';
-const cli = (args: string[], timeoutMs = 300_000): Promise<Run> => run(process.execPath, [CLI, ...args], { env: { ...env, KUBECONFIG: kubeconfig }, timeoutMs });
-/** On the lab's workstation (`lab run`): what reaches each cluster's load balancer addresses (this host must not dial them). */
-const ws = (args: string[], timeoutMs = 300_000): Promise<Run> => cli(['lab', 'run', '--lab', name, '--', process.execPath, CLI, ...args], timeoutMs);
-const k = kubectlFor({ kubeconfig: () => kubeconfig, cacheDir: () => join(files, 'kube-cache'), env: () => env, timeoutMs: 330_000 });
-const kubectl = (cluster: string, args: string[]): Promise<Run> => k.kubectl('--context', cluster, ...args);
-const kubectlOk = (cluster: string, args: string[]): Promise<string> => k.kubectlOk('--context', cluster, ...args);
+const lab = labFixture('cmtin', { up: ['--bare', '--clusters', '2', '--nodes', '1'] });
+const { name, labDir, cli, ws, kubectl, kubectlOk, client } = lab;
 const CLUSTERS = ['cluster1', 'cluster2'] as const;
 /** What install makes is compared without what lives and changes on its own. */
 const SNAPSHOT_KINDS = 'namespaces,serviceaccounts,configmaps,secrets,services,deployments,daemonsets,clusterroles,clusterrolebindings,customresourcedefinitions';
@@ -61,40 +48,11 @@ function cniConfs(): string[] {
   return out.sort();
 }
 
-interface Tally {
-  requests: number;
-  failures: number;
-  tally: Record<string, number>;
-  lastError?: string;
-}
-
-/** `count` requests from pod `pod` of cluster1 to `url`, through `lab exec` and the workload client. */
-async function client(pod: string, url: string, count: number, timeoutMs = 3000): Promise<Tally> {
-  const r = await cli(['lab', 'exec', pod, '--lab', name, '--cluster', 'cluster1', '--', 'clustermesh', 'lab', 'workload', 'client', url, '-n', String(count), '--timeout', String(timeoutMs), '--json'], count * timeoutMs + 30_000);
-  try {
-    return JSON.parse(r.stdout.trim().split('\n').pop() ?? '') as Tally;
-  } catch {
-    return { requests: count, failures: count, tally: {}, lastError: show(r) };
-  }
-}
-
 const before0: Record<string, string[]> = {};
 
 describe('clustermesh install and connect by context on bare lab clusters, the demo story, uninstall', { timeout: 1_200_000 }, () => {
-  before(async () => {
-    const up = await cli(['lab', 'up', '--bare', '--lab', name, '--clusters', '2', '--nodes', '1'], 600_000);
-    assert.equal(up.code, 0, show(up));
-    kubeconfig = (await ok(cli(['lab', 'kubeconfig', '--lab', name]), 'lab kubeconfig')).trim();
-  });
-
-  after(async () => {
-    if (existsSync(join(labDir, 'lab.json'))) {
-      const d = await cli(['lab', 'down', '--lab', name], 180_000);
-      if (d.code !== 0) console.log(`# lab down: ${show(d)}`);
-    }
-    rmSync(files, { recursive: true, force: true });
-    rmSync(root, { recursive: true, force: true });
-  });
+  before(() => lab.up());
+  after(() => lab.down());
 
   test('a bare cluster: no mesh, no Cilium CRDs, pods wait for a CNI configuration', async () => {
     for (const c of CLUSTERS) {

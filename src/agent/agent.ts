@@ -53,7 +53,7 @@ import { waitForNode } from './node-from-api.ts';
 import { etcdThroughServices } from './etcd-service.ts';
 import { loadKubeConnection, type KubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import { KubeHttp } from '../sources/kubernetes/http.ts';
-import { runPodStatusWriter } from './pod-status.ts';
+import { runPodStatusWriter, type PodStatusInput } from './pod-status.ts';
 import { datapathStatus, endpointDatapath, endpointsTarget, ipcacheTarget, refusedByMap } from './datapath.ts';
 import { EndpointManager } from './endpoints.ts';
 import {
@@ -607,7 +607,11 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     // ---- its summary in its Pod's annotation, for `clustermesh status --context` (pod-status.ts)
     if (cfg.statusPod) {
       const http = new KubeHttp(kube('statusPod is set (the status summary goes into that Pod through the Kubernetes API)', 'statusPod').kubeConfig);
-      void runPodStatusWriter({ http, pod: cfg.statusPod, status, clock, log: log.child({ component: 'pod-status' }), signal: stopCtl.signal }).catch((err: unknown) => log.error({ err: (err as Error).message }, 'status annotation writer stopped'));
+      const brief = (): PodStatusInput => {
+        const ms = mesh.brief();
+        return { node: { name: cfg.nodeName, cluster: cfg.clusterName }, phase, ready: phase === 'ready', remoteClusters: ms.remotes, clustermesh: ms };
+      };
+      void runPodStatusWriter({ http, pod: cfg.statusPod, status: brief, clock, log: log.child({ component: 'pod-status' }), signal: stopCtl.signal }).catch((err: unknown) => log.error({ err: (err as Error).message }, 'status annotation writer stopped'));
     }
 
     // ---- the read-only API over mutual TLS on the node's address (remoteApi); like metrics, a failure is reported, not fatal

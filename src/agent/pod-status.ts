@@ -16,11 +16,14 @@
 //
 // Written when the summary changes (checked every second) and at least every
 // REFRESH_MS, so a reader can tell a stale one (`at`) from a current one. A
-// failed write is logged (once per distinct error) and tried again.
+// failed write is logged (once per distinct error) and tried again. The check
+// reads only what the summary shows (the agent's phase, each remote cluster's
+// brief state: ClusterMesh.brief()), never the agent's full status (datapath
+// maps, endpoints, policy), and compares the summary's JSON, a few hundred bytes.
 import type { Logger } from 'pino';
 import type { KubeHttp } from '../sources/kubernetes/http.ts';
 import { sleep, type Clock } from '../util/clock.ts';
-import type { AgentStatus } from './status.ts';
+import type { AgentStatus, RemoteSummary } from './status.ts';
 
 export const AGENT_STATUS_ANNOTATION = 'clustermesh.io/agent-status';
 /** A summary is rewritten at least this often (its `at` older than twice this: the agent is not writing). */
@@ -40,8 +43,17 @@ export interface PodStatusSummary {
   configErrors: string[];
 }
 
-/** The summary of a full status (without `at`, which the writer sets). */
-export function podStatusSummary(s: AgentStatus): Omit<PodStatusSummary, 'at'> {
+/** What a summary is made of: the fields of an AgentStatus it shows (a full status is one; the agent hands the writer just these). */
+export interface PodStatusInput {
+  node: Pick<AgentStatus['node'], 'name' | 'cluster'>;
+  phase: string;
+  ready: boolean;
+  remoteClusters: ReadonlyArray<Pick<RemoteSummary, 'name' | 'connected' | 'ready' | 'lastError'>>;
+  clustermesh: { configErrors: ReadonlyArray<{ file: string; error: string }> };
+}
+
+/** The summary of a status (without `at`, which the writer sets). */
+export function podStatusSummary(s: PodStatusInput): Omit<PodStatusSummary, 'at'> {
   return {
     node: s.node.name,
     cluster: s.node.cluster,
@@ -63,8 +75,16 @@ export function parsePodStatus(value: string | undefined): PodStatusSummary | un
   }
 }
 
-/** Keeps the summary of `status()` in the Pod's annotation until `signal` aborts. */
-export async function runPodStatusWriter(o: { http: KubeHttp; pod: { namespace: string; name: string }; status: () => AgentStatus; clock: Clock; log: Logger; signal: AbortSignal; checkMs?: number }): Promise<void> {
+/** Keeps the summary of `status()` in the Pod's annotation until `signal` aborts; `status` is called every `checkMs` (1 s): give it only what PodStatusInput needs. */
+export async function runPodStatusWriter(o: {
+  http: Pick<KubeHttp, 'request'>;
+  pod: { namespace: string; name: string };
+  status: () => PodStatusInput;
+  clock: Clock;
+  log: Pick<Logger, 'info' | 'warn'>;
+  signal: AbortSignal;
+  checkMs?: number;
+}): Promise<void> {
   const path = `/api/v1/namespaces/${encodeURIComponent(o.pod.namespace)}/pods/${encodeURIComponent(o.pod.name)}`;
   let last = '';
   let lastAt = 0;

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { AgentStatus, RemoteSummary } from '../agent/status.ts';
-import { formatStatus, summarize, type ClusterProbe, type EtcdProbe, type NodeProbe } from './status.ts';
+import { formatStatus, installNamespaceOf, summarize, type ClusterProbe, type EtcdProbe, type NodeProbe } from './status.ts';
 import type { NodeTarget } from './targets.ts';
 
 const NOW = new Date('2026-01-01T12:00:00Z');
@@ -196,4 +196,12 @@ test("summarize: with MCS, a remote whose exports are not merged yet is shown wi
   assert.match(text, /^ {4}remote c2: its exports are not merged yet: cluster-config does not advertise serviceExportsEnabled$/m);
   assert.doesNotMatch(text, /remote c3: its exports/);
   assert.equal(r.clusters.find((c) => c.name === 'c2')!.mcsRemotes, undefined, 'no MCS view: no MCS remotes');
+});
+
+test('status --context: --install-namespace and --namespace name the install namespace; both and different is a usage error (exit 2)', () => {
+  assert.equal(installNamespaceOf({}), 'clustermesh-system');
+  assert.equal(installNamespaceOf({ installNamespace: 'cm' }), 'cm');
+  assert.equal(installNamespaceOf({ namespace: 'cm' }), 'cm');
+  assert.equal(installNamespaceOf({ namespace: 'cm', installNamespace: 'cm' }), 'cm');
+  assert.throws(() => installNamespaceOf({ namespace: 'a', installNamespace: 'b' }), (e: Error & { exitCode?: number }) => /--namespace a and --install-namespace b disagree/.test(e.message) && e.exitCode === 2);
 });

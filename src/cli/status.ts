@@ -9,13 +9,15 @@ import type { AgentStatus, RemoteSummary } from '../agent/status.ts';
 import { scanConfigDir } from '../clustermesh/config.ts';
 import { clusterConfigKey, heartbeatKey, servicesPrefix, SYNCED_PREFIX_NAMES, type SyncedPrefixName } from '../clustermesh/keys.ts';
 import { decodeClusterConfig } from '../clustermesh/wire.ts';
+import { DEFAULT_NAMESPACE } from '../install/settings.ts';
 import { KvClient } from '../kvstore/client.ts';
 import { sameProcessAlive, type LabState } from '../lab/state.ts';
 import { remoteExportsReadiness, serviceExportsSyncedKey } from '../mcs/export.ts';
 import { formatMcsView, readMcsView, type McsView } from '../mcs/view.ts';
 import { KubeHttp } from '../sources/kubernetes/http.ts';
 import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
-import { action, Closer, EXIT_NOT_OK, EXIT_OK, example, outputOption, parseDurationFlag, printJson, type OutputFormat } from './common.ts';
+import { PollTimeoutError, pollUntil } from '../util/poll.ts';
+import { action, CliError, Closer, EXIT_ERROR, EXIT_NOT_OK, EXIT_OK, example, outputOption, parseDurationFlag, printJson, type OutputFormat } from './common.ts';
 import { addTargetFlags, agentClientFor, resolveTargets, type ClusterTarget, type NodeTarget, type TargetFlags, type Targets } from './targets.ts';
 
 /** A heartbeat older than this means the apiserver is not writing (its default interval is 15 s). */
@@ -485,25 +487,52 @@ interface StatusFlags extends Omit<TargetFlags, 'context' | 'kubeconfig'> {
   timeout?: number;
   context?: string;
   kubeconfig?: string;
-  namespace: string;
+  namespace?: string;
+  installNamespace?: string;
+}
+
+/** `status --context`'s install namespace: --install-namespace (as observe and ui take it) or --namespace, the same flag twice; both and different is a usage error. */
+export function installNamespaceOf(o: { namespace?: string; installNamespace?: string }): string {
+  if (o.namespace !== undefined && o.installNamespace !== undefined && o.namespace !== o.installNamespace) {
+    throw new CliError(`--namespace ${o.namespace} and --install-namespace ${o.installNamespace} disagree: they name the same thing (the namespace of the install); give one`, EXIT_ERROR);
+  }
+  return o.installNamespace ?? o.namespace ?? DEFAULT_NAMESPACE;
 }
 
 /** `status --context`: an installed cluster, read through its Kubernetes API (src/install/status.ts). */
 async function statusByContext(o: StatusFlags, deadline: number): Promise<number> {
   const { loadKubeConfig } = await import('../install/apply.ts');
   const { formatInstalled, probeInstalled, summarizeInstalled } = await import('../install/status.ts');
+  const namespace = installNamespaceOf(o);
   const kc = loadKubeConfig({ kubeconfig: o.kubeconfig, context: o.context });
-  let report;
-  for (let round = 0; ; round++) {
-    report = summarizeInstalled(await probeInstalled(kc, o.namespace));
-    if (report.ready || !o.wait || Date.now() >= deadline) break;
-    if (o.output === 'text' && round % 10 === 0) process.stderr.write(`waiting: ${report.notReady.length} not ready (${report.notReady[0]})\n`);
-    await new Promise((r) => setTimeout(r, 1000));
+  return await reportStatus(o, deadline, async () => summarizeInstalled(await probeInstalled(kc, namespace)), formatInstalled);
+}
+
+/**
+ * Probes once, or with --wait every second until ready or `deadline`; prints
+ * the last report (text or JSON) and returns the exit code. The probe's errors
+ * end the command (exit 2), as without --wait.
+ */
+async function reportStatus<R extends { ready: boolean; notReady: string[] }>(o: StatusFlags, deadline: number, probe: () => Promise<R>, format: (r: R) => string): Promise<number> {
+  let report: R | undefined;
+  try {
+    await pollUntil(
+      async ({ round, notYet }) => {
+        report = await probe();
+        if (report.ready || !o.wait) return true;
+        if (o.output === 'text' && round % 10 === 0 && Date.now() < deadline) process.stderr.write(`waiting: ${report.notReady.length} not ready (${report.notReady[0]})\n`);
+        return notYet(report.notReady.join('; '));
+      },
+      { timeoutMs: Math.max(0, deadline - Date.now()), intervalMs: 1000, describe: 'status ready', errors: 'throw' },
+    );
+  } catch (err) {
+    if (!(err instanceof PollTimeoutError)) throw err;
   }
-  if (o.output === 'json') printJson(report);
-  else console.log(formatInstalled(report));
-  if (!report.ready && o.wait) process.stderr.write(`clustermesh status: not ready after ${Math.round((o.timeout ?? o.waitDuration) / 1000)}s: ${report.notReady.join('; ')}\n`);
-  return report.ready ? EXIT_OK : EXIT_NOT_OK;
+  const last = report!;
+  if (o.output === 'json') printJson(last);
+  else console.log(format(last));
+  if (!last.ready && o.wait) process.stderr.write(`clustermesh status: not ready after ${Math.round((o.timeout ?? o.waitDuration) / 1000)}s: ${last.notReady.join('; ')}\n`);
+  return last.ready ? EXIT_OK : EXIT_NOT_OK;
 }
 
 export function statusCommand(): Command {
@@ -523,27 +552,25 @@ export function statusCommand(): Command {
         'with --wait: until every agent is connected to every configured remote cluster',
     )
     .option('--kubeconfig <file>', 'with --context: kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)')
-    .option('--namespace <ns>', 'with --context: namespace of the install', 'clustermesh-system')
+    .option('--install-namespace <ns>', `with --context: namespace of the install (default: ${DEFAULT_NAMESPACE}), as observe and ui take it`)
+    .option('--namespace <ns>', 'with --context: the same as --install-namespace')
     .action(
       action('status', async (closer, o: StatusFlags) => {
         const deadline = Date.now() + (o.timeout ?? o.waitDuration);
         if (o.context !== undefined) return await statusByContext(o, deadline);
-        let report: StatusReport;
-        for (let round = 0; ; round++) {
-          const inner = new Closer();
-          try {
-            report = summarize(await gatherStatus({ ...o, context: undefined }, inner));
-          } finally {
-            await inner.closeAll();
-          }
-          if (report.ready || !o.wait || Date.now() >= deadline) break;
-          if (o.output === 'text' && round % 10 === 0) process.stderr.write(`waiting: ${report.notReady.length} not ready (${report.notReady[0]})\n`);
-          await new Promise((r) => setTimeout(r, 1000));
-        }
-        if (o.output === 'json') printJson(report);
-        else console.log(formatStatus(report));
-        if (!report.ready && o.wait) process.stderr.write(`clustermesh status: not ready after ${Math.round((o.timeout ?? o.waitDuration) / 1000)}s: ${report.notReady.join('; ')}\n`);
-        return report.ready ? EXIT_OK : EXIT_NOT_OK;
+        return await reportStatus(
+          o,
+          deadline,
+          async (): Promise<StatusReport> => {
+            const inner = new Closer();
+            try {
+              return summarize(await gatherStatus({ ...o, context: undefined }, inner));
+            } finally {
+              await inner.closeAll();
+            }
+          },
+          formatStatus,
+        );
       }),
     );
   return example(cmd, 'clustermesh status                          # the lab named default', 'clustermesh status --lab demo --wait --wait-duration 2m -o json', 'clustermesh status --agent-config /etc/clustermesh/agent.yaml --etcd-config /etc/clustermesh/etcd.yaml', 'clustermesh status --context kind-c1 --wait --timeout 2m   # an install, through its Kubernetes API');

@@ -74,6 +74,10 @@ function record<K, V>(map: { subscribe(fn: (ev: CacheEvent<K, V>) => void, o?: {
 const remoteStatus = (m: ClusterMesh, name: string) => {
   const s = m.status().remotes.find((r) => r.name === name);
   assert.ok(s, `no status for ${name}`);
+  // brief() (the agent's Pod status summary, read every second) says what status() says, in every state the tests reach.
+  const b = m.brief();
+  assert.deepEqual(b.remotes.find((r) => r.name === name), { name: s.name, connected: s.connected, ready: s.ready, lastError: s.lastError });
+  assert.deepEqual(b.configErrors, m.status().configErrors);
   return s;
 };
 

@@ -404,6 +404,14 @@ export class ClusterMesh {
     return out.sort();
   }
 
+  /** Per remote cluster (by name) its brief state, and the config files not used: the part of status() an agent's Pod status summary shows, without building the rest. */
+  brief(): { remotes: Array<ReturnType<RemoteCluster['brief']>>; configErrors: ClusterMeshStatus['configErrors'] } {
+    return {
+      remotes: [...this.remotes.values()].map((a) => a.remote.brief()).sort((a, b) => (a.name < b.name ? -1 : 1)),
+      configErrors: [...this.configErrors].map(([file, error]) => ({ file, error })),
+    };
+  }
+
   status(): ClusterMeshStatus {
     const remotes = [...this.remotes.values()].map((a) => a.remote.status()).sort((a, b) => (a.name < b.name ? -1 : 1));
     let conflicts = 0;

@@ -666,6 +666,11 @@ export class RemoteCluster {
     return this.mirrors.every((m) => m.synced);
   }
 
+  /** name, connected, ready and the last error of status(), without building the rest (the agent's Pod status summary asks every second). */
+  brief(): Pick<RemoteClusterStatus, 'name' | 'connected' | 'ready' | 'lastError'> {
+    return { name: this.name, connected: this.connected, ready: this.state === 'ready', lastError: this.lastError };
+  }
+
   status(): RemoteClusterStatus {
     const synced = {} as Record<SyncedPrefixName, boolean>;
     for (const m of this.mirrors) synced[m.spec.name] = m.synced;

@@ -11,13 +11,13 @@
 // their entry until `disconnect`).
 //
 // A re-install renders the Service with install's own --service-type again.
-import { setTimeout as sleep } from 'node:timers/promises';
 import { KubernetesObjectApi, type KubeConfig } from '@kubernetes/client-node';
 import { CliError, EXIT_ERROR } from '../cli/common.ts';
 import { applyObjects, describe, read } from './apply.ts';
-import { probeCluster, readInstalledCluster, type InstalledCluster } from './connect.ts';
+import { probeCluster, readInstalledCluster } from './connect.ts';
 import { apiserverService, NAMES } from './manifests.ts';
 import { compileInstallSettings, InstallSettingsError, type ServiceType } from './settings.ts';
+import { PollTimeoutError, pollUntil } from '../util/poll.ts';
 
 interface ServiceSpec {
   type?: string;
@@ -77,18 +77,14 @@ export async function exposeInstalled(kc: KubeConfig, namespace: string, want: {
   const base = { cluster: c.name, id: c.id, context, was, type, changed };
   if (type === 'ClusterIP') return { ...base, endpoints: [] };
   // The address (a load balancer's comes once its pod is ready) and an answer from it, as remote agents will dial it.
-  const end = Date.now() + timeoutMs;
-  let last = '';
-  for (;;) {
-    let reachable: InstalledCluster | undefined;
-    try {
-      reachable = await readInstalledCluster(kc, namespace, undefined, '--context', true);
-      const ok = await probeCluster(reachable);
-      return { ...base, endpoints: ok };
-    } catch (err) {
-      last = (err as Error).message;
-    }
-    if (Date.now() >= end) throw new CliError(`${context}: service/${NAMES.apiserver} is ${type}, but not reachable after ${Math.round(timeoutMs / 1000)} s: ${last}`, EXIT_ERROR);
-    await sleep(1000);
+  try {
+    const endpoints = await pollUntil(async () => await probeCluster(await readInstalledCluster(kc, namespace, undefined, '--context', true)), {
+      timeoutMs,
+      intervalMs: 1000,
+      describe: `service/${NAMES.apiserver} (${type}) to be reachable`,
+    });
+    return { ...base, endpoints };
+  } catch (err) {
+    throw err instanceof PollTimeoutError ? new CliError(`${context}: ${err.message}`, EXIT_ERROR) : err;
   }
 }

@@ -19,11 +19,11 @@
 //   others (`install --service-type LoadBalancer`).
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { AgentClient } from '../agent/client.ts';
 import { CNI_PLUGIN_PATH } from '../cni/main.ts';
 import { DEFAULT_NAMESPACE } from '../install/settings.ts';
 import { NAMES, PATHS } from '../install/manifests.ts';
+import { pollUntil } from '../util/poll.ts';
 import { childEnv } from './process.ts';
 import type { KubeletConfig } from './kubelet-config.ts';
 import type { LabState } from './state.ts';
@@ -96,22 +96,6 @@ function show(o: InstallMeshOptions, args: string[], r: Ran): void {
   for (const l of r.out.trimEnd().split('\n')) if (l) o.progress(`        ${l}`);
 }
 
-async function waitFor(what: string, timeoutMs: number, check: () => Promise<true | string>): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  let last = '';
-  for (;;) {
-    try {
-      const r = await check();
-      if (r === true) return;
-      last = r;
-    } catch (err) {
-      last = (err as Error).message;
-    }
-    if (Date.now() > end) throw new Error(`${what}: not after ${timeoutMs / 1000} s (${last})`);
-    await sleep(500);
-  }
-}
-
 /**
  * Installs the mesh on every cluster of the lab and connects every pair, as
  * `clustermesh install` / `connect` by context; waits until every agent is
@@ -137,15 +121,20 @@ export async function installMesh(o: InstallMeshOptions): Promise<void> {
     state.clusters.map(async (c) => {
       const apps = loadKubeConnection({ kubeconfig: state.kubeconfig!, context: c.name }).kubeConfig.makeApiClient(AppsV1Api);
       const nodes = state.nodes.filter((n) => n.cluster === c.name).length;
-      await waitFor(`${c.name}: daemonset/${NAMES.agent} ready on its ${nodes} nodes`, timeoutMs, async () => {
-        const ds = await apps.readNamespacedDaemonSetStatus({ name: NAMES.agent, namespace: DEFAULT_NAMESPACE });
-        const st = ds.status;
-        return st?.desiredNumberScheduled === nodes && st.numberReady === nodes ? true : `${st?.numberReady ?? 0}/${st?.desiredNumberScheduled ?? 0} ready`;
-      });
-      await waitFor(`${c.name}: deployment/${NAMES.apiserver} available`, timeoutMs, async () => {
-        const d = await apps.readNamespacedDeploymentStatus({ name: NAMES.apiserver, namespace: DEFAULT_NAMESPACE });
-        return (d.status?.availableReplicas ?? 0) >= 1 ? true : `${d.status?.availableReplicas ?? 0} available`;
-      });
+      await pollUntil(
+        async ({ notYet }) => {
+          const st = (await apps.readNamespacedDaemonSetStatus({ name: NAMES.agent, namespace: DEFAULT_NAMESPACE })).status;
+          return (st?.desiredNumberScheduled === nodes && st.numberReady === nodes) || notYet(`${st?.numberReady ?? 0}/${st?.desiredNumberScheduled ?? 0} ready`);
+        },
+        { timeoutMs, intervalMs: 500, describe: `${c.name}: daemonset/${NAMES.agent} ready on its ${nodes} nodes` },
+      );
+      await pollUntil(
+        async ({ notYet }) => {
+          const available = (await apps.readNamespacedDeploymentStatus({ name: NAMES.apiserver, namespace: DEFAULT_NAMESPACE })).status?.availableReplicas ?? 0;
+          return available >= 1 || notYet(`${available} available`);
+        },
+        { timeoutMs, intervalMs: 500, describe: `${c.name}: deployment/${NAMES.apiserver} available` },
+      );
     }),
   );
   o.progress(`      every agent pod ready (${state.nodes.length}), every cluster's apiserver available`);
@@ -158,10 +147,13 @@ export async function installMesh(o: InstallMeshOptions): Promise<void> {
   for (const args of connects) {
     let r: Ran = { code: null, out: '' };
     // The LoadBalancer address is placed once the apiserver's pod is ready: retry while connect says it has none yet.
-    await waitFor(`clustermesh ${args.join(' ')}`, timeoutMs, async () => {
-      r = await cm(o, args);
-      return r.code === 0 ? true : r.out.trim().split('\n').slice(-2).join(' | ');
-    });
+    await pollUntil(
+      async ({ notYet }) => {
+        r = await cm(o, args);
+        return r.code === 0 || notYet(r.out.trim().split('\n').slice(-2).join(' | '));
+      },
+      { timeoutMs, intervalMs: 500, describe: `clustermesh ${args.join(' ')}` },
+    );
     show(o, args, r);
   }
 
@@ -171,11 +163,14 @@ export async function installMesh(o: InstallMeshOptions): Promise<void> {
       const api = new AgentClient(n.socket, { timeoutMs: 10_000 });
       const others = state.clusters.filter((c) => c.name !== n.cluster).map((c) => c.name);
       try {
-        await waitFor(`agent ${n.cluster}/${n.name} connected to ${others.join(', ')}`, timeoutMs, async () => {
-          const st = await api.status();
-          const missing = others.filter((name) => !st.remoteClusters.some((r) => r.name === name && r.connected && r.ready));
-          return missing.length === 0 ? true : `not yet: ${missing.join(', ')}`;
-        });
+        await pollUntil(
+          async ({ notYet }) => {
+            const st = await api.status();
+            const missing = others.filter((name) => !st.remoteClusters.some((r) => r.name === name && r.connected && r.ready));
+            return missing.length === 0 || notYet(`not yet: ${missing.join(', ')}`);
+          },
+          { timeoutMs, intervalMs: 500, describe: `agent ${n.cluster}/${n.name} connected to ${others.join(', ')}` },
+        );
       } finally {
         api.close();
       }

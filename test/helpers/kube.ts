@@ -2,6 +2,7 @@
 // with real kubectl: running a command, kubectl with a kubeconfig, polling.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { pollUntil } from '../../src/util/poll.ts';
 
 export interface Run {
   code: number;
@@ -42,17 +43,6 @@ export function kubectlFor(o: { kubeconfig: () => string; cacheDir: () => string
 }
 
 /** Polls `check` until it returns something other than undefined or false; its errors are retried and the last one is reported on timeout. */
-export async function eventually<T>(what: string, check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 60_000, intervalMs = 100): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await check();
-      if (v !== undefined && v !== false) return v as T;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await new Promise((r) => setTimeout(r, intervalMs));
-  }
+export function eventually<T>(what: string, check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 60_000, intervalMs = 100): Promise<T> {
+  return pollUntil(() => check(), { timeoutMs, intervalMs, describe: what });
 }

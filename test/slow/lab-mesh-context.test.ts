@@ -11,28 +11,14 @@
 // `disconnect --connection-mode mesh` empties every Secret.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
 import { podRecordsOf } from '../../src/lab/kubelet-config.ts';
 import { LAB_INSTALL_IMAGE } from '../../src/lab/lab-install.ts';
-import { childEnv } from '../../src/lab/process.ts';
 import { startTransfer } from '../../src/lab/transfer.ts';
-import { eventually, kubectlFor, ok, run, show, type Run } from '../helpers/kube.ts';
+import { eventually, ok, show } from '../helpers/kube.ts';
+import { labFixture } from '../helpers/lab-fixture.ts';
 
-const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
-const root = mkdtempSync(join(tmpdir(), 'cmtmc-root-'));
-const files = mkdtempSync(join(tmpdir(), 'cmtmc-files-'));
-const name = `cmtmc${randomBytes(3).toString('hex')}`;
-const labDir = join(root, name);
-const env = childEnv({ CLUSTERMESH_LAB_ROOT: root });
-let kubeconfig = '';
-const cli = (args: string[], timeoutMs = 300_000): Promise<Run> => run(process.execPath, [CLI, ...args], { env: { ...env, KUBECONFIG: kubeconfig }, timeoutMs });
-/** On the lab's workstation: the only place that reaches the clusters' load balancer addresses. */
-const ws = (args: string[], timeoutMs = 300_000): Promise<Run> => cli(['lab', 'run', '--lab', name, '--', process.execPath, CLI, ...args], timeoutMs);
-const k = kubectlFor({ kubeconfig: () => kubeconfig, cacheDir: () => join(files, 'kube-cache'), env: () => env, timeoutMs: 330_000 });
-const kubectlOk = (cluster: string, args: string[]): Promise<string> => k.kubectlOk('--context', cluster, ...args);
+const lab = labFixture('cmtmc', { up: ['--bare', '--clusters', '3', '--nodes', '1'] });
+const { labDir, ws, kubectlOk, client, kube: k } = lab;
 const CLUSTERS = ['cluster1', 'cluster2', 'cluster3'] as const;
 const NS = 'clustermesh-system';
 
@@ -62,20 +48,8 @@ const ECHO = ['clustermesh', 'lab', 'workload', 'echo', '--port', '8080'];
 const SLEEP = ['sleep', 'infinity'];
 
 describe('connect three installed clusters by context: mesh mode, refusals, a third cluster joining while traffic flows, status --context', { timeout: 1_200_000 }, () => {
-  before(async () => {
-    const up = await cli(['lab', 'up', '--bare', '--lab', name, '--clusters', '3', '--nodes', '1'], 600_000);
-    assert.equal(up.code, 0, show(up));
-    kubeconfig = (await ok(cli(['lab', 'kubeconfig', '--lab', name]), 'lab kubeconfig')).trim();
-  });
-
-  after(async () => {
-    if (existsSync(join(labDir, 'lab.json'))) {
-      const d = await cli(['lab', 'down', '--lab', name], 180_000);
-      if (d.code !== 0) console.log(`# lab down: ${show(d)}`);
-    }
-    rmSync(files, { recursive: true, force: true });
-    rmSync(root, { recursive: true, force: true });
-  });
+  before(() => lab.up());
+  after(() => lab.down());
 
   test('install three, connect two, refusals write nothing, the third joins by a Secret change while a transfer flows', async () => {
     const t0 = Date.now();
@@ -157,9 +131,8 @@ describe('connect three installed clusters by context: mesh mode, refusals, a th
       const after = await secrets();
       assert.deepEqual([after.cluster1!.keys, after.cluster2!.keys, after.cluster3!.keys], [['cluster2', 'cluster3'], ['cluster1', 'cluster3'], ['cluster1', 'cluster2']]);
       // A cluster3 pod reaches a cluster1 pod.
-      const r = await cli(['lab', 'exec', 'client', '--lab', name, '--cluster', 'cluster3', '--', 'clustermesh', 'lab', 'workload', 'client', `http://${echo1}:8080/`, '-n', '3', '--timeout', '3000', '--json'], 60_000);
-      const tally = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as { requests?: number; failures?: number };
-      assert.deepEqual([tally.requests, tally.failures], [3, 0], show(r));
+      const tally = await client('client', `http://${echo1}:8080/`, 3, 3000, 'cluster3');
+      assert.deepEqual([tally.requests, tally.failures], [3, 0], JSON.stringify(tally));
 
       const res = await tr.done;
       console.log(`# cluster3 connected with ${connectedAt}, ready with ${joinedAt} of ${bytes} bytes received; transfer: ${JSON.stringify(res)}`);
