@@ -1,4 +1,5 @@
 // The `clustermesh apiserver` subcommand: parse and check options, run until SIGINT/SIGTERM.
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Command } from 'commander';
 import { startApiserver } from './apiserver.ts';
 import { APISERVER_DEFAULTS, compileApiserverOptions, loadEtcdConfig, OptionError, type ApiserverRawOptions } from './options.ts';
@@ -15,13 +16,13 @@ import type { KvConnectionConfig } from '../kvstore/types.ts';
 async function bootstrapEtcd(conn: KvConnectionConfig, signal: AbortSignal, deadlineMs = 120_000): Promise<void> {
   const t0 = Date.now();
   for (let attempt = 1; ; attempt++) {
+    if (signal.aborted) throw new Error('--etcd-bootstrap-config: stopped while setting up etcd');
     try {
       await configureEtcdAuth({ ...conn, timeoutMs: 5000 }, MESH_ROLES);
       return;
     } catch (err) {
-      if (signal.aborted) throw new Error('--etcd-bootstrap-config: stopped while setting up etcd');
       if (Date.now() - t0 > deadlineMs) throw new Error(`--etcd-bootstrap-config: could not set up etcd's roles at ${conn.endpoints.join(', ')} in ${Math.round(deadlineMs / 1000)} s (${attempt} attempts): ${(err as Error).message}`);
-      await new Promise((r) => setTimeout(r, Math.min(5000, 250 * attempt)));
+      await sleep(Math.min(5000, 250 * attempt), undefined, { signal }).catch(() => undefined);
     }
   }
 }
