@@ -30,7 +30,7 @@
 // apiserver's Service name (etcd-service.ts), and with cniConfDir set the CNI
 // network configuration is written once ready and removed by stop()
 // (cni-conf.ts).
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import pino, { type Logger } from 'pino';
 import promClient from 'prom-client';
 import { ClusterMesh } from '../clustermesh/clustermesh.ts';
@@ -47,6 +47,7 @@ import { startApiServer, startRemoteApiServer, type ApiHandlers, type ApiServer 
 import { AgentFlowNamer, FlowReader } from './flow-reader.ts';
 import { agentRegistry, startMetricsServer } from './metrics.ts';
 import { Buckets } from '../util/metrics.ts';
+import { checkTlsPems, readTlsFiles, type TlsFileWatcher } from '../util/tls-files.ts';
 import { AgentConfigError, resolveNodeConfig, type AgentConfig, type ResolvedAgentConfig } from './config.ts';
 import { CniConfFile, cniConflist, underlayMtuOf } from './cni-conf.ts';
 import { waitForNode } from './node-from-api.ts';
@@ -551,6 +552,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
 
     // ---- the local API (the CNI may add endpoints while the sources sync)
     const remoteApiState: { address: string | null; error: string | null } = { address: null, error: null };
+    let remoteApiCerts: TlsFileWatcher | undefined;
     const status = (): AgentStatus => {
       const ms = mesh.status();
       const recs = allReconcilers().map((r) => r.status());
@@ -575,7 +577,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         ),
         flows: flowReader.status(),
         metrics: metricsState,
-        ...(cfg.remoteApi ? { remoteApi: remoteApiState } : {}),
+        ...(cfg.remoteApi ? { remoteApi: { ...remoteApiState, certificateError: remoteApiCerts?.lastError?.message ?? null } } : {}),
       };
     };
     const handlers: ApiHandlers = {
@@ -619,9 +621,13 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       const r = cfg.remoteApi;
       const host = r.address ?? cfg.nodeIP;
       try {
-        const [ca, cert, key] = await Promise.all([r.caFile, r.certFile, r.keyFile].map((f) => readFile(f, 'utf8').catch((err: NodeJS.ErrnoException) => Promise.reject(new Error(`${f}: ${err.code ?? err.message}`)))));
-        const server = await startRemoteApiServer({ host, port: r.port, ca: ca!, cert: cert!, key: key!, clients: r.clients }, handlers, log.child({ component: 'remote-api' }));
+        // The files of a mounted Secret: read again every 10 s, a rotated certificate is served to new connections.
+        const files = { caFile: r.caFile, certFile: r.certFile, keyFile: r.keyFile };
+        const pems = await readTlsFiles(files);
+        checkTlsPems(files, pems);
+        const server = await startRemoteApiServer({ host, port: r.port, ...pems, clients: r.clients, reload: { files } }, handlers, log.child({ component: 'remote-api' }));
         remoteApiState.address = server.address;
+        remoteApiCerts = server.certificates;
         cleanups.push(() => server.close());
         log.info({ address: server.address, clients: r.clients }, 'read-only API served with mutual TLS');
       } catch (err) {

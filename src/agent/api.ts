@@ -15,6 +15,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { createServer as createTlsServer } from 'node:https';
 import { connect, type AddressInfo } from 'node:net';
 import type { TLSSocket } from 'node:tls';
+import { TlsFileWatcher, type TlsFiles } from '../util/tls-files.ts';
 import type { Logger } from './endpoints.ts';
 import { FlowQueryError, parseFlowQuery, type Flow, type FlowFollower, type FlowQuery } from './flows.ts';
 import type { AgentStatus } from './status.ts';
@@ -259,11 +260,20 @@ export interface RemoteApiOptions {
   key: string;
   /** Subject CNs of the client certificates admitted. */
   clients: readonly string[];
+  /**
+   * The files ca, cert and key were read from (a mounted Secret): read again
+   * every intervalMs (default 10 s) and, when they changed and check, used for
+   * the connections made from then on; files that do not check are logged
+   * (naming the file) and the previous certificate is kept.
+   */
+  reload?: { files: TlsFiles; intervalMs?: number };
 }
 
 export interface RemoteApiServer {
   /** host:port it listens on. */
   readonly address: string;
+  /** The watcher of the certificate files (with RemoteApiOptions.reload): check() reads them now. */
+  readonly certificates: TlsFileWatcher | undefined;
   close(): Promise<void>;
 }
 
@@ -291,12 +301,19 @@ export async function startRemoteApiServer(o: RemoteApiOptions, handlers: ApiHan
       resolve();
     });
   });
+  // A rotated Secret: new connections get the new certificate (and CA); open ones keep theirs.
+  const certificates = o.reload
+    ? new TlsFileWatcher(o.reload.files, { ca: o.ca, cert: o.cert, key: o.key }, (p) => server.setSecureContext({ ca: p.ca, cert: p.cert, key: p.key }), log)
+    : undefined;
+  certificates?.start(o.reload?.intervalMs ?? 10_000);
   let closed: Promise<void> | undefined;
   const bound = server.address() as AddressInfo;
   return {
     address: `${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}`,
+    certificates,
     close: () =>
       (closed ??= new Promise<void>((resolve) => {
+        certificates?.stop();
         server.close(() => resolve());
         server.closeAllConnections();
       })),

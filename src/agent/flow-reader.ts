@@ -127,20 +127,38 @@ export function lostEvents(metrics: BpfMap): number {
   return n;
 }
 
+/** What FlowReader needs of a ring buffer reader (RingBufferReader; a fake in unit tests). */
+export interface RingSource {
+  consume(): number;
+  close(): void;
+}
+
+export interface FlowReaderDeps {
+  /** Opens a reader of one ring (default: a RingBufferReader). */
+  openRing?: (map: BpfMap, onData: (data: Buffer) => void) => RingSource;
+  /** Counted lost events of the metrics map (default: lostEvents). */
+  lostEvents?: (metrics: BpfMap) => number;
+}
+
 export class FlowReader {
   readonly store: FlowStore;
-  // cm_events, and the ring it replaced on an upgrade while that one may still get events
-  readonly #readers: RingBufferReader[];
+  // cm_events, and the ring it replaced on an upgrade (retired) while programs attached
+  // before the restart may still write into it: read first in every round (its events are the older ones).
+  #live: RingSource;
+  #retired: RingSource | undefined;
   readonly #lostAtStart: number;
+  readonly #lostEvents: (metrics: BpfMap) => number;
 
   constructor(
     private readonly maps: { events: BpfMap; metrics: BpfMap; retiredEvents?: BpfMap | undefined },
     private readonly namer: FlowNamer,
     capacity: number,
     private readonly log: Logger,
+    deps: FlowReaderDeps = {},
   ) {
     this.store = new FlowStore(capacity);
-    this.#lostAtStart = lostEvents(maps.metrics);
+    this.#lostEvents = deps.lostEvents ?? lostEvents;
+    this.#lostAtStart = this.#lostEvents(maps.metrics);
     const onData = (data: Buffer): void => {
       let flow;
       try {
@@ -154,24 +172,56 @@ export class FlowReader {
       }
       this.store.add(flow);
     };
-    this.#readers = [maps.events, ...(maps.retiredEvents ? [maps.retiredEvents] : [])].map((m) => new RingBufferReader(m, onData));
+    const open = deps.openRing ?? ((m: BpfMap, h: (data: Buffer) => void): RingSource => new RingBufferReader(m, h));
+    this.#live = open(maps.events, onData);
+    if (maps.retiredEvents) {
+      try {
+        this.#retired = open(maps.retiredEvents, onData);
+      } catch (err) {
+        // the old ring's events are lost, the live ring's are not
+        log.warn({ err: (err as Error).message, map: maps.retiredEvents.name }, 'cannot read the retired cm_events ring (replaced by this start); its events are not kept');
+      }
+    }
+  }
+
+  /** Whether the ring replaced at start is still read (until it fails or close()). */
+  get readingRetired(): boolean {
+    return this.#retired !== undefined;
   }
 
   // One clock offset per consume round (the records of a round arrive together).
   #mono = 0n;
   #wall = 0;
 
-  /** Reads what the ring holds now. */
+  /** Reads what the rings hold now: the retired one first (older events), then cm_events. */
   consume(): number {
     this.#mono = process.hrtime.bigint();
     this.#wall = Date.now();
+    let n = 0;
+    if (this.#retired) {
+      try {
+        n += this.#retired.consume();
+      } catch (err) {
+        // A failing retired ring is let go (said once); the live ring is still read.
+        this.log.warn({ err: (err as Error).message }, 'reading the retired cm_events ring failed; no longer read');
+        this.#closeRetired();
+      }
+    }
     try {
-      let n = 0;
-      for (const r of this.#readers) n += r.consume();
-      return n;
+      n += this.#live.consume();
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'reading cm_events failed');
-      return 0;
+    }
+    return n;
+  }
+
+  #closeRetired(): void {
+    const r = this.#retired;
+    this.#retired = undefined;
+    try {
+      r?.close();
+    } catch {
+      // already unusable
     }
   }
 
@@ -187,7 +237,7 @@ export class FlowReader {
   status(): FlowsStatus {
     let datapath = 0;
     try {
-      datapath = lostEvents(this.maps.metrics);
+      datapath = this.#lostEvents(this.maps.metrics);
     } catch {
       // the map closed under us (stopping)
     }
@@ -198,6 +248,7 @@ export class FlowReader {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = undefined;
     this.consume();
-    for (const r of this.#readers) r.close();
+    this.#closeRetired();
+    this.#live.close();
   }
 }

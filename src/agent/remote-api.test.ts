@@ -3,11 +3,16 @@
 // the observer's certificate reads flows (kept and followed) and status; no
 // certificate, another CA's, or another CN of the same CA (the etcd users',
 // e.g. `remote`, handed to other clusters) is refused; nothing that writes is
-// served; the wrong server name is refused by the client.
+// served; the wrong server name is refused by the client. A rotated Secret
+// (the files rewritten) is served to new connections; rotated files that do
+// not check (not a certificate, a key of another certificate) are logged
+// naming the file and the previous certificate is kept.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { request } from 'node:https';
+import { connect as tlsConnect } from 'node:tls';
+import { X509Certificate } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createCA, issueCert } from '../kvstore/pki.ts';
@@ -23,6 +28,7 @@ let server: RemoteApiServer;
 let port = 0;
 const pems: Record<string, { cert: string; key: string }> = {};
 let ca = '';
+let authority: Awaited<ReturnType<typeof createCA>>;
 const calls: string[] = [];
 const store = new FlowStore(16);
 store.add(toFlow(event(), namer, new Date('2026-01-01T00:00:00Z')));
@@ -63,7 +69,7 @@ const silent = { info() {}, warn() {}, error() {}, debug() {}, child() {
 
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'cm-remote-api-'));
-  const authority = await createCA(join(dir, 'ca'), 'clustermesh-c1-ca');
+  authority = await createCA(join(dir, 'ca'), 'clustermesh-c1-ca');
   const other = await createCA(join(dir, 'other'), 'someone-else-ca');
   const pem = async (f: { certFile: string; keyFile: string }) => ({ cert: await readFile(f.certFile, 'utf8'), key: await readFile(f.keyFile, 'utf8') });
   ca = await readFile(authority.certFile, 'utf8');
@@ -158,5 +164,92 @@ test('the client refuses a server whose certificate does not carry the expected 
     await assert.rejects(c.flows(), (e: unknown) => e instanceof AgentUnavailableError && /ERR_TLS_CERT_ALTNAME_INVALID/.test(e.code));
   } finally {
     c.close();
+  }
+});
+
+/** The fingerprint of the certificate a new TLS connection to port `to` is served (as the observer). */
+function servedFingerprint(to: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = tlsConnect({ host: '127.0.0.1', port: to, ca, servername: SERVER_NAME, ...pems.observer! }, () => {
+      const fp = s.getPeerCertificate().fingerprint256;
+      s.end();
+      resolve(fp);
+    });
+    s.on('error', reject);
+  });
+}
+
+test('a rotated certificate is served to new connections; rotated files that do not check keep the previous one', async () => {
+  const rot = join(dir, 'rotation');
+  const files = { caFile: join(rot, 'ca.crt'), certFile: join(rot, 'tls.crt'), keyFile: join(rot, 'tls.key') };
+  const issue = async (name: string) => pem(await issueCert(authority, { commonName: 'clustermesh-agent-api', dnsNames: [SERVER_NAME], usage: 'server', outDir: join(dir, 'issued'), name }));
+  const pem = async (f: { certFile: string; keyFile: string }) => ({ cert: await readFile(f.certFile, 'utf8'), key: await readFile(f.keyFile, 'utf8') });
+  const fingerprint = (certPem: string): string => new X509Certificate(certPem).fingerprint256;
+  // As the kubelet updates a mounted Secret: every file replaced at once (a rename here).
+  const put = async (file: string, text: string): Promise<void> => {
+    await writeFile(`${file}.tmp`, text);
+    await rename(`${file}.tmp`, file);
+  };
+  await rm(rot, { recursive: true, force: true });
+  await mkdir(rot, { recursive: true });
+  await put(files.caFile, ca);
+  await put(files.certFile, pems.server!.cert);
+  await put(files.keyFile, pems.server!.key);
+  const warnings: Array<Record<string, unknown>> = [];
+  const log = { info() {}, debug() {}, error() {}, warn: (f: Record<string, unknown>) => void warnings.push(f), child: () => log } as never;
+  const s = await startRemoteApiServer({ host: '127.0.0.1', port: 0, ca, ...pems.server!, clients: ['observer'], reload: { files, intervalMs: 3_600_000 } }, handlers, log);
+  const p = Number(s.address.split(':').pop());
+  const flowsThrough = async (): Promise<number> => {
+    const c = new AgentClient({ ...address('observer'), port: p }, { timeoutMs: 5000 });
+    try {
+      return (await c.flows()).length;
+    } finally {
+      c.close();
+    }
+  };
+  try {
+    assert.equal(await servedFingerprint(p), fingerprint(pems.server!.cert));
+    assert.equal(await s.certificates!.check(), 'unchanged');
+
+    // The Secret rotated: the next connection is served the new certificate, and reads flows.
+    const second = await issue('server-2');
+    await put(files.certFile, second.cert);
+    await put(files.keyFile, second.key);
+    assert.equal(await s.certificates!.check(), 'reloaded');
+    assert.equal(await servedFingerprint(p), fingerprint(second.cert));
+    assert.notEqual(fingerprint(second.cert), fingerprint(pems.server!.cert));
+    assert.ok((await flowsThrough()) >= 1);
+
+    // A broken certificate file: named, not used; the second certificate is still served.
+    await put(files.certFile, 'not a certificate\n');
+    assert.equal(await s.certificates!.check(), 'rejected');
+    assert.equal(s.certificates!.lastError?.file, files.certFile);
+    assert.equal(warnings.length, 1);
+    assert.equal(warnings[0]!.file, files.certFile);
+    assert.match(String(warnings[0]!.err), /tls\.crt: not a PEM certificate/);
+    assert.equal(await s.certificates!.check(), 'rejected');
+    assert.equal(warnings.length, 1, 'the same broken files are said once');
+    assert.equal(await servedFingerprint(p), fingerprint(second.cert));
+    assert.ok((await flowsThrough()) >= 1, 'still serving');
+
+    // A valid certificate with the key of another one (a rotation half-done): the key file is named.
+    const third = await issue('server-3');
+    await put(files.certFile, third.cert);
+    assert.equal(await s.certificates!.check(), 'rejected');
+    assert.equal(s.certificates!.lastError?.file, files.keyFile);
+    assert.match(s.certificates!.lastError!.message, /does not belong to the certificate/);
+    assert.equal(await servedFingerprint(p), fingerprint(second.cert));
+
+    // The key follows: applied by the periodic check alone.
+    await put(files.keyFile, third.key);
+    s.certificates!.stop();
+    s.certificates!.start(50);
+    for (let i = 0; i < 200 && s.certificates!.reloads < 2; i++) await new Promise((r) => setTimeout(r, 25));
+    assert.equal(s.certificates!.reloads, 2);
+    assert.equal(s.certificates!.lastError, null);
+    assert.equal(await servedFingerprint(p), fingerprint(third.cert));
+    assert.ok((await flowsThrough()) >= 1);
+  } finally {
+    await s.close();
   }
 });

@@ -84,7 +84,12 @@ export interface AgentStatus {
   /** The Prometheus endpoint (metricsAddress): where it listens, or why not. Absent from older agents. */
   metrics?: { address: string | null; error: string | null };
   /** The read-only API over mutual TLS (remoteApi): where it listens, or why not. Absent when off, and from older agents. */
-  remoteApi?: { address: string | null; error: string | null };
+  remoteApi?: {
+    address: string | null;
+    error: string | null;
+    /** Rotated certificate files that were not used (the previous certificate still served), naming the file; null when the files in use are those on disk. */
+    certificateError?: string | null;
+  };
 }
 
 export function remoteSummary(r: RemoteClusterStatus): RemoteSummary {

@@ -292,6 +292,8 @@ describe('apiserver (real etcd, the Kubernetes API)', () => {
       'clustermesh_apiserver_synced{prefix="ip"} 1',
       'clustermesh_apiserver_kvstore_connected 1',
       'clustermesh_apiserver_export_errors_total{kind="nodes"} 0',
+      'clustermesh_apiserver_phase{phase="ready"} 1',
+      'clustermesh_apiserver_phase{phase="exporting"} 0',
     ])
       assert.ok(text.includes(`\n${line}\n`), `${line} in:\n${text}`);
     assert.match(text, /\nclustermesh_apiserver_kvstore_operations_total\{prefix="ip",operation="put"\} [1-9]/);

@@ -46,7 +46,22 @@ export interface ApiserverDeps {
   logger?: Logger;
   /** Aborts a start still waiting for etcd: startApiserver then rejects, leaving nothing running. */
   signal?: AbortSignal;
+  /**
+   * Runs once the metrics endpoint serves and before the first write (phase
+   * etcd-bootstrap): the command sets up etcd's roles and users with
+   * --etcd-bootstrap-config here. Its rejection fails the start; `signal`
+   * aborts with the start.
+   */
+  bootstrap?: (signal: AbortSignal) => Promise<void>;
 }
+
+/**
+ * Where a start is: setting up etcd (--etcd-bootstrap-config), claiming the
+ * writer key (the first write: waits for etcd), the first listing and export
+ * (up to the synced canaries), ready. Served as clustermesh_apiserver_phase.
+ */
+export type ApiserverPhase = 'etcd-bootstrap' | 'claiming' | 'exporting' | 'ready';
+export const APISERVER_PHASES: readonly ApiserverPhase[] = ['etcd-bootstrap', 'claiming', 'exporting', 'ready'];
 
 export interface ApiserverStatus {
   cluster: string;
@@ -139,12 +154,14 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
   ) as Record<SyncedPrefixName, SyncStore>;
 
   // ---- Prometheus metrics (read at scrape time), served from the start (an etcd
-  // that is down at start shows as kvstore_connected 0); a port in use is reported, not fatal.
+  // that is down at start shows as kvstore_connected 0 and its phase); a port in use is reported, not fatal.
   let exports: { status: () => ApiserverStatus; errors: () => Record<'nodes' | 'ip' | 'services' | 'identities', number> } | undefined;
+  let phase: ApiserverPhase = deps.bootstrap ? 'etcd-bootstrap' : 'claiming';
   let metricsAddress: string | null = null;
   let metricsError: string | null = null;
   if (cfg.metricsAddress !== '') {
     const registry = apiserverRegistry({
+      phase: () => phase,
       status: () => exports?.status(),
       exportErrors: () => exports?.errors() ?? {},
       heartbeat: () => ({ writes: heartbeat.count, failures: heartbeat.failures, lastRoundOk: heartbeat.lastRoundOk }),
@@ -194,6 +211,11 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
     await kv.close();
     throw err;
   };
+  if (deps.bootstrap) {
+    log.info('setting up etcd (--etcd-bootstrap-config)');
+    await deps.bootstrap(stopCtl.signal).catch(failStart);
+    phase = 'claiming';
+  }
   // The claim is the first write of the heartbeat's first round: while etcd is down it counts as failed rounds.
   heartbeat.start();
   await new Promise<void>((resolve, reject) => {
@@ -205,6 +227,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
       resolve();
     });
   }).catch(failStart);
+  phase = 'exporting';
 
   let local: { source: ClusterSource; description: string };
   try {
@@ -315,6 +338,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
       identities.initialSyncDone,
     ]);
     await Promise.all(Object.values(stores).map((s) => s.flush()));
+    phase = 'ready';
     log.info({ cluster: cfg.clusterName, clusterId: cfg.clusterId }, 'initial export complete; synced canaries written');
   })();
   ready.catch(() => undefined);

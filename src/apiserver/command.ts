@@ -1,4 +1,5 @@
 // The `clustermesh apiserver` subcommand: parse and check options, run until SIGINT/SIGTERM.
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Command } from 'commander';
 import { startApiserver } from './apiserver.ts';
 import { APISERVER_DEFAULTS, compileApiserverOptions, loadEtcdConfig, OptionError, type ApiserverRawOptions } from './options.ts';
@@ -12,15 +13,16 @@ import type { KvConnectionConfig } from '../kvstore/types.ts';
  * authentication) as root, idempotently, retrying while that etcd is still
  * starting (a sidecar in the same pod starts at the same time).
  */
-async function bootstrapEtcd(conn: KvConnectionConfig, deadlineMs = 120_000): Promise<void> {
+async function bootstrapEtcd(conn: KvConnectionConfig, signal: AbortSignal, deadlineMs = 120_000): Promise<void> {
   const t0 = Date.now();
   for (let attempt = 1; ; attempt++) {
+    if (signal.aborted) throw new Error('--etcd-bootstrap-config: stopped while setting up etcd');
     try {
       await configureEtcdAuth({ ...conn, timeoutMs: 5000 }, MESH_ROLES);
       return;
     } catch (err) {
       if (Date.now() - t0 > deadlineMs) throw new Error(`--etcd-bootstrap-config: could not set up etcd's roles at ${conn.endpoints.join(', ')} in ${Math.round(deadlineMs / 1000)} s (${attempt} attempts): ${(err as Error).message}`);
-      await new Promise((r) => setTimeout(r, Math.min(5000, 250 * attempt)));
+      await sleep(Math.min(5000, 250 * attempt), undefined, { signal }).catch(() => undefined);
     }
   }
 }
@@ -40,15 +42,16 @@ export function apiserverCommand(): Command {
     .option('--session-ttl <seconds>', "TTL of the lease exported keys live on: how long they outlive an apiserver that died (its successor rewrites them and prunes at once what went away). Keep it longer than any restart: a key that expires first makes every remote drop what it names", String(APISERVER_DEFAULTS.sessionTtlSeconds))
     .option('--identity-gc-interval <duration>', 'how often unused identities are looked for', '1m')
     .option('--identity-gc-grace <duration>', 'how long an identity must be unused before it is deleted', '5m')
-    .option('--metrics-address <host:port>', "where GET /metrics (Prometheus text) is served; '' for nowhere", APISERVER_DEFAULTS.metricsAddress)
+    .option('--metrics-address <host:port>', "where GET /metrics (Prometheus text) is served, from the start (before etcd answers: clustermesh_apiserver_phase); '' for nowhere", APISERVER_DEFAULTS.metricsAddress)
     .option('--log-level <level>', 'trace, debug, info, warn, error, fatal or silent', APISERVER_DEFAULTS.logLevel)
     .addHelpText('after', '\nExample (one per cluster, next to its etcd):\n  clustermesh apiserver --cluster-name cluster1 --cluster-id 1 --etcd-config /etc/clustermesh/etcd-apiserver.yaml\n')
     .action(async (raw: ApiserverRawOptions & { etcdBootstrapConfig?: string }, cmd: Command) => {
       let server;
       try {
         const cfg = compileApiserverOptions(raw);
-        if (raw.etcdBootstrapConfig !== undefined) await bootstrapEtcd(await loadEtcdConfig(raw.etcdBootstrapConfig, { flag: '--etcd-bootstrap-config' }));
-        server = await startApiserver(cfg, { connection: await loadEtcdConfig(cfg.etcdConfigFile) });
+        const root = raw.etcdBootstrapConfig !== undefined ? await loadEtcdConfig(raw.etcdBootstrapConfig, { flag: '--etcd-bootstrap-config' }) : undefined;
+        // The metrics endpoint serves from the start, the etcd set-up included (phase etcd-bootstrap).
+        server = await startApiserver(cfg, { connection: await loadEtcdConfig(cfg.etcdConfigFile), ...(root ? { bootstrap: (signal: AbortSignal) => bootstrapEtcd(root, signal) } : {}) });
       } catch (err) {
         if (err instanceof OptionError) cmd.error(`error: ${err.message}`, { exitCode: 2 });
         throw err;

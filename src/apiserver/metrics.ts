@@ -1,13 +1,16 @@
 // Prometheus metrics of the apiserver (GET /metrics on metricsAddress, default
 // 127.0.0.1:9963; '' for none), read from its status at each scrape: what it
 // exports per kind, objects it could not export, its writes into the mesh
-// kvstore per prefix, the synced canaries and the heartbeat (the etcd link).
+// kvstore per prefix, the synced canaries and the heartbeat (the etcd link),
+// and the phase of its start (served before etcd answers).
 import type { Registry } from 'prom-client';
 import type { SyncedPrefixName } from '../clustermesh/keys.ts';
 import { ScrapeMetrics } from '../util/metrics.ts';
-import type { ApiserverStatus } from './apiserver.ts';
+import { APISERVER_PHASES, type ApiserverPhase, type ApiserverStatus } from './apiserver.ts';
 
 export interface ApiserverMetricsSource {
+  /** Where the start is (etcd-bootstrap, claiming, exporting, ready). */
+  phase(): ApiserverPhase;
   /** undefined until the exports exist (the first etcd listing done): the endpoint serves from the start. */
   status(): ApiserverStatus | undefined;
   /** Source objects not exported (could not be converted), by kind (none before the exports exist). */
@@ -19,6 +22,10 @@ export function apiserverRegistry(src: ApiserverMetricsSource): Registry {
   let st: ApiserverStatus | undefined;
   const m = new ScrapeMetrics(() => {
     st = src.status();
+  });
+  m.gauge('clustermesh_apiserver_phase', 'Where the apiserver is: 1 for the current phase (etcd-bootstrap: setting up etcd\'s users; claiming: waiting for etcd to take the writer key; exporting: the first listing and export; ready: synced canaries written), 0 for the others', ['phase'], (g) => {
+    const now = src.phase();
+    for (const p of APISERVER_PHASES) g.set({ phase: p }, p === now ? 1 : 0);
   });
   const stores = (): [SyncedPrefixName, ApiserverStatus['stores'][SyncedPrefixName]][] => (st ? (Object.entries(st.stores) as never) : []);
   m.gauge('clustermesh_apiserver_exported_objects', 'Objects the apiserver publishes in the mesh kvstore, by kind (nodes, ip, services; identities: the identities its pods hold)', ['kind'], (g) => {

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { labStateSchema, writeLabState } from '../lab/state.ts';
 import { Closer } from './common.ts';
-import { isExplicit, labEtcdConnection, resolveTargets } from './targets.ts';
+import { isExplicit, labEtcdConnection, mergeTargets, resolveTargets, type NodeTarget, type Targets } from './targets.ts';
 
 function cluster(name: string, id: number) {
   return {
@@ -78,4 +78,69 @@ test('explicit flags switch the lab off; a pin dir alone is a node named after i
   await assert.rejects(resolveTargets({ socket: ['/nonexistent/agent.sock'] }, closer), /--socket \/nonexistent\/agent\.sock: .*is the agent running\?/);
   await closer.closeAll();
   assert.deepEqual(labEtcdConnection({ ...cluster('c3', 3), etcd: { ...cluster('c3', 3).etcd, localEndpoints: [] } } as never).endpoints, ['https://10.3.0.250:2379']);
+});
+
+// ---- kube context mode: a second resolution against the nodes in use (ui --context) ----
+
+const remoteNode = (cluster: string, node: string, host: string, context = cluster, cert = 'CERT'): NodeTarget => ({
+  key: `${cluster}/${node}`,
+  name: node,
+  cluster,
+  socket: undefined,
+  pinDir: undefined,
+  netns: undefined,
+  underlayIP: host,
+  configDir: undefined,
+  clusterId: 1,
+  remote: { host, port: 4247, ca: 'CA', cert, key: 'KEY', serverName: `agents.${cluster}.clustermesh.internal` },
+  context,
+});
+const clusterOf = (name: string) => ({ name, id: 1, etcd: undefined, etcdSource: undefined, remoteConfigDir: undefined, lab: undefined });
+const targetsOf = (nodes: NodeTarget[], more: Partial<Targets> = {}): Targets => ({ lab: undefined, clusters: [...new Set(nodes.map((n) => n.cluster!))].map(clusterOf), nodes, ...more });
+const keys = (ns: readonly NodeTarget[]): string[] => ns.map((n) => n.key).sort();
+
+test('mergeTargets: a node added, an agent pod restarted on another address, a node removed; unchanged nodes stay the same objects', () => {
+  const n1 = remoteNode('c1', 'node1', '10.1.0.1');
+  const n2 = remoteNode('c1', 'node2', '10.1.0.2');
+  const current = targetsOf([n1, n2]);
+
+  const same = mergeTargets(current, targetsOf([remoteNode('c1', 'node1', '10.1.0.1'), remoteNode('c1', 'node2', '10.1.0.2')]));
+  assert.deepEqual([same.added, same.removed, same.replaced], [[], [], []]);
+  assert.equal(same.targets.nodes[0], n1, 'the object in use is kept (its client and stream go on)');
+
+  const n3 = remoteNode('c1', 'node3', '10.1.0.3');
+  const moved = remoteNode('c1', 'node2', '10.1.0.22');
+  const ch = mergeTargets(current, targetsOf([moved, n3]));
+  assert.deepEqual(keys(ch.added), ['c1/node3']);
+  assert.deepEqual(keys(ch.removed), ['c1/node1']);
+  assert.equal(ch.replaced.length, 1);
+  assert.equal(ch.replaced[0]!.old, n2);
+  assert.equal(ch.replaced[0]!.now, moved);
+  assert.deepEqual(keys(ch.targets.nodes), ['c1/node2', 'c1/node3']);
+  assert.equal(ch.targets.nodes.find((n) => n.key === 'c1/node2')!.remote!.host, '10.1.0.22');
+
+  // Another port, or rotated TLS material (the observer Secret), is dialled again too.
+  const port = { ...remoteNode('c1', 'node1', '10.1.0.1'), remote: { ...n1.remote!, port: 4300 } };
+  assert.equal(mergeTargets(targetsOf([n1]), targetsOf([port])).replaced.length, 1);
+  assert.equal(mergeTargets(targetsOf([n1]), targetsOf([remoteNode('c1', 'node1', '10.1.0.1', 'c1', 'NEW-CERT')])).replaced.length, 1);
+});
+
+test('mergeTargets: a context that cannot be read, or an agent pod without an address yet, keeps the nodes in use', () => {
+  const a = remoteNode('c1', 'node1', '10.1.0.1');
+  const b = remoteNode('c2', 'node1', '10.2.0.1');
+  const current = targetsOf([a, b]);
+
+  // c2's Kubernetes API did not answer this time: its node stays, c1's are compared as usual.
+  const unread = mergeTargets(current, targetsOf([], { unreadContexts: ['c2'], problems: ['context c2: unreachable'] }));
+  assert.deepEqual(keys(unread.removed), ['c1/node1']);
+  assert.deepEqual(keys(unread.targets.nodes), ['c2/node1']);
+  assert.deepEqual(unread.targets.clusters.map((c) => c.name), ['c2'], 'its cluster stays with it');
+
+  // The current context ('') unread: nothing is removed.
+  assert.deepEqual(mergeTargets(current, targetsOf([], { unreadContexts: [''] })).removed, []);
+
+  // An agent pod listed without a host IP (restarting): kept until it has one.
+  const pending = mergeTargets(current, targetsOf([b], { pendingNodes: ['c1/node1'] }));
+  assert.deepEqual(pending.removed, []);
+  assert.equal(pending.targets.nodes.find((n) => n.key === 'c1/node1'), a);
 });

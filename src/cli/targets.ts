@@ -69,6 +69,10 @@ export interface Targets {
   nodes: NodeTarget[];
   /** What could not be read (kube contexts, agent pods that cannot be dialled), each naming its context or node. */
   problems?: string[];
+  /** Kube context mode: contexts whose agents could not be listed ('' for the current context). */
+  unreadContexts?: string[];
+  /** Kube context mode: nodes whose agent pod was listed without an address to dial (not scheduled, no host IP yet). */
+  pendingNodes?: string[];
 }
 
 export interface TargetFlags {
@@ -152,9 +156,12 @@ async function fromContexts(f: TargetFlags): Promise<Targets> {
   const nodes: NodeTarget[] = [];
   const problems: string[] = [];
   const seen = new Map<string, string>();
-  for (const r of read) {
+  const unreadContexts: string[] = [];
+  const pendingNodes: string[] = [];
+  for (const [i, r] of read.entries()) {
     if (r.status === 'rejected') {
       problems.push((r.reason as Error).message);
+      unreadContexts.push(wanted[i] ?? '');
       continue;
     }
     const a = r.value;
@@ -168,12 +175,68 @@ async function fromContexts(f: TargetFlags): Promise<Targets> {
     for (const g of a.agents) {
       if (!g.address) {
         problems.push(`${a.cluster}/${g.node} (context ${a.context}): ${g.problem}`);
+        pendingNodes.push(`${a.cluster}/${g.node}`);
         continue;
       }
       nodes.push({ key: `${a.cluster}/${g.node}`, name: g.node, cluster: a.cluster, socket: undefined, pinDir: undefined, netns: undefined, underlayIP: g.address.host, configDir: undefined, clusterId: a.id, remote: g.address, context: a.context });
     }
   }
-  return { lab: undefined, clusters, nodes, problems };
+  return { lab: undefined, clusters, nodes, problems, unreadContexts, pendingNodes };
+}
+
+/** Whether two remote API addresses differ (another host or port: a new pod; other TLS material: a rotated Secret). */
+function remoteChanged(a: RemoteAgentAddress | undefined, b: RemoteAgentAddress | undefined): boolean {
+  if (!a || !b) return a !== b;
+  return a.host !== b.host || a.port !== b.port || a.serverName !== b.serverName || a.ca !== b.ca || a.cert !== b.cert || a.key !== b.key;
+}
+
+export interface TargetChanges {
+  /** The targets to use from now on. */
+  targets: Targets;
+  /** Nodes new in `fresh` (a node added, an agent pod scheduled). */
+  added: NodeTarget[];
+  /** Nodes gone from `fresh` (a node removed), not only unread. */
+  removed: NodeTarget[];
+  /** Nodes whose agent is dialled elsewhere now (a restarted pod: another address or port) or with other TLS material. */
+  replaced: Array<{ old: NodeTarget; now: NodeTarget }>;
+}
+
+/**
+ * The nodes of a second resolution (kube context mode) against the ones in
+ * use, by node key. A node of a context that could not be read this time, or
+ * whose agent pod was listed without an address, is kept as it was (a
+ * Kubernetes API that does not answer for a moment is not a node removed).
+ */
+export function mergeTargets(current: Targets, fresh: Targets): TargetChanges {
+  const unread = new Set(fresh.unreadContexts ?? []);
+  const pending = new Set(fresh.pendingNodes ?? []);
+  const keep = (n: NodeTarget): boolean => pending.has(n.key) || unread.has('') || (n.context !== undefined && unread.has(n.context));
+  const was = new Map(current.nodes.map((n) => [n.key, n]));
+  const now = new Map(fresh.nodes.map((n) => [n.key, n]));
+  const added: NodeTarget[] = [];
+  const removed: NodeTarget[] = [];
+  const replaced: Array<{ old: NodeTarget; now: NodeTarget }> = [];
+  const nodes: NodeTarget[] = [];
+  for (const n of current.nodes) {
+    const f = now.get(n.key);
+    if (!f) {
+      if (keep(n)) nodes.push(n);
+      else removed.push(n);
+    } else if (remoteChanged(n.remote, f.remote) || n.socket !== f.socket) {
+      replaced.push({ old: n, now: f });
+      nodes.push(f);
+    } else {
+      nodes.push(n); // the same object: its client and stream go on
+    }
+  }
+  for (const f of fresh.nodes) {
+    if (was.has(f.key)) continue;
+    added.push(f);
+    nodes.push(f);
+  }
+  const clusters = [...fresh.clusters];
+  for (const c of current.clusters) if (!clusters.some((x) => x.name === c.name) && nodes.some((n) => n.cluster === c.name)) clusters.push(c);
+  return { targets: { ...fresh, clusters, nodes }, added, removed, replaced };
 }
 
 function narrow(t: Targets, f: TargetFlags): Targets {
@@ -198,7 +261,7 @@ function narrow(t: Targets, f: TargetFlags): Targets {
     nodes = nodes.filter((n) => f.node!.some((want) => matchesNode(want, n)));
     clusters = clusters.filter((c) => nodes.some((n) => n.cluster === c.name));
   }
-  return { lab: t.lab, clusters, nodes, ...(t.problems ? { problems: t.problems } : {}) };
+  return { ...t, clusters, nodes };
 }
 
 function fromLab(lab: LabState): Targets {

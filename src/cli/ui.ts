@@ -2,11 +2,13 @@
 // (src/ui/server.ts). It finds the agents the way observe does (a lab,
 // explicit --socket / --agent-config, or --context: installed clusters' agents
 // over their read-only API with mutual TLS) and reads the same flow streams.
+// By kube context it lists the agent pods again every 10 s and after a stream
+// fails, so nodes added and agents restarted elsewhere are read too.
 import { isIP } from 'node:net';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { isLoopback, missingAssets, UiServer } from '../ui/server.ts';
-import { action, CliError, EXIT_ERROR, EXIT_OK, example, parseDurationFlag } from './common.ts';
-import { addTargetFlags, resolveTargets, type TargetFlags } from './targets.ts';
+import { action, CliError, Closer, EXIT_ERROR, EXIT_OK, example, parseDurationFlag } from './common.ts';
+import { addTargetFlags, isExplicit, resolveTargets, type TargetFlags } from './targets.ts';
 
 interface UiFlags extends TargetFlags {
   port: number;
@@ -26,7 +28,7 @@ function parseAddress(v: string): string {
 
 export function uiCommand(): Command {
   const cmd = new Command('ui').description(
-    'serve a live web view of the mesh: clusters as groups with their nodes and pods, services, an edge per pair of workloads seen talking in the agents\' flows (cross-cluster edges dashed, drops red with their reason on hover), and the status of every remote-cluster connection; updated live (server-sent events). Runs until interrupted (Ctrl-C)',
+    'serve a live web view of the mesh: clusters as groups with their nodes and pods, services, an edge per pair of workloads seen talking in the agents\' flows (cross-cluster edges dashed, drops red with their reason on hover), and the status of every remote-cluster connection; updated live (server-sent events). By --context, the agent pods are listed again every 10 s and after a flow stream fails (nodes added, agents restarted on another address). Runs until interrupted (Ctrl-C)',
   );
   addTargetFlags(cmd, { contexts: true });
   cmd
@@ -43,13 +45,22 @@ export function uiCommand(): Command {
           if (problems.length > 0) throw new CliError(`no agent to show:\n  ${problems.join('\n  ')}`, EXIT_ERROR);
           throw new CliError(`no nodes to show${t.lab ? ` in lab ${t.lab.name}` : ''}; name them with --node, --socket, --agent-config or --context`, EXIT_ERROR);
         }
-        // Shown without them (the page lists the nodes it reads); the nodes found later are not added while it runs.
+        // Shown without them (the page lists the nodes it reads); by kube context, the agents are looked for again while it runs.
         for (const p of problems) process.stderr.write(`warning: ${p}\n`);
+        const byContext = t.lab === undefined && !isExplicit(o);
+        const resolve = async () => {
+          const c = new Closer();
+          try {
+            return await resolveTargets(o, c, { contexts: true });
+          } finally {
+            await c.closeAll();
+          }
+        };
         const noAgent = t.nodes.filter((n) => !n.socket && !n.remote);
         if (noAgent.length > 0) throw new CliError(`the view reads the agents; ${noAgent.map((n) => n.key).join(', ')} has no agent socket (name the node with --socket or --agent-config)`, EXIT_ERROR);
         if (!isLoopback(o.address))
           process.stderr.write(`warning: serving on ${o.address}: anyone who reaches this address sees the mesh's pods, addresses and flows (no authentication)\n`);
-        const server = new UiServer({ targets: t, address: o.address, port: o.port, refreshMs: o.refresh, warn: (s) => void process.stderr.write(`warning: ${s}\n`) });
+        const server = new UiServer({ targets: t, address: o.address, port: o.port, refreshMs: o.refresh, ...(byContext ? { resolve } : {}), warn: (s) => void process.stderr.write(`warning: ${s}\n`) });
         closer.add(() => server.stop());
         let url: string;
         try {

@@ -5,7 +5,10 @@
 // Where the data comes from: every agent's flow stream (GET /v1/flows?follow=1,
 // as `observe --follow` reads it), aggregated into edges by view.ts; and,
 // every refreshMs, each agent's status (remote-cluster connections, through
-// status.ts's summary), endpoints and services.
+// status.ts's summary), endpoints and services. With `resolve` (kube context
+// mode), the agents themselves are found again every resolveMs and after a
+// flow stream fails: a node added is followed, a restarted agent pod (another
+// address) dialled where it is now, a node removed let go.
 //
 // Events on GET /api/events:
 //   topology  the whole topology (on connect, and whenever it changed)
@@ -19,7 +22,7 @@ import type { AgentClient } from '../agent/client.ts';
 import type { Flow } from '../agent/flows.ts';
 import { Closer } from '../cli/common.ts';
 import { probeTargets, summarize } from '../cli/status.ts';
-import { agentClientFor, type NodeTarget, type Targets } from '../cli/targets.ts';
+import { agentClientFor, mergeTargets, type NodeTarget, type Targets } from '../cli/targets.ts';
 import { buildTopology, EdgeBook, type NodeAnswer, type Topology } from './view.ts';
 
 /** The repository: src/ui/ and dist/js/ are both two levels below it. */
@@ -51,14 +54,29 @@ export interface UiServerOptions {
   flushMs?: number;
   /** How long a broken flow stream waits before it is opened again. */
   retryMs?: number;
+  /**
+   * Finds the agents again (kube context mode: the agent pods of each context),
+   * every resolveMs and after a flow stream fails (at most once per retryMs
+   * then). A rejection keeps the agents in use.
+   */
+  resolve?: () => Promise<Targets>;
+  /** How often resolve runs (default 10 s). */
+  resolveMs?: number;
   warn?: (s: string) => void;
 }
 
 export const isLoopback = (a: string): boolean => a === 'localhost' || a === '::1' || /^127\./.test(a);
 
 export class UiServer {
-  readonly #o: Required<Omit<UiServerOptions, 'warn'>> & { warn: (s: string) => void };
+  readonly #o: Required<Omit<UiServerOptions, 'warn' | 'resolve'>> & { warn: (s: string) => void; resolve?: UiServerOptions['resolve'] };
+  #targets: Targets;
   readonly #clients = new Map<NodeTarget, AgentClient>();
+  /** Past the last flow seen, by node key (a re-dialled agent is followed from there). */
+  readonly #lastSeen = new Map<string, Date>();
+  /** Warnings already given (problems of a resolution are said once). */
+  readonly #warned = new Set<string>();
+  #resolving = false;
+  #resolvedAt = Date.now();
   readonly #book = new EdgeBook();
   readonly #streams = new Map<NodeTarget, { stop(): void }>();
   readonly #streamError = new Map<NodeTarget, string | null>();
@@ -72,8 +90,15 @@ export class UiServer {
   #url = '';
 
   constructor(o: UiServerOptions) {
-    this.#o = { refreshMs: 2000, flushMs: 100, retryMs: 2000, warn: () => undefined, ...o };
+    this.#o = { refreshMs: 2000, flushMs: 100, retryMs: 2000, resolveMs: 10_000, warn: () => undefined, ...o };
+    this.#targets = o.targets;
+    for (const p of o.targets.problems ?? []) this.#warned.add(p);
     for (const n of o.targets.nodes) this.#clients.set(n, agentClientFor(n, { timeoutMs: 5000 }));
+  }
+
+  /** The nodes whose agents are read now. */
+  get nodes(): readonly NodeTarget[] {
+    return [...this.#clients.keys()];
   }
 
   get url(): string {
@@ -83,7 +108,7 @@ export class UiServer {
   /** Reads the topology once, opens the flow streams and listens. Rejects when the address cannot be bound. */
   async start(): Promise<string> {
     await this.#refresh();
-    for (const n of this.#clients.keys()) this.#follow(n, undefined);
+    for (const n of this.#clients.keys()) this.#follow(n);
     const server = createServer((req, res) => void this.#handle(req, res));
     this.#server = server;
     await new Promise<void>((resolve, reject) => {
@@ -98,6 +123,7 @@ export class UiServer {
     this.#timers.push(setInterval(() => void this.#refresh(), this.#o.refreshMs));
     this.#timers.push(setInterval(() => this.#flush(), this.#o.flushMs));
     this.#timers.push(setInterval(() => this.#broadcast(': keep-alive\n\n'), 15_000));
+    if (this.#o.resolve) this.#timers.push(setInterval(() => void this.#resolveAgain(true), this.#o.resolveMs));
     return this.#url;
   }
 
@@ -116,27 +142,82 @@ export class UiServer {
   // ---- data ------------------------------------------------------------------
 
   /** Follows one agent's flows; reopens the stream after it breaks, from the last flow seen. */
-  #follow(n: NodeTarget, since: Date | undefined): void {
-    if (this.#stopped) return;
-    let last = since;
-    const s = this.#clients.get(n)!.followFlows(since ? { since } : {}, (f: Flow) => {
+  #follow(n: NodeTarget): void {
+    const client = this.#clients.get(n);
+    if (this.#stopped || !client) return;
+    const since = this.#lastSeen.get(n.key);
+    const s = client.followFlows(since ? { since } : {}, (f: Flow) => {
       this.#book.add(f);
       const t = Date.parse(f.time);
-      if (!last || t >= last.getTime()) last = new Date(t + 1);
+      const last = this.#lastSeen.get(n.key);
+      if (!last || t >= last.getTime()) this.#lastSeen.set(n.key, new Date(t + 1));
     }, {
       onBacklogEnd: () => this.#setStreamError(n, null),
       onLost: (k) => this.#o.warn(`${n.key}: the agent dropped ${k} flows for this viewer (it read too slowly)`),
     });
     this.#streams.set(n, s);
     const again = (why: string): void => {
-      if (this.#stopped) return;
+      // stopped, or the node let go / dialled elsewhere (#resolveAgain)
+      if (this.#stopped || this.#streams.get(n) !== s) return;
       this.#setStreamError(n, why);
-      setTimeout(() => this.#follow(n, last), this.#o.retryMs).unref();
+      // a failed dial may be a restarted agent pod: where are the agents now?
+      void this.#resolveAgain(false);
+      setTimeout(() => {
+        if (this.#streams.get(n) === s) this.#follow(n);
+      }, this.#o.retryMs).unref();
     };
     s.ended.then(
       () => again('the agent closed the flow stream'),
       (err: unknown) => again((err as Error).message),
     );
+  }
+
+  /**
+   * Resolves the agents again (see UiServerOptions.resolve) and follows what
+   * changed. `periodic`: the resolveMs timer; otherwise a failed stream, at
+   * most once per retryMs.
+   */
+  async #resolveAgain(periodic: boolean): Promise<void> {
+    const resolve = this.#o.resolve;
+    if (!resolve || this.#resolving || this.#stopped) return;
+    if (!periodic && Date.now() - this.#resolvedAt < this.#o.retryMs) return;
+    this.#resolving = true;
+    try {
+      const fresh = await resolve();
+      if (this.#stopped) return;
+      for (const p of fresh.problems ?? []) this.#warnOnce(p);
+      const ch = mergeTargets(this.#targets, fresh);
+      this.#targets = ch.targets;
+      for (const n of [...ch.removed, ...ch.replaced.map((r) => r.old)]) this.#letGo(n);
+      for (const n of [...ch.added, ...ch.replaced.map((r) => r.now)]) {
+        this.#clients.set(n, agentClientFor(n, { timeoutMs: 5000 }));
+        this.#follow(n);
+      }
+      if (ch.added.length + ch.removed.length + ch.replaced.length > 0) {
+        this.#publishTopology(this.#topology);
+        void this.#refresh();
+      }
+    } catch (err) {
+      this.#warnOnce(`finding the agents again: ${(err as Error).message} (still reading the ones found before)`);
+    } finally {
+      this.#resolving = false;
+      this.#resolvedAt = Date.now();
+    }
+  }
+
+  #letGo(n: NodeTarget): void {
+    const s = this.#streams.get(n);
+    this.#streams.delete(n);
+    s?.stop();
+    this.#clients.get(n)?.close();
+    this.#clients.delete(n);
+    this.#streamError.delete(n);
+  }
+
+  #warnOnce(s: string): void {
+    if (this.#warned.has(s)) return;
+    this.#warned.add(s);
+    this.#o.warn(s);
   }
 
   #setStreamError(n: NodeTarget, e: string | null): void {
@@ -151,7 +232,7 @@ export class UiServer {
     const closer = new Closer();
     try {
       const [probes, answers] = await Promise.all([
-        probeTargets(this.#o.targets, closer, { etcd: false }),
+        probeTargets(this.#targets, closer, { etcd: false }),
         Promise.all(
           [...this.#clients].map(async ([n, c]): Promise<NodeAnswer> => {
             const base = { key: n.key, name: n.name, cluster: n.cluster ?? '?' };
