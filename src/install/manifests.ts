@@ -59,6 +59,15 @@
 //   `ui --context` read it, list the agent pods and dial each. No relay pod: the
 //   CLI merges, and the apiserver pod stays an etcd plus its writer, reaching
 //   nothing of the nodes.
+// - Settings plain `lab up` offers too, off by default: native routing
+//   (routingMode native with the ranges the network routes, in agent.yaml);
+//   socket-level load balancing (the host's cgroup v2 mount, a hostPath of
+//   type Directory so a missing mount fails the pod naming it, mounted at
+//   PATHS.cgroup where the agent attaches: the hierarchy's root covers every
+//   pod, as Cilium attaches at the cgroup v2 root it mounts on the host); the
+//   agent's and apiserver's /metrics on every address of their node (host
+//   network, off the pod network), a container port `metrics` and the
+//   prometheus.io/scrape and /port pod annotations.
 // - Both reach the Kubernetes API in-cluster (their ServiceAccount's token,
 //   KUBERNETES_SERVICE_HOST/PORT from the kubelet). Where the kubelet's
 //   value is the `kubernetes` Service's ClusterIP and nothing translates it

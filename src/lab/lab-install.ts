@@ -17,6 +17,11 @@
 // - `type: LoadBalancer` Services get an address on the cluster's underlay
 //   (src/lab/cloud-lb.ts), which is how each cluster's etcd is reached by the
 //   others (`install --service-type LoadBalancer`).
+//
+// `lab up --routing native`, `--socket-lb` and `--prometheus` become install's
+// flags (labInstallFlags): native routing with the lab's routed ranges, socket
+// LB at LAB_SOCKET_LB_CGROUP (each node's own cgroup), and the metrics ports,
+// whose annotated pods the lab's Prometheus scrapes (installedMetricsTargets).
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync, symlinkSync } from 'node:fs';
 import { dirname, join } from 'node:path';
