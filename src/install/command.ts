@@ -5,7 +5,7 @@ import { action, CliError, collect, EXIT_ERROR, printJson } from '../cli/common.
 import { applyObjects, deleteObjects, describe, loadKubeConfig, readExisting } from './apply.ts';
 import { makeInstallCerts } from './certs.ts';
 import { renderManifests, toYaml, type KubeObject } from './manifests.ts';
-import { compileInstallSettings, DEFAULT_IMAGE, DEFAULT_REMOTE_API_PORT, DEFAULT_NAMESPACE, InstallSettingsError, NODE_PORT_BASE, type RawInstallOptions } from './settings.ts';
+import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT, compileInstallSettings, DEFAULT_IMAGE, DEFAULT_SOCKET_LB_CGROUP, DEFAULT_REMOTE_API_PORT, DEFAULT_NAMESPACE, InstallSettingsError, NODE_PORT_BASE, type RawInstallOptions } from './settings.ts';
 
 interface InstallFlags extends RawInstallOptions {
   context?: string;
@@ -42,7 +42,26 @@ export function installCommand(): Command {
     .option('--max-connected-clusters <n>', '255 or 511 (the same on every cluster of a mesh)', '255')
     .option('--namespace <ns>', 'namespace of the installed objects', DEFAULT_NAMESPACE)
     .option('--image <ref>', 'the clustermesh image (see Containerfile)', DEFAULT_IMAGE)
-    .option('--routing-mode <mode>', 'how pods of different nodes reach each other: tunnel (VXLAN)', 'tunnel')
+    .option(
+      '--routing-mode <mode>',
+      'how pods of different nodes reach each other: tunnel (VXLAN) or native (your network routes every node\'s pod CIDR: packets to --native-routing-cidr ' +
+        'ranges leave unencapsulated; other clusters in tunnel mode are still reached through the tunnel)',
+      'tunnel',
+    )
+    .option('--native-routing-cidr <cidr>', 'with --routing-mode native (required there): a pod address range your network routes to its nodes, e.g. 10.244.0.0/16 (repeatable, at most 8)', collect)
+    .option(
+      '--socket-lb',
+      "socket-level load balancing: a pod's connect()/sendmsg() to a Service is translated once, at the socket, by programs the agent attaches to the host's cgroup v2 " +
+        'hierarchy at --socket-lb-cgroup (its root: every pod below it; as Cilium attaches at the cgroup v2 root it mounts on the host); off: every packet is translated',
+    )
+    .option('--socket-lb-cgroup <path>', `with --socket-lb: the host's cgroup v2 mount, mounted into the agent pods; must exist on every node (default ${DEFAULT_SOCKET_LB_CGROUP}; a hybrid-cgroup host has it at /sys/fs/cgroup/unified)`)
+    .option(
+      '--agent-metrics-port <port>',
+      `serve each agent's Prometheus /metrics on every address of its node at this port (container port "metrics", pod annotations prometheus.io/scrape and /port); ` +
+        `0: only on the node's 127.0.0.1:${AGENT_METRICS_PORT}`,
+      '0',
+    )
+    .option('--apiserver-metrics-port <port>', `the same for the apiserver (pod on the host network); 0: only on its node's 127.0.0.1:${APISERVER_METRICS_PORT}`, '0')
     .option('--tunnel-port <port>', 'VXLAN UDP port', '8472')
     .addOption(new Option('--service-type <type>', "how remote clusters reach this cluster's etcd").choices(['NodePort', 'LoadBalancer']).default('NodePort'))
     .option('--node-port <port>', `NodePort of that Service (default ${NODE_PORT_BASE} + cluster ID, so two clusters never share one)`)
@@ -73,6 +92,7 @@ export function installCommand(): Command {
       '\nExamples:\n' +
         '  clustermesh install --context kind-c1 --cluster-name c1 --cluster-id 1\n' +
         '  clustermesh install --context c1 --cluster-name c1 --cluster-id 1 --k8s-service-host 192.0.2.10 --k8s-service-port 6443\n' +
+        '  clustermesh install --context c1 --cluster-name c1 --cluster-id 1 --routing-mode native --native-routing-cidr 10.244.0.0/16 --socket-lb --agent-metrics-port 9962 --apiserver-metrics-port 9963\n' +
         '  clustermesh install --cluster-name c2 --cluster-id 2 --dry-run -o yaml | kubectl --context kind-c2 apply --dry-run=server -f -\n',
     );
   return kubeFlags(cmd).action(

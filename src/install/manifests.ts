@@ -59,6 +59,15 @@
 //   `ui --context` read it, list the agent pods and dial each. No relay pod: the
 //   CLI merges, and the apiserver pod stays an etcd plus its writer, reaching
 //   nothing of the nodes.
+// - Settings plain `lab up` offers too, off by default: native routing
+//   (routingMode native with the ranges the network routes, in agent.yaml);
+//   socket-level load balancing (the host's cgroup v2 mount, a hostPath of
+//   type Directory so a missing mount fails the pod naming it, mounted at
+//   PATHS.cgroup where the agent attaches: the hierarchy's root covers every
+//   pod, as Cilium attaches at the cgroup v2 root it mounts on the host); the
+//   agent's and apiserver's /metrics on every address of their node (host
+//   network, off the pod network), a container port `metrics` and the
+//   prometheus.io/scrape and /port pod annotations.
 // - Both reach the Kubernetes API in-cluster (their ServiceAccount's token,
 //   KUBERNETES_SERVICE_HOST/PORT from the kubelet). Where the kubelet's
 //   value is the `kubernetes` Service's ClusterIP and nothing translates it
@@ -135,9 +144,24 @@ export const PATHS = {
   cniConf: '/host/etc/cni/net.d',
   /** The host's /opt/cni/bin, mounted in the install-cni-plugin init container. */
   cniBin: '/host/opt/cni/bin',
+  /** The host's cgroup v2 hierarchy (--socket-lb-cgroup), mounted in the agent's container. */
+  cgroup: '/host/cgroup',
   /** The agents' remote API certificate and the CA clients must chain to. */
   agentApi: '/etc/clustermesh/agent-api',
 } as const;
+
+/** The container port (name) of the agent's and apiserver's GET /metrics (--agent-metrics-port, --apiserver-metrics-port). */
+export const METRICS_PORT_NAME = 'metrics';
+
+/**
+ * The pod annotations of Prometheus' common `kubernetes-pods` scrape job
+ * (prometheus.io/scrape, prometheus.io/port), as Cilium's pods carry: a
+ * Prometheus with Kubernetes service discovery finds every agent and the
+ * apiserver at the pod's (the node's) IP and that port.
+ */
+export function metricsAnnotations(port: number | undefined): Record<string, string> {
+  return port === undefined ? {} : { 'prometheus.io/scrape': 'true', 'prometheus.io/port': String(port) };
+}
 
 /** The container port (name) of the agents' remote API: what observe/ui --context read from the agent pods. */
 export const REMOTE_API_PORT_NAME = 'remote-api';
@@ -238,13 +262,18 @@ function etcdClientFile(endpoint: string, dir: string): string {
   return stringify({ endpoints: [endpoint], 'trusted-ca-file': `${dir}/ca.crt`, 'cert-file': `${dir}/tls.crt`, 'key-file': `${dir}/tls.key` });
 }
 
-/** The agent's configuration file (src/agent/config.ts); node name and IP come from flags set from the downward API. */
-function agentConfigFile(s: InstallSettings): string {
-  return stringify({
+/** The agent's configuration (src/agent/config.ts, the ConfigMap's agent.yaml); node name and IP come from flags set from the downward API. */
+export function agentConfigDoc(s: InstallSettings): Record<string, unknown> {
+  return {
     clusterName: s.clusterName,
     clusterID: s.clusterID,
     maxConnectedClusters: s.maxConnectedClusters,
     tunnelPort: s.tunnelPort,
+    ...(s.routingMode === 'native' ? { routingMode: s.routingMode, nativeRoutingCIDRs: s.nativeRoutingCIDRs } : {}),
+    // The host's cgroup v2 hierarchy, mounted in the container (the DaemonSet's volume `cgroup`).
+    ...(s.socketLBCgroup !== undefined ? { socketLBCgroup: PATHS.cgroup } : {}),
+    // On every address of the node (host network), as Cilium's agent serves :9962; else the agent's default, its node's loopback.
+    ...(s.agentMetricsPort !== undefined ? { metricsAddress: `0.0.0.0:${s.agentMetricsPort}` } : {}),
     etcd: {
       endpoints: [`https://${etcdServiceNames(s)[2]}:${ETCD_PORT}`],
       caFile: `${PATHS.etcdClient}/ca.crt`,
@@ -263,7 +292,7 @@ function agentConfigFile(s: InstallSettings): string {
     ...(s.remoteApiPort !== undefined
       ? { remoteApi: { port: s.remoteApiPort, caFile: `${PATHS.agentApi}/ca.crt`, certFile: `${PATHS.agentApi}/tls.crt`, keyFile: `${PATHS.agentApi}/tls.key`, clients: [OBSERVER_CLIENT_NAME] } }
       : {}),
-  });
+  };
 }
 
 function configMap(s: InstallSettings): KubeObject {
@@ -277,11 +306,18 @@ function configMap(s: InstallSettings): KubeObject {
       'cluster-id': String(s.clusterID),
       'max-connected-clusters': String(s.maxConnectedClusters),
       'routing-mode': s.routingMode,
+      // Comma-separated; '' in tunnel mode.
+      'native-routing-cidrs': s.nativeRoutingCIDRs.join(','),
+      // The host path socket LB attaches at; '' off.
+      'socket-lb-cgroup': s.socketLBCgroup ?? '',
+      // 0: only on the node's loopback.
+      'agent-metrics-port': String(s.agentMetricsPort ?? 0),
+      'apiserver-metrics-port': String(s.apiserverMetricsPort ?? 0),
       kvstoremesh: String(s.kvstoremesh),
       'tunnel-port': String(s.tunnelPort),
       // 0: off
       'remote-api-port': String(s.remoteApiPort ?? 0),
-      'agent.yaml': agentConfigFile(s),
+      'agent.yaml': stringify(agentConfigDoc(s)),
       'etcd-apiserver.yaml': etcdClientFile(local, PATHS.etcdClient),
       'etcd-root.yaml': etcdClientFile(local, PATHS.etcdRoot),
     },
@@ -318,7 +354,7 @@ function apiserverDeployment(s: InstallSettings): KubeObject {
       strategy: { type: 'Recreate' },
       selector: { matchLabels: labels },
       template: {
-        metadata: { labels: { ...COMMON_LABELS, ...labels } },
+        metadata: { labels: { ...COMMON_LABELS, ...labels }, ...(s.apiserverMetricsPort !== undefined ? { annotations: metricsAnnotations(s.apiserverMetricsPort) } : {}) },
         spec: {
           serviceAccountName: NAMES.apiserver,
           // Off the pod network its agents provide (see the header).
@@ -365,7 +401,9 @@ function apiserverDeployment(s: InstallSettings): KubeObject {
                 '--etcd-config', `${PATHS.config}/etcd-apiserver.yaml`,
                 '--etcd-bootstrap-config', `${PATHS.config}/etcd-root.yaml`,
                 ...(s.kvstoremesh ? ['--kvstoremesh', '--clustermesh-config-dir', PATHS.remotes] : []),
+                ...(s.apiserverMetricsPort !== undefined ? ['--metrics-address', `0.0.0.0:${s.apiserverMetricsPort}`] : []),
               ],
+              ...(s.apiserverMetricsPort !== undefined ? { ports: [{ name: METRICS_PORT_NAME, containerPort: s.apiserverMetricsPort, protocol: 'TCP' }] } : {}),
               ...(s.k8sService ? { env: k8sServiceEnv(s) } : {}),
               volumeMounts: [
                 { name: 'config', mountPath: PATHS.config, readOnly: true },
@@ -427,7 +465,14 @@ function agentContainer(s: InstallSettings): Record<string, unknown> {
       runAsUser: 0,
       capabilities: { add: ['NET_ADMIN', 'BPF', 'PERFMON', 'SYS_ADMIN', 'NET_RAW', 'SYS_RESOURCE'], drop: ['ALL'] },
     },
-    ...(s.remoteApiPort !== undefined ? { ports: [{ name: REMOTE_API_PORT_NAME, containerPort: s.remoteApiPort, protocol: 'TCP' }] } : {}),
+    ...(s.remoteApiPort !== undefined || s.agentMetricsPort !== undefined
+      ? {
+          ports: [
+            ...(s.remoteApiPort !== undefined ? [{ name: REMOTE_API_PORT_NAME, containerPort: s.remoteApiPort, protocol: 'TCP' }] : []),
+            ...(s.agentMetricsPort !== undefined ? [{ name: METRICS_PORT_NAME, containerPort: s.agentMetricsPort, protocol: 'TCP' }] : []),
+          ],
+        }
+      : {}),
     readinessProbe: {
       exec: { command: ['curl', '-sf', '--unix-socket', `${PATHS.state}/agent/agent.sock`, 'http://agent/healthz'] },
       periodSeconds: 5,
@@ -441,6 +486,7 @@ function agentContainer(s: InstallSettings): Record<string, unknown> {
       { name: 'etcd-agent', mountPath: PATHS.etcdClient, readOnly: true },
       { name: 'remotes', mountPath: PATHS.remotes, readOnly: true },
       ...(s.remoteApiPort !== undefined ? [{ name: 'agent-api', mountPath: PATHS.agentApi, readOnly: true }] : []),
+      ...(s.socketLBCgroup !== undefined ? [{ name: 'cgroup', mountPath: PATHS.cgroup }] : []),
     ],
   };
 }
@@ -455,7 +501,7 @@ function agentDaemonSet(s: InstallSettings): KubeObject {
       selector: { matchLabels: labels },
       updateStrategy: { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1 } },
       template: {
-        metadata: { labels: { ...COMMON_LABELS, ...labels } },
+        metadata: { labels: { ...COMMON_LABELS, ...labels }, ...(s.agentMetricsPort !== undefined ? { annotations: metricsAnnotations(s.agentMetricsPort) } : {}) },
         spec: {
           serviceAccountName: NAMES.agent,
           hostNetwork: true,
@@ -491,6 +537,8 @@ function agentDaemonSet(s: InstallSettings): KubeObject {
             { name: 'etcd-agent', secret: { secretName: NAMES.client('agent') } },
             { name: 'remotes', secret: { secretName: NAMES.remotes, optional: true } },
             ...(s.remoteApiPort !== undefined ? [{ name: 'agent-api', secret: { secretName: NAMES.agentApi } }] : []),
+            // Socket LB: the host's cgroup v2 mount, which must exist (type Directory: never created empty).
+            ...(s.socketLBCgroup !== undefined ? [hostPath('cgroup', s.socketLBCgroup, 'Directory')] : []),
           ],
         },
       },

@@ -2,12 +2,14 @@
 // same rules the agent and apiserver apply, so a bad value is refused before
 // anything reaches the cluster. Every error names the flag.
 import { isIP } from 'node:net';
-import { ETCD_NODE_PORT, ETCD_PEER_PORT } from './manifests.ts';
+import { AgentConfigError, compileAgentConfig } from '../agent/config.ts';
+import { ROUTING_MODES, type RoutingMode } from '../datapath/maps/config.ts';
+import { agentConfigDoc, ETCD_NODE_PORT, ETCD_PEER_PORT, PATHS } from './manifests.ts';
 import { MAX_CONNECTED_CLUSTERS_VALUES, validateClusterId, validateClusterName, type MaxConnectedClusters } from '../model/index.ts';
 
 /** How remote clusters reach the etcd; ClusterIP: they do not (`clustermesh disable`, never an install's flag). */
 export type ServiceType = 'NodePort' | 'LoadBalancer' | 'ClusterIP';
-export type RoutingMode = 'tunnel';
+export type { RoutingMode };
 
 export interface InstallSettings {
   clusterName: string;
@@ -18,6 +20,19 @@ export interface InstallSettings {
   /** The image holding the CLI, the compiled BPF objects and etcd (Containerfile). */
   image: string;
   routingMode: RoutingMode;
+  /** native only (required there): the pod address ranges the underlay routes to their nodes (the agent's nativeRoutingCIDRs). */
+  nativeRoutingCIDRs: string[];
+  /**
+   * Socket-level load balancing: the host path of the cgroup v2 directory the
+   * agent attaches its connect/sendmsg/recvmsg/getpeername programs to (the
+   * root of the host's cgroup v2 hierarchy, so every pod below it is
+   * covered); undefined: off.
+   */
+  socketLBCgroup: string | undefined;
+  /** Port of the agent's GET /metrics on every address of its node (host network); undefined: only on the node's 127.0.0.1:9962. */
+  agentMetricsPort: number | undefined;
+  /** Port of the apiserver's GET /metrics on every address of its node (host network); undefined: only on its node's 127.0.0.1:9963. */
+  apiserverMetricsPort: number | undefined;
   /** VXLAN UDP port between nodes. */
   tunnelPort: number;
   /** How remote clusters reach this cluster's etcd. */
@@ -65,6 +80,11 @@ export const NODE_PORT_BASE = 32000;
 const NODE_PORT_RANGE = { min: 30000, max: 32767 };
 /** The agents' read-only API over mutual TLS (Hubble's server listens on 4244, its relay on 4245; clustermesh takes 4247). */
 export const DEFAULT_REMOTE_API_PORT = 4247;
+/** The host's cgroup v2 hierarchy where systemd mounts it (a unified-hierarchy host); socket LB attaches at its root. */
+export const DEFAULT_SOCKET_LB_CGROUP = '/sys/fs/cgroup';
+/** The agent's and apiserver's metrics ports when only on loopback (their defaults; Cilium's agent also uses 9962). */
+export const AGENT_METRICS_PORT = 9962;
+export const APISERVER_METRICS_PORT = 9963;
 /** Host ports the install's own pods listen on. */
 const HOST_PORTS_TAKEN = [ETCD_NODE_PORT, ETCD_PEER_PORT];
 
@@ -78,6 +98,11 @@ export interface RawInstallOptions {
   namespace?: string | undefined;
   image?: string | undefined;
   routingMode?: string | undefined;
+  nativeRoutingCidr?: string[] | undefined;
+  socketLb?: boolean | undefined;
+  socketLbCgroup?: string | undefined;
+  agentMetricsPort?: string | undefined;
+  apiserverMetricsPort?: string | undefined;
   tunnelPort?: string | undefined;
   serviceType?: string | undefined;
   nodePort?: string | undefined;
@@ -117,8 +142,19 @@ export function compileInstallSettings(raw: RawInstallOptions): InstallSettings 
   const image = raw.image ?? DEFAULT_IMAGE;
   if (image.length === 0 || /\s/.test(image)) throw new InstallSettingsError('--image', `"${image}" is not an image reference`);
 
-  const routingMode = raw.routingMode ?? 'tunnel';
-  if (routingMode !== 'tunnel') throw new InstallSettingsError('--routing-mode', `"${routingMode}" is not supported (only "tunnel" for now)`);
+  const routingMode = (raw.routingMode ?? 'tunnel') as RoutingMode;
+  if (!ROUTING_MODES.includes(routingMode)) throw new InstallSettingsError('--routing-mode', `"${routingMode}" is not ${ROUTING_MODES.join(' or ')}`);
+  const nativeRoutingCIDRs = raw.nativeRoutingCidr ?? [];
+  if (routingMode === 'native' && nativeRoutingCIDRs.length === 0) {
+    throw new InstallSettingsError('--native-routing-cidr', 'required with --routing-mode native: the pod address ranges your network routes to their nodes (repeatable, e.g. 10.244.0.0/16)');
+  }
+  if (routingMode !== 'native' && nativeRoutingCIDRs.length > 0) throw new InstallSettingsError('--native-routing-cidr', 'only with --routing-mode native');
+
+  if (raw.socketLbCgroup !== undefined && raw.socketLb !== true) throw new InstallSettingsError('--socket-lb-cgroup', 'only with --socket-lb');
+  const socketLBCgroup = raw.socketLb === true ? (raw.socketLbCgroup ?? DEFAULT_SOCKET_LB_CGROUP) : undefined;
+  if (socketLBCgroup !== undefined && (!socketLBCgroup.startsWith('/') || socketLBCgroup.split('/').includes('..') || /\s/.test(socketLBCgroup))) {
+    throw new InstallSettingsError('--socket-lb-cgroup', `"${socketLBCgroup}" is not an absolute host path without ".." (the host's cgroup v2 mount, e.g. ${DEFAULT_SOCKET_LB_CGROUP})`);
+  }
 
   const tunnelPort = raw.tunnelPort === undefined ? 8472 : integer('--tunnel-port', raw.tunnelPort, 1, 65535);
 
@@ -151,5 +187,71 @@ export function compileInstallSettings(raw: RawInstallOptions): InstallSettings 
   // The apiserver's etcd listens on its node (host network) at these: the agent on that node could not bind.
   if (remoteApiPort !== undefined && HOST_PORTS_TAKEN.includes(remoteApiPort)) throw new InstallSettingsError('--remote-api-port', `${remoteApiPort} is taken on the apiserver's node by its etcd (ports ${HOST_PORTS_TAKEN.join(', ')}); pick another`);
 
-  return { clusterName: raw.clusterName, clusterID, maxConnectedClusters, namespace, image, routingMode, tunnelPort, serviceType, nodePort, apiserverAddresses, k8sService, kvstoremesh: raw.kvstoremesh === true, remoteApiPort };
+  const metricsPort = (flag: string, v: string | undefined): number | undefined => {
+    const p = v === undefined ? 0 : integer(flag, v, 0, 65535);
+    if (p === 0) return undefined;
+    if (HOST_PORTS_TAKEN.includes(p)) throw new InstallSettingsError(flag, `${p} is taken on the apiserver's node by its etcd (ports ${HOST_PORTS_TAKEN.join(', ')}); pick another`);
+    if (p === remoteApiPort) throw new InstallSettingsError(flag, `${p} is the agents' --remote-api-port; pick another`);
+    return p;
+  };
+  const agentMetricsPort = metricsPort('--agent-metrics-port', raw.agentMetricsPort);
+  const apiserverMetricsPort = metricsPort('--apiserver-metrics-port', raw.apiserverMetricsPort);
+  // Both on the host network: the apiserver's node runs an agent too (each on its default loopback port when not exposed).
+  const agentPort = agentMetricsPort ?? AGENT_METRICS_PORT;
+  const apiserverPort = apiserverMetricsPort ?? APISERVER_METRICS_PORT;
+  if (agentPort === apiserverPort) {
+    const flag = apiserverMetricsPort !== undefined ? '--apiserver-metrics-port' : '--agent-metrics-port';
+    const other = flag === '--apiserver-metrics-port' ? (agentMetricsPort === undefined ? "the agent's metrics port (its default, on the node's loopback)" : '--agent-metrics-port') : "the apiserver's metrics port (its default, on the node's loopback)";
+    throw new InstallSettingsError(flag, `${agentPort} is ${other} too, and the apiserver's node runs an agent: pick another`);
+  }
+
+  const s: InstallSettings = {
+    clusterName: raw.clusterName,
+    clusterID,
+    maxConnectedClusters,
+    namespace,
+    image,
+    routingMode,
+    nativeRoutingCIDRs,
+    socketLBCgroup,
+    agentMetricsPort,
+    apiserverMetricsPort,
+    tunnelPort,
+    serviceType,
+    nodePort,
+    apiserverAddresses,
+    k8sService,
+    kvstoremesh: raw.kvstoremesh === true,
+    remoteApiPort,
+  };
+  checkAgentConfig(s);
+  return s;
+}
+
+/** The agent's settings each install flag becomes (agent.yaml), for its errors. */
+const AGENT_SETTING_FLAGS: Record<string, string> = {
+  routingMode: '--routing-mode',
+  nativeRoutingCIDRs: '--native-routing-cidr',
+  socketLBCgroup: '--socket-lb-cgroup',
+  metricsAddress: '--agent-metrics-port',
+  tunnelPort: '--tunnel-port',
+};
+
+/**
+ * The agent's configuration file as the install renders it, checked by the
+ * agent's own rules (compileAgentConfig: e.g. a native routing range with host
+ * bits set, or a /0), so what the agent would refuse at its start is refused
+ * here, naming the install flag.
+ */
+function checkAgentConfig(s: InstallSettings): void {
+  try {
+    compileAgentConfig(agentConfigDoc(s), { source: 'install', baseDir: PATHS.config, flags: { nodeName: 'node', nodeIp: '192.0.2.1' } });
+  } catch (err) {
+    if (!(err instanceof AgentConfigError)) throw err;
+    const key = err.setting?.split(/[.[]/)[0] ?? '';
+    const flag = AGENT_SETTING_FLAGS[key];
+    // Settings the install derives itself cannot be wrong by a flag: a bug, said as it is.
+    if (flag === undefined) throw new Error(`install renders an agent config the agent refuses: ${err.message}`, { cause: err });
+    throw new InstallSettingsError(flag, err.detail);
+  }
 }

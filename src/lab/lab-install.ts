@@ -17,13 +17,23 @@
 // - `type: LoadBalancer` Services get an address on the cluster's underlay
 //   (src/lab/cloud-lb.ts), which is how each cluster's etcd is reached by the
 //   others (`install --service-type LoadBalancer`).
+//
+// `lab up --routing native`, `--socket-lb` and `--prometheus` become install's
+// flags (labInstallFlags): native routing with the lab's routed ranges, socket
+// LB at LAB_SOCKET_LB_CGROUP (each node's own cgroup), and the metrics ports,
+// whose annotated pods the lab's Prometheus scrapes (installedMetricsTargets).
 import { spawn } from 'node:child_process';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, rmSync, symlinkSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { AgentClient } from '../agent/client.ts';
 import { CNI_PLUGIN_PATH } from '../cni/main.ts';
-import { DEFAULT_NAMESPACE } from '../install/settings.ts';
+import type { RoutingMode } from '../datapath/maps/config.ts';
+import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT, DEFAULT_NAMESPACE } from '../install/settings.ts';
 import { NAMES, PATHS } from '../install/manifests.ts';
 import { pollUntil } from '../util/poll.ts';
+import { nodeCgroupPath } from './cgroup.ts';
+import type { PrometheusTargets } from './prometheus.ts';
+import { routingSettings } from './topology.ts';
 import { childEnv } from './process.ts';
 import type { KubeletConfig } from './kubelet-config.ts';
 import type { LabState } from './state.ts';
@@ -67,6 +77,70 @@ export interface InstallMeshOptions {
   progress: (line: string) => void;
   /** Bound for every wait (rollouts, connections); default 240 s. */
   timeoutMs?: number;
+  /** Each cluster's routing, in cluster order (lab up --routing): native ones are installed with --routing-mode native and the lab's routed ranges. */
+  routing?: readonly RoutingMode[];
+  /** install --socket-lb, at each node's own cgroup (lab up --socket-lb). */
+  socketLB?: boolean;
+  /** install --agent-metrics-port/--apiserver-metrics-port (lab up --prometheus scrapes them). */
+  metrics?: boolean;
+}
+
+/**
+ * Where `lab up --install --socket-lb` tells install the host's cgroup v2
+ * mount is (--socket-lb-cgroup), as Cilium mounts one at /run/cilium/cgroupv2:
+ * on each lab node's own host filesystem this path is its node's cgroup
+ * (src/lab/cgroup.ts), so from the node the cgroup v2 root is its own cgroup,
+ * where its kubelet runs the pods; never the machine's root cgroup (the
+ * install's default, /sys/fs/cgroup, would be the machine's: the kubelet
+ * shares /sys).
+ */
+export const LAB_SOCKET_LB_CGROUP = '/run/clustermesh/cgroupv2';
+
+/** Each node's LAB_SOCKET_LB_CGROUP: a link to its cgroup. Throws naming a node without one (no cgroup v2 here). */
+function linkNodeCgroups(state: LabState): void {
+  for (const n of state.nodes) {
+    const cg = nodeCgroupPath(n.netns, { mount: false });
+    if (cg === undefined || !existsSync(cg)) throw new Error(`--socket-lb: node ${n.cluster}/${n.name} has no cgroup of its own (this machine has no cgroup v2 the lab could mount at /run/clustermesh/cgroup2)`);
+    if (n.dir === undefined) throw new Error(`--socket-lb: node ${n.cluster}/${n.name} has no directory in the lab state`);
+    const link = join(nodeHostRoot(n.dir), LAB_SOCKET_LB_CGROUP);
+    mkdirSync(dirname(link), { recursive: true });
+    rmSync(link, { force: true });
+    symlinkSync(cg, link);
+  }
+}
+
+/** The install flags of cluster number `index` (1-based) beyond name, ID and image. */
+export function labInstallFlags(o: Pick<InstallMeshOptions, 'routing' | 'socketLB' | 'metrics'>, index: number): string[] {
+  const r = routingSettings({ routing: [...(o.routing ?? [])] }, index);
+  return [
+    ...(r.routingMode === 'native' ? ['--routing-mode', 'native', ...r.nativeRoutingCIDRs!.flatMap((c) => ['--native-routing-cidr', c])] : []),
+    ...(o.socketLB ? ['--socket-lb', '--socket-lb-cgroup', LAB_SOCKET_LB_CGROUP] : []),
+    ...(o.metrics ? ['--agent-metrics-port', String(AGENT_METRICS_PORT), '--apiserver-metrics-port', String(APISERVER_METRICS_PORT)] : []),
+  ];
+}
+
+/**
+ * What `lab up --install --prometheus` scrapes: every pod of the install
+ * annotated prometheus.io/scrape, at its hostIP and prometheus.io/port (what
+ * Prometheus' Kubernetes pod discovery would find), as the plain lab's targets.
+ */
+export async function installedMetricsTargets(state: LabState): Promise<PrometheusTargets> {
+  const { CoreV1Api } = await import('@kubernetes/client-node');
+  const { loadKubeConnection } = await import('../sources/kubernetes/kubeconfig.ts');
+  const t: PrometheusTargets = { agents: [], apiservers: [] };
+  for (const c of state.clusters) {
+    const core = loadKubeConnection({ kubeconfig: state.kubeconfig!, context: c.name }).kubeConfig.makeApiClient(CoreV1Api);
+    const pods = await core.listNamespacedPod({ namespace: state.install?.namespace ?? DEFAULT_NAMESPACE });
+    for (const p of pods.items) {
+      const a = p.metadata?.annotations ?? {};
+      if (a['prometheus.io/scrape'] !== 'true' || !p.status?.hostIP || !a['prometheus.io/port']) continue;
+      const address = `${p.status.hostIP}:${a['prometheus.io/port']}`;
+      const app = p.metadata?.labels?.['app.kubernetes.io/name'];
+      if (app === NAMES.agent) t.agents.push({ cluster: c.name, node: p.spec?.nodeName ?? '', address });
+      else if (app === NAMES.apiserver) t.apiservers.push({ cluster: c.name, address });
+    }
+  }
+  return t;
 }
 
 interface Ran {
@@ -109,7 +183,8 @@ export async function installMesh(o: InstallMeshOptions): Promise<void> {
   const timeoutMs = o.timeoutMs ?? 240_000;
   const { state } = o;
   // 1. install, every cluster at once (each command's lines printed together).
-  const installs = state.clusters.map((c) => ['install', '--context', c.name, '--cluster-name', c.name, '--cluster-id', String(c.id), '--service-type', 'LoadBalancer', '--image', LAB_INSTALL_IMAGE]);
+  if (o.socketLB) linkNodeCgroups(state);
+  const installs = state.clusters.map((c, i) => ['install', '--context', c.name, '--cluster-name', c.name, '--cluster-id', String(c.id), '--service-type', 'LoadBalancer', '--image', LAB_INSTALL_IMAGE, ...labInstallFlags(o, i + 1)]);
   const results = await Promise.all(installs.map((args) => cm(o, args)));
   for (const [i, args] of installs.entries()) {
     show(o, args, results[i]!);

@@ -31,7 +31,7 @@ import { clusterDnsObjects, DNS_NAMESPACE } from './dns.ts';
 import { kubeletConfigFile, kubeletConfigOverrides, podRecordsOf, unmountUnder, type KubeletConfig, type PodRecord } from './kubelet-config.ts';
 import { writeKubeconfig } from './kube-api/index.ts';
 import { WORKLOAD_NODE_FLAGS } from './workload-main.ts';
-import { installedAgentPaths, installedKubeletFields, installMesh, LAB_INSTALL_IMAGE } from './lab-install.ts';
+import { installedAgentPaths, installedKubeletFields, installedMetricsTargets, installMesh, LAB_INSTALL_IMAGE } from './lab-install.ts';
 import { DEFAULT_NAMESPACE } from '../install/settings.ts';
 import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT, openUiSocket, prometheusBinary, startLabPrometheus, waitPrometheusReady } from './prometheus.ts';
 
@@ -178,8 +178,9 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
   if (o.loss) validateLoss(o.loss);
   if (o.prometheus) prometheusBinary(); // not installed: say so before building anything
   const bare = o.install === true || o.bare === true;
-  if (bare && (o.prometheus || o.socketLB || o.routing?.some((r) => r !== 'tunnel'))) {
-    throw new Error(`--${o.install ? 'install' : 'bare'} goes with none of --prometheus, --socket-lb, --routing native yet (clustermesh install has no settings for them)`);
+  // --install passes them to clustermesh install (lab-install.ts); a bare lab has no mesh they could apply to yet.
+  if (o.bare && !o.install && (o.prometheus || o.socketLB || o.routing?.some((r) => r !== 'tunnel'))) {
+    throw new Error(`--bare goes with none of --prometheus, --socket-lb, --routing native (they are settings of the mesh; give them to clustermesh install, or use --install)`);
   }
   const progress = o.progress ?? (() => undefined);
   const t0 = Date.now();
@@ -482,7 +483,15 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     if (o.install) {
       step = 'install';
       progress(`[4/6] the mesh, installed as on any Kubernetes cluster: clustermesh install and connect by kube context (the lab's kubeconfig)`);
-      await installMesh({ state, cli: [process.execPath, CLI], progress, timeoutMs: Math.max(240_000, o.readyTimeoutMs ?? 0) });
+      await installMesh({
+        state,
+        cli: [process.execPath, CLI],
+        progress,
+        timeoutMs: Math.max(240_000, o.readyTimeoutMs ?? 0),
+        routing: topo.spec.routing,
+        ...(o.socketLB ? { socketLB: true } : {}),
+        ...(o.prometheus ? { metrics: true } : {}),
+      });
       readyMs = Date.now() - t0;
       state.readyMs = readyMs;
       save();
@@ -502,10 +511,13 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
         routerNetns: topo.routerNetns,
         ui: ui!,
         cli: CLI,
-        targets: {
-          agents: state.nodes.map((n) => ({ cluster: n.cluster, node: n.name, address: `${n.underlayIP}:${AGENT_METRICS_PORT}` })),
-          apiservers: state.clusters.map((c) => ({ cluster: c.name, address: `${c.ip}:${APISERVER_METRICS_PORT}` })),
-        },
+        // --install: the installed pods' annotated metrics ports, at their nodes.
+        targets: o.install
+          ? await installedMetricsTargets(state)
+          : {
+              agents: state.nodes.map((n) => ({ cluster: n.cluster, node: n.name, address: `${n.underlayIP}:${AGENT_METRICS_PORT}` })),
+              apiservers: state.clusters.map((c) => ({ cluster: c.name, address: `${c.ip}:${APISERVER_METRICS_PORT}` })),
+            },
         record: (procName, pid, logFile) => void recordProcess(state, save, procName, pid, logFile),
       });
       state.prometheus = { url: p.url, configFile: p.configFile, logFile: p.prometheus.spec.logFile };

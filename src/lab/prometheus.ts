@@ -19,8 +19,8 @@ import { join } from 'node:path';
 import { stringify as toYaml } from 'yaml';
 import { ManagedProcess, childEnv, type ManagedProcessSpec } from './process.ts';
 
-export const AGENT_METRICS_PORT = 9962;
-export const APISERVER_METRICS_PORT = 9963;
+/** Where the lab's agents and apiservers serve /metrics: the ports `install --agent-metrics-port/--apiserver-metrics-port` default to on loopback. */
+export { AGENT_METRICS_PORT, APISERVER_METRICS_PORT } from '../install/settings.ts';
 /** Where prometheus listens inside the router namespace. */
 const PROMETHEUS_INNER = '127.0.0.1:9090';
 
