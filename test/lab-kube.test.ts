@@ -1,5 +1,6 @@
 // Every lab cluster serves the Kubernetes API: `clustermesh lab up` starts one
-// Kubernetes API server per cluster (over that cluster's etcd) and writes one
+// Kubernetes API server per cluster (over that cluster's Kubernetes etcd, a
+// process separate from the mesh's etcd) and writes one
 // kubeconfig with a context per cluster; real kubectl talks to it. The lab's
 // controllers run beside each server: a Deployment applied with kubectl gets
 // its pods. After `down` no Kubernetes API process is left.
@@ -10,8 +11,11 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { clusterConfigKey } from '../src/clustermesh/keys.ts';
+import { KvClient } from '../src/kvstore/index.ts';
+import { KUBE_PREFIX } from '../src/lab/kube-api/index.ts';
 import { childEnv } from '../src/lab/process.ts';
-import { labStateSchema, sameProcessAlive, type LabState } from '../src/lab/state.ts';
+import { clusterKvConfig, etcdKvConfig, labStateSchema, sameProcessAlive, type LabState } from '../src/lab/state.ts';
 import { eventually, kubectlFor, run, show, type Run } from './helpers/kube.ts';
 
 const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
@@ -80,6 +84,26 @@ describe('lab: a Kubernetes API per cluster, one kubeconfig, kubectl', { timeout
     assert.match(missing.stderr, /configmaps "only-in-2" not found/);
     // The default context is the first cluster.
     assert.equal(await kubectlOk('get', 'configmap', 'whoami', '-o', 'jsonpath={.data.cluster}'), 'cluster1');
+
+    // The objects are in the cluster's Kubernetes etcd (a process of its own, its own CA), none in the mesh's etcd.
+    for (const c of state.clusters) {
+      assert.ok(c.kubeEtcd, `${c.name}'s Kubernetes etcd is recorded`);
+      assert.ok(sameProcessAlive(c.kubeEtcd) && sameProcessAlive(c.etcd) && c.kubeEtcd.pid !== c.etcd.pid, `${c.name}: two etcd processes (${c.etcd.pid}, ${c.kubeEtcd.pid})`);
+      assert.notEqual(c.kubeEtcd.caFile, c.etcd.caFile);
+      assert.ok(state.processes.some((p) => p.name === `kube-etcd ${c.name}` && p.pid === c.kubeEtcd!.pid), `kube-etcd ${c.name} recorded for down`);
+      const kube = new KvClient(etcdKvConfig(c.kubeEtcd));
+      const mesh = new KvClient(clusterKvConfig(c));
+      try {
+        assert.ok((await kube.get(`${KUBE_PREFIX}core/configmaps/default/whoami`)) !== undefined, `${c.name}: configmap whoami in the Kubernetes etcd`);
+        assert.ok((await mesh.get(clusterConfigKey(c.name))) !== undefined, `${c.name}: the mesh's etcd holds the mesh (cluster-config)`);
+        assert.deepEqual((await mesh.list(KUBE_PREFIX)).pairs.map((p) => p.key), [], `${c.name}: no Kubernetes object in the mesh's etcd`);
+      } finally {
+        await Promise.all([kube.close(), mesh.close()]);
+      }
+    }
+    const log = await cli(['lab', 'logs', 'kube-etcd', '--lab', name, '--cluster', 'cluster2']);
+    assert.equal(log.code, 0, show(log));
+    assert.match(log.stdout, /"user-name":"kube"/, "kube-etcd's log: its user kube set up");
 
     const status = await cli(['status', '--lab', name]);
     for (const c of state.clusters) assert.ok(status.stdout.includes(`kube-api:    ok  ${c.kubeApi!.url}`), `status shows ${c.name}'s API URL:\n${show(status)}`);

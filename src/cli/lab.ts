@@ -205,7 +205,7 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
   nameOption(
     lab
       .command('up')
-      .description("build a lab: router, node namespaces, per cluster etcd (mutual TLS), a Kubernetes API server (the one local source: agents, apiservers, kubelets and the cluster DNS read it through 127.0.0.1:6443 in their namespace; its controllers and scheduler run Deployments, EndpointSlices and pod placement; Cilium's policy CRDs and the MCS API CRDs are served from the start) and an apiserver, an agent and a kubelet per node; returns when every agent is connected to every cluster")
+      .description("build a lab: router, node namespaces, per cluster the mesh's etcd and the Kubernetes etcd (two processes, mutual TLS), a Kubernetes API server (the one local source: agents, apiservers, kubelets and the cluster DNS read it through 127.0.0.1:6443 in their namespace; its controllers and scheduler run Deployments, EndpointSlices and pod placement; Cilium's policy CRDs and the MCS API CRDs are served from the start) and an apiserver, an agent and a kubelet per node; returns when every agent is connected to every cluster")
       .option('--clusters <n>', 'number of clusters', parseSmallCount(16), 2)
       .option('--nodes <n>', 'nodes per cluster', parseSmallCount(16), 2)
       .option('--latency <delay>', 'one-way delay between clusters (netem on the router), e.g. 20ms', checked(validateLatency))
@@ -523,8 +523,8 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
   nameOption(
     lab
       .command('logs')
-      .description("print a log: a pod's container, node/NAME (agent), kubelet/NAME, apiserver, kube-apiserver (the Kubernetes API and the lab's controllers), etcd or prometheus (lab up --prometheus)")
-      .argument('<what>', 'POD | namespace/POD | node/NAME | kubelet/NAME | apiserver | kube-apiserver | etcd | prometheus')
+      .description("print a log: a pod's container, node/NAME (agent), kubelet/NAME, apiserver, kube-apiserver (the Kubernetes API and the lab's controllers), etcd (the mesh's), kube-etcd (the Kubernetes API's) or prometheus (lab up --prometheus)")
+      .argument('<what>', 'POD | namespace/POD | node/NAME | kubelet/NAME | apiserver | kube-apiserver | etcd | kube-etcd | prometheus')
       .option('--cluster <name>', 'cluster (default: the first; for pods: where the pod is)')
       .option('-n, --namespace <ns>', 'namespace of the pod', 'default')
       .option('-c, --container <name>', 'container of the pod (default: the first)'),
@@ -543,6 +543,8 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
         } else if (what === 'apiserver') file = state.install ? installedPodLog(state, clusterOf(state, o.cluster).name, 'apiserver') : clusterOf(state, o.cluster).apiserver.logFile;
         else if (what === 'kube-apiserver') file = clusterOf(state, o.cluster).kubeApi?.logFile;
         else if (what === 'etcd') file = clusterOf(state, o.cluster).etcd.logFile;
+        // A lab of an older clustermesh kept the Kubernetes objects in its one etcd.
+        else if (what === 'kube-etcd') file = (clusterOf(state, o.cluster).kubeEtcd ?? clusterOf(state, o.cluster).etcd).logFile;
         else if (what === 'prometheus') {
           if (!state.prometheus) throw new Error(`lab ${state.name} runs no prometheus (start a lab with: clustermesh lab up --prometheus)`);
           file = state.prometheus.logFile;

@@ -3,18 +3,15 @@
 //   apiserver  readwrite cilium/ and the store prefix
 //   agent      readwrite the store prefix and cilium/state/identities/, read cilium/
 //   remote     read only what importers read (keys.ts exportedReadPrefixes)
-//   kube       readwrite clustermesh/kube/ only: the lab's Kubernetes API server
-//              (src/lab/kube-api), which keeps a cluster's Kubernetes objects there
+// (The lab's Kubernetes API keeps its objects in an etcd of its own, as a real
+// cluster does: src/lab/kube-api-procs.ts KUBE_ETCD_ROLES.)
 import { startEtcd, withEtcd, type EtcdOptions, type EtcdRoles, type EtcdServer } from '../kvstore/etcd-process.ts';
 import { CILIUM_PREFIX, exportedReadPrefixes, storePrefix } from './keys.ts';
 
 /** The prefix agents allocate identities under (readwrite for `agent`). */
 export const AGENT_IDENTITIES_PREFIX = 'cilium/state/identities/';
 
-/** Where the lab's Kubernetes API server keeps its objects (readwrite for `kube`, nothing else). */
-export const KUBE_OBJECTS_PREFIX = 'clustermesh/kube/';
-
-export type MeshUser = 'root' | 'apiserver' | 'agent' | 'remote' | 'kube';
+export type MeshUser = 'root' | 'apiserver' | 'agent' | 'remote';
 
 export const MESH_ROLES: EtcdRoles = {
   apiserver: [
@@ -27,7 +24,6 @@ export const MESH_ROLES: EtcdRoles = {
     { permission: 'Read', key: CILIUM_PREFIX },
   ],
   remote: exportedReadPrefixes.map((key) => ({ permission: 'Read', key })),
-  kube: [{ permission: 'Readwrite', key: KUBE_OBJECTS_PREFIX }],
 };
 
 /** startEtcd with the mesh's roles (unless `roles` is given). */

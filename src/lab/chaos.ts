@@ -424,6 +424,21 @@ export class ChaosRig {
     return out;
   }
 
+  /**
+   * The uids of the rig's Kubernetes objects in `cluster` (its server's Pod and the global Service),
+   * "kind/name=uid", "kind/name missing" when gone: the same after a fault that must leave the
+   * Kubernetes objects alone (a lost mesh etcd: they are in the cluster's Kubernetes etcd).
+   */
+  async kubeObjectUids(cluster: number): Promise<string[]> {
+    const srv = this.serverPods().find((p) => p.cluster === cluster)!;
+    const out: string[] = [];
+    for (const [kind, name] of [['Pod', srv.name], ['Service', GLOBAL_SERVICE]] as const) {
+      const o = (await this.mesh.kube(cluster).getRaw(kind, { name, namespace: 'default' })) as { metadata?: { uid?: string } } | undefined;
+      out.push(o ? `${kind}/${name}=${o.metadata?.uid ?? '?'}` : `${kind}/${name} missing`);
+    }
+    return out;
+  }
+
   /** The pod of `cluster`, node `node`, index `index` (1-based). */
   pod(cluster: number, node: number, index: number): PodInfo {
     const p = this.topo.pods.find((x) => x.cluster === cluster && x.node.index === node && x.index === index);

@@ -1,7 +1,10 @@
 // Starting each cluster's Kubernetes API (the lab's kube-apiserver process,
 // src/lab/kube-apiserver.ts), the local source of the cluster's components, and a node-local
 // endpoint (src/lab/kube-api-endpoint.ts) in the control-plane namespace and
-// in every node namespace of the cluster. One code path for the lab's `up`
+// in every node namespace of the cluster. The API keeps its objects in the
+// cluster's Kubernetes etcd, not in the mesh's etcd: as in a real cluster, the
+// two are separate processes (the mesh starts both, src/lab/mesh.ts), so losing
+// the mesh's kvstore leaves the Kubernetes objects alone. One code path for the lab's `up`
 // and the test rig (src/lab/mesh.ts): the caller is told about each process
 // after its spawn and before its program runs (`record`: the lab's state, see
 // src/util/held-start.ts) and once it started (`onStarted`: the rig stops it).
@@ -9,8 +12,8 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { issueCert } from '../kvstore/pki.ts';
-import type { EtcdServer } from '../kvstore/etcd-process.ts';
-import { createKubeApiPki, writeKubeconfig } from './kube-api/index.ts';
+import type { EtcdRoles, EtcdServer } from '../kvstore/etcd-process.ts';
+import { createKubeApiPki, KUBE_PREFIX, writeKubeconfig } from './kube-api/index.ts';
 import { NODE_LOCAL_API_HOST, NODE_LOCAL_API_PORT } from './kube-api-endpoint.ts';
 import type { CloudLbConfig } from './cloud-lb.ts';
 import type { KubeApiReady, KubeApiServerConfig } from './kube-apiserver.ts';
@@ -23,6 +26,15 @@ export const SERVICE_CIDR = '10.96.0.0/16';
 
 export type KubeApiRole = 'kube-apiserver' | 'kube-api-endpoint';
 
+/** The Kubernetes etcd's one role besides root: `kube`, the API server's user, readwrite on its prefix only. */
+export const KUBE_ETCD_ROLES: EtcdRoles = { kube: [{ permission: 'Readwrite', key: KUBE_PREFIX }] };
+/**
+ * Its client port, on 127.0.0.1 of the control-plane namespace (beside the mesh's etcd on
+ * 10.c.0.250:2379 and 127.0.0.1:2380): no node or other cluster reaches it; the API server reaches
+ * it through its TLS unix socket. Its peer port is the next one.
+ */
+export const KUBE_ETCD_PORT = 2381;
+
 /** What starting the Kubernetes API of a cluster needs to know about it. */
 export interface KubeApiCluster {
   index: number;
@@ -30,7 +42,8 @@ export interface KubeApiCluster {
   /** The control-plane namespace. */
   netns: string;
   dir: string;
-  etcd: EtcdServer;
+  /** The cluster's Kubernetes etcd (KUBE_ETCD_ROLES), not the mesh's. */
+  kubeEtcd: EtcdServer;
 }
 
 /** A node namespace that gets a node-local endpoint. */
@@ -99,7 +112,7 @@ export async function startKubeApiServers(clusters: readonly KubeApiCluster[], o
     rmSync(readyFile, { force: true });
     const cfg: KubeApiServerConfig = {
       cluster: c.name,
-      etcd: c.etcd.connection('kube'),
+      etcd: c.kubeEtcd.connection('kube'),
       tls: { certFile: pki.server.certFile, keyFile: pki.server.keyFile, caFile: pki.ca.certFile },
       host: '127.0.0.1',
       port: 0,

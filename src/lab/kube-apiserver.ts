@@ -1,7 +1,8 @@
 // The lab's per-cluster Kubernetes API process (`clustermesh lab kube-apiserver
 // --config FILE`, started by `lab up`, one per cluster): the Kubernetes-API-
-// compatible server of src/lab/kube-api over the cluster's etcd, as the etcd
-// user `kube` (readwrite on clustermesh/kube/ only), and the lab's controllers
+// compatible server of src/lab/kube-api over the cluster's Kubernetes etcd (its
+// own, separate from the mesh's etcd), as the etcd user `kube` (readwrite on
+// clustermesh/kube/ only), and the lab's controllers
 // (src/lab/controllers) as its clients over HTTPS -- the lab's
 // kube-apiserver and kube-controller-manager in one process (with the lab's
 // cloud load balancer, src/lab/cloud-lb.ts, when configured).
@@ -25,7 +26,7 @@ const fileSchema = z.object({ certFile: z.string(), keyFile: z.string(), caFile:
 
 export const kubeApiServerConfigSchema = z.object({
   cluster: z.string(),
-  /** The cluster's etcd as user `kube`. */
+  /** The cluster's Kubernetes etcd as user `kube`. */
   etcd: fileSchema.extend({ endpoints: z.array(z.string()).min(1), serverName: z.string().optional() }),
   /** Server certificate and key; caFile verifies client certificates. */
   tls: fileSchema,
@@ -82,7 +83,7 @@ export async function runKubeApiServer(configFile: string): Promise<void> {
     ...(cfg.socketPath !== undefined ? { socketPath: cfg.socketPath } : {}),
     ...(cfg.serviceAccountKeyFile !== undefined ? { serviceAccountKeyFile: cfg.serviceAccountKeyFile } : {}),
   });
-  // etcd answers before this starts (lab up starts it after the mesh); a loaded machine may still be slow.
+  // The Kubernetes etcd answers before this starts (the mesh starts it first); a loaded machine may still be slow.
   for (let attempt = 1; ; attempt++) {
     try {
       await server.start();

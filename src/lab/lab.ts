@@ -10,7 +10,8 @@ import { CNI_PLUGIN_PATH } from '../cni/main.ts';
 import { DEFAULT_BPFFS_ROOT, removePinDir } from '../datapath/bpffs.ts';
 import { removeNodeCgroup } from './cgroup.ts';
 import { run } from './exec.ts';
-import { startMesh, type Mesh, type MeshCreated } from './mesh.ts';
+import { startMesh, type ClusterEtcdRole, type Mesh, type MeshCreated } from './mesh.ts';
+import type { EtcdServer } from '../kvstore/etcd-process.ts';
 import { SERVICE_CIDR, kubeApiAdminPki, kubeApiReady, kubeApiSocket, localKubeconfig, waitReadyFiles, type KubeApiStart } from './kube-api-procs.ts';
 import { ManagedProcess, childEnv } from './process.ts';
 import { createTopology, destroyTopology, listNamespaces, routerPort, type Topology } from './topology.ts';
@@ -24,6 +25,7 @@ import {
   validateLabName,
   writeLabState,
   NoSuchLabError,
+  type LabEtcd,
   type LabState,
 } from './state.ts';
 import { stopGroup } from './kubelet.ts';
@@ -327,8 +329,8 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     step = 'control plane';
     progress(
       bare
-        ? `[2/6] control plane: etcd (mutual TLS) as the store of the Kubernetes API per cluster (with a node-local endpoint 127.0.0.1:6443 in every node and control-plane namespace); no mesh yet`
-        : `[2/6] control plane: etcd (mutual TLS), the Kubernetes API (the one local source, with a node-local endpoint 127.0.0.1:6443 in every node and control-plane namespace) and apiserver per cluster`,
+        ? `[2/6] control plane: the Kubernetes API per cluster over its own etcd (mutual TLS; with a node-local endpoint 127.0.0.1:6443 in every node and control-plane namespace); no mesh yet`
+        : `[2/6] control plane: per cluster the mesh's etcd and, separate, the Kubernetes etcd (both mutual TLS), the Kubernetes API (the one local source, with a node-local endpoint 127.0.0.1:6443 in every node and control-plane namespace) and apiserver`,
     );
     const onCreated = (ev: MeshCreated): void => {
       if (ev.kind === 'netns') state.namespaces.push(ev.name);
@@ -364,25 +366,30 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     await startKubelets(mesh);
 
     step = 'state';
+    const etcdRecord = (e: EtcdServer): LabEtcd => {
+      const root = e.connection('root');
+      return {
+        endpoints: [e.endpoint],
+        localEndpoints: [e.localEndpoint],
+        localServerName: 'localhost',
+        caFile: root.caFile,
+        certFile: root.certFile,
+        keyFile: root.keyFile,
+        dir: e.dir,
+        ...(e.pid !== undefined ? { pid: e.pid, startTime: processStartTime(e.pid) } : {}),
+        logFile: e.logFile,
+      };
+    };
     for (const c of mesh.clusters) {
-      const root = c.etcd.connection('root');
       state.clusters.push({
         name: c.name,
         id: c.id,
         netns: c.netns,
         ip: c.ip,
         dir: c.dir,
-        etcd: {
-          endpoints: [c.etcd.endpoint],
-          localEndpoints: [c.etcd.localEndpoint],
-          localServerName: 'localhost',
-          caFile: root.caFile,
-          certFile: root.certFile,
-          keyFile: root.keyFile,
-          dir: c.etcd.dir,
-          ...(c.etcd.pid !== undefined ? { pid: c.etcd.pid, startTime: processStartTime(c.etcd.pid) } : {}),
-          logFile: c.etcd.logFile,
-        },
+        // Bare: the one etcd is the Kubernetes etcd (the install's etcd is a pod).
+        etcd: etcdRecord(c.etcd),
+        kubeEtcd: etcdRecord(c.kubeEtcd),
         // --install: the apiserver is the install's Deployment (kubectl logs); this records where a lab one would log.
         apiserver: {
           ...(c.apiserver.pid !== undefined ? { pid: c.apiserver.pid, startTime: processStartTime(c.apiserver.pid) } : {}),
@@ -707,18 +714,20 @@ async function labDownNow(name: string, o: LabDownOptions): Promise<LabDownResul
     if (existsSync(dir)) for (const t of unmountUnder(dir)) out.unmounted.push(t);
   });
 
-  // 3. agents, apiservers and Kubernetes API servers, then etcd (which they talk to); then anything else recorded.
+  // 3. agents, apiservers and Kubernetes API servers, then the etcds (which they talk to); then anything else recorded.
   await stopAll(byRole(/^agent /), 3000);
   await stopAll(byRole(/^(apiserver|kube-apiserver) /), 3000);
-  await stopAll(byRole(/^etcd /), 5000);
-  await stopAll(state.processes.filter((p) => !/^(kubelet|agent|apiserver|kube-apiserver|etcd) /.test(p.name)), 3000);
-  // An etcd whose pid was not recorded yet (up killed while etcd started) left its pid file.
+  await stopAll(byRole(/^(etcd|kube-etcd) /), 5000);
+  await stopAll(state.processes.filter((p) => !/^(kubelet|agent|apiserver|kube-apiserver|etcd|kube-etcd) /.test(p.name)), 3000);
+  // An etcd whose pid was not recorded yet (up killed while it started) left its pid file: the mesh's and the Kubernetes etcd.
   await attempt('stop unrecorded etcds', async () => {
     for (const c of existsSync(dir) ? readdirSync(dir) : []) {
-      const pidFile = join(dir, c, 'etcd', 'etcd.pid');
-      if (!existsSync(pidFile)) continue;
-      const pid = Number(readFileSync(pidFile, 'utf8').trim());
-      if (Number.isInteger(pid) && pid > 0 && cmdlineMentions(pid, dir) && (await stopRecordedProcess({ pid }, 5000))) out.killed.push(`etcd ${c} (pid ${pid}, from its pid file)`);
+      for (const role of ['etcd', 'kube-etcd'] satisfies ClusterEtcdRole[]) {
+        const pidFile = join(dir, c, role, 'etcd.pid');
+        if (!existsSync(pidFile)) continue;
+        const pid = Number(readFileSync(pidFile, 'utf8').trim());
+        if (Number.isInteger(pid) && pid > 0 && cmdlineMentions(pid, dir) && (await stopRecordedProcess({ pid }, 5000))) out.killed.push(`${role} ${c} (pid ${pid}, from its pid file)`);
+      }
     }
   });
 

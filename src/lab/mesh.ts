@@ -1,6 +1,9 @@
 // The control plane of the test bed: on a topology built in 'clustermesh'
-// mode, each cluster gets a control-plane namespace on its underlay with a
-// real etcd (mutual TLS, the mesh's roles), its Kubernetes API (the one
+// mode, each cluster gets a control-plane namespace on its underlay with two
+// real etcds (mutual TLS, one launcher: startClusterEtcd): the mesh's kvstore
+// (the mesh's roles) and, separate as in a real cluster, the Kubernetes etcd
+// that stores its Kubernetes API's objects (user `kube`; a bare cluster has
+// only this one, the install brings the mesh's); its Kubernetes API (the one
 // local source: src/lab/kube-api-procs.ts, with a node-local endpoint
 // 127.0.0.1:6443 in the control-plane and every node namespace; seeded with
 // Cilium's policy CRDs, the MCS API CRDs, the namespaces and a Ready Node per
@@ -11,10 +14,11 @@
 // directories connect every cluster to every other.
 //
 // Addressing: the control plane of cluster c sits at 10.c.0.250 on br<c>
-// (default route via the router, like a node), etcd listens on
-// https://10.c.0.250:2379 there. This process reaches each etcd through the
-// TLS unix socket in its dir (see etcd-process.ts), and each agent through the
-// unix socket in its state dir.
+// (default route via the router, like a node), the mesh's etcd listens on
+// https://10.c.0.250:2379 there, the Kubernetes etcd on https://127.0.0.1:2381
+// (that namespace's loopback: nothing else in the lab reaches it). This process
+// reaches each etcd through the TLS unix socket in its dir (see
+// etcd-process.ts), and each agent through the unix socket in its state dir.
 //
 // Everything started here is tracked by its handle (pid) and stopped by
 // mesh.stop(), which is safe after a partial start and safe to call twice.
@@ -28,12 +32,12 @@ import * as ipcache from '../datapath/maps/ipcache.ts';
 import { clusterConfigKey, syncedKey, SYNCED_PREFIX_NAMES } from '../clustermesh/keys.ts';
 import { KvClient } from '../kvstore/client.ts';
 import { validateClusterId } from '../model/cluster.ts';
-import type { EtcdServer } from '../kvstore/etcd-process.ts';
-import { startMeshEtcd as launchEtcd } from '../clustermesh/etcd.ts';
+import { startEtcd as launchEtcd, type EtcdServer } from '../kvstore/etcd-process.ts';
+import { MESH_ROLES } from '../clustermesh/etcd.ts';
 import { meshCrds } from '../install/manifests.ts';
 import { kubeConfigFor } from './controllers/index.ts';
 import { writeKubeconfig } from './kube-api/index.ts';
-import { kubeApiAdminPki, kubeApiReady, localKubeconfig, startKubeApiForComponents, waitReadyFiles, type KubeApiStart } from './kube-api-procs.ts';
+import { KUBE_ETCD_PORT, KUBE_ETCD_ROLES, kubeApiAdminPki, kubeApiReady, localKubeconfig, startKubeApiForComponents, waitReadyFiles, type KubeApiStart } from './kube-api-procs.ts';
 import { KubeObjects } from './kube-objects.ts';
 import { AgentClient } from '../agent/client.ts';
 import type { LogLevel } from '../agent/config.ts';
@@ -62,8 +66,8 @@ export interface MeshOptions {
   /** Start an agent per node (default true). Without, the mesh is etcd + apiserver per cluster. */
   agents?: boolean;
   /** Start the clustermesh apiserver per cluster (default true). Without (and then without agents): bare
-   * Kubernetes-shaped clusters, etcd serving only as the store of each cluster's Kubernetes API, on which
-   * `clustermesh install` puts the mesh (lab up --install). */
+   * Kubernetes-shaped clusters, with no mesh etcd either (only the Kubernetes etcd, the store of each
+   * cluster's Kubernetes API), on which `clustermesh install` puts the mesh (lab up --install). */
   apiservers?: boolean;
   /** The clusters (1-based) that get a control plane and agents (default: all). The nodes of the
    * others are left to the caller, e.g. to stand in for a foreign (Cilium) cluster. */
@@ -98,7 +102,7 @@ export interface MeshOptions {
   detached?: boolean;
   /** Record control-plane namespaces in the crash registry (default true; the lab keeps its own state). */
   registry?: boolean;
-  /** Told about every namespace and pin dir right before it is created, and every process after its spawn but before its program runs (the lab's state; see src/util/held-start.ts). etcd: right after it serves, its pid file before. */
+  /** Told about every namespace and pin dir right before it is created, and every process after its spawn but before its program runs (the lab's state; see src/util/held-start.ts). etcd and kube-etcd: right after it serves, its pid file before. */
   onCreated?: (ev: MeshCreated) => void;
   /** Register a Ready Node per node in the Kubernetes API (default true; a lab's kubelets register their own). */
   registerNodes?: boolean;
@@ -109,19 +113,25 @@ export { localKubeconfig };
 export type MeshCreated =
   | { kind: 'netns'; name: string }
   | { kind: 'pinDir'; path: string }
-  | { kind: 'process'; role: 'etcd' | 'apiserver' | 'agent' | 'kube-apiserver' | 'kube-api-endpoint'; cluster: string; node?: string; pid: number; logFile: string };
+  | { kind: 'process'; role: ClusterEtcdRole | 'apiserver' | 'agent' | 'kube-apiserver' | 'kube-api-endpoint'; cluster: string; node?: string; pid: number; logFile: string };
+
+/** The two etcds of a cluster: 'etcd' the mesh's kvstore, 'kube-etcd' the store of its Kubernetes API. */
+export type ClusterEtcdRole = 'etcd' | 'kube-etcd';
 
 export interface MeshCluster {
   /** 1-based, as in the topology. */
   index: number;
   name: string;
   id: number;
-  /** The control-plane namespace (etcd, apiserver). */
+  /** The control-plane namespace (etcds, apiserver). */
   netns: string;
   ip: string;
   dir: string;
+  /** The mesh's etcd (the clustermesh kvstore). A bare cluster (apiservers: false) has none: this is then its kubeEtcd. */
   etcd: EtcdServer;
-  /** etcd client config (YAML) of the apiserver, user apiserver. */
+  /** The Kubernetes etcd: only the cluster's Kubernetes API uses it (user `kube`); the mesh's etcd holds no Kubernetes object. */
+  kubeEtcd: EtcdServer;
+  /** etcd client config (YAML) of the apiserver, user apiserver (not written in a bare cluster). */
   apiserverEtcdConfig: string;
   apiserver: ManagedProcess;
   /** One file per other cluster: endpoint, CA and a `remote`-user certificate of that cluster. */
@@ -180,9 +190,10 @@ export interface Mesh {
   stopAgent(node: NodeInfo | string): Promise<void>;
   /** Starts the node's agent again (stopping it first if it runs) and waits until it is healthy. */
   restartAgent(node: NodeInfo | string, opts?: { waitReady?: boolean; timeoutMs?: number }): Promise<void>;
-  /** SIGKILL the cluster's etcd. */
+  /** SIGKILL the cluster's (mesh) etcd. */
   killEtcd(cluster: number | string): Promise<void>;
-  /** Starts the cluster's etcd again; `empty` wipes its data first (roles are re-created). */
+  /** Starts the cluster's (mesh) etcd again; `empty` wipes its data first (roles are re-created). The Kubernetes etcd
+   * and the objects of the cluster's Kubernetes API are not touched (as a real cluster's lost kvstore). */
   startEtcd(cluster: number | string, opts?: { empty?: boolean }): Promise<void>;
   /** Stops (SIGTERM, or SIGKILL with kill) a cluster's Kubernetes API process; its node-local endpoints stay. */
   stopKubeApi(cluster: number | string, opts?: { kill?: boolean }): Promise<void>;
@@ -303,7 +314,8 @@ class LabMesh implements Mesh {
     // Settled, not raced: a failure must not let stop() run while a sibling still starts things.
     await settleAll(which.map((c) => this.startControlPlane(c)));
     this.clusters.sort((a, b) => a.index - b.index);
-    for (const c of this.clusters) await this.writeRemoteConfigs(c);
+    // A bare cluster has no mesh etcd: `clustermesh connect` writes what its install needs.
+    if (this.opts.apiservers !== false) for (const c of this.clusters) await this.writeRemoteConfigs(c);
     await this.startKubeApis(which);
     if (this.opts.apiservers === false) return;
     await settleAll(this.clusters.map((c) => c.apiserver.start()));
@@ -326,27 +338,24 @@ class LabMesh implements Mesh {
     await mkdir(dir, { recursive: true, mode: 0o700 });
     await this.addControlPlaneNamespace(c, netns, ip);
     const id = this.opts.clusterIds?.[c - 1] ?? c;
-    const etcd = await launchEtcd({
-      dir: join(dir, 'etcd'),
-      name: `etcd-${name}`,
-      clusterName: name,
-      netns,
-      listenAddress: ip,
-      clientPort: ETCD_PORT,
-      // A loaded machine (a lab up beside other work) can take longer than etcd's default 20 s.
-      startTimeoutMs: Math.max(20_000, this.readyTimeoutMs),
-      ...(this.opts.detached ? { detached: true } : {}),
-    });
-    this.etcds.push(etcd);
-    this.created({ kind: 'process', role: 'etcd', cluster: name, pid: etcd.pid!, logFile: etcd.logFile });
-    this.progress(`${name}: etcd on ${etcd.endpoint} (pid ${etcd.pid}) in ${netns}`);
+    const bare = this.opts.apiservers === false;
+    // Both at once (settled: a failure must not let stop() run while the other still starts).
+    const roles: ClusterEtcdRole[] = bare ? ['kube-etcd'] : ['etcd', 'kube-etcd'];
+    const started = new Map<ClusterEtcdRole, EtcdServer>();
+    await settleAll(roles.map(async (role) => started.set(role, await this.startClusterEtcd(role, name, dir, netns, ip))));
+    const kubeEtcd = started.get('kube-etcd')!;
+    const etcd = started.get('etcd') ?? kubeEtcd;
+    const kubeLine = `Kubernetes etcd on ${kubeEtcd.endpoint} (pid ${kubeEtcd.pid})`;
+    this.progress(`${name}: ${bare ? `${kubeLine}, no mesh etcd (the install brings its own)` : `etcd on ${etcd.endpoint} (pid ${etcd.pid}), ${kubeLine}`} in ${netns}`);
 
-    const conn = etcd.connection('apiserver', { via: 'network' });
     const apiserverEtcdConfig = join(dir, 'apiserver-etcd.yaml');
-    await writeFile(
-      apiserverEtcdConfig,
-      toYaml({ endpoints: conn.endpoints, 'trusted-ca-file': conn.caFile, 'cert-file': conn.certFile, 'key-file': conn.keyFile }),
-    );
+    if (!bare) {
+      const conn = etcd.connection('apiserver', { via: 'network' });
+      await writeFile(
+        apiserverEtcdConfig,
+        toYaml({ endpoints: conn.endpoints, 'trusted-ca-file': conn.caFile, 'cert-file': conn.certFile, 'key-file': conn.keyFile }),
+      );
+    }
     const a = this.opts.apiserver ?? {};
     const apiserverLog = join(dir, 'apiserver.log');
     const apiserver = new ManagedProcess({
@@ -373,7 +382,34 @@ class LabMesh implements Mesh {
     });
     const remoteConfigDir = join(dir, 'remote-clusters');
     await mkdir(remoteConfigDir, { recursive: true });
-    this.clusters.push({ index: c, name, id, netns, ip, dir, etcd, apiserverEtcdConfig, apiserver, remoteConfigDir });
+    this.clusters.push({ index: c, name, id, netns, ip, dir, etcd, kubeEtcd, apiserverEtcdConfig, apiserver, remoteConfigDir });
+  }
+
+  /**
+   * One of the cluster's two etcds, in its control-plane namespace, each with its own CA, roles and dir:
+   * 'etcd' (the mesh's kvstore: <cluster dir>/etcd, https://10.c.0.250:2379, the mesh's roles) or
+   * 'kube-etcd' (the Kubernetes API's store: <cluster dir>/kube-etcd, https://127.0.0.1:2381 in that
+   * namespace, user `kube`). Recorded (onCreated) once it serves.
+   */
+  private async startClusterEtcd(role: ClusterEtcdRole, name: string, dir: string, netns: string, ip: string): Promise<EtcdServer> {
+    const mesh = role === 'etcd';
+    const etcd = await launchEtcd({
+      dir: join(dir, role),
+      name: `${role}-${name}`,
+      // Names the CA (clustermesh-<clusterName>-ca) and the initial-cluster-token.
+      clusterName: mesh ? name : `${name}-kube`,
+      roles: mesh ? MESH_ROLES : KUBE_ETCD_ROLES,
+      netns,
+      listenAddress: mesh ? ip : '127.0.0.1',
+      // Both in one namespace: the peer ports must differ too (the mesh's keeps etcd's default 2380).
+      ...(mesh ? { clientPort: ETCD_PORT } : { clientPort: KUBE_ETCD_PORT, peerPort: KUBE_ETCD_PORT + 1 }),
+      // A loaded machine (a lab up beside other work) can take longer than etcd's default 20 s.
+      startTimeoutMs: Math.max(20_000, this.readyTimeoutMs),
+      ...(this.opts.detached ? { detached: true } : {}),
+    });
+    this.etcds.push(etcd);
+    this.created({ kind: 'process', role, cluster: name, pid: etcd.pid!, logFile: etcd.logFile });
+    return etcd;
   }
 
   /** A namespace joined to br<c> like a node, at `ip`; recorded with the topology so a sweep removes it. */
@@ -628,15 +664,11 @@ class LabMesh implements Mesh {
 
   async startEtcd(cluster: number | string, o: { empty?: boolean } = {}): Promise<void> {
     const c = this.cluster(cluster);
-    const kubeApi = this.kubeApis.find((k) => k.cluster === c.name);
-    // The Kubernetes API keeps its objects in the same etcd: a wiped etcd starts it afresh.
-    if (o.empty && kubeApi) await kubeApi.proc.stop();
+    if (c.etcd === c.kubeEtcd && o.empty) throw new Error(`mesh: ${c.name} is a bare cluster: its only etcd is its Kubernetes API's; not wiping it`);
+    // Only the mesh's etcd: the Kubernetes objects are in the Kubernetes etcd and stay, as in a real
+    // cluster whose clustermesh kvstore is lost; the apiserver and the agents refill the mesh's keys.
     if (o.empty) await c.etcd.wipe();
     await c.etcd.start();
-    if (o.empty && kubeApi) await this.startKubeApi(c.index);
-    // What the cluster held before its components (namespaces; with the API: CRDs, Nodes) is re-applied,
-    // the way a user's manifests outlive a lost kvstore; agents and the apiserver refill the rest.
-    if (o.empty && kubeApi) await this.seedKube(c);
   }
 
   async stopKubeApi(cluster: number | string, o: { kill?: boolean } = {}): Promise<void> {

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import {
   NoSuchLabError,
   clusterKvConfig,
+  etcdKvConfig,
   labDir,
   listLabs,
   processStartTime,
@@ -62,6 +63,18 @@ test('write, read and list; the file is replaced atomically (no temp file left)'
   assert.deepEqual(readdirSync(join(root, 'cmtla')), ['lab.json']);
   // From the root namespace the CLI reaches etcd through its unix socket, verifying 'localhost'.
   assert.deepEqual(clusterKvConfig(s.clusters[0]!, 1000), { endpoints: ['unix:///x/localhost:2379'], caFile: '/x/ca.crt', certFile: '/x/root.crt', keyFile: '/x/root.key', timeoutMs: 1000, serverName: 'localhost' });
+});
+
+test("a cluster's Kubernetes etcd is recorded beside the mesh's and reached the same way; a state without it (an older lab) still reads", () => {
+  const s = state('cmtlk');
+  const kubeEtcd = { endpoints: ['https://127.0.0.1:2381'], localEndpoints: ['unix:///k/localhost:2381'], localServerName: 'localhost', caFile: '/k/ca.crt', certFile: '/k/root.crt', keyFile: '/k/root.key', dir: '/k', logFile: '/k/etcd.log' };
+  writeLabState({ ...s, clusters: [{ ...s.clusters[0]!, kubeEtcd }] });
+  const back = readLabState('cmtlk').clusters[0]!;
+  assert.deepEqual(back.kubeEtcd, kubeEtcd);
+  assert.deepEqual(etcdKvConfig(back.kubeEtcd!, 1000), { endpoints: ['unix:///k/localhost:2381'], caFile: '/k/ca.crt', certFile: '/k/root.crt', keyFile: '/k/root.key', timeoutMs: 1000, serverName: 'localhost' });
+  assert.equal(readLabState('cmtla').clusters[0]!.kubeEtcd, undefined);
+  writeFileSync(join(root, 'cmtlk', 'lab.json'), JSON.stringify({ ...s, clusters: [{ ...s.clusters[0]!, kubeEtcd: { endpoints: [] } }] }));
+  assert.throws(() => readLabState('cmtlk'), /cmtlk\/lab\.json: field clusters\.0\.kubeEtcd\.caFile: /);
 });
 
 test('a missing lab, a torn file and a bad field are each one clear error', () => {

@@ -48,32 +48,39 @@ export const processRefSchema = z.object({
 });
 export type ProcessRef = z.infer<typeof processRefSchema>;
 
+/** An etcd of a lab cluster (the mesh's, or its Kubernetes etcd). */
+export const labEtcdSchema = z.object({
+  /** What processes in the lab's networks connect to (https://10.c.0.250:2379; the Kubernetes etcd: https://127.0.0.1:2381, only inside the control-plane namespace). */
+  endpoints: z.array(z.string()),
+  /** What a process in the root namespace connects to (the TLS unix socket), with serverName 'localhost'. */
+  localEndpoints: z.array(z.string()).optional(),
+  /** TLS server name to verify on localEndpoints ('localhost'). */
+  localServerName: z.string().optional(),
+  caFile: z.string(),
+  /** Client certificate of the root user. */
+  certFile: z.string(),
+  keyFile: z.string(),
+  /** Directory of the etcd (data/, pki/ with users/<user>.crt|key). */
+  dir: z.string().optional(),
+  pid: z.number().int().positive().optional(),
+  startTime: z.string().optional(),
+  logFile: z.string(),
+});
+export type LabEtcd = z.infer<typeof labEtcdSchema>;
+
 export const labClusterSchema = z.object({
   name: z.string(),
   id: z.number().int().positive(),
-  /** The control-plane namespace (etcd, apiserver, DNS). */
+  /** The control-plane namespace (etcds, apiserver, DNS). */
   netns: z.string(),
   /** The control-plane address on the cluster's underlay (10.c.0.250). */
   ip: z.string(),
   /** Directory of the cluster in the lab dir. */
   dir: z.string().optional(),
-  etcd: z.object({
-    /** What processes in the lab's networks connect to (https://10.c.0.250:2379). */
-    endpoints: z.array(z.string()),
-    /** What a process in the root namespace connects to (the TLS unix socket), with serverName 'localhost'. */
-    localEndpoints: z.array(z.string()).optional(),
-    /** TLS server name to verify on localEndpoints ('localhost'). */
-    localServerName: z.string().optional(),
-    caFile: z.string(),
-    /** Client certificate of the root user. */
-    certFile: z.string(),
-    keyFile: z.string(),
-    /** Directory of the etcd (data/, pki/ with users/<user>.crt|key). */
-    dir: z.string().optional(),
-    pid: z.number().int().positive().optional(),
-    startTime: z.string().optional(),
-    logFile: z.string(),
-  }),
+  /** The mesh's etcd (the clustermesh kvstore). A bare lab (up --bare/--install: the install's etcd is a pod) has none: this is then its Kubernetes etcd, as kubeEtcd. */
+  etcd: labEtcdSchema,
+  /** The Kubernetes etcd: the store of the cluster's Kubernetes API (user `kube`), separate from the mesh's; absent in labs of an older clustermesh (one etcd for both). */
+  kubeEtcd: labEtcdSchema.optional(),
   apiserver: z.object({
     pid: z.number().int().positive().optional(),
     startTime: z.string().optional(),
@@ -260,14 +267,19 @@ export function sameProcessAlive(ref: { pid?: number | undefined; startTime?: st
  * is only routed inside the lab), else the network endpoint.
  */
 export function clusterKvConfig(c: LabCluster, timeoutMs = 5000): KvConnectionConfig {
-  const local = c.etcd.localEndpoints?.length ? c.etcd.localEndpoints : undefined;
+  return etcdKvConfig(c.etcd, timeoutMs);
+}
+
+/** The same for any recorded etcd of a lab (e.g. a cluster's kubeEtcd). */
+export function etcdKvConfig(e: LabEtcd, timeoutMs = 5000): KvConnectionConfig {
+  const local = e.localEndpoints?.length ? e.localEndpoints : undefined;
   return {
-    endpoints: local ?? c.etcd.endpoints,
-    caFile: c.etcd.caFile,
-    certFile: c.etcd.certFile,
-    keyFile: c.etcd.keyFile,
+    endpoints: local ?? e.endpoints,
+    caFile: e.caFile,
+    certFile: e.certFile,
+    keyFile: e.keyFile,
     timeoutMs,
-    ...(local && c.etcd.localServerName ? { serverName: c.etcd.localServerName } : {}),
+    ...(local && e.localServerName ? { serverName: e.localServerName } : {}),
   };
 }
 

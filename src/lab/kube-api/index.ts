@@ -1,14 +1,15 @@
 /**
  * A Kubernetes-API-compatible server for the lab (test-bed code: production
  * code never imports src/lab). Real `kubectl` and `@kubernetes/client-node`
- * talk to it; it stores objects in the cluster's etcd.
+ * talk to it; it stores objects in an etcd (in a lab, the cluster's Kubernetes
+ * etcd: its own, not the mesh's; see src/lab/kube-api-procs.ts).
  *
  * Design
  * - Storage (store.ts): one etcd key per object under its own prefix
  *   (default `clustermesh/kube/`): `<prefix><group|core>/<plural>/[<ns>/]<name>`.
  *   resourceVersion = the key's etcd mod revision; a list's resourceVersion =
  *   the etcd revision it was read at, so a watch continues from it exactly.
- *   All access goes through the mesh's KvClient (mutual TLS).
+ *   All access goes through the project's KvClient (mutual TLS).
  * - Watch: one etcd watch per request from resourceVersion+1; ADDED/MODIFIED
  *   from the stored envelope's op, DELETED with the last state; label/field
  *   selectors turn objects leaving or entering the selection into
@@ -55,7 +56,6 @@ import { stringify } from 'yaml';
 
 import { createCA, issueCert, type CertFiles, type CertificateAuthority } from '../../kvstore/pki.ts';
 import type { KvClient } from '../../kvstore/index.ts';
-import { KUBE_OBJECTS_PREFIX } from '../../clustermesh/etcd.ts';
 import { KubeApiServer, type KubeApiServerOptions } from './server.ts';
 import { newServiceAccountKey } from './tokens.ts';
 
@@ -67,8 +67,8 @@ export type { ResourceType } from './resources.ts';
 export { mergePatch, jsonPatch, strategicMergePatch } from './patch.ts';
 export { parseLabelSelector, labelsMatch } from './selectors.ts';
 
-/** The default etcd key prefix of the lab's Kubernetes objects. */
-export const KUBE_PREFIX = KUBE_OBJECTS_PREFIX;
+/** The default etcd key prefix of the lab's Kubernetes objects (in each cluster's Kubernetes etcd, not the mesh's). */
+export const KUBE_PREFIX = 'clustermesh/kube/';
 
 export interface KubeApiPki {
   ca: CertificateAuthority;
