@@ -1,5 +1,6 @@
 // SyncStore against a real etcd: coalescing, canary ordering, retry, session loss.
 import assert from 'node:assert/strict';
+import { EventEmitter } from 'node:events';
 import { test } from 'node:test';
 
 import { canaryKey, nodeKey, nodesPrefix, syncedPrefix, withTestEtcd as withEtcd } from './testing.ts';
@@ -211,4 +212,87 @@ test('sync store: batch writes several keys per transaction (one revision each),
       await client.close();
     }
   });
+});
+
+/**
+ * A client whose session can be lost on demand and whose writes can be held
+ * in flight: a fake inside a unit test of the store's bookkeeping (the real
+ * etcd cannot be made to lose a lease between a write and its answer).
+ */
+function heldClient() {
+  let session = new EventEmitter();
+  const etcd = new Map<string, string>();
+  const writes: string[] = [];
+  let hold: Promise<void> | undefined;
+  const client = {
+    lease: async () => session,
+    put: async (key: string, value: string) => {
+      etcd.set(key, value);
+      writes.push(`put ${key}=${value}`);
+      await hold;
+    },
+    delete: async (key: string) => {
+      await hold;
+      etcd.delete(key);
+      writes.push(`delete ${key}`);
+    },
+  };
+  return {
+    client: client as unknown as KvClient,
+    etcd,
+    writes,
+    /** Writes started from now on are answered only after release(). */
+    holdWrites(): () => void {
+      let release!: () => void;
+      hold = new Promise<void>((r) => (release = r));
+      return () => {
+        hold = undefined;
+        release();
+      };
+    },
+    /** etcd loses the session's lease: its keys are gone, the session says so. */
+    loseSession(): void {
+      etcd.clear();
+      const old = session;
+      session = new EventEmitter();
+      old.emit('lost', new Error('lease not found'));
+    },
+  };
+}
+
+test('sync store: a delete in flight when the session is lost is not undone by the rewrite', async () => {
+  const c = heldClient();
+  const store = new SyncStore(c.client, { canaryKey: canaryKey('c1'), prefix: nodesPrefix, backoff: { initialMs: 5, maxMs: 20 } });
+  try {
+    store.upsert(nodeKey('c1', 'a'), 'A');
+    store.upsert(nodeKey('c1', 'gone'), 'G');
+    await store.flush();
+    const release = c.holdWrites();
+    store.delete(nodeKey('c1', 'gone'));
+    await waitFor(() => store.status().inFlight === 1, 1000, 'the delete in flight');
+    c.loseSession();
+    release();
+    await store.flush();
+    assert.deepEqual([...c.etcd.keys()], [nodeKey('c1', 'a')], `etcd holds what is desired: ${JSON.stringify(c.writes)}`);
+  } finally {
+    await store.stop();
+  }
+});
+
+test('sync store: a put that landed just before the session was lost is written again', async () => {
+  const c = heldClient();
+  const store = new SyncStore(c.client, { canaryKey: canaryKey('c1'), prefix: nodesPrefix, backoff: { initialMs: 5, maxMs: 20 } });
+  try {
+    store.upsert(nodeKey('c1', 'a'), 'A');
+    await store.flush();
+    const release = c.holdWrites();
+    store.upsert(nodeKey('c1', 'b'), 'B');
+    await waitFor(() => store.status().inFlight === 1, 1000, 'the put in flight');
+    c.loseSession(); // b was stored, then lost with the lease before its answer came
+    release();
+    await store.flush();
+    assert.deepEqual([...c.etcd.entries()].sort(), [[nodeKey('c1', 'a'), 'A'], [nodeKey('c1', 'b'), 'B']], `every desired key is back: ${JSON.stringify(c.writes)}`);
+  } finally {
+    await store.stop();
+  }
 });

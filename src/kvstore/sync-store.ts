@@ -85,6 +85,10 @@ export class SyncStore {
   /** Last value successfully written per key (what etcd holds, as far as we know). */
   private readonly written = new Map<string, string>();
   private readonly inFlight = new Set<Item>();
+  /** The change each key in flight carries (what etcd will hold once it lands). */
+  private readonly inFlightOps = new Map<string, Op>();
+  /** Counts lost sessions: a write that started before a loss does not count as written (its key may be gone with the lease). */
+  private sessionEpoch = 0;
   /** Requests (puts, deletes, transactions, the canary) in flight: what `concurrency` bounds. */
   private requests = 0;
   /** Keys queued when markInitialSyncDone() was called and not written since. */
@@ -276,6 +280,7 @@ export class SyncStore {
           const p = this.pending.get(k)!;
           this.pending.delete(k);
           this.inFlight.add(k);
+          this.inFlightOps.set(k, p.op);
           return p;
         });
         void this.write(keys, ps);
@@ -327,10 +332,21 @@ export class SyncStore {
     s.once('lost', () => this.onSessionLost());
   }
 
-  /** The keys of a lost session are gone from etcd: write everything again. */
+  /**
+   * The keys of a lost session are gone from etcd: write everything desired
+   * again. Desired is what was written, overridden by the change in flight
+   * (a delete in flight must not come back as a put of the old value when it
+   * lands), overridden by a pending change (left as it is).
+   */
   private onSessionLost(): void {
     if (this.stopped) return;
-    for (const [key, value] of this.written) {
+    this.sessionEpoch++;
+    const desired = new Map(this.written);
+    for (const [key, op] of this.inFlightOps) {
+      if (op.kind === 'put') desired.set(key, op.value);
+      else desired.delete(key);
+    }
+    for (const [key, value] of desired) {
       if (!this.pending.has(key)) this.pending.set(key, { op: { kind: 'put', value }, attempts: 0, notBefore: 0 });
     }
     this.written.clear();
@@ -340,6 +356,7 @@ export class SyncStore {
 
   /** Writes `keys` (their desired changes `ps`): one put or delete, or one transaction for several. */
   private async write(keys: string[], ps: Pending[]): Promise<void> {
+    const epoch = this.sessionEpoch;
     try {
       if (keys.length === 1) {
         const [key, p] = [keys[0]!, ps[0]!];
@@ -361,7 +378,8 @@ export class SyncStore {
         const op = ps[i]!.op;
         if (op.kind === 'put') {
           this.stats.puts++;
-          this.written.set(key, op.value);
+          // Landed before a session loss that was seen meanwhile: gone with the lease, queued again by onSessionLost.
+          if (epoch === this.sessionEpoch) this.written.set(key, op.value);
         } else {
           this.stats.deletes++;
           this.written.delete(key);
@@ -376,7 +394,10 @@ export class SyncStore {
       this.report(e, keys[0]!);
       for (const [i, key] of keys.entries()) this.retryLater(key, ps[i]!, e);
     } finally {
-      for (const key of keys) this.inFlight.delete(key);
+      for (const key of keys) {
+        this.inFlight.delete(key);
+        this.inFlightOps.delete(key);
+      }
       this.requests--;
       this.kick();
       this.notifyIdle();
