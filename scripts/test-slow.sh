@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # The slow tier, not in the default run (./scripts/test.sh, which CI runs and
-# which takes about 28 minutes on 2 cores): `lab up --clusters 4 --nodes 2` and
-# `lab down` ten times in a row (the default run does one; about 7 minutes
-# on 2 cores), then the fault suite (`npm run chaos`, about 25 minutes, which
+# which takes about 30 minutes on 2 cores): `lab up --clusters 4 --nodes 2` and
+# `lab down` ten times in a row (the default run does one; about 12 minutes
+# on 2 cores), then the fault suite (`npm run chaos`, about 12 minutes, which
 # also rewrites bench/results/reliability.json and RELIABILITY.md), and
 # test/slow/*.test.ts (lab tests of several minutes each: three clusters
-# installed and connected by kube context while traffic flows; the MCS API
-# with kubectl on three clusters).
+# installed and connected by kube context while traffic flows).
 # Run it before a release and after touching lab up/down or recovery paths.
 set -euo pipefail
 cd "$(dirname "$0")/.."
