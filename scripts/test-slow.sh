@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The slow tier, not in the default run (./scripts/test.sh, which CI runs and
 # which takes about 30 minutes on 2 cores): `lab up --clusters 4 --nodes 2` and
-# `lab down` ten times in a row (the default run does one; about 12 minutes
-# on 2 cores), then the fault suite (`npm run chaos`, about 12 minutes, which
+# `lab down` ten times in a row (the default run does one; about 7 minutes
+# on 2 cores), then the fault suite (`npm run chaos`, about 25 minutes, which
 # also rewrites bench/results/reliability.json and RELIABILITY.md), and
 # test/slow/*.test.ts (lab tests of several minutes each: three clusters
 # installed and connected by kube context while traffic flows).
