@@ -296,3 +296,23 @@ test('sync store: a put that landed just before the session was lost is written 
     await store.stop();
   }
 });
+
+test('sync store: a canary that landed just before the session was lost is written again', async () => {
+  const c = heldClient();
+  const canary = canaryKey('c1');
+  const store = new SyncStore(c.client, { canaryKey: canary, prefix: nodesPrefix, backoff: { initialMs: 5, maxMs: 20 } });
+  try {
+    store.upsert(nodeKey('c1', 'a'), 'A');
+    await store.flush();
+    const release = c.holdWrites();
+    store.markInitialSyncDone();
+    await waitFor(() => store.status().inFlight === 1, 1000, 'the canary in flight');
+    c.loseSession(); // the canary was stored, then lost with the lease before its answer came
+    release();
+    await store.flush();
+    assert.equal(store.synced, true);
+    assert.deepEqual([...c.etcd.keys()].sort(), [canary, nodeKey('c1', 'a')].sort(), `the key and the canary are back: ${JSON.stringify(c.writes)}`);
+  } finally {
+    await store.stop();
+  }
+});

@@ -418,12 +418,13 @@ export class SyncStore {
   }
 
   private async writeCanary(): Promise<void> {
+    const epoch = this.sessionEpoch;
     try {
       await this.useSession();
       await this.client.put(this.canaryKey, rfc3339(this.clock.now()), { lease: this.leased });
       this.stats.puts++;
-      // A session loss during the write re-queued it; keep that.
-      if (this.canary === 'queued') this.canary = 'written';
+      // Landed before a session loss that was seen meanwhile: gone with the lease; it stays queued and is written again.
+      if (this.canary === 'queued' && epoch === this.sessionEpoch) this.canary = 'written';
     } catch (err) {
       const e = toKvError('sync-store', err);
       this.stats.failures++;
