@@ -9,6 +9,12 @@ import pino from 'pino';
 import type { KubeHttp, RawList, RawWatchEvent } from '../sources/kubernetes/http.ts';
 import { PrefixExport, type KeySink } from './export.ts';
 import { McsController } from './mcs.ts';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { tempDir, TestCluster } from '../clustermesh/testing.ts';
+import { encodeExportSpec, serviceExportKey, serviceExportsSyncedKey } from '../mcs/export.ts';
+import { clusterConfigKey } from '../clustermesh/keys.ts';
+import { encodeClusterConfig } from '../clustermesh/wire.ts';
 
 class FakeKube {
   readonly lists = new Map<string, unknown[]>();
@@ -74,6 +80,34 @@ describe('the MCS controller reacts to changes, with a slow resync as the safety
       await until('a round after its own slice changed', () => c.status().rounds === settled + 3);
     } finally {
       await c.stop();
+    }
+  });
+});
+
+describe("the MCS controller follows a remote cluster's exports by watch, as the read-only remote user", () => {
+  test('an export written in the remote etcd gives a round at once (resync 1 h)', async () => {
+    const { dir, cleanup } = await tempDir('mcs-remote-watch');
+    const remote = await TestCluster.start(dir, 'c2', 2);
+    const configDir = join(dir, 'remote-clusters');
+    await mkdir(configDir);
+    await remote.writeConfigFile(configDir); // the `remote` user, as `clustermesh connect` writes it
+    await remote.writer.put(clusterConfigKey('c2'), encodeClusterConfig({ id: 2, capabilities: { syncedCanaries: true, maxConnectedClusters: 255, serviceExportsEnabled: true } }));
+    await remote.writer.put(serviceExportsSyncedKey('c2'), 'synced');
+    const kube = new FakeKube();
+    const c = new McsController({ cluster: 'c1', kube: kube as unknown as KubeHttp, out: new PrefixExport('serviceexports', sink), intervalMs: 3_600_000, log: pino({ level: 'silent' }), remoteConfigDir: configDir });
+    c.start();
+    try {
+      await c.initialSyncDone;
+      assert.deepEqual(c.status().remotes.c2, { exports: 0 }, 'c2 read, nothing exported yet');
+      const spec = { cluster: 'c2', namespace: 'shop', name: 'cart', exportCreationTimestamp: '2026-12-04T00:00:00Z', ports: [{ name: 'http', protocol: 'TCP' as const, port: 80 }], type: 'ClusterSetIP' as const, sessionAffinity: 'None' as const };
+      await remote.writer.put(serviceExportKey('c2', 'shop', 'cart'), encodeExportSpec(spec));
+      await until("c2's export read after its watch event", () => c.status().remotes.c2?.exports === 1);
+      await remote.writer.delete(serviceExportKey('c2', 'shop', 'cart'));
+      await until("c2's export gone after its watch event", () => c.status().remotes.c2?.exports === 0);
+    } finally {
+      await c.stop();
+      await remote.close();
+      await cleanup();
     }
   });
 });

@@ -205,6 +205,8 @@ interface RemoteReader {
   source?: WireSource;
   /** Its etcd watches (they kick a round); stop() ends them. */
   watch?: { stop: AbortController };
+  /** Why its watches could not be set up, last time (logged once per message). */
+  watchError?: string;
 }
 
 export class McsController {
@@ -301,9 +303,15 @@ export class McsController {
         const failed = new AbortController();
         const handles: WatchHandle[] = [];
         try {
-          const from = String(BigInt(await r.kv.currentRevision()) + 1n);
-          const onError = (): void => failed.abort();
+          // The revision from a key the `remote` user may read (its role grants no range over the whole store).
+          const from = String(BigInt((await r.kv.getWithRevision(clusterConfigKey(name))).revision) + 1n);
+          const onError = (err: Error): void => {
+            if (err.message !== r.watchError) this.o.log.warn({ cluster: name, err: err.message }, "a watch of a remote cluster's serviceexports ended; starting it again");
+            r.watchError = err.message;
+            failed.abort();
+          };
           const onEvent = (ev: { key: string }): void => {
+            delete r.watchError; // it works (again): the next failure is logged
             // Of the services, only derived ones (headless imports' endpoints).
             if (!ev.key.startsWith(derivedPrefix) || ev.key.slice(derivedPrefix.length).split('/')[1]?.startsWith('derived-')) this.kick();
           };
@@ -318,8 +326,11 @@ export class McsController {
             if (signals.some((s) => s.aborted)) return resolve();
             for (const s of signals) s.addEventListener('abort', () => resolve(), { once: true });
           });
-        } catch {
-          // etcd not reachable: the round reports it; try again.
+        } catch (err) {
+          // etcd not reachable: the round reports it too; try again, saying so once per kind of failure.
+          const msg = (err as Error).message;
+          if (msg !== r.watchError) this.o.log.warn({ cluster: name, err: msg }, "cannot watch a remote cluster's serviceexports; retrying (until then only the resync interval runs rounds)");
+          r.watchError = msg;
         }
         await Promise.all(handles.map((h) => h.cancel().catch(() => undefined)));
         await sleep(this.clock, WATCH_RETRY_MS, AbortSignal.any([stop.signal, this.stopCtl.signal]));
