@@ -84,6 +84,7 @@ export class KubeApiServer {
   readonly store: ObjectStore;
   private server: Server | undefined;
   private socketServer: Server | undefined;
+  #tlsConnections = 0;
   private readonly opts: KubeApiServerOptions;
   /** Namespaces whose contents are being removed. */
   private readonly terminating = new Map<string, Promise<void>>();
@@ -102,6 +103,11 @@ export class KubeApiServer {
 
   get port(): number {
     return (this.server?.address() as AddressInfo | null)?.port ?? 0;
+  }
+
+  /** TLS connections accepted so far (TCP and unix socket): a client that keeps its connection alive adds one, not one per request. */
+  get tlsConnections(): number {
+    return this.#tlsConnections;
   }
 
   get url(): string {
@@ -131,6 +137,7 @@ export class KubeApiServer {
     // Unauthenticated clients reach the server and get a 401 Status, as from a real apiserver.
     const server = createServer({ key, cert, ca, requestCert: true, rejectUnauthorized: false }, (req, res) => void this.handle(req, res));
     server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
+    server.on('secureConnection', () => void this.#tlsConnections++);
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -144,6 +151,7 @@ export class KubeApiServer {
       rmSync(socketPath, { force: true });
       const sock = createServer({ key, cert, ca, requestCert: true, rejectUnauthorized: false }, (req, res) => void this.handle(req, res));
       sock.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
+      sock.on('secureConnection', () => void this.#tlsConnections++);
       this.socketServer = sock;
       await new Promise<void>((resolve, reject) => {
         sock.once('error', reject);
