@@ -11,6 +11,9 @@ import { CoreV1Api, AppsV1Api, CustomObjectsApi, KubeConfig, makeInformer, type 
 import { KvClient, startEtcd, type EtcdServer } from '../src/kvstore/index.ts';
 import { startKubeApi, KUBE_PREFIX, type KubeApiPki, type KubeApiServer } from '../src/lab/kube-api/index.ts';
 import { applyToApi, manifestDocuments, ManifestError } from '../src/lab/kube-apply.ts';
+import { KubeHttp, reuseConnections } from '../src/sources/kubernetes/http.ts';
+import { issueCert } from '../src/kvstore/pki.ts';
+import { copyFile } from 'node:fs/promises';
 import { eventually, kubectlFor } from './helpers/kube.ts';
 
 const ROOT = new URL('..', import.meta.url).pathname;
@@ -537,5 +540,48 @@ spec:
     await kubectlOk('delete', 'namespace', 'la-ns', 'la-ns2');
     await kubectlOk('delete', 'crd', 'widgets.la.example.com');
     await core.deleteNamespacedConfigMap({ name: 'la-plain', namespace: 'default' });
+  });
+
+  test('connections: KubeHttp and client-node clients with reuseConnections keep one alive; a new client certificate gets a new one', async () => {
+    const fresh = (): KubeConfig => {
+      const k = new KubeConfig();
+      k.loadFromFile(kubeconfig);
+      return k;
+    };
+    const opened = async (f: () => Promise<unknown>): Promise<number> => {
+      const before = server.tlsConnections;
+      await f();
+      return server.tlsConnections - before;
+    };
+    // client-node as it is: a new agent, so a new connection (a TLS handshake on both ends), per request.
+    const plain = fresh().makeApiClient(CoreV1Api);
+    assert.equal(await opened(async () => { for (let i = 0; i < 3; i++) await plain.readNamespace({ name: 'default' }); }), 3);
+    const kept = reuseConnections(fresh()).makeApiClient(CoreV1Api);
+    assert.equal(await opened(async () => { for (let i = 0; i < 5; i++) await kept.readNamespace({ name: 'default' }); }), 1);
+    // Concurrent requests need a connection each; later ones reuse them.
+    assert.equal(await opened(async () => { await Promise.all([0, 1, 2].map(() => kept.listNamespacedPod({ namespace: 'default' }))); }), 2);
+    assert.equal(await opened(async () => { for (let i = 0; i < 3; i++) await kept.readNamespace({ name: 'default' }); }), 0);
+
+    // KubeHttp (the agents' and apiservers' client): requests, errors and lists on one connection.
+    const certDir = join(dir, 'rotating');
+    const kc2 = fresh();
+    await copyFile(pki.admin.certFile, join(dir, 'rot.crt'));
+    await copyFile(pki.admin.keyFile, join(dir, 'rot.key'));
+    kc2.users[0] = { ...kc2.users[0]!, certFile: join(dir, 'rot.crt'), keyFile: join(dir, 'rot.key') };
+    const http = new KubeHttp(kc2);
+    try {
+      assert.equal(await opened(async () => {
+        for (let i = 0; i < 4; i++) assert.equal((await http.request('GET', '/api/v1/namespaces/default')).kind, 'Namespace');
+        await assert.rejects(http.request('GET', '/api/v1/namespaces/no-such-ns'), /404/);
+        assert.ok((await http.list('/api/v1/namespaces', {}, new AbortController().signal)).items.length > 0);
+      }), 1);
+      // The certificate file replaced (a rotation): the next request is made with it, on a new connection.
+      const next = await issueCert(pki.ca, { commonName: 'rotated', usage: 'client', outDir: certDir, name: 'rotated' });
+      await copyFile(next.certFile, join(dir, 'rot.crt'));
+      await copyFile(next.keyFile, join(dir, 'rot.key'));
+      assert.equal(await opened(async () => { for (let i = 0; i < 3; i++) await http.request('GET', '/api/v1/namespaces/default'); }), 1);
+    } finally {
+      http.close();
+    }
   });
 });
