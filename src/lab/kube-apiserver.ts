@@ -21,6 +21,7 @@ import { KUBE_PREFIX, KubeApiServer } from './kube-api/index.ts';
 import { kubeConfigFor, startControllers } from './controllers/index.ts';
 import { cloudLbConfigSchema, startCloudLb } from './cloud-lb.ts';
 import { log } from './controllers/runtime.ts';
+import { reuseConnections } from '../sources/kubernetes/http.ts';
 
 const fileSchema = z.object({ certFile: z.string(), keyFile: z.string(), caFile: z.string() });
 
@@ -101,8 +102,9 @@ export async function runKubeApiServer(configFile: string): Promise<void> {
   // The controllers in this process (one process per cluster for both: fewer
   // processes on a small machine, one lifetime), still as HTTPS clients of the
   // server like any other, so they could as well run elsewhere.
-  const controllers = cfg.controllers ? await startControllers(kubeConfigFor(server.url, cfg.controllers), { scheduler: cfg.scheduler }) : undefined;
-  const cloudLb = cfg.controllers && cfg.loadBalancer ? await startCloudLb(kubeConfigFor(server.url, cfg.controllers), cfg.loadBalancer) : undefined;
+  // Their connections kept alive (client-node opens one per request: a TLS handshake on both ends each time).
+  const controllers = cfg.controllers ? await startControllers(reuseConnections(kubeConfigFor(server.url, cfg.controllers)), { scheduler: cfg.scheduler }) : undefined;
+  const cloudLb = cfg.controllers && cfg.loadBalancer ? await startCloudLb(reuseConnections(kubeConfigFor(server.url, cfg.controllers)), cfg.loadBalancer) : undefined;
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', resolve);
     process.once('SIGINT', resolve);

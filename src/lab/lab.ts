@@ -107,9 +107,10 @@ export function labAlive(state: LabState): boolean {
 async function applyClusterDns(state: LabState): Promise<void> {
   const { applyToApi } = await import('./kube-apply.ts');
   const { loadKubeConnection } = await import('../sources/kubernetes/kubeconfig.ts');
+  const { reuseConnections } = await import('../sources/kubernetes/http.ts');
   await Promise.all(
     state.clusters.map(async (c) => {
-      const kc = loadKubeConnection({ kubeconfig: state.kubeconfig!, context: c.name }).kubeConfig;
+      const kc = reuseConnections(loadKubeConnection({ kubeconfig: state.kubeconfig!, context: c.name }).kubeConfig);
       const dir = c.dir!;
       await applyToApi(kc, clusterDnsObjects({ kube: { kubeconfig: localKubeconfig(dir), socket: kubeApiSocket(dir) } }) as Array<{ apiVersion: string; kind: string; metadata: { name: string } }>);
       c.dnsIP = DNS_SERVICE_IP;
@@ -121,7 +122,9 @@ async function applyClusterDns(state: LabState): Promise<void> {
 async function waitClusterDns(state: LabState, t0: number, progress: (l: string) => void): Promise<void> {
   const { CoreV1Api } = await import('@kubernetes/client-node');
   const { loadKubeConnection } = await import('../sources/kubernetes/kubeconfig.ts');
-  const pending = new Map(state.clusters.map((c) => [c.name, loadKubeConnection({ kubeconfig: state.kubeconfig!, context: c.name }).kubeConfig.makeApiClient(CoreV1Api)]));
+  const { reuseConnections } = await import('../sources/kubernetes/http.ts');
+  // Polled every 250 ms: over kept-alive connections, not a TLS handshake each.
+  const pending = new Map(state.clusters.map((c) => [c.name, reuseConnections(loadKubeConnection({ kubeconfig: state.kubeconfig!, context: c.name }).kubeConfig).makeApiClient(CoreV1Api)]));
   const end = Date.now() + 60_000;
   while (pending.size && Date.now() < end) {
     await Promise.all(

@@ -52,6 +52,10 @@ export interface KubeApiServerOptions {
 const MAX_BODY = 3 * 1024 * 1024;
 const VERBS = ['create', 'delete', 'deletecollection', 'get', 'list', 'patch', 'update', 'watch'];
 const DEFAULT_WATCH_TIMEOUT_S = 1800;
+/** How long an idle client connection stays open (node's default is 5 s): a client that comes back within it skips a TLS handshake. */
+const KEEP_ALIVE_TIMEOUT_MS = 60_000;
+/** The client certificate's CN per connection ('' without a valid one). */
+const peerNames = new WeakMap<TLSSocket, string>();
 export const SERVER_VERSION = { major: '1', minor: '32', gitVersion: 'v1.32.0-clustermesh-lab' };
 
 interface Request {
@@ -126,6 +130,7 @@ export class KubeApiServer {
     }
     // Unauthenticated clients reach the server and get a 401 Status, as from a real apiserver.
     const server = createServer({ key, cert, ca, requestCert: true, rejectUnauthorized: false }, (req, res) => void this.handle(req, res));
+    server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -138,6 +143,7 @@ export class KubeApiServer {
     if (socketPath !== undefined) {
       rmSync(socketPath, { force: true });
       const sock = createServer({ key, cert, ca, requestCert: true, rejectUnauthorized: false }, (req, res) => void this.handle(req, res));
+      sock.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
       this.socketServer = sock;
       await new Promise<void>((resolve, reject) => {
         sock.once('error', reject);
@@ -198,8 +204,14 @@ export class KubeApiServer {
    */
   private async authenticate(req: IncomingMessage): Promise<string> {
     const sock = req.socket as TLSSocket;
-    const cn = sock.authorized ? sock.getPeerCertificate()?.subject?.CN : undefined;
-    if (cn !== undefined) return String(cn);
+    // The certificate of a connection does not change: read once per connection (clients keep theirs alive).
+    let cn = peerNames.get(sock);
+    if (cn === undefined) {
+      const c = sock.authorized ? sock.getPeerCertificate()?.subject?.CN : undefined;
+      cn = c === undefined ? '' : String(c);
+      peerNames.set(sock, cn);
+    }
+    if (cn !== '') return cn;
     const auth = req.headers.authorization ?? '';
     const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
     if (!m) throw new ApiError('Unauthorized', 'Unauthorized');

@@ -4,8 +4,15 @@
 // client-node's Watch: we need the Status body of a failed request (404 of a
 // missing CRD, 410 Expired) and an idle timeout for a connection that died
 // without closing.
-import { request as httpsRequest, type RequestOptions } from 'node:https';
-import { request as httpRequest, type IncomingMessage } from 'node:http';
+//
+// Connections are reused (keep-alive): client-node makes a new https.Agent for
+// every request, so every request was a new TCP connection with a full TLS
+// handshake (and a new secure context: the CA, certificate and key parsed
+// again) on both ends -- most of a lab Kubernetes API server's request cost.
+// KeepAliveAgents keeps one keep-alive agent per server and TLS material
+// (KubeHttp's own requests; reuseConnections() for client-node's API clients).
+import { Agent as HttpsAgent, request as httpsRequest, type AgentOptions, type RequestOptions } from 'node:https';
+import { request as httpRequest, type Agent as HttpAgent, type IncomingMessage } from 'node:http';
 import type { KubeConfig } from '@kubernetes/client-node';
 
 /** A request the server answered with an error (a `Status` body when it sent one). */
@@ -33,8 +40,85 @@ export interface RawList {
   continue: string | undefined;
 }
 
+/** What a TLS connection is made with: an agent is reused only while all of these are the same (a rotated certificate file gets a new one). */
+const TLS_AGENT_FIELDS = [
+  'ca', 'cert', 'key', 'pfx', 'passphrase', 'rejectUnauthorized', 'servername', 'ciphers', 'honorCipherOrder', 'ecdhCurve',
+  'clientCertEngine', 'crl', 'dhparam', 'secureOptions', 'secureProtocol', 'sessionIdContext', 'timeout',
+] as const;
+
+function sameOption(a: unknown, b: unknown): boolean {
+  if (Buffer.isBuffer(a) || Buffer.isBuffer(b)) return Buffer.isBuffer(a) && Buffer.isBuffer(b) && a.equals(b);
+  if (Array.isArray(a) || Array.isArray(b)) return Array.isArray(a) && Array.isArray(b) && a.length === b.length && a.every((x, i) => sameOption(x, b[i]));
+  return a === b;
+}
+
+/**
+ * Keep-alive HTTPS agents, one per server origin and TLS settings: what
+ * replaces the fresh agent client-node makes per request. When the settings
+ * of an origin change (a new certificate), the old agent's idle connections
+ * are closed and a new agent serves from then on.
+ */
+export class KeepAliveAgents {
+  private readonly agents = new Map<string, { options: AgentOptions; agent: HttpsAgent }>();
+
+  /** The agent to use instead of `fresh` (a plain https.Agent made for one request); anything else (a proxy's agent, http) is returned as is. */
+  agentFor(origin: string, fresh: HttpAgent | HttpsAgent | undefined): HttpAgent | HttpsAgent | undefined {
+    if (fresh === undefined || fresh.constructor !== HttpsAgent) return fresh;
+    const options = (fresh as HttpsAgent & { options: AgentOptions }).options;
+    const known = this.agents.get(origin);
+    if (known && TLS_AGENT_FIELDS.every((f) => sameOption(known.options[f], options[f]))) return known.agent;
+    if (known) for (const sockets of Object.values(known.agent.freeSockets)) for (const s of sockets ?? []) s.destroy();
+    const picked: AgentOptions = {};
+    for (const f of TLS_AGENT_FIELDS) if (options[f] !== undefined) (picked as Record<string, unknown>)[f] = options[f];
+    const agent = new HttpsAgent({ ...picked, keepAlive: true });
+    this.agents.set(origin, { options: picked, agent });
+    return agent;
+  }
+
+  /** Closes every connection (idle and in use). */
+  destroy(): void {
+    for (const { agent } of this.agents.values()) agent.destroy();
+    this.agents.clear();
+  }
+}
+
+/**
+ * Makes client-node's API clients (makeApiClient, KubernetesObjectApi,
+ * informers, Watch) of `kc` reuse their connections (KeepAliveAgents) instead
+ * of opening one per request. Credentials are still applied per request (a
+ * token file or exec provider is read as before). Returns `kc`.
+ */
+export function reuseConnections(kc: KubeConfig): KubeConfig {
+  const agents = new KeepAliveAgents();
+  const origin = (): string => {
+    const server = kc.getCurrentCluster()?.server;
+    return server === undefined ? '' : new URL(server).origin;
+  };
+  const applySecurityAuthentication = kc.applySecurityAuthentication.bind(kc);
+  kc.applySecurityAuthentication = async (context) => {
+    await applySecurityAuthentication(context);
+    const agent = agents.agentFor(origin(), context.getAgent());
+    if (agent !== undefined) context.setAgent(agent);
+  };
+  const applyToHTTPSOptions = kc.applyToHTTPSOptions.bind(kc);
+  kc.applyToHTTPSOptions = async (opts) => {
+    await applyToHTTPSOptions(opts);
+    const o = opts as RequestOptions;
+    const agent = agents.agentFor(origin(), typeof o.agent === 'boolean' ? undefined : o.agent);
+    if (agent !== undefined) o.agent = agent;
+  };
+  return kc;
+}
+
 export class KubeHttp {
+  private readonly agents = new KeepAliveAgents();
+
   constructor(readonly kubeConfig: KubeConfig) {}
+
+  /** Closes its connections (idle ones close by themselves after the server's keep-alive timeout). */
+  close(): void {
+    this.agents.destroy();
+  }
 
   private async open(path: string, query: Record<string, string>, signal: AbortSignal, timeoutMs?: number, send?: { method: string; body?: string; contentType?: string }): Promise<IncomingMessage> {
     const cluster = this.kubeConfig.getCurrentCluster();
@@ -48,6 +132,7 @@ export class KubeHttp {
     await this.kubeConfig.applyToHTTPSOptions(opts);
     const https = url.protocol === 'https:';
     if (!https) delete opts.agent;
+    else opts.agent = this.agents.agentFor(url.origin, typeof opts.agent === 'boolean' ? undefined : opts.agent);
     if (signal.aborted) throw signal.reason instanceof Error ? signal.reason : new Error('aborted');
     return await new Promise<IncomingMessage>((resolve, reject) => {
       const req = (https ? httpsRequest : httpRequest)(url, { ...opts, signal }, resolve);
