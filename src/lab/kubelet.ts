@@ -30,6 +30,7 @@ import { dirname, join, posix } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CoreV1Api, PatchStrategy, setHeaderOptions, type KubeConfig, type V1ConfigMap, type V1Container, type V1Pod, type V1Probe, type V1Secret, type V1ServiceAccount } from '@kubernetes/client-node';
 import { parseObject, type Pod } from '../model/index.ts';
+import { reuseConnections } from '../sources/kubernetes/http.ts';
 import { loadKubeConnection, SERVICE_ACCOUNT_DIR } from '../sources/kubernetes/kubeconfig.ts';
 import { NODE_LOCAL_API_HOST, NODE_LOCAL_API_PORT } from './kube-api-endpoint.ts';
 import { apiCode, apiMessage, watchKind } from './controllers/runtime.ts';
@@ -272,29 +273,46 @@ class ApiPodFeed implements PodFeed {
 
   async list(): Promise<FedPod[]> {
     const out: FedPod[] = [];
+    const seen = new Set<V1Pod>();
     for (const p of this.cache?.() ?? []) {
-      let pod: Pod;
-      try {
-        pod = podFromApi(p);
-      } catch (err) {
-        log('pod not understood', { error: (err as Error).message });
-        continue;
+      seen.add(p);
+      // A pass runs on every event and every second: each object the informer holds is read once
+      // (podFromApi validates it), not once per pass (200 pods: most of a kubelet's CPU).
+      let f = this.fed.get(p);
+      if (f === undefined) {
+        let pod: Pod;
+        try {
+          pod = podFromApi(p);
+        } catch (err) {
+          log('pod not understood', { error: (err as Error).message });
+          this.fed.set(p, null);
+          continue;
+        }
+        f = pod.spec.nodeName === this.cfg.node ? this.fedPod(pod, p) : null;
+        this.fed.set(p, f);
       }
-      if (pod.spec.nodeName !== this.cfg.node) continue;
-      out.push({
-        pod,
-        api: p,
-        revision: p.metadata?.resourceVersion ?? '',
-        writeStatus: async (status) => {
-          try {
-            await this.core.patchNamespacedPodStatus({ namespace: pod.metadata.namespace, name: pod.metadata.name, body: { status } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
-          } catch (err) {
-            if (apiCode(err) !== 404) throw new Error(`status of pod ${pod.metadata.namespace}/${pod.metadata.name}: ${apiMessage(err)}`);
-          }
-        },
-      });
+      if (f) out.push(f);
     }
+    for (const p of this.fed.keys()) if (!seen.has(p)) this.fed.delete(p);
     return out;
+  }
+
+  /** The informer's objects as FedPods (null: not understood, or not this node's), by object: an update is a new object. */
+  private readonly fed = new Map<V1Pod, FedPod | null>();
+
+  private fedPod(pod: Pod, p: V1Pod): FedPod {
+    return {
+      pod,
+      api: p,
+      revision: p.metadata?.resourceVersion ?? '',
+      writeStatus: async (status) => {
+        try {
+          await this.core.patchNamespacedPodStatus({ namespace: pod.metadata.namespace, name: pod.metadata.name, body: { status } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
+        } catch (err) {
+          if (apiCode(err) !== 404) throw new Error(`status of pod ${pod.metadata.namespace}/${pod.metadata.name}: ${apiMessage(err)}`);
+        }
+      },
+    };
   }
 
   async stop(): Promise<void> {
@@ -357,7 +375,8 @@ export class Kubelet {
   private readonly stages = new Map<string, Record<string, number>>();
 
   constructor(readonly cfg: KubeletConfig) {
-    const kc = loadKubeConnection({ kubeconfig: cfg.kubeconfig }).kubeConfig;
+    // Its API clients and informers keep their connections (client-node alone opens one, with a TLS handshake, per request).
+    const kc = reuseConnections(loadKubeConnection({ kubeconfig: cfg.kubeconfig }).kubeConfig);
     this.feed = new ApiPodFeed(cfg, kc);
     const cluster = kc.getCurrentCluster();
     this.clusterCA = cluster?.caData ? Buffer.from(cluster.caData, 'base64') : cluster?.caFile ? readFileSync(cluster.caFile) : Buffer.alloc(0);

@@ -52,6 +52,12 @@ export function kubeConfigFor(server: string, tls: { caFile: string; certFile: s
   return kc;
 }
 
+/**
+ * A Deployment, DaemonSet or Service is reconciled at most this often: each of its pods' events
+ * queues it, and each reconcile lists its pods afresh (200 starting pods: hundreds of lists).
+ */
+const RECONCILE_MIN_INTERVAL_MS = 500;
+
 /** Starts the Deployment, DaemonSet and EndpointSlice controllers (and the scheduler, when asked) against the API of `kc`. */
 export async function startControllers(kc: KubeConfig, o: ControllersOptions = {}): Promise<RunningControllers> {
   const apps = kc.makeApiClient(AppsV1Api);
@@ -59,11 +65,11 @@ export async function startControllers(kc: KubeConfig, o: ControllersOptions = {
   const discovery = kc.makeApiClient(DiscoveryV1Api);
   const deployments = new DeploymentController(apps, core);
   const slices = new EndpointSliceController(core, discovery);
-  const dq = new WorkQueue('deployment', (k) => deployments.reconcile(k));
+  const dq = new WorkQueue('deployment', (k) => deployments.reconcile(k), RECONCILE_MIN_INTERVAL_MS);
   const daemonSets = new DaemonSetController(apps, core);
-  const dsq = new WorkQueue('daemonset', (k) => daemonSets.reconcile(k));
+  const dsq = new WorkQueue('daemonset', (k) => daemonSets.reconcile(k), RECONCILE_MIN_INTERVAL_MS);
   const daemonSetKeys = new Set<string>();
-  const sq = new WorkQueue('endpointslice', (k) => slices.reconcile(k));
+  const sq = new WorkQueue('endpointslice', (k) => slices.reconcile(k), RECONCILE_MIN_INTERVAL_MS);
   const scheduler = o.scheduler ? new SchedulerController(core) : undefined;
   // One key: a pass schedules every waiting pod, events during a pass queue one more.
   const bq = new WorkQueue('scheduler', () => scheduler!.scheduleAll());
