@@ -413,6 +413,8 @@ function apiserverDeployment(s: InstallSettings): KubeObject {
               readinessProbe: {
                 exec: { command: ['sh', '-c', `curl -sf http://127.0.0.1:${s.apiserverMetricsPort ?? APISERVER_METRICS_PORT}/metrics | grep -q '^clustermesh_apiserver_phase{phase="ready"} 1'`] },
                 periodSeconds: 5,
+                // A local HTTP GET; the default 1 s made it flap on a loaded node (the lab's, under load 40).
+                timeoutSeconds: 5,
                 failureThreshold: 3,
               },
               volumeMounts: [
