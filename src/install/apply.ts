@@ -5,7 +5,9 @@
 // in order. Objects that hold state (certificates, the remote-cluster files
 // `connect` writes, CRDs) are created when absent and left alone otherwise;
 // the rest is replaced with what this version renders.
-import { ApiException, KubeConfig, KubernetesObjectApi, type KubernetesObject } from '@kubernetes/client-node';
+import type { Agent as HttpAgent } from 'node:http';
+import type { AgentOptions } from 'node:https';
+import { ApiException, KubeConfig, KubernetesObjectApi, type Cluster, type KubernetesObject } from '@kubernetes/client-node';
 import { CliError } from '../cli/common.ts';
 import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
 import { COMMON_LABELS, CREATED_BY_ANNOTATION, NAMES, createOnly, type KubeObject } from './manifests.ts';
@@ -13,10 +15,31 @@ import { COMMON_LABELS, CREATED_BY_ANNOTATION, NAMES, createOnly, type KubeObjec
 /** The cluster of `context` (default: the current one) from --kubeconfig, KUBECONFIG, ~/.kube/config or in-cluster; errors say which file and what is missing. */
 export function loadKubeConfig(opts: { kubeconfig?: string | undefined; context?: string | undefined }): KubeConfig {
   try {
-    return loadKubeConnection(opts).kubeConfig;
+    return reuseConnections(loadKubeConnection(opts).kubeConfig);
   } catch (err) {
     throw new CliError((err as Error).message);
   }
+}
+
+/**
+ * Makes `kc`'s API clients share kept-alive connections. client-node makes a
+ * new agent for every request (KubeConfig.createAgent), so every request of an
+ * install (some sixty: reads, dry runs, writes) paid a TLS handshake on both
+ * sides; with this, one per cluster and credentials. The sockets do not hold
+ * the process: CLI commands end with process.exit (src/cli/common.ts).
+ */
+export function reuseConnections(kc: KubeConfig): KubeConfig {
+  const k = kc as unknown as { createAgent(cluster: Cluster | null, o: AgentOptions): HttpAgent };
+  const make = k.createAgent.bind(kc);
+  const agents = new Map<string, HttpAgent>();
+  k.createAgent = (cluster, o) => {
+    // What the agent's connections depend on (a token is a header, not part of it).
+    const key = JSON.stringify([cluster?.server, cluster?.proxyUrl, o.servername, o.rejectUnauthorized, String(o.ca ?? ''), String(o.cert ?? ''), String(o.key ?? '')]);
+    let a = agents.get(key);
+    if (!a) agents.set(key, (a = make(cluster, { ...o, keepAlive: true })));
+    return a;
+  };
+  return kc;
 }
 
 /** `kind/name` as kubectl prints it. */
@@ -58,8 +81,12 @@ export type ApplyResult = 'created' | 'configured' | 'kept';
 /** What install finds of an earlier install in `namespace`: its settings and CA (PEM), or undefined. */
 export async function readExisting(kc: KubeConfig, namespace: string): Promise<{ clusterName?: string; clusterID?: string; ca?: { cert: string; key: string } } | undefined> {
   const api = KubernetesObjectApi.makeApiClient(kc);
-  const cm = (await read(api, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: NAMES.config, namespace } })) as { data?: Record<string, string> } | undefined;
-  const ca = (await read(api, { apiVersion: 'v1', kind: 'Secret', metadata: { name: NAMES.ca, namespace } })) as { data?: Record<string, string> } | undefined;
+  // No namespace, nothing in it (one request instead of two on a fresh cluster).
+  if (!(await read(api, { apiVersion: 'v1', kind: 'Namespace', metadata: { name: namespace } }))) return undefined;
+  const [cm, ca] = (await Promise.all([
+    read(api, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: NAMES.config, namespace } }),
+    read(api, { apiVersion: 'v1', kind: 'Secret', metadata: { name: NAMES.ca, namespace } }),
+  ])) as Array<{ data?: Record<string, string> } | undefined>;
   if (!cm && !ca) return undefined;
   const dec = (s: string | undefined) => (s === undefined ? undefined : Buffer.from(s, 'base64').toString('utf8'));
   const caCert = dec(ca?.data?.['ca.crt']);
@@ -74,12 +101,17 @@ export async function readExisting(kc: KubeConfig, namespace: string): Promise<{
 /** Validates every object with the server (dry run), then writes them in order. Calls `report` per object. */
 export async function applyObjects(kc: KubeConfig, objects: readonly KubeObject[], report: (o: KubeObject, r: ApplyResult) => void): Promise<void> {
   const api = KubernetesObjectApi.makeApiClient(kc);
+  // A CRD is looked up by name whoever made it; the namespace of a fresh install does not exist yet, and
+  // nothing in it does: what is not cluster-scoped is read only when its namespace exists (a fresh install
+  // reads a handful of objects instead of every one).
+  const absent = new Set<string>();
   const plan: Array<{ o: KubeObject; existing: KubernetesObject | undefined }> = [];
   for (const o of objects) {
-    // A CRD is looked up by name whoever made it; the namespace of a fresh install does not exist yet.
-    plan.push({ o, existing: await read(api, o) });
+    const existing = o.metadata.namespace && absent.has(o.metadata.namespace) ? undefined : await read(api, o);
+    if (o.kind === 'Namespace' && !existing) absent.add(o.metadata.name);
+    plan.push({ o, existing });
   }
-  const namespaceIsNew = plan.some((p) => p.o.kind === 'Namespace' && !p.existing);
+  const namespaceIsNew = absent.size > 0;
   /** Created by this run: removed again if a later write fails, so a failed install leaves nothing behind. */
   const created: KubeObject[] = [];
   for (const dryRun of ['All', undefined] as const) {

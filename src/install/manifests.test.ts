@@ -317,3 +317,29 @@ test("manifests: the agents' remote API (on by default at 4247, off with 0): age
   assert.ok(!off.pod.volumes.some((v) => v.secret?.secretName === 'clustermesh-agent-api'));
   assert.ok(off.secrets.includes('clustermesh-observer'), 'the certificates are made anyway: a re-install that switches the API on finds them');
 });
+
+test("the apiserver container is ready once its start is done: the probe's pipeline matches what its metrics endpoint serves in phase ready, and only then", async () => {
+  const { apiserverRegistry } = await import('../apiserver/metrics.ts');
+  const { execFileSync } = await import('node:child_process');
+  type Probe = { exec: { command: string[] } };
+  const probeOf = (s: Parameters<typeof compileInstallSettings>[0]) => {
+    const d = renderManifests(compileInstallSettings(s), CERTS).find((o) => o.kind === 'Deployment') as unknown as { spec: { template: { spec: { containers: Array<{ name: string; readinessProbe?: Probe }> } } } };
+    return d.spec.template.spec.containers.find((c) => c.name === 'apiserver')!.readinessProbe!.exec.command;
+  };
+  const cmd = probeOf(base);
+  assert.deepEqual(cmd.slice(0, 2), ['sh', '-c']);
+  assert.match(cmd[2]!, /^curl -sf http:\/\/127\.0\.0\.1:9963\/metrics \| /, 'the default metrics address (on the loopback of the host-network pod)');
+  assert.match(probeOf({ ...base, apiserverMetricsPort: '9993' })[2]!, /127\.0\.0\.1:9993\/metrics/, '--apiserver-metrics-port');
+  // The part after curl, fed the registry's exposition in each phase: only "ready" passes.
+  const filter = cmd[2]!.slice(cmd[2]!.indexOf('|') + 1);
+  for (const phase of ['etcd-bootstrap', 'claiming', 'exporting', 'ready'] as const) {
+    const text = await apiserverRegistry({ phase: () => phase, status: () => undefined, exportErrors: () => ({}), heartbeat: () => ({ writes: 0, failures: 0, lastRoundOk: true }) }).metrics();
+    let passes = true;
+    try {
+      execFileSync('sh', ['-c', filter], { input: text });
+    } catch {
+      passes = false;
+    }
+    assert.equal(passes, phase === 'ready', `phase ${phase}`);
+  }
+});

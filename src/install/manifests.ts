@@ -129,6 +129,8 @@ export const NAMES = {
 export const ETCD_PORT = 2379;
 /** Where the host-network etcd listens on its node (the Service's targetPort `etcd`), and its peer port on loopback. */
 export const ETCD_NODE_PORT = 2391;
+/** The apiserver's metrics port when only on loopback (its default; settings.ts re-exports it beside the agent's). */
+export const APISERVER_METRICS_PORT = 9963;
 export const ETCD_PEER_PORT = 2392;
 /** Paths inside the containers. */
 export const PATHS = {
@@ -405,6 +407,16 @@ function apiserverDeployment(s: InstallSettings): KubeObject {
               ],
               ...(s.apiserverMetricsPort !== undefined ? { ports: [{ name: METRICS_PORT_NAME, containerPort: s.apiserverMetricsPort, protocol: 'TCP' }] } : {}),
               ...(s.k8sService ? { env: k8sServiceEnv(s) } : {}),
+              // Ready once its start is done (cluster-config and the synced canaries written: phase "ready" on its
+              // metrics endpoint, always served, on the node's loopback at least): the Deployment is available, and
+              // its Service sends remote clusters to it, only when what they read is there (connect checks it).
+              readinessProbe: {
+                exec: { command: ['sh', '-c', `curl -sf http://127.0.0.1:${s.apiserverMetricsPort ?? APISERVER_METRICS_PORT}/metrics | grep -q '^clustermesh_apiserver_phase{phase="ready"} 1'`] },
+                periodSeconds: 5,
+                // A local HTTP GET; the default 1 s made it flap on a loaded node (the lab's, under load 40).
+                timeoutSeconds: 5,
+                failureThreshold: 3,
+              },
               volumeMounts: [
                 { name: 'config', mountPath: PATHS.config, readOnly: true },
                 { name: 'etcd-apiserver', mountPath: PATHS.etcdClient, readOnly: true },

@@ -178,8 +178,8 @@ function show(o: InstallMeshOptions, args: string[], r: Ran): void {
  */
 export async function installMesh(o: InstallMeshOptions): Promise<void> {
   // Loaded here: `clustermesh lab` commands that never install should not pay for the Kubernetes client.
-  const { AppsV1Api } = await import('@kubernetes/client-node');
-  const { loadKubeConnection } = await import('../sources/kubernetes/kubeconfig.ts');
+  const { AppsV1Api, CoreV1Api } = await import('@kubernetes/client-node');
+  const { loadKubeConfig } = await import('../install/apply.ts');
   const timeoutMs = o.timeoutMs ?? 240_000;
   const { state } = o;
   // 1. install, every cluster at once (each command's lines printed together).
@@ -191,46 +191,71 @@ export async function installMesh(o: InstallMeshOptions): Promise<void> {
     if (results[i]!.code !== 0) throw new Error(`clustermesh ${args.join(' ')} exited ${results[i]!.code}: ${results[i]!.out.trim().split('\n').slice(-3).join(' | ')}`);
   }
 
-  // 2. the installed pods: every node's agent ready, the apiserver available, its Service with an address.
-  await Promise.all(
+  // 2. what connect needs of each cluster (its apiserver available, its Service with a load balancer address)
+  //    and every node's agent ready, waited for together: connect runs as soon as the apiservers are there,
+  //    while the agents still start (they pick the remote clusters up from their Secret whenever it changes).
+  //    Polled through one kept-alive connection per cluster (reuseConnections).
+  const clients = new Map(
+    state.clusters.map((c) => {
+      const kc = loadKubeConfig({ kubeconfig: state.kubeconfig!, context: c.name });
+      return [c.name, { apps: kc.makeApiClient(AppsV1Api), core: kc.makeApiClient(CoreV1Api) }] as const;
+    }),
+  );
+  const poll = { timeoutMs, intervalMs: 250 };
+  const agentsReady = Promise.all(
     state.clusters.map(async (c) => {
-      const apps = loadKubeConnection({ kubeconfig: state.kubeconfig!, context: c.name }).kubeConfig.makeApiClient(AppsV1Api);
+      const { apps } = clients.get(c.name)!;
       const nodes = state.nodes.filter((n) => n.cluster === c.name).length;
       await pollUntil(
         async ({ notYet }) => {
           const st = (await apps.readNamespacedDaemonSetStatus({ name: NAMES.agent, namespace: DEFAULT_NAMESPACE })).status;
           return (st?.desiredNumberScheduled === nodes && st.numberReady === nodes) || notYet(`${st?.numberReady ?? 0}/${st?.desiredNumberScheduled ?? 0} ready`);
         },
-        { timeoutMs, intervalMs: 500, describe: `${c.name}: daemonset/${NAMES.agent} ready on its ${nodes} nodes` },
-      );
-      await pollUntil(
-        async ({ notYet }) => {
-          const available = (await apps.readNamespacedDeploymentStatus({ name: NAMES.apiserver, namespace: DEFAULT_NAMESPACE })).status?.availableReplicas ?? 0;
-          return available >= 1 || notYet(`${available} available`);
-        },
-        { timeoutMs, intervalMs: 500, describe: `${c.name}: deployment/${NAMES.apiserver} available` },
+        { ...poll, describe: `${c.name}: daemonset/${NAMES.agent} ready on its ${nodes} nodes` },
       );
     }),
-  );
-  o.progress(`      every agent pod ready (${state.nodes.length}), every cluster's apiserver available`);
-
-  // 3. connect every pair: two clusters as a pair, more with one `connect --connection-mode mesh` (every Secret written once).
-  const connects =
-    state.clusters.length > 2
-      ? [['connect', '--connection-mode', 'mesh', ...state.clusters.flatMap((c) => ['--context', c.name])]]
-      : state.clusters.flatMap((a, i) => state.clusters.slice(i + 1).map((b) => ['connect', '--context', a.name, '--destination-context', b.name]));
-  for (const args of connects) {
-    let r: Ran = { code: null, out: '' };
-    // The LoadBalancer address is placed once the apiserver's pod is ready: retry while connect says it has none yet.
-    await pollUntil(
-      async ({ notYet }) => {
-        r = await cm(o, args);
-        return r.code === 0 || notYet(r.out.trim().split('\n').slice(-2).join(' | '));
-      },
-      { timeoutMs, intervalMs: 500, describe: `clustermesh ${args.join(' ')}` },
+  ).then(() => o.progress(`      every agent pod ready (${state.nodes.length})`));
+  const connected = (async () => {
+    await Promise.all(
+      state.clusters.map(async (c) => {
+        const { apps, core } = clients.get(c.name)!;
+        await pollUntil(
+          async ({ notYet }) => {
+            const available = (await apps.readNamespacedDeploymentStatus({ name: NAMES.apiserver, namespace: DEFAULT_NAMESPACE })).status?.availableReplicas ?? 0;
+            return available >= 1 || notYet(`${available} available`);
+          },
+          { ...poll, describe: `${c.name}: deployment/${NAMES.apiserver} available` },
+        );
+        await pollUntil(
+          async ({ notYet }) => {
+            const ingress = (await core.readNamespacedServiceStatus({ name: NAMES.apiserver, namespace: DEFAULT_NAMESPACE })).status?.loadBalancer?.ingress ?? [];
+            return ingress.length > 0 || notYet('no load balancer address');
+          },
+          { ...poll, describe: `${c.name}: service/${NAMES.apiserver} with a load balancer address` },
+        );
+      }),
     );
-    show(o, args, r);
-  }
+    o.progress(`      every cluster's apiserver available, its Service with a load balancer address`);
+
+    // 3. connect every pair: two clusters as a pair, more with one `connect --connection-mode mesh` (every Secret written once).
+    const connects =
+      state.clusters.length > 2
+        ? [['connect', '--connection-mode', 'mesh', ...state.clusters.flatMap((c) => ['--context', c.name])]]
+        : state.clusters.flatMap((a, i) => state.clusters.slice(i + 1).map((b) => ['connect', '--context', a.name, '--destination-context', b.name]));
+    for (const args of connects) {
+      let r: Ran = { code: null, out: '' };
+      // The apiserver may not have written its cluster-config yet (connect checks it): retry while connect refuses.
+      await pollUntil(
+        async ({ notYet }) => {
+          r = await cm(o, args);
+          return r.code === 0 || notYet(r.out.trim().split('\n').slice(-2).join(' | '));
+        },
+        { timeoutMs, intervalMs: 500, describe: `clustermesh ${args.join(' ')}` },
+      );
+      show(o, args, r);
+    }
+  })();
+  await Promise.all([agentsReady, connected]);
 
   // 4. every agent sees every other cluster, connected and ready.
   await Promise.all(
@@ -244,7 +269,7 @@ export async function installMesh(o: InstallMeshOptions): Promise<void> {
             const missing = others.filter((name) => !st.remoteClusters.some((r) => r.name === name && r.connected && r.ready));
             return missing.length === 0 || notYet(`not yet: ${missing.join(', ')}`);
           },
-          { timeoutMs, intervalMs: 500, describe: `agent ${n.cluster}/${n.name} connected to ${others.join(', ')}` },
+          { ...poll, describe: `agent ${n.cluster}/${n.name} connected to ${others.join(', ')}` },
         );
       } finally {
         api.close();
