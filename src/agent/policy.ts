@@ -102,12 +102,7 @@ export function policyTargets(dp: NodeDatapath): {
     },
     enforce: {
       // An array: every slot exists; only those with a flag count as entries.
-      list: () =>
-        dp.maps.policyEnforce
-          .lookupBatch(4096)
-          .map(([k, v]) => [policyMap.decodeEnforceKey(k), policyMap.decodeEnforceValue(v)] as const)
-          .filter(([, v]) => v.active || v.ingress || v.egress)
-          .map(([k, v]) => [enforceKeyString(k.endpointId), v] as const),
+      list: () => policyMap.enforcedSlots(dp.maps.policyEnforce).map(([id, v]) => [enforceKeyString(id), v] as const),
       update: (k, v) => policyMap.enforce.update(dp.maps.policyEnforce, { endpointId: Number(k) }, v),
       delete: (k) => policyMap.clearEnforce(dp.maps.policyEnforce, [Number(k)]),
     },

@@ -21,7 +21,7 @@ import { loadEtcdConfig, type ApiserverConfig } from './options.ts';
 import { startMetricsServer } from '../util/metrics.ts';
 import { serviceExportsClusterPrefix, serviceExportsSyncedKey } from '../mcs/export.ts';
 import { KubeHttp } from '../sources/kubernetes/http.ts';
-import { loadKubeConnection } from '../sources/kubernetes/kubeconfig.ts';
+import { readKubeAccess } from '../sources/kubernetes/kube-access.ts';
 import { McsController, type McsStatus } from './mcs.ts';
 import { KvstoreMesh, type KvstoreMeshStatus } from './kvstoremesh.ts';
 
@@ -285,7 +285,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
     });
     mcs = new McsController({
       cluster: cfg.clusterName,
-      kube: new KubeHttp(loadKubeConnection(cfg.kubeconfig !== undefined ? { kubeconfig: cfg.kubeconfig } : {}).kubeConfig),
+      kube: new KubeHttp(readKubeAccess(cfg.kubeconfig !== undefined ? { kubeconfig: cfg.kubeconfig } : {}).access.asKubeConfig()),
       out: new PrefixExport('serviceexports', mcsStore, await existing(serviceExportsClusterPrefix(cfg.clusterName))),
       remoteConfigDir: cfg.clustermeshConfigDir,
       intervalMs: deps.mcsIntervalMs ?? MCS_INTERVAL_MS,

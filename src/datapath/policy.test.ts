@@ -159,6 +159,26 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
     return run(ovl, 'test_from_overlay', f);
   };
 
+  it('enforcedSlots(): the slots of the 65536 with a flag, read in place across batch boundaries, as a decoded copy of every slot would say', () => {
+    const ids = [0, 1, 4095, 4096, 40000, 65535];
+    const want = ids.map((endpointId, i): [number, policy.EnforceValue] => [endpointId, { active: i !== 2, ingress: i % 2 === 0, egress: i % 3 === 0 }]);
+    policy.enforce.updateMany(enforceMap, want.map(([endpointId, v]) => [{ endpointId }, v] as const));
+    const unknownBit = Buffer.alloc(4);
+    unknownBit.writeUInt32LE(1 << 8);
+    enforceMap.update(policy.encodeEnforceKey({ endpointId: 7 }), unknownBit);
+    try {
+      assert.deepEqual(policy.enforcedSlots(enforceMap), want);
+      const copied = enforceMap
+        .lookupBatch(4096)
+        .map(([k, v]) => [policy.decodeEnforceKey(k).endpointId, policy.decodeEnforceValue(v)] as const)
+        .filter(([, v]) => v.active || v.ingress || v.egress);
+      assert.deepEqual(policy.enforcedSlots(enforceMap), copied);
+    } finally {
+      policy.clearEnforce(enforceMap, [...ids, 7]);
+    }
+    assert.deepEqual(policy.enforcedSlots(enforceMap), []);
+  });
+
   it('with empty maps behaviour is as before and nothing is tracked', () => {
     assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80))), 'pass');
     assert.equal(verdict(fromContainer(frame(A.ip, R.ip, 17, 40000, 53))), 'pass');

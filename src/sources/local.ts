@@ -6,12 +6,12 @@ import type { KvClient } from '../kvstore/client.ts';
 import type { ObjectKind } from '../model/index.ts';
 import type { Clock } from '../util/clock.ts';
 import { KubernetesSource, type KubernetesSourceOptions } from './kubernetes/source.ts';
-import { loadKubeConnection } from './kubernetes/kubeconfig.ts';
+import { readKubeAccess } from './kubernetes/kube-access.ts';
 import { EndpointSource } from './store/source.ts';
 import type { ClusterSource, SourceProblem } from './types.ts';
 
 export interface LocalSourceOptions {
-  /** Kubeconfig file of the cluster's API (its current context); undefined: KUBECONFIG, the in-cluster service account, or ~/.kube/config (loadKubeConnection). */
+  /** Kubeconfig file of the cluster's API (its current context); undefined: KUBECONFIG, the in-cluster service account, or ~/.kube/config (readKubeAccess). */
   kubeconfig?: string | undefined;
   onProblem?: (problem: SourceProblem) => void;
   onError?: (kind: ObjectKind, err: Error) => void;
@@ -53,10 +53,10 @@ export function openLocalSource(kv: KvClient, o: LocalSourceOptions): LocalSourc
     ...(o.onHandlerError ? { onHandlerError: o.onHandlerError } : {}),
     ...(o.clock ? { clock: o.clock } : {}),
   };
-  const conn = loadKubeConnection(o.kubeconfig !== undefined ? { kubeconfig: o.kubeconfig } : {});
+  const conn = readKubeAccess(o.kubeconfig !== undefined ? { kubeconfig: o.kubeconfig } : {});
   const endpoints = new EndpointSource(kv, handlers);
   return {
-    source: new KubernetesWithEtcdEndpoints({ kubeConfig: conn.kubeConfig, ...handlers }, endpoints),
+    source: new KubernetesWithEtcdEndpoints({ kubeConfig: conn.access.asKubeConfig(), ...handlers }, endpoints),
     description: `kubernetes ${conn.description} ${conn.server}; Endpoint objects from etcd`,
   };
 }

@@ -106,6 +106,39 @@ describe('BpfMap', { skip }, () => {
     assert.equal(m.batchFallback, false, 'hash maps use the kernel batch syscalls');
   });
 
+  it('scan(): every entry in place, in reused chunk buffers; the fallback visits one by one', () => {
+    const m = obj.map('fx_hash');
+    m.updateBatch([[u32(1), u64(11)], [u32(2), u64(22)], [u32(3), u64(33)], [u32(4), u64(44)]]);
+    try {
+      for (const size of [1, 3, 256]) {
+        const seen = new Map<number, bigint>();
+        const chunks = new Set<Buffer>();
+        m.scan((keys, values, i) => {
+          chunks.add(keys);
+          seen.set(keys.readUInt32LE(i * m.keySize), values.readBigUInt64LE(i * m.valueBufferSize));
+        }, size);
+        assert.deepEqual(seen, new Map([[1, 11n], [2, 22n], [3, 33n], [4, 44n]]), `batch size ${size}`);
+        // one keys buffer for all chunks (a new one only when a bucket needs more room than the size)
+        if (size === 256) assert.equal(chunks.size, 1, 'no Buffer per entry');
+      }
+    } finally {
+      m.deleteBatch([1, 2, 3, 4].map(u32));
+    }
+    let visits = 0;
+    m.scan(() => void visits++);
+    assert.equal(visits, 0, 'an empty map visits nothing');
+    // where the kernel has no batch lookup, scan() visits each entry with i = 0
+    const d = obj.map('fx_devmap');
+    d.update(u32(3), u32(1));
+    try {
+      const got: Array<[number, number, number]> = [];
+      d.scan((keys, values, i) => void got.push([keys.readUInt32LE(i * 4), values.readUInt32LE(i * 4), i]));
+      assert.deepEqual(got, [[3, 1, 0]]);
+    } finally {
+      d.delete(u32(3));
+    }
+  });
+
   it('LPM trie: longest-prefix lookup, iteration, batch', () => {
     const m = obj.map('fx_lpm');
     assert.equal(m.type, MapType.lpmTrie);

@@ -224,13 +224,28 @@ export class BpfMap {
   /**
    * Every entry, read with BPF_MAP_LOOKUP_BATCH in chunks of batchSize; falls
    * back to keys()+lookup() where the map type has no batch support (LPM trie).
+   * Each key and value is a copy; scan() reads the same without them.
    */
   lookupBatch(batchSize = 256): Array<[Buffer, Buffer]> {
-    if (!this.#batchUnsupported) {
-      const r = this.#tryLookupBatch(batchSize);
-      if (r !== undefined) return r;
-    }
-    return [...this.entries()];
+    const out: Array<[Buffer, Buffer]> = [];
+    const ks = this.keySize;
+    const vs = this.valueBufferSize;
+    this.scan((keys, values, i) => void out.push([Buffer.from(keys.subarray(i * ks, (i + 1) * ks)), Buffer.from(values.subarray(i * vs, (i + 1) * vs))]), batchSize);
+    return out;
+  }
+
+  /**
+   * Visits every entry where it lies, without a Buffer per entry: entry i of
+   * a chunk has its key at keys[i * keySize] and its value at
+   * values[i * valueBufferSize]. The buffers are reused for the next chunk:
+   * copy what you keep. Read with BPF_MAP_LOOKUP_BATCH in chunks of
+   * batchSize (keys()+lookup(), i = 0, where the map type has no batch
+   * support). An array visits every slot: this is how to scan one whose
+   * slots are mostly zero (decode only those that are not).
+   */
+  scan(visit: (keys: Buffer, values: Buffer, i: number) => void, batchSize = 256): void {
+    if (!this.#batchUnsupported && this.#tryScanBatch(visit, batchSize)) return;
+    for (const [k, v] of this.entries()) visit(k, v, 0);
   }
 
   /** Writes all entries (BPF_MAP_UPDATE_BATCH, or one by one); returns how many were written. */
@@ -323,21 +338,22 @@ export class BpfMap {
     return value;
   }
 
-  #tryLookupBatch(batchSize: number): Array<[Buffer, Buffer]> | undefined {
+  /** scan() over BPF_MAP_LOOKUP_BATCH; false (nothing visited) when the map type has no batch support. */
+  #tryScanBatch(visit: (keys: Buffer, values: Buffer, i: number) => void, batchSize: number): boolean {
     const { bpf } = lib();
     let n = Math.max(1, Math.min(batchSize, this.maxEntries || batchSize));
     const vsz = this.valueBufferSize;
     let keys = Buffer.alloc(this.keySize * n);
     let values = Buffer.alloc(vsz * n);
     const count = Buffer.alloc(4);
+    const opts = batchOpts();
     // The batch token is opaque; hash maps use a u32 bucket index, arrays a u32 index.
     const tokenSize = Math.max(8, this.keySize);
     let inBatch: Buffer | null = null;
     let outBatch: Buffer = Buffer.alloc(tokenSize);
-    const out: Array<[Buffer, Buffer]> = [];
     for (;;) {
       count.writeUInt32LE(n);
-      const rc = bpf.bpf_map_lookup_batch(this.fd, inBatch, outBatch, keys, values, count, batchOpts());
+      const rc = bpf.bpf_map_lookup_batch(this.fd, inBatch, outBatch, keys, values, count, opts);
       if (-rc === E.ENOSPC) {
         // a hash bucket holds more entries than n: retry the same position with room for them
         n *= 2;
@@ -346,17 +362,15 @@ export class BpfMap {
         continue;
       }
       if (rc !== 0 && -rc !== E.ENOENT) {
-        if (isUnsupported(-rc) && out.length === 0 && inBatch === null) {
+        if (isUnsupported(-rc) && inBatch === null) {
           this.#batchUnsupported = true;
-          return undefined;
+          return false;
         }
         throw mapError('lookup_batch', rc, { target: this.name });
       }
       const got = count.readUInt32LE();
-      for (let i = 0; i < got; i++) {
-        out.push([Buffer.from(keys.subarray(i * this.keySize, (i + 1) * this.keySize)), Buffer.from(values.subarray(i * vsz, (i + 1) * vsz))]);
-      }
-      if (rc !== 0) return out; // ENOENT: the walk is complete
+      for (let i = 0; i < got; i++) visit(keys, values, i);
+      if (rc !== 0) return true; // ENOENT: the walk is complete
       const prevOut: Buffer = outBatch;
       outBatch = inBatch ?? Buffer.alloc(tokenSize);
       inBatch = prevOut;

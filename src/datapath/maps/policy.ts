@@ -17,6 +17,7 @@
 // CIDR identity; policy looks up the peer's address there besides its
 // identity, so CIDR rules match pods and nodes per address (policy.h).
 import { type MapHandle, expectSize, field, ipv4Bytes, readIPv4, readU16, readU32, struct, typedOps, writeIPv4, writeU16, writeU32 } from './codec.ts';
+import type { BpfMap } from '../libbpf/map.ts';
 import { Direction } from './reasons.ts';
 
 export const MAP_NAME = 'cm_policy';
@@ -325,6 +326,24 @@ export const ct = typedOps<CtKey, CtValue>({ encode: encodeCtKey, decode: decode
 
 /** cm_policy_cidr. Note that lookup() is a longest-prefix match, as the datapath's. */
 export const cidr = typedOps<CidrKey, CidrValue>({ encode: encodeCidrKey, decode: decodeCidrKey }, { encode: encodeCidrValue, decode: decodeCidrValue });
+
+/**
+ * The slots of cm_policy_enforce with a flag set (an endpoint with policy),
+ * by endpoint id. The array has a value in each of its 65536 slots, nearly
+ * all zero: they are read in batches in place and only the others decoded
+ * (a full pass every 30 s in each agent).
+ */
+export function enforcedSlots(map: Pick<BpfMap, 'scan'>): Array<[number, EnforceValue]> {
+  const out: Array<[number, EnforceValue]> = [];
+  const off = ENFORCE_VALUE_LAYOUT.fields.flags.offset;
+  const size = ENFORCE_VALUE_LAYOUT.size;
+  map.scan((keys, values, i) => {
+    if (readU32(values, i * size + off) === 0) return;
+    const v = decodeEnforceValue(values.subarray(i * size, (i + 1) * size));
+    if (v.active || v.ingress || v.egress) out.push([readU32(keys, i * 4), v]);
+  }, 4096);
+  return out;
+}
 
 /** The array's "delete": endpoints without policy get zeros (not ACTIVE). */
 export function clearEnforce(map: MapHandle, endpointIds: Iterable<number>): void {
