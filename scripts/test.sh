@@ -11,7 +11,7 @@ bash scripts/setup.sh --prometheus --browser
 echo "test: type-checking"
 npx tsc --noEmit -p .
 # test/chaos/ is the fault suite's tier (about 12 minutes more): `npm run chaos`;
-# `npm run test:slow` runs it and lab-up-repeat's ten rounds (three here).
+# `npm run test:slow` runs it. lab-up-repeat's ten rounds of a 4x2 lab run here.
 # test/slow/ (lab tests of many minutes, e.g. three installed clusters) is in `npm run test:slow` too.
 mapfile -t files < <(find src test -name '*.test.ts' -not -path 'test/chaos/*' -not -path 'test/slow/*' | sort)
 echo "test: ${#files[@]} test files"

@@ -1,18 +1,18 @@
-// Slow tier (issue 20): `clustermesh lab up --clusters 4 --nodes 2` ten times in
-// a row, each followed by `lab down`. One of three such `up`s once failed with
-// "etcd: not ready after 90000 ms" although etcd served 4 s after start (the
-// readiness wait skipped etcd's own log line; see src/kvstore/etcd-process.test.ts).
-// A single `up` hides a one-in-three failure; ten in a row do not.
+// Issue 20: `clustermesh lab up --clusters 4 --nodes 2` ten times in a row, each
+// followed by `lab down`, in the default run (CI runs it). One of three such
+// `up`s once failed with "etcd: not ready after 90000 ms" although etcd served
+// 4 s after start (the readiness wait skipped etcd's own log line; see
+// src/kvstore/etcd-process.test.ts). A single `up` hides a one-in-three
+// failure; ten in a row do not.
 //
-// Cost, measured on the 2-core machine: a round (up + down) took 2.1 min at load
-// ~8 (up 103 s, down 22 s) and 4.1-6.8 min at load ~40 (ten rounds: 55 min), so
-// about 20 min for the ten on a quiet machine. LAB_UP_REPEAT=N runs N rounds (0 skips).
-// Since the compiled entry points (issue 20 part 1) a round takes about 35 s on a
-// quiet machine (up 31-32 s, down 2.4 s); in CI (2 cores) 48 s, 70 s once
-// every lab ran a Kubernetes API per cluster, 38 s since the lab's own processes
-// load only their module (src/lab/proc-main.ts). The default run does one round
-// (lab.test, demo.test, lab-kube-source and lab-mcs bring up smaller labs too);
-// the slow tier (`npm run test:slow`) does the ten.
+// Cost on the 2-core machine: a round (up + down) took 2.1 min at load ~8 in
+// the first version and 4.1-6.8 min at load ~40. On a quiet machine a 4x2 up
+// took 37.5 s (about 67 s of CPU across the lab's processes: CPU-bound) on
+// 2026-12-04, and 31.5 s (52 s of CPU) after that day's cuts (kept-alive
+// Kubernetes API connections, client-node off the agent's and apiserver's
+// start, the policy enforcement scan without an allocation per slot), so the
+// ten take about 6 minutes. LAB_UP_REPEAT=N runs N rounds (0 skips).
+
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -23,7 +23,7 @@ import { join, resolve } from 'node:path';
 import { childEnv } from '../src/lab/process.ts';
 
 const CLI = resolve(import.meta.dirname, '..', 'bin', 'clustermesh.js');
-const ROUNDS = Number(process.env.LAB_UP_REPEAT ?? 1);
+const ROUNDS = Number(process.env.LAB_UP_REPEAT ?? 10);
 const root = mkdtempSync(join(tmpdir(), 'cmtu-root-'));
 const env = childEnv({ CLUSTERMESH_LAB_ROOT: root });
 
