@@ -83,6 +83,8 @@ await build({
   format: 'cjs',
   platform: 'node',
   target: 'node20',
+  // workload-main.ts's ECHO_BIN is found from its own directory (the same depth as dist/js/).
+  define: { 'import.meta.dirname': '__dirname' },
   minify: true,
   logLevel: 'warning',
 });

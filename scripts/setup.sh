@@ -3,7 +3,7 @@
 # safe to run any number of times: missing Debian packages, npm packages
 # (npm ci when package-lock.json changed), the compiled CLI in dist/ (rebuilt
 # when a source changed, see scripts/build.mjs), the compiled BPF objects and
-# the CNI plugin executable (cni/).
+# the CNI plugin executable (cni/) and the lab's echo server (src/lab/echo-c/).
 #
 #   --prometheus  also Debian's prometheus, for `clustermesh lab up --prometheus`
 #                 (scripts/test.sh asks for it: test/metrics-lab.test.ts)
@@ -26,6 +26,7 @@ cd "$(dirname "$0")/.."
 DEB_PACKAGES=(
   clang llvm libbpf-dev bpftool linux-libc-dev make   # compile and inspect the BPF datapath
   libc6-dev                                            # the CNI plugin executable (cni/), linked statically
+  libssl-dev                                           # the lab's echo server (src/lab/echo-c/): SHA-256 from libcrypto
   iproute2 iputils-ping tcpdump ethtool curl util-linux procps # namespaces, links, tc, ping, captures, HTTP checks, setpriv/taskset, sysctl
   etcd-server etcd-client openssl                      # the mesh kvstore with mutual TLS
   iperf3 sockperf iptables                             # benchmarks (iptables: bench/services' kube-proxy baseline)
@@ -81,3 +82,5 @@ make -s -C bpf
 
 # The CNI plugin executable a kubelet runs (C, no Node.js): cni/build/clustermesh-cni.
 make -s -C cni
+# What lab pods run for `clustermesh lab workload echo` (C, no Node.js): src/lab/echo-c/build/clustermesh-echo.
+make -s -C src/lab/echo-c

@@ -1,7 +1,7 @@
 // bench/startup: what a process costs before it does anything, and what the
 // processes a lab runs keep resident (issue 20).
 //   compiled: today's path, bin/clustermesh.js running dist/js (built by setup);
-//             an echo pod as the lab runs it (node with WORKLOAD_NODE_FLAGS); the CNI
+//             an echo pod as the lab runs it (the C program ECHO_BIN, src/lab/echo-c); the CNI
 //             plugin as a kubelet runs it: the C executable cni/build/clustermesh-cni,
 //             which relays to the agent (the plugin's work runs in the agent).
 //   tsx:      the old path, measured in the same run: the sources of the commit
@@ -15,15 +15,13 @@
 //           cni_version_ms, _cpu_ms: the CNI plugin with CNI_COMMAND=VERSION, the plugin's start cost
 //   echo    an idle `clustermesh lab workload echo` that answered one request: echo_rss_mb (VmRSS),
 //           echo_anon_mb (RssAnon), echo_private_mb (Private_Clean + Private_Dirty of smaps_rollup:
-//           what the pod alone holds; the rest of VmRSS is the node binary's pages, shared by every
-//           pod), echo_pss_mb (Pss of smaps_rollup: private pages plus its share of the shared ones,
+//           what the pod alone holds; the rest of VmRSS is shared pages: the executable's and its
+//           libraries'), echo_pss_mb (Pss of smaps_rollup: private pages plus its share of the shared ones,
 //           with the bench's other node processes as the only sharers; see pods for a lab's);
-//           `via-bin` is the same echo started through bin/clustermesh.js (an ES module entry) instead
-//           of the CommonJS build lab pods run (dist/js/workload-pod.cjs); after --echo-requests
-//           sequential keep-alive requests: echo_busy_rss_mb,
+//           after --echo-requests sequential keep-alive requests: echo_busy_rss_mb,
 //           echo_busy_anon_mb, echo_rps (requests per second of those). `node-floor` is a bare
-//           node:http server (an ES module; `node-floor-cjs`: the same as CommonJS). Configs `flags:none` and `flags:<flag>` run the compiled echo with no
-//           node flag and with each candidate flag alone: what each flag gives.
+//           node:http server (an ES module; `node-floor-cjs`: the same as CommonJS): what any
+//           Node.js echo pod would keep at least; `tsx` the Node.js echo of the old path.
 //   cni     cni_add_ms: a CNI ADD against a real agent (1 cluster x 1 node), spawn to exit, run in
 //           the node's namespace with nsenter as a kubelet there would; cni_add_agent_ms: the agent's
 //           own time on the request (veth, IPAM, endpoint: the X-Cni-Agent-Ms the executable prints
@@ -56,9 +54,8 @@ import { ipBatch, run } from '../../src/lab/exec.ts';
 import { startMesh, type Mesh } from '../../src/lab/mesh.ts';
 import { childEnv } from '../../src/lab/process.ts';
 import { createTopology, destroyTopology, type NodeInfo, type Topology } from '../../src/lab/topology.ts';
-import { WORKLOAD_POD_ENTRY } from '../../src/lab/lab.ts';
 import { labDir } from '../../src/lab/state.ts';
-import { WORKLOAD_NODE_FLAGS } from '../../src/lab/workload-main.ts';
+import { ECHO_BIN } from '../../src/lab/workload-main.ts';
 import { median, printTable, summarize, writeResults, type Sample } from '../lib/results.ts';
 
 const ROOT = resolve(import.meta.dirname, '..', '..');
@@ -66,8 +63,6 @@ const CLI = join(ROOT, 'bin', 'clustermesh.js');
 const CNI_PLUGIN = join(ROOT, 'cni', 'build', 'clustermesh-cni');
 const PARTS = ['start', 'echo', 'cni', 'agent', 'pods'] as const;
 type Part = (typeof PARTS)[number];
-/** Node flags tried one by one on the echo pod (echo part). */
-const FLAG_STUDY = ['--lite-mode', '--jitless', '--max-semi-space-size=1', '--max-old-space-size=16', '--v8-pool-size=0', '--single-threaded'];
 
 const { values } = parseArgs({
   options: {
@@ -193,7 +188,7 @@ if (runs('start')) {
   }
 }
 
-// ---- echo: an echo pod's memory, and what each node flag gives ----------------
+// ---- echo: an echo pod's memory, beside a bare node:http server -----------------
 
 /** `n` sequential GETs over one kept-alive connection; requests per second. */
 async function requests(port: number, n: number): Promise<number> {
@@ -252,16 +247,12 @@ if (runs('echo')) {
   writeFileSync(floorCjs, "const { createServer } = require('node:http');\nconst port = Number(process.argv[2]);\ncreateServer((q, s) => s.end('x')).listen(port, '127.0.0.1', () => console.log('listening'));\n");
   const echo = (port: number): string[] => ['lab', 'workload', 'echo', '--port', String(port), '--pod', 'bench'];
   const configs: Array<[string, (port: number) => string[]]> = [
-    // As the lab runs a pod: the wrapper on the pods' PATH runs the workloads' CommonJS build with WORKLOAD_NODE_FLAGS.
-    ['compiled', (port) => [process.execPath, ...WORKLOAD_NODE_FLAGS, WORKLOAD_POD_ENTRY, ...echo(port)]],
-    // The same through bin/clustermesh.js (an ES module entry, and its check of dist/): what the CommonJS build saves.
-    ['via-bin', (port) => [process.execPath, ...WORKLOAD_NODE_FLAGS, CLI, ...echo(port)]],
+    // As the lab runs a pod: the wrapper on the pods' PATH execs the C echo server.
+    ['compiled', (port) => [ECHO_BIN, '--or', process.execPath, CLI, '--', ...echo(port)]],
     ...(SKIP_TSX ? [] : ([['tsx', (port: number) => cli('tsx', echo(port))]] as Array<[string, (port: number) => string[]]>)),
     ['node-floor', (port) => [process.execPath, floor, String(port)]],
     // The same server as CommonJS: node without its ES module loader.
     ['node-floor-cjs', (port) => [process.execPath, floorCjs, String(port)]],
-    ['flags:none', (port) => [process.execPath, WORKLOAD_POD_ENTRY, ...echo(port)]],
-    ...FLAG_STUDY.map((f): [string, (port: number) => string[]] => [`flags:${f.replace(/^--/, '')}`, (port) => [process.execPath, f, WORKLOAD_POD_ENTRY, ...echo(port)]]),
   ];
   for (let rep = 0; rep < ECHO_REPS; rep++) {
     for (const [config, argv] of configs) {
@@ -464,7 +455,7 @@ if (runs('pods')) {
       const pid = pids.find((x) => existsSync(`/proc/${x}/cmdline`) && readFileSync(`/proc/${x}/cmdline`, 'utf8').includes('workload\0echo'));
       if (pid === undefined) continue;
       const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-      if (!WORKLOAD_NODE_FLAGS.every((f) => cmdline.includes(f))) throw new Error(`echo pod ${pid} runs without ${WORKLOAD_NODE_FLAGS.join(' ')}: ${cmdline.join(' ')}`);
+      if (cmdline[0] !== ECHO_BIN) throw new Error(`echo pod ${pid} does not run ${ECHO_BIN}: ${cmdline.join(' ')}`);
       const st = procStatus(pid);
       add('compiled', 'lab_echo_rss_mb', 'MB', i, st.VmRSS!, { pods: pods.length });
       add('compiled', 'lab_echo_anon_mb', 'MB', i, st.RssAnon!, { pods: pods.length });
@@ -496,7 +487,7 @@ const rows = summarize(samples);
 const out = writeResults(RESULTS, rows, samples, 1500);
 // The baseline commit, what ran and the machine's load belong with the figures.
 const json = JSON.parse(readFileSync(out, 'utf8')) as Record<string, unknown>;
-writeFileSync(out, JSON.stringify({ ...json, parts: only ?? PARTS, baseline: baseCommit ?? null, nice: NICE, workloadNodeFlags: WORKLOAD_NODE_FLAGS, loadavgStart: loadStart, loadavg: loadavg() }, null, 2) + '\n');
+writeFileSync(out, JSON.stringify({ ...json, parts: only ?? PARTS, baseline: baseCommit ?? null, nice: NICE, loadavgStart: loadStart, loadavg: loadavg() }, null, 2) + '\n');
 rmSync(WORK, { recursive: true, force: true });
 printTable(rows.filter((r) => Object.keys(r.params).length === 0), SKIP_TSX ? 'compiled' : 'tsx');
 for (const r of rows.filter((x) => Object.keys(x.params).length > 0)) console.log(`${r.metric} ${JSON.stringify(r.params)}: ${r.median} [${r.min}-${r.max}] ${r.unit}`);

@@ -14,6 +14,7 @@ import { collectAgentEvents, readNodeMetrics } from '../lab/datapath.js';
 import { startMesh, type Mesh } from '../lab/mesh.js';
 import { formatEvent } from '../datapath/format.js';
 import { reasonName } from '../datapath/maps/index.js';
+import { echoArgv, requireEchoBin } from '../lab/workload-main.ts';
 import { labOption } from './common.ts';
 
 const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
@@ -75,7 +76,8 @@ export async function runDemo(opts: { keep?: boolean } = {}): Promise<boolean> {
     console.log(`  every node's ipcache holds all 8 pods ${Date.now() - t2} ms after the last add (no map entry written by hand)`);
 
     step('starting an HTTP echo server in every pod');
-    for (const p of topo.pods) servers.push(spawnIn(p.netns, [process.execPath, CLI, 'lab', 'workload', 'echo', '--port', '8080', '--cluster', p.clusterName, '--node', p.node.name, '--pod', p.name]));
+    requireEchoBin();
+    for (const p of topo.pods) servers.push(spawnIn(p.netns, echoArgv({ port: 8080, cluster: p.clusterName, node: p.node.name, pod: p.name })));
     await Promise.all(topo.pods.map((p) => waitForListen(p, 8080)));
 
     const client = topo.pods[0]!;

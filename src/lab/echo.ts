@@ -1,14 +1,11 @@
-// The lab's echo workload (`clustermesh lab workload echo`, workload.ts) run in
-// a pod of the test bed, and the wait until a pod listens. Test-bed code: the
-// chaos rig and the integration tests. Kept apart from workload.ts, which the
-// lab pods' own bundle (workload-pod.cjs) carries.
-import { resolve } from 'node:path';
+// The lab's echo workload (`clustermesh lab workload echo`: the C program
+// ECHO_BIN, as lab pods run it) run in a pod of the test bed, and the wait until
+// a pod listens. Test-bed code: the chaos rig and the integration tests.
 import { runIn } from './exec.ts';
 import { ManagedProcess, childEnv } from './process.ts';
 import type { PodInfo } from './topology.ts';
 import type { EchoIdentity } from './workload.ts';
-
-const CLI = resolve(import.meta.dirname, '..', '..', 'bin', 'clustermesh.js');
+import { echoArgv, requireEchoBin } from './workload-main.ts';
 
 export interface StartEchoOptions {
   /** Who the server says answered; default the pod's own cluster, node and name. */
@@ -23,11 +20,12 @@ export interface StartEchoOptions {
  */
 export async function startEcho(pod: Pick<PodInfo, 'name' | 'netns' | 'clusterName' | 'node'>, port: number, opts: StartEchoOptions = {}): Promise<ManagedProcess> {
   const me = opts.as ?? { cluster: pod.clusterName, node: pod.node.name, pod: pod.name };
+  requireEchoBin();
   const s = new ManagedProcess({
     name: `echo ${me.pod}`,
     netns: pod.netns,
     logFile: opts.logFile ?? '/dev/null',
-    argv: [process.execPath, CLI, 'lab', 'workload', 'echo', '--port', String(port), '--cluster', me.cluster, '--node', me.node, '--pod', me.pod],
+    argv: echoArgv({ port, ...me }),
     env: childEnv(),
   });
   await s.start();

@@ -32,7 +32,7 @@ import { stopGroup } from './kubelet.ts';
 import { clusterDnsObjects, DNS_NAMESPACE } from './dns.ts';
 import { kubeletConfigFile, kubeletConfigOverrides, podRecordsOf, unmountUnder, type KubeletConfig, type PodRecord } from './kubelet-config.ts';
 import { writeKubeconfig } from './kube-api/index.ts';
-import { WORKLOAD_NODE_FLAGS } from './workload-main.ts';
+import { ECHO_BIN, requireEchoBin, WORKLOAD_NODE_FLAGS } from './workload-main.ts';
 import { installedAgentPaths, installedKubeletFields, installedMetricsTargets, installMesh, LAB_INSTALL_IMAGE } from './lab-install.ts';
 import { DEFAULT_NAMESPACE } from '../install/settings.ts';
 import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT, openUiSocket, prometheusBinary, startLabPrometheus, waitPrometheusReady } from './prometheus.ts';
@@ -264,14 +264,20 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
       const cniBin = join(dir, 'cni', 'bin');
       // What a kubelet finds in CNI_PATH under the config's `type`, and `clustermesh` on the PATH of pods.
       // The plugin is the C executable (cni/build/clustermesh-cni, no Node.js): it relays to the node's agent.
-      // The echo and client workloads run with lighter node flags (WORKLOAD_NODE_FLAGS).
+      // The echo workload is the C program ECHO_BIN (anything it does not take, such as --help, goes on to
+      // the full CLI); the client runs with lighter node flags (WORKLOAD_NODE_FLAGS).
       if (!existsSync(CNI_PLUGIN_PATH)) throw new Error(`the CNI plugin executable ${CNI_PLUGIN_PATH} is not built; run ./scripts/setup.sh`);
+      requireEchoBin();
       mkdirSync(cniBin, { recursive: true });
       rmSync(join(cniBin, 'clustermesh'), { force: true });
       symlinkSync(CNI_PLUGIN_PATH, join(cniBin, 'clustermesh'));
       // From a current dist/ (this process runs from it), pods run the workloads' CommonJS build directly.
       const podEntry = import.meta.url.includes('/dist/js/') && existsSync(WORKLOAD_POD_ENTRY) ? WORKLOAD_POD_ENTRY : CLI;
-      const workload = `case "$1 $2 $3" in 'lab workload echo' | 'lab workload client') exec '${process.execPath}' ${WORKLOAD_NODE_FLAGS.join(' ')} '${podEntry}' "$@" ;; esac\n`;
+      const workload =
+        `case "$1 $2 $3" in\n` +
+        `  'lab workload echo') exec '${ECHO_BIN}' --or '${process.execPath}' '${CLI}' -- "$@" ;;\n` +
+        `  'lab workload client') exec '${process.execPath}' ${WORKLOAD_NODE_FLAGS.join(' ')} '${podEntry}' "$@" ;;\n` +
+        `esac\n`;
       mkdirSync(join(dir, 'bin'), { recursive: true });
       writeFileSync(join(dir, 'bin', 'clustermesh'), `#!/bin/sh\n# clustermesh of lab ${name}\n${workload}exec '${process.execPath}' '${CLI}' "$@"\n`);
       chmodSync(join(dir, 'bin', 'clustermesh'), 0o755);

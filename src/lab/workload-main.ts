@@ -1,11 +1,29 @@
 // `clustermesh lab workload echo|client`: what lab pods run. bin/clustermesh.js
-// calls main() directly, so an echo pod loads node:http and this file, not the
-// CLI framework; src/cli/lab.ts defines the same flags for --help and runs the
-// same functions. Parsers throw plain Errors (lab.ts turns them into usage errors).
+// calls main() directly, so neither loads the CLI framework; src/cli/lab.ts
+// defines the same flags for --help and runs the same functions. Parsers throw
+// plain Errors (lab.ts turns them into usage errors). The echo server itself is
+// a C program (src/lab/echo-c, ECHO_BIN): lab pods exec it directly (the
+// `clustermesh` wrapper on their PATH, lab.ts); from here it runs as a child.
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
+/** The echo server executable, built by scripts/setup.sh (`make -C src/lab/echo-c`). */
+export const ECHO_BIN = resolve(import.meta.dirname, '..', '..', 'src', 'lab', 'echo-c', 'build', 'clustermesh-echo');
+
+/** ECHO_BIN's argv for o, the flags it takes as they are. */
+export function echoArgv(o: EchoOptions): string[] {
+  return [ECHO_BIN, 'lab', 'workload', 'echo', '--port', String(o.port), '--cluster', o.cluster, '--node', o.node, '--pod', o.pod];
+}
+
+/** Throws when ECHO_BIN is not built, saying how to build it. */
+export function requireEchoBin(): void {
+  if (!existsSync(ECHO_BIN)) throw new Error(`the echo server executable ${ECHO_BIN} is not built; run ./scripts/setup.sh`);
+}
+
 /**
- * Node flags of the processes a lab pod runs for `lab workload echo|client`
+ * Node flags of the processes a lab pod runs for `lab workload client`
  * (the lab's `clustermesh` wrapper on the pods' PATH passes them; bench/startup
  * measures each). --lite-mode: no optimizing compiler and no feedback vectors
  * until a function is hot; a pod that has served traffic keeps ~7 MB less
@@ -52,14 +70,17 @@ export interface ClientOptions {
 
 export const CLIENT_DEFAULTS = { count: 10, timeout: 3000 } as const;
 
-/** Serves until SIGTERM or SIGINT. */
+/** Runs ECHO_BIN as a child until it exits (SIGTERM and SIGINT passed on); exits with its status. */
 export async function runEcho(o: EchoOptions): Promise<void> {
-  const { startEchoServer } = await import('./workload.ts');
-  const server = await startEchoServer({ cluster: o.cluster, node: o.node, pod: o.pod }, o.port);
-  console.log(`echo: listening on :${o.port} as ${o.cluster}/${o.node}/${o.pod}`);
-  const stop = (): void => void server.close(() => process.exit(0));
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
+  requireEchoBin();
+  const [bin, ...args] = echoArgv(o);
+  const child = spawn(bin!, args, { stdio: 'inherit' });
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => child.kill(sig));
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((done, fail) => {
+    child.once('error', fail);
+    child.once('exit', (c, s) => done([c, s]));
+  });
+  process.exit(code ?? (signal === 'SIGTERM' || signal === 'SIGINT' ? 0 : 1));
 }
 
 /** Makes o.count requests and prints who answered; exit code 1 when none did. */
