@@ -65,6 +65,8 @@ describe('clustermesh install / uninstall by kube context', { timeout: 600_000 }
     assert.deepEqual([svc.spec.type, svc.spec.ports[0].nodePort, svc.spec.ports[0].port], ['NodePort', 32007, 2379]);
     const ds = JSON.parse(await ok(kubectl('-n', 'clustermesh-system', 'get', 'daemonset', 'clustermesh-agent', '-o', 'json'), 'get ds'));
     assert.equal(ds.spec.template.spec.hostNetwork, true);
+    const hash1 = ds.spec.template.metadata.annotations['clustermesh.io/config-hash'];
+    assert.match(hash1, /^[0-9a-f]{16}$/);
     const cm = JSON.parse(await ok(kubectl('-n', 'clustermesh-system', 'get', 'configmap', 'clustermesh-config', '-o', 'json'), 'get cm'));
     assert.deepEqual([cm.data['cluster-name'], cm.data['cluster-id']], ['c1', '7']);
     const secret = async (name: string) => JSON.parse(await ok(kubectl('-n', 'clustermesh-system', 'get', 'secret', name, '-o', 'json'), `get secret ${name}`));
@@ -76,13 +78,16 @@ describe('clustermesh install / uninstall by kube context', { timeout: 600_000 }
 
     // connect would have written a remote cluster into clustermesh-remotes: a re-install keeps it, and the CA.
     await ok(kubectl('-n', 'clustermesh-system', 'patch', 'secret', 'clustermesh-remotes', '--type', 'merge', '-p', JSON.stringify({ stringData: { c2: 'endpoints: [https://192.0.2.8:32008]\n' } })), 'patch remotes');
-    const again = await ok(cli('install', '--context', 'c1', '--cluster-name', 'c1', '--cluster-id', '7', '--image', 'example.com/clustermesh:test'), 're-install');
+    const again = await ok(cli('install', '--context', 'c1', '--cluster-name', 'c1', '--cluster-id', '7', '--image', 'example.com/clustermesh:test', '--tunnel-port', '8473'), 're-install');
     assert.match(again, /^secret\/clustermesh-ca unchanged \(kept\)$/m);
     assert.match(again, /^daemonset\/clustermesh-agent configured$/m);
     assert.equal((await secret('clustermesh-ca')).data['ca.crt'], ca1, 'the CA is kept');
     assert.ok((await secret('clustermesh-remotes')).data.c2, 'what connect wrote is kept');
     const ds2 = JSON.parse(await ok(kubectl('-n', 'clustermesh-system', 'get', 'daemonset', 'clustermesh-agent', '-o', 'json'), 'get ds'));
     assert.equal(ds2.spec.template.spec.containers[0].image, 'example.com/clustermesh:test', 'the new settings applied');
+    // A changed setting (only in the ConfigMap) changes the agents' pod template too: the DaemonSet rolls them onto it.
+    assert.equal(JSON.parse(await ok(kubectl('-n', 'clustermesh-system', 'get', 'configmap', 'clustermesh-config', '-o', 'json'), 'get cm')).data['tunnel-port'], '8473');
+    assert.notEqual(ds2.spec.template.metadata.annotations['clustermesh.io/config-hash'], hash1);
 
     // Another name or ID on an installed cluster is refused, and nothing changes.
     const state = await snapshot();

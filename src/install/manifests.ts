@@ -77,6 +77,7 @@
 // What the agent still lacks to run from these manifests: nothing known; the
 // image (Containerfile) cannot be built here, so a real cluster has not run
 // them yet (the lab runs them).
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -112,6 +113,13 @@ export const PART_OF = 'clustermesh';
 export const COMMON_LABELS = { 'app.kubernetes.io/part-of': PART_OF, 'app.kubernetes.io/managed-by': 'clustermesh-cli' } as const;
 /** On CRDs install created (uninstall leaves CRDs it did not create). */
 export const CREATED_BY_ANNOTATION = 'clustermesh.io/created-by';
+/**
+ * On the agent's and the apiserver's pod templates: a hash of the ConfigMap's
+ * data. A re-install that changes a setting changes the template, so the
+ * DaemonSet and the Deployment roll their pods onto it (a process reads its
+ * configuration at start); one that changes nothing changes no template.
+ */
+export const CONFIG_HASH_ANNOTATION = 'clustermesh.io/config-hash';
 
 export const NAMES = {
   config: 'clustermesh-config',
@@ -326,6 +334,11 @@ function configMap(s: InstallSettings): KubeObject {
   };
 }
 
+/** CONFIG_HASH_ANNOTATION's value: the first 16 hex digits of the SHA-256 of the ConfigMap's data. */
+export function configHash(s: InstallSettings): string {
+  return createHash('sha256').update(JSON.stringify(configMap(s).data)).digest('hex').slice(0, 16);
+}
+
 /**
  * The Service remote clusters reach this cluster's etcd by; install renders
  * it with its --service-type, `clustermesh enable` / `disable` re-render it
@@ -356,7 +369,7 @@ function apiserverDeployment(s: InstallSettings): KubeObject {
       strategy: { type: 'Recreate' },
       selector: { matchLabels: labels },
       template: {
-        metadata: { labels: { ...COMMON_LABELS, ...labels }, ...(s.apiserverMetricsPort !== undefined ? { annotations: metricsAnnotations(s.apiserverMetricsPort) } : {}) },
+        metadata: { labels: { ...COMMON_LABELS, ...labels }, annotations: { [CONFIG_HASH_ANNOTATION]: configHash(s), ...(s.apiserverMetricsPort !== undefined ? metricsAnnotations(s.apiserverMetricsPort) : {}) } },
         spec: {
           serviceAccountName: NAMES.apiserver,
           // Off the pod network its agents provide (see the header).
@@ -513,7 +526,7 @@ function agentDaemonSet(s: InstallSettings): KubeObject {
       selector: { matchLabels: labels },
       updateStrategy: { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1 } },
       template: {
-        metadata: { labels: { ...COMMON_LABELS, ...labels }, ...(s.agentMetricsPort !== undefined ? { annotations: metricsAnnotations(s.agentMetricsPort) } : {}) },
+        metadata: { labels: { ...COMMON_LABELS, ...labels }, annotations: { [CONFIG_HASH_ANNOTATION]: configHash(s), ...(s.agentMetricsPort !== undefined ? metricsAnnotations(s.agentMetricsPort) : {}) } },
         spec: {
           serviceAccountName: NAMES.agent,
           hostNetwork: true,

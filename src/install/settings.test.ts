@@ -8,7 +8,7 @@ import { parse as parseYaml } from 'yaml';
 import { DaemonSet, Deployment } from 'kubernetes-models/apps/v1';
 import { ConfigMap } from 'kubernetes-models/v1';
 import { compileAgentConfig } from '../agent/config.ts';
-import { renderManifests, type InstallCerts, type KubeObject } from './manifests.ts';
+import { CONFIG_HASH_ANNOTATION, renderManifests, type InstallCerts, type KubeObject } from './manifests.ts';
 import { compileInstallSettings, type RawInstallOptions } from './settings.ts';
 
 const PEM = { cert: 'CERT', key: 'KEY' };
@@ -17,6 +17,12 @@ const base: RawInstallOptions = { clusterName: 'c1', clusterId: '1' };
 
 type Container = { name: string; command: string[]; ports?: Array<{ name: string; containerPort: number; protocol: string }>; volumeMounts: Array<{ name: string; mountPath: string; readOnly?: boolean }> };
 type PodTemplate = { metadata: { annotations?: Record<string, string> }; spec: { containers: Container[]; volumes: Array<{ name: string; hostPath?: { path: string; type: string } }> } };
+
+/** A pod template's annotations without the config hash. */
+function withoutHash(a: Record<string, string> | undefined): Record<string, string> {
+  const { [CONFIG_HASH_ANNOTATION]: _hash, ...rest } = a ?? {};
+  return rest;
+}
 
 function render(raw: RawInstallOptions) {
   const objects = renderManifests(compileInstallSettings(raw), CERTS);
@@ -36,8 +42,8 @@ test('defaults: tunnel, no socket LB, metrics only on loopback (nothing of the t
   const r = render(base);
   assert.deepEqual([r.cm.data['routing-mode'], r.cm.data['native-routing-cidrs'], r.cm.data['socket-lb-cgroup'], r.cm.data['agent-metrics-port'], r.cm.data['apiserver-metrics-port']], ['tunnel', '', '', '0', '0']);
   assert.deepEqual([r.agent.routingMode, r.agent.nativeRoutingCIDRs, r.agent.socketLBCgroup, r.agent.metricsAddress], ['tunnel', [], undefined, '127.0.0.1:9962']);
-  assert.equal(r.agentPod.metadata.annotations, undefined);
-  assert.equal(r.apiserverPod.metadata.annotations, undefined);
+  assert.deepEqual(Object.keys(r.agentPod.metadata.annotations ?? {}), [CONFIG_HASH_ANNOTATION]);
+  assert.deepEqual(Object.keys(r.apiserverPod.metadata.annotations ?? {}), [CONFIG_HASH_ANNOTATION]);
   assert.ok(!r.agentPod.spec.volumes.some((v) => v.name === 'cgroup'));
   assert.ok(!r.apiserverPod.spec.containers.find((c) => c.name === 'apiserver')!.command.includes('--metrics-address'));
 });
@@ -68,7 +74,7 @@ test('--agent-metrics-port/--apiserver-metrics-port: on every node address, a na
   const r = render({ ...base, agentMetricsPort: '9962', apiserverMetricsPort: '9963' });
   assert.deepEqual([r.cm.data['agent-metrics-port'], r.cm.data['apiserver-metrics-port']], ['9962', '9963']);
   assert.equal(r.agent.metricsAddress, '0.0.0.0:9962');
-  assert.deepEqual(r.agentPod.metadata.annotations, { 'prometheus.io/scrape': 'true', 'prometheus.io/port': '9962' });
+  assert.deepEqual(withoutHash(r.agentPod.metadata.annotations), { 'prometheus.io/scrape': 'true', 'prometheus.io/port': '9962' });
   assert.deepEqual(r.agentPod.spec.containers[0]!.ports, [
     { name: 'remote-api', containerPort: 4247, protocol: 'TCP' },
     { name: 'metrics', containerPort: 9962, protocol: 'TCP' },
@@ -76,9 +82,21 @@ test('--agent-metrics-port/--apiserver-metrics-port: on every node address, a na
   const apiserver = r.apiserverPod.spec.containers.find((c) => c.name === 'apiserver')!;
   assert.deepEqual(apiserver.command.slice(apiserver.command.indexOf('--metrics-address'), apiserver.command.indexOf('--metrics-address') + 2), ['--metrics-address', '0.0.0.0:9963']);
   assert.deepEqual(apiserver.ports, [{ name: 'metrics', containerPort: 9963, protocol: 'TCP' }]);
-  assert.deepEqual(r.apiserverPod.metadata.annotations, { 'prometheus.io/scrape': 'true', 'prometheus.io/port': '9963' });
+  assert.deepEqual(withoutHash(r.apiserverPod.metadata.annotations), { 'prometheus.io/scrape': 'true', 'prometheus.io/port': '9963' });
   // Only the agent's: the remote API off leaves the metrics port alone.
   const only = render({ ...base, agentMetricsPort: '9100', remoteApiPort: '0' });
   assert.deepEqual(only.agentPod.spec.containers[0]!.ports, [{ name: 'metrics', containerPort: 9100, protocol: 'TCP' }]);
-  assert.equal(only.apiserverPod.metadata.annotations, undefined);
+  assert.deepEqual(withoutHash(only.apiserverPod.metadata.annotations), {});
+});
+
+test('a changed setting changes both pod templates (the agents and the apiserver roll onto it); the same settings change neither', () => {
+  const a = render(base);
+  const again = render(base);
+  assert.deepEqual(again.agentPod, a.agentPod);
+  assert.deepEqual(again.apiserverPod, a.apiserverPod);
+  for (const changed of [{ tunnelPort: '8473' }, { maxConnectedClusters: '511' }, { routingMode: 'native', nativeRoutingCidr: ['10.244.0.0/16'] }] as RawInstallOptions[]) {
+    const b = render({ ...base, ...changed });
+    assert.notEqual(b.agentPod.metadata.annotations?.[CONFIG_HASH_ANNOTATION], a.agentPod.metadata.annotations?.[CONFIG_HASH_ANNOTATION], JSON.stringify(changed));
+    assert.notEqual(b.apiserverPod.metadata.annotations?.[CONFIG_HASH_ANNOTATION], a.apiserverPod.metadata.annotations?.[CONFIG_HASH_ANNOTATION], JSON.stringify(changed));
+  }
 });
