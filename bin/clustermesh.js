@@ -13,20 +13,21 @@
 // (slow, never stale) and says so on a terminal; ./scripts/setup.sh rebuilds.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { DIST, distStaleness, HELP_FILE } from './dist.js';
 
 const argv = process.argv.slice(2);
 if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) {
   // What the full CLI prints too (src/cli/main.ts reads the same field): nothing to load, not even tsx.
   process.stdout.write(`${JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version}\n`);
 } else {
-  const help = argv.length === 1 && (argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') ? builtHelp() : undefined;
+  // Loaded only past --version, which needs nothing of it.
+  const dist = await import('./dist.js');
+  const help = argv.length === 1 && (argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') ? builtHelp(dist) : undefined;
   if (help !== undefined) process.stdout.write(help);
-  else await run(argv);
+  else await run(argv, dist);
 }
 
 /** The program's --help text from the build, for this stdout; undefined when the full CLI must render it. */
-function builtHelp() {
+function builtHelp({ DIST, distStaleness, HELP_FILE }) {
   if (distStaleness()) return undefined;
   let h;
   try {
@@ -40,7 +41,7 @@ function builtHelp() {
   return width >= h.wideFrom ? h.wide : undefined;
 }
 
-async function run(argv) {
+async function run(argv, { distStaleness }) {
   // dist/ is minified: stack traces (CLUSTERMESH_DEBUG) read the source maps beside it.
   if (process.env.CLUSTERMESH_DEBUG) process.setSourceMapsEnabled(true);
   const stale = distStaleness();

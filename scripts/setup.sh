@@ -82,5 +82,5 @@ make -s -C bpf
 
 # The CNI plugin executable a kubelet runs (C, no Node.js): cni/build/clustermesh-cni.
 make -s -C cni
-# What lab pods run for `clustermesh lab workload echo` (C, no Node.js): src/lab/echo-c/build/clustermesh-echo.
+# What lab pods run for `clustermesh lab workload echo` (C, no Node.js): dist/lab/clustermesh-echo.
 make -s -C src/lab/echo-c

@@ -9,8 +9,8 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
-/** The echo server executable, built by scripts/setup.sh (`make -C src/lab/echo-c`). */
-export const ECHO_BIN = resolve(import.meta.dirname, '..', '..', 'src', 'lab', 'echo-c', 'build', 'clustermesh-echo');
+/** The echo server executable, built by scripts/setup.sh (`make -C src/lab/echo-c`) into dist/lab/. */
+export const ECHO_BIN = resolve(import.meta.dirname, '..', '..', 'dist', 'lab', 'clustermesh-echo');
 
 /** ECHO_BIN's argv for o, the flags it takes as they are. */
 export function echoArgv(o: EchoOptions): string[] {
