@@ -33,9 +33,10 @@ function exited(child: ChildProcess): Promise<[number | null, NodeJS.Signals | n
 }
 
 /** Sends raw bytes and reads until the server closes (or timeoutMs). */
-function raw(port: number, data: string, timeoutMs = 3000): Promise<{ text: string; closedByServer: boolean }> {
+function raw(port: number, data: string, timeoutMs = 3000, halfClose = false): Promise<{ text: string; closedByServer: boolean }> {
   return new Promise((done, fail) => {
-    const s = connect(port, '127.0.0.1', () => s.write(data));
+    // halfClose: the request, then this side's FIN at once (as `printf … | nc` sends it).
+    const s = connect({ port, host: '127.0.0.1', allowHalfOpen: true }, () => (halfClose ? s.end(data) : s.write(data)));
     let text = '';
     const timer = setTimeout(() => {
       s.destroy();
@@ -141,6 +142,13 @@ test('keep-alive, pipelining, request bodies, HEAD and HTTP/1.0 as an HTTP/1.1 s
     assert.ok(old.closedByServer);
     assert.match(old.text, /^HTTP\/1\.1 200 OK\r\n/);
     assert.match(old.text, /Connection: close/);
+
+    // A client that half-closes right after its request still gets the whole answer (64 MiB: more than the socket buffers hold).
+    const half = await raw(s.port, 'GET /bytes?n=67108864 HTTP/1.1\r\nHost: x\r\n\r\n', 10_000, true);
+    assert.ok(half.closedByServer);
+    const [headers, ...rest] = half.text.split('\r\n\r\n');
+    assert.match(headers!, /content-length: 67108864/);
+    assert.equal(Buffer.byteLength(rest.join('\r\n\r\n'), 'latin1'), 67108864);
 
     // A request line that is not HTTP: the connection is closed without an answer.
     const junk = await raw(s.port, 'hello\r\n\r\n');

@@ -302,8 +302,8 @@ static void on_event(conn_t *c, uint32_t events) {
 	if (c->sending) {
 		if (flush(c) < 0) return conn_close(c);
 	} else if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-		for (;;) {
-			if (c->inlen == sizeof c->in) break;
+		/* Not read while an answer is in flight: a client that half-closes after its request still gets it. */
+		while (!c->sending && c->inlen < sizeof c->in) {
 			ssize_t r = recv(c->fd, c->in + c->inlen, sizeof c->in - c->inlen, 0);
 			if (r == 0) return conn_close(c);
 			if (r < 0) {
@@ -399,6 +399,7 @@ int main(int argc, char **argv) {
 	fflush(stdout);
 
 	struct epoll_event evs[64];
+	int64_t last_sweep = now_ms();
 	for (;;) {
 		if (stopping && lfd >= 0) {
 			/* Stop accepting; idle connections go now, answers in flight finish. */
@@ -442,8 +443,11 @@ int main(int argc, char **argv) {
 				epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
 			}
 		}
-		/* Idle keep-alive connections, and heads that never complete, are closed as Node's server closes them. */
+		/* Idle keep-alive connections, and heads that never complete, are closed as Node's server closes them
+		 * (looked for at most once a second). */
 		int64_t t = now_ms();
+		if (t - last_sweep < 1000) continue;
+		last_sweep = t;
 		for (conn_t *c = conns, *nx; c; c = nx) {
 			nx = c->next;
 			if (!c->sending && t - c->last_ms > (c->served && c->inlen == 0 ? KEEPALIVE_MS : HEADERS_MS)) conn_close(c);
