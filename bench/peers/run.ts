@@ -29,10 +29,14 @@ const EXTRA: Record<string, { config: PeerBedConfig; policy?: boolean; variant?:
   'clustermesh-cachedroute': { config: 'clustermesh', variant: 'peerdev' },
   'clustermesh-bare': { config: 'clustermesh', variant: 'bare' },
   'kernel-vxlan': { config: 'kernel-vxlan' },
+  // Native routing with less and less of our work: the floor of the forwarding mechanism itself
+  // (bpf_fib_lookup + bpf_redirect_neigh out, bpf_redirect_peer in) on this kernel.
+  'clustermesh-native-nopolicy': { config: 'clustermesh-native', policy: false },
+  'clustermesh-native-lean': { config: 'clustermesh-native', policy: false, variant: 'lean' },
 };
 type RowName = PeerConfig | keyof typeof EXTRA;
 /** --suspects: each clustermesh-* variant removes one cost (DATAPATH_VARIANTS says which); bare removes all four. */
-const SUSPECT_ROWS = ['limit', 'clustermesh', 'clustermesh-nolb', 'clustermesh-nometrics', 'clustermesh-notrace', 'clustermesh-cachedroute', 'clustermesh-native', 'kernel-vxlan', 'clustermesh-bare'] as const;
+const SUSPECT_ROWS = ['limit', 'clustermesh', 'clustermesh-nolb', 'clustermesh-nometrics', 'clustermesh-notrace', 'clustermesh-cachedroute', 'clustermesh-native', 'kernel-vxlan', 'clustermesh-bare', 'clustermesh-native-nopolicy', 'clustermesh-native-lean'] as const;
 for (const r of SUSPECT_ROWS) if (!(PEER_CONFIGS as readonly string[]).includes(r) && !(r in EXTRA)) throw new Error(`bench peers: suspect row ${r} is defined nowhere`);
 for (const e of Object.values(EXTRA)) if (e.variant !== undefined && !(e.variant in DATAPATH_VARIANTS)) throw new Error(`bench peers: unknown variant ${e.variant}`);
 
@@ -51,8 +55,10 @@ claim: the tunnel row through its VXLAN device, the native row never.
   --suspects     where a round trip's time goes: limit, clustermesh, and
                  ${SUSPECT_ROWS.slice(2).join(', ')}
                  (variants of our datapath from 'make -C bpf variants', each without
-                 one suspected cost; the kernel's VXLAN device alone); writes
-                 bench/results/peers-suspects.json with every row in it
+                 one suspected cost; the kernel's VXLAN device alone; native routing
+                 with policy off, then also without lookups and counters); writes
+                 bench/results/peers-suspects.json with every row in it (with --only
+                 or --quick: peers-suspects-partial, unless --write)
   --keep-beds    build each row's bed once and measure it in every repetition
                  (default: built anew for each; --suspects implies it)
   --allow-busy   run even while labs are up (a shared machine): says so and goes on
@@ -91,7 +97,9 @@ if (!Number.isFinite(seconds) || seconds < 1) throw new Error(`bench peers: --se
 const partialRun = values.only !== undefined || values.quick || reps !== 5 || seconds !== 4 || services !== 100;
 // Building a bed takes minutes on a machine busy creating other namespaces: --suspects keeps them.
 const keepBeds = values['keep-beds'] || values.suspects;
-const resultsName = values.name ?? (values.suspects ? 'peers-suspects' : partialRun && !values.write ? 'peers-partial' : 'peers');
+// --suspects with --only or --quick: the published peers-suspects.json holds every suspect row.
+const suspectsPartial = values.only !== undefined || values.quick;
+const resultsName = values.name ?? (values.suspects ? (suspectsPartial && !values.write ? 'peers-suspects-partial' : 'peers-suspects') : partialRun && !values.write ? 'peers-partial' : 'peers');
 if (!/^[a-z][a-z0-9-]{0,31}$/.test(resultsName)) throw new Error(`bench peers: --name must be lowercase letters, digits and '-', got '${resultsName}'`);
 if (!Number.isInteger(services) || services < 0) throw new Error(`bench peers: --services must be a non-negative integer, got ${values.services}`);
 // --suspects with --only: those of the suspect rows (limit and clustermesh always).

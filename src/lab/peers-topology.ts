@@ -55,6 +55,7 @@ export const DATAPATH_VARIANTS = {
   notrace: 'no cm_settings lookup and no trace event for forwarded packets',
   peerdev: 'into the tunnel through a non-external VXLAN device per remote node (fixed remote and VNI: a cached route) instead of bpf_skb_set_tunnel_key on the external device',
   bare: 'all four removed',
+  lean: 'no service lookup, no counters, no trace check (bare without the peer device: for native routing, which has no tunnel)',
 } as const;
 export type DatapathVariant = keyof typeof DATAPATH_VARIANTS;
 /** Name of the peer devices of the peerdev/bare variants (cmpd<k>, k: index of the remote node) and the first port they listen on (one each: the kernel allows a VNI once per port); they send to the nodes' tunnel port. */
@@ -121,7 +122,8 @@ export async function createPeerBed(config: PeerBedConfig, opts: PeerBedOptions)
   const known: readonly string[] = [...PEER_CONFIGS, ...EXTRA_PEER_CONFIGS];
   if (!known.includes(config)) throw new RangeError(`peers: unknown config '${String(config)}'; use one of ${known.join(', ')}`);
   if (opts.variant !== undefined && !(opts.variant in DATAPATH_VARIANTS)) throw new RangeError(`peers: unknown datapath variant '${String(opts.variant)}'; use one of ${Object.keys(DATAPATH_VARIANTS).join(', ')}`);
-  if (opts.variant !== undefined && config !== 'clustermesh') throw new RangeError(`peers: a datapath variant ('${opts.variant}') applies to the clustermesh row only, not '${config}'`);
+  if (opts.variant !== undefined && config !== 'clustermesh' && config !== 'clustermesh-native') throw new RangeError(`peers: a datapath variant ('${opts.variant}') applies to the clustermesh rows only, not '${config}'`);
+  if ((opts.variant === 'peerdev' || opts.variant === 'bare') && config === 'clustermesh-native') throw new RangeError(`peers: the '${opts.variant}' variant changes the tunnel, which native routing does not use; use 'lean'`);
   const objectsDir = opts.variant === undefined ? undefined : variantObjects(opts.variant);
   const routing = config === 'clustermesh-native' ? 'native' : 'tunnel';
   const topo = await createTopology({ clusters: 2, nodesPerCluster: 2, podsPerNode: 1, mode: TOPOLOGY_MODE[config], prefix: opts.prefix, routing });

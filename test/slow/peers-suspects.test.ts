@@ -48,8 +48,13 @@ async function progMaps(netns: string, dev: string): Promise<string[]> {
   return names;
 }
 
-async function withBed(variant: DatapathVariant | 'kernel-vxlan', body: (bed: PeerBed) => Promise<void>): Promise<void> {
-  const bed = variant === 'kernel-vxlan' ? await createPeerBed('kernel-vxlan', { prefix: PREFIX, allowPorts: [PORT] }) : await createPeerBed('clustermesh', { prefix: PREFIX, allowPorts: [PORT], variant });
+async function withBed(variant: DatapathVariant | 'kernel-vxlan' | 'native-lean', body: (bed: PeerBed) => Promise<void>): Promise<void> {
+  const bed =
+    variant === 'kernel-vxlan'
+      ? await createPeerBed('kernel-vxlan', { prefix: PREFIX, allowPorts: [PORT] })
+      : variant === 'native-lean'
+        ? await createPeerBed('clustermesh-native', { prefix: PREFIX, allowPorts: [PORT], policy: false, variant: 'lean' })
+        : await createPeerBed('clustermesh', { prefix: PREFIX, allowPorts: [PORT], variant });
   const server = spawnIn(bed.server.netns, ['sockperf', 'sr', '--tcp', '-i', bed.server.ip, '-p', String(PORT)]);
   try {
     await body(bed);
@@ -123,6 +128,18 @@ for (const variant of ['peerdev', 'bare'] as const) {
     });
   });
 }
+
+test('clustermesh-native-lean: delivers with no encapsulation, no service map and no counters', async () => {
+  await withBed('native-lean', async (bed) => {
+    const before = await txOf(bed.client.node.netns, (n) => n === 'cm_vxlan');
+    assert.ok(await connects(bed), 'native-lean: no connection to the server pod');
+    assert.equal(await txOf(bed.client.node.netns, (n) => n === 'cm_vxlan'), before, 'cm_vxlan sent packets: native routing encapsulated');
+    const lxc = await progMaps(bed.client.node.netns, bed.client.hostIfName);
+    assert.ok(lxc.includes('cm_endpoints'), `from_container uses ${lxc.join(', ')}`);
+    assert.ok(!lxc.includes('cm_services') && !lxc.includes('cm_revnat') && !lxc.includes('cm_metrics'), `from_container of the lean variant uses ${lxc.join(', ')}`);
+    for (const node of [bed.client.node, bed.server.node]) assert.deepEqual(readNodeMetrics(pinDirOf(node)), [], `counters on ${node.netns}`);
+  });
+});
 
 test('kernel-vxlan: delivers through the kernel VXLAN device, no BPF on the pod veth', async () => {
   await withBed('kernel-vxlan', async (bed) => {
