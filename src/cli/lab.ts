@@ -616,7 +616,12 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
     .option('--cluster <name>', 'cluster name to report', ECHO_DEFAULTS.cluster)
     .option('--node <name>', 'node name to report', ECHO_DEFAULTS.node)
     .option('--pod <name>', 'pod name to report', ECHO_DEFAULTS.pod)
-    .addHelpText('after', '\nExample (a container command of a lab pod):\n  command: ["clustermesh", "lab", "workload", "echo", "--port", "8080"]')
+    .addHelpText(
+      'after',
+      '\nThe server is a small C program (dist/lab/clustermesh-echo, built by ./scripts/setup.sh); lab pods run it directly. ' +
+        'HTTP/1.1 with keep-alive; SIGTERM finishes the answers in flight, then exits 0.\n' +
+        '\nExample (a container command of a lab pod):\n  command: ["clustermesh", "lab", "workload", "echo", "--port", "8080"]',
+    )
     .action((o: EchoOptions) => runEcho(o));
   workload
     .command('client')
