@@ -1,7 +1,7 @@
 // How a process reaches the Kubernetes API without @kubernetes/client-node
 // on its start path (issue 20): the agent and the apiserver only list, watch
 // and patch through KubeHttp, which needs of a KubeConfig the current cluster
-// and applyToHTTPSOptions. client-node's config module imports its whole
+// and applyToHTTPSOptions (its KubeHttpConfig: KubeAccess is one). client-node's config module imports its whole
 // generated API (a 3.5 MB chunk, ~0.25 s of CPU and ~26 MB to compile at
 // every start); this reader covers what those processes use:
 //
@@ -182,19 +182,9 @@ export class KubeAccess {
     private readonly loadFull: () => Promise<KubeConfig>,
   ) {}
 
-  /** What KubeConfig.getCurrentCluster returns. */
+  /** What KubeConfig.getCurrentCluster returns (KubeAccess is a KubeHttpConfig: KubeHttp takes it as it is). */
   getCurrentCluster(): Cluster {
     return this.cluster;
-  }
-
-  /**
-   * For KubeHttp (src/sources/kubernetes/http.ts), whose constructor is typed
-   * with client-node's KubeConfig and calls only getCurrentCluster and
-   * applyToHTTPSOptions: both are here, with KubeConfig's signatures.
-   */
-  asKubeConfig(): KubeConfig {
-    const used: Pick<KubeConfig, 'getCurrentCluster' | 'applyToHTTPSOptions'> = this;
-    return used as KubeConfig;
   }
 
   /** Whether client-node is needed for this user or cluster (exec, auth-provider, basic auth, proxy). */
