@@ -173,6 +173,8 @@ function parseFile(file: string, into: Parsed, first: boolean): void {
 /** What a request needs: the cluster and the user of the chosen context. */
 export class KubeAccess {
   #token: { value: string; readAt: number; mtimeMs: number } | undefined;
+  /** The CA, certificate and key files as last read, with what their stat said then. */
+  readonly #files = new Map<string, { stamp: string; data: Buffer }>();
   #fallback: Promise<KubeConfig> | undefined;
 
   constructor(
@@ -204,11 +206,11 @@ export class KubeAccess {
     if (u) {
       if (c.skipTLSVerify) opts.rejectUnauthorized = false;
       if (c.tlsServerName) opts.servername = c.tlsServerName;
-      const ca = fileOrData(c.caFile, c.caData);
+      const ca = this.#fileOrData(c.caFile, c.caData);
       if (ca) opts.ca = ca;
-      const cert = fileOrData(u.certFile, u.certData);
+      const cert = this.#fileOrData(u.certFile, u.certData);
       if (cert) opts.cert = cert;
-      const key = fileOrData(u.keyFile, u.keyData);
+      const key = this.#fileOrData(u.keyFile, u.keyData);
       if (key) opts.key = key;
       const token = u.token ?? (u.tokenFile !== undefined ? this.#readToken(u.tokenFile) : undefined);
       if (token) opts.headers = { ...(opts.headers as Record<string, string> | undefined), Authorization: `Bearer ${token}` };
@@ -232,12 +234,28 @@ export class KubeAccess {
     this.#token = { value, readAt: now, mtimeMs: statSync(file, { throwIfNoEntry: false })?.mtimeMs ?? 0 };
     return value;
   }
-}
 
-function fileOrData(file: string | undefined, data: string | undefined): Buffer | undefined {
-  if (file) return readFileSync(file);
-  if (data) return Buffer.from(data, 'base64');
-  return undefined;
+  #fileOrData(file: string | undefined, data: string | undefined): Buffer | undefined {
+    if (file) return this.#readFile(file);
+    if (data) return Buffer.from(data, 'base64');
+    return undefined;
+  }
+
+  /**
+   * A CA, certificate or key file: read again only when its stat changed (another
+   * inode, size, mtime or ctime: rewritten in place, or a Secret volume's symlink
+   * swapped to new files), so a rotation is picked up at the next request while
+   * an unchanged file costs a stat, not a read.
+   */
+  #readFile(file: string): Buffer {
+    const st = statSync(file);
+    const stamp = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+    const known = this.#files.get(file);
+    if (known?.stamp === stamp) return known.data;
+    const data = readFileSync(file);
+    this.#files.set(file, { stamp, data });
+    return data;
+  }
 }
 
 /** A connection through this reader. */
