@@ -112,7 +112,7 @@ test('kept flows of every node merged by time and cut to --last, then live ones;
     await a.server.close();
     await f.done;
     assert.equal(f.allEnded, true);
-    assert.equal(a.followers() + b.followers(), 0);
+    await until('both agents saw their stream end', () => a.followers() + b.followers() === 0);
   } finally {
     f.close();
   }
