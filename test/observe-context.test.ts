@@ -6,7 +6,8 @@
 // a forward across clusters are found with both sides' clusters; a client
 // without that certificate (none, or the `remote` etcd user's of the same CA)
 // is refused; a context that cannot be read is named while the others are
-// shown; `ui --context` serves a topology with both clusters.
+// shown; `ui --context` serves a topology with both clusters; `observe --follow
+// --context` goes on through an agent pod's replacement.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -128,6 +129,45 @@ describe('observe and ui by kube context on installed lab clusters', { timeout: 
     } finally {
       if (ui?.pid && ui.exitCode === null) process.kill(ui.pid, 'SIGTERM');
       ui = undefined;
+    }
+  });
+
+  test("observe --follow --context: cluster2's agent pod deleted, its replacement is followed without restarting observe", async () => {
+    const state = JSON.parse(readFileSync(join(labDir, 'lab.json'), 'utf8')) as LabState;
+    const follow = spawn('ip', ['netns', 'exec', state.router.netns, process.execPath, CLI, 'observe', '--follow', '--context', 'cluster1', '--context', 'cluster2', '-o', 'json', '--verdict', 'DROPPED'], { env: { ...lab.env, KUBECONFIG: lab.kubeconfig() }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    follow.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+    follow.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+    const agentPod = async (): Promise<string> => (await kubectlOk('cluster2', ['-n', 'clustermesh-system', 'get', 'pods', '-l', 'app.kubernetes.io/name=clustermesh-agent', '-o', 'jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}'])).trim();
+    /** A drop of the tie-fighter printed by cluster2's agent after `after` (more refused requests until there is one). */
+    const cluster2Drop = (what: string, after: string): Promise<Flow> =>
+      eventually(what, async () => {
+        assert.equal(follow.exitCode, null, `observe exited: ${err}`);
+        const d = flowsOf(out).find((f) => f.time > after && f.source.ip === tfIp && f.node.startsWith('cluster2/'));
+        if (d) return d;
+        await client('tie-fighter', REBEL_BASE_URL, 4, 1000);
+        return undefined;
+      }, 120_000, 500).catch((e: Error) => {
+        const fs = flowsOf(out);
+        throw new Error(`${e.message}; observe printed ${fs.length} drops (${[...new Set(fs.map((f) => `${f.node} from ${f.source.ip}`))].join(', ')}; last at ${fs.at(-1)?.time ?? 'none'}); its stderr: ${err.trim() || 'none'}`);
+      });
+    try {
+      await cluster2Drop('a drop in cluster2 while following', new Date().toISOString());
+      const old = (await agentPod()).split(' ')[0]!;
+      await kubectlOk('cluster2', ['-n', 'clustermesh-system', 'delete', 'pod', old, '--wait=true']);
+      const fresh = await eventually('a new agent pod, ready', async () => {
+        const [name, ready] = (await agentPod()).split(' ');
+        return name && name !== old && ready === 'True' ? name : undefined;
+      }, 180_000, 500);
+      const readyAt = new Date().toISOString();
+      const d = await cluster2Drop('a drop in cluster2 from the new agent', readyAt);
+      console.log(`# agent pod ${old} replaced by ${fresh}; observe --follow printed ${d.node} ${d.reason} at ${d.time}; stderr: ${err.trim().split('\n').join(' | ')}`);
+      assert.match(err, /cluster2\/node1 \(context cluster2, [^)]*\): /, 'the broken stream was named');
+      const lines = out.split('\n').filter((l) => l.startsWith('{'));
+      assert.equal(new Set(lines).size, lines.length, 'no flow printed twice');
+    } finally {
+      if (follow.pid && follow.exitCode === null) process.kill(follow.pid, 'SIGTERM');
     }
   });
 });

@@ -117,7 +117,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
       const setting = need.podCIDR ? 'podCIDR' : 'nodeIP';
       const conn = kube(`is not set, so it is read from Node ${config.nodeName} in the Kubernetes API`, setting);
       log.info({ node: config.nodeName, api: conn.server, podCIDR: need.podCIDR, nodeIP: need.internalIP }, 'reading this node\'s addressing from its Kubernetes Node');
-      return await waitForNode(new KubeHttp(conn.access.asKubeConfig()), { nodeName: config.nodeName, need, timeoutMs: config.nodeWaitTimeoutMs, log, clock });
+      return await waitForNode(new KubeHttp(conn.access), { nodeName: config.nodeName, need, timeoutMs: config.nodeWaitTimeoutMs, log, clock });
     },
   });
   const self = { nodeName: cfg.nodeName, nodeIP: cfg.nodeIP, podCIDR: cfg.podCIDR };
@@ -171,7 +171,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
   try {
     // ---- control-plane clients
     // An endpoint named by a Kubernetes Service (the install's) is reached through the API's EndpointSlices, not DNS.
-    const etcdConn = await etcdThroughServices(cfg.etcd, () => new KubeHttp(kube('names a Kubernetes Service, resolved through the Kubernetes API', 'etcd.endpoints').access.asKubeConfig()), log.child({ component: 'etcd-service' }));
+    const etcdConn = await etcdThroughServices(cfg.etcd, () => new KubeHttp(kube('names a Kubernetes Service, resolved through the Kubernetes API', 'etcd.endpoints').access), log.child({ component: 'etcd-service' }));
     cleanups.push(() => Promise.all(etcdConn.proxies.map((p) => p.close())));
     const kv = new KvClient(etcdConn.etcd, { sessionTtlSeconds: cfg.sessionTtlSeconds });
     cleanups.push(() => kv.close());
@@ -608,7 +608,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     cleanups.push(() => api.close());
     // ---- its summary in its Pod's annotation, for `clustermesh status --context` (pod-status.ts)
     if (cfg.statusPod) {
-      const http = new KubeHttp(kube('statusPod is set (the status summary goes into that Pod through the Kubernetes API)', 'statusPod').access.asKubeConfig());
+      const http = new KubeHttp(kube('statusPod is set (the status summary goes into that Pod through the Kubernetes API)', 'statusPod').access);
       const brief = (): PodStatusInput => {
         const ms = mesh.brief();
         return { node: { name: cfg.nodeName, cluster: cfg.clusterName }, phase, ready: phase === 'ready', remoteClusters: ms.remotes, clustermesh: ms };

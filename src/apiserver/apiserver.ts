@@ -285,7 +285,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
     });
     mcs = new McsController({
       cluster: cfg.clusterName,
-      kube: new KubeHttp(readKubeAccess(cfg.kubeconfig !== undefined ? { kubeconfig: cfg.kubeconfig } : {}).access.asKubeConfig()),
+      kube: new KubeHttp(readKubeAccess(cfg.kubeconfig !== undefined ? { kubeconfig: cfg.kubeconfig } : {}).access),
       out: new PrefixExport('serviceexports', mcsStore, await existing(serviceExportsClusterPrefix(cfg.clusterName))),
       remoteConfigDir: cfg.clustermeshConfigDir,
       intervalMs: deps.mcsIntervalMs ?? MCS_INTERVAL_MS,

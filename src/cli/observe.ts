@@ -10,15 +10,18 @@
 // or (--context, clusters of `clustermesh install`) each agent pod's read-only
 // API on its node's address, with mutual TLS (targets.ts). A context or node
 // that cannot be reached is a warning naming it; the others are still shown,
-// and the exit code is 2 (as for an unreachable node of a lab).
+// and the exit code is 2 (as for an unreachable node of a lab). With --follow
+// by context, the agent pods are listed again every 10 s and after a stream
+// fails (observe-follow.ts, with targets.ts's mergeTargets, as `ui --context`).
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { AgentClient } from '../agent/client.ts';
 import { FlowQueryError, parseProtocol, parseSince, parseVerdict as parseVerdictQuery, type Flow, type FlowPeer, type FlowQuery, type Verdict } from '../agent/flows.ts';
 import { settings as settingsMap } from '../datapath/maps/index.ts';
-import { action, CliError, EXIT_ERROR, EXIT_OK, example, parsePositiveInt } from './common.ts';
+import { action, CliError, Closer, EXIT_ERROR, EXIT_OK, example, parsePositiveInt } from './common.ts';
 import { shortLabels } from './directory.ts';
 import { openNodeMap } from './inspect.ts';
-import { addTargetFlags, agentClientFor, nodeLabel, resolveTargets, type NodeTarget, type TargetFlags } from './targets.ts';
+import { FlowFollower, mergeByTime } from './observe-follow.ts';
+import { addTargetFlags, agentClientFor, isExplicit, nodeLabel, resolveTargets, type NodeTarget, type TargetFlags } from './targets.ts';
 
 export type { Flow, FlowPeer, Verdict };
 
@@ -61,13 +64,7 @@ function parseIdentity(v: string): number {
   return Number(v);
 }
 
-/** Flows of several nodes in time order (stable: a node's own order is kept for equal times). */
-export function mergeByTime(lists: Flow[][]): Flow[] {
-  return lists
-    .flatMap((l, n) => l.map((f, i) => ({ f, n, i })))
-    .sort((a, b) => (a.f.time < b.f.time ? -1 : a.f.time > b.f.time ? 1 : a.n - b.n || a.i - b.i))
-    .map((x) => x.f);
-}
+export { mergeByTime };
 
 interface ObserveFlags extends TargetFlags {
   output: 'compact' | 'text' | 'json';
@@ -86,9 +83,6 @@ interface ObserveFlags extends TargetFlags {
   follow?: boolean;
   traceForwards?: boolean;
 }
-
-/** How long live flows wait so that flows of several nodes print in time order. */
-const REORDER_MS = 250;
 
 export function observeCommand(): Command {
   const cmd = new Command('observe').description(
@@ -109,7 +103,7 @@ export function observeCommand(): Command {
     .addOption(new Option('--protocol <proto>', 'only flows of this protocol: TCP, UDP, ICMP or SCTP').argParser(arg(parseProtocol)))
     .addOption(new Option('--since <time>', "only flows at or after this time: ISO-8601, or a duration back from now ('30s', '5m', '2h')").argParser(arg((v) => parseSince(v))))
     .option('--last <n>', 'of the kept flows that match, print only the last n (over all nodes)', parsePositiveInt)
-    .option('-f, --follow', 'after the kept flows, print new ones as they happen until interrupted (Ctrl-C)')
+    .option('-f, --follow', 'after the kept flows, print new ones as they happen until interrupted (Ctrl-C); by --context, the agent pods are listed again every 10 s and after a flow stream fails, so a node added or an agent pod restarted on another address is followed too')
     .option('--trace-forwards', 'switch forward tracing on (cm_settings) on the observed nodes while observing, and back off afterwards')
     .action(
       action('observe', async (closer, o: ObserveFlags) => {
@@ -126,12 +120,6 @@ export function observeCommand(): Command {
           throw new CliError(`observe reads the agents' flows; ${noAgent.map((n) => n.key).join(', ')} has no agent socket (name the node with --socket or --agent-config, or use 'clustermesh inspect' for its maps)`, EXIT_ERROR);
         if (o.traceForwards && t.nodes.some((n) => !n.pinDir))
           throw new CliError(`--trace-forwards sets a flag in the node's pinned maps, which ${t.nodes.filter((n) => !n.pinDir).map(nodeLabel).join(', ')} does not expose here (with --context: set traceForwards in the agents' config)`, EXIT_ERROR);
-        const clients = new Map<NodeTarget, AgentClient>();
-        for (const n of t.nodes) {
-          const c = agentClientFor(n, { timeoutMs: 10_000 });
-          closer.add(() => c.close());
-          clients.set(n, c);
-        }
         /** EXIT_ERROR when a context or node could not be read, after printing what the others had. */
         const exitFor = (allReached: boolean): number => (allReached && problems.length === 0 ? EXIT_OK : EXIT_ERROR);
 
@@ -170,13 +158,13 @@ export function observeCommand(): Command {
         const lastOf = (fs: Flow[]): Flow[] => (o.last !== undefined ? fs.slice(-o.last) : fs);
 
         /** Lost events, from each agent's status: the datapath's count, and what a follower missed. */
-        const reportLost = async (label: string): Promise<void> => {
+        const reportLost = async (agents: Array<[NodeTarget, AgentClient]>): Promise<void> => {
           await Promise.all(
-            t.nodes.map(async (n) => {
+            agents.map(async ([n, c]) => {
               try {
-                const lost = (await clients.get(n)!.status()).flows?.lost;
+                const lost = (await c.status()).flows?.lost;
                 if (lost && lost.datapath > 0)
-                  warn(`${nodeLabel(n)}: ${lost.datapath} events could not be reported since its maps were created (${lost.sinceStart} since its agent started): the ring buffer was full${label}`);
+                  warn(`${nodeLabel(n)}: ${lost.datapath} events could not be reported since its maps were created (${lost.sinceStart} since its agent started): the ring buffer was full`);
               } catch {
                 // reported where the flows failed
               }
@@ -185,6 +173,12 @@ export function observeCommand(): Command {
         };
 
         if (!o.follow) {
+          const clients = new Map<NodeTarget, AgentClient>();
+          for (const n of t.nodes) {
+            const c = agentClientFor(n, { timeoutMs: 10_000 });
+            closer.add(() => c.close());
+            clients.set(n, c);
+          }
           let reached = 0;
           const lists = await Promise.all(
             t.nodes.map(async (n) => {
@@ -200,73 +194,41 @@ export function observeCommand(): Command {
           );
           if (reached === 0) throw new CliError(t.lab ? 'no agent answered; is the lab up? (clustermesh status)' : 'no agent answered (see the warnings above)', EXIT_ERROR);
           for (const f of lastOf(mergeByTime(lists))) emit(f);
-          await reportLost('');
+          await reportLost([...clients]);
           return exitFor(reached === t.nodes.length);
         }
 
-        // Follow: each agent sends its kept flows that match, then new ones. The kept
-        // ones of every node are merged before printing; live ones wait REORDER_MS so
-        // that nodes' flows still come out in time order.
-        const backlog: Flow[][] = t.nodes.map(() => []);
-        let waiting = t.nodes.length;
-        let live: Flow[] = [];
-        const stop = new AbortController();
-        let failed = 0;
-        const streams = t.nodes.map((n, i) => {
-          let caughtUp = false;
-          // Its kept flows are in (or it is gone before they were: an unreachable node does not hold the others back).
-          const backlogDone = (): void => {
-            if (caughtUp) return;
-            caughtUp = true;
-            if (--waiting === 0) for (const f of lastOf(mergeByTime(backlog))) emit(f);
-          };
-          const s = clients.get(n)!.followFlows(
-            q,
-            (f) => {
-              if (caughtUp) live.push(f);
-              else backlog[i]!.push(f);
-            },
-            {
-              onLost: (k) => warn(`${nodeLabel(n)}: ${k} flows dropped by the agent: this reader was too slow`),
-              onBacklogEnd: backlogDone,
-            },
-          );
-          s.ended.then(
-            () => {
-              if (!stop.signal.aborted) warn(`${nodeLabel(n)}: the agent closed the flow stream`);
-              backlogDone();
-            },
-            (err: unknown) => {
-              failed++;
-              warn(`${nodeLabel(n)}: ${(err as Error).message}`);
-              backlogDone();
-            },
-          );
-          return s;
-        });
-        closer.add(() => streams.forEach((s) => s.stop()));
-        const flush = (all: boolean): void => {
-          if (waiting > 0 && !all) return;
-          const cut = new Date(Date.now() - REORDER_MS).toISOString();
-          const ready = all ? live : live.filter((f) => f.time <= cut);
-          if (ready.length === 0) return;
-          live = all ? [] : live.filter((f) => f.time > cut);
-          for (const f of mergeByTime([ready])) emit(f);
+        // Follow (observe-follow.ts): kept flows merged by time, then live ones. By kube context the agent
+        // pods are listed again every 10 s and after a stream fails: nodes added are followed, agents
+        // restarted elsewhere dialled there, nodes gone let go.
+        const byContext = t.lab === undefined && !isExplicit(o);
+        const resolve = async () => {
+          const c = new Closer();
+          try {
+            return await resolveTargets(o, c, { contexts: true });
+          } finally {
+            await c.closeAll();
+          }
         };
+        const follower = new FlowFollower({
+          targets: t,
+          query: q,
+          emit,
+          warn,
+          note: (s) => void process.stderr.write(`observe: ${s}\n`),
+          ...(o.last !== undefined ? { last: o.last } : {}),
+          ...(byContext ? { resolve } : {}),
+        });
+        closer.add(() => follower.close());
+        const stop = new AbortController();
         const onSignal = (): void => stop.abort();
         process.once('SIGINT', onSignal);
         process.once('SIGTERM', onSignal);
-        const allEnded = Promise.allSettled(streams.map((s) => s.ended));
-        const timer = setInterval(() => flush(false), 100);
-        await Promise.race([new Promise((r) => stop.signal.addEventListener('abort', r, { once: true })), allEnded]);
-        clearInterval(timer);
-        const ended = !stop.signal.aborted;
-        stop.abort();
-        streams.forEach((s) => s.stop());
-        if (waiting > 0) for (const f of lastOf(mergeByTime(backlog))) emit(f);
-        flush(true);
-        await reportLost('');
-        return ended ? EXIT_ERROR : exitFor(failed === 0);
+        follower.start();
+        await Promise.race([new Promise((r) => stop.signal.addEventListener('abort', r, { once: true })), follower.done]);
+        follower.stop();
+        await reportLost(follower.agents);
+        return follower.allEnded ? EXIT_ERROR : exitFor(follower.troubles === 0);
       }),
     );
   return example(

@@ -22,6 +22,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { ipPrefix, nodesClusterPrefix, servicesClusterPrefix } from '../clustermesh/keys.ts';
+import { pollUntil } from '../util/poll.ts';
 import { startEcho, waitListening } from './echo.ts';
 import { runIn } from './exec.ts';
 import { startMesh, type Mesh } from './mesh.ts';
@@ -185,26 +186,29 @@ export class ChaosRig {
       }
       return out;
     };
-    const end = Date.now() + timeoutMs;
-    for (let m = await missing(); m.length > 0; m = await missing()) {
-      if (Date.now() > end) throw new Error(`the global service ${GLOBAL_SERVICE} lacks backends (want ${want.join(',')}) after ${timeoutMs} ms: ${m.join('; ')}`);
-      await sleep(200);
-    }
+    await pollUntil(
+      async ({ notYet }) => {
+        const m = await missing();
+        return m.length === 0 || notYet(m.join('; '));
+      },
+      { timeoutMs, intervalMs: 200, describe: `the global service ${GLOBAL_SERVICE} to have backends ${want.join(',')} on every node` },
+    );
   }
 
   /** Every agent ready, every remote of every agent connected and ready. Returns ms waited. */
   async waitGreen(timeoutMs: number): Promise<number> {
     const t0 = Date.now();
     let why = '';
-    for (;;) {
-      const was = why;
-      why = await this.notGreen();
-      // What green waits for, each time it changes: where the time after a recovery goes.
-      if (why !== was && why !== '') this.log(`not green at +${Date.now() - t0} ms: ${why}`);
-      if (why === '') return Date.now() - t0;
-      if (Date.now() - t0 > timeoutMs) throw new Error(`not green after ${timeoutMs} ms: ${why}`);
-      await sleep(100);
-    }
+    return pollUntil(
+      async ({ notYet }) => {
+        const was = why;
+        why = await this.notGreen();
+        // What green waits for, each time it changes: where the time after a recovery goes.
+        if (why !== was && why !== '') this.log(`not green at +${Date.now() - t0} ms: ${why}`);
+        return why === '' ? Date.now() - t0 : notYet(why);
+      },
+      { timeoutMs, intervalMs: 100, describe: 'green (every agent ready, every remote connected and ready)', errors: 'throw' },
+    );
   }
 
   /**
@@ -214,19 +218,20 @@ export class ChaosRig {
    */
   async waitCaughtUp(since: number, timeoutMs: number): Promise<number> {
     const t0 = Date.now();
-    for (;;) {
-      const behind: string[] = [];
-      for (const n of this.topo.nodes) {
-        const st = await this.mesh.agentStatus(n).catch(() => undefined);
-        for (const r of st?.remoteClusters ?? [{ name: '?', heartbeat: undefined }]) {
-          const v = r.heartbeat?.value;
-          if (!v || Date.parse(v) < since) behind.push(`${n.clusterName}/${n.name} <- ${r.name}: heartbeat ${v ?? 'none'}`);
+    return pollUntil(
+      async ({ notYet }) => {
+        const behind: string[] = [];
+        for (const n of this.topo.nodes) {
+          const st = await this.mesh.agentStatus(n).catch(() => undefined);
+          for (const r of st?.remoteClusters ?? [{ name: '?', heartbeat: undefined }]) {
+            const v = r.heartbeat?.value;
+            if (!v || Date.parse(v) < since) behind.push(`${n.clusterName}/${n.name} <- ${r.name}: heartbeat ${v ?? 'none'}`);
+          }
         }
-      }
-      if (behind.length === 0) return Date.now() - t0;
-      if (Date.now() - t0 > timeoutMs) throw new Error(`agents not caught up with their remotes ${timeoutMs} ms after green: ${behind.slice(0, 4).join('; ')}`);
-      await sleep(200);
-    }
+        return behind.length === 0 ? Date.now() - t0 : notYet(`${behind.length} behind: ${behind.slice(0, 4).join('; ')}`);
+      },
+      { timeoutMs, intervalMs: 200, describe: `every agent to catch up with its remotes (a heartbeat written at or after ${new Date(since).toISOString()}, after green)` },
+    );
   }
 
   private async notGreen(): Promise<string> {
@@ -291,7 +296,13 @@ export class ChaosRig {
     const pending = [...this.unsettled];
     this.unsettled.clear();
     try {
-      await waitUntil(() => this.topo.nodes.every((n) => this.wrongEntries(n).length === 0), timeoutMs, () => this.topo.nodes.flatMap((n) => this.wrongEntries(n)).slice(0, 5).join('; '));
+      await pollUntil(
+        ({ notYet }) => {
+          const wrong = this.topo.nodes.flatMap((n) => this.wrongEntries(n));
+          return wrong.length === 0 || notYet(`${wrong.length} wrong: ${wrong.slice(0, 5).join('; ')}`);
+        },
+        { timeoutMs, intervalMs: 50, describe: 'every node\'s ipcache to be right' },
+      );
     } catch (err) {
       for (const ip of pending) this.unsettled.add(ip);
       throw err;
@@ -326,7 +337,13 @@ export class ChaosRig {
     const t0 = Date.now();
     let greenAfterMs = -1;
     try {
-      await waitUntil(() => transfers.every(({ t }) => t.received() > 0), 180_000, () => `every long-lived transfer to start: ${transfers.filter(({ t }) => t.received() === 0).map(({ t }) => t.describe()).join('; ')}`);
+      await pollUntil(
+        ({ notYet }) => {
+          const waiting = transfers.filter(({ t }) => t.received() === 0);
+          return waiting.length === 0 || notYet(`not started: ${waiting.map(({ t }) => t.describe()).join('; ')}`);
+        },
+        { timeoutMs: 180_000, intervalMs: 50, describe: 'every long-lived transfer to start' },
+      );
       await sleep(1000);
       this.log(`${s.name}: inject (${s.fault})`);
       await s.inject(this);
@@ -530,14 +547,6 @@ function inCidr(ip: string, cidr: string): boolean {
   const v = (s: string): number => s.split('.').reduce((a, o) => a * 256 + Number(o), 0);
   const size = 2 ** (32 - Number(len));
   return Math.floor(v(ip) / size) === Math.floor(v(base) / size);
-}
-
-async function waitUntil(cond: () => boolean, timeoutMs: number, what: () => string): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what()}`);
-    await sleep(50);
-  }
 }
 
 /** The table of RELIABILITY.md from results (goal column: 0 broken, 0 wrong). */

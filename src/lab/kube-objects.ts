@@ -9,9 +9,8 @@
 // filled in from the kind, namespaced kinds default to namespace `default`.
 // The server validates (an unknown field, a bad selector) and its message is
 // thrown, prefixed with the object (and `context`, e.g. a file name).
-import type { KubeConfig } from '@kubernetes/client-node';
 import type { ObjectKinds } from '../model/index.ts';
-import { KubeApiError, KubeHttp } from '../sources/kubernetes/http.ts';
+import { KubeApiError, KubeHttp, type KubeHttpConfig } from '../sources/kubernetes/http.ts';
 import { KUBE_KINDS, apiVersionOf, fromKubernetes, type KubeKind, type KubeKindApi } from '../sources/kubernetes/index.ts';
 import type { ObjectRef } from '../sources/types.ts';
 
@@ -32,7 +31,7 @@ const isObj = (v: unknown): v is Json => v !== null && typeof v === 'object' && 
 export class KubeObjects {
   private readonly http: KubeHttp;
 
-  constructor(kubeConfig: KubeConfig) {
+  constructor(kubeConfig: KubeHttpConfig) {
     this.http = new KubeHttp(kubeConfig);
   }
 

@@ -56,7 +56,7 @@ export function openLocalSource(kv: KvClient, o: LocalSourceOptions): LocalSourc
   const conn = readKubeAccess(o.kubeconfig !== undefined ? { kubeconfig: o.kubeconfig } : {});
   const endpoints = new EndpointSource(kv, handlers);
   return {
-    source: new KubernetesWithEtcdEndpoints({ kubeConfig: conn.access.asKubeConfig(), ...handlers }, endpoints),
+    source: new KubernetesWithEtcdEndpoints({ kubeConfig: conn.access, ...handlers }, endpoints),
     description: `kubernetes ${conn.description} ${conn.server}; Endpoint objects from etcd`,
   };
 }

@@ -1,6 +1,6 @@
-// List and watch over HTTP(S), authenticated by a client-node KubeConfig
-// (client certificates, bearer tokens, exec and token-file providers: whatever
-// KubeConfig.applyToHTTPSOptions applies). Our own requests rather than
+// List and watch over HTTP(S), authenticated by a client-node KubeConfig or
+// kube-access.ts's KubeAccess (client certificates, bearer tokens, exec and
+// token-file providers: whatever their applyToHTTPSOptions applies). Our own requests rather than
 // client-node's Watch: we need the Status body of a failed request (404 of a
 // missing CRD, 410 Expired) and an idle timeout for a connection that died
 // without closing.
@@ -110,10 +110,18 @@ export function reuseConnections(kc: KubeConfig): KubeConfig {
   return kc;
 }
 
+/**
+ * What KubeHttp needs of a connection: the server, and the TLS options and
+ * credentials of a request. client-node's KubeConfig has both, and so has
+ * kube-access.ts's KubeAccess (the agent's and apiserver's reader, without
+ * client-node on their start path).
+ */
+export type KubeHttpConfig = Pick<KubeConfig, 'getCurrentCluster' | 'applyToHTTPSOptions'>;
+
 export class KubeHttp {
   private readonly agents = new KeepAliveAgents();
 
-  constructor(readonly kubeConfig: KubeConfig) {}
+  constructor(readonly kubeConfig: KubeHttpConfig) {}
 
   /** Closes its connections (idle ones close by themselves after the server's keep-alive timeout). */
   close(): void {

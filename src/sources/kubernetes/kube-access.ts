@@ -1,7 +1,7 @@
 // How a process reaches the Kubernetes API without @kubernetes/client-node
 // on its start path (issue 20): the agent and the apiserver only list, watch
 // and patch through KubeHttp, which needs of a KubeConfig the current cluster
-// and applyToHTTPSOptions. client-node's config module imports its whole
+// and applyToHTTPSOptions (its KubeHttpConfig: KubeAccess is one). client-node's config module imports its whole
 // generated API (a 3.5 MB chunk, ~0.25 s of CPU and ~26 MB to compile at
 // every start); this reader covers what those processes use:
 //
@@ -173,6 +173,8 @@ function parseFile(file: string, into: Parsed, first: boolean): void {
 /** What a request needs: the cluster and the user of the chosen context. */
 export class KubeAccess {
   #token: { value: string; readAt: number; mtimeMs: number } | undefined;
+  /** The CA, certificate and key files as last read, with what their stat said then. */
+  readonly #files = new Map<string, { stamp: string; data: Buffer }>();
   #fallback: Promise<KubeConfig> | undefined;
 
   constructor(
@@ -182,19 +184,9 @@ export class KubeAccess {
     private readonly loadFull: () => Promise<KubeConfig>,
   ) {}
 
-  /** What KubeConfig.getCurrentCluster returns. */
+  /** What KubeConfig.getCurrentCluster returns (KubeAccess is a KubeHttpConfig: KubeHttp takes it as it is). */
   getCurrentCluster(): Cluster {
     return this.cluster;
-  }
-
-  /**
-   * For KubeHttp (src/sources/kubernetes/http.ts), whose constructor is typed
-   * with client-node's KubeConfig and calls only getCurrentCluster and
-   * applyToHTTPSOptions: both are here, with KubeConfig's signatures.
-   */
-  asKubeConfig(): KubeConfig {
-    const used: Pick<KubeConfig, 'getCurrentCluster' | 'applyToHTTPSOptions'> = this;
-    return used as KubeConfig;
   }
 
   /** Whether client-node is needed for this user or cluster (exec, auth-provider, basic auth, proxy). */
@@ -214,11 +206,11 @@ export class KubeAccess {
     if (u) {
       if (c.skipTLSVerify) opts.rejectUnauthorized = false;
       if (c.tlsServerName) opts.servername = c.tlsServerName;
-      const ca = fileOrData(c.caFile, c.caData);
+      const ca = this.#fileOrData(c.caFile, c.caData);
       if (ca) opts.ca = ca;
-      const cert = fileOrData(u.certFile, u.certData);
+      const cert = this.#fileOrData(u.certFile, u.certData);
       if (cert) opts.cert = cert;
-      const key = fileOrData(u.keyFile, u.keyData);
+      const key = this.#fileOrData(u.keyFile, u.keyData);
       if (key) opts.key = key;
       const token = u.token ?? (u.tokenFile !== undefined ? this.#readToken(u.tokenFile) : undefined);
       if (token) opts.headers = { ...(opts.headers as Record<string, string> | undefined), Authorization: `Bearer ${token}` };
@@ -242,12 +234,28 @@ export class KubeAccess {
     this.#token = { value, readAt: now, mtimeMs: statSync(file, { throwIfNoEntry: false })?.mtimeMs ?? 0 };
     return value;
   }
-}
 
-function fileOrData(file: string | undefined, data: string | undefined): Buffer | undefined {
-  if (file) return readFileSync(file);
-  if (data) return Buffer.from(data, 'base64');
-  return undefined;
+  #fileOrData(file: string | undefined, data: string | undefined): Buffer | undefined {
+    if (file) return this.#readFile(file);
+    if (data) return Buffer.from(data, 'base64');
+    return undefined;
+  }
+
+  /**
+   * A CA, certificate or key file: read again only when its stat changed (another
+   * inode, size, mtime or ctime: rewritten in place, or a Secret volume's symlink
+   * swapped to new files), so a rotation is picked up at the next request while
+   * an unchanged file costs a stat, not a read.
+   */
+  #readFile(file: string): Buffer {
+    const st = statSync(file);
+    const stamp = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+    const known = this.#files.get(file);
+    if (known?.stamp === stamp) return known.data;
+    const data = readFileSync(file);
+    this.#files.set(file, { stamp, data });
+    return data;
+  }
 }
 
 /** A connection through this reader. */

@@ -19,8 +19,8 @@
 //
 // Connection: a client-node KubeConfig (loadKubeConnection in kubeconfig.ts
 // builds one from --kubeconfig, KUBECONFIG, a context, or the in-cluster
-// service account).
-import type { KubeConfig } from '@kubernetes/client-node';
+// service account), or kube-access.ts's KubeAccess (readKubeAccess, the same
+// sources without client-node): a KubeHttpConfig.
 import {
   type CiliumClusterwideNetworkPolicy,
   type CiliumNetworkPolicy,
@@ -37,12 +37,13 @@ import {
 } from '../../model/index.ts';
 import { ResourceCache } from '../resource.ts';
 import type { ClusterSource, Resource, SourceProblem } from '../types.ts';
-import { KubeHttp } from './http.ts';
+import { KubeHttp, type KubeHttpConfig } from './http.ts';
 import { KUBE_KIND_NAMES, type KubeKind } from './kinds.ts';
 import { Reflector, type ReflectorOptions, type ReflectorStatus } from './reflector.ts';
 
 export interface KubernetesSourceOptions extends Omit<ReflectorOptions, 'onProblem' | 'onError' | 'fieldSelector'> {
-  kubeConfig: KubeConfig;
+  /** client-node's KubeConfig, or kube-access.ts's KubeAccess. */
+  kubeConfig: KubeHttpConfig;
   /** Field selectors per kind, e.g. `{ Pod: 'spec.nodeName=node1' }` for an agent that needs only its node's pods. */
   fieldSelectors?: Partial<Record<KubeKind, string>>;
   /** Endpoints from the cluster's etcd (mesh state); the caller starts and stops it. */
