@@ -46,6 +46,9 @@ export async function pollUntil<T>(check: (r: PollRound) => Promise<T | undefine
     return undefined;
   };
   for (let round = 0; ; round++) {
+    // Whether to give up is decided by when the round began: a timer may wake a little before the
+    // deadline, and the round it starts must not be the last (one more runs, at or after the deadline).
+    const began = Date.now();
     try {
       const v = await check({ round, notYet });
       if (v !== undefined && v !== false) return v as T;
@@ -53,7 +56,7 @@ export async function pollUntil<T>(check: (r: PollRound) => Promise<T | undefine
       if (o.errors === 'throw') throw err;
       last = err;
     }
-    if (Date.now() >= end) throw new PollTimeoutError(o.describe, o.timeoutMs, last);
+    if (began >= end) throw new PollTimeoutError(o.describe, o.timeoutMs, last);
     await sleep(Math.max(0, Math.min(o.intervalMs ?? 500, end - Date.now())));
   }
 }
