@@ -25,8 +25,9 @@
 // VXLAN device's route lookup for an uncached tunnel key, the veth and the
 // peer's stack). Those are in the round-trip figures of bench/peers.
 //
-// Usage: npm run bench -- programs [--reps N] [--calls N] [--write] [--against DIR]
-//   partial runs (other --calls/--reps than the defaults, or --against) write
+// Usage: npm run bench -- programs [--reps N] [--calls N] [--write] [--against DIR] [--only a,b]
+//   --only: these cases (and the fx_ baselines) alone.
+//   partial runs (other --calls/--reps than the defaults, --against or --only) write
 //   bench/results/programs-partial.json unless --write is given.
 //   --against DIR: every case that runs a datapath program runs a second time,
 //   in the same repetitions (alternating), on lxc.bpf.o and
@@ -65,6 +66,7 @@ const { values } = parseArgs({
     calls: { type: 'string', default: '20000' },
     write: { type: 'boolean', default: false },
     against: { type: 'string' },
+    only: { type: 'string' },
   },
 });
 const int = (name: string, v: string | undefined, min: number): number => {
@@ -75,7 +77,8 @@ const int = (name: string, v: string | undefined, min: number): number => {
 const REPS = int('reps', values.reps, 1);
 const CALLS = int('calls', values.calls, 100);
 const AGAINST = values.against;
-const PARTIAL = !values.write && (REPS !== 7 || CALLS !== 20000 || AGAINST !== undefined);
+const ONLY = values.only?.split(',');
+const PARTIAL = !values.write && (REPS !== 7 || CALLS !== 20000 || AGAINST !== undefined || ONLY !== undefined);
 
 const CFG: config.DatapathConfig = { vxlanIfindex: 42, nodeIp: '10.1.0.1', clusterId: 1, redirectPeer: false, tunnelMtu: 1450 };
 const GW_MAC = '0e:00:00:00:00:01';
@@ -233,6 +236,11 @@ function main(): void {
       if (sport > 40100) throw new Error('no source port maps to the local backend');
     }
 
+    if (ONLY) {
+      const unknown = ONLY.filter((n) => !cases.some((c) => c.name === n));
+      if (unknown.length > 0) throw new Error(`--only: no case ${unknown.join(', ')}`);
+      for (let i = cases.length - 1; i >= 0; i--) if (!cases[i]!.name.startsWith('fx_') && !ONLY.includes(cases[i]!.name)) cases.splice(i, 1);
+    }
     if (lxcAgainst && ovlAgainst) {
       // Same frame, same setup, the other build's program of the same name.
       const other = (p: BpfProgram): BpfProgram => (p.name === 'from_container' ? lxcAgainst : ovlAgainst).program(p.name);

@@ -694,8 +694,10 @@ static __always_inline int lb4_rev_nat_lookup(const struct lb4_tuple *tp, struct
  * packet in from_container: reverse translation of a reply first, then, when
  * the packet is no reply, forward translation. Never both: replies are not
  * addressed to a VIP. Returns 0 (nothing to translate), 1 (@nat says what to
- * write) or -DROP_*. lb4_lookup_rev: the reverse half alone, for the programs
- * that only see replies (from_overlay, from_netdev).
+ * write) or -DROP_*. The programs that only see replies (from_overlay,
+ * from_netdev) inline the reverse half: as a call it cost them more verified
+ * instructions (about 10,900 against 9,200 for from_overlay), and
+ * overlay_to_pod measured about 18 ns slower (bench/programs --against).
  *
  * Global (common.h): inlined, these lookups, their conntrack branches and the
  * unrolled backend selection were most of what the verifier walked for
@@ -715,16 +717,11 @@ __cm_global int lb4_lookup(const struct lb4_tuple *t __arg_nonnull,
 	return lb4_xlate_lookup(t, tc, nat);
 }
 
-__cm_global int lb4_lookup_rev(const struct lb4_tuple *t __arg_nonnull,
-			       struct lb4_nat *nat __arg_nonnull)
-{
-	return lb4_rev_nat_lookup(t, nat);
-}
-
 /*
  * Service translation of a packet (@tp from lb4_extract): lb4_lookup, then
  * the rewrite it asks for. @fwd (a constant): also forward translation
- * (from_container); reverse translation only otherwise (from_overlay, from_netdev). Returns 0
+ * (from_container, one call of lb4_lookup); reverse translation only
+ * otherwise (from_overlay, from_netdev; inline). Returns 0
  * when the packet was left as it was, 1 when it was rewritten (packet
  * pointers are then invalid), or -DROP_*. A TCP segment to a service without
  * a usable backend becomes a RST to its sender (lb4_reset).
@@ -736,7 +733,7 @@ static __always_inline int lb4_translate(struct __sk_buff *ctx, const struct lb4
 	struct lb4_nat nat = {};
 	int ret;
 
-	ret = fwd ? lb4_lookup(&t, tc, &nat) : lb4_lookup_rev(&t, &nat);
+	ret = fwd ? lb4_lookup(&t, tc, &nat) : lb4_rev_nat_lookup(&t, &nat);
 	if (fwd && ret == -DROP_NO_SERVICE_BACKEND && t.proto == IPPROTO_TCP)
 		lb4_reset(ctx, &t, tc);
 	if (ret <= 0)
