@@ -51,8 +51,8 @@ struct arphdr {
  * and its return value unknown to the caller, instead of once for every
  * state a caller reaches it in. What inlined helpers at several call sites
  * of from_container cost in verifier time (hundreds of thousands of
- * instructions, most of an agent's start) goes away for about 2 ns per call
- * (BENCHMARKS.md, programs). Rules the verifier sets: the return value is a
+ * instructions, most of an agent's start) goes away for about 1 ns per call
+ * (BENCHMARKS.md, load). Rules the verifier sets: the return value is a
  * scalar (never a pointer into a map), a pointer argument points to a struct
  * of scalars, and a caller's packet pointers are invalid after a call to one
  * that may change the packet (then the caller parses again). Non-static on

@@ -696,8 +696,7 @@ static __always_inline int lb4_rev_nat_lookup(const struct lb4_tuple *tp, struct
  * addressed to a VIP. Returns 0 (nothing to translate), 1 (@nat says what to
  * write) or -DROP_*. The programs that only see replies (from_overlay,
  * from_netdev) inline the reverse half: as a call it cost them more verified
- * instructions (about 10,900 against 9,200 for from_overlay), and
- * overlay_to_pod measured about 18 ns slower (bench/programs --against).
+ * instructions (about 10,900 against 9,200 for from_overlay).
  *
  * Global (common.h): inlined, these lookups, their conntrack branches and the
  * unrolled backend selection were most of what the verifier walked for
