@@ -172,15 +172,13 @@ static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
 	policy_pkt_init(ip, tc, &orig);
 
 	/* Services (lb.h), before the destination is resolved: a reply of a
-	 * local backend gets its VIP back (lb4_rev_nat says why here), a packet
-	 * to a VIP gets its backend. Never both: replies are not addressed to a
-	 * VIP. Egress policy goes after this, so it sees the real backend. */
+	 * local backend gets its VIP back (lb4_rev_nat_lookup says why here), a
+	 * packet to a VIP gets its backend. Never both: replies are not
+	 * addressed to a VIP. Egress policy goes after this, so it sees the
+	 * real backend. */
 #ifndef CM_VARIANT_NO_LB
-	if (lb4_extract(ctx, ip, tc, &t)) {
-		ret = lb4_rev_nat(ctx, &t, tc);
-		if (ret == 0)
-			ret = lb4_xlate(ctx, &t, tc);
-	}
+	if (lb4_extract(ctx, ip, tc, &t))
+		ret = lb4_translate(ctx, &t, tc, true);
 	if (ret < 0)
 		return ret;
 #endif

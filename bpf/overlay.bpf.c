@@ -44,10 +44,10 @@ static __always_inline int deliver_from_node(struct __sk_buff *ctx, struct trace
 	policy_pkt_init(ip, tc, &orig);
 
 	/* A reply of a service connection whose backend is on another node:
-	 * back to VIP:port before delivery (lb4_rev_nat says why here). */
+	 * back to VIP:port before delivery (lb4_rev_nat_lookup says why here). */
 #ifndef CM_VARIANT_NO_LB
 	if (lb4_extract(ctx, ip, tc, &t))
-		ret = lb4_rev_nat(ctx, &t, tc);
+		ret = lb4_translate(ctx, &t, tc, false);
 	if (ret < 0)
 		return ret;
 #endif

@@ -25,12 +25,19 @@
 // VXLAN device's route lookup for an uncached tunnel key, the veth and the
 // peer's stack). Those are in the round-trip figures of bench/peers.
 //
-// Usage: npm run bench -- programs [--reps N] [--calls N] [--write]
-//   partial runs (other --calls/--reps than the defaults) write
+// Usage: npm run bench -- programs [--reps N] [--calls N] [--write] [--against DIR] [--only a,b]
+//   --only: these cases (and the fx_ baselines) alone.
+//   partial runs (other --calls/--reps than the defaults, --against or --only) write
 //   bench/results/programs-partial.json unless --write is given.
+//   --against DIR: every case that runs a datapath program runs a second time,
+//   in the same repetitions (alternating), on lxc.bpf.o and
+//   test/overlay_test.bpf.o of DIR (another build of bpf/build, e.g. the
+//   previous commit's), as `<case>@against`, sharing the maps: a before/after
+//   of a datapath change on the same machine at the same time.
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { removePinDir } from '../../src/datapath/bpffs.ts';
 import { BpfObject } from '../../src/datapath/libbpf/object.ts';
@@ -38,7 +45,7 @@ import type { BpfMap } from '../../src/datapath/libbpf/map.ts';
 import { TcAction, type BpfProgram } from '../../src/datapath/libbpf/program.ts';
 import * as backendSlots from '../../src/datapath/maps/backend-slots.ts';
 import * as backends from '../../src/datapath/maps/backends.ts';
-import type * as config from '../../src/datapath/maps/config.ts';
+import * as config from '../../src/datapath/maps/config.ts';
 import * as endpoints from '../../src/datapath/maps/endpoints.ts';
 import * as ipcache from '../../src/datapath/maps/ipcache.ts';
 import * as maglev from '../../src/datapath/maps/maglev.ts';
@@ -58,6 +65,8 @@ const { values } = parseArgs({
     reps: { type: 'string', default: '7' },
     calls: { type: 'string', default: '20000' },
     write: { type: 'boolean', default: false },
+    against: { type: 'string' },
+    only: { type: 'string' },
   },
 });
 const int = (name: string, v: string | undefined, min: number): number => {
@@ -67,7 +76,9 @@ const int = (name: string, v: string | undefined, min: number): number => {
 };
 const REPS = int('reps', values.reps, 1);
 const CALLS = int('calls', values.calls, 100);
-const PARTIAL = !values.write && (REPS !== 7 || CALLS !== 20000);
+const AGAINST = values.against;
+const ONLY = values.only?.split(',');
+const PARTIAL = !values.write && (REPS !== 7 || CALLS !== 20000 || AGAINST !== undefined || ONLY !== undefined);
 
 const CFG: config.DatapathConfig = { vxlanIfindex: 42, nodeIp: '10.1.0.1', clusterId: 1, redirectPeer: false, tunnelMtu: 1450 };
 const GW_MAC = '0e:00:00:00:00:01';
@@ -119,8 +130,23 @@ function main(): void {
       objs.push(o);
       return o;
     };
+    /** The same object from --against, with the same config, sharing the pinned maps. */
+    const loadAgainst = (rel: string): BpfObject => {
+      const o = BpfObject.open(join(AGAINST!, rel), { pinRoot: dir });
+      try {
+        config.applyConfig(o, CFG);
+        o.load();
+      } catch (err) {
+        o.close();
+        throw err;
+      }
+      objs.push(o);
+      return o;
+    };
     const lxc = load('lxc.bpf.o');
     const ovl = load('test/overlay_test.bpf.o');
+    const lxcAgainst = AGAINST === undefined ? undefined : loadAgainst('lxc.bpf.o');
+    const ovlAgainst = AGAINST === undefined ? undefined : loadAgainst('test/overlay_test.bpf.o');
     const fx = BpfObject.open(buildBpfObject('test/libbpf_fixture.bpf.o'), { pinRoot: dir });
     objs.push(fx);
     fx.load();
@@ -182,6 +208,7 @@ function main(): void {
     tunnel.writeUInt32LE(R.identity, 0);
     Buffer.from(R.node.split('.').map(Number)).copy(tunnel, 4);
     ovl.map('cm_test_tunnel').update(Buffer.alloc(4), tunnel);
+    ovlAgainst?.map('cm_test_tunnel').update(Buffer.alloc(4), tunnel);
 
     const fromContainer = (): BpfProgram => lxc.program('from_container');
     const cases: Case[] = [
@@ -207,6 +234,20 @@ function main(): void {
         break;
       }
       if (sport > 40100) throw new Error('no source port maps to the local backend');
+    }
+
+    if (ONLY) {
+      const unknown = ONLY.filter((n) => !cases.some((c) => c.name === n));
+      if (unknown.length > 0) throw new Error(`--only: no case ${unknown.join(', ')}`);
+      for (let i = cases.length - 1; i >= 0; i--) if (!cases[i]!.name.startsWith('fx_') && !ONLY.includes(cases[i]!.name)) cases.splice(i, 1);
+    }
+    if (lxcAgainst && ovlAgainst) {
+      // Same frame, same setup, the other build's program of the same name.
+      const other = (p: BpfProgram): BpfProgram => (p.name === 'from_container' ? lxcAgainst : ovlAgainst).program(p.name);
+      for (const c of [...cases]) {
+        if (c.name.startsWith('fx_')) continue;
+        cases.push({ ...c, name: `${c.name}@against`, what: `${c.what} (--against)`, prog: () => other(c.prog()) });
+      }
     }
 
     for (const c of cases) {
@@ -235,11 +276,11 @@ function main(): void {
     policyOff();
 
     const base = median(samples.filter((s) => s.config === 'fx_ret').map((s) => s.value));
-    const progs = new Map<string, ReturnType<typeof programInfo>>();
+    const progs = new Map<BpfProgram, ReturnType<typeof programInfo>>();
     for (const c of cases) {
       const p = c.prog();
-      if (!progs.has(p.name)) progs.set(p.name, programInfo(p));
-      const info = progs.get(p.name)!;
+      if (!progs.has(p)) progs.set(p, programInfo(p));
+      const info = progs.get(p)!;
       for (const s of samples.filter((x) => x.config === c.name)) {
         samples.push({ config: c.name, metric: 'ns_over_baseline', unit: 'ns', rep: s.rep, value: s.value - base });
       }

@@ -44,6 +44,26 @@ struct arphdr {
 #define __maybe_unused __attribute__((unused))
 #endif
 
+/*
+ * A global BPF function (BPF-to-BPF call, never inlined): the verifier checks
+ * it once per program, on its own, with its arguments as their types say
+ * (the context, unknown scalars, pointers to memory of the pointee's size)
+ * and its return value unknown to the caller, instead of once for every
+ * state a caller reaches it in. What inlined helpers at several call sites
+ * of from_container cost in verifier time (hundreds of thousands of
+ * instructions, most of an agent's start) goes away for about 1 ns per call
+ * (BENCHMARKS.md, load). Rules the verifier sets: the return value is a
+ * scalar (never a pointer into a map), a pointer argument points to a struct
+ * of scalars, and a caller's packet pointers are invalid after a call to one
+ * that may change the packet (then the caller parses again). Non-static on
+ * purpose: a static function would be verified per call site.
+ */
+#define __cm_global __attribute__((noinline))
+
+/* A pointer argument of a global function the verifier may assume is not
+ * NULL (kernel 6.8+ BTF tag); every caller passes its own stack's struct. */
+#define __arg_nonnull __attribute__((btf_decl_tag("arg:nonnull")))
+
 /* TTL of the outer (VXLAN) header; IPDEFTTL of the kernel. */
 #define CM_TUNNEL_TTL 64
 

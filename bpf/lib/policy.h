@@ -336,8 +336,9 @@ static __always_inline bool policy_ct_is_reply(struct __sk_buff *ctx, const stru
  * would make the next packet of the opener look like a reply, past a deny
  * (ICMP is tracked per address pair: an echo reply recorded as a connection
  * would admit every later echo request). A full LRU evicts; a failed write
- * only costs the replies a policy check. */
-static __always_inline void policy_ct_record(struct __sk_buff *ctx, const struct policy_pkt *p)
+ * only costs the replies a policy check. Global (common.h): called only
+ * for enforced endpoints; returns 0. */
+__cm_global int policy_ct_record(struct __sk_buff *ctx, const struct policy_pkt *p __arg_nonnull)
 {
 	struct policy_ct_key key = {
 		.saddr = p->saddr,
@@ -359,13 +360,62 @@ static __always_inline void policy_ct_record(struct __sk_buff *ctx, const struct
 			v->lifetime = now;
 			v->flags = flags;
 		}
-		return;
+		return 0;
 	}
 	if (policy_ct_is_reply(ctx, p))
-		return;
+		return 0;
 	init.flags = ct_flags_after(0, p->proto, tcp_flags);
 	init.lifetime = now + ct_timeout(p->proto, tcp_flags, init.flags);
 	bpf_map_update_elem(&cm_policy_ct, &key, &init, BPF_ANY);
+	return 0;
+}
+
+/* policy_check_enforced()'s @who: endpoint id, direction, and whether that
+ * direction is enforced, in one argument (a BPF call takes five). */
+#define POLICY_WHO(endpoint_id, dir, enforced) \
+	((__u32)(endpoint_id) | ((__u32)(dir) << 16) | ((enforced) ? 1U << 24 : 0))
+
+/*
+ * The lookups of policy_check() for an endpoint with policy, @who from
+ * POLICY_WHO(). Global (common.h): policy_check() runs at two places of
+ * from_container, and inlined there the verifier walked these six LPM
+ * lookups and the conntrack test again for every state it reached them in.
+ * An endpoint without policy never calls it. Returns 0 or -DROP_*.
+ */
+__cm_global int policy_check_enforced(struct __sk_buff *ctx, __u32 who, __u32 remote,
+				      const struct policy_pkt *p __arg_nonnull,
+				      const struct policy_pkt *orig __arg_nonnull)
+{
+	__u16 endpoint_id = who & 0xffff;
+	__u8 dir = (who >> 16) & 0xff;
+	bool enforced = who & (1U << 24);
+	__u32 flags, cidr;
+	__u8 proto = p->proto;
+	int ret;
+
+	flags = policy_flags(endpoint_id, dir, proto, remote, p);
+	flags |= policy_flags(endpoint_id, dir, proto, 0, p);
+	flags |= policy_flags(endpoint_id, dir, 0, remote, p);
+	flags |= policy_flags(endpoint_id, dir, 0, 0, p);
+	cidr = policy_cidr_identity(dir == DIR_INGRESS ? p->saddr : p->daddr);
+	if (cidr && cidr != remote) {
+		flags |= policy_flags(endpoint_id, dir, proto, cidr, p);
+		flags |= policy_flags(endpoint_id, dir, 0, cidr, p);
+	}
+
+	if (flags & POLICY_F_DENY)
+		ret = -DROP_POLICY_DENY;
+	else if (!enforced)
+		return 0;
+	else if (dir == DIR_INGRESS && remote == IDENTITY_HOST)
+		return 0; /* the node reaches its pods (see the top) */
+	else if (flags & POLICY_F_ALLOW)
+		return 0;
+	else
+		ret = -DROP_POLICY;
+	if (policy_ct_is_reply(ctx, orig))
+		return 0;
+	return ret;
 }
 
 /*
@@ -385,8 +435,7 @@ static __always_inline int policy_check(struct __sk_buff *ctx, __u16 endpoint_id
 {
 	const struct policy_enforce_value *ev;
 	__u32 ekey = endpoint_id;
-	__u32 enforce, flags, cidr;
-	int ret;
+	__u32 enforce;
 
 	ev = bpf_map_lookup_elem(&cm_policy_enforce, &ekey);
 	if (!ev || !(ev->flags & POLICY_ENFORCE_ACTIVE))
@@ -394,29 +443,8 @@ static __always_inline int policy_check(struct __sk_buff *ctx, __u16 endpoint_id
 	enforce = ev->flags;
 	if (enforce & (POLICY_ENFORCE_INGRESS | POLICY_ENFORCE_EGRESS))
 		*track = true;
-	flags = policy_flags(endpoint_id, dir, p->proto, remote, p);
-	flags |= policy_flags(endpoint_id, dir, p->proto, 0, p);
-	flags |= policy_flags(endpoint_id, dir, 0, remote, p);
-	flags |= policy_flags(endpoint_id, dir, 0, 0, p);
-	cidr = policy_cidr_identity(dir == DIR_INGRESS ? p->saddr : p->daddr);
-	if (cidr && cidr != remote) {
-		flags |= policy_flags(endpoint_id, dir, p->proto, cidr, p);
-		flags |= policy_flags(endpoint_id, dir, 0, cidr, p);
-	}
-
-	if (flags & POLICY_F_DENY)
-		ret = -DROP_POLICY_DENY;
-	else if (!(enforce & (1U << dir)))
-		return 0;
-	else if (dir == DIR_INGRESS && remote == IDENTITY_HOST)
-		return 0; /* the node reaches its pods (see the top) */
-	else if (flags & POLICY_F_ALLOW)
-		return 0;
-	else
-		ret = -DROP_POLICY;
-	if (policy_ct_is_reply(ctx, orig))
-		return 0;
-	return ret;
+	return policy_check_enforced(ctx, POLICY_WHO(endpoint_id, dir, enforce & (1U << dir)),
+				     remote, p, orig);
 }
 
 #endif /* CM_POLICY_H */

@@ -11,6 +11,14 @@ export interface OpenOptions {
   pinRoot?: string;
   /** Override of the object name libbpf derives from the file name (prefix of internal map names). */
   objectName?: string;
+  /**
+   * Verifier log level for every program (kernel_log_level: 1 instructions,
+   * 2 every state, 4 statistics); 0 (default) none. The log of a successful
+   * load is `loadLog` when libbpf's debug messages are on
+   * (CLUSTERMESH_LIBBPF_DEBUG=1); a rejected program's log is in the
+   * VerifierError either way. For measurements (bench/load), not agents.
+   */
+  kernelLogLevel?: number;
 }
 
 const BTF_KIND_VAR = 14;
@@ -25,6 +33,8 @@ export class BpfObject {
   readonly path: string;
   #ptr: Ptr | null;
   #loaded = false;
+  /** What libbpf printed during a successful load() (see OpenOptions.kernelLogLevel). */
+  loadLog = '';
   readonly #maps = new Map<string, BpfMap>();
   readonly #programs = new Map<string, BpfProgram>();
   // Strings referenced by raw address from the opts struct must outlive open().
@@ -55,6 +65,7 @@ export class BpfObject {
       mkdirSync(opts.pinRoot, { recursive: true });
       o.writeBigUInt64LE(addr(cstr(opts.pinRoot)), 24);
     }
+    if (opts.kernelLogLevel) o.writeUInt32LE(opts.kernelLogLevel, 72);
     const r = captureLog(() => {
       const p = bpf.bpf_object__open_file(path, o);
       return { p, errno: lastErrno() };
@@ -145,6 +156,7 @@ export class BpfObject {
     if ('error' in r) throw r.error;
     const rc = r.value;
     if (rc !== 0) throw loadError(rc, this.path, r.log);
+    this.loadLog = r.log;
     this.#loaded = true;
   }
 
