@@ -61,7 +61,10 @@ struct arphdr {
 #define __cm_global __attribute__((noinline))
 
 /* A pointer argument of a global function the verifier may assume is not
- * NULL (kernel 6.8+ BTF tag); every caller passes its own stack's struct. */
+ * NULL (kernel 6.8+ BTF tag); every caller passes its own stack's struct.
+ * Kernels before 6.8 ignore the tag and hand the function a pointer that may
+ * be NULL, which it must test before use: each global function does (one
+ * compare; dead on 6.8+), failing closed where it decides a drop. */
 #define __arg_nonnull __attribute__((btf_decl_tag("arg:nonnull")))
 
 /* TTL of the outer (VXLAN) header; IPDEFTTL of the kernel. */

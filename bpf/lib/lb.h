@@ -444,6 +444,8 @@ __cm_global int lb4_reset(struct __sk_buff *ctx, const struct lb4_tuple *t __arg
 	__u16 tot_len;
 	__u32 seg_len, hdr_len, sum;
 
+	if (!t || !tc) /* kernels before 6.8 (common.h, __arg_nonnull) */
+		return 0;
 	if (t->l4_off != ETH_HLEN + sizeof(struct iphdr) || ctx->gso_segs > 1 ||
 	    (t->tcp_flags & CM_TCP_RST))
 		return 0;
@@ -709,8 +711,11 @@ __cm_global int lb4_lookup(const struct lb4_tuple *t __arg_nonnull,
 			   struct trace_ctx *tc __arg_nonnull,
 			   struct lb4_nat *nat __arg_nonnull)
 {
-	int ret = lb4_rev_nat_lookup(t, nat);
+	int ret;
 
+	if (!t || !tc || !nat) /* kernels before 6.8 (common.h, __arg_nonnull) */
+		return 0;
+	ret = lb4_rev_nat_lookup(t, nat);
 	if (ret != 0)
 		return ret;
 	return lb4_xlate_lookup(t, tc, nat);

@@ -340,6 +340,8 @@ static __always_inline bool policy_ct_is_reply(struct __sk_buff *ctx, const stru
  * for enforced endpoints; returns 0. */
 __cm_global int policy_ct_record(struct __sk_buff *ctx, const struct policy_pkt *p __arg_nonnull)
 {
+	if (!p) /* kernels before 6.8 (common.h, __arg_nonnull) */
+		return 0;
 	struct policy_ct_key key = {
 		.saddr = p->saddr,
 		.daddr = p->daddr,
@@ -390,9 +392,12 @@ __cm_global int policy_check_enforced(struct __sk_buff *ctx, __u32 who, __u32 re
 	__u8 dir = (who >> 16) & 0xff;
 	bool enforced = who & (1U << 24);
 	__u32 flags, cidr;
-	__u8 proto = p->proto;
+	__u8 proto;
 	int ret;
 
+	if (!p || !orig) /* kernels before 6.8 (common.h, __arg_nonnull): fail closed */
+		return -DROP_POLICY;
+	proto = p->proto;
 	flags = policy_flags(endpoint_id, dir, proto, remote, p);
 	flags |= policy_flags(endpoint_id, dir, proto, 0, p);
 	flags |= policy_flags(endpoint_id, dir, 0, remote, p);
