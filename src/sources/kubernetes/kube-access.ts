@@ -1,8 +1,8 @@
 // How a process reaches the Kubernetes API without @kubernetes/client-node
 // on its start path (issue 20): the agent and the apiserver only list, watch
 // and patch through KubeHttp, which needs of a KubeConfig the current cluster
-// and applyToHTTPSOptions (its KubeHttpConfig: KubeAccess is one). client-node's config module imports its whole
-// generated API (a 3.5 MB chunk, ~0.25 s of CPU and ~26 MB to compile at
+// and applyToHTTPSOptions (its KubeHttpConfig: KubeAccess is one).
+// client-node's config module imports its whole generated API (a 3.5 MB chunk, ~0.25 s of CPU and ~26 MB to compile at
 // every start); this reader covers what those processes use:
 //
 //   which file   `kubeconfig`, then KUBECONFIG (a list; missing entries skipped,
