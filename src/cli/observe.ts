@@ -17,11 +17,11 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import type { AgentClient } from '../agent/client.ts';
 import { FlowQueryError, parseProtocol, parseSince, parseVerdict as parseVerdictQuery, type Flow, type FlowPeer, type FlowQuery, type Verdict } from '../agent/flows.ts';
 import { settings as settingsMap } from '../datapath/maps/index.ts';
-import { action, CliError, Closer, EXIT_ERROR, EXIT_OK, example, parsePositiveInt } from './common.ts';
+import { action, CliError, EXIT_ERROR, EXIT_OK, example, parsePositiveInt } from './common.ts';
 import { shortLabels } from './directory.ts';
 import { openNodeMap } from './inspect.ts';
 import { FlowFollower, mergeByTime } from './observe-follow.ts';
-import { addTargetFlags, agentClientFor, isExplicit, nodeLabel, resolveTargets, type NodeTarget, type TargetFlags } from './targets.ts';
+import { addTargetFlags, agentClientFor, isExplicit, nodeLabel, resolveTargets, targetsAgain, type NodeTarget, type TargetFlags } from './targets.ts';
 
 export type { Flow, FlowPeer, Verdict };
 
@@ -202,14 +202,7 @@ export function observeCommand(): Command {
         // pods are listed again every 10 s and after a stream fails: nodes added are followed, agents
         // restarted elsewhere dialled there, nodes gone let go.
         const byContext = t.lab === undefined && !isExplicit(o);
-        const resolve = async () => {
-          const c = new Closer();
-          try {
-            return await resolveTargets(o, c, { contexts: true });
-          } finally {
-            await c.closeAll();
-          }
-        };
+        const resolve = targetsAgain(o);
         const follower = new FlowFollower({
           targets: t,
           query: q,

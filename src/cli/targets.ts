@@ -28,7 +28,7 @@ import { KvClient } from '../kvstore/client.ts';
 import type { KvConnectionConfig } from '../kvstore/types.ts';
 import { DEFAULT_LAB_NAME, NoSuchLabError, readLabState, type LabCluster, type LabState } from '../lab/state.ts';
 import { DEFAULT_NAMESPACE } from '../install/settings.ts';
-import { CliError, collect, EXIT_ERROR, type Closer } from './common.ts';
+import { CliError, Closer, collect, EXIT_ERROR } from './common.ts';
 
 export interface ClusterTarget {
   name: string;
@@ -373,6 +373,22 @@ async function fromFlags(f: TargetFlags, closer: Closer, probeAgents: boolean): 
     clusters.set(name, { name, id, etcd: conn, etcdSource: file, remoteConfigDir: existing?.remoteConfigDir, lab: undefined });
   }
   return { lab: undefined, clusters: [...clusters.values()], nodes };
+}
+
+/**
+ * What `ui --context` and `observe --follow --context` call to find the agents
+ * again while they run: resolveTargets by kube context, with its own Closer,
+ * closed once the targets are read.
+ */
+export function targetsAgain(f: TargetFlags): () => Promise<Targets> {
+  return async () => {
+    const c = new Closer();
+    try {
+      return await resolveTargets(f, c, { contexts: true });
+    } finally {
+      await c.closeAll();
+    }
+  };
 }
 
 /**

@@ -7,8 +7,8 @@
 import { isIP } from 'node:net';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { isLoopback, missingAssets, UiServer } from '../ui/server.ts';
-import { action, CliError, Closer, EXIT_ERROR, EXIT_OK, example, parseDurationFlag } from './common.ts';
-import { addTargetFlags, isExplicit, resolveTargets, type TargetFlags } from './targets.ts';
+import { action, CliError, EXIT_ERROR, EXIT_OK, example, parseDurationFlag } from './common.ts';
+import { addTargetFlags, isExplicit, resolveTargets, targetsAgain, type TargetFlags } from './targets.ts';
 
 interface UiFlags extends TargetFlags {
   port: number;
@@ -48,14 +48,7 @@ export function uiCommand(): Command {
         // Shown without them (the page lists the nodes it reads); by kube context, the agents are looked for again while it runs.
         for (const p of problems) process.stderr.write(`warning: ${p}\n`);
         const byContext = t.lab === undefined && !isExplicit(o);
-        const resolve = async () => {
-          const c = new Closer();
-          try {
-            return await resolveTargets(o, c, { contexts: true });
-          } finally {
-            await c.closeAll();
-          }
-        };
+        const resolve = targetsAgain(o);
         const noAgent = t.nodes.filter((n) => !n.socket && !n.remote);
         if (noAgent.length > 0) throw new CliError(`the view reads the agents; ${noAgent.map((n) => n.key).join(', ')} has no agent socket (name the node with --socket or --agent-config)`, EXIT_ERROR);
         if (!isLoopback(o.address))
