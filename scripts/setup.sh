@@ -3,7 +3,8 @@
 # safe to run any number of times: missing Debian packages, npm packages
 # (npm ci when package-lock.json changed), the compiled CLI in dist/ (rebuilt
 # when a source changed, see scripts/build.mjs), the compiled BPF objects and
-# the CNI plugin executable (cni/) and the lab's echo server (src/lab/echo-c/).
+# the CNI plugin executable (cni/), the lab's echo server (src/lab/echo-c/) and
+# the lab kubelet's container start (src/lab/podstart-c/).
 #
 #   --prometheus  also Debian's prometheus, for `clustermesh lab up --prometheus`
 #                 (scripts/test.sh asks for it: test/metrics-lab.test.ts)
@@ -84,3 +85,5 @@ make -s -C bpf
 make -s -C cni
 # What lab pods run for `clustermesh lab workload echo` (C, no Node.js): dist/lab/clustermesh-echo.
 make -s -C src/lab/echo-c
+# How the lab kubelet starts every container (C: held start, cgroup, namespaces, mounts, exec): dist/lab/clustermesh-podstart.
+make -s -C src/lab/podstart-c

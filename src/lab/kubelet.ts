@@ -34,8 +34,7 @@ import { reuseConnections } from '../sources/kubernetes/http.ts';
 import { loadKubeConnection, SERVICE_ACCOUNT_DIR } from '../sources/kubernetes/kubeconfig.ts';
 import { NODE_LOCAL_API_HOST, NODE_LOCAL_API_PORT } from './kube-api-endpoint.ts';
 import { apiCode, apiMessage, watchKind } from './controllers/runtime.ts';
-import { inCgroup } from './cgroup.ts';
-import { heldArgv, recordThenRelease } from '../util/held-start.ts';
+import { recordThenRelease } from '../util/held-start.ts';
 import { run } from './exec.ts';
 import { childEnv } from './process.ts';
 import { processStartTime, sameProcessAlive } from './state.ts';
@@ -44,8 +43,7 @@ import {
   containerArgv,
   DEFAULT_SHARED_HOST_PATHS,
   mapHostPath,
-  MOUNT_SCRATCH_DIRS,
-  mountScript,
+  podstartArgv,
   netconfOfFile,
   PodConfigError,
   projectedFiles,
@@ -914,8 +912,8 @@ export class Kubelet {
     // The plugin sees the node's host filesystem at cniHostPaths (a private mount namespace for the call).
     const views = (this.cfg.cniHostPaths ?? []).map((p) => ({ source: mapHostPath(p, this.hostRoot, []).path, target: p, readOnly: false, file: false, recursive: true }));
     const scratch = join(this.cfg.nodeDir, 'cni-mnt', `${rec.containerID}.${command}`);
-    const argv = views.length ? ['unshare', '--mount', '--propagation', 'slave', 'sh', '-c', mountScript(views, [], scratch), 'cni-plugin', plugin] : [plugin];
-    if (views.length) for (const d of [...views.map((v) => v.source), ...MOUNT_SCRATCH_DIRS.map((x) => join(scratch, x))]) mkdirSync(d, { recursive: true });
+    const argv = views.length ? podstartArgv({ mountNs: 'slave', mounts: { list: views, bidirectional: [], scratch } }, [plugin]) : [plugin];
+    if (views.length) for (const v of views) mkdirSync(v.source, { recursive: true });
     return new Promise((resolve, reject) => {
       const child = spawn(argv[0]!, argv.slice(1), { env, stdio: ['pipe', 'pipe', 'pipe'] });
       let stdout = '';
@@ -1007,24 +1005,26 @@ export class Kubelet {
       }
       return;
     }
-    // How the command runs: in the pod's namespace (`ip netns exec`, which also gives it a mount namespace
-    // with the pod's resolv.conf) or the node's (hostNetwork); with mounts, a script makes them in a private
-    // mount namespace first (for hostNetwork pods one of its own, made by unshare).
-    let wrapped: string[];
-    if (mounts.mounts.length) {
-      const script = join(rec.dir, `${c.name}.mounts.sh`);
-      const scratch = join(rec.dir, `${c.name}.mnt`);
-      for (const d of MOUNT_SCRATCH_DIRS) mkdirSync(join(scratch, d), { recursive: true });
-      writeFileSync(script, mountScript(mounts.mounts, mounts.bidirectional, scratch));
-      const inMountNs = ['sh', script, ...argv];
-      wrapped = rec.hostNetwork ? ['unshare', '--mount', '--propagation', mounts.bidirectional.length ? 'unchanged' : 'slave', ...inMountNs] : ['ip', 'netns', 'exec', rec.netns, ...inMountNs];
-    } else wrapped = rec.hostNetwork ? argv : ['ip', 'netns', 'exec', rec.netns, ...argv];
+    // How the command runs (one process, clustermesh-podstart, that execs it at the end): held until its pid
+    // is recorded, in the node's cgroup, in the pod's network namespace (as `ip netns exec` runs it, with the
+    // pod's resolv.conf) or the node's (hostNetwork); the volumes mounted in a private mount namespace (for
+    // hostNetwork pods one of its own).
+    const scratch = join(rec.dir, `${c.name}.mnt`);
+    const start = podstartArgv(
+      {
+        hold: true,
+        ...(this.cfg.cgroup !== undefined ? { cgroup: this.cfg.cgroup } : {}),
+        ...(rec.hostNetwork ? (mounts.mounts.length ? { mountNs: mounts.bidirectional.length ? ('unchanged' as const) : ('slave' as const) } : {}) : { netns: rec.netns }),
+        ...(mounts.mounts.length ? { mounts: { list: mounts.mounts, bidirectional: mounts.bidirectional, scratch } } : {}),
+      },
+      argv,
+    );
     const fd = openSync(logFile, 'a');
     try {
       const binDir = join(this.cfg.nodeDir, '..', '..', 'bin');
       // Held until its pid is in the pod record (src/util/held-start.ts): a kubelet killed
       // in between (lab down stops kubelets first) leaves no container nobody can find.
-      const [cmd, ...args] = heldArgv(inCgroup(this.cfg.cgroup, wrapped));
+      const [cmd, ...args] = start;
       const child = spawn(cmd!, args, {
         stdio: ['pipe', fd, fd],
         detached: true,

@@ -33,6 +33,7 @@ import { clusterDnsObjects, DNS_NAMESPACE } from './dns.ts';
 import { kubeletConfigFile, kubeletConfigOverrides, podRecordsOf, unmountUnder, type KubeletConfig, type PodRecord } from './kubelet-config.ts';
 import { writeKubeconfig } from './kube-api/index.ts';
 import { ECHO_BIN, requireEchoBin, WORKLOAD_NODE_FLAGS } from './workload-main.ts';
+import { PODSTART_BIN } from './pod-spec.ts';
 import { installedAgentPaths, installedKubeletFields, installedMetricsTargets, installMesh, LAB_INSTALL_IMAGE } from './lab-install.ts';
 import { DEFAULT_NAMESPACE } from '../install/settings.ts';
 import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT, openUiSocket, prometheusBinary, startLabPrometheus, waitPrometheusReady } from './prometheus.ts';
@@ -268,6 +269,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
       // the full CLI); the client runs with lighter node flags (WORKLOAD_NODE_FLAGS).
       if (!existsSync(CNI_PLUGIN_PATH)) throw new Error(`the CNI plugin executable ${CNI_PLUGIN_PATH} is not built; run ./scripts/setup.sh`);
       requireEchoBin();
+      if (!existsSync(PODSTART_BIN)) throw new Error(`the container start executable ${PODSTART_BIN} is not built; run ./scripts/setup.sh`);
       mkdirSync(cniBin, { recursive: true });
       rmSync(join(cniBin, 'clustermesh'), { force: true });
       symlinkSync(CNI_PLUGIN_PATH, join(cniBin, 'clustermesh'));

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { V1Container, V1Pod } from '@kubernetes/client-node';
-import { chooseCniConf, containerArgv, expandVars, mapHostPath, mountScript, netconfOfFile, PodConfigError, projectedFiles, resolveEnv, type EnvContext } from './pod-spec.ts';
+import { chooseCniConf, containerArgv, expandVars, mapHostPath, netconfOfFile, PODSTART_BIN, podstartArgv, PodConfigError, projectedFiles, resolveEnv, type EnvContext } from './pod-spec.ts';
 
 test('$(VAR) expansion: defined names replaced, unknown kept, $$ escapes, unterminated kept', () => {
   const env = { A: 'x', B: 'y z' };
@@ -97,38 +97,21 @@ test('ConfigMap and Secret volume files: all keys or items, modes, optional, mis
   assert.throws(() => projectedFiles({ name: 'cfg', configMap: { name: 'cm', items: [{ key: 'a', path: '../a' }] } }, cm), /must be relative and stay inside/);
 });
 
-test('mount script: staged binds, read-only remounts, file targets, mount points in overlays, nested targets, shell quoting, bidirectional sources kept as peers', () => {
-  const s = mountScript(
-    [
-      { source: "/v/it's", target: '/etc/x', readOnly: true, file: false, recursive: false },
-      { source: '/h/f', target: '/usr/bin/tool', readOnly: false, file: true, recursive: true },
-      { source: '/h/d', target: '/etc/x/sub', readOnly: false, file: false, recursive: false },
-      { source: '/h/ro', target: '/opt/ro', readOnly: true, file: false, recursive: true },
-    ],
-    [],
-    '/pods/p1/main.mnt',
-  );
-  // The sources are bound on the namespace's tmpfs first, before any overlay could hide them.
-  assert.match(s, /^S='\/pods\/p1\/main.mnt'$/m);
-  assert.match(s, /mount -t tmpfs -o mode=0700 clustermesh-lab "\$S\/t"/);
-  assert.match(s, /^mkdir "\$S\/t\/src" "\$S\/t\/src\/0" "\$S\/t\/src\/2" "\$S\/t\/src\/3" "\$S\/t\/1" "\$S\/t\/1\/upper" "\$S\/t\/1\/work" .* "\$S\/t\/3\/work"$/m, 'the staging dirs and the overlays\' dirs (one per top-level target) in one mkdir');
-  // A read-only plain bind is read-only from its staging on (mount binds and remounts in one process).
-  assert.match(s, /^mount --bind -o ro '\/v\/it'\\''s' "\$S\/t\/src\/0"$/m);
-  assert.match(s, /^mount --rbind '\/h\/ro' "\$S\/t\/src\/3"$/m);
-  assert.match(s, /: > "\$S\/t\/src\/1"\nmount --rbind '\/h\/f' "\$S\/t\/src\/1"/);
-  // Mount points: the top-level targets through point (an overlay where the machine lacks one), a nested one inside its volume.
-  assert.match(s, /^point '\/etc\/x' d$/m);
-  assert.match(s, /^point '\/usr\/bin\/tool' f$/m);
-  assert.doesNotMatch(s, /^point '\/etc\/x\/sub'/m);
-  assert.match(s, /\[ -d '\/etc\/x\/sub' \] \|\| mkdir -p '\/etc\/x\/sub'\nmount --move "\$S\/t\/src\/2" '\/etc\/x\/sub'/);
-  assert.match(s, /mount --move "\$S\/t\/src\/0" '\/etc\/x'\n(?!mount -o remount)/);
-  assert.match(s, /mount --move "\$S\/t\/src\/3" '\/opt\/ro'\nmount -o remount,bind,ro '\/opt\/ro'/, 'a recursive bind is made read-only after its move');
-  // Path arithmetic and the mount table in the shell and one awk: no dirname, realpath on the usual path, findmnt, sort.
-  assert.doesNotMatch(s, /\$\(dirname|findmnt|\| *sort/);
-  assert.match(s, /mount -t overlay clustermesh-lab -o "lowerdir=\$a,upperdir=\$d\/upper,workdir=\$d\/work" "\$S\/r"/);
-  assert.match(s, /pivot_root \. "\.\$S\/old"/);
-  assert.doesNotMatch(s, /mkdir -p '\/etc\/x'$/m, 'no mount point made directly on the machine');
-  assert.match(s, /exec "\$@"\n$/);
-  assert.doesNotMatch(s, /make-slave/);
-  assert.match(mountScript([], ['/run/b'], '/s'), /case "\$t" in '\/run\/b'\|'\/run\/b'\/\*\) ;; \*\) mount --make-slave/);
+test('podstart argv: held start, cgroup, netns or a mount namespace of its own, mount flags, bidirectional sources, the program after --', () => {
+  const mounts = [
+    { source: "/v/it's", target: '/etc/x', readOnly: true, file: false, recursive: false },
+    { source: '/h/f', target: '/usr/bin/tool', readOnly: false, file: true, recursive: true },
+    { source: '/h/d', target: '/etc/x/sub', readOnly: false, file: false, recursive: false },
+  ];
+  const a = podstartArgv({ hold: true, cgroup: '/cg/n1', netns: 'pod-1', mounts: { list: mounts, bidirectional: ['/h/d'], scratch: '/pods/p1/main.mnt' } }, ['sh', '-c', 'exec "$@"']);
+  assert.equal(a[0], PODSTART_BIN);
+  assert.deepEqual(a.slice(1), [
+    '--hold', '--cgroup', '/cg/n1', '--netns', 'pod-1', '--scratch', '/pods/p1/main.mnt',
+    '--mount', 'r', "/v/it's", '/etc/x', '--mount', 'fR', '/h/f', '/usr/bin/tool', '--mount', '-', '/h/d', '/etc/x/sub',
+    '--bidirectional', '/h/d', '--', 'sh', '-c', 'exec "$@"',
+  ]);
+  // A hostNetwork pod: no netns; with mounts, a mount namespace of its own.
+  assert.deepEqual(podstartArgv({ mountNs: 'unchanged', mounts: { list: mounts.slice(0, 1), bidirectional: [], scratch: '/s' } }, ['p']).slice(1), ['--mount-ns', 'unchanged', '--scratch', '/s', '--mount', 'r', "/v/it's", '/etc/x', '--', 'p']);
+  assert.deepEqual(podstartArgv({}, ['p', '--x']).slice(1), ['--', 'p', '--x']);
+  assert.throws(() => podstartArgv({ mounts: { list: mounts, bidirectional: [], scratch: '/s' } }, ['p']), /mount namespace of their own/);
 });

@@ -1,10 +1,11 @@
 // The pure parts of how the lab's kubelet (kubelet.ts) runs a Pod spec with
 // no image: environment ($(VAR) expansion, fieldRef, ConfigMap and Secret
 // keys), the files of ConfigMap and Secret volumes, where a hostPath lands on
-// a node, which CNI configuration of a directory is used, and the shell
-// script that sets up a container's private mount namespace before it execs
-// the command. No I/O here (unit tests: pod-spec.test.ts).
-import { posix } from 'node:path';
+// a node, which CNI configuration of a directory is used, and the argv of
+// clustermesh-podstart (src/lab/podstart-c), which enters a container's
+// cgroup and namespaces and makes its mounts before it execs the command.
+// No I/O here (unit tests: pod-spec.test.ts).
+import { posix, resolve } from 'node:path';
 import type { V1ConfigMap, V1Container, V1Pod, V1Secret, V1Volume } from '@kubernetes/client-node';
 
 /**
@@ -235,116 +236,44 @@ export interface ContainerMount {
   recursive: boolean;
 }
 
-const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+/** The lab kubelet's container start, built by scripts/setup.sh (`make -C src/lab/podstart-c`) into dist/lab/. */
+export const PODSTART_BIN = resolve(import.meta.dirname, '..', '..', 'dist', 'lab', 'clustermesh-podstart');
+
+/** How PODSTART_BIN starts a command. */
+export interface PodStart {
+  /** Wait for "run" on stdin first (src/util/held-start.ts's protocol: spawn with stdin 'pipe', then recordThenRelease). */
+  hold?: boolean;
+  /** Join this cgroup (the node's) before anything else runs. */
+  cgroup?: string;
+  /** Run in this network namespace, as `ip netns exec` would (which gives a mount namespace of its own too). */
+  netns?: string;
+  /** Without netns: a mount namespace of its own, every mount a slave ('slave') or as it is ('unchanged', for bidirectional mounts). */
+  mountNs?: 'slave' | 'unchanged';
+  /** The bind mounts, made in that mount namespace (a directory of the pod for scratch, see PODSTART_BIN's source). */
+  mounts?: { list: ContainerMount[]; bidirectional: string[]; scratch: string };
+}
 
 /**
- * Shell functions of mountScript: `point T d|f` makes a mount point the
- * machine lacks without touching the machine: an overlay over T's deepest
- * existing ancestor A (upper and work dir on the tmpfs this namespace has at
- * $S/t), mounted at $S/r, with the mounts that were under A bound again inside
- * it (the top ones; rbind brings theirs), then moved onto A -- or, when A is
- * `/`, made the namespace's root with pivot_root -- and T made in it. A's
- * contents show through. An ancestor inside an overlay already made gets the
- * mount point directly.
+ * argv that runs `argv` as `o` says, in one process that execs it at the end
+ * (src/lab/podstart-c/clustermesh-podstart.c): the held start, the cgroup, the
+ * namespaces and the container's mounts. Mount points the machine lacks are
+ * made in overlays inside the namespace, never on the machine; a target under
+ * another mount's target gets its mount point inside that volume (as a
+ * container runtime makes it); `bidirectional` sources stay peers of the
+ * machine's mounts, so a mount made under them inside shows outside.
  */
-const POINT_FUNCTIONS = `OVL=''
-n=0
-W=$PWD
-inside() { for o in $OVL; do case "$1" in "$o"|"$o"/*) return 0 ;; esac; [ "$o" = / ] && return 0; done; return 1; }
-up() { case "$1" in */*) u=\${1%/*}; [ -n "$u" ] || u=/ ;; *) u=. ;; esac; }
-overlay() {
-  a=$1; n=$((n+1)); d="$S/t/$n"
-  [ -d "$d/work" ] || mkdir -p "$d/upper" "$d/work"
-  mount -t overlay clustermesh-lab -o "lowerdir=$a,upperdir=$d/upper,workdir=$d/work" "$S/r"
-  awk -v a="$a" -v r="$S/r" '
-    function un(s) { gsub(/\\\\040/, " ", s); gsub(/\\\\011/, "\\t", s); gsub(/\\\\012/, "\\n", s); gsub(/\\\\134/, "\\\\", s); return s }
-    BEGIN { p = a == "/" ? "/" : a "/" }
-    { m = un($5) } index(m, p) != 1 || m == a || m == r { next }
-    { seen[m] = 1 }
-    END { for (m in seen) { top = 1; for (k in seen) if (index(m, k "/") == 1) { top = 0; break }; if (top) print m } }' /proc/self/mountinfo > "$d/mounts"
-  while read -r m; do
-    if [ "$a" = / ]; then t="$S/r$m"; else t="$S/r\${m#"$a"}"; fi
-    if [ -d "$m" ]; then [ -d "$t" ] || mkdir -p "$t"; elif [ ! -e "$t" ]; then up "$t"; mkdir -p "$u"; : > "$t"; fi
-    mount --rbind "$m" "$t"
-  done < "$d/mounts"
-  if [ "$1" = / ]; then
-    cd "$S/r"
-    pivot_root . ".$S/old"
-    umount -l "$S/old"
-    cd "$W" 2>/dev/null || cd /
-  else
-    mount --move "$S/r" "$1"
-  fi
-  OVL="$OVL $1"
-}
-point() {
-  [ -e "$1" ] || [ -L "$1" ] && return 0
-  up "$1"; a=$u; while [ ! -e "$a" ]; do up "$a"; a=$u; done
-  if cd -P "$a" 2>/dev/null; then a=$PWD; cd "$W" 2>/dev/null || cd /; else a=$(realpath "$a"); fi
-  inside "$a" || overlay "$a"
-  if [ "$2" = f ]; then up "$1"; [ -d "$u" ] || mkdir -p "$u"; : > "$1"; else mkdir -p "$1"; fi
-}
-`;
-
-/** The dirs of a mount script's scratch dir (made by the caller when it can: then the script only tests them). */
-export const MOUNT_SCRATCH_DIRS = ['t', 'r', 'old'];
-
-/**
- * The shell script that makes a container's mounts in its private mount
- * namespace and then execs the command ("$@"). `bidirectional` sources stay
- * peers of the machine's mounts (everything else is made a slave first), so
- * a mount made under them inside the container shows on the machine (the
- * script runs under `unshare --mount --propagation unchanged` then).
- *
- * `scratch` (a directory of the pod) is where the script works: a tmpfs of
- * the namespace at `<scratch>/t`, where every source is bound first (so an
- * overlay made later cannot hide its real path); mount points the machine
- * lacks are made in overlays (POINT_FUNCTIONS; nothing is created on the
- * machine but `<scratch>/r` and `<scratch>/old`); then each staged source is
- * moved onto its target. A target under another mount's target gets its
- * mount point inside that volume (as a container runtime makes it).
- */
-export function mountScript(mounts: ContainerMount[], bidirectional: string[], scratch: string): string {
-  const lines = ['set -e'];
-  if (bidirectional.length) {
-    const keep = bidirectional.map((b) => `${q(b)}|${q(b)}/*`).join('|');
-    lines.push(`findmnt -rn -o TARGET | while read -r t; do case "$t" in ${keep}) ;; *) mount --make-slave "$t" 2>/dev/null || true ;; esac; done`);
+export function podstartArgv(o: PodStart, argv: readonly string[]): string[] {
+  const out = [PODSTART_BIN];
+  if (o.hold) out.push('--hold');
+  if (o.cgroup !== undefined) out.push('--cgroup', o.cgroup);
+  if (o.netns !== undefined) out.push('--netns', o.netns);
+  else if (o.mountNs !== undefined) out.push('--mount-ns', o.mountNs);
+  if (o.mounts?.list.length) {
+    if (o.netns === undefined && o.mountNs === undefined) throw new Error('podstartArgv: mounts need a mount namespace of their own (netns or mountNs)');
+    out.push('--scratch', o.mounts.scratch);
+    for (const m of o.mounts.list) out.push('--mount', `${m.readOnly ? 'r' : ''}${m.file ? 'f' : ''}${m.recursive ? 'R' : ''}` || '-', m.source, m.target);
+    for (const b of o.mounts.bidirectional) out.push('--bidirectional', b);
   }
-  // Few processes: each is ~10-20 ms on a loaded machine, and a pod's start waits for all of them.
-  // The scratch dirs are made by the caller when it can (then the test is all).
-  const nested = (i: number): boolean => mounts.slice(0, i).some((o) => isUnder(mounts[i]!.target, o.target));
-  // The staging dirs, and the upper and work dirs of as many overlays as there may be (one per top-level target).
-  const points = mounts.filter((_, i) => !nested(i)).length;
-  const dirs = [
-    ...mounts.map((m, i) => (m.file ? undefined : `"$S/t/src/${i}"`)).filter((x) => x !== undefined),
-    ...Array.from({ length: points }, (_, k) => [`"$S/t/${k + 1}"`, `"$S/t/${k + 1}/upper"`, `"$S/t/${k + 1}/work"`]).flat(),
-  ];
-  lines.push(`S=${q(scratch)}`, `${MOUNT_SCRATCH_DIRS.map((d) => `[ -d "$S/${d}" ]`).join(' && ')} || mkdir -p ${MOUNT_SCRATCH_DIRS.map((d) => `"$S/${d}"`).join(' ')}`, 'mount -t tmpfs -o mode=0700 clustermesh-lab "$S/t"', ['mkdir "$S/t/src"', ...dirs].join(' '));
-  lines.push(POINT_FUNCTIONS);
-  // A read-only plain bind is made read-only as it is staged (one process: mount binds, then remounts);
-  // a recursive one after its move, as `-o ro` with --rbind changes only its top mount either way.
-  const roAtBind = (m: ContainerMount): boolean => m.readOnly && !m.recursive;
-  mounts.forEach((m, i) => {
-    const st = `"$S/t/src/${i}"`;
-    if (m.file) lines.push(`: > ${st}`);
-    lines.push(`mount ${m.recursive ? '--rbind' : '--bind'}${roAtBind(m) ? ' -o ro' : ''} ${q(m.source)} ${st}`);
-  });
-  mounts.forEach((m, i) => {
-    if (!nested(i)) lines.push(`point ${q(m.target)} ${m.file ? 'f' : 'd'}`);
-  });
-  mounts.forEach((m, i) => {
-    const t = q(m.target);
-    if (nested(i)) lines.push(m.file ? `[ -e ${t} ] || { up ${t}; [ -d "$u" ] || mkdir -p "$u"; : > ${t}; }` : `[ -d ${t} ] || mkdir -p ${t}`);
-    lines.push(`mount --move "$S/t/src/${i}" ${t}`);
-    if (m.readOnly && !roAtBind(m)) lines.push(`mount -o remount,bind,ro ${t}`);
-  });
-  lines.push('exec "$@"');
-  return lines.join('\n') + '\n';
-}
-
-/** `p` is `dir` or below it (normalized absolute paths). */
-function isUnder(p: string, dir: string): boolean {
-  const a = posix.normalize(p);
-  const b = posix.normalize(dir).replace(/\/$/, '');
-  return a === b || a.startsWith(`${b}/`);
+  out.push('--', ...argv);
+  return out;
 }
