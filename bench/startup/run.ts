@@ -37,7 +37,7 @@
 //           once ready (one sample per pod), lab_echo_pss_mb: their Pss (the node binary's shared
 //           pages split among the pods that map them); lab_agent_rss_mb: the lab's agents then;
 //           pod_stage_<stage>_ms / pod_step_<stage>_ms: when each stage of a pod's start ended after
-//           the apply / how long it took (created and bound from the API, the rest from the kubelets'
+//           the apply / how long it took (bound from the API server's log, the rest from the kubelets'
 //           'pod start stages' lines), printed as a table of medians and 90th percentiles.
 // Results: bench/results/startup-partial.json, or startup.json with --write (a full run only:
 // the published table reads that file).
@@ -380,7 +380,7 @@ if (runs('cni') || runs('agent')) {
  * per stage, the median and 90th percentile of when it ended after the apply and of how long it took
  * (from the stage before it); samples pod_stage_<stage>_ms (after the apply) and pod_step_<stage>_ms.
  */
-function podStages(lab: string, clusters: string[], applyAt: number, pods: number, podList: (cluster: string) => Array<{ metadata?: { name?: string; namespace?: string; creationTimestamp?: string } }>): void {
+function podStages(lab: string, clusters: string[], applyAt: number, pods: number): void {
   const dir = labDir(lab);
   const lines = (file: string): Array<Record<string, unknown>> =>
     existsSync(file)
@@ -391,7 +391,8 @@ function podStages(lab: string, clusters: string[], applyAt: number, pods: numbe
       : [];
   const at = new Map<string, Record<string, number>>();
   for (const c of clusters) {
-    for (const p of podList(c)) at.set(`${c}/${p.metadata?.namespace}/${p.metadata?.name}`, { created: Date.parse(p.metadata?.creationTimestamp ?? '') - applyAt });
+    // No 'created' stage: creationTimestamp has a resolution of one second (RFC 3339 without a fraction),
+    // so it read as up to a second before the apply. The scheduler's 'bound' line has milliseconds.
     for (const l of lines(join(dir, c, 'kube-api', 'kube-apiserver.log'))) if (l.msg === 'scheduler: bound') at.set(`${c}/${String(l.pod)}`, { ...at.get(`${c}/${String(l.pod)}`), bound: Date.parse(String(l.time)) - applyAt });
     for (const n of readdirSync(join(dir, c)).filter((x) => existsSync(join(dir, c, x, 'kubelet.log')))) {
       for (const l of lines(join(dir, c, n, 'kubelet.log'))) {
@@ -469,16 +470,7 @@ if (runs('pods')) {
     }
     const nodes = JSON.parse(cm(['lab', 'get', 'nodes', '--lab', lab, '-o', 'json'])) as Array<{ agent: { pid: number | null } }>;
     nodes.forEach((n, j) => n.agent.pid && add('compiled', 'lab_agent_rss_mb', 'MB', j, procStatus(n.agent.pid).VmRSS!, { pods: pods.length }));
-    // Creation times from the API (seconds: what creationTimestamp holds); kubectl on this host, with the lab's kubeconfig.
-    podStages(lab, clusters, applyAt, pods.length, (c) => {
-      try {
-        const out = execFileSync('kubectl', ['--kubeconfig', join(labDir(lab), 'kubeconfig'), '--context', c, 'get', 'pods', '-A', '-o', 'json'], { encoding: 'utf8', maxBuffer: 64 << 20, timeout: 120_000 });
-        return (JSON.parse(out) as { items: [] }).items;
-      } catch (e) {
-        console.error(`pods: no creation times of ${c}: ${(e as Error).message.split('\n')[0]}`);
-        return [];
-      }
-    });
+    podStages(lab, clusters, applyAt, pods.length);
   } finally {
     try {
       cm(['lab', 'down', '--lab', lab]);
