@@ -6,91 +6,12 @@
 // that fails keeps the agents and is said once. Without it (a lab), a stream
 // that ends stays ended. Fake agents: the real API server on unix sockets,
 // real AgentClients.
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { startApiServer, type ApiHandlers, type ApiServer } from '../agent/api.ts';
-import { FlowStore, toFlow, type Flow } from '../agent/flows.ts';
-import { event, namer } from '../agent/flows.test-helper.ts';
-import type { AgentStatus } from '../agent/status.ts';
+import { fakeAgent, nodeAt, targetsOf, until } from '../agent/fake-agent.test-helper.ts';
+import type { Flow } from '../agent/flows.ts';
 import { FlowFollower } from './observe-follow.ts';
-import type { NodeTarget, Targets } from './targets.ts';
-
-const silent = { info() {}, warn() {}, error() {}, debug() {} };
-
-interface FakeAgent {
-  socket: string;
-  followers: () => number;
-  /** A new flow to `dstPort` (to the followers, and kept). */
-  add(dstPort: number, at?: Date): void;
-  server: ApiServer;
-}
-
-let dir = '';
-after(() => (dir ? rm(dir, { recursive: true, force: true }) : undefined));
-
-async function fakeAgent(name: string, tag: number, ...kept: Array<[number, Date]>): Promise<FakeAgent> {
-  dir ||= await mkdtemp(join(tmpdir(), 'cm-observe-follow-'));
-  const store = new FlowStore(16);
-  const add = (dstPort: number, at = new Date()): void => store.add(toFlow(event({ dstIp: '10.102.1.12', dstPort, protocol: 6 }), namer, at));
-  for (const [port, at] of kept) add(port, at);
-  let followers = 0;
-  const handlers: ApiHandlers = {
-    addEndpoint: async () => Promise.reject(new Error('no')),
-    deleteEndpoint: async () => Promise.reject(new Error('no')),
-    listEndpoints: () => [],
-    status: () => ({ node: { name, cluster: 'c1' } }) as unknown as AgentStatus,
-    listServices: () => [],
-    policy: () => ({ endpoints: [] }) as never,
-    health: () => ({ ready: true, phase: 'ready' }),
-    flows: (q) => store.query(q),
-    followFlows: (w, q) => {
-      followers++;
-      const stop = store.follow(w, q);
-      let done = false;
-      return () => {
-        if (done) return;
-        done = true;
-        followers--;
-        stop();
-      };
-    },
-    cni: async () => ({ stdout: '{}', exitCode: 0 }),
-  };
-  const socket = join(dir, `${name}-${tag}.sock`);
-  const server = await startApiServer(socket, handlers, silent);
-  return { socket, followers: () => followers, add, server };
-}
-
-const nodeAt = (name: string, socket: string, context = 'c1'): NodeTarget => ({
-  key: `c1/${name}`,
-  name,
-  cluster: 'c1',
-  socket,
-  pinDir: undefined,
-  netns: undefined,
-  underlayIP: undefined,
-  configDir: undefined,
-  clusterId: 1,
-  context,
-});
-const targetsOf = (nodes: NodeTarget[], more: Partial<Targets> = {}): Targets => ({
-  lab: undefined,
-  clusters: [{ name: 'c1', id: 1, etcd: undefined, etcdSource: undefined, remoteConfigDir: undefined, lab: undefined }],
-  nodes,
-  ...more,
-});
-
-async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 15_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await ok()) return;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  assert.fail(`timed out waiting for ${what}`);
-}
+import type { Targets } from './targets.ts';
 
 const ago = (ms: number): Date => new Date(Date.now() - ms);
 

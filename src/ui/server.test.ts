@@ -4,89 +4,11 @@
 // view); an agent restarted elsewhere is dialled where it is now, at once when
 // its stream fails; a node gone is let go; a resolution that fails keeps the
 // agents in use and is said once.
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { startApiServer, type ApiHandlers, type ApiServer } from '../agent/api.ts';
-import { FlowStore, toFlow } from '../agent/flows.ts';
-import { event, namer } from '../agent/flows.test-helper.ts';
-import type { AgentStatus } from '../agent/status.ts';
-import type { NodeTarget, Targets } from '../cli/targets.ts';
+import { fakeAgent, nodeAt, targetsOf, until } from '../agent/fake-agent.test-helper.ts';
+import type { Targets } from '../cli/targets.ts';
 import { UiServer } from './server.ts';
-
-const silent = { info() {}, warn() {}, error() {}, debug() {} };
-
-interface FakeAgent {
-  socket: string;
-  followers: () => number;
-  server: ApiServer;
-}
-
-let dir = '';
-after(() => (dir ? rm(dir, { recursive: true, force: true }) : undefined));
-
-/** An agent API on a unix socket whose flow store holds one flow to `dstPort`. */
-async function fakeAgent(name: string, dstPort: number): Promise<FakeAgent> {
-  dir ||= await mkdtemp(join(tmpdir(), 'cm-ui-server-'));
-  const store = new FlowStore(16);
-  store.add(toFlow(event({ dstIp: '10.102.1.12', dstPort, protocol: 6 }), namer, new Date()));
-  let followers = 0;
-  const handlers: ApiHandlers = {
-    addEndpoint: async () => Promise.reject(new Error('no')),
-    deleteEndpoint: async () => Promise.reject(new Error('no')),
-    listEndpoints: () => [],
-    status: () => ({ node: { name, cluster: 'c1' } }) as unknown as AgentStatus,
-    listServices: () => [],
-    policy: () => ({ endpoints: [] }) as never,
-    health: () => ({ ready: true, phase: 'ready' }),
-    flows: (q) => store.query(q),
-    followFlows: (w, q) => {
-      followers++;
-      const stop = store.follow(w, q);
-      let done = false;
-      return () => {
-        if (done) return; // the API may call it on both close and error
-        done = true;
-        followers--;
-        stop();
-      };
-    },
-    cni: async () => ({ stdout: '{}', exitCode: 0 }),
-  };
-  const socket = join(dir, `${name}-${dstPort}.sock`);
-  const server = await startApiServer(socket, handlers, silent);
-  return { socket, followers: () => followers, server };
-}
-
-const nodeAt = (name: string, socket: string, context = 'c1'): NodeTarget => ({
-  key: `c1/${name}`,
-  name,
-  cluster: 'c1',
-  socket,
-  pinDir: undefined,
-  netns: undefined,
-  underlayIP: undefined,
-  configDir: undefined,
-  clusterId: 1,
-  context,
-});
-const targetsOf = (nodes: NodeTarget[], more: Partial<Targets> = {}): Targets => ({
-  lab: undefined,
-  clusters: [{ name: 'c1', id: 1, etcd: undefined, etcdSource: undefined, remoteConfigDir: undefined, lab: undefined }],
-  nodes,
-  ...more,
-});
-
-async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 15_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await ok()) return;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  assert.fail(`timed out waiting for ${what}`);
-}
 
 /** The destination ports of the view's edges ('TCP 2002' -> 2002). */
 const edgePorts = async (url: string): Promise<number[]> => {
@@ -95,8 +17,8 @@ const edgePorts = async (url: string): Promise<number[]> => {
 };
 
 test('periodic resolution: a node added is followed, a node gone let go, a failed resolution keeps the agents', async () => {
-  const a = await fakeAgent('node1', 1001);
-  const b = await fakeAgent('node2', 2002);
+  const a = await fakeAgent('node1', 1001, [1001, new Date()]);
+  const b = await fakeAgent('node2', 2002, [2002, new Date()]);
   let next: () => Promise<Targets> = async () => targetsOf([nodeAt('node1', a.socket)]);
   const warnings: string[] = [];
   const ui = new UiServer({ targets: await next(), address: '127.0.0.1', port: 0, refreshMs: 3_600_000, resolveMs: 100, retryMs: 100, resolve: () => next(), warn: (s) => warnings.push(s) });
@@ -131,8 +53,8 @@ test('periodic resolution: a node added is followed, a node gone let go, a faile
 });
 
 test('a failed stream resolves again at once: an agent restarted elsewhere is dialled where it is now', async () => {
-  const old = await fakeAgent('node1', 1001);
-  const moved = await fakeAgent('node1', 1111);
+  const old = await fakeAgent('node1', 1001, [1001, new Date()]);
+  const moved = await fakeAgent('node1', 1111, [1111, new Date()]);
   let next = targetsOf([nodeAt('node1', old.socket)]);
   let resolutions = 0;
   // No periodic resolution within the test: only the failed stream can trigger one.
