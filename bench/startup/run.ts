@@ -380,6 +380,9 @@ if (runs('cni') || runs('agent')) {
  * per stage, the median and 90th percentile of when it ended after the apply and of how long it took
  * (from the stage before it); samples pod_stage_<stage>_ms (after the apply) and pod_step_<stage>_ms.
  */
+/** The bench's echo pods (the Deployment `echo` in `default`): not the lab's own (DNS), started before the apply. */
+const BENCH_PODS = 'default/echo-';
+
 function podStages(lab: string, clusters: string[], applyAt: number, pods: number): void {
   const dir = labDir(lab);
   const lines = (file: string): Array<Record<string, unknown>> =>
@@ -393,10 +396,10 @@ function podStages(lab: string, clusters: string[], applyAt: number, pods: numbe
   for (const c of clusters) {
     // No 'created' stage: creationTimestamp has a resolution of one second (RFC 3339 without a fraction),
     // so it read as up to a second before the apply. The scheduler's 'bound' line has milliseconds.
-    for (const l of lines(join(dir, c, 'kube-api', 'kube-apiserver.log'))) if (l.msg === 'scheduler: bound') at.set(`${c}/${String(l.pod)}`, { ...at.get(`${c}/${String(l.pod)}`), bound: Date.parse(String(l.time)) - applyAt });
+    for (const l of lines(join(dir, c, 'kube-api', 'kube-apiserver.log'))) if (l.msg === 'scheduler: bound' && String(l.pod).startsWith(BENCH_PODS)) at.set(`${c}/${String(l.pod)}`, { ...at.get(`${c}/${String(l.pod)}`), bound: Date.parse(String(l.time)) - applyAt });
     for (const n of readdirSync(join(dir, c)).filter((x) => existsSync(join(dir, c, x, 'kubelet.log')))) {
       for (const l of lines(join(dir, c, n, 'kubelet.log'))) {
-        if (l.msg !== 'pod start stages') continue;
+        if (l.msg !== 'pod start stages' || !String(l.pod).startsWith(BENCH_PODS)) continue;
         const ms = l.ms as Record<string, number | string>;
         const seen = Date.parse(String(ms.seen)) - applyAt;
         const row = at.get(`${c}/${String(l.pod)}`) ?? {};
