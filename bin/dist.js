@@ -5,14 +5,18 @@
 // dist/js/ is two levels below the repository root on purpose: modules find
 // the repository (bin/, examples/, bpf/) at import.meta.dirname/../.., as
 // they do from src/<dir>/ when run through tsx.
-import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+//
+// CommonJS (bin/package.json), as bin/clustermesh.js: `--help` loads this
+// without starting Node's ES module loader.
+'use strict';
+const { readdirSync, readFileSync, statSync } = require('node:fs');
+const { join } = require('node:path');
 
-export const ROOT = join(import.meta.dirname, '..');
-export const DIST = join(ROOT, 'dist', 'js');
-export const STAMP = join(DIST, 'BUILD.json');
+const ROOT = join(__dirname, '..');
+const DIST = join(ROOT, 'dist', 'js');
+const STAMP = join(DIST, 'BUILD.json');
 /** In DIST: what `clustermesh --help` prints, rendered at build time by the program built (scripts/build.mjs). */
-export const HELP_FILE = 'help.json';
+const HELP_FILE = 'help.json';
 
 const isSource = (name) => name.endsWith('.ts') && !name.endsWith('.test.ts') && !name.endsWith('.test-helper.ts');
 
@@ -21,7 +25,7 @@ const isSource = (name) => name.endsWith('.ts') && !name.endsWith('.test.ts') &&
  * and the sources in them (tests and test helpers excluded), plus the build
  * script and package-lock.json (the bundler's version).
  */
-export function buildInputs() {
+function buildInputs() {
   const dirs = [];
   const files = ['package-lock.json', 'scripts/build.mjs'];
   const walk = (rel) => {
@@ -36,7 +40,7 @@ export function buildInputs() {
 }
 
 /** The stamp the last build or check wrote: { hash, checkedMs, dirs, files }, or undefined. */
-export function readStamp() {
+function readStamp() {
   try {
     return JSON.parse(readFileSync(STAMP, 'utf8'));
   } catch {
@@ -52,7 +56,7 @@ export function readStamp() {
  * touch without a change only costs tsx starts until the setup step rechecks
  * the content hash.
  */
-export function distStaleness() {
+function distStaleness() {
   const stamp = readStamp();
   if (!stamp || typeof stamp.checkedMs !== 'number' || !Array.isArray(stamp.files) || !Array.isArray(stamp.dirs)) return 'dist/ is not built';
   // Plain string concatenation: a loop of path.join() gets optimized by V8,
@@ -71,3 +75,5 @@ export function distStaleness() {
   }
   return '';
 }
+
+module.exports = { ROOT, DIST, STAMP, HELP_FILE, buildInputs, readStamp, distStaleness };
