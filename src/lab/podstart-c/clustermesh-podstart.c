@@ -47,25 +47,28 @@
 
 static const char *prog = "clustermesh-podstart";
 
+static void say(const char *kind, const char *fmt, va_list ap) {
+	fprintf(stderr, "%s: %s", prog, kind);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+}
+
+// The setup failed: what and where on stderr (the container's log), and nothing runs.
 static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void die(const char *fmt, ...) {
 	va_list ap;
-	fprintf(stderr, "%s: ", prog);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	say("", fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
 	exit(SETUP_FAILED_EXIT);
 }
 
 static void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void warn(const char *fmt, ...) {
 	va_list ap;
-	fprintf(stderr, "%s: warning: ", prog);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	say("warning: ", fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
 }
 
 static void usage(const char *why) __attribute__((noreturn));
@@ -487,6 +490,7 @@ int main(int argc, char **argv) {
 	if (i >= argc) usage("no program to run (after --)");
 	if (netns && mountns) usage("--netns gives a mount namespace already; --mount-ns is for the node's network namespace");
 	if (nb && !scratch) usage("--mount needs --scratch");
+	if (scratch && scratch[0] != '/') usage("--scratch must be an absolute path");
 	if (nb && !netns && !mountns) usage("--mount needs a mount namespace of its own (--netns or --mount-ns)");
 	if (!getcwd(cwd_at_start, sizeof cwd_at_start)) strcpy(cwd_at_start, "/");
 
