@@ -45,6 +45,7 @@ import type { AgentStatus } from '../agent/status.ts';
 import type { EndpointDeleteResult, EndpointInfo, EndpointRequest } from '../agent/types.ts';
 import { readNodeMetrics } from './datapath.ts';
 import { ipBatch, run, runIn } from './exec.ts';
+import { PollAbort, PollTimeoutError, pollUntil } from '../util/poll.ts';
 import { ManagedProcess, childEnv } from './process.ts';
 import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT } from './prometheus.ts';
 import { recordTopology } from './registry.ts';
@@ -222,26 +223,21 @@ export interface Mesh {
   release(): Promise<void>;
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** Thrown by a wait condition that can never become true (the process it waits for died). */
-class WaitAborted extends Error {}
-
+/**
+ * Waits until `cond` holds (checked after 20 ms, then up to every 250 ms); a
+ * PollAbort from it (the process awaited died) ends the wait at once. On
+ * timeout, the error names what was awaited, the last error, and `explain()`
+ * (e.g. the process's state and log tail).
+ */
 async function waitUntil(what: string, timeoutMs: number, cond: () => Promise<boolean> | boolean, explain?: () => Promise<string> | string): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  let lastErr: unknown;
-  for (let delay = 20; ; delay = Math.min(delay * 2, 250)) {
-    try {
-      if (await cond()) return;
-    } catch (err) {
-      if (err instanceof WaitAborted) throw new Error(`mesh: gave up waiting for ${what}: ${err.message}`);
-      lastErr = err;
-    }
-    if (Date.now() > end) {
-      const more = explain ? await Promise.resolve(explain()).catch(() => '') : '';
-      throw new Error(`mesh: timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? ` (last error: ${(lastErr as Error).message})` : ''}${more ? `\n${more}` : ''}`);
-    }
-    await sleep(delay);
+  try {
+    await pollUntil(async () => (await cond()) || undefined, { timeoutMs, intervalMs: 20, maxIntervalMs: 250, describe: what });
+  } catch (err) {
+    if (err instanceof PollAbort) throw new Error(`mesh: gave up waiting for ${what}: ${err.message}`);
+    if (!(err instanceof PollTimeoutError)) throw err;
+    const more = explain ? await Promise.resolve(explain()).catch(() => '') : '';
+    throw new Error(`mesh: ${err.message}${more ? `\n${more}` : ''}`);
   }
 }
 
@@ -598,7 +594,7 @@ class LabMesh implements Mesh {
       `${c.name}'s apiserver to write cluster-config and its synced canaries`,
       timeoutMs,
       async () => {
-        if (!c.apiserver.running) throw new WaitAborted(c.apiserver.describe(10));
+        if (!c.apiserver.running) throw new PollAbort(c.apiserver.describe(10));
         for (const k of keys) if ((await kv.get(k)) === undefined) return false;
         return true;
       },
@@ -618,7 +614,7 @@ class LabMesh implements Mesh {
           `${a.process.spec.name} to see every other cluster connected and ready`,
           Math.max(1000, timeoutMs - (Date.now() - t0)),
           async () => {
-            if (!a.process.running) throw new WaitAborted(a.process.describe(10));
+            if (!a.process.running) throw new PollAbort(a.process.describe(10));
             last = await this.agentStatus(a.node);
             return others(a).every((name) => last!.remoteClusters.some((r) => r.name === name && r.connected && r.ready));
           },
@@ -634,7 +630,7 @@ class LabMesh implements Mesh {
       `${a.process.spec.name} to answer /healthz`,
       timeoutMs,
       async () => {
-        if (!a.process.running) throw new WaitAborted(a.process.describe(10));
+        if (!a.process.running) throw new PollAbort(a.process.describe(10));
         return (await a.api.health()).ready === true;
       },
       () => a.process.describe(10),

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { PollTimeoutError, pollUntil } from './poll.ts';
+import { PollAbort, PollTimeoutError, pollUntil } from './poll.ts';
 
 test('pollUntil returns the first value that is not undefined or false, asking once a round', async () => {
   const rounds: number[] = [];
@@ -68,4 +68,26 @@ test('pollUntil checks at least once, and once more after its last pause', async
   const t0 = Date.now();
   const v = await pollUntil(() => Date.now() - t0 >= 30 && 'late', { timeoutMs: 30, intervalMs: 1000, describe: 'late' });
   assert.equal(v, 'late');
+});
+
+test('pollUntil: a PollAbort ends the poll at once; pauses grow by doubling up to maxIntervalMs', async () => {
+  let n = 0;
+  const err = await pollUntil(
+    () => {
+      n++;
+      if (n === 3) throw new PollAbort('the agent died');
+      throw new Error('not yet');
+    },
+    { timeoutMs: 5000, intervalMs: 1, describe: 'x' },
+  ).catch((e: unknown) => e);
+  assert.ok(err instanceof PollAbort);
+  assert.equal(err.message, 'the agent died');
+  assert.equal(n, 3);
+  const at: number[] = [];
+  const t0 = Date.now();
+  await pollUntil(() => (at.push(Date.now() - t0), at.length === 6), { timeoutMs: 5000, intervalMs: 10, maxIntervalMs: 40, describe: 'six rounds' });
+  const pauses = at.slice(1).map((t, i) => t - at[i]!);
+  // 10, 20, 40, 40, 40 ms: each at least what was asked (timers never fire early by more than a tick).
+  [10, 20, 40, 40, 40].forEach((want, i) => assert.ok(pauses[i]! >= want - 2, `pause ${i}: ${pauses[i]} ms, want >= ${want}`));
+  assert.ok(at[5]! >= 148, `six rounds in ${at[5]} ms`);
 });

@@ -6,8 +6,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 export interface PollOptions {
   /** How long to keep asking; the check runs at least once, and once more after the last wait. */
   timeoutMs: number;
-  /** The pause between two checks (default 500 ms). */
+  /** The pause between two checks (default 500 ms); with `maxIntervalMs`, the first pause, doubled each round up to it. */
   intervalMs?: number;
+  /** Pauses grow from intervalMs by doubling up to this (quick answers early, fewer checks later). */
+  maxIntervalMs?: number;
   /** What is awaited, for the timeout's message ("deployment/x available"). */
   describe: string;
   /** 'retry' (default): an error thrown by the check is a reason to ask again; 'throw': it ends the poll. */
@@ -19,6 +21,18 @@ export interface PollRound {
   round: number;
   /** Records `reason` as the last one reported; returns undefined, so a check can `return notYet('1/2 ready')`. */
   notYet(reason: unknown): undefined;
+}
+
+/**
+ * Thrown by a check when what it waits for can never hold (the process that
+ * would make it true has died): ends the poll at once, whatever `errors` says,
+ * rejecting with this error.
+ */
+export class PollAbort extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'PollAbort';
+  }
 }
 
 /** The poll gave up: `last` is the last reason, error or value the check reported (undefined when none). */
@@ -36,7 +50,7 @@ export class PollTimeoutError extends Error {
 /**
  * Runs `check` until it returns something other than undefined or false, and
  * returns that. An error it throws is retried (and kept as the last reason)
- * unless `errors: 'throw'`. Throws a PollTimeoutError when `timeoutMs` passes.
+ * unless `errors: 'throw'` or it is a PollAbort. Throws a PollTimeoutError when `timeoutMs` passes.
  */
 export async function pollUntil<T>(check: (r: PollRound) => Promise<T | undefined | false> | T | undefined | false, o: PollOptions): Promise<T> {
   const end = Date.now() + o.timeoutMs;
@@ -53,11 +67,12 @@ export async function pollUntil<T>(check: (r: PollRound) => Promise<T | undefine
       const v = await check({ round, notYet });
       if (v !== undefined && v !== false) return v as T;
     } catch (err) {
-      if (o.errors === 'throw') throw err;
+      if (o.errors === 'throw' || err instanceof PollAbort) throw err;
       last = err;
     }
     if (began >= end) throw new PollTimeoutError(o.describe, o.timeoutMs, last);
-    await sleep(Math.max(0, Math.min(o.intervalMs ?? 500, end - Date.now())));
+    const interval = o.maxIntervalMs === undefined ? (o.intervalMs ?? 500) : Math.min(o.maxIntervalMs, (o.intervalMs ?? 500) * 2 ** Math.min(round, 30));
+    await sleep(Math.max(0, Math.min(interval, end - Date.now())));
   }
 }
 
