@@ -70,6 +70,20 @@
  * fromEntities host, a deny for any identity, or a CIDR deny whose block
  * holds the node's address) still drop it.
  *
+ * Established connections (policy_enforce(), policy_fast()): a packet of a
+ * recorded connection skips the lookups above when their answer is known.
+ * A reply passes on its connection, as the checks would let it. A packet in
+ * the recorded direction passes when cm_policy_verdict says the same checks
+ * (the endpoints, directions and remote identities, the packet having ports
+ * or not) passed by policy at the same revision of policy (cm_policy_rev,
+ * which every writer of cm_policy, cm_policy_enforce and cm_policy_cidr
+ * changes after writing): the verdict is a function of those maps, that
+ * description and the tuple, so it is the one the lookups would give. A
+ * changed policy or a changed identity therefore applies to the next packet
+ * of an existing connection, as before; drops always take the lookups.
+ * bench/programs (--against the datapath before, same run): from_container
+ * with egress + ingress policy 821 -> 691 ns/packet (no policy: 523).
+ *
  * Cost: an endpoint without POLICY_ENFORCE_ACTIVE (no policy) costs one
  * inlined array lookup per check and nothing else. to_container adds an
  * endpoint and an ipcache lookup per packet from the stack (BPF_PROG_TEST_RUN

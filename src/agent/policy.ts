@@ -96,9 +96,10 @@ export function policyTargets(dp: NodeDatapath): {
 } {
   // Every write changes the revision (after it), so the verdicts the
   // datapath cached per connection stop holding (bpf/lib/policy.h).
-  const bump = policyMap.revisionBumper(dp.maps.policyRev);
+  // (A lookup and an update each: read-modify-write, so that no other
+  // writer's bump is ever undone by a counter of this process.)
   const bumped = <T>(r: T): T => {
-    bump();
+    policyMap.bumpRevision(dp.maps.policyRev);
     return r;
   };
   return {

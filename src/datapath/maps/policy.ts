@@ -407,21 +407,3 @@ export function bumpRevision(map: Pick<BpfMap, 'lookup' | 'update'>): number {
   return next;
 }
 
-/**
- * bumpRevision() for one writer that owns cm_policy_rev (the node's agent):
- * reads the map once, then only writes (one syscall a bump).
- */
-export function revisionBumper(map: Pick<BpfMap, 'lookup' | 'update'>): () => number {
-  let rev: number | undefined;
-  return () => {
-    if (rev === undefined) {
-      rev = bumpRevision(map);
-      return rev;
-    }
-    rev = (rev + 1) >>> 0 || 1;
-    const b = Buffer.alloc(REV_VALUE_LAYOUT.size);
-    writeU32(b, REV_VALUE_LAYOUT.fields.rev.offset, rev);
-    map.update(REV_KEY, b);
-    return rev;
-  };
-}
