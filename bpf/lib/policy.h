@@ -324,6 +324,17 @@ static __always_inline bool policy_pkt_after_lb(struct __sk_buff *ctx, int rewri
 	return true;
 }
 
+/* Seconds of CLOCK_MONOTONIC for cm_policy_ct, as ct_now(), from the coarse
+ * clock: the time of the last tick (a few ms behind), read without the clock
+ * source, which on this VM's kvm-clock cost ~30-40 ns a packet
+ * (bench/programs --against). Lifetimes are whole seconds of at least 10: an
+ * expiry at most one second early, when a second boundary falls inside a
+ * tick, is the only difference the agent's GC (monotonicSeconds) could see. */
+static __always_inline __u32 policy_now(void)
+{
+	return bpf_ktime_get_coarse_ns() / CM_NSEC_PER_SEC;
+}
+
 /* TCP flags for the conntrack lifetime, loaded only when conntrack is
  * touched (translation never changes them); 0 for other protocols. */
 static __always_inline __u8 policy_tcp_flags(struct __sk_buff *ctx, const struct policy_pkt *p)
@@ -385,7 +396,7 @@ static __always_inline bool policy_ct_is_reply(struct __sk_buff *ctx, const stru
 		.proto = p->proto,
 	};
 	struct policy_ct_value *v = bpf_map_lookup_elem(&cm_policy_ct, &key);
-	__u32 now = ct_now();
+	__u32 now = policy_now();
 	__u8 tcp_flags;
 	__u16 flags;
 
@@ -417,7 +428,7 @@ static __always_inline void policy_ct_refresh(struct __sk_buff *ctx, const struc
 					      struct policy_ct_value *v)
 {
 	__u8 tcp_flags = policy_tcp_flags(ctx, p);
-	__u32 now = ct_now();
+	__u32 now = policy_now();
 	__u16 flags = ct_flags_after(v->flags, p->proto, tcp_flags);
 
 	now += ct_timeout(p->proto, tcp_flags, flags);
@@ -479,7 +490,7 @@ __cm_global int policy_ct_record(struct __sk_buff *ctx, const struct policy_pkt 
 			return 0;
 		tcp_flags = policy_tcp_flags(ctx, p);
 		init.flags = ct_flags_after(0, p->proto, tcp_flags);
-		init.lifetime = ct_now() + ct_timeout(p->proto, tcp_flags, init.flags);
+		init.lifetime = policy_now() + ct_timeout(p->proto, tcp_flags, init.flags);
 		bpf_map_update_elem(&cm_policy_ct, &key, &init, BPF_ANY);
 	}
 	if (!store)
