@@ -373,6 +373,22 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
     assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 80, 40002, 0x12))), 'DROP_POLICY');
   });
 
+  it('bumpRevision(): a new map starts at a random value, then counts up, never through 0', () => {
+    const set = (rev: number): void => {
+      const b = Buffer.alloc(4);
+      b.writeUInt32LE(rev);
+      revMap.update(Buffer.alloc(4), b);
+    };
+    set(0);
+    const first = policy.bumpRevision(revMap);
+    assert.notEqual(first, 0);
+    assert.equal(policy.revision(revMap), first);
+    set(41);
+    assert.equal(policy.bumpRevision(revMap), 42);
+    set(0xffffffff);
+    assert.equal(policy.bumpRevision(revMap), 1);
+  });
+
   it('services: policy sees the backend, and the reply passes through reverse NAT via conntrack', () => {
     const VIP = '10.96.0.10';
     const p = planFrontend({
