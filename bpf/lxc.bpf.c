@@ -146,8 +146,9 @@ static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
 {
 	const struct endpoint_info *src_ep, *dst_ep;
 	const struct ipcache_value *info = NULL;
+	struct policy_verdict sig = {};
 	struct policy_pkt orig, pkt;
-	bool track = false;
+	__u8 drop_dir = DIR_EGRESS;
 #ifndef CM_VARIANT_NO_LB
 	struct lb4_tuple t;
 #endif
@@ -196,20 +197,20 @@ static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
 	/* Egress of the sender, then (local destination) ingress of the
 	 * receiver: both must pass. A drop reports the side whose policy said
 	 * no in its direction. */
-	ret = policy_check(ctx, src_ep->endpoint_id, DIR_EGRESS, dst_identity, &pkt, &orig,
-			   &track);
-	if (ret == 0 && dst_ep) {
-		ret = policy_check(ctx, dst_ep->endpoint_id, DIR_INGRESS, src_ep->identity,
-				   &pkt, &orig, &track);
-		if (ret < 0)
-			tc->dir = DIR_INGRESS;
+	sig.egress_ep = src_ep->endpoint_id;
+	sig.egress_remote = dst_identity;
+	sig.checks = POLICY_V_EGRESS;
+	if (dst_ep) {
+		sig.ingress_ep = dst_ep->endpoint_id;
+		sig.ingress_remote = src_ep->identity;
+		sig.checks |= POLICY_V_INGRESS;
 	}
+	ret = policy_enforce(ctx, &sig, &pkt, &orig, &drop_dir);
 	if (ret < 0) {
+		tc->dir = drop_dir;
 		tc->dst_identity = policy_report_identity(dst_identity, pkt.daddr);
 		return ret;
 	}
-	if (track)
-		policy_ct_record(ctx, &pkt);
 
 	if (dst_ep)
 		return ipv4_deliver_local(ctx, eth, ip, dst_ep, tc);
@@ -280,8 +281,9 @@ static __always_inline int handle_ipv4_to_container(struct __sk_buff *ctx, struc
 {
 	const struct ipcache_value *info;
 	const struct endpoint_info *ep;
+	struct policy_verdict sig = {};
 	struct policy_pkt pkt;
-	bool track = false;
+	__u8 drop_dir;
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	__u32 src_identity;
@@ -301,13 +303,14 @@ static __always_inline int handle_ipv4_to_container(struct __sk_buff *ctx, struc
 	tc->src_identity = src_identity;
 
 	policy_pkt_init(ip, tc, &pkt);
-	ret = policy_check(ctx, ep->endpoint_id, DIR_INGRESS, src_identity, &pkt, &pkt, &track);
+	sig.ingress_ep = ep->endpoint_id;
+	sig.ingress_remote = src_identity;
+	sig.checks = POLICY_V_INGRESS;
+	ret = policy_enforce(ctx, &sig, &pkt, &pkt, &drop_dir);
 	if (ret < 0) {
 		tc->src_identity = policy_report_identity(src_identity, pkt.saddr);
 		return ret;
 	}
-	if (track)
-		policy_ct_record(ctx, &pkt);
 	return TC_ACT_OK;
 }
 

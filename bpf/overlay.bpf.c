@@ -34,8 +34,9 @@ static __always_inline int deliver_from_node(struct __sk_buff *ctx, struct trace
 					     __u32 src_identity)
 {
 	const struct endpoint_info *ep;
+	struct policy_verdict sig = {};
 	struct policy_pkt orig, pkt;
-	bool track = false;
+	__u8 drop_dir;
 #ifndef CM_VARIANT_NO_LB
 	struct lb4_tuple t;
 #endif
@@ -58,14 +59,15 @@ static __always_inline int deliver_from_node(struct __sk_buff *ctx, struct trace
 	if (!ep)
 		return -DROP_UNKNOWN_ENDPOINT;
 
-	ret = policy_check(ctx, ep->endpoint_id, DIR_INGRESS, src_identity, &pkt, &orig, &track);
+	sig.ingress_ep = ep->endpoint_id;
+	sig.ingress_remote = src_identity;
+	sig.checks = POLICY_V_INGRESS;
+	ret = policy_enforce(ctx, &sig, &pkt, &orig, &drop_dir);
 	if (ret < 0) {
 		tc->dst_identity = ep->identity;
 		tc->src_identity = policy_report_identity(src_identity, pkt.saddr);
 		return ret;
 	}
-	if (track)
-		policy_ct_record(ctx, &pkt);
 
 	return ipv4_deliver_local(ctx, eth, ip, ep, tc);
 }

@@ -118,12 +118,16 @@ describe('native routing, mixed mesh: clusters 1, 2 native, 3 tunnel; 2 nodes x 
     const dst = pod(2, 2);
     const endpointId = dst.index; // the lab's plans number endpoints by pod index
     const before = counter(dst, DropReason.DROP_POLICY, 'ingress');
+    // Written here as the agent would: the write, then the policy revision (bpf/lib/policy.h).
+    const bump = (): number => withPinnedMap(pinDir(dst), policy.REV_MAP_NAME, (m) => policy.bumpRevision(m));
     withPinnedMap(pinDir(dst), policy.ENFORCE_MAP_NAME, (m) => policy.enforce.update(m, { endpointId }, { active: true, ingress: true, egress: false }));
+    bump();
     try {
       await assert.rejects(ping(src, dst.ip, 3), /exit 1|0 received/, 'no answer under default deny');
       assert.equal(counter(dst, DropReason.DROP_POLICY, 'ingress') - before, 3n, 'three pings, three drops on the destination node');
     } finally {
       withPinnedMap(pinDir(dst), policy.ENFORCE_MAP_NAME, (m) => policy.clearEnforce(m, [endpointId]));
+      bump();
     }
     assert.match(await ping(src, dst.ip, 2), /2 received/, 'allowed again once the policy is gone');
   });

@@ -178,12 +178,14 @@ function main(): void {
 
     const policyMap = m(policy.MAP_NAME);
     const enforceMap = m(policy.ENFORCE_MAP_NAME);
+    const revMap = m(policy.REV_MAP_NAME);
     const settingsMap = m(settings.MAP_NAME);
     const setTrace = (on: boolean): void => settings.set(settingsMap, { traceForward: on });
     const policyOff = (): void => {
       setTrace(false);
       clear(policyMap);
       policy.clearEnforce(enforceMap, [A.endpointId, B.endpointId]);
+      policy.bumpRevision(revMap);
     };
     /** Egress of A and ingress of B enforced, each allowing exactly this traffic on port 8080. */
     const policyOn = (): void => {
@@ -203,6 +205,7 @@ function main(): void {
       );
       policy.updateMany(policyMap, pm.policy);
       policy.enforce.updateMany(enforceMap, pm.enforce);
+      policy.bumpRevision(revMap);
     };
     const tunnel = Buffer.alloc(8);
     tunnel.writeUInt32LE(R.identity, 0);
@@ -222,6 +225,19 @@ function main(): void {
       { name: 'pod_to_local_pod_policy', what: 'from_container → local pod, egress + ingress policy', prog: fromContainer, frame: frame(A.ip, B.ip, 40006, 8080), expect: TcAction.redirect, setup: policyOn },
       { name: 'pod_to_remote_pod_policy', what: 'from_container → tunnel, egress policy', prog: fromContainer, frame: frame(A.ip, R.ip, 40007, 8080), expect: TcAction.redirect, setup: policyOn },
       { name: 'overlay_to_pod_policy', what: 'from_overlay → local pod, ingress policy', prog: () => ovl.program('test_from_overlay'), frame: frame(R.ip, B.ip, 40008, 8080, '0e:00:00:00:00:99'), expect: TcAction.redirect, setup: policyOn },
+      {
+        name: 'overlay_reply_to_pod_policy',
+        what: 'from_overlay → local pod, the reply of a connection A opened (policy on)',
+        prog: () => ovl.program('test_from_overlay'),
+        frame: frame(R.ip, A.ip, 8080, 40009, '0e:00:00:00:00:99'),
+        expect: TcAction.redirect,
+        setup: () => {
+          policyOn();
+          // A -> R:8080 opens the connection whose replies these are.
+          const r = fromContainer().testRun({ data: frame(A.ip, R.ip, 40009, 8080, A.mac, 0x02) });
+          if (r.retval !== TcAction.redirect) throw new Error(`overlay_reply_to_pod_policy: the opening packet got ${r.retval}`);
+        },
+      },
     ];
     // The service case picks a backend by hash: make sure this flow's pick is the local one (try ports).
     const svc = cases.find((c) => c.name === 'pod_to_service_local')!;

@@ -94,22 +94,30 @@ export function policyTargets(dp: NodeDatapath): {
   cidr: ReconcileTarget<policyMap.CidrValue>;
   gcPolicyCt: () => number;
 } {
+  // Every write changes the revision (after it), so the verdicts the
+  // datapath cached per connection stop holding (bpf/lib/policy.h).
+  // (A lookup and an update each: read-modify-write, so that no other
+  // writer's bump is ever undone by a counter of this process.)
+  const bumped = <T>(r: T): T => {
+    policyMap.bumpRevision(dp.maps.policyRev);
+    return r;
+  };
   return {
     policy: {
       list: () => [...policyMap.entries(dp.maps.policy)].map(([k, v]) => [policyKeyString(k), v] as const),
-      update: (k, v) => policyMap.update(dp.maps.policy, parsePolicyKeyString(k), v),
-      delete: (k) => policyMap.remove(dp.maps.policy, parsePolicyKeyString(k)),
+      update: (k, v) => bumped(policyMap.update(dp.maps.policy, parsePolicyKeyString(k), v)),
+      delete: (k) => bumped(policyMap.remove(dp.maps.policy, parsePolicyKeyString(k))),
     },
     enforce: {
       // An array: every slot exists; only those with a flag count as entries.
       list: () => policyMap.enforcedSlots(dp.maps.policyEnforce).map(([id, v]) => [enforceKeyString(id), v] as const),
-      update: (k, v) => policyMap.enforce.update(dp.maps.policyEnforce, { endpointId: Number(k) }, v),
-      delete: (k) => policyMap.clearEnforce(dp.maps.policyEnforce, [Number(k)]),
+      update: (k, v) => bumped(policyMap.enforce.update(dp.maps.policyEnforce, { endpointId: Number(k) }, v)),
+      delete: (k) => bumped(policyMap.clearEnforce(dp.maps.policyEnforce, [Number(k)])),
     },
     cidr: {
       list: () => [...policyMap.cidr.entries(dp.maps.policyCidr)].map(([k, v]) => [policyMap.formatCidrKey(k), v] as const),
-      update: (k, v) => policyMap.cidr.update(dp.maps.policyCidr, policyMap.parseCidrKey(k), v),
-      delete: (k) => policyMap.cidr.remove(dp.maps.policyCidr, policyMap.parseCidrKey(k)),
+      update: (k, v) => bumped(policyMap.cidr.update(dp.maps.policyCidr, policyMap.parseCidrKey(k), v)),
+      delete: (k) => bumped(policyMap.cidr.remove(dp.maps.policyCidr, policyMap.parseCidrKey(k))),
     },
     gcPolicyCt: () => gcPolicyCt(dp.maps.policyCt),
   };

@@ -175,6 +175,8 @@ export interface NodeMaps {
   policyCt: BpfMap;
   /** Prefixes CIDR rules name -> node-local CIDR identity. */
   policyCidr: BpfMap;
+  /** The revision of the three policy maps above (policyMap.bumpRevision after writes). */
+  policyRev: BpfMap;
 }
 
 /** A pinned map whose definition differed from the object's: unpinned at start() and created anew. */
@@ -296,6 +298,7 @@ export class NodeDatapath {
       policyEnforce: o.map(policyMap.ENFORCE_MAP_NAME),
       policyCt: o.map(policyMap.CT_MAP_NAME),
       policyCidr: o.map(policyMap.CIDR_MAP_NAME),
+      policyRev: o.map(policyMap.REV_MAP_NAME),
     };
   }
 

@@ -74,6 +74,7 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
   let ctMap: BpfMap;
   let ipcacheMap: BpfMap;
   let cidrMap: BpfMap;
+  let revMap: BpfMap;
   let metricsMap: BpfMap;
   let reader: RingBufferReader | undefined;
   const got: events.DatapathEvent[] = [];
@@ -93,6 +94,7 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
     ctMap = lxc.map(policy.CT_MAP_NAME);
     ipcacheMap = lxc.map(ipcache.MAP_NAME);
     cidrMap = lxc.map(policy.CIDR_MAP_NAME);
+    revMap = lxc.map(policy.REV_MAP_NAME);
     metricsMap = lxc.map(metrics.MAP_NAME);
     const epMap = lxc.map(endpoints.MAP_NAME);
     for (const p of [A, B]) {
@@ -113,6 +115,7 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
     policy.removeMany(policyMap, [...policy.entries(policyMap)].map(([k]) => k));
     policy.clearEnforce(enforceMap, [A.endpointId, B.endpointId]);
     policy.ct.removeMany(ctMap, [...policy.ct.entries(ctMap)].map(([k]) => k));
+    policy.bumpRevision(revMap);
   }
 
   function setPolicy(entries: PolicyMapEntry[], enforcement: EnforcementState[] = []): void {
@@ -120,6 +123,7 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
     const m = toPolicyMaps(entries, enforcement);
     policy.updateMany(policyMap, m.policy);
     policy.enforce.updateMany(enforceMap, m.enforce);
+    policy.bumpRevision(revMap);
   }
 
   beforeEach(() => {
@@ -332,6 +336,57 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
     assert.equal(verdict(fromOverlay(R.identity, frame(R.ip, A.ip, 6, 443, 40002, 0x12))), 'pass');
     assert.equal(verdict(fromOverlay(R.identity, frame(R.ip, A.ip, 6, 443, 40003, 0x12))), 'DROP_POLICY');
     assert.equal(verdict(fromOverlay(R.identity, frame(R.ip, A.ip, 6, 5000, 22))), 'DROP_POLICY');
+  });
+
+  it('later packets of a connection pass on its cached verdict only while the revision and the identities hold: a changed policy applies to them at once', () => {
+    const verdictMap = lxc.map(policy.VERDICT_MAP_NAME);
+    const cached = () => [...verdictMap.entries()].length;
+    for (const [k] of [...verdictMap.entries()]) verdictMap.delete(k);
+    const allowA = E({ endpointId: B.endpointId, direction: 'ingress', remoteIdentity: A.identity, protocol: 6, port: 80, portEnd: 80 });
+    const allowR = E({ endpointId: B.endpointId, direction: 'ingress', remoteIdentity: R.identity, protocol: 6, port: 80, portEnd: 80 });
+    setPolicy([allowA, allowR], [enf(B.endpointId, 'ingress')]);
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80))), 'pass');
+    assert.equal(cached(), 1, 'the first packet caches its verdict');
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80, 0x10))), 'pass');
+    // The allow of A goes, the connection stays in cm_policy_ct: with the
+    // revision changed, as every writer does, its next packet is dropped.
+    const m = toPolicyMaps([allowA], [enf(B.endpointId, 'ingress')]);
+    policy.removeMany(policyMap, m.policy.map(([k]) => k));
+    assert.equal([...policy.ct.entries(ctMap)].length, 1);
+    // (Without the bump the cached verdict would still hold: the contract of cm_policy_rev.)
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80, 0x10))), 'pass');
+    policy.bumpRevision(revMap);
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80, 0x10))), 'DROP_POLICY');
+    // Allowed again: passes, and caches again.
+    policy.updateMany(policyMap, m.policy);
+    policy.bumpRevision(revMap);
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80, 0x10))), 'pass');
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80, 0x10))), 'pass');
+    // The same tuple from the tunnel with an identity the cache did not see
+    // (no revision change) is checked: R is allowed, another identity is not.
+    assert.equal(verdict(fromOverlay(R.identity, frame(A.ip, B.ip, 6, 40000, 80, 0x10))), 'pass');
+    assert.equal(verdict(fromOverlay(R.identity + 1, frame(A.ip, B.ip, 6, 40000, 80, 0x10))), 'DROP_POLICY');
+    // Replies skip the lookups too, and still pass whatever B's egress says.
+    setPolicy([allowA], [enf(B.endpointId, 'ingress'), enf(B.endpointId, 'egress')]);
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40001, 80))), 'pass');
+    assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 80, 40001, 0x12))), 'pass');
+    assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 80, 40002, 0x12))), 'DROP_POLICY');
+  });
+
+  it('bumpRevision(): a new map starts at a random value, then counts up, never through 0', () => {
+    const set = (rev: number): void => {
+      const b = Buffer.alloc(4);
+      b.writeUInt32LE(rev);
+      revMap.update(Buffer.alloc(4), b);
+    };
+    set(0);
+    const first = policy.bumpRevision(revMap);
+    assert.notEqual(first, 0);
+    assert.equal(policy.revision(revMap), first);
+    set(41);
+    assert.equal(policy.bumpRevision(revMap), 42);
+    set(0xffffffff);
+    assert.equal(policy.bumpRevision(revMap), 1);
   });
 
   it('services: policy sees the backend, and the reply passes through reverse NAT via conntrack', () => {

@@ -235,6 +235,7 @@ function allowByPolicyMaps(topo: Topology, dp: LabDatapath, ports: readonly numb
     const pinDir = dp.pinDirs[i]!;
     const rules = BpfMap.openPinned(join(pinDir, policy.MAP_NAME));
     const enforce = BpfMap.openPinned(join(pinDir, policy.ENFORCE_MAP_NAME));
+    const rev = BpfMap.openPinned(join(pinDir, policy.REV_MAP_NAME));
     try {
       for (const pod of topo.pods.filter((p) => p.node === nd)) {
         const entries: Array<[policy.Key, policy.Value]> = [];
@@ -249,9 +250,11 @@ function allowByPolicyMaps(topo: Topology, dp: LabDatapath, ports: readonly numb
         policy.updateMany(rules, entries);
         policy.enforce.update(enforce, { endpointId: pod.index }, { active: true, ingress: true, egress: true });
       }
+      policy.bumpRevision(rev);
     } finally {
       rules.close();
       enforce.close();
+      rev.close();
     }
   });
 }

@@ -162,6 +162,8 @@ const LAYOUTS: StructLayout[] = [
   policy.CT_VALUE_LAYOUT,
   policy.CIDR_KEY_LAYOUT,
   policy.CIDR_VALUE_LAYOUT,
+  policy.REV_VALUE_LAYOUT,
+  policy.VERDICT_LAYOUT,
 ];
 
 /** Which structs each map is declared with in C. */
@@ -182,6 +184,8 @@ const MAPS: Array<{ name: string; key: string | undefined; value: string | undef
   { name: policy.ENFORCE_MAP_NAME, key: '__u32', value: policy.ENFORCE_VALUE_LAYOUT.cName },
   { name: policy.CT_MAP_NAME, key: policy.CT_KEY_LAYOUT.cName, value: policy.CT_VALUE_LAYOUT.cName },
   { name: policy.CIDR_MAP_NAME, key: policy.CIDR_KEY_LAYOUT.cName, value: policy.CIDR_VALUE_LAYOUT.cName },
+  { name: policy.REV_MAP_NAME, key: '__u32', value: policy.REV_VALUE_LAYOUT.cName },
+  { name: policy.VERDICT_MAP_NAME, key: policy.CT_KEY_LAYOUT.cName, value: policy.VERDICT_LAYOUT.cName },
 ];
 
 describe('TypeScript codecs match the C structs (BTF)', () => {
@@ -217,6 +221,7 @@ describe('TypeScript codecs match the C structs (BTF)', () => {
         assert.deepEqual(btf.enumValues('cm_ct_lifetime'), ct.CtLifetime);
         assert.deepEqual(btf.enumValues('cm_policy_flag'), policy.PolicyFlag);
         assert.deepEqual(btf.enumValues('cm_policy_enforce_flag'), policy.PolicyEnforceFlag);
+        assert.deepEqual(btf.enumValues('cm_policy_verdict_flag'), policy.PolicyVerdictFlag);
         assert.deepEqual(btf.enumValues('cm_identity_scope'), ipcache.IdentityScope);
       });
 

@@ -16,6 +16,11 @@
 // cm_policy_cidr: LPM trie, the prefixes CIDR rules name -> their node-local
 // CIDR identity; policy looks up the peer's address there besides its
 // identity, so CIDR rules match pods and nodes per address (policy.h).
+// cm_policy_rev: one __u32, the revision of the three maps above; every
+// writer of them calls bumpRevision() after its writes, so that the verdicts
+// the datapath cached per connection (cm_policy_verdict, an LRU the
+// datapath alone writes) stop holding and the next packet of each
+// connection is checked against the new policy.
 import { type MapHandle, expectSize, field, ipv4Bytes, readIPv4, readU16, readU32, struct, typedOps, writeIPv4, writeU16, writeU32 } from './codec.ts';
 import type { BpfMap } from '../libbpf/map.ts';
 import { Direction } from './reasons.ts';
@@ -24,6 +29,8 @@ export const MAP_NAME = 'cm_policy';
 export const ENFORCE_MAP_NAME = 'cm_policy_enforce';
 export const CT_MAP_NAME = 'cm_policy_ct';
 export const CIDR_MAP_NAME = 'cm_policy_cidr';
+export const REV_MAP_NAME = 'cm_policy_rev';
+export const VERDICT_MAP_NAME = 'cm_policy_verdict';
 
 /** Capacity of cm_policy_cidr (POLICY_CIDR_MAX_ENTRIES). */
 export const CIDR_MAX_ENTRIES = 65536;
@@ -80,6 +87,28 @@ export const CT_VALUE_LAYOUT = struct('policy_ct_value', 8, {
   lifetime: field(0, 4),
   flags: field(4, 4),
 });
+
+export const REV_VALUE_LAYOUT = struct('policy_rev_value', 4, {
+  rev: field(0, 4),
+});
+
+/** struct policy_verdict (cm_policy_verdict's value; written by the datapath only). */
+export const VERDICT_LAYOUT = struct('policy_verdict', 24, {
+  rev: field(0, 4),
+  egress_remote: field(4, 4),
+  ingress_remote: field(8, 4),
+  egress_ep: field(12, 2),
+  ingress_ep: field(14, 2),
+  checks: field(16, 4),
+  sum: field(20, 4),
+});
+
+/** enum cm_policy_verdict_flag: bits of policy_verdict.checks. */
+export const PolicyVerdictFlag = {
+  POLICY_V_EGRESS: 1 << 0,
+  POLICY_V_INGRESS: 1 << 1,
+  POLICY_V_PORTS: 1 << 2,
+} as const;
 
 /** struct policy_cidr_key: prefixlen host order, addr network order. */
 export const CIDR_KEY_LAYOUT = struct('policy_cidr_key', 8, {
@@ -350,3 +379,31 @@ export function clearEnforce(map: MapHandle, endpointIds: Iterable<number>): voi
   const none: EnforceValue = { active: false, ingress: false, egress: false };
   enforce.updateMany(map, [...endpointIds].map((endpointId) => [{ endpointId }, none] as const));
 }
+
+const REV_KEY = Buffer.alloc(4);
+
+/** cm_policy_rev's value (0 in a new map). */
+export function revision(map: Pick<BpfMap, 'lookup'>): number {
+  const v = map.lookup(REV_KEY);
+  return v ? readU32(v, REV_VALUE_LAYOUT.fields.rev.offset) : 0;
+}
+
+/**
+ * Changes cm_policy_rev: every verdict the datapath cached (cm_policy_verdict)
+ * stops holding, and the next packet of each connection is checked against
+ * the maps as they are now. Call after writing cm_policy, cm_policy_enforce
+ * or cm_policy_cidr (after: a packet checked between a write and the bump
+ * caches its verdict under the old revision). Never 0 again once bumped, and
+ * never back to a value of a map replaced under the same pin name (it starts
+ * from a random value), so an old cached verdict cannot match by chance.
+ */
+export function bumpRevision(map: Pick<BpfMap, 'lookup' | 'update'>): number {
+  const cur = revision(map);
+  let next = cur === 0 ? (Math.floor(Math.random() * 0xfffffffe) + 1) >>> 0 : (cur + 1) >>> 0;
+  if (next === 0) next = 1;
+  const b = Buffer.alloc(REV_VALUE_LAYOUT.size);
+  writeU32(b, REV_VALUE_LAYOUT.fields.rev.offset, next);
+  map.update(REV_KEY, b);
+  return next;
+}
+
