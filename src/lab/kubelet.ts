@@ -335,7 +335,20 @@ interface ProbeState {
   ready: boolean;
   failures: number;
   successes: number;
+  /** When an exec probe last ran (ms): exec probes are rate-limited (EXEC_PROBE_MIN_INTERVAL_MS). */
+  lastExecAt?: number;
 }
+
+/**
+ * An exec readiness probe starts processes (nsenter and the command: 30-60 ms
+ * of CPU each here, e.g. `sh -c 'curl … | grep …'`), so it runs at most once
+ * a second while the container is not ready yet, and every periodSeconds once
+ * it is, as a kubelet runs it. Without the limit a starting pod was probed at
+ * every poll of its start (50 ms) and every pass: the installed lab's
+ * apiserver and agent pods ran some 90 probes in a 2x1 `lab up --install`.
+ * tcpSocket and httpGet probes run in this process and keep the fast polls.
+ */
+const EXEC_PROBE_MIN_INTERVAL_MS = 1000;
 
 export class Kubelet {
   private readonly feed: PodFeed;
@@ -1094,6 +1107,11 @@ export class Kubelet {
     this.probes.set(key, st);
     const startedAt = Date.parse(rec.containers.find((x) => x.name === c.name && !x.init)?.startedAt ?? '') || 0;
     if (Date.now() - startedAt < (p.initialDelaySeconds ?? 0) * 1000) return false;
+    if (p.exec) {
+      const every = st.ready ? Math.max(1, p.periodSeconds ?? 10) * 1000 : EXEC_PROBE_MIN_INTERVAL_MS;
+      if (st.lastExecAt !== undefined && Date.now() - st.lastExecAt < every) return st.ready;
+      st.lastExecAt = Date.now();
+    }
     const timeoutMs = Math.max(1, p.timeoutSeconds ?? 1) * 1000;
     let ok = false;
     try {
