@@ -346,3 +346,21 @@ test("the apiserver container is ready once its start is done: an httpGet of /re
     }
   }
 });
+
+test("the agent container is ready when its phase is: an httpGet of /readyz on its metrics port (the agent config's default, or --agent-metrics-port) at the host network's loopback", () => {
+  type Probe = { exec?: unknown; httpGet: { host: string; path: string; port: number } };
+  const agentOf = (s: Parameters<typeof compileInstallSettings>[0]) => {
+    const objects = renderManifests(compileInstallSettings(s), CERTS);
+    const ds = objects.find((o) => o.kind === 'DaemonSet') as unknown as { spec: { template: { spec: { hostNetwork?: boolean; containers: Array<{ name: string; readinessProbe?: Probe }> } } } };
+    assert.equal(ds.spec.template.spec.hostNetwork, true, "127.0.0.1 is the node's loopback only on the host network");
+    const cm = objects.find((o) => o.kind === 'ConfigMap') as unknown as { data: Record<string, string> };
+    return { probe: ds.spec.template.spec.containers.find((c) => c.name === 'agent')!.readinessProbe!, agentYaml: cm.data['agent.yaml'] ?? '' };
+  };
+  const def = agentOf(base);
+  assert.equal(def.probe.exec, undefined, 'no exec: the kubelet asks in its own process');
+  assert.deepEqual(def.probe.httpGet, { host: '127.0.0.1', path: '/readyz', port: 9962 });
+  assert.doesNotMatch(def.agentYaml, /metricsAddress/, "the agent config's default metricsAddress (127.0.0.1:9962) is the probe's");
+  const exposed = agentOf({ ...base, agentMetricsPort: '9992' });
+  assert.equal(exposed.probe.httpGet.port, 9992, '--agent-metrics-port');
+  assert.match(exposed.agentYaml, /metricsAddress: 0\.0\.0\.0:9992/);
+});

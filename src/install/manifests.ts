@@ -139,6 +139,8 @@ export const ETCD_PORT = 2379;
 export const ETCD_NODE_PORT = 2391;
 /** The apiserver's metrics port when only on loopback (its default; settings.ts re-exports it beside the agent's). */
 export const APISERVER_METRICS_PORT = 9963;
+/** The agent's metrics port when only on loopback (its config's default metricsAddress, 127.0.0.1:9962; Cilium's agent also uses 9962). */
+export const AGENT_METRICS_PORT = 9962;
 export const ETCD_PEER_PORT = 2392;
 /** Paths inside the containers. */
 export const PATHS = {
@@ -500,8 +502,10 @@ function agentContainer(s: InstallSettings): Record<string, unknown> {
           ],
         }
       : {}),
+    // Ready when the agent's /healthz on its socket is: GET /readyz of its metrics endpoint, always served (on the
+    // node's loopback at least), by httpGet as Cilium probes its agent, not an exec of curl (a process per probe).
     readinessProbe: {
-      exec: { command: ['curl', '-sf', '--unix-socket', `${PATHS.state}/agent/agent.sock`, 'http://agent/healthz'] },
+      httpGet: { host: '127.0.0.1', path: '/readyz', port: s.agentMetricsPort ?? AGENT_METRICS_PORT },
       periodSeconds: 5,
       failureThreshold: 3,
     },
