@@ -540,7 +540,8 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
         propagation: () => propagation,
       });
       try {
-        const server = await startMetricsServer(cfg.metricsAddress, [promClient.register, registry]);
+        // GET /readyz: what the unix socket's /healthz says (the install's readinessProbe, an httpGet at the node's loopback).
+        const server = await startMetricsServer(cfg.metricsAddress, [promClient.register, registry], { ready: () => phase === 'ready' || `phase ${phase}` });
         metricsState.address = server.address;
         cleanups.push(() => server.close());
         log.info({ address: server.address }, 'metrics served on /metrics');

@@ -16,7 +16,7 @@ import { openLocalSource } from '../sources/local.ts';
 import { exportIps, exportNodes, exportServices, PrefixExport, type ExportCluster } from './export.ts';
 import { Heartbeat } from './heartbeat.ts';
 import { PodIdentities } from './identities.ts';
-import { apiserverRegistry } from './metrics.ts';
+import { apiserverReady, apiserverRegistry } from './metrics.ts';
 import { loadEtcdConfig, type ApiserverConfig } from './options.ts';
 import { startMetricsServer } from '../util/metrics.ts';
 import { serviceExportsClusterPrefix, serviceExportsSyncedKey } from '../mcs/export.ts';
@@ -167,7 +167,7 @@ export async function startApiserver(cfg: ApiserverConfig, deps: ApiserverDeps =
       heartbeat: () => ({ writes: heartbeat.count, failures: heartbeat.failures, lastRoundOk: heartbeat.lastRoundOk }),
     });
     try {
-      const server = await startMetricsServer(cfg.metricsAddress, [registry]);
+      const server = await startMetricsServer(cfg.metricsAddress, [registry], { ready: () => apiserverReady(phase) });
       metricsAddress = server.address;
       cleanups.push(() => server.close());
       log.info({ address: server.address }, 'metrics served on /metrics');

@@ -42,7 +42,7 @@ export function apiserverCommand(): Command {
     .option('--session-ttl <seconds>', "TTL of the lease exported keys live on: how long they outlive an apiserver that died (its successor rewrites them and prunes at once what went away). Keep it longer than any restart: a key that expires first makes every remote drop what it names", String(APISERVER_DEFAULTS.sessionTtlSeconds))
     .option('--identity-gc-interval <duration>', 'how often unused identities are looked for', '1m')
     .option('--identity-gc-grace <duration>', 'how long an identity must be unused before it is deleted', '5m')
-    .option('--metrics-address <host:port>', "where GET /metrics (Prometheus text) is served, from the start (before etcd answers: clustermesh_apiserver_phase); '' for nowhere", APISERVER_DEFAULTS.metricsAddress)
+    .option('--metrics-address <host:port>', "where GET /metrics (Prometheus text) is served, from the start (before etcd answers: clustermesh_apiserver_phase), and GET /readyz (200 once the start is done: the install's readinessProbe); '' for nowhere", APISERVER_DEFAULTS.metricsAddress)
     .option('--log-level <level>', 'trace, debug, info, warn, error, fatal or silent', APISERVER_DEFAULTS.logLevel)
     .addHelpText('after', '\nExample (one per cluster, next to its etcd):\n  clustermesh apiserver --cluster-name cluster1 --cluster-id 1 --etcd-config /etc/clustermesh/etcd-apiserver.yaml\n')
     .action(async (raw: ApiserverRawOptions & { etcdBootstrapConfig?: string }, cmd: Command) => {

@@ -2,7 +2,8 @@
 // 127.0.0.1:9963; '' for none), read from its status at each scrape: what it
 // exports per kind, objects it could not export, its writes into the mesh
 // kvstore per prefix, the synced canaries and the heartbeat (the etcd link),
-// and the phase of its start (served before etcd answers).
+// and the phase of its start (served before etcd answers); GET /readyz: 200
+// once the start is done (apiserverReady).
 import type { Registry } from 'prom-client';
 import type { SyncedPrefixName } from '../clustermesh/keys.ts';
 import { ScrapeMetrics } from '../util/metrics.ts';
@@ -16,6 +17,11 @@ export interface ApiserverMetricsSource {
   /** Source objects not exported (could not be converted), by kind (none before the exports exist). */
   exportErrors(): Partial<Record<'nodes' | 'ip' | 'services' | 'identities', number>>;
   heartbeat(): { writes: number; failures: number; lastRoundOk: boolean };
+}
+
+/** GET /readyz of the metrics endpoint (the install's readinessProbe): ready once the start is done (phase ready). */
+export function apiserverReady(phase: ApiserverPhase): true | string {
+  return phase === 'ready' || `phase ${phase}`;
 }
 
 export function apiserverRegistry(src: ApiserverMetricsSource): Registry {

@@ -318,28 +318,49 @@ test("manifests: the agents' remote API (on by default at 4247, off with 0): age
   assert.ok(off.secrets.includes('clustermesh-observer'), 'the certificates are made anyway: a re-install that switches the API on finds them');
 });
 
-test("the apiserver container is ready once its start is done: the probe's pipeline matches what its metrics endpoint serves in phase ready, and only then", async () => {
-  const { apiserverRegistry } = await import('../apiserver/metrics.ts');
-  const { execFileSync } = await import('node:child_process');
-  type Probe = { exec: { command: string[] } };
+test("the apiserver container is ready once its start is done: an httpGet of /readyz on its metrics port at the host network's loopback, which answers 200 in phase ready only", async () => {
+  const { apiserverReady, apiserverRegistry } = await import('../apiserver/metrics.ts');
+  const { startMetricsServer } = await import('../util/metrics.ts');
+  type Probe = { exec?: unknown; httpGet: { host: string; path: string; port: number } };
   const probeOf = (s: Parameters<typeof compileInstallSettings>[0]) => {
-    const d = renderManifests(compileInstallSettings(s), CERTS).find((o) => o.kind === 'Deployment') as unknown as { spec: { template: { spec: { containers: Array<{ name: string; readinessProbe?: Probe }> } } } };
-    return d.spec.template.spec.containers.find((c) => c.name === 'apiserver')!.readinessProbe!.exec.command;
+    const d = renderManifests(compileInstallSettings(s), CERTS).find((o) => o.kind === 'Deployment') as unknown as { spec: { template: { spec: { hostNetwork?: boolean; containers: Array<{ name: string; readinessProbe?: Probe }> } } } };
+    assert.equal(d.spec.template.spec.hostNetwork, true, '127.0.0.1 is the node\'s loopback only on the host network');
+    return d.spec.template.spec.containers.find((c) => c.name === 'apiserver')!.readinessProbe!;
   };
-  const cmd = probeOf(base);
-  assert.deepEqual(cmd.slice(0, 2), ['sh', '-c']);
-  assert.match(cmd[2]!, /^curl -sf http:\/\/127\.0\.0\.1:9963\/metrics \| /, 'the default metrics address (on the loopback of the host-network pod)');
-  assert.match(probeOf({ ...base, apiserverMetricsPort: '9993' })[2]!, /127\.0\.0\.1:9993\/metrics/, '--apiserver-metrics-port');
-  // The part after curl, fed the registry's exposition in each phase: only "ready" passes.
-  const filter = cmd[2]!.slice(cmd[2]!.indexOf('|') + 1);
+  const probe = probeOf(base);
+  assert.equal(probe.exec, undefined, 'no exec: the kubelet asks in its own process');
+  assert.deepEqual(probe.httpGet, { host: '127.0.0.1', path: '/readyz', port: 9963 }, 'the default metrics address');
+  assert.equal(probeOf({ ...base, apiserverMetricsPort: '9993' }).httpGet.port, 9993, '--apiserver-metrics-port');
+  // The endpoint the apiserver serves, in each phase: only "ready" answers 200.
   for (const phase of ['etcd-bootstrap', 'claiming', 'exporting', 'ready'] as const) {
-    const text = await apiserverRegistry({ phase: () => phase, status: () => undefined, exportErrors: () => ({}), heartbeat: () => ({ writes: 0, failures: 0, lastRoundOk: true }) }).metrics();
-    let passes = true;
+    const registry = apiserverRegistry({ phase: () => phase, status: () => undefined, exportErrors: () => ({}), heartbeat: () => ({ writes: 0, failures: 0, lastRoundOk: true }) });
+    const server = await startMetricsServer('127.0.0.1:0', [registry], { ready: () => apiserverReady(phase) });
     try {
-      execFileSync('sh', ['-c', filter], { input: text });
-    } catch {
-      passes = false;
+      const res = await fetch(`http://${server.address}${probe.httpGet.path}`);
+      const body = await res.text();
+      assert.equal(res.status, phase === 'ready' ? 200 : 503, `phase ${phase}: ${body}`);
+      if (phase !== 'ready') assert.match(body, new RegExp(`phase ${phase}`));
+      assert.equal((await fetch(`http://${server.address}/metrics`)).status, 200, '/metrics is still served');
+    } finally {
+      await server.close();
     }
-    assert.equal(passes, phase === 'ready', `phase ${phase}`);
   }
+});
+
+test("the agent container is ready when its phase is: an httpGet of /readyz on its metrics port (the agent config's default, or --agent-metrics-port) at the host network's loopback", () => {
+  type Probe = { exec?: unknown; httpGet: { host: string; path: string; port: number } };
+  const agentOf = (s: Parameters<typeof compileInstallSettings>[0]) => {
+    const objects = renderManifests(compileInstallSettings(s), CERTS);
+    const ds = objects.find((o) => o.kind === 'DaemonSet') as unknown as { spec: { template: { spec: { hostNetwork?: boolean; containers: Array<{ name: string; readinessProbe?: Probe }> } } } };
+    assert.equal(ds.spec.template.spec.hostNetwork, true, "127.0.0.1 is the node's loopback only on the host network");
+    const cm = objects.find((o) => o.kind === 'ConfigMap') as unknown as { data: Record<string, string> };
+    return { probe: ds.spec.template.spec.containers.find((c) => c.name === 'agent')!.readinessProbe!, agentYaml: cm.data['agent.yaml'] ?? '' };
+  };
+  const def = agentOf(base);
+  assert.equal(def.probe.exec, undefined, 'no exec: the kubelet asks in its own process');
+  assert.deepEqual(def.probe.httpGet, { host: '127.0.0.1', path: '/readyz', port: 9962 });
+  assert.doesNotMatch(def.agentYaml, /metricsAddress/, "the agent config's default metricsAddress (127.0.0.1:9962) is the probe's");
+  const exposed = agentOf({ ...base, agentMetricsPort: '9992' });
+  assert.equal(exposed.probe.httpGet.port, 9992, '--agent-metrics-port');
+  assert.match(exposed.agentYaml, /metricsAddress: 0\.0\.0\.0:9992/);
 });

@@ -139,6 +139,8 @@ export const ETCD_PORT = 2379;
 export const ETCD_NODE_PORT = 2391;
 /** The apiserver's metrics port when only on loopback (its default; settings.ts re-exports it beside the agent's). */
 export const APISERVER_METRICS_PORT = 9963;
+/** The agent's metrics port when only on loopback (its config's default metricsAddress, 127.0.0.1:9962; Cilium's agent also uses 9962). */
+export const AGENT_METRICS_PORT = 9962;
 export const ETCD_PEER_PORT = 2392;
 /** Paths inside the containers. */
 export const PATHS = {
@@ -420,11 +422,13 @@ function apiserverDeployment(s: InstallSettings): KubeObject {
               ],
               ...(s.apiserverMetricsPort !== undefined ? { ports: [{ name: METRICS_PORT_NAME, containerPort: s.apiserverMetricsPort, protocol: 'TCP' }] } : {}),
               ...(s.k8sService ? { env: k8sServiceEnv(s) } : {}),
-              // Ready once its start is done (cluster-config and the synced canaries written: phase "ready" on its
-              // metrics endpoint, always served, on the node's loopback at least): the Deployment is available, and
-              // its Service sends remote clusters to it, only when what they read is there (connect checks it).
+              // Ready once its start is done (cluster-config and the synced canaries written: phase "ready", /readyz
+              // 200 on its metrics endpoint, always served, on the node's loopback at least): the Deployment is
+              // available, and its Service sends remote clusters to it, only when what they read is there (connect
+              // checks it). httpGet to the host network's loopback (as Cilium probes its agent), not an exec of
+              // curl: the kubelet asks in its own process instead of starting a shell, curl and grep each time.
               readinessProbe: {
-                exec: { command: ['sh', '-c', `curl -sf http://127.0.0.1:${s.apiserverMetricsPort ?? APISERVER_METRICS_PORT}/metrics | grep -q '^clustermesh_apiserver_phase{phase="ready"} 1'`] },
+                httpGet: { host: '127.0.0.1', path: '/readyz', port: s.apiserverMetricsPort ?? APISERVER_METRICS_PORT },
                 periodSeconds: 5,
                 // A local HTTP GET; the default 1 s made it flap on a loaded node (the lab's, under load 40).
                 timeoutSeconds: 5,
@@ -498,8 +502,10 @@ function agentContainer(s: InstallSettings): Record<string, unknown> {
           ],
         }
       : {}),
+    // Ready when the agent's /healthz on its socket is: GET /readyz of its metrics endpoint, always served (on the
+    // node's loopback at least), by httpGet as Cilium probes its agent, not an exec of curl (a process per probe).
     readinessProbe: {
-      exec: { command: ['curl', '-sf', '--unix-socket', `${PATHS.state}/agent/agent.sock`, 'http://agent/healthz'] },
+      httpGet: { host: '127.0.0.1', path: '/readyz', port: s.agentMetricsPort ?? AGENT_METRICS_PORT },
       periodSeconds: 5,
       failureThreshold: 3,
     },

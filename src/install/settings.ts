@@ -4,7 +4,7 @@
 import { isIP } from 'node:net';
 import { AgentConfigError, compileAgentConfig } from '../agent/config.ts';
 import { ROUTING_MODES, type RoutingMode } from '../datapath/maps/config.ts';
-import { agentConfigDoc, APISERVER_METRICS_PORT, ETCD_NODE_PORT, ETCD_PEER_PORT, PATHS } from './manifests.ts';
+import { agentConfigDoc, AGENT_METRICS_PORT, APISERVER_METRICS_PORT, ETCD_NODE_PORT, ETCD_PEER_PORT, PATHS } from './manifests.ts';
 import { MAX_CONNECTED_CLUSTERS_VALUES, validateClusterId, validateClusterName, type MaxConnectedClusters } from '../model/index.ts';
 
 /** How remote clusters reach the etcd; ClusterIP: they do not (`clustermesh disable`, never an install's flag). */
@@ -83,8 +83,7 @@ export const DEFAULT_REMOTE_API_PORT = 4247;
 /** The host's cgroup v2 hierarchy where systemd mounts it (a unified-hierarchy host); socket LB attaches at its root. */
 export const DEFAULT_SOCKET_LB_CGROUP = '/sys/fs/cgroup';
 /** The agent's and apiserver's metrics ports when only on loopback (their defaults; Cilium's agent also uses 9962). */
-export const AGENT_METRICS_PORT = 9962;
-export { APISERVER_METRICS_PORT } from './manifests.ts';
+export { AGENT_METRICS_PORT, APISERVER_METRICS_PORT } from './manifests.ts';
 /** Host ports the install's own pods listen on. */
 const HOST_PORTS_TAKEN = [ETCD_NODE_PORT, ETCD_PEER_PORT];
 

@@ -25,6 +25,8 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { get as httpGet } from 'node:http';
+import { get as httpsGet } from 'node:https';
 import { connect } from 'node:net';
 import { dirname, join, posix } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -333,7 +335,21 @@ interface ProbeState {
   ready: boolean;
   failures: number;
   successes: number;
+  /** When an exec or httpGet probe last ran (ms): those are rate-limited (PROBE_MIN_INTERVAL_MS). */
+  lastRunAt?: number;
 }
+
+/**
+ * How often a probe runs at most while its container is not ready yet; once
+ * it is, every periodSeconds, as a kubelet runs it. An exec probe starts
+ * processes (nsenter and the command: 30-60 ms of CPU each here, e.g.
+ * `sh -c 'curl … | grep …'`), an httpGet one request from this process.
+ * Without the limit a starting pod was probed at every poll of its start
+ * (50 ms) and every pass: the installed lab's apiserver and agent pods ran
+ * some 90 exec probes in a 2x1 `lab up --install`. tcpSocket probes (a
+ * connect) keep the fast polls.
+ */
+const PROBE_MIN_INTERVAL_MS = { exec: 1000, httpGet: 250 } as const;
 
 export class Kubelet {
   private readonly feed: PodFeed;
@@ -1094,6 +1110,11 @@ export class Kubelet {
     this.probes.set(key, st);
     const startedAt = Date.parse(rec.containers.find((x) => x.name === c.name && !x.init)?.startedAt ?? '') || 0;
     if (Date.now() - startedAt < (p.initialDelaySeconds ?? 0) * 1000) return false;
+    if (p.exec || p.httpGet) {
+      const every = st.ready ? Math.max(1, p.periodSeconds ?? 10) * 1000 : PROBE_MIN_INTERVAL_MS[p.exec ? 'exec' : 'httpGet'];
+      if (st.lastRunAt !== undefined && Date.now() - st.lastRunAt < every) return st.ready;
+      st.lastRunAt = Date.now();
+    }
     const timeoutMs = Math.max(1, p.timeoutSeconds ?? 1) * 1000;
     let ok = false;
     try {
@@ -1324,13 +1345,19 @@ async function probeOnce(p: V1Probe, c: V1Container, ip: string, timeoutMs: numb
     const g = p.httpGet;
     const host = g.host ?? ip;
     const url = `${(g.scheme ?? 'HTTP').toLowerCase()}://${host.includes(':') ? `[${host}]` : host}:${port(g.port)}${g.path ?? '/'}`;
-    try {
-      const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs), headers: Object.fromEntries((g.httpHeaders ?? []).map((h) => [h.name, h.value])), redirect: 'manual' });
-      await res.body?.cancel();
-      return res.status >= 200 && res.status < 400;
-    } catch {
-      return false;
-    }
+    // node:http(s), not fetch: no undici to load and compile in each kubelet, less work per probe. Like a
+    // kubelet: redirects are not followed (3xx passes), an HTTPS server's certificate is not verified.
+    const headers = Object.fromEntries((g.httpHeaders ?? []).map((h) => [h.name, h.value]));
+    const get = url.startsWith('https:') ? httpsGet : httpGet;
+    return await new Promise<boolean>((resolve) => {
+      const req = get(url, { headers, agent: false, rejectUnauthorized: false, timeout: timeoutMs }, (res) => {
+        res.resume();
+        const code = res.statusCode ?? 0;
+        resolve(code >= 200 && code < 400);
+      });
+      req.once('timeout', () => req.destroy(new Error('timeout')));
+      req.once('error', () => resolve(false));
+    });
   }
   throw new PodConfigError(`container ${c.name}: readinessProbe: only exec, tcpSocket and httpGet are supported by the lab kubelet`);
 }

@@ -23,6 +23,7 @@
 // LB at LAB_SOCKET_LB_CGROUP (each node's own cgroup), and the metrics ports,
 // whose annotated pods the lab's Prometheus scrapes (installedMetricsTargets).
 import { spawn } from 'node:child_process';
+import type { KubeConfig, KubernetesListObject, KubernetesObject, V1DaemonSet, V1Deployment, V1Service } from '@kubernetes/client-node';
 import { existsSync, mkdirSync, rmSync, symlinkSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { AgentClient } from '../agent/client.ts';
@@ -30,7 +31,7 @@ import { CNI_PLUGIN_PATH } from '../cni/main.ts';
 import type { RoutingMode } from '../datapath/maps/config.ts';
 import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT, DEFAULT_NAMESPACE } from '../install/settings.ts';
 import { NAMES, PATHS } from '../install/manifests.ts';
-import { pollUntil } from '../util/poll.ts';
+import { pollUntil, PollTimeoutError } from '../util/poll.ts';
 import { nodeCgroupPath } from './cgroup.ts';
 import type { PrometheusTargets } from './prometheus.ts';
 import { routingSettings } from './topology.ts';
@@ -194,45 +195,36 @@ export async function installMesh(o: InstallMeshOptions): Promise<void> {
   // 2. what connect needs of each cluster (its apiserver available, its Service with a load balancer address)
   //    and every node's agent ready, waited for together: connect runs as soon as the apiservers are there,
   //    while the agents still start (they pick the remote clusters up from their Secret whenever it changes).
-  //    Polled through one kept-alive connection per cluster (reuseConnections).
-  const clients = new Map(
-    state.clusters.map((c) => {
-      const kc = loadKubeConfig({ kubeconfig: state.kubeconfig!, context: c.name });
-      return [c.name, { apps: kc.makeApiClient(AppsV1Api), core: kc.makeApiClient(CoreV1Api) }] as const;
-    }),
-  );
-  const poll = { timeoutMs, intervalMs: 250 };
+  //    Watched, not polled: one list+watch per kind and cluster (a poll every 250 ms was some 90 GETs per cluster
+  //    and wait, each a request the cluster's API server answers).
+  const kcs = new Map(state.clusters.map((c) => [c.name, loadKubeConfig({ kubeconfig: state.kubeconfig!, context: c.name })] as const));
+  const ns = DEFAULT_NAMESPACE;
   const agentsReady = Promise.all(
     state.clusters.map(async (c) => {
-      const { apps } = clients.get(c.name)!;
+      const kc = kcs.get(c.name)!;
+      const apps = kc.makeApiClient(AppsV1Api);
       const nodes = state.nodes.filter((n) => n.cluster === c.name).length;
-      await pollUntil(
-        async ({ notYet }) => {
-          const st = (await apps.readNamespacedDaemonSetStatus({ name: NAMES.agent, namespace: DEFAULT_NAMESPACE })).status;
-          return (st?.desiredNumberScheduled === nodes && st.numberReady === nodes) || notYet(`${st?.numberReady ?? 0}/${st?.desiredNumberScheduled ?? 0} ready`);
-        },
-        { ...poll, describe: `${c.name}: daemonset/${NAMES.agent} ready on its ${nodes} nodes` },
-      );
+      await watchUntil<V1DaemonSet>(kc, `/apis/apps/v1/namespaces/${ns}/daemonsets`, () => apps.listNamespacedDaemonSet({ namespace: ns }), NAMES.agent, (ds) => {
+        const st = ds?.status;
+        return (st?.desiredNumberScheduled === nodes && st.numberReady === nodes) || `${st?.numberReady ?? 0}/${st?.desiredNumberScheduled ?? 0} ready`;
+      }, { timeoutMs, describe: `${c.name}: daemonset/${NAMES.agent} ready on its ${nodes} nodes` });
     }),
   ).then(() => o.progress(`      every agent pod ready (${state.nodes.length})`));
   const connected = (async () => {
     await Promise.all(
       state.clusters.map(async (c) => {
-        const { apps, core } = clients.get(c.name)!;
-        await pollUntil(
-          async ({ notYet }) => {
-            const available = (await apps.readNamespacedDeploymentStatus({ name: NAMES.apiserver, namespace: DEFAULT_NAMESPACE })).status?.availableReplicas ?? 0;
-            return available >= 1 || notYet(`${available} available`);
-          },
-          { ...poll, describe: `${c.name}: deployment/${NAMES.apiserver} available` },
-        );
-        await pollUntil(
-          async ({ notYet }) => {
-            const ingress = (await core.readNamespacedServiceStatus({ name: NAMES.apiserver, namespace: DEFAULT_NAMESPACE })).status?.loadBalancer?.ingress ?? [];
-            return ingress.length > 0 || notYet('no load balancer address');
-          },
-          { ...poll, describe: `${c.name}: service/${NAMES.apiserver} with a load balancer address` },
-        );
+        const kc = kcs.get(c.name)!;
+        const apps = kc.makeApiClient(AppsV1Api);
+        const core = kc.makeApiClient(CoreV1Api);
+        await Promise.all([
+          watchUntil<V1Deployment>(kc, `/apis/apps/v1/namespaces/${ns}/deployments`, () => apps.listNamespacedDeployment({ namespace: ns }), NAMES.apiserver, (d) => {
+            const available = d?.status?.availableReplicas ?? 0;
+            return available >= 1 || `${available} available`;
+          }, { timeoutMs, describe: `${c.name}: deployment/${NAMES.apiserver} available` }),
+          watchUntil<V1Service>(kc, `/api/v1/namespaces/${ns}/services`, () => core.listNamespacedService({ namespace: ns }), NAMES.apiserver, (svc) => {
+            return (svc?.status?.loadBalancer?.ingress ?? []).length > 0 || 'no load balancer address';
+          }, { timeoutMs, describe: `${c.name}: service/${NAMES.apiserver} with a load balancer address` }),
+        ]);
       }),
     );
     o.progress(`      every cluster's apiserver available, its Service with a load balancer address`);
@@ -269,11 +261,65 @@ export async function installMesh(o: InstallMeshOptions): Promise<void> {
             const missing = others.filter((name) => !st.remoteClusters.some((r) => r.name === name && r.connected && r.ready));
             return missing.length === 0 || notYet(`not yet: ${missing.join(', ')}`);
           },
-          { ...poll, describe: `agent ${n.cluster}/${n.name} connected to ${others.join(', ')}` },
+          { timeoutMs, intervalMs: 250, describe: `agent ${n.cluster}/${n.name} connected to ${others.join(', ')}` },
         );
       } finally {
         api.close();
       }
     }),
   );
+}
+
+/**
+ * Resolves when `check` holds for the object `name` of the list+watch at
+ * `path` (`check` gets undefined while it does not exist, and returns true or
+ * why not yet). A failed watch starts again after a pause. Throws a
+ * PollTimeoutError with the last reason after `timeoutMs`.
+ */
+export async function watchUntil<T extends KubernetesObject>(
+  kc: KubeConfig,
+  path: string,
+  list: () => Promise<KubernetesListObject<T>>,
+  name: string,
+  check: (o: T | undefined) => true | string,
+  o: { timeoutMs: number; describe: string },
+): Promise<void> {
+  const { makeInformer } = await import('@kubernetes/client-node');
+  const informer = makeInformer<T>(kc, path, list);
+  let last: unknown = 'not there yet';
+  let done = false;
+  let timer: NodeJS.Timeout | undefined;
+  let restart: NodeJS.Timeout | undefined;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const look = (obj: T | undefined): void => {
+        if (done) return;
+        const r = check(obj);
+        if (r === true) {
+          done = true;
+          resolve();
+        } else last = r;
+      };
+      informer.on('add', (x) => x.metadata?.name === name && look(x));
+      informer.on('update', (x) => x.metadata?.name === name && look(x));
+      informer.on('delete', (x) => x.metadata?.name === name && look(undefined));
+      informer.on('error', (err: unknown) => {
+        last = err;
+        if (!done) restart = setTimeout(() => void informer.start().catch((e: unknown) => (last = e)), 500);
+      });
+      timer = setTimeout(() => {
+        done = true;
+        reject(new PollTimeoutError(o.describe, o.timeoutMs, last));
+      }, o.timeoutMs);
+      informer.start().catch((err: unknown) => {
+        last = err;
+        restart = setTimeout(() => void informer.start().catch((e: unknown) => (last = e)), 500);
+      });
+    });
+  } finally {
+    done = true;
+    clearTimeout(timer);
+    clearTimeout(restart);
+    await informer.stop().catch(() => undefined);
+  }
 }

@@ -111,14 +111,30 @@ export function parseListenAddress(s: string): { host: string; port: number } {
   return { host, port };
 }
 
-/** Serves GET /metrics of `registries` on address (each read at every scrape: metrics registered later are served too). */
-export async function startMetricsServer(address: string, registries: Registry[]): Promise<MetricsServer> {
+/**
+ * Serves GET /metrics of `registries` on address (each read at every scrape: metrics registered later are served
+ * too) and, with `ready`, GET /readyz: 200 while it returns true, else 503 with the reason it returns (what a
+ * readinessProbe's httpGet asks: the kubelet checks it in its own process, where an exec probe starts a shell,
+ * curl and grep each time).
+ */
+export async function startMetricsServer(address: string, registries: Registry[], opts: { ready?: () => true | string } = {}): Promise<MetricsServer> {
   const { host, port } = parseListenAddress(address);
   const server: Server = createServer((req, res) => {
     const path = new URL(req.url ?? '/', 'http://metrics').pathname;
+    if (req.method === 'GET' && path === '/readyz' && opts.ready) {
+      let r: true | string;
+      try {
+        r = opts.ready();
+      } catch (err) {
+        r = (err as Error).message;
+      }
+      res.writeHead(r === true ? 200 : 503, { 'content-type': 'text/plain' });
+      res.end(r === true ? 'ok\n' : `not ready: ${r}\n`);
+      return;
+    }
     if (req.method !== 'GET' || path !== '/metrics') {
       res.writeHead(404, { 'content-type': 'text/plain' });
-      res.end('try GET /metrics\n');
+      res.end(opts.ready ? 'try GET /metrics or /readyz\n' : 'try GET /metrics\n');
       return;
     }
     Promise.all(registries.map((r) => r.metrics())).then(
