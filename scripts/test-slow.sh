@@ -3,8 +3,8 @@
 # which takes about 30 minutes on 2 cores; it also runs `lab up --clusters 4
 # --nodes 2` ten times in a row): the fault suite (`npm run chaos`, about
 # 25 minutes, which also rewrites bench/results/reliability.json and
-# RELIABILITY.md), and test/slow/*.test.ts (lab tests of several minutes each: three clusters
-# installed and connected by kube context while traffic flows).
+# RELIABILITY.md), and test/slow/*.test.ts (lab tests of a minute or more each: three clusters
+# installed and connected by kube context while traffic flows, observe and ui by kube context).
 # Run it before a release and after touching lab up/down or recovery paths.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -13,11 +13,11 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Flow } from '../src/agent/flows.ts';
-import { EXAMPLES_DIR, REBEL_BASE_URL } from '../src/cli/demo-lab.ts';
-import type { LabState } from '../src/lab/state.ts';
-import { eventually, show, type Run } from './helpers/kube.ts';
-import { CLI, labFixture } from './helpers/lab-fixture.ts';
+import type { Flow } from '../../src/agent/flows.ts';
+import { EXAMPLES_DIR, REBEL_BASE_URL } from '../../src/cli/demo-lab.ts';
+import type { LabState } from '../../src/lab/state.ts';
+import { eventually, show, type Run } from '../helpers/kube.ts';
+import { CLI, labFixture } from '../helpers/lab-fixture.ts';
 
 const lab = labFixture('cmoc', { up: ['--install', '--clusters', '2', '--nodes', '1'], upTimeoutMs: 900_000 });
 const { labDir, files, kubectlOk, client } = lab;
