@@ -498,9 +498,7 @@ __cm_global int policy_ct_record(struct __sk_buff *ctx, const struct policy_pkt 
 	nv = *sig;
 	nv.sum = policy_verdict_sum(&nv);
 	cur = bpf_map_lookup_elem(&cm_policy_verdict, &key);
-	if (cur && cur->sum == nv.sum && cur->rev == nv.rev && cur->checks == nv.checks &&
-	    cur->egress_remote == nv.egress_remote && cur->ingress_remote == nv.ingress_remote &&
-	    cur->egress_ep == nv.egress_ep && cur->ingress_ep == nv.ingress_ep)
+	if (cur && policy_verdict_holds(cur, &nv))
 		return 0;
 	/* Replaced whole, never field by field: a reader sees one or the other. */
 	bpf_map_update_elem(&cm_policy_verdict, &key, &nv, BPF_ANY);
