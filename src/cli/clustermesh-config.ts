@@ -220,12 +220,23 @@ export function labAccessDir(c: LabCluster): string {
 }
 
 function readLab(name: string): LabState {
+  let lab: LabState;
   try {
-    return readLabState(name);
+    lab = readLabState(name);
   } catch (err) {
     if (err instanceof NoSuchLabError) throw new CliError(`${err.message} (without a lab, give the files: see --help)`);
     throw new CliError((err as Error).message);
   }
+  // An installed (or bare) lab's mesh lives in its clusters' install, not in files of the lab: its clusters are reached by context.
+  if (lab.install) {
+    const [a, b] = lab.clusters.map((c) => c.name);
+    throw new CliError(
+      `lab ${lab.name} runs the mesh as clustermesh install's pods (namespace ${lab.install.namespace}), not as lab processes: --lab works on labs of \`lab up --direct\`; ` +
+        `connect this lab's clusters by kube context from its workstation, e.g. clustermesh lab run --lab ${lab.name} -- clustermesh connect --context ${a ?? 'cluster1'} --destination-context ${b ?? 'cluster2'}`,
+      EXIT_ERROR,
+    );
+  }
+  return lab;
 }
 
 /**

@@ -167,11 +167,17 @@ async function findPod(state: LabState, ref: string, clusterName: string | undef
   return { pod, rec };
 }
 
-/** lab up --install: the log of the install's agent pod on `node` (or its apiserver pod) as the kubelet keeps it. */
-function installedPodLog(state: LabState, cluster: string, container: 'agent' | 'apiserver', node?: string): string | undefined {
+/** An installed lab: the install's agent container on `node` (or its apiserver container) as the kubelet records it (pid, start, log). */
+function installedContainer(state: LabState, cluster: string, container: 'agent' | 'apiserver', node?: string): PodRecord['containers'][number] | undefined {
   const prefix = container === 'agent' ? 'clustermesh-agent-' : 'clustermesh-apiserver-';
   const rec = podRecordsOf(state.dir ?? labDir(state.name)).find((r) => r.cluster === cluster && r.namespace === state.install!.namespace && r.name.startsWith(prefix) && (node === undefined || r.node === node));
-  return rec?.containers.find((c) => c.name === container)?.logFile;
+  return rec?.containers.find((c) => c.name === container);
+}
+
+/** A node's agent: the lab process, or in an installed lab the DaemonSet pod's container on the node as the kubelet records it. */
+function agentProcess(state: LabState, n: LabState['nodes'][number]): { pid: number | null; running: boolean; log: string | null } {
+  const a: { pid?: number | undefined; startTime?: string | undefined; logFile?: string | undefined } = state.install ? (installedContainer(state, n.cluster, 'agent', n.name) ?? {}) : n;
+  return { pid: a.pid ?? null, running: sameProcessAlive(a), log: a.logFile || null };
 }
 
 function parsePrometheusPort(v: string): number {
@@ -205,7 +211,7 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
   nameOption(
     lab
       .command('up')
-      .description("build a lab: router, node namespaces, per cluster the mesh's etcd and the Kubernetes etcd (two processes, mutual TLS), a Kubernetes API server (the one local source: agents, apiservers, kubelets and the cluster DNS read it through 127.0.0.1:6443 in their namespace; its controllers and scheduler run Deployments, EndpointSlices and pod placement; Cilium's policy CRDs and the MCS API CRDs are served from the start) and an apiserver, an agent and a kubelet per node; returns when every agent is connected to every cluster")
+      .description("build a lab: router, node namespaces, per cluster a Kubernetes-shaped cluster (its etcd, a Kubernetes API server with controllers and scheduler, a kubelet per node, the cluster DNS), then the mesh put on them as on real clusters: clustermesh install --context clusterN and clustermesh connect for every pair, each command printed, so the agents (a DaemonSet) and apiservers (a Deployment with its etcd) are pods of the install's manifests; returns when every agent is connected to every cluster. --direct runs the agents and apiservers as lab processes instead, --bare leaves the install to you")
       .option('--clusters <n>', 'number of clusters', parseSmallCount(16), 2)
       .option('--nodes <n>', 'nodes per cluster', parseSmallCount(16), 2)
       .option('--latency <delay>', 'one-way delay between clusters (netem on the router), e.g. 20ms', checked(validateLatency))
@@ -214,14 +220,15 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
       .option('--routing <modes>', "tunnel (VXLAN between nodes), native (the router routes every node's pod CIDR, nothing encapsulated), or one per cluster, e.g. native,native,tunnel (native clusters tunnel to tunnel ones)", parseRouting, ['tunnel'] as RoutingMode[])
       .option('--prometheus', "run Debian's prometheus (./scripts/setup.sh --prometheus installs it) scraping every agent and apiserver of the lab; its web UI on 127.0.0.1 of this host")
       .option('--prometheus-port <port>', 'port of the prometheus UI on 127.0.0.1 (0: any free one)', parsePrometheusPort, 9090)
-      .option('--install', 'bring up bare clusters (the Kubernetes API, kubelets, DNS) and put the mesh on them as on real clusters: clustermesh install --context clusterN ... --service-type LoadBalancer, then clustermesh connect for every pair, each command printed; the agents and apiservers are pods of the install (kubectl -n clustermesh-system get pods); --routing native, --socket-lb and --prometheus become clustermesh install --routing-mode native, --socket-lb (on every node cgroup, not the root) and metrics ports')
+      .option('--direct', "the mesh's agents, apiservers and their etcds run as lab processes on the nodes, started by the lab rather than by clustermesh install's manifests: about a third less CPU for a 4x2 lab; the fault suite's labs and `clustermesh config connect --lab` work on this kind")
+      .option('--install', 'no effect (accepted until the next release): the mesh is always installed unless --direct or --bare')
       .option('--bare', "bare clusters only (the Kubernetes API, kubelets, DNS waiting for a CNI): install the mesh yourself, from the lab's workstation: clustermesh lab run -- clustermesh install --context clusterN --cluster-name clusterN --cluster-id N --service-type LoadBalancer --image " + LAB_INSTALL_IMAGE + ', then clustermesh lab run -- clustermesh connect --context clusterA --destination-context clusterB (or --connection-mode mesh --context cluster1 --context cluster2 --context cluster3 ...) and clustermesh lab run -- clustermesh status --context clusterA --wait')
       .option('--kube-source', 'no effect (accepted until the next release): the Kubernetes API is always the local source')
       .option('--json', 'print the lab state as JSON at the end'),
   )
     .addHelpText('after', '\nExample:\n  clustermesh lab up --clusters 2 --nodes 2 --latency 20ms --lab geo\n\nProcesses keep running after this command returns; remove everything with: clustermesh lab down --lab NAME\n\nkubectl: export KUBECONFIG=$(clustermesh lab kubeconfig --lab NAME); the contexts are the cluster names.')
     .action(
-      action(async (o: LabOpts & { clusters: number; nodes: number; latency?: string; loss?: string; socketLb?: boolean; routing: RoutingMode[]; prometheus?: boolean; prometheusPort: number; install?: boolean; bare?: boolean; json?: boolean }) => {
+      action(async (o: LabOpts & { clusters: number; nodes: number; latency?: string; loss?: string; socketLb?: boolean; routing: RoutingMode[]; prometheus?: boolean; prometheusPort: number; install?: boolean; direct?: boolean; bare?: boolean; json?: boolean }) => {
         const say = (l: string): void => void (o.json ? console.error(l) : console.log(l));
         let interrupted = false;
         const up = labUp({
@@ -233,7 +240,7 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
           ...(o.socketLb ? { socketLB: true } : {}),
           routing: o.routing.length === 1 ? Array.from({ length: o.clusters }, () => o.routing[0]!) : o.routing,
           ...(o.prometheus ? { prometheus: true, prometheusPort: o.prometheusPort } : {}),
-          ...(o.install ? { install: true } : {}),
+          ...(o.direct ? { direct: true } : {}),
           ...(o.bare ? { bare: true } : {}),
           progress: say,
         });
@@ -395,7 +402,7 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
             underlayIP: n.underlayIP,
             podCIDR: n.podCIDR,
             netns: n.netns,
-            agent: { pid: n.pid ?? null, running: sameProcessAlive({ pid: n.pid, startTime: n.startTime }), log: n.logFile },
+            agent: agentProcess(state, n),
             kubelet: { pid: n.kubelet?.pid ?? null, running: n.kubelet ? sameProcessAlive(n.kubelet) : false, log: n.kubelet?.logFile ?? null },
             pods: pods.filter((p) => p.cluster === n.cluster && p.node === n.name).length,
           }));
@@ -495,7 +502,7 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
     lab
       .command('run')
       .description(
-        "run a command on the lab's workstation: the router namespace, which reaches every cluster's underlay (nodes, load balancer addresses) and, in a lab of --bare or --install, " +
+        "run a command on the lab's workstation: the router namespace, which reaches every cluster's underlay (nodes, load balancer addresses) and, in every lab but one of --direct, " +
           "every cluster's Kubernetes API at the address of the lab's kubeconfig (KUBECONFIG is set); its exit code is passed through. What a user's machine is to real clusters.",
       )
       .argument('<command...>', 'the command, after --'),
@@ -539,8 +546,8 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
           const c = clusterOf(state, o.cluster);
           const n = state.nodes.find((x) => x.cluster === c.name && x.name === nodeRef[2]);
           if (!n) throw new Error(`no node ${nodeRef[2]} in ${c.name}; its nodes: ${state.nodes.filter((x) => x.cluster === c.name).map((x) => x.name).join(', ')}`);
-          file = nodeRef[1] === 'node' ? (state.install ? installedPodLog(state, c.name, 'agent', n.name) : n.logFile) : n.kubelet?.logFile;
-        } else if (what === 'apiserver') file = state.install ? installedPodLog(state, clusterOf(state, o.cluster).name, 'apiserver') : clusterOf(state, o.cluster).apiserver.logFile;
+          file = nodeRef[1] === 'node' ? (state.install ? installedContainer(state, c.name, 'agent', n.name)?.logFile : n.logFile) : n.kubelet?.logFile;
+        } else if (what === 'apiserver') file = state.install ? installedContainer(state, clusterOf(state, o.cluster).name, 'apiserver')?.logFile : clusterOf(state, o.cluster).apiserver.logFile;
         else if (what === 'kube-apiserver') file = clusterOf(state, o.cluster).kubeApi?.logFile;
         else if (what === 'etcd') file = clusterOf(state, o.cluster).etcd.logFile;
         // A lab of an older clustermesh kept the Kubernetes objects in its one etcd.

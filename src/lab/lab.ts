@@ -68,11 +68,16 @@ export interface LabUpOptions {
   prometheus?: boolean;
   /** Default 9090; 0 = any free port. */
   prometheusPort?: number;
-  /** Bare clusters, then `clustermesh install` and `connect` by kube context (src/lab/lab-install.ts): the agents and
-   * apiservers are pods of the install's manifests, not lab processes. */
-  install?: boolean;
-  /** Bare clusters only (as install's first half): no mesh; `clustermesh install` and `connect` are left to the user. */
+  /** How the mesh gets onto the clusters (default 'install'; labMeshMode decides from the flags):
+   * - install: bare clusters, then `clustermesh install` and `connect` by kube context (src/lab/lab-install.ts): the
+   *   agents and apiservers are pods of the install's manifests, as on real clusters;
+   * - direct: the agents and apiservers are lab processes started on the nodes (no manifests): cheaper, and what the
+   *   fault suite (lab chaos) and `clustermesh config connect --lab` work on;
+   * - bare: bare clusters only (as install's first half): `clustermesh install` and `connect` are left to the user. */
+  direct?: boolean;
   bare?: boolean;
+  /** The default; kept so that callers that asked for it still may. With direct or bare it is an error. */
+  install?: boolean;
 }
 
 export interface LabUpResult {
@@ -177,16 +182,27 @@ class StepError extends Error {
   }
 }
 
+export type LabMeshMode = 'install' | 'direct' | 'bare';
+
+/** The lab's mesh mode from up's flags: install unless direct or bare; two of them together are refused. */
+export function labMeshMode(o: Pick<LabUpOptions, 'install' | 'direct' | 'bare'>): LabMeshMode {
+  const given = (['install', 'direct', 'bare'] as const).filter((k) => o[k] === true);
+  if (given.length > 1) throw new Error(`--${given[0]} and --${given[1]} do not go together: a lab's mesh is installed (the default), --direct or --bare`);
+  return given[0] ?? 'install';
+}
+
 /** Builds the lab; on failure removes what it made (as `down` would) and throws naming the step. */
 export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
   const name = validateLabName(o.name);
   if (o.latency) validateLatency(o.latency);
   if (o.loss) validateLoss(o.loss);
   if (o.prometheus) prometheusBinary(); // not installed: say so before building anything
-  const bare = o.install === true || o.bare === true;
-  // --install passes them to clustermesh install (lab-install.ts); a bare lab has no mesh they could apply to yet.
-  if (o.bare && !o.install && (o.prometheus || o.socketLB || o.routing?.some((r) => r !== 'tunnel'))) {
-    throw new Error(`--bare goes with none of --prometheus, --socket-lb, --routing native (they are settings of the mesh; give them to clustermesh install, or use --install)`);
+  const mode = labMeshMode(o);
+  const install = mode === 'install';
+  const bare = mode !== 'direct'; // no lab agents or apiservers: the install's pods (or none yet)
+  // An install is given them (lab-install.ts); a bare lab has no mesh they could apply to yet.
+  if (mode === 'bare' && (o.prometheus || o.socketLB || o.routing?.some((r) => r !== 'tunnel'))) {
+    throw new Error(`--bare goes with none of --prometheus, --socket-lb, --routing native (they are settings of the mesh; give them to clustermesh install, or leave out --bare)`);
   }
   const progress = o.progress ?? (() => undefined);
   const t0 = Date.now();
@@ -498,7 +514,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     }
     save();
 
-    if (o.install) {
+    if (install) {
       step = 'install';
       progress(`[4/6] the mesh, installed as on any Kubernetes cluster: clustermesh install and connect by kube context (the lab's kubeconfig)`);
       await installMesh({
@@ -518,7 +534,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
 
     step = 'cluster DNS';
     progress(`[5/6] cluster DNS: Deployment kube-system/cluster-dns behind Service kube-system/kube-dns (${DNS_SERVICE_IP}) in every cluster, applied to and reading the Kubernetes API`);
-    if (bare && !o.install) progress(`      the DNS pods wait for a CNI configuration (NetworkNotReady): they start once the mesh is installed`);
+    if (mode === 'bare') progress(`      the DNS pods wait for a CNI configuration (NetworkNotReady): they start once the mesh is installed`);
     else await waitClusterDns(state, dnsT0, progress);
     save();
 
@@ -530,7 +546,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
         ui: ui!,
         cli: CLI,
         // --install: the installed pods' annotated metrics ports, at their nodes.
-        targets: o.install
+        targets: install
           ? await installedMetricsTargets(state)
           : {
               agents: state.nodes.map((n) => ({ cluster: n.cluster, node: n.name, address: `${n.underlayIP}:${AGENT_METRICS_PORT}` })),
@@ -550,7 +566,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
     save();
     await mesh.release();
     const totalMs = Date.now() - t0;
-    progress(`[6/6] lab ${name} is up: ${o.clusters} clusters x ${o.nodes} nodes in ${(totalMs / 1000).toFixed(1)} s (${bare && !o.install ? 'no mesh: install it with clustermesh install and connect, by context' : `all connected after ${(readyMs / 1000).toFixed(1)} s`}); state in ${dir}; export KUBECONFIG=${kubeconfig}`);
+    progress(`[6/6] lab ${name} is up: ${o.clusters} clusters x ${o.nodes} nodes in ${(totalMs / 1000).toFixed(1)} s (${mode === 'bare' ? 'no mesh: install it with clustermesh install and connect, by context' : `all connected after ${(readyMs / 1000).toFixed(1)} s`}); state in ${dir}; export KUBECONFIG=${kubeconfig}`);
     return { state, readyMs, totalMs };
   } catch (err) {
     ui?.close();
