@@ -251,7 +251,9 @@ describe('lab kubelet: pod specs as a kubelet runs them, a DaemonSet, CNI config
         await new Promise((r) => setTimeout(r, 100));
       }
     })();
-    const r = await cli(['lab', 'up', '--lab', name, '--clusters', '1', '--nodes', '2']);
+    // --direct: this file's kubelets get a kubelet config of its own (CLUSTERMESH_LAB_KUBELET_CONFIG), which leaves out the
+    // install's image mapping; the installed agent pods run under the lab's own kubelet config (test/lab-install*.test.ts).
+    const r = await cli(['lab', 'up', '--direct', '--lab', name, '--clusters', '1', '--nodes', '2']);
     up = true;
     writing = false;
     await writer;

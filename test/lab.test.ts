@@ -190,10 +190,19 @@ spec:
     assert.equal(state.phase, 'up');
     assert.equal(state.clusters.length, 2);
     assert.equal(state.nodes.length, 2);
-    for (const n of state.nodes) {
-      assert.ok(sameProcessAlive({ pid: n.pid, startTime: n.startTime }), `agent ${n.cluster}/${n.name} runs after up returned`);
-      assert.ok(n.kubelet && sameProcessAlive(n.kubelet), `kubelet ${n.cluster}/${n.name} runs`);
+    // The mesh is installed (the default): every node's agent is the DaemonSet's pod there, which `lab get nodes` finds.
+    assert.equal(state.install?.namespace, 'clustermesh-system');
+    const nodes = await cli(['lab', 'get', 'nodes', '--lab', name, '-o', 'json']);
+    assert.equal(nodes.code, 0, show(nodes));
+    const views = JSON.parse(nodes.stdout) as Array<{ cluster: string; name: string; agent: { pid: number | null; running: boolean }; kubelet: { running: boolean } }>;
+    assert.deepEqual(views.map((v) => `${v.cluster}/${v.name}`).sort(), ['cluster1/node1', 'cluster2/node1']);
+    for (const v of views) {
+      assert.ok(v.agent.running && v.agent.pid !== null, `agent ${v.cluster}/${v.name} runs after up returned: ${JSON.stringify(v)}`);
+      assert.match(readFileSync(`/proc/${v.agent.pid}/cmdline`, 'utf8'), /\0agent\0/, `the agent pod's process of ${v.cluster}/${v.name} runs the agent`);
+      assert.ok(v.kubelet.running, `kubelet ${v.cluster}/${v.name} runs`);
     }
+    assert.match(up.stdout, /\$ clustermesh lab run --lab \S+ -- clustermesh install --context cluster1 --cluster-name cluster1 --cluster-id 1 /, 'up prints the install it runs');
+    assert.match(up.stdout, /\$ clustermesh lab run --lab \S+ -- clustermesh connect --context cluster1 --destination-context cluster2/, 'up prints the connect it runs');
 
     const again = await cli(['lab', 'up', '--lab', name, '--clusters', '2', '--nodes', '1']);
     assert.equal(again.code, 2, show(again));
@@ -270,7 +279,11 @@ spec:
       assert.equal(svc.code, 0, show(svc));
       const svcs = JSON.parse(svc.stdout) as Array<{ cluster: string; metadata: { namespace: string; name: string }; spec: { clusterIP: string } }>;
       assert.deepEqual(svcs.filter((s) => s.metadata.namespace === 'default'), [], 'the echo Service is deleted');
-      assert.deepEqual(svcs.map((s) => `${s.cluster} ${s.metadata.namespace}/${s.metadata.name} ${s.spec.clusterIP}`).sort(), ['cluster1 kube-system/kube-dns 10.96.0.10', 'cluster2 kube-system/kube-dns 10.96.0.10']);
+      assert.deepEqual(
+        svcs.filter((s) => s.metadata.namespace !== 'clustermesh-system').map((s) => `${s.cluster} ${s.metadata.namespace}/${s.metadata.name} ${s.spec.clusterIP}`).sort(),
+        ['cluster1 kube-system/kube-dns 10.96.0.10', 'cluster2 kube-system/kube-dns 10.96.0.10'],
+        'what is left besides the install (its apiserver Service)',
+      );
     } finally {
       const made = madeBy(name);
       // --name: the alias lab subcommands keep besides --lab
@@ -281,12 +294,14 @@ spec:
   });
 });
 
-/** Starts `lab up` and SIGKILLs it mid-way: once the control plane runs and the first agent has been started. */
+/** Starts `lab up` and SIGKILLs it mid-way: once the control plane runs and the first agent has been started (a pod of
+ * the install: its container runs under a kubelet, which up started). */
 async function killedUp(name: string): Promise<void> {
   const child = spawn(process.execPath, [CLI, 'lab', 'up', '--lab', name, '--clusters', '2', '--nodes', '1'], { env, stdio: 'ignore' });
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   const end = Date.now() + 180_000;
-  while (!(readState(name)?.processes.some((p) => p.name.startsWith('agent ')) ?? false)) {
+  const agentStarted = (): boolean => podRecordsOf(join(root, name)).some((r) => r.namespace === 'clustermesh-system' && r.name.startsWith('clustermesh-agent-') && r.containers.some((c) => c.name === 'agent' && c.pid !== undefined));
+  while (!agentStarted()) {
     if (child.exitCode !== null) assert.fail(`up ended (code ${child.exitCode}) before it was killed`);
     if (Date.now() > end) assert.fail('up did not get to the agents');
     await sleep(50);

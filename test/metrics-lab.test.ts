@@ -140,9 +140,13 @@ describe('metrics: every agent and apiserver endpoint of a lab, and the lab\'s p
         nonZero('clustermesh_conntrack_entries', 'table="service"');
       }
     }
-    // Every apiserver.
+    // Every apiserver: the install's Deployment pod (host network) serves at its node's address.
+    const all = JSON.parse((await cli(['lab', 'get', 'pods', '--lab', name, '-o', 'json'])).stdout) as Array<PodJson & { cluster: string; node: string | null }>;
     for (const c of st.clusters) {
-      const m = await scrape(c.netns, `${c.ip}:9963`);
+      const pod = all.find((p) => p.cluster === c.name && p.namespace === 'clustermesh-system' && p.name.startsWith('clustermesh-apiserver-'));
+      const node = st.nodes.find((n) => n.cluster === c.name && n.name === pod?.node);
+      assert.ok(node, `apiserver pod of ${c.name} on a node of the lab: ${JSON.stringify(pod)}`);
+      const m = await scrape(node.netns, `${node.underlayIP}:9963`);
       const nonZero = (family: string, ...must: string[]): void => assert.ok(total(m, family, ...must) > 0, `apiserver ${c.name}: ${family}${must.join('')} is 0 or missing`);
       nonZero('clustermesh_apiserver_exported_objects', 'kind="nodes"');
       nonZero('clustermesh_apiserver_exported_objects', 'kind="ip"');

@@ -214,7 +214,7 @@ export async function runLabDemo(opts: LabDemoOptions = {}): Promise<boolean> {
   let up = false;
   try {
     // ---- 1
-    step(`lab up: 2 clusters x 2 nodes (lab '${name}')`, 'namespaces for nodes and a router, per cluster a real etcd with mutual TLS, the Kubernetes API and the apiserver, an agent and a node runtime per node, the cluster DNS');
+    step(`lab up: 2 clusters x 2 nodes (lab '${name}')`, 'namespaces for nodes and a router, per cluster the Kubernetes API over its etcd (mutual TLS), a node runtime per node and the cluster DNS; then the mesh put on them as on real clusters: clustermesh install (agent DaemonSet, apiserver and its etcd) and clustermesh connect, by kube context');
     const upRes = await cm(['lab', 'up', '--lab', name, '--clusters', '2', '--nodes', '2'], { live: true, timeoutMs: 300_000 });
     up = upRes.code === 0;
     if (!check('lab up', up, up ? `${(upRes.ms / 1000).toFixed(1)} s` : `exit ${upRes.code}`)) {
