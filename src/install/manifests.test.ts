@@ -258,7 +258,7 @@ test('manifests: the agent runs as installed (podCIDR from its Node, the conflis
   assert.deepEqual((parseYaml(cm.data['etcd-apiserver.yaml']!) as { endpoints: string[] }).endpoints, [`https://127.0.0.1:${etcdPort}`]);
 });
 
-test('--kvstoremesh: the apiserver runs the cache tier over the remotes Secret, the agents read the remotes from their own etcd; off by default', async () => {
+test('the apiserver reads the remotes Secret (its MCS controller imports their ServiceExports); --kvstoremesh also runs the cache tier over it, the agents then read the remotes from their own etcd; off by default', async () => {
   const { compileAgentConfig } = await import('../agent/config.ts');
   const { compileApiserverOptions } = await import('../apiserver/options.ts');
   type Container = { name: string; command: string[]; volumeMounts: Array<{ name: string; mountPath: string }> };
@@ -275,10 +275,15 @@ test('--kvstoremesh: the apiserver runs the cache tier over the remotes Secret, 
   assert.equal(on.cm.data.kvstoremesh, 'true');
   assert.equal(on.agent.clustermeshCache, true);
   const args = on.apiserver.command;
-  assert.deepEqual(args.slice(args.indexOf('--kvstoremesh')), ['--kvstoremesh', '--clustermesh-config-dir', on.agent.clustermeshConfigDir]);
-  // The remotes Secret (connect's one key set per remote) is mounted where the files it holds say.
-  const mount = on.apiserver.volumeMounts.find((m) => m.mountPath === on.agent.clustermeshConfigDir)!;
-  assert.deepEqual(on.api.volumes.find((v) => v.name === mount.name)?.secret, { secretName: 'clustermesh-remotes', optional: true });
+  assert.ok(args.includes('--kvstoremesh'));
+  // The remotes Secret (connect's one key set per remote) is mounted where the files it holds say, with or without the cache tier.
+  const remotesRead = (r: ReturnType<typeof render>): void => {
+    const a = r.apiserver.command;
+    assert.equal(a[a.indexOf('--clustermesh-config-dir') + 1], r.agent.clustermeshConfigDir);
+    const mount = r.apiserver.volumeMounts.find((m) => m.mountPath === r.agent.clustermeshConfigDir)!;
+    assert.deepEqual(r.api.volumes.find((v) => v.name === mount.name)?.secret, { secretName: 'clustermesh-remotes', optional: true });
+  };
+  remotesRead(on);
   // The apiserver accepts those flags (its own option checks).
   const opts = compileApiserverOptions({ clusterName: 'c1', clusterId: '1', etcdConfig: '/x.yaml', kvstoremesh: true, clustermeshConfigDir: on.agent.clustermeshConfigDir } as never);
   assert.equal(opts.kvstoremesh, true);
@@ -287,7 +292,7 @@ test('--kvstoremesh: the apiserver runs the cache tier over the remotes Secret, 
   assert.equal(off.cm.data.kvstoremesh, 'false');
   assert.equal(off.agent.clustermeshCache, false);
   assert.ok(!off.apiserver.command.includes('--kvstoremesh'));
-  assert.ok(!off.apiserver.volumeMounts.some((m) => m.name === 'remotes'));
+  remotesRead(off);
   assert.equal(compileInstallSettings(base).kvstoremesh, false);
 });
 
