@@ -154,7 +154,8 @@ export function compileApiserverOptions(raw: ApiserverRawOptions): ApiserverConf
   if (kvstoremesh && raw.clustermeshConfigDir === undefined) throw new OptionError('--kvstoremesh', 'needs --clustermesh-config-dir (the remotes to cache)');
   let clustermeshConfigDir: string | undefined;
   if (raw.clustermeshConfigDir !== undefined) {
-    if (kubeconfig === undefined && !kvstoremesh) throw new OptionError('--clustermesh-config-dir', 'needs --kubeconfig (ServiceExports are read from the Kubernetes API) or --kvstoremesh');
+    // No --kubeconfig is fine: the apiserver then reads its cluster's API through KUBECONFIG or its service account
+    // (an installed apiserver), and its MCS controller reads the remotes' ServiceExports with it.
     clustermeshConfigDir = resolve(required('--clustermesh-config-dir', raw.clustermeshConfigDir));
   }
   return {
