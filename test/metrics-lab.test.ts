@@ -2,7 +2,9 @@
 // node): every agent's and apiserver's /metrics endpoint shows the families of
 // issue 16 with non-zero values after traffic (a service lookup, a policy
 // drop), a policy drop increments exactly its reason's counter, and the lab's
-// prometheus (Debian's) has scraped that drop counter (HTTP API). Skipped when
+// prometheus (Debian's) has scraped that drop counter (HTTP API), and follows
+// a replaced apiserver pod (its targets are listed from each cluster's
+// Kubernetes API by `lab prometheus-sd`). Skipped when
 // Debian's prometheus is not installed (./scripts/setup.sh --prometheus).
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -173,18 +175,40 @@ describe('metrics: every agent and apiserver endpoint of a lab, and the lab\'s p
       }
       if (Date.now() > end) assert.fail(`prometheus has no DROP_POLICY >= ${want} for cluster2 after 60 s: ${last}`);
     }
-    const targets = (await (await fetch(`${url}/api/v1/targets`)).json()) as { data: { activeTargets: { labels: Record<string, string>; health: string }[] } };
-    assert.deepEqual(targets.data.activeTargets.map((t) => `${t.labels.job} ${t.labels.cluster} ${t.health}`).sort(), [
+    type Target = { labels: Record<string, string>; health: string };
+    const activeTargets = async (): Promise<Target[]> => ((await (await fetch(`${url}/api/v1/targets?state=active`)).json()) as { data: { activeTargets: Target[] } }).data.activeTargets;
+    assert.deepEqual((await activeTargets()).map((t) => `${t.labels.job} ${t.labels.cluster} ${t.health}`).sort(), [
       'clustermesh-agent cluster1 up',
       'clustermesh-agent cluster2 up',
       'clustermesh-apiserver cluster1 up',
       'clustermesh-apiserver cluster2 up',
     ]);
+    // The targets are the install's pods as listed from each cluster's Kubernetes API (`lab prometheus-sd`): cluster2's
+    // apiserver pod deleted, prometheus scrapes the Deployment's new pod (its instance is its node's address).
+    const kubectl = (args: string[]): Promise<Run> => run('kubectl', ['--kubeconfig', st.kubeconfig!, '--context', 'cluster2', '-n', 'clustermesh-system', ...args], { env, timeoutMs: 60_000 });
+    const apiPods = async (): Promise<string[]> => (await kubectl(['get', 'pods', '-l', 'app.kubernetes.io/name=clustermesh-apiserver', '-o', 'jsonpath={.items[*].metadata.name}'])).stdout.trim().split(/\s+/).filter(Boolean);
+    const [oldPod] = await apiPods();
+    assert.ok(oldPod, 'the apiserver pod of cluster2');
+    const del = await kubectl(['delete', 'pod', oldPod, '--wait=false']);
+    assert.equal(del.code, 0, show(del));
+    let seen = '';
+    for (const end = Date.now() + 180_000; ; await sleep(1000)) {
+      const pods = await apiPods();
+      const ts = (await activeTargets()).filter((t) => t.labels.job === 'clustermesh-apiserver' && t.labels.cluster === 'cluster2');
+      seen = `pods ${pods.join(',')}; targets ${JSON.stringify(ts.map((t) => [t.labels.instance, t.health]))}`;
+      const fresh = pods.length === 1 && pods[0] !== oldPod;
+      const ready = fresh && (await kubectl(['get', 'pod', pods[0]!, '-o', 'jsonpath={.status.conditions[?(@.type=="Ready")].status}'])).stdout.trim() === 'True';
+      if (ready && ts.length === 1 && ts[0]!.health === 'up') {
+        const m = await scrape(st.router.netns, ts[0]!.labels.instance!);
+        if ((m.get('clustermesh_apiserver_kvstore_connected') ?? 0) > 0) break;
+      }
+      if (Date.now() > end) assert.fail(`prometheus did not follow the replaced apiserver pod ${oldPod} within 180 s: ${seen}`);
+    }
     const status = await cli(['status', '--lab', name]);
     assert.match(status.stdout, new RegExp(`prometheus: ok  ${url.replace(/[.]/g, '\\.')}/`));
 
     const procs = st.processes.filter((p) => /^prometheus/.test(p.name));
-    assert.equal(procs.length, 2, 'prometheus and its forwarder are recorded');
+    assert.deepEqual(procs.map((p) => p.name).sort(), ['prometheus', 'prometheus-forward', 'prometheus-sd'], 'prometheus, its forwarder and its service discovery are recorded');
     const down = await cli(['lab', 'down', '--lab', name]);
     assert.equal(down.code, 0, show(down));
     assert.deepEqual(procs.filter((p) => sameProcessAlive(p)).map((p) => p.name), [], 'down stopped prometheus and its forwarder');

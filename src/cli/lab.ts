@@ -608,6 +608,19 @@ and DNS; \`lab apply|delete|scale\` are shortcuts that talk to it like kubectl.`
     });
 
   lab
+    .command('prometheus-sd', { hidden: true })
+    .description("Prometheus HTTP service discovery of an installed lab's agent and apiserver pods, listed from each cluster's Kubernetes API per request (started by `lab up --prometheus` in the router namespace)")
+    .requiredOption('--kubeconfig <file>', "the lab's kubeconfig")
+    .requiredOption('--namespace <ns>', "the install's namespace")
+    .requiredOption('--context <name>', 'a cluster (repeat for each)', (v: string, prev: string[] = []) => [...prev, v])
+    .requiredOption('--listen <host:port>', 'where to listen, in this namespace')
+    .option('--ready-file <file>', 'written once listening')
+    .action(async (o: { kubeconfig: string; namespace: string; context: string[]; listen: string; readyFile?: string }) => {
+      await (await import('../lab/prometheus-sd.ts')).runPrometheusSd({ ...o, contexts: o.context });
+      await new Promise(() => undefined);
+    });
+
+  lab
     .command('sweep')
     .description('remove the namespaces of topologies whose creating process died (a crashed test or demo); running ones are left alone')
     .addHelpText('after', '\nExample:\n  clustermesh lab sweep\n')

@@ -21,7 +21,7 @@
 // `lab up --routing native`, `--socket-lb` and `--prometheus` become install's
 // flags (labInstallFlags): native routing with the lab's routed ranges, socket
 // LB at LAB_SOCKET_LB_CGROUP (each node's own cgroup), and the metrics ports,
-// whose annotated pods the lab's Prometheus scrapes (installedMetricsTargets).
+// whose pods the lab's Prometheus finds through `lab prometheus-sd`.
 import { spawn } from 'node:child_process';
 import type { KubeConfig, KubernetesListObject, KubernetesObject, V1DaemonSet, V1Deployment, V1Service } from '@kubernetes/client-node';
 import { existsSync, mkdirSync, rmSync, symlinkSync } from 'node:fs';
@@ -33,7 +33,6 @@ import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT, DEFAULT_NAMESPACE } from '.
 import { NAMES, PATHS } from '../install/manifests.ts';
 import { pollUntil, PollTimeoutError } from '../util/poll.ts';
 import { nodeCgroupPath } from './cgroup.ts';
-import type { PrometheusTargets } from './prometheus.ts';
 import { routingSettings } from './topology.ts';
 import { childEnv } from './process.ts';
 import type { KubeletConfig } from './kubelet-config.ts';
@@ -118,30 +117,6 @@ export function labInstallFlags(o: Pick<InstallMeshOptions, 'routing' | 'socketL
     ...(o.socketLB ? ['--socket-lb', '--socket-lb-cgroup', LAB_SOCKET_LB_CGROUP] : []),
     ...(o.metrics ? ['--agent-metrics-port', String(AGENT_METRICS_PORT), '--apiserver-metrics-port', String(APISERVER_METRICS_PORT)] : []),
   ];
-}
-
-/**
- * What `lab up --install --prometheus` scrapes: every pod of the install
- * annotated prometheus.io/scrape, at its hostIP and prometheus.io/port (what
- * Prometheus' Kubernetes pod discovery would find), as the plain lab's targets.
- */
-export async function installedMetricsTargets(state: LabState): Promise<PrometheusTargets> {
-  const { CoreV1Api } = await import('@kubernetes/client-node');
-  const { loadKubeConnection } = await import('../sources/kubernetes/kubeconfig.ts');
-  const t: PrometheusTargets = { agents: [], apiservers: [] };
-  for (const c of state.clusters) {
-    const core = loadKubeConnection({ kubeconfig: state.kubeconfig!, context: c.name }).kubeConfig.makeApiClient(CoreV1Api);
-    const pods = await core.listNamespacedPod({ namespace: state.install?.namespace ?? DEFAULT_NAMESPACE });
-    for (const p of pods.items) {
-      const a = p.metadata?.annotations ?? {};
-      if (a['prometheus.io/scrape'] !== 'true' || !p.status?.hostIP || !a['prometheus.io/port']) continue;
-      const address = `${p.status.hostIP}:${a['prometheus.io/port']}`;
-      const app = p.metadata?.labels?.['app.kubernetes.io/name'];
-      if (app === NAMES.agent) t.agents.push({ cluster: c.name, node: p.spec?.nodeName ?? '', address });
-      else if (app === NAMES.apiserver) t.apiservers.push({ cluster: c.name, address });
-    }
-  }
-  return t;
 }
 
 interface Ran {

@@ -34,7 +34,7 @@ import { kubeletConfigFile, kubeletConfigOverrides, podRecordsOf, unmountUnder, 
 import { writeKubeconfig } from './kube-api/index.ts';
 import { ECHO_BIN, requireEchoBin, WORKLOAD_NODE_FLAGS } from './workload-main.ts';
 import { PODSTART_BIN } from './pod-spec.ts';
-import { installedAgentPaths, installedKubeletFields, installedMetricsTargets, installMesh, LAB_INSTALL_IMAGE } from './lab-install.ts';
+import { installedAgentPaths, installedKubeletFields, installMesh, LAB_INSTALL_IMAGE } from './lab-install.ts';
 import { DEFAULT_NAMESPACE } from '../install/settings.ts';
 import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT, openUiSocket, prometheusBinary, startLabPrometheus, waitPrometheusReady } from './prometheus.ts';
 
@@ -545,9 +545,9 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
         routerNetns: topo.routerNetns,
         ui: ui!,
         cli: CLI,
-        // --install: the installed pods' annotated metrics ports, at their nodes.
+        // Installed: `lab prometheus-sd` lists the install's pods from each cluster's API at every refresh.
         targets: install
-          ? await installedMetricsTargets(state)
+          ? { kubeconfig: state.kubeconfig!, contexts: state.clusters.map((c) => c.name), namespace: state.install!.namespace }
           : {
               agents: state.nodes.map((n) => ({ cluster: n.cluster, node: n.name, address: `${n.underlayIP}:${AGENT_METRICS_PORT}` })),
               apiservers: state.clusters.map((c) => ({ cluster: c.name, address: `${c.ip}:${APISERVER_METRICS_PORT}` })),

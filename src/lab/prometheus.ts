@@ -17,6 +17,8 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer, connect, type Server } from 'node:net';
 import { join } from 'node:path';
 import { stringify as toYaml } from 'yaml';
+import { waitReadyFiles } from './kube-api-procs.ts';
+import { SD_PATHS } from './prometheus-sd.ts';
 import { ManagedProcess, childEnv, type ManagedProcessSpec } from './process.ts';
 
 /** Where the lab's agents and apiservers serve /metrics: the ports `install --agent-metrics-port/--apiserver-metrics-port` default to on loopback. */
@@ -24,10 +26,22 @@ export { AGENT_METRICS_PORT, APISERVER_METRICS_PORT } from '../install/settings.
 /** Where prometheus listens inside the router namespace. */
 const PROMETHEUS_INNER = '127.0.0.1:9090';
 
+/** A lab of lab processes (--direct): where each agent and apiserver serves. */
 export interface PrometheusTargets {
   agents: { cluster: string; node: string; address: string }[];
   apiservers: { cluster: string; address: string }[];
 }
+
+/** An installed lab: the clusters (contexts of the lab's kubeconfig) and the install's namespace, whose agent and
+ * apiserver pods `lab prometheus-sd` lists for Prometheus at every refresh (prometheus-sd.ts). */
+export interface PrometheusPodDiscovery {
+  kubeconfig: string;
+  contexts: string[];
+  namespace: string;
+}
+
+/** Where `lab prometheus-sd` listens, in the router namespace beside prometheus. */
+const SD_INNER = '127.0.0.1:9091';
 
 /** The installed prometheus binary, or an error saying how to install it. */
 export function prometheusBinary(): string {
@@ -38,18 +52,22 @@ export function prometheusBinary(): string {
   }
 }
 
-/** prometheus.yml: one job for the agents, one for the apiservers, labelled with cluster and node. */
-export function prometheusConfig(t: PrometheusTargets, scrapeIntervalSeconds = 5): string {
+/**
+ * prometheus.yml: one job for the agents, one for the apiservers, labelled with cluster (and node for agents): fixed
+ * targets, or (an installed lab) HTTP service discovery from `sd` (base URL of `lab prometheus-sd`) every 5 s.
+ */
+export function prometheusConfig(t: PrometheusTargets | { sd: string }, scrapeIntervalSeconds = 5): string {
+  const discovered = (path: string) => ({ http_sd_configs: [{ url: `${'sd' in t ? t.sd : ''}${path}`, refresh_interval: `${scrapeIntervalSeconds}s` }] });
   return toYaml({
     global: { scrape_interval: `${scrapeIntervalSeconds}s`, evaluation_interval: `${scrapeIntervalSeconds}s` },
     scrape_configs: [
       {
         job_name: 'clustermesh-agent',
-        static_configs: t.agents.map((a) => ({ targets: [a.address], labels: { cluster: a.cluster, node: a.node } })),
+        ...('sd' in t ? discovered(SD_PATHS.agents) : { static_configs: t.agents.map((a) => ({ targets: [a.address], labels: { cluster: a.cluster, node: a.node } })) }),
       },
       {
         job_name: 'clustermesh-apiserver',
-        static_configs: t.apiservers.map((a) => ({ targets: [a.address], labels: { cluster: a.cluster } })),
+        ...('sd' in t ? discovered(SD_PATHS.apiservers) : { static_configs: t.apiservers.map((a) => ({ targets: [a.address], labels: { cluster: a.cluster } })) }),
       },
     ],
   });
@@ -59,6 +77,8 @@ export interface LabPrometheus {
   url: string;
   prometheus: ManagedProcess;
   forwarder: ManagedProcess;
+  /** An installed lab's `lab prometheus-sd`. */
+  sd?: ManagedProcess;
   configFile: string;
 }
 
@@ -82,7 +102,7 @@ export async function openUiSocket(port: number): Promise<Server> {
 export async function startLabPrometheus(o: {
   dir: string;
   routerNetns: string;
-  targets: PrometheusTargets;
+  targets: PrometheusTargets | PrometheusPodDiscovery;
   ui: Server;
   cli: string;
   /** Writes a process down (the lab's state) before its program runs (ManagedProcess beforeRun). */
@@ -93,7 +113,24 @@ export async function startLabPrometheus(o: {
   const bin = prometheusBinary();
   mkdirSync(join(o.dir, 'data'), { recursive: true });
   const configFile = join(o.dir, 'prometheus.yml');
-  writeFileSync(configFile, prometheusConfig(o.targets));
+  const t = o.targets;
+  let sd: ManagedProcess | undefined;
+  if ('contexts' in t) {
+    // Before prometheus: its first discovery finds the server up (a refused one is only retried at the next refresh).
+    const readyFile = join(o.dir, 'prometheus-sd.ready');
+    sd = new ManagedProcess({
+      name: 'prometheus-sd',
+      netns: o.routerNetns,
+      logFile: join(o.dir, 'prometheus-sd.log'),
+      argv: [process.execPath, o.cli, 'lab', 'prometheus-sd', '--kubeconfig', t.kubeconfig, '--namespace', t.namespace, '--listen', SD_INNER, '--ready-file', readyFile, ...t.contexts.flatMap((c) => ['--context', c])],
+      env: childEnv(),
+      detached: true,
+      ...recorded,
+    });
+    await sd.start();
+    await waitReadyFiles([{ proc: sd, readyFile }], 60_000);
+  }
+  writeFileSync(configFile, prometheusConfig('contexts' in t ? { sd: `http://${SD_INNER}` } : t));
   const prometheus = new ManagedProcess({
     name: 'prometheus',
     netns: o.routerNetns,
@@ -123,7 +160,7 @@ export async function startLabPrometheus(o: {
   } finally {
     server.close();
   }
-  return { url: `http://127.0.0.1:${port}`, prometheus, forwarder, configFile };
+  return { url: `http://127.0.0.1:${port}`, prometheus, forwarder, ...(sd ? { sd } : {}), configFile };
 }
 
 /** `clustermesh lab forward`: relays every connection on the listening socket fd 3 to `to` (host:port in this namespace). */
