@@ -1,5 +1,5 @@
-// The install settings plain `lab up` offers, on an installed lab: `lab up
-// --install --routing native --socket-lb --prometheus` (2 clusters x 1 node)
+// The install settings `lab up` offers, on its installed lab: `lab up
+// --routing native --socket-lb --prometheus` (2 clusters x 1 node)
 // hands them to `clustermesh install` (--routing-mode native with the lab's
 // routed ranges, --socket-lb at each node's own cgroup, the agent's and
 // apiserver's metrics ports), and then, with the installed agents only:
@@ -83,9 +83,9 @@ async function vxlanTx(netns: string): Promise<number> {
   return (JSON.parse(stdout) as Array<{ stats64: { tx: { packets: number } } }>)[0]!.stats64.tx.packets;
 }
 
-describe('lab up --install with --routing native --socket-lb --prometheus: the install settings, with real traffic', { timeout: 1_200_000 }, () => {
+describe('lab up with --routing native --socket-lb --prometheus: the install settings, with real traffic', { timeout: 1_200_000 }, () => {
   before(async () => {
-    const up = await cli(['lab', 'up', '--install', '--lab', name, '--clusters', '2', '--nodes', '1', '--routing', 'native', '--socket-lb', ...(PROMETHEUS ? ['--prometheus', '--prometheus-port', '0'] : [])], 900_000);
+    const up = await cli(['lab', 'up', '--lab', name, '--clusters', '2', '--nodes', '1', '--routing', 'native', '--socket-lb', ...(PROMETHEUS ? ['--prometheus', '--prometheus-port', '0'] : [])], 900_000);
     assert.equal(up.code, 0, show(up));
     // The install commands, as printed, carry the settings.
     assert.match(up.stdout, /clustermesh install --context cluster1 .*--routing-mode native --native-routing-cidr 10\.101\.0\.0\/16 --native-routing-cidr 10\.102\.0\.0\/16 --socket-lb --socket-lb-cgroup \/run\/clustermesh\/cgroupv2/);

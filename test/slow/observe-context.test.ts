@@ -1,5 +1,5 @@
 // `clustermesh observe --context` and `ui --context` against clusters of
-// `clustermesh install` (`lab up --install`): from the lab's workstation, as
+// `clustermesh install` (what `lab up` makes): from the lab's workstation, as
 // from a user's machine, the CLI lists each context's agent pods through the
 // Kubernetes API and dials each node's read-only API with the client
 // certificate of Secret clustermesh-observer (mutual TLS). A policy drop and
@@ -19,7 +19,7 @@ import type { LabState } from '../../src/lab/state.ts';
 import { eventually, show, type Run } from '../helpers/kube.ts';
 import { CLI, labFixture } from '../helpers/lab-fixture.ts';
 
-const lab = labFixture('cmoc', { up: ['--install', '--clusters', '2', '--nodes', '1'], upTimeoutMs: 900_000 });
+const lab = labFixture('cmoc', { up: ['--clusters', '2', '--nodes', '1'], upTimeoutMs: 900_000 });
 const { labDir, files, kubectlOk, client } = lab;
 /** On the lab's workstation (`lab run`): what reaches the nodes' addresses (this host must not dial them). */
 const ws = (args: string[], timeoutMs = 120_000): Promise<Run> => lab.onWorkstation(args, timeoutMs);
