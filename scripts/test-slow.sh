@@ -4,7 +4,8 @@
 # --nodes 2` ten times in a row): the fault suite (`npm run chaos`, about
 # 25 minutes, which also rewrites bench/results/reliability.json and
 # RELIABILITY.md), and test/slow/*.test.ts (lab tests of a minute or more each: three clusters
-# installed and connected by kube context while traffic flows, observe and ui by kube context).
+# installed and connected by kube context while traffic flows, observe and ui by kube context,
+# install/uninstall on bare clusters, a lab driven by kubectl, the MCS API's cases).
 # Run it before a release and after touching lab up/down or recovery paths.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -55,6 +55,8 @@ export interface ClusterProbe {
   id: number | undefined;
   /** null: no etcd connection known (explicit mode without --etcd-config). */
   etcd: EtcdProbe | null;
+  /** Why etcd was not probed, when known (an install's etcd is a pod: the agents reach it, this host does not). */
+  etcdNote?: string | undefined;
   /** Lab only: the apiserver process is alive. null: not known. */
   apiserverProcess: boolean | null;
   /** Lab only: the cluster's Kubernetes API server (its URL, its process alive). null: not a lab or none. */
@@ -111,7 +113,7 @@ export interface ClusterReport {
   name: string;
   id: number | null;
   ready: boolean;
-  etcd: { reachable: boolean | null; endpoint: string | null; clusterConfigId: number | null; error: string | null };
+  etcd: { reachable: boolean | null; endpoint: string | null; clusterConfigId: number | null; error: string | null; note?: string };
   apiserver: { reachable: boolean | null; process: boolean | null; heartbeatAgeSeconds: number | null; error: string | null };
   /** Lab only: the Kubernetes API server (kubectl's context of this cluster's name). */
   kubeApi: { url: string; process: boolean } | null;
@@ -184,7 +186,7 @@ export function summarize(probes: ClusterProbe[], now: Date = new Date()): Statu
     // etcd
     const etcd: ClusterReport['etcd'] = p.etcd
       ? { reachable: p.etcd.reachable, endpoint: p.etcd.endpoint, clusterConfigId: p.etcd.clusterConfigId, error: p.etcd.error }
-      : { reachable: null, endpoint: null, clusterConfigId: null, error: null };
+      : { reachable: null, endpoint: null, clusterConfigId: null, error: null, ...(p.etcdNote ? { note: p.etcdNote } : {}) };
     if (p.etcd && !p.etcd.reachable) notReady.push(`${p.name}: etcd ${p.etcd.endpoint ?? ''} is not reachable (${p.etcd.error ?? 'no answer'})`);
     if (p.etcd?.reachable) {
       anyEtcd = true;
@@ -403,6 +405,7 @@ export async function probeTargets(t: Targets, closer: Closer, o: { etcd?: boole
         name,
         id: c?.id,
         etcd: c?.etcd && o.etcd !== false ? await probeEtcd(c, closer) : null,
+        ...(c && !c.etcd && c.etcdSource ? { etcdNote: c.etcdSource } : {}),
         // An installed lab's apiserver is a pod of the install (kubectl -n clustermesh-system get pods), not a lab process.
         apiserverProcess: c?.lab && !t.lab?.install ? sameProcessAlive(c.lab.apiserver) : null,
         kubeApi: c?.lab?.kubeApi ? { url: c.lab.kubeApi.url, process: sameProcessAlive(c.lab.kubeApi) } : null,
@@ -435,7 +438,7 @@ export function formatStatus(r: StatusReport): string {
   for (const c of r.clusters) {
     out.push(`${c.name}${c.id !== null ? ` (id ${c.id})` : ''}: ${c.ready ? 'ready' : 'NOT READY'}`);
     out.push(
-      `  etcd:        ${mark(c.etcd.reachable)}${c.etcd.endpoint ? `  ${c.etcd.endpoint}` : ''}${c.etcd.clusterConfigId !== null ? `  cluster-config id ${c.etcd.clusterConfigId}` : ''}${c.etcd.error ? `  (${c.etcd.error})` : ''}${c.etcd.reachable === null ? '  (no etcd config given)' : ''}`,
+      `  etcd:        ${mark(c.etcd.reachable)}${c.etcd.endpoint ? `  ${c.etcd.endpoint}` : ''}${c.etcd.clusterConfigId !== null ? `  cluster-config id ${c.etcd.clusterConfigId}` : ''}${c.etcd.error ? `  (${c.etcd.error})` : ''}${c.etcd.reachable === null ? `  (${c.etcd.note ?? 'no etcd config given'})` : ''}`,
     );
     out.push(`  apiserver:   ${mark(c.apiserver.reachable)}${c.apiserver.heartbeatAgeSeconds !== null ? `  heartbeat ${c.apiserver.heartbeatAgeSeconds}s ago` : ''}${c.apiserver.error ? `  (${c.apiserver.error})` : ''}`);
     if (c.kubeApi) out.push(`  kube-api:    ${mark(c.kubeApi.process)}  ${c.kubeApi.url}${c.kubeApi.process ? '' : '  (process not running)'}  (kubectl --context ${c.name})`);

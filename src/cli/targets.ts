@@ -268,7 +268,7 @@ function fromLab(lab: LabState): Targets {
   const clusters: ClusterTarget[] = lab.clusters.map((c) => ({
     name: c.name,
     id: c.id,
-    // lab up --install: the lab's etcd only stores the Kubernetes API; the mesh's is the install's pod, on the
+    // An installed lab (lab up's default): the lab's etcd only stores the Kubernetes API; the mesh's is the install's pod, on the
     // cluster's underlay (not reachable from here): its agents report on it.
     etcd: lab.install ? undefined : labEtcdConnection(c),
     etcdSource: lab.install ? `the install in namespace ${lab.install.namespace} (not probed from this host; see the agents)` : `lab ${lab.name}`,

@@ -346,7 +346,7 @@ interface ProbeState {
  * `sh -c 'curl … | grep …'`), an httpGet one request from this process.
  * Without the limit a starting pod was probed at every poll of its start
  * (50 ms) and every pass: the installed lab's apiserver and agent pods ran
- * some 90 exec probes in a 2x1 `lab up --install`. tcpSocket probes (a
+ * some 90 exec probes in a 2x1 installed `lab up`. tcpSocket probes (a
  * connect) keep the fast polls.
  */
 const PROBE_MIN_INTERVAL_MS = { exec: 1000, httpGet: 250 } as const;

@@ -1,4 +1,4 @@
-// `lab up --install`: the lab's clusters are bare Kubernetes-shaped clusters
+// `lab up` (its default, installed lab): the lab's clusters are bare Kubernetes-shaped clusters
 // (API, kubelets, DNS) and the mesh is put on them the way a user puts it on
 // real clusters: `clustermesh install` and `clustermesh connect` by kube
 // context, each run as its own process and printed. The agent DaemonSet and
@@ -38,7 +38,7 @@ import { childEnv } from './process.ts';
 import type { KubeletConfig } from './kubelet-config.ts';
 import type { LabState } from './state.ts';
 
-/** The image reference `lab up --install` gives `clustermesh install`; the kubelets map it to this checkout. */
+/** The image reference `lab up` gives `clustermesh install`; the kubelets map it to this checkout. */
 export const LAB_INSTALL_IMAGE = 'clustermesh.lab/clustermesh:dev';
 /** Where the image holds the CNI plugin executable (the agent pod's install-cni-plugin init container copies it). */
 export const IMAGE_CNI_PLUGIN = '/usr/local/lib/clustermesh/clustermesh-cni';
@@ -86,7 +86,7 @@ export interface InstallMeshOptions {
 }
 
 /**
- * Where `lab up --install --socket-lb` tells install the host's cgroup v2
+ * Where `lab up --socket-lb` tells install the host's cgroup v2
  * mount is (--socket-lb-cgroup), as Cilium mounts one at /run/cilium/cgroupv2:
  * on each lab node's own host filesystem this path is its node's cgroup
  * (src/lab/cgroup.ts), so from the node the cgroup v2 root is its own cgroup,

@@ -299,7 +299,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
       mkdirSync(join(dir, 'bin'), { recursive: true });
       writeFileSync(join(dir, 'bin', 'clustermesh'), `#!/bin/sh\n# clustermesh of lab ${name}\n${workload}exec '${process.execPath}' '${CLI}' "$@"\n`);
       chmodSync(join(dir, 'bin', 'clustermesh'), 0o755);
-      // Bare (--bare, --install): no lab agents; a kubelet per node of the topology, the CNI config from what the installed agent writes.
+      // Installed or --bare: no lab agents; a kubelet per node of the topology, the CNI config from what the installed agent writes.
       const nodes = bare
         ? m.topo.nodes.map((node) => ({ node, cluster: m.clusters.find((c) => c.index === node.cluster)!, dir: join(m.clusters.find((c) => c.index === node.cluster)!.dir, node.name), socket: undefined }))
         : m.agents.map((a) => ({ node: a.node, cluster: a.cluster, dir: a.dir, socket: a.socket }));
@@ -417,7 +417,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
         // Bare: the one etcd is the Kubernetes etcd (the install's etcd is a pod).
         etcd: etcdRecord(c.etcd),
         kubeEtcd: etcdRecord(c.kubeEtcd),
-        // --install: the apiserver is the install's Deployment (kubectl logs); this records where a lab one would log.
+        // Installed: the apiserver is the install's Deployment (kubectl logs); this records where a lab one would log.
         apiserver: {
           ...(c.apiserver.pid !== undefined ? { pid: c.apiserver.pid, startTime: processStartTime(c.apiserver.pid) } : {}),
           logFile: c.apiserver.spec.logFile,

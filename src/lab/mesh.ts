@@ -68,7 +68,7 @@ export interface MeshOptions {
   agents?: boolean;
   /** Start the clustermesh apiserver per cluster (default true). Without (and then without agents): bare
    * Kubernetes-shaped clusters, with no mesh etcd either (only the Kubernetes etcd, the store of each
-   * cluster's Kubernetes API), on which `clustermesh install` puts the mesh (lab up --install). */
+   * cluster's Kubernetes API), on which `clustermesh install` puts the mesh (lab up's default). */
   apiservers?: boolean;
   /** The clusters (1-based) that get a control plane and agents (default: all). The nodes of the
    * others are left to the caller, e.g. to stand in for a foreign (Cilium) cluster. */

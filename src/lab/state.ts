@@ -77,7 +77,7 @@ export const labClusterSchema = z.object({
   ip: z.string(),
   /** Directory of the cluster in the lab dir. */
   dir: z.string().optional(),
-  /** The mesh's etcd (the clustermesh kvstore). A bare lab (up --bare/--install: the install's etcd is a pod) has none: this is then its Kubernetes etcd, as kubeEtcd. */
+  /** The mesh's etcd (the clustermesh kvstore). An installed or bare lab (the install's etcd is a pod) has none: this is then its Kubernetes etcd, as kubeEtcd. */
   etcd: labEtcdSchema,
   /** The Kubernetes etcd: the store of the cluster's Kubernetes API (user `kube`), separate from the mesh's; absent in labs of an older clustermesh (one etcd for both). */
   kubeEtcd: labEtcdSchema.optional(),
@@ -175,7 +175,7 @@ export const labStateSchema = z.object({
   nodes: z.array(labNodeSchema).default([]),
   /** The kubeconfig `up` wrote: one context per cluster, named like the cluster. */
   kubeconfig: z.string().optional(),
-  /** up --install: the mesh is `clustermesh install`ed on every cluster (agents and apiservers are pods in this namespace). */
+  /** An installed (or --bare) lab: the mesh is (to be) `clustermesh install`ed on every cluster (agents and apiservers are pods in this namespace). */
   install: z.object({ namespace: z.string(), image: z.string() }).optional(),
   /** up --prometheus: where its UI answers (this namespace), its config and log. */
   prometheus: z.object({ url: z.string(), configFile: z.string(), logFile: z.string() }).optional(),

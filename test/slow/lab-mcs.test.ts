@@ -12,10 +12,10 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { childEnv } from '../src/lab/process.ts';
-import { eventually, kubectlFor, ok, run } from './helpers/kube.ts';
+import { childEnv } from '../../src/lab/process.ts';
+import { eventually, kubectlFor, ok, run } from '../helpers/kube.ts';
 
-const ROOT_DIR = resolve(import.meta.dirname, '..');
+const ROOT_DIR = resolve(import.meta.dirname, '..', '..');
 const CLI = join(ROOT_DIR, 'bin', 'clustermesh.js');
 const root = mkdtempSync(join(tmpdir(), 'cmtmcs-root-'));
 const files = mkdtempSync(join(tmpdir(), 'cmtmcs-files-'));
