@@ -71,8 +71,8 @@ export interface LabUpOptions {
   /** How the mesh gets onto the clusters (default 'install'; labMeshMode decides from the flags):
    * - install: bare clusters, then `clustermesh install` and `connect` by kube context (src/lab/lab-install.ts): the
    *   agents and apiservers are pods of the install's manifests, as on real clusters;
-   * - direct: the agents and apiservers are lab processes started on the nodes (no manifests): cheaper, and what the
-   *   fault suite (lab chaos) and `clustermesh config connect --lab` work on;
+   * - direct: the agents and apiservers are lab processes started on the nodes (no manifests): cheaper, what
+   *   `clustermesh connect --lab` works on, and what lets a test reach into the mesh's processes (pids, config files);
    * - bare: bare clusters only (as install's first half): `clustermesh install` and `connect` are left to the user. */
   direct?: boolean;
   bare?: boolean;
