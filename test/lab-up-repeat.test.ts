@@ -13,8 +13,9 @@
 // start, the policy enforcement scan without an allocation per slot), so the
 // ten took about 6 minutes. Since `lab up` installs the mesh by default
 // (clustermesh install and connect by context; the agents and apiservers are
-// pods), a quiet 4x2 up takes about 37 s (72 s of CPU), so the ten take about
-// 7 minutes. LAB_UP_REPEAT=N runs N rounds (0 skips).
+// pods), a quiet 4x2 up takes about 37 s by hand (72 s of CPU) and 40-52 s in
+// the suite, so the ten take about 8 minutes. LAB_UP_REPEAT=N runs N rounds
+// (0 skips).
 
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
