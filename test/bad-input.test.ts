@@ -22,6 +22,7 @@ import { run } from '../src/lab/exec.ts';
 import { startMesh, type Mesh } from '../src/lab/mesh.ts';
 import { createTopology, destroyTopology, type NodeInfo, type Topology } from '../src/lab/topology.ts';
 import { runPlugin, type PluginRun } from './helpers/cni.ts';
+import { tcShow } from './helpers/tc-show.ts';
 
 const MiB = 1 << 20;
 
@@ -276,7 +277,7 @@ describe('bad input: the agent API and the CNI plugin (1 cluster x 1 node)', { t
       await assertNothingOf('cmt-where');
     }
     // The node's uplink and lo: a pod's program there would take the node's own traffic for a pod's.
-    const tc = async (dev: string): Promise<string> => (await run(['ip', 'netns', 'exec', node().netns, 'tc', 'filter', 'show', 'dev', dev, 'ingress'])).stdout;
+    const tc = (dev: string): Promise<string> => tcShow(node().netns, dev, 'ingress');
     const uplinkBefore = await tc('eth0');
     for (const dev of ['eth0', 'lo']) {
       const r = await api('PUT', '/v1/endpoints/cmt-where', JSON.stringify({ ...good, hostIfName: dev }));

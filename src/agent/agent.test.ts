@@ -40,6 +40,7 @@ import { endpointKey, EndpointWriter } from '../sources/index.ts';
 import { AgentClient } from './client.ts';
 import { bridgeOuter } from './netns-bridge.test-helper.ts';
 import { ApiError } from './types.ts';
+import { tcShow } from '../../test/helpers/tc-show.ts';
 
 const skip = datapathSkipReason();
 const CLI = join(REPO_ROOT, 'bin', 'clustermesh.js');
@@ -390,7 +391,7 @@ describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
       const termed = await exited(agent);
       assert.equal(termed.code, 0, agentLog());
       assert.equal(existsSync(conflist), false, 'a clean stop removes the conflist');
-      const filters = inNs(nodeNs, ['tc', 'filter', 'show', 'dev', pods[0].host, 'ingress']).stdout;
+      const filters = await tcShow(nodeNs, pods[0].host, 'ingress');
       assert.match(filters, /from_container/, 'from_container still attached while the agent is down');
       assert.ok(ping(pods[0].ns, pods[1].ip), 'traffic flows while the agent is down');
       ip('netns', 'del', pods[1].ns); // its veth goes with it
@@ -409,7 +410,7 @@ describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
       assert.equal(eps.has(pods[0].ip), false);
       assert.equal(ipcacheOf(pinDir).has(`${pods[0].ip}/32`), false);
       await until('store object deleted', async () => (await root.get(endpointKey({ namespace: 'default', name: 'web-0' }))) === undefined);
-      assert.doesNotMatch(inNs(nodeNs, ['tc', 'filter', 'show', 'dev', pods[0].host, 'ingress']).stdout, /from_container/);
+      assert.doesNotMatch(await tcShow(nodeNs, pods[0].host, 'ingress'), /from_container/);
       assert.deepEqual(await client.deleteEndpoint(ep0.containerID), { containerID: ep0.containerID, deleted: false });
       assert.ok(ipcacheOf(pinDir).has(`${remote.podIp(1, 1)}/32`), 'remote entries stay');
     } finally {

@@ -3,7 +3,7 @@
 // endpoint manager needs, and the datapath part of the status.
 import { readFileSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
-import { ifindexOf, tcQuery } from '../datapath/libbpf/tc.ts';
+import { type TcAttachMode, ifindexOf, tcFind } from '../datapath/libbpf/tc.ts';
 import type * as endpointsMap from '../datapath/maps/endpoints.ts';
 import type * as ipcacheMap from '../datapath/maps/ipcache.ts';
 import { DropReason } from '../datapath/maps/reasons.ts';
@@ -95,6 +95,8 @@ export interface ProgramStatus {
   attached: boolean;
   /** Kernel id of the attached program, or null. */
   progId: number | null;
+  /** How it is attached (tcx on Linux 6.6+, else a cls_bpf filter), or null when it is not. */
+  attach: TcAttachMode | null;
 }
 
 export interface MapFill {
@@ -152,10 +154,10 @@ export interface DatapathStatus {
 
 function probe(device: string, program: ProgramStatus['program'], ifindex?: number, handle?: number): ProgramStatus {
   try {
-    const id = tcQuery(ifindex ?? ifindexOf(device), 'ingress', handle);
-    return { program, device, attached: id !== undefined, progId: id ?? null };
+    const at = tcFind(ifindex ?? ifindexOf(device), 'ingress', { name: program, handle });
+    return { program, device, attached: at !== undefined, progId: at?.progId ?? null, attach: at?.mode ?? null };
   } catch {
-    return { program, device, attached: false, progId: null };
+    return { program, device, attached: false, progId: null, attach: null };
   }
 }
 

@@ -7,12 +7,13 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BpfMap } from './libbpf/map.ts';
 import { BpfObject } from './libbpf/object.ts';
-import { tcAttach, tcQuery } from './libbpf/tc.ts';
+import { tcAttach, tcAttachMode, tcFind, tcQuery, tcxPrograms } from './libbpf/tc.ts';
 import { applyConfig } from './maps/config.ts';
 import * as settingsMap from './maps/settings.ts';
 import type { DatapathEvent } from './maps/events.ts';
 import { linkInfo } from './netdev.ts';
-import { FROM_CONTAINER, LXC_OBJECT, NodeDatapath, type NodeDatapathOptions } from './node.ts';
+import { datapathStatus } from '../agent/datapath.ts';
+import { FROM_CONTAINER, FROM_OVERLAY, LXC_OBJECT, NodeDatapath, TO_CONTAINER, type NodeDatapathOptions } from './node.ts';
 
 const [nodeName, podNs] = process.argv.slice(2);
 if (!nodeName || !podNs) throw new Error('usage: node.test-helper.ts NODE_NAME POD_NETNS');
@@ -89,7 +90,8 @@ try {
   old.setMaxEntries('cm_events', OLD_RING);
   old.load();
   settingsMap.set(old.map(settingsMap.MAP_NAME), { traceForward: true, traceNew: false });
-  tcAttach({ ifindex: lxc.ifindex, direction: 'ingress', program: old.program(FROM_CONTAINER) });
+  // as an agent before tcx attached it: a cls_bpf filter
+  tcAttach({ ifindex: lxc.ifindex, direction: 'ingress', program: old.program(FROM_CONTAINER), mode: 'cls_bpf' });
   old.close();
   const oldRingSize = BpfMap.openPinned(join(pinDir, 'cm_events'));
   const oldSize = oldRingSize.maxEntries;
@@ -101,6 +103,20 @@ try {
   const upSub = dpUp.events((e) => upEvents.push(e), { intervalMs: 10 });
   for (let i = 0; i < 300 && !upEvents.some((e) => e.dstIp === '10.102.0.77'); i++) await sleep(10);
   upSub.stop();
+  const modeOf = (ifindex: number, dir: 'ingress' | 'egress', name: string): string | null => tcFind(ifindex, dir, { name })?.mode ?? null;
+  const clsFilters = (dir: string): number => (JSON.parse(execFileSync('tc', ['-j', 'filter', 'show', 'dev', 'lxc0', dir], { encoding: 'utf8' })) as { options?: unknown }[]).filter((f) => f.options).length;
+  const tcxLeft = (): number => tcxPrograms(lxc.ifindex, 'ingress').length + tcxPrograms(lxc.ifindex, 'egress').length;
+  const attachBefore = modeOf(lxc.ifindex, 'ingress', FROM_CONTAINER);
+  dpUp.attachEndpoint('lxc0');
+  out.attachUpgrade = {
+    expected: tcAttachMode('auto'),
+    before: attachBefore,
+    ingress: modeOf(lxc.ifindex, 'ingress', FROM_CONTAINER),
+    egress: modeOf(lxc.ifindex, 'egress', TO_CONTAINER),
+    overlay: modeOf(dpUp.vxlanIfindex, 'ingress', FROM_OVERLAY),
+    clsFilters: clsFilters('ingress') + clsFilters('egress'),
+    statusAttach: datapathStatus(dpUp, ['lxc0']).programs.map((p) => `${p.program}:${p.attach}`),
+  };
   const upgrade: Record<string, unknown> = {
     oldSize,
     replaced: dpUp.replacedPins.map((r) => `${r.map}:${r.pinned.maxEntries}->${r.wanted.maxEntries}`),
@@ -114,9 +130,18 @@ try {
   out.upgrade = upgrade;
   await dpUp.stop({ detach: false });
 
-  const dpSame = new NodeDatapath(opts);
+  // back to cls_bpf (asked for, as on a kernel before 6.6): the tcx programs go
+  const dpSame = new NodeDatapath({ ...opts, tcAttach: 'cls_bpf' });
   await dpSame.start();
   upgrade.replacedOnNextStart = dpSame.replacedPins.length;
+  dpSame.attachEndpoint('lxc0');
+  out.attachDowngrade = {
+    ingress: modeOf(lxc.ifindex, 'ingress', FROM_CONTAINER),
+    egress: modeOf(lxc.ifindex, 'egress', TO_CONTAINER),
+    overlay: modeOf(dpSame.vxlanIfindex, 'ingress', FROM_OVERLAY),
+    tcxLeft: tcxLeft(),
+    clsFilters: clsFilters('ingress') + clsFilters('egress'),
+  };
   await dpSame.stop({ detach: false });
 
   const dp3 = new NodeDatapath(opts);
@@ -127,6 +152,8 @@ try {
     lxcAttached: tcQuery(lxc.ifindex, 'ingress') !== undefined,
     lxcEgressAttached: tcQuery(lxc.ifindex, 'egress') !== undefined,
     overlayAttached: tcQuery(dp.vxlanIfindex, 'ingress') !== undefined,
+    tcxLeft: tcxLeft(),
+    clsFilters: clsFilters('ingress') + clsFilters('egress'),
     pinDirExists: existsSync(dp.options.pinDir),
     vxlanKept: (await linkInfo('cm_vx')) !== undefined, // dp3 did not create it
   };

@@ -50,7 +50,23 @@ describe('NodeDatapath in a node netns', { skip }, () => {
           },
           'a pinned cm_events of the old size is replaced (only it: the other maps keep their entries) and its events are still read',
         );
-        assert.deepEqual(out.afterDestroy, { lxcAttached: false, lxcEgressAttached: false, overlayAttached: false, pinDirExists: false, vxlanKept: true });
+        const mode = out.attachUpgrade.expected;
+        assert.ok(['tcx', 'cls_bpf'].includes(mode));
+        assert.deepEqual(
+          out.attachUpgrade,
+          {
+            expected: mode,
+            before: 'cls_bpf',
+            ingress: mode,
+            egress: mode,
+            overlay: mode,
+            clsFilters: mode === 'tcx' ? 0 : 2,
+            statusAttach: [`from_overlay:${mode}`, `from_container:${mode}`],
+          },
+          "an agent's cls_bpf filter is replaced by the program attached the kernel's way, and no second copy stays",
+        );
+        assert.deepEqual(out.attachDowngrade, { ingress: 'cls_bpf', egress: 'cls_bpf', overlay: 'cls_bpf', tcxLeft: 0, clsFilters: 2 }, 'tcAttach cls_bpf removes the tcx programs of the same name');
+        assert.deepEqual(out.afterDestroy, { lxcAttached: false, lxcEgressAttached: false, overlayAttached: false, tcxLeft: 0, clsFilters: 0, pinDirExists: false, vxlanKept: true });
         assert.equal(out.vxlanAfterCreatorDestroy, false, 'the instance that created the VXLAN device deletes it on destroy');
       } finally {
         removePinDir(join(DEFAULT_BPFFS_ROOT, nodeName));

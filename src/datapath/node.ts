@@ -30,7 +30,7 @@ import { DEFAULT_BPFFS_ROOT, ensureBpffs, isOnBpffs, removePinDir } from './bpff
 import { BpfObject } from './libbpf/object.ts';
 import { BpfMap, type MapInfo } from './libbpf/map.ts';
 import { RingBufferReader } from './libbpf/ringbuf.ts';
-import { type TcAttachment, ifindexOf, tcAttach, tcDetach } from './libbpf/tc.ts';
+import { type TcAttachPreference, type TcAttachment, ifindexOf, tcAttach, tcAttachMode, tcDetach } from './libbpf/tc.ts';
 import { type CgroupHook, attachCgroupPinned, cgroupQuery, detachPinnedLink } from './libbpf/cgroup.ts';
 import { NATIVE_CIDRS_MAX, ROUTING_MODES, VXLAN_OVERHEAD, applyConfig, encodeNativeCidrs, type RoutingMode } from './maps/config.ts';
 import * as endpointsMap from './maps/endpoints.ts';
@@ -59,6 +59,8 @@ export const FROM_OVERLAY = 'from_overlay';
 export const FROM_NETDEV = 'from_netdev';
 /** tc filter handle of from_netdev on the underlay device ("CN"): its own, so other filters there are left alone. */
 export const FROM_NETDEV_HANDLE = 0x434e;
+/** Where from_netdev sits on the underlay device (tcx: by name; cls_bpf: its handle). */
+export const NETDEV_SLOT = { name: FROM_NETDEV, handle: FROM_NETDEV_HANDLE } as const;
 export { ROUTING_MODES, type RoutingMode } from './maps/config.ts';
 export const SOCK_OBJECT = 'sock.bpf.o';
 /** The sock_addr programs of sock.bpf.o by hook, and the name of each one's link pin in the pin dir. */
@@ -120,6 +122,13 @@ export interface NodeDatapathOptions {
   routingMode?: RoutingMode;
   /** The pod address ranges the underlay routes to their nodes (1..8 prefixes); native mode only. */
   nativeRoutingCIDRs?: readonly string[];
+  /**
+   * How the tc programs are attached: 'auto' (default) tcx where the kernel
+   * has it (Linux 6.6+), else cls_bpf filters on a clsact qdisc; 'tcx' or
+   * 'cls_bpf' to insist (tcx on an older kernel fails start()). Either way a
+   * start replaces what an earlier start attached the other way.
+   */
+  tcAttach?: TcAttachPreference;
 }
 
 /** mapSizes key -> the map it sizes. */
@@ -253,6 +262,7 @@ export class NodeDatapath {
       socketLBCgroup: opts.socketLBCgroup,
       routingMode: opts.routingMode ?? 'tunnel',
       nativeRoutingCIDRs: opts.nativeRoutingCIDRs ?? [],
+      tcAttach: opts.tcAttach ?? 'auto',
     };
     checkRouting(this.options.routingMode, this.options.nativeRoutingCIDRs);
     for (const [key, n] of Object.entries(this.options.mapSizes)) {
@@ -333,6 +343,7 @@ export class NodeDatapath {
       mkdirSync(pinDir, { recursive: true, mode: 0o700 });
       if (!isOnBpffs(pinDir)) throw new Error(`pin directory ${pinDir} is not on a bpffs`);
 
+      tcAttachMode(o.tcAttach); // 'tcx' on a kernel without it fails here, before anything changes
       const underlay = await deviceOfAddress(o.nodeIP);
       const underlayMtu = o.underlayMtu ?? underlay?.mtu ?? 1500;
       const native = o.routingMode === 'native';
@@ -347,14 +358,14 @@ export class NodeDatapath {
       this.#overlay = this.#load(OVERLAY_OBJECT, config);
       this.#lxc = this.#load(LXC_OBJECT, config);
       settingsMap.set(this.#lxc.map(settingsMap.MAP_NAME), { traceForward: o.traceForward, traceNew: o.traceNew });
-      this.#overlayAttachment = tcAttach({ ifindex: link.ifindex, direction: 'ingress', program: this.#overlay.program(FROM_OVERLAY) });
+      this.#overlayAttachment = tcAttach({ ifindex: link.ifindex, direction: 'ingress', program: this.#overlay.program(FROM_OVERLAY), mode: o.tcAttach });
       if (native) {
         // bpf_fib_lookup answers FWD_DISABLED for a packet entering a device without forwarding.
         writeFileSync('/proc/sys/net/ipv4/ip_forward', '1');
         this.#underlay = { name: underlay!.name, ifindex: underlay!.ifindex };
-        this.#netdevAttachment = tcAttach({ ifindex: underlay!.ifindex, direction: 'ingress', program: this.#overlay.program(FROM_NETDEV), handle: FROM_NETDEV_HANDLE });
+        this.#netdevAttachment = tcAttach({ ifindex: underlay!.ifindex, direction: 'ingress', program: this.#overlay.program(FROM_NETDEV), handle: FROM_NETDEV_HANDLE, mode: o.tcAttach });
       } else if (underlay) {
-        tcDetach(underlay.ifindex, 'ingress', FROM_NETDEV_HANDLE);
+        tcDetach(underlay.ifindex, 'ingress', NETDEV_SLOT);
       }
       this.#startSocketLB();
       this.#state = 'running';
@@ -378,8 +389,9 @@ export class NodeDatapath {
   attachEndpoint(hostIfName: string): EndpointAttachment {
     const lxc = this.#running('attachEndpoint');
     const ifindex = ifindexOf(hostIfName);
-    const egress = tcAttach({ ifindex, direction: 'egress', program: lxc.program(TO_CONTAINER) });
-    const ingress = tcAttach({ ifindex, direction: 'ingress', program: lxc.program(FROM_CONTAINER) });
+    const mode = this.options.tcAttach;
+    const egress = tcAttach({ ifindex, direction: 'egress', program: lxc.program(TO_CONTAINER), mode });
+    const ingress = tcAttach({ ifindex, direction: 'ingress', program: lxc.program(FROM_CONTAINER), mode });
     this.#endpoints.set(hostIfName, { ingress, egress });
     return { ifName: hostIfName, ifindex, progId: ingress.progId, egressProgId: egress.progId };
   }
@@ -399,8 +411,8 @@ export class NodeDatapath {
     } catch {
       return false;
     }
-    const i = tcDetach(ifindex, 'ingress');
-    const e = tcDetach(ifindex, 'egress');
+    const i = tcDetach(ifindex, 'ingress', { name: FROM_CONTAINER });
+    const e = tcDetach(ifindex, 'egress', { name: TO_CONTAINER });
     return i || e;
   }
 
@@ -498,10 +510,10 @@ export class NodeDatapath {
     const wasRunning = this.#state !== 'stopped';
     await this.stop({ detach: true });
     const vx = await linkInfo(this.options.vxlanDevice);
-    if (vx && !wasRunning) tcDetach(vx.ifindex, 'ingress');
+    if (vx && !wasRunning) tcDetach(vx.ifindex, 'ingress', { name: FROM_OVERLAY });
     if (!wasRunning) {
       const underlay = await deviceOfAddress(this.options.nodeIP);
-      if (underlay) tcDetach(underlay.ifindex, 'ingress', FROM_NETDEV_HANDLE);
+      if (underlay) tcDetach(underlay.ifindex, 'ingress', NETDEV_SLOT);
     }
     if (vx && this.#createdVxlan) await deleteLink(this.options.vxlanDevice);
     this.#createdVxlan = false;

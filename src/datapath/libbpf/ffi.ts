@@ -63,7 +63,10 @@ export interface LibbpfNative {
   bpf_link_create: (progFd: number, targetFd: number, attachType: number, opts: Buffer | null) => number;
   bpf_link_update: (linkFd: number, newProgFd: number, opts: Buffer | null) => number;
   bpf_link_detach: (linkFd: number) => number;
-  bpf_prog_query: (targetFd: number, attachType: number, queryFlags: number, attachFlags: Buffer, progIds: Buffer, progCnt: Buffer) => number;
+  bpf_prog_query: (targetFd: number, attachType: number, queryFlags: number, attachFlags: Buffer | null, progIds: Buffer | null, progCnt: Buffer) => number;
+  bpf_prog_attach_opts: (progFd: number, target: number, attachType: number, opts: Buffer) => number;
+  bpf_prog_detach2: (progFd: number, target: number, attachType: number) => number;
+  bpf_prog_get_fd_by_id: (id: number) => number;
   // tc
   bpf_tc_hook_create: (hook: Buffer) => number;
   bpf_tc_hook_destroy: (hook: Buffer) => number;
@@ -146,6 +149,9 @@ export function lib(): Native {
     bpf_link_update: d('int bpf_link_update(int link_fd, int new_prog_fd, void *opts)'),
     bpf_link_detach: d('int bpf_link_detach(int link_fd)'),
     bpf_prog_query: d('int bpf_prog_query(int target_fd, int type, uint32_t query_flags, void *attach_flags, void *prog_ids, void *prog_cnt)'),
+    bpf_prog_attach_opts: d('int bpf_prog_attach_opts(int prog_fd, int target, int type, void *opts)'),
+    bpf_prog_detach2: d('int bpf_prog_detach2(int prog_fd, int target, int type)'),
+    bpf_prog_get_fd_by_id: d('int bpf_prog_get_fd_by_id(uint32_t id)'),
     bpf_tc_hook_create: d('int bpf_tc_hook_create(void *hook)'),
     bpf_tc_hook_destroy: d('int bpf_tc_hook_destroy(void *hook)'),
     bpf_tc_attach: d('int bpf_tc_attach(void *hook, void *opts)'),

@@ -36,26 +36,43 @@ describe('tc attach/detach in a netns', { skip }, () => {
       assert.equal(r.status, 0, `helper failed: ${r.stderr}`);
       assert.equal(r.stderr, '', 'nothing printed to stderr (libbpf warnings are captured into errors)');
       const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
-      assert.equal(out.queryBefore, null);
-      assert.equal(out.pingBefore, true);
-      assert.deepEqual(out.a, { handle: 1, priority: 1, progIdNonZero: true, queryMatches: true });
-      assert.equal(out.pingWithPass, true, 'TC_ACT_OK program lets the ping through');
-      assert.ok(out.passRuns > 0, 'the attached program saw the packets');
-      assert.deepEqual(out.b, { replacedInPlace: true, differentProg: true, queryMatches: true });
-      assert.equal(out.ingressFiltersAfterReplace, 1, 'replace, not a second filter');
-      assert.equal(out.pingWithDrop, false, 'TC_ACT_SHOT program drops the ping');
-      assert.equal(out.dropRunsGrew, true);
-      assert.equal(out.detachB, true);
-      assert.equal(out.detachBAgain, false);
-      assert.equal(out.detachA, false);
-      assert.equal(out.queryAfterDetach, null);
-      assert.equal(out.ingressFiltersAfterDetach, 0);
-      assert.equal(out.pingAfterDetach, true);
-      assert.equal(out.egressQuery, true);
-      assert.equal(out.egressAfterDetachAll, null);
-      assert.equal(out.clsactAfterDetachAll, true, 'detach-all keeps the qdisc');
-      assert.equal(out.clsactAfterHookDestroy, false);
-      assert.equal(out.detachWithoutQdisc, false);
+      assert.equal(out.auto, out.tcx ? 'tcx' : 'cls_bpf', 'auto is tcx where the kernel has it');
+      const modes = out.tcx ? ['tcx', 'cls_bpf'] : ['cls_bpf'];
+      for (const mode of modes) {
+        const m = out[mode];
+        assert.ok(m, `${mode} ran`);
+        const msg = `${mode}: ${JSON.stringify(m)}`;
+        assert.equal(m.queryBefore, null, msg);
+        assert.equal(m.pingBefore, true, msg);
+        assert.deepEqual(m.a, { mode, name: 'fx_ret', handle: 1, priority: 1, progIdNonZero: true, found: true }, msg);
+        assert.equal(m.pingWithPass, true, `${mode}: TC_ACT_OK program lets the ping through`);
+        assert.ok(m.passRuns > 0, `${mode}: the attached program saw the packets`);
+        assert.deepEqual(m.b, { sameSlot: true, differentProg: true, queryMatches: true }, msg);
+        assert.equal(m.programsAfterReplace, 1, `${mode}: replace, not a second program`);
+        assert.equal(m.programsAfterSameAgain, 1, `${mode}: the same program again changes nothing`);
+        assert.equal(m.pingWithDrop, false, `${mode}: TC_ACT_SHOT program drops the ping`);
+        assert.equal(m.dropRunsGrew, true, msg);
+        assert.equal(m.detachB, true, msg);
+        assert.equal(m.detachBAgain, false, msg);
+        assert.equal(m.detachA, false, msg);
+        assert.equal(m.queryAfterDetach, null, msg);
+        assert.equal(m.programsAfterDetach, 0, msg);
+        assert.equal(m.pingAfterDetach, true, msg);
+        assert.equal(m.egressQuery, true, msg);
+        assert.equal(m.detachByWrongName, false, `${mode}: a tcx program is removed by its own name only`);
+        assert.equal(m.egressAfterDetachAll, null, msg);
+        assert.equal(m.clsactAfterDetachAll, true, `${mode}: detach-all keeps the qdisc`);
+        assert.equal(m.detachBySlot, true, msg);
+        assert.equal(m.programsAfterSlotDetach, 0, msg);
+        assert.deepEqual(m.afterHookDestroy, { clsact: false, programs: 0 }, msg);
+        assert.equal(m.detachWhenEmpty, false, msg);
+      }
+      if (out.tcx) {
+        assert.deepEqual(out.switch, { toTcx: { cls: 0, tcx: 1, pingDropped: true }, toCls: { cls: 1, tcx: 0, pingPasses: true } }, 'one program of a name runs, whichever way it was attached last');
+        assert.equal(out.tcxAsked, 'ok');
+      } else {
+        assert.match(out.tcxAsked, /^tc attach mode tcx: this kernel has no tcx hooks/);
+      }
       assert.equal(out.unknownDevice, 'ENODEV');
     } finally {
       for (const ns of [nsDut, nsPeer]) spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
