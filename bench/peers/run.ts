@@ -17,12 +17,15 @@ import { fileURLToPath } from 'node:url';
 import { listNamespaces } from '../../src/lab/topology.ts';
 import { run, runIn, spawnIn, stopChild } from '../../src/lab/exec.ts';
 import { createPeerBed, DATAPATH_VARIANTS, PEER_CONFIGS, PEER_DEV_PREFIX, type DatapathVariant, type PeerBed, type PeerBedConfig, type PeerConfig } from '../../src/lab/peers-topology.ts';
+import type { TcAttachPreference } from '../../src/datapath/libbpf/tc.ts';
 import { printTable, summarize, writeResults, type Sample } from '../lib/results.ts';
 import { configTable, markdownTable, SUSPECT_METRICS, writeCharts } from './charts.ts';
 
 // Rows beyond the five of the comparison, for looking into a result: only when --only or --suspects names them.
-const EXTRA: Record<string, { config: PeerBedConfig; policy?: boolean; variant?: DatapathVariant }> = {
+const EXTRA: Record<string, { config: PeerBedConfig; policy?: boolean; variant?: DatapathVariant; tcAttach?: TcAttachPreference }> = {
   'clustermesh-nopolicy': { config: 'clustermesh', policy: false },
+  // The tunnel row with its programs as cls_bpf filters on a clsact qdisc (what Linux before 6.6 gets): what tcx saves.
+  'clustermesh-clsbpf': { config: 'clustermesh', tcAttach: 'cls_bpf' },
   'clustermesh-nolb': { config: 'clustermesh', variant: 'nolb' },
   'clustermesh-nometrics': { config: 'clustermesh', variant: 'nometrics' },
   'clustermesh-notrace': { config: 'clustermesh', variant: 'notrace' },
@@ -36,7 +39,7 @@ const EXTRA: Record<string, { config: PeerBedConfig; policy?: boolean; variant?:
 };
 type RowName = PeerConfig | keyof typeof EXTRA;
 /** --suspects: each clustermesh-* variant removes one cost (DATAPATH_VARIANTS says which); bare removes all four. */
-const SUSPECT_ROWS = ['limit', 'clustermesh', 'clustermesh-nolb', 'clustermesh-nometrics', 'clustermesh-notrace', 'clustermesh-cachedroute', 'clustermesh-native', 'kernel-vxlan', 'clustermesh-bare', 'clustermesh-native-nopolicy', 'clustermesh-native-lean'] as const;
+const SUSPECT_ROWS = ['limit', 'clustermesh', 'clustermesh-clsbpf', 'clustermesh-nolb', 'clustermesh-nometrics', 'clustermesh-notrace', 'clustermesh-cachedroute', 'clustermesh-native', 'kernel-vxlan', 'clustermesh-bare', 'clustermesh-native-nopolicy', 'clustermesh-native-lean'] as const;
 for (const r of SUSPECT_ROWS) if (!(PEER_CONFIGS as readonly string[]).includes(r) && !(r in EXTRA)) throw new Error(`bench peers: suspect row ${r} is defined nowhere`);
 for (const e of Object.values(EXTRA)) if (e.variant !== undefined && !(e.variant in DATAPATH_VARIANTS)) throw new Error(`bench peers: unknown variant ${e.variant}`);
 
@@ -54,7 +57,8 @@ claim: the tunnel row through its VXLAN device, the native row never.
                  rows of --suspects)
   --suspects     where a round trip's time goes: limit, clustermesh, and
                  ${SUSPECT_ROWS.slice(2).join(', ')}
-                 (variants of our datapath from 'make -C bpf variants', each without
+                 (the tunnel row with its programs as cls_bpf filters instead of tcx;
+                 variants of our datapath from 'make -C bpf variants', each without
                  one suspected cost; the kernel's VXLAN device alone; native routing
                  with policy off, then also without lookups and counters); writes
                  bench/results/peers-suspects.json with every row in it (with --only
@@ -322,7 +326,7 @@ try {
   console.log(`peers: ${reps} repetition(s) of ${seconds} s tests, rows ${CONFIGS.join(', ')}; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')} at ${new Date().toISOString()}`);
   const build = async (config: RowName): Promise<PeerBed> => {
     const extra = config in EXTRA ? EXTRA[config] : undefined;
-    const bed = await createPeerBed(extra?.config ?? (config as PeerConfig), { prefix: 'cmbp', allowPorts: [PORT_IPERF, PORT_RR, PORT_CRR], services, policy: extra?.policy ?? true, ...(extra?.variant ? { variant: extra.variant } : {}) });
+    const bed = await createPeerBed(extra?.config ?? (config as PeerConfig), { prefix: 'cmbp', allowPorts: [PORT_IPERF, PORT_RR, PORT_CRR], services, policy: extra?.policy ?? true, ...(extra?.variant ? { variant: extra.variant } : {}), ...(extra?.tcAttach ? { tcAttach: extra.tcAttach } : {}) });
     live.add(bed);
     return bed;
   };

@@ -88,6 +88,13 @@ describe('agent config', () => {
     rejects({ ...base, pinDir: '/run/clustermesh/bpffs/c1.n1' }, 'agent config /x/y.yaml: pinDir: /run/clustermesh/bpffs/c1.n1: a bpffs does not allow "." in names');
   });
 
+  it('tcAttach: auto by default; tcx or cls_bpf to insist; anything else named', () => {
+    assert.equal(compile(base).tcAttach, 'auto');
+    assert.equal(compile({ ...base, tcAttach: 'cls_bpf' }).tcAttach, 'cls_bpf');
+    assert.equal(compile({ ...base, tcAttach: 'tcx' }).tcAttach, 'tcx');
+    rejects({ ...base, tcAttach: 'clsact' }, /tcAttach: must be auto, tcx or cls_bpf/);
+  });
+
   it('routingMode: tunnel by default; native needs nativeRoutingCIDRs covering the podCIDR', () => {
     assert.deepEqual([compile(base).routingMode, compile(base).nativeRoutingCIDRs], ['tunnel', []]);
     const native = compile({ ...base, routingMode: 'native', nativeRoutingCIDRs: ['10.101.0.0/16', '10.102.0.0/16'] });

@@ -61,7 +61,11 @@
 // leave unencapsulated and arrive on the underlay device, bpf/lib/native.h;
 // the rest, e.g. clusters in tunnel mode, still through the tunnel),
 // nativeRoutingCIDRs (native only, required there: 1..8 pod address ranges the
-// underlay routes to their nodes, covering this node's podCIDR),
+// underlay routes to their nodes, covering this node's podCIDR), tcAttach
+// (auto: the tc programs attached with tcx on Linux 6.6+, else as cls_bpf
+// filters on a clsact qdisc; tcx or cls_bpf to insist, tcx failing the start
+// on an older kernel; a start replaces what an earlier one attached the other
+// way),
 // nodeWaitTimeoutSeconds (300: with podCIDR or nodeIP absent, how long the
 // agent waits for its Node, nodeName, to exist in the Kubernetes API with a
 // pod CIDR (and an InternalIP) before it fails naming the node), cniConfDir
@@ -93,6 +97,7 @@ import { promisify } from 'node:util';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { DEFAULT_BPFFS_ROOT } from '../datapath/bpffs.ts';
+import type { TcAttachPreference } from '../datapath/libbpf/tc.ts';
 import { NATIVE_CIDRS_MAX, ROUTING_MODES, type RoutingMode } from '../datapath/maps/config.ts';
 import type { KvConnectionConfig } from '../kvstore/types.ts';
 import { formatPath, validateClusterName, type MaxConnectedClusters } from '../model/index.ts';
@@ -160,6 +165,8 @@ export interface AgentConfig {
   routingMode: RoutingMode;
   /** The pod ranges the underlay routes; [] in tunnel mode. */
   nativeRoutingCIDRs: string[];
+  /** How the tc programs are attached: auto (tcx on Linux 6.6+, else cls_bpf), tcx or cls_bpf. */
+  tcAttach: TcAttachPreference;
   /** Kubeconfig of the cluster's Kubernetes API, the local source of every kind but Endpoint; undefined = KUBECONFIG, the in-cluster service account or ~/.kube/config. */
   kubeconfig?: string | undefined;
   /** How long to wait for the Node (its pod CIDR, its InternalIP) when podCIDR or nodeIP comes from it. */
@@ -296,6 +303,7 @@ const fileSchema = z.strictObject({
   socketLBCgroup: z.string().min(1).refine((p) => p.startsWith('/') && !p.split('/').includes('..'), 'must be an absolute path to a cgroup v2 directory, without ".."').optional(),
   routingMode: z.enum(ROUTING_MODES as [RoutingMode, ...RoutingMode[]], { error: `must be ${ROUTING_MODES.join(' or ')}` }).default('tunnel'),
   nativeRoutingCIDRs: z.array(cidrV4).max(NATIVE_CIDRS_MAX, `at most ${NATIVE_CIDRS_MAX} prefixes`).optional(),
+  tcAttach: z.enum(['auto', 'tcx', 'cls_bpf'], { error: 'must be auto, tcx or cls_bpf' }).default('auto'),
   kubeconfig: z.string({ error: 'must be the path of a kubeconfig file' }).min(1, 'must be the path of a kubeconfig file').optional(),
   nodeWaitTimeoutSeconds: z.number({ error: 'must be a number (seconds)' }).positive('must be greater than 0').max(86400, 'at most 86400 (a day)').default(300),
   cniConfDir: z.string().min(1).optional(),
@@ -466,6 +474,7 @@ export function compileAgentConfig(doc: unknown, opts: { source: string; baseDir
     socketLBCgroup: c.socketLBCgroup,
     routingMode: c.routingMode,
     nativeRoutingCIDRs: nativeCidrs,
+    tcAttach: c.tcAttach,
     ...(kubeconfig !== undefined ? { kubeconfig } : {}),
     nodeWaitTimeoutMs: Math.round(c.nodeWaitTimeoutSeconds * 1000),
     cniConfDir: c.cniConfDir !== undefined ? abs(c.cniConfDir) : undefined,

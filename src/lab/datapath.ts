@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ensureBpffs, removePinDir, DEFAULT_BPFFS_ROOT } from '../datapath/bpffs.js';
-import { BpfMap } from '../datapath/libbpf/index.js';
+import { BpfMap, type TcAttachPreference } from '../datapath/libbpf/index.js';
 import { events, metrics } from '../datapath/maps/index.js';
 import type { DatapathEvent } from '../datapath/maps/events.js';
 import type { NodePlanInput } from '../agent/node-plan.js';
@@ -29,7 +29,7 @@ export function pinDirOf(node: NodeInfo, root = DEFAULT_BPFFS_ROOT): string {
   return join(root, node.netns);
 }
 
-export function nodePlan(topo: Topology, node: NodeInfo, opts: { traceForwards?: boolean; bpffsRoot?: string; socketLB?: boolean; objectsDir?: string } = {}): NodePlanInput {
+export function nodePlan(topo: Topology, node: NodeInfo, opts: { traceForwards?: boolean; bpffsRoot?: string; socketLB?: boolean; objectsDir?: string; tcAttach?: TcAttachPreference } = {}): NodePlanInput {
   const local = topo.pods.filter((p) => p.node === node);
   return {
     nodeName: node.netns,
@@ -38,6 +38,7 @@ export function nodePlan(topo: Topology, node: NodeInfo, opts: { traceForwards?:
     pinDir: pinDirOf(node, opts.bpffsRoot),
     traceForwards: opts.traceForwards ?? false,
     ...(opts.objectsDir !== undefined ? { objectsDir: opts.objectsDir } : {}),
+    ...(opts.tcAttach !== undefined ? { tcAttach: opts.tcAttach } : {}),
     ...(opts.socketLB && node.cgroup !== undefined ? { socketLBCgroup: node.cgroup } : {}),
     ...routingSettings(topo.spec, node.cluster),
     endpoints: local.map((p) => ({ ip: p.ip, identity: labPodIdentity(topo, p), hostIfName: p.hostIfName, podMac: p.mac, endpointID: p.index })),
@@ -58,8 +59,8 @@ export interface LabDatapath {
 }
 
 /** Programs the clustermesh datapath on every node of a topology built in 'clustermesh' mode. */
-/** objectsDir: the BPF objects to load (default bpf/build), e.g. a measurement variant's. */
-export async function startClustermeshDatapath(topo: Topology, opts: { traceForwards?: boolean; socketLB?: boolean; objectsDir?: string } = {}): Promise<LabDatapath> {
+/** objectsDir: the BPF objects to load (default bpf/build), e.g. a measurement variant's; tcAttach: how the tc programs are attached (default auto). */
+export async function startClustermeshDatapath(topo: Topology, opts: { traceForwards?: boolean; socketLB?: boolean; objectsDir?: string; tcAttach?: TcAttachPreference } = {}): Promise<LabDatapath> {
   if (topo.spec.mode !== 'clustermesh') throw new Error(`topology ${topo.id} is wired as '${topo.spec.mode}', not 'clustermesh'`);
   const root = ensureBpffs();
   const work = mkdtempSync(join(tmpdir(), 'clustermesh-plan-'));

@@ -32,7 +32,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { execFileSync, type ChildProcess } from 'node:child_process';
-import { BpfMap } from '../datapath/libbpf/index.js';
+import { BpfMap, type TcAttachPreference } from '../datapath/libbpf/index.js';
 import { policy } from '../datapath/maps/index.js';
 import { ipBatch, run, runIn, spawnIn, stopChild } from './exec.js';
 import { labPodIdentity, startClustermeshDatapath, type LabDatapath } from './datapath.js';
@@ -75,6 +75,8 @@ export interface PeerBedOptions {
   policy?: boolean;
   /** clustermesh only: load this measurement variant of the datapath instead of bpf/build's objects. */
   variant?: DatapathVariant;
+  /** clustermesh only: how the tc programs are attached (default auto: tcx on Linux 6.6+). */
+  tcAttach?: TcAttachPreference;
 }
 
 export interface PeerBed {
@@ -147,7 +149,7 @@ export async function createPeerBed(config: PeerBedConfig, opts: PeerBedOptions)
         break;
       case 'clustermesh':
       case 'clustermesh-native': {
-        const dp = await startClustermeshDatapath(topo, objectsDir ? { objectsDir } : {});
+        const dp = await startClustermeshDatapath(topo, { ...(objectsDir ? { objectsDir } : {}), ...(opts.tcAttach ? { tcAttach: opts.tcAttach } : {}) });
         cleanups.push(() => dp.stop());
         if (opts.policy ?? true) allowByPolicyMaps(topo, dp, opts.allowPorts);
         if (opts.variant === 'peerdev' || opts.variant === 'bare') await wirePeerDevices(topo, dp);

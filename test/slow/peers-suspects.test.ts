@@ -48,9 +48,11 @@ async function progMaps(netns: string, dev: string): Promise<string[]> {
   return names;
 }
 
-async function withBed(variant: DatapathVariant | 'kernel-vxlan' | 'native-lean', body: (bed: PeerBed) => Promise<void>): Promise<void> {
+async function withBed(variant: DatapathVariant | 'kernel-vxlan' | 'native-lean' | 'clsbpf', body: (bed: PeerBed) => Promise<void>): Promise<void> {
   const bed =
-    variant === 'kernel-vxlan'
+    variant === 'clsbpf'
+      ? await createPeerBed('clustermesh', { prefix: PREFIX, allowPorts: [PORT], tcAttach: 'cls_bpf' })
+      : variant === 'kernel-vxlan'
       ? await createPeerBed('kernel-vxlan', { prefix: PREFIX, allowPorts: [PORT] })
       : variant === 'native-lean'
         ? await createPeerBed('clustermesh-native', { prefix: PREFIX, allowPorts: [PORT], policy: false, variant: 'lean' })
@@ -67,6 +69,17 @@ async function withBed(variant: DatapathVariant | 'kernel-vxlan' | 'native-lean'
 }
 
 const isPeerDev = (n: string): boolean => n.startsWith(PEER_DEV_PREFIX);
+
+test('clustermesh-clsbpf: delivers with every program a cls_bpf filter and none on tcx', async () => {
+  await withBed('clsbpf', async (bed) => {
+    assert.ok(await connects(bed), 'clsbpf: no connection to the server pod');
+    for (const [netns, dev] of [[bed.client.node.netns, bed.client.hostIfName], [bed.server.node.netns, 'cm_vxlan']] as const) {
+      const shown = await tcShow(netns, dev, 'ingress');
+      assert.doesNotMatch(shown, /^tcx /m, `${dev} in ${netns}: ${shown}`);
+      assert.match(shown, /\bbpf\b.*\b(from_container|from_overlay)\b.*direct-action/, `${dev} in ${netns}: ${shown}`);
+    }
+  });
+});
 
 test('nolb: delivers, and neither from_container nor from_overlay uses the service maps', async () => {
   await withBed('nolb', async (bed) => {
