@@ -76,9 +76,10 @@ test('demo: the seed story on a fresh lab, then status -o json and lab down', { 
       assert.deepEqual({ total: c.nodes.total, ready: c.nodes.ready }, { total: 2, ready: 2 }, `${c.name}: nodes`);
       assert.equal(c.connectivity.min, 1, `${c.name}: every node connected to the other cluster`);
     }
-    // Counted from the clusters' etcds, which status reaches only in a --direct lab; the story above showed rebel-base
-    // answered from both clusters, by its cluster name and by its clusterset name.
-    assert.equal(status.globalServices, null, 'no etcd probed, no count');
+    // Without the clusters' etcds (reached from the host only in a --direct lab), each cluster's exports are what one
+    // of its agents programs as global and shared: rebel-base, applied to both clusters.
+    assert.deepEqual(status.clusters.map((c) => [c.name, c.exportedServices, c.exportedServicesFrom]).sort(), [['cluster1', 1, 'agent'], ['cluster2', 1, 'agent']]);
+    assert.equal(status.globalServices, 1, 'default/rebel-base, counted once');
   } finally {
     await cm(['lab', 'down', '--lab', name]).catch((err: unknown) => lines.push(`lab down failed: ${(err as Error).message}`));
     const left = (await listNamespaces()).filter((n) => n.startsWith(labNetnsPrefix(name)));

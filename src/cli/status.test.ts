@@ -144,11 +144,27 @@ test('summarize: the routing mode the agents report is shown per cluster (an age
   assert.match(formatStatus(r), /routing:\s+native \(10\.101\.0\.0\/16, 10\.102\.0\.0\/16\)/);
 });
 
+test("summarize: without etcd, a cluster's exports are what an agent programs as global and shared", () => {
+  const r = summarize(
+    [
+      probe('c1', 1, [], { etcd: null, agentExports: { services: ['default/rebel-base'], node: 'c1/n1' } }),
+      probe('c2', 2, [], { etcd: null, agentExports: { services: ['default/other', 'default/rebel-base'], node: 'c2/n1' } }),
+      probe('c3', 3, [], { etcd: null, agentExports: { error: 'connect ECONNREFUSED', node: 'c3/n1' } }),
+    ],
+    NOW,
+  );
+  assert.deepEqual(r.clusters.map((c) => [c.exportedServices, c.exportedServicesFrom]), [[1, 'agent'], [2, 'agent'], [null, null]]);
+  assert.equal(r.globalServices, 2, 'distinct ns/name over the clusters whose agents answered');
+  assert.match(formatStatus(r), /exports:\s+2 global services \(as an agent programs them; etcd not read\)/);
+  const none = summarize([probe('c1', 1, [], { etcd: null })], NOW);
+  assert.equal(none.globalServices, null, 'no etcd and no agent: no count');
+});
+
 test('summarize: no nodes and no remotes is ready (a cluster not meshed yet), and JSON keys are stable', () => {
   const r = summarize([probe('c1', 1, [])], NOW);
   assert.equal(r.ready, true);
   assert.deepEqual(Object.keys(r), ['ready', 'notReady', 'clusters', 'globalServices', 'prometheus']);
-  assert.deepEqual(Object.keys(r.clusters[0]!), ['name', 'id', 'ready', 'etcd', 'apiserver', 'kubeApi', 'localSource', 'nodes', 'connectivity', 'remoteClusters', 'exportedServices', 'flows', 'nodeDetails', 'routing']);
+  assert.deepEqual(Object.keys(r.clusters[0]!), ['name', 'id', 'ready', 'etcd', 'apiserver', 'kubeApi', 'localSource', 'nodes', 'connectivity', 'remoteClusters', 'exportedServices', 'exportedServicesFrom', 'flows', 'nodeDetails', 'routing']);
   assert.equal(r.clusters[0]!.kubeApi, null, 'no Kubernetes API known (not a lab)');
   assert.equal(r.clusters[0]!.localSource, null, 'no agent reachable: no source known');
 });

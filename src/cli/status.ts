@@ -57,6 +57,12 @@ export interface ClusterProbe {
   etcd: EtcdProbe | null;
   /** Why etcd was not probed, when known (an install's etcd is a pod: the agents reach it, this host does not). */
   etcdNote?: string | undefined;
+  /**
+   * Without etcd: '<ns>/<name>' of the services this cluster exports as one
+   * of its agents programs them (global and shared), or why it could not be
+   * asked. Absent when etcd was probed or no agent was reachable.
+   */
+  agentExports?: { services: string[]; node: string } | { error: string; node: string };
   /** Lab only: the apiserver process is alive. null: not known. */
   apiserverProcess: boolean | null;
   /** Lab only: the cluster's Kubernetes API server (its URL, its process alive). null: not a lab or none. */
@@ -125,6 +131,8 @@ export interface ClusterReport {
   remoteClusters: RemoteClusterReport[];
   /** Global services this cluster exports. */
   exportedServices: number | null;
+  /** Where exportedServices comes from: the cluster's etcd, or (etcd not probed) an agent's programmed services; null with no count. */
+  exportedServicesFrom: 'etcd' | 'agent' | null;
   /**
    * Flows the agents keep (GET /v1/flows), summed over the reachable nodes, and
    * datapath events lost because a node's ring buffer was full (since its maps
@@ -188,6 +196,11 @@ export function summarize(probes: ClusterProbe[], now: Date = new Date()): Statu
       ? { reachable: p.etcd.reachable, endpoint: p.etcd.endpoint, clusterConfigId: p.etcd.clusterConfigId, error: p.etcd.error }
       : { reachable: null, endpoint: null, clusterConfigId: null, error: null, ...(p.etcdNote ? { note: p.etcdNote } : {}) };
     if (p.etcd && !p.etcd.reachable) notReady.push(`${p.name}: etcd ${p.etcd.endpoint ?? ''} is not reachable (${p.etcd.error ?? 'no answer'})`);
+    const agentExports = p.agentExports && 'services' in p.agentExports ? p.agentExports.services : null;
+    if (agentExports) {
+      anyEtcd = true;
+      for (const s of agentExports) global.add(s);
+    }
     if (p.etcd?.reachable) {
       anyEtcd = true;
       for (const s of p.etcd.exportedServices) global.add(s);
@@ -310,7 +323,8 @@ export function summarize(probes: ClusterProbe[], now: Date = new Date()): Statu
       nodes: { total: p.nodes.length, reachable: statuses.length, ready: statuses.filter(({ s }) => s.ready).length },
       connectivity,
       remoteClusters,
-      exportedServices: p.etcd?.reachable ? p.etcd.exportedServices.length : null,
+      exportedServices: p.etcd?.reachable ? p.etcd.exportedServices.length : (agentExports?.length ?? null),
+      exportedServicesFrom: p.etcd?.reachable ? 'etcd' : agentExports ? 'agent' : null,
       flows: flowsOf(statuses.map(({ s }) => s)),
       nodeDetails,
       routing: statuses.length ? [...new Set(statuses.map(({ s }) => routingOf(s.datapath)))].sort().join(', ') : null,
@@ -360,6 +374,18 @@ export async function probeEtcd(c: ClusterTarget, closer: Closer, timeoutMs = 30
   }
 }
 
+/** The services an agent programs as global and shared: what its cluster exports to the others. */
+async function agentExportsOf(n: NodeTarget, closer: Closer): Promise<NonNullable<ClusterProbe['agentExports']>> {
+  const api = agentClientFor(n, { timeoutMs: 5000 });
+  closer.add(() => api.close());
+  try {
+    const services = (await api.services()).filter((s) => s.global && s.shared).map((s) => `${s.namespace}/${s.name}`);
+    return { services: [...new Set(services)].sort(), node: n.key };
+  } catch (err) {
+    return { error: (err as Error).message, node: n.key };
+  }
+}
+
 async function probeNode(n: NodeTarget, closer: Closer): Promise<NodeProbe> {
   if (!n.socket && !n.remote) return { node: n, status: null, error: 'no agent socket known for this node' };
   const api = agentClientFor(n, { timeoutMs: 5000 });
@@ -401,11 +427,15 @@ export async function probeTargets(t: Targets, closer: Closer, o: { etcd?: boole
         const scan = await scanConfigDir(configDir).catch(() => undefined);
         if (scan) configFiles = [...scan.configs.keys(), ...scan.errors.keys()];
       }
+      const probeItsEtcd = c?.etcd !== undefined && o.etcd !== false;
+      // No etcd to read (an install's is a pod): what the cluster exports, as an agent programs it.
+      const asked = c && !c.etcd ? mine.find((n) => n.status) : undefined;
       return {
         name,
         id: c?.id,
-        etcd: c?.etcd && o.etcd !== false ? await probeEtcd(c, closer) : null,
+        etcd: probeItsEtcd ? await probeEtcd(c!, closer) : null,
         ...(c && !c.etcd && c.etcdSource ? { etcdNote: c.etcdSource } : {}),
+        ...(asked ? { agentExports: await agentExportsOf(asked.node, closer) } : {}),
         // An installed lab's apiserver is a pod of the install (kubectl -n clustermesh-system get pods), not a lab process.
         apiserverProcess: c?.lab && !t.lab?.install ? sameProcessAlive(c.lab.apiserver) : null,
         kubeApi: c?.lab?.kubeApi ? { url: c.lab.kubeApi.url, process: sameProcessAlive(c.lab.kubeApi) } : null,
@@ -466,7 +496,7 @@ export function formatStatus(r: StatusReport): string {
       out.push(
         `  flows:       ${c.flows.kept} kept (${c.flows.seen} seen); ${c.flows.lostEvents} events lost${c.flows.lostEvents > 0 ? ' (a ring buffer was full: the agent read too slowly or was down)' : ''}${c.flows.followerDropped > 0 ? `; ${c.flows.followerDropped} not delivered to slow followers` : ''}`,
       );
-    if (c.exportedServices !== null) out.push(`  exports:     ${c.exportedServices} global service${c.exportedServices === 1 ? '' : 's'}`);
+    if (c.exportedServices !== null) out.push(`  exports:     ${c.exportedServices} global service${c.exportedServices === 1 ? '' : 's'}${c.exportedServicesFrom === 'agent' ? " (as an agent programs them; etcd not read)" : ''}`);
     if (c.mcs !== undefined) {
       if (c.mcs === null) out.push('  mcs:         the MCS API CRDs are not installed (kubectl apply -f deploy/crds/mcs-api.yaml)');
       else if ('error' in c.mcs) out.push(`  mcs:         could not read ServiceExports/ServiceImports (${c.mcs.error})`);
