@@ -77,9 +77,10 @@ test('demo: the seed story on a fresh lab, then status -o json and lab down', { 
       assert.equal(c.connectivity.min, 1, `${c.name}: every node connected to the other cluster`);
     }
     // Without the clusters' etcds (reached from the host only in a --direct lab), each cluster's exports are what one
-    // of its agents programs as global and shared: rebel-base, applied to both clusters.
-    assert.deepEqual(status.clusters.map((c) => [c.name, c.exportedServices, c.exportedServicesFrom]).sort(), [['cluster1', 1, 'agent'], ['cluster2', 1, 'agent']]);
-    assert.equal(status.globalServices, 1, 'default/rebel-base, counted once');
+    // of its agents programs as global and shared: rebel-base, applied to both clusters, and the derived Service of its
+    // ServiceImport (the MCS controller's derived-<hash>, global, the same name in every cluster).
+    assert.deepEqual(status.clusters.map((c) => [c.name, c.exportedServices, c.exportedServicesFrom]).sort(), [['cluster1', 2, 'agent'], ['cluster2', 2, 'agent']]);
+    assert.equal(status.globalServices, 2, 'rebel-base and its derived Service, each counted once over the clusters');
   } finally {
     await cm(['lab', 'down', '--lab', name]).catch((err: unknown) => lines.push(`lab down failed: ${(err as Error).message}`));
     const left = (await listNamespaces()).filter((n) => n.startsWith(labNetnsPrefix(name)));

@@ -76,8 +76,6 @@ export interface LabUpOptions {
    * - bare: bare clusters only (as install's first half): `clustermesh install` and `connect` are left to the user. */
   direct?: boolean;
   bare?: boolean;
-  /** The default; kept so that callers that asked for it still may. With direct or bare it is an error. */
-  install?: boolean;
 }
 
 export interface LabUpResult {
@@ -185,8 +183,8 @@ class StepError extends Error {
 export type LabMeshMode = 'install' | 'direct' | 'bare';
 
 /** The lab's mesh mode from up's flags: install unless direct or bare; two of them together are refused. */
-export function labMeshMode(o: Pick<LabUpOptions, 'install' | 'direct' | 'bare'>): LabMeshMode {
-  const given = (['install', 'direct', 'bare'] as const).filter((k) => o[k] === true);
+export function labMeshMode(o: Pick<LabUpOptions, 'direct' | 'bare'>): LabMeshMode {
+  const given = (['direct', 'bare'] as const).filter((k) => o[k] === true);
   if (given.length > 1) throw new Error(`--${given[0]} and --${given[1]} do not go together: a lab's mesh is installed (the default), --direct or --bare`);
   return given[0] ?? 'install';
 }

@@ -65,13 +65,13 @@ describe('the Multi-Cluster Services API on a lab of three clusters (kubectl)', 
     if (!existsSync(join(root, name))) rmSync(root, { recursive: true, force: true });
   });
 
-  test('lab up (3 clusters x 1 node); the MCS CRDs are applied by lab up and served', async () => {
+  test('lab up (3 clusters x 1 node); the MCS CRDs, created by the install lab up runs, are served', async () => {
     up = true;
     const r = await cli(['lab', 'up', '--lab', name, '--clusters', '3', '--nodes', '1'], 900_000);
     assert.equal(r.code, 0, `lab up failed:\n${r.stderr}${r.stdout}`);
     kubeconfig = (await ok(cli(['lab', 'kubeconfig', '--lab', name]), 'lab kubeconfig')).trim();
     for (const c of CLUSTERS) {
-      // No kubectl apply here: lab up applies deploy/crds/mcs-api.yaml itself.
+      // No kubectl apply here: the `clustermesh install` that lab up runs creates the MCS CRDs (deploy/crds/mcs-api.yaml).
       const crds = await kubectlOk('--context', c, 'get', 'crd', '-o', 'name');
       for (const crd of ['serviceexports.multicluster.x-k8s.io', 'serviceimports.multicluster.x-k8s.io']) assert.ok(crds.split('\n').includes(`customresourcedefinition.apiextensions.k8s.io/${crd}`), `${crd} in ${c}: ${crds}`);
       assert.equal((await kubectl('--context', c, 'get', 'serviceexports', '-A')).code, 0, `serviceexports served in ${c}`);
