@@ -2,9 +2,10 @@
 // attachment outlives the process that made it (as tc filters do) and goes
 // away when its pin is removed: the node's pin directory owns it like the maps.
 import { closeSync, existsSync, openSync, statfsSync, unlinkSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { bpfError } from '../errors.ts';
-import { captureLog, lib } from './ffi.ts';
-import type { BpfProgram } from './program.ts';
+import { captureLog, lastErrno, lib } from './ffi.ts';
+import { type BpfProgram, programInfo } from './program.ts';
 
 /** enum bpf_attach_type values of the cgroup sock_addr hooks (linux/bpf.h). */
 export const CGROUP_ATTACH_TYPE = {
@@ -45,12 +46,9 @@ function logged(fn: () => number): { rc: number; log: string } {
 
 /** The kernel id of a loaded program (struct bpf_prog_info: type, id). */
 export function programId(program: Pick<BpfProgram, 'fd' | 'name'>): number {
-  const info = Buffer.alloc(256);
-  const len = Buffer.alloc(4);
-  len.writeUInt32LE(info.length, 0);
-  const rc = lib().bpf.bpf_obj_get_info_by_fd(program.fd, info, len);
-  if (rc !== 0) throw bpfError('bpf_obj_get_info_by_fd', rc, { target: program.name });
-  return info.readUInt32LE(4);
+  const info = programInfo(program.fd);
+  if (!info) throw bpfError('bpf_obj_get_info_by_fd', -(lastErrno() || osConstants.errno.EBADF), { target: program.name });
+  return info.id;
 }
 
 /**

@@ -2,6 +2,21 @@
 import { ClosedError, bpfError } from '../errors.ts';
 import { addressOf, lib } from './ffi.ts';
 
+/**
+ * Id and name of a loaded program as the kernel keeps them (struct
+ * bpf_prog_info: id at offset 4, name[16] at 64; the name cut to 15
+ * characters), or undefined when the fd is no program.
+ */
+export function programInfo(fd: number): { id: number; name: string } | undefined {
+  const info = Buffer.alloc(256);
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(info.length, 0);
+  if (lib().bpf.bpf_obj_get_info_by_fd(fd, info, len) !== 0) return undefined;
+  const raw = info.subarray(64, 80);
+  const end = raw.indexOf(0);
+  return { id: info.readUInt32LE(4), name: raw.subarray(0, end < 0 ? raw.length : end).toString('latin1') };
+}
+
 /** tc verdicts (linux/pkt_cls.h) as programs return them. */
 export const TcAction = {
   unspec: -1,

@@ -17,7 +17,7 @@
 import { constants as osConstants } from 'node:os';
 import { bpfError } from '../errors.ts';
 import { captureLog, lastErrno, lib } from './ffi.ts';
-import type { BpfProgram } from './program.ts';
+import { type BpfProgram, programInfo } from './program.ts';
 
 export type TcDirection = 'ingress' | 'egress';
 /** How a program is attached: 'auto' is tcx where the kernel has it, else cls_bpf. */
@@ -120,17 +120,6 @@ export function tcAttachMode(pref: TcAttachPreference = 'auto'): TcAttachMode {
   return 'cls_bpf';
 }
 
-/** Id and name of a loaded program as the kernel keeps them (struct bpf_prog_info: id at 4, name[16] at 64). */
-function progInfo(fd: number): { id: number; name: string } | undefined {
-  const info = Buffer.alloc(256);
-  const len = Buffer.alloc(4);
-  len.writeUInt32LE(info.length, 0);
-  if (lib().bpf.bpf_obj_get_info_by_fd(fd, info, len) !== 0) return undefined;
-  const raw = info.subarray(64, 80);
-  const end = raw.indexOf(0);
-  return { id: info.readUInt32LE(4), name: raw.subarray(0, end < 0 ? raw.length : end).toString('latin1') };
-}
-
 /** Runs fn with an fd of the program with this id; undefined when the program is gone. */
 function withProgFd<T>(id: number, fn: (fd: number) => T): T | undefined {
   const { bpf, libc } = lib();
@@ -143,7 +132,7 @@ function withProgFd<T>(id: number, fn: (fd: number) => T): T | undefined {
   }
 }
 
-const nameOfId = (id: number): string | undefined => withProgFd(id, (fd) => progInfo(fd)?.name);
+const nameOfId = (id: number): string | undefined => withProgFd(id, (fd) => programInfo(fd)?.name);
 const sameName = (kernelName: string | undefined, name: string): boolean => kernelName !== undefined && kernelName === name.slice(0, PROG_NAME_MAX);
 
 /** Ids of the programs on a tcx hook, in the order they run; [] without tcx or device. */
@@ -210,7 +199,7 @@ export function tcAttach(o: TcAttachOptions): TcAttachment {
   const mode = tcAttachMode(o.mode);
   const handle = o.handle ?? 1;
   const priority = o.priority ?? 1;
-  const info = progInfo(o.program.fd);
+  const info = programInfo(o.program.fd);
   if (!info) throw bpfError('bpf_obj_get_info_by_fd', -(lastErrno() || E.EBADF), { target: o.program.name ?? `fd ${o.program.fd}` });
   const target = `${o.program.name ?? info.name} on ifindex ${o.ifindex} ${o.direction}`;
   if (mode === 'tcx') {
