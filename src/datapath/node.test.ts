@@ -13,6 +13,7 @@ describe('NodeDatapath in a node netns', { skip }, () => {
   it('start, attach, traffic counters and events, stop keeps pins, restart reuses them, destroy removes them', async () => {
     buildBpfObject('lxc.bpf.o');
     buildBpfObject('overlay.bpf.o');
+    buildBpfObject('test/metrics_v1.bpf.o');
     const suffix = await withNodePodRig('lb', ({ suffix, nodeNs, podNs }) => {
       const nodeName = `test-node-${suffix}`;
       try {
@@ -49,6 +50,12 @@ describe('NodeDatapath in a node netns', { skip }, () => {
             replacedOnNextStart: 0,
           },
           'a pinned cm_events of the old size is replaced (only it: the other maps keep their entries) and its events are still read',
+        );
+        assert.deepEqual(
+          out.metricsUpgrade,
+          // BPF_MAP_TYPE_PERCPU_HASH (5) -> BPF_MAP_TYPE_PERCPU_ARRAY (6)
+          { replaced: ['cm_metrics:type 5->6'], fromType: 5, emptyAfter: 0, countsAfter: true, replacedOnNextStart: 0, keptOnNextStart: true },
+          'a cm_metrics pinned as the old per-CPU hash is replaced by the per-CPU array (only it), which counts from then on and is kept by the next start',
         );
         assert.deepEqual(out.afterDestroy, { lxcAttached: false, lxcEgressAttached: false, overlayAttached: false, pinDirExists: false, vxlanKept: true });
         assert.equal(out.vxlanAfterCreatorDestroy, false, 'the instance that created the VXLAN device deletes it on destroy');
