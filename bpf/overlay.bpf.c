@@ -48,7 +48,7 @@ static __always_inline int deliver_from_node(struct __sk_buff *ctx, struct trace
 	 * back to VIP:port before delivery (lb4_rev_nat_lookup says why here). */
 #ifndef CM_VARIANT_NO_LB
 	if (lb4_extract(ctx, ip, tc, &t))
-		ret = lb4_translate(ctx, &t, tc, false);
+		ret = lb4_translate(ctx, &t, tc, false, true);
 	if (ret < 0)
 		return ret;
 #endif
