@@ -28,8 +28,9 @@
 /*
  * Service reverse translation, ingress policy of the destination pod against
  * @src_identity (the sender's egress was checked on its node), delivery.
- * @ep: the caller's lookup_endpoint4() of the destination as it arrived
- * (NULL: none); looked up again only if translation moved the destination.
+ * @ep: the caller's lookup_endpoint4() of the destination as it arrived, or
+ * NULL: then it is looked up here, after translation (from_overlay, whose
+ * only lookup this is). Looked up again if translation moved the destination.
  */
 static __always_inline int deliver_from_node(struct __sk_buff *ctx, struct trace_ctx *tc,
 					     struct ethhdr *eth, struct iphdr *ip,
@@ -59,7 +60,7 @@ static __always_inline int deliver_from_node(struct __sk_buff *ctx, struct trace
 
 	/* A reply's translation rewrites its source only, but a hairpin entry
 	 * would move the destination: then resolve it again. */
-	if (ret > 0 && ip->daddr != daddr)
+	if (!ep || (ret > 0 && ip->daddr != daddr))
 		ep = lookup_endpoint4(ip->daddr);
 	if (!ep)
 		return -DROP_UNKNOWN_ENDPOINT;
@@ -98,7 +99,7 @@ static __always_inline int handle_overlay(struct __sk_buff *ctx, struct trace_ct
 		return -DROP_UNSUPPORTED_L3;
 	if (!trace_parse_ipv4(ctx, tc, &eth, &ip))
 		return -DROP_INVALID_PACKET;
-	return deliver_from_node(ctx, tc, eth, ip, src_identity, lookup_endpoint4(ip->daddr));
+	return deliver_from_node(ctx, tc, eth, ip, src_identity, NULL);
 }
 
 SEC("tc")
