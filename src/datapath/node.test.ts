@@ -37,6 +37,12 @@ describe('NodeDatapath in a node netns', { skip }, () => {
         assert.deepEqual(out.afterRestart, { endpoints: ['10.101.0.5:1000'], ipcache: ['10.102.0.0/24:2000:10.1.0.3'], metricsKept: true });
         assert.deepEqual(out.afterStopKeepAttached, { lxcAttached: true, lxcEgressAttached: true, overlayAttached: true });
         assert.deepEqual(
+          out.metricsUpgrade,
+          // BPF_MAP_TYPE_PERCPU_HASH (5) -> BPF_MAP_TYPE_PERCPU_ARRAY (6)
+          { replaced: ['cm_metrics:type 5->6'], fromType: 5, emptyAfter: 0, countsAfter: true, replacedOnNextStart: 0, keptOnNextStart: true },
+          'a cm_metrics pinned as the old per-CPU hash is replaced by the per-CPU array (only it), which counts from then on and is kept by the next start',
+        );
+        assert.deepEqual(
           out.upgrade,
           {
             oldSize: 256 * 1024,
@@ -50,12 +56,6 @@ describe('NodeDatapath in a node netns', { skip }, () => {
             replacedOnNextStart: 0,
           },
           'a pinned cm_events of the old size is replaced (only it: the other maps keep their entries) and its events are still read',
-        );
-        assert.deepEqual(
-          out.metricsUpgrade,
-          // BPF_MAP_TYPE_PERCPU_HASH (5) -> BPF_MAP_TYPE_PERCPU_ARRAY (6)
-          { replaced: ['cm_metrics:type 5->6'], fromType: 5, emptyAfter: 0, countsAfter: true, replacedOnNextStart: 0, keptOnNextStart: true },
-          'a cm_metrics pinned as the old per-CPU hash is replaced by the per-CPU array (only it), which counts from then on and is kept by the next start',
         );
         assert.deepEqual(out.afterDestroy, { lxcAttached: false, lxcEgressAttached: false, overlayAttached: false, pinDirExists: false, vxlanKept: true });
         assert.equal(out.vxlanAfterCreatorDestroy, false, 'the instance that created the VXLAN device deletes it on destroy');
