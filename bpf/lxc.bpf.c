@@ -154,7 +154,7 @@ static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
 #endif
 	struct ethhdr *eth;
 	struct iphdr *ip;
-	__u32 dst_identity;
+	__u32 dst_identity, daddr;
 	int ret = 0;
 
 	if (!trace_parse_ipv4(ctx, tc, &eth, &ip))
@@ -172,21 +172,29 @@ static __always_inline int handle_ipv4_from_container(struct __sk_buff *ctx,
 	 * policy recorded (policy.h). */
 	policy_pkt_init(ip, tc, &orig);
 
-	/* Services (lb.h), before the destination is resolved: a reply of a
-	 * local backend gets its VIP back (lb4_rev_nat_lookup says why here), a
-	 * packet to a VIP gets its backend. Never both: replies are not
-	 * addressed to a VIP. Egress policy goes after this, so it sees the
-	 * real backend. */
+	/* The destination as sent: only a packet to a local endpoint (or the
+	 * hairpin address) can be the reply of a translated connection
+	 * (lb4_rev_nat_lookup), so the rest skip that conntrack lookup. */
+	daddr = ip->daddr;
+	dst_ep = lookup_endpoint4(daddr);
+
+	/* Services (lb.h): a reply of a local backend gets its VIP back
+	 * (lb4_rev_nat_lookup says why here), a packet to a VIP gets its
+	 * backend. Never both: replies are not addressed to a VIP. Egress
+	 * policy goes after this, so it sees the real backend. */
 #ifndef CM_VARIANT_NO_LB
 	if (lb4_extract(ctx, ip, tc, &t))
-		ret = lb4_translate(ctx, &t, tc, true);
+		ret = lb4_translate(ctx, &t, tc, true, dst_ep || daddr == LB_HAIRPIN_IP);
 	if (ret < 0)
 		return ret;
 #endif
 	if (!policy_pkt_after_lb(ctx, ret, tc, &orig, &pkt, &eth, &ip))
 		return -DROP_INVALID_PACKET;
 
-	dst_ep = lookup_endpoint4(ip->daddr);
+	/* Translation moved the destination (to a backend; hairpin: to the
+	 * client): resolve it again. A reply's VIP is its new source only. */
+	if (ret > 0 && ip->daddr != daddr)
+		dst_ep = lookup_endpoint4(ip->daddr);
 	if (dst_ep)
 		dst_identity = dst_ep->identity;
 	else if ((info = ipcache_lookup4(ip->daddr)))

@@ -28,12 +28,15 @@
 /*
  * Service reverse translation, ingress policy of the destination pod against
  * @src_identity (the sender's egress was checked on its node), delivery.
+ * @ep: the caller's lookup_endpoint4() of the destination as it arrived, or
+ * NULL: then it is looked up here, after translation (from_overlay, whose
+ * only lookup this is). Looked up again if translation moved the destination.
  */
 static __always_inline int deliver_from_node(struct __sk_buff *ctx, struct trace_ctx *tc,
 					     struct ethhdr *eth, struct iphdr *ip,
-					     __u32 src_identity)
+					     __u32 src_identity, const struct endpoint_info *ep)
 {
-	const struct endpoint_info *ep;
+	__u32 daddr = ip->daddr;
 	struct policy_verdict sig = {};
 	struct policy_pkt orig, pkt;
 	__u8 drop_dir;
@@ -48,14 +51,17 @@ static __always_inline int deliver_from_node(struct __sk_buff *ctx, struct trace
 	 * back to VIP:port before delivery (lb4_rev_nat_lookup says why here). */
 #ifndef CM_VARIANT_NO_LB
 	if (lb4_extract(ctx, ip, tc, &t))
-		ret = lb4_translate(ctx, &t, tc, false);
+		ret = lb4_translate(ctx, &t, tc, false, true);
 	if (ret < 0)
 		return ret;
 #endif
 	if (!policy_pkt_after_lb(ctx, ret, tc, &orig, &pkt, &eth, &ip))
 		return -DROP_INVALID_PACKET;
 
-	ep = lookup_endpoint4(ip->daddr);
+	/* A reply's translation rewrites its source only, but a hairpin entry
+	 * would move the destination: then resolve it again. */
+	if (!ep || (ret > 0 && ip->daddr != daddr))
+		ep = lookup_endpoint4(ip->daddr);
 	if (!ep)
 		return -DROP_UNKNOWN_ENDPOINT;
 
@@ -93,7 +99,7 @@ static __always_inline int handle_overlay(struct __sk_buff *ctx, struct trace_ct
 		return -DROP_UNSUPPORTED_L3;
 	if (!trace_parse_ipv4(ctx, tc, &eth, &ip))
 		return -DROP_INVALID_PACKET;
-	return deliver_from_node(ctx, tc, eth, ip, src_identity);
+	return deliver_from_node(ctx, tc, eth, ip, src_identity, NULL);
 }
 
 SEC("tc")
@@ -119,11 +125,12 @@ int from_overlay(struct __sk_buff *ctx)
 static __always_inline int handle_netdev(struct __sk_buff *ctx, struct trace_ctx *tc,
 					 struct ethhdr *eth, struct iphdr *ip)
 {
+	const struct endpoint_info *ep = lookup_endpoint4(ip->daddr);
 	const struct ipcache_value *info, *dst;
-	bool local = lookup_endpoint4(ip->daddr) != NULL;
 	__u32 src_identity;
 
-	if (!local) {
+	/* ep goes on to deliver_from_node: one endpoint lookup per packet. */
+	if (!ep) {
 		dst = ipcache_lookup4(ip->daddr);
 		if (!dst || !CFG_NODE_IP || dst->tunnel_endpoint != CFG_NODE_IP)
 			return TC_ACT_UNSPEC;
@@ -131,9 +138,9 @@ static __always_inline int handle_netdev(struct __sk_buff *ctx, struct trace_ctx
 	info = ipcache_lookup4(ip->saddr);
 	src_identity = info ? info->identity : IDENTITY_WORLD;
 	tc->src_identity = src_identity;
-	if (!local)
+	if (!ep)
 		return -DROP_UNKNOWN_ENDPOINT;
-	return deliver_from_node(ctx, tc, eth, ip, src_identity);
+	return deliver_from_node(ctx, tc, eth, ip, src_identity, ep);
 }
 
 SEC("tc")

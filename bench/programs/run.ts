@@ -33,15 +33,18 @@
 //   in the same repetitions (alternating), on lxc.bpf.o and
 //   test/overlay_test.bpf.o of DIR (another build of bpf/build, e.g. the
 //   previous commit's), as `<case>@against`, sharing the maps: a before/after
-//   of a datapath change on the same machine at the same time.
+//   of a datapath change on the same machine at the same time. A map whose
+//   definition differs between the builds (type, sizes, flags) cannot be
+//   shared: the --against object gets its own copy, pinned beside it as
+//   <name>_against, which only its programs write (counters, a changed map).
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { removePinDir } from '../../src/datapath/bpffs.ts';
 import { BpfObject } from '../../src/datapath/libbpf/object.ts';
-import type { BpfMap } from '../../src/datapath/libbpf/map.ts';
+import { BpfMap } from '../../src/datapath/libbpf/map.ts';
 import { TcAction, type BpfProgram } from '../../src/datapath/libbpf/program.ts';
 import * as backendSlots from '../../src/datapath/maps/backend-slots.ts';
 import * as backends from '../../src/datapath/maps/backends.ts';
@@ -134,6 +137,15 @@ function main(): void {
     const loadAgainst = (rel: string): BpfObject => {
       const o = BpfObject.open(join(AGAINST!, rel), { pinRoot: dir });
       try {
+        for (const name of o.mapNames()) {
+          const pin = join(dir, name);
+          if (!existsSync(pin)) continue;
+          const { name: _n, ...wanted } = o.mapDefinition(name);
+          const m = BpfMap.openPinned(pin);
+          const same = wanted.type === m.type && wanted.keySize === m.keySize && wanted.valueSize === m.valueSize && wanted.maxEntries === m.maxEntries && wanted.flags === m.flags;
+          m.close();
+          if (!same) o.setPinPath(name, `${pin}_against`);
+        }
         config.applyConfig(o, CFG);
         o.load();
       } catch (err) {

@@ -9,8 +9,6 @@
 
 #include "common.h"
 
-#define METRICS_MAX_ENTRIES 1024
-
 /* Direction from the pod's point of view. */
 enum cm_direction {
 	DIR_UNKNOWN = 0,
@@ -18,12 +16,19 @@ enum cm_direction {
 	DIR_EGRESS  = 2, /* leaving a local pod (from_container) */
 };
 
-/* 4 bytes. */
-struct metrics_key {
-	__u8  reason;
-	__u8  dir;   /* enum cm_direction */
-	__u16 pad;   /* 0 */
+/* cm_metrics' layout, exported for the reader (src/datapath/maps/metrics.ts). */
+enum cm_metrics_layout {
+	METRICS_DIRS = 4, /* slots per reason: every enum cm_direction fits */
 };
+
+/*
+ * One slot per (reason, direction): index reason * METRICS_DIRS + dir, every
+ * __u8 reason with every direction. An array, not a hash: its lookup is
+ * inlined by the verifier into an index computation (no hashing, no bucket
+ * walk), and every slot exists, so there is no insert path. Slots never hit
+ * stay zero; userspace skips them.
+ */
+#define METRICS_MAX_ENTRIES (256 * METRICS_DIRS)
 
 /* 16 bytes per CPU. */
 struct metrics_value {
@@ -32,14 +37,15 @@ struct metrics_value {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__type(key, struct metrics_key);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32); /* reason * METRICS_DIRS + dir */
 	__type(value, struct metrics_value);
 	__uint(max_entries, METRICS_MAX_ENTRIES);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cm_metrics SEC(".maps");
 
 CM_BTF_EXPORT(enum cm_direction, direction);
+CM_BTF_EXPORT(enum cm_metrics_layout, metrics_layout);
 
 static __always_inline void metrics_update(__u8 reason, __u8 dir, __u32 bytes)
 {
@@ -47,18 +53,16 @@ static __always_inline void metrics_update(__u8 reason, __u8 dir, __u32 bytes)
 	/* Measurement variant (bpf/lib/variant.h): no counters at all. */
 	return;
 #else
-	struct metrics_key key = { .reason = reason, .dir = dir };
-	struct metrics_value *v, init = { .packets = 1, .bytes = bytes };
+	/* dir & 3 keeps the index in range for the verifier and the reader. */
+	__u32 idx = (__u32)reason * METRICS_DIRS + (dir & (METRICS_DIRS - 1));
+	struct metrics_value *v;
 
-	v = bpf_map_lookup_elem(&cm_metrics, &key);
+	/* Per-CPU and tc runs with migration disabled: plain adds suffice. */
+	v = bpf_map_lookup_elem(&cm_metrics, &idx);
 	if (v) {
 		v->packets++;
 		v->bytes += bytes;
-		return;
 	}
-	/* Lost race with another packet on this CPU is impossible (tc runs
-	 * with migration disabled); a full map only loses counts. */
-	bpf_map_update_elem(&cm_metrics, &key, &init, BPF_NOEXIST);
 #endif
 }
 

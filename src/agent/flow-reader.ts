@@ -123,7 +123,7 @@ export interface FlowsStatus extends FlowStoreStatus {
 /** Counted lost events of a node (TRACE_EVENT_LOST, every direction). */
 export function lostEvents(metrics: BpfMap): number {
   let n = 0;
-  for (const r of metricsMap.read(metrics)) if (r.reason === TraceReason.TRACE_EVENT_LOST) n += Number(r.packets);
+  for (const direction of ['unknown', 'ingress', 'egress'] as const) n += Number(metricsMap.get(metrics, { reason: TraceReason.TRACE_EVENT_LOST, direction }).packets);
   return n;
 }
 

@@ -394,6 +394,24 @@ describe('service translation (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason()
       assert.equal(parseIpv4(fromContainer(reply).dataOut).src, LOCAL_BACKENDS[0]!.ip, 'service gone: the client will reset');
     });
 
+    it('only a packet to a local endpoint (or the hairpin address) can be a reply: one to an address elsewhere skips reverse translation', () => {
+      install({ backends: [candidate(LOCAL_BACKENDS[0]!.ip)] });
+      fromContainer(toVip(48250));
+      const reply = frame({ src: LOCAL_BACKENDS[0]!.ip, dst: CLIENT.ip, sport: BACKEND_PORT, dport: 48250, srcMac: LOCAL_BACKENDS[0]!.mac });
+      // the client's address now belongs to a pod of another node: its CT_REVNAT entry (still there) cannot apply
+      endpoints.remove(m.endpoints, { ip: CLIENT.ip });
+      ipcache.update(m.ipcache, { addr: CLIENT.ip, prefixLen: 32 }, { identity: REMOTE_BACKEND.identity, tunnelEndpoint: REMOTE_BACKEND.node, flags: 0 });
+      assert.ok(ct.lookup(m.ct, ctKey(48250, { src: LOCAL_BACKENDS[0]!.ip, dst: CLIENT.ip, sport: BACKEND_PORT, dport: 48250, dir: 'revnat' })), 'the reply entry is there');
+      const away = fromContainer(reply);
+      assert.equal(away.retval, TcAction.redirect);
+      assertPacket(away.dataOut, { src: LOCAL_BACKENDS[0]!.ip, dst: CLIENT.ip, sport: BACKEND_PORT, dport: 48250 }, 'untranslated, into the tunnel');
+      assert.equal(metrics.get(m.metrics, { reason: TraceReason.TRACE_TO_OVERLAY, direction: 'egress' }).packets, 1n);
+      // back on this node: the same entry translates again
+      ipcache.remove(m.ipcache, { addr: CLIENT.ip, prefixLen: 32 });
+      endpoints.update(m.endpoints, { ip: CLIENT.ip }, { ifindex: 1, identity: 0x10100, endpointId: 1, flags: 0, mac: CLIENT.mac, nodeMac: GW_MAC });
+      assertPacket(fromContainer(reply).dataOut, { src: VIP, dst: CLIENT.ip, sport: 80, dport: 48250 }, 'translated');
+    });
+
     it('hairpin: a pod reaching itself through the VIP gets source 169.254.42.1, and the reply comes back as VIP -> pod', () => {
       const self = LOCAL_BACKENDS[0]!;
       install({ backends: [candidate(self.ip)] });

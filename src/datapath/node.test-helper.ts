@@ -144,6 +144,33 @@ try {
   };
   await dpSame.stop({ detach: false });
 
+  // upgrade from an agent whose cm_metrics was a PERCPU_HASH (keyed by
+  // struct { reason, dir, pad }): a pin of that shape, holding a counter, must
+  // be replaced by the per-CPU array on start, which then counts traffic.
+  unlinkSync(join(pinDir, 'cm_metrics'));
+  const v1 = BpfObject.open(join(dp.options.objectsDir, 'test/metrics_v1.bpf.o'), { pinRoot: pinDir });
+  v1.load();
+  v1.map('cm_metrics').update(Buffer.from([1, 2, 0, 0]), Buffer.alloc(16, 1));
+  const v1Type = v1.map('cm_metrics').type;
+  v1.close();
+  const dpMetrics = new NodeDatapath(opts);
+  await dpMetrics.start();
+  const metricsUpgrade: Record<string, unknown> = {
+    replaced: dpMetrics.replacedPins.map((r) => `${r.map}:type ${r.pinned.type}->${r.wanted.type}`),
+    fromType: v1Type,
+    emptyAfter: dpMetrics.metrics().length,
+  };
+  dpMetrics.attachEndpoint('lxc0');
+  podPing('10.102.0.77');
+  metricsUpgrade.countsAfter = dpMetrics.metrics().some((r) => r.reasonName === 'TRACE_TO_OVERLAY' && r.direction === 'egress' && r.packets >= 1n);
+  await dpMetrics.stop({ detach: false });
+  const dpMetricsSame = new NodeDatapath(opts);
+  await dpMetricsSame.start();
+  metricsUpgrade.replacedOnNextStart = dpMetricsSame.replacedPins.length;
+  metricsUpgrade.keptOnNextStart = dpMetricsSame.metrics().some((r) => r.reasonName === 'TRACE_TO_OVERLAY');
+  await dpMetricsSame.stop({ detach: false });
+  out.metricsUpgrade = metricsUpgrade;
+
   const dp3 = new NodeDatapath(opts);
   await dp3.start();
   dp3.attachEndpoint('lxc0');

@@ -13,6 +13,7 @@ describe('NodeDatapath in a node netns', { skip }, () => {
   it('start, attach, traffic counters and events, stop keeps pins, restart reuses them, destroy removes them', async () => {
     buildBpfObject('lxc.bpf.o');
     buildBpfObject('overlay.bpf.o');
+    buildBpfObject('test/metrics_v1.bpf.o');
     const suffix = await withNodePodRig('lb', ({ suffix, nodeNs, podNs }) => {
       const nodeName = `test-node-${suffix}`;
       try {
@@ -35,6 +36,12 @@ describe('NodeDatapath in a node netns', { skip }, () => {
         assert.deepEqual(out.afterStop, { overlayAttached: false, lxcAttached: false, lxcEgressAttached: false, pinsKept: true });
         assert.deepEqual(out.afterRestart, { endpoints: ['10.101.0.5:1000'], ipcache: ['10.102.0.0/24:2000:10.1.0.3'], metricsKept: true });
         assert.deepEqual(out.afterStopKeepAttached, { lxcAttached: true, lxcEgressAttached: true, overlayAttached: true });
+        assert.deepEqual(
+          out.metricsUpgrade,
+          // BPF_MAP_TYPE_PERCPU_HASH (5) -> BPF_MAP_TYPE_PERCPU_ARRAY (6)
+          { replaced: ['cm_metrics:type 5->6'], fromType: 5, emptyAfter: 0, countsAfter: true, replacedOnNextStart: 0, keptOnNextStart: true },
+          'a cm_metrics pinned as the old per-CPU hash is replaced by the per-CPU array (only it), which counts from then on and is kept by the next start',
+        );
         assert.deepEqual(
           out.upgrade,
           {

@@ -36,6 +36,7 @@ export interface LibbpfNative {
   bpf_map__max_entries: (map: Ptr) => number;
   bpf_map__map_flags: (map: Ptr) => number;
   bpf_map__set_max_entries: (map: Ptr, n: number) => number;
+  bpf_map__set_pin_path: (map: Ptr, path: string) => number;
   bpf_map__initial_value: (map: Ptr, psize: Buffer) => Ptr | null;
   bpf_map__is_internal: (map: Ptr) => boolean;
   // programs of an object
@@ -125,6 +126,7 @@ export function lib(): Native {
     bpf_map__max_entries: d('uint32_t bpf_map__max_entries(void *map)'),
     bpf_map__map_flags: d('uint32_t bpf_map__map_flags(void *map)'),
     bpf_map__set_max_entries: d('int bpf_map__set_max_entries(void *map, uint32_t n)'),
+    bpf_map__set_pin_path: d('int bpf_map__set_pin_path(void *map, const char *path)'),
     bpf_map__initial_value: d('void *bpf_map__initial_value(void *map, void *psize)'),
     bpf_map__is_internal: d('bool bpf_map__is_internal(void *map)'),
     bpf_program__fd: d('int bpf_program__fd(void *prog)'),

@@ -104,6 +104,28 @@ describe('BpfObject', { skip }, () => {
     });
   });
 
+  it('setPinPath pins a map elsewhere than pinRoot/<name>, and a later load with the same path reuses it', async () => {
+    await withPinDir('libbpf-obj', (pinRoot) => {
+      const first = BpfObject.open(fixture, { pinRoot });
+      try {
+        first.setPinPath('fx_pinned', `${pinRoot}/fx_pinned_other`);
+        first.load();
+        assert.ok(existsSync(`${pinRoot}/fx_pinned_other`) && !existsSync(`${pinRoot}/fx_pinned`));
+        first.map('fx_pinned').update(u32(1), u32(2222));
+      } finally {
+        first.close();
+      }
+      const second = BpfObject.open(fixture, { pinRoot });
+      try {
+        second.setPinPath('fx_pinned', `${pinRoot}/fx_pinned_other`);
+        second.load();
+        assert.equal(second.map('fx_pinned').lookup(u32(1))?.readUInt32LE(), 2222);
+      } finally {
+        second.close();
+      }
+    });
+  });
+
   it('a program the verifier rejects → VerifierError with the verifier log', () => {
     const obj = BpfObject.open(reject);
     try {

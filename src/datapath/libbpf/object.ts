@@ -111,6 +111,14 @@ export class BpfObject {
     if (rc !== 0) throw bpfError('bpf_map__set_max_entries', rc, { target: mapName });
   }
 
+  /** Pins (or reuses the pin of) a map at @path instead of <pinRoot>/<name>; before load. */
+  setPinPath(mapName: string, path: string): void {
+    const h = this.#handle('setPinPath');
+    const m = this.#mapPtr(h, mapName);
+    const rc = lib().bpf.bpf_map__set_pin_path(m, path);
+    if (rc !== 0) throw bpfError('bpf_map__set_pin_path', rc, { target: mapName });
+  }
+
   /** A map's definition as the object will create it (after setMaxEntries; before or after load). */
   mapDefinition(mapName: string): MapInfo {
     const h = this.#handle('mapDefinition');

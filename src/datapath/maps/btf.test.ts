@@ -141,7 +141,6 @@ const LAYOUTS: StructLayout[] = [
   ipcache.VALUE_LAYOUT,
   endpoints.KEY_LAYOUT,
   endpoints.VALUE_LAYOUT,
-  metrics.KEY_LAYOUT,
   metrics.VALUE_LAYOUT,
   settings.VALUE_LAYOUT,
   events.EVENT_LAYOUT,
@@ -170,7 +169,7 @@ const LAYOUTS: StructLayout[] = [
 const MAPS: Array<{ name: string; key: string | undefined; value: string | undefined }> = [
   { name: ipcache.MAP_NAME, key: ipcache.KEY_LAYOUT.cName, value: ipcache.VALUE_LAYOUT.cName },
   { name: endpoints.MAP_NAME, key: endpoints.KEY_LAYOUT.cName, value: endpoints.VALUE_LAYOUT.cName },
-  { name: metrics.MAP_NAME, key: metrics.KEY_LAYOUT.cName, value: metrics.VALUE_LAYOUT.cName },
+  { name: metrics.MAP_NAME, key: '__u32', value: metrics.VALUE_LAYOUT.cName },
   { name: settings.MAP_NAME, key: '__u32', value: settings.VALUE_LAYOUT.cName },
   { name: events.MAP_NAME, key: undefined, value: undefined },
   { name: services.MAP_NAME, key: services.KEY_LAYOUT.cName, value: services.VALUE_LAYOUT.cName },
@@ -212,6 +211,7 @@ describe('TypeScript codecs match the C structs (BTF)', () => {
         assert.deepEqual(btf.enumValues('cm_drop_reason'), DropReason);
         assert.deepEqual(btf.enumValues('cm_trace_reason'), TraceReason);
         assert.deepEqual(btf.enumValues('cm_direction'), Direction);
+        assert.deepEqual(btf.enumValues('cm_metrics_layout'), metrics.MetricsLayout);
         assert.deepEqual(btf.enumValues('cm_event_type'), EventType);
         assert.deepEqual(btf.enumValues('cm_settings_flag'), settings.SettingsFlag);
         assert.deepEqual(btf.enumValues('lb_service_flag'), services.ServiceFlag);

@@ -81,10 +81,12 @@ describe('endpoints codec', () => {
 });
 
 describe('metrics codec', () => {
-  it('key: reason, direction, zero padding', () => {
-    assert.equal(metrics.encodeKey({ reason: DropReason.DROP_TTL_EXCEEDED, direction: 'egress' }).toString('hex'), '87020000');
-    assert.deepEqual(metrics.decodeKey(Buffer.from('02010000', 'hex')), { reason: TraceReason.TRACE_TO_OVERLAY, direction: 'ingress' });
-    assert.throws(() => metrics.decodeKey(Buffer.from('02010100', 'hex')), RangeError);
+  it('key: the slot reason * METRICS_DIRS + direction, as a __u32', () => {
+    assert.equal(metrics.encodeKey({ reason: DropReason.DROP_TTL_EXCEEDED, direction: 'egress' }).toString('hex'), '1e020000'); // 0x87 * 4 + 2
+    assert.deepEqual(metrics.decodeKey(Buffer.from('09000000', 'hex')), { reason: TraceReason.TRACE_TO_OVERLAY, direction: 'ingress' });
+    assert.deepEqual(metrics.decodeKey(metrics.encodeKey({ reason: 255, direction: 'egress' })), { reason: 255, direction: 'egress' });
+    assert.throws(() => metrics.decodeKey(Buffer.from('00040000', 'hex')), RangeError, 'slot 1024 is beyond the array');
+    assert.throws(() => metrics.encodeKey({ reason: 256, direction: 'egress' }), RangeError);
   });
 
   it('value: sums the per-CPU copies', () => {
@@ -93,8 +95,11 @@ describe('metrics codec', () => {
     assert.throws(() => metrics.decodeValue(Buffer.alloc(20)), RangeError);
   });
 
-  it('read() names and orders the counters', () => {
+  it('read() names and orders the counters that were hit, skipping zero slots', () => {
+    // an array: every slot exists, most of them zero
     const m = fakeMap();
+    const zero = metrics.encodeValue({ packets: 0n, bytes: 0n });
+    for (let i = 0; i < metrics.MAX_ENTRIES; i++) m.update(Buffer.from(new Uint32Array([i]).buffer), zero);
     m.update(metrics.encodeKey({ reason: DropReason.DROP_FRAG_NEEDED, direction: 'egress' }), metrics.encodeValue({ packets: 1n, bytes: 1500n }));
     m.update(metrics.encodeKey({ reason: TraceReason.TRACE_TO_ENDPOINT, direction: 'ingress' }), metrics.encodeValue({ packets: 5n, bytes: 500n }));
     assert.deepEqual(metrics.read(m).map((r) => [r.reasonName, r.direction, r.drop, r.packets]), [
@@ -103,7 +108,8 @@ describe('metrics codec', () => {
     ]);
     assert.deepEqual(metrics.get(m, { reason: 200, direction: 'egress' }), { packets: 0n, bytes: 0n });
     assert.equal(metrics.reset(m), 2);
-    assert.equal(m.store.size, 0);
+    assert.equal(m.store.size, metrics.MAX_ENTRIES, 'reset zeroes slots, deletes none');
+    assert.deepEqual(metrics.read(m), []);
   });
 });
 

@@ -1,27 +1,32 @@
-// cm_metrics (bpf/lib/metrics.h): per-CPU hash, (reason, direction) ->
-// packets and bytes. Reason is a trace reason (< 128) or a drop reason (>= 128).
+// cm_metrics (bpf/lib/metrics.h): per-CPU array, one slot per (reason,
+// direction) at index reason * METRICS_DIRS + direction -> packets and bytes.
+// Reason is a trace reason (< 128) or a drop reason (>= 128). Every slot
+// exists; a counter never hit is an all-zero slot, which read() skips.
+import type { BpfMap } from '../libbpf/map.ts';
 import {
   type MapHandle,
-  expectSize,
   field,
-  readU16,
+  readU32,
   readU64,
   struct,
-  typedOps,
-  writeU16,
+  writeU32,
   writeU64,
-  writeU8,
 } from './codec.ts';
 import { type DirectionName, directionCode, directionName, isDropReason, reasonName } from './reasons.ts';
 
 export const MAP_NAME = 'cm_metrics';
 
-/** struct metrics_key. */
-export const KEY_LAYOUT = struct('metrics_key', 4, {
-  reason: field(0, 1),
-  dir: field(1, 1),
-  pad: field(2, 2),
-});
+/** enum cm_metrics_layout: slots per reason. */
+export const MetricsLayout = {
+  METRICS_DIRS: 4,
+} as const;
+const DIRS = MetricsLayout.METRICS_DIRS;
+
+/** Slots: every __u8 reason with every direction (METRICS_MAX_ENTRIES). */
+export const MAX_ENTRIES = 256 * DIRS;
+
+/** The key, a __u32 slot index. */
+export const KEY_SIZE = 4;
 
 /** struct metrics_value, per CPU (the kernel pads each CPU's copy to 8 bytes: 16). */
 export const VALUE_LAYOUT = struct('metrics_value', 16, {
@@ -40,18 +45,23 @@ export interface Value {
   bytes: bigint;
 }
 
+/** The slot of (reason, direction), as metrics_update() computes it. */
+export function slot(k: Key): number {
+  if (!Number.isInteger(k.reason) || k.reason < 0 || k.reason > 255) throw new RangeError(`metrics: reason ${k.reason} is no __u8`);
+  return k.reason * DIRS + directionCode(k.direction);
+}
+
 export function encodeKey(k: Key): Buffer {
-  const b = Buffer.alloc(KEY_LAYOUT.size);
-  writeU8(b, KEY_LAYOUT.fields.reason.offset, k.reason);
-  writeU8(b, KEY_LAYOUT.fields.dir.offset, directionCode(k.direction));
-  writeU16(b, KEY_LAYOUT.fields.pad.offset, 0);
+  const b = Buffer.alloc(KEY_SIZE);
+  writeU32(b, 0, slot(k));
   return b;
 }
 
 export function decodeKey(b: Buffer): Key {
-  expectSize(b, KEY_LAYOUT);
-  if (readU16(b, KEY_LAYOUT.fields.pad.offset) !== 0) throw new RangeError('metrics_key with non-zero padding');
-  return { reason: b[KEY_LAYOUT.fields.reason.offset]!, direction: directionName(b[KEY_LAYOUT.fields.dir.offset]!) };
+  if (b.length !== KEY_SIZE) throw new RangeError(`metrics key: ${b.length} bytes, expected ${KEY_SIZE}`);
+  const i = readU32(b, 0);
+  if (i >= MAX_ENTRIES) throw new RangeError(`metrics key: slot ${i} beyond ${MAX_ENTRIES}`);
+  return { reason: Math.floor(i / DIRS), direction: directionName(i % DIRS) };
 }
 
 /** One value (16 bytes), e.g. to seed a per-CPU map, where BpfMap.update replicates it to every CPU. */
@@ -75,8 +85,13 @@ export function decodeValue(b: Buffer): Value {
   return { packets, bytes };
 }
 
-const ops = typedOps<Key, Value>({ encode: encodeKey, decode: decodeKey }, { encode: encodeValue, decode: decodeValue });
-export const { lookup, update, remove, entries, removeMany } = ops;
+/** What read() needs of the map; scan (BpfMap) reads all slots in a few batch syscalls. */
+export type MetricsMapHandle = MapHandle & Partial<Pick<BpfMap, 'scan' | 'valueBufferSize'>>;
+
+function isZero(b: Buffer, from: number, to: number): boolean {
+  for (let i = from; i < to; i++) if (b[i] !== 0) return false;
+  return true;
+}
 
 export interface Row extends Key, Value {
   /** 'DROP_TTL_EXCEEDED', 'TRACE_TO_OVERLAY', ... */
@@ -84,19 +99,38 @@ export interface Row extends Key, Value {
   drop: boolean;
 }
 
-/** Every counter, summed over CPUs, ordered by reason then direction. */
-export function read(map: MapHandle): Row[] {
+/** Every counter that was hit, summed over CPUs, ordered by reason then direction. */
+export function read(map: MetricsMapHandle): Row[] {
   const rows: Row[] = [];
-  for (const [k, v] of ops.entries(map)) rows.push({ ...k, ...v, reasonName: reasonName(k.reason), drop: isDropReason(k.reason) });
+  const add = (k: Buffer, v: Buffer): void => {
+    const key = decodeKey(k);
+    const val = decodeValue(v);
+    if (val.packets === 0n && val.bytes === 0n) return;
+    rows.push({ ...key, ...val, reasonName: reasonName(key.reason), drop: isDropReason(key.reason) });
+  };
+  if (map.scan && map.valueBufferSize !== undefined) {
+    const vs = map.valueBufferSize;
+    map.scan((keys, values, i) => {
+      // most slots are zero: test the bytes before decoding anything
+      if (isZero(values, i * vs, (i + 1) * vs)) return;
+      add(keys.subarray(i * KEY_SIZE, (i + 1) * KEY_SIZE), values.subarray(i * vs, (i + 1) * vs));
+    });
+  } else {
+    for (const [k, v] of map.entries()) add(k, v);
+  }
   return rows.sort((a, b) => a.reason - b.reason || a.direction.localeCompare(b.direction));
 }
 
 /** Packets and bytes of one counter; zeros when it was never hit. */
 export function get(map: MapHandle, key: Key): Value {
-  return ops.lookup(map, key) ?? { packets: 0n, bytes: 0n };
+  const v = map.lookup(encodeKey(key));
+  return v === undefined ? { packets: 0n, bytes: 0n } : decodeValue(v);
 }
 
-/** Deletes every counter; returns how many there were. */
-export function reset(map: MapHandle): number {
-  return ops.removeMany(map, [...ops.entries(map)].map(([k]) => k));
+/** Zeroes every counter (array slots cannot be deleted); returns how many were non-zero. */
+export function reset(map: MetricsMapHandle): number {
+  const hit = read(map);
+  const zero = encodeValue({ packets: 0n, bytes: 0n });
+  for (const r of hit) map.update(encodeKey(r), zero);
+  return hit.length;
 }
