@@ -3,8 +3,8 @@
 //  - tcx (Linux 6.6+): the program is attached to the device's ingress or
 //    egress hook itself (BPF_PROG_ATTACH with BPF_TCX_INGRESS/EGRESS), no
 //    qdisc and no classifier in between. It runs before any tc filter and
-//    saves the cls_bpf/clsact dispatch per packet (about 0.6 µs per round
-//    trip of the tunnel path here, issue 15). libbpf 1.1 has no tcx API;
+//    saves the cls_bpf/clsact dispatch per packet (1.0 µs per round trip of
+//    the tunnel path in bench/peers --suspects, issue 15). libbpf 1.1 has no tcx API;
 //    bpf_prog_attach_opts passes the attach type through. A program there is
 //    known by its name: attaching replaces the program of the same name in
 //    place (BPF_F_REPLACE), so a restart swaps programs without a gap.
