@@ -11,25 +11,18 @@
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { readNodeMetrics } from '../../src/lab/datapath.ts';
 import { podRecordsOf } from '../../src/lab/kubelet-config.ts';
-import { childEnv } from '../../src/lab/process.ts';
 import { labStateSchema, type LabState } from '../../src/lab/state.ts';
-import { eventually, kubectlFor, ok, run } from '../helpers/kube.ts';
+import { eventually, ok } from '../helpers/kube.ts';
+import { labFixture } from '../helpers/lab-fixture.ts';
 
 const ROOT_DIR = resolve(import.meta.dirname, '..', '..');
-const CLI = join(ROOT_DIR, 'bin', 'clustermesh.js');
-const root = mkdtempSync(join(tmpdir(), 'cmtks-root-'));
-const files = mkdtempSync(join(tmpdir(), 'cmtks-files-'));
-const env = childEnv({ CLUSTERMESH_LAB_ROOT: root });
-const name = `cmtks${randomBytes(3).toString('hex')}`;
-
-const cli = (args: string[], timeoutMs = 120_000) => run(process.execPath, [CLI, ...args], { env, timeoutMs });
-let kubeconfig = '';
-const { kubectl, kubectlOk } = kubectlFor({ kubeconfig: () => kubeconfig, cacheDir: () => join(files, 'kube-cache'), env: () => env, timeoutMs: 150_000 });
+const lab = labFixture('cmtks', { up: ['--clusters', '2', '--nodes', '1'] });
+const { name, root, files, cli } = lab;
+const { kubectl, kubectlOk } = lab.kube;
 const readState = (): LabState => labStateSchema.parse(JSON.parse(readFileSync(join(root, name, 'lab.json'), 'utf8')));
 
 /** DROP_POLICY + DROP_POLICY_DENY packets of a node (its pinned metrics map). */
@@ -60,23 +53,12 @@ const podIPs = async (ctx: string, selector: string, namespace = 'default'): Pro
 };
 
 describe('lab: kubectl drives the lab, the agents read the Kubernetes API', { timeout: 1_500_000 }, () => {
-  let up = false;
-  after(async () => {
-    if (up) {
-      const down = await cli(['lab', 'down', '--lab', name], 300_000);
-      if (down.code !== 0) console.error(`lab down ${name}: exit ${down.code}\n${down.stderr}${down.stdout}`);
-    }
-    rmSync(files, { recursive: true, force: true });
-    if (!existsSync(join(root, name))) rmSync(root, { recursive: true, force: true });
-  });
+  after(() => lab.down());
 
   test('up records the Kubernetes API as the source; status shows it; every node registered itself in the API', async () => {
-    up = true;
-    const r = await cli(['lab', 'up', '--lab', name, '--clusters', '2', '--nodes', '1'], 600_000);
-    assert.equal(r.code, 0, `lab up failed:\n${r.stderr}${r.stdout}`);
+    await lab.up();
     const state = readState();
     assert.equal(state.source, 'kubernetes');
-    kubeconfig = (await ok(cli(['lab', 'kubeconfig', '--lab', name]), 'lab kubeconfig')).trim();
     const status = await ok(cli(['status', '--lab', name]), 'status');
     assert.match(status, /source:\s+kubernetes/);
     assert.doesNotMatch(status, /source:\s+store/);

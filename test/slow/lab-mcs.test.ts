@@ -9,24 +9,17 @@
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { childEnv } from '../../src/lab/process.ts';
-import { eventually, kubectlFor, ok, run } from '../helpers/kube.ts';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { eventually, ok } from '../helpers/kube.ts';
+import { labFixture } from '../helpers/lab-fixture.ts';
 
-const ROOT_DIR = resolve(import.meta.dirname, '..', '..');
-const CLI = join(ROOT_DIR, 'bin', 'clustermesh.js');
-const root = mkdtempSync(join(tmpdir(), 'cmtmcs-root-'));
-const files = mkdtempSync(join(tmpdir(), 'cmtmcs-files-'));
-const env = childEnv({ CLUSTERMESH_LAB_ROOT: root });
-const name = `cmtmcs${randomBytes(3).toString('hex')}`;
+const lab = labFixture('cmtmcs', { up: ['--clusters', '3', '--nodes', '1'], upTimeoutMs: 900_000 });
+const { name, files, cli } = lab;
 const ns = `cmt-mcs-${randomBytes(3).toString('hex')}`;
 const CLUSTERS = ['cluster1', 'cluster2', 'cluster3'];
 
-const cli = (args: string[], timeoutMs = 120_000) => run(process.execPath, [CLI, ...args], { env, timeoutMs });
-let kubeconfig = '';
-const { kubectl, kubectlOk } = kubectlFor({ kubeconfig: () => kubeconfig, cacheDir: () => join(files, 'kube-cache'), env: () => env, timeoutMs: 150_000 });
+const { kubectl, kubectlOk } = lab.kube;
 
 /** `clustermesh lab workload client URL -n N` from a pod; per answering cluster, how many answers. */
 async function fromPod(cluster: string, pod: string, url: string, n: number): Promise<{ answered: number; clusters: Map<string, number>; out: string }> {
@@ -55,21 +48,10 @@ const serviceYaml = (protocol: string) =>
 const exportYaml = (svc: string) => `apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata:\n  name: ${svc}\n  namespace: ${ns}\n`;
 
 describe('the Multi-Cluster Services API on a lab of three clusters (kubectl)', { timeout: 1_800_000 }, () => {
-  let up = false;
-  after(async () => {
-    if (up) {
-      const down = await cli(['lab', 'down', '--lab', name], 300_000);
-      if (down.code !== 0) console.error(`lab down ${name}: exit ${down.code}\n${down.stderr}${down.stdout}`);
-    }
-    rmSync(files, { recursive: true, force: true });
-    if (!existsSync(join(root, name))) rmSync(root, { recursive: true, force: true });
-  });
+  after(() => lab.down());
 
   test('lab up (3 clusters x 1 node); the MCS CRDs, created by the install lab up runs, are served', async () => {
-    up = true;
-    const r = await cli(['lab', 'up', '--lab', name, '--clusters', '3', '--nodes', '1'], 900_000);
-    assert.equal(r.code, 0, `lab up failed:\n${r.stderr}${r.stdout}`);
-    kubeconfig = (await ok(cli(['lab', 'kubeconfig', '--lab', name]), 'lab kubeconfig')).trim();
+    await lab.up();
     for (const c of CLUSTERS) {
       // No kubectl apply here: the `clustermesh install` that lab up runs creates the MCS CRDs (deploy/crds/mcs-api.yaml).
       const crds = await kubectlOk('--context', c, 'get', 'crd', '-o', 'name');
