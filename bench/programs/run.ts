@@ -44,7 +44,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { removePinDir } from '../../src/datapath/bpffs.ts';
 import { BpfObject } from '../../src/datapath/libbpf/object.ts';
-import { BpfMap } from '../../src/datapath/libbpf/map.ts';
+import { BpfMap, sameDefinition } from '../../src/datapath/libbpf/map.ts';
 import { TcAction, type BpfProgram } from '../../src/datapath/libbpf/program.ts';
 import * as backendSlots from '../../src/datapath/maps/backend-slots.ts';
 import * as backends from '../../src/datapath/maps/backends.ts';
@@ -142,7 +142,7 @@ function main(): void {
           if (!existsSync(pin)) continue;
           const { name: _n, ...wanted } = o.mapDefinition(name);
           const m = BpfMap.openPinned(pin);
-          const same = wanted.type === m.type && wanted.keySize === m.keySize && wanted.valueSize === m.valueSize && wanted.maxEntries === m.maxEntries && wanted.flags === m.flags;
+          const same = sameDefinition(wanted, m);
           m.close();
           if (!same) o.setPinPath(name, `${pin}_against`);
         }

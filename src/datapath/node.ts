@@ -28,7 +28,7 @@ import { isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_BPFFS_ROOT, ensureBpffs, isOnBpffs, removePinDir } from './bpffs.ts';
 import { BpfObject } from './libbpf/object.ts';
-import { BpfMap, type MapInfo } from './libbpf/map.ts';
+import { BpfMap, type MapInfo, sameDefinition } from './libbpf/map.ts';
 import { RingBufferReader } from './libbpf/ringbuf.ts';
 import { type TcAttachPreference, type TcAttachment, ifindexOf, tcAttach, tcAttachMode, tcDetach } from './libbpf/tc.ts';
 import { type CgroupHook, attachCgroupPinned, cgroupQuery, detachPinnedLink } from './libbpf/cgroup.ts';
@@ -603,7 +603,7 @@ export class NodeDatapath {
       const { name: _w, ...wanted } = obj.mapDefinition(name);
       const old = BpfMap.openPinned(path);
       const pinned = { type: old.type, keySize: old.keySize, valueSize: old.valueSize, maxEntries: old.maxEntries, flags: old.flags };
-      if ((Object.keys(wanted) as Array<keyof typeof wanted>).every((k) => wanted[k] === pinned[k])) {
+      if (sameDefinition(wanted, pinned)) {
         old.close();
         continue;
       }

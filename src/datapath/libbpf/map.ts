@@ -49,6 +49,15 @@ export interface MapInfo {
   flags: number;
 }
 
+/**
+ * Whether two map definitions are the same in what libbpf compares before it
+ * reuses a pinned map (type, key and value size, max_entries, flags); the name
+ * is not compared.
+ */
+export function sameDefinition(a: Omit<MapInfo, 'name'>, b: Omit<MapInfo, 'name'>): boolean {
+  return a.type === b.type && a.keySize === b.keySize && a.valueSize === b.valueSize && a.maxEntries === b.maxEntries && a.flags === b.flags;
+}
+
 let possibleCpus: number | undefined;
 
 /** Number of possible CPUs: the element count of per-CPU values. */
