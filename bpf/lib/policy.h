@@ -48,7 +48,7 @@
  * match them (decide() only knows TCP, UDP and SCTP).
  *
  * Replies: a check that would drop passes when the packet is the reverse of
- * a connection in cm_policy_ct. A connection is recorded there by a packet
+ * a connection in cm_policy_conn. A connection is recorded there by a packet
  * that passed the checks of an endpoint with any enforcement switched on
  * (cm_policy_enforce), at that node; so with no enforcement nothing is
  * written and behaviour is exactly that of the datapath without policy.
@@ -73,16 +73,25 @@
  * Established connections (policy_enforce(), policy_fast()): a packet of a
  * recorded connection skips the lookups above when their answer is known.
  * A reply passes on its connection, as the checks would let it. A packet in
- * the recorded direction passes when cm_policy_verdict says the same checks
- * (the endpoints, directions and remote identities, the packet having ports
- * or not) passed by policy at the same revision of policy (cm_policy_rev,
- * which every writer of cm_policy, cm_policy_enforce and cm_policy_cidr
- * changes after writing): the verdict is a function of those maps, that
- * description and the tuple, so it is the one the lookups would give. A
- * changed policy or a changed identity therefore applies to the next packet
- * of an existing connection, as before; drops always take the lookups.
- * bench/programs (--against the datapath before, same run): from_container
- * with egress + ingress policy 821 -> 691 ns/packet (no policy: 523).
+ * the recorded direction passes when the connection's cached verdict says
+ * the same checks (the endpoints, directions and remote identities, the
+ * packet having ports or not) passed by policy at the same revision of
+ * policy (cm_policy_rev, which every writer of cm_policy, cm_policy_enforce
+ * and cm_policy_cidr changes after writing): the verdict is a function of
+ * those maps, that description and the tuple, so it is the one the lookups
+ * would give. A changed policy or a changed identity therefore applies to
+ * the next packet of an existing connection, as before; drops always take
+ * the lookups.
+ *
+ * One entry per connection (cm_policy_conn): both directions of a
+ * connection have the same key (its two ends in a fixed order, lower
+ * address and port first), and the entry says which way its opener sent
+ * and holds the cached verdict. An established packet costs one hash
+ * lookup per program, either way, and a new connection writes one LRU
+ * entry. (Before, cm_policy_ct and cm_policy_verdict took a lookup of the
+ * packet's own direction, one of its reverse and one of the verdict, and
+ * a new connection wrote two entries; node.ts carries the live entries of
+ * cm_policy_ct over on upgrade.)
  *
  * Cost: an endpoint without POLICY_ENFORCE_ACTIVE (no policy) costs one
  * inlined array lookup per check and nothing else. to_container adds an
@@ -153,26 +162,6 @@ struct policy_enforce_value {
 	__u32 flags; /* POLICY_ENFORCE_* */
 };
 
-/* 16 bytes. A connection as its first packet went, after service
- * translation. Addresses and ports network byte order; ports 0 for protocols
- * without ports and later fragments (so ICMP is tracked per address pair and
- * protocol only: after A pinged B, any ICMP from B to A passes as a reply
- * while the entry lives). */
-struct policy_ct_key {
-	__u32 saddr;
-	__u32 daddr;
-	__u16 sport;
-	__u16 dport;
-	__u8  proto;
-	__u8  pad[3]; /* 0 */
-};
-
-/* 8 bytes. */
-struct policy_ct_value {
-	__u32 lifetime; /* expiry, seconds of CLOCK_MONOTONIC (as ct_entry) */
-	__u32 flags;    /* CT_F_CLOSING or 0 */
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct policy_key);
@@ -189,14 +178,6 @@ struct {
 	__uint(max_entries, POLICY_ENFORCE_MAX_ENTRIES);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cm_policy_enforce SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct policy_ct_key);
-	__type(value, struct policy_ct_value);
-	__uint(max_entries, POLICY_CT_MAX_ENTRIES);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} cm_policy_ct SEC(".maps");
 
 /* 8 bytes. LPM key like ipcache_key: the prefixes CIDR rules name. */
 struct policy_cidr_key {
@@ -220,8 +201,8 @@ struct {
 
 /* 4 bytes. cm_policy_rev's one value: changed by the agent after every
  * write to cm_policy, cm_policy_enforce or cm_policy_cidr (the revision of
- * policy). A cached verdict (cm_policy_verdict) holds only while it is the
- * same. */
+ * policy). A connection's cached verdict (policy_conn.verdict) holds only
+ * while it is the same. */
 struct policy_rev_value {
 	__u32 rev;
 };
@@ -235,7 +216,9 @@ struct {
 } cm_policy_rev SEC(".maps");
 
 /* Bits of policy_verdict.checks: which checks a program made, and whether
- * the packet had ports (a later fragment is looked up without them). */
+ * the packet had ports (a later fragment is looked up without them). A
+ * verdict with no check bit is no verdict (a connection recorded without
+ * one). */
 enum cm_policy_verdict_flag {
 	POLICY_V_EGRESS  = 1 << 0, /* egress of egress_ep towards egress_remote */
 	POLICY_V_INGRESS = 1 << 1, /* ingress of ingress_ep from ingress_remote */
@@ -243,15 +226,13 @@ enum cm_policy_verdict_flag {
 };
 
 /*
- * 24 bytes. What the checks of one program depended on besides the maps
- * that cm_policy_rev covers and the connection's tuple (the key): the
- * endpoints, the remote identities (the ipcache, endpoint map or VNI said
- * them per packet) and the revision. cm_policy_verdict holds it for a
- * connection whose checks all passed by policy (not as a reply): a later
- * packet of the connection with the same description at the same revision
- * would get the same answer, so it skips the lookups. Fields of a check not
- * made are 0. @sum guards against reading an entry while another CPU
- * replaces it (an LRU element can be reused at once).
+ * 20 bytes. What the checks of one program depended on besides the maps
+ * that cm_policy_rev covers and the connection's tuple: the endpoints, the
+ * remote identities (the ipcache, endpoint map or VNI said them per packet)
+ * and the revision. A connection whose checks all passed by policy (not as
+ * a reply) keeps it: a later packet of the connection in the same
+ * direction with the same description at the same revision would get the
+ * same answer, so it skips the lookups. Fields of a check not made are 0.
  */
 struct policy_verdict {
 	__u32 rev;
@@ -259,20 +240,53 @@ struct policy_verdict {
 	__u32 ingress_remote;
 	__u16 egress_ep;
 	__u16 ingress_ep;
-	__u32 checks; /* POLICY_V_* */
-	__u32 sum;    /* policy_verdict_sum() of the fields above */
+	__u32 checks; /* POLICY_V_*; 0: none cached */
 };
 
-/* Key: policy_ct_key of the connection in the direction of the packets
- * that were checked (as cm_policy_ct records it). */
+/* Which way a connection's opener sent, in terms of its key. */
+enum cm_policy_conn_way {
+	POLICY_CONN_A_TO_B = 0,
+	POLICY_CONN_B_TO_A = 1,
+};
+
+/* 16 bytes. A connection as its first packet went, after service
+ * translation, the same for both directions: end a is the one with the
+ * lower address (host order) or, at the same address, the lower port
+ * (host order, 0 for protocols without ports and later fragments, so ICMP
+ * is tracked per address pair and protocol only: after A pinged B, any
+ * ICMP from B to A passes as a reply while the entry lives). Addresses and
+ * ports are stored network byte order. */
+struct policy_conn_key {
+	__u32 addr_a;
+	__u32 addr_b;
+	__u16 port_a;
+	__u16 port_b;
+	__u8  proto;
+	__u8  pad[3]; /* 0 */
+};
+
+/* 32 bytes. @sum guards against reading an entry while another CPU
+ * replaces it (an LRU element can be reused at once, for another key):
+ * policy_conn_sum() of the key, @opener and @verdict. The expiry and the
+ * flags are refreshed in place and are not in it. */
+struct policy_conn {
+	__u32 lifetime; /* expiry, seconds of CLOCK_MONOTONIC (as ct_entry) */
+	__u16 flags;    /* CT_F_CLOSING or 0 */
+	__u8  opener;   /* enum cm_policy_conn_way */
+	__u8  pad;
+	struct policy_verdict verdict;
+	__u32 sum;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct policy_ct_key);
-	__type(value, struct policy_verdict);
+	__type(key, struct policy_conn_key);
+	__type(value, struct policy_conn);
 	__uint(max_entries, POLICY_CT_MAX_ENTRIES);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} cm_policy_verdict SEC(".maps");
+} cm_policy_conn SEC(".maps");
 
+CM_BTF_EXPORT(enum cm_policy_conn_way, policy_conn_way);
 CM_BTF_EXPORT(enum cm_policy_verdict_flag, policy_verdict_flag);
 CM_BTF_EXPORT(enum cm_policy_flag, policy_flag);
 CM_BTF_EXPORT(enum cm_policy_enforce_flag, policy_enforce_flag);
@@ -324,7 +338,7 @@ static __always_inline bool policy_pkt_after_lb(struct __sk_buff *ctx, int rewri
 	return true;
 }
 
-/* Seconds of CLOCK_MONOTONIC for cm_policy_ct, as ct_now(), from the coarse
+/* Seconds of CLOCK_MONOTONIC for cm_policy_conn, as ct_now(), from the coarse
  * clock: the time of the last tick (a few ms behind), read without the clock
  * source, which on this VM's kvm-clock cost ~30-40 ns a packet
  * (bench/programs --against). Lifetimes are whole seconds of at least 10: an
@@ -385,168 +399,180 @@ static __always_inline __u32 policy_report_identity(__u32 identity, __u32 addr)
 	return cidr ? cidr : identity;
 }
 
-/* The reverse of a recorded connection, i.e. a reply: refreshed, true. */
-static __always_inline bool policy_ct_is_reply(struct __sk_buff *ctx, const struct policy_pkt *p)
+/* The key of @p's connection (policy_conn_key), and which way @p goes in
+ * its terms. */
+static __always_inline __u8 policy_conn_key_of(const struct policy_pkt *p, struct policy_conn_key *key)
 {
-	struct policy_ct_key key = {
-		.saddr = p->daddr,
-		.daddr = p->saddr,
-		.sport = bpf_htons(p->dport),
-		.dport = bpf_htons(p->sport),
-		.proto = p->proto,
-	};
-	struct policy_ct_value *v = bpf_map_lookup_elem(&cm_policy_ct, &key);
-	__u32 now = policy_now();
-	__u8 tcp_flags;
-	__u16 flags;
+	__u32 s = bpf_ntohl(p->saddr), d = bpf_ntohl(p->daddr);
+	bool ab = s < d || (s == d && p->sport <= p->dport);
 
-	if (!v || v->lifetime < now)
-		return false;
-	tcp_flags = policy_tcp_flags(ctx, p);
-	flags = ct_flags_after(v->flags, p->proto, tcp_flags);
-	now += ct_timeout(p->proto, tcp_flags, flags);
-	if (v->lifetime != now || v->flags != flags) {
-		v->lifetime = now;
-		v->flags = flags;
-	}
-	return true;
-}
-
-static __always_inline void policy_ct_key_of(const struct policy_pkt *p, struct policy_ct_key *key)
-{
-	key->saddr = p->saddr;
-	key->daddr = p->daddr;
-	key->sport = bpf_htons(p->sport);
-	key->dport = bpf_htons(p->dport);
+	key->addr_a = ab ? p->saddr : p->daddr;
+	key->addr_b = ab ? p->daddr : p->saddr;
+	key->port_a = bpf_htons(ab ? p->sport : p->dport);
+	key->port_b = bpf_htons(ab ? p->dport : p->sport);
 	key->proto = p->proto;
 	key->pad[0] = key->pad[1] = key->pad[2] = 0;
+	return ab ? POLICY_CONN_A_TO_B : POLICY_CONN_B_TO_A;
 }
 
-/* Refresh a recorded connection for a packet of @p. Writes only when the
- * expiry or the flags change (about once a second per connection). */
-static __always_inline void policy_ct_refresh(struct __sk_buff *ctx, const struct policy_pkt *p,
-					      struct policy_ct_value *v)
+/* policy_conn.sum (src/datapath/maps/policy.ts computes the same). */
+static __always_inline __u32 policy_conn_sum(const struct policy_conn_key *k, const struct policy_conn *c)
 {
-	__u8 tcp_flags = policy_tcp_flags(ctx, p);
-	__u32 now = policy_now();
-	__u16 flags = ct_flags_after(v->flags, p->proto, tcp_flags);
+	const struct policy_verdict *v = &c->verdict;
+	__u32 h = (k->addr_a ^ c->opener) * 0x9e3779b1U;
 
-	now += ct_timeout(p->proto, tcp_flags, flags);
-	if (v->lifetime != now || v->flags != flags) {
-		v->lifetime = now;
-		v->flags = flags;
-	}
-}
-
-static __always_inline __u32 policy_verdict_sum(const struct policy_verdict *v)
-{
-	__u32 h = v->rev * 0x9e3779b1U;
-
-	h = (h ^ v->egress_remote) * 0x85ebca6bU;
-	h = (h ^ v->ingress_remote) * 0xc2b2ae35U;
-	h = (h ^ (((__u32)v->egress_ep << 16) | v->ingress_ep)) * 0x27d4eb2fU;
-	h = (h ^ v->checks) * 0x165667b1U;
+	h = (h ^ k->addr_b) * 0x85ebca6bU;
+	h = (h ^ (((__u32)k->port_a << 16) | k->port_b)) * 0xc2b2ae35U;
+	h = (h ^ k->proto) * 0x27d4eb2fU;
+	h = (h ^ v->rev) * 0x165667b1U;
+	h = (h ^ v->egress_remote) * 0x9e3779b1U;
+	h = (h ^ v->ingress_remote) * 0x85ebca6bU;
+	h = (h ^ (((__u32)v->egress_ep << 16) | v->ingress_ep)) * 0xc2b2ae35U;
+	h = (h ^ v->checks) * 0x27d4eb2fU;
 	return h ^ (h >> 15);
 }
 
-/* @cached (a copy of the map's entry) describes the checks @sig describes,
- * at the same revision, and was read whole. */
+/* Refresh a recorded connection for a packet of @p (either way). Writes
+ * only when the expiry or the flags change (about once a second per
+ * connection), in place: neither is in the sum. */
+static __always_inline void policy_conn_refresh(struct __sk_buff *ctx, const struct policy_pkt *p,
+						struct policy_conn *e)
+{
+	__u8 tcp_flags = policy_tcp_flags(ctx, p);
+	__u32 now = policy_now();
+	__u16 flags = ct_flags_after(e->flags, p->proto, tcp_flags);
+
+	now += ct_timeout(p->proto, tcp_flags, flags);
+	if (e->lifetime != now || e->flags != flags) {
+		e->lifetime = now;
+		e->flags = flags;
+	}
+}
+
+/* The entry under @key: false without one or when the copy in *@c was not
+ * read whole (its sum does not hold: the checks run); true with *@e the
+ * entry (to refresh) and *@c its copy (to read). */
+static __always_inline bool policy_conn_read(const struct policy_conn_key *key, struct policy_conn **e,
+					     struct policy_conn *c)
+{
+	struct policy_conn *v = bpf_map_lookup_elem(&cm_policy_conn, key);
+
+	if (!v)
+		return false;
+	*c = *v;
+	if (c->sum != policy_conn_sum(key, c))
+		return false;
+	*e = v;
+	return true;
+}
+
+/* The reverse of a live recorded connection, i.e. a reply: refreshed, true. */
+static __always_inline bool policy_conn_is_reply(struct __sk_buff *ctx, const struct policy_pkt *p)
+{
+	struct policy_conn_key key;
+	struct policy_conn c, *e;
+	__u8 way = policy_conn_key_of(p, &key);
+
+	if (!policy_conn_read(&key, &e, &c) || c.opener == way || c.lifetime < policy_now())
+		return false;
+	policy_conn_refresh(ctx, p, e);
+	return true;
+}
+
+/* @cached describes the checks @sig describes, at the same revision. */
 static __always_inline bool policy_verdict_holds(const struct policy_verdict *cached,
 						 const struct policy_verdict *sig)
 {
 	return cached->rev == sig->rev && cached->egress_remote == sig->egress_remote &&
 	       cached->ingress_remote == sig->ingress_remote &&
 	       cached->egress_ep == sig->egress_ep && cached->ingress_ep == sig->ingress_ep &&
-	       cached->checks == sig->checks && cached->sum == policy_verdict_sum(cached);
+	       cached->checks == sig->checks;
 }
 
 /* Record (or refresh) the connection of a packet that passed. A reply of a
- * recorded connection only refreshes that: recorded in its own direction it
- * would make the next packet of the opener look like a reply, past a deny
+ * live recorded connection only refreshes that: the entry keeps its opener,
+ * or the next packet of the opener would look like a reply, past a deny
  * (ICMP is tracked per address pair: an echo reply recorded as a connection
- * would admit every later echo request). A full LRU evicts; a failed write
- * only costs the replies a policy check. @store: every check passed by
- * policy (none as a reply), so @sig goes to cm_policy_verdict for the
- * connection's next packets. Global (common.h): called only for enforced
- * endpoints; returns 0. */
-__cm_global int policy_ct_record(struct __sk_buff *ctx, const struct policy_pkt *p __arg_nonnull,
-				 const struct policy_verdict *sig __arg_nonnull, __u32 store)
+ * would admit every later echo request). An expired entry of the other way
+ * is replaced: this packet opens a new connection. A full LRU evicts; a
+ * failed write only costs the replies a policy check. @store: every check
+ * passed by policy (none as a reply), so @sig becomes the connection's
+ * cached verdict. Global (common.h): called only for enforced endpoints;
+ * returns 0. */
+__cm_global int policy_conn_record(struct __sk_buff *ctx, const struct policy_pkt *p __arg_nonnull,
+				   const struct policy_verdict *sig __arg_nonnull, __u32 store)
 {
 	if (!p || !sig) /* kernels before 6.8 (common.h, __arg_nonnull) */
 		return 0;
-	struct policy_ct_key key;
-	struct policy_ct_value *v;
-	struct policy_ct_value init = {};
-	const struct policy_verdict *cur;
-	struct policy_verdict nv;
+	struct policy_conn_key key;
+	struct policy_conn c, *e;
+	__u8 way = policy_conn_key_of(p, &key);
 	__u8 tcp_flags;
 
-	policy_ct_key_of(p, &key);
-	v = bpf_map_lookup_elem(&cm_policy_ct, &key);
-	if (v) {
-		policy_ct_refresh(ctx, p, v);
-	} else {
-		if (policy_ct_is_reply(ctx, p))
+	if (policy_conn_read(&key, &e, &c) && (c.opener == way || c.lifetime >= policy_now())) {
+		policy_conn_refresh(ctx, p, e);
+		if (c.opener != way || !store || policy_verdict_holds(&c.verdict, sig))
 			return 0;
+		/* The same connection, a verdict (again): a new element below,
+		 * never a change in place, so a reader sees one or the other. */
+		c.lifetime = e->lifetime;
+		c.flags = e->flags;
+	} else {
 		tcp_flags = policy_tcp_flags(ctx, p);
-		init.flags = ct_flags_after(0, p->proto, tcp_flags);
-		init.lifetime = policy_now() + ct_timeout(p->proto, tcp_flags, init.flags);
-		bpf_map_update_elem(&cm_policy_ct, &key, &init, BPF_ANY);
+		c.flags = ct_flags_after(0, p->proto, tcp_flags);
+		c.lifetime = policy_now() + ct_timeout(p->proto, tcp_flags, c.flags);
+		c.opener = way;
+		c.pad = 0;
 	}
-	if (!store)
-		return 0;
-	nv = *sig;
-	nv.sum = policy_verdict_sum(&nv);
-	cur = bpf_map_lookup_elem(&cm_policy_verdict, &key);
-	if (cur && policy_verdict_holds(cur, &nv))
-		return 0;
-	/* Replaced whole, never field by field: a reader sees one or the other. */
-	bpf_map_update_elem(&cm_policy_verdict, &key, &nv, BPF_ANY);
+	if (store)
+		c.verdict = *sig;
+	else
+		__builtin_memset(&c.verdict, 0, sizeof(c.verdict));
+	c.sum = policy_conn_sum(&key, &c);
+	bpf_map_update_elem(&cm_policy_conn, &key, &c, BPF_ANY);
 	return 0;
 }
 
 /*
  * Packets of a recorded connection without the lookups; the answers are
  * those of the checks (policy_enforce() runs them otherwise):
- *   - a packet in the direction the connection was recorded whose checks,
- *     as @sig describes them at this revision, passed by policy before
- *     (cm_policy_verdict) passes again, and refreshes the connection as
- *     policy_ct_record() would;
- *   - a reply (the reverse of a live connection) that no translation
- *     changed passes every check (policy_check_enforced() lets a reply
- *     through whatever it finds) and refreshes its connection, as
- *     policy_ct_record() would. A packet that is both (its own direction
- *     recorded too) takes the checks.
- * Returns 1 when the packet passed here, 0 when the checks must run.
- * Global (common.h); called only when an endpoint is enforced.
+ *   - a packet the way the connection's opener sent whose checks, as @sig
+ *     describes them at this revision, passed by policy before (the
+ *     connection's verdict) passes again, and refreshes the connection as
+ *     policy_conn_record() would;
+ *   - a reply (the other way, while the connection lives) that no
+ *     translation changed passes every check (policy_check_enforced() lets
+ *     a reply through whatever it finds) and refreshes its connection, as
+ *     policy_conn_record() would.
+ * One lookup of cm_policy_conn. Returns 1 when the packet passed here, 0
+ * when the checks must run. Global (common.h); called only when an
+ * endpoint is enforced.
  */
 __cm_global int policy_fast(struct __sk_buff *ctx, const struct policy_pkt *p __arg_nonnull,
 			    const struct policy_pkt *orig __arg_nonnull,
 			    const struct policy_verdict *sig __arg_nonnull)
 {
-	struct policy_ct_key key;
-	struct policy_ct_value *v;
-	const struct policy_verdict *cached;
-	struct policy_verdict c;
+	struct policy_conn_key key;
+	struct policy_conn c, *e;
+	__u8 way;
 
 	if (!p || !orig || !sig) /* kernels before 6.8 (common.h, __arg_nonnull) */
 		return 0;
-	policy_ct_key_of(p, &key);
-	v = bpf_map_lookup_elem(&cm_policy_ct, &key);
-	if (v) {
-		cached = bpf_map_lookup_elem(&cm_policy_verdict, &key);
-		if (!cached)
-			return 0;
-		c = *cached;
-		if (!policy_verdict_holds(&c, sig))
-			return 0;
-		policy_ct_refresh(ctx, p, v);
-		return 1;
-	}
-	if (p->saddr != orig->saddr || p->daddr != orig->daddr || p->sport != orig->sport ||
-	    p->dport != orig->dport || p->proto != orig->proto)
+	way = policy_conn_key_of(p, &key);
+	if (!policy_conn_read(&key, &e, &c))
 		return 0;
-	return policy_ct_is_reply(ctx, p) ? 1 : 0;
+	if (c.opener == way) {
+		if (!policy_verdict_holds(&c.verdict, sig))
+			return 0;
+	} else {
+		if (p->saddr != orig->saddr || p->daddr != orig->daddr || p->sport != orig->sport ||
+		    p->dport != orig->dport || p->proto != orig->proto)
+			return 0;
+		if (c.lifetime < policy_now())
+			return 0;
+	}
+	policy_conn_refresh(ctx, p, e);
+	return 1;
 }
 
 /* policy_check_enforced()'s @who: endpoint id, direction, and whether that
@@ -596,7 +622,7 @@ __cm_global int policy_check_enforced(struct __sk_buff *ctx, __u32 who, __u32 re
 		return 0;
 	else
 		ret = -DROP_POLICY;
-	if (policy_ct_is_reply(ctx, orig))
+	if (policy_conn_is_reply(ctx, orig))
 		return 1;
 	return ret;
 }
@@ -682,7 +708,7 @@ static __always_inline int policy_enforce(struct __sk_buff *ctx, struct policy_v
 		replied |= r;
 	}
 	if (track)
-		policy_ct_record(ctx, p, sig, !replied);
+		policy_conn_record(ctx, p, sig, !replied);
 	return 0;
 }
 

@@ -163,10 +163,12 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
   cleanups.push(() => dp.stop({ detach: false }));
   for (const r of dp.replacedPins)
     log.warn(
-      { map: r.map, pinned: r.pinned, wanted: r.wanted, ...(r.carriedOver ? { carriedOver: r.carriedOver } : {}) },
-      r.carriedOver
-        ? 'pinned conntrack table had another definition (an upgrade or a changed mapSizes): replaced by a new one, its live entries carried over as far as they fit'
-        : 'pinned map had another definition (an upgrade or a changed mapSizes): replaced by a new, empty one, refilled by the reconcilers',
+      { map: r.map, pinned: r.pinned, wanted: r.wanted, ...(r.carriedOver ? { carriedOver: r.carriedOver } : {}), ...(r.renamedTo ? { renamedTo: r.renamedTo } : {}) },
+      r.renamedTo
+        ? `pinned map of an older version: replaced by ${r.renamedTo} and removed${r.carriedOver ? ', its live entries carried over as far as they fit' : ''}`
+        : r.carriedOver
+          ? 'pinned conntrack table had another definition (an upgrade or a changed mapSizes): replaced by a new one, its live entries carried over as far as they fit'
+          : 'pinned map had another definition (an upgrade or a changed mapSizes): replaced by a new, empty one, refilled by the reconcilers',
     );
 
   try {

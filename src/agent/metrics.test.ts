@@ -46,7 +46,7 @@ function sources(rows: metricsMap.Row[]) {
     maps: () => [
       { name: 'cm_ipcache', entries: 5, maxEntries: 512000, fill: 0, refused: 36 },
       { name: 'cm_ct', entries: 9, maxEntries: 65536, fill: 0, refused: 2 },
-      { name: 'cm_policy_ct', entries: 4, maxEntries: 65536, fill: 0, refused: 0 },
+      { name: 'cm_policy_conn', entries: 4, maxEntries: 65536, fill: 0, refused: 0 },
     ],
     remotes: () => [remote],
     flows: () => flows,

@@ -20,12 +20,12 @@ import type { RemoteSummary } from './status.ts';
 export { parseListenAddress, startMetricsServer, type MetricsServer } from '../util/metrics.ts';
 
 /** Conntrack tables (map name → label). */
-const CONNTRACK_MAPS: Readonly<Record<string, string>> = { cm_ct: 'service', cm_policy_ct: 'policy' };
+const CONNTRACK_MAPS: Readonly<Record<string, string>> = { cm_ct: 'service', cm_policy_conn: 'policy' };
 
 export interface AgentMetricsSources {
   /** cm_metrics rows, summed over CPUs. */
   datapath(): metricsMap.Row[];
-  /** Map fill levels (cm_ct and cm_policy_ct give the conntrack entries). */
+  /** Map fill levels (cm_ct and cm_policy_conn give the conntrack entries). */
   maps(): MapFill[];
   /** Socket-level load balancing counters (null when off). */
   socketLB(): SockStats | null;

@@ -532,7 +532,7 @@ describe('PolicyManager', () => {
     }
   });
 
-  it('cm_policy_ct garbage collection deletes expired connections only', () => {
+  it('cm_policy_conn garbage collection deletes expired connections only', () => {
     const data = new Map<string, Buffer>();
     const map = {
       lookup: (k: Buffer) => data.get(k.toString('hex')),
@@ -543,11 +543,13 @@ describe('PolicyManager', () => {
       },
     };
     const conn = (sport: number) => ({ src: '10.101.1.10', dst: '10.102.1.11', sport, dport: 8080, protocol: 6 });
-    policyMap.ct.update(map, conn(1000), { lifetime: 100, flags: 0 });
-    policyMap.ct.update(map, conn(1001), { lifetime: 200, flags: 0 });
-    policyMap.ct.update(map, conn(1002), { lifetime: 99, flags: 0 });
+    policyMap.writeConnections(map, [
+      [conn(1000), { lifetime: 100, flags: 0 }],
+      [conn(1001), { lifetime: 200, flags: 0 }],
+      [conn(1002), { lifetime: 99, flags: 0 }],
+    ]);
     assert.equal(gcPolicyCt(map, 150), 2);
-    assert.deepEqual([...policyMap.ct.entries(map)].map(([k]) => k.sport), [1001]);
+    assert.deepEqual([...policyMap.connections(map)].map((c) => c.sport), [1001]);
     assert.equal(gcPolicyCt(map, 150), 0);
   });
 });

@@ -87,7 +87,7 @@ export function parsePolicyKeyString(s: string): policyMap.Key {
 
 const enforceKeyString = (endpointId: number): string => String(endpointId);
 
-/** Reconcile targets over the node's pinned policy maps, and the GC of cm_policy_ct. */
+/** Reconcile targets over the node's pinned policy maps, and the GC of cm_policy_conn. */
 export function policyTargets(dp: NodeDatapath): {
   policy: ReconcileTarget<policyMap.Value>;
   enforce: ReconcileTarget<policyMap.EnforceValue>;
@@ -132,10 +132,9 @@ export function restoredCidrIdentities(dp: Pick<NodeDatapath, 'maps'>): Array<[s
   return [...policyMap.cidr.entries(dp.maps.policyCidr)].flatMap(([k, v]): Array<[string, number]> => (isLocalIdentity(v.identity) ? [[policyMap.formatCidrKey(k), v.identity]] : []));
 }
 
-/** Deletes expired cm_policy_ct entries (the datapath ignores them already; this frees their room). Collects first, deletes after. */
+/** Deletes expired cm_policy_conn entries (the datapath ignores them already; this frees their room). Collects first, deletes after. */
 export function gcPolicyCt(map: MapHandle, now = monotonicSeconds()): number {
-  const dead = [...policyMap.ct.entries(map)].filter(([, v]) => v.lifetime < now).map(([k]) => k);
-  return policyMap.ct.removeMany(map, dead);
+  return policyMap.removeExpiredConnections(map, now);
 }
 
 // ---------------------------------------------------------------------------
@@ -188,7 +187,7 @@ export interface PolicyManagerOptions {
   clock?: Clock;
   fullSyncIntervalMs?: number;
   onReconcileError?: (name: string) => (key: string | null, err: unknown, attempt: number) => void;
-  /** Deletes expired cm_policy_ct entries; called every gcIntervalMs (default 30 s). */
+  /** Deletes expired cm_policy_conn entries; called every gcIntervalMs (default 30 s). */
   gcPolicyCt?: () => number;
   gcIntervalMs?: number;
   /** How long one phase waits for the maps before going on (default 5 s). */
@@ -858,7 +857,7 @@ export class PolicyManager {
         this.gc.runs++;
         this.gc.lastRunAt = new Date(this.clock.now()).toISOString();
       } catch (err) {
-        this.o.log.warn({ err: (err as Error).message }, 'cm_policy_ct garbage collection failed');
+        this.o.log.warn({ err: (err as Error).message }, 'cm_policy_conn garbage collection failed');
       }
       this.armGc();
     }, this.o.gcIntervalMs ?? 30_000);

@@ -10,6 +10,8 @@ import { BpfObject } from './libbpf/object.ts';
 import { tcAttach, tcAttachMode, tcFind, tcQuery, tcxPrograms } from './libbpf/tc.ts';
 import { applyConfig } from './maps/config.ts';
 import * as settingsMap from './maps/settings.ts';
+import * as policyMap from './maps/policy.ts';
+import { monotonicSeconds } from './maps/ct.ts';
 import type { DatapathEvent } from './maps/events.ts';
 import { linkInfo } from './netdev.ts';
 import { datapathStatus } from '../agent/datapath.ts';
@@ -170,6 +172,44 @@ try {
   metricsUpgrade.keptOnNextStart = dpMetricsSame.metrics().some((r) => r.reasonName === 'TRACE_TO_OVERLAY');
   await dpMetricsSame.stop({ detach: false });
   out.metricsUpgrade = metricsUpgrade;
+
+  // upgrade from an agent with cm_policy_ct (one entry per direction) and
+  // cm_policy_verdict: the live connections move into cm_policy_conn (or
+  // their replies would meet the checks), both old pins go.
+  const ctV1 = BpfObject.open(join(dp.options.objectsDir, 'test/policy_ct_v1.bpf.o'), { pinRoot: pinDir });
+  ctV1.load();
+  const oldCtKey = (src: string, dst: string, sport: number, dport: number): Buffer => {
+    const k = Buffer.alloc(16);
+    k.set(src.split('.').map(Number), 0);
+    k.set(dst.split('.').map(Number), 4);
+    k.writeUInt16BE(sport, 8);
+    k.writeUInt16BE(dport, 10);
+    k[12] = 6;
+    return k;
+  };
+  const oldCtValue = (lifetime: number): Buffer => {
+    const v = Buffer.alloc(8);
+    v.writeUInt32LE(lifetime, 0);
+    return v;
+  };
+  const nowS = monotonicSeconds();
+  ctV1.map(policyMap.LEGACY_CT_MAP_NAME).update(oldCtKey('10.101.0.5', '10.102.0.77', 40000, 80), oldCtValue(nowS + 300));
+  ctV1.map(policyMap.LEGACY_CT_MAP_NAME).update(oldCtKey('10.101.0.5', '10.102.0.77', 40001, 80), oldCtValue(nowS - 5));
+  ctV1.map(policyMap.LEGACY_VERDICT_MAP_NAME).update(oldCtKey('10.101.0.5', '10.102.0.77', 40000, 80), Buffer.alloc(24, 1));
+  ctV1.close();
+  const dpPolicy = new NodeDatapath(opts);
+  await dpPolicy.start();
+  const pinsLeft = (): string[] => [policyMap.LEGACY_CT_MAP_NAME, policyMap.LEGACY_VERDICT_MAP_NAME].filter((n) => existsSync(join(pinDir, n)));
+  out.policyUpgrade = {
+    replaced: dpPolicy.replacedPins.map((r) => `${r.map}->${r.renamedTo}${r.carriedOver ? ` carried ${r.carriedOver.entries}, not ${r.carriedOver.notCarried}${r.carriedOver.error ? `: ${r.carriedOver.error}` : ''}` : ''}`),
+    oldPinsLeft: pinsLeft(),
+    conns: [...policyMap.connections(dpPolicy.maps.policyCt)].map((c) => `${c.src}:${c.sport}->${c.dst}:${c.dport}/${c.protocol} verdict ${c.verdict === null ? 'none' : 'cached'} ${c.valid ? 'whole' : 'torn'}`),
+  };
+  await dpPolicy.stop({ detach: false });
+  const dpPolicySame = new NodeDatapath(opts);
+  await dpPolicySame.start();
+  (out.policyUpgrade as Record<string, unknown>).replacedOnNextStart = dpPolicySame.replacedPins.length;
+  await dpPolicySame.stop({ detach: false });
 
   const dp3 = new NodeDatapath(opts);
   await dp3.start();

@@ -43,6 +43,16 @@ describe('NodeDatapath in a node netns', { skip }, () => {
           'a cm_metrics pinned as the old per-CPU hash is replaced by the per-CPU array (only it), which counts from then on and is kept by the next start',
         );
         assert.deepEqual(
+          out.policyUpgrade,
+          {
+            replaced: ['cm_policy_ct->cm_policy_conn carried 1, not 0', 'cm_policy_verdict->cm_policy_conn'],
+            oldPinsLeft: [],
+            conns: ['10.101.0.5:40000->10.102.0.77:80/6 verdict none whole'],
+            replacedOnNextStart: 0,
+          },
+          'the live connection of an old cm_policy_ct is carried into cm_policy_conn (the expired one is not, the verdicts are not), and both old pins are removed',
+        );
+        assert.deepEqual(
           out.upgrade,
           {
             oldSize: 256 * 1024,

@@ -178,7 +178,7 @@ export interface NodeMaps {
   revnat: BpfMap;
   ct: BpfMap;
   affinity: BpfMap;
-  /** Network policy (bpf/lib/policy.h): entries, per-endpoint enforcement, reply tracking. */
+  /** Network policy (bpf/lib/policy.h): entries, per-endpoint enforcement, reply tracking (policyCt: cm_policy_conn). */
   policy: BpfMap;
   policyEnforce: BpfMap;
   policyCt: BpfMap;
@@ -194,8 +194,10 @@ export interface ReplacedPin {
   /** What was pinned and what the object declares (type, key/value size, max_entries, flags). */
   pinned: Omit<MapInfo, 'name'>;
   wanted: Omit<MapInfo, 'name'>;
-  /** cm_ct only: entries of the old table still live, copied into the new one (longest-lived first), and those that did not fit (or why none was copied). */
+  /** cm_ct and cm_policy_ct only: entries of the old table still live, copied into the new one (longest-lived first), and those that did not fit (or why none was copied). */
   carriedOver?: { entries: number; notCarried: number; error?: string };
+  /** The map that took over from this one under another name (an upgrade changed its layout): cm_policy_ct and cm_policy_verdict -> cm_policy_conn. */
+  renamedTo?: string;
 }
 
 export interface EventSubscription {
@@ -306,7 +308,7 @@ export class NodeDatapath {
       affinity: o.map(affinityMap.MAP_NAME),
       policy: o.map(policyMap.MAP_NAME),
       policyEnforce: o.map(policyMap.ENFORCE_MAP_NAME),
-      policyCt: o.map(policyMap.CT_MAP_NAME),
+      policyCt: o.map(policyMap.CONN_MAP_NAME),
       policyCidr: o.map(policyMap.CIDR_MAP_NAME),
       policyRev: o.map(policyMap.REV_MAP_NAME),
     };
@@ -581,6 +583,7 @@ export class NodeDatapath {
       this.#replaceStalePins(obj);
       obj.load();
       this.#carryOverCt(obj);
+      this.#carryOverPolicyConns(obj);
       return obj;
     } catch (err) {
       obj.close();
@@ -645,6 +648,46 @@ export class NodeDatapath {
       retired.replaced.carriedOver = { entries: 0, notCarried: live.length, error: (err as Error).message };
     } finally {
       retired.map.close();
+    }
+  }
+
+  /**
+   * Policy conntrack of agents before cm_policy_conn: cm_policy_ct, one
+   * entry per direction, and the cached verdicts apart in cm_policy_verdict.
+   * Without its live entries the replies of every connection the old
+   * datapath admitted would meet the checks (and a default deny) once the
+   * new programs are attached, so they are carried into cm_policy_conn,
+   * longest-lived first, as many as fit; the verdicts are not (the next
+   * packet of each connection is checked and caches one). Both old pins are
+   * then removed. Programs still attached write into the old map until
+   * replaced: a connection opened in between has its replies checked.
+   * Best effort, as #carryOverCt.
+   */
+  #carryOverPolicyConns(obj: BpfObject): void {
+    if (!obj.mapNames().includes(policyMap.CONN_MAP_NAME)) return;
+    const { name: _n, ...wanted } = obj.mapDefinition(policyMap.CONN_MAP_NAME);
+    for (const name of [policyMap.LEGACY_CT_MAP_NAME, policyMap.LEGACY_VERDICT_MAP_NAME]) {
+      const path = join(this.options.pinDir, name);
+      if (!existsSync(path)) continue;
+      const old = BpfMap.openPinned(path);
+      const replaced: ReplacedPin = { map: name, pinned: { type: old.type, keySize: old.keySize, valueSize: old.valueSize, maxEntries: old.maxEntries, flags: old.flags }, wanted, renamedTo: policyMap.CONN_MAP_NAME };
+      this.#replacedPins.push(replaced);
+      try {
+        if (name !== policyMap.LEGACY_CT_MAP_NAME) continue;
+        let live: ReturnType<typeof policyMap.legacyConnections> = [];
+        try {
+          live = policyMap.legacyConnections(old, ctMap.monotonicSeconds()).sort(([, a], [, b]) => b.lifetime - a.lifetime);
+          const map = obj.map(policyMap.CONN_MAP_NAME);
+          const fit = live.slice(0, map.maxEntries);
+          policyMap.writeConnections(map, fit);
+          replaced.carriedOver = { entries: fit.length, notCarried: live.length - fit.length };
+        } catch (err) {
+          replaced.carriedOver = { entries: 0, notCarried: live.length, error: (err as Error).message };
+        }
+      } finally {
+        old.close();
+        unlinkSync(path);
+      }
     }
   }
 

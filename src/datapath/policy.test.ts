@@ -25,6 +25,7 @@ import * as events from './maps/events.ts';
 import * as ipcache from './maps/ipcache.ts';
 import * as metrics from './maps/metrics.ts';
 import * as policy from './maps/policy.ts';
+import { monotonicSeconds } from './maps/ct.ts';
 import { decide, type PacketQuery } from '../policy/decide.ts';
 import { LOCAL_IDENTITY_SCOPE, isLocalIdentity } from '../policy/cidr.ts';
 import { parsePolicy } from '../policy/parse.ts';
@@ -91,7 +92,7 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
     ovl = load('test/overlay_test.bpf.o');
     policyMap = lxc.map(policy.MAP_NAME);
     enforceMap = lxc.map(policy.ENFORCE_MAP_NAME);
-    ctMap = lxc.map(policy.CT_MAP_NAME);
+    ctMap = lxc.map(policy.CONN_MAP_NAME);
     ipcacheMap = lxc.map(ipcache.MAP_NAME);
     cidrMap = lxc.map(policy.CIDR_MAP_NAME);
     revMap = lxc.map(policy.REV_MAP_NAME);
@@ -111,10 +112,18 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
     if (dir) removePinDir(dir);
   });
 
+  /** cm_policy_conn's connections, each the way its opener sent; every entry's sum holds. */
+  function conns(): policy.Connection[] {
+    return [...policy.connections(ctMap)].map(({ src, dst, sport, dport, protocol, valid }) => {
+      assert.ok(valid, `the entry of ${src}:${sport} -> ${dst}:${dport} is whole`);
+      return { src, dst, sport, dport, protocol };
+    });
+  }
+
   function clearPolicy(): void {
     policy.removeMany(policyMap, [...policy.entries(policyMap)].map(([k]) => k));
     policy.clearEnforce(enforceMap, [A.endpointId, B.endpointId]);
-    policy.ct.removeMany(ctMap, [...policy.ct.entries(ctMap)].map(([k]) => k));
+    for (const [k] of [...ctMap.entries()]) ctMap.delete(k);
     policy.bumpRevision(revMap);
   }
 
@@ -187,7 +196,7 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
     assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80))), 'pass');
     assert.equal(verdict(fromContainer(frame(A.ip, R.ip, 17, 40000, 53))), 'pass');
     assert.equal(verdict(fromOverlay(R.identity, frame(R.ip, B.ip, 132, 5000, 9))), 'pass');
-    assert.equal([...policy.ct.entries(ctMap)].length, 0);
+    assert.equal([...policy.connections(ctMap)].length, 0);
     // Entries of an endpoint that is not ACTIVE in cm_policy_enforce are not looked at.
     policy.update(policyMap, { endpointId: B.endpointId, direction: 'ingress', protocol: 0, identity: 0, port: 0, portPrefixLen: 0 }, { allow: false, deny: true });
     assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80))), 'pass');
@@ -325,7 +334,7 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
     // Before the connection: B's "reply" is a new connection and denied (B's egress).
     assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 80, 40000, 0x12))), 'DROP_POLICY');
     assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80))), 'pass');
-    assert.deepEqual([...policy.ct.entries(ctMap)].map(([k]) => k), [{ src: A.ip, dst: B.ip, sport: 40000, dport: 80, protocol: 6 }]);
+    assert.deepEqual(conns(), [{ src: A.ip, dst: B.ip, sport: 40000, dport: 80, protocol: 6 }]);
     assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 80, 40000, 0x12))), 'pass');
     assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80, 0x10))), 'pass');
     // A new connection from B to A, or from another port, is not a reply.
@@ -339,20 +348,18 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
   });
 
   it('later packets of a connection pass on its cached verdict only while the revision and the identities hold: a changed policy applies to them at once', () => {
-    const verdictMap = lxc.map(policy.VERDICT_MAP_NAME);
-    const cached = () => [...verdictMap.entries()].length;
-    for (const [k] of [...verdictMap.entries()]) verdictMap.delete(k);
+    const cached = () => [...policy.connections(ctMap)].filter((c) => c.verdict !== null).length;
     const allowA = E({ endpointId: B.endpointId, direction: 'ingress', remoteIdentity: A.identity, protocol: 6, port: 80, portEnd: 80 });
     const allowR = E({ endpointId: B.endpointId, direction: 'ingress', remoteIdentity: R.identity, protocol: 6, port: 80, portEnd: 80 });
     setPolicy([allowA, allowR], [enf(B.endpointId, 'ingress')]);
     assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80))), 'pass');
     assert.equal(cached(), 1, 'the first packet caches its verdict');
     assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80, 0x10))), 'pass');
-    // The allow of A goes, the connection stays in cm_policy_ct: with the
+    // The allow of A goes, the connection stays in cm_policy_conn: with the
     // revision changed, as every writer does, its next packet is dropped.
     const m = toPolicyMaps([allowA], [enf(B.endpointId, 'ingress')]);
     policy.removeMany(policyMap, m.policy.map(([k]) => k));
-    assert.equal([...policy.ct.entries(ctMap)].length, 1);
+    assert.equal([...policy.connections(ctMap)].length, 1);
     // (Without the bump the cached verdict would still hold: the contract of cm_policy_rev.)
     assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80, 0x10))), 'pass');
     policy.bumpRevision(revMap);
@@ -371,6 +378,51 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
     assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40001, 80))), 'pass');
     assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 80, 40001, 0x12))), 'pass');
     assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 80, 40002, 0x12))), 'DROP_POLICY');
+  });
+
+  it('one cm_policy_conn entry per connection holds both directions and the verdict; the datapath honours only whole entries', () => {
+    const allowA = E({ endpointId: B.endpointId, direction: 'ingress', remoteIdentity: A.identity, protocol: 6, port: 80, portEnd: 80 });
+    setPolicy([allowA], [enf(B.endpointId, 'ingress'), enf(B.endpointId, 'egress')]);
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80))), 'pass');
+    assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 80, 40000, 0x12))), 'pass', 'the reply');
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40000, 80, 0x10))), 'pass');
+    const [c, ...more] = [...policy.connections(ctMap)];
+    assert.equal(more.length, 0, 'one entry for both directions');
+    assert.deepEqual(c!.verdict, {
+      rev: policy.revision(revMap),
+      egressRemote: B.identity,
+      ingressRemote: A.identity,
+      egressEndpoint: A.endpointId,
+      ingressEndpoint: B.endpointId,
+      checks: policy.PolicyVerdictFlag.POLICY_V_EGRESS | policy.PolicyVerdictFlag.POLICY_V_INGRESS | policy.PolicyVerdictFlag.POLICY_V_PORTS,
+    }, 'from_container made both checks (A\'s egress has no policy, B\'s ingress has)');
+    assert.deepEqual([c!.src, c!.sport, c!.valid], [A.ip, 40000, true], 'the opener\'s way, and the sum the datapath wrote is the one policy.ts computes');
+    assert.ok(c!.lifetime > monotonicSeconds(), 'live');
+
+    // An entry written from TypeScript (as the upgrade does) is honoured: B's reply passes on it.
+    const now = monotonicSeconds();
+    const clearConns = (): void => {
+      for (const [k] of [...ctMap.entries()]) ctMap.delete(k);
+    };
+    clearConns();
+    const opened: policy.Connection = { src: A.ip, dst: B.ip, sport: 40010, dport: 80, protocol: 6 };
+    policy.writeConnections(ctMap, [[opened, { lifetime: now + 60, flags: 0 }]]);
+    assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 80, 40010, 0x12))), 'pass');
+    // A torn entry (its sum does not hold) is no connection: the reply meets B's egress, which admits nothing.
+    const [k] = [...ctMap.entries()][0]!;
+    const torn = Buffer.from(ctMap.lookup(k)!);
+    torn[policy.CONN_VALUE_LAYOUT.fields.sum.offset]! ^= 1;
+    ctMap.update(k, torn);
+    assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 80, 40010, 0x12))), 'DROP_POLICY');
+    // An expired connection admits no reply either.
+    clearConns();
+    policy.writeConnections(ctMap, [[opened, { lifetime: now - 1, flags: 0 }]]);
+    assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 80, 40010, 0x12))), 'DROP_POLICY');
+    // A cached verdict holds only for the opener's way: the same entry read as B's is a reply, which a translation would have to change first.
+    clearConns();
+    policy.writeConnections(ctMap, [[{ src: B.ip, dst: A.ip, sport: 80, dport: 40011, protocol: 6 }, { lifetime: now + 60, flags: 0, verdict: { ...c!.verdict! } }]]);
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40011, 80, 0x10))), 'pass', 'a reply of B\'s connection');
+    assert.equal([...policy.connections(ctMap)][0]!.src, B.ip, 'the reply leaves the opener as it was');
   });
 
   it('bumpRevision(): a new map starts at a random value, then counts up, never through 0', () => {
@@ -417,7 +469,7 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
       );
       const r = fromContainer(frame(A.ip, VIP, 6, 41001, 80));
       assert.equal(verdict(r), 'pass');
-      assert.deepEqual([...policy.ct.entries(ctMap)].map(([k]) => k), [{ src: A.ip, dst: B.ip, sport: 41001, dport: 8080, protocol: 6 }]);
+      assert.deepEqual(conns(), [{ src: A.ip, dst: B.ip, sport: 41001, dport: 8080, protocol: 6 }]);
       // B's reply: its egress and A's ingress admit nothing, the connection does.
       assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 8080, 41001, 0x12))), 'pass');
       assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 8080, 41002, 0x12))), 'DROP_POLICY');
@@ -691,7 +743,7 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
       assert.equal(verdictTo(toContainer(frame(WORLD_IP, B.ip, 6, 5555, 80))), 'pass');
       assert.equal(verdictTo(toContainer(frame(CIDR.addr.replace(/0$/, '9'), A.ip, 17, 5555, 53))), 'pass');
       assert.equal(verdictTo(toContainer(frame(WORLD_IP, '10.101.0.99', 6, 5555, 80))), 'pass', 'no endpoint: nothing to enforce');
-      assert.equal([...policy.ct.entries(ctMap)].length, 0);
+      assert.equal([...policy.connections(ctMap)].length, 0);
       assert.deepEqual(
         metrics.read(metricsMap).map((m) => [m.reasonName, m.direction, m.packets]),
         [['TRACE_TO_ENDPOINT', 'ingress', 3n]],
@@ -744,7 +796,7 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
       assert.equal(fromContainer(frame(B.ip, WORLD_IP, 6, 41000, 443)).retval, TcAction.ok, 'B opens it: to the stack');
       assert.equal(verdictTo(toContainer(frame(WORLD_IP, B.ip, 6, 443, 41000, 0x12))), 'pass', 'the reply');
       assert.deepEqual(
-        [...policy.ct.entries(ctMap)].map(([k]) => [k.src, k.dst]),
+        conns().map((c) => [c.src, c.dst]),
         [[B.ip, WORLD_IP]],
         'a reply refreshes the connection, it is not recorded the other way (that would turn the next packet of B into a "reply", past a deny)',
       );

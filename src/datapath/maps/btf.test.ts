@@ -157,8 +157,8 @@ const LAYOUTS: StructLayout[] = [
   policy.KEY_LAYOUT,
   policy.VALUE_LAYOUT,
   policy.ENFORCE_VALUE_LAYOUT,
-  policy.CT_KEY_LAYOUT,
-  policy.CT_VALUE_LAYOUT,
+  policy.CONN_KEY_LAYOUT,
+  policy.CONN_VALUE_LAYOUT,
   policy.CIDR_KEY_LAYOUT,
   policy.CIDR_VALUE_LAYOUT,
   policy.REV_VALUE_LAYOUT,
@@ -181,10 +181,9 @@ const MAPS: Array<{ name: string; key: string | undefined; value: string | undef
   { name: affinity.MAP_NAME, key: affinity.KEY_LAYOUT.cName, value: affinity.VALUE_LAYOUT.cName },
   { name: policy.MAP_NAME, key: policy.KEY_LAYOUT.cName, value: policy.VALUE_LAYOUT.cName },
   { name: policy.ENFORCE_MAP_NAME, key: '__u32', value: policy.ENFORCE_VALUE_LAYOUT.cName },
-  { name: policy.CT_MAP_NAME, key: policy.CT_KEY_LAYOUT.cName, value: policy.CT_VALUE_LAYOUT.cName },
+  { name: policy.CONN_MAP_NAME, key: policy.CONN_KEY_LAYOUT.cName, value: policy.CONN_VALUE_LAYOUT.cName },
   { name: policy.CIDR_MAP_NAME, key: policy.CIDR_KEY_LAYOUT.cName, value: policy.CIDR_VALUE_LAYOUT.cName },
   { name: policy.REV_MAP_NAME, key: '__u32', value: policy.REV_VALUE_LAYOUT.cName },
-  { name: policy.VERDICT_MAP_NAME, key: policy.CT_KEY_LAYOUT.cName, value: policy.VERDICT_LAYOUT.cName },
 ];
 
 describe('TypeScript codecs match the C structs (BTF)', () => {
@@ -222,6 +221,7 @@ describe('TypeScript codecs match the C structs (BTF)', () => {
         assert.deepEqual(btf.enumValues('cm_policy_flag'), policy.PolicyFlag);
         assert.deepEqual(btf.enumValues('cm_policy_enforce_flag'), policy.PolicyEnforceFlag);
         assert.deepEqual(btf.enumValues('cm_policy_verdict_flag'), policy.PolicyVerdictFlag);
+        assert.deepEqual(btf.enumValues('cm_policy_conn_way'), policy.PolicyConnWay);
         assert.deepEqual(btf.enumValues('cm_identity_scope'), ipcache.IdentityScope);
       });
 

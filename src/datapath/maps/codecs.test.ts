@@ -281,19 +281,90 @@ describe('policy codecs', () => {
     assert.throws(() => policy.decodeKey(Buffer.from('3f000000' + '00'.repeat(12), 'hex')), RangeError);
   });
 
-  it('values: allow/deny and enforcement bits; ct key network order', () => {
+  it('values: allow/deny and enforcement bits', () => {
     assert.equal(policy.encodeValue({ allow: true, deny: true }).toString('hex'), '03000000');
     assert.deepEqual(policy.decodeValue(Buffer.from('02000000', 'hex')), { allow: false, deny: true });
     assert.equal(policy.encodeEnforceKey({ endpointId: 20 }).toString('hex'), '14000000');
     assert.equal(policy.encodeEnforceValue({ active: true, ingress: true, egress: true }).toString('hex'), '07000000');
     assert.deepEqual(policy.decodeEnforceValue(Buffer.from('05000000', 'hex')), { active: true, ingress: false, egress: true });
-    const ck: policy.CtKey = { src: '10.101.0.10', dst: '10.101.0.20', sport: 40000, dport: 80, protocol: 6 };
-    assert.equal(policy.encodeCtKey(ck).toString('hex'), '0a65000a' + '0a650014' + '9c40' + '0050' + '06' + '000000');
-    assert.deepEqual(policy.decodeCtKey(policy.encodeCtKey(ck)), ck);
     const m = fakeMap();
     policy.enforce.update(m, { endpointId: 7 }, { active: true, ingress: true, egress: false });
     assert.deepEqual([...policy.enforce.entries(m)], [[{ endpointId: 7 }, { active: true, ingress: true, egress: false }]]);
     policy.clearEnforce(m, [7]);
     assert.deepEqual([...policy.enforce.entries(m)], [[{ endpointId: 7 }, { active: false, ingress: false, egress: false }]]);
+  });
+
+  it('cm_policy_conn: one key for both directions, the opener\'s way in the value, a sum over both', () => {
+    const fwd: policy.Connection = { src: '10.101.0.10', dst: '10.101.0.20', sport: 40000, dport: 80, protocol: 6 };
+    const rev: policy.Connection = { src: fwd.dst, dst: fwd.src, sport: fwd.dport, dport: fwd.sport, protocol: 6 };
+    // the lower address first, network order
+    assert.equal(policy.encodeConnKey(fwd).key.toString('hex'), '0a65000a' + '0a650014' + '9c40' + '0050' + '06' + '000000');
+    assert.deepEqual(policy.encodeConnKey(rev).key, policy.encodeConnKey(fwd).key);
+    assert.equal(policy.encodeConnKey(fwd).way, policy.PolicyConnWay.POLICY_CONN_A_TO_B);
+    assert.equal(policy.encodeConnKey(rev).way, policy.PolicyConnWay.POLICY_CONN_B_TO_A);
+    // addresses compare as numbers, not as strings or little-endian words
+    assert.equal(policy.encodeConnKey({ ...fwd, src: '10.101.0.9', dst: '10.101.1.2' }).way, policy.PolicyConnWay.POLICY_CONN_A_TO_B);
+    assert.equal(policy.encodeConnKey({ ...fwd, src: '9.255.255.255', dst: '10.0.0.0' }).way, policy.PolicyConnWay.POLICY_CONN_A_TO_B);
+    // the same address: the lower port first; equal ends are a-to-b
+    assert.equal(policy.encodeConnKey({ ...fwd, dst: fwd.src, sport: 90, dport: 80 }).way, policy.PolicyConnWay.POLICY_CONN_B_TO_A);
+    assert.equal(policy.encodeConnKey({ ...fwd, dst: fwd.src, sport: 80, dport: 80 }).way, policy.PolicyConnWay.POLICY_CONN_A_TO_B);
+    assert.throws(() => policy.encodeConnKey({ ...fwd, sport: 65536 }), /sport 65536/);
+
+    const verdict: policy.Verdict = { rev: 9, egressRemote: 0, ingressRemote: 70000, egressEndpoint: 0, ingressEndpoint: 12, checks: policy.PolicyVerdictFlag.POLICY_V_INGRESS | policy.PolicyVerdictFlag.POLICY_V_PORTS };
+    const [k, v] = policy.encodeConn(rev, { lifetime: 500, flags: 1, verdict });
+    assert.deepEqual(policy.decodeConn(k, v), { ...rev, lifetime: 500, flags: 1, verdict, valid: true });
+    const [k2, v2] = policy.encodeConn(fwd, { lifetime: 500, flags: 0 });
+    assert.deepEqual(k2, k);
+    assert.deepEqual(policy.decodeConn(k2, v2), { ...fwd, lifetime: 500, flags: 0, verdict: null, valid: true });
+    // the sum covers the key, the opener and the verdict, not the expiry and flags (refreshed in place)
+    const changed = (mut: (kb: Buffer, vb: Buffer) => void): boolean => {
+      const kb = Buffer.from(k);
+      const vb = Buffer.from(v);
+      mut(kb, vb);
+      return policy.decodeConn(kb, vb).valid;
+    };
+    assert.equal(changed((kb) => (kb[11] = 81)), false, 'port_b');
+    assert.equal(changed((_, vb) => (vb[policy.CONN_VALUE_LAYOUT.fields.opener.offset] = 0)), false, 'opener');
+    assert.equal(changed((_, vb) => (vb[policy.CONN_VALUE_LAYOUT.fields.verdict.offset] = 10)), false, 'verdict.rev');
+    assert.equal(changed((_, vb) => (vb[0] = 1)), true, 'lifetime');
+    assert.equal(changed((_, vb) => (vb[4] = 0)), true, 'flags');
+    assert.throws(() => policy.encodeConn(fwd, { lifetime: 1, flags: 0, verdict: { ...verdict, checks: 0 } }), /at least one check/);
+
+    const m = fakeMap();
+    policy.writeConnections(m, [
+      [fwd, { lifetime: 100, flags: 0 }],
+      [{ ...fwd, sport: 40001 }, { lifetime: 300, flags: 0 }],
+    ]);
+    assert.equal(policy.removeExpiredConnections(m, 200), 1);
+    assert.deepEqual([...policy.connections(m)].map((c) => c.sport), [40001]);
+  });
+
+  it('legacyConnections: the live entries of an old cm_policy_ct, one per connection', () => {
+    const data: Array<[Buffer, Buffer]> = [];
+    const old = (c: policy.Connection, lifetime: number, flags: number): void => {
+      const kb = Buffer.alloc(16);
+      kb.set(Buffer.from(c.src.split('.').map(Number)), 0);
+      kb.set(Buffer.from(c.dst.split('.').map(Number)), 4);
+      kb.writeUInt16BE(c.sport, 8);
+      kb.writeUInt16BE(c.dport, 10);
+      kb[12] = c.protocol;
+      const vb = Buffer.alloc(8);
+      vb.writeUInt32LE(lifetime, 0);
+      vb.writeUInt32LE(flags, 4);
+      data.push([kb, vb]);
+    };
+    const a: policy.Connection = { src: '10.101.0.20', dst: '10.101.0.10', sport: 40000, dport: 80, protocol: 6 };
+    const icmpAB: policy.Connection = { src: '10.101.0.10', dst: '10.101.0.30', sport: 0, dport: 0, protocol: 1 };
+    const icmpBA: policy.Connection = { src: icmpAB.dst, dst: icmpAB.src, sport: 0, dport: 0, protocol: 1 };
+    old(a, 200, 1);
+    old({ ...a, sport: 40001 }, 50, 0); // expired
+    old(icmpAB, 150, 0);
+    old(icmpBA, 180, 0); // both ways recorded: the longer-lived opener wins
+    const map = { keySize: 16, valueSize: 8, *entries() { yield* data; } };
+    assert.deepEqual(policy.legacyConnections(map, 100), [
+      [a, { lifetime: 200, flags: 1 }],
+      [icmpBA, { lifetime: 180, flags: 0 }],
+    ]);
+    assert.throws(() => policy.legacyConnections({ ...map, valueSize: 32 }, 100), /cm_policy_ct: key 16 and value 32 bytes/);
   });
 });

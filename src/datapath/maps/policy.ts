@@ -1,4 +1,5 @@
-// cm_policy, cm_policy_enforce and cm_policy_ct (bpf/lib/policy.h).
+// cm_policy, cm_policy_enforce, cm_policy_conn, cm_policy_cidr and
+// cm_policy_rev (bpf/lib/policy.h).
 //
 // cm_policy: LPM trie (local endpoint, direction, protocol, remote identity,
 // destination port prefix) -> allow/deny flags. The prefix always covers
@@ -12,25 +13,31 @@
 // has policy; without it the datapath skips its cm_policy lookups) and which
 // directions are enforced. An array: "removing" an endpoint writes zeros
 // (clearEnforce), and entries() walks all 65536 slots.
-// cm_policy_ct: LRU of connections whose replies pass policy.
+// cm_policy_conn: LRU of connections whose replies pass policy, one entry
+// per connection under one key for both directions (its ends in a fixed
+// order), which says which way the opener sent and holds the connection's
+// cached verdict. It replaced cm_policy_ct and cm_policy_verdict (one entry
+// per direction, the verdict apart); NodeDatapath carries the live
+// connections of an old cm_policy_ct over on upgrade (legacyConnections).
 // cm_policy_cidr: LPM trie, the prefixes CIDR rules name -> their node-local
 // CIDR identity; policy looks up the peer's address there besides its
 // identity, so CIDR rules match pods and nodes per address (policy.h).
 // cm_policy_rev: one __u32, the revision of the three maps above; every
 // writer of them calls bumpRevision() after its writes, so that the verdicts
-// the datapath cached per connection (cm_policy_verdict, an LRU the
-// datapath alone writes) stop holding and the next packet of each
-// connection is checked against the new policy.
+// the datapath cached per connection (in cm_policy_conn) stop holding and
+// the next packet of each connection is checked against the new policy.
 import { type MapHandle, expectSize, field, ipv4Bytes, readIPv4, readU16, readU32, struct, typedOps, writeIPv4, writeU16, writeU32 } from './codec.ts';
 import type { BpfMap } from '../libbpf/map.ts';
 import { Direction } from './reasons.ts';
 
 export const MAP_NAME = 'cm_policy';
 export const ENFORCE_MAP_NAME = 'cm_policy_enforce';
-export const CT_MAP_NAME = 'cm_policy_ct';
+export const CONN_MAP_NAME = 'cm_policy_conn';
 export const CIDR_MAP_NAME = 'cm_policy_cidr';
 export const REV_MAP_NAME = 'cm_policy_rev';
-export const VERDICT_MAP_NAME = 'cm_policy_verdict';
+/** The maps cm_policy_conn replaced (one entry per direction; the verdicts apart). */
+export const LEGACY_CT_MAP_NAME = 'cm_policy_ct';
+export const LEGACY_VERDICT_MAP_NAME = 'cm_policy_verdict';
 
 /** Capacity of cm_policy_cidr (POLICY_CIDR_MAX_ENTRIES). */
 export const CIDR_MAX_ENTRIES = 65536;
@@ -73,34 +80,42 @@ export const ENFORCE_VALUE_LAYOUT = struct('policy_enforce_value', 4, {
   flags: field(0, 4),
 });
 
-/** struct policy_ct_key: addresses and ports network order. */
-export const CT_KEY_LAYOUT = struct('policy_ct_key', 16, {
-  saddr: field(0, 4),
-  daddr: field(4, 4),
-  sport: field(8, 2),
-  dport: field(10, 2),
+/** struct policy_conn_key: addresses and ports network order; end a has the lower (address, port). */
+export const CONN_KEY_LAYOUT = struct('policy_conn_key', 16, {
+  addr_a: field(0, 4),
+  addr_b: field(4, 4),
+  port_a: field(8, 2),
+  port_b: field(10, 2),
   proto: field(12, 1),
   pad: field(13, 3),
 });
 
-export const CT_VALUE_LAYOUT = struct('policy_ct_value', 8, {
+/** struct policy_conn (cm_policy_conn's value). */
+export const CONN_VALUE_LAYOUT = struct('policy_conn', 32, {
   lifetime: field(0, 4),
-  flags: field(4, 4),
+  flags: field(4, 2),
+  opener: field(6, 1),
+  pad: field(7, 1),
+  verdict: field(8, 20),
+  sum: field(28, 4),
 });
+
+/** The key and value sizes of the replaced cm_policy_ct (policy_ct_key: saddr, daddr, sport, dport, proto; policy_ct_value: lifetime, flags). */
+const LEGACY_CT_KEY_SIZE = 16;
+const LEGACY_CT_VALUE_SIZE = 8;
 
 export const REV_VALUE_LAYOUT = struct('policy_rev_value', 4, {
   rev: field(0, 4),
 });
 
-/** struct policy_verdict (cm_policy_verdict's value; written by the datapath only). */
-export const VERDICT_LAYOUT = struct('policy_verdict', 24, {
+/** struct policy_verdict (policy_conn.verdict; cached by the datapath). */
+export const VERDICT_LAYOUT = struct('policy_verdict', 20, {
   rev: field(0, 4),
   egress_remote: field(4, 4),
   ingress_remote: field(8, 4),
   egress_ep: field(12, 2),
   ingress_ep: field(14, 2),
   checks: field(16, 4),
-  sum: field(20, 4),
 });
 
 /** enum cm_policy_verdict_flag: bits of policy_verdict.checks. */
@@ -108,6 +123,12 @@ export const PolicyVerdictFlag = {
   POLICY_V_EGRESS: 1 << 0,
   POLICY_V_INGRESS: 1 << 1,
   POLICY_V_PORTS: 1 << 2,
+} as const;
+
+/** enum cm_policy_conn_way: which way a connection's opener sent, in its key's terms. */
+export const PolicyConnWay = {
+  POLICY_CONN_A_TO_B: 0,
+  POLICY_CONN_B_TO_A: 1,
 } as const;
 
 /** struct policy_cidr_key: prefixlen host order, addr network order. */
@@ -151,18 +172,37 @@ export interface EnforceValue {
   egress: boolean;
 }
 
-export interface CtKey {
+/** A connection the way its opener sent (its first packet, after service translation). */
+export interface Connection {
   src: string;
   dst: string;
+  /** 0 for protocols without ports. */
   sport: number;
   dport: number;
   protocol: number;
 }
 
-export interface CtValue {
+/** policy_verdict: the checks a connection passed by policy, as the datapath cached them. */
+export interface Verdict {
+  rev: number;
+  egressRemote: number;
+  ingressRemote: number;
+  egressEndpoint: number;
+  ingressEndpoint: number;
+  /** PolicyVerdictFlag bits; never 0. */
+  checks: number;
+}
+
+/** A cm_policy_conn entry, decoded. */
+export interface ConnEntry extends Connection {
   /** Expiry, seconds of CLOCK_MONOTONIC. */
   lifetime: number;
+  /** CT_F_* (CtFlag of ct.ts): CLOSING after a FIN or RST. */
   flags: number;
+  /** The cached verdict; null: none (a connection recorded without one). */
+  verdict: Verdict | null;
+  /** The entry's sum holds; false: the datapath ignores it (it was torn or written wrong). */
+  valid: boolean;
 }
 
 export interface CidrKey {
@@ -270,39 +310,150 @@ export function decodeEnforceValue(b: Buffer): EnforceValue {
   };
 }
 
-export function encodeCtKey(k: CtKey): Buffer {
-  const f = CT_KEY_LAYOUT.fields;
-  const b = Buffer.alloc(CT_KEY_LAYOUT.size);
-  writeIPv4(b, f.saddr.offset, k.src);
-  writeIPv4(b, f.daddr.offset, k.dst);
-  b.writeUInt16BE(k.sport, f.sport.offset);
-  b.writeUInt16BE(k.dport, f.dport.offset);
-  b.writeUInt8(k.protocol, f.proto.offset);
-  return b;
+const ipv4Number = (a: string): number => ipv4Bytes(a).readUInt32BE(0);
+
+/** cm_policy_conn's key of @c, and which way @c goes in its terms (policy_conn_key_of). */
+export function encodeConnKey(c: Connection): { key: Buffer; way: number } {
+  for (const [name, port] of [['sport', c.sport], ['dport', c.dport]] as const) {
+    if (!Number.isInteger(port) || port < 0 || port > 0xffff) throw new RangeError(`${name} ${port} is not in 0..65535`);
+  }
+  if (!Number.isInteger(c.protocol) || c.protocol < 0 || c.protocol > 255) throw new RangeError(`protocol ${c.protocol}`);
+  const s = ipv4Number(c.src);
+  const d = ipv4Number(c.dst);
+  const ab = s < d || (s === d && c.sport <= c.dport);
+  const f = CONN_KEY_LAYOUT.fields;
+  const key = Buffer.alloc(CONN_KEY_LAYOUT.size);
+  writeIPv4(key, f.addr_a.offset, ab ? c.src : c.dst);
+  writeIPv4(key, f.addr_b.offset, ab ? c.dst : c.src);
+  key.writeUInt16BE(ab ? c.sport : c.dport, f.port_a.offset);
+  key.writeUInt16BE(ab ? c.dport : c.sport, f.port_b.offset);
+  key[f.proto.offset] = c.protocol;
+  return { key, way: ab ? PolicyConnWay.POLICY_CONN_A_TO_B : PolicyConnWay.POLICY_CONN_B_TO_A };
 }
 
-export function decodeCtKey(b: Buffer): CtKey {
-  expectSize(b, CT_KEY_LAYOUT);
-  const f = CT_KEY_LAYOUT.fields;
+/** policy_conn_sum(): the key and the value's opener and verdict, as the program reads them (host order words). */
+export function connSum(key: Buffer, value: Buffer): number {
+  const kf = CONN_KEY_LAYOUT.fields;
+  const vf = CONN_VALUE_LAYOUT.fields;
+  const v = vf.verdict.offset;
+  const vv = VERDICT_LAYOUT.fields;
+  const mix = (h: number, x: number, m: number): number => Math.imul((h ^ x) >>> 0, m) >>> 0;
+  let h = Math.imul((readU32(key, kf.addr_a.offset) ^ value[vf.opener.offset]!) >>> 0, 0x9e3779b1) >>> 0;
+  h = mix(h, readU32(key, kf.addr_b.offset), 0x85ebca6b);
+  h = mix(h, ((readU16(key, kf.port_a.offset) << 16) | readU16(key, kf.port_b.offset)) >>> 0, 0xc2b2ae35);
+  h = mix(h, key[kf.proto.offset]!, 0x27d4eb2f);
+  h = mix(h, readU32(value, v + vv.rev.offset), 0x165667b1);
+  h = mix(h, readU32(value, v + vv.egress_remote.offset), 0x9e3779b1);
+  h = mix(h, readU32(value, v + vv.ingress_remote.offset), 0x85ebca6b);
+  h = mix(h, ((readU16(value, v + vv.egress_ep.offset) << 16) | readU16(value, v + vv.ingress_ep.offset)) >>> 0, 0xc2b2ae35);
+  h = mix(h, readU32(value, v + vv.checks.offset), 0x27d4eb2f);
+  return (h ^ (h >>> 15)) >>> 0;
+}
+
+/** A cm_policy_conn entry for @c (the opener's way), its sum computed. */
+export function encodeConn(c: Connection, v: { lifetime: number; flags: number; verdict?: Verdict | null }): [Buffer, Buffer] {
+  const { key, way } = encodeConnKey(c);
+  const f = CONN_VALUE_LAYOUT.fields;
+  const value = Buffer.alloc(CONN_VALUE_LAYOUT.size);
+  writeU32(value, f.lifetime.offset, v.lifetime);
+  writeU16(value, f.flags.offset, v.flags);
+  value[f.opener.offset] = way;
+  if (v.verdict) {
+    const vf = VERDICT_LAYOUT.fields;
+    const o = f.verdict.offset;
+    if (v.verdict.checks === 0) throw new RangeError('a verdict needs at least one check (checks 0 means none)');
+    writeU32(value, o + vf.rev.offset, v.verdict.rev);
+    writeU32(value, o + vf.egress_remote.offset, v.verdict.egressRemote);
+    writeU32(value, o + vf.ingress_remote.offset, v.verdict.ingressRemote);
+    writeU16(value, o + vf.egress_ep.offset, v.verdict.egressEndpoint);
+    writeU16(value, o + vf.ingress_ep.offset, v.verdict.ingressEndpoint);
+    writeU32(value, o + vf.checks.offset, v.verdict.checks);
+  }
+  writeU32(value, f.sum.offset, connSum(key, value));
+  return [key, value];
+}
+
+export function decodeConn(key: Buffer, value: Buffer): ConnEntry {
+  expectSize(key, CONN_KEY_LAYOUT);
+  expectSize(value, CONN_VALUE_LAYOUT);
+  const kf = CONN_KEY_LAYOUT.fields;
+  const f = CONN_VALUE_LAYOUT.fields;
+  const a = { addr: readIPv4(key, kf.addr_a.offset), port: key.readUInt16BE(kf.port_a.offset) };
+  const b = { addr: readIPv4(key, kf.addr_b.offset), port: key.readUInt16BE(kf.port_b.offset) };
+  const way = value[f.opener.offset]!;
+  if (way !== PolicyConnWay.POLICY_CONN_A_TO_B && way !== PolicyConnWay.POLICY_CONN_B_TO_A) throw new RangeError(`policy_conn.opener ${way}`);
+  const [from, to] = way === PolicyConnWay.POLICY_CONN_A_TO_B ? [a, b] : [b, a];
+  const o = f.verdict.offset;
+  const vf = VERDICT_LAYOUT.fields;
+  const checks = readU32(value, o + vf.checks.offset);
   return {
-    src: readIPv4(b, f.saddr.offset),
-    dst: readIPv4(b, f.daddr.offset),
-    sport: b.readUInt16BE(f.sport.offset),
-    dport: b.readUInt16BE(f.dport.offset),
-    protocol: b[f.proto.offset]!,
+    src: from.addr,
+    dst: to.addr,
+    sport: from.port,
+    dport: to.port,
+    protocol: key[kf.proto.offset]!,
+    lifetime: readU32(value, f.lifetime.offset),
+    flags: readU16(value, f.flags.offset),
+    verdict:
+      checks === 0
+        ? null
+        : {
+            rev: readU32(value, o + vf.rev.offset),
+            egressRemote: readU32(value, o + vf.egress_remote.offset),
+            ingressRemote: readU32(value, o + vf.ingress_remote.offset),
+            egressEndpoint: readU16(value, o + vf.egress_ep.offset),
+            ingressEndpoint: readU16(value, o + vf.ingress_ep.offset),
+            checks,
+          },
+    valid: readU32(value, f.sum.offset) === connSum(key, value),
   };
 }
 
-export function encodeCtValue(v: CtValue): Buffer {
-  const b = Buffer.alloc(CT_VALUE_LAYOUT.size);
-  writeU32(b, CT_VALUE_LAYOUT.fields.lifetime.offset, v.lifetime);
-  writeU32(b, CT_VALUE_LAYOUT.fields.flags.offset, v.flags);
-  return b;
+/** cm_policy_conn's entries, each the way its opener sent. */
+export function* connections(map: Pick<BpfMap, 'entries'>): Generator<ConnEntry> {
+  for (const [k, v] of map.entries()) yield decodeConn(k, v);
 }
 
-export function decodeCtValue(b: Buffer): CtValue {
-  expectSize(b, CT_VALUE_LAYOUT);
-  return { lifetime: readU32(b, CT_VALUE_LAYOUT.fields.lifetime.offset), flags: readU32(b, CT_VALUE_LAYOUT.fields.flags.offset) };
+/** Writes connections into cm_policy_conn (tests; the upgrade from cm_policy_ct). Returns how many were written. */
+export function writeConnections(map: MapHandle, conns: ReadonlyArray<readonly [Connection, { lifetime: number; flags: number; verdict?: Verdict | null }]>): number {
+  const raw = conns.map(([c, v]) => encodeConn(c, v));
+  if (map.updateBatch) return map.updateBatch(raw, 'any');
+  for (const [k, v] of raw) map.update(k, v, 'any');
+  return raw.length;
+}
+
+/** Deletes the expired connections (lifetime < @now): collects first, deletes after. Returns how many went. */
+export function removeExpiredConnections(map: MapHandle, now: number): number {
+  const off = CONN_VALUE_LAYOUT.fields.lifetime.offset;
+  const dead: Buffer[] = [];
+  for (const [k, v] of map.entries()) if (readU32(v, off) < now) dead.push(k);
+  if (map.deleteBatch) return map.deleteBatch(dead);
+  let n = 0;
+  for (const k of dead) if (map.delete(k)) n++;
+  return n;
+}
+
+/**
+ * The live connections of an old cm_policy_ct (one entry per direction:
+ * saddr, daddr, sport, dport, proto -> lifetime, flags), for cm_policy_conn.
+ * An old entry has no verdict (cm_policy_verdict's are not carried over: the
+ * next packet of each connection is checked again and caches a new one).
+ * Where both directions of a tuple were recorded, the longer-lived wins.
+ */
+export function legacyConnections(map: Pick<BpfMap, 'entries' | 'keySize' | 'valueSize'>, now: number): Array<[Connection, { lifetime: number; flags: number }]> {
+  if (map.keySize !== LEGACY_CT_KEY_SIZE || map.valueSize !== LEGACY_CT_VALUE_SIZE) {
+    throw new RangeError(`${LEGACY_CT_MAP_NAME}: key ${map.keySize} and value ${map.valueSize} bytes, expected ${LEGACY_CT_KEY_SIZE} and ${LEGACY_CT_VALUE_SIZE}`);
+  }
+  const byKey = new Map<string, [Connection, { lifetime: number; flags: number }]>();
+  for (const [k, v] of map.entries()) {
+    const lifetime = readU32(v, 0);
+    if (lifetime < now) continue;
+    const c: Connection = { src: readIPv4(k, 0), dst: readIPv4(k, 4), sport: k.readUInt16BE(8), dport: k.readUInt16BE(10), protocol: k[12]! };
+    const id = encodeConnKey(c).key.toString('hex');
+    const had = byKey.get(id);
+    if (!had || had[1].lifetime < lifetime) byKey.set(id, [c, { lifetime, flags: readU32(v, 4) & 0xffff }]);
+  }
+  return [...byKey.values()];
 }
 
 export function encodeCidrKey(k: CidrKey): Buffer {
@@ -351,8 +502,6 @@ export const enforce = typedOps<EnforceKey, EnforceValue>(
   { encode: encodeEnforceValue, decode: decodeEnforceValue },
 );
 
-export const ct = typedOps<CtKey, CtValue>({ encode: encodeCtKey, decode: decodeCtKey }, { encode: encodeCtValue, decode: decodeCtValue });
-
 /** cm_policy_cidr. Note that lookup() is a longest-prefix match, as the datapath's. */
 export const cidr = typedOps<CidrKey, CidrValue>({ encode: encodeCidrKey, decode: decodeCidrKey }, { encode: encodeCidrValue, decode: decodeCidrValue });
 
@@ -389,7 +538,7 @@ export function revision(map: Pick<BpfMap, 'lookup'>): number {
 }
 
 /**
- * Changes cm_policy_rev: every verdict the datapath cached (cm_policy_verdict)
+ * Changes cm_policy_rev: every verdict the datapath cached (cm_policy_conn)
  * stops holding, and the next packet of each connection is checked against
  * the maps as they are now. Call after writing cm_policy, cm_policy_enforce
  * or cm_policy_cidr (after: a packet checked between a write and the bump
