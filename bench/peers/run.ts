@@ -32,6 +32,8 @@ const EXTRA: Record<string, { config: PeerBedConfig; policy?: boolean; variant?:
   'clustermesh-cachedroute': { config: 'clustermesh', variant: 'peerdev' },
   'clustermesh-bare': { config: 'clustermesh', variant: 'bare' },
   'kernel-vxlan': { config: 'kernel-vxlan' },
+  // The tunnel with policy off and the lean variant: what our encapsulation path leaves (beside kernel-vxlan).
+  'clustermesh-lean': { config: 'clustermesh', policy: false, variant: 'lean' },
   // Native routing with less and less of our work: the floor of the forwarding mechanism itself
   // (bpf_fib_lookup + bpf_redirect_neigh out, bpf_redirect_peer in) on this kernel.
   'clustermesh-native-nopolicy': { config: 'clustermesh-native', policy: false },
@@ -39,7 +41,7 @@ const EXTRA: Record<string, { config: PeerBedConfig; policy?: boolean; variant?:
 };
 type RowName = PeerConfig | keyof typeof EXTRA;
 /** --suspects: each clustermesh-* variant removes one cost (DATAPATH_VARIANTS says which); bare removes all four. */
-const SUSPECT_ROWS = ['limit', 'clustermesh', 'clustermesh-clsbpf', 'clustermesh-nolb', 'clustermesh-nometrics', 'clustermesh-notrace', 'clustermesh-cachedroute', 'clustermesh-native', 'kernel-vxlan', 'clustermesh-bare', 'clustermesh-native-nopolicy', 'clustermesh-native-lean'] as const;
+const SUSPECT_ROWS = ['limit', 'clustermesh', 'clustermesh-clsbpf', 'clustermesh-nolb', 'clustermesh-nometrics', 'clustermesh-notrace', 'clustermesh-cachedroute', 'clustermesh-native', 'kernel-vxlan', 'clustermesh-bare', 'clustermesh-nopolicy', 'clustermesh-lean', 'clustermesh-native-nopolicy', 'clustermesh-native-lean'] as const;
 for (const r of SUSPECT_ROWS) if (!(PEER_CONFIGS as readonly string[]).includes(r) && !(r in EXTRA)) throw new Error(`bench peers: suspect row ${r} is defined nowhere`);
 for (const e of Object.values(EXTRA)) if (e.variant !== undefined && !(e.variant in DATAPATH_VARIANTS)) throw new Error(`bench peers: unknown variant ${e.variant}`);
 

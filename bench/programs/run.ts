@@ -103,6 +103,8 @@ interface Case {
   expect: number;
   /** Set up the maps for this case (called before each timing run). */
   setup?: () => void;
+  /** Called before every packet, outside the program's timing (a new connection each time). */
+  beforeEach?: () => void;
 }
 
 const frame = (src: string, dst: string, sport: number, dport: number, srcMac = A.mac, flags = 0x10): Buffer =>
@@ -226,6 +228,18 @@ function main(): void {
     ovlAgainst?.map('cm_test_tunnel').update(Buffer.alloc(4), tunnel);
 
     const fromContainer = (): BpfProgram => lxc.program('from_container');
+    // Every packet a new connection: its policy conntrack entries go before
+    // each run, in this build's map (cm_policy_conn, one key for both ways)
+    // and the older builds' (cm_policy_ct and cm_policy_verdict, keyed by the
+    // tuple as it goes), whichever are pinned.
+    let connMaps: BpfMap[] | undefined;
+    const forgetConnection = (src: string, dst: string, sport: number, dport: number): (() => void) => {
+      const keys = [policy.encodeConnKey({ src, dst, sport, dport, protocol: 6 }).key, Buffer.concat([Buffer.from([...src.split('.'), ...dst.split('.')].map(Number)), Buffer.from([sport >> 8, sport & 0xff, dport >> 8, dport & 0xff, 6, 0, 0, 0])])];
+      return () => {
+        connMaps ??= [policy.CONN_MAP_NAME, policy.LEGACY_CT_MAP_NAME, policy.LEGACY_VERDICT_MAP_NAME].flatMap((n) => [n, `${n}_against`]).filter((n) => existsSync(join(dir, n))).map((n) => BpfMap.openPinned(join(dir, n)));
+        for (const map of connMaps) for (const k of keys) map.delete(k);
+      };
+    };
     const cases: Case[] = [
       { name: 'fx_ret', what: 'baseline: trivial tc program (one per-CPU lookup)', prog: () => fx.program('fx_ret'), frame: frame(A.ip, B.ip, 40000, 8080), expect: TcAction.ok },
       { name: 'fx_redirect', what: 'baseline: tunnel key + redirect only', prog: () => fx.program('fx_redirect'), frame: frame(A.ip, R.ip, 40000, 8080), expect: TcAction.redirect },
@@ -237,6 +251,8 @@ function main(): void {
       { name: 'pod_to_local_pod_policy', what: 'from_container → local pod, egress + ingress policy', prog: fromContainer, frame: frame(A.ip, B.ip, 40006, 8080), expect: TcAction.redirect, setup: policyOn },
       { name: 'pod_to_remote_pod_policy', what: 'from_container → tunnel, egress policy', prog: fromContainer, frame: frame(A.ip, R.ip, 40007, 8080), expect: TcAction.redirect, setup: policyOn },
       { name: 'overlay_to_pod_policy', what: 'from_overlay → local pod, ingress policy', prog: () => ovl.program('test_from_overlay'), frame: frame(R.ip, B.ip, 40008, 8080, '0e:00:00:00:00:99'), expect: TcAction.redirect, setup: policyOn },
+      { name: 'pod_to_local_pod_policy_new', what: 'from_container → local pod, egress + ingress policy, every packet a new connection (SYN)', prog: fromContainer, frame: frame(A.ip, B.ip, 40010, 8080, A.mac, 0x02), expect: TcAction.redirect, setup: policyOn, beforeEach: forgetConnection(A.ip, B.ip, 40010, 8080) },
+      { name: 'overlay_to_pod_policy_new', what: 'from_overlay → local pod, ingress policy, every packet a new connection (SYN)', prog: () => ovl.program('test_from_overlay'), frame: frame(R.ip, B.ip, 40011, 8080, '0e:00:00:00:00:99', 0x02), expect: TcAction.redirect, setup: policyOn, beforeEach: forgetConnection(R.ip, B.ip, 40011, 8080) },
       {
         name: 'overlay_reply_to_pod_policy',
         what: 'from_overlay → local pod, the reply of a connection A opened (policy on)',
@@ -280,6 +296,7 @@ function main(): void {
 
     for (const c of cases) {
       c.setup?.();
+      c.beforeEach?.();
       const r = c.prog().testRun({ data: c.frame });
       if (r.retval !== c.expect) throw new Error(`${c.name}: verdict ${r.retval}, expected ${c.expect}`);
     }
@@ -294,6 +311,7 @@ function main(): void {
         const prog = c.prog();
         let total = 0;
         for (let i = 0; i < CALLS; i++) {
+          c.beforeEach?.();
           const r = prog.testRun({ data: c.frame });
           if (r.retval !== c.expect) throw new Error(`${c.name}: verdict ${r.retval} during timing`);
           total += r.durationNs;
@@ -302,6 +320,7 @@ function main(): void {
       }
     }
     policyOff();
+    for (const map of connMaps ?? []) map.close();
 
     const base = median(samples.filter((s) => s.config === 'fx_ret').map((s) => s.value));
     const progs = new Map<BpfProgram, ReturnType<typeof programInfo>>();

@@ -48,7 +48,7 @@ async function progMaps(netns: string, dev: string): Promise<string[]> {
   return names;
 }
 
-async function withBed(variant: DatapathVariant | 'kernel-vxlan' | 'native-lean' | 'clsbpf', body: (bed: PeerBed) => Promise<void>): Promise<void> {
+async function withBed(variant: DatapathVariant | 'kernel-vxlan' | 'native-lean' | 'tunnel-lean' | 'clsbpf', body: (bed: PeerBed) => Promise<void>): Promise<void> {
   const bed =
     variant === 'clsbpf'
       ? await createPeerBed('clustermesh', { prefix: PREFIX, allowPorts: [PORT], tcAttach: 'cls_bpf' })
@@ -56,6 +56,8 @@ async function withBed(variant: DatapathVariant | 'kernel-vxlan' | 'native-lean'
       ? await createPeerBed('kernel-vxlan', { prefix: PREFIX, allowPorts: [PORT] })
       : variant === 'native-lean'
         ? await createPeerBed('clustermesh-native', { prefix: PREFIX, allowPorts: [PORT], policy: false, variant: 'lean' })
+      : variant === 'tunnel-lean'
+        ? await createPeerBed('clustermesh', { prefix: PREFIX, allowPorts: [PORT], policy: false, variant: 'lean' })
         : await createPeerBed('clustermesh', { prefix: PREFIX, allowPorts: [PORT], variant });
   const server = spawnIn(bed.server.netns, ['sockperf', 'sr', '--tcp', '-i', bed.server.ip, '-p', String(PORT)]);
   try {
@@ -151,6 +153,25 @@ test('clustermesh-native-lean: delivers with no encapsulation, no service map an
     assert.ok(lxc.includes('cm_endpoints'), `from_container uses ${lxc.join(', ')}`);
     assert.ok(!lxc.includes('cm_services') && !lxc.includes('cm_revnat') && !lxc.includes('cm_metrics'), `from_container of the lean variant uses ${lxc.join(', ')}`);
     for (const node of [bed.client.node, bed.server.node]) assert.deepEqual(readNodeMetrics(pinDirOf(node)), [], `counters on ${node.netns}`);
+  });
+});
+
+test('clustermesh-lean: delivers through the tunnel with no service map, no counters and nothing in policy conntrack', async () => {
+  await withBed('tunnel-lean', async (bed) => {
+    const before = await txOf(bed.client.node.netns, (n) => n === 'cm_vxlan');
+    assert.ok(await connects(bed), 'tunnel-lean: no connection to the server pod');
+    assert.ok((await txOf(bed.client.node.netns, (n) => n === 'cm_vxlan')) > before, 'cm_vxlan sent nothing');
+    const lxc = await progMaps(bed.client.node.netns, bed.client.hostIfName);
+    assert.ok(!lxc.includes('cm_services') && !lxc.includes('cm_revnat') && !lxc.includes('cm_metrics'), `from_container of the lean variant uses ${lxc.join(', ')}`);
+    for (const node of [bed.client.node, bed.server.node]) {
+      assert.deepEqual(readNodeMetrics(pinDirOf(node)), [], `counters on ${node.netns}`);
+      const conns = BpfMap.openPinned(join(pinDirOf(node), 'cm_policy_conn'));
+      try {
+        assert.equal([...conns.keys()].length, 0, `policy off: nothing tracked on ${node.netns}`);
+      } finally {
+        conns.close();
+      }
+    }
   });
 });
 
