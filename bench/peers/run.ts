@@ -61,8 +61,9 @@ claim: the tunnel row through its VXLAN device, the native row never.
                  ${SUSPECT_ROWS.slice(2).join(', ')}
                  (the tunnel row with its programs as cls_bpf filters instead of tcx;
                  variants of our datapath from 'make -C bpf variants', each without
-                 one suspected cost; the kernel's VXLAN device alone; native routing
-                 with policy off, then also without lookups and counters); writes
+                 one suspected cost; the kernel's VXLAN device alone; the tunnel and
+                 native routing with policy off, then also without lookups and
+                 counters); writes
                  bench/results/peers-suspects.json with every row in it (with --only
                  or --quick: peers-suspects-partial, unless --write)
   --keep-beds    build each row's bed once and measure it in every repetition
