@@ -423,6 +423,32 @@ describe('network policy in the datapath (BPF_PROG_TEST_RUN)', { skip: datapathS
     policy.writeConnections(ctMap, [[{ src: B.ip, dst: A.ip, sport: 80, dport: 40011, protocol: 6 }, { lifetime: now + 60, flags: 0, verdict: { ...c!.verdict! } }]]);
     assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40011, 80, 0x10))), 'pass', 'a reply of B\'s connection');
     assert.equal([...policy.connections(ctMap)][0]!.src, B.ip, 'the reply leaves the opener as it was');
+
+    // The expiry: a packet refreshes it when the connection's refresh is due
+    // (refresh_at 0, as written from TypeScript); within a second of a
+    // refresh only a SYN, FIN or RST does.
+    clearConns();
+    policy.writeConnections(ctMap, [[opened, { lifetime: now + 60, flags: 0 }]]);
+    assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 80, 40010, 0x10))), 'pass');
+    const refreshed = [...policy.connections(ctMap)][0]!;
+    assert.ok(refreshed.lifetime >= now + 21600, `a due refresh sets the established timeout (lifetime ${refreshed.lifetime}, now ${now})`);
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40010, 80, 0x10))), 'pass', 'the opener\'s ACK: checked (no verdict yet), and its verdict cached');
+    assert.notEqual([...policy.connections(ctMap)][0]!.verdict, null);
+    const notDue = (): void => {
+      const [rk] = [...ctMap.entries()][0]!;
+      const v = Buffer.from(ctMap.lookup(rk)!);
+      v.writeUInt32LE(now + 60, policy.CONN_VALUE_LAYOUT.fields.lifetime.offset);
+      v.writeUInt32LE(Number((process.hrtime.bigint() >> 24n) + 6000n) >>> 0, policy.CONN_VALUE_LAYOUT.fields.refresh_at.offset);
+      ctMap.update(rk, v);
+    };
+    notDue();
+    assert.equal(verdict(fromContainer(frame(B.ip, A.ip, 6, 80, 40010, 0x10))), 'pass', 'a reply');
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40010, 80, 0x10))), 'pass', 'on the verdict');
+    assert.equal([...policy.connections(ctMap)][0]!.lifetime, now + 60, 'ACKs either way within the second leave the expiry');
+    assert.equal(verdict(fromContainer(frame(A.ip, B.ip, 6, 40010, 80, 0x11))), 'pass', 'the opener\'s FIN, on the verdict');
+    const closing = [...policy.connections(ctMap)][0]!;
+    assert.equal(closing.flags & 1, 1, 'a FIN marks the connection closing at once (CT_F_CLOSING)');
+    assert.ok(closing.lifetime <= monotonicSeconds() + 10, `closing: 10 s left at most (lifetime ${closing.lifetime})`);
   });
 
   it('bumpRevision(): a new map starts at a random value, then counts up, never through 0', () => {

@@ -91,13 +91,15 @@ export const CONN_KEY_LAYOUT = struct('policy_conn_key', 16, {
 });
 
 /** struct policy_conn (cm_policy_conn's value). */
-export const CONN_VALUE_LAYOUT = struct('policy_conn', 32, {
+export const CONN_VALUE_LAYOUT = struct('policy_conn', 36, {
   lifetime: field(0, 4),
   flags: field(4, 2),
   opener: field(6, 1),
   pad: field(7, 1),
-  verdict: field(8, 20),
-  sum: field(28, 4),
+  /** Coarse-clock ticks (2^24 ns) from which the next packet refreshes the expiry; 0: the next packet does (what encodeConn writes). */
+  refresh_at: field(8, 4),
+  verdict: field(12, 20),
+  sum: field(32, 4),
 });
 
 /** The key and value sizes of the replaced cm_policy_ct (policy_ct_key: saddr, daddr, sport, dport, proto; policy_ct_value: lifetime, flags). */
