@@ -354,7 +354,9 @@ static __always_inline __u32 policy_now(void)
 
 /* The coarse clock in ticks of 2^24 ns (16.8 ms), without a division: when
  * a connection's expiry is refreshed next (policy_conn.refresh_at). A u32
- * wraps after 2.28 years; compared as a signed difference. */
+ * wraps after 2.28 years; compared as a signed difference, so an entry left
+ * unrefreshed for over 1.14 years would look fresh again (the agent's GC
+ * deletes it within 30 s of its expiry, long before). */
 #define POLICY_TICK_SHIFT    24
 #define POLICY_REFRESH_TICKS 60 /* 1.007 s */
 
@@ -512,7 +514,6 @@ static __always_inline bool policy_conn_is_reply(struct __sk_buff *ctx, const st
 	struct policy_conn_key key;
 	struct policy_conn c, *e;
 	__u8 way = policy_conn_key_of(p, &key);
-
 	__u32 now = policy_now();
 
 	if (!policy_conn_read(&key, &e, &c) || c.opener == way || c.lifetime < now)
