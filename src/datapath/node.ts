@@ -200,6 +200,22 @@ export interface ReplacedPin {
   renamedTo?: string;
 }
 
+/**
+ * Copies the live entries @read returns into @map through @write, longest-lived
+ * first and as many as fit, and records the outcome (or the error) on @replaced.
+ */
+function carryLive<E extends readonly [unknown, { lifetime: number }]>(replaced: ReplacedPin, read: () => E[], map: BpfMap, write: (map: BpfMap, fit: E[]) => unknown): void {
+  let live: E[] = [];
+  try {
+    live = read().sort(([, a], [, b]) => b.lifetime - a.lifetime);
+    const fit = live.slice(0, map.maxEntries);
+    write(map, fit);
+    replaced.carriedOver = { entries: fit.length, notCarried: live.length - fit.length };
+  } catch (err) {
+    replaced.carriedOver = { entries: 0, notCarried: live.length, error: (err as Error).message };
+  }
+}
+
 export interface EventSubscription {
   /** Stops reading (after handing over what is already in the ring). Idempotent. */
   stop(): void;
@@ -636,16 +652,9 @@ export class NodeDatapath {
     const retired = this.#retiredCt;
     if (!retired || !obj.mapNames().includes(ctMap.MAP_NAME)) return;
     this.#retiredCt = undefined;
-    let live: Array<[ctMap.Key, ctMap.Value]> = [];
     try {
       const now = ctMap.monotonicSeconds();
-      live = [...ctMap.entries(retired.map)].filter(([, v]) => v.lifetime >= now).sort(([, a], [, b]) => b.lifetime - a.lifetime);
-      const map = obj.map(ctMap.MAP_NAME);
-      const fit = live.slice(0, map.maxEntries);
-      ctMap.updateMany(map, fit);
-      retired.replaced.carriedOver = { entries: fit.length, notCarried: live.length - fit.length };
-    } catch (err) {
-      retired.replaced.carriedOver = { entries: 0, notCarried: live.length, error: (err as Error).message };
+      carryLive(retired.replaced, () => [...ctMap.entries(retired.map)].filter(([, v]) => v.lifetime >= now), obj.map(ctMap.MAP_NAME), (map, fit) => ctMap.updateMany(map, fit));
     } finally {
       retired.map.close();
     }
@@ -674,16 +683,7 @@ export class NodeDatapath {
       this.#replacedPins.push(replaced);
       try {
         if (name !== policyMap.LEGACY_CT_MAP_NAME) continue;
-        let live: ReturnType<typeof policyMap.legacyConnections> = [];
-        try {
-          live = policyMap.legacyConnections(old, ctMap.monotonicSeconds()).sort(([, a], [, b]) => b.lifetime - a.lifetime);
-          const map = obj.map(policyMap.CONN_MAP_NAME);
-          const fit = live.slice(0, map.maxEntries);
-          policyMap.writeConnections(map, fit);
-          replaced.carriedOver = { entries: fit.length, notCarried: live.length - fit.length };
-        } catch (err) {
-          replaced.carriedOver = { entries: 0, notCarried: live.length, error: (err as Error).message };
-        }
+        carryLive(replaced, () => policyMap.legacyConnections(old, ctMap.monotonicSeconds()), obj.map(policyMap.CONN_MAP_NAME), policyMap.writeConnections);
       } finally {
         old.close();
         unlinkSync(path);

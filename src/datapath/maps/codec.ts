@@ -129,6 +129,21 @@ export interface TypedOps<K, V> {
   removeMany(map: MapHandle, keys: readonly K[]): number;
 }
 
+/** Writes encoded entries, with BPF_MAP_UPDATE_BATCH where the map has it; returns how many. */
+export function writeMany(map: MapHandle, raw: ReadonlyArray<readonly [Buffer, Buffer]>, flags: UpdateFlag = 'any'): number {
+  if (map.updateBatch) return map.updateBatch(raw, flags);
+  for (const [k, v] of raw) map.update(k, v, flags);
+  return raw.length;
+}
+
+/** Deletes encoded keys (batch where possible); returns how many were there. */
+export function deleteMany(map: MapHandle, keys: readonly Buffer[]): number {
+  if (map.deleteBatch) return map.deleteBatch(keys);
+  let n = 0;
+  for (const k of keys) if (map.delete(k)) n++;
+  return n;
+}
+
 export function typedOps<K, V>(key: Codec<K>, value: Codec<V>): TypedOps<K, V> {
   return {
     lookup(map, k) {
@@ -145,17 +160,10 @@ export function typedOps<K, V>(key: Codec<K>, value: Codec<V>): TypedOps<K, V> {
       for (const [k, v] of map.entries()) yield [key.decode(k), value.decode(v)];
     },
     updateMany(map, entries, flags = 'any') {
-      const raw = entries.map(([k, v]) => [key.encode(k), value.encode(v)] as const);
-      if (map.updateBatch) return map.updateBatch(raw, flags);
-      for (const [k, v] of raw) map.update(k, v, flags);
-      return raw.length;
+      return writeMany(map, entries.map(([k, v]) => [key.encode(k), value.encode(v)] as const), flags);
     },
     removeMany(map, keys) {
-      const raw = keys.map((k) => key.encode(k));
-      if (map.deleteBatch) return map.deleteBatch(raw);
-      let n = 0;
-      for (const k of raw) if (map.delete(k)) n++;
-      return n;
+      return deleteMany(map, keys.map((k) => key.encode(k)));
     },
   };
 }

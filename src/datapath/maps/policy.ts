@@ -26,7 +26,7 @@
 // writer of them calls bumpRevision() after its writes, so that the verdicts
 // the datapath cached per connection (in cm_policy_conn) stop holding and
 // the next packet of each connection is checked against the new policy.
-import { type MapHandle, expectSize, field, ipv4Bytes, readIPv4, readU16, readU32, struct, typedOps, writeIPv4, writeU16, writeU32 } from './codec.ts';
+import { type MapHandle, expectSize, field, ipv4Bytes, readIPv4, readU16, readU32, struct, typedOps, deleteMany, writeMany, writeIPv4, writeU16, writeU32 } from './codec.ts';
 import type { BpfMap } from '../libbpf/map.ts';
 import { Direction } from './reasons.ts';
 
@@ -418,10 +418,7 @@ export function* connections(map: Pick<BpfMap, 'entries'>): Generator<ConnEntry>
 
 /** Writes connections into cm_policy_conn (tests; the upgrade from cm_policy_ct). Returns how many were written. */
 export function writeConnections(map: MapHandle, conns: ReadonlyArray<readonly [Connection, { lifetime: number; flags: number; verdict?: Verdict | null }]>): number {
-  const raw = conns.map(([c, v]) => encodeConn(c, v));
-  if (map.updateBatch) return map.updateBatch(raw, 'any');
-  for (const [k, v] of raw) map.update(k, v, 'any');
-  return raw.length;
+  return writeMany(map, conns.map(([c, v]) => encodeConn(c, v)));
 }
 
 /** Deletes the expired connections (lifetime < @now): collects first, deletes after. Returns how many went. */
@@ -429,10 +426,7 @@ export function removeExpiredConnections(map: MapHandle, now: number): number {
   const off = CONN_VALUE_LAYOUT.fields.lifetime.offset;
   const dead: Buffer[] = [];
   for (const [k, v] of map.entries()) if (readU32(v, off) < now) dead.push(k);
-  if (map.deleteBatch) return map.deleteBatch(dead);
-  let n = 0;
-  for (const k of dead) if (map.delete(k)) n++;
-  return n;
+  return deleteMany(map, dead);
 }
 
 /**
