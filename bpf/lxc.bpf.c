@@ -24,6 +24,7 @@
 #include "lb.h"
 #include "policy.h"
 #include "native.h"
+#include "encap.h"
 #include "variant.h"
 
 /* ARP body for Ethernet/IPv4 (RFC 826), after struct arphdr. */
@@ -128,6 +129,12 @@ static __always_inline int ipv4_encap(struct __sk_buff *ctx, struct iphdr *ip,
 		}
 	}
 #endif
+	if (CFG_TUNNEL_BPF) {
+		int r = ipv4_encap_bpf(ctx, src_identity, remote, tc);
+
+		if (r != ENCAP_USE_DEVICE)
+			return r;
+	}
 	key.tunnel_id = src_identity;
 	key.remote_ipv4 = bpf_ntohl(remote);
 	key.tunnel_ttl = CM_TUNNEL_TTL;

@@ -7,11 +7,14 @@
  * source pod's identity, the destination must be a pod of this node.
  *
  * from_netdev: tc ingress of the node's underlay device, attached in native
- * routing mode only (CFG_ROUTING_NATIVE, native.h). A packet there addressed
- * to a local pod came unencapsulated from another node; the sender's
- * identity is the ipcache's for its source address (there is no VNI). Every
- * other packet (the node's own traffic, VXLAN from tunnel-mode nodes, ARP)
- * goes to the stack untouched and uncounted.
+ * routing mode (CFG_ROUTING_NATIVE, native.h) and with tunnelEncap bpf
+ * (CFG_TUNNEL_BPF, encap.h). Native: a packet there addressed to a local pod
+ * came unencapsulated from another node; the sender's identity is the
+ * ipcache's for its source address (there is no VNI). BPF encapsulation: a
+ * VXLAN packet for this node loses its outer headers here and goes on as
+ * from_overlay's would. Every other packet (the node's own traffic, what
+ * the VXLAN device must take, ARP) goes to the stack untouched and
+ * uncounted.
  */
 #include "common.h"
 #include "config.h"
@@ -24,6 +27,7 @@
 #include "conntrack.h"
 #include "lb.h"
 #include "policy.h"
+#include "encap.h"
 
 /*
  * Service reverse translation, ingress policy of the destination pod against
@@ -155,7 +159,20 @@ int from_netdev(struct __sk_buff *ctx)
 		return TC_ACT_OK;
 	/* Malformed IPv4 is the stack's to drop; the node's own address is the
 	 * bulk of what arrives here (tunnel packets, the control plane). */
-	if (!parse_ipv4(ctx, &eth, &ip) || ip->daddr == CFG_NODE_IP)
+	if (!parse_ipv4(ctx, &eth, &ip))
+		return TC_ACT_OK;
+	if (ip->daddr == CFG_NODE_IP) {
+		__u32 remote = ip->saddr;
+		__s64 vni;
+
+		if (!CFG_TUNNEL_BPF)
+			return TC_ACT_OK;
+		vni = vxlan_decap(ctx, ip);
+		if (vni < 0)
+			return TC_ACT_OK;
+		return cm_finish(ctx, &tc, handle_overlay(ctx, &tc, vni, remote));
+	}
+	if (!CFG_ROUTING_NATIVE)
 		return TC_ACT_OK;
 	if (!trace_parse_ipv4(ctx, &tc, &eth, &ip))
 		return TC_ACT_OK;

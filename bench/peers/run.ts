@@ -18,12 +18,15 @@ import { listNamespaces } from '../../src/lab/topology.ts';
 import { run, runIn, spawnIn, stopChild } from '../../src/lab/exec.ts';
 import { createPeerBed, DATAPATH_VARIANTS, PEER_CONFIGS, PEER_DEV_PREFIX, type DatapathVariant, type PeerBed, type PeerBedConfig, type PeerConfig } from '../../src/lab/peers-topology.ts';
 import type { TcAttachPreference } from '../../src/datapath/libbpf/tc.ts';
+import type { TunnelEncap } from '../../src/datapath/maps/config.ts';
 import { printTable, summarize, writeResults, type Sample } from '../lib/results.ts';
 import { configTable, markdownTable, SUSPECT_METRICS, writeCharts } from './charts.ts';
 
 // Rows beyond the five of the comparison, for looking into a result: only when --only or --suspects names them.
-const EXTRA: Record<string, { config: PeerBedConfig; policy?: boolean; variant?: DatapathVariant; tcAttach?: TcAttachPreference }> = {
+const EXTRA: Record<string, { config: PeerBedConfig; policy?: boolean; variant?: DatapathVariant; tcAttach?: TcAttachPreference; tunnelEncap?: TunnelEncap }> = {
   'clustermesh-nopolicy': { config: 'clustermesh', policy: false },
+  // The tunnel with the VXLAN headers written and stripped by our programs, not the kernel's device.
+  'clustermesh-bpfencap': { config: 'clustermesh', tunnelEncap: 'bpf' },
   // The tunnel row with its programs as cls_bpf filters on a clsact qdisc (what Linux before 6.6 gets): what tcx saves.
   'clustermesh-clsbpf': { config: 'clustermesh', tcAttach: 'cls_bpf' },
   'clustermesh-nolb': { config: 'clustermesh', variant: 'nolb' },
@@ -329,7 +332,7 @@ try {
   console.log(`peers: ${reps} repetition(s) of ${seconds} s tests, rows ${CONFIGS.join(', ')}; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')} at ${new Date().toISOString()}`);
   const build = async (config: RowName): Promise<PeerBed> => {
     const extra = config in EXTRA ? EXTRA[config] : undefined;
-    const bed = await createPeerBed(extra?.config ?? (config as PeerConfig), { prefix: 'cmbp', allowPorts: [PORT_IPERF, PORT_RR, PORT_CRR], services, policy: extra?.policy ?? true, ...(extra?.variant ? { variant: extra.variant } : {}), ...(extra?.tcAttach ? { tcAttach: extra.tcAttach } : {}) });
+    const bed = await createPeerBed(extra?.config ?? (config as PeerConfig), { prefix: 'cmbp', allowPorts: [PORT_IPERF, PORT_RR, PORT_CRR], services, policy: extra?.policy ?? true, ...(extra?.variant ? { variant: extra.variant } : {}), ...(extra?.tcAttach ? { tcAttach: extra.tcAttach } : {}), ...(extra?.tunnelEncap ? { tunnelEncap: extra.tunnelEncap } : {}) });
     live.add(bed);
     return bed;
   };

@@ -52,4 +52,13 @@ struct cm_cidr {
 };
 const volatile struct cm_cidr CFG_NATIVE_CIDRS[CM_NATIVE_CIDRS_MAX] = {};
 
+/* 1: tunnelEncap bpf: from_container writes the VXLAN headers itself and
+ * sends out of the underlay, and from_netdev (attached to the underlay
+ * device) strips them (encap.h); the VXLAN device takes what that path
+ * leaves. 0: every tunnel packet goes through the VXLAN device. */
+const volatile __u32 CFG_TUNNEL_BPF = 0;
+
+/* The tunnel's UDP destination port, host byte order (the VXLAN device's). */
+const volatile __u32 CFG_TUNNEL_PORT = 8472;
+
 #endif /* CM_CONFIG_H */

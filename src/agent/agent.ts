@@ -157,6 +157,7 @@ export async function startAgent(config: AgentConfig, deps: AgentDeps = {}): Pro
     ...(cfg.socketLBCgroup !== undefined ? { socketLBCgroup: cfg.socketLBCgroup } : {}),
     routingMode: cfg.routingMode,
     nativeRoutingCIDRs: cfg.nativeRoutingCIDRs,
+    tunnelEncap: cfg.tunnelEncap,
     tcAttach: cfg.tcAttach,
   });
   await dp.start();

@@ -49,6 +49,7 @@ export async function applyNodePlan(plan: NodePlan): Promise<ApplySummary> {
     ...(plan.socketLBCgroup !== undefined ? { socketLBCgroup: plan.socketLBCgroup } : {}),
     routingMode: plan.routingMode,
     nativeRoutingCIDRs: plan.nativeRoutingCIDRs,
+    tunnelEncap: plan.tunnelEncap,
     tcAttach: plan.tcAttach,
   });
   await dp.start();

@@ -32,7 +32,7 @@ import { BpfMap, type MapInfo, sameDefinition } from './libbpf/map.ts';
 import { RingBufferReader } from './libbpf/ringbuf.ts';
 import { type TcAttachPreference, type TcAttachment, ifindexOf, tcAttach, tcAttachMode, tcDetach } from './libbpf/tc.ts';
 import { type CgroupHook, attachCgroupPinned, cgroupQuery, detachPinnedLink } from './libbpf/cgroup.ts';
-import { NATIVE_CIDRS_MAX, ROUTING_MODES, VXLAN_OVERHEAD, applyConfig, encodeNativeCidrs, type RoutingMode } from './maps/config.ts';
+import { NATIVE_CIDRS_MAX, ROUTING_MODES, VXLAN_OVERHEAD, applyConfig, encodeNativeCidrs, type RoutingMode, type TunnelEncap } from './maps/config.ts';
 import * as endpointsMap from './maps/endpoints.ts';
 import * as eventsMap from './maps/events.ts';
 import * as ipcacheMap from './maps/ipcache.ts';
@@ -61,7 +61,7 @@ export const FROM_NETDEV = 'from_netdev';
 export const FROM_NETDEV_HANDLE = 0x434e;
 /** Where from_netdev sits on the underlay device (tcx: by name; cls_bpf: its handle). */
 export const NETDEV_SLOT = { name: FROM_NETDEV, handle: FROM_NETDEV_HANDLE } as const;
-export { ROUTING_MODES, type RoutingMode } from './maps/config.ts';
+export { ROUTING_MODES, TUNNEL_ENCAPS, type RoutingMode, type TunnelEncap } from './maps/config.ts';
 export const SOCK_OBJECT = 'sock.bpf.o';
 /** The sock_addr programs of sock.bpf.o by hook, and the name of each one's link pin in the pin dir. */
 export const SOCK_PROGRAMS: ReadonlyArray<{ hook: CgroupHook; program: string; pin: string }> = [
@@ -122,6 +122,14 @@ export interface NodeDatapathOptions {
   routingMode?: RoutingMode;
   /** The pod address ranges the underlay routes to their nodes (1..8 prefixes); native mode only. */
   nativeRoutingCIDRs?: readonly string[];
+  /**
+   * Who writes and strips the VXLAN headers of tunnel traffic: 'device'
+   * (default) the kernel's VXLAN device; 'bpf' from_container itself, out of
+   * the underlay device, and from_netdev on that device (bpf/lib/encap.h).
+   * The wire is the same either way; the device still takes what the BPF
+   * path leaves.
+   */
+  tunnelEncap?: TunnelEncap;
   /**
    * How the tc programs are attached: 'auto' (default) tcx where the kernel
    * has it (Linux 6.6+), else cls_bpf filters on a clsact qdisc; 'tcx' or
@@ -280,6 +288,7 @@ export class NodeDatapath {
       socketLBCgroup: opts.socketLBCgroup,
       routingMode: opts.routingMode ?? 'tunnel',
       nativeRoutingCIDRs: opts.nativeRoutingCIDRs ?? [],
+      tunnelEncap: opts.tunnelEncap ?? 'device',
       tcAttach: opts.tcAttach ?? 'auto',
     };
     checkRouting(this.options.routingMode, this.options.nativeRoutingCIDRs);
@@ -365,19 +374,21 @@ export class NodeDatapath {
       const underlay = await deviceOfAddress(o.nodeIP);
       const underlayMtu = o.underlayMtu ?? underlay?.mtu ?? 1500;
       const native = o.routingMode === 'native';
+      const bpfEncap = o.tunnelEncap === 'bpf';
       if (native && !underlay) throw new Error(`routingMode native: no device of this network namespace holds the node IP ${o.nodeIP} (from_netdev goes on the underlay device)`);
+      if (bpfEncap && !underlay) throw new Error(`tunnelEncap bpf: no device of this network namespace holds the node IP ${o.nodeIP} (from_netdev goes on the underlay device)`);
       const tunnelMtu = underlayMtu - VXLAN_OVERHEAD;
       const { link, created } = await ensureVxlanDevice({ name: o.vxlanDevice, port: o.tunnelPort, mtu: tunnelMtu });
       this.#createdVxlan ||= created;
       this.#vxlanIfindex = link.ifindex;
 
-      const config = { vxlanIfindex: link.ifindex, nodeIp: o.nodeIP, clusterId: o.clusterID, redirectPeer: o.redirectPeer, tunnelMtu, routingNative: native, nativeCidrs: o.nativeRoutingCIDRs };
+      const config = { vxlanIfindex: link.ifindex, nodeIp: o.nodeIP, clusterId: o.clusterID, redirectPeer: o.redirectPeer, tunnelMtu, routingNative: native, nativeCidrs: o.nativeRoutingCIDRs, tunnelBpf: bpfEncap, tunnelPort: o.tunnelPort };
       // overlay first: if its maps cannot be created/reused nothing is attached yet
       this.#overlay = this.#load(OVERLAY_OBJECT, config);
       this.#lxc = this.#load(LXC_OBJECT, config);
       settingsMap.set(this.#lxc.map(settingsMap.MAP_NAME), { traceForward: o.traceForward, traceNew: o.traceNew });
       this.#overlayAttachment = tcAttach({ ifindex: link.ifindex, direction: 'ingress', program: this.#overlay.program(FROM_OVERLAY), mode: o.tcAttach });
-      if (native) {
+      if (native || bpfEncap) {
         // bpf_fib_lookup answers FWD_DISABLED for a packet entering a device without forwarding.
         writeFileSync('/proc/sys/net/ipv4/ip_forward', '1');
         this.#underlay = { name: underlay!.name, ifindex: underlay!.ifindex };

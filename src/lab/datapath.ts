@@ -10,6 +10,7 @@ import { BpfMap, type TcAttachPreference } from '../datapath/libbpf/index.js';
 import { events, metrics } from '../datapath/maps/index.js';
 import type { DatapathEvent } from '../datapath/maps/events.js';
 import type { NodePlanInput } from '../agent/node-plan.js';
+import type { TunnelEncap } from '../datapath/maps/config.js';
 import { AgentClient } from '../agent/client.js';
 import { tcpFlagBits, type Flow } from '../agent/flows.js';
 import { runIn } from './exec.js';
@@ -29,7 +30,7 @@ export function pinDirOf(node: NodeInfo, root = DEFAULT_BPFFS_ROOT): string {
   return join(root, node.netns);
 }
 
-export function nodePlan(topo: Topology, node: NodeInfo, opts: { traceForwards?: boolean; bpffsRoot?: string; socketLB?: boolean; objectsDir?: string; tcAttach?: TcAttachPreference } = {}): NodePlanInput {
+export function nodePlan(topo: Topology, node: NodeInfo, opts: { traceForwards?: boolean; bpffsRoot?: string; socketLB?: boolean; objectsDir?: string; tcAttach?: TcAttachPreference; tunnelEncap?: TunnelEncap } = {}): NodePlanInput {
   const local = topo.pods.filter((p) => p.node === node);
   return {
     nodeName: node.netns,
@@ -41,6 +42,7 @@ export function nodePlan(topo: Topology, node: NodeInfo, opts: { traceForwards?:
     ...(opts.tcAttach !== undefined ? { tcAttach: opts.tcAttach } : {}),
     ...(opts.socketLB && node.cgroup !== undefined ? { socketLBCgroup: node.cgroup } : {}),
     ...routingSettings(topo.spec, node.cluster),
+    ...(opts.tunnelEncap !== undefined ? { tunnelEncap: opts.tunnelEncap } : {}),
     endpoints: local.map((p) => ({ ip: p.ip, identity: labPodIdentity(topo, p), hostIfName: p.hostIfName, podMac: p.mac, endpointID: p.index })),
     routes: [
       ...topo.pods.filter((p) => p.node !== node).map((p) => ({ prefix: `${p.ip}/32`, identity: labPodIdentity(topo, p), tunnelEndpoint: p.node.underlayIP })),
@@ -60,7 +62,7 @@ export interface LabDatapath {
 
 /** Programs the clustermesh datapath on every node of a topology built in 'clustermesh' mode. */
 /** objectsDir: the BPF objects to load (default bpf/build), e.g. a measurement variant's; tcAttach: how the tc programs are attached (default auto). */
-export async function startClustermeshDatapath(topo: Topology, opts: { traceForwards?: boolean; socketLB?: boolean; objectsDir?: string; tcAttach?: TcAttachPreference } = {}): Promise<LabDatapath> {
+export async function startClustermeshDatapath(topo: Topology, opts: { traceForwards?: boolean; socketLB?: boolean; objectsDir?: string; tcAttach?: TcAttachPreference; tunnelEncap?: TunnelEncap } = {}): Promise<LabDatapath> {
   if (topo.spec.mode !== 'clustermesh') throw new Error(`topology ${topo.id} is wired as '${topo.spec.mode}', not 'clustermesh'`);
   const root = ensureBpffs();
   const work = mkdtempSync(join(tmpdir(), 'clustermesh-plan-'));

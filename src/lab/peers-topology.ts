@@ -28,6 +28,7 @@
 //                          VXLAN device alone, no BPF, no iptables
 // The clustermesh row may load a measurement variant of the datapath instead
 // (opts.variant, bpf/lib/variant.h): the same row with one suspected cost removed.
+import type { TunnelEncap } from '../datapath/maps/config.js';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -77,6 +78,8 @@ export interface PeerBedOptions {
   variant?: DatapathVariant;
   /** clustermesh only: how the tc programs are attached (default auto: tcx on Linux 6.6+). */
   tcAttach?: TcAttachPreference;
+  /** clustermesh only: who writes the VXLAN headers (default device: the kernel's VXLAN device; bpf: the programs). */
+  tunnelEncap?: TunnelEncap;
 }
 
 export interface PeerBed {
@@ -149,7 +152,7 @@ export async function createPeerBed(config: PeerBedConfig, opts: PeerBedOptions)
         break;
       case 'clustermesh':
       case 'clustermesh-native': {
-        const dp = await startClustermeshDatapath(topo, { ...(objectsDir ? { objectsDir } : {}), ...(opts.tcAttach ? { tcAttach: opts.tcAttach } : {}) });
+        const dp = await startClustermeshDatapath(topo, { ...(objectsDir ? { objectsDir } : {}), ...(opts.tcAttach ? { tcAttach: opts.tcAttach } : {}), ...(opts.tunnelEncap ? { tunnelEncap: opts.tunnelEncap } : {}) });
         cleanups.push(() => dp.stop());
         if (opts.policy ?? true) allowByPolicyMaps(topo, dp, opts.allowPorts);
         if (opts.variant === 'peerdev' || opts.variant === 'bare') await wirePeerDevices(topo, dp);

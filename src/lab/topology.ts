@@ -17,7 +17,7 @@
 // cluster and tunnel to the rest). Pods get the underlay's MTU when every
 // cluster is native, else the tunnel's (a packet to a tunnel cluster must fit).
 import { randomBytes } from 'node:crypto';
-import type { RoutingMode } from '../datapath/maps/config.js';
+import { TUNNEL_ENCAPS, type RoutingMode, type TunnelEncap } from '../datapath/maps/config.js';
 import { createNodeCgroup, removeNodeCgroup } from './cgroup.js';
 import { ipBatch, run, runIn } from './exec.js';
 import { forgetTopology, orphanedTopologies, recordTopology } from './registry.js';
@@ -47,10 +47,18 @@ export interface TopologySpec {
    * ('tunnel' or 'native', the test rig's switch) when set, else 'tunnel'.
    */
   routing?: RoutingMode | RoutingMode[];
+  /**
+   * 'clustermesh' mode: who writes the tunnel's VXLAN headers in every
+   * cluster (the agents' tunnelEncap). Default: CLUSTERMESH_TEST_TUNNEL_ENCAP
+   * ('device' or 'bpf', the test rig's switch) when set, else 'device'.
+   */
+  tunnelEncap?: TunnelEncap;
 }
 
 /** The environment variable that makes topologies built without `routing` native (or tunnel): runs the datapath tests in either mode. */
 export const TEST_ROUTING_ENV = 'CLUSTERMESH_TEST_ROUTING';
+/** The environment variable that makes topologies built without `tunnelEncap` encapsulate in BPF (or with the device): runs the datapath tests either way. */
+export const TEST_TUNNEL_ENCAP_ENV = 'CLUSTERMESH_TEST_TUNNEL_ENCAP';
 
 export interface TopologyOptions {
   /** Record the topology in the crash registry (default true). The lab keeps its own state instead. */
@@ -122,7 +130,7 @@ const kernelVxlanMac = (c: number, n: number): string =>
   `02:cc:00:${c.toString(16).padStart(2, '0')}:${n.toString(16).padStart(2, '0')}:01`;
 
 function validateSpec(spec: TopologySpec): ResolvedTopologySpec {
-  const { routing: routingIn, ...rest } = spec;
+  const { routing: routingIn, tunnelEncap: encapIn, ...rest } = spec;
   const full = { prefix: 'cm', underlayMtu: 1500, baseName: '', ...rest };
   const check = (field: string, v: number, max: number) => {
     if (!Number.isInteger(v) || v < 1 || v > max) throw new RangeError(`topology: ${field} must be an integer in 1..${max}, got ${v}`);
@@ -133,7 +141,18 @@ function validateSpec(spec: TopologySpec): ResolvedTopologySpec {
   if (full.baseName && !/^[a-z][a-z0-9-]{0,23}$/.test(full.baseName)) throw new RangeError(`topology: baseName must be 1-24 lowercase alphanumerics or '-', got '${full.baseName}'`);
   if (!/^[a-z][a-z0-9]{0,7}$/.test(full.prefix)) throw new RangeError(`topology: prefix must be 1-8 lowercase alphanumerics, got '${full.prefix}'`);
   if (!Number.isInteger(full.underlayMtu) || full.underlayMtu < 1280 || full.underlayMtu > 9000) throw new RangeError(`topology: underlayMtu must be in 1280..9000, got ${full.underlayMtu}`);
-  return { ...full, routing: resolveRouting(full.mode, full.clusters, routingIn) };
+  return { ...full, routing: resolveRouting(full.mode, full.clusters, routingIn), tunnelEncap: resolveTunnelEncap(full.mode, encapIn) };
+}
+
+function resolveTunnelEncap(mode: WiringMode, encap: TopologySpec['tunnelEncap']): TunnelEncap {
+  const env = process.env[TEST_TUNNEL_ENCAP_ENV];
+  if (encap === undefined && env) {
+    if (!(TUNNEL_ENCAPS as readonly string[]).includes(env)) throw new RangeError(`${TEST_TUNNEL_ENCAP_ENV}=${env}: must be ${TUNNEL_ENCAPS.join(' or ')}`);
+    encap = mode === 'clustermesh' ? (env as TunnelEncap) : undefined;
+  }
+  if (encap !== undefined && !TUNNEL_ENCAPS.includes(encap)) throw new RangeError(`topology: tunnelEncap must be ${TUNNEL_ENCAPS.join(' or ')}, got ${JSON.stringify(encap)}`);
+  if (mode !== 'clustermesh' && encap === 'bpf') throw new RangeError(`topology: tunnelEncap bpf is a setting of the clustermesh wiring, not of '${mode}'`);
+  return encap ?? 'device';
 }
 
 function resolveRouting(mode: WiringMode, clusters: number, routing: TopologySpec['routing']): RoutingMode[] {
@@ -178,9 +197,17 @@ export function nativeRoutingCIDRs(spec: Pick<ResolvedTopologySpec, 'routing'>):
 }
 const NATIVE_CIDR_LIMIT = 8;
 
-/** The routing settings of cluster c's agents: {} in tunnel mode (the default), else native with the lab's routed ranges. */
-export function routingSettings(spec: Pick<ResolvedTopologySpec, 'routing'>, c: number): { routingMode?: 'native'; nativeRoutingCIDRs?: string[] } {
-  return clusterRouting(spec, c) === 'native' ? { routingMode: 'native', nativeRoutingCIDRs: nativeRoutingCIDRs(spec) } : {};
+/**
+ * The routing settings of cluster c's agents: {} in tunnel mode with the
+ * device (the defaults), else native with the lab's routed ranges, and
+ * tunnelEncap bpf where the spec says so (a spec written before the setting
+ * has none: the device).
+ */
+export function routingSettings(spec: Pick<ResolvedTopologySpec, 'routing'> & { tunnelEncap?: TunnelEncap }, c: number): { routingMode?: 'native'; nativeRoutingCIDRs?: string[]; tunnelEncap?: 'bpf' } {
+  return {
+    ...(clusterRouting(spec, c) === 'native' ? { routingMode: 'native' as const, nativeRoutingCIDRs: nativeRoutingCIDRs(spec) } : {}),
+    ...(spec.tunnelEncap === 'bpf' ? { tunnelEncap: 'bpf' as const } : {}),
+  };
 }
 
 /** The MTU a pod gets: the underlay's, less the VXLAN header when the mode encapsulates (a native cluster meshed with a tunnel cluster too). */

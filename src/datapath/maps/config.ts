@@ -19,6 +19,10 @@ export interface DatapathConfig {
   routingNative?: boolean;
   /** The pod ranges the underlay routes ('a.b.c.d/len'), at most NATIVE_CIDRS_MAX; only with routingNative. */
   nativeCidrs?: readonly string[];
+  /** VXLAN headers written and stripped by the programs (bpf/lib/encap.h) instead of the VXLAN device; default false. */
+  tunnelBpf?: boolean;
+  /** The tunnel's UDP port (the VXLAN device's); default 8472. */
+  tunnelPort?: number;
 }
 
 /** C name of each setting. */
@@ -29,7 +33,13 @@ export const CONST_NAMES: Readonly<Record<Exclude<keyof DatapathConfig, 'nativeC
   redirectPeer: 'CFG_REDIRECT_PEER',
   tunnelMtu: 'CFG_TUNNEL_MTU',
   routingNative: 'CFG_ROUTING_NATIVE',
+  tunnelBpf: 'CFG_TUNNEL_BPF',
+  tunnelPort: 'CFG_TUNNEL_PORT',
 };
+
+/** Who writes and strips the VXLAN headers: the kernel's VXLAN device, or the programs. */
+export type TunnelEncap = 'device' | 'bpf';
+export const TUNNEL_ENCAPS: readonly TunnelEncap[] = ['device', 'bpf'];
 
 /** How a node sends to pods of other nodes: always through the tunnel, or natively where the underlay routes. */
 export type RoutingMode = 'tunnel' | 'native';
@@ -76,6 +86,8 @@ export function encodeConfig(c: DatapathConfig): Array<[name: string, bytes: Buf
     [CONST_NAMES.redirectPeer, u32(c.redirectPeer ? 1 : 0)],
     [CONST_NAMES.tunnelMtu, u32(c.tunnelMtu)],
     [CONST_NAMES.routingNative, u32(c.routingNative ? 1 : 0)],
+    [CONST_NAMES.tunnelBpf, u32(c.tunnelBpf ? 1 : 0)],
+    [CONST_NAMES.tunnelPort, u32(c.tunnelPort ?? 8472)],
     [NATIVE_CIDRS_NAME, encodeNativeCidrs(c.routingNative ? (c.nativeCidrs ?? []) : [])],
   ];
 }
