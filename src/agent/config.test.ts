@@ -95,6 +95,12 @@ describe('agent config', () => {
     rejects({ ...base, tcAttach: 'clsact' }, /tcAttach: must be auto, tcx or cls_bpf/);
   });
 
+  it('tunnelEncap: bpf by default; device on request; anything else named', () => {
+    assert.equal(compile(base).tunnelEncap, 'bpf');
+    assert.equal(compile({ ...base, tunnelEncap: 'device' }).tunnelEncap, 'device');
+    rejects({ ...base, tunnelEncap: 'kernel' }, /tunnelEncap: must be bpf or device/);
+  });
+
   it('routingMode: tunnel by default; native needs nativeRoutingCIDRs covering the podCIDR', () => {
     assert.deepEqual([compile(base).routingMode, compile(base).nativeRoutingCIDRs], ['tunnel', []]);
     const native = compile({ ...base, routingMode: 'native', nativeRoutingCIDRs: ['10.101.0.0/16', '10.102.0.0/16'] });

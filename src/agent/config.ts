@@ -62,9 +62,10 @@
 // the rest, e.g. clusters in tunnel mode, still through the tunnel),
 // nativeRoutingCIDRs (native only, required there: 1..8 pod address ranges the
 // underlay routes to their nodes, covering this node's podCIDR), tunnelEncap
-// (device: the kernel's VXLAN device writes and strips the tunnel's headers;
-// bpf: the programs do, out of and into the underlay device, bpf/lib/encap.h,
-// the same packets on the wire, so nodes of either setting mesh), tcAttach
+// (bpf: the programs write and strip the tunnel's VXLAN headers, out of and
+// into the underlay device, bpf/lib/encap.h; device: the kernel's VXLAN
+// device does; the same packets on the wire, so nodes of either setting
+// mesh), tcAttach
 // (auto: the tc programs attached with tcx on Linux 6.6+, else as cls_bpf
 // filters on a clsact qdisc; tcx or cls_bpf to insist, tcx failing the start
 // on an older kernel; a start replaces what an earlier one attached the other
@@ -101,7 +102,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { DEFAULT_BPFFS_ROOT } from '../datapath/bpffs.ts';
 import type { TcAttachPreference } from '../datapath/libbpf/tc.ts';
-import { NATIVE_CIDRS_MAX, ROUTING_MODES, TUNNEL_ENCAPS, type RoutingMode, type TunnelEncap } from '../datapath/maps/config.ts';
+import { DEFAULT_TUNNEL_ENCAP, NATIVE_CIDRS_MAX, ROUTING_MODES, TUNNEL_ENCAPS, type RoutingMode, type TunnelEncap } from '../datapath/maps/config.ts';
 import type { KvConnectionConfig } from '../kvstore/types.ts';
 import { formatPath, validateClusterName, type MaxConnectedClusters } from '../model/index.ts';
 
@@ -308,7 +309,7 @@ const fileSchema = z.strictObject({
   socketLBCgroup: z.string().min(1).refine((p) => p.startsWith('/') && !p.split('/').includes('..'), 'must be an absolute path to a cgroup v2 directory, without ".."').optional(),
   routingMode: z.enum(ROUTING_MODES as [RoutingMode, ...RoutingMode[]], { error: `must be ${ROUTING_MODES.join(' or ')}` }).default('tunnel'),
   nativeRoutingCIDRs: z.array(cidrV4).max(NATIVE_CIDRS_MAX, `at most ${NATIVE_CIDRS_MAX} prefixes`).optional(),
-  tunnelEncap: z.enum(TUNNEL_ENCAPS as [TunnelEncap, ...TunnelEncap[]], { error: `must be ${TUNNEL_ENCAPS.join(' or ')}` }).default('device'),
+  tunnelEncap: z.enum(TUNNEL_ENCAPS as [TunnelEncap, ...TunnelEncap[]], { error: `must be ${TUNNEL_ENCAPS.join(' or ')}` }).default(DEFAULT_TUNNEL_ENCAP),
   tcAttach: z.enum(['auto', 'tcx', 'cls_bpf'], { error: 'must be auto, tcx or cls_bpf' }).default('auto'),
   kubeconfig: z.string({ error: 'must be the path of a kubeconfig file' }).min(1, 'must be the path of a kubeconfig file').optional(),
   nodeWaitTimeoutSeconds: z.number({ error: 'must be a number (seconds)' }).positive('must be greater than 0').max(86400, 'at most 86400 (a day)').default(300),

@@ -8,7 +8,7 @@ import type * as endpointsMap from '../datapath/maps/endpoints.ts';
 import type * as ipcacheMap from '../datapath/maps/ipcache.ts';
 import { DropReason } from '../datapath/maps/reasons.ts';
 import { linkInfo } from '../datapath/netdev.ts';
-import { FROM_NETDEV_HANDLE, type NodeDatapath, type RoutingMode, type SocketLBStatus } from '../datapath/node.ts';
+import { FROM_NETDEV_HANDLE, type NodeDatapath, type RoutingMode, type TunnelEncap, type SocketLBStatus } from '../datapath/node.ts';
 import type { EndpointDatapath } from './endpoints.ts';
 import type { ReconcilerStatus, ReconcileTarget } from './reconciler.ts';
 import { ApiError } from './types.ts';
@@ -148,7 +148,9 @@ export interface DatapathStatus {
   /** 'tunnel' or 'native' (then nativeRoutingCIDRs are routed unencapsulated, from_netdev on the underlay device). */
   routingMode: RoutingMode;
   nativeRoutingCIDRs: string[];
-  /** The device from_netdev is attached to (native mode, running); null otherwise. */
+  /** Who writes the tunnel's VXLAN headers: 'device' (the kernel's VXLAN device) or 'bpf' (the programs, from_netdev on the underlay device). */
+  tunnelEncap: TunnelEncap;
+  /** The device from_netdev is attached to (native mode or tunnelEncap bpf, running); null otherwise. */
   underlayDevice: string | null;
 }
 
@@ -191,11 +193,12 @@ export function datapathStatus(dp: NodeDatapath, endpointDevices: readonly strin
     tunnelPort: o.tunnelPort,
     programs,
     programsAttached: programs.filter((p) => p.attached).length,
-    programsExpected: running ? 1 + (o.routingMode === 'native' ? 1 : 0) + endpointDevices.length : 0,
+    programsExpected: running ? 1 + (o.routingMode === 'native' || o.tunnelEncap === 'bpf' ? 1 : 0) + endpointDevices.length : 0,
     maps,
     socketLB: dp.socketLB(),
     routingMode: o.routingMode,
     nativeRoutingCIDRs: [...o.nativeRoutingCIDRs],
+    tunnelEncap: o.tunnelEncap,
     underlayDevice: running ? (dp.underlayDevice?.name ?? null) : null,
   };
 }

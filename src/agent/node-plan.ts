@@ -26,8 +26,8 @@ export const nodePlanSchema = z.object({
   /** tunnel (default) or native: destinations inside nativeRoutingCIDRs unencapsulated (bpf/lib/native.h). */
   routingMode: z.enum(['tunnel', 'native']).default('tunnel'),
   nativeRoutingCIDRs: z.array(z.string().regex(/^\d+\.\d+\.\d+\.\d+\/\d{1,2}$/, 'must be an IPv4 prefix a.b.c.d/len')).max(8).default([]),
-  /** device (default: the VXLAN device encapsulates) or bpf (the programs do, bpf/lib/encap.h). */
-  tunnelEncap: z.enum(['device', 'bpf']).default('device'),
+  /** bpf (default: the programs encapsulate, bpf/lib/encap.h) or device (the VXLAN device does). */
+  tunnelEncap: z.enum(['bpf', 'device']).default('bpf'),
   /** auto (default: tcx on Linux 6.6+, else cls_bpf), tcx or cls_bpf. */
   tcAttach: z.enum(['auto', 'tcx', 'cls_bpf']).default('auto'),
   endpoints: z.array(

@@ -134,14 +134,17 @@ test('summarize: the local source the agents report (store / kubernetes) is show
   assert.match(formatStatus(r), /source:\s+kubernetes/);
 });
 
-test('summarize: the routing mode the agents report is shown per cluster (an agent without the field: tunnel)', () => {
+test('summarize: the routing mode and tunnel encapsulation the agents report are shown per cluster (an agent without the fields: tunnel, the device)', () => {
   const st = agent('c1', 'n1', []);
   let r = summarize([probe('c1', 1, [{ node: nodeTarget('c1', 'n1'), status: st, error: null }])], NOW);
-  assert.equal(r.clusters[0]!.routing, 'tunnel');
+  assert.equal(r.clusters[0]!.routing, 'tunnel, VXLAN device');
   (st as { datapath: unknown }).datapath = { routingMode: 'native', nativeRoutingCIDRs: ['10.101.0.0/16', '10.102.0.0/16'] };
   r = summarize([probe('c1', 1, [{ node: nodeTarget('c1', 'n1'), status: st, error: null }])], NOW);
-  assert.equal(r.clusters[0]!.routing, 'native (10.101.0.0/16, 10.102.0.0/16)');
-  assert.match(formatStatus(r), /routing:\s+native \(10\.101\.0\.0\/16, 10\.102\.0\.0\/16\)/);
+  assert.equal(r.clusters[0]!.routing, 'native (10.101.0.0/16, 10.102.0.0/16), VXLAN device');
+  assert.match(formatStatus(r), /routing:\s+native \(10\.101\.0\.0\/16, 10\.102\.0\.0\/16\), VXLAN device/);
+  (st as { datapath: unknown }).datapath = { routingMode: 'tunnel', nativeRoutingCIDRs: [], tunnelEncap: 'bpf' };
+  r = summarize([probe('c1', 1, [{ node: nodeTarget('c1', 'n1'), status: st, error: null }])], NOW);
+  assert.equal(r.clusters[0]!.routing, 'tunnel, VXLAN in BPF');
 });
 
 test("summarize: without etcd, a cluster's exports are what an agent programs as global and shared", () => {

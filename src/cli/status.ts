@@ -152,10 +152,15 @@ export interface ClusterReport {
   mcsRemotes?: Array<{ name: string; waiting: string | null }>;
 }
 
-/** 'tunnel', 'native (10.101.0.0/16, ...)'; an older agent says nothing: tunnel. */
-function routingOf(d: { routingMode?: string; nativeRoutingCIDRs?: string[] } | undefined): string {
+/**
+ * 'tunnel', 'native (10.101.0.0/16, ...)', then who writes the tunnel's
+ * headers: ', VXLAN in BPF' or ', VXLAN device'; an older agent says
+ * nothing: tunnel through the device.
+ */
+function routingOf(d: { routingMode?: string; nativeRoutingCIDRs?: string[]; tunnelEncap?: string } | undefined): string {
   const mode = d?.routingMode ?? 'tunnel';
-  return mode === 'native' ? `native (${(d?.nativeRoutingCIDRs ?? []).join(', ')})` : mode;
+  const encap = d?.tunnelEncap === 'bpf' ? 'VXLAN in BPF' : 'VXLAN device';
+  return `${mode === 'native' ? `native (${(d?.nativeRoutingCIDRs ?? []).join(', ')})` : mode}, ${encap}`;
 }
 
 export interface StatusReport {
@@ -327,7 +332,7 @@ export function summarize(probes: ClusterProbe[], now: Date = new Date()): Statu
       exportedServicesFrom: p.etcd?.reachable ? 'etcd' : agentExports ? 'agent' : null,
       flows: flowsOf(statuses.map(({ s }) => s)),
       nodeDetails,
-      routing: statuses.length ? [...new Set(statuses.map(({ s }) => routingOf(s.datapath)))].sort().join(', ') : null,
+      routing: statuses.length ? [...new Set(statuses.map(({ s }) => routingOf(s.datapath)))].sort().join('; ') : null,
       ...(p.mcs !== undefined ? { mcs: p.mcs } : {}),
       ...(p.mcs !== undefined
         ? {

@@ -32,7 +32,7 @@ import { BpfMap, type MapInfo, sameDefinition } from './libbpf/map.ts';
 import { RingBufferReader } from './libbpf/ringbuf.ts';
 import { type TcAttachPreference, type TcAttachment, ifindexOf, tcAttach, tcAttachMode, tcDetach } from './libbpf/tc.ts';
 import { type CgroupHook, attachCgroupPinned, cgroupQuery, detachPinnedLink } from './libbpf/cgroup.ts';
-import { NATIVE_CIDRS_MAX, ROUTING_MODES, VXLAN_OVERHEAD, applyConfig, encodeNativeCidrs, type RoutingMode, type TunnelEncap } from './maps/config.ts';
+import { DEFAULT_TUNNEL_ENCAP, NATIVE_CIDRS_MAX, ROUTING_MODES, VXLAN_OVERHEAD, applyConfig, encodeNativeCidrs, type RoutingMode, type TunnelEncap } from './maps/config.ts';
 import * as endpointsMap from './maps/endpoints.ts';
 import * as eventsMap from './maps/events.ts';
 import * as ipcacheMap from './maps/ipcache.ts';
@@ -123,11 +123,11 @@ export interface NodeDatapathOptions {
   /** The pod address ranges the underlay routes to their nodes (1..8 prefixes); native mode only. */
   nativeRoutingCIDRs?: readonly string[];
   /**
-   * Who writes and strips the VXLAN headers of tunnel traffic: 'device'
-   * (default) the kernel's VXLAN device; 'bpf' from_container itself, out of
-   * the underlay device, and from_netdev on that device (bpf/lib/encap.h).
-   * The wire is the same either way; the device still takes what the BPF
-   * path leaves.
+   * Who writes and strips the VXLAN headers of tunnel traffic: 'bpf'
+   * (default) from_container itself, out of the underlay device, and
+   * from_netdev on that device (bpf/lib/encap.h); 'device' the kernel's VXLAN
+   * device. The wire is the same either way; the device still takes what the
+   * BPF path leaves.
    */
   tunnelEncap?: TunnelEncap;
   /**
@@ -288,7 +288,7 @@ export class NodeDatapath {
       socketLBCgroup: opts.socketLBCgroup,
       routingMode: opts.routingMode ?? 'tunnel',
       nativeRoutingCIDRs: opts.nativeRoutingCIDRs ?? [],
-      tunnelEncap: opts.tunnelEncap ?? 'device',
+      tunnelEncap: opts.tunnelEncap ?? DEFAULT_TUNNEL_ENCAP,
       tcAttach: opts.tcAttach ?? 'auto',
     };
     checkRouting(this.options.routingMode, this.options.nativeRoutingCIDRs);

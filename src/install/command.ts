@@ -48,6 +48,15 @@ export function installCommand(): Command {
         'ranges leave unencapsulated; other clusters in tunnel mode are still reached through the tunnel)',
       'tunnel',
     )
+    .addOption(
+      new Option(
+        '--tunnel-encap <how>',
+        "who writes and strips the tunnel's VXLAN headers: bpf (the agent's programs, on each node's underlay device: 2-3 us less per round trip) or device " +
+          "(the kernel's VXLAN device); the packets on the wire are the same, so clusters and nodes of either setting mesh",
+      )
+        .choices(['bpf', 'device'])
+        .default('bpf'),
+    )
     .option('--native-routing-cidr <cidr>', 'with --routing-mode native (required there): a pod address range your network routes to its nodes, e.g. 10.244.0.0/16 (repeatable, at most 8)', collect)
     .option(
       '--socket-lb',

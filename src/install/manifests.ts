@@ -282,6 +282,7 @@ export function agentConfigDoc(s: InstallSettings): Record<string, unknown> {
     maxConnectedClusters: s.maxConnectedClusters,
     tunnelPort: s.tunnelPort,
     ...(s.routingMode === 'native' ? { routingMode: s.routingMode, nativeRoutingCIDRs: s.nativeRoutingCIDRs } : {}),
+    tunnelEncap: s.tunnelEncap,
     // The host's cgroup v2 hierarchy, mounted in the container (the DaemonSet's volume `cgroup`).
     ...(s.socketLBCgroup !== undefined ? { socketLBCgroup: PATHS.cgroup } : {}),
     // On every address of the node (host network), as Cilium's agent serves :9962; else the agent's default, its node's loopback.
@@ -320,6 +321,7 @@ function configMap(s: InstallSettings): KubeObject {
       'routing-mode': s.routingMode,
       // Comma-separated; '' in tunnel mode.
       'native-routing-cidrs': s.nativeRoutingCIDRs.join(','),
+      'tunnel-encap': s.tunnelEncap,
       // The host path socket LB attaches at; '' off.
       'socket-lb-cgroup': s.socketLBCgroup ?? '',
       // 0: only on the node's loopback.

@@ -56,6 +56,14 @@ test('--routing-mode native: the ranges in the ConfigMap and the agent config, a
   assert.deepEqual(r.agent.nativeRoutingCIDRs, ['10.244.0.0/16', '10.245.0.0/16']);
 });
 
+test('--tunnel-encap: bpf by default, device on request, in the ConfigMap and the agent config; anything else named', () => {
+  const d = render(base);
+  assert.deepEqual([d.cm.data['tunnel-encap'], d.agent.tunnelEncap], ['bpf', 'bpf']);
+  const r = render({ ...base, tunnelEncap: 'device' });
+  assert.deepEqual([r.cm.data['tunnel-encap'], r.agent.tunnelEncap], ['device', 'device']);
+  assert.throws(() => compileInstallSettings({ ...base, tunnelEncap: 'ebpf' }), /--tunnel-encap: "ebpf" is not bpf or device/);
+});
+
 test("--socket-lb: the host's cgroup v2 mount (default /sys/fs/cgroup, must exist) mounted in the agent, which attaches there", () => {
   for (const [raw, hostPath] of [
     [{ ...base, socketLb: true }, '/sys/fs/cgroup'],

@@ -3,7 +3,7 @@
 // anything reaches the cluster. Every error names the flag.
 import { isIP } from 'node:net';
 import { AgentConfigError, compileAgentConfig } from '../agent/config.ts';
-import { ROUTING_MODES, type RoutingMode } from '../datapath/maps/config.ts';
+import { DEFAULT_TUNNEL_ENCAP, ROUTING_MODES, TUNNEL_ENCAPS, type RoutingMode, type TunnelEncap } from '../datapath/maps/config.ts';
 import { agentConfigDoc, AGENT_METRICS_PORT, APISERVER_METRICS_PORT, ETCD_NODE_PORT, ETCD_PEER_PORT, PATHS } from './manifests.ts';
 import { MAX_CONNECTED_CLUSTERS_VALUES, validateClusterId, validateClusterName, type MaxConnectedClusters } from '../model/index.ts';
 
@@ -22,6 +22,8 @@ export interface InstallSettings {
   routingMode: RoutingMode;
   /** native only (required there): the pod address ranges the underlay routes to their nodes (the agent's nativeRoutingCIDRs). */
   nativeRoutingCIDRs: string[];
+  /** Who writes the tunnel's VXLAN headers (the agent's tunnelEncap): the programs (bpf) or the kernel's VXLAN device. */
+  tunnelEncap: TunnelEncap;
   /**
    * Socket-level load balancing: the host path of the cgroup v2 directory the
    * agent attaches its connect/sendmsg/recvmsg/getpeername programs to (the
@@ -98,6 +100,7 @@ export interface RawInstallOptions {
   image?: string | undefined;
   routingMode?: string | undefined;
   nativeRoutingCidr?: string[] | undefined;
+  tunnelEncap?: string | undefined;
   socketLb?: boolean | undefined;
   socketLbCgroup?: string | undefined;
   agentMetricsPort?: string | undefined;
@@ -148,6 +151,8 @@ export function compileInstallSettings(raw: RawInstallOptions): InstallSettings 
     throw new InstallSettingsError('--native-routing-cidr', 'required with --routing-mode native: the pod address ranges your network routes to their nodes (repeatable, e.g. 10.244.0.0/16)');
   }
   if (routingMode !== 'native' && nativeRoutingCIDRs.length > 0) throw new InstallSettingsError('--native-routing-cidr', 'only with --routing-mode native');
+  const tunnelEncap = (raw.tunnelEncap ?? DEFAULT_TUNNEL_ENCAP) as TunnelEncap;
+  if (!TUNNEL_ENCAPS.includes(tunnelEncap)) throw new InstallSettingsError('--tunnel-encap', `"${tunnelEncap}" is not ${TUNNEL_ENCAPS.join(' or ')}`);
 
   if (raw.socketLbCgroup !== undefined && raw.socketLb !== true) throw new InstallSettingsError('--socket-lb-cgroup', 'only with --socket-lb');
   const socketLBCgroup = raw.socketLb === true ? (raw.socketLbCgroup ?? DEFAULT_SOCKET_LB_CGROUP) : undefined;
@@ -212,6 +217,7 @@ export function compileInstallSettings(raw: RawInstallOptions): InstallSettings 
     image,
     routingMode,
     nativeRoutingCIDRs,
+    tunnelEncap,
     socketLBCgroup,
     agentMetricsPort,
     apiserverMetricsPort,
@@ -231,6 +237,7 @@ export function compileInstallSettings(raw: RawInstallOptions): InstallSettings 
 const AGENT_SETTING_FLAGS: Record<string, string> = {
   routingMode: '--routing-mode',
   nativeRoutingCIDRs: '--native-routing-cidr',
+  tunnelEncap: '--tunnel-encap',
   socketLBCgroup: '--socket-lb-cgroup',
   metricsAddress: '--agent-metrics-port',
   tunnelPort: '--tunnel-port',

@@ -30,7 +30,7 @@ export function pinDirOf(node: NodeInfo, root = DEFAULT_BPFFS_ROOT): string {
   return join(root, node.netns);
 }
 
-export function nodePlan(topo: Topology, node: NodeInfo, opts: { traceForwards?: boolean; bpffsRoot?: string; socketLB?: boolean; objectsDir?: string; tcAttach?: TcAttachPreference; tunnelEncap?: TunnelEncap } = {}): NodePlanInput {
+export function nodePlan(topo: Topology, node: NodeInfo, opts: LabDatapathOptions & { bpffsRoot?: string } = {}): NodePlanInput {
   const local = topo.pods.filter((p) => p.node === node);
   return {
     nodeName: node.netns,
@@ -60,30 +60,46 @@ export interface LabDatapath {
   stop(): Promise<void>;
 }
 
+type LabDatapathOptions = { traceForwards?: boolean; socketLB?: boolean; objectsDir?: string; tcAttach?: TcAttachPreference; tunnelEncap?: TunnelEncap };
+
 /** Programs the clustermesh datapath on every node of a topology built in 'clustermesh' mode. */
 /** objectsDir: the BPF objects to load (default bpf/build), e.g. a measurement variant's; tcAttach: how the tc programs are attached (default auto). */
-export async function startClustermeshDatapath(topo: Topology, opts: { traceForwards?: boolean; socketLB?: boolean; objectsDir?: string; tcAttach?: TcAttachPreference; tunnelEncap?: TunnelEncap } = {}): Promise<LabDatapath> {
+export async function startClustermeshDatapath(topo: Topology, opts: LabDatapathOptions = {}): Promise<LabDatapath> {
   if (topo.spec.mode !== 'clustermesh') throw new Error(`topology ${topo.id} is wired as '${topo.spec.mode}', not 'clustermesh'`);
-  const root = ensureBpffs();
-  const work = mkdtempSync(join(tmpdir(), 'clustermesh-plan-'));
   const pinDirs: string[] = [];
   const stop = async () => {
     for (const d of pinDirs) removePinDir(d);
-    rmSync(work, { recursive: true, force: true });
   };
   try {
+    const root = ensureBpffs();
     for (const node of topo.nodes) {
-      const plan = nodePlan(topo, node, { ...opts, bpffsRoot: root });
-      const file = join(work, `${node.netns}.json`);
-      writeFileSync(file, JSON.stringify(plan, null, 2));
-      pinDirs.push(plan.pinDir);
-      await runIn(node.netns, [process.execPath, CLI, 'datapath', 'apply', '--plan', file], { timeoutMs: 180_000 });
+      // Before the apply: a node that fails half-way has pins to remove too.
+      pinDirs.push(pinDirOf(node, root));
+      await applyNodeDatapath(topo, node, opts);
     }
   } catch (err) {
     await stop();
     throw err;
   }
   return { pinDirs, stop };
+}
+
+/**
+ * Runs `clustermesh datapath apply` in one node's namespace with that node's
+ * plan (startClustermeshDatapath does it for every node; a test re-applies one
+ * node with other settings). Returns the node's pin dir.
+ */
+export async function applyNodeDatapath(topo: Topology, node: NodeInfo, opts: LabDatapathOptions = {}): Promise<string> {
+  const plan = nodePlan(topo, node, { ...opts, bpffsRoot: ensureBpffs() });
+  const work = mkdtempSync(join(tmpdir(), 'clustermesh-plan-'));
+  try {
+    const file = join(work, `${node.netns}.json`);
+    writeFileSync(file, JSON.stringify(plan, null, 2));
+    await runIn(node.netns, [process.execPath, CLI, 'datapath', 'apply', '--plan', file], { timeoutMs: 180_000 });
+    return plan.pinDir;
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
 }
 
 /** Per-reason counters of one node, summed over CPUs, read from its pinned map. */

@@ -28,7 +28,7 @@ import { existsSync, mkdirSync, rmSync, symlinkSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { AgentClient } from '../agent/client.ts';
 import { CNI_PLUGIN_PATH } from '../cni/main.ts';
-import type { RoutingMode } from '../datapath/maps/config.ts';
+import type { RoutingMode, TunnelEncap } from '../datapath/maps/config.ts';
 import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT, DEFAULT_NAMESPACE } from '../install/settings.ts';
 import { NAMES, PATHS } from '../install/manifests.ts';
 import { pollUntil, PollTimeoutError } from '../util/poll.ts';
@@ -79,6 +79,8 @@ export interface InstallMeshOptions {
   timeoutMs?: number;
   /** Each cluster's routing, in cluster order (lab up --routing): native ones are installed with --routing-mode native and the lab's routed ranges. */
   routing?: readonly RoutingMode[];
+  /** Who writes the tunnel's headers in every cluster (the topology's tunnelEncap): install --tunnel-encap when not the default. */
+  tunnelEncap?: TunnelEncap;
   /** install --socket-lb, at each node's own cgroup (lab up --socket-lb). */
   socketLB?: boolean;
   /** install --agent-metrics-port/--apiserver-metrics-port (lab up --prometheus scrapes them). */
@@ -110,10 +112,11 @@ function linkNodeCgroups(state: LabState): void {
 }
 
 /** The install flags of cluster number `index` (1-based) beyond name, ID and image. */
-export function labInstallFlags(o: Pick<InstallMeshOptions, 'routing' | 'socketLB' | 'metrics'>, index: number): string[] {
-  const r = routingSettings({ routing: [...(o.routing ?? [])] }, index);
+export function labInstallFlags(o: Pick<InstallMeshOptions, 'routing' | 'tunnelEncap' | 'socketLB' | 'metrics'>, index: number): string[] {
+  const r = routingSettings({ routing: [...(o.routing ?? [])], ...(o.tunnelEncap ? { tunnelEncap: o.tunnelEncap } : {}) }, index);
   return [
     ...(r.routingMode === 'native' ? ['--routing-mode', 'native', ...r.nativeRoutingCIDRs!.flatMap((c) => ['--native-routing-cidr', c])] : []),
+    ...(r.tunnelEncap ? ['--tunnel-encap', r.tunnelEncap] : []),
     ...(o.socketLB ? ['--socket-lb', '--socket-lb-cgroup', LAB_SOCKET_LB_CGROUP] : []),
     ...(o.metrics ? ['--agent-metrics-port', String(AGENT_METRICS_PORT), '--apiserver-metrics-port', String(APISERVER_METRICS_PORT)] : []),
   ];

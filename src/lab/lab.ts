@@ -521,6 +521,7 @@ export async function labUp(o: LabUpOptions): Promise<LabUpResult> {
         progress,
         timeoutMs: Math.max(240_000, o.readyTimeoutMs ?? 0),
         routing: topo.spec.routing,
+        tunnelEncap: topo.spec.tunnelEncap,
         ...(o.socketLB ? { socketLB: true } : {}),
         ...(o.prometheus ? { metrics: true } : {}),
       });

@@ -28,7 +28,7 @@
 //                          VXLAN device alone, no BPF, no iptables
 // The clustermesh row may load a measurement variant of the datapath instead
 // (opts.variant, bpf/lib/variant.h): the same row with one suspected cost removed.
-import type { TunnelEncap } from '../datapath/maps/config.js';
+import { DEFAULT_TUNNEL_ENCAP, type TunnelEncap } from '../datapath/maps/config.js';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -78,7 +78,7 @@ export interface PeerBedOptions {
   variant?: DatapathVariant;
   /** clustermesh only: how the tc programs are attached (default auto: tcx on Linux 6.6+). */
   tcAttach?: TcAttachPreference;
-  /** clustermesh only: who writes the VXLAN headers (default device: the kernel's VXLAN device; bpf: the programs). */
+  /** clustermesh only: who writes the VXLAN headers (default bpf: the programs; device: the kernel's VXLAN device). */
   tunnelEncap?: TunnelEncap;
 }
 
@@ -86,6 +86,8 @@ export interface PeerBed {
   config: PeerBedConfig;
   /** The datapath variant the clustermesh row loaded, if any. */
   variant?: DatapathVariant;
+  /** clustermesh rows: who writes the VXLAN headers (bpf: the programs; device: the VXLAN device). */
+  tunnelEncap?: TunnelEncap;
   topo: Topology;
   /** The pod that sends (cluster1, node2) and the pod that serves (cluster2, node2). */
   client: PodInfo;
@@ -145,7 +147,7 @@ export async function createPeerBed(config: PeerBedConfig, opts: PeerBedOptions)
   try {
     const node = (c: number, n: number): NodeInfo => topo.nodes.find((x) => x.cluster === c && x.index === n)!;
     const podOn = (nd: NodeInfo): PodInfo => topo.pods.find((p) => p.node === nd)!;
-    const bed: PeerBed = { config, topo, client: podOn(node(1, 2)), server: podOn(node(2, 2)), gateways: [node(1, 1), node(2, 1)], pids: [], stop, ...(opts.variant ? { variant: opts.variant } : {}) };
+    const bed: PeerBed = { config, topo, client: podOn(node(1, 2)), server: podOn(node(2, 2)), gateways: [node(1, 1), node(2, 1)], pids: [], stop, ...(opts.variant ? { variant: opts.variant } : {}), ...(config === 'clustermesh' || config === 'clustermesh-native' ? { tunnelEncap: opts.tunnelEncap ?? DEFAULT_TUNNEL_ENCAP } : {}) };
     switch (config) {
       case 'limit':
       case 'kernel-vxlan':

@@ -17,7 +17,7 @@
 // cluster and tunnel to the rest). Pods get the underlay's MTU when every
 // cluster is native, else the tunnel's (a packet to a tunnel cluster must fit).
 import { randomBytes } from 'node:crypto';
-import { TUNNEL_ENCAPS, type RoutingMode, type TunnelEncap } from '../datapath/maps/config.js';
+import { DEFAULT_TUNNEL_ENCAP, TUNNEL_ENCAPS, type RoutingMode, type TunnelEncap } from '../datapath/maps/config.js';
 import { createNodeCgroup, removeNodeCgroup } from './cgroup.js';
 import { ipBatch, run, runIn } from './exec.js';
 import { forgetTopology, orphanedTopologies, recordTopology } from './registry.js';
@@ -50,7 +50,8 @@ export interface TopologySpec {
   /**
    * 'clustermesh' mode: who writes the tunnel's VXLAN headers in every
    * cluster (the agents' tunnelEncap). Default: CLUSTERMESH_TEST_TUNNEL_ENCAP
-   * ('device' or 'bpf', the test rig's switch) when set, else 'device'.
+   * ('bpf' or 'device', the test rig's switch) when set, else the agents'
+   * default (bpf).
    */
   tunnelEncap?: TunnelEncap;
 }
@@ -151,8 +152,8 @@ function resolveTunnelEncap(mode: WiringMode, encap: TopologySpec['tunnelEncap']
     encap = mode === 'clustermesh' ? (env as TunnelEncap) : undefined;
   }
   if (encap !== undefined && !TUNNEL_ENCAPS.includes(encap)) throw new RangeError(`topology: tunnelEncap must be ${TUNNEL_ENCAPS.join(' or ')}, got ${JSON.stringify(encap)}`);
-  if (mode !== 'clustermesh' && encap === 'bpf') throw new RangeError(`topology: tunnelEncap bpf is a setting of the clustermesh wiring, not of '${mode}'`);
-  return encap ?? 'device';
+  if (mode !== 'clustermesh' && encap !== undefined) throw new RangeError(`topology: tunnelEncap is a setting of the clustermesh wiring, not of '${mode}'`);
+  return encap ?? DEFAULT_TUNNEL_ENCAP;
 }
 
 function resolveRouting(mode: WiringMode, clusters: number, routing: TopologySpec['routing']): RoutingMode[] {
@@ -199,14 +200,14 @@ const NATIVE_CIDR_LIMIT = 8;
 
 /**
  * The routing settings of cluster c's agents: {} in tunnel mode with the
- * device (the defaults), else native with the lab's routed ranges, and
- * tunnelEncap bpf where the spec says so (a spec written before the setting
- * has none: the device).
+ * agents' default encapsulation, else native with the lab's routed ranges,
+ * and tunnelEncap where the spec names another than the default (a spec
+ * written before the setting has none: the default).
  */
-export function routingSettings(spec: Pick<ResolvedTopologySpec, 'routing'> & { tunnelEncap?: TunnelEncap }, c: number): { routingMode?: 'native'; nativeRoutingCIDRs?: string[]; tunnelEncap?: 'bpf' } {
+export function routingSettings(spec: Pick<ResolvedTopologySpec, 'routing'> & { tunnelEncap?: TunnelEncap }, c: number): { routingMode?: 'native'; nativeRoutingCIDRs?: string[]; tunnelEncap?: TunnelEncap } {
   return {
     ...(clusterRouting(spec, c) === 'native' ? { routingMode: 'native' as const, nativeRoutingCIDRs: nativeRoutingCIDRs(spec) } : {}),
-    ...(spec.tunnelEncap === 'bpf' ? { tunnelEncap: 'bpf' as const } : {}),
+    ...(spec.tunnelEncap !== undefined && spec.tunnelEncap !== DEFAULT_TUNNEL_ENCAP ? { tunnelEncap: spec.tunnelEncap } : {}),
   };
 }
 
