@@ -27,10 +27,7 @@
 #include "config.h"
 #include "drop.h"
 #include "events.h"
-
-#ifndef AF_INET
-#define AF_INET 2
-#endif
+#include "native.h"
 
 #define VXLAN_FLAG_VNI 0x08000000U /* the I flag: the VNI is valid */
 
@@ -73,7 +70,6 @@ __cm_global int ipv4_encap_bpf(struct __sk_buff *ctx, __u32 vni, __u32 remote,
 			       struct trace_ctx *tc __arg_nonnull)
 {
 	struct bpf_fib_lookup fib = {};
-	struct bpf_redir_neigh nh = {};
 	struct vxlan_encap h;
 	struct iphdr *ip = &h.ip;
 	__u32 outer_len = ctx->len - ETH_HLEN + VXLAN_ENCAP_LEN;
@@ -135,12 +131,9 @@ __cm_global int ipv4_encap_bpf(struct __sk_buff *ctx, __u32 vni, __u32 remote,
 	tc->tunnel_endpoint = remote;
 	tc->target_ifindex = fib.ifindex;
 	tc->reason = TRACE_TO_OVERLAY;
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
-		nh.nh_family = AF_INET;
-		nh.ipv4_nh = fib.ipv4_dst;
-		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
-	}
-	return bpf_redirect(fib.ifindex, 0);
+	/* The outer MACs are the FIB's; zeros while the neighbour is
+	 * unresolved, which bpf_redirect_neigh then writes. */
+	return fib_redirect(&fib, rc);
 }
 
 /*

@@ -35,6 +35,24 @@ static __always_inline bool native_route_to(__u32 daddr)
 }
 
 /*
+ * Out of the device bpf_fib_lookup() chose (@rc its answer, SUCCESS or
+ * NO_NEIGH): a plain redirect when the FIB knew the next hop's MAC (the
+ * caller has written it), else bpf_redirect_neigh resolves it (fib->ipv4_dst
+ * is the next hop then: the gateway, or the destination on-link).
+ */
+static __always_inline int fib_redirect(const struct bpf_fib_lookup *fib, int rc)
+{
+	struct bpf_redir_neigh nh = {};
+
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		nh.nh_family = AF_INET;
+		nh.ipv4_nh = fib->ipv4_dst;
+		return bpf_redirect_neigh(fib->ifindex, &nh, sizeof(nh), 0);
+	}
+	return bpf_redirect(fib->ifindex, 0);
+}
+
+/*
  * Forward an IPv4 packet from a pod the way the node's routing table says,
  * unencapsulated: TTL - 1, MACs of the next hop when the FIB knows its
  * neighbour (plain redirect), else bpf_redirect_neigh resolves it. tot_len
@@ -44,7 +62,6 @@ static __always_inline int ipv4_forward_native(struct __sk_buff *ctx, struct iph
 					       struct trace_ctx *tc)
 {
 	struct bpf_fib_lookup fib = {};
-	struct bpf_redir_neigh nh = {};
 	struct ethhdr *eth;
 	int rc;
 
@@ -64,16 +81,12 @@ static __always_inline int ipv4_forward_native(struct __sk_buff *ctx, struct iph
 	ipv4_dec_ttl(ip);
 	tc->target_ifindex = fib.ifindex;
 	tc->reason = TRACE_TO_NETWORK;
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
-		/* fib.ipv4_dst is the next hop now (the gateway, or the destination on-link). */
-		nh.nh_family = AF_INET;
-		nh.ipv4_nh = fib.ipv4_dst;
-		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		if (!parse_eth(ctx, &eth))
+			return -DROP_INVALID_PACKET;
+		eth_set_macs(eth, fib.dmac, fib.smac);
 	}
-	if (!parse_eth(ctx, &eth))
-		return -DROP_INVALID_PACKET;
-	eth_set_macs(eth, fib.dmac, fib.smac);
-	return bpf_redirect(fib.ifindex, 0);
+	return fib_redirect(&fib, rc);
 }
 
 #endif /* CM_NATIVE_H */

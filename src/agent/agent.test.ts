@@ -344,8 +344,10 @@ describe('clustermesh agent (real etcd, BPF, traffic)', { skip }, () => {
         assert.equal(r.errors, 0, `${r.name}: ${JSON.stringify(r.lastError)}`);
         assert.ok(r.lastFullSync !== null && r.fullSyncs >= 1);
       }
-      assert.equal(st.datapath.programsAttached, 3, JSON.stringify(st.datapath.programs));
-      assert.equal(st.datapath.programsExpected, 3);
+      // from_overlay, from_netdev on the underlay (tunnelEncap bpf, the default), from_container of each pod.
+      assert.equal(st.datapath.tunnelEncap, 'bpf');
+      assert.equal(st.datapath.programsAttached, 4, JSON.stringify(st.datapath.programs));
+      assert.equal(st.datapath.programsExpected, 4);
       const fill = st.datapath.maps.find((m) => m.name === 'cm_ipcache');
       assert.ok(fill && fill.entries === Object.keys(want).length && fill.maxEntries > fill.entries, JSON.stringify(st.datapath.maps));
       assert.equal(st.endpoints.endpoints, 2);

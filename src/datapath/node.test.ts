@@ -78,7 +78,7 @@ describe('NodeDatapath in a node netns', { skip }, () => {
             egress: mode,
             overlay: mode,
             clsFilters: mode === 'tcx' ? 0 : 2,
-            statusAttach: [`from_overlay:${mode}`, `from_container:${mode}`],
+            statusAttach: [`from_overlay:${mode}`, `from_netdev:${mode}`, `from_container:${mode}`],
           },
           "an agent's cls_bpf filter is replaced by the program attached the kernel's way, and no second copy stays",
         );

@@ -29,6 +29,7 @@ import {
   parseEthernet,
   parseIpv4,
   tcpFrame,
+  vxlanFrame,
 } from './test-packets.ts';
 import { datapathSkipReason, loadDatapathObject, tempPinDir } from './testing.ts';
 
@@ -54,6 +55,8 @@ describe('datapath programs (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason() }
   let lxcNoTunnel: BpfObject;
   let lxcNative: BpfObject;
   let ovl: BpfObject;
+  let ovlNative: BpfObject;
+  let ovlBpf: BpfObject;
   let ipcacheMap: BpfMap;
   let epMap: BpfMap;
   let metricsMap: BpfMap;
@@ -75,6 +78,8 @@ describe('datapath programs (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason() }
     lxcNoTunnel = load('lxc.bpf.o', { ...CFG, vxlanIfindex: 0 });
     lxcNative = load('lxc.bpf.o', { ...CFG, routingNative: true, nativeCidrs: ['10.102.0.0/24', '10.103.0.0/16'] });
     ovl = load('test/overlay_test.bpf.o', CFG);
+    ovlNative = load('test/overlay_test.bpf.o', { ...CFG, routingNative: true, nativeCidrs: ['10.101.0.0/16', '10.102.0.0/16'] });
+    ovlBpf = load('test/overlay_test.bpf.o', { ...CFG, tunnelBpf: true });
     ipcacheMap = lxc.map(ipcache.MAP_NAME);
     epMap = lxc.map(endpoints.MAP_NAME);
     metricsMap = lxc.map(metrics.MAP_NAME);
@@ -439,7 +444,10 @@ describe('datapath programs (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason() }
       it('from_netdev (native routing): a local pod gets it with the identity the ipcache has for the source; the rest goes to the stack uncounted', () => {
         settings.set(settingsMap, { traceForward: true });
         const f = fromNode(POD_B.ip);
-        const r = run(ovl, 'from_netdev', f);
+        // Without native routing and BPF encapsulation the program passes everything to the stack.
+        const off = run(ovl, 'from_netdev', f);
+        assert.deepEqual([off.retval, off.dataOut, off.events], [TcAction.ok, f, []]);
+        const r = run(ovlNative, 'from_netdev', f);
         assert.equal(r.retval, TcAction.redirect);
         assert.deepEqual(parseEthernet(r.dataOut), { dstMac: POD_B.ep.mac, srcMac: POD_B.ep.nodeMac, ethertype: ETH_P_IP });
         assertCounted(TraceReason.TRACE_TO_ENDPOINT, 'ingress', f);
@@ -448,18 +456,60 @@ describe('datapath programs (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason() }
         metrics.reset(metricsMap);
         for (const dst of [NODE_IP, '10.2.0.9', '8.8.8.8']) {
           const other = fromNode(dst);
-          const o = run(ovl, 'from_netdev', other);
+          const o = run(ovlNative, 'from_netdev', other);
           assert.equal(o.retval, TcAction.ok, dst);
           assert.deepEqual(o.dataOut, other);
           assert.deepEqual(o.events, []);
         }
         const arp = arpFrame({ op: ARPOP_REQUEST, senderMac: POD_A.ep.mac, senderIp: '10.1.0.2', targetIp: NODE_IP });
-        assert.equal(run(ovl, 'from_netdev', arp).retval, TcAction.ok);
+        assert.equal(run(ovlNative, 'from_netdev', arp).retval, TcAction.ok);
         assert.deepEqual(metrics.read(metricsMap), []);
         // An address of this node's pod range that is no pod: dropped here, as from_overlay does.
         ipcache.update(ipcacheMap, ipcache.parsePrefix('10.101.0.0/24'), { identity: 2, tunnelEndpoint: NODE_IP, flags: 0 });
         const stray = fromNode('10.101.0.99');
-        assertDrop(run(ovl, 'from_netdev', stray), DropReason.DROP_UNKNOWN_ENDPOINT, 'ingress', stray);
+        assertDrop(run(ovlNative, 'from_netdev', stray), DropReason.DROP_UNKNOWN_ENDPOINT, 'ingress', stray);
+      });
+
+      it('from_netdev (tunnelEncap bpf): a VXLAN packet for the node loses its outer headers and reaches the pod with the VNI as identity; what the device must take goes to the stack untouched', () => {
+        settings.set(settingsMap, { traceForward: true });
+        const inner = fromNode(POD_B.ip);
+        const wire = (o: { vni?: number; dst?: string; port?: number; flags?: number; udpChecksum?: number; inner?: Buffer } = {}) =>
+          vxlanFrame({ srcMac: '0e:00:00:00:02:00', dstMac: '0e:00:00:00:01:00', src: REMOTE_POD.node, dst: o.dst ?? NODE_IP, vni: o.vni ?? REMOTE_POD.identity, inner: o.inner ?? inner, ...o });
+        const f = wire();
+        const r = run(ovlBpf, 'from_netdev', f);
+        assert.equal(r.retval, TcAction.redirect);
+        assert.equal(r.dataOut.length, inner.length, 'the 50 bytes of outer IPv4, UDP, VXLAN and inner Ethernet are gone');
+        assert.deepEqual(parseEthernet(r.dataOut), { dstMac: POD_B.ep.mac, srcMac: POD_B.ep.nodeMac, ethertype: ETH_P_IP });
+        const ip = parseIpv4(r.dataOut);
+        assert.deepEqual([ip.src, ip.dst, ip.ttl, ip.checksumValid], [REMOTE_POD.ip, POD_B.ip, 63, true]);
+        assert.deepEqual(r.dataOut.subarray(34), inner.subarray(34), 'the TCP segment as it was sent');
+        // Counted as delivered: the inner frame's bytes, as from_overlay counts them.
+        assertCounted(TraceReason.TRACE_TO_ENDPOINT, 'ingress', inner);
+        const e = r.events[0]!;
+        assert.deepEqual([e.srcIdentity, e.dstIdentity, e.tunnelEndpoint, e.targetIfindex], [REMOTE_POD.identity, POD_B.ep.identity, REMOTE_POD.node, POD_B.ep.ifindex]);
+        metrics.reset(metricsMap);
+        // Not ours to strip: another port, a UDP checksum to verify, no I flag, an inner frame that is not IPv4,
+        // another node's address; and every VXLAN packet when the node sends through the device.
+        const arp = arpFrame({ op: ARPOP_REQUEST, senderMac: POD_A.ep.mac, senderIp: REMOTE_POD.ip, targetIp: POD_B.ip });
+        for (const [what, obj, other] of [
+          ['port 4789', ovlBpf, wire({ port: 4789 })],
+          ['UDP checksum', ovlBpf, wire({ udpChecksum: 0x1234 })],
+          ['no I flag', ovlBpf, wire({ flags: 0 })],
+          ['inner ARP', ovlBpf, wire({ inner: arp })],
+          ['another node', ovlBpf, wire({ dst: '10.1.0.7' })],
+          ['tunnelEncap device', ovl, f],
+        ] as const) {
+          const o = run(obj, 'from_netdev', other);
+          assert.equal(o.retval, TcAction.ok, what);
+          assert.deepEqual(o.dataOut, other, what);
+          assert.deepEqual(o.events, [], what);
+        }
+        assert.deepEqual(metrics.read(metricsMap), []);
+        // An inner destination that is no pod of this node: dropped as from_overlay drops it.
+        const stray = wire({ inner: fromNode('10.101.0.99') });
+        const d = run(ovlBpf, 'from_netdev', stray);
+        assert.equal(d.retval, TcAction.shot);
+        assert.deepEqual([d.events[0]?.reasonName, d.events[0]?.srcIdentity, d.events[0]?.tunnelEndpoint], ['DROP_UNKNOWN_ENDPOINT', REMOTE_POD.identity, REMOTE_POD.node]);
       });
 
       it('DROP_TTL_EXCEEDED, DROP_UNSUPPORTED_L3, DROP_INVALID_PACKET', () => {

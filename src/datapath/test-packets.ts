@@ -98,6 +98,24 @@ export function tcpFrame(o: { srcMac: string; dstMac: string; src: string; dst: 
   return ethernet(o.dstMac, o.srcMac, ETH_P_IP, ip);
 }
 
+/**
+ * A VXLAN packet as a node's underlay carries it (RFC 7348): outer Ethernet,
+ * IPv4 (DF, protocol UDP), UDP to @port (checksum @udpChecksum, 0 as the
+ * datapath sends), the VXLAN header (@flags, default the I flag) with @vni,
+ * then @inner, a whole Ethernet frame.
+ */
+export function vxlanFrame(o: { srcMac: string; dstMac: string; src: string; dst: string; vni: number; inner: Buffer; port?: number; sport?: number; flags?: number; udpChecksum?: number }): Buffer {
+  const vx = Buffer.alloc(8);
+  vx.writeUInt32BE(o.flags ?? 0x08000000, 0);
+  vx.writeUInt32BE((o.vni << 8) >>> 0, 4);
+  const udp = Buffer.alloc(8);
+  udp.writeUInt16BE(o.sport ?? 49152, 0);
+  udp.writeUInt16BE(o.port ?? 8472, 2);
+  udp.writeUInt16BE(8 + vx.length + o.inner.length, 4);
+  udp.writeUInt16BE(o.udpChecksum ?? 0, 6);
+  return ethernet(o.dstMac, o.srcMac, ETH_P_IP, ipv4({ src: o.src, dst: o.dst, protocol: IPPROTO_UDP, payload: Buffer.concat([udp, vx, o.inner]) }));
+}
+
 /** Ethernet + IPv4 + ICMP echo request. */
 export function icmpFrame(o: { srcMac: string; dstMac: string; src: string; dst: string; ttl?: number }): Buffer {
   const ip = ipv4({ src: o.src, dst: o.dst, protocol: IPPROTO_ICMP, payload: icmpEcho(), ...(o.ttl !== undefined ? { ttl: o.ttl } : {}) });

@@ -75,10 +75,10 @@ const isPeerDev = (n: string): boolean => n.startsWith(PEER_DEV_PREFIX);
 test('clustermesh-clsbpf: delivers with every program a cls_bpf filter and none on tcx', async () => {
   await withBed('clsbpf', async (bed) => {
     assert.ok(await connects(bed), 'clsbpf: no connection to the server pod');
-    for (const [netns, dev] of [[bed.client.node.netns, bed.client.hostIfName], [bed.server.node.netns, 'cm_vxlan']] as const) {
+    for (const [netns, dev] of [[bed.client.node.netns, bed.client.hostIfName], [bed.server.node.netns, 'cm_vxlan'], [bed.server.node.netns, 'eth0']] as const) {
       const shown = await tcShow(netns, dev, 'ingress');
       assert.doesNotMatch(shown, /^tcx /m, `${dev} in ${netns}: ${shown}`);
-      assert.match(shown, /\bbpf\b.*\b(from_container|from_overlay)\b.*direct-action/, `${dev} in ${netns}: ${shown}`);
+      assert.match(shown, /\bbpf\b.*\b(from_container|from_overlay|from_netdev)\b.*direct-action/, `${dev} in ${netns}: ${shown}`);
     }
   });
 });
@@ -156,11 +156,13 @@ test('clustermesh-native-lean: delivers with no encapsulation, no service map an
   });
 });
 
-test('clustermesh-lean: delivers through the tunnel with no service map, no counters and nothing in policy conntrack', async () => {
+test('clustermesh-lean: delivers through the tunnel its programs write with no service map, no counters and nothing in policy conntrack', async () => {
   await withBed('tunnel-lean', async (bed) => {
     const before = await txOf(bed.client.node.netns, (n) => n === 'cm_vxlan');
     assert.ok(await connects(bed), 'tunnel-lean: no connection to the server pod');
-    assert.ok((await txOf(bed.client.node.netns, (n) => n === 'cm_vxlan')) > before, 'cm_vxlan sent nothing');
+    // Tunnel clusters' pod ranges are routed nowhere on the underlay: only the tunnel delivers, and not through the device.
+    assert.equal(await txOf(bed.client.node.netns, (n) => n === 'cm_vxlan'), before, 'cm_vxlan sent packets: not the BPF encapsulation');
+    assert.match(await tcShow(bed.server.node.netns, 'eth0', 'ingress'), /from_netdev/, 'from_netdev strips the tunnel on the server\'s node');
     const lxc = await progMaps(bed.client.node.netns, bed.client.hostIfName);
     assert.ok(!lxc.includes('cm_services') && !lxc.includes('cm_revnat') && !lxc.includes('cm_metrics'), `from_container of the lean variant uses ${lxc.join(', ')}`);
     for (const node of [bed.client.node, bed.server.node]) {

@@ -158,8 +158,12 @@ describe('config', () => {
       CFG_REDIRECT_PEER: '01000000',
       CFG_TUNNEL_MTU: 'aa050000',
       CFG_ROUTING_NATIVE: '00000000',
+      CFG_TUNNEL_BPF: '00000000',
+      CFG_TUNNEL_PORT: '18210000',
       CFG_NATIVE_CIDRS: '00'.repeat(config.NATIVE_CIDRS_SIZE),
     });
+    const bpf = new Map(config.encodeConfig({ vxlanIfindex: 9, nodeIp: '10.1.0.1', clusterId: 3, redirectPeer: true, tunnelMtu: 1450, tunnelBpf: true, tunnelPort: 4789 }));
+    assert.deepEqual([bpf.get('CFG_TUNNEL_BPF')!.toString('hex'), bpf.get('CFG_TUNNEL_PORT')!.readUInt32LE(0)], ['01000000', 4789]);
     const set: string[] = [];
     config.applyConfig({ setConst: (name) => void set.push(name) }, { vxlanIfindex: 0, nodeIp: '0.0.0.0', clusterId: 0, redirectPeer: false, tunnelMtu: 0 });
     assert.deepEqual(set.sort(), [...Object.values(config.CONST_NAMES), config.NATIVE_CIDRS_NAME].sort());
