@@ -5,12 +5,16 @@
 //                      overlay.bpf.o and lxc.bpf.o loaded with the node's
 //                      settings, maps pinned in/reused from the pin dir;
 //                      from_overlay on the VXLAN device's ingress.
-//   (routingMode native) from_netdev on the ingress of the underlay device
-//                      (the one holding nodeIP), IPv4 forwarding on (what
-//                      bpf_fib_lookup asks of the pods' veths); mesh
-//                      destinations inside nativeRoutingCIDRs leave
-//                      unencapsulated (bpf/lib/native.h). In tunnel mode a
-//                      from_netdev an earlier start attached is detached.
+//   (routingMode native, tunnelEncap bpf) from_netdev on the ingress of the
+//                      underlay device (the one holding nodeIP), IPv4
+//                      forwarding on (what bpf_fib_lookup asks of the pods'
+//                      veths); native: mesh destinations inside
+//                      nativeRoutingCIDRs leave unencapsulated
+//                      (bpf/lib/native.h); bpf: from_container writes the
+//                      tunnel's headers and from_netdev strips them
+//                      (bpf/lib/encap.h). With neither (tunnel mode through
+//                      the device) a from_netdev an earlier start attached
+//                      is detached.
 //   attachEndpoint()   from_container on a pod's host-side veth ingress,
 //                      to_container on its egress (ingress policy for what
 //                      the stack routes into the pod).
