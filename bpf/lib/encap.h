@@ -14,8 +14,9 @@
  * other either way. What this path does not handle goes the device's way
  * (the device stays configured):
  *   - sending: the underlay route is not one bpf_fib_lookup() answers from
- *     the pod's veth (forwarding off, a blackhole, ...), or an skb too large
- *     for a 16-bit outer total length;
+ *     the pod's veth (forwarding off, a blackhole, ...), an skb too large
+ *     for a 16-bit outer total length, or one the kernel will not grow
+ *     (already encapsulated by the pod);
  *   - receiving: an outer header with options or fragmented, a non-zero
  *     outer UDP checksum (the UDP layer verifies it), flags without I, or an
  *     inner frame that is not IPv4.
@@ -119,12 +120,15 @@ __cm_global int ipv4_encap_bpf(struct __sk_buff *ctx, __u32 vni, __u32 remote,
 
 	/* FIXED_GSO: a GSO packet keeps the pod's segment size; the underlay
 	 * cuts UDP-tunnel segments of it (the pod's MTU already leaves room
-	 * for these 50 bytes). */
+	 * for these 50 bytes). A refusal leaves the packet as it was: one the
+	 * pod encapsulated itself (-EALREADY: the skb is marked
+	 * encapsulated already), or one the kernel cannot grow, goes to the
+	 * device, which nests tunnels. */
 	if (bpf_skb_adjust_room(ctx, VXLAN_ENCAP_LEN, BPF_ADJ_ROOM_MAC,
 				BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
 				BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
 				BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN)) < 0)
-		return -DROP_WRITE_ERROR;
+		return ENCAP_USE_DEVICE;
 	if (bpf_skb_store_bytes(ctx, 0, &h.eth, VXLAN_ENCAP_WIRE, 0) < 0)
 		return -DROP_WRITE_ERROR;
 
