@@ -3,6 +3,7 @@
 // from its topology; the control plane (agent reconcilers) will compute the
 // same shape from the cluster source and the remote-cluster import.
 import { z } from 'zod';
+import { DEFAULT_TUNNEL_ENCAP, NATIVE_CIDRS_MAX, ROUTING_MODES, TUNNEL_ENCAPS, type RoutingMode, type TunnelEncap } from '../datapath/maps/config.ts';
 
 const ipv4 = z.string().regex(/^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/, 'must be an IPv4 address');
 const mac = z.string().regex(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i, 'must be a MAC address aa:bb:cc:dd:ee:ff');
@@ -24,10 +25,10 @@ export const nodePlanSchema = z.object({
   /** cgroup v2 directory of the node's pods: socket-level load balancing there (absent: off). */
   socketLBCgroup: z.string().startsWith('/').optional(),
   /** tunnel (default) or native: destinations inside nativeRoutingCIDRs unencapsulated (bpf/lib/native.h). */
-  routingMode: z.enum(['tunnel', 'native']).default('tunnel'),
-  nativeRoutingCIDRs: z.array(z.string().regex(/^\d+\.\d+\.\d+\.\d+\/\d{1,2}$/, 'must be an IPv4 prefix a.b.c.d/len')).max(8).default([]),
+  routingMode: z.enum(ROUTING_MODES as [RoutingMode, ...RoutingMode[]]).default('tunnel'),
+  nativeRoutingCIDRs: z.array(z.string().regex(/^\d+\.\d+\.\d+\.\d+\/\d{1,2}$/, 'must be an IPv4 prefix a.b.c.d/len')).max(NATIVE_CIDRS_MAX).default([]),
   /** bpf (default: the programs encapsulate, bpf/lib/encap.h) or device (the VXLAN device does). */
-  tunnelEncap: z.enum(['bpf', 'device']).default('bpf'),
+  tunnelEncap: z.enum(TUNNEL_ENCAPS as [TunnelEncap, ...TunnelEncap[]]).default(DEFAULT_TUNNEL_ENCAP),
   /** auto (default: tcx on Linux 6.6+, else cls_bpf), tcx or cls_bpf. */
   tcAttach: z.enum(['auto', 'tcx', 'cls_bpf']).default('auto'),
   endpoints: z.array(

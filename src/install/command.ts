@@ -4,6 +4,7 @@ import { Command, Option } from 'commander';
 import { action, CliError, collect, EXIT_ERROR, printJson } from '../cli/common.ts';
 import { applyObjects, deleteObjects, describe, loadKubeConfig, readExisting } from './apply.ts';
 import { makeInstallCerts } from './certs.ts';
+import { DEFAULT_TUNNEL_ENCAP, TUNNEL_ENCAPS } from '../datapath/maps/config.ts';
 import { renderManifests, toYaml, type KubeObject } from './manifests.ts';
 import { AGENT_METRICS_PORT, APISERVER_METRICS_PORT, compileInstallSettings, DEFAULT_IMAGE, DEFAULT_SOCKET_LB_CGROUP, DEFAULT_REMOTE_API_PORT, DEFAULT_NAMESPACE, InstallSettingsError, NODE_PORT_BASE, type RawInstallOptions } from './settings.ts';
 
@@ -54,8 +55,8 @@ export function installCommand(): Command {
         "who writes and strips the tunnel's VXLAN headers: bpf (the agent's programs, on each node's underlay device: 2-3 us less per round trip) or device " +
           "(the kernel's VXLAN device); the packets on the wire are the same, so clusters and nodes of either setting mesh",
       )
-        .choices(['bpf', 'device'])
-        .default('bpf'),
+        .choices([...TUNNEL_ENCAPS])
+        .default(DEFAULT_TUNNEL_ENCAP),
     )
     .option('--native-routing-cidr <cidr>', 'with --routing-mode native (required there): a pod address range your network routes to its nodes, e.g. 10.244.0.0/16 (repeatable, at most 8)', collect)
     .option(
