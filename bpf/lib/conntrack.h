@@ -86,9 +86,15 @@ CM_BTF_EXPORT(enum cm_ct_dir, ct_dir);
 CM_BTF_EXPORT(enum cm_ct_flag, ct_flag);
 CM_BTF_EXPORT(enum cm_ct_lifetime, ct_lifetime);
 
+/* Seconds of CLOCK_MONOTONIC, from the coarse clock: the time of the last
+ * tick (a few ms behind), read without the clock source, which on this VM's
+ * kvm-clock cost ~30-40 ns a packet (bench/programs --against). Lifetimes
+ * are whole seconds of at least 10: an expiry at most one second early, when
+ * a second boundary falls inside a tick, is the only difference the agent's
+ * GC (monotonicSeconds) could see. */
 static __always_inline __u32 ct_now(void)
 {
-	return bpf_ktime_get_ns() / CM_NSEC_PER_SEC;
+	return bpf_ktime_get_coarse_ns() / CM_NSEC_PER_SEC;
 }
 
 /* Idle timeout for an entry whose latest packet had @tcp_flags (0 for UDP). */
@@ -110,12 +116,17 @@ static __always_inline __u16 ct_flags_after(__u16 flags, __u8 proto, __u8 tcp_fl
 	return flags;
 }
 
-/* A live entry for @key, or NULL when there is none or it has expired. */
-static __always_inline struct ct_entry *ct_lookup(const struct ct_key *key, __u32 now)
+/* A live entry for @key, or NULL when there is none or it has expired;
+ * *@now is set (ct_now()) when there is one: a miss, the common case where
+ * most packets are looked up, does not read the clock. */
+static __always_inline struct ct_entry *ct_lookup(const struct ct_key *key, __u32 *now)
 {
 	struct ct_entry *e = bpf_map_lookup_elem(&cm_ct, key);
 
-	if (!e || e->lifetime < now)
+	if (!e)
+		return NULL;
+	*now = ct_now();
+	if (e->lifetime < *now)
 		return NULL;
 	return e;
 }

@@ -578,7 +578,7 @@ static __always_inline int lb4_xlate_lookup(const struct lb4_tuple *tp, struct t
 	fkey.dport = t.dport;
 	fkey.proto = t.proto;
 	fkey.dir = CT_SERVICE;
-	e = ct_lookup(&fkey, now);
+	e = ct_lookup(&fkey, &now);
 	/* A bare SYN on a closing connection's tuple is a new connection. */
 	if (e && (e->flags & CT_F_CLOSING) &&
 	    (t.tcp_flags & (CM_TCP_SYN | CM_TCP_ACK)) == CM_TCP_SYN)
@@ -681,8 +681,7 @@ static __always_inline int lb4_rev_nat_lookup(const struct lb4_tuple *tp, struct
 	key.dport = t.dport;
 	key.proto = t.proto;
 	key.dir = CT_REVNAT;
-	now = ct_now();
-	e = ct_lookup(&key, now);
+	e = ct_lookup(&key, &now);
 	if (!e)
 		return 0;
 	rid = e->revnat_id;

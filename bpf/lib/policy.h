@@ -341,15 +341,10 @@ static __always_inline bool policy_pkt_after_lb(struct __sk_buff *ctx, int rewri
 	return true;
 }
 
-/* Seconds of CLOCK_MONOTONIC for cm_policy_conn, as ct_now(), from the coarse
- * clock: the time of the last tick (a few ms behind), read without the clock
- * source, which on this VM's kvm-clock cost ~30-40 ns a packet
- * (bench/programs --against). Lifetimes are whole seconds of at least 10: an
- * expiry at most one second early, when a second boundary falls inside a
- * tick, is the only difference the agent's GC (monotonicSeconds) could see. */
+/* Seconds of CLOCK_MONOTONIC for cm_policy_conn: ct_now(), the coarse clock. */
 static __always_inline __u32 policy_now(void)
 {
-	return bpf_ktime_get_coarse_ns() / CM_NSEC_PER_SEC;
+	return ct_now();
 }
 
 /* The coarse clock in ticks of 2^24 ns (16.8 ms), without a division: when

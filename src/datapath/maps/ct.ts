@@ -125,7 +125,7 @@ export function decodeValue(b: Buffer): Value {
 const ops = typedOps<Key, Value>({ encode: encodeKey, decode: decodeKey }, { encode: encodeValue, decode: decodeValue });
 export const { lookup, update, remove, entries, updateMany, removeMany } = ops;
 
-/** Seconds of CLOCK_MONOTONIC, the clock of ct_entry.lifetime and lb_affinity_value.last_used (bpf_ktime_get_ns). */
+/** Seconds of CLOCK_MONOTONIC, the clock of ct_entry.lifetime and lb_affinity_value.last_used (ct_now(): bpf_ktime_get_coarse_ns). */
 export function monotonicSeconds(): number {
   return Number(process.hrtime.bigint() / 1_000_000_000n);
 }
