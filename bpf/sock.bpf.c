@@ -56,6 +56,8 @@ static __always_inline void sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u32 sta
 	skey.vip = ctx->user_ip4;
 	skey.dport = (__u16)ctx->user_port;
 	skey.proto = ctx->protocol;
+	if (!lb_hint_may(LB_HINT_VIP, skey.vip))
+		return;
 	svc = bpf_map_lookup_elem(&cm_services, &skey);
 	if (!svc)
 		return;

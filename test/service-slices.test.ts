@@ -26,6 +26,7 @@ import type { GlobalService, RemoteService } from '../src/clustermesh/clustermes
 import { startMeshEtcd } from '../src/clustermesh/etcd.ts';
 import { BpfMap } from '../src/datapath/libbpf/map.ts';
 import * as affinityMap from '../src/datapath/maps/affinity.ts';
+import * as lbHintMap from '../src/datapath/maps/lb-hint.ts';
 import * as backendSlotsMap from '../src/datapath/maps/backend-slots.ts';
 import * as backendsMap from '../src/datapath/maps/backends.ts';
 import * as ctMap from '../src/datapath/maps/ct.ts';
@@ -122,6 +123,7 @@ describe('Service backends from EndpointSlices (lab Kubernetes API, real maps an
       revnat: open(revnatMap.MAP_NAME),
       ct: open(ctMap.MAP_NAME),
       affinity: open(affinityMap.MAP_NAME),
+      lbHint: open(lbHintMap.MAP_NAME),
     };
     manager = new ServiceManager({
       clusterName: CLUSTER,

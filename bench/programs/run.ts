@@ -55,6 +55,7 @@ import * as maglev from '../../src/datapath/maps/maglev.ts';
 import * as policy from '../../src/datapath/maps/policy.ts';
 import { toPolicyMaps } from '../../src/datapath/maps/policy-entries.ts';
 import * as revnat from '../../src/datapath/maps/revnat.ts';
+import * as lbHint from '../../src/datapath/maps/lb-hint.ts';
 import * as services from '../../src/datapath/maps/services.ts';
 import * as settings from '../../src/datapath/maps/settings.ts';
 import { tcpFrame } from '../../src/datapath/test-packets.ts';
@@ -189,6 +190,7 @@ function main(): void {
     if (plan.maglev) maglev.update(m(maglev.MAP_NAME), plan.service.value.serviceId, plan.maglev);
     revnat.update(m(revnat.MAP_NAME), plan.revnat.key, plan.revnat.value);
     services.update(m(services.MAP_NAME), plan.service.key, plan.service.value);
+    lbHint.write(m(lbHint.MAP_NAME), { vips: [plan.service.key.vip], backends: plan.backends.map(([, b]) => b.ip) });
 
     const policyMap = m(policy.MAP_NAME);
     const enforceMap = m(policy.ENFORCE_MAP_NAME);

@@ -9,6 +9,7 @@
  *   cm_revnat         revnat id -> VIP, port (what replies are rewritten to)
  *   cm_affinity       client, service -> backend, last use (SVC_F_AFFINITY)
  *   cm_ct             conntrack.h
+ *   cm_lb_hint        which addresses may be a VIP or a backend (below)
  *
  * The control plane (src/loadbalancer) computes the slot and Maglev tables,
  * already filtered by topology affinity and readiness; the datapath only
@@ -182,6 +183,41 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cm_affinity SEC(".maps");
 
+/*
+ * Which addresses may be a VIP (an address of a cm_services key) and which a
+ * backend (an address of a cm_backends value), one bit per hash of the
+ * address: a packet whose destination has no bit in @vip is no service
+ * traffic, and one whose source has none in @backend no reply of a
+ * translated connection (a CT_REVNAT key's source is its backend), so most
+ * pod-to-pod packets skip the cm_services or cm_ct lookup (a hash of the
+ * key and a bucket walk) for an array lookup and one bit. A bit may be set
+ * for an address that is neither (another address with the same hash, or
+ * one not cleared yet): that packet only takes the lookup. The agent
+ * (src/agent/services.ts) sets the bits of new addresses before it writes
+ * the entries that name them, and clears bits only after their entries are
+ * gone, each by one update of the whole value; an update writes each byte
+ * to its new value, so a bit set before and after never reads as clear.
+ * @valid 0 (a map nobody has written, e.g. just created on an upgrade, or
+ * maps a test writes directly): every address may be either, as without
+ * the hint.
+ */
+#define LB_HINT_BITS 65536 /* per set; a power of 2 */
+
+struct lb_hint {
+	__u32 valid;
+	__u32 pad;
+	__u64 vip[LB_HINT_BITS / 64];
+	__u64 backend[LB_HINT_BITS / 64];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct lb_hint);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_lb_hint SEC(".maps");
+
 CM_BTF_EXPORT(enum lb_service_flag, lb_service_flag);
 CM_BTF_EXPORT(enum lb_backend_flag, lb_backend_flag);
 
@@ -240,6 +276,27 @@ static __always_inline __u32 lb_mix32(__u32 h)
 	h *= 0x846ca68b;
 	h ^= h >> 16;
 	return h;
+}
+
+enum lb_hint_set {
+	LB_HINT_VIP,
+	LB_HINT_BACKEND,
+};
+
+/* False when @addr (network byte order) is certainly no VIP (@set
+ * LB_HINT_VIP) or no backend (LB_HINT_BACKEND): cm_lb_hint above. */
+static __always_inline bool lb_hint_may(enum lb_hint_set set, __u32 addr)
+{
+	const struct lb_hint *h;
+	__u32 zero = 0, bit;
+
+	h = bpf_map_lookup_elem(&cm_lb_hint, &zero);
+	if (!h || !h->valid)
+		return true;
+	bit = lb_mix32(addr) & (LB_HINT_BITS - 1);
+	if (set == LB_HINT_VIP)
+		return (h->vip[bit / 64] >> (bit % 64)) & 1;
+	return (h->backend[bit / 64] >> (bit % 64)) & 1;
 }
 
 /* Hash of the connection as the client sent it; spreads new connections. */
@@ -514,7 +571,8 @@ static __always_inline void lb4_forget_revnat(const struct lb4_tuple *t)
 {
 	struct ct_key key = {};
 
-	if (t->proto != IPPROTO_TCP || (t->tcp_flags & (CM_TCP_SYN | CM_TCP_ACK)) != CM_TCP_SYN)
+	if (t->proto != IPPROTO_TCP || (t->tcp_flags & (CM_TCP_SYN | CM_TCP_ACK)) != CM_TCP_SYN ||
+	    !lb_hint_may(LB_HINT_BACKEND, t->daddr))
 		return;
 	key.saddr = t->daddr;
 	key.daddr = t->saddr;
@@ -560,7 +618,7 @@ static __always_inline int lb4_xlate_lookup(const struct lb4_tuple *tp, struct t
 	skey.vip = t.daddr;
 	skey.dport = t.dport;
 	skey.proto = t.proto;
-	svc = bpf_map_lookup_elem(&cm_services, &skey);
+	svc = lb_hint_may(LB_HINT_VIP, t.daddr) ? bpf_map_lookup_elem(&cm_services, &skey) : NULL;
 	if (!svc) {
 		lb4_forget_revnat(&t);
 		return 0;
@@ -681,6 +739,8 @@ static __always_inline int lb4_rev_nat_lookup(const struct lb4_tuple *tp, struct
 	key.dport = t.dport;
 	key.proto = t.proto;
 	key.dir = CT_REVNAT;
+	if (!lb_hint_may(LB_HINT_BACKEND, t.saddr))
+		return 0;
 	e = ct_lookup(&key, &now);
 	if (!e)
 		return 0;

@@ -10,6 +10,7 @@ import * as backendsMap from '../datapath/maps/backends.ts';
 import * as ctMap from '../datapath/maps/ct.ts';
 import * as maglevMap from '../datapath/maps/maglev.ts';
 import * as revnatMap from '../datapath/maps/revnat.ts';
+import * as lbHintMap from '../datapath/maps/lb-hint.ts';
 import * as servicesMap from '../datapath/maps/services.ts';
 import { parseObject, selectorBackends, type EndpointSlice, type Pod, type Service } from '../model/index.ts';
 import { ResourceCache } from '../sources/resource.ts';
@@ -178,6 +179,7 @@ function fakeMaps(log: Op[]): ServiceMaps {
     revnat: fakeMap('revnat', log, id),
     ct: fakeMap('ct', log, () => 'ct'),
     affinity: fakeMap('affinity', log, () => 'affinity'),
+    lbHint: fakeMap('hint', log, () => 'hint'),
   };
 }
 
@@ -192,7 +194,7 @@ class World {
   remotes: Array<Pick<RemoteClusterStatus, 'name' | 'state' | 'connected' | 'clusterId'>> = [];
   synced = true;
 
-  manager(o: { ttlMs?: number; from?: 'selectors' | 'endpointslices' } = {}): ServiceManager {
+  manager(o: { ttlMs?: number; from?: 'selectors' | 'endpointslices'; pruneBlocker?: () => string | null } = {}): ServiceManager {
     // The resources the backends come from have listed; what a test holds back is canProgram (`synced`).
     this.pods.markSynced();
     this.slices.markSynced();
@@ -204,7 +206,7 @@ class World {
       mesh: { globalServices: this.global, services: this.remoteServices, status: () => ({ remotes: this.remotes }) },
       maps: () => this.maps,
       canProgram: () => this.synced,
-      pruneBlocker: () => (this.synced ? null : 'not synced'),
+      pruneBlocker: o.pruneBlocker ?? (() => (this.synced ? null : 'not synced')),
       cacheTTLMs: o.ttlMs ?? 0,
       remotePollMs: 10,
       gcIntervalMs: 0,
@@ -291,6 +293,79 @@ describe('ServiceManager', () => {
     assert.equal([...backendSlotsMap.entries(w.maps.backendSlots)].length, 0);
     assert.equal([...revnatMap.entries(w.maps.revnat)].length, 0);
     assert.deepEqual(m.list(), []);
+    unsub.forEach((u) => u());
+    await m.stop();
+  });
+
+  it('keeps cm_lb_hint: a VIP\'s and its backends\' bits before the service entry is written, cleared once it is gone', async () => {
+    const vip = '10.96.0.10';
+    const pods = ['10.101.1.10', '10.101.1.11'];
+    const other = '10.101.9.9'; // no service, no backend
+    for (const a of [vip, ...pods]) assert.notEqual(lbHintMap.hintBit(a), lbHintMap.hintBit(other), 'the test needs addresses of other bits');
+    const w = new World();
+    w.services.set(service());
+    pods.forEach((ip, i) => w.pods.set(pod(`p${i}`, ip)));
+    w.services.markSynced();
+    w.pods.markSynced();
+    // what the hint held at each write or delete of a cm_services entry
+    const atServiceOps: Buffer[] = [];
+    const svcMap = w.maps.services;
+    const { update, delete: del } = svcMap;
+    svcMap.update = (k, v, f) => (atServiceOps.push(Buffer.from(lbHintMap.read(w.maps.lbHint))), update(k, v, f));
+    svcMap.delete = (k) => (atServiceOps.push(Buffer.from(lbHintMap.read(w.maps.lbHint))), del(k));
+    const m = w.manager();
+    const unsub = m.subscribe();
+    await m.start();
+    await m.flush();
+    assert.equal(atServiceOps.length, 1);
+    assert.ok(lbHintMap.hasBit(atServiceOps[0]!, 'vip', vip), 'the VIP\'s bit is set before its entry is written');
+    for (const ip of pods) assert.ok(lbHintMap.hasBit(atServiceOps[0]!, 'backend', ip), `${ip}'s bit before the entry that names it`);
+    let h = lbHintMap.read(w.maps.lbHint);
+    assert.ok(lbHintMap.isValid(h), 'valid once written');
+    assert.ok(lbHintMap.mayBe(h, 'vip', vip));
+    for (const ip of pods) assert.ok(lbHintMap.mayBe(h, 'backend', ip));
+    assert.ok(!lbHintMap.mayBe(h, 'vip', other) && !lbHintMap.mayBe(h, 'backend', other), 'another address is skipped');
+    assert.ok(!lbHintMap.mayBe(h, 'vip', pods[0]!), 'a backend is no VIP');
+
+    // the service goes: its bits stay until its entry is deleted, then go
+    w.services.remove({ namespace: 'default', name: 'web' });
+    await until('the removal', () => w.servicesMap().size === 0 && w.backends().size === 0);
+    await m.flush();
+    assert.ok(lbHintMap.hasBit(atServiceOps.at(-1)!, 'vip', vip), 'the VIP\'s bit is still set when its entry is deleted');
+    h = lbHintMap.read(w.maps.lbHint);
+    assert.ok(lbHintMap.isValid(h));
+    assert.ok(!lbHintMap.mayBe(h, 'vip', vip), 'the VIP\'s bit is cleared after');
+    for (const ip of pods) assert.ok(!lbHintMap.mayBe(h, 'backend', ip), `${ip}'s bit is cleared after`);
+    unsub.forEach((u) => u());
+    await m.stop();
+  });
+
+  it('keeps the bits of what the maps hold while pruning waits (a restart, a remote cluster not synced yet)', async () => {
+    const stale = { vip: '10.96.7.7', backend: '10.102.7.7' }; // programmed before a restart, unknown to this agent
+    const w = new World();
+    servicesMap.update(w.maps.services, { vip: stale.vip, port: 80, protocol: 'TCP' }, { serviceId: 900, revnatId: 900, backendCount: 1, sessionAffinity: false, affinityTimeout: 0, maglev: false });
+    backendsMap.update(w.maps.backends, 900, { ip: stale.backend, port: 8080, clusterId: 2, terminating: false, clusterGone: false, notReady: false });
+    w.services.set(service());
+    w.pods.set(pod('a', '10.101.1.10'));
+    w.services.markSynced();
+    w.pods.markSynced();
+    let blocked = true;
+    const m = w.manager({ pruneBlocker: () => (blocked ? 'cluster2 not synced' : null) });
+    const unsub = m.subscribe();
+    await m.start();
+    await m.flush();
+    let h = lbHintMap.read(w.maps.lbHint);
+    assert.ok(lbHintMap.mayBe(h, 'vip', '10.96.0.10') && lbHintMap.mayBe(h, 'backend', '10.101.1.10'), 'what it programmed');
+    assert.ok(lbHintMap.isValid(h) && lbHintMap.mayBe(h, 'vip', stale.vip) && lbHintMap.mayBe(h, 'backend', stale.backend), 'what the maps still hold keeps its bits');
+
+    // pruning may run: the next write of the hint is what the agent programmed
+    blocked = false;
+    w.pods.set(pod('b', '10.101.1.11'));
+    await until('the new backend', () => w.backends().size === 3);
+    await m.flush();
+    h = lbHintMap.read(w.maps.lbHint);
+    assert.ok(lbHintMap.mayBe(h, 'backend', '10.101.1.11'));
+    assert.ok(!lbHintMap.mayBe(h, 'vip', stale.vip) && !lbHintMap.mayBe(h, 'backend', stale.backend), 'what it did not program loses its bits');
     unsub.forEach((u) => u());
     await m.stop();
   });

@@ -42,6 +42,7 @@ import * as affinityMap from '../datapath/maps/affinity.ts';
 import * as backendSlotsMap from '../datapath/maps/backend-slots.ts';
 import * as backendsMap from '../datapath/maps/backends.ts';
 import * as ctMap from '../datapath/maps/ct.ts';
+import * as lbHintMap from '../datapath/maps/lb-hint.ts';
 import * as maglevMap from '../datapath/maps/maglev.ts';
 import * as revnatMap from '../datapath/maps/revnat.ts';
 import * as servicesMap from '../datapath/maps/services.ts';
@@ -213,6 +214,8 @@ export interface ServiceMaps {
   revnat: MapHandle;
   ct: MapHandle;
   affinity: MapHandle;
+  /** cm_lb_hint: which addresses may be a VIP or a backend (bpf/lib/lb.h). */
+  lbHint: MapHandle;
 }
 
 type SlotValue = { serviceId: number; slot: number; backendId: number };
@@ -283,6 +286,17 @@ export function serviceTargets(maps: () => ServiceMaps): {
       delete: (k) => revnatMap.remove(maps().revnat, Number(k)),
     },
   };
+}
+
+/** The VIPs and backend addresses of @plans, for cm_lb_hint. */
+function hintAddresses(plans: Iterable<FrontendPlan>): { vips: string[]; backends: string[] } {
+  const vips: string[] = [];
+  const backends: string[] = [];
+  for (const f of plans) {
+    vips.push(f.service.key.vip);
+    for (const [, b] of f.backends) backends.push(b.ip);
+  }
+  return { vips, backends };
 }
 
 /** 'vip:port/PROTO' → the cm_services key. */
@@ -834,6 +848,8 @@ export class ServiceManager {
     for (const key of next.keys()) for (const f of this.programmed.get(key)?.plans ?? []) old.set(frontendKey(f.service.key), f);
     const now = new Map<string, FrontendPlan>();
     for (const p of next.values()) for (const f of p?.plans ?? []) now.set(frontendKey(f.service.key), f);
+    // Before any entry names them: the hint's bits of these VIPs and backends.
+    this.hintAdd(now.values());
     for (const [fk, f] of now) {
       r.services.upsert(fk, f.service);
       svcKeys.add(fk);
@@ -908,6 +924,44 @@ export class ServiceManager {
       } catch (err) {
         this.error(`cm_affinity cleanup failed: ${(err as Error).message}`);
       }
+    }
+    // 4. the hint, now that what went is gone
+    this.hintSettle();
+  }
+
+  /** Sets the hint's bits of @plans' VIPs and backends (cm_lb_hint, bpf/lib/lb.h); on failure, lookups everywhere. */
+  private hintAdd(plans: Iterable<FrontendPlan>): void {
+    try {
+      lbHintMap.add(this.o.maps().lbHint, hintAddresses(plans));
+    } catch (err) {
+      this.error(`cm_lb_hint: ${(err as Error).message}; every address is looked up`);
+      try {
+        lbHintMap.invalidate(this.o.maps().lbHint);
+      } catch {
+        // the same map failed twice: the error above is what there is to say
+      }
+    }
+  }
+
+  /**
+   * The hint rewritten to exactly what the maps may hold: every programmed
+   * frontend once the agent may prune (what it did not program goes), else
+   * what cm_services and cm_backends hold now (entries from before a
+   * restart whose sources have not synced, e.g. a remote cluster's
+   * backends, keep their bits and their translation), and the programmed
+   * frontends too (an entry whose write is still being retried).
+   */
+  private hintSettle(): void {
+    try {
+      const m = this.o.maps();
+      const a = hintAddresses([...this.programmed.values()].flatMap((p) => p.plans));
+      if (this.o.pruneBlocker() !== null) {
+        for (const [k] of servicesMap.entries(m.services)) a.vips.push(k.vip);
+        for (const [, v] of backendsMap.entries(m.backends)) a.backends.push(v.ip);
+      }
+      lbHintMap.write(m.lbHint, a);
+    } catch (err) {
+      this.error(`cm_lb_hint: ${(err as Error).message}`);
     }
   }
 

@@ -21,6 +21,7 @@ import * as ct from './maps/ct.ts';
 import * as endpoints from './maps/endpoints.ts';
 import * as events from './maps/events.ts';
 import * as ipcache from './maps/ipcache.ts';
+import * as lbHint from './maps/lb-hint.ts';
 import * as maglev from './maps/maglev.ts';
 import * as metrics from './maps/metrics.ts';
 import { DropReason, TraceReason } from './maps/reasons.ts';
@@ -184,6 +185,7 @@ describe('service translation (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason()
       endpoints.update(m.endpoints, { ip: p.ip }, { ifindex: 1, identity: 0x10100, endpointId: 1, flags: 0, mac: p.mac, nodeMac: GW_MAC });
     }
     ipcache.update(m.ipcache, { addr: REMOTE_BACKEND.ip, prefixLen: 32 }, { identity: REMOTE_BACKEND.identity, tunnelEndpoint: REMOTE_BACKEND.node, flags: 0 });
+    lxc.map(lbHint.MAP_NAME).update(Buffer.alloc(4), Buffer.alloc(lbHint.VALUE_SIZE)); // never written: every address looked up
     reader!.consume();
     got.length = 0;
   });
@@ -425,6 +427,39 @@ describe('service translation (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason()
       assertPacket(back.dataOut, { src: VIP, dst: self.ip, sport: 80, dport: 48300 }, 'hairpin reply');
       assert.equal(parseEthernet(back.dataOut).dstMac, self.mac);
       assert.equal(ct.lookup(m.ct, { src: self.ip, dst: ct.HAIRPIN_IP, sport: BACKEND_PORT, dport: 48300, protocol: 'TCP', dir: 'revnat' })?.hairpin, true);
+    });
+  });
+
+  describe('cm_lb_hint: which addresses are looked up', () => {
+    const hintMap = () => lxc.map(lbHint.MAP_NAME);
+
+    it('a VIP without its bit in a valid hint is not translated; with it, or with a hint not valid, it is', () => {
+      install({ backends: [candidate(LOCAL_BACKENDS[0]!.ip)] });
+      lbHint.write(hintMap(), { vips: [], backends: [LOCAL_BACKENDS[0]!.ip] });
+      const skipped = fromContainer(toVip(49000));
+      assert.equal(parseIpv4(skipped.dataOut).dst, VIP, 'left as addressed');
+      assert.equal(ct.lookup(m.ct, ctKey(49000)), undefined, 'no conntrack entry: the service was not looked up');
+      assert.equal(metrics.get(m.metrics, { reason: TraceReason.TRACE_SERVICE_XLATE, direction: 'egress' }).packets, 0n);
+
+      lbHint.add(hintMap(), { vips: [VIP], backends: [] });
+      assert.equal(backendOf(fromContainer(toVip(49001))), LOCAL_BACKENDS[0]!.ip, 'its bit set: translated');
+      lbHint.write(hintMap(), { vips: [], backends: [] });
+      lbHint.invalidate(hintMap());
+      assert.equal(backendOf(fromContainer(toVip(49002))), LOCAL_BACKENDS[0]!.ip, 'not valid: looked up');
+    });
+
+    it('a reply from a backend without its bit in a valid hint is not reverse-translated; with it, it is', () => {
+      install({ backends: [candidate(REMOTE_BACKEND.ip)] });
+      lbHint.write(hintMap(), { vips: [VIP], backends: [REMOTE_BACKEND.ip] });
+      fromContainer(toVip(49100));
+      const t = Buffer.alloc(8);
+      t.writeUInt32LE(REMOTE_BACKEND.identity, 0);
+      t.set(REMOTE_BACKEND.node.split('.').map(Number), 4);
+      ovl.map('cm_test_tunnel').update(Buffer.alloc(4), t);
+      const reply = frame({ src: REMOTE_BACKEND.ip, dst: CLIENT.ip, sport: BACKEND_PORT, dport: 49100, flags: TCP_SYN_ACK, srcMac: '0e:00:00:00:02:01', dstMac: '0e:00:00:00:01:01' });
+      assertPacket(run(ovl, 'test_from_overlay', reply).dataOut, { src: VIP, dst: CLIENT.ip, sport: 80, dport: 49100 }, 'with the bit: translated');
+      lbHint.write(hintMap(), { vips: [VIP], backends: [] });
+      assertPacket(run(ovl, 'test_from_overlay', reply).dataOut, { src: REMOTE_BACKEND.ip, dst: CLIENT.ip, sport: BACKEND_PORT, dport: 49100 }, 'without: as it came');
     });
   });
 

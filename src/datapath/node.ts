@@ -48,6 +48,7 @@ import * as backendsMap from './maps/backends.ts';
 import * as ctMap from './maps/ct.ts';
 import * as maglevMap from './maps/maglev.ts';
 import * as policyMap from './maps/policy.ts';
+import * as lbHintMap from './maps/lb-hint.ts';
 import * as revnatMap from './maps/revnat.ts';
 import * as servicesMap from './maps/services.ts';
 import * as sockMap from './maps/sock.ts';
@@ -190,6 +191,8 @@ export interface NodeMaps {
   revnat: BpfMap;
   ct: BpfMap;
   affinity: BpfMap;
+  /** Which addresses may be a VIP or a backend (lb-hint.ts). */
+  lbHint: BpfMap;
   /** Network policy (bpf/lib/policy.h): entries, per-endpoint enforcement, reply tracking (policyCt: cm_policy_conn). */
   policy: BpfMap;
   policyEnforce: BpfMap;
@@ -335,6 +338,7 @@ export class NodeDatapath {
       revnat: o.map(revnatMap.MAP_NAME),
       ct: o.map(ctMap.MAP_NAME),
       affinity: o.map(affinityMap.MAP_NAME),
+      lbHint: o.map(lbHintMap.MAP_NAME),
       policy: o.map(policyMap.MAP_NAME),
       policyEnforce: o.map(policyMap.ENFORCE_MAP_NAME),
       policyCt: o.map(policyMap.CONN_MAP_NAME),

@@ -34,7 +34,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import { BpfMap, type TcAttachPreference } from '../datapath/libbpf/index.js';
-import { policy } from '../datapath/maps/index.js';
+import { lbHint, policy } from '../datapath/maps/index.js';
 import { ipBatch, run, runIn, spawnIn, stopChild } from './exec.js';
 import { labPodIdentity, startClustermeshDatapath, type LabDatapath } from './datapath.js';
 import { createTopology, destroyTopology, type NodeInfo, type PodInfo, type Topology, type WiringMode } from './topology.js';
@@ -156,6 +156,7 @@ export async function createPeerBed(config: PeerBedConfig, opts: PeerBedOptions)
       case 'clustermesh-native': {
         const dp = await startClustermeshDatapath(topo, { ...(objectsDir ? { objectsDir } : {}), ...(opts.tcAttach ? { tcAttach: opts.tcAttach } : {}), ...(opts.tunnelEncap ? { tunnelEncap: opts.tunnelEncap } : {}) });
         cleanups.push(() => dp.stop());
+        writeNoServicesHint(dp);
         if (opts.policy ?? true) allowByPolicyMaps(topo, dp, opts.allowPorts);
         if (opts.variant === 'peerdev' || opts.variant === 'bare') await wirePeerDevices(topo, dp);
         break;
@@ -237,6 +238,18 @@ async function wirePeerDevices(topo: Topology, dp: LabDatapath): Promise<void> {
  * the given ports of every other pod and receive TCP on them from every
  * other pod, by identity. Replies pass through the policy conntrack.
  */
+/** cm_lb_hint as an agent whose cluster has no Services writes it (src/agent/services.ts): no address is a VIP or a backend. */
+function writeNoServicesHint(dp: LabDatapath): void {
+  for (const pinDir of dp.pinDirs) {
+    const m = BpfMap.openPinned(join(pinDir, lbHint.MAP_NAME));
+    try {
+      lbHint.write(m, { vips: [], backends: [] });
+    } finally {
+      m.close();
+    }
+  }
+}
+
 function allowByPolicyMaps(topo: Topology, dp: LabDatapath, ports: readonly number[]): void {
   topo.nodes.forEach((nd, i) => {
     const pinDir = dp.pinDirs[i]!;

@@ -10,6 +10,7 @@ import * as config from './config.ts';
 import * as endpoints from './endpoints.ts';
 import * as events from './events.ts';
 import * as ipcache from './ipcache.ts';
+import * as lbHint from './lb-hint.ts';
 import * as metrics from './metrics.ts';
 import { Direction, DropReason, EventType, TraceReason } from './reasons.ts';
 import * as settings from './settings.ts';
@@ -137,6 +138,7 @@ function layoutDrift(btf: Btf, layout: StructLayout): string[] {
 }
 
 const LAYOUTS: StructLayout[] = [
+  lbHint.VALUE_LAYOUT,
   ipcache.KEY_LAYOUT,
   ipcache.VALUE_LAYOUT,
   endpoints.KEY_LAYOUT,
@@ -179,6 +181,7 @@ const MAPS: Array<{ name: string; key: string | undefined; value: string | undef
   { name: revnat.MAP_NAME, key: '__u32', value: revnat.VALUE_LAYOUT.cName },
   { name: ct.MAP_NAME, key: ct.KEY_LAYOUT.cName, value: ct.VALUE_LAYOUT.cName },
   { name: affinity.MAP_NAME, key: affinity.KEY_LAYOUT.cName, value: affinity.VALUE_LAYOUT.cName },
+  { name: lbHint.MAP_NAME, key: '__u32', value: lbHint.VALUE_LAYOUT.cName },
   { name: policy.MAP_NAME, key: policy.KEY_LAYOUT.cName, value: policy.VALUE_LAYOUT.cName },
   { name: policy.ENFORCE_MAP_NAME, key: '__u32', value: policy.ENFORCE_VALUE_LAYOUT.cName },
   { name: policy.CONN_MAP_NAME, key: policy.CONN_KEY_LAYOUT.cName, value: policy.CONN_VALUE_LAYOUT.cName },

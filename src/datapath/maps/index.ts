@@ -12,6 +12,7 @@ export * as maglev from './maglev.ts';
 export * as revnat from './revnat.ts';
 export * as ct from './ct.ts';
 export * as affinity from './affinity.ts';
+export * as lbHint from './lb-hint.ts';
 export * as sock from './sock.ts';
 export * as policy from './policy.ts';
 export * as policyEntries from './policy-entries.ts';
