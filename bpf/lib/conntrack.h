@@ -69,7 +69,7 @@ struct ct_key {
 struct ct_entry {
 	__u32 backend_id; /* cm_backends key the connection goes to */
 	__u32 revnat_id;  /* cm_revnat key: the VIP:port replies come from */
-	__u32 lifetime;   /* expiry, seconds of CLOCK_MONOTONIC (bpf_ktime_get_ns) */
+	__u32 lifetime;   /* expiry, seconds of CLOCK_MONOTONIC (ct_now()) */
 	__u16 flags;      /* CT_F_* */
 	__u16 pad;        /* 0 */
 };

@@ -724,6 +724,8 @@ static __always_inline int lb4_xlate_lookup(const struct lb4_tuple *tp, struct t
  * LB_HAIRPIN_IP (lb4_lookup's @reply): a pod's packet to a remote pod or the
  * world cannot be such a reply and skips this lookup. (An entry whose client
  * pod went away is left alone then: its reply has nowhere to go here anyway.)
+ * And a packet whose source has no bit in cm_lb_hint's backend set is no
+ * such reply either: it skips the lookup wherever it is asked.
  */
 static __always_inline int lb4_rev_nat_lookup(const struct lb4_tuple *tp, struct lb4_nat *nat)
 {
@@ -733,14 +735,14 @@ static __always_inline int lb4_rev_nat_lookup(const struct lb4_tuple *tp, struct
 	struct lb4_tuple t = *tp;
 	__u32 now, rid;
 
+	if (!lb_hint_may(LB_HINT_BACKEND, t.saddr))
+		return 0;
 	key.saddr = t.saddr;
 	key.daddr = t.daddr;
 	key.sport = t.sport;
 	key.dport = t.dport;
 	key.proto = t.proto;
 	key.dir = CT_REVNAT;
-	if (!lb_hint_may(LB_HINT_BACKEND, t.saddr))
-		return 0;
 	e = ct_lookup(&key, &now);
 	if (!e)
 		return 0;
