@@ -233,11 +233,6 @@ async function wirePeerDevices(topo: Topology, dp: LabDatapath): Promise<void> {
   }
 }
 
-/**
- * Policy on: every pod enforces ingress and egress; each pod may send TCP to
- * the given ports of every other pod and receive TCP on them from every
- * other pod, by identity. Replies pass through the policy conntrack.
- */
 /** cm_lb_hint as an agent whose cluster has no Services writes it (src/agent/services.ts): no address is a VIP or a backend. */
 function writeNoServicesHint(dp: LabDatapath): void {
   for (const pinDir of dp.pinDirs) {
@@ -250,6 +245,11 @@ function writeNoServicesHint(dp: LabDatapath): void {
   }
 }
 
+/**
+ * Policy on: every pod enforces ingress and egress; each pod may send TCP to
+ * the given ports of every other pod and receive TCP on them from every
+ * other pod, by identity. Replies pass through the policy conntrack.
+ */
 function allowByPolicyMaps(topo: Topology, dp: LabDatapath, ports: readonly number[]): void {
   topo.nodes.forEach((nd, i) => {
     const pinDir = dp.pinDirs[i]!;
