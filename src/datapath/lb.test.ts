@@ -353,6 +353,15 @@ describe('service translation (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason()
     });
   });
 
+  /** The SYN-ACK of the remote backend to the client's port @dport, as from_overlay gets it (the tunnel's source: the backend's identity and node). */
+  function remoteReply(dport: number): Buffer {
+    const t = Buffer.alloc(8);
+    t.writeUInt32LE(REMOTE_BACKEND.identity, 0);
+    t.set(REMOTE_BACKEND.node.split('.').map(Number), 4);
+    ovl.map('cm_test_tunnel').update(Buffer.alloc(4), t);
+    return frame({ src: REMOTE_BACKEND.ip, dst: CLIENT.ip, sport: BACKEND_PORT, dport, flags: TCP_SYN_ACK, srcMac: '0e:00:00:00:02:01', dstMac: '0e:00:00:00:01:01' });
+  }
+
   describe('reverse translation', () => {
     it('reply of a local backend (its from_container): source back to VIP:port, checksums valid, delivered to the client; TCP and UDP', () => {
       for (const proto of ['TCP', 'UDP'] as const) {
@@ -371,11 +380,7 @@ describe('service translation (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason()
     it('reply of a remote backend arrives through from_overlay and is reverse-translated there', () => {
       install({ backends: [candidate(REMOTE_BACKEND.ip)] });
       fromContainer(toVip(48100));
-      const t = Buffer.alloc(8);
-      t.writeUInt32LE(REMOTE_BACKEND.identity, 0);
-      t.set(REMOTE_BACKEND.node.split('.').map(Number), 4);
-      ovl.map('cm_test_tunnel').update(Buffer.alloc(4), t);
-      const reply = frame({ src: REMOTE_BACKEND.ip, dst: CLIENT.ip, sport: BACKEND_PORT, dport: 48100, flags: TCP_SYN_ACK, srcMac: '0e:00:00:00:02:01', dstMac: '0e:00:00:00:01:01' });
+      const reply = remoteReply(48100);
       const r = run(ovl, 'test_from_overlay', reply);
       assert.equal(r.retval, TcAction.redirect);
       assertPacket(r.dataOut, { src: VIP, dst: CLIENT.ip, sport: 80, dport: 48100 }, 'overlay reply');
@@ -452,11 +457,7 @@ describe('service translation (BPF_PROG_TEST_RUN)', { skip: datapathSkipReason()
       install({ backends: [candidate(REMOTE_BACKEND.ip)] });
       lbHint.write(hintMap(), { vips: [VIP], backends: [REMOTE_BACKEND.ip] });
       fromContainer(toVip(49100));
-      const t = Buffer.alloc(8);
-      t.writeUInt32LE(REMOTE_BACKEND.identity, 0);
-      t.set(REMOTE_BACKEND.node.split('.').map(Number), 4);
-      ovl.map('cm_test_tunnel').update(Buffer.alloc(4), t);
-      const reply = frame({ src: REMOTE_BACKEND.ip, dst: CLIENT.ip, sport: BACKEND_PORT, dport: 49100, flags: TCP_SYN_ACK, srcMac: '0e:00:00:00:02:01', dstMac: '0e:00:00:00:01:01' });
+      const reply = remoteReply(49100);
       assertPacket(run(ovl, 'test_from_overlay', reply).dataOut, { src: VIP, dst: CLIENT.ip, sport: 80, dport: 49100 }, 'with the bit: translated');
       lbHint.write(hintMap(), { vips: [VIP], backends: [] });
       assertPacket(run(ovl, 'test_from_overlay', reply).dataOut, { src: REMOTE_BACKEND.ip, dst: CLIENT.ip, sport: BACKEND_PORT, dport: 49100 }, 'without: as it came');
