@@ -327,6 +327,16 @@ describe('ServiceManager', () => {
     assert.ok(!lbHintMap.mayBe(h, 'vip', other) && !lbHintMap.mayBe(h, 'backend', other), 'another address is skipped');
     assert.ok(!lbHintMap.mayBe(h, 'vip', pods[0]!), 'a backend is no VIP');
 
+    // a change that moves no address (session affinity on) rewrites the entry, not the hint
+    const hintWrites = () => w.log.filter((op) => op === 'update hint hint').length;
+    const before = hintWrites();
+    assert.ok(before > 0, 'the hint was written (the count sees its writes)');
+    w.services.set(service({ affinity: true }));
+    await until('the affinity', () => [...w.servicesMap().values()].some((v) => v.sessionAffinity));
+    await m.flush();
+    assert.equal(atServiceOps.length, 2, 'the entry was written again');
+    assert.equal(hintWrites(), before, 'no write of the hint: no bit changed');
+
     // the service goes: its bits stay until its entry is deleted, then go
     w.services.remove({ namespace: 'default', name: 'web' });
     await until('the removal', () => w.servicesMap().size === 0 && w.backends().size === 0);

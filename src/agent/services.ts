@@ -429,6 +429,8 @@ export class ServiceManager {
   private readonly svcs = new Map<string, Service>();
   private readonly local: LocalBackendIndex;
   private readonly programmed = new Map<string, Programmed>();
+  /** The cm_lb_hint bits of every programmed VIP and backend, counted. */
+  private readonly hintCounts = new lbHintMap.HintCounts();
   /** backend id → frontend keys using it. */
   private readonly backendUsers = new Map<number, Set<string>>();
   /** backend id → cluster name (for inspect). */
@@ -849,7 +851,7 @@ export class ServiceManager {
     const now = new Map<string, FrontendPlan>();
     for (const p of next.values()) for (const f of p?.plans ?? []) now.set(frontendKey(f.service.key), f);
     // Before any entry names them: the hint's bits of these VIPs and backends.
-    this.hintAdd(now.values());
+    if (now.size) this.hintAdd(now.values());
     for (const [fk, f] of now) {
       r.services.upsert(fk, f.service);
       svcKeys.add(fk);
@@ -861,8 +863,12 @@ export class ServiceManager {
     }
     await waitAll(r.services, svcKeys, 'cm_services');
     for (const [key, p] of next) {
-      if (p) this.programmed.set(key, p);
-      else this.programmed.delete(key);
+      const was = this.programmed.get(key);
+      if (was) this.hintCounts.change(hintAddresses(was.plans), -1);
+      if (p) {
+        this.programmed.set(key, p);
+        this.hintCounts.change(hintAddresses(p.plans), 1);
+      } else this.programmed.delete(key);
     }
 
     // 3. what no cm_services entry points at any more
@@ -954,12 +960,13 @@ export class ServiceManager {
   private hintSettle(): void {
     try {
       const m = this.o.maps();
-      const a = hintAddresses([...this.programmed.values()].flatMap((p) => p.plans));
+      const held: { vips: string[]; backends: string[] } = { vips: [], backends: [] };
       if (this.o.pruneBlocker() !== null) {
-        for (const [k] of servicesMap.entries(m.services)) a.vips.push(k.vip);
-        for (const [, v] of backendsMap.entries(m.backends)) a.backends.push(v.ip);
+        for (const [k] of servicesMap.entries(m.services)) held.vips.push(k.vip);
+        for (const [, v] of backendsMap.entries(m.backends)) held.backends.push(v.ip);
       }
-      lbHintMap.write(m.lbHint, a);
+      // (from the counts: an apply costs what it changed, not every programmed address hashed again)
+      lbHintMap.writeValue(m.lbHint, this.hintCounts.encode(held), lbHintMap.read(m.lbHint));
     } catch (err) {
       this.error(`cm_lb_hint: ${(err as Error).message}`);
     }

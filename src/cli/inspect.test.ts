@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { backends as backendsMap, ipcache as ipcacheMap, revnat as revnatMap } from '../datapath/maps/index.ts';
+import { backends as backendsMap, backendSlots, ipcache as ipcacheMap, lbHint, revnat as revnatMap, services as servicesMap } from '../datapath/maps/index.ts';
 import { emptyDirectory, shortLabels, type Directory } from './directory.ts';
 import { ctRows, formatRows, ipcacheRows, policyRows, portRange, serviceRows } from './inspect.ts';
 
@@ -69,6 +69,37 @@ test('service rows: backends per cluster, active only when selectable and not fl
   assert.deepEqual(s.byCluster, { c1: { active: 1, total: 1 }, c2: { active: 1, total: 2 } });
   assert.equal(s.backends[1]!.pod, 'default/backend-1');
   assert.match(formatRows('services', rows, dir()), /revnat 7 -> MISSING/);
+});
+
+test('service rows: a VIP or a backend without its cm_lb_hint bit is flagged; a hint not valid flags nothing', () => {
+  const maps = (hint?: Buffer) => ({
+    services: [[{ vip: '10.96.0.20', port: 80, protocol: 'TCP' as const }, { serviceId: 7, revnatId: 7, backendCount: 2, sessionAffinity: false, affinityTimeout: 0, maglev: false }]] as Array<[servicesMap.Key, servicesMap.Value]>,
+    backends: new Map([
+      [1, backend('10.101.1.11', 1)],
+      [2, backend('10.102.1.11', 2)],
+    ]),
+    slots: [[{ serviceId: 7, slot: 0 }, 1], [{ serviceId: 7, slot: 1 }, 2]] as Array<[backendSlots.Key, number]>,
+    maglev: new Map(),
+    revnat: new Map([[7, { vip: '10.96.0.20', port: 80 }]]),
+    ...(hint ? { hint } : {}),
+  });
+  const whole = serviceRows(maps(lbHint.encode({ vips: ['10.96.0.20'], backends: ['10.101.1.11', '10.102.1.11'] })), dir())[0]!;
+  assert.equal(whole.vipHinted, true);
+  assert.deepEqual(whole.backends.map((b) => b.flags), [[], []]);
+  assert.doesNotMatch(formatRows('services', [whole], dir()), /HINT/);
+  const lacking = serviceRows(maps(lbHint.encode({ vips: [], backends: ['10.101.1.11'] })), dir())[0]!;
+  assert.equal(lacking.vipHinted, false);
+  assert.deepEqual(lacking.backends.map((b) => [b.address, b.active, b.flags]), [
+    ['10.101.1.11:8080', true, []],
+    ['10.102.1.11:8080', true, ['no-hint-bit']],
+  ]);
+  assert.match(formatRows('services', [lacking], dir()), /revnat 7 -> 10\.96\.0\.20:80  NO HINT BIT[^\n]*\n[^]*10\.102\.1\.11:8080 .*\[no-hint-bit\]/);
+  const notValid = Buffer.alloc(lbHint.VALUE_SIZE);
+  for (const h of [notValid, undefined]) {
+    const r = serviceRows(maps(h), dir())[0]!;
+    assert.equal(r.vipHinted, true);
+    assert.deepEqual(r.backends.map((b) => b.flags), [[], []]);
+  }
 });
 
 test('service rows: a Maglev frontend selects the distinct backends of its table; a flagged one is inactive', () => {

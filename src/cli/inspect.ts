@@ -14,6 +14,7 @@ import {
   ct as ctMap,
   endpoints as endpointsMap,
   ipcache as ipcacheMap,
+  lbHint,
   maglev as maglevMap,
   metrics as metricsMap,
   policy as policyMap,
@@ -108,6 +109,8 @@ export interface ServiceRow {
   backends: BackendRow[];
   /** Per cluster name: active / total backends. */
   byCluster: Record<string, { active: number; total: number }>;
+  /** Whether the programs look the VIP up (cm_lb_hint has its bit or is not valid); false: its traffic goes untranslated. */
+  vipHinted: boolean;
 }
 
 export interface ServiceMaps {
@@ -116,6 +119,8 @@ export interface ServiceMaps {
   slots: Array<[backendSlots.Key, number]>;
   maglev: Map<number, ArrayLike<number>>;
   revnat: Map<number, revnatMap.Value>;
+  /** cm_lb_hint's value (absent: taken as not valid, every address looked up). */
+  hint?: Buffer;
 }
 
 export function backendFlags(b: backendsMap.Value): string[] {
@@ -124,6 +129,7 @@ export function backendFlags(b: backendsMap.Value): string[] {
 
 export function serviceRows(m: ServiceMaps, d: Directory): ServiceRow[] {
   const rows: ServiceRow[] = [];
+  const hinted = (set: 'vip' | 'backend', addr: string) => m.hint === undefined || lbHint.mayBe(m.hint, set, addr);
   for (const [k, v] of m.services) {
     // Which backend ids the frontend selects from: its slots 0..count-1, or its Maglev table.
     let selected: number[];
@@ -136,13 +142,16 @@ export function serviceRows(m: ServiceMaps, d: Directory): ServiceRow[] {
       const b = m.backends.get(id);
       if (!b) return { id, address: '?', cluster: null, clusterId: 0, pod: null, active: false, flags: ['missing'] };
       const flags = backendFlags(b);
+      const active = selected.includes(id) && flags.length === 0;
+      // without its bit, its replies are not reverse-translated (cm_lb_hint)
+      if (!hinted('backend', b.ip)) flags.push('no-hint-bit');
       return {
         id,
         address: `${b.ip}:${b.port}`,
         cluster: d.clusterById.get(b.clusterId) ?? (b.clusterId ? `cluster-id-${b.clusterId}` : null),
         clusterId: b.clusterId,
         pod: podName(d, b.ip) ?? null,
-        active: selected.includes(id) && flags.length === 0,
+        active,
         flags,
       };
     });
@@ -164,6 +173,7 @@ export function serviceRows(m: ServiceMaps, d: Directory): ServiceRow[] {
       affinityTimeout: v.affinityTimeout,
       backends,
       byCluster,
+      vipHinted: hinted('vip', k.vip),
     });
   }
   return rows.sort((a, b) => a.frontend.localeCompare(b.frontend));
@@ -319,6 +329,7 @@ export function readNodeRows(kind: MapKind, node: NodeTarget, d: Directory, clos
           slots: [...backendSlots.entries(open(backendSlots.MAP_NAME))],
           maglev: toMap(maglevMap.entries(open(maglevMap.MAP_NAME))),
           revnat: toMap(revnatMap.entries(open(revnatMap.MAP_NAME))),
+          hint: lbHint.read(open(lbHint.MAP_NAME)),
         },
         d,
       );
@@ -356,7 +367,7 @@ export function formatRows(kind: MapKind, rows: unknown, d: Directory): string {
       if (r.length === 0) return '(no services)';
       return r
         .map((s) => {
-          const head = `${s.frontend}  service ${s.serviceId}  ${s.mode}  ${s.backendCount} selectable${s.sessionAffinity ? `  affinity ${s.affinityTimeout}s` : ''}  revnat ${s.revnatId} -> ${s.revnat ?? 'MISSING'}`;
+          const head = `${s.frontend}  service ${s.serviceId}  ${s.mode}  ${s.backendCount} selectable${s.sessionAffinity ? `  affinity ${s.affinityTimeout}s` : ''}  revnat ${s.revnatId} -> ${s.revnat ?? 'MISSING'}${s.vipHinted ? '' : '  NO HINT BIT (cm_lb_hint: not translated)'}`;
           const per = Object.entries(s.byCluster).map(([c, n]) => `${c} ${n.active}/${n.total} active`).join(', ');
           const lines = s.backends.map((b) => `    ${b.active ? 'active  ' : 'inactive'} ${b.address.padEnd(21)} ${(b.cluster ?? '-').padEnd(12)} ${b.pod ?? '-'}${b.flags.length ? `  [${b.flags.join(',')}]` : ''}`);
           return [head, `  backends: ${per || 'none'}`, ...lines].join('\n');
@@ -399,7 +410,7 @@ interface InspectFlags extends TargetFlags {
 const DESCRIPTIONS: Record<MapKind, string> = {
   ipcache: 'prefix -> identity (with labels and cluster), pod, tunnel endpoint (cm_ipcache)',
   endpoints: 'local pods: IP, endpoint id, identity with labels, veth (cm_endpoints)',
-  services: "frontends with their backends per cluster and which are active (cm_services, cm_backends, cm_backend_slots, cm_maglev, cm_revnat); also each cluster's ServiceExports (conditions) and ServiceImports",
+  services: "frontends with their backends per cluster and which are active (cm_services, cm_backends, cm_backend_slots, cm_maglev, cm_revnat; a VIP or backend missing its cm_lb_hint bit is flagged); also each cluster's ServiceExports (conditions) and ServiceImports",
   policy: 'per endpoint: direction, remote identity (labels), protocol, ports, verdict (cm_policy, cm_policy_enforce)',
   ct: 'service connections: client, frontend, backend, expiry (cm_ct)',
   metrics: 'packet counters by reason and direction, summed over CPUs (cm_metrics)',

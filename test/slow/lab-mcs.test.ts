@@ -113,8 +113,12 @@ describe('the Multi-Cluster Services API on a lab of three clusters (kubectl)', 
     const importVip = await vipOf('serviceimport/echo', '.spec.ips[0]');
     const globalVip = await vipOf('service/echo', '.spec.clusterIP');
     assert.notEqual(importVip, globalVip);
-    const backendsOf = (rows: Array<{ frontend: string; backends: Array<{ address: string; cluster: string | null }> }>, vip: string) =>
-      rows.find((r) => r.frontend === `${vip}:80/TCP`)?.backends.map((b) => b.address.split(':')[0]!).sort() ?? [];
+    const backendsOf = (rows: Array<{ frontend: string; vipHinted: boolean; backends: Array<{ address: string; cluster: string | null; flags: string[] }> }>, vip: string) => {
+      const row = rows.find((r) => r.frontend === `${vip}:80/TCP`);
+      // the agent keeps cm_lb_hint: every VIP and backend it programmed has its bit
+      if (row) assert.ok(row.vipHinted && row.backends.every((b) => !b.flags.includes('no-hint-bit')), JSON.stringify(row));
+      return row?.backends.map((b) => b.address.split(':')[0]!).sort() ?? [];
+    };
     const sets = await eventually("cluster1's datapath: both VIPs with one backend per cluster", async () => {
       const r = await cli(['inspect', 'services', '--lab', name, '--node', 'cluster1/node1', '-o', 'json']);
       if (r.code !== 0) return undefined;

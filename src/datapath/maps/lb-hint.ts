@@ -91,26 +91,71 @@ export function mayBe(value: Buffer, set: 'vip' | 'backend', addr: string): bool
 }
 
 /**
- * Replaces the hint by exactly @a's bits, valid. Only once nothing needs a
- * bit it clears. A hint not valid yet gets the bits first and `valid` in a
- * second write: a reader never sees `valid` before the bits.
+ * Replaces @current (what the map holds, read()) by @next, a valid value.
+ * Only once nothing needs a bit it clears. A hint not valid yet gets the
+ * bits first and `valid` in a second write: a reader never sees `valid`
+ * before the bits. Returns false when @next is what the map holds (nothing
+ * written).
  */
-export function write(map: MapHandle, a: HintAddresses): void {
-  const next = encode(a);
-  if (!isValid(read(map))) {
-    next.writeUInt32LE(0, 0);
-    map.update(KEY, next);
-    next.writeUInt32LE(1, 0);
+export function writeValue(map: MapHandle, next: Buffer, current: Buffer): boolean {
+  if (next.equals(current)) return false;
+  if (!isValid(current)) {
+    const bitsFirst = Buffer.from(next);
+    bitsFirst.writeUInt32LE(0, 0);
+    map.update(KEY, bitsFirst);
   }
   map.update(KEY, next);
+  return true;
 }
 
-/** Adds @a's bits to the hint; it stays as valid as it was. Before writing entries that name them. */
-export function add(map: MapHandle, a: HintAddresses): void {
-  const b = Buffer.from(read(map));
+/** Replaces the hint by exactly @a's bits, valid (writeValue). */
+export function write(map: MapHandle, a: HintAddresses): void {
+  writeValue(map, encode(a), read(map));
+}
+
+/**
+ * Adds @a's bits to the hint; it stays as valid as it was. Before writing
+ * entries that name them. Writes only when a bit is new; returns whether it wrote.
+ */
+export function add(map: MapHandle, a: HintAddresses): boolean {
+  const current = read(map);
+  const b = Buffer.from(current);
   setBits(b, VIP_OFFSET, a.vips);
   setBits(b, BACKEND_OFFSET, a.backends);
+  if (b.equals(current)) return false;
   map.update(KEY, b);
+  return true;
+}
+
+/**
+ * How many addresses of each set need each bit: a writer that keeps a large
+ * set (the agent: every programmed VIP and backend) counts what it adds and
+ * removes, and encodes the hint from the counts, instead of hashing every
+ * address again for each change.
+ */
+export class HintCounts {
+  private readonly vip = new Uint32Array(HINT_BITS);
+  private readonly backend = new Uint32Array(HINT_BITS);
+
+  /** Counts @a's addresses once more (+1) or once less (-1). */
+  change(a: HintAddresses, delta: 1 | -1): void {
+    for (const [counts, addrs] of [[this.vip, a.vips], [this.backend, a.backends]] as const) {
+      for (const addr of addrs) {
+        const bit = hintBit(addr);
+        if (delta < 0 && counts[bit] === 0) throw new RangeError(`cm_lb_hint: ${addr} removed more often than added`);
+        counts[bit]! += delta;
+      }
+    }
+  }
+
+  /** A valid value with the bits of every counted address, and of @extra's. */
+  encode(extra: HintAddresses = { vips: [], backends: [] }): Buffer {
+    const b = encode(extra);
+    for (const [offset, counts] of [[VIP_OFFSET, this.vip], [BACKEND_OFFSET, this.backend]] as const) {
+      for (let bit = 0; bit < HINT_BITS; bit++) if (counts[bit] !== 0) b[offset + (bit >>> 3)]! |= 1 << (bit & 7);
+    }
+    return b;
+  }
 }
 
 /** Sets the hint not valid, its bits as they are: every address is looked up (a writer that could not keep it right). */
