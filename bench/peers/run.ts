@@ -41,6 +41,9 @@ const EXTRA: Record<string, { config: PeerBedConfig; policy?: boolean; variant?:
   // (bpf_fib_lookup + bpf_redirect_neigh out, bpf_redirect_peer in) on this kernel.
   'clustermesh-native-nopolicy': { config: 'clustermesh-native', policy: false },
   'clustermesh-native-lean': { config: 'clustermesh-native', policy: false, variant: 'lean' },
+  // A second, separately built limit: the ratio of two identical rows is the noise floor of
+  // every ratio in the run (an A/A comparison).
+  'limit-again': { config: 'limit' },
 };
 type RowName = PeerConfig | keyof typeof EXTRA;
 /** --suspects: each clustermesh-* variant removes one cost (DATAPATH_VARIANTS says which); bare removes all four. */
@@ -59,8 +62,9 @@ device), clustermesh-device through that device, the native row never.
   --seconds S    seconds of each iperf3, sockperf and connect-rate test (default 4)
   --quick        1 repetition of 2 seconds, for development (overrides both)
   --only a,b     only these rows (${PEER_CONFIGS.join(', ')};
-                 also clustermesh-nopolicy: our datapath with policy off, and the
-                 rows of --suspects)
+                 also clustermesh-nopolicy: our datapath with policy off, the
+                 rows of --suspects, and limit-again: a second limit, whose
+                 ratio to limit is the run's noise floor)
   --suspects     where a round trip's time goes: limit, clustermesh, and
                  ${SUSPECT_ROWS.slice(2).join(', ')}
                  (the tunnel row with its programs as cls_bpf filters instead of tcx;
@@ -77,7 +81,8 @@ device), clustermesh-device through that device, the native row never.
   --services N   ClusterIP services in kernel-vxlan-iptables' kube-proxy rules (default 100)
   --name NAME    results file names (default peers; e.g. peers-policy for a side run)
   --write        let a partial run (--only, --quick, other --reps/--seconds/--services)
-                 write peers.json; without it such a run writes peers-partial
+                 write peers.json (its extra rows: peers-extra.json); without it such
+                 a run writes peers-partial (and peers-partial-extra)
 Refuses to run while a lab is up (unless --allow-busy). Writes bench/results/NAME.json, NAME.csv, NAME-<metric>.svg.
 example: npm run bench -- peers --quick --only limit,clustermesh`;
 
@@ -416,8 +421,9 @@ const file = writeResults(resultsName, main, samples.filter((s) => !isExtra(s.co
 const charts = writeCharts(resultsName, main, 'limit');
 if (rows.some((r) => isExtra(r.config))) {
   const keep = (c: string): boolean => isExtra(c) || c === 'limit' || c === 'clustermesh';
-  // The extra rows are their own file (a run naming them is partial for the main rows).
-  const extraFile = writeResults(`${values.name ?? 'peers'}-extra`, rows.filter((r) => keep(r.config)), samples.filter((s) => keep(s.config)), 1500);
+  // The extra rows are their own file (a run naming them is partial for the main rows), named
+  // after the main one: a partial run without --write never replaces the published extras.
+  const extraFile = writeResults(`${resultsName}-extra`, rows.filter((r) => keep(r.config)), samples.filter((s) => keep(s.config)), 1500);
   console.log(`wrote ${extraFile} and its CSV`);
 }
 console.log('');
