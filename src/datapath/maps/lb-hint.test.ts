@@ -43,6 +43,9 @@ describe('cm_lb_hint', () => {
     assert.ok(c.encode().equals(hint.encode({ vips: [], backends: [] })), 'nothing counted: no bit, valid');
     assert.ok(hint.hasBit(c.encode({ vips: [], backends: ['10.102.0.9'] }), 'backend', '10.102.0.9'), 'extra addresses are added');
     assert.throws(() => c.change({ vips: [b], backends: [] }, -1), /removed more often than added/);
+    c.change({ vips: [a], backends: ['10.101.0.1'] }, 1);
+    assert.throws(() => c.change({ vips: [a, b], backends: ['10.101.0.1'] }, -1), /removed more often than added/, 'a and b share the one count there is');
+    assert.ok(c.encode().equals(hint.encode({ vips: [a], backends: ['10.101.0.1'] })), 'a refused change changes nothing');
   });
 
   it('writeValue: nothing when the value holds, bits before valid on a hint not valid yet', () => {

@@ -137,15 +137,20 @@ export class HintCounts {
   private readonly vip = new Uint32Array(HINT_BITS);
   private readonly backend = new Uint32Array(HINT_BITS);
 
-  /** Counts @a's addresses once more (+1) or once less (-1). */
+  /** Counts @a's addresses once more (+1) or once less (-1); all or, when one was not counted, none (a RangeError). */
   change(a: HintAddresses, delta: 1 | -1): void {
-    for (const [counts, addrs] of [[this.vip, a.vips], [this.backend, a.backends]] as const) {
-      for (const addr of addrs) {
-        const bit = hintBit(addr);
-        if (delta < 0 && counts[bit] === 0) throw new RangeError(`cm_lb_hint: ${addr} removed more often than added`);
-        counts[bit]! += delta;
+    const sets = [[this.vip, [...a.vips].map(hintBit)], [this.backend, [...a.backends].map(hintBit)]] as const;
+    if (delta < 0) {
+      for (const [counts, bits] of sets) {
+        const taken = new Map<number, number>();
+        for (const bit of bits) {
+          const n = (taken.get(bit) ?? 0) + 1;
+          if (n > counts[bit]!) throw new RangeError(`cm_lb_hint: an address of bit ${bit} removed more often than added`);
+          taken.set(bit, n);
+        }
       }
     }
+    for (const [counts, bits] of sets) for (const bit of bits) counts[bit]! += delta;
   }
 
   /** A valid value with the bits of every counted address, and of @extra's. */
