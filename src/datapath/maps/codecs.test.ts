@@ -18,6 +18,7 @@ import * as maglev from './maglev.ts';
 import * as policy from './policy.ts';
 import * as revnat from './revnat.ts';
 import * as services from './services.ts';
+import * as hint from './lb-hint.ts';
 
 /** A Map-backed stand-in for BpfMap. */
 function fakeMap(): MapHandle & { store: Map<string, Buffer> } {
@@ -370,5 +371,53 @@ describe('policy codecs', () => {
       [icmpBA, { lifetime: 180, flags: 0 }],
     ]);
     assert.throws(() => policy.legacyConnections({ ...map, valueSize: 32 }, 100), /cm_policy_ct: key 16 and value 32 bytes/);
+  });
+});
+
+/** Two addresses whose bits are the same. */
+function collision(): [string, string] {
+  const seen = new Map<number, string>();
+  for (let i = 0; ; i++) {
+    const a = `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`;
+    const other = seen.get(hint.hintBit(a));
+    if (other) return [other, a];
+    seen.set(hint.hintBit(a), a);
+  }
+}
+
+describe('cm_lb_hint codec and writers', () => {
+  it('counts: a bit stays while any address of it is counted, and encodes as encode() of the same addresses', () => {
+    const [a, b] = collision();
+    const c = new hint.HintCounts();
+    c.change({ vips: [a, b], backends: ['10.101.0.1'] }, 1);
+    assert.ok(c.encode().equals(hint.encode({ vips: [a], backends: ['10.101.0.1'] })));
+    c.change({ vips: [a], backends: [] }, -1);
+    assert.ok(hint.hasBit(c.encode(), 'vip', a), 'b still needs the bit a shares with it');
+    assert.ok(!hint.hasBit(c.encode(), 'backend', a), 'the sets are apart');
+    c.change({ vips: [b], backends: ['10.101.0.1'] }, -1);
+    assert.ok(c.encode().equals(hint.encode({ vips: [], backends: [] })), 'nothing counted: no bit, valid');
+    assert.ok(hint.hasBit(c.encode({ vips: [], backends: ['10.102.0.9'] }), 'backend', '10.102.0.9'), 'extra addresses are added');
+    assert.throws(() => c.change({ vips: [b], backends: [] }, -1), /removed more often than added/);
+    c.change({ vips: [a], backends: ['10.101.0.1'] }, 1);
+    assert.throws(() => c.change({ vips: [a, b], backends: ['10.101.0.1'] }, -1), /removed more often than added/, 'a and b share the one count there is');
+    assert.ok(c.encode().equals(hint.encode({ vips: [a], backends: ['10.101.0.1'] })), 'a refused change changes nothing');
+  });
+
+  it('writeValue: nothing when the value holds, bits before valid on a hint not valid yet', () => {
+    const m = fakeMap();
+    const writes: Buffer[] = [];
+    const update = m.update;
+    m.update = (k, v, f) => (writes.push(Buffer.from(v)), update(k, v, f));
+    const next = hint.encode({ vips: ['10.96.0.10'], backends: [] });
+    assert.equal(hint.writeValue(m, next, hint.read(m)), true);
+    assert.equal(writes.length, 2);
+    assert.ok(!hint.isValid(writes[0]!) && hint.hasBit(writes[0]!, 'vip', '10.96.0.10'), 'first the bits, not valid');
+    assert.ok(writes[1]!.equals(next));
+    assert.equal(hint.writeValue(m, next, hint.read(m)), false);
+    assert.equal(writes.length, 2, 'the same value is not written again');
+    assert.equal(hint.add(m, { vips: ['10.96.0.10'], backends: [] }), false, 'a bit already set: no write');
+    assert.equal(hint.add(m, { vips: [], backends: ['10.101.0.1'] }), true);
+    assert.equal(writes.length, 3);
+    assert.ok(hint.mayBe(hint.read(m), 'backend', '10.101.0.1') && hint.mayBe(hint.read(m), 'vip', '10.96.0.10'));
   });
 });
